@@ -1,0 +1,168 @@
+"""The one OS boundary: every file-system call that reads, writes, syncs, creates, renames,
+truncates or removes goes through here, and nothing else in Slonik calls those ``os``
+functions (like SQLite's VFS).
+
+The module-level functions delegate to the installed ``OsLayer``. Tests install a subclass
+that injects faults or simulates a crash (``install()``); production code never does.
+io_uring's kernel-side I/O bypasses this layer by nature; crash simulation therefore runs
+through the sync and worker methods.
+
+Short transfers are returned, not hidden: ``preadv``/``pwritev`` return the byte count and
+the caller decides whether a short count is end-of-file, a retry, or a full disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+
+Buffer = memoryview | bytearray | bytes
+
+
+class OsLayer:
+    """The real operating system. Subclasses override methods to inject faults."""
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def preadv(self, fd: int, buffers: Sequence[Buffer], offset: int) -> int:
+        return os.preadv(fd, buffers, offset)
+
+    def pwritev(self, fd: int, buffers: Sequence[Buffer], offset: int) -> int:
+        return os.pwritev(fd, buffers, offset)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def file_size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def fsync_directory(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def fadvise_willneed(self, fd: int, offset: int, length: int) -> None:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+
+
+_layer: OsLayer = OsLayer()
+
+
+def layer() -> OsLayer:
+    """The OS layer in force."""
+    return _layer
+
+
+def install(new: OsLayer) -> OsLayer:
+    """Put ``new`` in force and return the previous layer (tests only)."""
+    global _layer
+    if not isinstance(new, OsLayer):
+        raise TypeError(f"install() needs an OsLayer, not {type(new).__name__}")
+    previous, _layer = _layer, new
+    return previous
+
+
+@contextlib.contextmanager
+def installed(new: OsLayer) -> Iterator[OsLayer]:
+    """Context manager form of ``install()``."""
+    previous = install(new)
+    try:
+        yield new
+    finally:
+        install(previous)
+
+
+# Thin module-level entry points, so call sites read ``osfile.preadv(...)``.
+def open(path: str, flags: int, mode: int = 0o644) -> int:  # noqa: A001 - mirrors os.open
+    return _layer.open(path, flags, mode)
+
+
+def close(fd: int) -> None:
+    _layer.close(fd)
+
+
+def preadv(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
+    return _layer.preadv(fd, buffers, offset)
+
+
+def pwritev(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
+    return _layer.pwritev(fd, buffers, offset)
+
+
+def fsync(fd: int) -> None:
+    _layer.fsync(fd)
+
+
+def fdatasync(fd: int) -> None:
+    _layer.fdatasync(fd)
+
+
+def ftruncate(fd: int, length: int) -> None:
+    _layer.ftruncate(fd, length)
+
+
+def file_size(fd: int) -> int:
+    return _layer.file_size(fd)
+
+
+def rename(src: str, dst: str) -> None:
+    _layer.rename(src, dst)
+
+
+def unlink(path: str) -> None:
+    _layer.unlink(path)
+
+
+def mkdir(path: str) -> None:
+    _layer.mkdir(path)
+
+
+def rmdir(path: str) -> None:
+    _layer.rmdir(path)
+
+
+def exists(path: str) -> bool:
+    return _layer.exists(path)
+
+
+def listdir(path: str) -> list[str]:
+    return _layer.listdir(path)
+
+
+def fsync_directory(path: str) -> None:
+    _layer.fsync_directory(path)
+
+
+def fadvise_willneed(fd: int, offset: int, length: int) -> None:
+    _layer.fadvise_willneed(fd, offset, length)
