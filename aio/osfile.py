@@ -14,6 +14,8 @@ the caller decides whether a short count is end-of-file, a retry, or a full disk
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 from collections.abc import Iterator, Sequence
 
@@ -75,7 +77,31 @@ class OsLayer:
     def fadvise_willneed(self, fd: int, offset: int, length: int) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
 
+    def writeback(self, fd: int, offset: int, length: int) -> None:
+        """Start write-back of a range without waiting (sync_file_range WRITE; a hint)."""
+        if _sync_file_range is None:
+            return
+        if _sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length),
+                            _SYNC_FILE_RANGE_WRITE) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
 
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range():  # Linux only; elsewhere writeback() is a no-op hint
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
 _layer: OsLayer = OsLayer()
 
 
@@ -166,3 +192,7 @@ def fsync_directory(path: str) -> None:
 
 def fadvise_willneed(fd: int, offset: int, length: int) -> None:
     _layer.fadvise_willneed(fd, offset, length)
+
+
+def writeback(fd: int, offset: int, length: int) -> None:
+    _layer.writeback(fd, offset, length)

@@ -1,0 +1,511 @@
+"""The AIO subsystem instance: issuer contexts, acquire/start/submit/wait, batch mode.
+
+Each issuing thread gets an ``IssuerContext`` with its own fixed pool of
+``io_max_concurrency`` handles (and, for io_uring, its own ring). Handles live in one list
+owned by the ``Aio`` instance, so a ``WaitRef``'s index names a handle for every thread.
+
+Rules kept from PostgreSQL 18 (shared/reference/pg18-aio.md F5, F10, F11):
+1. One handle per thread may be HANDED_OUT at a time, so waiting for in-flight I/O always
+   frees a handle: acquiring never deadlocks.
+2. Acquire from an empty pool: reclaim what others completed, submit what is staged,
+   then wait for the oldest in-flight I/O.
+3. At most ``SUBMIT_BATCH_SIZE`` I/Os are staged; more are submitted at once.
+4. A thread with staged I/O submits it before it blocks on anything (``wait`` does so),
+   so two threads cannot each wait for I/O the other has only staged.
+5. An I/O may complete before ``start_*`` returns; take the ``WaitRef`` first.
+6. Only the owner recycles a handle; completion in another thread leaves it
+   COMPLETED_SHARED until the owner looks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aio import callbacks as cb
+from aio import osfile
+from aio.errors import IoMethodUnavailable
+from aio.handle import AioReturn, Handle, HandleFlag, HandleState, IoOp, WaitRef
+
+S = HandleState
+
+SUBMIT_BATCH_SIZE = 32          # most staged-but-unsubmitted I/Os per thread (PostgreSQL's value)
+IO_MAX_CONCURRENCY_LIMIT = 1024  # upper bound of the setting, as PostgreSQL
+MAX_ISSUERS = 256               # issuing threads alive at once per Aio instance
+IO_METHODS = ("auto", "io_uring", "worker", "sync")
+
+
+class IoMethod:
+    """What every method implements. The core picks one by name (``make_method``)."""
+
+    name = "abstract"
+    wait_on_fd_before_close = False
+    # True when the method finishes every submitted I/O on its own (workers, inline);
+    # False when a waiter must drive completion through wait_one (io_uring).
+    completes_without_waiters = True
+
+    def attach(self, aio: Aio, complete) -> None:
+        """Called once; ``complete(handle, raw_result)`` runs the shared completion."""
+        self.aio = aio
+        self.complete = complete
+
+    def init_issuer(self, ctx: IssuerContext) -> None:
+        pass
+
+    def release_issuer(self, ctx: IssuerContext) -> None:
+        pass
+
+    def needs_synchronous_execution(self, handle: Handle) -> bool:
+        return False
+
+    def submit(self, ctx: IssuerContext, handles: list[Handle]) -> None:
+        raise NotImplementedError
+
+    def execute_inline(self, handle: Handle) -> None:
+        """Run the I/O now, in the issuer, and complete it."""
+        self.complete(handle, execute(handle, handle.fd))
+
+    def wait_one(self, handle: Handle, generation: int) -> bool:
+        """Make progress towards completing ``handle``. Return False if this method has no
+        way to help (the caller then sleeps on the handle's condition)."""
+        return False
+
+    def shutdown(self) -> None:
+        pass
+
+
+def execute(handle: Handle, fd: int) -> int:
+    """Run one I/O through the OS boundary; returns bytes transferred or -errno."""
+    try:
+        op = handle.op
+        if op == IoOp.READV:
+            return osfile.preadv(fd, handle.buffers, handle.offset)
+        if op == IoOp.WRITEV:
+            return osfile.pwritev(fd, handle.buffers, handle.offset)
+        if op == IoOp.FSYNC:
+            osfile.fsync(fd)
+            return 0
+        if op == IoOp.FDATASYNC:
+            osfile.fdatasync(fd)
+            return 0
+    except OSError as exc:
+        return -(exc.errno or 5)
+    raise AssertionError(f"cannot execute op {handle.op!r}")
+
+
+@dataclass
+class OpCounters:
+    ios: int = 0
+    nbytes: int = 0
+    wait_ns: int = 0
+
+
+@dataclass(frozen=True)
+class AioStats:
+    """pg_stat_io-like counters, summed over threads: (target, op) -> counters."""
+
+    io_method: str
+    io_max_concurrency: int
+    issuers: int
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def total(self, op: str, what: str = "ios") -> int:
+        return sum(c.get(what, 0) for key, c in self.counters.items() if key.endswith("/" + op))
+
+
+@dataclass(frozen=True)
+class InflightIo:
+    """One row of ``inflight()``, like pg_aios."""
+
+    thread: str
+    index: int
+    generation: int
+    state: str
+    op: str
+    offset: int
+    length: int
+    target: str
+    raw_result: int | None
+
+
+class IssuerContext:
+    """Per-thread state: the handle pool, the staged list, the in-flight list."""
+
+    def __init__(self, aio: Aio, slot: int, thread: threading.Thread) -> None:
+        self.aio = aio
+        self.slot = slot
+        self.thread_ref = weakref.ref(thread)
+        self.thread_name = thread.name
+        self.thread_ident = thread.ident
+        self.handles: list[Handle] = []
+        self.idle: list[Handle] = []
+        self.staged: list[Handle] = []
+        self.inflight: OrderedDict[int, Handle] = OrderedDict()  # submission order
+        self.handed_out: Handle | None = None
+        self.batch_depth = 0
+        self.counters: dict[tuple[int, IoOp], OpCounters] = {}
+        self.method_state: object = None  # the method's per-thread data (a ring)
+
+    def alive(self) -> bool:
+        thread = self.thread_ref()
+        return thread is not None and thread.is_alive()
+
+
+class Aio:
+    """One AIO subsystem (a Database owns one). Thread-safe; per-thread pools."""
+
+    def __init__(self, io_method: str = "auto", *, io_workers: int = 3,
+                 io_max_concurrency: int = 64, method: IoMethod | None = None) -> None:
+        if not isinstance(io_max_concurrency, int) or not 1 <= io_max_concurrency <= IO_MAX_CONCURRENCY_LIMIT:
+            raise ValueError(f"io_max_concurrency must be an int in 1..{IO_MAX_CONCURRENCY_LIMIT}, "
+                             f"got {io_max_concurrency!r}")
+        self.io_max_concurrency = io_max_concurrency
+        self.method = method if method is not None else make_method(io_method, io_workers=io_workers)
+        self._lock = threading.Lock()
+        self._handles: list[Handle] = []
+        self._contexts: dict[int, IssuerContext] = {}  # slot -> context
+        self._free_slots: list[int] = []
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._closed = False
+        self.method.attach(self, self._complete)
+
+    # --- contexts ---------------------------------------------------------------------------
+    def _context(self) -> IssuerContext:
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is not None:
+            return ctx
+        if self._closed:
+            raise RuntimeError("the AIO subsystem is shut down")
+        thread = threading.current_thread()
+        with self._lock:
+            if not self._free_slots and len(self._contexts) >= MAX_ISSUERS:
+                self._reap_dead_contexts_locked()
+            if self._free_slots:
+                slot = self._free_slots.pop()
+                ctx = IssuerContext(self, slot, thread)
+                base = slot * self.io_max_concurrency
+                ctx.handles = self._handles[base:base + self.io_max_concurrency]
+                for h in ctx.handles:
+                    h.owner = ctx
+            elif len(self._contexts) < MAX_ISSUERS:
+                slot = len(self._contexts)
+                ctx = IssuerContext(self, slot, thread)
+                base = slot * self.io_max_concurrency
+                ctx.handles = [Handle(base + i, ctx) for i in range(self.io_max_concurrency)]
+                self._handles.extend(ctx.handles)
+            else:
+                raise RuntimeError(f"more than {MAX_ISSUERS} threads are issuing I/O at once")
+            self._contexts[slot] = ctx
+        ctx.idle = list(reversed(ctx.handles))
+        self.method.init_issuer(ctx)
+        self._local.ctx = ctx
+        return ctx
+
+    def _reap_dead_contexts_locked(self) -> None:
+        for slot, ctx in list(self._contexts.items()):
+            if not ctx.alive() and not ctx.inflight and not ctx.staged:
+                self.method.release_issuer(ctx)
+                del self._contexts[slot]
+                self._free_slots.append(slot)
+
+    # --- acquire / release ------------------------------------------------------------------
+    def acquire(self, ret: AioReturn | None = None) -> Handle:
+        """A handle for one I/O. Blocks (completing older I/O) when the pool is empty."""
+        ctx = self._context()
+        if self._pid != os.getpid():
+            raise IoMethodUnavailable("this AIO subsystem was created before fork(); "
+                                      "open the database again in the child")
+        if ctx.handed_out is not None:
+            raise RuntimeError("AIO API violation: only one I/O handle may be handed out per thread")
+        if len(ctx.staged) >= SUBMIT_BATCH_SIZE:
+            self._submit_staged(ctx)
+        if not ctx.idle:
+            self._wait_for_free(ctx)
+        h = ctx.idle.pop()
+        h._set_state(S.HANDED_OUT)
+        h.report_return = ret
+        ctx.handed_out = h
+        return h
+
+    def _release_unused(self, h: Handle) -> None:
+        ctx = h.owner
+        if ctx.handed_out is not h or h.state != S.HANDED_OUT:
+            raise RuntimeError(f"AIO handle released in unexpected state {h.state.name}")
+        ctx.handed_out = None
+        with h.cond:
+            h.generation += 1
+            h._set_state(S.IDLE)
+            h._reset()
+        ctx.idle.append(h)
+
+    def _wait_for_free(self, ctx: IssuerContext) -> None:
+        for h in list(ctx.inflight.values()):
+            if h.state == S.COMPLETED_SHARED:
+                self._reclaim(h)
+        if ctx.idle:
+            return
+        self._submit_staged(ctx)
+        if ctx.idle:
+            return
+        if not ctx.inflight:
+            raise AssertionError("no free AIO handles despite no in-flight I/O")
+        oldest = next(iter(ctx.inflight.values()))
+        self.wait(WaitRef(oldest.index, oldest.generation))
+        assert ctx.idle, "waiting for the oldest in-flight I/O freed no handle"
+
+    # --- staging and submission -------------------------------------------------------------
+    def _start(self, h: Handle, op: IoOp, fd: int, buffers: list, offset: int) -> None:
+        ctx = h.owner
+        assert ctx is getattr(self._local, "ctx", None), "an I/O is started by its owner thread"
+        assert ctx.handed_out is h
+        h.op = op
+        h.fd = fd
+        h.buffers = buffers
+        h.offset = offset
+        h.nbytes = sum(len(b) for b in buffers) if len(buffers) != 1 else len(buffers[0])
+        h._set_state(S.DEFINED)
+        ctx.handed_out = None
+        cb.run_stage(h)
+        h._set_state(S.STAGED)
+        key = (h.target_id, op)
+        counters = ctx.counters.get(key)
+        if counters is None:
+            counters = ctx.counters[key] = OpCounters()
+        counters.ios += 1
+        counters.nbytes += h.nbytes
+        if h.flags & HandleFlag.SYNCHRONOUS or self.method.needs_synchronous_execution(h):
+            self._execute_inline(ctx, h)
+            return
+        ctx.staged.append(h)
+        if ctx.batch_depth == 0 or len(ctx.staged) >= SUBMIT_BATCH_SIZE:
+            self._submit_staged(ctx)
+
+    def _execute_inline(self, ctx: IssuerContext, h: Handle) -> None:
+        h._set_state(S.SUBMITTED)
+        ctx.inflight[h.index] = h
+        self.method.execute_inline(h)
+
+    def _submit_staged(self, ctx: IssuerContext) -> None:
+        if not ctx.staged:
+            return
+        staged, ctx.staged = ctx.staged, []
+        for h in staged:
+            h._set_state(S.SUBMITTED)
+            ctx.inflight[h.index] = h
+        self.method.submit(ctx, staged)
+
+    def submit_staged(self) -> None:
+        self._submit_staged(self._context())
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Defer submission of this thread's I/O until the outermost batch exits."""
+        ctx = self._context()
+        ctx.batch_depth += 1
+        try:
+            yield
+        finally:
+            ctx.batch_depth -= 1
+            if ctx.batch_depth == 0:
+                self._submit_staged(ctx)
+
+    # --- completion ---------------------------------------------------------------------------
+    def _complete(self, h: Handle, raw: int) -> None:
+        """Shared completion, in whichever thread completes the I/O."""
+        with h.cond:
+            h.raw_result = raw
+            h._set_state(S.COMPLETED_IO)
+        result = cb.run_complete_shared(h)
+        with h.cond:
+            h.distilled = result
+            h._set_state(S.COMPLETED_SHARED)
+            h.cond.notify_all()
+        if h.owner is getattr(self._local, "ctx", None):
+            self._reclaim(h)
+
+    def _reclaim(self, h: Handle) -> None:
+        """Owner only: local callbacks, fill the issuer's return, recycle."""
+        ctx = h.owner
+        assert ctx is getattr(self._local, "ctx", None), "only the owner reclaims a handle"
+        if h.state != S.COMPLETED_SHARED:
+            return  # already reclaimed (e.g. by a nested wait)
+        result = cb.run_complete_local(h, h.distilled)
+        h._set_state(S.COMPLETED_LOCAL)
+        ret = h.report_return
+        if ret is not None:
+            ret.result = result
+            ret.callbacks = tuple(h.callbacks)
+            ret.target_desc = h.describe()
+            ret.op = h.op
+            ret.nbytes = h.nbytes
+            ret.filled = True
+        del ctx.inflight[h.index]
+        with h.cond:
+            h.generation += 1
+            h._set_state(S.IDLE)
+            h._reset()
+            h.cond.notify_all()
+        ctx.idle.append(h)
+
+    # --- waiting --------------------------------------------------------------------------------
+    def done(self, ref: WaitRef) -> bool:
+        """True once the I/O's shared completion has run (or its handle was recycled)."""
+        h = self._handles[ref.index]
+        if h.generation != ref.generation:
+            return True
+        if h.state >= S.COMPLETED_SHARED:
+            if h.owner is getattr(self._local, "ctx", None):
+                self._reclaim(h)
+            return True
+        return False
+
+    def wait(self, ref: WaitRef) -> None:
+        """Block until the I/O named by ``ref`` has completed (shared callbacks have run)."""
+        h = self._handles[ref.index]
+        if h.generation != ref.generation:
+            return
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is not None and ctx.staged:
+            self._submit_staged(ctx)  # rule 4: never block with staged I/O
+        own = h.owner is ctx
+        if own:
+            assert h.state not in (S.HANDED_OUT, S.DEFINED, S.STAGED), \
+                f"waiting on an own I/O that was never submitted ({h.state.name})"
+        start = time.perf_counter_ns()
+        gen = ref.generation
+        key = (h.target_id, h.op)
+        while h.generation == gen and h.state < S.COMPLETED_SHARED:
+            state = h.state
+            if state == S.SUBMITTED and not (h.flags & HandleFlag.SYNCHRONOUS) \
+                    and self.method.wait_one(h, gen):
+                continue
+            with h.cond:
+                if h.generation != gen or h.state >= S.COMPLETED_SHARED:
+                    break
+                if h.state < S.SUBMITTED:
+                    # Another thread staged it and has not submitted yet: poll until it does.
+                    h.cond.wait(0.005)
+                elif h.state == S.SUBMITTED and not self.method.completes_without_waiters \
+                        and not h.reaped:
+                    h.cond.wait(0.005)  # raced with a reaper; let wait_one try again
+                else:
+                    h.cond.wait()  # whoever completes it notifies under this lock
+        if own and h.generation == gen:
+            self._reclaim(h)
+        if ctx is not None and key in ctx.counters:
+            ctx.counters[key].wait_ns += time.perf_counter_ns() - start
+
+    def wait_all(self) -> None:
+        """Wait for every I/O this thread has staged or in flight."""
+        ctx = self._context()
+        self._submit_staged(ctx)
+        while ctx.inflight:
+            h = next(iter(ctx.inflight.values()))
+            self.wait(WaitRef(h.index, h.generation))
+
+    def forget_files(self) -> None:
+        """Files were unlinked or replaced: methods that cache descriptors drop them."""
+        forget = getattr(self.method, "forget_files", None)
+        if forget is not None:
+            forget()
+
+    def closing_fd(self, fd: int) -> None:
+        """Called before a kernel fd is closed: nothing staged or in flight may use it."""
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            return
+        self._submit_staged(ctx)
+        if self.method.wait_on_fd_before_close:
+            for h in [h for h in ctx.inflight.values() if h.fd == fd]:
+                self.wait(WaitRef(h.index, h.generation))
+
+    # --- introspection --------------------------------------------------------------------------
+    def stats(self) -> AioStats:
+        totals: dict[str, dict[str, int]] = {}
+        with self._lock:
+            contexts = list(self._contexts.values())
+        for ctx in contexts:
+            for (target_id, op), c in list(ctx.counters.items()):
+                target = cb.target_ops(target_id).name if target_id else "raw"
+                row = totals.setdefault(f"{target}/{op.name.lower()}",
+                                        {"ios": 0, "bytes": 0, "wait_ns": 0})
+                row["ios"] += c.ios
+                row["bytes"] += c.nbytes
+                row["wait_ns"] += c.wait_ns
+        return AioStats(self.method.name, self.io_max_concurrency, len(contexts), totals)
+
+    def inflight(self) -> list[InflightIo]:
+        rows = []
+        with self._lock:
+            contexts = list(self._contexts.values())
+        for ctx in contexts:
+            for h in ctx.handles:
+                state, gen = h.state, h.generation
+                if state == S.IDLE:
+                    continue
+                try:
+                    desc = h.describe() if h.target_id else f"fd {h.fd}"
+                except Exception as exc:  # a racing recycle; show what was seen
+                    desc = f"<{exc}>"
+                if h.generation != gen:
+                    continue
+                rows.append(InflightIo(ctx.thread_name, h.index, gen, state.name, h.op.name,
+                                       h.offset, h.nbytes, desc,
+                                       h.raw_result if state >= S.COMPLETED_IO else None))
+        return rows
+
+    # --- shutdown -------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Wait for all in-flight I/O of every thread, stop workers, close rings. Idempotent."""
+        if self._closed:
+            return
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is not None:
+            self.wait_all()
+        with self._lock:
+            contexts = list(self._contexts.values())
+        for other in contexts:
+            for h in list(other.handles):
+                gen = h.generation
+                if h.state in (S.SUBMITTED, S.COMPLETED_IO):
+                    self.wait(WaitRef(h.index, gen))
+        self._closed = True
+        for other in contexts:
+            self.method.release_issuer(other)
+        self.method.shutdown()
+
+    close = shutdown
+
+    def __enter__(self) -> Aio:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def make_method(io_method: str, *, io_workers: int = 3) -> IoMethod:
+    """The method object for a setting value; ``auto`` prefers io_uring, else worker."""
+    if io_method not in IO_METHODS:
+        raise ValueError(f"io_method must be one of {', '.join(IO_METHODS)}; got {io_method!r}")
+    if io_method == "sync":
+        from aio.method_sync import SyncMethod
+
+        return SyncMethod()
+    if io_method in ("io_uring", "auto"):
+        from aio.method_io_uring import IoUringMethod, io_uring_available
+
+        ok, reason = io_uring_available()
+        if ok:
+            return IoUringMethod()
+        if io_method == "io_uring":
+            raise IoMethodUnavailable(f"io_method=io_uring is not available here: {reason}")
+    from aio.method_worker import WorkerMethod
+
+    return WorkerMethod(io_workers)

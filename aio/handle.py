@@ -1,0 +1,195 @@
+"""AIO handles: the state machine, results, wait references.
+
+A handle carries one I/O from acquisition to recycling:
+
+    IDLE -> HANDED_OUT -> DEFINED -> STAGED -> SUBMITTED -> COMPLETED_IO
+         -> COMPLETED_SHARED -> COMPLETED_LOCAL -> IDLE
+    (HANDED_OUT -> IDLE when released unused)
+
+Every reuse bumps ``generation`` (before the handle goes IDLE), so a ``WaitRef``
+(index, generation) taken while the I/O was alive answers "done" forever after.
+Only ``Handle._set_state`` changes ``state``, and it asserts the edge.
+"""
+
+from __future__ import annotations
+
+import threading
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from aio.core import IssuerContext
+
+
+class HandleState(IntEnum):
+    IDLE = 0
+    HANDED_OUT = 1
+    DEFINED = 2
+    STAGED = 3
+    SUBMITTED = 4
+    COMPLETED_IO = 5
+    COMPLETED_SHARED = 6
+    COMPLETED_LOCAL = 7
+
+
+S = HandleState
+
+# The one table of legal transitions (README.md draws the same diagram).
+LEGAL_TRANSITIONS: dict[HandleState, frozenset[HandleState]] = {
+    S.IDLE: frozenset({S.HANDED_OUT}),
+    S.HANDED_OUT: frozenset({S.DEFINED, S.IDLE}),
+    S.DEFINED: frozenset({S.STAGED}),
+    S.STAGED: frozenset({S.SUBMITTED}),
+    S.SUBMITTED: frozenset({S.COMPLETED_IO}),
+    S.COMPLETED_IO: frozenset({S.COMPLETED_SHARED}),
+    S.COMPLETED_SHARED: frozenset({S.COMPLETED_LOCAL}),
+    S.COMPLETED_LOCAL: frozenset({S.IDLE}),
+}
+
+
+class IoOp(IntEnum):
+    INVALID = -1
+    READV = 0      # values match SLK_OP_* in the io_uring binding
+    WRITEV = 1
+    FSYNC = 2
+    FDATASYNC = 3
+
+
+class HandleFlag(IntEnum):
+    SYNCHRONOUS = 1  # the issuer waits at once: execute inline, skip the dispatch cost
+    BUFFERED = 2     # goes through the page cache (not O_DIRECT); informational
+
+
+class ResultStatus(IntEnum):
+    UNKNOWN = 0
+    OK = 1
+    PARTIAL = 2
+    WARNING = 3
+    ERROR = 4
+
+
+class AioResult(NamedTuple):
+    """What a completion distilled. ``result`` is the callback's unit (bytes, blocks);
+    ``error_data`` is the errno (or a callback-defined code); ``callback_id`` names the
+    callback whose ``report`` turns this into the issuer's exception (0 = the core's)."""
+
+    status: ResultStatus
+    result: int
+    error_data: int = 0
+    callback_id: int = 0
+    detail: Any = None  # callback-defined extra (e.g. per-block reasons, a caught exception)
+
+
+class WaitRef(NamedTuple):
+    """Names one I/O without holding its handle; valid (answering done) after recycling."""
+
+    index: int
+    generation: int
+
+
+class AioReturn:
+    """Filled by the owner when it reclaims the handle: the distilled result and the
+    target's description, for the issuer to inspect or ``raise_if_failed()``."""
+
+    __slots__ = ("result", "target_desc", "callbacks", "filled", "op", "nbytes")
+
+    def __init__(self) -> None:
+        self.result: AioResult = AioResult(ResultStatus.UNKNOWN, 0)
+        self.target_desc = ""
+        self.op = IoOp.INVALID
+        self.nbytes = 0
+        self.callbacks: tuple[tuple[int, Any], ...] = ()
+        self.filled = False
+
+    def raise_if_failed(self, *, allow_partial: bool = False) -> AioResult:
+        from aio.callbacks import report
+
+        return report(self, allow_partial=allow_partial)
+
+
+class Handle:
+    """One slot of an issuer's pool. Fields are reset on recycling."""
+
+    __slots__ = ("index", "owner", "generation", "state", "cond", "op", "fd", "offset",
+                 "buffers", "nbytes", "target_id", "target_data", "callbacks", "handle_data",
+                 "flags", "raw_result", "distilled", "report_return", "reaped", "submit_time")
+
+    def __init__(self, index: int, owner: IssuerContext) -> None:
+        self.index = index
+        self.owner = owner
+        self.generation = 1
+        self.state = S.IDLE
+        self.cond = threading.Condition(threading.Lock())
+        self._reset()
+
+    def _reset(self) -> None:
+        self.op = IoOp.INVALID
+        self.fd = -1
+        self.offset = 0
+        self.buffers: list = []
+        self.nbytes = 0
+        self.target_id = 0
+        self.target_data: Any = None
+        self.callbacks: list[tuple[int, Any]] = []
+        self.handle_data: Any = None
+        self.flags = 0
+        self.raw_result = 0
+        self.distilled: AioResult | None = None
+        self.report_return: AioReturn | None = None
+        self.reaped = False
+        self.submit_time = 0
+
+    def _set_state(self, new: HandleState) -> None:
+        assert new in LEGAL_TRANSITIONS[self.state], (
+            f"illegal AIO handle transition {self.state.name} -> {new.name} (handle {self.index})")
+        self.state = new
+
+    # --- definition (issuer, while HANDED_OUT) -------------------------------------------
+    def wait_ref(self) -> WaitRef:
+        assert self.state == S.HANDED_OUT, "take the wait reference before starting the I/O"
+        return WaitRef(self.index, self.generation)
+
+    def set_flag(self, flag: HandleFlag) -> None:
+        assert self.state == S.HANDED_OUT, f"flags are set while HANDED_OUT, not {self.state.name}"
+        self.flags |= flag
+
+    def add_callback(self, callback_id: int, data: Any = None) -> None:
+        from aio.callbacks import MAX_CALLBACKS_PER_HANDLE, callback_set
+
+        assert self.state == S.HANDED_OUT, "callbacks are registered while HANDED_OUT"
+        callback_set(callback_id)  # raises for an unknown id
+        if len(self.callbacks) >= MAX_CALLBACKS_PER_HANDLE:
+            raise ValueError(f"at most {MAX_CALLBACKS_PER_HANDLE} callbacks per AIO handle")
+        self.callbacks.append((callback_id, data))
+
+    def set_target(self, target_id: int, target_data: Any) -> None:
+        from aio.callbacks import target_ops
+
+        assert self.state == S.HANDED_OUT, "the target is set while HANDED_OUT"
+        target_ops(target_id)
+        self.target_id = target_id
+        self.target_data = target_data
+
+    def set_handle_data(self, data: Any) -> None:
+        assert self.state == S.HANDED_OUT, "handle data is set while HANDED_OUT"
+        self.handle_data = data
+
+    def start_readv(self, fd: int, buffers: list, offset: int) -> None:
+        self.owner.aio._start(self, IoOp.READV, fd, buffers, offset)
+
+    def start_writev(self, fd: int, buffers: list, offset: int) -> None:
+        self.owner.aio._start(self, IoOp.WRITEV, fd, buffers, offset)
+
+    def start_fsync(self, fd: int, *, datasync: bool = False) -> None:
+        self.owner.aio._start(self, IoOp.FDATASYNC if datasync else IoOp.FSYNC, fd, [], 0)
+
+    def release(self) -> None:
+        """Give back a handle that was handed out but not used."""
+        self.owner.aio._release_unused(self)
+
+    def describe(self) -> str:
+        from aio.callbacks import target_ops
+
+        if self.target_id:
+            return target_ops(self.target_id).describe(self.target_data)
+        return f"fd {self.fd} at offset {self.offset}"
