@@ -1,0 +1,775 @@
+"""The storage manager: relation forks stored as md-style segment files.
+
+A relation is named by its relfilenumber and has up to three forks (main, free space map,
+visibility map). Fork ``F`` of relation ``R`` is a series of segment files of
+``segment_size`` blocks each::
+
+    <data_dir>/base/R<suffix>        segment 0 (always present once created)
+    <data_dir>/base/R<suffix>.1      segment 1
+    <data_dir>/base/R<suffix>.N      segment N
+
+md invariant: every segment before the last is exactly ``segment_size`` blocks long. The
+relation's size is therefore decided by the first segment that is not full, as in
+PostgreSQL's md.c; growth that skips blocks pads the earlier segments to full size first
+(the skipped blocks read back as zeros, a valid new page).
+
+I/O is vectored: a run of consecutive blocks becomes one ``preadv``/``pwritev`` per
+segment it touches (at most ``IOV_MAX`` buffers each), never one call per block. File
+descriptors come from an ``FdCache`` bounded by ``max_files``. Every OS call goes through
+``aio.osfile``. OS errors become ``IOFailure`` (errno kept) whose message names the
+operation, the file, the relation, the fork and the blocks.
+
+With ``io_direct=True`` data files are opened with ``O_DIRECT``: every buffer passed in
+must then be page-aligned (``aio.memory.aligned_buffer``, or slices of the buffer pool's
+mmap at multiples of ``BLCKSZ``), or the kernel refuses the I/O with EINVAL.
+
+One ``Smgr`` manages a data directory. It remembers which leading segments it has seen
+full (like md.c's open segment array); files removed behind its back, other than through
+it, are only noticed when an I/O reaches them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from aio import osfile
+from aio.errors import DataCorruptionError, DiskFullError, IOFailure
+from aio.memory import aligned_buffer
+from storage.fdcache import FdCache, FdCacheStats
+from storage.page import BLCKSZ
+
+# Largest valid block number: block numbers are 32-bit and 0xFFFFFFFF means "invalid",
+# as PostgreSQL's InvalidBlockNumber.
+MAX_BLOCK_NUMBER = 0xFFFFFFFE
+# relfilenumbers are 32-bit object ids; 0 is InvalidOid.
+MAX_RELFILENUMBER = 0xFFFFFFFF
+# Linux refuses preadv/pwritev with more iovecs than this (UIO_MAXIOV), so longer runs are
+# issued in chunks of at most IOV_MAX blocks.
+IOV_MAX = 1024
+# A kernel returns a short transfer only when interrupted, at end of file or when the disk
+# fills; each pass makes progress (a write without progress is a full disk), and this many
+# short transfers in a row for one request means something is badly wrong.
+SHORT_TRANSFER_RETRIES_MAX = 100
+
+
+class Fork(IntEnum):
+    """The forks of a relation, numbered as PostgreSQL's ForkNumber."""
+
+    MAIN = 0
+    FSM = 1
+    VM = 2
+
+    @property
+    def suffix(self) -> str:
+        """File name suffix: "" for main, "_fsm", "_vm"."""
+        return _FORK_SUFFIX[self]
+
+    @property
+    def label(self) -> str:
+        """The name used in messages: "main", "fsm", "vm"."""
+        return self.name.lower()
+
+
+_FORK_SUFFIX = {Fork.MAIN: "", Fork.FSM: "_fsm", Fork.VM: "_vm"}
+
+
+class RelationExistsError(IOFailure, FileExistsError):
+    """``create()`` of a fork whose segment 0 already exists (errno EEXIST)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(errno.EEXIST, what)
+
+
+@dataclass(frozen=True)
+class SmgrStats:
+    """Counters of one Smgr. ``reads``/``writes`` count system calls (each vectored)."""
+
+    reads: int
+    read_bytes: int
+    writes: int
+    write_bytes: int
+    fsyncs: int
+    directory_fsyncs: int
+    fd_cache: FdCacheStats
+
+
+def describe(rel: int, fork: int, block: int, nblocks: int = 1) -> str:
+    """"block 5 of relation 16384 fork main" or "blocks 4..7 of relation 16384 fork main"."""
+    if nblocks < 1:
+        raise ValueError(f"nblocks must be at least 1, got {nblocks}")
+    label = Fork(fork).label
+    if nblocks == 1:
+        return f"block {block} of relation {rel} fork {label}"
+    return f"blocks {block}..{block + nblocks - 1} of relation {rel} fork {label}"
+
+
+def _io_error(err: int | None, what: str) -> IOFailure:
+    """The exception for an OS error: ENOSPC is a full disk, the rest keep their errno."""
+    if err == errno.ENOSPC:
+        return DiskFullError(what)
+    return IOFailure(err or errno.EIO, what)
+
+
+def _advance(iov: Sequence, nbytes: int) -> list:
+    """The part of ``iov`` (whole-block buffers) left after its first ``nbytes`` bytes."""
+    done, partial = divmod(nbytes, BLCKSZ)
+    rest = list(iov[done:])
+    if partial:
+        rest[0] = memoryview(rest[0])[partial:]
+    return rest
+
+
+class Smgr:
+    """Relation forks as segment files under ``<data_dir>/base``; see the module docstring.
+
+    ``segment_size`` is in blocks; the default 131072 makes 1 GiB files, PostgreSQL's
+    RELSEG_SIZE (tests use tiny segments). ``max_files`` bounds the open data-file fds;
+    1000 is PostgreSQL's max_files_per_process default, well under a usual 1024+ fd limit
+    once WAL and sockets are counted.
+    """
+
+    def __init__(self, data_dir: str, *, segment_size: int = 131072, max_files: int = 1000,
+                 io_direct: bool = False) -> None:
+        if not isinstance(data_dir, str):
+            raise TypeError(f"data_dir must be a str, not {type(data_dir).__name__}")
+        for name, value in (("segment_size", segment_size), ("max_files", max_files)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if io_direct and not hasattr(os, "O_DIRECT"):
+            raise ValueError("io_direct needs O_DIRECT, which this platform does not have")
+        self._data_dir = data_dir
+        self._base_dir = os.path.join(data_dir, "base")
+        self._segment_size = segment_size
+        self._segment_bytes = segment_size * BLCKSZ
+        self._io_direct = bool(io_direct)
+        self._files = FdCache(max_files, os.O_DIRECT if io_direct else 0)
+        # (rel, fork) -> number of leading segments known to be full. Only this Smgr's
+        # truncate/unlink shrink files, and they lower it. Guarded by _segments_lock, which
+        # also serializes adding segments.
+        self._full_segments: dict[tuple[int, Fork], int] = {}
+        self._segments_lock = threading.Lock()
+        self._zero_block: memoryview | None = None
+        self._stats_lock = threading.Lock()
+        self._reads = self._read_bytes = self._writes = self._write_bytes = 0
+        self._fsyncs = self._directory_fsyncs = 0
+        self._closed = False
+
+    # -- naming -----------------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> str:
+        return self._data_dir
+
+    @property
+    def segment_size(self) -> int:
+        """Blocks per segment file."""
+        return self._segment_size
+
+    @property
+    def io_direct(self) -> bool:
+        return self._io_direct
+
+    @property
+    def file_flags(self) -> int:
+        """Extra open flags of data files (``O_DIRECT`` or 0), for a worker's own FdCache."""
+        return self._files.flags
+
+    describe = staticmethod(describe)
+
+    def segment_path(self, rel: int, fork: int, segno: int) -> str:
+        """The path of segment ``segno`` of ``fork`` of relation ``rel``."""
+        fork = self._check_relation(rel, fork)
+        self._check_count(segno, "segno")
+        return self._segment_path(rel, fork, segno)
+
+    def _segment_path(self, rel: int, fork: Fork, segno: int) -> str:
+        name = f"{rel}{_FORK_SUFFIX[fork]}"
+        if segno:
+            name = f"{name}.{segno}"
+        return os.path.join(self._base_dir, name)
+
+    def segment_runs(self, block: int, nblocks: int) -> list[tuple[int, int, int, int]]:
+        """Split blocks ``block .. block+nblocks-1`` at segment boundaries.
+
+        Returns ``(segno, block_in_segment, first_index, count)`` pieces in block order;
+        ``first_index`` indexes the caller's buffer list and no piece crosses a segment.
+        """
+        self._check_block(block, "block")
+        self._check_count(nblocks, "nblocks")
+        runs = []
+        first = 0
+        while first < nblocks:
+            segno, in_segment = divmod(block + first, self._segment_size)
+            count = min(self._segment_size - in_segment, nblocks - first)
+            runs.append((segno, in_segment, first, count))
+            first += count
+        return runs
+
+    # -- file descriptors -------------------------------------------------------------------
+
+    def acquire_fd(self, rel: int, fork: int, segno: int, *, create: bool = False) -> int:
+        """An fd of segment ``segno`` held in use (never closed) until ``release_fd()``.
+
+        ``create=True`` makes a missing segment the md way: earlier segments are padded to
+        full size, the file is created and its directory fsynced. An asynchronous I/O
+        acquires before it is submitted and releases when it completes.
+        """
+        fork = self._check_relation(rel, fork)
+        self._check_count(segno, "segno")
+        self._check_open()
+        return self._acquire_segment(
+            rel, fork, segno, create,
+            lambda: f"use segment {segno} of relation {rel} fork {fork.label}")
+
+    def release_fd(self, rel: int, fork: int, segno: int, fd: int) -> None:
+        """Undo one ``acquire_fd()``."""
+        fork = self._check_relation(rel, fork)
+        self._files.release(self._segment_path(rel, fork, segno), fd)
+
+    @contextlib.contextmanager
+    def fd_for(self, rel: int, fork: int, segno: int, *, create: bool = False) -> Iterator[int]:
+        """``with smgr.fd_for(rel, fork, segno) as fd:`` — the fd is in use inside the block."""
+        fd = self.acquire_fd(rel, fork, segno, create=create)
+        try:
+            yield fd
+        finally:
+            self.release_fd(rel, fork, segno, fd)
+
+    def _acquire_segment(self, rel: int, fork: Fork, segno: int, create: bool,
+                         purpose: Callable[[], str]) -> int:
+        """Acquire segment ``segno``'s fd; an open failure names ``purpose()``."""
+        path = self._segment_path(rel, fork, segno)
+        try:
+            return self._files.acquire(path)
+        except IOFailure as e:
+            if not (create and e.errno == errno.ENOENT):
+                raise _io_error(e.errno, f"could not open file {path} to {purpose()}") from e
+        if segno == 0:
+            self.create(rel, fork, exist_ok=True)
+        else:
+            self._add_segment(rel, fork, segno)
+        try:
+            return self._files.acquire(path)
+        except IOFailure as e:
+            raise _io_error(e.errno, f"could not open file {path} to {purpose()}") from e
+
+    # -- existence ---------------------------------------------------------------------------
+
+    def exists(self, rel: int, fork: int) -> bool:
+        """Whether segment 0 of the fork exists."""
+        fork = self._check_relation(rel, fork)
+        self._check_open()
+        return osfile.exists(self._segment_path(rel, fork, 0))
+
+    def create(self, rel: int, fork: int, *, exist_ok: bool = False) -> None:
+        """Create an empty fork (segment 0), creating ``base/`` when missing.
+
+        The directory is fsynced afterwards. An existing fork raises ``RelationExistsError``
+        (a ``StorageError`` and a ``FileExistsError``) unless ``exist_ok``.
+        """
+        fork = self._check_relation(rel, fork)
+        self._check_open()
+        self._ensure_base_dir()
+        path = self._segment_path(rel, fork, 0)
+        flags = os.O_RDWR | os.O_CREAT | (0 if exist_ok else os.O_EXCL)
+        with self._segments_lock:
+            self._full_segments.pop((rel, fork), None)
+            try:
+                fd = osfile.open(path, flags)
+            except OSError as e:
+                what = f"could not create file {path} of relation {rel} fork {fork.label}"
+                if e.errno == errno.EEXIST:
+                    raise RelationExistsError(what) from e
+                raise _io_error(e.errno, what) from e
+            try:
+                osfile.close(fd)
+            except OSError as e:
+                raise _io_error(e.errno, f"could not close file {path}") from e
+            self._fsync_directory(self._base_dir)
+
+    def _ensure_base_dir(self) -> None:
+        if osfile.exists(self._base_dir):
+            return
+        try:
+            osfile.mkdir(self._base_dir)
+        except FileExistsError:
+            return  # another thread made it; it fsyncs the parent
+        except OSError as e:
+            raise _io_error(e.errno, f"could not create directory {self._base_dir}") from e
+        self._fsync_directory(self._data_dir)
+
+    # -- size --------------------------------------------------------------------------------
+
+    def nblocks(self, rel: int, fork: int) -> int:
+        """The number of blocks in the fork (md rule: it ends at the first segment that is
+        not full; a trailing partial block does not count)."""
+        fork = self._check_relation(rel, fork)
+        self._check_open()
+        return self._nblocks(rel, fork)
+
+    def _nblocks(self, rel: int, fork: Fork) -> int:
+        key = (rel, fork)
+        segno = self._full_segments.get(key, 0)
+        while True:
+            path = self._segment_path(rel, fork, segno)
+            try:
+                fd = self._files.acquire(path)
+            except IOFailure as e:
+                if e.errno == errno.ENOENT and segno > 0:
+                    return segno * self._segment_size  # the previous segment was full
+                raise _io_error(e.errno, f"could not open file {path} to count the blocks "
+                                         f"of relation {rel} fork {fork.label}") from e
+            try:
+                size = osfile.file_size(fd)
+            except OSError as e:
+                raise _io_error(e.errno, f"could not get the size of file {path} of "
+                                         f"relation {rel} fork {fork.label}") from e
+            finally:
+                self._files.release(path, fd)
+            blocks = size // BLCKSZ
+            if blocks < self._segment_size:
+                return segno * self._segment_size + blocks
+            if blocks > self._segment_size:
+                raise DataCorruptionError(
+                    f"file {path} holds {blocks} blocks, more than the segment size "
+                    f"{self._segment_size}", relation=rel, fork=fork,
+                    block=segno * self._segment_size)
+            segno += 1
+            with self._segments_lock:
+                if self._full_segments.get(key, 0) < segno:
+                    self._full_segments[key] = segno
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def readv(self, rel: int, fork: int, block: int, buffers: Sequence) -> None:
+        """Read blocks ``block .. block+len(buffers)-1`` into ``buffers``.
+
+        Each buffer is a writable byte buffer of exactly ``BLCKSZ`` bytes (page-aligned
+        with ``io_direct``). One ``preadv`` per segment piece. Reading past the end raises
+        ``DataCorruptionError`` ("... read only K of M bytes", as PostgreSQL's
+        ERRCODE_DATA_CORRUPTED); a missing segment file or an OS error raises ``IOFailure``.
+        """
+        fork = self._check_relation(rel, fork)
+        self._check_buffers(buffers, block)
+        self._check_open()
+        count = len(buffers)
+        if count == 0:
+            return
+        if count <= IOV_MAX and (block % self._segment_size) + count <= self._segment_size:
+            # The common case: one piece in one segment.
+            self._read_piece(rel, fork, block, buffers)
+            return
+        buffers = list(buffers)
+        for _, _, first, run in self.segment_runs(block, count):
+            for start in range(first, first + run, IOV_MAX):
+                end = min(start + IOV_MAX, first + run)
+                self._read_piece(rel, fork, block + start, buffers[start:end])
+
+    def _read_piece(self, rel: int, fork: Fork, block: int, iov: Sequence) -> None:
+        """One preadv (more only for short reads) of blocks within one segment."""
+        segno, in_segment = divmod(block, self._segment_size)
+        path = self._segment_path(rel, fork, segno)
+        nblocks = len(iov)
+        fd = self._acquire_segment(rel, fork, segno, False,
+                                   lambda: f"read {describe(rel, fork, block, nblocks)}")
+        want = nblocks * BLCKSZ
+        offset = in_segment * BLCKSZ
+        done = calls = 0
+        rest = iov
+        try:
+            while True:
+                try:
+                    got = osfile.preadv(fd, rest, offset + done)
+                except OSError as e:
+                    raise _io_error(e.errno, f"could not read {describe(rel, fork, block, nblocks)}"
+                                             f" in file {path}") from e
+                calls += 1
+                done += got
+                if done == want or got == 0:
+                    break
+                if calls > SHORT_TRANSFER_RETRIES_MAX:
+                    raise IOFailure(errno.EIO, f"could not read {describe(rel, fork, block, nblocks)}"
+                                               f" in file {path}: {calls} short reads in a row")
+                rest = _advance(iov, done)
+        finally:
+            self._files.release(path, fd)
+            self._count_reads(calls, done)
+        if done < want:
+            raise DataCorruptionError(
+                f"could not read {describe(rel, fork, block, nblocks)} in file {path}: "
+                f"read only {done} of {want} bytes", relation=rel, fork=fork, block=block)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def writev(self, rel: int, fork: int, block: int, buffers: Sequence) -> None:
+        """Write ``buffers`` (each exactly ``BLCKSZ`` bytes) to blocks ``block`` onwards.
+
+        One ``pwritev`` per segment piece; short writes that made progress are continued,
+        a write that transfers nothing raises ``DiskFullError``. Writing into a segment that
+        does not exist yet creates it (padding earlier segments to full size first). The
+        fork itself must exist.
+        """
+        fork = self._check_relation(rel, fork)
+        self._check_buffers(buffers, block)
+        self._check_open()
+        self._writev(rel, fork, block, buffers)
+
+    def _writev(self, rel: int, fork: Fork, block: int, buffers: Sequence) -> None:
+        count = len(buffers)
+        if count == 0:
+            return
+        if count <= IOV_MAX and (block % self._segment_size) + count <= self._segment_size:
+            self._write_piece(rel, fork, block, buffers)
+            return
+        buffers = list(buffers)
+        for _, _, first, run in self.segment_runs(block, count):
+            for start in range(first, first + run, IOV_MAX):
+                end = min(start + IOV_MAX, first + run)
+                self._write_piece(rel, fork, block + start, buffers[start:end])
+
+    def _write_piece(self, rel: int, fork: Fork, block: int, iov: Sequence) -> None:
+        """One pwritev (more only for short writes) of blocks within one segment."""
+        segno, in_segment = divmod(block, self._segment_size)
+        path = self._segment_path(rel, fork, segno)
+        nblocks = len(iov)
+        fd = self._acquire_segment(rel, fork, segno, segno > 0,
+                                   lambda: f"write {describe(rel, fork, block, nblocks)}")
+        try:
+            self._pwrite_all(fd, iov, in_segment * BLCKSZ,
+                             lambda: f"{describe(rel, fork, block, nblocks)} in file {path}")
+        finally:
+            self._files.release(path, fd)
+
+    def _pwrite_all(self, fd: int, iov: Sequence, offset: int,
+                    where: Callable[[], str]) -> None:
+        """pwritev until all of ``iov`` is written; ``where()`` names it for errors."""
+        want = len(iov) * BLCKSZ
+        done = calls = 0
+        rest = iov
+        try:
+            while True:
+                try:
+                    got = osfile.pwritev(fd, rest, offset + done)
+                except OSError as e:
+                    raise _io_error(e.errno, f"could not write {where()}") from e
+                calls += 1
+                done += got
+                if done == want:
+                    return
+                if got == 0:
+                    raise DiskFullError(f"could not write {where()}: wrote only {done} of "
+                                        f"{want} bytes (no progress; counted as a full disk)")
+                if calls > SHORT_TRANSFER_RETRIES_MAX:
+                    raise IOFailure(errno.EIO, f"could not write {where()}: "
+                                               f"{calls} short writes in a row")
+                rest = _advance(iov, done)
+        finally:
+            self._count_writes(calls, done)
+
+    def extend(self, rel: int, fork: int, block: int, data) -> None:
+        """Add block ``block`` (at or beyond ``nblocks``) holding ``data`` (``BLCKSZ`` bytes).
+
+        Blocks skipped between the old end and ``block`` read as zeros.
+        """
+        fork = self._check_relation(rel, fork)
+        self._check_block(block, "block")
+        try:
+            size = len(data)
+        except TypeError:
+            raise TypeError(f"data must be a {BLCKSZ}-byte buffer, "
+                            f"not {type(data).__name__}") from None
+        if size != BLCKSZ:
+            raise ValueError(f"data must be exactly {BLCKSZ} bytes, got {size}")
+        self._check_open()
+        self._check_extension(rel, fork, block)
+        self._writev(rel, fork, block, (data,))
+
+    def zeroextend(self, rel: int, fork: int, block: int, n: int) -> None:
+        """Add ``n`` zero blocks at ``block .. block+n-1`` (``block`` at or beyond nblocks).
+
+        Vectored writes of one shared zero block, one per segment piece.
+        """
+        fork = self._check_relation(rel, fork)
+        self._check_block(block, "block")
+        self._check_count(n, "n")
+        self._check_range(block, n)
+        self._check_open()
+        self._check_extension(rel, fork, block)
+        if n:
+            self._writev(rel, fork, block, [self._zeros()] * n)
+
+    def _check_extension(self, rel: int, fork: Fork, block: int) -> None:
+        current = self._nblocks(rel, fork)
+        if block < current:
+            raise ValueError(f"block {block} is not beyond the end of relation {rel} fork "
+                             f"{fork.label} ({current} blocks); use writev to overwrite")
+
+    def _zeros(self) -> memoryview:
+        if self._zero_block is None:  # a race only makes one spare page
+            self._zero_block = memoryview(aligned_buffer(BLCKSZ, huge_pages=False))[:BLCKSZ].toreadonly()
+        return self._zero_block
+
+    def _add_segment(self, rel: int, fork: Fork, segno: int) -> None:
+        """Make segment ``segno`` exist with every earlier segment full (md invariant).
+
+        Earlier short segments are padded by writing their last block as zeros (the hole
+        reads as zeros); missing ones are created the same way. Directory fsynced after.
+        """
+        assert segno > 0
+        key = (rel, fork)
+        created = False
+        with self._segments_lock:
+            for s in range(self._full_segments.get(key, 0), segno + 1):
+                path = self._segment_path(rel, fork, s)
+                try:
+                    fd = self._files.acquire(path)
+                except IOFailure as e:
+                    if e.errno != errno.ENOENT or s == 0:
+                        raise
+                    fd = self._files.acquire(path, create=True)
+                    created = True
+                try:
+                    if s == segno:
+                        break
+                    try:
+                        size = osfile.file_size(fd)
+                    except OSError as e:
+                        raise _io_error(e.errno, f"could not get the size of file {path}") from e
+                    if size < self._segment_bytes:
+                        last = (s + 1) * self._segment_size - 1
+                        self._pwrite_all(fd, (self._zeros(),), self._segment_bytes - BLCKSZ,
+                                         lambda p=path, b=last: f"{describe(rel, fork, b)} in file {p}")
+                    elif size > self._segment_bytes:
+                        raise DataCorruptionError(
+                            f"file {path} is {size} bytes, more than the segment size "
+                            f"{self._segment_bytes}", relation=rel, fork=fork,
+                            block=s * self._segment_size)
+                finally:
+                    self._files.release(path, fd)
+            self._full_segments[key] = max(self._full_segments.get(key, 0), segno)
+            if created:
+                self._fsync_directory(self._base_dir)
+
+    def writeback(self, rel: int, fork: int, block: int, n: int) -> None:
+        """Ask the kernel to start writing blocks ``block .. block+n-1`` back (a hint).
+
+        Segments that do not exist are skipped.
+        """
+        fork = self._check_relation(rel, fork)
+        self._check_block(block, "block")
+        self._check_count(n, "n")
+        self._check_range(block, n)
+        self._check_open()
+        for segno, in_segment, first, count in self.segment_runs(block, n):
+            path = self._segment_path(rel, fork, segno)
+            try:
+                fd = self._files.acquire(path)
+            except IOFailure as e:
+                if e.errno == errno.ENOENT:
+                    continue
+                raise
+            try:
+                osfile.writeback(fd, in_segment * BLCKSZ, count * BLCKSZ)
+            except OSError as e:
+                raise _io_error(e.errno, f"could not write back "
+                                         f"{describe(rel, fork, block + first, count)} "
+                                         f"in file {path}") from e
+            finally:
+                self._files.release(path, fd)
+
+    # -- truncating, syncing, removing -------------------------------------------------------
+
+    def truncate(self, rel: int, fork: int, nblocks: int) -> None:
+        """Shrink the fork to ``nblocks`` blocks.
+
+        Later segment files are unlinked (last first, so the md invariant holds at every
+        instant), the segment holding the new end is shortened (segment 0 to zero bytes
+        when ``nblocks`` is 0), and the directory is fsynced when a file was removed. The
+        shortened file is not fsynced (``immedsync`` or WAL replay make it durable).
+        """
+        fork = self._check_relation(rel, fork)
+        self._check_count(nblocks, "nblocks")
+        self._check_open()
+        current = self._nblocks(rel, fork)
+        if nblocks > current:
+            raise ValueError(f"cannot truncate relation {rel} fork {fork.label} to {nblocks} "
+                             f"blocks: it has only {current}")
+        if nblocks == current:
+            return
+        keep = (nblocks - 1) // self._segment_size if nblocks else 0
+        key = (rel, fork)
+        with self._segments_lock:
+            self._full_segments[key] = min(self._full_segments.get(key, 0), keep)
+            removed = self._unlink_segments(rel, fork, keep + 1)
+            path = self._segment_path(rel, fork, keep)
+            length = (nblocks - keep * self._segment_size) * BLCKSZ
+            with self._files.using(path) as fd:
+                try:
+                    osfile.ftruncate(fd, length)
+                except OSError as e:
+                    raise _io_error(e.errno, f"could not truncate file {path} of relation "
+                                             f"{rel} fork {fork.label} to {length} bytes") from e
+            if removed:
+                self._fsync_directory(self._base_dir)
+
+    def _unlink_segments(self, rel: int, fork: Fork, first: int) -> int:
+        """Unlink segments ``first`` onwards, highest first; returns how many went."""
+        last = first
+        while osfile.exists(self._segment_path(rel, fork, last)):
+            last += 1
+        for segno in range(last - 1, first - 1, -1):
+            path = self._segment_path(rel, fork, segno)
+            self._files.forget(path)
+            try:
+                osfile.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise _io_error(e.errno, f"could not remove file {path} of relation {rel} "
+                                         f"fork {fork.label}") from e
+        return last - first
+
+    def immedsync(self, rel: int, fork: int) -> None:
+        """fsync every segment file of the fork (segment 0 must exist)."""
+        fork = self._check_relation(rel, fork)
+        self._check_open()
+        segno = 0
+        while True:
+            path = self._segment_path(rel, fork, segno)
+            try:
+                fd = self._files.acquire(path)
+            except IOFailure as e:
+                if e.errno == errno.ENOENT and segno > 0:
+                    return
+                raise _io_error(e.errno, f"could not open file {path} to fsync relation "
+                                         f"{rel} fork {fork.label}") from e
+            try:
+                osfile.fsync(fd)
+            except OSError as e:
+                raise _io_error(e.errno, f"could not fsync file {path} of relation {rel} "
+                                         f"fork {fork.label}") from e
+            finally:
+                self._files.release(path, fd)
+                with self._stats_lock:
+                    self._fsyncs += 1
+            segno += 1
+
+    def unlink(self, rel: int, fork: int | None = None) -> None:
+        """Remove every segment of ``fork`` (of every fork when None), then fsync ``base/``.
+
+        Segment 0 goes last, so a crash midway never leaves orphans behind a missing
+        segment 0. Removing what does not exist is harmless (redo may repeat a drop).
+        """
+        checked = self._check_relation(rel, Fork.MAIN if fork is None else fork)
+        forks = list(Fork) if fork is None else [checked]
+        self._check_open()
+        removed = 0
+        with self._segments_lock:
+            for f in forks:
+                self._full_segments.pop((rel, f), None)
+                removed += self._unlink_segments(rel, f, 1)
+                removed += self._unlink_segments(rel, f, 0)
+        if removed:
+            self._fsync_directory(self._base_dir)
+
+    def _fsync_directory(self, path: str) -> None:
+        try:
+            osfile.fsync_directory(path)
+        except OSError as e:
+            raise _io_error(e.errno, f"could not fsync directory {path}") from e
+        with self._stats_lock:
+            self._directory_fsyncs += 1
+
+    # -- lifecycle and introspection ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every cached fd (fds in use close when released). Twice is harmless."""
+        self._closed = True
+        self._files.close_all()
+
+    def __enter__(self) -> Smgr:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def stats(self) -> SmgrStats:
+        with self._stats_lock:
+            return SmgrStats(reads=self._reads, read_bytes=self._read_bytes,
+                             writes=self._writes, write_bytes=self._write_bytes,
+                             fsyncs=self._fsyncs, directory_fsyncs=self._directory_fsyncs,
+                             fd_cache=self._files.stats())
+
+    def _count_reads(self, calls: int, nbytes: int) -> None:
+        with self._stats_lock:
+            self._reads += calls
+            self._read_bytes += nbytes
+
+    def _count_writes(self, calls: int, nbytes: int) -> None:
+        with self._stats_lock:
+            self._writes += calls
+            self._write_bytes += nbytes
+
+    # -- argument checks ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this Smgr is closed")
+
+    @staticmethod
+    def _check_relation(rel: int, fork: int) -> Fork:
+        if not isinstance(rel, int) or isinstance(rel, bool):
+            raise TypeError(f"rel must be an int relfilenumber, not {type(rel).__name__}")
+        if not 0 < rel <= MAX_RELFILENUMBER:
+            raise ValueError(f"rel must be in 1..{MAX_RELFILENUMBER}, got {rel}")
+        if type(fork) is Fork:
+            return fork
+        if not isinstance(fork, int) or isinstance(fork, bool):
+            raise TypeError(f"fork must be a Fork, not {type(fork).__name__}")
+        try:
+            return Fork(fork)
+        except ValueError:
+            raise ValueError(f"fork must be one of {[int(f) for f in Fork]}, got {fork}") from None
+
+    @staticmethod
+    def _check_block(block: int, name: str) -> None:
+        if not isinstance(block, int) or isinstance(block, bool):
+            raise TypeError(f"{name} must be an int, not {type(block).__name__}")
+        if not 0 <= block <= MAX_BLOCK_NUMBER:
+            raise ValueError(f"{name} must be in 0..{MAX_BLOCK_NUMBER}, got {block}")
+
+    @staticmethod
+    def _check_count(n: int, name: str) -> None:
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"{name} must be an int, not {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"{name} must not be negative, got {n}")
+
+    @staticmethod
+    def _check_range(block: int, n: int) -> None:
+        if block + n - 1 > MAX_BLOCK_NUMBER:
+            raise ValueError(f"blocks {block}..{block + n - 1} go past the largest block "
+                             f"number {MAX_BLOCK_NUMBER}")
+
+    def _check_buffers(self, buffers: Sequence, block: int) -> None:
+        self._check_block(block, "block")
+        if isinstance(buffers, (bytes, bytearray, memoryview, mmap.mmap, str)):
+            raise TypeError(f"buffers must be a sequence of {BLCKSZ}-byte buffers, "
+                            f"not a single {type(buffers).__name__}")
+        try:
+            sizes = set(map(len, buffers))  # C-level loop, no per-block Python code
+        except TypeError:
+            raise TypeError(f"buffers must be a sequence of {BLCKSZ}-byte buffers") from None
+        if sizes - {BLCKSZ}:
+            raise ValueError(f"every buffer must be exactly {BLCKSZ} bytes, "
+                             f"got sizes {sorted(sizes)}")
+        self._check_range(block, len(buffers))
