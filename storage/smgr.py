@@ -136,7 +136,7 @@ class Smgr:
     """
 
     def __init__(self, data_dir: str, *, segment_size: int = 131072, max_files: int = 1000,
-                 io_direct: bool = False) -> None:
+                 io_direct: bool = False, aio=None) -> None:
         if not isinstance(data_dir, str):
             raise TypeError(f"data_dir must be a str, not {type(data_dir).__name__}")
         for name, value in (("segment_size", segment_size), ("max_files", max_files)):
@@ -162,6 +162,9 @@ class Smgr:
         self._reads = self._read_bytes = self._writes = self._write_bytes = 0
         self._fsyncs = self._directory_fsyncs = 0
         self._closed = False
+        # The AIO subsystem asynchronous I/O goes through (``start_readv``/``start_writev``);
+        # told when files are removed so I/O workers drop descriptors they cached.
+        self.aio = aio
 
     # -- naming -----------------------------------------------------------------------------
 
@@ -349,6 +352,21 @@ class Smgr:
                     self._full_segments[key] = segno
 
     # -- reading -----------------------------------------------------------------------------
+
+    def maxcombine(self, block: int) -> int:
+        """How many blocks from ``block`` one I/O may cover: up to the segment's end."""
+        return self._segment_size - block % self._segment_size
+
+    def start_readv(self, handle, rel: int, fork: int, block: int, buffers: Sequence) -> None:
+        """Stage an asynchronous read of ``len(buffers)`` blocks (within one segment, see
+        ``maxcombine``) on an acquired AIO handle. Completion reports whole blocks read:
+        OK, PARTIAL (fewer) or ERROR; see ``storage/smgr_aio.py``."""
+        _start_io(self, handle, False, rel, fork, block, buffers)
+
+    def start_writev(self, handle, rel: int, fork: int, block: int, buffers: Sequence) -> None:
+        """Stage an asynchronous write of ``len(buffers)`` blocks within one segment; a
+        missing segment is created the md way first."""
+        _start_io(self, handle, True, rel, fork, block, buffers)
 
     def readv(self, rel: int, fork: int, block: int, buffers: Sequence) -> None:
         """Read blocks ``block .. block+len(buffers)-1`` into ``buffers``.
@@ -636,6 +654,8 @@ class Smgr:
             except OSError as e:
                 raise _io_error(e.errno, f"could not remove file {path} of relation {rel} "
                                          f"fork {fork.label}") from e
+        if last > first and self.aio is not None:
+            self.aio.forget_files()
         return last - first
 
     def immedsync(self, rel: int, fork: int) -> None:
@@ -773,3 +793,7 @@ class Smgr:
             raise ValueError(f"every buffer must be exactly {BLCKSZ} bytes, "
                              f"got sizes {sorted(sizes)}")
         self._check_range(block, len(buffers))
+
+
+# Imported last: smgr_aio needs the names above (and registers the smgr target/callbacks).
+from storage.smgr_aio import start_io as _start_io  # noqa: E402

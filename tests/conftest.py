@@ -1,4 +1,4 @@
-"""Fixtures for the AIO tests: every I/O-path test runs against sync, worker and io_uring."""
+"""Shared fixtures: every I/O-path test runs against sync, worker and io_uring."""
 
 import os
 
