@@ -1,0 +1,845 @@
+"""The shared buffer manager over AIO.
+
+``shared_buffers`` pages live in one page-aligned private anonymous mapping advised for huge
+pages (O_DIRECT-ready). Each buffer has a descriptor: tag (relation, fork, block), state
+flags, a pin count, a usage count for clock-sweep replacement, the wait reference of the I/O
+in progress, and a content lock (shared/exclusive).
+
+Reads are two-step, as PostgreSQL 18's: ``start_read_buffers`` pins the blocks, claims
+IO_IN_PROGRESS for the misses and issues one vectored read per run of adjacent misses;
+``wait_read_buffers`` waits, re-issues the remainder of a short read and raises on failure.
+The completion callback — in whichever thread completes the I/O — verifies every page's
+header and checksum, sets VALID or IO_ERROR, clears IO_IN_PROGRESS, drops the I/O's own pin
+and wakes waiters. A thread that finds a block whose read another thread started waits on
+that I/O's wait reference: one physical read per block however many threads want it.
+
+Writes go through AIO too: a dirty victim is written before reuse, and ``flush_all``
+(checkpoints) sorts dirty buffers by tag, combines adjacent blocks into vectored writes and
+keeps many in flight. Before any page is written, WAL is flushed up to its LSN through the
+injected ``flush_wal(lsn)`` (WAL before data).
+
+Invariants:
+1. A buffer's content is touched only while it is pinned; a pinned buffer is never evicted.
+2. IO_IN_PROGRESS has one owner; an I/O's own pin (taken at stage, dropped at completion)
+   keeps the buffer from reuse while the kernel may still write into it.
+3. A buffer becomes VALID only after its page verified (or was zeroed/ignored by the
+   options captured when the read was issued).
+4. A page is written only after ``flush_wal(page_lsn)`` returned, with its checksum set,
+   while its content lock is held shared (no change can race the write).
+5. The descriptor lock (``_lock``) is never held while I/O is started or waited for: the
+   sync method completes inside ``start``, and completion takes ``_lock``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sortedcontainers import SortedList
+
+from aio import callbacks as cb
+from aio.core import Aio
+from aio.errors import DataCorruptionError, StorageError
+from aio.handle import AioResult, AioReturn, Handle, ResultStatus, WaitRef
+from aio.memory import aligned_buffer
+from storage.page import BLCKSZ, PageStatus, page_get_lsn, page_set_checksum, verify_page
+from storage.smgr import Fork, Smgr, describe
+
+BM_VALID = 1
+BM_DIRTY = 2
+BM_IO_IN_PROGRESS = 4
+BM_IO_ERROR = 8
+BM_TAG_VALID = 16
+
+BM_MAX_USAGE_COUNT = 5        # as PostgreSQL: how many sweeps a popular buffer survives
+SHARED_BUFFERS_MIN = 16       # a pool smaller than this cannot hold one combined read
+SHARED_BUFFERS_MAX = 1 << 22  # 32 GiB of pages; beyond that this design is the wrong tool
+IO_COMBINE_LIMIT_MAX = 128    # blocks per I/O (1 MiB), as PostgreSQL's io_max_combine_limit
+SHORT_READ_RETRIES_MAX = 64   # re-issues of a read that keeps coming back short
+
+BUFMGR_READV_CALLBACK_ID = 4
+BUFMGR_WRITEV_CALLBACK_ID = 5
+
+ERROR, PARTIAL, OK, WARNING = (ResultStatus.ERROR, ResultStatus.PARTIAL, ResultStatus.OK,
+                               ResultStatus.WARNING)
+
+
+class NoFreeBuffersError(StorageError):
+    """Every buffer is pinned: the pool is too small for the work in flight."""
+
+
+class DamagedPageWarning(UserWarning):
+    """A damaged page was zeroed (zero_damaged_pages) or accepted (ignore_checksum_failure)."""
+
+
+class ContentLock:
+    """Shared/exclusive lock; not owner-tracked, so an I/O completion may release the
+    shared hold its issuer took for a write."""
+
+    __slots__ = ("_cond", "_shared", "_exclusive")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive = False
+
+    def acquire_shared(self) -> None:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+
+    def acquire_exclusive(self) -> None:
+        with self._cond:
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._exclusive = True
+
+    def try_exclusive(self) -> bool:
+        with self._cond:
+            if self._exclusive or self._shared:
+                return False
+            self._exclusive = True
+            return True
+
+    def release_shared(self) -> None:
+        with self._cond:
+            assert self._shared > 0, "content lock released shared but not held"
+            self._shared -= 1
+            if self._shared == 0:
+                self._cond.notify_all()
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            assert self._exclusive, "content lock released exclusive but not held"
+            self._exclusive = False
+            self._cond.notify_all()
+
+    @property
+    def held_exclusive(self) -> bool:
+        return self._exclusive
+
+
+class BufferDesc:
+    __slots__ = ("buf_id", "tag", "flags", "refcount", "usage_count", "io_wref", "lock",
+                 "error")
+
+    def __init__(self, buf_id: int) -> None:
+        self.buf_id = buf_id
+        self.tag: tuple[int, int, int] | None = None
+        self.flags = 0
+        self.refcount = 0
+        self.usage_count = 0
+        self.io_wref: WaitRef | None = None
+        self.lock = ContentLock()
+        self.error = ""  # reason of the last failed read (for a later report)
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    """pg_stat_io-like counters of the buffer manager."""
+
+    io_method: str
+    shared_buffers: int
+    hits: int
+    reads: int
+    read_bytes: int
+    read_ios: int
+    writes: int
+    write_bytes: int
+    write_ios: int
+    evictions: int
+    io_wait_ns: int
+    zeroed_pages: int
+    ignored_checksum_failures: int
+
+
+@dataclass
+class _ReadIo:
+    """One in-flight read of consecutive buffers (callback data)."""
+
+    bufmgr: BufferManager
+    rel: int
+    fork: int
+    block: int
+    buf_ids: list[int]
+    zero_damaged_pages: bool
+    ignore_checksum_failure: bool
+    ref: WaitRef | None = None
+    ret: AioReturn | None = None
+
+
+@dataclass
+class _WriteIo:
+    bufmgr: BufferManager
+    rel: int
+    fork: int
+    block: int
+    buf_ids: list[int]
+    ref: WaitRef | None = None
+    ret: AioReturn | None = None
+
+
+class ReadBuffersOperation:
+    """What ``start_read_buffers`` started: the pinned buffers (in block order), our own
+    I/Os, and reads of other threads we must wait for."""
+
+    __slots__ = ("rel", "fork", "first_block", "buffers", "ios", "foreign", "zero_damaged_pages",
+                 "ignore_checksum_failure")
+
+    def __init__(self, rel: int, fork: int, first_block: int, zero: bool, ignore: bool) -> None:
+        self.rel = rel
+        self.fork = fork
+        self.first_block = first_block
+        self.buffers: list[int] = []
+        self.ios: list[_ReadIo] = []
+        self.foreign: list[tuple[int, WaitRef]] = []  # (index into buffers, wref)
+        self.zero_damaged_pages = zero
+        self.ignore_checksum_failure = ignore
+
+    @property
+    def needs_wait(self) -> bool:
+        return bool(self.ios or self.foreign)
+
+
+class BufferManager:
+    """See the module docstring. ``flush_wal(lsn)`` is injected by the engine."""
+
+    def __init__(self, smgr: Smgr, aio: Aio, *, shared_buffers: int = 16384,
+                 io_combine_limit: int = 16, zero_damaged_pages: bool = False,
+                 ignore_checksum_failure: bool = False,
+                 flush_wal: Callable[[int], None] | None = None) -> None:
+        if not isinstance(shared_buffers, int) or not SHARED_BUFFERS_MIN <= shared_buffers <= SHARED_BUFFERS_MAX:
+            raise ValueError(f"shared_buffers must be an int in {SHARED_BUFFERS_MIN}.."
+                             f"{SHARED_BUFFERS_MAX} (pages of {BLCKSZ} bytes), got {shared_buffers!r}")
+        if not isinstance(io_combine_limit, int) or not 1 <= io_combine_limit <= IO_COMBINE_LIMIT_MAX:
+            raise ValueError(f"io_combine_limit must be an int in 1..{IO_COMBINE_LIMIT_MAX} "
+                             f"(blocks), got {io_combine_limit!r}")
+        self.smgr = smgr
+        self.aio = aio
+        self.nbuffers = shared_buffers
+        self.io_combine_limit = io_combine_limit
+        self.zero_damaged_pages = zero_damaged_pages
+        self.ignore_checksum_failure = ignore_checksum_failure
+        self.flush_wal = flush_wal or (lambda lsn: None)
+        self._mem = aligned_buffer(shared_buffers * BLCKSZ)
+        mv = memoryview(self._mem)
+        self.pages: list[memoryview] = [mv[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(shared_buffers)]
+        self._mv = mv
+        self.descs = [BufferDesc(i) for i in range(shared_buffers)]
+        self._table: dict[tuple[int, int, int], int] = {}
+        self._lock = threading.Lock()
+        self._io_done = threading.Condition(self._lock)  # buffer I/O finished (sync waits)
+        self._hand = 0
+        self._extend_locks: dict[tuple[int, int], threading.Lock] = {}
+        self._hits = self._reads = self._read_bytes = self._read_ios = 0
+        self._writes = self._write_bytes = self._write_ios = self._evictions = 0
+        self._io_wait_ns = self._zeroed = self._ignored = 0
+
+    # --- pinning and replacement --------------------------------------------------------------
+    def page(self, buf_id: int) -> memoryview:
+        return self.pages[buf_id]
+
+    def pages_view(self, first: int, n: int) -> memoryview:
+        """n adjacent buffers' memory as one view (for one-iovec I/O)."""
+        return self._mv[first * BLCKSZ:(first + n) * BLCKSZ]
+
+    def pin(self, buf_id: int) -> None:
+        with self._lock:
+            d = self.descs[buf_id]
+            assert d.refcount > 0, "pin() adds a pin to an already pinned buffer"
+            d.refcount += 1
+
+    def unpin(self, buf_id: int) -> None:
+        with self._lock:
+            d = self.descs[buf_id]
+            assert d.refcount > 0, f"buffer {buf_id} unpinned but not pinned"
+            d.refcount -= 1
+
+    def unpin_many(self, buf_ids: Sequence[int]) -> None:
+        with self._lock:
+            descs = self.descs
+            for b in buf_ids:
+                d = descs[b]
+                assert d.refcount > 0, f"buffer {b} unpinned but not pinned"
+                d.refcount -= 1
+
+    def _pin_for_block_locked(self, tag: tuple[int, int, int]) -> tuple[int, bool]:
+        """Pin the buffer of ``tag``, allocating a clean victim on a miss.
+        Returns (buf_id, found); found means VALID. Caller holds ``_lock``. May return
+        (-1, False) when the victim is dirty: the caller writes it and retries."""
+        b = self._table.get(tag)
+        if b is not None:
+            d = self.descs[b]
+            d.refcount += 1
+            if d.usage_count < BM_MAX_USAGE_COUNT:
+                d.usage_count += 1
+            return b, bool(d.flags & BM_VALID)
+        d = self._clock_sweep_locked()
+        if d.flags & BM_DIRTY:
+            return -d.buf_id - 2, False  # dirty victim, pinned: caller flushes it
+        self._retag_locked(d, tag)
+        return d.buf_id, False
+
+    def _retag_locked(self, d: BufferDesc, tag: tuple[int, int, int]) -> None:
+        if d.flags & BM_TAG_VALID:
+            del self._table[d.tag]
+            self._evictions += 1
+        d.tag = tag
+        d.flags = BM_TAG_VALID
+        d.usage_count = 1
+        d.error = ""
+        self._table[tag] = d.buf_id
+
+    def _clock_sweep_locked(self) -> BufferDesc:
+        """A victim with no pins, usage count decayed to zero; returned pinned."""
+        descs, n = self.descs, self.nbuffers
+        for _ in range(n * (BM_MAX_USAGE_COUNT + 1)):
+            d = descs[self._hand]
+            self._hand = (self._hand + 1) % n
+            if d.refcount:
+                continue
+            if d.usage_count:
+                d.usage_count -= 1
+                continue
+            d.refcount = 1
+            return d
+        raise NoFreeBuffersError(f"no unpinned buffers available: all {n} shared_buffers are "
+                                 "pinned (raise shared_buffers or hold fewer pins)")
+
+    def _pin_block(self, tag: tuple[int, int, int]) -> tuple[int, bool]:
+        """Pin ``tag``'s buffer; writes dirty victims out first. Returns (buf_id, found)."""
+        while True:
+            with self._lock:
+                b, found = self._pin_for_block_locked(tag)
+            if b >= 0:
+                return b, found
+            victim = -b - 2
+            self._write_victim(victim)  # we hold its pin; it stays unless re-dirtied
+            with self._lock:
+                d = self.descs[victim]
+                if self._table.get(tag) is None and not (d.flags & BM_DIRTY) and d.refcount == 1:
+                    self._retag_locked(d, tag)
+                    return victim, False
+                d.refcount -= 1  # someone re-used or re-dirtied it, or tag appeared: retry
+
+    # --- reads -----------------------------------------------------------------------------------
+    def start_read_buffers(self, rel: int, fork: int, first_block: int, nblocks: int, *,
+                           zero_damaged_pages: bool | None = None,
+                           ignore_checksum_failure: bool | None = None) -> ReadBuffersOperation:
+        """Pin blocks first_block..+nblocks-1 and start reads for those not in the pool.
+        Options are captured now: the completion may run in another thread."""
+        op = ReadBuffersOperation(
+            rel, int(fork), first_block,
+            self.zero_damaged_pages if zero_damaged_pages is None else zero_damaged_pages,
+            self.ignore_checksum_failure if ignore_checksum_failure is None else ignore_checksum_failure)
+        buffers = op.buffers
+        missing: list[int] = []  # indexes into buffers whose read we own
+        fork = int(fork)
+        try:
+            for i in range(nblocks):
+                tag = (rel, fork, first_block + i)
+                b, _found = self._pin_block(tag)
+                buffers.append(b)
+                with self._lock:
+                    d = self.descs[b]
+                    if d.flags & BM_VALID:
+                        self._hits += 1
+                        continue
+                    if d.flags & BM_IO_IN_PROGRESS:
+                        op.foreign.append((i, d.io_wref))
+                        continue
+                    d.flags |= BM_IO_IN_PROGRESS
+                    d.flags &= ~BM_IO_ERROR
+                missing.append(i)
+            self._start_runs(op, missing)
+        except BaseException:
+            self._abandon(op, missing)
+            raise
+        return op
+
+    def _abandon(self, op: ReadBuffersOperation, claimed: list[int]) -> None:
+        """Error before I/O started: give back claims that no I/O took, and all pins."""
+        in_io = {b for io in op.ios for b in io.buf_ids}
+        with self._lock:
+            for i in claimed:
+                if i < len(op.buffers):
+                    b = op.buffers[i]
+                    if b not in in_io:
+                        self.descs[b].flags &= ~BM_IO_IN_PROGRESS
+            self._io_done.notify_all()
+        self.unpin_many(op.buffers)
+
+    def _start_runs(self, op: ReadBuffersOperation, missing: list[int]) -> None:
+        """One vectored read per run of adjacent claimed blocks (within a segment and
+        io_combine_limit)."""
+        i = 0
+        limit = self.io_combine_limit
+        while i < len(missing):
+            start = missing[i]
+            block = op.first_block + start
+            cap = min(limit, self.smgr.maxcombine(block))
+            j = i + 1
+            while j < len(missing) and missing[j] == missing[j - 1] + 1 and j - i < cap:
+                j += 1
+            self._start_read_io(op, [op.buffers[k] for k in missing[i:j]], block)
+            i = j
+
+    def _start_read_io(self, op: ReadBuffersOperation, buf_ids: list[int], block: int) -> None:
+        io = _ReadIo(self, op.rel, op.fork, block, buf_ids, op.zero_damaged_pages,
+                     op.ignore_checksum_failure)
+        io.ret = AioReturn()
+        first = buf_ids[0]
+        if buf_ids == list(range(first, first + len(buf_ids))):
+            views = _as_blocks([self.pages_view(first, len(buf_ids))], len(buf_ids))
+        else:
+            views = [self.pages[b] for b in buf_ids]
+        h = self.aio.acquire(io.ret)
+        try:
+            h.add_callback(BUFMGR_READV_CALLBACK_ID, io)
+            io.ref = h.wait_ref()
+            self.smgr.start_readv(h, op.rel, op.fork, block, views)
+        except BaseException:
+            if io.ref is not None and self.aio.done(io.ref):
+                op.ios.append(io)  # it was started and completed: its callback ran
+            elif h.state.name == "HANDED_OUT":
+                h.release()
+            raise
+        op.ios.append(io)
+
+    def wait_read_buffers(self, op: ReadBuffersOperation) -> list[int]:
+        """Wait for the reads ``op`` started (and for other threads' reads of its blocks),
+        re-issue the rest of short reads, raise on failure. Returns the pinned buffers."""
+        t0 = time.perf_counter_ns()
+        try:
+            for _ in range(SHORT_READ_RETRIES_MAX):
+                ios, op.ios = op.ios, []
+                retry: list[int] = []
+                for io in ios:
+                    self.aio.wait(io.ref)
+                    result = io.ret.result
+                    if result.status == PARTIAL:
+                        done = result.result
+                        # The completion released the undone buffers' claims; claim again.
+                        retry.extend(op.buffers.index(b) for b in io.buf_ids[done:])
+                        continue
+                    if io.ret.raise_if_failed().status == WARNING:
+                        _, zeroed, ignored = io.ret.result.detail
+                        rel_desc = f"relation {io.rel} fork {Fork(io.fork).label}"
+                        if zeroed:
+                            warnings.warn(f"invalid page in block(s) {zeroed} of {rel_desc}; "
+                                          "zeroing out page (zero_damaged_pages)",
+                                          DamagedPageWarning, stacklevel=2)
+                        if ignored:
+                            warnings.warn(f"ignoring checksum failure in block(s) {ignored} of "
+                                          f"{rel_desc} (ignore_checksum_failure)",
+                                          DamagedPageWarning, stacklevel=2)
+                foreign = set()
+                for i, ref in op.foreign:
+                    if ref is not None:
+                        self.aio.wait(ref)
+                    self._wait_buffer_io(op.buffers[i])
+                    foreign.add(i)
+                op.foreign = []
+                reclaim = []
+                for i in sorted(foreign.union(retry)):
+                    b = op.buffers[i]
+                    with self._lock:
+                        d = self.descs[b]
+                        if d.flags & BM_VALID:
+                            if i in foreign:
+                                self._hits += 1  # another thread's read brought it in
+                            continue
+                        if d.flags & BM_IO_IN_PROGRESS:
+                            op.foreign.append((i, d.io_wref))
+                            continue
+                        d.flags |= BM_IO_IN_PROGRESS
+                        d.flags &= ~BM_IO_ERROR
+                    reclaim.append(i)
+                if not reclaim and not op.foreign and not op.ios:
+                    return op.buffers
+                self._start_runs(op, reclaim)
+            raise StorageError(f"reading {describe(op.rel, op.fork, op.first_block, len(op.buffers))} "
+                               f"came back short {SHORT_READ_RETRIES_MAX} times")
+        finally:
+            self._io_wait_ns += time.perf_counter_ns() - t0
+
+    def _wait_buffer_io(self, buf_id: int) -> None:
+        """Wait until no I/O is in progress on the buffer (an I/O claimed without AIO)."""
+        with self._lock:
+            d = self.descs[buf_id]
+            while d.flags & BM_IO_IN_PROGRESS:
+                ref = d.io_wref
+                if ref is not None:
+                    self._lock.release()
+                    try:
+                        self.aio.wait(ref)
+                    finally:
+                        self._lock.acquire()
+                    continue
+                self._io_done.wait(0.05)
+
+    def read_buffer(self, rel: int, fork: int, block: int) -> int:
+        """One block, pinned (no content lock)."""
+        op = self.start_read_buffers(rel, fork, block, 1)
+        if op.needs_wait:
+            try:
+                self.wait_read_buffers(op)
+            except BaseException:
+                self.unpin_many(op.buffers)
+                raise
+        return op.buffers[0]
+
+    def read_buffers(self, rel: int, fork: int, first_block: int, nblocks: int) -> list[int]:
+        op = self.start_read_buffers(rel, fork, first_block, nblocks)
+        if op.needs_wait:
+            try:
+                self.wait_read_buffers(op)
+            except BaseException:
+                self.unpin_many(op.buffers)
+                raise
+        return op.buffers
+
+    # --- read completion (runs in whichever thread completes the I/O) ----------------------------
+    def _read_stage(self, h: Handle, io: _ReadIo) -> None:
+        ref = WaitRef(h.index, h.generation)
+        with self._lock:
+            for b in io.buf_ids:
+                d = self.descs[b]
+                assert d.flags & BM_IO_IN_PROGRESS and not d.flags & BM_VALID, \
+                    f"buffer {b} staged for read in state {d.flags:#x}"
+                d.refcount += 1  # the I/O's own pin
+                d.io_wref = ref
+            self._reads += len(io.buf_ids)
+            self._read_bytes += len(io.buf_ids) * BLCKSZ
+            self._read_ios += 1
+
+    def _read_complete(self, h: Handle, prior: AioResult, io: _ReadIo) -> AioResult:
+        n = len(io.buf_ids)
+        done = prior.result if prior.status in (OK, PARTIAL) else 0
+        done = min(done, n)
+        rel, fork, block = io.rel, io.fork, io.block
+        pages, descs = self.pages, self.descs
+        bad: list[tuple[int, str]] = []
+        zeroed: list[int] = []
+        ignored: list[int] = []
+        ok_ids: list[int] = []
+        for k in range(done):
+            b = io.buf_ids[k]
+            page = pages[b]
+            v = verify_page(page, rel, fork, block + k)
+            status = v.status
+            if status == PageStatus.VALID or status == PageStatus.NEW:
+                ok_ids.append(b)
+            elif io.ignore_checksum_failure and status == PageStatus.BAD_CHECKSUM:
+                ignored.append(block + k)
+                ok_ids.append(b)
+            elif io.zero_damaged_pages:
+                page[:] = bytes(BLCKSZ)
+                zeroed.append(block + k)
+                ok_ids.append(b)
+            else:
+                bad.append((block + k, v.reason))
+                descs[b].error = v.reason
+        with self._lock:
+            for b in ok_ids:
+                d = descs[b]
+                d.flags = (d.flags | BM_VALID) & ~(BM_IO_IN_PROGRESS | BM_IO_ERROR)
+            failed = prior.status == ERROR
+            for k in range(done, n):
+                d = descs[io.buf_ids[k]]
+                d.flags &= ~BM_IO_IN_PROGRESS
+                if failed:
+                    d.flags |= BM_IO_ERROR
+            for blk, _ in bad:
+                d = descs[io.buf_ids[blk - block]]
+                d.flags = (d.flags | BM_IO_ERROR) & ~BM_IO_IN_PROGRESS
+            for b in io.buf_ids:
+                d = descs[b]
+                d.refcount -= 1
+                d.io_wref = None
+            self._zeroed += len(zeroed)
+            self._ignored += len(ignored)
+            self._io_done.notify_all()
+        if prior.status == ERROR:
+            return prior
+        if bad:
+            return AioResult(ERROR, done, 0, BUFMGR_READV_CALLBACK_ID, ("bad", bad))
+        if prior.status == PARTIAL:
+            return prior
+        if zeroed or ignored:
+            return AioResult(WARNING, done, 0, BUFMGR_READV_CALLBACK_ID, ("warn", zeroed, ignored))
+        return prior
+
+    @staticmethod
+    def _read_report(ret: AioReturn, io: _ReadIo) -> None:
+        kind, bad = ret.result.detail
+        first_block, reason = bad[0]
+        rel_desc = f"relation {io.rel} fork {Fork(io.fork).label}"
+        if len(bad) == 1:
+            msg = f"invalid page in block {first_block} of {rel_desc}: {reason}"
+        else:
+            msg = (f"{len(bad)} invalid pages among blocks {io.block}..{io.block + len(io.buf_ids) - 1} "
+                   f"of {rel_desc}; block {first_block} held the first: {reason}")
+        raise DataCorruptionError(msg, relation=io.rel, fork=io.fork, block=first_block)
+
+    # --- extension and dirtying ---------------------------------------------------------------------
+    def extend(self, rel: int, fork: int, n: int = 1) -> list[int]:
+        """Add ``n`` blocks to the fork: zero-filled on disk, returned as pinned, VALID,
+        exclusively locked (all-zero, i.e. new) buffers in block order."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        fork = int(fork)
+        key = (rel, fork)
+        with self._lock:
+            lock = self._extend_locks.get(key)
+            if lock is None:
+                lock = self._extend_locks[key] = threading.Lock()
+        with lock:
+            first = self.smgr.nblocks(rel, fork) if self.smgr.exists(rel, fork) else 0
+            if first == 0 and not self.smgr.exists(rel, fork):
+                self.smgr.create(rel, fork, exist_ok=True)
+            self.smgr.zeroextend(rel, fork, first, n)
+            out = []
+            for k in range(n):
+                b, _found = self._pin_block((rel, fork, first + k))
+                self.pages[b][:] = bytes(BLCKSZ)
+                with self._lock:
+                    d = self.descs[b]
+                    d.flags = (d.flags | BM_VALID) & ~(BM_IO_ERROR | BM_IO_IN_PROGRESS)
+                d.lock.acquire_exclusive()
+                out.append(b)
+            return out
+
+    def block_of(self, buf_id: int) -> tuple[int, int, int]:
+        tag = self.descs[buf_id].tag
+        assert tag is not None
+        return tag
+
+    def lock_shared(self, buf_id: int) -> None:
+        assert self.descs[buf_id].refcount > 0, "a buffer is pinned before it is locked"
+        self.descs[buf_id].lock.acquire_shared()
+
+    def lock_exclusive(self, buf_id: int) -> None:
+        assert self.descs[buf_id].refcount > 0, "a buffer is pinned before it is locked"
+        self.descs[buf_id].lock.acquire_exclusive()
+
+    def unlock_shared(self, buf_id: int) -> None:
+        self.descs[buf_id].lock.release_shared()
+
+    def unlock_exclusive(self, buf_id: int) -> None:
+        self.descs[buf_id].lock.release_exclusive()
+
+    def mark_dirty(self, buf_id: int) -> None:
+        d = self.descs[buf_id]
+        assert d.refcount > 0 and d.lock.held_exclusive, \
+            "a buffer is pinned and exclusively locked before it is dirtied"
+        with self._lock:
+            d.flags |= BM_DIRTY
+
+    def is_dirty(self, buf_id: int) -> bool:
+        return bool(self.descs[buf_id].flags & BM_DIRTY)
+
+    # --- writes --------------------------------------------------------------------------------------
+    def _write_victim(self, buf_id: int) -> None:
+        """Write one dirty buffer we hold pinned (eviction)."""
+        self._write_runs([[buf_id]], wait=True)
+
+    def flush_buffer(self, buf_id: int) -> None:
+        """Write one pinned buffer if it is dirty, and wait."""
+        self._write_runs([[buf_id]], wait=True)
+
+    def flush_all(self, rel: int | None = None) -> int:
+        """Write every dirty buffer (of ``rel`` only, when given): sorted by tag, adjacent
+        blocks combined into vectored writes up to io_combine_limit, all in flight at once
+        (bounded by the AIO pool). Returns how many buffers were written."""
+        with self._lock:
+            dirty = SortedList(
+                (d.tag, d.buf_id) for d in self.descs
+                if d.flags & BM_DIRTY and (rel is None or d.tag[0] == rel))
+            for _, b in dirty:
+                self.descs[b].refcount += 1  # our pin for the duration
+        runs: list[list[int]] = []
+        prev = None
+        for tag, b in dirty:
+            if (runs and prev is not None and tag[:2] == prev[:2] and tag[2] == prev[2] + 1
+                    and len(runs[-1]) < self.io_combine_limit
+                    and (tag[2] % self.smgr.segment_size) != 0):
+                runs[-1].append(b)
+            else:
+                runs.append([b])
+            prev = tag
+        try:
+            return self._write_runs(runs, wait=True)
+        finally:
+            self.unpin_many([b for _, b in dirty])
+
+    def _write_runs(self, runs: list[list[int]], *, wait: bool) -> int:
+        """Write runs of adjacent pinned buffers through AIO; each buffer is content-locked
+        shared from before the WAL flush until its write completes."""
+        ios: list[_WriteIo] = []
+        written = 0
+        with self.aio.batch():
+            for run in runs:
+                for claimed in self._claim_for_write(run):
+                    ios.append(self._start_write_io(claimed))
+                    written += len(claimed)
+        if wait:
+            t0 = time.perf_counter_ns()
+            first_error: BaseException | None = None
+            for io in ios:
+                self.aio.wait(io.ref)
+                try:
+                    io.ret.raise_if_failed()
+                except BaseException as exc:
+                    first_error = first_error or exc
+            self._io_wait_ns += time.perf_counter_ns() - t0
+            if first_error is not None:
+                raise first_error
+        return written
+
+    def _claim_for_write(self, run: list[int]) -> list[list[int]]:
+        """Content-lock (shared) and claim the write I/O of each dirty buffer in ``run``;
+        one not dirty any more, or being written elsewhere, splits the run."""
+        pieces: list[list[int]] = [[]]
+        for b in run:
+            d = self.descs[b]
+            d.lock.acquire_shared()
+            with self._lock:
+                claim = bool(d.flags & BM_DIRTY) and not d.flags & BM_IO_IN_PROGRESS
+                if claim:
+                    d.flags |= BM_IO_IN_PROGRESS
+            if claim:
+                pieces[-1].append(b)
+            else:
+                d.lock.release_shared()
+                if pieces[-1]:
+                    pieces.append([])
+        return [p for p in pieces if p]
+
+    def _start_write_io(self, claimed: list[int]) -> _WriteIo:
+        rel, fork, block = self.descs[claimed[0]].tag
+        io = _WriteIo(self, rel, fork, block, claimed)
+        io.ret = AioReturn()
+        h = None
+        try:
+            lsn = max(page_get_lsn(self.pages[b]) for b in claimed)
+            if lsn:
+                self.flush_wal(lsn)  # WAL before data
+            for k, b in enumerate(claimed):
+                page_set_checksum(self.pages[b], rel, fork, block + k)
+            first = claimed[0]
+            if claimed == list(range(first, first + len(claimed))):
+                views = _as_blocks([self.pages_view(first, len(claimed))], len(claimed))
+            else:
+                views = [self.pages[b] for b in claimed]
+            h = self.aio.acquire(io.ret)
+            h.add_callback(BUFMGR_WRITEV_CALLBACK_ID, io)
+            io.ref = h.wait_ref()
+            self.smgr.start_writev(h, rel, fork, block, views)
+        except BaseException:
+            if io.ref is not None and self.aio.done(io.ref):
+                raise  # started: the completion released the claims
+            if h is not None and h.state.name == "HANDED_OUT":
+                h.release()
+            with self._lock:  # never started: give the claims and locks back
+                for b in claimed:
+                    self.descs[b].flags &= ~BM_IO_IN_PROGRESS
+                self._io_done.notify_all()
+            for b in claimed:
+                self.descs[b].lock.release_shared()
+            raise
+        return io
+
+    def _write_stage(self, h: Handle, io: _WriteIo) -> None:
+        ref = WaitRef(h.index, h.generation)
+        with self._lock:
+            for b in io.buf_ids:
+                d = self.descs[b]
+                d.refcount += 1
+                d.io_wref = ref
+            self._writes += len(io.buf_ids)
+            self._write_bytes += len(io.buf_ids) * BLCKSZ
+            self._write_ios += 1
+
+    def _write_complete(self, h: Handle, prior: AioResult, io: _WriteIo) -> AioResult:
+        done = prior.result if prior.status in (OK, PARTIAL) else 0
+        with self._lock:
+            for k, b in enumerate(io.buf_ids):
+                d = self.descs[b]
+                if k < done:
+                    d.flags &= ~(BM_DIRTY | BM_IO_IN_PROGRESS | BM_IO_ERROR)
+                else:
+                    d.flags = (d.flags | BM_IO_ERROR) & ~BM_IO_IN_PROGRESS
+                d.refcount -= 1
+                d.io_wref = None
+            self._io_done.notify_all()
+        for b in io.buf_ids:
+            self.descs[b].lock.release_shared()
+        return prior
+
+    # --- relation-level maintenance ------------------------------------------------------------------
+    def drop_relation_buffers(self, rel: int, fork: int | None = None, from_block: int = 0) -> None:
+        """Forget buffers of ``rel`` (``fork``, blocks >= from_block) without writing them
+        (the relation is being truncated or dropped). They must not be pinned."""
+        with self._lock:
+            for d in self.descs:
+                t = d.tag
+                if t is None or t[0] != rel or (fork is not None and t[1] != fork) or t[2] < from_block:
+                    continue
+                assert d.refcount == 0, f"dropping pinned buffer of {describe(*t)}"
+                del self._table[t]
+                d.tag = None
+                d.flags = 0
+                d.usage_count = 0
+
+    def stats(self) -> BufferStats:
+        return BufferStats(self.aio.method.name, self.nbuffers, self._hits, self._reads,
+                           self._read_bytes, self._read_ios, self._writes, self._write_bytes,
+                           self._write_ios, self._evictions, self._io_wait_ns, self._zeroed,
+                           self._ignored)
+
+    def check(self) -> None:
+        """Whole-structure check (tests): table and descriptors agree."""
+        with self._lock:
+            for tag, b in self._table.items():
+                d = self.descs[b]
+                assert d.tag == tag and d.flags & BM_TAG_VALID, f"table entry {tag} -> {b} stale"
+            tagged = sum(1 for d in self.descs if d.flags & BM_TAG_VALID)
+            assert tagged == len(self._table), "descriptors with a tag but not in the table"
+            for d in self.descs:
+                assert d.refcount >= 0
+
+
+def _as_blocks(views: list[memoryview], n: int) -> list[memoryview]:
+    """smgr takes one BLCKSZ buffer per block; one wide view is split without copying."""
+    if len(views) == n:
+        return views
+    wide = views[0]
+    return [wide[k * BLCKSZ:(k + 1) * BLCKSZ] for k in range(n)]
+
+
+def _register() -> None:
+    def read_stage(h: Handle, io: _ReadIo) -> None:
+        io.bufmgr._read_stage(h, io)
+
+    def read_complete(h: Handle, prior: AioResult, io: _ReadIo) -> AioResult:
+        return io.bufmgr._read_complete(h, prior, io)
+
+    def write_stage(h: Handle, io: _WriteIo) -> None:
+        io.bufmgr._write_stage(h, io)
+
+    def write_complete(h: Handle, prior: AioResult, io: _WriteIo) -> AioResult:
+        return io.bufmgr._write_complete(h, prior, io)
+
+    cb.register_callback(BUFMGR_READV_CALLBACK_ID, cb.CallbackSet(
+        "bufmgr_readv", stage=read_stage, complete_shared=read_complete,
+        report=lambda ret, io: BufferManager._read_report(ret, io)))
+    cb.register_callback(BUFMGR_WRITEV_CALLBACK_ID, cb.CallbackSet(
+        "bufmgr_writev", stage=write_stage, complete_shared=write_complete))
+
+
+_register()
