@@ -209,7 +209,8 @@ class BufferManager:
     """See the module docstring. ``flush_wal(lsn)`` is injected by the engine."""
 
     def __init__(self, smgr: Smgr, aio: Aio, *, shared_buffers: int = 16384,
-                 io_combine_limit: int = 16, zero_damaged_pages: bool = False,
+                 io_combine_limit: int = 16, effective_io_concurrency: int = 16,
+                 zero_damaged_pages: bool = False,
                  ignore_checksum_failure: bool = False,
                  flush_wal: Callable[[int], None] | None = None) -> None:
         if not isinstance(shared_buffers, int) or not SHARED_BUFFERS_MIN <= shared_buffers <= SHARED_BUFFERS_MAX:
@@ -218,9 +219,13 @@ class BufferManager:
         if not isinstance(io_combine_limit, int) or not 1 <= io_combine_limit <= IO_COMBINE_LIMIT_MAX:
             raise ValueError(f"io_combine_limit must be an int in 1..{IO_COMBINE_LIMIT_MAX} "
                              f"(blocks), got {io_combine_limit!r}")
+        if not isinstance(effective_io_concurrency, int) or not 0 <= effective_io_concurrency <= 1000:
+            raise ValueError("effective_io_concurrency must be an int in 0..1000, got "
+                             f"{effective_io_concurrency!r}")
         self.smgr = smgr
         self.aio = aio
         self.nbuffers = shared_buffers
+        self.effective_io_concurrency = effective_io_concurrency
         self.io_combine_limit = io_combine_limit
         self.zero_damaged_pages = zero_damaged_pages
         self.ignore_checksum_failure = ignore_checksum_failure

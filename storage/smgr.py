@@ -357,6 +357,24 @@ class Smgr:
         """How many blocks from ``block`` one I/O may cover: up to the segment's end."""
         return self._segment_size - block % self._segment_size
 
+    def prefetch(self, rel: int, fork: int, block: int, nblocks: int) -> None:
+        """Advise the kernel that blocks ``block..+nblocks-1`` will be read soon
+        (posix_fadvise WILLNEED); a hint, so missing segments are skipped."""
+        fork = self._check_relation(rel, fork)
+        self._check_open()
+        if self._io_direct or nblocks <= 0:
+            return
+        for segno, in_segment, _, count in self.segment_runs(block, nblocks):
+            path = self._segment_path(rel, fork, segno)
+            try:
+                fd = self._files.acquire(path)
+            except IOFailure:
+                continue
+            try:
+                osfile.fadvise_willneed(fd, in_segment * BLCKSZ, count * BLCKSZ)
+            finally:
+                self._files.release(path, fd)
+
     def start_readv(self, handle, rel: int, fork: int, block: int, buffers: Sequence) -> None:
         """Stage an asynchronous read of ``len(buffers)`` blocks (within one segment, see
         ``maxcombine``) on an acquired AIO handle. Completion reports whole blocks read:

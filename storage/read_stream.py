@@ -1,0 +1,321 @@
+"""Read streams: the way to read many blocks, after PostgreSQL 18's read_stream.c.
+
+The caller gives a source of block numbers (an iterable, or a callable returning the next
+block or None), optionally with per-block data, and takes pinned buffers back in the same
+order. Behind that the stream keeps a look-ahead window of reads in flight:
+
+- adjacent blocks are combined into one read of up to ``io_combine_limit`` blocks (never
+  across a segment file);
+- the look-ahead ``distance`` (in pinned blocks) starts at 1, doubles each time the
+  consumer had to wait for a read, and decays by one for each run that was all hits, capped
+  by ``max_pinned_buffers``; at most ``max_ios`` reads are in flight;
+- an all-cached stream falls into a fast path that pins one block at a time with no
+  look-ahead machinery;
+- with the sync method on buffered files there is no concurrency to be had, so the stream
+  issues ``posix_fadvise(WILLNEED)`` for the runs ahead and reads each run when it is
+  consumed (PostgreSQL's advice mode).
+
+Invariants:
+1. Buffers are returned in source order, each pinned once for the caller (the caller
+   unpins); repeated blocks are returned (and pinned) again.
+2. The stream never holds more than ``max_pinned_buffers`` pins of its own.
+3. Per-block data travels with its block.
+4. ``reset``/``close`` unpin everything queued; an error leaves the queue as it was, so
+   ``close`` after an error releases every pin.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from storage.bufmgr import BufferManager, ReadBuffersOperation
+
+EFFECTIVE_IO_CONCURRENCY_DEFAULT = 16   # PostgreSQL 18's default
+EFFECTIVE_IO_CONCURRENCY_MAX = 1000     # as PostgreSQL's range
+
+
+@dataclass(frozen=True)
+class ReadStreamStats:
+    ios: int
+    blocks_read: int
+    hits: int
+    max_distance: int
+    max_pinned_seen: int
+    fast_path_blocks: int
+    advice_calls: int
+
+
+class _Run:
+    """One started (or, in advice mode, deferred) read of consecutive blocks."""
+
+    __slots__ = ("op", "block", "n", "waited")
+
+    def __init__(self, op: ReadBuffersOperation | None, block: int, n: int) -> None:
+        self.op = op
+        self.block = block
+        self.n = n
+        self.waited = op is None or not op.needs_wait
+
+
+class ReadStream:
+    """See the module docstring."""
+
+    def __init__(self, bufmgr: BufferManager, rel: int, fork: int,
+                 blocks: Iterable[Any] | Callable[[], Any], *, per_buffer_data: bool = False,
+                 max_ios: int | None = None, max_pinned: int | None = None) -> None:
+        if max_ios is None:
+            max_ios = getattr(bufmgr, "effective_io_concurrency", EFFECTIVE_IO_CONCURRENCY_DEFAULT)
+        if not isinstance(max_ios, int) or not 0 <= max_ios <= EFFECTIVE_IO_CONCURRENCY_MAX:
+            raise ValueError(f"max_ios (effective_io_concurrency) must be an int in "
+                             f"0..{EFFECTIVE_IO_CONCURRENCY_MAX}, got {max_ios!r}")
+        self.bufmgr = bufmgr
+        self.rel = rel
+        self.fork = int(fork)
+        self.per_buffer_data = per_buffer_data
+        self.synchronous = max_ios == 0
+        self.max_ios = max(1, max_ios)
+        self.combine = bufmgr.io_combine_limit
+        default_pins = min((self.max_ios + 1) * self.combine, max(1, bufmgr.nbuffers // 4))
+        if max_pinned is None:
+            max_pinned = default_pins
+        if not isinstance(max_pinned, int) or max_pinned < 1:
+            raise ValueError(f"max_pinned must be a positive int, got {max_pinned!r}")
+        self.max_pinned_buffers = min(max_pinned, bufmgr.nbuffers)
+        if callable(blocks):
+            self._next_source: Callable[[], Any] = blocks
+        else:
+            it = iter(blocks)
+            self._next_source = lambda: next(it, None)
+        method = bufmgr.aio.method.name
+        self.advice = method == "sync" and not bufmgr.smgr.io_direct and not self.synchronous
+        # queue entries: [buf_id or None (advice mode, not yet read), data, run]
+        self._queue: deque[list] = deque()
+        self.pinned = 0
+        self.distance = 1
+        self._ios_in_progress = 0
+        self._pending_block = -1
+        self._pending_n = 0
+        self._pending_data: list[Any] = []
+        self._unget: Any = None
+        self._ended = False
+        self._closed = False
+        self._fast_path = False
+        self._ios = self._blocks_read = self._hits = self._fast = self._advice_calls = 0
+        self._max_distance = 1
+        self._max_pinned_seen = 0
+        self._seq_next = -1  # advice mode: the block after the last advised run
+
+    # --- the source -------------------------------------------------------------------------
+    def _next_block(self) -> tuple[int, Any] | None:
+        if self._unget is not None:
+            item, self._unget = self._unget, None
+            return item
+        if self._ended:
+            return None
+        item = self._next_source()
+        if item is None:
+            self._ended = True
+            return None
+        if self.per_buffer_data:
+            block, data = item
+        else:
+            block, data = item, None
+        if not isinstance(block, int) or block < 0:
+            raise ValueError(f"a read stream source produced an invalid block number {block!r}")
+        return block, data
+
+    # --- look-ahead ---------------------------------------------------------------------------
+    def _start_pending(self) -> None:
+        block, n = self._pending_block, self._pending_n
+        data = self._pending_data
+        self._pending_n = 0
+        self._pending_data = []
+        if self.advice:
+            if block != self._seq_next:  # sequential runs are left to kernel read-ahead
+                self.bufmgr.smgr.prefetch(self.rel, self.fork, block, n)
+                self._advice_calls += 1
+            self._seq_next = block + n
+            run = _Run(None, block, n)
+            run.waited = False
+            for k in range(n):
+                self._queue.append([None, data[k], run])
+            self.pinned += n  # reserved: pinned when consumed
+            return
+        op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, n)
+        run = _Run(op, block, n)
+        for k in range(n):
+            self._queue.append([op.buffers[k], data[k], run])
+        self.pinned += n
+        if self.pinned > self._max_pinned_seen:
+            self._max_pinned_seen = self.pinned
+        if op.needs_wait:
+            self._ios += 1
+            self._ios_in_progress += 1
+            if self.synchronous:
+                self._wait_run(run)
+        else:
+            self._hits += n
+            if self.distance > 1:
+                self.distance -= 1
+
+    def _look_ahead(self) -> None:
+        combine, maxcombine = self.combine, self.bufmgr.smgr.maxcombine
+        while self._ios_in_progress < self.max_ios and self.pinned + self._pending_n < self.distance:
+            if self._pending_n and self._pending_n >= min(combine, maxcombine(self._pending_block)):
+                self._start_pending()
+                continue
+            item = self._next_block()
+            if item is None:
+                self.distance = 0
+                break
+            block, data = item
+            if self._pending_n and block == self._pending_block + self._pending_n:
+                self._pending_n += 1
+                self._pending_data.append(data)
+                continue
+            if self._pending_n:
+                if self._ios_in_progress >= self.max_ios:
+                    self._unget = item
+                    return
+                self._start_pending()
+            self._pending_block = block
+            self._pending_n = 1
+            self._pending_data = [data]
+        if self._pending_n and self._ios_in_progress < self.max_ios and (
+                self._pending_n >= min(combine, maxcombine(self._pending_block))
+                or self.distance == 0
+                or (self.pinned == 0 and self.distance <= self._pending_n)):
+            self._start_pending()
+
+    def _wait_run(self, run: _Run) -> None:
+        run.waited = True
+        self._ios_in_progress -= 1
+        self.bufmgr.wait_read_buffers(run.op)
+        self._blocks_read += run.n
+
+    # --- consuming ------------------------------------------------------------------------------
+    def next_buffer(self) -> Any:
+        """The next pinned buffer (``(buf, data)`` with per-block data), None at the end."""
+        if self._closed:
+            raise ValueError("this read stream is closed")
+        if self._fast_path:
+            return self._next_fast()
+        if not self._queue:
+            if self.distance == 0:
+                return None
+            self._look_ahead()
+            if not self._queue:
+                return None
+        entry = self._queue[0]
+        run = entry[2]
+        if not run.waited:
+            if run.op is None:
+                self._read_advised(run)
+            else:
+                self._wait_run(run)
+                self.distance = min(2 * self.distance, self.max_pinned_buffers)
+                if self.distance > self._max_distance:
+                    self._max_distance = self.distance
+        self._queue.popleft()
+        self.pinned -= 1
+        if self.distance:
+            self._look_ahead()
+        if (self.distance == 1 and len(self._queue) == 1 and self._queue[0][2].waited
+                and not self._pending_n and self._ios_in_progress == 0
+                and not self.per_buffer_data and not self.advice):
+            self._fast_path = True
+        buf = entry[0]
+        return (buf, entry[1]) if self.per_buffer_data else buf
+
+    def _read_advised(self, run: _Run) -> None:
+        """Advice mode: the run was only advised; read it now, as it is consumed."""
+        op = self.bufmgr.start_read_buffers(self.rel, self.fork, run.block, run.n)
+        run.op = op
+        run.waited = True
+        k = 0
+        for e in self._queue:
+            if e[2] is run:
+                e[0] = op.buffers[k]
+                k += 1
+                if k == run.n:
+                    break
+        if op.needs_wait:
+            self._ios += 1
+            self.bufmgr.wait_read_buffers(op)
+            self._blocks_read += run.n
+            self.distance = min(2 * self.distance, self.max_pinned_buffers)
+            self._max_distance = max(self._max_distance, self.distance)
+        else:
+            self._hits += run.n
+            if self.distance > 1:
+                self.distance -= 1
+        if self.pinned > self._max_pinned_seen:
+            self._max_pinned_seen = self.pinned
+
+    def _next_fast(self) -> Any:
+        """All cached lately: hand out the one pinned buffer and pin the next block alone,
+        skipping the look-ahead machinery. A miss leaves the fast path."""
+        entry = self._queue.popleft()
+        item = self._next_block()
+        if item is None:
+            self._fast_path = False
+            self.distance = 0
+            self.pinned -= 1
+            return entry[0]
+        block, _ = item
+        op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, 1)
+        run = _Run(op, block, 1)
+        self._queue.append([op.buffers[0], None, run])
+        if op.needs_wait:
+            self._fast_path = False
+            self._ios += 1
+            self._ios_in_progress += 1
+        else:
+            self._fast += 1
+            self._hits += 1
+        return entry[0]
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            out = self.next_buffer()
+            if out is None:
+                return
+            yield out
+
+    # --- reset and close --------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Unpin everything queued and go back to distance 1; the source is not rewound."""
+        # No need to wait for reads still in flight: each holds its own pin on its buffers
+        # and records its outcome in the buffer state, where a later reader finds it.
+        to_unpin = [buf for buf, _, _ in self._queue if buf is not None]
+        self._queue.clear()
+        if to_unpin:
+            self.bufmgr.unpin_many(to_unpin)
+        self.pinned = 0
+        self._ios_in_progress = 0
+        self._pending_n = 0
+        self._pending_data = []
+        self._fast_path = False
+        self.distance = 1
+        self._ended = self._ended and self._unget is None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.reset()
+        self._closed = True
+
+    def __enter__(self) -> ReadStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> ReadStreamStats:
+        return ReadStreamStats(self._ios, self._blocks_read, self._hits, self._max_distance,
+                               self._max_pinned_seen, self._fast, self._advice_calls)
+
