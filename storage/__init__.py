@@ -1,7 +1,12 @@
-"""Slonik's storage layer: page format, smgr over md-style segment files, fd cache.
+"""Slonik's storage layer: page format, smgr over md-style segment files, buffer pool,
+read streams.
 
 Module map:
-- page.py    the 8 KiB page: header, line pointers, items, checksums (pure, no I/O)
-- fdcache.py bounded LRU cache of open file descriptors, reopening transparently
-- smgr.py    storage manager: relation forks as segment files base/<relfilenumber>[.N]
+- page.py         the 8 KiB page: header, line pointers, items, checksums (pure, no I/O)
+- fdcache.py      bounded LRU cache of open file descriptors, reopening transparently
+- smgr.py         storage manager: relation forks as segment files base/<relfilenumber>[.N]
+- smgr_aio.py     smgr reads/writes staged on AIO handles (target + completion callbacks)
+- bufmgr.py       shared buffers: two-step reads verified in completion, clock sweep,
+                  AIO write-back
+- read_stream.py  look-ahead reads of many blocks, returned pinned and in order
 """
