@@ -487,6 +487,15 @@ class BufferManager:
                     continue
                 self._io_done.wait(0.05)
 
+    def cached(self, rel: int, fork: int, block: int, n: int) -> bool:
+        """Whether blocks block..+n-1 are all VALID in the pool (no pins taken)."""
+        table, descs, fork = self._table, self.descs, int(fork)
+        for k in range(n):
+            b = table.get((rel, fork, block + k))
+            if b is None or not descs[b].flags & BM_VALID:
+                return False
+        return True
+
     def read_buffer(self, rel: int, fork: int, block: int) -> int:
         """One block, pinned (no content lock)."""
         op = self.start_read_buffers(rel, fork, block, 1)

@@ -51,13 +51,14 @@ class ReadStreamStats:
 class _Run:
     """One started (or, in advice mode, deferred) read of consecutive blocks."""
 
-    __slots__ = ("op", "block", "n", "waited")
+    __slots__ = ("op", "block", "n", "waited", "error")
 
     def __init__(self, op: ReadBuffersOperation | None, block: int, n: int) -> None:
         self.op = op
         self.block = block
         self.n = n
-        self.waited = op is None or not op.needs_wait
+        self.waited = op is not None and not op.needs_wait
+        self.error: BaseException | None = None  # the run failed: its blocks are never handed out
 
 
 class ReadStream:
@@ -78,7 +79,7 @@ class ReadStream:
         self.synchronous = max_ios == 0
         self.max_ios = max(1, max_ios)
         self.combine = bufmgr.io_combine_limit
-        default_pins = min((self.max_ios + 1) * self.combine, max(1, bufmgr.nbuffers // 4))
+        default_pins = min((max_ios + 1) * self.combine, max(1, bufmgr.nbuffers // 4))
         if max_pinned is None:
             max_pinned = default_pins
         if not isinstance(max_pinned, int) or max_pinned < 1:
@@ -133,7 +134,7 @@ class ReadStream:
         data = self._pending_data
         self._pending_n = 0
         self._pending_data = []
-        if self.advice:
+        if self.advice and not self.bufmgr.cached(self.rel, self.fork, block, n):
             if block != self._seq_next:  # sequential runs are left to kernel read-ahead
                 self.bufmgr.smgr.prefetch(self.rel, self.fork, block, n)
                 self._advice_calls += 1
@@ -151,15 +152,16 @@ class ReadStream:
         self.pinned += n
         if self.pinned > self._max_pinned_seen:
             self._max_pinned_seen = self.pinned
+        reading = sum(len(io.buf_ids) for io in op.ios)
+        self._blocks_read += reading
+        self._hits += n - reading
         if op.needs_wait:
-            self._ios += 1
+            self._ios += len(op.ios)
             self._ios_in_progress += 1
             if self.synchronous:
                 self._wait_run(run)
-        else:
-            self._hits += n
-            if self.distance > 1:
-                self.distance -= 1
+        elif self.distance > 1:
+            self.distance -= 1
 
     def _look_ahead(self) -> None:
         combine, maxcombine = self.combine, self.bufmgr.smgr.maxcombine
@@ -191,10 +193,14 @@ class ReadStream:
             self._start_pending()
 
     def _wait_run(self, run: _Run) -> None:
-        run.waited = True
         self._ios_in_progress -= 1
-        self.bufmgr.wait_read_buffers(run.op)
-        self._blocks_read += run.n
+        try:
+            self.bufmgr.wait_read_buffers(run.op)
+        except BaseException as exc:
+            run.error = exc
+            raise
+        finally:
+            run.waited = True
 
     # --- consuming ------------------------------------------------------------------------------
     def next_buffer(self) -> Any:
@@ -211,6 +217,8 @@ class ReadStream:
                 return None
         entry = self._queue[0]
         run = entry[2]
+        if run.error is not None:
+            raise run.error  # a failed read's blocks are never handed out
         if not run.waited:
             if run.op is None:
                 self._read_advised(run)
@@ -222,10 +230,15 @@ class ReadStream:
         self._queue.popleft()
         self.pinned -= 1
         if self.distance:
-            self._look_ahead()
+            try:
+                self._look_ahead()
+            except BaseException:
+                self._queue.appendleft(entry)  # not handed out: close() unpins it
+                self.pinned += 1
+                raise
         if (self.distance == 1 and len(self._queue) == 1 and self._queue[0][2].waited
                 and not self._pending_n and self._ios_in_progress == 0
-                and not self.per_buffer_data and not self.advice):
+                and not self.per_buffer_data):
             self._fast_path = True
         buf = entry[0]
         return (buf, entry[1]) if self.per_buffer_data else buf
@@ -234,7 +247,6 @@ class ReadStream:
         """Advice mode: the run was only advised; read it now, as it is consumed."""
         op = self.bufmgr.start_read_buffers(self.rel, self.fork, run.block, run.n)
         run.op = op
-        run.waited = True
         k = 0
         for e in self._queue:
             if e[2] is run:
@@ -242,14 +254,22 @@ class ReadStream:
                 k += 1
                 if k == run.n:
                     break
+        reading = sum(len(io.buf_ids) for io in op.ios)
+        self._blocks_read += reading
+        self._hits += run.n - reading
         if op.needs_wait:
-            self._ios += 1
-            self.bufmgr.wait_read_buffers(op)
-            self._blocks_read += run.n
+            self._ios += len(op.ios)
+            try:
+                self.bufmgr.wait_read_buffers(op)
+            except BaseException as exc:
+                run.error = exc
+                raise
+            finally:
+                run.waited = True
             self.distance = min(2 * self.distance, self.max_pinned_buffers)
             self._max_distance = max(self._max_distance, self.distance)
         else:
-            self._hits += run.n
+            run.waited = True
             if self.distance > 1:
                 self.distance -= 1
         if self.pinned > self._max_pinned_seen:
@@ -271,7 +291,8 @@ class ReadStream:
         self._queue.append([op.buffers[0], None, run])
         if op.needs_wait:
             self._fast_path = False
-            self._ios += 1
+            self._ios += len(op.ios)
+            self._blocks_read += sum(len(io.buf_ids) for io in op.ios)
             self._ios_in_progress += 1
         else:
             self._fast += 1
@@ -288,9 +309,19 @@ class ReadStream:
     # --- reset and close --------------------------------------------------------------------------
     def reset(self) -> None:
         """Unpin everything queued and go back to distance 1; the source is not rewound."""
-        # No need to wait for reads still in flight: each holds its own pin on its buffers
-        # and records its outcome in the buffer state, where a later reader finds it.
-        to_unpin = [buf for buf, _, _ in self._queue if buf is not None]
+        # Reads still in flight hold pins of their own: wait for them to complete (their
+        # outcome stays in the buffer state, where a later reader finds it), so nothing of
+        # this stream is pinned once reset returns.
+        aio = self.bufmgr.aio
+        seen = set()
+        to_unpin = []
+        for buf, _, run in self._queue:
+            if buf is not None:
+                to_unpin.append(buf)
+            if run.op is not None and not run.waited and id(run) not in seen:
+                seen.add(id(run))
+                for io in run.op.ios:
+                    aio.wait(io.ref)
         self._queue.clear()
         if to_unpin:
             self.bufmgr.unpin_many(to_unpin)
@@ -298,9 +329,10 @@ class ReadStream:
         self._ios_in_progress = 0
         self._pending_n = 0
         self._pending_data = []
+        self._unget = None
         self._fast_path = False
+        self._ended = False  # a callable source may produce more blocks
         self.distance = 1
-        self._ended = self._ended and self._unget is None
 
     def close(self) -> None:
         if self._closed:
