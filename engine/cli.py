@@ -8,6 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from aio import io_uring_available
+from engine.bench import add_arguments as add_bench_aio_arguments
+from engine.bench import cmd_bench_aio
+from engine.bench_scan import add_arguments as add_bench_scan_arguments
+from engine.bench_scan import cmd_bench_scan
+from engine.demo import run_demo
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -34,6 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="which io methods work on this machine, and why not")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
+    demo = sub.add_parser("demo", help="show the storage stack at work on every io method")
+    demo.add_argument("--size-mb", type=int, default=64, help="relation size (default 64)")
+    demo.add_argument("--dir", default=None, help="keep the files here (default: a temp dir)")
+    demo.set_defaults(func=lambda a: run_demo(a.size_mb, a.dir))
+    bench = sub.add_parser("bench", help="benchmarks (fio as the device baseline)")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK")
+    bench_sub.required = True
+    bench_aio = bench_sub.add_parser(
+        "aio", help="O_DIRECT reads through each io method against fio, same file, same run")
+    add_bench_aio_arguments(bench_aio)
+    bench_aio.set_defaults(func=cmd_bench_aio)
+    bench_scan = bench_sub.add_parser(
+        "scan", help="a relation scanned through a read stream with checksums, per io method, "
+                     "cold and warm, against fio")
+    add_bench_scan_arguments(bench_scan)
+    bench_scan.set_defaults(func=cmd_bench_scan)
     return parser
 
 
