@@ -42,7 +42,9 @@ lint: $(STAMP)
 # Benchmarks need fio as the device baseline.
 bench: $(STAMP)
 	@command -v fio >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq fio >/dev/null; } || echo "warning: fio unavailable; benchmarks run without the device baseline" >&2
-	$(BIN)/slonik bench all
+	$(BIN)/slonik bench aio
+	$(BIN)/slonik bench scan --direct
+	$(BIN)/slonik bench scan
 
 # Long crash and stress runs, bounded in time by the tests themselves.
 torture: $(STAMP)

@@ -346,13 +346,16 @@ class Aio:
         """Shared completion, in whichever thread completes the I/O."""
         cond = h.cond
         if not h.callbacks:  # nothing runs between the two states: one critical section
-            with cond:
+            cond.acquire()  # (the bound lock method: cheaper than the Python-level __enter__)
+            try:
                 h.raw_result = raw
                 h._set_state(_COMPLETED_IO)
                 h.distilled = cb.initial_result(h)
                 h._set_state(_COMPLETED_SHARED)
                 if self._sleepers[h.index]:
                     cond.notify_all()
+            finally:
+                cond.release()
         else:
             with cond:
                 h.raw_result = raw
@@ -387,12 +390,15 @@ class Aio:
             ret.filled = True
         del ctx.inflight[h.index]
         cond = h.cond
-        with cond:
+        cond.acquire()
+        try:
             h.generation += 1
             h._set_state(_IDLE)
             h._reset()
             if self._sleepers[h.index]:
                 cond.notify_all()
+        finally:
+            cond.release()
         ctx.idle.append(h)
 
     # --- waiting --------------------------------------------------------------------------------
@@ -417,7 +423,7 @@ class Aio:
             self._submit_staged(ctx)  # rule 4: never block with staged I/O
         own = h.owner is ctx
         if own:
-            assert h.state not in (S.HANDED_OUT, S.DEFINED, S.STAGED), \
+            assert h.state not in (_HANDED_OUT, _DEFINED, _STAGED), \
                 f"waiting on an own I/O that was never submitted ({h.state.name})"
         start = time.perf_counter_ns()
         gen = ref.generation

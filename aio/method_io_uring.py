@@ -37,21 +37,27 @@ def io_uring_available() -> tuple[bool, str]:
 
 # --- the method ------------------------------------------------------------------------------
 
+import errno  # noqa: E402
 import os  # noqa: E402
 import threading  # noqa: E402
 import weakref  # noqa: E402
 
 from aio.core import SUBMIT_BATCH_SIZE, IoMethod, IssuerContext  # noqa: E402
 from aio.errors import IoMethodUnavailable  # noqa: E402
-from aio.handle import Handle  # noqa: E402
+from aio.handle import Handle, HandleState  # noqa: E402
+
+# user_data = handle index | generation << 20: a completion names the exact I/O, so one
+# that arrives for a recycled handle is recognised. 2**20 > MAX_ISSUERS * 1024 handles.
+_GENERATION_SHIFT = 20
+_INDEX_MASK = (1 << _GENERATION_SHIFT) - 1
 
 MAX_IOV_PER_IO = 128  # io_combine_limit's upper bound (1 MiB of 8 KiB blocks); larger runs inline
 # Completions one wait_one call drains (one lock hold, one crossing into C). Small, so that a
 # waiter whose I/O is among the first completions gets control back soon and can issue more
-# I/O while the rest are still queued: this virtio disk completes a whole submitted batch at
-# once, and draining all 32 before returning left the device idle (random 8 KiB reads at
-# depth 32: ~44k IOPS draining everything, ~60k draining 8 at a time).
-REAP_BATCH = 8
+# I/O while the rest are still queued: the virtio disk measured here completes a whole
+# submitted batch at once, and draining all 32 before returning left it idle (random 8 KiB
+# reads at depth 32 from one thread: ~44k IOPS draining up to 64, ~57k by 8, ~59k by 4).
+REAP_BATCH = 4
 
 _rings: weakref.WeakSet = weakref.WeakSet()
 
@@ -77,6 +83,8 @@ class Ring:
         self.entries = entries
         self.lock = threading.Lock()  # every reaper takes it, the owner too
         self.forked = False
+        self.broken = ""  # why the ring takes no more submissions
+        self.stale_completions = 0
         n = SUBMIT_BATCH_SIZE
         self.op = _ffi.new("int[]", n)
         self.fd = _ffi.new("int[]", n)
@@ -125,6 +133,11 @@ class IoUringMethod(IoMethod):
         if ring.forked:
             raise IoMethodUnavailable("an io_uring ring cannot be used after fork(); "
                                       "open the database again in the child")
+        if ring.broken:
+            for h in handles:  # fail loudly, never hang and never submit twice
+                h.reaped = True
+                self.complete(h, -errno.EIO)
+            return
         base = ctx.handles[0].index
         from_buffer, cast = _ffi.from_buffer, _ffi.cast
         addr, length = ring.addr, ring.len
@@ -136,10 +149,9 @@ class IoUringMethod(IoMethod):
                 length[k] = len(b)
                 k += 1
             rc = _lib.slk_submit_one(ring.ptr, h.op, h.fd, h.index - base, k, addr, length,
-                                     h.offset, h.index)
+                                     h.offset, h.index | (h.generation << _GENERATION_SHIFT))
             if rc < 0:
-                h.reaped = True
-                self.complete(h, rc)
+                self._submit_failed(ring, handles, rc)
             return
         op, fd, slot, iovcnt = ring.op, ring.fd, ring.slot, ring.iovcnt
         offset, user_data = ring.offset, ring.user_data
@@ -150,15 +162,24 @@ class IoUringMethod(IoMethod):
             slot[i] = h.index - base
             iovcnt[i] = len(h.buffers)
             offset[i] = h.offset
-            user_data[i] = h.index
+            user_data[i] = h.index | (h.generation << _GENERATION_SHIFT)
             for b in h.buffers:
                 addr[k] = int(cast("uintptr_t", from_buffer(b)))
                 length[k] = len(b)
                 k += 1
         rc = _lib.slk_submit(ring.ptr, len(handles), op, fd, slot, iovcnt, addr, length,
                              offset, user_data)
-        if rc < 0:  # nothing went to the kernel: complete each with the error, never hang
-            for h in handles:
+        if rc < 0:
+            self._submit_failed(ring, handles, rc)
+
+    def _submit_failed(self, ring: Ring, handles: list[Handle], rc: int) -> None:
+        """Some of the batch may have reached the kernel and some SQEs may stay prepared:
+        the ring takes no more submissions (its later I/O fails with the reason), and the
+        batch completes with the error here. A CQE that still arrives for one of these
+        handles is recognised as stale by its generation and dropped."""
+        ring.broken = f"an io_uring submission failed: {os.strerror(-rc)} (errno {-rc})"
+        for h in handles:
+            if h.state == HandleState.SUBMITTED and not h.reaped:
                 h.reaped = True
                 self.complete(h, rc)
 
@@ -173,10 +194,16 @@ class IoUringMethod(IoMethod):
             if n < 0:
                 raise OSError(-n, f"io_uring wait failed: {os.strerror(-n)}")
             handles = self.aio._handles
-            done = [handles[ud] for ud in _ffi.unpack(ring.ud_out, n)]
-            for h in done:
+            done = []
+            for ud, res in zip(_ffi.unpack(ring.ud_out, n), _ffi.unpack(ring.res_out, n),
+                               strict=True):
+                h = handles[ud & _INDEX_MASK]
+                if h.generation != ud >> _GENERATION_SHIFT or h.reaped:
+                    ring.stale_completions += 1  # after a failed submission: already failed
+                    continue
                 h.reaped = True
+                done.append((h, res))
             complete = self.complete
-            for h, res in zip(done, _ffi.unpack(ring.res_out, n), strict=True):
+            for h, res in done:
                 complete(h, res)
         return True

@@ -557,8 +557,10 @@ class Smgr:
     def _add_segment(self, rel: int, fork: Fork, segno: int) -> None:
         """Make segment ``segno`` exist with every earlier segment full (md invariant).
 
-        Earlier short segments are padded by writing their last block as zeros (the hole
+        Earlier short segments are padded by extending their size with ftruncate (the hole
         reads as zeros); missing ones are created the same way. Directory fsynced after.
+        Padding writes no data, so it cannot overwrite an asynchronous write of the same
+        blocks still in flight (writing a zero block there lost data under io_uring).
         """
         assert segno > 0
         key = (rel, fork)
@@ -581,9 +583,12 @@ class Smgr:
                     except OSError as e:
                         raise _io_error(e.errno, f"could not get the size of file {path}") from e
                     if size < self._segment_bytes:
-                        last = (s + 1) * self._segment_size - 1
-                        self._pwrite_all(fd, (self._zeros(),), self._segment_bytes - BLCKSZ,
-                                         lambda p=path, b=last: f"{describe(rel, fork, b)} in file {p}")
+                        try:
+                            osfile.ftruncate(fd, self._segment_bytes)
+                        except OSError as e:
+                            raise _io_error(e.errno, f"could not extend file {path} of relation "
+                                                     f"{rel} fork {fork.label} to "
+                                                     f"{self._segment_bytes} bytes") from e
                     elif size > self._segment_bytes:
                         raise DataCorruptionError(
                             f"file {path} is {size} bytes, more than the segment size "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from aio import io_uring_available
-from engine.bench import PATTERNS
+from engine.bench import PATTERNS, prepare_file
 from engine.cli import main
 
 
@@ -48,8 +48,6 @@ def test_bench_aio_json_reports_every_pattern_for_every_available_method(tmp_pat
 def test_bench_aio_reuses_a_file_of_the_right_size(tmp_path):
     """The data file is written once (right size, not a single zero byte) and reused as is
     while its size matches; a different size rewrites it."""
-    from engine.bench import prepare_file
-
     path = str(tmp_path / "aio.dat")
     assert prepare_file(path, 4 << 20) is True
     with open(path, "rb") as f:
