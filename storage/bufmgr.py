@@ -67,6 +67,9 @@ ERROR, PARTIAL, OK, WARNING = (ResultStatus.ERROR, ResultStatus.PARTIAL, ResultS
                                ResultStatus.WARNING)
 
 
+_VALID, _FOREIGN, _CLAIMED = object(), object(), object()  # outcomes of _claim_read
+
+
 class NoFreeBuffersError(StorageError):
     """Every buffer is pinned: the pool is too small for the work in flight."""
 
@@ -349,22 +352,29 @@ class BufferManager:
                 tag = (rel, fork, first_block + i)
                 b, _found = self._pin_block(tag)
                 buffers.append(b)
-                with self._lock:
-                    d = self.descs[b]
-                    if d.flags & BM_VALID:
-                        self._hits += 1
-                        continue
-                    if d.flags & BM_IO_IN_PROGRESS:
-                        op.foreign.append((i, d.io_wref))
-                        continue
-                    d.flags |= BM_IO_IN_PROGRESS
-                    d.flags &= ~BM_IO_ERROR
-                missing.append(i)
+                state = self._claim_read(op, i, count_hit=True)
+                if state is _CLAIMED:
+                    missing.append(i)
             self._start_runs(op, missing)
         except BaseException:
             self._abandon(op, missing)
             raise
         return op
+
+    def _claim_read(self, op: ReadBuffersOperation, i: int, *, count_hit: bool) -> object:
+        """Decide who reads ``op.buffers[i]``: already VALID (a hit), another thread's read
+        in progress (wait on its wait reference), or claimed for our own read."""
+        with self._lock:
+            d = self.descs[op.buffers[i]]
+            if d.flags & BM_VALID:
+                if count_hit:
+                    self._hits += 1
+                return _VALID
+            if d.flags & BM_IO_IN_PROGRESS:
+                op.foreign.append((i, d.io_wref))
+                return _FOREIGN
+            d.flags = (d.flags | BM_IO_IN_PROGRESS) & ~BM_IO_ERROR
+            return _CLAIMED
 
     def _abandon(self, op: ReadBuffersOperation, claimed: list[int]) -> None:
         """Error before I/O started: give back claims that no I/O took, and all pins."""
@@ -451,19 +461,9 @@ class BufferManager:
                 op.foreign = []
                 reclaim = []
                 for i in sorted(foreign.union(retry)):
-                    b = op.buffers[i]
-                    with self._lock:
-                        d = self.descs[b]
-                        if d.flags & BM_VALID:
-                            if i in foreign:
-                                self._hits += 1  # another thread's read brought it in
-                            continue
-                        if d.flags & BM_IO_IN_PROGRESS:
-                            op.foreign.append((i, d.io_wref))
-                            continue
-                        d.flags |= BM_IO_IN_PROGRESS
-                        d.flags &= ~BM_IO_ERROR
-                    reclaim.append(i)
+                    # A block another thread's read brought in counts as a hit.
+                    if self._claim_read(op, i, count_hit=i in foreign) is _CLAIMED:
+                        reclaim.append(i)
                 if not reclaim and not op.foreign and not op.ios:
                     return op.buffers
                 self._start_runs(op, reclaim)

@@ -397,18 +397,22 @@ class Smgr:
         fork = self._check_relation(rel, fork)
         self._check_buffers(buffers, block)
         self._check_open()
+        self._in_pieces(self._read_piece, rel, fork, block, buffers)
+
+    def _in_pieces(self, piece: Callable[[int, Fork, int, Sequence], None], rel: int,
+                   fork: Fork, block: int, buffers: Sequence) -> None:
+        """Call ``piece`` for each run of blocks within one segment and IOV_MAX buffers."""
         count = len(buffers)
         if count == 0:
             return
         if count <= IOV_MAX and (block % self._segment_size) + count <= self._segment_size:
-            # The common case: one piece in one segment.
-            self._read_piece(rel, fork, block, buffers)
+            piece(rel, fork, block, buffers)  # the common case: one piece
             return
         buffers = list(buffers)
         for _, _, first, run in self.segment_runs(block, count):
             for start in range(first, first + run, IOV_MAX):
                 end = min(start + IOV_MAX, first + run)
-                self._read_piece(rel, fork, block + start, buffers[start:end])
+                piece(rel, fork, block + start, buffers[start:end])
 
     def _read_piece(self, rel: int, fork: Fork, block: int, iov: Sequence) -> None:
         """One preadv (more only for short reads) of blocks within one segment."""
@@ -460,17 +464,7 @@ class Smgr:
         self._writev(rel, fork, block, buffers)
 
     def _writev(self, rel: int, fork: Fork, block: int, buffers: Sequence) -> None:
-        count = len(buffers)
-        if count == 0:
-            return
-        if count <= IOV_MAX and (block % self._segment_size) + count <= self._segment_size:
-            self._write_piece(rel, fork, block, buffers)
-            return
-        buffers = list(buffers)
-        for _, _, first, run in self.segment_runs(block, count):
-            for start in range(first, first + run, IOV_MAX):
-                end = min(start + IOV_MAX, first + run)
-                self._write_piece(rel, fork, block + start, buffers[start:end])
+        self._in_pieces(self._write_piece, rel, fork, block, buffers)
 
     def _write_piece(self, rel: int, fork: Fork, block: int, iov: Sequence) -> None:
         """One pwritev (more only for short writes) of blocks within one segment."""
