@@ -20,12 +20,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     methods = {"sync": (True, "always available"),
                "worker": (True, "always available"),
                "io_uring": (ok, reason)}
+    auto = "io_uring" if ok else "worker"
     if args.json:
-        print(json.dumps({name: {"available": a, "detail": d} for name, (a, d) in methods.items()}))
+        print(json.dumps({**{name: {"available": a, "detail": d}
+                             for name, (a, d) in methods.items()}, "auto": auto}))
     else:
         print(f"{'io_method':<10} {'available':<10} detail")
         for name, (available, detail) in methods.items():
             print(f"{name:<10} {'yes' if available else 'no':<10} {detail}")
+        print(f"io_method=auto picks {auto} here")
     return 0
 
 

@@ -19,3 +19,14 @@ def test_bench_scan_reports_every_available_method(tmp_path, capsys):
     for row in report["methods"].values():
         assert row["cold_mb_s"] > 0 and row["warm_mb_s"] > 0
     assert (tmp_path / "scan" / "base" / "16384").stat().st_size == 8 << 20
+
+
+def test_info_says_what_auto_picks(capsys):
+    """`slonik info --json` lists every method with its availability and names the method
+    io_method=auto resolves to here (io_uring when a ring can be set up, else worker)."""
+    from aio import io_uring_available
+
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sync"]["available"] and info["worker"]["available"]
+    assert info["auto"] == ("io_uring" if io_uring_available()[0] else "worker")
