@@ -236,7 +236,6 @@ class BufferManager:
         self._mem = aligned_buffer(shared_buffers * BLCKSZ)
         mv = memoryview(self._mem)
         self.pages: list[memoryview] = [mv[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(shared_buffers)]
-        self._mv = mv
         self.descs = [BufferDesc(i) for i in range(shared_buffers)]
         self._table: dict[tuple[int, int, int], int] = {}
         self._lock = threading.Lock()
@@ -250,10 +249,6 @@ class BufferManager:
     # --- pinning and replacement --------------------------------------------------------------
     def page(self, buf_id: int) -> memoryview:
         return self.pages[buf_id]
-
-    def pages_view(self, first: int, n: int) -> memoryview:
-        """n adjacent buffers' memory as one view (for one-iovec I/O)."""
-        return self._mv[first * BLCKSZ:(first + n) * BLCKSZ]
 
     def pin(self, buf_id: int) -> None:
         with self._lock:
@@ -407,11 +402,7 @@ class BufferManager:
         io = _ReadIo(self, op.rel, op.fork, block, buf_ids, op.zero_damaged_pages,
                      op.ignore_checksum_failure)
         io.ret = AioReturn()
-        first = buf_ids[0]
-        if buf_ids == list(range(first, first + len(buf_ids))):
-            views = _as_blocks([self.pages_view(first, len(buf_ids))], len(buf_ids))
-        else:
-            views = [self.pages[b] for b in buf_ids]
+        views = [self.pages[b] for b in buf_ids]
         h = self.aio.acquire(io.ret)
         try:
             h.add_callback(BUFMGR_READV_CALLBACK_ID, io)
@@ -745,11 +736,7 @@ class BufferManager:
                 self.flush_wal(lsn)  # WAL before data
             for k, b in enumerate(claimed):
                 page_set_checksum(self.pages[b], rel, fork, block + k)
-            first = claimed[0]
-            if claimed == list(range(first, first + len(claimed))):
-                views = _as_blocks([self.pages_view(first, len(claimed))], len(claimed))
-            else:
-                views = [self.pages[b] for b in claimed]
+            views = [self.pages[b] for b in claimed]
             h = self.aio.acquire(io.ret)
             h.add_callback(BUFMGR_WRITEV_CALLBACK_ID, io)
             io.ref = h.wait_ref()
@@ -826,14 +813,6 @@ class BufferManager:
             assert tagged == len(self._table), "descriptors with a tag but not in the table"
             for d in self.descs:
                 assert d.refcount >= 0
-
-
-def _as_blocks(views: list[memoryview], n: int) -> list[memoryview]:
-    """smgr takes one BLCKSZ buffer per block; one wide view is split without copying."""
-    if len(views) == n:
-        return views
-    wide = views[0]
-    return [wide[k * BLCKSZ:(k + 1) * BLCKSZ] for k in range(n)]
 
 
 def _register() -> None:
