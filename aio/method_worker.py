@@ -9,6 +9,7 @@ A full queue, or an I/O with no target to reopen, runs synchronously in the issu
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import OrderedDict, deque
@@ -86,6 +87,11 @@ class WorkerMethod(IoMethod):
                     raw = execute(h, fd)
                 except OSError as exc:
                     raw = -(exc.errno or 5)
+                except BaseException:
+                    # This worker dies (e.g. a simulated crash); its I/O still completes,
+                    # as a failure, so no waiter sleeps forever.
+                    self.complete(h, -errno.EIO)
+                    raise
                 self.complete(h, raw)
         finally:
             for fd in fds.values():
