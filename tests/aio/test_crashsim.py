@@ -13,7 +13,8 @@ from aio import callbacks as cb
 from aio import osfile
 from aio.core import Aio
 from aio.crashsim import CrashReport, CrashSimLayer, SimulatedCrash
-from aio.errors import SlonikError
+from aio.errors import IOFailure, SlonikError
+from aio.handle import AioReturn
 from aio.memory import aligned_buffer
 
 SEEDS = 200
@@ -540,17 +541,18 @@ def test_writes_through_the_aio_layer(tmp_path, io_method):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_crash_in_an_io_worker_and_the_teardown_that_follows(tmp_path):
     """With the worker method the crash point can fall in a worker thread: that worker dies
-    with SimulatedCrash, the issuer's next OS call raises SimulatedCrash too, and
-    ``aio.method.shutdown()`` stops the workers without any I/O (the Aio itself is
-    abandoned, not shut down: its stuck handle would never complete). Checked by polling
-    the handle (it never completes), then apply_crash and a reopen with a plain OsLayer."""
+    with SimulatedCrash but first completes its I/O as a failure (EIO), so no waiter sleeps
+    forever; the issuer's next OS call raises SimulatedCrash too, and
+    ``aio.method.shutdown()`` stops the workers without any I/O. Checked by waiting on the
+    handle (it completes, failed), then apply_crash and a reopen with a plain OsLayer."""
     path = tmp_path / "data"
     make_file(path, bytes(8192))
     layer = CrashSimLayer(str(tmp_path), crash_after_ops=1)
     with osfile.installed(layer):
         aio = Aio("worker", io_workers=2)
         fd = os.open(path, os.O_RDWR)  # an fd from outside the layer is found by its path
-        h = aio.acquire()
+        ret = AioReturn()
+        h = aio.acquire(ret)
         h.set_target(cb.FILE_TARGET_ID, (str(path), os.O_RDWR, 0))
         ref = h.wait_ref()
         h.start_writev(fd, [b"w" * 8192], 0)
@@ -559,7 +561,9 @@ def test_a_crash_in_an_io_worker_and_the_teardown_that_follows(tmp_path):
                 break
             threading.Event().wait(0.01)
         assert layer.crashed and layer.ops == 0
-        assert not aio.done(ref)
+        aio.wait(ref)
+        with pytest.raises(IOFailure):
+            ret.raise_if_failed()
         with pytest.raises(SimulatedCrash):
             osfile.pwritev(fd, [b"x"], 0)
         aio.method.shutdown()
