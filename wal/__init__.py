@@ -1,4 +1,15 @@
-"""Slonik's write-ahead log (record format, insert, flush, reader, control file).
+"""Slonik's write-ahead log, after PostgreSQL's (DESIGN §4, §7). See README.md.
 
-Arrives with the WAL issue; the package exists so the layer map of DESIGN §1 is in place.
+Module map:
+- lsn.py         LSN text form "%X/%08X": format_lsn / parse_lsn
+- walpage.py     WAL page header codec and LSN arithmetic (pure)
+- record.py      the record codec: header, block references, full-page images, CRC-32C (pure)
+- rmgr.py        resource manager registry (id -> name, redo, describe); RM_* ids
+- checkpoint.py  checkpoint record payload and the xlog rmgr
+- xlog.py        the writer: insert into WAL buffers, flush through AIO, group commit
+- reader.py      read records back across pages and segments; where valid WAL ends, and why
+- control.py     the control file slonik_control: codec, atomic replace
+
+Nothing here imports storage/ or engine/; xlog is not imported by this package on purpose
+(it pulls in aio.core), so the pure modules stay cheap to import.
 """

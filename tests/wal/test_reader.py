@@ -1,0 +1,419 @@
+"""WAL reader: following records across pages and segments, and stopping exactly where the
+WAL stops being valid — quietly at a torn tail, loudly at corruption in the middle.
+
+WAL files are built by tests/wal/walgen.py (independent of the real writer) with 64 KiB
+segments, so modest records span pages and segments.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import struct
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from aio import osfile
+from aio.errors import IOFailure, WalError
+from tests.wal.walgen import WalGen
+from wal.lsn import format_lsn
+from wal.reader import (
+    ReadRecord,
+    WalCorruptMiddleError,
+    WalReader,
+    describe_record,
+    first_record_lsn,
+    read_record_at,
+)
+from wal.record import BLCKSZ, MAX_RECORD_SIZE_BYTES, RECORD_HEADER_SIZE, BlockRef, WalRecord
+from wal.rmgr import RM_TEST, ResourceManager, find_rmgr, register_rmgr
+from wal.walpage import PAGE_HEADER_SIZE, WAL_PAGE_SIZE, segment_file_name
+
+SEG = 64 * 1024
+RESERVED_HEADER_BYTES = range(20, 24)   # walpage's header: ... wal_segment_size u32 | reserved u32
+
+
+def rec_of_size(total: int, seed: int = 0, xid: int = 1) -> WalRecord:
+    """A test record whose encoding is ``total`` bytes."""
+    assert total >= RECORD_HEADER_SIZE
+    return WalRecord(RM_TEST, 0, xid, random.Random(seed).randbytes(total - RECORD_HEADER_SIZE))
+
+
+def build(wal_dir: str, sizes, seg: int = SEG) -> WalGen:
+    g = WalGen(wal_dir, seg)
+    for i, n in enumerate(sizes):
+        g.append(rec_of_size(n, seed=i, xid=i + 1))
+    g.write()
+    return g
+
+
+def read_all(g: WalGen, **kw) -> tuple[WalReader, list[ReadRecord]]:
+    reader = WalReader(g.wal_dir, g.seg, g.start_lsn, **kw)
+    return reader, list(reader)
+
+
+def assert_read_prefix(g: WalGen, got: list[ReadRecord], n: int) -> None:
+    assert len(got) == n, f"read {len(got)} records, expected {n}"
+    for p, rr in zip(g.placed[:n], got, strict=True):
+        assert (rr.lsn, rr.end_lsn, rr.length) == (p.lsn, p.end_lsn, p.length)
+        assert rr.record == p.record
+
+
+sizes_strategy = st.lists(st.one_of(st.integers(32, 200), st.integers(32, 3 * WAL_PAGE_SIZE),
+                                    st.integers(32, 100 * 1024)), min_size=1, max_size=25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes_strategy)
+def test_reads_every_record_across_pages_and_segments(sizes):
+    """Every record written is read back with its LSN, end LSN and contents, records
+    spanning pages and segments included; the WAL then ends quietly at zeroes."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, sizes)
+        reader, got = read_all(g, wal_buffers_bytes=4 * WAL_PAGE_SIZE)
+        assert_read_prefix(g, got, len(sizes))
+        assert reader.end_lsn == g.end_lsn
+        assert reader.last_lsn == g.placed[-1].lsn
+        assert reader.stop_reason.startswith("zeroes at"), reader.stop_reason
+
+
+def test_spanning_records_really_span():
+    """The layout the reader is tested on: a 100 KiB record crosses two segment boundaries
+    and many pages; a record may end exactly at a page end and at a segment end."""
+    with tempfile.TemporaryDirectory() as d:
+        first = WAL_PAGE_SIZE - PAGE_HEADER_SIZE                 # fills page 0 exactly
+        to_seg_end = 7 * (WAL_PAGE_SIZE - PAGE_HEADER_SIZE)      # fills pages 1..7: segment 1
+        g = build(d, [first, to_seg_end, 100 * 1024, 40, 100])
+        assert g.placed[0].end_lsn == SEG + WAL_PAGE_SIZE
+        assert g.placed[1].end_lsn == 2 * SEG
+        assert g.placed[2].lsn == 2 * SEG + PAGE_HEADER_SIZE
+        assert g.placed[2].end_lsn > 3 * SEG + PAGE_HEADER_SIZE
+        assert len(g.segments()) == 3
+        reader, got = read_all(g)
+        assert_read_prefix(g, got, 5)
+
+
+def test_start_in_the_middle_and_at_a_page_start():
+    """Iteration may start at any record; a page-start LSN means its first record."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [WAL_PAGE_SIZE - PAGE_HEADER_SIZE, 100, 200, 20000, 64])
+        for k, p in enumerate(g.placed):
+            got = list(WalReader(d, SEG, p.lsn))
+            assert [rr.lsn for rr in got] == [q.lsn for q in g.placed[k:]]
+        got = list(WalReader(d, SEG, SEG + WAL_PAGE_SIZE))      # page start of record 1
+        assert got[0].lsn == g.placed[1].lsn
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(32, 3000), min_size=3, max_size=12),
+       st.lists(st.integers(32, 12000), max_size=3), st.data())
+def test_corruption_in_last_flushed_window_stops_exactly_before_it(small, big, data):
+    """Flip bits of any byte in the last wal_buffers_bytes of WAL: replay yields exactly the
+    records before the first record the byte belongs to (its bytes, or the header of a page
+    it has bytes on), ends quietly there, and never calls it corruption in the middle.
+    A byte in alignment padding touches no record, and everything is read."""
+    window = 3 * WAL_PAGE_SIZE
+    sizes = small + big
+    random.Random(len(sizes)).shuffle(sizes)
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, sizes)
+        lo = max(g.start_lsn, g.end_lsn - window)
+        x = data.draw(st.integers(lo, g.end_lsn - 1), label="corrupt lsn")
+        assume(x % WAL_PAGE_SIZE not in RESERVED_HEADER_BYTES)   # see test_page_header_reserved_bytes_are_checked
+        g.xor_byte(x, data.draw(st.integers(1, 255), label="mask"))
+        touching = g.records_touching(x)
+        expect = touching[0] if touching else len(sizes)
+        reader, got = read_all(g, wal_buffers_bytes=window)
+        assert_read_prefix(g, got, expect)
+        if expect < len(sizes):
+            stop_lsn = g.placed[expect].lsn
+            assert format_lsn(stop_lsn) in reader.stop_reason, reader.stop_reason
+            assert reader.end_lsn == (g.placed[expect - 1].end_lsn if expect else g.start_lsn)
+        else:
+            assert reader.end_lsn == g.end_lsn
+
+
+def test_page_header_reserved_bytes_are_checked():
+    """A flip in a page header's reserved bytes must end WAL there like any other field."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [3000, 3000, 3000, 3000])
+        g.xor_byte(SEG + WAL_PAGE_SIZE + RESERVED_HEADER_BYTES[0], 0x01)
+        reader, got = read_all(g)
+        assert len(got) == 2
+
+
+def middle_sizes(rng: random.Random) -> list[int]:
+    return [rng.choice([40, 100, 500, 2000]) for _ in range(300)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.data())
+def test_corruption_in_the_middle_refuses_to_start(seed, data):
+    """A corrupt byte with valid records more than wal_buffers_bytes after it: iteration
+    raises WalCorruptMiddleError naming the LSN of the bad record and of valid WAL beyond;
+    the records before it have been yielded. Without wal_buffers_bytes the stop is quiet."""
+    window = 2 * WAL_PAGE_SIZE
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, middle_sizes(random.Random(seed)))
+        x = data.draw(st.integers(g.start_lsn, g.end_lsn - 3 * window - 2000), label="x")
+        assume(x % WAL_PAGE_SIZE not in RESERVED_HEADER_BYTES)
+        touching = g.records_touching(x)
+        assume(touching)                       # not alignment padding
+        g.xor_byte(x, data.draw(st.integers(1, 255), label="mask"))
+        bad = g.placed[touching[0]]
+        reader = WalReader(d, SEG, g.start_lsn, wal_buffers_bytes=window)
+        got = []
+        with pytest.raises(WalCorruptMiddleError) as ei:
+            for rr in reader:
+                got.append(rr)
+        assert_read_prefix(g, got, touching[0])
+        e = ei.value
+        assert isinstance(e, WalError)
+        assert e.lsn == bad.lsn
+        assert f"corrupt in the middle at {format_lsn(bad.lsn)}" in str(e)
+        assert "refusing to start" in str(e)
+        assert e.valid_lsn >= bad.lsn + window
+        assert any(p.lsn == e.valid_lsn for p in g.placed)
+        quiet, got = read_all(g)
+        assert len(got) == touching[0] and format_lsn(bad.lsn) in quiet.stop_reason
+
+
+def test_middle_check_ignores_recycled_segments_and_stale_pages():
+    """Pages valid only for another address (a recycled segment renamed ahead) are not
+    'valid WAL beyond': a torn tail followed by them ends quietly."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [3000] * 60)               # segments 1..3
+        last = g.segments()[-1]
+        with open(g.path(1), "rb") as f:
+            old = f.read()
+        for segno in range(last + 1, last + 4):
+            with open(g.path(segno), "wb") as f:
+                f.write(old)                     # pageaddrs of segment 1: stale here
+        g.xor_byte(g.placed[-3].lsn + 100)
+        reader, got = read_all(g, wal_buffers_bytes=WAL_PAGE_SIZE)
+        assert len(got) == len(g.placed) - 3
+        assert "bad CRC" in reader.stop_reason
+
+
+def test_zeroes_end_wal_quietly():
+    """Zeroed bytes where a record should start end WAL quietly with 'zeroes at <lsn>'."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [100] * 20)
+        g.zero_range(g.placed[12].lsn, 4)
+        reader, got = read_all(g, wal_buffers_bytes=WAL_PAGE_SIZE)
+        assert_read_prefix(g, got, 12)
+        assert reader.stop_reason == f"zeroes at {format_lsn(g.placed[12].lsn)}"
+        assert reader.end_lsn == g.placed[11].end_lsn and reader.last_lsn == g.placed[11].lsn
+
+
+def test_zeroed_continuation_page_ends_wal():
+    """A record continuing onto a zeroed page (never written) ends WAL before that record."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [100, 20000, 100])
+        g.zero_range(SEG + WAL_PAGE_SIZE, WAL_PAGE_SIZE)
+        reader, got = read_all(g)
+        assert_read_prefix(g, got, 1)
+        assert reader.stop_reason.startswith(f"zeroes at {format_lsn(SEG + WAL_PAGE_SIZE)}")
+        assert format_lsn(g.placed[1].lsn) in reader.stop_reason
+
+
+def test_missing_next_segment_ends_wal():
+    """The next segment file is missing: a record continuing into it, or starting in it,
+    ends WAL with 'missing segment <name>'."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [20000, 20000, 20000, 20000])    # record 3 crosses into segment 2
+        assert g.placed[3].lsn < 2 * SEG < g.placed[3].end_lsn
+        os.unlink(g.path(2))
+        reader, got = read_all(g, wal_buffers_bytes=WAL_PAGE_SIZE)
+        assert_read_prefix(g, got, 3)
+        assert reader.stop_reason.startswith(f"missing segment {segment_file_name(2)}")
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [7 * (WAL_PAGE_SIZE - PAGE_HEADER_SIZE) + WAL_PAGE_SIZE
+                      - PAGE_HEADER_SIZE, 100])      # record 0 ends exactly at segment end
+        assert g.placed[0].end_lsn == 2 * SEG
+        os.unlink(g.path(2))
+        reader, got = read_all(g)
+        assert_read_prefix(g, got, 1)
+        assert reader.stop_reason == f"missing segment {segment_file_name(2)}"
+
+
+def test_short_segment_file_ends_wal():
+    """A segment file cut short (never fully written) ends WAL where it ends."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [3000] * 10)
+        g.write(truncate_last_at=2 * WAL_PAGE_SIZE + 100)
+        reader, got = read_all(g)
+        n = sum(1 for p in g.placed if p.end_lsn <= SEG + 2 * WAL_PAGE_SIZE)
+        assert_read_prefix(g, got, n)
+        assert "ends at byte" in reader.stop_reason
+
+
+def test_wrong_prev_link_stops():
+    """A record whose prev_lsn does not name the record before it ends WAL before it."""
+    with tempfile.TemporaryDirectory() as d:
+        g = WalGen(d, SEG)
+        for i in range(10):
+            g.append(rec_of_size(200, i), prev_lsn=12345 * 8 if i == 6 else None)
+        g.write()
+        reader, got = read_all(g)
+        assert_read_prefix(g, got, 6)
+        assert reader.stop_reason.startswith(f"wrong prev link at {format_lsn(g.placed[6].lsn)}")
+
+
+def test_expect_prev_checks_the_first_record():
+    """The first record is link-checked only when expect_prev is given."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [200] * 5)
+        p = g.placed
+        assert len(list(WalReader(d, SEG, p[2].lsn))) == 3
+        assert len(list(WalReader(d, SEG, p[2].lsn, expect_prev=p[1].lsn))) == 3
+        r = WalReader(d, SEG, p[2].lsn, expect_prev=p[0].lsn)
+        assert list(r) == [] and r.stop_reason.startswith("wrong prev link")
+        assert r.end_lsn == p[2].lsn and r.last_lsn == 0
+
+
+def patch_page_header(g: WalGen, pageaddr: int, fmt: str, offset: int, value: int) -> None:
+    path, off = g.file_offset(pageaddr)
+    with open(path, "r+b") as f:
+        f.seek(off + offset)
+        f.write(struct.pack(fmt, value))
+
+
+def test_wrong_continuation_length_stops():
+    """A page whose rem_len disagrees with the bytes the record still needs ends WAL before
+    that record (flags kept consistent, so only the length is wrong)."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [100, 20000, 100])
+        patch_page_header(g, SEG + WAL_PAGE_SIZE, "<I", 4, 777)
+        reader, got = read_all(g)
+        assert_read_prefix(g, got, 1)
+        assert reader.stop_reason.startswith("wrong continuation length")
+
+
+def test_record_start_on_a_continuation_page_is_refused():
+    """A record cannot start right after a page header that announces continued bytes."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [WAL_PAGE_SIZE - PAGE_HEADER_SIZE, 100, 100])
+        patch_page_header(g, SEG + WAL_PAGE_SIZE, "<H", 2, 0x0002)    # info: CONTINUATION
+        patch_page_header(g, SEG + WAL_PAGE_SIZE, "<I", 4, 8)
+        reader, got = read_all(g)
+        assert_read_prefix(g, got, 1)
+        assert reader.stop_reason.startswith(f"no record at {format_lsn(g.placed[1].lsn)}")
+
+
+@pytest.mark.parametrize("total", [1, RECORD_HEADER_SIZE - 1, MAX_RECORD_SIZE_BYTES + 1, 2**32 - 1])
+def test_impossible_length_stops(total):
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [100] * 5)
+        path, off = g.file_offset(g.placed[3].lsn)
+        with open(path, "r+b") as f:
+            f.seek(off)
+            f.write(struct.pack("<I", total))
+        reader, got = read_all(g)
+        assert_read_prefix(g, got, 3)
+        assert reader.stop_reason == f"invalid record length {total} at " \
+                                     f"{format_lsn(g.placed[3].lsn)}"
+
+
+def test_wrong_segment_size_stops():
+    """WAL written with another wal_segment_size is not read as valid."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [100] * 3, seg=128 * 1024)
+        os.rename(g.path(1), os.path.join(d, segment_file_name(2)))  # LSN 2*64K == 128K
+        r = WalReader(d, SEG, 2 * SEG)
+        assert list(r) == [] and "wal_segment_size" in r.stop_reason
+
+
+def test_read_record_at():
+    """read_record_at returns the record at an LSN (a page start means its first record);
+    anything else is a WalError naming the LSN."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [WAL_PAGE_SIZE - PAGE_HEADER_SIZE, 5000, 300])
+        for p in g.placed:
+            rr = read_record_at(d, SEG, p.lsn)
+            assert (rr.lsn, rr.end_lsn, rr.record) == (p.lsn, p.end_lsn, p.record)
+        assert read_record_at(d, SEG, SEG + WAL_PAGE_SIZE).lsn == g.placed[1].lsn
+        g.xor_byte(g.placed[2].lsn + 50)
+        with pytest.raises(WalError, match=f"{format_lsn(g.placed[2].lsn)}.*bad CRC"):
+            read_record_at(d, SEG, g.placed[2].lsn)
+        with pytest.raises(WalError, match="missing segment"):
+            read_record_at(d, SEG, 5 * SEG + PAGE_HEADER_SIZE)
+
+
+@pytest.mark.parametrize("lsn", [0, -8, SEG + 4, SEG + 8, SEG + 8192 + 16])
+def test_bad_start_lsn(lsn):
+    """A start that cannot be a record start is caller misuse."""
+    with pytest.raises(ValueError, match="start_lsn"):
+        WalReader("/nonexistent", SEG, lsn)
+
+
+def test_os_errors_are_not_a_quiet_end(tmp_path):
+    """A read the OS refuses is an IOFailure keeping the errno, never 'end of WAL'; the
+    reader goes through aio.osfile and closes every file it opens."""
+    g = build(str(tmp_path), [3000] * 40)
+
+    class Layer(osfile.OsLayer):
+        def __init__(self, fail_after=None):
+            self.opens = self.closes = self.reads = 0
+            self.fail_after = fail_after
+
+        def open(self, path, flags, mode=0o644):
+            self.opens += 1
+            return super().open(path, flags, mode)
+
+        def close(self, fd):
+            self.closes += 1
+            super().close(fd)
+
+        def preadv(self, fd, buffers, offset):
+            self.reads += 1
+            if self.fail_after is not None and self.reads > self.fail_after:
+                raise OSError(errno.EIO, "injected")
+            return super().preadv(fd, buffers, offset)
+
+    layer = Layer()
+    with osfile.installed(layer):
+        _, got = read_all(g)
+    assert len(got) == 40 and layer.reads > 0 and layer.opens == layer.closes >= 2
+    layer = Layer(fail_after=1)
+    with osfile.installed(layer), pytest.raises(IOFailure) as ei:
+        read_all(g)
+    assert ei.value.errno == errno.EIO and layer.opens == layer.closes
+
+
+def test_describe_record_and_first_record_lsn():
+    """waldump's pieces: one line per record naming LSN, rmgr, length, xid, blocks and
+    the rmgr's description; the first record of the oldest segment file."""
+    if find_rmgr(RM_TEST) is None:
+        register_rmgr(ResourceManager(RM_TEST, "test", lambda ctx, rr: None,
+                                      lambda rec: f"test record of {len(rec.payload)} bytes"))
+    with tempfile.TemporaryDirectory() as d:
+        g = WalGen(d, SEG)
+        page = bytearray(random.Random(1).randbytes(BLCKSZ))
+        page[100:5000] = bytes(4900)
+        g.append(WalRecord(RM_TEST, 3, 77, b"abc", (BlockRef(16384, 0, 5, bytes(page), False,
+                                                             100, 4900),
+                                                    BlockRef(16384, 1, 6, will_init=True))))
+        g.append(WalRecord(99, 0, 0, b"zz"))
+        for _ in range(30):
+            g.append(rec_of_size(3000))
+        g.write()
+        got = list(WalReader(d, SEG, g.start_lsn))
+        line = describe_record(got[0])
+        for part in (format_lsn(got[0].lsn), "test", "tx:       77", "blk 5 FPW", "hole 100+4900",
+                     "fork 1 blk 6 will_init", find_rmgr(RM_TEST).describe(got[0].record)):
+            assert part in line, (part, line)
+        assert "rmgr99" in describe_record(got[1])
+        assert first_record_lsn(d, SEG) == g.start_lsn + PAGE_HEADER_SIZE
+        # Remove segment 1: segment 2 begins with the rest of a record.
+        os.unlink(g.path(1))
+        first = first_record_lsn(d, SEG)
+        assert first == next(p.lsn for p in g.placed if p.lsn >= 2 * SEG)
+        assert [rr.lsn for rr in WalReader(d, SEG, first)] == \
+            [p.lsn for p in g.placed if p.lsn >= first]
+    with tempfile.TemporaryDirectory() as d:
+        assert first_record_lsn(d, SEG) is None

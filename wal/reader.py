@@ -1,0 +1,437 @@
+"""Read WAL records back from the segment files: for recovery, waldump and the checkpoint.
+
+``WalReader`` follows the record chain from a start LSN across page and segment boundaries
+and stops at the first record that is not valid, leaving ``end_lsn``, ``last_lsn`` and a
+``stop_reason``. Every check names the LSN it failed at; the order is that of PostgreSQL's
+xlogreader: page header (magic, pageaddr, segment size, flags), continuation length
+(``rem_len`` of each page a record continues onto must equal the bytes still missing),
+record length bounds and header, CRC, then the prev-LSN link.
+
+Stopping is quiet (a torn tail is normal after a crash) unless ``wal_buffers_bytes`` is
+given and valid WAL exists further on than any one unsynced write could reach: then the
+log was damaged in the middle, and iteration raises ``WalCorruptMiddleError`` naming both
+LSNs rather than let recovery drop committed work (DESIGN §7).
+
+Segment files are read through ``aio.osfile`` in chunks of ``READ_CHUNK_BYTES``; records are
+decoded from memoryviews of those chunks, so a record inside one page is never copied
+before ``decode_record``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from aio import osfile
+from aio.errors import IOFailure, WalError
+
+from .lsn import format_lsn
+from .record import (
+    MAX_RECORD_SIZE_BYTES,
+    RECORD_HEADER_SIZE,
+    WalRecord,
+    WalRecordError,
+    check_record_header,
+    decode_record,
+)
+from .rmgr import find_rmgr, rmgr_name
+from .walpage import (
+    PAGE_HEADER_SIZE,
+    RECORD_ALIGN,
+    WAL_PAGE_SIZE,
+    PageHeader,
+    WalPageError,
+    advance_lsn,
+    align_lsn,
+    check_segment_size,
+    decode_page_header,
+    next_record_lsn,
+    parse_segment_file_name,
+    segment_file_name,
+    usable_lsn,
+)
+
+__all__ = [
+    "READ_CHUNK_BYTES", "ReadRecord", "WalReader", "WalCorruptMiddleError", "read_record_at",
+    "first_record_lsn", "describe_record",
+]
+
+# Bytes read from a segment file per preadv: 32 pages. Large enough that replay is not
+# syscall-bound, small enough that a reader stopping early has read little in vain.
+READ_CHUNK_BYTES = 256 * 1024
+_TOTAL_LENGTH = struct.Struct("<I")
+_ZERO_PAGE_HEADER = bytes(PAGE_HEADER_SIZE)
+
+assert READ_CHUNK_BYTES % WAL_PAGE_SIZE == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRecord:
+    """A record as read: where it starts, where it ends (the LSN redo gives the pages it
+    changes), the record, and its length in bytes (page headers not counted)."""
+
+    lsn: int
+    end_lsn: int
+    record: WalRecord
+    length: int = 0
+
+
+class WalCorruptMiddleError(WalError):
+    """An invalid record at ``lsn`` with valid WAL at ``valid_lsn``, more than wal_buffers
+    further on: the log is damaged in the middle, not merely torn at its end."""
+
+    def __init__(self, lsn: int, valid_lsn: int, reason: str) -> None:
+        super().__init__(f"WAL is corrupt in the middle at {format_lsn(lsn)}: valid records "
+                         f"follow at {format_lsn(valid_lsn)}; refusing to start "
+                         f"(first invalid record: {reason})")
+        self.lsn = lsn
+        self.valid_lsn = valid_lsn
+        self.reason = reason
+
+
+class _Stop(Exception):
+    """Internal: the WAL is not valid at this point; ``reason`` says why."""
+
+    def __init__(self, reason: str, extent_end: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.extent_end = extent_end  # where the invalid record claims to end (0: unknown)
+
+
+class WalReader:
+    """Iterate the records of ``wal_dir`` from ``start_lsn`` (a record start, or the start of
+    the page it is the first record of) until the first invalid one.
+
+    After (or during) iteration: ``end_lsn`` is where valid WAL ends (the end of the last
+    good record, or ``start_lsn``), ``last_lsn`` the start of the last good record (0 if
+    none), ``stop_reason`` why iteration stopped ("" while it has not). ``expect_prev``: the
+    LSN the first record's prev link must name (unchecked when None).
+    """
+
+    def __init__(self, wal_dir: str, wal_segment_size: int, start_lsn: int, *,
+                 wal_buffers_bytes: int | None = None, expect_prev: int | None = None) -> None:
+        check_segment_size(wal_segment_size)
+        if not isinstance(start_lsn, int) or isinstance(start_lsn, bool) or start_lsn <= 0:
+            raise ValueError(f"start_lsn must be a positive int LSN, got {start_lsn!r}")
+        off = start_lsn % WAL_PAGE_SIZE
+        if start_lsn % RECORD_ALIGN or 0 < off < PAGE_HEADER_SIZE:
+            raise ValueError(f"start_lsn {format_lsn(start_lsn)} is not a record start "
+                             f"(unaligned or inside a page header)")
+        if wal_buffers_bytes is not None and (not isinstance(wal_buffers_bytes, int)
+                                              or wal_buffers_bytes <= 0):
+            raise ValueError(f"wal_buffers_bytes must be a positive int, got "
+                             f"{wal_buffers_bytes!r}")
+        self.wal_dir = wal_dir
+        self.wal_segment_size = wal_segment_size
+        self.start_lsn = start_lsn
+        self.wal_buffers_bytes = wal_buffers_bytes
+        self.expect_prev = expect_prev
+        self.end_lsn = start_lsn
+        self.last_lsn = 0
+        self.stop_reason = ""
+        self.records_read = 0
+        self._fd = -1
+        self._segno = -1
+        self._chunk_lsn = 0           # LSN of the first byte of the chunk in memory
+        self._chunk: memoryview = memoryview(b"")
+        self._header_lsn = -1         # the page whose header was checked last, and
+        self._header_checked: PageHeader | None = None   # its header
+
+    # --- iteration -------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[ReadRecord]:
+        self.end_lsn = self.start_lsn
+        self.last_lsn = 0
+        self.stop_reason = ""
+        self.records_read = 0
+        lsn = usable_lsn(self.start_lsn)
+        prev = self.expect_prev
+        try:
+            while True:
+                try:
+                    rr = self._read_at(lsn)
+                    if prev is not None and rr.record.prev_lsn != prev:
+                        raise _Stop(f"wrong prev link at {format_lsn(lsn)}: record names "
+                                    f"{format_lsn(rr.record.prev_lsn)}, previous record is "
+                                    f"at {format_lsn(prev)}", rr.end_lsn)
+                except _Stop as stop:
+                    self.stop_reason = stop.reason
+                    self._check_middle(lsn, max(lsn, stop.extent_end), stop.reason)
+                    return
+                self.last_lsn = lsn
+                self.end_lsn = rr.end_lsn
+                self.records_read += 1
+                prev = lsn
+                yield rr
+                lsn = next_record_lsn(rr.end_lsn)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the open segment file (harmless twice; iteration reopens it)."""
+        if self._fd >= 0:
+            fd, self._fd, self._segno = self._fd, -1, -1
+            osfile.close(fd)
+        self._chunk = memoryview(b"")
+        self._header_lsn = -1
+
+    def __enter__(self) -> WalReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- one record ------------------------------------------------------------------------
+
+    def _read_at(self, lsn: int) -> ReadRecord:
+        """The valid record starting at ``lsn``, or _Stop saying why there is none."""
+        off = lsn % WAL_PAGE_SIZE
+        assert lsn % RECORD_ALIGN == 0 and off >= PAGE_HEADER_SIZE, \
+            f"{format_lsn(lsn)} is not a record start"
+        pageaddr = lsn - off
+        rel = pageaddr - self._chunk_lsn       # the common case inlined: page in memory
+        if 0 <= rel < len(self._chunk):
+            page = self._chunk[rel:rel + WAL_PAGE_SIZE]
+        else:
+            page = self._page(pageaddr, None)
+        hdr = self._header(page, pageaddr, lsn, "starts on it")
+        if off == PAGE_HEADER_SIZE and hdr.rem_len:
+            raise _Stop(f"no record at {format_lsn(lsn)}: its page begins with {hdr.rem_len} "
+                        f"bytes continued from an earlier record")
+        # A record start is 8-aligned outside the header, so its length field is on this page.
+        total = _TOTAL_LENGTH.unpack_from(page, off)[0]
+        if total == 0:
+            raise _Stop(f"zeroes at {format_lsn(lsn)}")
+        if not RECORD_HEADER_SIZE <= total <= MAX_RECORD_SIZE_BYTES:
+            raise _Stop(f"invalid record length {total} at {format_lsn(lsn)}")
+        if total <= WAL_PAGE_SIZE - off:
+            data = page[off:off + total]
+            end = lsn + total
+        else:
+            end = advance_lsn(lsn, total)
+            try:
+                data = self._gather(lsn, page[off:], total)
+            except _Stop as stop:
+                stop.extent_end = end
+                raise
+        try:
+            record = decode_record(data)
+        except WalRecordError as e:
+            if e.field == "crc":
+                raise _Stop(f"bad CRC at {format_lsn(lsn)}", end) from None
+            raise _Stop(f"invalid record at {format_lsn(lsn)}: {e.field}: {e.reason}",
+                        end) from None
+        return ReadRecord(lsn, end, record, total)
+
+    def _gather(self, lsn: int, head: memoryview, total: int) -> bytes:
+        """The bytes of a record that continues past its first page."""
+        parts = [head]
+        got = len(head)
+        checked = False
+        pageaddr = lsn - lsn % WAL_PAGE_SIZE
+        while True:
+            if not checked and got >= RECORD_HEADER_SIZE:
+                try:
+                    check_record_header(b"".join(parts)[:RECORD_HEADER_SIZE])
+                except WalRecordError as e:
+                    raise _Stop(f"invalid record at {format_lsn(lsn)}: {e.field}: "
+                                f"{e.reason}") from None
+                checked = True
+            if got == total:
+                return b"".join(parts)
+            pageaddr += WAL_PAGE_SIZE
+            page = self._page(pageaddr, lsn)
+            hdr = self._header(page, pageaddr, lsn, "continues onto it")
+            missing = total - got
+            if hdr.rem_len != missing:
+                raise _Stop(f"wrong continuation length at {format_lsn(pageaddr)}: rem_len "
+                            f"{hdr.rem_len}, the record at {format_lsn(lsn)} needs {missing} "
+                            f"more bytes")
+            take = min(missing, WAL_PAGE_SIZE - PAGE_HEADER_SIZE)
+            parts.append(page[PAGE_HEADER_SIZE:PAGE_HEADER_SIZE + take])
+            got += take
+
+    # --- pages and segment files -----------------------------------------------------------
+
+    def _page(self, pageaddr: int, record_lsn: int | None) -> memoryview:
+        """The WAL page at ``pageaddr`` (unchecked), or _Stop when its segment is missing or
+        ends before it. ``record_lsn``: the record that continues onto it, for messages."""
+        rel = pageaddr - self._chunk_lsn
+        if 0 <= rel < len(self._chunk):
+            return self._chunk[rel:rel + WAL_PAGE_SIZE]
+        seg_size = self.wal_segment_size
+        segno = pageaddr // seg_size
+        name = segment_file_name(segno)
+        cont = "" if record_lsn is None else \
+            f" (the record at {format_lsn(record_lsn)} continues into it)"
+        if segno != self._segno:
+            self.close()
+            path = os.path.join(self.wal_dir, name)
+            try:
+                self._fd = osfile.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise _Stop(f"missing segment {name}{cont}") from None
+            except OSError as e:
+                raise IOFailure(e.errno or 5, f"could not open WAL segment {path}") from e
+            self._segno = segno
+        offset = pageaddr % seg_size
+        want = min(READ_CHUNK_BYTES, seg_size - offset)
+        buf = bytearray(want)   # new each time: views of the previous chunk stay valid
+        view = memoryview(buf)
+        got = 0
+        while got < want:
+            try:
+                n = osfile.preadv(self._fd, [view[got:]], offset + got)
+            except OSError as e:
+                raise IOFailure(e.errno or 5, f"could not read WAL segment {name} at offset "
+                                              f"{offset + got}") from e
+            if n <= 0:
+                break
+            got += n
+        whole = got - got % WAL_PAGE_SIZE
+        if whole == 0:
+            raise _Stop(f"segment {name} ends at byte {offset + got}, before page "
+                        f"{format_lsn(pageaddr)}{cont}")
+        self._chunk = view[:whole]
+        self._chunk_lsn = pageaddr
+        return self._chunk[:WAL_PAGE_SIZE]
+
+    def _header(self, page: memoryview, pageaddr: int, record_lsn: int | None = None,
+                how: str = "") -> PageHeader:
+        """The checked header of ``page``, or _Stop naming what is wrong with it (and the
+        record at ``record_lsn``, which ``how`` relates to the page). A zeroed header is the
+        plain end of WAL when the next record would start on its page."""
+        if pageaddr == self._header_lsn:
+            return self._header_checked
+        try:
+            hdr = decode_page_header(page, pageaddr, self.wal_segment_size)
+        except WalPageError as e:
+            note = "" if record_lsn is None else f" (the record at {format_lsn(record_lsn)} {how})"
+            if page[:PAGE_HEADER_SIZE] == _ZERO_PAGE_HEADER:
+                if how == "starts on it":      # the plain end: name where the record was due
+                    raise _Stop(f"zeroes at {format_lsn(record_lsn)}") from None
+                raise _Stop(f"zeroes at {format_lsn(pageaddr)}{note}") from None
+            raise _Stop(f"invalid page header at {format_lsn(pageaddr)}: {e.field}: "
+                        f"{e}{note}") from None
+        self._header_lsn = pageaddr
+        self._header_checked = hdr
+        return hdr
+
+    # --- corruption in the middle ----------------------------------------------------------
+
+    def _check_middle(self, bad_lsn: int, bad_end: int, reason: str) -> None:
+        """Raise WalCorruptMiddleError if valid WAL exists wal_buffers_bytes past the invalid
+        record at ``bad_lsn``, counted from ``bad_end``, where that record claims to end.
+
+        Counting from the claimed end rather than the start: the writer keeps unsynced WAL
+        within wal_buffers_bytes of the page holding the durable end F, and a record torn
+        across F starts before F but ends after it, so valid unsynced pages may lie up to
+        wal_buffers_bytes past its end. The length field of such a record lies before F
+        (synced, intact), so its claimed end is trustworthy."""
+        if self.wal_buffers_bytes is None:
+            return
+        found = self._find_valid_record(bad_end + self.wal_buffers_bytes)
+        if found is not None:
+            raise WalCorruptMiddleError(bad_lsn, found, reason)
+
+    def _find_valid_record(self, from_lsn: int) -> int | None:
+        """The first LSN at or after ``from_lsn`` where a page that is valid for its own
+        address holds a record start whose record decodes with a good CRC, or None. Only
+        the first record starting on each page is tried."""
+        seg_size = self.wal_segment_size
+        first_page = -(-from_lsn // WAL_PAGE_SIZE) * WAL_PAGE_SIZE
+        try:
+            names = osfile.listdir(self.wal_dir)
+        except FileNotFoundError:
+            return None
+        segnos = sorted(s for s in map(parse_segment_file_name, names)
+                        if s is not None and s >= first_page // seg_size)
+        for segno in segnos:
+            pageaddr = max(first_page, segno * seg_size)
+            while pageaddr < (segno + 1) * seg_size:
+                try:
+                    page = self._page(pageaddr, None)
+                except _Stop:
+                    break               # the segment file ends (or vanished): next one
+                try:
+                    lsn = self._first_record_on_page(page, pageaddr)
+                    if lsn is not None:
+                        self._read_at(lsn)
+                        return lsn
+                except _Stop:
+                    pass
+                pageaddr += WAL_PAGE_SIZE
+        return None
+
+    def _first_record_on_page(self, page: memoryview, pageaddr: int) -> int | None:
+        """Where the first record starting on this page starts (None: none does), read from
+        its header; _Stop when the header is not valid for ``pageaddr``."""
+        hdr = self._header(page, pageaddr)
+        lsn = align_lsn(pageaddr + PAGE_HEADER_SIZE + hdr.rem_len)
+        if lsn + RECORD_ALIGN > pageaddr + WAL_PAGE_SIZE:
+            return None
+        return lsn
+
+
+def read_record_at(wal_dir: str, wal_segment_size: int, lsn: int) -> ReadRecord:
+    """The record at ``lsn`` (a checkpoint record, say); WalError naming the LSN and why when
+    there is no valid record there."""
+    reader = WalReader(wal_dir, wal_segment_size, lsn)
+    try:
+        return reader._read_at(usable_lsn(lsn))
+    except _Stop as stop:
+        raise WalError(f"could not read the WAL record at {format_lsn(lsn)}: "
+                       f"{stop.reason}") from None
+    finally:
+        reader.close()
+
+
+def first_record_lsn(wal_dir: str, wal_segment_size: int) -> int | None:
+    """The first record start in the oldest segment file of ``wal_dir`` (for waldump without
+    a start LSN), or None when there is none."""
+    check_segment_size(wal_segment_size)
+    try:
+        names = osfile.listdir(wal_dir)
+    except FileNotFoundError:
+        return None
+    segnos = sorted(s for s in map(parse_segment_file_name, names) if s is not None and s > 0)
+    if not segnos:
+        return None
+    start = segnos[0] * wal_segment_size
+    reader = WalReader(wal_dir, wal_segment_size, start)
+    try:
+        for pageaddr in range(start, start + wal_segment_size, WAL_PAGE_SIZE):
+            try:
+                page = reader._page(pageaddr, None)
+                lsn = reader._first_record_on_page(page, pageaddr)
+            except _Stop:
+                return None
+            if lsn is not None:
+                return lsn
+        return None
+    finally:
+        reader.close()
+
+
+def describe_record(rr: ReadRecord) -> str:
+    """One waldump line: LSN, rmgr, length, xid, prev link, the rmgr's description, blocks."""
+    rec = rr.record
+    rm = find_rmgr(rec.rmgr)
+    if rm is None:
+        desc = f"info 0x{rec.info:02X}, payload {len(rec.payload)} bytes"
+    else:
+        try:
+            desc = rm.describe(rec)
+        except Exception as e:  # a describe bug must not stop a dump of damaged WAL
+            desc = f"(describe failed: {type(e).__name__}: {e})"
+    text = (f"rmgr: {rmgr_name(rec.rmgr):<6} len: {rr.length:>6}, tx: {rec.xid:>8}, "
+            f"lsn: {format_lsn(rr.lsn)}, prev {format_lsn(rec.prev_lsn)}, desc: {desc}")
+    for i, b in enumerate(rec.blocks):
+        text += f", blkref #{i}: rel {b.rel} fork {b.fork} blk {b.block}"
+        if b.image is not None:
+            text += " FPW" + (f" (hole {b.hole_offset}+{b.hole_length})" if b.hole_length else "")
+        if b.will_init:
+            text += " will_init"
+    return text

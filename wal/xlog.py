@@ -1,0 +1,515 @@
+"""The WAL writer: insert records into WAL buffers, flush them durably with group commit.
+
+Insertion encodes a record, reserves its place in the stream and copies it into the WAL
+buffers (a ring of ``wal_buffers`` pages in one page-aligned mapping) under one short lock.
+(In CPython a separate copy phase outside the lock would add a second lock hop costing more
+than the memcpy it could overlap, so reservation and copy share the lock.)
+
+A flush writes every complete or partial page between the flushed position and the insert
+position through AIO (target "wal": one vectored write per segment piece, all in flight
+together) and makes them durable with fdatasync — or by opening segments O_DIRECT|O_DSYNC
+when ``io_direct`` includes wal. One flush at a time: threads asking for a flush that
+another thread's flush already covers return without I/O (group commit, counted).
+
+Invariants:
+1. Bytes in [flush_lsn, insert_lsn) are only in the WAL buffers; the ring never holds more
+   than ``wal_buffers`` pages, so an inserter that would overrun it flushes first. Every
+   write is followed by a sync before the flush position moves: unsynced WAL on disk never
+   extends more than ``wal_buffers`` bytes past the durable end (what recovery relies on
+   to tell a torn tail from corruption in the middle of the log).
+2. A full-page image is taken for every block whose page LSN is at or before the redo
+   point; the redo point only moves under the insert lock.
+3. A failed WAL write or sync makes this Wal unusable: every later insert or flush raises
+   WalError. An fsync is never retried (the kernel may have dropped the dirty pages).
+4. New segment files are zero-filled and their directory synced before WAL is written
+   into them; old segments are recycled by renaming them to future names.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from aio import callbacks as cb
+from aio import osfile
+from aio.core import Aio
+from aio.errors import WalError
+from aio.handle import AioReturn
+from aio.memory import aligned_buffer
+from wal.record import BlockRef, WalRecord, encode_record
+from wal.walpage import (
+    PAGE_HEADER_SIZE,
+    WAL_PAGE_SIZE,
+    align_lsn,
+    check_segment_size,
+    encode_page_header,
+    format_lsn,
+    parse_segment_file_name,
+    segment_file_name,
+    usable_lsn,
+)
+
+WAL_TARGET_ID = 3
+WAL_BUFFERS_MIN_PAGES = 8            # 64 KiB: two full-page images plus slack; bigger
+                                     # records than the ring can hold are refused
+WAL_BUFFERS_MAX_PAGES = 65536        # 512 MiB of buffers: more buys nothing here
+WAL_BUFFERS_DEFAULT_PAGES = 512      # 4 MiB: PostgreSQL's 1/32 of the default shared_buffers
+ZERO_FILL_CHUNK_BYTES = 1 << 20      # segment pre-allocation writes this much per call
+RECYCLED_SEGMENTS_MAX = 4            # spare segments kept for reuse instead of unlinking
+
+
+def _wal_describe(data) -> str:
+    path, _flags, offset = data
+    return f"WAL segment {os.path.basename(path)} at offset {offset}"
+
+
+cb.register_target(WAL_TARGET_ID, cb.TargetOps("wal", reopen=lambda d: (d[0], d[1]),
+                                               describe=_wal_describe))
+
+
+@dataclass
+class BlockSpec:
+    """What an inserter says about a block its record changes."""
+
+    rel: int
+    fork: int
+    block: int
+    page: memoryview | None = None    # the buffer's page, exclusive-locked by the caller
+    page_lsn: int = 0                 # the page's LSN before this change
+    will_init: bool = False           # redo re-initialises the page: never an image
+    hole: tuple[int, int] = (0, 0)    # (offset, end) of the page's free hole, not logged
+
+
+@dataclass(frozen=True)
+class WalStats:
+    insert_lsn: int
+    flush_lsn: int
+    redo_lsn: int
+    records: int
+    record_bytes: int
+    full_page_images: int
+    flush_requests: int     # flush() calls that had to wait for WAL to become durable
+    flushes: int            # write + sync cycles actually done
+    group_joins: int        # requests satisfied by another thread's flush (group commit)
+    writes: int             # vectored WAL writes issued
+    write_bytes: int
+    syncs: int              # fdatasync calls (0 with O_DSYNC)
+    buffer_full_flushes: int  # flushes forced because the ring was full
+    segments_created: int
+    segments_recycled: int
+    sync_ns: int            # time spent writing and syncing
+
+
+def _check_wal_buffers(pages: object) -> int:
+    need = WAL_BUFFERS_MIN_PAGES
+    if (not isinstance(pages, int) or isinstance(pages, bool)
+            or not need <= pages <= WAL_BUFFERS_MAX_PAGES):
+        raise ValueError(f"wal_buffers must be an int in {need}..{WAL_BUFFERS_MAX_PAGES} "
+                         f"(pages of {WAL_PAGE_SIZE} bytes), got {pages!r}")
+    return pages
+
+
+class Wal:
+    """See the module docstring. Thread-safe."""
+
+    def __init__(self, wal_dir: str, aio: Aio, *, wal_segment_size: int,
+                 wal_buffers: int = WAL_BUFFERS_DEFAULT_PAGES, io_direct: bool = False,
+                 full_page_writes: bool = True, start_lsn: int | None = None,
+                 prev_lsn: int = 0, redo_lsn: int = 0,
+                 on_segment_switch: Callable[[], None] | None = None) -> None:
+        self.wal_dir = wal_dir
+        self.aio = aio
+        self.wal_segment_size = check_segment_size(wal_segment_size)
+        self.npages = _check_wal_buffers(wal_buffers)
+        self.wal_buffers_bytes = self.npages * WAL_PAGE_SIZE
+        self.io_direct = bool(io_direct)
+        self.full_page_writes = bool(full_page_writes)
+        self.on_segment_switch = on_segment_switch
+        if start_lsn is None:
+            start_lsn = self.wal_segment_size  # a fresh stream starts at segment 1
+        if start_lsn < self.wal_segment_size:
+            raise ValueError(f"start_lsn {format_lsn(start_lsn)} lies before the WAL stream")
+        self._ring = aligned_buffer(self.wal_buffers_bytes)
+        self._ringv = memoryview(self._ring)
+        self._insert_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._cur = align_lsn(start_lsn)   # next insert position (may be a page start)
+        self._prev = prev_lsn              # start of the last inserted record
+        self._flushed = start_lsn          # durable up to here
+        self._redo = redo_lsn
+        self._failed: BaseException | None = None
+        self._fds: dict[int, int] = {}     # segno -> fd of segment files in use
+        self._closed = False
+        self._flags = os.O_RDWR | ((os.O_DIRECT | os.O_DSYNC) if self.io_direct else 0)
+        self._records = self._record_bytes = self._fpis = 0
+        self._flush_requests = self._flushes = self._joins = self._writes = 0
+        self._write_bytes = self._syncs = self._full_flushes = 0
+        self._created = self._recycled = self._sync_ns = 0
+        self._last_seg = self._cur // self.wal_segment_size
+        if start_lsn % WAL_PAGE_SIZE:
+            self._load_partial_page(start_lsn)
+
+    # --- positions ------------------------------------------------------------------------------
+    @property
+    def insert_lsn(self) -> int:
+        """Where the next record will start (a page start counts as its first usable byte)."""
+        return usable_lsn(self._cur)
+
+    @property
+    def flush_lsn(self) -> int:
+        return self._flushed
+
+    @property
+    def redo_lsn(self) -> int:
+        return self._redo
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    def begin_checkpoint(self) -> int:
+        """Move the redo point to the current insert position and return it. Pages first
+        changed after this get a full-page image again."""
+        with self._insert_lock:
+            self._redo = usable_lsn(self._cur)
+            return self._redo
+
+    # --- insertion -------------------------------------------------------------------------------
+    def insert(self, rmgr: int, info: int, xid: int, payload: bytes = b"",
+               blocks: Sequence[BlockSpec] = ()) -> tuple[int, int]:
+        """Append one record; returns its (start, end) LSN. The caller sets the LSN of every
+        page it changed to ``end`` and marks those buffers dirty."""
+        self._check_usable()
+        while True:
+            with self._insert_lock:
+                redo = self._redo
+                refs = tuple(self._block_ref(b, redo) for b in blocks)
+                data = encode_record(WalRecord(rmgr, info, xid, payload, refs, self._prev))
+                if len(data) > self.wal_buffers_bytes - 3 * WAL_PAGE_SIZE:
+                    raise ValueError(f"a WAL record of {len(data)} bytes does not fit in "
+                                     f"wal_buffers ({self.npages} pages); raise wal_buffers")
+                cur = self._cur
+                end_bound = cur + len(data) + (len(data) // (WAL_PAGE_SIZE - PAGE_HEADER_SIZE) + 2) \
+                    * PAGE_HEADER_SIZE
+                # The slot of the page holding the flush position is still being written.
+                if end_bound <= self._flushed - self._flushed % WAL_PAGE_SIZE + self.wal_buffers_bytes:
+                    start, end = self._copy_in(cur, data)
+                    self._prev = start
+                    self._cur = align_lsn(end)
+                    self._records += 1
+                    self._record_bytes += len(data)
+                    self._fpis += sum(1 for r in refs if r.image is not None)
+                    seg_switch = end // self.wal_segment_size != self._last_seg
+                    if seg_switch:
+                        self._last_seg = end // self.wal_segment_size
+                    break
+            # The ring is full of unflushed WAL: flush (write + sync) what is there, retry.
+            self._full_flushes += 1
+            self.flush(usable_lsn(self._cur))
+        if seg_switch and self.on_segment_switch is not None:
+            self.on_segment_switch()
+        return start, end
+
+    def _block_ref(self, b: BlockSpec, redo: int) -> BlockRef:
+        if (self.full_page_writes and not b.will_init and b.page is not None
+                and b.page_lsn <= redo):
+            lo, hi = b.hole
+            if not 0 <= lo <= hi <= WAL_PAGE_SIZE:
+                raise ValueError(f"block {b.block}: bad hole {b.hole!r}")
+            return BlockRef(b.rel, b.fork, b.block, image=bytes(b.page), will_init=False,
+                            hole_offset=lo, hole_length=hi - lo)
+        return BlockRef(b.rel, b.fork, b.block, will_init=b.will_init)
+
+    def _copy_in(self, cur: int, data: bytes) -> tuple[int, int]:
+        """Copy ``data`` into the ring from ``cur``, initialising each page it enters."""
+        ring = self._ringv
+        npages = self.npages
+        seg = self.wal_segment_size
+        pos = cur
+        i = 0
+        n = len(data)
+        start = usable_lsn(cur)
+        while True:
+            off = pos % WAL_PAGE_SIZE
+            slot = ((pos // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE
+            if off == 0:
+                ring[slot:slot + WAL_PAGE_SIZE] = bytes(WAL_PAGE_SIZE)
+                ring[slot:slot + PAGE_HEADER_SIZE] = encode_page_header(pos, n - i if i else 0, seg)
+                off = PAGE_HEADER_SIZE
+                pos += PAGE_HEADER_SIZE
+            take = min(WAL_PAGE_SIZE - off, n - i)
+            ring[slot + off:slot + off + take] = data[i:i + take]
+            i += take
+            pos += take
+            if i == n:
+                return start, pos
+
+    # --- flushing --------------------------------------------------------------------------------
+    def flush(self, lsn: int | None = None) -> None:
+        """Return once WAL up to ``lsn`` (default: everything inserted) is durable."""
+        self._check_usable()
+        if lsn is None:
+            lsn = self._cur
+        if lsn <= self._flushed:
+            return
+        self._flush_requests += 1
+        with self._flush_lock:
+            self._check_usable()
+            if lsn <= self._flushed:
+                self._joins += 1
+                return
+            with self._insert_lock:
+                target = self._cur
+            if target <= self._flushed:
+                return
+            t0 = time.perf_counter_ns()
+            try:
+                self._write_and_sync(self._flushed, target)
+            except BaseException as exc:
+                self._failed = exc
+                raise WalError(f"could not write or sync WAL up to {format_lsn(target)}: {exc}; "
+                               "the database must be reopened (crash recovery) and nothing "
+                               "after this point may be trusted as durable") from exc
+            finally:
+                self._sync_ns += time.perf_counter_ns() - t0
+            self._flushes += 1
+            self._flushed = target
+
+    def _write_and_sync(self, flushed: int, target: int) -> None:
+        seg = self.wal_segment_size
+        first_page = flushed - flushed % WAL_PAGE_SIZE
+        last_page = target - 1 - (target - 1) % WAL_PAGE_SIZE  # page holding the last byte
+        # Pieces: (segno, file offset, [ring views]) contiguous in file and in ring.
+        pieces: list[tuple[int, int, list[memoryview]]] = []
+        page = first_page
+        ring = self._ringv
+        while page <= last_page:
+            segno = page // seg
+            seg_end = (segno + 1) * seg
+            stop = min(last_page + WAL_PAGE_SIZE, seg_end)
+            slot = (page // WAL_PAGE_SIZE) % self.npages
+            run_pages = min((stop - page) // WAL_PAGE_SIZE, self.npages - slot)
+            view = ring[slot * WAL_PAGE_SIZE:(slot + run_pages) * WAL_PAGE_SIZE]
+            if pieces and pieces[-1][0] == segno and \
+                    pieces[-1][1] + sum(len(v) for v in pieces[-1][2]) == page % seg:
+                pieces[-1][2].append(view)
+            else:
+                pieces.append((segno, page % seg, [view]))
+            page += run_pages * WAL_PAGE_SIZE
+        aio = self.aio
+        issued = []
+        with aio.batch():
+            for segno, offset, views in pieces:
+                fd = self._segment_fd(segno)
+                ret = AioReturn()
+                h = aio.acquire(ret)
+                h.set_target(WAL_TARGET_ID, (self._segment_path(segno), self._flags, offset))
+                ref = h.wait_ref()
+                h.start_writev(fd, views, offset)
+                issued.append((ref, ret))
+                self._writes += 1
+                self._write_bytes += sum(len(v) for v in views)
+        self._wait_all(issued)
+        if not self.io_direct:  # with O_DSYNC each write was durable when it completed
+            self._sync_segments(sorted({p[0] for p in pieces}))
+        last = pieces[-1][0]
+        for old in [s for s in self._fds if s < last]:  # no I/O in flight on them now
+            self._close_fd(old)
+
+    def _sync_segments(self, segnos: list[int]) -> None:
+        aio = self.aio
+        issued = []
+        with aio.batch():
+            for segno in segnos:
+                ret = AioReturn()
+                h = aio.acquire(ret)
+                h.set_target(WAL_TARGET_ID, (self._segment_path(segno), self._flags, 0))
+                ref = h.wait_ref()
+                h.start_fsync(self._fds[segno], datasync=True)
+                issued.append((ref, ret))
+                self._syncs += 1
+        self._wait_all(issued)
+
+    def _wait_all(self, issued: list) -> None:
+        first: BaseException | None = None
+        for ref, _ret in issued:  # wait for every I/O even after a failure: none may linger
+            self.aio.wait(ref)
+        for _ref, ret in issued:
+            try:
+                ret.raise_if_failed()
+            except BaseException as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    # --- segment files -------------------------------------------------------------------------
+    def _segment_path(self, segno: int) -> str:
+        return os.path.join(self.wal_dir, segment_file_name(segno))
+
+    def _segment_fd(self, segno: int) -> int:
+        fd = self._fds.get(segno)
+        if fd is not None:
+            return fd
+        path = self._segment_path(segno)
+        if not osfile.exists(path):
+            self._create_segment(segno)
+        fd = osfile.open(path, self._flags)
+        self._fds[segno] = fd
+        return fd
+
+    def _close_fd(self, segno: int) -> None:
+        fd = self._fds.pop(segno)
+        self.aio.closing_fd(fd)
+        osfile.close(fd)
+
+    def _create_segment(self, segno: int) -> None:
+        """A new segment: recycle a spare old one if there is one, else zero-fill a file."""
+        path = self._segment_path(segno)
+        spare = self._spare_segment(segno)
+        if spare is not None:
+            osfile.rename(spare, path)
+        else:
+            tmp = path + ".tmp"
+            fd = osfile.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                zeros = memoryview(aligned_buffer(ZERO_FILL_CHUNK_BYTES))
+                done = 0
+                while done < self.wal_segment_size:
+                    n = min(ZERO_FILL_CHUNK_BYTES, self.wal_segment_size - done)
+                    wrote = osfile.pwritev(fd, [zeros[:n]], done)
+                    if wrote <= 0:
+                        raise OSError(28, f"no space to create WAL segment {path}")
+                    done += wrote
+                osfile.fdatasync(fd)
+            finally:
+                osfile.close(fd)
+            osfile.rename(tmp, path)
+            self._created += 1
+        osfile.fsync_directory(self.wal_dir)
+        self.aio.forget_files()
+
+    def _spare_segment(self, segno: int) -> str | None:
+        """A recycled segment file (named beyond the current end) that may be reused."""
+        for name in sorted(osfile.listdir(self.wal_dir)):
+            n = parse_segment_file_name(name)
+            if n is not None and n > segno and n not in self._fds:
+                return os.path.join(self.wal_dir, name)
+        return None
+
+    def segments(self) -> list[int]:
+        return sorted(n for n in (parse_segment_file_name(x) for x in osfile.listdir(self.wal_dir))
+                      if n is not None)
+
+    def remove_segments_before(self, lsn: int) -> int:
+        """Recycle or remove segment files wholly before ``lsn`` (the redo point of the last
+        completed checkpoint). Returns how many were dealt with."""
+        keep_from = lsn // self.wal_segment_size
+        with self._flush_lock:
+            current = self._cur // self.wal_segment_size
+            segs = self.segments()
+            old = [s for s in segs if s < keep_from and s not in self._fds]
+            spares = sum(1 for s in segs if s > current)
+            next_name = max(segs + [current]) + 1
+            for s in old:
+                path = self._segment_path(s)
+                if spares < RECYCLED_SEGMENTS_MAX:
+                    osfile.rename(path, self._segment_path(next_name))
+                    next_name += 1
+                    spares += 1
+                    self._recycled += 1
+                else:
+                    osfile.unlink(path)
+            if old:
+                osfile.fsync_directory(self.wal_dir)
+                self.aio.forget_files()
+        return len(old)
+
+    def _load_partial_page(self, end: int) -> None:
+        """Startup after recovery: put the valid head of the page holding ``end`` in the ring,
+        zeroes after it, so the next flush rewrites that page cleanly."""
+        page = end - end % WAL_PAGE_SIZE
+        segno = page // self.wal_segment_size
+        slot = ((page // WAL_PAGE_SIZE) % self.npages) * WAL_PAGE_SIZE
+        buf = self._ringv[slot:slot + WAL_PAGE_SIZE]
+        fd = osfile.open(self._segment_path(segno), os.O_RDONLY)
+        try:
+            got = osfile.preadv(fd, [buf], page % self.wal_segment_size)
+        finally:
+            osfile.close(fd)
+        if got != WAL_PAGE_SIZE:
+            raise WalError(f"could not read WAL page {format_lsn(page)} to continue after it")
+        buf[end % WAL_PAGE_SIZE:] = bytes(WAL_PAGE_SIZE - end % WAL_PAGE_SIZE)
+
+    # --- life cycle ------------------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise WalError("WAL is unusable after a failed write or sync "
+                           f"({self._failed}); reopen the database to run crash recovery")
+        if self._closed:
+            raise WalError("the WAL is closed")
+
+    def close(self) -> None:
+        """Close segment files. Does not flush: the caller decides what must be durable."""
+        if self._closed:
+            return
+        with self._flush_lock:
+            for segno in list(self._fds):
+                self._close_fd(segno)
+            self._closed = True
+
+    def stats(self) -> WalStats:
+        return WalStats(usable_lsn(self._cur), self._flushed, self._redo, self._records,
+                        self._record_bytes, self._fpis, self._flush_requests, self._flushes,
+                        self._joins, self._writes, self._write_bytes, self._syncs,
+                        self._full_flushes, self._created, self._recycled, self._sync_ns)
+
+
+def truncate_tail(wal_dir: str, wal_segment_size: int, end_lsn: int) -> int:
+    """After recovery found valid WAL ending at ``end_lsn``: zero the rest of that segment
+    from the next page on, remove later segment files, and sync — so no torn leftovers can
+    ever be read as WAL once new records are written after ``end_lsn``. (The page holding
+    ``end_lsn`` is rewritten by the next flush, see ``Wal._load_partial_page``.) Returns
+    the number of files removed."""
+    segno = end_lsn // wal_segment_size
+    path = os.path.join(wal_dir, segment_file_name(segno))
+    removed = 0
+    for name in osfile.listdir(wal_dir):
+        n = parse_segment_file_name(name)
+        if (n is not None and n > segno) or name.endswith(".tmp"):
+            osfile.unlink(os.path.join(wal_dir, name))
+            removed += 1
+    if osfile.exists(path):
+        fd = osfile.open(path, os.O_RDWR)
+        try:
+            start = (end_lsn - end_lsn % WAL_PAGE_SIZE) % wal_segment_size
+            if end_lsn % WAL_PAGE_SIZE:
+                start += WAL_PAGE_SIZE
+            zeros = memoryview(aligned_buffer(ZERO_FILL_CHUNK_BYTES))
+            pos = start
+            while pos < wal_segment_size:
+                n = min(ZERO_FILL_CHUNK_BYTES, wal_segment_size - pos)
+                if osfile.pwritev(fd, [zeros[:n]], pos) <= 0:
+                    raise WalError(f"could not zero the torn WAL tail in {path}")
+                pos += n
+            osfile.fdatasync(fd)
+        finally:
+            osfile.close(fd)
+    osfile.fsync_directory(wal_dir)
+    return removed
+
+
+def sync_segments(wal_dir: str, wal_segment_size: int, from_lsn: int, to_lsn: int) -> None:
+    """fdatasync the segment files covering [from_lsn, to_lsn]: WAL found after a crash may
+    still sit only in the page cache; it must be durable before anything builds on it."""
+    for segno in range(from_lsn // wal_segment_size, to_lsn // wal_segment_size + 1):
+        path = os.path.join(wal_dir, segment_file_name(segno))
+        if not osfile.exists(path):
+            continue
+        fd = osfile.open(path, os.O_RDWR)
+        try:
+            osfile.fdatasync(fd)
+        finally:
+            osfile.close(fd)
