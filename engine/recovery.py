@@ -1,0 +1,329 @@
+"""Bootstrap and crash recovery: from the control file to an open, consistent WAL.
+
+``bootstrap`` makes a new database's WAL and control file. ``startup`` reads the control
+file, replays WAL from the last checkpoint's redo point through the registered resource
+managers (always: after a clean shutdown that is just the shutdown checkpoint record),
+makes the replayed WAL durable, truncates the torn tail and returns a ``Wal`` positioned
+at the end of valid WAL.
+
+Redo rules (as PostgreSQL's XLogReadBufferForRedo):
+1. A block with a full-page image is restored from it without reading the old page (a torn
+   data page is never read), and its page LSN set to the record's end.
+2. A block marked will_init is zeroed (not read) and handed to the redo routine.
+3. Otherwise the page is read; if its LSN is at or past the record's end the change is
+   already there (redo is idempotent) and the block is skipped.
+4. Blocks beyond the end of a relation are created (zero-extended) first: WAL may refer to
+   pages that never reached disk.
+Recovery prefetch: while replaying record N it starts reads for the blocks of the records
+up to ``RECOVERY_PREFETCH_RECORDS`` ahead (PostgreSQL's recovery_prefetch), through the
+buffer manager's asynchronous two-step read.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import Any
+
+from aio import osfile
+from aio.core import Aio
+from aio.errors import DataCorruptionError, WalError
+from storage.bufmgr import BufferManager, DamagedPageWarning
+from storage.page import BLCKSZ, page_get_lsn, page_set_lsn
+from storage.smgr import Smgr
+from wal.checkpoint import (
+    XLOG_CHECKPOINT_SHUTDOWN,
+    CheckpointData,
+    decode_checkpoint,
+    encode_checkpoint,
+    is_checkpoint,
+)
+from wal.control import (
+    ControlData,
+    DbState,
+    read_control,
+    write_control,
+)
+from wal.lsn import format_lsn
+from wal.reader import ReadRecord, WalReader, read_record_at
+from wal.rmgr import RM_XLOG, get_rmgr
+from wal.walpage import parse_segment_file_name
+from wal.xlog import Wal, sync_segments, truncate_tail
+
+RECOVERY_PREFETCH_RECORDS = 64     # records looked ahead for blocks to prefetch
+RECOVERY_PREFETCH_PINS = 64        # buffers prefetch may hold pinned at once
+FIRST_RELFILENUMBER = 16384        # as PostgreSQL's FirstNormalObjectId
+WAL_DIR = "wal"
+
+
+class RedoAction(IntEnum):
+    NEEDS_REDO = 1   # the buffer is pinned and exclusive-locked: apply, then finish_redo_buffer
+    DONE = 2         # the page already has this change
+    RESTORED = 3     # restored from the full-page image
+
+
+@dataclass(frozen=True)
+class RecoveryInfo:
+    crashed: bool            # the control file said the database was not shut down cleanly
+    replayed: int            # records replayed (the checkpoint record included)
+    start_lsn: int           # redo point
+    end_lsn: int             # end of valid WAL
+    stop_reason: str
+    checkpoint: CheckpointData
+    checkpoint_extra: bytes
+    state: dict[str, Any]    # what the resource managers' redo routines collected
+    seconds: float
+    replay_bytes: int
+
+
+@dataclass
+class RedoContext:
+    """What redo routines get: the buffer manager and smgr, and a dict for their own state."""
+
+    bufmgr: BufferManager
+    smgr: Smgr
+    state: dict[str, Any] = field(default_factory=dict)
+    _sizes: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def ensure_relation(self, rel: int, fork: int) -> None:
+        key = (rel, fork)
+        if key not in self._sizes:
+            self.smgr.create(rel, fork, exist_ok=True)
+            self._sizes[key] = 1  # only "known to exist": sizes are asked of smgr each time
+
+    def forget_relation(self, rel: int) -> None:
+        for key in [k for k in self._sizes if k[0] == rel]:
+            del self._sizes[key]
+
+    def _buffer_for(self, rel: int, fork: int, block: int, *, read: bool) -> int:
+        """A pinned, exclusive-locked buffer for the block; zero-extends the relation up
+        to it when needed. ``read=False``: the page's old content is not needed."""
+        self.ensure_relation(rel, fork)
+        bm = self.bufmgr
+        while True:
+            # Asked each time: completing a partial segment (a torn extension) can make
+            # blocks of the next segment file visible again (md's size rule).
+            nblocks = self.smgr.nblocks(rel, fork)
+            if block < nblocks:
+                break
+            new = bm.extend(rel, fork, block + 1 - nblocks)
+            for buf in new:
+                bm.mark_dirty(buf)
+            if bm.block_of(new[-1])[2] == block:
+                for buf in new[:-1]:
+                    bm.unlock_exclusive(buf)
+                bm.unpin_many(new[:-1])
+                return new[-1]
+            for buf in new:  # the relation turned out longer: read the block instead
+                bm.unlock_exclusive(buf)
+            bm.unpin_many(new)
+        if read:
+            buf = bm.read_buffer(rel, fork, block)
+        else:
+            # The old content is overwritten: a torn (damaged) page must not stop redo.
+            op = bm.start_read_buffers(rel, fork, block, 1, zero_damaged_pages=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DamagedPageWarning)
+                if op.needs_wait:
+                    try:
+                        bm.wait_read_buffers(op)
+                    except BaseException:
+                        bm.unpin_many(op.buffers)
+                        raise
+            buf = op.buffers[0]
+        bm.lock_exclusive(buf)
+        return buf
+
+    def read_buffer_for_redo(self, rr: ReadRecord, block_index: int) -> tuple[RedoAction, int | None]:
+        ref = rr.record.blocks[block_index]
+        bm = self.bufmgr
+        if ref.image is not None:
+            buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False)
+            page = bm.page(buf)
+            page[:] = ref.image
+            page_set_lsn(page, rr.end_lsn)
+            bm.mark_dirty(buf)
+            bm.unlock_exclusive(buf)
+            bm.unpin(buf)
+            return RedoAction.RESTORED, None
+        if ref.will_init:
+            buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False)
+            bm.page(buf)[:] = bytes(BLCKSZ)
+            return RedoAction.NEEDS_REDO, buf
+        buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=True)
+        if page_get_lsn(bm.page(buf)) >= rr.end_lsn:
+            bm.unlock_exclusive(buf)
+            bm.unpin(buf)
+            return RedoAction.DONE, None
+        return RedoAction.NEEDS_REDO, buf
+
+    def finish_redo_buffer(self, rr: ReadRecord, buf: int) -> None:
+        bm = self.bufmgr
+        page_set_lsn(bm.page(buf), rr.end_lsn)
+        bm.mark_dirty(buf)
+        bm.unlock_exclusive(buf)
+        bm.unpin(buf)
+
+
+# --- bootstrap ----------------------------------------------------------------------------------
+
+def bootstrap(data_dir: str, aio: Aio, *, wal_segment_size: int, segment_size: int,
+              wal_buffers: int, io_direct_wal: bool = False, extra: bytes = b"") -> ControlData:
+    """Create the WAL directory, the first (shutdown) checkpoint and the control file of a
+    new database in the existing, empty-of-Slonik-files ``data_dir``."""
+    wal_dir = os.path.join(data_dir, WAL_DIR)
+    if not osfile.exists(wal_dir):
+        osfile.mkdir(wal_dir)
+        osfile.fsync_directory(data_dir)
+    wal = Wal(wal_dir, aio, wal_segment_size=wal_segment_size, wal_buffers=wal_buffers,
+              io_direct=io_direct_wal)
+    try:
+        redo = wal.insert_lsn
+        cp = CheckpointData(redo, 1, FIRST_RELFILENUMBER, time.time(), extra)
+        start, end = wal.insert(RM_XLOG, XLOG_CHECKPOINT_SHUTDOWN, 0, encode_checkpoint(cp))
+        wal.flush(end)
+    finally:
+        wal.close()
+    control = ControlData(
+        system_identifier=random.getrandbits(63) | 1, state=DbState.SHUTDOWNED,
+        checkpoint_lsn=start, redo_lsn=redo, next_xid=cp.next_xid,
+        next_relfilenumber=cp.next_relfilenumber, wal_segment_size=wal_segment_size,
+        segment_size=segment_size, blcksz=BLCKSZ, time=cp.time)
+    write_control(data_dir, control)
+    return control
+
+
+# --- startup ----------------------------------------------------------------------------------
+
+def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_buffers: int,
+            io_direct_wal: bool = False, full_page_writes: bool = True,
+            on_segment_switch=None) -> tuple[Wal, ControlData, RecoveryInfo]:
+    """Read the control file, replay WAL from the redo point, return an open Wal at the end.
+
+    The caller registers every resource manager first (importing the modules that own
+    them) and writes a checkpoint after a crash recovery (end-of-recovery checkpoint)."""
+    t0 = time.perf_counter()
+    control = read_control(data_dir)
+    wal_dir = os.path.join(data_dir, WAL_DIR)
+    seg = control.wal_segment_size
+    try:
+        cp_rr = read_record_at(wal_dir, seg, control.checkpoint_lsn)
+    except WalError as exc:
+        raise WalError(f"could not read the checkpoint record at "
+                       f"{format_lsn(control.checkpoint_lsn)} named by the control file: "
+                       f"{exc}") from exc
+    if not is_checkpoint(cp_rr.record):
+        raise WalError(f"the record at {format_lsn(control.checkpoint_lsn)} named by the "
+                       f"control file is not a checkpoint record")
+    cp = decode_checkpoint(cp_rr.record.payload)
+    if cp.redo_lsn != control.redo_lsn:
+        raise WalError(f"the control file's redo point {format_lsn(control.redo_lsn)} "
+                       f"disagrees with its checkpoint record's {format_lsn(cp.redo_lsn)}")
+    crashed = control.state != DbState.SHUTDOWNED
+    if crashed:
+        write_control(data_dir, replace(control, state=DbState.IN_CRASH_RECOVERY,
+                                        time=time.time()))
+    ctx = RedoContext(bufmgr, smgr)
+    # After a crash an invalid record may be a torn tail or damage in the middle of the
+    # log: look past it (as far as a flush could have left unsynced WAL) to tell which.
+    reader = WalReader(wal_dir, seg, cp.redo_lsn,
+                       wal_buffers_bytes=wal_buffers * BLCKSZ if crashed else None)
+    replayed = 0
+    xids: set[int] = ctx.state.setdefault("xids", set())  # every xid that wrote WAL
+    # WAL found after a crash may sit only in the page cache. Make all of it durable before
+    # replay can write any data page (WAL before data holds during recovery too); then the
+    # buffer manager's WAL flush has nothing left to do until the Wal is open.
+    sync_segments(wal_dir, seg, cp.redo_lsn, _last_segment_lsn(wal_dir, seg))
+    saved_flush_wal = bufmgr.flush_wal
+    bufmgr.flush_wal = _wal_already_durable
+    try:
+        for rr in _prefetching(reader, bufmgr, smgr):
+            get_rmgr(rr.record.rmgr).redo(ctx, rr)
+            if rr.record.xid:
+                xids.add(rr.record.xid)
+            replayed += 1
+    finally:
+        bufmgr.flush_wal = saved_flush_wal
+    end, last = reader.end_lsn, reader.last_lsn
+    if end < cp_rr.end_lsn:
+        raise WalError(f"WAL ends at {format_lsn(end)}, before the checkpoint record at "
+                       f"{format_lsn(control.checkpoint_lsn)} ({reader.stop_reason})")
+    if crashed or end != cp_rr.end_lsn:
+        truncate_tail(wal_dir, seg, end)
+    wal = Wal(wal_dir, aio, wal_segment_size=seg, wal_buffers=wal_buffers,
+              io_direct=io_direct_wal, full_page_writes=full_page_writes, start_lsn=end,
+              prev_lsn=last, redo_lsn=cp.redo_lsn, on_segment_switch=on_segment_switch)
+    info = RecoveryInfo(crashed or end != cp_rr.end_lsn, replayed, cp.redo_lsn, end,
+                        reader.stop_reason, ctx.state.get("last_checkpoint", cp), cp.extra,
+                        ctx.state, time.perf_counter() - t0, max(0, end - cp.redo_lsn))
+    return wal, control, info
+
+
+def _wal_already_durable(lsn: int) -> None:
+    """The buffer manager's WAL flush during replay: every WAL segment was synced first."""
+
+
+def _last_segment_lsn(wal_dir: str, wal_segment_size: int) -> int:
+    segnos = [n for n in (parse_segment_file_name(x) for x in osfile.listdir(wal_dir))
+              if n is not None]
+    return max(segnos, default=0) * wal_segment_size
+
+
+def _prefetching(reader: WalReader, bufmgr: BufferManager, smgr: Smgr) -> Iterator[ReadRecord]:
+    """Yield the reader's records, starting reads of the blocks of records ahead."""
+    window: deque[tuple[ReadRecord, list]] = deque()
+    pinned = 0
+    it = iter(reader)
+    exhausted = False
+    sizes: dict[tuple[int, int], int] = {}
+
+    def start_prefetch(rr: ReadRecord) -> list:
+        nonlocal pinned
+        ops = []
+        for ref in rr.record.blocks:
+            if ref.image is not None or ref.will_init or pinned >= RECOVERY_PREFETCH_PINS:
+                continue
+            key = (ref.rel, ref.fork)
+            if key not in sizes:
+                sizes[key] = smgr.nblocks(ref.rel, ref.fork) if smgr.exists(*key) else 0
+            if ref.block >= sizes[key] or bufmgr.cached(ref.rel, ref.fork, ref.block, 1):
+                continue
+            ops.append(bufmgr.start_read_buffers(ref.rel, ref.fork, ref.block, 1))
+            pinned += 1
+        return ops
+
+    try:
+        while True:
+            while not exhausted and len(window) < RECOVERY_PREFETCH_RECORDS:
+                rr = next(it, None)
+                if rr is None:
+                    exhausted = True
+                    break
+                window.append((rr, start_prefetch(rr)))
+            if not window:
+                return
+            rr, ops = window.popleft()
+            _finish_prefetch(bufmgr, ops)
+            pinned -= len(ops)
+            sizes.clear()  # redo may have extended or created relations
+            yield rr
+    finally:
+        for _rr, ops in window:
+            _finish_prefetch(bufmgr, ops)
+
+
+def _finish_prefetch(bufmgr: BufferManager, ops: list) -> None:
+    """Complete prefetch reads and drop their pins. A page that fails verification here is
+    not an error yet: redo reads it again (and raises) unless a full-page image replaces it."""
+    for op in ops:
+        try:
+            bufs = bufmgr.wait_read_buffers(op)
+        except DataCorruptionError:
+            continue
+        bufmgr.unpin_many(bufs)
