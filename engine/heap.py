@@ -1,0 +1,770 @@
+"""Heap access: tuples in slotted pages of one relation fork, every change WAL-logged.
+
+A ``Heap`` stores tuples (``engine.tuple``: xmin, xmax, flags, data) in the pages of one
+relation fork through the shared buffer manager, and logs each page change as one RM_HEAP
+record before anyone can write the page (the buffer manager flushes WAL up to the page LSN
+first). The redo routines beside it replay those records byte for byte.
+
+Worked example::
+
+    heap = Heap(16384, bufmgr, wal)
+    tid = heap.insert(xid=7, data=b"hello")          # Tid(block=0, offnum=1)
+    heap.fetch(tid)                                  # HeapTuple(tid, 7, 0, 0, b"hello")
+    new = heap.update(tid, 8, b"hello again")        # old gets xmax 8, new xmin 8
+    heap.delete(new, 9)
+    heap.prune(lambda t: t.xmax != 0)                # both versions dead: slots freed
+    for t in heap.scan(): ...                        # through a read stream
+
+WAL records (rmgr ``RM_HEAP``; ``info & XLOG_HEAP_OPMASK`` is the operation; all integers
+little-endian; ``item`` is a whole tuple, header + data; ``pflags`` is the page header's
+flags after the change, so redo reproduces hint-bit changes exactly):
+
+    INSERT        block 0 = the page     "<HH" offnum, pflags | item
+    INSERT_MULTI  block 0 = the page     "<HH" count, pflags | count x ("<HH" offnum, len | item)
+    DELETE        block 0 = the page     "<HQH" offnum, xmax, tuple flags after
+    UPDATE        block 0 = new page,    "<HHQHH" old offnum, new offnum, old xmax,
+                  block 1 = old page       old tuple flags after, new page pflags | new item
+                  (absent: same page)
+    PRUNE         block 0 = the page     "<HH" count, pflags | count x "<H" offnum
+
+A block reference has ``will_init`` when the operation initialised the page (fresh
+extension, or an all-zero page); its redo then starts from ``init_page``.
+
+Invariants:
+1. Every page change is made under the buffer's exclusive content lock, logged with the
+   page's pre-change LSN and its free hole, and then gets page LSN = the record's end LSN
+   and is marked dirty before the lock is released. If logging fails the page is put back
+   byte for byte, so no unlogged change is ever visible.
+2. Redo of a record applied to the page as it was before the change gives the page after
+   it, byte for byte (same offnums, same item positions, same header flags).
+3. An offnum never changes while its tuple lives; ``prune`` makes dead slots UNUSED, after
+   which the offnum may be reused by a later insert on that page.
+4. The free-space map is a hint: an insert re-checks the page under its lock and corrects
+   the map when it was wrong. It is built from the pages (a scan) before the first insert.
+5. Locks on two pages (update) are taken in block order, except that a freshly extended
+   page, which nobody else can be waiting for, is locked before the older one.
+6. Buffers are unpinned before a tuple is handed to the caller; tuples are copies.
+7. Reads (scan, fetch, prune, the map's build) stay below ``nblocks()``, which counts a
+   block this Heap extended only once its buffer is pinned and locked: a read of the block
+   then finds that buffer instead of starting a disk read that would race the extension.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from sortedcontainers import SortedList
+
+from engine.tuple import (
+    HEAP_UPDATED,
+    HEAP_XMAX_UPDATE,
+    MAX_TUPLE_DATA_BYTES,
+    TUPLE_HEADER_SIZE,
+    HeapTuple,
+    Tid,
+    TupleFormatError,
+    TupleTooLargeError,
+    pack_tuple,
+    unpack_tuple_header,
+)
+from storage.page import (
+    BLCKSZ,
+    FLAGS_OFFSET,
+    HEADER_SIZE,
+    LINE_POINTER_SIZE,
+    LOWER_OFFSET,
+    LpFlag,
+    PageFullError,
+    init_page,
+    max_item_size,
+    maxalign,
+    page_add_item,
+    page_compact,
+    page_delete_item,
+    page_free_space,
+    page_get_item,
+    page_get_lsn,
+    page_is_new,
+    page_item_count,
+    page_item_flags,
+    page_set_flags,
+    page_set_lsn,
+)
+from storage.read_stream import ReadStream
+from storage.smgr import Fork
+from wal.rmgr import RM_HEAP, ResourceManager, register_rmgr
+from wal.xlog import BlockSpec
+
+__all__ = [
+    "Heap", "Tid", "HeapTuple", "FreeSpaceMap", "TupleTooLargeError",
+    "XLOG_HEAP_INSERT", "XLOG_HEAP_INSERT_MULTI", "XLOG_HEAP_DELETE", "XLOG_HEAP_UPDATE",
+    "XLOG_HEAP_PRUNE", "XLOG_HEAP_OPMASK", "HEAP_RMGR", "heap_redo", "heap_describe",
+]
+
+XLOG_HEAP_INSERT = 0x00
+XLOG_HEAP_INSERT_MULTI = 0x10
+XLOG_HEAP_DELETE = 0x20
+XLOG_HEAP_UPDATE = 0x30
+XLOG_HEAP_PRUNE = 0x40
+XLOG_HEAP_OPMASK = 0x70
+_OP_NAMES = {XLOG_HEAP_INSERT: "INSERT", XLOG_HEAP_INSERT_MULTI: "INSERT_MULTI",
+             XLOG_HEAP_DELETE: "DELETE", XLOG_HEAP_UPDATE: "UPDATE", XLOG_HEAP_PRUNE: "PRUNE"}
+
+_INSERT = struct.Struct("<HH")         # offnum, page flags after
+_MULTI = struct.Struct("<HH")          # count, page flags after
+_MULTI_ITEM = struct.Struct("<HH")     # offnum, item length
+_DELETE = struct.Struct("<HQH")        # offnum, xmax, tuple flags after
+_UPDATE = struct.Struct("<HHQHH")      # old offnum, new offnum, old xmax, old tuple flags,
+                                       #   new page flags after
+_PRUNE = struct.Struct("<HH")          # count, page flags after
+_OFFNUMS = struct.Struct("<H")
+_U16 = struct.Struct("<H")
+_LOWER_UPPER = struct.Struct("<HH")
+_LP = struct.Struct("<I")
+_TUPLE_XMAX_FLAGS = struct.Struct("<QH")  # at offset 8 of a tuple: xmax, flags
+_TUPLE_HEAD = struct.Struct("<QQHI")
+
+_EMPTY_PAGE_FREE = max_item_size()  # what page_free_space says of a fresh page
+_XID_MAX = (1 << 64) - 1
+_LP_NORMAL = int(LpFlag.NORMAL)
+
+
+def _check_xid(xid: object, name: str = "xid") -> int:
+    if not isinstance(xid, int) or isinstance(xid, bool):
+        raise TypeError(f"{name} must be an int, not {type(xid).__name__}")
+    if not 1 <= xid <= _XID_MAX:
+        raise ValueError(f"{name} must be in 1..{_XID_MAX}, got {xid}")
+    return xid
+
+
+def _check_tid(tid: object) -> Tid:
+    if not isinstance(tid, tuple) or len(tid) != 2:
+        raise TypeError(f"tid must be a Tid(block, offnum), not {tid!r}")
+    block, offnum = tid
+    if not isinstance(block, int) or not isinstance(offnum, int) or block < 0 or offnum < 1:
+        raise ValueError(f"tid must be a Tid(block >= 0, offnum >= 1), got {tid!r}")
+    return Tid(block, offnum)
+
+
+def _hole(page: memoryview) -> tuple[int, int]:
+    """(lower, upper): the page's free hole, which full-page images leave out."""
+    return _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
+
+
+def _page_flags(page: memoryview) -> int:
+    return _U16.unpack_from(page, FLAGS_OFFSET)[0]
+
+
+class FreeSpaceMap:
+    """In-memory map block -> free bytes (``page_free_space``) of a heap's pages.
+
+    ``find(need)`` answers the page with the most free space when that is enough, so a run
+    of inserts keeps filling one page. Not thread-safe; the Heap guards it with a lock.
+    """
+
+    def __init__(self, free: Iterable[int] = ()) -> None:
+        self._free: list[int] = list(free)
+        self._order = SortedList((f, b) for b, f in enumerate(self._free))
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def get(self, block: int) -> int:
+        return self._free[block]
+
+    def set(self, block: int, free: int) -> None:
+        assert 0 <= free <= _EMPTY_PAGE_FREE and block >= 0, (block, free)
+        while block > len(self._free):  # blocks nobody told us about: assume full
+            self._order.add((0, len(self._free)))
+            self._free.append(0)
+        if block == len(self._free):
+            self._free.append(free)
+        else:
+            old = self._free[block]
+            if old == free:
+                return
+            self._order.remove((old, block))
+            self._free[block] = free
+        self._order.add((free, block))
+
+    def find(self, need: int, exclude: int = -1) -> int | None:
+        """A block with at least ``need`` free bytes (the one with the most), not ``exclude``."""
+        order = self._order
+        for k in (-1, -2):
+            if len(order) < -k:
+                return None
+            free, block = order[k]
+            if free < need:
+                return None
+            if block != exclude:
+                return block
+        return None
+
+    def total_free(self) -> int:
+        return sum(self._free)
+
+
+class Heap:
+    """Tuples of relation ``rel`` (fork ``fork``) through ``bufmgr``, logged to ``wal``.
+
+    One Heap object per relation fork in a process (it owns the free-space map and is the
+    only code that extends the fork). Changes are expected under the engine's commit lock,
+    but are safe against each other anyway (page locks, a lock on the map); reads (fetch,
+    scan) may run concurrently with changes.
+    """
+
+    def __init__(self, rel: int, bufmgr, wal, *, fork: int = Fork.MAIN) -> None:
+        if not isinstance(rel, int) or isinstance(rel, bool) or rel < 0:
+            raise ValueError(f"rel must be a relfilenumber (non-negative int), got {rel!r}")
+        self.rel = rel
+        self.fork = Fork(fork)
+        self.bufmgr = bufmgr
+        self.wal = wal
+        self._fsm: FreeSpaceMap | None = None
+        self._fsm_lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self._nblocks: int | None = None  # see nblocks(); only grows: nothing truncates
+
+    # --- size and the free-space map -------------------------------------------------------
+    def nblocks(self) -> int:
+        """Blocks of the relation this Heap reads: the file's size when first asked, then
+        grown by this Heap's own extensions once each new page is pinned and locked.
+
+        Readers never look past it, so they never start a disk read of a block whose
+        extension is still under way (invariant 7)."""
+        n = self._nblocks
+        if n is None:
+            smgr = self.bufmgr.smgr
+            size = smgr.nblocks(self.rel, self.fork) if smgr.exists(self.rel, self.fork) else 0
+            with self._fsm_lock:
+                if self._nblocks is None:
+                    self._nblocks = size
+                n = self._nblocks
+        return n
+
+    def _extended(self, block: int) -> None:
+        with self._fsm_lock:
+            if self._nblocks is None or block + 1 > self._nblocks:
+                self._nblocks = block + 1
+
+    def _check_block(self, tid: Tid) -> None:
+        n = self.nblocks()
+        if tid.block >= n:
+            raise ValueError(f"tid {tuple(tid)} is past the end of relation {self.rel} "
+                             f"({n} blocks)")
+
+    def free_space_map(self) -> FreeSpaceMap:
+        """The free-space map, built by reading every page the first time it is needed."""
+        fsm = self._fsm
+        if fsm is not None:
+            return fsm
+        with self._build_lock:
+            if self._fsm is None:
+                free = []
+                n = self.nblocks()
+                bm = self.bufmgr
+                with ReadStream(bm, self.rel, self.fork, range(n)) as stream:
+                    for buf in stream:
+                        bm.lock_shared(buf)
+                        try:
+                            free.append(self._page_free(bm.page(buf)))
+                        finally:
+                            bm.unlock_shared(buf)
+                            bm.unpin(buf)
+                self._install_fsm(free)
+            assert self._fsm is not None
+            return self._fsm
+
+    def _install_fsm(self, free: list[int]) -> None:
+        """Adopt ``free`` (one entry per block from 0) unless a map exists already (built
+        meanwhile by another path; either is only a hint, invariant 4)."""
+        with self._fsm_lock:
+            if self._fsm is None:
+                self._fsm = FreeSpaceMap(free)
+
+    @staticmethod
+    def _page_free(page: memoryview) -> int:
+        return _EMPTY_PAGE_FREE if page_is_new(page) else page_free_space(page)
+
+    def _fsm_set(self, block: int, free: int) -> None:
+        with self._fsm_lock:
+            if self._fsm is not None:
+                self._fsm.set(block, free)
+
+    def _buffer_with_room(self, need: int, other: int | None = None,
+                          other_block: int = -1) -> tuple[int, int, bool]:
+        """A buffer whose page has ``need`` bytes free for an item: (buf, block, fresh).
+
+        It comes pinned and exclusive-locked; ``fresh`` says the page was just initialised
+        (extended, or found all zero). With ``other`` (a pinned, unlocked buffer of block
+        ``other_block``) that buffer is exclusive-locked too, in block order, and never
+        chosen itself.
+        """
+        bm, rel, fork = self.bufmgr, self.rel, self.fork
+        fsm = self.free_space_map()
+        while True:
+            with self._fsm_lock:
+                block = fsm.find(need, other_block)
+            if block is None:
+                (buf,) = bm.extend(rel, fork, 1)  # pinned, exclusive-locked, all zero
+                block = bm.block_of(buf)[2]
+                init_page(bm.page(buf))
+                self._extended(block)
+                self._fsm_set(block, _EMPTY_PAGE_FREE)
+                if other is not None:
+                    bm.lock_exclusive(other)  # nobody can be waiting for the new page
+                return buf, block, True
+            buf = bm.read_buffer(rel, fork, block)
+            if other is not None and other_block < block:
+                bm.lock_exclusive(other)
+                bm.lock_exclusive(buf)
+            else:
+                bm.lock_exclusive(buf)
+                if other is not None:
+                    bm.lock_exclusive(other)
+            page = bm.page(buf)
+            if page_is_new(page):
+                init_page(page)
+                return buf, block, True
+            free = page_free_space(page)
+            if free >= need:
+                return buf, block, False
+            self._fsm_set(block, free)  # the map was stale: correct it and look again
+            if other is not None:
+                bm.unlock_exclusive(other)
+            bm.unlock_exclusive(buf)
+            bm.unpin(buf)
+
+    # --- logging ---------------------------------------------------------------------------
+    def _log(self, xid: int, info: int, payload: bytes,
+             changed: Sequence[tuple[int, bytes, bool]]) -> int:
+        """WAL-log a change already made to the pages of ``changed`` ((buf, pre-image,
+        will_init) each, exclusive-locked), then stamp them with the record's end LSN and
+        dirty them. On failure the pages are put back from their pre-images."""
+        bm = self.bufmgr
+        specs = []
+        for buf, _pre, will_init in changed:
+            page = bm.page(buf)
+            specs.append(BlockSpec(self.rel, int(self.fork), bm.block_of(buf)[2], page,
+                                   page_get_lsn(page), will_init, _hole(page)))
+        try:
+            _start, end = self.wal.insert(RM_HEAP, info, xid, payload, specs)
+        except BaseException:
+            for buf, pre, _will_init in changed:
+                bm.page(buf)[:] = pre
+            raise
+        for buf, _pre, _will_init in changed:
+            page_set_lsn(bm.page(buf), end)
+            bm.mark_dirty(buf)
+        return end
+
+    # --- changes ---------------------------------------------------------------------------
+    def insert(self, xid: int, data, *, flags: int = 0) -> Tid:
+        """Store a new tuple (xmin = ``xid``) and return its Tid. TupleTooLargeError (nothing
+        changed) when it cannot fit in a page."""
+        _check_xid(xid)
+        item = pack_tuple(xid, 0, flags, data)
+        bm = self.bufmgr
+        buf, block, fresh = self._buffer_with_room(maxalign(len(item)))
+        try:
+            page = bm.page(buf)
+            pre = bytes(BLCKSZ) if fresh else bytes(page)
+            offnum = page_add_item(page, item)
+            payload = _INSERT.pack(offnum, _page_flags(page)) + item
+            self._log(xid, XLOG_HEAP_INSERT, payload, [(buf, pre, fresh)])
+            free = page_free_space(page)
+        finally:
+            bm.unlock_exclusive(buf)
+            bm.unpin(buf)
+        self._fsm_set(block, free)
+        return Tid(block, offnum)
+
+    def insert_many(self, xid: int, datas: Iterable, *, flags: int = 0) -> list[Tid]:
+        """Store many tuples (bulk load): one INSERT_MULTI record per page filled. Every
+        tuple is checked first, so an oversized one raises before anything changed."""
+        _check_xid(xid)
+        items = [pack_tuple(xid, 0, flags, d) for d in datas]
+        bm = self.bufmgr
+        tids: list[Tid] = []
+        i, n = 0, len(items)
+        while i < n:
+            buf, block, fresh = self._buffer_with_room(maxalign(len(items[i])))
+            try:
+                page = bm.page(buf)
+                pre = bytes(BLCKSZ) if fresh else bytes(page)
+                parts = []
+                first = i
+                while i < n:
+                    item = items[i]
+                    try:
+                        offnum = page_add_item(page, item)
+                    except PageFullError:
+                        break
+                    parts.append(_MULTI_ITEM.pack(offnum, len(item)))
+                    parts.append(item)
+                    tids.append(Tid(block, offnum))
+                    i += 1
+                assert i > first, "a page with room took no tuple"
+                payload = _MULTI.pack(i - first, _page_flags(page)) + b"".join(parts)
+                self._log(xid, XLOG_HEAP_INSERT_MULTI, payload, [(buf, pre, fresh)])
+                free = page_free_space(page)
+            finally:
+                bm.unlock_exclusive(buf)
+                bm.unpin(buf)
+            self._fsm_set(block, free)
+        return tids
+
+    def _normal_item(self, page: memoryview, tid: Tid) -> memoryview:
+        """The tuple item at ``tid`` on a locked page; ValueError if there is none."""
+        if page_is_new(page) or tid.offnum > page_item_count(page) \
+                or page_item_flags(page, tid.offnum) != LpFlag.NORMAL:
+            raise ValueError(f"no tuple at tid {tuple(tid)} of relation {self.rel}")
+        item = page_get_item(page, tid.offnum)
+        self._check_item(item, tid)
+        return item
+
+    def _check_item(self, item, tid: Tid) -> None:
+        try:
+            unpack_tuple_header(item)
+        except TupleFormatError as e:
+            raise TupleFormatError(f"{e} (tid {tuple(tid)})", relation=self.rel,
+                                   fork=int(self.fork), block=tid.block) from None
+
+    def delete(self, tid: Tid, xid: int) -> None:
+        """Set the tuple's xmax to ``xid`` (and clear HEAP_XMAX_UPDATE). ValueError if no
+        tuple lives at ``tid``. The old xmax, if any, is overwritten: deciding whether that
+        is allowed (visibility, conflicts) is the transaction layer's job."""
+        tid = _check_tid(tid)
+        _check_xid(xid)
+        self._check_block(tid)
+        bm = self.bufmgr
+        buf = bm.read_buffer(self.rel, self.fork, tid.block)
+        try:
+            bm.lock_exclusive(buf)
+            try:
+                page = bm.page(buf)
+                item = self._normal_item(page, tid)
+                flags = _TUPLE_XMAX_FLAGS.unpack_from(item, 8)[1] & ~HEAP_XMAX_UPDATE
+                pre = bytes(page)
+                _TUPLE_XMAX_FLAGS.pack_into(item, 8, xid, flags)
+                self._log(xid, XLOG_HEAP_DELETE, _DELETE.pack(tid.offnum, xid, flags),
+                          [(buf, pre, False)])
+            finally:
+                bm.unlock_exclusive(buf)
+        finally:
+            bm.unpin(buf)
+
+    def update(self, tid: Tid, xid: int, data, *, flags: int = 0) -> Tid:
+        """Store a new version (xmin = ``xid``, flags | HEAP_UPDATED) and set the old one's
+        xmax = ``xid`` with HEAP_XMAX_UPDATE, in one UPDATE record. The new version goes on
+        the old page when it fits there. Returns the new Tid."""
+        tid = _check_tid(tid)
+        _check_xid(xid)
+        item = pack_tuple(xid, 0, flags | HEAP_UPDATED, data)
+        need = maxalign(len(item))
+        self._check_block(tid)
+        bm = self.bufmgr
+        old_buf = bm.read_buffer(self.rel, self.fork, tid.block)
+        new_buf = None
+        locked = []
+        try:
+            bm.lock_exclusive(old_buf)
+            locked.append(old_buf)
+            old_page = bm.page(old_buf)
+            self._normal_item(old_page, tid)
+            fresh = False
+            if page_free_space(old_page) >= need:
+                new_block, new_page = tid.block, old_page
+            else:
+                bm.unlock_exclusive(old_buf)
+                locked.clear()
+                new_buf, new_block, fresh = self._buffer_with_room(need, old_buf, tid.block)
+                locked += [new_buf, old_buf]
+                new_page = bm.page(new_buf)
+                self._normal_item(old_page, tid)  # still there (we let go of its lock)
+            pre_old = bytes(old_page)
+            pre_new = None if new_buf is None else bytes(BLCKSZ) if fresh else bytes(new_page)
+            old_item = page_get_item(old_page, tid.offnum)
+            old_flags = (_TUPLE_XMAX_FLAGS.unpack_from(old_item, 8)[1]) | HEAP_XMAX_UPDATE
+            _TUPLE_XMAX_FLAGS.pack_into(old_item, 8, xid, old_flags)
+            new_offnum = page_add_item(new_page, item)
+            payload = _UPDATE.pack(tid.offnum, new_offnum, xid, old_flags,
+                                   _page_flags(new_page)) + item
+            if new_buf is None:
+                changed = [(old_buf, pre_old, False)]
+            else:
+                changed = [(new_buf, pre_new, fresh), (old_buf, pre_old, False)]
+            self._log(xid, XLOG_HEAP_UPDATE, payload, changed)
+            new_free = page_free_space(new_page)
+        finally:
+            for b in locked:
+                bm.unlock_exclusive(b)
+            bm.unpin(old_buf)
+            if new_buf is not None:
+                bm.unpin(new_buf)
+        self._fsm_set(new_block, new_free)
+        return Tid(new_block, new_offnum)
+
+    def prune(self, is_dead: Callable[[HeapTuple], bool]) -> int:
+        """Vacuum: every tuple for which ``is_dead`` says True loses its slot (UNUSED) and
+        its page is compacted, one PRUNE record per page changed; the free-space map learns
+        the space. ``is_dead`` runs with no page locked. Returns how many tuples went."""
+        bm = self.bufmgr
+        fsm = self.free_space_map()
+        pruned = 0
+        n = self.nblocks()
+        with ReadStream(bm, self.rel, self.fork, range(n)) as stream:
+            for block, buf in enumerate(stream):
+                try:
+                    bm.lock_shared(buf)
+                    try:
+                        page = bm.page(buf)
+                        tuples = self._page_tuples(page, block)
+                        free = self._page_free(page)
+                    finally:
+                        bm.unlock_shared(buf)
+                    dead = [t for t in tuples if is_dead(t)]
+                    if dead:
+                        pruned += self._prune_page(buf, block, dead)
+                    elif block >= len(fsm):  # extended while the map was being built
+                        self._fsm_set(block, free)
+                finally:
+                    bm.unpin(buf)
+        return pruned
+
+    def _prune_page(self, buf: int, block: int, dead: list[HeapTuple]) -> int:
+        bm = self.bufmgr
+        bm.lock_exclusive(buf)
+        try:
+            page = bm.page(buf)
+            count = page_item_count(page)
+            offnums = []
+            for t in dead:  # only those unchanged since is_dead saw them
+                off = t.tid.offnum
+                if off <= count and page_item_flags(page, off) == LpFlag.NORMAL:
+                    xmin, xmax, flags, _n = unpack_tuple_header(page_get_item(page, off))
+                    if (xmin, xmax, flags) == (t.xmin, t.xmax, t.flags):
+                        offnums.append(off)
+            if offnums:
+                pre = bytes(page)
+                for off in offnums:
+                    page_delete_item(page, off)
+                page_compact(page)
+                payload = (_PRUNE.pack(len(offnums), _page_flags(page))
+                           + struct.pack(f"<{len(offnums)}H", *offnums))
+                self._log(0, XLOG_HEAP_PRUNE, payload, [(buf, pre, False)])
+            free = page_free_space(page)
+        finally:
+            bm.unlock_exclusive(buf)
+        self._fsm_set(block, free)
+        return len(offnums)
+
+    # --- reads -----------------------------------------------------------------------------
+    def fetch(self, tid: Tid) -> HeapTuple | None:
+        """The tuple at ``tid`` (a copy), or None when the slot is unused (or past the
+        page's line pointers). ValueError for a block past the end of the relation."""
+        tid = _check_tid(tid)
+        self._check_block(tid)
+        bm = self.bufmgr
+        buf = bm.read_buffer(self.rel, self.fork, tid.block)
+        try:
+            bm.lock_shared(buf)
+            try:
+                page = bm.page(buf)
+                if page_is_new(page) or tid.offnum > page_item_count(page) \
+                        or page_item_flags(page, tid.offnum) != LpFlag.NORMAL:
+                    return None
+                item = page_get_item(page, tid.offnum)
+                self._check_item(item, tid)
+                xmin, xmax, flags, _n = _TUPLE_HEAD.unpack_from(item)
+                return HeapTuple(tid, xmin, xmax, flags, bytes(item[TUPLE_HEADER_SIZE:]))
+            finally:
+                bm.unlock_shared(buf)
+        finally:
+            bm.unpin(buf)
+
+    def scan(self) -> Iterator[HeapTuple]:
+        """Every tuple on every page (block order, then offnum), whatever its xmin/xmax,
+        read through a read stream; each page is unpinned before its tuples are yielded.
+        Blocks added after the scan started are not visited. A full scan also builds the
+        free-space map when there is none yet."""
+        bm = self.bufmgr
+        n = self.nblocks()
+        free = [] if self._fsm is None else None
+        with ReadStream(bm, self.rel, self.fork, range(n)) as stream:
+            for block, buf in enumerate(stream):
+                try:
+                    bm.lock_shared(buf)
+                    try:
+                        page = bm.page(buf)
+                        tuples = self._page_tuples(page, block)
+                        if free is not None:
+                            free.append(self._page_free(page))
+                    finally:
+                        bm.unlock_shared(buf)
+                finally:
+                    bm.unpin(buf)
+                yield from tuples
+        if free is not None:
+            self._install_fsm(free)
+
+    def _page_tuples(self, page: memoryview, block: int) -> list[HeapTuple]:
+        """Copies of the NORMAL tuples of a (locked, verified) page, in offnum order."""
+        lower, upper = _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
+        if lower == 0:  # a new, all-zero page (verified as such when read)
+            return []
+        out = []
+        head = _TUPLE_HEAD.unpack_from
+        for offnum, (lp,) in enumerate(_LP.iter_unpack(page[HEADER_SIZE:lower]), 1):
+            if (lp >> 15) & 3 != _LP_NORMAL:
+                continue
+            offset = lp & 0x7FFF
+            length = lp >> 17
+            if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
+                raise TupleFormatError(
+                    f"relation {self.rel} block {block} offnum {offnum}: line pointer "
+                    f"(offset {offset}, length {length}) is not a heap tuple inside "
+                    f"[{upper}, {BLCKSZ})", relation=self.rel, fork=int(self.fork),
+                    block=block)
+            xmin, xmax, flags, data_len = head(page, offset)
+            if data_len != length - TUPLE_HEADER_SIZE:
+                raise TupleFormatError(
+                    f"relation {self.rel} block {block} offnum {offnum}: tuple data_len "
+                    f"{data_len} does not match its item length {length}",
+                    relation=self.rel, fork=int(self.fork), block=block)
+            out.append(HeapTuple(Tid(block, offnum), xmin, xmax, flags,
+                                 bytes(page[offset + TUPLE_HEADER_SIZE:offset + length])))
+        return out
+
+
+# ------------------------------------------------------------------------------- redo
+
+
+def _redo_block(ctx, rr, index: int):
+    """The page of block ``index`` if it needs redo, as (buf, page), else None."""
+    action, buf = ctx.read_buffer_for_redo(rr, index)
+    if buf is None:
+        return None
+    assert getattr(action, "name", "NEEDS_REDO") == "NEEDS_REDO", (action, buf)
+    page = ctx.bufmgr.page(buf)
+    if rr.record.blocks[index].will_init:
+        init_page(page)
+    return buf, page
+
+
+def _redo_add(page, item, offnum: int) -> None:
+    got = page_add_item(page, item, offnum)
+    assert got == offnum, (got, offnum)
+
+
+def heap_redo(ctx, rr) -> None:
+    """Replay one RM_HEAP record (see the module docstring for the layouts)."""
+    rec = rr.record
+    op = rec.info & XLOG_HEAP_OPMASK
+    payload = rec.payload
+    if op == XLOG_HEAP_INSERT:
+        offnum, pflags = _INSERT.unpack_from(payload)
+        got = _redo_block(ctx, rr, 0)
+        if got is not None:
+            buf, page = got
+            _redo_add(page, payload[_INSERT.size:], offnum)
+            page_set_flags(page, pflags)
+            ctx.finish_redo_buffer(rr, buf)
+    elif op == XLOG_HEAP_INSERT_MULTI:
+        count, pflags = _MULTI.unpack_from(payload)
+        got = _redo_block(ctx, rr, 0)
+        if got is not None:
+            buf, page = got
+            pos = _MULTI.size
+            for _ in range(count):
+                offnum, length = _MULTI_ITEM.unpack_from(payload, pos)
+                pos += _MULTI_ITEM.size
+                _redo_add(page, payload[pos:pos + length], offnum)
+                pos += length
+            assert pos == len(payload), (pos, len(payload))
+            page_set_flags(page, pflags)
+            ctx.finish_redo_buffer(rr, buf)
+    elif op == XLOG_HEAP_DELETE:
+        offnum, xmax, tflags = _DELETE.unpack_from(payload)
+        got = _redo_block(ctx, rr, 0)
+        if got is not None:
+            buf, page = got
+            _TUPLE_XMAX_FLAGS.pack_into(page_get_item(page, offnum), 8, xmax, tflags)
+            ctx.finish_redo_buffer(rr, buf)
+    elif op == XLOG_HEAP_UPDATE:
+        old_off, new_off, xmax, old_tflags, pflags = _UPDATE.unpack_from(payload)
+        item = payload[_UPDATE.size:]
+        same_page = len(rec.blocks) == 1
+        # Old page first when it is a separate block: the order the change was made in
+        # does not matter for the bytes (disjoint regions), only the final page flags.
+        if not same_page:
+            got = _redo_block(ctx, rr, 1)
+            if got is not None:
+                buf, page = got
+                _TUPLE_XMAX_FLAGS.pack_into(page_get_item(page, old_off), 8, xmax, old_tflags)
+                ctx.finish_redo_buffer(rr, buf)
+        got = _redo_block(ctx, rr, 0)
+        if got is not None:
+            buf, page = got
+            if same_page:
+                _TUPLE_XMAX_FLAGS.pack_into(page_get_item(page, old_off), 8, xmax, old_tflags)
+            _redo_add(page, item, new_off)
+            page_set_flags(page, pflags)
+            ctx.finish_redo_buffer(rr, buf)
+    elif op == XLOG_HEAP_PRUNE:
+        count, pflags = _PRUNE.unpack_from(payload)
+        offnums = struct.unpack_from(f"<{count}H", payload, _PRUNE.size)
+        got = _redo_block(ctx, rr, 0)
+        if got is not None:
+            buf, page = got
+            for off in offnums:
+                page_delete_item(page, off)
+            page_compact(page)
+            page_set_flags(page, pflags)
+            ctx.finish_redo_buffer(rr, buf)
+    else:
+        raise AssertionError(f"unknown heap record info {rec.info:#04x}")
+
+
+def heap_describe(rec) -> str:
+    """One line for waldump, e.g. ``INSERT rel 16384 blk 3 off 7 len 40 xmin 12``."""
+    op = rec.info & XLOG_HEAP_OPMASK
+    name = _OP_NAMES.get(op, f"UNKNOWN({rec.info:#04x})")
+    p = rec.payload
+    blocks = rec.blocks
+    where = (f"rel {blocks[0].rel} blk {blocks[0].block}" if blocks else "no block")
+    init = " (init page)" if blocks and blocks[0].will_init else ""
+    try:
+        if op == XLOG_HEAP_INSERT:
+            off, _ = _INSERT.unpack_from(p)
+            xmin = struct.unpack_from("<Q", p, _INSERT.size)[0]
+            return (f"{name} {where} off {off} len {len(p) - _INSERT.size - TUPLE_HEADER_SIZE} "
+                    f"xmin {xmin}{init}")
+        if op == XLOG_HEAP_INSERT_MULTI:
+            count, _ = _MULTI.unpack_from(p)
+            return f"{name} {where} {count} tuples{init}"
+        if op == XLOG_HEAP_DELETE:
+            off, xmax, _ = _DELETE.unpack_from(p)
+            return f"{name} {where} off {off} xmax {xmax}"
+        if op == XLOG_HEAP_UPDATE:
+            old_off, new_off, xmax, _, _ = _UPDATE.unpack_from(p)
+            if len(blocks) == 1:
+                return f"{name} {where} off {old_off} -> off {new_off} (same page) xmax {xmax}"
+            return (f"{name} rel {blocks[1].rel} blk {blocks[1].block} off {old_off} -> "
+                    f"blk {blocks[0].block} off {new_off}{init} xmax {xmax}")
+        if op == XLOG_HEAP_PRUNE:
+            count, _ = _PRUNE.unpack_from(p)
+            offs = struct.unpack_from(f"<{count}H", p, _PRUNE.size)
+            shown = ",".join(map(str, offs[:8])) + ("..." if count > 8 else "")
+            return f"{name} {where} {count} unused ({shown})"
+    except struct.error:
+        return f"{name} {where} (malformed payload of {len(p)} bytes)"
+    return f"{name} {where}"
+
+
+HEAP_RMGR = ResourceManager(RM_HEAP, "heap", heap_redo, heap_describe)
+register_rmgr(HEAP_RMGR)
+
+assert MAX_TUPLE_DATA_BYTES + TUPLE_HEADER_SIZE + LINE_POINTER_SIZE + HEADER_SIZE <= BLCKSZ

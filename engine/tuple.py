@@ -1,0 +1,395 @@
+"""Heap tuple format, the KV data codec and the table row codec. Pure: bytes in, bytes out.
+
+A heap tuple is one page item: a 24-byte header, then the data::
+
+    0        8        16     18       22   24
+    +--------+--------+------+--------+----+------------------+
+    | xmin   | xmax   | flags| data_len| pad| data (data_len)  |
+    +--------+--------+------+--------+----+------------------+
+      u64      u64      u16    u32     2 zero bytes   (struct "<QQHIxx", little-endian)
+
+``xmin`` is the transaction that created the version, ``xmax`` the one that deleted or
+replaced it (0 = none). ``flags`` are the ``HEAP_*`` bits below. ``data_len`` repeats the
+item length minus the header, so a line pointer and its tuple are checked against each other.
+
+Data codecs (what goes in ``data``):
+
+- KV: ``key_len u32 | key | value`` — key and value are bytes (``encode_kv``/``decode_kv``).
+- Table rows: a ``RowCodec`` is built once per schema; its ``encode``/``decode`` are Python
+  functions generated for that schema (as ``collections.namedtuple`` does), so a row is one
+  ``struct.pack`` with inline type checks and no per-value dispatch. Row layout::
+
+      null bitmap (ceil(ncols/8) bytes, bit i set = column i is NULL)
+      fixed part: every int8 (q), float8 (d), bool (?) column in schema order (0 when NULL)
+      lengths:    u32 per text/bytea column, in schema order (0 when NULL)
+      var part:   the text (UTF-8) and bytea bytes, in schema order
+
+Invariants:
+1. ``len(item) == TUPLE_HEADER_SIZE + data_len``; the pad bytes are zero.
+2. ``MAX_TUPLE_DATA_BYTES`` is the largest ``data`` whose tuple fits in an empty page;
+   anything larger raises ``TupleTooLargeError`` before any page is touched.
+3. Encoding rejects wrong types with ``TypeError`` and bad values (int8 out of range, text
+   that is not UTF-8-encodable) with ``ValueError``, each naming the column and its type.
+4. Decoding checks lengths and raises ``TupleFormatError`` (a ``DataCorruptionError``)
+   naming the field, never returns a silently short value.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from aio.errors import DataCorruptionError
+from storage.page import max_item_size
+
+__all__ = [
+    "TUPLE_HEADER_SIZE", "MAX_TUPLE_DATA_BYTES", "MAX_TUPLE_DATA", "MAX_COLUMNS",
+    "HEAP_UPDATED", "HEAP_XMAX_UPDATE", "HEAP_VALID_FLAG_BITS", "COLUMN_TYPES",
+    "Tid", "HeapTuple", "TupleTooLargeError", "TupleFormatError",
+    "pack_tuple", "unpack_tuple", "unpack_tuple_header", "check_data_size",
+    "encode_kv", "decode_kv", "KV_HEADER_SIZE", "RowCodec",
+]
+
+_HEADER = struct.Struct("<QQHIxx")
+TUPLE_HEADER_SIZE = _HEADER.size  # 24, a multiple of MAXIMUM_ALIGNOF
+assert TUPLE_HEADER_SIZE == 24
+
+# The largest data whose tuple fits in an empty page (no special space): 8136 bytes.
+MAX_TUPLE_DATA_BYTES = max_item_size() - TUPLE_HEADER_SIZE
+MAX_TUPLE_DATA = MAX_TUPLE_DATA_BYTES  # the contract's name for the same limit
+
+MAX_COLUMNS = 1600  # PostgreSQL's MaxHeapAttributeNumber; the generated codec stays small
+
+# Tuple flag bits (the header's u16). The heap sets these; the transaction layer reads them.
+HEAP_UPDATED = 0x0001      # this version was created by update() (an older version exists)
+HEAP_XMAX_UPDATE = 0x0002  # xmax was set by update() (a newer version exists), not delete()
+HEAP_VALID_FLAG_BITS = 0x00FF  # low byte: heap and transaction layer; high byte reserved
+
+_U64_MAX = (1 << 64) - 1
+
+
+class Tid(NamedTuple):
+    """A tuple's address: block number and line pointer number (from 1)."""
+
+    block: int
+    offnum: int
+
+
+class HeapTuple(NamedTuple):
+    """A tuple as read from a page; ``data`` is a copy (bytes), valid after the page is unpinned."""
+
+    tid: Tid
+    xmin: int
+    xmax: int
+    flags: int
+    data: bytes
+
+
+class TupleTooLargeError(ValueError):
+    """Tuple data larger than ``MAX_TUPLE_DATA_BYTES``; says the size and the limit."""
+
+    def __init__(self, size: int, what: str = "tuple data") -> None:
+        super().__init__(f"{what} is {size} bytes; the limit is {MAX_TUPLE_DATA_BYTES} bytes "
+                         f"(a tuple must fit in one page: a {max_item_size()}-byte item "
+                         f"less its {TUPLE_HEADER_SIZE}-byte header)")
+        self.size = size
+        self.limit = MAX_TUPLE_DATA_BYTES
+
+
+class TupleFormatError(DataCorruptionError):
+    """Tuple bytes that cannot be decoded; the message names the field."""
+
+
+def check_data_size(size: int, what: str = "tuple data") -> None:
+    """TupleTooLargeError if ``size`` bytes of data do not fit in a heap page."""
+    if size > MAX_TUPLE_DATA_BYTES:
+        raise TupleTooLargeError(size, what)
+
+
+# ---------------------------------------------------------------------------- tuple header
+
+
+def pack_tuple(xmin: int, xmax: int, flags: int, data) -> bytes:
+    """Header + data as one item. ``data`` is bytes-like; TupleTooLargeError if too big."""
+    try:
+        n = memoryview(data).nbytes
+    except TypeError:
+        raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
+    check_data_size(n)
+    try:
+        return _HEADER.pack(xmin, xmax, flags, n) + data
+    except struct.error:
+        for name, value, bound in (("xmin", xmin, _U64_MAX), ("xmax", xmax, _U64_MAX),
+                                   ("flags", flags, 0xFFFF)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+            if not 0 <= value <= bound:
+                raise ValueError(f"{name} must be in 0..{bound}, got {value}") from None
+        raise
+    except TypeError:  # bytes + memoryview/bytearray
+        return _HEADER.pack(xmin, xmax, flags, n) + bytes(data)
+
+
+def unpack_tuple_header(item) -> tuple[int, int, int, int]:
+    """(xmin, xmax, flags, data_len) of a tuple item, checked against the item's length."""
+    n = len(item)
+    if n < TUPLE_HEADER_SIZE:
+        raise TupleFormatError(f"heap tuple of {n} bytes is shorter than its "
+                               f"{TUPLE_HEADER_SIZE}-byte header")
+    xmin, xmax, flags, data_len = _HEADER.unpack_from(item)
+    if data_len != n - TUPLE_HEADER_SIZE:
+        raise TupleFormatError(f"heap tuple data_len {data_len} does not match the item "
+                               f"length {n} - {TUPLE_HEADER_SIZE}")
+    return xmin, xmax, flags, data_len
+
+
+def unpack_tuple(item) -> tuple[int, int, int, bytes]:
+    """(xmin, xmax, flags, data) with ``data`` copied out of ``item``."""
+    xmin, xmax, flags, _n = unpack_tuple_header(item)
+    return xmin, xmax, flags, bytes(item[TUPLE_HEADER_SIZE:])
+
+
+# ---------------------------------------------------------------------------- KV codec
+
+_KV = struct.Struct("<I")
+KV_HEADER_SIZE = _KV.size
+
+
+def encode_kv(key: bytes, value: bytes) -> bytes:
+    """``key_len | key | value``. TypeError naming the argument unless both are bytes;
+    TupleTooLargeError if the pair does not fit in a heap page."""
+    if type(key) is not bytes:
+        if not isinstance(key, bytes | bytearray | memoryview):
+            raise TypeError(f"key must be bytes, not {type(key).__name__}")
+        key = bytes(key)
+    if type(value) is not bytes:
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise TypeError(f"value must be bytes, not {type(value).__name__}")
+        value = bytes(value)
+    size = KV_HEADER_SIZE + len(key) + len(value)
+    if size > MAX_TUPLE_DATA_BYTES:
+        raise TupleTooLargeError(size, f"key ({len(key)} bytes) + value ({len(value)} bytes) "
+                                       f"+ {KV_HEADER_SIZE}-byte length")
+    return _KV.pack(len(key)) + key + value
+
+
+def decode_kv(data) -> tuple[bytes, bytes]:
+    """(key, value) copied out of ``data``; TupleFormatError naming the field if malformed."""
+    n = len(data)
+    if n < KV_HEADER_SIZE:
+        raise TupleFormatError(f"KV data of {n} bytes is shorter than its "
+                               f"{KV_HEADER_SIZE}-byte key length")
+    (klen,) = _KV.unpack_from(data)
+    end = KV_HEADER_SIZE + klen
+    if end > n:
+        raise TupleFormatError(f"KV key_len {klen} exceeds the {n - KV_HEADER_SIZE} bytes "
+                               f"after the length")
+    return bytes(data[KV_HEADER_SIZE:end]), bytes(data[end:])
+
+
+# ---------------------------------------------------------------------------- row codec
+
+COLUMN_TYPES = ("int8", "float8", "text", "bytea", "bool")
+_FIXED_CODE = {"int8": "q", "float8": "d", "bool": "?"}
+_INT8_MIN = -(1 << 63)
+_INT8_MAX = (1 << 63) - 1
+
+
+class RowCodec:
+    """Encoder/decoder of table rows for one schema ``[(name, type), ...]``.
+
+    ``encode(row)`` takes a tuple or list with one value (or None) per column and returns
+    bytes; ``decode(data)`` returns a tuple. Both are generated once for the schema.
+    """
+
+    def __init__(self, columns: Sequence[tuple[str, str]]) -> None:
+        cols = _check_columns(columns)
+        self.columns: tuple[tuple[str, str], ...] = cols
+        self.names = tuple(n for n, _ in cols)
+        self.types = tuple(t for _, t in cols)
+        ncols = len(cols)
+        self._fixed = [i for i, t in enumerate(self.types) if t in _FIXED_CODE]
+        self._var = [i for i, t in enumerate(self.types) if t not in _FIXED_CODE]
+        self.bitmap_size = (ncols + 7) // 8
+        fmt = "<" + "".join(_FIXED_CODE[self.types[i]] for i in self._fixed) + "I" * len(self._var)
+        self._head = struct.Struct(fmt)
+        self.head_size = self.bitmap_size + self._head.size
+        self.source = _generate(self)
+        namespace: dict = {
+            "_pack": self._head.pack, "_unpack": self._head.unpack_from,
+            "_bad": self._bad, "_coerce": self._coerce, "_wrong_shape": self._wrong_shape,
+            "_short": self._short, "_bad_text": self._bad_text, "_too_large": _too_large, "_str": str, "_bytes": bytes,
+            "_int": int, "_float": float, "_bool": bool, "_len": len,
+            "_from_bytes": int.from_bytes, "_MAX": MAX_TUPLE_DATA_BYTES,
+        }
+        exec(compile(self.source, f"<RowCodec {self.names}>", "exec"), namespace)
+        self.encode: Callable[[Sequence], bytes] = namespace["encode"]
+        self.decode: Callable[[bytes], tuple] = namespace["decode"]
+
+    def __repr__(self) -> str:
+        return f"RowCodec({list(self.columns)!r})"
+
+    # --- slow paths of the generated code: rare values and errors ----------------------------
+    def _bad(self, i: int, value: object) -> None:
+        name, typ = self.columns[i]
+        raise TypeError(f"column {name!r} is {typ}; got {type(value).__name__} {value!r:.60}")
+
+    def _coerce(self, i: int, value: object) -> object:
+        """A value of an unusual type (a subclass, an int for float8): convert or raise."""
+        name, typ = self.columns[i]
+        if typ == "int8":
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = int(value)
+                if not _INT8_MIN <= value <= _INT8_MAX:
+                    raise ValueError(f"column {name!r} is int8; {value} is out of range "
+                                     f"{_INT8_MIN}..{_INT8_MAX}")
+                return value
+        elif typ == "float8":
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                try:
+                    return float(value)
+                except OverflowError:
+                    raise ValueError(f"column {name!r} is float8; {value} is out of its "
+                                     f"range") from None
+        elif typ == "bool":
+            if isinstance(value, bool):
+                return bool(value)
+        elif typ == "text":
+            if isinstance(value, str):
+                try:
+                    return str(value).encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError(f"column {name!r} is text; the string cannot be encoded "
+                                     f"as UTF-8 ({e.reason} at index {e.start})") from None
+        elif isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        self._bad(i, value)
+        raise AssertionError("unreachable")
+
+    def _wrong_shape(self, row: object) -> None:
+        if not isinstance(row, tuple | list):
+            raise TypeError(f"row must be a tuple or list of {len(self.columns)} values, not "
+                            f"{type(row).__name__}")
+        raise ValueError(f"row has {len(row)} values; the table has {len(self.columns)} "
+                         f"columns {list(self.names)}")
+
+    def _short(self, data: bytes, expected: int | None) -> None:
+        if expected is None:
+            raise TupleFormatError(f"row data of {len(data)} bytes is shorter than its "
+                                   f"{self.head_size}-byte header (null bitmap, fixed-width "
+                                   f"values, lengths)")
+        raise TupleFormatError(f"row data is {len(data)} bytes but its header and value "
+                               f"lengths add up to {expected}")
+
+    def _bad_text(self, i: int, e: UnicodeDecodeError) -> None:
+        raise TupleFormatError(f"column {self.names[i]!r} (text) holds invalid UTF-8 at byte "
+                               f"{e.start}: {e.reason}")
+
+
+def _too_large(size: int) -> None:
+    raise TupleTooLargeError(size, "row data")
+
+
+def _check_columns(columns: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    if isinstance(columns, str | bytes) or not isinstance(columns, Sequence):
+        raise TypeError(f"columns must be a sequence of (name, type) pairs, not "
+                        f"{type(columns).__name__}")
+    if not 1 <= len(columns) <= MAX_COLUMNS:
+        raise ValueError(f"a table has 1..{MAX_COLUMNS} columns, got {len(columns)}")
+    out = []
+    seen = set()
+    for k, col in enumerate(columns):
+        if not isinstance(col, tuple | list) or len(col) != 2:
+            raise TypeError(f"columns[{k}] must be a (name, type) pair, got {col!r}")
+        name, typ = col
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"columns[{k}]: a column name must be a non-empty str, got {name!r}")
+        if name in seen:
+            raise ValueError(f"column {name!r} appears twice")
+        if typ not in COLUMN_TYPES:
+            raise ValueError(f"column {name!r}: unknown type {typ!r}; the types are "
+                             f"{', '.join(COLUMN_TYPES)}")
+        seen.add(name)
+        out.append((name, typ))
+    return tuple(out)
+
+
+def _generate(codec: RowCodec) -> str:
+    """Python source of ``encode(row)`` and ``decode(data)`` for the codec's schema.
+
+    Only column indexes and type-derived constants go into the source, never names.
+    """
+    types = codec.types
+    ncols = len(types)
+    nb = codec.bitmap_size
+    enc = ["def encode(row):",
+           f"    if (type(row) is not tuple and type(row) is not list) or _len(row) != {ncols}:",
+           "        _wrong_shape(row)"]
+    enc.append(f"    ({', '.join(f'v{i}' for i in range(ncols))},) = row")
+    enc.append("    nulls = 0")
+    for i, t in enumerate(types):
+        enc.append(f"    if v{i} is None:")
+        enc.append(f"        nulls |= {1 << i}")
+        if t == "int8":
+            enc += [f"        v{i} = 0",
+                    f"    elif type(v{i}) is not _int or not {_INT8_MIN} <= v{i} <= {_INT8_MAX}:",
+                    f"        v{i} = _coerce({i}, v{i})"]
+        elif t == "float8":
+            enc += [f"        v{i} = 0.0",
+                    f"    elif type(v{i}) is not _float:",
+                    f"        v{i} = _coerce({i}, v{i})"]
+        elif t == "bool":
+            enc += [f"        v{i} = False",
+                    f"    elif type(v{i}) is not _bool:",
+                    f"        v{i} = _coerce({i}, v{i})"]
+        elif t == "text":
+            enc += [f"        v{i} = b''",
+                    f"    elif type(v{i}) is _str and v{i}.isascii():",
+                    f"        v{i} = v{i}.encode()",
+                    "    else:",
+                    f"        v{i} = _coerce({i}, v{i})"]
+        else:  # bytea
+            enc += [f"        v{i} = b''",
+                    f"    elif type(v{i}) is not _bytes:",
+                    f"        v{i} = _coerce({i}, v{i})"]
+    head_args = ([f"v{i}" for i in codec._fixed] + [f"_len(v{i})" for i in codec._var])
+    parts = [f"nulls.to_bytes({nb}, 'little')", f"_pack({', '.join(head_args)})"]
+    parts += [f"v{i}" for i in codec._var]
+    enc.append(f"    out = b''.join(({', '.join(parts)},))")
+    enc.append("    if _len(out) > _MAX:")
+    enc.append("        _too_large(_len(out))")
+    enc.append("    return out")
+
+    fixed_names = [f"v{i}" for i in codec._fixed]
+    len_names = [f"n{i}" for i in codec._var]
+    total = " + ".join([str(codec.head_size)] + len_names)
+    dec = ["def decode(data):",
+           "    if type(data) is not _bytes:",
+           "        data = _bytes(data)",
+           f"    if _len(data) < {codec.head_size}:",
+           "        _short(data, None)",
+           f"    ({', '.join(fixed_names + len_names)},) = _unpack(data, {nb})"]
+    if codec._var:
+        dec += [f"    if {total} != _len(data):",
+                f"        _short(data, {total})",
+                f"    pos = {codec.head_size}"]
+        for i in codec._var:
+            dec.append(f"    end = pos + n{i}")
+            if types[i] == "text":
+                dec += ["    try:",
+                        f"        v{i} = _str(data[pos:end], 'utf-8')",
+                        "    except UnicodeDecodeError as e:",
+                        f"        _bad_text({i}, e)"]
+            else:
+                dec.append(f"    v{i} = data[pos:end]")
+            dec.append("    pos = end")
+    else:
+        dec += [f"    if _len(data) != {codec.head_size}:",
+                f"        _short(data, {codec.head_size})"]
+    dec += [f"    nulls = _from_bytes(data[:{nb}], 'little')",
+            f"    row = ({', '.join(f'v{i}' for i in range(ncols))},)",
+            "    if nulls:",
+            "        row = tuple(None if nulls >> i & 1 else v for i, v in enumerate(row))",
+            "    return row"]
+    return "\n".join(enc) + "\n\n\n" + "\n".join(dec) + "\n"
