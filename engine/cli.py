@@ -12,7 +12,15 @@ from engine.bench import add_arguments as add_bench_aio_arguments
 from engine.bench import cmd_bench_aio
 from engine.bench_scan import add_arguments as add_bench_scan_arguments
 from engine.bench_scan import cmd_bench_scan
+from engine.bench_wal import add_arguments as add_bench_wal_arguments
+from engine.bench_wal import cmd_bench_wal
 from engine.demo import run_demo
+from engine.waltools import (
+    add_controldata_arguments,
+    add_waldump_arguments,
+    cmd_controldata,
+    cmd_waldump,
+)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -58,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "cold and warm, against fio")
     add_bench_scan_arguments(bench_scan)
     bench_scan.set_defaults(func=cmd_bench_scan)
+    bench_wal = bench_sub.add_parser(
+        "wal", help="WAL insert rate, durable commits/s (1 and 8 threads) and recovery replay "
+                    "per io method, against fio's 8 KiB write + fdatasync rate")
+    add_bench_wal_arguments(bench_wal)
+    bench_wal.set_defaults(func=cmd_bench_wal)
+    controldata = sub.add_parser("controldata", help="print a data directory's control file")
+    add_controldata_arguments(controldata)
+    controldata.set_defaults(func=cmd_controldata)
+    waldump = sub.add_parser("waldump", help="print a data directory's WAL records, one a line")
+    add_waldump_arguments(waldump)
+    waldump.set_defaults(func=cmd_waldump)
     return parser
 
 

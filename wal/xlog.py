@@ -135,7 +135,9 @@ class Wal:
         self._ring = aligned_buffer(self.wal_buffers_bytes)
         self._ringv = memoryview(self._ring)
         self._insert_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
+        self._flush_lock = threading.Lock()       # held while WAL is written and synced
+        self._flush_state = threading.Condition()  # guards _flushing; broadcast after a flush
+        self._flushing = False
         self._cur = align_lsn(start_lsn)   # next insert position (may be a page start)
         self._prev = prev_lsn              # start of the last inserted record
         self._flushed = start_lsn          # durable up to here
@@ -207,7 +209,8 @@ class Wal:
                         self._last_seg = end // self.wal_segment_size
                     break
             # The ring is full of unflushed WAL: flush (write + sync) what is there, retry.
-            self._full_flushes += 1
+            with self._flush_state:
+                self._full_flushes += 1
             self.flush(usable_lsn(self._cur))
         if seg_switch and self.on_segment_switch is not None:
             self.on_segment_switch()
@@ -249,18 +252,37 @@ class Wal:
 
     # --- flushing --------------------------------------------------------------------------------
     def flush(self, lsn: int | None = None) -> None:
-        """Return once WAL up to ``lsn`` (default: everything inserted) is durable."""
+        """Return once WAL up to ``lsn`` (default: everything inserted) is durable.
+
+        Group commit: one thread at a time (the leader) writes and syncs everything inserted
+        so far; the others sleep on a condition that every finished flush broadcasts, and
+        return without I/O when it covered them."""
         self._check_usable()
         if lsn is None:
             lsn = self._cur
         if lsn <= self._flushed:
             return
-        self._flush_requests += 1
-        with self._flush_lock:
+        state = self._flush_state
+        with state:
+            self._flush_requests += 1
+            waited = False
+            while self._flushing and lsn > self._flushed and self._failed is None:
+                waited = True
+                state.wait()
             self._check_usable()
             if lsn <= self._flushed:
-                self._joins += 1
+                self._joins += waited
                 return
+            self._flushing = True
+        try:
+            self._lead_flush()
+        finally:
+            with state:
+                self._flushing = False
+                state.notify_all()
+
+    def _lead_flush(self) -> None:
+        with self._flush_lock:
             with self._insert_lock:
                 target = self._cur
             if target <= self._flushed:
