@@ -1,9 +1,13 @@
-"""Build glue: compiles the io_uring cffi binding when liburing is present.
+"""Build glue: compiles the optional cffi modules.
 
-Everything else about the package lives in pyproject.toml. The binding is optional: without
-liburing the install succeeds and ``aio.io_uring_available()`` says why io_uring is off.
-``SLONIK_REQUIRE_URING=1`` turns a missing liburing into a build failure, so CI cannot go
-green without io_uring.
+Everything else about the package lives in pyproject.toml.
+
+- ``aio._uring``, the io_uring binding, when liburing is present. Without it the install
+  succeeds and ``aio.io_uring_available()`` says why io_uring is off;
+  ``SLONIK_REQUIRE_URING=1`` turns a missing liburing into a build failure, so CI cannot go
+  green without io_uring.
+- ``storage._pagecheck``, page verification of a whole read in C, when a C compiler works.
+  Built as an optional extension: if it fails, ``storage.page`` uses its pure-Python path.
 """
 
 import os
@@ -11,14 +15,23 @@ import sys
 
 from setuptools import setup
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "aio"))
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(here, "aio"))
+sys.path.insert(0, os.path.join(here, "storage"))
+from _pagecheck_build import c_compiler_missing_reason  # noqa: E402
 from _uring_build import liburing_missing_reason  # noqa: E402
 
+modules = []
 reason = liburing_missing_reason()
 if reason is None:
-    setup(cffi_modules=["aio/_uring_build.py:ffibuilder"])
+    modules.append("aio/_uring_build.py:ffibuilder")
 elif os.environ.get("SLONIK_REQUIRE_URING") == "1":
     raise SystemExit(f"SLONIK_REQUIRE_URING=1 but the io_uring binding cannot be built: {reason}")
 else:
     print(f"warning: building without io_uring: {reason}", file=sys.stderr)
-    setup()
+pagecheck_reason = c_compiler_missing_reason()
+if pagecheck_reason is None:
+    modules.append("storage/_pagecheck_build.py:ffibuilder")
+else:
+    print(f"warning: building without the C page verifier: {pagecheck_reason}", file=sys.stderr)
+setup(cffi_modules=modules)

@@ -45,7 +45,13 @@ from aio.core import Aio
 from aio.errors import DataCorruptionError, StorageError
 from aio.handle import AioResult, AioReturn, Handle, ResultStatus, WaitRef
 from aio.memory import aligned_buffer
-from storage.page import BLCKSZ, PageStatus, page_get_lsn, page_set_checksum, verify_page
+from storage.page import (
+    BLCKSZ,
+    PageRunVerifier,
+    PageStatus,
+    page_get_lsn,
+    page_set_checksum,
+)
 from storage.smgr import Fork, Smgr, describe
 
 BM_VALID = 1
@@ -235,6 +241,8 @@ class BufferManager:
         self.flush_wal = flush_wal or (lambda lsn: None)
         self._mem = aligned_buffer(shared_buffers * BLCKSZ)
         mv = memoryview(self._mem)
+        self._mv = mv
+        self._verifier = PageRunVerifier(mv)  # one call verifies a whole read (C if built)
         self.pages: list[memoryview] = [mv[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(shared_buffers)]
         self.descs = [BufferDesc(i) for i in range(shared_buffers)]
         self._table: dict[tuple[int, int, int], int] = {}
@@ -320,14 +328,25 @@ class BufferManager:
                 b, found = self._pin_for_block_locked(tag)
             if b >= 0:
                 return b, found
-            victim = -b - 2
+            b = self._take_dirty_victim(-b - 2, tag)
+            if b is not None:
+                return b, False
+
+    def _take_dirty_victim(self, victim: int, tag: tuple[int, int, int]) -> int | None:
+        """Write the dirty victim we hold pinned, then give it ``tag``; None (and the pin
+        dropped) when meanwhile someone re-used or re-dirtied it or ``tag`` appeared."""
+        try:
             self._write_victim(victim)  # we hold its pin; it stays unless re-dirtied
-            with self._lock:
-                d = self.descs[victim]
-                if self._table.get(tag) is None and not (d.flags & BM_DIRTY) and d.refcount == 1:
-                    self._retag_locked(d, tag)
-                    return victim, False
-                d.refcount -= 1  # someone re-used or re-dirtied it, or tag appeared: retry
+        except BaseException:
+            self.unpin(victim)
+            raise
+        with self._lock:
+            d = self.descs[victim]
+            if self._table.get(tag) is None and not (d.flags & BM_DIRTY) and d.refcount == 1:
+                self._retag_locked(d, tag)
+                return victim
+            d.refcount -= 1
+            return None
 
     # --- reads -----------------------------------------------------------------------------------
     def start_read_buffers(self, rel: int, fork: int, first_block: int, nblocks: int, *,
@@ -339,22 +358,76 @@ class BufferManager:
             rel, int(fork), first_block,
             self.zero_damaged_pages if zero_damaged_pages is None else zero_damaged_pages,
             self.ignore_checksum_failure if ignore_checksum_failure is None else ignore_checksum_failure)
-        buffers = op.buffers
-        missing: list[int] = []  # indexes into buffers whose read we own
-        fork = int(fork)
+        missing: list[int] = []  # indexes into op.buffers whose read we own
         try:
-            for i in range(nblocks):
-                tag = (rel, fork, first_block + i)
-                b, _found = self._pin_block(tag)
-                buffers.append(b)
-                state = self._claim_read(op, i, count_hit=True)
-                if state is _CLAIMED:
-                    missing.append(i)
+            self._pin_and_claim(op, nblocks, missing)
             self._start_runs(op, missing)
         except BaseException:
             self._abandon(op, missing)
             raise
         return op
+
+    def _pin_and_claim(self, op: ReadBuffersOperation, nblocks: int, missing: list[int]) -> None:
+        """Pin every block of ``op`` and decide who reads it (see ``_claim_read``), the whole
+        run in one descriptor-lock section. Only a dirty victim leaves the section: it is
+        written outside the lock (``_pin_block``) and the run continues after it."""
+        rel, fork, first_block = op.rel, op.fork, op.first_block
+        buffers, foreign = op.buffers, op.foreign
+        table, descs, nbuffers = self._table, self.descs, self.nbuffers
+        i = 0
+        while i < nblocks:
+            dirty = -1
+            with self._lock:
+                hits = evictions = 0
+                while i < nblocks:
+                    tag = (rel, fork, first_block + i)
+                    b = table.get(tag)
+                    if b is not None:
+                        d = descs[b]
+                        d.refcount += 1
+                        if d.usage_count < BM_MAX_USAGE_COUNT:
+                            d.usage_count += 1
+                        flags = d.flags
+                        if flags & BM_VALID:
+                            hits += 1
+                        elif flags & BM_IO_IN_PROGRESS:
+                            foreign.append((i, d.io_wref))
+                        else:
+                            d.flags = (flags | BM_IO_IN_PROGRESS) & ~BM_IO_ERROR
+                            missing.append(i)
+                    else:
+                        d = descs[self._hand]  # the clock sweep's usual first answer, inline
+                        if d.refcount or d.usage_count:
+                            d = self._clock_sweep_locked()  # returned pinned
+                        else:
+                            d.refcount = 1
+                            self._hand = (self._hand + 1) % nbuffers
+                        flags = d.flags
+                        if flags & BM_DIRTY:
+                            dirty = d.buf_id  # pinned; written below, outside the lock
+                            break
+                        if flags & BM_TAG_VALID:  # _retag_locked, inline
+                            del table[d.tag]
+                            evictions += 1
+                        d.tag = tag
+                        d.flags = BM_TAG_VALID | BM_IO_IN_PROGRESS
+                        d.usage_count = 1
+                        d.error = ""
+                        b = table[tag] = d.buf_id
+                        missing.append(i)
+                    buffers.append(b)
+                    i += 1
+                self._hits += hits
+                self._evictions += evictions
+            if dirty >= 0:
+                tag = (rel, fork, first_block + i)
+                b = self._take_dirty_victim(dirty, tag)
+                if b is None:
+                    b, _found = self._pin_block(tag)
+                buffers.append(b)
+                if self._claim_read(op, i, count_hit=True) is _CLAIMED:
+                    missing.append(i)
+                i += 1
 
     def _claim_read(self, op: ReadBuffersOperation, i: int, *, count_hit: bool) -> object:
         """Decide who reads ``op.buffers[i]``: already VALID (a hit), another thread's read
@@ -387,22 +460,36 @@ class BufferManager:
         """One vectored read per run of adjacent claimed blocks (within a segment and
         io_combine_limit)."""
         i = 0
+        n = len(missing)
         limit = self.io_combine_limit
-        while i < len(missing):
+        buffers = op.buffers
+        while i < n:
             start = missing[i]
             block = op.first_block + start
-            cap = min(limit, self.smgr.maxcombine(block))
-            j = i + 1
-            while j < len(missing) and missing[j] == missing[j - 1] + 1 and j - i < cap:
-                j += 1
-            self._start_read_io(op, [op.buffers[k] for k in missing[i:j]], block)
+            cap = min(limit, self.smgr.maxcombine(block), n - i)
+            if missing[i + cap - 1] == start + cap - 1:
+                j = i + cap  # the usual case: the whole stretch is consecutive
+            else:
+                j = i + 1
+                while j < n and missing[j] == missing[j - 1] + 1 and j - i < cap:
+                    j += 1
+            self._start_read_io(op, buffers[start:start + j - i], block)
             i = j
+
+    def _io_views(self, buf_ids: list[int]) -> list[memoryview]:
+        """The I/O's buffers: one wide view when the pool buffers are adjacent in order
+        (one iovec for the kernel), else one view per block."""
+        first, n = buf_ids[0], len(buf_ids)
+        if n > 1 and buf_ids[-1] - first == n - 1 and (n == 2 or buf_ids == list(range(first, first + n))):
+            return [self._mv[first * BLCKSZ:(first + n) * BLCKSZ]]
+        pages = self.pages
+        return [pages[b] for b in buf_ids]
 
     def _start_read_io(self, op: ReadBuffersOperation, buf_ids: list[int], block: int) -> None:
         io = _ReadIo(self, op.rel, op.fork, block, buf_ids, op.zero_damaged_pages,
                      op.ignore_checksum_failure)
         io.ret = AioReturn()
-        views = [self.pages[b] for b in buf_ids]
+        views = self._io_views(buf_ids)
         h = self.aio.acquire(io.ret)
         try:
             h.add_callback(BUFMGR_READV_CALLBACK_ID, io)
@@ -531,41 +618,47 @@ class BufferManager:
         bad: list[tuple[int, str]] = []
         zeroed: list[int] = []
         ignored: list[int] = []
-        ok_ids: list[int] = []
-        for k in range(done):
-            b = io.buf_ids[k]
-            page = pages[b]
-            v = verify_page(page, rel, fork, block + k)
-            status = v.status
-            if status == PageStatus.VALID or status == PageStatus.NEW:
-                ok_ids.append(b)
-            elif io.ignore_checksum_failure and status == PageStatus.BAD_CHECKSUM:
+        buf_ids = io.buf_ids
+        problems = self._verifier.verify(buf_ids[:done] if done < n else buf_ids, rel, fork, block)
+        for k, v in problems:
+            b = buf_ids[k]
+            if io.ignore_checksum_failure and v.status == PageStatus.BAD_CHECKSUM:
                 ignored.append(block + k)
-                ok_ids.append(b)
             elif io.zero_damaged_pages:
-                page[:] = bytes(BLCKSZ)
+                pages[b][:] = bytes(BLCKSZ)
                 zeroed.append(block + k)
-                ok_ids.append(b)
             else:
                 bad.append((block + k, v.reason))
                 descs[b].error = v.reason
+        if bad:
+            bad_ks = {blk - block for blk, _ in bad}
+            ok_ids = [b for k, b in enumerate(buf_ids[:done]) if k not in bad_ks]
+        else:
+            ok_ids = buf_ids[:done]
         with self._lock:
-            for b in ok_ids:
-                d = descs[b]
-                d.flags = (d.flags | BM_VALID) & ~(BM_IO_IN_PROGRESS | BM_IO_ERROR)
-            failed = prior.status == ERROR
-            for k in range(done, n):
-                d = descs[io.buf_ids[k]]
-                d.flags &= ~BM_IO_IN_PROGRESS
-                if failed:
-                    d.flags |= BM_IO_ERROR
-            for blk, _ in bad:
-                d = descs[io.buf_ids[blk - block]]
-                d.flags = (d.flags | BM_IO_ERROR) & ~BM_IO_IN_PROGRESS
-            for b in io.buf_ids:
-                d = descs[b]
-                d.refcount -= 1
-                d.io_wref = None
+            if done == n and not bad:  # the usual case: one pass
+                for b in buf_ids:
+                    d = descs[b]
+                    d.flags = (d.flags | BM_VALID) & ~(BM_IO_IN_PROGRESS | BM_IO_ERROR)
+                    d.refcount -= 1
+                    d.io_wref = None
+            else:
+                for b in ok_ids:
+                    d = descs[b]
+                    d.flags = (d.flags | BM_VALID) & ~(BM_IO_IN_PROGRESS | BM_IO_ERROR)
+                failed = prior.status == ERROR
+                for k in range(done, n):
+                    d = descs[buf_ids[k]]
+                    d.flags &= ~BM_IO_IN_PROGRESS
+                    if failed:
+                        d.flags |= BM_IO_ERROR
+                for blk, _ in bad:
+                    d = descs[buf_ids[blk - block]]
+                    d.flags = (d.flags | BM_IO_ERROR) & ~BM_IO_IN_PROGRESS
+                for b in buf_ids:
+                    d = descs[b]
+                    d.refcount -= 1
+                    d.io_wref = None
             self._zeroed += len(zeroed)
             self._ignored += len(ignored)
             self._io_done.notify_all()

@@ -161,6 +161,10 @@ class Smgr:
         self._stats_lock = threading.Lock()
         self._reads = self._read_bytes = self._writes = self._write_bytes = 0
         self._fsyncs = self._directory_fsyncs = 0
+        # Segments written since the last sync_written(), as (rel, fork, segno); recorded
+        # when a write is issued (for AIO: staged), guarded by _written_lock.
+        self._written: set[tuple[int, Fork, int]] = set()
+        self._written_lock = threading.Lock()
         self._closed = False
         # The AIO subsystem asynchronous I/O goes through (``start_readv``/``start_writev``);
         # told when files are removed so I/O workers drop descriptors they cached.
@@ -469,6 +473,7 @@ class Smgr:
     def _write_piece(self, rel: int, fork: Fork, block: int, iov: Sequence) -> None:
         """One pwritev (more only for short writes) of blocks within one segment."""
         segno, in_segment = divmod(block, self._segment_size)
+        self._note_written(rel, fork, segno)
         path = self._segment_path(rel, fork, segno)
         nblocks = len(iov)
         fd = self._acquire_segment(rel, fork, segno, segno > 0,
@@ -577,6 +582,7 @@ class Smgr:
                     except OSError as e:
                         raise _io_error(e.errno, f"could not get the size of file {path}") from e
                     if size < self._segment_bytes:
+                        self._note_written(rel, fork, s)  # its new size must be synced too
                         try:
                             osfile.ftruncate(fd, self._segment_bytes)
                         except OSError as e:
@@ -661,6 +667,10 @@ class Smgr:
         last = first
         while osfile.exists(self._segment_path(rel, fork, last)):
             last += 1
+        if last > first:
+            with self._written_lock:  # removed files have nothing left to sync
+                self._written = {k for k in self._written
+                                 if not (k[0] == rel and k[1] == fork and k[2] >= first)}
         for segno in range(last - 1, first - 1, -1):
             path = self._segment_path(rel, fork, segno)
             self._files.forget(path)
@@ -699,6 +709,60 @@ class Smgr:
                 with self._stats_lock:
                     self._fsyncs += 1
             segno += 1
+
+    def _note_written(self, rel: int, fork: Fork, segno: int) -> None:
+        """Remember that a write to this segment was issued (for ``sync_written``)."""
+        key = (rel, fork, segno)
+        if key not in self._written:  # racy read; the add below is under the lock
+            with self._written_lock:
+                self._written.add(key)
+
+    def sync_written(self) -> int:
+        """fsync every segment file that received a write (``writev``, ``extend``,
+        ``zeroextend``, ``start_writev``) since the previous call, then forget them.
+
+        For checkpoints: call it after the writes it must cover have completed. Returns
+        how many files were synced. A write issued while this runs is kept for the next
+        call. An fsync failure raises ``IOFailure`` naming the file; the caller treats it
+        as fatal and must not retry (after a failed fsync the kernel may have dropped the
+        dirty pages and a second fsync can report success), so the failed file is not
+        kept; the files not reached yet are.
+        """
+        self._check_open()
+        with self._written_lock:
+            pending, self._written = sorted(self._written), set()
+        synced = 0
+        try:
+            for rel, fork, segno in pending:
+                path = self._segment_path(rel, fork, segno)
+                try:
+                    fd = self._files.acquire(path)
+                except IOFailure as e:
+                    synced += 1  # attempted: not kept
+                    raise _io_error(e.errno, f"could not open file {path} to fsync relation "
+                                             f"{rel} fork {fork.label}") from e
+                try:
+                    synced += 1
+                    osfile.fsync(fd)
+                except OSError as e:
+                    raise _io_error(e.errno, f"could not fsync file {path} of relation {rel} "
+                                             f"fork {fork.label}") from e
+                finally:
+                    self._files.release(path, fd)
+                    with self._stats_lock:
+                        self._fsyncs += 1
+        except BaseException:
+            with self._written_lock:
+                self._written.update(pending[synced:])
+            raise
+        return synced
+
+    def forget_written(self, rel: int) -> None:
+        """Drop every fork's pending ``sync_written`` entries of ``rel`` (it is being
+        unlinked: its files will not be there to sync)."""
+        self._check_relation(rel, Fork.MAIN)
+        with self._written_lock:
+            self._written = {key for key in self._written if key[0] != rel}
 
     def unlink(self, rel: int, fork: int | None = None) -> None:
         """Remove every segment of ``fork`` (of every fork when None), then fsync ``base/``.
@@ -797,7 +861,10 @@ class Smgr:
             raise ValueError(f"blocks {block}..{block + n - 1} go past the largest block "
                              f"number {MAX_BLOCK_NUMBER}")
 
-    def _check_buffers(self, buffers: Sequence, block: int) -> None:
+    def _check_buffers(self, buffers: Sequence, block: int, *, wide: bool = False) -> int:
+        """Check a buffer list; returns how many blocks it covers. Each buffer is exactly
+        ``BLCKSZ`` bytes, or with ``wide`` (asynchronous I/O) a whole number of blocks, so
+        adjacent pool buffers can travel as one view (one iovec)."""
         self._check_block(block, "block")
         if isinstance(buffers, (bytes, bytearray, memoryview, mmap.mmap, str)):
             raise TypeError(f"buffers must be a sequence of {BLCKSZ}-byte buffers, "
@@ -806,10 +873,19 @@ class Smgr:
             sizes = set(map(len, buffers))  # C-level loop, no per-block Python code
         except TypeError:
             raise TypeError(f"buffers must be a sequence of {BLCKSZ}-byte buffers") from None
-        if sizes - {BLCKSZ}:
+        if wide and sizes - {BLCKSZ}:
+            if min(sizes) <= 0 or (max(sizes) % BLCKSZ if len(sizes) == 1
+                                   else any(size % BLCKSZ for size in sizes)):
+                raise ValueError(f"every buffer must be a positive multiple of {BLCKSZ} bytes, "
+                                 f"got sizes {sorted(sizes)}")
+            n = (len(buffers[0]) if len(buffers) == 1 else sum(map(len, buffers))) // BLCKSZ
+        elif sizes - {BLCKSZ}:
             raise ValueError(f"every buffer must be exactly {BLCKSZ} bytes, "
                              f"got sizes {sorted(sizes)}")
-        self._check_range(block, len(buffers))
+        else:
+            n = len(buffers)
+        self._check_range(block, n)
+        return n
 
 
 # Imported last: smgr_aio needs the names above (and registers the smgr target/callbacks).

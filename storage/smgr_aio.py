@@ -106,9 +106,8 @@ def start_io(smgr: Smgr, handle: Handle, write: bool, rel: int, fork: int, block
              buffers: list[Any]) -> None:
     """Stage one vectored read or write of ``len(buffers)`` blocks on ``handle``."""
     fork = smgr._check_relation(rel, fork)
-    smgr._check_buffers(buffers, block)
+    n = smgr._check_buffers(buffers, block, wide=True)
     smgr._check_open()
-    n = len(buffers)
     if n == 0:
         raise ValueError("an smgr I/O needs at least one buffer")
     segno, in_segment = divmod(block, smgr.segment_size)
@@ -130,6 +129,7 @@ def start_io(smgr: Smgr, handle: Handle, write: bool, rel: int, fork: int, block
         raise
     offset = in_segment * BLCKSZ
     if write:
+        smgr._note_written(rel, fork, segno)  # at staging: sync_written() covers it
         smgr._count_writes(1, n * BLCKSZ)
         handle.start_writev(fd, buffers, offset)
     else:

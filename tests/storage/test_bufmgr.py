@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 
+from aio import osfile
 from aio.core import Aio, make_method
 from aio.errors import DataCorruptionError, IOFailure
 from aio.handle import IoOp
@@ -315,3 +316,40 @@ def test_bad_settings_are_rejected(env):
         BufferManager(smgr, smgr.aio, shared_buffers=4)
     with pytest.raises(ValueError, match="io_combine_limit must be an int in 1..128"):
         BufferManager(smgr, smgr.aio, shared_buffers=16, io_combine_limit=0)
+
+
+def test_adjacent_pool_buffers_travel_as_one_wide_view(env, io_method):
+    """A read whose claimed pool buffers are adjacent and in order is issued as one wide
+    view (one iovec): counted through the OS layer on sync/worker (io_uring bypasses it).
+    When the clock wraps or pinned buffers split them, each block gets its own view; the
+    pages read are right either way, and the buffers stay consistent (check())."""
+    bm, smgr = env
+    assert [len(v) for v in bm._io_views([3, 4, 5])] == [3 * BLCKSZ]
+    assert [len(v) for v in bm._io_views([3, 5, 4])] == [BLCKSZ] * 3
+    assert [len(v) for v in bm._io_views([31, 0])] == [BLCKSZ] * 2
+
+    class Counting(osfile.OsLayer):
+        def __init__(self) -> None:
+            self.iovecs: list[list[int]] = []
+
+        def preadv(self, fd, buffers, offset):
+            self.iovecs.append([len(b) for b in buffers])
+            return super().preadv(fd, buffers, offset)
+
+    layer = Counting()
+    with osfile.installed(layer):
+        bufs = bm.read_buffers(REL, Fork.MAIN, 0, 4)
+    assert bufs == list(range(bufs[0], bufs[0] + 4))
+    if io_method != "io_uring":
+        assert layer.iovecs == [[4 * BLCKSZ]]
+    assert [item(bm, b) for b in bufs] == [f"rel {REL} block {k}".encode() for k in range(4)]
+    bm.unpin_many(bufs)
+    held = []
+    for start in range(4, 40, 4):  # wraps the 32-buffer pool, some buffers held pinned
+        bufs = bm.read_buffers(REL, Fork.MAIN, start, 4)
+        assert [item(bm, b) for b in bufs] == \
+            [f"rel {REL} block {k}".encode() for k in range(start, start + 4)]
+        held.append(bufs[1])
+        bm.unpin_many([b for b in bufs if b != bufs[1]])
+    bm.unpin_many(held)
+    bm.check()

@@ -93,6 +93,11 @@ block_sequences = st.one_of(_sequential, _backwards, _strided, _repeated, _patte
 
 
 def make_source(kind: str, items: list):
+    if kind == "range":  # the sequential-scan source the stream follows with a cursor
+        if items and all(isinstance(b, int) for b in items) and \
+                items == list(range(items[0], items[0] + len(items))):
+            return range(items[0], items[0] + len(items))
+        return list(items)
     if kind == "list":
         return list(items)
     if kind == "iter":
@@ -109,14 +114,14 @@ def make_source(kind: str, items: list):
        max_ios=st.sampled_from([None, 0, 1, 4, 16]),
        max_pinned=st.sampled_from([None, 1, 2, 3, 8]),
        per_buffer_data=st.booleans(),
-       kind=st.sampled_from(["list", "iter", "callable"]),
+       kind=st.sampled_from(["list", "iter", "callable", "range"]),
        hold=st.integers(0, 2))
 def test_stream_returns_exactly_the_blocks_in_order(rel, blocks, cached, shared_buffers,
                                                     io_combine_limit, max_ios, max_pinned,
                                                     per_buffer_data, kind, hold):
     """For random, sequential, backwards, strided, repeated and patterned block sequences,
     with some blocks pre-read (hits) and the rest not, any max_ios/max_pinned, a list,
-    generator or callable source, with or without per-buffer data: the stream returns
+    generator, callable or range source, with or without per-buffer data: the stream returns
     exactly the source's blocks in order (checked by block_of and page content), each with
     the data the source gave it; after every call pinned and distance stay within
     max_pinned_buffers; max_pinned_buffers follows the sizing rule; every block is counted
@@ -400,5 +405,25 @@ def test_block_beyond_end_raises_storage_error(rel, bad, max_ios):
     stream.close()
     stream.close()
     assert stream.pinned == 0
+    assert pinned_blocks(bm) == {}
+    bm.check()
+
+
+def test_range_source_reset_continues_from_the_cursor(rel):
+    """A range source is followed by a cursor that takes whole runs at once: after 10
+    buffers, reset() unpins everything and the stream goes on from the first block the
+    cursor had not handed to the look-ahead yet, up to the end of the range; blocks
+    before the range's start are never read."""
+    smgr, aio = rel
+    bm = BufferManager(smgr, aio, shared_buffers=64, io_combine_limit=4)
+    stream = ReadStream(bm, REL, Fork.MAIN, range(5, NBLOCKS))
+    assert consume(bm, stream, limit=10) == list(range(5, 15))
+    taken = stream._seq_next  # where the cursor stood: the look-ahead took blocks before it
+    assert 15 <= taken <= NBLOCKS
+    stream.reset()
+    assert stream.pinned == 0 and pinned_blocks(bm) == {}
+    assert consume(bm, stream) == list(range(taken, NBLOCKS))
+    assert stream.next_buffer() is None
+    stream.close()
     assert pinned_blocks(bm) == {}
     bm.check()

@@ -200,3 +200,27 @@ def test_truncate_and_regrow_is_seen_by_workers(aio, smgr):
     smgr.close()
     with open(smgr.segment_path(13, Fork.MAIN, 1), "rb") as f:
         assert f.read() == b"".join(pattern(13, b, 2) for b in range(4, 8))
+
+
+def test_wide_buffers_are_whole_blocks(smgr, aio):
+    """start_writev/start_readv take buffers of whole multiples of BLCKSZ (adjacent pool
+    pages as one view, one iovec): 3 blocks written as a 2-block view plus a 1-block view
+    read back as one 3-block view; a size that is not whole blocks is a ValueError."""
+    smgr.create(7, Fork.MAIN)
+    src = memoryview(aligned_buffer(3 * BLCKSZ))
+    for k in range(3):
+        src[k * BLCKSZ:(k + 1) * BLCKSZ] = pattern(7, k)
+    finish(aio, start(aio, smgr, True, 7, 0, [src[:2 * BLCKSZ], src[2 * BLCKSZ:]]))
+    dst = memoryview(aligned_buffer(3 * BLCKSZ))
+    ret = AioReturn()
+    h = aio.acquire(ret)
+    ref = h.wait_ref()
+    smgr.start_readv(h, 7, Fork.MAIN, 0, [dst[:3 * BLCKSZ]])
+    aio.wait(ref)
+    assert ret.raise_if_failed().result == 3
+    assert bytes(dst[:3 * BLCKSZ]) == bytes(src[:3 * BLCKSZ])
+    for bad in ([dst[:BLCKSZ + 512]], [dst[:BLCKSZ], dst[:0]]):
+        h = aio.acquire(AioReturn())
+        with pytest.raises(ValueError, match="multiple of 8192"):
+            smgr.start_readv(h, 7, Fork.MAIN, 0, bad)
+        h.release()

@@ -1,0 +1,258 @@
+"""cffi build script of ``storage._pagecheck``: page verification for a whole read in C.
+
+Optional: ``storage/page.py`` falls back to pure Python when the module is absent, and
+``setup.py`` builds it only when a C compiler works. One call checks a run of pages (the
+header rules of ``page.py``'s invariant 2, the all-zero new page, then CRC-32C with the
+checksum field read as zero, continued over ``pack("<IBI", rel, fork, block)``) and writes
+one ``PageStatus`` code per page; Python builds the reason sentence only for a bad page.
+
+CRC-32C: with SSE4.2 (checked at run time) three interleaved streams of the ``crc32``
+instruction joined by a precomputed shift table; otherwise a portable slicing-by-8 table.
+Both give exactly ``crc32c.crc32c``'s value (tests compare them with ``page_checksum``).
+"""
+
+from __future__ import annotations
+
+CDEF = r"""
+int slk_pagecheck_init(void);
+int slk_pagecheck_hw(void);
+uint32_t slk_page_checksum(const uint8_t *page, uint32_t rel, uint8_t fork, uint32_t block);
+uint32_t slk_page_checksum_portable(const uint8_t *page, uint32_t rel, uint8_t fork,
+                                    uint32_t block);
+int slk_verify_pages(const uint8_t *base, const uint32_t *buf_ids, int n, int first_buf,
+                     uint32_t rel, uint8_t fork, uint32_t first_block, uint8_t *status_out);
+"""
+
+SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+#define BLCKSZ 8192
+#define HEADER_SIZE 24
+#define PAGE_LAYOUT_VERSION 1
+#define PD_VALID_FLAG_BITS 0x7
+#define ST_VALID 0
+#define ST_NEW 1
+#define ST_BAD_CHECKSUM 2
+#define ST_BAD_HEADER 3
+#define POLY 0x82f63b78u            /* CRC-32C (Castagnoli), reflected */
+#define LONG_QWORDS 340             /* 3 x 340 x 8 = 8160 bytes interleaved per page */
+#define LONG_BYTES (LONG_QWORDS * 8)
+
+static uint32_t sw_table[8][256];   /* slicing-by-8 */
+static uint32_t shift_table[4][256];/* raw register advanced over LONG_BYTES zero bytes */
+static int have_hw = 0;
+static int initialised = 0;
+
+static inline uint64_t load64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t load32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t load16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+/* ---- portable: raw register in, raw register out (no inversion) ---- */
+static uint32_t sw_bytes(uint32_t crc, const uint8_t *p, size_t len)
+{
+    while (len && ((uintptr_t)p & 7)) { crc = sw_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8); len--; }
+    while (len >= 8) {
+        uint64_t w = load64(p) ^ crc;
+        crc = sw_table[7][w & 0xff] ^ sw_table[6][(w >> 8) & 0xff] ^
+              sw_table[5][(w >> 16) & 0xff] ^ sw_table[4][(w >> 24) & 0xff] ^
+              sw_table[3][(w >> 32) & 0xff] ^ sw_table[2][(w >> 40) & 0xff] ^
+              sw_table[1][(w >> 48) & 0xff] ^ sw_table[0][w >> 56];
+        p += 8; len -= 8;
+    }
+    while (len--) crc = sw_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return crc;
+}
+
+static uint32_t sw_page(const uint8_t *page, const uint8_t tag[9])
+{
+    static const uint8_t zero4[4] = {0, 0, 0, 0};
+    uint32_t crc = 0xffffffffu;
+    crc = sw_bytes(crc, page, 8);
+    crc = sw_bytes(crc, zero4, 4);
+    crc = sw_bytes(crc, page + 12, BLCKSZ - 12);
+    crc = sw_bytes(crc, tag, 9);
+    return ~crc;
+}
+
+/* ---- SSE4.2 ---- */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <nmmintrin.h>
+#define SLK_HAVE_X86 1
+
+__attribute__((target("sse4.2")))
+static void hw_build_shift(void)
+{
+    for (int k = 0; k < 4; k++)
+        for (int b = 0; b < 256; b++) {
+            uint64_t r = (uint64_t)b << (8 * k);
+            for (int i = 0; i < LONG_QWORDS; i++)
+                r = _mm_crc32_u64(r, 0);
+            shift_table[k][b] = (uint32_t)r;
+        }
+}
+
+static inline uint32_t shift_long(uint32_t crc)
+{
+    return shift_table[0][crc & 0xff] ^ shift_table[1][(crc >> 8) & 0xff] ^
+           shift_table[2][(crc >> 16) & 0xff] ^ shift_table[3][crc >> 24];
+}
+
+__attribute__((target("sse4.2")))
+static uint32_t hw_page(const uint8_t *page, const uint8_t tag[9])
+{
+    uint64_t c0 = 0xffffffffu, c1 = 0, c2 = 0;
+    const uint8_t *p, *end;
+    c0 = _mm_crc32_u64(c0, load64(page));           /* lsn */
+    c0 = _mm_crc32_u32((uint32_t)c0, 0);             /* checksum read as zero */
+    c0 = _mm_crc32_u32((uint32_t)c0, load32(page + 12));
+    p = page + 16;                                   /* 8176 bytes left: 3 x 2720 + 16 */
+    end = p + LONG_BYTES;
+    while (p < end) {
+        c0 = _mm_crc32_u64(c0, load64(p));
+        c1 = _mm_crc32_u64(c1, load64(p + LONG_BYTES));
+        c2 = _mm_crc32_u64(c2, load64(p + 2 * LONG_BYTES));
+        p += 8;
+    }
+    c0 = shift_long((uint32_t)c0) ^ (uint32_t)c1;
+    c0 = shift_long((uint32_t)c0) ^ (uint32_t)c2;
+    p += 2 * LONG_BYTES;
+    end = page + BLCKSZ;
+    while (p < end) { c0 = _mm_crc32_u64(c0, load64(p)); p += 8; }
+    c0 = _mm_crc32_u32((uint32_t)c0, load32(tag));
+    c0 = _mm_crc32_u8((uint32_t)c0, tag[4]);
+    c0 = _mm_crc32_u32((uint32_t)c0, load32(tag + 5));
+    return ~(uint32_t)c0;
+}
+#endif
+
+int slk_pagecheck_init(void)
+{
+    if (initialised)
+        return have_hw;
+    for (uint32_t b = 0; b < 256; b++) {
+        uint32_t c = b;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ POLY : c >> 1;
+        sw_table[0][b] = c;
+    }
+    for (int b = 0; b < 256; b++)
+        for (int k = 1; k < 8; k++)
+            sw_table[k][b] = sw_table[0][sw_table[k - 1][b] & 0xff] ^ (sw_table[k - 1][b] >> 8);
+#ifdef SLK_HAVE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("sse4.2")) {
+        hw_build_shift();
+        have_hw = 1;
+    }
+#endif
+    initialised = 1;
+    return have_hw;
+}
+
+int slk_pagecheck_hw(void) { return have_hw; }
+
+static uint32_t page_crc(const uint8_t *page, uint32_t rel, uint8_t fork, uint32_t block)
+{
+    uint8_t tag[9];
+    memcpy(tag, &rel, 4);       /* little-endian host: x86-64, aarch64 */
+    tag[4] = fork;
+    memcpy(tag + 5, &block, 4);
+#ifdef SLK_HAVE_X86
+    if (have_hw)
+        return hw_page(page, tag);
+#endif
+    return sw_page(page, tag);
+}
+
+uint32_t slk_page_checksum(const uint8_t *page, uint32_t rel, uint8_t fork, uint32_t block)
+{
+    return page_crc(page, rel, fork, block);
+}
+
+/* The table-driven path even where SSE4.2 exists (tests compare both with page.py). */
+uint32_t slk_page_checksum_portable(const uint8_t *page, uint32_t rel, uint8_t fork,
+                                    uint32_t block)
+{
+    uint8_t tag[9];
+    memcpy(tag, &rel, 4);
+    tag[4] = fork;
+    memcpy(tag + 5, &block, 4);
+    return sw_page(page, tag);
+}
+
+static int header_ok(const uint8_t *page)
+{
+    uint16_t flags = load16(page + 12), lower = load16(page + 14), upper = load16(page + 16);
+    uint16_t special = load16(page + 18), version = load16(page + 20);
+    uint16_t reserved = load16(page + 22);
+    return version == PAGE_LAYOUT_VERSION && reserved == 0 &&
+           (flags & ~PD_VALID_FLAG_BITS) == 0 && lower >= HEADER_SIZE && lower <= upper &&
+           upper <= special && special <= BLCKSZ && special % 8 == 0 && upper % 8 == 0 &&
+           (lower - HEADER_SIZE) % 4 == 0;
+}
+
+static int all_zero(const uint8_t *p, size_t len)
+{
+    for (size_t i = 0; i < len; i += 8)
+        if (load64(p + i))
+            return 0;
+    return 1;
+}
+
+/* Verify n pages: page k is at base + BLCKSZ * (buf_ids ? buf_ids[k] : first_buf + k) and
+ * was read as block first_block + k. Writes a status per page; returns how many are
+ * neither VALID nor NEW. */
+int slk_verify_pages(const uint8_t *base, const uint32_t *buf_ids, int n, int first_buf,
+                     uint32_t rel, uint8_t fork, uint32_t first_block, uint8_t *status_out)
+{
+    int bad = 0;
+    for (int k = 0; k < n; k++) {
+        size_t id = buf_ids ? buf_ids[k] : (size_t)first_buf + (size_t)k;
+        const uint8_t *page = base + id * BLCKSZ;
+        uint8_t st;
+        if (all_zero(page, HEADER_SIZE))
+            st = all_zero(page + HEADER_SIZE, BLCKSZ - HEADER_SIZE) ? ST_NEW : ST_BAD_HEADER;
+        else if (!header_ok(page))
+            st = ST_BAD_HEADER;
+        else
+            st = page_crc(page, rel, fork, first_block + (uint32_t)k) == load32(page + 8)
+                 ? ST_VALID : ST_BAD_CHECKSUM;
+        status_out[k] = st;
+        bad += st >= ST_BAD_CHECKSUM;
+    }
+    return bad;
+}
+"""
+
+
+def c_compiler_missing_reason() -> str | None:
+    """None when a C compiler is on PATH (the module needs nothing else), else why not."""
+    import os
+    import shutil
+
+    try:
+        import cffi  # noqa: F401
+    except ImportError:
+        return "cffi is not installed in the build environment"
+    if shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc"):
+        return None
+    return "no C compiler (cc/gcc) found"
+
+
+def _builder():
+    import cffi
+
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    # optional=True: a failed compile leaves the pure-Python verifier, not a failed install.
+    ffi.set_source("storage._pagecheck", SOURCE, extra_compile_args=["-O2"], optional=True)
+    return ffi
+
+
+try:
+    ffibuilder = _builder()
+except ImportError:  # cffi absent: page.py uses the pure-Python path
+    ffibuilder = None
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
