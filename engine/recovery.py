@@ -282,12 +282,14 @@ def _prefetching(reader: WalReader, bufmgr: BufferManager, smgr: Smgr) -> Iterat
     it = iter(reader)
     exhausted = False
     sizes: dict[tuple[int, int], int] = {}
+    # Prefetch may hold a quarter of the pool pinned at most: redo needs buffers too.
+    max_pins = min(RECOVERY_PREFETCH_PINS, max(1, bufmgr.nbuffers // 4))
 
     def start_prefetch(rr: ReadRecord) -> list:
         nonlocal pinned
         ops = []
         for ref in rr.record.blocks:
-            if ref.image is not None or ref.will_init or pinned >= RECOVERY_PREFETCH_PINS:
+            if ref.image is not None or ref.will_init or pinned >= max_pins:
                 continue
             key = (ref.rel, ref.fork)
             if key not in sizes:

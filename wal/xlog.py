@@ -222,6 +222,8 @@ class Wal:
             lo, hi = b.hole
             if not 0 <= lo <= hi <= WAL_PAGE_SIZE:
                 raise ValueError(f"block {b.block}: bad hole {b.hole!r}")
+            if lo == hi:  # a page full to the byte has no hole; the codec wants (0, 0)
+                lo = hi = 0
             return BlockRef(b.rel, b.fork, b.block, image=bytes(b.page), will_init=False,
                             hole_offset=lo, hole_length=hi - lo)
         return BlockRef(b.rel, b.fork, b.block, will_init=b.will_init)
