@@ -704,11 +704,22 @@ class BufferManager:
             out = []
             for k in range(n):
                 b, _found = self._pin_block((rel, fork, first + k))
+                d = self.descs[b]
+                # Claim the buffer's "I/O" (we fill it with zeros) like a reader would: a
+                # reader that saw the new size first and is reading this block finishes
+                # before the page is initialised, and later readers wait for us, so no
+                # read can land on the page after the caller wrote into it.
+                while True:
+                    with self._lock:
+                        if not d.flags & BM_IO_IN_PROGRESS:
+                            d.flags |= BM_IO_IN_PROGRESS
+                            break
+                    self._wait_buffer_io(b)
+                d.lock.acquire_exclusive()
                 self.pages[b][:] = bytes(BLCKSZ)
                 with self._lock:
-                    d = self.descs[b]
                     d.flags = (d.flags | BM_VALID) & ~(BM_IO_ERROR | BM_IO_IN_PROGRESS)
-                d.lock.acquire_exclusive()
+                    self._io_done.notify_all()
                 out.append(b)
             return out
 

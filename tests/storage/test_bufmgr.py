@@ -353,3 +353,43 @@ def test_adjacent_pool_buffers_travel_as_one_wide_view(env, io_method):
         bm.unpin_many([b for b in bufs if b != bufs[1]])
     bm.unpin_many(held)
     bm.check()
+
+
+def test_extend_waits_for_a_read_of_the_new_block(env):
+    """A reader that sees the new size first and reads the new block must not wipe what the
+    extender then writes into it: 300 extensions, each stamped while a second thread keeps
+    reading the last block; every stamped page keeps its item (checked after the race)."""
+    bm, smgr = env
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                n = smgr.nblocks(REL, Fork.MAIN)
+                b = bm.read_buffer(REL, Fork.MAIN, n - 1)
+                bm.unpin(b)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    stamped = []
+    try:
+        for i in range(300):
+            (b,) = bm.extend(REL, Fork.MAIN, 1)
+            page = bm.page(b)
+            init_page(page)
+            page_add_item(page, f"stamp {i}".encode())
+            bm.mark_dirty(b)
+            stamped.append((bm.block_of(b)[2], f"stamp {i}".encode()))
+            bm.unlock_exclusive(b)
+            bm.unpin(b)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    for block, text in stamped:
+        b = bm.read_buffer(REL, Fork.MAIN, block)
+        assert item(bm, b) == text, f"block {block} lost its item"
+        bm.unpin(b)
