@@ -76,6 +76,9 @@ ERROR, PARTIAL, OK, WARNING = (ResultStatus.ERROR, ResultStatus.PARTIAL, ResultS
 _VALID, _FOREIGN, _CLAIMED = object(), object(), object()  # outcomes of _claim_read
 
 
+FLUSH_CHUNK_BUFFERS = 256  # pinned at once by flush_all: 16 combined writes of 16 blocks
+
+
 class NoFreeBuffersError(StorageError):
     """Every buffer is pinned: the pool is too small for the work in flight."""
 
@@ -763,28 +766,38 @@ class BufferManager:
 
     def flush_all(self, rel: int | None = None) -> int:
         """Write every dirty buffer (of ``rel`` only, when given): sorted by tag, adjacent
-        blocks combined into vectored writes up to io_combine_limit, all in flight at once
-        (bounded by the AIO pool). Returns how many buffers were written."""
+        blocks combined into vectored writes up to io_combine_limit, many in flight at once.
+        Buffers are pinned a bounded chunk at a time (``FLUSH_CHUNK_BUFFERS``, at most a
+        quarter of the pool), so a checkpoint never starves concurrent readers of buffers.
+        Returns how many buffers were written."""
         with self._lock:
-            dirty = SortedList(
-                (d.tag, d.buf_id) for d in self.descs
-                if d.flags & BM_DIRTY and (rel is None or d.tag[0] == rel))
-            for _, b in dirty:
-                self.descs[b].refcount += 1  # our pin for the duration
-        runs: list[list[int]] = []
-        prev = None
-        for tag, b in dirty:
-            if (runs and prev is not None and tag[:2] == prev[:2] and tag[2] == prev[2] + 1
-                    and len(runs[-1]) < self.io_combine_limit
-                    and (tag[2] % self.smgr.segment_size) != 0):
-                runs[-1].append(b)
-            else:
-                runs.append([b])
-            prev = tag
-        try:
-            return self._write_runs(runs, wait=True)
-        finally:
-            self.unpin_many([b for _, b in dirty])
+            dirty = SortedList((d.tag, d.buf_id) for d in self.descs
+                               if d.flags & BM_DIRTY and (rel is None or d.tag[0] == rel))
+        chunk = max(1, min(FLUSH_CHUNK_BUFFERS, self.nbuffers // 4))
+        written = 0
+        for start in range(0, len(dirty), chunk):
+            pinned = []
+            with self._lock:
+                for tag, b in dirty[start:start + chunk]:
+                    d = self.descs[b]
+                    if d.tag == tag and d.flags & BM_DIRTY:  # still that page, still dirty
+                        d.refcount += 1
+                        pinned.append((tag, b))
+            runs: list[list[int]] = []
+            prev = None
+            for tag, b in pinned:
+                if (runs and prev is not None and tag[:2] == prev[:2] and tag[2] == prev[2] + 1
+                        and len(runs[-1]) < self.io_combine_limit
+                        and (tag[2] % self.smgr.segment_size) != 0):
+                    runs[-1].append(b)
+                else:
+                    runs.append([b])
+                prev = tag
+            try:
+                written += self._write_runs(runs, wait=True)
+            finally:
+                self.unpin_many([b for _, b in pinned])
+        return written
 
     def _write_runs(self, runs: list[list[int]], *, wait: bool) -> int:
         """Write runs of adjacent pinned buffers through AIO; each buffer is content-locked
