@@ -16,7 +16,7 @@ endif
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py aio/_uring_build.py
+$(STAMP): pyproject.toml setup.py aio/_uring_build.py storage/_pagecheck_build.py
 	@if command -v dpkg >/dev/null 2>&1 && ! dpkg -s liburing-dev >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing liburing-dev (Debian) for the io_uring binding"; \
@@ -45,10 +45,13 @@ bench: $(STAMP)
 	$(BIN)/slonik bench aio
 	$(BIN)/slonik bench scan --direct
 	$(BIN)/slonik bench scan
+	$(BIN)/slonik bench wal
+	$(BIN)/slonik bench kv
 
 # Long crash and stress runs, bounded in time by the tests themselves.
 torture: $(STAMP)
 	$(BIN)/python -m pytest -q -m torture
 
 clean:
-	rm -rf $(VENV) build *.egg-info aio/_uring.c aio/_uring*.so aio/_uring.o
+	rm -rf $(VENV) build *.egg-info aio/_uring.c aio/_uring*.so aio/_uring.o \
+	  storage/_pagecheck.c storage/_pagecheck*.so storage/_pagecheck.o
