@@ -1,0 +1,725 @@
+"""The Database: open/recover/close, transactions, the catalog, KV stores, tables, vacuum.
+
+``Database.open(path, **settings)``:
+1. validates the settings (``engine.settings``), naming any bad one;
+2. creates the directory when missing; an existing non-empty directory without
+   ``slonik_control`` is refused (``NotADatabaseError``) with nothing on disk changed;
+3. takes ``slonik.lock`` (flock, exclusive, non-blocking; the file holds the owner's
+   pid): a second opener, in this or another process, gets ``DatabaseLockedError``;
+4. bootstraps a new database (``engine.recovery.bootstrap``);
+5. builds Aio, Smgr and the buffer manager, replays WAL (``engine.recovery.startup``),
+   writes an end-of-recovery checkpoint after a crash, starts the background checkpointer;
+6. loads the catalog and rebuilds every KV store's index.
+
+Commit (``_commit``), under the commit lock: validate KV write sets (first committer
+wins), assign the xid if the transaction has none yet, apply the buffered KV writes to
+the heaps, insert the COMMIT record, publish the new versions in the KV indexes, mark the
+xid committed; then, outside the lock, flush WAL up to the COMMIT record (unless
+``synchronous_commit`` is off): threads committing at the same time share one fsync.
+
+Failure policy (DESIGN §7): a failed WAL write or fsync (here or in the checkpointer)
+makes the Database refuse all further work with an error saying to reopen it; ``close()``
+then releases resources without a shutdown checkpoint, and the next open recovers.
+
+Invariants:
+1. Every heap change is made by an xid in ``running``; KV changes and COMMIT records are
+   made under the commit lock, which is also the checkpointer's redo lock.
+2. Lock order: commit lock → a table's write lock → xact lock → a KV index lock.
+3. A transaction belongs to the thread that began it (``threading.local``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from aio import osfile
+from aio.core import Aio, AioStats
+from aio.errors import ConflictError, IOFailure, SlonikError, WalError
+from engine import heap as _heap_rmgr  # noqa: F401  (registers RM_HEAP)
+from engine import smgr_wal
+from engine import xact as _xact_rmgr  # noqa: F401  (registers RM_XACT)
+from engine.catalog import CATALOG_RELFILENUMBER, Catalog, RelationEntry, check_name
+from engine.checkpointer import Checkpointer, CheckpointStats
+from engine.heap import Heap
+from engine.kv import KVStore
+from engine.recovery import FIRST_RELFILENUMBER, RecoveryInfo, bootstrap, startup
+from engine.settings import (
+    DEFAULT_SEGMENT_SIZE_BLOCKS,
+    DEFAULT_WAL_SEGMENT_SIZE,
+    Settings,
+    parse_settings,
+)
+from engine.table import Table
+from engine.tuple import RowCodec
+from engine.xact import Snapshot, TransactionManager, TransactionStateError, XactStats
+from storage.bufmgr import BufferManager, BufferStats
+from storage.page import BLCKSZ
+from storage.smgr import Fork, Smgr
+from wal import checkpoint as _xlog_rmgr  # noqa: F401  (registers RM_XLOG)
+from wal.control import CONTROL_FILE_NAME, read_control
+from wal.xlog import WalStats
+
+__all__ = ["Database", "Transaction", "DatabaseStats", "RelationStats", "NotADatabaseError",
+           "DatabaseLockedError", "DatabaseClosedError", "LOCK_FILE_NAME"]
+
+LOCK_FILE_NAME = "slonik.lock"
+LOCK_FILE_MAX_BYTES = 64                 # "<pid>\n" and then some
+AUTOVACUUM_THRESHOLD_VERSIONS = 500      # dead versions before a relation is vacuumed ...
+AUTOVACUUM_SCALE_FACTOR = 0.2            # ... plus this share of its live rows (PostgreSQL's)
+TABLE_ROWS_PER_PAGE_ESTIMATE = 40        # for the autovacuum threshold of tables
+
+_SLONIK_ENTRIES = {LOCK_FILE_NAME}       # what a failed first open may have left behind
+
+
+class NotADatabaseError(SlonikError, ValueError):
+    """The path exists but is not a Slonik database (and is not empty)."""
+
+
+class DatabaseLockedError(SlonikError):
+    """Another process (or another Database object) has the database open."""
+
+
+class DatabaseClosedError(SlonikError, ValueError):
+    """The Database was closed (or failed fatally and must be reopened)."""
+
+
+@dataclass(frozen=True)
+class RelationStats:
+    name: str
+    kind: str
+    relfilenumber: int
+    nblocks: int
+    bytes: int
+    live_keys: int | None        # KV stores: keys in the index (None for tables)
+    dead_versions: int           # made dead since the last vacuum
+
+
+@dataclass(frozen=True)
+class VacuumStats:
+    runs: int
+    automatic: int
+    pruned: int
+    forgotten_aborted_xids: int
+
+
+@dataclass(frozen=True)
+class DatabaseStats:
+    """``db.stats()``: pg_stat_io-like AIO counters and the other subsystems' stats."""
+
+    io_method: str
+    aio: AioStats
+    buffers: BufferStats
+    wal: WalStats
+    checkpointer: CheckpointStats
+    transactions: XactStats
+    vacuum: VacuumStats
+    relations: tuple[RelationStats, ...]
+    recovery_crashed: bool
+    recovery_replayed: int
+    recovery_seconds: float
+
+
+class Transaction:
+    """One transaction (``db.transaction()``): its snapshot, xid and buffered KV writes."""
+
+    __slots__ = ("snapshot", "xid", "kv_writes", "table_writes", "blind", "rollback_only",
+                 "thread_id")
+
+    def __init__(self, snapshot: Snapshot | None, *, blind: bool = False) -> None:
+        self.snapshot = snapshot
+        self.xid = 0
+        self.kv_writes: dict[KVStore, dict[bytes, bytes | None]] = {}
+        self.table_writes: dict[Table, int] = {}
+        self.blind = blind          # autocommit writes: no snapshot, validated at commit
+        self.rollback_only = False
+        self.thread_id = threading.get_ident()
+
+    def rollback(self) -> None:
+        """Abort at the end of the ``with`` block instead of committing."""
+        self.rollback_only = True
+
+    def __repr__(self) -> str:
+        return f"<Transaction xid={self.xid or 'none'}>"
+
+
+def _make_directories(path: str) -> None:
+    missing = []
+    p = os.path.abspath(path)
+    while not osfile.exists(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        osfile.mkdir(d)
+        osfile.fsync_directory(os.path.dirname(d))
+
+
+def _acquire_lock_file(path: str) -> int:
+    lock_path = os.path.join(path, LOCK_FILE_NAME)
+    fd = osfile.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            osfile.close(fd)
+            raise IOFailure(exc.errno or errno.EIO, f"could not lock {lock_path}") from exc
+        buf = bytearray(LOCK_FILE_MAX_BYTES)
+        try:
+            n = osfile.preadv(fd, [buf], 0)
+        finally:
+            osfile.close(fd)
+        owner = bytes(buf[:n]).decode("ascii", "replace").strip() or "unknown"
+        raise DatabaseLockedError(
+            f"database {path} is already open (lock file {lock_path} is held by process "
+            f"{owner}); close it there first") from None
+    try:
+        osfile.ftruncate(fd, 0)
+        osfile.pwritev(fd, [f"{os.getpid()}\n".encode()], 0)
+    except BaseException:
+        osfile.close(fd)
+        raise
+    return fd
+
+
+class Database:
+    """An open Slonik database; see the module docstring. Use ``Database.open``."""
+
+    # --- open -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, **settings: object) -> Database:
+        """Open (creating if missing, recovering if needed) the database at ``path``."""
+        s = parse_settings(**settings)
+        path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str or os.PathLike of str, not {type(path).__name__}")
+        db = cls.__new__(cls)
+        db._init(os.path.abspath(path), s)
+        return db
+
+    def _init(self, path: str, s: Settings) -> None:
+        self.path = path
+        self._closed = True  # until fully open
+        self._fatal: BaseException | None = None
+        self._lock_fd = -1
+        self._aio: Aio | None = None
+        self._smgr: Smgr | None = None
+        self._wal = None
+        self._checkpointer: Checkpointer | None = None
+        self._local = threading.local()
+        self._commit_lock = threading.Lock()
+        self._vacuum_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._relations: dict[str, KVStore | Table] = {}
+        self._vacuum_runs = self._autovacuum_runs = self._pruned = self._forgotten = 0
+
+        control_path = os.path.join(path, CONTROL_FILE_NAME)
+        if osfile.exists(path):
+            if not os.path.isdir(path):
+                raise NotADatabaseError(f"{path} exists and is not a directory")
+            is_new = not osfile.exists(control_path)
+            if is_new:
+                extra = sorted(set(osfile.listdir(path)) - _SLONIK_ENTRIES)
+                if extra:
+                    raise NotADatabaseError(
+                        f"{path} is not a Slonik database: it has no {CONTROL_FILE_NAME} and "
+                        f"is not empty (it holds {', '.join(extra[:5])}"
+                        f"{', ...' if len(extra) > 5 else ''}); nothing was changed")
+        else:
+            is_new = True
+            _make_directories(path)
+        self._lock_fd = _acquire_lock_file(path)
+        try:
+            self._start(s, is_new)
+        except BaseException:
+            self._release_resources()
+            raise
+        self._closed = False
+
+    def _start(self, s: Settings, is_new: bool) -> None:
+        if is_new:
+            s = s.with_fixed(s.wal_segment_size or DEFAULT_WAL_SEGMENT_SIZE,
+                             s.segment_size or DEFAULT_SEGMENT_SIZE_BLOCKS)
+        else:
+            control = read_control(self.path)
+            for name, stored in (("wal_segment_size", control.wal_segment_size),
+                                 ("segment_size", control.segment_size)):
+                given = getattr(s, name)
+                if given is not None and given != stored:
+                    raise ValueError(f"{name} is fixed when a database is created: {self.path} "
+                                     f"was created with {name}={stored}, got {given}")
+            s = s.with_fixed(control.wal_segment_size, control.segment_size)
+        self.settings = s
+        self._aio = Aio(s.io_method, io_workers=s.io_workers,
+                        io_max_concurrency=s.io_max_concurrency)
+        if is_new:
+            bootstrap(self.path, self._aio, wal_segment_size=s.wal_segment_size,
+                      segment_size=s.segment_size, wal_buffers=s.wal_buffers,
+                      io_direct_wal=s.io_direct_wal)
+        self._smgr = Smgr(self.path, segment_size=s.segment_size, max_files=s.max_files,
+                          io_direct=s.io_direct_data, aio=self._aio)
+        self._bufmgr = BufferManager(
+            self._smgr, self._aio, shared_buffers=s.shared_buffers,
+            io_combine_limit=s.io_combine_limit,
+            effective_io_concurrency=s.effective_io_concurrency,
+            zero_damaged_pages=s.zero_damaged_pages,
+            ignore_checksum_failure=s.ignore_checksum_failure,
+            flush_wal=self._flush_wal_for_buffer)
+        wal, control, info = startup(
+            data_dir=self.path, aio=self._aio, smgr=self._smgr, bufmgr=self._bufmgr,
+            wal_buffers=s.wal_buffers, io_direct_wal=s.io_direct_wal,
+            full_page_writes=s.full_page_writes, on_segment_switch=self._on_segment_switch)
+        self._wal = wal
+        self._recovery: RecoveryInfo = info
+        cp = info.checkpoint
+        self._xacts = TransactionManager.after_recovery(
+            wal, checkpoint_next_xid=max(cp.next_xid, control.next_xid),
+            extra=info.checkpoint_extra, state=info.state)
+        self._next_rel = max(cp.next_relfilenumber, control.next_relfilenumber,
+                             info.state.get("max_relfilenumber", 0) + 1, FIRST_RELFILENUMBER)
+        self._checkpointer = Checkpointer(
+            wal=wal, bufmgr=self._bufmgr, smgr=self._smgr, data_dir=self.path,
+            control=control, state=self._checkpoint_state,
+            checkpoint_timeout=s.checkpoint_timeout, max_wal_size=s.max_wal_size,
+            on_fatal=self._on_fatal, redo_lock=self._commit_lock)
+        if info.crashed:
+            self._checkpointer.checkpoint()  # end-of-recovery checkpoint
+        else:
+            self._checkpointer.mark_in_production()
+        self._checkpointer.start()
+        self._load_catalog()
+
+    def _load_catalog(self) -> None:
+        smgr = self._smgr
+        if not smgr.exists(CATALOG_RELFILENUMBER, Fork.MAIN):
+            end = smgr_wal.create_relation(self._wal, smgr, CATALOG_RELFILENUMBER, Fork.MAIN)
+            self._flush(end)
+        self._catalog = Catalog(Heap(CATALOG_RELFILENUMBER, self._bufmgr, self._wal))
+        committed = self._xacts.is_committed
+        self._catalog.load(lambda xmin, xmax: committed(xmin) and not (xmax and committed(xmax)))
+        for e in self._catalog.entries.values():
+            if e.kind == "kv":
+                store = KVStore(self, e.name, e.relfilenumber)
+                store.rebuild(self._xacts)
+                self._relations[e.name] = store
+            else:
+                self._relations[e.name] = Table(self, e.name, e.relfilenumber, e.columns)
+
+    # --- callbacks from below ---------------------------------------------------------------
+    def _flush_wal_for_buffer(self, lsn: int) -> None:
+        self._wal.flush(lsn)
+
+    def _on_segment_switch(self) -> None:
+        cp = self._checkpointer
+        if cp is not None:
+            cp.request()
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+
+    def _checkpoint_state(self) -> tuple[int, int, bytes]:
+        next_xid, extra = self._xacts.checkpoint_state()
+        return next_xid, self._next_rel, extra
+
+    # --- state checks ---------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseClosedError(f"database {self.path} is closed")
+        if self._fatal is None and self._wal is not None and self._wal.failed:
+            self._fatal = WalError("a WAL write or sync failed")
+        if self._fatal is not None:
+            raise DatabaseClosedError(
+                f"database {self.path} stopped after a fatal error ({self._fatal}); nothing "
+                f"after it can be trusted as durable: close it and open it again to run "
+                f"crash recovery") from self._fatal
+
+    def _flush(self, lsn: int) -> None:
+        try:
+            self._wal.flush(lsn)
+        except WalError as exc:
+            self._on_fatal(exc)
+            raise
+
+    # --- relations ------------------------------------------------------------------------
+    def kv(self, name: str) -> KVStore:
+        """The KV store ``name``, created (durably, in a transaction of its own) if new."""
+        check_name(name)
+        self._check_open()
+        obj = self._relations.get(name)
+        if obj is None:
+            obj = self._create_relation(name, "kv", ())
+        if not isinstance(obj, KVStore):
+            raise ValueError(f"{name!r} is a table, not a KV store")
+        return obj
+
+    def create_table(self, name: str, columns: Sequence[tuple[str, str]]) -> Table:
+        """A new table (durably, in a transaction of its own); ValueError if ``name`` exists."""
+        check_name(name)
+        cols = RowCodec(columns).columns  # TypeError/ValueError naming the bad column
+        self._check_open()
+        return self._create_relation(name, "table", cols, must_be_new=True)
+
+    def table(self, name: str) -> Table:
+        """The existing table ``name``; KeyError if there is none."""
+        check_name(name)
+        self._check_open()
+        obj = self._relations.get(name)
+        if obj is None:
+            raise KeyError(f"no table named {name!r}")
+        if not isinstance(obj, Table):
+            raise ValueError(f"{name!r} is a KV store, not a table")
+        return obj
+
+    def relations(self) -> dict[str, str]:
+        """name → kind ("kv" or "table") of every relation."""
+        self._check_open()
+        return {name: ("kv" if isinstance(o, KVStore) else "table")
+                for name, o in sorted(self._relations.items())}
+
+    def _create_relation(self, name: str, kind: str, columns, *, must_be_new: bool = False):
+        xacts = self._xacts
+        with self._commit_lock:
+            self._check_open()
+            existing = self._relations.get(name)
+            if existing is not None:
+                if must_be_new:
+                    raise ValueError(f"a relation named {name!r} already exists")
+                return existing
+            rel = self._next_rel
+            self._next_rel += 1
+            xid = xacts.assign_xid()
+            try:
+                smgr_wal.create_relation(self._wal, self._smgr, rel, Fork.MAIN, xid)
+                entry = self._catalog.insert(xid, RelationEntry(name, kind, rel, tuple(columns)))
+                end = xacts.log_commit(xid)
+            except BaseException as exc:
+                self._note_wal_error(exc)
+                xacts.abort(xid)
+                raise
+            self._catalog.entries[name] = entry
+            obj = KVStore(self, name, rel) if kind == "kv" else Table(self, name, rel, columns)
+            self._relations[name] = obj
+            xacts.finish_commit(xid)
+        self._flush(end)
+        return obj
+
+    # --- transactions -----------------------------------------------------------------------
+    def _current_transaction(self) -> Transaction | None:
+        return getattr(self._local, "txn", None)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """``with db.transaction():`` — commit at the end of the block, abort if it raises
+        (or if ``rollback()`` was called). Bound to this thread; not nestable."""
+        self._check_open()
+        if self._current_transaction() is not None:
+            raise TransactionStateError("a transaction is already open in this thread; "
+                                        "Slonik transactions do not nest")
+        txn = Transaction(self._xacts.snapshot())
+        self._local.txn = txn
+        try:
+            yield txn
+        except BaseException:
+            self._local.txn = None
+            self._abort(txn)
+            raise
+        self._local.txn = None
+        if txn.rollback_only:
+            self._abort(txn)
+        else:
+            self._commit(txn)
+
+    @contextlib.contextmanager
+    def _implicit_transaction(self) -> Iterator[Transaction]:
+        """The thread's transaction, or an autocommit one (blind writes) for the block."""
+        txn = self._current_transaction()
+        if txn is not None:
+            yield txn
+            return
+        txn = Transaction(None, blind=True)
+        self._local.txn = txn
+        try:
+            yield txn
+        except BaseException:
+            self._local.txn = None
+            self._abort(txn)
+            raise
+        self._local.txn = None
+        self._commit(txn)
+
+    def _kv_write(self, store: KVStore, key: bytes, data: bytes | None) -> None:
+        txn = self._current_transaction()
+        if txn is not None:
+            txn.kv_writes.setdefault(store, {})[key] = data
+            return
+        txn = Transaction(None, blind=True)
+        txn.kv_writes[store] = {key: data}
+        self._commit(txn)
+
+    @contextlib.contextmanager
+    def _write_transaction(self, table: Table) -> Iterator[tuple[int, Snapshot]]:
+        """(xid, snapshot) for an eager table write: the thread's transaction (an xid
+        assigned now if it has none) or an autocommit transaction around the write."""
+        self._check_open()
+        txn = self._current_transaction()
+        if txn is not None:
+            if txn.snapshot is None:  # a blind (autocommit batch) transaction
+                txn.snapshot = self._xacts.snapshot()
+            if not txn.xid:
+                txn.xid = txn.snapshot.own = self._xacts.assign_xid()
+            txn.table_writes[table] = txn.table_writes.get(table, 0) + 1
+            yield txn.xid, txn.snapshot
+            return
+        txn = Transaction(self._xacts.snapshot())
+        txn.xid = txn.snapshot.own = self._xacts.assign_xid()
+        txn.table_writes[table] = 1
+        try:
+            yield txn.xid, txn.snapshot
+        except BaseException:
+            self._abort(txn)
+            raise
+        self._commit(txn)
+
+    def _note_wal_error(self, exc: BaseException) -> None:
+        if isinstance(exc, WalError) or (self._wal is not None and self._wal.failed):
+            self._on_fatal(exc)
+
+    def _commit(self, txn: Transaction) -> None:
+        kv = {s: w for s, w in txn.kv_writes.items() if w}
+        xacts = self._xacts
+        if not kv and not txn.xid:
+            self._end(txn)
+            return
+        try:
+            with self._commit_lock:
+                self._check_open()
+                snap = txn.snapshot
+                if snap is None:
+                    snap = xacts.snapshot(register=False)
+                try:
+                    for store, writes in kv.items():
+                        store.validate(writes, snap, blind=txn.blind)
+                except (ConflictError, KeyError) as exc:
+                    if isinstance(exc, ConflictError):
+                        xacts.conflicts += 1
+                    if txn.xid:
+                        xacts.abort(txn.xid)
+                    raise
+                xid = txn.xid
+                if not xid:
+                    xid = txn.xid = xacts.assign_xid()
+                try:
+                    changes = [(store, store.apply(xid, writes)) for store, writes in kv.items()]
+                    end = xacts.log_commit(xid)
+                except BaseException as exc:
+                    self._note_wal_error(exc)
+                    xacts.abort(xid)
+                    raise
+                if changes:
+                    horizon = xacts.horizon()
+                    for store, ch in changes:
+                        store.publish(xid, ch, horizon)
+                xacts.finish_commit(xid)
+        finally:
+            self._end(txn)
+        for table, n in txn.table_writes.items():
+            table.dead_versions += n
+        if self.settings.synchronous_commit:
+            self._flush(end)
+        self._autovacuum([*kv, *txn.table_writes])
+
+    def _abort(self, txn: Transaction) -> None:
+        try:
+            if txn.xid:
+                self._xacts.abort(txn.xid)
+                for table, n in txn.table_writes.items():
+                    table.dead_versions += n
+        finally:
+            self._end(txn)
+
+    def _end(self, txn: Transaction) -> None:
+        if txn.snapshot is not None:
+            self._xacts.release(txn.snapshot)
+        txn.kv_writes = {}
+
+    # --- maintenance ------------------------------------------------------------------------
+    def checkpoint(self) -> int:
+        """Run a checkpoint now; returns its record's LSN."""
+        self._check_open()
+        return self._checkpointer.checkpoint()
+
+    def vacuum(self, name: str | None = None) -> int:
+        """Remove versions no snapshot can see (all relations, or ``name``); returns how many
+        tuples were pruned. Space goes to the free-space map and is reused by inserts."""
+        self._check_open()
+        with self._vacuum_lock:
+            if name is None:
+                return self._vacuum_all()
+            obj = self._relations.get(check_name(name))
+            if obj is None:
+                raise KeyError(f"no relation named {name!r}")
+            return self._vacuum_relation(obj)
+
+    def _dead_test(self, horizon: int, aborted: set[int], referenced: set[int]):
+        def is_dead(t) -> bool:
+            if t.xmin in aborted:
+                return True
+            x = t.xmax
+            if x:
+                if x in aborted:
+                    referenced.add(x)
+                    return False
+                return x < horizon
+            return False
+        return is_dead
+
+    def _vacuum_relation(self, obj, *, auto: bool = False) -> int:
+        xacts = self._xacts
+        horizon = xacts.horizon()
+        aborted = set(xacts.aborted)
+        is_dead = self._dead_test(horizon, aborted, set())
+        if isinstance(obj, KVStore):
+            if obj._error is not None:
+                return 0
+            obj.trim(horizon)
+        obj.dead_versions = 0
+        n = obj.heap.prune(is_dead)
+        self._pruned += n
+        self._vacuum_runs += 1
+        self._autovacuum_runs += auto
+        return n
+
+    def _vacuum_all(self) -> int:
+        xacts = self._xacts
+        horizon = xacts.horizon()
+        aborted = set(xacts.aborted)
+        referenced: set[int] = set()
+        is_dead = self._dead_test(horizon, aborted, referenced)
+        total = self._catalog.heap.prune(is_dead)
+        complete = True
+        for obj in list(self._relations.values()):
+            if isinstance(obj, KVStore):
+                if obj._error is not None:
+                    complete = False
+                    continue
+                obj.trim(horizon)
+            obj.dead_versions = 0
+            total += obj.heap.prune(is_dead)
+        if complete:
+            # No tuple names these aborted xids any more: they need not be remembered.
+            gone = aborted - referenced
+            xacts.forget_aborted(gone)
+            self._forgotten += len(gone)
+        self._pruned += total
+        self._vacuum_runs += 1
+        return total
+
+    def _autovacuum(self, objs) -> None:
+        for obj in objs:
+            if obj.dead_versions < AUTOVACUUM_THRESHOLD_VERSIONS:
+                continue
+            if isinstance(obj, KVStore):
+                live = obj.live_keys_estimate()
+            else:
+                live = obj.heap.nblocks() * TABLE_ROWS_PER_PAGE_ESTIMATE
+            if obj.dead_versions < AUTOVACUUM_THRESHOLD_VERSIONS + AUTOVACUUM_SCALE_FACTOR * live:
+                continue
+            if not self._vacuum_lock.acquire(blocking=False):
+                return  # another thread vacuums; our counter stays for the next commit
+            try:
+                if not self._closed and self._fatal is None:
+                    self._vacuum_relation(obj, auto=True)
+            finally:
+                self._vacuum_lock.release()
+
+    # --- introspection ----------------------------------------------------------------------
+    def stats(self) -> DatabaseStats:
+        self._check_open()
+        rels = []
+        for name, obj in sorted(self._relations.items()):
+            nblocks = obj.heap.nblocks()
+            is_kv = isinstance(obj, KVStore)
+            rels.append(RelationStats(name, "kv" if is_kv else "table", obj.rel, nblocks,
+                                      nblocks * BLCKSZ,
+                                      obj.live_keys_estimate() if is_kv else None,
+                                      obj.dead_versions))
+        info = self._recovery
+        return DatabaseStats(
+            self._aio.method.name, self._aio.stats(), self._bufmgr.stats(), self._wal.stats(),
+            self._checkpointer.stats(), self._xacts.stats(),
+            VacuumStats(self._vacuum_runs, self._autovacuum_runs, self._pruned,
+                        self._forgotten),
+            tuple(rels), info.crashed, info.replayed, info.seconds)
+
+    @property
+    def io_method(self) -> str:
+        """The io method in use (what ``auto`` chose)."""
+        return self._aio.method.name if self._aio is not None else self.settings.io_method
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- close ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Shutdown checkpoint, stop the checkpointer, close files, stop AIO, release the
+        lock. Harmless when already closed. Transactions still open in other threads are
+        aborted (recovery-style: their xids are remembered as aborted)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            with self._commit_lock:
+                self._closed = True
+            try:
+                cp = self._checkpointer
+                if cp is not None:
+                    cp.stop()
+                    if self._fatal is None and not self._wal.failed:
+                        cp.checkpoint(shutdown=True)
+            finally:
+                self._release_resources()
+
+    def _release_resources(self) -> None:
+        self._closed = True
+        errors = []
+        for step in (lambda: self._checkpointer and self._checkpointer.stop(),
+                     lambda: self._wal and self._wal.close(),
+                     lambda: self._smgr and self._smgr.close(),
+                     lambda: self._aio and self._aio.shutdown()):
+            try:
+                step()
+            except BaseException as exc:  # finish releasing; report the first failure
+                errors.append(exc)
+        if self._lock_fd >= 0:
+            fd, self._lock_fd = self._lock_fd, -1
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                osfile.close(fd)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A Database dropped without close(): release the lock, not the data (no checkpoint;
+        # the next open recovers as after a crash).
+        if getattr(self, "_lock_fd", -1) >= 0 and not getattr(self, "_closed", True):
+            with contextlib.suppress(BaseException):
+                self._release_resources()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self.io_method
+        return f"<Database {self.path!r} ({state})>"
