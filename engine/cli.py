@@ -1,27 +1,308 @@
-"""The ``slonik`` command. Subcommands arrive with the layers they wrap."""
+"""The ``slonik`` command: one subcommand per job, each a thin wrapper over the engine.
+
+Data commands (``init``, ``put``, ``get``, ``scan``, ``stats``, ``check``) take the
+database directory first. Keys, values and store names are UTF-8 text on the command line
+(``--hex``: keys and values are hexadecimal instead, both ways); ``get`` and ``scan`` write
+values as their raw bytes (``--hex``/``--json`` for binary data). Every command but
+``init`` refuses a directory that is not already a Slonik database, without writing to
+it; ``get``/``scan`` refuse a store that does not exist without creating it, while ``put``
+creates it (as ``db.kv(name)`` does).
+
+Settings of ``Database.open`` are ``NAME=VALUE`` words after ``init DIR`` and ``-c
+NAME=VALUE`` options elsewhere (PostgreSQL's ``postgres -c``), with ``--io-method`` as a
+shortcut. Errors the engine raises on purpose (``SlonikError``), caller errors
+(``ValueError``, ``TypeError``, ``KeyError``) and OS errors print one line to stderr and
+exit 1; no traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import importlib
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
 
 from aio import io_uring_available
+from aio.core import IO_METHODS
+from aio.errors import SlonikError
 from engine.bench import add_arguments as add_bench_aio_arguments
 from engine.bench import cmd_bench_aio
 from engine.bench_scan import add_arguments as add_bench_scan_arguments
 from engine.bench_scan import cmd_bench_scan
 from engine.bench_wal import add_arguments as add_bench_wal_arguments
 from engine.bench_wal import cmd_bench_wal
-from engine.demo import run_demo
+from engine.progress import Progress
 from engine.waltools import (
     add_controldata_arguments,
     add_waldump_arguments,
     cmd_controldata,
     cmd_waldump,
 )
+from storage.page import BLCKSZ
+from wal.control import CONTROL_FILE_NAME
 
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+\.?\d*[eE][+-]?\d+)$")
+
+
+class CommandError(Exception):
+    """A data command's clear refusal (exit 1, one line on stderr)."""
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def _setting_value(text: str) -> object:
+    """A ``NAME=VALUE`` word's value: int and float literals become numbers; everything else
+    (``on``/``off``, ``128MB``, ``io_uring``) stays text for ``Database.open`` to parse."""
+    if _INT_RE.match(text):
+        return int(text)
+    if _FLOAT_RE.match(text):
+        return float(text)
+    return text
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"a setting is NAME=VALUE, got {text!r}")
+    return name, _setting_value(value.strip())
+
+
+def _settings(args: argparse.Namespace) -> dict[str, object]:
+    settings = dict(getattr(args, "settings", None) or ())
+    if getattr(args, "io_method", None):
+        settings["io_method"] = args.io_method
+    return settings
+
+
+def _require_database(path: str) -> str:
+    """``path`` made absolute, refusing (nothing written) anything but a Slonik database."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise CommandError(f"no database at {path} (create one with: slonik init {path})")
+    if not os.path.isdir(path):
+        raise CommandError(f"{path} is not a directory, so not a Slonik database")
+    if not os.path.exists(os.path.join(path, CONTROL_FILE_NAME)):
+        raise CommandError(f"{path} is not a Slonik database (it has no {CONTROL_FILE_NAME}); "
+                           f"nothing was changed")
+    return path
+
+
+def _open(args: argparse.Namespace):
+    from engine.database import Database
+    return Database.open(_require_database(args.dir), **_settings(args))
+
+
+def _encode(args: argparse.Namespace, text: str, what: str) -> bytes:
+    if getattr(args, "hex", False):
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise CommandError(f"{what} is not hexadecimal: {text!r}") from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # argv bytes that are not UTF-8 arrive as surrogates: take them back as given.
+        return os.fsencode(text)
+
+
+def _text(data: bytes, as_hex: bool) -> str:
+    return data.hex() if as_hex else data.decode("utf-8", "backslashreplace")
+
+
+def _kv_store(db, name: str, *, create: bool):
+    kinds = db.relations()
+    kind = kinds.get(name)
+    if kind is None and not create:
+        stores = [n for n, k in kinds.items() if k == "kv"]
+        raise CommandError(f"no KV store named {name!r} in {db.path} (stores: "
+                           f"{', '.join(stores) if stores else 'none'})")
+    if kind == "table":
+        raise CommandError(f"{name!r} is a table, not a KV store")
+    return db.kv(name)
+
+
+# --- data commands ---------------------------------------------------------------------------
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from engine.database import Database
+    path = os.path.abspath(args.dir)
+    if os.path.exists(os.path.join(path, CONTROL_FILE_NAME)):
+        raise CommandError(f"{path} is already a Slonik database; nothing was changed")
+    with Database.open(path, **_settings(args)) as db:
+        s = db.settings
+        method = db.io_method
+    print(f"initialized a Slonik database in {path} (io_method {method}, wal_segment_size "
+          f"{s.wal_segment_size} bytes, segment_size {s.segment_size} blocks)")
+    return 0
+
+
+def _cmd_put(args: argparse.Namespace) -> int:
+    key = _encode(args, args.key, "KEY")
+    value = _encode(args, args.value, "VALUE")
+    with _open(args) as db:
+        _kv_store(db, args.store, create=True)[key] = value
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    key = _encode(args, args.key, "KEY")
+    with _open(args) as db:
+        value = _kv_store(db, args.store, create=False).get(key)
+    if value is None:
+        raise CommandError(f"key {_text(key, args.hex)!r} not found in store {args.store!r}")
+    out = sys.stdout
+    if args.hex:
+        out.write(value.hex() + "\n")
+    else:
+        out.flush()
+        out.buffer.write(value + b"\n")
+        out.buffer.flush()
+    return 0
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    start = None if args.start is None else _encode(args, args.start, "--start")
+    stop = None if args.stop is None else _encode(args, args.stop, "--stop")
+    out = sys.stdout
+    n = 0
+    with _open(args) as db:
+        store = _kv_store(db, args.store, create=False)
+        if args.json:
+            out.write("[")
+        for key, value in store.items(start=start, stop=stop, reverse=args.reverse):
+            if args.limit is not None and n >= args.limit:
+                break
+            if args.json:
+                out.write(("," if n else "") + "\n  " + json.dumps(
+                    {"key": _text(key, args.hex), "value": _text(value, args.hex)}))
+            elif args.hex:
+                out.write(f"{key.hex()}\t{value.hex()}\n")
+            else:
+                out.flush()
+                out.buffer.write(key + b"\t" + value + b"\n")
+            n += 1
+        if args.json:
+            out.write("\n]\n" if n else "]\n")
+    out.flush()
+    return 0
+
+
+def stats_report(stats) -> dict:
+    """``db.stats()`` as plain JSON-able data."""
+    return dataclasses.asdict(stats)
+
+
+def format_stats(stats) -> str:
+    """``db.stats()`` as text: the io method, a pg_stat_io-like table, then the rest."""
+    lines = [f"io_method: {stats.io_method}", "",
+             f"{'target/op':<20} {'ios':>10} {'bytes':>14} {'avg KiB':>8} {'wait ms':>10}"]
+    for key, c in sorted(stats.aio.counters.items()):
+        ios, nbytes = c.get("ios", 0), c.get("bytes", 0)
+        lines.append(f"{key:<20} {ios:>10,} {nbytes:>14,} "
+                     f"{(nbytes / ios / 1024 if ios else 0):>8.1f} "
+                     f"{c.get('wait_ns', 0) / 1e6:>10.1f}")
+    if not stats.aio.counters:
+        lines.append("(no I/O yet)")
+    b = stats.buffers
+    lines += ["", f"buffers: shared_buffers {b.shared_buffers} pages, hits {b.hits:,}, reads "
+                  f"{b.reads:,} in {b.read_ios:,} I/Os, writes {b.writes:,} in "
+                  f"{b.write_ios:,} I/Os, evictions {b.evictions:,}, I/O wait "
+                  f"{b.io_wait_ns / 1e6:.1f} ms"]
+    w = stats.wal
+    lines.append(f"wal: {w.records:,} records ({w.record_bytes:,} bytes, "
+                 f"{w.full_page_images:,} full-page images), {w.flushes:,} flushes, "
+                 f"{w.syncs:,} syncs")
+    c = stats.checkpointer
+    lines.append(f"checkpoints: {c.checkpoints} ({c.requested} requested, {c.timed} timed), "
+                 f"{c.buffers_written:,} buffers written")
+    t = stats.transactions
+    lines.append(f"transactions: next xid {t.next_xid}, {t.commits:,} commits, "
+                 f"{t.aborts:,} aborts, {t.conflicts:,} conflicts")
+    lines.append(f"recovery at open: {'crash recovery, ' if stats.recovery_crashed else ''}"
+                 f"{stats.recovery_replayed:,} records replayed in "
+                 f"{stats.recovery_seconds:.2f} s")
+    lines += ["", f"{'relation':<20} {'kind':<6} {'relfilenumber':>13} {'blocks':>8} "
+                  f"{'bytes':>14} {'live keys':>10} {'dead':>8}"]
+    for r in stats.relations:
+        live = "" if r.live_keys is None else f"{r.live_keys:,}"
+        lines.append(f"{r.name:<20} {r.kind:<6} {r.relfilenumber:>13} {r.nblocks:>8,} "
+                     f"{r.bytes:>14,} {live:>10} {r.dead_versions:>8,}")
+    if not stats.relations:
+        lines.append("(no relations)")
+    return "\n".join(lines)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        stats = db.stats()
+    print(json.dumps(stats_report(stats), indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def _load_check():
+    """``engine.check.check_database``, imported only when ``check`` runs."""
+    try:
+        module = importlib.import_module("engine.check")
+    except ModuleNotFoundError as exc:
+        if exc.name != "engine.check":
+            raise
+        raise CommandError("slonik check is not available in this build "
+                           "(engine/check.py is missing)") from None
+    return module.check_database
+
+
+def _base_blocks(path: str) -> int:
+    """Blocks in the files under ``base/`` (the check's progress total)."""
+    base = os.path.join(path, "base")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    return sum(os.path.getsize(os.path.join(base, n)) // BLCKSZ for n in names)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    path = _require_database(args.dir)
+    check_database = _load_check()
+    with Progress("checking pages", _base_blocks(path), unit="pages",
+                  enabled=not args.json and sys.stderr.isatty()) as p:
+        report = check_database(path, io_method=args.io_method or "auto", progress=p.advance)
+    print(report.to_json() if args.json else format_check(report))
+    return 0 if report.ok else 1
+
+
+def format_check(report) -> str:
+    """A ``CheckReport`` as text: one line per relation fork, then each corrupt block."""
+    lines = [f"checked {report.path} (io_method {report.io_method or '-'}): "
+             f"{report.pages_checked:,} pages in {len(report.relations)} relation forks"]
+    if report.open_error:
+        lines.append(f"the database could not be opened ({report.open_error}); its files "
+                     f"were checked without relation names")
+    lines += ["", f"{'relation':<20} {'kind':<8} {'relfilenumber':>13} {'fork':<5} "
+                  f"{'pages':>9} {'corrupt':>8}"]
+    for r in report.relations:
+        lines.append(f"{r.name:<20} {r.kind:<8} {r.relfilenumber:>13} {r.fork:<5} "
+                     f"{r.pages_checked:>9,} {r.corrupt_pages:>8,}")
+    if report.corrupt_blocks:
+        lines.append("")
+    for b in report.corrupt_blocks:
+        lines.append(f"corrupt block: relation {b.relation!r} (relfilenumber "
+                     f"{b.relfilenumber}, {b.fork} fork) block {b.block}: {b.reason}")
+    n = len(report.corrupt_blocks)
+    lines.append("")
+    lines.append(f"{n} corrupt block{'s' if n != 1 else ''} found" if n
+                 else "no corrupt blocks found")
+    return "\n".join(lines)
+
+
+# --- other commands --------------------------------------------------------------------------
 
 def _cmd_info(args: argparse.Namespace) -> int:
     ok, reason = io_uring_available()
@@ -40,20 +321,131 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+    return run_demo(args.keys, args.dir, buffered=args.buffered,
+                    crash_seconds=args.crash_seconds)
+
+
+def _cmd_bench_kv(args: argparse.Namespace) -> int:
+    from engine.bench_kv import cmd_bench_kv
+    return cmd_bench_kv(args)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _add_db_options(p: argparse.ArgumentParser, *, settings: bool = True) -> None:
+    p.add_argument("dir", metavar="DIR", help="the database directory")
+    p.add_argument("--io-method", choices=IO_METHODS, default=None,
+                   help="io method for this run (default: auto)")
+    if settings:
+        p.add_argument("-c", dest="settings", metavar="NAME=VALUE", type=parse_setting,
+                       action="append", default=[],
+                       help="a Database.open setting, e.g. -c shared_buffers=64MB (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slonik",
         description="Slonik: an embedded storage engine built the way PostgreSQL 18 builds "
-                    "its storage stack.")
+                    "its storage stack. Keys and values are UTF-8 text on the command line "
+                    "(--hex for hexadecimal).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    init = sub.add_parser("init", help="create a new database directory")
+    init.add_argument("dir", metavar="DIR", help="the database directory (new or empty)")
+    init.add_argument("settings", metavar="NAME=VALUE", type=parse_setting, nargs="*",
+                      help="settings, e.g. wal_segment_size=1MB segment_size=1024 "
+                           "(fixed at creation) or io_method=sync")
+    init.add_argument("--io-method", choices=IO_METHODS, default=None,
+                      help="io method for this run (default: auto)")
+    init.set_defaults(func=_cmd_init)
+
+    put = sub.add_parser("put", help="store KEY=VALUE in a KV store (created if missing)")
+    _add_db_options(put)
+    put.add_argument("store", metavar="STORE")
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE")
+    put.add_argument("--hex", action="store_true", help="KEY and VALUE are hexadecimal")
+    put.set_defaults(func=_cmd_put)
+
+    get = sub.add_parser("get", help="print a key's value (exit 1 when missing)")
+    _add_db_options(get)
+    get.add_argument("store", metavar="STORE")
+    get.add_argument("key", metavar="KEY")
+    get.add_argument("--hex", action="store_true", help="KEY and the output are hexadecimal")
+    get.set_defaults(func=_cmd_get)
+
+    scan = sub.add_parser("scan", help="print a KV store's pairs in key order, KEY<TAB>VALUE")
+    _add_db_options(scan)
+    scan.add_argument("store", metavar="STORE")
+    scan.add_argument("--start", default=None, help="first key (inclusive)")
+    scan.add_argument("--stop", default=None, help="end key (exclusive)")
+    scan.add_argument("--reverse", action="store_true", help="descending key order")
+    scan.add_argument("--limit", type=_nonnegative_int, default=None,
+                      help="print at most this many pairs")
+    scan.add_argument("--json", action="store_true",
+                      help="a JSON array of {key, value} (text, or hex with --hex)")
+    scan.add_argument("--hex", action="store_true", help="keys and values in hexadecimal")
+    scan.set_defaults(func=_cmd_scan)
+
+    stats = sub.add_parser("stats", help="pg_stat_io-like counters and the io method in use")
+    _add_db_options(stats)
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.set_defaults(func=_cmd_stats)
+
+    check = sub.add_parser("check", help="verify every page of every relation (exit 1 when "
+                                         "a corrupt block is found)")
+    _add_db_options(check, settings=False)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=_cmd_check)
+
     info = sub.add_parser("info", help="which io methods work on this machine, and why not")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
-    demo = sub.add_parser("demo", help="show the storage stack at work on every io method")
-    demo.add_argument("--size-mb", type=int, default=64, help="relation size (default 64)")
-    demo.add_argument("--dir", default=None, help="keep the files here (default: a temp dir)")
-    demo.set_defaults(func=lambda a: run_demo(a.size_mb, a.dir))
+
+    demo = sub.add_parser("demo", help="load a database, scan it cold with every io method, "
+                                       "crash a writer and show nothing acknowledged is lost")
+    demo.add_argument("--dir", default=None,
+                      help="a new directory for the database, kept afterwards "
+                           "(default: a temporary directory, removed)")
+    demo.add_argument("--keys", type=_positive_int, default=200_000,
+                      help="KV pairs to load (default 200000)")
+    demo.add_argument("--buffered", action="store_true",
+                      help="scan through the OS page cache (default: io_direct=data)")
+    demo.add_argument("--crash-seconds", type=_positive_float, default=1.0,
+                      help="seconds of acknowledged writes before the SIGKILL (default 1)")
+    demo.set_defaults(func=_cmd_demo)
+
     bench = sub.add_parser("bench", help="benchmarks (fio as the device baseline)")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK")
     bench_sub.required = True
@@ -71,6 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "per io method, against fio's 8 KiB write + fdatasync rate")
     add_bench_wal_arguments(bench_wal)
     bench_wal.set_defaults(func=cmd_bench_wal)
+    bench_kv = bench_sub.add_parser(
+        "kv", help="the KV store per io method: a big load, durable puts/s (1 and 8 "
+                   "threads), random gets, ordered scan, open (index rebuild)")
+    from engine.bench_kv import add_arguments as add_bench_kv_arguments
+    add_bench_kv_arguments(bench_kv)
+    bench_kv.set_defaults(func=_cmd_bench_kv)
+
     controldata = sub.add_parser("controldata", help="print a data directory's control file")
     add_controldata_arguments(controldata)
     controldata.set_defaults(func=cmd_controldata)
@@ -80,9 +479,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        arg = exc.args[0]
+        return str(arg) if isinstance(arg, str) else f"not found: {arg!r}"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())   # one line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    command = args.command + (f" {args.bench}" if args.command == "bench" else "")
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # ``slonik scan ... | head``: the reader has gone; not an error worth a message.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (CommandError, SlonikError, ValueError, TypeError, KeyError, OSError) as exc:
+        sys.stdout.flush()
+        print(f"slonik {command}: {_message(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"slonik {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,279 @@
+"""``slonik bench kv``: the KV store through the whole engine, per io method.
+
+For each io method, ``--runs`` times in alternating method order (medians reported), on a
+new database in ``--dir``/<method>:
+
+- load: ``--keys`` puts (16-byte keys, ``--value-size``-byte values) in one transaction,
+  commit included. Figure: puts/s.
+- autocommit 1 / autocommit 8: 1 thread, then 8 threads, each putting new keys outside a
+  transaction (one durable commit per put: its WAL is fsynced before the put returns;
+  threads committing together share a sync) for ``--seconds``. Figures: puts/s, WAL syncs,
+  puts per sync (the group-commit ratio).
+- get: random keys of the load, read one by one outside a transaction, warm (every page
+  is in shared buffers after the load), for ``--seconds``. Figure: gets/s.
+- scan: every pair in key order (``items()``), one snapshot. Figure: keys/s and MB/s of
+  key + value bytes.
+- open: the database closed (shutdown checkpoint) and opened again; the time includes the
+  read-stream scan of the heap that rebuilds the ordered index. Figure: seconds, and the
+  heap's keys/s.
+
+The numbers are for one Python process: the engine's CPU cost per key (tuple coding,
+index maintenance, the GIL) dominates, not the device; compare io methods with each other,
+not with a C engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import threading
+import time
+
+from aio import io_uring_available
+from engine.bench import ALL_METHODS, parse_methods, positive_float, positive_int
+from engine.database import Database
+from engine.progress import Progress
+
+DEFAULT_DIR = "./bench-data/kv"
+DEFAULT_KEYS = 1_000_000
+DEFAULT_VALUE_SIZE = 100
+VALUE_SIZE_MAX_BYTES = 4000           # a KV tuple must fit a page (no TOAST)
+AUTOCOMMIT_THREADS = (1, 8)
+LOAD_PROGRESS_STEP_KEYS = 10_000      # progress redraws and clock reads this seldom
+GET_SAMPLE_KEYS = 100_000             # random keys drawn up front (cycled) for the get loop
+OPS_PER_CLOCK_READ = 64               # time-bounded loops read the clock this seldom
+RANDOM_SEED = 20250601
+
+
+def _key(i: int) -> bytes:
+    return b"key:%012d" % i
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", default=DEFAULT_DIR,
+                        help=f"scratch directory; one database per io method is created "
+                             f"here and removed afterwards (default {DEFAULT_DIR})")
+    parser.add_argument("--keys", type=positive_int, default=DEFAULT_KEYS,
+                        help=f"keys loaded in one transaction (default {DEFAULT_KEYS})")
+    parser.add_argument("--value-size", type=_value_size, default=DEFAULT_VALUE_SIZE,
+                        help=f"bytes per value (default {DEFAULT_VALUE_SIZE})")
+    parser.add_argument("--seconds", type=positive_float, default=2.0,
+                        help="length of each time-bounded measurement: autocommit puts, "
+                             "gets (default 2)")
+    parser.add_argument("--runs", type=positive_int, default=1,
+                        help="measurements of each kind; the median is reported (default 1)")
+    parser.add_argument("--methods", type=parse_methods, default=None,
+                        help="comma-separated io methods (default: sync,worker,io_uring, "
+                             "those available)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _value_size(text: str) -> int:
+    size = int(text)
+    if not 0 <= size <= VALUE_SIZE_MAX_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"value size must be 0..{VALUE_SIZE_MAX_BYTES} bytes, got {text!r}")
+    return size
+
+
+# --- measurements --------------------------------------------------------------------------
+
+def measure_load(db: Database, nkeys: int, value: bytes, progress: bool) -> dict:
+    kv = db.kv("bench")
+    start = time.perf_counter()
+    with Progress("  load", nkeys, unit="puts", enabled=progress) as p, db.transaction():
+        for first in range(0, nkeys, LOAD_PROGRESS_STEP_KEYS):
+            last = min(first + LOAD_PROGRESS_STEP_KEYS, nkeys)
+            for i in range(first, last):
+                kv[_key(i)] = value
+            p.advance(last - first)
+    seconds = time.perf_counter() - start
+    return {"puts": nkeys, "seconds": seconds, "puts_s": nkeys / seconds}
+
+
+def measure_autocommit(db: Database, threads: int, seconds: float, value: bytes) -> dict:
+    kv = db.kv("bench")
+    counts = [0] * threads
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def putter(t: int) -> None:
+        prefix = b"auto%d:%d:" % (threads, t)
+        n = 0
+        barrier.wait()
+        deadline = time.perf_counter() + seconds
+        try:
+            while True:
+                for _ in range(OPS_PER_CLOCK_READ):
+                    kv[prefix + b"%09d" % n] = value
+                    n += 1
+                if time.perf_counter() >= deadline:
+                    break
+        except BaseException as exc:  # reported by the parent
+            errors.append(exc)
+        counts[t] = n
+
+    before = db.stats().wal
+    workers = [threading.Thread(target=putter, args=(t,), name=f"bench-kv-{t}")
+               for t in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    after = db.stats().wal
+    puts = sum(counts)
+    syncs = max(after.flushes - before.flushes, 0)
+    return {"threads": threads, "puts": puts, "seconds": elapsed, "puts_s": puts / elapsed,
+            "wal_flushes": syncs, "puts_per_flush": puts / syncs if syncs else None}
+
+
+def measure_gets(db: Database, nkeys: int, seconds: float) -> dict:
+    kv = db.kv("bench")
+    rng = random.Random(RANDOM_SEED)
+    keys = [_key(rng.randrange(nkeys)) for _ in range(min(nkeys, GET_SAMPLE_KEYS))]
+    n = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    i = 0
+    nsample = len(keys)
+    while True:
+        for _ in range(OPS_PER_CLOCK_READ):
+            if kv[keys[i]] is None:
+                raise AssertionError("a loaded key is missing")
+            i = i + 1 if i + 1 < nsample else 0
+        n += OPS_PER_CLOCK_READ
+        if time.perf_counter() >= deadline:
+            break
+    elapsed = time.perf_counter() - start
+    return {"gets": n, "seconds": elapsed, "gets_s": n / elapsed}
+
+
+def measure_scan(db: Database) -> dict:
+    kv = db.kv("bench")
+    n = nbytes = 0
+    start = time.perf_counter()
+    for k, v in kv.items():
+        n += 1
+        nbytes += len(k) + len(v)
+    elapsed = time.perf_counter() - start
+    return {"keys": n, "seconds": elapsed, "keys_s": n / elapsed,
+            "mb_s": nbytes / 1e6 / elapsed}
+
+
+def measure_open(path: str, method: str) -> dict:
+    start = time.perf_counter()
+    with Database.open(path, io_method=method) as db:
+        elapsed = time.perf_counter() - start
+        stats = db.stats()
+        keys = next(r.live_keys for r in stats.relations if r.name == "bench")
+        heap_bytes = next(r.bytes for r in stats.relations if r.name == "bench")
+        read_ios = stats.buffers.read_ios
+    return {"seconds": elapsed, "keys": keys, "keys_s": keys / elapsed,
+            "heap_mb": heap_bytes / 1e6, "read_ios": read_ios}
+
+
+def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    value = bytes(random.Random(RANDOM_SEED).randbytes(args.value_size))
+    try:
+        with Database.open(path, io_method=method) as db:
+            load = measure_load(db, args.keys, value, progress=log is not None)
+            auto = {}
+            for threads in AUTOCOMMIT_THREADS:
+                if log:
+                    log(f"  autocommit puts, {threads} thread{'s' if threads > 1 else ''}")
+                auto[threads] = measure_autocommit(db, threads, args.seconds, value)
+            if log:
+                log("  random gets, scan, reopen")
+            gets = measure_gets(db, args.keys, args.seconds)
+            scan = measure_scan(db)
+        opened = measure_open(path, method)
+    finally:
+        if os.path.exists(path):
+            shutil.rmtree(path)
+    return {"load": load, "autocommit_1": auto[1], "autocommit_8": auto[8], "get": gets,
+            "scan": scan, "open": opened}
+
+
+FIGURES = {
+    "load": ("puts_s", "seconds"),
+    "autocommit_1": ("puts_s", "wal_flushes", "puts_per_flush"),
+    "autocommit_8": ("puts_s", "wal_flushes", "puts_per_flush"),
+    "get": ("gets_s",),
+    "scan": ("keys_s", "mb_s"),
+    "open": ("seconds", "keys_s"),
+}
+
+
+def _median(samples: list[dict], keys: tuple[str, ...]) -> dict:
+    out = {}
+    for k in keys:
+        values = [s[k] for s in samples if s.get(k) is not None]
+        out[k] = statistics.median(values) if values else None
+    out["runs"] = samples
+    return out
+
+
+def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
+    methods = args.methods or [m for m in ALL_METHODS
+                               if m != "io_uring" or io_uring_available()[0]]
+    if "io_uring" in methods and not io_uring_available()[0]:
+        raise ValueError(f"io_uring is unavailable here: {io_uring_available()[1]}")
+    os.makedirs(args.dir, exist_ok=True)
+    samples: dict[str, list[dict]] = {m: [] for m in methods}
+    for run in range(args.runs):
+        order = methods if run % 2 == 0 else list(reversed(methods))
+        for method in order:
+            if log:
+                log(f"{method}: run {run + 1} of {args.runs}")
+            samples[method].append(run_once(os.path.join(args.dir, method), method, args, log))
+    report = {"command": "kv", "keys": args.keys, "value_size": args.value_size,
+              "seconds": args.seconds, "runs": args.runs,
+              "autocommit_threads": list(AUTOCOMMIT_THREADS), "methods": {}}
+    for method in methods:
+        report["methods"][method] = {
+            kind: _median([s[kind] for s in samples[method]], keys)
+            for kind, keys in FIGURES.items()}
+    return report
+
+
+def format_table(report: dict) -> str:
+    head = (f"{'io_method':<9} {'load puts/s':>11} {'auto1 puts/s':>12} {'auto8 puts/s':>12} "
+            f"{'auto8 puts/flush':>16} {'gets/s':>9} {'scan keys/s':>11} {'scan MB/s':>9} "
+            f"{'open s':>7}")
+    lines = [f"slonik bench kv: {report['keys']:,} keys of {report['value_size']} bytes, "
+             f"{report['seconds']:g} s per timed figure, median of {report['runs']} "
+             f"run{'s' if report['runs'] != 1 else ''}", "", head, "-" * len(head)]
+    for method, m in report["methods"].items():
+        ppf = m["autocommit_8"]["puts_per_flush"]
+        lines.append(
+            f"{method:<9} {m['load']['puts_s']:>11,.0f} {m['autocommit_1']['puts_s']:>12,.0f} "
+            f"{m['autocommit_8']['puts_s']:>12,.0f} "
+            f"{(f'{ppf:.1f}' if ppf is not None else '-'):>16} {m['get']['gets_s']:>9,.0f} "
+            f"{m['scan']['keys_s']:>11,.0f} {m['scan']['mb_s']:>9.1f} "
+            f"{m['open']['seconds']:>7.2f}")
+    lines.append("")
+    lines.append("load: all keys in one transaction, commit included; auto1/auto8: durable "
+                 "autocommit puts from 1/8 threads; gets: random, warm; open: reopen with "
+                 "the index rebuilt from the heap")
+    return "\n".join(lines)
+
+
+def cmd_bench_kv(args: argparse.Namespace) -> int:
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    report = run_kv_bench(args, log=None if args.json else log)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0

@@ -1,0 +1,62 @@
+"""Smoke tests of ``slonik bench kv`` (command checks, no timing assertions)."""
+
+import json
+import os
+
+from engine.bench_kv import FIGURES, format_table
+from engine.cli import main
+
+
+def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
+    """A tiny run on one io method prints JSON with every figure positive: the one-
+    transaction load of all keys, durable autocommit puts with 1 and 8 threads (each with
+    at least one WAL flush, flushes never more than puts), warm random gets, an ordered
+    scan and the reopen that rebuilt the index of every key; the scratch databases are gone
+    afterwards and the table renders from the report."""
+    bench_dir = tmp_path / "kvbench"
+    code = main(["bench", "kv", "--dir", str(bench_dir), "--keys", "500", "--seconds", "0.05",
+                 "--runs", "1", "--methods", io_method, "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["command"] == "kv" and report["keys"] == 500
+    assert report["autocommit_threads"] == [1, 8]
+    assert list(report["methods"]) == [io_method]
+    m = report["methods"][io_method]
+    assert set(m) == set(FIGURES)
+    for kind, keys in FIGURES.items():
+        for key in keys:
+            assert m[kind][key] > 0, (kind, key)
+        assert len(m[kind]["runs"]) == 1
+    for threads in (1, 8):
+        run = m[f"autocommit_{threads}"]["runs"][0]
+        assert run["threads"] == threads
+        assert 1 <= run["wal_flushes"] <= run["puts"]
+    load = m["load"]["runs"][0]
+    assert load["puts"] == 500
+    auto = sum(m[f"autocommit_{t}"]["runs"][0]["puts"] for t in (1, 8))
+    assert m["scan"]["runs"][0]["keys"] == 500 + auto
+    assert m["open"]["runs"][0]["keys"] == 500 + auto
+    assert os.listdir(bench_dir) == []
+    table = format_table(report)
+    assert io_method in table and "scan keys/s" in table
+
+
+def test_bench_kv_text_output_and_runs(tmp_path, capsys):
+    """Two runs on sync: the text table has one row for the method; progress goes to
+    stderr, not into the table."""
+    code = main(["bench", "kv", "--dir", str(tmp_path / "b"), "--keys", "200", "--seconds",
+                 "0.02", "--runs", "2", "--methods", "sync"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "median of 2 runs" in out
+    assert [line.split()[0] for line in out.splitlines() if line.startswith("sync ")] == ["sync"]
+    assert "sync: run 2 of 2" in err and "sync: run" not in out
+
+
+def test_bench_kv_bad_arguments(tmp_path, capsys):
+    """A value size beyond a page is refused by argparse (exit 2) naming the limit."""
+    import pytest
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "kv", "--dir", str(tmp_path), "--value-size", "9000"])
+    assert exc.value.code == 2
+    assert "value size must be 0..4000" in capsys.readouterr().err
