@@ -426,22 +426,27 @@ def format_table(report: dict) -> str:
         fio = f"{row['fio']['cpu_us_per_io']:.1f}" if row["fio"] else "-"
         lines.append(f"{row['name']:<14} {fio:>8}" + "".join(
             f" {row['methods'][n]['cpu_us_per_io']:>10.1f}" for n in usable))
+    return "\n".join(lines + availability_notes(report))
+
+
+def availability_notes(report: dict) -> list[str]:
+    """Trailing notes of a bench table: a missing fio baseline, unavailable io methods."""
     notes = []
     if not report["fio"]["available"]:
         notes.append(f"note: {report['fio']['detail']}")
     for name, m in report["methods"].items():
         if not m["available"]:
             notes.append(f"note: io_method={name} unavailable: {m['detail']}")
-    if notes:
-        lines += [""] + notes
-    return "\n".join(lines)
+    return [""] + notes if notes else []
+
+
+def run_bench_command(args: argparse.Namespace, run, fmt) -> int:
+    """Run a benchmark: progress on stderr, then its table (or JSON with --json)."""
+    log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    report = run(args, log)
+    print(json.dumps(report, indent=2) if args.json else fmt(report))
+    return 0
 
 
 def cmd_bench_aio(args: argparse.Namespace) -> int:
-    log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    report = run_aio_bench(args, log)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_table(report))
-    return 0
+    return run_bench_command(args, run_aio_bench, format_table)

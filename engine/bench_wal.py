@@ -33,14 +33,21 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from types import SimpleNamespace
 
 from aio import io_uring_available, osfile
 from aio.core import Aio
-from engine.bench import ALL_METHODS, fio_status, parse_methods, positive_float, positive_int
+from engine.bench import (
+    ALL_METHODS,
+    availability_notes,
+    fio_status,
+    parse_methods,
+    positive_float,
+    positive_int,
+    run_bench_command,
+)
 from wal.reader import WalReader
 from wal.record import WalRecord
 from wal.rmgr import RM_TEST, ResourceManager, find_rmgr, get_rmgr, register_rmgr
@@ -520,22 +527,8 @@ def format_table(report: dict) -> str:
         lines += ["", f"replay (WalReader decode + no-op redo, {r['bytes'] / 1e6:.1f} MB, "
                       f"{r['records']} records): {r['mb_s']:.1f} MB/s, "
                       f"{r['records_s']:.0f} records/s"]
-    notes = []
-    if not report["fio"]["available"]:
-        notes.append(f"note: {report['fio']['detail']}")
-    for name, m in report["methods"].items():
-        if not m["available"]:
-            notes.append(f"note: io_method={name} unavailable: {m['detail']}")
-    if notes:
-        lines += [""] + notes
-    return "\n".join(lines)
+    return "\n".join(lines + availability_notes(report))
 
 
 def cmd_bench_wal(args: argparse.Namespace) -> int:
-    log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    report = run_wal_bench(args, log)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_table(report))
-    return 0
+    return run_bench_command(args, run_wal_bench, format_table)
