@@ -699,16 +699,20 @@ class Smgr:
                     return
                 raise _io_error(e.errno, f"could not open file {path} to fsync relation "
                                          f"{rel} fork {fork.label}") from e
-            try:
-                osfile.fsync(fd)
-            except OSError as e:
-                raise _io_error(e.errno, f"could not fsync file {path} of relation {rel} "
-                                         f"fork {fork.label}") from e
-            finally:
-                self._files.release(path, fd)
-                with self._stats_lock:
-                    self._fsyncs += 1
+            self._fsync_segment(path, fd, rel, fork)
             segno += 1
+
+    def _fsync_segment(self, path: str, fd: int, rel: int, fork: Fork) -> None:
+        """fsync an acquired segment fd, then release it; IOFailure names the file."""
+        try:
+            osfile.fsync(fd)
+        except OSError as e:
+            raise _io_error(e.errno, f"could not fsync file {path} of relation {rel} "
+                                     f"fork {fork.label}") from e
+        finally:
+            self._files.release(path, fd)
+            with self._stats_lock:
+                self._fsyncs += 1
 
     def _note_written(self, rel: int, fork: Fork, segno: int) -> None:
         """Remember that a write to this segment was issued (for ``sync_written``)."""
@@ -741,16 +745,8 @@ class Smgr:
                     synced += 1  # attempted: not kept
                     raise _io_error(e.errno, f"could not open file {path} to fsync relation "
                                              f"{rel} fork {fork.label}") from e
-                try:
-                    synced += 1
-                    osfile.fsync(fd)
-                except OSError as e:
-                    raise _io_error(e.errno, f"could not fsync file {path} of relation {rel} "
-                                             f"fork {fork.label}") from e
-                finally:
-                    self._files.release(path, fd)
-                    with self._stats_lock:
-                        self._fsyncs += 1
+                synced += 1
+                self._fsync_segment(path, fd, rel, fork)
         except BaseException:
             with self._written_lock:
                 self._written.update(pending[synced:])
