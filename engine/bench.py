@@ -97,17 +97,45 @@ def parse_methods(text: str) -> list[str]:
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
     return value
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def method_availability(requested: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """For each requested io method, whether it is available here and why (the report's
+    ``methods``), and the usable ones in order."""
+    uring_ok, uring_reason = io_uring_available()
+    methods: dict[str, dict] = {}
+    for name in requested:
+        if name == "io_uring" and not uring_ok:
+            methods[name] = {"available": False, "detail": uring_reason}
+        else:
+            methods[name] = {"available": True,
+                             "detail": uring_reason if name == "io_uring" else "always available"}
+    return methods, [n for n in requested if methods[n]["available"]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -335,16 +363,8 @@ def _median(samples: list[dict]) -> dict:
 def run_aio_bench(args: argparse.Namespace, log=None) -> dict:
     """Run the benchmark described by ``args``; returns the JSON-able report."""
     log = log or (lambda msg: None)
-    uring_ok, uring_reason = io_uring_available()
     requested = args.methods or list(ALL_METHODS)
-    methods: dict[str, dict] = {}
-    for name in requested:
-        if name == "io_uring" and not uring_ok:
-            methods[name] = {"available": False, "detail": uring_reason}
-        else:
-            methods[name] = {"available": True,
-                             "detail": uring_reason if name == "io_uring" else "always available"}
-    usable = [n for n in requested if methods[n]["available"]]
+    methods, usable = method_availability(requested)
     fio_ok, fio_detail = fio_status()
     report = {"command": "aio", "file": os.path.abspath(args.file), "size": args.size,
               "runs": args.runs, "seconds": args.seconds,

@@ -37,12 +37,13 @@ import threading
 import time
 from types import SimpleNamespace
 
-from aio import io_uring_available, osfile
+from aio import osfile
 from aio.core import Aio
 from engine.bench import (
     ALL_METHODS,
     availability_notes,
     fio_status,
+    method_availability,
     parse_methods,
     positive_float,
     positive_int,
@@ -391,16 +392,8 @@ FIO_KEYS = ("syncs_s", "sync_us_mean")
 def run_wal_bench(args: argparse.Namespace, log=None) -> dict:
     """Run the benchmark described by ``args``; returns the JSON-able report."""
     log = log or (lambda msg: None)
-    uring_ok, uring_reason = io_uring_available()
     requested = args.methods or list(ALL_METHODS)
-    methods: dict[str, dict] = {}
-    for name in requested:
-        if name == "io_uring" and not uring_ok:
-            methods[name] = {"available": False, "detail": uring_reason}
-        else:
-            methods[name] = {"available": True,
-                             "detail": uring_reason if name == "io_uring" else "always available"}
-    usable = [n for n in requested if methods[n]["available"]]
+    methods, usable = method_availability(requested)
     fio_ok, fio_detail = fio_status()
     directory = os.path.abspath(args.dir)
     _make_parents(directory)

@@ -31,7 +31,7 @@ from aio import io_uring_available
 from aio.core import IO_METHODS
 from aio.errors import SlonikError
 from engine.bench import add_arguments as add_bench_aio_arguments
-from engine.bench import cmd_bench_aio
+from engine.bench import cmd_bench_aio, nonnegative_int, positive_float, positive_int
 from engine.bench_scan import add_arguments as add_bench_scan_arguments
 from engine.bench_scan import cmd_bench_scan
 from engine.bench_wal import add_arguments as add_bench_wal_arguments
@@ -332,36 +332,6 @@ def _cmd_bench_kv(args: argparse.Namespace) -> int:
     return cmd_bench_kv(args)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
 def _add_db_options(p: argparse.ArgumentParser, *, settings: bool = True) -> None:
     p.add_argument("dir", metavar="DIR", help="the database directory")
     p.add_argument("--io-method", choices=IO_METHODS, default=None,
@@ -411,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--start", default=None, help="first key (inclusive)")
     scan.add_argument("--stop", default=None, help="end key (exclusive)")
     scan.add_argument("--reverse", action="store_true", help="descending key order")
-    scan.add_argument("--limit", type=_nonnegative_int, default=None,
+    scan.add_argument("--limit", type=nonnegative_int, default=None,
                       help="print at most this many pairs")
     scan.add_argument("--json", action="store_true",
                       help="a JSON array of {key, value} (text, or hex with --hex)")
@@ -438,11 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=None,
                       help="a new directory for the database, kept afterwards "
                            "(default: a temporary directory, removed)")
-    demo.add_argument("--keys", type=_positive_int, default=200_000,
+    demo.add_argument("--keys", type=positive_int, default=200_000,
                       help="KV pairs to load (default 200000)")
     demo.add_argument("--buffered", action="store_true",
                       help="scan through the OS page cache (default: io_direct=data)")
-    demo.add_argument("--crash-seconds", type=_positive_float, default=1.0,
+    demo.add_argument("--crash-seconds", type=positive_float, default=1.0,
                       help="seconds of acknowledged writes before the SIGKILL (default 1)")
     demo.set_defaults(func=_cmd_demo)
 
