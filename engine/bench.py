@@ -73,13 +73,17 @@ MAX_DEPTH = max(p.depth for p in PATTERNS)
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
 
-def parse_size(text: str) -> int:
+def parse_bytes(text: str) -> int:
     """Bytes from ``1073741824``, ``256M``, ``1G``, ``512KiB`` (binary units)."""
     m = _SIZE_RE.match(text)
     if not m:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256M, 1G)")
-    shift = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
-    size = int(m.group(1)) << shift
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
+
+
+def parse_size(text: str) -> int:
+    """A benchmark file size: ``parse_bytes`` and whole, deep-enough O_DIRECT requests."""
+    size = parse_bytes(text)
     if size < MAX_BS * MAX_DEPTH or size % MAX_BS:
         raise argparse.ArgumentTypeError(
             f"size must be a multiple of {MAX_BS // 1024} KiB and at least "

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import threading
@@ -44,6 +43,7 @@ from engine.bench import (
     availability_notes,
     fio_status,
     method_availability,
+    parse_bytes,
     parse_methods,
     positive_float,
     positive_int,
@@ -75,7 +75,6 @@ FIO_SIZE = "64m"
 FIO_REWRITE_SIZE = "8k"
 INFO_BENCH = 0x00
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
 
 
 # --- the no-op resource manager ----------------------------------------------------------
@@ -108,14 +107,6 @@ def _redo_lookup():
 
 
 # --- arguments ---------------------------------------------------------------------------
-
-def parse_bytes(text: str) -> int:
-    """Bytes from ``65536``, ``256K``, ``64M``, ``1GiB`` (binary units)."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1M, 64M)")
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
-
 
 def _replay_size(text: str) -> int:
     size = parse_bytes(text)
