@@ -423,7 +423,13 @@ class Database:
         if self._current_transaction() is not None:
             raise TransactionStateError("a transaction is already open in this thread; "
                                         "Slonik transactions do not nest")
-        txn = Transaction(self._xacts.snapshot())
+        with self._bound(Transaction(self._xacts.snapshot())) as txn:
+            yield txn
+
+    @contextlib.contextmanager
+    def _bound(self, txn: Transaction) -> Iterator[Transaction]:
+        """Bind ``txn`` to this thread for the block; commit at its end, abort if it
+        raises or ``rollback()`` was called."""
         self._local.txn = txn
         try:
             yield txn
@@ -444,16 +450,8 @@ class Database:
         if txn is not None:
             yield txn
             return
-        txn = Transaction(None, blind=True)
-        self._local.txn = txn
-        try:
+        with self._bound(Transaction(None, blind=True)) as txn:
             yield txn
-        except BaseException:
-            self._local.txn = None
-            self._abort(txn)
-            raise
-        self._local.txn = None
-        self._commit(txn)
 
     def _kv_write(self, store: KVStore, key: bytes, data: bytes | None) -> None:
         txn = self._current_transaction()
