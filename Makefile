@@ -53,5 +53,4 @@ torture: $(STAMP)
 	$(BIN)/python -m pytest -q -m torture
 
 clean:
-	rm -rf $(VENV) build *.egg-info aio/_uring.c aio/_uring*.so aio/_uring.o \
-	  storage/_pagecheck.c storage/_pagecheck*.so storage/_pagecheck.o
+	rm -rf $(VENV) build *.egg-info aio/_uring*.so storage/_pagecheck*.so

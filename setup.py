@@ -2,12 +2,12 @@
 
 Everything else about the package lives in pyproject.toml.
 
-- ``aio._uring``, the io_uring binding, when liburing is present. Without it the install
-  succeeds and ``aio.io_uring_available()`` says why io_uring is off;
+- ``slonik.aio._uring``, the io_uring binding, when liburing is present. Without it the install
+  succeeds and ``slonik.aio.io_uring_available()`` says why io_uring is off;
   ``SLONIK_REQUIRE_URING=1`` turns a missing liburing into a build failure, so CI cannot go
   green without io_uring.
-- ``storage._pagecheck``, page verification of a whole read in C, when a C compiler works.
-  Built as an optional extension: if it fails, ``storage.page`` uses its pure-Python path.
+- ``slonik.storage._pagecheck``, page verification of a whole read in C, when a C compiler works.
+  Built as an optional extension: if it fails, ``slonik.storage.page`` uses its pure-Python path.
 """
 
 import os

@@ -262,7 +262,7 @@ def _builder():
     ffi.cdef(CDEF)
     static = _static_liburing()
     link = {"extra_objects": [static]} if static else {"libraries": ["uring"]}
-    ffi.set_source("aio._uring", SOURCE, extra_compile_args=["-O2"], **link)
+    ffi.set_source("slonik.aio._uring", SOURCE, extra_compile_args=["-O2"], **link)
     return ffi
 
 

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aio.errors import DiskFullError, IOFailure
-from aio.handle import AioResult, AioReturn, IoOp, ResultStatus
+from slonik.aio.errors import DiskFullError, IOFailure
+from slonik.aio.handle import AioResult, AioReturn, IoOp, ResultStatus
 
 if TYPE_CHECKING:
-    from aio.handle import Handle
+    from slonik.aio.handle import Handle
 
 MAX_CALLBACKS_PER_HANDLE = 4  # as PostgreSQL: bufmgr + smgr + room for two more layers
 MAX_CALLBACK_ID = 63          # ids fit in 6 bits, as PgAioResult's id field

@@ -28,10 +28,10 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from aio import callbacks as cb
-from aio import osfile
-from aio.errors import IoMethodUnavailable
-from aio.handle import AioReturn, Handle, HandleFlag, HandleState, IoOp, WaitRef
+from slonik.aio import callbacks as cb
+from slonik.aio import osfile
+from slonik.aio.errors import IoMethodUnavailable
+from slonik.aio.handle import AioReturn, Handle, HandleFlag, HandleState, IoOp, WaitRef
 
 S = HandleState
 
@@ -546,17 +546,17 @@ def make_method(io_method: str, *, io_workers: int = 3) -> IoMethod:
     if io_method not in IO_METHODS:
         raise ValueError(f"io_method must be one of {', '.join(IO_METHODS)}; got {io_method!r}")
     if io_method == "sync":
-        from aio.method_sync import SyncMethod
+        from slonik.aio.method_sync import SyncMethod
 
         return SyncMethod()
     if io_method in ("io_uring", "auto"):
-        from aio.method_io_uring import IoUringMethod, io_uring_available
+        from slonik.aio.method_io_uring import IoUringMethod, io_uring_available
 
         ok, reason = io_uring_available()
         if ok:
             return IoUringMethod()
         if io_method == "io_uring":
             raise IoMethodUnavailable(f"io_method=io_uring is not available here: {reason}")
-    from aio.method_worker import WorkerMethod
+    from slonik.aio.method_worker import WorkerMethod
 
     return WorkerMethod(io_workers)

@@ -1,13 +1,15 @@
-"""The error hierarchy of every layer, kept at the bottom so that every layer can raise it.
+"""The root of Slonik's errors and the I/O errors of this layer.
 
-SlonikError
-├── StorageError              environment and data failures below the engine
-│   ├── IOFailure (+OSError)  a read, write or sync the OS refused; keeps errno
-│   │   └── DiskFullError     ENOSPC, or a short write that made no progress
-│   ├── DataCorruptionError   a page or record that fails verification
-│   └── WalError              WAL cannot be written, synced or read
-├── IoMethodUnavailable       an io_method that cannot run here (with the reason)
-└── ConflictError             first committer wins (engine)
+Each layer defines its own errors under this root (one module per layer):
+
+SlonikError                       (here)
+├── StorageError                  (here) environment and data failures below the engine
+│   ├── IOFailure (+OSError)      (here) a read, write or sync the OS refused; keeps errno
+│   │   └── DiskFullError         (here) ENOSPC, or a short write that made no progress
+│   ├── DataCorruptionError       (storage/errors.py) a page that fails verification
+│   └── WalError                  (wal/errors.py) WAL cannot be written, synced or read
+├── IoMethodUnavailable           (here) an io_method that cannot run here (with the reason)
+└── ConflictError, ...            (engine/errors.py) transaction-level errors
 
 Caller misuse is TypeError/ValueError naming the argument; broken invariants are
 AssertionError and are never caught.
@@ -45,24 +47,5 @@ class DiskFullError(IOFailure):
         super().__init__(err, what)
 
 
-class DataCorruptionError(StorageError):
-    """A page that failed verification. Names the relation, fork and block."""
-
-    def __init__(self, message: str, *, relation: int | None = None, fork: int | None = None,
-                 block: int | None = None) -> None:
-        super().__init__(message)
-        self.relation = relation
-        self.fork = fork
-        self.block = block
-
-
-class WalError(StorageError):
-    """The write-ahead log cannot be written, synced or decoded."""
-
-
 class IoMethodUnavailable(SlonikError):
     """The requested io_method cannot run on this machine; the message says why."""
-
-
-class ConflictError(SlonikError):
-    """A write-write conflict: another transaction committed a change to the same item first."""

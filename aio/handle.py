@@ -18,7 +18,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from aio.core import IssuerContext
+    from slonik.aio.core import IssuerContext
 
 
 class HandleState(IntEnum):
@@ -102,7 +102,7 @@ class AioReturn:
         self.filled = False
 
     def raise_if_failed(self, *, allow_partial: bool = False) -> AioResult:
-        from aio.callbacks import report
+        from slonik.aio.callbacks import report
 
         return report(self, allow_partial=allow_partial)
 
@@ -154,7 +154,7 @@ class Handle:
         self.flags |= flag
 
     def add_callback(self, callback_id: int, data: Any = None) -> None:
-        from aio.callbacks import MAX_CALLBACKS_PER_HANDLE, callback_set
+        from slonik.aio.callbacks import MAX_CALLBACKS_PER_HANDLE, callback_set
 
         assert self.state == S.HANDED_OUT, "callbacks are registered while HANDED_OUT"
         callback_set(callback_id)  # raises for an unknown id
@@ -163,7 +163,7 @@ class Handle:
         self.callbacks.append((callback_id, data))
 
     def set_target(self, target_id: int, target_data: Any) -> None:
-        from aio.callbacks import target_ops
+        from slonik.aio.callbacks import target_ops
 
         assert self.state == S.HANDED_OUT, "the target is set while HANDED_OUT"
         target_ops(target_id)
@@ -188,7 +188,7 @@ class Handle:
         self.owner.aio._release_unused(self)
 
     def describe(self) -> str:
-        from aio.callbacks import target_ops
+        from slonik.aio.callbacks import target_ops
 
         if self.target_id:
             return target_ops(self.target_id).describe(self.target_data)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 
 try:
-    from aio._uring import ffi as _ffi
-    from aio._uring import lib as _lib
+    from slonik.aio._uring import ffi as _ffi
+    from slonik.aio._uring import lib as _lib
 
     _IMPORT_ERROR: str | None = None
 except ImportError as exc:  # built without liburing, or not built at all
     _ffi = _lib = None
-    _IMPORT_ERROR = (f"the io_uring binding aio._uring is not built ({exc}); install "
+    _IMPORT_ERROR = (f"the io_uring binding slonik.aio._uring is not built ({exc}); install "
                      "liburing-dev and reinstall (pip install -e .)")
 
 
@@ -42,9 +42,9 @@ import os  # noqa: E402
 import threading  # noqa: E402
 import weakref  # noqa: E402
 
-from aio.core import SUBMIT_BATCH_SIZE, IoMethod, IssuerContext  # noqa: E402
-from aio.errors import IoMethodUnavailable  # noqa: E402
-from aio.handle import Handle, HandleState  # noqa: E402
+from slonik.aio.core import SUBMIT_BATCH_SIZE, IoMethod, IssuerContext  # noqa: E402
+from slonik.aio.errors import IoMethodUnavailable  # noqa: E402
+from slonik.aio.handle import Handle, HandleState  # noqa: E402
 
 # user_data = handle index | generation << 20: a completion names the exact I/O, so one
 # that arrives for a recycled handle is recognised. 2**20 > MAX_ISSUERS * 1024 handles.

@@ -6,8 +6,8 @@ callbacks in the same order.
 
 from __future__ import annotations
 
-from aio.core import IoMethod, IssuerContext
-from aio.handle import Handle
+from slonik.aio.core import IoMethod, IssuerContext
+from slonik.aio.handle import Handle
 
 
 class SyncMethod(IoMethod):

@@ -14,10 +14,10 @@ import os
 import threading
 from collections import OrderedDict, deque
 
-from aio import callbacks as cb
-from aio import osfile
-from aio.core import IoMethod, IssuerContext, execute
-from aio.handle import Handle
+from slonik.aio import callbacks as cb
+from slonik.aio import osfile
+from slonik.aio.core import IoMethod, IssuerContext, execute
+from slonik.aio.handle import Handle
 
 IO_WORKERS_MAX = 32           # as PostgreSQL's MAX_IO_WORKERS
 WORKER_QUEUE_SIZE = 64        # as PostgreSQL's io worker queue; overflow runs in the issuer

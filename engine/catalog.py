@@ -20,8 +20,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from engine.heap import Heap
-from engine.tuple import COLUMN_TYPES, RowCodec, Tid
+from slonik.engine.access.heap import Heap
+from slonik.engine.access.tuple import COLUMN_TYPES, RowCodec, Tid
 
 __all__ = ["CATALOG_RELFILENUMBER", "RelationEntry", "Catalog", "check_name", "NAME_MAX_CHARS"]
 

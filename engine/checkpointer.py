@@ -19,18 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from aio.errors import IOFailure, WalError
-from storage.bufmgr import BufferManager
-from storage.smgr import Smgr
-from wal.checkpoint import (
+from slonik.aio.errors import IOFailure
+from slonik.storage.bufmgr import BufferManager
+from slonik.storage.smgr import Smgr
+from slonik.wal.checkpoint import (
     XLOG_CHECKPOINT_ONLINE,
     XLOG_CHECKPOINT_SHUTDOWN,
     CheckpointData,
     encode_checkpoint,
 )
-from wal.control import ControlData, DbState, write_control
-from wal.rmgr import RM_XLOG
-from wal.xlog import Wal
+from slonik.wal.control import ControlData, DbState, write_control
+from slonik.wal.errors import WalError
+from slonik.wal.rmgr import RM_XLOG
+from slonik.wal.xlog import Wal
 
 CHECKPOINT_TIMEOUT_RANGE = (1, 86400)                 # seconds, as PostgreSQL's 30s..1d, looser
 MAX_WAL_SIZE_RANGE = (2 * 1024 * 1024, 1 << 40)      # bytes

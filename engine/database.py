@@ -38,32 +38,34 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from aio import osfile
-from aio.core import Aio, AioStats
-from aio.errors import ConflictError, IOFailure, SlonikError, WalError
-from engine import heap as _heap_rmgr  # noqa: F401  (registers RM_HEAP)
-from engine import smgr_wal
-from engine import xact as _xact_rmgr  # noqa: F401  (registers RM_XACT)
-from engine.catalog import CATALOG_RELFILENUMBER, Catalog, RelationEntry, check_name
-from engine.checkpointer import Checkpointer, CheckpointStats
-from engine.heap import Heap
-from engine.kv import KVStore
-from engine.recovery import FIRST_RELFILENUMBER, RecoveryInfo, bootstrap, startup
-from engine.settings import (
+from slonik.aio import osfile
+from slonik.aio.core import Aio, AioStats
+from slonik.aio.errors import IOFailure, SlonikError
+from slonik.engine import smgr_wal
+from slonik.engine import xact as _xact_rmgr  # noqa: F401  (registers RM_XACT)
+from slonik.engine.access import heap as _heap_rmgr  # noqa: F401  (registers RM_HEAP)
+from slonik.engine.access.heap import Heap
+from slonik.engine.access.tuple import RowCodec
+from slonik.engine.catalog import CATALOG_RELFILENUMBER, Catalog, RelationEntry, check_name
+from slonik.engine.checkpointer import Checkpointer, CheckpointStats
+from slonik.engine.errors import ConflictError
+from slonik.engine.kv import KVStore
+from slonik.engine.recovery import FIRST_RELFILENUMBER, RecoveryInfo, bootstrap, startup
+from slonik.engine.settings import (
     DEFAULT_SEGMENT_SIZE_BLOCKS,
     DEFAULT_WAL_SEGMENT_SIZE,
     Settings,
     parse_settings,
 )
-from engine.table import Table
-from engine.tuple import RowCodec
-from engine.xact import Snapshot, TransactionManager, TransactionStateError, XactStats
-from storage.bufmgr import BufferManager, BufferStats
-from storage.page import BLCKSZ
-from storage.smgr import Fork, Smgr
-from wal import checkpoint as _xlog_rmgr  # noqa: F401  (registers RM_XLOG)
-from wal.control import CONTROL_FILE_NAME, read_control
-from wal.xlog import WalStats
+from slonik.engine.table import Table
+from slonik.engine.xact import Snapshot, TransactionManager, TransactionStateError, XactStats
+from slonik.storage.bufmgr import BufferManager, BufferStats
+from slonik.storage.page import BLCKSZ
+from slonik.storage.smgr import Fork, Smgr
+from slonik.wal import checkpoint as _xlog_rmgr  # noqa: F401  (registers RM_XLOG)
+from slonik.wal.control import CONTROL_FILE_NAME, read_control
+from slonik.wal.errors import WalError
+from slonik.wal.xlog import WalStats
 
 __all__ = ["Database", "Transaction", "DatabaseStats", "RelationStats", "NotADatabaseError",
            "DatabaseLockedError", "DatabaseClosedError", "LOCK_FILE_NAME"]

@@ -34,12 +34,12 @@ import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from itertools import islice
 
+from slonik.engine.access.heap import Heap
+from slonik.engine.access.tuple import Tid, decode_kv, encode_kv
+from slonik.engine.errors import ConflictError
+from slonik.engine.xact import Snapshot
+from slonik.storage.errors import DataCorruptionError
 from sortedcontainers import SortedDict
-
-from aio.errors import ConflictError, DataCorruptionError
-from engine.heap import Heap
-from engine.tuple import Tid, decode_kv, encode_kv
-from engine.xact import Snapshot
 
 __all__ = ["KVStore", "INDEX_CHUNK_KEYS"]
 

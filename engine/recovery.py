@@ -31,30 +31,31 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
-from aio import osfile
-from aio.core import Aio
-from aio.errors import DataCorruptionError, WalError
-from storage.bufmgr import BufferManager, DamagedPageWarning
-from storage.page import BLCKSZ, page_get_lsn, page_set_lsn
-from storage.smgr import Smgr
-from wal.checkpoint import (
+from slonik.aio import osfile
+from slonik.aio.core import Aio
+from slonik.storage.bufmgr import BufferManager, DamagedPageWarning
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import BLCKSZ, page_get_lsn, page_set_lsn
+from slonik.storage.smgr import Smgr
+from slonik.wal.checkpoint import (
     XLOG_CHECKPOINT_SHUTDOWN,
     CheckpointData,
     decode_checkpoint,
     encode_checkpoint,
     is_checkpoint,
 )
-from wal.control import (
+from slonik.wal.control import (
     ControlData,
     DbState,
     read_control,
     write_control,
 )
-from wal.lsn import format_lsn
-from wal.reader import ReadRecord, WalReader, read_record_at
-from wal.rmgr import RM_XLOG, get_rmgr
-from wal.walpage import parse_segment_file_name
-from wal.xlog import Wal, sync_segments, truncate_tail
+from slonik.wal.errors import WalError
+from slonik.wal.lsn import format_lsn
+from slonik.wal.reader import ReadRecord, WalReader, read_record_at
+from slonik.wal.rmgr import RM_XLOG, get_rmgr
+from slonik.wal.walpage import parse_segment_file_name
+from slonik.wal.xlog import Wal, sync_segments, truncate_tail
 
 RECOVERY_PREFETCH_RECORDS = 64     # records looked ahead for blocks to prefetch
 RECOVERY_PREFETCH_PINS = 64        # buffers prefetch may hold pinned at once

@@ -19,14 +19,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields, replace
 
-from aio.core import IO_MAX_CONCURRENCY_LIMIT, IO_METHODS
-from aio.method_worker import IO_WORKERS_MAX
-from engine.checkpointer import CHECKPOINT_TIMEOUT_RANGE, MAX_WAL_SIZE_RANGE
-from storage.bufmgr import IO_COMBINE_LIMIT_MAX, SHARED_BUFFERS_MAX, SHARED_BUFFERS_MIN
-from storage.page import BLCKSZ
-from storage.read_stream import EFFECTIVE_IO_CONCURRENCY_MAX
-from wal.walpage import WAL_SEGMENT_SIZE_MAX, WAL_SEGMENT_SIZE_MIN
-from wal.xlog import WAL_BUFFERS_DEFAULT_PAGES, WAL_BUFFERS_MAX_PAGES, WAL_BUFFERS_MIN_PAGES
+from slonik.aio.core import IO_MAX_CONCURRENCY_LIMIT, IO_METHODS
+from slonik.aio.method_worker import IO_WORKERS_MAX
+from slonik.engine.checkpointer import CHECKPOINT_TIMEOUT_RANGE, MAX_WAL_SIZE_RANGE
+from slonik.storage.bufmgr import IO_COMBINE_LIMIT_MAX, SHARED_BUFFERS_MAX, SHARED_BUFFERS_MIN
+from slonik.storage.page import BLCKSZ
+from slonik.storage.read_stream import EFFECTIVE_IO_CONCURRENCY_MAX
+from slonik.wal.walpage import WAL_SEGMENT_SIZE_MAX, WAL_SEGMENT_SIZE_MIN
+from slonik.wal.xlog import WAL_BUFFERS_DEFAULT_PAGES, WAL_BUFFERS_MAX_PAGES, WAL_BUFFERS_MIN_PAGES
 
 __all__ = ["Settings", "parse_settings", "SETTING_NAMES"]
 

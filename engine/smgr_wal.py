@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import struct
 
-from storage.bufmgr import BufferManager
-from storage.smgr import Smgr
-from wal.record import WalRecord
-from wal.rmgr import RM_SMGR, ResourceManager, register_rmgr
-from wal.xlog import Wal
+from slonik.storage.bufmgr import BufferManager
+from slonik.storage.smgr import Smgr
+from slonik.wal.record import WalRecord
+from slonik.wal.rmgr import RM_SMGR, ResourceManager, register_rmgr
+from slonik.wal.xlog import Wal
 
 SMGR_CREATE = 0x10
 SMGR_TRUNCATE = 0x20

@@ -19,10 +19,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 
-from aio.errors import ConflictError
-from engine.heap import Heap
-from engine.tuple import RowCodec, Tid
-from engine.xact import Snapshot
+from slonik.engine.access.heap import Heap
+from slonik.engine.access.tuple import RowCodec, Tid
+from slonik.engine.errors import ConflictError
+from slonik.engine.xact import Snapshot
 
 __all__ = ["Table"]
 

@@ -34,9 +34,9 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from aio.errors import SlonikError
-from wal.record import WalRecord
-from wal.rmgr import RM_XACT, ResourceManager, register_rmgr
+from slonik.aio.errors import SlonikError
+from slonik.wal.record import WalRecord
+from slonik.wal.rmgr import RM_XACT, ResourceManager, register_rmgr
 
 __all__ = [
     "XLOG_XACT_COMMIT", "XLOG_XACT_ABORT", "Snapshot", "TransactionManager", "XactStats",

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from engine import Database
+from slonik import Database
 
 WRITE_SECONDS = 1.0
 

@@ -9,7 +9,7 @@ write is on disk (its WAL fsynced).
 
 import sys
 
-from engine import Database
+from slonik import Database
 
 
 def main(path: str, io_method: str = "auto") -> int:

@@ -9,12 +9,12 @@ verified in their completion callbacks.
 
 import sys
 
-from aio import osfile
-from aio.core import Aio
-from storage.bufmgr import BufferManager
-from storage.page import init_page, page_add_item, page_get_item
-from storage.read_stream import ReadStream
-from storage.smgr import Fork, Smgr
+from slonik.aio import osfile
+from slonik.aio.core import Aio
+from slonik.storage.bufmgr import BufferManager
+from slonik.storage.page import init_page, page_add_item, page_get_item
+from slonik.storage.read_stream import ReadStream
+from slonik.storage.smgr import Fork, Smgr
 
 REL = 16384
 

@@ -9,7 +9,7 @@ a read stream (several reads in flight, neighbouring blocks combined into one I/
 
 import sys
 
-from engine import Database
+from slonik import Database
 
 ROWS = 10_000
 

@@ -11,7 +11,7 @@ of two transactions writing the same key, the first to commit wins and the other
 import sys
 import threading
 
-from engine import ConflictError, Database
+from slonik import ConflictError, Database
 
 
 def main(path: str, io_method: str = "auto") -> int:

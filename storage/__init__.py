@@ -2,6 +2,7 @@
 read streams.
 
 Module map:
+- errors.py       DataCorruptionError (a page that fails verification)
 - page.py         the 8 KiB page: header, line pointers, items, checksums (pure, no I/O)
 - fdcache.py      bounded LRU cache of open file descriptors, reopening transparently
 - smgr.py         storage manager: relation forks as segment files base/<relfilenumber>[.N]

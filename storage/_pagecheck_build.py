@@ -245,7 +245,7 @@ def _builder():
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     # optional=True: a failed compile leaves the pure-Python verifier, not a failed install.
-    ffi.set_source("storage._pagecheck", SOURCE, extra_compile_args=["-O2"], optional=True)
+    ffi.set_source("slonik.storage._pagecheck", SOURCE, extra_compile_args=["-O2"], optional=True)
     return ffi
 
 

@@ -38,21 +38,21 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sortedcontainers import SortedList
-
-from aio import callbacks as cb
-from aio.core import Aio
-from aio.errors import DataCorruptionError, StorageError
-from aio.handle import AioResult, AioReturn, Handle, ResultStatus, WaitRef
-from aio.memory import aligned_buffer
-from storage.page import (
+from slonik.aio import callbacks as cb
+from slonik.aio.core import Aio
+from slonik.aio.errors import StorageError
+from slonik.aio.handle import AioResult, AioReturn, Handle, ResultStatus, WaitRef
+from slonik.aio.memory import aligned_buffer
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import (
     BLCKSZ,
     PageRunVerifier,
     PageStatus,
     page_get_lsn,
     page_set_checksum,
 )
-from storage.smgr import Fork, Smgr, describe
+from slonik.storage.smgr import Fork, Smgr, describe
+from sortedcontainers import SortedList
 
 BM_VALID = 1
 BM_DIRTY = 2

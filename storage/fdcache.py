@@ -30,8 +30,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from aio import osfile
-from aio.errors import IOFailure
+from slonik.aio import osfile
+from slonik.aio.errors import IOFailure
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,7 @@ from itertools import pairwise
 from typing import NamedTuple
 
 import crc32c
-
-from aio.errors import DataCorruptionError
+from slonik.storage.errors import DataCorruptionError
 
 __all__ = [
     "BLCKSZ", "HEADER_SIZE", "LINE_POINTER_SIZE", "MAXIMUM_ALIGNOF", "PAGE_LAYOUT_VERSION",
@@ -126,8 +125,8 @@ _ZERO_CHECKSUM = bytes(CHECKSUM_SIZE)
 _crc = crc32c.crc32c
 
 try:  # the optional C verifier (storage/_pagecheck_build.py); pure Python without it
-    from storage._pagecheck import ffi as _ffi
-    from storage._pagecheck import lib as _lib
+    from slonik.storage._pagecheck import ffi as _ffi
+    from slonik.storage._pagecheck import lib as _lib
     _lib.slk_pagecheck_init()
 except ImportError:  # not built (no C compiler at install time)
     _ffi = _lib = None

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from storage.bufmgr import BufferManager, ReadBuffersOperation
+from slonik.storage.bufmgr import BufferManager, ReadBuffersOperation
 
 EFFECTIVE_IO_CONCURRENCY_DEFAULT = 16   # PostgreSQL 18's default
 EFFECTIVE_IO_CONCURRENCY_MAX = 1000     # as PostgreSQL's range

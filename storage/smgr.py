@@ -39,11 +39,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from aio import osfile
-from aio.errors import DataCorruptionError, DiskFullError, IOFailure
-from aio.memory import aligned_buffer
-from storage.fdcache import FdCache, FdCacheStats
-from storage.page import BLCKSZ
+from slonik.aio import osfile
+from slonik.aio.errors import DiskFullError, IOFailure
+from slonik.aio.memory import aligned_buffer
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.fdcache import FdCache, FdCacheStats
+from slonik.storage.page import BLCKSZ
 
 # Largest valid block number: block numbers are 32-bit and 0xFFFFFFFF means "invalid",
 # as PostgreSQL's InvalidBlockNumber.
@@ -885,4 +886,4 @@ class Smgr:
 
 
 # Imported last: smgr_aio needs the names above (and registers the smgr target/callbacks).
-from storage.smgr_aio import start_io as _start_io  # noqa: E402
+from slonik.storage.smgr_aio import start_io as _start_io  # noqa: E402

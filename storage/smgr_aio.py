@@ -18,14 +18,15 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from aio import callbacks as cb
-from aio.errors import DataCorruptionError, DiskFullError
-from aio.handle import AioResult, AioReturn, Handle, HandleFlag, ResultStatus
-from storage.page import BLCKSZ
-from storage.smgr import Fork, _io_error, describe
+from slonik.aio import callbacks as cb
+from slonik.aio.errors import DiskFullError
+from slonik.aio.handle import AioResult, AioReturn, Handle, HandleFlag, ResultStatus
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import BLCKSZ
+from slonik.storage.smgr import Fork, _io_error, describe
 
 if TYPE_CHECKING:
-    from storage.smgr import Smgr
+    from slonik.storage.smgr import Smgr
 
 SMGR_TARGET_ID = 2
 SMGR_READV_CALLBACK_ID = 2

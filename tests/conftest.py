@@ -3,10 +3,10 @@
 import os
 
 import pytest
+from slonik.aio.core import Aio, make_method
+from slonik.aio.method_io_uring import io_uring_available
 
-from aio.core import Aio, make_method
-from aio.method_faulty import FaultInjectingMethod
-from aio.method_io_uring import io_uring_available
+from tests.support.method_faulty import FaultInjectingMethod
 
 METHODS = ["sync", "worker", "io_uring"]
 

@@ -1,6 +1,7 @@
 """Slonik's write-ahead log, after PostgreSQL's (DESIGN §4, §7). See README.md.
 
 Module map:
+- errors.py      WalError, the root of this layer's errors
 - lsn.py         LSN text form "%X/%08X": format_lsn / parse_lsn
 - walpage.py     WAL page header codec and LSN arithmetic (pure)
 - record.py      the record codec: header, block references, full-page images, CRC-32C (pure)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from wal.lsn import format_lsn
-from wal.record import WalRecord, WalRecordError
-from wal.rmgr import RM_XLOG, ResourceManager, register_rmgr
+from slonik.wal.lsn import format_lsn
+from slonik.wal.record import WalRecord, WalRecordError
+from slonik.wal.rmgr import RM_XLOG, ResourceManager, register_rmgr
 
 XLOG_CHECKPOINT_SHUTDOWN = 0x00
 XLOG_CHECKPOINT_ONLINE = 0x10

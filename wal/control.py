@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import crc32c as _crc32c
-
-from aio import osfile
-from aio.errors import DiskFullError, IOFailure, WalError
+from slonik.aio import osfile
+from slonik.aio.errors import DiskFullError, IOFailure
+from slonik.wal.errors import WalError
 
 __all__ = [
     "CONTROL_FILE_NAME", "CONTROL_FILE_SIZE", "CONTROL_MAGIC", "CONTROL_VERSION", "DbState",

@@ -24,8 +24,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from aio import osfile
-from aio.errors import IOFailure, WalError
+from slonik.aio import osfile
+from slonik.aio.errors import IOFailure
+from slonik.wal.errors import WalError
 
 from .lsn import format_lsn
 from .record import (

@@ -35,8 +35,7 @@ import struct
 from dataclasses import dataclass
 
 import crc32c as _crc32c
-
-from aio.errors import WalError
+from slonik.wal.errors import WalError
 
 __all__ = [
     "BLCKSZ", "RECORD_HEADER_SIZE", "BLOCK_REF_HEADER_SIZE", "MAX_RECORD_SIZE_BYTES",

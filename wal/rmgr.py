@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aio.errors import WalError
+from slonik.wal.errors import WalError
 
 from .record import WalRecord
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from aio.errors import WalError
-from wal.lsn import format_lsn
+from slonik.wal.errors import WalError
+from slonik.wal.lsn import format_lsn
 
 WAL_PAGE_SIZE = 8192
 PAGE_MAGIC = 0xD118

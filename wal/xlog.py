@@ -33,14 +33,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aio import callbacks as cb
-from aio import osfile
-from aio.core import Aio
-from aio.errors import WalError
-from aio.handle import AioReturn
-from aio.memory import aligned_buffer
-from wal.record import BlockRef, WalRecord, encode_record
-from wal.walpage import (
+from slonik.aio import callbacks as cb
+from slonik.aio import osfile
+from slonik.aio.core import Aio
+from slonik.aio.handle import AioReturn
+from slonik.aio.memory import aligned_buffer
+from slonik.wal.errors import WalError
+from slonik.wal.record import BlockRef, WalRecord, encode_record
+from slonik.wal.walpage import (
     PAGE_HEADER_SIZE,
     WAL_PAGE_SIZE,
     align_lsn,

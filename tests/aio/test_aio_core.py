@@ -8,13 +8,13 @@ import random
 import threading
 
 import pytest
+from slonik.aio import callbacks as cb
+from slonik.aio.core import Aio, make_method
+from slonik.aio.errors import DiskFullError, IOFailure, IoMethodUnavailable
+from slonik.aio.handle import AioResult, AioReturn, HandleState, IoOp, ResultStatus
+from slonik.aio.memory import aligned_buffer
 
-from aio import callbacks as cb
-from aio.core import Aio, make_method
-from aio.errors import DiskFullError, IOFailure, IoMethodUnavailable
-from aio.handle import AioResult, AioReturn, HandleState, IoOp, ResultStatus
-from aio.memory import aligned_buffer
-from aio.method_faulty import FaultRule
+from tests.support.method_faulty import FaultRule
 
 BLOCK = 8192
 NBLOCKS = 256
@@ -416,7 +416,7 @@ def test_fsync_through_aio(aio, datafile):
 def test_io_uring_refused_after_fork(datafile):
     """An io_uring Aio created in the parent refuses to run in a forked child with a clear
     error (checked in the child, reported through its exit code)."""
-    from aio.method_io_uring import io_uring_available
+    from slonik.aio.method_io_uring import io_uring_available
 
     if not io_uring_available()[0]:
         pytest.skip("io_uring unavailable")

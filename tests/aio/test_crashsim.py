@@ -8,14 +8,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from slonik.aio import callbacks as cb
+from slonik.aio import osfile
+from slonik.aio.core import Aio
+from slonik.aio.errors import IOFailure, SlonikError
+from slonik.aio.handle import AioReturn
+from slonik.aio.memory import aligned_buffer
 
-from aio import callbacks as cb
-from aio import osfile
-from aio.core import Aio
-from aio.crashsim import CrashReport, CrashSimLayer, SimulatedCrash
-from aio.errors import IOFailure, SlonikError
-from aio.handle import AioReturn
-from aio.memory import aligned_buffer
+from tests.support.crashsim import CrashReport, CrashSimLayer, SimulatedCrash
 
 SEEDS = 200
 SECTOR = 512

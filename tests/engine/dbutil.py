@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from engine import Database
+from slonik import Database
 
 # Small everything: WAL and data files span several segments in tests.
 SMALL = dict(shared_buffers=128, wal_segment_size=1 << 20, segment_size=64,

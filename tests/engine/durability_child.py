@@ -26,7 +26,7 @@ import json
 import random
 import sys
 
-from engine import Database
+from slonik import Database
 
 STORE_NAME = "d"
 SHARED_KEYS = 64            # K/000 .. K/063: the keys later writes override

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from aio import io_uring_available
-from engine.bench import PATTERNS, prepare_file
-from engine.cli import main
+from slonik.aio import io_uring_available
+from slonik.engine.tools.bench import PATTERNS, prepare_file
+from slonik.engine.tools.cli import main
 
 
 def test_bench_aio_json_reports_every_pattern_for_every_available_method(tmp_path, capsys):

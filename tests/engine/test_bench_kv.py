@@ -3,8 +3,8 @@
 import json
 import os
 
-from engine.bench_kv import FIGURES, format_table
-from engine.cli import main
+from slonik.engine.tools.bench_kv import FIGURES, format_table
+from slonik.engine.tools.cli import main
 
 
 def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):

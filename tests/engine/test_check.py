@@ -11,11 +11,11 @@ import os
 import warnings
 
 import pytest
+from slonik.engine.tools.check import CATALOG_NAME, CorruptBlock, check_database
+from slonik.storage.bufmgr import DamagedPageWarning
+from slonik.storage.page import BLCKSZ, VERSION_OFFSET, page_set_checksum
 
-from engine import DataCorruptionError, NotADatabaseError
-from engine.check import CATALOG_NAME, CorruptBlock, check_database
-from storage.bufmgr import DamagedPageWarning
-from storage.page import BLCKSZ, VERSION_OFFSET, page_set_checksum
+from slonik import DataCorruptionError, NotADatabaseError
 from tests.engine.dbutil import SMALL, open_db, tree_snapshot
 
 SEGMENT_BLOCKS = SMALL["segment_size"]

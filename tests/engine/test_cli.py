@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from slonik.engine.tools.cli import main
 
-from engine import Database
-from engine.cli import main
+from slonik import Database
 
 
 def run(capsys, *argv):
@@ -169,7 +169,7 @@ def test_locked_database_is_a_one_line_error_in_a_subprocess(tmp_path):
     naming the lock, with no traceback."""
     path = tmp_path / "db"
     with Database.open(path, io_method="sync"):
-        proc = subprocess.run([sys.executable, "-m", "engine.cli", "get", str(path), "s", "k"],
+        proc = subprocess.run([sys.executable, "-m", "slonik.engine.tools.cli", "get", str(path), "s", "k"],
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
@@ -190,7 +190,6 @@ def _damage_block(path, relfilenumber, block):
 def test_check_clean_and_corrupt(db_dir, io_method, capsys):
     """check exits 0 on a clean database; after one byte of a KV heap block is flipped on
     disk it exits 1 and names that block (relation and block number), as text and JSON."""
-    pytest.importorskip("engine.check")
     with Database.open(db_dir, io_method=io_method) as db:
         kv = db.kv("users")
         with db.transaction():

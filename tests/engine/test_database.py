@@ -9,9 +9,9 @@ import sys
 import textwrap
 
 import pytest
+from slonik.aio import osfile
 
-from aio import osfile
-from engine import (
+from slonik import (
     ConflictError,
     Database,
     DatabaseClosedError,
@@ -167,7 +167,7 @@ def test_second_process_gets_lock_error(tmp_path, io_method):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {ROOT!r})
-        from engine import Database, DatabaseLockedError
+        from slonik import Database, DatabaseLockedError
         try:
             Database.open({str(path)!r}, io_method="sync", shared_buffers=64)
         except DatabaseLockedError as e:

@@ -2,15 +2,15 @@
 
 import os
 
-from engine.cli import main
-from engine.demo import KV_STORE, TXN_KEYS, crash_and_verify, load, scan_cold
+from slonik.engine.tools.cli import main
+from slonik.engine.tools.demo import KV_STORE, TXN_KEYS, crash_and_verify, load, scan_cold
 
 
 def test_demo_small_runs_every_step(tmp_path, capsys):
     """The demo with 3,000 keys exits 0: it loads, prints one scan row per available io
     method, SIGKILLs the writer and reports every acknowledged write present; --dir keeps
     the database, which then holds the loaded store, the table and the crash store."""
-    from engine.demo import available_methods
+    from slonik.engine.tools.demo import available_methods
 
     path = tmp_path / "demo"
     code = main(["demo", "--keys", "3000", "--dir", str(path), "--crash-seconds", "0.3"])
@@ -21,7 +21,7 @@ def test_demo_small_runs_every_step(tmp_path, capsys):
     rows = [line.split()[0] for line in table.splitlines()[2:] if line.strip()]
     assert rows[1:] == available_methods()          # rows[0] is the dashed rule
     assert "every acknowledged write survived; no transaction is partly visible" in out
-    from engine import Database
+    from slonik import Database
     with Database.open(path) as db:
         assert db.relations() == {"crash": "kv", "events": "table", KV_STORE: "kv"}
         assert len(db.kv(KV_STORE)) == 3000

@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from engine import Database
+from slonik import Database
 from tests.engine.durability_child import BATCH_MEMBERS, STORE_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -255,7 +255,7 @@ def test_page_full_to_the_byte_is_logged_and_recovered(tmp_path, io_method):
     rejects a hole offset without a length, and the commit failed with ValueError. Here
     two tuples of 4080 bytes fill one page exactly; the database is then crashed (dropped
     without close) and recovered from that image."""
-    from engine.tuple import KV_HEADER_SIZE, TUPLE_HEADER_SIZE
+    from slonik.engine.access.tuple import KV_HEADER_SIZE, TUPLE_HEADER_SIZE
 
     vlen = 4080 - TUPLE_HEADER_SIZE - KV_HEADER_SIZE - 1
     path = str(tmp_path / "db")

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from aio.errors import WalError
-from engine.heap import (
+from slonik.engine.access.heap import (
     XLOG_HEAP_DELETE,
     XLOG_HEAP_INSERT,
     XLOG_HEAP_INSERT_MULTI,
@@ -32,19 +30,20 @@ from engine.heap import (
     heap_describe,
     heap_redo,
 )
-from engine.recovery import RedoAction, RedoContext
-from engine.tuple import (
+from slonik.engine.access.tuple import (
     HEAP_UPDATED,
     HEAP_XMAX_UPDATE,
     MAX_TUPLE_DATA_BYTES,
     TupleTooLargeError,
 )
-from storage.bufmgr import BufferManager
-from storage.page import BLCKSZ, CHECKSUM_OFFSET, page_check, page_set_lsn
-from storage.smgr import Fork, Smgr
-from wal.reader import WalReader
-from wal.rmgr import RM_HEAP, get_rmgr
-from wal.xlog import Wal
+from slonik.engine.recovery import RedoAction, RedoContext
+from slonik.storage.bufmgr import BufferManager
+from slonik.storage.page import BLCKSZ, CHECKSUM_OFFSET, page_check, page_set_lsn
+from slonik.storage.smgr import Fork, Smgr
+from slonik.wal.errors import WalError
+from slonik.wal.reader import WalReader
+from slonik.wal.rmgr import RM_HEAP, get_rmgr
+from slonik.wal.xlog import Wal
 
 REL = 16384
 SEGMENT_BLOCKS = 8                # small data segments: the heap spans files
@@ -236,7 +235,7 @@ def test_redo_reproduces_reused_slots_and_stale_free_line_hint(env, op):
     """After a prune leaves an UNUSED slot in the middle of a page, the next insert reuses
     that offnum (the PD_HAS_FREE_LINES hint stays set, now stale) and the one after that
     finds no free slot and clears the hint: redo must reproduce both, hint bits included."""
-    from storage.page import PD_HAS_FREE_LINES, page_header
+    from slonik.storage.page import PD_HAS_FREE_LINES, page_header
     h = env.heap
     tids = h.insert_many(1, [b"a" * 10, b"b" * 10, b"c" * 10])
     h.delete(tids[1], 2)
@@ -580,7 +579,7 @@ def test_rmgr_registered_and_describe_is_one_line():
     malformed payload is described, not raised."""
     rm = get_rmgr(RM_HEAP)
     assert rm.name == "heap" and rm.redo is heap_redo and rm.describe is heap_describe
-    from wal.record import BlockRef, WalRecord
+    from slonik.wal.record import BlockRef, WalRecord
     text = heap_describe(WalRecord(RM_HEAP, XLOG_HEAP_DELETE, 5, b"\x01",
                                    (BlockRef(REL, 0, 3),)))
     assert "malformed" in text and "\n" not in text

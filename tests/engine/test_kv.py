@@ -8,10 +8,10 @@ import threading
 import warnings
 
 import pytest
+from slonik.engine.access.tuple import MAX_TUPLE_DATA_BYTES
+from slonik.storage.page import BLCKSZ
 
-from engine import ConflictError, DataCorruptionError, TransactionStateError, TupleTooLargeError
-from engine.tuple import MAX_TUPLE_DATA_BYTES
-from storage.page import BLCKSZ
+from slonik import ConflictError, DataCorruptionError, TransactionStateError, TupleTooLargeError
 from tests.engine.dbutil import open_db
 
 

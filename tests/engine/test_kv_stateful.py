@@ -22,7 +22,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from engine import ConflictError
+from slonik import ConflictError
 from tests.conftest import require_method
 from tests.engine.dbutil import open_db
 

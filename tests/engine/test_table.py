@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine import ConflictError, Tid, TupleTooLargeError
+from slonik import ConflictError, Tid, TupleTooLargeError
 from tests.engine.dbutil import open_db
 
 COLUMNS = [("id", "int8"), ("score", "float8"), ("name", "text"), ("blob", "bytea"),

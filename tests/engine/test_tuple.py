@@ -8,8 +8,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from engine.tuple import (
+from slonik.engine.access.tuple import (
     COLUMN_TYPES,
     HEAP_UPDATED,
     MAX_TUPLE_DATA,
@@ -24,7 +23,7 @@ from engine.tuple import (
     unpack_tuple,
     unpack_tuple_header,
 )
-from storage.page import BLCKSZ, init_page, page_add_item, page_free_space
+from slonik.storage.page import BLCKSZ, init_page, page_add_item, page_free_space
 
 INT8_MIN, INT8_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -278,6 +277,6 @@ def test_row_codec_decode_rejects_malformed_data():
 
 def test_heap_flag_bits_are_distinct():
     """The heap's tuple flag bits are single distinct bits in the low byte."""
-    from engine.tuple import HEAP_VALID_FLAG_BITS, HEAP_XMAX_UPDATE
+    from slonik.engine.access.tuple import HEAP_VALID_FLAG_BITS, HEAP_XMAX_UPDATE
     assert HEAP_UPDATED & HEAP_XMAX_UPDATE == 0
     assert (HEAP_UPDATED | HEAP_XMAX_UPDATE) & ~HEAP_VALID_FLAG_BITS == 0

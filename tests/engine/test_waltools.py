@@ -11,16 +11,15 @@ import json
 import os
 
 import pytest
-
-from aio.core import Aio
-from engine.cli import main
-from engine.recovery import WAL_DIR, bootstrap
-from engine.smgr_wal import _CREATE, SMGR_CREATE
-from wal.control import CONTROL_FILE_NAME, ControlData, read_control
-from wal.lsn import format_lsn
-from wal.reader import read_record_at
-from wal.rmgr import RM_SMGR, RM_TEST
-from wal.xlog import BlockSpec, Wal
+from slonik.aio.core import Aio
+from slonik.engine.recovery import WAL_DIR, bootstrap
+from slonik.engine.smgr_wal import _CREATE, SMGR_CREATE
+from slonik.engine.tools.cli import main
+from slonik.wal.control import CONTROL_FILE_NAME, ControlData, read_control
+from slonik.wal.lsn import format_lsn
+from slonik.wal.reader import read_record_at
+from slonik.wal.rmgr import RM_SMGR, RM_TEST
+from slonik.wal.xlog import BlockSpec, Wal
 
 WAL_SEGMENT_SIZE = 64 * 1024
 WAL_BUFFERS = 8          # 64 KiB: the smallest ring, so corruption in the middle is findable

@@ -14,13 +14,13 @@ import threading
 import time
 
 import pytest
-
-from engine.xact import (
+from slonik.engine.xact import (
     Snapshot,
     TransactionManager,
     decode_xact_extra,
     encode_xact_extra,
 )
+
 from tests.engine.dbutil import SMALL, open_db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,7 +88,7 @@ def test_after_recovery_aborts_cut_off_xids():
 CHILD = textwrap.dedent("""
     import sys, threading, time
     sys.path.insert(0, {root!r})
-    from engine import Database
+    from slonik import Database
     db = Database.open({path!r}, io_method={method!r}, **{settings!r})
     kv = db.kv("d")
     t = db.table("t")

@@ -7,14 +7,13 @@ import threading
 import warnings
 
 import pytest
-
-from aio import osfile
-from aio.core import Aio, make_method
-from aio.errors import DataCorruptionError, IOFailure
-from aio.handle import IoOp
-from aio.method_faulty import FaultInjectingMethod, FaultRule
-from storage.bufmgr import BufferManager, DamagedPageWarning, NoFreeBuffersError
-from storage.page import (
+from slonik.aio import osfile
+from slonik.aio.core import Aio, make_method
+from slonik.aio.errors import IOFailure
+from slonik.aio.handle import IoOp
+from slonik.storage.bufmgr import BufferManager, DamagedPageWarning, NoFreeBuffersError
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import (
     BLCKSZ,
     init_page,
     page_add_item,
@@ -22,7 +21,9 @@ from storage.page import (
     page_set_checksum,
     page_set_lsn,
 )
-from storage.smgr import Fork, Smgr
+from slonik.storage.smgr import Fork, Smgr
+
+from tests.support.method_faulty import FaultInjectingMethod, FaultRule
 
 REL = 16384
 SEGMENT = 8

@@ -8,10 +8,9 @@ import random
 import threading
 
 import pytest
-
-from aio import osfile
-from aio.errors import IOFailure
-from storage.fdcache import FdCache
+from slonik.aio import osfile
+from slonik.aio.errors import IOFailure
+from slonik.storage.fdcache import FdCache
 
 
 def _fd_count() -> int:

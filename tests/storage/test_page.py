@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from aio.errors import DataCorruptionError
-from storage.page import (
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import (
     BLCKSZ,
     CHECKSUM_OFFSET,
     FLAGS_OFFSET,

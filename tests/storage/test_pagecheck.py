@@ -10,10 +10,9 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from aio.memory import aligned_buffer
-from storage import page as page_module
-from storage.page import (
+from slonik.aio.memory import aligned_buffer
+from slonik.storage import page as page_module
+from slonik.storage.page import (
     BLCKSZ,
     PageRunVerifier,
     PageStatus,

@@ -7,11 +7,12 @@ from collections import deque
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from slonik.aio.errors import StorageError
+from slonik.storage.bufmgr import BM_VALID, BufferManager
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.read_stream import ReadStream
+from slonik.storage.smgr import Fork, Smgr
 
-from aio.errors import DataCorruptionError, StorageError
-from storage.bufmgr import BM_VALID, BufferManager
-from storage.read_stream import ReadStream
-from storage.smgr import Fork, Smgr
 from tests.storage.test_bufmgr import REL, SEGMENT, corrupt, item, make_page
 
 NBLOCKS = 64

@@ -14,16 +14,16 @@ import shutil
 import tempfile
 
 import pytest
+import slonik.storage.smgr as smgr_module
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-
-import storage.smgr as smgr_module
-from aio import osfile
-from aio.errors import DataCorruptionError, DiskFullError, IOFailure, StorageError
-from aio.memory import aligned_buffer
-from storage.page import BLCKSZ
-from storage.smgr import Fork, RelationExistsError, Smgr
+from slonik.aio import osfile
+from slonik.aio.errors import DiskFullError, IOFailure, StorageError
+from slonik.aio.memory import aligned_buffer
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import BLCKSZ
+from slonik.storage.smgr import Fork, RelationExistsError, Smgr
 
 SEG = 4  # blocks per segment
 MAX_FILES = 3

@@ -7,14 +7,15 @@ import errno
 import os
 
 import pytest
+from slonik.aio.core import Aio, make_method
+from slonik.aio.errors import DiskFullError, IOFailure
+from slonik.aio.handle import AioReturn, IoOp, ResultStatus
+from slonik.aio.memory import aligned_buffer
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import BLCKSZ
+from slonik.storage.smgr import Fork, Smgr
 
-from aio.core import Aio, make_method
-from aio.errors import DataCorruptionError, DiskFullError, IOFailure
-from aio.handle import AioReturn, IoOp, ResultStatus
-from aio.memory import aligned_buffer
-from aio.method_faulty import FaultInjectingMethod, FaultRule
-from storage.page import BLCKSZ
-from storage.smgr import Fork, Smgr
+from tests.support.method_faulty import FaultInjectingMethod, FaultRule
 
 SEGMENT = 4
 

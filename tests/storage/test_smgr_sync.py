@@ -10,13 +10,12 @@ import errno
 import os
 
 import pytest
-
-from aio import osfile
-from aio.errors import IOFailure
-from aio.handle import AioReturn
-from aio.memory import aligned_buffer
-from storage.page import BLCKSZ
-from storage.smgr import Fork, Smgr
+from slonik.aio import osfile
+from slonik.aio.errors import IOFailure
+from slonik.aio.handle import AioReturn
+from slonik.aio.memory import aligned_buffer
+from slonik.storage.page import BLCKSZ
+from slonik.storage.smgr import Fork, Smgr
 
 SEGMENT = 4
 REL = 16384

@@ -8,13 +8,14 @@ import os
 import threading
 
 import pytest
+from slonik.aio import osfile
+from slonik.aio.errors import IOFailure
+from slonik.storage.smgr import Fork
+from slonik.wal.control import DbState, read_control
+from slonik.wal.errors import WalError
+from slonik.wal.reader import read_record_at
 
-from aio import osfile
-from aio.errors import IOFailure, WalError
-from storage.smgr import Fork
 from tests.wal.test_recovery import REL, MiniDb
-from wal.control import DbState, read_control
-from wal.reader import read_record_at
 
 
 def _fill(db: MiniDb, n: int, size: int = 400) -> None:

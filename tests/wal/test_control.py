@@ -11,10 +11,9 @@ import crc32c
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from aio import osfile
-from aio.errors import IOFailure, WalError
-from wal.control import (
+from slonik.aio import osfile
+from slonik.aio.errors import IOFailure
+from slonik.wal.control import (
     CONTROL_FILE_NAME,
     CONTROL_FILE_SIZE,
     CONTROL_MAGIC,
@@ -28,6 +27,7 @@ from wal.control import (
     read_control,
     write_control,
 )
+from slonik.wal.errors import WalError
 
 U64 = 0xFFFFFFFFFFFFFFFF
 

@@ -16,12 +16,11 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-from aio import osfile
-from aio.errors import IOFailure, WalError
-from tests.wal.walgen import WalGen
-from wal.lsn import format_lsn
-from wal.reader import (
+from slonik.aio import osfile
+from slonik.aio.errors import IOFailure
+from slonik.wal.errors import WalError
+from slonik.wal.lsn import format_lsn
+from slonik.wal.reader import (
     ReadRecord,
     WalCorruptMiddleError,
     WalReader,
@@ -29,9 +28,11 @@ from wal.reader import (
     first_record_lsn,
     read_record_at,
 )
-from wal.record import BLCKSZ, MAX_RECORD_SIZE_BYTES, RECORD_HEADER_SIZE, BlockRef, WalRecord
-from wal.rmgr import RM_TEST, ResourceManager, find_rmgr, register_rmgr
-from wal.walpage import PAGE_HEADER_SIZE, WAL_PAGE_SIZE, segment_file_name
+from slonik.wal.record import BLCKSZ, MAX_RECORD_SIZE_BYTES, RECORD_HEADER_SIZE, BlockRef, WalRecord
+from slonik.wal.rmgr import RM_TEST, ResourceManager, find_rmgr, register_rmgr
+from slonik.wal.walpage import PAGE_HEADER_SIZE, WAL_PAGE_SIZE, segment_file_name
+
+from tests.wal.walgen import WalGen
 
 SEG = 64 * 1024
 RESERVED_HEADER_BYTES = range(20, 24)   # walpage's header: ... wal_segment_size u32 | reserved u32

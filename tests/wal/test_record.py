@@ -9,9 +9,8 @@ import crc32c
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from aio.errors import WalError
-from wal.record import (
+from slonik.wal.errors import WalError
+from slonik.wal.record import (
     BLCKSZ,
     BLOCK_REF_HEADER_SIZE,
     MAX_BLOCK_REFS,
@@ -73,7 +72,7 @@ def recrc(data: bytes | bytearray) -> bytes:
 
 def test_blcksz_matches_storage():
     """wal/ may not import storage/, so the data page size is defined twice; they agree."""
-    from storage.page import BLCKSZ as STORAGE_BLCKSZ
+    from slonik.storage.page import BLCKSZ as STORAGE_BLCKSZ
     assert BLCKSZ == STORAGE_BLCKSZ
 
 

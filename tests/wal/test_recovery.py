@@ -11,16 +11,14 @@ import struct
 import threading
 
 import pytest
-
-from aio import osfile
-from aio.core import Aio
-from aio.crashsim import CrashSimLayer, SimulatedCrash
-from aio.errors import SlonikError
-from engine.checkpointer import Checkpointer
-from engine.recovery import RedoAction, bootstrap, startup
-from engine.smgr_wal import create_relation
-from storage.bufmgr import BufferManager
-from storage.page import (
+from slonik.aio import osfile
+from slonik.aio.core import Aio
+from slonik.aio.errors import SlonikError
+from slonik.engine.checkpointer import Checkpointer
+from slonik.engine.recovery import RedoAction, bootstrap, startup
+from slonik.engine.smgr_wal import create_relation
+from slonik.storage.bufmgr import BufferManager
+from slonik.storage.page import (
     BLCKSZ,
     init_page,
     page_add_item,
@@ -30,11 +28,13 @@ from storage.page import (
     page_is_new,
     page_set_lsn,
 )
-from storage.smgr import Fork, Smgr
-from wal.control import DbState, read_control
-from wal.rmgr import RM_TEST, ResourceManager, register_rmgr
-from wal.walpage import align_lsn
-from wal.xlog import BlockSpec
+from slonik.storage.smgr import Fork, Smgr
+from slonik.wal.control import DbState, read_control
+from slonik.wal.rmgr import RM_TEST, ResourceManager, register_rmgr
+from slonik.wal.walpage import align_lsn
+from slonik.wal.xlog import BlockSpec
+
+from tests.support.crashsim import CrashSimLayer, SimulatedCrash
 
 SEG = 64 * 1024
 SEGMENT_BLOCKS = 8

@@ -5,9 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
-from aio.errors import WalError
-from wal.rmgr import (
+from slonik.wal.errors import WalError
+from slonik.wal.rmgr import (
     RM_HEAP,
     RM_SMGR,
     RM_TEST,

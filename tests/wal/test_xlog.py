@@ -8,15 +8,15 @@ import random
 import threading
 
 import pytest
+from slonik.aio.handle import IoOp
+from slonik.aio.memory import aligned_buffer
+from slonik.storage.page import BLCKSZ, init_page, page_get_lsn
+from slonik.wal.errors import WalError
+from slonik.wal.reader import WalReader
+from slonik.wal.walpage import PAGE_HEADER_SIZE, WAL_PAGE_SIZE
+from slonik.wal.xlog import BlockSpec, Wal, truncate_tail
 
-from aio.errors import WalError
-from aio.handle import IoOp
-from aio.memory import aligned_buffer
-from aio.method_faulty import FaultRule
-from storage.page import BLCKSZ, init_page, page_get_lsn
-from wal.reader import WalReader
-from wal.walpage import PAGE_HEADER_SIZE, WAL_PAGE_SIZE
-from wal.xlog import BlockSpec, Wal, truncate_tail
+from tests.support.method_faulty import FaultRule
 
 SEG = 64 * 1024
 FIRST = SEG + PAGE_HEADER_SIZE  # the first record of a fresh stream
@@ -232,7 +232,7 @@ def test_wal_sync_failure_is_fatal_and_never_retried(faulty_aio, tmp_path):
 def test_direct_dsync_wal_needs_no_fdatasync(io_method, tmp_path):
     """With io_direct for WAL (O_DIRECT|O_DSYNC) flushes issue no fdatasync and the WAL
     reads back."""
-    from aio.core import Aio
+    from slonik.aio.core import Aio
 
     with Aio(io_method) as aio:
         w = Wal(str(tmp_path), aio, wal_segment_size=SEG, io_direct=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from wal.record import WalRecord, encode_record
-from wal.walpage import (
+from slonik.wal.record import WalRecord, encode_record
+from slonik.wal.walpage import (
     PAGE_HEADER_SIZE,
     WAL_PAGE_SIZE,
     encode_page_header,

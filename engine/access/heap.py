@@ -55,9 +55,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from sortedcontainers import SortedList
-
-from engine.tuple import (
+from slonik.engine.access.tuple import (
     HEAP_UPDATED,
     HEAP_XMAX_UPDATE,
     MAX_TUPLE_DATA_BYTES,
@@ -69,7 +67,7 @@ from engine.tuple import (
     pack_tuple,
     unpack_tuple_header,
 )
-from storage.page import (
+from slonik.storage.page import (
     BLCKSZ,
     FLAGS_OFFSET,
     HEADER_SIZE,
@@ -92,10 +90,11 @@ from storage.page import (
     page_set_flags,
     page_set_lsn,
 )
-from storage.read_stream import ReadStream
-from storage.smgr import Fork
-from wal.rmgr import RM_HEAP, ResourceManager, register_rmgr
-from wal.xlog import BlockSpec
+from slonik.storage.read_stream import ReadStream
+from slonik.storage.smgr import Fork
+from slonik.wal.rmgr import RM_HEAP, ResourceManager, register_rmgr
+from slonik.wal.xlog import BlockSpec
+from sortedcontainers import SortedList
 
 __all__ = [
     "Heap", "Tid", "HeapTuple", "FreeSpaceMap", "TupleTooLargeError",

@@ -40,8 +40,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from aio.errors import DataCorruptionError
-from storage.page import max_item_size
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import max_item_size
 
 __all__ = [
     "TUPLE_HEADER_SIZE", "MAX_TUPLE_DATA_BYTES", "MAX_TUPLE_DATA", "MAX_COLUMNS",

@@ -34,10 +34,10 @@ import sys
 import threading
 import time
 
-from aio import io_uring_available
-from engine.bench import ALL_METHODS, parse_methods, positive_float, positive_int
-from engine.database import Database
-from engine.progress import Progress
+from slonik.aio import io_uring_available
+from slonik.engine.database import Database
+from slonik.engine.tools.bench import ALL_METHODS, parse_methods, positive_float, positive_int
+from slonik.engine.tools.progress import Progress
 
 DEFAULT_DIR = "./bench-data/kv"
 DEFAULT_KEYS = 1_000_000

@@ -32,12 +32,13 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from aio import osfile
-from aio.errors import DataCorruptionError, IOFailure, SlonikError
-from engine.catalog import CATALOG_RELFILENUMBER
-from storage.page import BLCKSZ, PageCorruptError, PageRunVerifier, page_check
-from storage.smgr import Fork, Smgr
-from wal.control import CONTROL_FILE_NAME, read_control
+from slonik.aio import osfile
+from slonik.aio.errors import IOFailure, SlonikError
+from slonik.engine.catalog import CATALOG_RELFILENUMBER
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import BLCKSZ, PageCorruptError, PageRunVerifier, page_check
+from slonik.storage.smgr import Fork, Smgr
+from slonik.wal.control import CONTROL_FILE_NAME, read_control
 
 __all__ = ["CheckReport", "RelationCheck", "CorruptBlock", "check_database",
            "CHECK_READ_BLOCKS"]
@@ -164,7 +165,7 @@ def _check_files(smgr: Smgr, names: dict[int, tuple[str, str]],
 @contextlib.contextmanager
 def _database_lock(path: str):
     """Hold the database's lock file (used only when Database.open failed)."""
-    from engine.database import LOCK_FILE_NAME, DatabaseLockedError
+    from slonik.engine.database import LOCK_FILE_NAME, DatabaseLockedError
 
     fd = osfile.open(os.path.join(path, LOCK_FILE_NAME), os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -184,7 +185,7 @@ def check_database(path: str | os.PathLike, *, io_method: str = "auto",
     docstring. ``progress(n)`` is called after each run of ``n`` blocks. Raises
     ``NotADatabaseError`` when ``path`` holds no database (nothing is created) and
     ``DatabaseLockedError`` when another process has it open."""
-    from engine.database import Database, DatabaseLockedError, NotADatabaseError
+    from slonik.engine.database import Database, DatabaseLockedError, NotADatabaseError
 
     path = os.path.abspath(os.fspath(path))
     if not osfile.exists(os.path.join(path, CONTROL_FILE_NAME)):

@@ -30,13 +30,13 @@ import subprocess
 import sys
 import time
 
-from aio import io_uring_available, osfile
-from aio.core import Aio
-from engine.bench import fio_status, parse_methods, parse_size, positive_int
-from storage.bufmgr import BufferManager
-from storage.page import BLCKSZ, init_page, page_add_item, page_set_checksum
-from storage.read_stream import ReadStream
-from storage.smgr import Fork, Smgr
+from slonik.aio import io_uring_available, osfile
+from slonik.aio.core import Aio
+from slonik.engine.tools.bench import fio_status, parse_methods, parse_size, positive_int
+from slonik.storage.bufmgr import BufferManager
+from slonik.storage.page import BLCKSZ, init_page, page_add_item, page_set_checksum
+from slonik.storage.read_stream import ReadStream
+from slonik.storage.smgr import Fork, Smgr
 
 DEFAULT_DIR = "./bench-data/scan"
 REL = 16384

@@ -31,11 +31,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from aio import callbacks as cb
-from aio import io_uring_available, osfile
-from aio.core import Aio
-from aio.handle import AioReturn, ResultStatus
-from aio.memory import PAGE_ALIGNMENT, aligned_buffer
+from slonik.aio import callbacks as cb
+from slonik.aio import io_uring_available, osfile
+from slonik.aio.core import Aio
+from slonik.aio.handle import AioReturn, ResultStatus
+from slonik.aio.memory import PAGE_ALIGNMENT, aligned_buffer
 
 DEFAULT_FILE = "./bench-data/aio.dat"
 DEFAULT_SIZE = 1 << 30

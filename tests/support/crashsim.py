@@ -38,7 +38,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aio.osfile import Buffer, OsLayer
+from slonik.aio.osfile import Buffer, OsLayer
 
 TORN_GRANULARITIES_BYTES = (512, 4096)  # a disk sector and a page: the units a write tears in
 APPLY_WAIT_SECONDS = 10.0  # apply_crash waits this long for calls in flight at the crash

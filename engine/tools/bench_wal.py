@@ -36,9 +36,9 @@ import threading
 import time
 from types import SimpleNamespace
 
-from aio import osfile
-from aio.core import Aio
-from engine.bench import (
+from slonik.aio import osfile
+from slonik.aio.core import Aio
+from slonik.engine.tools.bench import (
     ALL_METHODS,
     availability_notes,
     fio_status,
@@ -49,11 +49,11 @@ from engine.bench import (
     positive_int,
     run_bench_command,
 )
-from wal.reader import WalReader
-from wal.record import WalRecord
-from wal.rmgr import RM_TEST, ResourceManager, find_rmgr, get_rmgr, register_rmgr
-from wal.walpage import WAL_PAGE_SIZE, WAL_SEGMENT_SIZE_DEFAULT, check_segment_size
-from wal.xlog import (
+from slonik.wal.reader import WalReader
+from slonik.wal.record import WalRecord
+from slonik.wal.rmgr import RM_TEST, ResourceManager, find_rmgr, get_rmgr, register_rmgr
+from slonik.wal.walpage import WAL_PAGE_SIZE, WAL_SEGMENT_SIZE_DEFAULT, check_segment_size
+from slonik.wal.xlog import (
     WAL_BUFFERS_DEFAULT_PAGES,
     WAL_BUFFERS_MAX_PAGES,
     WAL_BUFFERS_MIN_PAGES,

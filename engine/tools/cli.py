@@ -20,31 +20,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
 import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 
-from aio import io_uring_available
-from aio.core import IO_METHODS
-from aio.errors import SlonikError
-from engine.bench import add_arguments as add_bench_aio_arguments
-from engine.bench import cmd_bench_aio, nonnegative_int, positive_float, positive_int
-from engine.bench_scan import add_arguments as add_bench_scan_arguments
-from engine.bench_scan import cmd_bench_scan
-from engine.bench_wal import add_arguments as add_bench_wal_arguments
-from engine.bench_wal import cmd_bench_wal
-from engine.progress import Progress
-from engine.waltools import (
+from slonik.aio import io_uring_available
+from slonik.aio.core import IO_METHODS
+from slonik.aio.errors import SlonikError
+from slonik.engine.tools.bench import add_arguments as add_bench_aio_arguments
+from slonik.engine.tools.bench import cmd_bench_aio, nonnegative_int, positive_float, positive_int
+from slonik.engine.tools.bench_scan import add_arguments as add_bench_scan_arguments
+from slonik.engine.tools.bench_scan import cmd_bench_scan
+from slonik.engine.tools.bench_wal import add_arguments as add_bench_wal_arguments
+from slonik.engine.tools.bench_wal import cmd_bench_wal
+from slonik.engine.tools.check import check_database
+from slonik.engine.tools.progress import Progress
+from slonik.engine.tools.waltools import (
     add_controldata_arguments,
     add_waldump_arguments,
     cmd_controldata,
     cmd_waldump,
 )
-from storage.page import BLCKSZ
-from wal.control import CONTROL_FILE_NAME
+from slonik.storage.page import BLCKSZ
+from slonik.wal.control import CONTROL_FILE_NAME
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+\.?\d*[eE][+-]?\d+)$")
@@ -95,7 +95,7 @@ def _require_database(path: str) -> str:
 
 
 def _open(args: argparse.Namespace):
-    from engine.database import Database
+    from slonik.engine.database import Database
     return Database.open(_require_database(args.dir), **_settings(args))
 
 
@@ -131,7 +131,7 @@ def _kv_store(db, name: str, *, create: bool):
 # --- data commands ---------------------------------------------------------------------------
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from engine.database import Database
+    from slonik.engine.database import Database
     path = os.path.abspath(args.dir)
     if os.path.exists(os.path.join(path, CONTROL_FILE_NAME)):
         raise CommandError(f"{path} is already a Slonik database; nothing was changed")
@@ -246,18 +246,6 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_check():
-    """``engine.check.check_database``, imported only when ``check`` runs."""
-    try:
-        module = importlib.import_module("engine.check")
-    except ModuleNotFoundError as exc:
-        if exc.name != "engine.check":
-            raise
-        raise CommandError("slonik check is not available in this build "
-                           "(engine/check.py is missing)") from None
-    return module.check_database
-
-
 def _base_blocks(path: str) -> int:
     """Blocks in the files under ``base/`` (the check's progress total)."""
     base = os.path.join(path, "base")
@@ -270,7 +258,6 @@ def _base_blocks(path: str) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     path = _require_database(args.dir)
-    check_database = _load_check()
     with Progress("checking pages", _base_blocks(path), unit="pages",
                   enabled=not args.json and sys.stderr.isatty()) as p:
         report = check_database(path, io_method=args.io_method or "auto", progress=p.advance)
@@ -322,13 +309,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from engine.demo import run_demo
+    from slonik.engine.tools.demo import run_demo
     return run_demo(args.keys, args.dir, buffered=args.buffered,
                     crash_seconds=args.crash_seconds)
 
 
 def _cmd_bench_kv(args: argparse.Namespace) -> int:
-    from engine.bench_kv import cmd_bench_kv
+    from slonik.engine.tools.bench_kv import cmd_bench_kv
     return cmd_bench_kv(args)
 
 
@@ -436,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kv = bench_sub.add_parser(
         "kv", help="the KV store per io method: a big load, durable puts/s (1 and 8 "
                    "threads), random gets, ordered scan, open (index rebuild)")
-    from engine.bench_kv import add_arguments as add_bench_kv_arguments
+    from slonik.engine.tools.bench_kv import add_arguments as add_bench_kv_arguments
     add_bench_kv_arguments(bench_kv)
     bench_kv.set_defaults(func=_cmd_bench_kv)
 

@@ -30,9 +30,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from aio import io_uring_available, osfile
-from engine.database import Database
-from engine.progress import Progress
+from slonik.aio import io_uring_available, osfile
+from slonik.engine.database import Database
+from slonik.engine.tools.progress import Progress
 
 DEFAULT_KEYS = 200_000
 LOAD_BATCH_KEYS = 10_000         # puts per load transaction: big commits, bounded memory
@@ -47,7 +47,7 @@ KV_STORE = "users"
 TABLE = "events"
 TABLE_COLUMNS = [("id", "int8"), ("name", "text"), ("score", "float8"), ("payload", "bytea")]
 
-_CHILD_CODE = ("import sys; from engine.demo import writer_child; "
+_CHILD_CODE = ("import sys; from slonik.engine.tools.demo import writer_child; "
                "sys.exit(writer_child(sys.argv[1], sys.argv[2]))")
 
 

@@ -25,15 +25,15 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime
 
-from aio.errors import SlonikError
-from engine.recovery import WAL_DIR
-from wal.control import ControlData, read_control
-from wal.lsn import format_lsn, parse_lsn
-from wal.reader import ReadRecord, WalReader
-from wal.record import BlockRef, WalRecord
-from wal.rmgr import RM_MAX_ID, find_rmgr, rmgr_name
-from wal.walpage import WAL_PAGE_SIZE, next_record_lsn
-from wal.xlog import WAL_BUFFERS_DEFAULT_PAGES, WAL_BUFFERS_MAX_PAGES, WAL_BUFFERS_MIN_PAGES
+from slonik.aio.errors import SlonikError
+from slonik.engine.recovery import WAL_DIR
+from slonik.wal.control import ControlData, read_control
+from slonik.wal.lsn import format_lsn, parse_lsn
+from slonik.wal.reader import ReadRecord, WalReader
+from slonik.wal.record import BlockRef, WalRecord
+from slonik.wal.rmgr import RM_MAX_ID, find_rmgr, rmgr_name
+from slonik.wal.walpage import WAL_PAGE_SIZE, next_record_lsn
+from slonik.wal.xlog import WAL_BUFFERS_DEFAULT_PAGES, WAL_BUFFERS_MAX_PAGES, WAL_BUFFERS_MIN_PAGES
 
 __all__ = [
     "DESCRIBER_MODULES", "CONTROL_LABELS", "control_report", "format_control_report",
@@ -44,7 +44,8 @@ __all__ = [
 # Modules that register resource managers (and so their describe()) when imported. A module
 # that does not exist yet in this build is skipped; one that fails to import is a bug and
 # its error propagates.
-DESCRIBER_MODULES = ("wal.checkpoint", "engine.smgr_wal", "engine.heap", "engine.xact")
+DESCRIBER_MODULES = ("slonik.wal.checkpoint", "slonik.engine.smgr_wal", "slonik.engine.access.heap",
+                     "slonik.engine.xact")
 
 # pg_controldata's wording where PostgreSQL has the field; a field added to ControlData
 # later is still printed, under its own name.
