@@ -1,53 +1,74 @@
-"""``slonik check``: read every page of every relation fork and report each corrupt block,
-like pg_checksums / amcheck. The logic lives here; ``engine/cli.py`` only prints it.
+"""``slonik check``: read every page of every relation fork and report each bad block, like
+pg_checksums / amcheck, without changing a byte. The logic lives here; ``cli.py`` prints it.
 
-``check_database(path)`` opens the database (taking its lock and running crash recovery
-if needed, so torn pages a crash left are repaired from WAL first), runs a checkpoint so
-that the files hold every page the buffer pool has, and then reads the data files
-directly: every fork of every file under ``base/`` — the catalog (relfilenumber 1), each
-relation the catalog names, and any file no catalog row names (kind ``"orphan"``) — in
-runs of ``CHECK_READ_BLOCKS`` blocks through ``Smgr.readv``. Each page gets
-``verify_page`` (header and checksum, via ``PageRunVerifier``) and then, when that passes,
-``page_check`` (line pointers, item extents, free space), so a page with a good checksum
-but a broken structure is reported too. It never stops at the first bad block.
+``check_database(path)`` never opens a ``Database``: no recovery, no checkpoint, no lock
+file, no file created or written (DESIGN §7). Everything goes through ``offline.py``: every
+fork of every file under ``base/`` — the catalog (relfilenumber 1), each relation the
+catalog names, and any file no catalog row names (kind ``"orphan"``) — is read ``O_RDONLY``
+in runs of ``READ_RUN_BLOCKS`` blocks through an ``Aio`` of the chosen io method. Each page
+gets ``verify_page`` (header and checksum, via ``PageRunVerifier``) and then, when that
+passes, ``page_check`` (line pointers, item extents, free space), so a page with a good
+checksum but a broken structure is reported too. It never stops at the first bad block.
+Names come from the catalog's pages as they are on disk; when a catalog page cannot be
+read, the files are still checked and ``open_error`` says which names may be missing.
 
-When the database cannot be opened (say the catalog itself is damaged), the files are
-still checked, under the database's lock, without names; ``open_error`` says why.
+A database that was not shut down cleanly (control file state not ``SHUTDOWNED``) needs
+recovery: the check still verifies every page, says so (``recovery_needed``, and the redo
+point replay would start from), and is never ``ok``. Pages of such a database may be torn or
+stale — a crash can interrupt a page write — and replay repairs a page whole when a record
+after the redo point carries its full-page image (or re-initialises it). The check reads
+the WAL from the redo point (read-only, as recovery would) to tell the two apart: a bad
+page that replay restores whole is listed in ``repairable_blocks`` ("may be repaired by
+recovery", with the LSN of that record); any other bad page is corruption
+(``corrupt_blocks``) whatever the state. ``slonik check --recover`` (``recover_database``)
+is the explicit way to recover first: it opens the database, which recovers, closes it,
+then checks.
+
+A database open in another process (its lock held, found in the kernel's lock table without
+touching the lock) is refused with ``DatabaseLockedError``: its files change while it runs
+and its buffer pool holds pages the files do not, so no answer about them would be true.
 
 Invariants:
 1. Every block below each fork's size is checked exactly once; ``pages_checked`` counts
-   them, ``corrupt_blocks`` lists every one that failed, in (relfilenumber, fork, block)
-   order.
-2. Nothing is written to the data files except by ``Database.open``/``checkpoint``/
-   ``close`` themselves (recovery, the checkpoint); the check only reads.
+   them; ``corrupt_blocks`` and ``repairable_blocks`` list every one that failed, each in
+   (relfilenumber, fork, block) order, and no block is in both.
+2. ``check_database`` writes nothing: every file is opened ``O_RDONLY`` (offline.py).
+3. ``ok`` only when no block failed, every catalog page was read, and no recovery is
+   pending.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from slonik.aio import osfile
-from slonik.aio.errors import IOFailure, SlonikError
+from slonik.aio.core import Aio
 from slonik.engine.catalog import CATALOG_RELFILENUMBER
+from slonik.engine.database import Database, DatabaseLockedError
+from slonik.engine.tools.offline import (
+    READ_RUN_BLOCKS,
+    RecoveryImages,
+    RelationFileReader,
+    catalog_rows,
+    lock_holder,
+    recovery_images,
+    relation_forks,
+    require_database,
+)
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ, PageCorruptError, PageRunVerifier, page_check
-from slonik.storage.smgr import Fork, Smgr
-from slonik.wal.control import CONTROL_FILE_NAME, read_control
+from slonik.storage.smgr import Fork
+from slonik.wal.control import DbState, read_control
+from slonik.wal.lsn import format_lsn
 
 __all__ = ["CheckReport", "RelationCheck", "CorruptBlock", "check_database",
-           "CHECK_READ_BLOCKS"]
+           "recover_database", "CHECK_READ_BLOCKS"]
 
-CHECK_READ_BLOCKS = 64      # blocks per read (512 KiB): big sequential reads, a small buffer
+CHECK_READ_BLOCKS = READ_RUN_BLOCKS   # blocks per read (512 KiB)
 CATALOG_NAME = "(catalog)"
 ORPHAN_NAME = "(no catalog entry)"
-_FILE_RE = re.compile(r"^(\d+)(_fsm|_vm)?(?:\.(\d+))?$")
-_SUFFIX_FORK = {None: Fork.MAIN, "_fsm": Fork.FSM, "_vm": Fork.VM}
 
 
 @dataclass(frozen=True)
@@ -66,16 +87,22 @@ class RelationCheck:
     relfilenumber: int
     fork: str
     pages_checked: int
-    corrupt_pages: int
+    corrupt_pages: int      # blocks in corrupt_blocks (repairable ones not counted)
+    repairable_pages: int = 0
 
 
 @dataclass(frozen=True)
 class CheckReport:
     path: str
-    io_method: str | None   # what the database was opened with (None: it could not be)
+    io_method: str | None   # the io method the pages were read with
     relations: tuple[RelationCheck, ...]
     corrupt_blocks: tuple[CorruptBlock, ...]
-    open_error: str | None  # why the database could not be opened, if it could not
+    open_error: str | None  # why (some) relation names could not be read from the catalog
+    state: str = DbState.SHUTDOWNED.name        # the control file's state
+    recovery_needed: bool = False
+    redo_lsn: str | None = None                 # where replay would start, when needed
+    repairable_blocks: tuple[CorruptBlock, ...] = field(default=())
+    wal_error: str | None = None                # why the WAL could not be read to its end
 
     @property
     def pages_checked(self) -> int:
@@ -83,7 +110,9 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return not self.corrupt_blocks and self.open_error is None
+        return (not self.corrupt_blocks and not self.repairable_blocks
+                and self.open_error is None and not self.recovery_needed
+                and self.wal_error is None)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -96,118 +125,119 @@ class CheckReport:
         return json.dumps(self.as_dict(), sort_keys=True)
 
 
-def _relation_files(path: str) -> list[tuple[int, Fork]]:
-    """(relfilenumber, fork) of every fork that has a segment 0 under ``base/``."""
-    base = os.path.join(path, "base")
-    if not osfile.exists(base):
-        return []
-    forks = set()
-    for name in osfile.listdir(base):
-        m = _FILE_RE.match(name)
-        if m and m.group(3) is None:
-            forks.add((int(m.group(1)), _SUFFIX_FORK[m.group(2)]))
-    return sorted(forks)
+class _Checker:
+    """One pass over the files: the state a check accumulates, block by block."""
 
+    def __init__(self, reader: RelationFileReader, images: RecoveryImages | None,
+                 progress: Callable[[int], None] | None) -> None:
+        self.reader = reader
+        self.images = images
+        self.progress = progress
+        self.pool = bytearray(CHECK_READ_BLOCKS * BLCKSZ)
+        self.views = [memoryview(self.pool)[i * BLCKSZ:(i + 1) * BLCKSZ]
+                      for i in range(CHECK_READ_BLOCKS)]
+        self.verifier = PageRunVerifier(self.pool)
+        self.names: dict[int, tuple[str, str]] = {CATALOG_RELFILENUMBER: (CATALOG_NAME,
+                                                                          "catalog")}
+        self.catalog_problems: list[str] = []
+        self.relations: list[RelationCheck] = []
+        self.bad: list[CorruptBlock] = []
+        self.repairable: list[CorruptBlock] = []
 
-def _check_fork(smgr: Smgr, name: str, rel: int, fork: Fork, pool: bytearray,
-                verifier: PageRunVerifier, bad: list[CorruptBlock],
-                progress: Callable[[int], None] | None) -> int:
-    """Read and verify every block of one fork; append failures to ``bad``; return how
-    many blocks were checked."""
-    try:
-        nblocks = smgr.nblocks(rel, fork)
-    except (DataCorruptionError, IOFailure) as exc:
-        bad.append(CorruptBlock(name, rel, fork.label, 0, f"cannot size the fork: {exc}"))
-        return 0
-    views = [memoryview(pool)[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(CHECK_READ_BLOCKS)]
-    for first in range(0, nblocks, CHECK_READ_BLOCKS):
-        n = min(CHECK_READ_BLOCKS, nblocks - first)
-        unreadable: dict[int, str] = {}
+    def _failed(self, name: str, rel: int, fork: Fork, block: int, reason: str) -> None:
+        lsn = None if self.images is None else self.images.restores(rel, int(fork), block)
+        if lsn is None:
+            self.bad.append(CorruptBlock(name, rel, fork.label, block, reason))
+        else:
+            self.repairable.append(CorruptBlock(
+                name, rel, fork.label, block,
+                f"{reason}; may be repaired by recovery (the record at {format_lsn(lsn)} "
+                f"restores the whole page)"))
+
+    def _catalog_page(self, page: memoryview, block: int) -> None:
         try:
-            smgr.readv(rel, fork, first, views[:n])
-        except (DataCorruptionError, IOFailure):
-            for k in range(n):  # find which blocks cannot be read, one at a time
-                try:
-                    smgr.readv(rel, fork, first + k, views[k:k + 1])
-                except (DataCorruptionError, IOFailure) as exc:
-                    unreadable[k] = f"read failed: {exc}"
-                    views[k][:] = bytes(BLCKSZ)
-        failed = {k: v.reason for k, v in verifier.verify(range(n), rel, fork, first)}
-        failed.update(unreadable)
-        for k in range(n):
-            reason = failed.get(k)
-            if reason is None:
-                try:
-                    page_check(views[k])
-                except PageCorruptError as exc:
-                    reason = f"page structure: {exc}"
-            if reason is not None:
-                bad.append(CorruptBlock(name, rel, fork.label, first + k, reason))
-        if progress is not None:
-            progress(n)
-    return nblocks
+            rows = catalog_rows(page, block)
+        except (DataCorruptionError, ValueError) as exc:
+            self.catalog_problems.append(f"block {block}: {exc}")
+            return
+        for row in rows:
+            self.names[row.relfilenumber] = (row.name, row.kind)
 
-
-def _check_files(smgr: Smgr, names: dict[int, tuple[str, str]],
-                 progress: Callable[[int], None] | None) -> tuple[list, list]:
-    pool = bytearray(CHECK_READ_BLOCKS * BLCKSZ)
-    verifier = PageRunVerifier(pool)
-    relations: list[RelationCheck] = []
-    bad: list[CorruptBlock] = []
-    for rel, fork in _relation_files(smgr.data_dir):
-        name, kind = names.get(rel, (ORPHAN_NAME, "orphan"))
-        before = len(bad)
-        n = _check_fork(smgr, name, rel, fork, pool, verifier, bad, progress)
-        relations.append(RelationCheck(name, kind, rel, fork.label, n, len(bad) - before))
-    return relations, bad
-
-
-@contextlib.contextmanager
-def _database_lock(path: str):
-    """Hold the database's lock file (used only when Database.open failed)."""
-    from slonik.engine.database import LOCK_FILE_NAME, DatabaseLockedError
-
-    fd = osfile.open(os.path.join(path, LOCK_FILE_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    def check_fork(self, rel: int, fork: Fork) -> None:
+        name, kind = self.names.get(rel, (ORPHAN_NAME, "orphan"))
+        bad_before, repairable_before = len(self.bad), len(self.repairable)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DatabaseLockedError(f"database {path} is open in another process; "
-                                      f"close it there before checking") from None
-        yield
-    finally:
-        osfile.close(fd)
+            nblocks = self.reader.nblocks(rel, fork)
+        except (DataCorruptionError, OSError) as exc:
+            self.bad.append(CorruptBlock(name, rel, fork.label, 0, f"cannot size the fork: {exc}"))
+            nblocks = 0
+        catalog = rel == CATALOG_RELFILENUMBER and fork == Fork.MAIN
+        for first, n in self.reader.runs(nblocks):
+            views = self.views[:n]
+            unreadable = self.reader.read_run(rel, fork, first, views)
+            failed = {k: v.reason for k, v in self.verifier.verify(range(n), rel, fork, first)}
+            failed.update(unreadable)
+            for k in range(n):
+                reason = failed.get(k)
+                if reason is None:
+                    try:
+                        page_check(views[k])
+                    except PageCorruptError as exc:
+                        reason = f"page structure: {exc}"
+                if reason is not None:
+                    self._failed(name, rel, fork, first + k, reason)
+                    if catalog:
+                        self.catalog_problems.append(f"block {first + k}: {reason}")
+                elif catalog:
+                    self._catalog_page(views[k], first + k)
+            if self.progress is not None:
+                self.progress(n)
+        self.relations.append(RelationCheck(name, kind, rel, fork.label, nblocks,
+                                            len(self.bad) - bad_before,
+                                            len(self.repairable) - repairable_before))
 
 
 def check_database(path: str | os.PathLike, *, io_method: str = "auto",
                    progress: Callable[[int], None] | None = None) -> CheckReport:
-    """Verify every page of every relation of the database at ``path``; see the module
-    docstring. ``progress(n)`` is called after each run of ``n`` blocks. Raises
-    ``NotADatabaseError`` when ``path`` holds no database (nothing is created) and
-    ``DatabaseLockedError`` when another process has it open."""
-    from slonik.engine.database import Database, DatabaseLockedError, NotADatabaseError
+    """Verify every page of every relation of the database at ``path`` without writing
+    anything; see the module docstring. ``progress(n)`` is called after each run of ``n``
+    blocks. Raises ``NotADatabaseError`` when ``path`` holds no database (nothing is
+    created), ``DatabaseLockedError`` when another process has it open, and
+    ``ControlFileError`` when its control file is damaged."""
+    path = require_database(path)
+    holder = lock_holder(path)
+    if holder is not None:
+        raise DatabaseLockedError(
+            f"database {path} is open in process {holder}: its files change while it runs, "
+            f"so check reads only a closed database; close it there first (controldata and "
+            f"waldump work on an open database)")
+    control = read_control(path)
+    recovery_needed = control.state != DbState.SHUTDOWNED
+    images = recovery_images(path, control) if recovery_needed else None
+    with Aio(io_method) as aio:
+        checker = _Checker(RelationFileReader(path, aio, control.segment_size), images,
+                           progress)
+        # relation_forks is sorted, so the catalog (relfilenumber 1) is read first and
+        # names every relation after it.
+        for rel, fork in relation_forks(path):
+            checker.check_fork(rel, fork)
+        used_method = aio.method.name
+    open_error = None
+    if checker.catalog_problems:
+        open_error = ("the catalog could not be read in full, so relations it names there "
+                      "are unnamed: " + "; ".join(checker.catalog_problems))
+    return CheckReport(
+        path, used_method, tuple(checker.relations), tuple(checker.bad), open_error,
+        state=control.state.name, recovery_needed=recovery_needed,
+        redo_lsn=format_lsn(control.redo_lsn) if recovery_needed else None,
+        repairable_blocks=tuple(checker.repairable),
+        wal_error=None if images is None else images.error)
 
-    path = os.path.abspath(os.fspath(path))
-    if not osfile.exists(os.path.join(path, CONTROL_FILE_NAME)):
-        raise NotADatabaseError(f"{path} is not a Slonik database (no {CONTROL_FILE_NAME})")
-    names = {CATALOG_RELFILENUMBER: (CATALOG_NAME, "catalog")}
-    try:
-        db = Database.open(path, io_method=io_method)
-    except DatabaseLockedError:
-        raise
-    except SlonikError as exc:
-        # The files are still worth checking: under the lock, without names.
-        with _database_lock(path):
-            segment_size = read_control(path).segment_size
-            with Smgr(path, segment_size=segment_size) as smgr:
-                relations, bad = _check_files(smgr, names, progress)
-        return CheckReport(path, None, tuple(relations), tuple(bad),
-                           f"{type(exc).__name__}: {exc}")
-    with db:
-        used_method = db.io_method
-        for r in db.stats().relations:
-            names[r.relfilenumber] = (r.name, r.kind)
-        db.checkpoint()  # the files now hold every page the pool had changed
-        with Smgr(path, segment_size=db.settings.segment_size) as smgr:
-            relations, bad = _check_files(smgr, names, progress)
-    return CheckReport(path, used_method, tuple(relations), tuple(bad), None)
+
+def recover_database(path: str | os.PathLike, *, io_method: str = "auto") -> None:
+    """Run crash recovery explicitly (``slonik check --recover``): open the database, which
+    recovers and writes its end-of-recovery checkpoint, and close it. The one check path
+    that writes, and only when asked."""
+    path = require_database(path)
+    with Database.open(path, io_method=io_method):
+        pass

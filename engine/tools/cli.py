@@ -35,7 +35,7 @@ from slonik.engine.tools.bench_scan import add_arguments as add_bench_scan_argum
 from slonik.engine.tools.bench_scan import cmd_bench_scan
 from slonik.engine.tools.bench_wal import add_arguments as add_bench_wal_arguments
 from slonik.engine.tools.bench_wal import cmd_bench_wal
-from slonik.engine.tools.check import check_database
+from slonik.engine.tools.check import check_database, recover_database
 from slonik.engine.tools.progress import Progress
 from slonik.engine.tools.waltools import (
     add_controldata_arguments,
@@ -258,34 +258,58 @@ def _base_blocks(path: str) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     path = _require_database(args.dir)
+    method = args.io_method or "auto"
+    if args.recover:
+        recover_database(path, io_method=method)
     with Progress("checking pages", _base_blocks(path), unit="pages",
                   enabled=not args.json and sys.stderr.isatty()) as p:
-        report = check_database(path, io_method=args.io_method or "auto", progress=p.advance)
+        report = check_database(path, io_method=method, progress=p.advance)
     print(report.to_json() if args.json else format_check(report))
     return 0 if report.ok else 1
 
 
+def _block_line(what: str, b) -> str:
+    return (f"{what}: relation {b.relation!r} (relfilenumber {b.relfilenumber}, {b.fork} "
+            f"fork) block {b.block}: {b.reason}")
+
+
 def format_check(report) -> str:
-    """A ``CheckReport`` as text: one line per relation fork, then each corrupt block."""
+    """A ``CheckReport`` as text: whether recovery is pending, one line per relation fork,
+    then each bad block (corrupt, or torn/stale and repaired by recovery)."""
     lines = [f"checked {report.path} (io_method {report.io_method or '-'}): "
              f"{report.pages_checked:,} pages in {len(report.relations)} relation forks"]
+    if report.recovery_needed:
+        lines.append(f"recovery needed: the database was not shut down cleanly (state "
+                     f"{report.state}); replay would start at the redo point "
+                     f"{report.redo_lsn}. Pages may be torn or stale until then. Nothing was "
+                     f"changed: run 'slonik check --recover' (or open the database) to "
+                     f"recover first")
+    if report.wal_error:
+        lines.append(f"the WAL could not be read from the redo point to its end "
+                     f"({report.wal_error}); bad pages are all counted as corrupt")
     if report.open_error:
-        lines.append(f"the database could not be opened ({report.open_error}); its files "
-                     f"were checked without relation names")
+        lines.append(report.open_error)
     lines += ["", f"{'relation':<20} {'kind':<8} {'relfilenumber':>13} {'fork':<5} "
                   f"{'pages':>9} {'corrupt':>8}"]
     for r in report.relations:
         lines.append(f"{r.name:<20} {r.kind:<8} {r.relfilenumber:>13} {r.fork:<5} "
                      f"{r.pages_checked:>9,} {r.corrupt_pages:>8,}")
-    if report.corrupt_blocks:
+    if report.corrupt_blocks or report.repairable_blocks:
         lines.append("")
     for b in report.corrupt_blocks:
-        lines.append(f"corrupt block: relation {b.relation!r} (relfilenumber "
-                     f"{b.relfilenumber}, {b.fork} fork) block {b.block}: {b.reason}")
+        lines.append(_block_line("corrupt block", b))
+    for b in report.repairable_blocks:
+        lines.append(_block_line("torn or stale block", b))
     n = len(report.corrupt_blocks)
     lines.append("")
     lines.append(f"{n} corrupt block{'s' if n != 1 else ''} found" if n
                  else "no corrupt blocks found")
+    if report.repairable_blocks:
+        k = len(report.repairable_blocks)
+        lines.append(f"{k} torn or stale block{'s' if k != 1 else ''} that recovery "
+                     f"restores from full-page images")
+    if report.recovery_needed:
+        lines.append(f"recovery needed from {report.redo_lsn}")
     return "\n".join(lines)
 
 
@@ -380,9 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="machine-readable output")
     stats.set_defaults(func=_cmd_stats)
 
-    check = sub.add_parser("check", help="verify every page of every relation (exit 1 when "
-                                         "a corrupt block is found)")
+    check = sub.add_parser("check", help="verify every page of every relation, read-only (exit "
+                                         "1 when a block is bad or recovery is needed)")
     _add_db_options(check, settings=False)
+    check.add_argument("--recover", action="store_true",
+                       help="run crash recovery first (opens the database, which recovers "
+                            "and writes), then check; without it nothing is written")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(func=_cmd_check)
 

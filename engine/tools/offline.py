@@ -1,0 +1,274 @@
+"""Read a data directory without opening a ``Database``: the read-only tools' only door.
+
+``slonik check``, ``waldump`` and ``controldata`` must leave every byte, every file name and
+every mtime of the directory as they found them (DESIGN §7): no recovery, no checkpoint, no
+lock file, no file created. ``Database.open`` does all of those, so these tools never call
+it. What they need instead lives here:
+
+- ``require_database(path)``: the directory holds a control file, or ``NotADatabaseError``
+  (nothing is created, not even the directory).
+- ``lock_holder(path)``: the process id holding ``slonik.lock``, read from
+  ``/proc/locks`` (the kernel's list of flock locks, matched by device and inode), so the
+  question is asked without taking the lock or opening the file for writing. A database
+  open elsewhere is one whose files are changing: ``check`` refuses it, ``controldata``
+  and ``waldump`` show the files as they are and say so.
+- ``relation_forks(path)``: every (relfilenumber, fork) with a segment 0 under ``base/``.
+- ``RelationFileReader``: the md segment rule of ``Smgr.nblocks`` and vectored block reads,
+  every file opened ``O_RDONLY`` through ``aio.osfile`` and every read issued through an
+  ``Aio`` of the chosen io method (a ``FILE_TARGET_ID`` target, so a worker reopens the file
+  read-only by path too).
+- ``catalog_rows(pages)``: relation names from the catalog heap's pages, decoded with the
+  catalog's own codec; ``RecoveryImages``: the blocks that WAL replay from the redo point
+  would restore from a full-page image or re-initialise, found by reading the WAL.
+
+Invariants:
+1. Every file this module opens is opened ``O_RDONLY``; it never calls an ``osfile``
+   function that writes, syncs, creates, renames, truncates or removes.
+2. A block is read whole or reported unreadable; nothing is retried in a loop without a
+   bound (one whole-run read, then at most one read per block of a failed run).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from slonik.aio import callbacks as cb
+from slonik.aio import osfile
+from slonik.aio.core import Aio
+from slonik.aio.errors import IOFailure, SlonikError
+from slonik.aio.handle import AioReturn
+from slonik.engine.access.tuple import Tid, unpack_tuple
+from slonik.engine.catalog import RelationEntry, decode_entry
+from slonik.engine.database import LOCK_FILE_NAME, NotADatabaseError
+from slonik.engine.recovery import WAL_DIR
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import (
+    BLCKSZ,
+    LpFlag,
+    page_get_item,
+    page_is_new,
+    page_item_count,
+    page_item_flags,
+)
+from slonik.storage.smgr import Fork
+from slonik.wal.control import CONTROL_FILE_NAME, ControlData
+from slonik.wal.reader import WalReader
+from slonik.wal.walpage import WAL_PAGE_SIZE
+from slonik.wal.xlog import WAL_BUFFERS_DEFAULT_PAGES
+
+__all__ = ["require_database", "lock_holder", "relation_forks", "RelationFileReader",
+           "catalog_rows", "RecoveryImages", "recovery_images", "PROC_LOCKS_PATH",
+           "READ_RUN_BLOCKS"]
+
+PROC_LOCKS_PATH = "/proc/locks"
+# Blocks per read (512 KiB): big sequential reads, a small buffer. A run never crosses a
+# segment file, so one read is one preadv/io_uring read of one file.
+READ_RUN_BLOCKS = 64
+# The window recovery uses by default to tell a torn tail from damage in the middle.
+DEFAULT_WAL_BUFFERS_BYTES = WAL_BUFFERS_DEFAULT_PAGES * WAL_PAGE_SIZE
+_FILE_RE = re.compile(r"^(\d+)(_fsm|_vm)?(?:\.(\d+))?$")
+_SUFFIX_FORK = {None: Fork.MAIN, "_fsm": Fork.FSM, "_vm": Fork.VM}
+_FORK_SUFFIX = {fork: suffix or "" for suffix, fork in _SUFFIX_FORK.items()}
+
+
+# --- the directory --------------------------------------------------------------------------
+
+def require_database(path: str | os.PathLike) -> str:
+    """``path`` made absolute; ``NotADatabaseError`` unless it holds a control file."""
+    path = os.path.abspath(os.fspath(path))
+    if not osfile.exists(os.path.join(path, CONTROL_FILE_NAME)):
+        raise NotADatabaseError(f"{path} is not a Slonik database (no {CONTROL_FILE_NAME}); "
+                                f"nothing was changed")
+    return path
+
+
+def lock_holder(path: str, *, proc_locks: str = PROC_LOCKS_PATH) -> int | None:
+    """The pid holding the flock of ``path``'s lock file, or None when nobody does (or the
+    lock file does not exist). Reads the kernel's lock table; takes no lock itself."""
+    try:
+        st = os.stat(os.path.join(path, LOCK_FILE_NAME))
+    except FileNotFoundError:
+        return None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open(proc_locks, encoding="ascii", errors="replace") as f:
+        for line in f:
+            # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF" (a "->" marks a waiter)
+            fields = line.split()
+            if len(fields) < 6 or "->" in fields or fields[1] != "FLOCK":
+                continue
+            if fields[5] == wanted:
+                return int(fields[4])
+    return None
+
+
+def relation_forks(path: str) -> list[tuple[int, Fork]]:
+    """(relfilenumber, fork) of every fork with a segment 0 under ``base/``, sorted."""
+    base = os.path.join(path, "base")
+    if not osfile.exists(base):
+        return []
+    forks = set()
+    for name in osfile.listdir(base):
+        m = _FILE_RE.match(name)
+        if m and m.group(3) is None:
+            forks.add((int(m.group(1)), _SUFFIX_FORK[m.group(2)]))
+    return sorted(forks)
+
+
+# --- relation files -------------------------------------------------------------------------
+
+class RelationFileReader:
+    """Blocks of relation forks read ``O_RDONLY`` through an ``Aio`` (see the module
+    docstring). ``segment_size`` is in blocks, as in the control file."""
+
+    def __init__(self, path: str, aio: Aio, segment_size: int) -> None:
+        if not isinstance(segment_size, int) or segment_size < 1:
+            raise ValueError(f"segment_size must be a positive number of blocks, "
+                             f"got {segment_size!r}")
+        self.base_dir = os.path.join(path, "base")
+        self.aio = aio
+        self.segment_size = segment_size
+
+    def segment_path(self, rel: int, fork: Fork, segno: int) -> str:
+        name = f"{rel}{_FORK_SUFFIX[fork]}"
+        return os.path.join(self.base_dir, f"{name}.{segno}" if segno else name)
+
+    def _size(self, path: str) -> int:
+        fd = osfile.open(path, os.O_RDONLY)
+        try:
+            return osfile.file_size(fd)
+        finally:
+            osfile.close(fd)
+
+    def nblocks(self, rel: int, fork: Fork) -> int:
+        """Blocks in the fork by the md rule (it ends at the first segment that is not
+        full; a trailing partial block does not count). ``DataCorruptionError`` for a segment
+        larger than ``segment_size`` blocks."""
+        segno = 0
+        while True:
+            path = self.segment_path(rel, fork, segno)
+            try:
+                size = self._size(path)
+            except FileNotFoundError:
+                if segno == 0:
+                    raise
+                return segno * self.segment_size   # the previous segment was full
+            blocks = size // BLCKSZ
+            if blocks > self.segment_size:
+                raise DataCorruptionError(f"file {path} holds {blocks} blocks, more than the "
+                                       f"segment size {self.segment_size}", relation=rel,
+                                       fork=int(fork), block=segno * self.segment_size)
+            if blocks < self.segment_size:
+                return segno * self.segment_size + blocks
+            segno += 1
+
+    def runs(self, nblocks: int) -> Iterator[tuple[int, int]]:
+        """(first block, count) runs of at most READ_RUN_BLOCKS inside one segment."""
+        block = 0
+        while block < nblocks:
+            n = min(READ_RUN_BLOCKS, nblocks - block,
+                    self.segment_size - block % self.segment_size)
+            yield block, n
+            block += n
+
+    def _read(self, fd: int, path: str, views: list[memoryview], offset: int) -> None:
+        """One vectored read through the aio; IOFailure unless every byte arrived."""
+        ret = AioReturn()
+        handle = self.aio.acquire(ret)
+        handle.set_target(cb.FILE_TARGET_ID, (path, os.O_RDONLY, offset))
+        ref = handle.wait_ref()
+        handle.start_readv(fd, views, offset)
+        self.aio.wait(ref)
+        result = ret.raise_if_failed(allow_partial=True)
+        wanted = len(views) * BLCKSZ
+        if result.result != wanted:
+            raise IOFailure(errno.EIO, f"short read of {path} at offset {offset}: "
+                                       f"{result.result} of {wanted} bytes")
+
+    def read_run(self, rel: int, fork: Fork, first: int, views: list[memoryview]) -> dict[int, str]:
+        """Read ``len(views)`` blocks from ``first`` (one segment) into ``views``. Returns
+        {index in views: reason} for blocks that could not be read (their view is zeroed);
+        after a failed whole-run read, each block is read once on its own."""
+        segno, in_segment = divmod(first, self.segment_size)
+        assert in_segment + len(views) <= self.segment_size, "a run stays in one segment"
+        path = self.segment_path(rel, fork, segno)
+        unreadable: dict[int, str] = {}
+        fd = osfile.open(path, os.O_RDONLY)
+        try:
+            try:
+                self._read(fd, path, views, in_segment * BLCKSZ)
+            except OSError:
+                for k, view in enumerate(views):
+                    try:
+                        self._read(fd, path, [view], (in_segment + k) * BLCKSZ)
+                    except OSError as exc:
+                        unreadable[k] = f"read failed: {exc}"
+                        view[:] = bytes(BLCKSZ)
+        finally:
+            self.aio.closing_fd(fd)
+            osfile.close(fd)
+        return unreadable
+
+
+# --- the catalog ------------------------------------------------------------------------------
+
+def catalog_rows(page, block: int) -> list[RelationEntry]:
+    """The catalog rows on one (verified) page of the catalog heap, committed or not: a
+    tool naming files wants every name a row gives, and never writes one. ValueError /
+    TupleFormatError (a DataCorruptionError) for a row that does not decode."""
+    if page_is_new(page):
+        return []
+    rows = []
+    for offnum in range(1, page_item_count(page) + 1):
+        if page_item_flags(page, offnum) != LpFlag.NORMAL:
+            continue
+        _xmin, _xmax, _flags, data = unpack_tuple(page_get_item(page, offnum))
+        rows.append(decode_entry(data, Tid(block, offnum)))
+    return rows
+
+
+# --- what recovery would restore ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecoveryImages:
+    """What replay from ``redo_lsn`` would do to whole pages: ``images`` maps (rel, fork,
+    block) to the LSN of the first record that restores the page from a full-page image
+    or re-initialises it. ``end_lsn``/``stop_reason``: where readable WAL ends and why;
+    ``error``: why the WAL could not be read to its end (then ``images`` is partial)."""
+
+    redo_lsn: int
+    images: dict[tuple[int, int, int], int]
+    records: int
+    end_lsn: int
+    stop_reason: str
+    error: str | None
+
+    def restores(self, rel: int, fork: int, block: int) -> int | None:
+        """The LSN of the record that rewrites this block whole at replay, or None."""
+        return self.images.get((rel, fork, block))
+
+
+def recovery_images(path: str, control: ControlData, *,
+                    wal_buffers_bytes: int = DEFAULT_WAL_BUFFERS_BYTES,
+                    on_record: Callable[[], None] | None = None) -> RecoveryImages:
+    """Read the WAL (read-only) from the control file's redo point, as recovery would, and
+    note every block a record restores whole; see ``RecoveryImages``."""
+    images: dict[tuple[int, int, int], int] = {}
+    reader = WalReader(os.path.join(path, WAL_DIR), control.wal_segment_size,
+                       control.redo_lsn, wal_buffers_bytes=wal_buffers_bytes)
+    error = None
+    try:
+        for rr in reader:
+            for b in rr.record.blocks:
+                if b.image is not None or b.will_init:
+                    images.setdefault((b.rel, b.fork, b.block), rr.lsn)
+            if on_record is not None:
+                on_record()
+    except (SlonikError, OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    return RecoveryImages(control.redo_lsn, images, reader.records_read, reader.end_lsn,
+                          reader.stop_reason, error)
+
