@@ -24,14 +24,17 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from slonik.aio import callbacks as cb
-from slonik.aio import osfile
+import slonik.aio.callbacks as cb
 from slonik.aio.errors import IoMethodUnavailable
 from slonik.aio.handle import AioReturn, Handle, HandleFlag, HandleState, IoOp, WaitRef
+from slonik.aio.ids import TARGETS
+from slonik.aio.method import SUBMIT_BATCH_SIZE, IoMethod, IssuerContext
+from slonik.aio.method_io_uring import IoUringMethod, io_uring_available
+from slonik.aio.method_sync import SyncMethod
+from slonik.aio.method_worker import WorkerMethod
 
 S = HandleState
 
@@ -42,10 +45,19 @@ _COMPLETED_IO, _COMPLETED_SHARED = S.COMPLETED_IO, S.COMPLETED_SHARED
 _COMPLETED_LOCAL, _IDLE = S.COMPLETED_LOCAL, S.IDLE
 _SYNCHRONOUS = HandleFlag.SYNCHRONOUS
 
-SUBMIT_BATCH_SIZE = 32          # most staged-but-unsubmitted I/Os per thread (PostgreSQL's value)
+__all__ = ["SUBMIT_BATCH_SIZE", "Aio", "AioStats", "InflightIo", "IoMethod", "IssuerContext",
+           "IO_METHODS", "IO_METHOD_TABLE", "IO_MAX_CONCURRENCY_LIMIT", "make_method"]
+
 IO_MAX_CONCURRENCY_LIMIT = 1024  # upper bound of the setting, as PostgreSQL
 MAX_ISSUERS = 256               # issuing threads alive at once per Aio instance
-IO_METHODS = ("auto", "io_uring", "worker", "sync")
+# The one table of io methods by setting value; "auto" is io_uring when a ring can be set
+# up here, else worker (make_method).
+IO_METHOD_TABLE: dict[str, type[IoMethod]] = {
+    "io_uring": IoUringMethod,
+    "worker": WorkerMethod,
+    "sync": SyncMethod,
+}
+IO_METHODS = ("auto", *IO_METHOD_TABLE)
 
 _instances: weakref.WeakSet = weakref.WeakSet()  # every Aio, for the fork hook
 
@@ -56,64 +68,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class IoMethod:
-    """What every method implements. The core picks one by name (``make_method``)."""
-
-    name = "abstract"
-    wait_on_fd_before_close = False
-    # True when the method finishes every submitted I/O on its own (workers, inline);
-    # False when a waiter must drive completion through wait_one (io_uring).
-    completes_without_waiters = True
-
-    def attach(self, aio: Aio, complete) -> None:
-        """Called once; ``complete(handle, raw_result)`` runs the shared completion."""
-        self.aio = aio
-        self.complete = complete
-
-    def init_issuer(self, ctx: IssuerContext) -> None:
-        pass
-
-    def release_issuer(self, ctx: IssuerContext) -> None:
-        pass
-
-    def needs_synchronous_execution(self, handle: Handle) -> bool:
-        return False
-
-    def submit(self, ctx: IssuerContext, handles: list[Handle]) -> None:
-        raise NotImplementedError
-
-    def execute_inline(self, handle: Handle) -> None:
-        """Run the I/O now, in the issuer, and complete it."""
-        self.complete(handle, execute(handle, handle.fd))
-
-    def wait_one(self, handle: Handle, generation: int) -> bool:
-        """Make progress towards completing ``handle``. Return False if this method has no
-        way to help (the caller then sleeps on the handle's condition)."""
-        return False
-
-    def shutdown(self) -> None:
-        pass
-
-
-def execute(handle: Handle, fd: int) -> int:
-    """Run one I/O through the OS boundary; returns bytes transferred or -errno."""
-    try:
-        op = handle.op
-        if op == IoOp.READV:
-            return osfile.preadv(fd, handle.buffers, handle.offset)
-        if op == IoOp.WRITEV:
-            return osfile.pwritev(fd, handle.buffers, handle.offset)
-        if op == IoOp.FSYNC:
-            osfile.fsync(fd)
-            return 0
-        if op == IoOp.FDATASYNC:
-            osfile.fdatasync(fd)
-            return 0
-    except OSError as exc:
-        return -(exc.errno or 5)
-    raise AssertionError(f"cannot execute op {handle.op!r}")
 
 
 @dataclass
@@ -143,35 +97,12 @@ class InflightIo:
     thread: str
     index: int
     generation: int
-    state: str
-    op: str
+    state: HandleState
+    op: IoOp
     offset: int
     length: int
     target: str
     raw_result: int | None
-
-
-class IssuerContext:
-    """Per-thread state: the handle pool, the staged list, the in-flight list."""
-
-    def __init__(self, aio: Aio, slot: int, thread: threading.Thread) -> None:
-        self.aio = aio
-        self.slot = slot
-        self.thread_ref = weakref.ref(thread)
-        self.thread_name = thread.name
-        self.thread_ident = thread.ident
-        self.handles: list[Handle] = []
-        self.idle: list[Handle] = []
-        self.staged: list[Handle] = []
-        self.inflight: OrderedDict[int, Handle] = OrderedDict()  # submission order
-        self.handed_out: Handle | None = None
-        self.batch_depth = 0
-        self.counters: dict[tuple[int, IoOp], OpCounters] = {}
-        self.method_state: object = None  # the method's per-thread data (a ring)
-
-    def alive(self) -> bool:
-        thread = self.thread_ref()
-        return thread is not None and thread.is_alive()
 
 
 class Aio:
@@ -382,9 +313,7 @@ class Aio:
         if ret is not None:
             ret.result = result
             ret.callbacks = tuple(callbacks) if callbacks else ()
-            # Handle.describe() without its per-call import: this runs for every I/O.
-            ret.target_desc = (cb.target_ops(h.target_id).describe(h.target_data)
-                               if h.target_id else h.describe())
+            ret.target_desc = h.describe()
             ret.op = h.op
             ret.nbytes = h.nbytes
             ret.filled = True
@@ -484,7 +413,7 @@ class Aio:
             contexts = list(self._contexts.values())
         for ctx in contexts:
             for (target_id, op), c in list(ctx.counters.items()):
-                target = cb.target_ops(target_id).name if target_id else "raw"
+                target = TARGETS[target_id].name if target_id else "raw"
                 row = totals.setdefault(f"{target}/{op.name.lower()}",
                                         {"ios": 0, "bytes": 0, "wait_ns": 0})
                 row["ios"] += c.ios
@@ -507,7 +436,7 @@ class Aio:
                     desc = f"<{exc}>"
                 if h.generation != gen:
                     continue
-                rows.append(InflightIo(ctx.thread_name, h.index, gen, state.name, h.op.name,
+                rows.append(InflightIo(ctx.thread_name, h.index, gen, state, h.op,
                                        h.offset, h.nbytes, desc,
                                        h.raw_result if state >= S.COMPLETED_IO else None))
         return rows
@@ -542,21 +471,14 @@ class Aio:
 
 
 def make_method(io_method: str, *, io_workers: int = 3) -> IoMethod:
-    """The method object for a setting value; ``auto`` prefers io_uring, else worker."""
+    """The method object for a setting value (``IO_METHOD_TABLE``); ``auto`` prefers
+    io_uring, else worker."""
     if io_method not in IO_METHODS:
         raise ValueError(f"io_method must be one of {', '.join(IO_METHODS)}; got {io_method!r}")
-    if io_method == "sync":
-        from slonik.aio.method_sync import SyncMethod
-
-        return SyncMethod()
-    if io_method in ("io_uring", "auto"):
-        from slonik.aio.method_io_uring import IoUringMethod, io_uring_available
-
-        ok, reason = io_uring_available()
-        if ok:
-            return IoUringMethod()
-        if io_method == "io_uring":
-            raise IoMethodUnavailable(f"io_method=io_uring is not available here: {reason}")
-    from slonik.aio.method_worker import WorkerMethod
-
-    return WorkerMethod(io_workers)
+    if io_method == "auto":
+        ok, _reason = io_uring_available()
+        io_method = "io_uring" if ok else "worker"
+    method_class = IO_METHOD_TABLE[io_method]
+    if method_class is WorkerMethod:
+        return WorkerMethod(io_workers)
+    return method_class()

@@ -49,3 +49,11 @@ class DiskFullError(IOFailure):
 
 class IoMethodUnavailable(SlonikError):
     """The requested io_method cannot run on this machine; the message says why."""
+
+
+def io_error(err: int | None, what: str) -> IOFailure:
+    """The exception for an OS error: ENOSPC is a full disk, the rest keep their errno
+    (EIO when the OS gave none)."""
+    if err == _errno.ENOSPC:
+        return DiskFullError(what)
+    return IOFailure(err or _errno.EIO, what)

@@ -9,16 +9,23 @@ A handle carries one I/O from acquisition to recycling:
 Every reuse bumps ``generation`` (before the handle goes IDLE), so a ``WaitRef``
 (index, generation) taken while the I/O was alive answers "done" forever after.
 Only ``Handle._set_state`` changes ``state``, and it asserts the edge.
+
+This module also owns what an I/O distils into (``AioResult``) and what the issuer gets
+back (``AioReturn``, whose ``raise_if_failed`` is the report phase). Target and callback
+ids are checked against the one table in ``ids.py``.
 """
 
 from __future__ import annotations
 
 import threading
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-if TYPE_CHECKING:
-    from slonik.aio.core import IssuerContext
+from slonik.aio.errors import io_error
+from slonik.aio.ids import TARGETS, callback_id, target_id
+from slonik.aio.transfer import short_transfer_error
+
+MAX_CALLBACKS_PER_HANDLE = 4  # as PostgreSQL: bufmgr + smgr + room for two more layers
 
 
 class HandleState(IntEnum):
@@ -102,19 +109,38 @@ class AioReturn:
         self.filled = False
 
     def raise_if_failed(self, *, allow_partial: bool = False) -> AioResult:
-        from slonik.aio.callbacks import report
-
-        return report(self, allow_partial=allow_partial)
+        """The report phase: return an OK or WARNING result (PARTIAL too when allowed),
+        else raise the exception it stands for. The callback named by the result reports
+        first (its data's ``report``); the core's policy is the fallback."""
+        assert self.filled, "the I/O has not been reclaimed by its owner yet"
+        result = self.result
+        status = result.status
+        if status == ResultStatus.OK or status == ResultStatus.WARNING:
+            return result
+        if status == ResultStatus.PARTIAL and allow_partial:
+            return result
+        if isinstance(result.detail, BaseException):
+            raise result.detail
+        if result.callback_id:
+            data = next((d for cid, d in self.callbacks if cid == result.callback_id), None)
+            report = getattr(data, "report", None)
+            if report is not None:
+                report(self)
+        if status == ResultStatus.PARTIAL:
+            raise short_transfer_error(self.op == IoOp.WRITEV, result.result, self.nbytes,
+                                       self.target_desc)
+        raise io_error(result.error_data, self.target_desc)
 
 
 class Handle:
-    """One slot of an issuer's pool. Fields are reset on recycling."""
+    """One slot of an issuer's pool. Fields are reset on recycling. ``owner`` is the
+    ``IssuerContext`` (``method.py``) whose pool holds it."""
 
     __slots__ = ("index", "owner", "generation", "state", "cond", "op", "fd", "offset",
                  "buffers", "nbytes", "target_id", "target_data", "callbacks", "handle_data",
                  "flags", "raw_result", "distilled", "report_return", "reaped", "submit_time")
 
-    def __init__(self, index: int, owner: IssuerContext) -> None:
+    def __init__(self, index: int, owner: Any) -> None:
         self.index = index
         self.owner = owner
         self.generation = 1
@@ -153,21 +179,22 @@ class Handle:
         assert self.state == S.HANDED_OUT, f"flags are set while HANDED_OUT, not {self.state.name}"
         self.flags |= flag
 
-    def add_callback(self, callback_id: int, data: Any = None) -> None:
-        from slonik.aio.callbacks import MAX_CALLBACKS_PER_HANDLE, callback_set
-
-        assert self.state == S.HANDED_OUT, "callbacks are registered while HANDED_OUT"
-        callback_set(callback_id)  # raises for an unknown id
+    def add_callback(self, cid: int, data: Any = None) -> None:
+        """Attach callback ``cid`` (an ``ids.CallbackId``) with its data, an
+        ``callbacks.IoCallbacks`` of that id whose methods are the phases."""
+        assert self.state == S.HANDED_OUT, "callbacks are attached while HANDED_OUT"
+        cid = callback_id(cid)  # ValueError for an id not in the table
+        if getattr(data, "callback_id", None) != cid:
+            raise ValueError(f"the data of AIO callback {cid.name} must be an IoCallbacks "
+                             f"with that callback_id, not {type(data).__name__}")
         if len(self.callbacks) >= MAX_CALLBACKS_PER_HANDLE:
             raise ValueError(f"at most {MAX_CALLBACKS_PER_HANDLE} callbacks per AIO handle")
-        self.callbacks.append((callback_id, data))
+        self.callbacks.append((cid, data))
 
-    def set_target(self, target_id: int, target_data: Any) -> None:
-        from slonik.aio.callbacks import target_ops
-
+    def set_target(self, tid: int, target_data: Any) -> None:
+        """What the I/O is against: an ``ids.TargetId`` and the data its row describes."""
         assert self.state == S.HANDED_OUT, "the target is set while HANDED_OUT"
-        target_ops(target_id)
-        self.target_id = target_id
+        self.target_id = target_id(tid)  # ValueError for an id not in the table
         self.target_data = target_data
 
     def set_handle_data(self, data: Any) -> None:
@@ -188,8 +215,6 @@ class Handle:
         self.owner.aio._release_unused(self)
 
     def describe(self) -> str:
-        from slonik.aio.callbacks import target_ops
-
         if self.target_id:
-            return target_ops(self.target_id).describe(self.target_data)
+            return TARGETS[self.target_id].describe(self.target_data)
         return f"fd {self.fd} at offset {self.offset}"

@@ -7,7 +7,15 @@ closes a ring, because only that tells whether the kernel, sandbox (seccomp,
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import threading
+import weakref
+
+from slonik.aio.errors import IoMethodUnavailable
+from slonik.aio.handle import Handle, HandleState
+from slonik.aio.method import SUBMIT_BATCH_SIZE, IoMethod, IssuerContext
 
 try:
     from slonik.aio._uring import ffi as _ffi
@@ -18,33 +26,6 @@ except ImportError as exc:  # built without liburing, or not built at all
     _ffi = _lib = None
     _IMPORT_ERROR = (f"the io_uring binding slonik.aio._uring is not built ({exc}); install "
                      "liburing-dev and reinstall (pip install -e .)")
-
-
-@functools.cache
-def io_uring_available() -> tuple[bool, str]:
-    """(True, description) when a ring can be set up here, else (False, the reason)."""
-    if _lib is None:
-        return False, _IMPORT_ERROR or "the io_uring binding is missing"
-    out = _ffi.new("struct slk_ring **")
-    rc = _lib.slk_ring_create(8, 1, out)
-    if rc < 0:
-        import os
-
-        return False, f"io_uring_queue_init failed: {os.strerror(-rc)} (errno {-rc})"
-    _lib.slk_ring_destroy(out[0])
-    return True, "io_uring ring set up and torn down successfully"
-
-
-# --- the method ------------------------------------------------------------------------------
-
-import errno  # noqa: E402
-import os  # noqa: E402
-import threading  # noqa: E402
-import weakref  # noqa: E402
-
-from slonik.aio.core import SUBMIT_BATCH_SIZE, IoMethod, IssuerContext  # noqa: E402
-from slonik.aio.errors import IoMethodUnavailable  # noqa: E402
-from slonik.aio.handle import Handle, HandleState  # noqa: E402
 
 # user_data = handle index | generation << 20: a completion names the exact I/O, so one
 # that arrives for a recycled handle is recognised. 2**20 > MAX_ISSUERS * 1024 handles.
@@ -60,6 +41,19 @@ MAX_IOV_PER_IO = 128  # io_combine_limit's upper bound (1 MiB of 8 KiB blocks); 
 REAP_BATCH = 4
 
 _rings: weakref.WeakSet = weakref.WeakSet()
+
+
+@functools.cache
+def io_uring_available() -> tuple[bool, str]:
+    """(True, description) when a ring can be set up here, else (False, the reason)."""
+    if _lib is None:
+        return False, _IMPORT_ERROR or "the io_uring binding is missing"
+    out = _ffi.new("struct slk_ring **")
+    rc = _lib.slk_ring_create(8, 1, out)
+    if rc < 0:
+        return False, f"io_uring_queue_init failed: {os.strerror(-rc)} (errno {-rc})"
+    _lib.slk_ring_destroy(out[0])
+    return True, "io_uring ring set up and torn down successfully"
 
 
 def _after_fork_in_child() -> None:

@@ -6,8 +6,8 @@ callbacks in the same order.
 
 from __future__ import annotations
 
-from slonik.aio.core import IoMethod, IssuerContext
 from slonik.aio.handle import Handle
+from slonik.aio.method import IoMethod, IssuerContext
 
 
 class SyncMethod(IoMethod):

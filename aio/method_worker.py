@@ -14,10 +14,10 @@ import os
 import threading
 from collections import OrderedDict, deque
 
-from slonik.aio import callbacks as cb
-from slonik.aio import osfile
-from slonik.aio.core import IoMethod, IssuerContext, execute
+import slonik.aio.osfile as osfile
 from slonik.aio.handle import Handle
+from slonik.aio.ids import TARGETS
+from slonik.aio.method import IoMethod, IssuerContext, execute
 
 IO_WORKERS_MAX = 32           # as PostgreSQL's MAX_IO_WORKERS
 WORKER_QUEUE_SIZE = 64        # as PostgreSQL's io worker queue; overflow runs in the issuer
@@ -99,7 +99,7 @@ class WorkerMethod(IoMethod):
 
     @staticmethod
     def _reopen(fds: OrderedDict[tuple[str, int], int], h: Handle) -> int:
-        key = cb.target_ops(h.target_id).reopen(h.target_data)
+        key = TARGETS[h.target_id].reopen(h.target_data)
         fd = fds.get(key)
         if fd is not None:
             fds.move_to_end(key)

@@ -38,10 +38,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from slonik.aio import callbacks as cb
+from slonik.aio.callbacks import IoCallbacks
 from slonik.aio.core import Aio
 from slonik.aio.errors import StorageError
-from slonik.aio.handle import AioResult, AioReturn, Handle, ResultStatus, WaitRef
+from slonik.aio.handle import AioResult, AioReturn, Handle, HandleState, ResultStatus, WaitRef
+from slonik.aio.ids import CallbackId
 from slonik.aio.memory import aligned_buffer
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import (
@@ -65,9 +66,6 @@ SHARED_BUFFERS_MIN = 16       # a pool smaller than this cannot hold one combine
 SHARED_BUFFERS_MAX = 1 << 22  # 32 GiB of pages; beyond that this design is the wrong tool
 IO_COMBINE_LIMIT_MAX = 128    # blocks per I/O (1 MiB), as PostgreSQL's io_max_combine_limit
 SHORT_READ_RETRIES_MAX = 64   # re-issues of a read that keeps coming back short
-
-BUFMGR_READV_CALLBACK_ID = 4
-BUFMGR_WRITEV_CALLBACK_ID = 5
 
 ERROR, PARTIAL, OK, WARNING = (ResultStatus.ERROR, ResultStatus.PARTIAL, ResultStatus.OK,
                                ResultStatus.WARNING)
@@ -170,8 +168,11 @@ class BufferStats:
 
 
 @dataclass
-class _ReadIo:
-    """One in-flight read of consecutive buffers (callback data)."""
+class _ReadIo(IoCallbacks):
+    """One in-flight read of consecutive buffers: the data of callback BUFMGR_READV,
+    whose phases are the buffer manager's."""
+
+    callback_id = CallbackId.BUFMGR_READV
 
     bufmgr: BufferManager
     rel: int
@@ -183,9 +184,21 @@ class _ReadIo:
     ref: WaitRef | None = None
     ret: AioReturn | None = None
 
+    def stage(self, h: Handle) -> None:
+        self.bufmgr._read_stage(h, self)
+
+    def complete_shared(self, h: Handle, prior: AioResult) -> AioResult:
+        return self.bufmgr._read_complete(h, prior, self)
+
+    def report(self, ret: AioReturn) -> None:
+        BufferManager._read_report(ret, self)
+
 
 @dataclass
-class _WriteIo:
+class _WriteIo(IoCallbacks):
+    """One in-flight write of consecutive buffers: the data of callback BUFMGR_WRITEV."""
+
+    callback_id = CallbackId.BUFMGR_WRITEV
     bufmgr: BufferManager
     rel: int
     fork: int
@@ -193,6 +206,12 @@ class _WriteIo:
     buf_ids: list[int]
     ref: WaitRef | None = None
     ret: AioReturn | None = None
+
+    def stage(self, h: Handle) -> None:
+        self.bufmgr._write_stage(h, self)
+
+    def complete_shared(self, h: Handle, prior: AioResult) -> AioResult:
+        return self.bufmgr._write_complete(h, prior, self)
 
 
 class ReadBuffersOperation:
@@ -495,13 +514,13 @@ class BufferManager:
         views = self._io_views(buf_ids)
         h = self.aio.acquire(io.ret)
         try:
-            h.add_callback(BUFMGR_READV_CALLBACK_ID, io)
+            h.add_callback(CallbackId.BUFMGR_READV, io)
             io.ref = h.wait_ref()
             self.smgr.start_readv(h, op.rel, op.fork, block, views)
         except BaseException:
             if io.ref is not None and self.aio.done(io.ref):
                 op.ios.append(io)  # it was started and completed: its callback ran
-            elif h.state.name == "HANDED_OUT":
+            elif h.state == HandleState.HANDED_OUT:
                 h.release()
             raise
         op.ios.append(io)
@@ -668,11 +687,11 @@ class BufferManager:
         if prior.status == ERROR:
             return prior
         if bad:
-            return AioResult(ERROR, done, 0, BUFMGR_READV_CALLBACK_ID, ("bad", bad))
+            return AioResult(ERROR, done, 0, CallbackId.BUFMGR_READV, ("bad", bad))
         if prior.status == PARTIAL:
             return prior
         if zeroed or ignored:
-            return AioResult(WARNING, done, 0, BUFMGR_READV_CALLBACK_ID, ("warn", zeroed, ignored))
+            return AioResult(WARNING, done, 0, CallbackId.BUFMGR_READV, ("warn", zeroed, ignored))
         return prior
 
     @staticmethod
@@ -855,13 +874,13 @@ class BufferManager:
                 page_set_checksum(self.pages[b], rel, fork, block + k)
             views = [self.pages[b] for b in claimed]
             h = self.aio.acquire(io.ret)
-            h.add_callback(BUFMGR_WRITEV_CALLBACK_ID, io)
+            h.add_callback(CallbackId.BUFMGR_WRITEV, io)
             io.ref = h.wait_ref()
             self.smgr.start_writev(h, rel, fork, block, views)
         except BaseException:
             if io.ref is not None and self.aio.done(io.ref):
                 raise  # started: the completion released the claims
-            if h is not None and h.state.name == "HANDED_OUT":
+            if h is not None and h.state == HandleState.HANDED_OUT:
                 h.release()
             with self._lock:  # never started: give the claims and locks back
                 for b in claimed:
@@ -931,25 +950,3 @@ class BufferManager:
             for d in self.descs:
                 assert d.refcount >= 0
 
-
-def _register() -> None:
-    def read_stage(h: Handle, io: _ReadIo) -> None:
-        io.bufmgr._read_stage(h, io)
-
-    def read_complete(h: Handle, prior: AioResult, io: _ReadIo) -> AioResult:
-        return io.bufmgr._read_complete(h, prior, io)
-
-    def write_stage(h: Handle, io: _WriteIo) -> None:
-        io.bufmgr._write_stage(h, io)
-
-    def write_complete(h: Handle, prior: AioResult, io: _WriteIo) -> AioResult:
-        return io.bufmgr._write_complete(h, prior, io)
-
-    cb.register_callback(BUFMGR_READV_CALLBACK_ID, cb.CallbackSet(
-        "bufmgr_readv", stage=read_stage, complete_shared=read_complete,
-        report=lambda ret, io: BufferManager._read_report(ret, io)))
-    cb.register_callback(BUFMGR_WRITEV_CALLBACK_ID, cb.CallbackSet(
-        "bufmgr_writev", stage=write_stage, complete_shared=write_complete))
-
-
-_register()

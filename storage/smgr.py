@@ -39,9 +39,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from slonik.aio import osfile
-from slonik.aio.errors import DiskFullError, IOFailure
+import slonik.aio.osfile as osfile
+from slonik.aio.callbacks import IoCallbacks
+from slonik.aio.errors import IOFailure, io_error
+from slonik.aio.handle import AioResult, AioReturn, Handle, HandleFlag, ResultStatus
+from slonik.aio.ids import CallbackId, TargetId
 from slonik.aio.memory import aligned_buffer
+from slonik.aio.transfer import short_transfer_error, transfer_all
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.fdcache import FdCache, FdCacheStats
 from slonik.storage.page import BLCKSZ
@@ -54,10 +58,6 @@ MAX_RELFILENUMBER = 0xFFFFFFFF
 # Linux refuses preadv/pwritev with more iovecs than this (UIO_MAXIOV), so longer runs are
 # issued in chunks of at most IOV_MAX blocks.
 IOV_MAX = 1024
-# A kernel returns a short transfer only when interrupted, at end of file or when the disk
-# fills; each pass makes progress (a write without progress is a full disk), and this many
-# short transfers in a row for one request means something is badly wrong.
-SHORT_TRANSFER_RETRIES_MAX = 100
 
 
 class Fork(IntEnum):
@@ -109,22 +109,6 @@ def describe(rel: int, fork: int, block: int, nblocks: int = 1) -> str:
     if nblocks == 1:
         return f"block {block} of relation {rel} fork {label}"
     return f"blocks {block}..{block + nblocks - 1} of relation {rel} fork {label}"
-
-
-def _io_error(err: int | None, what: str) -> IOFailure:
-    """The exception for an OS error: ENOSPC is a full disk, the rest keep their errno."""
-    if err == errno.ENOSPC:
-        return DiskFullError(what)
-    return IOFailure(err or errno.EIO, what)
-
-
-def _advance(iov: Sequence, nbytes: int) -> list:
-    """The part of ``iov`` (whole-block buffers) left after its first ``nbytes`` bytes."""
-    done, partial = divmod(nbytes, BLCKSZ)
-    rest = list(iov[done:])
-    if partial:
-        rest[0] = memoryview(rest[0])[partial:]
-    return rest
 
 
 class Smgr:
@@ -260,7 +244,7 @@ class Smgr:
             return self._files.acquire(path)
         except IOFailure as e:
             if not (create and e.errno == errno.ENOENT):
-                raise _io_error(e.errno, f"could not open file {path} to {purpose()}") from e
+                raise io_error(e.errno, f"could not open file {path} to {purpose()}") from e
         if segno == 0:
             self.create(rel, fork, exist_ok=True)
         else:
@@ -268,7 +252,7 @@ class Smgr:
         try:
             return self._files.acquire(path)
         except IOFailure as e:
-            raise _io_error(e.errno, f"could not open file {path} to {purpose()}") from e
+            raise io_error(e.errno, f"could not open file {path} to {purpose()}") from e
 
     # -- existence ---------------------------------------------------------------------------
 
@@ -297,11 +281,11 @@ class Smgr:
                 what = f"could not create file {path} of relation {rel} fork {fork.label}"
                 if e.errno == errno.EEXIST:
                     raise RelationExistsError(what) from e
-                raise _io_error(e.errno, what) from e
+                raise io_error(e.errno, what) from e
             try:
                 osfile.close(fd)
             except OSError as e:
-                raise _io_error(e.errno, f"could not close file {path}") from e
+                raise io_error(e.errno, f"could not close file {path}") from e
             self._fsync_directory(self._base_dir)
 
     def _ensure_base_dir(self) -> None:
@@ -312,7 +296,7 @@ class Smgr:
         except FileExistsError:
             return  # another thread made it; it fsyncs the parent
         except OSError as e:
-            raise _io_error(e.errno, f"could not create directory {self._base_dir}") from e
+            raise io_error(e.errno, f"could not create directory {self._base_dir}") from e
         self._fsync_directory(self._data_dir)
 
     # -- size --------------------------------------------------------------------------------
@@ -334,12 +318,12 @@ class Smgr:
             except IOFailure as e:
                 if e.errno == errno.ENOENT and segno > 0:
                     return segno * self._segment_size  # the previous segment was full
-                raise _io_error(e.errno, f"could not open file {path} to count the blocks "
+                raise io_error(e.errno, f"could not open file {path} to count the blocks "
                                          f"of relation {rel} fork {fork.label}") from e
             try:
                 size = osfile.file_size(fd)
             except OSError as e:
-                raise _io_error(e.errno, f"could not get the size of file {path} of "
+                raise io_error(e.errno, f"could not get the size of file {path} of "
                                          f"relation {rel} fork {fork.label}") from e
             finally:
                 self._files.release(path, fd)
@@ -380,16 +364,54 @@ class Smgr:
             finally:
                 self._files.release(path, fd)
 
-    def start_readv(self, handle, rel: int, fork: int, block: int, buffers: Sequence) -> None:
+    def start_readv(self, handle: Handle, rel: int, fork: int, block: int,
+                    buffers: Sequence) -> None:
         """Stage an asynchronous read of ``len(buffers)`` blocks (within one segment, see
         ``maxcombine``) on an acquired AIO handle. Completion reports whole blocks read:
-        OK, PARTIAL (fewer) or ERROR; see ``storage/smgr_aio.py``."""
-        _start_io(self, handle, False, rel, fork, block, buffers)
+        OK, PARTIAL (fewer) or ERROR; see ``SmgrIo``."""
+        self._start_io(handle, False, rel, fork, block, buffers)
 
-    def start_writev(self, handle, rel: int, fork: int, block: int, buffers: Sequence) -> None:
+    def start_writev(self, handle: Handle, rel: int, fork: int, block: int,
+                     buffers: Sequence) -> None:
         """Stage an asynchronous write of ``len(buffers)`` blocks within one segment; a
         missing segment is created the md way first."""
-        _start_io(self, handle, True, rel, fork, block, buffers)
+        self._start_io(handle, True, rel, fork, block, buffers)
+
+    def _start_io(self, handle: Handle, write: bool, rel: int, fork: int, block: int,
+                  buffers: Sequence) -> None:
+        """Stage one vectored read or write of the blocks ``buffers`` cover on ``handle``
+        (the caller may have attached its own callbacks first, e.g. the buffer manager's)."""
+        fork = self._check_relation(rel, fork)
+        n = self._check_buffers(buffers, block, wide=True)
+        self._check_open()
+        if n == 0:
+            raise ValueError("an smgr I/O needs at least one buffer")
+        segno, in_segment = divmod(block, self._segment_size)
+        if in_segment + n > self._segment_size:
+            raise ValueError(f"{describe(rel, fork, block, n)} cross a segment boundary; "
+                             f"split with maxcombine() (at most {self._segment_size - in_segment})")
+        verb = "write" if write else "read"
+        fd = self._acquire_segment(rel, fork, segno, write,
+                                   lambda: f"{verb} {describe(rel, fork, block, n)}")
+        path = self._segment_path(rel, fork, segno)
+        io = (SmgrWriteIo if write else SmgrReadIo)(self, rel, fork, block, n, path, fd,
+                                                      os.O_RDWR | self.file_flags)
+        try:
+            handle.set_target(TargetId.SMGR, io)
+            handle.add_callback(io.callback_id, io)
+            if not self._io_direct:
+                handle.set_flag(HandleFlag.BUFFERED)
+        except BaseException:
+            self._files.release(path, fd)
+            raise
+        offset = in_segment * BLCKSZ
+        if write:
+            self._note_written(rel, fork, segno)  # at staging: sync_written() covers it
+            self._count_writes(1, n * BLCKSZ)
+            handle.start_writev(fd, buffers, offset)
+        else:
+            self._count_reads(1, n * BLCKSZ)
+            handle.start_readv(fd, buffers, offset)
 
     def readv(self, rel: int, fork: int, block: int, buffers: Sequence) -> None:
         """Read blocks ``block .. block+len(buffers)-1`` into ``buffers``.
@@ -427,28 +449,14 @@ class Smgr:
         fd = self._acquire_segment(rel, fork, segno, False,
                                    lambda: f"read {describe(rel, fork, block, nblocks)}")
         want = nblocks * BLCKSZ
-        offset = in_segment * BLCKSZ
-        done = calls = 0
-        rest = iov
         try:
-            while True:
-                try:
-                    got = osfile.preadv(fd, rest, offset + done)
-                except OSError as e:
-                    raise _io_error(e.errno, f"could not read {describe(rel, fork, block, nblocks)}"
-                                             f" in file {path}") from e
-                calls += 1
-                done += got
-                if done == want or got == 0:
-                    break
-                if calls > SHORT_TRANSFER_RETRIES_MAX:
-                    raise IOFailure(errno.EIO, f"could not read {describe(rel, fork, block, nblocks)}"
-                                               f" in file {path}: {calls} short reads in a row")
-                rest = _advance(iov, done)
+            done, calls = transfer_all(
+                fd, iov, in_segment * BLCKSZ, write=False,
+                what=lambda: f"{describe(rel, fork, block, nblocks)} in file {path}")
         finally:
             self._files.release(path, fd)
-            self._count_reads(calls, done)
-        if done < want:
+        self._count_reads(calls, done)
+        if done < want:  # end of file: reading past the relation's end
             raise DataCorruptionError(
                 f"could not read {describe(rel, fork, block, nblocks)} in file {path}: "
                 f"read only {done} of {want} bytes", relation=rel, fork=fork, block=block)
@@ -480,36 +488,12 @@ class Smgr:
         fd = self._acquire_segment(rel, fork, segno, segno > 0,
                                    lambda: f"write {describe(rel, fork, block, nblocks)}")
         try:
-            self._pwrite_all(fd, iov, in_segment * BLCKSZ,
-                             lambda: f"{describe(rel, fork, block, nblocks)} in file {path}")
+            done, calls = transfer_all(
+                fd, iov, in_segment * BLCKSZ, write=True,
+                what=lambda: f"{describe(rel, fork, block, nblocks)} in file {path}")
         finally:
             self._files.release(path, fd)
-
-    def _pwrite_all(self, fd: int, iov: Sequence, offset: int,
-                    where: Callable[[], str]) -> None:
-        """pwritev until all of ``iov`` is written; ``where()`` names it for errors."""
-        want = len(iov) * BLCKSZ
-        done = calls = 0
-        rest = iov
-        try:
-            while True:
-                try:
-                    got = osfile.pwritev(fd, rest, offset + done)
-                except OSError as e:
-                    raise _io_error(e.errno, f"could not write {where()}") from e
-                calls += 1
-                done += got
-                if done == want:
-                    return
-                if got == 0:
-                    raise DiskFullError(f"could not write {where()}: wrote only {done} of "
-                                        f"{want} bytes (no progress; counted as a full disk)")
-                if calls > SHORT_TRANSFER_RETRIES_MAX:
-                    raise IOFailure(errno.EIO, f"could not write {where()}: "
-                                               f"{calls} short writes in a row")
-                rest = _advance(iov, done)
-        finally:
-            self._count_writes(calls, done)
+        self._count_writes(calls, done)
 
     def extend(self, rel: int, fork: int, block: int, data) -> None:
         """Add block ``block`` (at or beyond ``nblocks``) holding ``data`` (``BLCKSZ`` bytes).
@@ -581,13 +565,13 @@ class Smgr:
                     try:
                         size = osfile.file_size(fd)
                     except OSError as e:
-                        raise _io_error(e.errno, f"could not get the size of file {path}") from e
+                        raise io_error(e.errno, f"could not get the size of file {path}") from e
                     if size < self._segment_bytes:
                         self._note_written(rel, fork, s)  # its new size must be synced too
                         try:
                             osfile.ftruncate(fd, self._segment_bytes)
                         except OSError as e:
-                            raise _io_error(e.errno, f"could not extend file {path} of relation "
+                            raise io_error(e.errno, f"could not extend file {path} of relation "
                                                      f"{rel} fork {fork.label} to "
                                                      f"{self._segment_bytes} bytes") from e
                     elif size > self._segment_bytes:
@@ -622,7 +606,7 @@ class Smgr:
             try:
                 osfile.writeback(fd, in_segment * BLCKSZ, count * BLCKSZ)
             except OSError as e:
-                raise _io_error(e.errno, f"could not write back "
+                raise io_error(e.errno, f"could not write back "
                                          f"{describe(rel, fork, block + first, count)} "
                                          f"in file {path}") from e
             finally:
@@ -658,7 +642,7 @@ class Smgr:
                 try:
                     osfile.ftruncate(fd, length)
                 except OSError as e:
-                    raise _io_error(e.errno, f"could not truncate file {path} of relation "
+                    raise io_error(e.errno, f"could not truncate file {path} of relation "
                                              f"{rel} fork {fork.label} to {length} bytes") from e
             if removed:
                 self._fsync_directory(self._base_dir)
@@ -680,7 +664,7 @@ class Smgr:
             except FileNotFoundError:
                 pass
             except OSError as e:
-                raise _io_error(e.errno, f"could not remove file {path} of relation {rel} "
+                raise io_error(e.errno, f"could not remove file {path} of relation {rel} "
                                          f"fork {fork.label}") from e
         if last > first and self.aio is not None:
             self.aio.forget_files()
@@ -698,7 +682,7 @@ class Smgr:
             except IOFailure as e:
                 if e.errno == errno.ENOENT and segno > 0:
                     return
-                raise _io_error(e.errno, f"could not open file {path} to fsync relation "
+                raise io_error(e.errno, f"could not open file {path} to fsync relation "
                                          f"{rel} fork {fork.label}") from e
             self._fsync_segment(path, fd, rel, fork)
             segno += 1
@@ -708,7 +692,7 @@ class Smgr:
         try:
             osfile.fsync(fd)
         except OSError as e:
-            raise _io_error(e.errno, f"could not fsync file {path} of relation {rel} "
+            raise io_error(e.errno, f"could not fsync file {path} of relation {rel} "
                                      f"fork {fork.label}") from e
         finally:
             self._files.release(path, fd)
@@ -744,7 +728,7 @@ class Smgr:
                     fd = self._files.acquire(path)
                 except IOFailure as e:
                     synced += 1  # attempted: not kept
-                    raise _io_error(e.errno, f"could not open file {path} to fsync relation "
+                    raise io_error(e.errno, f"could not open file {path} to fsync relation "
                                              f"{rel} fork {fork.label}") from e
                 synced += 1
                 self._fsync_segment(path, fd, rel, fork)
@@ -783,7 +767,7 @@ class Smgr:
         try:
             osfile.fsync_directory(path)
         except OSError as e:
-            raise _io_error(e.errno, f"could not fsync directory {path}") from e
+            raise io_error(e.errno, f"could not fsync directory {path}") from e
         with self._stats_lock:
             self._directory_fsyncs += 1
 
@@ -885,5 +869,71 @@ class Smgr:
         return n
 
 
-# Imported last: smgr_aio needs the names above (and registers the smgr target/callbacks).
-from slonik.storage.smgr_aio import start_io as _start_io  # noqa: E402
+# -- asynchronous I/O: the smgr target and the smgr completion callbacks ---------------------
+
+class SmgrIo(IoCallbacks):
+    """Target and callback data of one smgr I/O (one segment, consecutive blocks).
+
+    The segment's fd is acquired from the fd cache *in use* before the I/O is staged and
+    released by ``complete_shared``, so the fd cache never closes it under the kernel. The
+    target reopens by path and open flags (a worker's own fd) and describes the block range.
+    ``complete_shared`` runs first (the smgr callback is attached last) and turns bytes into
+    whole blocks: ``-errno`` -> ERROR, no whole block -> ERROR, fewer blocks than asked ->
+    PARTIAL with the blocks done, else OK. ``report`` names file, relation, fork and blocks.
+    """
+
+    __slots__ = ("smgr", "rel", "fork", "block", "nblocks", "path", "fd", "open_flags")
+    verb = "read"
+
+    def __init__(self, smgr: Smgr, rel: int, fork: Fork, block: int, nblocks: int, path: str,
+                 fd: int, open_flags: int) -> None:
+        self.smgr = smgr
+        self.rel = rel
+        self.fork = fork
+        self.block = block
+        self.nblocks = nblocks
+        self.path = path
+        self.fd = fd
+        self.open_flags = open_flags
+
+    def describe(self) -> str:
+        return f"{describe(self.rel, self.fork, self.block, self.nblocks)} in file {self.path}"
+
+    def reopen(self) -> tuple[str, int]:
+        return self.path, self.open_flags
+
+    def complete_shared(self, h: Handle, prior: AioResult) -> AioResult:
+        self.smgr._files.release(self.path, self.fd)
+        raw = h.raw_result
+        if raw < 0:
+            return AioResult(ResultStatus.ERROR, 0, -raw, self.callback_id)
+        blocks = raw // BLCKSZ
+        if blocks == 0 and self.nblocks > 0:
+            return AioResult(ResultStatus.ERROR, 0, 0, self.callback_id, raw)
+        if blocks < self.nblocks:
+            return AioResult(ResultStatus.PARTIAL, blocks, 0, self.callback_id, raw)
+        return AioResult(ResultStatus.OK, blocks, 0, 0)
+
+    def report(self, ret: AioReturn) -> None:
+        r = ret.result
+        if r.status == ResultStatus.ERROR and r.error_data:
+            raise io_error(r.error_data, f"could not {self.verb} {self.describe()}")
+        done = r.detail if isinstance(r.detail, int) else r.result * BLCKSZ
+        error = short_transfer_error(self.verb == "write", done, self.nblocks * BLCKSZ,
+                                     self.describe())
+        if self.verb == "write":
+            raise error
+        # A relation read that ends short reads past the relation's end (ERRCODE_DATA_CORRUPTED).
+        raise DataCorruptionError(str(error), relation=self.rel, fork=int(self.fork),
+                                  block=self.block + r.result)
+
+
+class SmgrReadIo(SmgrIo):
+    __slots__ = ()
+    callback_id = CallbackId.SMGR_READV
+
+
+class SmgrWriteIo(SmgrIo):
+    __slots__ = ()
+    callback_id = CallbackId.SMGR_WRITEV
+    verb = "write"

@@ -33,10 +33,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from slonik.aio import callbacks as cb
 from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.aio.handle import AioReturn
+from slonik.aio.ids import TargetId
 from slonik.aio.memory import aligned_buffer
 from slonik.wal.errors import WalError
 from slonik.wal.record import BlockRef, WalRecord, encode_record
@@ -52,22 +52,13 @@ from slonik.wal.walpage import (
     usable_lsn,
 )
 
-WAL_TARGET_ID = 3
+WAL_TARGET_ID = TargetId.WAL  # data (path, open_flags, offset); see aio/ids.py
 WAL_BUFFERS_MIN_PAGES = 8            # 64 KiB: two full-page images plus slack; bigger
                                      # records than the ring can hold are refused
 WAL_BUFFERS_MAX_PAGES = 65536        # 512 MiB of buffers: more buys nothing here
 WAL_BUFFERS_DEFAULT_PAGES = 512      # 4 MiB: PostgreSQL's 1/32 of the default shared_buffers
 ZERO_FILL_CHUNK_BYTES = 1 << 20      # segment pre-allocation writes this much per call
 RECYCLED_SEGMENTS_MAX = 4            # spare segments kept for reuse instead of unlinking
-
-
-def _wal_describe(data) -> str:
-    path, _flags, offset = data
-    return f"WAL segment {os.path.basename(path)} at offset {offset}"
-
-
-cb.register_target(WAL_TARGET_ID, cb.TargetOps("wal", reopen=lambda d: (d[0], d[1]),
-                                               describe=_wal_describe))
 
 
 @dataclass

@@ -32,10 +32,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from slonik.aio import callbacks as cb
-from slonik.aio import io_uring_available, osfile
+from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.aio.handle import AioReturn, ResultStatus
 from slonik.aio.memory import PAGE_ALIGNMENT, aligned_buffer
+from slonik.aio.method_io_uring import io_uring_available
 
 DEFAULT_FILE = "./bench-data/aio.dat"
 DEFAULT_SIZE = 1 << 30

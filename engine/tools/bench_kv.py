@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 
-from slonik.aio import io_uring_available
+from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine.database import Database
 from slonik.engine.tools.bench import ALL_METHODS, parse_methods, positive_float, positive_int
 from slonik.engine.tools.progress import Progress

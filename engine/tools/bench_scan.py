@@ -30,8 +30,9 @@ import subprocess
 import sys
 import time
 
-from slonik.aio import io_uring_available, osfile
+from slonik.aio import osfile
 from slonik.aio.core import Aio
+from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine.tools.bench import fio_status, parse_methods, parse_size, positive_int
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.page import BLCKSZ, init_page, page_add_item, page_set_checksum

@@ -26,9 +26,9 @@ import re
 import sys
 from collections.abc import Sequence
 
-from slonik.aio import io_uring_available
 from slonik.aio.core import IO_METHODS
 from slonik.aio.errors import SlonikError
+from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine.tools.bench import add_arguments as add_bench_aio_arguments
 from slonik.engine.tools.bench import cmd_bench_aio, nonnegative_int, positive_float, positive_int
 from slonik.engine.tools.bench_scan import add_arguments as add_bench_scan_arguments

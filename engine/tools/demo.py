@@ -30,7 +30,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from slonik.aio import io_uring_available, osfile
+from slonik.aio import osfile
+from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine.database import Database
 from slonik.engine.tools.progress import Progress
 

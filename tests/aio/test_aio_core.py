@@ -8,10 +8,11 @@ import random
 import threading
 
 import pytest
-from slonik.aio import callbacks as cb
+import slonik.aio.callbacks as cb
 from slonik.aio.core import Aio, make_method
 from slonik.aio.errors import DiskFullError, IOFailure, IoMethodUnavailable
 from slonik.aio.handle import AioResult, AioReturn, HandleState, IoOp, ResultStatus
+from slonik.aio.ids import CallbackId, TargetId
 from slonik.aio.memory import aligned_buffer
 
 from tests.support.method_faulty import FaultRule
@@ -39,7 +40,7 @@ def datafile(tmp_path):
 def start_read(aio: Aio, path: str, fd: int, buffers: list, offset: int):
     ret = AioReturn()
     h = aio.acquire(ret)
-    h.set_target(cb.FILE_TARGET_ID, (path, os.O_RDWR, offset))
+    h.set_target(TargetId.FILE, (path, os.O_RDWR, offset))
     ref = h.wait_ref()
     h.start_readv(fd, buffers, offset)
     return ref, ret
@@ -48,7 +49,7 @@ def start_read(aio: Aio, path: str, fd: int, buffers: list, offset: int):
 def start_write(aio: Aio, path: str, fd: int, buffers: list, offset: int):
     ret = AioReturn()
     h = aio.acquire(ret)
-    h.set_target(cb.FILE_TARGET_ID, (path, os.O_RDWR, offset))
+    h.set_target(TargetId.FILE, (path, os.O_RDWR, offset))
     ref = h.wait_ref()
     h.start_writev(fd, buffers, offset)
     return ref, ret
@@ -159,9 +160,9 @@ def test_batch_defers_submission(aio, io_method, datafile):
                 for i in range(4)]
         states = {row.state for row in aio.inflight()}
         if io_method == "sync":
-            assert "STAGED" not in states
+            assert HandleState.STAGED not in states
         else:
-            assert states == {"STAGED"}
+            assert states == {HandleState.STAGED}
     for ref, ret in refs:
         aio.wait(ref)
         ret.raise_if_failed()
@@ -300,27 +301,27 @@ def test_callbacks_run_in_order_and_phases(aio, io_method, datafile):
     path, fd = datafile
     log: list[tuple[str, str, str]] = []
 
-    def make(name: str) -> cb.CallbackSet:
-        def stage(h, data):
-            log.append(("stage", name, threading.current_thread().name))
+    class Logged(cb.IoCallbacks):
+        def __init__(self, name: str, callback_id: CallbackId) -> None:
+            self.name = name
+            self.callback_id = callback_id
 
-        def shared(h, prior, data):
-            log.append(("shared", name, threading.current_thread().name))
+        def stage(self, h):
+            log.append(("stage", self.name, threading.current_thread().name))
+
+        def complete_shared(self, h, prior):
+            log.append(("shared", self.name, threading.current_thread().name))
             return prior._replace(result=prior.result + 1)
 
-        def local(h, prior, data):
-            log.append(("local", name, threading.current_thread().name))
+        def complete_local(self, h, prior):
+            log.append(("local", self.name, threading.current_thread().name))
             return prior
 
-        return cb.CallbackSet(name, stage=stage, complete_shared=shared, complete_local=local)
-
-    cb.register_callback(60, make("upper"))
-    cb.register_callback(61, make("lower"))
     ret = AioReturn()
     h = aio.acquire(ret)
-    h.set_target(cb.FILE_TARGET_ID, (path, os.O_RDWR, 0))
-    h.add_callback(60)
-    h.add_callback(61)
+    h.set_target(TargetId.FILE, (path, os.O_RDWR, 0))
+    h.add_callback(CallbackId.TEST_1, Logged("upper", CallbackId.TEST_1))
+    h.add_callback(CallbackId.TEST_2, Logged("lower", CallbackId.TEST_2))
     ref = h.wait_ref()
     h.start_readv(fd, [memoryview(aligned_buffer(BLOCK))], 0)
     aio.wait(ref)
@@ -342,14 +343,16 @@ def test_raising_callback_is_reported_not_swallowed(aio, datafile):
     the exception is recorded and re-raised by the issuer."""
     path, fd = datafile
 
-    def boom(h, prior, data):
-        raise RuntimeError("callback bug")
+    class Boom(cb.IoCallbacks):
+        callback_id = CallbackId.TEST_3
 
-    cb.register_callback(62, cb.CallbackSet("boom", complete_shared=boom))
+        def complete_shared(self, h, prior):
+            raise RuntimeError("callback bug")
+
     ret = AioReturn()
     h = aio.acquire(ret)
-    h.set_target(cb.FILE_TARGET_ID, (path, os.O_RDWR, 0))
-    h.add_callback(62)
+    h.set_target(TargetId.FILE, (path, os.O_RDWR, 0))
+    h.add_callback(CallbackId.TEST_3, Boom())
     ref = h.wait_ref()
     h.start_readv(fd, [memoryview(aligned_buffer(BLOCK))], 0)
     aio.wait(ref)
@@ -405,7 +408,7 @@ def test_fsync_through_aio(aio, datafile):
     for datasync in (False, True):
         ret = AioReturn()
         h = aio.acquire(ret)
-        h.set_target(cb.FILE_TARGET_ID, (path, os.O_RDWR, 0))
+        h.set_target(TargetId.FILE, (path, os.O_RDWR, 0))
         ref = h.wait_ref()
         h.start_fsync(fd, datasync=datasync)
         aio.wait(ref)

@@ -8,11 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from slonik.aio import callbacks as cb
 from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.aio.errors import IOFailure, SlonikError
 from slonik.aio.handle import AioReturn
+from slonik.aio.ids import TargetId
 from slonik.aio.memory import aligned_buffer
 
 from tests.support.crashsim import CrashReport, CrashSimLayer, SimulatedCrash
@@ -491,7 +491,7 @@ def test_crash_after_ops_from_many_threads(tmp_path):
 
 @pytest.mark.parametrize("io_method", ["sync", "worker"])
 def test_writes_through_the_aio_layer(tmp_path, io_method):
-    """Blocks written through Aio handles (FILE_TARGET_ID; the worker method reopens the
+    """Blocks written through Aio handles (TargetId.FILE; the worker method reopens the
     file by path in its own threads) and then fsynced through a handle always survive;
     blocks written after the last sync come back per 512-byte chunk old or new; checked
     over 20 seeds for the sync and worker methods."""
@@ -514,7 +514,7 @@ def test_writes_through_the_aio_layer(tmp_path, io_method):
                 with aio.batch():
                     for b in blocks:
                         h = aio.acquire()
-                        h.set_target(cb.FILE_TARGET_ID, (path, os.O_RDWR, b * block))
+                        h.set_target(TargetId.FILE, (path, os.O_RDWR, b * block))
                         refs.append(h.wait_ref())
                         h.start_writev(fd, [memoryview(mem)[b * block:(b + 1) * block]],
                                        b * block)
@@ -523,7 +523,7 @@ def test_writes_through_the_aio_layer(tmp_path, io_method):
 
             write_blocks(range(nblocks // 2))
             h = aio.acquire()
-            h.set_target(cb.FILE_TARGET_ID, (path, os.O_RDWR, 0))
+            h.set_target(TargetId.FILE, (path, os.O_RDWR, 0))
             ref = h.wait_ref()
             h.start_fsync(fd, datasync=seed % 2 == 0)
             aio.wait(ref)
@@ -553,7 +553,7 @@ def test_a_crash_in_an_io_worker_and_the_teardown_that_follows(tmp_path):
         fd = os.open(path, os.O_RDWR)  # an fd from outside the layer is found by its path
         ret = AioReturn()
         h = aio.acquire(ret)
-        h.set_target(cb.FILE_TARGET_ID, (str(path), os.O_RDWR, 0))
+        h.set_target(TargetId.FILE, (str(path), os.O_RDWR, 0))
         ref = h.wait_ref()
         h.start_writev(fd, [b"w" * 8192], 0)
         for _ in range(200):

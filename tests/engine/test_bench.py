@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slonik.aio import io_uring_available
+from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine.tools.bench import PATTERNS, prepare_file
 from slonik.engine.tools.cli import main
 

@@ -8,7 +8,7 @@ from slonik.engine.tools.cli import main
 def test_bench_scan_reports_every_available_method(tmp_path, capsys):
     """A tiny O_DIRECT scan bench prints JSON with a positive cold and warm MB/s for every
     available io method and the relation's data built under --dir."""
-    from slonik.aio import io_uring_available
+    from slonik.aio.method_io_uring import io_uring_available
 
     code = main(["bench", "scan", "--size", "8M", "--runs", "1", "--direct",
                  "--dir", str(tmp_path / "scan"), "--shared-buffers", "64", "--json"])
@@ -24,7 +24,7 @@ def test_bench_scan_reports_every_available_method(tmp_path, capsys):
 def test_info_says_what_auto_picks(capsys):
     """`slonik info --json` lists every method with its availability and names the method
     io_method=auto resolves to here (io_uring when a ring can be set up, else worker)."""
-    from slonik.aio import io_uring_available
+    from slonik.aio.method_io_uring import io_uring_available
 
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

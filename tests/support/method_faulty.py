@@ -19,8 +19,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from slonik.aio.core import IoMethod, IssuerContext
 from slonik.aio.handle import Handle, IoOp
+from slonik.aio.method import IoMethod, IssuerContext
 
 
 @dataclass

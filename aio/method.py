@@ -1,0 +1,112 @@
+"""The io method interface: what ``sync``, ``worker`` and ``io_uring`` implement, the
+per-thread issuer context they are handed, and ``execute`` (one I/O through the OS
+boundary).
+
+The core (``core.Aio``) owns handles and control flow; a method only moves I/O:
+
+- ``needs_synchronous_execution(handle)``: run this one inline at staging time;
+- ``submit(ctx, handles)``: start a batch of at most ``SUBMIT_BATCH_SIZE`` staged I/Os;
+- ``wait_one(handle, generation)``: help complete ``handle`` (io_uring reaps its ring);
+- ``attach``/``init_issuer``/``release_issuer``/``shutdown``: lifecycle hooks.
+
+A method reports each finished I/O through the ``complete(handle, raw_result)`` function
+``attach`` gave it (``raw_result``: bytes transferred or -errno), in whichever thread it
+finished in.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import slonik.aio.osfile as osfile
+from slonik.aio.handle import Handle, IoOp
+
+SUBMIT_BATCH_SIZE = 32  # most staged-but-unsubmitted I/Os per thread (PostgreSQL's value)
+
+
+class IssuerContext:
+    """Per-thread state: the handle pool, the staged list, the in-flight list. ``aio`` is
+    the ``core.Aio`` that owns it."""
+
+    def __init__(self, aio: Any, slot: int, thread: threading.Thread) -> None:
+        self.aio = aio
+        self.slot = slot
+        self.thread_ref = weakref.ref(thread)
+        self.thread_name = thread.name
+        self.thread_ident = thread.ident
+        self.handles: list[Handle] = []
+        self.idle: list[Handle] = []
+        self.staged: list[Handle] = []
+        self.inflight: OrderedDict[int, Handle] = OrderedDict()  # submission order
+        self.handed_out: Handle | None = None
+        self.batch_depth = 0
+        self.counters: dict[tuple[int, IoOp], Any] = {}
+        self.method_state: object = None  # the method's per-thread data (a ring)
+
+    def alive(self) -> bool:
+        thread = self.thread_ref()
+        return thread is not None and thread.is_alive()
+
+
+class IoMethod:
+    """What every method implements. The core picks one by name (``core.IO_METHOD_TABLE``)."""
+
+    name = "abstract"
+    wait_on_fd_before_close = False
+    # True when the method finishes every submitted I/O on its own (workers, inline);
+    # False when a waiter must drive completion through wait_one (io_uring).
+    completes_without_waiters = True
+
+    def attach(self, aio: Any, complete: Callable[[Handle, int], None]) -> None:
+        """Called once; ``complete(handle, raw_result)`` runs the shared completion."""
+        self.aio = aio
+        self.complete = complete
+
+    def init_issuer(self, ctx: IssuerContext) -> None:
+        pass
+
+    def release_issuer(self, ctx: IssuerContext) -> None:
+        pass
+
+    def needs_synchronous_execution(self, handle: Handle) -> bool:
+        return False
+
+    def submit(self, ctx: IssuerContext, handles: list[Handle]) -> None:
+        raise NotImplementedError
+
+    def execute_inline(self, handle: Handle) -> None:
+        """Run the I/O now, in the issuer, and complete it."""
+        self.complete(handle, execute(handle, handle.fd))
+
+    def wait_one(self, handle: Handle, generation: int) -> bool:
+        """Make progress towards completing ``handle``. Return False if this method has no
+        way to help (the caller then sleeps on the handle's condition)."""
+        return False
+
+    def shutdown(self) -> None:
+        pass
+
+
+def execute(handle: Handle, fd: int) -> int:
+    """Run one I/O through the OS boundary, once; returns bytes transferred or -errno. A
+    short count is the caller's to judge (``transfer.py``), never retried here."""
+    try:
+        op = handle.op
+        if op == IoOp.READV:
+            return osfile.preadv(fd, handle.buffers, handle.offset)
+        if op == IoOp.WRITEV:
+            return osfile.pwritev(fd, handle.buffers, handle.offset)
+        if op == IoOp.FSYNC:
+            osfile.fsync(fd)
+            return 0
+        if op == IoOp.FDATASYNC:
+            osfile.fdatasync(fd)
+            return 0
+    except OSError as exc:
+        return -(exc.errno or errno.EIO)
+    raise AssertionError(f"cannot execute op {handle.op!r}")
