@@ -1,6 +1,6 @@
 """The ``slonik`` command: one subcommand per job, each a thin wrapper over the engine.
 
-Data commands (``init``, ``put``, ``get``, ``scan``, ``stats``, ``check``) take the
+Data commands (``init``, ``put``, ``get``, ``del``, ``scan``, ``stats``, ``check``) take the
 database directory first. Keys, values and store names are UTF-8 text on the command line
 (``--hex``: keys and values are hexadecimal instead, both ways); ``get`` and ``scan`` write
 values as their raw bytes (``--hex``/``--json`` for binary data). Every command but
@@ -18,7 +18,6 @@ exit 1; no traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -167,29 +166,103 @@ def _cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_del(args: argparse.Namespace) -> int:
+    key = _encode(args, args.key, "KEY")
+    with _open(args) as db:
+        store = _kv_store(db, args.store, create=False)
+        if key not in store:
+            raise CommandError(f"key {_text(key, args.hex)!r} not found in store "
+                               f"{args.store!r}; nothing was changed")
+        del store[key]
+    return 0
+
+
+def _relation_kind(db, name: str) -> str:
+    kinds = db.relations()
+    kind = kinds.get(name)
+    if kind is None:
+        raise CommandError(f"no KV store named {name!r} in {db.path}, and no table of that "
+                           f"name (relations: {', '.join(sorted(kinds)) if kinds else 'none'})")
+    return kind
+
+
 def _cmd_scan(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        if _relation_kind(db, args.store) == "table":
+            return _scan_table(args, db.table(args.store))
+        return _scan_kv(args, db)
+
+
+def _scan_kv(args: argparse.Namespace, db) -> int:
     start = None if args.start is None else _encode(args, args.start, "--start")
     stop = None if args.stop is None else _encode(args, args.stop, "--stop")
     out = sys.stdout
     n = 0
-    with _open(args) as db:
-        store = _kv_store(db, args.store, create=False)
+    store = _kv_store(db, args.store, create=False)
+    if args.json:
+        out.write("[")
+    for key, value in store.items(start=start, stop=stop, reverse=args.reverse):
+        if args.limit is not None and n >= args.limit:
+            break
         if args.json:
-            out.write("[")
-        for key, value in store.items(start=start, stop=stop, reverse=args.reverse):
-            if args.limit is not None and n >= args.limit:
-                break
-            if args.json:
-                out.write(("," if n else "") + "\n  " + json.dumps(
-                    {"key": _text(key, args.hex), "value": _text(value, args.hex)}))
-            elif args.hex:
-                out.write(f"{key.hex()}\t{value.hex()}\n")
-            else:
-                out.flush()
-                out.buffer.write(key + b"\t" + value + b"\n")
-            n += 1
+            out.write(("," if n else "") + "\n  " + json.dumps(
+                {"key": _text(key, args.hex), "value": _text(value, args.hex)}))
+        elif args.hex:
+            out.write(f"{key.hex()}\t{value.hex()}\n")
+        else:
+            out.flush()
+            out.buffer.write(key + b"\t" + value + b"\n")
+        n += 1
+    if args.json:
+        out.write("\n]\n" if n else "]\n")
+    out.flush()
+    return 0
+
+
+# PostgreSQL's COPY text format: a tab between columns, \N for NULL, and these escapes.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_FLOAT_WORDS = {"inf": "Infinity", "-inf": "-Infinity", "nan": "NaN"}
+
+
+def _copy_text(value: object) -> str:
+    """One column value as PostgreSQL's COPY text format writes it (bytea as \\x hex)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bytes):
+        return "\\\\x" + value.hex()
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, float):
+        return _FLOAT_WORDS.get(repr(value), repr(value))
+    return str(value).translate(_COPY_ESCAPES)
+
+
+def _json_value(value: object) -> object:
+    return "\\x" + value.hex() if isinstance(value, bytes) else value
+
+
+def _scan_table(args: argparse.Namespace, table) -> int:
+    """A table's rows in physical order: COPY text format lines, or a JSON array of
+    objects keyed by column name (bytea as "\\x..." hex text)."""
+    if args.start is not None or args.stop is not None or args.reverse or args.hex:
+        raise CommandError(f"{args.store!r} is a table: --start, --stop, --reverse and --hex "
+                           f"are for KV stores (a table scan is in physical order)")
+    names = [name for name, _type in table.columns]
+    out = sys.stdout
+    n = 0
+    if args.json:
+        out.write("[")
+    for row in table.scan():
+        if args.limit is not None and n >= args.limit:
+            break
         if args.json:
-            out.write("\n]\n" if n else "]\n")
+            out.write(("," if n else "") + "\n  " + json.dumps(
+                {name: _json_value(v) for name, v in zip(names, row, strict=True)}))
+        else:
+            out.write("\t".join(_copy_text(v) for v in row) + "\n")
+        n += 1
+    if args.json:
+        out.write("\n]\n" if n else "]\n")
     out.flush()
     return 0
 
@@ -359,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Slonik: an embedded storage engine built the way PostgreSQL 18 builds "
                     "its storage stack. Keys and values are UTF-8 text on the command line "
                     "(--hex for hexadecimal).")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="what to do (slonik COMMAND --help for its arguments)")
     sub.required = True
 
     init = sub.add_parser("init", help="create a new database directory")
@@ -373,30 +447,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     put = sub.add_parser("put", help="store KEY=VALUE in a KV store (created if missing)")
     _add_db_options(put)
-    put.add_argument("store", metavar="STORE")
-    put.add_argument("key", metavar="KEY")
-    put.add_argument("value", metavar="VALUE")
+    put.add_argument("store", metavar="STORE", help="the KV store's name")
+    put.add_argument("key", metavar="KEY", help="the key (UTF-8 text, or hex with --hex)")
+    put.add_argument("value", metavar="VALUE", help="the value (UTF-8 text, or hex with --hex)")
     put.add_argument("--hex", action="store_true", help="KEY and VALUE are hexadecimal")
     put.set_defaults(func=_cmd_put)
 
     get = sub.add_parser("get", help="print a key's value (exit 1 when missing)")
     _add_db_options(get)
-    get.add_argument("store", metavar="STORE")
-    get.add_argument("key", metavar="KEY")
+    get.add_argument("store", metavar="STORE", help="the KV store's name")
+    get.add_argument("key", metavar="KEY", help="the key (UTF-8 text, or hex with --hex)")
     get.add_argument("--hex", action="store_true", help="KEY and the output are hexadecimal")
     get.set_defaults(func=_cmd_get)
 
-    scan = sub.add_parser("scan", help="print a KV store's pairs in key order, KEY<TAB>VALUE")
+    delete = sub.add_parser("del", help="delete a key from a KV store (exit 1 when missing)")
+    _add_db_options(delete)
+    delete.add_argument("store", metavar="STORE", help="the KV store's name")
+    delete.add_argument("key", metavar="KEY", help="the key (UTF-8 text, or hex with --hex)")
+    delete.add_argument("--hex", action="store_true", help="KEY is hexadecimal")
+    delete.set_defaults(func=_cmd_del)
+
+    scan = sub.add_parser("scan", help="print a KV store's pairs in key order (KEY<TAB>VALUE) "
+                                       "or a table's rows (PostgreSQL's COPY text format)")
     _add_db_options(scan)
-    scan.add_argument("store", metavar="STORE")
-    scan.add_argument("--start", default=None, help="first key (inclusive)")
-    scan.add_argument("--stop", default=None, help="end key (exclusive)")
-    scan.add_argument("--reverse", action="store_true", help="descending key order")
+    scan.add_argument("store", metavar="NAME", help="the KV store's or table's name")
+    scan.add_argument("--start", default=None, help="first key (inclusive; KV stores)")
+    scan.add_argument("--stop", default=None, help="end key (exclusive; KV stores)")
+    scan.add_argument("--reverse", action="store_true",
+                      help="descending key order (KV stores)")
     scan.add_argument("--limit", type=nonnegative_int, default=None,
-                      help="print at most this many pairs")
+                      help="print at most this many pairs or rows")
     scan.add_argument("--json", action="store_true",
-                      help="a JSON array of {key, value} (text, or hex with --hex)")
-    scan.add_argument("--hex", action="store_true", help="keys and values in hexadecimal")
+                      help="a JSON array: {key, value} per pair (text, or hex with --hex), "
+                           "or one object per row keyed by column (bytea as \"\\\\x...\")")
+    scan.add_argument("--hex", action="store_true",
+                      help="keys and values in hexadecimal (KV stores)")
     scan.set_defaults(func=_cmd_scan)
 
     stats = sub.add_parser("stats", help="pg_stat_io-like counters and the io method in use")
@@ -431,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks (fio as the device baseline)")
-    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK",
+                                     help="which benchmark (slonik bench BENCHMARK --help)")
     bench_sub.required = True
     bench_aio = bench_sub.add_parser(
         "aio", help="O_DIRECT reads through each io method against fio, same file, same run")
@@ -475,12 +561,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command + (f" {args.bench}" if args.command == "bench" else "")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()   # a closed pipe shows here, not at interpreter exit
+        return code
     except BrokenPipeError:
-        # ``slonik scan ... | head``: the reader has gone; not an error worth a message.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        # ``slonik waldump DIR | head -1``: the reader has gone. As the Python docs
+        # (signal module, "Note on SIGPIPE") advise: point stdout at /dev/null so the
+        # interpreter's final flush finds nothing to complain about, and exit 1 quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
     except (CommandError, SlonikError, ValueError, TypeError, KeyError, OSError) as exc:
         sys.stdout.flush()
         print(f"slonik {command}: {_message(exc)}", file=sys.stderr)

@@ -31,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -65,6 +66,7 @@ __all__ = ["require_database", "lock_holder", "relation_forks", "RelationFileRea
            "READ_RUN_BLOCKS"]
 
 PROC_LOCKS_PATH = "/proc/locks"
+LOCK_FILE_PID_BYTES = 64     # the lock file holds "<pid>\n"; more is not a pid
 # Blocks per read (512 KiB): big sequential reads, a small buffer. A run never crosses a
 # segment file, so one read is one preadv/io_uring read of one file.
 READ_RUN_BLOCKS = 64
@@ -88,21 +90,44 @@ def require_database(path: str | os.PathLike) -> str:
 
 def lock_holder(path: str, *, proc_locks: str = PROC_LOCKS_PATH) -> int | None:
     """The pid holding the flock of ``path``'s lock file, or None when nobody does (or the
-    lock file does not exist). Reads the kernel's lock table; takes no lock itself."""
+    lock file does not exist). Reads the kernel's lock table, taking no lock itself; where
+    that table cannot be read, probes with a shared, non-blocking flock on a read-only
+    descriptor, released at once (a ``Database.open`` racing that instant is refused with
+    its clear "already open" error, and nothing is written either way)."""
+    lock_path = os.path.join(path, LOCK_FILE_NAME)
     try:
-        st = os.stat(os.path.join(path, LOCK_FILE_NAME))
+        st = os.stat(lock_path)
     except FileNotFoundError:
         return None
     wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    with open(proc_locks, encoding="ascii", errors="replace") as f:
-        for line in f:
-            # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF" (a "->" marks a waiter)
-            fields = line.split()
-            if len(fields) < 6 or "->" in fields or fields[1] != "FLOCK":
-                continue
-            if fields[5] == wanted:
-                return int(fields[4])
+    try:
+        with open(proc_locks, encoding="ascii", errors="replace") as f:
+            table = f.read().splitlines()
+    except OSError:
+        return _probe_lock(lock_path)
+    for line in table:
+        # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF" (a "->" marks a waiter)
+        fields = line.split()
+        if len(fields) >= 6 and "->" not in fields and fields[1] == "FLOCK" \
+                and fields[5] == wanted:
+            return int(fields[4])
     return None
+
+
+def _probe_lock(lock_path: str) -> int | None:
+    fd = osfile.open(lock_path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            buf = bytearray(LOCK_FILE_PID_BYTES)
+            n = osfile.preadv(fd, [buf], 0)
+            text = bytes(buf[:n]).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        osfile.close(fd)
 
 
 def relation_forks(path: str) -> list[tuple[int, Fork]]:

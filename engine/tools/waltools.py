@@ -27,12 +27,13 @@ from datetime import datetime
 
 from slonik.aio.errors import SlonikError
 from slonik.engine.recovery import WAL_DIR
+from slonik.engine.tools.offline import lock_holder
 from slonik.wal.control import ControlData, read_control
 from slonik.wal.lsn import format_lsn, parse_lsn
 from slonik.wal.reader import ReadRecord, WalReader
 from slonik.wal.record import BlockRef, WalRecord
 from slonik.wal.rmgr import RM_MAX_ID, find_rmgr, rmgr_name
-from slonik.wal.walpage import WAL_PAGE_SIZE, next_record_lsn
+from slonik.wal.walpage import WAL_PAGE_SIZE, next_record_lsn, segment_file_name
 from slonik.wal.xlog import WAL_BUFFERS_DEFAULT_PAGES, WAL_BUFFERS_MAX_PAGES, WAL_BUFFERS_MIN_PAGES
 
 __all__ = [
@@ -58,7 +59,7 @@ CONTROL_LABELS = {
     "next_xid": "latest checkpoint's NextXID",
     "next_relfilenumber": "latest checkpoint's NextRelFileNumber",
     "wal_segment_size": "bytes per WAL segment",
-    "segment_size": "bytes per relation segment",
+    "segment_size": "blocks per segment of large relation",   # blocks, as pg_controldata
     "blcksz": "database block size",
     "time": "time of latest control file update",
 }
@@ -202,15 +203,34 @@ class WalDump:
 
     def summary(self) -> dict:
         r = self.reader
+        empty = None
         if self.limited:
             reason = (f"stopped after {self.shown} records (--limit); the next record would "
                       f"start at {format_lsn(next_record_lsn(r.end_lsn))}")
         else:
             reason = r.stop_reason
+            empty = self._empty_segment()
+            if empty is not None:
+                reason = (f"WAL segment {empty} is empty (0 bytes): the WAL ends where it "
+                          f"begins")
         return {"wal_dir": os.path.abspath(self.wal_dir), "start_lsn": format_lsn(self.start_lsn),
                 "records_read": r.records_read, "records_shown": self.shown,
                 "last_lsn": format_lsn(r.last_lsn), "end_lsn": format_lsn(r.end_lsn),
-                "stopped_by_limit": self.limited, "stop_reason": reason}
+                "stopped_by_limit": self.limited, "stop_reason": reason,
+                "empty_segment": empty}
+
+    def _empty_segment(self) -> str | None:
+        """The name of the segment file where the next record was due, when that file
+        exists and holds 0 bytes (a segment created but never written): the plain end of
+        WAL, not damage."""
+        r = self.reader
+        due = next_record_lsn(r.end_lsn) if r.records_read else self.start_lsn
+        name = segment_file_name(due // self.control.wal_segment_size)
+        try:
+            size = os.stat(os.path.join(self.wal_dir, name)).st_size
+        except FileNotFoundError:
+            return None
+        return name if size == 0 else None
 
 
 def format_summary(s: dict) -> str:
@@ -288,12 +308,22 @@ def _fail(command: str, exc: BaseException) -> int:
     return 1
 
 
+def _note_if_open(command: str, data_dir: str) -> None:
+    """Say on stderr when another process has the database open: what was printed is the
+    files as they were at that instant, and they are changing."""
+    holder = lock_holder(os.path.abspath(data_dir))
+    if holder is not None:
+        print(f"slonik {command}: note: the database is open in process {holder}; this shows "
+              f"its files as they were when read, and they are changing", file=sys.stderr)
+
+
 def cmd_controldata(args: argparse.Namespace) -> int:
     try:
         report = control_report(args.dir)
     except (SlonikError, OSError) as exc:
         return _fail("controldata", exc)
     print(json.dumps(report, indent=2) if args.json else format_control_report(report))
+    _note_if_open("controldata", args.dir)
     return 0
 
 
@@ -311,6 +341,8 @@ def cmd_waldump(args: argparse.Namespace) -> int:
                 records.append(entry)
             else:
                 print(format_record_entry(entry))
+    except BrokenPipeError:
+        raise   # the reader of our output has gone: the command's caller handles it
     except (SlonikError, OSError) as exc:
         sys.stdout.flush()
         return _fail("waldump", exc)
@@ -319,4 +351,5 @@ def cmd_waldump(args: argparse.Namespace) -> int:
         print(json.dumps({**summary, "records": records}, indent=2))
     else:
         print(format_summary(summary))
+    _note_if_open("waldump", args.dir)
     return 0

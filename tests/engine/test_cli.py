@@ -1,13 +1,14 @@
 """The data commands of ``slonik`` (init, put, get, scan, stats, check) through
 ``engine.cli.main`` and, for the no-traceback promise, as a real subprocess."""
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-from slonik.engine.tools.cli import main
+from slonik.engine.tools.cli import build_parser, main
 
 from slonik import Database
 
@@ -127,7 +128,7 @@ def test_not_a_database_is_refused_unchanged(tmp_path, capsys):
     before = _tree(other)
     missing = tmp_path / "nothing-here"
     for argv in (["put", "{d}", "s", "k", "v"], ["get", "{d}", "s", "k"], ["scan", "{d}", "s"],
-                 ["stats", "{d}"], ["check", "{d}"]):
+                 ["del", "{d}", "s", "k"], ["stats", "{d}"], ["check", "{d}"]):
         code, out, err = run(capsys, *[a.replace("{d}", str(other)) for a in argv])
         assert code == 1 and out == ""
         assert err == (f"slonik {argv[0]}: {other} is not a Slonik database (it has no "
@@ -216,3 +217,100 @@ def test_check_clean_and_corrupt(db_dir, io_method, capsys):
     assert len(blocks) == 1
     assert blocks[0]["block"] == 2 and blocks[0]["relfilenumber"] == rel
     assert blocks[0]["relation"] == "users" and report["ok"] is False
+
+
+def test_del_removes_a_key(db_dir, io_method, capsys):
+    """del removes one key (get then misses it, the engine agrees); a missing key or store
+    is exit 1 with one line naming it, and --hex takes a hexadecimal key."""
+    for k in ("a", "b"):
+        run(capsys, "put", db_dir, "s", k, k.upper())
+    assert run(capsys, "del", db_dir, "s", "a", "--io-method", io_method)[:2] == (0, "")
+    assert run(capsys, "get", db_dir, "s", "a")[0] == 1
+    code, _out, err = run(capsys, "del", db_dir, "s", "a")
+    assert code == 1
+    assert err == "slonik del: key 'a' not found in store 's'; nothing was changed\n"
+    code, _out, err = run(capsys, "del", db_dir, "nosuch", "a")
+    assert code == 1 and "no KV store named 'nosuch'" in err
+    assert run(capsys, "del", db_dir, "s", b"b".hex(), "--hex")[0] == 0
+    with Database.open(db_dir, io_method=io_method) as db:
+        assert dict(db.kv("s").items()) == {}
+
+
+def test_scan_of_a_table_prints_its_rows(db_dir, io_method, capsys):
+    """scan of a table prints every row in COPY text format (tab-separated, \\N for NULL,
+    bytea as \\\\x hex, t/f, backslash escapes) and, with --json, one object per row keyed
+    by column; --limit applies; KV-only options are refused with exit 1."""
+    rows = [(1, "one", b"\x00\xff", True, 1.5), (2, "tab\there", None, False, -2.0),
+            (3, None, b"", None, None)]
+    with Database.open(db_dir, io_method=io_method) as db:
+        t = db.create_table("events", [("id", "int8"), ("name", "text"), ("payload", "bytea"),
+                                       ("ok", "bool"), ("score", "float8")])
+        with db.transaction():
+            for row in rows:
+                t.insert(row)
+    code, out, err = run(capsys, "scan", db_dir, "events", "--io-method", io_method)
+    assert (code, err) == (0, "")
+    assert sorted(out.splitlines()) == ["1\tone\t\\\\x00ff\tt\t1.5",
+                                        "2\ttab\\there\t\\N\tf\t-2.0",
+                                        "3\t\\N\t\\\\x\t\\N\t\\N"]
+    code, out, _ = run(capsys, "scan", db_dir, "events", "--json")
+    assert code == 0
+    assert sorted(json.loads(out), key=lambda r: r["id"]) == [
+        {"id": 1, "name": "one", "payload": "\\x00ff", "ok": True, "score": 1.5},
+        {"id": 2, "name": "tab\there", "payload": None, "ok": False, "score": -2.0},
+        {"id": 3, "name": None, "payload": "\\x", "ok": None, "score": None}]
+    code, out, _ = run(capsys, "scan", db_dir, "events", "--limit", "2")
+    assert code == 0 and len(out.splitlines()) == 2
+    code, out, err = run(capsys, "scan", db_dir, "events", "--start", "1")
+    assert code == 1 and out == "" and "'events' is a table" in err
+
+
+def _walk(parser: argparse.ArgumentParser, path: str):
+    """(where, action) for every action of ``parser`` and of every subcommand under it."""
+    for action in parser._actions:
+        yield path, action
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                yield f"{path} {choice.dest}", choice
+            for name, sub in action.choices.items():
+                yield from _walk(sub, f"{path} {name}")
+
+
+def test_every_argument_of_every_subcommand_has_help():
+    """Walk the whole argparse tree (every subcommand, every bench): each argument, option
+    and subcommand has non-empty help text, so --help documents everything."""
+    seen = [(where, action) for where, action in _walk(build_parser(), "slonik")]
+    missing = [f"{where}: {action.dest}" for where, action in seen
+               if not action.help or action.help == argparse.SUPPRESS]
+    assert missing == []
+    subcommands = {where for where, _ in seen}
+    assert {"slonik del", "slonik scan", "slonik check", "slonik bench wal",
+            "slonik waldump", "slonik controldata"} <= subcommands
+
+
+def _big_database(path, io_method: str) -> None:
+    """A database with 3,000 KV pairs: far more output than a pipe buffer (64 KiB) holds."""
+    with Database.open(path, io_method=io_method) as db:
+        kv = db.kv("s")
+        with db.transaction():
+            for i in range(3000):
+                kv[b"key%06d" % i] = b"value %06d " % i * 4
+
+
+@pytest.mark.parametrize("argv", [["waldump"], ["scan", "s"], ["scan", "s", "--json"]])
+def test_a_closed_pipe_is_quiet(tmp_path, argv):
+    """``slonik waldump DIR | head -1`` for real: the command's stdout is a pipe whose
+    reader takes one line and closes it while the command still has more than a pipe
+    buffer to write. The command ends with exit 1 (the Python docs' way for EPIPE) and
+    writes nothing to stderr: no traceback, no "Broken pipe", no "Exception ignored"."""
+    path = tmp_path / "db"
+    _big_database(path, "sync")
+    slonik = os.path.join(os.path.dirname(sys.executable), "slonik")
+    proc = subprocess.Popen([slonik, argv[0], str(path), *argv[1:]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert first and err == ""
