@@ -220,17 +220,24 @@ class WalDump:
                 "empty_segment": empty}
 
     def _empty_segment(self) -> str | None:
-        """The name of the segment file where the next record was due, when that file
-        exists and holds 0 bytes (a segment created but never written): the plain end of
-        WAL, not damage."""
+        """The name of the segment file where the WAL continues — the one the next record
+        was due in, or the next one when the reader stopped because a record ran into it —
+        when that file exists and holds 0 bytes (created but never written, as a crash can
+        leave it): the plain end of WAL, not damage."""
         r = self.reader
         due = next_record_lsn(r.end_lsn) if r.records_read else self.start_lsn
-        name = segment_file_name(due // self.control.wal_segment_size)
-        try:
-            size = os.stat(os.path.join(self.wal_dir, name)).st_size
-        except FileNotFoundError:
-            return None
-        return name if size == 0 else None
+        segno = due // self.control.wal_segment_size
+        for candidate in (segno, segno + 1):
+            name = segment_file_name(candidate)
+            if candidate != segno and name not in r.stop_reason:
+                break
+            try:
+                size = os.stat(os.path.join(self.wal_dir, name)).st_size
+            except FileNotFoundError:
+                return None
+            if size == 0:
+                return name
+        return None
 
 
 def format_summary(s: dict) -> str:

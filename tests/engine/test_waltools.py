@@ -21,6 +21,8 @@ from slonik.wal.reader import read_record_at
 from slonik.wal.rmgr import RM_SMGR, RM_TEST
 from slonik.wal.xlog import BlockSpec, Wal
 
+from slonik import Database
+
 WAL_SEGMENT_SIZE = 64 * 1024
 WAL_BUFFERS = 8          # 64 KiB: the smallest ring, so corruption in the middle is findable
 REL = 16384
@@ -218,3 +220,45 @@ def test_waldump_corruption_in_the_middle_exits_1(data_dir, capsys):
     assert code == 1
     assert len(out.strip().splitlines()) == 3
     assert f"corrupt in the middle at {format_lsn(bad)}" in err and "Traceback" not in err
+
+
+def test_controldata_segment_size_is_in_the_unit_it_names(tmp_path, capsys):
+    """segment_size is stored in blocks: the text label says blocks, and the value times
+    the block size is the size of a full relation segment file on disk (a relation grown
+    past one segment of a 16-block database)."""
+    path = tmp_path / "db"
+    with Database.open(path, io_method="sync", segment_size=16) as db:
+        kv = db.kv("s")
+        with db.transaction():
+            for i in range(400):
+                kv[b"k%05d" % i] = b"v" * 300
+        rel = kv.rel
+    assert os.path.exists(path / "base" / f"{rel}.1")
+    code, out, _ = _run(capsys, "controldata", str(path))
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.startswith("blocks per segment"))
+    blocks = int(line.split(":")[1])
+    assert blocks == 16
+    assert os.path.getsize(path / "base" / str(rel)) == blocks * read_control(str(path)).blcksz
+    code, out, _ = _run(capsys, "controldata", str(path), "--json")
+    assert json.loads(out)["segment_size"] == 16
+
+
+def test_waldump_reports_an_empty_segment_as_empty(data_dir, capsys):
+    """A WAL segment file of 0 bytes where the WAL continues (created, never written, as a
+    crash can leave it) is the plain end of WAL: exit 0, the records before it, and a last
+    line (and JSON empty_segment) naming the empty segment — not an error."""
+    d, _, records = data_dir
+    second = records[-1][1] // WAL_SEGMENT_SIZE
+    path = os.path.join(d, WAL_DIR, f"{second:016X}")
+    os.truncate(path, 0)
+    code, out, err = _run(capsys, "waldump", d)
+    assert code == 0 and err == ""
+    lines = out.strip().splitlines()
+    kept = [r for r in records if r[1] <= second * WAL_SEGMENT_SIZE]
+    assert len(lines) == len(kept) + 1
+    assert f"WAL segment {second:016X} is empty (0 bytes)" in lines[-1]
+    code, out, _ = _run(capsys, "waldump", d, "--json")
+    dump = json.loads(out)
+    assert code == 0 and dump["empty_segment"] == f"{second:016X}"
+    assert dump["records_read"] == len(kept)
