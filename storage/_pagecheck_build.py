@@ -5,6 +5,10 @@ Optional: ``storage/page.py`` falls back to pure Python when the module is absen
 header rules of ``page.py``'s invariant 2, the all-zero new page, then CRC-32C with the
 checksum field read as zero, continued over ``pack("<IBI", rel, fork, block)``) and writes
 one ``PageStatus`` code per page; Python builds the reason sentence only for a bad page.
+Beside it, page-sized B+tree helpers (``engine/access/btree_page.py`` holds their Python
+references, and ``tests/storage/test_btree_c.py`` compares the two): ``slk_bt_search``
+binary-searches a B+tree page for a (key, xmin) target, ``slk_bt_visible`` lists the leaf
+entries a snapshot sees.
 
 CRC-32C: with SSE4.2 (checked at run time) three interleaved streams of the ``crc32``
 instruction joined by a precomputed shift table; otherwise a portable slicing-by-8 table.
@@ -21,6 +25,10 @@ uint32_t slk_page_checksum_portable(const uint8_t *page, uint32_t rel, uint8_t f
                                     uint32_t block);
 int slk_verify_pages(const uint8_t *base, const uint32_t *buf_ids, int n, int first_buf,
                      uint32_t rel, uint8_t fork, uint32_t first_block, uint8_t *status_out);
+int slk_bt_search(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint64_t xmin,
+                  int upper);
+int slk_bt_visible(const uint8_t *page, uint64_t snap_xmax, uint64_t own,
+                   const uint64_t *excluded, int nexcluded, uint16_t *out);
 """
 
 SOURCE = r"""
@@ -221,6 +229,96 @@ int slk_verify_pages(const uint8_t *base, const uint32_t *buf_ids, int n, int fi
         bad += st >= ST_BAD_CHECKSUM;
     }
     return bad;
+}
+
+/* ---- B+tree page helpers (engine/access/btree_page.py has the Python references) ----
+ * Special space (16 bytes at BLCKSZ - 16): prev u32, next u32, level u32, flags u16, 0 u16.
+ * Leaf entry "<QQBH" xmin, xmax, eflags, keylen | key | payload; pivot "<IQBH" child,
+ * xmin, pflags (1 = minus infinity), keylen | key. Order: key ascending, xmin descending.
+ * Both return -1 for a page they cannot read safely; the caller then runs the reference,
+ * which raises naming the flaw. */
+#define BT_SPECIAL_AT (BLCKSZ - 16)
+#define BT_LEAF_HDR 19
+#define BT_PIVOT_HDR 15
+
+static int bt_item(const uint8_t *page, int offnum, int lower, uint32_t *off, uint32_t *len)
+{
+    uint32_t at = HEADER_SIZE + 4u * (uint32_t)(offnum - 1);
+    if (at + 4 > (uint32_t)lower) return -1;
+    uint32_t lp = load32(page + at);
+    *off = lp & 0x7fff;
+    *len = lp >> 17;
+    if (((lp >> 15) & 3) != 1 || *off < HEADER_SIZE || *off + *len > BT_SPECIAL_AT) return -1;
+    return 0;
+}
+
+static int bt_bounds(const uint8_t *page, int *first, int *count, int *leaf)
+{
+    uint16_t lower = load16(page + 14);
+    if (load16(page + 18) != BT_SPECIAL_AT || lower < HEADER_SIZE || lower > BT_SPECIAL_AT ||
+        (lower - HEADER_SIZE) % 4)
+        return -1;
+    *count = (lower - HEADER_SIZE) / 4;
+    *first = load32(page + BT_SPECIAL_AT + 4) == 0 ? 1 : 2;  /* next == P_NONE: rightmost */
+    *leaf = load32(page + BT_SPECIAL_AT + 8) == 0;
+    return lower;
+}
+
+int slk_bt_search(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint64_t xmin,
+                  int upper)
+{
+    int first, count, leaf;
+    int lower = bt_bounds(page, &first, &count, &leaf);
+    if (lower < 0) return -1;
+    uint32_t hdr = leaf ? BT_LEAF_HDR : BT_PIVOT_HDR;
+    int lo = first, hi = count + 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        uint32_t off, len;
+        if (bt_item(page, mid, lower, &off, &len) < 0 || len < hdr) return -1;
+        const uint8_t *it = page + off;
+        uint64_t ixmin;
+        uint32_t ikeylen = load16(it + hdr - 2);
+        if (leaf) {
+            ixmin = load64(it);
+        } else {
+            ixmin = load64(it + 4);
+            if (it[12] & 1) { lo = mid + 1; continue; }     /* minus infinity */
+        }
+        if (hdr + ikeylen > len) return -1;
+        uint32_t n = ikeylen < keylen ? ikeylen : keylen;
+        int c = memcmp(it + hdr, key, n);
+        if (c == 0) c = ikeylen < keylen ? -1 : ikeylen > keylen ? 1 : 0;
+        if (c == 0) c = ixmin > xmin ? -1 : ixmin < xmin ? 1 : 0;   /* xmin descending */
+        if (c < 0 || (upper && c == 0)) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+static int xid_sees(uint64_t x, uint64_t snap_xmax, uint64_t own, const uint64_t *ex, int n)
+{
+    if (x == own) return 1;
+    if (x >= snap_xmax) return 0;
+    int lo = 0, hi = n;
+    while (lo < hi) { int mid = lo + (hi - lo) / 2; if (ex[mid] < x) lo = mid + 1; else hi = mid; }
+    return !(lo < n && ex[lo] == x);
+}
+
+int slk_bt_visible(const uint8_t *page, uint64_t snap_xmax, uint64_t own,
+                   const uint64_t *excluded, int nexcluded, uint16_t *out)
+{
+    int first, count, leaf, n = 0;
+    int lower = bt_bounds(page, &first, &count, &leaf);
+    if (lower < 0 || !leaf) return -1;
+    for (int k = first; k <= count; k++) {
+        uint32_t off, len;
+        if (bt_item(page, k, lower, &off, &len) < 0 || len < BT_LEAF_HDR) return -1;
+        uint64_t xmin = load64(page + off), xmax = load64(page + off + 8);
+        if (xid_sees(xmin, snap_xmax, own, excluded, nexcluded) &&
+            !(xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded)))
+            out[n++] = (uint16_t)k;
+    }
+    return n;
 }
 """
 

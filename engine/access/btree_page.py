@@ -1,0 +1,394 @@
+"""B+tree pages: special space, leaf entries, pivots, in-page search and page edits. Pure.
+
+A B+tree page is an ordinary ``storage.page`` page (header, line pointers, checksum) whose
+16-byte special space holds the Lehman & Yao links and the level::
+
+    special (struct "<IIIHH", at BLCKSZ - 16)
+      prev    u32  left sibling on the same level (P_NONE = 0: leftmost)
+      next    u32  right sibling (P_NONE: rightmost); block 0 is the metapage, so 0 is free
+      level   u32  0 = leaf, counting up to the root
+      flags   u16  BTP_* bits
+      zero    u16
+
+Line pointers are kept in key order (an insert in the middle shifts the later ones, as
+PostgreSQL's PageAddItem with shuffle does), so the item at offnum N is the N-th smallest.
+A page that is not rightmost has its **high key** at offnum 1 (an exclusive upper bound:
+every item on the page is < high key <= every item of the right sibling); its data items
+start at offnum 2. A rightmost page has no high key (+inf) and data from offnum 1.
+
+Items (all integers little-endian)::
+
+    leaf entry   "<QQBH" xmin, xmax, eflags, keylen | key | payload
+    pivot        "<IQBH" child, xmin, pflags, keylen | key      (internal items, high keys)
+
+Order: entries compare by ``(key ascending, xmin descending)``; pivots carry the same pair
+(the separator is the first entry of the right page at split time). The first data item of
+an internal page is the minus-infinity pivot (``PIVOT_MINUS_INF``, no key): "one more
+downlink than keys". A child holds the items ``>=`` its pivot and ``<`` the next pivot.
+
+The entry format is generic: the clustered KV store puts the version's creating xid in
+``xmin`` and the deleting one in ``xmax``; a secondary index can put a heap TID
+(``(block << 16) | offnum``) in ``xmin`` as its tiebreaker and leave ``xmax`` 0.
+``eflags & ENTRY_OVERFLOW`` marks a payload that is an overflow reference (``overflow.py``)
+rather than the value itself.
+
+Overflow pages (level 0, ``BTP_OVERFLOW``, ``prev`` = chunk index) hold one item, a chunk
+of an out-of-line value; free pages (``BTP_FREE``, ``next`` = the next free page) hold none.
+
+Invariants:
+1. Every page edit here is deterministic in its inputs (a page in a given state, the same
+   arguments, the same bytes out), so redo running these functions on the pre-change page
+   reproduces the page byte for byte.
+2. No B+tree page has an UNUSED line pointer (deletes rebuild the page), so appending a
+   line pointer and rotating it into place is the whole insert.
+3. ``search_page`` (C when ``storage._pagecheck`` is built) and ``search_page_py`` give the
+   same offnum for every page and target; likewise ``visible_offnums``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import (
+    BLCKSZ,
+    HEADER_SIZE,
+    LINE_POINTER_SIZE,
+    LOWER_OFFSET,
+    init_page,
+    max_item_size,
+    maxalign,
+    page_add_item,
+    page_free_space,
+    page_get_item,
+    page_is_new,
+)
+
+try:  # the optional C helpers (storage/_pagecheck_build.py); pure Python without them
+    from slonik.storage._pagecheck import ffi as _ffi
+    from slonik.storage._pagecheck import lib as _lib
+    if not hasattr(_lib, "slk_bt_search"):  # an extension built before the helpers existed
+        _ffi = _lib = None
+except ImportError:
+    _ffi = _lib = None
+C_SEARCH = _lib is not None
+
+__all__ = [
+    "P_NONE", "BTP_LEAF", "BTP_ROOT", "BTP_META", "BTP_OVERFLOW", "BTP_FREE",
+    "SPECIAL_SIZE", "ENTRY_OVERFLOW", "PIVOT_MINUS_INF", "XMIN_MAX",
+    "LEAF_HEADER_SIZE", "PIVOT_HEADER_SIZE", "KEY_MAX_BYTES", "ENTRY_MAX_BYTES",
+    "PAGE_CAPACITY_BYTES", "OVERFLOW_CHUNK_BYTES",
+    "Special", "LeafEntry", "Pivot", "BTreePageError",
+    "bt_init", "bt_special", "bt_set_special", "bt_set_prev", "bt_first_data",
+    "bt_item_count", "bt_items", "bt_rebuild", "bt_insert_item", "bt_delete_items",
+    "bt_set_xmax", "bt_fits", "bt_used_bytes", "item_cost",
+    "pack_entry", "unpack_entry", "entry_key", "pack_pivot", "unpack_pivot",
+    "minus_inf_pivot", "item_sort_key", "search_page", "search_page_py",
+    "visible_offnums", "visible_offnums_py", "C_SEARCH",
+]
+
+P_NONE = 0
+BTP_LEAF = 0x1
+BTP_ROOT = 0x2
+BTP_META = 0x8
+BTP_OVERFLOW = 0x10
+BTP_FREE = 0x20
+BTP_VALID_FLAGS = BTP_LEAF | BTP_ROOT | BTP_META | BTP_OVERFLOW | BTP_FREE
+
+_SPECIAL = struct.Struct("<IIIHH")
+SPECIAL_SIZE = _SPECIAL.size  # 16, MAXALIGNed
+_SPECIAL_AT = BLCKSZ - SPECIAL_SIZE
+assert maxalign(SPECIAL_SIZE) == SPECIAL_SIZE
+
+_LEAF = struct.Struct("<QQBH")
+_PIVOT = struct.Struct("<IQBH")
+LEAF_HEADER_SIZE = _LEAF.size    # 19
+PIVOT_HEADER_SIZE = _PIVOT.size  # 15
+ENTRY_OVERFLOW = 0x1
+ENTRY_VALID_FLAGS = ENTRY_OVERFLOW
+PIVOT_MINUS_INF = 0x1
+XMIN_MAX = (1 << 64) - 1
+
+# Usable bytes of a B+tree page: everything but the header and the special space.
+PAGE_CAPACITY_BYTES = BLCKSZ - HEADER_SIZE - SPECIAL_SIZE  # 8152
+# Keys up to about a quarter page; with it, a leaf entry is at most ENTRY_MAX_BYTES, and a
+# page always holds a high key plus two entries (or two pivots plus minus-inf), so a split
+# always has a legal split point.
+KEY_MAX_BYTES = 2000
+ENTRY_MAX_BYTES = 2712  # as PostgreSQL's BTMaxItemSize (2704) plus our wider header
+OVERFLOW_CHUNK_BYTES = max_item_size(SPECIAL_SIZE)  # 8144 bytes of a value per page
+
+
+def item_cost(length: int) -> int:
+    """Bytes an item of ``length`` takes on a page: aligned storage plus its line pointer."""
+    return maxalign(length) + LINE_POINTER_SIZE
+
+
+assert item_cost(PIVOT_HEADER_SIZE + KEY_MAX_BYTES) + 2 * item_cost(ENTRY_MAX_BYTES) \
+    <= PAGE_CAPACITY_BYTES
+assert 4 * item_cost(PIVOT_HEADER_SIZE + KEY_MAX_BYTES) <= PAGE_CAPACITY_BYTES
+
+
+class BTreePageError(DataCorruptionError):
+    """A B+tree page or item that cannot be right; the message names the field."""
+
+
+class Special(NamedTuple):
+    prev: int
+    next: int
+    level: int
+    flags: int
+
+
+class LeafEntry(NamedTuple):
+    """A decoded leaf entry. ``payload`` is the value, or an overflow reference when
+    ``flags & ENTRY_OVERFLOW``."""
+
+    key: bytes
+    xmin: int
+    xmax: int
+    flags: int
+    payload: bytes
+
+
+class Pivot(NamedTuple):
+    key: bytes
+    xmin: int
+    child: int
+    minus_inf: bool
+
+
+# ---------------------------------------------------------------------------- special
+
+
+def bt_init(page, special: Special) -> None:
+    """Make ``page`` an empty B+tree page with these links, level and flags."""
+    init_page(page, SPECIAL_SIZE)
+    _SPECIAL.pack_into(page, _SPECIAL_AT, special.prev, special.next, special.level,
+                       special.flags, 0)
+
+
+def bt_special(page) -> Special:
+    """The special space; BTreePageError when it cannot be a B+tree page's."""
+    prev, next_, level, flags, zero = _SPECIAL.unpack_from(page, _SPECIAL_AT)
+    special = struct.unpack_from("<H", page, 18)[0]
+    if special != _SPECIAL_AT or zero or flags & ~BTP_VALID_FLAGS:
+        raise BTreePageError(f"special space at {special} (flags {flags:#x}, pad {zero}) is "
+                             f"not a B+tree page's")
+    return Special(prev, next_, level, flags)
+
+
+def bt_set_special(page, special: Special) -> None:
+    _SPECIAL.pack_into(page, _SPECIAL_AT, special.prev, special.next, special.level,
+                       special.flags, 0)
+
+
+def bt_set_prev(page, prev: int) -> None:
+    struct.pack_into("<I", page, _SPECIAL_AT, prev)
+
+
+def bt_first_data(special: Special) -> int:
+    """Offnum of the first data item: 2 behind a high key, 1 on a rightmost page."""
+    return 1 if special.next == P_NONE else 2
+
+
+def bt_item_count(page) -> int:
+    return (struct.unpack_from("<H", page, LOWER_OFFSET)[0] - HEADER_SIZE) // LINE_POINTER_SIZE
+
+
+def bt_items(page) -> list[bytes]:
+    """Copies of every item, in offnum order (high key first when there is one)."""
+    return [bytes(page_get_item(page, i)) for i in range(1, bt_item_count(page) + 1)]
+
+
+def bt_used_bytes(items: Sequence[bytes]) -> int:
+    return sum(item_cost(len(i)) for i in items)
+
+
+def bt_fits(page, length: int) -> bool:
+    """Whether one more item of ``length`` bytes fits."""
+    return page_free_space(page) >= maxalign(length)
+
+
+def bt_rebuild(page, special: Special, items: Sequence[bytes]) -> None:
+    """Rebuild ``page`` from scratch with ``items`` in this order; the LSN is kept."""
+    lsn = bytes(page[:8])
+    bt_init(page, special)
+    for item in items:
+        page_add_item(page, item)
+    page[:8] = lsn
+
+
+def bt_insert_item(page, offnum: int, item: bytes) -> None:
+    """Put ``item`` at ``offnum``, shifting the items from there one place up."""
+    count = bt_item_count(page)
+    if not 1 <= offnum <= count + 1:
+        raise ValueError(f"offnum {offnum} out of range 1..{count + 1}")
+    got = page_add_item(page, item)
+    assert got == count + 1, "a B+tree page has no UNUSED line pointer (invariant 2)"
+    if offnum <= count:
+        at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
+        end = HEADER_SIZE + count * LINE_POINTER_SIZE
+        moved = bytes(page[at:end])
+        page[at:at + LINE_POINTER_SIZE] = page[end:end + LINE_POINTER_SIZE]
+        page[at + LINE_POINTER_SIZE:end + LINE_POINTER_SIZE] = moved
+
+
+def bt_delete_items(page, offnums: Sequence[int]) -> None:
+    """Drop the items at ``offnums`` (the page is rebuilt in order, LSN kept)."""
+    gone = set(offnums)
+    items = bt_items(page)
+    if not gone <= set(range(1, len(items) + 1)):
+        raise ValueError(f"offnums {sorted(gone)} not all in 1..{len(items)}")
+    bt_rebuild(page, bt_special(page), [it for i, it in enumerate(items, 1) if i not in gone])
+
+
+def bt_set_xmax(page, offnum: int, xmax: int) -> None:
+    item = page_get_item(page, offnum)
+    struct.pack_into("<Q", item, 8, xmax)
+
+
+# ---------------------------------------------------------------------------- items
+
+
+def pack_entry(key: bytes, xmin: int, xmax: int, flags: int, payload: bytes) -> bytes:
+    return _LEAF.pack(xmin, xmax, flags, len(key)) + key + payload
+
+
+def unpack_entry(item) -> LeafEntry:
+    if len(item) < LEAF_HEADER_SIZE:
+        raise BTreePageError(f"leaf entry of {len(item)} bytes is shorter than its header")
+    xmin, xmax, flags, keylen = _LEAF.unpack_from(item)
+    end = LEAF_HEADER_SIZE + keylen
+    if end > len(item) or flags & ~ENTRY_VALID_FLAGS:
+        raise BTreePageError(f"leaf entry: key length {keylen} / flags {flags:#x} do not fit "
+                             f"an item of {len(item)} bytes")
+    return LeafEntry(bytes(item[LEAF_HEADER_SIZE:end]), xmin, xmax, flags, bytes(item[end:]))
+
+
+def entry_key(item) -> tuple[bytes, int]:
+    """(key, xmin) of a leaf entry."""
+    xmin, _xmax, _flags, keylen = _LEAF.unpack_from(item)
+    return bytes(item[LEAF_HEADER_SIZE:LEAF_HEADER_SIZE + keylen]), xmin
+
+
+def pack_pivot(key: bytes, xmin: int, child: int) -> bytes:
+    return _PIVOT.pack(child, xmin, 0, len(key)) + key
+
+
+def minus_inf_pivot(child: int) -> bytes:
+    return _PIVOT.pack(child, 0, PIVOT_MINUS_INF, 0)
+
+
+def unpack_pivot(item) -> Pivot:
+    if len(item) < PIVOT_HEADER_SIZE:
+        raise BTreePageError(f"pivot of {len(item)} bytes is shorter than its header")
+    child, xmin, flags, keylen = _PIVOT.unpack_from(item)
+    if PIVOT_HEADER_SIZE + keylen != len(item) or flags & ~PIVOT_MINUS_INF:
+        raise BTreePageError(f"pivot: key length {keylen} / flags {flags:#x} do not match an "
+                             f"item of {len(item)} bytes")
+    return Pivot(bytes(item[PIVOT_HEADER_SIZE:]), xmin, child, bool(flags & PIVOT_MINUS_INF))
+
+
+def item_sort_key(item, leaf: bool) -> tuple:
+    """A Python sort key for an item: (0,) for minus infinity, else (1, key, -xmin)."""
+    if leaf:
+        key, xmin = entry_key(item)
+        return (1, key, -xmin)
+    p = unpack_pivot(item)
+    return (0,) if p.minus_inf else (1, p.key, -p.xmin)
+
+
+# ---------------------------------------------------------------------------- search
+
+
+def _item_at(page, offnum: int) -> tuple[int, int]:
+    lp = struct.unpack_from("<I", page, HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE)[0]
+    off, length = lp & 0x7FFF, lp >> 17
+    if off < HEADER_SIZE or off + length > _SPECIAL_AT or (lp >> 15) & 3 != 1:
+        raise BTreePageError(f"line pointer {offnum} (offset {off}, length {length}) is not "
+                             f"a normal item inside the page")
+    return off, length
+
+
+def search_page_py(page, key: bytes, xmin: int, upper: bool) -> int:
+    """Reference: the first data offnum whose item is >= (key, xmin) (``upper`` False) or
+    > it (``upper`` True) in (key asc, xmin desc) order; one past the last when none is.
+    Minus-infinity pivots are below every target."""
+    special = bt_special(page)
+    leaf = special.level == 0
+    lo, hi = bt_first_data(special), bt_item_count(page) + 1
+    hdr = LEAF_HEADER_SIZE if leaf else PIVOT_HEADER_SIZE
+    target = (key, -xmin)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        off, length = _item_at(page, mid)
+        if length < hdr:
+            raise BTreePageError(f"item {mid} of {length} bytes is shorter than its header")
+        if leaf:
+            ixmin, _x, _f, keylen = _LEAF.unpack_from(page, off)
+            below = False
+        else:
+            _c, ixmin, pflags, keylen = _PIVOT.unpack_from(page, off)
+            below = bool(pflags & PIVOT_MINUS_INF)
+        if hdr + keylen > length:
+            raise BTreePageError(f"item {mid}: key length {keylen} overruns its {length} bytes")
+        if below:
+            lo = mid + 1
+            continue
+        mine = (bytes(page[off + hdr:off + hdr + keylen]), -ixmin)
+        if mine < target or (upper and mine == target):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def search_page(page, key: bytes, xmin: int, upper: bool) -> int:
+    """``search_page_py`` in one C call when the helper module is built."""
+    if _lib is None:
+        return search_page_py(page, key, xmin, upper)
+    got = _lib.slk_bt_search(_ffi.from_buffer(page), key, len(key), xmin, 1 if upper else 0)
+    if got < 0:  # malformed: the reference names what is wrong
+        return search_page_py(page, key, xmin, upper)
+    return got
+
+
+def visible_offnums_py(page, snap_xmax: int, own: int, excluded: Sequence[int]) -> list[int]:
+    """Reference: offnums of the leaf entries a snapshot sees. An xid is seen when it is
+    ``own``, or below ``snap_xmax`` and not in ``excluded`` (sorted: running or aborted);
+    an entry is visible when its xmin is seen and its xmax is 0 or not seen."""
+    special = bt_special(page)
+    out = []
+
+    def sees(x: int) -> bool:
+        if x == own:
+            return True
+        if x >= snap_xmax:
+            return False
+        i = bisect.bisect_left(excluded, x)
+        return not (i < len(excluded) and excluded[i] == x)
+
+    for offnum in range(bt_first_data(special), bt_item_count(page) + 1):
+        off, length = _item_at(page, offnum)
+        if length < LEAF_HEADER_SIZE:
+            raise BTreePageError(f"item {offnum} of {length} bytes is shorter than its header")
+        xmin, xmax, _f, _k = _LEAF.unpack_from(page, off)
+        if sees(xmin) and not (xmax and sees(xmax)):
+            out.append(offnum)
+    return out
+
+
+def visible_offnums(page, snap_xmax: int, own: int, excluded: Sequence[int]) -> list[int]:
+    """``visible_offnums_py`` in one C call when the helper module is built."""
+    if _lib is None or page_is_new(page):
+        return visible_offnums_py(page, snap_xmax, own, excluded)
+    out = _ffi.new("uint16_t[]", BLCKSZ // LINE_POINTER_SIZE)
+    excl = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
+    n = _lib.slk_bt_visible(_ffi.from_buffer(page), snap_xmax, own, excl, len(excluded), out)
+    if n < 0:
+        return visible_offnums_py(page, snap_xmax, own, excluded)
+    return list(out[0:n])

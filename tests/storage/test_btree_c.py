@@ -1,0 +1,111 @@
+"""The C B+tree page helpers in storage/_pagecheck (slk_bt_search, slk_bt_visible) agree
+with their Python references in engine/access/btree_page.py on arbitrary pages, targets
+and snapshots; damaged pages make C hand over to the reference, which raises."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from slonik.engine.access import btree_page as bp
+from slonik.storage.page import BLCKSZ
+
+needs_c = pytest.mark.skipif(not bp.C_SEARCH,
+                             reason="storage._pagecheck not built (no C compiler at install)")
+
+keys = st.binary(min_size=0, max_size=12)
+xids = st.integers(1, 40)
+
+
+def leaf_page(entries, rightmost: bool) -> bytearray:
+    """A leaf holding ``entries`` [(key, xmin, xmax)] in tree order, with a high key above
+    them unless rightmost."""
+    ordered = sorted(set((k, xmin) for k, xmin, _ in entries), key=lambda e: (e[0], -e[1]))
+    xmax_of = {(k, xmin): xmax for k, xmin, xmax in entries}
+    items = [bp.pack_entry(k, xmin, xmax_of[(k, xmin)], 0, b"v" * (xmin % 5))
+             for k, xmin in ordered]
+    if not rightmost:
+        items.insert(0, bp.pack_pivot(b"\xff" * 13, 0, 0))
+    page = bytearray(BLCKSZ)
+    bp.bt_rebuild(page, bp.Special(0, 0 if rightmost else 7, 0, bp.BTP_LEAF), items)
+    return page
+
+
+def internal_page(seps, rightmost: bool) -> bytearray:
+    ordered = sorted(set(seps), key=lambda e: (e[0], -e[1]))
+    items = [bp.minus_inf_pivot(3)] + [bp.pack_pivot(k, x, 4 + i) for i, (k, x) in enumerate(ordered)]
+    if not rightmost:
+        items.insert(0, bp.pack_pivot(b"\xff" * 13, 0, 0))
+    page = bytearray(BLCKSZ)
+    bp.bt_rebuild(page, bp.Special(0, 0 if rightmost else 9, 1, 0), items)
+    return page
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(st.tuples(keys, xids, st.integers(0, 40)), max_size=60),
+       rightmost=st.booleans(), key=keys, xmin=st.integers(0, bp.XMIN_MAX),
+       upper=st.booleans())
+def test_c_leaf_search_equals_reference(entries, rightmost, key, xmin, upper):
+    """For random leaves (with or without a high key) and random (key, xmin) targets,
+    lower- and upper-bound searches in C return the reference's offnum, and that offnum
+    really is the bound (items before it are below the target, the rest not)."""
+    page = leaf_page(entries, rightmost)
+    got = bp.search_page(page, key, xmin, upper)
+    assert got == bp.search_page_py(page, key, xmin, upper)
+    first = bp.bt_first_data(bp.bt_special(page))
+    target = (1, key, -xmin)
+    for off in range(first, bp.bt_item_count(page) + 1):
+        sk = bp.item_sort_key(bytes(bp.bt_items(page)[off - 1]), True)
+        assert (sk < target or (upper and sk == target)) == (off < got)
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(seps=st.lists(st.tuples(keys, xids), max_size=60), rightmost=st.booleans(),
+       key=keys, xmin=st.integers(0, bp.XMIN_MAX), upper=st.booleans())
+def test_c_internal_search_equals_reference(seps, rightmost, key, xmin, upper):
+    """On internal pages (minus-infinity first pivot) C and Python agree, and the
+    minus-infinity pivot is always below the target."""
+    page = internal_page(seps, rightmost)
+    got = bp.search_page(page, key, xmin, upper)
+    assert got == bp.search_page_py(page, key, xmin, upper)
+    assert got > bp.bt_first_data(bp.bt_special(page))
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(st.tuples(keys, xids, st.integers(0, 40)), max_size=60),
+       rightmost=st.booleans(), snap_xmax=st.integers(1, 45), own=st.integers(0, 45),
+       excluded=st.sets(xids, max_size=10))
+def test_c_visible_equals_reference_and_rule(entries, rightmost, snap_xmax, own, excluded):
+    """slk_bt_visible lists exactly the reference's offnums, and those are the entries
+    Snapshot.visible's rule accepts (xmin seen and xmax zero or unseen)."""
+    page = leaf_page(entries, rightmost)
+    ex = sorted(excluded)
+    got = bp.visible_offnums(page, snap_xmax, own, ex)
+    assert got == bp.visible_offnums_py(page, snap_xmax, own, ex)
+
+    def sees(x):
+        return x == own or (x < snap_xmax and x not in excluded)
+
+    items = bp.bt_items(page)
+    expect = []
+    for off in range(bp.bt_first_data(bp.bt_special(page)), len(items) + 1):
+        e = bp.unpack_entry(items[off - 1])
+        if sees(e.xmin) and not (e.xmax and sees(e.xmax)):
+            expect.append(off)
+    assert got == expect
+
+
+@needs_c
+def test_c_hands_damaged_page_to_reference():
+    """A line pointer pointing outside the page makes the C search give up (-1) and the
+    wrapper raise the reference's BTreePageError instead of reading out of bounds."""
+    page = leaf_page([(b"a", 1, 0), (b"b", 2, 0), (b"c", 3, 0)], True)
+    page[24:28] = (0x7FF0 | (1 << 15) | (300 << 17)).to_bytes(4, "little")
+    assert bp._lib.slk_bt_search(bp._ffi.from_buffer(page), b"b", 1, 2, 0) == -1
+    with pytest.raises(bp.BTreePageError, match="line pointer"):
+        bp.search_page(page, b"b", 2, False)
+    with pytest.raises(bp.BTreePageError, match="line pointer"):
+        bp.visible_offnums(page, 10, 0, [])
