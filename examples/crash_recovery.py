@@ -1,6 +1,6 @@
 """Crash and recovery: SIGKILL a writer mid-stream, reopen, every acknowledged write is there.
 
-    python examples/crash_recovery.py /tmp/slonik-crash [io_method]
+    python examples/crash_recovery.py [DIR [io_method]]    (no DIR: a temporary directory)
 
 A child process (this script with ``--child``) puts keys one by one outside a transaction
 (each put is a durable commit) and prints each key after its put returned. The parent
@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from example_args import run
 
 from slonik import Database
 
@@ -74,4 +76,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         child(*sys.argv[2:])
     else:
-        sys.exit(main(*sys.argv[1:]))
+        sys.exit(run(main, __doc__))

@@ -1,6 +1,6 @@
 """The KV store: put, get, delete, ordered range scans, and reopening the database.
 
-    python examples/kv_basics.py /tmp/slonik-kv [io_method]
+    python examples/kv_basics.py [DIR [io_method]]    (no DIR: a temporary directory)
 
 ``db.kv(name)`` is a ``MutableMapping[bytes, bytes]`` kept in key order. Outside a
 transaction every write is one durable transaction: when the assignment returns, the
@@ -8,6 +8,8 @@ write is on disk (its WAL fsynced).
 """
 
 import sys
+
+from example_args import run
 
 from slonik import Database
 
@@ -34,4 +36,4 @@ def main(path: str, io_method: str = "auto") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    sys.exit(run(main, __doc__))

@@ -1,6 +1,6 @@
 """Write a relation of checksummed pages and scan it back through a read stream.
 
-    python examples/storage_scan.py /tmp/slonik-example [io_method]
+    python examples/storage_scan.py [DIR [io_method]]    (no DIR: a temporary directory)
 
 Uses the storage layer directly (the Database API arrives with the engine): an smgr over
 md-style segment files, the shared buffer manager, and a read stream whose reads are
@@ -9,6 +9,7 @@ verified in their completion callbacks.
 
 import sys
 
+from example_args import run
 from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.storage.bufmgr import BufferManager
@@ -54,4 +55,4 @@ def main(path: str, io_method: str = "auto") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    sys.exit(run(main, __doc__))

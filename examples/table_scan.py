@@ -1,6 +1,6 @@
 """Tables: typed rows, inserts, an update and a delete, and a sequential scan.
 
-    python examples/table_scan.py /tmp/slonik-table [io_method]
+    python examples/table_scan.py [DIR [io_method]]    (no DIR: a temporary directory)
 
 ``db.create_table(name, columns)`` takes (name, type) pairs with types int8, float8,
 text, bytea and bool; every column may be None. ``scan()`` reads the table's pages through
@@ -8,6 +8,8 @@ a read stream (several reads in flight, neighbouring blocks combined into one I/
 """
 
 import sys
+
+from example_args import run
 
 from slonik import Database
 
@@ -48,4 +50,4 @@ def main(path: str, io_method: str = "auto") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    sys.exit(run(main, __doc__))

@@ -1,6 +1,6 @@
 """Transactions: atomic commit, rollback on an exception, snapshot reads, conflicts.
 
-    python examples/transactions.py /tmp/slonik-txn [io_method]
+    python examples/transactions.py [DIR [io_method]]    (no DIR: a temporary directory)
 
 ``with db.transaction():`` commits at the end of the block (durably, before the block's
 ``with`` statement returns) and aborts if the block raises. Reads inside see one snapshot;
@@ -10,6 +10,8 @@ of two transactions writing the same key, the first to commit wins and the other
 
 import sys
 import threading
+
+from example_args import run
 
 from slonik import ConflictError, Database
 
@@ -65,4 +67,4 @@ def _balances(accounts) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:]))
+    sys.exit(run(main, __doc__))

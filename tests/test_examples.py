@@ -1,5 +1,6 @@
 """Every example runs as a user would run it (a subprocess), on every io method."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,23 @@ def test_crash_recovery_example(tmp_path, io_method):
     line = next(x for x in out.splitlines() if "acknowledged puts present" in x)
     present, acked = line.split("; ")[1].split(" acknowledged")[0].split(" of ")
     assert present == acked and int(acked) > 0
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")
+                                        if p.name != "example_args.py"))
+def test_every_example_runs_without_arguments(name):
+    """Each example, run with no arguments at all, works in a temporary directory (exit 0,
+    says which directory) and removes it afterwards; --help prints its usage and exits 0;
+    a bad io method is exit 2 with the usage, not a traceback."""
+    proc = run_example(name)
+    line = next(x for x in proc.stdout.splitlines() if "using the temporary directory" in x)
+    tmp = line.split("temporary directory ")[1].split(",")[0]
+    assert not os.path.exists(tmp), f"{name} left {tmp} behind"
+    helped = subprocess.run([sys.executable, str(EXAMPLES / name), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "usage: [DIR [io_method]]" in helped.stdout
+    assert f"examples/{name} [DIR [io_method]]" in helped.stdout
+    bad = subprocess.run([sys.executable, str(EXAMPLES / name), "x", "no_such_method"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "io_method must be one of" in bad.stderr
+    assert "Traceback" not in bad.stderr
