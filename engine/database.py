@@ -42,8 +42,6 @@ from slonik.aio import osfile
 from slonik.aio.core import Aio, AioStats
 from slonik.aio.errors import IOFailure, SlonikError
 from slonik.engine import smgr_wal
-from slonik.engine import xact as _xact_rmgr  # noqa: F401  (registers RM_XACT)
-from slonik.engine.access import heap as _heap_rmgr  # noqa: F401  (registers RM_HEAP)
 from slonik.engine.access.heap import Heap
 from slonik.engine.access.tuple import RowCodec
 from slonik.engine.catalog import CATALOG_RELFILENUMBER, Catalog, RelationEntry, check_name
@@ -62,7 +60,6 @@ from slonik.engine.xact import Snapshot, TransactionManager, TransactionStateErr
 from slonik.storage.bufmgr import BufferManager, BufferStats
 from slonik.storage.page import BLCKSZ
 from slonik.storage.smgr import Fork, Smgr
-from slonik.wal import checkpoint as _xlog_rmgr  # noqa: F401  (registers RM_XLOG)
 from slonik.wal.control import CONTROL_FILE_NAME, read_control
 from slonik.wal.errors import WalError
 from slonik.wal.xlog import WalStats

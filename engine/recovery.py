@@ -33,6 +33,7 @@ from typing import Any
 
 from slonik.aio import osfile
 from slonik.aio.core import Aio
+from slonik.engine.rmgrlist import install as install_rmgrs
 from slonik.storage.bufmgr import BufferManager, DamagedPageWarning
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ, page_get_lsn, page_set_lsn
@@ -207,8 +208,9 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
             on_segment_switch=None) -> tuple[Wal, ControlData, RecoveryInfo]:
     """Read the control file, replay WAL from the redo point, return an open Wal at the end.
 
-    The caller registers every resource manager first (importing the modules that own
-    them) and writes a checkpoint after a crash recovery (end-of-recovery checkpoint)."""
+    Every resource manager of the engine's table is bound first (``engine/rmgrlist.py``);
+    the caller writes a checkpoint after a crash recovery (end-of-recovery checkpoint)."""
+    install_rmgrs()
     t0 = time.perf_counter()
     control = read_control(data_dir)
     wal_dir = os.path.join(data_dir, WAL_DIR)

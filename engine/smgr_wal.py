@@ -13,7 +13,7 @@ import struct
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.smgr import Smgr
 from slonik.wal.record import WalRecord
-from slonik.wal.rmgr import RM_SMGR, ResourceManager, register_rmgr
+from slonik.wal.rmgr import RM_SMGR, ResourceManager
 from slonik.wal.xlog import Wal
 
 SMGR_CREATE = 0x10
@@ -66,5 +66,5 @@ def _describe(rec: WalRecord) -> str:
     return f"smgr info 0x{rec.info:02X}"
 
 
-SMGR_RMGR = ResourceManager(RM_SMGR, "smgr", _redo, _describe)
-register_rmgr(SMGR_RMGR)
+# Bound by the engine's rmgr table (engine/rmgrlist.py), not at import.
+SMGR_RMGR = ResourceManager(RM_SMGR, "smgr", _redo, _describe)  # engine/rmgrlist.py

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from slonik.aio.errors import SlonikError
 from slonik.wal.record import WalRecord
-from slonik.wal.rmgr import RM_XACT, ResourceManager, register_rmgr
+from slonik.wal.rmgr import RM_XACT, ResourceManager
 
 __all__ = [
     "XLOG_XACT_COMMIT", "XLOG_XACT_ABORT", "Snapshot", "TransactionManager", "XactStats",
@@ -270,5 +270,4 @@ def _describe(rec: WalRecord) -> str:
     return f"xact info 0x{rec.info:02X}"
 
 
-XACT_RMGR = ResourceManager(RM_XACT, "xact", _redo, _describe)
-register_rmgr(XACT_RMGR)
+XACT_RMGR = ResourceManager(RM_XACT, "xact", _redo, _describe)  # engine/rmgrlist.py

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from slonik.wal.lsn import format_lsn
 from slonik.wal.record import WalRecord, WalRecordError
-from slonik.wal.rmgr import RM_XLOG, ResourceManager, register_rmgr
+from slonik.wal.rmgr import RM_XLOG, ResourceManager
 
 XLOG_CHECKPOINT_SHUTDOWN = 0x00
 XLOG_CHECKPOINT_ONLINE = 0x10
@@ -80,5 +80,5 @@ def _describe(rec: WalRecord) -> str:
     return f"xlog info 0x{rec.info:02X}"
 
 
+# Bound by the engine's rmgr table (engine/rmgrlist.py), not at import.
 XLOG_RMGR = ResourceManager(RM_XLOG, "xlog", _redo, _describe)
-register_rmgr(XLOG_RMGR)

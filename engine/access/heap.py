@@ -92,7 +92,7 @@ from slonik.storage.page import (
 )
 from slonik.storage.read_stream import ReadStream
 from slonik.storage.smgr import Fork
-from slonik.wal.rmgr import RM_HEAP, ResourceManager, register_rmgr
+from slonik.wal.rmgr import RM_HEAP, ResourceManager
 from slonik.wal.xlog import BlockSpec
 from sortedcontainers import SortedList
 
@@ -763,7 +763,6 @@ def heap_describe(rec) -> str:
     return f"{name} {where}"
 
 
-HEAP_RMGR = ResourceManager(RM_HEAP, "heap", heap_redo, heap_describe)
-register_rmgr(HEAP_RMGR)
+HEAP_RMGR = ResourceManager(RM_HEAP, "heap", heap_redo, heap_describe)  # engine/rmgrlist.py
 
 assert MAX_TUPLE_DATA_BYTES + TUPLE_HEADER_SIZE + LINE_POINTER_SIZE + HEADER_SIZE <= BLCKSZ

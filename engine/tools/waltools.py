@@ -27,6 +27,7 @@ from datetime import datetime
 
 from slonik.aio.errors import SlonikError
 from slonik.engine.recovery import WAL_DIR
+from slonik.engine.rmgrlist import install as install_rmgrs
 from slonik.engine.tools.offline import lock_holder
 from slonik.wal.control import ControlData, read_control
 from slonik.wal.lsn import format_lsn, parse_lsn
@@ -179,6 +180,7 @@ class WalDump:
                  wal_buffers_bytes: int = WAL_BUFFERS_DEFAULT_PAGES * WAL_PAGE_SIZE) -> None:
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        install_rmgrs()  # describe() comes from the engine's rmgr table
         self.control = read_control(data_dir)
         self.wal_dir = os.path.join(data_dir, WAL_DIR)
         self.start_lsn = self.control.redo_lsn if start_lsn is None else start_lsn
