@@ -22,9 +22,7 @@ import os
 import random
 import re
 import resource
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections import deque
@@ -37,6 +35,7 @@ from slonik.aio.core import Aio
 from slonik.aio.handle import AioReturn, ResultStatus
 from slonik.aio.memory import PAGE_ALIGNMENT, aligned_buffer
 from slonik.aio.method_io_uring import io_uring_available
+from slonik.engine.tools.fio import FioError, fio_status, run_fio_job
 
 DEFAULT_FILE = "./bench-data/aio.dat"
 DEFAULT_SIZE = 1 << 30
@@ -319,41 +318,20 @@ def verify_reads(aio: Aio, path: str, fd: int, flags: int, size: int) -> None:
 
 # --- fio ---------------------------------------------------------------------------------------
 
-def fio_command(path: str, pattern: Pattern, seconds: float) -> list[str]:
-    return ["fio", "--name=x", f"--filename={path}", "--direct=1", "--ioengine=io_uring",
-            f"--rw={pattern.rw}", f"--bs={pattern.bs // 1024}k", f"--iodepth={pattern.depth}",
-            f"--runtime={max(1, round(seconds * 1000))}ms", "--time_based",
-            "--output-format=json"]
+def fio_options(path: str, pattern: Pattern, seconds: float) -> list[str]:
+    return [f"--filename={path}", "--direct=1", "--ioengine=io_uring", f"--rw={pattern.rw}",
+            f"--bs={pattern.bs // 1024}k", f"--iodepth={pattern.depth}",
+            f"--runtime={max(1, round(seconds * 1000))}ms", "--time_based"]
 
 
 def run_fio(path: str, pattern: Pattern, seconds: float) -> dict:
-    cmd = fio_command(path, pattern, seconds)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
-    start = proc.stdout.find("{")
-    if proc.returncode != 0 or start < 0:
-        detail = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        raise RuntimeError(f"fio failed (exit {proc.returncode}): {detail}")
-    job = json.loads(proc.stdout[start:])["jobs"][0]
-    if job.get("error"):
-        raise RuntimeError(f"fio job failed: error {job['error']}")
+    job = run_fio_job(fio_options(path, pattern, seconds), seconds=seconds)
     read = job["read"]
     if read["total_ios"] <= 0:
-        raise RuntimeError("fio completed no reads")
+        raise FioError("fio completed no reads")
     cpu = (job.get("usr_cpu", 0.0) + job.get("sys_cpu", 0.0)) / 100 * read["runtime"] / 1000
     return {"mb_s": read["bw_bytes"] / 1e6, "iops": read["iops"], "ios": read["total_ios"],
             "seconds": read["runtime"] / 1000, "cpu_us_per_io": cpu / read["total_ios"] * 1e6}
-
-
-def fio_status() -> tuple[bool, str]:
-    exe = shutil.which("fio")
-    if exe is None:
-        return False, "fio is not installed (apt-get install fio): no baseline, no ratios"
-    try:
-        version = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError) as exc:
-        return False, f"fio does not run: {exc}"
-    return True, version or exe
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -392,8 +370,7 @@ def run_aio_bench(args: argparse.Namespace, log=None) -> dict:
                 if fio_ok:
                     try:
                         samples["fio"].append(run_fio(args.file, pattern, args.seconds))
-                    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError,
-                            KeyError) as exc:
+                    except (FioError, KeyError) as exc:
                         fio_ok, fio_detail = False, f"fio failed, no ratios: {exc}"
                         report["fio"] = {"available": False, "detail": fio_detail}
                         samples["fio"] = []

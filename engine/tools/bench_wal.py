@@ -28,10 +28,8 @@ Units: MB/s is 10^6 bytes/s; commits/s counts flush() calls that returned durabl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import threading
 import time
 from types import SimpleNamespace
@@ -41,7 +39,6 @@ from slonik.aio.core import Aio
 from slonik.engine.tools.bench import (
     ALL_METHODS,
     availability_notes,
-    fio_status,
     method_availability,
     parse_bytes,
     parse_methods,
@@ -49,6 +46,7 @@ from slonik.engine.tools.bench import (
     positive_int,
     run_bench_command,
 )
+from slonik.engine.tools.fio import FioError, fio_command, fio_status, run_fio_job
 from slonik.wal.reader import WalReader
 from slonik.wal.record import WalRecord
 from slonik.wal.rmgr import RM_TEST, ResourceManager, find_rmgr, get_rmgr, register_rmgr
@@ -334,27 +332,22 @@ def measure_replay(wal_dir: str, built: dict, args: argparse.Namespace) -> dict:
 
 # --- fio ---------------------------------------------------------------------------------
 
+def fio_sync_options(path: str, size: str, seconds: float) -> list[str]:
+    return [f"--filename={path}", "--rw=write", "--bs=8k", f"--size={size}", "--fdatasync=1",
+            "--ioengine=sync", f"--runtime={max(1, round(seconds * 1000))}ms", "--time_based"]
+
+
 def fio_sync_command(path: str, size: str, seconds: float) -> list[str]:
-    return ["fio", "--name=x", f"--filename={path}", "--rw=write", "--bs=8k",
-            f"--size={size}", "--fdatasync=1", "--ioengine=sync",
-            f"--runtime={max(1, round(seconds * 1000))}ms", "--time_based",
-            "--output-format=json"]
+    """The fio command line of the baseline (for the report)."""
+    return fio_command(fio_sync_options(path, size, seconds))
 
 
 def run_fio_sync(path: str, size: str, seconds: float) -> dict:
     """8 KiB writes with fdatasync after each; syncs/s = writes/s."""
-    proc = subprocess.run(fio_sync_command(path, size, seconds), capture_output=True,
-                          text=True, timeout=seconds + 120)
-    start = proc.stdout.find("{")
-    if proc.returncode != 0 or start < 0:
-        detail = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        raise RuntimeError(f"fio failed (exit {proc.returncode}): {detail}")
-    job = json.loads(proc.stdout[start:])["jobs"][0]
-    if job.get("error"):
-        raise RuntimeError(f"fio job failed: error {job['error']}")
+    job = run_fio_job(fio_sync_options(path, size, seconds), seconds=seconds)
     write = job["write"]
     if write["total_ios"] <= 0:
-        raise RuntimeError("fio completed no writes")
+        raise FioError("fio completed no writes")
     sync_lat = job.get("sync", {}).get("lat_ns", {}).get("mean")
     return {"syncs_s": write["iops"], "writes": write["total_ios"],
             "seconds": write["runtime"] / 1000,
@@ -426,8 +419,7 @@ def run_wal_bench(args: argparse.Namespace, log=None) -> dict:
                 try:
                     fio_samples[kind].append(
                         run_fio_sync(fio_paths[kind], fio_sizes[kind], args.seconds))
-                except (RuntimeError, OSError, subprocess.SubprocessError, ValueError,
-                        KeyError) as exc:
+                except (FioError, KeyError) as exc:
                     fio_ok, fio_detail = False, f"fio failed, no ratios: {exc}"
             order = usable if run % 2 == 0 else usable[::-1]
             for name in order:

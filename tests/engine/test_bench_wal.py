@@ -5,6 +5,7 @@ import os
 
 from slonik.engine.tools.bench_wal import format_table
 from slonik.engine.tools.cli import main
+from slonik.engine.tools.fio import fio_status
 
 FIGURES = {
     "insert": ("records_s", "mb_s"),
@@ -18,7 +19,6 @@ def test_bench_wal_reports_every_figure(io_method, tmp_path, capsys):
     and replay figures; every commit was durable, so there is at least one sync per
     commits_per_sync commits; the fio baseline and ratios are there when fio is; the
     scratch WAL directories are gone afterwards and the table renders from the report."""
-    from slonik.engine.tools.bench import fio_status
 
     bench_dir = tmp_path / "walbench"
     code = main(["bench", "wal", "--dir", str(bench_dir), "--seconds", "0.05", "--runs", "1",
