@@ -1,0 +1,1226 @@
+"""The B+tree access method: a WAL-logged Lehman & Yao tree of MVCC entries.
+
+A ``BTree`` keeps leaf entries ``(key, xmin, xmax, value)`` ordered by ``(key, xmin
+descending)`` in the checksummed pages of one relation fork, through the shared buffer
+manager; every page change is one RM_BTREE record (``btree_wal``) logged before the page
+can be written, with a full-page image on the first touch after a checkpoint. Versions of
+one key sit together, newest first; a reader passes a snapshot (``visible(xmin, xmax)``)
+and sees at most the version it makes visible. Values over ``VALUE_INLINE_MAX_BYTES`` go
+out of line into overflow pages of the same relation (``OverflowRef``), read back through
+a read stream so adjacent pages combine into vectored reads.
+
+Worked example::
+
+    tree = BTree.create(16384, bufmgr, wal)          # metapage (block 0) + empty root leaf
+    tree.insert(b"k", b"v1", xmin=5)
+    tree.set_xmax(b"k", 5, 6); tree.insert(b"k", b"v2", xmin=6)   # an update by xid 6
+    tree.get(b"k", snapshot)                         # b"v2" or b"v1", as the snapshot sees
+    for key, value in tree.items(b"a", b"m", snapshot=snapshot, reverse=True): ...
+    tree.vacuum(lambda xmin, xmax: xmax != 0 and xmax < horizon)
+    tree.check()                                     # amcheck-like; DataCorruptionError
+    BTree.open(16384, bufmgr, wal)                   # reads the metapage only
+
+Layout: ``btree_page`` (pages and items), metapage item ``"<IIIIII"`` magic, version,
+root, level, free-list head, free-list length; free pages are chained by their ``next``.
+
+Invariants (``check()`` verifies 1-6 on a quiet tree):
+1. Items on a page are strictly increasing; every item < the page's high key <= every
+   item of its right sibling; ``right.prev == this``; the leftmost page of a level has
+   ``prev = P_NONE``, the rightmost ``next = P_NONE``.
+2. Each downlink of a level-L page points at a level L-1 page; the downlinks of a level,
+   left to right, are exactly the pages of the level below in right-link order (a split
+   and its parent insert are one record: no incomplete splits); a child's items lie in
+   ``[its pivot, next pivot or the parent's high key)``.
+3. The metapage names the root, which is the only page of its level and flagged ROOT.
+4. Every overflow reference covers pages flagged OVERFLOW whose chunk index runs 0..n-1
+   and whose lengths add up to the value's; no page is referenced twice or also free.
+5. The free list holds ``free_count`` pages flagged FREE, without a cycle.
+6. Changes are serialized by the tree's write lock (one writer at a time; the engine's
+   commit lock serializes them anyway); readers lock one page at a time (share) and
+   follow right-links (L&Y "move right") past splits they did not see.
+7. Pages are unpinned before values are returned; values are copies.
+8. Overflow pages are written (and logged) before the entry that references them, and
+   freed only after the entry is gone: a crash in between leaks pages, never a dangling
+   reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from slonik.engine.access.btree_page import (
+    BTP_FREE,
+    BTP_LEAF,
+    BTP_META,
+    BTP_OVERFLOW,
+    BTP_ROOT,
+    ENTRY_MAX_BYTES,
+    ENTRY_OVERFLOW,
+    KEY_MAX_BYTES,
+    LEAF_HEADER_SIZE,
+    OVERFLOW_CHUNK_BYTES,
+    P_NONE,
+    PAGE_CAPACITY_BYTES,
+    PIVOT_HEADER_SIZE,
+    XMIN_MAX,
+    BTreePageError,
+    LeafEntry,
+    Special,
+    bt_first_data,
+    bt_fits,
+    bt_item_count,
+    bt_items,
+    bt_special,
+    entry_key,
+    item_cost,
+    minus_inf_pivot,
+    pack_entry,
+    pack_pivot,
+    search_page,
+    unpack_entry,
+    unpack_pivot,
+    visible_offnums,
+)
+from slonik.engine.access.btree_wal import (
+    A_DELETE,
+    A_INIT,
+    A_INSERT,
+    A_SET_PREV,
+    A_SET_XMAX,
+    A_SPLIT_LEFT,
+    XLOG_BTREE_FREE,
+    XLOG_BTREE_INSERT,
+    XLOG_BTREE_NEWTREE,
+    XLOG_BTREE_OVERFLOW,
+    XLOG_BTREE_SET_XMAX,
+    XLOG_BTREE_SPLIT,
+    XLOG_BTREE_VACUUM,
+    apply_action,
+    delete_data,
+    encode_actions,
+    init_data,
+    insert_data,
+    set_prev_data,
+    set_xmax_data,
+    split_left_data,
+)
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import (
+    BLCKSZ,
+    LOWER_OFFSET,
+    page_get_item,
+    page_get_lsn,
+    page_is_new,
+    page_set_lsn,
+)
+from slonik.storage.read_stream import ReadStream
+from slonik.storage.smgr import Fork
+from slonik.wal.rmgr import RM_BTREE
+from slonik.wal.xlog import BlockSpec
+
+__all__ = [
+    "BTree", "XidSnapshot", "OverflowRef", "VacuumResult", "CheckResult",
+    "BTREE_MAGIC", "BTREE_VERSION", "VALUE_INLINE_MAX_BYTES", "VALUE_MAX_BYTES",
+    "OVERFLOW_EXTENTS_MAX", "OVERFLOW_PAGES_PER_RECORD", "pack_overflow_ref",
+    "unpack_overflow_ref", "KEY_MAX_BYTES",
+]
+
+BTREE_MAGIC = 0x534C4254  # "SLBT"
+BTREE_VERSION = 1
+_META = struct.Struct("<IIIIII")  # magic, version, root, level, free head, free count
+META_BLOCK = 0
+
+VALUE_MAX_BYTES = 1 << 30  # 1 GiB, the contract's limit for one value
+# A value longer than this (or one whose entry would pass ENTRY_MAX_BYTES) goes out of line:
+# about a quarter page, so a leaf holds at least a few entries whatever their values.
+VALUE_INLINE_MAX_BYTES = 2000
+# Extents in one overflow reference: 8 bytes each, so a reference stays under 300 bytes.
+# Free pages are reused while they keep the count below this; the rest comes from
+# extending the relation, which gives one contiguous extent.
+OVERFLOW_EXTENTS_MAX = 32
+# Overflow pages per WAL record: 4 x 8 KiB keeps a record far below the smallest
+# wal_buffers (64 KiB) while amortizing the per-record cost.
+OVERFLOW_PAGES_PER_RECORD = 4
+_REF_HEAD = struct.Struct("<QH")
+_EXTENT = struct.Struct("<II")
+_META_SPECIAL = Special(P_NONE, P_NONE, 0, BTP_META)
+LEAF_FILLFACTOR_PERCENT = 90  # a rightmost leaf split for ascending inserts, as nbtree
+assert _REF_HEAD.size + OVERFLOW_EXTENTS_MAX * _EXTENT.size + LEAF_HEADER_SIZE \
+    + KEY_MAX_BYTES <= ENTRY_MAX_BYTES
+
+
+class OverflowRef(NamedTuple):
+    length: int
+    extents: tuple[tuple[int, int], ...]  # (first block, number of blocks)
+
+    def blocks(self) -> Iterator[int]:
+        return itertools.chain.from_iterable(range(s, s + n) for s, n in self.extents)
+
+    def npages(self) -> int:
+        return sum(n for _s, n in self.extents)
+
+
+def pack_overflow_ref(ref: OverflowRef) -> bytes:
+    return _REF_HEAD.pack(ref.length, len(ref.extents)) + b"".join(
+        _EXTENT.pack(s, n) for s, n in ref.extents)
+
+
+def unpack_overflow_ref(data: bytes) -> OverflowRef:
+    if len(data) < _REF_HEAD.size:
+        raise BTreePageError(f"overflow reference of {len(data)} bytes is too short")
+    length, count = _REF_HEAD.unpack_from(data)
+    if len(data) != _REF_HEAD.size + count * _EXTENT.size or count > OVERFLOW_EXTENTS_MAX:
+        raise BTreePageError(f"overflow reference of {len(data)} bytes does not hold "
+                             f"{count} extents")
+    ext = tuple(_EXTENT.unpack_from(data, _REF_HEAD.size + i * _EXTENT.size)
+                for i in range(count))
+    return OverflowRef(length, ext)
+
+
+class XidSnapshot(NamedTuple):
+    """A snapshot as data, so a leaf's visible entries are found in one C call: an xid is
+    seen when it is ``own`` or below ``xmax`` and not in ``excluded`` (sorted: running or
+    aborted). Callable like any snapshot: ``snap(xmin, xmax)``."""
+
+    xmax: int
+    own: int
+    excluded: tuple[int, ...]
+
+    def sees(self, xid: int) -> bool:
+        if xid == self.own:
+            return True
+        return xid < self.xmax and xid not in self.excluded
+
+    def __call__(self, xmin: int, xmax: int) -> bool:
+        return self.sees(xmin) and not (xmax and self.sees(xmax))
+
+
+Snapshot = Callable[[int, int], bool]
+
+
+def _see_all_live(xmin: int, xmax: int) -> bool:
+    return xmax == 0
+
+
+@dataclass(frozen=True)
+class VacuumResult:
+    entries_removed: int
+    leaves_changed: int
+    overflow_pages_freed: int
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    levels: int
+    pages_per_level: tuple[int, ...]  # root level first
+    entries: int
+    overflow_pages: int
+    free_pages: int
+
+
+def _check_key(key) -> bytes:
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise TypeError(f"key must be bytes, not {type(key).__name__}")
+    key = bytes(key)
+    if len(key) > KEY_MAX_BYTES:
+        raise ValueError(f"key of {len(key)} bytes is over the limit of {KEY_MAX_BYTES} bytes")
+    return key
+
+
+def _check_value(value) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"value must be bytes, not {type(value).__name__}")
+    if len(value) > VALUE_MAX_BYTES:
+        raise ValueError(f"value of {len(value)} bytes is over the limit of {VALUE_MAX_BYTES} "
+                         f"bytes (1 GiB)")
+    return bytes(value)
+
+
+def _check_xid(xid, name: str) -> int:
+    if not isinstance(xid, int) or isinstance(xid, bool):
+        raise TypeError(f"{name} must be an int, not {type(xid).__name__}")
+    if not 1 <= xid < XMIN_MAX:
+        raise ValueError(f"{name} must be in 1..{XMIN_MAX - 1}, got {xid}")
+    return xid
+
+
+def _hole(page) -> tuple[int, int]:
+    return struct.unpack_from("<HH", page, LOWER_OFFSET)
+
+
+def _below(key: bytes, xmin: int, item) -> bool:
+    """(key, xmin) < the pivot ``item`` (a high key) in tree order."""
+    p = unpack_pivot(item)
+    return (key, -xmin) < (p.key, -p.xmin)
+
+
+def _choose_split(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None,
+                  new_index: int) -> int:
+    """Index k: the left page keeps items[:k] (+ a high key made of items[k]'s key), the
+    right gets items[k:] (internal: items[k]'s downlink becomes its minus-inf item)."""
+    n = len(items)
+    costs = [item_cost(len(i)) for i in items]
+    prefix = list(itertools.accumulate(costs, initial=0))
+    right_extra = item_cost(len(old_high_key)) if old_high_key is not None else 0
+    minus_inf_cost = item_cost(PIVOT_HEADER_SIZE)
+
+    def sizes(k: int) -> tuple[int, int]:
+        if leaf:
+            hk = item_cost(PIVOT_HEADER_SIZE + len(entry_key(items[k])[0]))
+            right = right_extra + prefix[n] - prefix[k]
+        else:
+            hk = item_cost(len(items[k]))  # same key bytes as the pivot (child -> 0)
+            right = right_extra + minus_inf_cost + prefix[n] - prefix[k + 1]
+        return prefix[k] + hk, right
+
+    valid = []
+    for k in range(1, n):
+        left, right = sizes(k)
+        if left <= PAGE_CAPACITY_BYTES and right <= PAGE_CAPACITY_BYTES:
+            valid.append((k, left, right))
+    assert valid, "no legal split point (item size limits guarantee one)"
+    if old_high_key is None and new_index == n - 1:
+        # Ascending inserts at the right edge: leave the left page fillfactor% full.
+        goal = PAGE_CAPACITY_BYTES * LEAF_FILLFACTOR_PERCENT // 100
+        fitting = [v for v in valid if v[1] <= goal]
+        return (fitting[-1] if fitting else valid[0])[0]
+    return min(valid, key=lambda v: abs(v[1] - v[2]))[0]
+
+
+class _Change:
+    """One page of a record being built: its pinned, exclusive-locked buffer and actions."""
+
+    __slots__ = ("buf", "block", "will_init", "actions")
+
+    def __init__(self, buf: int, block: int, will_init: bool) -> None:
+        self.buf = buf
+        self.block = block
+        self.will_init = will_init
+        self.actions: list[tuple[int, bytes]] = []
+
+
+class BTree:
+    """See the module docstring. Build with ``BTree.create`` or ``BTree.open``; one object
+    per relation fork in a process (it owns the write lock and the cached metapage)."""
+
+    def __init__(self, rel: int, bufmgr, wal, *, fork: int = Fork.MAIN,
+                 _meta: tuple[int, int, int, int] = (1, 0, P_NONE, 0)) -> None:
+        if not isinstance(rel, int) or isinstance(rel, bool) or rel < 0:
+            raise ValueError(f"rel must be a relfilenumber (non-negative int), got {rel!r}")
+        self.rel = rel
+        self.fork = Fork(fork)
+        self.bufmgr = bufmgr
+        self.wal = wal
+        self._root, self._level, self._free_head, self._free_count = _meta
+        self._write_lock = threading.RLock()
+
+    # --- creating and opening -------------------------------------------------------------------
+    @classmethod
+    def create(cls, rel: int, bufmgr, wal, *, fork: int = Fork.MAIN) -> BTree:
+        """A new, empty tree in a relation fork that has no blocks yet: metapage at block
+        0 and an empty root leaf at block 1, in one NEWTREE record."""
+        smgr = bufmgr.smgr
+        if smgr.exists(rel, fork) and smgr.nblocks(rel, fork) > 0:
+            raise ValueError(f"relation {rel} fork {Fork(fork).label} already has blocks; "
+                             f"open it instead")
+        tree = cls(rel, bufmgr, wal, fork=fork)
+        bufs = bufmgr.extend(rel, fork, 2)
+        meta, root = (_Change(b, i, True) for i, b in enumerate(bufs))
+        assert bufmgr.block_of(bufs[0])[2] == META_BLOCK
+        meta.actions.append((A_INIT, tree._meta_init(1, 0, P_NONE, 0)))
+        root.actions.append((A_INIT, init_data(Special(P_NONE, P_NONE, 0, BTP_LEAF | BTP_ROOT),
+                                               [])))
+        try:
+            tree._log(XLOG_BTREE_NEWTREE, 0, [meta, root])
+        finally:
+            tree._release_changes([meta, root])
+        return tree
+
+    @classmethod
+    def open(cls, rel: int, bufmgr, wal, *, fork: int = Fork.MAIN) -> BTree:
+        """The tree of an existing relation fork; reads the metapage and nothing else.
+        DataCorruptionError naming relation and block 0 when it is not a B+tree metapage."""
+        tree = cls(rel, bufmgr, wal, fork=fork)
+        page = tree._copy_page(META_BLOCK)
+        tree._root, tree._level, tree._free_head, tree._free_count = tree._decode_meta(page)
+        return tree
+
+    def _meta_init(self, root: int, level: int, free_head: int, free_count: int) -> bytes:
+        return init_data(_META_SPECIAL, [_META.pack(BTREE_MAGIC, BTREE_VERSION, root, level,
+                                                    free_head, free_count)])
+
+    def _decode_meta(self, page) -> tuple[int, int, int, int]:
+        try:
+            if page_is_new(page):
+                raise BTreePageError("metapage is all zero")
+            special = bt_special(page)
+            item = page_get_item(page, 1)
+            if not special.flags & BTP_META or len(item) != _META.size:
+                raise BTreePageError(f"block 0 is not a metapage (flags {special.flags:#x})")
+            magic, version, root, level, free_head, free_count = _META.unpack_from(item)
+        except (BTreePageError, ValueError) as e:
+            raise self._corrupt(META_BLOCK, str(e)) from None
+        if magic != BTREE_MAGIC or version != BTREE_VERSION:
+            raise self._corrupt(META_BLOCK, f"metapage magic {magic:#x} version {version}, "
+                                            f"expected {BTREE_MAGIC:#x} version {BTREE_VERSION}")
+        return root, level, free_head, free_count
+
+    @property
+    def root(self) -> int:
+        return self._root
+
+    @property
+    def height(self) -> int:
+        """Levels including the leaves (1 for a lone root leaf)."""
+        return self._level + 1
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _corrupt(self, block: int, why: str) -> DataCorruptionError:
+        return DataCorruptionError(f"B+tree relation {self.rel} block {block}: {why}",
+                                   relation=self.rel, fork=int(self.fork), block=block)
+
+    def _special(self, page, block: int) -> Special:
+        if page_is_new(page):
+            raise self._corrupt(block, "page is all zero (never initialised) inside the tree")
+        try:
+            return bt_special(page)
+        except BTreePageError as e:
+            raise self._corrupt(block, str(e)) from None
+
+    def _read(self, block: int, *, exclusive: bool = False) -> int:
+        bm = self.bufmgr
+        buf = bm.read_buffer(self.rel, self.fork, block)
+        try:
+            (bm.lock_exclusive if exclusive else bm.lock_shared)(buf)
+        except BaseException:
+            bm.unpin(buf)
+            raise
+        return buf
+
+    def _release(self, buf: int, *, exclusive: bool = False) -> None:
+        bm = self.bufmgr
+        (bm.unlock_exclusive if exclusive else bm.unlock_shared)(buf)
+        bm.unpin(buf)
+
+    def _copy_page(self, block: int) -> bytes:
+        buf = self._read(block)
+        try:
+            return bytes(self.bufmgr.page(buf))
+        finally:
+            self._release(buf)
+
+    def _log(self, info: int, xid: int, changes: Sequence[_Change]) -> int:
+        """Apply each change's actions to its (exclusive-locked) page, log them as one
+        record, stamp the pages with its end LSN and dirty them. If logging fails, every
+        page is put back byte for byte."""
+        bm = self.bufmgr
+        pres = []
+        specs = []
+        actions = []
+        try:
+            for index, ch in enumerate(changes):
+                page = bm.page(ch.buf)
+                pres.append(bytes(page))
+                lsn = page_get_lsn(page)
+                for code, data in ch.actions:
+                    apply_action(page, code, data)
+                    actions.append((index, code, data))
+                specs.append(BlockSpec(self.rel, int(self.fork), ch.block, page, lsn,
+                                       ch.will_init, _hole(page)))
+            _start, end = self.wal.insert(RM_BTREE, info, xid, encode_actions(actions), specs)
+        except BaseException:
+            for ch, pre in zip(changes, pres, strict=False):
+                bm.page(ch.buf)[:] = pre
+            raise
+        for ch in changes:
+            page_set_lsn(bm.page(ch.buf), end)
+            bm.mark_dirty(ch.buf)
+        return end
+
+    def _release_changes(self, changes: Sequence[_Change]) -> None:
+        for ch in changes:
+            self._release(ch.buf, exclusive=True)
+
+    def _extend(self) -> _Change:
+        """A new page at the end of the relation: pinned, exclusive-locked, will_init."""
+        (buf,) = self.bufmgr.extend(self.rel, self.fork, 1)
+        return _Change(buf, self.bufmgr.block_of(buf)[2], True)
+
+    # --- descent -------------------------------------------------------------------------------
+    def _descend(self, key: bytes, xmin: int, *, stack: list[int] | None = None,
+                 exclusive: bool = False, rightmost: bool = False) -> tuple[int, int]:
+        """(block, buf) of the leaf where (key, xmin) belongs (or the rightmost leaf),
+        locked (share, or exclusive for writers). Moves right past splits (L&Y); records
+        the internal pages passed in ``stack``."""
+        bm = self.bufmgr
+        block = self._root
+        expect_level = None
+        while True:
+            buf: int | None = self._read(block)
+            try:
+                page = bm.page(buf)
+                special = self._special(page, block)
+                while special.next != P_NONE and (
+                        rightmost or not _below(key, xmin, page_get_item(page, 1))):
+                    nxt = special.next
+                    self._release(buf)
+                    buf = None
+                    buf = self._read(nxt)
+                    block, page = nxt, bm.page(buf)
+                    special = self._special(page, block)
+                if expect_level is not None and special.level != expect_level:
+                    raise self._corrupt(block, f"level {special.level}, but its parent "
+                                               f"is at level {expect_level + 1}")
+                if special.level == 0:
+                    if not special.flags & BTP_LEAF:
+                        raise self._corrupt(block, f"level 0 page without the leaf flag "
+                                                   f"(flags {special.flags:#x})")
+                    if exclusive:  # the only writer: nothing changes it in between
+                        bm.unlock_shared(buf)
+                        bm.lock_exclusive(buf)
+                    return block, buf
+                count = bt_item_count(page)
+                if rightmost:
+                    pos = count
+                else:
+                    pos = search_page(page, key, xmin, True) - 1
+                if pos < bt_first_data(special):
+                    raise self._corrupt(block, "internal page without a downlink")
+                child = unpack_pivot(page_get_item(page, pos)).child
+            except BTreePageError as e:
+                if buf is not None:
+                    self._release(buf)
+                raise self._corrupt(block, str(e)) from None
+            except BaseException:
+                if buf is not None:
+                    self._release(buf)
+                raise
+            if stack is not None:
+                stack.append(block)
+            expect_level = special.level - 1
+            self._release(buf)
+            block = child
+
+    # --- reads ------------------------------------------------------------------------------
+    def versions(self, key) -> list[LeafEntry]:
+        """Every version of ``key``, newest (largest xmin) first, as stored (payload may be
+        an overflow reference: see ``value_of``)."""
+        key = _check_key(key)
+        return list(self._versions(key))
+
+    def _versions(self, key: bytes) -> Iterator[LeafEntry]:
+        bm = self.bufmgr
+        block, buf = self._descend(key, XMIN_MAX)
+        while True:
+            try:
+                page = bm.page(buf)
+                special = self._special(page, block)
+                out = []
+                ended = False
+                for off in range(search_page(page, key, XMIN_MAX, False),
+                                 bt_item_count(page) + 1):
+                    e = unpack_entry(page_get_item(page, off))
+                    if e.key != key:
+                        ended = True
+                        break
+                    out.append(e)
+                nxt = special.next
+                if nxt != P_NONE and unpack_pivot(page_get_item(page, 1)).key != key:
+                    ended = True  # the right sibling starts at a greater key
+            except BTreePageError as e:
+                self._release(buf)
+                raise self._corrupt(block, str(e)) from None
+            except BaseException:
+                self._release(buf)
+                raise
+            self._release(buf)
+            yield from out
+            if ended or nxt == P_NONE:
+                return
+            block, buf = nxt, self._read(nxt)
+
+    def value_of(self, entry: LeafEntry) -> bytes:
+        """The value of an entry: its payload, or the out-of-line value it references."""
+        if entry.flags & ENTRY_OVERFLOW:
+            return self._read_overflow(unpack_overflow_ref(entry.payload))
+        return entry.payload
+
+    def get(self, key, snapshot: Snapshot = _see_all_live) -> bytes | None:
+        """The value of the version of ``key`` that ``snapshot(xmin, xmax)`` makes visible
+        (newest first), or None. The default sees every version not deleted."""
+        for e in self._versions(_check_key(key)):
+            if snapshot(e.xmin, e.xmax):
+                return self.value_of(e)
+        return None
+
+    def items(self, start=None, stop=None, *, snapshot: Snapshot = _see_all_live,
+              reverse: bool = False, values: bool = True) -> Iterator[tuple[bytes, bytes | None]]:
+        """(key, value) of the visible versions with ``start <= key < stop`` in key order
+        (descending with ``reverse``), walking the leaf level; ``values=False`` yields
+        (key, None) without reading overflow pages."""
+        start = None if start is None else _check_key(start)
+        stop = None if stop is None else _check_key(stop)
+        pages = self._leaf_pages_reverse(start, stop, snapshot) if reverse \
+            else self._leaf_pages(start, stop, snapshot)
+        for entries in pages:
+            for e in entries:
+                yield e.key, (self.value_of(e) if values else None)
+
+    def _visible(self, page, first: int, snapshot: Snapshot) -> list[int]:
+        if isinstance(snapshot, XidSnapshot):
+            got = visible_offnums(page, snapshot.xmax, snapshot.own, snapshot.excluded)
+            return [o for o in got if o >= first]
+        out = []
+        count = bt_item_count(page)
+        for off in range(first, count + 1):
+            xmin, xmax = struct.unpack_from("<QQ", page_get_item(page, off))
+            if snapshot(xmin, xmax):
+                out.append(off)
+        return out
+
+    def _leaf_pages(self, start: bytes | None, stop: bytes | None,
+                    snapshot: Snapshot) -> Iterator[list[LeafEntry]]:
+        bm = self.bufmgr
+        block, buf = self._descend(start or b"", XMIN_MAX)
+        first_page = True
+        while True:
+            try:
+                page = bm.page(buf)
+                special = self._special(page, block)
+                first = bt_first_data(special)
+                if first_page and start is not None:
+                    first = search_page(page, start, XMIN_MAX, False)
+                out = []
+                done = False
+                for off in self._visible(page, first, snapshot):
+                    e = unpack_entry(page_get_item(page, off))
+                    if stop is not None and e.key >= stop:
+                        done = True
+                        break
+                    out.append(e)
+                if stop is not None and special.next != P_NONE and \
+                        unpack_pivot(page_get_item(page, 1)).key >= stop:
+                    done = True  # everything to the right is >= the high key >= stop
+                nxt = special.next
+            except BTreePageError as e:
+                self._release(buf)
+                raise self._corrupt(block, str(e)) from None
+            except BaseException:
+                self._release(buf)
+                raise
+            self._release(buf)
+            yield out
+            if done or nxt == P_NONE:
+                return
+            first_page = False
+            block, buf = nxt, self._read(nxt)
+
+    def _leaf_pages_reverse(self, start: bytes | None, stop: bytes | None,
+                            snapshot: Snapshot) -> Iterator[list[LeafEntry]]:
+        bm = self.bufmgr
+        if stop is None:
+            block, buf = self._descend(b"", XMIN_MAX, rightmost=True)
+        else:
+            block, buf = self._descend(stop, XMIN_MAX)
+        first_page = True
+        while True:
+            try:
+                page = bm.page(buf)
+                special = self._special(page, block)
+                first = bt_first_data(special)
+                end = bt_item_count(page) + 1
+                if first_page and stop is not None:
+                    end = search_page(page, stop, XMIN_MAX, False)
+                out = []
+                done = False
+                for off in reversed([o for o in self._visible(page, first, snapshot) if o < end]):
+                    e = unpack_entry(page_get_item(page, off))
+                    if start is not None and e.key < start:
+                        done = True
+                        break
+                    out.append(e)
+                if start is not None and first < end and \
+                        entry_key(page_get_item(page, first))[0] < start:
+                    done = True
+                prev = special.prev
+            except BTreePageError as e:
+                self._release(buf)
+                raise self._corrupt(block, str(e)) from None
+            except BaseException:
+                self._release(buf)
+                raise
+            self._release(buf)
+            yield out
+            if done or prev == P_NONE:
+                return
+            first_page = False
+            buf = self._step_left(prev, block)
+            block = bm.block_of(buf)[2]
+
+    def _step_left(self, prev: int, origin: int) -> int:
+        """The page whose right-link is ``origin``, starting at its old left sibling
+        ``prev`` and moving right past pages split off it since (share-locked)."""
+        bm = self.bufmgr
+        block = prev
+        while True:
+            buf = self._read(block)
+            try:
+                special = self._special(bm.page(buf), block)
+            except BaseException:
+                self._release(buf)
+                raise
+            if special.next == origin:
+                return buf
+            self._release(buf)
+            if special.next == P_NONE:
+                raise self._corrupt(origin, f"no page to the right of its left-link {prev} "
+                                            f"links back to it")
+            block = special.next
+
+    # --- overflow values ---------------------------------------------------------------------
+    def _read_overflow(self, ref: OverflowRef) -> bytes:
+        bm = self.bufmgr
+        out = bytearray(ref.length)
+        pos = 0
+        blocks = list(ref.blocks())
+        with ReadStream(bm, self.rel, self.fork, blocks) as stream:
+            for seq, (block, buf) in enumerate(zip(blocks, stream, strict=True)):
+                try:
+                    bm.lock_shared(buf)
+                    try:
+                        page = bm.page(buf)
+                        special = self._special(page, block)
+                        if not special.flags & BTP_OVERFLOW or special.prev != seq:
+                            raise self._corrupt(block, f"expected overflow chunk {seq}, found "
+                                                       f"flags {special.flags:#x} chunk "
+                                                       f"{special.prev}")
+                        chunk = page_get_item(page, 1)
+                        if pos + len(chunk) > ref.length:
+                            raise self._corrupt(block, f"overflow chunk {seq} runs past the "
+                                                       f"value's {ref.length} bytes")
+                        out[pos:pos + len(chunk)] = chunk
+                        pos += len(chunk)
+                    finally:
+                        bm.unlock_shared(buf)
+                finally:
+                    bm.unpin(buf)
+        if pos != ref.length:
+            raise self._corrupt(blocks[-1] if blocks else META_BLOCK,
+                                f"overflow value has {pos} bytes, its reference says "
+                                f"{ref.length}")
+        return bytes(out)
+
+    def _write_overflow(self, value: bytes, xid: int) -> OverflowRef:
+        """Store ``value`` in overflow pages (free pages first, then new ones at the end of
+        the relation), logged OVERFLOW_PAGES_PER_RECORD pages to a record."""
+        npages = -(-len(value) // OVERFLOW_CHUNK_BYTES)
+        blocks: list[int] = []
+        seq = 0
+        extents: list[list[int]] = []
+
+        def note(block: int) -> None:
+            if extents and extents[-1][0] + extents[-1][1] == block:
+                extents[-1][1] += 1
+            else:
+                extents.append([block, 1])
+
+        def chunk(i: int) -> bytes:
+            return value[i * OVERFLOW_CHUNK_BYTES:(i + 1) * OVERFLOW_CHUNK_BYTES]
+
+        # Reuse free pages while the extent count leaves room for one more (the tail).
+        while seq < npages and self._free_head != P_NONE \
+                and len(extents) < OVERFLOW_EXTENTS_MAX - 1:
+            meta = _Change(self._read(META_BLOCK, exclusive=True), META_BLOCK, True)
+            changes = [meta]
+            try:
+                head, count = self._free_head, self._free_count
+                while (len(changes) <= OVERFLOW_PAGES_PER_RECORD and seq < npages
+                       and head != P_NONE):
+                    ext_after = len(extents) + (0 if extents and
+                                                extents[-1][0] + extents[-1][1] == head else 1)
+                    if ext_after > OVERFLOW_EXTENTS_MAX - 1:
+                        break
+                    ch = _Change(self._read(head, exclusive=True), head, True)
+                    changes.append(ch)
+                    special = self._special(self.bufmgr.page(ch.buf), head)
+                    if not special.flags & BTP_FREE:
+                        raise self._corrupt(head, f"page on the free list is not free "
+                                                  f"(flags {special.flags:#x})")
+                    ch.actions.append((A_INIT, init_data(
+                        Special(seq, P_NONE, 0, BTP_OVERFLOW), [chunk(seq)])))
+                    note(head)
+                    blocks.append(head)
+                    seq += 1
+                    head, count = special.next, count - 1
+                if len(changes) == 1:
+                    break
+                meta.actions.append((A_INIT, self._meta_init(self._root, self._level, head,
+                                                             count)))
+                self._log(XLOG_BTREE_OVERFLOW, xid, changes)
+                self._free_head, self._free_count = head, count
+            finally:
+                self._release_changes(changes)
+        while seq < npages:
+            n = min(OVERFLOW_PAGES_PER_RECORD, npages - seq)
+            bufs = self.bufmgr.extend(self.rel, self.fork, n)
+            changes = [_Change(b, self.bufmgr.block_of(b)[2], True) for b in bufs]
+            try:
+                for ch in changes:
+                    ch.actions.append((A_INIT, init_data(
+                        Special(seq, P_NONE, 0, BTP_OVERFLOW), [chunk(seq)])))
+                    note(ch.block)
+                    blocks.append(ch.block)
+                    seq += 1
+                if len(extents) > OVERFLOW_EXTENTS_MAX:
+                    raise AssertionError("relation extended by someone else mid-value: "
+                                         "one writer per tree (invariant 6)")
+                self._log(XLOG_BTREE_OVERFLOW, xid, changes)
+            finally:
+                self._release_changes(changes)
+        return OverflowRef(len(value), tuple((s, n) for s, n in extents))
+
+    def _free_overflow(self, refs: Sequence[OverflowRef]) -> int:
+        """Push the pages of ``refs`` onto the free list (highest block first, so the list
+        hands them back in ascending order)."""
+        blocks = sorted(set(itertools.chain.from_iterable(r.blocks() for r in refs)),
+                        reverse=True)
+        for i in range(0, len(blocks), OVERFLOW_PAGES_PER_RECORD):
+            group = blocks[i:i + OVERFLOW_PAGES_PER_RECORD]
+            changes = [_Change(self._read(META_BLOCK, exclusive=True), META_BLOCK, True)]
+            try:
+                head, count = self._free_head, self._free_count
+                for block in group:
+                    ch = _Change(self._read(block, exclusive=True), block, True)
+                    changes.append(ch)
+                    ch.actions.append((A_INIT, init_data(Special(P_NONE, head, 0, BTP_FREE),
+                                                         [])))
+                    head, count = block, count + 1
+                changes[0].actions.append((A_INIT, self._meta_init(self._root, self._level,
+                                                                   head, count)))
+                self._log(XLOG_BTREE_FREE, 0, changes)
+                self._free_head, self._free_count = head, count
+            finally:
+                self._release_changes(changes)
+        return len(blocks)
+
+    # --- changes -------------------------------------------------------------------------------
+    def insert(self, key, value, xmin: int, *, xmax: int = 0) -> None:
+        """Add the version (key, xmin). ValueError (nothing written) when that version
+        exists; TypeError/ValueError naming the limit for bad keys and values."""
+        key = _check_key(key)
+        value = _check_value(value)
+        _check_xid(xmin, "xmin")
+        if xmax:
+            _check_xid(xmax, "xmax")
+        with self._write_lock:
+            if len(value) > VALUE_INLINE_MAX_BYTES or \
+                    LEAF_HEADER_SIZE + len(key) + len(value) > ENTRY_MAX_BYTES:
+                # Checked before the overflow pages are written (_insert_item checks again).
+                if any(e.xmin == xmin for e in self._versions(key)):
+                    raise ValueError(f"key {key[:40]!r} already has a version with xmin "
+                                     f"{xmin}")
+                ref = self._write_overflow(value, xmin)
+                item = pack_entry(key, xmin, xmax, ENTRY_OVERFLOW, pack_overflow_ref(ref))
+            else:
+                item = pack_entry(key, xmin, xmax, 0, value)
+            assert len(item) <= ENTRY_MAX_BYTES
+            self._insert_item(key, xmin, item, xmin)
+
+    def set_xmax(self, key, xmin: int, xmax: int) -> bool:
+        """Set the xmax of version (key, xmin) (0 clears it); False when there is no such
+        version. Whether that is allowed (conflicts) is the transaction layer's call."""
+        key = _check_key(key)
+        _check_xid(xmin, "xmin")
+        if xmax:
+            _check_xid(xmax, "xmax")
+        with self._write_lock:
+            block, buf = self._descend(key, xmin, exclusive=True)
+            ch = _Change(buf, block, False)
+            try:
+                page = self.bufmgr.page(buf)
+                off = search_page(page, key, xmin, False)
+                if off > bt_item_count(page) or entry_key(page_get_item(page, off)) != (key, xmin):
+                    return False
+                ch.actions.append((A_SET_XMAX, set_xmax_data(off, xmax)))
+                self._log(XLOG_BTREE_SET_XMAX, xmax or xmin, [ch])
+                return True
+            finally:
+                self._release(buf, exclusive=True)
+
+    def put(self, key, value, xid: int, snapshot: Snapshot = _see_all_live) -> None:
+        """An MVCC write: the version ``snapshot`` sees (if any) gets xmax = ``xid``, and
+        (key, xid) is inserted with ``value``."""
+        key = _check_key(key)
+        value = _check_value(value)
+        _check_xid(xid, "xid")
+        with self._write_lock:
+            for e in self._versions(key):
+                if snapshot(e.xmin, e.xmax):
+                    if e.xmin == xid:
+                        raise ValueError(f"key {key[:40]!r} was already written by xid {xid}")
+                    self.set_xmax(key, e.xmin, xid)
+                    break
+            self.insert(key, value, xid)
+
+    def delete(self, key, xid: int, snapshot: Snapshot = _see_all_live) -> bool:
+        """Set xmax = ``xid`` on the version ``snapshot`` sees; False when it sees none."""
+        key = _check_key(key)
+        _check_xid(xid, "xid")
+        with self._write_lock:
+            for e in self._versions(key):
+                if snapshot(e.xmin, e.xmax):
+                    return self.set_xmax(key, e.xmin, xid)
+            return False
+
+    def _insert_item(self, key: bytes, xmin: int, item: bytes, xid: int) -> None:
+        stack: list[int] = []
+        block, buf = self._descend(key, xmin, stack=stack, exclusive=True)
+        changes = [_Change(buf, block, False)]
+        try:
+            page = self.bufmgr.page(buf)
+            off = search_page(page, key, xmin, False)
+            if off <= bt_item_count(page) and entry_key(page_get_item(page, off)) == (key, xmin):
+                raise ValueError(f"key {key[:40]!r} already has a version with xmin {xmin}")
+            if bt_fits(page, len(item)):
+                changes[0].actions.append((A_INSERT, insert_data(off, item)))
+                self._log(XLOG_BTREE_INSERT, xid, changes)
+                return
+            new_root = self._split(changes, off, item, stack)
+            self._log(XLOG_BTREE_SPLIT, xid, changes)
+            if new_root is not None:
+                self._root, self._level = new_root
+        finally:
+            self._release_changes(changes)
+
+    def _split(self, changes: list[_Change], off: int, item: bytes,
+               stack: list[int]) -> tuple[int, int] | None:
+        """Plan a split of changes[0]'s page for ``item`` at ``off``, cascading upwards:
+        appends every page it touches (locked) to ``changes`` with its actions. Returns
+        (new root, new level) when the root split."""
+        bm = self.bufmgr
+        cur = changes[0]
+        while True:
+            page = bm.page(cur.buf)
+            special = self._special(page, cur.block)
+            if bt_fits(page, len(item)):
+                cur.actions.append((A_INSERT, insert_data(off, item)))
+                return None
+            leaf = special.level == 0
+            items = bt_items(page)
+            first = bt_first_data(special)
+            old_hk = items[0] if first == 2 else None
+            data = items[first - 1:]
+            new_index = off - first
+            all_items = data[:new_index] + [item] + data[new_index:]
+            k = _choose_split(all_items, leaf, old_hk, new_index)
+            right = self._extend()
+            changes.append(right)
+            if leaf:
+                sep_key, sep_xmin = entry_key(all_items[k])
+                if entry_key(all_items[k - 1])[0] != sep_key:
+                    # Suffix truncation: between two keys the separator is the key's
+                    # lowest possible version, so a lookup of the key (target (key,
+                    # XMIN_MAX)) descends straight to the right page.
+                    sep_xmin = XMIN_MAX
+                right_items = all_items[k:]
+            else:
+                p = unpack_pivot(all_items[k])
+                sep_key, sep_xmin = p.key, p.xmin
+                right_items = [minus_inf_pivot(p.child)] + all_items[k + 1:]
+            flags = special.flags & ~BTP_ROOT
+            left_special = Special(special.prev, right.block, special.level, flags)
+            right_special = Special(cur.block, special.next, special.level, flags)
+            if new_index < k:
+                keep, left_new, left_item = k - 1, new_index, item
+            else:
+                keep, left_new, left_item = k, -1, b""
+            cur.actions.append((A_SPLIT_LEFT, split_left_data(
+                keep, left_new, left_special, pack_pivot(sep_key, sep_xmin, P_NONE), left_item)))
+            right.actions.append((A_INIT, init_data(
+                right_special, ([old_hk] if old_hk is not None else []) + right_items)))
+            if special.next != P_NONE:
+                sib = _Change(self._read(special.next, exclusive=True), special.next, False)
+                changes.append(sib)
+                sib_special = self._special(bm.page(sib.buf), sib.block)
+                if sib_special.prev != cur.block:
+                    raise self._corrupt(sib.block, f"left-link {sib_special.prev}, expected "
+                                                   f"{cur.block}")
+                sib.actions.append((A_SET_PREV, set_prev_data(right.block)))
+            downlink = pack_pivot(sep_key, sep_xmin, right.block)
+            if special.flags & BTP_ROOT:
+                root = self._extend()
+                changes.append(root)
+                root.actions.append((A_INIT, init_data(
+                    Special(P_NONE, P_NONE, special.level + 1, BTP_ROOT),
+                    [minus_inf_pivot(cur.block), downlink])))
+                meta = _Change(self._read(META_BLOCK, exclusive=True), META_BLOCK, True)
+                changes.append(meta)
+                meta.actions.append((A_INIT, self._meta_init(
+                    root.block, special.level + 1, self._free_head, self._free_count)))
+                return root.block, special.level + 1
+            if not stack:
+                raise self._corrupt(cur.block, "non-root page reached without a parent")
+            parent, off = self._find_downlink(stack.pop(), cur.block)
+            changes.append(parent)
+            cur, item = parent, downlink
+
+    def _find_downlink(self, block: int, child: int) -> tuple[_Change, int]:
+        """The parent page (exclusive-locked) holding the downlink to ``child``, moving right
+        from ``block`` if needed, and the offnum just after that downlink."""
+        bm = self.bufmgr
+        while True:
+            buf = self._read(block, exclusive=True)
+            page = bm.page(buf)
+            special = self._special(page, block)
+            for off in range(bt_first_data(special), bt_item_count(page) + 1):
+                if unpack_pivot(page_get_item(page, off)).child == child:
+                    return _Change(buf, block, False), off + 1
+            self._release(buf, exclusive=True)
+            if special.next == P_NONE:
+                raise self._corrupt(child, f"no downlink to it on level {special.level}")
+            block = special.next
+
+    # --- vacuum ------------------------------------------------------------------------------
+    def vacuum(self, is_dead: Callable[[int, int], bool]) -> VacuumResult:
+        """Remove every leaf entry for which ``is_dead(xmin, xmax)`` is True (one VACUUM
+        record per leaf changed) and free the overflow pages of those removed. Reads the
+        relation in physical order through a read stream; ``is_dead`` runs with no page
+        locked."""
+        bm = self.bufmgr
+        removed = leaves = 0
+        refs: list[OverflowRef] = []
+        with self._write_lock:
+            n = bm.smgr.nblocks(self.rel, self.fork)
+            blocks = range(1, n)
+            with ReadStream(bm, self.rel, self.fork, blocks) as stream:
+                for block, buf in zip(blocks, stream, strict=True):
+                    try:
+                        bm.lock_shared(buf)
+                        try:
+                            page = bm.page(buf)
+                            if page_is_new(page):
+                                continue
+                            special = self._special(page, block)
+                            if not special.flags & BTP_LEAF:
+                                continue
+                            first = bt_first_data(special)
+                            entries = [(off, unpack_entry(page_get_item(page, off)))
+                                       for off in range(first, bt_item_count(page) + 1)]
+                        finally:
+                            bm.unlock_shared(buf)
+                        dead = [(off, e) for off, e in entries if is_dead(e.xmin, e.xmax)]
+                        if not dead:
+                            continue
+                        bm.lock_exclusive(buf)
+                        try:
+                            ch = _Change(buf, block, False)
+                            ch.actions.append((A_DELETE, delete_data([o for o, _e in dead])))
+                            self._log(XLOG_BTREE_VACUUM, 0, [ch])
+                        finally:
+                            bm.unlock_exclusive(buf)
+                        removed += len(dead)
+                        leaves += 1
+                        refs += [unpack_overflow_ref(e.payload) for _o, e in dead
+                                 if e.flags & ENTRY_OVERFLOW]
+                    except BTreePageError as e:
+                        raise self._corrupt(block, str(e)) from None
+                    finally:
+                        bm.unpin(buf)
+            freed = self._free_overflow(refs)
+        return VacuumResult(removed, leaves, freed)
+
+    # --- check ---------------------------------------------------------------------------------
+    def check(self) -> CheckResult:
+        """Verify the whole tree like amcheck's bt_index_parent_check (invariants 1-5);
+        raise DataCorruptionError naming relation and block at the first violation. Holds
+        the write lock: run it on a tree no one is changing."""
+        with self._write_lock:
+            return _Checker(self).run()
+
+
+class _Checker:
+    """One pass of ``BTree.check``: levels top-down, then overflow references, then the
+    free list."""
+
+    def __init__(self, tree: BTree) -> None:
+        self.tree = tree
+        self.bm = tree.bufmgr
+        self.nblocks = tree.bufmgr.smgr.nblocks(tree.rel, tree.fork)
+        self.seen: set[int] = {META_BLOCK}
+
+    def fail(self, block: int, why: str) -> DataCorruptionError:
+        return self.tree._corrupt(block, why)
+
+    def page(self, block: int) -> tuple[bytes, Special]:
+        if not 0 <= block < self.nblocks:
+            raise self.fail(block, f"block is past the end of the relation ({self.nblocks} "
+                                   f"blocks)")
+        page = self.tree._copy_page(block)
+        return page, self.tree._special(page, block)
+
+    def run(self) -> CheckResult:
+        t = self.tree
+        root, level, free_head, free_count = t._decode_meta(t._copy_page(META_BLOCK))
+        if (root, level) != (t._root, t._level):
+            raise self.fail(META_BLOCK, f"metapage says root {root} level {level}, the tree "
+                                        f"object has root {t._root} level {t._level}")
+        page, special = self.page(root)
+        if not special.flags & BTP_ROOT or special.level != level or \
+                special.prev != P_NONE or special.next != P_NONE:
+            raise self.fail(root, f"root page has flags {special.flags:#x} level "
+                                  f"{special.level} links {special.prev}/{special.next}")
+        # (block, lower bound or None, upper bound or None) expected on the current level
+        expected: list[tuple[int, tuple | None, tuple | None]] = [(root, None, None)]
+        per_level = []
+        entries = 0
+        refs: list[tuple[int, OverflowRef]] = []
+        for lvl in range(level, -1, -1):
+            below: list[tuple[int, tuple | None, tuple | None]] = []
+            prev_block = P_NONE
+            block = expected[0][0]
+            walked = 0
+            while block != P_NONE:
+                if block in self.seen:
+                    raise self.fail(block, "page reached twice (a cycle, or two downlinks)")
+                self.seen.add(block)
+                if walked >= len(expected) or expected[walked][0] != block:
+                    want = expected[walked][0] if walked < len(expected) else None
+                    raise self.fail(block, f"level {lvl} page at position {walked} of the "
+                                           f"right-link chain; the parent level's downlink "
+                                           f"there is {want}")
+                _b, lower, upper = expected[walked]
+                page, special = self.page(block)
+                got = self.check_page(block, page, special, lvl, prev_block, lower, upper,
+                                      below, refs)
+                entries += got
+                walked += 1
+                prev_block, block = block, special.next
+            if walked != len(expected):
+                raise self.fail(expected[walked][0], f"downlink to a page not on level {lvl}'s "
+                                                     f"right-link chain")
+            per_level.append(walked)
+            expected = below
+        overflow = self.check_overflow(refs)
+        free = self.check_free_list(free_head, free_count)
+        return CheckResult(level + 1, tuple(per_level), entries, overflow, free)
+
+    def check_page(self, block, page, special, lvl, prev_block, lower, upper, below,
+                   refs) -> int:
+        if special.level != lvl:
+            raise self.fail(block, f"level {special.level}, expected {lvl}")
+        leaf = lvl == 0
+        if bool(special.flags & BTP_LEAF) != leaf or special.flags & (
+                BTP_META | BTP_OVERFLOW | BTP_FREE) or \
+                bool(special.flags & BTP_ROOT) != (block == self.tree._root):
+            raise self.fail(block, f"flags {special.flags:#x} on a level {lvl} page")
+        if special.prev != prev_block:
+            raise self.fail(block, f"left-link {special.prev}, but the page to its left is "
+                                   f"{prev_block}")
+        try:
+            items = bt_items(page)
+            first = bt_first_data(special)
+            if (upper is None) != (special.next == P_NONE):
+                raise self.fail(block, "a rightmost page must have no high key and every other "
+                                       "page one")
+            hk = None
+            if first == 2:
+                if not items:
+                    raise self.fail(block, "high key missing")
+                p = unpack_pivot(items[0])
+                hk = (1, p.key, -p.xmin)
+                if hk != upper:
+                    raise self.fail(block, f"high key {p.key[:40]!r}/{p.xmin} differs from the "
+                                           f"parent's bound")
+            keys = []
+            for i, item in enumerate(items[first - 1:]):
+                if leaf:
+                    e = unpack_entry(item)
+                    keys.append((1, e.key, -e.xmin))
+                    if len(e.key) > KEY_MAX_BYTES or e.xmin == 0:
+                        raise self.fail(block, f"entry {first + i}: key of {len(e.key)} bytes, "
+                                               f"xmin {e.xmin}")
+                    if e.flags & ENTRY_OVERFLOW:
+                        refs.append((block, unpack_overflow_ref(e.payload)))
+                else:
+                    p = unpack_pivot(item)
+                    if p.minus_inf != (i == 0):
+                        raise self.fail(block, f"item {first + i}: minus-infinity pivot "
+                                               f"{'missing' if i == 0 else 'not first'}")
+                    keys.append(lower if p.minus_inf else (1, p.key, -p.xmin))
+            if not leaf and not keys:
+                raise self.fail(block, "internal page without a downlink")
+        except BTreePageError as e:
+            raise self.fail(block, str(e)) from None
+        for i in range(len(keys) - 1):
+            a, b = keys[i], keys[i + 1]
+            if a is not None and not a < b:
+                raise self.fail(block, f"items {first + i} and {first + i + 1} out of order")
+        for i, k in enumerate(keys):
+            if k is None:
+                continue
+            if lower is not None and k < lower:
+                raise self.fail(block, f"item {first + i} is below the page's lower bound (its "
+                                       f"pivot in the parent)")
+            if hk is not None and not k < hk:
+                raise self.fail(block, f"item {first + i} is not below the high key")
+        if not leaf:
+            for i, item in enumerate(items[first - 1:]):
+                child = unpack_pivot(item).child
+                child_upper = keys[i + 1] if i + 1 < len(keys) else hk
+                below.append((child, keys[i], child_upper))
+            return 0
+        return len(keys)
+
+    def check_overflow(self, refs: list[tuple[int, OverflowRef]]) -> int:
+        pages = 0
+        for leaf_block, ref in refs:
+            total = 0
+            for seq, block in enumerate(ref.blocks()):
+                if not 0 < block < self.nblocks:
+                    raise self.fail(leaf_block, f"overflow reference to block {block} outside "
+                                                f"the relation")
+                if block in self.seen:
+                    raise self.fail(block, f"overflow page referenced twice or also a tree "
+                                           f"page (from leaf {leaf_block})")
+                self.seen.add(block)
+                page, special = self.page(block)
+                if not special.flags & BTP_OVERFLOW or special.prev != seq:
+                    raise self.fail(block, f"overflow chunk {seq} of a value on leaf "
+                                           f"{leaf_block}: flags {special.flags:#x}, chunk "
+                                           f"{special.prev}")
+                if bt_item_count(page) != 1:
+                    raise self.fail(block, "overflow page without exactly one chunk")
+                n = len(page_get_item(page, 1))
+                last = seq == ref.npages() - 1
+                if n != (ref.length - total if last else OVERFLOW_CHUNK_BYTES):
+                    raise self.fail(block, f"overflow chunk {seq} has {n} bytes")
+                total += n
+                pages += 1
+            if total != ref.length:
+                raise self.fail(leaf_block, f"overflow value of {total} bytes, reference says "
+                                            f"{ref.length}")
+        return pages
+
+    def check_free_list(self, head: int, count: int) -> int:
+        n = 0
+        block = head
+        while block != P_NONE:
+            if block in self.seen:
+                raise self.fail(block, "free-list page is also in use, or the list has a cycle")
+            self.seen.add(block)
+            page, special = self.page(block)
+            if not special.flags & BTP_FREE:
+                raise self.fail(block, f"page on the free list has flags {special.flags:#x}")
+            n += 1
+            block = special.next
+        if n != count:
+            raise self.fail(META_BLOCK, f"free list holds {n} pages, the metapage says {count}")
+        return n
+
+
+assert BLCKSZ == 8192

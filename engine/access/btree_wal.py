@@ -1,0 +1,230 @@
+"""B+tree WAL records: one generic action list per record, its redo and its description.
+
+A B+tree change touches one to a dozen pages (a leaf insert; a split that cascades up to a
+new root and the metapage; a run of overflow pages). Every record (rmgr ``RM_BTREE``) is
+a list of page *actions*, each naming one of the record's block references::
+
+    payload = action*            action = "<BBI" block index, code, data length | data
+
+    A_INIT       "<IIIHH" special, "<H" count, count x ("<H" len | item)
+                 rebuild the page from nothing (its block reference is will_init)
+    A_INSERT     "<H" offnum | item            put the item at offnum, shifting the rest
+    A_SET_XMAX   "<HQ" offnum, xmax            a leaf entry's xmax
+    A_SPLIT_LEFT "<HhIIIHH" keep, new index, special, high key length | high key | new item
+                 the left half of a split: keep the first ``keep`` data items, put the new
+                 item at ``new index`` among them (-1: it went right), new high key first
+    A_SET_PREV   "<I" prev                      the old right sibling's left-link
+    A_DELETE     "<H" count, count x "<H" offnum   vacuum
+
+The forward path applies exactly these actions to the locked pages (``apply_action``)
+before logging them, and redo applies them to the pre-change page, so redo reproduces the
+pages byte for byte (btree_page invariant 1). A split is one record from the leaf to the
+highest page it changes (and the metapage for a new root), so there is never an
+incomplete split to finish after a crash. ``info`` names the operation for waldump only.
+
+Invariants:
+1. Each block's actions use only the record's data and that block's own pre-change page,
+   so blocks are replayed independently, each under the LSN test of the redo context
+   (full-page image restored, or skipped when the page already has the change).
+2. A will_init block's first action is A_INIT; no other action of the record reads
+   another block.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from slonik.engine.access.btree_page import (
+    Special,
+    bt_delete_items,
+    bt_first_data,
+    bt_init,
+    bt_insert_item,
+    bt_items,
+    bt_rebuild,
+    bt_set_prev,
+    bt_set_xmax,
+    bt_special,
+)
+from slonik.storage.page import page_add_item
+from slonik.wal.rmgr import RM_BTREE, ResourceManager
+
+__all__ = [
+    "A_INIT", "A_INSERT", "A_SET_XMAX", "A_SPLIT_LEFT", "A_SET_PREV", "A_DELETE",
+    "XLOG_BTREE_NEWTREE", "XLOG_BTREE_INSERT", "XLOG_BTREE_SPLIT", "XLOG_BTREE_SET_XMAX",
+    "XLOG_BTREE_VACUUM", "XLOG_BTREE_OVERFLOW", "XLOG_BTREE_FREE", "XLOG_BTREE_OPMASK",
+    "Action", "init_data", "insert_data", "set_xmax_data", "split_left_data",
+    "set_prev_data", "delete_data", "encode_actions", "decode_actions", "apply_action",
+    "btree_redo", "btree_describe", "BTREE_RMGR",
+]
+
+A_INIT = 1
+A_INSERT = 2
+A_SET_XMAX = 3
+A_SPLIT_LEFT = 4
+A_SET_PREV = 5
+A_DELETE = 6
+_ACTION_NAMES = {A_INIT: "init", A_INSERT: "insert", A_SET_XMAX: "xmax",
+                 A_SPLIT_LEFT: "split-left", A_SET_PREV: "prev", A_DELETE: "delete"}
+
+XLOG_BTREE_NEWTREE = 0x00
+XLOG_BTREE_INSERT = 0x10
+XLOG_BTREE_SPLIT = 0x20
+XLOG_BTREE_SET_XMAX = 0x30
+XLOG_BTREE_VACUUM = 0x40
+XLOG_BTREE_OVERFLOW = 0x50
+XLOG_BTREE_FREE = 0x60
+XLOG_BTREE_OPMASK = 0x70
+_OP_NAMES = {XLOG_BTREE_NEWTREE: "NEWTREE", XLOG_BTREE_INSERT: "INSERT",
+             XLOG_BTREE_SPLIT: "SPLIT", XLOG_BTREE_SET_XMAX: "SET_XMAX",
+             XLOG_BTREE_VACUUM: "VACUUM", XLOG_BTREE_OVERFLOW: "OVERFLOW",
+             XLOG_BTREE_FREE: "FREE"}
+
+_ACTION = struct.Struct("<BBI")
+_SPECIAL = struct.Struct("<IIIHH")
+_U16 = struct.Struct("<H")
+_SET_XMAX = struct.Struct("<HQ")
+_SPLIT = struct.Struct("<HhIIIHH")
+_U32 = struct.Struct("<I")
+
+Action = tuple[int, bytes]  # (code, data) for one block
+
+
+def init_data(special: Special, items: Sequence[bytes]) -> bytes:
+    parts = [_SPECIAL.pack(special.prev, special.next, special.level, special.flags, 0),
+             _U16.pack(len(items))]
+    for item in items:
+        parts.append(_U16.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def insert_data(offnum: int, item: bytes) -> bytes:
+    return _U16.pack(offnum) + item
+
+
+def set_xmax_data(offnum: int, xmax: int) -> bytes:
+    return _SET_XMAX.pack(offnum, xmax)
+
+
+def split_left_data(keep: int, new_index: int, special: Special, high_key: bytes,
+                    new_item: bytes) -> bytes:
+    return _SPLIT.pack(keep, new_index, special.prev, special.next, special.level,
+                       special.flags, len(high_key)) + high_key + new_item
+
+
+def set_prev_data(prev: int) -> bytes:
+    return _U32.pack(prev)
+
+
+def delete_data(offnums: Sequence[int]) -> bytes:
+    return _U16.pack(len(offnums)) + struct.pack(f"<{len(offnums)}H", *offnums)
+
+
+def encode_actions(actions: Sequence[tuple[int, int, bytes]]) -> bytes:
+    """Payload of (block index, code, data) actions, in the order they are applied."""
+    return b"".join(_ACTION.pack(index, code, len(data)) + data for index, code, data in actions)
+
+
+def decode_actions(payload) -> list[tuple[int, int, bytes]]:
+    out = []
+    pos, end = 0, len(payload)
+    while pos < end:
+        index, code, length = _ACTION.unpack_from(payload, pos)
+        pos += _ACTION.size
+        if pos + length > end or code not in _ACTION_NAMES:
+            raise ValueError(f"btree action at {pos - _ACTION.size}: code {code}, length "
+                             f"{length} does not fit a payload of {end} bytes")
+        out.append((index, code, bytes(payload[pos:pos + length])))
+        pos += length
+    return out
+
+
+def _items(data: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
+    items = []
+    for _ in range(count):
+        (length,) = _U16.unpack_from(data, pos)
+        pos += _U16.size
+        items.append(data[pos:pos + length])
+        pos += length
+    return items, pos
+
+
+def apply_action(page, code: int, data: bytes) -> None:
+    """Apply one action to a page (the forward path and redo both come here)."""
+    if code == A_INIT:
+        prev, next_, level, flags, _zero = _SPECIAL.unpack_from(data)
+        (count,) = _U16.unpack_from(data, _SPECIAL.size)
+        items, pos = _items(data, _SPECIAL.size + _U16.size, count)
+        assert pos == len(data), (pos, len(data))
+        bt_init(page, Special(prev, next_, level, flags))
+        for item in items:
+            page_add_item(page, item)
+    elif code == A_INSERT:
+        (offnum,) = _U16.unpack_from(data)
+        bt_insert_item(page, offnum, data[_U16.size:])
+    elif code == A_SET_XMAX:
+        offnum, xmax = _SET_XMAX.unpack_from(data)
+        bt_set_xmax(page, offnum, xmax)
+    elif code == A_SPLIT_LEFT:
+        keep, new_index, prev, next_, level, flags, hk_len = _SPLIT.unpack_from(data)
+        high_key = data[_SPLIT.size:_SPLIT.size + hk_len]
+        new_item = data[_SPLIT.size + hk_len:]
+        old = bt_items(page)
+        kept = old[bt_first_data(bt_special(page)) - 1:]
+        assert keep <= len(kept), (keep, len(kept))
+        kept = kept[:keep]
+        if new_index >= 0:
+            kept.insert(new_index, new_item)
+        bt_rebuild(page, Special(prev, next_, level, flags), [high_key, *kept])
+    elif code == A_SET_PREV:
+        bt_set_prev(page, _U32.unpack_from(data)[0])
+    elif code == A_DELETE:
+        (count,) = _U16.unpack_from(data)
+        bt_delete_items(page, struct.unpack_from(f"<{count}H", data, _U16.size))
+    else:
+        raise AssertionError(f"unknown btree action {code}")
+
+
+def btree_redo(ctx, rr) -> None:
+    """Replay one RM_BTREE record: each block that needs redo gets its actions in order."""
+    rec = rr.record
+    by_block: dict[int, list[tuple[int, bytes]]] = {}
+    for index, code, data in decode_actions(rec.payload):
+        by_block.setdefault(index, []).append((code, data))
+    for index, ref in enumerate(rec.blocks):
+        actions = by_block.get(index, [])
+        assert not ref.will_init or (actions and actions[0][0] == A_INIT), \
+            f"will_init block {ref.block} does not start with A_INIT"
+        _action, buf = ctx.read_buffer_for_redo(rr, index)
+        if buf is None:  # restored from its image, or already has the change
+            continue
+        page = ctx.bufmgr.page(buf)
+        for code, data in actions:
+            apply_action(page, code, data)
+        ctx.finish_redo_buffer(rr, buf)
+
+
+def btree_describe(rec) -> str:
+    """One line for waldump, e.g. ``SPLIT rel 16384 blk 5: split-left; blk 9: init (init)``."""
+    op = rec.info & XLOG_BTREE_OPMASK
+    name = _OP_NAMES.get(op, f"UNKNOWN({rec.info:#04x})")
+    rel = rec.blocks[0].rel if rec.blocks else "?"
+    try:
+        actions = decode_actions(rec.payload)
+    except (ValueError, struct.error):
+        return f"{name} rel {rel} (malformed payload of {len(rec.payload)} bytes)"
+    per_block: dict[int, list[str]] = {}
+    for index, code, _data in actions:
+        per_block.setdefault(index, []).append(_ACTION_NAMES[code])
+    parts = []
+    for index, ref in enumerate(rec.blocks[:8]):
+        init = " (init)" if ref.will_init else ""
+        parts.append(f"blk {ref.block}: {','.join(per_block.get(index, []))}{init}")
+    more = f"; +{len(rec.blocks) - 8} blocks" if len(rec.blocks) > 8 else ""
+    return f"{name} rel {rel} " + "; ".join(parts) + more
+
+
+# Bound by engine/rmgrlist.py (the engine's one table of resource managers).
+BTREE_RMGR = ResourceManager(RM_BTREE, "btree", btree_redo, btree_describe)

@@ -1,0 +1,673 @@
+"""The B+tree access method over real files, a real buffer manager and a real WAL, on
+every io method.
+
+Redo is checked byte for byte as the heap's is: before an operation every page is copied,
+after it the records it wrote are read back from the WAL files and replayed with
+``btree_redo`` on the copies (through a stand-in redo context that always asks for redo,
+so the redo code runs even where a full-page image would have been restored); the result
+must equal the pages the operation left in the buffer pool, and each full-page image
+must equal the page redo produced. ``BTree.check()`` (amcheck-like) runs after the steps.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from dataclasses import dataclass
+
+import pytest
+from slonik.engine.access import btree_page as bp
+from slonik.engine.access.btree import (
+    OVERFLOW_EXTENTS_MAX,
+    VALUE_INLINE_MAX_BYTES,
+    VALUE_MAX_BYTES,
+    BTree,
+    XidSnapshot,
+    _check_value,
+    unpack_overflow_ref,
+)
+from slonik.engine.access.btree_page import KEY_MAX_BYTES, OVERFLOW_CHUNK_BYTES
+from slonik.engine.access.btree_wal import (
+    BTREE_RMGR,
+    XLOG_BTREE_FREE,
+    XLOG_BTREE_INSERT,
+    XLOG_BTREE_NEWTREE,
+    XLOG_BTREE_OPMASK,
+    XLOG_BTREE_OVERFLOW,
+    XLOG_BTREE_SET_XMAX,
+    XLOG_BTREE_SPLIT,
+    XLOG_BTREE_VACUUM,
+    btree_describe,
+    btree_redo,
+)
+from slonik.engine.recovery import RedoAction, RedoContext
+from slonik.storage.bufmgr import BufferManager
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import BLCKSZ, CHECKSUM_OFFSET, page_check, page_set_lsn
+from slonik.storage.smgr import Fork, Smgr
+from slonik.wal.reader import WalReader
+from slonik.wal.rmgr import RM_BTREE, get_rmgr, install_rmgrs
+from slonik.wal.xlog import Wal
+
+REL = 16384
+SEGMENT_BLOCKS = 64               # small data segments: big trees span files
+WAL_SEGMENT_BYTES = 1 << 22
+SHARED_BUFFERS = 64               # small pool: evictions (and WAL flushes) during tests
+
+install_rmgrs([BTREE_RMGR])
+
+
+@dataclass
+class Env:
+    path: str
+    aio: object
+    smgr: Smgr
+    wal: Wal
+    bm: BufferManager
+    tree: BTree
+    start_lsn: int  # where the tree's first record (NEWTREE) starts
+
+    def nblocks(self) -> int:
+        return self.smgr.nblocks(REL, Fork.MAIN) if self.smgr.exists(REL, Fork.MAIN) else 0
+
+    def pages(self, bm: BufferManager | None = None) -> dict[int, bytes]:
+        """Every block's page as it is in the pool, checksum field zeroed."""
+        bm = bm or self.bm
+        out = {}
+        for block in range(self.nblocks()):
+            buf = bm.read_buffer(REL, Fork.MAIN, block)
+            bm.lock_shared(buf)
+            page = bytearray(bm.page(buf))
+            bm.unlock_shared(buf)
+            bm.unpin(buf)
+            page[CHECKSUM_OFFSET:CHECKSUM_OFFSET + 4] = bytes(4)
+            out[block] = bytes(page)
+        return out
+
+    def records(self, start_lsn: int) -> list:
+        self.wal.flush()
+        return list(WalReader(os.path.join(self.path, "wal"), WAL_SEGMENT_BYTES, start_lsn))
+
+    def close(self) -> None:
+        self.bm.flush_all()
+        self.wal.close()
+        self.smgr.close()
+
+
+def make_env(path: str, aio, *, shared_buffers: int = SHARED_BUFFERS) -> Env:
+    os.makedirs(os.path.join(path, "wal"), exist_ok=True)
+    smgr = Smgr(path, segment_size=SEGMENT_BLOCKS, max_files=8, aio=aio)
+    wal = Wal(os.path.join(path, "wal"), aio, wal_segment_size=WAL_SEGMENT_BYTES)
+    bm = BufferManager(smgr, aio, shared_buffers=shared_buffers, io_combine_limit=8,
+                       flush_wal=wal.flush)
+    start = wal.insert_lsn
+    return Env(path, aio, smgr, wal, bm, BTree.create(REL, bm, wal), start)
+
+
+@pytest.fixture
+def env(tmp_path, aio):
+    e = make_env(str(tmp_path), aio)
+    yield e
+    e.close()
+
+
+def no_pins(bm: BufferManager) -> bool:
+    return all(d.refcount == 0 for d in bm.descs)
+
+
+class StandInRedoContext:
+    """A redo context over copies of pages (block -> bytearray): every block needs redo
+    (will_init blocks start zeroed, as recovery gives them), finish sets the page LSN."""
+
+    def __init__(self, pages: dict[int, bytearray]) -> None:
+        self.pages = pages
+        self.bufmgr = self
+
+    def page(self, buf: int) -> memoryview:
+        return memoryview(self.pages[buf])
+
+    def read_buffer_for_redo(self, rr, index: int):
+        ref = rr.record.blocks[index]
+        assert ref.rel == REL and ref.fork == Fork.MAIN
+        if ref.will_init or ref.block not in self.pages:
+            self.pages[ref.block] = bytearray(BLCKSZ)
+        return RedoAction.NEEDS_REDO, ref.block
+
+    def finish_redo_buffer(self, rr, buf: int) -> None:
+        page_set_lsn(self.pages[buf], rr.end_lsn)
+
+
+def redo_reproduces(env: Env, before: dict[int, bytes], start_lsn: int) -> list:
+    """Replay the records from ``start_lsn`` on copies of ``before``: every page must come
+    out equal to the pool's, and every full-page image equal to redo's page. Returns the
+    records."""
+    after = env.pages()
+    records = env.records(start_lsn)
+    ctx = StandInRedoContext({b: bytearray(p) for b, p in before.items()})
+    for rr in records:
+        assert rr.record.rmgr == RM_BTREE
+        btree_redo(ctx, rr)
+        for ref in rr.record.blocks:
+            if ref.image is not None:
+                assert bytes(ctx.pages[ref.block][12:]) == ref.image[12:], \
+                    f"image of block {ref.block} differs from redo's page"
+        assert "\n" not in btree_describe(rr.record)
+    for block, page in after.items():
+        if block not in ctx.pages:  # extended, never initialised (a failed change)
+            assert page == bytes(BLCKSZ)
+            continue
+        got = ctx.pages[block]
+        got[CHECKSUM_OFFSET:CHECKSUM_OFFSET + 4] = bytes(4)
+        assert bytes(got) == page, f"redo of block {block} differs from the original"
+        page_check(page)
+    return records
+
+
+def ops_of(records) -> list[int]:
+    return [rr.record.info & XLOG_BTREE_OPMASK for rr in records]
+
+
+def big_key(i: int, width: int = 900) -> bytes:
+    """Wide keys make small fan-out: a few hundred keys give a three-level tree."""
+    return b"%08d" % i + bytes([i % 251]) * (width - 8)
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+def test_versions_get_and_redo_of_each_record(env):
+    """A key's life: insert, set_xmax + a newer version (put), delete; versions are listed
+    newest first, get answers per snapshot, and each operation's redo reproduces its
+    pages with the expected record kind."""
+    t = env.tree
+    start, before = env.wal.insert_lsn, env.pages()
+    t.insert(b"k", b"v1", 5)
+    [rr] = redo_reproduces(env, before, start)
+    assert ops_of([rr]) == [XLOG_BTREE_INSERT]
+    start, before = env.wal.insert_lsn, env.pages()
+    t.put(b"k", b"v2", 6)
+    assert ops_of(redo_reproduces(env, before, start)) == [XLOG_BTREE_SET_XMAX, XLOG_BTREE_INSERT]
+    assert [(e.xmin, e.xmax, e.payload) for e in t.versions(b"k")] == [(6, 0, b"v2"), (5, 6, b"v1")]
+    assert t.get(b"k") == b"v2"
+    old_snapshot = XidSnapshot(xmax=6, own=0, excluded=())
+    assert t.get(b"k", old_snapshot) == b"v1"
+    assert t.get(b"k", XidSnapshot(xmax=5, own=0, excluded=())) is None
+    assert t.delete(b"k", 7) and t.get(b"k") is None and not t.delete(b"k", 8)
+    assert t.get(b"k", XidSnapshot(xmax=100, own=0, excluded=(7,))) == b"v2"
+    assert list(t.items(snapshot=old_snapshot)) == [(b"k", b"v1")]
+    with pytest.raises(ValueError, match="already has a version with xmin 5"):
+        t.insert(b"k", b"again", 5)
+    assert t.set_xmax(b"k", 6, 0) and t.get(b"k") == b"v2"
+    assert not t.set_xmax(b"nope", 6, 7)
+    assert t.check().entries == 2 and no_pins(env.bm)
+
+
+def test_splits_to_three_levels_redo_byte_for_byte(env):
+    """Wide keys inserted in random order split leaves, internal pages and the root twice;
+    replaying the whole WAL from the empty relation rebuilds every page byte for byte
+    (split records are single records from leaf to root), check() passes and scans in
+    both directions return the model's order."""
+    t = env.tree
+    start = env.start_lsn
+    assert ops_of(env.records(start)) == [XLOG_BTREE_NEWTREE]
+    keys = [big_key(i) for i in range(400)]
+    random.Random(7).shuffle(keys)
+    for i, k in enumerate(keys):
+        t.insert(k, b"v%d" % i, i + 1)
+    assert t.height >= 3
+    records = redo_reproduces(env, {}, start)
+    assert XLOG_BTREE_SPLIT in ops_of(records)
+    result = t.check()
+    assert result.levels == t.height and result.entries == 400 and result.pages_per_level[0] == 1
+    expected = sorted((k, b"v%d" % i) for i, k in enumerate(keys))
+    assert list(t.items()) == expected
+    assert list(t.items(reverse=True)) == expected[::-1]
+    assert no_pins(env.bm)
+
+
+def test_ascending_inserts_fill_leaves_to_the_fillfactor(env):
+    """Ascending inserts split the rightmost leaf 90/10, so leaves end up ~90% full
+    rather than half full (nbtree's rightmost-split rule)."""
+    t = env.tree
+    for i in range(3000):
+        t.insert(b"%08d" % i, bytes(100), i + 1)
+    result = t.check()
+    leaves = result.pages_per_level[-1]
+    per_leaf = 8152 // (bp.item_cost(bp.LEAF_HEADER_SIZE + 8 + 100))
+    assert leaves <= 3000 / (per_leaf * 0.85), (leaves, per_leaf)
+
+
+def test_range_scans_forward_and_reverse(env):
+    """items(start, stop, reverse) returns exactly the model's keys in [start, stop), in
+    order or reversed, for bounds on, between and outside the stored keys; values=False
+    yields None values."""
+    t = env.tree
+    rnd = random.Random(3)
+    model = {}
+    for i in range(1500):
+        k = rnd.randbytes(rnd.randrange(1, 40))
+        if k not in model:
+            model[k] = rnd.randbytes(rnd.randrange(0, 150))
+            t.insert(k, model[k], i + 1)
+    ks = sorted(model)
+    bounds = [None, b"", ks[0], ks[10], ks[700], ks[700] + b"\x00", ks[-1], b"\xff" * 41]
+    for start in bounds:
+        for stop in bounds:
+            want = [(k, model[k]) for k in ks
+                    if (start is None or k >= start) and (stop is None or k < stop)]
+            assert list(t.items(start, stop)) == want, (start, stop)
+            assert list(t.items(start, stop, reverse=True)) == want[::-1], (start, stop)
+    assert [v for _k, v in t.items(values=False)] == [None] * len(ks)
+    assert no_pins(env.bm)
+
+
+def test_bad_keys_and_values_are_refused_and_nothing_written(env):
+    """Non-bytes keys/values are TypeErrors; a key over KEY_MAX_BYTES and xids out of range
+    are ValueErrors naming the limit; no WAL is written and no page changes. A key of
+    exactly KEY_MAX_BYTES is stored."""
+    t = env.tree
+    t.insert(b"keep", b"x", 1)
+    env.wal.flush()
+    lsn, before = env.wal.insert_lsn, env.pages()
+    with pytest.raises(TypeError, match="key must be bytes"):
+        t.insert("text", b"v", 2)
+    with pytest.raises(TypeError, match="value must be bytes"):
+        t.insert(b"k", 5, 2)
+    with pytest.raises(ValueError, match=f"over the limit of {KEY_MAX_BYTES} bytes"):
+        t.insert(b"k" * (KEY_MAX_BYTES + 1), b"v", 2)
+    with pytest.raises(ValueError, match=f"over the limit of {KEY_MAX_BYTES} bytes"):
+        t.get(b"k" * (KEY_MAX_BYTES + 1))
+    with pytest.raises(ValueError, match="xmin must be in 1.."):
+        t.insert(b"k", b"v", 0)
+    with pytest.raises(TypeError, match="xid must be an int"):
+        t.put(b"k", b"v", "2")
+    assert env.wal.insert_lsn == lsn and env.pages() == before
+    with pytest.raises(ValueError, match=f"over the limit of {VALUE_MAX_BYTES} bytes"):
+        _check_value(_Huge(b""))
+    t.insert(b"m" * KEY_MAX_BYTES, b"v" * 100, 3)
+    assert t.get(b"m" * KEY_MAX_BYTES) == b"v" * 100
+    t.check()
+
+
+class _Huge(bytes):
+    """Claims to be one byte over 1 GiB without allocating it."""
+
+    def __len__(self) -> int:
+        return VALUE_MAX_BYTES + 1
+
+
+def test_open_reads_only_the_metapage(env, aio):
+    """BTree.open over a cold buffer pool reads one block (the metapage), whatever the
+    tree's size, and finds the same root and height."""
+    t = env.tree
+    for i in range(300):
+        t.insert(big_key(i, 300), b"v", i + 1)
+    env.bm.flush_all()
+    bm2 = BufferManager(env.smgr, aio, shared_buffers=32, flush_wal=env.wal.flush)
+    t2 = BTree.open(REL, bm2, env.wal)
+    assert bm2.stats().reads == 1
+    assert (t2.root, t2.height) == (t.root, t.height) and t.height >= 2
+    assert t2.get(big_key(17, 300)) == b"v"
+    assert bm2.stats().reads == t.height + 1
+
+
+# ---------------------------------------------------------------------------- overflow
+
+
+def test_big_values_round_trip_through_vectored_reads(env):
+    """Values of several MiB go out of line, come back equal from a cold pool through a
+    read stream whose reads combine adjacent overflow pages (fewer read I/Os than pages),
+    and their OVERFLOW records reproduce the pages at redo."""
+    t = env.tree
+    rnd = random.Random(5)
+    big = rnd.randbytes(5 * 1024 * 1024 + 123)
+    start, before = env.wal.insert_lsn, env.pages()
+    t.insert(b"big", big, 1)
+    t.insert(b"edge", b"e" * (VALUE_INLINE_MAX_BYTES + 1), 2)
+    t.insert(b"inline", b"i" * VALUE_INLINE_MAX_BYTES, 3)
+    records = redo_reproduces(env, before, start)
+    assert XLOG_BTREE_OVERFLOW in ops_of(records)
+    [entry] = t.versions(b"big")
+    ref = unpack_overflow_ref(entry.payload)
+    assert ref.npages() == -(-len(big) // OVERFLOW_CHUNK_BYTES) and len(ref.extents) == 1
+    assert not t.versions(b"inline")[0].flags & bp.ENTRY_OVERFLOW
+    env.bm.flush_all()
+    env.bm.drop_relation_buffers(REL)
+    reads_before = env.bm.stats()
+    assert t.get(b"big") == big
+    stats = env.bm.stats()
+    assert stats.reads - reads_before.reads >= ref.npages()
+    assert stats.read_ios - reads_before.read_ios < ref.npages() / 2
+    assert t.get(b"edge") == b"e" * (VALUE_INLINE_MAX_BYTES + 1)
+    assert t.check().overflow_pages == ref.npages() + 1
+    assert no_pins(env.bm)
+
+
+def test_overwrites_with_vacuum_keep_the_file_bounded(env):
+    """Overwrite-heavy workload: 6 keys with 40 KiB values rewritten 12 times, vacuum
+    after each round. Freed overflow pages go on the free list and are reused, so the
+    relation stops growing after the first rounds; check() passes (free list and
+    references consistent) and vacuum's redo reproduces its pages."""
+    t = env.tree
+    xid = 1
+    sizes = []
+    for rnd_ in range(12):
+        for k in range(6):
+            xid += 1
+            t.put(b"key%d" % k, bytes([rnd_ + k]) * 40_000, xid)
+        start, before = env.wal.insert_lsn, env.pages()
+        result = t.vacuum(lambda xmin, xmax: xmax != 0)
+        if rnd_ == 0:
+            assert result.entries_removed == 0
+        else:
+            assert result.entries_removed == 6 and result.overflow_pages_freed == 6 * 5
+        if rnd_ in (1, 5):
+            assert {XLOG_BTREE_VACUUM, XLOG_BTREE_FREE} <= set(ops_of(
+                redo_reproduces(env, before, start)))
+        t.check()
+        sizes.append(env.nblocks())
+    assert max(sizes[2:]) == sizes[1], sizes
+    assert all(t.get(b"key%d" % k) == bytes([11 + k]) * 40_000 for k in range(6))
+
+
+def test_fragmented_free_list_bounds_the_extent_count(env):
+    """Free pages scattered through the relation are reused for a new value only while its
+    reference stays under OVERFLOW_EXTENTS_MAX extents; the rest comes from one new
+    extent at the end. The value reads back whole and check() passes."""
+    t = env.tree
+    for i in range(80):
+        t.insert(b"s%03d" % i, bytes([i]) * (OVERFLOW_CHUNK_BYTES + 1), i + 1)  # 2 pages each
+    for i in range(0, 80, 2):
+        t.set_xmax(b"s%03d" % i, i + 1, 1000)
+    t.vacuum(lambda xmin, xmax: xmax == 1000)
+    value = random.Random(1).randbytes(OVERFLOW_CHUNK_BYTES * 70)
+    t.insert(b"frag", value, 2000)
+    ref = unpack_overflow_ref(t.versions(b"frag")[0].payload)
+    assert len(ref.extents) <= OVERFLOW_EXTENTS_MAX
+    assert t.get(b"frag") == value
+    assert t.check().free_pages < 80
+
+
+# ---------------------------------------------------------------------------- corruption
+
+
+def _damage_block(env: Env, block: int) -> None:
+    """Flip bytes of ``block`` on disk (after writing and forgetting every buffer)."""
+    env.bm.flush_all()
+    env.bm.drop_relation_buffers(REL)
+    seg, at = divmod(block, SEGMENT_BLOCKS)
+    path = os.path.join(env.path, "base", str(REL) + (f".{seg}" if seg else ""))
+    with open(path, "r+b") as f:
+        f.seek(at * BLCKSZ + 4000)
+        data = f.read(16)
+        f.seek(at * BLCKSZ + 4000)
+        f.write(bytes(b ^ 0x5A for b in data))
+
+
+def test_damaged_leaf_fails_only_its_keys(env):
+    """A leaf page damaged on disk: get of a key on it raises DataCorruptionError naming
+    relation and block; keys on other leaves stay readable (descent never touches the bad
+    leaf); check() reports the same block."""
+    t = env.tree
+    keys = [big_key(i, 200) for i in range(300)]
+    for i, k in enumerate(keys):
+        t.insert(k, b"v%d" % i, i + 1)
+    assert t.height >= 2
+    victim_key = keys[150]
+    home = _leaf_blocks(t)
+    block = home[victim_key]
+    _damage_block(env, block)
+    with pytest.raises(DataCorruptionError, match=f"block {block} of relation {REL}") as ei:
+        t.get(victim_key)
+    assert ei.value.relation == REL and ei.value.block == block
+    healthy = [k for k in keys if home[k] != block]
+    assert len(healthy) > 200
+    for k in healthy:
+        assert t.get(k) == b"v%d" % keys.index(k)
+    with pytest.raises(DataCorruptionError) as ei:
+        t.check()
+    assert ei.value.block == block and ei.value.relation == REL
+    assert no_pins(env.bm)
+
+
+def test_damaged_overflow_page_names_its_block(env):
+    """A damaged overflow page fails the read of that value (naming relation and block)
+    and of nothing else."""
+    t = env.tree
+    t.insert(b"big", bytes(range(256)) * 200, 1)
+    t.insert(b"small", b"fine", 2)
+    ref = unpack_overflow_ref(t.versions(b"big")[0].payload)
+    block = list(ref.blocks())[3]
+    _damage_block(env, block)
+    with pytest.raises(DataCorruptionError, match=f"block {block} of relation {REL}"):
+        t.get(b"big")
+    assert t.get(b"small") == b"fine"
+    assert [k for k, _v in t.items(values=False)] == [b"big", b"small"]
+    assert no_pins(env.bm)
+
+
+def _leaf_of(t: BTree, key: bytes) -> int:
+    return _leaf_blocks(t)[key]
+
+
+def _leaf_blocks(t: BTree) -> dict[bytes, int]:
+    """key -> the leaf block holding its (first) version, walking the leaf level."""
+    out: dict[bytes, int] = {}
+    block, buf = t._descend(b"", bp.XMIN_MAX)
+    while True:
+        page = t.bufmgr.page(buf)
+        special = bp.bt_special(page)
+        items = bp.bt_items(page)[bp.bt_first_data(special) - 1:]
+        t._release(buf)
+        for item in items:
+            out.setdefault(bp.unpack_entry(item).key, block)
+        if special.next == bp.P_NONE:
+            return out
+        block, buf = special.next, t._read(special.next)
+
+
+def _edit_page(env: Env, block: int, edit) -> None:
+    buf = env.bm.read_buffer(REL, Fork.MAIN, block)
+    env.bm.lock_exclusive(buf)
+    try:
+        edit(env.bm.page(buf))
+    finally:
+        env.bm.unlock_exclusive(buf)
+        env.bm.unpin(buf)
+
+
+@pytest.mark.parametrize("flaw", ["order", "high_key", "right_link", "overflow", "free_list"])
+def test_check_reports_the_first_violation(env, flaw):
+    """Each invariant broken by hand in the pool (items out of order, a high key that is
+    not the parent's bound, a wrong left-link, an overflow reference to a non-overflow
+    page, a free-list count that lies) makes check() raise DataCorruptionError naming the
+    relation and the page concerned."""
+    t = env.tree
+    for i in range(120):
+        t.insert(big_key(i, 400), b"v", i + 1)
+    t.insert(b"zbig", bytes(30_000), 500)
+    t.set_xmax(b"zbig", 500, 501)
+    t.insert(b"zbig2", bytes(30_000), 502)
+    t.vacuum(lambda xmin, xmax: xmax == 501)
+    t.check()
+    leaf = _leaf_of(t, big_key(60, 400))
+
+    if flaw == "order":
+        def edit(page):
+            items = bp.bt_items(page)
+            first = bp.bt_first_data(bp.bt_special(page))
+            data = items[first - 1:]
+            data[0], data[1] = data[1], data[0]
+            bp.bt_rebuild(page, bp.bt_special(page), items[:first - 1] + data)
+        block, match = leaf, "out of order"
+    elif flaw == "high_key":
+        def edit(page):
+            items = bp.bt_items(page)
+            items[0] = bp.pack_pivot(b"\xff" * 5, 0, 0)
+            bp.bt_rebuild(page, bp.bt_special(page), items)
+        block, match = leaf, "high key"
+    elif flaw == "right_link":
+        def edit(page):
+            bp.bt_set_prev(page, 999)
+        block, match = leaf, "left-link 999"
+    elif flaw == "overflow":
+        ref = unpack_overflow_ref(t.versions(b"zbig2")[0].payload)
+        block = list(ref.blocks())[1]
+
+        def edit(page):
+            s = bp.bt_special(page)
+            bp.bt_set_special(page, bp.Special(s.prev, s.next, s.level, bp.BTP_FREE))
+        match = "overflow chunk 1"
+    else:
+        block = 0
+
+        def edit(page):
+            item = bytearray(bp.bt_items(page)[0])
+            item[20:24] = (99).to_bytes(4, "little")
+            bp.bt_rebuild(page, bp.bt_special(page), [bytes(item)])
+        match = "free list holds"
+    _edit_page(env, block, edit)
+    with pytest.raises(DataCorruptionError, match=match) as ei:
+        t.check()
+    assert ei.value.relation == REL and ei.value.block == block
+    assert f"relation {REL} block {block}" in str(ei.value)
+
+
+def test_open_refuses_a_relation_that_is_not_a_btree(env, aio):
+    """open() of a relation whose block 0 is no B+tree metapage raises
+    DataCorruptionError naming relation and block 0; create() over an existing relation
+    is a ValueError."""
+    _edit_page(env, 0, lambda page: bp.bt_set_special(page, bp.Special(0, 0, 0, bp.BTP_LEAF)))
+    with pytest.raises(DataCorruptionError, match=f"relation {REL} block 0: block 0 is not a"):
+        BTree.open(REL, env.bm, env.wal)
+    with pytest.raises(ValueError, match="already has blocks"):
+        BTree.create(REL, env.bm, env.wal)
+
+
+# ---------------------------------------------------------------------------- recovery
+
+
+def test_crash_recovery_through_redo_context(tmp_path, aio):
+    """Crash: the pool's dirty pages are lost, then every record after a checkpoint is
+    replayed through engine.recovery's RedoContext (full-page images restored, will_init
+    pages rebuilt, pages already newer skipped). The pages equal the pre-crash pool's, and
+    the recovered tree passes check() and returns every value."""
+    env = make_env(str(tmp_path), aio)
+    t = env.tree
+    keys = [big_key(i, 300) for i in range(200)]
+    for i, k in enumerate(keys[:100]):
+        t.insert(k, b"a%d" % i, i + 1)
+    env.bm.flush_all()
+    redo_from = env.wal.begin_checkpoint()
+    for i, k in enumerate(keys[100:], 100):
+        t.insert(k, b"b%d" % i, i + 1)
+    for i in range(0, 200, 3):
+        t.put(keys[i], b"c%d" % i, 1000 + i)
+    t.insert(b"big", bytes(range(256)) * 100, 5000)
+    t.vacuum(lambda xmin, xmax: xmax != 0 and xmin % 2 == 0)
+    expected_pages = env.pages()
+    expected = list(t.items())
+    env.wal.flush()
+
+    bm2 = BufferManager(env.smgr, aio, shared_buffers=64, flush_wal=env.wal.flush)
+    ctx = RedoContext(bm2, env.smgr)
+    actions = []
+    real = ctx.read_buffer_for_redo
+
+    def spy(rr, i):
+        action, buf = real(rr, i)
+        actions.append(action)
+        return action, buf
+
+    ctx.read_buffer_for_redo = spy
+    for rr in WalReader(os.path.join(env.path, "wal"), WAL_SEGMENT_BYTES, redo_from):
+        if rr.record.rmgr == RM_BTREE:
+            get_rmgr(rr.record.rmgr).redo(ctx, rr)
+    assert RedoAction.RESTORED in actions and RedoAction.NEEDS_REDO in actions
+    env.bm = bm2  # the old pool is the "crashed" one: never written
+    assert env.pages(bm2) == expected_pages
+    t2 = BTree.open(REL, bm2, env.wal)
+    assert list(t2.items()) == expected
+    t2.check()
+    bm2.flush_all()
+    env.wal.close()
+    env.smgr.close()
+
+
+def test_failed_wal_insert_puts_the_pages_back(env):
+    """If logging a split fails, every page it had changed is restored byte for byte and
+    the tree still checks clean (no unlogged change is ever visible)."""
+    t = env.tree
+    for i in range(40):
+        t.insert(big_key(i, 700), b"v", i + 1)
+    before = env.pages()
+    real = env.wal.insert
+
+    def failing(*a, **kw):
+        raise OSError(5, "injected WAL failure")
+
+    env.wal.insert = failing
+    try:
+        with pytest.raises(OSError, match="injected"):
+            for i in range(40, 80):
+                t.insert(big_key(i, 700), b"v", i + 1)
+    finally:
+        env.wal.insert = real
+    after = env.pages()
+    for block, page in before.items():
+        assert after[block] == page
+    assert all(p == bytes(BLCKSZ) for b, p in after.items() if b not in before)
+    t.check()
+    assert no_pins(env.bm)
+
+
+# ---------------------------------------------------------------------------- concurrency
+
+
+def test_readers_see_consistent_order_during_splits(env):
+    """Readers scanning and probing while a writer splits pages (one writer, L&Y
+    move-right for readers) always see keys in strictly increasing order, every key
+    committed before their scan started, and never an error."""
+    t = env.tree
+    for i in range(0, 400, 2):
+        t.insert(big_key(i, 250), b"v", i + 1)
+    done = threading.Event()
+    errors: list[BaseException] = []
+    inserted_upto = [0]
+
+    def reader():
+        try:
+            while not done.is_set():
+                floor = inserted_upto[0]
+                got = [k for k, _v in t.items(values=False)]
+                assert got == sorted(got) and len(set(got)) == len(got)
+                s = set(got)
+                assert all(big_key(i, 250) in s for i in range(0, 400, 2))
+                assert all(big_key(i, 250) in s for i in range(1, floor, 2))
+                assert t.get(big_key(200, 250)) == b"v"
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for i in range(1, 400, 2):
+        t.insert(big_key(i, 250), b"w", 1000 + i)
+        inserted_upto[0] = i + 1
+    done.set()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert t.check().entries == 400 and no_pins(env.bm)
+
+
+def test_rmgr_describe_is_one_line():
+    """RM_BTREE is "btree" with btree_redo/btree_describe; a malformed payload is
+    described, not raised."""
+    rm = get_rmgr(RM_BTREE)
+    assert rm.name == "btree" and rm.redo is btree_redo and rm.describe is btree_describe
+    from slonik.wal.record import BlockRef, WalRecord
+    text = btree_describe(WalRecord(RM_BTREE, XLOG_BTREE_SPLIT, 5, b"\x00\x09\xff\xff",
+                                    (BlockRef(REL, 0, 3),)))
+    assert "malformed" in text and "\n" not in text
