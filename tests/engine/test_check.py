@@ -11,9 +11,19 @@ import os
 import warnings
 
 import pytest
+from slonik.engine.access.tuple import decode_kv, unpack_tuple
 from slonik.engine.tools.check import CATALOG_NAME, CorruptBlock, check_database
 from slonik.storage.bufmgr import DamagedPageWarning
-from slonik.storage.page import BLCKSZ, VERSION_OFFSET, page_set_checksum
+from slonik.storage.page import (
+    BLCKSZ,
+    VERSION_OFFSET,
+    LpFlag,
+    page_get_item,
+    page_is_new,
+    page_item_count,
+    page_item_flags,
+    page_set_checksum,
+)
 
 from slonik import DataCorruptionError, NotADatabaseError
 from tests.engine.dbutil import SMALL, open_db, tree_snapshot
@@ -56,11 +66,23 @@ def fill(store, prefix: bytes, n: int, size: int = 300) -> dict[bytes, bytes]:
     return data
 
 
-def blocks_of(store) -> dict[int, list[bytes]]:
-    """block -> keys whose live version is there (from the store's index)."""
+def blocks_of(db_path, rel: int) -> dict[int, list[bytes]]:
+    """block -> keys whose live version (xmax 0) is there, read from the KV store's heap
+    file on disk with the page and tuple codecs (the database is closed)."""
     out: dict[int, list[bytes]] = {}
-    for key, entry in store._index.items():
-        out.setdefault(entry[2], []).append(key)
+    with open(os.path.join(str(db_path), "base", str(rel)), "rb") as f:
+        data = f.read()
+    assert len(data) <= SEGMENT_BLOCKS * BLCKSZ, "the store fits in its first segment"
+    for block in range(len(data) // BLCKSZ):
+        page = data[block * BLCKSZ:(block + 1) * BLCKSZ]
+        if page_is_new(page):
+            continue
+        for offnum in range(1, page_item_count(page) + 1):
+            if page_item_flags(page, offnum) != LpFlag.NORMAL:
+                continue
+            _xmin, xmax, _flags, item = unpack_tuple(page_get_item(page, offnum))
+            if xmax == 0:
+                out.setdefault(block, []).append(decode_kv(item)[0])
     return out
 
 
@@ -78,8 +100,7 @@ def make_db(path, io_method, **settings):
             for i in range(500):
                 t.insert((i, f"row {i} " * 10))
         rels = {name: rel_of(db, name) for name in ("a", "b", "t")}
-        blocks = blocks_of(db.kv("a"))
-    return a, b, rels, blocks
+    return a, b, rels, blocks_of(path, rels["a"])
 
 
 def test_clean_database_reports_no_corruption(tmp_path, io_method):
