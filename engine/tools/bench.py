@@ -16,6 +16,7 @@ method's median over fio's median; ``cpu_us_per_io`` is the process's user+syste
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import json
 import os
@@ -197,8 +198,6 @@ def prepare_file(path: str, size: int) -> bool:
 
 def _huge_page_pool(nbytes: int):
     """(mapping, memoryview of nbytes) starting on a 2 MiB boundary, pre-faulted."""
-    import ctypes
-
     buf = aligned_buffer(nbytes + HUGE_PAGE)
     anchor = ctypes.c_char.from_buffer(buf)
     addr = ctypes.addressof(anchor)

@@ -28,13 +28,17 @@ from collections.abc import Sequence
 from slonik.aio.core import IO_METHODS
 from slonik.aio.errors import SlonikError
 from slonik.aio.method_io_uring import io_uring_available
+from slonik.engine.database import Database
 from slonik.engine.tools.bench import add_arguments as add_bench_aio_arguments
 from slonik.engine.tools.bench import cmd_bench_aio, nonnegative_int, positive_float, positive_int
+from slonik.engine.tools.bench_kv import add_arguments as add_bench_kv_arguments
+from slonik.engine.tools.bench_kv import cmd_bench_kv
 from slonik.engine.tools.bench_scan import add_arguments as add_bench_scan_arguments
 from slonik.engine.tools.bench_scan import cmd_bench_scan
 from slonik.engine.tools.bench_wal import add_arguments as add_bench_wal_arguments
 from slonik.engine.tools.bench_wal import cmd_bench_wal
 from slonik.engine.tools.check import check_database, recover_database
+from slonik.engine.tools.demo import run_demo
 from slonik.engine.tools.progress import Progress
 from slonik.engine.tools.waltools import (
     add_controldata_arguments,
@@ -93,8 +97,7 @@ def _require_database(path: str) -> str:
     return path
 
 
-def _open(args: argparse.Namespace):
-    from slonik.engine.database import Database
+def _open(args: argparse.Namespace) -> Database:
     return Database.open(_require_database(args.dir), **_settings(args))
 
 
@@ -130,7 +133,6 @@ def _kv_store(db, name: str, *, create: bool):
 # --- data commands ---------------------------------------------------------------------------
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from slonik.engine.database import Database
     path = os.path.abspath(args.dir)
     if os.path.exists(os.path.join(path, CONTROL_FILE_NAME)):
         raise CommandError(f"{path} is already a Slonik database; nothing was changed")
@@ -406,14 +408,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from slonik.engine.tools.demo import run_demo
     return run_demo(args.keys, args.dir, buffered=args.buffered,
                     crash_seconds=args.crash_seconds)
-
-
-def _cmd_bench_kv(args: argparse.Namespace) -> int:
-    from slonik.engine.tools.bench_kv import cmd_bench_kv
-    return cmd_bench_kv(args)
 
 
 def _add_db_options(p: argparse.ArgumentParser, *, settings: bool = True) -> None:
@@ -536,9 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kv = bench_sub.add_parser(
         "kv", help="the KV store per io method: a big load, durable puts/s (1 and 8 "
                    "threads), random gets, ordered scan, open (index rebuild)")
-    from slonik.engine.tools.bench_kv import add_arguments as add_bench_kv_arguments
     add_bench_kv_arguments(bench_kv)
-    bench_kv.set_defaults(func=_cmd_bench_kv)
+    bench_kv.set_defaults(func=cmd_bench_kv)
 
     controldata = sub.add_parser("controldata", help="print a data directory's control file")
     add_controldata_arguments(controldata)
