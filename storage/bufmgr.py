@@ -28,15 +28,23 @@ Invariants:
    while its content lock is held shared (no change can race the write).
 5. The descriptor lock (``_lock``) is never held while I/O is started or waited for: the
    sync method completes inside ``start``, and completion takes ``_lock``.
+6. A descriptor's flags are always one of the ``BufferState`` combinations and change only
+   through ``_set_state_locked``, which asserts the edge against ``LEGAL_TRANSITIONS``;
+   I/O goes through one pair, ``_start_buffer_io_locked`` / ``_terminate_buffer_io_locked``
+   (PostgreSQL's StartBufferIO / TerminateBufferIO). README.md draws the same diagram.
+7. A page is verified (header rules, checksum just set) before it is written, as after it
+   is read: a malformed page in the pool is a broken invariant, never written to disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 
 from slonik.aio.callbacks import IoCallbacks
 from slonik.aio.core import Aio
@@ -60,6 +68,40 @@ BM_DIRTY = 2
 BM_IO_IN_PROGRESS = 4
 BM_IO_ERROR = 8
 BM_TAG_VALID = 16
+
+
+class BufferState(IntEnum):
+    """The flag combinations a descriptor may hold (the value is the flags word)."""
+
+    FREE = 0                                                          # no tag
+    EMPTY = BM_TAG_VALID                                              # tagged, no contents
+    READ_FAILED = BM_TAG_VALID | BM_IO_ERROR                          # last read failed
+    READING = BM_TAG_VALID | BM_IO_IN_PROGRESS                        # being read / zero-filled
+    VALID = BM_TAG_VALID | BM_VALID                                   # clean page
+    DIRTY = BM_TAG_VALID | BM_VALID | BM_DIRTY                        # changed since written
+    WRITING = BM_TAG_VALID | BM_VALID | BM_DIRTY | BM_IO_IN_PROGRESS  # being written
+    WRITE_FAILED = BM_TAG_VALID | BM_VALID | BM_DIRTY | BM_IO_ERROR   # last write failed
+
+
+B = BufferState
+
+# The one table of legal transitions (README.md draws the same diagram). Retagging a clean
+# victim (-> EMPTY, or -> READING when the read is claimed at once) and dropping a
+# relation's buffers (-> FREE) are the only edges that are not buffer I/O.
+LEGAL_TRANSITIONS: dict[BufferState, frozenset[BufferState]] = {
+    B.FREE: frozenset({B.EMPTY, B.READING}),
+    B.EMPTY: frozenset({B.READING, B.EMPTY, B.FREE}),
+    B.READ_FAILED: frozenset({B.READING, B.EMPTY, B.FREE}),
+    B.READING: frozenset({B.VALID, B.READ_FAILED, B.EMPTY}),
+    B.VALID: frozenset({B.DIRTY, B.READING, B.EMPTY, B.FREE}),
+    B.DIRTY: frozenset({B.WRITING, B.FREE}),
+    B.WRITING: frozenset({B.VALID, B.WRITE_FAILED, B.DIRTY}),
+    B.WRITE_FAILED: frozenset({B.WRITING, B.FREE}),
+}
+_STATE_VALUES = frozenset(int(state) for state in BufferState)
+# The same table as (old, new) flag pairs: one set lookup per change on the hot paths.
+_LEGAL_EDGES = frozenset((int(old), int(new)) for old, news in LEGAL_TRANSITIONS.items()
+                         for new in news)
 
 BM_MAX_USAGE_COUNT = 5        # as PostgreSQL: how many sweeps a popular buffer survives
 SHARED_BUFFERS_MIN = 16       # a pool smaller than this cannot hold one combined read
@@ -131,6 +173,11 @@ class ContentLock:
     @property
     def held_exclusive(self) -> bool:
         return self._exclusive
+
+    @property
+    def held(self) -> bool:
+        """Held in either mode (``check()`` looks for locks left behind)."""
+        return self._exclusive or self._shared > 0
 
 
 class BufferDesc:
@@ -317,12 +364,54 @@ class BufferManager:
         self._retag_locked(d, tag)
         return d.buf_id, False
 
-    def _retag_locked(self, d: BufferDesc, tag: tuple[int, int, int]) -> None:
+    # --- the buffer state machine -------------------------------------------------------------
+    @staticmethod
+    def _set_state_locked(d: BufferDesc, new: int) -> None:
+        """The one setter of a descriptor's flags: asserts the edge (``LEGAL_TRANSITIONS``).
+        Caller holds ``_lock``."""
+        assert (d.flags, new) in _LEGAL_EDGES, _illegal(d, new)
+        d.flags = new
+
+    def _start_buffer_io_locked(self, d: BufferDesc, *, for_input: bool,
+                                overwrite: bool = False) -> bool:
+        """StartBufferIO: claim IO_IN_PROGRESS for a read (``for_input``) or a write. False
+        when there is nothing to claim: a read of a VALID buffer (unless ``overwrite``: the
+        caller fills the page itself, as extend does), a write of a clean one, or an I/O
+        already in progress (the caller waits for it). Caller holds ``_lock``."""
+        flags = d.flags
+        if flags & BM_IO_IN_PROGRESS:
+            return False
+        if for_input:
+            if flags & BM_VALID and not overwrite:
+                return False
+            self._set_state_locked(d, B.READING)
+        else:
+            if not flags & BM_DIRTY:
+                return False
+            self._set_state_locked(d, B.WRITING)
+        return True
+
+    def _terminate_buffer_io_locked(self, d: BufferDesc, new: int, *, io_pin: bool) -> None:
+        """TerminateBufferIO: end the I/O in progress with state ``new`` (VALID, or
+        READ_FAILED/WRITE_FAILED, or back to EMPTY/DIRTY when it never ran); with ``io_pin``
+        also drop the pin and wait reference the I/O took at stage. Caller holds ``_lock``
+        and notifies ``_io_done`` once it has terminated a batch."""
+        assert d.flags & BM_IO_IN_PROGRESS and not new & BM_IO_IN_PROGRESS, _illegal(d, new)
+        self._set_state_locked(d, new)
+        if io_pin:
+            assert d.refcount > 0 and d.io_wref is not None, \
+                f"buffer {d.buf_id}: I/O terminated without its own pin"
+            d.refcount -= 1
+            d.io_wref = None
+
+    def _retag_locked(self, d: BufferDesc, tag: tuple[int, int, int], *,
+                      claim_read: bool = False) -> None:
+        """Give a clean, pinned victim ``tag`` (EMPTY, or READING with ``claim_read``)."""
         if d.flags & BM_TAG_VALID:
             del self._table[d.tag]
             self._evictions += 1
+        self._set_state_locked(d, B.READING if claim_read else B.EMPTY)
         d.tag = tag
-        d.flags = BM_TAG_VALID
         d.usage_count = 1
         d.error = ""
         self._table[tag] = d.buf_id
@@ -415,7 +504,7 @@ class BufferManager:
                         elif flags & BM_IO_IN_PROGRESS:
                             foreign.append((i, d.io_wref))
                         else:
-                            d.flags = (flags | BM_IO_IN_PROGRESS) & ~BM_IO_ERROR
+                            self._start_buffer_io_locked(d, for_input=True)
                             missing.append(i)
                     else:
                         d = descs[self._hand]  # the clock sweep's usual first answer, inline
@@ -428,11 +517,12 @@ class BufferManager:
                         if flags & BM_DIRTY:
                             dirty = d.buf_id  # pinned; written below, outside the lock
                             break
-                        if flags & BM_TAG_VALID:  # _retag_locked, inline
+                        if flags & BM_TAG_VALID:  # _retag_locked(claim_read=True), inline
                             del table[d.tag]
                             evictions += 1
+                        assert (flags, B.READING) in _LEGAL_EDGES, _illegal(d, B.READING)
+                        d.flags = B.READING
                         d.tag = tag
-                        d.flags = BM_TAG_VALID | BM_IO_IN_PROGRESS
                         d.usage_count = 1
                         d.error = ""
                         b = table[tag] = d.buf_id
@@ -460,10 +550,9 @@ class BufferManager:
                 if count_hit:
                     self._hits += 1
                 return _VALID
-            if d.flags & BM_IO_IN_PROGRESS:
+            if not self._start_buffer_io_locked(d, for_input=True):
                 op.foreign.append((i, d.io_wref))
                 return _FOREIGN
-            d.flags = (d.flags | BM_IO_IN_PROGRESS) & ~BM_IO_ERROR
             return _CLAIMED
 
     def _abandon(self, op: ReadBuffersOperation, claimed: list[int]) -> None:
@@ -474,7 +563,7 @@ class BufferManager:
                 if i < len(op.buffers):
                     b = op.buffers[i]
                     if b not in in_io:
-                        self.descs[b].flags &= ~BM_IO_IN_PROGRESS
+                        self._terminate_buffer_io_locked(self.descs[b], B.EMPTY, io_pin=False)
             self._io_done.notify_all()
         self.unpin_many(op.buffers)
 
@@ -598,16 +687,11 @@ class BufferManager:
 
     def read_buffer(self, rel: int, fork: int, block: int) -> int:
         """One block, pinned (no content lock)."""
-        op = self.start_read_buffers(rel, fork, block, 1)
-        if op.needs_wait:
-            try:
-                self.wait_read_buffers(op)
-            except BaseException:
-                self.unpin_many(op.buffers)
-                raise
-        return op.buffers[0]
+        return self.read_buffers(rel, fork, block, 1)[0]
 
     def read_buffers(self, rel: int, fork: int, first_block: int, nblocks: int) -> list[int]:
+        """Blocks ``first_block..+nblocks-1``, pinned (no content lock), in block order;
+        on failure nothing stays pinned."""
         op = self.start_read_buffers(rel, fork, first_block, nblocks)
         if op.needs_wait:
             try:
@@ -657,30 +741,20 @@ class BufferManager:
             ok_ids = [b for k, b in enumerate(buf_ids[:done]) if k not in bad_ks]
         else:
             ok_ids = buf_ids[:done]
+        terminate = self._terminate_buffer_io_locked
         with self._lock:
             if done == n and not bad:  # the usual case: one pass
                 for b in buf_ids:
-                    d = descs[b]
-                    d.flags = (d.flags | BM_VALID) & ~(BM_IO_IN_PROGRESS | BM_IO_ERROR)
-                    d.refcount -= 1
-                    d.io_wref = None
+                    terminate(descs[b], B.VALID, io_pin=True)
             else:
                 for b in ok_ids:
-                    d = descs[b]
-                    d.flags = (d.flags | BM_VALID) & ~(BM_IO_IN_PROGRESS | BM_IO_ERROR)
-                failed = prior.status == ERROR
+                    terminate(descs[b], B.VALID, io_pin=True)
+                # Blocks not read: failed, or left for the issuer to read again (PARTIAL).
+                unread = B.READ_FAILED if prior.status == ERROR else B.EMPTY
                 for k in range(done, n):
-                    d = descs[buf_ids[k]]
-                    d.flags &= ~BM_IO_IN_PROGRESS
-                    if failed:
-                        d.flags |= BM_IO_ERROR
+                    terminate(descs[buf_ids[k]], unread, io_pin=True)
                 for blk, _ in bad:
-                    d = descs[buf_ids[blk - block]]
-                    d.flags = (d.flags | BM_IO_ERROR) & ~BM_IO_IN_PROGRESS
-                for b in buf_ids:
-                    d = descs[b]
-                    d.refcount -= 1
-                    d.io_wref = None
+                    terminate(descs[buf_ids[blk - block]], B.READ_FAILED, io_pin=True)
             self._zeroed += len(zeroed)
             self._ignored += len(ignored)
             self._io_done.notify_all()
@@ -733,14 +807,13 @@ class BufferManager:
                 # read can land on the page after the caller wrote into it.
                 while True:
                     with self._lock:
-                        if not d.flags & BM_IO_IN_PROGRESS:
-                            d.flags |= BM_IO_IN_PROGRESS
+                        if self._start_buffer_io_locked(d, for_input=True, overwrite=True):
                             break
                     self._wait_buffer_io(b)
                 d.lock.acquire_exclusive()
                 self.pages[b][:] = bytes(BLCKSZ)
                 with self._lock:
-                    d.flags = (d.flags | BM_VALID) & ~(BM_IO_ERROR | BM_IO_IN_PROGRESS)
+                    self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
                     self._io_done.notify_all()
                 out.append(b)
             return out
@@ -749,6 +822,24 @@ class BufferManager:
         tag = self.descs[buf_id].tag
         assert tag is not None
         return tag
+
+    @contextlib.contextmanager
+    def buffer_locked(self, rel: int, fork: int, block: int, *,
+                      exclusive: bool = False) -> Iterator[int]:
+        """``with bm.buffer_locked(rel, fork, block) as buf:`` the one pin / lock / unlock /
+        unpin sequence: the block's buffer is pinned and content-locked (shared, or
+        exclusive) inside the block, both released on the way out, errors included."""
+        buf = self.read_buffer(rel, fork, block)
+        try:
+            lock, unlock = ((self.lock_exclusive, self.unlock_exclusive) if exclusive
+                            else (self.lock_shared, self.unlock_shared))
+            lock(buf)
+            try:
+                yield buf
+            finally:
+                unlock(buf)
+        finally:
+            self.unpin(buf)
 
     def lock_shared(self, buf_id: int) -> None:
         assert self.descs[buf_id].refcount > 0, "a buffer is pinned before it is locked"
@@ -769,7 +860,8 @@ class BufferManager:
         assert d.refcount > 0 and d.lock.held_exclusive, \
             "a buffer is pinned and exclusively locked before it is dirtied"
         with self._lock:
-            d.flags |= BM_DIRTY
+            if not d.flags & BM_DIRTY:
+                self._set_state_locked(d, B.DIRTY)
 
     def is_dirty(self, buf_id: int) -> bool:
         return bool(self.descs[buf_id].flags & BM_DIRTY)
@@ -850,9 +942,7 @@ class BufferManager:
             d = self.descs[b]
             d.lock.acquire_shared()
             with self._lock:
-                claim = bool(d.flags & BM_DIRTY) and not d.flags & BM_IO_IN_PROGRESS
-                if claim:
-                    d.flags |= BM_IO_IN_PROGRESS
+                claim = self._start_buffer_io_locked(d, for_input=False)
             if claim:
                 pieces[-1].append(b)
             else:
@@ -872,6 +962,11 @@ class BufferManager:
                 self.flush_wal(lsn)  # WAL before data
             for k, b in enumerate(claimed):
                 page_set_checksum(self.pages[b], rel, fork, block + k)
+            # Invariant 7: well-formed before written (one C call checks the run).
+            malformed = self._verifier.verify(claimed, rel, fork, block)
+            assert not malformed, (
+                f"refusing to write a malformed page: block {block + malformed[0][0]} of "
+                f"relation {rel} fork {Fork(fork).label}: {malformed[0][1].reason}")
             views = [self.pages[b] for b in claimed]
             h = self.aio.acquire(io.ret)
             h.add_callback(CallbackId.BUFMGR_WRITEV, io)
@@ -884,7 +979,7 @@ class BufferManager:
                 h.release()
             with self._lock:  # never started: give the claims and locks back
                 for b in claimed:
-                    self.descs[b].flags &= ~BM_IO_IN_PROGRESS
+                    self._terminate_buffer_io_locked(self.descs[b], B.DIRTY, io_pin=False)
                 self._io_done.notify_all()
             for b in claimed:
                 self.descs[b].lock.release_shared()
@@ -906,13 +1001,8 @@ class BufferManager:
         done = prior.result if prior.status in (OK, PARTIAL) else 0
         with self._lock:
             for k, b in enumerate(io.buf_ids):
-                d = self.descs[b]
-                if k < done:
-                    d.flags &= ~(BM_DIRTY | BM_IO_IN_PROGRESS | BM_IO_ERROR)
-                else:
-                    d.flags = (d.flags | BM_IO_ERROR) & ~BM_IO_IN_PROGRESS
-                d.refcount -= 1
-                d.io_wref = None
+                self._terminate_buffer_io_locked(
+                    self.descs[b], B.VALID if k < done else B.WRITE_FAILED, io_pin=True)
             self._io_done.notify_all()
         for b in io.buf_ids:
             self.descs[b].lock.release_shared()
@@ -929,8 +1019,8 @@ class BufferManager:
                     continue
                 assert d.refcount == 0, f"dropping pinned buffer of {describe(*t)}"
                 del self._table[t]
+                self._set_state_locked(d, B.FREE)
                 d.tag = None
-                d.flags = 0
                 d.usage_count = 0
 
     def stats(self) -> BufferStats:
@@ -939,14 +1029,46 @@ class BufferManager:
                            self._write_ios, self._evictions, self._io_wait_ns, self._zeroed,
                            self._ignored)
 
-    def check(self) -> None:
-        """Whole-structure check (tests): table and descriptors agree."""
+    def check(self, *, quiescent: bool = True) -> None:
+        """Whole-structure check (tests, after each step): the table and the descriptors
+        agree and every descriptor holds a legal ``BufferState``. With ``quiescent`` (no
+        caller holds a buffer and no I/O is in flight, as at the end of a statement) it
+        also finds leaked pins, buffers stuck in IO_IN_PROGRESS and content locks left
+        held. Raises AssertionError listing every problem found."""
+        problems = []
         with self._lock:
             for tag, b in self._table.items():
                 d = self.descs[b]
-                assert d.tag == tag and d.flags & BM_TAG_VALID, f"table entry {tag} -> {b} stale"
+                if d.tag != tag or not d.flags & BM_TAG_VALID:
+                    problems.append(f"table entry {tag} -> buffer {b} is stale")
             tagged = sum(1 for d in self.descs if d.flags & BM_TAG_VALID)
-            assert tagged == len(self._table), "descriptors with a tag but not in the table"
+            if tagged != len(self._table):
+                problems.append(f"{tagged} descriptors have a tag, the table holds "
+                                f"{len(self._table)}")
             for d in self.descs:
-                assert d.refcount >= 0
+                where = f"buffer {d.buf_id} ({describe(*d.tag) if d.tag else 'no tag'})"
+                if d.flags not in _STATE_VALUES:
+                    problems.append(f"{where} has flags {d.flags:#x}, no BufferState")
+                if d.refcount < 0:
+                    problems.append(f"{where} has pin count {d.refcount}")
+                if not quiescent:
+                    continue
+                if d.refcount:
+                    problems.append(f"{where} is still pinned ({d.refcount} pins): leaked")
+                if d.flags & BM_IO_IN_PROGRESS:
+                    problems.append(f"{where} is stuck in IO_IN_PROGRESS "
+                                    f"({'no I/O owns it' if d.io_wref is None else d.io_wref})")
+                if d.lock.held:
+                    problems.append(f"{where} still has its content lock held")
+        assert not problems, "buffer manager check failed:\n" + "\n".join(problems)
 
+
+
+def _illegal(d: BufferDesc, new: int) -> str:
+    """The assertion message for a transition ``LEGAL_TRANSITIONS`` does not allow."""
+    try:
+        old_name = BufferState(d.flags).name
+    except ValueError:
+        old_name = f"flags {d.flags:#x} (no BufferState)"
+    return (f"illegal buffer state transition {old_name} -> {BufferState(new).name} "
+            f"(buffer {d.buf_id}, {describe(*d.tag) if d.tag else 'no tag'})")

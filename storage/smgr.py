@@ -443,23 +443,35 @@ class Smgr:
 
     def _read_piece(self, rel: int, fork: Fork, block: int, iov: Sequence) -> None:
         """One preadv (more only for short reads) of blocks within one segment."""
+        want = len(iov) * BLCKSZ
+        done = self._transfer_piece(False, rel, fork, block, iov)
+        if done < want:  # end of file: reading past the relation's end
+            path = self._segment_path(rel, fork, block // self._segment_size)
+            raise DataCorruptionError(
+                f"could not read {describe(rel, fork, block, len(iov))} in file {path}: "
+                f"read only {done} of {want} bytes", relation=rel, fork=fork, block=block)
+
+    def _transfer_piece(self, write: bool, rel: int, fork: Fork, block: int,
+                        iov: Sequence) -> int:
+        """One pwritev/preadv of blocks within one segment, continued after short
+        transfers by ``aio.transfer``'s policy; returns the bytes transferred (a read stops
+        short at end of file). A write to a missing segment other than 0 creates it."""
         segno, in_segment = divmod(block, self._segment_size)
+        if write:
+            self._note_written(rel, fork, segno)
         path = self._segment_path(rel, fork, segno)
         nblocks = len(iov)
-        fd = self._acquire_segment(rel, fork, segno, False,
-                                   lambda: f"read {describe(rel, fork, block, nblocks)}")
-        want = nblocks * BLCKSZ
+        verb = "write" if write else "read"
+        fd = self._acquire_segment(rel, fork, segno, write and segno > 0,
+                                   lambda: f"{verb} {describe(rel, fork, block, nblocks)}")
         try:
             done, calls = transfer_all(
-                fd, iov, in_segment * BLCKSZ, write=False,
+                fd, iov, in_segment * BLCKSZ, write=write,
                 what=lambda: f"{describe(rel, fork, block, nblocks)} in file {path}")
         finally:
             self._files.release(path, fd)
-        self._count_reads(calls, done)
-        if done < want:  # end of file: reading past the relation's end
-            raise DataCorruptionError(
-                f"could not read {describe(rel, fork, block, nblocks)} in file {path}: "
-                f"read only {done} of {want} bytes", relation=rel, fork=fork, block=block)
+        (self._count_writes if write else self._count_reads)(calls, done)
+        return done
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -481,19 +493,7 @@ class Smgr:
 
     def _write_piece(self, rel: int, fork: Fork, block: int, iov: Sequence) -> None:
         """One pwritev (more only for short writes) of blocks within one segment."""
-        segno, in_segment = divmod(block, self._segment_size)
-        self._note_written(rel, fork, segno)
-        path = self._segment_path(rel, fork, segno)
-        nblocks = len(iov)
-        fd = self._acquire_segment(rel, fork, segno, segno > 0,
-                                   lambda: f"write {describe(rel, fork, block, nblocks)}")
-        try:
-            done, calls = transfer_all(
-                fd, iov, in_segment * BLCKSZ, write=True,
-                what=lambda: f"{describe(rel, fork, block, nblocks)} in file {path}")
-        finally:
-            self._files.release(path, fd)
-        self._count_writes(calls, done)
+        self._transfer_piece(True, rel, fork, block, iov)
 
     def extend(self, rel: int, fork: int, block: int, data) -> None:
         """Add block ``block`` (at or beyond ``nblocks``) holding ``data`` (``BLCKSZ`` bytes).

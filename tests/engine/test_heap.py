@@ -37,6 +37,7 @@ from slonik.engine.access.tuple import (
     TupleTooLargeError,
 )
 from slonik.engine.recovery import RedoAction, RedoContext
+from slonik.engine.rmgrlist import install as install_rmgrs
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.page import BLCKSZ, CHECKSUM_OFFSET, page_check, page_set_lsn
 from slonik.storage.smgr import Fork, Smgr
@@ -562,6 +563,7 @@ def test_crash_recovery_through_redo_context(tmp_path, aio):
 
     ctx.read_buffer_for_redo = spy
     n = 0
+    install_rmgrs()  # as recovery's startup does
     for rr in reader:
         get_rmgr(rr.record.rmgr).redo(ctx, rr)
         n += 1
@@ -575,8 +577,9 @@ def test_crash_recovery_through_redo_context(tmp_path, aio):
 
 
 def test_rmgr_registered_and_describe_is_one_line():
-    """Importing engine.heap registers RM_HEAP as "heap" with heap_redo/heap_describe; a
-    malformed payload is described, not raised."""
+    """The engine's rmgr table (engine/rmgrlist.py) binds RM_HEAP as "heap" with
+    heap_redo/heap_describe; a malformed payload is described, not raised."""
+    install_rmgrs()
     rm = get_rmgr(RM_HEAP)
     assert rm.name == "heap" and rm.redo is heap_redo and rm.describe is heap_describe
     from slonik.wal.record import BlockRef, WalRecord

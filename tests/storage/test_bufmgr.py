@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import struct
 import threading
 import warnings
 
@@ -11,7 +12,13 @@ from slonik.aio import osfile
 from slonik.aio.core import Aio, make_method
 from slonik.aio.errors import IOFailure
 from slonik.aio.handle import IoOp
-from slonik.storage.bufmgr import BufferManager, DamagedPageWarning, NoFreeBuffersError
+from slonik.storage.bufmgr import (
+    LEGAL_TRANSITIONS,
+    BufferManager,
+    BufferState,
+    DamagedPageWarning,
+    NoFreeBuffersError,
+)
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import (
     BLCKSZ,
@@ -394,3 +401,109 @@ def test_extend_waits_for_a_read_of_the_new_block(env):
         b = bm.read_buffer(REL, Fork.MAIN, block)
         assert item(bm, b) == text, f"block {block} lost its item"
         bm.unpin(b)
+
+
+def _dirty_block(bm: BufferManager, block: int) -> int:
+    """Read ``block``, dirty it under its exclusive lock; returns the buffer, still pinned."""
+    b = bm.read_buffer(REL, Fork.MAIN, block)
+    bm.lock_exclusive(b)
+    bm.mark_dirty(b)
+    bm.unlock_exclusive(b)
+    return b
+
+
+def test_check_finds_a_leaked_pin(env):
+    """A pin nobody gives back is reported by check() (naming the buffer and block) at a
+    quiescent point; once it is released check() passes, and a check that is told pins
+    are expected (quiescent=False) does not report it."""
+    bm, _ = env
+    bufs = bm.read_buffers(REL, Fork.MAIN, 0, 3)
+    bm.unpin_many(bufs[:2])
+    with pytest.raises(AssertionError, match=rf"block 2 of relation {REL}.*still pinned"):
+        bm.check()
+    bm.check(quiescent=False)
+    bm.unpin(bufs[2])
+    bm.check()
+
+
+def test_check_finds_a_buffer_stuck_in_io_in_progress(env):
+    """A buffer whose I/O was claimed (StartBufferIO) but never terminated — planted through
+    the state machine's own start call — is reported as stuck in IO_IN_PROGRESS with no I/O
+    owning it; terminating the I/O makes check() pass again."""
+    bm, _ = env
+    b = _dirty_block(bm, 5)
+    bm.unpin(b)
+    d = bm.descs[b]
+    with bm._lock:
+        assert bm._start_buffer_io_locked(d, for_input=False)
+    assert BufferState(d.flags) == BufferState.WRITING
+    with pytest.raises(AssertionError, match=r"stuck in IO_IN_PROGRESS \(no I/O owns it\)"):
+        bm.check()
+    with bm._lock:
+        bm._terminate_buffer_io_locked(d, BufferState.DIRTY, io_pin=False)
+    bm.check()
+    assert bm.flush_all() == 1
+
+
+def test_illegal_buffer_state_transitions_are_asserted(env):
+    """Every change of a descriptor's flags goes through one setter that asserts the edge
+    against LEGAL_TRANSITIONS: a clean VALID buffer cannot jump to WRITING, an I/O that is
+    not in progress cannot be terminated, a second read claim on a buffer being read is
+    refused; the buffer keeps its state after each refusal."""
+    bm, _ = env
+    b = bm.read_buffer(REL, Fork.MAIN, 1)
+    d = bm.descs[b]
+    assert BufferState(d.flags) == BufferState.VALID
+    with bm._lock:
+        with pytest.raises(AssertionError, match="illegal buffer state transition VALID -> WRITING"):
+            bm._set_state_locked(d, BufferState.WRITING)
+        with pytest.raises(AssertionError, match="VALID -> VALID"):
+            bm._terminate_buffer_io_locked(d, BufferState.VALID, io_pin=False)
+        assert not bm._start_buffer_io_locked(d, for_input=True)  # VALID: nothing to read
+    assert BufferState(d.flags) == BufferState.VALID
+    assert BufferState.WRITING not in LEGAL_TRANSITIONS[BufferState.VALID]
+    bm.unpin(b)
+    bm.check()
+
+
+def test_a_malformed_page_is_refused_before_it_is_written(env):
+    """A dirty page whose header breaks the page rules (lower past upper) is refused with
+    an AssertionError naming the block before any byte reaches the file; the buffer stays
+    dirty and unclaimed, and once the page is repaired the same flush writes it."""
+    bm, smgr = env
+    b = _dirty_block(bm, 6)
+    page = bm.page(b)
+    good = bytes(page)
+    before = bytearray(BLCKSZ)
+    smgr.readv(REL, Fork.MAIN, 6, [before])
+    bm.lock_exclusive(b)
+    page[14:18] = struct.pack("<HH", 8000, 100)  # pd_lower > pd_upper
+    bm.unlock_exclusive(b)
+    with pytest.raises(AssertionError, match=rf"malformed page: block 6 of relation {REL}"):
+        bm.flush_buffer(b)
+    after = bytearray(BLCKSZ)
+    smgr.readv(REL, Fork.MAIN, 6, [after])
+    assert after == before
+    assert BufferState(bm.descs[b].flags) == BufferState.DIRTY
+    bm.lock_exclusive(b)
+    page[:] = good
+    bm.unlock_exclusive(b)
+    bm.flush_buffer(b)
+    assert BufferState(bm.descs[b].flags) == BufferState.VALID
+    bm.unpin(b)
+    bm.check()
+
+
+def test_buffer_locked_releases_lock_and_pin_on_error(env):
+    """buffer_locked() is the one pin/lock/unlock/unpin sequence: inside, the buffer is
+    pinned and locked in the asked mode; leaving it, normally or by an exception, releases
+    both (check() finds nothing left)."""
+    bm, _ = env
+    with bm.buffer_locked(REL, Fork.MAIN, 3, exclusive=True) as b:
+        assert bm.descs[b].lock.held_exclusive and bm.descs[b].refcount == 1
+        assert item(bm, b) == f"rel {REL} block 3".encode()
+    bm.check()
+    with pytest.raises(RuntimeError, match="inside"), bm.buffer_locked(REL, Fork.MAIN, 4) as b:
+        assert bm.descs[b].lock.held and not bm.descs[b].lock.held_exclusive
+        raise RuntimeError("inside")
+    bm.check()
