@@ -1,8 +1,12 @@
 """Tools (``slonik.engine.tools``): everything that uses the engine rather than being it.
 
 - cli.py         the ``slonik`` command
-- check.py       offline verification of every page (read-only)
+- check.py       verification of every page, read-only (``--recover`` to recover first)
 - waltools.py    waldump and controldata (read-only)
+- offline.py     the read-only tools' access to a data directory without a Database:
+                 O_RDONLY block reads through an io method, the lock holder, catalog names,
+                 the pages WAL replay would restore
 - demo.py        ``make demo``; progress.py: progress lines on a terminal
 - bench*.py      benchmarks against fio and SQLite measured in the same run
+- fio.py         the one fio runner the benches share
 """

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from slonik.engine.tools.offline import lock_holder
 from slonik.storage.page import BLCKSZ
 from slonik.wal.control import DbState, read_control
 from slonik.wal.lsn import format_lsn
@@ -257,3 +258,22 @@ def test_check_never_creates_a_lock_file(tmp_path, io_method):
     slonik("controldata", path, check_rc=0)
     slonik("waldump", path, check_rc=0)
     assert snapshot(path) == before
+
+
+def test_lock_holder_without_the_kernel_lock_table(tmp_path):
+    """Where /proc/locks cannot be read, lock_holder probes with a shared non-blocking
+    flock on a read-only descriptor: it names the holder (from the lock file) while a
+    Database is open, None after close, and leaves the lock file's bytes and mtime alone.
+    With the table readable, the answer is the same pid."""
+    path = tmp_path / "db"
+    with Database.open(path, io_method="sync") as db:
+        db.kv("s")[b"k"] = b"v"
+        lock = path / LOCK_FILE
+        before = (lock.read_bytes(), lock.stat().st_mtime_ns)
+        assert lock_holder(str(path), proc_locks=str(tmp_path / "no-such-table")) == os.getpid()
+        assert lock_holder(str(path)) == os.getpid()
+        assert (lock.read_bytes(), lock.stat().st_mtime_ns) == before
+    assert lock_holder(str(path), proc_locks=str(tmp_path / "no-such-table")) is None
+    assert lock_holder(str(path)) is None
+    os.unlink(path / LOCK_FILE)
+    assert lock_holder(str(path)) is None and not (path / LOCK_FILE).exists()
