@@ -36,7 +36,7 @@ KEYS_PER_TRANSACTION = 8
 VALUE_BYTES = 1500                # inline KV values (under the overflow threshold)
 HOT_KEYS = 8                      # the keys the WAL fill overwrites
 HOT_VALUE_BYTES = 1800
-WARMUP_WAL_BYTES = 5 << 20        # overwrites before the filler: checkpoints recycle WAL
+WARMUP_WAL_BYTES = 3 << 20        # overwrites before the filler: checkpoints recycle WAL
                                   # segments (data test), autovacuum cycles the heap (both)
 AFTER_FREE_TRANSACTIONS = 20      # writes that must succeed once space is freed
 TABLE_COLUMNS = [("id", "int8"), ("payload", "bytea")]
