@@ -52,6 +52,7 @@ from slonik.aio.errors import StorageError
 from slonik.aio.handle import AioResult, AioReturn, Handle, HandleState, ResultStatus, WaitRef
 from slonik.aio.ids import CallbackId
 from slonik.aio.memory import aligned_buffer
+from slonik.aio.transfer import SHORT_TRANSFER_RETRIES_MAX
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import (
     BLCKSZ,
@@ -107,7 +108,6 @@ BM_MAX_USAGE_COUNT = 5        # as PostgreSQL: how many sweeps a popular buffer 
 SHARED_BUFFERS_MIN = 16       # a pool smaller than this cannot hold one combined read
 SHARED_BUFFERS_MAX = 1 << 22  # 32 GiB of pages; beyond that this design is the wrong tool
 IO_COMBINE_LIMIT_MAX = 128    # blocks per I/O (1 MiB), as PostgreSQL's io_max_combine_limit
-SHORT_READ_RETRIES_MAX = 64   # re-issues of a read that keeps coming back short
 
 ERROR, PARTIAL, OK, WARNING = (ResultStatus.ERROR, ResultStatus.PARTIAL, ResultStatus.OK,
                                ResultStatus.WARNING)
@@ -619,7 +619,7 @@ class BufferManager:
         re-issue the rest of short reads, raise on failure. Returns the pinned buffers."""
         t0 = time.perf_counter_ns()
         try:
-            for _ in range(SHORT_READ_RETRIES_MAX):
+            for _ in range(SHORT_TRANSFER_RETRIES_MAX):  # aio.transfer's policy, rule 1
                 ios, op.ios = op.ios, []
                 retry: list[int] = []
                 for io in ios:
@@ -657,7 +657,7 @@ class BufferManager:
                     return op.buffers
                 self._start_runs(op, reclaim)
             raise StorageError(f"reading {describe(op.rel, op.fork, op.first_block, len(op.buffers))} "
-                               f"came back short {SHORT_READ_RETRIES_MAX} times")
+                               f"came back short {SHORT_TRANSFER_RETRIES_MAX} times")
         finally:
             self._io_wait_ns += time.perf_counter_ns() - t0
 
