@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print at most this many pairs or rows")
     scan.add_argument("--json", action="store_true",
                       help="a JSON array: {key, value} per pair (text, or hex with --hex), "
-                           "or one object per row keyed by column (bytea as \"\\\\x...\")")
+                           "or one object per row keyed by column (bytea as \\x-prefixed hex text)")
     scan.add_argument("--hex", action="store_true",
                       help="keys and values in hexadecimal (KV stores)")
     scan.set_defaults(func=_cmd_scan)
