@@ -29,6 +29,7 @@ int slk_bt_search(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint
                   int upper);
 int slk_bt_visible(const uint8_t *page, uint64_t snap_xmax, uint64_t own,
                    const uint64_t *excluded, int nexcluded, uint16_t *out);
+int64_t slk_bt_locate(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint64_t xmin);
 """
 
 SOURCE = r"""
@@ -293,6 +294,36 @@ int slk_bt_search(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint
         if (c < 0 || (upper && c == 0)) lo = mid + 1; else hi = mid;
     }
     return lo;
+}
+
+/* One step of a descent: -2 when the target is >= the high key (move right), else on a
+ * leaf the first offnum >= target, on an internal page the child block of the last pivot
+ * <= target; -1 for a page that cannot be read safely. */
+int64_t slk_bt_locate(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint64_t xmin)
+{
+    int first, count, leaf;
+    int lower = bt_bounds(page, &first, &count, &leaf);
+    if (lower < 0) return -1;
+    if (first == 2) {                                   /* high key: a pivot at offnum 1 */
+        uint32_t off, len;
+        if (bt_item(page, 1, lower, &off, &len) < 0 || len < BT_PIVOT_HDR) return -1;
+        const uint8_t *it = page + off;
+        uint32_t hklen = load16(it + 13);
+        if (BT_PIVOT_HDR + hklen > len) return -1;
+        uint64_t hxmin = load64(it + 4);
+        uint32_t n = hklen < keylen ? hklen : keylen;
+        int c = memcmp(key, it + BT_PIVOT_HDR, n);
+        if (c == 0) c = keylen < hklen ? -1 : keylen > hklen ? 1 : 0;
+        if (c == 0) c = xmin > hxmin ? -1 : xmin < hxmin ? 1 : 0;
+        if (c >= 0) return -2;
+    }
+    if (leaf)
+        return slk_bt_search(page, key, keylen, xmin, 0);
+    int pos = slk_bt_search(page, key, keylen, xmin, 1) - 1;
+    if (pos < first) return -1;
+    uint32_t off, len;
+    if (bt_item(page, pos, lower, &off, &len) < 0 || len < BT_PIVOT_HDR) return -1;
+    return (int64_t)load32(page + off);
 }
 
 static int xid_sees(uint64_t x, uint64_t snap_xmax, uint64_t own, const uint64_t *ex, int n)

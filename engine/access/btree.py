@@ -63,6 +63,7 @@ from slonik.engine.access.btree_page import (
     ENTRY_OVERFLOW,
     KEY_MAX_BYTES,
     LEAF_HEADER_SIZE,
+    MOVE_RIGHT,
     OVERFLOW_CHUNK_BYTES,
     P_NONE,
     PAGE_CAPACITY_BYTES,
@@ -73,11 +74,13 @@ from slonik.engine.access.btree_page import (
     Special,
     bt_first_data,
     bt_fits,
+    bt_item,
     bt_item_count,
     bt_items,
     bt_special,
     entry_key,
     item_cost,
+    locate,
     minus_inf_pivot,
     pack_entry,
     pack_pivot,
@@ -113,7 +116,6 @@ from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import (
     BLCKSZ,
     LOWER_OFFSET,
-    page_get_item,
     page_get_lsn,
     page_is_new,
     page_set_lsn,
@@ -253,12 +255,6 @@ def _hole(page) -> tuple[int, int]:
     return struct.unpack_from("<HH", page, LOWER_OFFSET)
 
 
-def _below(key: bytes, xmin: int, item) -> bool:
-    """(key, xmin) < the pivot ``item`` (a high key) in tree order."""
-    p = unpack_pivot(item)
-    return (key, -xmin) < (p.key, -p.xmin)
-
-
 def _choose_split(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None,
                   new_index: int) -> int:
     """Index k: the left page keeps items[:k] (+ a high key made of items[k]'s key), the
@@ -359,7 +355,7 @@ class BTree:
             if page_is_new(page):
                 raise BTreePageError("metapage is all zero")
             special = bt_special(page)
-            item = page_get_item(page, 1)
+            item = bt_item(page, 1)
             if not special.flags & BTP_META or len(item) != _META.size:
                 raise BTreePageError(f"block 0 is not a metapage (flags {special.flags:#x})")
             magic, version, root, level, free_head, free_count = _META.unpack_from(item)
@@ -465,14 +461,16 @@ class BTree:
             try:
                 page = bm.page(buf)
                 special = self._special(page, block)
-                while special.next != P_NONE and (
-                        rightmost or not _below(key, xmin, page_get_item(page, 1))):
+                # One C call per page: move right (L&Y), or the child / leaf position.
+                found = MOVE_RIGHT if rightmost else locate(page, key, xmin)
+                while found == MOVE_RIGHT and special.next != P_NONE:
                     nxt = special.next
                     self._release(buf)
                     buf = None
                     buf = self._read(nxt)
                     block, page = nxt, bm.page(buf)
                     special = self._special(page, block)
+                    found = MOVE_RIGHT if rightmost else locate(page, key, xmin)
                 if expect_level is not None and special.level != expect_level:
                     raise self._corrupt(block, f"level {special.level}, but its parent "
                                                f"is at level {expect_level + 1}")
@@ -484,14 +482,13 @@ class BTree:
                         bm.unlock_shared(buf)
                         bm.lock_exclusive(buf)
                     return block, buf
-                count = bt_item_count(page)
                 if rightmost:
-                    pos = count
+                    pos = bt_item_count(page)
+                    if pos < bt_first_data(special):
+                        raise self._corrupt(block, "internal page without a downlink")
+                    child = unpack_pivot(bt_item(page, pos)).child
                 else:
-                    pos = search_page(page, key, xmin, True) - 1
-                if pos < bt_first_data(special):
-                    raise self._corrupt(block, "internal page without a downlink")
-                child = unpack_pivot(page_get_item(page, pos)).child
+                    child = found
             except BTreePageError as e:
                 if buf is not None:
                     self._release(buf)
@@ -524,13 +521,13 @@ class BTree:
                 ended = False
                 for off in range(search_page(page, key, XMIN_MAX, False),
                                  bt_item_count(page) + 1):
-                    e = unpack_entry(page_get_item(page, off))
+                    e = unpack_entry(bt_item(page, off))
                     if e.key != key:
                         ended = True
                         break
                     out.append(e)
                 nxt = special.next
-                if nxt != P_NONE and unpack_pivot(page_get_item(page, 1)).key != key:
+                if nxt != P_NONE and unpack_pivot(bt_item(page, 1)).key != key:
                     ended = True  # the right sibling starts at a greater key
             except BTreePageError as e:
                 self._release(buf)
@@ -578,7 +575,7 @@ class BTree:
         out = []
         count = bt_item_count(page)
         for off in range(first, count + 1):
-            xmin, xmax = struct.unpack_from("<QQ", page_get_item(page, off))
+            xmin, xmax = struct.unpack_from("<QQ", bt_item(page, off))
             if snapshot(xmin, xmax):
                 out.append(off)
         return out
@@ -598,13 +595,13 @@ class BTree:
                 out = []
                 done = False
                 for off in self._visible(page, first, snapshot):
-                    e = unpack_entry(page_get_item(page, off))
+                    e = unpack_entry(bt_item(page, off))
                     if stop is not None and e.key >= stop:
                         done = True
                         break
                     out.append(e)
                 if stop is not None and special.next != P_NONE and \
-                        unpack_pivot(page_get_item(page, 1)).key >= stop:
+                        unpack_pivot(bt_item(page, 1)).key >= stop:
                     done = True  # everything to the right is >= the high key >= stop
                 nxt = special.next
             except BTreePageError as e:
@@ -639,13 +636,13 @@ class BTree:
                 out = []
                 done = False
                 for off in reversed([o for o in self._visible(page, first, snapshot) if o < end]):
-                    e = unpack_entry(page_get_item(page, off))
+                    e = unpack_entry(bt_item(page, off))
                     if start is not None and e.key < start:
                         done = True
                         break
                     out.append(e)
                 if start is not None and first < end and \
-                        entry_key(page_get_item(page, first))[0] < start:
+                        entry_key(bt_item(page, first))[0] < start:
                     done = True
                 prev = special.prev
             except BTreePageError as e:
@@ -699,7 +696,7 @@ class BTree:
                             raise self._corrupt(block, f"expected overflow chunk {seq}, found "
                                                        f"flags {special.flags:#x} chunk "
                                                        f"{special.prev}")
-                        chunk = page_get_item(page, 1)
+                        chunk = bt_item(page, 1)
                         if pos + len(chunk) > ref.length:
                             raise self._corrupt(block, f"overflow chunk {seq} runs past the "
                                                        f"value's {ref.length} bytes")
@@ -844,7 +841,7 @@ class BTree:
             try:
                 page = self.bufmgr.page(buf)
                 off = search_page(page, key, xmin, False)
-                if off > bt_item_count(page) or entry_key(page_get_item(page, off)) != (key, xmin):
+                if off > bt_item_count(page) or entry_key(bt_item(page, off)) != (key, xmin):
                     return False
                 ch.actions.append((A_SET_XMAX, set_xmax_data(off, xmax)))
                 self._log(XLOG_BTREE_SET_XMAX, xmax or xmin, [ch])
@@ -884,7 +881,7 @@ class BTree:
         try:
             page = self.bufmgr.page(buf)
             off = search_page(page, key, xmin, False)
-            if off <= bt_item_count(page) and entry_key(page_get_item(page, off)) == (key, xmin):
+            if off <= bt_item_count(page) and entry_key(bt_item(page, off)) == (key, xmin):
                 raise ValueError(f"key {key[:40]!r} already has a version with xmin {xmin}")
             if bt_fits(page, len(item)):
                 changes[0].actions.append((A_INSERT, insert_data(off, item)))
@@ -978,7 +975,7 @@ class BTree:
             page = bm.page(buf)
             special = self._special(page, block)
             for off in range(bt_first_data(special), bt_item_count(page) + 1):
-                if unpack_pivot(page_get_item(page, off)).child == child:
+                if unpack_pivot(bt_item(page, off)).child == child:
                     return _Change(buf, block, False), off + 1
             self._release(buf, exclusive=True)
             if special.next == P_NONE:
@@ -1009,7 +1006,7 @@ class BTree:
                             if not special.flags & BTP_LEAF:
                                 continue
                             first = bt_first_data(special)
-                            entries = [(off, unpack_entry(page_get_item(page, off)))
+                            entries = [(off, unpack_entry(bt_item(page, off)))
                                        for off in range(first, bt_item_count(page) + 1)]
                         finally:
                             bm.unlock_shared(buf)
@@ -1195,7 +1192,7 @@ class _Checker:
                                            f"{special.prev}")
                 if bt_item_count(page) != 1:
                     raise self.fail(block, "overflow page without exactly one chunk")
-                n = len(page_get_item(page, 1))
+                n = len(bt_item(page, 1))
                 last = seq == ref.npages() - 1
                 if n != (ref.length - total if last else OVERFLOW_CHUNK_BYTES):
                     raise self.fail(block, f"overflow chunk {seq} has {n} bytes")

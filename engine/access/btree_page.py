@@ -70,7 +70,7 @@ from slonik.storage.page import (
 try:  # the optional C helpers (storage/_pagecheck_build.py); pure Python without them
     from slonik.storage._pagecheck import ffi as _ffi
     from slonik.storage._pagecheck import lib as _lib
-    if not hasattr(_lib, "slk_bt_search"):  # an extension built before the helpers existed
+    if not hasattr(_lib, "slk_bt_locate"):  # an extension built before the helpers existed
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
@@ -86,7 +86,8 @@ __all__ = [
     "bt_item_count", "bt_items", "bt_rebuild", "bt_insert_item", "bt_delete_items",
     "bt_set_xmax", "bt_fits", "bt_used_bytes", "item_cost",
     "pack_entry", "unpack_entry", "entry_key", "pack_pivot", "unpack_pivot",
-    "minus_inf_pivot", "item_sort_key", "search_page", "search_page_py",
+    "minus_inf_pivot", "item_sort_key", "search_page", "search_page_py", "bt_item",
+    "locate", "locate_py", "MOVE_RIGHT",
     "visible_offnums", "visible_offnums_py", "C_SEARCH",
 ]
 
@@ -246,6 +247,16 @@ def bt_delete_items(page, offnums: Sequence[int]) -> None:
     bt_rebuild(page, bt_special(page), [it for i, it in enumerate(items, 1) if i not in gone])
 
 
+def bt_item(page, offnum: int) -> memoryview:
+    """The item at ``offnum`` as a view (the hot-path twin of ``page_get_item``, with
+    the checks a B+tree page needs: in range, NORMAL, inside the items area)."""
+    lower = struct.unpack_from("<H", page, LOWER_OFFSET)[0]
+    if offnum < 1 or HEADER_SIZE + offnum * LINE_POINTER_SIZE > lower:
+        raise BTreePageError(f"offnum {offnum} is past the page's line pointers")
+    off, length = _item_at(page, offnum)
+    return memoryview(page)[off:off + length]
+
+
 def bt_set_xmax(page, offnum: int, xmax: int) -> None:
     item = page_get_item(page, offnum)
     struct.pack_into("<Q", item, 8, xmax)
@@ -345,6 +356,36 @@ def search_page_py(page, key: bytes, xmin: int, upper: bool) -> int:
         else:
             hi = mid
     return lo
+
+
+MOVE_RIGHT = -2  # locate(): the target is at or past the high key
+
+
+def locate_py(page, key: bytes, xmin: int) -> int:
+    """Reference: one step of a descent. ``MOVE_RIGHT`` when the page has a high key and
+    (key, xmin) >= it; else on a leaf the first offnum >= (key, xmin), on an internal page
+    the child block of the last pivot <= (key, xmin)."""
+    special = bt_special(page)
+    if special.next != P_NONE:
+        hk = unpack_pivot(bt_item(page, 1))
+        if (key, -xmin) >= (hk.key, -hk.xmin):
+            return MOVE_RIGHT
+    if special.level == 0:
+        return search_page_py(page, key, xmin, False)
+    pos = search_page_py(page, key, xmin, True) - 1
+    if pos < bt_first_data(special):
+        raise BTreePageError("internal page without a downlink")
+    return unpack_pivot(bt_item(page, pos)).child
+
+
+def locate(page, key: bytes, xmin: int) -> int:
+    """``locate_py`` in one C call when the helper module is built."""
+    if _lib is None:
+        return locate_py(page, key, xmin)
+    got = _lib.slk_bt_locate(_ffi.from_buffer(page), key, len(key), xmin)
+    if got == -1:  # malformed: the reference names what is wrong
+        return locate_py(page, key, xmin)
+    return got
 
 
 def search_page(page, key: bytes, xmin: int, upper: bool) -> int:

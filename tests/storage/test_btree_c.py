@@ -1,6 +1,7 @@
-"""The C B+tree page helpers in storage/_pagecheck (slk_bt_search, slk_bt_visible) agree
-with their Python references in engine/access/btree_page.py on arbitrary pages, targets
-and snapshots; damaged pages make C hand over to the reference, which raises."""
+"""The C B+tree page helpers in storage/_pagecheck (slk_bt_search, slk_bt_locate,
+slk_bt_visible) agree with their Python references in engine/access/btree_page.py on
+arbitrary pages, targets and snapshots; damaged pages make C hand over to the reference,
+which raises."""
 
 from __future__ import annotations
 
@@ -76,6 +77,29 @@ def test_c_internal_search_equals_reference(seps, rightmost, key, xmin, upper):
 @needs_c
 @settings(max_examples=300, deadline=None)
 @given(entries=st.lists(st.tuples(keys, xids, st.integers(0, 40)), max_size=60),
+       seps=st.lists(st.tuples(keys, xids), max_size=60), leaf=st.booleans(),
+       rightmost=st.booleans(), high=keys, high_xmin=st.integers(0, bp.XMIN_MAX),
+       key=keys, xmin=st.integers(0, bp.XMIN_MAX))
+def test_c_locate_equals_reference(entries, seps, leaf, rightmost, high, high_xmin, key,
+                                   xmin):
+    """slk_bt_locate (one descent step) equals locate_py on leaves and internal pages with
+    an arbitrary high key: MOVE_RIGHT exactly when the target is >= the high key, else the
+    leaf's lower bound or the child block of the last pivot <= the target."""
+    page = leaf_page(entries, rightmost) if leaf else internal_page(seps, rightmost)
+    if not rightmost:  # replace the fixed high key with the drawn one
+        items = bp.bt_items(page)
+        items[0] = bp.pack_pivot(high, high_xmin, 0)
+        bp.bt_rebuild(page, bp.bt_special(page), items)
+    got = bp.locate(page, key, xmin)
+    assert got == bp.locate_py(page, key, xmin)
+    assert (got == bp.MOVE_RIGHT) == (not rightmost and (key, -xmin) >= (high, -high_xmin))
+    if got != bp.MOVE_RIGHT and leaf:
+        assert got == bp.search_page_py(page, key, xmin, False)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(st.tuples(keys, xids, st.integers(0, 40)), max_size=60),
        rightmost=st.booleans(), snap_xmax=st.integers(1, 45), own=st.integers(0, 45),
        excluded=st.sets(xids, max_size=10))
 def test_c_visible_equals_reference_and_rule(entries, rightmost, snap_xmax, own, excluded):
@@ -109,3 +133,6 @@ def test_c_hands_damaged_page_to_reference():
         bp.search_page(page, b"b", 2, False)
     with pytest.raises(bp.BTreePageError, match="line pointer"):
         bp.visible_offnums(page, 10, 0, [])
+    assert bp._lib.slk_bt_locate(bp._ffi.from_buffer(page), b"b", 1, 2) == -1
+    with pytest.raises(bp.BTreePageError, match="line pointer"):
+        bp.locate(page, b"b", 2)
