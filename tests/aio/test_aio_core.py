@@ -12,7 +12,7 @@ import slonik.aio.callbacks as cb
 from slonik.aio.core import Aio, make_method
 from slonik.aio.errors import DiskFullError, IOFailure, IoMethodUnavailable
 from slonik.aio.handle import AioResult, AioReturn, HandleState, IoOp, ResultStatus
-from slonik.aio.ids import CallbackId, TargetId
+from slonik.aio.ids import CALLBACK_NAMES, TARGETS, CallbackId, TargetId
 from slonik.aio.memory import aligned_buffer
 
 from tests.support.method_faulty import FaultRule
@@ -446,3 +446,26 @@ def test_result_tuple_is_small_and_typed():
     """AioResult carries status, result, errno and the reporting callback id."""
     r = AioResult(ResultStatus.PARTIAL, 3, 0, 7)
     assert r.status == ResultStatus.PARTIAL and r.result == 3 and r.callback_id == 7
+
+
+def test_ids_are_one_table_and_nothing_else_is_accepted(aio, datafile):
+    """Every target id has its row in ids.TARGETS and every callback id a name; there is no
+    registration API left to add ids at import time; set_target/add_callback refuse an id
+    outside the table, and callback data of another id, with a ValueError naming it."""
+    assert set(TARGETS) == set(TargetId) and set(CALLBACK_NAMES) == set(CallbackId)
+    assert not any(name.startswith("register") for name in dir(cb))
+    path, _fd = datafile
+
+    class Mine(cb.IoCallbacks):
+        callback_id = CallbackId.TEST_2
+
+    h = aio.acquire()
+    try:
+        with pytest.raises(ValueError, match="no AIO target with id 99"):
+            h.set_target(99, (path, os.O_RDWR, 0))
+        with pytest.raises(ValueError, match="TEST_1 must be an IoCallbacks"):
+            h.add_callback(CallbackId.TEST_1, Mine())
+        h.add_callback(CallbackId.TEST_2, Mine())
+        assert h.callbacks == [(CallbackId.TEST_2, h.callbacks[0][1])]
+    finally:
+        h.release()

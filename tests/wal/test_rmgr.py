@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
+import subprocess
+import sys
+import tempfile
 
 import pytest
 from slonik.wal.errors import WalError
 from slonik.wal.rmgr import (
+    RM_CUSTOM_MIN,
     RM_HEAP,
     RM_SMGR,
     RM_TEST,
     RM_XACT,
     RM_XLOG,
+    RMGR_TABLE,
     ResourceManager,
     find_rmgr,
     get_rmgr,
+    install_rmgrs,
     register_rmgr,
     registered_rmgrs,
     rmgr_name,
@@ -84,3 +91,44 @@ def test_bad_registrations(bad, exc):
     with pytest.raises(exc):
         register_rmgr(bad)
     assert find_rmgr(198) is None
+
+
+def test_builtin_ids_come_from_the_one_table():
+    """Ids below RM_CUSTOM_MIN are RMGR_TABLE's: one of them under another name, or an id
+    below RM_CUSTOM_MIN the table does not list, is refused; install_rmgrs takes only
+    table ids; a custom id may not take a built-in name."""
+    assert RMGR_TABLE[RM_XLOG].name == "xlog" and RMGR_TABLE[RM_HEAP].name == "heap"
+    assert all(i < RM_CUSTOM_MIN for i in RMGR_TABLE)
+    with pytest.raises(ValueError, match="'heap' in RMGR_TABLE, not 'notheap'"):
+        register_rmgr(make(RM_HEAP, "notheap"))
+    with pytest.raises(ValueError, match="not in RMGR_TABLE"):
+        register_rmgr(make(100, "unlisted"))
+    with pytest.raises(ValueError, match="not in RMGR_TABLE"):
+        install_rmgrs([make(next(_ids), "custom")])
+    with pytest.raises(ValueError, match="built-in"):
+        register_rmgr(make(next(_ids), "xact"))
+    assert find_rmgr(100) is None
+
+
+def test_engine_table_binds_every_engine_rmgr_and_imports_bind_nothing():
+    """In a fresh interpreter, importing the modules that define resource managers binds
+    none of them (no registration as an import side effect); installing the engine's table
+    (engine/rmgrlist.py) binds exactly its managers, each under its RMGR_TABLE id and name,
+    and installing it twice is harmless."""
+    code = (
+        "import slonik.engine.access.heap, slonik.engine.xact, slonik.engine.smgr_wal\n"
+        "import slonik.wal.checkpoint\n"
+        "from slonik.wal.rmgr import RMGR_TABLE, registered_rmgrs\n"
+        "assert registered_rmgrs() == [], registered_rmgrs()\n"
+        "from slonik.engine import rmgrlist\n"
+        "rmgrlist.install(); rmgrlist.install()\n"
+        "got = registered_rmgrs()\n"
+        "assert got == list(rmgrlist.ENGINE_RMGRS), got\n"
+        "assert all(RMGR_TABLE[rm.id].name == rm.name for rm in got)\n"
+        "print(sorted(rm.name for rm in got))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tempfile.gettempdir(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    names = set(ast.literal_eval(out.stdout.strip()))
+    assert {"xlog", "xact", "smgr", "heap"} <= names <= {e.name for e in RMGR_TABLE.values()}
