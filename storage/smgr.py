@@ -313,13 +313,9 @@ class Smgr:
         segno = self._full_segments.get(key, 0)
         while True:
             path = self._segment_path(rel, fork, segno)
-            try:
-                fd = self._files.acquire(path)
-            except IOFailure as e:
-                if e.errno == errno.ENOENT and segno > 0:
-                    return segno * self._segment_size  # the previous segment was full
-                raise io_error(e.errno, f"could not open file {path} to count the blocks "
-                                         f"of relation {rel} fork {fork.label}") from e
+            fd = self._acquire_if_exists(rel, fork, segno, "count the blocks of")
+            if fd is None:
+                return segno * self._segment_size  # the previous segment was full
             try:
                 size = osfile.file_size(fd)
             except OSError as e:
@@ -676,16 +672,23 @@ class Smgr:
         self._check_open()
         segno = 0
         while True:
-            path = self._segment_path(rel, fork, segno)
-            try:
-                fd = self._files.acquire(path)
-            except IOFailure as e:
-                if e.errno == errno.ENOENT and segno > 0:
-                    return
-                raise io_error(e.errno, f"could not open file {path} to fsync relation "
-                                         f"{rel} fork {fork.label}") from e
-            self._fsync_segment(path, fd, rel, fork)
+            fd = self._acquire_if_exists(rel, fork, segno, "fsync")
+            if fd is None:
+                return
+            self._fsync_segment(self._segment_path(rel, fork, segno), fd, rel, fork)
             segno += 1
+
+    def _acquire_if_exists(self, rel: int, fork: Fork, segno: int, purpose: str) -> int | None:
+        """Segment ``segno``'s fd, held in use; None when that segment does not exist (the
+        end of the fork; segment 0 must exist). Other failures name ``purpose``."""
+        path = self._segment_path(rel, fork, segno)
+        try:
+            return self._files.acquire(path)
+        except IOFailure as e:
+            if e.errno == errno.ENOENT and segno > 0:
+                return None
+            raise io_error(e.errno, f"could not open file {path} to {purpose} relation "
+                                    f"{rel} fork {fork.label}") from e
 
     def _fsync_segment(self, path: str, fd: int, rel: int, fork: Fork) -> None:
         """fsync an acquired segment fd, then release it; IOFailure names the file."""
