@@ -300,6 +300,56 @@ class _Change:
         self.actions: list[tuple[int, bytes]] = []
 
 
+class _LeafFeed:
+    """Next-block callback of a leaf-level read stream: the downlinks of the level above
+    the leaves, from the one covering ``key`` rightwards, one parent page at a time (each
+    copied under a short share lock). A lone root leaf is the whole feed."""
+
+    def __init__(self, tree: BTree, key: bytes) -> None:
+        self.tree = tree
+        self.queue: list[int] = []
+        self.pos = 0
+        block, buf = tree._descend(key, XMIN_MAX, level=1)
+        try:
+            page = tree.bufmgr.page(buf)
+            special = tree._special(page, block)
+            if special.level == 0:  # the root is the only leaf
+                self.queue = [block]
+                self.next_parent = P_NONE
+                return
+            first = max(bt_first_data(special), search_page(page, key, XMIN_MAX, True) - 1)
+            self._take(page, special, first, block)
+        finally:
+            tree._release(buf)
+
+    def _take(self, page, special: Special, first: int, block: int) -> None:
+        try:
+            self.queue = [unpack_pivot(bt_item(page, off)).child
+                          for off in range(first, bt_item_count(page) + 1)]
+        except BTreePageError as e:
+            raise self.tree._corrupt(block, str(e)) from None
+        self.pos = 0
+        self.next_parent = special.next
+
+    def __call__(self) -> int | None:
+        while self.pos >= len(self.queue):
+            if self.next_parent == P_NONE:
+                return None
+            block = self.next_parent
+            buf = self.tree._read(block)
+            try:
+                page = self.tree.bufmgr.page(buf)
+                special = self.tree._special(page, block)
+                if special.level != 1:
+                    raise self.tree._corrupt(block, f"right-link on level 1 leads to a level "
+                                                    f"{special.level} page")
+                self._take(page, special, bt_first_data(special), block)
+            finally:
+                self.tree._release(buf)
+        self.pos += 1
+        return self.queue[self.pos - 1]
+
+
 class BTree:
     """See the module docstring. Build with ``BTree.create`` or ``BTree.open``; one object
     per relation fork in a process (it owns the write lock and the cached metapage)."""
@@ -449,10 +499,12 @@ class BTree:
 
     # --- descent -------------------------------------------------------------------------------
     def _descend(self, key: bytes, xmin: int, *, stack: list[int] | None = None,
-                 exclusive: bool = False, rightmost: bool = False) -> tuple[int, int]:
+                 exclusive: bool = False, rightmost: bool = False,
+                 level: int = 0) -> tuple[int, int]:
         """(block, buf) of the leaf where (key, xmin) belongs (or the rightmost leaf),
         locked (share, or exclusive for writers). Moves right past splits (L&Y); records
-        the internal pages passed in ``stack``."""
+        the internal pages passed in ``stack``. With ``level`` > 0 it stops at that level
+        (or at the leaf when the tree is lower), share-locked."""
         bm = self.bufmgr
         block = self._root
         expect_level = None
@@ -474,6 +526,8 @@ class BTree:
                 if expect_level is not None and special.level != expect_level:
                     raise self._corrupt(block, f"level {special.level}, but its parent "
                                                f"is at level {expect_level + 1}")
+                if level and special.level == level:
+                    return block, buf
                 if special.level == 0:
                     if not special.flags & BTP_LEAF:
                         raise self._corrupt(block, f"level 0 page without the leaf flag "
@@ -582,40 +636,91 @@ class BTree:
 
     def _leaf_pages(self, start: bytes | None, stop: bytes | None,
                     snapshot: Snapshot) -> Iterator[list[LeafEntry]]:
+        first_page = [True]
+
+        def visit(block: int, page, special: Special) -> tuple[list[LeafEntry], bool]:
+            first = bt_first_data(special)
+            if first_page[0] and start is not None:
+                first = search_page(page, start, XMIN_MAX, False)
+            first_page[0] = False
+            out = []
+            for off in self._visible(page, first, snapshot):
+                e = unpack_entry(bt_item(page, off))
+                if stop is not None and e.key >= stop:
+                    return out, True
+                out.append(e)
+            # Everything to the right is >= the high key: done once that reaches stop.
+            done = stop is not None and special.next != P_NONE and \
+                unpack_pivot(bt_item(page, 1)).key >= stop
+            return out, done
+
+        return self._walk_leaves(start or b"", visit)
+
+    def _walk_leaves(self, key: bytes, visit) -> Iterator:
+        """Visit the leaves from the one where ``key`` belongs rightwards, in right-link
+        order, each share-locked during ``visit(block, page, special) -> (result, stop)``;
+        yields each result with no page locked.
+
+        The leaves come through a read stream fed from the parent level (``_LeafFeed``):
+        while the caller works on one leaf, the next ``effective_io_concurrency`` are
+        being read, adjacent ones combined. Right-links stay the authority: a streamed
+        leaf is used only when it is the right-link of the leaf just visited; leaves the
+        parent did not list yet (split since) are read directly in between."""
         bm = self.bufmgr
-        block, buf = self._descend(start or b"", XMIN_MAX)
-        first_page = True
-        while True:
+        feed = _LeafFeed(self, key)
+        expected: int | None = None  # the right-link of the leaf just visited
+        with ReadStream(bm, self.rel, self.fork, feed) as stream:
+            for buf in stream:
+                block = bm.block_of(buf)[2]
+                try:
+                    while expected is not None and expected != block:
+                        if expected == P_NONE:
+                            raise self._corrupt(block, "leaf named by the parent level is not "
+                                                       "on the leaf level's right-link chain")
+                        other = self._read(expected)
+                        try:
+                            result, stop, nxt = self._visit_leaf(expected, other, visit)
+                        finally:
+                            self._release(other)
+                        yield result
+                        if stop:
+                            return
+                        expected = nxt
+                    bm.lock_shared(buf)
+                    try:
+                        result, stop, nxt = self._visit_leaf(block, buf, visit)
+                    finally:
+                        bm.unlock_shared(buf)
+                finally:
+                    bm.unpin(buf)
+                yield result
+                if stop or nxt == P_NONE:
+                    return
+                expected = nxt
+        # The parent level ran out before the leaf level did (the last leaf it listed has
+        # split since): follow the right-links.
+        while expected is not None and expected != P_NONE:
+            buf = self._read(expected)
             try:
-                page = bm.page(buf)
-                special = self._special(page, block)
-                first = bt_first_data(special)
-                if first_page and start is not None:
-                    first = search_page(page, start, XMIN_MAX, False)
-                out = []
-                done = False
-                for off in self._visible(page, first, snapshot):
-                    e = unpack_entry(bt_item(page, off))
-                    if stop is not None and e.key >= stop:
-                        done = True
-                        break
-                    out.append(e)
-                if stop is not None and special.next != P_NONE and \
-                        unpack_pivot(bt_item(page, 1)).key >= stop:
-                    done = True  # everything to the right is >= the high key >= stop
-                nxt = special.next
-            except BTreePageError as e:
+                result, stop, nxt = self._visit_leaf(expected, buf, visit)
+            finally:
                 self._release(buf)
-                raise self._corrupt(block, str(e)) from None
-            except BaseException:
-                self._release(buf)
-                raise
-            self._release(buf)
-            yield out
-            if done or nxt == P_NONE:
+            yield result
+            if stop:
                 return
-            first_page = False
-            block, buf = nxt, self._read(nxt)
+            expected = nxt
+
+    def _visit_leaf(self, block: int, buf: int, visit) -> tuple[object, bool, int]:
+        page = self.bufmgr.page(buf)
+        special = self._special(page, block)
+        if not special.flags & BTP_LEAF:
+            raise self._corrupt(block, f"expected a leaf, found flags {special.flags:#x} "
+                                       f"level {special.level}")
+        try:
+            result, stop = visit(block, page, special)
+        except BTreePageError as e:
+            raise self._corrupt(block, str(e)) from None
+        return result, stop, special.next
 
     def _leaf_pages_reverse(self, start: bytes | None, stop: bytes | None,
                             snapshot: Snapshot) -> Iterator[list[LeafEntry]]:
@@ -985,49 +1090,37 @@ class BTree:
     # --- vacuum ------------------------------------------------------------------------------
     def vacuum(self, is_dead: Callable[[int, int], bool]) -> VacuumResult:
         """Remove every leaf entry for which ``is_dead(xmin, xmax)`` is True (one VACUUM
-        record per leaf changed) and free the overflow pages of those removed. Reads the
-        relation in physical order through a read stream; ``is_dead`` runs with no page
-        locked."""
-        bm = self.bufmgr
+        record per leaf changed) and free the overflow pages of those removed. Walks the
+        leaf level through a read stream fed from the parent level (overflow pages are
+        never read); ``is_dead`` runs with the leaf share-locked, so it must not touch
+        the tree."""
         removed = leaves = 0
         refs: list[OverflowRef] = []
         with self._write_lock:
-            n = bm.smgr.nblocks(self.rel, self.fork)
-            blocks = range(1, n)
-            with ReadStream(bm, self.rel, self.fork, blocks) as stream:
-                for block, buf in zip(blocks, stream, strict=True):
-                    try:
-                        bm.lock_shared(buf)
-                        try:
-                            page = bm.page(buf)
-                            if page_is_new(page):
-                                continue
-                            special = self._special(page, block)
-                            if not special.flags & BTP_LEAF:
-                                continue
-                            first = bt_first_data(special)
-                            entries = [(off, unpack_entry(bt_item(page, off)))
-                                       for off in range(first, bt_item_count(page) + 1)]
-                        finally:
-                            bm.unlock_shared(buf)
-                        dead = [(off, e) for off, e in entries if is_dead(e.xmin, e.xmax)]
-                        if not dead:
-                            continue
-                        bm.lock_exclusive(buf)
-                        try:
-                            ch = _Change(buf, block, False)
-                            ch.actions.append((A_DELETE, delete_data([o for o, _e in dead])))
-                            self._log(XLOG_BTREE_VACUUM, 0, [ch])
-                        finally:
-                            bm.unlock_exclusive(buf)
-                        removed += len(dead)
-                        leaves += 1
-                        refs += [unpack_overflow_ref(e.payload) for _o, e in dead
-                                 if e.flags & ENTRY_OVERFLOW]
-                    except BTreePageError as e:
-                        raise self._corrupt(block, str(e)) from None
-                    finally:
-                        bm.unpin(buf)
+            def visit(block: int, page, special: Special) -> tuple[tuple, bool]:
+                first = bt_first_data(special)
+                dead = []
+                for off in range(first, bt_item_count(page) + 1):
+                    e = unpack_entry(bt_item(page, off))
+                    if is_dead(e.xmin, e.xmax):
+                        dead.append((off, e))
+                return (block, dead), False
+
+            for block, dead in self._walk_leaves(b"", visit):
+                if not dead:
+                    continue
+                # The write lock is held: the leaf is as visit saw it.
+                buf = self._read(block, exclusive=True)
+                try:
+                    ch = _Change(buf, block, False)
+                    ch.actions.append((A_DELETE, delete_data([o for o, _e in dead])))
+                    self._log(XLOG_BTREE_VACUUM, 0, [ch])
+                finally:
+                    self._release(buf, exclusive=True)
+                removed += len(dead)
+                leaves += 1
+                refs += [unpack_overflow_ref(e.payload) for _o, e in dead
+                         if e.flags & ENTRY_OVERFLOW]
             freed = self._free_overflow(refs)
         return VacuumResult(removed, leaves, freed)
 
