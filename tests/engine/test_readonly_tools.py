@@ -15,6 +15,9 @@ import subprocess
 import sys
 
 import pytest
+from slonik.aio import osfile
+from slonik.engine.tools.check import check_database
+from slonik.engine.tools.cli import main
 from slonik.engine.tools.offline import lock_holder
 from slonik.storage.page import BLCKSZ
 from slonik.wal.control import DbState, read_control
@@ -277,3 +280,41 @@ def test_lock_holder_without_the_kernel_lock_table(tmp_path):
     assert lock_holder(str(path)) is None
     os.unlink(path / LOCK_FILE)
     assert lock_holder(str(path)) is None and not (path / LOCK_FILE).exists()
+
+
+class ReadOnlyWitness(osfile.OsLayer):
+    """The real OS, recording every open's flags and refusing (AssertionError, never
+    caught by the tools) any call that could change a file or a directory."""
+
+    def __init__(self) -> None:
+        self.opens: list[tuple[str, int]] = []
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        self.opens.append((path, flags))
+        assert flags & os.O_ACCMODE == os.O_RDONLY and not flags & (os.O_CREAT | os.O_TRUNC), \
+            f"{path} opened with flags {flags:#o}"
+        return super().open(path, flags, mode)
+
+    def _refuse(self, *args, **kwargs) -> None:
+        raise AssertionError(f"a read-only tool tried to write: {args!r}")
+
+    pwritev = fsync = fdatasync = ftruncate = rename = unlink = mkdir = rmdir = _refuse
+    fsync_directory = writeback = _refuse
+
+
+def test_read_only_tools_open_only_read_only_through_the_os_boundary(crashed, io_method,
+                                                                    capsys):
+    """In-process, with an OS layer that records every open and fails any write, sync,
+    truncate, rename, create or unlink: check (on the crashed database, on this io
+    method), waldump and controldata open every file O_RDONLY and call nothing that
+    writes; they opened the control file, WAL segments and relation segments."""
+    path, _control = crashed
+    witness = ReadOnlyWitness()
+    with osfile.installed(witness):
+        report = check_database(path, io_method=io_method)
+        assert main(["waldump", str(path)]) == 0
+        assert main(["controldata", str(path)]) == 0
+    capsys.readouterr()
+    assert report.recovery_needed and report.io_method == io_method
+    opened = {os.path.relpath(p, path).split(os.sep)[0] for p, _flags in witness.opens}
+    assert {"slonik_control", "wal", "base"} <= opened
