@@ -364,11 +364,13 @@ def format_check(report) -> str:
                      f"({report.wal_error}); bad pages are all counted as corrupt")
     if report.open_error:
         lines.append(report.open_error)
+    torn = report.recovery_needed   # the column of pages replay restores whole
     lines += ["", f"{'relation':<20} {'kind':<8} {'relfilenumber':>13} {'fork':<5} "
-                  f"{'pages':>9} {'corrupt':>8}"]
+                  f"{'pages':>9} {'corrupt':>8}" + (f" {'torn':>6}" if torn else "")]
     for r in report.relations:
         lines.append(f"{r.name:<20} {r.kind:<8} {r.relfilenumber:>13} {r.fork:<5} "
-                     f"{r.pages_checked:>9,} {r.corrupt_pages:>8,}")
+                     f"{r.pages_checked:>9,} {r.corrupt_pages:>8,}"
+                     + (f" {r.repairable_pages:>6,}" if torn else ""))
     if report.corrupt_blocks or report.repairable_blocks:
         lines.append("")
     for b in report.corrupt_blocks:
