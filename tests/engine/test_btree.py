@@ -312,6 +312,52 @@ def test_open_reads_only_the_metapage(env, aio):
     assert bm2.stats().reads == t.height + 1
 
 
+def test_get_many_reads_the_leaves_in_one_stream(env):
+    """get_many over a cold pool returns what get returns for each key (in input order,
+    duplicates and missing keys included, the default for missing ones, a snapshot
+    respected) and reads each needed leaf once, with fewer read I/Os than leaves because
+    adjacent leaves are combined."""
+    t = env.tree
+    for i in range(6000):  # ascending: leaves sit in physical order
+        t.insert(b"%06d" % i, b"v%d" % i, 2)
+    t.put(b"%06d" % 5, b"newer", 3)
+    env.bm.flush_all()
+    env.bm.drop_relation_buffers(REL)
+    wanted = [b"%06d" % i for i in range(0, 6000, 7)] + [b"nope", b"%06d" % 7, b"%06d" % 5]
+    before = env.bm.stats()
+    got = t.get_many(wanted, default=b"-")
+    after = env.bm.stats()
+    assert got == [t.get(k) if t.get(k) is not None else b"-" for k in wanted]
+    assert got[-1] == b"newer" and got[-3] == b"-"
+    leaves = t.check().pages_per_level[-1]
+    assert after.reads - before.reads <= leaves + t.height + 2
+    assert after.read_ios - before.read_ios < leaves / 2
+    old = XidSnapshot(xmax=3, own=0, excluded=())
+    assert t.get_many([b"%06d" % 5, b"%06d" % 6], old) == [b"v5", b"v6"]
+    assert t.get_many([]) == []
+    assert no_pins(env.bm)
+
+
+def test_cold_scan_combines_adjacent_leaves(env):
+    """A full scan of a cold pool walks the leaves through the parent-fed read stream:
+    every leaf is read once, in fewer read I/Os than leaves (adjacent leaves combined),
+    and the keys come back in order."""
+    t = env.tree
+    for i in range(3000):
+        t.insert(b"%06d" % i, bytes(60), 2)
+    env.bm.flush_all()
+    env.bm.drop_relation_buffers(REL)
+    before = env.bm.stats()
+    keys = [k for k, _v in t.items(values=False)]
+    after = env.bm.stats()
+    assert keys == [b"%06d" % i for i in range(3000)]
+    leaves = t.check().pages_per_level[-1]
+    assert leaves > 20
+    assert after.reads - before.reads <= leaves + 2 * t.height
+    assert after.read_ios - before.read_ios < leaves / 2
+    assert no_pins(env.bm)
+
+
 # ---------------------------------------------------------------------------- overflow
 
 
