@@ -37,9 +37,10 @@ CHILD_TIMEOUT_SECONDS = 120
 # The writer: opens the database, acknowledges each autocommit put on stdout, checkpoints
 # once, and goes on until it is killed.
 CHILD = """
+import ast
 import sys
 from slonik import Database
-path, method, settings = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+path, method, settings = sys.argv[1], sys.argv[2], ast.literal_eval(sys.argv[3])
 db = Database.open(path, io_method=method, **settings)
 hot = db.kv("hot")
 i = 0
