@@ -126,7 +126,7 @@ from slonik.wal.rmgr import RM_BTREE
 from slonik.wal.xlog import BlockSpec
 
 __all__ = [
-    "BTree", "XidSnapshot", "OverflowRef", "VacuumResult", "CheckResult",
+    "BTree", "XidSnapshot", "VersionWrite", "OverflowRef", "VacuumResult", "CheckResult",
     "BTREE_MAGIC", "BTREE_VERSION", "VALUE_INLINE_MAX_BYTES", "VALUE_MAX_BYTES",
     "OVERFLOW_EXTENTS_MAX", "OVERFLOW_PAGES_PER_RECORD", "pack_overflow_ref",
     "unpack_overflow_ref", "KEY_MAX_BYTES",
@@ -182,6 +182,17 @@ def unpack_overflow_ref(data: bytes) -> OverflowRef:
     ext = tuple(_EXTENT.unpack_from(data, _REF_HEAD.size + i * _EXTENT.size)
                 for i in range(count))
     return OverflowRef(length, ext)
+
+
+class VersionWrite(NamedTuple):
+    """One key's change in a batch (``BTree.apply``): the version ``old_xmin`` (0: none)
+    gets xmax = ``xid``, and unless ``value`` is None a new version (key, ``xid``) with
+    ``value`` is added."""
+
+    key: bytes
+    xid: int
+    value: bytes | None
+    old_xmin: int = 0
 
 
 class XidSnapshot(NamedTuple):
@@ -1015,6 +1026,96 @@ class BTree:
                 item = pack_entry(key, xmin, xmax, 0, value)
             assert len(item) <= ENTRY_MAX_BYTES
             self._insert_item(key, xmin, item, xmin)
+
+    def apply(self, writes) -> None:
+        """Apply a batch of ``VersionWrite``s (at most one per key), as a transaction's
+        commit does: sorted by key, and every run of writes that lands on one leaf with
+        room for them is one INSERT record (xmax settings, then the new entries), instead
+        of one descent and one record per write. A write whose leaf is full, or whose old
+        version is not on that leaf, goes through set_xmax/insert (splits included).
+        Everything is validated before anything is written; ValueError for a duplicate
+        key in the batch, and (writes before it applied) when an old version is missing."""
+        checked = []
+        for w in writes:
+            if not isinstance(w, VersionWrite):
+                raise TypeError(f"writes must be VersionWrite tuples, not {type(w).__name__}")
+            key = _check_key(w.key)
+            _check_xid(w.xid, "xid")
+            if w.old_xmin:
+                _check_xid(w.old_xmin, "old_xmin")
+            value = None if w.value is None else _check_value(w.value)
+            checked.append(VersionWrite(key, w.xid, value, w.old_xmin))
+        checked.sort(key=lambda w: w.key)
+        for a, b in itertools.pairwise(checked):
+            if a.key == b.key:
+                raise ValueError(f"key {a.key[:40]!r} appears twice in one batch")
+        with self._write_lock:
+            items = [None if w.value is None else self._entry_item(w.key, w.value, w.xid)
+                     for w in checked]
+            i = 0
+            while i < len(checked):
+                done = self._apply_on_leaf(checked, items, i)
+                if done == 0:  # the first write needs the general path
+                    w, item = checked[i], items[i]
+                    if w.old_xmin and not self.set_xmax(w.key, w.old_xmin, w.xid):
+                        raise ValueError(f"key {w.key[:40]!r} has no version with xmin "
+                                         f"{w.old_xmin}")
+                    if item is not None:
+                        self._insert_item(w.key, w.xid, item, w.xid)
+                    done = 1
+                i += done
+
+    def _entry_item(self, key: bytes, value: bytes, xmin: int) -> bytes:
+        """The leaf entry for a new version, its value written out of line when large."""
+        if len(value) > VALUE_INLINE_MAX_BYTES or \
+                LEAF_HEADER_SIZE + len(key) + len(value) > ENTRY_MAX_BYTES:
+            ref = self._write_overflow(value, xmin)
+            return pack_entry(key, xmin, 0, ENTRY_OVERFLOW, pack_overflow_ref(ref))
+        return pack_entry(key, xmin, 0, 0, value)
+
+    def _apply_on_leaf(self, writes: list[VersionWrite], items: list, i: int) -> int:
+        """Apply writes[i:] that fit on writes[i]'s leaf in one record; how many did."""
+        block, buf = self._descend(writes[i].key, XMIN_MAX, exclusive=True)
+        ch = _Change(buf, block, False)
+        try:
+            page = self.bufmgr.page(buf)
+            special = self._special(page, block)
+            high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1))
+            count = bt_item_count(page)
+            lower, upper = _hole(page)
+            room = upper - lower
+            xmax_actions = []
+            inserts = []
+            j = i
+            while j < len(writes):
+                w, item = writes[j], items[j]
+                if high is not None and (w.key, -XMIN_MAX) >= (high.key, -high.xmin):
+                    break  # belongs further right
+                if high is not None and high.key == w.key:
+                    break  # versions of this key continue on the right: general path
+                if w.old_xmin:
+                    off = search_page(page, w.key, w.old_xmin, False)
+                    if off > count or entry_key(bt_item(page, off)) != (w.key, w.old_xmin):
+                        break
+                    xmax_actions.append((A_SET_XMAX, set_xmax_data(off, w.xid)))
+                if item is not None:
+                    off = search_page(page, w.key, w.xid, False)
+                    if off <= count and entry_key(bt_item(page, off)) == (w.key, w.xid):
+                        break
+                    if item_cost(len(item)) > room:
+                        if w.old_xmin:
+                            xmax_actions.pop()
+                        break
+                    room -= item_cost(len(item))
+                    inserts.append((A_INSERT, insert_data(off + len(inserts), item)))
+                j += 1
+            if j == i:
+                return 0
+            ch.actions = xmax_actions + inserts
+            self._log(XLOG_BTREE_INSERT, writes[i].xid, [ch])
+            return j - i
+        finally:
+            self._release(buf, exclusive=True)
 
     def set_xmax(self, key, xmin: int, xmax: int) -> bool:
         """Set the xmax of version (key, xmin) (0 clears it); False when there is no such

@@ -1,8 +1,8 @@
 """The B+tree against a dict model, as a hypothesis state machine, on every io method.
 
-Steps: committed puts and deletes, aborted puts, snapshots taken and released, vacuum up
-to the oldest held snapshot, reopening the tree, evicting the relation from the pool,
-checkpoints, and crashes (the pool is thrown away unwritten and the WAL since the last
+Steps: committed puts and deletes, batches through apply() (committed or aborted),
+aborted puts, snapshots taken and released, vacuum up to the oldest held snapshot,
+reopening the tree, evicting the relation from the pool, checkpoints, and crashes (the pool is thrown away unwritten and the WAL since the last
 checkpoint is replayed through engine.recovery's RedoContext into a new pool). After
 every step ``check()`` verifies the whole structure (order, high keys, links, parent
 bounds, overflow references, free list), a full ordered scan (forward and reverse) equals
@@ -29,7 +29,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from slonik.aio.core import Aio
-from slonik.engine.access.btree import BTree, XidSnapshot
+from slonik.engine.access.btree import BTree, VersionWrite, XidSnapshot
 from slonik.engine.access.btree_wal import BTREE_RMGR, btree_redo
 from slonik.engine.recovery import RedoContext
 from slonik.storage.bufmgr import BufferManager
@@ -94,6 +94,30 @@ def make_machine(io_method: str):
                 value = bytes([fill]) * size
                 self.tree.put(k, value, self._xid(), snap)
                 self.model[k] = value
+
+        @rule(writes=st.dictionaries(st.sampled_from(KEYS), st.one_of(
+            st.none(), st.tuples(st.sampled_from(VALUE_SIZES), st.integers(0, 255))),
+            min_size=1, max_size=20), aborted=st.booleans())
+        def commit_batch(self, writes, aborted):
+            """One transaction's write set through apply() (None: delete)."""
+            snap = self._snapshot()
+            xid = self._xid()
+            batch = []
+            for k, w in writes.items():
+                old = next((e.xmin for e in self.tree.versions(k) if snap(e.xmin, e.xmax)), 0)
+                if w is None and not old:
+                    continue
+                value = None if w is None else bytes([w[1]]) * w[0]
+                batch.append(VersionWrite(k, xid, value, old))
+            self.tree.apply(batch)
+            if aborted:
+                self.aborted.add(xid)
+                return
+            for w in batch:
+                if w.value is None:
+                    self.model.pop(w.key, None)
+                else:
+                    self.model[w.key] = w.value
 
         @rule(k=st.sampled_from(KEYS), size=st.sampled_from(VALUE_SIZES))
         def aborted_put(self, k, size):
