@@ -2,12 +2,12 @@
 
 Steps: committed puts and deletes, batches through apply() (committed or aborted),
 aborted puts, snapshots taken and released, vacuum up to the oldest held snapshot,
-reopening the tree, evicting the relation from the pool, checkpoints, and crashes (the pool is thrown away unwritten and the WAL since the last
-checkpoint is replayed through engine.recovery's RedoContext into a new pool). After
-every step ``check()`` verifies the whole structure (order, high keys, links, parent
-bounds, overflow references, free list), a full ordered scan (forward and reverse) equals
-the model, and every held snapshot still reads exactly what the model held when it was
-taken.
+reopening the tree, evicting the relation from the pool, checkpoints, and crashes (the
+pool is thrown away unwritten and the WAL since the last checkpoint is replayed through
+engine.recovery's RedoContext into a new pool). After every step ``check()`` verifies
+the whole structure (order, high keys, links, parent bounds, overflow references, free
+list), a full ordered scan (forward and reverse) equals the model, and every held
+snapshot still reads exactly what the model held when it was taken.
 """
 
 from __future__ import annotations
