@@ -2,4 +2,8 @@
 
 - heap.py    heap relations: insert/fetch/update/delete/prune, WAL-logged (rmgr heap)
 - tuple.py   the tuple header, typed row codec and KV entry codec (pure)
+- btree.py       the B+tree access method: MVCC entries, L&Y descent, splits, overflow
+                 values, scans/get_many through read streams, vacuum, check()
+- btree_page.py  B+tree pages and items, in-page search (C helpers + references; pure)
+- btree_wal.py   B+tree WAL records as page-action lists, their redo (rmgr btree)
 """
