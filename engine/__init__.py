@@ -11,6 +11,7 @@ Module map:
 - catalog.py      the relation catalog, itself a heap relation
 - recovery.py     bootstrap and crash recovery; checkpointer.py: checkpoints
 - smgr_wal.py     WAL-logged relation file create/truncate (rmgr smgr)
+- rmgrlist.py     the engine's resource managers in one table; install() binds them
 - access/         access methods and their redo: heap.py, tuple.py (tuple and row codecs)
 - tools/          the ``slonik`` command, check, waldump/controldata, demo, benchmarks
 """

@@ -5,8 +5,9 @@ Module map:
 - lsn.py         LSN text form "%X/%08X": format_lsn / parse_lsn
 - walpage.py     WAL page header codec and LSN arithmetic (pure)
 - record.py      the record codec: header, block references, full-page images, CRC-32C (pure)
-- rmgr.py        resource manager registry (id -> name, redo, describe); RM_* ids
-- checkpoint.py  checkpoint record payload and the xlog rmgr
+- rmgr.py        the one table of resource manager ids and names (RMGR_TABLE, rmgrlist.h);
+                 install_rmgrs binds the engine's managers (redo, describe) explicitly
+- checkpoint.py  checkpoint record payload and the xlog rmgr (bound by the engine's table)
 - xlog.py        the writer: insert into WAL buffers, flush through AIO, group commit
 - reader.py      read records back across pages and segments; where valid WAL ends, and why
 - control.py     the control file slonik_control: codec, atomic replace
