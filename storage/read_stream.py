@@ -239,8 +239,11 @@ class ReadStream:
                 or (self.pinned == 0 and self.distance <= self._pending_n)):
             self._start_pending()
 
-    def _wait_run(self, run: _Run) -> None:
-        self._ios_in_progress -= 1
+    def _wait_run(self, run: _Run, *, counted: bool = True) -> None:
+        """Wait for the reads of ``run`` (``counted``: one of ``_ios_in_progress``); a
+        failure stays with the run (its blocks are never handed out) and is raised."""
+        if counted:
+            self._ios_in_progress -= 1
         try:
             self.bufmgr.wait_read_buffers(run.op)
         except BaseException as exc:
@@ -248,6 +251,12 @@ class ReadStream:
             raise
         finally:
             run.waited = True
+
+    def _grow_distance(self) -> None:
+        """A consumer had to wait for I/O: look further ahead (up to the pin limit)."""
+        self.distance = min(2 * self.distance, self.max_pinned_buffers)
+        if self.distance > self._max_distance:
+            self._max_distance = self.distance
 
     # --- consuming ------------------------------------------------------------------------------
     def next_buffer(self) -> Any:
@@ -271,9 +280,7 @@ class ReadStream:
                 self._read_advised(run)
             else:
                 self._wait_run(run)
-                self.distance = min(2 * self.distance, self.max_pinned_buffers)
-                if self.distance > self._max_distance:
-                    self._max_distance = self.distance
+                self._grow_distance()
         self._queue.popleft()
         self.pinned -= 1
         distance = self.distance
@@ -310,15 +317,8 @@ class ReadStream:
         self._hits += run.n - reading
         if op.needs_wait:
             self._ios += len(op.ios)
-            try:
-                self.bufmgr.wait_read_buffers(op)
-            except BaseException as exc:
-                run.error = exc
-                raise
-            finally:
-                run.waited = True
-            self.distance = min(2 * self.distance, self.max_pinned_buffers)
-            self._max_distance = max(self._max_distance, self.distance)
+            self._wait_run(run, counted=False)
+            self._grow_distance()
         else:
             run.waited = True
             if self.distance > 1:
