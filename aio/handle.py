@@ -22,7 +22,7 @@ from enum import IntEnum
 from typing import Any, NamedTuple
 
 from slonik.aio.errors import io_error
-from slonik.aio.ids import TARGETS, callback_id, target_id
+from slonik.aio.ids import TARGETS, CallbackId, TargetId, callback_id, target_id
 from slonik.aio.transfer import short_transfer_error
 
 MAX_CALLBACKS_PER_HANDLE = 4  # as PostgreSQL: bufmgr + smgr + room for two more layers
@@ -183,7 +183,8 @@ class Handle:
         """Attach callback ``cid`` (an ``ids.CallbackId``) with its data, an
         ``callbacks.IoCallbacks`` of that id whose methods are the phases."""
         assert self.state == S.HANDED_OUT, "callbacks are attached while HANDED_OUT"
-        cid = callback_id(cid)  # ValueError for an id not in the table
+        if type(cid) is not CallbackId:
+            cid = callback_id(cid)  # ValueError for an id not in the table
         if getattr(data, "callback_id", None) != cid:
             raise ValueError(f"the data of AIO callback {cid.name} must be an IoCallbacks "
                              f"with that callback_id, not {type(data).__name__}")
@@ -194,7 +195,8 @@ class Handle:
     def set_target(self, tid: int, target_data: Any) -> None:
         """What the I/O is against: an ``ids.TargetId`` and the data its row describes."""
         assert self.state == S.HANDED_OUT, "the target is set while HANDED_OUT"
-        self.target_id = target_id(tid)  # ValueError for an id not in the table
+        # ValueError for an id not in the table (a TargetId member is in it by definition)
+        self.target_id = tid if type(tid) is TargetId else target_id(tid)
         self.target_data = target_data
 
     def set_handle_data(self, data: Any) -> None:
