@@ -1176,15 +1176,15 @@ class BTree:
                 changes[0].actions.append((A_INSERT, insert_data(off, item)))
                 self._log(XLOG_BTREE_INSERT, xid, changes)
                 return
-            new_root = self._split(changes, off, item, stack)
+            new_root = self._split(changes, off, item, stack, (key, xmin))
             self._log(XLOG_BTREE_SPLIT, xid, changes)
             if new_root is not None:
                 self._root, self._level = new_root
         finally:
             self._release_changes(changes)
 
-    def _split(self, changes: list[_Change], off: int, item: bytes,
-               stack: list[int]) -> tuple[int, int] | None:
+    def _split(self, changes: list[_Change], off: int, item: bytes, stack: list[int],
+               target: tuple[bytes, int]) -> tuple[int, int] | None:
         """Plan a split of changes[0]'s page for ``item`` at ``off``, cascading upwards:
         appends every page it touches (locked) to ``changes`` with its actions. Returns
         (new root, new level) when the root split."""
@@ -1251,18 +1251,23 @@ class BTree:
                 return root.block, special.level + 1
             if not stack:
                 raise self._corrupt(cur.block, "non-root page reached without a parent")
-            parent, off = self._find_downlink(stack.pop(), cur.block)
+            parent, off = self._find_downlink(stack.pop(), cur.block, target)
             changes.append(parent)
             cur, item = parent, downlink
 
-    def _find_downlink(self, block: int, child: int) -> tuple[_Change, int]:
+    def _find_downlink(self, block: int, child: int,
+                       target: tuple[bytes, int]) -> tuple[_Change, int]:
         """The parent page (exclusive-locked) holding the downlink to ``child``, moving right
-        from ``block`` if needed, and the offnum just after that downlink."""
+        from ``block`` if needed, and the offnum just after that downlink. ``target`` (the
+        key being inserted below) finds it by binary search; a scan is the fallback."""
         bm = self.bufmgr
         while True:
             buf = self._read(block, exclusive=True)
             page = bm.page(buf)
             special = self._special(page, block)
+            pos = search_page(page, target[0], target[1], True) - 1
+            if pos >= bt_first_data(special) and unpack_pivot(bt_item(page, pos)).child == child:
+                return _Change(buf, block, False), pos + 1
             for off in range(bt_first_data(special), bt_item_count(page) + 1):
                 if unpack_pivot(bt_item(page, off)).child == child:
                     return _Change(buf, block, False), off + 1

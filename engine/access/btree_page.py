@@ -58,10 +58,10 @@ from slonik.storage.page import (
     HEADER_SIZE,
     LINE_POINTER_SIZE,
     LOWER_OFFSET,
+    PAGE_LAYOUT_VERSION,
     init_page,
     max_item_size,
     maxalign,
-    page_add_item,
     page_free_space,
     page_get_item,
     page_is_new,
@@ -83,7 +83,7 @@ __all__ = [
     "PAGE_CAPACITY_BYTES", "OVERFLOW_CHUNK_BYTES",
     "Special", "LeafEntry", "Pivot", "BTreePageError",
     "bt_init", "bt_special", "bt_set_special", "bt_set_prev", "bt_first_data",
-    "bt_item_count", "bt_items", "bt_rebuild", "bt_insert_item", "bt_delete_items",
+    "bt_item_count", "bt_items", "bt_build", "bt_rebuild", "bt_insert_item", "bt_delete_items",
     "bt_set_xmax", "bt_fits", "bt_used_bytes", "item_cost",
     "pack_entry", "unpack_entry", "entry_key", "pack_pivot", "unpack_pivot",
     "minus_inf_pivot", "item_sort_key", "search_page", "search_page_py", "bt_item",
@@ -92,6 +92,8 @@ __all__ = [
 ]
 
 P_NONE = 0
+_LP_NORMAL_BITS = 1 << 15  # LpFlag.NORMAL in a line pointer
+_PAGE_HEADER = struct.Struct("<QIHHHHHH")
 BTP_LEAF = 0x1
 BTP_ROOT = 0x2
 BTP_META = 0x8
@@ -202,7 +204,15 @@ def bt_item_count(page) -> int:
 
 def bt_items(page) -> list[bytes]:
     """Copies of every item, in offnum order (high key first when there is one)."""
-    return [bytes(page_get_item(page, i)) for i in range(1, bt_item_count(page) + 1)]
+    count = bt_item_count(page)
+    out = []
+    for offnum, lp in enumerate(struct.unpack_from(f"<{count}I", page, HEADER_SIZE), 1):
+        off, length = lp & 0x7FFF, lp >> 17
+        if off < HEADER_SIZE or off + length > _SPECIAL_AT or (lp >> 15) & 3 != 1:
+            raise BTreePageError(f"line pointer {offnum} (offset {off}, length {length}) is "
+                                 f"not a normal item inside the page")
+        out.append(bytes(page[off:off + length]))
+    return out
 
 
 def bt_used_bytes(items: Sequence[bytes]) -> int:
@@ -214,28 +224,58 @@ def bt_fits(page, length: int) -> bool:
     return page_free_space(page) >= maxalign(length)
 
 
+def bt_build(page, special: Special, items: Sequence[bytes], lsn: bytes = bytes(8)) -> None:
+    """Write ``page`` from nothing: ``items`` in this order, ``special``, header LSN
+    ``lsn``. Byte for byte what ``bt_init`` followed by ``page_add_item`` of each item
+    gives (items packed down from the special space, MAXALIGNed, zero padded), in one
+    pass. ValueError when the items do not fit."""
+    buf = bytearray(BLCKSZ)
+    upper = _SPECIAL_AT
+    lps = []
+    for item in items:
+        n = len(item)
+        if n == 0:
+            raise ValueError("an item needs at least one byte")
+        upper -= (n + 7) & ~7
+        buf[upper:upper + n] = item
+        lps.append(upper | _LP_NORMAL_BITS | (n << 17))
+    lower = HEADER_SIZE + LINE_POINTER_SIZE * len(items)
+    if lower > upper:
+        raise ValueError(f"{len(items)} items of {bt_used_bytes(items)} bytes do not fit a "
+                         f"page's {PAGE_CAPACITY_BYTES}")
+    _PAGE_HEADER.pack_into(buf, 0, 0, 0, 0, lower, upper, _SPECIAL_AT, PAGE_LAYOUT_VERSION, 0)
+    buf[:8] = lsn
+    struct.pack_into(f"<{len(lps)}I", buf, HEADER_SIZE, *lps)
+    _SPECIAL.pack_into(buf, _SPECIAL_AT, special.prev, special.next, special.level,
+                       special.flags, 0)
+    page[:] = buf
+
+
 def bt_rebuild(page, special: Special, items: Sequence[bytes]) -> None:
     """Rebuild ``page`` from scratch with ``items`` in this order; the LSN is kept."""
-    lsn = bytes(page[:8])
-    bt_init(page, special)
-    for item in items:
-        page_add_item(page, item)
-    page[:8] = lsn
+    bt_build(page, special, items, bytes(page[:8]))
 
 
 def bt_insert_item(page, offnum: int, item: bytes) -> None:
-    """Put ``item`` at ``offnum``, shifting the items from there one place up."""
-    count = bt_item_count(page)
+    """Put ``item`` at ``offnum``, shifting the line pointers from there one place up:
+    the bytes ``page_add_item`` would write, with the new line pointer rotated into
+    place. ValueError when it does not fit."""
+    lower, upper = struct.unpack_from("<HH", page, LOWER_OFFSET)
+    count = (lower - HEADER_SIZE) // LINE_POINTER_SIZE
     if not 1 <= offnum <= count + 1:
         raise ValueError(f"offnum {offnum} out of range 1..{count + 1}")
-    got = page_add_item(page, item)
-    assert got == count + 1, "a B+tree page has no UNUSED line pointer (invariant 2)"
-    if offnum <= count:
-        at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
-        end = HEADER_SIZE + count * LINE_POINTER_SIZE
-        moved = bytes(page[at:end])
-        page[at:at + LINE_POINTER_SIZE] = page[end:end + LINE_POINTER_SIZE]
-        page[at + LINE_POINTER_SIZE:end + LINE_POINTER_SIZE] = moved
+    if not HEADER_SIZE <= lower <= upper <= _SPECIAL_AT:
+        raise BTreePageError(f"page header lower {lower} upper {upper} is impossible")
+    n = len(item)
+    new_upper = upper - ((n + 7) & ~7)
+    if n == 0 or new_upper < lower + LINE_POINTER_SIZE:
+        raise ValueError(f"item of {n} bytes does not fit: {upper - lower} bytes free")
+    page[new_upper:new_upper + n] = item
+    page[new_upper + n:upper] = bytes(upper - new_upper - n)
+    at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
+    page[at + LINE_POINTER_SIZE:lower + LINE_POINTER_SIZE] = bytes(page[at:lower])
+    struct.pack_into("<I", page, at, new_upper | _LP_NORMAL_BITS | (n << 17))
+    struct.pack_into("<HH", page, LOWER_OFFSET, lower + LINE_POINTER_SIZE, new_upper)
 
 
 def bt_delete_items(page, offnums: Sequence[int]) -> None:

@@ -37,9 +37,9 @@ from collections.abc import Sequence
 
 from slonik.engine.access.btree_page import (
     Special,
+    bt_build,
     bt_delete_items,
     bt_first_data,
-    bt_init,
     bt_insert_item,
     bt_items,
     bt_rebuild,
@@ -47,7 +47,6 @@ from slonik.engine.access.btree_page import (
     bt_set_xmax,
     bt_special,
 )
-from slonik.storage.page import page_add_item
 from slonik.wal.rmgr import RM_BTREE, ResourceManager
 
 __all__ = [
@@ -158,9 +157,7 @@ def apply_action(page, code: int, data: bytes) -> None:
         (count,) = _U16.unpack_from(data, _SPECIAL.size)
         items, pos = _items(data, _SPECIAL.size + _U16.size, count)
         assert pos == len(data), (pos, len(data))
-        bt_init(page, Special(prev, next_, level, flags))
-        for item in items:
-            page_add_item(page, item)
+        bt_build(page, Special(prev, next_, level, flags), items)
     elif code == A_INSERT:
         (offnum,) = _U16.unpack_from(data)
         bt_insert_item(page, offnum, data[_U16.size:])
