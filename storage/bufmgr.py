@@ -100,6 +100,7 @@ LEGAL_TRANSITIONS: dict[BufferState, frozenset[BufferState]] = {
     B.WRITE_FAILED: frozenset({B.WRITING, B.FREE}),
 }
 _STATE_VALUES = frozenset(int(state) for state in BufferState)
+_READING = int(B.READING)
 # The same table as (old, new) flag pairs: one set lookup per change on the hot paths.
 _LEGAL_EDGES = frozenset((int(old), int(new)) for old, news in LEGAL_TRANSITIONS.items()
                          for new in news)
@@ -485,6 +486,7 @@ class BufferManager:
         rel, fork, first_block = op.rel, op.fork, op.first_block
         buffers, foreign = op.buffers, op.foreign
         table, descs, nbuffers = self._table, self.descs, self.nbuffers
+        set_state = self._set_state_locked
         i = 0
         while i < nblocks:
             dirty = -1
@@ -520,8 +522,7 @@ class BufferManager:
                         if flags & BM_TAG_VALID:  # _retag_locked(claim_read=True), inline
                             del table[d.tag]
                             evictions += 1
-                        assert (flags, B.READING) in _LEGAL_EDGES, _illegal(d, B.READING)
-                        d.flags = B.READING
+                        set_state(d, _READING)
                         d.tag = tag
                         d.usage_count = 1
                         d.error = ""
