@@ -20,12 +20,24 @@ it. What they need instead lives here:
 - ``catalog_rows(pages)``: relation names from the catalog heap's pages, decoded with the
   catalog's own codec; ``RecoveryImages``: the blocks that WAL replay from the redo point
   would restore from a full-page image or re-initialise, found by reading the WAL.
+- What a cleanly shut down database holds, for ``slonik dump``: ``shutdown_visibility``
+  reads the shutdown checkpoint record (the aborted and running xids recovery would start
+  from) into a ``Visibility``; ``fork_pages`` yields a fork's verified pages;
+  ``visible_relations`` the catalog as the engine would load it; ``table_rows`` a table's
+  visible rows (heap pages, ``RowCodec``); ``kv_pairs`` a KV store's visible pairs in key
+  order — the one function that knows a KV store's page format, so a change of that
+  format (the B+tree) changes it alone.
 
 Invariants:
 1. Every file this module opens is opened ``O_RDONLY``; it never calls an ``osfile``
    function that writes, syncs, creates, renames, truncates or removes.
 2. A block is read whole or reported unreadable; nothing is retried in a loop without a
    bound (one whole-run read, then at most one read per block of a failed run).
+3. Rows are read only from a database whose control file says ``SHUTDOWNED``: then every
+   page on disk is the checkpoint's, no transaction is running, and a version is visible
+   exactly when its xmin committed and its xmax (if any) did not. Anything else is
+   ``RecoveryNeededError``; a page that fails verification is ``DataCorruptionError``
+   naming relation and block, never skipped.
 """
 
 from __future__ import annotations
@@ -35,35 +47,43 @@ import fcntl
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slonik.aio import callbacks as cb
 from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.aio.errors import IOFailure, SlonikError
 from slonik.aio.handle import AioReturn
-from slonik.engine.access.tuple import Tid, unpack_tuple
-from slonik.engine.catalog import RelationEntry, decode_entry
+from slonik.engine.access.tuple import RowCodec, Tid, decode_kv, unpack_tuple
+from slonik.engine.catalog import CATALOG_RELFILENUMBER, RelationEntry, decode_entry
 from slonik.engine.database import LOCK_FILE_NAME, NotADatabaseError
 from slonik.engine.recovery import WAL_DIR
+from slonik.engine.xact import decode_xact_extra
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import (
     BLCKSZ,
     LpFlag,
+    PageCorruptError,
+    PageRunVerifier,
+    page_check,
     page_get_item,
     page_is_new,
     page_item_count,
     page_item_flags,
 )
 from slonik.storage.smgr import Fork
-from slonik.wal.control import CONTROL_FILE_NAME, ControlData
-from slonik.wal.reader import WalReader
+from slonik.wal.checkpoint import decode_checkpoint, is_checkpoint
+from slonik.wal.control import CONTROL_FILE_NAME, ControlData, DbState
+from slonik.wal.errors import WalError
+from slonik.wal.lsn import format_lsn
+from slonik.wal.reader import WalReader, read_record_at
 from slonik.wal.walpage import WAL_PAGE_SIZE
 from slonik.wal.xlog import WAL_BUFFERS_DEFAULT_PAGES
 
 __all__ = ["require_database", "lock_holder", "relation_forks", "RelationFileReader",
            "catalog_rows", "RecoveryImages", "recovery_images", "PROC_LOCKS_PATH",
-           "READ_RUN_BLOCKS"]
+           "READ_RUN_BLOCKS", "RecoveryNeededError", "Visibility", "shutdown_visibility",
+           "fork_pages", "visible_relations", "table_rows", "kv_pairs"]
 
 PROC_LOCKS_PATH = "/proc/locks"
 LOCK_FILE_PID_BYTES = 64     # the lock file holds "<pid>\n"; more is not a pid
@@ -297,3 +317,142 @@ def recovery_images(path: str, control: ControlData, *,
     return RecoveryImages(control.redo_lsn, images, reader.records_read, reader.end_lsn,
                           reader.stop_reason, error)
 
+
+
+# --- what a cleanly shut down database holds ----------------------------------------------------
+
+class RecoveryNeededError(SlonikError):
+    """The database was not shut down cleanly: its pages may be torn or stale until WAL
+    replay, so no row read from them now would be trustworthy."""
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """Which versions a cleanly shut down database shows: every xid below ``next_xid``
+    ended, and those in ``uncommitted`` (aborted, or running when the shutdown checkpoint
+    was taken, which recovery would abort) did not commit. The same rule as the engine's
+    ``TransactionManager.is_committed`` with no transaction running."""
+
+    next_xid: int
+    uncommitted: frozenset[int] = field(default_factory=frozenset)
+
+    def committed(self, xid: int) -> bool:
+        return 0 < xid < self.next_xid and xid not in self.uncommitted
+
+    def visible(self, xmin: int, xmax: int) -> bool:
+        """A version created by ``xmin`` and deleted by ``xmax`` (0: never) is live."""
+        return self.committed(xmin) and not (xmax and self.committed(xmax))
+
+
+def shutdown_visibility(path: str, control: ControlData) -> Visibility:
+    """The visibility a database shut down cleanly leaves: read (read-only) from the
+    checkpoint record the control file names. ``RecoveryNeededError`` unless the control
+    file says ``SHUTDOWNED``; ``WalError`` when that record cannot be read."""
+    if control.state != DbState.SHUTDOWNED:
+        raise RecoveryNeededError(
+            f"database {path} was not shut down cleanly (state {control.state.name}) and "
+            f"needs recovery; nothing was read or changed. Recover it first with "
+            f"'slonik check --recover {path}' (or by opening it), then run this again")
+    wal_dir = os.path.join(path, WAL_DIR)
+    rr = read_record_at(wal_dir, control.wal_segment_size, control.checkpoint_lsn)
+    if not is_checkpoint(rr.record):
+        raise WalError(f"the record at {format_lsn(control.checkpoint_lsn)} named by the "
+                       f"control file is not a checkpoint record")
+    cp = decode_checkpoint(rr.record.payload)
+    try:
+        aborted, running = decode_xact_extra(cp.extra)
+    except ValueError as exc:
+        raise WalError(f"the checkpoint record at {format_lsn(control.checkpoint_lsn)}: "
+                       f"{exc}") from exc
+    return Visibility(max(cp.next_xid, control.next_xid), frozenset(aborted | running))
+
+
+def fork_pages(reader: RelationFileReader, rel: int, fork: Fork = Fork.MAIN, *,
+               progress: Callable[[int], None] | None = None
+               ) -> Iterator[tuple[int, memoryview]]:
+    """(block, page) of every block of the fork, in order, each verified (checksum, header,
+    structure) before it is yielded. The page is a view into a buffer reused by the next
+    run: copy what must outlive the next iteration. ``DataCorruptionError`` naming the
+    relation, fork and block at the first page that cannot be read or does not verify.
+    ``progress(n)`` is called after each run of ``n`` blocks."""
+    pool = bytearray(READ_RUN_BLOCKS * BLCKSZ)
+    views = [memoryview(pool)[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(READ_RUN_BLOCKS)]
+    verifier = PageRunVerifier(pool)
+    for first, n in reader.runs(reader.nblocks(rel, fork)):
+        unreadable = reader.read_run(rel, fork, first, views[:n])
+        failed = {k: v.reason for k, v in verifier.verify(range(n), rel, fork, first)}
+        failed.update(unreadable)
+        for k in range(n):
+            reason = failed.get(k)
+            if reason is None:
+                try:
+                    page_check(views[k])
+                except PageCorruptError as exc:
+                    reason = f"page structure: {exc}"
+            if reason is not None:
+                raise DataCorruptionError(
+                    f"block {first + k} of relation {rel} ({fork.label} fork) is damaged: "
+                    f"{reason}", relation=rel, fork=int(fork), block=first + k)
+            yield first + k, views[k]
+        if progress is not None:
+            progress(n)
+
+
+def _visible_data(page: memoryview, visibility: Visibility) -> Iterator[tuple[int, bytes]]:
+    """(offnum, data) of each heap tuple on ``page`` that ``visibility`` shows."""
+    if page_is_new(page):
+        return
+    for offnum in range(1, page_item_count(page) + 1):
+        if page_item_flags(page, offnum) != LpFlag.NORMAL:
+            continue
+        xmin, xmax, _flags, data = unpack_tuple(page_get_item(page, offnum))
+        if visibility.visible(xmin, xmax):
+            yield offnum, data
+
+
+def visible_relations(reader: RelationFileReader, visibility: Visibility
+                      ) -> dict[str, RelationEntry]:
+    """name → catalog entry of every relation the engine would load at open (the catalog
+    heap's visible rows), sorted by name."""
+    entries: dict[str, RelationEntry] = {}
+    for block, page in fork_pages(reader, CATALOG_RELFILENUMBER):
+        for offnum, data in _visible_data(page, visibility):
+            entry = decode_entry(data, Tid(block, offnum))
+            if entry.name in entries:
+                raise DataCorruptionError(
+                    f"the catalog holds two live rows named {entry.name!r}",
+                    relation=CATALOG_RELFILENUMBER, fork=int(Fork.MAIN), block=block)
+            entries[entry.name] = entry
+    return dict(sorted(entries.items()))
+
+
+def table_rows(reader: RelationFileReader, entry: RelationEntry, visibility: Visibility, *,
+               progress: Callable[[int], None] | None = None) -> Iterator[tuple]:
+    """The visible rows of table ``entry`` in physical order, decoded with its schema."""
+    assert entry.kind == "table", entry
+    decode = RowCodec(entry.columns).decode
+    for _block, page in fork_pages(reader, entry.relfilenumber, progress=progress):
+        for _offnum, data in _visible_data(page, visibility):
+            yield decode(data)
+
+
+def kv_pairs(reader: RelationFileReader, entry: RelationEntry, visibility: Visibility, *,
+             progress: Callable[[int], None] | None = None) -> list[tuple[bytes, bytes]]:
+    """The visible (key, value) pairs of KV store ``entry``, in key order.
+
+    The one place that knows how a KV store lies on disk: today a heap of versions in the
+    KV codec (``key_len | key | value``), in no particular order, so the pairs are
+    gathered and sorted in memory. When the store moves onto its B+tree this becomes a
+    walk of the leaf level (already in key order) with the B+tree's page codec.
+    ``DataCorruptionError`` when two live versions of one key are found."""
+    assert entry.kind == "kv", entry
+    pairs: dict[bytes, bytes] = {}
+    for block, page in fork_pages(reader, entry.relfilenumber, progress=progress):
+        for _offnum, data in _visible_data(page, visibility):
+            key, value = decode_kv(data)
+            if key in pairs:
+                raise DataCorruptionError(
+                    f"KV store {entry.name!r} holds two live versions of key {key!r}",
+                    relation=entry.relfilenumber, fork=int(Fork.MAIN), block=block)
+            pairs[key] = value
+    return sorted(pairs.items())
