@@ -1,7 +1,7 @@
 """The ``slonik`` command: one subcommand per job, each a thin wrapper over the engine.
 
-Data commands (``init``, ``put``, ``get``, ``del``, ``scan``, ``stats``, ``check``) take the
-database directory first. Keys, values and store names are UTF-8 text on the command line
+Data commands (``init``, ``put``, ``get``, ``del``, ``scan``, ``stats``, ``check``,
+``dump``, ``load``) take the database directory first. Keys, values and store names are UTF-8 text on the command line
 (``--hex``: keys and values are hexadecimal instead, both ways); ``get`` and ``scan`` write
 values as their raw bytes (``--hex``/``--json`` for binary data). Every command but
 ``init`` refuses a directory that is not already a Slonik database, without writing to
@@ -22,7 +22,9 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from slonik.aio.core import IO_METHODS
@@ -39,6 +41,7 @@ from slonik.engine.tools.bench_wal import add_arguments as add_bench_wal_argumen
 from slonik.engine.tools.bench_wal import cmd_bench_wal
 from slonik.engine.tools.check import check_database, recover_database
 from slonik.engine.tools.demo import run_demo
+from slonik.engine.tools.dump import dump_database, load_database, write_dump
 from slonik.engine.tools.progress import Progress
 from slonik.engine.tools.waltools import (
     add_controldata_arguments,
@@ -390,6 +393,35 @@ def format_check(report) -> str:
     return "\n".join(lines)
 
 
+def _cmd_dump(args: argparse.Namespace) -> int:
+    path = _require_database(args.dir)
+    method = args.io_method or "auto"
+    with Progress("dumping", 0, unit="pages", enabled=sys.stderr.isatty()) as p:
+        if args.out is None:
+            sys.stdout.flush()
+            summary = write_dump(path, sys.stdout.buffer, io_method=method, progress=p)
+            sys.stdout.buffer.flush()
+            return 0
+        summary = dump_database(path, args.out, io_method=method, progress=p)
+    print(f"dumped {len(summary.relations)} relations ({summary.rows:,} rows, "
+          f"{summary.pages_read:,} pages) from {path} to {os.path.abspath(args.out)}")
+    return 0
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    path = _require_database(args.dir)
+    if args.file != "-":
+        summary = load_database(path, args.file, **_settings(args))
+    else:
+        # Load reads the script twice (validate, then write): spool stdin to a file first.
+        with tempfile.NamedTemporaryFile(prefix="slonik-load-", suffix=".sql") as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool)
+            spool.flush()
+            summary = load_database(path, spool.name, **_settings(args))
+    print(f"loaded {len(summary.relations)} relations ({summary.rows:,} rows) into {path}")
+    return 0
+
+
 # --- other commands --------------------------------------------------------------------------
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -495,6 +527,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "and writes), then check; without it nothing is written")
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(func=_cmd_check)
+
+    dump = sub.add_parser("dump", help="write the database as a SQL script PostgreSQL's psql "
+                                       "loads (CREATE TABLE + COPY), read-only")
+    _add_db_options(dump, settings=False)
+    dump.add_argument("--out", metavar="FILE", default=None,
+                      help="write the script to FILE (replaced only once the dump is "
+                           "complete; not inside DIR); default: standard output")
+    dump.set_defaults(func=_cmd_dump)
+
+    load = sub.add_parser("load", help="read a script written by 'slonik dump' into an empty "
+                                       "database (the whole file is checked first)")
+    _add_db_options(load)
+    load.add_argument("file", metavar="FILE",
+                      help="the dump script ('-' for standard input)")
+    load.set_defaults(func=_cmd_load)
 
     info = sub.add_parser("info", help="which io methods work on this machine, and why not")
     info.add_argument("--json", action="store_true", help="machine-readable output")
