@@ -361,6 +361,56 @@ class _LeafFeed:
         return self.queue[self.pos - 1]
 
 
+class _LeafFeedReverse:
+    """Next-block callback of a backward leaf-level read stream: the downlinks of the level
+    above the leaves from the one covering ``stop`` (or the last) leftwards, one parent
+    page at a time, following the parent level's left-links."""
+
+    def __init__(self, tree: BTree, stop: bytes | None) -> None:
+        self.tree = tree
+        if stop is None:
+            block, buf = tree._descend(b"", XMIN_MAX, rightmost=True, level=1)
+        else:
+            block, buf = tree._descend(stop, XMIN_MAX, level=1)
+        try:
+            page = tree.bufmgr.page(buf)
+            special = tree._special(page, block)
+            if special.level == 0:  # the root is the only leaf
+                self.queue = [block]
+                self.prev_parent = P_NONE
+                return
+            last = bt_item_count(page) if stop is None else \
+                search_page(page, stop, XMIN_MAX, True) - 1
+            self._take(page, special, block, max(last, bt_first_data(special)))
+        finally:
+            tree._release(buf)
+
+    def _take(self, page, special: Special, block: int, last: int) -> None:
+        try:
+            self.queue = [unpack_pivot(bt_item(page, off)).child
+                          for off in range(bt_first_data(special), last + 1)]
+        except BTreePageError as e:
+            raise self.tree._corrupt(block, str(e)) from None
+        self.prev_parent = special.prev
+
+    def __call__(self) -> int | None:
+        while not self.queue:
+            if self.prev_parent == P_NONE:
+                return None
+            block = self.prev_parent
+            buf = self.tree._read(block)
+            try:
+                page = self.tree.bufmgr.page(buf)
+                special = self.tree._special(page, block)
+                if special.level != 1:
+                    raise self.tree._corrupt(block, f"left-link on level 1 leads to a level "
+                                                    f"{special.level} page")
+                self._take(page, special, block, bt_item_count(page))
+            finally:
+                self.tree._release(buf)
+        return self.queue.pop()
+
+
 class BTree:
     """See the module docstring. Build with ``BTree.create`` or ``BTree.open``; one object
     per relation fork in a process (it owns the write lock and the cached metapage)."""
@@ -818,45 +868,88 @@ class BTree:
 
     def _leaf_pages_reverse(self, start: bytes | None, stop: bytes | None,
                             snapshot: Snapshot) -> Iterator[list[LeafEntry]]:
+        """Leaves from the one holding ``stop`` leftwards. The leaves come through a read
+        stream fed from the parent level walked leftwards (``_LeafFeedReverse``); the
+        left-links stay the authority: a streamed leaf is used when it is the left-link
+        of the leaf just visited and still links back to it, else the left neighbour is
+        found by moving right from the left-link (``_step_left``), as nbtree does."""
         bm = self.bufmgr
-        if stop is None:
-            block, buf = self._descend(b"", XMIN_MAX, rightmost=True)
-        else:
-            block, buf = self._descend(stop, XMIN_MAX)
-        first_page = True
-        while True:
+        feed = _LeafFeedReverse(self, stop)
+        pending: int | None = None  # a streamed buffer not used yet (pinned, unlocked)
+        with ReadStream(bm, self.rel, self.fork, feed) as stream:
+            source = iter(stream)
             try:
-                page = bm.page(buf)
+                buf = next(source)
+                block = bm.block_of(buf)[2]
+                bm.lock_shared(buf)
+                buf, block = self._move_right_to(buf, block, stop)
+                first_page = True
+                while True:
+                    try:
+                        page = bm.page(buf)
+                        special = self._special(page, block)
+                        first = bt_first_data(special)
+                        end = bt_item_count(page) + 1
+                        if first_page and stop is not None:
+                            end = search_page(page, stop, XMIN_MAX, False)
+                        out = []
+                        done = False
+                        for off in reversed([o for o in self._visible(page, first, snapshot)
+                                             if o < end]):
+                            e = unpack_entry(bt_item(page, off))
+                            if start is not None and e.key < start:
+                                done = True
+                                break
+                            out.append(e)
+                        if start is not None and first < end and \
+                                entry_key(bt_item(page, first))[0] < start:
+                            done = True
+                        prev = special.prev
+                    except BTreePageError as e:
+                        raise self._corrupt(block, str(e)) from None
+                    finally:
+                        self._release(buf)
+                    yield out
+                    if done or prev == P_NONE:
+                        return
+                    first_page = False
+                    if pending is None:
+                        pending = next(source, None)
+                    if pending is not None and bm.block_of(pending)[2] == prev:
+                        buf, pending = pending, None
+                        bm.lock_shared(buf)
+                        try:
+                            links_back = self._special(bm.page(buf), prev).next == block
+                        except BaseException:
+                            self._release(buf)
+                            raise
+                        if not links_back:  # it split since: move right from it
+                            self._release(buf)
+                            buf = self._step_left(prev, block)
+                    else:
+                        buf = self._step_left(prev, block)
+                    block = bm.block_of(buf)[2]
+            finally:
+                if pending is not None:
+                    bm.unpin(pending)
+
+    def _move_right_to(self, buf: int, block: int, stop: bytes | None) -> tuple[int, int]:
+        """From a share-locked leaf, move right to the one holding (stop, XMIN_MAX), or to
+        the rightmost leaf when ``stop`` is None (a split may have moved it right)."""
+        bm = self.bufmgr
+        while True:
+            page = bm.page(buf)
+            try:
                 special = self._special(page, block)
-                first = bt_first_data(special)
-                end = bt_item_count(page) + 1
-                if first_page and stop is not None:
-                    end = search_page(page, stop, XMIN_MAX, False)
-                out = []
-                done = False
-                for off in reversed([o for o in self._visible(page, first, snapshot) if o < end]):
-                    e = unpack_entry(bt_item(page, off))
-                    if start is not None and e.key < start:
-                        done = True
-                        break
-                    out.append(e)
-                if start is not None and first < end and \
-                        entry_key(bt_item(page, first))[0] < start:
-                    done = True
-                prev = special.prev
-            except BTreePageError as e:
-                self._release(buf)
-                raise self._corrupt(block, str(e)) from None
+                if special.next == P_NONE or (
+                        stop is not None and locate(page, stop, XMIN_MAX) != MOVE_RIGHT):
+                    return buf, block
             except BaseException:
                 self._release(buf)
                 raise
             self._release(buf)
-            yield out
-            if done or prev == P_NONE:
-                return
-            first_page = False
-            buf = self._step_left(prev, block)
-            block = bm.block_of(buf)[2]
+            block = special.next
+            buf = self._read(block)
 
     def _step_left(self, prev: int, origin: int) -> int:
         """The page whose right-link is ``origin``, starting at its old left sibling
