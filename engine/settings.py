@@ -11,7 +11,9 @@ created with (PostgreSQL's initdb --wal-segsize works the same way: fixed at cre
 
 Sizes: ``shared_buffers`` and ``wal_buffers`` are in pages of 8192 bytes, or a string with
 a unit ("128MB", "1GB", "64kB", "16384"); ``max_wal_size`` and ``wal_segment_size`` are in
-bytes (or a string with a unit); ``segment_size`` is in blocks.
+bytes (or a string with a unit); ``segment_size`` is in blocks. Times:
+``checkpoint_timeout`` in seconds, ``wal_writer_delay`` in milliseconds (an int, 1..10000,
+as PostgreSQL's).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from slonik.storage.bufmgr import IO_COMBINE_LIMIT_MAX, SHARED_BUFFERS_MAX, SHAR
 from slonik.storage.page import BLCKSZ
 from slonik.storage.read_stream import EFFECTIVE_IO_CONCURRENCY_MAX
 from slonik.wal.walpage import WAL_SEGMENT_SIZE_MAX, WAL_SEGMENT_SIZE_MIN
+from slonik.wal.walwriter import WAL_WRITER_DELAY_DEFAULT_MS, check_wal_writer_delay
 from slonik.wal.xlog import WAL_BUFFERS_DEFAULT_PAGES, WAL_BUFFERS_MAX_PAGES, WAL_BUFFERS_MIN_PAGES
 
 __all__ = ["Settings", "parse_settings", "SETTING_NAMES"]
@@ -54,6 +57,7 @@ class Settings:
     full_page_writes: bool = True
     synchronous_commit: bool = True
     checkpoint_timeout: float = 300           # seconds, PostgreSQL's default
+    wal_writer_delay: int = WAL_WRITER_DELAY_DEFAULT_MS   # ms between background WAL flushes
     max_wal_size: int = 1 << 30               # bytes, PostgreSQL's default
     segment_size: int | None = None           # blocks; None: the database's (131072 if new)
     max_files: int = 1000                     # PostgreSQL's max_files_per_process
@@ -174,6 +178,8 @@ def parse_settings(**kwargs: object) -> Settings:
                             f"got {t!r}")
         if not lo <= t <= hi:
             raise ValueError(f"checkpoint_timeout must be in {lo}..{hi} seconds, got {t}")
+    if "wal_writer_delay" in v:
+        check_wal_writer_delay(v["wal_writer_delay"])
     if "max_files" in v:
         _int_in("max_files", v["max_files"], *MAX_FILES_RANGE)
     for name in ("full_page_writes", "synchronous_commit", "zero_damaged_pages",
