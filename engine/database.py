@@ -180,13 +180,13 @@ def _acquire_lock_file(path: str) -> int:
         raise DatabaseLockedError(
             f"database {path} is already open (lock file {lock_path} is held by process "
             f"{owner}); close it there first") from None
-    try:
-        osfile.ftruncate(fd, 0)
-        osfile.pwritev(fd, [f"{os.getpid()}\n".encode()], 0)
-    except BaseException:
-        osfile.close(fd)
-        raise
     return fd
+
+
+def _write_lock_owner(fd: int) -> None:
+    """Record this process in the lock file, once open: a refused open changes no file."""
+    osfile.ftruncate(fd, 0)
+    osfile.pwritev(fd, [f"{os.getpid()}\n".encode()], 0)
 
 
 class Database:
@@ -239,6 +239,7 @@ class Database:
         self._lock_fd = _acquire_lock_file(path)
         try:
             self._start(s, is_new)
+            _write_lock_owner(self._lock_fd)
         except BaseException:
             self._release_resources()
             raise

@@ -1,10 +1,18 @@
 """Bootstrap and crash recovery: from the control file to an open, consistent WAL.
 
 ``bootstrap`` makes a new database's WAL and control file. ``startup`` reads the control
-file, replays WAL from the last checkpoint's redo point through the registered resource
-managers (always: after a clean shutdown that is just the shutdown checkpoint record),
-makes the replayed WAL durable, truncates the torn tail and returns a ``Wal`` positioned
-at the end of valid WAL.
+file, finds the end of valid WAL, replays WAL from the last checkpoint's redo point through
+the registered resource managers (always: after a clean shutdown that is just the shutdown
+checkpoint record), makes the replayed WAL durable, truncates the torn tail and returns a
+``Wal`` positioned at the end of valid WAL.
+
+Read first, write after (DESIGN §7): before anything is written — control file state, a
+data page, a relation file, the WAL tail — a first pass reads the WAL from the redo point
+to its end and decides whether the stop is a torn tail or corruption in the middle (the
+flush stamp, ``wal.reader``). Corruption raises ``WalCorruptMiddleError`` naming the LSN and
+leaves every file byte for byte as it was: no replay, no tail truncation, no end-of-recovery
+checkpoint. Only then is the control file marked "in crash recovery" and WAL replayed, by a
+second pass that must end exactly where the first did.
 
 Redo rules (as PostgreSQL's XLogReadBufferForRedo):
 1. A block with a full-page image is restored from it without reading the old page (a torn
@@ -229,14 +237,18 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
         raise WalError(f"the control file's redo point {format_lsn(control.redo_lsn)} "
                        f"disagrees with its checkpoint record's {format_lsn(cp.redo_lsn)}")
     crashed = control.state != DbState.SHUTDOWNED
+    # Read-only pass: after a crash an invalid record may be a torn tail or damage in the
+    # middle of the log; the flush stamps past it tell which. Raises before any write.
+    end, last, stop_reason = find_wal_end(wal_dir, seg, cp.redo_lsn,
+                                          check_middle_corruption=crashed)
+    if end < cp_rr.end_lsn:
+        raise WalError(f"WAL ends at {format_lsn(end)}, before the checkpoint record at "
+                       f"{format_lsn(control.checkpoint_lsn)} ({stop_reason})")
     if crashed:
         write_control(data_dir, replace(control, state=DbState.IN_CRASH_RECOVERY,
                                         time=time.time()))
     ctx = RedoContext(bufmgr, smgr)
-    # After a crash an invalid record may be a torn tail or damage in the middle of the
-    # log: look past it (as far as a flush could have left unsynced WAL) to tell which.
-    reader = WalReader(wal_dir, seg, cp.redo_lsn,
-                       wal_buffers_bytes=wal_buffers * BLCKSZ if crashed else None)
+    reader = WalReader(wal_dir, seg, cp.redo_lsn)
     replayed = 0
     xids: set[int] = ctx.state.setdefault("xids", set())  # every xid that wrote WAL
     # WAL found after a crash may sit only in the page cache. Make all of it durable before
@@ -253,10 +265,10 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
             replayed += 1
     finally:
         bufmgr.flush_wal = saved_flush_wal
-    end, last = reader.end_lsn, reader.last_lsn
-    if end < cp_rr.end_lsn:
-        raise WalError(f"WAL ends at {format_lsn(end)}, before the checkpoint record at "
-                       f"{format_lsn(control.checkpoint_lsn)} ({reader.stop_reason})")
+    if (reader.end_lsn, reader.last_lsn) != (end, last):
+        raise WalError(f"WAL changed during recovery: the first pass found its end at "
+                       f"{format_lsn(end)}, replay at {format_lsn(reader.end_lsn)} "
+                       f"({reader.stop_reason})")
     if crashed or end != cp_rr.end_lsn:
         truncate_tail(wal_dir, seg, end)
     wal = Wal(wal_dir, aio, wal_segment_size=seg, wal_buffers=wal_buffers,
@@ -266,6 +278,18 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
                         reader.stop_reason, ctx.state.get("last_checkpoint", cp), cp.extra,
                         ctx.state, time.perf_counter() - t0, max(0, end - cp.redo_lsn))
     return wal, control, info
+
+
+def find_wal_end(wal_dir: str, wal_segment_size: int, redo_lsn: int, *,
+                 check_middle_corruption: bool) -> tuple[int, int, str]:
+    """(end, last record start, stop reason) of the valid WAL from ``redo_lsn``, reading
+    only; ``WalCorruptMiddleError`` when the check is asked for and a flush stamp proves the
+    first invalid record durable."""
+    reader = WalReader(wal_dir, wal_segment_size, redo_lsn,
+                       check_middle_corruption=check_middle_corruption)
+    for _rr in reader:
+        pass
+    return reader.end_lsn, reader.last_lsn, reader.stop_reason
 
 
 def _wal_already_durable(lsn: int) -> None:

@@ -8,7 +8,7 @@ at any instant the name holds either the old or the new contents, never a mix.
 Layout (little-endian, struct "<IIIIQQQQQQQIId", then zeros up to 512 bytes)::
 
       0  magic u32               CONTROL_MAGIC
-      4  version u32             CONTROL_VERSION
+      4  version u32             CONTROL_VERSION (2; version 1 went with WAL page format 1)
       8  crc u32                 CRC-32C of all 512 bytes with this field read as zero
      12  state u32               DbState
      16  system_identifier u64
@@ -51,7 +51,8 @@ __all__ = [
 CONTROL_FILE_NAME = "slonik_control"
 CONTROL_FILE_SIZE = 512        # bytes; one sector, so the rename is the only atomicity needed
 CONTROL_MAGIC = 0x534C4E43     # "CNLS" little-endian: "SLNC"
-CONTROL_VERSION = 1
+CONTROL_VERSION = 2            # 2: the WAL beside it is in WAL page format 2 (flush stamps)
+_OLD_VERSIONS = {1: "its WAL pages carry no flush stamps (WAL page format 1)"}
 _TEMP_SUFFIX = ".tmp"
 
 _LAYOUT = struct.Struct("<IIIIQQQQQQQIId")
@@ -163,8 +164,10 @@ def decode_control(data, path: str) -> ControlData:
         raise ControlFileError(path, "magic", f"bad magic 0x{magic:08X}, expected "
                                               f"0x{CONTROL_MAGIC:08X}: not a Slonik control file")
     if version != CONTROL_VERSION:
-        raise ControlFileError(path, "version", f"version {version}, this build reads "
-                                                f"version {CONTROL_VERSION}")
+        why = f" ({_OLD_VERSIONS[version]}: written by an older Slonik)" \
+            if version in _OLD_VERSIONS else ""
+        raise ControlFileError(path, "version", f"version {version}{why}; this build reads "
+                                                f"version {CONTROL_VERSION} only")
     mv = memoryview(data)
     computed = _crc32c.crc32c(mv[_CRC_OFFSET + 4:],
                               _crc32c.crc32c(_ZERO_CRC, _crc32c.crc32c(mv[:_CRC_OFFSET])))

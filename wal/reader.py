@@ -7,10 +7,18 @@ xlogreader: page header (magic, pageaddr, segment size, flags), continuation len
 (``rem_len`` of each page a record continues onto must equal the bytes still missing),
 record length bounds and header, CRC, then the prev-LSN link.
 
-Stopping is quiet (a torn tail is normal after a crash) unless ``wal_buffers_bytes`` is
-given and valid WAL exists further on than any one unsynced write could reach: then the
-log was damaged in the middle, and iteration raises ``WalCorruptMiddleError`` naming both
-LSNs rather than let recovery drop committed work (DESIGN §7).
+Stopping is quiet (a torn tail is normal after a crash) unless ``check_middle_corruption``
+is set and the stop lies below a durable end that a later flush knew of: then the log was
+damaged in the middle, and iteration raises ``WalCorruptMiddleError`` naming the LSN rather
+than let recovery drop committed work (DESIGN §7). The proof is the flush stamp (walpage
+invariant 4): after the first invalid record at L, the reader scans every remaining WAL
+page of this segment and of every later segment file; a page whose header is valid at its
+own position (magic and format version, header CRC, pageaddr, segment size, flags) and
+whose ``prev_flush_end`` is > L was written by a flush that began after WAL beyond L was
+durable — so the record at L was durable and is damaged, not torn. Pages of recycled
+segments carry another position's pageaddr and prove nothing. Only the bytes of the last
+flush before the crash carry no later stamp: damage there is indistinguishable from a torn
+write and ends WAL quietly.
 
 Segment files are read through ``aio.osfile`` in chunks of ``READ_CHUNK_BYTES``; records are
 decoded from memoryviews of those chunks, so a record inside one page is never copied
@@ -80,25 +88,27 @@ class ReadRecord:
 
 
 class WalCorruptMiddleError(WalError):
-    """An invalid record at ``lsn`` with valid WAL at ``valid_lsn``, more than wal_buffers
-    further on: the log is damaged in the middle, not merely torn at its end."""
+    """An invalid record at ``lsn`` below ``durable_lsn``, the durable end stamped into the
+    WAL page at ``proof_lsn`` by a later flush: the log is damaged in the middle, not merely
+    torn at its end."""
 
-    def __init__(self, lsn: int, valid_lsn: int, reason: str) -> None:
-        super().__init__(f"WAL is corrupt in the middle at {format_lsn(lsn)}: valid records "
-                         f"follow at {format_lsn(valid_lsn)}; refusing to start "
+    def __init__(self, lsn: int, proof_lsn: int, durable_lsn: int, reason: str) -> None:
+        super().__init__(f"WAL is corrupt in the middle at {format_lsn(lsn)}: the WAL page at "
+                         f"{format_lsn(proof_lsn)} was written by a flush that began after WAL "
+                         f"up to {format_lsn(durable_lsn)} was durable; refusing to start "
                          f"(first invalid record: {reason})")
         self.lsn = lsn
-        self.valid_lsn = valid_lsn
+        self.proof_lsn = proof_lsn
+        self.durable_lsn = durable_lsn
         self.reason = reason
 
 
 class _Stop(Exception):
     """Internal: the WAL is not valid at this point; ``reason`` says why."""
 
-    def __init__(self, reason: str, extent_end: int = 0) -> None:
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.extent_end = extent_end  # where the invalid record claims to end (0: unknown)
 
 
 class WalReader:
@@ -109,10 +119,15 @@ class WalReader:
     good record, or ``start_lsn``), ``last_lsn`` the start of the last good record (0 if
     none), ``stop_reason`` why iteration stopped ("" while it has not). ``expect_prev``: the
     LSN the first record's prev link must name (unchecked when None).
+    ``check_middle_corruption``: after the first invalid record, look for a flush stamp that
+    proves it durable and raise ``WalCorruptMiddleError`` if there is one (crash recovery and
+    waldump want this; a plain stop is quiet). ``wal_buffers_bytes``, the older way to ask for
+    the check, is still accepted: any positive value turns it on (its size no longer matters).
     """
 
     def __init__(self, wal_dir: str, wal_segment_size: int, start_lsn: int, *,
-                 wal_buffers_bytes: int | None = None, expect_prev: int | None = None) -> None:
+                 check_middle_corruption: bool = False, wal_buffers_bytes: int | None = None,
+                 expect_prev: int | None = None) -> None:
         check_segment_size(wal_segment_size)
         if not isinstance(start_lsn, int) or isinstance(start_lsn, bool) or start_lsn <= 0:
             raise ValueError(f"start_lsn must be a positive int LSN, got {start_lsn!r}")
@@ -127,7 +142,10 @@ class WalReader:
         self.wal_dir = wal_dir
         self.wal_segment_size = wal_segment_size
         self.start_lsn = start_lsn
-        self.wal_buffers_bytes = wal_buffers_bytes
+        if not isinstance(check_middle_corruption, bool):
+            raise TypeError(f"check_middle_corruption must be a bool, got "
+                            f"{check_middle_corruption!r}")
+        self.check_middle_corruption = check_middle_corruption or wal_buffers_bytes is not None
         self.expect_prev = expect_prev
         self.end_lsn = start_lsn
         self.last_lsn = 0
@@ -156,10 +174,10 @@ class WalReader:
                     if prev is not None and rr.record.prev_lsn != prev:
                         raise _Stop(f"wrong prev link at {format_lsn(lsn)}: record names "
                                     f"{format_lsn(rr.record.prev_lsn)}, previous record is "
-                                    f"at {format_lsn(prev)}", rr.end_lsn)
+                                    f"at {format_lsn(prev)}")
                 except _Stop as stop:
                     self.stop_reason = stop.reason
-                    self._check_middle(lsn, max(lsn, stop.extent_end), stop.reason)
+                    self._check_middle(lsn, stop.reason)
                     return
                 self.last_lsn = lsn
                 self.end_lsn = rr.end_lsn
@@ -212,18 +230,13 @@ class WalReader:
             end = lsn + total
         else:
             end = advance_lsn(lsn, total)
-            try:
-                data = self._gather(lsn, page[off:], total)
-            except _Stop as stop:
-                stop.extent_end = end
-                raise
+            data = self._gather(lsn, page[off:], total)
         try:
             record = decode_record(data)
         except WalRecordError as e:
             if e.field == "crc":
-                raise _Stop(f"bad CRC at {format_lsn(lsn)}", end) from None
-            raise _Stop(f"invalid record at {format_lsn(lsn)}: {e.field}: {e.reason}",
-                        end) from None
+                raise _Stop(f"bad CRC at {format_lsn(lsn)}") from None
+            raise _Stop(f"invalid record at {format_lsn(lsn)}: {e.field}: {e.reason}") from None
         return ReadRecord(lsn, end, record, total)
 
     def _gather(self, lsn: int, head: memoryview, total: int) -> bytes:
@@ -322,27 +335,25 @@ class WalReader:
 
     # --- corruption in the middle ----------------------------------------------------------
 
-    def _check_middle(self, bad_lsn: int, bad_end: int, reason: str) -> None:
-        """Raise WalCorruptMiddleError if valid WAL exists wal_buffers_bytes past the invalid
-        record at ``bad_lsn``, counted from ``bad_end``, where that record claims to end.
-
-        Counting from the claimed end rather than the start: the writer keeps unsynced WAL
-        within wal_buffers_bytes of the page holding the durable end F, and a record torn
-        across F starts before F but ends after it, so valid unsynced pages may lie up to
-        wal_buffers_bytes past its end. The length field of such a record lies before F
-        (synced, intact), so its claimed end is trustworthy."""
-        if self.wal_buffers_bytes is None:
+    def _check_middle(self, bad_lsn: int, reason: str) -> None:
+        """Raise WalCorruptMiddleError if a flush stamp proves the invalid record at
+        ``bad_lsn`` durable (see the module docstring)."""
+        if not self.check_middle_corruption:
             return
-        found = self._find_valid_record(bad_end + self.wal_buffers_bytes)
-        if found is not None:
-            raise WalCorruptMiddleError(bad_lsn, found, reason)
+        proof = self._find_stamp_above(bad_lsn)
+        if proof is not None:
+            raise WalCorruptMiddleError(bad_lsn, proof[0], proof[1], reason)
 
-    def _find_valid_record(self, from_lsn: int) -> int | None:
-        """The first LSN at or after ``from_lsn`` where a page that is valid for its own
-        address holds a record start whose record decodes with a good CRC, or None. Only
-        the first record starting on each page is tried."""
+    def _find_stamp_above(self, lsn: int) -> tuple[int, int] | None:
+        """(pageaddr, stamp) of the first WAL page at or after the page holding ``lsn``,
+        valid at its own address, whose flush stamp is > ``lsn``; None when there is none.
+
+        Pages before the one holding ``lsn`` need no look: a flush writes from the page
+        holding the previous flush's end on, so a page's stamp lies below its end. Every
+        later page is read (a torn flush may leave holes, damage may zero any stretch), in
+        this segment file and in every later one that exists."""
         seg_size = self.wal_segment_size
-        first_page = -(-from_lsn // WAL_PAGE_SIZE) * WAL_PAGE_SIZE
+        first_page = lsn - lsn % WAL_PAGE_SIZE
         try:
             names = osfile.listdir(self.wal_dir)
         except FileNotFoundError:
@@ -357,12 +368,12 @@ class WalReader:
                 except _Stop:
                     break               # the segment file ends (or vanished): next one
                 try:
-                    lsn = self._first_record_on_page(page, pageaddr)
-                    if lsn is not None:
-                        self._read_at(lsn)
-                        return lsn
-                except _Stop:
-                    pass
+                    hdr = decode_page_header(page, pageaddr, seg_size)
+                except WalPageError:
+                    pass                # never written, stale, torn or damaged: no proof
+                else:
+                    if hdr.prev_flush_end > lsn:
+                        return pageaddr, hdr.prev_flush_end
                 pageaddr += WAL_PAGE_SIZE
         return None
 

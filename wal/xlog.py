@@ -14,15 +14,20 @@ another thread's flush already covers return without I/O (group commit, counted)
 Invariants:
 1. Bytes in [flush_lsn, insert_lsn) are only in the WAL buffers; the ring never holds more
    than ``wal_buffers`` pages, so an inserter that would overrun it flushes first. Every
-   write is followed by a sync before the flush position moves: unsynced WAL on disk never
-   extends more than ``wal_buffers`` bytes past the durable end (what recovery relies on
-   to tell a torn tail from corruption in the middle of the log).
+   write is followed by a sync before the flush position moves, and one flush runs at a
+   time: a flush starts only after the previous one's sync returned. A flush ends at a
+   record boundary (the insert position when it began).
 2. A full-page image is taken for every block whose page LSN is at or before the redo
    point; the redo point only moves under the insert lock.
 3. A failed WAL write or sync makes this Wal unusable: every later insert or flush raises
    WalError. An fsync is never retried (the kernel may have dropped the dirty pages).
 4. New segment files are zero-filled and their directory synced before WAL is written
    into them; old segments are recycled by renaming them to future names.
+5. The flush stamp (walpage invariant 4): a flush stamps every page it writes with
+   ``flush_lsn`` as it was when the flush began — the durable end of the previous flush —
+   just before writing it. Everything below a stamp found on disk was therefore durable;
+   recovery uses this to tell a torn tail (only the last flush's bytes can be torn) from
+   corruption in the middle of the log, whatever the size of the WAL.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from slonik.wal.walpage import (
     format_lsn,
     parse_segment_file_name,
     segment_file_name,
+    stamp_page_header,
     usable_lsn,
 )
 
@@ -92,6 +98,7 @@ class WalStats:
     segments_created: int
     segments_recycled: int
     sync_ns: int            # time spent writing and syncing
+    pages_stamped: int = 0  # page headers stamped with the previous flush's end
 
 
 def _check_wal_buffers(pages: object) -> int:
@@ -141,6 +148,7 @@ class Wal:
         self._flush_requests = self._flushes = self._joins = self._writes = 0
         self._write_bytes = self._syncs = self._full_flushes = 0
         self._created = self._recycled = self._sync_ns = 0
+        self._stamped = 0                  # page headers stamped by flushes
         self._last_seg = self._cur // self.wal_segment_size
         if start_lsn % WAL_PAGE_SIZE:
             self._load_partial_page(start_lsn)
@@ -233,7 +241,9 @@ class Wal:
             slot = ((pos // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE
             if off == 0:
                 ring[slot:slot + WAL_PAGE_SIZE] = bytes(WAL_PAGE_SIZE)
-                ring[slot:slot + PAGE_HEADER_SIZE] = encode_page_header(pos, n - i if i else 0, seg)
+                # Stamped 0 (proves nothing) until the flush that writes the page stamps it.
+                ring[slot:slot + PAGE_HEADER_SIZE] = encode_page_header(pos, n - i if i else 0,
+                                                                        seg, 0)
                 off = PAGE_HEADER_SIZE
                 pos += PAGE_HEADER_SIZE
             take = min(WAL_PAGE_SIZE - off, n - i)
@@ -301,6 +311,12 @@ class Wal:
         pieces: list[tuple[int, int, list[memoryview]]] = []
         page = first_page
         ring = self._ringv
+        self._stamped += (last_page - first_page) // WAL_PAGE_SIZE + 1
+        while page <= last_page:  # stamp before any write: the stamp is a claim of this flush
+            slot = ((page // WAL_PAGE_SIZE) % self.npages) * WAL_PAGE_SIZE
+            stamp_page_header(ring[slot:slot + PAGE_HEADER_SIZE], flushed)
+            page += WAL_PAGE_SIZE
+        page = first_page
         while page <= last_page:
             segno = page // seg
             seg_end = (segno + 1) * seg
@@ -479,7 +495,8 @@ class Wal:
         return WalStats(usable_lsn(self._cur), self._flushed, self._redo, self._records,
                         self._record_bytes, self._fpis, self._flush_requests, self._flushes,
                         self._joins, self._writes, self._write_bytes, self._syncs,
-                        self._full_flushes, self._created, self._recycled, self._sync_ns)
+                        self._full_flushes, self._created, self._recycled, self._sync_ns,
+                        self._stamped)
 
 
 def truncate_tail(wal_dir: str, wal_segment_size: int, end_lsn: int) -> int:

@@ -89,6 +89,18 @@ def test_every_byte_corruption_is_reported():
             assert ei.value.path == "/db/slonik_control"
 
 
+def test_old_version_is_refused_naming_it():
+    """A version 1 control file (its WAL has no flush stamps) is refused with a message that
+    names the version found, why it cannot be used, and the version this build reads."""
+    d = bytearray(encode_control(sample()))
+    struct.pack_into("<I", d, 4, 1)
+    with pytest.raises(ControlFileError) as ei:
+        decode_control(recrc(bytes(d)), "/p/slonik_control")
+    msg = str(ei.value)
+    assert ei.value.field == "version"
+    assert "version 1 " in msg and "flush stamps" in msg and f"version {CONTROL_VERSION} only" in msg
+
+
 @pytest.mark.parametrize("offset, fmt, value, field", [
     (0, "<I", 0x12345678, "magic"),
     (4, "<I", CONTROL_VERSION + 1, "version"),
@@ -158,7 +170,8 @@ def test_missing_file(tmp_path):
     (sample(wal_segment_size=100000), "wal_segment_size"),
     (sample(blcksz=0), "blcksz"),
     (sample(time=float("inf")), "time"),
-    (sample(version=2), "version"),
+    (sample(version=CONTROL_VERSION + 1), "version"),
+    (sample(version=1), "version"),
     (sample(redo_lsn="0/1"), "redo_lsn"),
 ])
 def test_encode_rejects_bad_fields(c, words):

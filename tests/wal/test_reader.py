@@ -2,7 +2,9 @@
 WAL stops being valid — quietly at a torn tail, loudly at corruption in the middle.
 
 WAL files are built by tests/wal/walgen.py (independent of the real writer) with 64 KiB
-segments, so modest records span pages and segments.
+segments, so modest records span pages and segments. walgen models flushes and stamps each
+page with the durable end of the flush before the last one that wrote it (walpage
+invariant 4): corruption in the middle means "below a stamp found on a later valid page".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 import struct
 import tempfile
 
+import crc32c
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -30,12 +33,20 @@ from slonik.wal.reader import (
 )
 from slonik.wal.record import BLCKSZ, MAX_RECORD_SIZE_BYTES, RECORD_HEADER_SIZE, BlockRef, WalRecord
 from slonik.wal.rmgr import RM_TEST, ResourceManager, find_rmgr, register_rmgr
-from slonik.wal.walpage import PAGE_HEADER_SIZE, WAL_PAGE_SIZE, segment_file_name
+from slonik.wal.walpage import (
+    PAGE_HEADER_SIZE,
+    PAGE_MAGIC_BY_VERSION,
+    WAL_PAGE_FORMAT_VERSION,
+    WAL_PAGE_SIZE,
+    WalPageError,
+    decode_page_header,
+    segment_file_name,
+    stamp_page_header,
+)
 
 from tests.wal.walgen import WalGen
 
 SEG = 64 * 1024
-RESERVED_HEADER_BYTES = range(20, 24)   # walpage's header: ... wal_segment_size u32 | reserved u32
 
 
 def rec_of_size(total: int, seed: int = 0, xid: int = 1) -> WalRecord:
@@ -44,12 +55,28 @@ def rec_of_size(total: int, seed: int = 0, xid: int = 1) -> WalRecord:
     return WalRecord(RM_TEST, 0, xid, random.Random(seed).randbytes(total - RECORD_HEADER_SIZE))
 
 
-def build(wal_dir: str, sizes, seg: int = SEG) -> WalGen:
+def build(wal_dir: str, sizes, seg: int = SEG, *, flushed: int = 0) -> WalGen:
+    """WAL of records of ``sizes`` bytes; each of the first ``flushed`` records is a flush
+    of its own (as synchronous commits are), the rest are the flush in progress."""
     g = WalGen(wal_dir, seg)
     for i, n in enumerate(sizes):
         g.append(rec_of_size(n, seed=i, xid=i + 1))
+        if i < flushed:
+            g.flush()
     g.write()
     return g
+
+
+def expected_proof(g: WalGen, bad: int, damaged_lsn: int) -> int | None:
+    """The model's answer: the stamp > ``bad`` on a page at or after the page holding
+    ``bad``, not the page whose header ``damaged_lsn`` hits, or None."""
+    damaged_header = damaged_lsn - damaged_lsn % WAL_PAGE_SIZE \
+        if damaged_lsn % WAL_PAGE_SIZE < PAGE_HEADER_SIZE else None
+    first = bad - bad % WAL_PAGE_SIZE
+    for page, stamp in sorted(g.stamps().items()):
+        if page >= first and page != damaged_header and stamp > bad:
+            return stamp
+    return None
 
 
 def read_all(g: WalGen, **kw) -> tuple[WalReader, list[ReadRecord]]:
@@ -74,8 +101,8 @@ def test_reads_every_record_across_pages_and_segments(sizes):
     """Every record written is read back with its LSN, end LSN and contents, records
     spanning pages and segments included; the WAL then ends quietly at zeroes."""
     with tempfile.TemporaryDirectory() as d:
-        g = build(d, sizes)
-        reader, got = read_all(g, wal_buffers_bytes=4 * WAL_PAGE_SIZE)
+        g = build(d, sizes, flushed=len(sizes) // 2)
+        reader, got = read_all(g, check_middle_corruption=True)
         assert_read_prefix(g, got, len(sizes))
         assert reader.end_lsn == g.end_lsn
         assert reader.last_lsn == g.placed[-1].lsn
@@ -112,23 +139,24 @@ def test_start_in_the_middle_and_at_a_page_start():
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.integers(32, 3000), min_size=3, max_size=12),
        st.lists(st.integers(32, 12000), max_size=3), st.data())
-def test_corruption_in_last_flushed_window_stops_exactly_before_it(small, big, data):
-    """Flip bits of any byte in the last wal_buffers_bytes of WAL: replay yields exactly the
-    records before the first record the byte belongs to (its bytes, or the header of a page
-    it has bytes on), ends quietly there, and never calls it corruption in the middle.
-    A byte in alignment padding touches no record, and everything is read."""
-    window = 3 * WAL_PAGE_SIZE
+def test_corruption_in_the_last_flush_stops_exactly_before_it(small, big, data):
+    """Flip bits of any byte the last flush (the one in progress at the crash) wrote at or
+    after the previous flush's durable end: replay yields exactly the records before the
+    first record the byte belongs to (its bytes, or the header of a page it has bytes on),
+    ends quietly there, and never calls it corruption in the middle — the bytes may be a
+    torn write. A byte in alignment padding touches no record, and everything is read."""
     sizes = small + big
     random.Random(len(sizes)).shuffle(sizes)
     with tempfile.TemporaryDirectory() as d:
-        g = build(d, sizes)
-        lo = max(g.start_lsn, g.end_lsn - window)
-        x = data.draw(st.integers(lo, g.end_lsn - 1), label="corrupt lsn")
-        assume(x % WAL_PAGE_SIZE not in RESERVED_HEADER_BYTES)   # see test_page_header_reserved_bytes_are_checked
+        flushed = data.draw(st.integers(0, len(sizes) - 1), label="completed flushes")
+        g = build(d, sizes, flushed=flushed)
+        last_durable = g.flushes[-1] if g.flushes else g.start_lsn
+        x = data.draw(st.integers(last_durable, g.end_lsn - 1), label="corrupt lsn")
         g.xor_byte(x, data.draw(st.integers(1, 255), label="mask"))
         touching = g.records_touching(x)
         expect = touching[0] if touching else len(sizes)
-        reader, got = read_all(g, wal_buffers_bytes=window)
+        assert expect >= flushed
+        reader, got = read_all(g, check_middle_corruption=True)
         assert_read_prefix(g, got, expect)
         if expect < len(sizes):
             stop_lsn = g.placed[expect].lsn
@@ -138,66 +166,162 @@ def test_corruption_in_last_flushed_window_stops_exactly_before_it(small, big, d
             assert reader.end_lsn == g.end_lsn
 
 
-def test_page_header_reserved_bytes_are_checked():
-    """A flip in a page header's reserved bytes must end WAL there like any other field."""
+@pytest.mark.parametrize("offset", range(PAGE_HEADER_SIZE))
+def test_every_page_header_byte_is_checked(offset):
+    """A flip in any byte of a page header (the header CRC covers them all) ends WAL before
+    the first record with bytes on that page."""
     with tempfile.TemporaryDirectory() as d:
         g = build(d, [3000, 3000, 3000, 3000])
-        g.xor_byte(SEG + WAL_PAGE_SIZE + RESERVED_HEADER_BYTES[0], 0x01)
+        g.xor_byte(SEG + WAL_PAGE_SIZE + offset, 0x01)
         reader, got = read_all(g)
-        assert len(got) == 2
+        assert len(got) == g.records_touching(SEG + WAL_PAGE_SIZE + offset)[0] == 2
+        assert format_lsn(SEG + WAL_PAGE_SIZE) in reader.stop_reason, reader.stop_reason
 
 
 def middle_sizes(rng: random.Random) -> list[int]:
     return [rng.choice([40, 100, 500, 2000]) for _ in range(300)]
 
 
-@settings(max_examples=60, deadline=None)
+def assert_refuses(g: WalGen, bad_index: int, reader_kw: dict | None = None, *,
+                   modelled: bool = True) -> WalCorruptMiddleError:
+    """Iteration raises WalCorruptMiddleError naming the bad record's LSN after yielding
+    exactly the records before it; without the check the same WAL ends quietly there.
+    ``modelled``: the proof is one of ``g``'s own pages, with the stamp walgen gave it."""
+    bad = g.placed[bad_index]
+    reader = WalReader(g.wal_dir, g.seg, g.start_lsn,
+                       **(reader_kw or {"check_middle_corruption": True}))
+    got = []
+    with pytest.raises(WalCorruptMiddleError) as ei:
+        for rr in reader:
+            got.append(rr)
+    assert_read_prefix(g, got, bad_index)
+    e = ei.value
+    assert isinstance(e, WalError)
+    assert e.lsn == bad.lsn
+    assert f"corrupt in the middle at {format_lsn(bad.lsn)}" in str(e)
+    assert "refusing to start" in str(e)
+    assert e.durable_lsn > bad.lsn and e.proof_lsn >= bad.lsn - bad.lsn % WAL_PAGE_SIZE
+    if modelled:
+        assert g.stamps()[e.proof_lsn] == e.durable_lsn
+    quiet, got = read_all(g)
+    assert len(got) == bad_index and format_lsn(bad.lsn) in quiet.stop_reason
+    return e
+
+
+@settings(max_examples=80, deadline=None)
 @given(st.integers(0, 2**32), st.data())
 def test_corruption_in_the_middle_refuses_to_start(seed, data):
-    """A corrupt byte with valid records more than wal_buffers_bytes after it: iteration
-    raises WalCorruptMiddleError naming the LSN of the bad record and of valid WAL beyond;
-    the records before it have been yielded. Without wal_buffers_bytes the stop is quiet."""
-    window = 2 * WAL_PAGE_SIZE
+    """A corrupt byte anywhere below the durable end a later flush stamped (every record
+    here is a flush of its own, like synchronous commits, and the WAL is far smaller than
+    wal_buffers would be): iteration raises WalCorruptMiddleError naming the LSN of the bad
+    record and the stamp that proves it durable; the records before it have been yielded.
+    Without the check the stop is quiet. The one way to escape: damage to the header of
+    the only page that carries the proof (checked against the model's answer)."""
     with tempfile.TemporaryDirectory() as d:
-        g = build(d, middle_sizes(random.Random(seed)))
-        x = data.draw(st.integers(g.start_lsn, g.end_lsn - 3 * window - 2000), label="x")
-        assume(x % WAL_PAGE_SIZE not in RESERVED_HEADER_BYTES)
+        sizes = middle_sizes(random.Random(seed))
+        g = build(d, sizes, flushed=len(sizes) - 1)
+        x = data.draw(st.integers(g.start_lsn, g.flushes[-1] - 1), label="x")
         touching = g.records_touching(x)
         assume(touching)                       # not alignment padding
         g.xor_byte(x, data.draw(st.integers(1, 255), label="mask"))
         bad = g.placed[touching[0]]
-        reader = WalReader(d, SEG, g.start_lsn, wal_buffers_bytes=window)
-        got = []
-        with pytest.raises(WalCorruptMiddleError) as ei:
-            for rr in reader:
-                got.append(rr)
-        assert_read_prefix(g, got, touching[0])
-        e = ei.value
-        assert isinstance(e, WalError)
-        assert e.lsn == bad.lsn
-        assert f"corrupt in the middle at {format_lsn(bad.lsn)}" in str(e)
-        assert "refusing to start" in str(e)
-        assert e.valid_lsn >= bad.lsn + window
-        assert any(p.lsn == e.valid_lsn for p in g.placed)
-        quiet, got = read_all(g)
-        assert len(got) == touching[0] and format_lsn(bad.lsn) in quiet.stop_reason
+        if expected_proof(g, bad.lsn, x) is None:
+            quiet, got = read_all(g, check_middle_corruption=True)
+            assert len(got) == touching[0] and format_lsn(bad.lsn) in quiet.stop_reason
+            return
+        assert_refuses(g, touching[0])
 
 
-def test_middle_check_ignores_recycled_segments_and_stale_pages():
-    """Pages valid only for another address (a recycled segment renamed ahead) are not
-    'valid WAL beyond': a torn tail followed by them ends quietly."""
+def test_small_wal_damage_found_by_hypothesis_refuses():
+    """The case that escaped the old wal_buffers rule (seed 1, byte 0/00010AAA, mask 3):
+    damage a few records into a WAL much smaller than wal_buffers is refused now."""
     with tempfile.TemporaryDirectory() as d:
-        g = build(d, [3000] * 60)               # segments 1..3
+        sizes = middle_sizes(random.Random(1))
+        g = build(d, sizes, flushed=len(sizes) - 1)
+        x = 65706
+        g.xor_byte(x, 3)
+        assert_refuses(g, g.records_touching(x)[0])
+
+
+def test_wal_buffers_bytes_still_asks_for_the_check():
+    """Callers that still pass wal_buffers_bytes get the stamp check (any size)."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [100] * 50, flushed=49)
+        g.xor_byte(g.placed[10].lsn + 20)
+        assert_refuses(g, 10, {"wal_buffers_bytes": WAL_PAGE_SIZE})
+
+
+def test_stamp_proves_only_what_the_previous_flush_made_durable():
+    """One page re-written by three flushes: its stamp is the end of the last completed
+    flush, so damage to a record of that flush is refused, while damage to the record the
+    flush in progress was writing (at the stamp itself) is a torn tail."""
+    for bad_index, refused in ((1, True), (3, True), (4, False)):
+        with tempfile.TemporaryDirectory() as d:
+            g = WalGen(d, SEG)
+            for i in range(5):
+                g.append(rec_of_size(300, i, i + 1))
+                if i in (1, 3):
+                    g.flush()
+            g.write()
+            assert set(g.stamps()) == {SEG} and g.stamps()[SEG] == g.flushes[-1]
+            assert g.placed[4].lsn == g.flushes[-1]
+            g.xor_byte(g.placed[bad_index].lsn + 40)
+            if refused:
+                assert assert_refuses(g, bad_index).durable_lsn == g.flushes[-1]
+            else:
+                r, got = read_all(g, check_middle_corruption=True)
+                assert len(got) == 4 and "bad CRC" in r.stop_reason
+
+
+def test_pages_valid_only_for_another_address_prove_nothing():
+    """Pages whose header is valid but names another position (a recycled segment renamed
+    ahead; here even one carrying stamps far past the damage) are not proof: a torn tail
+    followed by them ends quietly. The same stamps at the right address do refuse."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [3000] * 60, flushed=50)            # segments 1..3, flush in progress
         last = g.segments()[-1]
-        with open(g.path(1), "rb") as f:
-            old = f.read()
+        g.xor_byte(g.placed[-3].lsn + 100)
+        with tempfile.TemporaryDirectory() as other:
+            far = WalGen(other, SEG, start_lsn=(last + 5) * SEG)
+            for i in range(30):
+                far.append(rec_of_size(2000, i))
+                far.flush()
+            far.write()
+            with open(far.path(last + 5), "rb") as f:
+                stale = f.read()
+        assert max(far.stamps().values()) > g.placed[-3].lsn
         for segno in range(last + 1, last + 4):
             with open(g.path(segno), "wb") as f:
-                f.write(old)                     # pageaddrs of segment 1: stale here
-        g.xor_byte(g.placed[-3].lsn + 100)
-        reader, got = read_all(g, wal_buffers_bytes=WAL_PAGE_SIZE)
+                f.write(stale)                           # pageaddrs of segment last+5
+        reader, got = read_all(g, check_middle_corruption=True)
         assert len(got) == len(g.placed) - 3
         assert "bad CRC" in reader.stop_reason
+        os.rename(g.path(last + 1), g.path(last + 5))    # now at its own address
+        assert assert_refuses(g, len(g.placed) - 3, modelled=False).proof_lsn >= (last + 5) * SEG
+
+
+def test_stale_stamp_with_a_bad_header_crc_proves_nothing():
+    """A page carrying a stamp past the damage but whose header CRC does not match (the
+    header was damaged) is not proof."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [3000] * 30, flushed=20)
+        g.xor_byte(g.placed[-3].lsn + 100)
+        page = g.placed[-1].lsn - g.placed[-1].lsn % WAL_PAGE_SIZE
+        path, off = g.file_offset(page)
+        with open(path, "r+b") as f:
+            f.seek(off)
+            hdr = bytearray(f.read(PAGE_HEADER_SIZE))
+            stamp_page_header(hdr, page)                # a stamp > the damage ...
+            hdr[-1] ^= 0xFF                             # ... under a broken CRC
+            f.seek(off)
+            f.write(hdr)
+        reader, got = read_all(g, check_middle_corruption=True)
+        assert len(got) == len(g.placed) - 3
+        with open(path, "r+b") as f:                    # the same stamp, sealed: proof
+            hdr[-1] ^= 0xFF
+            f.seek(off)
+            f.write(hdr)
+        assert assert_refuses(g, len(g.placed) - 3, modelled=False).proof_lsn == page
 
 
 def test_zeroes_end_wal_quietly():
@@ -205,7 +329,7 @@ def test_zeroes_end_wal_quietly():
     with tempfile.TemporaryDirectory() as d:
         g = build(d, [100] * 20)
         g.zero_range(g.placed[12].lsn, 4)
-        reader, got = read_all(g, wal_buffers_bytes=WAL_PAGE_SIZE)
+        reader, got = read_all(g, check_middle_corruption=True)
         assert_read_prefix(g, got, 12)
         assert reader.stop_reason == f"zeroes at {format_lsn(g.placed[12].lsn)}"
         assert reader.end_lsn == g.placed[11].end_lsn and reader.last_lsn == g.placed[11].lsn
@@ -229,7 +353,7 @@ def test_missing_next_segment_ends_wal():
         g = build(d, [20000, 20000, 20000, 20000])    # record 3 crosses into segment 2
         assert g.placed[3].lsn < 2 * SEG < g.placed[3].end_lsn
         os.unlink(g.path(2))
-        reader, got = read_all(g, wal_buffers_bytes=WAL_PAGE_SIZE)
+        reader, got = read_all(g, check_middle_corruption=True)
         assert_read_prefix(g, got, 3)
         assert reader.stop_reason.startswith(f"missing segment {segment_file_name(2)}")
     with tempfile.TemporaryDirectory() as d:
@@ -278,10 +402,16 @@ def test_expect_prev_checks_the_first_record():
 
 
 def patch_page_header(g: WalGen, pageaddr: int, fmt: str, offset: int, value: int) -> None:
+    """Set one header field and re-seal the header CRC, so only that field is wrong."""
     path, off = g.file_offset(pageaddr)
     with open(path, "r+b") as f:
-        f.seek(off + offset)
-        f.write(struct.pack(fmt, value))
+        f.seek(off)
+        hdr = bytearray(f.read(PAGE_HEADER_SIZE))
+        struct.pack_into(fmt, hdr, offset, value)
+        struct.pack_into("<I", hdr, PAGE_HEADER_SIZE - 4, 0)
+        struct.pack_into("<I", hdr, PAGE_HEADER_SIZE - 4, crc32c.crc32c(bytes(hdr)))
+        f.seek(off)
+        f.write(hdr)
 
 
 def test_wrong_continuation_length_stops():
@@ -418,3 +548,27 @@ def test_describe_record_and_first_record_lsn():
             [p.lsn for p in g.placed if p.lsn >= first]
     with tempfile.TemporaryDirectory() as d:
         assert first_record_lsn(d, SEG) is None
+
+
+def test_page_format_version_1_is_named():
+    """A WAL page in the old format (version 1 magic, no flush stamp) is refused with a
+    message naming the version found and the one this code reads."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [100] * 3)
+        patch_page_header(g, SEG, "<H", 0, PAGE_MAGIC_BY_VERSION[1])
+        with pytest.raises(WalPageError) as ei, open(g.path(1), "rb") as f:
+            decode_page_header(f.read(PAGE_HEADER_SIZE), SEG, SEG)
+        assert ei.value.field == "version"
+        assert f"format version 1; this Slonik reads version {WAL_PAGE_FORMAT_VERSION}" in str(ei.value)
+        r, got = read_all(g)
+        assert got == [] and "format version 1" in r.stop_reason
+
+
+def test_stamp_past_its_page_is_refused():
+    """A header whose flush stamp lies past its own page is not valid (a flush stamps only
+    pages from the one holding the previous flush's end on)."""
+    with tempfile.TemporaryDirectory() as d:
+        g = build(d, [100] * 3)
+        patch_page_header(g, SEG, "<Q", 16, SEG + WAL_PAGE_SIZE)
+        r, got = read_all(g)
+        assert got == [] and "prev_flush_end" in r.stop_reason

@@ -6,6 +6,14 @@ tests check the on-disk format, not one writer's behaviour. Records are placed e
 the format says: 8-byte aligned starts, never inside a page header, a page that begins
 with the rest of a record carries ``rem_len`` = bytes of that record still to come, a page
 whose first record starts right after the header carries rem_len 0, unused bytes zero.
+
+Flushes are modelled too, for the flush stamp (walpage invariant 4): ``flush()`` marks the
+current end as the durable end of a completed flush. When the files are written, every page
+carries the stamp of the last flush that wrote it — flush k writes the pages from the one
+holding F(k-1) to the one holding its last byte and stamps them F(k-1) — and records
+appended after the last ``flush()`` form one more flush, in progress at the "crash", whose
+pages carry the last flush's end. Without any ``flush()`` everything is that one flush,
+stamped with the start: nothing is provably durable.
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ from slonik.wal.record import WalRecord, encode_record
 from slonik.wal.walpage import (
     PAGE_HEADER_SIZE,
     WAL_PAGE_SIZE,
+    align_lsn,
     encode_page_header,
     next_record_lsn,
     segment_file_name,
+    stamp_page_header,
 )
 
 
@@ -42,6 +52,7 @@ class WalGen:
         self.cur = self.start_lsn     # where the next record goes (may be a page start)
         self.prev = 0
         self.placed: list[Placed] = []
+        self.flushes: list[int] = []  # durable ends of completed flushes, ascending
         os.makedirs(wal_dir, exist_ok=True)
 
     # --- building ------------------------------------------------------------------------
@@ -54,7 +65,7 @@ class WalGen:
     def _start_page(self, pageaddr: int, rem_len: int) -> None:
         self._ensure(pageaddr + WAL_PAGE_SIZE)
         i = pageaddr - self.base
-        self.stream[i:i + PAGE_HEADER_SIZE] = encode_page_header(pageaddr, rem_len, self.seg)
+        self.stream[i:i + PAGE_HEADER_SIZE] = encode_page_header(pageaddr, rem_len, self.seg, 0)
 
     def append(self, rec: WalRecord, *, prev_lsn: int | None = None) -> Placed:
         """Place ``rec`` (its prev_lsn set to the previous record's LSN unless given)."""
@@ -95,6 +106,31 @@ class WalGen:
             self.cur -= PAGE_HEADER_SIZE   # the header is written when the page is entered
         return placed
 
+    def flush(self) -> int:
+        """A completed flush of everything appended so far; returns its durable end (a
+        record boundary, aligned as the real writer's)."""
+        end = align_lsn(self.end_lsn)
+        if not self.flushes or self.flushes[-1] < end:
+            self.flushes.append(end)
+        return end
+
+    def stamps(self) -> dict[int, int]:
+        """pageaddr -> flush stamp of every page in the stream (see the module docstring)."""
+        out: dict[int, int] = {}
+        bounds = [self.start_lsn, *self.flushes]
+        for prev, end in zip(bounds, bounds[1:], strict=False):
+            page = prev - prev % WAL_PAGE_SIZE
+            while page < end:
+                out[page] = prev
+                page += WAL_PAGE_SIZE
+        last = bounds[-1]
+        if self.end_lsn > last:                       # the flush in progress at the crash
+            page = last - last % WAL_PAGE_SIZE
+            while page < self.base + len(self.stream):
+                out[page] = last
+                page += WAL_PAGE_SIZE
+        return out
+
     @property
     def end_lsn(self) -> int:
         return self.placed[-1].end_lsn if self.placed else self.start_lsn
@@ -110,7 +146,11 @@ class WalGen:
 
     def write(self, *, truncate_last_at: int | None = None) -> None:
         """Write every segment the stream touches, zero-filled to full size (the last one cut
-        to ``truncate_last_at`` bytes when given)."""
+        to ``truncate_last_at`` bytes when given), each page stamped as ``stamps()`` says."""
+        for pageaddr, stamp in self.stamps().items():
+            i = pageaddr - self.base
+            if 0 <= i < len(self.stream) and any(self.stream[i:i + 2]):   # a started page
+                stamp_page_header(memoryview(self.stream)[i:i + PAGE_HEADER_SIZE], stamp)
         segs = self.segments()
         for segno in segs:
             start = segno * self.seg
