@@ -117,17 +117,15 @@ class WalWriter:
     def stop(self) -> None:
         """Stop and join the thread, then flush what is left (invariant 2)."""
         with self._lock:
-            if self.state in (S.STOPPED, S.FAILED):
-                thread = None if self._thread is threading.current_thread() else self._thread
-            else:
-                if self.state is S.CREATED:
-                    self._set_state(S.STOPPED)
-                    return
+            if self.state is S.CREATED:
+                self._set_state(S.STOPPED)
+                return
+            if self.state is S.RUNNING:
                 self._set_state(S.STOPPING)
                 self._lock.notify_all()
-                thread = self._thread
-        if thread is not None:
-            thread.join()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()       # (a stop from the writer itself, say a finalizer, cannot)
         with self._lock:
             if self.state is not S.STOPPING:
                 return
@@ -138,10 +136,12 @@ class WalWriter:
             self._flush()
         except BaseException:
             with self._lock:
-                self._set_state(S.FAILED)
+                if self.state is S.STOPPING:   # (two stops at once: one sets the end)
+                    self._set_state(S.FAILED)
             raise
         with self._lock:
-            self._set_state(S.STOPPED)
+            if self.state is S.STOPPING:
+                self._set_state(S.STOPPED)
 
     # --- the thread ----------------------------------------------------------------------
     def _run(self) -> None:
