@@ -3,9 +3,11 @@
 With ``synchronous_commit`` off a commit returns once its record is in the WAL buffers, and
 nothing else would make it durable until a later synchronous commit, a buffer eviction or a
 checkpoint. As PostgreSQL's walwriter, this thread wakes every ``wal_writer_delay`` ms and
-flushes (writes and syncs) whatever was inserted but not yet flushed, so a commit acknowledged
-at time t is durable by about t + delay + one flush: after a crash, everything committed more
-than a few delays earlier is there (``tests/engine/test_walwriter.py`` checks 3 × delay).
+flushes (writes and syncs) whatever was inserted but not yet flushed. Rounds start every
+delay whatever a flush took (PostgreSQL sleeps a whole delay after each), so a commit
+acknowledged at time t is durable by about t + delay + one flush: after a crash, everything
+committed more than a few delays earlier is there (``tests/engine/test_walwriter.py``
+checks 3 × delay with SIGKILL).
 
 It never sleeps longer when idle: PostgreSQL's hibernation needs every asynchronous commit to
 wake the writer, and an idle wake-up here costs one comparison of two LSNs (measured with the
@@ -32,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -146,11 +149,16 @@ class WalWriter:
     # --- the thread ----------------------------------------------------------------------
     def _run(self) -> None:
         delay_s = self.wal_writer_delay_ms / 1000
+        wake_at = time.monotonic() + delay_s
         while True:
             with self._lock:
                 if self.state is not S.RUNNING:
                     return
-                self._lock.wait(delay_s)
+                # Rounds start every delay, however long the flush took (a flush longer
+                # than the delay is followed at once by the next): an asynchronous commit
+                # waits at most one delay plus the flush that covers it.
+                self._lock.wait(max(0.0, wake_at - time.monotonic()))
+                wake_at = max(wake_at + delay_s, time.monotonic())
                 self._wakeups += 1
                 if self.state is not S.RUNNING:
                     return           # stop() flushes once more after joining
