@@ -127,6 +127,7 @@ from slonik.wal.xlog import BlockSpec
 
 __all__ = [
     "BTree", "XidSnapshot", "VersionWrite", "OverflowRef", "VacuumResult", "CheckResult",
+    "BTreeStats",
     "BTREE_MAGIC", "BTREE_VERSION", "VALUE_INLINE_MAX_BYTES", "VALUE_MAX_BYTES",
     "OVERFLOW_EXTENTS_MAX", "OVERFLOW_PAGES_PER_RECORD", "pack_overflow_ref",
     "unpack_overflow_ref", "KEY_MAX_BYTES",
@@ -233,6 +234,15 @@ class CheckResult:
     pages_per_level: tuple[int, ...]  # root level first
     entries: int
     overflow_pages: int
+    free_pages: int
+    unreached_pages: int  # blocks in none of the above: never-initialised extensions, or
+                          # overflow pages leaked by a crash between writing and linking
+
+
+@dataclass(frozen=True)
+class BTreeStats:
+    root: int
+    height: int
     free_pages: int
 
 
@@ -480,6 +490,10 @@ class BTree:
     @property
     def root(self) -> int:
         return self._root
+
+    def stats(self) -> BTreeStats:
+        """Root, height and free-list length, from the cached metapage (no I/O)."""
+        return BTreeStats(self._root, self._level + 1, self._free_count)
 
     @property
     def height(self) -> int:
@@ -780,13 +794,11 @@ class BTree:
 
     def _leaf_pages(self, start: bytes | None, stop: bytes | None,
                     snapshot: Snapshot) -> Iterator[list[LeafEntry]]:
-        first_page = [True]
-
         def visit(block: int, page, special: Special) -> tuple[list[LeafEntry], bool]:
-            first = bt_first_data(special)
-            if first_page[0] and start is not None:
-                first = search_page(page, start, XMIN_MAX, False)
-            first_page[0] = False
+            # On every page, not only the first: the leaf the parent level named may have
+            # split since, moving the start to a page after it.
+            first = bt_first_data(special) if start is None else \
+                search_page(page, start, XMIN_MAX, False)
             out = []
             for off in self._visible(page, first, snapshot):
                 e = unpack_entry(bt_item(page, off))
@@ -1479,7 +1491,8 @@ class _Checker:
             expected = below
         overflow = self.check_overflow(refs)
         free = self.check_free_list(free_head, free_count)
-        return CheckResult(level + 1, tuple(per_level), entries, overflow, free)
+        return CheckResult(level + 1, tuple(per_level), entries, overflow, free,
+                           self.nblocks - len(self.seen))
 
     def check_page(self, block, page, special, lvl, prev_block, lower, upper, below,
                    refs) -> int:

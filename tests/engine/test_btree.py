@@ -224,6 +224,7 @@ def test_splits_to_three_levels_redo_byte_for_byte(env):
     expected = sorted((k, b"v%d" % i) for i, k in enumerate(keys))
     assert list(t.items()) == expected
     assert list(t.items(reverse=True)) == expected[::-1]
+    assert result.unreached_pages == 0 and t.stats().height == t.height
     assert no_pins(env.bm)
 
 
@@ -463,7 +464,8 @@ def test_overwrites_with_vacuum_keep_the_file_bounded(env):
         if rnd_ in (1, 5):
             assert {XLOG_BTREE_VACUUM, XLOG_BTREE_FREE} <= set(ops_of(
                 redo_reproduces(env, before, start)))
-        t.check()
+        result = t.check()
+        assert result.unreached_pages == 0 and result.free_pages == t.stats().free_pages
         sizes.append(env.nblocks())
     assert max(sizes[2:]) == sizes[1], sizes
     assert all(t.get(b"key%d" % k) == bytes([11 + k]) * 40_000 for k in range(6))
@@ -694,21 +696,25 @@ def test_crash_recovery_through_redo_context(tmp_path, aio):
 
 
 def test_failed_wal_insert_puts_the_pages_back(env):
-    """If logging a split fails, every page it had changed is restored byte for byte and
-    the tree still checks clean (no unlogged change is ever visible)."""
+    """If logging a split fails (injected at the first SPLIT record), every page it had
+    changed is restored byte for byte, the page it extended stays all zero (reported as
+    unreached by check()), and the tree still checks clean: no unlogged change is ever
+    visible."""
     t = env.tree
     for i in range(40):
         t.insert(big_key(i, 700), b"v", i + 1)
-    before = env.pages()
     real = env.wal.insert
 
-    def failing(*a, **kw):
-        raise OSError(5, "injected WAL failure")
+    def failing(rmgr, info, *a, **kw):
+        if info & XLOG_BTREE_OPMASK == XLOG_BTREE_SPLIT:
+            raise OSError(5, "injected WAL failure")
+        return real(rmgr, info, *a, **kw)
 
     env.wal.insert = failing
     try:
         with pytest.raises(OSError, match="injected"):
-            for i in range(40, 80):
+            for i in range(40, 200):
+                before = env.pages()  # as the last logged change left them
                 t.insert(big_key(i, 700), b"v", i + 1)
     finally:
         env.wal.insert = real
@@ -716,7 +722,7 @@ def test_failed_wal_insert_puts_the_pages_back(env):
     for block, page in before.items():
         assert after[block] == page
     assert all(p == bytes(BLCKSZ) for b, p in after.items() if b not in before)
-    t.check()
+    assert t.check().unreached_pages == len(after) - len(before) > 0
     assert no_pins(env.bm)
 
 
