@@ -73,7 +73,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import BinaryIO
 
 from slonik.aio.core import Aio
@@ -227,17 +227,59 @@ def _ident_list(names: Sequence[str], what: str) -> str:
     return ", ".join(quote_ident(n, what) for n in names)
 
 
+# Exact arithmetic on doubles: a double's decimal expansion has at most 767 significant
+# digits, and the midpoint of two neighbours one more.
+_EXACT = Context(prec=800)
+_BOUNDS_NEED_CHECKING_FROM = float(1 << 53)
+
+
+def _strictly_between(candidate: Decimal, low: Decimal, high: Decimal) -> bool:
+    return low < candidate < high
+
+
+def _shortest(x: float) -> Decimal:
+    """The digits PostgreSQL's Ryu (src/common/d2s.c) picks for ``x`` > 0: the shortest
+    decimal strictly inside x's rounding interval (its bounds excluded, whatever the
+    mantissa's parity), the one nearest ``x`` among those. Python's ``repr`` is the
+    shortest decimal that reads back as ``x``, bounds included: the same digits except
+    when they sit exactly on a bound (3.232534733378191e+16, where PostgreSQL writes
+    3.2325347333781912e+16). Below 2**53 no bound of an interval has 17 significant
+    digits or fewer (each is an odd multiple of a power of two at most 2**-1, times a
+    mantissa of 53 bits), so ``repr`` is the answer there without exact arithmetic."""
+    if x < _BOUNDS_NEED_CHECKING_FROM:
+        return Decimal(repr(x))
+    exact = Decimal(x)
+    down, up = math.nextafter(x, 0.0), math.nextafter(x, math.inf)
+    low = _EXACT.divide(_EXACT.add(exact, Decimal(down)), 2)
+    gap_up = _EXACT.subtract(Decimal(up), exact) if math.isfinite(up) else \
+        _EXACT.subtract(exact, Decimal(down))
+    high = _EXACT.add(exact, _EXACT.divide(gap_up, 2))
+    shortest = Decimal(repr(x))
+    if _strictly_between(shortest, low, high):
+        return shortest
+    for ndigits in range(len(shortest.as_tuple().digits), 18):
+        nearest = Decimal(f"{x:.{ndigits - 1}e}")
+        unit = Decimal((0, (1,), nearest.as_tuple().exponent))
+        found = [c for c in (nearest, _EXACT.add(nearest, unit), _EXACT.subtract(nearest, unit))
+                 if _strictly_between(c, low, high)]
+        if found:
+            return min(found, key=lambda c: abs(_EXACT.subtract(c, exact)))
+    raise AssertionError(f"no 17-digit decimal inside the rounding interval of {x!r}")
+
+
 def float8_out(x: float) -> str:
     """``x`` as PostgreSQL's float8out writes it (``extra_float_digits`` > 0, the
-    default): the shortest digits that read back as ``x``, fixed notation for decimal
-    exponents -4..14 and ``d.ddde+XX`` otherwise; NaN, Infinity, -Infinity, -0."""
+    default): the shortest digits strictly inside its rounding interval (``_shortest``),
+    fixed notation for decimal exponents -4..14 and ``d.ddde+XX`` otherwise; NaN,
+    Infinity, -Infinity, -0."""
     if math.isnan(x):
         return "NaN"
     if math.isinf(x):
         return "Infinity" if x > 0 else "-Infinity"
     if x == 0:
         return "-0" if math.copysign(1.0, x) < 0 else "0"
-    sign, digit_tuple, exponent = Decimal(repr(x)).as_tuple()  # repr: shortest round trip
+    _sign, digit_tuple, exponent = _shortest(abs(x)).as_tuple()
+    sign = x < 0
     digits = "".join(map(str, digit_tuple)).rstrip("0")
     exponent += len(digit_tuple) - len(digits)                 # trailing zeros dropped
     e10 = exponent + len(digits) - 1                           # x = d.ddd * 10**e10
