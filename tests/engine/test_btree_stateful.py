@@ -29,6 +29,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from slonik.aio.core import Aio
+from slonik.engine.access import btree_page
 from slonik.engine.access.btree import BTree, VersionWrite, XidSnapshot
 from slonik.engine.access.btree_wal import BTREE_RMGR, btree_redo
 from slonik.engine.recovery import RedoContext
@@ -210,4 +211,14 @@ def test_btree_against_dict_model_with_check_after_every_step(method):
     require_method(method)
     run_state_machine_as_test(make_machine(method), settings=settings(
         max_examples=25, stateful_step_count=30, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow]))
+
+
+def test_btree_against_dict_model_without_the_c_helpers(monkeypatch):
+    """The same state machine with the C page helpers switched off (as on a machine with
+    no C compiler): the Python references alone keep the tree right."""
+    monkeypatch.setattr(btree_page, "_lib", None)
+    monkeypatch.setattr(btree_page, "_ffi", None)
+    run_state_machine_as_test(make_machine("sync"), settings=settings(
+        max_examples=10, stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow]))
