@@ -7,7 +7,9 @@ can be written, with a full-page image on the first touch after a checkpoint. Ve
 one key sit together, newest first; a reader passes a snapshot (``visible(xmin, xmax)``)
 and sees at most the version it makes visible. Values over ``VALUE_INLINE_MAX_BYTES`` go
 out of line into overflow pages of the same relation (``OverflowRef``), read back through
-a read stream so adjacent pages combine into vectored reads.
+a read stream so adjacent pages combine into vectored reads. Scans, ``get_many`` and vacuum
+read leaves through read streams fed from the level above the leaves (PostgreSQL 18 has
+no such prefetch for index scans).
 
 Worked example::
 
@@ -15,9 +17,11 @@ Worked example::
     tree.insert(b"k", b"v1", xmin=5)
     tree.set_xmax(b"k", 5, 6); tree.insert(b"k", b"v2", xmin=6)   # an update by xid 6
     tree.get(b"k", snapshot)                         # b"v2" or b"v1", as the snapshot sees
+    tree.apply([VersionWrite(b"k", 7, b"v3", old_xmin=6)])   # a commit's write set, batched
+    tree.get_many([b"k", b"x"], snapshot)            # [b"v3", None]: leaves in one stream
     for key, value in tree.items(b"a", b"m", snapshot=snapshot, reverse=True): ...
     tree.vacuum(lambda xmin, xmax: xmax != 0 and xmax < horizon)
-    tree.check()                                     # amcheck-like; DataCorruptionError
+    tree.check()   # or check_tree(tree): amcheck-like; DataCorruptionError
     BTree.open(16384, bufmgr, wal)                   # reads the metapage only
 
 Layout: ``btree_page`` (pages and items), metapage item ``"<IIIIII"`` magic, version,
@@ -114,7 +118,6 @@ from slonik.engine.access.btree_wal import (
 )
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import (
-    BLCKSZ,
     LOWER_OFFSET,
     page_get_lsn,
     page_is_new,
@@ -127,7 +130,7 @@ from slonik.wal.xlog import BlockSpec
 
 __all__ = [
     "BTree", "XidSnapshot", "VersionWrite", "OverflowRef", "VacuumResult", "CheckResult",
-    "BTreeStats",
+    "BTreeStats", "check_tree",
     "BTREE_MAGIC", "BTREE_VERSION", "VALUE_INLINE_MAX_BYTES", "VALUE_MAX_BYTES",
     "OVERFLOW_EXTENTS_MAX", "OVERFLOW_PAGES_PER_RECORD", "pack_overflow_ref",
     "unpack_overflow_ref", "KEY_MAX_BYTES",
@@ -1608,4 +1611,6 @@ class _Checker:
         return n
 
 
-assert BLCKSZ == 8192
+def check_tree(tree: BTree) -> CheckResult:
+    """amcheck's bt_index_check for one tree: ``tree.check()`` (see there)."""
+    return tree.check()
