@@ -47,6 +47,8 @@ from slonik.engine.tools.dump import (
 )
 from slonik.engine.tools.offline import RecoveryNeededError
 from slonik.engine.tools.progress import Progress
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.page import BLCKSZ
 from slonik.wal.control import DbState, read_control
 
 from slonik import Database
@@ -544,3 +546,40 @@ def test_a_failed_write_leaves_the_database_empty(tmp_path, io_method):
         load_database(tmp_path / "db", tmp_path / "d.sql", io_method=io_method)
     with Database.open(tmp_path / "db", io_method=io_method) as db:
         assert db.relations() == {}
+
+
+def test_dump_shows_the_catalog_as_the_engine_loads_it(tmp_path, io_method):
+    """A relation dropped and a new one created under the same name (two catalog rows of
+    that name, one deleted by a committed drop) dumps as the new one only, and a dropped
+    KV store is gone from the dump."""
+    path = tmp_path / "db"
+    with Database.open(path, io_method=io_method, **SMALL) as db:
+        db.create_table("name", [("old", "int8")]).insert((1,))
+        db.kv("dropped")[b"k"] = b"v"
+        db.drop("name")
+        db.drop("dropped")
+        db.kv("name")[b"new"] = b"pair"
+    script = dump_bytes(path, io_method).decode()
+    assert script.count("CREATE TABLE") == 1 and '"dropped"' not in script
+    assert 'COPY public."name" ("key", "value") FROM stdin;\n\\\\x6e6577\t\\\\x70616972\n\\.' \
+        in script
+
+
+def test_a_damaged_page_stops_the_dump(tmp_path, io_method):
+    """A flipped byte in block 1 of a table's file fails the dump with
+    DataCorruptionError naming that relation and block (never a dump that silently
+    misses rows), and ``--out`` leaves no file behind."""
+    path = tmp_path / "db"
+    with Database.open(path, io_method=io_method, **SMALL) as db:
+        t = db.create_table("t", [("s", "text")])
+        t.insert_many([("x" * 100,) for _ in range(300)])
+        rel = t.rel
+    with open(path / "base" / str(rel), "r+b") as f:
+        f.seek(BLCKSZ + BLCKSZ // 2)
+        byte = f.read(1)
+        f.seek(BLCKSZ + BLCKSZ // 2)
+        f.write(bytes([byte[0] ^ 0x40]))
+    with pytest.raises(DataCorruptionError, match=f"block 1 of relation {rel}") as info:
+        dump_database(path, tmp_path / "d.sql", io_method=io_method)
+    assert (info.value.relation, info.value.block) == (rel, 1)
+    assert sorted(os.listdir(tmp_path)) == ["db"]
