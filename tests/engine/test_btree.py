@@ -265,6 +265,21 @@ def test_range_scans_forward_and_reverse(env):
     assert no_pins(env.bm)
 
 
+def test_abandoned_scans_release_their_pins(env):
+    """A scan (forward or reverse) stopped after a few items and dropped leaves no buffer
+    pinned: the read stream's look-ahead pins and the held-back buffer are released."""
+    t = env.tree
+    for i in range(3000):
+        t.insert(b"%06d" % i, bytes(60), 2)
+    for reverse in (False, True):
+        it = t.items(reverse=reverse, values=False)
+        got = [next(it)[0] for _ in range(500)]
+        assert got == sorted(got, reverse=reverse)
+        assert not no_pins(env.bm)  # the stream is reading ahead
+        it.close()
+        assert no_pins(env.bm)
+
+
 def test_bad_keys_and_values_are_refused_and_nothing_written(env):
     """Non-bytes keys/values are TypeErrors; a key over KEY_MAX_BYTES and xids out of range
     are ValueErrors naming the limit; no WAL is written and no page changes. A key of
