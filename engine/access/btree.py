@@ -50,6 +50,7 @@ Invariants (``check()`` verifies 1-6 on a quiet tree):
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import struct
 import threading
@@ -211,7 +212,11 @@ class XidSnapshot(NamedTuple):
     def sees(self, xid: int) -> bool:
         if xid == self.own:
             return True
-        return xid < self.xmax and xid not in self.excluded
+        if xid >= self.xmax:
+            return False
+        ex = self.excluded
+        i = bisect.bisect_left(ex, xid)
+        return not (i < len(ex) and ex[i] == xid)
 
     def __call__(self, xmin: int, xmax: int) -> bool:
         return self.sees(xmin) and not (xmax and self.sees(xmax))
