@@ -231,6 +231,10 @@ def _ident_list(names: Sequence[str], what: str) -> str:
 # digits, and the midpoint of two neighbours one more.
 _EXACT = Context(prec=800)
 _BOUNDS_NEED_CHECKING_FROM = float(1 << 53)
+# Where float8out and repr both use fixed notation (repr up to 1e16, float8out to 1e15),
+# so repr's text is float8out's but for the ".0" repr gives an integral value.
+_FIXED_FROM, _FIXED_BELOW = 1e-4, 1e15
+assert _FIXED_BELOW < _BOUNDS_NEED_CHECKING_FROM
 
 
 def _strictly_between(candidate: Decimal, low: Decimal, high: Decimal) -> bool:
@@ -276,6 +280,9 @@ def float8_out(x: float) -> str:
         return "NaN"
     if math.isinf(x):
         return "Infinity" if x > 0 else "-Infinity"
+    if _FIXED_FROM <= abs(x) < _FIXED_BELOW:   # both write fixed notation; repr adds ".0"
+        text = repr(x)
+        return text[:-2] if text.endswith(".0") else text
     if x == 0:
         return "-0" if math.copysign(1.0, x) < 0 else "0"
     _sign, digit_tuple, exponent = _shortest(abs(x)).as_tuple()
@@ -300,29 +307,35 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\
                                "\r": "\\r", "\t": "\\t", "\v": "\\v"})
 
 
+def _text_out(value: str) -> str:
+    if "\x00" in value:
+        raise DumpError("a text value contains a NUL character, which PostgreSQL text "
+                        "cannot hold")
+    return value.translate(_COPY_ESCAPES)
+
+
+def _bytea_out(value: bytes) -> str:
+    return "\\\\x" + value.hex()
+
+
+def _bool_out(value: bool) -> str:
+    return "t" if value else "f"
+
+
+_OUT = {"int8": str, "float8": float8_out, "text": _text_out, "bytea": _bytea_out,
+        "bool": _bool_out}
+assert set(_OUT) == set(COLUMN_TYPES)
+
+
 def copy_text(value: object, typ: str) -> str:
     """One value of a column of type ``typ`` in COPY text format."""
-    if value is None:
-        return "\\N"
-    if typ == "text":
-        if "\x00" in value:
-            raise DumpError("a text value contains a NUL character, which PostgreSQL text "
-                            "cannot hold")
-        return value.translate(_COPY_ESCAPES)
-    if typ == "bytea":
-        return "\\\\x" + bytes(value).hex()
-    if typ == "int8":
-        return str(int(value))
-    if typ == "float8":
-        return float8_out(value)
-    if typ == "bool":
-        return "t" if value else "f"
-    raise AssertionError(f"unknown column type {typ!r}")
+    return "\\N" if value is None else _OUT[typ](value)
 
 
 def copy_line(row: Sequence, types: Sequence[str]) -> str:
     """A row as one COPY text line (without the newline)."""
-    return "\t".join(copy_text(v, t) for v, t in zip(row, types, strict=True))
+    return "\t".join(["\\N" if v is None else _OUT[t](v)
+                      for v, t in zip(row, types, strict=True)])
 
 
 def create_table_sql(rdef: RelationDef) -> str:
