@@ -1,6 +1,6 @@
 """``slonik dump`` and ``slonik load``: a database as a plain SQL script, and back.
 
-``dump_database(path, out)`` writes what ``pg_dump -Fp`` would write for the same data, so
+``dump_database(path, out_path)`` writes what ``pg_dump -Fp`` would write for the same data, so
 PostgreSQL's ``psql -f`` loads it as it is: the session settings pg_dump sets (UTF-8,
 ``standard_conforming_strings``, an empty ``search_path``), then ``CREATE TABLE`` for every
 relation (pre-data), then each relation's rows as ``COPY ... FROM stdin`` in COPY text
@@ -29,8 +29,9 @@ Types map int8 → bigint, float8 → double precision, text → text, bytea →
 boolean. Values are written as PostgreSQL's COPY TO writes them, so a table copied back
 out of PostgreSQL gives the same lines: ``\\N`` for NULL; in text, backslash and the
 control characters ``\\b \\f \\n \\r \\t \\v`` escaped; bytea as ``\\\\x`` + lowercase hex;
-bool ``t``/``f``; float8 as ``float8out`` (shortest round-trip digits, ``NaN``,
-``Infinity``, ``-Infinity``, ``-0``, exponent form outside 1e-4..1e15). A KV store becomes
+bool ``t``/``f``; float8 as ``float8out`` (Ryu's shortest digits strictly inside the
+rounding interval, ``NaN``, ``Infinity``, ``-Infinity``, ``-0``, exponent form outside
+1e-4..1e15). A KV store becomes
 the table ``(key bytea PRIMARY KEY, value bytea)`` preceded by the comment line
 ``-- slonik: kv store`` (and a ``COMMENT ON TABLE`` PostgreSQL keeps), its pairs in key
 order. A table's primary key and indexes are written when its catalog entry exposes them
@@ -704,9 +705,9 @@ class _Plan:
 
 
 class _DumpReader:
-    """One pass over a dump file (binary, seekable), statement by statement. The first
-    pass (``plan is None``) validates and builds the plan; the second writes through
-    ``on_row(name, row)``, the plan already known."""
+    """One pass over a dump file (binary), statement by statement, checking everything
+    and building the plan. The validating pass gives no ``on_row``; the writing pass
+    gives ``on_row(name, row)``, called for each row once its line has been checked."""
 
     def __init__(self, f: BinaryIO, on_row: Callable[[str, tuple], None] | None = None) -> None:
         self.f = f
@@ -925,11 +926,10 @@ class _DumpReader:
     def _comment(self, t: _Tokens) -> None:
         t.word("ON")
         t.word("TABLE")
-        rdef = self._known(t, t.relation())
+        self._known(t, t.relation())
         t.word("IS")
         t.string()
         t.end()
-        del rdef
 
     def _copy(self, t: _Tokens) -> None:
         rdef = self._known(t, t.relation())
