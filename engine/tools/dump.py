@@ -194,6 +194,9 @@ def relation_def(entry: RelationEntry | object) -> RelationDef:
     name, kind = entry.name, getattr(entry, "kind", "table")
     if kind == "kv":
         return RelationDef(name, "kv", KV_COLUMNS, ("key",))
+    if kind != "table":
+        raise DumpError(f"relation {name!r} is of kind {kind!r}, which dump does not know "
+                        f"how to write (it knows tables and KV stores)")
     pk = getattr(entry, "primary_key", None) or ()
     pk = (pk,) if isinstance(pk, str) else tuple(pk)
     indexes = tuple(_index_def(i) for i in (getattr(entry, "indexes", None) or ()))

@@ -583,3 +583,12 @@ def test_a_damaged_page_stops_the_dump(tmp_path, io_method):
         dump_database(path, tmp_path / "d.sql", io_method=io_method)
     assert (info.value.relation, info.value.block) == (rel, 1)
     assert sorted(os.listdir(tmp_path)) == ["db"]
+
+
+def test_a_relation_kind_dump_does_not_know_is_refused():
+    """A catalog entry of a kind other than table or KV store (say, an index, once the
+    catalog lists them) stops the dump with DumpError naming it, instead of being
+    written as a table."""
+    entry = FutureEntry("by_name", "index", (("name", "text"),), "", ())
+    with pytest.raises(DumpError, match="relation 'by_name' is of kind 'index'"):
+        relation_def(entry)
