@@ -20,7 +20,9 @@ Invariants:
 2. A full-page image is taken for every block whose page LSN is at or before the redo
    point; the redo point only moves under the insert lock.
 3. A failed WAL write or sync makes this Wal unusable: every later insert or flush raises
-   WalError. An fsync is never retried (the kernel may have dropped the dirty pages).
+   WalError. An fsync is never retried (the kernel may have dropped the dirty pages). The
+   flush that failed raises WalDiskFullError (a WalError and a DiskFullError) when the disk
+   was full (ENOSPC, or a write that made no progress), WalError otherwise.
 4. New segment files are zero-filled and their directory synced before WAL is written
    into them; old segments are recycled by renaming them to future names.
 5. The flush stamp (walpage invariant 4): a flush stamps every page it writes with
@@ -32,6 +34,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -40,10 +43,11 @@ from dataclasses import dataclass
 
 from slonik.aio import osfile
 from slonik.aio.core import Aio
+from slonik.aio.errors import DiskFullError
 from slonik.aio.handle import AioReturn
 from slonik.aio.ids import TargetId
 from slonik.aio.memory import aligned_buffer
-from slonik.wal.errors import WalError
+from slonik.wal.errors import WalDiskFullError, WalError
 from slonik.wal.record import BlockRef, WalRecord, encode_record
 from slonik.wal.walpage import (
     PAGE_HEADER_SIZE,
@@ -65,6 +69,7 @@ WAL_BUFFERS_MAX_PAGES = 65536        # 512 MiB of buffers: more buys nothing her
 WAL_BUFFERS_DEFAULT_PAGES = 512      # 4 MiB: PostgreSQL's 1/32 of the default shared_buffers
 ZERO_FILL_CHUNK_BYTES = 1 << 20      # segment pre-allocation writes this much per call
 RECYCLED_SEGMENTS_MAX = 4            # spare segments kept for reuse instead of unlinking
+ERROR_CHAIN_MAX_LINKS = 8            # causes looked through for ENOSPC (they nest 2-3 deep)
 
 
 @dataclass
@@ -295,9 +300,12 @@ class Wal:
                 self._write_and_sync(self._flushed, target)
             except BaseException as exc:
                 self._failed = exc
-                raise WalError(f"could not write or sync WAL up to {format_lsn(target)}: {exc}; "
-                               "the database must be reopened (crash recovery) and nothing "
-                               "after this point may be trusted as durable") from exc
+                what = (f"could not write or sync WAL up to {format_lsn(target)}: {exc}; "
+                        "the database must be reopened (crash recovery) and nothing after "
+                        "this point may be trusted as durable")
+                if _disk_full(exc):
+                    raise WalDiskFullError(what) from exc
+                raise WalError(what) from exc
             finally:
                 self._sync_ns += time.perf_counter_ns() - t0
             self._flushes += 1
@@ -497,6 +505,19 @@ class Wal:
                         self._joins, self._writes, self._write_bytes, self._syncs,
                         self._full_flushes, self._created, self._recycled, self._sync_ns,
                         self._stamped)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk: ENOSPC, or a write that made no
+    progress (``DiskFullError``)."""
+    seen = 0
+    while exc is not None and seen < ERROR_CHAIN_MAX_LINKS:
+        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError)
+                                              and exc.errno == errno.ENOSPC):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def truncate_tail(wal_dir: str, wal_segment_size: int, end_lsn: int) -> int:

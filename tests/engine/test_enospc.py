@@ -317,11 +317,6 @@ def test_full_disk_on_the_wal(small_fs, io_method):
     reopen_and_verify(path, io_method, WAL_SETTINGS, model, None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "wal/xlog.py Wal._lead_flush wraps every failure of _write_and_sync in a plain WalError "
-    "(here the OSError ENOSPC that Wal._create_segment gets while zero-filling a new WAL "
-    "segment), so a commit whose WAL flush hits a full disk raises WalError, not the "
-    "DiskFullError DESIGN §7 promises; errno 28 is only in the message and __cause__"))
 def test_full_disk_on_the_wal_raises_disk_full_error(small_fs, io_method):
     """DESIGN §7: the commit that hits a full disk fails with DiskFullError, also when it is
     the WAL that ran out of room (the Database then refuses further work, as checked by

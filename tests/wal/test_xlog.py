@@ -8,10 +8,11 @@ import random
 import threading
 
 import pytest
+from slonik.aio.errors import DiskFullError
 from slonik.aio.handle import IoOp
 from slonik.aio.memory import aligned_buffer
 from slonik.storage.page import BLCKSZ, init_page, page_get_lsn
-from slonik.wal.errors import WalError
+from slonik.wal.errors import WalDiskFullError, WalError
 from slonik.wal.reader import WalReader
 from slonik.wal.walpage import (
     PAGE_HEADER_SIZE,
@@ -291,3 +292,32 @@ def test_every_flush_stamps_the_pages_it_writes(aio, tmp_path):
     assert seen == len(model) > 2 * SEG // WAL_PAGE_SIZE
     got, r = read_all(d, check_middle_corruption=True)
     assert len(got) == st.records and r.stop_reason.startswith("zeroes")
+
+
+def test_full_disk_on_a_wal_write_is_disk_full_and_fatal(faulty_aio, tmp_path):
+    """ENOSPC on a WAL write: the flush that hit it raises WalDiskFullError, which is both
+    the DiskFullError DESIGN §7 promises the commit and a WalError (the message names the
+    WAL and keeps errno 28); the Wal is unusable afterwards, as after any failed write. An
+    EIO stays a plain WalError, not a full disk."""
+    aio, method = faulty_aio
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    w.insert(10, 0, 1, b"ok")
+    w.flush()
+    method.add(FaultRule("enospc", op=IoOp.WRITEV, match="WAL segment", errno=errno.ENOSPC))
+    _s, e = w.insert(10, 0, 2, b"no room")
+    with pytest.raises(DiskFullError) as ei:
+        w.flush(e)
+    assert isinstance(ei.value, WalError) and isinstance(ei.value, WalDiskFullError)
+    assert ei.value.errno == errno.ENOSPC and "WAL" in str(ei.value)
+    assert w.failed
+    with pytest.raises(WalError, match="unusable"):
+        w.insert(10, 0, 3, b"after")
+    w.close()
+    (tmp_path / "eio").mkdir()
+    w2 = Wal(str(tmp_path / "eio"), aio, wal_segment_size=SEG)
+    method.add(FaultRule("eio", op=IoOp.WRITEV, match="WAL segment", errno=errno.EIO))
+    _s, e = w2.insert(10, 0, 1, b"x")
+    with pytest.raises(WalError) as ei:
+        w2.flush(e)
+    assert not isinstance(ei.value, DiskFullError)
+    w2.close()
