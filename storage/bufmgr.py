@@ -99,6 +99,9 @@ LEGAL_TRANSITIONS: dict[BufferState, frozenset[BufferState]] = {
     B.WRITING: frozenset({B.VALID, B.WRITE_FAILED, B.DIRTY}),
     B.WRITE_FAILED: frozenset({B.WRITING, B.FREE}),
 }
+assert set(LEGAL_TRANSITIONS) == set(BufferState), "every state has its row"
+assert all(B.FREE in LEGAL_TRANSITIONS[s] for s in BufferState
+           if s not in (B.FREE, B.READING, B.WRITING)), "any buffer without I/O can be dropped"
 _STATE_VALUES = frozenset(int(state) for state in BufferState)
 _READING = int(B.READING)
 # The same table as (old, new) flag pairs: one set lookup per change on the hot paths.
