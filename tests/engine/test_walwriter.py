@@ -11,9 +11,10 @@ import threading
 import time
 
 import pytest
+from slonik.wal.errors import WalError
 from slonik.wal.walwriter import THREAD_NAME, WAL_WRITER_DELAY_RANGE_MS
 
-from slonik import Database
+from slonik import Database, DatabaseClosedError
 from tests.wal.writer_child import STORE_NAME, key_of, value_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -125,3 +126,48 @@ def test_close_stops_the_wal_writer_thread(tmp_path, io_method):
     with Database.open(path, io_method=io_method) as db:
         store = db.kv(STORE_NAME)
         assert all(store.get(key_of(i)) == value_of(i) for i in range(50))
+
+
+def test_failed_background_flush_stops_the_database(tmp_path, io_method):
+    """A real failure in the WAL writer's own flush (the next WAL segment's path is taken
+    by a directory, so opening it fails with EISDIR in the writer thread; puts are
+    asynchronous and the 8 MiB WAL buffers never fill, so no put flushes): the Database
+    records it and the next operation raises DatabaseClosedError caused by that WalError;
+    the writer thread is gone, close() still releases everything, and once the directory
+    is removed the database reopens (crash recovery) with what was flushed before."""
+    path = str(tmp_path / "db")
+    before = writer_threads()
+    db = Database.open(path, io_method=io_method, synchronous_commit=False, wal_buffers=1024,
+                       wal_writer_delay=10, wal_segment_size=64 * 1024, max_wal_size=1 << 30,
+                       checkpoint_timeout=86400)
+    try:
+        mine = [t for t in writer_threads() if t not in before]
+        store = db.kv(STORE_NAME)
+        for i in range(20):
+            store[key_of(i)] = value_of(i)
+        db.checkpoint()                                   # those 20 are durable now
+        wal = os.path.join(path, "wal")
+        last = max(int(n, 16) for n in os.listdir(wal) if len(n) == 16)
+        os.mkdir(os.path.join(wal, "%016X" % (last + 1)))   # where the WAL goes next
+        deadline = time.monotonic() + 60
+        i = 20
+        with pytest.raises(DatabaseClosedError) as ei:
+            while time.monotonic() < deadline:            # a liveness bound, not a timing check
+                store[key_of(i)] = value_of(i)
+                i += 1
+                if i % 50 == 0:
+                    time.sleep(0.005)
+        cause = ei.value.__cause__
+        assert isinstance(cause, WalError), repr(cause)
+        assert "IsADirectoryError" in repr(cause.__cause__) or "directory" in str(cause)
+        for t in mine:
+            t.join(10)
+            assert not t.is_alive()
+        with pytest.raises(DatabaseClosedError):
+            store.get(key_of(0))
+    finally:
+        db.close()
+    os.rmdir(os.path.join(path, "wal", "%016X" % (last + 1)))
+    with Database.open(path, io_method=io_method) as db:
+        store = db.kv(STORE_NAME)
+        assert all(store.get(key_of(i)) == value_of(i) for i in range(20))
