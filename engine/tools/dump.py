@@ -16,7 +16,7 @@ built once over the loaded rows)::
     -- slonik: kv store
     CREATE TABLE public."users" (
         "key" bytea NOT NULL,
-        "value" bytea NOT NULL
+        "value" bytea
     );
     COPY public."events" ("id", "name") FROM stdin;
     1	boot
@@ -350,7 +350,7 @@ def create_table_sql(rdef: RelationDef) -> str:
         if name in PG_SYSTEM_COLUMNS:
             raise DumpError(f"column {name!r} of table {rdef.name!r} has the name of a "
                             f"PostgreSQL system column; PostgreSQL cannot create it")
-        not_null = " NOT NULL" if rdef.kind == "kv" or name in rdef.primary_key else ""
+        not_null = " NOT NULL" if name in rdef.primary_key else ""   # as pg_dump writes it
         cols.append(f"    {quote_ident(name, 'column name')} {PG_TYPES[typ]}{not_null}")
     kind = "Slonik KV store" if rdef.kind == "kv" else "TABLE"
     parts = [f"--\n-- Name: {rdef.name}; Type: {kind}; Schema: public\n--\n\n"]

@@ -592,3 +592,15 @@ def test_a_relation_kind_dump_does_not_know_is_refused():
     entry = FutureEntry("by_name", "index", (("name", "text"),), "", ())
     with pytest.raises(DumpError, match="relation 'by_name' is of kind 'index'"):
         relation_def(entry)
+
+
+def test_kv_store_table_shape():
+    """A KV store is written as the table (key bytea PRIMARY KEY, value bytea): the key
+    column NOT NULL (as pg_dump writes a primary key column), the value plain, the
+    marker line before it and the comment after it."""
+    rdef = relation_def(FutureEntry("users", "kv", (), "", ()))
+    assert create_table_sql(rdef).endswith(
+        '-- slonik: kv store\nCREATE TABLE public."users" (\n    "key" bytea NOT NULL,\n'
+        '    "value" bytea\n);\n\nCOMMENT ON TABLE public."users" IS \'Slonik KV store\';\n\n')
+    assert post_data_sql(rdef).endswith(
+        'ALTER TABLE ONLY public."users"\n    ADD PRIMARY KEY ("key");\n\n')
