@@ -11,6 +11,7 @@ import inspect
 import io
 import math
 import os
+import pty
 import signal
 import struct
 import subprocess
@@ -604,3 +605,39 @@ def test_kv_store_table_shape():
         '    "value" bytea\n);\n\nCOMMENT ON TABLE public."users" IS \'Slonik KV store\';\n\n')
     assert post_data_sql(rdef).endswith(
         'ALTER TABLE ONLY public."users"\n    ADD PRIMARY KEY ("key");\n\n')
+
+
+def test_progress_is_shown_on_a_terminal_only(tmp_path, io_method):
+    """Through the installed entry point with stderr on a pseudo-terminal, ``slonik
+    dump --out`` redraws a progress line that ends at every page read (N/N pages); with
+    stderr on a pipe it writes nothing there."""
+    path = tmp_path / "db"
+    with Database.open(path, io_method=io_method, **SMALL) as db:
+        db.create_table("t", [("s", "text")]).insert_many([("x" * 300,) for _ in range(500)])
+    pages = write_dump(str(path), io.BytesIO(), io_method=io_method).pages_read
+    master, slave = pty.openpty()
+    try:
+        try:
+            proc = subprocess.run([SLONIK, "dump", str(path), "--out",
+                                   str(tmp_path / "a.sql"), "--io-method", io_method],
+                                  stdout=subprocess.PIPE, stderr=slave,
+                                  timeout=CHILD_TIMEOUT_SECONDS)
+        finally:
+            os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:   # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"\rdumping: [" in shown and f"{pages}/{pages} pages".encode() in shown
+    piped = subprocess.run([SLONIK, "dump", str(path), "--out", str(tmp_path / "b.sql"),
+                            "--io-method", io_method], capture_output=True,
+                           timeout=CHILD_TIMEOUT_SECONDS)
+    assert (piped.returncode, piped.stderr) == (0, b"")
