@@ -67,6 +67,7 @@ from slonik.storage.page import (
     PageRunVerifier,
     page_check,
     page_get_item,
+    page_get_special,
     page_is_new,
     page_item_count,
     page_item_flags,
@@ -398,10 +399,19 @@ def fork_pages(reader: RelationFileReader, rel: int, fork: Fork = Fork.MAIN, *,
             progress(n)
 
 
-def _visible_data(page: memoryview, visibility: Visibility) -> Iterator[tuple[int, bytes]]:
-    """(offnum, data) of each heap tuple on ``page`` that ``visibility`` shows."""
+def _visible_data(page: memoryview, visibility: Visibility, rel: int,
+                  block: int) -> Iterator[tuple[int, bytes]]:
+    """(offnum, data) of each heap tuple on ``page`` that ``visibility`` shows.
+    ``DataCorruptionError`` for a page that is not a heap page (heap pages have no
+    special space; a B+tree page has its links there)."""
     if page_is_new(page):
         return
+    special = len(page_get_special(page))
+    if special:
+        raise DataCorruptionError(
+            f"block {block} of relation {rel} is not a heap page (it has {special} bytes "
+            f"of special space): the relation is not stored the way this reader expects",
+            relation=rel, fork=int(Fork.MAIN), block=block)
     for offnum in range(1, page_item_count(page) + 1):
         if page_item_flags(page, offnum) != LpFlag.NORMAL:
             continue
@@ -416,7 +426,7 @@ def visible_relations(reader: RelationFileReader, visibility: Visibility
     heap's visible rows), sorted by name."""
     entries: dict[str, RelationEntry] = {}
     for block, page in fork_pages(reader, CATALOG_RELFILENUMBER):
-        for offnum, data in _visible_data(page, visibility):
+        for offnum, data in _visible_data(page, visibility, CATALOG_RELFILENUMBER, block):
             entry = decode_entry(data, Tid(block, offnum))
             if entry.name in entries:
                 raise DataCorruptionError(
@@ -431,8 +441,9 @@ def table_rows(reader: RelationFileReader, entry: RelationEntry, visibility: Vis
     """The visible rows of table ``entry`` in physical order, decoded with its schema."""
     assert entry.kind == "table", entry
     decode = RowCodec(entry.columns).decode
-    for _block, page in fork_pages(reader, entry.relfilenumber, progress=progress):
-        for _offnum, data in _visible_data(page, visibility):
+    rel = entry.relfilenumber
+    for block, page in fork_pages(reader, rel, progress=progress):
+        for _offnum, data in _visible_data(page, visibility, rel, block):
             yield decode(data)
 
 
@@ -447,8 +458,9 @@ def kv_pairs(reader: RelationFileReader, entry: RelationEntry, visibility: Visib
     ``DataCorruptionError`` when two live versions of one key are found."""
     assert entry.kind == "kv", entry
     pairs: dict[bytes, bytes] = {}
-    for block, page in fork_pages(reader, entry.relfilenumber, progress=progress):
-        for _offnum, data in _visible_data(page, visibility):
+    rel = entry.relfilenumber
+    for block, page in fork_pages(reader, rel, progress=progress):
+        for _offnum, data in _visible_data(page, visibility, rel, block):
             key, value = decode_kv(data)
             if key in pairs:
                 raise DataCorruptionError(

@@ -49,7 +49,7 @@ from slonik.engine.tools.dump import (
 from slonik.engine.tools.offline import RecoveryNeededError
 from slonik.engine.tools.progress import Progress
 from slonik.storage.errors import DataCorruptionError
-from slonik.storage.page import BLCKSZ
+from slonik.storage.page import BLCKSZ, init_page, page_set_checksum
 from slonik.wal.control import DbState, read_control
 
 from slonik import Database
@@ -641,3 +641,23 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path, io_method):
                             "--io-method", io_method], capture_output=True,
                            timeout=CHILD_TIMEOUT_SECONDS)
     assert (piped.returncode, piped.stderr) == (0, b"")
+
+
+def test_a_store_not_laid_out_as_a_heap_is_refused(tmp_path, io_method):
+    """A KV store whose first page is a well-formed page with special space (as a B+tree
+    page has, were the store's format to change under this reader) stops the dump with
+    DataCorruptionError saying the block is not a heap page, instead of decoding its
+    items as heap tuples."""
+    path = tmp_path / "db"
+    with Database.open(path, io_method=io_method, **SMALL) as db:
+        kv = db.kv("k")
+        kv[b"a"] = b"b"
+        rel = kv.rel
+    page = bytearray(BLCKSZ)
+    init_page(page, special_size=16)
+    page_set_checksum(page, rel, 0, 0)
+    with open(path / "base" / str(rel), "r+b") as f:
+        f.write(page)
+    with pytest.raises(DataCorruptionError, match=f"block 0 of relation {rel} is not a heap "
+                                                  f"page \\(it has 16 bytes of special"):
+        write_dump(str(path), io.BytesIO(), io_method=io_method)
