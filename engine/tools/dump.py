@@ -958,9 +958,10 @@ class _DumpReader:
                                                    f"{rdef.name!r} (no \\. line)")
             if raw == b"\\.":
                 break
-            if raw.endswith(b"\r"):
-                raise DumpFormatError(self.lineno, "a raw carriage return ends the line "
-                                                   "(COPY data writes it as \\r)")
+            if b"\r" in raw:
+                raise DumpFormatError(self.lineno, "a raw carriage return in COPY data "
+                                                   "(it is written as \\r; PostgreSQL would "
+                                                   "take it for the end of the line)")
             try:
                 values = parse_copy_line(raw, columns)
             except ValueError as exc:

@@ -492,6 +492,7 @@ def _mutations(script: str) -> list[tuple[str, str, int, str]]:
         ("keys out of order", with_line(copy_k + 1, "\\\\x62\t\\\\x31"), copy_k + 3,
          "does not follow"),
         ("NULL key", with_line(copy_k + 1, "\\N\t\\\\x31"), copy_k + 2, "a NULL key"),
+        ("raw CR", with_line(copy_t + 1, "1\to\rne\t\\N"), copy_t + 2, "raw carriage return"),
         ("unknown type", with_line(create + 1, '    "id" integer,'), create + 1,
          "type 'integer' is not one of"),
         ("unknown statement", with_line(create - 1, "DROP TABLE public.t;"), create,
