@@ -3,10 +3,13 @@ The public names are re-exported by ``slonik`` itself; import them from there.
 
 Module map:
 - errors.py       ConflictError and the engine's other transaction-level errors
-- database.py     Database: open/recover/close, commit, catalog use, vacuum, stats
+- database.py     Database: open/recover/close, catalog use, drop, vacuum, stats
 - settings.py     the settings of Database.open, validated (PostgreSQL's names)
 - xact.py         xids, snapshots, commit/abort records (rmgr xact), recovery of xact state
-- kv.py           KVStore: the MutableMapping users see
+- transaction.py  the transaction layer stores use (Transaction, commit/abort)
+- relation.py     Relation: a store's parts (heap, KV index) and drop state
+- kv.py           KVStore: the MutableMapping users see, and its views
+- kv_index.py     KVIndex: a KV store's ordered index and commit-time steps
 - table.py        Table: typed rows, eager writes, sequential scans
 - catalog.py      the relation catalog, itself a heap relation
 - recovery.py     bootstrap and crash recovery; checkpointer.py: checkpoints

@@ -8,10 +8,14 @@ the creating transaction, WAL-logged), so a relation created by a transaction th
 crash cut off is invisible afterwards. The catalog is loaded at open by a scan applying
 visibility.
 
+A drop deletes the row (xmax = the dropping transaction) under the engine's commit lock;
+vacuum prunes it once no snapshot can see it.
+
 Invariants:
 1. Names are unique among visible rows: creation checks and inserts under the engine's
-   commit lock and commits at once.
-2. A relation's file is created (WAL-logged, ``engine.smgr_wal``) before its catalog row.
+   commit lock and commits at once; a name is free again once its drop committed.
+2. A relation's file is created (WAL-logged, ``engine.smgr_wal``) before its catalog row,
+   and removed only after the COMMIT of the row's deletion is durable.
 """
 
 from __future__ import annotations
@@ -87,3 +91,8 @@ class Catalog:
     def insert(self, xid: int, entry: RelationEntry) -> RelationEntry:
         tid = self.heap.insert(xid, encode_entry(entry))
         return RelationEntry(entry.name, entry.kind, entry.relfilenumber, entry.columns, tid)
+
+    def delete(self, xid: int, entry: RelationEntry) -> None:
+        """Delete ``entry``'s row as ``xid`` (a drop; WAL-logged by the heap)."""
+        assert entry.tid is not None, entry
+        self.heap.delete(entry.tid, xid)

@@ -9,13 +9,25 @@
 4. bootstraps a new database (``engine.recovery.bootstrap``);
 5. builds Aio, Smgr and the buffer manager, replays WAL (``engine.recovery.startup``),
    writes an end-of-recovery checkpoint after a crash, starts the background checkpointer;
-6. loads the catalog and rebuilds every KV store's index.
+6. unlinks the files of relations dropped before a crash or the last close (the set
+   pending unlink comes from the checkpoint and the COMMIT records replayed);
+7. loads the catalog and rebuilds every KV store's index.
 
-Commit (``_commit``), under the commit lock: validate KV write sets (first committer
-wins), assign the xid if the transaction has none yet, apply the buffered KV writes to
-the heaps, insert the COMMIT record, publish the new versions in the KV indexes, mark the
-xid committed; then, outside the lock, flush WAL up to the COMMIT record (unless
-``synchronous_commit`` is off): threads committing at the same time share one fsync.
+``Database`` builds and owns the parts: the AIO subsystem, smgr, buffer manager, WAL,
+checkpointer, the transaction manager (``engine.xact``) and the transaction layer
+(``engine.transaction``), and one ``Relation`` (``engine.relation``) per KV store or
+table, which it hands with the layer to the ``KVStore``/``Table`` object users get.
+Commits happen in the transaction layer; this module keeps open/close, the catalog,
+drops, vacuum and statistics.
+
+Drop (``drop``): the catalog row is deleted (WAL-logged) by the dropping transaction and
+the relation is DROP_PENDING; its COMMIT record lists the relfilenumber, and at commit the
+relation is DROPPED and its files *pending unlink*. The files are unlinked when nothing
+can touch them any more — at ``close()`` after the shutdown checkpoint, or at the next
+open after recovery — so no pinned buffer, read stream or checkpoint write ever meets a
+missing file. The pending set travels in every checkpoint; a crash at any instant leaves
+the files for the next open to remove (an abort or a crash before the COMMIT leaves the
+relation as it was).
 
 Failure policy (DESIGN §7): a failed WAL write or fsync (here or in the checkpointer)
 makes the Database refuse all further work with an error saying to reopen it; ``close()``
@@ -26,6 +38,10 @@ Invariants:
    made under the commit lock, which is also the checkpointer's redo lock.
 2. Lock order: commit lock → a table's write lock → xact lock → a KV index lock.
 3. A transaction belongs to the thread that began it (``threading.local``).
+4. No module outside this one touches a ``Database``'s private attributes: stores get the
+   transaction layer and their ``Relation``.
+5. A dropped relation's relfilenumber is never reused (``next_relfilenumber`` only grows),
+   and its files are removed only after its COMMIT record is durable.
 """
 
 from __future__ import annotations
@@ -33,14 +49,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from slonik.aio import osfile
 from slonik.aio.core import Aio, AioStats
 from slonik.aio.errors import IOFailure, SlonikError
+from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine import smgr_wal
 from slonik.engine.access.heap import Heap
 from slonik.engine.access.tuple import RowCodec
@@ -48,7 +66,9 @@ from slonik.engine.catalog import CATALOG_RELFILENUMBER, Catalog, RelationEntry,
 from slonik.engine.checkpointer import Checkpointer, CheckpointStats
 from slonik.engine.errors import ConflictError
 from slonik.engine.kv import KVStore
+from slonik.engine.kv_index import KVIndex
 from slonik.engine.recovery import FIRST_RELFILENUMBER, RecoveryInfo, bootstrap, startup
+from slonik.engine.relation import Relation, RelationState
 from slonik.engine.settings import (
     DEFAULT_SEGMENT_SIZE_BLOCKS,
     DEFAULT_WAL_SEGMENT_SIZE,
@@ -56,7 +76,8 @@ from slonik.engine.settings import (
     parse_settings,
 )
 from slonik.engine.table import Table
-from slonik.engine.xact import Snapshot, TransactionManager, TransactionStateError, XactStats
+from slonik.engine.transaction import Transaction, TransactionLayer
+from slonik.engine.xact import TransactionManager, XactStats
 from slonik.storage.bufmgr import BufferManager, BufferStats
 from slonik.storage.page import BLCKSZ
 from slonik.storage.smgr import Fork, Smgr
@@ -75,6 +96,25 @@ AUTOVACUUM_SCALE_FACTOR = 0.2            # ... plus this share of its live rows 
 TABLE_ROWS_PER_PAGE_ESTIMATE = 40        # for the autovacuum threshold of tables
 
 _SLONIK_ENTRIES = {LOCK_FILE_NAME}       # what a failed first open may have left behind
+_log = logging.getLogger("slonik")
+_fallbacks_reported: set[str] = set()    # io_method=auto fallback reasons already logged
+_fallbacks_lock = threading.Lock()
+
+
+def _resolve_io_method(io_method: str) -> tuple[str, str | None]:
+    """(the method to use, why ``auto`` fell back from io_uring or None). The first
+    fallback for a reason in this process is logged once (logger ``slonik``, WARNING)."""
+    if io_method != "auto":
+        return io_method, None
+    ok, reason = io_uring_available()
+    if ok:
+        return "io_uring", None
+    with _fallbacks_lock:
+        first = reason not in _fallbacks_reported
+        _fallbacks_reported.add(reason)
+    if first:
+        _log.warning("io_method=auto: io_uring is not available (%s); using worker", reason)
+    return "worker", reason
 
 
 class NotADatabaseError(SlonikError, ValueError):
@@ -91,6 +131,8 @@ class DatabaseClosedError(SlonikError, ValueError):
 
 @dataclass(frozen=True)
 class RelationStats:
+    """One relation's line of ``db.stats().relations``."""
+
     name: str
     kind: str
     relfilenumber: int
@@ -98,10 +140,13 @@ class RelationStats:
     bytes: int
     live_keys: int | None        # KV stores: keys in the index (None for tables)
     dead_versions: int           # made dead since the last vacuum
+    index_operations: int | None = None  # KV stores: index entries looked up/scanned/replaced
 
 
 @dataclass(frozen=True)
 class VacuumStats:
+    """Vacuum runs (manual and automatic), tuples pruned, aborted xids forgotten."""
+
     runs: int
     automatic: int
     pruned: int
@@ -123,29 +168,8 @@ class DatabaseStats:
     recovery_crashed: bool
     recovery_replayed: int
     recovery_seconds: float
-
-
-class Transaction:
-    """One transaction (``db.transaction()``): its snapshot, xid and buffered KV writes."""
-
-    __slots__ = ("snapshot", "xid", "kv_writes", "table_writes", "blind", "rollback_only",
-                 "thread_id")
-
-    def __init__(self, snapshot: Snapshot | None, *, blind: bool = False) -> None:
-        self.snapshot = snapshot
-        self.xid = 0
-        self.kv_writes: dict[KVStore, dict[bytes, bytes | None]] = {}
-        self.table_writes: dict[Table, int] = {}
-        self.blind = blind          # autocommit writes: no snapshot, validated at commit
-        self.rollback_only = False
-        self.thread_id = threading.get_ident()
-
-    def rollback(self) -> None:
-        """Abort at the end of the ``with`` block instead of committing."""
-        self.rollback_only = True
-
-    def __repr__(self) -> str:
-        return f"<Transaction xid={self.xid or 'none'}>"
+    io_method_fallback: str | None = None   # why io_method=auto did not use io_uring
+    pending_unlinks: int = 0                # dropped relations whose files remain until close
 
 
 def _make_directories(path: str) -> None:
@@ -190,7 +214,11 @@ def _write_lock_owner(fd: int) -> None:
 
 
 class Database:
-    """An open Slonik database; see the module docstring. Use ``Database.open``."""
+    """An open Slonik database: KV stores, tables, transactions, maintenance.
+
+    Open one with ``Database.open(path, **settings)`` (a context manager: ``close()`` at
+    the end of the ``with`` block). See the ``slonik.engine.database`` module for what
+    open, commit and drop do, and DESIGN §6 for the API."""
 
     # --- open -------------------------------------------------------------------------------
     @classmethod
@@ -218,7 +246,9 @@ class Database:
         self._commit_lock = threading.Lock()
         self._vacuum_lock = threading.Lock()
         self._close_lock = threading.Lock()
-        self._relations: dict[str, KVStore | Table] = {}
+        self._relations: dict[str, Relation] = {}
+        self._stores: dict[str, KVStore | Table] = {}
+        self._io_method_fallback: str | None = None
         self._vacuum_runs = self._autovacuum_runs = self._pruned = self._forgotten = 0
 
         control_path = os.path.join(path, CONTROL_FILE_NAME)
@@ -259,7 +289,8 @@ class Database:
                                      f"was created with {name}={stored}, got {given}")
             s = s.with_fixed(control.wal_segment_size, control.segment_size)
         self.settings = s
-        self._aio = Aio(s.io_method, io_workers=s.io_workers,
+        method, self._io_method_fallback = _resolve_io_method(s.io_method)
+        self._aio = Aio(method, io_workers=s.io_workers,
                         io_max_concurrency=s.io_max_concurrency)
         if is_new:
             bootstrap(self.path, self._aio, wal_segment_size=s.wal_segment_size,
@@ -284,6 +315,10 @@ class Database:
         self._xacts = TransactionManager.after_recovery(
             wal, checkpoint_next_xid=max(cp.next_xid, control.next_xid),
             extra=info.checkpoint_extra, state=info.state)
+        self._txns = TransactionLayer(
+            self._xacts, self._commit_lock, check_open=self._check_open, flush=self._flush,
+            note_wal_error=self._note_wal_error, synchronous_commit=s.synchronous_commit,
+            after_commit=self._autovacuum, on_dropped=self._forget_dropped)
         self._next_rel = max(cp.next_relfilenumber, control.next_relfilenumber,
                              info.state.get("max_relfilenumber", 0) + 1, FIRST_RELFILENUMBER)
         self._checkpointer = Checkpointer(
@@ -295,6 +330,7 @@ class Database:
             self._checkpointer.checkpoint()  # end-of-recovery checkpoint
         else:
             self._checkpointer.mark_in_production()
+        self._unlink_dropped(drop_buffers=True)
         self._checkpointer.start()
         self._walwriter = WalWriter(wal, wal_writer_delay_ms=s.wal_writer_delay,
                                     on_fatal=self._on_fatal)
@@ -310,12 +346,45 @@ class Database:
         committed = self._xacts.is_committed
         self._catalog.load(lambda xmin, xmax: committed(xmin) and not (xmax and committed(xmax)))
         for e in self._catalog.entries.values():
-            if e.kind == "kv":
-                store = KVStore(self, e.name, e.relfilenumber)
-                store.rebuild(self._xacts)
-                self._relations[e.name] = store
-            else:
-                self._relations[e.name] = Table(self, e.name, e.relfilenumber, e.columns)
+            self._add_relation(e, rebuild=True)
+
+    def _add_relation(self, e: RelationEntry, *, rebuild: bool = False) -> KVStore | Table:
+        """Build the parts of a catalogued relation and the object users get."""
+        heap = Heap(e.relfilenumber, self._bufmgr, self._wal)
+        if e.kind == "kv":
+            index = KVIndex(e.name, e.relfilenumber, heap)
+            relation = Relation(e.name, "kv", e.relfilenumber, heap, index=index)
+            if rebuild:
+                relation.dead_versions = index.rebuild(self._xacts.aborted)
+            obj: KVStore | Table = KVStore(self._txns, relation)
+        else:
+            relation = Relation(e.name, "table", e.relfilenumber, heap, columns=e.columns)
+            obj = Table(self._txns, relation)
+        self._relations[e.name] = relation
+        self._stores[e.name] = obj
+        return obj
+
+    def _forget_dropped(self, relations: list[Relation]) -> None:
+        """The transaction layer committed these drops (under the commit lock)."""
+        for relation in relations:
+            if self._relations.get(relation.name) is relation:
+                del self._relations[relation.name]
+                del self._stores[relation.name]
+                self._catalog.entries.pop(relation.name, None)
+
+    def _unlink_dropped(self, *, drop_buffers: bool) -> None:
+        """Remove the files of dropped relations (their COMMIT records are durable) at a
+        moment when nothing can pin, read or write them: at open before the checkpointer
+        starts, or at close after it stopped. ``drop_buffers`` forgets their buffers first
+        (at close the buffer pool is discarded anyway, and an abandoned iterator may still
+        hold a pin)."""
+        rels = sorted(self._xacts.pending_unlinks)
+        for rel in rels:
+            if drop_buffers:
+                self._bufmgr.drop_relation_buffers(rel)
+            self._smgr.forget_written(rel)
+            self._smgr.unlink(rel)
+        self._xacts.forget_pending_unlinks(rels)
 
     # --- callbacks from below ---------------------------------------------------------------
     def _flush_wal_for_buffer(self, lsn: int) -> None:
@@ -354,19 +423,29 @@ class Database:
             raise
 
     # --- relations ------------------------------------------------------------------------
+    def _own_drop(self, relation: Relation) -> bool:
+        """Whether the calling thread's transaction dropped ``relation``."""
+        txn = self._txns.current()
+        return (relation.state is RelationState.DROP_PENDING and txn is not None
+                and txn.xid == relation.dropping_xid)
+
     def kv(self, name: str) -> KVStore:
         """The KV store ``name``, created (durably, in a transaction of its own) if new."""
         check_name(name)
         self._check_open()
-        obj = self._relations.get(name)
-        if obj is None:
+        relation = self._relations.get(name)
+        if relation is None or self._own_drop(relation):
             obj = self._create_relation(name, "kv", ())
+        else:
+            obj = self._stores[name]
         if not isinstance(obj, KVStore):
             raise ValueError(f"{name!r} is a table, not a KV store")
         return obj
 
     def create_table(self, name: str, columns: Sequence[tuple[str, str]]) -> Table:
-        """A new table (durably, in a transaction of its own); ValueError if ``name`` exists."""
+        """A new table (durably, in a transaction of its own); ValueError if ``name`` exists.
+        ``columns`` is a sequence of (name, type) with types int8, float8, text, bytea,
+        bool."""
         check_name(name)
         cols = RowCodec(columns).columns  # TypeError/ValueError naming the bad column
         self._check_open()
@@ -376,28 +455,58 @@ class Database:
         """The existing table ``name``; KeyError if there is none."""
         check_name(name)
         self._check_open()
-        obj = self._relations.get(name)
-        if obj is None:
+        relation = self._relations.get(name)
+        if relation is None or self._own_drop(relation):
             raise KeyError(f"no table named {name!r}")
+        obj = self._stores[name]
         if not isinstance(obj, Table):
             raise ValueError(f"{name!r} is a KV store, not a table")
         return obj
 
     def relations(self) -> dict[str, str]:
-        """name → kind ("kv" or "table") of every relation."""
+        """name → kind ("kv" or "table") of every relation, sorted by name (without those
+        the calling thread's transaction dropped)."""
         self._check_open()
-        return {name: ("kv" if isinstance(o, KVStore) else "table")
-                for name, o in sorted(self._relations.items())}
+        return {name: r.kind for name, r in sorted(self._relations.items())
+                if not self._own_drop(r)}
+
+    def drop(self, name: str) -> None:
+        """Remove the KV store or table ``name``: in the thread's transaction (aborting it
+        keeps the relation) or in one of its own. KeyError if there is none;
+        ConflictError if another running transaction is dropping it. Its files are removed
+        at ``close()`` (or the next open); the name can be used again once it committed."""
+        check_name(name)
+        self._check_open()
+        with self._txns.write() as txn, self._commit_lock:
+            self._check_open()
+            relation = self._relations.get(name)
+            if relation is None or self._own_drop(relation):
+                raise KeyError(f"no relation named {name!r}")
+            if relation.state is RelationState.DROP_PENDING:
+                self._xacts.note_conflict()
+                raise ConflictError(f"{relation.kind} {name!r} is being dropped by transaction "
+                                    f"{relation.dropping_xid}; retry the transaction")
+            entry = self._catalog.entries[name]
+            try:
+                self._catalog.delete(txn.xid, entry)
+            except BaseException as exc:
+                self._note_wal_error(exc)
+                raise
+            relation.set_state(RelationState.DROP_PENDING, txn.xid)
+            txn.drops.append(relation)
 
     def _create_relation(self, name: str, kind: str, columns, *, must_be_new: bool = False):
         xacts = self._xacts
         with self._commit_lock:
             self._check_open()
-            existing = self._relations.get(name)
-            if existing is not None:
+            relation = self._relations.get(name)
+            if relation is not None:
+                if self._own_drop(relation):
+                    raise ValueError(f"{relation.kind} {name!r} was dropped by this transaction; "
+                                     f"create it again after the transaction commits")
                 if must_be_new:
                     raise ValueError(f"a relation named {name!r} already exists")
-                return existing
+                return self._stores[name]
             rel = self._next_rel
             self._next_rel += 1
             xid = xacts.assign_xid()
@@ -410,148 +519,21 @@ class Database:
                 xacts.abort(xid)
                 raise
             self._catalog.entries[name] = entry
-            obj = KVStore(self, name, rel) if kind == "kv" else Table(self, name, rel, columns)
-            self._relations[name] = obj
+            obj = self._add_relation(entry)
             xacts.finish_commit(xid)
         self._flush(end)
         return obj
 
     # --- transactions -----------------------------------------------------------------------
-    def _current_transaction(self) -> Transaction | None:
-        return getattr(self._local, "txn", None)
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """``with db.transaction():`` — commit at the end of the block, abort if it raises
-        (or if ``rollback()`` was called). Bound to this thread; not nestable."""
+    def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
+        """``with db.transaction() as txn:`` — commit at the end of the block, abort if it
+        raises (or if ``txn.rollback()`` was called). Bound to this thread; not nestable."""
         self._check_open()
-        if self._current_transaction() is not None:
-            raise TransactionStateError("a transaction is already open in this thread; "
-                                        "Slonik transactions do not nest")
-        with self._bound(Transaction(self._xacts.snapshot())) as txn:
-            yield txn
-
-    @contextlib.contextmanager
-    def _bound(self, txn: Transaction) -> Iterator[Transaction]:
-        """Bind ``txn`` to this thread for the block; commit at its end, abort if it
-        raises or ``rollback()`` was called."""
-        self._local.txn = txn
-        try:
-            yield txn
-        except BaseException:
-            self._local.txn = None
-            self._abort(txn)
-            raise
-        self._local.txn = None
-        if txn.rollback_only:
-            self._abort(txn)
-        else:
-            self._commit(txn)
-
-    @contextlib.contextmanager
-    def _implicit_transaction(self) -> Iterator[Transaction]:
-        """The thread's transaction, or an autocommit one (blind writes) for the block."""
-        txn = self._current_transaction()
-        if txn is not None:
-            yield txn
-            return
-        with self._bound(Transaction(None, blind=True)) as txn:
-            yield txn
-
-    def _kv_write(self, store: KVStore, key: bytes, data: bytes | None) -> None:
-        txn = self._current_transaction()
-        if txn is not None:
-            txn.kv_writes.setdefault(store, {})[key] = data
-            return
-        txn = Transaction(None, blind=True)
-        txn.kv_writes[store] = {key: data}
-        self._commit(txn)
-
-    @contextlib.contextmanager
-    def _write_transaction(self, table: Table) -> Iterator[tuple[int, Snapshot]]:
-        """(xid, snapshot) for an eager table write: the thread's transaction (an xid
-        assigned now if it has none) or an autocommit transaction around the write."""
-        self._check_open()
-        txn = self._current_transaction()
-        if txn is not None:
-            if txn.snapshot is None:  # a blind (autocommit batch) transaction
-                txn.snapshot = self._xacts.snapshot()
-            if not txn.xid:
-                txn.xid = txn.snapshot.own = self._xacts.assign_xid()
-            txn.table_writes[table] = txn.table_writes.get(table, 0) + 1
-            yield txn.xid, txn.snapshot
-            return
-        txn = Transaction(self._xacts.snapshot())
-        txn.xid = txn.snapshot.own = self._xacts.assign_xid()
-        txn.table_writes[table] = 1
-        try:
-            yield txn.xid, txn.snapshot
-        except BaseException:
-            self._abort(txn)
-            raise
-        self._commit(txn)
+        return self._txns.transaction()
 
     def _note_wal_error(self, exc: BaseException) -> None:
         if isinstance(exc, WalError) or (self._wal is not None and self._wal.failed):
             self._on_fatal(exc)
-
-    def _commit(self, txn: Transaction) -> None:
-        kv = {s: w for s, w in txn.kv_writes.items() if w}
-        xacts = self._xacts
-        if not kv and not txn.xid:
-            self._end(txn)
-            return
-        try:
-            with self._commit_lock:
-                self._check_open()
-                snap = txn.snapshot
-                if snap is None:
-                    snap = xacts.snapshot(register=False)
-                try:
-                    for store, writes in kv.items():
-                        store.validate(writes, snap, blind=txn.blind)
-                except (ConflictError, KeyError) as exc:
-                    if isinstance(exc, ConflictError):
-                        xacts.conflicts += 1
-                    if txn.xid:
-                        xacts.abort(txn.xid)
-                    raise
-                xid = txn.xid
-                if not xid:
-                    xid = txn.xid = xacts.assign_xid()
-                try:
-                    changes = [(store, store.apply(xid, writes)) for store, writes in kv.items()]
-                    end = xacts.log_commit(xid)
-                except BaseException as exc:
-                    self._note_wal_error(exc)
-                    xacts.abort(xid)
-                    raise
-                if changes:
-                    horizon = xacts.horizon()
-                    for store, ch in changes:
-                        store.publish(xid, ch, horizon)
-                xacts.finish_commit(xid)
-        finally:
-            self._end(txn)
-        for table, n in txn.table_writes.items():
-            table.dead_versions += n
-        if self.settings.synchronous_commit:
-            self._flush(end)
-        self._autovacuum([*kv, *txn.table_writes])
-
-    def _abort(self, txn: Transaction) -> None:
-        try:
-            if txn.xid:
-                self._xacts.abort(txn.xid)
-                for table, n in txn.table_writes.items():
-                    table.dead_versions += n
-        finally:
-            self._end(txn)
-
-    def _end(self, txn: Transaction) -> None:
-        if txn.snapshot is not None:
-            self._xacts.release(txn.snapshot)
-        txn.kv_writes = {}
 
     # --- maintenance ------------------------------------------------------------------------
     def checkpoint(self) -> int:
@@ -566,10 +548,10 @@ class Database:
         with self._vacuum_lock:
             if name is None:
                 return self._vacuum_all()
-            obj = self._relations.get(check_name(name))
-            if obj is None:
+            relation = self._relations.get(check_name(name))
+            if relation is None:
                 raise KeyError(f"no relation named {name!r}")
-            return self._vacuum_relation(obj)
+            return self._vacuum_relation(relation)
 
     def _dead_test(self, horizon: int, aborted: set[int], referenced: set[int]):
         def is_dead(t) -> bool:
@@ -584,17 +566,17 @@ class Database:
             return False
         return is_dead
 
-    def _vacuum_relation(self, obj, *, auto: bool = False) -> int:
+    def _vacuum_relation(self, relation: Relation, *, auto: bool = False) -> int:
         xacts = self._xacts
         horizon = xacts.horizon()
         aborted = set(xacts.aborted)
         is_dead = self._dead_test(horizon, aborted, set())
-        if isinstance(obj, KVStore):
-            if obj._error is not None:
+        if relation.index is not None:
+            if relation.index.error is not None:
                 return 0
-            obj.trim(horizon)
-        obj.dead_versions = 0
-        n = obj.heap.prune(is_dead)
+            relation.index.trim(horizon)
+        relation.dead_versions = 0
+        n = relation.heap.prune(is_dead)
         self._pruned += n
         self._vacuum_runs += 1
         self._autovacuum_runs += auto
@@ -608,14 +590,14 @@ class Database:
         is_dead = self._dead_test(horizon, aborted, referenced)
         total = self._catalog.heap.prune(is_dead)
         complete = True
-        for obj in list(self._relations.values()):
-            if isinstance(obj, KVStore):
-                if obj._error is not None:
+        for relation in list(self._relations.values()):
+            if relation.index is not None:
+                if relation.index.error is not None:
                     complete = False
                     continue
-                obj.trim(horizon)
-            obj.dead_versions = 0
-            total += obj.heap.prune(is_dead)
+                relation.index.trim(horizon)
+            relation.dead_versions = 0
+            total += relation.heap.prune(is_dead)
         if complete:
             # No tuple names these aborted xids any more: they need not be remembered.
             gone = aborted - referenced
@@ -625,42 +607,46 @@ class Database:
         self._vacuum_runs += 1
         return total
 
-    def _autovacuum(self, objs) -> None:
-        for obj in objs:
-            if obj.dead_versions < AUTOVACUUM_THRESHOLD_VERSIONS:
+    def _autovacuum(self, relations: list[Relation]) -> None:
+        for relation in relations:
+            if relation.dead_versions < AUTOVACUUM_THRESHOLD_VERSIONS or relation.dropped:
                 continue
-            if isinstance(obj, KVStore):
-                live = obj.live_keys_estimate()
+            if relation.index is not None:
+                live = relation.live_keys_estimate()
             else:
-                live = obj.heap.nblocks() * TABLE_ROWS_PER_PAGE_ESTIMATE
-            if obj.dead_versions < AUTOVACUUM_THRESHOLD_VERSIONS + AUTOVACUUM_SCALE_FACTOR * live:
+                live = relation.heap.nblocks() * TABLE_ROWS_PER_PAGE_ESTIMATE
+            if relation.dead_versions < (AUTOVACUUM_THRESHOLD_VERSIONS
+                                         + AUTOVACUUM_SCALE_FACTOR * live):
                 continue
             if not self._vacuum_lock.acquire(blocking=False):
                 return  # another thread vacuums; our counter stays for the next commit
             try:
-                if not self._closed and self._fatal is None:
-                    self._vacuum_relation(obj, auto=True)
+                if not self._closed and self._fatal is None and not relation.dropped:
+                    self._vacuum_relation(relation, auto=True)
             finally:
                 self._vacuum_lock.release()
 
     # --- introspection ----------------------------------------------------------------------
     def stats(self) -> DatabaseStats:
+        """pg_stat_io-like AIO counters, the io method in use, and the buffer manager's,
+        WAL's, checkpointer's, transactions', vacuum's and each relation's statistics."""
         self._check_open()
         rels = []
-        for name, obj in sorted(self._relations.items()):
-            nblocks = obj.heap.nblocks()
-            is_kv = isinstance(obj, KVStore)
-            rels.append(RelationStats(name, "kv" if is_kv else "table", obj.rel, nblocks,
-                                      nblocks * BLCKSZ,
-                                      obj.live_keys_estimate() if is_kv else None,
-                                      obj.dead_versions))
+        for name, r in sorted(self._relations.items()):
+            nblocks = r.heap.nblocks()
+            is_kv = r.index is not None
+            rels.append(RelationStats(name, r.kind, r.rel, nblocks, nblocks * BLCKSZ,
+                                      r.live_keys_estimate() if is_kv else None,
+                                      r.dead_versions,
+                                      r.index.operations if is_kv else None))
         info = self._recovery
         return DatabaseStats(
             self._aio.method.name, self._aio.stats(), self._bufmgr.stats(), self._wal.stats(),
             self._checkpointer.stats(), self._xacts.stats(),
             VacuumStats(self._vacuum_runs, self._autovacuum_runs, self._pruned,
                         self._forgotten),
-            tuple(rels), info.crashed, info.replayed, info.seconds)
+            tuple(rels), info.crashed, info.replayed, info.seconds,
+            self._io_method_fallback, len(self._xacts.pending_unlinks))
 
     @property
     def io_method(self) -> str:
@@ -669,13 +655,16 @@ class Database:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close()`` was called (or the open failed)."""
         return self._closed
 
     # --- close ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Shutdown checkpoint, stop the checkpointer, close files, stop AIO, release the
-        lock. Harmless when already closed. Transactions still open in other threads are
-        aborted (recovery-style: their xids are remembered as aborted)."""
+        """Shutdown checkpoint, stop the checkpointer, unlink the files of dropped
+        relations, close files, stop AIO, release the lock. Harmless when already closed.
+        Transactions still open in other threads are aborted (recovery-style: their xids
+        are remembered as aborted); stores and iterators used afterwards raise
+        ``DatabaseClosedError``."""
         with self._close_lock:
             if self._closed:
                 return
@@ -689,6 +678,9 @@ class Database:
                     cp.stop()
                     if self._fatal is None and not self._wal.failed:
                         cp.checkpoint(shutdown=True)
+                        # The shutdown checkpoint lists them too: a crash from here on
+                        # leaves them for the next open.
+                        self._unlink_dropped(drop_buffers=False)
             finally:
                 self._release_resources()
 

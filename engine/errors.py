@@ -7,3 +7,8 @@ from slonik.aio.errors import SlonikError
 
 class ConflictError(SlonikError):
     """A write-write conflict: another transaction committed a change to the same item first."""
+
+
+class RelationDroppedError(SlonikError, LookupError):
+    """The KV store or table was dropped (``db.drop``), by a committed transaction or by
+    the calling thread's own transaction: it cannot be read or written any more."""

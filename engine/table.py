@@ -12,16 +12,22 @@ vacuum removes). An update or delete of a version that another transaction is ch
 (xmax running) or changed after this transaction's snapshot (xmax committed, not seen)
 raises ``ConflictError`` at once: first writer wins, as in PostgreSQL's repeatable read.
 Outside a transaction each write is a durable transaction of its own.
+
+A table reaches transactions only through the transaction layer (``engine.transaction``)
+that ``Database`` hands it with its ``Relation``. A table (or a scan over it) used after
+``db.close()`` raises ``DatabaseClosedError``; after ``db.drop()``, ``RelationDroppedError``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
-from slonik.engine.access.heap import Heap
+from slonik.engine.access.heap import Heap, HeapTuple
 from slonik.engine.access.tuple import RowCodec, Tid
-from slonik.engine.errors import ConflictError
+from slonik.engine.errors import ConflictError, RelationDroppedError
+from slonik.engine.relation import Relation, RelationState
+from slonik.engine.transaction import TransactionLayer
 from slonik.engine.xact import Snapshot
 
 __all__ = ["Table"]
@@ -35,54 +41,88 @@ def _check_tid(tid: object) -> Tid:
 
 
 class Table:
-    """See the module docstring. Obtain one with ``Database.create_table``/``table``."""
+    """A table of typed rows (a heap relation); see the ``slonik.engine.table`` module.
 
-    def __init__(self, db, name: str, rel: int, columns: Sequence[tuple[str, str]]) -> None:
-        self._db = db
-        self.name = name
-        self.rel = rel
-        self.codec = RowCodec(columns)
-        self._heap = Heap(rel, db._bufmgr, db._wal)
+    Obtain one with ``db.create_table(name, columns)`` or ``db.table(name)``. Rows are
+    tuples in column order; a row is addressed by its ``Tid`` (block, offnum)."""
+
+    def __init__(self, layer: TransactionLayer, relation: Relation) -> None:
+        """Built by ``Database`` (use ``db.create_table`` / ``db.table``)."""
+        self._layer = layer
+        self._relation = relation
+        self._codec = RowCodec(relation.columns)
+        self._heap = relation.heap
         self._write_lock = threading.Lock()   # check-and-set of a version's xmax
-        self.dead_versions = 0
 
     def __repr__(self) -> str:
-        return f"<Table {self.name!r} {list(self.codec.columns)} relfilenumber {self.rel}>"
+        return f"<Table {self.name!r} {list(self.columns)} relfilenumber {self.rel}>"
+
+    @property
+    def name(self) -> str:
+        """The table's name in the catalog."""
+        return self._relation.name
+
+    @property
+    def rel(self) -> int:
+        """The relfilenumber of the table's heap relation."""
+        return self._relation.rel
 
     @property
     def columns(self) -> tuple[tuple[str, str], ...]:
-        return self.codec.columns
+        """(name, type) of each column, in row order."""
+        return self._codec.columns
 
     @property
     def heap(self) -> Heap:
+        """The heap relation holding every row version (for tools and tests)."""
         return self._heap
+
+    def _check(self) -> None:
+        self._layer.check_open()
+        relation = self._relation
+        if relation.state is not RelationState.LIVE:
+            if relation.dropped:
+                raise RelationDroppedError(f"table {relation.name!r} was dropped")
+            txn = self._layer.current()
+            if txn is not None and txn.xid == relation.dropping_xid:
+                raise RelationDroppedError(f"table {relation.name!r} was dropped by this "
+                                           f"transaction")
 
     # --- writes -----------------------------------------------------------------------------
     def insert(self, row: Sequence) -> Tid:
-        data = self.codec.encode(row)   # TypeError/ValueError naming the column
-        with self._db._write_transaction(self) as (xid, _snap):
-            return self._heap.insert(xid, data)
+        """Insert ``row``; returns its Tid."""
+        data = self._codec.encode(row)   # TypeError/ValueError naming the column
+        self._check()
+        with self._layer.write(self._relation) as txn:
+            return self._heap.insert(txn.xid, data)
 
-    def insert_many(self, rows) -> list[Tid]:
-        """Several rows at once (one WAL record per page filled)."""
-        datas = [self.codec.encode(r) for r in rows]
+    def insert_many(self, rows: Iterable[Sequence]) -> list[Tid]:
+        """Insert several rows at once (one WAL record per page filled); their Tids."""
+        datas = [self._codec.encode(r) for r in rows]
         if not datas:
             return []
-        with self._db._write_transaction(self) as (xid, _snap):
-            return self._heap.insert_many(xid, datas)
+        self._check()
+        with self._layer.write(self._relation) as txn:
+            return self._heap.insert_many(txn.xid, datas)
 
     def update(self, tid: Tid, row: Sequence) -> Tid:
+        """Replace the row at ``tid`` with ``row``; returns the new version's Tid.
+        KeyError if this transaction sees no row there; ConflictError if another
+        transaction changed it first."""
         tid = _check_tid(tid)
-        data = self.codec.encode(row)
-        with self._db._write_transaction(self) as (xid, snap), self._write_lock:
-            self._check_writable(tid, snap)
-            return self._heap.update(tid, xid, data)
+        data = self._codec.encode(row)
+        self._check()
+        with self._layer.write(self._relation) as txn, self._write_lock:
+            self._check_writable(tid, txn.snapshot)
+            return self._heap.update(tid, txn.xid, data)
 
     def delete(self, tid: Tid) -> None:
+        """Delete the row at ``tid`` (errors as for ``update``)."""
         tid = _check_tid(tid)
-        with self._db._write_transaction(self) as (xid, snap), self._write_lock:
-            self._check_writable(tid, snap)
-            self._heap.delete(tid, xid)
+        self._check()
+        with self._layer.write(self._relation) as txn, self._write_lock:
+            self._check_writable(tid, txn.snapshot)
+            self._heap.delete(tid, txn.xid)
 
     def _check_writable(self, tid: Tid, snap: Snapshot) -> None:
         t = self._fetch(tid)
@@ -90,19 +130,20 @@ class Table:
             raise KeyError(f"table {self.name!r} has no row at {tuple(tid)} visible to this "
                            f"transaction")
         xmax = t.xmax
-        if not xmax or xmax in self._db._xacts.aborted:
+        xacts = self._layer.xacts
+        if not xmax or xmax in xacts.aborted:
             return
         if snap.sees(xmax):
             raise KeyError(f"table {self.name!r}: the row at {tuple(tid)} was deleted or "
                            f"updated (by transaction {xmax})")
-        self._db._xacts.conflicts += 1
-        state = "is being changed by" if self._db._xacts.is_running(xmax) else \
+        xacts.note_conflict()
+        state = "is being changed by" if xacts.is_running(xmax) else \
             "was changed after this transaction started by"
         raise ConflictError(f"table {self.name!r}: the row at {tuple(tid)} {state} "
                             f"transaction {xmax}; retry the transaction")
 
     # --- reads ------------------------------------------------------------------------------
-    def _fetch(self, tid: Tid):
+    def _fetch(self, tid: Tid) -> HeapTuple | None:
         try:
             return self._heap.fetch(tid)
         except ValueError:  # past the end of the relation
@@ -112,46 +153,39 @@ class Table:
         """The row at ``tid`` as this transaction (or, outside one, the latest committed
         state) sees it; None if there is none."""
         tid = _check_tid(tid)
-        self._db._check_open()
-        txn = self._db._current_transaction()
+        self._check()
+        txn = self._layer.current()
         t = self._fetch(tid)
         if t is None:
             return None
-        if txn is not None:
+        if txn is not None and txn.snapshot is not None:
             visible = txn.snapshot.visible(t.xmin, t.xmax)
         else:
-            c = self._db._xacts.is_committed
+            c = self._layer.xacts.is_committed
             visible = c(t.xmin) and not (t.xmax and c(t.xmax))
-        return self.codec.decode(t.data) if visible else None
+        return self._codec.decode(t.data) if visible else None
 
     def scan(self) -> Iterator[tuple]:
-        """Every visible row, in physical order, through a read stream."""
+        """Every visible row, in physical order, through a read stream (one snapshot)."""
         return (row for _tid, row in self.items())
 
     def items(self) -> Iterator[tuple[Tid, tuple]]:
-        """(tid, row) of every visible row, in physical order."""
-        self._db._check_open()
-        return self._items()
+        """(tid, row) of every visible row, in physical order (one snapshot)."""
+        self._check()
+        return self._layer.guard(self._items(), self._check)
 
-    def _items(self):
-        db = self._db
-        txn = db._current_transaction()
-        if txn is not None:
-            snap, mine = txn.snapshot, None
-        else:
-            snap = mine = db._xacts.snapshot()
-        try:
+    def _items(self) -> Iterator[tuple[Tid, tuple]]:
+        with self._layer.read_snapshot() as snap:
             visible = snap.visible
-            decode = self.codec.decode
+            decode = self._codec.decode
             for t in self._heap.scan():
                 if visible(t.xmin, t.xmax):
                     yield t.tid, decode(t.data)
-        finally:
-            if mine is not None:
-                db._xacts.release(mine)
 
     def __iter__(self) -> Iterator[tuple]:
+        """Every visible row (``scan()``)."""
         return self.scan()
 
     def count(self) -> int:
+        """How many rows are visible (one scan)."""
         return sum(1 for _ in self.items())

@@ -11,11 +11,16 @@ PostgreSQL's model, simplified for one process:
 - Commit inserts an RM_XACT COMMIT record and removes the xid from ``running`` (the engine
   does both under its commit lock); abort inserts an ABORT record (never flushed: a crash
   before it reaches disk makes the same outcome) and puts the xid in the aborted set.
+- A COMMIT record's payload lists the relfilenumbers the transaction dropped (as
+  PostgreSQL's xl_xact_relfilelocators). Their files are *pending unlink* from then on:
+  the set is carried in every checkpoint until the engine has unlinked them at a quiet
+  moment (close, or the next open), so a crash at any instant leaves no orphan file.
 - Recovery: redo collects the xids of COMMIT and ABORT records in ``ctx.state``. Every xid
   that was running at the last checkpoint or wrote WAL after its redo point and has no
   COMMIT record is aborted: transactions cut off by a crash are invisible afterwards.
 - The aborted set is carried from checkpoint to checkpoint in the checkpoint record's
-  ``extra`` bytes (with the running set at that moment), encoded as ranges.
+  ``extra`` bytes (with the running set and the pending unlinks at that moment), the
+  aborted set encoded as ranges.
 
 Invariants:
 1. ``next_xid`` only grows; an xid is in at most one of running / aborted; an xid below
@@ -40,16 +45,21 @@ from slonik.wal.rmgr import RM_XACT, ResourceManager
 
 __all__ = [
     "XLOG_XACT_COMMIT", "XLOG_XACT_ABORT", "Snapshot", "TransactionManager", "XactStats",
-    "TransactionStateError", "encode_xact_extra", "decode_xact_extra", "XACT_RMGR",
+    "TransactionStateError", "encode_xact_extra", "decode_xact_extra", "decode_pending_unlinks",
+    "encode_commit_payload", "decode_commit_payload", "XACT_RMGR",
 ]
 
 XLOG_XACT_COMMIT = 0x00
 XLOG_XACT_ABORT = 0x20
 
 _EXTRA_HEADER = struct.Struct("<BII")   # version, aborted ranges, running xids
+_UNLINKS_HEADER = struct.Struct("<I")   # version 2: pending unlinks (after the running xids)
 _RANGE = struct.Struct("<QQ")           # first xid, count
 _XID = struct.Struct("<Q")
-_EXTRA_VERSION = 1
+_REL = struct.Struct("<I")              # a relfilenumber
+_EXTRA_VERSION = 2                      # 1: no pending unlinks (still read)
+_COMMIT_HEADER = struct.Struct("<I")    # COMMIT payload: dropped relfilenumbers, then each
+COMMIT_DROPPED_RELATIONS_MAX = 1 << 16  # relations one transaction may drop (one record)
 
 
 class TransactionStateError(SlonikError, RuntimeError):
@@ -69,6 +79,11 @@ class Snapshot:
         self.own = 0
         self._aborted = aborted  # the manager's live set: abort is final, so reading it late is safe
         self._key = 0
+
+    @property
+    def registered(self) -> bool:
+        """Whether vacuum keeps what this snapshot sees (until it is released)."""
+        return self._key != 0
 
     def sees(self, xid: int) -> bool:
         if xid == self.own:
@@ -109,6 +124,7 @@ class TransactionManager:
         self.wal = wal
         self._snapshots: dict[int, Snapshot] = {}
         self._keys = itertools.count(1)
+        self.pending_unlinks: set[int] = set()  # dropped relfilenumbers whose files remain
         self.commits = self.aborts = self.conflicts = 0
 
     # --- xids ---------------------------------------------------------------------------------
@@ -126,6 +142,11 @@ class TransactionManager:
 
     def is_running(self, xid: int) -> bool:
         return xid in self.running
+
+    def note_conflict(self) -> None:
+        """Count a write-write conflict (``XactStats.conflicts``)."""
+        with self.lock:
+            self.conflicts += 1
 
     # --- snapshots ----------------------------------------------------------------------------
     def snapshot(self, *, register: bool = True) -> Snapshot:
@@ -155,10 +176,22 @@ class TransactionManager:
             return h
 
     # --- ending -------------------------------------------------------------------------------
-    def log_commit(self, xid: int) -> int:
-        """Insert the COMMIT record of ``xid``; returns its end LSN (to flush)."""
-        _start, end = self.wal.insert(RM_XACT, XLOG_XACT_COMMIT, xid)
+    def log_commit(self, xid: int, dropped: tuple[int, ...] = ()) -> int:
+        """Insert the COMMIT record of ``xid`` (listing the relfilenumbers it drops);
+        returns its end LSN (to flush)."""
+        payload = encode_commit_payload(dropped) if dropped else b""
+        _start, end = self.wal.insert(RM_XACT, XLOG_XACT_COMMIT, xid, payload)
         return end
+
+    def add_pending_unlinks(self, rels) -> None:
+        """Dropped relations whose files are still on disk (carried in checkpoints)."""
+        with self.lock:
+            self.pending_unlinks.update(rels)
+
+    def forget_pending_unlinks(self, rels) -> None:
+        """These files are gone (their unlink was fsynced)."""
+        with self.lock:
+            self.pending_unlinks.difference_update(rels)
 
     def finish_commit(self, xid: int) -> None:
         with self.lock:
@@ -185,7 +218,8 @@ class TransactionManager:
     # --- checkpoints and recovery -------------------------------------------------------------
     def checkpoint_state(self) -> tuple[int, bytes]:
         with self.lock:
-            return self.next_xid, encode_xact_extra(self.aborted, self.running)
+            return self.next_xid, encode_xact_extra(self.aborted, self.running,
+                                                    self.pending_unlinks)
 
     @classmethod
     def after_recovery(cls, wal, *, checkpoint_next_xid: int, extra: bytes,
@@ -197,7 +231,9 @@ class TransactionManager:
         aborted |= (running | wrote) - committed
         seen = committed | aborted | wrote
         next_xid = max(checkpoint_next_xid, max(seen) + 1 if seen else 1, 1)
-        return cls(next_xid, aborted, wal)
+        manager = cls(next_xid, aborted, wal)
+        manager.pending_unlinks = decode_pending_unlinks(extra) | state.get("xact_dropped", set())
+        return manager
 
     def stats(self) -> XactStats:
         h = self.horizon()
@@ -218,25 +254,34 @@ def _ranges(xids: set[int]) -> list[tuple[int, int]]:
     return out
 
 
-def encode_xact_extra(aborted: set[int], running: set[int]) -> bytes:
+def encode_xact_extra(aborted: set[int], running: set[int],
+                      pending_unlinks: set[int] = frozenset()) -> bytes:
     ranges = _ranges(aborted)
     parts = [_EXTRA_HEADER.pack(_EXTRA_VERSION, len(ranges), len(running))]
     parts += [_RANGE.pack(a, n) for a, n in ranges]
     parts += [_XID.pack(x) for x in sorted(running)]
+    parts.append(_UNLINKS_HEADER.pack(len(pending_unlinks)))
+    parts += [_REL.pack(r) for r in sorted(pending_unlinks)]
     return b"".join(parts)
 
 
-def decode_xact_extra(data: bytes) -> tuple[set[int], set[int]]:
-    """(aborted, running); empty sets for empty data (a database's first checkpoint)."""
+def _decode_extra(data: bytes) -> tuple[set[int], set[int], set[int]]:
     if not data:
-        return set(), set()
+        return set(), set(), set()
     if len(data) < _EXTRA_HEADER.size:
         raise ValueError(f"checkpoint transaction state of {len(data)} bytes is too short")
     version, nranges, nrunning = _EXTRA_HEADER.unpack_from(data)
-    if version != _EXTRA_VERSION:
-        raise ValueError(f"checkpoint transaction state version {version}, expected "
+    if version not in (1, _EXTRA_VERSION):
+        raise ValueError(f"checkpoint transaction state version {version}, expected 1 or "
                          f"{_EXTRA_VERSION}")
     need = _EXTRA_HEADER.size + nranges * _RANGE.size + nrunning * _XID.size
+    nunlinks = 0
+    if version >= 2:
+        if len(data) < need + _UNLINKS_HEADER.size:
+            raise ValueError(f"checkpoint transaction state is {len(data)} bytes, its counts "
+                             f"say at least {need + _UNLINKS_HEADER.size}")
+        (nunlinks,) = _UNLINKS_HEADER.unpack_from(data, need)
+        need += _UNLINKS_HEADER.size + nunlinks * _REL.size
     if len(data) != need:
         raise ValueError(f"checkpoint transaction state is {len(data)} bytes, its counts "
                          f"say {need}")
@@ -247,7 +292,43 @@ def decode_xact_extra(data: bytes) -> tuple[set[int], set[int]]:
         aborted.update(range(first, first + n))
         pos += _RANGE.size
     running = {_XID.unpack_from(data, pos + i * _XID.size)[0] for i in range(nrunning)}
+    pos += nrunning * _XID.size + (_UNLINKS_HEADER.size if version >= 2 else 0)
+    unlinks = {_REL.unpack_from(data, pos + i * _REL.size)[0] for i in range(nunlinks)}
+    return aborted, running, unlinks
+
+
+def decode_xact_extra(data: bytes) -> tuple[set[int], set[int]]:
+    """(aborted, running); empty sets for empty data (a database's first checkpoint)."""
+    aborted, running, _unlinks = _decode_extra(data)
     return aborted, running
+
+
+def decode_pending_unlinks(data: bytes) -> set[int]:
+    """The relfilenumbers dropped and not yet unlinked when the checkpoint was taken."""
+    return _decode_extra(data)[2]
+
+
+def encode_commit_payload(dropped) -> bytes:
+    """A COMMIT record's payload: the relfilenumbers the transaction drops."""
+    rels = sorted(set(dropped))
+    if len(rels) > COMMIT_DROPPED_RELATIONS_MAX:
+        raise ValueError(f"a transaction may drop at most {COMMIT_DROPPED_RELATIONS_MAX} "
+                         f"relations, got {len(rels)}")
+    return _COMMIT_HEADER.pack(len(rels)) + b"".join(_REL.pack(r) for r in rels)
+
+
+def decode_commit_payload(payload: bytes) -> tuple[int, ...]:
+    """The dropped relfilenumbers of a COMMIT record (empty payload: none)."""
+    if not payload:
+        return ()
+    if len(payload) < _COMMIT_HEADER.size:
+        raise ValueError(f"COMMIT payload of {len(payload)} bytes is too short")
+    (n,) = _COMMIT_HEADER.unpack_from(payload)
+    if len(payload) != _COMMIT_HEADER.size + n * _REL.size:
+        raise ValueError(f"COMMIT payload is {len(payload)} bytes, its count of {n} "
+                         f"dropped relations says {_COMMIT_HEADER.size + n * _REL.size}")
+    return tuple(_REL.unpack_from(payload, _COMMIT_HEADER.size + i * _REL.size)[0]
+                 for i in range(n))
 
 
 # --- redo -------------------------------------------------------------------------------------
@@ -256,6 +337,9 @@ def _redo(ctx, rr) -> None:
     rec = rr.record
     if rec.info == XLOG_XACT_COMMIT:
         ctx.state.setdefault("xact_committed", set()).add(rec.xid)
+        dropped = decode_commit_payload(rec.payload)
+        if dropped:  # unlinked by the engine once recovery is over
+            ctx.state.setdefault("xact_dropped", set()).update(dropped)
     elif rec.info == XLOG_XACT_ABORT:
         ctx.state.setdefault("xact_aborted", set()).add(rec.xid)
     else:
@@ -264,10 +348,14 @@ def _redo(ctx, rr) -> None:
 
 def _describe(rec: WalRecord) -> str:
     if rec.info == XLOG_XACT_COMMIT:
+        dropped = decode_commit_payload(rec.payload)
+        if dropped:
+            return f"COMMIT xid {rec.xid}; drop relations {', '.join(map(str, dropped))}"
         return f"COMMIT xid {rec.xid}"
     if rec.info == XLOG_XACT_ABORT:
         return f"ABORT xid {rec.xid}"
     return f"xact info 0x{rec.info:02X}"
 
 
+# Bound by the engine's rmgr table (engine/rmgrlist.py), not at import.
 XACT_RMGR = ResourceManager(RM_XACT, "xact", _redo, _describe)  # engine/rmgrlist.py

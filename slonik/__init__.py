@@ -34,18 +34,20 @@ from slonik.engine.database import (
     DatabaseLockedError,
     DatabaseStats,
     NotADatabaseError,
-    Transaction,
+    RelationStats,
 )
-from slonik.engine.errors import ConflictError
-from slonik.engine.kv import KVStore
+from slonik.engine.errors import ConflictError, RelationDroppedError
+from slonik.engine.kv import KVItemsView, KVKeysView, KVStore, KVValuesView
 from slonik.engine.table import Table
+from slonik.engine.transaction import Transaction
 from slonik.engine.xact import TransactionStateError
 from slonik.storage.errors import DataCorruptionError
 from slonik.wal.control import ControlFileError
 from slonik.wal.errors import WalError
 
 __all__ = [
-    "Database", "Transaction", "KVStore", "Table", "Tid", "DatabaseStats",
+    "Database", "Transaction", "KVStore", "Table", "Tid", "DatabaseStats", "RelationStats",
+    "KVKeysView", "KVValuesView", "KVItemsView", "RelationDroppedError",
     "SlonikError", "StorageError", "ConflictError", "DataCorruptionError", "WalError",
     "IOFailure", "DiskFullError", "IoMethodUnavailable", "NotADatabaseError",
     "DatabaseLockedError", "DatabaseClosedError", "TransactionStateError",

@@ -1,5 +1,5 @@
 """A hypothesis state machine drives a KV store against a dict model: puts, deletes,
-transactions that commit or abort, a concurrent writer's conflicting commit, vacuum,
+pops, clears, prefix scans, transactions that commit or abort, a concurrent writer's conflicting commit, vacuum,
 checkpoints and close/reopen — on every io method. After every step the store equals the
 model (point reads and ordered ranges) and ``KVStore.check()`` verifies the index against
 the heap."""
@@ -80,6 +80,41 @@ def make_machine(io_method: str):
                 del self.model[k]
             else:
                 self.pending[k] = None
+
+        @rule(k=KEYS)
+        def pop(self, k):
+            expect = self.view().get(k)
+            assert self.kv.pop(k, None) == expect
+            if expect is None:
+                return
+            if self.tx is None:
+                del self.model[k]
+            else:
+                self.pending[k] = None
+
+        @rule()
+        def clear(self):
+            keys = list(self.view())
+            self.kv.clear()
+            if self.tx is None:
+                self.model = {}
+            else:
+                self.pending.update({k: None for k in keys})
+            assert len(self.kv) == 0
+
+        @rule(prefix=KEYS, reverse=st.booleans())
+        def prefix_scan(self, prefix, reverse):
+            expect = sorted((k, v) for k, v in self.view().items() if k.startswith(prefix))
+            if reverse:
+                expect.reverse()
+            view = self.kv.items(prefix=prefix, reverse=reverse)
+            assert list(view) == expect
+            assert len(view) == len(expect)
+
+        @rule(ks=st.lists(KEYS, max_size=5))
+        def get_many(self, ks):
+            view = self.view()
+            assert self.kv.get_many(ks) == [view.get(k) for k in ks]
 
         @rule(k=KEYS)
         def get(self, k):

@@ -17,7 +17,10 @@ import pytest
 from slonik.engine.xact import (
     Snapshot,
     TransactionManager,
+    decode_commit_payload,
+    decode_pending_unlinks,
     decode_xact_extra,
+    encode_commit_payload,
     encode_xact_extra,
 )
 
@@ -71,6 +74,29 @@ def test_extra_codec_round_trip():
     assert decode_xact_extra(b"") == (set(), set())
     with pytest.raises(ValueError):
         decode_xact_extra(encode_xact_extra(aborted, running)[:-1])
+
+
+def test_pending_unlinks_and_commit_payload_codecs():
+    """The checkpoint state carries pending unlinks (version 2) and still reads version 1
+    (no pending unlinks); a COMMIT payload round-trips its dropped relfilenumbers and a
+    truncated one is refused; recovery unions both sources of pending unlinks."""
+    extra = encode_xact_extra({3}, {7}, {16384, 16390})
+    assert decode_xact_extra(extra) == ({3}, {7})
+    assert decode_pending_unlinks(extra) == {16384, 16390}
+    v1 = bytes([1]) + encode_xact_extra({3}, {7})[1:-4]  # the old layout: no unlink count
+    assert decode_xact_extra(v1) == ({3}, {7}) and decode_pending_unlinks(v1) == set()
+    with pytest.raises(ValueError):
+        decode_pending_unlinks(extra[:-1])
+    assert decode_commit_payload(encode_commit_payload([16390, 16384])) == (16384, 16390)
+    assert decode_commit_payload(b"") == ()
+    with pytest.raises(ValueError, match="COMMIT payload"):
+        decode_commit_payload(encode_commit_payload([16384])[:-1])
+    m = TransactionManager.after_recovery(_NoWal(), checkpoint_next_xid=8, extra=extra,
+                                          state={"xact_dropped": {16400}})
+    assert m.pending_unlinks == {16384, 16390, 16400}
+    assert decode_pending_unlinks(m.checkpoint_state()[1]) == {16384, 16390, 16400}
+    m.forget_pending_unlinks({16384, 16390})
+    assert decode_pending_unlinks(m.checkpoint_state()[1]) == {16400}
 
 
 def test_after_recovery_aborts_cut_off_xids():

@@ -1,0 +1,335 @@
+"""The transaction layer: what KV stores and tables use instead of ``Database``'s insides.
+
+``Database`` builds one ``TransactionLayer`` (over its ``TransactionManager``, its commit
+lock and callbacks for "is the database usable", "flush WAL to here", "a commit changed
+these relations", "these relations are dropped") and hands it to every store it creates.
+A store reaches the transaction machinery only through the layer's public methods:
+
+- ``check_open()``                 the database is open and not stopped by a fatal error
+- ``current()``                    the calling thread's transaction state, or None
+- ``read_snapshot()``              the snapshot a read uses (the transaction's, or a fresh
+                                   registered one released at the end of the block)
+- ``own_writes(relation)``         the calling thread's buffered KV writes to a relation
+- ``kv_write(relation, key, data)`` buffer a KV write, or commit it at once (autocommit)
+- ``implicit(snapshot=)``          the thread's transaction, or an autocommit one for a block
+- ``write(relation)``              (xid, snapshot) for an eager heap write (tables, drops)
+- ``guard(iterator, check)``       an iterator that re-checks the store before every step
+
+``transaction()`` is ``db.transaction()``. Commit (``_commit``), under the commit lock:
+refuse writes to relations dropped meanwhile, validate KV write sets (first committer
+wins), assign the xid if the transaction has none yet, apply the buffered KV writes to the
+heaps, insert the COMMIT record (with the relations it drops), publish the new versions in
+the KV indexes, mark dropped relations, mark the xid committed; then, outside the lock,
+flush WAL up to the COMMIT record (unless ``synchronous_commit`` is off): threads
+committing at the same time share one fsync.
+
+Invariants:
+1. A transaction belongs to the thread that began it (``threading.local``); an autocommit
+   write is a transaction of its own, never bound to the thread across user code.
+2. Every COMMIT record is inserted, and every xid leaves ``running``, under the commit
+   lock (also the checkpointer's redo lock): a checkpoint never splits a commit.
+3. A relation's drop state changes only under the commit lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from slonik.aio.errors import SlonikError
+from slonik.engine.errors import ConflictError, RelationDroppedError
+from slonik.engine.relation import Relation, RelationState
+from slonik.engine.xact import Snapshot, TransactionManager, TransactionStateError
+
+__all__ = ["Transaction", "TransactionLayer", "TxnState"]
+
+T = TypeVar("T")
+
+
+class TxnState:
+    """One transaction's state, as the layer keeps it: snapshot (None for blind
+    autocommit writes), xid (0 until assigned), buffered KV writes, eager table writes
+    (per relation: how many versions they made dead if it commits), relations dropped."""
+
+    __slots__ = ("snapshot", "xid", "kv_writes", "table_writes", "drops", "blind",
+                 "rollback_only", "thread_id")
+
+    def __init__(self, snapshot: Snapshot | None, *, blind: bool = False) -> None:
+        self.snapshot = snapshot
+        self.xid = 0
+        self.kv_writes: dict[Relation, dict[bytes, bytes | None]] = {}
+        self.table_writes: dict[Relation, int] = {}
+        self.drops: list[Relation] = []
+        self.blind = blind          # autocommit writes: no snapshot, validated at commit
+        self.rollback_only = False
+        self.thread_id = threading.get_ident()
+
+
+class Transaction:
+    """A transaction begun by ``with db.transaction() as txn:``.
+
+    It commits at the end of the block and aborts if the block raises or ``rollback()``
+    was called. It belongs to the thread that began it; reads in it see one snapshot
+    plus its own writes."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: TxnState) -> None:
+        self._state = state
+
+    @property
+    def xid(self) -> int | None:
+        """The transaction id, once the transaction has written (None before)."""
+        return self._state.xid or None
+
+    def rollback(self) -> None:
+        """Abort at the end of the ``with`` block instead of committing."""
+        self._state.rollback_only = True
+
+    def __repr__(self) -> str:
+        return f"<Transaction xid={self._state.xid or 'none'}>"
+
+
+class TransactionLayer:
+    """Transactions for the stores of one ``Database``; see the module docstring."""
+
+    def __init__(self, xacts: TransactionManager, commit_lock: threading.Lock, *,
+                 check_open: Callable[[], None], flush: Callable[[int], None],
+                 note_wal_error: Callable[[BaseException], None], synchronous_commit: bool,
+                 after_commit: Callable[[list[Relation]], None],
+                 on_dropped: Callable[[list[Relation]], None]) -> None:
+        self.xacts = xacts
+        self._commit_lock = commit_lock
+        self._check_open = check_open
+        self._flush = flush
+        self._note_wal_error = note_wal_error
+        self._synchronous_commit = synchronous_commit
+        self._after_commit = after_commit
+        self._on_dropped = on_dropped
+        self._local = threading.local()
+
+    # --- for the stores -----------------------------------------------------------------------
+    def check_open(self) -> None:
+        """Raise ``DatabaseClosedError`` unless the database is open and usable."""
+        self._check_open()
+
+    def is_usable(self) -> bool:
+        """Whether ``check_open()`` would pass."""
+        try:
+            self._check_open()
+        except SlonikError:
+            return False
+        return True
+
+    def current(self) -> TxnState | None:
+        """The calling thread's transaction, or None."""
+        return getattr(self._local, "txn", None)
+
+    def own_writes(self, relation: Relation) -> dict[bytes, bytes | None] | None:
+        """The calling thread's buffered writes to ``relation`` (None: none, or no
+        transaction)."""
+        txn = self.current()
+        return None if txn is None else txn.kv_writes.get(relation)
+
+    @contextlib.contextmanager
+    def read_snapshot(self) -> Iterator[Snapshot]:
+        """The snapshot a read sees: the thread's transaction's, or a registered one of its
+        own (released at the end of the block, so vacuum keeps what it sees meanwhile)."""
+        txn = self.current()
+        if txn is not None and txn.snapshot is not None:
+            yield txn.snapshot
+            return
+        snap = self.xacts.snapshot()
+        try:
+            yield snap
+        finally:
+            self.xacts.release(snap)
+
+    def kv_write(self, relation: Relation, key: bytes, data: bytes | None) -> None:
+        """Buffer a KV write (``data`` None: a delete) in the thread's transaction, or
+        commit it at once as a transaction of its own."""
+        txn = self.current()
+        if txn is not None:
+            txn.kv_writes.setdefault(relation, {})[key] = data
+            return
+        txn = TxnState(None, blind=True)
+        txn.kv_writes[relation] = {key: data}
+        self._commit(txn)
+
+    @contextlib.contextmanager
+    def implicit(self, *, snapshot: bool = False) -> Iterator[TxnState]:
+        """The thread's transaction, or an autocommit one bound to the thread for the
+        block: blind writes (validated at commit only), or with ``snapshot`` a snapshot
+        transaction whose reads and writes commit together (first committer wins)."""
+        txn = self.current()
+        if txn is not None:
+            yield txn
+            return
+        state = TxnState(self.xacts.snapshot()) if snapshot else TxnState(None, blind=True)
+        with self._bound(state) as txn:
+            yield txn
+
+    @contextlib.contextmanager
+    def write(self, relation: Relation | None = None) -> Iterator[TxnState]:
+        """The transaction of an eager heap write, with its xid assigned and a snapshot:
+        the thread's transaction, or an autocommit one committed at the end of the block
+        (aborted if it raises). A table ``relation`` counts one version made dead."""
+        self._check_open()
+        xacts = self.xacts
+        txn = self.current()
+        if txn is not None:
+            if txn.snapshot is None:  # a blind (autocommit batch) transaction
+                txn.snapshot = xacts.snapshot()
+            if not txn.xid:
+                txn.xid = txn.snapshot.own = xacts.assign_xid()
+            if relation is not None:
+                txn.table_writes[relation] = txn.table_writes.get(relation, 0) + 1
+            yield txn
+            return
+        txn = TxnState(xacts.snapshot())
+        txn.xid = txn.snapshot.own = xacts.assign_xid()
+        if relation is not None:
+            txn.table_writes[relation] = 1
+        try:
+            yield txn
+        except BaseException:
+            self._abort(txn)
+            raise
+        self._commit(txn)
+
+    def guard(self, it: Iterator[T], check: Callable[[], None]) -> Iterator[T]:
+        """``it`` with ``check()`` (the store's usability check) before every step, so an
+        iterator used after ``db.close()`` or a drop raises that error instead of reading
+        on; ``it`` is closed when the guard ends."""
+        try:
+            while True:
+                check()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                except Exception:
+                    check()  # closed or dropped underneath: that is the error to report
+                    raise
+                yield item
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    # Cleanup of a closed database has nothing left to release; an
+                    # open database's cleanup failure is real.
+                    if self.is_usable():
+                        raise
+
+    # --- db.transaction() ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """``with db.transaction():`` — see ``Transaction``. Not nestable."""
+        self._check_open()
+        if self.current() is not None:
+            raise TransactionStateError("a transaction is already open in this thread; "
+                                        "Slonik transactions do not nest")
+        with self._bound(TxnState(self.xacts.snapshot())) as state:
+            yield Transaction(state)
+
+    @contextlib.contextmanager
+    def _bound(self, txn: TxnState) -> Iterator[TxnState]:
+        """Bind ``txn`` to this thread for the block; commit at its end, abort if it
+        raises or ``rollback()`` was called."""
+        self._local.txn = txn
+        try:
+            yield txn
+        except BaseException:
+            self._local.txn = None
+            self._abort(txn)
+            raise
+        self._local.txn = None
+        if txn.rollback_only:
+            self._abort(txn)
+        else:
+            self._commit(txn)
+
+    # --- commit and abort -------------------------------------------------------------------
+    def _commit(self, txn: TxnState) -> None:
+        drops = txn.drops
+        kv = {r: w for r, w in txn.kv_writes.items() if w and r not in drops}
+        xacts = self.xacts
+        if not kv and not txn.xid:
+            self._end(txn)
+            return
+        try:
+            with self._commit_lock:
+                self._check_open()
+                snap = txn.snapshot
+                if snap is None:
+                    snap = xacts.snapshot(register=False)
+                try:
+                    for relation in (*kv, *txn.table_writes):
+                        if relation.dropped:
+                            raise RelationDroppedError(
+                                f"{relation.kind} {relation.name!r} was dropped by another "
+                                f"transaction before this one committed")
+                    for relation, writes in kv.items():
+                        relation.index.validate(writes, snap, blind=txn.blind)
+                except (ConflictError, KeyError, RelationDroppedError) as exc:
+                    if isinstance(exc, ConflictError):
+                        xacts.note_conflict()
+                    if txn.xid:
+                        xacts.abort(txn.xid)
+                    self._undo_drops_locked(txn)
+                    raise
+                xid = txn.xid
+                if not xid:
+                    xid = txn.xid = xacts.assign_xid()
+                try:
+                    changes = [(r, r.index.apply(xid, writes)) for r, writes in kv.items()]
+                    end = xacts.log_commit(xid, tuple(r.rel for r in drops))
+                except BaseException as exc:
+                    self._note_wal_error(exc)
+                    xacts.abort(xid)
+                    self._undo_drops_locked(txn)
+                    raise
+                if changes:
+                    horizon = xacts.horizon()
+                    for relation, ch in changes:
+                        relation.dead_versions += relation.index.publish(xid, ch, horizon)
+                if drops:
+                    for relation in drops:
+                        relation.set_state(RelationState.DROPPED)
+                    xacts.add_pending_unlinks(r.rel for r in drops)
+                    self._on_dropped(list(drops))
+                xacts.finish_commit(xid)
+        finally:
+            self._end(txn)
+        for relation, n in txn.table_writes.items():
+            relation.dead_versions += n
+        if self._synchronous_commit:
+            self._flush(end)
+        self._after_commit([*kv, *txn.table_writes])
+
+    def _abort(self, txn: TxnState) -> None:
+        try:
+            if txn.xid:
+                self.xacts.abort(txn.xid)
+                for relation, n in txn.table_writes.items():
+                    relation.dead_versions += n
+        finally:
+            if txn.drops:
+                with self._commit_lock:
+                    self._undo_drops_locked(txn)
+            self._end(txn)
+
+    def _undo_drops_locked(self, txn: TxnState) -> None:
+        for relation in txn.drops:
+            if relation.state is RelationState.DROP_PENDING and relation.dropping_xid == txn.xid:
+                relation.set_state(RelationState.LIVE)
+        txn.drops = []
+
+    def _end(self, txn: TxnState) -> None:
+        if txn.snapshot is not None:
+            self.xacts.release(txn.snapshot)
+        txn.kv_writes = {}
