@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import (
+    Callable,
     ItemsView,
     Iterable,
     Iterator,
@@ -47,6 +48,8 @@ __all__ = ["KVStore", "KVKeysView", "KVValuesView", "KVItemsView", "prefix_stop"
 
 CLEAR_CONFLICT_RETRIES_MAX = 8   # an autocommit clear() racing writers retries this often
 _MISSING = object()
+# (lo, hi, reverse, values) -> (key, value or None) pairs in one snapshot
+_Scan = Callable[[bytes | None, bytes | None, bool, bool], Iterator[tuple[bytes, bytes | None]]]
 
 
 def _check_key(key: object, what: str = "key") -> bytes:
@@ -87,8 +90,9 @@ class _RangeView:
 
     __slots__ = ()
 
-    def _setup(self, store: KVStore, start, stop, prefix, reverse) -> None:
+    def _setup(self, store: KVStore, scan: _Scan, start, stop, prefix, reverse) -> None:
         self._store = store
+        self._scan = scan
         self._lo, self._hi = _bounds(start, stop, prefix, reverse)
         self._reverse = reverse
         self._args = (start, stop, prefix, reverse)
@@ -97,8 +101,8 @@ class _RangeView:
         return (self._lo is None or key >= self._lo) and (self._hi is None or key < self._hi)
 
     def _pairs(self, values: bool, reverse: bool | None = None) -> Iterator[tuple[bytes, bytes | None]]:
-        return self._store._scan(self._lo, self._hi, self._reverse if reverse is None else reverse,
-                                 values)
+        return self._scan(self._lo, self._hi, self._reverse if reverse is None else reverse,
+                          values)
 
     def __len__(self) -> int:
         """Keys in the range, counted in one snapshot."""
@@ -115,11 +119,12 @@ class _RangeView:
 class KVKeysView(_RangeView, KeysView):
     """The keys of a KV store (in a range), in order; see ``KVStore.keys``."""
 
-    __slots__ = ("_store", "_lo", "_hi", "_reverse", "_args")
+    __slots__ = ("_store", "_scan", "_lo", "_hi", "_reverse", "_args")
 
-    def __init__(self, store: KVStore, start=None, stop=None, prefix=None,
+    def __init__(self, store: KVStore, scan: _Scan, start=None, stop=None, prefix=None,
                  reverse: bool = False) -> None:
-        self._setup(store, start, stop, prefix, reverse)
+        """Built by ``KVStore.keys/values/items``, which hand over their range scan."""
+        self._setup(store, scan, start, stop, prefix, reverse)
 
     def __iter__(self) -> Iterator[bytes]:
         for key, _value in self._pairs(False):
@@ -137,11 +142,12 @@ class KVKeysView(_RangeView, KeysView):
 class KVValuesView(_RangeView, ValuesView):
     """The values of a KV store (in a range), in key order; see ``KVStore.values``."""
 
-    __slots__ = ("_store", "_lo", "_hi", "_reverse", "_args")
+    __slots__ = ("_store", "_scan", "_lo", "_hi", "_reverse", "_args")
 
-    def __init__(self, store: KVStore, start=None, stop=None, prefix=None,
+    def __init__(self, store: KVStore, scan: _Scan, start=None, stop=None, prefix=None,
                  reverse: bool = False) -> None:
-        self._setup(store, start, stop, prefix, reverse)
+        """Built by ``KVStore.keys/values/items``, which hand over their range scan."""
+        self._setup(store, scan, start, stop, prefix, reverse)
 
     def __iter__(self) -> Iterator[bytes]:
         for _key, value in self._pairs(True):
@@ -159,11 +165,12 @@ class KVItemsView(_RangeView, ItemsView):
     """The (key, value) pairs of a KV store (in a range), in key order; see
     ``KVStore.items``."""
 
-    __slots__ = ("_store", "_lo", "_hi", "_reverse", "_args")
+    __slots__ = ("_store", "_scan", "_lo", "_hi", "_reverse", "_args")
 
-    def __init__(self, store: KVStore, start=None, stop=None, prefix=None,
+    def __init__(self, store: KVStore, scan: _Scan, start=None, stop=None, prefix=None,
                  reverse: bool = False) -> None:
-        self._setup(store, start, stop, prefix, reverse)
+        """Built by ``KVStore.keys/values/items``, which hand over their range scan."""
+        self._setup(store, scan, start, stop, prefix, reverse)
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return self._pairs(True)  # type: ignore[return-value]
@@ -298,19 +305,19 @@ class KVStore(MutableMapping):
              reverse: bool = False, *, prefix: bytes | None = None) -> KVKeysView:
         """A view of the keys with ``start <= key < stop`` and starting with ``prefix``,
         ascending (descending with ``reverse``)."""
-        return KVKeysView(self, start, stop, prefix, reverse)
+        return KVKeysView(self, self._scan, start, stop, prefix, reverse)
 
     def values(self, start: bytes | None = None, stop: bytes | None = None,  # type: ignore[override]
                reverse: bool = False, *, prefix: bytes | None = None) -> KVValuesView:
         """A view of the values of the keys in the range (see ``keys``), in key order."""
-        return KVValuesView(self, start, stop, prefix, reverse)
+        return KVValuesView(self, self._scan, start, stop, prefix, reverse)
 
     def items(self, start: bytes | None = None, stop: bytes | None = None,  # type: ignore[override]
               reverse: bool = False, *, prefix: bytes | None = None) -> KVItemsView:
         """A view of the (key, value) pairs with ``start <= key < stop`` and starting
         with ``prefix``, in key order (descending with ``reverse``); each iteration reads
         one snapshot, taken at its first ``next()``."""
-        return KVItemsView(self, start, stop, prefix, reverse)
+        return KVItemsView(self, self._scan, start, stop, prefix, reverse)
 
     def _scan(self, lo: bytes | None, hi: bytes | None, reverse: bool,
               values: bool) -> Iterator[tuple[bytes, bytes | None]]:
