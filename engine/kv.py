@@ -47,7 +47,16 @@ from slonik.engine.transaction import TransactionLayer
 __all__ = ["KVStore", "KVKeysView", "KVValuesView", "KVItemsView", "prefix_stop"]
 
 CLEAR_CONFLICT_RETRIES_MAX = 8   # an autocommit clear() racing writers retries this often
-_MISSING = object()
+
+
+class _Missing:
+    """The default of ``pop``'s ``default``: none given (KeyError for a missing key)."""
+
+    def __repr__(self) -> str:
+        return "<no default>"
+
+
+_MISSING = _Missing()
 # (lo, hi, reverse, values) -> (key, value or None) pairs in one snapshot
 _Scan = Callable[[bytes | None, bytes | None, bool, bool], Iterator[tuple[bytes, bytes | None]]]
 

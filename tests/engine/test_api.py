@@ -401,6 +401,22 @@ def test_drop_in_transactions(db):
     assert "b" not in [k.decode() for k in db.kv("s")]
 
 
+def test_table_writer_loses_to_a_committed_drop(db):
+    """A transaction that inserted rows into a table (eagerly) while another transaction
+    dropped it and committed first fails at commit with RelationDroppedError; the rows
+    never become visible under the name, and a new table of that name starts empty."""
+    t = db.create_table("t", [("id", "int8")])
+    t.insert((1,))
+    with pytest.raises(RelationDroppedError), db.transaction():
+        t.insert((2,))
+        th = threading.Thread(target=db.drop, args=("t",))
+        th.start()
+        th.join()
+    assert "t" not in db.relations()
+    fresh = db.create_table("t", [("id", "int8")])
+    assert list(fresh.scan()) == [] and fresh.rel != t.rel
+
+
 DROP_CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
