@@ -55,10 +55,12 @@ import itertools
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from slonik.engine.access.btree_page import (
+    BTP_DELETED,
     BTP_FREE,
     BTP_LEAF,
     BTP_META,
@@ -98,6 +100,8 @@ from slonik.engine.access.btree_wal import (
     A_DELETE,
     A_INIT,
     A_INSERT,
+    A_SET_CHILD,
+    A_SET_NEXT,
     A_SET_PREV,
     A_SET_XMAX,
     A_SPLIT_LEFT,
@@ -107,12 +111,15 @@ from slonik.engine.access.btree_wal import (
     XLOG_BTREE_OVERFLOW,
     XLOG_BTREE_SET_XMAX,
     XLOG_BTREE_SPLIT,
+    XLOG_BTREE_UNLINK,
     XLOG_BTREE_VACUUM,
     apply_action,
     delete_data,
     encode_actions,
     init_data,
     insert_data,
+    set_child_data,
+    set_next_data,
     set_prev_data,
     set_xmax_data,
     split_left_data,
@@ -225,6 +232,9 @@ class XidSnapshot(NamedTuple):
 Snapshot = Callable[[int, int], bool]
 
 
+_SKIP = object()  # _visit_leaf's result for an unlinked leaf
+
+
 def _see_all_live(xmin: int, xmax: int) -> bool:
     return xmax == 0
 
@@ -234,6 +244,8 @@ class VacuumResult:
     entries_removed: int
     leaves_changed: int
     overflow_pages_freed: int
+    leaves_unlinked: int = 0   # empty leaves taken out of the tree
+    pages_recycled: int = 0    # unlinked leaves put on the free list (no reader can reach)
 
 
 @dataclass(frozen=True)
@@ -443,6 +455,12 @@ class BTree:
         self.wal = wal
         self._root, self._level, self._free_head, self._free_count = _meta
         self._write_lock = threading.RLock()
+        # Reader epochs: a leaf unlinked by vacuum at epoch E is recycled only once every
+        # reader that started at or before E has finished (PostgreSQL's safexid, in-process).
+        self._epoch_lock = threading.Lock()
+        self._epoch = 1
+        self._active: dict[int, int] = {}  # epoch -> readers that started in it
+        self._unlinked: list[tuple[int, int]] = []  # (epoch, block) waiting to be recycled
 
     # --- creating and opening -------------------------------------------------------------------
     @classmethod
@@ -509,6 +527,22 @@ class BTree:
         return self._level + 1
 
     # --- helpers -----------------------------------------------------------------------------
+    @contextmanager
+    def _reading(self):
+        """Register a reader for the duration (see the reader epochs in __init__)."""
+        with self._epoch_lock:
+            epoch = self._epoch
+            self._active[epoch] = self._active.get(epoch, 0) + 1
+        try:
+            yield
+        finally:
+            with self._epoch_lock:
+                n = self._active[epoch] - 1
+                if n:
+                    self._active[epoch] = n
+                else:
+                    del self._active[epoch]
+
     def _corrupt(self, block: int, why: str) -> DataCorruptionError:
         return DataCorruptionError(f"B+tree relation {self.rel} block {block}: {why}",
                                    relation=self.rel, fork=int(self.fork), block=block)
@@ -575,6 +609,25 @@ class BTree:
         for ch in changes:
             self._release(ch.buf, exclusive=True)
 
+    def _allocate(self, alloc: list[int]) -> _Change:
+        """A page for a split: the head of the free list ``alloc`` = [head, count] (which
+        moves on), else a new page at the end of the relation. Pinned, exclusive-locked,
+        will_init."""
+        head = alloc[0]
+        if head == P_NONE:
+            return self._extend()
+        buf = self._read(head, exclusive=True)
+        try:
+            special = self._special(self.bufmgr.page(buf), head)
+            if not special.flags & BTP_FREE:
+                raise self._corrupt(head, f"page on the free list is not free (flags "
+                                          f"{special.flags:#x})")
+        except BaseException:
+            self._release(buf, exclusive=True)
+            raise
+        alloc[0], alloc[1] = special.next, alloc[1] - 1
+        return _Change(buf, head, True)
+
     def _extend(self) -> _Change:
         """A new page at the end of the relation: pinned, exclusive-locked, will_init."""
         (buf,) = self.bufmgr.extend(self.rel, self.fork, 1)
@@ -597,7 +650,8 @@ class BTree:
                 page = bm.page(buf)
                 special = self._special(page, block)
                 # One C call per page: move right (L&Y), or the child / leaf position.
-                found = MOVE_RIGHT if rightmost else locate(page, key, xmin)
+                found = MOVE_RIGHT if rightmost or special.flags & BTP_DELETED \
+                    else locate(page, key, xmin)
                 while found == MOVE_RIGHT and special.next != P_NONE:
                     nxt = special.next
                     self._release(buf)
@@ -605,7 +659,8 @@ class BTree:
                     buf = self._read(nxt)
                     block, page = nxt, bm.page(buf)
                     special = self._special(page, block)
-                    found = MOVE_RIGHT if rightmost else locate(page, key, xmin)
+                    found = MOVE_RIGHT if rightmost or special.flags & BTP_DELETED \
+                        else locate(page, key, xmin)
                 if expect_level is not None and special.level != expect_level:
                     raise self._corrupt(block, f"level {special.level}, but its parent "
                                                f"is at level {expect_level + 1}")
@@ -645,7 +700,8 @@ class BTree:
         """Every version of ``key``, newest (largest xmin) first, as stored (payload may be
         an overflow reference: see ``value_of``)."""
         key = _check_key(key)
-        return list(self._versions(key))
+        with self._reading():
+            return list(self._versions(key))
 
     def _versions(self, key: bytes) -> Iterator[LeafEntry]:
         bm = self.bufmgr
@@ -656,15 +712,17 @@ class BTree:
                 special = self._special(page, block)
                 out = []
                 ended = False
-                for off in range(search_page(page, key, XMIN_MAX, False),
-                                 bt_item_count(page) + 1):
+                first = bt_item_count(page) + 1 if special.flags & BTP_DELETED else \
+                    search_page(page, key, XMIN_MAX, False)
+                for off in range(first, bt_item_count(page) + 1):
                     e = unpack_entry(bt_item(page, off))
                     if e.key != key:
                         ended = True
                         break
                     out.append(e)
                 nxt = special.next
-                if nxt != P_NONE and unpack_pivot(bt_item(page, 1)).key != key:
+                if nxt != P_NONE and not special.flags & BTP_DELETED and \
+                        unpack_pivot(bt_item(page, 1)).key != key:
                     ended = True  # the right sibling starts at a greater key
             except BTreePageError as e:
                 self._release(buf)
@@ -687,9 +745,11 @@ class BTree:
     def get(self, key, snapshot: Snapshot = _see_all_live) -> bytes | None:
         """The value of the version of ``key`` that ``snapshot(xmin, xmax)`` makes visible
         (newest first), or None. The default sees every version not deleted."""
-        for e in self._versions(_check_key(key)):
-            if snapshot(e.xmin, e.xmax):
-                return self.value_of(e)
+        key = _check_key(key)
+        with self._reading():
+            for e in self._versions(key):
+                if snapshot(e.xmin, e.xmax):
+                    return self.value_of(e)
         return None
 
     def get_many(self, keys, snapshot: Snapshot = _see_all_live, default=None) -> list:
@@ -698,6 +758,10 @@ class BTree:
         usually cached), then all those leaves are read in one read stream: one batch of
         AIO reads, adjacent leaves combined, instead of one synchronous read per key."""
         keys = [_check_key(k) for k in keys]
+        with self._reading():
+            return self._get_many(keys, snapshot, default)
+
+    def _get_many(self, keys: list[bytes], snapshot: Snapshot, default) -> list:
         order = sorted(set(keys))
         leaf_of: dict[bytes, int] = {}
         parent: bytes | None = None  # copy of the level-1 page the last key went through
@@ -749,6 +813,9 @@ class BTree:
     def _probe_leaf(self, block: int, page, keys: list[bytes], snapshot: Snapshot,
                     found: dict, retry: list) -> None:
         special = self._special(page, block)
+        if special.flags & BTP_DELETED:  # unlinked since we looked: search again
+            retry.extend(keys)
+            return
         if not special.flags & BTP_LEAF:
             raise self._corrupt(block, f"expected a leaf, found flags {special.flags:#x}")
         try:
@@ -782,11 +849,12 @@ class BTree:
         (key, None) without reading overflow pages."""
         start = None if start is None else _check_key(start)
         stop = None if stop is None else _check_key(stop)
-        pages = self._leaf_pages_reverse(start, stop, snapshot) if reverse \
-            else self._leaf_pages(start, stop, snapshot)
-        for entries in pages:
-            for e in entries:
-                yield e.key, (self.value_of(e) if values else None)
+        with self._reading():
+            pages = self._leaf_pages_reverse(start, stop, snapshot) if reverse \
+                else self._leaf_pages(start, stop, snapshot)
+            for entries in pages:
+                for e in entries:
+                    yield e.key, (self.value_of(e) if values else None)
 
     def _visible(self, page, first: int, snapshot: Snapshot) -> list[int]:
         if isinstance(snapshot, XidSnapshot):
@@ -837,6 +905,15 @@ class BTree:
             for buf in stream:
                 block = bm.block_of(buf)[2]
                 try:
+                    bm.lock_shared(buf)
+                    try:
+                        special = self._special(bm.page(buf), block)
+                    finally:
+                        bm.unlock_shared(buf)
+                    if special.flags & BTP_DELETED:  # unlinked since the parent listed it
+                        if expected is None or expected == block:
+                            expected = special.next
+                        continue
                     while expected is not None and expected != block:
                         if expected == P_NONE:
                             raise self._corrupt(block, "leaf named by the parent level is not "
@@ -846,7 +923,8 @@ class BTree:
                             result, stop, nxt = self._visit_leaf(expected, other, visit)
                         finally:
                             self._release(other)
-                        yield result
+                        if result is not _SKIP:
+                            yield result
                         if stop:
                             return
                         expected = nxt
@@ -857,7 +935,8 @@ class BTree:
                         bm.unlock_shared(buf)
                 finally:
                     bm.unpin(buf)
-                yield result
+                if result is not _SKIP:
+                    yield result
                 if stop or nxt == P_NONE:
                     return
                 expected = nxt
@@ -869,7 +948,8 @@ class BTree:
                 result, stop, nxt = self._visit_leaf(expected, buf, visit)
             finally:
                 self._release(buf)
-            yield result
+            if result is not _SKIP:
+                yield result
             if stop:
                 return
             expected = nxt
@@ -877,6 +957,8 @@ class BTree:
     def _visit_leaf(self, block: int, buf: int, visit) -> tuple[object, bool, int]:
         page = self.bufmgr.page(buf)
         special = self._special(page, block)
+        if special.flags & BTP_DELETED:  # unlinked: its keys now live to its right
+            return _SKIP, False, special.next
         if not special.flags & BTP_LEAF:
             raise self._corrupt(block, f"expected a leaf, found flags {special.flags:#x} "
                                        f"level {special.level}")
@@ -904,54 +986,73 @@ class BTree:
                 bm.lock_shared(buf)
                 buf, block = self._move_right_to(buf, block, stop)
                 first_page = True
+                origin = block  # the last live leaf visited: the next must link back to it
                 while True:
                     try:
                         page = bm.page(buf)
                         special = self._special(page, block)
-                        first = bt_first_data(special)
-                        end = bt_item_count(page) + 1
-                        if first_page and stop is not None:
-                            end = search_page(page, stop, XMIN_MAX, False)
-                        out = []
-                        done = False
-                        for off in reversed([o for o in self._visible(page, first, snapshot)
-                                             if o < end]):
-                            e = unpack_entry(bt_item(page, off))
-                            if start is not None and e.key < start:
-                                done = True
-                                break
-                            out.append(e)
-                        if start is not None and first < end and \
-                                entry_key(bt_item(page, first))[0] < start:
-                            done = True
                         prev = special.prev
-                    except BTreePageError as e:
-                        raise self._corrupt(block, str(e)) from None
-                    finally:
+                    except BaseException:
                         self._release(buf)
-                    yield out
+                        raise
+                    if special.flags & BTP_DELETED:  # unlinked: step over it
+                        self._release(buf)
+                        out, done = None, False
+                    else:
+                        out, done = self._reverse_page(buf, block, special, first_page, start,
+                                                       stop, snapshot)
+                        origin = block
+                        first_page = False
+                        yield out
                     if done or prev == P_NONE:
                         return
-                    first_page = False
                     if pending is None:
                         pending = next(source, None)
                     if pending is not None and bm.block_of(pending)[2] == prev:
                         buf, pending = pending, None
                         bm.lock_shared(buf)
                         try:
-                            links_back = self._special(bm.page(buf), prev).next == block
+                            links_back = self._special(bm.page(buf), prev).next == origin
                         except BaseException:
                             self._release(buf)
                             raise
                         if not links_back:  # it split since: move right from it
                             self._release(buf)
-                            buf = self._step_left(prev, block)
+                            buf = self._step_left(prev, origin)
                     else:
-                        buf = self._step_left(prev, block)
+                        buf = self._step_left(prev, origin)
                     block = bm.block_of(buf)[2]
             finally:
                 if pending is not None:
                     bm.unpin(pending)
+
+    def _reverse_page(self, buf: int, block: int, special: Special, first_page: bool,
+                      start: bytes | None, stop: bytes | None,
+                      snapshot: Snapshot) -> tuple[list[LeafEntry], bool]:
+        """The visible entries of a share-locked leaf, last first (releases it)."""
+        bm = self.bufmgr
+        try:
+            page = bm.page(buf)
+            first = bt_first_data(special)
+            end = bt_item_count(page) + 1
+            if first_page and stop is not None:
+                end = search_page(page, stop, XMIN_MAX, False)
+            out = []
+            done = False
+            for off in reversed([o for o in self._visible(page, first, snapshot) if o < end]):
+                e = unpack_entry(bt_item(page, off))
+                if start is not None and e.key < start:
+                    done = True
+                    break
+                out.append(e)
+            if start is not None and first < end and \
+                    entry_key(bt_item(page, first))[0] < start:
+                done = True
+            return out, done
+        except BTreePageError as e:
+            raise self._corrupt(block, str(e)) from None
+        finally:
+            self._release(buf)
 
     def _move_right_to(self, buf: int, block: int, stop: bytes | None) -> tuple[int, int]:
         """From a share-locked leaf, move right to the one holding (stop, XMIN_MAX), or to
@@ -962,7 +1063,8 @@ class BTree:
             try:
                 special = self._special(page, block)
                 if special.next == P_NONE or (
-                        stop is not None and locate(page, stop, XMIN_MAX) != MOVE_RIGHT):
+                        stop is not None and not special.flags & BTP_DELETED
+                        and locate(page, stop, XMIN_MAX) != MOVE_RIGHT):
                     return buf, block
             except BaseException:
                 self._release(buf)
@@ -1094,10 +1196,13 @@ class BTree:
         return OverflowRef(len(value), tuple((s, n) for s, n in extents))
 
     def _free_overflow(self, refs: Sequence[OverflowRef]) -> int:
-        """Push the pages of ``refs`` onto the free list (highest block first, so the list
-        hands them back in ascending order)."""
-        blocks = sorted(set(itertools.chain.from_iterable(r.blocks() for r in refs)),
-                        reverse=True)
+        """Push the pages of ``refs`` onto the free list."""
+        return self._free_pages(itertools.chain.from_iterable(r.blocks() for r in refs))
+
+    def _free_pages(self, blocks) -> int:
+        """Push ``blocks`` onto the free list (highest block first, so the list hands them
+        back in ascending order), OVERFLOW_PAGES_PER_RECORD pages to a FREE record."""
+        blocks = sorted(set(blocks), reverse=True)
         for i in range(0, len(blocks), OVERFLOW_PAGES_PER_RECORD):
             group = blocks[i:i + OVERFLOW_PAGES_PER_RECORD]
             changes = [_Change(self._read(META_BLOCK, exclusive=True), META_BLOCK, True)]
@@ -1289,18 +1394,25 @@ class BTree:
                 changes[0].actions.append((A_INSERT, insert_data(off, item)))
                 self._log(XLOG_BTREE_INSERT, xid, changes)
                 return
-            new_root = self._split(changes, off, item, stack, (key, xmin))
+            alloc = [self._free_head, self._free_count]
+            new_root = self._split(changes, off, item, stack, (key, xmin), alloc)
+            root, level = new_root if new_root is not None else (self._root, self._level)
+            if new_root is not None or alloc != [self._free_head, self._free_count]:
+                meta = _Change(self._read(META_BLOCK, exclusive=True), META_BLOCK, True)
+                changes.append(meta)  # the metapage last, as nbtree locks it
+                meta.actions.append((A_INIT, self._meta_init(root, level, *alloc)))
             self._log(XLOG_BTREE_SPLIT, xid, changes)
-            if new_root is not None:
-                self._root, self._level = new_root
+            self._root, self._level = root, level
+            self._free_head, self._free_count = alloc
         finally:
             self._release_changes(changes)
 
     def _split(self, changes: list[_Change], off: int, item: bytes, stack: list[int],
-               target: tuple[bytes, int]) -> tuple[int, int] | None:
+               target: tuple[bytes, int], alloc: list[int]) -> tuple[int, int] | None:
         """Plan a split of changes[0]'s page for ``item`` at ``off``, cascading upwards:
-        appends every page it touches (locked) to ``changes`` with its actions. Returns
-        (new root, new level) when the root split."""
+        appends every page it touches (locked) to ``changes`` with its actions; new pages
+        come from the free list ``alloc`` = [head, count] (updated) before extension.
+        Returns (new root, new level) when the root split; the caller logs the metapage."""
         bm = self.bufmgr
         cur = changes[0]
         while True:
@@ -1317,7 +1429,7 @@ class BTree:
             new_index = off - first
             all_items = data[:new_index] + [item] + data[new_index:]
             k = _choose_split(all_items, leaf, old_hk, new_index)
-            right = self._extend()
+            right = self._allocate(alloc)
             changes.append(right)
             if leaf:
                 sep_key, sep_xmin = entry_key(all_items[k])
@@ -1352,15 +1464,11 @@ class BTree:
                 sib.actions.append((A_SET_PREV, set_prev_data(right.block)))
             downlink = pack_pivot(sep_key, sep_xmin, right.block)
             if special.flags & BTP_ROOT:
-                root = self._extend()
+                root = self._allocate(alloc)
                 changes.append(root)
                 root.actions.append((A_INIT, init_data(
                     Special(P_NONE, P_NONE, special.level + 1, BTP_ROOT),
                     [minus_inf_pivot(cur.block), downlink])))
-                meta = _Change(self._read(META_BLOCK, exclusive=True), META_BLOCK, True)
-                changes.append(meta)
-                meta.actions.append((A_INIT, self._meta_init(
-                    root.block, special.level + 1, self._free_head, self._free_count)))
                 return root.block, special.level + 1
             if not stack:
                 raise self._corrupt(cur.block, "non-root page reached without a parent")
@@ -1392,7 +1500,10 @@ class BTree:
     # --- vacuum ------------------------------------------------------------------------------
     def vacuum(self, is_dead: Callable[[int, int], bool]) -> VacuumResult:
         """Remove every leaf entry for which ``is_dead(xmin, xmax)`` is True (one VACUUM
-        record per leaf changed) and free the overflow pages of those removed. Walks the
+        record per leaf changed), free the overflow pages of those removed, unlink the
+        leaves left empty (``_unlink_leaf``) and recycle unlinked leaves no reader can
+        reach any more onto the free list, from which splits and overflow values take
+        pages before extending the relation. Walks the
         leaf level through a read stream fed from the parent level (overflow pages are
         never read); ``is_dead`` runs with the leaf share-locked, so it must not touch
         the tree."""
@@ -1402,13 +1513,17 @@ class BTree:
             def visit(block: int, page, special: Special) -> tuple[tuple, bool]:
                 first = bt_first_data(special)
                 dead = []
+                count = bt_item_count(page) + 1 - first
                 for off in range(first, bt_item_count(page) + 1):
                     e = unpack_entry(bt_item(page, off))
                     if is_dead(e.xmin, e.xmax):
                         dead.append((off, e))
-                return (block, dead), False
+                return (block, dead, count, special.next == P_NONE), False
 
-            for block, dead in self._walk_leaves(b"", visit):
+            empty = []
+            for block, dead, count, rightmost in self._walk_leaves(b"", visit):
+                if len(dead) == count and not rightmost:
+                    empty.append(block)
                 if not dead:
                     continue
                 # The write lock is held: the leaf is as visit saw it.
@@ -1424,7 +1539,69 @@ class BTree:
                 refs += [unpack_overflow_ref(e.payload) for _o, e in dead
                          if e.flags & ENTRY_OVERFLOW]
             freed = self._free_overflow(refs)
-        return VacuumResult(removed, leaves, freed)
+            unlinked = sum(self._unlink_leaf(block) for block in empty)
+            recycled = self._recycle()
+        return VacuumResult(removed, leaves, freed, unlinked, recycled)
+
+    def _unlink_leaf(self, block: int) -> bool:
+        """Take the empty, not rightmost leaf ``block`` out of the tree in one UNLINK record
+        (as nbtree's page deletion, in one step since writers are serialized): its
+        parent's pivot for it points at its right sibling instead and the sibling's own
+        pivot goes, so the sibling takes over its key range; the siblings link past it;
+        it becomes DELETED (keeping its right-link, so a reader still on it moves right)
+        and waits in ``_unlinked`` until no reader that may know it is left. Only when
+        both downlinks sit in one parent; False (nothing done) otherwise."""
+        bm = self.bufmgr
+        changes: list[_Change] = []
+        try:
+            leaf = _Change(self._read(block, exclusive=True), block, True)
+            changes.append(leaf)
+            page = bm.page(leaf.buf)
+            special = self._special(page, block)
+            if special.flags & BTP_DELETED or special.next == P_NONE or \
+                    bt_item_count(page) != 1:  # not empty (or high key only) any more
+                return False
+            high = unpack_pivot(bt_item(page, 1))
+            right = special.next
+            pblock, pbuf = self._descend(high.key, high.xmin, level=1)
+            bm.unlock_shared(pbuf)
+            bm.lock_exclusive(pbuf)  # the only writer: nothing changed it in between
+            parent = _Change(pbuf, pblock, False)
+            changes.append(parent)
+            ppage = bm.page(pbuf)
+            if self._special(ppage, pblock).level != 1:
+                return False
+            pos = search_page(ppage, high.key, high.xmin, True) - 1
+            first = bt_first_data(self._special(ppage, pblock))
+            if pos - 1 < first or unpack_pivot(bt_item(ppage, pos)).child != right or \
+                    unpack_pivot(bt_item(ppage, pos - 1)).child != block:
+                return False
+            sib = _Change(self._read(right, exclusive=True), right, False)
+            changes.append(sib)
+            sib.actions.append((A_SET_PREV, set_prev_data(special.prev)))
+            if special.prev != P_NONE:
+                left = _Change(self._read(special.prev, exclusive=True), special.prev, False)
+                changes.append(left)
+                left.actions.append((A_SET_NEXT, set_next_data(right)))
+            parent.actions.append((A_SET_CHILD, set_child_data(pos - 1, right)))
+            parent.actions.append((A_DELETE, delete_data([pos])))
+            leaf.actions.append((A_INIT, init_data(
+                Special(special.prev, right, 0, BTP_DELETED), [])))
+            self._log(XLOG_BTREE_UNLINK, 0, changes)
+        finally:
+            self._release_changes(changes)
+        with self._epoch_lock:
+            self._unlinked.append((self._epoch, block))
+            self._epoch += 1
+        return True
+
+    def _recycle(self) -> int:
+        """Put the unlinked leaves no reader can reach any more on the free list."""
+        with self._epoch_lock:
+            oldest = min(self._active, default=self._epoch)
+            ready = [b for e, b in self._unlinked if e < oldest]
+            self._unlinked = [(e, b) for e, b in self._unlinked if e >= oldest]
+        return self._free_pages(ready) if ready else 0
 
     # --- check ---------------------------------------------------------------------------------
     def check(self) -> CheckResult:

@@ -77,12 +77,12 @@ except ImportError:
 C_SEARCH = _lib is not None
 
 __all__ = [
-    "P_NONE", "BTP_LEAF", "BTP_ROOT", "BTP_META", "BTP_OVERFLOW", "BTP_FREE",
+    "P_NONE", "BTP_LEAF", "BTP_ROOT", "BTP_DELETED", "BTP_META", "BTP_OVERFLOW", "BTP_FREE",
     "SPECIAL_SIZE", "ENTRY_OVERFLOW", "PIVOT_MINUS_INF", "XMIN_MAX",
     "LEAF_HEADER_SIZE", "PIVOT_HEADER_SIZE", "KEY_MAX_BYTES", "ENTRY_MAX_BYTES",
     "PAGE_CAPACITY_BYTES", "OVERFLOW_CHUNK_BYTES",
     "Special", "LeafEntry", "Pivot", "BTreePageError",
-    "bt_init", "bt_special", "bt_set_special", "bt_set_prev", "bt_first_data",
+    "bt_init", "bt_special", "bt_set_special", "bt_set_prev", "bt_set_next", "bt_set_child", "bt_first_data",
     "bt_item_count", "bt_items", "bt_build", "bt_rebuild", "bt_insert_item", "bt_delete_items",
     "bt_set_xmax", "bt_fits", "bt_used_bytes", "item_cost",
     "pack_entry", "unpack_entry", "entry_key", "pack_pivot", "unpack_pivot",
@@ -96,10 +96,11 @@ _LP_NORMAL_BITS = 1 << 15  # LpFlag.NORMAL in a line pointer
 _PAGE_HEADER = struct.Struct("<QIHHHHHH")
 BTP_LEAF = 0x1
 BTP_ROOT = 0x2
+BTP_DELETED = 0x4  # a leaf unlinked by vacuum: readers that still reach it move right
 BTP_META = 0x8
 BTP_OVERFLOW = 0x10
 BTP_FREE = 0x20
-BTP_VALID_FLAGS = BTP_LEAF | BTP_ROOT | BTP_META | BTP_OVERFLOW | BTP_FREE
+BTP_VALID_FLAGS = BTP_LEAF | BTP_ROOT | BTP_DELETED | BTP_META | BTP_OVERFLOW | BTP_FREE
 
 _SPECIAL = struct.Struct("<IIIHH")
 SPECIAL_SIZE = _SPECIAL.size  # 16, MAXALIGNed
@@ -191,6 +192,15 @@ def bt_set_special(page, special: Special) -> None:
 
 def bt_set_prev(page, prev: int) -> None:
     struct.pack_into("<I", page, _SPECIAL_AT, prev)
+
+
+def bt_set_next(page, next_: int) -> None:
+    struct.pack_into("<I", page, _SPECIAL_AT + 4, next_)
+
+
+def bt_set_child(page, offnum: int, child: int) -> None:
+    """Point the pivot at ``offnum`` at another child."""
+    struct.pack_into("<I", bt_item(page, offnum), 0, child)
 
 
 def bt_first_data(special: Special) -> int:

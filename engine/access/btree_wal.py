@@ -15,6 +15,8 @@ a list of page *actions*, each naming one of the record's block references::
                  item at ``new index`` among them (-1: it went right), new high key first
     A_SET_PREV   "<I" prev                      the old right sibling's left-link
     A_DELETE     "<H" count, count x "<H" offnum   vacuum
+    A_SET_CHILD  "<HI" offnum, child           a pivot's downlink (unlinking a leaf)
+    A_SET_NEXT   "<I" next                      a left sibling's right-link (unlinking)
 
 The forward path applies exactly these actions to the locked pages (``apply_action``)
 before logging them, and redo applies them to the pre-change page, so redo reproduces the
@@ -43,6 +45,8 @@ from slonik.engine.access.btree_page import (
     bt_insert_item,
     bt_items,
     bt_rebuild,
+    bt_set_child,
+    bt_set_next,
     bt_set_prev,
     bt_set_xmax,
     bt_special,
@@ -51,6 +55,7 @@ from slonik.wal.rmgr import RM_BTREE, ResourceManager
 
 __all__ = [
     "A_INIT", "A_INSERT", "A_SET_XMAX", "A_SPLIT_LEFT", "A_SET_PREV", "A_DELETE",
+    "A_SET_CHILD", "A_SET_NEXT", "XLOG_BTREE_UNLINK", "set_child_data", "set_next_data",
     "XLOG_BTREE_NEWTREE", "XLOG_BTREE_INSERT", "XLOG_BTREE_SPLIT", "XLOG_BTREE_SET_XMAX",
     "XLOG_BTREE_VACUUM", "XLOG_BTREE_OVERFLOW", "XLOG_BTREE_FREE", "XLOG_BTREE_OPMASK",
     "Action", "init_data", "insert_data", "set_xmax_data", "split_left_data",
@@ -64,8 +69,11 @@ A_SET_XMAX = 3
 A_SPLIT_LEFT = 4
 A_SET_PREV = 5
 A_DELETE = 6
+A_SET_CHILD = 7
+A_SET_NEXT = 8
 _ACTION_NAMES = {A_INIT: "init", A_INSERT: "insert", A_SET_XMAX: "xmax",
-                 A_SPLIT_LEFT: "split-left", A_SET_PREV: "prev", A_DELETE: "delete"}
+                 A_SPLIT_LEFT: "split-left", A_SET_PREV: "prev", A_DELETE: "delete",
+                 A_SET_CHILD: "child", A_SET_NEXT: "next"}
 
 XLOG_BTREE_NEWTREE = 0x00
 XLOG_BTREE_INSERT = 0x10
@@ -74,11 +82,12 @@ XLOG_BTREE_SET_XMAX = 0x30
 XLOG_BTREE_VACUUM = 0x40
 XLOG_BTREE_OVERFLOW = 0x50
 XLOG_BTREE_FREE = 0x60
+XLOG_BTREE_UNLINK = 0x70
 XLOG_BTREE_OPMASK = 0x70
 _OP_NAMES = {XLOG_BTREE_NEWTREE: "NEWTREE", XLOG_BTREE_INSERT: "INSERT",
              XLOG_BTREE_SPLIT: "SPLIT", XLOG_BTREE_SET_XMAX: "SET_XMAX",
              XLOG_BTREE_VACUUM: "VACUUM", XLOG_BTREE_OVERFLOW: "OVERFLOW",
-             XLOG_BTREE_FREE: "FREE"}
+             XLOG_BTREE_FREE: "FREE", XLOG_BTREE_UNLINK: "UNLINK"}
 
 _ACTION = struct.Struct("<BBI")
 _SPECIAL = struct.Struct("<IIIHH")
@@ -86,6 +95,7 @@ _U16 = struct.Struct("<H")
 _SET_XMAX = struct.Struct("<HQ")
 _SPLIT = struct.Struct("<HhIIIHH")
 _U32 = struct.Struct("<I")
+_SET_CHILD = struct.Struct("<HI")
 
 Action = tuple[int, bytes]  # (code, data) for one block
 
@@ -115,6 +125,14 @@ def split_left_data(keep: int, new_index: int, special: Special, high_key: bytes
 
 def set_prev_data(prev: int) -> bytes:
     return _U32.pack(prev)
+
+
+def set_child_data(offnum: int, child: int) -> bytes:
+    return _SET_CHILD.pack(offnum, child)
+
+
+def set_next_data(next_: int) -> bytes:
+    return _U32.pack(next_)
 
 
 def delete_data(offnums: Sequence[int]) -> bytes:
@@ -180,6 +198,11 @@ def apply_action(page, code: int, data: bytes) -> None:
     elif code == A_DELETE:
         (count,) = _U16.unpack_from(data)
         bt_delete_items(page, struct.unpack_from(f"<{count}H", data, _U16.size))
+    elif code == A_SET_CHILD:
+        offnum, child = _SET_CHILD.unpack_from(data)
+        bt_set_child(page, offnum, child)
+    elif code == A_SET_NEXT:
+        bt_set_next(page, _U32.unpack_from(data)[0])
     else:
         raise AssertionError(f"unknown btree action {code}")
 

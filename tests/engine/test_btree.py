@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -39,6 +40,7 @@ from slonik.engine.access.btree_wal import (
     XLOG_BTREE_OVERFLOW,
     XLOG_BTREE_SET_XMAX,
     XLOG_BTREE_SPLIT,
+    XLOG_BTREE_UNLINK,
     XLOG_BTREE_VACUUM,
     btree_describe,
     btree_redo,
@@ -487,6 +489,63 @@ def test_overwrites_with_vacuum_keep_the_file_bounded(env):
     assert all(t.get(b"key%d" % k) == bytes([11 + k]) * 40_000 for k in range(6))
 
 
+def test_queue_workload_unlinks_and_recycles_empty_leaves(env):
+    """A queue: each round appends 400 ascending keys and deletes the 400 oldest, then
+    vacuums. Leaves left empty are unlinked (UNLINK records that redo reproduces) and,
+    with no reader about, recycled onto the free list, from which later splits take
+    their pages: the relation stops growing, check() stays clean, and scans both ways
+    see exactly the live window."""
+    t = env.tree
+    xid = 1
+    head = 0
+    sizes = []
+    for round_ in range(12):
+        for i in range(round_ * 400, round_ * 400 + 400):
+            xid += 1
+            t.insert(b"%08d" % i, bytes(40), xid)
+        if round_:
+            for i in range(head, head + 400):
+                xid += 1
+                assert t.delete(b"%08d" % i, xid)
+            head += 400
+        start, before = env.wal.insert_lsn, env.pages()
+        result = t.vacuum(lambda xmin, xmax: xmax != 0)
+        if round_ in (2, 7):
+            records = redo_reproduces(env, before, start)
+            assert {XLOG_BTREE_VACUUM, XLOG_BTREE_UNLINK, XLOG_BTREE_FREE} <= set(ops_of(records))
+        if round_:
+            assert result.leaves_unlinked > 0 and result.pages_recycled > 0
+        check = t.check()
+        assert check.unreached_pages == 0
+        sizes.append(env.nblocks())
+    live = [b"%08d" % i for i in range(head, 12 * 400)]
+    assert [k for k, _v in t.items(values=False)] == live
+    assert [k for k, _v in t.items(values=False, reverse=True)] == live[::-1]
+    assert max(sizes[4:]) <= sizes[3] + 1, sizes
+    assert no_pins(env.bm)
+
+
+def test_unlinked_leaves_wait_for_older_readers(env):
+    """A leaf unlinked while a reader that started earlier is still running is not
+    recycled by that vacuum (the reader may still reach it); the next vacuum after the
+    reader finished recycles it."""
+    t = env.tree
+    for i in range(600):
+        t.insert(b"%06d" % i, bytes(40), 2)
+    for i in range(300):
+        t.delete(b"%06d" % i, 3)
+    scan = t.items(values=False)
+    assert next(scan)[0] == b"000300"  # a reader registered before the vacuum
+    result = t.vacuum(lambda xmin, xmax: xmax != 0)
+    assert result.leaves_unlinked > 0 and result.pages_recycled == 0
+    rest = [k for k, _v in scan]  # the reader still finishes correctly
+    assert rest == [b"%06d" % i for i in range(301, 600)]
+    again = t.vacuum(lambda xmin, xmax: xmax != 0)
+    assert again.pages_recycled == result.leaves_unlinked
+    assert t.check().free_pages == again.pages_recycled
+    assert no_pins(env.bm)
+
+
 def test_fragmented_free_list_bounds_the_extent_count(env):
     """Free pages scattered through the relation are reused for a new value only while its
     reference stays under OVERFLOW_EXTENTS_MAX extents; the rest comes from one new
@@ -784,6 +843,56 @@ def test_readers_see_consistent_order_during_splits(env):
         th.join()
     assert not errors, errors
     assert t.check().entries == 400 and no_pins(env.bm)
+
+
+def test_readers_during_vacuum_unlinking_and_recycling(env):
+    """Readers scanning both ways and probing while one writer appends keys, deletes old
+    ones and vacuums (unlinking empty leaves, recycling them into new splits) never fail,
+    always see strictly ordered keys, and always see the keys that are never deleted
+    (every 500th, so whole leaves empty out). Afterwards check() is clean and some leaves were recycled."""
+    t = env.tree
+    keep = [b"%06d" % i for i in range(0, 2500, 500)]
+    for k in keep:
+        t.insert(k, b"keep", 1)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader():
+        try:
+            while not done.is_set():
+                got = [k for k, _v in t.items(values=False)]
+                assert got == sorted(set(got))
+                assert set(keep) <= set(got)
+                back = [k for k, _v in t.items(values=False, reverse=True)]
+                assert back == sorted(set(back), reverse=True)
+                assert set(keep) <= set(back)
+                assert t.get_many(keep) == [b"keep"] * len(keep)
+                time.sleep(0.005)  # leave the writer some of the GIL
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader)]
+    for th in threads:
+        th.start()
+    xid = 2
+    recycled = 0
+    for round_ in range(5):
+        for i in range(round_ * 500, round_ * 500 + 500):
+            if i % 500:
+                xid += 1
+                t.insert(b"%06d" % i, b"tmp", xid)
+        for i in range(round_ * 500, round_ * 500 + 500):
+            if i % 500:
+                xid += 1
+                t.delete(b"%06d" % i, xid)
+        recycled += t.vacuum(lambda xmin, xmax: xmax != 0).pages_recycled
+    done.set()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    recycled += t.vacuum(lambda xmin, xmax: xmax != 0).pages_recycled
+    assert recycled > 0
+    assert t.check().entries == len(keep) and no_pins(env.bm)
 
 
 def test_rmgr_describe_is_one_line():

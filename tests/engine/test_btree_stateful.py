@@ -120,6 +120,19 @@ def make_machine(io_method: str):
                 else:
                     self.model[w.key] = w.value
 
+        @rule(a=st.sampled_from(KEYS), b=st.sampled_from(KEYS))
+        def delete_range(self, a, b):
+            """One transaction deleting every key in [a, b): leaves empty out, so the
+            next vacuum unlinks and recycles them."""
+            snap = self._snapshot()
+            xid = self._xid()
+            batch = []
+            for k in [k for k in sorted(self.model) if a <= k < b]:
+                old = next(e.xmin for e in self.tree.versions(k) if snap(e.xmin, e.xmax))
+                batch.append(VersionWrite(k, xid, None, old))
+                del self.model[k]
+            self.tree.apply(batch)
+
         @rule(k=st.sampled_from(KEYS), size=st.sampled_from(VALUE_SIZES))
         def aborted_put(self, k, size):
             snap = self._snapshot()
