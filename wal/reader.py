@@ -121,12 +121,11 @@ class WalReader:
     LSN the first record's prev link must name (unchecked when None).
     ``check_middle_corruption``: after the first invalid record, look for a flush stamp that
     proves it durable and raise ``WalCorruptMiddleError`` if there is one (crash recovery and
-    waldump want this; a plain stop is quiet). ``wal_buffers_bytes``, the older way to ask for
-    the check, is still accepted: any positive value turns it on (its size no longer matters).
+    waldump want this; a plain stop is quiet).
     """
 
     def __init__(self, wal_dir: str, wal_segment_size: int, start_lsn: int, *,
-                 check_middle_corruption: bool = False, wal_buffers_bytes: int | None = None,
+                 check_middle_corruption: bool = False,
                  expect_prev: int | None = None) -> None:
         check_segment_size(wal_segment_size)
         if not isinstance(start_lsn, int) or isinstance(start_lsn, bool) or start_lsn <= 0:
@@ -135,17 +134,13 @@ class WalReader:
         if start_lsn % RECORD_ALIGN or 0 < off < PAGE_HEADER_SIZE:
             raise ValueError(f"start_lsn {format_lsn(start_lsn)} is not a record start "
                              f"(unaligned or inside a page header)")
-        if wal_buffers_bytes is not None and (not isinstance(wal_buffers_bytes, int)
-                                              or wal_buffers_bytes <= 0):
-            raise ValueError(f"wal_buffers_bytes must be a positive int, got "
-                             f"{wal_buffers_bytes!r}")
         self.wal_dir = wal_dir
         self.wal_segment_size = wal_segment_size
         self.start_lsn = start_lsn
         if not isinstance(check_middle_corruption, bool):
             raise TypeError(f"check_middle_corruption must be a bool, got "
                             f"{check_middle_corruption!r}")
-        self.check_middle_corruption = check_middle_corruption or wal_buffers_bytes is not None
+        self.check_middle_corruption = check_middle_corruption
         self.expect_prev = expect_prev
         self.end_lsn = start_lsn
         self.last_lsn = 0

@@ -315,7 +315,7 @@ def measure_replay(wal_dir: str, built: dict, args: argparse.Namespace) -> dict:
     lookup = _redo_lookup()
     ctx = SimpleNamespace(state={})
     reader = WalReader(wal_dir, args.wal_segment_size, built["start_lsn"],
-                       wal_buffers_bytes=args.wal_buffers * WAL_PAGE_SIZE)
+                       check_middle_corruption=True)
     n = 0
     t0 = time.perf_counter()
     for rr in reader:

@@ -78,8 +78,6 @@ from slonik.wal.control import CONTROL_FILE_NAME, ControlData, DbState
 from slonik.wal.errors import WalError
 from slonik.wal.lsn import format_lsn
 from slonik.wal.reader import WalReader, read_record_at
-from slonik.wal.walpage import WAL_PAGE_SIZE
-from slonik.wal.xlog import WAL_BUFFERS_DEFAULT_PAGES
 
 __all__ = ["require_database", "lock_holder", "relation_forks", "RelationFileReader",
            "catalog_rows", "RecoveryImages", "recovery_images", "PROC_LOCKS_PATH",
@@ -91,8 +89,6 @@ LOCK_FILE_PID_BYTES = 64     # the lock file holds "<pid>\n"; more is not a pid
 # Blocks per read (512 KiB): big sequential reads, a small buffer. A run never crosses a
 # segment file, so one read is one preadv/io_uring read of one file.
 READ_RUN_BLOCKS = 64
-# The window recovery uses by default to tell a torn tail from damage in the middle.
-DEFAULT_WAL_BUFFERS_BYTES = WAL_BUFFERS_DEFAULT_PAGES * WAL_PAGE_SIZE
 _FILE_RE = re.compile(r"^(\d+)(_fsm|_vm)?(?:\.(\d+))?$")
 _SUFFIX_FORK = {None: Fork.MAIN, "_fsm": Fork.FSM, "_vm": Fork.VM}
 _FORK_SUFFIX = {fork: suffix or "" for suffix, fork in _SUFFIX_FORK.items()}
@@ -298,13 +294,12 @@ class RecoveryImages:
 
 
 def recovery_images(path: str, control: ControlData, *,
-                    wal_buffers_bytes: int = DEFAULT_WAL_BUFFERS_BYTES,
                     on_record: Callable[[], None] | None = None) -> RecoveryImages:
     """Read the WAL (read-only) from the control file's redo point, as recovery would, and
     note every block a record restores whole; see ``RecoveryImages``."""
     images: dict[tuple[int, int, int], int] = {}
     reader = WalReader(os.path.join(path, WAL_DIR), control.wal_segment_size,
-                       control.redo_lsn, wal_buffers_bytes=wal_buffers_bytes)
+                       control.redo_lsn, check_middle_corruption=True)
     error = None
     try:
         for rr in reader:

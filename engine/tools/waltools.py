@@ -9,8 +9,8 @@ re-initialises the page) and the resource manager's own description; then where 
 ends and why (the reader's ``stop_reason``), as PostgreSQL's pg_waldump does.
 
 A torn tail is the normal end of WAL and not an error. A damaged control file, WAL that is
-corrupt in the middle of the log (valid records more than ``--wal-buffers`` past an invalid
-one), an unreadable file or a ``--start`` that is not a record start print the error and
+corrupt in the middle of the log (an invalid record that a later flush's stamp proves was
+durable), an unreadable file or a ``--start`` that is not a record start print the error and
 exit with status 1, without a traceback.
 """
 
@@ -34,8 +34,7 @@ from slonik.wal.lsn import format_lsn, parse_lsn
 from slonik.wal.reader import ReadRecord, WalReader
 from slonik.wal.record import BlockRef, WalRecord
 from slonik.wal.rmgr import RM_MAX_ID, find_rmgr, rmgr_name
-from slonik.wal.walpage import WAL_PAGE_SIZE, next_record_lsn, segment_file_name
-from slonik.wal.xlog import WAL_BUFFERS_DEFAULT_PAGES, WAL_BUFFERS_MAX_PAGES, WAL_BUFFERS_MIN_PAGES
+from slonik.wal.walpage import next_record_lsn, segment_file_name
 
 __all__ = [
     "DESCRIBER_MODULES", "CONTROL_LABELS", "control_report", "format_control_report",
@@ -172,12 +171,11 @@ class WalDump:
     ``start_lsn``: default the control file's redo point. ``limit``: stop after this many
     records shown. ``rmgr``: show only records of the resource manager with this name
     (every record is still read and checked). After iteration ``summary()`` says where and
-    why the dump ended. Iteration raises WalError when the WAL is corrupt in the middle
-    (valid records more than ``wal_buffers_bytes`` past an invalid one)."""
+    why the dump ended. Iteration raises WalError when the WAL is corrupt in the middle (a
+    later page's flush stamp proves the invalid record was durable)."""
 
     def __init__(self, data_dir: str, *, start_lsn: int | None = None, limit: int | None = None,
-                 rmgr: str | None = None,
-                 wal_buffers_bytes: int = WAL_BUFFERS_DEFAULT_PAGES * WAL_PAGE_SIZE) -> None:
+                 rmgr: str | None = None) -> None:
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         install_rmgrs()  # describe() comes from the engine's rmgr table
@@ -187,7 +185,7 @@ class WalDump:
         self.limit = limit
         self.rmgr_id = None if rmgr is None else rmgr_id_by_name(rmgr)
         self.reader = WalReader(self.wal_dir, self.control.wal_segment_size, self.start_lsn,
-                                wal_buffers_bytes=wal_buffers_bytes)
+                                check_middle_corruption=True)
         self.shown = 0
         self.limited = False
 
@@ -281,14 +279,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _wal_buffers_arg(text: str) -> int:
-    value = int(text)
-    if not WAL_BUFFERS_MIN_PAGES <= value <= WAL_BUFFERS_MAX_PAGES:
-        raise argparse.ArgumentTypeError(
-            f"must be in {WAL_BUFFERS_MIN_PAGES}..{WAL_BUFFERS_MAX_PAGES} pages, got {text!r}")
-    return value
-
-
 def add_controldata_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="the data directory")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -304,11 +294,6 @@ def add_waldump_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rmgr", default=None,
                         help="show only this resource manager's records (xlog, xact, smgr, "
                              "heap, test, ...)")
-    parser.add_argument("--wal-buffers", type=_wal_buffers_arg,
-                        default=WAL_BUFFERS_DEFAULT_PAGES,
-                        help="the database's wal_buffers in pages: valid WAL further than this "
-                             "past an invalid record means corruption in the middle "
-                             f"(default {WAL_BUFFERS_DEFAULT_PAGES})")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -339,8 +324,7 @@ def cmd_controldata(args: argparse.Namespace) -> int:
 def cmd_waldump(args: argparse.Namespace) -> int:
     load_describers()
     try:
-        dump = WalDump(args.dir, start_lsn=args.start, limit=args.limit, rmgr=args.rmgr,
-                       wal_buffers_bytes=args.wal_buffers * WAL_PAGE_SIZE)
+        dump = WalDump(args.dir, start_lsn=args.start, limit=args.limit, rmgr=args.rmgr)
     except (SlonikError, OSError, ValueError) as exc:
         return _fail("waldump", exc)
     records = []

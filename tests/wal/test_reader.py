@@ -243,14 +243,6 @@ def test_small_wal_damage_found_by_hypothesis_refuses():
         assert_refuses(g, g.records_touching(x)[0])
 
 
-def test_wal_buffers_bytes_still_asks_for_the_check():
-    """Callers that still pass wal_buffers_bytes get the stamp check (any size)."""
-    with tempfile.TemporaryDirectory() as d:
-        g = build(d, [100] * 50, flushed=49)
-        g.xor_byte(g.placed[10].lsn + 20)
-        assert_refuses(g, 10, {"wal_buffers_bytes": WAL_PAGE_SIZE})
-
-
 def test_stamp_proves_only_what_the_previous_flush_made_durable():
     """One page re-written by three flushes: its stamp is the end of the last completed
     flush, so damage to a record of that flush is refused, while damage to the record the
