@@ -46,6 +46,17 @@ Invariants (``check()`` verifies 1-6 on a quiet tree):
 8. Overflow pages are written (and logged) before the entry that references them, and
    freed only after the entry is gone: a crash in between leaks pages, never a dangling
    reference.
+9. Vacuum unlinks an empty leaf (not the rightmost, and only when its right sibling's
+   downlink is in the same parent) in one record; the DELETED page keeps its right-link,
+   so a reader that still reaches it moves right, and it is recycled onto the free list
+   only once every reader registered before the unlink has finished. Unlinked pages
+   waiting for that are remembered in memory only: a crash leaks them (``check()``
+   counts them as unreached), as it leaks overflow pages under invariant 8.
+
+Limits: a split and all the splits it causes above it are one record with full-page
+images of the pages touched first after a checkpoint, so a cascade through a tall tree
+can need a few hundred KiB of ``wal_buffers`` (the default 4 MiB is ample; the minimum
+64 KiB is not). Internal pages are never deleted.
 """
 
 from __future__ import annotations
