@@ -6,7 +6,6 @@ Every test that reads or writes a database runs on every io method."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import io
 import math
@@ -54,27 +53,11 @@ from slonik.wal.control import DbState, read_control
 
 from slonik import Database
 from tests.engine.dbutil import SMALL
+from tests.support.dirstate import dir_state
 
 SLONIK = os.path.join(os.path.dirname(sys.executable), "slonik")
 CHILD_TIMEOUT_SECONDS = 120
 ALL_TYPES = [("i", "int8"), ("f", "float8"), ("s", "text"), ("b", "bytea"), ("ok", "bool")]
-
-
-def tree_hashes(path) -> dict[str, tuple]:
-    """Every entry under ``path``: a file's size, mtime (ns) and SHA-256; a directory's
-    mtime (a file created and removed again changes it)."""
-    out = {".": ("dir", os.stat(path).st_mtime_ns)}
-    for root, dirs, files in os.walk(path):
-        for name in dirs:
-            p = os.path.join(root, name)
-            out[os.path.relpath(p, path)] = ("dir", os.stat(p).st_mtime_ns)
-        for name in files:
-            p = os.path.join(root, name)
-            st_ = os.stat(p)
-            with open(p, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            out[os.path.relpath(p, path)] = ("file", st_.st_size, st_.st_mtime_ns, digest)
-    return out
 
 
 def norm(value):
@@ -232,10 +215,10 @@ def test_load_of_keys_and_indexes_needs_the_engine_to_have_them(tmp_path, io_met
     new_db(tmp_path / "db", io_method)
     supported = "primary_key" in inspect.signature(Database.create_table).parameters
     if not supported:
-        before = tree_hashes(tmp_path / "db")
+        before = dir_state(tmp_path / "db")
         with pytest.raises(LoadError, match="primary keys \\(t\\)"):
             load_database(tmp_path / "db", tmp_path / "d.sql", io_method=io_method)
-        assert tree_hashes(tmp_path / "db") == before
+        assert dir_state(tmp_path / "db") == before
         return
     load_database(tmp_path / "db", tmp_path / "d.sql", io_method=io_method)
     with Database.open(tmp_path / "db", io_method=io_method) as db:
@@ -344,7 +327,7 @@ def test_dump_leaves_the_directory_byte_identical(tmp_path, io_method, capsys):
         t = db.create_table("t", [("id", "int8"), ("payload", "bytea")])
         t.insert_many([(i, os.urandom(100)) for i in range(2000)])
         db.kv("k").update({b"%05d" % i: b"v" * 50 for i in range(500)})
-    before = tree_hashes(path)
+    before = dir_state(path)
     assert main(["dump", str(path), "--io-method", io_method]) == 0
     out, err = capsys.readouterr()
     assert err == "" and out.startswith(FORMAT_LINE) and out.endswith(FOOTER_LINE + "\n")
@@ -352,7 +335,7 @@ def test_dump_leaves_the_directory_byte_identical(tmp_path, io_method, capsys):
     assert main(["dump", str(path), "--out", str(tmp_path / "d.sql"),
                  "--io-method", io_method]) == 0
     assert "dumped 2 relations (2,500 rows" in capsys.readouterr().out
-    assert tree_hashes(path) == before
+    assert dir_state(path) == before
 
 
 def test_dump_reports_progress(tmp_path, io_method):
@@ -397,14 +380,14 @@ def test_dump_refuses_a_database_that_needs_recovery(tmp_path, io_method, capsys
         for stream in (child.stdin, child.stdout, child.stderr):
             stream.close()
     assert read_control(str(path)).state != DbState.SHUTDOWNED
-    before = tree_hashes(path)
+    before = dir_state(path)
     assert main(["dump", str(path), "--io-method", io_method]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert "needs recovery" in err and f"slonik check --recover {path}" in err
     with pytest.raises(RecoveryNeededError):
         write_dump(str(path), io.BytesIO(), io_method=io_method)
-    assert tree_hashes(path) == before
+    assert dir_state(path) == before
     assert main(["check", "--recover", str(path), "--io-method", io_method]) == 0
     capsys.readouterr()
     script = dump_bytes(path, io_method).decode()
@@ -459,11 +442,11 @@ def test_load_refuses_a_non_empty_database(tmp_path, io_method):
     (tmp_path / "d.sql").write_text(_good_script(tmp_path / "src", io_method))
     with Database.open(tmp_path / "db", io_method=io_method, **SMALL) as db:
         db.kv("already here")[b"x"] = b"y"
-    before = tree_hashes(tmp_path / "db")
+    before = dir_state(tmp_path / "db")
     with pytest.raises(LoadError, match="it holds already here; load reads a dump into an "
                                         "empty database only"):
         load_database(tmp_path / "db", tmp_path / "d.sql", io_method=io_method)
-    assert tree_hashes(tmp_path / "db") == before
+    assert dir_state(tmp_path / "db") == before
 
 
 def _mutations(script: str) -> list[tuple[str, str, int, str]]:
@@ -512,7 +495,7 @@ def test_load_refuses_bad_dumps_naming_the_line(tmp_path, io_method):
     message names the line, and the target database is byte-identical afterwards."""
     script = _good_script(tmp_path / "src", io_method)
     new_db(tmp_path / "db", io_method)
-    before = tree_hashes(tmp_path / "db")
+    before = dir_state(tmp_path / "db")
     for label, broken, line, message in _mutations(script):
         (tmp_path / "d.sql").write_text(broken)
         with pytest.raises(DumpFormatError, match=message) as info:
@@ -520,7 +503,7 @@ def test_load_refuses_bad_dumps_naming_the_line(tmp_path, io_method):
         if line is not None:
             assert info.value.line == line, (label, str(info.value))
             assert str(info.value).startswith(f"line {line}: "), label
-        assert tree_hashes(tmp_path / "db") == before, label
+        assert dir_state(tmp_path / "db") == before, label
     (tmp_path / "d.sql").write_text(script)   # and the good one loads
     assert load_database(tmp_path / "db", tmp_path / "d.sql", io_method=io_method).rows == 4
 

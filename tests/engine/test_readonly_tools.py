@@ -7,7 +7,6 @@ runs through the installed ``slonik`` entry point in a subprocess."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -26,6 +25,7 @@ from slonik.wal.reader import WalReader
 
 from slonik import Database
 from tests.engine.dbutil import SMALL
+from tests.support.dirstate import dir_state
 
 SLONIK = os.path.join(os.path.dirname(sys.executable), "slonik")
 LOCK_FILE = "slonik.lock"
@@ -60,23 +60,6 @@ def slonik(*args, check_rc: int | None = None) -> subprocess.CompletedProcess:
     if check_rc is not None:
         assert proc.returncode == check_rc, (proc.returncode, proc.stdout, proc.stderr)
     return proc
-
-
-def snapshot(path) -> dict[str, tuple]:
-    """Every entry under ``path``: a file's size, mtime (ns) and SHA-256 of its bytes; a
-    directory's mtime (a file created and removed again changes it)."""
-    out = {".": ("dir", os.stat(path).st_mtime_ns)}
-    for root, dirs, files in os.walk(path):
-        for name in dirs:
-            p = os.path.join(root, name)
-            out[os.path.relpath(p, path)] = ("dir", os.stat(p).st_mtime_ns)
-        for name in files:
-            p = os.path.join(root, name)
-            st = os.stat(p)
-            with open(p, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            out[os.path.relpath(p, path)] = ("file", st.st_size, st.st_mtime_ns, digest)
-    return out
 
 
 @pytest.fixture
@@ -121,12 +104,12 @@ def test_read_only_tools_change_nothing_in_a_crashed_database(crashed, io_method
     records from that redo point to the end of valid WAL."""
     path, control = crashed
     redo = format_lsn(control.redo_lsn)
-    before = snapshot(path)
+    before = dir_state(path)
 
     proc = slonik("check", path, "--io-method", io_method, check_rc=1)
     assert f"recovery needed from {redo}" in proc.stdout
     assert "slonik check --recover" in proc.stdout
-    assert snapshot(path) == before
+    assert dir_state(path) == before
 
     report = json.loads(slonik("check", path, "--io-method", io_method, "--json",
                                check_rc=1).stdout)
@@ -134,19 +117,19 @@ def test_read_only_tools_change_nothing_in_a_crashed_database(crashed, io_method
     assert report["state"] == control.state.name and report["ok"] is False
     assert report["io_method"] == io_method and report["pages_checked"] > 0
     assert report["corrupt_blocks"] == []   # torn pages, if any, are repairable ones
-    assert snapshot(path) == before
+    assert dir_state(path) == before
 
     proc = slonik("controldata", path, check_rc=0)
     assert control.state.name in proc.stdout and redo in proc.stdout
     slonik("controldata", path, "--json", check_rc=0)
-    assert snapshot(path) == before
+    assert dir_state(path) == before
 
     proc = slonik("waldump", path, check_rc=0)
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"lsn: {redo}") and lines[-1].startswith("end of WAL at ")
     dump = json.loads(slonik("waldump", path, "--json", check_rc=0).stdout)
     assert dump["start_lsn"] == redo and dump["records_read"] == len(lines) - 1
-    assert snapshot(path) == before
+    assert dir_state(path) == before
     assert not (path / LOCK_FILE).exists()
 
 
@@ -157,9 +140,9 @@ def test_check_recover_then_check_again(crashed, io_method):
     proc = slonik("check", path, "--recover", "--io-method", io_method, check_rc=0)
     assert "no corrupt blocks found" in proc.stdout and "recovery needed" not in proc.stdout
     assert read_control(str(path)).state == DbState.SHUTDOWNED
-    before = snapshot(path)
+    before = dir_state(path)
     slonik("check", path, "--io-method", io_method, check_rc=0)
-    assert snapshot(path) == before
+    assert dir_state(path) == before
 
 
 def _whole_page_records(path, control) -> dict[tuple[int, int, int], int]:
@@ -203,7 +186,7 @@ def test_torn_pages_are_told_apart_from_corruption(crashed, io_method):
     torn_block = hot_blocks[0]
     _damage(path, hot, torn_block, torn=True)
     _damage(path, cold, 1, torn=False)
-    before = snapshot(path)
+    before = dir_state(path)
 
     report = json.loads(slonik("check", path, "--io-method", io_method, "--json",
                                check_rc=1).stdout)
@@ -213,7 +196,7 @@ def test_torn_pages_are_told_apart_from_corruption(crashed, io_method):
         [("hot", torn_block)]
     assert format_lsn(whole[(hot, 0, torn_block)]) in report["repairable_blocks"][0]["reason"]
     assert "may be repaired by recovery" in report["repairable_blocks"][0]["reason"]
-    assert snapshot(path) == before
+    assert dir_state(path) == before
 
     report = json.loads(slonik("check", path, "--recover", "--io-method", io_method, "--json",
                                check_rc=1).stdout)
@@ -236,7 +219,7 @@ def test_tools_on_a_database_open_in_another_process(tmp_path, io_method):
     path = tmp_path / "db"
     with Database.open(path, io_method=io_method, **SMALL) as db:
         db.kv("s")[b"k"] = b"v"
-        before = snapshot(path)
+        before = dir_state(path)
         proc = slonik("check", path, "--io-method", io_method, check_rc=1)
         assert proc.stderr.startswith("slonik check: database ")
         assert f"open in process {os.getpid()}" in proc.stderr
@@ -246,7 +229,7 @@ def test_tools_on_a_database_open_in_another_process(tmp_path, io_method):
             assert f"open in process {os.getpid()}" in proc.stderr
             assert proc.stdout
         assert "IN_PRODUCTION" in slonik("controldata", path).stdout
-        assert snapshot(path) == before
+        assert dir_state(path) == before
     slonik("check", path, "--io-method", io_method, check_rc=0)
 
 
@@ -257,11 +240,11 @@ def test_check_never_creates_a_lock_file(tmp_path, io_method):
     with Database.open(path, io_method=io_method, **SMALL) as db:
         db.kv("s")[b"k"] = b"v"
     os.unlink(path / LOCK_FILE)
-    before = snapshot(path)
+    before = dir_state(path)
     slonik("check", path, "--io-method", io_method, check_rc=0)
     slonik("controldata", path, check_rc=0)
     slonik("waldump", path, check_rc=0)
-    assert snapshot(path) == before
+    assert dir_state(path) == before
 
 
 def test_lock_holder_without_the_kernel_lock_table(tmp_path):

@@ -16,7 +16,6 @@ own scenario runs a real child process killed with SIGKILL.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -42,6 +41,7 @@ from slonik.wal.walpage import (
 )
 
 from slonik import Database
+from tests.support.dirstate import dir_state
 from tests.wal.writer_child import BATCH_KEYS, STORE_NAME, key_of, value_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,21 +59,6 @@ _built: dict[tuple[str, str], tuple[str, int]] = {}
 
 
 # --- the directory, before and after ----------------------------------------------------------
-
-def dir_state(path: str) -> dict[str, tuple]:
-    """Every directory and file under ``path``: kind, size, mtime and SHA-256 of the bytes."""
-    out: dict[str, tuple] = {}
-    for base, dirs, files in os.walk(path):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(base, name), path)] = ("dir",)
-        for name in files:
-            full = os.path.join(base, name)
-            st = os.stat(full)
-            with open(full, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
-            out[os.path.relpath(full, path)] = ("file", st.st_size, st.st_mtime_ns, digest)
-    return out
-
 
 def assert_refused_untouched(path: str, io_method: str, lsn: int,
                              error: type[WalError] = WalCorruptMiddleError) -> WalError:
