@@ -32,10 +32,11 @@ int slk_ring_fd(struct slk_ring *r);
 int slk_submit(struct slk_ring *r, int n, const int *op, const int *fd,
                const unsigned *slot, const int *iovcnt,
                const uint64_t *addr, const uint64_t *len,
-               const int64_t *offset, const uint64_t *user_data);
+               const int64_t *offset, const uint64_t *user_data,
+               const uint8_t *link, unsigned wait_nr);
 int slk_submit_one(struct slk_ring *r, int op, int fd, unsigned slot, int iovcnt,
                    const uint64_t *addr, const uint64_t *len,
-                   int64_t offset, uint64_t user_data);
+                   int64_t offset, uint64_t user_data, unsigned wait_nr);
 int slk_reap(struct slk_ring *r, int max, int min_wait,
              uint64_t *user_data_out, int32_t *res_out);
 """
@@ -58,6 +59,7 @@ struct slk_ring {
     unsigned entries;
     unsigned max_iov;
     struct iovec *iov;      /* entries * max_iov, indexed by handle slot */
+    int in_chain;           /* the last prepared SQE carries IOSQE_IO_LINK */
 };
 
 int slk_ring_create(unsigned entries, unsigned max_iov, struct slk_ring **out)
@@ -102,7 +104,7 @@ int slk_ring_fd(struct slk_ring *r)
 /* Prepare one SQE; the iovecs are copied into the slot's own area. */
 static int slk_prep(struct slk_ring *r, int op, int fd, unsigned slot, int iovcnt,
                     const uint64_t *addr, const uint64_t *len,
-                    int64_t offset, uint64_t user_data)
+                    int64_t offset, uint64_t user_data, int link)
 {
     struct io_uring_sqe *sqe;
     struct iovec *iov;
@@ -112,7 +114,12 @@ static int slk_prep(struct slk_ring *r, int op, int fd, unsigned slot, int iovcn
         return -EINVAL;
     sqe = io_uring_get_sqe(&r->ring);
     if (sqe == NULL) {
-        int rc = io_uring_submit(&r->ring);
+        int rc;
+        /* Submitting now would cut an open link chain in two: the rest would run
+         * unordered (a sync before its write). Refuse instead. */
+        if (r->in_chain)
+            return -EBUSY;
+        rc = io_uring_submit(&r->ring);
         if (rc < 0)
             return rc;
         sqe = io_uring_get_sqe(&r->ring);
@@ -143,33 +150,55 @@ static int slk_prep(struct slk_ring *r, int op, int fd, unsigned slot, int iovcn
         return -EINVAL;
     }
     io_uring_sqe_set_data64(sqe, user_data);
+    if (link)
+        sqe->flags |= IOSQE_IO_LINK;
+    r->in_chain = link;
     return 0;
 }
 
+/* Submit everything prepared; with wait_nr > 0 also wait for that many completions in
+ * the same io_uring_enter (io_uring_submit_and_wait), so the caller reaps them from the
+ * completion ring without a second system call. */
+static int slk_enter(struct slk_ring *r, unsigned wait_nr)
+{
+    int rc;
+
+    r->in_chain = 0;
+    do {
+        rc = wait_nr ? io_uring_submit_and_wait(&r->ring, wait_nr)
+                     : io_uring_submit(&r->ring);
+    } while (rc == -EINTR || rc == -EAGAIN);
+    return rc;
+}
+
 /* Prepare n requests from parallel arrays and submit them with one io_uring_enter.
- * The iovecs of request i are addr/len[sum(iovcnt[0..i-1]) ...]. Returns the number of
+ * The iovecs of request i are addr/len[sum(iovcnt[0..i-1]) ...]. link[i] != 0 links
+ * request i to request i + 1 (IOSQE_IO_LINK: i + 1 starts only after i completed in
+ * full; a failure or a short transfer of i completes i + 1 with -ECANCELED); the last
+ * request's link is ignored, so a chain never outlives the submission. wait_nr > 0 also
+ * waits for that many completions in the same system call. Returns the number of
  * requests the kernel accepted, or -errno. */
 int slk_submit(struct slk_ring *r, int n, const int *op, const int *fd,
                const unsigned *slot, const int *iovcnt,
                const uint64_t *addr, const uint64_t *len,
-               const int64_t *offset, const uint64_t *user_data)
+               const int64_t *offset, const uint64_t *user_data,
+               const uint8_t *link, unsigned wait_nr)
 {
     int i, rc;
     size_t at = 0;
 
     for (i = 0; i < n; i++) {
         rc = slk_prep(r, op[i], fd[i], slot[i], iovcnt[i], addr + at, len + at,
-                      offset[i], user_data[i]);
+                      offset[i], user_data[i], link[i] && i + 1 < n);
         if (rc < 0)
             return rc;
         at += (size_t)iovcnt[i];
     }
     while (1) {
-        rc = io_uring_submit(&r->ring);
-        if (rc == -EINTR || rc == -EAGAIN)
-            continue;
+        rc = slk_enter(r, wait_nr);
         if (rc < 0)
             return rc;
+        wait_nr = 0;
         if (io_uring_sq_ready(&r->ring) == 0)
             return n;
         if (rc == 0)
@@ -179,14 +208,12 @@ int slk_submit(struct slk_ring *r, int n, const int *op, const int *fd,
 
 int slk_submit_one(struct slk_ring *r, int op, int fd, unsigned slot, int iovcnt,
                    const uint64_t *addr, const uint64_t *len,
-                   int64_t offset, uint64_t user_data)
+                   int64_t offset, uint64_t user_data, unsigned wait_nr)
 {
-    int rc = slk_prep(r, op, fd, slot, iovcnt, addr, len, offset, user_data);
+    int rc = slk_prep(r, op, fd, slot, iovcnt, addr, len, offset, user_data, 0);
     if (rc < 0)
         return rc;
-    do {
-        rc = io_uring_submit(&r->ring);
-    } while (rc == -EINTR || rc == -EAGAIN);
+    rc = slk_enter(r, wait_nr);
     return rc < 0 ? rc : 1;
 }
 

@@ -260,6 +260,14 @@ class Aio:
     def submit_staged(self) -> None:
         self._submit_staged(self._context())
 
+    def can_submit_together(self, n: int) -> bool:
+        """Whether ``n`` more I/Os started by this thread inside one ``batch()`` reach the
+        method in one submission: that many handles are idle (acquire would not submit
+        early to free one) and the staged list has room for them (rule 3). A linked chain
+        (``HandleFlag.LINK_NEXT``) is only correct when this holds."""
+        ctx = self._context()
+        return len(ctx.idle) >= n and len(ctx.staged) + n <= SUBMIT_BATCH_SIZE
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Defer submission of this thread's I/O until the outermost batch exits."""

@@ -65,6 +65,11 @@ class IoOp(IntEnum):
 class HandleFlag(IntEnum):
     SYNCHRONOUS = 1  # the issuer waits at once: execute inline, skip the dispatch cost
     BUFFERED = 2     # goes through the page cache (not O_DIRECT); informational
+    # Only where the method links submissions (IoMethod.links_submissions): the next I/O
+    # of the same submission starts after this one completed in full, and is cancelled
+    # (-ECANCELED) if this one failed or came back short.
+    LINK_NEXT = 4
+    ISSUER_WAITS = 8  # the issuer waits right after submitting: submit and wait in one call
 
 
 class ResultStatus(IntEnum):

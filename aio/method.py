@@ -61,6 +61,9 @@ class IoMethod:
     # True when the method finishes every submitted I/O on its own (workers, inline);
     # False when a waiter must drive completion through wait_one (io_uring).
     completes_without_waiters = True
+    # True when a submission honours HandleFlag.LINK_NEXT (io_uring's IOSQE_IO_LINK) and
+    # HandleFlag.ISSUER_WAITS; elsewhere both flags are ignored.
+    links_submissions = False
 
     def attach(self, aio: Any, complete: Callable[[Handle, int], None]) -> None:
         """Called once; ``complete(handle, raw_result)`` runs the shared completion."""

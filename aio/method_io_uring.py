@@ -14,7 +14,7 @@ import threading
 import weakref
 
 from slonik.aio.errors import IoMethodUnavailable
-from slonik.aio.handle import Handle, HandleState
+from slonik.aio.handle import Handle, HandleFlag, HandleState
 from slonik.aio.method import SUBMIT_BATCH_SIZE, IoMethod, IssuerContext
 
 try:
@@ -39,6 +39,9 @@ MAX_IOV_PER_IO = 128  # io_combine_limit's upper bound (1 MiB of 8 KiB blocks); 
 # submitted batch at once, and draining all 32 before returning left it idle (random 8 KiB
 # reads at depth 32 from one thread: ~44k IOPS draining up to 64, ~57k by 8, ~59k by 4).
 REAP_BATCH = 4
+
+_LINK_NEXT = HandleFlag.LINK_NEXT
+_ISSUER_WAITS = HandleFlag.ISSUER_WAITS
 
 _rings: weakref.WeakSet = weakref.WeakSet()
 
@@ -86,6 +89,7 @@ class Ring:
         self.iovcnt = _ffi.new("int[]", n)
         self.offset = _ffi.new("int64_t[]", n)
         self.user_data = _ffi.new("uint64_t[]", n)
+        self.link = _ffi.new("uint8_t[]", n)
         self.addr = _ffi.new("uint64_t[]", n * MAX_IOV_PER_IO)
         self.len = _ffi.new("uint64_t[]", n * MAX_IOV_PER_IO)
         self.reap_max = min(REAP_BATCH, 2 * entries)
@@ -103,6 +107,7 @@ class IoUringMethod(IoMethod):
     name = "io_uring"
     wait_on_fd_before_close = True
     completes_without_waiters = False
+    links_submissions = True
 
     def __init__(self) -> None:
         ok, reason = io_uring_available()
@@ -143,14 +148,20 @@ class IoUringMethod(IoMethod):
                 length[k] = len(b)
                 k += 1
             rc = _lib.slk_submit_one(ring.ptr, h.op, h.fd, h.index - base, k, addr, length,
-                                     h.offset, h.index | (h.generation << _GENERATION_SHIFT))
+                                     h.offset, h.index | (h.generation << _GENERATION_SHIFT),
+                                     1 if h.flags & _ISSUER_WAITS else 0)
             if rc < 0:
                 self._submit_failed(ring, handles, rc)
             return
         op, fd, slot, iovcnt = ring.op, ring.fd, ring.slot, ring.iovcnt
-        offset, user_data = ring.offset, ring.user_data
+        offset, user_data, link = ring.offset, ring.user_data, ring.link
         k = 0
+        wait_nr = 0
         for i, h in enumerate(handles):
+            flags = h.flags
+            link[i] = 1 if flags & _LINK_NEXT else 0
+            if flags & _ISSUER_WAITS:
+                wait_nr += 1
             op[i] = h.op
             fd[i] = h.fd
             slot[i] = h.index - base
@@ -161,8 +172,10 @@ class IoUringMethod(IoMethod):
                 addr[k] = int(cast("uintptr_t", from_buffer(b)))
                 length[k] = len(b)
                 k += 1
+        # Linked I/Os (a WAL write and its fdatasync) reach the kernel in this one
+        # io_uring_enter, which also waits for the ones the issuer waits for at once.
         rc = _lib.slk_submit(ring.ptr, len(handles), op, fd, slot, iovcnt, addr, length,
-                             offset, user_data)
+                             offset, user_data, link, wait_nr)
         if rc < 0:
             self._submit_failed(ring, handles, rc)
 

@@ -56,6 +56,7 @@ class FaultInjectingMethod(IoMethod):
         self.name = inner.name
         self.wait_on_fd_before_close = inner.wait_on_fd_before_close
         self.completes_without_waiters = inner.completes_without_waiters
+        self.links_submissions = inner.links_submissions
         self.rules: list[FaultRule] = []
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
