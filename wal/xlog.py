@@ -104,6 +104,7 @@ class WalStats:
     segments_recycled: int
     sync_ns: int            # time spent writing and syncing
     pages_stamped: int = 0  # page headers stamped with the previous flush's end
+    linked_flushes: int = 0  # flushes sent as one linked submission (io_uring)
 
 
 def _check_wal_buffers(pages: object) -> int:
@@ -154,6 +155,7 @@ class Wal:
         self._write_bytes = self._syncs = self._full_flushes = 0
         self._created = self._recycled = self._sync_ns = 0
         self._stamped = 0                  # page headers stamped by flushes
+        self._linked = 0                   # flushes sent as one linked submission
         self._last_seg = self._cur // self.wal_segment_size
         if start_lsn % WAL_PAGE_SIZE:
             self._load_partial_page(start_lsn)
@@ -368,6 +370,7 @@ class Wal:
                 self._write_bytes += sum(len(v) for v in views)
             if linked:
                 self._start_syncs(sync_segnos, issued, linked=True)
+                self._linked += 1
         if not linked:
             self._wait_all(issued)
             issued = []
@@ -531,7 +534,7 @@ class Wal:
                         self._record_bytes, self._fpis, self._flush_requests, self._flushes,
                         self._joins, self._writes, self._write_bytes, self._syncs,
                         self._full_flushes, self._created, self._recycled, self._sync_ns,
-                        self._stamped)
+                        self._stamped, self._linked)
 
 
 def _disk_full(exc: BaseException) -> bool:

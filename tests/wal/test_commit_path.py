@@ -1,0 +1,171 @@
+"""The durable-commit path of the WAL (wal/xlog.py) on every io method: how a flush reaches
+the kernel, and what a failed or short write in it means.
+
+A real small tmpfs (mounted here, root only) gives a real full disk: no fault injection
+where the kernel can produce the failure itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+import pytest
+from slonik.aio.errors import DiskFullError, IOFailure
+from slonik.aio.handle import AioReturn, HandleFlag, IoOp
+from slonik.aio.ids import TargetId
+from slonik.wal.errors import WalDiskFullError, WalError
+from slonik.wal.reader import WalReader
+from slonik.wal.walpage import PAGE_HEADER_SIZE, segment_file_name
+from slonik.wal.xlog import Wal
+
+from tests.support.method_faulty import FaultRule
+
+SEG = 64 * 1024
+FIRST = SEG + PAGE_HEADER_SIZE
+TMPFS_BYTES = 512 * 1024
+FREE_BYTES = 16 * 1024            # room left on the tmpfs when the short write is issued
+RECORD_PAYLOAD = b"r" * 1000
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 512 KiB tmpfs, unmounted afterwards; skipped where mounting is not allowed."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs",
+                           str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill_leaving(fs: str, free: int) -> None:
+    """Fill ``fs`` to ENOSPC with a file, then give back exactly ``free`` bytes."""
+    path = os.path.join(fs, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        chunk = b"f" * 4096
+        while True:
+            try:
+                if os.write(fd, chunk) < len(chunk):
+                    break
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        os.ftruncate(fd, os.fstat(fd).st_size // 4096 * 4096 - free)
+    finally:
+        os.close(fd)
+
+
+def sparse_segment(wal_dir: str, segno: int) -> None:
+    """A segment file that exists at full length but holds no blocks (so writing into it
+    needs space: what a file system without preallocation would do)."""
+    fd = os.open(os.path.join(wal_dir, segment_file_name(segno)), os.O_RDWR | os.O_CREAT,
+                 0o600)
+    try:
+        os.ftruncate(fd, SEG)
+    finally:
+        os.close(fd)
+
+
+def test_flush_goes_to_the_kernel_as_one_linked_submission_on_io_uring(aio, tmp_path):
+    """Where the method links submissions (io_uring) every commit's flush is one linked
+    write+fdatasync chain (counted in ``linked_flushes``); elsewhere none is, and the syncs
+    still happen. Checked by committing 50 records one by one and reading them back."""
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    for i in range(50):
+        _s, e = w.insert(10, 0, i + 1, b"c" * 300)
+        w.flush(e)
+    st = w.stats()
+    w.close()
+    assert st.flushes == 50 and st.syncs == 50
+    if aio.method.links_submissions:
+        assert st.linked_flushes == st.flushes
+    else:
+        assert st.linked_flushes == 0
+    got = list(WalReader(str(tmp_path), SEG, FIRST))
+    assert [rr.record.xid for rr in got] == list(range(1, 51))
+
+
+def test_linked_write_that_comes_back_short_cancels_its_sync(aio, small_fs):
+    """A write linked to an fdatasync that ends short on a really full tmpfs: the write is
+    reported as a full disk (DiskFullError naming the bytes written); on io_uring the
+    kernel cancels the linked sync (ECANCELED), elsewhere the flags are ignored and the
+    sync runs. Checked through the AIO layer's returns."""
+    path = os.path.join(small_fs, "data")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fill_leaving(small_fs, FREE_BYTES)
+        buf = bytearray(b"w" * (4 * FREE_BYTES))
+        wret, sret = AioReturn(), AioReturn()
+        with aio.batch():
+            h = aio.acquire(wret)
+            h.set_target(TargetId.WAL, (path, os.O_RDWR, 0))
+            h.set_flag(HandleFlag.LINK_NEXT | HandleFlag.ISSUER_WAITS)
+            wref = h.wait_ref()
+            h.start_writev(fd, [memoryview(buf)], 0)
+            h = aio.acquire(sret)
+            h.set_target(TargetId.WAL, (path, os.O_RDWR, 0))
+            h.set_flag(HandleFlag.ISSUER_WAITS)
+            sref = h.wait_ref()
+            h.start_fsync(fd, datasync=True)
+        aio.wait(wref)
+        aio.wait(sref)
+        with pytest.raises(DiskFullError, match=f"wrote only {FREE_BYTES} of {len(buf)}"):
+            wret.raise_if_failed()
+        if aio.method.links_submissions:
+            with pytest.raises(IOFailure) as info:
+                sret.raise_if_failed()
+            assert info.value.errno == errno.ECANCELED
+        else:
+            sret.raise_if_failed()
+    finally:
+        aio.closing_fd(fd)
+        os.close(fd)
+
+
+def test_short_wal_write_is_a_full_disk_and_fatal(aio, small_fs):
+    """A flush whose write comes back short (a real full tmpfs under a WAL segment without
+    preallocated blocks) raises WalDiskFullError naming the short write — never success,
+    never the cancelled sync — and the Wal refuses everything after it."""
+    sparse_segment(small_fs, 1)
+    fill_leaving(small_fs, FREE_BYTES)
+    w = Wal(small_fs, aio, wal_segment_size=SEG, wal_buffers=64)
+    end = 0
+    while end < SEG + 5 * FREE_BYTES // 2:  # several pages more than the free room
+        _s, end = w.insert(10, 0, 1, RECORD_PAYLOAD)
+    with pytest.raises(WalDiskFullError) as info:
+        w.flush(end)
+    assert isinstance(info.value, WalError) and isinstance(info.value, DiskFullError)
+    assert "wrote only" in str(info.value.__cause__)
+    assert w.failed and w.flush_lsn < end
+    with pytest.raises(WalError, match="unusable"):
+        w.insert(10, 0, 2, b"after")
+    w.close()
+
+
+def test_failed_linked_sync_is_fatal_and_never_retried(faulty_aio, tmp_path):
+    """An fdatasync that fails inside the linked flush (EIO injected at its completion,
+    after the real I/O) is fatal: the flush raises WalError, not a full disk, the Wal stays
+    failed, and exactly one sync was attempted however often flush is called again."""
+    aio, method = faulty_aio
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    _s, e = w.insert(10, 0, 1, b"ok")
+    w.flush(e)
+    rule = method.add(FaultRule("syncfail", op=IoOp.FDATASYNC, errno=errno.EIO, times=None))
+    _s, e = w.insert(10, 0, 2, b"lost")
+    with pytest.raises(WalError, match="crash recovery") as info:
+        w.flush(e)
+    assert not isinstance(info.value, DiskFullError)
+    for _ in range(3):
+        with pytest.raises(WalError, match="unusable"):
+            w.flush(e)
+    assert rule.fired == 1 and w.failed
+    if aio.method.links_submissions:
+        assert w.stats().linked_flushes == 2
+    w.close()
