@@ -24,7 +24,13 @@ Invariants:
    flush that failed raises WalDiskFullError (a WalError and a DiskFullError) when the disk
    was full (ENOSPC, or a write that made no progress), WalError otherwise.
 4. New segment files are zero-filled and their directory synced before WAL is written
-   into them; old segments are recycled by renaming them to future names.
+   into them; old segments are recycled by renaming them to future names. So a WAL
+   fdatasync never has to change file metadata. ``prepare_segments`` (the WAL writer
+   thread calls it every round) makes the ``WAL_SEGMENTS_PREPARED_AHEAD`` segments after
+   the insert position ready off the commit path; a flush that reaches a segment that is
+   not ready yet creates it inline (bounded: one segment's zero-fill and a directory
+   fsync), counted in ``segments_created_inline``. Segment files are created, recycled and
+   renamed only under ``_segment_lock`` (taken after ``_flush_lock`` where both are held).
 5. The flush stamp (walpage invariant 4): a flush stamps every page it writes with
    ``flush_lsn`` as it was when the flush began — the durable end of the previous flush —
    just before writing it. Everything below a stamp found on disk was therefore durable;
@@ -70,6 +76,7 @@ WAL_BUFFERS_DEFAULT_PAGES = 512      # 4 MiB: PostgreSQL's 1/32 of the default s
 ZERO_FILL_CHUNK_BYTES = 1 << 20      # segment pre-allocation writes this much per call
 RECYCLED_SEGMENTS_MAX = 4            # spare segments kept for reuse instead of unlinking
 ERROR_CHAIN_MAX_LINKS = 8            # causes looked through for ENOSPC (they nest 2-3 deep)
+WAL_SEGMENTS_PREPARED_AHEAD = 1      # segments kept ready after the one being inserted into
 
 
 @dataclass
@@ -105,6 +112,8 @@ class WalStats:
     sync_ns: int            # time spent writing and syncing
     pages_stamped: int = 0  # page headers stamped with the previous flush's end
     linked_flushes: int = 0  # flushes sent as one linked submission (io_uring)
+    segments_prepared: int = 0        # segments made ready ahead, off the commit path
+    segments_created_inline: int = 0  # segments a flush had to create itself
 
 
 def _check_wal_buffers(pages: object) -> int:
@@ -156,6 +165,9 @@ class Wal:
         self._created = self._recycled = self._sync_ns = 0
         self._stamped = 0                  # page headers stamped by flushes
         self._linked = 0                   # flushes sent as one linked submission
+        self._segment_lock = threading.Lock()  # creating, recycling, renaming segment files
+        self._prepared = self._inline = 0
+        self._ready_through = 0            # segments up to here are known to exist
         self._last_seg = self._cur // self.wal_segment_size
         if start_lsn % WAL_PAGE_SIZE:
             self._load_partial_page(start_lsn)
@@ -423,8 +435,11 @@ class Wal:
         if fd is not None:
             return fd
         path = self._segment_path(segno)
-        if not osfile.exists(path):
-            self._create_segment(segno)
+        if segno > self._ready_through and not osfile.exists(path):
+            with self._segment_lock:
+                if not osfile.exists(path):   # (prepare_segments may have just made it)
+                    self._create_segment(segno, max(segno, self._ready_through))
+                    self._inline += 1
         fd = osfile.open(path, self._flags)
         self._fds[segno] = fd
         return fd
@@ -434,10 +449,12 @@ class Wal:
         self.aio.closing_fd(fd)
         osfile.close(fd)
 
-    def _create_segment(self, segno: int) -> None:
-        """A new segment: recycle a spare old one if there is one, else zero-fill a file."""
+    def _create_segment(self, segno: int, keep_through: int) -> None:
+        """A new segment: recycle a spare old one if there is one, else zero-fill a file.
+        Segments up to ``keep_through`` are in use or prepared, never spares. Caller holds
+        ``_segment_lock``."""
         path = self._segment_path(segno)
-        spare = self._spare_segment(segno)
+        spare = self._spare_segment(keep_through)
         if spare is not None:
             osfile.rename(spare, path)
         else:
@@ -460,8 +477,29 @@ class Wal:
         osfile.fsync_directory(self.wal_dir)
         self.aio.forget_files()
 
+    def prepare_segments(self) -> int:
+        """Make the ``WAL_SEGMENTS_PREPARED_AHEAD`` segments after the insert position ready
+        (recycled or zero-filled, directory synced), so commits never create one. Called
+        off the commit path (the WAL writer thread); cheap when they are ready. Returns how
+        many were made."""
+        if self._failed is not None or self._closed:
+            return 0
+        current = self._cur // self.wal_segment_size
+        want = current + WAL_SEGMENTS_PREPARED_AHEAD
+        if self._ready_through >= want:
+            return 0
+        made = 0
+        with self._segment_lock:
+            for segno in range(current, want + 1):
+                if not osfile.exists(self._segment_path(segno)):
+                    self._create_segment(segno, max(want, self._ready_through))
+                    made += 1
+            self._ready_through = max(self._ready_through, want)
+        self._prepared += made
+        return made
+
     def _spare_segment(self, segno: int) -> str | None:
-        """A recycled segment file (named beyond the current end) that may be reused."""
+        """A recycled segment file (named beyond ``segno``) that may be reused."""
         for name in sorted(osfile.listdir(self.wal_dir)):
             n = parse_segment_file_name(name)
             if n is not None and n > segno and n not in self._fds:
@@ -476,7 +514,7 @@ class Wal:
         """Recycle or remove segment files wholly before ``lsn`` (the redo point of the last
         completed checkpoint). Returns how many were dealt with."""
         keep_from = lsn // self.wal_segment_size
-        with self._flush_lock:
+        with self._flush_lock, self._segment_lock:
             current = self._cur // self.wal_segment_size
             segs = self.segments()
             old = [s for s in segs if s < keep_from and s not in self._fds]
@@ -534,7 +572,7 @@ class Wal:
                         self._record_bytes, self._fpis, self._flush_requests, self._flushes,
                         self._joins, self._writes, self._write_bytes, self._syncs,
                         self._full_flushes, self._created, self._recycled, self._sync_ns,
-                        self._stamped, self._linked)
+                        self._stamped, self._linked, self._prepared, self._inline)
 
 
 def _disk_full(exc: BaseException) -> bool:

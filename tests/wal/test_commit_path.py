@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 
 import pytest
 from slonik.aio.errors import DiskFullError, IOFailure
@@ -18,7 +19,8 @@ from slonik.aio.ids import TargetId
 from slonik.wal.errors import WalDiskFullError, WalError
 from slonik.wal.reader import WalReader
 from slonik.wal.walpage import PAGE_HEADER_SIZE, segment_file_name
-from slonik.wal.xlog import Wal
+from slonik.wal.walwriter import WalWriter
+from slonik.wal.xlog import WAL_SEGMENTS_PREPARED_AHEAD, Wal
 
 from tests.support.method_faulty import FaultRule
 
@@ -27,6 +29,7 @@ FIRST = SEG + PAGE_HEADER_SIZE
 TMPFS_BYTES = 512 * 1024
 FREE_BYTES = 16 * 1024            # room left on the tmpfs when the short write is issued
 RECORD_PAYLOAD = b"r" * 1000
+PREPARE_WAIT_MAX_S = 30           # bound on waiting for the WAL writer's round
 
 
 @pytest.fixture
@@ -169,3 +172,72 @@ def test_failed_linked_sync_is_fatal_and_never_retried(faulty_aio, tmp_path):
     if aio.method.links_submissions:
         assert w.stats().linked_flushes == 2
     w.close()
+
+
+def fill_segment(w: Wal, segno: int) -> int:
+    """Insert and flush 1 KiB records until the insert position is inside ``segno``."""
+    end = 0
+    while end < segno * SEG + PAGE_HEADER_SIZE:
+        _s, end = w.insert(10, 0, 1, RECORD_PAYLOAD)
+        w.flush(end)
+    return end
+
+
+def test_prepared_segments_exist_ahead_and_commits_never_create_one(aio, tmp_path):
+    """With ``prepare_segments`` called between commits (as the WAL writer does every
+    round) the segment after the insert position always exists, zero-filled to full
+    length, and no flush creates a segment itself (segments_created_inline stays 0)
+    across four segment switches. Without it, flushes do create them inline: the counter
+    can fail."""
+    d = str(tmp_path / "prepared")
+    os.mkdir(d)
+    w = Wal(d, aio, wal_segment_size=SEG)
+    assert w.prepare_segments() == 1 + WAL_SEGMENTS_PREPARED_AHEAD
+    for segno in range(2, 6):
+        nxt = os.path.join(d, segment_file_name(segno))
+        assert os.path.getsize(nxt) == SEG
+        with open(nxt, "rb") as f:
+            assert f.read() == bytes(SEG)
+        fill_segment(w, segno)
+        w.prepare_segments()
+        assert os.path.exists(os.path.join(d, segment_file_name(segno + 1)))
+    st = w.stats()
+    w.close()
+    assert st.segments_created_inline == 0 and st.segments_prepared >= 5
+    assert len(list(WalReader(d, SEG, FIRST))) == st.records
+
+    d2 = str(tmp_path / "inline")
+    os.mkdir(d2)
+    w = Wal(d2, aio, wal_segment_size=SEG)
+    fill_segment(w, 3)
+    st = w.stats()
+    w.close()
+    assert st.segments_created_inline == 3 and st.segments_prepared == 0
+
+
+def test_wal_writer_prepares_the_next_segment(aio, tmp_path):
+    """The WAL writer thread prepares the segment after the insert position without any
+    commit asking: after inserts reach segment 3, segment 4 appears (waited for with a
+    generous bound, no timing asserted), and the commits that then cross into it create
+    no segment (the inline counter does not move)."""
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    writer = WalWriter(w, wal_writer_delay_ms=1)
+    writer.start()
+    try:
+        end = 0
+        while end < 3 * SEG + PAGE_HEADER_SIZE:
+            _s, end = w.insert(10, 0, 1, RECORD_PAYLOAD)
+        w.flush(end)
+        nxt = os.path.join(str(tmp_path), segment_file_name(4))
+        deadline = time.monotonic() + PREPARE_WAIT_MAX_S
+        while not os.path.exists(nxt) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.path.exists(nxt) and os.path.getsize(nxt) == SEG
+        inline_before = w.stats().segments_created_inline
+        fill_segment(w, 4)
+        assert w.stats().segments_created_inline == inline_before
+    finally:
+        writer.stop()
+    wst = writer.stats()
+    w.close()
+    assert wst.segments_prepared >= 1 and wst.prepare_error == ""
