@@ -28,7 +28,13 @@ from slonik.wal.checkpoint import (
     CheckpointData,
     encode_checkpoint,
 )
-from slonik.wal.control import ControlData, DbState, write_control
+from slonik.wal.control import (
+    ControlData,
+    DbState,
+    install_control,
+    stage_control,
+    write_control,
+)
 from slonik.wal.errors import WalError
 from slonik.wal.rmgr import RM_XLOG
 from slonik.wal.xlog import Wal
@@ -104,14 +110,24 @@ class Checkpointer:
                 info = XLOG_CHECKPOINT_SHUTDOWN if shutdown else XLOG_CHECKPOINT_ONLINE
                 start, end = self.wal.insert(RM_XLOG, info, 0, encode_checkpoint(cp))
                 self.wal.flush(end)
-                self.control = replace(
-                    self.control, state=DbState.SHUTDOWNED if shutdown else DbState.IN_PRODUCTION,
-                    checkpoint_lsn=start, redo_lsn=redo, next_xid=next_xid,
-                    next_relfilenumber=next_rel, time=cp.time)
-                write_control(self.data_dir, self.control)
             except (WalError, IOFailure) as exc:
                 self._fail(exc)
                 raise
+            control = replace(
+                self.control, state=DbState.SHUTDOWNED if shutdown else DbState.IN_PRODUCTION,
+                checkpoint_lsn=start, redo_lsn=redo, next_xid=next_xid,
+                next_relfilenumber=next_rel, time=cp.time)
+            # Staging the new control file touches only its temp file: if that fails (a full
+            # disk), the old control file still names the previous checkpoint, whose redo
+            # point's WAL is all kept, so this checkpoint simply did not happen — an error
+            # for its caller, not a fatal one. Installing it (rename) is past that point.
+            stage_control(self.data_dir, control)
+            try:
+                install_control(self.data_dir)
+            except IOFailure as exc:
+                self._fail(exc)
+                raise
+            self.control = control
             self._last_redo = redo
             self._last_lsn = start
             self._last_end = self.wal.insert_lsn

@@ -223,33 +223,55 @@ def read_control(data_dir: str) -> ControlData:
 
 
 def write_control(data_dir: str, c: ControlData) -> None:
-    """Replace ``data_dir/slonik_control`` with ``c`` atomically: write a temp file, fsync
-    it, rename it over the old one, fsync the directory. An OS failure is ``IOFailure``
-    (``DiskFullError`` for ENOSPC or no progress); the old file is then still in place."""
+    """Replace ``data_dir/slonik_control`` with ``c`` atomically: ``stage_control`` (write a
+    temp file and fsync it) then ``install_control`` (rename it over the old one, fsync the
+    directory). An OS failure is ``IOFailure`` (``DiskFullError`` for ENOSPC or no
+    progress); a failure while staging leaves the old file in place, untouched."""
+    stage_control(data_dir, c)
+    install_control(data_dir)
+
+
+def stage_control(data_dir: str, c: ControlData) -> None:
+    """Write ``c`` to the control file's temp file and fsync it. The control file itself
+    is not touched: when this raises, the database's state on disk is what it was, and the
+    temp file is removed again where the OS lets us (a full disk gets its block back)."""
     data = encode_control(c)
-    path = control_path(data_dir)
-    temp = path + _TEMP_SUFFIX
+    temp = control_path(data_dir) + _TEMP_SUFFIX
     try:
         fd = osfile.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as e:
         raise _io_error(e, f"could not create {temp}") from e
     try:
-        done = 0
-        while done < CONTROL_FILE_SIZE:
-            try:
-                n = osfile.pwritev(fd, [memoryview(data)[done:]], done)
-            except OSError as e:
-                raise _io_error(e, f"could not write {temp}") from e
-            if n <= 0:
-                raise DiskFullError(f"could not write {temp}: wrote only {done} of "
-                                    f"{CONTROL_FILE_SIZE} bytes")
-            done += n
         try:
-            osfile.fsync(fd)
+            done = 0
+            while done < CONTROL_FILE_SIZE:
+                try:
+                    n = osfile.pwritev(fd, [memoryview(data)[done:]], done)
+                except OSError as e:
+                    raise _io_error(e, f"could not write {temp}") from e
+                if n <= 0:
+                    raise DiskFullError(f"could not write {temp}: wrote only {done} of "
+                                        f"{CONTROL_FILE_SIZE} bytes")
+                done += n
+            try:
+                osfile.fsync(fd)
+            except OSError as e:
+                raise _io_error(e, f"could not fsync {temp}") from e
+        finally:
+            osfile.close(fd)
+    except IOFailure as failure:
+        try:
+            osfile.unlink(temp)
         except OSError as e:
-            raise _io_error(e, f"could not fsync {temp}") from e
-    finally:
-        osfile.close(fd)
+            failure.add_note(f"the temp file {temp} could not be removed either: {e}")
+        raise
+
+
+def install_control(data_dir: str) -> None:
+    """Rename the staged temp file over the control file and fsync the directory. A failure
+    here may leave either file in place: the caller must treat it as fatal."""
+    path = control_path(data_dir)
+    temp = path + _TEMP_SUFFIX
     try:
         osfile.rename(temp, path)
     except OSError as e:

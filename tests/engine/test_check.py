@@ -26,7 +26,8 @@ from slonik.storage.page import (
 )
 
 from slonik import DataCorruptionError, NotADatabaseError
-from tests.engine.dbutil import SMALL, open_db, tree_snapshot
+from tests.engine.dbutil import SMALL, open_db
+from tests.support.dirstate import dir_state
 
 SEGMENT_BLOCKS = SMALL["segment_size"]
 MAIN = 0
@@ -262,10 +263,10 @@ def test_check_refuses_a_directory_that_is_not_a_database(tmp_path):
     d = tmp_path / "x"
     d.mkdir()
     (d / "notes.txt").write_text("hello")
-    before = tree_snapshot(d)
+    before = dir_state(d)
     with pytest.raises(NotADatabaseError):
         check_database(d)
     with pytest.raises(NotADatabaseError):
         check_database(tmp_path / "missing")
-    assert tree_snapshot(d) == before
+    assert dir_state(d) == before
     assert not (tmp_path / "missing").exists()

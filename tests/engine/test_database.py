@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 from slonik.aio import osfile
+from slonik.wal.control import CONTROL_FILE_NAME, read_control
 
 from slonik import (
     ConflictError,
@@ -17,11 +18,13 @@ from slonik import (
     DatabaseClosedError,
     DatabaseLockedError,
     DataCorruptionError,
+    DiskFullError,
     NotADatabaseError,
     SlonikError,
     WalError,
 )
-from tests.engine.dbutil import open_db, tree_snapshot
+from tests.engine.dbutil import open_db
+from tests.support.dirstate import dir_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -130,10 +133,10 @@ def test_not_a_database_is_left_alone(tmp_path, io_method):
     path.mkdir()
     (path / "todo.txt").write_text("buy milk")
     (path / "sub").mkdir()
-    before = tree_snapshot(path)
+    before = dir_state(path)
     with pytest.raises(NotADatabaseError, match="not a Slonik database"):
         open_db(path, io_method)
-    assert tree_snapshot(path) == before
+    assert dir_state(path) == before
     file_path = tmp_path / "plain"
     file_path.write_bytes(b"x")
     with pytest.raises(NotADatabaseError, match="not a directory"):
@@ -315,3 +318,53 @@ def test_io_direct(tmp_path, io_method):
         db.kv("x").update({b"%d" % i: b"v" * 100 for i in range(500)})
     with open_db(path, io_method, io_direct="data,wal") as db:
         assert len(db.kv("x")) == 500
+
+
+class _ControlFileDiskFull(osfile.OsLayer):
+    """Every write to the control file's temp file finds the disk full."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temp_fds: set[int] = set()
+        self.refused = 0
+
+    def open(self, path, flags, mode=0o644):
+        fd = super().open(path, flags, mode)
+        if path.endswith(CONTROL_FILE_NAME + ".tmp"):
+            self.temp_fds.add(fd)
+        return fd
+
+    def close(self, fd):
+        self.temp_fds.discard(fd)
+        super().close(fd)
+
+    def pwritev(self, fd, buffers, offset):
+        if fd in self.temp_fds:
+            self.refused += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().pwritev(fd, buffers, offset)
+
+
+def test_a_full_disk_while_staging_the_control_file_fails_only_that_checkpoint(
+        tmp_path, io_method):
+    """The control file is replaced by staging a temp file and renaming it. When staging
+    hits a full disk the old control file is untouched and names the previous checkpoint
+    (whose WAL is all kept), so the checkpoint raises DiskFullError and the database goes
+    on: writes commit, the next checkpoint succeeds once space is back, and a reopen sees
+    everything. (It used to be treated as fatal, stopping the database.)"""
+    path = str(tmp_path / "db")
+    with Database.open(path, io_method=io_method, checkpoint_timeout=3600) as db:
+        kv = db.kv("s")
+        kv[b"before"] = b"1"
+        db.checkpoint()
+        control_before = read_control(path)
+        layer = _ControlFileDiskFull()
+        with osfile.installed(layer), pytest.raises(DiskFullError) as info:
+            db.checkpoint()
+        assert layer.refused == 1 and "slonik_control.tmp" in str(info.value)
+        assert read_control(path) == control_before
+        assert not os.path.exists(os.path.join(path, CONTROL_FILE_NAME + ".tmp"))
+        kv[b"after"] = b"2"                      # still accepting durable writes
+        assert db.checkpoint() > control_before.checkpoint_lsn
+    with Database.open(path, io_method=io_method) as db:
+        assert dict(db.kv("s").items()) == {b"before": b"1", b"after": b"2"}
