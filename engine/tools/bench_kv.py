@@ -17,6 +17,17 @@ new database in ``--dir``/<method>:
   read-stream scan of the heap that rebuilds the ordered index. Figure: seconds, and the
   heap's keys/s.
 
+Baselines, measured in the same invocation and ``--dir`` (same file system), once per run:
+
+- SQLite: one thread inserting rows (16-byte key, the same value) in autocommit with
+  ``journal_mode=WAL`` and ``synchronous=FULL`` (every commit fsyncs its WAL), for
+  ``--seconds``. Figure: puts/s.
+- fio: 8 KiB sequential writes with fdatasync after each (``slonik bench wal``'s baseline),
+  the device's flush rate. Figure: syncs/s (absent, with the reason, without fio).
+
+The table gives each method's autocommit rates as ratios of these: auto1 / SQLite, auto1 /
+fio, auto8 / SQLite.
+
 The numbers are for one Python process: the engine's CPU cost per key (tuple coding,
 index maintenance, the GIL) dominates, not the device; compare io methods with each other,
 not with a C engine.
@@ -29,6 +40,7 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import statistics
 import sys
 import threading
@@ -37,6 +49,8 @@ import time
 from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine.database import Database
 from slonik.engine.tools.bench import ALL_METHODS, parse_methods, positive_float, positive_int
+from slonik.engine.tools.bench_wal import FIO_FILE, FIO_SIZE, run_fio_sync
+from slonik.engine.tools.fio import FioError, fio_status
 from slonik.engine.tools.progress import Progress
 
 DEFAULT_DIR = "./bench-data/kv"
@@ -48,6 +62,7 @@ LOAD_PROGRESS_STEP_KEYS = 10_000      # progress redraws and clock reads this se
 GET_SAMPLE_KEYS = 100_000             # random keys drawn up front (cycled) for the get loop
 OPS_PER_CLOCK_READ = 64               # time-bounded loops read the clock this seldom
 RANDOM_SEED = 20250601
+SQLITE_FILE = "sqlite-baseline.db"
 
 
 def _key(i: int) -> bytes:
@@ -182,6 +197,50 @@ def measure_open(path: str, method: str) -> dict:
             "heap_mb": heap_bytes / 1e6, "read_ios": read_ios}
 
 
+def measure_sqlite(path: str, seconds: float, value: bytes) -> dict:
+    """SQLite autocommit inserts from one thread, WAL journal, synchronous=FULL."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB NOT NULL)")
+        insert = "INSERT INTO kv VALUES (?, ?)"
+        n = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            for _ in range(OPS_PER_CLOCK_READ):
+                con.execute(insert, (_key(n), value))
+                n += 1
+            if time.perf_counter() >= deadline:
+                break
+        elapsed = time.perf_counter() - start
+    finally:
+        con.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.unlink(path + suffix)
+    return {"puts": n, "seconds": elapsed, "puts_s": n / elapsed}
+
+
+def measure_baselines(directory: str, seconds: float, value: bytes, fio_ok: bool) -> dict:
+    """SQLite FULL, 1 thread, and fio's fdatasync rate, in ``directory``."""
+    out = {"sqlite": measure_sqlite(os.path.join(directory, SQLITE_FILE), seconds, value)}
+    if fio_ok:
+        path = os.path.join(directory, FIO_FILE)
+        try:
+            out["fio"] = run_fio_sync(path, FIO_SIZE, seconds)
+        except (FioError, KeyError) as exc:
+            out["fio"] = {"error": str(exc)}
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+    return out
+
+
 def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
     if os.path.exists(path):
         shutil.rmtree(path)
@@ -231,8 +290,14 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
     if "io_uring" in methods and not io_uring_available()[0]:
         raise ValueError(f"io_uring is unavailable here: {io_uring_available()[1]}")
     os.makedirs(args.dir, exist_ok=True)
+    fio_ok, fio_detail = fio_status()
+    value = bytes(random.Random(RANDOM_SEED).randbytes(args.value_size))
     samples: dict[str, list[dict]] = {m: [] for m in methods}
+    baselines: list[dict] = []
     for run in range(args.runs):
+        if log:
+            log(f"baselines (SQLite FULL, fio fdatasync): run {run + 1} of {args.runs}")
+        baselines.append(measure_baselines(args.dir, args.seconds, value, fio_ok))
         order = methods if run % 2 == 0 else list(reversed(methods))
         for method in order:
             if log:
@@ -240,11 +305,21 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
             samples[method].append(run_once(os.path.join(args.dir, method), method, args, log))
     report = {"command": "kv", "keys": args.keys, "value_size": args.value_size,
               "seconds": args.seconds, "runs": args.runs,
-              "autocommit_threads": list(AUTOCOMMIT_THREADS), "methods": {}}
+              "autocommit_threads": list(AUTOCOMMIT_THREADS), "methods": {},
+              "baselines": {
+                  "sqlite": _median([b["sqlite"] for b in baselines], ("puts_s",)),
+                  "fio": (_median([b["fio"] for b in baselines], ("syncs_s",))
+                          if fio_ok else {"syncs_s": None, "detail": fio_detail})}}
+    sqlite_s = report["baselines"]["sqlite"]["puts_s"]
+    fio_s = report["baselines"]["fio"]["syncs_s"]
     for method in methods:
-        report["methods"][method] = {
+        m = report["methods"][method] = {
             kind: _median([s[kind] for s in samples[method]], keys)
             for kind, keys in FIGURES.items()}
+        a1, a8 = m["autocommit_1"]["puts_s"], m["autocommit_8"]["puts_s"]
+        m["ratios"] = {"auto1_sqlite": a1 / sqlite_s,
+                       "auto1_fio": a1 / fio_s if fio_s else None,
+                       "auto8_sqlite": a8 / sqlite_s}
     return report
 
 
@@ -263,6 +338,22 @@ def format_table(report: dict) -> str:
             f"{(f'{ppf:.1f}' if ppf is not None else '-'):>16} {m['get']['gets_s']:>9,.0f} "
             f"{m['scan']['keys_s']:>11,.0f} {m['scan']['mb_s']:>9.1f} "
             f"{m['open']['seconds']:>7.2f}")
+    base = report["baselines"]
+    sqlite_s, fio_s = base["sqlite"]["puts_s"], base["fio"]["syncs_s"]
+    lines.append("")
+    lines.append(f"SQLite (WAL, synchronous=FULL), 1 thread: {sqlite_s:,.0f} puts/s; "
+                 + (f"fio 8 KiB write + fdatasync: {fio_s:,.0f} syncs/s" if fio_s
+                    else f"fio: {base['fio'].get('detail', 'failed')}"))
+    # Indented: a sub-table of the one above (its rows are the methods' again).
+    head = (f"  {'ratios':<9} {'auto1 puts/s':>12} {'auto1/SQLite':>12} {'auto1/fio':>9} "
+            f"{'auto8 puts/s':>12} {'auto8/SQLite':>12}")
+    lines += ["", head, "  " + "-" * (len(head) - 2)]
+    for method, m in report["methods"].items():
+        r = m["ratios"]
+        a1f = f"{r['auto1_fio']:.2f}" if r["auto1_fio"] is not None else "-"
+        lines.append(f"  {method:<9} {m['autocommit_1']['puts_s']:>12,.0f} "
+                     f"{r['auto1_sqlite']:>12.2f} {a1f:>9} "
+                     f"{m['autocommit_8']['puts_s']:>12,.0f} {r['auto8_sqlite']:>12.2f}")
     lines.append("")
     lines.append("load: all keys in one transaction, commit included; auto1/auto8: durable "
                  "autocommit puts from 1/8 threads; gets: random, warm; open: reopen with "

@@ -22,7 +22,7 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert report["autocommit_threads"] == [1, 8]
     assert list(report["methods"]) == [io_method]
     m = report["methods"][io_method]
-    assert set(m) == set(FIGURES)
+    assert set(m) == set(FIGURES) | {"ratios"}
     for kind, keys in FIGURES.items():
         for key in keys:
             assert m[kind][key] > 0, (kind, key)
@@ -39,6 +39,17 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert os.listdir(bench_dir) == []
     table = format_table(report)
     assert io_method in table and "scan keys/s" in table
+    # The baselines of the same run: SQLite FULL from one thread, fio's fdatasync rate
+    # (where fio is installed), and the method's autocommit rates as ratios of them.
+    sqlite_s = report["baselines"]["sqlite"]["puts_s"]
+    assert sqlite_s > 0 and len(report["baselines"]["sqlite"]["runs"]) == 1
+    fio_s = report["baselines"]["fio"]["syncs_s"]
+    assert fio_s is None or fio_s > 0
+    r = m["ratios"]
+    assert r["auto1_sqlite"] == m["autocommit_1"]["puts_s"] / sqlite_s
+    assert r["auto8_sqlite"] == m["autocommit_8"]["puts_s"] / sqlite_s
+    assert r["auto1_fio"] == (m["autocommit_1"]["puts_s"] / fio_s if fio_s else None)
+    assert "auto1/SQLite" in table and "SQLite (WAL, synchronous=FULL)" in table
 
 
 def test_bench_kv_text_output_and_runs(tmp_path, capsys):
