@@ -834,16 +834,28 @@ class BufferManager:
         unpin sequence: the block's buffer is pinned and content-locked (shared, or
         exclusive) inside the block, both released on the way out, errors included."""
         buf = self.read_buffer(rel, fork, block)
+        with self.locked(buf, exclusive=exclusive):
+            yield buf
+
+    @contextlib.contextmanager
+    def locked(self, buf_id: int, *, exclusive: bool = False) -> Iterator[int]:
+        """``with bm.locked(buf):`` for a buffer the caller already pinned (a read stream's):
+        content-lock it inside the block; on the way out, errors included, unlock it and
+        release the caller's pin (the pin is handed over)."""
         try:
-            lock, unlock = ((self.lock_exclusive, self.unlock_exclusive) if exclusive
-                            else (self.lock_shared, self.unlock_shared))
-            lock(buf)
+            (self.lock_exclusive if exclusive else self.lock_shared)(buf_id)
             try:
-                yield buf
+                yield buf_id
             finally:
-                unlock(buf)
+                (self.unlock_exclusive if exclusive else self.unlock_shared)(buf_id)
         finally:
-            self.unpin(buf)
+            self.unpin(buf_id)
+
+    def unlock_release(self, buf_id: int, *, exclusive: bool = True) -> None:
+        """Unlock a content-locked buffer and drop its pin (PostgreSQL's
+        UnlockReleaseBuffer): the end of every pin-and-lock the caller began itself."""
+        (self.unlock_exclusive if exclusive else self.unlock_shared)(buf_id)
+        self.unpin(buf_id)
 
     def lock_shared(self, buf_id: int) -> None:
         assert self.descs[buf_id].refcount > 0, "a buffer is pinned before it is locked"

@@ -266,12 +266,8 @@ class Heap:
                 bm = self.bufmgr
                 with ReadStream(bm, self.rel, self.fork, range(n)) as stream:
                     for buf in stream:
-                        bm.lock_shared(buf)
-                        try:
+                        with bm.locked(buf):
                             free.append(self._page_free(bm.page(buf)))
-                        finally:
-                            bm.unlock_shared(buf)
-                            bm.unpin(buf)
                 self._install_fsm(free)
             assert self._fsm is not None
             return self._fsm
@@ -333,8 +329,7 @@ class Heap:
             self._fsm_set(block, free)  # the map was stale: correct it and look again
             if other is not None:
                 bm.unlock_exclusive(other)
-            bm.unlock_exclusive(buf)
-            bm.unpin(buf)
+            bm.unlock_release(buf)
 
     # --- logging ---------------------------------------------------------------------------
     def _log(self, xid: int, info: int, payload: bytes,
@@ -375,8 +370,7 @@ class Heap:
             self._log(xid, XLOG_HEAP_INSERT, payload, [(buf, pre, fresh)])
             free = page_free_space(page)
         finally:
-            bm.unlock_exclusive(buf)
-            bm.unpin(buf)
+            bm.unlock_release(buf)
         self._fsm_set(block, free)
         return Tid(block, offnum)
 
@@ -410,8 +404,7 @@ class Heap:
                 self._log(xid, XLOG_HEAP_INSERT_MULTI, payload, [(buf, pre, fresh)])
                 free = page_free_space(page)
             finally:
-                bm.unlock_exclusive(buf)
-                bm.unpin(buf)
+                bm.unlock_release(buf)
             self._fsm_set(block, free)
         return tids
 
@@ -439,21 +432,14 @@ class Heap:
         _check_xid(xid)
         self._check_block(tid)
         bm = self.bufmgr
-        buf = bm.read_buffer(self.rel, self.fork, tid.block)
-        try:
-            bm.lock_exclusive(buf)
-            try:
-                page = bm.page(buf)
-                item = self._normal_item(page, tid)
-                flags = _TUPLE_XMAX_FLAGS.unpack_from(item, 8)[1] & ~HEAP_XMAX_UPDATE
-                pre = bytes(page)
-                _TUPLE_XMAX_FLAGS.pack_into(item, 8, xid, flags)
-                self._log(xid, XLOG_HEAP_DELETE, _DELETE.pack(tid.offnum, xid, flags),
-                          [(buf, pre, False)])
-            finally:
-                bm.unlock_exclusive(buf)
-        finally:
-            bm.unpin(buf)
+        with bm.buffer_locked(self.rel, self.fork, tid.block, exclusive=True) as buf:
+            page = bm.page(buf)
+            item = self._normal_item(page, tid)
+            flags = _TUPLE_XMAX_FLAGS.unpack_from(item, 8)[1] & ~HEAP_XMAX_UPDATE
+            pre = bytes(page)
+            _TUPLE_XMAX_FLAGS.pack_into(item, 8, xid, flags)
+            self._log(xid, XLOG_HEAP_DELETE, _DELETE.pack(tid.offnum, xid, flags),
+                      [(buf, pre, False)])
 
     def update(self, tid: Tid, xid: int, data, *, flags: int = 0) -> Tid:
         """Store a new version (xmin = ``xid``, flags | HEAP_UPDATED) and set the old one's
@@ -567,22 +553,15 @@ class Heap:
         tid = _check_tid(tid)
         self._check_block(tid)
         bm = self.bufmgr
-        buf = bm.read_buffer(self.rel, self.fork, tid.block)
-        try:
-            bm.lock_shared(buf)
-            try:
-                page = bm.page(buf)
-                if page_is_new(page) or tid.offnum > page_item_count(page) \
-                        or page_item_flags(page, tid.offnum) != LpFlag.NORMAL:
-                    return None
-                item = page_get_item(page, tid.offnum)
-                self._check_item(item, tid)
-                xmin, xmax, flags, _n = _TUPLE_HEAD.unpack_from(item)
-                return HeapTuple(tid, xmin, xmax, flags, bytes(item[TUPLE_HEADER_SIZE:]))
-            finally:
-                bm.unlock_shared(buf)
-        finally:
-            bm.unpin(buf)
+        with bm.buffer_locked(self.rel, self.fork, tid.block) as buf:
+            page = bm.page(buf)
+            if page_is_new(page) or tid.offnum > page_item_count(page) \
+                    or page_item_flags(page, tid.offnum) != LpFlag.NORMAL:
+                return None
+            item = page_get_item(page, tid.offnum)
+            self._check_item(item, tid)
+            xmin, xmax, flags, _n = _TUPLE_HEAD.unpack_from(item)
+            return HeapTuple(tid, xmin, xmax, flags, bytes(item[TUPLE_HEADER_SIZE:]))
 
     def scan(self) -> Iterator[HeapTuple]:
         """Every tuple on every page (block order, then offnum), whatever its xmin/xmax,
@@ -594,17 +573,11 @@ class Heap:
         free = [] if self._fsm is None else None
         with ReadStream(bm, self.rel, self.fork, range(n)) as stream:
             for block, buf in enumerate(stream):
-                try:
-                    bm.lock_shared(buf)
-                    try:
-                        page = bm.page(buf)
-                        tuples = self._page_tuples(page, block)
-                        if free is not None:
-                            free.append(self._page_free(page))
-                    finally:
-                        bm.unlock_shared(buf)
-                finally:
-                    bm.unpin(buf)
+                with bm.locked(buf):
+                    page = bm.page(buf)
+                    tuples = self._page_tuples(page, block)
+                    if free is not None:
+                        free.append(self._page_free(page))
                 yield from tuples
         if free is not None:
             self._install_fsm(free)

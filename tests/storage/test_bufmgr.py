@@ -507,3 +507,23 @@ def test_buffer_locked_releases_lock_and_pin_on_error(env):
         assert bm.descs[b].lock.held and not bm.descs[b].lock.held_exclusive
         raise RuntimeError("inside")
     bm.check()
+
+
+def test_locked_and_unlock_release_leave_no_pin_or_lock(env):
+    """bm.locked(buf) takes over a pin the caller holds (as a read stream hands buffers
+    out) and bm.unlock_release(buf) ends a pin-and-lock the caller began: afterwards, also
+    when the body raised, check() finds no leaked pin and no held lock."""
+    bm, _ = env
+    buf = bm.read_buffer(REL, Fork.MAIN, 3)
+    with bm.locked(buf, exclusive=True) as b:
+        assert b == buf and bm.descs[b].lock.held_exclusive and bm.descs[b].refcount == 1
+    bm.check()
+    buf = bm.read_buffer(REL, Fork.MAIN, 4)
+    with pytest.raises(RuntimeError, match="inside"), bm.locked(buf):
+        assert bm.descs[buf].lock.held and not bm.descs[buf].lock.held_exclusive
+        raise RuntimeError("inside")
+    bm.check()
+    buf = bm.read_buffer(REL, Fork.MAIN, 5)
+    bm.lock_exclusive(buf)
+    bm.unlock_release(buf)
+    bm.check()
