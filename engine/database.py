@@ -310,6 +310,8 @@ class Database:
             wal_buffers=s.wal_buffers, io_direct_wal=s.io_direct_wal,
             full_page_writes=s.full_page_writes, on_segment_switch=self._on_segment_switch)
         self._wal = wal
+        wal.set_commit_delay(s.commit_delay, s.commit_siblings,
+                             active_transactions=lambda: len(self._xacts.running))
         self._recovery: RecoveryInfo = info
         cp = info.checkpoint
         self._xacts = TransactionManager.after_recovery(

@@ -13,7 +13,8 @@ Sizes: ``shared_buffers`` and ``wal_buffers`` are in pages of 8192 bytes, or a s
 a unit ("128MB", "1GB", "64kB", "16384"); ``max_wal_size`` and ``wal_segment_size`` are in
 bytes (or a string with a unit); ``segment_size`` is in blocks. Times:
 ``checkpoint_timeout`` in seconds, ``wal_writer_delay`` in milliseconds (an int, 1..10000,
-as PostgreSQL's).
+as PostgreSQL's), ``commit_delay`` in microseconds (an int, 0..100000, 0 = off, the default;
+applied when at least ``commit_siblings``, 1..1000, other transactions are active).
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from slonik.storage.page import BLCKSZ
 from slonik.storage.read_stream import EFFECTIVE_IO_CONCURRENCY_MAX
 from slonik.wal.walpage import WAL_SEGMENT_SIZE_MAX, WAL_SEGMENT_SIZE_MIN
 from slonik.wal.walwriter import WAL_WRITER_DELAY_DEFAULT_MS, check_wal_writer_delay
-from slonik.wal.xlog import WAL_BUFFERS_DEFAULT_PAGES, WAL_BUFFERS_MAX_PAGES, WAL_BUFFERS_MIN_PAGES
+from slonik.wal.xlog import (
+    COMMIT_SIBLINGS_DEFAULT,
+    WAL_BUFFERS_DEFAULT_PAGES,
+    WAL_BUFFERS_MAX_PAGES,
+    WAL_BUFFERS_MIN_PAGES,
+    check_commit_delay,
+    check_commit_siblings,
+)
 
 __all__ = ["Settings", "parse_settings", "SETTING_NAMES"]
 
@@ -58,6 +66,8 @@ class Settings:
     synchronous_commit: bool = True
     checkpoint_timeout: float = 300           # seconds, PostgreSQL's default
     wal_writer_delay: int = WAL_WRITER_DELAY_DEFAULT_MS   # ms between background WAL flushes
+    commit_delay: int = 0                     # µs a group-commit leader waits; 0 = off
+    commit_siblings: int = COMMIT_SIBLINGS_DEFAULT  # active transactions for the delay
     max_wal_size: int = 1 << 30               # bytes, PostgreSQL's default
     segment_size: int | None = None           # blocks; None: the database's (131072 if new)
     max_files: int = 1000                     # PostgreSQL's max_files_per_process
@@ -180,6 +190,10 @@ def parse_settings(**kwargs: object) -> Settings:
             raise ValueError(f"checkpoint_timeout must be in {lo}..{hi} seconds, got {t}")
     if "wal_writer_delay" in v:
         check_wal_writer_delay(v["wal_writer_delay"])
+    if "commit_delay" in v:
+        check_commit_delay(v["commit_delay"])
+    if "commit_siblings" in v:
+        check_commit_siblings(v["commit_siblings"])
     if "max_files" in v:
         _int_in("max_files", v["max_files"], *MAX_FILES_RANGE)
     for name in ("full_page_writes", "synchronous_commit", "zero_damaged_pages",

@@ -31,6 +31,15 @@ Invariants:
    not ready yet creates it inline (bounded: one segment's zero-fill and a directory
    fsync), counted in ``segments_created_inline``. Segment files are created, recycled and
    renamed only under ``_segment_lock`` (taken after ``_flush_lock`` where both are held).
+6. Group commit: one flush (the leader's) carries everything inserted before it started;
+   requesters arriving meanwhile queue with the LSN they need. When a flush ends, the
+   leader wakes exactly the queued requesters it covered, plus at most one that it did
+   not (the next leader, who flushes everything inserted during the previous write): no
+   thundering herd. With ``commit_delay`` > 0 and at least ``commit_siblings`` other
+   transactions active (PostgreSQL's settings and meaning, off by default: transactions in
+   progress plus committers waiting for their flush, as a PostgreSQL backend stays active
+   until its commit record is flushed) a leader sleeps ``commit_delay`` µs before taking
+   its target, so more commits share the sync.
 5. The flush stamp (walpage invariant 4): a flush stamps every page it writes with
    ``flush_lsn`` as it was when the flush began — the durable end of the previous flush —
    just before writing it. Everything below a stamp found on disk was therefore durable;
@@ -77,6 +86,9 @@ ZERO_FILL_CHUNK_BYTES = 1 << 20      # segment pre-allocation writes this much p
 RECYCLED_SEGMENTS_MAX = 4            # spare segments kept for reuse instead of unlinking
 ERROR_CHAIN_MAX_LINKS = 8            # causes looked through for ENOSPC (they nest 2-3 deep)
 WAL_SEGMENTS_PREPARED_AHEAD = 1      # segments kept ready after the one being inserted into
+COMMIT_DELAY_RANGE_US = (0, 100000)  # PostgreSQL's commit_delay range; 0 = off (default)
+COMMIT_SIBLINGS_RANGE = (1, 1000)    # PostgreSQL's commit_siblings range
+COMMIT_SIBLINGS_DEFAULT = 5          # PostgreSQL's default
 
 
 @dataclass
@@ -114,6 +126,29 @@ class WalStats:
     linked_flushes: int = 0  # flushes sent as one linked submission (io_uring)
     segments_prepared: int = 0        # segments made ready ahead, off the commit path
     segments_created_inline: int = 0  # segments a flush had to create itself
+    commit_delays: int = 0            # leader flushes that slept commit_delay first
+
+
+def check_commit_delay(value: object) -> int:
+    """Validate ``commit_delay`` (microseconds; 0 turns it off)."""
+    lo, hi = COMMIT_DELAY_RANGE_US
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"commit_delay must be an int in {lo}..{hi} microseconds, not "
+                        f"{type(value).__name__} {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"commit_delay must be in {lo}..{hi} microseconds, got {value}")
+    return value
+
+
+def check_commit_siblings(value: object) -> int:
+    """Validate ``commit_siblings`` (other active transactions needed for the delay)."""
+    lo, hi = COMMIT_SIBLINGS_RANGE
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"commit_siblings must be an int in {lo}..{hi}, not "
+                        f"{type(value).__name__} {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"commit_siblings must be in {lo}..{hi}, got {value}")
+    return value
 
 
 def _check_wal_buffers(pages: object) -> int:
@@ -149,8 +184,15 @@ class Wal:
         self._ringv = memoryview(self._ring)
         self._insert_lock = threading.Lock()
         self._flush_lock = threading.Lock()       # held while WAL is written and synced
-        self._flush_state = threading.Condition()  # guards _flushing; broadcast after a flush
+        self._flush_state = threading.Lock()  # guards _flushing and _waiters
         self._flushing = False
+        self._waiters: list[tuple[int, threading.Event]] = []  # (LSN needed, its wake-up)
+        self._wake = threading.local()     # each thread's reusable Event
+        self._commit_delay_us = 0
+        self._commit_siblings = COMMIT_SIBLINGS_DEFAULT
+        self._active_transactions: Callable[[], int] | None = None
+        self._delays = 0
+        self._queued = 0                   # requesters waiting for another's flush
         self._cur = align_lsn(start_lsn)   # next insert position (may be a page start)
         self._prev = prev_lsn              # start of the last inserted record
         self._flushed = start_lsn          # durable up to here
@@ -189,6 +231,16 @@ class Wal:
     @property
     def failed(self) -> bool:
         return self._failed is not None
+
+    def set_commit_delay(self, commit_delay_us: int, commit_siblings: int = COMMIT_SIBLINGS_DEFAULT,
+                         active_transactions: Callable[[], int] | None = None) -> None:
+        """PostgreSQL's ``commit_delay``/``commit_siblings`` (invariant 6):
+        ``active_transactions()`` counts the transactions in progress (a committer
+        waiting for its flush has ended its transaction; the Wal adds those itself);
+        without it only waiting committers count."""
+        self._commit_delay_us = check_commit_delay(commit_delay_us)
+        self._commit_siblings = check_commit_siblings(commit_siblings)
+        self._active_transactions = active_transactions
 
     def begin_checkpoint(self) -> int:
         """Move the redo point to the current insert position and return it. Pages first
@@ -276,35 +328,73 @@ class Wal:
     def flush(self, lsn: int | None = None) -> None:
         """Return once WAL up to ``lsn`` (default: everything inserted) is durable.
 
-        Group commit: one thread at a time (the leader) writes and syncs everything inserted
-        so far; the others sleep on a condition that every finished flush broadcasts, and
-        return without I/O when it covered them."""
+        Group commit (invariant 6): one thread at a time (the leader) writes and syncs
+        everything inserted so far; the others queue with the LSN they need and are woken
+        when a flush covered them, or one at a time to lead the next flush."""
         self._check_usable()
         if lsn is None:
             lsn = self._cur
         if lsn <= self._flushed:
             return
         state = self._flush_state
-        with state:
+        state.acquire()
+        try:
             self._flush_requests += 1
             waited = False
             while self._flushing and lsn > self._flushed and self._failed is None:
                 waited = True
-                state.wait()
+                ev = getattr(self._wake, "event", None)
+                if ev is None:
+                    ev = self._wake.event = threading.Event()
+                ev.clear()
+                self._waiters.append((lsn, ev))
+                self._queued += 1
+                state.release()
+                try:
+                    ev.wait()
+                finally:
+                    state.acquire()
+                    self._queued -= 1
             self._check_usable()
             if lsn <= self._flushed:
                 self._joins += waited
                 return
             self._flushing = True
+        finally:
+            state.release()
         try:
             self._lead_flush()
         finally:
             with state:
                 self._flushing = False
-                state.notify_all()
+                self._wake_waiters()
+
+    def _siblings(self) -> int:
+        """Other transactions active now (invariant 6)."""
+        active = self._active_transactions
+        return self._queued + (active() if active is not None else 0)
+
+    def _wake_waiters(self) -> None:
+        """Under ``_flush_state`` after a flush: wake the waiters it covered and at most one
+        it did not (the next leader); after a failure, all of them."""
+        flushed, failed = self._flushed, self._failed is not None
+        keep = []
+        leader_woken = False
+        for lsn, ev in self._waiters:
+            if lsn <= flushed or failed:
+                ev.set()
+            elif not leader_woken:
+                ev.set()
+                leader_woken = True
+            else:
+                keep.append((lsn, ev))
+        self._waiters = keep
 
     def _lead_flush(self) -> None:
         with self._flush_lock:
+            if self._commit_delay_us and self._siblings() >= self._commit_siblings:
+                time.sleep(self._commit_delay_us / 1e6)   # let more commits join this flush
+                self._delays += 1
             with self._insert_lock:
                 target = self._cur
             if target <= self._flushed:
@@ -572,7 +662,8 @@ class Wal:
                         self._record_bytes, self._fpis, self._flush_requests, self._flushes,
                         self._joins, self._writes, self._write_bytes, self._syncs,
                         self._full_flushes, self._created, self._recycled, self._sync_ns,
-                        self._stamped, self._linked, self._prepared, self._inline)
+                        self._stamped, self._linked, self._prepared, self._inline,
+                        self._delays)
 
 
 def _disk_full(exc: BaseException) -> bool:

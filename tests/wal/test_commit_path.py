@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -241,3 +242,68 @@ def test_wal_writer_prepares_the_next_segment(aio, tmp_path):
     wst = writer.stats()
     w.close()
     assert wst.segments_prepared >= 1 and wst.prepare_error == ""
+
+
+def test_one_flush_carries_every_commit_queued_behind_it(aio, tmp_path):
+    """Seven committers (insert + flush each) while the first leader is held before it
+    takes its target (the test holds the flush lock): the six others queue, and when the
+    lock is released one write+sync carries all seven commits — one flush, six group
+    joins — and every committer returns with its record durable."""
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    ends: list[int] = []
+    errors: list[BaseException] = []
+
+    def committer(i: int) -> None:
+        try:
+            _s, e = w.insert(10, 0, i + 1, b"g" * 200)
+            w.flush(e)
+            ends.append(e)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=committer, args=(i,)) for i in range(7)]
+    with w._flush_lock:   # whoever leads first blocks right here, before its target
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + PREPARE_WAIT_MAX_S
+        while len(w._waiters) < 6 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(w._waiters) == 6
+    for t in threads:
+        t.join(PREPARE_WAIT_MAX_S)
+        assert not t.is_alive()
+    st = w.stats()
+    w.close()
+    assert not errors and len(ends) == 7
+    assert st.flushes == 1 and st.group_joins == 6 and st.flush_lsn >= max(ends)
+    assert sorted(rr.record.xid for rr in WalReader(str(tmp_path), SEG, FIRST)) == \
+        list(range(1, 8))
+
+
+def test_commit_delay_applies_only_with_enough_siblings(aio, tmp_path):
+    """commit_delay (PostgreSQL's meaning): a leader sleeps before its flush only when at
+    least commit_siblings other transactions are active; off by default. Counted in
+    commit_delays; the commits are durable either way. Bad values are refused naming the
+    setting and its range."""
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    active = [0]
+    _s, e = w.insert(10, 0, 1, b"a")
+    w.flush(e)
+    assert w.stats().commit_delays == 0          # off by default
+    w.set_commit_delay(200, 3, active_transactions=lambda: active[0])
+    active[0] = 2
+    _s, e = w.insert(10, 0, 2, b"b")
+    w.flush(e)
+    assert w.stats().commit_delays == 0          # too few siblings
+    active[0] = 3
+    _s, e = w.insert(10, 0, 3, b"c")
+    w.flush(e)
+    st = w.stats()
+    assert st.commit_delays == 1 and st.flush_lsn >= e
+    with pytest.raises(ValueError, match=r"commit_delay must be in 0\.\.100000"):
+        w.set_commit_delay(100001)
+    with pytest.raises(ValueError, match=r"commit_siblings must be in 1\.\.1000"):
+        w.set_commit_delay(10, 0)
+    with pytest.raises(TypeError, match="commit_delay must be an int"):
+        w.set_commit_delay(1.5)
+    w.close()
