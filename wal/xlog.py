@@ -89,6 +89,7 @@ WAL_SEGMENTS_PREPARED_AHEAD = 1      # segments kept ready after the one being i
 COMMIT_DELAY_RANGE_US = (0, 100000)  # PostgreSQL's commit_delay range; 0 = off (default)
 COMMIT_SIBLINGS_RANGE = (1, 1000)    # PostgreSQL's commit_siblings range
 COMMIT_SIBLINGS_DEFAULT = 5          # PostgreSQL's default
+SEGMENT_PATHS_CACHED = 64            # segment file paths kept (a few are in use at a time)
 
 
 @dataclass
@@ -193,6 +194,7 @@ class Wal:
         self._active_transactions: Callable[[], int] | None = None
         self._delays = 0
         self._queued = 0                   # requesters waiting for another's flush
+        self._paths: dict[int, str] = {}   # segno -> segment file path
         self._cur = align_lsn(start_lsn)   # next insert position (may be a page start)
         self._prev = prev_lsn              # start of the last inserted record
         self._flushed = start_lsn          # durable up to here
@@ -518,7 +520,12 @@ class Wal:
 
     # --- segment files -------------------------------------------------------------------------
     def _segment_path(self, segno: int) -> str:
-        return os.path.join(self.wal_dir, segment_file_name(segno))
+        path = self._paths.get(segno)   # every WAL I/O names its file: built once per segment
+        if path is None:
+            if len(self._paths) >= SEGMENT_PATHS_CACHED:
+                self._paths.clear()
+            path = self._paths[segno] = os.path.join(self.wal_dir, segment_file_name(segno))
+        return path
 
     def _segment_fd(self, segno: int) -> int:
         fd = self._fds.get(segno)
