@@ -1,0 +1,170 @@
+"""Order-preserving key encoding for table indexes. Pure: values in, bytes out.
+
+``encode_key(types, values)`` turns a tuple of column values into bytes whose ``bytes``
+order is the values' natural order, column by column (the first column decides, then the
+next...), so a B+tree that compares keys as bytes orders rows as PostgreSQL's btree
+operator classes would. A key over the first k columns of an index (a *prefix*) encodes to
+a byte prefix of every full key that starts with those values, which is what range and
+prefix lookups rely on.
+
+Per column, one tag byte and then the value::
+
+    0x01 value     a value (NOT NULL)
+    0x02           NULL: after every value, as PostgreSQL's default NULLS LAST
+
+    int8    8 bytes big-endian, sign bit flipped (so -2**63 .. 2**63-1 ascend as bytes)
+    float8  8 bytes: IEEE 754 big-endian; positives get the sign bit set, negatives are
+            inverted whole. -0.0 is encoded as 0.0 (they are equal, as in PostgreSQL) and
+            every NaN as one NaN, above +inf (PostgreSQL: NaN is greater than every number)
+    bool    one byte, 0x00 false, 0x01 true
+    text    the UTF-8 bytes, escaped 0x00 -> 0x00 0xFF, ended by 0x00 0x01: order is by
+            code point (UTF-8 byte order is code point order), PostgreSQL's "C" collation
+    bytea   the bytes, escaped and ended as text
+
+Invariants:
+1. For values a, b of one schema: ``a < b`` (column-wise natural order, NULLs last)
+   ⇔ ``encode_key(a) < encode_key(b)``, and equal values give equal bytes.
+2. The terminator 0x00 0x01 sorts below any escaped continuation (0x00 0xFF) and any
+   other byte, so a shorter string sorts first and no encoding is a prefix of a different
+   column value's encoding.
+3. ``decode_key(types, encode_key(types, v)) == v`` except that -0.0 comes back as 0.0
+   and every NaN as ``float("nan")``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+__all__ = ["encode_key", "decode_key", "prefix_end", "KeyCodecError", "TAG_VALUE", "TAG_NULL"]
+
+TAG_VALUE = 0x01
+TAG_NULL = 0x02
+_ESCAPE = b"\x00\xff"
+_TERMINATOR = b"\x00\x01"
+_U64 = struct.Struct(">Q")
+_SIGN = 1 << 63
+_MASK = (1 << 64) - 1
+_INT8_MIN = -(1 << 63)
+_INT8_MAX = (1 << 63) - 1
+_NAN_BITS = 0x7FF8000000000000
+
+
+class KeyCodecError(ValueError):
+    """Bytes that are not an encoded key (names the column and what was wrong)."""
+
+
+def _float_bits(x: float) -> int:
+    if math.isnan(x):
+        bits = _NAN_BITS
+    elif x == 0.0:
+        bits = 0  # -0.0 and 0.0 are one value
+    else:
+        bits = _U64.unpack(struct.pack(">d", x))[0]
+    return (bits ^ _MASK) if bits & _SIGN else (bits | _SIGN)
+
+
+def _escape(b: bytes) -> bytes:
+    return b.replace(b"\x00", _ESCAPE) + _TERMINATOR
+
+
+def _check(name: str, typ: str, v: object) -> None:
+    ok = {"int8": lambda: type(v) is int and _INT8_MIN <= v <= _INT8_MAX,
+          "float8": lambda: type(v) is float or (type(v) is int and abs(v) <= 1 << 53),
+          "bool": lambda: type(v) is bool,
+          "text": lambda: type(v) is str,
+          "bytea": lambda: isinstance(v, (bytes, bytearray, memoryview))}[typ]()
+    if not ok:
+        raise TypeError(f"key column {name!r} is {typ}; got {type(v).__name__} {v!r:.60}")
+
+
+def encode_key(columns: Sequence[tuple[str, str]], values: Sequence) -> bytes:
+    """The encoding of ``values`` (one per column of ``columns``, or fewer: a prefix).
+    TypeError naming the column for a value of the wrong type; ValueError for too many
+    values."""
+    if len(values) > len(columns):
+        raise ValueError(f"a key of {len(values)} values for {len(columns)} key columns "
+                         f"({', '.join(n for n, _t in columns)})")
+    out = bytearray()
+    for (name, typ), v in zip(columns, values, strict=False):
+        if v is None:
+            out.append(TAG_NULL)
+            continue
+        _check(name, typ, v)
+        out.append(TAG_VALUE)
+        if typ == "int8":
+            out += _U64.pack((v + _SIGN) & _MASK)
+        elif typ == "float8":
+            out += _U64.pack(_float_bits(float(v)))
+        elif typ == "bool":
+            out.append(1 if v else 0)
+        elif typ == "text":
+            try:
+                out += _escape(v.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ValueError(f"key column {name!r} (text): {v!r:.60} is not "
+                                 f"UTF-8-encodable") from None
+        else:
+            out += _escape(bytes(v))
+    return bytes(out)
+
+
+def _unescape(data: bytes, pos: int, name: str) -> tuple[bytes, int]:
+    out = bytearray()
+    while True:
+        i = data.find(b"\x00", pos)
+        if i < 0 or i + 1 >= len(data):
+            raise KeyCodecError(f"key column {name!r}: no terminator")
+        out += data[pos:i]
+        nxt = data[i + 1]
+        if nxt == 0x01:
+            return bytes(out), i + 2
+        if nxt != 0xFF:
+            raise KeyCodecError(f"key column {name!r}: bad escape byte {nxt:#x}")
+        out.append(0)
+        pos = i + 2
+
+
+def decode_key(columns: Sequence[tuple[str, str]], data: bytes) -> tuple[tuple, int]:
+    """(the values, bytes consumed) of a key encoded for ``columns``."""
+    pos = 0
+    values = []
+    for name, typ in columns:
+        if pos >= len(data):
+            raise KeyCodecError(f"key column {name!r}: key ends early")
+        tag = data[pos]
+        pos += 1
+        if tag == TAG_NULL:
+            values.append(None)
+            continue
+        if tag != TAG_VALUE:
+            raise KeyCodecError(f"key column {name!r}: bad tag {tag:#x}")
+        if typ in ("int8", "float8"):
+            if pos + 8 > len(data):
+                raise KeyCodecError(f"key column {name!r}: key ends early")
+            (u,) = _U64.unpack_from(data, pos)
+            pos += 8
+            if typ == "int8":
+                values.append(u - _SIGN)
+            else:
+                bits = (u ^ _SIGN) if u & _SIGN else (u ^ _MASK)
+                values.append(struct.unpack(">d", _U64.pack(bits))[0])
+        elif typ == "bool":
+            if pos >= len(data) or data[pos] > 1:
+                raise KeyCodecError(f"key column {name!r}: bad bool")
+            values.append(bool(data[pos]))
+            pos += 1
+        else:
+            raw, pos = _unescape(data, pos, name)
+            values.append(raw.decode("utf-8") if typ == "text" else raw)
+    return tuple(values), pos
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string above every string that starts with ``prefix`` (None: no
+    such bound, the prefix is all 0xFF)."""
+    p = prefix.rstrip(b"\xff")
+    if not p:
+        return None
+    return p[:-1] + bytes([p[-1] + 1])
