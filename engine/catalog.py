@@ -3,7 +3,12 @@
 The catalog is the heap at relfilenumber ``CATALOG_RELFILENUMBER`` (1; user relations
 start at 16384). Each row is (name text, kind text, relfilenumber int8, schema text) with
 ``kind`` "kv" or "table" and ``schema`` the table's columns as JSON (empty for a KV
-store). Rows are written through the transaction machinery like any heap change (xmin =
+store): a list of ``[name, type]``, or, for a table with a primary key or indexes, an
+object ``{"columns": [...], "primary_key": [...], "indexes": [{"name", "columns",
+"unique", "relfilenumber"}, ...]}`` (the primary key is also listed as a unique index,
+named ``<table>_pkey``). An index is a B+tree relation of its own, created and dropped
+with its table; ``create_index`` replaces the table's row (delete + insert) in the
+transaction that builds the index. Rows are written through the transaction machinery like any heap change (xmin =
 the creating transaction, WAL-logged), so a relation created by a transaction that a
 crash cut off is invisible afterwards. The catalog is loaded at open by a scan applying
 visibility.
@@ -22,12 +27,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from slonik.engine.access.heap import Heap
 from slonik.engine.access.tuple import COLUMN_TYPES, RowCodec, Tid
 
-__all__ = ["CATALOG_RELFILENUMBER", "RelationEntry", "Catalog", "check_name", "NAME_MAX_CHARS"]
+__all__ = ["CATALOG_RELFILENUMBER", "RelationEntry", "IndexEntry", "Catalog", "check_name",
+           "NAME_MAX_CHARS"]
 
 CATALOG_RELFILENUMBER = 1
 NAME_MAX_CHARS = 63        # PostgreSQL's NAMEDATALEN - 1
@@ -38,12 +44,28 @@ _NAME_RE = re.compile(r"^[^\x00-\x1f]+$")
 
 
 @dataclass(frozen=True)
+class IndexEntry:
+    """A table's B+tree index as the catalog records it."""
+
+    name: str
+    columns: tuple[str, ...]
+    unique: bool
+    relfilenumber: int
+
+
+@dataclass(frozen=True)
 class RelationEntry:
     name: str
     kind: str
     relfilenumber: int
     columns: tuple[tuple[str, str], ...] = ()
     tid: Tid | None = None
+    primary_key: tuple[str, ...] = ()
+    indexes: tuple[IndexEntry, ...] = ()
+
+    def relfilenumbers(self) -> tuple[int, ...]:
+        """The relation's own relfilenumber and those of its indexes."""
+        return (self.relfilenumber, *(i.relfilenumber for i in self.indexes))
 
 
 def check_name(name: object) -> str:
@@ -57,6 +79,11 @@ def check_name(name: object) -> str:
 
 def encode_entry(e: RelationEntry) -> bytes:
     schema = json.dumps([list(c) for c in e.columns]) if e.columns else ""
+    if e.primary_key or e.indexes:
+        schema = json.dumps({
+            "columns": [list(c) for c in e.columns], "primary_key": list(e.primary_key),
+            "indexes": [{"name": i.name, "columns": list(i.columns), "unique": i.unique,
+                         "relfilenumber": i.relfilenumber} for i in e.indexes]})
     return _CODEC.encode((e.name, e.kind, e.relfilenumber, schema))
 
 
@@ -64,11 +91,24 @@ def decode_entry(data: bytes, tid: Tid) -> RelationEntry:
     name, kind, rel, schema = _CODEC.decode(data)
     if kind not in KINDS:
         raise ValueError(f"catalog row at {tuple(tid)} has unknown kind {kind!r}")
-    cols = tuple((str(n), str(t)) for n, t in json.loads(schema)) if schema else ()
+    parsed = json.loads(schema) if schema else []
+    pk: tuple[str, ...] = ()
+    indexes: tuple[IndexEntry, ...] = ()
+    if isinstance(parsed, dict):
+        try:
+            pk = tuple(str(c) for c in parsed["primary_key"])
+            indexes = tuple(IndexEntry(str(i["name"]), tuple(str(c) for c in i["columns"]),
+                                       bool(i["unique"]), int(i["relfilenumber"]))
+                            for i in parsed["indexes"])
+            parsed = parsed["columns"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"catalog row at {tuple(tid)}: malformed table schema "
+                             f"({exc!r})") from None
+    cols = tuple((str(n), str(t)) for n, t in parsed)
     for _n, t in cols:
         if t not in COLUMN_TYPES:
             raise ValueError(f"catalog row at {tuple(tid)}: unknown column type {t!r}")
-    return RelationEntry(name, kind, rel, cols, tid)
+    return RelationEntry(name, kind, rel, cols, tid, pk, indexes)
 
 
 class Catalog:
@@ -90,7 +130,7 @@ class Catalog:
 
     def insert(self, xid: int, entry: RelationEntry) -> RelationEntry:
         tid = self.heap.insert(xid, encode_entry(entry))
-        return RelationEntry(entry.name, entry.kind, entry.relfilenumber, entry.columns, tid)
+        return replace(entry, tid=tid)
 
     def delete(self, xid: int, entry: RelationEntry) -> None:
         """Delete ``entry``'s row as ``xid`` (a drop; WAL-logged by the heap)."""

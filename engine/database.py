@@ -60,11 +60,19 @@ from slonik.aio.core import Aio, AioStats
 from slonik.aio.errors import IOFailure, SlonikError
 from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine import smgr_wal
+from slonik.engine.access.btree import BTree
 from slonik.engine.access.heap import Heap
 from slonik.engine.access.tuple import RowCodec
-from slonik.engine.catalog import CATALOG_RELFILENUMBER, Catalog, RelationEntry, check_name
+from slonik.engine.catalog import (
+    CATALOG_RELFILENUMBER,
+    Catalog,
+    IndexEntry,
+    RelationEntry,
+    check_name,
+)
 from slonik.engine.checkpointer import Checkpointer, CheckpointStats
-from slonik.engine.errors import ConflictError
+from slonik.engine.errors import ConflictError, RelationDroppedError
+from slonik.engine.index import TableIndex, prune_with_indexes
 from slonik.engine.kv import KVStore
 from slonik.engine.kv_index import KVIndex
 from slonik.engine.recovery import FIRST_RELFILENUMBER, RecoveryInfo, bootstrap, startup
@@ -361,7 +369,12 @@ class Database:
             obj: KVStore | Table = KVStore(self._txns, relation)
         else:
             relation = Relation(e.name, "table", e.relfilenumber, heap, columns=e.columns)
-            obj = Table(self._txns, relation)
+            relation.table_indexes = [
+                TableIndex(i, e.columns, BTree.open(i.relfilenumber, self._bufmgr, self._wal),
+                           primary=bool(e.primary_key) and i.columns == e.primary_key
+                           and i.name == f"{e.name}_pkey")
+                for i in e.indexes]
+            obj = Table(self._txns, relation, create_index=self._create_index)
         self._relations[e.name] = relation
         self._stores[e.name] = obj
         return obj
@@ -444,14 +457,85 @@ class Database:
             raise ValueError(f"{name!r} is a table, not a KV store")
         return obj
 
-    def create_table(self, name: str, columns: Sequence[tuple[str, str]]) -> Table:
+    def create_table(self, name: str, columns: Sequence[tuple[str, str]],
+                     primary_key: str | Sequence[str] | None = None) -> Table:
         """A new table (durably, in a transaction of its own); ValueError if ``name`` exists.
         ``columns`` is a sequence of (name, type) with types int8, float8, text, bytea,
-        bool."""
+        bool; ``primary_key`` a column name or a sequence of them (a unique B+tree index
+        named ``<name>_pkey``, its columns NOT NULL)."""
         check_name(name)
         cols = RowCodec(columns).columns  # TypeError/ValueError naming the bad column
+        pk: tuple[str, ...] = ()
+        if primary_key is not None:
+            pk = (primary_key,) if isinstance(primary_key, str) else tuple(primary_key)
+            known = [n for n, _t in cols]
+            if not pk:
+                raise ValueError(f"table {name!r}: primary_key names no column")
+            for c in pk:
+                if not isinstance(c, str):
+                    raise TypeError(f"table {name!r}: primary_key columns must be str, "
+                                    f"not {c!r}")
+                if c not in known:
+                    raise ValueError(f"table {name!r}: primary key column {c!r} is not one "
+                                     f"of its columns ({', '.join(known)})")
+            if len(set(pk)) != len(pk):
+                raise ValueError(f"table {name!r}: primary key names a column twice: "
+                                 f"{list(pk)}")
         self._check_open()
-        return self._create_relation(name, "table", cols, must_be_new=True)
+        return self._create_relation(name, "table", cols, must_be_new=True, primary_key=pk)
+
+    def _index_name_taken(self, name: str) -> bool:
+        return name in self._relations or any(
+            i.name == name for e in self._catalog.entries.values() for i in e.indexes)
+
+    def _create_index(self, table: Table, name: str, columns: tuple[str, ...],
+                      unique: bool) -> None:
+        """``table.create_index``: a new B+tree relation built from the table's rows and
+        the table's catalog row replaced to list it, in one transaction of its own."""
+        check_name(name)
+        self._check_open()
+        xacts = self._xacts
+        with self._commit_lock:
+            self._check_open()
+            relation = self._relations.get(table.name)
+            if relation is None or self._stores.get(table.name) is not table:
+                raise RelationDroppedError(f"table {table.name!r} was dropped")
+            if relation.state is not RelationState.LIVE:
+                xacts.note_conflict()
+                raise ConflictError(f"table {table.name!r} is being dropped by transaction "
+                                    f"{relation.dropping_xid}")
+            if self._index_name_taken(name):
+                raise ValueError(f"the name {name!r} is already used by a relation or index")
+            old = self._catalog.entries[table.name]
+            rel = self._next_rel
+            self._next_rel += 1
+            xid = xacts.assign_xid()
+            entry = IndexEntry(name, columns, unique, rel)
+            index = None
+            try:
+                smgr_wal.create_relation(self._wal, self._smgr, rel, Fork.MAIN, xid)
+                tree = BTree.create(rel, self._bufmgr, self._wal)
+                index = TableIndex(entry, relation.columns, tree)
+                try:
+                    table.attach_index(index, xid)
+                except BaseException:
+                    xacts.add_pending_unlinks([rel])  # nothing refers to it: remove at close
+                    raise
+                new = RelationEntry(old.name, old.kind, old.relfilenumber, old.columns,
+                                    primary_key=old.primary_key,
+                                    indexes=(*old.indexes, entry))
+                self._catalog.delete(xid, old)
+                new = self._catalog.insert(xid, new)
+                end = xacts.log_commit(xid)
+            except BaseException as exc:
+                self._note_wal_error(exc)
+                xacts.abort(xid)
+                if index is not None and index in relation.table_indexes:
+                    relation.table_indexes.remove(index)
+                raise
+            self._catalog.entries[table.name] = new
+            xacts.finish_commit(xid)
+        self._flush(end)
 
     def table(self, name: str) -> Table:
         """The existing table ``name``; KeyError if there is none."""
@@ -497,7 +581,8 @@ class Database:
             relation.set_state(RelationState.DROP_PENDING, txn.xid)
             txn.drops.append(relation)
 
-    def _create_relation(self, name: str, kind: str, columns, *, must_be_new: bool = False):
+    def _create_relation(self, name: str, kind: str, columns, *, must_be_new: bool = False,
+                         primary_key: tuple[str, ...] = ()):
         xacts = self._xacts
         with self._commit_lock:
             self._check_open()
@@ -509,12 +594,25 @@ class Database:
                 if must_be_new:
                     raise ValueError(f"a relation named {name!r} already exists")
                 return self._stores[name]
+            if primary_key and self._index_name_taken(f"{name}_pkey"):
+                raise ValueError(f"the name {name + '_pkey'!r} of the primary key index is "
+                                 f"already used by a relation or index")
             rel = self._next_rel
             self._next_rel += 1
+            indexes: tuple[IndexEntry, ...] = ()
+            if primary_key:
+                indexes = (IndexEntry(f"{name}_pkey", primary_key, True, self._next_rel),)
+                self._next_rel += 1
             xid = xacts.assign_xid()
             try:
                 smgr_wal.create_relation(self._wal, self._smgr, rel, Fork.MAIN, xid)
-                entry = self._catalog.insert(xid, RelationEntry(name, kind, rel, tuple(columns)))
+                for i in indexes:
+                    smgr_wal.create_relation(self._wal, self._smgr, i.relfilenumber,
+                                             Fork.MAIN, xid)
+                    BTree.create(i.relfilenumber, self._bufmgr, self._wal)
+                entry = self._catalog.insert(xid, RelationEntry(
+                    name, kind, rel, tuple(columns), primary_key=primary_key,
+                    indexes=indexes))
                 end = xacts.log_commit(xid)
             except BaseException as exc:
                 self._note_wal_error(exc)
@@ -578,7 +676,7 @@ class Database:
                 return 0
             relation.index.trim(horizon)
         relation.dead_versions = 0
-        n = relation.heap.prune(is_dead)
+        n = prune_with_indexes(relation.heap, relation.table_indexes, is_dead)
         self._pruned += n
         self._vacuum_runs += 1
         self._autovacuum_runs += auto
@@ -599,7 +697,7 @@ class Database:
                     continue
                 relation.index.trim(horizon)
             relation.dead_versions = 0
-            total += relation.heap.prune(is_dead)
+            total += prune_with_indexes(relation.heap, relation.table_indexes, is_dead)
         if complete:
             # No tuple names these aborted xids any more: they need not be remembered.
             gone = aborted - referenced

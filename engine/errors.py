@@ -12,3 +12,8 @@ class ConflictError(SlonikError):
 class RelationDroppedError(SlonikError, LookupError):
     """The KV store or table was dropped (``db.drop``), by a committed transaction or by
     the calling thread's own transaction: it cannot be read or written any more."""
+
+
+class UniqueViolation(SlonikError):
+    """A write would give a unique index (or primary key) a second live row with the same
+    key; the message names the index and the key. The transaction is aborted."""

@@ -42,7 +42,7 @@ class Relation:
     """A KV store's or table's engine-side parts; see the module docstring."""
 
     __slots__ = ("name", "kind", "rel", "heap", "index", "columns", "dead_versions",
-                 "state", "dropping_xid")
+                 "state", "dropping_xid", "table_indexes")
 
     def __init__(self, name: str, kind: str, rel: int, heap: Heap, *,
                  index: KVIndex | None = None, columns: tuple = ()) -> None:
@@ -56,6 +56,11 @@ class Relation:
         self.dead_versions = 0        # versions made dead since the last vacuum (autovacuum)
         self.state = RelationState.LIVE
         self.dropping_xid = 0         # the xid of a DROP_PENDING
+        self.table_indexes: list = []  # a table's engine.index.TableIndex objects
+
+    def relfilenumbers(self) -> tuple[int, ...]:
+        """The relation's relfilenumber and its indexes' (dropped together)."""
+        return (self.rel, *(i.rel for i in self.table_indexes))
 
     def set_state(self, new: RelationState, xid: int = 0) -> None:
         """Move along the drop state diagram (asserted); ``xid`` names the dropper."""

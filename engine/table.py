@@ -6,6 +6,21 @@ bool (every column may be NULL = None). Rows are tuples; ``insert`` returns the 
 ``delete(tid)``; ``scan()`` reads every page through a read stream and yields the rows
 the snapshot sees.
 
+With a primary key (``db.create_table(..., primary_key="id")``) or indexes
+(``t.create_index(name, columns, unique=False)``) every row version also gets an entry in
+each B+tree index (``engine.index``), in the same transaction: ``get(id=...)``,
+``lookup(index, key)`` and ``range(index, start, stop, reverse=False)`` find rows through
+them (visibility and the key are re-checked on the heap tuple), ``update(row)`` and
+``delete(id=...)`` address a row by its primary key. A primary key's columns are NOT
+NULL; in a unique index a key with a NULL never conflicts (NULLs are distinct, as in
+PostgreSQL). A second live row for a unique key raises ``UniqueViolation`` before
+anything is written and aborts the transaction (``rollback()``: a ``with
+db.transaction()`` block that catches it still ends in an abort). A row being inserted
+or deleted under the same key by another running transaction is a ``ConflictError``
+(PostgreSQL would wait for it). A TID is a physical address, valid within a snapshot
+(vacuum frees the slots of dead versions for reuse); the primary key is a row's stable
+identity.
+
 Writes are eager: the first write of a transaction assigns its xid and every write goes
 to the heap at once (an abort leaves versions with an aborted xmin, which nobody sees and
 vacuum removes). An update or delete of a version that another transaction is changing
@@ -21,13 +36,14 @@ that ``Database`` hands it with its ``Relation``. A table (or a scan over it) us
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from slonik.engine.access.heap import Heap, HeapTuple
 from slonik.engine.access.tuple import RowCodec, Tid
-from slonik.engine.errors import ConflictError, RelationDroppedError
+from slonik.engine.errors import ConflictError, RelationDroppedError, UniqueViolation
+from slonik.engine.index import TableIndex, fetch_batched
 from slonik.engine.relation import Relation, RelationState
-from slonik.engine.transaction import TransactionLayer
+from slonik.engine.transaction import TransactionLayer, TxnState
 from slonik.engine.xact import Snapshot
 
 __all__ = ["Table"]
@@ -46,13 +62,18 @@ class Table:
     Obtain one with ``db.create_table(name, columns)`` or ``db.table(name)``. Rows are
     tuples in column order; a row is addressed by its ``Tid`` (block, offnum)."""
 
-    def __init__(self, layer: TransactionLayer, relation: Relation) -> None:
-        """Built by ``Database`` (use ``db.create_table`` / ``db.table``)."""
+    def __init__(self, layer: TransactionLayer, relation: Relation, *,
+                 create_index: Callable[..., None] | None = None) -> None:
+        """Built by ``Database`` (use ``db.create_table`` / ``db.table``);
+        ``create_index(table, name, columns, unique)`` is the database's DDL step."""
         self._layer = layer
         self._relation = relation
         self._codec = RowCodec(relation.columns)
         self._heap = relation.heap
-        self._write_lock = threading.Lock()   # check-and-set of a version's xmax
+        self._create_index = create_index
+        # Check-and-set of a version's xmax, and a write's uniqueness checks with the
+        # index entries they guard.
+        self._write_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Table {self.name!r} {list(self.columns)} relfilenumber {self.rel}>"
@@ -88,41 +109,258 @@ class Table:
                 raise RelationDroppedError(f"table {relation.name!r} was dropped by this "
                                            f"transaction")
 
+    # --- indexes ----------------------------------------------------------------------------
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        """The primary key's columns (empty: none)."""
+        pk = self._pk_index()
+        return pk.entry.columns if pk is not None else ()
+
+    @property
+    def indexes(self) -> dict[str, tuple[tuple[str, ...], bool]]:
+        """name -> (columns, unique) of every index, the primary key's included."""
+        return {i.name: (i.entry.columns, i.unique) for i in self._relation.table_indexes}
+
+    def create_index(self, name: str, columns: Sequence[str], unique: bool = False) -> None:
+        """Build a B+tree index ``name`` over ``columns`` from the rows already stored
+        (one transaction of its own, durable on return). ValueError for an unknown column,
+        an index name in use or a column named twice; UniqueViolation when ``unique`` and
+        two live rows share a key."""
+        if isinstance(columns, str):
+            columns = [columns]
+        columns = tuple(columns)
+        known = [n for n, _t in self.columns]
+        if not columns:
+            raise ValueError(f"index {name!r} needs at least one column")
+        for c in columns:
+            if not isinstance(c, str):
+                raise TypeError(f"index {name!r}: column names must be str, not {c!r}")
+            if c not in known:
+                raise ValueError(f"index {name!r}: table {self.name!r} has no column {c!r} "
+                                 f"(its columns are {', '.join(known)})")
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"index {name!r} names a column twice: {list(columns)}")
+        if not isinstance(unique, bool):
+            raise TypeError(f"unique must be a bool, not {type(unique).__name__}")
+        self._check()
+        if self._create_index is None:
+            raise ValueError(f"table {self.name!r} cannot be given indexes here")
+        self._create_index(self, name, columns, unique)
+
+    def attach_index(self, index: TableIndex, xid: int) -> None:
+        """Fill ``index`` from every heap tuple not written by an aborted transaction,
+        then maintain it with every later write (for ``Database``'s create_index, under
+        its commit lock). UniqueViolation / ConflictError leave the table unchanged."""
+        xacts = self._layer.xacts
+        decode = self._codec.decode
+        with self._write_lock:
+            entries = []
+            live: dict[bytes, Tid] = {}
+            for t in self._heap.scan():
+                if t.xmin in xacts.aborted:
+                    continue
+                row = decode(t.data)
+                key = index.key_of_row(row)
+                entries.append((key, t.tid))
+                if index.unique and None not in index.values_of(row) \
+                        and self._live_for_unique(t, xid, index):
+                    if key in live:
+                        raise UniqueViolation(self._duplicate(index, index.values_of(row)))
+                    live[key] = t.tid
+            index.build(xid, entries)
+            self._relation.table_indexes.append(index)
+
+    def _pk_index(self) -> TableIndex | None:
+        for i in self._relation.table_indexes:
+            if i.primary:
+                return i
+        return None
+
+    def _index(self, name: object) -> TableIndex:
+        if not isinstance(name, str):
+            raise TypeError(f"an index name must be a str, not {type(name).__name__}")
+        for i in self._relation.table_indexes:
+            if i.name == name:
+                return i
+        raise KeyError(f"table {self.name!r} has no index {name!r} (it has "
+                       f"{', '.join(sorted(self.indexes)) or 'none'})")
+
+    def _pk_values(self, key: dict) -> tuple[TableIndex, tuple]:
+        pk = self._pk_index()
+        if pk is None:
+            raise ValueError(f"table {self.name!r} has no primary key: address rows by Tid")
+        cols = pk.entry.columns
+        if set(key) != set(cols):
+            raise ValueError(f"table {self.name!r}: the primary key is ({', '.join(cols)}); "
+                             f"got {', '.join(sorted(key)) or 'no columns'}")
+        return pk, tuple(key[c] for c in cols)
+
+    def _row_keys(self, row: Sequence) -> list[tuple[TableIndex, bytes, bool]]:
+        """(index, encoded key, whether it can conflict) of ``row`` for every index."""
+        out = []
+        for index in self._relation.table_indexes:
+            values = index.values_of(row)
+            if index.primary:
+                for c, v in zip(index.entry.columns, values, strict=True):
+                    if v is None:
+                        raise ValueError(f"table {self.name!r}: primary key column {c!r} "
+                                         f"cannot be NULL")
+            out.append((index, index.encode(values),
+                        index.unique and None not in values))
+        return out
+
+    @staticmethod
+    def _duplicate(index: TableIndex, values: tuple) -> str:
+        cols = ", ".join(index.entry.columns)
+        vals = ", ".join(repr(v) for v in values)
+        return (f"duplicate key value violates unique constraint {index.name!r}: "
+                f"({cols})=({vals}) already exists")
+
+    def _live_for_unique(self, t: HeapTuple, xid: int, index: TableIndex) -> bool:
+        """Whether ``t`` holds its key against a new row of ``xid`` (PostgreSQL's dirty
+        snapshot: committed or own, not deleted by a committed or own transaction). A
+        running inserter or deleter is a ConflictError."""
+        xacts = self._layer.xacts
+        xmin, xmax = t.xmin, t.xmax
+        if xmin != xid:
+            if xmin in xacts.aborted:
+                return False
+            if xacts.is_running(xmin):
+                xacts.note_conflict()
+                raise ConflictError(f"index {index.name!r}: a row with this key is being "
+                                    f"inserted by transaction {xmin}; retry the transaction")
+        if not xmax or xmax in xacts.aborted:
+            return True
+        if xmax == xid:
+            return False
+        if xacts.is_running(xmax):
+            xacts.note_conflict()
+            raise ConflictError(f"index {index.name!r}: a row with this key is being "
+                                f"deleted by transaction {xmax}; retry the transaction")
+        return False
+
+    def _check_unique(self, txn: TxnState, rows: list[Sequence],
+                      keys: list[list[tuple[TableIndex, bytes, bool]]],
+                      replacing: Tid | None = None) -> None:
+        """UniqueViolation (the transaction marked rollback-only) unless every unique
+        key of ``rows`` is free: not held by a live row other than ``replacing``, nor
+        twice among ``rows``. Called under the write lock."""
+        decode = self._codec.decode
+        batch: set[tuple[str, bytes]] = set()
+        try:
+            for row, row_keys in zip(rows, keys, strict=True):
+                for index, key, can_conflict in row_keys:
+                    if not can_conflict:
+                        continue
+                    if (index.name, key) in batch:
+                        raise UniqueViolation(self._duplicate(index, index.values_of(row)))
+                    batch.add((index.name, key))
+                    for _k, tid in index.matching(key):
+                        if tid == replacing:
+                            continue
+                        t = self._fetch(tid)
+                        if t is None or index.key_of_row(decode(t.data)) != key:
+                            continue
+                        if self._live_for_unique(t, txn.xid, index):
+                            raise UniqueViolation(
+                                self._duplicate(index, index.values_of(row)))
+        except (UniqueViolation, ConflictError):
+            txn.rollback_only = True
+            raise
+
+    def _add_entries(self, txn: TxnState, xid: int,
+                     keys: list[tuple[TableIndex, bytes, bool]], tid: Tid) -> None:
+        try:
+            for index, key, _c in keys:
+                index.insert(xid, key, tid)
+        except BaseException:
+            txn.rollback_only = True   # the heap tuple is written: never commit it alone
+            raise
+
     # --- writes -----------------------------------------------------------------------------
     def insert(self, row: Sequence) -> Tid:
-        """Insert ``row``; returns its Tid."""
+        """Insert ``row``; returns its Tid. UniqueViolation for a key a live row has."""
         data = self._codec.encode(row)   # TypeError/ValueError naming the column
         self._check()
-        with self._layer.write(self._relation) as txn:
-            return self._heap.insert(txn.xid, data)
+        if not self._relation.table_indexes:
+            with self._layer.write(self._relation) as txn:
+                return self._heap.insert(txn.xid, data)
+        keys = self._row_keys(row)
+        with self._layer.write(self._relation) as txn, self._write_lock:
+            self._check_unique(txn, [row], [keys])
+            tid = self._heap.insert(txn.xid, data)
+            self._add_entries(txn, txn.xid, keys, tid)
+            return tid
 
     def insert_many(self, rows: Iterable[Sequence]) -> list[Tid]:
         """Insert several rows at once (one WAL record per page filled); their Tids."""
+        rows = list(rows)
         datas = [self._codec.encode(r) for r in rows]
         if not datas:
             return []
         self._check()
-        with self._layer.write(self._relation) as txn:
-            return self._heap.insert_many(txn.xid, datas)
+        if not self._relation.table_indexes:
+            with self._layer.write(self._relation) as txn:
+                return self._heap.insert_many(txn.xid, datas)
+        keys = [self._row_keys(r) for r in rows]
+        with self._layer.write(self._relation) as txn, self._write_lock:
+            self._check_unique(txn, rows, keys)
+            tids = self._heap.insert_many(txn.xid, datas)
+            for row_keys, tid in zip(keys, tids, strict=True):
+                self._add_entries(txn, txn.xid, row_keys, tid)
+            return tids
 
-    def update(self, tid: Tid, row: Sequence) -> Tid:
-        """Replace the row at ``tid`` with ``row``; returns the new version's Tid.
-        KeyError if this transaction sees no row there; ConflictError if another
-        transaction changed it first."""
-        tid = _check_tid(tid)
+    def update(self, tid: Tid | Sequence, row: Sequence | None = None) -> Tid:
+        """``update(row)``: replace the row with ``row``'s primary key; ``update(tid,
+        row)``: the row at ``tid``. Returns the new version's Tid. KeyError if this
+        transaction sees no such row; ConflictError if another transaction changed it
+        first; UniqueViolation if ``row`` takes a key a live row has."""
+        by_key = row is None
+        if by_key:
+            row = tid
+        else:
+            tid = _check_tid(tid)
         data = self._codec.encode(row)
+        pk = self._pk_index()
+        if by_key and pk is None:
+            raise ValueError(f"table {self.name!r} has no primary key: use update(tid, row)")
         self._check()
+        keys = self._row_keys(row)
         with self._layer.write(self._relation) as txn, self._write_lock:
+            if by_key:
+                tid = self._visible_tid(pk, pk.values_of(row), txn.snapshot)
             self._check_writable(tid, txn.snapshot)
-            return self._heap.update(tid, txn.xid, data)
+            if keys:
+                self._check_unique(txn, [row], [keys], replacing=tid)
+            new = self._heap.update(tid, txn.xid, data)
+            self._add_entries(txn, txn.xid, keys, new)
+            return new
 
-    def delete(self, tid: Tid) -> None:
-        """Delete the row at ``tid`` (errors as for ``update``)."""
-        tid = _check_tid(tid)
+    def delete(self, tid: Tid | None = None, **key: object) -> None:
+        """``delete(tid)``, or ``delete(id=...)`` by primary key (errors as for
+        ``update``)."""
+        if tid is not None and key:
+            raise TypeError("delete takes a Tid or primary key columns, not both")
+        if tid is not None:
+            tid = _check_tid(tid)
+        elif not key:
+            raise TypeError("delete needs a Tid or the primary key's columns (e.g. id=1)")
+        else:
+            pk, values = self._pk_values(key)
+            pk.encode(values)   # TypeError naming the column before anything starts
         self._check()
         with self._layer.write(self._relation) as txn, self._write_lock:
+            if tid is None:
+                tid = self._visible_tid(pk, values, txn.snapshot)
             self._check_writable(tid, txn.snapshot)
             self._heap.delete(tid, txn.xid)
+
+    def _visible_tid(self, pk: TableIndex, values: tuple, snap: Snapshot) -> Tid:
+        for tid, _row in self._index_rows(pk, pk.encode(values), snap):
+            return tid
+        cols = ", ".join(f"{c}={v!r}" for c, v in zip(pk.entry.columns, values, strict=True))
+        raise KeyError(f"table {self.name!r} has no row with {cols} visible to this "
+                       f"transaction")
 
     def _check_writable(self, tid: Tid, snap: Snapshot) -> None:
         t = self._fetch(tid)
@@ -149,9 +387,78 @@ class Table:
         except ValueError:  # past the end of the relation
             return None
 
-    def get(self, tid: Tid) -> tuple | None:
-        """The row at ``tid`` as this transaction (or, outside one, the latest committed
-        state) sees it; None if there is none."""
+    def _index_rows(self, index: TableIndex, prefix: bytes, snap: Snapshot,
+                    stop: bytes | None = None, *, exact: bool = True,
+                    reverse: bool = False) -> Iterator[tuple[Tid, tuple]]:
+        """(tid, row) of the visible rows whose ``index`` key starts with ``prefix``
+        (``exact``) or lies in [prefix, stop), in index order; heap pages through a read
+        stream fed by the entries ahead."""
+        visible = snap.visible
+        decode = self._codec.decode
+        if exact:
+            entries = index.matching(prefix)
+        else:
+            entries = index.tids(prefix, stop, reverse=reverse)
+        for key, t in fetch_batched(self._heap, entries):
+            if visible(t.xmin, t.xmax):
+                row = decode(t.data)
+                if index.key_of_row(row) == key:
+                    yield t.tid, row
+
+    def _key_tuple(self, index: TableIndex, key: object, what: str) -> tuple:
+        if not isinstance(key, (tuple, list)):
+            key = (key,)
+        if len(key) > len(index.key_columns):
+            raise ValueError(f"index {index.name!r} has {len(index.key_columns)} columns "
+                             f"({', '.join(index.entry.columns)}); {what} {tuple(key)!r} has "
+                             f"{len(key)} values")
+        return tuple(key)
+
+    def lookup(self, index: str, key: object) -> list[tuple]:
+        """The visible rows whose ``index`` key is ``key`` (a tuple of values, or a
+        prefix of the index's columns; one value for a one-column index), in index
+        order. KeyError naming an unknown index; TypeError naming a column for a value of
+        the wrong type."""
+        idx = self._index(index)
+        prefix = idx.encode(self._key_tuple(idx, key, "key"))
+        self._check()
+        with self._layer.read_snapshot() as snap:
+            return [row for _tid, row in self._index_rows(idx, prefix, snap)]
+
+    def range(self, index: str, start: object = None, stop: object = None, *,
+              reverse: bool = False) -> Iterator[tuple]:
+        """The visible rows with ``start <= key < stop`` on ``index`` (tuples of values or
+        prefixes of the index's columns; None: unbounded; a stop prefix excludes every row
+        that starts with it), in index order or ``reverse``d; one snapshot."""
+        idx = self._index(index)
+        lo = None if start is None else idx.encode(self._key_tuple(idx, start, "start"))
+        hi = None if stop is None else idx.encode(self._key_tuple(idx, stop, "stop"))
+        if not isinstance(reverse, bool):
+            raise TypeError(f"reverse must be a bool, not {type(reverse).__name__}")
+        self._check()
+        return self._layer.guard(self._range(idx, lo, hi, reverse), self._check)
+
+    def _range(self, idx: TableIndex, lo: bytes | None, hi: bytes | None,
+               reverse: bool) -> Iterator[tuple]:
+        with self._layer.read_snapshot() as snap:
+            for _tid, row in self._index_rows(idx, lo, snap, hi, exact=False,
+                                              reverse=reverse):
+                yield row
+
+    def get(self, tid: Tid | None = None, **key: object) -> tuple | None:
+        """``get(tid)``: the row at ``tid``; ``get(id=...)``: the row with that primary
+        key; as this transaction (or, outside one, the latest committed state) sees it.
+        None if there is none."""
+        if key:
+            if tid is not None:
+                raise TypeError("get takes a Tid or primary key columns, not both")
+            pk, values = self._pk_values(key)
+            prefix = pk.encode(values)
+            self._check()
+            with self._layer.read_snapshot() as snap:
+                for _tid, row in self._index_rows(pk, prefix, snap):
+                    return row
+            return None
         tid = _check_tid(tid)
         self._check()
         txn = self._layer.current()

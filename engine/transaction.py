@@ -287,7 +287,8 @@ class TransactionLayer:
                     xid = txn.xid = xacts.assign_xid()
                 try:
                     changes = [(r, r.index.apply(xid, writes)) for r, writes in kv.items()]
-                    end = xacts.log_commit(xid, tuple(r.rel for r in drops))
+                    end = xacts.log_commit(xid, tuple(n for r in drops
+                                                      for n in r.relfilenumbers()))
                 except BaseException as exc:
                     self._note_wal_error(exc)
                     xacts.abort(xid)
@@ -300,7 +301,7 @@ class TransactionLayer:
                 if drops:
                     for relation in drops:
                         relation.set_state(RelationState.DROPPED)
-                    xacts.add_pending_unlinks(r.rel for r in drops)
+                    xacts.add_pending_unlinks(n for r in drops for n in r.relfilenumbers())
                     self._on_dropped(list(drops))
                 xacts.finish_commit(xid)
         finally:

@@ -36,7 +36,7 @@ from slonik.engine.database import (
     NotADatabaseError,
     RelationStats,
 )
-from slonik.engine.errors import ConflictError, RelationDroppedError
+from slonik.engine.errors import ConflictError, RelationDroppedError, UniqueViolation
 from slonik.engine.kv import KVItemsView, KVKeysView, KVStore, KVValuesView
 from slonik.engine.table import Table
 from slonik.engine.transaction import Transaction
@@ -51,5 +51,5 @@ __all__ = [
     "SlonikError", "StorageError", "ConflictError", "DataCorruptionError", "WalError",
     "IOFailure", "DiskFullError", "IoMethodUnavailable", "NotADatabaseError",
     "DatabaseLockedError", "DatabaseClosedError", "TransactionStateError",
-    "TupleTooLargeError", "ControlFileError",
+    "TupleTooLargeError", "ControlFileError", "UniqueViolation",
 ]

@@ -1509,8 +1509,11 @@ class BTree:
             block = special.next
 
     # --- vacuum ------------------------------------------------------------------------------
-    def vacuum(self, is_dead: Callable[[int, int], bool]) -> VacuumResult:
-        """Remove every leaf entry for which ``is_dead(xmin, xmax)`` is True (one VACUUM
+    def vacuum(self, is_dead: Callable[[int, int], bool], *,
+               by_entry: bool = False) -> VacuumResult:
+        """Remove every leaf entry for which ``is_dead(xmin, xmax)`` (with ``by_entry``:
+        ``is_dead(entry)``, the whole ``LeafEntry``, as a secondary index whose key ends
+        with a heap TID needs) is True (one VACUUM
         record per leaf changed), free the overflow pages of those removed, unlink the
         leaves left empty (``_unlink_leaf``) and recycle unlinked leaves no reader can
         reach any more onto the free list, from which splits and overflow values take
@@ -1527,7 +1530,7 @@ class BTree:
                 count = bt_item_count(page) + 1 - first
                 for off in range(first, bt_item_count(page) + 1):
                     e = unpack_entry(bt_item(page, off))
-                    if is_dead(e.xmin, e.xmax):
+                    if is_dead(e) if by_entry else is_dead(e.xmin, e.xmax):
                         dead.append((off, e))
                 return (block, dead, count, special.next == P_NONE), False
 

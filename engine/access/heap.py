@@ -563,6 +563,44 @@ class Heap:
             xmin, xmax, flags, _n = _TUPLE_HEAD.unpack_from(item)
             return HeapTuple(tid, xmin, xmax, flags, bytes(item[TUPLE_HEADER_SIZE:]))
 
+    def fetch_stream(self, tids: Iterable[Tid]) -> Iterator[tuple[Tid, HeapTuple | None]]:
+        """(tid, the tuple at it or None) for each of ``tids`` in order, their pages read
+        through a read stream: the blocks of the tids ahead are in flight while earlier
+        ones are returned (an index scan's heap fetches). Tids past the end are skipped."""
+        bm = self.bufmgr
+        n = self.nblocks()
+        tids = iter(tids)
+
+        def source():
+            for tid in tids:
+                if tid.block < n:
+                    return tid.block, tid
+            return None
+
+        with ReadStream(bm, self.rel, self.fork, source, per_buffer_data=True) as stream:
+            while True:
+                got = stream.next_buffer()
+                if got is None:
+                    break
+                buf, tid = got
+                try:
+                    bm.lock_shared(buf)
+                    try:
+                        page = bm.page(buf)
+                        t = None
+                        if not page_is_new(page) and tid.offnum <= page_item_count(page) \
+                                and page_item_flags(page, tid.offnum) == LpFlag.NORMAL:
+                            item = page_get_item(page, tid.offnum)
+                            self._check_item(item, tid)
+                            xmin, xmax, flags, _n = _TUPLE_HEAD.unpack_from(item)
+                            t = HeapTuple(tid, xmin, xmax, flags,
+                                          bytes(item[TUPLE_HEADER_SIZE:]))
+                    finally:
+                        bm.unlock_shared(buf)
+                finally:
+                    bm.unpin(buf)
+                yield tid, t
+
     def scan(self) -> Iterator[HeapTuple]:
         """Every tuple on every page (block order, then offnum), whatever its xmin/xmax,
         read through a read stream; each page is unpinned before its tuples are yielded.

@@ -1,0 +1,209 @@
+"""Secondary B+tree indexes of tables (and primary keys): entries, lookups, vacuum, checks.
+
+A ``TableIndex`` is one B+tree relation (``engine.access.btree``) whose entries point at
+heap tuples, like PostgreSQL's nbtree over a heap:
+
+    entry key  = encode_key(index columns, row values) | block u32 BE | offnum u16 BE
+    xmin       = the xid that inserted the heap tuple (the tree's WAL records name it)
+    xmax       = 0 (never set: visibility is the heap's business)
+    payload    = empty
+
+The heap TID at the end of the key makes every entry unique and orders the entries of
+one key value by TID. Every heap tuple a table writes (insert, the new version of an
+update) gets one entry in every index, in the same transaction, after the heap change
+(WAL order: heap record, index record, COMMIT). Entries are never changed after that:
+a delete or an update leaves the old version's entries pointing at a version that the
+heap's visibility rules (xmin/xmax against the reader's snapshot) hide, so every read
+fetches the heap tuple, checks it is visible and re-checks its key.
+
+Vacuum (``prune_with_indexes``): the heap tuples about to be pruned are found first,
+their entries are removed from every index, and only then the heap prunes exactly those
+tuples (a tuple not found dead in the first pass is not pruned). So an index never points
+at a slot that a later insert reuses for a stranger's row.
+
+Invariants:
+1. Every heap tuple that is not pruned has exactly one entry in each index of its table,
+   keyed by its own values (``check_index`` verifies this, and that every entry points
+   at a tuple with that key).
+2. Entries of an index are added only under the table's write lock (uniqueness checks
+   and the entries they guard are atomic with respect to other writers of the table).
+3. Keys stay within the tree's ``KEY_MAX_BYTES``: a longer key raises ``ValueError``
+   naming the index, before the heap is touched.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite
+from slonik.engine.access.heap import Heap
+from slonik.engine.access.keycodec import encode_key, prefix_end
+from slonik.engine.access.tuple import HeapTuple, Tid
+from slonik.engine.catalog import IndexEntry
+
+__all__ = ["TableIndex", "prune_with_indexes", "check_index", "IndexCheckResult",
+           "TID_SUFFIX_BYTES"]
+
+_TID = struct.Struct(">IH")
+TID_SUFFIX_BYTES = _TID.size
+# A range scan fetches heap tuples for the entries of this many index entries at a time,
+# so the heap read stream knows that many blocks ahead (the look-ahead it can use).
+INDEX_SCAN_BATCH_ENTRIES = 256
+
+
+def _is_dead_entry_of(dead: set[Tid]) -> Callable:
+    def is_dead(entry) -> bool:
+        return Tid(*_TID.unpack_from(entry.key, len(entry.key) - TID_SUFFIX_BYTES)) in dead
+    return is_dead
+
+
+class TableIndex:
+    """One index of a table: its definition, its tree and how a row maps to its key."""
+
+    def __init__(self, entry: IndexEntry, table_columns: Sequence[tuple[str, str]],
+                 tree: BTree, *, primary: bool = False) -> None:
+        types = dict(table_columns)
+        names = [n for n, _t in table_columns]
+        self.entry = entry
+        self.name = entry.name
+        self.unique = entry.unique
+        self.primary = primary
+        self.tree = tree
+        self.key_columns = tuple((c, types[c]) for c in entry.columns)
+        self.positions = tuple(names.index(c) for c in entry.columns)
+
+    def __repr__(self) -> str:
+        kind = "primary key" if self.primary else "unique index" if self.unique else "index"
+        return f"<{kind} {self.name!r} on {list(self.entry.columns)}>"
+
+    @property
+    def rel(self) -> int:
+        return self.entry.relfilenumber
+
+    def values_of(self, row: Sequence) -> tuple:
+        return tuple(row[i] for i in self.positions)
+
+    def key_of_row(self, row: Sequence) -> bytes:
+        return self.encode(self.values_of(row))
+
+    def encode(self, values: Sequence) -> bytes:
+        """The encoded key (or key prefix) of ``values``; TypeError naming the column for
+        a wrong type, ValueError naming the index for a key over the size limit."""
+        key = encode_key(self.key_columns, values)
+        if len(key) + TID_SUFFIX_BYTES > KEY_MAX_BYTES:
+            raise ValueError(f"index {self.name!r}: a key of {len(key)} bytes (for "
+                             f"{values!r:.80}) is over the limit of "
+                             f"{KEY_MAX_BYTES - TID_SUFFIX_BYTES} bytes")
+        return key
+
+    # --- writes ---------------------------------------------------------------------------
+    def insert(self, xid: int, key: bytes, tid: Tid) -> None:
+        """Add the entry for the heap tuple at ``tid`` (``key`` from ``key_of_row``)."""
+        self.tree.insert(key + _TID.pack(*tid), b"", xid)
+
+    def build(self, xid: int, entries: list[tuple[bytes, Tid]]) -> None:
+        """Add the entries of existing rows in one sorted batch (leaves filled in order)."""
+        writes = sorted(VersionWrite(k + _TID.pack(*t), xid, b"") for k, t in entries)
+        if writes:
+            self.tree.apply(writes)
+
+    def vacuum(self, dead: set[Tid]) -> int:
+        """Remove the entries pointing at ``dead`` heap tuples; how many went."""
+        if not dead:
+            return 0
+        return self.tree.vacuum(_is_dead_entry_of(dead), by_entry=True).entries_removed
+
+    # --- reads ----------------------------------------------------------------------------
+    def tids(self, start: bytes | None, stop: bytes | None, *,
+             reverse: bool = False) -> Iterator[tuple[bytes, Tid]]:
+        """(encoded key, tid) of the entries with ``start <= key < stop`` (bytes of
+        encoded key prefixes; None: unbounded), in key order (then TID order)."""
+        for k, _v in self.tree.items(start, stop, reverse=reverse, values=False):
+            n = len(k) - TID_SUFFIX_BYTES
+            yield k[:n], Tid(*_TID.unpack_from(k, n))
+
+    def matching(self, prefix: bytes) -> Iterator[tuple[bytes, Tid]]:
+        """The entries whose key starts with ``prefix``."""
+        return self.tids(prefix, prefix_end(prefix))
+
+
+def fetch_batched(heap: Heap, entries: Iterator[tuple[bytes, Tid]]
+                  ) -> Iterator[tuple[bytes, HeapTuple]]:
+    """(index key, heap tuple) for index entries in index order; the heap pages of the
+    next ``INDEX_SCAN_BATCH_ENTRIES`` entries go into one read stream, so their reads are
+    in flight together. Entries whose slot is empty are skipped."""
+    while True:
+        batch = []
+        for item in entries:
+            batch.append(item)
+            if len(batch) >= INDEX_SCAN_BATCH_ENTRIES:
+                break
+        if not batch:
+            return
+        keys = {}
+        for key, tid in batch:
+            keys.setdefault(tid, []).append(key)
+        for tid, t in heap.fetch_stream(tid for _k, tid in batch):
+            if t is not None:
+                yield keys[tid].pop(0), t
+        if len(batch) < INDEX_SCAN_BATCH_ENTRIES:
+            return
+
+
+def prune_with_indexes(heap: Heap, indexes: Sequence[TableIndex],
+                       is_dead: Callable[[HeapTuple], bool]) -> int:
+    """Vacuum a table: the tuples ``is_dead`` condemns lose their index entries first,
+    then their heap slots (only those; see the module docstring). Tuples pruned."""
+    if not indexes:
+        return heap.prune(is_dead)
+    dead = {t.tid: (t.xmin, t.xmax, t.flags) for t in heap.scan() if is_dead(t)}
+    if not dead:
+        return 0
+    tids = set(dead)
+    for index in indexes:
+        index.vacuum(tids)
+    return heap.prune(lambda t: dead.get(t.tid) == (t.xmin, t.xmax, t.flags))
+
+
+@dataclass(frozen=True)
+class IndexCheckResult:
+    index: str
+    entries: int
+    tuples: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+PROBLEMS_REPORTED_MAX = 20  # per index: enough to see the pattern, bounded output
+
+
+def check_index(index: TableIndex, tuples: dict[Tid, tuple],
+                is_visible: Callable[[Tid], bool]) -> IndexCheckResult:
+    """Verify invariant 1 of ``index`` against ``tuples`` (tid -> row of every tuple in
+    the heap): every entry points at a tuple whose key is the entry's, and every tuple
+    ``is_visible`` says a reader can see has an entry."""
+    problems: list[str] = []
+    seen: set[Tid] = set()
+    n = 0
+    for key, tid in index.tids(None, None):
+        n += 1
+        row = tuples.get(tid)
+        if row is None:
+            problems.append(f"index {index.name!r}: entry {key!r:.60} points at {tuple(tid)}, "
+                            f"where there is no heap tuple")
+        elif index.key_of_row(row) != key:
+            problems.append(f"index {index.name!r}: entry {key!r:.60} points at "
+                            f"{tuple(tid)}, whose row has another key")
+        elif tid in seen:
+            problems.append(f"index {index.name!r}: two entries point at {tuple(tid)}")
+        seen.add(tid)
+    for tid in tuples:
+        if tid not in seen and is_visible(tid):
+            problems.append(f"index {index.name!r}: the visible heap tuple at {tuple(tid)} "
+                            f"has no entry")
+    return IndexCheckResult(index.name, n, len(tuples), tuple(problems[:PROBLEMS_REPORTED_MAX]))
