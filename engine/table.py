@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from slonik.engine.access.heap import Heap, HeapTuple
 from slonik.engine.access.tuple import RowCodec, Tid
 from slonik.engine.errors import ConflictError, RelationDroppedError, UniqueViolation
-from slonik.engine.index import TableIndex, fetch_batched
+from slonik.engine.index import IndexCheckResult, TableIndex, check_index, fetch_batched
 from slonik.engine.relation import Relation, RelationState
 from slonik.engine.transaction import TransactionLayer, TxnState
 from slonik.engine.xact import Snapshot
@@ -169,6 +169,19 @@ class Table:
                     live[key] = t.tid
             index.build(xid, entries)
             self._relation.table_indexes.append(index)
+
+    def check_indexes(self) -> list[IndexCheckResult]:
+        """amcheck-like verification of every index against the heap (under the write
+        lock, one snapshot): every entry points at a heap tuple with the entry's key, and
+        every tuple the latest committed state sees has an entry in each index."""
+        self._check()
+        decode = self._codec.decode
+        with self._write_lock, self._layer.read_snapshot() as snap:
+            heap = {t.tid: t for t in self._heap.scan()}
+            rows = {tid: decode(t.data) for tid, t in heap.items()}
+            return [check_index(index, rows,
+                                lambda tid: snap.visible(heap[tid].xmin, heap[tid].xmax))
+                    for index in self._relation.table_indexes]
 
     def _pk_index(self) -> TableIndex | None:
         for i in self._relation.table_indexes:

@@ -1,0 +1,289 @@
+"""Tables with primary keys and secondary B+tree indexes (engine/index.py, engine/table.py):
+lookups, ranges, uniqueness, maintenance by every write, vacuum and TID reuse, reopen,
+drop, bad input — on every io method, each test checking the indexes against the heap
+(``check_indexes``) where the structure could have gone wrong."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+
+from slonik import ConflictError, SlonikError, UniqueViolation
+from tests.engine.dbutil import open_db
+
+COLUMNS = [("id", "int8"), ("name", "text"), ("score", "float8"), ("blob", "bytea"),
+           ("ok", "bool")]
+
+
+@pytest.fixture
+def db(tmp_path, io_method):
+    d = open_db(tmp_path / "db", io_method)
+    yield d
+    d.close()
+
+
+def _assert_indexes_ok(t) -> None:
+    for result in t.check_indexes():
+        assert result.ok, result.problems
+
+
+def _pg_order(v):
+    return (v is None, v)
+
+
+def test_primary_key_get_update_delete(db):
+    """get(id=) finds a row by primary key (None when absent); update(row) and
+    delete(id=) address it by key; the old TID API still works; the index matches the
+    heap after each step."""
+    t = db.create_table("users", COLUMNS, primary_key="id")
+    assert t.primary_key == ("id",)
+    tid = t.insert((1, "alice", 1.5, b"a", True))
+    t.insert((2, "bob", None, None, None))
+    assert t.get(id=1) == (1, "alice", 1.5, b"a", True)
+    assert t.get(id=3) is None
+    assert t.get(tid) == (1, "alice", 1.5, b"a", True)
+    new = t.update((1, "alicia", 2.0, b"", False))
+    assert new != tid
+    assert t.get(id=1) == (1, "alicia", 2.0, b"", False)
+    t.update(new, (1, "al", 2.0, b"", False))          # by TID
+    assert t.get(id=1)[1] == "al"
+    t.delete(id=2)
+    assert t.get(id=2) is None
+    with pytest.raises(KeyError, match="id=2"):
+        t.delete(id=2)
+    with pytest.raises(KeyError, match="id=9"):
+        t.update((9, "nobody", None, None, None))
+    assert sorted(t.scan()) == [(1, "al", 2.0, b"", False)]
+    _assert_indexes_ok(t)
+
+
+def test_unique_violation_aborts_with_nothing_written(db):
+    """A duplicate primary key raises UniqueViolation naming the index and the key; in a
+    transaction the whole transaction is aborted (its earlier insert is gone too); in
+    autocommit nothing is written. Deleting a key frees it for a later insert in the same
+    transaction; a unique secondary index behaves alike, and NULLs never conflict."""
+    t = db.create_table("u", COLUMNS, primary_key="id")
+    t.insert((1, "a", None, None, None))
+    with pytest.raises(UniqueViolation, match=r"'u_pkey'.*\(id\)=\(1\)"):
+        t.insert((1, "dup", None, None, None))
+    assert isinstance(UniqueViolation("x"), SlonikError)
+    with pytest.raises(UniqueViolation), db.transaction():
+        t.insert((2, "b", None, None, None))
+        t.insert((1, "dup", None, None, None))
+    assert t.get(id=2) is None
+    with db.transaction():
+        try:
+            t.insert((3, "c", None, None, None))
+            t.insert((1, "dup", None, None, None))
+        except UniqueViolation:
+            pass
+    assert t.get(id=3) is None      # caught or not, the transaction was aborted
+    with db.transaction():
+        t.delete(id=1)
+        t.insert((1, "again", None, None, None))
+    assert t.get(id=1)[1] == "again"
+    with pytest.raises(UniqueViolation, match="duplicate"):
+        t.insert_many([(5, "x", None, None, None), (5, "y", None, None, None)])
+    assert t.get(id=5) is None
+    t.create_index("by_name", ["name"], unique=True)
+    t.insert((6, None, None, None, None))
+    t.insert((7, None, None, None, None))           # NULLs are distinct
+    with pytest.raises(UniqueViolation, match=r"'by_name'.*\(name\)=\('again'\)"):
+        t.insert((8, "again", None, None, None))
+    with pytest.raises(UniqueViolation, match="by_name"):
+        t.update((6, "again", None, None, None))
+    assert sorted(r[0] for r in t.scan()) == [1, 6, 7]
+    with pytest.raises(UniqueViolation, match="by_score"):
+        t.insert((9, "z", 1.0, None, None))
+        t.insert((10, "w", 1.0, None, None))
+        t.create_index("by_score", ["score"], unique=True)
+    assert "by_score" not in t.indexes
+    _assert_indexes_ok(t)
+
+
+def test_multicolumn_index_ranges_follow_natural_order(db):
+    """An index over (score, name, ok) built over existing rows, then maintained by
+    inserts, updates and deletes, returns exactly the rows Python's sort of the same
+    keys (NULLs last) puts in [start, stop), forwards and reversed, for random bounds
+    and prefixes; lookup returns the rows of one key."""
+    rng = random.Random(7)
+    t = db.create_table("m", COLUMNS, primary_key="id")
+    names = ["", "a", "ab", "b", "é", "z\x00", None]
+    scores = [-1e300, -1.5, -0.0, 0.0, 2.5, float("inf"), None]
+
+    def row(i):
+        return (i, rng.choice(names), rng.choice(scores), bytes([i % 7]), rng.choice(
+            [True, False, None]))
+
+    model = {i: row(i) for i in range(300)}
+    t.insert_many(list(model.values())[:150])
+    t.create_index("by_sno", ["score", "name", "ok"])
+    t.insert_many(list(model.values())[150:])
+    for i in rng.sample(range(300), 60):
+        model[i] = (i, *row(i)[1:])
+        t.update(model[i])
+    for i in rng.sample(range(300), 40):
+        del model[i]
+        t.delete(id=i)
+
+    def key(r):
+        return (_pg_order(r[2]), _pg_order(r[1]), _pg_order(r[4]))
+
+    def same(got, want):
+        """Same rows, in the same key order (rows of equal keys in any order: TIDs)."""
+        assert [key(r) for r in got] == [key(r) for r in want]
+        assert sorted(got) == sorted(want)
+
+    ordered = sorted(model.values(), key=key)
+    same(list(t.range("by_sno")), ordered)
+    same(list(t.range("by_sno", reverse=True)), ordered[::-1])
+    assert list(t.range("m_pkey")) == sorted(model.values())
+    for _ in range(40):
+        a, b = sorted(rng.sample(ordered, 2), key=key)
+        k = rng.randrange(1, 4)
+        start = (a[2], a[1], a[4])[:k]
+        stop = (b[2], b[1], b[4])[:k]
+
+        def prefix(r, k=k):
+            return key(r)[:k]
+        lo = tuple(_pg_order(v) for v in start)
+        hi = tuple(_pg_order(v) for v in stop)
+        want = [r for r in ordered if lo <= prefix(r) < hi]
+        same(list(t.range("by_sno", start=start, stop=stop)), want)
+        same(list(t.range("by_sno", start=start, stop=stop, reverse=True)), want[::-1])
+        same(t.lookup("by_sno", start), [r for r in ordered if prefix(r) == lo])
+    _assert_indexes_ok(t)
+
+
+def test_tid_reuse_after_vacuum_never_reaches_a_stranger(db):
+    """The issue's scenario: alice is deleted and vacuumed, bob's insert reuses her slot
+    (the same TID); no index leads to bob through alice's key, and alice's primary key
+    finds nothing."""
+    t = db.create_table("p", [("id", "int8"), ("name", "text")], primary_key="id")
+    t.create_index("by_name", ["name"])
+    alice = t.insert((1, "alice"))
+    t.delete(id=1)
+    assert db.vacuum("p") == 1
+    bob = t.insert((2, "bob"))
+    assert bob == alice                      # the slot was reused ...
+    assert t.get(id=1) is None               # ... but not through alice's keys
+    assert t.lookup("by_name", "alice") == []
+    assert t.lookup("by_name", ("bob",)) == [(2, "bob")]
+    assert t.get(id=2) == (2, "bob")
+    results = t.check_indexes()
+    assert [r.entries for r in results] == [1, 1]
+    _assert_indexes_ok(t)
+
+
+def test_snapshot_isolation_and_write_conflicts(db):
+    """A reader's range scan and get(id=) see its snapshot while a writer commits an
+    update; two transactions inserting one key: the second gets ConflictError while the
+    first runs, UniqueViolation once it committed."""
+    t = db.create_table("s", [("id", "int8"), ("v", "text")], primary_key="id")
+    t.create_index("by_v", ["v"])
+    t.insert((1, "old"))
+    with db.transaction():
+        assert t.get(id=1) == (1, "old")
+        done = threading.Event()
+
+        def writer():
+            t.update((1, "new"))
+            done.set()
+        th = threading.Thread(target=writer)
+        th.start()
+        th.join()
+        assert done.is_set()
+        assert t.get(id=1) == (1, "old")
+        assert list(t.range("by_v")) == [(1, "old")]
+        assert t.lookup("by_v", "new") == []
+    assert list(t.range("by_v")) == [(1, "new")]
+    errors = []
+    started, finish = threading.Event(), threading.Event()
+
+    def first():
+        with db.transaction():
+            t.insert((2, "x"))
+            started.set()
+            finish.wait(30)
+
+    th = threading.Thread(target=first)
+    th.start()
+    assert started.wait(30)
+    try:
+        t.insert((2, "y"))
+    except ConflictError as exc:
+        errors.append(exc)
+    finish.set()
+    th.join()
+    assert len(errors) == 1 and "being inserted" in str(errors[0])
+    with pytest.raises(UniqueViolation):
+        t.insert((2, "y"))
+    assert t.get(id=2) == (2, "x")
+    _assert_indexes_ok(t)
+
+
+def test_bad_input_names_the_thing(db):
+    """Unknown columns and index names, wrong key types, NULL primary keys, a key too
+    long for the tree, misuse of get/delete: clear errors naming what was wrong, and
+    nothing written."""
+    with pytest.raises(ValueError, match="'nope'"):
+        db.create_table("b", [("id", "int8")], primary_key="nope")
+    t = db.create_table("b", [("id", "int8"), ("name", "text")], primary_key=("id",))
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        t.create_index("i", ["nope"])
+    with pytest.raises(KeyError, match="no index 'missing'"):
+        t.lookup("missing", 1)
+    with pytest.raises(KeyError, match="no index 'missing'"):
+        t.range("missing")
+    with pytest.raises(TypeError, match="'id' is int8"):
+        t.get(id="1")
+    with pytest.raises(TypeError, match="'id' is int8"):
+        list(t.range("b_pkey", start=("x",)))
+    with pytest.raises(ValueError, match="primary key is \\(id\\)"):
+        t.get(name="x")
+    with pytest.raises(ValueError, match="'id' cannot be NULL"):
+        t.insert((None, "x"))
+    t.create_index("by_name", ["name"])
+    with pytest.raises(ValueError, match="already used"):
+        t.create_index("by_name", ["id"])
+    with pytest.raises(ValueError, match="'by_name'.*over the limit"):
+        t.insert((1, "x" * 3000))
+    with pytest.raises(ValueError, match="has 1 columns"):
+        t.lookup("by_name", ("a", "b"))
+    plain = db.create_table("plain", [("id", "int8")])
+    with pytest.raises(ValueError, match="no primary key"):
+        plain.get(id=1)
+    with pytest.raises(ValueError, match="no primary key"):
+        plain.update((1,))
+    assert list(t.scan()) == [] and list(plain.scan()) == []
+
+
+def test_reopen_drop_and_read_stream(tmp_path, io_method):
+    """Indexes survive a clean reopen (the catalog lists them) and are used at once; a
+    cold index range scan over rows stored in key order reads the heap through a read
+    stream (fewer reads than heap blocks: adjacent blocks combined); dropping the table
+    removes the index files with the heap's."""
+    path = tmp_path / "db"
+    with open_db(path, io_method) as db:
+        t = db.create_table("r", [("id", "int8"), ("pad", "text")], primary_key="id")
+        t.insert_many([(i, "p" * 200) for i in range(2000)])
+        t.create_index("by_pad", ["pad", "id"])
+        rels = [db.stats().relations[0].relfilenumber]
+    with open_db(path, io_method) as db:
+        t = db.table("r")
+        assert t.indexes == {"r_pkey": (("id",), True), "by_pad": (("pad", "id"), False)}
+        heap_blocks = t.heap.nblocks()
+        before = db.stats().aio.total("read")
+        rows = list(t.range("r_pkey", start=(100,), stop=(1900,)))
+        reads = db.stats().aio.total("read") - before
+        assert [r[0] for r in rows] == list(range(100, 1900))
+        assert heap_blocks > 20 and reads < heap_blocks * 0.9 * 0.5, (reads, heap_blocks)
+        assert t.get(id=1999) == (1999, "p" * 200)
+        _assert_indexes_ok(t)
+        db.drop("r")
+    files = set(os.listdir(path / "base"))
+    assert not any(f.split(".")[0] == str(rels[0]) for f in files)
+    assert not any(f.split(".")[0] in {str(rels[0] + 1), str(rels[0] + 2)} for f in files)
