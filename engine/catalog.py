@@ -5,8 +5,8 @@ start at 16384). Each row is (name text, kind text, relfilenumber int8, schema t
 ``kind`` "kv" or "table" and ``schema`` the table's columns as JSON (empty for a KV
 store): a list of ``[name, type]``, or, for a table with a primary key or indexes, an
 object ``{"columns": [...], "primary_key": [...], "indexes": [{"name", "columns",
-"unique", "relfilenumber"}, ...]}`` (the primary key is also listed as a unique index,
-named ``<table>_pkey``). An index is a B+tree relation of its own, created and dropped
+"unique", "relfilenumber", "primary"}, ...]}`` (the primary key is also listed, as the
+unique index ``<table>_pkey`` with ``primary`` true). An index is a B+tree relation of its own, created and dropped
 with its table; ``create_index`` replaces the table's row (delete + insert) in the
 transaction that builds the index. Rows are written through the transaction machinery like any heap change (xmin =
 the creating transaction, WAL-logged), so a relation created by a transaction that a
@@ -51,6 +51,7 @@ class IndexEntry:
     columns: tuple[str, ...]
     unique: bool
     relfilenumber: int
+    primary: bool = False   # the table's primary key (unique, its columns NOT NULL)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def encode_entry(e: RelationEntry) -> bytes:
         schema = json.dumps({
             "columns": [list(c) for c in e.columns], "primary_key": list(e.primary_key),
             "indexes": [{"name": i.name, "columns": list(i.columns), "unique": i.unique,
-                         "relfilenumber": i.relfilenumber} for i in e.indexes]})
+                         "relfilenumber": i.relfilenumber, "primary": i.primary}
+                        for i in e.indexes]})
     return _CODEC.encode((e.name, e.kind, e.relfilenumber, schema))
 
 
@@ -98,7 +100,8 @@ def decode_entry(data: bytes, tid: Tid) -> RelationEntry:
         try:
             pk = tuple(str(c) for c in parsed["primary_key"])
             indexes = tuple(IndexEntry(str(i["name"]), tuple(str(c) for c in i["columns"]),
-                                       bool(i["unique"]), int(i["relfilenumber"]))
+                                       bool(i["unique"]), int(i["relfilenumber"]),
+                                       bool(i.get("primary", False)))
                             for i in parsed["indexes"])
             parsed = parsed["columns"]
         except (KeyError, TypeError, ValueError) as exc:

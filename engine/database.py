@@ -370,9 +370,7 @@ class Database:
         else:
             relation = Relation(e.name, "table", e.relfilenumber, heap, columns=e.columns)
             relation.table_indexes = [
-                TableIndex(i, e.columns, BTree.open(i.relfilenumber, self._bufmgr, self._wal),
-                           primary=bool(e.primary_key) and i.columns == e.primary_key
-                           and i.name == f"{e.name}_pkey")
+                TableIndex(i, e.columns, BTree.open(i.relfilenumber, self._bufmgr, self._wal))
                 for i in e.indexes]
             obj = Table(self._txns, relation, create_index=self._create_index)
         self._relations[e.name] = relation
@@ -601,7 +599,8 @@ class Database:
             self._next_rel += 1
             indexes: tuple[IndexEntry, ...] = ()
             if primary_key:
-                indexes = (IndexEntry(f"{name}_pkey", primary_key, True, self._next_rel),)
+                indexes = (IndexEntry(f"{name}_pkey", primary_key, True, self._next_rel,
+                                      primary=True),)
                 self._next_rel += 1
             xid = xacts.assign_xid()
             try:

@@ -63,13 +63,13 @@ class TableIndex:
     """One index of a table: its definition, its tree and how a row maps to its key."""
 
     def __init__(self, entry: IndexEntry, table_columns: Sequence[tuple[str, str]],
-                 tree: BTree, *, primary: bool = False) -> None:
+                 tree: BTree) -> None:
         types = dict(table_columns)
         names = [n for n, _t in table_columns]
         self.entry = entry
         self.name = entry.name
         self.unique = entry.unique
-        self.primary = primary
+        self.primary = entry.primary
         self.tree = tree
         self.key_columns = tuple((c, types[c]) for c in entry.columns)
         self.positions = tuple(names.index(c) for c in entry.columns)

@@ -199,7 +199,8 @@ def relation_def(entry: RelationEntry | object) -> RelationDef:
                         f"how to write (it knows tables and KV stores)")
     pk = getattr(entry, "primary_key", None) or ()
     pk = (pk,) if isinstance(pk, str) else tuple(pk)
-    indexes = tuple(_index_def(i) for i in (getattr(entry, "indexes", None) or ()))
+    indexes = tuple(_index_def(i) for i in (getattr(entry, "indexes", None) or ())
+                    if not getattr(i, "primary", False))   # written as ADD PRIMARY KEY
     return RelationDef(name, "table", tuple((str(n), str(t)) for n, t in entry.columns),
                        pk, indexes)
 

@@ -196,7 +196,8 @@ def test_dump_loads_into_postgresql_with_the_same_rows(postgres, tmp_path, io_me
     stores of arbitrary bytes and an empty table is dumped and fed to PostgreSQL's psql
     with ON_ERROR_STOP: it loads without an error, and every relation has the same row
     count and checksum on both sides. Each KV store has its primary key and the comment
-    marking it, and the key rejects a duplicate."""
+    marking it, and the key rejects a duplicate; the table with a primary key and two
+    indexes (one unique, one over two columns) has them in PostgreSQL too."""
     rng = random.Random(15)
     path = tmp_path / "db"
     with Database.open(path, io_method=io_method, **SMALL) as db:
@@ -204,6 +205,11 @@ def test_dump_loads_into_postgresql_with_the_same_rows(postgres, tmp_path, io_me
         db.create_table('Mixed "Case"', [("Col A", "text"), ('quote"d', "int8")]).insert_many(
             [("x", 1), (None, None), ("z\tz", -2)])
         db.create_table("empty", [("id", "int8")])
+        keyed = db.create_table("keyed", [("id", "int8"), ("name", "text"), ("n", "float8")],
+                                primary_key="id")
+        keyed.insert_many([(i, f"n{i % 50}\t{i}", rng.random()) for i in range(300)])
+        keyed.create_index("keyed_by_name_n", ["name", "n"])
+        keyed.create_index("keyed_n", ["n"], unique=True)
         db.kv("users").update({rng.randbytes(rng.randrange(0, 30)) + b"%03d" % i:
                                rng.randbytes(50) for i in range(400)})
         db.kv("kv2").update({b"": b"", b"\x00": b"\\", b"\\N": b"\t\n"})
@@ -214,15 +220,24 @@ def test_dump_loads_into_postgresql_with_the_same_rows(postgres, tmp_path, io_me
     postgres.psql(database, "-f", str(tmp_path / "dump.sql"))
     ours, theirs = compare(postgres, database, str(path), io_method)
     assert [(n, c) for n, c, _ in ours] == [('Mixed "Case"', 3), ("all types", 600),
-                                            ("empty", 0), ("kv2", 3), ("users", 400)]
+                                            ("empty", 0), ("keyed", 300), ("kv2", 3),
+                                            ("users", 400)]
     assert ours == theirs
     keys = postgres.psql(database, "-At", "-c",
                          "SELECT conrelid::regclass, pg_get_constraintdef(oid), "
                          "obj_description(conrelid, 'pg_class') FROM pg_constraint "
                          "WHERE contype = 'p' AND connamespace = 'public'::regnamespace "
                          "ORDER BY 1::text")
-    assert keys.decode().splitlines() == ["kv2|PRIMARY KEY (key)|Slonik KV store",
+    assert keys.decode().splitlines() == ["keyed|PRIMARY KEY (id)|",
+                                          "kv2|PRIMARY KEY (key)|Slonik KV store",
                                           "users|PRIMARY KEY (key)|Slonik KV store"]
+    indexes = postgres.psql(database, "-At", "-c",
+                            "SELECT indexdef FROM pg_indexes WHERE tablename = 'keyed' "
+                            "ORDER BY indexname")
+    assert indexes.decode().splitlines() == [
+        "CREATE INDEX keyed_by_name_n ON public.keyed USING btree (name, n)",
+        "CREATE UNIQUE INDEX keyed_n ON public.keyed USING btree (n)",
+        "CREATE UNIQUE INDEX keyed_pkey ON public.keyed USING btree (id)"]
     dup = subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-d", database, "-v",
                           "ON_ERROR_STOP=1", "-c",
                           "INSERT INTO public.kv2 VALUES ('\\x00'::bytea, ''::bytea)"],

@@ -10,6 +10,7 @@ import random
 import threading
 
 import pytest
+from slonik.engine.tools.dump import dump_database, load_database
 
 from slonik import ConflictError, SlonikError, UniqueViolation
 from tests.engine.dbutil import open_db
@@ -287,3 +288,37 @@ def test_reopen_drop_and_read_stream(tmp_path, io_method):
     files = set(os.listdir(path / "base"))
     assert not any(f.split(".")[0] == str(rels[0]) for f in files)
     assert not any(f.split(".")[0] in {str(rels[0] + 1), str(rels[0] + 2)} for f in files)
+
+
+def test_dump_load_round_trip_keeps_keys_and_indexes(tmp_path, io_method):
+    """dump writes the primary key (``ADD PRIMARY KEY``, not a second index) and each
+    index; load into an empty database creates them: the same rows, the same index
+    definitions, indexes consistent with the heap, uniqueness enforced again."""
+    src, dst, script = tmp_path / "src", tmp_path / "dst", tmp_path / "dump.sql"
+    rows = [(i % 7, f"k{i}", None if i % 5 == 0 else i * 0.5, bool(i % 2)) for i in range(200)]
+    with open_db(src, io_method) as db:
+        t = db.create_table("ev", [("a", "int8"), ("b", "text"), ("x", "float8"),
+                                   ("f", "bool")], primary_key=("a", "b"))
+        t.insert_many(rows)
+        t.create_index("ev_x", ["x", "f"])
+        t.create_index("ev_b", ["b"], unique=True)
+        db.create_table("plain", [("id", "int8")]).insert((1,))
+    dump_database(src, script, io_method=io_method)
+    text = script.read_text()
+    assert 'ADD PRIMARY KEY ("a", "b");' in text
+    assert 'CREATE INDEX "ev_x" ON public."ev" USING btree ("x", "f");' in text
+    assert 'CREATE UNIQUE INDEX "ev_b" ON public."ev" USING btree ("b");' in text
+    assert "ev_pkey" not in text
+    open_db(dst, io_method).close()   # load reads into an existing, empty database
+    load_database(dst, script, io_method=io_method)
+    with open_db(dst, io_method) as db:
+        t = db.table("ev")
+        assert sorted(t.scan()) == sorted(rows)
+        assert t.indexes == {"ev_pkey": (("a", "b"), True), "ev_x": (("x", "f"), False),
+                             "ev_b": (("b",), True)}
+        assert t.get(a=3, b="k3") == (3, "k3", 1.5, True)
+        assert [r[1] for r in t.range("ev_x", stop=(2.0,))] == ["k1", "k2", "k3"]
+        with pytest.raises(UniqueViolation, match="ev_b"):
+            t.insert((99, "k4", None, None))
+        _assert_indexes_ok(t)
+        assert list(db.table("plain").scan()) == [(1,)]
