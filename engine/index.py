@@ -34,7 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite
@@ -43,14 +43,22 @@ from slonik.engine.access.keycodec import encode_key, prefix_end
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
 
-__all__ = ["TableIndex", "prune_with_indexes", "check_index", "IndexCheckResult",
-           "TID_SUFFIX_BYTES"]
+__all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
+           "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES"]
 
 _TID = struct.Struct(">IH")
 TID_SUFFIX_BYTES = _TID.size
 # A range scan fetches heap tuples for the entries of this many index entries at a time,
 # so the heap read stream knows that many blocks ahead (the look-ahead it can use).
 INDEX_SCAN_BATCH_ENTRIES = 256
+
+
+def split_entry_key(key: bytes) -> tuple[bytes, Tid]:
+    """(encoded key, heap TID) of an index entry's key."""
+    n = len(key) - TID_SUFFIX_BYTES
+    if n < 0:
+        raise ValueError(f"an index entry key of {len(key)} bytes has no heap TID")
+    return key[:n], Tid(*_TID.unpack_from(key, n))
 
 
 def _is_dead_entry_of(dead: set[Tid]) -> Callable:
@@ -63,7 +71,7 @@ class TableIndex:
     """One index of a table: its definition, its tree and how a row maps to its key."""
 
     def __init__(self, entry: IndexEntry, table_columns: Sequence[tuple[str, str]],
-                 tree: BTree) -> None:
+                 tree: BTree | None) -> None:
         types = dict(table_columns)
         names = [n for n, _t in table_columns]
         self.entry = entry
@@ -121,8 +129,7 @@ class TableIndex:
         """(encoded key, tid) of the entries with ``start <= key < stop`` (bytes of
         encoded key prefixes; None: unbounded), in key order (then TID order)."""
         for k, _v in self.tree.items(start, stop, reverse=reverse, values=False):
-            n = len(k) - TID_SUFFIX_BYTES
-            yield k[:n], Tid(*_TID.unpack_from(k, n))
+            yield split_entry_key(k)
 
     def matching(self, prefix: bytes) -> Iterator[tuple[bytes, Tid]]:
         """The entries whose key starts with ``prefix``."""
@@ -187,10 +194,18 @@ def check_index(index: TableIndex, tuples: dict[Tid, tuple],
     """Verify invariant 1 of ``index`` against ``tuples`` (tid -> row of every tuple in
     the heap): every entry points at a tuple whose key is the entry's, and every tuple
     ``is_visible`` says a reader can see has an entry."""
+    return check_entries(index, index.tids(None, None), tuples, is_visible)
+
+
+def check_entries(index: TableIndex, entries: Iterable[tuple[bytes, Tid]],
+                  tuples: dict[Tid, tuple], is_visible: Callable[[Tid], bool]
+                  ) -> IndexCheckResult:
+    """``check_index`` over ``entries`` read some other way (``slonik check`` reads the
+    leaf pages from the files)."""
     problems: list[str] = []
     seen: set[Tid] = set()
     n = 0
-    for key, tid in index.tids(None, None):
+    for key, tid in entries:
         n += 1
         row = tuples.get(tid)
         if row is None:

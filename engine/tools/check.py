@@ -33,8 +33,9 @@ Invariants:
    them; ``corrupt_blocks`` and ``repairable_blocks`` list every one that failed, each in
    (relfilenumber, fork, block) order, and no block is in both.
 2. ``check_database`` writes nothing: every file is opened ``O_RDONLY`` (offline.py).
-3. ``ok`` only when no block failed, every catalog page was read, and no recovery is
-   pending.
+3. ``ok`` only when no block failed, every catalog page was read, no recovery is
+   pending, and every table index agrees with its heap (``check_index``: checked when
+   the pages are sound and the database was shut down cleanly; ``index_problems``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from slonik.aio.core import Aio
 from slonik.engine.catalog import CATALOG_RELFILENUMBER
 from slonik.engine.database import Database, DatabaseLockedError
+from slonik.engine.tools.check_index import check_table_indexes
 from slonik.engine.tools.offline import (
     READ_RUN_BLOCKS,
     RecoveryImages,
@@ -56,6 +58,8 @@ from slonik.engine.tools.offline import (
     recovery_images,
     relation_forks,
     require_database,
+    shutdown_visibility,
+    visible_relations,
 )
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ, PageCorruptError, PageRunVerifier, page_check
@@ -103,6 +107,8 @@ class CheckReport:
     redo_lsn: str | None = None                 # where replay would start, when needed
     repairable_blocks: tuple[CorruptBlock, ...] = field(default=())
     wal_error: str | None = None                # why the WAL could not be read to its end
+    index_problems: tuple[str, ...] = ()        # table indexes that disagree with the heap
+    indexes_checked: int = 0
 
     @property
     def pages_checked(self) -> int:
@@ -112,7 +118,7 @@ class CheckReport:
     def ok(self) -> bool:
         return (not self.corrupt_blocks and not self.repairable_blocks
                 and self.open_error is None and not self.recovery_needed
-                and self.wal_error is None)
+                and self.wal_error is None and not self.index_problems)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -162,6 +168,8 @@ class _Checker:
             return
         for row in rows:
             self.names[row.relfilenumber] = (row.name, row.kind)
+            for index in row.indexes:
+                self.names[index.relfilenumber] = (f"{row.name}.{index.name}", "index")
 
     def check_fork(self, rel: int, fork: Fork) -> None:
         name, kind = self.names.get(rel, (ORPHAN_NAME, "orphan"))
@@ -221,6 +229,20 @@ def check_database(path: str | os.PathLike, *, io_method: str = "auto",
         # names every relation after it.
         for rel, fork in relation_forks(path):
             checker.check_fork(rel, fork)
+        index_problems: list[str] = []
+        indexes_checked = 0
+        if not (recovery_needed or checker.bad or checker.catalog_problems):
+            try:
+                reader = checker.reader
+                visibility = shutdown_visibility(path, control)
+                for entry in visible_relations(reader, visibility).values():
+                    if entry.kind == "table" and entry.indexes:
+                        for result in check_table_indexes(reader, entry, visibility):
+                            indexes_checked += 1
+                            index_problems += [f"table {entry.name!r}: {p}"
+                                               for p in result.problems]
+            except (DataCorruptionError, ValueError) as exc:
+                index_problems.append(f"indexes could not be verified: {exc}")
         used_method = aio.method.name
     open_error = None
     if checker.catalog_problems:
@@ -231,7 +253,8 @@ def check_database(path: str | os.PathLike, *, io_method: str = "auto",
         state=control.state.name, recovery_needed=recovery_needed,
         redo_lsn=format_lsn(control.redo_lsn) if recovery_needed else None,
         repairable_blocks=tuple(checker.repairable),
-        wal_error=None if images is None else images.error)
+        wal_error=None if images is None else images.error,
+        index_problems=tuple(index_problems), indexes_checked=indexes_checked)
 
 
 def recover_database(path: str | os.PathLike, *, io_method: str = "auto") -> None:

@@ -388,6 +388,11 @@ def format_check(report) -> str:
         k = len(report.repairable_blocks)
         lines.append(f"{k} torn or stale block{'s' if k != 1 else ''} that recovery "
                      f"restores from full-page images")
+    if report.index_problems:
+        lines += ["", *report.index_problems]
+    if report.indexes_checked or report.index_problems:
+        lines.append(f"{report.indexes_checked} table indexes checked against their heaps: "
+                     f"{len(report.index_problems)} problems")
     if report.recovery_needed:
         lines.append(f"recovery needed from {report.redo_lsn}")
     return "\n".join(lines)
