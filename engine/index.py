@@ -37,9 +37,9 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite
+from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite, XidSnapshot
 from slonik.engine.access.heap import Heap
-from slonik.engine.access.keycodec import encode_key, prefix_end
+from slonik.engine.access.keycodec import encode_key
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
 
@@ -51,6 +51,8 @@ TID_SUFFIX_BYTES = _TID.size
 # A range scan fetches heap tuples for the entries of this many index entries at a time,
 # so the heap read stream knows that many blocks ahead (the look-ahead it can use).
 INDEX_SCAN_BATCH_ENTRIES = 256
+# Every entry (xmax is never set): as a snapshot the tree filters in C, seeing any xmin.
+_EVERY_ENTRY = XidSnapshot(1 << 63, 0, ())
 
 
 def split_entry_key(key: bytes) -> tuple[bytes, Tid]:
@@ -128,19 +130,27 @@ class TableIndex:
              reverse: bool = False) -> Iterator[tuple[bytes, Tid]]:
         """(encoded key, tid) of the entries with ``start <= key < stop`` (bytes of
         encoded key prefixes; None: unbounded), in key order (then TID order)."""
-        for k, _v in self.tree.items(start, stop, reverse=reverse, values=False):
+        for k, _v in self.tree.items(start, stop, snapshot=_EVERY_ENTRY, reverse=reverse,
+                                     values=False):
             yield split_entry_key(k)
 
-    def matching(self, prefix: bytes) -> Iterator[tuple[bytes, Tid]]:
-        """The entries whose key starts with ``prefix``."""
-        return self.tids(prefix, prefix_end(prefix))
+    def matching(self, prefix: bytes) -> list[tuple[bytes, Tid]]:
+        """The entries whose key starts with ``prefix``, in key order (one descent)."""
+        return sorted(split_entry_key(e.key) for e in self.tree.with_prefix(prefix))
 
 
-def fetch_batched(heap: Heap, entries: Iterator[tuple[bytes, Tid]]
+def fetch_batched(heap: Heap, entries: Iterable[tuple[bytes, Tid]]
                   ) -> Iterator[tuple[bytes, HeapTuple]]:
     """(index key, heap tuple) for index entries in index order; the heap pages of the
     next ``INDEX_SCAN_BATCH_ENTRIES`` entries go into one read stream, so their reads are
     in flight together. Entries whose slot is empty are skipped."""
+    if isinstance(entries, list) and len(entries) == 1:   # a point lookup: no stream
+        key, tid = entries[0]
+        t = heap.fetch(tid) if tid.block < heap.nblocks() else None
+        if t is not None:
+            yield key, t
+        return
+    entries = iter(entries)
     while True:
         batch = []
         for item in entries:

@@ -747,6 +747,44 @@ class BTree:
                 return
             block, buf = nxt, self._read(nxt)
 
+    def with_prefix(self, prefix) -> list[LeafEntry]:
+        """Every entry whose key starts with ``prefix``, in (key, xmin descending) order,
+        as stored: one descent, then right siblings only while their keys can still start
+        with it (a secondary index's point lookup, its keys ending with a heap TID)."""
+        prefix = _check_key(prefix)
+        bm = self.bufmgr
+        out: list[LeafEntry] = []
+        with self._reading():
+            block, buf = self._descend(prefix, XMIN_MAX)
+            while True:
+                try:
+                    page = bm.page(buf)
+                    special = self._special(page, block)
+                    ended = False
+                    count = bt_item_count(page)
+                    first = count + 1 if special.flags & BTP_DELETED else \
+                        search_page(page, prefix, XMIN_MAX, False)
+                    for off in range(first, count + 1):
+                        e = unpack_entry(bt_item(page, off))
+                        if not e.key.startswith(prefix):
+                            ended = True
+                            break
+                        out.append(e)
+                    nxt = special.next
+                    if nxt != P_NONE and not special.flags & BTP_DELETED and not ended:
+                        high = unpack_pivot(bt_item(page, 1)).key
+                        ended = high > prefix and not high.startswith(prefix)
+                except BTreePageError as e:
+                    self._release(buf)
+                    raise self._corrupt(block, str(e)) from None
+                except BaseException:
+                    self._release(buf)
+                    raise
+                self._release(buf)
+                if ended or nxt == P_NONE:
+                    return out
+                block, buf = nxt, self._read(nxt)
+
     def value_of(self, entry: LeafEntry) -> bytes:
         """The value of an entry: its payload, or the out-of-line value it references."""
         if entry.flags & ENTRY_OVERFLOW:

@@ -37,6 +37,8 @@ from slonik.engine.tools.bench_kv import add_arguments as add_bench_kv_arguments
 from slonik.engine.tools.bench_kv import cmd_bench_kv
 from slonik.engine.tools.bench_scan import add_arguments as add_bench_scan_arguments
 from slonik.engine.tools.bench_scan import cmd_bench_scan
+from slonik.engine.tools.bench_table import add_arguments as add_bench_table_arguments
+from slonik.engine.tools.bench_table import cmd_bench_table
 from slonik.engine.tools.bench_wal import add_arguments as add_bench_wal_arguments
 from slonik.engine.tools.bench_wal import cmd_bench_wal
 from slonik.engine.tools.check import check_database, recover_database
@@ -588,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "threads), random gets, ordered scan, open (index rebuild)")
     add_bench_kv_arguments(bench_kv)
     bench_kv.set_defaults(func=cmd_bench_kv)
+    bench_table = bench_sub.add_parser(
+        "table", help="a table with a primary key and an index beside SQLite: warm point "
+                      "lookups by key and index range scans")
+    add_bench_table_arguments(bench_table)
+    bench_table.set_defaults(func=cmd_bench_table)
 
     controldata = sub.add_parser("controldata", help="print a data directory's control file")
     add_controldata_arguments(controldata)

@@ -1,0 +1,230 @@
+"""``slonik bench table``: a table with a primary key and a secondary index, beside SQLite
+with the same schema and index, in the same run.
+
+Schema (both engines): ``t(id int8 PRIMARY KEY, name text, score float8, payload bytea)``
+with an index ``t_name`` on ``(name)``; ``--rows`` rows, ``name`` a zero-padded random
+permutation of the ids (so a name range is a set of rows scattered over the heap),
+``payload`` ``--payload-size`` bytes. SQLite runs on a file in the same directory
+(``journal_mode=WAL``, ``synchronous=FULL``), ``id`` an ``INTEGER PRIMARY KEY`` (its rowid
+B-tree, the fastest form SQLite has for the primary key).
+
+Per io method (``--methods``), on a new database in ``--dir``:
+
+- load: every row inserted in one transaction, each index maintained, commit included
+  (figure: rows/s; SQLite: executemany in one transaction).
+- lookup: warm point lookups by primary key, random ids (``t.get(id=...)``; SQLite:
+  ``SELECT * FROM t WHERE id = ?``), for ``--seconds``. Figure: rows/s.
+- range: index range scans of ``--range-rows`` consecutive names from random starting
+  points (``t.range("t_name", start, stop)``: index entries, then the heap pages of the
+  next entries through a read stream, each row re-checked; SQLite: ``... WHERE name >= ?
+  AND name < ? ORDER BY name``), warm, for ``--seconds``. Figure: rows/s.
+
+The ratios ``slonik / sqlite`` are what to read: one Python process against SQLite's C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sqlite3
+import sys
+import time
+
+from slonik.aio.method_io_uring import io_uring_available
+from slonik.engine.database import Database
+from slonik.engine.tools.bench import ALL_METHODS, parse_methods, positive_float, positive_int
+
+__all__ = ["add_arguments", "cmd_bench_table", "run_table_bench", "format_table"]
+
+DEFAULT_DIR = "./bench-data/table"
+DEFAULT_ROWS = 100_000
+DEFAULT_PAYLOAD_SIZE = 64
+DEFAULT_RANGE_ROWS = 100
+LOAD_BATCH_ROWS = 10_000          # rows per insert_many call
+OPS_PER_CLOCK_READ = 32           # time-bounded loops read the clock this seldom
+SAMPLE_KEYS = 50_000              # random ids / range starts drawn up front (cycled)
+SHARED_BUFFERS_PAGES = 65_536     # 512 MiB: every page of the default run stays cached
+RANDOM_SEED = 20250601
+COLUMNS = [("id", "int8"), ("name", "text"), ("score", "float8"), ("payload", "bytea")]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", default=DEFAULT_DIR,
+                        help=f"scratch directory, removed afterwards (default {DEFAULT_DIR})")
+    parser.add_argument("--rows", type=positive_int, default=DEFAULT_ROWS,
+                        help=f"rows loaded (default {DEFAULT_ROWS})")
+    parser.add_argument("--payload-size", type=positive_int, default=DEFAULT_PAYLOAD_SIZE,
+                        help=f"bytes of payload per row (default {DEFAULT_PAYLOAD_SIZE})")
+    parser.add_argument("--range-rows", type=positive_int, default=DEFAULT_RANGE_ROWS,
+                        help=f"rows per index range scan (default {DEFAULT_RANGE_ROWS})")
+    parser.add_argument("--seconds", type=positive_float, default=2.0,
+                        help="length of each timed figure (default 2)")
+    parser.add_argument("--methods", type=parse_methods, default=None,
+                        help="comma-separated io methods (default: those available)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _name(i: int) -> str:
+    return f"n{i:010d}"
+
+
+def _rows(n: int, payload_size: int) -> list[tuple]:
+    rng = random.Random(RANDOM_SEED)
+    names = list(range(n))
+    rng.shuffle(names)
+    payload = rng.randbytes(payload_size)
+    return [(i, _name(names[i]), rng.random(), payload) for i in range(n)]
+
+
+def _timed(seconds: float, step) -> tuple[int, float]:
+    """Call ``step(i)`` (returning rows produced) until ``seconds`` passed: (rows, s)."""
+    rows = i = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(OPS_PER_CLOCK_READ):
+            rows += step(i)
+            i += 1
+        if time.perf_counter() >= deadline:
+            break
+    return rows, time.perf_counter() - start
+
+
+def _slonik(path: str, method: str, data: list[tuple], args, ids, starts) -> dict:
+    out = {}
+    with Database.open(path, io_method=method, shared_buffers=SHARED_BUFFERS_PAGES) as db:
+        t = db.create_table("t", COLUMNS, primary_key="id")
+        t.create_index("t_name", ["name"])
+        start = time.perf_counter()
+        with db.transaction():
+            for first in range(0, len(data), LOAD_BATCH_ROWS):
+                t.insert_many(data[first:first + LOAD_BATCH_ROWS])
+        out["load_rows_s"] = len(data) / (time.perf_counter() - start)
+        get = t.get
+
+        def lookup(i: int) -> int:
+            if get(id=ids[i % len(ids)]) is None:
+                raise AssertionError("a loaded id is missing")
+            return 1
+
+        n, s = _timed(args.seconds, lookup)
+        out["lookup_rows_s"] = n / s
+        k = args.range_rows
+
+        def scan(i: int) -> int:
+            lo = starts[i % len(starts)]
+            got = sum(1 for _ in t.range("t_name", start=(_name(lo),), stop=(_name(lo + k),)))
+            if got != k:
+                raise AssertionError(f"a range of {k} names gave {got} rows")
+            return got
+
+        n, s = _timed(args.seconds, scan)
+        out["range_rows_s"] = n / s
+    return out
+
+
+def _sqlite(path: str, data: list[tuple], args, ids, starts) -> dict:
+    out = {}
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA cache_size=-524288")   # 512 MiB, as Slonik's shared_buffers
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, score REAL, "
+                    "payload BLOB)")
+        con.execute("CREATE INDEX t_name ON t (name)")
+        start = time.perf_counter()
+        con.execute("BEGIN")
+        con.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", data)
+        con.execute("COMMIT")
+        out["load_rows_s"] = len(data) / (time.perf_counter() - start)
+        q = "SELECT * FROM t WHERE id = ?"
+
+        def lookup(i: int) -> int:
+            if con.execute(q, (ids[i % len(ids)],)).fetchone() is None:
+                raise AssertionError("a loaded id is missing")
+            return 1
+
+        n, s = _timed(args.seconds, lookup)
+        out["lookup_rows_s"] = n / s
+        k = args.range_rows
+        rq = "SELECT * FROM t WHERE name >= ? AND name < ? ORDER BY name"
+
+        def scan(i: int) -> int:
+            lo = starts[i % len(starts)]
+            got = sum(1 for _ in con.execute(rq, (_name(lo), _name(lo + k))))
+            if got != k:
+                raise AssertionError(f"a range of {k} names gave {got} rows")
+            return got
+
+        n, s = _timed(args.seconds, scan)
+        out["range_rows_s"] = n / s
+    finally:
+        con.close()
+    return out
+
+
+def run_table_bench(args: argparse.Namespace, log=None) -> dict:
+    methods = args.methods or [m for m in ALL_METHODS
+                               if m != "io_uring" or io_uring_available()[0]]
+    if args.range_rows > args.rows:
+        raise ValueError(f"--range-rows ({args.range_rows}) is more than --rows ({args.rows})")
+    data = _rows(args.rows, args.payload_size)
+    rng = random.Random(RANDOM_SEED)
+    ids = [rng.randrange(args.rows) for _ in range(min(args.rows, SAMPLE_KEYS))]
+    starts = [rng.randrange(args.rows - args.range_rows + 1)
+              for _ in range(min(args.rows, SAMPLE_KEYS))]
+    os.makedirs(args.dir, exist_ok=True)
+    report = {"command": "table", "rows": args.rows, "payload_size": args.payload_size,
+              "range_rows": args.range_rows, "seconds": args.seconds, "methods": {}}
+    sqlite_path = os.path.join(args.dir, "sqlite.db")
+    try:
+        if log:
+            log("sqlite")
+        report["sqlite"] = _sqlite(sqlite_path, data, args, ids, starts)
+        for method in methods:
+            if log:
+                log(method)
+            path = os.path.join(args.dir, method)
+            try:
+                m = _slonik(path, method, data, args, ids, starts)
+            finally:
+                shutil.rmtree(path, ignore_errors=True)
+            for fig in ("load_rows_s", "lookup_rows_s", "range_rows_s"):
+                m[fig.replace("_rows_s", "_vs_sqlite")] = m[fig] / report["sqlite"][fig]
+            report["methods"][method] = m
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(sqlite_path + suffix):
+                os.unlink(sqlite_path + suffix)
+    return report
+
+
+def format_table(report: dict) -> str:
+    head = (f"{'engine':<16} {'load rows/s':>12} {'pk lookups/s':>13} {'range rows/s':>13} "
+            f"{'lookup x':>9} {'range x':>8}")
+    lines = [f"slonik bench table: {report['rows']:,} rows, payload {report['payload_size']} "
+             f"bytes, ranges of {report['range_rows']} rows, {report['seconds']:g} s per "
+             f"timed figure", "", head, "-" * len(head)]
+    s = report["sqlite"]
+    lines.append(f"{'sqlite':<16} {s['load_rows_s']:>12,.0f} {s['lookup_rows_s']:>13,.0f} "
+                 f"{s['range_rows_s']:>13,.0f} {1:>9.2f} {1:>8.2f}")
+    for method, m in report["methods"].items():
+        lines.append(f"{'slonik ' + method:<16} {m['load_rows_s']:>12,.0f} "
+                     f"{m['lookup_rows_s']:>13,.0f} {m['range_rows_s']:>13,.0f} "
+                     f"{m['lookup_vs_sqlite']:>9.2f} {m['range_vs_sqlite']:>8.2f}")
+    lines += ["", "lookup: warm random point lookups by primary key; range: warm index range "
+                  "scans on t_name; x: relative to SQLite in the same run"]
+    return "\n".join(lines)
+
+
+def cmd_bench_table(args: argparse.Namespace) -> int:
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    report = run_table_bench(args, log=None if args.json else log)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
