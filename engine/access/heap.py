@@ -564,42 +564,68 @@ class Heap:
             return HeapTuple(tid, xmin, xmax, flags, bytes(item[TUPLE_HEADER_SIZE:]))
 
     def fetch_stream(self, tids: Iterable[Tid]) -> Iterator[tuple[Tid, HeapTuple | None]]:
-        """(tid, the tuple at it or None) for each of ``tids`` in order, their pages read
-        through a read stream: the blocks of the tids ahead are in flight while earlier
-        ones are returned (an index scan's heap fetches). Tids past the end are skipped."""
+        """(tid, the tuple at it or None) for each of ``tids`` in order (an index scan's
+        heap fetches). When a block is not in shared buffers the pages are read through a
+        read stream: the blocks of the tids ahead are in flight while earlier ones are
+        returned; when every block is cached each is pinned directly (no look-ahead to
+        gain, as a read stream's own fast path). Tids past the end are skipped."""
         bm = self.bufmgr
         n = self.nblocks()
-        tids = iter(tids)
-
-        def source():
+        rel, fork = self.rel, self.fork
+        tids = [t for t in tids if t.block < n]
+        if all(bm.cached(rel, fork, t.block, 1) for t in tids):
             for tid in tids:
-                if tid.block < n:
-                    return tid.block, tid
-            return None
-
-        with ReadStream(bm, self.rel, self.fork, source, per_buffer_data=True) as stream:
-            while True:
-                got = stream.next_buffer()
-                if got is None:
-                    break
-                buf, tid = got
+                buf = bm.read_buffer(rel, fork, tid.block)
                 try:
                     bm.lock_shared(buf)
                     try:
-                        page = bm.page(buf)
-                        t = None
-                        if not page_is_new(page) and tid.offnum <= page_item_count(page) \
-                                and page_item_flags(page, tid.offnum) == LpFlag.NORMAL:
-                            item = page_get_item(page, tid.offnum)
-                            self._check_item(item, tid)
-                            xmin, xmax, flags, _n = _TUPLE_HEAD.unpack_from(item)
-                            t = HeapTuple(tid, xmin, xmax, flags,
-                                          bytes(item[TUPLE_HEADER_SIZE:]))
+                        t = self._tuple_at(bm.page(buf), tid)
                     finally:
                         bm.unlock_shared(buf)
                 finally:
                     bm.unpin(buf)
                 yield tid, t
+            return
+        with ReadStream(bm, rel, fork, [(t.block, t) for t in tids],
+                        per_buffer_data=True) as stream:
+            for buf, tid in stream:
+                try:
+                    bm.lock_shared(buf)
+                    try:
+                        t = self._tuple_at(bm.page(buf), tid)
+                    finally:
+                        bm.unlock_shared(buf)
+                finally:
+                    bm.unpin(buf)
+                yield tid, t
+
+    def _tuple_at(self, page: memoryview, tid: Tid) -> HeapTuple | None:
+        """A copy of the NORMAL tuple at ``tid`` of a (locked, verified) page, or None;
+        the checks of ``_page_tuples`` for that one line pointer."""
+        lower, upper = _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
+        offnum = tid.offnum
+        lp_at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
+        if lower == 0 or offnum < 1 or lp_at + LINE_POINTER_SIZE > lower:
+            return None
+        (lp,) = _LP.unpack_from(page, lp_at)
+        if (lp >> 15) & 3 != _LP_NORMAL:
+            return None
+        offset = lp & 0x7FFF
+        length = lp >> 17
+        if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
+            raise TupleFormatError(
+                f"relation {self.rel} block {tid.block} offnum {offnum}: line pointer "
+                f"(offset {offset}, length {length}) is not a heap tuple inside "
+                f"[{upper}, {BLCKSZ})", relation=self.rel, fork=int(self.fork),
+                block=tid.block)
+        xmin, xmax, flags, data_len = _TUPLE_HEAD.unpack_from(page, offset)
+        if data_len != length - TUPLE_HEADER_SIZE:
+            raise TupleFormatError(
+                f"relation {self.rel} block {tid.block} offnum {offnum}: tuple data_len "
+                f"{data_len} does not match its item length {length}",
+                relation=self.rel, fork=int(self.fork), block=tid.block)
+        return HeapTuple(tid, xmin, xmax, flags,
+                         bytes(page[offset + TUPLE_HEADER_SIZE:offset + length]))
 
     def scan(self) -> Iterator[HeapTuple]:
         """Every tuple on every page (block order, then offnum), whatever its xmin/xmax,
