@@ -575,28 +575,15 @@ class Heap:
         tids = [t for t in tids if t.block < n]
         if all(bm.cached(rel, fork, t.block, 1) for t in tids):
             for tid in tids:
-                buf = bm.read_buffer(rel, fork, tid.block)
-                try:
-                    bm.lock_shared(buf)
-                    try:
-                        t = self._tuple_at(bm.page(buf), tid)
-                    finally:
-                        bm.unlock_shared(buf)
-                finally:
-                    bm.unpin(buf)
+                with bm.buffer_locked(rel, fork, tid.block) as buf:
+                    t = self._tuple_at(bm.page(buf), tid)
                 yield tid, t
             return
         with ReadStream(bm, rel, fork, [(t.block, t) for t in tids],
                         per_buffer_data=True) as stream:
             for buf, tid in stream:
-                try:
-                    bm.lock_shared(buf)
-                    try:
-                        t = self._tuple_at(bm.page(buf), tid)
-                    finally:
-                        bm.unlock_shared(buf)
-                finally:
-                    bm.unpin(buf)
+                with bm.locked(buf) as locked:
+                    t = self._tuple_at(bm.page(locked), tid)
                 yield tid, t
 
     def _tuple_at(self, page: memoryview, tid: Tid) -> HeapTuple | None:
