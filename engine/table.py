@@ -319,8 +319,14 @@ class Table:
         with self._layer.write(self._relation) as txn, self._write_lock:
             self._check_unique(txn, rows, keys)
             tids = self._heap.insert_many(txn.xid, datas)
-            for row_keys, tid in zip(keys, tids, strict=True):
-                self._add_entries(txn, txn.xid, row_keys, tid)
+            try:
+                for n, index in enumerate(self._relation.table_indexes):
+                    # One sorted batch per index: runs that land on one leaf are one record.
+                    index.build(txn.xid, [(row_keys[n][1], tid)
+                                          for row_keys, tid in zip(keys, tids, strict=True)])
+            except BaseException:
+                txn.rollback_only = True   # the heap tuples are written: never commit alone
+                raise
             return tids
 
     def update(self, tid: Tid | Sequence, row: Sequence | None = None) -> Tid:
