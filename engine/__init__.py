@@ -10,7 +10,8 @@ Module map:
 - relation.py     Relation: a store's parts (heap, KV index) and drop state
 - kv.py           KVStore: the MutableMapping users see, and its views
 - kv_index.py     KVIndex: a KV store's ordered index and commit-time steps
-- table.py        Table: typed rows, eager writes, sequential scans
+- table.py        Table: typed rows, eager writes, sequential scans, keyed lookups/ranges
+- index.py        TableIndex: a table's B+tree index (key | TID entries), vacuum, checks
 - catalog.py      the relation catalog, itself a heap relation
 - recovery.py     bootstrap and crash recovery; checkpointer.py: checkpoints
 - smgr_wal.py     WAL-logged relation file create/truncate (rmgr smgr)

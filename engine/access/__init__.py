@@ -6,4 +6,5 @@
                  values, scans/get_many through read streams, vacuum, check()
 - btree_page.py  B+tree pages and items, in-page search (C helpers + references; pure)
 - btree_wal.py   B+tree WAL records as page-action lists, their redo (rmgr btree)
+- keycodec.py    order-preserving byte encoding of index keys (pure)
 """

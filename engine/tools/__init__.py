@@ -2,6 +2,7 @@
 
 - cli.py         the ``slonik`` command
 - check.py       verification of every page, read-only (``--recover`` to recover first)
+- check_index.py check's comparison of each table index with its heap (amcheck-like)
 - waltools.py    waldump and controldata (read-only)
 - offline.py     the read-only tools' access to a data directory without a Database:
                  O_RDONLY block reads through an io method, the lock holder, catalog names,
