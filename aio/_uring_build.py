@@ -77,7 +77,12 @@ int slk_ring_create(unsigned entries, unsigned max_iov, struct slk_ring **out)
         free(r);
         return -ENOMEM;
     }
-    rc = io_uring_queue_init(entries, &r->ring, 0);
+    /* COOP_TASKRUN: completions are processed when the issuer next enters the kernel
+     * (it is about to: submit_and_wait), not by interrupting it; older kernels refuse
+     * the flag, and the ring is then set up without it. */
+    rc = io_uring_queue_init(entries, &r->ring, IORING_SETUP_COOP_TASKRUN);
+    if (rc == -EINVAL)
+        rc = io_uring_queue_init(entries, &r->ring, 0);
     if (rc < 0) {
         free(r->iov);
         free(r);
