@@ -100,8 +100,9 @@ class WaitRef(NamedTuple):
 
 
 class AioReturn:
-    """Filled by the owner when it reclaims the handle: the distilled result and the
-    target's description, for the issuer to inspect or ``raise_if_failed()``."""
+    """Filled by the owner when it reclaims the handle: the distilled result and (for a
+    result that is not OK) the target's description, for the issuer to inspect or
+    ``raise_if_failed()``."""
 
     __slots__ = ("result", "target_desc", "callbacks", "filled", "op", "nbytes")
 
