@@ -592,6 +592,8 @@ class Database:
                 if must_be_new:
                     raise ValueError(f"a relation named {name!r} already exists")
                 return self._stores[name]
+            if self._index_name_taken(name):
+                raise ValueError(f"the name {name!r} is already used by an index")
             if primary_key and self._index_name_taken(f"{name}_pkey"):
                 raise ValueError(f"the name {name + '_pkey'!r} of the primary key index is "
                                  f"already used by a relation or index")

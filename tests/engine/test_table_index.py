@@ -251,6 +251,10 @@ def test_bad_input_names_the_thing(db):
     t.create_index("by_name", ["name"])
     with pytest.raises(ValueError, match="already used"):
         t.create_index("by_name", ["id"])
+    with pytest.raises(ValueError, match="'by_name' is already used by an index"):
+        db.create_table("by_name", [("id", "int8")])
+    with pytest.raises(ValueError, match="'b_pkey' is already used by an index"):
+        db.kv("b_pkey")
     with pytest.raises(ValueError, match="'by_name'.*over the limit"):
         t.insert((1, "x" * 3000))
     with pytest.raises(ValueError, match="has 1 columns"):
