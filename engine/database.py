@@ -11,7 +11,8 @@
    writes an end-of-recovery checkpoint after a crash, starts the background checkpointer;
 6. unlinks the files of relations dropped before a crash or the last close (the set
    pending unlink comes from the checkpoint and the COMMIT records replayed);
-7. loads the catalog and rebuilds every KV store's index.
+7. loads the catalog and opens every KV store's B+tree (its metapage only: constant
+   time, whatever the store holds).
 
 ``Database`` builds and owns the parts: the AIO subsystem, smgr, buffer manager, WAL,
 checkpointer, the transaction manager (``engine.xact``) and the transaction layer
@@ -36,7 +37,7 @@ then releases resources without a shutdown checkpoint, and the next open recover
 Invariants:
 1. Every heap change is made by an xid in ``running``; KV changes and COMMIT records are
    made under the commit lock, which is also the checkpointer's redo lock.
-2. Lock order: commit lock → a table's write lock → xact lock → a KV index lock.
+2. Lock order: commit lock → a table's write lock or a KV store's tree write lock → xact lock.
 3. A transaction belongs to the thread that began it (``threading.local``).
 4. No module outside this one touches a ``Database``'s private attributes: stores get the
    transaction layer and their ``Relation``.
@@ -87,6 +88,7 @@ from slonik.engine.table import Table
 from slonik.engine.transaction import Transaction, TransactionLayer
 from slonik.engine.xact import TransactionManager, XactStats
 from slonik.storage.bufmgr import BufferManager, BufferStats
+from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ
 from slonik.storage.smgr import Fork, Smgr
 from slonik.wal.control import CONTROL_FILE_NAME, read_control
@@ -102,6 +104,7 @@ LOCK_FILE_MAX_BYTES = 64                 # "<pid>\n" and then some
 AUTOVACUUM_THRESHOLD_VERSIONS = 500      # dead versions before a relation is vacuumed ...
 AUTOVACUUM_SCALE_FACTOR = 0.2            # ... plus this share of its live rows (PostgreSQL's)
 TABLE_ROWS_PER_PAGE_ESTIMATE = 40        # for the autovacuum threshold of tables
+KV_KEYS_PER_PAGE_ESTIMATE = 40           # ... and of KV stores (no count is kept in memory)
 
 _SLONIK_ENTRIES = {LOCK_FILE_NAME}       # what a failed first open may have left behind
 _log = logging.getLogger("slonik")
@@ -146,7 +149,7 @@ class RelationStats:
     relfilenumber: int
     nblocks: int
     bytes: int
-    live_keys: int | None        # KV stores: keys in the index (None for tables)
+    live_keys: int | None        # KV stores: keys with a committed value (None for tables)
     dead_versions: int           # made dead since the last vacuum
     index_operations: int | None = None  # KV stores: index entries looked up/scanned/replaced
 
@@ -356,18 +359,27 @@ class Database:
         committed = self._xacts.is_committed
         self._catalog.load(lambda xmin, xmax: committed(xmin) and not (xmax and committed(xmax)))
         for e in self._catalog.entries.values():
-            self._add_relation(e, rebuild=True)
+            self._add_relation(e)
 
-    def _add_relation(self, e: RelationEntry, *, rebuild: bool = False) -> KVStore | Table:
-        """Build the parts of a catalogued relation and the object users get."""
-        heap = Heap(e.relfilenumber, self._bufmgr, self._wal)
+    def _add_relation(self, e: RelationEntry, tree: BTree | None = None) -> KVStore | Table:
+        """Build the parts of a catalogued relation and the object users get. A KV store's
+        tree is opened by reading its metapage; a damaged metapage leaves that store
+        unusable (every use raises the DataCorruptionError) and the database open."""
         if e.kind == "kv":
-            index = KVIndex(e.name, e.relfilenumber, heap)
-            relation = Relation(e.name, "kv", e.relfilenumber, heap, index=index)
-            if rebuild:
-                relation.dead_versions = index.rebuild(self._xacts.aborted)
+            error = None
+            if tree is None:
+                try:
+                    tree = BTree.open(e.relfilenumber, self._bufmgr, self._wal)
+                except DataCorruptionError as exc:
+                    error = DataCorruptionError(
+                        f"KV store {e.name!r} (relation {e.relfilenumber}) cannot be used: "
+                        f"{exc}", relation=e.relfilenumber, fork=exc.fork, block=exc.block)
+                    error.__cause__ = exc
+            index = KVIndex(e.name, e.relfilenumber, tree, self._xacts, error=error)
+            relation = Relation(e.name, "kv", e.relfilenumber, None, index=index)
             obj: KVStore | Table = KVStore(self._txns, relation)
         else:
+            heap = Heap(e.relfilenumber, self._bufmgr, self._wal)
             relation = Relation(e.name, "table", e.relfilenumber, heap, columns=e.columns)
             relation.table_indexes = [
                 TableIndex(i, e.columns, BTree.open(i.relfilenumber, self._bufmgr, self._wal))
@@ -607,6 +619,7 @@ class Database:
             xid = xacts.assign_xid()
             try:
                 smgr_wal.create_relation(self._wal, self._smgr, rel, Fork.MAIN, xid)
+                tree = BTree.create(rel, self._bufmgr, self._wal) if kind == "kv" else None
                 for i in indexes:
                     smgr_wal.create_relation(self._wal, self._smgr, i.relfilenumber,
                                              Fork.MAIN, xid)
@@ -620,7 +633,7 @@ class Database:
                 xacts.abort(xid)
                 raise
             self._catalog.entries[name] = entry
-            obj = self._add_relation(entry)
+            obj = self._add_relation(entry, tree)
             xacts.finish_commit(xid)
         self._flush(end)
         return obj
@@ -655,29 +668,37 @@ class Database:
             return self._vacuum_relation(relation)
 
     def _dead_test(self, horizon: int, aborted: set[int], referenced: set[int]):
-        def is_dead(t) -> bool:
-            if t.xmin in aborted:
+        """``is_dead(xmin, xmax)``: no snapshot, present or future, sees the version (its
+        creator aborted, or its deleter committed below ``horizon``); aborted deleters
+        still named by a live version go to ``referenced``."""
+        def is_dead(xmin: int, xmax: int) -> bool:
+            if xmin in aborted:
                 return True
-            x = t.xmax
-            if x:
-                if x in aborted:
-                    referenced.add(x)
+            if xmax:
+                if xmax in aborted:
+                    referenced.add(xmax)
                     return False
-                return x < horizon
+                return xmax < horizon
             return False
         return is_dead
+
+    def _prune(self, relation: Relation, is_dead) -> int:
+        """Vacuum one relation: the heap's prune, or the KV store's tree vacuum (entries
+        removed, overflow pages freed, empty leaves unlinked)."""
+        relation.dead_versions = 0
+        if relation.index is not None:
+            return relation.index.vacuum(is_dead).entries_removed
+        return prune_with_indexes(relation.heap, relation.table_indexes,
+                                  lambda t: is_dead(t.xmin, t.xmax))
 
     def _vacuum_relation(self, relation: Relation, *, auto: bool = False) -> int:
         xacts = self._xacts
         horizon = xacts.horizon()
         aborted = set(xacts.aborted)
         is_dead = self._dead_test(horizon, aborted, set())
-        if relation.index is not None:
-            if relation.index.error is not None:
-                return 0
-            relation.index.trim(horizon)
-        relation.dead_versions = 0
-        n = prune_with_indexes(relation.heap, relation.table_indexes, is_dead)
+        if relation.index is not None and relation.index.error is not None:
+            return 0
+        n = self._prune(relation, is_dead)
         self._pruned += n
         self._vacuum_runs += 1
         self._autovacuum_runs += auto
@@ -689,16 +710,13 @@ class Database:
         aborted = set(xacts.aborted)
         referenced: set[int] = set()
         is_dead = self._dead_test(horizon, aborted, referenced)
-        total = self._catalog.heap.prune(is_dead)
+        total = self._catalog.heap.prune(lambda t: is_dead(t.xmin, t.xmax))
         complete = True
         for relation in list(self._relations.values()):
-            if relation.index is not None:
-                if relation.index.error is not None:
-                    complete = False
-                    continue
-                relation.index.trim(horizon)
-            relation.dead_versions = 0
-            total += prune_with_indexes(relation.heap, relation.table_indexes, is_dead)
+            if relation.index is not None and relation.index.error is not None:
+                complete = False
+                continue
+            total += self._prune(relation, is_dead)
         if complete:
             # No tuple names these aborted xids any more: they need not be remembered.
             gone = aborted - referenced
@@ -713,7 +731,7 @@ class Database:
             if relation.dead_versions < AUTOVACUUM_THRESHOLD_VERSIONS or relation.dropped:
                 continue
             if relation.index is not None:
-                live = relation.live_keys_estimate()
+                live = relation.nblocks() * KV_KEYS_PER_PAGE_ESTIMATE
             else:
                 live = relation.heap.nblocks() * TABLE_ROWS_PER_PAGE_ESTIMATE
             if relation.dead_versions < (AUTOVACUUM_THRESHOLD_VERSIONS
@@ -732,17 +750,22 @@ class Database:
         """pg_stat_io-like AIO counters, the io method in use, and the buffer manager's,
         WAL's, checkpointer's, transactions', vacuum's and each relation's statistics."""
         self._check_open()
+        # I/O counters first: counting a KV store's keys below reads its leaves.
+        aio, buffers = self._aio.stats(), self._bufmgr.stats()
         rels = []
         for name, r in sorted(self._relations.items()):
-            nblocks = r.heap.nblocks()
-            is_kv = r.index is not None
+            nblocks = r.nblocks()
+            index = r.index
+            is_kv = index is not None
+            live = None
+            if is_kv:
+                live = index.live_keys() if index.error is None else 0
             rels.append(RelationStats(name, r.kind, r.rel, nblocks, nblocks * BLCKSZ,
-                                      r.live_keys_estimate() if is_kv else None,
-                                      r.dead_versions,
-                                      r.index.operations if is_kv else None))
+                                      live, r.dead_versions,
+                                      index.operations if is_kv else None))
         info = self._recovery
         return DatabaseStats(
-            self._aio.method.name, self._aio.stats(), self._bufmgr.stats(), self._wal.stats(),
+            self._aio.method.name, aio, buffers, self._wal.stats(),
             self._checkpointer.stats(), self._xacts.stats(),
             VacuumStats(self._vacuum_runs, self._autovacuum_runs, self._pruned,
                         self._forgotten),

@@ -1,8 +1,10 @@
 """The KV store users see: an ordered ``MutableMapping[bytes, bytes]``.
 
-``db.kv(name)`` returns one. Its versions live in a heap relation and are found through
-an ordered in-memory index (``engine.kv_index``); its transactions come from the
-transaction layer (``engine.transaction``) that ``Database`` hands it. Writes are
+``db.kv(name)`` returns one. Its versions live in a clustered B+tree (``engine.kv_index``
+over ``engine.access.btree``): keys up to ``KEY_MAX_BYTES`` (2,000), values up to
+``VALUE_MAX_BYTES`` (1 GiB; those over 2,000 bytes out of line in overflow pages); its
+transactions come from the transaction layer (``engine.transaction``) that ``Database``
+hands it. Writes are
 buffered in the thread's transaction and applied at commit; outside a transaction each
 write (``kv[k] = v``, ``del``, ``update()``, ``clear()``, ``pop()``) is one durable
 transaction of its own.
@@ -37,14 +39,14 @@ from collections.abc import (
     ValuesView,
 )
 
-from slonik.engine.access.heap import Heap
-from slonik.engine.access.tuple import decode_kv, encode_kv
+from slonik.engine.access.btree import KEY_MAX_BYTES, VALUE_MAX_BYTES
 from slonik.engine.errors import ConflictError, RelationDroppedError
 from slonik.engine.kv_index import TOMBSTONE
 from slonik.engine.relation import Relation, RelationState
 from slonik.engine.transaction import TransactionLayer
 
-__all__ = ["KVStore", "KVKeysView", "KVValuesView", "KVItemsView", "prefix_stop"]
+__all__ = ["KVStore", "KVKeysView", "KVValuesView", "KVItemsView", "prefix_stop",
+           "KEY_MAX_BYTES", "VALUE_MAX_BYTES"]
 
 CLEAR_CONFLICT_RETRIES_MAX = 8   # an autocommit clear() racing writers retries this often
 
@@ -67,6 +69,24 @@ def _check_key(key: object, what: str = "key") -> bytes:
     if isinstance(key, bytes | bytearray | memoryview):
         return bytes(key)
     raise TypeError(f"{what} must be bytes, not {type(key).__name__}")
+
+
+def _check_put(key: object, value: object) -> tuple[bytes, bytes]:
+    """(key, value) of a put, checked before anything is written: TypeError for non-bytes,
+    ValueError naming the limit for an oversized key or value."""
+    key = _check_key(key)
+    if len(key) > KEY_MAX_BYTES:
+        raise ValueError(f"key of {len(key)} bytes is over the limit of {KEY_MAX_BYTES} bytes")
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"value must be bytes, not {type(value).__name__}")
+    if isinstance(value, memoryview):
+        size = value.nbytes
+    else:
+        size = len(value)
+    if size > VALUE_MAX_BYTES:
+        raise ValueError(f"value of {size} bytes is over the limit of {VALUE_MAX_BYTES} bytes "
+                         f"(1 GiB)")
+    return key, bytes(value)
 
 
 def prefix_stop(prefix: bytes) -> bytes | None:
@@ -92,6 +112,31 @@ def _bounds(start: object, stop: object, prefix: object,
         if end is not None:
             hi = end if hi is None else min(hi, end)
     return lo, hi
+
+
+def _tree_range(scan, lo: bytes | None, hi: bytes | None, reverse: bool, snap,
+                values: bool) -> Iterator[tuple[bytes, bytes | None]]:
+    """``scan`` over [lo, hi) where a bound may be longer than any stored key: the tree
+    gets a bound it accepts (``lo`` cut to ``KEY_MAX_BYTES``, a long ``hi`` none) and the
+    pairs are filtered by the real bounds (a stored key < a long ``lo`` is at most its cut
+    prefix; one past a long ``hi`` ends an ascending scan)."""
+    long_lo = lo is not None and len(lo) > KEY_MAX_BYTES
+    long_hi = hi is not None and len(hi) > KEY_MAX_BYTES
+    if not (long_lo or long_hi):
+        yield from scan(lo, hi, reverse, snap, values)
+        return
+    t_lo = lo[:KEY_MAX_BYTES] if long_lo else lo
+    t_hi = None if long_hi else hi
+    for key, value in scan(t_lo, t_hi, reverse, snap, values):
+        if lo is not None and key < lo:
+            if reverse:
+                return
+            continue
+        if hi is not None and key >= hi:
+            if reverse:
+                continue
+            return
+        yield key, value
 
 
 class _RangeView:
@@ -226,13 +271,13 @@ class KVStore(MutableMapping):
 
     @property
     def rel(self) -> int:
-        """The relfilenumber of the heap relation holding the store's versions."""
+        """The relfilenumber of the B+tree relation holding the store's versions."""
         return self._relation.rel
 
-    @property
-    def heap(self) -> Heap:
-        """The heap relation holding every version (for tools and tests: ``nblocks()``)."""
-        return self._relation.heap
+    def nblocks(self) -> int:
+        """Blocks in the store's relation: tree, overflow and free pages (tools, tests)."""
+        self._check()
+        return self._relation.nblocks()
 
     def _check(self) -> None:
         self._layer.check_open()
@@ -257,9 +302,10 @@ class KVStore(MutableMapping):
                 data = own[key]
                 if data is TOMBSTONE:
                     raise KeyError(key)
-                return decode_kv(data)[1]
-        return self._index.read(key, txn.snapshot if txn is not None else None,
-                                self._layer.xacts.is_committed)
+                return data
+        if len(key) > KEY_MAX_BYTES:
+            raise KeyError(key)  # no such key can be stored
+        return self._index.read(key, txn.snapshot if txn is not None else None)
 
     def __getitem__(self, key: bytes) -> bytes:
         """The value of ``key``; KeyError if it has none."""
@@ -276,23 +322,15 @@ class KVStore(MutableMapping):
 
     def get_many(self, keys: Iterable[bytes]) -> list[bytes | None]:
         """The values of ``keys`` in order, None for a missing key, all read in one
-        snapshot."""
+        snapshot: the leaves holding them are read in one batch of I/Os."""
         wanted = [_check_key(k, f"keys[{i}]") for i, k in enumerate(keys)]
         self._check()
         layer = self._layer
-        own = layer.own_writes(self._relation)
-        out: list[bytes | None] = []
+        own = layer.own_writes(self._relation) or {}
         with layer.read_snapshot() as snap:
-            for key in wanted:
-                if own is not None and key in own:
-                    data = own[key]
-                    out.append(None if data is TOMBSTONE else decode_kv(data)[1])
-                    continue
-                try:
-                    out.append(self._index.read(key, snap, layer.xacts.is_committed))
-                except KeyError:
-                    out.append(None)
-        return out
+            tree_keys = [k for k in wanted if k not in own and len(k) <= KEY_MAX_BYTES]
+            got = dict(zip(tree_keys, self._index.get_many(tree_keys, snap), strict=True))
+        return [own[k] if k in own else got.get(k) for k in wanted]
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` has a value."""
@@ -343,28 +381,28 @@ class KVStore(MutableMapping):
                 pending = sorted((k for k in own if (lo is None or k >= lo)
                                   and (hi is None or k < hi)), reverse=not reverse)
                 # popped from the end: ascending order needs the list descending
-            for key, value in self._index.scan(lo, hi, reverse, snap, values):
+            for key, value in _tree_range(self._index.scan, lo, hi, reverse, snap, values):
                 while pending and (pending[-1] > key if reverse else pending[-1] < key):
                     k = pending.pop()
                     if own[k] is not TOMBSTONE:
-                        yield k, (decode_kv(own[k])[1] if values else None)
+                        yield k, (own[k] if values else None)
                 if pending and pending[-1] == key:
                     pending.pop()
                     if own[key] is TOMBSTONE:
                         continue
-                    yield key, (decode_kv(own[key])[1] if values else None)
+                    yield key, (own[key] if values else None)
                     continue
                 yield key, value
             while pending:
                 k = pending.pop()
                 if own[k] is not TOMBSTONE:
-                    yield k, (decode_kv(own[k])[1] if values else None)
+                    yield k, (own[k] if values else None)
 
     # --- writes -----------------------------------------------------------------------------
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        """Set ``key`` to ``value`` (both bytes)."""
-        data = encode_kv(key, value)  # TypeError naming key/value; TupleTooLargeError
-        key = bytes(key)
+        """Set ``key`` to ``value`` (both bytes; the key up to ``KEY_MAX_BYTES``, the value
+        up to ``VALUE_MAX_BYTES``: ValueError naming the limit above them)."""
+        key, data = _check_put(key, value)
         self._check()
         self._layer.kv_write(self._relation, key, data)
 
@@ -421,7 +459,7 @@ class KVStore(MutableMapping):
 
     # --- checks -----------------------------------------------------------------------------
     def check(self) -> None:
-        """Whole-structure check (for tests and tools): the index's invariants hold and
-        every version a snapshot could see is in the heap under its key."""
+        """Whole-structure check (for tests and tools): the B+tree's invariants hold
+        (``BTree.check``; DataCorruptionError naming relation and block otherwise)."""
         self._check()
-        self._index.check(self._layer.xacts.aborted)
+        self._index.check()

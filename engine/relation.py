@@ -1,9 +1,9 @@
 """One relation as the engine holds it: the parts ``Database`` builds for a KV store or a
 table and hands to the store object and to the transaction layer.
 
-A ``Relation`` carries the relfilenumber, the heap (built by ``Database`` over its buffer
-manager and WAL), the KV index (KV stores only), the autovacuum counter and the drop
-state. The user-facing ``KVStore``/``Table`` hold one; nothing else of the ``Database``.
+A ``Relation`` carries the relfilenumber, the heap (tables; built by ``Database`` over its
+buffer manager and WAL) or the KV index over the store's B+tree (KV stores), the
+autovacuum counter and the drop state. The user-facing ``KVStore``/``Table`` hold one; nothing else of the ``Database``.
 
 Drop states (``RelationState``), changed only under the engine's commit lock:
 
@@ -44,9 +44,9 @@ class Relation:
     __slots__ = ("name", "kind", "rel", "heap", "index", "columns", "dead_versions",
                  "state", "dropping_xid", "table_indexes")
 
-    def __init__(self, name: str, kind: str, rel: int, heap: Heap, *,
+    def __init__(self, name: str, kind: str, rel: int, heap: Heap | None, *,
                  index: KVIndex | None = None, columns: tuple = ()) -> None:
-        assert (kind == "kv") == (index is not None), (kind, index)
+        assert (kind == "kv") == (index is not None) == (heap is None), (kind, index)
         self.name = name
         self.kind = kind
         self.rel = rel
@@ -72,9 +72,11 @@ class Relation:
     def dropped(self) -> bool:
         return self.state is RelationState.DROPPED
 
-    def live_keys_estimate(self) -> int:
-        """Keys in a KV store's index (0 for a table)."""
-        return self.index.live_keys() if self.index is not None else 0
+    def nblocks(self) -> int:
+        """Blocks in the relation's main fork (heap, or B+tree with its overflow pages)."""
+        if self.index is not None:
+            return self.index.nblocks() if self.index.error is None else 0
+        return self.heap.nblocks()
 
     def __repr__(self) -> str:
         return f"<Relation {self.name!r} {self.kind} {self.rel} {self.state.name}>"

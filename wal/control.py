@@ -8,7 +8,7 @@ at any instant the name holds either the old or the new contents, never a mix.
 Layout (little-endian, struct "<IIIIQQQQQQQIId", then zeros up to 512 bytes)::
 
       0  magic u32               CONTROL_MAGIC
-      4  version u32             CONTROL_VERSION (2; version 1 went with WAL page format 1)
+      4  version u32             CONTROL_VERSION (3; 2 had heap KV stores, 1 WAL page format 1)
       8  crc u32                 CRC-32C of all 512 bytes with this field read as zero
      12  state u32               DbState
      16  system_identifier u64
@@ -51,8 +51,9 @@ __all__ = [
 CONTROL_FILE_NAME = "slonik_control"
 CONTROL_FILE_SIZE = 512        # bytes; one sector, so the rename is the only atomicity needed
 CONTROL_MAGIC = 0x534C4E43     # "CNLS" little-endian: "SLNC"
-CONTROL_VERSION = 2            # 2: the WAL beside it is in WAL page format 2 (flush stamps)
-_OLD_VERSIONS = {1: "its WAL pages carry no flush stamps (WAL page format 1)"}
+CONTROL_VERSION = 3            # 3: KV stores are B+trees; 2: WAL page format 2 (flush stamps)
+_OLD_VERSIONS = {1: "its WAL pages carry no flush stamps (WAL page format 1)",
+                 2: "its KV stores are heaps, not B+trees"}
 _TEMP_SUFFIX = ".tmp"
 
 _LAYOUT = struct.Struct("<IIIIQQQQQQQIId")

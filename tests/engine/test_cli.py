@@ -197,7 +197,7 @@ def test_check_clean_and_corrupt(db_dir, io_method, capsys):
             for i in range(3000):
                 kv[b"user%06d" % i] = b"x" * 100
         rel = kv.rel
-        nblocks = kv.heap.nblocks()
+        nblocks = kv.nblocks()
     assert nblocks > 3
     code, out, _err = run(capsys, "check", db_dir, "--io-method", io_method)
     assert code == 0, out

@@ -3,15 +3,17 @@ conflicts, group commit and damaged pages (every io method)."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import warnings
 
 import pytest
 from slonik.engine.access.tuple import MAX_TUPLE_DATA_BYTES
+from slonik.engine.kv import KEY_MAX_BYTES, VALUE_MAX_BYTES
 from slonik.storage.page import BLCKSZ
 
-from slonik import ConflictError, DataCorruptionError, TransactionStateError, TupleTooLargeError
+from slonik import ConflictError, DataCorruptionError, TransactionStateError
 from tests.engine.dbutil import open_db
 
 
@@ -62,12 +64,29 @@ def test_wrong_types_are_named(db):
 
 
 def test_oversized_is_refused_with_the_limit(db):
-    """A key + value that cannot fit in a page is refused naming the limit."""
+    """A key of KEY_MAX_BYTES and a value larger than a page are stored; a key one byte
+    longer, and a value one byte over VALUE_MAX_BYTES (1 GiB: an untouched anonymous
+    mapping, so no GiB is allocated), are refused with a ValueError naming the limit and
+    nothing written; non-bytes keys and values are TypeErrors."""
     kv = db.kv("big")
-    kv[b"k"] = b"v" * (MAX_TUPLE_DATA_BYTES - 5)  # exactly fits (4-byte key length + 1)
-    with pytest.raises(TupleTooLargeError, match=str(MAX_TUPLE_DATA_BYTES)):
-        kv[b"k2"] = b"v" * MAX_TUPLE_DATA_BYTES
-    assert b"k2" not in kv and len(kv[b"k"]) == MAX_TUPLE_DATA_BYTES - 5
+    kv[b"k" * KEY_MAX_BYTES] = b"v" * (2 * BLCKSZ)
+    kv[b"k"] = b"v" * (MAX_TUPLE_DATA_BYTES + 1)  # over the old one-page limit
+    with pytest.raises(ValueError, match=f"limit of {KEY_MAX_BYTES} bytes"):
+        kv[b"k" * (KEY_MAX_BYTES + 1)] = b"v"
+    huge = mmap.mmap(-1, VALUE_MAX_BYTES + 1)
+    try:
+        with pytest.raises(ValueError, match=f"limit of {VALUE_MAX_BYTES} bytes"):
+            kv[b"k2"] = memoryview(huge)
+    finally:
+        huge.close()
+    with pytest.raises(TypeError, match="value must be bytes"):
+        kv[b"k3"] = "text"
+    with pytest.raises(TypeError, match="key must be bytes"):
+        kv["k3"] = b"v"
+    assert b"k2" not in kv and b"k3" not in kv and b"k" * (KEY_MAX_BYTES + 1) not in kv
+    assert len(kv[b"k"]) == MAX_TUPLE_DATA_BYTES + 1
+    assert kv[b"k" * KEY_MAX_BYTES] == b"v" * (2 * BLCKSZ)
+    assert len(kv) == 2
 
 
 def test_ordered_ranges(db):
@@ -317,30 +336,35 @@ def _corrupt_block(path, rel, block, segment_size=64):
 
 
 def test_damaged_page_at_open_breaks_only_that_store(tmp_path, io_method):
-    """A page that fails verification while a store's index is rebuilt makes that store
-    raise DataCorruptionError naming the block; other stores work; with
-    zero_damaged_pages the store opens without that page's keys."""
+    """A damaged leaf of a store's B+tree (block 1, the first leaf: the lowest keys) makes
+    reads of its keys, and scans through it, raise DataCorruptionError naming relation and
+    block; the store still opens (its open reads only the metapage), keys on other leaves
+    stay readable, other stores work; with zero_damaged_pages the same holds (the zeroed
+    leaf is no B+tree page, so its keys still fail, loudly)."""
     path = tmp_path / "db"
     with open_db(path, io_method) as db:
         bad, good = db.kv("bad"), db.kv("good")
         bad.update({b"%05d" % i: b"x" * 200 for i in range(300)})
         good.update({b"g%d" % i: b"y" for i in range(10)})
         rel = bad.rel
-        assert bad.heap.nblocks() >= 3
+        assert bad.nblocks() >= 3
     _corrupt_block(path, rel, 1)
     with open_db(path, io_method) as db:
         with pytest.raises(DataCorruptionError, match="block 1") as info:
             db.kv("bad")[b"00000"]
         assert info.value.block == 1 and info.value.relation == rel
+        assert f"relation {rel}" in str(info.value)
         with pytest.raises(DataCorruptionError):
             list(db.kv("bad").items())
+        assert db.kv("bad")[b"00299"] == b"x" * 200
         assert len(db.kv("good")) == 10
         db.kv("good")[b"more"] = b"z"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with open_db(path, io_method, zero_damaged_pages=True) as db:
-            n = len(db.kv("bad"))
-            assert 0 < n < 300
+            with pytest.raises(DataCorruptionError, match="block 1"):
+                db.kv("bad")[b"00000"]
+            assert db.kv("bad")[b"00299"] == b"x" * 200
 
 
 def test_damaged_page_on_access(tmp_path, io_method):
@@ -350,13 +374,14 @@ def test_damaged_page_on_access(tmp_path, io_method):
     with open_db(path, io_method, shared_buffers=16) as db:
         kv = db.kv("d")
         kv.update({b"%05d" % i: b"x" * 500 for i in range(600)})
-        nblocks = kv.heap.nblocks()
+        nblocks = kv.nblocks()
         assert nblocks >= 40
-        first_key = b"00000"  # bulk insert put it in block 0
+        first_key = b"00000"  # in block 1: the first leaf (block 0 is the metapage)
     with open_db(path, io_method, shared_buffers=16) as db:
-        kv = db.kv("d")  # rebuild read every page; block 0 has been evicted since
-        _corrupt_block(path, kv.rel, 0)
+        kv = db.kv("d")
+        assert kv[first_key] == b"x" * 500  # block 1 read (and evicted by the churn below)
+        _corrupt_block(path, kv.rel, 1)
         db.kv("other").update({b"%d" % i: b"y" * 1000 for i in range(200)})  # churn the pool
-        with pytest.raises(DataCorruptionError, match="block 0"):
+        with pytest.raises(DataCorruptionError, match="block 1"):
             kv[first_key]
         assert kv[b"00599"] == b"x" * 500

@@ -25,11 +25,11 @@ def test_kv_overwrites_stay_bounded(db):
     value = b"v" * 150
     for i in range(100):
         kv[b"key%03d" % i] = value
-    one_version_blocks = kv.heap.nblocks()
+    one_version_blocks = kv.nblocks()
     for rnd in range(60):
         for i in range(100):
             kv[b"key%03d" % i] = b"%d" % rnd + value
-    nblocks = kv.heap.nblocks()
+    nblocks = kv.nblocks()
     # Without vacuum: 6000 versions of ~190 bytes ≈ 140 blocks.
     assert nblocks <= one_version_blocks * 3 + 20, (one_version_blocks, nblocks)
     assert db.stats().vacuum.automatic >= 1
@@ -51,13 +51,13 @@ def test_explicit_vacuum_reuses_space(db):
     """After deleting everything and vacuuming, new inserts reuse the freed pages."""
     kv = db.kv("reuse")
     kv.update({b"%05d" % i: b"x" * 300 for i in range(500)})
-    blocks = kv.heap.nblocks()
+    blocks = kv.nblocks()
     with db.transaction():
         for k in list(kv.keys()):
             del kv[k]
     assert db.vacuum() >= 500
     kv.update({b"n%05d" % i: b"y" * 300 for i in range(500)})
-    assert kv.heap.nblocks() <= blocks + 1
+    assert kv.nblocks() <= blocks + 1
     assert len(kv) == 500
 
 
