@@ -355,10 +355,13 @@ class _Change:
 class _LeafFeed:
     """Next-block callback of a leaf-level read stream: the downlinks of the level above
     the leaves, from the one covering ``key`` rightwards, one parent page at a time (each
-    copied under a short share lock). A lone root leaf is the whole feed."""
+    copied under a short share lock). A lone root leaf is the whole feed. With ``stop``,
+    the feed ends before the first child whose pivot is ``>= stop`` (every key there is
+    past the range): no read-ahead past the end of a range scan."""
 
-    def __init__(self, tree: BTree, key: bytes) -> None:
+    def __init__(self, tree: BTree, key: bytes, stop: bytes | None = None) -> None:
         self.tree = tree
+        self.stop = stop
         self.queue: list[int] = []
         self.pos = 0
         block, buf = tree._descend(key, XMIN_MAX, level=1)
@@ -375,13 +378,21 @@ class _LeafFeed:
             tree._release(buf)
 
     def _take(self, page, special: Special, first: int, block: int) -> None:
+        self.next_parent = special.next
         try:
-            self.queue = [unpack_pivot(bt_item(page, off)).child
-                          for off in range(first, bt_item_count(page) + 1)]
+            pivots = [unpack_pivot(bt_item(page, off))
+                      for off in range(first, bt_item_count(page) + 1)]
         except BTreePageError as e:
             raise self.tree._corrupt(block, str(e)) from None
+        stop = self.stop
+        if stop is not None:
+            for i, p in enumerate(pivots):
+                if i and p.key >= stop:  # (pivots[0] may be minus infinity)
+                    del pivots[i:]
+                    self.next_parent = P_NONE
+                    break
+        self.queue = [p.child for p in pivots]
         self.pos = 0
-        self.next_parent = special.next
 
     def __call__(self) -> int | None:
         while self.pos >= len(self.queue):
@@ -935,9 +946,9 @@ class BTree:
                 unpack_pivot(bt_item(page, 1)).key >= stop
             return out, done
 
-        return self._walk_leaves(start or b"", visit)
+        return self._walk_leaves(start or b"", visit, stop)
 
-    def _walk_leaves(self, key: bytes, visit) -> Iterator:
+    def _walk_leaves(self, key: bytes, visit, stop: bytes | None = None) -> Iterator:
         """Visit the leaves from the one where ``key`` belongs rightwards, in right-link
         order, each share-locked during ``visit(block, page, special) -> (result, stop)``;
         yields each result with no page locked.
@@ -948,7 +959,7 @@ class BTree:
         leaf is used only when it is the right-link of the leaf just visited; leaves the
         parent did not list yet (split since) are read directly in between."""
         bm = self.bufmgr
-        feed = _LeafFeed(self, key)
+        feed = _LeafFeed(self, key, stop)
         expected: int | None = None  # the right-link of the leaf just visited
         with ReadStream(bm, self.rel, self.fork, feed) as stream:
             for buf in stream:

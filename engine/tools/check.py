@@ -12,6 +12,13 @@ checksum but a broken structure is reported too. It never stops at the first bad
 Names come from the catalog's pages as they are on disk; when a catalog page cannot be
 read, the files are still checked and ``open_error`` says which names may be missing.
 
+Each KV store is a B+tree: when every page of its main fork verified and the database was
+shut down cleanly, the tree's own check (``BTree.check``, like amcheck's
+``bt_index_parent_check``: keys ordered within and across pages, high keys and
+right-links consistent, every child's range inside its parent's, every overflow
+reference a valid chain, the free list sound) runs over ``offline.OfflinePages``, and its
+first violation is listed as a corrupt block naming relation and block.
+
 A database that was not shut down cleanly (control file state not ``SHUTDOWNED``) needs
 recovery: the check still verifies every page, says so (``recovery_needed``, and the redo
 point replay would start from), and is never ``ok``. Pages of such a database may be torn or
@@ -46,11 +53,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from slonik.aio.core import Aio
+from slonik.engine.access.btree import BTree
 from slonik.engine.catalog import CATALOG_RELFILENUMBER
 from slonik.engine.database import Database, DatabaseLockedError
 from slonik.engine.tools.check_index import check_table_indexes
 from slonik.engine.tools.offline import (
     READ_RUN_BLOCKS,
+    OfflinePages,
     RecoveryImages,
     RelationFileReader,
     catalog_rows,
@@ -171,6 +180,15 @@ class _Checker:
             for index in row.indexes:
                 self.names[index.relfilenumber] = (f"{row.name}.{index.name}", "index")
 
+    def _check_tree(self, name: str, rel: int) -> None:
+        """The B+tree structure check of KV store ``rel`` (its pages all verified)."""
+        try:
+            BTree.open(rel, OfflinePages(self.reader), None).check()
+        except DataCorruptionError as exc:
+            block = exc.block if exc.block is not None else 0
+            self.bad.append(CorruptBlock(name, rel, Fork.MAIN.label, block,
+                                         f"B+tree structure: {exc}"))
+
     def check_fork(self, rel: int, fork: Fork) -> None:
         name, kind = self.names.get(rel, (ORPHAN_NAME, "orphan"))
         bad_before, repairable_before = len(self.bad), len(self.repairable)
@@ -200,6 +218,9 @@ class _Checker:
                     self._catalog_page(views[k], first + k)
             if self.progress is not None:
                 self.progress(n)
+        if kind == "kv" and fork == Fork.MAIN and self.images is None and \
+                len(self.bad) == bad_before:
+            self._check_tree(name, rel)
         self.relations.append(RelationCheck(name, kind, rel, fork.label, nblocks,
                                             len(self.bad) - bad_before,
                                             len(self.repairable) - repairable_before))

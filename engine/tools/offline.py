@@ -25,8 +25,12 @@ it. What they need instead lives here:
   from) into a ``Visibility``; ``fork_pages`` yields a fork's verified pages;
   ``visible_relations`` the catalog as the engine would load it; ``table_rows`` a table's
   visible rows (heap pages, ``RowCodec``); ``kv_pairs`` a KV store's visible pairs in key
-  order — the one function that knows a KV store's page format, so a change of that
-  format (the B+tree) changes it alone.
+  order — the one function that knows a KV store's page format: it walks the B+tree's
+  leaf level and reads out-of-line values from their overflow pages.
+- ``OfflinePages``: a read-only stand-in for the buffer manager over ``RelationFileReader``
+  (each block read and verified when asked for, nothing cached or written), enough for
+  ``BTree.open`` and ``BTree.check``, so ``slonik check`` runs the tree's own amcheck-like
+  check on each KV store.
 
 Invariants:
 1. Every file this module opens is opened ``O_RDONLY``; it never calls an ``osfile``
@@ -54,7 +58,23 @@ from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.aio.errors import IOFailure, SlonikError
 from slonik.aio.handle import AioReturn
-from slonik.engine.access.tuple import RowCodec, Tid, decode_kv, unpack_tuple
+from slonik.engine.access.btree import BTree, unpack_overflow_ref
+from slonik.engine.access.btree_page import (
+    BTP_DELETED,
+    BTP_LEAF,
+    BTP_OVERFLOW,
+    ENTRY_OVERFLOW,
+    P_NONE,
+    BTreePageError,
+    Special,
+    bt_first_data,
+    bt_item,
+    bt_item_count,
+    bt_special,
+    unpack_entry,
+    unpack_pivot,
+)
+from slonik.engine.access.tuple import RowCodec, Tid, unpack_tuple
 from slonik.engine.catalog import CATALOG_RELFILENUMBER, RelationEntry, decode_entry
 from slonik.engine.database import LOCK_FILE_NAME, NotADatabaseError
 from slonik.engine.recovery import WAL_DIR
@@ -82,7 +102,7 @@ from slonik.wal.reader import WalReader, read_record_at
 __all__ = ["require_database", "lock_holder", "relation_forks", "RelationFileReader",
            "catalog_rows", "RecoveryImages", "recovery_images", "PROC_LOCKS_PATH",
            "READ_RUN_BLOCKS", "RecoveryNeededError", "Visibility", "shutdown_visibility",
-           "fork_pages", "visible_relations", "table_rows", "kv_pairs"]
+           "fork_pages", "visible_relations", "table_rows", "kv_pairs", "OfflinePages"]
 
 PROC_LOCKS_PATH = "/proc/locks"
 LOCK_FILE_PID_BYTES = 64     # the lock file holds "<pid>\n"; more is not a pid
@@ -442,24 +462,159 @@ def table_rows(reader: RelationFileReader, entry: RelationEntry, visibility: Vis
             yield decode(data)
 
 
+class OfflinePages:
+    """The buffer-manager calls ``BTree.open``/``BTree.check`` make (``read_buffer``,
+    ``page``, share locks, ``unpin``, ``smgr.nblocks``), answered read-only from the files:
+    each ``read_buffer`` reads the block (``O_RDONLY``, through the reader's Aio) and
+    verifies it (checksum, header, structure) or raises ``DataCorruptionError`` naming
+    relation, fork and block. Nothing is cached beyond the pins held; nothing is written."""
+
+    def __init__(self, reader: RelationFileReader) -> None:
+        self.reader = reader
+        self.smgr = self
+        self._pool = bytearray(BLCKSZ)
+        self._views = [memoryview(self._pool)]
+        self._verifier = PageRunVerifier(self._pool)
+        self._pinned: dict[int, bytes] = {}
+        self._next_buf = 1
+
+    def nblocks(self, rel: int, fork: Fork) -> int:
+        return self.reader.nblocks(rel, Fork(fork))
+
+    def read_block(self, rel: int, fork: Fork, block: int) -> bytes:
+        """A copy of ``block``, verified."""
+        fork = Fork(fork)
+        failed = self.reader.read_run(rel, fork, block, self._views)
+        failed.update((k, v.reason) for k, v in self._verifier.verify(range(1), rel, fork, block))
+        reason = failed.get(0)
+        if reason is None:
+            try:
+                page_check(self._views[0])
+            except PageCorruptError as exc:
+                reason = f"page structure: {exc}"
+        if reason is not None:
+            raise DataCorruptionError(
+                f"block {block} of relation {rel} ({fork.label} fork) is damaged: {reason}",
+                relation=rel, fork=int(fork), block=block)
+        return bytes(self._pool)
+
+    def read_buffer(self, rel: int, fork: Fork, block: int) -> int:
+        buf = self._next_buf
+        self._next_buf += 1
+        self._pinned[buf] = self.read_block(rel, fork, block)
+        return buf
+
+    def page(self, buf: int) -> bytes:
+        return self._pinned[buf]
+
+    def lock_shared(self, buf: int) -> None:
+        """Nothing else changes the files (check and dump read a closed database)."""
+
+    unlock_shared = lock_shared
+
+    def unpin(self, buf: int) -> None:
+        del self._pinned[buf]
+
+
+def _tree_page(pages: OfflinePages, rel: int, nblocks: int, block: int
+               ) -> tuple[bytes, Special]:
+    """(page, special) of B+tree block ``block``; DataCorruptionError naming relation and
+    block when it is outside the relation, unreadable, or no B+tree page."""
+    def bad(why: str) -> DataCorruptionError:
+        return DataCorruptionError(f"B+tree relation {rel} block {block}: {why}",
+                                   relation=rel, fork=int(Fork.MAIN), block=block)
+    if not 0 < block < nblocks:
+        raise bad(f"linked to, but outside the relation's {nblocks} blocks")
+    page = pages.read_block(rel, Fork.MAIN, block)
+    if page_is_new(page):
+        raise bad("page is all zero (never initialised) inside the tree")
+    try:
+        return page, bt_special(page)
+    except BTreePageError as exc:
+        raise bad(str(exc)) from None
+
+
 def kv_pairs(reader: RelationFileReader, entry: RelationEntry, visibility: Visibility, *,
-             progress: Callable[[int], None] | None = None) -> list[tuple[bytes, bytes]]:
+             progress: Callable[[int], None] | None = None) -> Iterator[tuple[bytes, bytes]]:
     """The visible (key, value) pairs of KV store ``entry``, in key order.
 
-    The one place that knows how a KV store lies on disk: today a heap of versions in the
-    KV codec (``key_len | key | value``), in no particular order, so the pairs are
-    gathered and sorted in memory. When the store moves onto its B+tree this becomes a
-    walk of the leaf level (already in key order) with the B+tree's page codec.
-    ``DataCorruptionError`` when two live versions of one key are found."""
+    The one place that knows how a KV store lies on disk: a B+tree (``engine.access.btree``)
+    whose metapage names the root; this descends the leftmost downlinks to the leaf level
+    and walks it by right-links (already in key order), keeping the versions
+    ``visibility`` shows and reading out-of-line values from their overflow pages, one
+    block at a time, each verified. ``DataCorruptionError`` naming relation and block when
+    a page is damaged, a link leads nowhere, or two live versions of one key are found.
+    ``progress(1)`` after each leaf."""
     assert entry.kind == "kv", entry
-    pairs: dict[bytes, bytes] = {}
     rel = entry.relfilenumber
-    for block, page in fork_pages(reader, rel, progress=progress):
-        for _offnum, data in _visible_data(page, visibility, rel, block):
-            key, value = decode_kv(data)
-            if key in pairs:
+    pages = OfflinePages(reader)
+    nblocks = reader.nblocks(rel, Fork.MAIN)
+    tree = BTree.open(rel, pages, None)  # the metapage: DataCorruptionError naming block 0
+    block = tree.root
+    page, special = _tree_page(pages, rel, nblocks, block)
+    for _ in range(tree.height - 1):
+        try:
+            child = unpack_pivot(bt_item(page, bt_first_data(special))).child
+        except BTreePageError as exc:
+            raise DataCorruptionError(f"B+tree relation {rel} block {block}: {exc}",
+                                      relation=rel, fork=int(Fork.MAIN), block=block) from None
+        block = child
+        page, special = _tree_page(pages, rel, nblocks, block)
+    last: bytes | None = None
+    seen = set()
+    while True:
+        if block in seen or not special.flags & BTP_LEAF or special.flags & BTP_DELETED:
+            raise DataCorruptionError(
+                f"B+tree relation {rel} block {block}: on the leaf level's right-link chain "
+                f"but flags {special.flags:#x}{' (reached twice)' if block in seen else ''}",
+                relation=rel, fork=int(Fork.MAIN), block=block)
+        seen.add(block)
+        try:
+            found = [e for e in (unpack_entry(bt_item(page, off)) for off in
+                                 range(bt_first_data(special), bt_item_count(page) + 1))
+                     if visibility.visible(e.xmin, e.xmax)]
+        except BTreePageError as exc:
+            raise DataCorruptionError(f"B+tree relation {rel} block {block}: {exc}",
+                                      relation=rel, fork=int(Fork.MAIN), block=block) from None
+        for e in found:
+            if last is not None and e.key <= last:
                 raise DataCorruptionError(
-                    f"KV store {entry.name!r} holds two live versions of key {key!r}",
-                    relation=entry.relfilenumber, fork=int(Fork.MAIN), block=block)
-            pairs[key] = value
-    return sorted(pairs.items())
+                    f"KV store {entry.name!r} holds two live versions of key {e.key!r}"
+                    if e.key == last else f"KV store {entry.name!r}: key {e.key!r} after "
+                    f"{last!r} on the leaf level", relation=rel, fork=int(Fork.MAIN),
+                    block=block)
+            last = e.key
+            value = e.payload
+            if e.flags & ENTRY_OVERFLOW:
+                value = _overflow_value(pages, rel, nblocks, block, e.payload)
+            yield e.key, bytes(value)
+        if progress is not None:
+            progress(1)
+        if special.next == P_NONE:
+            return
+        block = special.next
+        page, special = _tree_page(pages, rel, nblocks, block)
+
+
+def _overflow_value(pages: OfflinePages, rel: int, nblocks: int, leaf: int,
+                    payload: bytes) -> bytes:
+    """The out-of-line value ``payload`` (an overflow reference on leaf ``leaf``) names."""
+    try:
+        ref = unpack_overflow_ref(bytes(payload))
+    except BTreePageError as exc:
+        raise DataCorruptionError(f"B+tree relation {rel} block {leaf}: {exc}",
+                                  relation=rel, fork=int(Fork.MAIN), block=leaf) from None
+    out = bytearray()
+    for seq, block in enumerate(ref.blocks()):
+        page, special = _tree_page(pages, rel, nblocks, block)
+        if not special.flags & BTP_OVERFLOW or special.prev != seq or bt_item_count(page) != 1:
+            raise DataCorruptionError(
+                f"B+tree relation {rel} block {block}: expected overflow chunk {seq} of a "
+                f"value on leaf {leaf}, found flags {special.flags:#x} chunk {special.prev}",
+                relation=rel, fork=int(Fork.MAIN), block=block)
+        out += bt_item(page, 1)
+    if len(out) != ref.length:
+        raise DataCorruptionError(
+            f"B+tree relation {rel} block {leaf}: an overflow value of {len(out)} bytes, "
+            f"its reference says {ref.length}", relation=rel, fork=int(Fork.MAIN), block=leaf)
+    return bytes(out)

@@ -11,17 +11,20 @@ import os
 import warnings
 
 import pytest
-from slonik.engine.access.tuple import decode_kv, unpack_tuple
+from slonik.engine.access.btree_page import (
+    BTP_LEAF,
+    bt_first_data,
+    bt_item,
+    bt_item_count,
+    bt_special,
+    unpack_entry,
+)
 from slonik.engine.tools.check import CATALOG_NAME, CorruptBlock, check_database
 from slonik.storage.bufmgr import DamagedPageWarning
 from slonik.storage.page import (
     BLCKSZ,
     VERSION_OFFSET,
-    LpFlag,
-    page_get_item,
     page_is_new,
-    page_item_count,
-    page_item_flags,
     page_set_checksum,
 )
 
@@ -68,8 +71,8 @@ def fill(store, prefix: bytes, n: int, size: int = 300) -> dict[bytes, bytes]:
 
 
 def blocks_of(db_path, rel: int) -> dict[int, list[bytes]]:
-    """block -> keys whose live version (xmax 0) is there, read from the KV store's heap
-    file on disk with the page and tuple codecs (the database is closed)."""
+    """block -> keys whose live version (xmax 0) is there, read from the leaves of the KV
+    store's B+tree file on disk with the B+tree page codec (the database is closed)."""
     out: dict[int, list[bytes]] = {}
     with open(os.path.join(str(db_path), "base", str(rel)), "rb") as f:
         data = f.read()
@@ -78,12 +81,13 @@ def blocks_of(db_path, rel: int) -> dict[int, list[bytes]]:
         page = data[block * BLCKSZ:(block + 1) * BLCKSZ]
         if page_is_new(page):
             continue
-        for offnum in range(1, page_item_count(page) + 1):
-            if page_item_flags(page, offnum) != LpFlag.NORMAL:
-                continue
-            _xmin, xmax, _flags, item = unpack_tuple(page_get_item(page, offnum))
-            if xmax == 0:
-                out.setdefault(block, []).append(decode_kv(item)[0])
+        special = bt_special(page)
+        if special.flags != BTP_LEAF:  # (ROOT, DELETED, META, OVERFLOW, FREE: no)
+            continue
+        for offnum in range(bt_first_data(special), bt_item_count(page) + 1):
+            e = unpack_entry(bt_item(page, offnum))
+            if e.xmax == 0:
+                out.setdefault(block, []).append(e.key)
     return out
 
 
@@ -125,12 +129,13 @@ def test_clean_database_reports_no_corruption(tmp_path, io_method):
 
 
 def test_damaged_kv_page_is_reported_not_returned(tmp_path, io_method):
-    """A flipped byte in one page of KV store "a": at reopen "a" raises DataCorruptionError
-    naming its relfilenumber, fork main and the block on every access (the index rebuild
-    read it; never a silently shorter store); store "b" and table "t" read in full;
-    check_database lists exactly that block; with zero_damaged_pages the store opens,
-    with a DamagedPageWarning, without the keys of that page (PostgreSQL's behaviour:
-    the page is zeroed in memory, the file keeps the damage until the page is rewritten)."""
+    """A flipped byte in one leaf of KV store "a": after reopen every access that needs
+    that leaf (a key on it, a full scan, len, a write of a key on it) raises
+    DataCorruptionError naming its relfilenumber, fork main and the block (never a
+    silently shorter store), while keys on other leaves read and write; store "b" and table
+    "t" read in full; check_database lists exactly that block; with zero_damaged_pages the
+    page is zeroed in memory with a DamagedPageWarning (the file keeps the damage), and a
+    zeroed leaf is no B+tree page: its keys still fail, loudly, naming the block."""
     path = tmp_path / "db"
     a, b, rels, blocks = make_db(path, io_method)
     victim = 7
@@ -139,13 +144,18 @@ def test_damaged_kv_page_is_reported_not_returned(tmp_path, io_method):
 
     with open_db(path, io_method) as db:
         store = db.kv("a")
-        for op in (lambda: store[next(iter(a))], lambda: list(store.items()),
-                   lambda: len(store), lambda: store.__setitem__(b"new", b"v")):
+        on_victim = blocks[victim][0]
+        for op in (lambda: store[on_victim], lambda: list(store.items()),
+                   lambda: len(store), lambda: store.__setitem__(on_victim, b"v")):
             with pytest.raises(DataCorruptionError) as exc:
                 op()
             e = exc.value
             assert (e.relation, e.fork, e.block) == (rels["a"], MAIN, victim)
             assert f"block {victim}" in str(e) and str(rels["a"]) in str(e)
+        elsewhere = blocks[victim + 2][0]
+        assert store[elsewhere] == a[elsewhere]
+        store[b"new"] = b"v"
+        assert store[b"new"] == b"v"
         assert dict(db.kv("b").items()) == b
         assert sum(1 for _ in db.table("t").scan()) == 500
 
@@ -158,10 +168,11 @@ def test_damaged_kv_page_is_reported_not_returned(tmp_path, io_method):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with open_db(path, io_method, zero_damaged_pages=True) as db:
-            got = dict(db.kv("a").items())
+            with pytest.raises(DataCorruptionError) as exc:
+                db.kv("a")[on_victim]
+            assert exc.value.block == victim and "all zero" in str(exc.value)
+            assert db.kv("a")[elsewhere] == a[elsewhere]
     assert any(issubclass(w.category, DamagedPageWarning) for w in caught)
-    lost = set(blocks[victim])
-    assert got == {k: v for k, v in a.items() if k not in lost}
     # The damage is still on disk: zeroing happened in memory only.
     assert [c.block for c in check_database(path, io_method=io_method).corrupt_blocks] \
         == [victim]
