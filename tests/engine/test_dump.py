@@ -627,21 +627,21 @@ def test_progress_is_shown_on_a_terminal_only(tmp_path, io_method):
     assert (piped.returncode, piped.stderr) == (0, b"")
 
 
-def test_a_store_not_laid_out_as_a_heap_is_refused(tmp_path, io_method):
-    """A KV store whose first page is a well-formed page with special space (as a B+tree
-    page has, were the store's format to change under this reader) stops the dump with
-    DataCorruptionError saying the block is not a heap page, instead of decoding its
-    items as heap tuples."""
+def test_a_store_not_laid_out_as_a_btree_is_refused(tmp_path, io_method):
+    """A KV store whose block 0 is a well-formed page without special space (a heap page,
+    as KV stores were laid out before the B+tree) instead of the B+tree's metapage stops
+    the dump with DataCorruptionError naming the relation and block 0, instead of
+    decoding anything from it."""
     path = tmp_path / "db"
     with Database.open(path, io_method=io_method, **SMALL) as db:
         kv = db.kv("k")
         kv[b"a"] = b"b"
         rel = kv.rel
     page = bytearray(BLCKSZ)
-    init_page(page, special_size=16)
+    init_page(page)
     page_set_checksum(page, rel, 0, 0)
     with open(path / "base" / str(rel), "r+b") as f:
         f.write(page)
-    with pytest.raises(DataCorruptionError, match=f"block 0 of relation {rel} is not a heap "
-                                                  f"page \\(it has 16 bytes of special"):
+    with pytest.raises(DataCorruptionError, match=f"B\\+tree relation {rel} block 0") as exc:
         write_dump(str(path), io.BytesIO(), io_method=io_method)
+    assert (exc.value.relation, exc.value.block) == (rel, 0)
