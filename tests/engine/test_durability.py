@@ -253,21 +253,23 @@ def test_page_full_to_the_byte_is_logged_and_recovered(tmp_path, io_method):
     page that the change fills to the last byte (lower == upper, no hole) is logged with a
     full-page image; the WAL writer once passed hole (32, 32) to the record codec, which
     rejects a hole offset without a length, and the commit failed with ValueError. Here
-    two tuples of 4080 bytes fill one page exactly; the database is then crashed (dropped
-    without close) and recovered from that image."""
-    from slonik.engine.access.tuple import KV_HEADER_SIZE, TUPLE_HEADER_SIZE
+    two heap tuples of 4080 bytes (rows of a one-column table: KV stores are B+trees now)
+    fill one page exactly; the database is then crashed (dropped without close) and
+    recovered from that image."""
+    from slonik.engine.access.tuple import TUPLE_HEADER_SIZE, RowCodec
 
-    vlen = 4080 - TUPLE_HEADER_SIZE - KV_HEADER_SIZE - 1
+    columns = [("v", "bytea")]
+    vlen = 4080 - TUPLE_HEADER_SIZE - len(RowCodec(columns).encode((b"",)))
     path = str(tmp_path / "db")
     db = Database.open(path, io_method=io_method, **SETTINGS)
-    s = db.kv("s")
-    s[b"a"] = b"x" * vlen
+    s = db.create_table("s", columns)
+    s.insert((b"x" * vlen,))
     db.checkpoint()
-    s[b"b"] = b"y" * vlen
+    s.insert((b"y" * vlen,))
     assert db.stats().relations[0].nblocks == 1
     db._release_resources()  # a crash: no shutdown checkpoint
     with Database.open(path, io_method=io_method, **SETTINGS) as db:
-        assert dict(db.kv("s").items()) == {b"a": b"x" * vlen, b"b": b"y" * vlen}
+        assert sorted(db.table("s").scan()) == [(b"x" * vlen,), (b"y" * vlen,)]
 
 
 def test_checkpoints_during_writes_do_not_exhaust_the_buffer_pool(tmp_path, io_method):
