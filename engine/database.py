@@ -149,7 +149,8 @@ class RelationStats:
     relfilenumber: int
     nblocks: int
     bytes: int
-    live_keys: int | None        # KV stores: keys with a committed value (None for tables)
+    live_keys: int | None        # KV stores: keys with a committed value, counted by a scan
+                                 # of the leaf level when stats() runs (None for tables)
     dead_versions: int           # made dead since the last vacuum
     index_operations: int | None = None  # KV stores: index entries looked up/scanned/replaced
 

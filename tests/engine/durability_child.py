@@ -32,12 +32,12 @@ STORE_NAME = "d"
 SHARED_KEYS = 64            # K/000 .. K/063: the keys later writes override
 BATCH_MEMBERS = 4           # member keys per transactional batch (plus its marker)
 SEQ_PER_ROUND = 1_000_000   # more operations than a round can do in its few seconds
-VALUE_MAX_BYTES = 600       # values are 1..600 bytes, now and then 3000 (several per page)
-BIG_VALUE_BYTES = 3000
+VALUE_MAX_BYTES = 600       # values are 1..600 bytes, now and then big: out of line in
+BIG_VALUE_BYTES = (3000, 20_000)  # the store's overflow pages (one page, or three)
 
 
 def _value(rng: random.Random, seq: int) -> bytes:
-    n = BIG_VALUE_BYTES if rng.random() < 0.05 else rng.randint(1, VALUE_MAX_BYTES)
+    n = rng.choice(BIG_VALUE_BYTES) if rng.random() < 0.05 else rng.randint(1, VALUE_MAX_BYTES)
     head = b"%d:" % seq
     return (head + rng.randbytes(n))[:max(n, len(head))]
 
