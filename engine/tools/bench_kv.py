@@ -4,18 +4,32 @@ For each io method, ``--runs`` times in alternating method order (medians report
 new database in ``--dir``/<method>:
 
 - load: ``--keys`` puts (16-byte keys, ``--value-size``-byte values) in one transaction,
-  commit included. Figure: puts/s.
+  in random key order (one fixed permutation), commit included. Figure: puts/s.
 - autocommit 1 / autocommit 8: 1 thread, then 8 threads, each putting new keys outside a
   transaction (one durable commit per put: its WAL is fsynced before the put returns;
   threads committing together share a sync) for ``--seconds``. Figures: puts/s, WAL syncs,
   puts per sync (the group-commit ratio).
 - get: random keys of the load, read one by one outside a transaction, warm (every page
   is in shared buffers after the load), for ``--seconds``. Figure: gets/s.
-- scan: every pair in key order (``items()``), one snapshot. Figure: keys/s and MB/s of
-  key + value bytes.
-- open: the database closed (shutdown checkpoint) and opened again; the time includes the
-  read-stream scan of the heap that rebuilds the ordered index. Figure: seconds, and the
-  heap's keys/s.
+- get_many: random keys in batches of ``GET_MANY_BATCH_KEYS`` (``kv.get_many``: the
+  leaves of a batch read in one read stream), warm, for ``--seconds``. Figure: keys/s.
+- scan: every pair in key order (``items()``), one snapshot, warm. Figure: keys/s and MB/s
+  of key + value bytes.
+- open: the database closed (shutdown checkpoint) and opened again (the B+tree's open
+  reads its metapage only), then one get. Figures: seconds, and the process's RSS growth
+  across the open (MB).
+- cold scan: the database closed, its files dropped from the page cache
+  (``posix_fadvise(DONTNEED)`` after the shutdown checkpoint's fsync), reopened with
+  ``io_direct="data"`` (O_DIRECT: every leaf comes from the device through the read stream),
+  and scanned in key order. Figure: keys/s.
+
+SQLite (``journal_mode=WAL``, ``synchronous=FULL``, a 128 MiB page cache, ``WITHOUT
+ROWID`` so the table is its primary-key B-tree like the store) does the same in the same
+``--dir`` once per run: the same keys in the same order in one transaction, the same random
+gets, ``IN (...)`` batches of the same size, an ordered scan warm and cold (file dropped
+from the page cache the same way; SQLite has no O_DIRECT), and its open (connect and first
+query). The ratio table gives Slonik / SQLite for each rate (above 1: Slonik faster) and for
+open seconds and RSS (below 1: Slonik smaller).
 
 Baselines, measured in the same invocation and ``--dir`` (same file system), once per run:
 
@@ -63,6 +77,9 @@ GET_SAMPLE_KEYS = 100_000             # random keys drawn up front (cycled) for 
 OPS_PER_CLOCK_READ = 64               # time-bounded loops read the clock this seldom
 RANDOM_SEED = 20250601
 SQLITE_FILE = "sqlite-baseline.db"
+SQLITE_READS_FILE = "sqlite-reads.db"
+SQLITE_CACHE_KIB = 128 * 1024         # SQLite's page cache for the read comparison: 128 MiB
+GET_MANY_BATCH_KEYS = 100             # keys per get_many call (and per SQLite IN (...))
 
 
 def _key(i: int) -> bytes:
@@ -98,13 +115,47 @@ def _value_size(text: str) -> int:
 
 # --- measurements --------------------------------------------------------------------------
 
+def _load_order(nkeys: int) -> list[int]:
+    """The key numbers in the (fixed) random order both engines load them in."""
+    order = list(range(nkeys))
+    random.Random(RANDOM_SEED).shuffle(order)
+    return order
+
+
+def _sample(nkeys: int) -> list[bytes]:
+    """The random keys both engines' get loops cycle through."""
+    rng = random.Random(RANDOM_SEED)
+    return [_key(rng.randrange(nkeys)) for _ in range(min(nkeys, GET_SAMPLE_KEYS))]
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _drop_from_page_cache(paths: list[str]) -> None:
+    """Evict the files' pages from the OS page cache (they are clean: fsynced)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _files_under(path: str) -> list[str]:
+    return [os.path.join(d, n) for d, _dirs, names in os.walk(path) for n in names]
+
+
 def measure_load(db: Database, nkeys: int, value: bytes, progress: bool) -> dict:
     kv = db.kv("bench")
+    order = _load_order(nkeys)
     start = time.perf_counter()
     with Progress("  load", nkeys, unit="puts", enabled=progress) as p, db.transaction():
         for first in range(0, nkeys, LOAD_PROGRESS_STEP_KEYS):
             last = min(first + LOAD_PROGRESS_STEP_KEYS, nkeys)
-            for i in range(first, last):
+            for i in order[first:last]:
                 kv[_key(i)] = value
             p.advance(last - first)
     seconds = time.perf_counter() - start
@@ -154,8 +205,7 @@ def measure_autocommit(db: Database, threads: int, seconds: float, value: bytes)
 
 def measure_gets(db: Database, nkeys: int, seconds: float) -> dict:
     kv = db.kv("bench")
-    rng = random.Random(RANDOM_SEED)
-    keys = [_key(rng.randrange(nkeys)) for _ in range(min(nkeys, GET_SAMPLE_KEYS))]
+    keys = _sample(nkeys)
     n = 0
     start = time.perf_counter()
     deadline = start + seconds
@@ -173,6 +223,37 @@ def measure_gets(db: Database, nkeys: int, seconds: float) -> dict:
     return {"gets": n, "seconds": elapsed, "gets_s": n / elapsed}
 
 
+def measure_get_many(db: Database, nkeys: int, seconds: float) -> dict:
+    kv = db.kv("bench")
+    keys = _sample(nkeys)
+    batches = [keys[i:i + GET_MANY_BATCH_KEYS]
+               for i in range(0, len(keys) - GET_MANY_BATCH_KEYS + 1, GET_MANY_BATCH_KEYS)] \
+        or [keys]
+    n = i = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        got = kv.get_many(batches[i])
+        if None in got:
+            raise AssertionError("a loaded key is missing")
+        n += len(got)
+        i = i + 1 if i + 1 < len(batches) else 0
+        if time.perf_counter() >= deadline:
+            break
+    elapsed = time.perf_counter() - start
+    return {"keys": n, "seconds": elapsed, "keys_s": n / elapsed}
+
+
+def measure_cold_scan(path: str, method: str) -> dict:
+    """Drop the closed database's files from the page cache, reopen with O_DIRECT data
+    files, scan in key order."""
+    _drop_from_page_cache(_files_under(os.path.join(path, "base")))
+    with Database.open(path, io_method=method, io_direct="data") as db:
+        out = measure_scan(db)
+        out["read_ios"] = db.stats().buffers.read_ios
+    return out
+
+
 def measure_scan(db: Database) -> dict:
     kv = db.kv("bench")
     n = nbytes = 0
@@ -185,16 +266,114 @@ def measure_scan(db: Database) -> dict:
             "mb_s": nbytes / 1e6 / elapsed}
 
 
-def measure_open(path: str, method: str) -> dict:
+def measure_open(path: str, method: str, probe: bytes) -> dict:
+    rss = _rss_bytes()
     start = time.perf_counter()
     with Database.open(path, io_method=method) as db:
+        if db.kv("bench").get(probe) is None:
+            raise AssertionError("a loaded key is missing")
         elapsed = time.perf_counter() - start
+        rss_mb = max(_rss_bytes() - rss, 0) / 1e6
         stats = db.stats()
         keys = next(r.live_keys for r in stats.relations if r.name == "bench")
         heap_bytes = next(r.bytes for r in stats.relations if r.name == "bench")
         read_ios = stats.buffers.read_ios
     return {"seconds": elapsed, "keys": keys, "keys_s": keys / elapsed,
-            "heap_mb": heap_bytes / 1e6, "read_ios": read_ios}
+            "heap_mb": heap_bytes / 1e6, "read_ios": read_ios, "rss_mb": rss_mb}
+
+
+def measure_sqlite_reads(path: str, nkeys: int, seconds: float, value: bytes) -> dict:
+    """SQLite doing what the store does: load in one transaction (same order), warm random
+    gets, IN (...) batches, warm and cold ordered scans, open; WAL, synchronous=FULL."""
+    files = [path + suffix for suffix in ("", "-wal", "-shm")]
+
+    def remove() -> None:
+        for f in files:
+            if os.path.exists(f):
+                os.unlink(f)
+
+    def connect() -> sqlite3.Connection:
+        con = sqlite3.connect(path, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        return con
+
+    def scan(con) -> dict:
+        n = nbytes = 0
+        start = time.perf_counter()
+        for k, v in con.execute("SELECT key, value FROM kv ORDER BY key"):
+            n += 1
+            nbytes += len(k) + len(v)
+        elapsed = time.perf_counter() - start
+        return {"keys": n, "seconds": elapsed, "keys_s": n / elapsed,
+                "mb_s": nbytes / 1e6 / elapsed}
+
+    remove()
+    out = {}
+    try:
+        con = connect()
+        con.execute("CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) "
+                    "WITHOUT ROWID")
+        start = time.perf_counter()
+        con.execute("BEGIN")
+        con.executemany("INSERT INTO kv VALUES (?, ?)",
+                        ((_key(i), value) for i in _load_order(nkeys)))
+        con.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        out["load"] = {"puts": nkeys, "seconds": elapsed, "puts_s": nkeys / elapsed}
+        keys = _sample(nkeys)
+        get = "SELECT value FROM kv WHERE key = ?"
+        n = i = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            for _ in range(OPS_PER_CLOCK_READ):
+                if con.execute(get, (keys[i],)).fetchone() is None:
+                    raise AssertionError("a loaded key is missing")
+                i = i + 1 if i + 1 < len(keys) else 0
+            n += OPS_PER_CLOCK_READ
+            if time.perf_counter() >= deadline:
+                break
+        elapsed = time.perf_counter() - start
+        out["get"] = {"gets": n, "seconds": elapsed, "gets_s": n / elapsed}
+        batch = min(GET_MANY_BATCH_KEYS, len(keys))
+        many = f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * batch)})"
+        n = i = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            chunk = keys[i:i + batch]
+            if len(chunk) < batch:
+                i, chunk = 0, keys[:batch]
+            got = dict(con.execute(many, chunk).fetchall())
+            if len(got) != len(set(chunk)):
+                raise AssertionError("a loaded key is missing")
+            n += batch
+            i += batch
+            if time.perf_counter() >= deadline:
+                break
+        elapsed = time.perf_counter() - start
+        out["get_many"] = {"keys": n, "seconds": elapsed, "keys_s": n / elapsed}
+        out["scan"] = scan(con)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
+        _drop_from_page_cache([f for f in files if os.path.exists(f)])
+        rss = _rss_bytes()
+        start = time.perf_counter()
+        con = connect()
+        if con.execute(get, (keys[0],)).fetchone() is None:
+            raise AssertionError("a loaded key is missing")
+        elapsed = time.perf_counter() - start
+        out["open"] = {"seconds": elapsed, "rss_mb": max(_rss_bytes() - rss, 0) / 1e6}
+        con.close()
+        _drop_from_page_cache([f for f in files if os.path.exists(f)])
+        con = connect()
+        out["cold_scan"] = scan(con)
+        con.close()
+    finally:
+        remove()
+    return out
 
 
 def measure_sqlite(path: str, seconds: float, value: bytes) -> dict:
@@ -254,15 +433,17 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
                     log(f"  autocommit puts, {threads} thread{'s' if threads > 1 else ''}")
                 auto[threads] = measure_autocommit(db, threads, args.seconds, value)
             if log:
-                log("  random gets, scan, reopen")
+                log("  random gets, get_many, scan, reopen, cold scan")
             gets = measure_gets(db, args.keys, args.seconds)
+            many = measure_get_many(db, args.keys, args.seconds)
             scan = measure_scan(db)
-        opened = measure_open(path, method)
+        opened = measure_open(path, method, _key(0))
+        cold = measure_cold_scan(path, method)
     finally:
         if os.path.exists(path):
             shutil.rmtree(path)
     return {"load": load, "autocommit_1": auto[1], "autocommit_8": auto[8], "get": gets,
-            "scan": scan, "open": opened}
+            "get_many": many, "scan": scan, "open": opened, "cold_scan": cold}
 
 
 FIGURES = {
@@ -270,9 +451,20 @@ FIGURES = {
     "autocommit_1": ("puts_s", "wal_flushes", "puts_per_flush"),
     "autocommit_8": ("puts_s", "wal_flushes", "puts_per_flush"),
     "get": ("gets_s",),
+    "get_many": ("keys_s",),
     "scan": ("keys_s", "mb_s"),
     "open": ("seconds", "keys_s"),
+    "cold_scan": ("keys_s", "mb_s"),
 }
+# Slonik / SQLite for the issue's table: (row, kind, figure); rates above 1 favour Slonik,
+# open seconds and RSS below 1.
+READ_RATIOS = (("puts in one transaction", "load", "puts_s"),
+               ("warm random gets", "get", "gets_s"),
+               (f"get_many, batches of {GET_MANY_BATCH_KEYS}", "get_many", "keys_s"),
+               ("warm ordered scan", "scan", "keys_s"),
+               ("cold ordered scan", "cold_scan", "keys_s"),
+               ("open seconds", "open", "seconds"),
+               ("RSS growth at open", "open", "rss_mb"))
 
 
 def _median(samples: list[dict], keys: tuple[str, ...]) -> dict:
@@ -298,6 +490,11 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
         if log:
             log(f"baselines (SQLite FULL, fio fdatasync): run {run + 1} of {args.runs}")
         baselines.append(measure_baselines(args.dir, args.seconds, value, fio_ok))
+        if log:
+            log(f"SQLite reads (load, gets, IN batches, scans, open): run {run + 1} of "
+                f"{args.runs}")
+        baselines[-1]["sqlite_reads"] = measure_sqlite_reads(
+            os.path.join(args.dir, SQLITE_READS_FILE), args.keys, args.seconds, value)
         order = methods if run % 2 == 0 else list(reversed(methods))
         for method in order:
             if log:
@@ -310,6 +507,11 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
                   "sqlite": _median([b["sqlite"] for b in baselines], ("puts_s",)),
                   "fio": (_median([b["fio"] for b in baselines], ("syncs_s",))
                           if fio_ok else {"syncs_s": None, "detail": fio_detail})}}
+    sqlite_reads = report["baselines"]["sqlite_reads"] = {
+        kind: _median([b["sqlite_reads"][kind] for b in baselines],
+                      tuple(k for k in ("puts_s", "gets_s", "keys_s", "mb_s", "seconds",
+                                        "rss_mb") if k in baselines[0]["sqlite_reads"][kind]))
+        for kind in baselines[0]["sqlite_reads"]}
     sqlite_s = report["baselines"]["sqlite"]["puts_s"]
     fio_s = report["baselines"]["fio"]["syncs_s"]
     for method in methods:
@@ -320,6 +522,13 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
         m["ratios"] = {"auto1_sqlite": a1 / sqlite_s,
                        "auto1_fio": a1 / fio_s if fio_s else None,
                        "auto8_sqlite": a8 / sqlite_s}
+        rss = _median([s["open"] for s in samples[method]], ("rss_mb",))["rss_mb"]
+        mine = {("open", "rss_mb"): rss}
+        m["read_ratios"] = {}
+        for row, kind, fig in READ_RATIOS:
+            ours = mine.get((kind, fig), m[kind].get(fig))
+            theirs = sqlite_reads[kind].get(fig)
+            m["read_ratios"][row] = ours / theirs if ours is not None and theirs else None
     return report
 
 
@@ -354,10 +563,28 @@ def format_table(report: dict) -> str:
         lines.append(f"  {method:<9} {m['autocommit_1']['puts_s']:>12,.0f} "
                      f"{r['auto1_sqlite']:>12.2f} {a1f:>9} "
                      f"{m['autocommit_8']['puts_s']:>12,.0f} {r['auto8_sqlite']:>12.2f}")
+    sr = base["sqlite_reads"]
+    lines += ["", "Slonik / SQLite (WAL, synchronous=FULL, 128 MiB cache, WITHOUT ROWID), "
+                  "same keys, same order:", ""]
+    methods = list(report["methods"])
+    head = f"  {'workload':<26} {'SQLite':>12} " + " ".join(f"{m:>9}" for m in methods)
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    for row, kind, fig in READ_RATIOS:
+        theirs = sr[kind].get(fig)
+        cells = []
+        for method in methods:
+            r = report["methods"][method]["read_ratios"][row]
+            cells.append(f"{r:>9.2f}" if r is not None else f"{'-':>9}")
+        unit = {"puts_s": "/s", "gets_s": "/s", "keys_s": "/s", "seconds": " s",
+                "rss_mb": " MB"}[fig]
+        shown = f"{theirs:,.3f}{unit}" if fig in ("seconds", "rss_mb") and theirs is not None \
+            else (f"{theirs:,.0f}{unit}" if theirs is not None else "-")
+        lines.append(f"  {row:<26} {shown:>12} " + " ".join(cells))
     lines.append("")
-    lines.append("load: all keys in one transaction, commit included; auto1/auto8: durable "
-                 "autocommit puts from 1/8 threads; gets: random, warm; open: reopen with "
-                 "the index rebuilt from the heap")
+    lines.append("load: all keys in one transaction, random order, commit included; "
+                 "auto1/auto8: durable autocommit puts from 1/8 threads; gets: random, warm; "
+                 "open: reopen (metapage only) and one get; cold scan: page cache dropped, "
+                 "O_DIRECT")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 import json
 import os
 
-from slonik.engine.tools.bench_kv import FIGURES, format_table
+from slonik.engine.tools.bench_kv import FIGURES, READ_RATIOS, format_table
 from slonik.engine.tools.cli import main
 
 
@@ -22,7 +22,7 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert report["autocommit_threads"] == [1, 8]
     assert list(report["methods"]) == [io_method]
     m = report["methods"][io_method]
-    assert set(m) == set(FIGURES) | {"ratios"}
+    assert set(m) == set(FIGURES) | {"ratios", "read_ratios"}
     for kind, keys in FIGURES.items():
         for key in keys:
             assert m[kind][key] > 0, (kind, key)
@@ -36,6 +36,8 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     auto = sum(m[f"autocommit_{t}"]["runs"][0]["puts"] for t in (1, 8))
     assert m["scan"]["runs"][0]["keys"] == 500 + auto
     assert m["open"]["runs"][0]["keys"] == 500 + auto
+    assert m["cold_scan"]["runs"][0]["keys"] == 500 + auto
+    assert m["get_many"]["runs"][0]["keys"] % 100 == 0
     assert os.listdir(bench_dir) == []
     table = format_table(report)
     assert io_method in table and "scan keys/s" in table
@@ -50,6 +52,16 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert r["auto8_sqlite"] == m["autocommit_8"]["puts_s"] / sqlite_s
     assert r["auto1_fio"] == (m["autocommit_1"]["puts_s"] / fio_s if fio_s else None)
     assert "auto1/SQLite" in table and "SQLite (WAL, synchronous=FULL)" in table
+    # The read/write table: SQLite doing each workload in the same run, and the
+    # method's figure as a ratio of it, one table row per workload.
+    sr = report["baselines"]["sqlite_reads"]
+    assert sr["load"]["puts_s"] > 0 and sr["scan"]["keys_s"] > 0 and sr["cold_scan"]["keys_s"] > 0
+    assert m["read_ratios"]["warm random gets"] == m["get"]["gets_s"] / sr["get"]["gets_s"]
+    assert m["read_ratios"]["cold ordered scan"] == \
+        m["cold_scan"]["keys_s"] / sr["cold_scan"]["keys_s"]
+    assert set(m["read_ratios"]) == {row for row, _k, _f in READ_RATIOS}
+    for row, _kind, _fig in READ_RATIOS:
+        assert row in table
 
 
 def test_bench_kv_text_output_and_runs(tmp_path, capsys):
