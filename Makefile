@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml setup.py aio/_uring_build.py storage/_pagecheck_build.p
 
 test: $(STAMP)
 	$(BIN)/ruff check --quiet .
-	$(BIN)/python -m pytest -q -m "not torture"
+	$(BIN)/python -m pytest -q -m "not torture" -n 2
 
 demo: $(STAMP)
 	$(BIN)/slonik demo
