@@ -29,6 +29,7 @@ from slonik import (
     RelationDroppedError,
     Table,
     Transaction,
+    UniqueViolation,
 )
 from tests.conftest import require_method
 from tests.engine.dbutil import SMALL, open_db
@@ -535,13 +536,18 @@ def test_auto_uses_io_uring_when_available(tmp_path):
 # --- DESIGN §6 --------------------------------------------------------------------------------
 
 def test_design_example(tmp_path, io_method):
-    """DESIGN §6's example, as far as the current store goes: kv mapping, a transaction
-    with pop(k, None), ordered ranges with reverse and prefix, get_many, a table scan,
-    drop, relations, checkpoint, vacuum and stats."""
+    """DESIGN §6's example as written: kv mapping with a multi-MiB value, a transaction
+    with pop(k, None), ordered ranges with reverse and prefix, get_many, a table with a
+    primary key (duplicate refused), an index, get/update/delete by key, an index range
+    scan, a sequential scan, drop, relations, checkpoint, vacuum and stats."""
+    big_bytes = os.urandom(3 << 20)
     with Database.open(tmp_path / "db", io_method=io_method, **SMALL) as db:
         users = db.kv("users")
         users[b"alice"] = b"a"
         users[b"photo"] = b"\x00" * 3000
+        users[b"zphoto"] = big_bytes
+        assert users[b"zphoto"] == big_bytes
+        del users[b"zphoto"]
         with db.transaction():
             users[b"bob"] = b"b"
             users.pop(b"carol", None)
@@ -550,9 +556,19 @@ def test_design_example(tmp_path, io_method):
         assert list(users.keys(start=b"a", stop=b"m", reverse=True)) == [b"bob", b"alice"]
         assert list(users.keys(prefix=b"ph")) == [b"photo"]
         assert users.get_many([b"alice", b"zed"]) == [b"a", None]
-        t = db.create_table("events", [("id", "int8"), ("name", "text"), ("payload", "bytea")])
+        t = db.create_table("events", [("id", "int8"), ("name", "text"), ("payload", "bytea")],
+                            primary_key="id")
         t.insert((1, "boot", b"\x00"))
-        assert list(t.scan()) == [(1, "boot", b"\x00")]
+        with pytest.raises(UniqueViolation, match="events_pkey"):
+            t.insert((1, "again", b""))
+        t.create_index("by_name", ["name"])
+        assert t.get(id=1) == (1, "boot", b"\x00") and t.get(id=2) is None
+        t.update((1, "reboot", b""))
+        assert list(t.range("by_name", start=("a",), stop=("s",))) == [(1, "reboot", b"")]
+        t.insert((2, "halt", b"\x01"))
+        t.delete(id=1)
+        assert list(t.range("by_name", start=("a",), stop=("m",))) == [(2, "halt", b"\x01")]
+        assert list(t.scan()) == [(2, "halt", b"\x01")]
         db.kv("old_store")[b"x"] = b"y"
         db.drop("old_store")
         assert db.relations() == {"events": "table", "users": "kv"}
