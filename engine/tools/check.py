@@ -68,10 +68,10 @@ from slonik.engine.tools.offline import (
     relation_forks,
     require_database,
     shutdown_visibility,
+    verified_pages,
     visible_relations,
 )
 from slonik.storage.errors import DataCorruptionError
-from slonik.storage.page import BLCKSZ, PageCorruptError, PageRunVerifier, page_check
 from slonik.storage.smgr import Fork
 from slonik.wal.control import DbState, read_control
 from slonik.wal.lsn import format_lsn
@@ -148,10 +148,6 @@ class _Checker:
         self.reader = reader
         self.images = images
         self.progress = progress
-        self.pool = bytearray(CHECK_READ_BLOCKS * BLCKSZ)
-        self.views = [memoryview(self.pool)[i * BLCKSZ:(i + 1) * BLCKSZ]
-                      for i in range(CHECK_READ_BLOCKS)]
-        self.verifier = PageRunVerifier(self.pool)
         self.names: dict[int, tuple[str, str]] = {CATALOG_RELFILENUMBER: (CATALOG_NAME,
                                                                           "catalog")}
         self.catalog_problems: list[str] = []
@@ -198,26 +194,14 @@ class _Checker:
             self.bad.append(CorruptBlock(name, rel, fork.label, 0, f"cannot size the fork: {exc}"))
             nblocks = 0
         catalog = rel == CATALOG_RELFILENUMBER and fork == Fork.MAIN
-        for first, n in self.reader.runs(nblocks):
-            views = self.views[:n]
-            unreadable = self.reader.read_run(rel, fork, first, views)
-            failed = {k: v.reason for k, v in self.verifier.verify(range(n), rel, fork, first)}
-            failed.update(unreadable)
-            for k in range(n):
-                reason = failed.get(k)
-                if reason is None:
-                    try:
-                        page_check(views[k])
-                    except PageCorruptError as exc:
-                        reason = f"page structure: {exc}"
-                if reason is not None:
-                    self._failed(name, rel, fork, first + k, reason)
-                    if catalog:
-                        self.catalog_problems.append(f"block {first + k}: {reason}")
-                elif catalog:
-                    self._catalog_page(views[k], first + k)
-            if self.progress is not None:
-                self.progress(n)
+        for block, page, reason in verified_pages(self.reader, rel, fork, nblocks,
+                                                  progress=self.progress):
+            if reason is not None:
+                self._failed(name, rel, fork, block, reason)
+                if catalog:
+                    self.catalog_problems.append(f"block {block}: {reason}")
+            elif catalog:
+                self._catalog_page(page, block)
         if kind == "kv" and fork == Fork.MAIN and self.images is None and \
                 len(self.bad) == bad_before:
             self._check_tree(name, rel)

@@ -102,7 +102,8 @@ from slonik.wal.reader import WalReader, read_record_at
 __all__ = ["require_database", "lock_holder", "relation_forks", "RelationFileReader",
            "catalog_rows", "RecoveryImages", "recovery_images", "PROC_LOCKS_PATH",
            "READ_RUN_BLOCKS", "RecoveryNeededError", "Visibility", "shutdown_visibility",
-           "fork_pages", "visible_relations", "table_rows", "kv_pairs", "OfflinePages"]
+           "fork_pages", "verified_pages", "visible_relations", "table_rows", "kv_pairs",
+           "OfflinePages"]
 
 PROC_LOCKS_PATH = "/proc/locks"
 LOCK_FILE_PID_BYTES = 64     # the lock file holds "<pid>\n"; more is not a pid
@@ -383,18 +384,18 @@ def shutdown_visibility(path: str, control: ControlData) -> Visibility:
     return Visibility(max(cp.next_xid, control.next_xid), frozenset(aborted | running))
 
 
-def fork_pages(reader: RelationFileReader, rel: int, fork: Fork = Fork.MAIN, *,
-               progress: Callable[[int], None] | None = None
-               ) -> Iterator[tuple[int, memoryview]]:
-    """(block, page) of every block of the fork, in order, each verified (checksum, header,
-    structure) before it is yielded. The page is a view into a buffer reused by the next
-    run: copy what must outlive the next iteration. ``DataCorruptionError`` naming the
-    relation, fork and block at the first page that cannot be read or does not verify.
-    ``progress(n)`` is called after each run of ``n`` blocks."""
+def verified_pages(reader: RelationFileReader, rel: int, fork: Fork, nblocks: int, *,
+                   progress: Callable[[int], None] | None = None
+                   ) -> Iterator[tuple[int, memoryview, str | None]]:
+    """(block, page, reason) of the fork's first ``nblocks`` blocks, in order, read a run at
+    a time: ``reason`` is None when the page verified (checksum and header, then structure:
+    line pointers, item extents, free space), else why it did not (or could not be read).
+    The page is a view into a buffer reused by the next run: copy what must outlive the
+    next iteration. ``progress(n)`` is called after each run of ``n`` blocks."""
     pool = bytearray(READ_RUN_BLOCKS * BLCKSZ)
     views = [memoryview(pool)[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(READ_RUN_BLOCKS)]
     verifier = PageRunVerifier(pool)
-    for first, n in reader.runs(reader.nblocks(rel, fork)):
+    for first, n in reader.runs(nblocks):
         unreadable = reader.read_run(rel, fork, first, views[:n])
         failed = {k: v.reason for k, v in verifier.verify(range(n), rel, fork, first)}
         failed.update(unreadable)
@@ -405,13 +406,24 @@ def fork_pages(reader: RelationFileReader, rel: int, fork: Fork = Fork.MAIN, *,
                     page_check(views[k])
                 except PageCorruptError as exc:
                     reason = f"page structure: {exc}"
-            if reason is not None:
-                raise DataCorruptionError(
-                    f"block {first + k} of relation {rel} ({fork.label} fork) is damaged: "
-                    f"{reason}", relation=rel, fork=int(fork), block=first + k)
-            yield first + k, views[k]
+            yield first + k, views[k], reason
         if progress is not None:
             progress(n)
+
+
+def fork_pages(reader: RelationFileReader, rel: int, fork: Fork = Fork.MAIN, *,
+               progress: Callable[[int], None] | None = None
+               ) -> Iterator[tuple[int, memoryview]]:
+    """(block, page) of every block of the fork, each verified before it is yielded (see
+    ``verified_pages``). ``DataCorruptionError`` naming the relation, fork and block at
+    the first page that cannot be read or does not verify."""
+    for block, page, reason in verified_pages(reader, rel, fork, reader.nblocks(rel, fork),
+                                              progress=progress):
+        if reason is not None:
+            raise DataCorruptionError(
+                f"block {block} of relation {rel} ({fork.label} fork) is damaged: {reason}",
+                relation=rel, fork=int(fork), block=block)
+        yield block, page
 
 
 def _visible_data(page: memoryview, visibility: Visibility, rel: int,
