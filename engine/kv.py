@@ -40,9 +40,9 @@ from collections.abc import (
 )
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, VALUE_MAX_BYTES
-from slonik.engine.errors import ConflictError, RelationDroppedError
+from slonik.engine.errors import ConflictError
 from slonik.engine.kv_index import TOMBSTONE
-from slonik.engine.relation import Relation, RelationState
+from slonik.engine.relation import Relation
 from slonik.engine.transaction import TransactionLayer
 
 __all__ = ["KVStore", "KVKeysView", "KVValuesView", "KVItemsView", "prefix_stop",
@@ -280,15 +280,7 @@ class KVStore(MutableMapping):
         return self._relation.nblocks()
 
     def _check(self) -> None:
-        self._layer.check_open()
-        relation = self._relation
-        if relation.state is not RelationState.LIVE:
-            if relation.dropped:
-                raise RelationDroppedError(f"KV store {relation.name!r} was dropped")
-            txn = self._layer.current()
-            if txn is not None and txn.xid == relation.dropping_xid:
-                raise RelationDroppedError(f"KV store {relation.name!r} was dropped by this "
-                                           f"transaction")
+        self._layer.check_usable(self._relation, f"KV store {self._relation.name!r}")
         if self._index.error is not None:
             raise self._index.error
 

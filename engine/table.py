@@ -40,9 +40,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from slonik.engine.access.heap import Heap, HeapTuple
 from slonik.engine.access.tuple import RowCodec, Tid
-from slonik.engine.errors import ConflictError, RelationDroppedError, UniqueViolation
+from slonik.engine.errors import ConflictError, UniqueViolation
 from slonik.engine.index import IndexCheckResult, TableIndex, check_index, fetch_batched
-from slonik.engine.relation import Relation, RelationState
+from slonik.engine.relation import Relation
 from slonik.engine.transaction import TransactionLayer, TxnState
 from slonik.engine.xact import Snapshot
 
@@ -99,15 +99,7 @@ class Table:
         return self._heap
 
     def _check(self) -> None:
-        self._layer.check_open()
-        relation = self._relation
-        if relation.state is not RelationState.LIVE:
-            if relation.dropped:
-                raise RelationDroppedError(f"table {relation.name!r} was dropped")
-            txn = self._layer.current()
-            if txn is not None and txn.xid == relation.dropping_xid:
-                raise RelationDroppedError(f"table {relation.name!r} was dropped by this "
-                                           f"transaction")
+        self._layer.check_usable(self._relation, f"table {self._relation.name!r}")
 
     # --- indexes ----------------------------------------------------------------------------
     @property

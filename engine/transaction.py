@@ -123,6 +123,18 @@ class TransactionLayer:
             return False
         return True
 
+    def check_usable(self, relation: Relation, what: str) -> None:
+        """Raise unless the database is open and ``relation`` (a store named ``what``, e.g.
+        "KV store 'users'") is usable by the calling thread: ``RelationDroppedError`` once a
+        drop committed, or when this thread's own transaction is dropping it."""
+        self._check_open()
+        if relation.state is not RelationState.LIVE:
+            if relation.dropped:
+                raise RelationDroppedError(f"{what} was dropped")
+            txn = self.current()
+            if txn is not None and txn.xid == relation.dropping_xid:
+                raise RelationDroppedError(f"{what} was dropped by this transaction")
+
     def current(self) -> TxnState | None:
         """The calling thread's transaction, or None."""
         return getattr(self._local, "txn", None)
