@@ -586,8 +586,12 @@ class Wal:
         if self._ready_through >= want:
             return 0
         made = 0
+        # From the flush position on, not the insert position: inserts may be a segment or
+        # more ahead of the last flush, and every segment marked ready below must exist
+        # (a flush opens a segment at or below _ready_through without looking).
+        first = min(current, self._flushed // self.wal_segment_size)
         with self._segment_lock:
-            for segno in range(current, want + 1):
+            for segno in range(first, want + 1):
                 if not osfile.exists(self._segment_path(segno)):
                     self._create_segment(segno, max(want, self._ready_through))
                     made += 1

@@ -216,6 +216,26 @@ def test_prepared_segments_exist_ahead_and_commits_never_create_one(aio, tmp_pat
     assert st.segments_created_inline == 3 and st.segments_prepared == 0
 
 
+def test_preparing_while_inserts_run_ahead_of_the_flush_leaves_no_segment_missing(aio,
+                                                                                   tmp_path):
+    """Inserts may run more than a segment ahead of the last flush (they wait only for
+    room in the WAL buffers). A preparation in that moment must make every segment from
+    the flush position on ready, not only those from the insert position: the flush that
+    follows then finds each file it writes. (It once prepared from the insert position and
+    declared the skipped segment ready, and the next flush failed, fatally, opening it.)"""
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG, wal_buffers=64)   # 512 KiB of room
+    end = fill_segment(w, 2)                # flushed into segment 2
+    while end < 4 * SEG + PAGE_HEADER_SIZE:  # inserts reach segment 4, unflushed
+        _s, end = w.insert(10, 0, 1, RECORD_PAYLOAD)
+    assert w.stats().flush_lsn < 3 * SEG
+    w.prepare_segments()
+    w.flush(end)                            # writes segments 2, 3 and 4
+    st = w.stats()
+    w.close()
+    assert st.flush_lsn >= end
+    assert len(list(WalReader(str(tmp_path), SEG, FIRST))) == st.records
+
+
 def test_wal_writer_prepares_the_next_segment(aio, tmp_path):
     """The WAL writer thread prepares the segment after the insert position without any
     commit asking: after inserts reach segment 3, segment 4 appears (waited for with a
