@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from slonik.aio import osfile
@@ -219,6 +220,12 @@ def test_tools_on_a_database_open_in_another_process(tmp_path, io_method):
     path = tmp_path / "db"
     with Database.open(path, io_method=io_method, **SMALL) as db:
         db.kv("s")[b"k"] = b"v"
+        # The database's own WAL writer prepares the next WAL segment just after open; let
+        # it finish, so what changes below could only be the tools' doing.
+        deadline = time.monotonic() + CHILD_TIMEOUT_SECONDS
+        while db.stats().wal.segments_prepared < 1:
+            assert time.monotonic() < deadline, "the WAL writer prepared no segment"
+            time.sleep(0.01)
         before = dir_state(path)
         proc = slonik("check", path, "--io-method", io_method, check_rc=1)
         assert proc.stderr.startswith("slonik check: database ")
