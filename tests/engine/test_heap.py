@@ -39,12 +39,14 @@ from slonik.engine.access.tuple import (
 from slonik.engine.recovery import RedoAction, RedoContext
 from slonik.engine.rmgrlist import install as install_rmgrs
 from slonik.storage.bufmgr import BufferManager
-from slonik.storage.page import BLCKSZ, CHECKSUM_OFFSET, page_check, page_set_lsn
+from slonik.storage.page import BLCKSZ, CHECKSUM_OFFSET, page_check
 from slonik.storage.smgr import Fork, Smgr
 from slonik.wal.errors import WalError
 from slonik.wal.reader import WalReader
 from slonik.wal.rmgr import RM_HEAP, get_rmgr
 from slonik.wal.xlog import Wal
+
+from tests.support.redo import StandInRedoContext, no_pins
 
 REL = 16384
 SEGMENT_BLOCKS = 8                # small data segments: the heap spans files
@@ -105,39 +107,13 @@ def env(tmp_path, aio):
     e.close()
 
 
-def no_pins(bm: BufferManager) -> bool:
-    return all(d.refcount == 0 for d in bm.descs)
-
-
-class StandInRedoContext:
-    """A redo context over copies of pages (block -> bytearray): every block needs redo
-    (will_init blocks start zeroed, as recovery gives them), finish sets the page LSN."""
-
-    def __init__(self, pages: dict[int, bytearray]) -> None:
-        self.pages = pages
-        self.bufmgr = self
-
-    def page(self, buf: int) -> memoryview:
-        return memoryview(self.pages[buf])
-
-    def read_buffer_for_redo(self, rr, index: int):
-        ref = rr.record.blocks[index]
-        assert ref.rel == REL and ref.fork == Fork.MAIN
-        if ref.will_init or ref.block not in self.pages:
-            self.pages[ref.block] = bytearray(BLCKSZ)
-        return RedoAction.NEEDS_REDO, ref.block
-
-    def finish_redo_buffer(self, rr, buf: int) -> None:
-        page_set_lsn(self.pages[buf], rr.end_lsn)
-
-
 def redo_reproduces(env: Env, before: dict[int, bytes], start_lsn: int) -> list:
     """Replay the records from ``start_lsn`` on copies of ``before``; every page must come
     out equal to the pool's. Also each full-page image equals the page redo produced for
     that record (LSN and checksum aside). Returns the records."""
     after = env.pages()
     records = env.records(start_lsn)
-    ctx = StandInRedoContext({b: bytearray(p) for b, p in before.items()})
+    ctx = StandInRedoContext({b: bytearray(p) for b, p in before.items()}, REL)
     for rr in records:
         assert rr.record.rmgr == RM_HEAP
         heap_redo(ctx, rr)
