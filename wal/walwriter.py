@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from slonik.wal.walpage import usable_lsn
-from slonik.wal.xlog import Wal
+from slonik.wal.xlog import Wal, check_int_setting
 
 __all__ = [
     "WAL_WRITER_DELAY_DEFAULT_MS", "WAL_WRITER_DELAY_RANGE_MS", "WalWriter", "WalWriterState",
@@ -89,13 +89,7 @@ class WalWriterStats:
 
 def check_wal_writer_delay(value: object) -> int:
     """Validate ``wal_writer_delay`` (milliseconds)."""
-    lo, hi = WAL_WRITER_DELAY_RANGE_MS
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"wal_writer_delay must be an int in {lo}..{hi} ms, not "
-                        f"{type(value).__name__} {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"wal_writer_delay must be in {lo}..{hi} ms, got {value}")
-    return value
+    return check_int_setting("wal_writer_delay", value, WAL_WRITER_DELAY_RANGE_MS, "ms")
 
 
 class WalWriter:

@@ -130,26 +130,27 @@ class WalStats:
     commit_delays: int = 0            # leader flushes that slept commit_delay first
 
 
-def check_commit_delay(value: object) -> int:
-    """Validate ``commit_delay`` (microseconds; 0 turns it off)."""
-    lo, hi = COMMIT_DELAY_RANGE_US
+def check_int_setting(name: str, value: object, bounds: tuple[int, int], unit: str = "") -> int:
+    """Validate an int setting of this layer: TypeError for a non-int (bools included),
+    ValueError outside ``bounds`` (inclusive); both name the setting, range and unit."""
+    lo, hi = bounds
+    unit = f" {unit}" if unit else ""
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"commit_delay must be an int in {lo}..{hi} microseconds, not "
+        raise TypeError(f"{name} must be an int in {lo}..{hi}{unit}, not "
                         f"{type(value).__name__} {value!r}")
     if not lo <= value <= hi:
-        raise ValueError(f"commit_delay must be in {lo}..{hi} microseconds, got {value}")
+        raise ValueError(f"{name} must be in {lo}..{hi}{unit}, got {value}")
     return value
+
+
+def check_commit_delay(value: object) -> int:
+    """Validate ``commit_delay`` (microseconds; 0 turns it off)."""
+    return check_int_setting("commit_delay", value, COMMIT_DELAY_RANGE_US, "microseconds")
 
 
 def check_commit_siblings(value: object) -> int:
     """Validate ``commit_siblings`` (other active transactions needed for the delay)."""
-    lo, hi = COMMIT_SIBLINGS_RANGE
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"commit_siblings must be an int in {lo}..{hi}, not "
-                        f"{type(value).__name__} {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"commit_siblings must be in {lo}..{hi}, got {value}")
-    return value
+    return check_int_setting("commit_siblings", value, COMMIT_SIBLINGS_RANGE)
 
 
 def _check_wal_buffers(pages: object) -> int:
