@@ -123,6 +123,9 @@ _VALID, _FOREIGN, _CLAIMED = object(), object(), object()  # outcomes of _claim_
 FLUSH_CHUNK_BUFFERS = 256  # pinned at once by flush_all: 16 combined writes of 16 blocks
 
 
+CONTENT_LOCK_STRIPES = 64  # mutexes shared by the buffers' content locks (see ContentLock)
+
+
 class NoFreeBuffersError(StorageError):
     """Every buffer is pinned: the pool is too small for the work in flight."""
 
@@ -133,46 +136,67 @@ class DamagedPageWarning(UserWarning):
 
 class ContentLock:
     """Shared/exclusive lock; not owner-tracked, so an I/O completion may release the
-    shared hold its issuer took for a write."""
+    shared hold its issuer took for a write.
 
-    __slots__ = ("_cond", "_shared", "_exclusive")
+    A plain mutex guards the counts; the condition variable a waiter sleeps on is made
+    only when someone first has to wait, and notified only when someone is waiting: a
+    pool of 16,384 buffers opens without building 16,384 conditions, and the
+    uncontended acquire/release is one mutex round trip. The mutex may be shared by
+    several locks (the pool stripes ``CONTENT_LOCK_STRIPES`` of them over its buffers):
+    it is held only for a few counter updates, never while a lock is waited for."""
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+    __slots__ = ("_mutex", "_cond", "_waiters", "_shared", "_exclusive")
+
+    def __init__(self, mutex: threading.Lock | None = None) -> None:
+        self._mutex = threading.Lock() if mutex is None else mutex
+        self._cond: threading.Condition | None = None
+        self._waiters = 0
         self._shared = 0
         self._exclusive = False
 
+    def _wait(self) -> None:
+        """Sleep until a release notifies (called with the mutex held)."""
+        cond = self._cond
+        if cond is None:
+            cond = self._cond = threading.Condition(self._mutex)
+        self._waiters += 1
+        try:
+            cond.wait()
+        finally:
+            self._waiters -= 1
+
     def acquire_shared(self) -> None:
-        with self._cond:
+        with self._mutex:
             while self._exclusive:
-                self._cond.wait()
+                self._wait()
             self._shared += 1
 
     def acquire_exclusive(self) -> None:
-        with self._cond:
+        with self._mutex:
             while self._exclusive or self._shared:
-                self._cond.wait()
+                self._wait()
             self._exclusive = True
 
     def try_exclusive(self) -> bool:
-        with self._cond:
+        with self._mutex:
             if self._exclusive or self._shared:
                 return False
             self._exclusive = True
             return True
 
     def release_shared(self) -> None:
-        with self._cond:
+        with self._mutex:
             assert self._shared > 0, "content lock released shared but not held"
             self._shared -= 1
-            if self._shared == 0:
+            if self._shared == 0 and self._waiters:
                 self._cond.notify_all()
 
     def release_exclusive(self) -> None:
-        with self._cond:
+        with self._mutex:
             assert self._exclusive, "content lock released exclusive but not held"
             self._exclusive = False
-            self._cond.notify_all()
+            if self._waiters:
+                self._cond.notify_all()
 
     @property
     def held_exclusive(self) -> bool:
@@ -184,18 +208,23 @@ class ContentLock:
         return self._exclusive or self._shared > 0
 
 
-class BufferDesc:
+class BufferDesc(ContentLock):
+    """One buffer's state. The descriptor is its own content lock (``lock`` is the
+    descriptor itself): one object per buffer rather than two, which is most of what
+    opening a pool of 16,384 buffers costs."""
+
     __slots__ = ("buf_id", "tag", "flags", "refcount", "usage_count", "io_wref", "lock",
                  "error")
 
-    def __init__(self, buf_id: int) -> None:
+    def __init__(self, buf_id: int, mutex: threading.Lock | None = None) -> None:
+        ContentLock.__init__(self, mutex)
         self.buf_id = buf_id
         self.tag: tuple[int, int, int] | None = None
         self.flags = 0
         self.refcount = 0
         self.usage_count = 0
         self.io_wref: WaitRef | None = None
-        self.lock = ContentLock()
+        self.lock: ContentLock = self
         self.error = ""  # reason of the last failed read (for a later report)
 
 
@@ -317,7 +346,9 @@ class BufferManager:
         self._mv = mv
         self._verifier = PageRunVerifier(mv)  # one call verifies a whole read (C if built)
         self.pages: list[memoryview] = [mv[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(shared_buffers)]
-        self.descs = [BufferDesc(i) for i in range(shared_buffers)]
+        stripes = [threading.Lock() for _ in range(CONTENT_LOCK_STRIPES)]
+        self.descs = [BufferDesc(i, stripes[i % CONTENT_LOCK_STRIPES])
+                      for i in range(shared_buffers)]
         self._table: dict[tuple[int, int, int], int] = {}
         self._lock = threading.Lock()
         self._io_done = threading.Condition(self._lock)  # buffer I/O finished (sync waits)
