@@ -37,7 +37,8 @@ import math
 import struct
 from collections.abc import Sequence
 
-__all__ = ["encode_key", "decode_key", "prefix_end", "KeyCodecError", "TAG_VALUE", "TAG_NULL"]
+__all__ = ["encode_key", "key_encoder", "decode_key", "prefix_end", "KeyCodecError",
+           "TAG_VALUE", "TAG_NULL"]
 
 TAG_VALUE = 0x01
 TAG_NULL = 0x02
@@ -108,6 +109,103 @@ def encode_key(columns: Sequence[tuple[str, str]], values: Sequence) -> bytes:
         else:
             out += _escape(bytes(v))
     return bytes(out)
+
+
+class _Slow(Exception):
+    """A value the fast column encoders leave to ``encode_key`` (an unusual type, a
+    value out of range, a string that is not UTF-8-encodable): it encodes it or raises
+    naming the column."""
+
+
+_V = bytes([TAG_VALUE])
+_NULL = bytes([TAG_NULL])
+_FALSE = _V + b"\x00"
+_TRUE = _V + b"\x01"
+_pack_u64 = _U64.pack
+
+
+def _fast_int8(v) -> bytes:
+    if type(v) is int and _INT8_MIN <= v <= _INT8_MAX:
+        return _V + _pack_u64(v + _SIGN)
+    if v is None:
+        return _NULL
+    raise _Slow
+
+
+def _fast_float8(v) -> bytes:
+    if type(v) is float:
+        return _V + _pack_u64(_float_bits(v))
+    if v is None:
+        return _NULL
+    raise _Slow
+
+
+def _fast_bool(v) -> bytes:
+    if v is True:
+        return _TRUE
+    if v is False:
+        return _FALSE
+    if v is None:
+        return _NULL
+    raise _Slow
+
+
+def _fast_text(v) -> bytes:
+    if type(v) is str:
+        try:
+            return _V + v.encode("utf-8").replace(b"\x00", _ESCAPE) + _TERMINATOR
+        except UnicodeEncodeError:
+            raise _Slow from None
+    if v is None:
+        return _NULL
+    raise _Slow
+
+
+def _fast_bytea(v) -> bytes:
+    if type(v) is bytes:
+        return _V + v.replace(b"\x00", _ESCAPE) + _TERMINATOR
+    if v is None:
+        return _NULL
+    raise _Slow
+
+
+_FAST = {"int8": _fast_int8, "float8": _fast_float8, "bool": _fast_bool,
+         "text": _fast_text, "bytea": _fast_bytea}
+
+
+def key_encoder(columns: Sequence[tuple[str, str]]):
+    """``encode_key`` bound to ``columns`` once: a function of ``values`` giving exactly
+    ``encode_key(columns, values)`` (the same bytes, the same errors), with the per-column
+    type dispatch done here instead of on every call (a point lookup encodes one key).
+    Values of unusual types go through ``encode_key`` itself."""
+    columns = tuple((name, typ) for name, typ in columns)
+    for name, typ in columns:
+        if typ not in _FAST:
+            raise ValueError(f"key column {name!r}: unknown type {typ!r}")
+    parts = tuple(_FAST[typ] for _name, typ in columns)
+    n = len(columns)
+    join = b"".join
+
+    if n == 1:
+        (only,) = parts
+
+        def encode_one(values: Sequence) -> bytes:
+            if len(values) == 1:
+                try:
+                    return only(values[0])
+                except _Slow:
+                    pass
+            return encode_key(columns, values)
+        return encode_one
+
+    def encode(values: Sequence) -> bytes:
+        if len(values) <= n:
+            try:
+                return join([part(v) for part, v in zip(parts, values, strict=False)])
+            except _Slow:
+                pass
+        return encode_key(columns, values)
+    return encode
 
 
 def _unescape(data: bytes, pos: int, name: str) -> tuple[bytes, int]:
