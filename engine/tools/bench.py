@@ -37,6 +37,7 @@ from slonik.aio.handle import AioReturn, ResultStatus
 from slonik.aio.memory import PAGE_ALIGNMENT, aligned_buffer
 from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine.tools.fio import FioError, fio_status, run_fio_job
+from slonik.engine.tools.plot import check_plot_path, plot_unavailable, write_plot
 
 DEFAULT_FILE = "./bench-data/aio.dat"
 DEFAULT_SIZE = 1 << 30
@@ -442,10 +443,24 @@ def availability_notes(report: dict) -> list[str]:
 
 
 def run_bench_command(args: argparse.Namespace, run, fmt) -> int:
-    """Run a benchmark: progress on stderr, then its table (or JSON with --json)."""
+    """Run a benchmark: progress on stderr, then its table (or JSON with --json), then
+    the plot ``--plot FILE`` asks for. A plot that cannot be drawn (matplotlib missing)
+    is said before the bench starts, and the bench still runs and prints; an output
+    directory that cannot be written is refused before the bench starts."""
     log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    plot = getattr(args, "plot", None)
+    if plot is not None:
+        check_plot_path(plot)
+        reason = plot_unavailable()
+        if reason is not None:
+            print(f"warning: --plot {plot}: {reason}; the bench runs and prints without "
+                  "the plot", file=sys.stderr, flush=True)
+            plot = None
     report = run(args, log)
     print(json.dumps(report, indent=2) if args.json else fmt(report))
+    if plot is not None:
+        write_plot(report, plot)
+        print(f"plot written to {plot}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -50,19 +50,23 @@ not with a C engine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
 import sqlite3
 import statistics
-import sys
 import threading
 import time
 
 from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine.database import Database
-from slonik.engine.tools.bench import ALL_METHODS, parse_methods, positive_float, positive_int
+from slonik.engine.tools.bench import (
+    ALL_METHODS,
+    parse_methods,
+    positive_float,
+    positive_int,
+    run_bench_command,
+)
 from slonik.engine.tools.bench_wal import FIO_FILE, FIO_SIZE, run_fio_sync
 from slonik.engine.tools.fio import FioError, fio_status
 from slonik.engine.tools.progress import Progress
@@ -589,9 +593,4 @@ def format_table(report: dict) -> str:
 
 
 def cmd_bench_kv(args: argparse.Namespace) -> int:
-    def log(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    report = run_kv_bench(args, log=None if args.json else log)
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
-    return 0
+    return run_bench_command(args, run_kv_bench, format_table)

@@ -23,16 +23,19 @@ with ratios to fio and to ``sync``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 
 from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.aio.method_io_uring import io_uring_available
-from slonik.engine.tools.bench import parse_methods, parse_size, positive_int
+from slonik.engine.tools.bench import (
+    parse_methods,
+    parse_size,
+    positive_int,
+    run_bench_command,
+)
 from slonik.engine.tools.fio import FioError, fio_status, run_fio_job
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.page import BLCKSZ, init_page, page_add_item, page_set_checksum
@@ -235,6 +238,6 @@ def format_table(r: dict) -> str:
 
 
 def cmd_bench_scan(args: argparse.Namespace) -> int:
-    report = run_scan_bench(args, log=(lambda msg: print(msg, file=sys.stderr)))
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
-    return 0
+    # run_scan_bench always logs; --json sends no progress (run_bench_command's log None)
+    return run_bench_command(
+        args, lambda a, log: run_scan_bench(a, log=log or (lambda _msg: None)), format_table)

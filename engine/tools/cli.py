@@ -44,6 +44,7 @@ from slonik.engine.tools.bench_wal import cmd_bench_wal
 from slonik.engine.tools.check import check_database, recover_database
 from slonik.engine.tools.demo import run_demo
 from slonik.engine.tools.dump import dump_database, load_database, write_dump
+from slonik.engine.tools.plot import add_plot_argument
 from slonik.engine.tools.progress import Progress
 from slonik.engine.tools.waltools import (
     add_controldata_arguments,
@@ -579,16 +580,19 @@ def build_parser() -> argparse.ArgumentParser:
         "scan", help="a relation scanned through a read stream with checksums, per io method, "
                      "cold and warm, against fio")
     add_bench_scan_arguments(bench_scan)
+    add_plot_argument(bench_scan)
     bench_scan.set_defaults(func=cmd_bench_scan)
     bench_wal = bench_sub.add_parser(
         "wal", help="WAL insert rate, durable commits/s (1 and 8 threads) and recovery replay "
                     "per io method, against fio's 8 KiB write + fdatasync rate")
     add_bench_wal_arguments(bench_wal)
+    add_plot_argument(bench_wal)
     bench_wal.set_defaults(func=cmd_bench_wal)
     bench_kv = bench_sub.add_parser(
         "kv", help="the KV store per io method: a big load, durable puts/s (1 and 8 "
                    "threads), random gets, ordered scan, open (index rebuild)")
     add_bench_kv_arguments(bench_kv)
+    add_plot_argument(bench_kv)
     bench_kv.set_defaults(func=cmd_bench_kv)
     bench_table = bench_sub.add_parser(
         "table", help="a table with a primary key and an index beside SQLite: warm point "
