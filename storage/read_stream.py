@@ -301,6 +301,107 @@ class ReadStream:
         buf = entry[0]
         return (buf, entry[1]) if self.per_buffer_data else buf
 
+    def next_buffers(self, limit: int) -> list[Any]:
+        """Up to ``limit`` next pinned buffers (as ``next_buffer`` gives them) in one call:
+        those whose reads are complete, at least one unless the stream is at its end (an
+        empty list). A run of pages costs one call, not one per page; on the all-cached
+        fast path a sequential source pins up to ``min(limit, io_combine_limit)`` blocks
+        with one ``start_read_buffers``."""
+        if self._closed:
+            raise ValueError("this read stream is closed")
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        if self._fast_path:
+            return self._next_fast_run(limit)
+        queue = self._queue
+        out: list[Any] = []
+        taken: list[list] = []
+        try:
+            while len(out) < limit:
+                if not queue:
+                    if out or self.distance == 0:
+                        break
+                    self._look_ahead()
+                    if not queue:
+                        break
+                entry = queue[0]
+                run = entry[2]
+                if run.error is not None:
+                    if out:
+                        break
+                    raise run.error  # a failed read's blocks are never handed out
+                if not run.waited:
+                    if out:
+                        break  # hand out what is ready; the next call waits
+                    if run.op is None:
+                        self._read_advised(run)
+                    else:
+                        self._wait_run(run)
+                        self._grow_distance()
+                queue.popleft()
+                self.pinned -= 1
+                taken.append(entry)
+                out.append((entry[0], entry[1]) if self.per_buffer_data else entry[0])
+            distance = self.distance
+            if distance and (distance - self.pinned - self._pending_n
+                             >= min(self._batch_blocks, (distance + 1) // 2) or not queue):
+                self._look_ahead()
+        except BaseException:
+            for entry in reversed(taken):  # not handed out: close() unpins them
+                queue.appendleft(entry)
+            self.pinned += len(taken)
+            raise
+        if (self.distance == 1 and len(queue) == 1 and queue[0][2].waited
+                and not self._pending_n and self._ios_in_progress == 0
+                and not self.per_buffer_data):
+            self._fast_path = True
+        return out
+
+    def _next_fast_run(self, limit: int) -> list[Any]:
+        """``next_buffers`` on the fast path: the queued (cached) buffer, then the next
+        blocks pinned together; a miss among them leaves the fast path (the normal path
+        waits for the read)."""
+        queue = self._queue
+        out = [e[0] for e in queue]
+        self.pinned -= len(out)
+        queue.clear()
+        if len(out) >= limit:
+            return out
+        if self._sequential and self._unget is None:
+            block = self._seq_next
+            # (start_read_buffers splits its reads at segment ends itself)
+            k = min(limit - len(out), self.combine, self.max_pinned_buffers,
+                    self._seq_stop - block)
+            if k > 0:
+                self._seq_next = block + k
+        else:
+            item = self._next_block()
+            k = 0 if item is None else 1
+            block = -1 if item is None else item[0]
+        if k <= 0:
+            self._ended = True
+            self._fast_path = False
+            self.distance = 0
+            return out
+        op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, k)
+        if not op.needs_wait:
+            self._fast += k
+            self._hits += k
+            out.extend(op.buffers)
+            return out
+        self._fast_path = False
+        run = _Run(op, block, k)
+        queue.extend([b, None, run] for b in op.buffers)
+        self.pinned += k
+        reading = sum(len(io.buf_ids) for io in op.ios)
+        self._ios += len(op.ios)
+        self._blocks_read += reading
+        self._hits += k - reading
+        self._ios_in_progress += 1
+        if out:
+            return out
+        return self.next_buffers(limit)
+
     def _read_advised(self, run: _Run) -> None:
         """Advice mode: the run was only advised; read it now, as it is consumed."""
         op = self.bufmgr.start_read_buffers(self.rel, self.fork, run.block, run.n)

@@ -1,0 +1,120 @@
+"""``ReadStream.next_buffers``: a run of pinned buffers per call, on every io method."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from slonik.storage.bufmgr import BufferManager
+from slonik.storage.errors import DataCorruptionError
+from slonik.storage.read_stream import ReadStream
+from slonik.storage.smgr import Fork
+
+from tests.storage.test_bufmgr import REL, corrupt, item
+from tests.storage.test_read_stream import (
+    DEFAULT_MAX_IOS,
+    NBLOCKS,
+    block_sequences,
+    check_stream,
+    expected_item,
+    make_source,
+    pinned_blocks,
+    rel,  # noqa: F401  (the fixture)
+)
+
+_block = st.integers(0, NBLOCKS - 1)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blocks=block_sequences,
+       cached=st.sets(_block, max_size=NBLOCKS),
+       shared_buffers=st.integers(32, 64),
+       io_combine_limit=st.integers(4, 16),
+       max_ios=st.sampled_from([None, 0, 1, 4, 16]),
+       per_buffer_data=st.booleans(),
+       kind=st.sampled_from(["list", "iter", "callable", "range"]),
+       limits=st.lists(st.integers(0, 40), min_size=1, max_size=8))
+def test_batches_return_exactly_the_blocks_in_order(rel, blocks, cached,  # noqa: F811
+                                                    shared_buffers, io_combine_limit,
+                                                    max_ios, per_buffer_data, kind, limits):
+    """For the read stream property test's block sequences, cached sets and sources, calls
+    of next_buffers(limit) with random limits (0 = one next_buffer call instead) return
+    exactly the source's blocks in order (block_of and page content checked), never more
+    than the limit, never an empty batch before the end; pins and distance stay within
+    max_pinned_buffers after every call; every block counts once as read or hit; after the
+    end nothing is pinned and the buffer manager's check passes."""
+    smgr, aio = rel
+    bm = BufferManager(smgr, aio, shared_buffers=shared_buffers,
+                       io_combine_limit=io_combine_limit)
+    for b in sorted(cached):
+        bm.unpin(bm.read_buffer(REL, Fork.MAIN, b))
+    items = [(b, ("data", i, b)) for i, b in enumerate(blocks)] if per_buffer_data else blocks
+    stream = ReadStream(bm, REL, Fork.MAIN, make_source(kind, items),
+                        per_buffer_data=per_buffer_data, max_ios=max_ios)
+    got: list = []
+    k = 0
+    while True:
+        limit = limits[k % len(limits)]
+        k += 1
+        if limit == 0:
+            r = stream.next_buffer()
+            batch = [] if r is None else [r]
+        else:
+            batch = stream.next_buffers(limit)
+            assert len(batch) <= limit
+        check_stream(stream)
+        if not batch:
+            break
+        for r in batch:
+            buf, data = r if per_buffer_data else (r, None)
+            _rel, _fork, block = bm.block_of(buf)
+            assert item(bm, buf) == expected_item(block)
+            got.append((block, data) if per_buffer_data else block)
+        bm.unpin_many([r[0] if per_buffer_data else r for r in batch])
+    assert got == items
+    assert stream.next_buffers(4) == []
+    s = stream.stats
+    assert s.max_pinned_seen <= stream.max_pinned_buffers
+    assert s.blocks_read + s.hits == len(blocks)
+    stream.close()
+    assert pinned_blocks(bm) == {}
+    bm.check()
+
+
+def test_batches_of_a_cached_range_come_whole(rel):  # noqa: F811
+    """An all-cached sequential scan in batches of 16 (io_combine_limit 16) settles on the
+    fast path and then hands out batches of 16 consecutive blocks (at least three), one
+    start_read_buffers per batch, none longer than 16; the
+    blocks come back 0..63 in order."""
+    smgr, aio = rel
+    bm = BufferManager(smgr, aio, shared_buffers=128, io_combine_limit=16)
+    bm.unpin_many(bm.read_buffers(REL, Fork.MAIN, 0, NBLOCKS))
+    with ReadStream(bm, REL, Fork.MAIN, range(NBLOCKS)) as stream:
+        sizes, blocks = [], []
+        while batch := stream.next_buffers(16):
+            sizes.append(len(batch))
+            blocks += [bm.block_of(b)[2] for b in batch]
+            bm.unpin_many(batch)
+    assert blocks == list(range(NBLOCKS))
+    assert max(sizes) == 16 and sizes.count(16) >= 3, sizes
+    assert stream.stats.fast_path_blocks >= 32
+    assert pinned_blocks(bm) == {}
+
+
+@pytest.mark.parametrize("max_ios", [0, DEFAULT_MAX_IOS])
+def test_corrupt_block_stops_the_batch_before_it(rel, max_ios):  # noqa: F811
+    """A corrupt block 20 in a 0..63 scan: next_buffers hands out a prefix of blocks
+    0..19 (whole batches; the blocks of the failed combined read are never handed out)
+    and then raises DataCorruptionError naming block 20; close() leaves nothing pinned."""
+    smgr, aio = rel
+    corrupt(smgr, 20)
+    bm = BufferManager(smgr, aio, shared_buffers=64, io_combine_limit=8)
+    got = []
+    stream = ReadStream(bm, REL, Fork.MAIN, range(NBLOCKS), max_ios=max_ios)
+    with pytest.raises(DataCorruptionError, match="block 20"):
+        while batch := stream.next_buffers(32):
+            got += [bm.block_of(b)[2] for b in batch]
+            bm.unpin_many(batch)
+    assert got == list(range(len(got))) and len(got) <= 20, got
+    stream.close()
+    assert pinned_blocks(bm) == {}
