@@ -30,6 +30,12 @@ int slk_bt_search(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint
 int slk_bt_visible(const uint8_t *page, uint64_t snap_xmax, uint64_t own,
                    const uint64_t *excluded, int nexcluded, uint16_t *out);
 int64_t slk_bt_locate(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint64_t xmin);
+/* --- btree read --- */
+int slk_bt_probe(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint64_t *out,
+                 int maxv);
+int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
+                   const uint8_t *stop, int32_t stoplen, uint64_t snap_xmax, uint64_t own,
+                   const uint64_t *excluded, int nexcluded, uint32_t *out, int *flags);
 """
 
 SOURCE = r"""
@@ -349,6 +355,116 @@ int slk_bt_visible(const uint8_t *page, uint64_t snap_xmax, uint64_t own,
             !(xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded)))
             out[n++] = (uint16_t)k;
     }
+    return n;
+}
+
+/* --- btree read --- (engine/access/btree_page.py: probe_leaf_py, extract_leaf_py;
+ * tests/storage/test_btree_c.py compares them) */
+
+/* memcmp order of two byte strings, shorter first on a common prefix. */
+static int bt_keycmp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen)
+{
+    uint32_t n = alen < blen ? alen : blen;
+    int c = memcmp(a, b, n);
+    if (c) return c;
+    return alen < blen ? -1 : alen > blen ? 1 : 0;
+}
+
+/* Every version of ``key`` on a leaf, for a point read. out[0] = the right-link, out[1] =
+ * status bits (1: go right instead -- the page is DELETED or (key, XMIN_MAX) >= its high
+ * key; 2: versions may continue on the right sibling -- the last one is the page's last
+ * entry and the high key's key is ``key``); then per version (at most maxv, newest first)
+ * item offset, item length, xmin, xmax, eflags. Returns the number of versions on the page
+ * (more than maxv: call again with room), or -1 for a page the reference must judge. */
+int slk_bt_probe(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint64_t *out,
+                 int maxv)
+{
+    int first, count, leaf;
+    int lower = bt_bounds(page, &first, &count, &leaf);
+    if (lower < 0 || !leaf) return -1;
+    uint16_t flags = load16(page + BT_SPECIAL_AT + 12);
+    if (!(flags & 0x1) || load16(page + BT_SPECIAL_AT + 14) || (flags & ~0x3f)) return -1;
+    out[0] = load32(page + BT_SPECIAL_AT + 4);
+    out[1] = 0;
+    if (flags & 0x4) { out[1] = 1; return 0; }          /* BTP_DELETED: move right */
+    int hk_same = 0;
+    if (first == 2) {
+        uint32_t off, len;
+        if (bt_item(page, 1, lower, &off, &len) < 0 || len < BT_PIVOT_HDR) return -1;
+        uint32_t hklen = load16(page + off + 13);
+        if (BT_PIVOT_HDR + hklen > len) return -1;
+        int c = bt_keycmp(key, keylen, page + off + BT_PIVOT_HDR, hklen);
+        /* (key, XMIN_MAX) >= (hk, hxmin) iff key > hk, or key == hk and hxmin == XMIN_MAX */
+        if (c > 0 || (c == 0 && load64(page + off + 4) == UINT64_MAX)) { out[1] = 1; return 0; }
+        hk_same = c == 0;
+    }
+    int pos = slk_bt_search(page, key, keylen, UINT64_MAX, 0);
+    if (pos < 0) return -1;
+    int n = 0, k;
+    for (k = pos; k <= count; k++) {
+        uint32_t off, len;
+        if (bt_item(page, k, lower, &off, &len) < 0 || len < BT_LEAF_HDR) return -1;
+        const uint8_t *it = page + off;
+        uint32_t ikeylen = load16(it + 17);
+        if (BT_LEAF_HDR + ikeylen > len || (it[16] & ~0x1)) return -1;
+        if (bt_keycmp(it + BT_LEAF_HDR, ikeylen, key, keylen) != 0) break;
+        if (n < maxv) {
+            uint64_t *v = out + 2 + 5 * n;
+            v[0] = off; v[1] = len; v[2] = load64(it); v[3] = load64(it + 8); v[4] = it[16];
+        }
+        n++;
+    }
+    if (k > count && hk_same) out[1] |= 2;
+    return n;
+}
+
+/* The visible entries of a leaf with start <= key < stop (a length of -1: no bound), for a
+ * scan: per entry key start, key end (= value start), value end, eflags, in page order.
+ * *flags: 1 the scan ends here (an entry >= stop, or a high key whose key is >= stop);
+ * 2 some entry returned is out of line (eflags & 1); 4 the page holds a data entry below
+ * start (a backward scan ends here). Returns the count, or -1 for a page the reference
+ * must judge. */
+int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
+                   const uint8_t *stop, int32_t stoplen, uint64_t snap_xmax, uint64_t own,
+                   const uint64_t *excluded, int nexcluded, uint32_t *out, int *flags)
+{
+    int first, count, leaf, n = 0, f = 0;
+    int lower = bt_bounds(page, &first, &count, &leaf);
+    if (lower < 0 || !leaf) return -1;
+    int pos = first;
+    if (startlen >= 0) {
+        pos = slk_bt_search(page, start, (uint32_t)startlen, UINT64_MAX, 0);
+        if (pos < 0) return -1;
+        if (pos > first) f |= 4;
+    }
+    if (stoplen >= 0 && first == 2) {
+        uint32_t off, len;
+        if (bt_item(page, 1, lower, &off, &len) < 0 || len < BT_PIVOT_HDR) return -1;
+        uint32_t hklen = load16(page + off + 13);
+        if (BT_PIVOT_HDR + hklen > len) return -1;
+        if (bt_keycmp(page + off + BT_PIVOT_HDR, hklen, stop, (uint32_t)stoplen) >= 0) f |= 1;
+    }
+    for (int k = pos; k <= count; k++) {
+        uint32_t off, len;
+        if (bt_item(page, k, lower, &off, &len) < 0 || len < BT_LEAF_HDR) return -1;
+        const uint8_t *it = page + off;
+        uint32_t ikeylen = load16(it + 17);
+        if (BT_LEAF_HDR + ikeylen > len || (it[16] & ~0x1)) return -1;
+        if (stoplen >= 0 && bt_keycmp(it + BT_LEAF_HDR, ikeylen, stop, (uint32_t)stoplen) >= 0) {
+            f |= 1;
+            break;
+        }
+        uint64_t xmin = load64(it), xmax = load64(it + 8);
+        if (!xid_sees(xmin, snap_xmax, own, excluded, nexcluded) ||
+            (xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded)))
+            continue;
+        uint32_t *e = out + 4 * n;
+        e[0] = off + BT_LEAF_HDR; e[1] = off + BT_LEAF_HDR + ikeylen; e[2] = off + len;
+        e[3] = it[16];
+        if (it[16] & 1) f |= 2;
+        n++;
+    }
+    *flags = f;
     return n;
 }
 """

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -89,6 +90,9 @@ __all__ = [
     "minus_inf_pivot", "item_sort_key", "search_page", "search_page_py", "bt_item",
     "locate", "locate_py", "MOVE_RIGHT",
     "visible_offnums", "visible_offnums_py", "C_SEARCH",
+    "probe_leaf", "probe_leaf_py", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
+    "extract_leaf", "extract_leaf_py", "EXTRACT_DONE", "EXTRACT_OVERFLOW",
+    "EXTRACT_BELOW_START",
 ]
 
 P_NONE = 0
@@ -483,3 +487,136 @@ def visible_offnums(page, snap_xmax: int, own: int, excluded: Sequence[int]) -> 
     if n < 0:
         return visible_offnums_py(page, snap_xmax, own, excluded)
     return list(out[0:n])
+
+
+# ---------------------------------------------------------------------------- leaf reads
+
+PROBE_MOVE_RIGHT = 1  # probe_leaf: the key belongs right of this page (or it is DELETED)
+PROBE_CONTINUES = 2   # probe_leaf: versions of the key may continue on the right sibling
+PROBE_VERSIONS_ROOM = 8  # versions the first C call has room for (more: a second call)
+EXTRACT_DONE = 1         # extract_leaf: no entry right of this page is in the range
+EXTRACT_OVERFLOW = 2     # extract_leaf: some entry returned holds an overflow reference
+EXTRACT_BELOW_START = 4  # extract_leaf: the page holds a data entry below ``start``
+_EXTRACT_ROOM = 4 * ((BLCKSZ - HEADER_SIZE) // LINE_POINTER_SIZE)  # 4 numbers per entry
+_tls = threading.local()  # per-thread output arrays of the C calls below
+
+
+def _leaf_special(page) -> Special:
+    special = bt_special(page)
+    if special.level != 0 or not special.flags & BTP_LEAF:
+        raise BTreePageError(f"expected a leaf, found flags {special.flags:#x} level "
+                             f"{special.level}")
+    return special
+
+
+def probe_leaf_py(page, key: bytes) -> tuple[int, int, list[tuple[int, int, int, int, int]]]:
+    """Reference: a point read's look at one leaf. (right-link, status, versions): status
+    ``PROBE_MOVE_RIGHT`` when the page is DELETED or (key, XMIN_MAX) >= its high key (no
+    versions then), ``PROBE_CONTINUES`` when the key's versions run to the page's end and
+    the high key's key is ``key``; versions are (item offset, item length, xmin, xmax,
+    eflags) of every entry of ``key``, newest first."""
+    special = _leaf_special(page)
+    if special.flags & BTP_DELETED:
+        return special.next, PROBE_MOVE_RIGHT, []
+    hk_same = False
+    if special.next != P_NONE:
+        hk = unpack_pivot(bt_item(page, 1))
+        if (key, -XMIN_MAX) >= (hk.key, -hk.xmin):
+            return special.next, PROBE_MOVE_RIGHT, []
+        hk_same = hk.key == key
+    count = bt_item_count(page)
+    off = search_page_py(page, key, XMIN_MAX, False)
+    out = []
+    while off <= count:
+        at, length = _item_at(page, off)
+        e = unpack_entry(memoryview(page)[at:at + length])
+        if e.key != key:
+            break
+        out.append((at, length, e.xmin, e.xmax, e.flags))
+        off += 1
+    return special.next, PROBE_CONTINUES if off > count and hk_same else 0, out
+
+
+def probe_leaf(page, key: bytes) -> tuple[int, int, list[tuple[int, int, int, int, int]]]:
+    """``probe_leaf_py`` in one C call when the helper module is built."""
+    if _lib is None:
+        return probe_leaf_py(page, key)
+    out = _ffi.new("uint64_t[]", 2 + 5 * PROBE_VERSIONS_ROOM)
+    cpage = _ffi.from_buffer(page)
+    n = _lib.slk_bt_probe(cpage, key, len(key), out, PROBE_VERSIONS_ROOM)
+    if n > PROBE_VERSIONS_ROOM:
+        out = _ffi.new("uint64_t[]", 2 + 5 * n)
+        n = _lib.slk_bt_probe(cpage, key, len(key), out, n)
+    if n < 0:  # malformed: the reference names what is wrong
+        return probe_leaf_py(page, key)
+    flat = _ffi.unpack(out, 2 + 5 * n)
+    it = iter(flat[2:])
+    return flat[0], flat[1], list(zip(it, it, it, it, it, strict=True))
+
+
+def extract_leaf_py(page, start: bytes | None, stop: bytes | None, snap_xmax: int, own: int,
+                    excluded: Sequence[int]) -> tuple[int, list[int]]:
+    """Reference: a scan's look at one leaf. (flags, flat): for each entry with ``start <=
+    key < stop`` (None: unbounded) that the snapshot sees (as ``visible_offnums_py``), in
+    page order, four numbers: key start, key end (the value's start), value end (offsets
+    in the page) and eflags. Flags: ``EXTRACT_DONE`` when an entry or the high key reaches
+    ``stop``; ``EXTRACT_OVERFLOW`` when an entry returned is out of line;
+    ``EXTRACT_BELOW_START`` when a data entry precedes ``start``."""
+    special = bt_special(page)
+    if special.level != 0:
+        raise BTreePageError(f"expected a leaf, found level {special.level}")
+    first = bt_first_data(special)
+    pos, flags = first, 0
+    if start is not None:
+        pos = search_page_py(page, start, XMIN_MAX, False)
+        if pos > first:
+            flags |= EXTRACT_BELOW_START
+    if stop is not None and first == 2 and unpack_pivot(bt_item(page, 1)).key >= stop:
+        flags |= EXTRACT_DONE
+
+    def sees(x: int) -> bool:
+        if x == own:
+            return True
+        if x >= snap_xmax:
+            return False
+        i = bisect.bisect_left(excluded, x)
+        return not (i < len(excluded) and excluded[i] == x)
+
+    flat: list[int] = []
+    for off in range(pos, bt_item_count(page) + 1):
+        at, length = _item_at(page, off)
+        e = unpack_entry(memoryview(page)[at:at + length])
+        if stop is not None and e.key >= stop:
+            flags |= EXTRACT_DONE
+            break
+        if sees(e.xmin) and not (e.xmax and sees(e.xmax)):
+            kstart = at + LEAF_HEADER_SIZE
+            flat += (kstart, kstart + len(e.key), at + length, e.flags)
+            if e.flags & ENTRY_OVERFLOW:
+                flags |= EXTRACT_OVERFLOW
+    return flags, flat
+
+
+def extract_leaf(page, start: bytes | None, stop: bytes | None, snap_xmax: int, own: int,
+                 excluded: Sequence[int]) -> tuple[int, list[int]]:
+    """``extract_leaf_py`` in one C call when the helper module is built (the output array
+    and the last snapshot's excluded xids are kept per thread)."""
+    if _lib is None:
+        return extract_leaf_py(page, start, stop, snap_xmax, own, excluded)
+    tls = _tls
+    out = getattr(tls, "extract_out", None)
+    if out is None:
+        out = tls.extract_out = _ffi.new("uint32_t[]", _EXTRACT_ROOM)
+        tls.flags = _ffi.new("int *")
+        tls.excluded_of = None
+    if tls.excluded_of is not excluded:
+        tls.excluded = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
+        tls.excluded_of = excluded
+    n = _lib.slk_bt_extract(_ffi.from_buffer(page), _ffi.NULL if start is None else start,
+                            -1 if start is None else len(start),
+                            _ffi.NULL if stop is None else stop,
+                            -1 if stop is None else len(stop), snap_xmax, own, tls.excluded,
+                            len(excluded), out, tls.flags)
+    if n < 0:  # malformed: the reference names what is wrong
+        return extract_leaf_py(page, start, stop, snap_xmax, own, excluded)
+    return tls.flags[0], memoryview(_ffi.buffer(out, 16 * n)).cast("I").tolist()

@@ -136,3 +136,115 @@ def test_c_hands_damaged_page_to_reference():
     assert bp._lib.slk_bt_locate(bp._ffi.from_buffer(page), b"b", 1, 2) == -1
     with pytest.raises(bp.BTreePageError, match="line pointer"):
         bp.locate(page, b"b", 2)
+
+
+# --- point-read probe and scan extraction (slk_bt_probe, slk_bt_extract) -------------------
+
+few_keys = st.sampled_from([b"", b"a", b"ab", b"b", b"ba", b"\xff"])
+
+
+def rich_leaf(entries, high, page_flags: int) -> bytearray:
+    """A leaf of ``entries`` [(key, xmin, xmax, out_of_line)] in tree order (payload length
+    varies with xmin), with high key ``high`` = (key, xmin) or none (rightmost)."""
+    seen = {}
+    for k, xmin, xmax, ool in entries:
+        seen.setdefault((k, xmin), (xmax, ool))
+    items = [bp.pack_entry(k, xmin, seen[(k, xmin)][0],
+                           bp.ENTRY_OVERFLOW if seen[(k, xmin)][1] else 0, b"p" * (xmin % 7))
+             for k, xmin in sorted(seen, key=lambda e: (e[0], -e[1]))]
+    if high is not None:
+        items.insert(0, bp.pack_pivot(high[0], high[1], 0))
+    page = bytearray(BLCKSZ)
+    bp.bt_rebuild(page, bp.Special(0, 0 if high is None else 7, 0, page_flags), items)
+    return page
+
+
+entry_lists = st.lists(st.tuples(few_keys, xids, st.integers(0, 40), st.booleans()),
+                       max_size=80)
+highs = st.one_of(st.none(), st.tuples(few_keys, st.sampled_from([1, 7, 40, bp.XMIN_MAX])))
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(entries=entry_lists, high=highs, deleted=st.booleans(), key=few_keys)
+def test_c_probe_equals_reference_and_lists_every_version(entries, high, deleted, key):
+    """slk_bt_probe equals probe_leaf_py on random leaves (many versions of few keys, so
+    the second call with more room runs too; high keys of any xmin; DELETED pages); when
+    it does not move right, its versions decode to exactly the page's entries of ``key``
+    newest first, and it moves right exactly for a DELETED page or (key, XMIN_MAX) >= the
+    high key."""
+    page = rich_leaf(entries, high, bp.BTP_LEAF | (bp.BTP_DELETED if deleted else 0))
+    got = bp.probe_leaf(page, key)
+    assert got == bp.probe_leaf_py(page, key)
+    nxt, status, versions = got
+    assert nxt == (0 if high is None else 7)
+    right = deleted or (high is not None and (key, -bp.XMIN_MAX) >= (high[0], -high[1]))
+    assert bool(status & bp.PROBE_MOVE_RIGHT) == right
+    if right:
+        assert versions == []
+        return
+    decoded = [bp.unpack_entry(bytes(page[off:off + n])) for off, n, _a, _b, _c in versions]
+    items = bp.bt_items(page)[0 if high is None else 1:]
+    expect = [e for e in map(bp.unpack_entry, items) if e.key == key]
+    assert decoded == expect
+    assert [(v[2], v[3], v[4]) for v in versions] == [(e.xmin, e.xmax, e.flags) for e in expect]
+    runs_to_end = bool(expect) and bp.unpack_entry(items[-1]).key == key
+    assert bool(status & bp.PROBE_CONTINUES) == (high is not None and high[0] == key and
+                                                 (runs_to_end or not expect and not any(
+                                                     bp.unpack_entry(i).key > key
+                                                     for i in items)))
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(entries=entry_lists, high=highs, start=st.one_of(st.none(), few_keys),
+       stop=st.one_of(st.none(), few_keys), snap_xmax=st.integers(1, 45),
+       own=st.integers(0, 45), excluded=st.sets(xids, max_size=10))
+def test_c_extract_equals_reference_and_rule(entries, high, start, stop, snap_xmax, own,
+                                             excluded):
+    """slk_bt_extract equals extract_leaf_py on random leaves, bounds and snapshots, and
+    its offsets slice out exactly the (key, payload) of the entries in [start, stop) the
+    snapshot's rule accepts, in page order, with the flags the range implies."""
+    page = rich_leaf(entries, high, bp.BTP_LEAF)
+    ex = tuple(sorted(excluded))
+    got = bp.extract_leaf(page, start, stop, snap_xmax, own, ex)
+    assert got == bp.extract_leaf_py(page, start, stop, snap_xmax, own, ex)
+    flags, flat = got
+
+    def sees(x):
+        return x == own or (x < snap_xmax and x not in excluded)
+
+    entries_ = [bp.unpack_entry(i) for i in bp.bt_items(page)[0 if high is None else 1:]]
+    in_range = [e for e in entries_ if (start is None or e.key >= start)
+                and (stop is None or e.key < stop)]
+    expect = [e for e in in_range if sees(e.xmin) and not (e.xmax and sees(e.xmax))]
+    pb = bytes(page)
+    assert [(pb[a:b], pb[b:c], f) for a, b, c, f in zip(*[iter(flat)] * 4, strict=True)] == \
+        [(e.key, e.payload, e.flags) for e in expect]
+    assert bool(flags & bp.EXTRACT_OVERFLOW) == any(e.flags for e in expect)
+    assert bool(flags & bp.EXTRACT_BELOW_START) == (
+        start is not None and any(e.key < start for e in entries_))
+    reaches_stop = stop is not None and (any(e.key >= stop for e in entries_) or
+                                         (high is not None and high[0] >= stop))
+    assert bool(flags & bp.EXTRACT_DONE) == reaches_stop
+
+
+@needs_c
+def test_c_probe_and_extract_hand_damaged_page_to_reference():
+    """A line pointer outside the page, or an internal page where a leaf is expected,
+    makes slk_bt_probe / slk_bt_extract give up (-1) and the wrappers raise the
+    reference's BTreePageError."""
+    page = rich_leaf([(b"a", 1, 0, False), (b"b", 2, 0, False), (b"c", 3, 0, False)], None,
+                     bp.BTP_LEAF)
+    page[24 + 4:28 + 4] = (0x7FF0 | (1 << 15) | (300 << 17)).to_bytes(4, "little")
+    out = bp._ffi.new("uint64_t[]", 50)
+    assert bp._lib.slk_bt_probe(bp._ffi.from_buffer(page), b"b", 1, out, 8) == -1
+    with pytest.raises(bp.BTreePageError, match="line pointer"):
+        bp.probe_leaf(page, b"b")
+    with pytest.raises(bp.BTreePageError, match="line pointer"):
+        bp.extract_leaf(page, None, None, 10, 0, ())
+    inner = internal_page([(b"a", 1)], True)
+    with pytest.raises(bp.BTreePageError, match="expected a leaf"):
+        bp.probe_leaf(inner, b"a")
+    with pytest.raises(bp.BTreePageError, match="expected a leaf"):
+        bp.extract_leaf(inner, None, None, 10, 0, ())
