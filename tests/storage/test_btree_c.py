@@ -204,7 +204,8 @@ def test_c_extract_equals_reference_and_rule(entries, high, start, stop, snap_xm
                                              excluded):
     """slk_bt_extract equals extract_leaf_py on random leaves, bounds and snapshots, and
     its offsets slice out exactly the (key, payload) of the entries in [start, stop) the
-    snapshot's rule accepts, in page order, with the flags the range implies."""
+    snapshot's rule accepts, in page order, with the flags the range implies (done: an
+    entry from ``start`` on, or the high key, reaches ``stop``)."""
     page = rich_leaf(entries, high, bp.BTP_LEAF)
     ex = tuple(sorted(excluded))
     got = bp.extract_leaf(page, start, stop, snap_xmax, own, ex)
@@ -224,7 +225,8 @@ def test_c_extract_equals_reference_and_rule(entries, high, start, stop, snap_xm
     assert bool(flags & bp.EXTRACT_OVERFLOW) == any(e.flags for e in expect)
     assert bool(flags & bp.EXTRACT_BELOW_START) == (
         start is not None and any(e.key < start for e in entries_))
-    reaches_stop = stop is not None and (any(e.key >= stop for e in entries_) or
+    reaches_stop = stop is not None and (any(e.key >= stop for e in entries_
+                                             if start is None or e.key >= start) or
                                          (high is not None and high[0] >= stop))
     assert bool(flags & bp.EXTRACT_DONE) == reaches_stop
 
