@@ -36,15 +36,20 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice, repeat
+from operator import itemgetter, sub
+from typing import NamedTuple
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite, XidSnapshot
 from slonik.engine.access.heap import Heap
-from slonik.engine.access.keycodec import encode_key
+from slonik.engine.access.heap_fetch import fetch_pages, tuples_at
+from slonik.engine.access.keycodec import key_encoder
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
 
 __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
-           "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES"]
+           "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
+           "HeapBatch"]
 
 _TID = struct.Struct(">IH")
 TID_SUFFIX_BYTES = _TID.size
@@ -83,6 +88,11 @@ class TableIndex:
         self.tree = tree
         self.key_columns = tuple((c, types[c]) for c in entry.columns)
         self.positions = tuple(names.index(c) for c in entry.columns)
+        # Bound once per index: a lookup encodes its key, and every row an index read
+        # returns is re-checked by encoding its key (see key_of_row).
+        self._encode = key_encoder(self.key_columns)
+        self._values_of = itemgetter(*self.positions) if len(self.positions) > 1 else \
+            (lambda row, _i=self.positions[0]: (row[_i],))
 
     def __repr__(self) -> str:
         kind = "primary key" if self.primary else "unique index" if self.unique else "index"
@@ -93,15 +103,16 @@ class TableIndex:
         return self.entry.relfilenumber
 
     def values_of(self, row: Sequence) -> tuple:
-        return tuple(row[i] for i in self.positions)
+        return self._values_of(row)
 
     def key_of_row(self, row: Sequence) -> bytes:
-        return self.encode(self.values_of(row))
+        """The encoded key of ``row`` (no size check: a stored row's key passed it)."""
+        return self._encode(self._values_of(row))
 
     def encode(self, values: Sequence) -> bytes:
         """The encoded key (or key prefix) of ``values``; TypeError naming the column for
         a wrong type, ValueError naming the index for a key over the size limit."""
-        key = encode_key(self.key_columns, values)
+        key = self._encode(values)
         if len(key) + TID_SUFFIX_BYTES > KEY_MAX_BYTES:
             raise ValueError(f"index {self.name!r}: a key of {len(key)} bytes (for "
                              f"{values!r:.80}) is over the limit of "
@@ -130,43 +141,81 @@ class TableIndex:
              reverse: bool = False) -> Iterator[tuple[bytes, Tid]]:
         """(encoded key, tid) of the entries with ``start <= key < stop`` (bytes of
         encoded key prefixes; None: unbounded), in key order (then TID order)."""
-        for k, _v in self.tree.items(start, stop, snapshot=_EVERY_ENTRY, reverse=reverse,
-                                     values=False):
-            yield split_entry_key(k)
+        return map(split_entry_key, self.entry_keys(start, stop, reverse=reverse))
+
+    def entry_keys(self, start: bytes | None, stop: bytes | None, *,
+                   reverse: bool = False) -> Iterator[bytes]:
+        """The whole keys (TID suffix included) of the entries of ``tids``, same order."""
+        return map(_first, self.tree.items(start, stop, snapshot=_EVERY_ENTRY,
+                                           reverse=reverse, values=False))
 
     def matching(self, prefix: bytes) -> list[tuple[bytes, Tid]]:
         """The entries whose key starts with ``prefix``, in key order (one descent)."""
-        return sorted(split_entry_key(e.key) for e in self.tree.with_prefix(prefix))
+        return list(map(split_entry_key, self.matching_keys(prefix)))
+
+    def matching_keys(self, prefix: bytes) -> list[bytes]:
+        """The whole keys (TID suffix included) of ``matching``'s entries, same order:
+        encoded keys are self-delimiting, so whole-key byte order is (key, TID) order."""
+        return sorted(e.key for e in self.tree.with_prefix(prefix))
 
 
-def fetch_batched(heap: Heap, entries: Iterable[tuple[bytes, Tid]]
-                  ) -> Iterator[tuple[bytes, HeapTuple]]:
-    """(index key, heap tuple) for index entries in index order; the heap pages of the
-    next ``INDEX_SCAN_BATCH_ENTRIES`` entries go into one read stream, so their reads are
-    in flight together. Entries whose slot is empty are skipped."""
-    if isinstance(entries, list) and len(entries) == 1:   # a point lookup: no stream
-        key, tid = entries[0]
-        t = heap.fetch(tid) if tid.block < heap.nblocks() else None
-        if t is not None:
-            yield key, t
-        return
-    entries = iter(entries)
+class HeapBatch(NamedTuple):
+    """The heap side of a batch of index entries, one list item per entry, in index
+    order: the entry's encoded key (TID suffix removed), its heap TID, and the tuple
+    there (``ends[i] == 0``: no tuple; else xmin/xmax and its data ``buf[starts[i]:
+    ends[i]]``)."""
+
+    keys: list[bytes]
+    tids: list[tuple[int, int]]
+    xmins: list[int]
+    xmaxs: list[int]
+    buf: bytes
+    starts: list[int]
+    ends: list[int]
+
+
+def fetch_batched(heap: Heap, entry_keys: Iterable[bytes]) -> Iterator[HeapBatch]:
+    """The heap tuples of index entries (whole entry keys, TID suffix included), in
+    index order, ``INDEX_SCAN_BATCH_ENTRIES`` entries per batch: the heap pages of a
+    batch are copied once each (``heap_fetch.fetch_pages``: one pin and lock per page however
+    many of the batch's TIDs it holds; through a read stream when not cached, so their
+    reads are in flight together), then every tuple is found in one call
+    (``heap_fetch.tuples_at``). TIDs past the end of the heap find no tuple."""
+    it = iter(entry_keys)
+    nblocks = heap.nblocks()
     while True:
-        batch = []
-        for item in entries:
-            batch.append(item)
-            if len(batch) >= INDEX_SCAN_BATCH_ENTRIES:
-                break
-        if not batch:
+        ks = list(islice(it, INDEX_SCAN_BATCH_ENTRIES))
+        if not ks:
             return
-        keys = {}
-        for key, tid in batch:
-            keys.setdefault(tid, []).append(key)
-        for tid, t in heap.fetch_stream(tid for _k, tid in batch):
-            if t is not None:
-                yield keys[tid].pop(0), t
-        if len(batch) < INDEX_SCAN_BATCH_ENTRIES:
+        cut = list(map(sub, map(len, ks), repeat(TID_SUFFIX_BYTES)))
+        if min(cut) < 0:
+            raise ValueError(f"an index entry key of {min(map(len, ks))} bytes has no "
+                             f"heap TID")
+        tids = list(map(_TID.unpack_from, ks, cut))
+        keys = list(map(bytes.__getitem__, ks, map(slice, repeat(0), cut)))
+        blocks = list(map(_first, tids))
+        if max(blocks) >= nblocks:
+            nblocks = heap.nblocks()  # grown since: look again before dropping any
+        pages = list(dict.fromkeys(b for b in blocks if b < nblocks))
+        slot = {b: i for i, b in enumerate(pages)}
+        wanted = [i for i, b in enumerate(blocks) if b < nblocks]
+        buf = fetch_pages(heap, pages)
+        found = tuples_at(buf, [slot[blocks[i]] for i in wanted],
+                          [tids[i][1] for i in wanted], rel=heap.rel, fork=int(heap.fork),
+                          blocks=pages)
+        if len(wanted) == len(ks):
+            xmins, xmaxs, starts, ends = found
+        else:
+            xmins, xmaxs, starts, ends = ([0] * len(ks) for _ in range(4))
+            for j, i in enumerate(wanted):
+                xmins[i], xmaxs[i], starts[i], ends[i] = (found[0][j], found[1][j],
+                                                          found[2][j], found[3][j])
+        yield HeapBatch(keys, tids, xmins, xmaxs, buf, starts, ends)
+        if len(ks) < INDEX_SCAN_BATCH_ENTRIES:
             return
+
+
+_first = itemgetter(0)
 
 
 def prune_with_indexes(heap: Heap, indexes: Sequence[TableIndex],

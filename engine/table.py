@@ -37,16 +37,29 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import compress
+from operator import eq
 
 from slonik.engine.access.heap import Heap, HeapTuple
+from slonik.engine.access.heap_fetch import fetch_tuple
 from slonik.engine.access.tuple import RowCodec, Tid
 from slonik.engine.errors import ConflictError, UniqueViolation
-from slonik.engine.index import IndexCheckResult, TableIndex, check_index, fetch_batched
+from slonik.engine.index import (
+    IndexCheckResult,
+    TableIndex,
+    check_index,
+    fetch_batched,
+    split_entry_key,
+)
 from slonik.engine.relation import Relation
 from slonik.engine.transaction import TransactionLayer, TxnState
 from slonik.engine.xact import Snapshot
 
 __all__ = ["Table"]
+
+# An exact index read (a primary key, a unique key) with at most this many entries fetches
+# each heap tuple directly; more (a key shared by many rows) go through fetch_batched.
+POINT_READ_ENTRIES_MAX = 4
 
 
 def _check_tid(tid: object) -> Tid:
@@ -195,6 +208,8 @@ class Table:
         if pk is None:
             raise ValueError(f"table {self.name!r} has no primary key: address rows by Tid")
         cols = pk.entry.columns
+        if len(cols) == 1 and len(key) == 1 and cols[0] in key:  # the usual case, fast
+            return pk, (key[cols[0]],)
         if set(key) != set(cols):
             raise ValueError(f"table {self.name!r}: the primary key is ({', '.join(cols)}); "
                              f"got {', '.join(sorted(key)) or 'no columns'}")
@@ -368,7 +383,7 @@ class Table:
 
     def _visible_tid(self, pk: TableIndex, values: tuple, snap: Snapshot) -> Tid:
         for tid, _row in self._index_rows(pk, pk.encode(values), snap):
-            return tid
+            return Tid(*tid)
         cols = ", ".join(f"{c}={v!r}" for c, v in zip(pk.entry.columns, values, strict=True))
         raise KeyError(f"table {self.name!r} has no row with {cols} visible to this "
                        f"transaction")
@@ -400,21 +415,49 @@ class Table:
 
     def _index_rows(self, index: TableIndex, prefix: bytes, snap: Snapshot,
                     stop: bytes | None = None, *, exact: bool = True,
-                    reverse: bool = False) -> Iterator[tuple[Tid, tuple]]:
-        """(tid, row) of the visible rows whose ``index`` key starts with ``prefix``
-        (``exact``) or lies in [prefix, stop), in index order; heap pages through a read
-        stream fed by the entries ahead."""
+                    reverse: bool = False) -> Iterator[tuple[tuple[int, int], tuple]]:
+        """((block, offnum), row) of the visible rows whose ``index`` key starts with
+        ``prefix`` (``exact``) or lies in [prefix, stop), in index order. A few exact
+        entries are fetched one by one; otherwise a batch of entries at a time, each heap
+        page of a batch pinned once (through a read stream when not cached), the batch's
+        visibility, decoding and key re-checks done in C-level iteration."""
+        if exact:
+            ks = index.matching_keys(prefix)
+            if len(ks) <= POINT_READ_ENTRIES_MAX:
+                for k in ks:
+                    found = self._point_row(index, k, snap)
+                    if found is not None:
+                        yield found
+                return
+        else:
+            ks = index.entry_keys(prefix, stop, reverse=reverse)
         visible = snap.visible
         decode = self._codec.decode
-        if exact:
-            entries = index.matching(prefix)
-        else:
-            entries = index.tids(prefix, stop, reverse=reverse)
-        for key, t in fetch_batched(self._heap, entries):
-            if visible(t.xmin, t.xmax):
-                row = decode(t.data)
-                if index.key_of_row(row) == key:
-                    yield t.tid, row
+        key_of_row = index.key_of_row
+        for b in fetch_batched(self._heap, ks):
+            sel = [i for i, (end, xmin, xmax) in enumerate(zip(b.ends, b.xmins, b.xmaxs,
+                                                                strict=True))
+                   if end and visible(xmin, xmax)]
+            if not sel:
+                continue
+            starts, ends = b.starts, b.ends
+            rows = list(map(decode, map(b.buf.__getitem__,
+                                        map(slice, map(starts.__getitem__, sel),
+                                            map(ends.__getitem__, sel)))))
+            same = map(eq, map(key_of_row, rows), map(b.keys.__getitem__, sel))
+            yield from compress(zip(map(b.tids.__getitem__, sel), rows, strict=True), same)
+
+    def _point_row(self, index: TableIndex, entry_key: bytes,
+                   snap: Snapshot) -> tuple[tuple[int, int], tuple] | None:
+        """((block, offnum), row) of the index entry ``entry_key`` (TID suffix included)
+        when its heap tuple is visible to ``snap`` and still has the entry's key, else
+        None: one pin and lock of one heap page."""
+        key, tid = split_entry_key(entry_key)
+        t = fetch_tuple(self._heap, tid.block, tid.offnum)
+        if t is None or not snap.visible(t[0], t[1]):
+            return None
+        row = self._codec.decode(t[2])
+        return (tid, row) if index.key_of_row(row) == key else None
 
     def _key_tuple(self, index: TableIndex, key: object, what: str) -> tuple:
         if not isinstance(key, (tuple, list)):
@@ -466,10 +509,11 @@ class Table:
             pk, values = self._pk_values(key)
             prefix = pk.encode(values)
             self._check()
+            txn = self._layer.current()
+            if txn is not None and txn.snapshot is not None:
+                return self._first_row(pk, prefix, txn.snapshot)
             with self._layer.read_snapshot() as snap:
-                for _tid, row in self._index_rows(pk, prefix, snap):
-                    return row
-            return None
+                return self._first_row(pk, prefix, snap)
         tid = _check_tid(tid)
         self._check()
         txn = self._layer.current()
@@ -482,6 +526,13 @@ class Table:
             c = self._layer.xacts.is_committed
             visible = c(t.xmin) and not (t.xmax and c(t.xmax))
         return self._codec.decode(t.data) if visible else None
+
+    def _first_row(self, index: TableIndex, prefix: bytes, snap: Snapshot) -> tuple | None:
+        """The first visible row whose ``index`` key is ``prefix`` (a primary key's: the
+        only one), or None."""
+        for _tid, row in self._index_rows(index, prefix, snap):
+            return row
+        return None
 
     def scan(self) -> Iterator[tuple]:
         """Every visible row, in physical order, through a read stream (one snapshot)."""

@@ -1,0 +1,193 @@
+"""The tuples at chosen slots of copied heap pages: an index scan's heap fetch, one call
+per batch of pages instead of one interpreted step per line pointer.
+
+``fetch_pages(heap, blocks)`` copies the pages an index scan's TIDs point at into one buffer
+(page ``p`` at ``p * BLCKSZ``), each under its share lock; ``tuples_at(buf, page_of,
+offnums)`` then finds, for every request ``k``, the tuple at offnum ``offnums[k]`` of page
+``page_of[k]``: its xmin, xmax and the bounds [start, end) of its data in ``buf`` (all 0
+when the slot holds no NORMAL tuple). The data are sliced out afterwards in C-level
+iteration (``map(buf.__getitem__, map(slice, starts, ends))``).
+
+C when ``storage._pagecheck`` is built (``slk_heap_tuples_at``); ``tuples_at_py`` is its
+pure-Python reference (``tests/engine/test_heap_fetch.py`` compares the two), and the
+fallback without the module. A line pointer or tuple header that is not a heap tuple
+raises ``TupleFormatError`` naming the relation, block and offnum (C hands such a page to
+the reference, which raises).
+
+Invariants:
+1. ``tuples_at(...) == tuples_at_py(...)`` for every buffer and request list the
+   reference accepts; when the reference raises, ``tuples_at`` raises the same error.
+2. The checks per slot are ``Heap._tuple_at``'s: a NORMAL line pointer inside
+   [upper, BLCKSZ) at least a header long, whose header's data_len matches its length.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from slonik.engine.access.tuple import TUPLE_HEADER_SIZE, TupleFormatError
+from slonik.storage.page import BLCKSZ, HEADER_SIZE, LINE_POINTER_SIZE, LOWER_OFFSET
+from slonik.storage.read_stream import ReadStream
+
+try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
+    from slonik.storage._pagecheck import ffi as _ffi
+    from slonik.storage._pagecheck import lib as _lib
+    if not hasattr(_lib, "slk_heap_tuples_at"):  # an older build of the module
+        _ffi = _lib = None
+except ImportError:
+    _ffi = _lib = None
+
+__all__ = ["tuples_at", "tuples_at_py", "fetch_pages", "fetch_tuple", "C_TUPLES_AT"]
+
+C_TUPLES_AT = _lib is not None  # whether tuples_at runs in C
+
+_LOWER_UPPER = struct.Struct("<HH")
+_LP = struct.Struct("<I")
+_TUPLE_HEAD = struct.Struct("<QQHI")
+_LP_NORMAL = 1
+
+Found = tuple[list[int], list[int], list[int], list[int]]  # xmins, xmaxs, starts, ends
+
+
+def _bad(rel: int, fork: int, block: int, offnum: int, why: str) -> TupleFormatError:
+    return TupleFormatError(f"relation {rel} block {block} offnum {offnum}: {why}",
+                            relation=rel, fork=fork, block=block)
+
+
+def tuples_at_py(buf: bytes, page_of: Sequence[int], offnums: Sequence[int], *,
+                 rel: int = 0, fork: int = 0, blocks: Sequence[int] = ()) -> Found:
+    """Reference of ``tuples_at``: (xmins, xmaxs, starts, ends), one entry per request;
+    ``rel``, ``fork`` and ``blocks`` (block number of each page of ``buf``) name a bad
+    slot."""
+    npages = len(buf) // BLCKSZ
+    xmins, xmaxs, starts, ends = [], [], [], []
+    for p, offnum in zip(page_of, offnums, strict=True):
+        block = blocks[p] if p < len(blocks) else p
+        if not 0 <= p < npages:
+            raise ValueError(f"request for page {p} of a buffer of {npages} pages")
+        base = p * BLCKSZ
+        lower, upper = _LOWER_UPPER.unpack_from(buf, base + LOWER_OFFSET)
+        lp_at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
+        found = lower != 0 and offnum >= 1 and lp_at + LINE_POINTER_SIZE <= lower
+        if found:
+            (lp,) = _LP.unpack_from(buf, base + lp_at)
+            found = (lp >> 15) & 3 == _LP_NORMAL
+        if not found:
+            xmins.append(0)
+            xmaxs.append(0)
+            starts.append(0)
+            ends.append(0)
+            continue
+        offset = lp & 0x7FFF
+        length = lp >> 17
+        if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
+            raise _bad(rel, fork, block, offnum, f"line pointer (offset {offset}, length {length}) "
+                                           f"is not a heap tuple inside [{upper}, {BLCKSZ})")
+        xmin, xmax, _flags, data_len = _TUPLE_HEAD.unpack_from(buf, base + offset)
+        if data_len != length - TUPLE_HEADER_SIZE:
+            raise _bad(rel, fork, block, offnum, f"tuple data_len {data_len} does not match its "
+                                           f"item length {length}")
+        xmins.append(xmin)
+        xmaxs.append(xmax)
+        starts.append(base + offset + TUPLE_HEADER_SIZE)
+        ends.append(base + offset + length)
+    return xmins, xmaxs, starts, ends
+
+
+def tuples_at(buf: bytes, page_of: Sequence[int], offnums: Sequence[int], *,
+              rel: int = 0, fork: int = 0, blocks: Sequence[int] = ()) -> Found:
+    """(xmins, xmaxs, starts, ends) of the tuples at (``page_of[k]``, ``offnums[k]``) of
+    the pages copied into ``buf``; see the module docstring. One C call when built."""
+    n = len(offnums)
+    if _lib is None or n == 0:
+        return tuples_at_py(buf, page_of, offnums, rel=rel, fork=fork, blocks=blocks)
+    xmin = _ffi.new("uint64_t[]", n)
+    xmax = _ffi.new("uint64_t[]", n)
+    start = _ffi.new("uint32_t[]", n)
+    end = _ffi.new("uint32_t[]", n)
+    got = _lib.slk_heap_tuples_at(_ffi.from_buffer(buf), len(buf) // BLCKSZ,
+                                  _ffi.new("uint32_t[]", page_of),
+                                  _ffi.new("uint16_t[]", offnums), n, xmin, xmax, start, end)
+    if got < 0:  # the reference raises naming the flaw
+        return tuples_at_py(buf, page_of, offnums, rel=rel, fork=fork, blocks=blocks)
+    return (memoryview(_ffi.buffer(xmin)).cast("Q").tolist(),
+            memoryview(_ffi.buffer(xmax)).cast("Q").tolist(),
+            memoryview(_ffi.buffer(start)).cast("I").tolist(),
+            memoryview(_ffi.buffer(end)).cast("I").tolist())
+
+
+def fetch_pages(heap, blocks: Sequence[int]) -> bytes:
+    """Copies of the pages ``blocks`` of ``heap`` (an ``engine.access.heap.Heap``; each
+    block below its ``nblocks()``), page ``i`` at ``i * BLCKSZ`` of the result, each copied
+    under its share lock: one pin and lock per page however many TIDs of an index scan
+    it holds. When every block is in shared buffers each is pinned directly; otherwise
+    they come through a read stream, the later blocks in flight while earlier ones are
+    copied. ValueError naming the block for one past the end."""
+    bm = heap.bufmgr
+    rel, fork = heap.rel, heap.fork
+    n = heap.nblocks()
+    for block in blocks:
+        if not 0 <= block < n:
+            raise ValueError(f"block {block} is past the end of relation {rel} ({n} blocks)")
+    out = bytearray(len(blocks) * BLCKSZ)
+    page, lock, unlock, unpin = bm.page, bm.lock_shared, bm.unlock_shared, bm.unpin
+    cached = bm.cached
+    if all(cached(rel, fork, b, 1) for b in blocks):
+        read = bm.read_buffer
+        at = 0
+        for block in blocks:
+            buf = read(rel, fork, block)
+            try:
+                lock(buf)
+                try:
+                    out[at:at + BLCKSZ] = page(buf)
+                finally:
+                    unlock(buf)
+            finally:
+                unpin(buf)
+            at += BLCKSZ
+    else:
+        with ReadStream(bm, rel, fork, blocks) as stream:
+            for i, buf in enumerate(stream):
+                with bm.locked(buf):
+                    out[i * BLCKSZ:(i + 1) * BLCKSZ] = page(buf)
+    return bytes(out)
+
+
+def fetch_tuple(heap, block: int, offnum: int) -> tuple[int, int, bytes] | None:
+    """(xmin, xmax, data copy) of the tuple at (``block``, ``offnum``) of ``heap``, or
+    None when the slot holds none or the block is past the end: a point read's one pin
+    and share lock, the slot checked as ``tuples_at`` checks it (TupleFormatError for a
+    line pointer or header that is not a heap tuple)."""
+    if not 0 <= block < heap.nblocks():
+        return None
+    bm = heap.bufmgr
+    buf = bm.read_buffer(heap.rel, heap.fork, block)
+    try:
+        bm.lock_shared(buf)
+        try:
+            page = bm.page(buf)
+            lower, upper = _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
+            lp_at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
+            if lower == 0 or offnum < 1 or lp_at + LINE_POINTER_SIZE > lower:
+                return None
+            (lp,) = _LP.unpack_from(page, lp_at)
+            if (lp >> 15) & 3 != _LP_NORMAL:
+                return None
+            offset = lp & 0x7FFF
+            length = lp >> 17
+            if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
+                raise _bad(heap.rel, int(heap.fork), block, offnum,
+                           f"line pointer (offset {offset}, length {length}) is not a heap "
+                           f"tuple inside [{upper}, {BLCKSZ})")
+            xmin, xmax, _flags, data_len = _TUPLE_HEAD.unpack_from(page, offset)
+            if data_len != length - TUPLE_HEADER_SIZE:
+                raise _bad(heap.rel, int(heap.fork), block, offnum,
+                           f"tuple data_len {data_len} does not match its item length "
+                           f"{length}")
+            return xmin, xmax, bytes(page[offset + TUPLE_HEADER_SIZE:offset + length])
+        finally:
+            bm.unlock_shared(buf)
+    finally:
+        bm.unpin(buf)

@@ -1,0 +1,153 @@
+"""An index scan's heap fetch (engine/access/heap_fetch.py): the C helper
+slk_heap_tuples_at against its Python reference on arbitrary pages and requests, damaged
+pages included; and fetch_pages / fetch_tuple against Heap.fetch on a real heap, on every
+io method."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from slonik.engine.access import heap_fetch as hf
+from slonik.engine.access.heap import Heap
+from slonik.engine.access.tuple import TupleFormatError, pack_tuple
+from slonik.storage.bufmgr import BufferManager
+from slonik.storage.page import (
+    BLCKSZ,
+    LpFlag,
+    init_page,
+    page_add_item,
+    page_set_item_flags,
+)
+from slonik.storage.smgr import Smgr
+from slonik.wal.xlog import Wal
+
+needs_c = pytest.mark.skipif(not hf.C_TUPLES_AT,
+                             reason="storage._pagecheck not built (no C compiler at install)")
+
+
+@st.composite
+def heap_page(draw) -> bytes:
+    """A heap page of random tuples (some slots then marked UNUSED or DEAD), an all-zero
+    page, or (rarely) one with a damaged line pointer or tuple header."""
+    if draw(st.integers(0, 9)) == 0:
+        return bytes(BLCKSZ)
+    page = bytearray(BLCKSZ)
+    init_page(page)
+    datas = draw(st.lists(st.binary(max_size=300), max_size=30))
+    for i, d in enumerate(datas):
+        try:
+            page_add_item(page, pack_tuple(i + 1, draw(st.sampled_from([0, 0, 7])), 0, d))
+        except Exception:  # noqa: BLE001 - the page is full: stop adding
+            break
+    n = (struct.unpack_from("<H", page, 14)[0] - 24) // 4
+    for off in draw(st.lists(st.integers(1, max(n, 1)), max_size=4)):
+        if off <= n:  # the line pointer's state bits rewritten: UNUSED, REDIRECT or DEAD
+            lp_at = 24 + 4 * (off - 1)
+            (lp,) = struct.unpack_from("<I", page, lp_at)
+            state = draw(st.sampled_from([LpFlag.UNUSED, LpFlag.REDIRECT, LpFlag.DEAD]))
+            struct.pack_into("<I", page, lp_at, (lp & ~(3 << 15)) | (int(state) << 15))
+    damage = draw(st.integers(0, 7))
+    if damage == 1 and n:  # a line pointer past the end of the page
+        lp_at = 24 + 4 * (draw(st.integers(1, n)) - 1)
+        struct.pack_into("<I", page, lp_at, (BLCKSZ - 8) | (1 << 15) | (64 << 17))
+    elif damage == 2 and n:  # a tuple header whose data_len disagrees with the item
+        lp_at = 24 + 4 * (draw(st.integers(1, n)) - 1)
+        (lp,) = struct.unpack_from("<I", page, lp_at)
+        if (lp >> 15) & 3 == 1:
+            struct.pack_into("<I", page, (lp & 0x7FFF) + 18, (lp >> 17) + 5)
+    return bytes(page)
+
+
+def _outcome(fn):
+    try:
+        return "ok", fn()
+    except TupleFormatError as e:
+        return "TupleFormatError", str(e), e.relation, e.fork, e.block
+    except ValueError as e:
+        return "ValueError", str(e)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(pages=st.lists(heap_page(), min_size=1, max_size=4), data=st.data())
+def test_c_tuples_at_equals_reference(pages, data):
+    """tuples_at (C) gives tuples_at_py's (xmins, xmaxs, starts, ends) for random requests
+    (offnums 0..past the line pointers, any page of the buffer), and where the reference
+    raises (a damaged slot, a page outside the buffer) tuples_at raises the same error
+    naming the same relation, fork and block."""
+    buf = b"".join(pages)
+    reqs = data.draw(st.lists(st.tuples(st.integers(0, len(pages)), st.integers(0, 40)),
+                              max_size=40))
+    page_of = [p for p, _o in reqs]
+    offnums = [o for _p, o in reqs]
+    blocks = [100 + 3 * i for i in range(len(pages))]
+    c = _outcome(lambda: hf.tuples_at(buf, page_of, offnums, rel=9, fork=0, blocks=blocks))
+    py = _outcome(lambda: hf.tuples_at_py(buf, page_of, offnums, rel=9, fork=0,
+                                          blocks=blocks))
+    assert c == py
+
+
+def test_reference_finds_the_tuples():
+    """On a page built with known tuples, the reference returns each tuple's xmin, xmax and
+    exact data bounds, all zeros for an unused slot and for offnums past the line pointers
+    or on an all-zero page (so the reference itself is checked, not only C against it)."""
+    page = bytearray(BLCKSZ)
+    init_page(page)
+    for i, d in enumerate([b"a", b"bb", b"ccc"]):
+        page_add_item(page, pack_tuple(10 + i, 3 * i, 0, d))
+    page_set_item_flags(page, 2, LpFlag.UNUSED)
+    buf = bytes(page) + bytes(BLCKSZ)
+    xmins, xmaxs, starts, ends = hf.tuples_at_py(buf, [0, 0, 0, 0, 1], [1, 2, 3, 9, 1])
+    assert xmins == [10, 0, 12, 0, 0] and xmaxs == [0, 0, 6, 0, 0]
+    assert [buf[s:e] for s, e in zip(starts, ends, strict=True)] == [b"a", b"", b"ccc", b"", b""]
+    assert hf.tuples_at(buf, [0, 0, 0, 0, 1], [1, 2, 3, 9, 1]) == (xmins, xmaxs, starts, ends)
+
+
+@pytest.fixture
+def heap(tmp_path, aio):
+    """A heap in a small pool (16 buffers: a fetch of many pages evicts and re-reads)."""
+    os.makedirs(tmp_path / "wal")
+    smgr = Smgr(str(tmp_path), segment_size=8, max_files=8, aio=aio)
+    wal = Wal(str(tmp_path / "wal"), aio, wal_segment_size=1 << 20)
+    bm = BufferManager(smgr, aio, shared_buffers=16, io_combine_limit=4, flush_wal=wal.flush)
+    yield Heap(16384, bm, wal)
+    bm.flush_all()
+    wal.close()
+    smgr.close()
+
+
+def test_fetch_pages_and_fetch_tuple_match_heap_fetch(heap):
+    """On a real heap (every io method), fetch_tuple returns Heap.fetch's xmin, xmax and
+    data for every slot (None for a pruned slot and past the end), and fetch_pages +
+    tuples_at return the same for TIDs spread over the pages, with the pages both cached
+    and read cold (dropped from shared buffers: through the read stream)."""
+    h = heap
+    bm = h.bufmgr
+    tids = h.insert_many(1, [bytes([i % 250]) * (50 + i % 200) for i in range(400)])
+    h.delete(tids[5], 2)
+    assert h.prune(lambda t: t.xmax == 2) == 1
+    for tid in tids:
+        t = h.fetch(tid)
+        got = hf.fetch_tuple(h, tid.block, tid.offnum)
+        assert got == (None if t is None else (t.xmin, t.xmax, t.data))
+    assert hf.fetch_tuple(h, h.nblocks(), 1) is None
+    sample = tids[::7][::-1][:12]   # fewer pages than the pool's buffers
+    blocks = list(dict.fromkeys(t.block for t in sample))
+    for cold in (False, True):
+        if cold:
+            bm.flush_all()
+            bm.drop_relation_buffers(h.rel)
+        buf = hf.fetch_pages(h, blocks)
+        assert len(buf) == len(blocks) * BLCKSZ
+        xmins, xmaxs, starts, ends = hf.tuples_at(
+            buf, [blocks.index(t.block) for t in sample], [t.offnum for t in sample])
+        for tid, xmin, xmax, s, e in zip(sample, xmins, xmaxs, starts, ends, strict=True):
+            t = h.fetch(tid)
+            assert (xmin, xmax, buf[s:e]) == ((0, 0, b"") if t is None else
+                                              (t.xmin, t.xmax, t.data))
+    with pytest.raises(ValueError, match="past the end of relation 16384"):
+        hf.fetch_pages(h, [h.nblocks()])
