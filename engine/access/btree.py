@@ -79,6 +79,9 @@ from slonik.engine.access.btree_page import (
     BTP_ROOT,
     ENTRY_MAX_BYTES,
     ENTRY_OVERFLOW,
+    EXTRACT_BELOW_START,
+    EXTRACT_DONE,
+    EXTRACT_OVERFLOW,
     KEY_MAX_BYTES,
     LEAF_HEADER_SIZE,
     MOVE_RIGHT,
@@ -86,6 +89,8 @@ from slonik.engine.access.btree_page import (
     P_NONE,
     PAGE_CAPACITY_BYTES,
     PIVOT_HEADER_SIZE,
+    PROBE_CONTINUES,
+    PROBE_MOVE_RIGHT,
     XMIN_MAX,
     BTreePageError,
     LeafEntry,
@@ -97,11 +102,13 @@ from slonik.engine.access.btree_page import (
     bt_items,
     bt_special,
     entry_key,
+    extract_leaf,
     item_cost,
     locate,
     minus_inf_pivot,
     pack_entry,
     pack_pivot,
+    probe_leaf,
     search_page,
     unpack_entry,
     unpack_pivot,
@@ -257,6 +264,44 @@ class VacuumResult:
     overflow_pages_freed: int
     leaves_unlinked: int = 0   # empty leaves taken out of the tree
     pages_recycled: int = 0    # unlinked leaves put on the free list (no reader can reach)
+
+
+# _see_all_live as data (every xid below XMIN_MAX is seen, so a version is visible exactly
+# when its xmax is 0), for the scans' one-C-call-per-leaf path.
+_SEE_ALL_LIVE_DATA = XidSnapshot(XMIN_MAX, 0, ())
+# Internal pages (level > 0) kept as verified bytes copies per tree, so a descent pins and
+# locks only its leaf: 256 x 8 KiB = 2 MiB per tree, room for the upper levels of a tree of
+# tens of millions of keys (a level-1 page holds ~200 downlinks of 16-byte keys).
+INNER_CACHE_PAGES_MAX = 256
+
+
+def _slice_pairs(page, flat: list[int], flags: int, values: bool) -> tuple[list[tuple], bool]:
+    """(key, value) pairs of ``extract_leaf``'s output on ``page`` (share-locked), sliced
+    in C-level iteration from one copy of the page: (pairs, any out of line), an
+    out-of-line value as its OverflowRef, every value None without ``values``."""
+    if not flat:
+        return [], False
+    data = bytes(page)
+    key_ends = flat[1::4]
+    keys = list(map(data.__getitem__, map(slice, flat[0::4], key_ends)))
+    if not values:
+        return list(zip(keys, itertools.repeat(None))), False
+    vals = list(map(data.__getitem__, map(slice, key_ends, flat[2::4])))
+    overflow = bool(flags & EXTRACT_OVERFLOW)
+    if overflow:
+        for i, eflags in enumerate(flat[3::4]):
+            if eflags & ENTRY_OVERFLOW:
+                vals[i] = unpack_overflow_ref(vals[i])
+    return list(zip(keys, vals, strict=True)), overflow
+
+
+def _entry_pairs(entries: list[LeafEntry], values: bool) -> tuple[list[tuple], bool]:
+    """``_slice_pairs`` for decoded entries (the callable-snapshot path)."""
+    if not values:
+        return [(e.key, None) for e in entries], False
+    pairs = [(e.key, unpack_overflow_ref(e.payload) if e.flags & ENTRY_OVERFLOW
+              else e.payload) for e in entries]
+    return pairs, any(e.flags & ENTRY_OVERFLOW for e in entries)
 
 
 @dataclass(frozen=True)
@@ -483,6 +528,15 @@ class BTree:
         self._epoch = 1
         self._active: dict[int, int] = {}  # epoch -> readers that started in it
         self._unlinked: list[tuple[int, int]] = []  # (epoch, block) waiting to be recycled
+        # Inner-page cache (readers' descents): block -> (bytes copy, special) of internal
+        # pages. Every logged change pops the blocks it touched and bumps the generation
+        # (_forget_inner); a reader installs a copy only if the generation did not move
+        # since before it read the page, so no stale copy is ever installed. A copy taken
+        # out just before a change is still safe to descend by (L&Y move-right; the reader
+        # epochs keep any leaf it names from being recycled meanwhile).
+        self._inner: dict[int, tuple[bytes, Special]] = {}
+        self._inner_lock = threading.Lock()
+        self._inner_gen = 0
 
     # --- creating and opening -------------------------------------------------------------------
     @classmethod
@@ -552,18 +606,88 @@ class BTree:
     @contextmanager
     def _reading(self):
         """Register a reader for the duration (see the reader epochs in __init__)."""
-        with self._epoch_lock:
-            epoch = self._epoch
-            self._active[epoch] = self._active.get(epoch, 0) + 1
+        epoch = self._begin_read()
         try:
             yield
         finally:
-            with self._epoch_lock:
-                n = self._active[epoch] - 1
-                if n:
-                    self._active[epoch] = n
-                else:
-                    del self._active[epoch]
+            self._end_read(epoch)
+
+    def _begin_read(self) -> int:
+        """Register a reader (``_reading`` without a generator, for point reads)."""
+        with self._epoch_lock:
+            epoch = self._epoch
+            active = self._active
+            active[epoch] = active.get(epoch, 0) + 1
+        return epoch
+
+    def _end_read(self, epoch: int) -> None:
+        with self._epoch_lock:
+            n = self._active[epoch] - 1
+            if n:
+                self._active[epoch] = n
+            else:
+                del self._active[epoch]
+
+    def _forget_inner(self, changes: Sequence[_Change]) -> None:
+        """Drop the cached copies of the pages a logged change touched (see __init__)."""
+        with self._inner_lock:
+            self._inner_gen += 1
+            inner = self._inner
+            if inner:
+                for ch in changes:
+                    inner.pop(ch.block, None)
+
+    def _inner_page(self, block: int) -> tuple[bytes, Special] | None:
+        """The cached copy of internal page ``block``, read (share-locked, verified by the
+        buffer manager) and installed on a miss; None when ``block`` is a leaf."""
+        got = self._inner.get(block)
+        if got is not None:
+            return got
+        gen = self._inner_gen  # read before the page: a change after it voids the install
+        buf = self._read(block)
+        try:
+            page = self.bufmgr.page(buf)
+            special = self._special(page, block)
+            if special.level == 0:
+                return None
+            got = (bytes(page), special)
+        finally:
+            self._release(buf)
+        with self._inner_lock:
+            if self._inner_gen == gen and len(self._inner) < INNER_CACHE_PAGES_MAX:
+                self._inner[block] = got
+        return got
+
+    def _leaf_for(self, key: bytes, xmin: int = XMIN_MAX) -> int:
+        """The leaf block where (key, xmin) belongs, by the cached internal pages (one C
+        ``locate`` per level, moving right past splits); no page stays pinned. The leaf
+        itself may have split or been unlinked since: its reader moves right."""
+        block = self._root
+        expect = None
+        inner_page = self._inner_page
+        while True:
+            got = inner_page(block)
+            if got is None:  # a leaf: only the root (a lone root leaf) gets here
+                if expect is not None:
+                    raise self._corrupt(block, f"level 0, but its parent is at level "
+                                               f"{expect + 1}")
+                return block
+            page, special = got
+            if expect is not None and special.level != expect:
+                raise self._corrupt(block, f"level {special.level}, but its parent is at "
+                                           f"level {expect + 1}")
+            try:
+                found = locate(page, key, xmin)
+            except BTreePageError as e:
+                raise self._corrupt(block, str(e)) from None
+            if found == MOVE_RIGHT:
+                block = special.next
+                expect = special.level
+                continue
+            if special.level == 1:
+                return found
+            expect = special.level - 1
+            block = found
 
     def _corrupt(self, block: int, why: str) -> DataCorruptionError:
         return DataCorruptionError(f"B+tree relation {self.rel} block {block}: {why}",
@@ -625,6 +749,7 @@ class BTree:
         for ch in changes:
             page_set_lsn(bm.page(ch.buf), end)
             bm.mark_dirty(ch.buf)
+        self._forget_inner(changes)  # readers' cached copies of these pages are stale
         return end
 
     def _release_changes(self, changes: Sequence[_Change]) -> None:
@@ -806,11 +931,43 @@ class BTree:
         """The value of the version of ``key`` that ``snapshot(xmin, xmax)`` makes visible
         (newest first), or None. The default sees every version not deleted."""
         key = _check_key(key)
-        with self._reading():
-            for e in self._versions(key):
-                if snapshot(e.xmin, e.xmax):
-                    return self.value_of(e)
-        return None
+        epoch = self._begin_read()
+        try:
+            return self._get(key, snapshot)
+        finally:
+            self._end_read(epoch)
+
+    def _get(self, key: bytes, snapshot: Snapshot) -> bytes | None:
+        """A point read: the leaf from the cached internal pages, then one C call on it
+        (``probe_leaf``: the key's versions, newest first) and the snapshot on each until
+        one is visible; right siblings only while versions continue there."""
+        bm = self.bufmgr
+        block = self._leaf_for(key)
+        while True:
+            buf = self._read(block)
+            try:
+                page = bm.page(buf)
+                try:
+                    nxt, status, versions = probe_leaf(page, key)
+                except BTreePageError as e:
+                    self._special(page, block)  # an all-zero page says so
+                    raise self._corrupt(block, str(e)) from None
+                payload = None
+                out_of_line = False
+                for off, length, xmin, xmax, eflags in versions:
+                    if snapshot(xmin, xmax):
+                        payload = bytes(page[off + LEAF_HEADER_SIZE + len(key):off + length])
+                        out_of_line = eflags & ENTRY_OVERFLOW
+                        break
+            finally:
+                self._release(buf)
+            if payload is not None:
+                if out_of_line:
+                    return self._read_overflow(unpack_overflow_ref(payload))
+                return payload
+            if not status or nxt == P_NONE:
+                return None
+            block = nxt  # moved right past a split or unlink, or older versions continue
 
     def get_many(self, keys, snapshot: Snapshot = _see_all_live, default=None) -> list:
         """The visible value of each of ``keys`` (``default`` when none), in input order.
@@ -822,36 +979,12 @@ class BTree:
             return self._get_many(keys, snapshot, default)
 
     def _get_many(self, keys: list[bytes], snapshot: Snapshot, default) -> list:
-        order = sorted(set(keys))
-        leaf_of: dict[bytes, int] = {}
-        parent: bytes | None = None  # copy of the level-1 page the last key went through
-        parent_high: bytes | None = None  # its high key's key (None: rightmost)
-        for k in order:
-            if parent is None or (parent_high is not None and k >= parent_high):
-                block, buf = self._descend(k, XMIN_MAX, level=1)
-                try:
-                    page = self.bufmgr.page(buf)
-                    special = self._special(page, block)
-                    if special.level == 0:  # a lone root leaf
-                        leaf_of = dict.fromkeys(order, block)
-                        break
-                    parent = bytes(page)
-                    parent_high = None if special.next == P_NONE else \
-                        unpack_pivot(bt_item(page, 1)).key
-                finally:
-                    self._release(buf)
-            child = locate(parent, k, XMIN_MAX)
-            if child == MOVE_RIGHT:  # only past a high key equal to k: descend for it
-                parent = None
-                block, buf = self._descend(k, XMIN_MAX)
-                self._release(buf)
-                child = block
-            leaf_of[k] = child
-        found: dict[bytes, LeafEntry | None] = {}
-        retry: list[bytes] = []
         by_leaf: dict[int, list[bytes]] = {}
-        for k, block in leaf_of.items():
-            by_leaf.setdefault(block, []).append(k)
+        leaf_for = self._leaf_for
+        for k in sorted(set(keys)):  # the cached internal pages: no I/O, no pins
+            by_leaf.setdefault(leaf_for(k), []).append(k)
+        found: dict[bytes, object] = {}
+        retry: list[bytes] = []
         blocks = sorted(by_leaf)
         bm = self.bufmgr
         with ReadStream(bm, self.rel, self.fork, blocks) as stream:
@@ -865,41 +998,38 @@ class BTree:
                         bm.unlock_shared(buf)
                 finally:
                     bm.unpin(buf)
+        for k, got in found.items():
+            if type(got) is OverflowRef:
+                found[k] = self._read_overflow(got)
         for k in retry:  # moved by a split since, or versions continuing to the right
-            found[k] = next((e for e in self._versions(k) if snapshot(e.xmin, e.xmax)), None)
-        values = {k: default if e is None else self.value_of(e) for k, e in found.items()}
-        return [values[k] for k in keys]
+            found[k] = self._get(k, snapshot)
+        return [default if (v := found[k]) is None else v for k in keys]
 
     def _probe_leaf(self, block: int, page, keys: list[bytes], snapshot: Snapshot,
                     found: dict, retry: list) -> None:
-        special = self._special(page, block)
-        if special.flags & BTP_DELETED:  # unlinked since we looked: search again
-            retry.extend(keys)
-            return
-        if not special.flags & BTP_LEAF:
-            raise self._corrupt(block, f"expected a leaf, found flags {special.flags:#x}")
+        """Each of ``keys`` (sorted) on one share-locked leaf, one ``probe_leaf`` C call
+        each: ``found[k]`` = the visible value (an OverflowRef for an out-of-line one) or
+        None; keys whose leaf is further right, or whose versions continue there, go to
+        ``retry``."""
         try:
-            count = bt_item_count(page)
-            high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1))
             for k in keys:
-                if high is not None and (k, -XMIN_MAX) >= (high.key, -high.xmin):
+                _nxt, status, versions = probe_leaf(page, k)
+                if status & PROBE_MOVE_RIGHT:  # split or unlinked since we looked
                     retry.append(k)
                     continue
-                entry = None
-                off = search_page(page, k, XMIN_MAX, False)
-                while off <= count:
-                    e = unpack_entry(bt_item(page, off))
-                    if e.key != k:
+                value = None
+                for off, length, xmin, xmax, eflags in versions:
+                    if snapshot(xmin, xmax):
+                        value = bytes(page[off + LEAF_HEADER_SIZE + len(k):off + length])
+                        if eflags & ENTRY_OVERFLOW:
+                            value = unpack_overflow_ref(value)
                         break
-                    if snapshot(e.xmin, e.xmax):
-                        entry = e
-                        break
-                    off += 1
-                if entry is None and off > count and high is not None and high.key == k:
+                if value is None and status & PROBE_CONTINUES:
                     retry.append(k)  # more versions on the right sibling
                 else:
-                    found[k] = entry
+                    found[k] = value
         except BTreePageError as e:
+            self._special(page, block)  # an all-zero page says so
             raise self._corrupt(block, str(e)) from None
 
     def items(self, start=None, stop=None, *, snapshot: Snapshot = _see_all_live,
@@ -907,14 +1037,29 @@ class BTree:
         """(key, value) of the visible versions with ``start <= key < stop`` in key order
         (descending with ``reverse``), walking the leaf level; ``values=False`` yields
         (key, None) without reading overflow pages."""
+        for batch in self.item_batches(start, stop, snapshot=snapshot, reverse=reverse,
+                                       values=values):
+            yield from batch
+
+    def item_batches(self, start=None, stop=None, *, snapshot: Snapshot = _see_all_live,
+                     reverse: bool = False, values: bool = True) -> Iterator[list[tuple]]:
+        """``items`` a leaf at a time: non-empty lists of (key, value) pairs, in order. With
+        an ``XidSnapshot`` (or the default) each leaf costs one C call (``extract_leaf``)
+        and C-level slicing of one page copy, with no Python loop per entry."""
         start = None if start is None else _check_key(start)
         stop = None if stop is None else _check_key(stop)
+        if snapshot is _see_all_live:
+            snapshot = _SEE_ALL_LIVE_DATA
         with self._reading():
-            pages = self._leaf_pages_reverse(start, stop, snapshot) if reverse \
-                else self._leaf_pages(start, stop, snapshot)
-            for entries in pages:
-                for e in entries:
-                    yield e.key, (self.value_of(e) if values else None)
+            pages = self._leaf_pages_reverse(start, stop, snapshot, values) if reverse \
+                else self._leaf_pages(start, stop, snapshot, values)
+            read_overflow = self._read_overflow
+            for pairs, overflow in pages:
+                if overflow:  # after the leaf's lock is gone: read the values out of line
+                    pairs = [(k, read_overflow(v)) if type(v) is OverflowRef else (k, v)
+                             for k, v in pairs]
+                if pairs:
+                    yield pairs
 
     def _visible(self, page, first: int, snapshot: Snapshot) -> list[int]:
         if isinstance(snapshot, XidSnapshot):
@@ -928,25 +1073,36 @@ class BTree:
                 out.append(off)
         return out
 
-    def _leaf_pages(self, start: bytes | None, stop: bytes | None,
-                    snapshot: Snapshot) -> Iterator[list[LeafEntry]]:
-        def visit(block: int, page, special: Special) -> tuple[list[LeafEntry], bool]:
-            # On every page, not only the first: the leaf the parent level named may have
-            # split since, moving the start to a page after it.
+    def _leaf_pages(self, start: bytes | None, stop: bytes | None, snapshot: Snapshot,
+                    values: bool) -> Iterator[tuple[list[tuple], bool]]:
+        """(pairs, any out of line) per leaf from the one holding ``start`` rightwards; a
+        pair's value is bytes, an OverflowRef, or None without ``values``."""
+        if isinstance(snapshot, XidSnapshot):
+            xmax, own, excluded = snapshot
+
+            def visit(block: int, page, special: Special) -> tuple[tuple, bool]:
+                # Searched on every page, not only the first: the leaf the parent level
+                # named may have split since, moving the start to a page after it.
+                flags, flat = extract_leaf(page, start, stop, xmax, own, excluded)
+                return _slice_pairs(page, flat, flags, values), bool(flags & EXTRACT_DONE)
+
+            return self._walk_leaves(start or b"", visit, stop)
+
+        def visit_py(block: int, page, special: Special) -> tuple[tuple, bool]:
             first = bt_first_data(special) if start is None else \
                 search_page(page, start, XMIN_MAX, False)
             out = []
             for off in self._visible(page, first, snapshot):
                 e = unpack_entry(bt_item(page, off))
                 if stop is not None and e.key >= stop:
-                    return out, True
+                    return _entry_pairs(out, values), True
                 out.append(e)
             # Everything to the right is >= the high key: done once that reaches stop.
             done = stop is not None and special.next != P_NONE and \
                 unpack_pivot(bt_item(page, 1)).key >= stop
-            return out, done
+            return _entry_pairs(out, values), done
 
-        return self._walk_leaves(start or b"", visit, stop)
+        return self._walk_leaves(start or b"", visit_py, stop)
 
     def _walk_leaves(self, key: bytes, visit, stop: bytes | None = None) -> Iterator:
         """Visit the leaves from the one where ``key`` belongs rightwards, in right-link
@@ -1028,9 +1184,10 @@ class BTree:
             raise self._corrupt(block, str(e)) from None
         return result, stop, special.next
 
-    def _leaf_pages_reverse(self, start: bytes | None, stop: bytes | None,
-                            snapshot: Snapshot) -> Iterator[list[LeafEntry]]:
-        """Leaves from the one holding ``stop`` leftwards. The leaves come through a read
+    def _leaf_pages_reverse(self, start: bytes | None, stop: bytes | None, snapshot: Snapshot,
+                            values: bool) -> Iterator[tuple[list[tuple], bool]]:
+        """(pairs, any out of line) per leaf, last pair first, as ``_leaf_pages`` does
+        rightwards: leaves from the one holding ``stop`` leftwards. The leaves come through a read
         stream fed from the parent level walked leftwards (``_LeafFeedReverse``); the
         left-links stay the authority: a streamed leaf is used when it is the left-link
         of the leaf just visited and still links back to it, else the left neighbour is
@@ -1060,7 +1217,7 @@ class BTree:
                         out, done = None, False
                     else:
                         out, done = self._reverse_page(buf, block, special, first_page, start,
-                                                       stop, snapshot)
+                                                       stop, snapshot, values)
                         origin = block
                         first_page = False
                         yield out
@@ -1087,12 +1244,19 @@ class BTree:
                     bm.unpin(pending)
 
     def _reverse_page(self, buf: int, block: int, special: Special, first_page: bool,
-                      start: bytes | None, stop: bytes | None,
-                      snapshot: Snapshot) -> tuple[list[LeafEntry], bool]:
-        """The visible entries of a share-locked leaf, last first (releases it)."""
+                      start: bytes | None, stop: bytes | None, snapshot: Snapshot,
+                      values: bool) -> tuple[tuple[list[tuple], bool], bool]:
+        """The visible pairs of a share-locked leaf, last first, and whether the scan ends
+        here (releases it)."""
         bm = self.bufmgr
         try:
             page = bm.page(buf)
+            if isinstance(snapshot, XidSnapshot):
+                # stop on every page: left of the first one every key is below it anyway.
+                flags, flat = extract_leaf(page, start, stop, *snapshot)
+                pairs, overflow = _slice_pairs(page, flat, flags, values)
+                pairs.reverse()
+                return (pairs, overflow), bool(flags & EXTRACT_BELOW_START)
             first = bt_first_data(special)
             end = bt_item_count(page) + 1
             if first_page and stop is not None:
@@ -1108,7 +1272,7 @@ class BTree:
             if start is not None and first < end and \
                     entry_key(bt_item(page, first))[0] < start:
                 done = True
-            return out, done
+            return _entry_pairs(out, values), done
         except BTreePageError as e:
             raise self._corrupt(block, str(e)) from None
         finally:
