@@ -30,9 +30,17 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 
-from slonik.engine.access.btree import BTree, CheckResult, VacuumResult, VersionWrite, XidSnapshot
+from slonik.engine.access.btree import (
+    OLD_LOOKUP,
+    BTree,
+    CheckResult,
+    VacuumResult,
+    VersionWrite,
+    XidSnapshot,
+)
 from slonik.engine.errors import ConflictError
 from slonik.engine.xact import Snapshot, TransactionManager
 from slonik.storage.errors import DataCorruptionError
@@ -89,32 +97,34 @@ class KVIndex:
              values: bool) -> Iterator[tuple[bytes, bytes | None]]:
         """(key, value) visible to ``snap``, ``start <= key < stop``, in order, walking the
         leaf level; with values=False the value is None and no overflow page is read."""
+        return itertools.chain.from_iterable(
+            self.scan_batches(start, stop, reverse, snap, values))
+
+    def scan_batches(self, start: bytes | None, stop: bytes | None, reverse: bool,
+                     snap: Snapshot, values: bool) -> Iterator[list[tuple[bytes, bytes | None]]]:
+        """``scan`` a leaf at a time (non-empty lists of pairs, in order), so a caller
+        without per-pair work of its own adds no interpreted step per pair; each pair is
+        counted in ``operations`` as its batch is handed over."""
         self.operations += 1
-        for pair in self.tree.items(start, stop, snapshot=self._scan_snapshot(snap),
-                                    reverse=reverse, values=values):
-            self.operations += 1
-            yield pair
+        for batch in self.tree.item_batches(start, stop, snapshot=self._scan_snapshot(snap),
+                                            reverse=reverse, values=values):
+            self.operations += len(batch)
+            yield batch
 
     # --- commit (under the engine's commit lock) ----------------------------------------------
-    def _live(self, key: bytes) -> tuple[int, int]:
-        """(xmin, xmax) of the newest committed version of ``key`` ((0, 0): none); an
-        aborted xmax reads as 0 (invariant 2)."""
-        committed = self._xacts.is_committed
-        self.operations += 1
-        for e in self.tree.versions(key):
-            if committed(e.xmin):
-                return e.xmin, (e.xmax if e.xmax and committed(e.xmax) else 0)
-        return 0, 0
-
     def validate(self, writes: dict, snap: Snapshot, *, blind: bool) -> None:
         """ConflictError if a key written has a newest version created or deleted by a
         transaction ``snap`` does not see (first committer wins); KeyError for a blind
-        delete of a missing key. Remembers the versions found for ``apply``."""
+        delete of a missing key. Looks the keys up in one ordered pass over the tree
+        (``BTree.latest_versions``) and remembers the versions found for ``apply``."""
+        if blind:
+            keys = [k for k, data in writes.items() if data is TOMBSTONE]
+        else:
+            keys = list(writes)
+        self.operations += len(keys)
+        found = self.tree.latest_versions(keys, self._xacts.is_committed) if keys else []
         olds: dict[bytes, int] = {}
-        for key, data in writes.items():
-            if blind and data is not TOMBSTONE:
-                continue  # apply looks it up
-            xmin, xmax = self._live(key)
+        for key, (xmin, xmax) in zip(keys, found, strict=True):
             if blind:
                 if not xmin or xmax:
                     raise KeyError(key)
@@ -128,23 +138,22 @@ class KVIndex:
 
     def apply(self, xid: int, writes: dict) -> list[VersionWrite]:
         """Write ``writes`` into the tree as ``xid`` (one batch: one WAL record per leaf);
-        returns the batch, for ``publish``."""
+        returns the writes done, for ``publish``. A key ``validate`` did not look up (a
+        blind put) replaces its newest committed version, found by the tree on the leaf
+        it writes (``OLD_LOOKUP``: one descent per leaf run, not two)."""
         olds: dict[bytes, int] = {}
         if self._validated is not None and self._validated[0] is writes:
             olds = self._validated[1]
         self._validated = None
         batch = []
+        get = olds.get
         for key, value in writes.items():
-            old = olds.get(key)
-            if old is None:
-                xmin, xmax = self._live(key)
-                old = 0 if xmax else xmin
+            old = get(key, OLD_LOOKUP)
             if value is TOMBSTONE and not old:
                 continue
             batch.append(VersionWrite(key, xid, value, old))
         self.operations += len(batch)
-        self.tree.apply(batch)
-        return batch
+        return self.tree.apply(batch, self._xacts.is_committed)
 
     def publish(self, xid: int, changes: list[VersionWrite], horizon: int) -> int:
         """The versions are in the tree already; returns how many versions became dead."""

@@ -156,6 +156,7 @@ from slonik.wal.xlog import BlockSpec
 
 __all__ = [
     "BTree", "XidSnapshot", "VersionWrite", "OverflowRef", "VacuumResult", "CheckResult",
+    "OLD_LOOKUP",
     "BTreeStats", "check_tree",
     "BTREE_MAGIC", "BTREE_VERSION", "VALUE_INLINE_MAX_BYTES", "VALUE_MAX_BYTES",
     "OVERFLOW_EXTENTS_MAX", "OVERFLOW_PAGES_PER_RECORD", "pack_overflow_ref",
@@ -215,14 +216,21 @@ def unpack_overflow_ref(data: bytes) -> OverflowRef:
 
 
 class VersionWrite(NamedTuple):
-    """One key's change in a batch (``BTree.apply``): the version ``old_xmin`` (0: none)
-    gets xmax = ``xid``, and unless ``value`` is None a new version (key, ``xid``) with
+    """One key's change in a batch (``BTree.apply``): the version ``old_xmin`` (0: none;
+    ``OLD_LOOKUP``: the key's newest committed one, found where the write lands) gets
+    xmax = ``xid``, and unless ``value`` is None a new version (key, ``xid``) with
     ``value`` is added."""
 
     key: bytes
     xid: int
     value: bytes | None
     old_xmin: int = 0
+
+
+# VersionWrite.old_xmin meaning "the key's newest version whose xmin is committed, unless
+# its xmax is committed too (then none)": BTree.apply finds it on the leaf it writes, so a
+# commit that does not validate the key first (a blind put) descends once, not twice.
+OLD_LOOKUP = -1
 
 
 class XidSnapshot(NamedTuple):
@@ -1469,21 +1477,29 @@ class BTree:
             assert len(item) <= ENTRY_MAX_BYTES
             self._insert_item(key, xmin, item, xmin)
 
-    def apply(self, writes) -> None:
+    def apply(self, writes, committed: Callable[[int], bool] | None = None
+              ) -> list[VersionWrite]:
         """Apply a batch of ``VersionWrite``s (at most one per key), as a transaction's
         commit does: sorted by key, and every run of writes that lands on one leaf with
         room for them is one INSERT record (xmax settings, then the new entries), instead
         of one descent and one record per write. A write whose leaf is full, or whose old
         version is not on that leaf, goes through set_xmax/insert (splits included).
+        A write with ``old_xmin=OLD_LOOKUP`` replaces the key's newest version whose xmin
+        is ``committed`` (none if its xmax is ``committed`` too: a delete then changes
+        nothing), looked up on the leaf the write lands on.
         Everything is validated before anything is written; ValueError for a duplicate
-        key in the batch, and (writes before it applied) when an old version is missing."""
+        key in the batch, and (writes before it applied) when an old version is missing.
+        Returns the writes done, in key order, each with its old version resolved."""
         checked = []
         for w in writes:
             if not isinstance(w, VersionWrite):
                 raise TypeError(f"writes must be VersionWrite tuples, not {type(w).__name__}")
             key = _check_key(w.key)
             _check_xid(w.xid, "xid")
-            if w.old_xmin:
+            if w.old_xmin == OLD_LOOKUP:
+                if committed is None:
+                    raise ValueError("old_xmin=OLD_LOOKUP needs the committed() test")
+            elif w.old_xmin:
                 _check_xid(w.old_xmin, "old_xmin")
             value = None if w.value is None else _check_value(w.value)
             checked.append(VersionWrite(key, w.xid, value, w.old_xmin))
@@ -1491,21 +1507,90 @@ class BTree:
         for a, b in itertools.pairwise(checked):
             if a.key == b.key:
                 raise ValueError(f"key {a.key[:40]!r} appears twice in one batch")
+        done_writes: list[VersionWrite] = []
         with self._write_lock:
             items = [None if w.value is None else self._entry_item(w.key, w.value, w.xid)
                      for w in checked]
             i = 0
             while i < len(checked):
-                done = self._apply_on_leaf(checked, items, i)
+                done = self._apply_on_leaf(checked, items, i, committed, done_writes)
                 if done == 0:  # the first write needs the general path
                     w, item = checked[i], items[i]
-                    if w.old_xmin and not self.set_xmax(w.key, w.old_xmin, w.xid):
+                    old = w.old_xmin
+                    if old == OLD_LOOKUP:
+                        old = self._newest_committed(w.key, committed)
+                    if old and not self.set_xmax(w.key, old, w.xid):
                         raise ValueError(f"key {w.key[:40]!r} has no version with xmin "
-                                         f"{w.old_xmin}")
+                                         f"{old}")
                     if item is not None:
                         self._insert_item(w.key, w.xid, item, w.xid)
+                    if old or item is not None:
+                        done_writes.append(w._replace(old_xmin=old))
                     done = 1
                 i += done
+        return done_writes
+
+    def _newest_committed(self, key: bytes, committed: Callable[[int], bool]) -> int:
+        """The xmin of ``key``'s newest version with a ``committed`` xmin, 0 when there is
+        none or its xmax is committed too (write lock held)."""
+        for e in self._versions(key):
+            if committed(e.xmin):
+                return 0 if e.xmax and committed(e.xmax) else e.xmin
+        return 0
+
+    def latest_versions(self, keys: Sequence[bytes], committed: Callable[[int], bool]
+                        ) -> list[tuple[int, int]]:
+        """For each of ``keys`` (checked keys; any order, no duplicates) the (xmin, xmax)
+        of its newest version with a ``committed`` xmin, xmax 0 unless ``committed``;
+        (0, 0) when it has none. A commit's validation: the keys are taken in order and
+        every run of them on one leaf costs one descent and one page search per key."""
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        out: list[tuple[int, int]] = [(0, 0)] * len(keys)
+        bm = self.bufmgr
+        n = len(order)
+        pos = 0
+        with self._reading():
+            while pos < n:
+                key = keys[order[pos]]
+                block, buf = self._descend(key, XMIN_MAX)
+                try:
+                    page = bm.page(buf)
+                    special = self._special(page, block)
+                    high = None
+                    if special.flags & BTP_DELETED:
+                        high = b""  # moved right of: the general path below
+                    elif special.next != P_NONE:
+                        high = unpack_pivot(bt_item(page, 1)).key
+                    count = bt_item_count(page)
+                    # Keys below the high key have every version on this page.
+                    while pos < n and (high is None or key < high):
+                        off = search_page(page, key, XMIN_MAX, False)
+                        while off <= count:
+                            e = unpack_entry(bt_item(page, off))
+                            if e.key != key:
+                                break
+                            if committed(e.xmin):
+                                out[order[pos]] = (e.xmin, e.xmax if e.xmax and
+                                                   committed(e.xmax) else 0)
+                                break
+                            off += 1
+                        pos += 1
+                        if pos < n:
+                            key = keys[order[pos]]
+                except BTreePageError as e:
+                    raise self._corrupt(block, str(e)) from None
+                finally:
+                    self._release(buf)
+                # A key equal to the high key may have versions on the right too; a
+                # deleted page gave no run: both take the general path.
+                if pos < n and (key == high or high == b""):
+                    for e in self._versions(key):
+                        if committed(e.xmin):
+                            out[order[pos]] = (e.xmin, e.xmax if e.xmax and
+                                               committed(e.xmax) else 0)
+                            break
+                    pos += 1
+        return out
 
     def _entry_item(self, key: bytes, value: bytes, xmin: int) -> bytes:
         """The leaf entry for a new version, its value written out of line when large."""
@@ -1515,8 +1600,12 @@ class BTree:
             return pack_entry(key, xmin, 0, ENTRY_OVERFLOW, pack_overflow_ref(ref))
         return pack_entry(key, xmin, 0, 0, value)
 
-    def _apply_on_leaf(self, writes: list[VersionWrite], items: list, i: int) -> int:
-        """Apply writes[i:] that fit on writes[i]'s leaf in one record; how many did."""
+    def _apply_on_leaf(self, writes: list[VersionWrite], items: list, i: int,
+                       committed: Callable[[int], bool] | None,
+                       done_writes: list[VersionWrite]) -> int:
+        """Apply writes[i:] that fit on writes[i]'s leaf in one record (OLD_LOOKUP old
+        versions resolved on it); how many did. Appends the writes done, resolved, to
+        ``done_writes``."""
         block, buf = self._descend(writes[i].key, XMIN_MAX, exclusive=True)
         ch = _Change(buf, block, False)
         try:
@@ -1528,6 +1617,7 @@ class BTree:
             room = upper - lower
             xmax_actions = []
             inserts = []
+            done = []
             j = i
             while j < len(writes):
                 w, item = writes[j], items[j]
@@ -1535,26 +1625,46 @@ class BTree:
                     break  # belongs further right
                 if high is not None and high.key == w.key:
                     break  # versions of this key continue on the right: general path
-                if w.old_xmin:
-                    off = search_page(page, w.key, w.old_xmin, False)
-                    if off > count or entry_key(bt_item(page, off)) != (w.key, w.old_xmin):
+                old = w.old_xmin
+                if old == OLD_LOOKUP:  # the newest committed version, all on this page
+                    old = 0
+                    off = search_page(page, w.key, XMIN_MAX, False)
+                    while off <= count:
+                        e = unpack_entry(bt_item(page, off))
+                        if e.key != w.key:
+                            break
+                        if committed(e.xmin):
+                            if not (e.xmax and committed(e.xmax)):
+                                old = e.xmin
+                                xmax_actions.append((A_SET_XMAX, set_xmax_data(off, w.xid)))
+                            break
+                        off += 1
+                elif old:
+                    off = search_page(page, w.key, old, False)
+                    if off > count or entry_key(bt_item(page, off)) != (w.key, old):
                         break
                     xmax_actions.append((A_SET_XMAX, set_xmax_data(off, w.xid)))
                 if item is not None:
                     off = search_page(page, w.key, w.xid, False)
                     if off <= count and entry_key(bt_item(page, off)) == (w.key, w.xid):
+                        if old:
+                            xmax_actions.pop()
                         break
                     if item_cost(len(item)) > room:
-                        if w.old_xmin:
+                        if old:
                             xmax_actions.pop()
                         break
                     room -= item_cost(len(item))
                     inserts.append((A_INSERT, insert_data(off + len(inserts), item)))
+                if old or item is not None:
+                    done.append(w._replace(old_xmin=old) if old != w.old_xmin else w)
                 j += 1
             if j == i:
                 return 0
-            ch.actions = xmax_actions + inserts
-            self._log(XLOG_BTREE_INSERT, writes[i].xid, [ch])
+            if xmax_actions or inserts:
+                ch.actions = xmax_actions + inserts
+                self._log(XLOG_BTREE_INSERT, writes[i].xid, [ch])
+            done_writes.extend(done)
             return j - i
         finally:
             self._release(buf, exclusive=True)

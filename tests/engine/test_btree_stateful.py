@@ -1,6 +1,8 @@
 """The B+tree against a dict model, as a hypothesis state machine, on every io method.
 
-Steps: committed puts and deletes, batches through apply() (committed or aborted),
+Steps: committed puts and deletes, batches through apply() (committed or aborted; with
+explicit old versions, or OLD_LOOKUP ones the tree resolves, checked against
+latest_versions() and a per-key reference),
 aborted puts, snapshots taken and released, vacuum up to the oldest held snapshot,
 reopening the tree, evicting the relation from the pool, checkpoints, and crashes (the
 pool is thrown away unwritten and the WAL since the last checkpoint is replayed through
@@ -30,7 +32,7 @@ from hypothesis.stateful import (
 )
 from slonik.aio.core import Aio
 from slonik.engine.access import btree_page
-from slonik.engine.access.btree import BTree, VersionWrite, XidSnapshot
+from slonik.engine.access.btree import OLD_LOOKUP, BTree, VersionWrite, XidSnapshot
 from slonik.engine.access.btree_wal import BTREE_RMGR, btree_redo
 from slonik.engine.recovery import RedoContext
 from slonik.storage.bufmgr import BufferManager
@@ -115,6 +117,41 @@ def make_machine(io_method: str):
                 self.aborted.add(xid)
                 return
             for w in batch:
+                if w.value is None:
+                    self.model.pop(w.key, None)
+                else:
+                    self.model[w.key] = w.value
+
+        def _committed(self, xid: int) -> bool:
+            return xid < self.next_xid and xid not in self.aborted
+
+        @rule(writes=st.dictionaries(st.sampled_from(KEYS), st.one_of(
+            st.none(), st.tuples(st.sampled_from(VALUE_SIZES), st.integers(0, 255))),
+            min_size=1, max_size=20), aborted=st.booleans())
+        def commit_batch_lookup(self, writes, aborted):
+            """A write set whose old versions the tree finds itself (OLD_LOOKUP, as a blind
+            autocommit put): latest_versions() agrees with a per-key walk of versions(),
+            and apply() replaces exactly those versions (the writes it returns say which)."""
+            committed = self._committed
+            keys = list(writes)
+            expected = []
+            for k in keys:
+                e = next((e for e in self.tree.versions(k) if committed(e.xmin)), None)
+                expected.append((0, 0) if e is None else
+                                (e.xmin, e.xmax if e.xmax and committed(e.xmax) else 0))
+            assert self.tree.latest_versions(keys, committed) == expected
+            olds = {k: (0 if xmax else xmin)
+                    for k, (xmin, xmax) in zip(keys, expected, strict=True)}
+            xid = self._xid()
+            batch = [VersionWrite(k, xid, None if w is None else bytes([w[1]]) * w[0],
+                                  OLD_LOOKUP) for k, w in writes.items()]
+            done = self.tree.apply(batch, committed)
+            assert [(w.key, w.old_xmin) for w in done] == sorted(
+                (k, olds[k]) for k, w in writes.items() if w is not None or olds[k])
+            if aborted:
+                self.aborted.add(xid)
+                return
+            for w in done:
                 if w.value is None:
                     self.model.pop(w.key, None)
                 else:
