@@ -42,7 +42,7 @@ from collections.abc import (
 from slonik.engine.access.btree import KEY_MAX_BYTES, VALUE_MAX_BYTES
 from slonik.engine.errors import ConflictError
 from slonik.engine.kv_index import TOMBSTONE
-from slonik.engine.relation import Relation
+from slonik.engine.relation import Relation, RelationState
 from slonik.engine.transaction import TransactionLayer
 
 __all__ = ["KVStore", "KVKeysView", "KVValuesView", "KVItemsView", "prefix_stop",
@@ -114,29 +114,58 @@ def _bounds(start: object, stop: object, prefix: object,
     return lo, hi
 
 
-def _tree_range(scan, lo: bytes | None, hi: bytes | None, reverse: bool, snap,
-                values: bool) -> Iterator[tuple[bytes, bytes | None]]:
-    """``scan`` over [lo, hi) where a bound may be longer than any stored key: the tree
-    gets a bound it accepts (``lo`` cut to ``KEY_MAX_BYTES``, a long ``hi`` none) and the
-    pairs are filtered by the real bounds (a stored key < a long ``lo`` is at most its cut
-    prefix; one past a long ``hi`` ends an ascending scan)."""
+def _tree_range(scan_batches, lo: bytes | None, hi: bytes | None, reverse: bool, snap,
+                values: bool) -> Iterator[list[tuple[bytes, bytes | None]]]:
+    """``scan_batches`` over [lo, hi) where a bound may be longer than any stored key: the
+    tree gets a bound it accepts (``lo`` cut to ``KEY_MAX_BYTES``, a long ``hi`` none) and
+    the pairs are filtered by the real bounds (a stored key < a long ``lo`` is at most its
+    cut prefix; one past a long ``hi`` ends an ascending scan). Batches of pairs, as the
+    tree's leaves give them."""
     long_lo = lo is not None and len(lo) > KEY_MAX_BYTES
     long_hi = hi is not None and len(hi) > KEY_MAX_BYTES
     if not (long_lo or long_hi):
-        yield from scan(lo, hi, reverse, snap, values)
+        yield from scan_batches(lo, hi, reverse, snap, values)
         return
     t_lo = lo[:KEY_MAX_BYTES] if long_lo else lo
     t_hi = None if long_hi else hi
-    for key, value in scan(t_lo, t_hi, reverse, snap, values):
-        if lo is not None and key < lo:
-            if reverse:
-                return
-            continue
-        if hi is not None and key >= hi:
-            if reverse:
+    for batch in scan_batches(t_lo, t_hi, reverse, snap, values):
+        out = []
+        for key, value in batch:
+            if lo is not None and key < lo:
+                if reverse:
+                    if out:
+                        yield out
+                    return
                 continue
-            return
-        yield key, value
+            if hi is not None and key >= hi:
+                if reverse:
+                    continue
+                if out:
+                    yield out
+                return
+            out.append((key, value))
+        if out:
+            yield out
+
+
+def _checked_pairs(batches: Iterator[list], relation: Relation, check_open: Callable[[], None],
+                   check: Callable[[], None]) -> Iterator[tuple]:
+    """The pairs of ``batches`` with the store's usability checked before each one is
+    handed out (``check_open()`` while ``relation`` is live, else the full ``check()``),
+    so an iterator used after ``db.close()`` or a drop raises that error at its next
+    pair."""
+    live = RelationState.LIVE
+    try:
+        for batch in batches:
+            for pair in batch:
+                if relation.state is not live:
+                    check()
+                check_open()
+                yield pair
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 class _RangeView:
@@ -280,7 +309,11 @@ class KVStore(MutableMapping):
         return self._relation.nblocks()
 
     def _check(self) -> None:
-        self._layer.check_usable(self._relation, f"KV store {self._relation.name!r}")
+        relation = self._relation
+        if relation.state is RelationState.LIVE:  # check_usable's answer without its name
+            self._layer.check_open()
+        else:
+            self._layer.check_usable(relation, f"KV store {relation.name!r}")
         if self._index.error is not None:
             raise self._index.error
 
@@ -361,34 +394,42 @@ class KVStore(MutableMapping):
     def _scan(self, lo: bytes | None, hi: bytes | None, reverse: bool,
               values: bool) -> Iterator[tuple[bytes, bytes | None]]:
         self._check()
-        return self._layer.guard(self._merged(lo, hi, reverse, values), self._check)
+        batches = self._layer.guard(self._merged(lo, hi, reverse, values), self._check)
+        return _checked_pairs(batches, self._relation, self._layer.check_open, self._check)
 
     def _merged(self, lo, hi, reverse: bool, values: bool):
-        """The index's pairs in [lo, hi) merged with the thread's own buffered writes."""
+        """The index's pairs in [lo, hi) merged with the thread's own buffered writes, in
+        batches (a leaf's pairs at a time: without own writes they pass through as the
+        tree gives them, no step per pair)."""
         layer = self._layer
         own = layer.own_writes(self._relation)
         with layer.read_snapshot() as snap:
-            pending = []
-            if own:
-                pending = sorted((k for k in own if (lo is None or k >= lo)
-                                  and (hi is None or k < hi)), reverse=not reverse)
-                # popped from the end: ascending order needs the list descending
-            for key, value in _tree_range(self._index.scan, lo, hi, reverse, snap, values):
-                while pending and (pending[-1] > key if reverse else pending[-1] < key):
-                    k = pending.pop()
-                    if own[k] is not TOMBSTONE:
-                        yield k, (own[k] if values else None)
-                if pending and pending[-1] == key:
-                    pending.pop()
-                    if own[key] is TOMBSTONE:
+            batches = _tree_range(self._index.scan_batches, lo, hi, reverse, snap, values)
+            if not own:
+                yield from batches
+                return
+            # popped from the end: ascending order needs the list descending
+            pending = sorted((k for k in own if (lo is None or k >= lo)
+                              and (hi is None or k < hi)), reverse=not reverse)
+            for batch in batches:
+                out = []
+                for key, value in batch:
+                    while pending and (pending[-1] > key if reverse else pending[-1] < key):
+                        k = pending.pop()
+                        if own[k] is not TOMBSTONE:
+                            out.append((k, own[k] if values else None))
+                    if pending and pending[-1] == key:
+                        pending.pop()
+                        if own[key] is not TOMBSTONE:
+                            out.append((key, own[key] if values else None))
                         continue
-                    yield key, (own[key] if values else None)
-                    continue
-                yield key, value
-            while pending:
-                k = pending.pop()
-                if own[k] is not TOMBSTONE:
-                    yield k, (own[k] if values else None)
+                    out.append((key, value))
+                if out:
+                    yield out
+            rest = [(k, own[k] if values else None) for k in reversed(pending)
+                    if own[k] is not TOMBSTONE]
+            if rest:
+                yield rest
 
     # --- writes -----------------------------------------------------------------------------
     def __setitem__(self, key: bytes, value: bytes) -> None:
