@@ -37,6 +37,9 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert m["scan"]["runs"][0]["keys"] == 500 + auto
     assert m["open"]["runs"][0]["keys"] == 500 + auto
     assert m["cold_scan"]["runs"][0]["keys"] == 500 + auto
+    assert m["cold_scan_eic1"]["runs"][0]["keys"] == 500 + auto  # effective_io_concurrency=1
+    assert m["ratios"]["cold_vs_eic1"] == \
+        m["cold_scan"]["keys_s"] / m["cold_scan_eic1"]["keys_s"]
     assert m["get_many"]["runs"][0]["keys"] % 100 == 0
     assert os.listdir(bench_dir) == []
     table = format_table(report)
