@@ -162,14 +162,16 @@ class TableIndex:
 class HeapBatch(NamedTuple):
     """The heap side of a batch of index entries, one list item per entry, in index
     order: the entry's encoded key (TID suffix removed), its heap TID, and the tuple
-    there (``ends[i] == 0``: no tuple; else xmin/xmax and its data ``buf[starts[i]:
-    ends[i]]``)."""
+    there (``ends[i] == 0``: no tuple; else xmin/xmax and its data
+    ``pages[page_of[i]][starts[i]:ends[i]]``, ``pages`` the copies of the batch's heap
+    pages)."""
 
     keys: list[bytes]
     tids: list[tuple[int, int]]
     xmins: list[int]
     xmaxs: list[int]
-    buf: bytes
+    pages: list[bytes]
+    page_of: list[int]
     starts: list[int]
     ends: list[int]
 
@@ -196,26 +198,29 @@ def fetch_batched(heap: Heap, entry_keys: Iterable[bytes]) -> Iterator[HeapBatch
         blocks = list(map(_first, tids))
         if max(blocks) >= nblocks:
             nblocks = heap.nblocks()  # grown since: look again before dropping any
-        pages = list(dict.fromkeys(b for b in blocks if b < nblocks))
-        slot = {b: i for i, b in enumerate(pages)}
-        wanted = [i for i, b in enumerate(blocks) if b < nblocks]
-        buf = fetch_pages(heap, pages)
-        found = tuples_at(buf, [slot[blocks[i]] for i in wanted],
-                          [tids[i][1] for i in wanted], rel=heap.rel, fork=int(heap.fork),
-                          blocks=pages)
-        if len(wanted) == len(ks):
-            xmins, xmaxs, starts, ends = found
-        else:
-            xmins, xmaxs, starts, ends = ([0] * len(ks) for _ in range(4))
+        distinct = list(dict.fromkeys(b for b in blocks if b < nblocks))
+        slot = {b: i for i, b in enumerate(distinct)}
+        pages = fetch_pages(heap, distinct)
+        if max(blocks) < nblocks:
+            page_of = list(map(slot.__getitem__, blocks))
+            found = tuples_at(pages, page_of, list(map(_second, tids)), rel=heap.rel,
+                              fork=int(heap.fork), blocks=distinct)
+        else:  # some TIDs past the end: they find nothing (page 0, offnum 0)
+            wanted = [i for i, b in enumerate(blocks) if b < nblocks]
+            page_of = [slot.get(b, 0) for b in blocks]
+            got = tuples_at(pages, [page_of[i] for i in wanted], [tids[i][1] for i in wanted],
+                            rel=heap.rel, fork=int(heap.fork), blocks=distinct)
+            found = tuple([0] * len(ks) for _ in range(4))
             for j, i in enumerate(wanted):
-                xmins[i], xmaxs[i], starts[i], ends[i] = (found[0][j], found[1][j],
-                                                          found[2][j], found[3][j])
-        yield HeapBatch(keys, tids, xmins, xmaxs, buf, starts, ends)
+                for column, values in zip(found, got, strict=True):
+                    column[i] = values[j]
+        yield HeapBatch(keys, tids, *found[:2], pages, page_of, *found[2:])
         if len(ks) < INDEX_SCAN_BATCH_ENTRIES:
             return
 
 
 _first = itemgetter(0)
+_second = itemgetter(1)
 
 
 def prune_with_indexes(heap: Heap, indexes: Sequence[TableIndex],

@@ -440,10 +440,10 @@ class Table:
                    if end and visible(xmin, xmax)]
             if not sel:
                 continue
-            starts, ends = b.starts, b.ends
-            rows = list(map(decode, map(b.buf.__getitem__,
-                                        map(slice, map(starts.__getitem__, sel),
-                                            map(ends.__getitem__, sel)))))
+            starts, ends, page_of = b.starts, b.ends, b.page_of
+            datas = map(bytes.__getitem__, map(b.pages.__getitem__, map(page_of.__getitem__, sel)),
+                        map(slice, map(starts.__getitem__, sel), map(ends.__getitem__, sel)))
+            rows = list(map(decode, datas))
             same = map(eq, map(key_of_row, rows), map(b.keys.__getitem__, sel))
             yield from compress(zip(map(b.tids.__getitem__, sel), rows, strict=True), same)
 

@@ -37,7 +37,7 @@ int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
                    const uint8_t *stop, int32_t stoplen, uint64_t snap_xmax, uint64_t own,
                    const uint64_t *excluded, int nexcluded, uint32_t *out, int *flags);
 /* --- table index --- */
-int slk_heap_tuples_at(const uint8_t *pages, int npages, const uint32_t *page_of,
+int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                        const uint16_t *offnums, int n, uint64_t *xmin, uint64_t *xmax,
                        uint32_t *start, uint32_t *end);
 """
@@ -474,17 +474,16 @@ int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
 
 /* --- table index --- (engine/access/heap_fetch.py has the Python reference, tuples_at_py;
  * tests/engine/test_heap_fetch.py compares them)
- * An index scan's heap fetch: the pages its TIDs point at, copied under their share locks
- * into one buffer (page p at pages + p * BLCKSZ), then the tuples at (page_of[k],
- * offnums[k]) for k < n in one call: xmin, xmax and data [start, end) as offsets into the
- * buffer when the line pointer is NORMAL, else all four 0 (an unused or redirected slot, a
- * slot past the line pointers, an all-zero page). Returns how many were found, or -1 - k
- * when request k names a page outside the buffer or its line pointer or tuple header is
- * not a heap tuple (the reference then raises naming it). Tuple header "<QQHIxx": xmin,
- * xmax, flags, data_len. */
+ * An index scan's heap fetch: the pages its TIDs point at, each copied under its share
+ * lock (pages[p], BLCKSZ bytes each), then the tuples at (page_of[k], offnums[k]) for k < n
+ * in one call: xmin, xmax and data [start, end) within its page when the line pointer is
+ * NORMAL, else all four 0 (an unused or redirected slot, a slot past the line pointers, an
+ * all-zero page). Returns how many were found, or -1 - k when request k names a page
+ * outside the list or its line pointer or tuple header is not a heap tuple (the reference
+ * then raises naming it). Tuple header "<QQHIxx": xmin, xmax, flags, data_len. */
 #define SLK_TUPLE_HDR 24
 
-int slk_heap_tuples_at(const uint8_t *pages, int npages, const uint32_t *page_of,
+int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                        const uint16_t *offnums, int n, uint64_t *xmin, uint64_t *xmax,
                        uint32_t *start, uint32_t *end)
 {
@@ -493,7 +492,7 @@ int slk_heap_tuples_at(const uint8_t *pages, int npages, const uint32_t *page_of
         xmin[k] = xmax[k] = 0;
         start[k] = end[k] = 0;
         if (page_of[k] >= (uint32_t)npages) return -1 - k;
-        const uint8_t *page = pages + (size_t)page_of[k] * BLCKSZ;
+        const uint8_t *page = pages[page_of[k]];
         uint32_t lower = load16(page + 14), upper = load16(page + 16);
         uint32_t offnum = offnums[k];
         uint32_t lp_at = HEADER_SIZE + (offnum - 1) * 4u;
@@ -507,11 +506,10 @@ int slk_heap_tuples_at(const uint8_t *pages, int npages, const uint32_t *page_of
             return -1 - k;
         if (load32(page + off + 18) != len - SLK_TUPLE_HDR)
             return -1 - k;
-        size_t base = (size_t)page_of[k] * BLCKSZ;
         xmin[k] = load64(page + off);
         xmax[k] = load64(page + off + 8);
-        start[k] = (uint32_t)(base + off + SLK_TUPLE_HDR);
-        end[k] = (uint32_t)(base + off + len);
+        start[k] = off + SLK_TUPLE_HDR;
+        end[k] = off + len;
         found++;
     }
     return found;

@@ -711,6 +711,31 @@ class BufferManager:
                     continue
                 self._io_done.wait(0.05)
 
+    def pin_cached(self, rel: int, fork: int, blocks: Sequence[int]) -> list[int]:
+        """Pin the buffers of those of ``blocks`` that are VALID in the pool, all in one
+        descriptor-lock section (an index scan's heap pages: scattered, usually cached):
+        per block its buffer id, pinned (no content lock), or -1 when it is not in the pool
+        or not valid yet (no pin taken; read it the usual way). No I/O, no victim."""
+        out: list[int] = []
+        fork = int(fork)
+        table, descs = self._table, self.descs
+        with self._lock:
+            hits = 0
+            for block in blocks:
+                b = table.get((rel, fork, block))
+                if b is not None:
+                    d = descs[b]
+                    if d.flags & BM_VALID:
+                        d.refcount += 1
+                        if d.usage_count < BM_MAX_USAGE_COUNT:
+                            d.usage_count += 1
+                        hits += 1
+                        out.append(b)
+                        continue
+                out.append(-1)
+            self._hits += hits
+        return out
+
     def cached(self, rel: int, fork: int, block: int, n: int) -> bool:
         """Whether blocks block..+n-1 are all VALID in the pool (no pins taken)."""
         table, descs, fork = self._table, self.descs, int(fork)

@@ -1,12 +1,13 @@
 """The tuples at chosen slots of copied heap pages: an index scan's heap fetch, one call
 per batch of pages instead of one interpreted step per line pointer.
 
-``fetch_pages(heap, blocks)`` copies the pages an index scan's TIDs point at into one buffer
-(page ``p`` at ``p * BLCKSZ``), each under its share lock; ``tuples_at(buf, page_of,
-offnums)`` then finds, for every request ``k``, the tuple at offnum ``offnums[k]`` of page
-``page_of[k]``: its xmin, xmax and the bounds [start, end) of its data in ``buf`` (all 0
-when the slot holds no NORMAL tuple). The data are sliced out afterwards in C-level
-iteration (``map(buf.__getitem__, map(slice, starts, ends))``).
+``fetch_pages(heap, blocks)`` copies the pages an index scan's TIDs point at (a list of
+``bytes``, one per block), each under its share lock, pinning the cached ones in one
+buffer-manager call; ``tuples_at(pages, page_of, offnums)`` then finds, for every request
+``k``, the tuple at offnum ``offnums[k]`` of page ``page_of[k]``: its xmin, xmax and the
+bounds [start, end) of its data in that page (all 0 when the slot holds no NORMAL tuple).
+The data are sliced out afterwards in C-level iteration (``map(bytes.__getitem__,
+map(pages.__getitem__, page_of), map(slice, starts, ends))``).
 
 C when ``storage._pagecheck`` is built (``slk_heap_tuples_at``); ``tuples_at_py`` is its
 pure-Python reference (``tests/engine/test_heap_fetch.py`` compares the two), and the
@@ -15,16 +16,19 @@ raises ``TupleFormatError`` naming the relation, block and offnum (C hands such 
 the reference, which raises).
 
 Invariants:
-1. ``tuples_at(...) == tuples_at_py(...)`` for every buffer and request list the
+1. ``tuples_at(...) == tuples_at_py(...)`` for every page list and request list the
    reference accepts; when the reference raises, ``tuples_at`` raises the same error.
 2. The checks per slot are ``Heap._tuple_at``'s: a NORMAL line pointer inside
    [upper, BLCKSZ) at least a header long, whose header's data_len matches its length.
+3. ``fetch_pages`` holds at most ``PIN_BATCH_PAGES`` pins (fewer in a small pool) and one
+   content lock at a time; every pin is released before it returns, errors included.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from itertools import repeat
 
 from slonik.engine.access.tuple import TUPLE_HEADER_SIZE, TupleFormatError
 from slonik.storage.page import BLCKSZ, HEADER_SIZE, LINE_POINTER_SIZE, LOWER_OFFSET
@@ -38,9 +42,13 @@ try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
 except ImportError:
     _ffi = _lib = None
 
-__all__ = ["tuples_at", "tuples_at_py", "fetch_pages", "fetch_tuple", "C_TUPLES_AT"]
+__all__ = ["tuples_at", "tuples_at_py", "fetch_pages", "fetch_tuple", "C_TUPLES_AT",
+           "PIN_BATCH_PAGES"]
 
 C_TUPLES_AT = _lib is not None  # whether tuples_at runs in C
+# fetch_pages pins the cached pages of at most this many blocks at once (one buffer-manager
+# call), and at most an eighth of the pool: pins held together must leave victims for others.
+PIN_BATCH_PAGES = 64
 
 _LOWER_UPPER = struct.Struct("<HH")
 _LP = struct.Struct("<I")
@@ -55,23 +63,24 @@ def _bad(rel: int, fork: int, block: int, offnum: int, why: str) -> TupleFormatE
                             relation=rel, fork=fork, block=block)
 
 
-def tuples_at_py(buf: bytes, page_of: Sequence[int], offnums: Sequence[int], *,
-                 rel: int = 0, fork: int = 0, blocks: Sequence[int] = ()) -> Found:
+def tuples_at_py(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int],
+                 *, rel: int = 0, fork: int = 0, blocks: Sequence[int] = ()) -> Found:
     """Reference of ``tuples_at``: (xmins, xmaxs, starts, ends), one entry per request;
-    ``rel``, ``fork`` and ``blocks`` (block number of each page of ``buf``) name a bad
-    slot."""
-    npages = len(buf) // BLCKSZ
+    ``rel``, ``fork`` and ``blocks`` (the block number of each page) name a bad slot."""
+    npages = len(pages)
     xmins, xmaxs, starts, ends = [], [], [], []
     for p, offnum in zip(page_of, offnums, strict=True):
-        block = blocks[p] if p < len(blocks) else p
         if not 0 <= p < npages:
-            raise ValueError(f"request for page {p} of a buffer of {npages} pages")
-        base = p * BLCKSZ
-        lower, upper = _LOWER_UPPER.unpack_from(buf, base + LOWER_OFFSET)
+            raise ValueError(f"request for page {p} of a list of {npages} pages")
+        page = pages[p]
+        if len(page) != BLCKSZ:
+            raise ValueError(f"page {p} is {len(page)} bytes, not {BLCKSZ}")
+        block = blocks[p] if p < len(blocks) else p
+        lower, upper = _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
         lp_at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
         found = lower != 0 and offnum >= 1 and lp_at + LINE_POINTER_SIZE <= lower
         if found:
-            (lp,) = _LP.unpack_from(buf, base + lp_at)
+            (lp,) = _LP.unpack_from(page, lp_at)
             found = (lp >> 15) & 3 == _LP_NORMAL
         if not found:
             xmins.append(0)
@@ -82,77 +91,80 @@ def tuples_at_py(buf: bytes, page_of: Sequence[int], offnums: Sequence[int], *,
         offset = lp & 0x7FFF
         length = lp >> 17
         if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
-            raise _bad(rel, fork, block, offnum, f"line pointer (offset {offset}, length {length}) "
-                                           f"is not a heap tuple inside [{upper}, {BLCKSZ})")
-        xmin, xmax, _flags, data_len = _TUPLE_HEAD.unpack_from(buf, base + offset)
+            raise _bad(rel, fork, block, offnum, f"line pointer (offset {offset}, length "
+                                                 f"{length}) is not a heap tuple inside "
+                                                 f"[{upper}, {BLCKSZ})")
+        xmin, xmax, _flags, data_len = _TUPLE_HEAD.unpack_from(page, offset)
         if data_len != length - TUPLE_HEADER_SIZE:
-            raise _bad(rel, fork, block, offnum, f"tuple data_len {data_len} does not match its "
-                                           f"item length {length}")
+            raise _bad(rel, fork, block, offnum, f"tuple data_len {data_len} does not match "
+                                                 f"its item length {length}")
         xmins.append(xmin)
         xmaxs.append(xmax)
-        starts.append(base + offset + TUPLE_HEADER_SIZE)
-        ends.append(base + offset + length)
+        starts.append(offset + TUPLE_HEADER_SIZE)
+        ends.append(offset + length)
     return xmins, xmaxs, starts, ends
 
 
-def tuples_at(buf: bytes, page_of: Sequence[int], offnums: Sequence[int], *,
+def tuples_at(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int], *,
               rel: int = 0, fork: int = 0, blocks: Sequence[int] = ()) -> Found:
     """(xmins, xmaxs, starts, ends) of the tuples at (``page_of[k]``, ``offnums[k]``) of
-    the pages copied into ``buf``; see the module docstring. One C call when built."""
+    ``pages`` (page copies, ``bytes`` of BLCKSZ each); see the module docstring. One C
+    call when built."""
     n = len(offnums)
-    if _lib is None or n == 0:
-        return tuples_at_py(buf, page_of, offnums, rel=rel, fork=fork, blocks=blocks)
+    if _lib is None or n == 0 or set(map(len, pages)) != {BLCKSZ}:
+        return tuples_at_py(pages, page_of, offnums, rel=rel, fork=fork, blocks=blocks)
     xmin = _ffi.new("uint64_t[]", n)
     xmax = _ffi.new("uint64_t[]", n)
     start = _ffi.new("uint32_t[]", n)
     end = _ffi.new("uint32_t[]", n)
-    got = _lib.slk_heap_tuples_at(_ffi.from_buffer(buf), len(buf) // BLCKSZ,
-                                  _ffi.new("uint32_t[]", page_of),
+    ptrs = _ffi.new("uint8_t *[]", list(map(_ffi.from_buffer, repeat("uint8_t[]"), pages)))
+    got = _lib.slk_heap_tuples_at(ptrs, len(pages), _ffi.new("uint32_t[]", page_of),
                                   _ffi.new("uint16_t[]", offnums), n, xmin, xmax, start, end)
     if got < 0:  # the reference raises naming the flaw
-        return tuples_at_py(buf, page_of, offnums, rel=rel, fork=fork, blocks=blocks)
+        return tuples_at_py(pages, page_of, offnums, rel=rel, fork=fork, blocks=blocks)
     return (memoryview(_ffi.buffer(xmin)).cast("Q").tolist(),
             memoryview(_ffi.buffer(xmax)).cast("Q").tolist(),
             memoryview(_ffi.buffer(start)).cast("I").tolist(),
             memoryview(_ffi.buffer(end)).cast("I").tolist())
 
 
-def fetch_pages(heap, blocks: Sequence[int]) -> bytes:
+def fetch_pages(heap, blocks: Sequence[int]) -> list[bytes]:
     """Copies of the pages ``blocks`` of ``heap`` (an ``engine.access.heap.Heap``; each
-    block below its ``nblocks()``), page ``i`` at ``i * BLCKSZ`` of the result, each copied
-    under its share lock: one pin and lock per page however many TIDs of an index scan
-    it holds. When every block is in shared buffers each is pinned directly; otherwise
-    they come through a read stream, the later blocks in flight while earlier ones are
-    copied. ValueError naming the block for one past the end."""
+    block below its ``nblocks()``), in order, each copied under its share lock: one pin
+    and lock per page however many TIDs of an index scan it holds. The cached pages of
+    up to ``PIN_BATCH_PAGES`` blocks are pinned in one buffer-manager call; the others
+    come through a read stream (their reads in flight together). ValueError naming the
+    block for one past the end."""
     bm = heap.bufmgr
     rel, fork = heap.rel, heap.fork
     n = heap.nblocks()
     for block in blocks:
         if not 0 <= block < n:
             raise ValueError(f"block {block} is past the end of relation {rel} ({n} blocks)")
-    out = bytearray(len(blocks) * BLCKSZ)
-    page, lock, unlock, unpin = bm.page, bm.lock_shared, bm.unlock_shared, bm.unpin
-    cached = bm.cached
-    if all(cached(rel, fork, b, 1) for b in blocks):
-        read = bm.read_buffer
-        at = 0
-        for block in blocks:
-            buf = read(rel, fork, block)
-            try:
+    pages: list = [None] * len(blocks)
+    page, lock, unlock = bm.page, bm.lock_shared, bm.unlock_shared
+    step = max(1, min(PIN_BATCH_PAGES, bm.nbuffers // 8))
+    missing: list[int] = []
+    for first in range(0, len(blocks), step):
+        bufs = bm.pin_cached(rel, fork, blocks[first:first + step])
+        try:
+            for i, buf in enumerate(bufs, first):
+                if buf < 0:
+                    missing.append(i)
+                    continue
                 lock(buf)
                 try:
-                    out[at:at + BLCKSZ] = page(buf)
+                    pages[i] = bytes(page(buf))
                 finally:
                     unlock(buf)
-            finally:
-                unpin(buf)
-            at += BLCKSZ
-    else:
-        with ReadStream(bm, rel, fork, blocks) as stream:
-            for i, buf in enumerate(stream):
+        finally:
+            bm.unpin_many([b for b in bufs if b >= 0])
+    if missing:
+        with ReadStream(bm, rel, fork, [blocks[i] for i in missing]) as stream:
+            for i, buf in zip(missing, stream, strict=True):
                 with bm.locked(buf):
-                    out[i * BLCKSZ:(i + 1) * BLCKSZ] = page(buf)
-    return bytes(out)
+                    pages[i] = bytes(page(buf))
+    return pages
 
 
 def fetch_tuple(heap, block: int, offnum: int) -> tuple[int, int, bytes] | None:
@@ -163,7 +175,9 @@ def fetch_tuple(heap, block: int, offnum: int) -> tuple[int, int, bytes] | None:
     if not 0 <= block < heap.nblocks():
         return None
     bm = heap.bufmgr
-    buf = bm.read_buffer(heap.rel, heap.fork, block)
+    (buf,) = bm.pin_cached(heap.rel, heap.fork, (block,))
+    if buf < 0:
+        buf = bm.read_buffer(heap.rel, heap.fork, block)
     try:
         bm.lock_shared(buf)
         try:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slonik.engine.access import heap_fetch as hf
 from slonik.engine.access.heap import Heap
-from slonik.engine.access.tuple import TupleFormatError, pack_tuple
+from slonik.engine.access.tuple import Tid, TupleFormatError, pack_tuple
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.page import (
     BLCKSZ,
@@ -79,14 +79,13 @@ def test_c_tuples_at_equals_reference(pages, data):
     (offnums 0..past the line pointers, any page of the buffer), and where the reference
     raises (a damaged slot, a page outside the buffer) tuples_at raises the same error
     naming the same relation, fork and block."""
-    buf = b"".join(pages)
     reqs = data.draw(st.lists(st.tuples(st.integers(0, len(pages)), st.integers(0, 40)),
                               max_size=40))
     page_of = [p for p, _o in reqs]
     offnums = [o for _p, o in reqs]
     blocks = [100 + 3 * i for i in range(len(pages))]
-    c = _outcome(lambda: hf.tuples_at(buf, page_of, offnums, rel=9, fork=0, blocks=blocks))
-    py = _outcome(lambda: hf.tuples_at_py(buf, page_of, offnums, rel=9, fork=0,
+    c = _outcome(lambda: hf.tuples_at(pages, page_of, offnums, rel=9, fork=0, blocks=blocks))
+    py = _outcome(lambda: hf.tuples_at_py(pages, page_of, offnums, rel=9, fork=0,
                                           blocks=blocks))
     assert c == py
 
@@ -100,11 +99,13 @@ def test_reference_finds_the_tuples():
     for i, d in enumerate([b"a", b"bb", b"ccc"]):
         page_add_item(page, pack_tuple(10 + i, 3 * i, 0, d))
     page_set_item_flags(page, 2, LpFlag.UNUSED)
-    buf = bytes(page) + bytes(BLCKSZ)
-    xmins, xmaxs, starts, ends = hf.tuples_at_py(buf, [0, 0, 0, 0, 1], [1, 2, 3, 9, 1])
+    pages = [bytes(page), bytes(BLCKSZ)]
+    page_of = [0, 0, 0, 0, 1]
+    xmins, xmaxs, starts, ends = hf.tuples_at_py(pages, page_of, [1, 2, 3, 9, 1])
     assert xmins == [10, 0, 12, 0, 0] and xmaxs == [0, 0, 6, 0, 0]
-    assert [buf[s:e] for s, e in zip(starts, ends, strict=True)] == [b"a", b"", b"ccc", b"", b""]
-    assert hf.tuples_at(buf, [0, 0, 0, 0, 1], [1, 2, 3, 9, 1]) == (xmins, xmaxs, starts, ends)
+    assert [pages[p][s:e] for p, s, e in zip(page_of, starts, ends, strict=True)] == \
+        [b"a", b"", b"ccc", b"", b""]
+    assert hf.tuples_at(pages, page_of, [1, 2, 3, 9, 1]) == (xmins, xmaxs, starts, ends)
 
 
 @pytest.fixture
@@ -124,7 +125,8 @@ def test_fetch_pages_and_fetch_tuple_match_heap_fetch(heap):
     """On a real heap (every io method), fetch_tuple returns Heap.fetch's xmin, xmax and
     data for every slot (None for a pruned slot and past the end), and fetch_pages +
     tuples_at return the same for TIDs spread over the pages, with the pages both cached
-    and read cold (dropped from shared buffers: through the read stream)."""
+    and read cold (dropped from shared buffers: through the read stream) or half and half;
+    no pin is left behind."""
     h = heap
     bm = h.bufmgr
     tids = h.insert_many(1, [bytes([i % 250]) * (50 + i % 200) for i in range(400)])
@@ -137,17 +139,46 @@ def test_fetch_pages_and_fetch_tuple_match_heap_fetch(heap):
     assert hf.fetch_tuple(h, h.nblocks(), 1) is None
     sample = tids[::7][::-1][:12]   # fewer pages than the pool's buffers
     blocks = list(dict.fromkeys(t.block for t in sample))
-    for cold in (False, True):
-        if cold:
+    for mode in ("cached", "cold", "mixed"):
+        if mode != "cached":
             bm.flush_all()
             bm.drop_relation_buffers(h.rel)
-        buf = hf.fetch_pages(h, blocks)
-        assert len(buf) == len(blocks) * BLCKSZ
-        xmins, xmaxs, starts, ends = hf.tuples_at(
-            buf, [blocks.index(t.block) for t in sample], [t.offnum for t in sample])
-        for tid, xmin, xmax, s, e in zip(sample, xmins, xmaxs, starts, ends, strict=True):
+        if mode == "mixed":  # every other page back in the pool
+            for block in blocks[::2]:
+                h.fetch(Tid(block, 1))
+        pages = hf.fetch_pages(h, blocks)
+        assert [len(p) for p in pages] == [BLCKSZ] * len(blocks)
+        page_of = [blocks.index(t.block) for t in sample]
+        xmins, xmaxs, starts, ends = hf.tuples_at(pages, page_of, [t.offnum for t in sample])
+        for tid, p, xmin, xmax, s, e in zip(sample, page_of, xmins, xmaxs, starts, ends,
+                                            strict=True):
             t = h.fetch(tid)
-            assert (xmin, xmax, buf[s:e]) == ((0, 0, b"") if t is None else
-                                              (t.xmin, t.xmax, t.data))
+            assert (xmin, xmax, pages[p][s:e]) == ((0, 0, b"") if t is None else
+                                                   (t.xmin, t.xmax, t.data))
+        bm.check()   # every pin fetch_pages took was released
     with pytest.raises(ValueError, match="past the end of relation 16384"):
         hf.fetch_pages(h, [h.nblocks()])
+
+
+def test_pin_cached_pins_only_valid_blocks(heap):
+    """BufferManager.pin_cached pins exactly the blocks whose pages are VALID in the pool
+    (their buffer ids, each with one more pin), answers -1 without a pin for the others
+    (dropped from the pool, never read), and unpin_many gives the pins back (check() finds
+    no leaked pin)."""
+    h = heap
+    bm = h.bufmgr
+    h.insert_many(1, [bytes(3000) for _ in range(8)])   # 8 tuples of 3000 bytes: 4 pages
+    assert h.nblocks() == 4
+    bm.flush_all()
+    bm.drop_relation_buffers(h.rel)
+    h.fetch(Tid(1, 1))
+    h.fetch(Tid(3, 1))
+    got = bm.pin_cached(h.rel, h.fork, [0, 1, 2, 3, 1, 99])
+    assert [b >= 0 for b in got] == [False, True, False, True, True, False]
+    assert got[1] == got[4] and bm.block_of(got[1]) == (h.rel, int(h.fork), 1)
+    assert bm.block_of(got[3]) == (h.rel, int(h.fork), 3)
+    assert bm.descs[got[1]].refcount == 2 and bm.descs[got[3]].refcount == 1
+    with pytest.raises(AssertionError, match="leak|pinned|refcount"):
+        bm.check()
+    bm.unpin_many([b for b in got if b >= 0])
+    bm.check()
