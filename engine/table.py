@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress
 from operator import eq
 
+from slonik.engine.access.btree import XidSnapshot
 from slonik.engine.access.heap import Heap, HeapTuple
 from slonik.engine.access.heap_fetch import fetch_tuple
 from slonik.engine.access.tuple import RowCodec, Tid
@@ -51,7 +52,7 @@ from slonik.engine.index import (
     fetch_batched,
     split_entry_key,
 )
-from slonik.engine.relation import Relation
+from slonik.engine.relation import Relation, RelationState
 from slonik.engine.transaction import TransactionLayer, TxnState
 from slonik.engine.xact import Snapshot
 
@@ -315,7 +316,7 @@ class Table:
     def insert_many(self, rows: Iterable[Sequence]) -> list[Tid]:
         """Insert several rows at once (one WAL record per page filled); their Tids."""
         rows = list(rows)
-        datas = [self._codec.encode(r) for r in rows]
+        datas = self._codec.encode_many(rows)   # column-wise when the types allow
         if not datas:
             return []
         self._check()
@@ -535,26 +536,64 @@ class Table:
         return None
 
     def scan(self) -> Iterator[tuple]:
-        """Every visible row, in physical order, through a read stream (one snapshot)."""
-        return (row for _tid, row in self.items())
+        """Every visible row, in physical order, through a read stream (one snapshot).
+        A run of pages at a time: its visible tuples found in one C call, its rows decoded
+        column-wise (``RowCodec.decode_run``)."""
+        self._check()
+        return self._rows()
 
     def items(self) -> Iterator[tuple[Tid, tuple]]:
         """(tid, row) of every visible row, in physical order (one snapshot)."""
         self._check()
         return self._layer.guard(self._items(), self._check)
 
+    def _xid_snapshot(self, snap: Snapshot) -> XidSnapshot:
+        """``snap`` as data for the heap's C visibility check: the xids it excludes below
+        its xmax (running when it was taken, or aborted), sorted."""
+        xacts = self._layer.xacts
+        with xacts.lock:
+            aborted = [x for x in xacts.aborted if x < snap.xmax]
+        excluded = {x for x in snap.running if x != snap.own}
+        excluded.update(aborted)
+        return XidSnapshot(snap.xmax, snap.own, tuple(sorted(excluded)))
+
+    def _runs(self, snap: Snapshot):
+        decode_run = self._codec.decode_run
+        for run in self._heap.scan_runs(self._xid_snapshot(snap)):
+            yield run, decode_run(run.data, run.starts, run.ends)
+
+    def _rows(self) -> Iterator[tuple]:
+        """``scan``'s rows, checked as ``TransactionLayer.guard`` checks an iterator: the
+        table is usable before every step (an error underneath reports a close or drop
+        first), inlined so the check per row is one attribute test and one call."""
+        check, check_open = self._check, self._layer.check_open
+        relation, live = self._relation, RelationState.LIVE
+        try:
+            with self._layer.read_snapshot() as snap:
+                for _run, rows in self._runs(snap):
+                    for row in rows:
+                        if relation.state is not live:
+                            check()
+                        check_open()
+                        yield row
+        except Exception:
+            check()  # closed or dropped underneath: that is the error to report
+            raise
+        check()
+
     def _items(self) -> Iterator[tuple[Tid, tuple]]:
         with self._layer.read_snapshot() as snap:
-            visible = snap.visible
-            decode = self._codec.decode
-            for t in self._heap.scan():
-                if visible(t.xmin, t.xmax):
-                    yield t.tid, decode(t.data)
+            for run, rows in self._runs(snap):
+                tids = map(Tid, map(run.first_block.__add__, run.pages), run.offnums)
+                yield from zip(tids, rows, strict=True)
 
     def __iter__(self) -> Iterator[tuple]:
         """Every visible row (``scan()``)."""
         return self.scan()
 
     def count(self) -> int:
-        """How many rows are visible (one scan)."""
-        return sum(1 for _ in self.items())
+        """How many rows are visible (one scan; every row decoded, so a damaged one
+        raises as it would in ``scan``)."""
+        self._check()
+        with self._layer.read_snapshot() as snap:
+            return sum(len(rows) for _run, rows in self._runs(snap))

@@ -36,6 +36,19 @@ int slk_bt_probe(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint6
 int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
                    const uint8_t *stop, int32_t stoplen, uint64_t snap_xmax, uint64_t own,
                    const uint64_t *excluded, int nexcluded, uint32_t *out, int *flags);
+/* --- heap page --- */
+int slk_heap_run_items(const uint8_t *buf, int npages, int visibility, uint64_t snap_xmax,
+                       uint64_t own, const uint64_t *excluded, int nexcluded, int cap,
+                       uint32_t *page_out, uint16_t *offnum_out, uint32_t *start_out,
+                       uint32_t *end_out, uint64_t *xmin_out, uint64_t *xmax_out,
+                       uint16_t *flags_out);
+int slk_row_layout(const uint8_t *buf, int n, const uint32_t *starts, const uint32_t *ends,
+                   int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
+                   uint8_t *fixed_out, uint32_t *var_out, uint8_t *joined_out,
+                   uint32_t *joined_len, uint8_t *joined_ok);
+int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data_at,
+                       const uint32_t *lens, int n, uint64_t xmin, uint16_t flags,
+                       uint8_t *record_out, uint32_t *record_len);
 /* --- table index --- */
 int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                        const uint16_t *offnums, int n, uint64_t *xmin, uint64_t *xmax,
@@ -470,6 +483,158 @@ int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
     }
     *flags = f;
     return n;
+}
+
+/* --- heap page --- (engine/access/heap.py and engine/access/tuple.py hold the Python
+ * references; tests/engine/test_heap_c.py compares them)
+ * Line pointer u32: offset (15 bits) | state << 15 (1 = NORMAL) | length << 17.
+ * Heap tuple: "<QQHIxx" xmin, xmax, flags, data_len, pad | data (24-byte header). */
+#define HEAP_TUPLE_HDR 24
+#define HEAP_PAGE_MAX_LPS ((BLCKSZ - HEADER_SIZE) / 4)
+
+/* The NORMAL tuples of npages consecutive pages in buf (page k at buf + k * BLCKSZ), in
+ * page then offnum order; with `visibility` only those the snapshot (snap_xmax, own,
+ * sorted excluded) sees. Per tuple: page index, offnum, data start and end (offsets into
+ * buf), xmin, xmax, flags. Returns the count, -(k + 1) when page k holds a line pointer or
+ * tuple header that cannot be read safely (the caller runs the reference, which raises
+ * naming it), or -(npages + 1) when `cap` entries are not enough. */
+int slk_heap_run_items(const uint8_t *buf, int npages, int visibility, uint64_t snap_xmax,
+                       uint64_t own, const uint64_t *excluded, int nexcluded, int cap,
+                       uint32_t *page_out, uint16_t *offnum_out, uint32_t *start_out,
+                       uint32_t *end_out, uint64_t *xmin_out, uint64_t *xmax_out,
+                       uint16_t *flags_out)
+{
+    int n = 0;
+    for (int k = 0; k < npages; k++) {
+        const uint8_t *page = buf + (size_t)k * BLCKSZ;
+        uint32_t lower = load16(page + 14), upper = load16(page + 16);
+        if (lower == 0) continue;                       /* a new, all-zero page */
+        if (lower < HEADER_SIZE || lower > BLCKSZ || (lower - HEADER_SIZE) % 4) return -(k + 1);
+        int count = (int)((lower - HEADER_SIZE) / 4);
+        for (int i = 0; i < count; i++) {
+            uint32_t lp = load32(page + HEADER_SIZE + 4u * (uint32_t)i);
+            if (((lp >> 15) & 3) != 1) continue;
+            uint32_t off = lp & 0x7fff, len = lp >> 17;
+            if (off < upper || off + len > BLCKSZ || len < HEAP_TUPLE_HDR) return -(k + 1);
+            const uint8_t *t = page + off;
+            if (load32(t + 18) != len - HEAP_TUPLE_HDR) return -(k + 1);
+            uint64_t xmin = load64(t), xmax = load64(t + 8);
+            if (visibility && !(xid_sees(xmin, snap_xmax, own, excluded, nexcluded) &&
+                                !(xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded))))
+                continue;
+            if (n >= cap) return -(npages + 1);
+            page_out[n] = (uint32_t)k;
+            offnum_out[n] = (uint16_t)(i + 1);
+            start_out[n] = (uint32_t)((size_t)k * BLCKSZ + off + HEAP_TUPLE_HDR);
+            end_out[n] = (uint32_t)((size_t)k * BLCKSZ + off + len);
+            xmin_out[n] = xmin;
+            xmax_out[n] = xmax;
+            flags_out[n] = load16(t + 16);
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Row layout of n rows buf[starts[i]:ends[i]] (tuple.py's row format: nb-byte null bitmap,
+ * nfixed fixed-width values of fixed_sizes[c] bytes, nvar u32 lengths, the values).
+ * Column-major output, so Python builds each column with one memoryview.cast().tolist():
+ * fixed column c (at byte o_c of the fixed part) goes to fixed_out + n * o_c + i * size_c;
+ * var column j's bounds to var_out[(2j) * n + i] (start) and var_out[(2j + 1) * n + i]
+ * (end), and its values joined with a NUL between them to joined_out (column after
+ * column; joined_len[j] bytes each), joined_ok[j] = 0 when a value holds a NUL itself (the
+ * caller then slices by the bounds). joined_out needs sum(ends - starts) + nvar * n bytes.
+ * Returns 0; 1 when a row has a NULL (the caller decodes row by row); -1 when a row's
+ * lengths do not add up (the caller decodes row by row, which raises naming the flaw). */
+int slk_row_layout(const uint8_t *buf, int n, const uint32_t *starts, const uint32_t *ends,
+                   int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
+                   uint8_t *fixed_out, uint32_t *var_out, uint8_t *joined_out,
+                   uint32_t *joined_len, uint8_t *joined_ok)
+{
+    uint32_t fixed_size = 0;
+    for (int c = 0; c < nfixed; c++) fixed_size += fixed_sizes[c];
+    uint32_t head = (uint32_t)nb + fixed_size + 4u * (uint32_t)nvar;
+    int nulls = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t s = starts[i], e = ends[i];
+        if (e < s || e - s < head) return -1;
+        const uint8_t *row = buf + s;
+        for (int b = 0; b < nb; b++) nulls |= row[b];
+        uint32_t o = 0;
+        for (int c = 0; c < nfixed; c++) {
+            uint32_t sz = fixed_sizes[c];
+            memcpy(fixed_out + (size_t)n * o + (size_t)i * sz, row + nb + o, sz);
+            o += sz;
+        }
+        uint64_t pos = s + head;
+        for (int j = 0; j < nvar; j++) {
+            uint64_t len = load32(row + nb + fixed_size + 4 * j);
+            var_out[(size_t)(2 * j) * n + i] = (uint32_t)(pos > e ? e : pos);
+            pos += len;
+            var_out[(size_t)(2 * j + 1) * n + i] = (uint32_t)(pos > e ? e : pos);
+        }
+        if (pos != e) return -1;
+    }
+    if (nulls) return 1;
+    uint8_t *out = joined_out;
+    for (int j = 0; j < nvar; j++) {
+        const uint32_t *vs = var_out + (size_t)(2 * j) * n, *ve = vs + n;
+        uint8_t *first = out;
+        int ok = 1;
+        for (int i = 0; i < n; i++) {
+            uint32_t len = ve[i] - vs[i];
+            if (i) *out++ = 0;
+            if (ok && len && memchr(buf + vs[i], 0, len)) ok = 0;
+            memcpy(out, buf + vs[i], len);
+            out += len;
+        }
+        joined_len[j] = (uint32_t)(out - first);
+        joined_ok[j] = (uint8_t)ok;
+    }
+    return 0;
+}
+
+/* A new, empty page (init_page, no free line pointers) filled with heap tuples (xmin,
+ * xmax 0, flags, data i = lens[i] bytes at datas + data_at[i]) in order until one does not
+ * fit, exactly as page_add_item of each pack_tuple would. The INSERT_MULTI items of the
+ * page's WAL record ("<HH" offnum, item length | item, per tuple) go to record_out (room:
+ * sum of the data lengths + 28 per tuple), their size to *record_len. Returns how many
+ * tuples went in (offnums 1..count). */
+int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data_at,
+                       const uint32_t *lens, int n, uint64_t xmin, uint16_t flags,
+                       uint8_t *record_out, uint32_t *record_len)
+{
+    uint32_t lower = load16(page + 14), upper = load16(page + 16);
+    uint8_t *rec = record_out;
+    int k = 0;
+    for (; k < n; k++) {
+        uint32_t len = HEAP_TUPLE_HDR + lens[k], aligned = (len + 7u) & ~7u;
+        if (upper < aligned || upper - aligned < lower + 4) break;
+        upper -= aligned;
+        uint8_t *t = page + upper;
+        uint64_t zero64 = 0;
+        uint32_t dlen = lens[k];
+        memcpy(t, &xmin, 8);
+        memcpy(t + 8, &zero64, 8);
+        memcpy(t + 16, &flags, 2);
+        memcpy(t + 18, &dlen, 4);
+        memset(t + 22, 0, 2);
+        memcpy(t + HEAP_TUPLE_HDR, datas + data_at[k], dlen);
+        memset(t + len, 0, aligned - len);
+        uint32_t lp = upper | (1u << 15) | (len << 17);
+        memcpy(page + lower, &lp, 4);
+        lower += 4;
+        uint16_t off16 = (uint16_t)(k + 1), len16 = (uint16_t)len;
+        memcpy(rec, &off16, 2);
+        memcpy(rec + 2, &len16, 2);
+        memcpy(rec + 4, t, len);
+        rec += 4 + len;
+    }
+    uint16_t l16 = (uint16_t)lower, u16 = (uint16_t)upper;
+    memcpy(page + 14, &l16, 2);
+    memcpy(page + 16, &u16, 2);
+    *record_len = (uint32_t)(rec - record_out);
+    return k;
 }
 
 /* --- table index --- (engine/access/heap_fetch.py has the Python reference, tuples_at_py;

@@ -907,6 +907,25 @@ class BufferManager:
         finally:
             self.unpin(buf_id)
 
+    def copy_release(self, buf_ids: Sequence[int]) -> bytes:
+        """A copy of the pages of ``buf_ids`` (pinned by the caller, e.g. a read stream's
+        run), concatenated in order, each read under its shared content lock; then every
+        pin is released, errors included (the pins are handed over). One call per run of
+        pages: the locks are taken in the given (block) order and held only for the copy."""
+        descs, pages = self.descs, self.pages
+        locked: list[ContentLock] = []
+        try:
+            for b in buf_ids:
+                lock = descs[b].lock
+                assert descs[b].refcount > 0, "a buffer is pinned before it is locked"
+                lock.acquire_shared()
+                locked.append(lock)
+            return b"".join([pages[b] for b in buf_ids])
+        finally:
+            for lock in locked:
+                lock.release_shared()
+            self.unpin_many(buf_ids)
+
     def unlock_release(self, buf_id: int, *, exclusive: bool = True) -> None:
         """Unlock a content-locked buffer and drop its pin (PostgreSQL's
         UnlockReleaseBuffer): the end of every pin-and-lock the caller began itself."""

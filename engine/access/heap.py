@@ -53,8 +53,13 @@ from __future__ import annotations
 
 import struct
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import accumulate, repeat
+from operator import add, and_
+from typing import NamedTuple
 
+from slonik.engine.access.btree import XidSnapshot
 from slonik.engine.access.tuple import (
     HEAP_UPDATED,
     HEAP_XMAX_UPDATE,
@@ -96,8 +101,18 @@ from slonik.wal.rmgr import RM_HEAP, ResourceManager
 from slonik.wal.xlog import BlockSpec
 from sortedcontainers import SortedList
 
+try:  # the optional C heap-page helpers (storage/_pagecheck_build.py, "heap page" block)
+    from slonik.storage._pagecheck import ffi as _ffi
+    from slonik.storage._pagecheck import lib as _lib
+    if not hasattr(_lib, "slk_heap_run_items"):  # an older build of the module
+        _ffi = _lib = None
+except ImportError:
+    _ffi = _lib = None
+C_HEAP = _lib is not None  # whether runs of pages are read (and new pages filled) in C
+
 __all__ = [
-    "Heap", "Tid", "HeapTuple", "FreeSpaceMap", "TupleTooLargeError",
+    "Heap", "Tid", "HeapTuple", "HeapRun", "FreeSpaceMap", "TupleTooLargeError",
+    "run_items", "run_items_py", "fill_page", "fill_page_py", "SCAN_RUN_PAGES",
     "XLOG_HEAP_INSERT", "XLOG_HEAP_INSERT_MULTI", "XLOG_HEAP_DELETE", "XLOG_HEAP_UPDATE",
     "XLOG_HEAP_PRUNE", "XLOG_HEAP_OPMASK", "HEAP_RMGR", "heap_redo", "heap_describe",
 ]
@@ -126,6 +141,24 @@ _TUPLE_XMAX_FLAGS = struct.Struct("<QH")  # at offset 8 of a tuple: xmax, flags
 _TUPLE_HEAD = struct.Struct("<QQHI")
 
 _EMPTY_PAGE_FREE = max_item_size()  # what page_free_space says of a fresh page
+
+
+def _fresh_page_room() -> int:
+    page = bytearray(BLCKSZ)
+    init_page(page)
+    lower, upper = _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
+    return upper - lower
+
+
+_EMPTY_PAGE_ROOM = _fresh_page_room()  # bytes for items and line pointers on a new page
+# Pages a scan takes from its read stream per step (128 KiB, one io_combine_limit's worth
+# by default): one lock/copy/unpin call, one C call for the tuples, one row decode per run.
+SCAN_RUN_PAGES = 16
+_PAGE_LPS_MAX = (BLCKSZ - HEADER_SIZE) // LINE_POINTER_SIZE  # line pointers a page can hold
+_U32_MAX = (1 << 32) - 1
+# Pages a bulk insert adds to the relation at once (one zero-extension write, one pin and
+# lock section); bounded further by an eighth of the pool.
+BULK_EXTEND_PAGES = 32
 _XID_MAX = (1 << 64) - 1
 _LP_NORMAL = int(LpFlag.NORMAL)
 
@@ -203,6 +236,190 @@ class FreeSpaceMap:
 
     def total_free(self) -> int:
         return sum(self._free)
+
+
+class HeapRun(NamedTuple):
+    """The tuples of a run of consecutive pages (a scan's step), as a copy: ``data`` holds
+    the pages' bytes; tuple ``i`` is on block ``first_block + pages[i]`` at ``offnums[i]``
+    and its data is ``data[starts[i]:ends[i]]``. With a snapshot only visible tuples."""
+
+    first_block: int
+    npages: int
+    data: bytes
+    pages: list[int]
+    offnums: list[int]
+    starts: list[int]
+    ends: list[int]
+    xmins: list[int]
+    xmaxs: list[int]
+    flags: list[int]
+
+    def tuples(self) -> Iterator[HeapTuple]:
+        """The run's tuples as HeapTuples (copies), in block then offnum order."""
+        data = self.data
+        tids = map(Tid, map(self.first_block.__add__, self.pages), self.offnums)
+        return map(HeapTuple, tids, self.xmins, self.xmaxs, self.flags,
+                   map(data.__getitem__, map(slice, self.starts, self.ends)))
+
+
+def run_items_py(data: bytes, npages: int, snapshot: XidSnapshot | None, rel: int,
+                 fork: int, first_block: int) -> tuple[list[int], ...]:
+    """Reference of ``run_items``: (pages, offnums, starts, ends, xmins, xmaxs, flags) of
+    the NORMAL tuples (the visible ones, with ``snapshot``) of the ``npages`` pages in
+    ``data``; TupleFormatError naming relation, block and offnum for a line pointer that
+    is not a heap tuple inside the page's items area, or a tuple whose data_len
+    disagrees with it."""
+    out: tuple[list[int], ...] = ([], [], [], [], [], [], [])
+    pages, offnums, starts, ends, xmins, xmaxs, flags = out
+    head = _TUPLE_HEAD.unpack_from
+    for k in range(npages):
+        base = k * BLCKSZ
+        block = first_block + k
+        lower, upper = _LOWER_UPPER.unpack_from(data, base + LOWER_OFFSET)
+        if lower == 0:  # a new, all-zero page (verified as such when read)
+            continue
+        if lower < HEADER_SIZE or lower > BLCKSZ or (lower - HEADER_SIZE) % LINE_POINTER_SIZE:
+            raise TupleFormatError(
+                f"relation {rel} block {block}: lower {lower} does not end a line pointer "
+                f"array inside the page", relation=rel, fork=fork, block=block)
+        for offnum, (lp,) in enumerate(_LP.iter_unpack(data[base + HEADER_SIZE:base + lower]), 1):
+            if (lp >> 15) & 3 != _LP_NORMAL:
+                continue
+            offset = lp & 0x7FFF
+            length = lp >> 17
+            if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
+                raise TupleFormatError(
+                    f"relation {rel} block {block} offnum {offnum}: line pointer "
+                    f"(offset {offset}, length {length}) is not a heap tuple inside "
+                    f"[{upper}, {BLCKSZ})", relation=rel, fork=fork, block=block)
+            xmin, xmax, tflags, data_len = head(data, base + offset)
+            if data_len != length - TUPLE_HEADER_SIZE:
+                raise TupleFormatError(
+                    f"relation {rel} block {block} offnum {offnum}: tuple data_len "
+                    f"{data_len} does not match its item length {length}",
+                    relation=rel, fork=fork, block=block)
+            if snapshot is not None and not snapshot(xmin, xmax):
+                continue
+            pages.append(k)
+            offnums.append(offnum)
+            starts.append(base + offset + TUPLE_HEADER_SIZE)
+            ends.append(base + offset + length)
+            xmins.append(xmin)
+            xmaxs.append(xmax)
+            flags.append(tflags)
+    return out
+
+
+class _RunReader:
+    """``run_items`` in C with output arrays allocated once (per scan) for runs of up to
+    ``max_pages`` pages."""
+
+    def __init__(self, max_pages: int, snapshot: XidSnapshot | None) -> None:
+        cap = max_pages * _PAGE_LPS_MAX
+        self.max_pages = max_pages
+        self.cap = cap
+        self.snapshot = snapshot
+        new = _ffi.new
+        self.arrays = (new("uint32_t[]", cap), new("uint16_t[]", cap), new("uint32_t[]", cap),
+                       new("uint32_t[]", cap), new("uint64_t[]", cap), new("uint64_t[]", cap),
+                       new("uint16_t[]", cap))
+        if snapshot is None:
+            self.snap_args = (0, 0, 0, _ffi.NULL, 0)
+        else:
+            ex = snapshot.excluded
+            self._excluded = new("uint64_t[]", list(ex)) if ex else _ffi.NULL
+            self.snap_args = (1, snapshot.xmax, snapshot.own, self._excluded, len(ex))
+
+    def items(self, data: bytes, npages: int, rel: int, fork: int,
+              first_block: int) -> tuple[list[int], ...]:
+        assert npages <= self.max_pages and len(data) >= npages * BLCKSZ
+        arrays = self.arrays
+        n = _lib.slk_heap_run_items(_ffi.from_buffer(data), npages, *self.snap_args, self.cap,
+                                    *arrays)
+        if n < 0:
+            assert n != -(npages + 1), "line pointer capacity exceeded"
+            k = -n - 1
+            run_items_py(data[k * BLCKSZ:(k + 1) * BLCKSZ], 1, self.snapshot, rel, fork,
+                         first_block + k)  # raises naming the flaw
+            raise AssertionError(f"C and Python disagree on block {first_block + k} of "
+                                 f"relation {rel}")
+        buffer = _ffi.buffer
+        return tuple(memoryview(buffer(a, n * size)).cast(code).tolist()
+                     for a, code, size in zip(arrays, "IHIIQQH", (4, 2, 4, 4, 8, 8, 2),
+                                              strict=True))
+
+
+def run_items(data: bytes, npages: int, snapshot: XidSnapshot | None, rel: int, fork: int,
+              first_block: int) -> tuple[list[int], ...]:
+    """(pages, offnums, starts, ends, xmins, xmaxs, flags) of the NORMAL tuples of the
+    ``npages`` pages in ``data`` (with ``snapshot``: those it sees): one C call when
+    ``storage._pagecheck`` is built, else ``run_items_py``; the same errors either way."""
+    if _lib is None:
+        return run_items_py(data, npages, snapshot, rel, fork, first_block)
+    return _RunReader(npages, snapshot).items(data, npages, rel, fork, first_block)
+
+
+def fill_page_py(page, xmin: int, flags: int, datas: Sequence[bytes]) -> tuple[int, bytes]:
+    """Reference of ``fill_page``: ``page_add_item(page, pack_tuple(xmin, 0, flags, d))``
+    for each data in turn until one does not fit. Returns (how many went in, their
+    INSERT_MULTI record items: ``"<HH"`` offnum, item length | item, each)."""
+    parts = []
+    for data in datas:
+        item = pack_tuple(xmin, 0, flags, data)
+        try:
+            offnum = page_add_item(page, item)
+        except PageFullError:
+            break
+        parts += [_MULTI_ITEM.pack(offnum, len(item)), item]
+    return len(parts) // 2, b"".join(parts)
+
+
+class _PageFiller:
+    """``fill_page`` in C over one batch of tuple data (bytes each, none too large),
+    joined once; each new page takes the next tuples with one call. ``page_ends``
+    says in advance where each page of the batch will end."""
+
+    def __init__(self, xmin: int, flags: int, datas: list[bytes]) -> None:
+        lens = list(map(len, datas))
+        self.xmin, self.flags = xmin, flags
+        self.blob = b"".join(datas)
+        self.lens = _ffi.new("uint32_t[]", lens)
+        self.data_at = _ffi.new("uint32_t[]", list(accumulate(lens[:-1], initial=0)))
+        self.n = len(datas)
+        # Page space of each tuple: MAXALIGNed header + data, and a line pointer.
+        costs = map(add, map(and_, map(add, lens, repeat(TUPLE_HEADER_SIZE + 7)), repeat(~7)),
+                    repeat(LINE_POINTER_SIZE))
+        self._cum = list(accumulate(costs, initial=0))
+        self._record = _ffi.new("uint8_t[]", BLCKSZ + 8 * _PAGE_LPS_MAX)
+        self._record_len = _ffi.new("uint32_t *")
+
+    def page_end(self, first: int, room: int) -> int:
+        """The index after the last tuple from ``first`` that a new page with ``room``
+        free bytes takes (``fill`` stops exactly there)."""
+        cum = self._cum
+        return max(first + 1, bisect_right(cum, cum[first] + room) - 1)
+
+    def fill(self, page, first: int) -> tuple[int, bytes]:
+        count = _lib.slk_heap_fill_page(_ffi.from_buffer(page), _ffi.from_buffer(self.blob),
+                                        self.data_at + first, self.lens + first,
+                                        self.n - first, self.xmin, self.flags, self._record,
+                                        self._record_len)
+        return count, _ffi.buffer(self._record, self._record_len[0])[:]
+
+
+def fill_page(page, xmin: int, flags: int, datas: list[bytes]) -> tuple[int, bytes]:
+    """Add tuples (``xmin``, xmax 0, ``flags``, each of ``datas``) in order to an
+    initialised page with no line pointers yet (``init_page``), as ``page_add_item`` one
+    at a time would, byte for byte, until one does not fit. Returns (how many went in,
+    at offnums 1..count; their INSERT_MULTI record items). C when built and every data
+    is bytes small enough for a page; else ``fill_page_py``."""
+    lower, upper = _hole(memoryview(page))
+    if (_lib is None or not datas or lower != HEADER_SIZE or _page_flags(memoryview(page)) & 1
+            or upper > BLCKSZ or set(map(type, datas)) != {bytes}
+            or max(map(len, datas)) > MAX_TUPLE_DATA_BYTES):
+        return fill_page_py(page, xmin, flags, datas)
+    pack_tuple(xmin, 0, flags, b"")  # the header's own checks
+    return _PageFiller(xmin, flags, datas).fill(page, 0)
 
 
 class Heap:
@@ -376,37 +593,119 @@ class Heap:
 
     def insert_many(self, xid: int, datas: Iterable, *, flags: int = 0) -> list[Tid]:
         """Store many tuples (bulk load): one INSERT_MULTI record per page filled. Every
-        tuple is checked first, so an oversized one raises before anything changed."""
+        tuple is checked first, so an oversized one raises before anything changed.
+
+        When the free-space map has no page with room, the relation is extended by as
+        many pages as the remaining tuples need (up to ``BULK_EXTEND_PAGES`` at once) and
+        each new page is filled, and its record built, by one ``fill_page`` call (C when
+        built). A page that already holds tuples takes them one at a time."""
         _check_xid(xid)
-        items = [pack_tuple(xid, 0, flags, d) for d in datas]
-        bm = self.bufmgr
+        if not isinstance(datas, list | tuple):
+            datas = list(datas)
+        items = None
+        filler = None
+        if (_lib is not None and datas and set(map(type, datas)) == {bytes}
+                and max(map(len, datas)) <= MAX_TUPLE_DATA_BYTES
+                and sum(map(len, datas)) <= _U32_MAX):
+            pack_tuple(xid, 0, flags, b"")  # the header's own checks, once
+            filler = _PageFiller(xid, flags, datas)
+        else:
+            items = [pack_tuple(xid, 0, flags, d) for d in datas]
+        n = len(datas)
         tids: list[Tid] = []
-        i, n = 0, len(items)
+        i = 0
         while i < n:
-            buf, block, fresh = self._buffer_with_room(maxalign(len(items[i])))
-            try:
-                page = bm.page(buf)
-                pre = bytes(BLCKSZ) if fresh else bytes(page)
-                parts = []
-                first = i
-                while i < n:
-                    item = items[i]
-                    try:
-                        offnum = page_add_item(page, item)
-                    except PageFullError:
-                        break
-                    parts.append(_MULTI_ITEM.pack(offnum, len(item)))
-                    parts.append(item)
-                    tids.append(Tid(block, offnum))
-                    i += 1
-                assert i > first, "a page with room took no tuple"
-                payload = _MULTI.pack(i - first, _page_flags(page)) + b"".join(parts)
-                self._log(xid, XLOG_HEAP_INSERT_MULTI, payload, [(buf, pre, fresh)])
-                free = page_free_space(page)
-            finally:
-                bm.unlock_release(buf)
-            self._fsm_set(block, free)
+            if filler is not None:
+                need = maxalign(TUPLE_HEADER_SIZE + len(datas[i]))
+                fsm = self.free_space_map()
+                with self._fsm_lock:
+                    room = fsm.find(need)
+                if room is None:
+                    i = self._fill_new_pages(filler, i, tids)
+                    continue
+                items = datas  # this page: one tuple at a time
+            i = self._add_to_page(xid, flags, datas if filler is not None else items,
+                                  i, filler is not None, tids)
         return tids
+
+    def _add_to_page(self, xid: int, flags: int, items: Sequence, i: int, raw: bool,
+                     tids: list[Tid]) -> int:
+        """Tuples from ``items[i]`` on (``raw``: tuple data, else packed items) added one at
+        a time to a page with room, logged as one INSERT_MULTI; returns the next index."""
+        bm = self.bufmgr
+        n = len(items)
+        first_item = pack_tuple(xid, 0, flags, items[i]) if raw else items[i]
+        buf, block, fresh = self._buffer_with_room(maxalign(len(first_item)))
+        try:
+            page = bm.page(buf)
+            pre = bytes(BLCKSZ) if fresh else bytes(page)
+            parts = []
+            first = i
+            while i < n:
+                item = first_item if i == first else (
+                    pack_tuple(xid, 0, flags, items[i]) if raw else items[i])
+                try:
+                    offnum = page_add_item(page, item)
+                except PageFullError:
+                    break
+                parts += [_MULTI_ITEM.pack(offnum, len(item)), item]
+                tids.append(Tid(block, offnum))
+                i += 1
+            assert i > first, "a page with room took no tuple"
+            payload = _MULTI.pack(i - first, _page_flags(page)) + b"".join(parts)
+            self._log(xid, XLOG_HEAP_INSERT_MULTI, payload, [(buf, pre, fresh)])
+            free = page_free_space(page)
+        finally:
+            bm.unlock_release(buf)
+        self._fsm_set(block, free)
+        return i
+
+    def _fill_new_pages(self, filler: _PageFiller, i: int, tids: list[Tid]) -> int:
+        """Extend the relation by the pages the tuples from ``i`` need (at most
+        ``BULK_EXTEND_PAGES``, and an eighth of the pool), fill each with one C call and
+        log it as one INSERT_MULTI record (will_init); returns the next index."""
+        bm = self.bufmgr
+        room = _EMPTY_PAGE_ROOM
+        ends = []
+        j = i
+        limit = max(1, min(BULK_EXTEND_PAGES, bm.nbuffers // 8))
+        while j < filler.n and len(ends) < limit:
+            j = filler.page_end(j, room)
+            ends.append(j)
+        bufs = bm.extend(self.rel, self.fork, len(ends))  # pinned, exclusive, all zero
+        done = 0  # buffers released
+        logged = False
+        try:
+            for k, buf in enumerate(bufs):
+                block = bm.block_of(buf)[2]
+                page = bm.page(buf)
+                logged = False
+                init_page(page)
+                self._extended(block)
+                count, items = filler.fill(page, i)
+                assert i + count == ends[k], (i, count, ends[k])
+                payload = _MULTI.pack(count, _page_flags(page)) + items
+                self._log(filler.xmin, XLOG_HEAP_INSERT_MULTI, payload,
+                          [(buf, bytes(BLCKSZ), True)])
+                logged = True
+                tids.extend(map(tuple.__new__, repeat(Tid, count),
+                                zip(repeat(block, count), range(1, count + 1), strict=True)))
+                i += count
+                free = page_free_space(page)
+                done += 1
+                bm.unlock_release(buf)
+                self._fsm_set(block, free)
+        except BaseException:
+            for k in range(done, len(bufs)):
+                buf = bufs[k]
+                block = bm.block_of(buf)[2]
+                self._extended(block)
+                if not (k == done and logged):  # never logged: back to a new, all-zero page
+                    bm.page(buf)[:] = bytes(BLCKSZ)
+                    self._fsm_set(block, _EMPTY_PAGE_FREE)
+                bm.unlock_release(buf)
+            raise
+        return i
 
     def _normal_item(self, page: memoryview, tid: Tid) -> memoryview:
         """The tuple item at ``tid`` on a locked page; ValueError if there is none."""
@@ -619,47 +918,46 @@ class Heap:
         read through a read stream; each page is unpinned before its tuples are yielded.
         Blocks added after the scan started are not visited. A full scan also builds the
         free-space map when there is none yet."""
+        for run in self.scan_runs():
+            yield from run.tuples()
+
+    def scan_runs(self, snapshot: XidSnapshot | None = None, *,
+                  run_pages: int = SCAN_RUN_PAGES) -> Iterator[HeapRun]:
+        """The scan a run of up to ``run_pages`` pages at a time: each run is pinned,
+        copied under shared locks and unpinned with one call (``copy_release``), and its
+        tuples found (with ``snapshot``: only those it sees) by one ``run_items`` call,
+        before it is yielded. Same order, extent and free-space-map side effect as
+        ``scan``."""
+        if not isinstance(run_pages, int) or run_pages < 1:
+            raise ValueError(f"run_pages must be a positive int, got {run_pages!r}")
         bm = self.bufmgr
+        rel, fork = self.rel, int(self.fork)
         n = self.nblocks()
         free = [] if self._fsm is None else None
+        reader = None if _lib is None else _RunReader(run_pages, snapshot)
+        block = 0
         with ReadStream(bm, self.rel, self.fork, range(n)) as stream:
-            for block, buf in enumerate(stream):
-                with bm.locked(buf):
-                    page = bm.page(buf)
-                    tuples = self._page_tuples(page, block)
-                    if free is not None:
-                        free.append(self._page_free(page))
-                yield from tuples
+            while bufs := stream.next_buffers(run_pages):
+                k = len(bufs)
+                data = bm.copy_release(bufs)
+                if free is not None:
+                    view = memoryview(data)
+                    free.extend(self._page_free(view[j * BLCKSZ:(j + 1) * BLCKSZ])
+                                for j in range(k))
+                if reader is None:
+                    found = run_items_py(data, k, snapshot, rel, fork, block)
+                else:
+                    found = reader.items(data, k, rel, fork, block)
+                yield HeapRun(block, k, data, *found)
+                block += k
         if free is not None:
             self._install_fsm(free)
 
     def _page_tuples(self, page: memoryview, block: int) -> list[HeapTuple]:
         """Copies of the NORMAL tuples of a (locked, verified) page, in offnum order."""
-        lower, upper = _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
-        if lower == 0:  # a new, all-zero page (verified as such when read)
-            return []
-        out = []
-        head = _TUPLE_HEAD.unpack_from
-        for offnum, (lp,) in enumerate(_LP.iter_unpack(page[HEADER_SIZE:lower]), 1):
-            if (lp >> 15) & 3 != _LP_NORMAL:
-                continue
-            offset = lp & 0x7FFF
-            length = lp >> 17
-            if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
-                raise TupleFormatError(
-                    f"relation {self.rel} block {block} offnum {offnum}: line pointer "
-                    f"(offset {offset}, length {length}) is not a heap tuple inside "
-                    f"[{upper}, {BLCKSZ})", relation=self.rel, fork=int(self.fork),
-                    block=block)
-            xmin, xmax, flags, data_len = head(page, offset)
-            if data_len != length - TUPLE_HEADER_SIZE:
-                raise TupleFormatError(
-                    f"relation {self.rel} block {block} offnum {offnum}: tuple data_len "
-                    f"{data_len} does not match its item length {length}",
-                    relation=self.rel, fork=int(self.fork), block=block)
-            out.append(HeapTuple(Tid(block, offnum), xmin, xmax, flags,
-                                 bytes(page[offset + TUPLE_HEADER_SIZE:offset + length])))
-        return out
+        data = bytes(page)
+        found = run_items(data, 1, None, self.rel, int(self.fork), block)
+        return list(HeapRun(block, 1, data, *found).tuples())
 
 
 # ------------------------------------------------------------------------------- redo

@@ -527,3 +527,34 @@ def test_locked_and_unlock_release_leave_no_pin_or_lock(env):
     bm.lock_exclusive(buf)
     bm.unlock_release(buf)
     bm.check()
+
+
+def test_copy_release_copies_under_shared_locks_and_drops_the_pins(env):
+    """copy_release(bufs) returns the pages' bytes concatenated in the given order (each
+    page's item names its block), holds no lock and no pin afterwards (check() passes),
+    and waits for an exclusive holder: a writer changing block 2 while a copy of 1..3 is
+    asked for finishes first, so the copy holds the whole change and never half of it."""
+    bm, _ = env
+    bufs = bm.read_buffers(REL, Fork.MAIN, 1, 3)
+    data = bm.copy_release(bufs)
+    assert len(data) == 3 * BLCKSZ
+    for k in range(3):
+        page = bytearray(data[k * BLCKSZ:(k + 1) * BLCKSZ])
+        assert bytes(page_get_item(page, 1)) == f"rel {REL} block {k + 1}".encode()
+    bm.check()
+    writer = bm.read_buffer(REL, Fork.MAIN, 2)
+    bm.lock_exclusive(writer)
+    bufs = bm.read_buffers(REL, Fork.MAIN, 1, 3)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(bm.copy_release(bufs)))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive()  # waiting for the exclusive lock on block 2
+    page = bm.page(writer)
+    page[5000:5004] = b"ABCD"
+    page[6000:6004] = b"WXYZ"
+    bm.unlock_release(writer)
+    reader.join()
+    assert got[0][BLCKSZ + 5000:BLCKSZ + 5004] == b"ABCD"
+    assert got[0][BLCKSZ + 6000:BLCKSZ + 6004] == b"WXYZ"
+    bm.check()
