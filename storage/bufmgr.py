@@ -749,6 +749,23 @@ class BufferManager:
         """One block, pinned (no content lock)."""
         return self.read_buffers(rel, fork, block, 1)[0]
 
+    def pin_if_valid(self, rel: int, fork: int, block: int) -> int:
+        """A hit's whole ``read_buffer`` in one short call (a B+tree point read's leaf):
+        the block's buffer id, pinned (no content lock), when it is VALID in the pool;
+        else -1 and no pin (read it with ``read_buffer``). No I/O, no victim."""
+        with self._lock:
+            b = self._table.get((rel, fork, block))
+            if b is None:
+                return -1
+            d = self.descs[b]
+            if not d.flags & BM_VALID:
+                return -1
+            d.refcount += 1
+            if d.usage_count < BM_MAX_USAGE_COUNT:
+                d.usage_count += 1
+            self._hits += 1
+        return b
+
     def read_buffers(self, rel: int, fork: int, first_block: int, nblocks: int) -> list[int]:
         """Blocks ``first_block..+nblocks-1``, pinned (no content lock), in block order;
         on failure nothing stays pinned."""

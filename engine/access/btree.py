@@ -265,15 +265,6 @@ def _see_all_live(xmin: int, xmax: int) -> bool:
     return xmax == 0
 
 
-@dataclass(frozen=True)
-class VacuumResult:
-    entries_removed: int
-    leaves_changed: int
-    overflow_pages_freed: int
-    leaves_unlinked: int = 0   # empty leaves taken out of the tree
-    pages_recycled: int = 0    # unlinked leaves put on the free list (no reader can reach)
-
-
 # _see_all_live as data (every xid below XMIN_MAX is seen, so a version is visible exactly
 # when its xmax is 0), for the scans' one-C-call-per-leaf path.
 _SEE_ALL_LIVE_DATA = XidSnapshot(XMIN_MAX, 0, ())
@@ -310,6 +301,15 @@ def _entry_pairs(entries: list[LeafEntry], values: bool) -> tuple[list[tuple], b
     pairs = [(e.key, unpack_overflow_ref(e.payload) if e.flags & ENTRY_OVERFLOW
               else e.payload) for e in entries]
     return pairs, any(e.flags & ENTRY_OVERFLOW for e in entries)
+
+
+@dataclass(frozen=True)
+class VacuumResult:
+    entries_removed: int
+    leaves_changed: int
+    overflow_pages_freed: int
+    leaves_unlinked: int = 0   # empty leaves taken out of the tree
+    pages_recycled: int = 0    # unlinked leaves put on the free list (no reader can reach)
 
 
 @dataclass(frozen=True)
@@ -545,6 +545,7 @@ class BTree:
         self._inner: dict[int, tuple[bytes, Special]] = {}
         self._inner_lock = threading.Lock()
         self._inner_gen = 0
+        self._forkno = int(self.fork)  # the buffer tag's fork number (point-read hit path)
 
     # --- creating and opening -------------------------------------------------------------------
     @classmethod
@@ -714,6 +715,20 @@ class BTree:
         buf = bm.read_buffer(self.rel, self.fork, block)
         try:
             (bm.lock_exclusive if exclusive else bm.lock_shared)(buf)
+        except BaseException:
+            bm.unpin(buf)
+            raise
+        return buf
+
+    def _read_hit(self, block: int) -> int:
+        """``_read`` (share) through the buffer manager's one-call hit path when the block
+        is in the pool: a point read's leaf."""
+        bm = self.bufmgr
+        buf = bm.pin_if_valid(self.rel, self._forkno, block)
+        if buf < 0:
+            return self._read(block)
+        try:
+            bm.lock_shared(buf)
         except BaseException:
             bm.unpin(buf)
             raise
@@ -952,7 +967,7 @@ class BTree:
         bm = self.bufmgr
         block = self._leaf_for(key)
         while True:
-            buf = self._read(block)
+            buf = self._read_hit(block)
             try:
                 page = bm.page(buf)
                 try:

@@ -541,7 +541,9 @@ def probe_leaf(page, key: bytes) -> tuple[int, int, list[tuple[int, int, int, in
     """``probe_leaf_py`` in one C call when the helper module is built."""
     if _lib is None:
         return probe_leaf_py(page, key)
-    out = _ffi.new("uint64_t[]", 2 + 5 * PROBE_VERSIONS_ROOM)
+    out = getattr(_tls, "probe_out", None)
+    if out is None:
+        out = _tls.probe_out = _ffi.new("uint64_t[]", 2 + 5 * PROBE_VERSIONS_ROOM)
     cpage = _ffi.from_buffer(page)
     n = _lib.slk_bt_probe(cpage, key, len(key), out, PROBE_VERSIONS_ROOM)
     if n > PROBE_VERSIONS_ROOM:
