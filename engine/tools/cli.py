@@ -450,7 +450,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(args.keys, args.dir, buffered=args.buffered,
+    return run_demo(args.keys, args.dir, buffered=args.buffered, table_mb=args.table_mb,
                     crash_seconds=args.crash_seconds)
 
 
@@ -562,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: a temporary directory, removed)")
     demo.add_argument("--keys", type=positive_int, default=200_000,
                       help="KV pairs to load (default 200000)")
+    demo.add_argument("--table-mb", type=positive_float, default=256,
+                      help="size of the bulk table scanned cold with each io method, in MB "
+                           "(default 256)")
     demo.add_argument("--buffered", action="store_true",
                       help="scan through the OS page cache (default: io_direct=data)")
     demo.add_argument("--crash-seconds", type=positive_float, default=1.0,
