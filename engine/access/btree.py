@@ -1010,8 +1010,27 @@ class BTree:
         retry: list[bytes] = []
         blocks = sorted(by_leaf)
         bm = self.bufmgr
-        with ReadStream(bm, self.rel, self.fork, blocks) as stream:
-            for block, buf in zip(blocks, stream, strict=True):
+        # Leaves in the pool: pinned in one call (no read stream step per leaf); the rest
+        # come through one read stream below, adjacent ones combined.
+        bufs = bm.pin_cached(self.rel, self._forkno, blocks)
+        missing = [b for b, buf in zip(blocks, bufs, strict=True) if buf < 0]
+        i = 0
+        try:
+            for i, (block, buf) in enumerate(zip(blocks, bufs, strict=True)):
+                if buf < 0:
+                    continue
+                bm.lock_shared(buf)
+                try:
+                    self._probe_leaf(block, bm.page(buf), by_leaf[block], snapshot, found,
+                                     retry)
+                finally:
+                    bm.unlock_shared(buf)
+                    bm.unpin(buf)
+                    bufs[i] = -1
+        finally:
+            bm.unpin_many([b for b in bufs[i:] if b >= 0])
+        with ReadStream(bm, self.rel, self.fork, missing) as stream:
+            for block, buf in zip(missing, stream, strict=True):
                 try:
                     bm.lock_shared(buf)
                     try:
