@@ -41,9 +41,17 @@ from operator import itemgetter, sub
 from typing import NamedTuple
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite, XidSnapshot
+from slonik.engine.access.btree_page import (
+    BTP_DELETED,
+    BTP_LEAF,
+    EXTRACT_DONE,
+    P_NONE,
+    BTreePageError,
+    extract_leaf,
+)
 from slonik.engine.access.heap import Heap
 from slonik.engine.access.heap_fetch import fetch_pages, tuples_at
-from slonik.engine.access.keycodec import key_encoder
+from slonik.engine.access.keycodec import key_encoder, prefix_end
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
 
@@ -156,7 +164,7 @@ class TableIndex:
     def matching_keys(self, prefix: bytes) -> list[bytes]:
         """The whole keys (TID suffix included) of ``matching``'s entries, same order:
         encoded keys are self-delimiting, so whole-key byte order is (key, TID) order."""
-        return sorted(e.key for e in self.tree.with_prefix(prefix))
+        return prefix_keys(self.tree, prefix)
 
 
 class HeapBatch(NamedTuple):
@@ -174,6 +182,60 @@ class HeapBatch(NamedTuple):
     page_of: list[int]
     starts: list[int]
     ends: list[int]
+
+
+def prefix_keys(tree: BTree, prefix: bytes) -> list[bytes]:
+    """The keys of every entry of ``tree`` that starts with ``prefix`` (any xmin; index
+    entries never get an xmax), in tree order: a point read of an index.
+
+    ``tree.with_prefix`` with the descent of ``tree.get``: the leaf comes from the tree's
+    cached internal pages (no pin above the leaf level), then each leaf is read with one
+    C call (``extract_leaf`` over [prefix, prefix_end(prefix))) and its keys sliced out of
+    the page under its share lock; right siblings are read only while the range goes on
+    (a split since the descent, or entries continuing there). Registered as a reader for
+    the duration, so no leaf it reaches is recycled meanwhile (the tree's reader epochs)."""
+    stop = prefix_end(prefix)
+    bm = tree.bufmgr
+    rel, fork = tree.rel, tree.fork
+    out: list[bytes] = []
+    epoch = tree._begin_read()
+    try:
+        block = tree._leaf_for(prefix)
+        while True:
+            (buf,) = bm.pin_cached(rel, fork, (block,))
+            if buf < 0:
+                buf = tree._read(block)   # pinned and share-locked
+            else:
+                try:
+                    bm.lock_shared(buf)
+                except BaseException:
+                    bm.unpin(buf)
+                    raise
+            try:
+                page = bm.page(buf)
+                special = tree._special(page, block)
+                nxt = special.next
+                if special.flags & BTP_DELETED:  # unlinked since: its keys are to its right
+                    done = False
+                else:
+                    if not special.flags & BTP_LEAF:
+                        raise tree._corrupt(block, f"expected a leaf, found flags "
+                                                   f"{special.flags:#x}")
+                    try:
+                        flags, flat = extract_leaf(page, prefix, stop, *_EVERY_ENTRY)
+                    except BTreePageError as e:
+                        raise tree._corrupt(block, str(e)) from None
+                    if flat:
+                        out += map(bytes, map(page.__getitem__, map(slice, flat[0::4],
+                                                                    flat[1::4])))
+                    done = bool(flags & EXTRACT_DONE)
+            finally:
+                tree._release(buf)
+            if done or nxt == P_NONE:
+                return out
+            block = nxt
+    finally:
+        tree._end_read(epoch)
 
 
 def fetch_batched(heap: Heap, entry_keys: Iterable[bytes]) -> Iterator[HeapBatch]:

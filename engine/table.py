@@ -510,11 +510,18 @@ class Table:
             pk, values = self._pk_values(key)
             prefix = pk.encode(values)
             self._check()
-            txn = self._layer.current()
+            layer = self._layer
+            txn = layer.current()
             if txn is not None and txn.snapshot is not None:
                 return self._first_row(pk, prefix, txn.snapshot)
-            with self._layer.read_snapshot() as snap:
+            # read_snapshot() inlined (a point read pays for every call layer): a
+            # registered snapshot of the latest committed state, released after.
+            xacts = layer.xacts
+            snap = xacts.snapshot()
+            try:
                 return self._first_row(pk, prefix, snap)
+            finally:
+                xacts.release(snap)
         tid = _check_tid(tid)
         self._check()
         txn = self._layer.current()
@@ -531,6 +538,13 @@ class Table:
     def _first_row(self, index: TableIndex, prefix: bytes, snap: Snapshot) -> tuple | None:
         """The first visible row whose ``index`` key is ``prefix`` (a primary key's: the
         only one), or None."""
+        ks = index.matching_keys(prefix)
+        if len(ks) <= POINT_READ_ENTRIES_MAX:  # _index_rows' first path, without a generator
+            for k in ks:
+                found = self._point_row(index, k, snap)
+                if found is not None:
+                    return found[1]
+            return None
         for _tid, row in self._index_rows(index, prefix, snap):
             return row
         return None

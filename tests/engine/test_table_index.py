@@ -362,3 +362,42 @@ def test_slonik_check_verifies_indexes_against_the_heap(tmp_path, io_method):
     assert "table 'c': index 'c_name': the visible heap tuple at (0, 4) has no entry" in text
     assert "table 'c': index 'c_pkey'" in text and f"{tuple(tid)}, whose row has another key" \
         in text
+
+
+def test_prefix_keys_equals_with_prefix_across_leaves(db):
+    """index.prefix_keys (the point read of an index: the leaf from the tree's cached
+    internal pages, then one C extraction per leaf) returns exactly the keys of
+    BTree.with_prefix (the reference: a locked descent and an entry-by-entry walk), in
+    the same order, for keys whose entries span many leaves, for prefixes that match
+    nothing, part of a key or every entry, before and after the tree's vacuum removes the
+    middle of a key's run (emptying and unlinking leaves); and lookup() agrees with a
+    filtered scan while every row has its entry."""
+    from slonik.engine.index import prefix_keys  # noqa: PLC0415 - the function under test
+
+    t = db.create_table("g", [("id", "int8"), ("grp", "text"), ("pad", "bytea")],
+                        primary_key="id")
+    t.create_index("g_grp", ["grp"])
+    t.insert_many([(i, f"k{i % 5}", bytes(40)) for i in range(3000)])
+    idx = t._index("g_grp")
+    prefixes = [idx.encode((f"k{j}",)) for j in range(6)] + [b"", b"\x01", b"\x01k",
+                                                             idx.encode(("k",))]
+
+    def agree(*, entries_complete: bool) -> None:
+        for p in prefixes:
+            want = [e.key for e in idx.tree.with_prefix(p)]
+            assert prefix_keys(idx.tree, p) == want, p
+        assert len(prefix_keys(idx.tree, idx.encode(("k1",)))) == \
+            sum(1 for e in idx.tree.with_prefix(idx.encode(("k1",))))
+        for j in range(6 if entries_complete else 0):
+            assert sorted(t.lookup("g_grp", f"k{j}")) == \
+                sorted(r for r in t.scan() if r[1] == f"k{j}")
+
+    agree(entries_complete=True)
+    assert idx.tree.height >= 2   # the runs span leaves
+    k2 = idx.encode(("k2",))
+    run = [e.key for e in idx.tree.with_prefix(k2)]
+    doomed = set(run[len(run) // 4: 3 * len(run) // 4])   # the middle of k2's run
+    t.delete(id=0)
+    removed = idx.tree.vacuum(lambda e: e.key in doomed, by_entry=True)
+    assert removed.entries_removed == len(doomed)
+    agree(entries_complete=False)   # live rows lost entries here: lookup would miss them
