@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pytest
 from slonik.engine.access import btree_page as bp
 from slonik.engine.access.btree import (
+    INNER_CACHE_PAGES_MAX,
     OVERFLOW_EXTENTS_MAX,
     VALUE_INLINE_MAX_BYTES,
     VALUE_MAX_BYTES,
@@ -298,7 +299,7 @@ def test_open_reads_only_the_metapage(env, aio):
     tree's size, and finds the same root and height."""
     t = env.tree
     for i in range(300):
-        t.insert(big_key(i, 300), b"v", i + 1)
+        t.insert(big_key(i, 900), b"v", i + 1)
     env.bm.flush_all()
     bm2 = BufferManager(env.smgr, aio, shared_buffers=32, flush_wal=env.wal.flush)
     t2 = BTree.open(REL, bm2, env.wal)
@@ -706,7 +707,7 @@ def test_crash_recovery_through_redo_context(tmp_path, aio):
     the recovered tree passes check() and returns every value."""
     env = make_env(str(tmp_path), aio)
     t = env.tree
-    keys = [big_key(i, 300) for i in range(200)]
+    keys = [big_key(i, 900) for i in range(200)]
     for i, k in enumerate(keys[:100]):
         t.insert(k, b"a%d" % i, i + 1)
     env.bm.flush_all()
@@ -880,3 +881,166 @@ def test_rmgr_describe_is_one_line():
     text = btree_describe(WalRecord(RM_BTREE, XLOG_BTREE_SPLIT, 5, b"\x00\x09\xff\xff",
                                     (BlockRef(REL, 0, 3),)))
     assert "malformed" in text and "\n" not in text
+
+
+# ---------------------------------------------------------------------------- read paths
+
+
+def _pool_page(env: Env, block: int) -> bytes:
+    buf = env.bm.read_buffer(REL, Fork.MAIN, block)
+    env.bm.lock_shared(buf)
+    try:
+        return bytes(env.bm.page(buf))
+    finally:
+        env.bm.unlock_shared(buf)
+        env.bm.unpin(buf)
+
+
+def _assert_inner_cache_current(env: Env) -> int:
+    """Every cached internal page equals the page in the pool (apart from the checksum
+    field, which is set when a page is written out) and is an internal page; returns how
+    many are cached."""
+    t = env.tree
+    for block, (copy, special) in list(t._inner.items()):
+        now = bytearray(_pool_page(env, block))
+        mine = bytearray(copy)
+        for p in (now, mine):
+            p[CHECKSUM_OFFSET:CHECKSUM_OFFSET + 4] = bytes(4)
+        assert mine == now, f"cached copy of block {block} is stale"
+        assert special.level > 0 and special == bp.bt_special(copy)
+    return len(t._inner)
+
+
+def test_inner_page_cache_stays_current_through_splits_and_vacuum(env):
+    """Point reads fill the cache of internal pages (only level > 0 pages, at most
+    INNER_CACHE_PAGES_MAX); after interleaved inserts that split leaves and internal pages
+    (a root split included), after deletes + vacuum that unlink and recycle leaves, and
+    after reopening the tree object, every cached copy equals the page in the buffer pool
+    and every key reads back its value with get, get_many and a scan."""
+    t = env.tree
+    model = {}
+    for i in range(0, 600, 3):
+        k = big_key(i, 900)
+        t.insert(k, b"a%d" % i, 2)
+        model[k] = b"a%d" % i
+    assert all(t.get(k) == v for k, v in model.items())
+    height = t.height
+    assert height >= 3 and _assert_inner_cache_current(env) > 0
+    xid = 3
+    for i in range(600):
+        if i % 3:
+            k = big_key(i, 900)
+            t.insert(k, b"b%d" % i, xid)
+            model[k] = b"b%d" % i
+            xid += 1
+            if i % 50 == 1:  # reads between the splits keep the cache in use
+                assert t.get(k) == model[k]
+                _assert_inner_cache_current(env)
+    assert t.height > height  # the root split too
+    _assert_inner_cache_current(env)
+    assert all(t.get(k) == v for k, v in model.items())
+    for i in range(100, 500):
+        k = big_key(i, 900)
+        t.delete(k, xid)
+        del model[k]
+    xid += 1
+    result = t.vacuum(lambda xmin, xmax: xmax != 0)
+    assert result.leaves_unlinked > 0
+    n = _assert_inner_cache_current(env)
+    assert 0 < n <= min(INNER_CACHE_PAGES_MAX, sum(t.check().pages_per_level[:-1]))
+    for i in range(100, 500, 2):  # splits take the recycled pages
+        k = big_key(i, 900)
+        t.insert(k, b"c%d" % i, xid)
+        model[k] = b"c%d" % i
+    _assert_inner_cache_current(env)
+    keys = sorted(model)
+    assert [t.get(k) for k in keys] == [model[k] for k in keys]
+    assert t.get_many(keys[::-1]) == [model[k] for k in keys[::-1]]
+    assert list(t.items()) == [(k, model[k]) for k in keys]
+    _assert_inner_cache_current(env)
+    fresh = BTree.open(REL, env.bm, env.wal)
+    assert [fresh.get(k) for k in keys] == [model[k] for k in keys]
+    assert t.check().entries == len(model) and no_pins(env.bm)
+
+
+def test_versions_of_one_key_across_leaves_under_every_snapshot(env):
+    """A key with enough versions (large inline values) to span several leaves, between
+    neighbours: get, get_many and scans (both directions, data and callable snapshots)
+    return, for every snapshot, the newest version it sees, found by moving right across
+    the leaves the versions continue on; a snapshot that sees none gets None."""
+    t = env.tree
+    for i in range(40):
+        t.insert(b"a%03d" % i, b"left", 1)
+        t.insert(b"z%03d" % i, b"right", 1)
+    key = b"m-key"
+    nversions = 30
+    for xid in range(2, 2 + nversions):
+        if xid > 2:
+            t.set_xmax(key, xid - 1, xid)
+        t.insert(key, bytes([xid]) * 1500, xid)
+    leaves = {b for b in _leaf_blocks_of_key(t, key)}
+    assert len(leaves) >= 3
+    for snap_xmax in range(1, 3 + nversions):
+        snap = XidSnapshot(snap_xmax, 0, ())
+        want = None if snap_xmax <= 2 else bytes([snap_xmax - 1]) * 1500
+        assert t.get(key, snap) == want
+        assert t.get(key, lambda a, b, s=snap: s(a, b)) == want
+        assert t.get_many([b"a000", key, b"z039"], snap)[1] == want
+        for reverse in (False, True):
+            for s in (snap, lambda a, b, s=snap: s(a, b)):
+                got = dict(t.items(b"l", b"n", snapshot=s, reverse=reverse))
+                assert got == ({} if want is None else {key: want})
+    assert t.get(key) == bytes([1 + nversions]) * 1500  # the default: the live version
+    assert no_pins(env.bm)
+
+
+def _leaf_blocks_of_key(t: BTree, key: bytes) -> list[int]:
+    """The leaves holding versions of ``key`` (walked from the leftmost leaf)."""
+    out = []
+    block = t._leaf_for(b"")
+    while block != bp.P_NONE:
+        page = t._copy_page(block)
+        items = bp.bt_items(page)
+        first = bp.bt_first_data(bp.bt_special(page))
+        if any(bp.unpack_entry(i).key == key for i in items[first - 1:]):
+            out.append(block)
+        block = bp.bt_special(page).next
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_scans_by_snapshot_data_equal_scans_by_callable(env, seed):
+    """items() with an XidSnapshot (one C extraction per leaf, pairs sliced from a page
+    copy) returns exactly what the same snapshot as a plain callable (the per-entry Python
+    path) returns, for random ranges in both directions, with and without values, over
+    versions written and deleted by committed, running and aborted xids and values both
+    inline and out of line; item_batches() gives the same pairs in non-empty batches."""
+    rng = random.Random(seed)
+    t = env.tree
+    xid = 1
+    keys = [b"k%04d" % rng.randrange(3000) for _ in range(700)]
+    for k in keys:
+        xid += 1
+        value = rng.randbytes(rng.choice([5, 60, VALUE_INLINE_MAX_BYTES + 10]))
+        if any(True for _ in t.versions(k)):
+            old = t.versions(k)[0]
+            if not old.xmax:
+                t.set_xmax(k, old.xmin, xid)
+        if rng.random() < 0.9:
+            t.insert(k, value, xid)
+    for _ in range(40):
+        snap = XidSnapshot(rng.randrange(2, xid + 2), rng.choice([0, rng.randrange(2, xid)]),
+                           tuple(sorted(rng.sample(range(2, xid), 30))))
+        a, b = sorted(rng.sample(sorted(set(keys)), 2))
+        start = rng.choice([None, a, a + b"\x00"])
+        stop = rng.choice([None, b, b[:-1]])
+        for reverse in (False, True):
+            for values in (False, True):
+                fast = list(t.items(start, stop, snapshot=snap, reverse=reverse, values=values))
+                slow = list(t.items(start, stop, snapshot=lambda x, y, s=snap: s(x, y),
+                                    reverse=reverse, values=values))
+                assert fast == slow
+                batches = list(t.item_batches(start, stop, snapshot=snap, reverse=reverse,
+                                              values=values))
+                assert all(batches) and [p for b in batches for p in b] == fast
+    assert no_pins(env.bm)

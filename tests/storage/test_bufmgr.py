@@ -558,3 +558,25 @@ def test_copy_release_copies_under_shared_locks_and_drops_the_pins(env):
     assert got[0][BLCKSZ + 5000:BLCKSZ + 5004] == b"ABCD"
     assert got[0][BLCKSZ + 6000:BLCKSZ + 6004] == b"WXYZ"
     bm.check()
+
+
+def test_pin_if_valid_pins_only_valid_pool_blocks(env):
+    """pin_if_valid: -1 (no pin, no read, no hit counted) for a block not in the pool;
+    after a read, the block's own buffer pinned once more (its page readable, one hit
+    counted, check() sees the extra pin until it is dropped)."""
+    bm, _ = env
+    before = bm.stats()
+    assert bm.pin_if_valid(REL, int(Fork.MAIN), 5) == -1
+    after = bm.stats()
+    assert (after.reads, after.hits) == (before.reads, before.hits)
+    bm.check()  # nothing pinned
+    buf = bm.read_buffer(REL, Fork.MAIN, 5)
+    bm.unpin(buf)
+    hits = bm.stats().hits
+    got = bm.pin_if_valid(REL, int(Fork.MAIN), 5)
+    assert got == buf and item(bm, got) == f"rel {REL} block 5".encode()
+    assert bm.stats().hits == hits + 1 and bm.stats().reads == after.reads + 1
+    with pytest.raises(AssertionError):
+        bm.check()  # the pin is held
+    bm.unpin(got)
+    bm.check()
