@@ -1,35 +1,43 @@
-"""``slonik bench scan``: a relation scanned through a read stream, per io method, against fio.
+"""``slonik bench scan``: a table scanned through the public ``Table.scan()``, per io method,
+against fio on the same file; warm scans and bulk loads of small rows beside SQLite.
 
-A relation of ``--size`` bytes of checksummed heap pages (one md segment file per GiB) is
-built once under ``--dir`` and reused. Each measurement scans it front to back through a
-``ReadStream`` over the buffer manager: every page is verified (header + CRC-32C) in the
-read's completion callback, in whichever thread completes the read.
+A table ``scan(id int8, payload text)`` of about ``--size`` bytes of heap (rows of
+``--row-bytes`` bytes of text) is built once in a database under ``--dir`` and reused.
+Each measurement, per io method (``--methods``), in the same invocation:
 
-- cold: the pool starts empty. Buffered (default): the OS page cache is dropped
-  (``/proc/sys/vm/drop_caches``, root only) right before the scan, i.e. "drop and read at
-  once" in ``shared/reference/python-io.md``'s terms. ``--direct``: the data files are
-  opened with O_DIRECT and the page cache is out of the picture.
-  The pool is ``--shared-buffers`` pages (default 16384 = 128 MiB), so a 1 GiB scan also
-  exercises clock-sweep replacement.
-- warm: a pool large enough for the whole relation, filled by one scan first; the
-  measured scan is all hits.
-- fio: sequential 128 KiB reads at depth 32 (``--ioengine=io_uring``) of the same segment
-  file, same direct/buffered mode, same cache drop, in the same invocation.
+- cold: the database is opened with ``io_direct="data"`` (O_DIRECT; ``--buffered``: the
+  OS page cache instead, dropped right before the scan when root) and a pool of
+  ``--shared-buffers`` pages; ``Table.scan()`` reads every page through a read stream
+  (checksums verified in the read's completion), every row is decoded and counted.
+  Figure: MB/s of heap (file size / seconds).
+- fio on the table's segment file, same direct/buffered mode: sequential 128 KiB reads at
+  depth 32 (``--ioengine=io_uring``) and at depth 1 (``psync``, what the sync method can
+  at best do), measured in alternation with the scans.
+- warm: the same table with a pool holding all of it, scanned once to fill it, then timed
+  (``--no-warm`` skips it).
+- small rows: ``--small-rows`` rows ``(int8, text, float8)`` loaded by ``insert_many`` in
+  one transaction (commit included) into a new table, then a warm ``Table.scan()``;
+  SQLite (WAL, synchronous=FULL) does ``executemany`` in one transaction and
+  ``SELECT *`` on the same rows.
 
-Each method and fio are measured ``--runs`` times in alternation; medians are reported,
-with ratios to fio and to ``sync``.
+Medians of ``--runs`` runs; per method ``ratios``: cold vs fio depth 32 and depth 1 (and
+vs sync), warm scan and insert_many vs SQLite. Targets (issue #14): io_uring >= 0.8 x fio
+depth 32, sync >= 0.8 x fio depth 1, worker >= 0.6 x fio depth 32, warm scan >= 1.0 x and
+insert_many >= 0.5 x SQLite.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sqlite3
 import statistics
 import time
 
 from slonik.aio import osfile
-from slonik.aio.core import Aio
 from slonik.aio.method_io_uring import io_uring_available
+from slonik.engine.database import Database
 from slonik.engine.tools.bench import (
     parse_methods,
     parse_size,
@@ -37,27 +45,42 @@ from slonik.engine.tools.bench import (
     run_bench_command,
 )
 from slonik.engine.tools.fio import FioError, fio_status, run_fio_job
-from slonik.storage.bufmgr import BufferManager
-from slonik.storage.page import BLCKSZ, init_page, page_add_item, page_set_checksum
-from slonik.storage.read_stream import ReadStream
-from slonik.storage.smgr import Fork, Smgr
+from slonik.storage.page import BLCKSZ
+
+__all__ = ["add_arguments", "cmd_bench_scan", "run_scan_bench", "format_table"]
 
 DEFAULT_DIR = "./bench-data/scan"
-REL = 16384
-BUILD_CHUNK_BLOCKS = 128
-# fio reads the relation once (not time-based): allow for a slow disk on top of startup
+DEFAULT_SIZE = 512 << 20
+DEFAULT_ROW_BYTES = 1000
+DEFAULT_SMALL_ROWS = 300_000
+TABLE = "scan"
+COLUMNS = [("id", "int8"), ("payload", "text")]
+SMALL_COLUMNS = [("id", "int8"), ("name", "text"), ("score", "float8")]
+LOAD_BATCH_ROWS = 20_000        # rows per insert_many while building the big table
+BUILD_SHARED_BUFFERS = 16384    # pages (128 MiB) while building
+WARM_POOL_SLACK_PAGES = 1024    # the warm pool: the whole table plus this
+# fio reads the file once (not time-based): allow for a slow disk on top of startup
 FIO_SCAN_SECONDS_MAX = 480
-# Buffers a scan consumes before unpinning them together; small beside the pool (16384) and
-# the stream's look-ahead pins (max_pinned), so the pins held stay well within the pool.
-UNPIN_BATCH = 16
+FIO_BLOCK = "128k"              # = io_combine_limit 16 blocks of 8 KiB
+TARGETS = {"io_uring": ("cold_vs_fio_depth32", 0.8), "sync": ("cold_vs_fio_depth1", 0.8),
+           "worker": ("cold_vs_fio_depth32", 0.6)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory (default {DEFAULT_DIR})")
-    parser.add_argument("--size", type=parse_size, default=1 << 30,
-                        help="relation size, e.g. 256M or 1G (default 1G)")
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE,
+                        help="heap size of the scanned table, e.g. 256M or 1G (default 512M)")
+    parser.add_argument("--row-bytes", type=positive_int, default=DEFAULT_ROW_BYTES,
+                        help=f"text bytes per row of the scanned table (default {DEFAULT_ROW_BYTES})")
+    parser.add_argument("--small-rows", type=positive_int, default=DEFAULT_SMALL_ROWS,
+                        help=f"rows of the insert_many / warm-scan comparison with SQLite "
+                             f"(default {DEFAULT_SMALL_ROWS})")
     parser.add_argument("--runs", type=positive_int, default=3, help="runs; medians reported")
-    parser.add_argument("--direct", action="store_true", help="O_DIRECT data files (and fio)")
+    parser.add_argument("--direct", dest="buffered", action="store_false", default=False,
+                        help="O_DIRECT data files and fio (the default)")
+    parser.add_argument("--buffered", dest="buffered", action="store_true", default=False,
+                        help="buffered data files and fio; the page cache is dropped before "
+                             "each cold read (root only)")
     parser.add_argument("--methods", type=parse_methods, default=None,
                         help="comma-separated io methods (default: all available)")
     parser.add_argument("--shared-buffers", type=positive_int, default=16384,
@@ -66,48 +89,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="blocks per read (default 16)")
     parser.add_argument("--effective-io-concurrency", type=int, default=16,
                         help="reads in flight per stream (default 16)")
-    parser.add_argument("--no-warm", action="store_true", help="skip the warm scans")
+    parser.add_argument("--no-warm", action="store_true", help="skip the warm big-table scans")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def build_relation(data_dir: str, nblocks: int) -> bool:
-    """Create the relation once (checksummed pages with a few tuples); True if built now."""
-    marker = os.path.join(data_dir, f"built-{nblocks}")
+def _mkdirs(path: str) -> None:
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent and not osfile.exists(parent):
+        _mkdirs(parent)
+    if not osfile.exists(path):
+        osfile.mkdir(path)
+
+
+def build_table(data_dir: str, size: int, row_bytes: int, log) -> tuple[str, int]:
+    """Build the scanned table once (reused while ``--size`` and ``--row-bytes`` stay);
+    returns (its database directory, its relfilenumber)."""
+    db_dir = os.path.join(data_dir, "db")
+    marker = os.path.join(data_dir, f"built-{size}-{row_bytes}")
     if osfile.exists(marker):
-        return False
-    for d in (os.path.dirname(data_dir.rstrip("/")) or ".", data_dir):
-        if d and not osfile.exists(d):
-            osfile.mkdir(d)
-    template = bytearray(BLCKSZ)
-    init_page(template)
-    for k in range(40):
-        page_add_item(template, f"tuple {k:04d} ".encode() * 10)
-    with Smgr(data_dir) as smgr:
-        smgr.unlink(REL)
-        smgr.create(REL, Fork.MAIN)
-        block = 0
-        while block < nblocks:
-            n = min(BUILD_CHUNK_BLOCKS, nblocks - block)
-            pages = []
-            for k in range(n):
-                page = bytearray(template)
-                page_set_checksum(page, REL, Fork.MAIN, block + k)
-                pages.append(page)
-            smgr.writev(REL, Fork.MAIN, block, pages)
-            block += n
-        smgr.immedsync(REL, Fork.MAIN)
-    fd = osfile.open(marker, os.O_WRONLY | os.O_CREAT)
-    osfile.close(fd)
-    osfile.fsync_directory(data_dir)
-    return True
-
-
-def prefault(bm: BufferManager) -> None:
-    """Fault the buffer pool's memory in before timing, through the public page views of
-    a new pool (no buffer holds a page yet, so zeroing them changes nothing)."""
-    zeros = bytes(BLCKSZ)
-    for buf in range(bm.nbuffers):
-        bm.page(buf)[:] = zeros
+        with open(marker) as f:  # a bench bookkeeping file, not a data file
+            return db_dir, int(f.read())
+    _mkdirs(data_dir)
+    for name in os.listdir(data_dir):
+        if name.startswith("built-"):
+            os.unlink(os.path.join(data_dir, name))
+    shutil.rmtree(db_dir, ignore_errors=True)
+    pad = "x" * max(0, row_bytes - 12)
+    db = Database.open(db_dir, io_method="sync", shared_buffers=BUILD_SHARED_BUFFERS)
+    try:
+        t = db.create_table(TABLE, COLUMNS)
+        n = 0
+        while t.heap.nblocks() * BLCKSZ < size:
+            with db.transaction():
+                t.insert_many([(i, f"{i:012d}{pad}") for i in range(n, n + LOAD_BATCH_ROWS)])
+            n += LOAD_BATCH_ROWS
+        rel = t.rel
+    finally:
+        db.close()
+    with open(marker, "w") as f:
+        f.write(str(rel))
+    log(f"built a {size >> 20} MiB table ({n} rows of {row_bytes} bytes) in {db_dir}")
+    return db_dir, rel
 
 
 def drop_caches() -> bool:
@@ -120,119 +142,252 @@ def drop_caches() -> bool:
     return True
 
 
-def scan(bm: BufferManager, nblocks: int) -> float:
-    """One full scan through a read stream; returns seconds."""
-    unpin_many = bm.unpin_many
+def _open(db_dir: str, method: str, args: argparse.Namespace, shared_buffers: int) -> Database:
+    return Database.open(db_dir, io_method=method,
+                         io_direct="none" if args.buffered else "data",
+                         shared_buffers=shared_buffers, io_combine_limit=args.io_combine_limit,
+                         effective_io_concurrency=args.effective_io_concurrency)
+
+
+def count_rows(rows) -> int:
+    """Consume an iterator of rows as an application would (one step each); how many."""
+    n = 0
+    for _row in rows:
+        n += 1
+    return n
+
+
+def timed_scan(db: Database) -> tuple[float, int]:
+    """(seconds, rows) of one full ``Table.scan()`` of the scanned table."""
+    t = db.table(TABLE)
     start = time.perf_counter()
-    with ReadStream(bm, REL, Fork.MAIN, range(nblocks)) as stream:
-        n = 0
-        done: list[int] = []  # consumed buffers, unpinned a batch at a time (one lock section)
-        for buf in stream:
-            done.append(buf)
-            if len(done) == UNPIN_BATCH:
-                unpin_many(done)
-                done.clear()
-                n += UNPIN_BATCH
-        unpin_many(done)
-        n += len(done)
-    elapsed = time.perf_counter() - start
-    assert n == nblocks, f"scan returned {n} of {nblocks} blocks"
-    return elapsed
+    n = count_rows(t.scan())
+    return time.perf_counter() - start, n
 
 
-def run_fio(path: str, size: int, direct: bool) -> float:
-    """MB/s of fio reading the whole segment once, sequentially, 128 KiB at depth 32."""
-    job = run_fio_job([f"--filename={path}", f"--direct={int(direct)}", "--ioengine=io_uring",
-                       "--rw=read", "--bs=128k", "--iodepth=32", f"--size={size}"],
+def run_fio(path: str, size: int, direct: bool, depth: int) -> float:
+    """MB/s of fio reading ``size`` bytes of the file once, sequentially, 128 KiB at a
+    time: io_uring at ``depth`` (> 1), or psync (one read at a time) at depth 1."""
+    engine = ["--ioengine=io_uring", f"--iodepth={depth}"] if depth > 1 else ["--ioengine=psync"]
+    job = run_fio_job([f"--filename={path}", f"--direct={int(direct)}", *engine,
+                       "--rw=read", f"--bs={FIO_BLOCK}", f"--size={size}"],
                       seconds=FIO_SCAN_SECONDS_MAX)
     return job["read"]["bw_bytes"] / 1e6
 
 
-def run_scan_bench(args: argparse.Namespace, log=print) -> dict:
-    nblocks = args.size // BLCKSZ
+def small_rows(n: int) -> list[tuple]:
+    return [(i, f"name {i:08d}", i * 0.5) for i in range(n)]
+
+
+def slonik_small(path: str, method: str, rows: list[tuple]) -> tuple[float, float]:
+    """(insert_many rows/s in one transaction, commit included; warm scan rows/s)."""
+    shutil.rmtree(path, ignore_errors=True)
+    db = Database.open(path, io_method=method)
+    try:
+        t = db.create_table("small", SMALL_COLUMNS)
+        start = time.perf_counter()
+        with db.transaction():
+            t.insert_many(rows)
+        load = time.perf_counter() - start
+        start = time.perf_counter()
+        n = count_rows(t.scan())
+        scan = time.perf_counter() - start
+        assert n == len(rows), (n, len(rows))
+    finally:
+        db.close()
+        shutil.rmtree(path, ignore_errors=True)
+    return len(rows) / load, len(rows) / scan
+
+
+def _remove_sqlite(path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+
+
+def sqlite_small(path: str, rows: list[tuple]) -> tuple[float, float]:
+    """SQLite doing the same: (executemany rows/s in one transaction, SELECT * rows/s)."""
+    _remove_sqlite(path)
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("CREATE TABLE small (id INTEGER, name TEXT, score REAL)")
+        start = time.perf_counter()
+        with con:
+            con.executemany("INSERT INTO small VALUES (?, ?, ?)", rows)
+        load = time.perf_counter() - start
+        count_rows(con.execute("SELECT * FROM small"))  # warm its cache
+        start = time.perf_counter()
+        n = count_rows(con.execute("SELECT * FROM small"))
+        scan = time.perf_counter() - start
+        assert n == len(rows), (n, len(rows))
+    finally:
+        con.close()
+        _remove_sqlite(path)
+    return len(rows) / load, len(rows) / scan
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
+    """The bench; returns the report (see the module docstring; ``methods[m]["ratios"]``
+    holds the same-run ratios, ``methods[m]["cold_target"]`` the issue's target)."""
+    log = log or (lambda msg: None)
     methods = args.methods or ["sync", "worker", "io_uring"]
     ok, reason = io_uring_available()
     notes = []
     if "io_uring" in methods and not ok:
         methods = [m for m in methods if m != "io_uring"]
         notes.append(f"io_uring unavailable: {reason}")
-    if build_relation(args.dir, nblocks):
-        log(f"built a {args.size >> 20} MiB relation in {args.dir}")
-    segment = os.path.join(args.dir, "base", str(REL))
+    db_dir, rel = build_table(args.dir, args.size, args.row_bytes, log)
+    segment = os.path.join(db_dir, "base", str(rel))
+    fio_bytes = table_bytes = os.path.getsize(segment)
+    more = 1
+    while os.path.exists(f"{segment}.{more}"):
+        table_bytes += os.path.getsize(f"{segment}.{more}")
+        more += 1
+    if more > 1:
+        notes.append("fio reads the first 1 GiB segment only")
     have_fio, fio_note = fio_status()
     if not have_fio:
         notes.append(fio_note)
-    can_drop = args.direct or os.geteuid() == 0
-    if not can_drop:
+    direct = not args.buffered
+    if not direct and os.geteuid() != 0:
         notes.append("not root: the page cache cannot be dropped, 'cold' buffered scans are warm-ish")
+    mb = table_bytes / 1e6
     cold: dict[str, list[float]] = {m: [] for m in methods}
+    cold_rows: dict[str, list[float]] = {m: [] for m in methods}
     warm: dict[str, list[float]] = {m: [] for m in methods}
-    fio: list[float] = []
-    mb = args.size / 1e6
+    small_load: dict[str, list[float]] = {m: [] for m in methods}
+    small_scan: dict[str, list[float]] = {m: [] for m in methods}
+    fio: dict[str, list[float]] = {"depth32": [], "depth1": []}
+    sq_load: list[float] = []
+    sq_scan: list[float] = []
+    rows = small_rows(args.small_rows)
+    nrows = 0
     for run in range(args.runs):
         if have_fio:
-            if not args.direct:
-                drop_caches()
             try:
-                fio.append(run_fio(segment, args.size, args.direct))
-                log(f"run {run + 1}: fio {fio[-1]:.0f} MB/s")
+                for name, depth in (("depth32", 32), ("depth1", 1)):
+                    drop_caches()
+                    fio[name].append(run_fio(segment, fio_bytes, direct, depth))
+                    log(f"run {run + 1}: fio {name} {fio[name][-1]:.0f} MB/s")
             except (FioError, KeyError) as exc:   # as the other benches: no baseline
                 have_fio = False
-                fio.clear()
+                fio = {"depth32": [], "depth1": []}
                 notes.append(f"fio failed, no ratios: {exc}")
         for method in methods:
-            with Aio(method, io_max_concurrency=64) as aio:
-                smgr = Smgr(args.dir, io_direct=args.direct, aio=aio)
-                bm = BufferManager(smgr, aio, shared_buffers=args.shared_buffers,
-                                   io_combine_limit=args.io_combine_limit,
-                                   effective_io_concurrency=args.effective_io_concurrency)
-                prefault(bm)
-                if not args.direct:
-                    drop_caches()
-                cold[method].append(mb / scan(bm, nblocks))
-                log(f"run {run + 1}: {method} cold {cold[method][-1]:.0f} MB/s")
-                if not args.no_warm:
-                    big = BufferManager(smgr, aio, shared_buffers=nblocks + 64,
-                                        io_combine_limit=args.io_combine_limit,
-                                        effective_io_concurrency=args.effective_io_concurrency)
-                    scan(big, nblocks)
-                    warm[method].append(mb / scan(big, nblocks))
-                    log(f"run {run + 1}: {method} warm {warm[method][-1]:.0f} MB/s")
-                    del big
-                smgr.close()
-    med = statistics.median
-    fio_mb = med(fio) if fio else None
-    sync_mb = med(cold["sync"]) if cold.get("sync") else None
-    rows = {}
+            db = _open(db_dir, method, args, args.shared_buffers)
+            try:
+                drop_caches()
+                seconds, nrows = timed_scan(db)
+            finally:
+                db.close()
+            cold[method].append(mb / seconds)
+            cold_rows[method].append(nrows / seconds)
+            log(f"run {run + 1}: {method} cold {cold[method][-1]:.0f} MB/s "
+                f"({cold_rows[method][-1] / 1e6:.2f} M rows/s)")
+            if not args.no_warm:
+                db = _open(db_dir, method, args, table_bytes // BLCKSZ + WARM_POOL_SLACK_PAGES)
+                try:
+                    timed_scan(db)
+                    seconds, _n = timed_scan(db)
+                finally:
+                    db.close()
+                warm[method].append(mb / seconds)
+                log(f"run {run + 1}: {method} warm {warm[method][-1]:.0f} MB/s")
+            load, scan = slonik_small(os.path.join(args.dir, "small"), method, rows)
+            small_load[method].append(load)
+            small_scan[method].append(scan)
+            log(f"run {run + 1}: {method} small rows: insert_many {load / 1e6:.2f} M rows/s, "
+                f"warm scan {scan / 1e6:.2f} M rows/s")
+        load, scan = sqlite_small(os.path.join(args.dir, "small.sqlite"), rows)
+        sq_load.append(load)
+        sq_scan.append(scan)
+        log(f"run {run + 1}: sqlite executemany {load / 1e6:.2f} M rows/s, "
+            f"SELECT * {scan / 1e6:.2f} M rows/s")
+    fio32, fio1 = _median(fio["depth32"]), _median(fio["depth1"])
+    sync_mb = _median(cold.get("sync", []))
+    sq_load_m, sq_scan_m = _median(sq_load), _median(sq_scan)
+    out_methods = {}
     for m in methods:
-        c = med(cold[m])
-        rows[m] = {"cold_mb_s": round(c, 1),
-                   "cold_vs_fio": round(c / fio_mb, 3) if fio_mb else None,
-                   "cold_vs_sync": round(c / sync_mb, 3) if sync_mb else None,
-                   "warm_mb_s": round(med(warm[m]), 1) if warm[m] else None,
-                   "cold_runs": [round(x, 1) for x in cold[m]],
-                   "warm_runs": [round(x, 1) for x in warm[m]]}
-    return {"size_bytes": args.size, "direct": args.direct, "runs": args.runs,
+        c = _median(cold[m])
+        ratios = {"cold_vs_fio_depth32": _ratio(c, fio32),
+                  "cold_vs_fio_depth1": _ratio(c, fio1),
+                  "cold_vs_sync": _ratio(c, sync_mb),
+                  "warm_scan_vs_sqlite": _ratio(_median(small_scan[m]), sq_scan_m),
+                  "insert_many_vs_sqlite": _ratio(_median(small_load[m]), sq_load_m)}
+        target = TARGETS.get(m)
+        out_methods[m] = {
+            "cold_mb_s": c, "cold_rows_s": _median(cold_rows[m]), "warm_mb_s": _median(warm[m]),
+            "small_insert_many_rows_s": _median(small_load[m]),
+            "small_warm_scan_rows_s": _median(small_scan[m]),
+            "ratios": ratios,
+            "cold_target": None if target is None else {"of": target[0], "at_least": target[1]},
+            "cold_runs": [round(x, 1) for x in cold[m]],
+            "warm_runs": [round(x, 1) for x in warm[m]]}
+    return {"size_bytes": args.size, "table_bytes": table_bytes, "table_rows": nrows,
+            "row_bytes": args.row_bytes, "direct": direct, "runs": args.runs,
             "shared_buffers": args.shared_buffers, "io_combine_limit": args.io_combine_limit,
             "effective_io_concurrency": args.effective_io_concurrency,
-            "cold_state": "O_DIRECT" if args.direct else (
-                "page cache dropped right before each scan" if can_drop else "not dropped"),
-            "fio_mb_s": round(fio_mb, 1) if fio_mb else None,
-            "fio_runs": [round(x, 1) for x in fio], "methods": rows, "notes": notes}
+            "cold_state": "O_DIRECT" if direct else (
+                "page cache dropped right before each scan" if os.geteuid() == 0
+                else "not dropped"),
+            "fio_depth32_mb_s": fio32, "fio_depth1_mb_s": fio1,
+            "fio_runs": {k: [round(x, 1) for x in v] for k, v in fio.items()},
+            "small_rows": args.small_rows,
+            "sqlite": {"insert_many_rows_s": sq_load_m, "warm_scan_rows_s": sq_scan_m},
+            "methods": out_methods, "notes": notes}
+
+
+def _fmt(v, spec: str) -> str:
+    return format(v, spec) if v is not None else "n/a"
+
+
+def _m(v: float | None) -> float | None:
+    return None if v is None else v / 1e6
 
 
 def format_table(r: dict) -> str:
-    lines = [f"scan of {r['size_bytes'] >> 20} MiB, checksums verified, "
+    lines = [f"Table.scan() of {r['table_bytes'] >> 20} MiB ({r['table_rows']} rows of "
+             f"{r['row_bytes']} bytes), checksums verified, "
              f"{'O_DIRECT' if r['direct'] else 'buffered'}; cold = {r['cold_state']}; "
              f"medians of {r['runs']} runs",
-             f"fio sequential 128 KiB depth 32: "
-             f"{r['fio_mb_s'] if r['fio_mb_s'] is not None else 'n/a'} MB/s",
-             f"{'method':<10} {'cold MB/s':>10} {'vs fio':>7} {'vs sync':>8} {'warm MB/s':>10}"]
+             f"fio sequential {FIO_BLOCK}: depth 32 {_fmt(r['fio_depth32_mb_s'], '.0f')} MB/s, "
+             f"depth 1 {_fmt(r['fio_depth1_mb_s'], '.0f')} MB/s",
+             f"{'method':<10} {'cold MB/s':>10} {'/fio32':>7} {'/fio1':>7} {'/sync':>6} "
+             f"{'warm MB/s':>10}  target"]
     for m, row in r["methods"].items():
-        def fmt(v, spec):
-            return format(v, spec) if v is not None else "n/a"
-        lines.append(f"{m:<10} {fmt(row['cold_mb_s'], '>10.0f')} {fmt(row['cold_vs_fio'], '>7.2f')} "
-                     f"{fmt(row['cold_vs_sync'], '>8.2f')} {fmt(row['warm_mb_s'], '>10.0f')}")
+        ratios = row["ratios"]
+        target = row["cold_target"]
+        tgt = "n/a"
+        if target is not None and ratios[target["of"]] is not None:
+            met = "met" if ratios[target["of"]] >= target["at_least"] else "missed"
+            tgt = f"{target['of']} >= {target['at_least']}: {met}"
+        lines.append(f"{m:<10} {_fmt(row['cold_mb_s'], '>10.0f')} "
+                     f"{_fmt(ratios['cold_vs_fio_depth32'], '>7.2f')} "
+                     f"{_fmt(ratios['cold_vs_fio_depth1'], '>7.2f')} "
+                     f"{_fmt(ratios['cold_vs_sync'], '>6.2f')} "
+                     f"{_fmt(row['warm_mb_s'], '>10.0f')}  {tgt}")
+    sq = r["sqlite"]
+    lines.append(f"{r['small_rows']} small rows (int8, text, float8), M rows/s; SQLite: "
+                 f"executemany {_fmt(_m(sq['insert_many_rows_s']), '.2f')}, "
+                 f"SELECT * {_fmt(_m(sq['warm_scan_rows_s']), '.2f')}")
+    lines.append(f"{'method':<10} {'insert_many':>12} {'/sqlite':>8} {'warm scan':>10} "
+                 f"{'/sqlite':>8}")
+    for m, row in r["methods"].items():
+        ratios = row["ratios"]
+        lines.append(f"{m:<10} {_fmt(_m(row['small_insert_many_rows_s']), '>12.2f')} "
+                     f"{_fmt(ratios['insert_many_vs_sqlite'], '>8.2f')} "
+                     f"{_fmt(_m(row['small_warm_scan_rows_s']), '>10.2f')} "
+                     f"{_fmt(ratios['warm_scan_vs_sqlite'], '>8.2f')}")
     lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)
 

@@ -580,8 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_aio_arguments(bench_aio)
     bench_aio.set_defaults(func=cmd_bench_aio)
     bench_scan = bench_sub.add_parser(
-        "scan", help="a relation scanned through a read stream with checksums, per io method, "
-                     "cold and warm, against fio")
+        "scan", help="a table scanned through Table.scan() per io method, cold (O_DIRECT) "
+                     "against fio at depth 32 and 1, warm; insert_many and warm scans of "
+                     "small rows beside SQLite")
     add_bench_scan_arguments(bench_scan)
     add_plot_argument(bench_scan)
     bench_scan.set_defaults(func=cmd_bench_scan)

@@ -6,19 +6,37 @@ from slonik.engine.tools.cli import main
 
 
 def test_bench_scan_reports_every_available_method(tmp_path, capsys):
-    """A tiny O_DIRECT scan bench prints JSON with a positive cold and warm MB/s for every
-    available io method and the relation's data built under --dir."""
+    """A tiny bench (8 MiB table of 1000-byte rows, 2000 small rows, one run, O_DIRECT by
+    default) prints JSON with, for every available io method, positive cold and warm
+    MB/s of Table.scan(), every row of the table scanned, positive small-row insert_many
+    and warm-scan rates, and the ratios to SQLite (and to fio when fio ran) present; the
+    table is built once under --dir (at least --size of heap) and reused by a second
+    run."""
     from slonik.aio.method_io_uring import io_uring_available
 
-    code = main(["bench", "scan", "--size", "8M", "--runs", "1", "--direct",
-                 "--dir", str(tmp_path / "scan"), "--shared-buffers", "64", "--json"])
-    assert code == 0
+    argv = ["bench", "scan", "--size", "8M", "--runs", "1", "--small-rows", "2000",
+            "--dir", str(tmp_path / "scan"), "--shared-buffers", "64", "--json"]
+    assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     expected = {"sync", "worker"} | ({"io_uring"} if io_uring_available()[0] else set())
     assert set(report["methods"]) == expected
+    assert report["direct"] is True and report["cold_state"] == "O_DIRECT"
+    assert report["table_bytes"] >= 8 << 20
+    assert report["table_rows"] >= report["table_bytes"] // 8192  # several rows a page
     for row in report["methods"].values():
         assert row["cold_mb_s"] > 0 and row["warm_mb_s"] > 0
-    assert (tmp_path / "scan" / "base" / "16384").stat().st_size == 8 << 20
+        assert row["small_insert_many_rows_s"] > 0 and row["small_warm_scan_rows_s"] > 0
+        ratios = row["ratios"]
+        assert ratios["warm_scan_vs_sqlite"] > 0 and ratios["insert_many_vs_sqlite"] > 0
+        assert ratios["cold_vs_sync"] > 0
+        if report["fio_depth32_mb_s"] is not None:
+            assert ratios["cold_vs_fio_depth32"] > 0 and ratios["cold_vs_fio_depth1"] > 0
+    built = sorted(p.name for p in (tmp_path / "scan").iterdir() if p.name.startswith("built-"))
+    assert built == [f"built-{8 << 20}-1000"]
+    assert main(argv + ["--methods", "sync", "--no-warm"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["table_rows"] == report["table_rows"]  # the same table, not rebuilt
+    assert again["methods"]["sync"]["warm_mb_s"] is None
 
 
 def test_info_says_what_auto_picks(capsys):

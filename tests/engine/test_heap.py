@@ -562,3 +562,27 @@ def test_rmgr_registered_and_describe_is_one_line():
     text = heap_describe(WalRecord(RM_HEAP, XLOG_HEAP_DELETE, 5, b"\x01",
                                    (BlockRef(REL, 0, 3),)))
     assert "malformed" in text and "\n" not in text
+
+
+def test_scan_builds_the_map_each_page_would_give(env):
+    """The free-space map a first full scan builds (from the run's header fields) holds,
+    block for block, what Heap._page_free says of each page in the pool: after tuples
+    of mixed sizes, deletes and a prune (pages with free line pointers), an all-zero page
+    extended at the end, and pages filled to the last byte."""
+    h = env.heap
+    tids = h.insert_many(1, [bytes(n % 1500) for n in range(0, 60000, 377)])
+    h.insert_many(2, [bytes(8000)] * 3)
+    for t in tids[::3]:
+        h.delete(t, 3)
+    h.prune(lambda t: t.xmax != 0)
+    (buf,) = env.bm.extend(REL, Fork.MAIN, 1)  # a new page nobody initialised
+    env.bm.unlock_release(buf)
+    h2 = Heap(REL, env.bm, env.wal)
+    list(h2.scan())
+    want = []
+    for block in range(h2.nblocks()):
+        with env.bm.buffer_locked(REL, Fork.MAIN, block) as b:
+            want.append(Heap._page_free(env.bm.page(b)))
+    assert [h2._fsm.get(b) for b in range(len(h2._fsm))] == want
+    assert want[-1] == h2._fsm.get(len(want) - 1) and len(set(want)) > 3
+    assert no_pins(env.bm)
