@@ -42,6 +42,7 @@ from typing import Any
 from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.engine.rmgrlist import install as install_rmgrs
+from slonik.engine.wal_decode import C_SCANNER
 from slonik.storage.bufmgr import BufferManager, DamagedPageWarning
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ, page_get_lsn, page_set_lsn
@@ -68,8 +69,10 @@ from slonik.wal.xlog import Wal, sync_segments, truncate_tail
 
 RECOVERY_PREFETCH_RECORDS = 64     # records looked ahead for blocks to prefetch
 RECOVERY_PREFETCH_PINS = 64        # buffers prefetch may hold pinned at once
+RECOVERY_KEEP_PINS = 16            # recently redone buffers kept pinned between records
 FIRST_RELFILENUMBER = 16384        # as PostgreSQL's FirstNormalObjectId
 WAL_DIR = "wal"
+_ZERO_PAGE = bytes(BLCKSZ)
 
 
 class RedoAction(IntEnum):
@@ -90,38 +93,82 @@ class RecoveryInfo:
     state: dict[str, Any]    # what the resource managers' redo routines collected
     seconds: float
     replay_bytes: int
+    scan_seconds: float = 0.0     # the read-only first pass (find the end of WAL)
+    replay_seconds: float = 0.0   # the second pass: read, decode, redo
 
 
 @dataclass
 class RedoContext:
-    """What redo routines get: the buffer manager and smgr, and a dict for their own state."""
+    """What redo routines get: the buffer manager and smgr, and a dict for their own state.
+
+    ``keep_pins``: how many recently redone buffers the context keeps pinned between
+    records (0: none), so that the next record touching the same page (the rightmost
+    B+tree leaf, the heap page being filled) pins it without a buffer-table lookup or read
+    operation. Kept pins are the context's own; ``release_kept`` drops them, as replay does
+    before a record without block references (it may truncate or drop relations) and at
+    its end.
+    """
 
     bufmgr: BufferManager
     smgr: Smgr
     state: dict[str, Any] = field(default_factory=dict)
+    keep_pins: int = 0
     _sizes: dict[tuple[int, int], int] = field(default_factory=dict)
+    _kept: dict[tuple[int, int, int], int] = field(default_factory=dict)
+
+    def release_kept(self) -> None:
+        """Drop every pin the context keeps between records."""
+        if self._kept:
+            bufs = list(self._kept.values())
+            self._kept.clear()
+            self.bufmgr.unpin_many(bufs)
+
+    def _keep(self, tag: tuple[int, int, int], buf: int) -> None:
+        """Keep a pin of its own on ``buf`` (pinned by the caller too), the oldest kept
+        pin dropped when ``keep_pins`` are held."""
+        kept = self._kept
+        if len(kept) >= self.keep_pins:
+            old = next(iter(kept))
+            self.bufmgr.unpin(kept.pop(old))
+        self.bufmgr.pin(buf)
+        kept[tag] = buf
 
     def ensure_relation(self, rel: int, fork: int) -> None:
         key = (rel, fork)
         if key not in self._sizes:
             self.smgr.create(rel, fork, exist_ok=True)
-            self._sizes[key] = 1  # only "known to exist": sizes are asked of smgr each time
+            self._sizes[key] = 0  # exists; no block known yet
 
     def forget_relation(self, rel: int) -> None:
         for key in [k for k in self._sizes if k[0] == rel]:
             del self._sizes[key]
 
-    def _buffer_for(self, rel: int, fork: int, block: int, *, read: bool) -> int:
-        """A pinned, exclusive-locked buffer for the block; zero-extends the relation up
-        to it when needed. ``read=False``: the page's old content is not needed."""
+    def known_nblocks(self, rel: int, fork: int) -> int:
+        """A lower bound of the fork's size in blocks (0 when it does not exist), asked of
+        smgr once and then kept: during redo a fork only grows (extension here, or a torn
+        extension's partial segment completing, md's size rule) until a truncation, whose
+        redo calls ``forget_relation``. Blocks below it exist; at or past it, ask smgr."""
+        key = (rel, fork)
+        n = self._sizes.get(key)
+        if n is None:
+            if not self.smgr.exists(rel, fork):
+                return 0
+            n = self._sizes[key] = self.smgr.nblocks(rel, fork)
+        return n
+
+    def _extend_to(self, rel: int, fork: int, block: int) -> int | None:
+        """Make sure ``block`` exists: a pinned, exclusive-locked new buffer when the fork had
+        to be zero-extended up to it, else None (the block exists; the known size is kept)."""
         self.ensure_relation(rel, fork)
         bm = self.bufmgr
+        key = (rel, fork)
         while True:
-            # Asked each time: completing a partial segment (a torn extension) can make
+            # Asked of smgr: completing a partial segment (a torn extension) can make
             # blocks of the next segment file visible again (md's size rule).
             nblocks = self.smgr.nblocks(rel, fork)
             if block < nblocks:
-                break
+                self._sizes[key] = nblocks
+                return None
             new = bm.extend(rel, fork, block + 1 - nblocks)
             for buf in new:
                 bm.mark_dirty(buf)
@@ -129,10 +176,28 @@ class RedoContext:
                 for buf in new[:-1]:
                     bm.unlock_exclusive(buf)
                 bm.unpin_many(new[:-1])
+                self._sizes[key] = block + 1
                 return new[-1]
             for buf in new:  # the relation turned out longer: read the block instead
                 bm.unlock_exclusive(buf)
             bm.unpin_many(new)
+
+    def _buffer_for(self, rel: int, fork: int, block: int, *, read: bool) -> int:
+        """A pinned, exclusive-locked buffer for the block; zero-extends the relation up
+        to it when needed. ``read=False``: the page's old content is not needed."""
+        bm = self.bufmgr
+        tag = (rel, fork, block)
+        buf = self._kept.get(tag)
+        if buf is not None:  # a kept pin: the page is valid in the pool
+            bm.pin(buf)
+            bm.lock_exclusive(buf)
+            return buf
+        if block >= self._sizes.get((rel, fork), 0):
+            buf = self._extend_to(rel, fork, block)
+            if buf is not None:
+                if self.keep_pins:
+                    self._keep(tag, buf)
+                return buf
         if read:
             buf = bm.read_buffer(rel, fork, block)
         else:
@@ -147,6 +212,8 @@ class RedoContext:
                         bm.unpin_many(op.buffers)
                         raise
             buf = op.buffers[0]
+        if self.keep_pins:
+            self._keep(tag, buf)
         bm.lock_exclusive(buf)
         return buf
 
@@ -164,7 +231,7 @@ class RedoContext:
             return RedoAction.RESTORED, None
         if ref.will_init:
             buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False)
-            bm.page(buf)[:] = bytes(BLCKSZ)
+            bm.page(buf)[:] = _ZERO_PAGE
             return RedoAction.NEEDS_REDO, buf
         buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=True)
         if page_get_lsn(bm.page(buf)) >= rr.end_lsn:
@@ -239,16 +306,19 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
     crashed = control.state != DbState.SHUTDOWNED
     # Read-only pass: after a crash an invalid record may be a torn tail or damage in the
     # middle of the log; the flush stamps past it tell which. Raises before any write.
+    t_scan = time.perf_counter()
     end, last, stop_reason = find_wal_end(wal_dir, seg, cp.redo_lsn,
                                           check_middle_corruption=crashed)
+    t_scan = time.perf_counter() - t_scan
     if end < cp_rr.end_lsn:
         raise WalError(f"WAL ends at {format_lsn(end)}, before the checkpoint record at "
                        f"{format_lsn(control.checkpoint_lsn)} ({stop_reason})")
     if crashed:
         write_control(data_dir, replace(control, state=DbState.IN_CRASH_RECOVERY,
                                         time=time.time()))
-    ctx = RedoContext(bufmgr, smgr)
-    reader = WalReader(wal_dir, seg, cp.redo_lsn)
+    # Kept pins and prefetch pins together stay within a third of the pool.
+    ctx = RedoContext(bufmgr, smgr, keep_pins=min(RECOVERY_KEEP_PINS, bufmgr.nbuffers // 12))
+    reader = WalReader(wal_dir, seg, cp.redo_lsn, scanner=C_SCANNER)
     replayed = 0
     xids: set[int] = ctx.state.setdefault("xids", set())  # every xid that wrote WAL
     # WAL found after a crash may sit only in the page cache. Make all of it durable before
@@ -257,14 +327,20 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
     sync_segments(wal_dir, seg, cp.redo_lsn, _last_segment_lsn(wal_dir, seg))
     saved_flush_wal = bufmgr.flush_wal
     bufmgr.flush_wal = _wal_already_durable
+    t_replay = time.perf_counter()
     try:
-        for rr in _prefetching(reader, bufmgr, smgr):
-            get_rmgr(rr.record.rmgr).redo(ctx, rr)
-            if rr.record.xid:
-                xids.add(rr.record.xid)
+        for rr in _prefetching(reader, ctx):
+            rec = rr.record
+            if not rec.blocks:
+                ctx.release_kept()   # relation-level work (truncate) sees no kept pins
+            get_rmgr(rec.rmgr).redo(ctx, rr)
+            if rec.xid:
+                xids.add(rec.xid)
             replayed += 1
     finally:
+        ctx.release_kept()
         bufmgr.flush_wal = saved_flush_wal
+    t_replay = time.perf_counter() - t_replay
     if (reader.end_lsn, reader.last_lsn) != (end, last):
         raise WalError(f"WAL changed during recovery: the first pass found its end at "
                        f"{format_lsn(end)}, replay at {format_lsn(reader.end_lsn)} "
@@ -276,7 +352,8 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
               prev_lsn=last, redo_lsn=cp.redo_lsn, on_segment_switch=on_segment_switch)
     info = RecoveryInfo(crashed or end != cp_rr.end_lsn, replayed, cp.redo_lsn, end,
                         reader.stop_reason, ctx.state.get("last_checkpoint", cp), cp.extra,
-                        ctx.state, time.perf_counter() - t0, max(0, end - cp.redo_lsn))
+                        ctx.state, time.perf_counter() - t0, max(0, end - cp.redo_lsn),
+                        t_scan, t_replay)
     return wal, control, info
 
 
@@ -286,9 +363,8 @@ def find_wal_end(wal_dir: str, wal_segment_size: int, redo_lsn: int, *,
     only; ``WalCorruptMiddleError`` when the check is asked for and a flush stamp proves the
     first invalid record durable."""
     reader = WalReader(wal_dir, wal_segment_size, redo_lsn,
-                       check_middle_corruption=check_middle_corruption)
-    for _rr in reader:
-        pass
+                       check_middle_corruption=check_middle_corruption, scanner=C_SCANNER)
+    reader.scan_to_end()
     return reader.end_lsn, reader.last_lsn, reader.stop_reason
 
 
@@ -302,13 +378,16 @@ def _last_segment_lsn(wal_dir: str, wal_segment_size: int) -> int:
     return max(segnos, default=0) * wal_segment_size
 
 
-def _prefetching(reader: WalReader, bufmgr: BufferManager, smgr: Smgr) -> Iterator[ReadRecord]:
-    """Yield the reader's records, starting reads of the blocks of records ahead."""
+def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[ReadRecord]:
+    """Yield the reader's records, starting reads of the blocks of records ahead (blocks
+    below the redo context's known size only: the others do not exist yet)."""
     window: deque[tuple[ReadRecord, list]] = deque()
     pinned = 0
     it = iter(reader)
     exhausted = False
-    sizes: dict[tuple[int, int], int] = {}
+    bufmgr = ctx.bufmgr
+    known_nblocks = ctx.known_nblocks
+    cached = bufmgr.cached
     # Prefetch may hold a quarter of the pool pinned at most: redo needs buffers too.
     max_pins = min(RECOVERY_PREFETCH_PINS, max(1, bufmgr.nbuffers // 4))
 
@@ -318,10 +397,8 @@ def _prefetching(reader: WalReader, bufmgr: BufferManager, smgr: Smgr) -> Iterat
         for ref in rr.record.blocks:
             if ref.image is not None or ref.will_init or pinned >= max_pins:
                 continue
-            key = (ref.rel, ref.fork)
-            if key not in sizes:
-                sizes[key] = smgr.nblocks(ref.rel, ref.fork) if smgr.exists(*key) else 0
-            if ref.block >= sizes[key] or bufmgr.cached(ref.rel, ref.fork, ref.block, 1):
+            if ref.block >= known_nblocks(ref.rel, ref.fork) \
+                    or cached(ref.rel, ref.fork, ref.block, 1):
                 continue
             ops.append(bufmgr.start_read_buffers(ref.rel, ref.fork, ref.block, 1))
             pinned += 1
@@ -340,7 +417,6 @@ def _prefetching(reader: WalReader, bufmgr: BufferManager, smgr: Smgr) -> Iterat
             rr, ops = window.popleft()
             _finish_prefetch(bufmgr, ops)
             pinned -= len(ops)
-            sizes.clear()  # redo may have extended or created relations
             yield rr
     finally:
         for _rr, ops in window:

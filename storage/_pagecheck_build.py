@@ -53,6 +53,10 @@ int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data
 int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                        const uint16_t *offnums, int n, uint64_t *xmin, uint64_t *xmax,
                        uint32_t *start, uint32_t *end);
+/* --- wal decode --- */
+int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, uint32_t pos,
+                 uint64_t seg_size, uint64_t prev, int check_prev, uint32_t *rec_at,
+                 uint32_t *rec_len, int cap, uint32_t *stop);
 """
 
 SOURCE = r"""
@@ -678,6 +682,125 @@ int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *
         found++;
     }
     return found;
+}
+
+/* --- wal decode --- */
+/* wal/walpage.py's page header and wal/record.py's record layout; engine/wal_decode.py
+ * wraps slk_wal_scan for wal/reader.py, whose scan_records_py is the reference. */
+#define WAL_PAGE_SIZE 8192u
+#define WAL_PHDR 32u                  /* page header bytes */
+#define WAL_PAGE_MAGIC 0xD119u        /* format version 2 */
+#define WAL_RHDR 32u                  /* record header bytes */
+#define WAL_BHDR 16u                  /* block reference header bytes */
+#define WAL_MAX_RECORD (4u * 1024u * 1024u)
+#define WAL_MAX_BLOCKS 32u
+
+#ifdef SLK_HAVE_X86
+__attribute__((target("sse4.2")))
+static uint32_t hw_bytes(uint32_t crc, const uint8_t *p, size_t len)
+{
+    uint64_t c = crc;
+    while (len >= 8) { c = _mm_crc32_u64(c, load64(p)); p += 8; len -= 8; }
+    uint32_t c32 = (uint32_t)c;
+    while (len--) c32 = _mm_crc32_u8(c32, *p++);
+    return c32;
+}
+#endif
+
+/* CRC-32C of p[0:at] + 4 zero bytes + p[at+4:len] (a CRC field read as zero). */
+static uint32_t wal_crc_skip4(const uint8_t *p, uint32_t at, uint32_t len)
+{
+    static const uint8_t zero4[4] = {0, 0, 0, 0};
+    uint32_t c = 0xffffffffu;
+#ifdef SLK_HAVE_X86
+    if (have_hw) {
+        c = hw_bytes(c, p, at);
+        c = hw_bytes(c, zero4, 4);
+        return ~hw_bytes(c, p + at + 4, len - at - 4);
+    }
+#endif
+    c = sw_bytes(c, p, at);
+    c = sw_bytes(c, zero4, 4);
+    return ~sw_bytes(c, p + at + 4, len - at - 4);
+}
+
+/* decode_page_header's checks of the page at pageaddr. */
+static int wal_page_ok(const uint8_t *pg, uint64_t pageaddr, uint64_t seg_size)
+{
+    uint32_t info = load16(pg + 2), rem = load32(pg + 4);
+    if (load16(pg) != WAL_PAGE_MAGIC) return 0;
+    if (wal_crc_skip4(pg, 28, WAL_PHDR) != load32(pg + 28)) return 0;
+    if (load64(pg + 8) != pageaddr) return 0;
+    if ((uint64_t)load32(pg + 24) != seg_size) return 0;
+    if (info & ~3u) return 0;
+    if (((info & 1u) != 0) != (pageaddr % seg_size == 0)) return 0;
+    if (((info & 2u) != 0) != (rem > 0)) return 0;
+    if (!(load64(pg + 16) < pageaddr + WAL_PAGE_SIZE)) return 0;
+    return 1;
+}
+
+/* decode_record's checks (CRC, reserved bytes, block count, block flags and holes, lengths
+ * adding up) of the record of ``total`` bytes at r. */
+static int wal_record_ok(const uint8_t *r, uint32_t total)
+{
+    uint32_t nblocks = r[26], plen = load32(r + 28);
+    if (total < WAL_RHDR || total > WAL_MAX_RECORD || r[27] || nblocks > WAL_MAX_BLOCKS)
+        return 0;
+    uint64_t pos = WAL_RHDR + (uint64_t)nblocks * WAL_BHDR;
+    if (pos + plen > total) return 0;
+    for (uint32_t i = 0; i < nblocks; i++) {
+        const uint8_t *b = r + WAL_RHDR + i * WAL_BHDR;
+        uint32_t flags = b[9], off = load16(b + 10), hole = load16(b + 12);
+        if ((flags & ~3u) || load16(b + 14)) return 0;
+        if (!(flags & 1u)) {
+            if (off || hole) return 0;
+            continue;
+        }
+        if (off + hole > 8192u || (off && !hole)) return 0;
+        pos += 8192u - hole;
+        if (pos + plen > total) return 0;
+    }
+    if (pos + plen != total) return 0;
+    return wal_crc_skip4(r, 4, total) == load32(r + 4);
+}
+
+/* The valid records of ``chunk`` (whole WAL pages, chunk_lsn the LSN of its first byte, all
+ * of one segment) from the record start at chunk offset ``pos``, each wholly on one page:
+ * page header, record checks, CRC and prev link (the first record's against ``prev`` when
+ * check_prev) as WalReader makes them. Writes each record's chunk offset and length (at
+ * most cap) and in *stop the chunk offset of the next record start, where it stopped: the
+ * end of the chunk, a record continuing onto the next page, or anything invalid -- the
+ * caller's reader judges that record on its own. Returns the count. */
+int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, uint32_t pos,
+                 uint64_t seg_size, uint64_t prev, int check_prev, uint32_t *rec_at,
+                 uint32_t *rec_len, int cap, uint32_t *stop)
+{
+    int n = 0;
+    int64_t checked = -1;           /* chunk offset of the page whose header passed */
+    chunk_len -= chunk_len % WAL_PAGE_SIZE;
+    while (n < cap && pos < chunk_len) {
+        uint32_t off = pos % WAL_PAGE_SIZE, page = pos - off;
+        if (off < WAL_PHDR || (pos & 7u)) break;
+        const uint8_t *pg = chunk + page;
+        if ((int64_t)page != checked) {
+            if (!wal_page_ok(pg, chunk_lsn + page, seg_size)) break;
+            checked = page;
+        }
+        if (off == WAL_PHDR && load32(pg + 4)) break;       /* a continuation, no record */
+        uint32_t total = load32(chunk + pos);
+        if (total < WAL_RHDR || total > WAL_PAGE_SIZE - off) break;
+        if (!wal_record_ok(chunk + pos, total)) break;
+        if (check_prev && load64(chunk + pos + 16) != prev) break;
+        rec_at[n] = pos;
+        rec_len[n] = total;
+        n++;
+        prev = chunk_lsn + pos;
+        check_prev = 1;
+        pos = (pos + total + 7u) & ~7u;
+        if (pos % WAL_PAGE_SIZE == 0) pos += WAL_PHDR;
+    }
+    *stop = pos;
+    return n;
 }
 """
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 
 from slonik.aio import osfile
 from slonik.aio.errors import IOFailure
@@ -43,6 +44,7 @@ from .record import (
     WalRecord,
     WalRecordError,
     check_record_header,
+    decode_checked,
     decode_record,
 )
 from .rmgr import find_rmgr, rmgr_name
@@ -63,13 +65,18 @@ from .walpage import (
 )
 
 __all__ = [
-    "READ_CHUNK_BYTES", "ReadRecord", "WalReader", "WalCorruptMiddleError", "read_record_at",
+    "READ_CHUNK_BYTES", "SCAN_BATCH_RECORDS", "ReadRecord", "RecordScanner", "WalReader",
+    "WalCorruptMiddleError", "read_record_at", "scan_records_py",
     "first_record_lsn", "describe_record",
 ]
 
 # Bytes read from a segment file per preadv: 32 pages. Large enough that replay is not
 # syscall-bound, small enough that a reader stopping early has read little in vain.
 READ_CHUNK_BYTES = 256 * 1024
+# Records a scanner checks per call: a chunk holds at most this many (32 pages of 8 KiB,
+# records of at least 32 bytes, 8-aligned), so one call covers the rest of a chunk.
+SCAN_BATCH_RECORDS = READ_CHUNK_BYTES // 32
+_NO_RECORDS: list = []
 _TOTAL_LENGTH = struct.Struct("<I")
 _ZERO_PAGE_HEADER = bytes(PAGE_HEADER_SIZE)
 
@@ -111,6 +118,60 @@ class _Stop(Exception):
         self.reason = reason
 
 
+def _read_record(chunk: memoryview, base: int, at: int, length: int) -> ReadRecord:
+    """The record a scanner accepted at chunk offset ``at``, decoded without checks."""
+    return ReadRecord(base + at, base + at + length, decode_checked(chunk, at, length), length)
+
+
+RecordScanner = Callable[[memoryview, int, int, int, "int | None", int],
+                         tuple[list[int], list[int], int]]
+
+
+def scan_records_py(chunk, chunk_lsn: int, pos: int, wal_segment_size: int,
+                    prev: int | None, cap: int) -> tuple[list[int], list[int], int]:
+    """The reference of the C batch checker (``slk_wal_scan``, engine/wal_decode.py).
+
+    ``chunk``: whole WAL pages of one segment, the first at ``chunk_lsn``; ``pos``: the chunk
+    offset of a record start. Accepts records one after another while each lies wholly on
+    one page of the chunk and passes the checks ``WalReader`` makes (page header, record
+    header and structure, CRC, prev link: the first against ``prev`` unless it is None,
+    then each against the record before). Returns (chunk offsets, lengths, chunk offset of
+    the first record not accepted), at most ``cap`` records: a record continued onto the
+    next page, an invalid one or the end of the chunk stops it."""
+    ats: list[int] = []
+    lens: list[int] = []
+    size = len(chunk) - len(chunk) % WAL_PAGE_SIZE
+    checked = -1
+    while len(ats) < cap and pos < size:
+        off = pos % WAL_PAGE_SIZE
+        page = pos - off
+        if off < PAGE_HEADER_SIZE or pos % RECORD_ALIGN:
+            break
+        if page != checked:
+            try:
+                hdr = decode_page_header(chunk[page:page + PAGE_HEADER_SIZE],
+                                         chunk_lsn + page, wal_segment_size)
+            except WalPageError:
+                break
+            checked = page
+        if off == PAGE_HEADER_SIZE and hdr.rem_len:
+            break
+        total = _TOTAL_LENGTH.unpack_from(chunk, pos)[0]
+        if not RECORD_HEADER_SIZE <= total <= WAL_PAGE_SIZE - off:
+            break
+        try:
+            record = decode_record(chunk[pos:pos + total])
+        except WalRecordError:
+            break
+        if prev is not None and record.prev_lsn != prev:
+            break
+        ats.append(pos)
+        lens.append(total)
+        prev = chunk_lsn + pos
+        pos = next_record_lsn(chunk_lsn + pos + total) - chunk_lsn
+    return ats, lens, pos
+
+
 class WalReader:
     """Iterate the records of ``wal_dir`` from ``start_lsn`` (a record start, or the start of
     the page it is the first record of) until the first invalid one.
@@ -121,12 +182,17 @@ class WalReader:
     LSN the first record's prev link must name (unchecked when None).
     ``check_middle_corruption``: after the first invalid record, look for a flush stamp that
     proves it durable and raise ``WalCorruptMiddleError`` if there is one (crash recovery and
-    waldump want this; a plain stop is quiet).
+    waldump want this; a plain stop is quiet). ``scanner``: a batch checker with
+    ``scan_records_py``'s contract (the engine passes the C one): the records it accepts
+    from a chunk are decoded without checking them again; every record it does not accept
+    (continued onto another page, or not valid) goes through the record-at-a-time path,
+    which decides exactly as without a scanner.
     """
 
     def __init__(self, wal_dir: str, wal_segment_size: int, start_lsn: int, *,
                  check_middle_corruption: bool = False,
-                 expect_prev: int | None = None) -> None:
+                 expect_prev: int | None = None,
+                 scanner: RecordScanner | None = None) -> None:
         check_segment_size(wal_segment_size)
         if not isinstance(start_lsn, int) or isinstance(start_lsn, bool) or start_lsn <= 0:
             raise ValueError(f"start_lsn must be a positive int LSN, got {start_lsn!r}")
@@ -142,6 +208,7 @@ class WalReader:
                             f"{check_middle_corruption!r}")
         self.check_middle_corruption = check_middle_corruption
         self.expect_prev = expect_prev
+        self._scanner = scanner
         self.end_lsn = start_lsn
         self.last_lsn = 0
         self.stop_reason = ""
@@ -156,14 +223,51 @@ class WalReader:
     # --- iteration -------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[ReadRecord]:
+        for batch in self._walk(True):
+            for rr in batch:
+                self.last_lsn = rr.lsn
+                self.end_lsn = rr.end_lsn
+                self.records_read += 1
+                yield rr
+
+    def scan_to_end(self) -> int:
+        """Read and check every record without decoding it (recovery's first pass): sets
+        ``end_lsn``, ``last_lsn``, ``stop_reason`` as iterating would; the record count."""
+        for _ in self._walk(False):
+            pass
+        return self.records_read
+
+    def _walk(self, decode: bool) -> Iterator[list[ReadRecord]]:
+        """Batches of valid records in order (empty lists when ``decode`` is false: only
+        ``end_lsn``/``last_lsn``/``records_read`` move), until the first invalid record."""
         self.end_lsn = self.start_lsn
         self.last_lsn = 0
         self.stop_reason = ""
         self.records_read = 0
         lsn = usable_lsn(self.start_lsn)
         prev = self.expect_prev
+        scanner = self._scanner
+        seg_size = self.wal_segment_size
         try:
             while True:
+                if scanner is not None:
+                    chunk, base = self._chunk_at(lsn)
+                    if chunk is not None:
+                        ats, lens, _stop = scanner(chunk, base, lsn - base, seg_size, prev,
+                                                   SCAN_BATCH_RECORDS)
+                        if ats:
+                            last = base + ats[-1]
+                            if decode:
+                                yield list(map(_read_record, repeat(chunk), repeat(base),
+                                               ats, lens))
+                            else:
+                                self.last_lsn = last
+                                self.end_lsn = last + lens[-1]
+                                self.records_read += len(ats)
+                                yield _NO_RECORDS
+                            prev = last
+                            lsn = next_record_lsn(last + lens[-1])
+                            continue
                 try:
                     rr = self._read_at(lsn)
                     if prev is not None and rr.record.prev_lsn != prev:
@@ -174,14 +278,27 @@ class WalReader:
                     self.stop_reason = stop.reason
                     self._check_middle(lsn, stop.reason)
                     return
-                self.last_lsn = lsn
-                self.end_lsn = rr.end_lsn
-                self.records_read += 1
                 prev = lsn
-                yield rr
+                if decode:
+                    yield [rr]
+                else:
+                    self.last_lsn = lsn
+                    self.end_lsn = rr.end_lsn
+                    self.records_read += 1
                 lsn = next_record_lsn(rr.end_lsn)
         finally:
             self.close()
+
+    def _chunk_at(self, lsn: int) -> tuple[memoryview | None, int]:
+        """(the chunk in memory holding ``lsn``'s page, its LSN), reading it when needed;
+        (None, 0) when it cannot be read (the record-at-a-time path says why)."""
+        rel = lsn - self._chunk_lsn
+        if not 0 <= rel < len(self._chunk):
+            try:
+                self._page(lsn - lsn % WAL_PAGE_SIZE, None)
+            except _Stop:
+                return None, 0
+        return self._chunk, self._chunk_lsn
 
     def close(self) -> None:
         """Close the open segment file (harmless twice; iteration reopens it)."""
