@@ -36,7 +36,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import chain, repeat
 from operator import itemgetter, sub
 from typing import NamedTuple
 
@@ -64,6 +64,9 @@ TID_SUFFIX_BYTES = _TID.size
 # A range scan fetches heap tuples for the entries of this many index entries at a time,
 # so the heap read stream knows that many blocks ahead (the look-ahead it can use).
 INDEX_SCAN_BATCH_ENTRIES = 256
+# A forward range scan reads this many leaves itself (from the cached internal pages, no
+# read-ahead) before handing over to the tree's streamed leaf walk: most ranges end there.
+RANGE_WALK_LEAVES = 2
 # Every entry (xmax is never set): as a snapshot the tree filters in C, seeing any xmin.
 _EVERY_ENTRY = XidSnapshot(1 << 63, 0, ())
 
@@ -154,8 +157,26 @@ class TableIndex:
     def entry_keys(self, start: bytes | None, stop: bytes | None, *,
                    reverse: bool = False) -> Iterator[bytes]:
         """The whole keys (TID suffix included) of the entries of ``tids``, same order."""
-        return map(_first, self.tree.items(start, stop, snapshot=_EVERY_ENTRY,
-                                           reverse=reverse, values=False))
+        return chain.from_iterable(self.entry_key_batches(start, stop, reverse=reverse))
+
+    def entry_key_batches(self, start: bytes | None, stop: bytes | None, *,
+                          reverse: bool = False) -> Iterator[list[bytes]]:
+        """``entry_keys`` a leaf (or a few) at a time, as non-empty lists. Forward, the
+        first ``RANGE_WALK_LEAVES`` leaves are walked from the tree's cached internal
+        pages (``walk_leaves``: a short range reads one leaf and no parent); a range that
+        goes on past them continues through ``BTree.item_batches`` from the last key
+        returned (its leaf read stream keeps a long scan's leaf reads in flight)."""
+        tree = self.tree
+        if not reverse:
+            keys, done = walk_leaves(tree, start, stop, RANGE_WALK_LEAVES)
+            if keys:
+                yield keys
+                start = keys[-1] + b"\x00"   # entry keys are unique: the next is above this
+            if done:
+                return
+        for pairs in tree.item_batches(start, stop, snapshot=_EVERY_ENTRY, reverse=reverse,
+                                       values=False):
+            yield list(map(_first, pairs))
 
     def matching(self, prefix: bytes) -> list[tuple[bytes, Tid]]:
         """The entries whose key starts with ``prefix``, in key order (one descent)."""
@@ -188,19 +209,31 @@ def prefix_keys(tree: BTree, prefix: bytes) -> list[bytes]:
     """The keys of every entry of ``tree`` that starts with ``prefix`` (any xmin; index
     entries never get an xmax), in tree order: a point read of an index.
 
-    ``tree.with_prefix`` with the descent of ``tree.get``: the leaf comes from the tree's
-    cached internal pages (no pin above the leaf level), then each leaf is read with one
-    C call (``extract_leaf`` over [prefix, prefix_end(prefix))) and its keys sliced out of
-    the page under its share lock; right siblings are read only while the range goes on
-    (a split since the descent, or entries continuing there). Registered as a reader for
-    the duration, so no leaf it reaches is recycled meanwhile (the tree's reader epochs)."""
-    stop = prefix_end(prefix)
+    ``tree.with_prefix`` with the descent of ``tree.get`` (``walk_leaves`` over
+    [prefix, prefix_end(prefix)) to the end)."""
+    keys, _done = walk_leaves(tree, prefix, prefix_end(prefix))
+    return keys
+
+
+def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
+                leaves_max: int | None = None) -> tuple[list[bytes], bool]:
+    """(keys, done): the keys of the entries of ``tree`` with ``start <= key < stop``
+    (None: unbounded) in tree order, from at most ``leaves_max`` leaves (None: all that
+    hold the range); ``done`` says the range ends within them.
+
+    The first leaf comes from the tree's cached internal pages (``BTree._leaf_for``, as
+    ``BTree.get`` descends: no pin above the leaf level); each leaf is read with one C
+    call (``extract_leaf``) and its keys sliced out of the page under its share lock;
+    right siblings are read only while the range goes on (a split since the descent,
+    an unlinked leaf, or the range continuing there). Registered as a reader for the
+    duration, so no leaf it reaches is recycled meanwhile (the tree's reader epochs)."""
     bm = tree.bufmgr
     rel, fork = tree.rel, tree.fork
     out: list[bytes] = []
     epoch = tree._begin_read()
     try:
-        block = tree._leaf_for(prefix)
+        block = tree._leaf_for(start or b"")
+        visited = 0
         while True:
             (buf,) = bm.pin_cached(rel, fork, (block,))
             if buf < 0:
@@ -222,7 +255,7 @@ def prefix_keys(tree: BTree, prefix: bytes) -> list[bytes]:
                         raise tree._corrupt(block, f"expected a leaf, found flags "
                                                    f"{special.flags:#x}")
                     try:
-                        flags, flat = extract_leaf(page, prefix, stop, *_EVERY_ENTRY)
+                        flags, flat = extract_leaf(page, start, stop, *_EVERY_ENTRY)
                     except BTreePageError as e:
                         raise tree._corrupt(block, str(e)) from None
                     if flat:
@@ -231,54 +264,60 @@ def prefix_keys(tree: BTree, prefix: bytes) -> list[bytes]:
                     done = bool(flags & EXTRACT_DONE)
             finally:
                 tree._release(buf)
+            visited += 1
             if done or nxt == P_NONE:
-                return out
+                return out, True
+            if leaves_max is not None and visited >= leaves_max:
+                return out, False
             block = nxt
     finally:
         tree._end_read(epoch)
 
 
-def fetch_batched(heap: Heap, entry_keys: Iterable[bytes]) -> Iterator[HeapBatch]:
-    """The heap tuples of index entries (whole entry keys, TID suffix included), in
-    index order, ``INDEX_SCAN_BATCH_ENTRIES`` entries per batch: the heap pages of a
-    batch are copied once each (``heap_fetch.fetch_pages``: one pin and lock per page however
-    many of the batch's TIDs it holds; through a read stream when not cached, so their
-    reads are in flight together), then every tuple is found in one call
-    (``heap_fetch.tuples_at``). TIDs past the end of the heap find no tuple."""
-    it = iter(entry_keys)
+def fetch_batched(heap: Heap, key_batches: Iterable[list[bytes]]) -> Iterator[HeapBatch]:
+    """The heap tuples of index entries (lists of whole entry keys, TID suffix included),
+    in index order, a batch per list (split at ``INDEX_SCAN_BATCH_ENTRIES``): the heap
+    pages of a batch are copied once each (``heap_fetch.fetch_pages``: one pin and lock
+    per page however many of the batch's TIDs it holds; through a read stream when not
+    cached, so their reads are in flight together), then every tuple is found in one
+    call (``heap_fetch.tuples_at``). TIDs past the end of the heap find no tuple."""
     nblocks = heap.nblocks()
-    while True:
-        ks = list(islice(it, INDEX_SCAN_BATCH_ENTRIES))
-        if not ks:
-            return
-        cut = list(map(sub, map(len, ks), repeat(TID_SUFFIX_BYTES)))
-        if min(cut) < 0:
-            raise ValueError(f"an index entry key of {min(map(len, ks))} bytes has no "
-                             f"heap TID")
-        tids = list(map(_TID.unpack_from, ks, cut))
-        keys = list(map(bytes.__getitem__, ks, map(slice, repeat(0), cut)))
-        blocks = list(map(_first, tids))
-        if max(blocks) >= nblocks:
-            nblocks = heap.nblocks()  # grown since: look again before dropping any
-        distinct = list(dict.fromkeys(b for b in blocks if b < nblocks))
-        slot = {b: i for i, b in enumerate(distinct)}
-        pages = fetch_pages(heap, distinct)
-        if max(blocks) < nblocks:
-            page_of = list(map(slot.__getitem__, blocks))
-            found = tuples_at(pages, page_of, list(map(_second, tids)), rel=heap.rel,
-                              fork=int(heap.fork), blocks=distinct)
-        else:  # some TIDs past the end: they find nothing (page 0, offnum 0)
-            wanted = [i for i, b in enumerate(blocks) if b < nblocks]
-            page_of = [slot.get(b, 0) for b in blocks]
-            got = tuples_at(pages, [page_of[i] for i in wanted], [tids[i][1] for i in wanted],
-                            rel=heap.rel, fork=int(heap.fork), blocks=distinct)
-            found = tuple([0] * len(ks) for _ in range(4))
-            for j, i in enumerate(wanted):
-                for column, values in zip(found, got, strict=True):
-                    column[i] = values[j]
-        yield HeapBatch(keys, tids, *found[:2], pages, page_of, *found[2:])
-        if len(ks) < INDEX_SCAN_BATCH_ENTRIES:
-            return
+    for whole in key_batches:
+        for first in range(0, len(whole), INDEX_SCAN_BATCH_ENTRIES):
+            batch = whole[first:first + INDEX_SCAN_BATCH_ENTRIES] \
+                if len(whole) > INDEX_SCAN_BATCH_ENTRIES else whole
+            yield _fetch_batch(heap, batch, nblocks)
+            nblocks = heap.nblocks()
+
+
+def _fetch_batch(heap: Heap, ks: list[bytes], nblocks: int) -> HeapBatch:
+    """``fetch_batched``'s work for one batch of entry keys ``ks`` (non-empty)."""
+    cut = list(map(sub, map(len, ks), repeat(TID_SUFFIX_BYTES)))
+    if min(cut) < 0:
+        raise ValueError(f"an index entry key of {min(map(len, ks))} bytes has no "
+                         f"heap TID")
+    tids = list(map(_TID.unpack_from, ks, cut))
+    keys = list(map(bytes.__getitem__, ks, map(slice, repeat(0), cut)))
+    blocks = list(map(_first, tids))
+    if max(blocks) >= nblocks:
+        nblocks = heap.nblocks()  # grown since: look again before dropping any
+    distinct = list(dict.fromkeys(b for b in blocks if b < nblocks))
+    slot = {b: i for i, b in enumerate(distinct)}
+    pages = fetch_pages(heap, distinct)
+    if max(blocks) < nblocks:
+        page_of = list(map(slot.__getitem__, blocks))
+        found = tuples_at(pages, page_of, list(map(_second, tids)), rel=heap.rel,
+                          fork=int(heap.fork), blocks=distinct)
+    else:  # some TIDs past the end: they find nothing (page 0, offnum 0)
+        wanted = [i for i, b in enumerate(blocks) if b < nblocks]
+        page_of = [slot.get(b, 0) for b in blocks]
+        got = tuples_at(pages, [page_of[i] for i in wanted], [tids[i][1] for i in wanted],
+                        rel=heap.rel, fork=int(heap.fork), blocks=distinct)
+        found = tuple([0] * len(ks) for _ in range(4))
+        for j, i in enumerate(wanted):
+            for column, values in zip(found, got, strict=True):
+                column[i] = values[j]
+    return HeapBatch(keys, tids, *found[:2], pages, page_of, *found[2:])
 
 
 _first = itemgetter(0)

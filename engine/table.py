@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import compress
+from itertools import accumulate, compress
 from operator import eq
 
 from slonik.engine.access.btree import XidSnapshot
@@ -430,12 +430,13 @@ class Table:
                     if found is not None:
                         yield found
                 return
+            batches = [ks]
         else:
-            ks = index.entry_keys(prefix, stop, reverse=reverse)
+            batches = index.entry_key_batches(prefix, stop, reverse=reverse)
         visible = snap.visible
-        decode = self._codec.decode
+        decode_run = self._codec.decode_run
         key_of_row = index.key_of_row
-        for b in fetch_batched(self._heap, ks):
+        for b in fetch_batched(self._heap, batches):
             sel = [i for i, (end, xmin, xmax) in enumerate(zip(b.ends, b.xmins, b.xmaxs,
                                                                 strict=True))
                    if end and visible(xmin, xmax)]
@@ -444,7 +445,9 @@ class Table:
             starts, ends, page_of = b.starts, b.ends, b.page_of
             datas = map(bytes.__getitem__, map(b.pages.__getitem__, map(page_of.__getitem__, sel)),
                         map(slice, map(starts.__getitem__, sel), map(ends.__getitem__, sel)))
-            rows = list(map(decode, datas))
+            datas = list(datas)
+            ends = list(accumulate(map(len, datas)))
+            rows = decode_run(b"".join(datas), [0, *ends[:-1]], ends)
             same = map(eq, map(key_of_row, rows), map(b.keys.__getitem__, sel))
             yield from compress(zip(map(b.tids.__getitem__, sel), rows, strict=True), same)
 
@@ -491,14 +494,28 @@ class Table:
         if not isinstance(reverse, bool):
             raise TypeError(f"reverse must be a bool, not {type(reverse).__name__}")
         self._check()
-        return self._layer.guard(self._range(idx, lo, hi, reverse), self._check)
+        return self._range(idx, lo, hi, reverse)
 
     def _range(self, idx: TableIndex, lo: bytes | None, hi: bytes | None,
                reverse: bool) -> Iterator[tuple]:
-        with self._layer.read_snapshot() as snap:
-            for _tid, row in self._index_rows(idx, lo, snap, hi, exact=False,
-                                              reverse=reverse):
-                yield row
+        """``range``'s rows, checked as ``TransactionLayer.guard`` checks an iterator
+        (the table usable before every row is handed over; an error underneath reports a
+        close or drop first), inlined so the check per row is one attribute test and one
+        call (as ``scan``)."""
+        check, check_open = self._check, self._layer.check_open
+        relation, live = self._relation, RelationState.LIVE
+        try:
+            with self._layer.read_snapshot() as snap:
+                for _tid, row in self._index_rows(idx, lo, snap, hi, exact=False,
+                                                  reverse=reverse):
+                    if relation.state is not live:
+                        check()
+                    check_open()
+                    yield row
+        except Exception:
+            check()  # closed or dropped underneath: that is the error to report
+            raise
+        check()
 
     def get(self, tid: Tid | None = None, **key: object) -> tuple | None:
         """``get(tid)``: the row at ``tid``; ``get(id=...)``: the row with that primary

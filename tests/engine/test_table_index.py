@@ -401,3 +401,46 @@ def test_prefix_keys_equals_with_prefix_across_leaves(db):
     removed = idx.tree.vacuum(lambda e: e.key in doomed, by_entry=True)
     assert removed.entries_removed == len(doomed)
     agree(entries_complete=False)   # live rows lost entries here: lookup would miss them
+
+
+def test_long_ranges_across_many_leaves_both_ways(db):
+    """Index ranges that span many leaves (past the leaves a range reads itself before
+    the tree's streamed leaf walk takes over) return exactly the rows of a filtered,
+    sorted scan, forward and reversed, bounded and unbounded, with deleted rows left
+    out; a second index on a text column with duplicates orders ties by TID."""
+    t = db.create_table("r", [("id", "int8"), ("grp", "text"), ("pad", "bytea")],
+                        primary_key="id")
+    t.create_index("r_grp", ["grp"])
+    t.insert_many([(i, f"g{i % 7}", bytes(30)) for i in range(4000)])
+    for i in range(0, 4000, 9):
+        t.delete(id=i)
+    rows = sorted(t.scan())
+    assert t._index("r_pkey").tree.height >= 2
+    for lo, hi in [(None, None), (5, 3900), (100, 101), (3990, None), (None, 17), (7, 7)]:
+        want = [r for r in rows if (lo is None or r[0] >= lo) and (hi is None or r[0] < hi)]
+        assert list(t.range("r_pkey", lo, hi)) == want, (lo, hi)
+        assert list(t.range("r_pkey", lo, hi, reverse=True)) == want[::-1], (lo, hi)
+    by_grp = sorted(rows, key=lambda r: r[1])   # stable: ties stay in id (= TID) order
+    assert list(t.range("r_grp", "g2", "g5")) == [r for r in by_grp if "g2" <= r[1] < "g5"]
+
+
+def test_range_iterator_after_close_and_drop(tmp_path, io_method):
+    """A half-consumed index range raises DatabaseClosedError on its next step after
+    db.close(), and RelationDroppedError after the table is dropped (no rows from memory,
+    no internal error)."""
+    from slonik import DatabaseClosedError, RelationDroppedError  # noqa: PLC0415
+
+    db = open_db(tmp_path / "db", io_method)
+    t = db.create_table("c", [("id", "int8"), ("pad", "text")], primary_key="id")
+    t.insert_many([(i, "x" * 100) for i in range(600)])
+    dropped = db.create_table("d", [("id", "int8")], primary_key="id")
+    dropped.insert_many([(i,) for i in range(600)])
+    rows = t.range("c_pkey", 0, None)
+    other = dropped.range("d_pkey", None, None)
+    assert next(rows) == (0, "x" * 100) and next(other) == (0,)
+    db.drop("d")
+    with pytest.raises(RelationDroppedError):
+        next(other)
+    db.close()
+    with pytest.raises(DatabaseClosedError):
+        next(rows)
