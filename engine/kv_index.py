@@ -112,7 +112,7 @@ class KVIndex:
             yield batch
 
     # --- commit (under the engine's commit lock) ----------------------------------------------
-    def validate(self, writes: dict, snap: Snapshot, *, blind: bool) -> None:
+    def validate(self, writes: dict, snap: Snapshot | None, *, blind: bool) -> None:
         """ConflictError if a key written has a newest version created or deleted by a
         transaction ``snap`` does not see (first committer wins); KeyError for a blind
         delete of a missing key. Looks the keys up in one ordered pass over the tree
@@ -155,7 +155,7 @@ class KVIndex:
         self.operations += len(batch)
         return self.tree.apply(batch, self._xacts.is_committed)
 
-    def publish(self, xid: int, changes: list[VersionWrite], horizon: int) -> int:
+    def publish(self, xid: int, changes: list[VersionWrite]) -> int:
         """The versions are in the tree already; returns how many versions became dead."""
         return sum(1 for w in changes if w.old_xmin)
 

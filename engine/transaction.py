@@ -277,7 +277,7 @@ class TransactionLayer:
             with self._commit_lock:
                 self._check_open()
                 snap = txn.snapshot
-                if snap is None:
+                if snap is None and not txn.blind:  # (a blind write set needs none)
                     snap = xacts.snapshot(register=False)
                 try:
                     for relation in (*kv, *txn.table_writes):
@@ -306,10 +306,8 @@ class TransactionLayer:
                     xacts.abort(xid)
                     self._undo_drops_locked(txn)
                     raise
-                if changes:
-                    horizon = xacts.horizon()
-                    for relation, ch in changes:
-                        relation.dead_versions += relation.index.publish(xid, ch, horizon)
+                for relation, ch in changes:
+                    relation.dead_versions += relation.index.publish(xid, ch)
                 if drops:
                     for relation in drops:
                         relation.set_state(RelationState.DROPPED)
