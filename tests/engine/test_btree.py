@@ -299,7 +299,7 @@ def test_open_reads_only_the_metapage(env, aio):
     tree's size, and finds the same root and height."""
     t = env.tree
     for i in range(300):
-        t.insert(big_key(i, 900), b"v", i + 1)
+        t.insert(big_key(i, 300), b"v", i + 1)
     env.bm.flush_all()
     bm2 = BufferManager(env.smgr, aio, shared_buffers=32, flush_wal=env.wal.flush)
     t2 = BTree.open(REL, bm2, env.wal)
@@ -707,7 +707,7 @@ def test_crash_recovery_through_redo_context(tmp_path, aio):
     the recovered tree passes check() and returns every value."""
     env = make_env(str(tmp_path), aio)
     t = env.tree
-    keys = [big_key(i, 900) for i in range(200)]
+    keys = [big_key(i, 300) for i in range(200)]
     for i, k in enumerate(keys[:100]):
         t.insert(k, b"a%d" % i, i + 1)
     env.bm.flush_all()
