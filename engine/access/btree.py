@@ -966,24 +966,27 @@ class BTree:
         one is visible; right siblings only while versions continue there."""
         bm = self.bufmgr
         block = self._leaf_for(key)
+        skip = LEAF_HEADER_SIZE + len(key)  # an entry's value starts this far into it
         while True:
             buf = self._read_hit(block)
             try:
                 page = bm.page(buf)
                 try:
-                    nxt, status, versions = probe_leaf(page, key)
+                    nxt, status, v = probe_leaf(page, key)
                 except BTreePageError as e:
                     self._special(page, block)  # an all-zero page says so
                     raise self._corrupt(block, str(e)) from None
                 payload = None
                 out_of_line = False
-                for off, length, xmin, xmax, eflags in versions:
-                    if snapshot(xmin, xmax):
-                        payload = bytes(page[off + LEAF_HEADER_SIZE + len(key):off + length])
-                        out_of_line = eflags & ENTRY_OVERFLOW
+                for i in range(0, len(v), 5):  # offset, length, xmin, xmax, eflags
+                    if snapshot(v[i + 2], v[i + 3]):
+                        off = v[i]
+                        payload = page[off + skip:off + v[i + 1]].tobytes()
+                        out_of_line = v[i + 4] & ENTRY_OVERFLOW
                         break
             finally:
-                self._release(buf)
+                bm.unlock_shared(buf)
+                bm.unpin(buf)
             if payload is not None:
                 if out_of_line:
                     return self._read_overflow(unpack_overflow_ref(payload))
@@ -1055,15 +1058,16 @@ class BTree:
         ``retry``."""
         try:
             for k in keys:
-                _nxt, status, versions = probe_leaf(page, k)
+                _nxt, status, v = probe_leaf(page, k)
                 if status & PROBE_MOVE_RIGHT:  # split or unlinked since we looked
                     retry.append(k)
                     continue
                 value = None
-                for off, length, xmin, xmax, eflags in versions:
-                    if snapshot(xmin, xmax):
-                        value = bytes(page[off + LEAF_HEADER_SIZE + len(k):off + length])
-                        if eflags & ENTRY_OVERFLOW:
+                for i in range(0, len(v), 5):  # offset, length, xmin, xmax, eflags
+                    if snapshot(v[i + 2], v[i + 3]):
+                        off = v[i]
+                        value = page[off + LEAF_HEADER_SIZE + len(k):off + v[i + 1]].tobytes()
+                        if v[i + 4] & ENTRY_OVERFLOW:
                             value = unpack_overflow_ref(value)
                         break
                 if value is None and status & PROBE_CONTINUES:

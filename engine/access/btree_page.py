@@ -509,12 +509,12 @@ def _leaf_special(page) -> Special:
     return special
 
 
-def probe_leaf_py(page, key: bytes) -> tuple[int, int, list[tuple[int, int, int, int, int]]]:
+def probe_leaf_py(page, key: bytes) -> tuple[int, int, list[int]]:
     """Reference: a point read's look at one leaf. (right-link, status, versions): status
     ``PROBE_MOVE_RIGHT`` when the page is DELETED or (key, XMIN_MAX) >= its high key (no
     versions then), ``PROBE_CONTINUES`` when the key's versions run to the page's end and
-    the high key's key is ``key``; versions are (item offset, item length, xmin, xmax,
-    eflags) of every entry of ``key``, newest first."""
+    the high key's key is ``key``; versions are five numbers per entry of ``key``, newest
+    first, in one flat list: item offset, item length, xmin, xmax, eflags."""
     special = _leaf_special(page)
     if special.flags & BTP_DELETED:
         return special.next, PROBE_MOVE_RIGHT, []
@@ -532,12 +532,12 @@ def probe_leaf_py(page, key: bytes) -> tuple[int, int, list[tuple[int, int, int,
         e = unpack_entry(memoryview(page)[at:at + length])
         if e.key != key:
             break
-        out.append((at, length, e.xmin, e.xmax, e.flags))
+        out += (at, length, e.xmin, e.xmax, e.flags)
         off += 1
     return special.next, PROBE_CONTINUES if off > count and hk_same else 0, out
 
 
-def probe_leaf(page, key: bytes) -> tuple[int, int, list[tuple[int, int, int, int, int]]]:
+def probe_leaf(page, key: bytes) -> tuple[int, int, list[int]]:
     """``probe_leaf_py`` in one C call when the helper module is built."""
     if _lib is None:
         return probe_leaf_py(page, key)
@@ -552,8 +552,7 @@ def probe_leaf(page, key: bytes) -> tuple[int, int, list[tuple[int, int, int, in
     if n < 0:  # malformed: the reference names what is wrong
         return probe_leaf_py(page, key)
     flat = _ffi.unpack(out, 2 + 5 * n)
-    it = iter(flat[2:])
-    return flat[0], flat[1], list(zip(it, it, it, it, it, strict=True))
+    return flat[0], flat[1], flat[2:]
 
 
 def extract_leaf_py(page, start: bytes | None, stop: bytes | None, snap_xmax: int, own: int,

@@ -183,11 +183,12 @@ def test_c_probe_equals_reference_and_lists_every_version(entries, high, deleted
     if right:
         assert versions == []
         return
-    decoded = [bp.unpack_entry(bytes(page[off:off + n])) for off, n, _a, _b, _c in versions]
+    rows = list(zip(*[iter(versions)] * 5, strict=True))
+    decoded = [bp.unpack_entry(bytes(page[off:off + n])) for off, n, _a, _b, _c in rows]
     items = bp.bt_items(page)[0 if high is None else 1:]
     expect = [e for e in map(bp.unpack_entry, items) if e.key == key]
     assert decoded == expect
-    assert [(v[2], v[3], v[4]) for v in versions] == [(e.xmin, e.xmax, e.flags) for e in expect]
+    assert [(v[2], v[3], v[4]) for v in rows] == [(e.xmin, e.xmax, e.flags) for e in expect]
     runs_to_end = bool(expect) and bp.unpack_entry(items[-1]).key == key
     assert bool(status & bp.PROBE_CONTINUES) == (high is not None and high[0] == key and
                                                  (runs_to_end or not expect and not any(
