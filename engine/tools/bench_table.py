@@ -19,6 +19,10 @@ Per io method (``--methods``), on a new database in ``--dir``:
   next entries through a read stream, each row re-checked; SQLite: ``... WHERE name >= ?
   AND name < ? ORDER BY name``), warm, for ``--seconds``. Figure: rows/s.
 
+The timed figures (lookup, range) interleave the engines: every io method's database
+and SQLite's stay open, and each figure runs in rounds of ``INTERLEAVE_ROUND_SECONDS``,
+SQLite and each method in turn, until each has had ``--seconds``; so a machine whose
+load changes during the run slows every engine alike, and the ratios stay comparable.
 The ratios ``slonik / sqlite`` are what to read: one Python process against SQLite's C.
 """
 
@@ -48,6 +52,7 @@ OPS_PER_CLOCK_READ = 32           # time-bounded loops read the clock this seldo
 SAMPLE_KEYS = 50_000              # random ids / range starts drawn up front (cycled)
 SHARED_BUFFERS_PAGES = 65_536     # 512 MiB: every page of the default run stays cached
 RANDOM_SEED = 20250601
+INTERLEAVE_ROUND_SECONDS = 0.25   # one engine's turn in a timed figure
 COLUMNS = [("id", "int8"), ("name", "text"), ("score", "float8"), ("payload", "bytea")]
 
 
@@ -79,9 +84,11 @@ def _rows(n: int, payload_size: int) -> list[tuple]:
     return [(i, _name(names[i]), rng.random(), payload) for i in range(n)]
 
 
-def _timed(seconds: float, step) -> tuple[int, float]:
-    """Call ``step(i)`` (returning rows produced) until ``seconds`` passed: (rows, s)."""
-    rows = i = 0
+def _timed(seconds: float, step, first: int = 0) -> tuple[int, float, int]:
+    """Call ``step(i)`` (returning rows produced) for i = first, first + 1, ... until
+    ``seconds`` passed: (rows, seconds, next i)."""
+    rows = 0
+    i = first
     start = time.perf_counter()
     deadline = start + seconds
     while True:
@@ -90,44 +97,70 @@ def _timed(seconds: float, step) -> tuple[int, float]:
             i += 1
         if time.perf_counter() >= deadline:
             break
-    return rows, time.perf_counter() - start
+    return rows, time.perf_counter() - start, i
 
 
-def _slonik(path: str, method: str, data: list[tuple], args, ids, starts) -> dict:
-    out = {}
-    with Database.open(path, io_method=method, shared_buffers=SHARED_BUFFERS_PAGES) as db:
+def _interleaved(steps: dict[str, object], seconds: float) -> dict[str, float]:
+    """rows/s of each engine's ``step``, timed in turns of ``INTERLEAVE_ROUND_SECONDS``
+    (engines in order) until each has run ``seconds``."""
+    rows = dict.fromkeys(steps, 0)
+    spent = dict.fromkeys(steps, 0.0)
+    nxt = dict.fromkeys(steps, 0)
+    turn = min(INTERLEAVE_ROUND_SECONDS, seconds)
+    while any(spent[name] < seconds for name in steps):
+        for name, step in steps.items():
+            if spent[name] < seconds:
+                n, s, nxt[name] = _timed(min(turn, seconds - spent[name]), step, nxt[name])
+                rows[name] += n
+                spent[name] += s
+    return {name: rows[name] / spent[name] for name in steps}
+
+
+def _lookup_step(get_row, ids):
+    def lookup(i: int) -> int:
+        if get_row(ids[i % len(ids)]) is None:
+            raise AssertionError("a loaded id is missing")
+        return 1
+    return lookup
+
+
+def _range_step(range_rows, starts, k: int):
+    def scan(i: int) -> int:
+        lo = starts[i % len(starts)]
+        got = sum(1 for _ in range_rows(_name(lo), _name(lo + k)))
+        if got != k:
+            raise AssertionError(f"a range of {k} names gave {got} rows")
+        return got
+    return scan
+
+
+def _open_slonik(path: str, method: str, data: list[tuple]) -> tuple[Database, dict]:
+    """A new database at ``path`` holding ``data`` (table t, its primary key, index
+    t_name): (db, {"load_rows_s": ...})."""
+    db = Database.open(path, io_method=method, shared_buffers=SHARED_BUFFERS_PAGES)
+    try:
         t = db.create_table("t", COLUMNS, primary_key="id")
         t.create_index("t_name", ["name"])
         start = time.perf_counter()
         with db.transaction():
             for first in range(0, len(data), LOAD_BATCH_ROWS):
                 t.insert_many(data[first:first + LOAD_BATCH_ROWS])
-        out["load_rows_s"] = len(data) / (time.perf_counter() - start)
-        get = t.get
-
-        def lookup(i: int) -> int:
-            if get(id=ids[i % len(ids)]) is None:
-                raise AssertionError("a loaded id is missing")
-            return 1
-
-        n, s = _timed(args.seconds, lookup)
-        out["lookup_rows_s"] = n / s
-        k = args.range_rows
-
-        def scan(i: int) -> int:
-            lo = starts[i % len(starts)]
-            got = sum(1 for _ in t.range("t_name", start=(_name(lo),), stop=(_name(lo + k),)))
-            if got != k:
-                raise AssertionError(f"a range of {k} names gave {got} rows")
-            return got
-
-        n, s = _timed(args.seconds, scan)
-        out["range_rows_s"] = n / s
-    return out
+        return db, {"load_rows_s": len(data) / (time.perf_counter() - start)}
+    except BaseException:
+        db.close()
+        raise
 
 
-def _sqlite(path: str, data: list[tuple], args, ids, starts) -> dict:
-    out = {}
+def _slonik_steps(db: Database, args, ids, starts) -> dict:
+    t = db.table("t")
+    get = t.get
+    rng = t.range
+    return {"lookup": _lookup_step(lambda i: get(id=i), ids),
+            "range": _range_step(lambda lo, hi: rng("t_name", start=(lo,), stop=(hi,)),
+                                 starts, args.range_rows)}
+
+
+def _open_sqlite(path: str, data: list[tuple]) -> tuple[sqlite3.Connection, dict]:
     con = sqlite3.connect(path, isolation_level=None)
     try:
         con.execute("PRAGMA journal_mode=WAL")
@@ -140,31 +173,18 @@ def _sqlite(path: str, data: list[tuple], args, ids, starts) -> dict:
         con.execute("BEGIN")
         con.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", data)
         con.execute("COMMIT")
-        out["load_rows_s"] = len(data) / (time.perf_counter() - start)
-        q = "SELECT * FROM t WHERE id = ?"
-
-        def lookup(i: int) -> int:
-            if con.execute(q, (ids[i % len(ids)],)).fetchone() is None:
-                raise AssertionError("a loaded id is missing")
-            return 1
-
-        n, s = _timed(args.seconds, lookup)
-        out["lookup_rows_s"] = n / s
-        k = args.range_rows
-        rq = "SELECT * FROM t WHERE name >= ? AND name < ? ORDER BY name"
-
-        def scan(i: int) -> int:
-            lo = starts[i % len(starts)]
-            got = sum(1 for _ in con.execute(rq, (_name(lo), _name(lo + k))))
-            if got != k:
-                raise AssertionError(f"a range of {k} names gave {got} rows")
-            return got
-
-        n, s = _timed(args.seconds, scan)
-        out["range_rows_s"] = n / s
-    finally:
+        return con, {"load_rows_s": len(data) / (time.perf_counter() - start)}
+    except BaseException:
         con.close()
-    return out
+        raise
+
+
+def _sqlite_steps(con: sqlite3.Connection, args, ids, starts) -> dict:
+    q = "SELECT * FROM t WHERE id = ?"
+    rq = "SELECT * FROM t WHERE name >= ? AND name < ? ORDER BY name"
+    return {"lookup": _lookup_step(lambda i: con.execute(q, (i,)).fetchone(), ids),
+            "range": _range_step(lambda lo, hi: con.execute(rq, (lo, hi)), starts,
+                                 args.range_rows)}
 
 
 def run_table_bench(args: argparse.Namespace, log=None) -> dict:
@@ -181,22 +201,37 @@ def run_table_bench(args: argparse.Namespace, log=None) -> dict:
     report = {"command": "table", "rows": args.rows, "payload_size": args.payload_size,
               "range_rows": args.range_rows, "seconds": args.seconds, "methods": {}}
     sqlite_path = os.path.join(args.dir, "sqlite.db")
+    con = None
+    dbs: dict[str, Database] = {}
     try:
         if log:
-            log("sqlite")
-        report["sqlite"] = _sqlite(sqlite_path, data, args, ids, starts)
+            log("sqlite: load")
+        con, report["sqlite"] = _open_sqlite(sqlite_path, data)
         for method in methods:
             if log:
-                log(method)
-            path = os.path.join(args.dir, method)
-            try:
-                m = _slonik(path, method, data, args, ids, starts)
-            finally:
-                shutil.rmtree(path, ignore_errors=True)
+                log(f"{method}: load")
+            dbs[method], report["methods"][method] = _open_slonik(
+                os.path.join(args.dir, method), method, data)
+        steps = {"sqlite": _sqlite_steps(con, args, ids, starts)}
+        steps.update((m, _slonik_steps(db, args, ids, starts)) for m, db in dbs.items())
+        for fig in ("lookup", "range"):
+            if log:
+                log(f"{fig}: {', '.join(steps)} in turns")
+            rates = _interleaved({name: s[fig] for name, s in steps.items()}, args.seconds)
+            report["sqlite"][f"{fig}_rows_s"] = rates["sqlite"]
+            for method in dbs:
+                report["methods"][method][f"{fig}_rows_s"] = rates[method]
+        for m in report["methods"].values():
             for fig in ("load_rows_s", "lookup_rows_s", "range_rows_s"):
                 m[fig.replace("_rows_s", "_vs_sqlite")] = m[fig] / report["sqlite"][fig]
-            report["methods"][method] = m
     finally:
+        for method, db in dbs.items():
+            try:
+                db.close()
+            finally:
+                shutil.rmtree(os.path.join(args.dir, method), ignore_errors=True)
+        if con is not None:
+            con.close()
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(sqlite_path + suffix):
                 os.unlink(sqlite_path + suffix)
