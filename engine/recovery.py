@@ -69,7 +69,6 @@ from slonik.wal.xlog import Wal, sync_segments, truncate_tail
 
 RECOVERY_PREFETCH_RECORDS = 64     # records looked ahead for blocks to prefetch
 RECOVERY_PREFETCH_PINS = 64        # buffers prefetch may hold pinned at once
-RECOVERY_KEEP_PINS = 16            # recently redone buffers kept pinned between records
 FIRST_RELFILENUMBER = 16384        # as PostgreSQL's FirstNormalObjectId
 WAL_DIR = "wal"
 _ZERO_PAGE = bytes(BLCKSZ)
@@ -99,39 +98,12 @@ class RecoveryInfo:
 
 @dataclass
 class RedoContext:
-    """What redo routines get: the buffer manager and smgr, and a dict for their own state.
-
-    ``keep_pins``: how many recently redone buffers the context keeps pinned between
-    records (0: none), so that the next record touching the same page (the rightmost
-    B+tree leaf, the heap page being filled) pins it without a buffer-table lookup or read
-    operation. Kept pins are the context's own; ``release_kept`` drops them, as replay does
-    before a record without block references (it may truncate or drop relations) and at
-    its end.
-    """
+    """What redo routines get: the buffer manager and smgr, and a dict for their own state."""
 
     bufmgr: BufferManager
     smgr: Smgr
     state: dict[str, Any] = field(default_factory=dict)
-    keep_pins: int = 0
     _sizes: dict[tuple[int, int], int] = field(default_factory=dict)
-    _kept: dict[tuple[int, int, int], int] = field(default_factory=dict)
-
-    def release_kept(self) -> None:
-        """Drop every pin the context keeps between records."""
-        if self._kept:
-            bufs = list(self._kept.values())
-            self._kept.clear()
-            self.bufmgr.unpin_many(bufs)
-
-    def _keep(self, tag: tuple[int, int, int], buf: int) -> None:
-        """Keep a pin of its own on ``buf`` (pinned by the caller too), the oldest kept
-        pin dropped when ``keep_pins`` are held."""
-        kept = self._kept
-        if len(kept) >= self.keep_pins:
-            old = next(iter(kept))
-            self.bufmgr.unpin(kept.pop(old))
-        self.bufmgr.pin(buf)
-        kept[tag] = buf
 
     def ensure_relation(self, rel: int, fork: int) -> None:
         key = (rel, fork)
@@ -185,19 +157,15 @@ class RedoContext:
     def _buffer_for(self, rel: int, fork: int, block: int, *, read: bool) -> int:
         """A pinned, exclusive-locked buffer for the block; zero-extends the relation up
         to it when needed. ``read=False``: the page's old content is not needed."""
-        bm = self.bufmgr
-        tag = (rel, fork, block)
-        buf = self._kept.get(tag)
-        if buf is not None:  # a kept pin: the page is valid in the pool
-            bm.pin(buf)
-            bm.lock_exclusive(buf)
-            return buf
         if block >= self._sizes.get((rel, fork), 0):
             buf = self._extend_to(rel, fork, block)
             if buf is not None:
-                if self.keep_pins:
-                    self._keep(tag, buf)
                 return buf
+        bm = self.bufmgr
+        buf = bm.pin_if_valid(rel, fork, block)   # the usual case: in the pool already
+        if buf >= 0:
+            bm.lock_exclusive(buf)
+            return buf
         if read:
             buf = bm.read_buffer(rel, fork, block)
         else:
@@ -212,8 +180,6 @@ class RedoContext:
                         bm.unpin_many(op.buffers)
                         raise
             buf = op.buffers[0]
-        if self.keep_pins:
-            self._keep(tag, buf)
         bm.lock_exclusive(buf)
         return buf
 
@@ -316,8 +282,7 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
     if crashed:
         write_control(data_dir, replace(control, state=DbState.IN_CRASH_RECOVERY,
                                         time=time.time()))
-    # Kept pins and prefetch pins together stay within a third of the pool.
-    ctx = RedoContext(bufmgr, smgr, keep_pins=min(RECOVERY_KEEP_PINS, bufmgr.nbuffers // 12))
+    ctx = RedoContext(bufmgr, smgr)
     reader = WalReader(wal_dir, seg, cp.redo_lsn, scanner=C_SCANNER)
     replayed = 0
     xids: set[int] = ctx.state.setdefault("xids", set())  # every xid that wrote WAL
@@ -331,14 +296,11 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
     try:
         for rr in _prefetching(reader, ctx):
             rec = rr.record
-            if not rec.blocks:
-                ctx.release_kept()   # relation-level work (truncate) sees no kept pins
             get_rmgr(rec.rmgr).redo(ctx, rr)
             if rec.xid:
                 xids.add(rec.xid)
             replayed += 1
     finally:
-        ctx.release_kept()
         bufmgr.flush_wal = saved_flush_wal
     t_replay = time.perf_counter() - t_replay
     if (reader.end_lsn, reader.last_lsn) != (end, last):
