@@ -360,10 +360,66 @@ def _hole(page) -> tuple[int, int]:
     return struct.unpack_from("<HH", page, LOWER_OFFSET)
 
 
+# What a leaf's high key (a pivot of one entry's key) can cost on the page: _choose_split
+# bounds its search with these.
+_HIGH_KEY_COST_MIN = item_cost(PIVOT_HEADER_SIZE)
+_HIGH_KEY_COST_MAX = item_cost(PIVOT_HEADER_SIZE + KEY_MAX_BYTES)
+
+
 def _choose_split(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None,
                   new_index: int) -> int:
+    """``_choose_split_scan``'s answer for a leaf without sizing every candidate: only the
+    left size depends on the high key, whose cost lies in [_HIGH_KEY_COST_MIN,
+    _HIGH_KEY_COST_MAX], so bisecting the prefix sums bounds where the answer can be and
+    only the candidates inside the bound are sized (a split of a leaf of small entries
+    sizes a handful of its ~60 candidates). Internal pages take the scan."""
+    if not leaf:
+        return _choose_split_scan(items, leaf, old_high_key, new_index)
+    n = len(items)
+    prefix = list(itertools.accumulate(map(item_cost, map(len, items)), initial=0))
+    cap = PAGE_CAPACITY_BYTES
+    right_base = (item_cost(len(old_high_key)) if old_high_key is not None else 0) + prefix[n]
+
+    def left_of(k: int) -> int:
+        return prefix[k] + item_cost(PIVOT_HEADER_SIZE + len(entry_key(items[k])[0]))
+
+    if old_high_key is None and new_index == n - 1:
+        # The scan's pick: the largest legal k whose left side fits the fillfactor goal.
+        # No k with prefix[k] > goal - _HIGH_KEY_COST_MIN can fit it.
+        goal = cap * LEAF_FILLFACTOR_PERCENT // 100
+        k = min(bisect.bisect_right(prefix, goal - _HIGH_KEY_COST_MIN) - 1, n - 1)
+        while k >= 1:
+            if left_of(k) <= goal and right_base - prefix[k] <= cap:
+                return k
+            k -= 1
+        return _choose_split_scan(items, leaf, old_high_key, new_index)
+    # The scan's pick: the smallest legal k with the least |left - right|, where
+    # left - right = 2 prefix[k] + high key cost - right_base.
+    best: tuple[int, int] | None = None
+    k0 = max(1, bisect.bisect_left(
+        prefix, -(-(right_base - _HIGH_KEY_COST_MIN) // 2)))  # first k with bound >= 0
+    for k in range(k0, n):  # |difference| >= 2 prefix[k] + min cost - right_base, growing
+        if best is not None and 2 * prefix[k] + _HIGH_KEY_COST_MIN - right_base >= best[0]:
+            break
+        left, right = left_of(k), right_base - prefix[k]
+        if left <= cap and right <= cap and (best is None or (abs(left - right), k) < best):
+            best = (abs(left - right), k)
+    for k in range(min(k0, n) - 1, 0, -1):  # |difference| >= -(2 prefix[k] + max cost - base)
+        if best is not None and right_base - 2 * prefix[k] - _HIGH_KEY_COST_MAX > best[0]:
+            break
+        left, right = left_of(k), right_base - prefix[k]
+        if left <= cap and right <= cap and (best is None or (abs(left - right), k) <= best):
+            best = (abs(left - right), k)
+    if best is None:
+        return _choose_split_scan(items, leaf, old_high_key, new_index)
+    return best[1]
+
+
+def _choose_split_scan(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None,
+                       new_index: int) -> int:
     """Index k: the left page keeps items[:k] (+ a high key made of items[k]'s key), the
-    right gets items[k:] (internal: items[k]'s downlink becomes its minus-inf item)."""
+    right gets items[k:] (internal: items[k]'s downlink becomes its minus-inf item).
+    Sizes every candidate (the reference ``_choose_split`` agrees with)."""
     n = len(items)
     costs = [item_cost(len(i)) for i in items]
     prefix = list(itertools.accumulate(costs, initial=0))
