@@ -36,6 +36,8 @@ int slk_bt_probe(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint6
 int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
                    const uint8_t *stop, int32_t stoplen, uint64_t snap_xmax, uint64_t own,
                    const uint64_t *excluded, int nexcluded, uint32_t *out, int *flags);
+int slk_bt_gather(const uint8_t *page, const uint32_t *ents, int n, int values, uint8_t *dst,
+                  char *fmt);
 /* --- heap page --- */
 int slk_heap_run_items(const uint8_t *buf, int npages, int visibility, uint64_t snap_xmax,
                        uint64_t own, const uint64_t *excluded, int nexcluded, int cap,
@@ -53,10 +55,15 @@ int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data
 int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                        const uint16_t *offnums, int n, uint64_t *xmin, uint64_t *xmax,
                        uint32_t *start, uint32_t *end);
+int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t *page_of,
+                        const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
+                        const uint64_t *excluded, int nexcluded, uint8_t *out,
+                        uint32_t out_cap, uint8_t *status, uint32_t *start, uint32_t *end);
 /* --- wal decode --- */
 int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, uint32_t pos,
                  uint64_t seg_size, uint64_t prev, int check_prev, uint32_t *rec_at,
-                 uint32_t *rec_len, int cap, uint32_t *stop);
+                 uint32_t *rec_len, uint32_t *rec_end, uint8_t *gathered, int cap,
+                 uint32_t *stop);
 """
 
 SOURCE = r"""
@@ -489,6 +496,40 @@ int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
     return n;
 }
 
+static char *bt_fmt_len(char *f, uint32_t len)      /* "<len>s" */
+{
+    char digits[10];
+    int k = 0;
+    do { digits[k++] = (char)('0' + len % 10); len /= 10; } while (len);
+    while (k) *f++ = digits[--k];
+    *f++ = 's';
+    return f;
+}
+
+/* The keys (and with ``values`` the values) of slk_bt_extract's n entries ``ents`` copied
+ * back to back into dst (BLCKSZ bytes), and the struct format that unpacks them in one
+ * call ("<keylen>s<valuelen>s" per entry, NUL-terminated) into fmt (12 bytes per entry and
+ * value, plus 1). Returns the bytes copied, or -1 when an entry's offsets are not
+ * start <= key end <= value end inside the page (or would overrun dst). */
+int slk_bt_gather(const uint8_t *page, const uint32_t *ents, int n, int values, uint8_t *dst,
+                  char *fmt)
+{
+    uint32_t pos = 0;
+    char *f = fmt;
+    for (int i = 0; i < n; i++) {
+        uint32_t ks = ents[4 * i], ke = ents[4 * i + 1], ve = ents[4 * i + 2];
+        if (ks > ke || ke > ve || ve > BLCKSZ) return -1;
+        uint32_t take = values ? ve - ks : ke - ks;
+        if (pos + take > BLCKSZ) return -1;
+        memcpy(dst + pos, page + ks, take);
+        pos += take;
+        f = bt_fmt_len(f, ke - ks);
+        if (values) f = bt_fmt_len(f, ve - ke);
+    }
+    *f = 0;
+    return (int)pos;
+}
+
 /* --- heap page --- (engine/access/heap.py and engine/access/tuple.py hold the Python
  * references; tests/engine/test_heap_c.py compares them)
  * Line pointer u32: offset (15 bits) | state << 15 (1 = NORMAL) | length << 17.
@@ -684,6 +725,52 @@ int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *
     return found;
 }
 
+/* slk_heap_tuples_at with the snapshot applied and the data gathered (reference:
+ * heap_fetch.gather_py): status[k] 0 = no tuple at the slot, 1 = a tuple the snapshot
+ * (xids seen: own, or below snap_xmax and not in the sorted excluded) does not see,
+ * 2 = a visible one, whose data is copied to out[start[k], end[k]), one after another in
+ * request order. Returns the bytes written, -1 - k as slk_heap_tuples_at, or INT64_MIN
+ * when out_cap is too small (the caller passes the pages' total size: never). */
+int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t *page_of,
+                        const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
+                        const uint64_t *excluded, int nexcluded, uint8_t *out,
+                        uint32_t out_cap, uint8_t *status, uint32_t *start, uint32_t *end)
+{
+    uint32_t pos = 0;
+    for (int k = 0; k < n; k++) {
+        status[k] = 0;
+        start[k] = end[k] = pos;
+        if (page_of[k] >= (uint32_t)npages) return -1 - k;
+        const uint8_t *page = pages[page_of[k]];
+        uint32_t lower = load16(page + 14), upper = load16(page + 16);
+        uint32_t offnum = offnums[k];
+        uint32_t lp_at = HEADER_SIZE + (offnum - 1) * 4u;
+        if (lower == 0 || offnum < 1 || lp_at + 4 > lower)
+            continue;
+        uint32_t lp = load32(page + lp_at);
+        if (((lp >> 15) & 3) != 1)
+            continue;
+        uint32_t off = lp & 0x7fff, len = lp >> 17;
+        if (off < upper || off + len > BLCKSZ || len < SLK_TUPLE_HDR)
+            return -1 - k;
+        if (load32(page + off + 18) != len - SLK_TUPLE_HDR)
+            return -1 - k;
+        uint64_t xmin = load64(page + off), xmax = load64(page + off + 8);
+        if (!xid_sees(xmin, snap_xmax, own, excluded, nexcluded) ||
+            (xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded))) {
+            status[k] = 1;
+            continue;
+        }
+        uint32_t dlen = len - SLK_TUPLE_HDR;
+        if (dlen > out_cap - pos) return INT64_MIN;
+        memcpy(out + pos, page + off + SLK_TUPLE_HDR, dlen);
+        status[k] = 2;
+        pos += dlen;
+        end[k] = pos;
+    }
+    return pos;
+}
+
 /* --- wal decode --- */
 /* wal/walpage.py's page header and wal/record.py's record layout; engine/wal_decode.py
  * wraps slk_wal_scan for wal/reader.py, whose scan_records_py is the reference. */
@@ -765,38 +852,66 @@ static int wal_record_ok(const uint8_t *r, uint32_t total)
 }
 
 /* The valid records of ``chunk`` (whole WAL pages, chunk_lsn the LSN of its first byte, all
- * of one segment) from the record start at chunk offset ``pos``, each wholly on one page:
- * page header, record checks, CRC and prev link (the first record's against ``prev`` when
- * check_prev) as WalReader makes them. Writes each record's chunk offset and length (at
- * most cap) and in *stop the chunk offset of the next record start, where it stopped: the
- * end of the chunk, a record continuing onto the next page, or anything invalid -- the
- * caller's reader judges that record on its own. Returns the count. */
+ * of one segment) from the record start at chunk offset ``pos``: page headers, continuation
+ * lengths (rem_len), record checks, CRC and prev link (the first record's against ``prev``
+ * when check_prev) as WalReader makes them. Writes each record's chunk offset, length and
+ * end offset (at most cap records); a record continued onto later pages of the chunk is
+ * also copied whole into ``gathered`` (chunk_len bytes) at its own start offset. *stop gets
+ * the chunk offset of the next record start, where it stopped: the end of the chunk, a
+ * record continued past it, or anything invalid -- the caller's reader judges that record
+ * on its own. Returns the count. */
 int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, uint32_t pos,
                  uint64_t seg_size, uint64_t prev, int check_prev, uint32_t *rec_at,
-                 uint32_t *rec_len, int cap, uint32_t *stop)
+                 uint32_t *rec_len, uint32_t *rec_end, uint8_t *gathered, int cap,
+                 uint32_t *stop)
 {
     int n = 0;
-    int64_t checked = -1;           /* chunk offset of the page whose header passed */
+    int64_t checked = -1;           /* chunk offset of the page whose header passed last */
     chunk_len -= chunk_len % WAL_PAGE_SIZE;
     while (n < cap && pos < chunk_len) {
-        uint32_t off = pos % WAL_PAGE_SIZE, page = pos - off;
+        uint32_t off = pos % WAL_PAGE_SIZE, page = pos - off, end;
         if (off < WAL_PHDR || (pos & 7u)) break;
-        const uint8_t *pg = chunk + page;
+        const uint8_t *pg = chunk + page, *rec = chunk + pos;
         if ((int64_t)page != checked) {
             if (!wal_page_ok(pg, chunk_lsn + page, seg_size)) break;
             checked = page;
         }
         if (off == WAL_PHDR && load32(pg + 4)) break;       /* a continuation, no record */
-        uint32_t total = load32(chunk + pos);
-        if (total < WAL_RHDR || total > WAL_PAGE_SIZE - off) break;
-        if (!wal_record_ok(chunk + pos, total)) break;
-        if (check_prev && load64(chunk + pos + 16) != prev) break;
+        uint32_t total = load32(rec);
+        if (total < WAL_RHDR || total > WAL_MAX_RECORD) break;
+        if (total <= WAL_PAGE_SIZE - off) {
+            end = pos + total;
+        } else {                                            /* continued onto later pages */
+            uint8_t *g = gathered + pos;                    /* total < end - pos: no overlap */
+            uint32_t got = WAL_PAGE_SIZE - off, p = page + WAL_PAGE_SIZE, last = page;
+            memcpy(g, rec, got);
+            end = 0;
+            while (got < total) {
+                if (p + WAL_PAGE_SIZE > chunk_len) break;
+                if (!wal_page_ok(chunk + p, chunk_lsn + p, seg_size)) break;
+                uint32_t missing = total - got;
+                if (load32(chunk + p + 4) != missing) break;
+                uint32_t take = missing < WAL_PAGE_SIZE - WAL_PHDR ? missing
+                                                                   : WAL_PAGE_SIZE - WAL_PHDR;
+                memcpy(g + got, chunk + p + WAL_PHDR, take);
+                got += take;
+                end = p + WAL_PHDR + take;
+                last = p;
+                p += WAL_PAGE_SIZE;
+            }
+            if (got < total) break;
+            rec = g;
+            checked = last;
+        }
+        if (!wal_record_ok(rec, total)) break;
+        if (check_prev && load64(rec + 16) != prev) break;
         rec_at[n] = pos;
         rec_len[n] = total;
+        rec_end[n] = end;
         n++;
         prev = chunk_lsn + pos;
         check_prev = 1;
-        pos = (pos + total + 7u) & ~7u;
+        pos = (end + 7u) & ~7u;
         if (pos % WAL_PAGE_SIZE == 0) pos += WAL_PHDR;
     }
     *stop = pos;

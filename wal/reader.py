@@ -51,6 +51,7 @@ from .rmgr import find_rmgr, rmgr_name
 from .walpage import (
     PAGE_HEADER_SIZE,
     RECORD_ALIGN,
+    USABLE_PAGE_BYTES,
     WAL_PAGE_SIZE,
     PageHeader,
     WalPageError,
@@ -66,7 +67,7 @@ from .walpage import (
 
 __all__ = [
     "READ_CHUNK_BYTES", "SCAN_BATCH_RECORDS", "ReadRecord", "RecordScanner", "WalReader",
-    "WalCorruptMiddleError", "read_record_at", "scan_records_py",
+    "WalCorruptMiddleError", "read_record_at", "scan_records_py", "ScanResult",
     "first_record_lsn", "describe_record",
 ]
 
@@ -118,58 +119,98 @@ class _Stop(Exception):
         self.reason = reason
 
 
-def _read_record(chunk: memoryview, base: int, at: int, length: int) -> ReadRecord:
-    """The record a scanner accepted at chunk offset ``at``, decoded without checks."""
-    return ReadRecord(base + at, base + at + length, decode_checked(chunk, at, length), length)
+def _read_record(chunk: memoryview, gathered, base: int, at: int, length: int,
+                 end: int) -> ReadRecord:
+    """The record a scanner accepted at chunk offset ``at``, decoded without checks (from
+    the chunk, or from ``gathered`` when it continued onto later pages)."""
+    src = chunk if end - at == length else gathered
+    return ReadRecord(base + at, base + end, decode_checked(src, at, length), length)
 
 
-RecordScanner = Callable[[memoryview, int, int, int, "int | None", int],
-                         tuple[list[int], list[int], int]]
+# (offsets, lengths, end offsets, stop offset, gathered): see scan_records_py.
+ScanResult = tuple[list[int], list[int], list[int], int, "bytearray | None"]
+RecordScanner = Callable[[memoryview, int, int, int, "int | None", int], ScanResult]
 
 
 def scan_records_py(chunk, chunk_lsn: int, pos: int, wal_segment_size: int,
-                    prev: int | None, cap: int) -> tuple[list[int], list[int], int]:
+                    prev: int | None, cap: int) -> ScanResult:
     """The reference of the C batch checker (``slk_wal_scan``, engine/wal_decode.py).
 
     ``chunk``: whole WAL pages of one segment, the first at ``chunk_lsn``; ``pos``: the chunk
-    offset of a record start. Accepts records one after another while each lies wholly on
-    one page of the chunk and passes the checks ``WalReader`` makes (page header, record
-    header and structure, CRC, prev link: the first against ``prev`` unless it is None,
-    then each against the record before). Returns (chunk offsets, lengths, chunk offset of
-    the first record not accepted), at most ``cap`` records: a record continued onto the
-    next page, an invalid one or the end of the chunk stops it."""
+    offset of a record start. Accepts records one after another while each lies wholly in
+    the chunk and passes the checks ``WalReader`` makes (page headers, continuation lengths,
+    record header and structure, CRC, prev link: the first against ``prev`` unless it is
+    None, then each against the record before). Returns (chunk offsets, lengths, chunk
+    offsets of their ends, chunk offset of the first record not accepted, gathered): at
+    most ``cap`` records; a record continued past the chunk, an invalid one or the end of
+    the chunk stops it. A record continued onto later pages is copied whole into
+    ``gathered`` (a buffer of the chunk's size, or None when there was none) at its own
+    start offset."""
     ats: list[int] = []
     lens: list[int] = []
+    ends: list[int] = []
+    gathered: bytearray | None = None
     size = len(chunk) - len(chunk) % WAL_PAGE_SIZE
     checked = -1
+
+    def page_ok(page: int):
+        try:
+            return decode_page_header(chunk[page:page + PAGE_HEADER_SIZE], chunk_lsn + page,
+                                      wal_segment_size)
+        except WalPageError:
+            return None
+
     while len(ats) < cap and pos < size:
         off = pos % WAL_PAGE_SIZE
         page = pos - off
         if off < PAGE_HEADER_SIZE or pos % RECORD_ALIGN:
             break
         if page != checked:
-            try:
-                hdr = decode_page_header(chunk[page:page + PAGE_HEADER_SIZE],
-                                         chunk_lsn + page, wal_segment_size)
-            except WalPageError:
+            hdr = page_ok(page)
+            if hdr is None:
                 break
             checked = page
         if off == PAGE_HEADER_SIZE and hdr.rem_len:
             break
         total = _TOTAL_LENGTH.unpack_from(chunk, pos)[0]
-        if not RECORD_HEADER_SIZE <= total <= WAL_PAGE_SIZE - off:
+        if not RECORD_HEADER_SIZE <= total <= MAX_RECORD_SIZE_BYTES:
             break
+        if total <= WAL_PAGE_SIZE - off:
+            data = chunk[pos:pos + total]
+            end = pos + total
+        else:
+            parts = [chunk[pos:page + WAL_PAGE_SIZE]]
+            got = len(parts[0])
+            p = page + WAL_PAGE_SIZE
+            while got < total and p + WAL_PAGE_SIZE <= size:
+                nxt = page_ok(p)
+                if nxt is None or nxt.rem_len != total - got:
+                    break
+                take = min(total - got, USABLE_PAGE_BYTES)
+                parts.append(chunk[p + PAGE_HEADER_SIZE:p + PAGE_HEADER_SIZE + take])
+                got += take
+                end = p + PAGE_HEADER_SIZE + take
+                hdr, checked = nxt, p
+                p += WAL_PAGE_SIZE
+            if got < total:
+                break
+            data = b"".join(parts)
         try:
-            record = decode_record(chunk[pos:pos + total])
+            record = decode_record(data)
         except WalRecordError:
             break
         if prev is not None and record.prev_lsn != prev:
             break
+        if total > WAL_PAGE_SIZE - off:
+            if gathered is None:
+                gathered = bytearray(len(chunk))
+            gathered[pos:pos + total] = data
         ats.append(pos)
         lens.append(total)
+        ends.append(end)
         prev = chunk_lsn + pos
-        pos = next_record_lsn(chunk_lsn + pos + total) - chunk_lsn
-    return ats, lens, pos
+        pos = next_record_lsn(chunk_lsn + end) - chunk_lsn
+    return ats, lens, ends, pos, gathered
 
 
 class WalReader:
@@ -253,20 +294,21 @@ class WalReader:
                 if scanner is not None:
                     chunk, base = self._chunk_at(lsn)
                     if chunk is not None:
-                        ats, lens, _stop = scanner(chunk, base, lsn - base, seg_size, prev,
-                                                   SCAN_BATCH_RECORDS)
+                        ats, lens, ends, _stop, gathered = scanner(
+                            chunk, base, lsn - base, seg_size, prev, SCAN_BATCH_RECORDS)
                         if ats:
                             last = base + ats[-1]
+                            end = base + ends[-1]
                             if decode:
-                                yield list(map(_read_record, repeat(chunk), repeat(base),
-                                               ats, lens))
+                                yield list(map(_read_record, repeat(chunk), repeat(gathered),
+                                               repeat(base), ats, lens, ends))
                             else:
                                 self.last_lsn = last
-                                self.end_lsn = last + lens[-1]
+                                self.end_lsn = end
                                 self.records_read += len(ats)
                                 yield _NO_RECORDS
                             prev = last
-                            lsn = next_record_lsn(last + lens[-1])
+                            lsn = next_record_lsn(end)
                             continue
                 try:
                     rr = self._read_at(lsn)

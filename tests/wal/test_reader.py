@@ -673,8 +673,9 @@ def test_scanner_reader_reads_a_mixed_wal_whole():
                     and (p.end_lsn - 1) // WAL_PAGE_SIZE == p.lsn // WAL_PAGE_SIZE]
         assert len(one_page) >= 20
         for p in one_page:
-            ats, lens, _stop = scan_records_py(seg1, SEG, p.lsn - SEG, SEG, p.record.prev_lsn, 1)
-            assert (ats, lens) == ([p.lsn - SEG], [p.length])
+            ats, lens, ends, _stop, _g = scan_records_py(seg1, SEG, p.lsn - SEG, SEG,
+                                                         p.record.prev_lsn, 1)
+            assert (ats, lens, ends) == ([p.lsn - SEG], [p.length], [p.end_lsn - SEG])
         assert sum((p.end_lsn - 1) // WAL_PAGE_SIZE == p.lsn // WAL_PAGE_SIZE
                    for p in g.placed) > 200
         for scanner in [s.values[0] for s in SCANNERS]:
@@ -688,9 +689,10 @@ def test_scanner_reader_reads_a_mixed_wal_whole():
 @given(seed=st.integers(0, 2**32), n=st.integers(1, 80), data=st.data())
 def test_c_scanner_matches_its_python_reference(seed, n, data):
     """slk_wal_scan (through engine.wal_decode) returns exactly what scan_records_py
-    returns — accepted offsets, lengths and the stop offset — for chunks of intact and
-    damaged WAL (one to three flipped bytes), any record start, a right, wrong or absent
-    expected prev link, and a cap on the count."""
+    returns — accepted offsets, lengths, end offsets, the stop offset, and the gathered
+    bytes of each record continued onto later pages — for chunks of intact and damaged WAL
+    (one to three flipped bytes), any record start, a right, wrong or absent expected prev
+    link, and a cap on the count."""
     with tempfile.TemporaryDirectory() as d:
         g = build_mixed(d, seed, n, flushed=0)
         segno = data.draw(st.sampled_from(list(g.segments())), label="segment")
@@ -711,5 +713,9 @@ def test_c_scanner_matches_its_python_reference(seed, n, data):
             pos, right = PAGE_HEADER_SIZE, 0
         prev = data.draw(st.sampled_from([None, right, right + 8]), label="prev")
         cap = data.draw(st.sampled_from([1, 3, 10_000]), label="cap")
-        want = scan_records_py(chunk, chunk_lsn, pos, SEG, prev, cap)
-        assert C_SCANNER(chunk, chunk_lsn, pos, SEG, prev, cap) == want
+        *want, want_gathered = scan_records_py(chunk, chunk_lsn, pos, SEG, prev, cap)
+        *got, got_gathered = C_SCANNER(chunk, chunk_lsn, pos, SEG, prev, cap)
+        assert got == want
+        for at, length, end in zip(*want[:3], strict=True):
+            if end - at != length:     # continued onto later pages: gathered whole
+                assert got_gathered[at:at + length] == want_gathered[at:at + length]
