@@ -316,6 +316,48 @@ class ReadBuffersOperation:
         return bool(self.ios or self.foreign)
 
 
+class BufferRing:
+    """A BULKREAD buffer access strategy (PostgreSQL's ring): a large scan's misses reuse
+    up to ``size`` buffers in turn instead of sweeping the whole pool, so the scan neither
+    evicts the pool's working set nor pays a clock sweep per page. A ring buffer someone
+    else pinned or used (usage count > 1), or that is dirty, is left to the pool and
+    replaced in the ring by a clock-sweep victim. Used under the descriptor lock."""
+
+    __slots__ = ("size", "buffers", "_next")
+
+    def __init__(self, size: int) -> None:
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"a buffer ring holds at least one buffer, got {size!r}")
+        self.size = size
+        self.buffers: list[int] = []
+        self._next = 0  # slot the next miss tries
+
+    def reusable_locked(self, descs: list[BufferDesc]) -> BufferDesc | None:
+        """The ring's next buffer, pinned, if it can be reused; None (the caller sweeps
+        and ``add_locked``s the victim into that slot) while the ring is filling or when
+        the buffer is busy elsewhere."""
+        if len(self.buffers) < self.size:
+            return None
+        d = descs[self.buffers[self._next]]
+        if d.refcount or d.usage_count > 1 or d.flags & BM_DIRTY:
+            return None
+        d.refcount = 1
+        self._next = (self._next + 1) % self.size
+        return d
+
+    def add_locked(self, buf_id: int) -> None:
+        """A clock-sweep victim joins the ring (replacing the busy buffer of this slot)."""
+        if len(self.buffers) < self.size:
+            self.buffers.append(buf_id)
+            return
+        self.buffers[self._next] = buf_id
+        self._next = (self._next + 1) % self.size
+
+
+BULK_READ_RING_MIN = 32  # buffers: PostgreSQL's 256 KiB BULKREAD ring
+BULK_READ_RING_MAX = 2048  # buffers: 16 MiB
+
+
 class BufferManager:
     """See the module docstring. ``flush_wal(lsn)`` is injected by the engine."""
 
@@ -497,26 +539,31 @@ class BufferManager:
     # --- reads -----------------------------------------------------------------------------------
     def start_read_buffers(self, rel: int, fork: int, first_block: int, nblocks: int, *,
                            zero_damaged_pages: bool | None = None,
-                           ignore_checksum_failure: bool | None = None) -> ReadBuffersOperation:
+                           ignore_checksum_failure: bool | None = None,
+                           strategy: BufferRing | None = None) -> ReadBuffersOperation:
         """Pin blocks first_block..+nblocks-1 and start reads for those not in the pool.
-        Options are captured now: the completion may run in another thread."""
+        Options are captured now: the completion may run in another thread. With a
+        ``strategy`` ring (``bulk_read_ring``) a miss reuses the ring's buffers."""
         op = ReadBuffersOperation(
             rel, int(fork), first_block,
             self.zero_damaged_pages if zero_damaged_pages is None else zero_damaged_pages,
             self.ignore_checksum_failure if ignore_checksum_failure is None else ignore_checksum_failure)
         missing: list[int] = []  # indexes into op.buffers whose read we own
         try:
-            self._pin_and_claim(op, nblocks, missing)
+            self._pin_and_claim(op, nblocks, missing, strategy)
             self._start_runs(op, missing)
         except BaseException:
             self._abandon(op, missing)
             raise
         return op
 
-    def _pin_and_claim(self, op: ReadBuffersOperation, nblocks: int, missing: list[int]) -> None:
+    def _pin_and_claim(self, op: ReadBuffersOperation, nblocks: int, missing: list[int],
+                       ring: BufferRing | None = None) -> None:
         """Pin every block of ``op`` and decide who reads it (see ``_claim_read``), the whole
         run in one descriptor-lock section. Only a dirty victim leaves the section: it is
-        written outside the lock (``_pin_block``) and the run continues after it."""
+        written outside the lock (``_pin_block``) and the run continues after it. With a
+        ``ring``, a miss takes the ring's next buffer when nobody else uses it (unpinned,
+        usage count <= 1, clean), else a clock-sweep victim that joins the ring."""
         rel, fork, first_block = op.rel, op.fork, op.first_block
         buffers, foreign = op.buffers, op.foreign
         table, descs, nbuffers = self._table, self.descs, self.nbuffers
@@ -543,12 +590,16 @@ class BufferManager:
                             self._start_buffer_io_locked(d, for_input=True)
                             missing.append(i)
                     else:
-                        d = descs[self._hand]  # the clock sweep's usual first answer, inline
-                        if d.refcount or d.usage_count:
-                            d = self._clock_sweep_locked()  # returned pinned
-                        else:
-                            d.refcount = 1
-                            self._hand = (self._hand + 1) % nbuffers
+                        d = None if ring is None else ring.reusable_locked(descs)
+                        if d is None:
+                            d = descs[self._hand]  # the clock sweep's usual first answer
+                            if d.refcount or d.usage_count:
+                                d = self._clock_sweep_locked()  # returned pinned
+                            else:
+                                d.refcount = 1
+                                self._hand = (self._hand + 1) % nbuffers
+                            if ring is not None:
+                                ring.add_locked(d.buf_id)
                         flags = d.flags
                         if flags & BM_DIRTY:
                             dirty = d.buf_id  # pinned; written below, outside the lock
@@ -923,6 +974,13 @@ class BufferManager:
                 (self.unlock_exclusive if exclusive else self.unlock_shared)(buf_id)
         finally:
             self.unpin(buf_id)
+
+    def bulk_read_ring(self, pins: int) -> BufferRing | None:
+        """A BULKREAD ring for a scan that wants up to ``pins`` buffers pinned at once:
+        twice that, at least 256 KiB, at most 16 MiB and an eighth of the pool (the scan
+        then pins at most half the ring); None when the pool is too small for one."""
+        size = min(max(2 * pins, BULK_READ_RING_MIN), BULK_READ_RING_MAX, self.nbuffers // 8)
+        return BufferRing(size) if size >= 2 else None
 
     def copy_release(self, buf_ids: Sequence[int]) -> bytes:
         """A copy of the pages of ``buf_ids`` (pinned by the caller, e.g. a read stream's

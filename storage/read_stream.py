@@ -14,6 +14,9 @@ order. Behind that the stream keeps a look-ahead window of reads in flight:
   a ``range`` source is followed by a cursor, a whole run at a time;
 - an all-cached stream falls into a fast path that pins one block at a time with no
   look-ahead machinery;
+- ``bulk_read=True`` (a large sequential scan) gives the stream a BULKREAD ring
+  (``BufferRing``): its misses reuse the ring's buffers, so the scan does not evict the
+  pool and pays no clock sweep per page;
 - with the sync method on buffered files there is no concurrency to be had, so the stream
   issues ``posix_fadvise(WILLNEED)`` for the runs ahead and reads each run when it is
   consumed (PostgreSQL's advice mode).
@@ -74,7 +77,8 @@ class ReadStream:
 
     def __init__(self, bufmgr: BufferManager, rel: int, fork: int,
                  blocks: Iterable[Any] | Callable[[], Any], *, per_buffer_data: bool = False,
-                 max_ios: int | None = None, max_pinned: int | None = None) -> None:
+                 max_ios: int | None = None, max_pinned: int | None = None,
+                 bulk_read: bool = False) -> None:
         if max_ios is None:
             max_ios = getattr(bufmgr, "effective_io_concurrency", EFFECTIVE_IO_CONCURRENCY_DEFAULT)
         if not isinstance(max_ios, int) or not 0 <= max_ios <= EFFECTIVE_IO_CONCURRENCY_MAX:
@@ -94,6 +98,13 @@ class ReadStream:
         if not isinstance(max_pinned, int) or max_pinned < 1:
             raise ValueError(f"max_pinned must be a positive int, got {max_pinned!r}")
         self.max_pinned_buffers = min(max_pinned, bufmgr.nbuffers)
+        # bulk_read: a large scan's misses reuse a BULKREAD ring sized for the stream's pins
+        # (plus a batch handed out) instead of sweeping, and evicting, the whole pool.
+        # The stream then pins at most half the ring, so the buffers it reuses were let go.
+        self.strategy = bufmgr.bulk_read_ring(self.max_pinned_buffers) if bulk_read else None
+        if self.strategy is not None:
+            self.max_pinned_buffers = max(1, min(self.max_pinned_buffers,
+                                                 self.strategy.size // 2))
         # A range of block numbers (a sequential scan) is followed by a cursor, so the
         # look-ahead takes a whole run of blocks at once instead of one call per block.
         self._seq_next = self._seq_stop = 0
@@ -170,7 +181,8 @@ class ReadStream:
                 self._queue.append([None, data[k], run])
             self.pinned += n  # reserved: pinned when consumed
             return
-        op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, n)
+        op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, n,
+                                            strategy=self.strategy)
         run = _Run(op, block, n)
         self._queue.extend([b, d, run] for b, d in zip(op.buffers, data, strict=True))
         self.pinned += n
@@ -383,7 +395,7 @@ class ReadStream:
             self._fast_path = False
             self.distance = 0
             return out
-        op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, k)
+        op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, k, strategy=self.strategy)
         if not op.needs_wait:
             self._fast += k
             self._hits += k
@@ -404,7 +416,8 @@ class ReadStream:
 
     def _read_advised(self, run: _Run) -> None:
         """Advice mode: the run was only advised; read it now, as it is consumed."""
-        op = self.bufmgr.start_read_buffers(self.rel, self.fork, run.block, run.n)
+        op = self.bufmgr.start_read_buffers(self.rel, self.fork, run.block, run.n,
+                                            strategy=self.strategy)
         run.op = op
         k = 0
         for e in self._queue:
@@ -438,7 +451,7 @@ class ReadStream:
             self.pinned -= 1
             return entry[0]
         block, _ = item
-        op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, 1)
+        op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, 1, strategy=self.strategy)
         run = _Run(op, block, 1)
         self._queue.append([op.buffers[0], None, run])
         if op.needs_wait:

@@ -949,7 +949,12 @@ class Heap:
         free = [] if self._fsm is None else None
         reader = None if _lib is None else _RunReader(run_pages, snapshot)
         block = 0
-        with ReadStream(bm, self.rel, self.fork, range(n)) as stream:
+        # A scan larger than the pool (it cannot stay cached anyway) reads through a
+        # BULKREAD ring instead of evicting the whole pool. (PostgreSQL rings from a
+        # quarter of the pool; a scan that fits is left to cache here, so a second scan
+        # of it is all hits.)
+        with ReadStream(bm, self.rel, self.fork, range(n),
+                        bulk_read=n > bm.nbuffers) as stream:
             while bufs := stream.next_buffers(run_pages):
                 k = len(bufs)
                 data = bm.copy_release(bufs)

@@ -586,3 +586,33 @@ def test_scan_builds_the_map_each_page_would_give(env):
     assert [h2._fsm.get(b) for b in range(len(h2._fsm))] == want
     assert want[-1] == h2._fsm.get(len(want) - 1) and len(set(want)) > 3
     assert no_pins(env.bm)
+
+
+def test_a_scan_larger_than_the_pool_keeps_the_pool(tmp_path, aio):
+    """A heap of 300 pages scanned through a 256-buffer pool reads through a BULKREAD ring
+    (32 buffers): the 3 pages of another relation cached before the scan are still
+    cached after it, every tuple is returned and at most the ring's 32 buffers hold the
+    big heap's pages; a heap that fits in the pool is left cached whole (a second scan
+    of it is all hits)."""
+    env = make_env(str(tmp_path), aio)
+    try:
+        other = Heap(REL + 1, env.bm, env.wal)
+        other.insert_many(1, [bytes(3000)] * 6)
+        big = Heap(REL, env.bm, env.wal)
+        for _ in range(6):
+            big.insert_many(1, [bytes(3000)] * 100)
+        env.bm.flush_all()
+        bm = BufferManager(env.smgr, aio, shared_buffers=256, io_combine_limit=4)
+        bm.unpin_many(bm.read_buffers(REL + 1, Fork.MAIN, 0, 3))
+        assert Heap(REL, bm, env.wal).nblocks() == 300
+        assert len(list(Heap(REL, bm, env.wal).scan())) == 600
+        assert bm.cached(REL + 1, Fork.MAIN, 0, 3)
+        assert sum(1 for d in bm.descs if d.tag is not None and d.tag[0] == REL) <= 32
+        small = BufferManager(env.smgr, aio, shared_buffers=64)
+        assert len(list(Heap(REL + 1, small, env.wal).scan())) == 6
+        reads = small.stats().reads
+        assert len(list(Heap(REL + 1, small, env.wal).scan())) == 6
+        assert small.stats().reads == reads == 3
+        assert no_pins(bm) and no_pins(small)
+    finally:
+        env.close()

@@ -33,12 +33,15 @@ _block = st.integers(0, NBLOCKS - 1)
        max_ios=st.sampled_from([None, 0, 1, 4, 16]),
        per_buffer_data=st.booleans(),
        kind=st.sampled_from(["list", "iter", "callable", "range"]),
-       limits=st.lists(st.integers(0, 40), min_size=1, max_size=8))
+       limits=st.lists(st.integers(0, 40), min_size=1, max_size=8),
+       bulk_read=st.booleans())
 def test_batches_return_exactly_the_blocks_in_order(rel, blocks, cached,  # noqa: F811
                                                     shared_buffers, io_combine_limit,
-                                                    max_ios, per_buffer_data, kind, limits):
+                                                    max_ios, per_buffer_data, kind, limits,
+                                                    bulk_read):
     """For the read stream property test's block sequences, cached sets and sources, calls
-    of next_buffers(limit) with random limits (0 = one next_buffer call instead) return
+    of next_buffers(limit) with random limits (0 = one next_buffer call instead), with
+    or without a BULKREAD ring, return
     exactly the source's blocks in order (block_of and page content checked), never more
     than the limit, never an empty batch before the end; pins and distance stay within
     max_pinned_buffers after every call; every block counts once as read or hit; after the
@@ -50,7 +53,7 @@ def test_batches_return_exactly_the_blocks_in_order(rel, blocks, cached,  # noqa
         bm.unpin(bm.read_buffer(REL, Fork.MAIN, b))
     items = [(b, ("data", i, b)) for i, b in enumerate(blocks)] if per_buffer_data else blocks
     stream = ReadStream(bm, REL, Fork.MAIN, make_source(kind, items),
-                        per_buffer_data=per_buffer_data, max_ios=max_ios)
+                        per_buffer_data=per_buffer_data, max_ios=max_ios, bulk_read=bulk_read)
     got: list = []
     k = 0
     while True:
@@ -118,3 +121,36 @@ def test_corrupt_block_stops_the_batch_before_it(rel, max_ios):  # noqa: F811
     assert got == list(range(len(got))) and len(got) <= 20, got
     stream.close()
     assert pinned_blocks(bm) == {}
+
+
+def test_bulk_read_ring_keeps_the_pool(rel):  # noqa: F811
+    """A bulk_read scan of 48 uncached blocks through a 32-buffer pool (whose ring is
+    capped at an eighth of it, 4 buffers) leaves the 8 blocks cached before it still
+    cached and uses no more than the ring's buffers for its own blocks (at most 4
+    buffers end up tagged with scanned blocks), while the same scan without a ring
+    evicts every one of them; both return the 48 blocks in order and leave nothing
+    pinned."""
+    smgr, aio = rel
+    cached = list(range(56, 64))
+
+    def scan(bulk_read: bool) -> tuple[BufferManager, list[int]]:
+        bm = BufferManager(smgr, aio, shared_buffers=32, io_combine_limit=1)
+        bm.unpin_many(bm.read_buffers(REL, Fork.MAIN, 56, 8))
+        blocks = []
+        with ReadStream(bm, REL, Fork.MAIN, range(48), max_ios=1, max_pinned=1,
+                        bulk_read=bulk_read) as stream:
+            assert (stream.strategy is not None) == bulk_read
+            while batch := stream.next_buffers(2):
+                blocks += [bm.block_of(b)[2] for b in batch]
+                bm.unpin_many(batch)
+        assert blocks == list(range(48))
+        assert pinned_blocks(bm) == {}
+        bm.check()
+        return bm, blocks
+
+    bm, _ = scan(bulk_read=True)
+    assert all(bm.cached(REL, Fork.MAIN, b, 1) for b in cached)
+    tagged = [d for d in bm.descs if d.tag is not None and d.tag[2] < 48]
+    assert len(tagged) <= 4, len(tagged)
+    bm, _ = scan(bulk_read=False)
+    assert not any(bm.cached(REL, Fork.MAIN, b, 1) for b in cached)
