@@ -50,7 +50,7 @@ from slonik.engine.access.btree_page import (
     extract_leaf,
 )
 from slonik.engine.access.heap import Heap
-from slonik.engine.access.heap_fetch import fetch_pages, tuples_at
+from slonik.engine.access.heap_fetch import NO_TUPLE, fetch_pages, gather
 from slonik.engine.access.keycodec import key_encoder, prefix_end
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
@@ -190,19 +190,16 @@ class TableIndex:
 
 class HeapBatch(NamedTuple):
     """The heap side of a batch of index entries, one list item per entry, in index
-    order: the entry's encoded key (TID suffix removed), its heap TID, and the tuple
-    there (``ends[i] == 0``: no tuple; else xmin/xmax and its data
-    ``pages[page_of[i]][starts[i]:ends[i]]``, ``pages`` the copies of the batch's heap
-    pages)."""
+    order: the entry's encoded key (TID suffix removed), its heap TID, and what the
+    reader's snapshot finds there (``heap_fetch.NO_TUPLE``, ``INVISIBLE`` or ``VISIBLE``);
+    the visible tuples' data is ``data[starts[i]:ends[i]]``."""
 
     keys: list[bytes]
     tids: list[tuple[int, int]]
-    xmins: list[int]
-    xmaxs: list[int]
-    pages: list[bytes]
-    page_of: list[int]
+    status: list[int]
     starts: list[int]
     ends: list[int]
+    data: bytes
 
 
 def prefix_keys(tree: BTree, prefix: bytes) -> list[bytes]:
@@ -274,23 +271,26 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
         tree._end_read(epoch)
 
 
-def fetch_batched(heap: Heap, key_batches: Iterable[list[bytes]]) -> Iterator[HeapBatch]:
-    """The heap tuples of index entries (lists of whole entry keys, TID suffix included),
-    in index order, a batch per list (split at ``INDEX_SCAN_BATCH_ENTRIES``): the heap
-    pages of a batch are copied once each (``heap_fetch.fetch_pages``: one pin and lock
-    per page however many of the batch's TIDs it holds; through a read stream when not
-    cached, so their reads are in flight together), then every tuple is found in one
-    call (``heap_fetch.tuples_at``). TIDs past the end of the heap find no tuple."""
+def fetch_batched(heap: Heap, key_batches: Iterable[list[bytes]],
+                  snapshot: XidSnapshot) -> Iterator[HeapBatch]:
+    """The heap tuples of index entries (lists of whole entry keys, TID suffix included)
+    as ``snapshot`` sees them, in index order, a batch per list (split at
+    ``INDEX_SCAN_BATCH_ENTRIES``): the heap pages of a batch are copied once each
+    (``heap_fetch.fetch_pages``: one pin and lock per page however many of the batch's
+    TIDs it holds; through a read stream when not cached, so their reads are in flight
+    together), then every tuple is judged and the visible ones' data gathered in one call
+    (``heap_fetch.gather``). TIDs past the end of the heap find no tuple."""
     nblocks = heap.nblocks()
     for whole in key_batches:
         for first in range(0, len(whole), INDEX_SCAN_BATCH_ENTRIES):
             batch = whole[first:first + INDEX_SCAN_BATCH_ENTRIES] \
                 if len(whole) > INDEX_SCAN_BATCH_ENTRIES else whole
-            yield _fetch_batch(heap, batch, nblocks)
+            yield _fetch_batch(heap, batch, nblocks, snapshot)
             nblocks = heap.nblocks()
 
 
-def _fetch_batch(heap: Heap, ks: list[bytes], nblocks: int) -> HeapBatch:
+def _fetch_batch(heap: Heap, ks: list[bytes], nblocks: int,
+                 snapshot: XidSnapshot) -> HeapBatch:
     """``fetch_batched``'s work for one batch of entry keys ``ks`` (non-empty)."""
     cut = list(map(sub, map(len, ks), repeat(TID_SUFFIX_BYTES)))
     if min(cut) < 0:
@@ -299,25 +299,21 @@ def _fetch_batch(heap: Heap, ks: list[bytes], nblocks: int) -> HeapBatch:
     tids = list(map(_TID.unpack_from, ks, cut))
     keys = list(map(bytes.__getitem__, ks, map(slice, repeat(0), cut)))
     blocks = list(map(_first, tids))
+    offnums = list(map(_second, tids))
     if max(blocks) >= nblocks:
         nblocks = heap.nblocks()  # grown since: look again before dropping any
-    distinct = list(dict.fromkeys(b for b in blocks if b < nblocks))
+        if max(blocks) >= nblocks:  # past the end: no tuple (offnum 0 is never one)
+            offnums = [o if b < nblocks else 0 for b, o in zip(blocks, offnums, strict=True)]
+            blocks = [b if b < nblocks else -1 for b in blocks]
+    distinct = [b for b in dict.fromkeys(blocks) if b >= 0]
+    if not distinct:
+        n = len(ks)
+        return HeapBatch(keys, tids, [NO_TUPLE] * n, [0] * n, [0] * n, b"")
     slot = {b: i for i, b in enumerate(distinct)}
-    pages = fetch_pages(heap, distinct)
-    if max(blocks) < nblocks:
-        page_of = list(map(slot.__getitem__, blocks))
-        found = tuples_at(pages, page_of, list(map(_second, tids)), rel=heap.rel,
-                          fork=int(heap.fork), blocks=distinct)
-    else:  # some TIDs past the end: they find nothing (page 0, offnum 0)
-        wanted = [i for i, b in enumerate(blocks) if b < nblocks]
-        page_of = [slot.get(b, 0) for b in blocks]
-        got = tuples_at(pages, [page_of[i] for i in wanted], [tids[i][1] for i in wanted],
-                        rel=heap.rel, fork=int(heap.fork), blocks=distinct)
-        found = tuple([0] * len(ks) for _ in range(4))
-        for j, i in enumerate(wanted):
-            for column, values in zip(found, got, strict=True):
-                column[i] = values[j]
-    return HeapBatch(keys, tids, *found[:2], pages, page_of, *found[2:])
+    slot[-1] = 0
+    got = gather(fetch_pages(heap, distinct), list(map(slot.__getitem__, blocks)), offnums,
+                 snapshot, rel=heap.rel, fork=int(heap.fork), blocks=distinct)
+    return HeapBatch(keys, tids, *got)
 
 
 _first = itemgetter(0)

@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import accumulate, compress
+from itertools import compress
 from operator import eq
 
 from slonik.engine.access.btree import XidSnapshot
 from slonik.engine.access.heap import Heap, HeapTuple
-from slonik.engine.access.heap_fetch import fetch_tuple
+from slonik.engine.access.heap_fetch import VISIBLE, fetch_tuple
 from slonik.engine.access.tuple import RowCodec, Tid
 from slonik.engine.errors import ConflictError, UniqueViolation
 from slonik.engine.index import (
@@ -433,21 +433,14 @@ class Table:
             batches = [ks]
         else:
             batches = index.entry_key_batches(prefix, stop, reverse=reverse)
-        visible = snap.visible
         decode_run = self._codec.decode_run
         key_of_row = index.key_of_row
-        for b in fetch_batched(self._heap, batches):
-            sel = [i for i, (end, xmin, xmax) in enumerate(zip(b.ends, b.xmins, b.xmaxs,
-                                                                strict=True))
-                   if end and visible(xmin, xmax)]
+        for b in fetch_batched(self._heap, batches, self._xid_snapshot(snap)):
+            sel = [i for i, st in enumerate(b.status) if st == VISIBLE]
             if not sel:
                 continue
-            starts, ends, page_of = b.starts, b.ends, b.page_of
-            datas = map(bytes.__getitem__, map(b.pages.__getitem__, map(page_of.__getitem__, sel)),
-                        map(slice, map(starts.__getitem__, sel), map(ends.__getitem__, sel)))
-            datas = list(datas)
-            ends = list(accumulate(map(len, datas)))
-            rows = decode_run(b"".join(datas), [0, *ends[:-1]], ends)
+            rows = decode_run(b.data, list(map(b.starts.__getitem__, sel)),
+                              list(map(b.ends.__getitem__, sel)))
             same = map(eq, map(key_of_row, rows), map(b.keys.__getitem__, sel))
             yield from compress(zip(map(b.tids.__getitem__, sel), rows, strict=True), same)
 

@@ -53,6 +53,10 @@ int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data
 int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                        const uint16_t *offnums, int n, uint64_t *xmin, uint64_t *xmax,
                        uint32_t *start, uint32_t *end);
+int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t *page_of,
+                        const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
+                        const uint64_t *excluded, int nexcluded, uint8_t *out,
+                        uint32_t out_cap, uint8_t *status, uint32_t *start, uint32_t *end);
 /* --- wal decode --- */
 int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, uint32_t pos,
                  uint64_t seg_size, uint64_t prev, int check_prev, uint32_t *rec_at,
@@ -683,6 +687,52 @@ int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *
         found++;
     }
     return found;
+}
+
+/* slk_heap_tuples_at with the snapshot applied and the data gathered (reference:
+ * heap_fetch.gather_py): status[k] 0 = no tuple at the slot, 1 = a tuple the snapshot
+ * (xids seen: own, or below snap_xmax and not in the sorted excluded) does not see,
+ * 2 = a visible one, whose data is copied to out[start[k], end[k]), one after another in
+ * request order. Returns the bytes written, -1 - k as slk_heap_tuples_at, or INT64_MIN
+ * when out_cap is too small (the caller passes the pages' total size: never). */
+int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t *page_of,
+                        const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
+                        const uint64_t *excluded, int nexcluded, uint8_t *out,
+                        uint32_t out_cap, uint8_t *status, uint32_t *start, uint32_t *end)
+{
+    uint32_t pos = 0;
+    for (int k = 0; k < n; k++) {
+        status[k] = 0;
+        start[k] = end[k] = pos;
+        if (page_of[k] >= (uint32_t)npages) return -1 - k;
+        const uint8_t *page = pages[page_of[k]];
+        uint32_t lower = load16(page + 14), upper = load16(page + 16);
+        uint32_t offnum = offnums[k];
+        uint32_t lp_at = HEADER_SIZE + (offnum - 1) * 4u;
+        if (lower == 0 || offnum < 1 || lp_at + 4 > lower)
+            continue;
+        uint32_t lp = load32(page + lp_at);
+        if (((lp >> 15) & 3) != 1)
+            continue;
+        uint32_t off = lp & 0x7fff, len = lp >> 17;
+        if (off < upper || off + len > BLCKSZ || len < SLK_TUPLE_HDR)
+            return -1 - k;
+        if (load32(page + off + 18) != len - SLK_TUPLE_HDR)
+            return -1 - k;
+        uint64_t xmin = load64(page + off), xmax = load64(page + off + 8);
+        if (!xid_sees(xmin, snap_xmax, own, excluded, nexcluded) ||
+            (xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded))) {
+            status[k] = 1;
+            continue;
+        }
+        uint32_t dlen = len - SLK_TUPLE_HDR;
+        if (dlen > out_cap - pos) return INT64_MIN;
+        memcpy(out + pos, page + off + SLK_TUPLE_HDR, dlen);
+        status[k] = 2;
+        pos += dlen;
+        end[k] = pos;
+    }
+    return pos;
 }
 
 /* --- wal decode --- */

@@ -27,8 +27,11 @@ Invariants:
 from __future__ import annotations
 
 import struct
+import threading
+from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import repeat
+from typing import NamedTuple
 
 from slonik.engine.access.tuple import TUPLE_HEADER_SIZE, TupleFormatError
 from slonik.storage.page import BLCKSZ, HEADER_SIZE, LINE_POINTER_SIZE, LOWER_OFFSET
@@ -42,10 +45,13 @@ try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
 except ImportError:
     _ffi = _lib = None
 
-__all__ = ["tuples_at", "tuples_at_py", "fetch_pages", "fetch_tuple", "C_TUPLES_AT",
-           "PIN_BATCH_PAGES"]
+__all__ = ["tuples_at", "tuples_at_py", "gather", "gather_py", "Gathered", "fetch_pages",
+           "fetch_tuple", "C_TUPLES_AT", "PIN_BATCH_PAGES", "NO_TUPLE", "INVISIBLE", "VISIBLE"]
 
 C_TUPLES_AT = _lib is not None  # whether tuples_at runs in C
+# gather's per-thread output buffer, grown when a batch needs more (bytes).
+GATHER_BUFFER_BYTES = 1 << 20
+_tls = threading.local()
 # fetch_pages pins the cached pages of at most this many blocks at once (one buffer-manager
 # call), and at most an eighth of the pool: pins held together must leave victims for others.
 PIN_BATCH_PAGES = 64
@@ -56,6 +62,22 @@ _TUPLE_HEAD = struct.Struct("<QQHI")
 _LP_NORMAL = 1
 
 Found = tuple[list[int], list[int], list[int], list[int]]  # xmins, xmaxs, starts, ends
+
+# gather's status per request
+NO_TUPLE = 0     # the slot holds no NORMAL tuple
+INVISIBLE = 1    # a tuple the snapshot does not see
+VISIBLE = 2      # a tuple it sees: its data is in the gathered buffer
+
+
+class Gathered(NamedTuple):
+    """``gather``'s answer: per request a status, and [start, end) of its data in ``data``
+    (empty unless VISIBLE); the visible tuples' data one after another, in request
+    order."""
+
+    status: list[int]
+    starts: list[int]
+    ends: list[int]
+    data: bytes
 
 
 def _bad(rel: int, fork: int, block: int, offnum: int, why: str) -> TupleFormatError:
@@ -126,6 +148,78 @@ def tuples_at(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[
             memoryview(_ffi.buffer(xmax)).cast("Q").tolist(),
             memoryview(_ffi.buffer(start)).cast("I").tolist(),
             memoryview(_ffi.buffer(end)).cast("I").tolist())
+
+
+def _sees(xid: int, snap_xmax: int, own: int, excluded: Sequence[int]) -> bool:
+    if xid == own:
+        return True
+    if xid >= snap_xmax:
+        return False
+    i = bisect_left(excluded, xid)
+    return not (i < len(excluded) and excluded[i] == xid)
+
+
+def gather_py(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int],
+              snapshot: tuple[int, int, Sequence[int]], *, rel: int = 0, fork: int = 0,
+              blocks: Sequence[int] = ()) -> Gathered:
+    """Reference of ``gather``: ``tuples_at_py`` with ``snapshot`` (xmax, own, sorted
+    excluded xids: an ``XidSnapshot``) applied to each tuple, the visible ones' data
+    joined."""
+    snap_xmax, own, excluded = snapshot
+    xmins, xmaxs, starts, ends = tuples_at_py(pages, page_of, offnums, rel=rel, fork=fork,
+                                              blocks=blocks)
+    status, out_starts, out_ends, parts = [], [], [], []
+    pos = 0
+    for p, xmin, xmax, s, e in zip(page_of, xmins, xmaxs, starts, ends, strict=True):
+        out_starts.append(pos)
+        if not e:
+            status.append(NO_TUPLE)
+        elif not _sees(xmin, snap_xmax, own, excluded) or \
+                (xmax and _sees(xmax, snap_xmax, own, excluded)):
+            status.append(INVISIBLE)
+        else:
+            status.append(VISIBLE)
+            parts.append(pages[p][s:e])
+            pos += e - s
+        out_ends.append(pos)
+    return Gathered(status, out_starts, out_ends, b"".join(parts))
+
+
+def gather(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int],
+           snapshot: tuple[int, int, Sequence[int]], *, rel: int = 0, fork: int = 0,
+           blocks: Sequence[int] = ()) -> Gathered:
+    """The tuples at (``page_of[k]``, ``offnums[k]``) of ``pages`` as ``snapshot`` (xmax,
+    own, sorted excluded xids) sees them: per request NO_TUPLE, INVISIBLE or VISIBLE, and
+    the visible tuples' data gathered into one buffer (``data[starts[k]:ends[k]]``),
+    ready for ``RowCodec.decode_run``. One C call when built."""
+    n = len(offnums)
+    if _lib is None or n == 0 or set(map(len, pages)) != {BLCKSZ}:
+        return gather_py(pages, page_of, offnums, snapshot, rel=rel, fork=fork,
+                         blocks=blocks)
+    snap_xmax, own, excluded = snapshot
+    cap = len(pages) * BLCKSZ   # the data of distinct slots cannot exceed their pages
+    tls = _tls
+    out = getattr(tls, "gather_out", None)
+    if out is None or len(out) < cap:
+        out = tls.gather_out = _ffi.new("uint8_t[]", max(cap, GATHER_BUFFER_BYTES))
+    if getattr(tls, "excluded_of", None) is not excluded:
+        tls.excluded = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
+        tls.excluded_of = excluded
+    status = _ffi.new("uint8_t[]", n)
+    start = _ffi.new("uint32_t[]", n)
+    end = _ffi.new("uint32_t[]", n)
+    ptrs = _ffi.new("uint8_t *[]", list(map(_ffi.from_buffer, repeat("uint8_t[]"), pages)))
+    got = _lib.slk_heap_gather(ptrs, len(pages), _ffi.new("uint32_t[]", page_of),
+                               _ffi.new("uint16_t[]", offnums), n, snap_xmax, own,
+                               tls.excluded, len(excluded), out, len(out), status, start,
+                               end)
+    if got < 0:  # a flawed slot (the reference raises naming it), or no room (never)
+        return gather_py(pages, page_of, offnums, snapshot, rel=rel, fork=fork,
+                         blocks=blocks)
+    return Gathered(memoryview(_ffi.buffer(status)).cast("B").tolist(),
+                    memoryview(_ffi.buffer(start)).cast("I").tolist(),
+                    memoryview(_ffi.buffer(end)).cast("I").tolist(),
+                    _ffi.buffer(out, got)[:])
 
 
 def fetch_pages(heap, blocks: Sequence[int]) -> list[bytes]:

@@ -90,6 +90,42 @@ def test_c_tuples_at_equals_reference(pages, data):
     assert c == py
 
 
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(pages=st.lists(heap_page(), min_size=1, max_size=4), data=st.data())
+def test_c_gather_equals_reference(pages, data):
+    """gather (C) gives gather_py's statuses, bounds and gathered data for random requests
+    and random snapshots (xmax, own, sorted excluded xids over the pages' xmins 1..30 and
+    xmaxes 0/7), and raises the reference's error on a damaged slot."""
+    reqs = data.draw(st.lists(st.tuples(st.integers(0, len(pages) - 1), st.integers(0, 40)),
+                              max_size=40, unique=True))
+    page_of = [p for p, _o in reqs]
+    offnums = [o for _p, o in reqs]
+    snap = (data.draw(st.integers(0, 40)), data.draw(st.integers(0, 40)),
+            tuple(sorted(data.draw(st.sets(st.integers(1, 40), max_size=8)))))
+    c = _outcome(lambda: hf.gather(pages, page_of, offnums, snap, rel=9, blocks=[4, 5, 6, 7]))
+    py = _outcome(lambda: hf.gather_py(pages, page_of, offnums, snap, rel=9,
+                                       blocks=[4, 5, 6, 7]))
+    assert c == py
+
+
+def test_gather_reference_applies_the_snapshot():
+    """The reference itself: of three tuples (xmin 10 visible; xmin 11 excluded; xmin 12
+    deleted by a seen xmax 3) and an unused slot, only the first is VISIBLE with its data
+    gathered; the others are INVISIBLE / NO_TUPLE with empty bounds; C agrees."""
+    page = bytearray(BLCKSZ)
+    init_page(page)
+    for xmin, xmax, d in [(10, 0, b"keep"), (11, 0, b"running"), (12, 3, b"deleted")]:
+        page_add_item(page, pack_tuple(xmin, xmax, 0, d))
+    pages = [bytes(page)]
+    got = hf.gather_py(pages, [0, 0, 0, 0], [1, 2, 3, 4], (20, 0, (11,)))
+    assert got.status == [hf.VISIBLE, hf.INVISIBLE, hf.INVISIBLE, hf.NO_TUPLE]
+    assert got.data == b"keep" and got.starts == [0, 4, 4, 4] and got.ends == [4, 4, 4, 4]
+    assert hf.gather(pages, [0, 0, 0, 0], [1, 2, 3, 4], (20, 0, (11,))) == got
+    own = hf.gather_py(pages, [0, 0], [2, 1], (20, 11, (11,)))   # own xid: seen
+    assert own.status == [hf.VISIBLE, hf.VISIBLE] and own.data == b"runningkeep"
+
+
 def test_reference_finds_the_tuples():
     """On a page built with known tuples, the reference returns each tuple's xmin, xmax and
     exact data bounds, all zeros for an unused slot and for offnums past the line pointers
