@@ -36,6 +36,8 @@ int slk_bt_probe(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint6
 int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
                    const uint8_t *stop, int32_t stoplen, uint64_t snap_xmax, uint64_t own,
                    const uint64_t *excluded, int nexcluded, uint32_t *out, int *flags);
+int slk_bt_gather(const uint8_t *page, const uint32_t *ents, int n, int values, uint8_t *dst,
+                  char *fmt);
 /* --- heap page --- */
 int slk_heap_run_items(const uint8_t *buf, int npages, int visibility, uint64_t snap_xmax,
                        uint64_t own, const uint64_t *excluded, int nexcluded, int cap,
@@ -492,6 +494,40 @@ int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
     }
     *flags = f;
     return n;
+}
+
+static char *bt_fmt_len(char *f, uint32_t len)      /* "<len>s" */
+{
+    char digits[10];
+    int k = 0;
+    do { digits[k++] = (char)('0' + len % 10); len /= 10; } while (len);
+    while (k) *f++ = digits[--k];
+    *f++ = 's';
+    return f;
+}
+
+/* The keys (and with ``values`` the values) of slk_bt_extract's n entries ``ents`` copied
+ * back to back into dst (BLCKSZ bytes), and the struct format that unpacks them in one
+ * call ("<keylen>s<valuelen>s" per entry, NUL-terminated) into fmt (12 bytes per entry and
+ * value, plus 1). Returns the bytes copied, or -1 when an entry's offsets are not
+ * start <= key end <= value end inside the page (or would overrun dst). */
+int slk_bt_gather(const uint8_t *page, const uint32_t *ents, int n, int values, uint8_t *dst,
+                  char *fmt)
+{
+    uint32_t pos = 0;
+    char *f = fmt;
+    for (int i = 0; i < n; i++) {
+        uint32_t ks = ents[4 * i], ke = ents[4 * i + 1], ve = ents[4 * i + 2];
+        if (ks > ke || ke > ve || ve > BLCKSZ) return -1;
+        uint32_t take = values ? ve - ks : ke - ks;
+        if (pos + take > BLCKSZ) return -1;
+        memcpy(dst + pos, page + ks, take);
+        pos += take;
+        f = bt_fmt_len(f, ke - ks);
+        if (values) f = bt_fmt_len(f, ve - ke);
+    }
+    *f = 0;
+    return (int)pos;
 }
 
 /* --- heap page --- (engine/access/heap.py and engine/access/tuple.py hold the Python

@@ -103,6 +103,7 @@ from slonik.engine.access.btree_page import (
     bt_special,
     entry_key,
     extract_leaf,
+    gather_leaf,
     item_cost,
     locate,
     minus_inf_pivot,
@@ -275,23 +276,22 @@ INNER_CACHE_PAGES_MAX = 256
 
 
 def _slice_pairs(page, flat: list[int], flags: int, values: bool) -> tuple[list[tuple], bool]:
-    """(key, value) pairs of ``extract_leaf``'s output on ``page`` (share-locked), sliced
-    in C-level iteration from one copy of the page: (pairs, any out of line), an
+    """(key, value) pairs of ``extract_leaf``'s output on ``page`` (share-locked), cut by
+    ``gather_leaf`` (one C copy, one struct unpack): (pairs, any out of line), an
     out-of-line value as its OverflowRef, every value None without ``values``."""
     if not flat:
         return [], False
-    data = bytes(page)
-    key_ends = flat[1::4]
-    keys = list(map(data.__getitem__, map(slice, flat[0::4], key_ends)))
+    cut = gather_leaf(page, flat, values)  # (key, value, key, value, ...): one C call
     if not values:
-        return list(zip(keys, itertools.repeat(None))), False
-    vals = list(map(data.__getitem__, map(slice, key_ends, flat[2::4])))
+        return list(zip(cut, itertools.repeat(None))), False
+    it = iter(cut)
+    pairs = list(zip(it, it, strict=True))
     overflow = bool(flags & EXTRACT_OVERFLOW)
     if overflow:
         for i, eflags in enumerate(flat[3::4]):
             if eflags & ENTRY_OVERFLOW:
-                vals[i] = unpack_overflow_ref(vals[i])
-    return list(zip(keys, vals, strict=True)), overflow
+                pairs[i] = (pairs[i][0], unpack_overflow_ref(pairs[i][1]))
+    return pairs, overflow
 
 
 def _entry_pairs(entries: list[LeafEntry], values: bool) -> tuple[list[tuple], bool]:
@@ -1225,32 +1225,41 @@ class BTree:
                 try:
                     bm.lock_shared(buf)
                     try:
-                        special = self._special(bm.page(buf), block)
+                        page = bm.page(buf)
+                        special = self._special(page, block)
+                        # The usual case, under this one lock: the right-link of the leaf
+                        # just visited (or the first leaf), not unlinked.
+                        fast = (expected is None or expected == block) and \
+                            not special.flags & BTP_DELETED
+                        if fast:
+                            result, stop, nxt = self._visit_page(block, page, special, visit)
                     finally:
                         bm.unlock_shared(buf)
-                    if special.flags & BTP_DELETED:  # unlinked since the parent listed it
-                        if expected is None or expected == block:
-                            expected = special.next
-                        continue
-                    while expected is not None and expected != block:
-                        if expected == P_NONE:
-                            raise self._corrupt(block, "leaf named by the parent level is not "
-                                                       "on the leaf level's right-link chain")
-                        other = self._read(expected)
+                    if not fast:
+                        if special.flags & BTP_DELETED:  # unlinked since the parent listed it
+                            if expected is None or expected == block:
+                                expected = special.next
+                            continue
+                        while expected is not None and expected != block:
+                            if expected == P_NONE:
+                                raise self._corrupt(block, "leaf named by the parent level is "
+                                                           "not on the leaf level's right-link "
+                                                           "chain")
+                            other = self._read(expected)
+                            try:
+                                result, stop, nxt = self._visit_leaf(expected, other, visit)
+                            finally:
+                                self._release(other)
+                            if result is not _SKIP:
+                                yield result
+                            if stop:
+                                return
+                            expected = nxt
+                        bm.lock_shared(buf)
                         try:
-                            result, stop, nxt = self._visit_leaf(expected, other, visit)
+                            result, stop, nxt = self._visit_leaf(block, buf, visit)
                         finally:
-                            self._release(other)
-                        if result is not _SKIP:
-                            yield result
-                        if stop:
-                            return
-                        expected = nxt
-                    bm.lock_shared(buf)
-                    try:
-                        result, stop, nxt = self._visit_leaf(block, buf, visit)
-                    finally:
-                        bm.unlock_shared(buf)
+                            bm.unlock_shared(buf)
                 finally:
                     bm.unpin(buf)
                 if result is not _SKIP:
@@ -1277,6 +1286,11 @@ class BTree:
         special = self._special(page, block)
         if special.flags & BTP_DELETED:  # unlinked: its keys now live to its right
             return _SKIP, False, special.next
+        return self._visit_page(block, page, special, visit)
+
+    def _visit_page(self, block: int, page, special: Special,
+                    visit) -> tuple[object, bool, int]:
+        """``visit`` a live (not DELETED) share-locked page that must be a leaf."""
         if not special.flags & BTP_LEAF:
             raise self._corrupt(block, f"expected a leaf, found flags {special.flags:#x} "
                                        f"level {special.level}")

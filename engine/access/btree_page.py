@@ -92,7 +92,7 @@ __all__ = [
     "visible_offnums", "visible_offnums_py", "C_SEARCH",
     "probe_leaf", "probe_leaf_py", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
     "extract_leaf", "extract_leaf_py", "EXTRACT_DONE", "EXTRACT_OVERFLOW",
-    "EXTRACT_BELOW_START",
+    "EXTRACT_BELOW_START", "gather_leaf", "gather_leaf_py",
 ]
 
 P_NONE = 0
@@ -621,3 +621,40 @@ def extract_leaf(page, start: bytes | None, stop: bytes | None, snap_xmax: int, 
     if n < 0:  # malformed: the reference names what is wrong
         return extract_leaf_py(page, start, stop, snap_xmax, own, excluded)
     return tls.flags[0], memoryview(_ffi.buffer(out, 16 * n)).cast("I").tolist()
+
+
+def gather_leaf_py(page, flat: Sequence[int], values: bool) -> tuple[bytes, ...]:
+    """Reference: the key (and with ``values`` the value) bytes of ``extract_leaf``'s
+    entries ``flat`` in one flat tuple: (key, value, key, value, ...) or (key, key, ...)."""
+    data = bytes(page)
+    out: list[bytes] = []
+    for i in range(0, len(flat), 4):
+        ks, ke, ve = flat[i], flat[i + 1], flat[i + 2]
+        if not ks <= ke <= ve <= BLCKSZ:
+            raise ValueError(f"entry {i // 4}: offsets {ks}, {ke}, {ve} are not ordered inside "
+                             f"a page")
+        out.append(data[ks:ke])
+        if values:
+            out.append(data[ke:ve])
+    return tuple(out)
+
+
+def gather_leaf(page, flat: list[int], values: bool) -> tuple[bytes, ...]:
+    """``gather_leaf_py`` in one C call and one ``struct.unpack_from``: C copies the bytes
+    back to back and writes the format that cuts them (no slice object per entry)."""
+    if _lib is None or not flat:
+        return gather_leaf_py(page, flat, values)
+    tls = _tls
+    dst = getattr(tls, "gather_dst", None)
+    if dst is None:
+        dst = tls.gather_dst = _ffi.new("uint8_t[]", BLCKSZ)
+        tls.gather_fmt = _ffi.new("char[]", 12 * _EXTRACT_ROOM // 2 + 1)
+        tls.gather_ents = _ffi.new("uint32_t[]", _EXTRACT_ROOM)
+    n = len(flat) // 4
+    ents = tls.gather_ents
+    ents[0:len(flat)] = flat
+    got = _lib.slk_bt_gather(_ffi.from_buffer(page), ents, n, 1 if values else 0, dst,
+                             tls.gather_fmt)
+    if got < 0:  # offsets out of order: the reference names them
+        return gather_leaf_py(page, flat, values)
+    return struct.unpack_from(_ffi.string(tls.gather_fmt), _ffi.buffer(dst, got))

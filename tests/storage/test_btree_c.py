@@ -251,3 +251,35 @@ def test_c_probe_and_extract_hand_damaged_page_to_reference():
         bp.probe_leaf(inner, b"a")
     with pytest.raises(bp.BTreePageError, match="expected a leaf"):
         bp.extract_leaf(inner, None, None, 10, 0, ())
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(entries=entry_lists, high=highs, start=st.one_of(st.none(), few_keys),
+       snap_xmax=st.integers(1, 45), values=st.booleans())
+def test_c_gather_equals_reference_and_slices(entries, high, start, snap_xmax, values):
+    """slk_bt_gather (bytes copied back to back, cut by one struct format) gives the same
+    flat tuple as gather_leaf_py for extract_leaf's output on random leaves: each entry's
+    key, then its payload when ``values``, exactly the bytes at its offsets."""
+    page = rich_leaf(entries, high, bp.BTP_LEAF)
+    _flags, flat = bp.extract_leaf(page, start, None, snap_xmax, 0, ())
+    got = bp.gather_leaf(page, flat, values)
+    assert got == bp.gather_leaf_py(page, flat, values)
+    pb = bytes(page)
+    rows = list(zip(*[iter(flat)] * 4, strict=True))
+    expect = [pb[a:b] for a, b, _c, _f in rows] if not values else \
+        [x for a, b, c, _f in rows for x in (pb[a:b], pb[b:c])]
+    assert list(got) == expect
+
+
+@needs_c
+def test_c_gather_refuses_offsets_outside_the_page():
+    """Offsets out of order or past the page make slk_bt_gather give up (-1) and the
+    wrapper raise the reference's ValueError naming the entry, instead of copying out of
+    bounds."""
+    page = rich_leaf([(b"a", 1, 0, False)], None, bp.BTP_LEAF)
+    _flags, flat = bp.extract_leaf(page, None, None, 10, 0, ())
+    assert bp.gather_leaf(page, flat, True) == (b"a", b"p")
+    for bad in ([10, 5, 20, 0], [8000, 8100, 9000, 0]):
+        with pytest.raises(ValueError, match="entry 0"):
+            bp.gather_leaf(page, bad, True)
