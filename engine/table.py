@@ -581,9 +581,9 @@ class Table:
         excluded.update(aborted)
         return XidSnapshot(snap.xmax, snap.own, tuple(sorted(excluded)))
 
-    def _runs(self, snap: Snapshot):
+    def _runs(self, snap: Snapshot, *, tids: bool = True):
         decode_run = self._codec.decode_run
-        for run in self._heap.scan_runs(self._xid_snapshot(snap)):
+        for run in self._heap.scan_runs(self._xid_snapshot(snap), tids=tids, headers=False):
             yield run, decode_run(run.data, run.starts, run.ends)
 
     def _rows(self) -> Iterator[tuple]:
@@ -594,7 +594,7 @@ class Table:
         relation, live = self._relation, RelationState.LIVE
         try:
             with self._layer.read_snapshot() as snap:
-                for _run, rows in self._runs(snap):
+                for _run, rows in self._runs(snap, tids=False):
                     for row in rows:
                         if relation.state is not live:
                             check()
@@ -620,4 +620,4 @@ class Table:
         raises as it would in ``scan``)."""
         self._check()
         with self._layer.read_snapshot() as snap:
-            return sum(len(rows) for _run, rows in self._runs(snap))
+            return sum(len(rows) for _run, rows in self._runs(snap, tids=False))

@@ -242,7 +242,9 @@ class FreeSpaceMap:
 class HeapRun(NamedTuple):
     """The tuples of a run of consecutive pages (a scan's step), as a copy: ``data`` holds
     the pages' bytes; tuple ``i`` is on block ``first_block + pages[i]`` at ``offnums[i]``
-    and its data is ``data[starts[i]:ends[i]]``. With a snapshot only visible tuples."""
+    and its data is ``data[starts[i]:ends[i]]``. With a snapshot only visible tuples.
+    A scan that asked for less (``scan_runs(tids=False)`` / ``headers=False``) gets empty
+    ``pages``/``offnums`` / ``xmins``/``xmaxs``/``flags``."""
 
     first_block: int
     npages: int
@@ -257,6 +259,7 @@ class HeapRun(NamedTuple):
 
     def tuples(self) -> Iterator[HeapTuple]:
         """The run's tuples as HeapTuples (copies), in block then offnum order."""
+        assert len(self.offnums) == len(self.xmins) == len(self.starts), "a partial run"
         data = self.data
         tids = map(Tid, map(self.first_block.__add__, self.pages), self.offnums)
         return map(HeapTuple, tids, self.xmins, self.xmaxs, self.flags,
@@ -343,8 +346,8 @@ class _RunReader:
             self._excluded = new("uint64_t[]", list(ex)) if ex else _ffi.NULL
             self.snap_args = (1, snapshot.xmax, snapshot.own, self._excluded, len(ex))
 
-    def items(self, data: bytes, npages: int, rel: int, fork: int,
-              first_block: int) -> tuple[list[int], ...]:
+    def items(self, data: bytes, npages: int, rel: int, fork: int, first_block: int,
+              wanted: tuple[bool, ...] = (True,) * 7) -> tuple[list[int], ...]:
         assert npages <= self.max_pages and len(data) >= npages * BLCKSZ
         arrays = self.arrays
         n = _lib.slk_heap_run_items(_ffi.from_buffer(data), npages, *self.snap_args, self.cap,
@@ -357,9 +360,9 @@ class _RunReader:
             raise AssertionError(f"C and Python disagree on block {first_block + k} of "
                                  f"relation {rel}")
         buffer = _ffi.buffer
-        return tuple(memoryview(buffer(a, n * size)).cast(code).tolist()
-                     for a, code, size in zip(arrays, "IHIIQQH", (4, 2, 4, 4, 8, 8, 2),
-                                              strict=True))
+        return tuple(memoryview(buffer(a, n * size)).cast(code).tolist() if want else []
+                     for a, code, size, want in zip(arrays, "IHIIQQH", (4, 2, 4, 4, 8, 8, 2),
+                                                    wanted, strict=True))
 
 
 def run_items(data: bytes, npages: int, snapshot: XidSnapshot | None, rel: int, fork: int,
@@ -935,12 +938,14 @@ class Heap:
             yield from run.tuples()
 
     def scan_runs(self, snapshot: XidSnapshot | None = None, *,
-                  run_pages: int = SCAN_RUN_PAGES) -> Iterator[HeapRun]:
+                  run_pages: int = SCAN_RUN_PAGES, tids: bool = True,
+                  headers: bool = True) -> Iterator[HeapRun]:
         """The scan a run of up to ``run_pages`` pages at a time: each run is pinned,
         copied under shared locks and unpinned with one call (``copy_release``), and its
         tuples found (with ``snapshot``: only those it sees) by one ``run_items`` call,
         before it is yielded. Same order, extent and free-space-map side effect as
-        ``scan``."""
+        ``scan``. ``tids=False`` / ``headers=False`` leave the runs' pages and offnums /
+        xmins, xmaxs and flags empty (less to build for a reader that needs only data)."""
         if not isinstance(run_pages, int) or run_pages < 1:
             raise ValueError(f"run_pages must be a positive int, got {run_pages!r}")
         bm = self.bufmgr
@@ -948,6 +953,7 @@ class Heap:
         n = self.nblocks()
         free = [] if self._fsm is None else None
         reader = None if _lib is None else _RunReader(run_pages, snapshot)
+        wanted = (tids, tids, True, True, headers, headers, headers)
         block = 0
         # A scan larger than the pool (it cannot stay cached anyway) reads through a
         # BULKREAD ring instead of evicting the whole pool. (PostgreSQL rings from a
@@ -963,7 +969,7 @@ class Heap:
                 if reader is None:
                     found = run_items_py(data, k, snapshot, rel, fork, block)
                 else:
-                    found = reader.items(data, k, rel, fork, block)
+                    found = reader.items(data, k, rel, fork, block, wanted)
                 yield HeapRun(block, k, data, *found)
                 block += k
         if free is not None:

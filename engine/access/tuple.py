@@ -51,6 +51,9 @@ try:  # the optional C row-layout helper (storage/_pagecheck_build.py, "heap pag
 except ImportError:
     _ffi = _lib = None
 C_ROW_LAYOUT = _lib is not None  # whether RowCodec.decode_run finds row layouts in C
+# decode_run's output arrays: every byte read back is written by slk_row_layout first, so
+# they need not be zeroed (a run's joined values are as large as the run's pages).
+_new_unzeroed = None if _ffi is None else _ffi.new_allocator(should_clear_after_alloc=False)
 
 __all__ = [
     "TUPLE_HEADER_SIZE", "MAX_TUPLE_DATA_BYTES", "MAX_TUPLE_DATA", "MAX_COLUMNS",
@@ -271,9 +274,9 @@ class RowCodec:
         fixed_size = self._fixed_struct.size
         nvar = len(self._var)
         new = _ffi.new
-        fixed_out = new("uint8_t[]", n * fixed_size or 1)
-        var_out = new("uint32_t[]", 2 * nvar * n or 1)
-        joined = new("uint8_t[]", len(buf) + nvar * n + 1) if nvar else _ffi.NULL
+        fixed_out = _new_unzeroed("uint8_t[]", n * fixed_size or 1)
+        var_out = _new_unzeroed("uint32_t[]", 2 * nvar * n or 1)
+        joined = _new_unzeroed("uint8_t[]", len(buf) + nvar * n + 1) if nvar else _ffi.NULL
         joined_len = new("uint32_t[]", nvar or 1)
         joined_ok = new("uint8_t[]", nvar or 1)
         got = _lib.slk_row_layout(_ffi.from_buffer(buf), n, new("uint32_t[]", starts),
