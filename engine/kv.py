@@ -435,7 +435,11 @@ class KVStore(MutableMapping):
     def __setitem__(self, key: bytes, value: bytes) -> None:
         """Set ``key`` to ``value`` (both bytes; the key up to ``KEY_MAX_BYTES``, the value
         up to ``VALUE_MAX_BYTES``: ValueError naming the limit above them)."""
-        key, data = _check_put(key, value)
+        if type(key) is bytes and type(value) is bytes and len(key) <= KEY_MAX_BYTES \
+                and len(value) <= VALUE_MAX_BYTES:
+            data = value  # the common case, checked without _check_put's conversions
+        else:
+            key, data = _check_put(key, value)
         self._check()
         self._layer.kv_write(self._relation, key, data)
 

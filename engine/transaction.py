@@ -162,9 +162,12 @@ class TransactionLayer:
     def kv_write(self, relation: Relation, key: bytes, data: bytes | None) -> None:
         """Buffer a KV write (``data`` None: a delete) in the thread's transaction, or
         commit it at once as a transaction of its own."""
-        txn = self.current()
+        txn = getattr(self._local, "txn", None)  # (self.current(), inline: once per put)
         if txn is not None:
-            txn.kv_writes.setdefault(relation, {})[key] = data
+            writes = txn.kv_writes.get(relation)
+            if writes is None:
+                writes = txn.kv_writes[relation] = {}
+            writes[key] = data
             return
         txn = TxnState(None, blind=True)
         txn.kv_writes[relation] = {key: data}
