@@ -102,8 +102,7 @@ from slonik.engine.access.btree_page import (
     bt_items,
     bt_special,
     entry_key,
-    extract_leaf,
-    gather_leaf,
+    extract_cut,
     item_cost,
     locate,
     minus_inf_pivot,
@@ -275,16 +274,14 @@ _SEE_ALL_LIVE_DATA = XidSnapshot(XMIN_MAX, 0, ())
 INNER_CACHE_PAGES_MAX = 256
 
 
-def _slice_pairs(page, flat: list[int], flags: int, values: bool) -> tuple[list[tuple], bool]:
-    """(key, value) pairs of ``extract_leaf``'s output on ``page`` (share-locked), cut by
-    ``gather_leaf`` (one C copy, one struct unpack): (pairs, any out of line), an
-    out-of-line value as its OverflowRef, every value None without ``values``."""
-    if not flat:
-        return [], False
-    cut = gather_leaf(page, flat, values)  # (key, value, key, value, ...): one C call
+def _cut_pairs(flags: int, flat: list[int] | None, cut: tuple[bytes, ...],
+               values: bool) -> tuple[list[tuple], bool]:
+    """(key, value) pairs of ``extract_cut``'s output on a leaf: (pairs, any out of line),
+    an out-of-line value as its OverflowRef, every value None without ``values``. No
+    Python step per pair unless a value is out of line."""
     if not values:
         return list(zip(cut, itertools.repeat(None))), False
-    it = iter(cut)
+    it = iter(cut)  # key, value, key, value, ...
     pairs = list(zip(it, it, strict=True))
     overflow = bool(flags & EXTRACT_OVERFLOW)
     if overflow:
@@ -295,7 +292,7 @@ def _slice_pairs(page, flat: list[int], flags: int, values: bool) -> tuple[list[
 
 
 def _entry_pairs(entries: list[LeafEntry], values: bool) -> tuple[list[tuple], bool]:
-    """``_slice_pairs`` for decoded entries (the callable-snapshot path)."""
+    """``_cut_pairs`` for decoded entries (the callable-snapshot path)."""
     if not values:
         return [(e.key, None) for e in entries], False
     pairs = [(e.key, unpack_overflow_ref(e.payload) if e.flags & ENTRY_OVERFLOW
@@ -1146,8 +1143,9 @@ class BTree:
     def item_batches(self, start=None, stop=None, *, snapshot: Snapshot = _see_all_live,
                      reverse: bool = False, values: bool = True) -> Iterator[list[tuple]]:
         """``items`` a leaf at a time: non-empty lists of (key, value) pairs, in order. With
-        an ``XidSnapshot`` (or the default) each leaf costs one C call (``extract_leaf``)
-        and C-level slicing of one page copy, with no Python loop per entry."""
+        an ``XidSnapshot`` (or the default) each leaf costs two C calls (``extract_cut``:
+        the visible entries, then their bytes copied out and cut by one struct unpack),
+        with no Python step per entry."""
         start = None if start is None else _check_key(start)
         stop = None if stop is None else _check_key(stop)
         if snapshot is _see_all_live:
@@ -1185,8 +1183,8 @@ class BTree:
             def visit(block: int, page, special: Special) -> tuple[tuple, bool]:
                 # Searched on every page, not only the first: the leaf the parent level
                 # named may have split since, moving the start to a page after it.
-                flags, flat = extract_leaf(page, start, stop, xmax, own, excluded)
-                return _slice_pairs(page, flat, flags, values), bool(flags & EXTRACT_DONE)
+                flags, flat, cut = extract_cut(page, start, stop, xmax, own, excluded, values)
+                return _cut_pairs(flags, flat, cut, values), bool(flags & EXTRACT_DONE)
 
             return self._walk_leaves(start or b"", visit, stop)
 
@@ -1369,8 +1367,8 @@ class BTree:
             page = bm.page(buf)
             if isinstance(snapshot, XidSnapshot):
                 # stop on every page: left of the first one every key is below it anyway.
-                flags, flat = extract_leaf(page, start, stop, *snapshot)
-                pairs, overflow = _slice_pairs(page, flat, flags, values)
+                flags, flat, cut = extract_cut(page, start, stop, *snapshot, values)
+                pairs, overflow = _cut_pairs(flags, flat, cut, values)
                 pairs.reverse()
                 return (pairs, overflow), bool(flags & EXTRACT_BELOW_START)
             first = bt_first_data(special)

@@ -92,7 +92,7 @@ __all__ = [
     "visible_offnums", "visible_offnums_py", "C_SEARCH",
     "probe_leaf", "probe_leaf_py", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
     "extract_leaf", "extract_leaf_py", "EXTRACT_DONE", "EXTRACT_OVERFLOW",
-    "EXTRACT_BELOW_START", "gather_leaf", "gather_leaf_py",
+    "EXTRACT_BELOW_START", "gather_leaf", "gather_leaf_py", "extract_cut", "extract_cut_py",
 ]
 
 P_NONE = 0
@@ -598,18 +598,28 @@ def extract_leaf_py(page, start: bytes | None, stop: bytes | None, snap_xmax: in
     return flags, flat
 
 
+def _thread_arrays():
+    """This thread's output arrays of the leaf-read C calls (allocated on first use)."""
+    tls = _tls
+    if getattr(tls, "extract_out", None) is None:
+        tls.flags = _ffi.new("int *")
+        tls.excluded_of = None
+        tls.excluded = _ffi.NULL
+        tls.gather_dst = _ffi.new("uint8_t[]", BLCKSZ)
+        tls.gather_fmt = _ffi.new("char[]", 12 * _EXTRACT_ROOM // 2 + 1)  # 2 x 6 per entry
+        tls.gather_ents = _ffi.new("uint32_t[]", _EXTRACT_ROOM)
+        tls.extract_out = _ffi.new("uint32_t[]", _EXTRACT_ROOM)
+    return tls
+
+
 def extract_leaf(page, start: bytes | None, stop: bytes | None, snap_xmax: int, own: int,
                  excluded: Sequence[int]) -> tuple[int, list[int]]:
     """``extract_leaf_py`` in one C call when the helper module is built (the output array
     and the last snapshot's excluded xids are kept per thread)."""
     if _lib is None:
         return extract_leaf_py(page, start, stop, snap_xmax, own, excluded)
-    tls = _tls
-    out = getattr(tls, "extract_out", None)
-    if out is None:
-        out = tls.extract_out = _ffi.new("uint32_t[]", _EXTRACT_ROOM)
-        tls.flags = _ffi.new("int *")
-        tls.excluded_of = None
+    tls = _thread_arrays()
+    out = tls.extract_out
     if tls.excluded_of is not excluded:
         tls.excluded = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
         tls.excluded_of = excluded
@@ -621,6 +631,49 @@ def extract_leaf(page, start: bytes | None, stop: bytes | None, snap_xmax: int, 
     if n < 0:  # malformed: the reference names what is wrong
         return extract_leaf_py(page, start, stop, snap_xmax, own, excluded)
     return tls.flags[0], memoryview(_ffi.buffer(out, 16 * n)).cast("I").tolist()
+
+
+def extract_cut_py(page, start: bytes | None, stop: bytes | None, snap_xmax: int, own: int,
+                   excluded: Sequence[int], values: bool
+                   ) -> tuple[int, list[int] | None, tuple[bytes, ...]]:
+    """Reference: ``extract_leaf`` and ``gather_leaf`` in one: (flags, flat, cut), where
+    ``flat`` (the offsets and eflags) is given only when ``EXTRACT_OVERFLOW`` is set (the
+    caller then needs the eflags), else None."""
+    flags, flat = extract_leaf_py(page, start, stop, snap_xmax, own, excluded)
+    cut = gather_leaf_py(page, flat, values)
+    return flags, (flat if flags & EXTRACT_OVERFLOW else None), cut
+
+
+def extract_cut(page, start: bytes | None, stop: bytes | None, snap_xmax: int, own: int,
+                excluded: Sequence[int], values: bool
+                ) -> tuple[int, list[int] | None, tuple[bytes, ...]]:
+    """``extract_cut_py`` with both C calls on one output array (a scan's whole look at a
+    leaf: no Python list of offsets unless an entry is out of line)."""
+    if _lib is None:
+        return extract_cut_py(page, start, stop, snap_xmax, own, excluded, values)
+    tls = _thread_arrays()
+    out = tls.extract_out
+    if tls.excluded_of is not excluded:
+        tls.excluded = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
+        tls.excluded_of = excluded
+    cpage = _ffi.from_buffer(page)
+    n = _lib.slk_bt_extract(cpage, _ffi.NULL if start is None else start,
+                            -1 if start is None else len(start),
+                            _ffi.NULL if stop is None else stop,
+                            -1 if stop is None else len(stop), snap_xmax, own, tls.excluded,
+                            len(excluded), out, tls.flags)
+    if n < 0:  # malformed: the reference names what is wrong
+        return extract_cut_py(page, start, stop, snap_xmax, own, excluded, values)
+    flags = tls.flags[0]
+    flat = memoryview(_ffi.buffer(out, 16 * n)).cast("I").tolist() \
+        if flags & EXTRACT_OVERFLOW else None
+    if n == 0:
+        return flags, flat, ()
+    got = _lib.slk_bt_gather(cpage, out, n, 1 if values else 0, tls.gather_dst, tls.gather_fmt)
+    if got < 0:  # cannot happen after a successful extract; the reference says why
+        return extract_cut_py(page, start, stop, snap_xmax, own, excluded, values)
+    return flags, flat, struct.unpack_from(_ffi.string(tls.gather_fmt),
+                                           _ffi.buffer(tls.gather_dst, got))
 
 
 def gather_leaf_py(page, flat: Sequence[int], values: bool) -> tuple[bytes, ...]:
@@ -644,12 +697,8 @@ def gather_leaf(page, flat: list[int], values: bool) -> tuple[bytes, ...]:
     back to back and writes the format that cuts them (no slice object per entry)."""
     if _lib is None or not flat:
         return gather_leaf_py(page, flat, values)
-    tls = _tls
-    dst = getattr(tls, "gather_dst", None)
-    if dst is None:
-        dst = tls.gather_dst = _ffi.new("uint8_t[]", BLCKSZ)
-        tls.gather_fmt = _ffi.new("char[]", 12 * _EXTRACT_ROOM // 2 + 1)
-        tls.gather_ents = _ffi.new("uint32_t[]", _EXTRACT_ROOM)
+    tls = _thread_arrays()
+    dst = tls.gather_dst
     n = len(flat) // 4
     ents = tls.gather_ents
     ents[0:len(flat)] = flat

@@ -283,3 +283,22 @@ def test_c_gather_refuses_offsets_outside_the_page():
     for bad in ([10, 5, 20, 0], [8000, 8100, 9000, 0]):
         with pytest.raises(ValueError, match="entry 0"):
             bp.gather_leaf(page, bad, True)
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(entries=entry_lists, high=highs, start=st.one_of(st.none(), few_keys),
+       stop=st.one_of(st.none(), few_keys), snap_xmax=st.integers(1, 45),
+       own=st.integers(0, 45), excluded=st.sets(xids, max_size=10), values=st.booleans())
+def test_c_extract_cut_equals_composed_references(entries, high, start, stop, snap_xmax, own,
+                                                  excluded, values):
+    """extract_cut (extract and gather in C on one array) equals extract_cut_py, which is
+    extract_leaf_py then gather_leaf_py: same flags, the offsets only when an entry is out
+    of line, and the same cut bytes."""
+    page = rich_leaf(entries, high, bp.BTP_LEAF)
+    ex = tuple(sorted(excluded))
+    got = bp.extract_cut(page, start, stop, snap_xmax, own, ex, values)
+    assert got == bp.extract_cut_py(page, start, stop, snap_xmax, own, ex, values)
+    flags, flat = bp.extract_leaf_py(page, start, stop, snap_xmax, own, ex)
+    assert got[0] == flags and got[2] == bp.gather_leaf_py(page, flat, values)
+    assert (got[1] is None) == (not flags & bp.EXTRACT_OVERFLOW)
