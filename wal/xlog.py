@@ -188,8 +188,10 @@ class Wal:
         self._flush_lock = threading.Lock()       # held while WAL is written and synced
         self._flush_state = threading.Lock()  # guards _flushing and _waiters
         self._flushing = False
-        self._waiters: list[tuple[int, threading.Event]] = []  # (LSN needed, its wake-up)
-        self._wake = threading.local()     # each thread's reusable Event
+        # (LSN needed, its wake-up): a thread's wake-up is a plain lock it holds while not
+        # woken; the leader wakes it by releasing it (no Condition, no per-wait allocation).
+        self._waiters: list[tuple[int, threading.Lock]] = []
+        self._wake = threading.local()     # each thread's reusable wake-up lock
         self._commit_delay_us = 0
         self._commit_siblings = COMMIT_SIBLINGS_DEFAULT
         self._active_transactions: Callable[[], int] | None = None
@@ -346,18 +348,22 @@ class Wal:
             waited = False
             while self._flushing and lsn > self._flushed and self._failed is None:
                 waited = True
-                ev = getattr(self._wake, "event", None)
-                if ev is None:
-                    ev = self._wake.event = threading.Event()
-                ev.clear()
-                self._waiters.append((lsn, ev))
+                wake = getattr(self._wake, "lock", None)
+                if wake is None:
+                    wake = self._wake.lock = threading.Lock()
+                    wake.acquire()
+                self._waiters.append((lsn, wake))
                 self._queued += 1
                 state.release()
                 try:
-                    ev.wait()
-                finally:
-                    state.acquire()
-                    self._queued -= 1
+                    wake.acquire()  # returns once a leader released it
+                except BaseException:  # (an interrupt): leave no entry to be released
+                    state.acquire()    # twice; a release that won the race leaves the
+                    self._queued -= 1  # lock free, and the next wait just loops once
+                    self._waiters = [(n, w) for n, w in self._waiters if w is not wake]
+                    raise
+                state.acquire()
+                self._queued -= 1
             self._check_usable()
             if lsn <= self._flushed:
                 self._joins += waited
@@ -383,14 +389,14 @@ class Wal:
         flushed, failed = self._flushed, self._failed is not None
         keep = []
         leader_woken = False
-        for lsn, ev in self._waiters:
+        for lsn, wake in self._waiters:
             if lsn <= flushed or failed:
-                ev.set()
+                wake.release()
             elif not leader_woken:
-                ev.set()
+                wake.release()
                 leader_woken = True
             else:
-                keep.append((lsn, ev))
+                keep.append((lsn, wake))
         self._waiters = keep
 
     def _lead_flush(self) -> None:
