@@ -50,7 +50,7 @@ from slonik.engine.access.btree_page import (
     extract_leaf,
 )
 from slonik.engine.access.heap import Heap
-from slonik.engine.access.heap_fetch import NO_TUPLE, fetch_pages, gather
+from slonik.engine.access.heap_fetch import NO_TUPLE, gather_heap
 from slonik.engine.access.keycodec import key_encoder, prefix_end
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
@@ -275,11 +275,12 @@ def fetch_batched(heap: Heap, key_batches: Iterable[list[bytes]],
                   snapshot: XidSnapshot) -> Iterator[HeapBatch]:
     """The heap tuples of index entries (lists of whole entry keys, TID suffix included)
     as ``snapshot`` sees them, in index order, a batch per list (split at
-    ``INDEX_SCAN_BATCH_ENTRIES``): the heap pages of a batch are copied once each
-    (``heap_fetch.fetch_pages``: one pin and lock per page however many of the batch's
-    TIDs it holds; through a read stream when not cached, so their reads are in flight
-    together), then every tuple is judged and the visible ones' data gathered in one call
-    (``heap_fetch.gather``). TIDs past the end of the heap find no tuple."""
+    ``INDEX_SCAN_BATCH_ENTRIES``): the heap pages of a batch are pinned and share-locked
+    once each however many of the batch's TIDs they hold (the cached ones in one
+    buffer-manager call, the others through a read stream, so their reads are in flight
+    together), and every tuple is judged and the visible ones' data gathered from them in
+    one C call (``heap_fetch.gather_heap``). TIDs past the end of the heap find no
+    tuple."""
     nblocks = heap.nblocks()
     for whole in key_batches:
         for first in range(0, len(whole), INDEX_SCAN_BATCH_ENTRIES):
@@ -311,8 +312,7 @@ def _fetch_batch(heap: Heap, ks: list[bytes], nblocks: int,
         return HeapBatch(keys, tids, [NO_TUPLE] * n, [0] * n, [0] * n, b"")
     slot = {b: i for i, b in enumerate(distinct)}
     slot[-1] = 0
-    got = gather(fetch_pages(heap, distinct), list(map(slot.__getitem__, blocks)), offnums,
-                 snapshot, rel=heap.rel, fork=int(heap.fork), blocks=distinct)
+    got = gather_heap(heap, distinct, list(map(slot.__getitem__, blocks)), offnums, snapshot)
     return HeapBatch(keys, tids, *got)
 
 

@@ -162,7 +162,9 @@ def test_fetch_pages_and_fetch_tuple_match_heap_fetch(heap):
     data for every slot (None for a pruned slot and past the end), and fetch_pages +
     tuples_at return the same for TIDs spread over the pages, with the pages both cached
     and read cold (dropped from shared buffers: through the read stream) or half and half;
-    no pin is left behind."""
+    gather_heap (pages pinned and locked a chunk at a time in the pool, 2 pages per chunk
+    in this 16-buffer pool) equals gather_py over fetch_pages' copies under snapshots
+    that see all, none or part of the tuples; no pin or lock is left behind."""
     h = heap
     bm = h.bufmgr
     tids = h.insert_many(1, [bytes([i % 250]) * (50 + i % 200) for i in range(400)])
@@ -192,6 +194,22 @@ def test_fetch_pages_and_fetch_tuple_match_heap_fetch(heap):
             assert (xmin, xmax, pages[p][s:e]) == ((0, 0, b"") if t is None else
                                                    (t.xmin, t.xmax, t.data))
         bm.check()   # every pin fetch_pages took was released
+        # every sampled tuple has xmin 1: seen by the first and last snapshots, not by the
+    # middle two (1 is not below xmax 1; 1 is excluded and not the reader's own xid)
+    for snap, sees in [((2, 0, ()), True), ((1, 0, ()), False), ((9, 0, (1,)), False),
+                       ((9, 1, (1,)), True)]:
+            if mode != "cached":
+                bm.flush_all()
+                bm.drop_relation_buffers(h.rel)
+            if mode == "mixed":
+                for block in blocks[::2]:
+                    h.fetch(Tid(block, 1))
+            got = hf.gather_heap(h, blocks, page_of, [t.offnum for t in sample], snap)
+            want = hf.gather_py(hf.fetch_pages(h, blocks), page_of,
+                                [t.offnum for t in sample], snap)
+            assert got == want, (mode, snap)
+            assert got.status.count(hf.VISIBLE) == (len(sample) if sees else 0)
+            bm.check()   # no pin or content lock left behind
     with pytest.raises(ValueError, match="past the end of relation 16384"):
         hf.fetch_pages(h, [h.nblocks()])
 
