@@ -8,7 +8,8 @@ new database in ``--dir``/<method>:
 - autocommit 1 / autocommit 8: 1 thread, then 8 threads, each putting new keys outside a
   transaction (one durable commit per put: its WAL is fsynced before the put returns;
   threads committing together share a sync) for ``--seconds``. Figures: puts/s, WAL syncs,
-  puts per sync (the group-commit ratio).
+  puts per sync (the group-commit ratio), CPU µs per put (the process's, every thread,
+  user + system) and µs per WAL flush (write + sync, as the WAL timed it).
 - get: random keys of the load, read one by one outside a transaction, warm (every page
   is in shared buffers after the load), for ``--seconds``. Figure: gets/s.
 - get_many: random keys in batches of ``GET_MANY_BATCH_KEYS`` (``kv.get_many``: the
@@ -198,16 +199,22 @@ def measure_autocommit(db: Database, threads: int, seconds: float, value: bytes)
         w.start()
     barrier.wait()
     start = time.perf_counter()
+    cpu_start = time.process_time()   # every thread's CPU, user + system
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     if errors:
         raise errors[0]
     after = db.stats().wal
     puts = sum(counts)
     syncs = max(after.flushes - before.flushes, 0)
+    # CPU per put (the process's, all threads) beside the device time of one flush (the
+    # WAL's write + sync, as the WAL timed it): what a commit costs besides waiting.
     return {"threads": threads, "puts": puts, "seconds": elapsed, "puts_s": puts / elapsed,
-            "wal_flushes": syncs, "puts_per_flush": puts / syncs if syncs else None}
+            "wal_flushes": syncs, "puts_per_flush": puts / syncs if syncs else None,
+            "cpu_us_per_put": cpu / puts * 1e6 if puts else None,
+            "flush_us": (after.sync_ns - before.sync_ns) / syncs / 1e3 if syncs else None}
 
 
 def measure_gets(db: Database, nkeys: int, seconds: float) -> dict:
@@ -459,8 +466,8 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
 
 FIGURES = {
     "load": ("puts_s", "seconds"),
-    "autocommit_1": ("puts_s", "wal_flushes", "puts_per_flush"),
-    "autocommit_8": ("puts_s", "wal_flushes", "puts_per_flush"),
+    "autocommit_1": ("puts_s", "wal_flushes", "puts_per_flush", "cpu_us_per_put", "flush_us"),
+    "autocommit_8": ("puts_s", "wal_flushes", "puts_per_flush", "cpu_us_per_put", "flush_us"),
     "get": ("gets_s",),
     "get_many": ("keys_s",),
     "scan": ("keys_s", "mb_s"),
@@ -568,14 +575,18 @@ def format_table(report: dict) -> str:
                     else f"fio: {base['fio'].get('detail', 'failed')}"))
     # Indented: a sub-table of the one above (its rows are the methods' again).
     head = (f"  {'ratios':<9} {'auto1 puts/s':>12} {'auto1/SQLite':>12} {'auto1/fio':>9} "
-            f"{'auto8 puts/s':>12} {'auto8/SQLite':>12}")
+            f"{'auto8 puts/s':>12} {'auto8/SQLite':>12} {'CPU us/put 1/8':>14} "
+            f"{'flush us 1/8':>12}")
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for method, m in report["methods"].items():
         r = m["ratios"]
         a1f = f"{r['auto1_fio']:.2f}" if r["auto1_fio"] is not None else "-"
-        lines.append(f"  {method:<9} {m['autocommit_1']['puts_s']:>12,.0f} "
+        a1, a8 = m["autocommit_1"], m["autocommit_8"]
+        cpu = f"{a1['cpu_us_per_put'] or 0:.0f} / {a8['cpu_us_per_put'] or 0:.0f}"
+        flush = f"{a1['flush_us'] or 0:.0f} / {a8['flush_us'] or 0:.0f}"
+        lines.append(f"  {method:<9} {a1['puts_s']:>12,.0f} "
                      f"{r['auto1_sqlite']:>12.2f} {a1f:>9} "
-                     f"{m['autocommit_8']['puts_s']:>12,.0f} {r['auto8_sqlite']:>12.2f}")
+                     f"{a8['puts_s']:>12,.0f} {r['auto8_sqlite']:>12.2f} {cpu:>14} {flush:>12}")
     sr = base["sqlite_reads"]
     lines += ["", "Slonik / SQLite (WAL, synchronous=FULL, 128 MiB cache, WITHOUT ROWID), "
                   "same keys, same order:", ""]
@@ -600,7 +611,8 @@ def format_table(report: dict) -> str:
     lines.append(f"  {'cold scan / cold eic 1':<26} {'':>12} " + cells)
     lines.append("")
     lines.append("load: all keys in one transaction, random order, commit included; "
-                 "auto1/auto8: durable autocommit puts from 1/8 threads; gets: random, warm; "
+                 "auto1/auto8: durable autocommit puts from 1/8 threads (CPU us/put: the "
+                 "process's CPU per put; flush us: one WAL write + sync); gets: random, warm; "
                  "open: reopen (metapage only) and one get; cold scan: page cache dropped, "
                  "O_DIRECT")
     return "\n".join(lines)
