@@ -1,27 +1,33 @@
-"""The tuples at chosen slots of copied heap pages: an index scan's heap fetch, one call
-per batch of pages instead of one interpreted step per line pointer.
+"""The tuples at chosen slots of heap pages: an index scan's heap fetch, one C call per
+batch of pages instead of one interpreted step per line pointer.
 
-``fetch_pages(heap, blocks)`` copies the pages an index scan's TIDs point at (a list of
-``bytes``, one per block), each under its share lock, pinning the cached ones in one
-buffer-manager call; ``tuples_at(pages, page_of, offnums)`` then finds, for every request
-``k``, the tuple at offnum ``offnums[k]`` of page ``page_of[k]``: its xmin, xmax and the
-bounds [start, end) of its data in that page (all 0 when the slot holds no NORMAL tuple).
-The data are sliced out afterwards in C-level iteration (``map(bytes.__getitem__,
-map(pages.__getitem__, page_of), map(slice, starts, ends))``).
+``gather_heap(heap, blocks, page_of, offnums, snapshot)`` is what index scans use: it
+pins the batch's heap pages (the cached ones in one buffer-manager call, the others
+through a read stream), share-locks them in ascending block order and, in one C call
+over the pool's pages, judges the tuple at each (``blocks[page_of[k]]``, ``offnums[k]``)
+against the reader's snapshot (as data: xmax, own xid, sorted excluded xids) and gathers
+the visible ones' data into one buffer for ``RowCodec.decode_run``. ``gather`` does the
+same over any list of pages, ``tuples_at`` finds xmin, xmax and data bounds without a
+snapshot; ``fetch_pages`` copies pages (one lock at a time: the fallback without C) and
+``fetch_tuple`` reads one tuple (a point read).
 
-C when ``storage._pagecheck`` is built (``slk_heap_tuples_at``); ``tuples_at_py`` is its
-pure-Python reference (``tests/engine/test_heap_fetch.py`` compares the two), and the
-fallback without the module. A line pointer or tuple header that is not a heap tuple
-raises ``TupleFormatError`` naming the relation, block and offnum (C hands such a page to
-the reference, which raises).
+C when ``storage._pagecheck`` is built (``slk_heap_tuples_at``, ``slk_heap_gather``);
+``tuples_at_py`` and ``gather_py`` are the pure-Python references
+(``tests/engine/test_heap_fetch.py`` compares them), and the fallback without the
+module. A line pointer or tuple header that is not a heap tuple raises
+``TupleFormatError`` naming the relation, block and offnum (C hands such a page to the
+reference, which raises).
 
 Invariants:
-1. ``tuples_at(...) == tuples_at_py(...)`` for every page list and request list the
-   reference accepts; when the reference raises, ``tuples_at`` raises the same error.
+1. ``tuples_at == tuples_at_py`` and ``gather == gather_py`` for every page list and
+   request list the references accept; where a reference raises, so does the C path.
 2. The checks per slot are ``Heap._tuple_at``'s: a NORMAL line pointer inside
    [upper, BLCKSZ) at least a header long, whose header's data_len matches its length.
-3. ``fetch_pages`` holds at most ``PIN_BATCH_PAGES`` pins (fewer in a small pool) and one
-   content lock at a time; every pin is released before it returns, errors included.
+3. ``fetch_pages`` and ``gather_heap`` hold at most ``PIN_BATCH_PAGES`` pins (at most an
+   eighth of the pool); ``gather_heap`` share-locks a chunk's pages together in ascending
+   block order (heap writers lock two pages only in block order, or first a page they
+   just extended, which no index entry points into yet: no wait cycle); every lock and
+   pin is released before they return, errors included.
 """
 
 from __future__ import annotations
