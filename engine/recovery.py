@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import time
 import warnings
 from collections import deque
@@ -45,7 +46,7 @@ from slonik.engine.rmgrlist import install as install_rmgrs
 from slonik.engine.wal_decode import C_SCANNER
 from slonik.storage.bufmgr import BufferManager, DamagedPageWarning
 from slonik.storage.errors import DataCorruptionError
-from slonik.storage.page import BLCKSZ, page_get_lsn, page_set_lsn
+from slonik.storage.page import BLCKSZ, LSN_OFFSET, page_set_lsn
 from slonik.storage.smgr import Smgr
 from slonik.wal.checkpoint import (
     XLOG_CHECKPOINT_SHUTDOWN,
@@ -72,6 +73,7 @@ RECOVERY_PREFETCH_PINS = 64        # buffers prefetch may hold pinned at once
 FIRST_RELFILENUMBER = 16384        # as PostgreSQL's FirstNormalObjectId
 WAL_DIR = "wal"
 _ZERO_PAGE = bytes(BLCKSZ)
+_PAGE_LSN = struct.Struct("<Q")    # storage.page's page LSN field, at LSN_OFFSET
 
 
 class RedoAction(IntEnum):
@@ -200,7 +202,7 @@ class RedoContext:
             bm.page(buf)[:] = _ZERO_PAGE
             return RedoAction.NEEDS_REDO, buf
         buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=True)
-        if page_get_lsn(bm.page(buf)) >= rr.end_lsn:
+        if _PAGE_LSN.unpack_from(bm.page(buf), LSN_OFFSET)[0] >= rr.end_lsn:
             bm.unlock_exclusive(buf)
             bm.unpin(buf)
             return RedoAction.DONE, None
@@ -208,7 +210,7 @@ class RedoContext:
 
     def finish_redo_buffer(self, rr: ReadRecord, buf: int) -> None:
         bm = self.bufmgr
-        page_set_lsn(bm.page(buf), rr.end_lsn)
+        _PAGE_LSN.pack_into(bm.page(buf), LSN_OFFSET, rr.end_lsn)  # a WAL LSN: in range
         bm.mark_dirty(buf)
         bm.unlock_exclusive(buf)
         bm.unpin(buf)
@@ -294,9 +296,13 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
     bufmgr.flush_wal = _wal_already_durable
     t_replay = time.perf_counter()
     try:
+        redo_of: dict[int, Any] = {}     # rmgr id -> its redo routine, bound once
         for rr in _prefetching(reader, ctx):
             rec = rr.record
-            get_rmgr(rec.rmgr).redo(ctx, rr)
+            redo = redo_of.get(rec.rmgr)
+            if redo is None:
+                redo = redo_of[rec.rmgr] = get_rmgr(rec.rmgr).redo
+            redo(ctx, rr)
             if rec.xid:
                 xids.add(rec.xid)
             replayed += 1
@@ -353,16 +359,23 @@ def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[ReadRecord]:
     # Prefetch may hold a quarter of the pool pinned at most: redo needs buffers too.
     max_pins = min(RECOVERY_PREFETCH_PINS, max(1, bufmgr.nbuffers // 4))
 
+    sizes = ctx._sizes
+    no_ops: list = []
+
     def start_prefetch(rr: ReadRecord) -> list:
         nonlocal pinned
-        ops = []
+        ops = no_ops
         for ref in rr.record.blocks:
             if ref.image is not None or ref.will_init or pinned >= max_pins:
                 continue
-            if ref.block >= known_nblocks(ref.rel, ref.fork) \
-                    or cached(ref.rel, ref.fork, ref.block, 1):
+            rel, fork, block = ref.rel, ref.fork, ref.block
+            n = sizes.get((rel, fork))
+            if block >= (known_nblocks(rel, fork) if n is None else n) \
+                    or cached(rel, fork, block, 1):
                 continue
-            ops.append(bufmgr.start_read_buffers(ref.rel, ref.fork, ref.block, 1))
+            if ops is no_ops:
+                ops = []
+            ops.append(bufmgr.start_read_buffers(rel, fork, block, 1))
             pinned += 1
         return ops
 
@@ -377,8 +390,9 @@ def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[ReadRecord]:
             if not window:
                 return
             rr, ops = window.popleft()
-            _finish_prefetch(bufmgr, ops)
-            pinned -= len(ops)
+            if ops:
+                _finish_prefetch(bufmgr, ops)
+                pinned -= len(ops)
             yield rr
     finally:
         for _rr, ops in window:

@@ -46,7 +46,7 @@ BUILD_SETTINGS = {"checkpoint_timeout": 3600, "max_wal_size": 1 << 40,
 MB = 1_000_000
 
 
-def _child_build(path: str, wal_bytes: int) -> None:
+def _child_build(path: str, wal_bytes: int, preload_rows: int) -> None:
     """In the forked child: fill the database, then die without closing."""
     rng = random.Random(BUILD_SEED)
     pad = bytes(ROW_PAYLOAD_BYTES)
@@ -54,7 +54,7 @@ def _child_build(path: str, wal_bytes: int) -> None:
     kv = db.kv("kv")
     table = db.create_table("t", [("id", "int8"), ("payload", "bytea")], primary_key="id")
     next_id = 0
-    for _ in range(PRELOAD_ROWS // ROWS_PER_TRANSACTION):
+    for _ in range(max(1, preload_rows // ROWS_PER_TRANSACTION)):
         with db.transaction():
             table.insert_many([(next_id + i, pad) for i in range(ROWS_PER_TRANSACTION)])
             next_id += ROWS_PER_TRANSACTION
@@ -72,10 +72,12 @@ def _child_build(path: str, wal_bytes: int) -> None:
     os._exit(0)
 
 
-def build_crashed_database(bench_dir: str, wal_mb: float) -> str:
-    """The path of a crashed database with about ``wal_mb`` MB of WAL past its redo point,
-    built under ``bench_dir`` unless one of that size is already there."""
-    pristine = os.path.join(bench_dir, f"crashed-{wal_mb:g}mb")
+def build_crashed_database(bench_dir: str, wal_mb: float, *,
+                           preload_rows: int = PRELOAD_ROWS) -> str:
+    """The path of a crashed database with about ``wal_mb`` MB of WAL past its redo point
+    (``preload_rows`` rows and puts before the checkpoint), built under ``bench_dir`` unless
+    one of that size is already there."""
+    pristine = os.path.join(bench_dir, f"crashed-{wal_mb:g}mb-{preload_rows}")
     marker = os.path.join(pristine, MARKER_FILE)
     if os.path.exists(marker):
         return pristine
@@ -85,7 +87,7 @@ def build_crashed_database(bench_dir: str, wal_mb: float) -> str:
     pid = os.fork()
     if pid == 0:
         try:
-            _child_build(pristine, int(wal_mb * MB))
+            _child_build(pristine, int(wal_mb * MB), preload_rows)
         except BaseException:
             traceback.print_exc()
             os._exit(1)
