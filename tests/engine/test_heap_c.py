@@ -105,12 +105,18 @@ VALUES = {"int8": st.integers(-(1 << 63), (1 << 63) - 1),
           "bytea": st.binary(max_size=20), "bool": st.booleans()}
 
 
+LONG_VALUES = {"text": st.text(min_size=300, max_size=400),
+               "bytea": st.binary(min_size=300, max_size=400)}
+
+
 @st.composite
 def schema_and_rows(draw):
+    """A schema and rows; half the time with long (300..400-byte) text/bytea values."""
     types = draw(st.lists(st.sampled_from(COLUMN_TYPES), min_size=1, max_size=6))
     columns = [(f"c{i}", t) for i, t in enumerate(types)]
     nullable = draw(st.booleans())
-    rows = draw(st.lists(st.tuples(*[st.one_of(st.none(), VALUES[t]) if nullable else VALUES[t]
+    values = dict(VALUES, **LONG_VALUES) if draw(st.booleans()) else VALUES
+    rows = draw(st.lists(st.tuples(*[st.one_of(st.none(), values[t]) if nullable else values[t]
                                      for t in types]), max_size=30))
     return columns, rows
 
@@ -143,8 +149,9 @@ def decode_both(codec, buf, starts, ends):
 @given(sr=schema_and_rows(), gaps=st.lists(st.integers(0, 9), min_size=1, max_size=5))
 def test_c_decode_run_equals_reference(sr, gaps):
     """For random schemas (1..6 columns of every type) and rows (with or without NULLs,
-    text with any code point, bytea with NUL bytes), laid out with junk between rows,
-    decode_run returns exactly the reference's rows, which are the rows encoded."""
+    text with any code point, bytea with NUL bytes, short or long values), laid out with
+    junk between rows, decode_run returns exactly the reference's rows, which are the
+    rows encoded."""
     columns, rows = sr
     codec = RowCodec(columns)
     buf, starts, ends = laid_out(codec.encode_many(rows), gaps)
