@@ -108,6 +108,7 @@ from slonik.engine.access.btree_page import (
     minus_inf_pivot,
     pack_entry,
     pack_pivot,
+    page_locator,
     probe_leaf,
     search_page,
     unpack_entry,
@@ -595,7 +596,7 @@ class BTree:
         # since before it read the page, so no stale copy is ever installed. A copy taken
         # out just before a change is still safe to descend by (L&Y move-right; the reader
         # epochs keep any leaf it names from being recycled meanwhile).
-        self._inner: dict[int, tuple[bytes, Special]] = {}
+        self._inner: dict[int, tuple[bytes, Special, Callable]] = {}
         self._inner_lock = threading.Lock()
         self._inner_gen = 0
         self._forkno = int(self.fork)  # the buffer tag's fork number (point-read hit path)
@@ -699,9 +700,10 @@ class BTree:
                 for ch in changes:
                     inner.pop(ch.block, None)
 
-    def _inner_page(self, block: int) -> tuple[bytes, Special] | None:
-        """The cached copy of internal page ``block``, read (share-locked, verified by the
-        buffer manager) and installed on a miss; None when ``block`` is a leaf."""
+    def _inner_page(self, block: int) -> tuple[bytes, Special, Callable] | None:
+        """The cached copy of internal page ``block`` (bytes, special, its ``page_locator``),
+        read (share-locked, verified by the buffer manager) and installed on a miss; None
+        when ``block`` is a leaf."""
         got = self._inner.get(block)
         if got is not None:
             return got
@@ -712,7 +714,8 @@ class BTree:
             special = self._special(page, block)
             if special.level == 0:
                 return None
-            got = (bytes(page), special)
+            copy = bytes(page)
+            got = (copy, special, page_locator(copy))
         finally:
             self._release(buf)
         with self._inner_lock:
@@ -734,14 +737,16 @@ class BTree:
                     raise self._corrupt(block, f"level 0, but its parent is at level "
                                                f"{expect + 1}")
                 return block
-            page, special = got
+            page, special, locator = got
             if expect is not None and special.level != expect:
                 raise self._corrupt(block, f"level {special.level}, but its parent is at "
                                            f"level {expect + 1}")
-            try:
-                found = locate(page, key, xmin)
-            except BTreePageError as e:
-                raise self._corrupt(block, str(e)) from None
+            found = locator(key, len(key), xmin)
+            if found == -1:  # malformed: the reference says what is wrong
+                try:
+                    found = locate(page, key, xmin)
+                except BTreePageError as e:
+                    raise self._corrupt(block, str(e)) from None
             if found == MOVE_RIGHT:
                 block = special.next
                 expect = special.level

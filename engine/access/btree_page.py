@@ -48,9 +48,10 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import functools
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from slonik.storage.errors import DataCorruptionError
@@ -93,6 +94,7 @@ __all__ = [
     "probe_leaf", "probe_leaf_py", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
     "extract_leaf", "extract_leaf_py", "EXTRACT_DONE", "EXTRACT_OVERFLOW",
     "EXTRACT_BELOW_START", "gather_leaf", "gather_leaf_py", "extract_cut", "extract_cut_py",
+    "page_locator",
 ]
 
 P_NONE = 0
@@ -440,6 +442,22 @@ def locate(page, key: bytes, xmin: int) -> int:
     if got == -1:  # malformed: the reference names what is wrong
         return locate_py(page, key, xmin)
     return got
+
+
+def page_locator(page: bytes) -> Callable[[bytes, int, int], int]:
+    """``locate`` bound to an immutable page copy, as a callable ``(key, len(key), xmin)``
+    that is one C call (the buffer handed to C once, not per call); it returns -1 where
+    ``locate`` would raise (call ``locate`` then for the error)."""
+    if _lib is None:
+        return functools.partial(_locate_or_minus_one, page)
+    return functools.partial(_lib.slk_bt_locate, _ffi.from_buffer(page))
+
+
+def _locate_or_minus_one(page, key: bytes, _keylen: int, xmin: int) -> int:
+    try:
+        return locate_py(page, key, xmin)
+    except BTreePageError:
+        return -1
 
 
 def search_page(page, key: bytes, xmin: int, upper: bool) -> int:

@@ -901,7 +901,7 @@ def _assert_inner_cache_current(env: Env) -> int:
     field, which is set when a page is written out) and is an internal page; returns how
     many are cached."""
     t = env.tree
-    for block, (copy, special) in list(t._inner.items()):
+    for block, (copy, special, _locator) in list(t._inner.items()):
         now = bytearray(_pool_page(env, block))
         mine = bytearray(copy)
         for p in (now, mine):
