@@ -54,6 +54,7 @@ from slonik.engine.access.heap_fetch import NO_TUPLE, gather_heap
 from slonik.engine.access.keycodec import key_encoder, prefix_end
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
+from slonik.storage.page import BLCKSZ
 
 __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
@@ -225,14 +226,14 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
     an unlinked leaf, or the range continuing there). Registered as a reader for the
     duration, so no leaf it reaches is recycled meanwhile (the tree's reader epochs)."""
     bm = tree.bufmgr
-    rel, fork = tree.rel, tree.fork
+    rel, forkno = tree.rel, int(tree.fork)
     out: list[bytes] = []
     epoch = tree._begin_read()
     try:
         block = tree._leaf_for(start or b"")
         visited = 0
         while True:
-            (buf,) = bm.pin_cached(rel, fork, (block,))
+            buf = bm.pin_if_valid(rel, forkno, block)
             if buf < 0:
                 buf = tree._read(block)   # pinned and share-locked
             else:
@@ -243,17 +244,20 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
                     raise
             try:
                 page = bm.page(buf)
-                special = tree._special(page, block)
-                nxt = special.next
-                if special.flags & BTP_DELETED:  # unlinked since: its keys are to its right
-                    done = False
-                else:
-                    if not special.flags & BTP_LEAF:
+                # The special space read raw: extract_leaf verifies the page (C, or the
+                # reference raising); tree._special only names what is wrong.
+                _prev, nxt, _level, pflags, _pad = _SPECIAL.unpack_from(page, BT_SPECIAL_AT)
+                if pflags & BTP_DELETED or not pflags & BTP_LEAF:
+                    special = tree._special(page, block)
+                    if not special.flags & BTP_DELETED:
                         raise tree._corrupt(block, f"expected a leaf, found flags "
                                                    f"{special.flags:#x}")
+                    done = False   # unlinked since: its keys are to its right
+                else:
                     try:
                         flags, flat = extract_leaf(page, start, stop, *_EVERY_ENTRY)
                     except BTreePageError as e:
+                        tree._special(page, block)   # an all-zero page says so
                         raise tree._corrupt(block, str(e)) from None
                     if flat:
                         out += map(bytes, map(page.__getitem__, map(slice, flat[0::4],
@@ -317,6 +321,9 @@ def _fetch_batch(heap: Heap, ks: list[bytes], nblocks: int,
 
 
 _first = itemgetter(0)
+# A B+tree page's special space (btree_page): prev, next, level, flags, pad.
+_SPECIAL = struct.Struct("<IIIHH")
+BT_SPECIAL_AT = BLCKSZ - _SPECIAL.size
 _second = itemgetter(1)
 
 

@@ -350,7 +350,7 @@ def fetch_tuple(heap, block: int, offnum: int) -> tuple[int, int, bytes] | None:
     if not 0 <= block < heap.nblocks():
         return None
     bm = heap.bufmgr
-    (buf,) = bm.pin_cached(heap.rel, heap.fork, (block,))
+    buf = bm.pin_if_valid(heap.rel, int(heap.fork), block)
     if buf < 0:
         buf = bm.read_buffer(heap.rel, heap.fork, block)
     try:
