@@ -302,3 +302,21 @@ def test_c_extract_cut_equals_composed_references(entries, high, start, stop, sn
     flags, flat = bp.extract_leaf_py(page, start, stop, snap_xmax, own, ex)
     assert got[0] == flags and got[2] == bp.gather_leaf_py(page, flat, values)
     assert (got[1] is None) == (not flags & bp.EXTRACT_OVERFLOW)
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(seps=st.lists(st.tuples(keys, xids), max_size=60), rightmost=st.booleans(),
+       key=keys, xmin=st.integers(0, bp.XMIN_MAX))
+def test_page_locator_equals_locate(seps, rightmost, key, xmin):
+    """page_locator(copy) called as (key, len(key), xmin) answers exactly as locate() on
+    internal pages, and with -1 (where locate raises) on a page whose line pointers all
+    point outside it."""
+    page = bytes(internal_page(seps, rightmost))
+    assert bp.page_locator(page)(key, len(key), xmin) == bp.locate(page, key, xmin)
+    bad = bytearray(page)
+    for at in range(24, 24 + 4 * bp.bt_item_count(page), 4):
+        bad[at:at + 4] = (0x7FF0 | (1 << 15) | (300 << 17)).to_bytes(4, "little")
+    assert bp.page_locator(bytes(bad))(key, len(key), xmin) == -1
+    with pytest.raises(bp.BTreePageError, match="line pointer"):
+        bp.locate(bytes(bad), key, xmin)
