@@ -153,7 +153,9 @@ class KVIndex:
                 continue
             batch.append(VersionWrite(key, xid, value, old))
         self.operations += len(batch)
-        return self.tree.apply(batch, self._xacts.is_committed)
+        # The store checked every key and value when it was written (KVStore), the dict
+        # holds each key once and xid comes from the transaction manager.
+        return self.tree.apply_trusted(batch, self._xacts.is_committed)
 
     def publish(self, xid: int, changes: list[VersionWrite]) -> int:
         """The versions are in the tree already; returns how many versions became dead."""
