@@ -53,10 +53,8 @@ from __future__ import annotations
 
 import struct
 import threading
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, repeat
-from operator import add, and_
 from typing import NamedTuple
 
 from slonik.engine.access.btree import XidSnapshot
@@ -152,6 +150,7 @@ def _fresh_page_room() -> int:
 
 
 _EMPTY_PAGE_ROOM = _fresh_page_room()  # bytes for items and line pointers on a new page
+_TUPLE_MIN_COST = TUPLE_HEADER_SIZE + LINE_POINTER_SIZE  # page bytes of a tuple beyond its data
 # Pages a scan takes from its read stream per step (128 KiB, one io_combine_limit's worth
 # by default): one lock/copy/unpin call, one C call for the tuples, one row decode per run.
 SCAN_RUN_PAGES = 16
@@ -392,28 +391,25 @@ def fill_page_py(page, xmin: int, flags: int, datas: Sequence[bytes]) -> tuple[i
 
 class _PageFiller:
     """``fill_page`` in C over one batch of tuple data (bytes each, none too large),
-    joined once; each new page takes the next tuples with one call. ``page_ends``
-    says in advance where each page of the batch will end."""
+    joined once; each new page takes the next tuples with one call. ``pages_at_least``
+    says how many new pages the tuples from an index need at the least."""
 
     def __init__(self, xmin: int, flags: int, datas: list[bytes]) -> None:
         lens = list(map(len, datas))
         self.xmin, self.flags = xmin, flags
         self.blob = b"".join(datas)
-        self.lens = _ffi.new("uint32_t[]", lens)
-        self.data_at = _ffi.new("uint32_t[]", list(accumulate(lens[:-1], initial=0)))
         self.n = len(datas)
-        # Page space of each tuple: MAXALIGNed header + data, and a line pointer.
-        costs = map(add, map(and_, map(add, lens, repeat(TUPLE_HEADER_SIZE + 7)), repeat(~7)),
-                    repeat(LINE_POINTER_SIZE))
-        self._cum = list(accumulate(costs, initial=0))
+        self._at = list(accumulate(lens, initial=0))  # data offsets; [n] = all the data
+        self.lens = _ffi.new("uint32_t[]", lens)
+        self.data_at = _ffi.new("uint32_t[]", self._at[:-1] or [0])
         self._record = _ffi.new("uint8_t[]", BLCKSZ + 8 * _PAGE_LPS_MAX)
         self._record_len = _ffi.new("uint32_t *")
 
-    def page_end(self, first: int, room: int) -> int:
-        """The index after the last tuple from ``first`` that a new page with ``room``
-        free bytes takes (``fill`` stops exactly there)."""
-        cum = self._cum
-        return max(first + 1, bisect_right(cum, cum[first] + room) - 1)
+    def pages_at_least(self, first: int, room: int) -> int:
+        """A lower bound of the new pages (``room`` bytes each) the tuples from ``first``
+        fill: each takes at least its data, a header and a line pointer."""
+        need = self._at[self.n] - self._at[first] + (self.n - first) * _TUPLE_MIN_COST
+        return max(1, -(-need // room))
 
     def fill(self, page, first: int) -> tuple[int, bytes]:
         count = _lib.slk_heap_fill_page(_ffi.from_buffer(page), _ffi.from_buffer(self.blob),
@@ -681,25 +677,21 @@ class Heap:
         ``BULK_EXTEND_PAGES``, and an eighth of the pool), fill each with one C call and
         log it as one INSERT_MULTI record (will_init); returns the next index."""
         bm = self.bufmgr
-        room = _EMPTY_PAGE_ROOM
-        ends = []
-        j = i
         limit = max(1, min(BULK_EXTEND_PAGES, bm.nbuffers // 8))
-        while j < filler.n and len(ends) < limit:
-            j = filler.page_end(j, room)
-            ends.append(j)
-        bufs = bm.extend(self.rel, self.fork, len(ends))  # pinned, exclusive, all zero
+        # Never more pages than the tuples fill: each new page takes at least one.
+        npages = min(limit, filler.pages_at_least(i, _EMPTY_PAGE_ROOM), filler.n - i)
+        bufs = bm.extend(self.rel, self.fork, npages)  # pinned, exclusive, all zero
         done = 0  # buffers released
         logged = False
         try:
-            for k, buf in enumerate(bufs):
+            for buf in bufs:
                 block = bm.block_of(buf)[2]
                 page = bm.page(buf)
                 logged = False
                 init_page(page)
                 self._extended(block)
                 count, items = filler.fill(page, i)
-                assert i + count == ends[k], (i, count, ends[k])
+                assert count > 0, "a new page took no tuple"
                 payload = _MULTI.pack(count, _page_flags(page)) + items
                 self._log(filler.xmin, XLOG_HEAP_INSERT_MULTI, payload,
                           [(buf, bytes(BLCKSZ), True)])
@@ -1002,6 +994,40 @@ def _redo_add(page, item, offnum: int) -> None:
     assert got == offnum, (got, offnum)
 
 
+# Whether INSERT_MULTI redo adds its items in C (a module built before the helper lacks it).
+C_REDO_MULTI = _lib is not None and hasattr(_lib, "slk_heap_redo_multi")
+
+
+def redo_insert_multi(page, payload) -> None:
+    """Add the items of an INSERT_MULTI payload to ``page`` at their offnums: the run of
+    items the C helper (slk_heap_redo_multi) accepts in one call, the rest one at a time
+    (``redo_insert_multi_py``, also the whole job without the C module)."""
+    count = _MULTI.unpack_from(payload)[0]
+    if not C_REDO_MULTI:
+        redo_insert_multi_py(page, payload, _MULTI.size, count)
+        return
+    pos = _ffi.new("uint32_t *")
+    done = _lib.slk_heap_redo_multi(_ffi.from_buffer(page), _ffi.from_buffer(payload),
+                                    len(payload), pos)
+    if done == count:
+        assert pos[0] == len(payload), (pos[0], len(payload))
+        return
+    if done < 0:  # no count in the payload: the reference names the problem
+        done, pos[0] = 0, _MULTI.size
+    redo_insert_multi_py(page, payload, pos[0], count - done)
+
+
+def redo_insert_multi_py(page, payload, pos: int, count: int) -> None:
+    """The reference: ``count`` items of an INSERT_MULTI payload from offset ``pos`` added
+    with page_add_item, which names what is wrong with one that cannot be added."""
+    for _ in range(count):
+        offnum, length = _MULTI_ITEM.unpack_from(payload, pos)
+        pos += _MULTI_ITEM.size
+        _redo_add(page, payload[pos:pos + length], offnum)
+        pos += length
+    assert pos == len(payload), (pos, len(payload))
+
+
 def heap_redo(ctx, rr) -> None:
     """Replay one RM_HEAP record (see the module docstring for the layouts)."""
     rec = rr.record
@@ -1020,13 +1046,7 @@ def heap_redo(ctx, rr) -> None:
         got = _redo_block(ctx, rr, 0)
         if got is not None:
             buf, page = got
-            pos = _MULTI.size
-            for _ in range(count):
-                offnum, length = _MULTI_ITEM.unpack_from(payload, pos)
-                pos += _MULTI_ITEM.size
-                _redo_add(page, payload[pos:pos + length], offnum)
-                pos += length
-            assert pos == len(payload), (pos, len(payload))
+            redo_insert_multi(page, payload)
             page_set_flags(page, pflags)
             ctx.finish_redo_buffer(rr, buf)
     elif op == XLOG_HEAP_DELETE:
