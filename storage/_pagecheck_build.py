@@ -64,6 +64,8 @@ int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, u
                  uint64_t seg_size, uint64_t prev, int check_prev, uint32_t *rec_at,
                  uint32_t *rec_len, uint32_t *rec_end, uint8_t *gathered, int cap,
                  uint32_t *stop);
+int slk_heap_redo_multi(uint8_t *page, const uint8_t *payload, uint32_t len,
+                        uint32_t *pos_out);
 """
 
 SOURCE = r"""
@@ -916,6 +918,43 @@ int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, u
     }
     *stop = pos;
     return n;
+}
+
+/* page_add_item(page, item, offnum) (storage/page.py) for the items of a heap INSERT_MULTI
+ * payload (engine/access/heap.py: count u16, page flags u16, then per item offnum u16,
+ * length u16, the item), in order, while each is one page_add_item accepts: a valid page
+ * header (header_ok), offnum the next new line pointer or an UNUSED one, a nonempty item
+ * that fits. Returns how many items were added, *pos_out the payload offset after them;
+ * the rest (and the error for a refused one) are heap.py's Python loop's. -1: no count. */
+int slk_heap_redo_multi(uint8_t *page, const uint8_t *payload, uint32_t len,
+                        uint32_t *pos_out)
+{
+    if (len < 4) return -1;
+    uint32_t count = load16(payload), pos = 4, k;
+    for (k = 0; k < count; k++) {
+        if (pos + 4 > len) break;
+        uint32_t offnum = load16(payload + pos), length = load16(payload + pos + 2);
+        if (pos + 4 + length > len || length == 0 || !header_ok(page)) break;
+        uint32_t lower = load16(page + 14), upper = load16(page + 16);
+        uint32_t nlp = (lower - HEADER_SIZE) / 4;
+        if (offnum < 1 || offnum > nlp + 1) break;
+        if (offnum <= nlp && ((load32(page + HEADER_SIZE + (offnum - 1) * 4) >> 15) & 3u))
+            break;                                          /* in use, not UNUSED */
+        uint32_t new_lower = offnum == nlp + 1 ? lower + 4 : lower;
+        uint32_t aligned = (length + 7u) & ~7u;
+        if (upper < aligned || upper - aligned < new_lower) break;
+        uint32_t new_upper = upper - aligned;
+        memcpy(page + new_upper, payload + pos + 4, length);
+        memset(page + new_upper + length, 0, aligned - length);
+        uint32_t lp = new_upper | (1u << 15) | (length << 17);
+        uint16_t lo16 = (uint16_t)new_lower, up16 = (uint16_t)new_upper;
+        memcpy(page + HEADER_SIZE + (offnum - 1) * 4, &lp, 4);
+        memcpy(page + 14, &lo16, 2);
+        memcpy(page + 16, &up16, 2);
+        pos += 4 + length;
+    }
+    *pos_out = pos;
+    return (int)k;
 }
 """
 

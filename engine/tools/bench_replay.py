@@ -7,7 +7,9 @@ INSERT_MULTI + B+tree records) and putting 100-byte values under random keys (B+
 records, full-page images of the leaves first touched after the checkpoint) in
 transactions of ``ROWS_PER_TRANSACTION``, until the WAL past the checkpoint's redo point
 reaches the target; then it ends with ``os._exit`` without closing (a crash as kill -9
-leaves it: every commit durable, data pages partly written).
+leaves it: every commit durable, data pages partly written). ``workload="bulk"`` instead
+inserts rows into a table without an index only: one heap record per filled page, the
+WAL of a bulk load.
 
 ``run_replay_bench(dir, wal_mb, io_method)`` copies that database to a scratch directory
 and opens it with ``io_method``: recovery replays the WAL. Figures (MB is 10^6 bytes):
@@ -44,40 +46,49 @@ MARKER_FILE = "bench-replay.json"  # what the pristine copy holds, written after
 BUILD_SETTINGS = {"checkpoint_timeout": 3600, "max_wal_size": 1 << 40,
                   "io_method": "sync"}
 MB = 1_000_000
+# mixed: table rows with a primary key plus as many random KV puts (small B+tree records,
+# leaf images); bulk: table rows without an index (one heap record per filled page).
+WORKLOADS = ("mixed", "bulk")
 
 
-def _child_build(path: str, wal_bytes: int, preload_rows: int) -> None:
+def _child_build(path: str, wal_bytes: int, preload_rows: int, workload: str) -> None:
     """In the forked child: fill the database, then die without closing."""
     rng = random.Random(BUILD_SEED)
     pad = bytes(ROW_PAYLOAD_BYTES)
     db = Database.open(path, **BUILD_SETTINGS)
     kv = db.kv("kv")
-    table = db.create_table("t", [("id", "int8"), ("payload", "bytea")], primary_key="id")
+    mixed = workload == "mixed"
+    table = db.create_table("t", [("id", "int8"), ("payload", "bytea")],
+                            primary_key="id" if mixed else None)
     next_id = 0
-    for _ in range(max(1, preload_rows // ROWS_PER_TRANSACTION)):
+
+    def step() -> None:
+        nonlocal next_id
         with db.transaction():
             table.insert_many([(next_id + i, pad) for i in range(ROWS_PER_TRANSACTION)])
             next_id += ROWS_PER_TRANSACTION
-            for _ in range(ROWS_PER_TRANSACTION):
-                kv[b"k%09d" % rng.randrange(KV_KEYS)] = pad
+            if mixed:
+                for _ in range(ROWS_PER_TRANSACTION):
+                    kv[b"k%09d" % rng.randrange(KV_KEYS)] = pad
+
+    for _ in range(max(1, preload_rows // ROWS_PER_TRANSACTION)):
+        step()
     db.checkpoint()
     start = db._wal.insert_lsn
     while db._wal.insert_lsn - start < wal_bytes:
-        with db.transaction():
-            table.insert_many([(next_id + i, pad) for i in range(ROWS_PER_TRANSACTION)])
-            next_id += ROWS_PER_TRANSACTION
-            for _ in range(ROWS_PER_TRANSACTION):
-                kv[b"k%09d" % rng.randrange(KV_KEYS)] = pad
+        step()
     sys.stdout.flush()
     os._exit(0)
 
 
-def build_crashed_database(bench_dir: str, wal_mb: float, *,
-                           preload_rows: int = PRELOAD_ROWS) -> str:
+def build_crashed_database(bench_dir: str, wal_mb: float, *, preload_rows: int = PRELOAD_ROWS,
+                           workload: str = "mixed") -> str:
     """The path of a crashed database with about ``wal_mb`` MB of WAL past its redo point
     (``preload_rows`` rows and puts before the checkpoint), built under ``bench_dir`` unless
-    one of that size is already there."""
-    pristine = os.path.join(bench_dir, f"crashed-{wal_mb:g}mb-{preload_rows}")
+    one of that size is already there. ``workload``: ``mixed`` (WORKLOADS)."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload must be one of {' | '.join(WORKLOADS)}, got {workload!r}")
+    pristine = os.path.join(bench_dir, f"crashed-{workload}-{wal_mb:g}mb-{preload_rows}")
     marker = os.path.join(pristine, MARKER_FILE)
     if os.path.exists(marker):
         return pristine
@@ -87,7 +98,7 @@ def build_crashed_database(bench_dir: str, wal_mb: float, *,
     pid = os.fork()
     if pid == 0:
         try:
-            _child_build(pristine, int(wal_mb * MB), preload_rows)
+            _child_build(pristine, int(wal_mb * MB), preload_rows, workload)
         except BaseException:
             traceback.print_exc()
             os._exit(1)
@@ -113,9 +124,10 @@ def decode_pass_seconds(path: str) -> tuple[float, int, int]:
     return time.perf_counter() - t0, n, reader.end_lsn - control.redo_lsn
 
 
-def run_replay_bench(bench_dir: str, wal_mb: float, io_method: str) -> dict:
+def run_replay_bench(bench_dir: str, wal_mb: float, io_method: str, *,
+                     workload: str = "mixed") -> dict:
     """Recover a copy of the crashed database with ``io_method``; the figures (module doc)."""
-    pristine = build_crashed_database(bench_dir, wal_mb)
+    pristine = build_crashed_database(bench_dir, wal_mb, workload=workload)
     work = os.path.join(bench_dir, f"replay-{io_method}")
     if os.path.exists(work):
         shutil.rmtree(work)
@@ -132,6 +144,7 @@ def run_replay_bench(bench_dir: str, wal_mb: float, io_method: str) -> dict:
     replay_s = info.replay_seconds
     return {
         "io_method": io_method,
+        "workload": workload,
         "wal_mb": info.replay_bytes / MB,
         "records": info.replayed,
         "mb_per_s": info.replay_bytes / MB / replay_s,
@@ -149,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default="./bench-data/replay")
     p.add_argument("--wal-mb", type=float, default=64.0)
     p.add_argument("--methods", default="sync,worker,io_uring")
+    p.add_argument("--workload", choices=WORKLOADS, default="mixed")
     args = p.parse_args(argv)
     for m in args.methods.split(","):
-        r = run_replay_bench(args.dir, args.wal_mb, m)
+        r = run_replay_bench(args.dir, args.wal_mb, m, workload=args.workload)
         print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in r.items()))
     return 0
