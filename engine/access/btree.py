@@ -731,9 +731,11 @@ class BTree:
         itself may have split or been unlinked since: its reader moves right."""
         block = self._root
         expect = None
-        inner_page = self._inner_page
+        inner = self._inner
         while True:
-            got = inner_page(block)
+            got = inner.get(block)
+            if got is None:
+                got = self._inner_page(block)
             if got is None:  # a leaf: only the root (a lone root leaf) gets here
                 if expect is not None:
                     raise self._corrupt(block, f"level 0, but its parent is at level "
@@ -775,20 +777,6 @@ class BTree:
         buf = bm.read_buffer(self.rel, self.fork, block)
         try:
             (bm.lock_exclusive if exclusive else bm.lock_shared)(buf)
-        except BaseException:
-            bm.unpin(buf)
-            raise
-        return buf
-
-    def _read_hit(self, block: int) -> int:
-        """``_read`` (share) through the buffer manager's one-call hit path when the block
-        is in the pool: a point read's leaf."""
-        bm = self.bufmgr
-        buf = bm.pin_if_valid(self.rel, self._forkno, block)
-        if buf < 0:
-            return self._read(block)
-        try:
-            bm.lock_shared(buf)
         except BaseException:
             bm.unpin(buf)
             raise
@@ -1028,7 +1016,15 @@ class BTree:
         block = self._leaf_for(key)
         skip = LEAF_HEADER_SIZE + len(key)  # an entry's value starts this far into it
         while True:
-            buf = self._read_hit(block)
+            buf = bm.pin_if_valid(self.rel, self._forkno, block)  # the hit path, one call
+            if buf < 0:
+                buf = self._read(block)
+            else:
+                try:
+                    bm.lock_shared(buf)
+                except BaseException:
+                    bm.unpin(buf)
+                    raise
             try:
                 page = bm.page(buf)
                 try:
