@@ -52,9 +52,6 @@ int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data
                        const uint32_t *lens, int n, uint64_t xmin, uint16_t flags,
                        uint8_t *record_out, uint32_t *record_len);
 /* --- table index --- */
-int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *page_of,
-                       const uint16_t *offnums, int n, uint64_t *xmin, uint64_t *xmax,
-                       uint32_t *start, uint32_t *end);
 int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                         const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
                         const uint64_t *excluded, int nexcluded, uint8_t *out,
@@ -684,54 +681,20 @@ int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data
     return k;
 }
 
-/* --- table index --- (engine/access/heap_fetch.py has the Python reference, tuples_at_py;
+/* --- table index --- (engine/access/heap_fetch.py has the Python reference, gather_py;
  * tests/engine/test_heap_fetch.py compares them)
- * An index scan's heap fetch: the pages its TIDs point at, each copied under its share
- * lock (pages[p], BLCKSZ bytes each), then the tuples at (page_of[k], offnums[k]) for k < n
- * in one call: xmin, xmax and data [start, end) within its page when the line pointer is
- * NORMAL, else all four 0 (an unused or redirected slot, a slot past the line pointers, an
- * all-zero page). Returns how many were found, or -1 - k when request k names a page
- * outside the list or its line pointer or tuple header is not a heap tuple (the reference
- * then raises naming it). Tuple header "<QQHIxx": xmin, xmax, flags, data_len. */
+ * An index scan's heap fetch: the pages its TIDs point at (pages[p], BLCKSZ bytes each:
+ * the pool's own pages, share-locked by the caller), and the tuples at (page_of[k],
+ * offnums[k]) for k < n judged and gathered in one call. Tuple header "<QQHIxx": xmin,
+ * xmax, flags, data_len. */
 #define SLK_TUPLE_HDR 24
 
-int slk_heap_tuples_at(const uint8_t *const *pages, int npages, const uint32_t *page_of,
-                       const uint16_t *offnums, int n, uint64_t *xmin, uint64_t *xmax,
-                       uint32_t *start, uint32_t *end)
-{
-    int found = 0;
-    for (int k = 0; k < n; k++) {
-        xmin[k] = xmax[k] = 0;
-        start[k] = end[k] = 0;
-        if (page_of[k] >= (uint32_t)npages) return -1 - k;
-        const uint8_t *page = pages[page_of[k]];
-        uint32_t lower = load16(page + 14), upper = load16(page + 16);
-        uint32_t offnum = offnums[k];
-        uint32_t lp_at = HEADER_SIZE + (offnum - 1) * 4u;
-        if (lower == 0 || offnum < 1 || lp_at + 4 > lower)
-            continue;
-        uint32_t lp = load32(page + lp_at);
-        if (((lp >> 15) & 3) != 1)
-            continue;
-        uint32_t off = lp & 0x7fff, len = lp >> 17;
-        if (off < upper || off + len > BLCKSZ || len < SLK_TUPLE_HDR)
-            return -1 - k;
-        if (load32(page + off + 18) != len - SLK_TUPLE_HDR)
-            return -1 - k;
-        xmin[k] = load64(page + off);
-        xmax[k] = load64(page + off + 8);
-        start[k] = off + SLK_TUPLE_HDR;
-        end[k] = off + len;
-        found++;
-    }
-    return found;
-}
-
-/* slk_heap_tuples_at with the snapshot applied and the data gathered (reference:
- * heap_fetch.gather_py): status[k] 0 = no tuple at the slot, 1 = a tuple the snapshot
- * (xids seen: own, or below snap_xmax and not in the sorted excluded) does not see,
- * 2 = a visible one, whose data is copied to out[start[k], end[k]), one after another in
- * request order. Returns the bytes written, -1 - k as slk_heap_tuples_at, or INT64_MIN
+/* status[k] 0 = no NORMAL tuple at the slot (unused or redirected, past the line
+ * pointers, an all-zero page), 1 = a tuple the snapshot (xids seen: own, or below
+ * snap_xmax and not in the sorted excluded) does not see, 2 = a visible one, whose data
+ * is copied to out[start[k], end[k]), one after another in request order. Returns the
+ * bytes written; -1 - k when request k names a page outside the list or its line pointer
+ * or tuple header is not a heap tuple (the reference then raises naming it); INT64_MIN
  * when out_cap is too small (the caller passes the pages' total size: never). */
 int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                         const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,

@@ -7,20 +7,18 @@ through a read stream), share-locks them in ascending block order and, in one C 
 over the pool's pages, judges the tuple at each (``blocks[page_of[k]]``, ``offnums[k]``)
 against the reader's snapshot (as data: xmax, own xid, sorted excluded xids) and gathers
 the visible ones' data into one buffer for ``RowCodec.decode_run``. ``gather`` does the
-same over any list of pages, ``tuples_at`` finds xmin, xmax and data bounds without a
-snapshot; ``fetch_pages`` copies pages (one lock at a time: the fallback without C) and
-``fetch_tuple`` reads one tuple (a point read).
+same over any list of pages; ``fetch_pages`` copies pages (one lock at a time: the
+fallback without C) and ``fetch_tuple`` reads one tuple (a point read).
 
-C when ``storage._pagecheck`` is built (``slk_heap_tuples_at``, ``slk_heap_gather``);
-``tuples_at_py`` and ``gather_py`` are the pure-Python references
-(``tests/engine/test_heap_fetch.py`` compares them), and the fallback without the
-module. A line pointer or tuple header that is not a heap tuple raises
+C when ``storage._pagecheck`` is built (``slk_heap_gather``); ``gather_py`` (over
+``tuples_at_py``) is the pure-Python reference (``tests/engine/test_heap_fetch.py``
+compares them), and the fallback without the module. A line pointer or tuple header that is not a heap tuple raises
 ``TupleFormatError`` naming the relation, block and offnum (C hands such a page to the
 reference, which raises).
 
 Invariants:
-1. ``tuples_at == tuples_at_py`` and ``gather == gather_py`` for every page list and
-   request list the references accept; where a reference raises, so does the C path.
+1. ``gather == gather_py`` for every page list, request list and snapshot the reference
+   accepts; where the reference raises, so does the C path (the same error).
 2. The checks per slot are ``Heap._tuple_at``'s: a NORMAL line pointer inside
    [upper, BLCKSZ) at least a header long, whose header's data_len matches its length.
 3. ``fetch_pages`` and ``gather_heap`` hold at most ``PIN_BATCH_PAGES`` pins (at most an
@@ -46,15 +44,15 @@ from slonik.storage.read_stream import ReadStream
 try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
     from slonik.storage._pagecheck import ffi as _ffi
     from slonik.storage._pagecheck import lib as _lib
-    if not hasattr(_lib, "slk_heap_tuples_at"):  # an older build of the module
+    if not hasattr(_lib, "slk_heap_gather"):  # an older build of the module
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
 
-__all__ = ["tuples_at", "tuples_at_py", "gather", "gather_py", "Gathered", "fetch_pages",
-           "fetch_tuple", "C_TUPLES_AT", "PIN_BATCH_PAGES", "NO_TUPLE", "INVISIBLE", "VISIBLE"]
+__all__ = ["tuples_at_py", "gather", "gather_py", "gather_heap", "Gathered", "fetch_pages",
+           "fetch_tuple", "C_GATHER", "PIN_BATCH_PAGES", "NO_TUPLE", "INVISIBLE", "VISIBLE"]
 
-C_TUPLES_AT = _lib is not None  # whether tuples_at runs in C
+C_GATHER = _lib is not None  # whether gather runs in C
 # gather's per-thread output buffer, grown when a batch needs more (bytes).
 GATHER_BUFFER_BYTES = 1 << 20
 _tls = threading.local()
@@ -93,7 +91,9 @@ def _bad(rel: int, fork: int, block: int, offnum: int, why: str) -> TupleFormatE
 
 def tuples_at_py(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int],
                  *, rel: int = 0, fork: int = 0, blocks: Sequence[int] = ()) -> Found:
-    """Reference of ``tuples_at``: (xmins, xmaxs, starts, ends), one entry per request;
+    """(xmins, xmaxs, starts, ends), one entry per request, of the tuples at
+    (``page_of[k]``, ``offnums[k]``) of ``pages``: xmin, xmax and the bounds of the data
+    in its page, all 0 when the slot holds no NORMAL tuple (``gather_py``'s first step).
     ``rel``, ``fork`` and ``blocks`` (the block number of each page) name a bad slot."""
     npages = len(pages)
     xmins, xmaxs, starts, ends = [], [], [], []
@@ -131,29 +131,6 @@ def tuples_at_py(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequen
         starts.append(offset + TUPLE_HEADER_SIZE)
         ends.append(offset + length)
     return xmins, xmaxs, starts, ends
-
-
-def tuples_at(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int], *,
-              rel: int = 0, fork: int = 0, blocks: Sequence[int] = ()) -> Found:
-    """(xmins, xmaxs, starts, ends) of the tuples at (``page_of[k]``, ``offnums[k]``) of
-    ``pages`` (page copies, ``bytes`` of BLCKSZ each); see the module docstring. One C
-    call when built."""
-    n = len(offnums)
-    if _lib is None or n == 0 or set(map(len, pages)) != {BLCKSZ}:
-        return tuples_at_py(pages, page_of, offnums, rel=rel, fork=fork, blocks=blocks)
-    xmin = _ffi.new("uint64_t[]", n)
-    xmax = _ffi.new("uint64_t[]", n)
-    start = _ffi.new("uint32_t[]", n)
-    end = _ffi.new("uint32_t[]", n)
-    ptrs = _ffi.new("uint8_t *[]", list(map(_ffi.from_buffer, repeat("uint8_t[]"), pages)))
-    got = _lib.slk_heap_tuples_at(ptrs, len(pages), _ffi.new("uint32_t[]", page_of),
-                                  _ffi.new("uint16_t[]", offnums), n, xmin, xmax, start, end)
-    if got < 0:  # the reference raises naming the flaw
-        return tuples_at_py(pages, page_of, offnums, rel=rel, fork=fork, blocks=blocks)
-    return (memoryview(_ffi.buffer(xmin)).cast("Q").tolist(),
-            memoryview(_ffi.buffer(xmax)).cast("Q").tolist(),
-            memoryview(_ffi.buffer(start)).cast("I").tolist(),
-            memoryview(_ffi.buffer(end)).cast("I").tolist())
 
 
 def _sees(xid: int, snap_xmax: int, own: int, excluded: Sequence[int]) -> bool:
@@ -345,7 +322,7 @@ def _gather_chunk(heap, blocks: Sequence[int], page_of: Sequence[int],
 def fetch_tuple(heap, block: int, offnum: int) -> tuple[int, int, bytes] | None:
     """(xmin, xmax, data copy) of the tuple at (``block``, ``offnum``) of ``heap``, or
     None when the slot holds none or the block is past the end: a point read's one pin
-    and share lock, the slot checked as ``tuples_at`` checks it (TupleFormatError for a
+    and share lock, the slot checked as ``tuples_at_py`` checks it (TupleFormatError for a
     line pointer or header that is not a heap tuple)."""
     if not 0 <= block < heap.nblocks():
         return None

@@ -1,7 +1,7 @@
 """An index scan's heap fetch (engine/access/heap_fetch.py): the C helper
-slk_heap_tuples_at against its Python reference on arbitrary pages and requests, damaged
-pages included; and fetch_pages / fetch_tuple against Heap.fetch on a real heap, on every
-io method."""
+slk_heap_gather against its Python reference on arbitrary pages, requests and snapshots,
+damaged pages included; fetch_pages, gather_heap and fetch_tuple against Heap.fetch on a
+real heap, on every io method; BufferManager.pin_cached."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from slonik.storage.page import (
 from slonik.storage.smgr import Smgr
 from slonik.wal.xlog import Wal
 
-needs_c = pytest.mark.skipif(not hf.C_TUPLES_AT,
+needs_c = pytest.mark.skipif(not hf.C_GATHER,
                              reason="storage._pagecheck not built (no C compiler at install)")
 
 
@@ -69,25 +69,6 @@ def _outcome(fn):
         return "TupleFormatError", str(e), e.relation, e.fork, e.block
     except ValueError as e:
         return "ValueError", str(e)
-
-
-@needs_c
-@settings(max_examples=300, deadline=None)
-@given(pages=st.lists(heap_page(), min_size=1, max_size=4), data=st.data())
-def test_c_tuples_at_equals_reference(pages, data):
-    """tuples_at (C) gives tuples_at_py's (xmins, xmaxs, starts, ends) for random requests
-    (offnums 0..past the line pointers, any page of the buffer), and where the reference
-    raises (a damaged slot, a page outside the buffer) tuples_at raises the same error
-    naming the same relation, fork and block."""
-    reqs = data.draw(st.lists(st.tuples(st.integers(0, len(pages)), st.integers(0, 40)),
-                              max_size=40))
-    page_of = [p for p, _o in reqs]
-    offnums = [o for _p, o in reqs]
-    blocks = [100 + 3 * i for i in range(len(pages))]
-    c = _outcome(lambda: hf.tuples_at(pages, page_of, offnums, rel=9, fork=0, blocks=blocks))
-    py = _outcome(lambda: hf.tuples_at_py(pages, page_of, offnums, rel=9, fork=0,
-                                          blocks=blocks))
-    assert c == py
 
 
 @needs_c
@@ -141,7 +122,11 @@ def test_reference_finds_the_tuples():
     assert xmins == [10, 0, 12, 0, 0] and xmaxs == [0, 0, 6, 0, 0]
     assert [pages[p][s:e] for p, s, e in zip(page_of, starts, ends, strict=True)] == \
         [b"a", b"", b"ccc", b"", b""]
-    assert hf.tuples_at(pages, page_of, [1, 2, 3, 9, 1]) == (xmins, xmaxs, starts, ends)
+    # gather under a snapshot that sees every xid: the first tuple, not the third (its
+    # xmax 6 is seen: deleted), no tuple at the other slots
+    got = hf.gather(pages, page_of, [1, 2, 3, 9, 1], (99, 0, ()))
+    assert got.status == [hf.VISIBLE, hf.NO_TUPLE, hf.INVISIBLE, hf.NO_TUPLE, hf.NO_TUPLE]
+    assert got.data == b"a" and got.ends == [1, 1, 1, 1, 1]
 
 
 @pytest.fixture
@@ -160,7 +145,7 @@ def heap(tmp_path, aio):
 def test_fetch_pages_and_fetch_tuple_match_heap_fetch(heap):
     """On a real heap (every io method), fetch_tuple returns Heap.fetch's xmin, xmax and
     data for every slot (None for a pruned slot and past the end), and fetch_pages +
-    tuples_at return the same for TIDs spread over the pages, with the pages both cached
+    tuples_at_py return the same for TIDs spread over the pages, with the pages both cached
     and read cold (dropped from shared buffers: through the read stream) or half and half;
     gather_heap (pages pinned and locked a chunk at a time in the pool, 2 pages per chunk
     in this 16-buffer pool) equals gather_py over fetch_pages' copies under snapshots
@@ -187,7 +172,8 @@ def test_fetch_pages_and_fetch_tuple_match_heap_fetch(heap):
         pages = hf.fetch_pages(h, blocks)
         assert [len(p) for p in pages] == [BLCKSZ] * len(blocks)
         page_of = [blocks.index(t.block) for t in sample]
-        xmins, xmaxs, starts, ends = hf.tuples_at(pages, page_of, [t.offnum for t in sample])
+        xmins, xmaxs, starts, ends = hf.tuples_at_py(pages, page_of,
+                                                     [t.offnum for t in sample])
         for tid, p, xmin, xmax, s, e in zip(sample, page_of, xmins, xmaxs, starts, ends,
                                             strict=True):
             t = h.fetch(tid)
