@@ -1733,7 +1733,9 @@ class BTree:
         try:
             page = self.bufmgr.page(buf)
             special = self._special(page, block)
-            high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1))
+            # A key past the high key's belongs further right; one equal to it may have
+            # versions on the right too (the general path): both end the run.
+            high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1)).key
             count = bt_item_count(page)
             lower, upper = _hole(page)
             room = upper - lower
@@ -1741,12 +1743,11 @@ class BTree:
             inserts = []
             done = []
             j = i
-            while j < len(writes):
+            n = len(writes)
+            while j < n:
                 w, item = writes[j], items[j]
-                if high is not None and (w.key, -XMIN_MAX) >= (high.key, -high.xmin):
-                    break  # belongs further right
-                if high is not None and high.key == w.key:
-                    break  # versions of this key continue on the right: general path
+                if high is not None and w.key >= high:
+                    break
                 old = w.old_xmin
                 if old == OLD_LOOKUP:  # the newest committed version, all on this page
                     old = 0
@@ -1772,11 +1773,12 @@ class BTree:
                         if old:
                             xmax_actions.pop()
                         break
-                    if item_cost(len(item)) > room:
+                    cost = item_cost(len(item))
+                    if cost > room:
                         if old:
                             xmax_actions.pop()
                         break
-                    room -= item_cost(len(item))
+                    room -= cost
                     inserts.append((A_INSERT, insert_data(off + len(inserts), item)))
                 if old or item is not None:
                     done.append(w._replace(old_xmin=old) if old != w.old_xmin else w)
