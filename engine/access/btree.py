@@ -1674,7 +1674,7 @@ class BTree:
         with self._reading():
             while pos < n:
                 key = keys[order[pos]]
-                block, buf = self._descend(key, XMIN_MAX)
+                block, buf = self._leaf_locked(key, exclusive=False)
                 try:
                     page = bm.page(buf)
                     special = self._special(page, block)
@@ -1722,13 +1722,39 @@ class BTree:
             return pack_entry(key, xmin, 0, ENTRY_OVERFLOW, pack_overflow_ref(ref))
         return pack_entry(key, xmin, 0, 0, value)
 
+    def _leaf_locked(self, key: bytes, *, exclusive: bool) -> tuple[int, int]:
+        """(block, buf) of the leaf where (key, XMIN_MAX) belongs, locked: found through
+        the cached internal pages (``_leaf_for``: no internal page pinned or locked), then
+        moving right (L&Y) past a split or an unlinked leaf, as ``_descend`` does."""
+        bm = self.bufmgr
+        block = self._leaf_for(key)
+        while True:
+            buf = self._read(block, exclusive=exclusive)
+            try:
+                page = bm.page(buf)
+                special = self._special(page, block)
+                if special.level != 0 or not special.flags & (BTP_LEAF | BTP_DELETED):
+                    raise self._corrupt(block, f"reached as a leaf, but level "
+                                               f"{special.level} flags {special.flags:#x}")
+                if special.next == P_NONE or not (special.flags & BTP_DELETED or
+                                                  locate(page, key, XMIN_MAX) == MOVE_RIGHT):
+                    return block, buf
+            except BTreePageError as e:
+                self._release(buf, exclusive=exclusive)
+                raise self._corrupt(block, str(e)) from None
+            except BaseException:
+                self._release(buf, exclusive=exclusive)
+                raise
+            self._release(buf, exclusive=exclusive)
+            block = special.next
+
     def _apply_on_leaf(self, writes: list[VersionWrite], items: list, i: int,
                        committed: Callable[[int], bool] | None,
                        done_writes: list[VersionWrite]) -> int:
         """Apply writes[i:] that fit on writes[i]'s leaf in one record (OLD_LOOKUP old
         versions resolved on it); how many did. Appends the writes done, resolved, to
         ``done_writes``."""
-        block, buf = self._descend(writes[i].key, XMIN_MAX, exclusive=True)
+        block, buf = self._leaf_locked(writes[i].key, exclusive=True)
         ch = _Change(buf, block, False)
         try:
             page = self.bufmgr.page(buf)
