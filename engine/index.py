@@ -51,7 +51,7 @@ from slonik.engine.access.btree_page import (
 )
 from slonik.engine.access.heap import Heap
 from slonik.engine.access.heap_fetch import NO_TUPLE, gather_heap
-from slonik.engine.access.keycodec import key_encoder, prefix_end
+from slonik.engine.access.keycodec import columns_encoder, key_encoder, prefix_end
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
 from slonik.storage.page import BLCKSZ
@@ -103,6 +103,8 @@ class TableIndex:
         # Bound once per index: a lookup encodes its key, and every row an index read
         # returns is re-checked by encoding its key (see key_of_row).
         self._encode = key_encoder(self.key_columns)
+        self._encode_columns = columns_encoder(self.key_columns)
+        self._column_getters = tuple(map(itemgetter, self.positions))
         self._values_of = itemgetter(*self.positions) if len(self.positions) > 1 else \
             (lambda row, _i=self.positions[0]: (row[_i],))
 
@@ -120,6 +122,15 @@ class TableIndex:
     def key_of_row(self, row: Sequence) -> bytes:
         """The encoded key of ``row`` (no size check: a stored row's key passed it)."""
         return self._encode(self._values_of(row))
+
+    def keys_of_rows(self, rows: list) -> list[bytes]:
+        """``[key_of_row(r) for r in rows]`` (an index scan's re-checks): the key columns
+        taken out of the rows and encoded column-wise, or row by row when a column holds
+        a NULL or an unusual type."""
+        if not rows:
+            return []
+        got = self._encode_columns([list(map(g, rows)) for g in self._column_getters])
+        return got if got is not None else list(map(self.key_of_row, rows))
 
     def encode(self, values: Sequence) -> bytes:
         """The encoded key (or key prefix) of ``values``; TypeError naming the column for

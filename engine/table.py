@@ -434,14 +434,14 @@ class Table:
         else:
             batches = index.entry_key_batches(prefix, stop, reverse=reverse)
         decode_run = self._codec.decode_run
-        key_of_row = index.key_of_row
+        keys_of_rows = index.keys_of_rows
         for b in fetch_batched(self._heap, batches, self._xid_snapshot(snap)):
             sel = [i for i, st in enumerate(b.status) if st == VISIBLE]
             if not sel:
                 continue
             rows = decode_run(b.data, list(map(b.starts.__getitem__, sel)),
                               list(map(b.ends.__getitem__, sel)))
-            same = map(eq, map(key_of_row, rows), map(b.keys.__getitem__, sel))
+            same = map(eq, keys_of_rows(rows), map(b.keys.__getitem__, sel))
             yield from compress(zip(map(b.tids.__getitem__, sel), rows, strict=True), same)
 
     def _point_row(self, index: TableIndex, entry_key: bytes,

@@ -36,9 +36,11 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from itertools import repeat
 
-__all__ = ["encode_key", "key_encoder", "decode_key", "prefix_end", "KeyCodecError",
-           "TAG_VALUE", "TAG_NULL"]
+__all__ = ["encode_key", "key_encoder", "keys_encoder", "columns_encoder", "decode_key",
+           "prefix_end",
+           "KeyCodecError", "TAG_VALUE", "TAG_NULL"]
 
 TAG_VALUE = 0x01
 TAG_NULL = 0x02
@@ -206,6 +208,88 @@ def key_encoder(columns: Sequence[tuple[str, str]]):
                 pass
         return encode_key(columns, values)
     return encode
+
+
+def _column_int8(col: list) -> list[bytes] | None:
+    if set(map(type, col)) != {int} or min(col) < _INT8_MIN or max(col) > _INT8_MAX:
+        return None
+    return list(map(_V.__add__, map(_pack_u64, map(int.__add__, col, repeat(_SIGN)))))
+
+
+def _column_float8(col: list) -> list[bytes] | None:
+    if set(map(type, col)) != {float}:
+        return None
+    return list(map(_V.__add__, map(_pack_u64, map(_float_bits, col))))
+
+
+def _column_text(col: list) -> list[bytes] | None:
+    if set(map(type, col)) != {str}:
+        return None
+    try:
+        raw = list(map(str.encode, col))
+    except UnicodeEncodeError:
+        return None
+    return _escaped_column(raw)
+
+
+def _column_bytea(col: list) -> list[bytes] | None:
+    if set(map(type, col)) != {bytes}:
+        return None
+    return _escaped_column(col)
+
+
+def _escaped_column(raw: list[bytes]) -> list[bytes]:
+    esc = map(bytes.replace, raw, repeat(b"\x00"), repeat(_ESCAPE))
+    return list(map(b"".join, zip(repeat(_V), esc, repeat(_TERMINATOR))))
+
+
+def _column_bool(col: list) -> list[bytes] | None:
+    if set(map(type, col)) != {bool}:
+        return None
+    return [_TRUE if v else _FALSE for v in col]
+
+
+_COLUMN = {"int8": _column_int8, "float8": _column_float8, "bool": _column_bool,
+           "text": _column_text, "bytea": _column_bytea}
+
+
+def keys_encoder(columns: Sequence[tuple[str, str]]):
+    """``key_encoder`` for many keys at once: a function of a list of value tuples (full
+    keys) giving ``[encode_key(columns, v) for v in ...]``, the same bytes and errors.
+    Each column is encoded in C-level iteration when all its values have the column's
+    exact type and no NULL (one type check per column, no Python step per value); any
+    other list goes key by key."""
+    one = key_encoder(columns)
+    by_column = columns_encoder(columns)
+    n = len(columns)
+
+    def encode_many(keys: list) -> list[bytes]:
+        if not keys:
+            return []
+        if set(map(len, keys)) == {n}:
+            got = by_column([list(col) for col in zip(*keys, strict=True)])
+            if got is not None:
+                return got
+        return list(map(one, keys))
+    return encode_many
+
+
+def columns_encoder(columns: Sequence[tuple[str, str]]):
+    """The column-wise path of ``keys_encoder``: a function of one list of values per
+    column (equal lengths) giving each row's ``encode_key`` bytes, or None when a column
+    holds a NULL or a value not of its exact type (then encode key by key: that gives the
+    right bytes or error)."""
+    coders = tuple(_COLUMN[typ] for _name, typ in columns)
+
+    def encode_columns(cols: list[list]) -> list[bytes] | None:
+        parts = []
+        for coder, col in zip(coders, cols, strict=True):
+            got = coder(col)
+            if got is None:
+                return None
+            parts.append(got)
+        return parts[0] if len(parts) == 1 else list(map(b"".join, zip(*parts, strict=True)))
+    return encode_columns
 
 
 def _unescape(data: bytes, pos: int, name: str) -> tuple[bytes, int]:

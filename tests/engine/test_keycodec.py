@@ -7,7 +7,13 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from slonik.engine.access.keycodec import decode_key, encode_key, key_encoder, prefix_end
+from slonik.engine.access.keycodec import (
+    decode_key,
+    encode_key,
+    key_encoder,
+    keys_encoder,
+    prefix_end,
+)
 
 COLUMNS = [("i", "int8"), ("f", "float8"), ("t", "text"), ("b", "bytea"), ("x", "bool")]
 _VALUES = {
@@ -135,3 +141,20 @@ def test_key_encoder_rejects_unknown_type():
     naming the column."""
     with pytest.raises(ValueError, match="'c': unknown type 'money'"):
         key_encoder([("c", "money")])
+
+
+@settings(max_examples=400, deadline=None)
+@given(columns=st.lists(st.sampled_from(COLUMNS), min_size=1, max_size=3), data=st.data())
+def test_keys_encoder_equals_encode_key_per_key(columns, data):
+    """keys_encoder(columns)(keys) is [encode_key(columns, k) for k in keys]: the same
+    bytes for lists of well-typed keys (the column-wise path: no NULLs, exact types; and
+    the key-by-key path when a NULL or another type is among them), the same exception
+    for a wrong type or a wrong number of values anywhere in the list."""
+    typed = st.tuples(*(_VALUES[t] for _n, t in columns))
+    keys = data.draw(st.lists(typed, max_size=12))
+    if data.draw(st.booleans()):   # sometimes a NULL, an odd value or a short key
+        keys.insert(data.draw(st.integers(0, len(keys))),
+                    tuple(data.draw(st.lists(_ANY_VALUE, min_size=1, max_size=len(columns)))))
+    enc = keys_encoder(columns)
+    assert _outcome(lambda: enc(keys)) == \
+        _outcome(lambda: [encode_key(columns, k) for k in keys])
