@@ -19,7 +19,9 @@ order. Behind that the stream keeps a look-ahead window of reads in flight:
   pool and pays no clock sweep per page;
 - with the sync method on buffered files there is no concurrency to be had, so the stream
   issues ``posix_fadvise(WILLNEED)`` for the runs ahead and reads each run when it is
-  consumed (PostgreSQL's advice mode).
+  consumed (PostgreSQL's advice mode); with worker or io_uring on buffered files a range
+  source advises the window beyond its reads in flight (``readahead``), half a window at a
+  time, so their concurrent reads keep the kernel's read-ahead going.
 
 Invariants:
 1. Buffers are returned in source order, each pinned once for the caller (the caller
@@ -121,6 +123,12 @@ class ReadStream:
             self._next_source = lambda: next(it, None)
         method = bufmgr.aio.method.name
         self.advice = method == "sync" and not bufmgr.smgr.io_direct and not self.synchronous
+        # Buffered files with a method that reads ahead itself (worker, io_uring): a range
+        # source also advises (WILLNEED) the kernel of the window beyond the reads in
+        # flight, so concurrent out-of-order reads do not defeat its read-ahead.
+        self.readahead = (not self.advice and not bufmgr.smgr.io_direct and self._sequential
+                          and not self.synchronous)
+        self._readahead_to = 0  # readahead: blocks below this were advised
         # queue entries: [buf_id or None (advice mode, not yet read), data, run]
         self._queue: deque[list] = deque()
         self.pinned = 0
@@ -196,8 +204,21 @@ class ReadStream:
             self._ios_in_progress += 1
             if self.synchronous:
                 self._wait_run(run)
+            elif self.readahead:
+                self._advise_ahead(block + n)
         elif self.distance > 1:
             self.distance -= 1
+
+    def _advise_ahead(self, after: int) -> None:
+        """readahead: WILLNEED for up to one pin window beyond block ``after``, given half
+        a window at a time (so the advice costs one call per half window of reads)."""
+        window = self.max_pinned_buffers
+        start = max(self._readahead_to, after)
+        stop = min(self._seq_stop, after + window)
+        if stop - start >= max(1, window // 2) or (stop == self._seq_stop and stop > start):
+            self.bufmgr.smgr.prefetch(self.rel, self.fork, start, stop - start)
+            self._advice_calls += 1
+            self._readahead_to = stop
 
     def _look_ahead(self) -> None:
         with self.bufmgr.aio.batch():  # the reads started here go to the kernel together

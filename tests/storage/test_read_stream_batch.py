@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.read_stream import ReadStream
-from slonik.storage.smgr import Fork
+from slonik.storage.smgr import Fork, Smgr
 
 from tests.storage.test_bufmgr import REL, corrupt, item
 from tests.storage.test_read_stream import (
@@ -154,3 +154,34 @@ def test_bulk_read_ring_keeps_the_pool(rel):  # noqa: F811
     assert len(tagged) <= 4, len(tagged)
     bm, _ = scan(bulk_read=False)
     assert not any(bm.cached(REL, Fork.MAIN, b, 1) for b in cached)
+
+
+def test_buffered_sequential_scans_advise_the_window_ahead(rel, tmp_path):  # noqa: F811
+    """On buffered files a range scan with worker or io_uring gives the kernel WILLNEED
+    advice for the window beyond its reads in flight (advice calls counted, never more
+    than one per read) and still returns blocks 0..63 in order; the sync method keeps its
+    own advice mode instead; O_DIRECT files get no advice."""
+    smgr, aio = rel
+    bm = BufferManager(smgr, aio, shared_buffers=64, io_combine_limit=4)
+    with ReadStream(bm, REL, Fork.MAIN, range(NBLOCKS), max_ios=4) as stream:
+        blocks = []
+        while batch := stream.next_buffers(8):
+            blocks += [bm.block_of(b)[2] for b in batch]
+            bm.unpin_many(batch)
+        stats = stream.stats
+    assert blocks == list(range(NBLOCKS))
+    if aio.method.name == "sync":
+        assert stream.advice and not stream.readahead
+    else:
+        assert stream.readahead and stats.advice_calls >= 1
+        assert stats.advice_calls <= stats.ios
+    direct = Smgr(str(tmp_path), segment_size=smgr.segment_size, aio=aio, io_direct=True)
+    try:
+        dbm = BufferManager(direct, aio, shared_buffers=64, io_combine_limit=4)
+        with ReadStream(dbm, REL, Fork.MAIN, range(NBLOCKS), max_ios=4) as stream:
+            while batch := stream.next_buffers(8):
+                dbm.unpin_many(batch)
+            assert not stream.readahead and stream.stats.advice_calls == 0
+    finally:
+        direct.close()
+    assert pinned_blocks(bm) == {}
