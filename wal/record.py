@@ -40,7 +40,8 @@ from slonik.wal.errors import WalError
 __all__ = [
     "BLCKSZ", "RECORD_HEADER_SIZE", "BLOCK_REF_HEADER_SIZE", "MAX_RECORD_SIZE_BYTES",
     "MAX_RECORD_SIZE", "MAX_BLOCK_REFS", "BKP_HAS_IMAGE", "BKP_WILL_INIT", "BlockRef",
-    "WalRecord", "WalRecordError", "encode_record", "decode_record", "decode_checked",
+    "WalRecord", "WalRecordError", "encode_record", "encode_fields", "decode_record",
+    "decode_checked",
     "record_total_length", "check_record_header",
 ]
 
@@ -122,19 +123,26 @@ class WalRecord:
 
 def encode_record(rec: WalRecord) -> bytes:
     """The bytes of ``rec``. ValueError/TypeError naming the field when it cannot be stored."""
-    payload = rec.payload
-    blocks = rec.blocks
+    if not isinstance(rec, WalRecord):
+        raise _encode_error(rec)
+    return encode_fields(rec.rmgr, rec.info, rec.xid, rec.payload, rec.blocks, rec.prev_lsn)
+
+
+def encode_fields(rmgr: int, info: int, xid: int, payload: bytes,
+                  blocks: tuple[BlockRef, ...], prev_lsn: int) -> bytes:
+    """``encode_record`` of the record with these fields, without building the
+    ``WalRecord`` (the inserter's hot path: two records per autocommit)."""
     nblocks = len(blocks)
     try:
         if not nblocks:
             total = RECORD_HEADER_SIZE + len(payload)
             if total > MAX_RECORD_SIZE_BYTES:
-                raise _encode_error(rec)
-            pack_args = (rec.xid, rec.prev_lsn, rec.rmgr, rec.info, 0, 0, len(payload))
+                raise _encode_error(WalRecord(rmgr, info, xid, payload, blocks, prev_lsn))
+            pack_args = (xid, prev_lsn, rmgr, info, 0, 0, len(payload))
             crc = _crc32c.crc32c(payload, _crc32c.crc32c(_HEADER.pack(total, 0, *pack_args)))
             return _HEADER.pack(total, crc, *pack_args) + payload
         if nblocks > MAX_BLOCK_REFS:
-            raise _encode_error(rec)
+            raise _encode_error(WalRecord(rmgr, info, xid, payload, blocks, prev_lsn))
         parts: list = [b""]          # [0] becomes the record header
         images: list = []
         total = RECORD_HEADER_SIZE + nblocks * BLOCK_REF_HEADER_SIZE + len(payload)
@@ -142,14 +150,14 @@ def encode_record(rec: WalRecord) -> bytes:
             image = b.image
             if image is None:
                 if b.hole_offset or b.hole_length:
-                    raise _encode_error(rec)
+                    raise _encode_error(WalRecord(rmgr, info, xid, payload, blocks, prev_lsn))
                 parts.append(_BLOCK.pack(b.rel, b.block, b.fork,
                                          BKP_WILL_INIT if b.will_init else 0, 0, 0, 0))
                 continue
             off, hole = b.hole_offset, b.hole_length
             if len(image) != BLCKSZ or off < 0 or hole < 0 or off + hole > BLCKSZ \
                     or (off and not hole):
-                raise _encode_error(rec)
+                raise _encode_error(WalRecord(rmgr, info, xid, payload, blocks, prev_lsn))
             flags = BKP_HAS_IMAGE | BKP_WILL_INIT if b.will_init else BKP_HAS_IMAGE
             parts.append(_BLOCK.pack(b.rel, b.block, b.fork, flags, off, hole, 0))
             if hole:
@@ -163,17 +171,17 @@ def encode_record(rec: WalRecord) -> bytes:
                 images.append(image)
             total += BLCKSZ - hole
         if total > MAX_RECORD_SIZE_BYTES:
-            raise _encode_error(rec)
+            raise _encode_error(WalRecord(rmgr, info, xid, payload, blocks, prev_lsn))
         parts.extend(images)
         parts.append(payload)
-        pack_args = (rec.xid, rec.prev_lsn, rec.rmgr, rec.info, nblocks, 0, len(payload))
+        pack_args = (xid, prev_lsn, rmgr, info, nblocks, 0, len(payload))
         crc = _crc32c.crc32c(_HEADER.pack(total, 0, *pack_args))
         for i in range(1, len(parts)):
             crc = _crc32c.crc32c(parts[i], crc)
         parts[0] = _HEADER.pack(total, crc, *pack_args)
         return b"".join(parts)
     except (struct.error, AttributeError, TypeError) as e:
-        raise _encode_error(rec) from e
+        raise _encode_error(WalRecord(rmgr, info, xid, payload, blocks, prev_lsn)) from e
 
 
 def _check_int(name: str, value: object, limit: int) -> None:

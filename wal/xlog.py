@@ -63,7 +63,7 @@ from slonik.aio.handle import AioReturn, HandleFlag
 from slonik.aio.ids import TargetId
 from slonik.aio.memory import aligned_buffer
 from slonik.wal.errors import WalDiskFullError, WalError
-from slonik.wal.record import BlockRef, WalRecord, encode_record
+from slonik.wal.record import BlockRef, encode_fields
 from slonik.wal.walpage import (
     PAGE_HEADER_SIZE,
     WAL_PAGE_SIZE,
@@ -259,12 +259,13 @@ class Wal:
                blocks: Sequence[BlockSpec] = ()) -> tuple[int, int]:
         """Append one record; returns its (start, end) LSN. The caller sets the LSN of every
         page it changed to ``end`` and marks those buffers dirty."""
-        self._check_usable()
+        if self._failed is not None or self._closed:
+            self._check_usable()
         while True:
             with self._insert_lock:
                 redo = self._redo
-                refs = tuple(self._block_ref(b, redo) for b in blocks)
-                data = encode_record(WalRecord(rmgr, info, xid, payload, refs, self._prev))
+                refs = tuple([self._block_ref(b, redo) for b in blocks]) if blocks else ()
+                data = encode_fields(rmgr, info, xid, payload, refs, self._prev)
                 if len(data) > self.wal_buffers_bytes - 3 * WAL_PAGE_SIZE:
                     raise ValueError(f"a WAL record of {len(data)} bytes does not fit in "
                                      f"wal_buffers ({self.npages} pages); raise wal_buffers")
@@ -278,7 +279,8 @@ class Wal:
                     self._cur = align_lsn(end)
                     self._records += 1
                     self._record_bytes += len(data)
-                    self._fpis += sum(1 for r in refs if r.image is not None)
+                    if refs:
+                        self._fpis += sum(1 for r in refs if r.image is not None)
                     seg_switch = end // self.wal_segment_size != self._last_seg
                     if seg_switch:
                         self._last_seg = end // self.wal_segment_size
