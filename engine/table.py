@@ -433,6 +433,15 @@ class Table:
             batches = [ks]
         else:
             batches = index.entry_key_batches(prefix, stop, reverse=reverse)
+        for tids, rows in self._row_batches(index, batches, snap):
+            yield from zip(tids, rows, strict=True)
+
+    def _row_batches(self, index: TableIndex, batches: Iterable[list[bytes]],
+                     snap: Snapshot) -> Iterator[tuple[list[tuple[int, int]], list[tuple]]]:
+        """(tids, rows) of the visible rows of each batch of ``index`` entry keys, a
+        batch at a time: the heap side in one call (``fetch_batched``), the rows decoded
+        in one call (``RowCodec.decode_run``) and re-checked against the entries' keys
+        column-wise (a slot reused since the entry was read holds another key)."""
         decode_run = self._codec.decode_run
         keys_of_rows = index.keys_of_rows
         for b in fetch_batched(self._heap, batches, self._xid_snapshot(snap)):
@@ -441,8 +450,12 @@ class Table:
                 continue
             rows = decode_run(b.data, list(map(b.starts.__getitem__, sel)),
                               list(map(b.ends.__getitem__, sel)))
-            same = map(eq, keys_of_rows(rows), map(b.keys.__getitem__, sel))
-            yield from compress(zip(map(b.tids.__getitem__, sel), rows, strict=True), same)
+            same = list(map(eq, keys_of_rows(rows), map(b.keys.__getitem__, sel)))
+            if all(same):
+                yield list(map(b.tids.__getitem__, sel)), rows
+            else:
+                yield (list(compress(map(b.tids.__getitem__, sel), same)),
+                       list(compress(rows, same)))
 
     def _point_row(self, index: TableIndex, entry_key: bytes,
                    snap: Snapshot) -> tuple[tuple[int, int], tuple] | None:
@@ -499,12 +512,13 @@ class Table:
         relation, live = self._relation, RelationState.LIVE
         try:
             with self._layer.read_snapshot() as snap:
-                for _tid, row in self._index_rows(idx, lo, snap, hi, exact=False,
-                                                  reverse=reverse):
-                    if relation.state is not live:
-                        check()
-                    check_open()
-                    yield row
+                batches = idx.entry_key_batches(lo, hi, reverse=reverse)
+                for _tids, rows in self._row_batches(idx, batches, snap):
+                    for row in rows:
+                        if relation.state is not live:
+                            check()
+                        check_open()
+                        yield row
         except Exception:
             check()  # closed or dropped underneath: that is the error to report
             raise
