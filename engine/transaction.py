@@ -169,9 +169,35 @@ class TransactionLayer:
                 writes = txn.kv_writes[relation] = {}
             writes[key] = data
             return
-        txn = TxnState(None, blind=True)
-        txn.kv_writes[relation] = {key: data}
-        self._commit(txn)
+        self._commit_one(relation, key, data)
+
+    def _commit_one(self, relation: Relation, key: bytes, data: bytes | None) -> None:
+        """``_commit`` of an autocommit write to one KV store (a blind write set: no
+        snapshot, drops or table writes), without the general case's bookkeeping: the
+        same checks, order and failure handling, one relation."""
+        xacts = self.xacts
+        index = relation.index
+        writes = {key: data}
+        with self._commit_lock:
+            self._check_open()
+            if relation.dropped:
+                raise RelationDroppedError(f"{relation.kind} {relation.name!r} was dropped by "
+                                           f"another transaction before this one committed")
+            if data is None:  # a delete (a blind put is never refused)
+                index.validate(writes, None, blind=True)  # KeyError: nothing written
+            xid = xacts.assign_xid()
+            try:
+                changes = index.apply(xid, writes)
+                end = xacts.log_commit(xid)
+            except BaseException as exc:
+                self._note_wal_error(exc)
+                xacts.abort(xid)
+                raise
+            relation.dead_versions += index.publish(xid, changes)
+            xacts.finish_commit(xid)
+        if self._synchronous_commit:
+            self._flush(end)
+        self._after_commit([relation])
 
     @contextlib.contextmanager
     def implicit(self, *, snapshot: bool = False) -> Iterator[TxnState]:
