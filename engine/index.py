@@ -270,7 +270,9 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
                     except BTreePageError as e:
                         tree._special(page, block)   # an all-zero page says so
                         raise tree._corrupt(block, str(e)) from None
-                    if flat:
+                    if len(flat) == 4:   # one entry: a unique key's point read
+                        out.append(bytes(page[flat[0]:flat[1]]))
+                    elif flat:
                         out += map(bytes, map(page.__getitem__, map(slice, flat[0::4],
                                                                     flat[1::4])))
                     done = bool(flags & EXTRACT_DONE)
