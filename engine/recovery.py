@@ -33,7 +33,6 @@ import os
 import random
 import struct
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -44,7 +43,7 @@ from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.engine.rmgrlist import install as install_rmgrs
 from slonik.engine.wal_decode import C_SCANNER
-from slonik.storage.bufmgr import BufferManager, DamagedPageWarning
+from slonik.storage.bufmgr import BufferManager
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ, LSN_OFFSET, page_set_lsn
 from slonik.storage.smgr import Smgr
@@ -70,6 +69,7 @@ from slonik.wal.xlog import Wal, sync_segments, truncate_tail
 
 RECOVERY_PREFETCH_RECORDS = 64     # records looked ahead for blocks to prefetch
 RECOVERY_PREFETCH_PINS = 64        # buffers prefetch may hold pinned at once
+RECOVERY_FLUSH_DIRTY_FRACTION = 0.5  # of shared_buffers dirtied by redo: write them all out
 FIRST_RELFILENUMBER = 16384        # as PostgreSQL's FirstNormalObjectId
 WAL_DIR = "wal"
 _ZERO_PAGE = bytes(BLCKSZ)
@@ -100,11 +100,14 @@ class RecoveryInfo:
 
 @dataclass
 class RedoContext:
-    """What redo routines get: the buffer manager and smgr, and a dict for their own state."""
+    """What redo routines get: the buffer manager and smgr, and a dict for their own state.
+    ``dirtied`` counts buffers redo turned from clean to dirty (replay resets it when it
+    writes them out)."""
 
     bufmgr: BufferManager
     smgr: Smgr
     state: dict[str, Any] = field(default_factory=dict)
+    dirtied: int = 0
     _sizes: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def ensure_relation(self, rel: int, fork: int) -> None:
@@ -168,20 +171,11 @@ class RedoContext:
         if buf >= 0:
             bm.lock_exclusive(buf)
             return buf
-        if read:
-            buf = bm.read_buffer(rel, fork, block)
-        else:
-            # The old content is overwritten: a torn (damaged) page must not stop redo.
-            op = bm.start_read_buffers(rel, fork, block, 1, zero_damaged_pages=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DamagedPageWarning)
-                if op.needs_wait:
-                    try:
-                        bm.wait_read_buffers(op)
-                    except BaseException:
-                        bm.unpin_many(op.buffers)
-                        raise
-            buf = op.buffers[0]
+        if not read:
+            # The old content is overwritten: it is not read at all (a torn page on disk
+            # must not stop redo), as PostgreSQL's RBM_ZERO_AND_LOCK.
+            return bm.zero_buffer(rel, fork, block)
+        buf = bm.read_buffer(rel, fork, block)
         bm.lock_exclusive(buf)
         return buf
 
@@ -193,6 +187,8 @@ class RedoContext:
             page = bm.page(buf)
             page[:] = ref.image
             page_set_lsn(page, rr.end_lsn)
+            if not bm.is_dirty(buf):
+                self.dirtied += 1
             bm.mark_dirty(buf)
             bm.unlock_exclusive(buf)
             bm.unpin(buf)
@@ -211,6 +207,8 @@ class RedoContext:
     def finish_redo_buffer(self, rr: ReadRecord, buf: int) -> None:
         bm = self.bufmgr
         _PAGE_LSN.pack_into(bm.page(buf), LSN_OFFSET, rr.end_lsn)  # a WAL LSN: in range
+        if not bm.is_dirty(buf):
+            self.dirtied += 1
         bm.mark_dirty(buf)
         bm.unlock_exclusive(buf)
         bm.unpin(buf)
@@ -297,12 +295,18 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
     t_replay = time.perf_counter()
     try:
         redo_of: dict[int, Any] = {}     # rmgr id -> its redo routine, bound once
+        # A background writer's job: with half the pool dirtied, write the dirty buffers in
+        # combined runs, many in flight, rather than one victim at a time as reads need them.
+        flush_at = max(1, int(bufmgr.nbuffers * RECOVERY_FLUSH_DIRTY_FRACTION))
         for rr in _prefetching(reader, ctx):
             rec = rr.record
             redo = redo_of.get(rec.rmgr)
             if redo is None:
                 redo = redo_of[rec.rmgr] = get_rmgr(rec.rmgr).redo
             redo(ctx, rr)
+            if ctx.dirtied >= flush_at:
+                bufmgr.flush_all()
+                ctx.dirtied = 0
             if rec.xid:
                 xids.add(rec.xid)
             replayed += 1

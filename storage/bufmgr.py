@@ -946,6 +946,32 @@ class BufferManager:
                 out.append(b)
             return out
 
+    def zero_buffer(self, rel: int, fork: int, block: int) -> int:
+        """The buffer of the existing block ``block``, pinned, VALID and exclusively locked,
+        its page all zero, without reading the block (PostgreSQL's RBM_ZERO_AND_LOCK:
+        recovery overwrites the whole page, from a full-page image or a will_init record,
+        so a torn page on disk is never read). A block VALID in the pool is zeroed in its
+        buffer; otherwise the buffer's "I/O" is claimed as ``extend`` claims it."""
+        fork = int(fork)
+        b, _found = self._pin_block((rel, fork, block))
+        d = self.descs[b]
+        while True:
+            with self._lock:
+                if d.flags & BM_VALID and not d.flags & BM_IO_IN_PROGRESS:
+                    claimed = False
+                    break
+                if self._start_buffer_io_locked(d, for_input=True, overwrite=True):
+                    claimed = True
+                    break
+            self._wait_buffer_io(b)
+        d.lock.acquire_exclusive()
+        self.pages[b][:] = bytes(BLCKSZ)
+        if claimed:
+            with self._lock:
+                self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
+                self._io_done.notify_all()
+        return b
+
     def block_of(self, buf_id: int) -> tuple[int, int, int]:
         tag = self.descs[buf_id].tag
         assert tag is not None
