@@ -14,6 +14,7 @@ Module map:
 - index.py        TableIndex: a table's B+tree index (key | TID entries), vacuum, checks
 - catalog.py      the relation catalog, itself a heap relation
 - recovery.py     bootstrap and crash recovery; checkpointer.py: checkpoints
+- wal_decode.py   the C batch checker of WAL records recovery's reader uses
 - smgr_wal.py     WAL-logged relation file create/truncate (rmgr smgr)
 - rmgrlist.py     the engine's resource managers in one table; install() binds them
 - access/         access methods and their redo: heap.py, tuple.py (tuple and row codecs)
