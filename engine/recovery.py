@@ -25,6 +25,12 @@ Redo rules (as PostgreSQL's XLogReadBufferForRedo):
 Recovery prefetch: while replaying record N it starts reads for the blocks of the records
 up to ``RECOVERY_PREFETCH_RECORDS`` ahead (PostgreSQL's recovery_prefetch), through the
 buffer manager's asynchronous two-step read.
+
+Speed: both passes read WAL with the C batch scanner (engine/wal_decode.py) when it is
+built; the first pass only checks. Redo knows each fork's size after asking smgr once,
+pins blocks already in the pool in one call, gets image and will_init blocks zeroed
+without a read (rules 1 and 2), and writes the pool's dirty buffers in combined runs once
+``RECOVERY_FLUSH_DIRTY_FRACTION`` of it has been dirtied (a background writer's job).
 """
 
 from __future__ import annotations

@@ -23,6 +23,14 @@ write and ends WAL quietly.
 Segment files are read through ``aio.osfile`` in chunks of ``READ_CHUNK_BYTES``; records are
 decoded from memoryviews of those chunks, so a record inside one page is never copied
 before ``decode_record``.
+
+Batches: with a ``scanner`` (``scan_records_py``'s contract; recovery passes the C one from
+engine/wal_decode.py) the reader hands it the rest of the chunk, and the scanner accepts
+the records it finds valid in one call; those are decoded with ``decode_checked`` (no second
+CRC). The first record it does not accept goes through the record-at-a-time path above,
+which alone decides where and why WAL ends, so stop reasons and ``WalCorruptMiddleError``
+are the same with or without a scanner. ``scan_to_end`` checks without decoding (recovery's
+first pass).
 """
 
 from __future__ import annotations
