@@ -596,7 +596,14 @@ class PageRunVerifier:
         self._pool = mv
         self._npages = len(mv) // BLCKSZ
         self._pages: list[memoryview] | None = None
-        self._ptr = _ffi.from_buffer(mv) if _lib is not None else None
+        # The C pointer exports the object underneath a view (the pool's mmap), not a
+        # memoryview: CPython 3.11's collector can clear an exported memoryview that sits
+        # in cyclic garbage and then crash freeing it; an mmap or bytearray has no such
+        # clear step.
+        base = pool.obj if isinstance(pool, memoryview) and pool.obj is not None else pool
+        if isinstance(base, memoryview) or memoryview(base).nbytes != len(mv):
+            base = mv  # a view of part of an object: only the view covers exactly the pool
+        self._ptr = _ffi.from_buffer(base) if _lib is not None else None
 
     def verify(self, page_ids, relnumber: int, fork: int, first_block: int) -> list[tuple[int, PageVerify]]:
         n = len(page_ids)

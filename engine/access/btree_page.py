@@ -77,6 +77,12 @@ try:  # the optional C helpers (storage/_pagecheck_build.py); pure Python withou
 except ImportError:
     _ffi = _lib = None
 C_SEARCH = _lib is not None
+# _C_EXPORTS: ``ffi.from_buffer(page)`` of a buffer-pool page (a memoryview) is an export of
+# that view while the cdata lives. A cdata kept in a local of a frame that a raised error's
+# traceback then holds can end up in a garbage cycle with the view, and CPython 3.11's
+# collector may clear the exported view first and crash freeing it. So a cdata of a page
+# is either a call's temporary argument or held in a ``with`` block that ends before any
+# reference implementation (which raises on a malformed page) runs.
 
 __all__ = [
     "P_NONE", "BTP_LEAF", "BTP_ROOT", "BTP_DELETED", "BTP_META", "BTP_OVERFLOW", "BTP_FREE",
@@ -562,11 +568,13 @@ def probe_leaf(page, key: bytes) -> tuple[int, int, list[int]]:
     out = getattr(_tls, "probe_out", None)
     if out is None:
         out = _tls.probe_out = _ffi.new("uint64_t[]", 2 + 5 * PROBE_VERSIONS_ROOM)
-    cpage = _ffi.from_buffer(page)
-    n = _lib.slk_bt_probe(cpage, key, len(key), out, PROBE_VERSIONS_ROOM)
-    if n > PROBE_VERSIONS_ROOM:
-        out = _ffi.new("uint64_t[]", 2 + 5 * n)
-        n = _lib.slk_bt_probe(cpage, key, len(key), out, n)
+    # The page's buffer export ends with the block: a reference that raises must not leave
+    # it alive in this frame (see _C_EXPORTS).
+    with _ffi.from_buffer(page) as cpage:
+        n = _lib.slk_bt_probe(cpage, key, len(key), out, PROBE_VERSIONS_ROOM)
+        if n > PROBE_VERSIONS_ROOM:
+            out = _ffi.new("uint64_t[]", 2 + 5 * n)
+            n = _lib.slk_bt_probe(cpage, key, len(key), out, n)
     if n < 0:  # malformed: the reference names what is wrong
         return probe_leaf_py(page, key)
     flat = _ffi.unpack(out, 2 + 5 * n)
@@ -674,12 +682,16 @@ def extract_cut(page, start: bytes | None, stop: bytes | None, snap_xmax: int, o
     if tls.excluded_of is not excluded:
         tls.excluded = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
         tls.excluded_of = excluded
-    cpage = _ffi.from_buffer(page)
-    n = _lib.slk_bt_extract(cpage, _ffi.NULL if start is None else start,
-                            -1 if start is None else len(start),
-                            _ffi.NULL if stop is None else stop,
-                            -1 if stop is None else len(stop), snap_xmax, own, tls.excluded,
-                            len(excluded), out, tls.flags)
+    with _ffi.from_buffer(page) as cpage:  # export released before any fallback raises
+        n = _lib.slk_bt_extract(cpage, _ffi.NULL if start is None else start,
+                                -1 if start is None else len(start),
+                                _ffi.NULL if stop is None else stop,
+                                -1 if stop is None else len(stop), snap_xmax, own,
+                                tls.excluded, len(excluded), out, tls.flags)
+        got = 0
+        if n > 0:
+            got = _lib.slk_bt_gather(cpage, out, n, 1 if values else 0, tls.gather_dst,
+                                     tls.gather_fmt)
     if n < 0:  # malformed: the reference names what is wrong
         return extract_cut_py(page, start, stop, snap_xmax, own, excluded, values)
     flags = tls.flags[0]
@@ -687,7 +699,6 @@ def extract_cut(page, start: bytes | None, stop: bytes | None, snap_xmax: int, o
         if flags & EXTRACT_OVERFLOW else None
     if n == 0:
         return flags, flat, ()
-    got = _lib.slk_bt_gather(cpage, out, n, 1 if values else 0, tls.gather_dst, tls.gather_fmt)
     if got < 0:  # cannot happen after a successful extract; the reference says why
         return extract_cut_py(page, start, stop, snap_xmax, own, excluded, values)
     return flags, flat, struct.unpack_from(_ffi.string(tls.gather_fmt),
