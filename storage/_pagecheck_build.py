@@ -63,6 +63,7 @@ int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, u
                  uint32_t *stop);
 int slk_heap_redo_multi(uint8_t *page, const uint8_t *payload, uint32_t len,
                         uint32_t *pos_out);
+int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int index);
 """
 
 SOURCE = r"""
@@ -918,6 +919,58 @@ int slk_heap_redo_multi(uint8_t *page, const uint8_t *payload, uint32_t len,
     }
     *pos_out = pos;
     return (int)k;
+}
+
+/* B+tree redo (engine/access/btree_wal.py): the actions of block ``index`` in a record's
+ * payload (per action: block index u8, code u8, data length u32, data; decode_actions has
+ * checked the layout) applied to ``page`` in order while each is an insert (A_INSERT 2:
+ * bt_insert_item's rules and bytes) or a set-xmax (A_SET_XMAX 3: page_get_item's checks of
+ * a NORMAL item of at least 16 bytes, xmax at item + 8) that its Python twin accepts.
+ * Returns how many of the block's actions were applied; apply_action does the rest (and
+ * raises for a refused one). */
+int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int index)
+{
+    uint32_t pos = 0;
+    int k = 0;
+    while (pos + 6 <= len) {
+        uint32_t idx = payload[pos], code = payload[pos + 1], dlen = load32(payload + pos + 2);
+        const uint8_t *data = payload + pos + 6;
+        if (dlen > len - pos - 6) return k;
+        pos += 6 + dlen;
+        if ((int)idx != index) continue;
+        uint32_t lower = load16(page + 14), upper = load16(page + 16);
+        if (code == 2) {                                    /* A_INSERT */
+            if (dlen < 2) return k;
+            uint32_t offnum = load16(data), n = dlen - 2;
+            if (lower < HEADER_SIZE || lower > upper || upper > BT_SPECIAL_AT) return k;
+            uint32_t count = (lower - HEADER_SIZE) / 4;
+            if (offnum < 1 || offnum > count + 1) return k;
+            uint32_t aligned = (n + 7u) & ~7u;
+            if (n == 0 || upper < aligned || upper - aligned < lower + 4) return k;
+            uint32_t new_upper = upper - aligned, at = HEADER_SIZE + (offnum - 1) * 4;
+            memcpy(page + new_upper, data + 2, n);
+            memset(page + new_upper + n, 0, aligned - n);
+            memmove(page + at + 4, page + at, lower - at);
+            uint32_t lp = new_upper | (1u << 15) | (n << 17);
+            uint16_t lo16 = (uint16_t)(lower + 4), up16 = (uint16_t)new_upper;
+            memcpy(page + at, &lp, 4);
+            memcpy(page + 14, &lo16, 2);
+            memcpy(page + 16, &up16, 2);
+        } else if (code == 3) {                             /* A_SET_XMAX */
+            if (dlen < 10 || !header_ok(page)) return k;
+            uint32_t offnum = load16(data), special = load16(page + 18);
+            if (offnum < 1 || HEADER_SIZE + offnum * 4 > lower) return k;
+            uint32_t lp = load32(page + HEADER_SIZE + (offnum - 1) * 4);
+            uint32_t off = lp & 0x7fff, state = (lp >> 15) & 3u, ilen = lp >> 17;
+            if (state != 1 || ilen < 16 || off < upper || off + ilen > special || (off & 7u))
+                return k;
+            memcpy(page + off + 8, data + 2, 8);
+        } else {
+            return k;
+        }
+        k++;
+    }
+    return k;
 }
 """
 

@@ -53,13 +53,21 @@ from slonik.engine.access.btree_page import (
 )
 from slonik.wal.rmgr import RM_BTREE, ResourceManager
 
+try:  # the optional C helpers (storage/_pagecheck_build.py, "wal decode" block)
+    from slonik.storage._pagecheck import ffi as _ffi
+    from slonik.storage._pagecheck import lib as _lib
+except ImportError:  # not built (no C compiler at install time)
+    _ffi = _lib = None
+# Whether redo applies a block's leading inserts and set-xmaxes in one C call.
+C_REDO_ACTIONS = _lib is not None and hasattr(_lib, "slk_bt_redo_actions")
+
 __all__ = [
     "A_INIT", "A_INSERT", "A_SET_XMAX", "A_SPLIT_LEFT", "A_SET_PREV", "A_DELETE",
     "A_SET_CHILD", "A_SET_NEXT", "XLOG_BTREE_UNLINK", "set_child_data", "set_next_data",
     "XLOG_BTREE_NEWTREE", "XLOG_BTREE_INSERT", "XLOG_BTREE_SPLIT", "XLOG_BTREE_SET_XMAX",
     "XLOG_BTREE_VACUUM", "XLOG_BTREE_OVERFLOW", "XLOG_BTREE_FREE", "XLOG_BTREE_OPMASK",
     "Action", "init_data", "insert_data", "set_xmax_data", "split_left_data",
-    "set_prev_data", "delete_data", "encode_actions", "decode_actions", "apply_action",
+    "set_prev_data", "delete_data", "encode_actions", "decode_actions", "apply_action", "apply_block_actions",
     "btree_redo", "btree_describe", "BTREE_RMGR",
 ]
 
@@ -207,6 +215,18 @@ def apply_action(page, code: int, data: bytes) -> None:
         raise AssertionError(f"unknown btree action {code}")
 
 
+def apply_block_actions(page, payload, index: int, actions: Sequence[tuple[int, bytes]]) -> None:
+    """Apply block ``index``'s ``actions`` (decoded from ``payload``) to ``page`` in order:
+    the leading inserts and set-xmaxes in one C call (slk_bt_redo_actions) when it is
+    built, the rest (and any it refuses) through ``apply_action``, which raises."""
+    done = 0
+    if C_REDO_ACTIONS and actions:
+        done = _lib.slk_bt_redo_actions(_ffi.from_buffer(page), _ffi.from_buffer(payload),
+                                        len(payload), index)
+    for code, data in actions[done:] if done else actions:
+        apply_action(page, code, data)
+
+
 def btree_redo(ctx, rr) -> None:
     """Replay one RM_BTREE record: each block that needs redo gets its actions in order."""
     rec = rr.record
@@ -220,9 +240,7 @@ def btree_redo(ctx, rr) -> None:
         _action, buf = ctx.read_buffer_for_redo(rr, index)
         if buf is None:  # restored from its image, or already has the change
             continue
-        page = ctx.bufmgr.page(buf)
-        for code, data in actions:
-            apply_action(page, code, data)
+        apply_block_actions(ctx.bufmgr.page(buf), rec.payload, index, actions)
         ctx.finish_redo_buffer(rr, buf)
 
 
