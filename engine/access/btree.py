@@ -721,8 +721,11 @@ class BTree:
         finally:
             self._release(buf)
         with self._inner_lock:
-            if self._inner_gen == gen and len(self._inner) < INNER_CACHE_PAGES_MAX:
-                self._inner[block] = got
+            if self._inner_gen == gen:
+                inner = self._inner
+                if len(inner) >= INNER_CACHE_PAGES_MAX:  # the oldest copy makes room
+                    del inner[next(iter(inner))]
+                inner[block] = got
         return got
 
     def _leaf_for(self, key: bytes, xmin: int = XMIN_MAX) -> int:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from slonik.engine.access import btree as btree_module
 from slonik.engine.access import btree_page as bp
 from slonik.engine.access.btree import (
     INNER_CACHE_PAGES_MAX,
@@ -1044,3 +1045,22 @@ def test_scans_by_snapshot_data_equal_scans_by_callable(env, seed):
                                               values=values))
                 assert all(batches) and [p for b in batches for p in b] == fast
     assert no_pins(env.bm)
+
+
+def test_inner_page_cache_is_bounded_and_evicts_oldest(env, monkeypatch):
+    """With room for only two internal pages (INNER_CACHE_PAGES_MAX patched to 2) a tree
+    with more internal pages than that still answers every get, get_many and scan right,
+    the cache never holds more than two copies, and what it holds equals the pool's
+    pages."""
+    monkeypatch.setattr(btree_module, "INNER_CACHE_PAGES_MAX", 2)
+    t = env.tree
+    keys = [big_key(i, 900) for i in range(300)]
+    for i, k in enumerate(keys):
+        t.insert(k, b"v%d" % i, 2)
+    assert sum(t.check().pages_per_level[:-1]) > 2
+    for i, k in enumerate(keys):
+        assert t.get(k) == b"v%d" % i
+        assert len(t._inner) <= 2
+    assert t.get_many(keys[::-1]) == [b"v%d" % i for i in range(299, -1, -1)]
+    assert [k for k, _v in t.items(values=False)] == keys
+    assert 0 < _assert_inner_cache_current(env) <= 2 and no_pins(env.bm)
