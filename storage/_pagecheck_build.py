@@ -38,6 +38,7 @@ int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
                    const uint64_t *excluded, int nexcluded, uint32_t *out, int *flags);
 int slk_bt_gather(const uint8_t *page, const uint32_t *ents, int n, int values, uint8_t *dst,
                   char *fmt);
+int slk_bt_children(const uint8_t *page, int first, uint32_t *out);
 /* --- heap page --- */
 int slk_heap_run_items(const uint8_t *buf, int npages, int visibility, uint64_t snap_xmax,
                        uint64_t own, const uint64_t *excluded, int nexcluded, int cap,
@@ -528,6 +529,24 @@ int slk_bt_gather(const uint8_t *page, const uint32_t *ents, int n, int values, 
     }
     *f = 0;
     return (int)pos;
+}
+
+/* The child blocks of the pivots at offnums first..count of an internal page, into out
+ * (room for every line pointer); the count, or -1 for a leaf or an item that is not a
+ * well-formed pivot (the reference then raises naming it). A scan's leaf feed. */
+int slk_bt_children(const uint8_t *page, int first, uint32_t *out)
+{
+    int f, count, leaf, n = 0;
+    int lower = bt_bounds(page, &f, &count, &leaf);
+    if (lower < 0 || leaf || first < 1) return -1;
+    for (int k = first; k <= count; k++) {
+        uint32_t off, len;
+        if (bt_item(page, k, lower, &off, &len) < 0 || len < BT_PIVOT_HDR) return -1;
+        const uint8_t *it = page + off;
+        if (BT_PIVOT_HDR + load16(it + 13) != len || (it[12] & ~1)) return -1;
+        out[n++] = load32(it);
+    }
+    return n;
 }
 
 /* --- heap page --- (engine/access/heap.py and engine/access/tuple.py hold the Python

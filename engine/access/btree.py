@@ -102,6 +102,7 @@ from slonik.engine.access.btree_page import (
     bt_item_count,
     bt_items,
     bt_special,
+    children,
     entry_key,
     extract_cut,
     item_cost,
@@ -489,18 +490,18 @@ class _LeafFeed:
     def _take(self, page, special: Special, first: int, block: int) -> None:
         self.next_parent = special.next
         try:
-            pivots = [unpack_pivot(bt_item(page, off))
-                      for off in range(first, bt_item_count(page) + 1)]
+            queue = children(page, first)  # one C call for the page's downlinks
+            stop = self.stop
+            if stop is not None:
+                # The first pivot after the first one taken (which may be minus infinity)
+                # whose key is >= stop: its child and those right of it are past the range.
+                cut = max(search_page(page, stop, XMIN_MAX, False) - first, 1)
+                if cut < len(queue):
+                    del queue[cut:]
+                    self.next_parent = P_NONE
         except BTreePageError as e:
             raise self.tree._corrupt(block, str(e)) from None
-        stop = self.stop
-        if stop is not None:
-            for i, p in enumerate(pivots):
-                if i and p.key >= stop:  # (pivots[0] may be minus infinity)
-                    del pivots[i:]
-                    self.next_parent = P_NONE
-                    break
-        self.queue = [p.child for p in pivots]
+        self.queue = queue
         self.pos = 0
 
     def __call__(self) -> int | None:
@@ -548,8 +549,8 @@ class _LeafFeedReverse:
 
     def _take(self, page, special: Special, block: int, last: int) -> None:
         try:
-            self.queue = [unpack_pivot(bt_item(page, off)).child
-                          for off in range(bt_first_data(special), last + 1)]
+            first = bt_first_data(special)
+            self.queue = children(page, first)[:max(last + 1 - first, 0)]
         except BTreePageError as e:
             raise self.tree._corrupt(block, str(e)) from None
         self.prev_parent = special.prev

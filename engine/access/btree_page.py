@@ -100,7 +100,7 @@ __all__ = [
     "probe_leaf", "probe_leaf_py", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
     "extract_leaf", "extract_leaf_py", "EXTRACT_DONE", "EXTRACT_OVERFLOW",
     "EXTRACT_BELOW_START", "gather_leaf", "gather_leaf_py", "extract_cut", "extract_cut_py",
-    "page_locator",
+    "page_locator", "children", "children_py",
 ]
 
 P_NONE = 0
@@ -448,6 +448,23 @@ def locate(page, key: bytes, xmin: int) -> int:
     if got == -1:  # malformed: the reference names what is wrong
         return locate_py(page, key, xmin)
     return got
+
+
+def children_py(page, first: int) -> list[int]:
+    """Reference: the child blocks of the pivots at offnums ``first``.. of an internal
+    page (BTreePageError naming a malformed one)."""
+    return [unpack_pivot(bt_item(page, off)).child for off in range(first, bt_item_count(page) + 1)]
+
+
+def children(page, first: int) -> list[int]:
+    """``children_py`` in one C call (a scan's leaf feed takes a level-1 page's downlinks)."""
+    if _lib is None:
+        return children_py(page, first)
+    tls = _thread_arrays()
+    n = _lib.slk_bt_children(_ffi.from_buffer(page), first, tls.gather_ents)  # export: a temporary
+    if n < 0:  # a leaf, or malformed: the reference says what is wrong
+        return children_py(page, first)
+    return memoryview(_ffi.buffer(tls.gather_ents, 4 * n)).cast("I").tolist()
 
 
 def page_locator(page: bytes) -> Callable[[bytes, int, int], int]:

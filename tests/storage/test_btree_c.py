@@ -320,3 +320,24 @@ def test_page_locator_equals_locate(seps, rightmost, key, xmin):
     assert bp.page_locator(bytes(bad))(key, len(key), xmin) == -1
     with pytest.raises(bp.BTreePageError, match="line pointer"):
         bp.locate(bytes(bad), key, xmin)
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
+@given(seps=st.lists(st.tuples(keys, xids), max_size=60), rightmost=st.booleans(),
+       first=st.integers(1, 70))
+def test_c_children_equals_reference(seps, rightmost, first):
+    """slk_bt_children lists the same child blocks as children_py (every pivot's child
+    from offnum ``first`` on, the minus-infinity pivot's included) on random internal
+    pages; a line pointer outside the page makes both raise the reference's error."""
+    page = internal_page(seps, rightmost)
+    got = bp.children(page, first)
+    assert got == bp.children_py(page, first)
+    items = bp.bt_items(page)
+    assert got == [bp.unpack_pivot(i).child for i in items[first - 1:]]
+    if first <= len(items):
+        bad = bytearray(page)
+        at = 24 + 4 * (len(items) - 1)  # the last line pointer: every call reads it
+        bad[at:at + 4] = (0x7FF0 | (1 << 15) | (300 << 17)).to_bytes(4, "little")
+        with pytest.raises(bp.BTreePageError, match="line pointer"):
+            bp.children(bad, first)
