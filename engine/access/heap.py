@@ -51,6 +51,8 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -236,6 +238,23 @@ class FreeSpaceMap:
 
     def total_free(self) -> int:
         return sum(self._free)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off (when it was on) for a bulk step that allocates
+    one small tuple (a Tid) per row and no cycles: the generation collections those
+    allocations trigger traverse every tracked object of the process, the caller's rows
+    included (~40% of a 300,000-row insert_many here). Its state is put back on the
+    way out, errors included."""
+    was = gc.isenabled()
+    if was:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class HeapRun(NamedTuple):
@@ -626,18 +645,19 @@ class Heap:
         n = len(datas)
         tids: list[Tid] = []
         i = 0
-        while i < n:
-            if filler is not None:
-                need = maxalign(TUPLE_HEADER_SIZE + len(datas[i]))
-                fsm = self.free_space_map()
-                with self._fsm_lock:
-                    room = fsm.find(need)
-                if room is None:
-                    i = self._fill_new_pages(filler, i, tids)
-                    continue
-                items = datas  # this page: one tuple at a time
-            i = self._add_to_page(xid, flags, datas if filler is not None else items,
-                                  i, filler is not None, tids)
+        with _collector_paused():
+            while i < n:
+                if filler is not None:
+                    need = maxalign(TUPLE_HEADER_SIZE + len(datas[i]))
+                    fsm = self.free_space_map()
+                    with self._fsm_lock:
+                        room = fsm.find(need)
+                    if room is None:
+                        i = self._fill_new_pages(filler, i, tids)
+                        continue
+                    items = datas  # this page: one tuple at a time
+                i = self._add_to_page(xid, flags, datas if filler is not None else items,
+                                      i, filler is not None, tids)
         return tids
 
     def _add_to_page(self, xid: int, flags: int, items: Sequence, i: int, raw: bool,

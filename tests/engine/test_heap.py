@@ -10,6 +10,7 @@ records through ``engine.recovery.RedoContext`` over what reached the disk.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from dataclasses import dataclass
@@ -629,4 +630,23 @@ def test_bulk_insert_extends_exactly_the_pages_it_fills(env):
     assert len(set(tids)) == 2000
     assert sorted({t.block for t in tids}) == list(range(h.nblocks()))
     assert [h.fetch(t).data for t in tids] == datas
+    assert no_pins(env.bm)
+
+
+@pytest.mark.parametrize("collector_on", [True, False])
+def test_bulk_insert_leaves_the_garbage_collector_as_it_was(env, collector_on):
+    """insert_many pauses the cyclic garbage collector while it creates its Tids: after
+    a bulk load, and after one whose WAL insert fails (WalError, nothing logged), the
+    collector is on exactly when it was on before."""
+    h = Heap(REL, env.bm, FailingWal(env.wal))
+    (gc.enable if collector_on else gc.disable)()
+    try:
+        assert len(h.insert_many(1, [bytes(100)] * 500)) == 500
+        assert gc.isenabled() is collector_on
+        h.wal.fail = True
+        with pytest.raises(WalError):
+            h.insert_many(2, [bytes(100)] * 500)
+        assert gc.isenabled() is collector_on
+    finally:
+        gc.enable()
     assert no_pins(env.bm)
