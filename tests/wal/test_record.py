@@ -24,6 +24,7 @@ from slonik.wal.record import (
     decode_checked,
     decode_record,
     encode_record,
+    make_record,
     record_total_length,
 )
 
@@ -278,5 +279,8 @@ def test_decode_checked_gives_what_decode_record_gives(rec, before, after):
     buf = memoryview(bytes(range(256))[:before] + data + bytes(after))
     got = decode_checked(buf, before, len(data))
     assert got == decode_record(data) == rec
+    assert type(got) is WalRecord and hash(got) == hash(rec) and repr(got) == repr(rec)
+    assert make_record(rec.rmgr, rec.info, rec.xid, rec.payload, rec.blocks,
+                       rec.prev_lsn) == rec
     assert type(got.payload) is bytes
     assert all(type(b.image) is bytes for b in got.blocks if b.image is not None)
