@@ -24,7 +24,8 @@ Redo rules (as PostgreSQL's XLogReadBufferForRedo):
    pages that never reached disk.
 Recovery prefetch: while replaying record N it starts reads for the blocks of the records
 up to ``RECOVERY_PREFETCH_RECORDS`` ahead (PostgreSQL's recovery_prefetch), through the
-buffer manager's asynchronous two-step read.
+buffer manager's asynchronous two-step read (with io_method=sync, whose reads run inline,
+a posix_fadvise WILLNEED per block instead).
 
 Speed: both passes read WAL with the C batch scanner (engine/wal_decode.py) when it is
 built; the first pass only checks. Redo knows each fork's size after asking smgr once,
@@ -358,7 +359,8 @@ def _last_segment_lsn(wal_dir: str, wal_segment_size: int) -> int:
 
 def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[ReadRecord]:
     """Yield the reader's records, starting reads of the blocks of records ahead (blocks
-    below the redo context's known size only: the others do not exist yet)."""
+    below the redo context's known size only: the others do not exist yet); with the sync
+    method, which cannot overlap reads, advising the kernel to read them ahead instead."""
     window: deque[tuple[ReadRecord, list]] = deque()
     pinned = 0
     it = iter(reader)
@@ -368,9 +370,10 @@ def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[ReadRecord]:
     cached = bufmgr.cached
     # Prefetch may hold a quarter of the pool pinned at most: redo needs buffers too.
     max_pins = min(RECOVERY_PREFETCH_PINS, max(1, bufmgr.nbuffers // 4))
-
     sizes = ctx._sizes
     no_ops: list = []
+    smgr = ctx.smgr
+    advise_only = bufmgr.aio.method.name == "sync"
 
     def start_prefetch(rr: ReadRecord) -> list:
         nonlocal pinned
@@ -382,6 +385,12 @@ def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[ReadRecord]:
             n = sizes.get((rel, fork))
             if block >= (known_nblocks(rel, fork) if n is None else n) \
                     or cached(rel, fork, block, 1):
+                continue
+            if advise_only:
+                # The sync method reads inline: a read started now would not overlap with
+                # redo. Ask the kernel to read ahead instead (posix_fadvise WILLNEED), as
+                # PostgreSQL's recovery prefetch does without AIO.
+                smgr.prefetch(rel, fork, block, 1)
                 continue
             if ops is no_ops:
                 ops = []
