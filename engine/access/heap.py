@@ -246,15 +246,28 @@ def _collector_paused() -> Iterator[None]:
     one small tuple (a Tid) per row and no cycles: the generation collections those
     allocations trigger traverse every tracked object of the process, the caller's rows
     included (~40% of a 300,000-row insert_many here). Its state is put back on the
-    way out, errors included."""
-    was = gc.isenabled()
-    if was:
-        gc.disable()
+    way out, errors included. Pauses of several threads nest: the first one in turns the
+    collector off (if it was on) and the last one out turns it back on, so one thread's
+    end never switches it back on under another's bulk step, nor leaves it off."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_pause_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            if _gc_was_enabled:
+                gc.disable()
+        _gc_pauses += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _gc_pause_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+_gc_pause_lock = threading.Lock()
+_gc_pauses = 0              # bulk steps in flight with the collector paused (all threads)
+_gc_was_enabled = False     # the collector's state when the first of them began
 
 
 class HeapRun(NamedTuple):

@@ -28,6 +28,7 @@ from slonik.engine.access.heap import (
     Heap,
     HeapTuple,
     Tid,
+    _collector_paused,
     heap_describe,
     heap_redo,
 )
@@ -631,6 +632,41 @@ def test_bulk_insert_extends_exactly_the_pages_it_fills(env):
     assert sorted({t.block for t in tids}) == list(range(h.nblocks()))
     assert [h.fetch(t).data for t in tids] == datas
     assert no_pins(env.bm)
+
+
+def test_collector_pauses_of_two_threads_nest():
+    """Two threads' bulk steps overlap: the first to finish does not switch the collector
+    back on under the other (still paused), and the last one out restores it (on)."""
+    first_in, second_in, first_out, second_may_leave = (threading.Event() for _ in range(4))
+    seen: dict[str, bool] = {}
+
+    def first() -> None:
+        with _collector_paused():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with _collector_paused():
+            second_in.set()
+            first_out.wait(5)
+            seen["after first left"] = gc.isenabled()
+            second_may_leave.wait(5)
+
+    gc.enable()
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    try:
+        assert first_out.wait(5)
+        second_may_leave.set()
+        for t in threads:
+            t.join(5)
+        assert seen == {"after first left": False}
+        assert gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("collector_on", [True, False])
