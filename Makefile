@@ -45,10 +45,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@command -v fio >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq fio >/dev/null; } || echo "warning: fio unavailable; benchmarks run without the device baseline" >&2
 	$(BIN)/slonik bench aio
-	$(BIN)/slonik bench scan --direct
 	$(BIN)/slonik bench scan
+	$(BIN)/slonik bench scan --buffered
 	$(BIN)/slonik bench wal
 	$(BIN)/slonik bench kv
+	$(BIN)/slonik bench table
 
 # Long crash and stress runs, bounded in time by the tests themselves.
 torture: $(STAMP)
