@@ -44,6 +44,8 @@ from slonik.engine.tools.bench import (
     positive_int,
     run_bench_command,
 )
+from slonik.engine.tools.bench_replay import WORKLOADS as REPLAY_WORKLOADS
+from slonik.engine.tools.bench_replay import run_replay_bench
 from slonik.engine.tools.fio import FioError, fio_status, run_fio_job
 from slonik.storage.page import BLCKSZ
 
@@ -62,6 +64,8 @@ WARM_POOL_SLACK_PAGES = 1024    # the warm pool: the whole table plus this
 # fio reads the file once (not time-based): allow for a slow disk on top of startup
 FIO_SCAN_SECONDS_MAX = 480
 FIO_BLOCK = "128k"              # = io_combine_limit 16 blocks of 8 KiB
+DEFAULT_REPLAY_MB = 64.0        # WAL per replay workload
+REPLAY_TARGET_MB_S = 150.0      # the replay target, MB of WAL per second
 TARGETS = {"io_uring": ("cold_vs_fio_depth32", 0.8), "sync": ("cold_vs_fio_depth1", 0.8),
            "worker": ("cold_vs_fio_depth32", 0.6)}
 
@@ -90,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--effective-io-concurrency", type=int, default=16,
                         help="reads in flight per stream (default 16)")
     parser.add_argument("--no-warm", action="store_true", help="skip the warm big-table scans")
+    parser.add_argument("--replay-mb", type=float, default=DEFAULT_REPLAY_MB,
+                        help="MB of WAL replayed by crash recovery per io method and "
+                             f"workload (bulk: page-sized heap records; mixed: KV puts and "
+                             f"indexed rows); 0 skips (default {DEFAULT_REPLAY_MB:g})")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -268,6 +276,8 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
     small_load: dict[str, list[float]] = {m: [] for m in methods}
     small_scan: dict[str, list[float]] = {m: [] for m in methods}
     fio: dict[str, list[float]] = {"depth32": [], "depth1": []}
+    replay: dict[str, dict[str, list[float]]] = {m: {w: [] for w in REPLAY_WORKLOADS}
+                                                 for m in methods}
     sq_load: list[float] = []
     sq_scan: list[float] = []
     rows = small_rows(args.small_rows)
@@ -310,6 +320,15 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
             small_scan[method].append(scan)
             log(f"run {run + 1}: {method} small rows: insert_many {load / 1e6:.2f} M rows/s, "
                 f"warm scan {scan / 1e6:.2f} M rows/s")
+        if args.replay_mb > 0:
+            for workload in REPLAY_WORKLOADS:
+                for method in methods:
+                    got = run_replay_bench(os.path.join(args.dir, f"replay-{workload}"),
+                                           args.replay_mb, method, workload=workload)
+                    replay[method][workload].append(got["mb_per_s"])
+                    log(f"run {run + 1}: {method} replay ({workload}) "
+                        f"{got['mb_per_s']:.0f} MB/s of WAL, {got['records_per_s']:,.0f} "
+                        f"records/s")
         load, scan = sqlite_small(os.path.join(args.dir, "small.sqlite"), rows)
         sq_load.append(load)
         sq_scan.append(scan)
@@ -333,9 +352,11 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
             "small_warm_scan_rows_s": _median(small_scan[m]),
             "ratios": ratios,
             "cold_target": None if target is None else {"of": target[0], "at_least": target[1]},
+            "replay_mb_s": {w: _median(v) for w, v in replay[m].items()},
             "cold_runs": [round(x, 1) for x in cold[m]],
             "warm_runs": [round(x, 1) for x in warm[m]]}
-    return {"size_bytes": args.size, "table_bytes": table_bytes, "table_rows": nrows,
+    return {"command": "scan", "size_bytes": args.size, "replay_mb": args.replay_mb,
+            "replay_target_mb_s": REPLAY_TARGET_MB_S, "table_bytes": table_bytes, "table_rows": nrows,
             "row_bytes": args.row_bytes, "direct": direct, "runs": args.runs,
             "shared_buffers": args.shared_buffers, "io_combine_limit": args.io_combine_limit,
             "effective_io_concurrency": args.effective_io_concurrency,
@@ -390,6 +411,13 @@ def format_table(r: dict) -> str:
                      f"{_fmt(ratios['insert_many_vs_sqlite'], '>8.2f')} "
                      f"{_fmt(_m(row['small_warm_scan_rows_s']), '>10.2f')} "
                      f"{_fmt(ratios['warm_scan_vs_sqlite'], '>8.2f')}")
+    if r["replay_mb"] > 0:
+        lines.append(f"WAL replay (crash recovery of {r['replay_mb']:g} MB per workload), MB of "
+                     f"WAL/s; target {r['replay_target_mb_s']:.0f}")
+        lines.append(f"{'method':<10} " + " ".join(f"{w:>8}" for w in REPLAY_WORKLOADS))
+        for m, row in r["methods"].items():
+            lines.append(f"{m:<10} " + " ".join(_fmt(row["replay_mb_s"][w], ">8.0f")
+                                                for w in REPLAY_WORKLOADS))
     lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)
 

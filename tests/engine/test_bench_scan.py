@@ -9,15 +9,18 @@ def test_bench_scan_reports_every_available_method(tmp_path, capsys):
     """A tiny bench (8 MiB table of 1000-byte rows, 2000 small rows, one run, O_DIRECT by
     default) prints JSON with, for every available io method, positive cold and warm
     MB/s of Table.scan(), every row of the table scanned, positive small-row insert_many
-    and warm-scan rates, and the ratios to SQLite (and to fio when fio ran) present; the
-    table is built once under --dir (at least --size of heap) and reused by a second
-    run."""
+    and warm-scan rates, the ratios to SQLite (and to fio when fio ran) present, and a
+    positive WAL replay rate for both replay workloads; the table is built once under
+    --dir (at least --size of heap) and reused by a second run, which skips the replay
+    (--replay-mb 0) and so reports none."""
     from slonik.aio.method_io_uring import io_uring_available
 
     argv = ["bench", "scan", "--size", "8M", "--runs", "1", "--small-rows", "2000",
             "--dir", str(tmp_path / "scan"), "--shared-buffers", "64", "--json"]
-    assert main(argv) == 0
+    first = argv + ["--replay-mb", "1"]
+    assert main(first) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["command"] == "scan" and report["replay_mb"] == 1
     expected = {"sync", "worker"} | ({"io_uring"} if io_uring_available()[0] else set())
     assert set(report["methods"]) == expected
     assert report["direct"] is True and report["cold_state"] == "O_DIRECT"
@@ -29,14 +32,17 @@ def test_bench_scan_reports_every_available_method(tmp_path, capsys):
         ratios = row["ratios"]
         assert ratios["warm_scan_vs_sqlite"] > 0 and ratios["insert_many_vs_sqlite"] > 0
         assert ratios["cold_vs_sync"] > 0
+        assert set(row["replay_mb_s"]) == {"bulk", "mixed"}
+        assert all(v > 0 for v in row["replay_mb_s"].values())
         if report["fio_depth32_mb_s"] is not None:
             assert ratios["cold_vs_fio_depth32"] > 0 and ratios["cold_vs_fio_depth1"] > 0
     built = sorted(p.name for p in (tmp_path / "scan").iterdir() if p.name.startswith("built-"))
     assert built == [f"built-{8 << 20}-1000"]
-    assert main(argv + ["--methods", "sync", "--no-warm"]) == 0
+    assert main(argv + ["--methods", "sync", "--no-warm", "--replay-mb", "0"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["table_rows"] == report["table_rows"]  # the same table, not rebuilt
     assert again["methods"]["sync"]["warm_mb_s"] is None
+    assert again["methods"]["sync"]["replay_mb_s"] == {"bulk": None, "mixed": None}
 
 
 def test_info_says_what_auto_picks(capsys):
