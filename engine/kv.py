@@ -59,6 +59,7 @@ class _Missing:
 
 
 _MISSING = _Missing()
+_LIVE = RelationState.LIVE
 # (lo, hi, reverse, values) -> (key, value or None) pairs in one snapshot
 _Scan = Callable[[bytes | None, bytes | None, bool, bool], Iterator[tuple[bytes, bytes | None]]]
 
@@ -334,8 +335,14 @@ class KVStore(MutableMapping):
 
     def __getitem__(self, key: bytes) -> bytes:
         """The value of ``key``; KeyError if it has none."""
-        key = _check_key(key)
-        self._check()
+        if type(key) is not bytes:
+            key = _check_key(key)
+        if self._relation.state is _LIVE and self._index.error is None:
+            self._layer.check_open()  # _check's answer for a live, readable store
+        else:
+            self._check()
+        if self._layer.current() is None and len(key) <= KEY_MAX_BYTES:
+            return self._index.read(key, None)  # no transaction: the latest committed
         return self._read(key)
 
     def get(self, key: bytes, default=None):

@@ -60,13 +60,14 @@ class KVIndex:
         self.rel = rel
         self.tree = tree
         self._xacts = xacts
+        self._is_committed = xacts.is_committed  # bound once: a point read's visibility
         self.error = error      # the metapage failed verification: the store is unusable
         self.operations = 0     # invariant 3 (not under a lock: a statistic)
         self._validated: tuple[dict, dict[bytes, int]] | None = None
 
     # --- visibility -----------------------------------------------------------------------------
     def _latest(self, xmin: int, xmax: int) -> bool:
-        committed = self._xacts.is_committed
+        committed = self._is_committed
         return committed(xmin) and not (xmax and committed(xmax))
 
     def _scan_snapshot(self, snap: Snapshot) -> XidSnapshot:
@@ -81,9 +82,10 @@ class KVIndex:
     # --- reads ------------------------------------------------------------------------------
     def read(self, key: bytes, snap: Snapshot | None,
              is_committed: Callable[[int], bool] | None = None) -> bytes:
-        """The value ``snap`` sees (None: the latest committed one); KeyError if none."""
+        """The value ``snap`` sees (None: the latest committed one); KeyError if none.
+        ``key`` is bytes of at most ``KEY_MAX_BYTES`` (the store checked it)."""
         self.operations += 1
-        value = self.tree.get(key, snap.visible if snap is not None else self._latest)
+        value = self.tree.get_trusted(key, snap.visible if snap is not None else self._latest)
         if value is None:
             raise KeyError(key)
         return value

@@ -589,9 +589,12 @@ class BTree:
         self._write_lock = threading.RLock()
         # Reader epochs: a leaf unlinked by vacuum at epoch E is recycled only once every
         # reader that started at or before E has finished (PostgreSQL's safexid, in-process).
+        # Readers register without a lock (see _begin_read); the lock orders the unlinker's
+        # epoch bumps and the recycler's look at the readers.
         self._epoch_lock = threading.Lock()
         self._epoch = 1
-        self._active: dict[int, int] = {}  # epoch -> readers that started in it
+        self._reader_tokens = itertools.count(1)
+        self._readers: dict[int, int] = {}  # reader token -> epoch it started in
         self._unlinked: list[tuple[int, int]] = []  # (epoch, block) waiting to be recycled
         # Inner-page cache (readers' descents): block -> (bytes copy, special) of internal
         # pages. Every logged change pops the blocks it touched and bumps the generation
@@ -679,20 +682,24 @@ class BTree:
             self._end_read(epoch)
 
     def _begin_read(self) -> int:
-        """Register a reader (``_reading`` without a generator, for point reads)."""
-        with self._epoch_lock:
-            epoch = self._epoch
-            active = self._active
-            active[epoch] = active.get(epoch, 0) + 1
-        return epoch
+        """Register a reader (``_reading`` without a generator, for point reads); returns
+        its token for ``_end_read``.
 
-    def _end_read(self, epoch: int) -> None:
-        with self._epoch_lock:
-            n = self._active[epoch] - 1
-            if n:
-                self._active[epoch] = n
-            else:
-                del self._active[epoch]
+        No lock: ``next()`` on an ``itertools.count`` and a dict store or delete are each
+        one step under the GIL, and ``_recycle`` copies the dict in one step too. Why that
+        is enough: a reader R reads the epoch (e), then registers (e), then descends. If
+        the recycler's copy holds R, R's e <= the epoch at R's descent, so every leaf
+        unlinked at or after e waits for R (and a leaf unlinked before e was unlinked
+        before R's descent began: R cannot reach it). If the copy misses R, R registers
+        after the copy, so R's descent begins after every unlink the recycler acts on had
+        finished (logged, the parent's cached copy dropped, the epoch bumped): it cannot
+        reach those leaves either."""
+        token = next(self._reader_tokens)
+        self._readers[token] = self._epoch
+        return token
+
+    def _end_read(self, token: int) -> None:
+        del self._readers[token]
 
     def _forget_inner(self, changes: Sequence[_Change]) -> None:
         """Drop the cached copies of the pages a logged change touched (see __init__)."""
@@ -1011,6 +1018,18 @@ class BTree:
             return self._get(key, snapshot)
         finally:
             self._end_read(epoch)
+
+    def get_trusted(self, key: bytes, snapshot: Snapshot) -> bytes | None:
+        """``get`` for a caller that has checked ``key`` itself (bytes of at most
+        ``KEY_MAX_BYTES``): the KV store's point read, with ``_begin_read``/``_end_read``
+        inlined (same registration, fewer frames)."""
+        token = next(self._reader_tokens)
+        readers = self._readers
+        readers[token] = self._epoch
+        try:
+            return self._get(key, snapshot)
+        finally:
+            del readers[token]
 
     def _get(self, key: bytes, snapshot: Snapshot) -> bytes | None:
         """A point read: the leaf from the cached internal pages, then one C call on it
@@ -2089,7 +2108,8 @@ class BTree:
     def _recycle(self) -> int:
         """Put the unlinked leaves no reader can reach any more on the free list."""
         with self._epoch_lock:
-            oldest = min(self._active, default=self._epoch)
+            readers = self._readers.copy()  # one step under the GIL (see _begin_read)
+            oldest = min(readers.values(), default=self._epoch)
             ready = [b for e, b in self._unlinked if e < oldest]
             self._unlinked = [(e, b) for e, b in self._unlinked if e >= oldest]
         return self._free_pages(ready) if ready else 0
