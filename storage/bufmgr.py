@@ -123,6 +123,7 @@ _VALID, _FOREIGN, _CLAIMED = object(), object(), object()  # outcomes of _claim_
 FLUSH_CHUNK_BUFFERS = 256  # pinned at once by flush_all: 16 combined writes of 16 blocks
 
 
+POOL_GROW_BUFFERS = 256    # descriptors and page views made at a time as the pool fills
 CONTENT_LOCK_STRIPES = 64  # mutexes shared by the buffers' content locks (see ContentLock)
 
 
@@ -387,10 +388,14 @@ class BufferManager:
         mv = memoryview(self._mem)
         self._mv = mv
         self._verifier = PageRunVerifier(mv)  # one call verifies a whole read (C if built)
-        self.pages: list[memoryview] = [mv[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(shared_buffers)]
-        stripes = [threading.Lock() for _ in range(CONTENT_LOCK_STRIPES)]
-        self.descs = [BufferDesc(i, stripes[i % CONTENT_LOCK_STRIPES])
-                      for i in range(shared_buffers)]
+        # Buffers come into being as they are first needed (``_fresh_locked``): the page
+        # views and descriptors of a 16,384-buffer pool cost tens of milliseconds to make,
+        # which an open that reads a few pages should not pay. Both lists only grow, in
+        # step; a buffer id below len(descs) is valid for good.
+        self.pages: list[memoryview] = []
+        self.descs: list[BufferDesc] = []
+        self._stripes = [threading.Lock() for _ in range(CONTENT_LOCK_STRIPES)]
+        self._handed_out = 0   # buffers ever given to a block; the rest were never used
         self._table: dict[tuple[int, int, int], int] = {}
         self._lock = threading.Lock()
         self._io_done = threading.Condition(self._lock)  # buffer I/O finished (sync waits)
@@ -493,8 +498,31 @@ class BufferManager:
         d.error = ""
         self._table[tag] = d.buf_id
 
+    def _fresh_locked(self) -> BufferDesc | None:
+        """A never-used buffer, pinned, while there are any (PostgreSQL's free list: they
+        go first, before the clock sweep evicts anything); its descriptor and page view
+        are made ``POOL_GROW_BUFFERS`` at a time. None once every buffer has been used."""
+        b = self._handed_out
+        if b == self.nbuffers:
+            return None
+        descs = self.descs
+        if b == len(descs):
+            end = min(b + POOL_GROW_BUFFERS, self.nbuffers)
+            mv, stripes = self._mv, self._stripes
+            self.pages.extend([mv[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(b, end)])
+            descs.extend([BufferDesc(i, stripes[i % CONTENT_LOCK_STRIPES])
+                          for i in range(b, end)])
+        self._handed_out = b + 1
+        d = descs[b]
+        d.refcount = 1
+        return d
+
     def _clock_sweep_locked(self) -> BufferDesc:
-        """A victim with no pins, usage count decayed to zero; returned pinned."""
+        """A victim with no pins, usage count decayed to zero; returned pinned (a
+        never-used buffer while there are any)."""
+        fresh = self._fresh_locked()
+        if fresh is not None:
+            return fresh
         descs, n = self.descs, self.nbuffers
         for _ in range(n * (BM_MAX_USAGE_COUNT + 1)):
             d = descs[self._hand]
@@ -591,7 +619,11 @@ class BufferManager:
                             missing.append(i)
                     else:
                         d = None if ring is None else ring.reusable_locked(descs)
-                        if d is None:
+                        if d is None and self._handed_out < nbuffers:
+                            d = self._fresh_locked()
+                            if ring is not None:
+                                ring.add_locked(d.buf_id)
+                        elif d is None:
                             d = descs[self._hand]  # the clock sweep's usual first answer
                             if d.refcount or d.usage_count:
                                 d = self._clock_sweep_locked()  # returned pinned
