@@ -92,6 +92,14 @@ class Transaction:
         return f"<Transaction xid={self._state.xid or 'none'}>"
 
 
+class _ThreadTxn(threading.local):
+    """A thread's transaction slot: ``txn`` is None until the thread begins one (a class
+    default, so reading it in a thread that never did is a plain attribute read instead
+    of a caught AttributeError: ~50 ns instead of ~440 on every KV read)."""
+
+    txn: TxnState | None = None
+
+
 class TransactionLayer:
     """Transactions for the stores of one ``Database``; see the module docstring."""
 
@@ -108,7 +116,7 @@ class TransactionLayer:
         self._synchronous_commit = synchronous_commit
         self._after_commit = after_commit
         self._on_dropped = on_dropped
-        self._local = threading.local()
+        self._local = _ThreadTxn()
 
     # --- for the stores -----------------------------------------------------------------------
     def check_open(self) -> None:
