@@ -7,4 +7,6 @@
 - btree_page.py  B+tree pages and items, in-page search (C helpers + references; pure)
 - btree_wal.py   B+tree WAL records as page-action lists, their redo (rmgr btree)
 - keycodec.py    order-preserving byte encoding of index keys (pure)
+- heap_fetch.py  index scans' heap side: a batch of TIDs' visible rows gathered from the
+                 pool's pages in one C call per chunk of heap pages
 """

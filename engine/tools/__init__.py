@@ -10,5 +10,7 @@
 - dump.py        dump (a SQL script psql loads, read-only) and load (into an empty database)
 - demo.py        ``make demo``; progress.py: progress lines on a terminal
 - bench*.py      benchmarks against fio and SQLite measured in the same run
+                 (bench_replay.py: crash-recovery replay of a built WAL)
+- plot.py        ``--plot FILE.png``: a bench's ratios drawn (matplotlib, optional)
 - fio.py         the one fio runner the benches share
 """
