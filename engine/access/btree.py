@@ -112,6 +112,7 @@ from slonik.engine.access.btree_page import (
     pack_pivot,
     page_locator,
     probe_leaf,
+    probe_leaf_flat,
     search_page,
     unpack_entry,
     unpack_pivot,
@@ -1038,8 +1039,9 @@ class BTree:
         bm = self.bufmgr
         block = self._leaf_for(key)
         skip = LEAF_HEADER_SIZE + len(key)  # an entry's value starts this far into it
+        rel, forkno = self.rel, self._forkno
         while True:
-            buf = bm.pin_if_valid(self.rel, self._forkno, block)  # the hit path, one call
+            buf = bm.pin_if_valid(rel, forkno, block)  # the hit path, one call
             if buf < 0:
                 buf = self._read(block)
             else:
@@ -1051,26 +1053,25 @@ class BTree:
             try:
                 page = bm.page(buf)
                 try:
-                    nxt, status, v = probe_leaf(page, key)
+                    v = probe_leaf_flat(page, key)  # right-link, status, versions
                 except BTreePageError as e:
                     self._special(page, block)  # an all-zero page says so
                     raise self._corrupt(block, str(e)) from None
                 payload = None
-                out_of_line = False
-                for i in range(0, len(v), 5):  # offset, length, xmin, xmax, eflags
+                for i in range(2, len(v), 5):  # offset, length, xmin, xmax, eflags
                     if snapshot(v[i + 2], v[i + 3]):
                         off = v[i]
                         payload = page[off + skip:off + v[i + 1]].tobytes()
-                        out_of_line = v[i + 4] & ENTRY_OVERFLOW
                         break
             finally:
                 bm.unlock_shared(buf)
                 bm.unpin(buf)
             if payload is not None:
-                if out_of_line:
+                if v[i + 4] & ENTRY_OVERFLOW:  # read out of line, no leaf lock held
                     return self._read_overflow(unpack_overflow_ref(payload))
                 return payload
-            if not status or nxt == P_NONE:
+            nxt = v[0]
+            if not v[1] or nxt == P_NONE:
                 return None
             block = nxt  # moved right past a split or unlink, or older versions continue
 

@@ -97,7 +97,7 @@ __all__ = [
     "minus_inf_pivot", "item_sort_key", "search_page", "search_page_py", "bt_item",
     "locate", "locate_py", "MOVE_RIGHT",
     "visible_offnums", "visible_offnums_py", "C_SEARCH",
-    "probe_leaf", "probe_leaf_py", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
+    "probe_leaf", "probe_leaf_flat", "probe_leaf_py", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
     "extract_leaf", "extract_leaf_py", "EXTRACT_DONE", "EXTRACT_OVERFLOW",
     "EXTRACT_BELOW_START", "gather_leaf", "gather_leaf_py", "extract_cut", "extract_cut_py",
     "page_locator", "children", "children_py",
@@ -595,6 +595,26 @@ def probe_leaf(page, key: bytes) -> tuple[int, int, list[int]]:
         return probe_leaf_py(page, key)
     flat = _ffi.unpack(out, 2 + 5 * n)
     return flat[0], flat[1], flat[2:]
+
+
+def probe_leaf_flat(page, key: bytes) -> list[int]:
+    """``probe_leaf`` as one flat list, ``[right-link, status, versions...]`` (the C
+    helper's output as it is, no slicing or tuple: the point-read hot path)."""
+    if _lib is None:
+        nxt, status, v = probe_leaf_py(page, key)
+        return [nxt, status, *v]
+    out = getattr(_tls, "probe_out", None)
+    if out is None:
+        out = _tls.probe_out = _ffi.new("uint64_t[]", 2 + 5 * PROBE_VERSIONS_ROOM)
+    # The page's buffer export is each call's temporary argument (see _C_EXPORTS).
+    n = _lib.slk_bt_probe(_ffi.from_buffer(page), key, len(key), out, PROBE_VERSIONS_ROOM)
+    if n > PROBE_VERSIONS_ROOM:
+        out = _ffi.new("uint64_t[]", 2 + 5 * n)
+        n = _lib.slk_bt_probe(_ffi.from_buffer(page), key, len(key), out, n)
+    if n < 0:  # malformed: the reference names what is wrong
+        nxt, status, v = probe_leaf_py(page, key)
+        return [nxt, status, *v]
+    return _ffi.unpack(out, 2 + 5 * n)
 
 
 def extract_leaf_py(page, start: bytes | None, stop: bytes | None, snap_xmax: int, own: int,

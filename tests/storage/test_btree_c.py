@@ -177,6 +177,7 @@ def test_c_probe_equals_reference_and_lists_every_version(entries, high, deleted
     got = bp.probe_leaf(page, key)
     assert got == bp.probe_leaf_py(page, key)
     nxt, status, versions = got
+    assert bp.probe_leaf_flat(page, key) == [nxt, status, *versions]
     assert nxt == (0 if high is None else 7)
     right = deleted or (high is not None and (key, -bp.XMIN_MAX) >= (high[0], -high[1]))
     assert bool(status & bp.PROBE_MOVE_RIGHT) == right
@@ -244,6 +245,8 @@ def test_c_probe_and_extract_hand_damaged_page_to_reference():
     assert bp._lib.slk_bt_probe(bp._ffi.from_buffer(page), b"b", 1, out, 8) == -1
     with pytest.raises(bp.BTreePageError, match="line pointer"):
         bp.probe_leaf(page, b"b")
+    with pytest.raises(bp.BTreePageError, match="line pointer"):
+        bp.probe_leaf_flat(page, b"b")
     with pytest.raises(bp.BTreePageError, match="line pointer"):
         bp.extract_leaf(page, None, None, 10, 0, ())
     inner = internal_page([(b"a", 1)], True)
