@@ -355,10 +355,17 @@ class KVStore(MutableMapping):
     def get_many(self, keys: Iterable[bytes]) -> list[bytes | None]:
         """The values of ``keys`` in order, None for a missing key, all read in one
         snapshot: the leaves holding them are read in one batch of I/Os."""
-        wanted = [_check_key(k, f"keys[{i}]") for i, k in enumerate(keys)]
+        wanted = keys if type(keys) is list else list(keys)
+        if {*map(type, wanted)} != {bytes}:  # (one C-level pass for the common case)
+            wanted = [_check_key(k, f"keys[{i}]") for i, k in enumerate(wanted)]
         self._check()
         layer = self._layer
-        own = layer.own_writes(self._relation) or {}
+        own = layer.own_writes(self._relation)
+        if not own and wanted and max(map(len, wanted)) <= KEY_MAX_BYTES:
+            # Every key goes to the tree, which answers in input order.
+            with layer.read_snapshot() as snap:
+                return self._index.get_many(wanted, snap)
+        own = own or {}
         with layer.read_snapshot() as snap:
             tree_keys = [k for k in wanted if k not in own and len(k) <= KEY_MAX_BYTES]
             got = dict(zip(tree_keys, self._index.get_many(tree_keys, snap), strict=True))

@@ -63,6 +63,34 @@ def test_wrong_types_are_named(db):
     assert len(kv) == 1
 
 
+def test_get_many_and_get_agree_on_every_kind_of_key(db):
+    """get_many equals one get per key for a batch mixing present and missing keys,
+    duplicates, bytearray/memoryview keys and keys longer than KEY_MAX_BYTES (no such key
+    can be stored: None), outside a transaction and inside one with buffered writes and
+    deletes; a non-bytes key is a TypeError naming its position. Checked by comparing the
+    two answers key by key."""
+    kv = db.kv("gm")
+    kv.update({b"k%03d" % i: b"v%d" % i for i in range(0, 300, 2)})
+    long_key = b"k" * (KEY_MAX_BYTES + 1)
+    batch = [b"k%03d" % i for i in range(0, 300, 7)] + [b"k000", b"k000", long_key,
+                                                       bytearray(b"k004"), memoryview(b"k006")]
+
+    def one_by_one():
+        return [kv.get(bytes(k)) for k in batch]
+
+    assert kv.get_many(batch) == one_by_one()
+    assert kv.get_many(b for b in batch if isinstance(b, bytes)) == \
+        [v for b, v in zip(batch, one_by_one(), strict=True) if isinstance(b, bytes)]
+    with db.transaction():
+        kv[b"k007"] = b"own"
+        del kv[b"k014"]
+        got = kv.get_many(batch)
+        assert got == one_by_one()
+        assert b"own" in got and got[2] is None
+    with pytest.raises(TypeError, match=r"keys\[1\]"):
+        kv.get_many([b"k000", "k002"])
+
+
 def test_oversized_is_refused_with_the_limit(db):
     """A key of KEY_MAX_BYTES and a value larger than a page are stored; a key one byte
     longer, and a value one byte over VALUE_MAX_BYTES (1 GiB: an untouched anonymous
