@@ -795,6 +795,7 @@ class Database:
                 return
             with self._commit_lock:
                 self._closed = True
+                self._txns.closed = True  # the stores' per-item check sees it at once
             try:
                 if self._walwriter is not None:
                     self._walwriter.stop()  # joins; flushes what async commits left

@@ -149,19 +149,20 @@ def _tree_range(scan_batches, lo: bytes | None, hi: bytes | None, reverse: bool,
             yield out
 
 
-def _checked_pairs(batches: Iterator[list], relation: Relation, check_open: Callable[[], None],
+def _checked_pairs(batches: Iterator[list], relation: Relation, layer: TransactionLayer,
                    check: Callable[[], None]) -> Iterator[tuple]:
     """The pairs of ``batches`` with the store's usability checked before each one is
-    handed out (``check_open()`` while ``relation`` is live, else the full ``check()``),
-    so an iterator used after ``db.close()`` or a drop raises that error at its next
-    pair."""
+    handed out, so an iterator used after ``db.close()`` or a drop raises that error at
+    its next pair. Per pair that is two attribute reads (``layer.closed``, which
+    ``Database.close`` sets, and the relation's state), the full ``check()`` only when
+    either says so; ``batches`` (the layer's ``guard``) runs the full check, a fatal WAL
+    error included, before each batch."""
     live = RelationState.LIVE
     try:
         for batch in batches:
             for pair in batch:
-                if relation.state is not live:
+                if layer.closed or relation.state is not live:
                     check()
-                check_open()
                 yield pair
     finally:
         close = getattr(batches, "close", None)
@@ -409,7 +410,7 @@ class KVStore(MutableMapping):
               values: bool) -> Iterator[tuple[bytes, bytes | None]]:
         self._check()
         batches = self._layer.guard(self._merged(lo, hi, reverse, values), self._check)
-        return _checked_pairs(batches, self._relation, self._layer.check_open, self._check)
+        return _checked_pairs(batches, self._relation, self._layer, self._check)
 
     def _merged(self, lo, hi, reverse: bool, values: bool):
         """The index's pairs in [lo, hi) merged with the thread's own buffered writes, in

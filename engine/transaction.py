@@ -117,6 +117,9 @@ class TransactionLayer:
         self._after_commit = after_commit
         self._on_dropped = on_dropped
         self._local = _ThreadTxn()
+        # Set by Database.close (under the commit lock): a scan's per-pair check reads this
+        # attribute instead of calling check_open (the full check runs per leaf batch).
+        self.closed = False
 
     # --- for the stores -----------------------------------------------------------------------
     def check_open(self) -> None:
