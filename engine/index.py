@@ -34,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -48,17 +49,26 @@ from slonik.engine.access.btree_page import (
     P_NONE,
     BTreePageError,
     extract_leaf,
+    extract_leaf_py,
 )
 from slonik.engine.access.heap import Heap
 from slonik.engine.access.heap_fetch import NO_TUPLE, gather_heap
 from slonik.engine.access.keycodec import columns_encoder, key_encoder, prefix_end
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
-from slonik.storage.page import BLCKSZ
+from slonik.storage.page import BLCKSZ, HEADER_SIZE
+
+try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
+    from slonik.storage._pagecheck import ffi as _ffi
+    from slonik.storage._pagecheck import lib as _lib
+    if not hasattr(_lib, "slk_ix_point"):  # an older build of the module
+        _ffi = _lib = None
+except ImportError:
+    _ffi = _lib = None
 
 __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
-           "HeapBatch"]
+           "HeapBatch", "point_entries", "point_entries_py", "POINT_ENTRIES_MAX"]
 
 _TID = struct.Struct(">IH")
 TID_SUFFIX_BYTES = _TID.size
@@ -70,6 +80,10 @@ INDEX_SCAN_BATCH_ENTRIES = 256
 RANGE_WALK_LEAVES = 2
 # Every entry (xmax is never set): as a snapshot the tree filters in C, seeing any xmin.
 _EVERY_ENTRY = XidSnapshot(1 << 63, 0, ())
+# A point read of an index (``point_entries``) answers for at most this many entries; a key
+# shared by more is read by ``walk_leaves``.
+POINT_ENTRIES_MAX = 4
+_tls = threading.local()
 
 
 def split_entry_key(key: bytes) -> tuple[bytes, Tid]:
@@ -199,6 +213,49 @@ class TableIndex:
         encoded keys are self-delimiting, so whole-key byte order is (key, TID) order."""
         return prefix_keys(self.tree, prefix)
 
+    def point_tids(self, key: bytes) -> list[int] | None:
+        """[block, offnum, block, offnum, ...] of the entries whose encoded key is
+        exactly ``key`` (a whole key, as from ``encode`` of every column), in index order,
+        when one leaf holds them all and they are at most ``POINT_ENTRIES_MAX``; None when
+        ``matching_keys`` must walk the leaves instead (or an entry starting with ``key``
+        is longer: ``key`` was a prefix). One descent by the cached internal pages, one
+        pin and share lock of one leaf, one C call (``point_entries``)."""
+        tree = self.tree
+        bm = tree.bufmgr
+        epoch = tree._begin_read()
+        try:
+            block = tree._leaf_for(key)
+            buf = bm.pin_if_valid(tree.rel, tree._forkno, block)
+            if buf < 0:
+                buf = tree._read(block)   # pinned and share-locked
+            else:
+                try:
+                    bm.lock_shared(buf)
+                except BaseException:
+                    bm.unpin(buf)
+                    raise
+            try:
+                page = bm.page(buf)
+                try:
+                    got = point_entries(page, key, POINT_ENTRIES_MAX)
+                except BTreePageError as e:
+                    tree._special(page, block)   # an all-zero page says so
+                    raise tree._corrupt(block, str(e)) from None
+            finally:
+                bm.unlock_shared(buf)   # tree._release inlined
+                bm.unpin(buf)
+        finally:
+            tree._end_read(epoch)
+        if got is None:
+            return None
+        n = len(key)
+        if len(got) == 3:   # a unique key's point read
+            return got[1:] if got[0] == n else None
+        if any(k != n for k in got[0::3]):
+            return None
+        del got[0::3]
+        return got
+
 
 class HeapBatch(NamedTuple):
     """The heap side of a batch of index entries, one list item per entry, in index
@@ -222,6 +279,65 @@ def prefix_keys(tree: BTree, prefix: bytes) -> list[bytes]:
     [prefix, prefix_end(prefix)) to the end)."""
     keys, _done = walk_leaves(tree, prefix, prefix_end(prefix))
     return keys
+
+
+def point_entries_py(page, prefix: bytes, entries_max: int) -> list[int] | None:
+    """Reference: the entries of a leaf whose key starts with ``prefix`` (any xmin, no
+    xmax: ``walk_leaves``' look at a leaf), when the page holds all of them: per entry its
+    key length without the TID suffix, the heap block and offnum of that suffix, flat in
+    page order. None when it may not: a DELETED page or not a leaf, the entries going on
+    (or moved) right of it, more than ``entries_max`` of them, one too short for a TID
+    suffix, a prefix that is empty, all 0xFF or longer than a page. BTreePageError (from
+    ``extract_leaf_py``) for a page it cannot read."""
+    _prev, nxt, _level, pflags, _pad = _SPECIAL.unpack_from(page, BT_SPECIAL_AT)
+    if pflags & BTP_DELETED or not pflags & BTP_LEAF:
+        return None
+    stop = prefix_end(prefix)
+    if stop is None or len(prefix) > BLCKSZ:
+        return None
+    flags, flat = extract_leaf_py(page, prefix, stop, *_EVERY_ENTRY)
+    if not flags & EXTRACT_DONE and nxt != P_NONE:
+        return None
+    if len(flat) > 4 * entries_max:
+        return None
+    out: list[int] = []
+    for i in range(0, len(flat), 4):
+        n = flat[i + 1] - flat[i] - TID_SUFFIX_BYTES
+        if n < 0:
+            return None
+        out += (n, *_TID.unpack_from(page, flat[i + 1] - TID_SUFFIX_BYTES))
+    return out
+
+
+def _point_arrays():
+    """This thread's scratch and output arrays of ``point_entries`` (made on first use)."""
+    tls = _tls
+    if getattr(tls, "point_out", None) is None:
+        tls.point_ents = _ffi.new("uint32_t[]", 4 * ((BLCKSZ - HEADER_SIZE) // 4))
+        tls.point_out = _ffi.new("uint32_t[]", 3 * POINT_ENTRIES_MAX)
+    return tls
+
+
+def point_entries(page, prefix: bytes, entries_max: int) -> list[int] | None:
+    """``point_entries_py`` in one C call when the helper module is built (``entries_max``
+    at most ``POINT_ENTRIES_MAX``)."""
+    if not 0 <= entries_max <= POINT_ENTRIES_MAX:
+        raise ValueError(f"entries_max {entries_max} is outside [0, {POINT_ENTRIES_MAX}]")
+    if _lib is None:
+        return point_entries_py(page, prefix, entries_max)
+    tls = _tls
+    out = getattr(tls, "point_out", None)
+    if out is None:
+        out = _point_arrays().point_out
+    n = _lib.slk_ix_point(_ffi.from_buffer(page), prefix, len(prefix), entries_max,
+                          tls.point_ents, out)
+    if n == 1:
+        return [out[0], out[1], out[2]]
+    if n == -2:
+        return None
+    if n < 0:  # malformed: the reference raises naming what is wrong
+        return point_entries_py(page, prefix, entries_max)
+    return _ffi.unpack(out, 3 * n)
 
 
 def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,

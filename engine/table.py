@@ -423,6 +423,13 @@ class Table:
         page of a batch pinned once (through a read stream when not cached), the batch's
         visibility, decoding and key re-checks done in C-level iteration."""
         if exact:
+            tids = index.point_tids(prefix)
+            if tids is not None:   # a whole key, its entries on one leaf: each fetched
+                for i in range(0, len(tids), 2):
+                    found = self._point_tid_row(index, prefix, tids[i], tids[i + 1], snap)
+                    if found is not None:
+                        yield (tids[i], tids[i + 1]), found
+                return
             ks = index.matching_keys(prefix)
             if len(ks) <= POINT_READ_ENTRIES_MAX:
                 for k in ks:
@@ -468,6 +475,17 @@ class Table:
             return None
         row = self._codec.decode(t[2])
         return (tid, row) if index.key_of_row(row) == key else None
+
+    def _point_tid_row(self, index: TableIndex, key: bytes, block: int, offnum: int,
+                       snap: Snapshot) -> tuple | None:
+        """The row at (``block``, ``offnum``) when an entry of ``index`` with the encoded
+        key ``key`` points there, its heap tuple is visible to ``snap`` and still has that
+        key, else None: one pin and lock of one heap page."""
+        t = fetch_tuple(self._heap, block, offnum)
+        if t is None or not snap.visible(t[0], t[1]):
+            return None
+        row = self._codec.decode(t[2])
+        return row if index.key_of_row(row) == key else None
 
     def _key_tuple(self, index: TableIndex, key: object, what: str) -> tuple:
         if not isinstance(key, (tuple, list)):
@@ -533,8 +551,10 @@ class Table:
                 raise TypeError("get takes a Tid or primary key columns, not both")
             pk, values = self._pk_values(key)
             prefix = pk.encode(values)
-            self._check()
             layer = self._layer
+            if self._relation.state is not RelationState.LIVE:
+                self._check()   # _check inlined: the usual case is one test and one call
+            layer.check_open()
             txn = layer.current()
             if txn is not None and txn.snapshot is not None:
                 return self._first_row(pk, prefix, txn.snapshot)
@@ -562,6 +582,16 @@ class Table:
     def _first_row(self, index: TableIndex, prefix: bytes, snap: Snapshot) -> tuple | None:
         """The first visible row whose ``index`` key is ``prefix`` (a primary key's: the
         only one), or None."""
+        tids = index.point_tids(prefix)
+        if tids is not None:   # the usual case: _point_tid_row inlined (a frame less)
+            heap, decode, visible = self._heap, self._codec.decode, snap.visible
+            for i in range(0, len(tids), 2):
+                t = fetch_tuple(heap, tids[i], tids[i + 1])
+                if t is not None and visible(t[0], t[1]):
+                    row = decode(t[2])
+                    if index.key_of_row(row) == prefix:
+                        return row
+            return None
         ks = index.matching_keys(prefix)
         if len(ks) <= POINT_READ_ENTRIES_MAX:  # _index_rows' first path, without a generator
             for k in ks:

@@ -57,6 +57,8 @@ int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t 
                         const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
                         const uint64_t *excluded, int nexcluded, uint8_t *out,
                         uint32_t out_cap, uint8_t *status, uint32_t *start, uint32_t *end);
+int slk_ix_point(const uint8_t *page, const uint8_t *prefix, uint32_t plen, int maxn,
+                 uint32_t *ents, uint32_t *out);
 /* --- wal decode --- */
 int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, uint32_t pos,
                  uint64_t seg_size, uint64_t prev, int check_prev, uint32_t *rec_at,
@@ -754,6 +756,44 @@ int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t 
         end[k] = pos;
     }
     return pos;
+}
+
+/* A point read of an index (engine/index.py: point_entries_py; tests/engine/
+ * test_table_index_c.py compares them): the entries of a leaf whose key starts with
+ * ``prefix``, when the page holds all of them. -2 when it may not (a DELETED page or not
+ * a leaf, entries continuing or moved right, more than ``maxn``, an entry too short for a
+ * heap TID, a prefix that is empty, all 0xFF or longer than a page): the caller walks
+ * the leaves instead. Else per entry out[3k] = its key length without the TID suffix,
+ * out[3k+1] = block, out[3k+2] = offnum (the suffix, big-endian u32 + u16). ``ents`` is
+ * slk_bt_extract's scratch (4 * max items per page). -1: a page the reference judges. */
+int slk_ix_point(const uint8_t *page, const uint8_t *prefix, uint32_t plen, int maxn,
+                 uint32_t *ents, uint32_t *out)
+{
+    uint8_t stop[BLCKSZ];
+    uint16_t pflags = load16(page + BT_SPECIAL_AT + 12);
+    if ((pflags & 0x4) || !(pflags & 0x1)) return -2;
+    uint32_t stoplen = plen;
+    if (plen > BLCKSZ) return -2;
+    while (stoplen > 0 && prefix[stoplen - 1] == 0xff) stoplen--;
+    if (stoplen == 0) return -2;
+    memcpy(stop, prefix, stoplen);
+    stop[stoplen - 1]++;
+    int f = 0;
+    int n = slk_bt_extract(page, prefix, (int32_t)plen, stop, (int32_t)stoplen,
+                           (uint64_t)1 << 63, 0, NULL, 0, ents, &f);
+    if (n < 0) return -1;
+    if (!(f & 1) && load32(page + BT_SPECIAL_AT + 4) != 0) return -2;
+    if (n > maxn) return -2;
+    for (int k = 0; k < n; k++) {
+        uint32_t ks = ents[4 * k], ke = ents[4 * k + 1];
+        if (ke - ks < 6) return -2;
+        const uint8_t *t = page + ke - 6;
+        out[3 * k] = ke - ks - 6;
+        out[3 * k + 1] = ((uint32_t)t[0] << 24) | ((uint32_t)t[1] << 16) |
+                         ((uint32_t)t[2] << 8) | t[3];
+        out[3 * k + 2] = ((uint32_t)t[4] << 8) | t[5];
+    }
+    return n;
 }
 
 /* --- wal decode --- */
