@@ -39,6 +39,9 @@ int slk_bt_extract(const uint8_t *page, const uint8_t *start, int32_t startlen,
 int slk_bt_gather(const uint8_t *page, const uint32_t *ents, int n, int values, uint8_t *dst,
                   char *fmt);
 int slk_bt_children(const uint8_t *page, int first, uint32_t *out);
+int slk_bt_probe_many(const uint8_t *page, const uint8_t *keys, const uint32_t *ends,
+                      int lo, int hi, uint64_t snap_xmax, uint64_t own,
+                      const uint64_t *excluded, int nexcluded, uint64_t *out);
 /* --- heap page --- */
 int slk_heap_run_items(const uint8_t *buf, int npages, int visibility, uint64_t snap_xmax,
                        uint64_t own, const uint64_t *excluded, int nexcluded, int cap,
@@ -549,6 +552,43 @@ int slk_bt_children(const uint8_t *page, int first, uint32_t *out)
         out[n++] = load32(it);
     }
     return n;
+}
+
+/* A batch read's look at one leaf: keys lo..hi-1 of a sorted batch (concatenated in keys,
+ * key i ending at ends[i], starting at ends[i-1] or 0), each probed as slk_bt_probe does and
+ * its versions judged by a snapshot given as data (xid_sees, as slk_bt_extract). Per key
+ * four numbers at out[4*i]: status (slk_bt_probe's bits 1 and 2; 4 a visible version was
+ * found; 8 more than 64 versions on the page: not judged, the caller asks slk_bt_probe),
+ * then that version's value start, value end (page offsets) and eflags (0 0 0 when none).
+ * Returns 0, or -1 for a page the reference must judge (engine/access/btree_page.py:
+ * probe_many_py). */
+#define BT_PROBE_MANY_VERSIONS 64
+int slk_bt_probe_many(const uint8_t *page, const uint8_t *keys, const uint32_t *ends,
+                      int lo, int hi, uint64_t snap_xmax, uint64_t own,
+                      const uint64_t *excluded, int nexcluded, uint64_t *out)
+{
+    uint64_t v[2 + 5 * BT_PROBE_MANY_VERSIONS];
+    for (int i = lo; i < hi; i++) {
+        uint32_t start = i > 0 ? ends[i - 1] : 0;
+        uint32_t keylen = ends[i] - start;
+        int got = slk_bt_probe(page, keys + start, keylen, v, BT_PROBE_MANY_VERSIONS);
+        if (got < 0) return -1;
+        uint64_t *o = out + 4 * i;
+        o[0] = v[1]; o[1] = 0; o[2] = 0; o[3] = 0;
+        if (got > BT_PROBE_MANY_VERSIONS) { o[0] |= 8; continue; }
+        for (int j = 0; j < got; j++) {
+            const uint64_t *e = v + 2 + 5 * j;
+            if (xid_sees(e[2], snap_xmax, own, excluded, nexcluded) &&
+                !(e[3] && xid_sees(e[3], snap_xmax, own, excluded, nexcluded))) {
+                o[0] |= 4;
+                o[1] = e[0] + BT_LEAF_HDR + keylen;
+                o[2] = e[0] + e[1];
+                o[3] = e[4];
+                break;
+            }
+        }
+    }
+    return 0;
 }
 
 /* --- heap page --- (engine/access/heap.py and engine/access/tuple.py hold the Python

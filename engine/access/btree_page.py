@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -97,7 +98,8 @@ __all__ = [
     "minus_inf_pivot", "item_sort_key", "search_page", "search_page_py", "bt_item",
     "locate", "locate_py", "MOVE_RIGHT",
     "visible_offnums", "visible_offnums_py", "C_SEARCH",
-    "probe_leaf", "probe_leaf_flat", "probe_leaf_py", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
+    "probe_leaf", "probe_leaf_flat", "probe_leaf_py", "ProbeKeys", "probe_many",
+    "probe_many_py", "PROBE_FOUND", "PROBE_TOO_MANY", "PROBE_MANY_VERSIONS_MAX", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
     "extract_leaf", "extract_leaf_py", "EXTRACT_DONE", "EXTRACT_OVERFLOW",
     "EXTRACT_BELOW_START", "gather_leaf", "gather_leaf_py", "extract_cut", "extract_cut_py",
     "page_locator", "children", "children_py",
@@ -534,6 +536,9 @@ def visible_offnums(page, snap_xmax: int, own: int, excluded: Sequence[int]) -> 
 
 PROBE_MOVE_RIGHT = 1  # probe_leaf: the key belongs right of this page (or it is DELETED)
 PROBE_CONTINUES = 2   # probe_leaf: versions of the key may continue on the right sibling
+PROBE_FOUND = 4       # probe_many: a version the snapshot sees is on the page
+PROBE_TOO_MANY = 8    # probe_many: over PROBE_MANY_VERSIONS_MAX versions, not judged
+PROBE_MANY_VERSIONS_MAX = 64  # versions of one key probe_many judges (C: a stack array)
 PROBE_VERSIONS_ROOM = 8  # versions the first C call has room for (more: a second call)
 EXTRACT_DONE = 1         # extract_leaf: no entry right of this page is in the range
 EXTRACT_OVERFLOW = 2     # extract_leaf: some entry returned holds an overflow reference
@@ -615,6 +620,71 @@ def probe_leaf_flat(page, key: bytes) -> list[int]:
         nxt, status, v = probe_leaf_py(page, key)
         return [nxt, status, *v]
     return _ffi.unpack(out, 2 + 5 * n)
+
+
+class ProbeKeys:
+    """A sorted batch of keys and a snapshot as data, prepared once for ``probe_many`` on
+    each leaf of a batch read: the keys joined with their end offsets, the excluded xids
+    and the output (four numbers per key) as C arrays (None without the C module)."""
+
+    __slots__ = ("keys", "snap_xmax", "own", "excluded", "c_keys", "c_ends", "c_excluded",
+                 "c_out")
+
+    def __init__(self, keys: list[bytes], snap_xmax: int, own: int,
+                 excluded: Sequence[int]) -> None:
+        self.keys = keys
+        self.snap_xmax, self.own, self.excluded = snap_xmax, own, excluded
+        self.c_keys = self.c_ends = self.c_excluded = self.c_out = None
+        if _lib is not None and keys:
+            self.c_keys = b"".join(keys)
+            self.c_ends = _ffi.new("uint32_t[]", list(itertools.accumulate(map(len, keys))))
+            self.c_excluded = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
+            self.c_out = _ffi.new("uint64_t[]", 4 * len(keys))
+
+
+def probe_many_py(page, batch: ProbeKeys, lo: int, hi: int) -> list[int]:
+    """Reference: a batch read's look at one leaf, for keys ``lo..hi-1`` of ``batch``:
+    four numbers per key: status (``probe_leaf_py``'s bits, ``PROBE_FOUND`` when a version
+    the snapshot sees is there, ``PROBE_TOO_MANY`` instead of judging more than
+    ``PROBE_MANY_VERSIONS_MAX`` versions), then the first visible version's value start,
+    value end (page offsets) and eflags (0, 0, 0 when none). Visibility as
+    ``visible_offnums_py``'s."""
+    snap_xmax, own, excluded = batch.snap_xmax, batch.own, batch.excluded
+
+    def sees(x: int) -> bool:
+        if x == own:
+            return True
+        if x >= snap_xmax:
+            return False
+        i = bisect.bisect_left(excluded, x)
+        return not (i < len(excluded) and excluded[i] == x)
+
+    out: list[int] = []
+    for key in batch.keys[lo:hi]:
+        _nxt, status, v = probe_leaf_py(page, key)
+        got = [status, 0, 0, 0]
+        if len(v) > 5 * PROBE_MANY_VERSIONS_MAX:
+            got[0] |= PROBE_TOO_MANY
+        else:
+            for i in range(0, len(v), 5):
+                if sees(v[i + 2]) and not (v[i + 3] and sees(v[i + 3])):
+                    got = [status | PROBE_FOUND, v[i] + LEAF_HEADER_SIZE + len(key),
+                           v[i] + v[i + 1], v[i + 4]]
+                    break
+        out += got
+    return out
+
+
+def probe_many(page, batch: ProbeKeys, lo: int, hi: int) -> list[int]:
+    """``probe_many_py`` in one C call per leaf when the helper module is built."""
+    if batch.c_out is None or hi <= lo:
+        return probe_many_py(page, batch, lo, hi)
+    # The page's buffer export is the call's temporary argument (see _C_EXPORTS).
+    if _lib.slk_bt_probe_many(_ffi.from_buffer(page), batch.c_keys, batch.c_ends, lo, hi,
+                              batch.snap_xmax, batch.own, batch.c_excluded,
+                              len(batch.excluded), batch.c_out) < 0:
+        return probe_many_py(page, batch, lo, hi)  # malformed: the reference says what
+    return _ffi.unpack(batch.c_out + 4 * lo, 4 * (hi - lo))
 
 
 def extract_leaf_py(page, start: bytes | None, stop: bytes | None, snap_xmax: int, own: int,

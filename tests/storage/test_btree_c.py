@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from slonik.engine.access import btree_page as bp
+from slonik.engine.access.btree import XidSnapshot
 from slonik.storage.page import BLCKSZ
 
 needs_c = pytest.mark.skipif(not bp.C_SEARCH,
@@ -234,6 +235,58 @@ def test_c_extract_equals_reference_and_rule(entries, high, start, stop, snap_xm
 
 
 @needs_c
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(entries=entry_lists, high=highs, deleted=st.booleans(),
+       keys=st.lists(few_keys, unique=True, max_size=6).map(sorted), data=st.data())
+def test_c_probe_many_equals_reference_and_finds_the_visible_version(entries, high, deleted,
+                                                                     keys, data):
+    """slk_bt_probe_many equals probe_many_py on random leaves, key ranges and snapshots
+    (own xid, xmax, excluded xids drawn from the page's xids); for every key it judged, the
+    version it found is the first of probe_leaf_py's versions (newest first) that
+    XidSnapshot.__call__ sees, with that entry's value bounds, and none when no version is
+    seen; the status keeps probe_leaf's bits."""
+    page = rich_leaf(entries, high, bp.BTP_LEAF | (bp.BTP_DELETED if deleted else 0))
+    page_xids = sorted({x for _k, xmin, xmax, _o in entries for x in (xmin, xmax) if x})
+    snap_xmax = data.draw(st.integers(0, 45))
+    own = data.draw(st.sampled_from([0, *page_xids]))
+    excluded = tuple(sorted(set(data.draw(st.lists(st.sampled_from(page_xids or [3]),
+                                                   max_size=6)))))
+    lo = data.draw(st.integers(0, len(keys)))
+    hi = data.draw(st.integers(lo, len(keys)))
+    batch = bp.ProbeKeys(keys, snap_xmax, own, excluded)
+    got = bp.probe_many(page, batch, lo, hi)
+    assert got == bp.probe_many_py(page, batch, lo, hi)
+    snap = XidSnapshot(snap_xmax, own, excluded)
+    for j, key in enumerate(keys[lo:hi]):
+        status, start, end, eflags = got[4 * j:4 * j + 4]
+        _nxt, pstatus, v = bp.probe_leaf_py(page, key)
+        assert status & 3 == pstatus
+        if status & bp.PROBE_TOO_MANY:
+            assert len(v) > 5 * bp.PROBE_MANY_VERSIONS_MAX
+            continue
+        want = next((i for i in range(0, len(v), 5) if snap(v[i + 2], v[i + 3])), None)
+        assert bool(status & bp.PROBE_FOUND) == (want is not None)
+        if want is not None:
+            assert (start, end, eflags) == (v[want] + bp.LEAF_HEADER_SIZE + len(key),
+                                            v[want] + v[want + 1], v[want + 4])
+        else:
+            assert (start, end, eflags) == (0, 0, 0)
+
+
+@needs_c
+def test_c_probe_many_leaves_a_key_with_too_many_versions_to_the_one_key_probe():
+    """A key with more versions than PROBE_MANY_VERSIONS_MAX gets PROBE_TOO_MANY from both
+    implementations (nothing judged), while its neighbours in the batch are judged."""
+    n = bp.PROBE_MANY_VERSIONS_MAX + 6
+    page = rich_leaf([(b"a", 1, 0, False)] + [(b"b", x, 0, False) for x in range(1, n + 1)]
+                     + [(b"c", 2, 0, False)], None, bp.BTP_LEAF)
+    batch = bp.ProbeKeys([b"a", b"b", b"c"], 1000, 0, ())
+    got = bp.probe_many(page, batch, 0, 3)
+    assert got == bp.probe_many_py(page, batch, 0, 3)
+    assert [got[0], got[4], got[8]] == [bp.PROBE_FOUND, bp.PROBE_TOO_MANY, bp.PROBE_FOUND]
+
+
 def test_c_probe_and_extract_hand_damaged_page_to_reference():
     """A line pointer outside the page, or an internal page where a leaf is expected,
     makes slk_bt_probe / slk_bt_extract give up (-1) and the wrappers raise the
@@ -247,6 +300,8 @@ def test_c_probe_and_extract_hand_damaged_page_to_reference():
         bp.probe_leaf(page, b"b")
     with pytest.raises(bp.BTreePageError, match="line pointer"):
         bp.probe_leaf_flat(page, b"b")
+    with pytest.raises(bp.BTreePageError, match="line pointer"):
+        bp.probe_many(page, bp.ProbeKeys([b"a", b"b"], 10, 0, ()), 0, 2)
     with pytest.raises(bp.BTreePageError, match="line pointer"):
         bp.extract_leaf(page, None, None, 10, 0, ())
     inner = internal_page([(b"a", 1)], True)
