@@ -236,6 +236,18 @@ class TableIndex:
                     raise
             try:
                 page = bm.page(buf)
+                if _lib is not None:   # point_entries' C call inlined for its usual answers
+                    out = getattr(_tls, "point_out", None)
+                    if out is None:
+                        out = _point_arrays().point_out
+                    n = _lib.slk_ix_point(_ffi.from_buffer(page), key, len(key),
+                                          POINT_ENTRIES_MAX, _tls.point_ents, out)
+                    if n == 1:   # a unique key's point read
+                        return [out[1], out[2]] if out[0] == len(key) else None
+                    if n == 0:
+                        return []
+                    if n == -2:
+                        return None
                 try:
                     got = point_entries(page, key, POINT_ENTRIES_MAX)
                 except BTreePageError as e:
@@ -249,8 +261,6 @@ class TableIndex:
         if got is None:
             return None
         n = len(key)
-        if len(got) == 3:   # a unique key's point read
-            return got[1:] if got[0] == n else None
         if any(k != n for k in got[0::3]):
             return None
         del got[0::3]

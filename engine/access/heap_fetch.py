@@ -324,11 +324,11 @@ def fetch_tuple(heap, block: int, offnum: int) -> tuple[int, int, bytes] | None:
     None when the slot holds none or the block is past the end: a point read's one pin
     and share lock, the slot checked as ``tuples_at_py`` checks it (TupleFormatError for a
     line pointer or header that is not a heap tuple)."""
-    if not 0 <= block < heap.nblocks():
-        return None
     bm = heap.bufmgr
-    buf = bm.pin_if_valid(heap.rel, int(heap.fork), block)
+    buf = bm.pin_if_valid(heap.rel, int(heap.fork), block)   # a hit: the block exists
     if buf < 0:
+        if not 0 <= block < heap.nblocks():
+            return None
         buf = bm.read_buffer(heap.rel, heap.fork, block)
     try:
         bm.lock_shared(buf)
