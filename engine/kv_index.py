@@ -91,10 +91,12 @@ class KVIndex:
         return value
 
     def get_many(self, keys: list[bytes], snap: Snapshot) -> list[bytes | None]:
-        """The values ``snap`` sees of ``keys`` (None when missing): the tree's batch read.
-        Every key is bytes of at most ``KEY_MAX_BYTES`` (the store checked them)."""
+        """The values ``snap`` sees of ``keys`` (None when missing): the tree's batch read
+        (a leaf holding several of the keys: one C call, ``snap`` as data). Every key is
+        bytes of at most ``KEY_MAX_BYTES`` (the store checked them)."""
         self.operations += len(keys)
-        return self.tree.get_many_trusted(keys, snap.visible)
+        return self.tree.get_many_trusted(keys, snap.visible,
+                                          lambda: self._scan_snapshot(snap))
 
     def scan(self, start: bytes | None, stop: bytes | None, reverse: bool, snap: Snapshot,
              values: bool) -> Iterator[tuple[bytes, bytes | None]]:

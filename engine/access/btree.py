@@ -91,10 +91,13 @@ from slonik.engine.access.btree_page import (
     PAGE_CAPACITY_BYTES,
     PIVOT_HEADER_SIZE,
     PROBE_CONTINUES,
+    PROBE_FOUND,
     PROBE_MOVE_RIGHT,
+    PROBE_TOO_MANY,
     XMIN_MAX,
     BTreePageError,
     LeafEntry,
+    ProbeKeys,
     Special,
     bt_first_data,
     bt_fits,
@@ -112,6 +115,7 @@ from slonik.engine.access.btree_page import (
     pack_pivot,
     page_locator,
     probe_leaf_flat,
+    probe_many,
     search_page,
     unpack_entry,
     unpack_pivot,
@@ -263,6 +267,9 @@ Snapshot = Callable[[int, int], bool]
 
 
 _SKIP = object()  # _visit_leaf's result for an unlinked leaf
+# probe_many statuses that send a key to the one-key read: split or unlinked since the
+# descent, versions continuing on the right sibling, too many versions to judge in C.
+_PROBE_ELSEWHERE = PROBE_MOVE_RIGHT | PROBE_CONTINUES | PROBE_TOO_MANY
 
 
 def _see_all_live(xmin: int, xmax: int) -> bool:
@@ -1083,20 +1090,33 @@ class BTree:
         with self._reading():
             return self._get_many(keys, snapshot, default)
 
-    def get_many_trusted(self, keys: list[bytes], snapshot: Snapshot) -> list:
+    def get_many_trusted(self, keys: list[bytes], snapshot: Snapshot,
+                         as_data: Callable[[], XidSnapshot] | None = None) -> list:
         """``get_many`` (default None) for a caller that has checked every key itself
-        (bytes of at most ``KEY_MAX_BYTES``): the KV store's batch read."""
+        (bytes of at most ``KEY_MAX_BYTES``): the KV store's batch read. ``as_data()``, if
+        given, is ``snapshot`` as data: asked for only when some leaf holds several of the
+        keys, which then cost one C call for that leaf (``probe_many``)."""
         token = self._begin_read()
         try:
-            return self._get_many(keys, snapshot, None)
+            return self._get_many(keys, snapshot, None, as_data)
         finally:
             self._end_read(token)
 
-    def _get_many(self, keys: list[bytes], snapshot: Snapshot, default) -> list:
-        by_leaf: dict[int, list[bytes]] = {}
+    def _get_many(self, keys: list[bytes], snapshot: Snapshot, default,
+                  as_data: Callable[[], XidSnapshot] | None = None) -> list:
+        skeys = sorted(set(keys))
+        by_leaf: dict[int, list[int]] = {}  # leaf block -> positions in skeys
         leaf_for = self._leaf_for
-        for k in sorted(set(keys)):  # the cached internal pages: no I/O, no pins
-            by_leaf.setdefault(leaf_for(k), []).append(k)
+        for i, k in enumerate(skeys):  # the cached internal pages: no I/O, no pins
+            by_leaf.setdefault(leaf_for(k), []).append(i)
+        # A leaf holding several keys: one C call for all of them, the snapshot as data
+        # (probe_many). A lone key's leaf costs as much either way (measured): probe_leaf.
+        batch = None
+        if len(by_leaf) < len(skeys):
+            data = snapshot if isinstance(snapshot, XidSnapshot) else \
+                as_data() if as_data is not None else None
+            if data is not None:
+                batch = ProbeKeys(skeys, *data)
         found: dict[bytes, object] = {}
         retry: list[bytes] = []
         blocks = sorted(by_leaf)
@@ -1114,7 +1134,8 @@ class BTree:
                     continue
                 lock(buf)
                 try:
-                    probe(block, page_of(buf), by_leaf[block], snapshot, found, retry)
+                    probe(block, page_of(buf), skeys, by_leaf[block], snapshot, batch, found,
+                          retry)
                 finally:
                     unlock(buf)
                     unpin(buf)
@@ -1126,8 +1147,8 @@ class BTree:
                 try:
                     bm.lock_shared(buf)
                     try:
-                        self._probe_leaf(block, bm.page(buf), by_leaf[block], snapshot,
-                                         found, retry)
+                        probe(block, bm.page(buf), skeys, by_leaf[block], snapshot, batch,
+                              found, retry)
                     finally:
                         bm.unlock_shared(buf)
                 finally:
@@ -1139,14 +1160,34 @@ class BTree:
             found[k] = self._get(k, snapshot)
         return [default if (v := found[k]) is None else v for k in keys]
 
-    def _probe_leaf(self, block: int, page, keys: list[bytes], snapshot: Snapshot,
-                    found: dict, retry: list) -> None:
-        """Each of ``keys`` (sorted) on one share-locked leaf, one ``probe_leaf`` C call
-        each: ``found[k]`` = the visible value (an OverflowRef for an out-of-line one) or
-        None; keys whose leaf is further right, or whose versions continue there, go to
-        ``retry``."""
+    def _probe_leaf(self, block: int, page, skeys: list[bytes], where: list[int],
+                    snapshot: Snapshot, batch: ProbeKeys | None, found: dict,
+                    retry: list) -> None:
+        """The keys at positions ``where`` (ascending) of the sorted ``skeys`` on one
+        share-locked leaf: ``found[k]`` = the visible value (an OverflowRef for an
+        out-of-line one) or None; keys whose leaf is further right, or whose versions
+        continue there (or are too many for ``probe_many`` to judge), go to ``retry``. One
+        ``probe_many`` C call for a run of several positions with ``batch``, else one
+        ``probe_leaf`` call per key and ``snapshot`` on its versions."""
         try:
-            for k in keys:
+            lo, hi = where[0], where[-1] + 1
+            if batch is not None and 1 < hi - lo == len(where):
+                got = probe_many(page, batch, lo, hi)
+                for j in range(0, 4 * (hi - lo), 4):  # status, value start, end, eflags
+                    k = skeys[lo + (j >> 2)]
+                    status = got[j]
+                    if status & PROBE_FOUND:
+                        value = page[got[j + 1]:got[j + 2]].tobytes()
+                        if got[j + 3] & ENTRY_OVERFLOW:
+                            value = unpack_overflow_ref(value)
+                        found[k] = value
+                    elif status & _PROBE_ELSEWHERE:
+                        retry.append(k)
+                    else:
+                        found[k] = None
+                return
+            for pos in where:
+                k = skeys[pos]
                 v = probe_leaf_flat(page, k)  # right-link, status, versions
                 status = v[1]
                 if status & PROBE_MOVE_RIGHT:  # split or unlinked since we looked

@@ -995,6 +995,37 @@ def test_versions_of_one_key_across_leaves_under_every_snapshot(env):
     assert no_pins(env.bm)
 
 
+def test_get_many_with_several_keys_per_leaf_equals_get(env):
+    """get_many of dense batches (many keys per leaf: one probe_many C call per leaf with a
+    data snapshot) equals get per key with the same snapshot given as a callable, for
+    snapshots that exclude running and aborted xids: keys with several versions, deleted
+    keys, out-of-line values, a key whose versions continue on the next leaf, duplicates
+    and missing keys in the batch. Checked key by key against get."""
+    t = env.tree
+    for i in range(400):
+        t.insert(b"k%04d" % i, b"one%d" % i, 2)
+    for i in range(0, 400, 3):  # a newer version by xid 5 (excluded by some snapshots)
+        t.set_xmax(b"k%04d" % i, 2, 5)
+        t.insert(b"k%04d" % i, b"five%d" % i, 5)
+    for i in range(1, 400, 10):  # deleted by xid 6
+        t.set_xmax(b"k%04d" % i, 2, 6)
+    big = b"B" * 5000  # out of line
+    t.set_xmax(b"k0100", 5, 7)
+    t.insert(b"k0100", big, 7)
+    for xid in range(8, 20):  # many large versions: they continue over the next leaves
+        t.set_xmax(b"k0200", xid - 1 if xid > 8 else 5, xid)
+        t.insert(b"k0200", bytes([xid]) * 1500, xid)
+    batch = [b"k%04d" % i for i in range(0, 400, 2)] + [b"k0100", b"k0200", b"k0201",
+                                                        b"none", b"k0100"]
+    for snap in (XidSnapshot(30, 0, ()), XidSnapshot(30, 0, (5,)), XidSnapshot(6, 0, ()),
+                 XidSnapshot(12, 0, (7, 9, 11)), XidSnapshot(30, 0, (6, 8))):
+        want = [t.get(k, lambda a, b, s=snap: s(a, b)) for k in batch]
+        assert t.get_many(batch, snap) == want
+        assert t.get_many_trusted(batch, lambda a, b, s=snap: s(a, b), lambda s=snap: s) == want
+    assert t.get_many(batch, XidSnapshot(30, 0, ()))[-5] == big
+    assert no_pins(env.bm)
+
+
 def _leaf_blocks_of_key(t: BTree, key: bytes) -> list[int]:
     """The leaves holding versions of ``key`` (walked from the leftmost leaf)."""
     out = []
