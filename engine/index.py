@@ -53,7 +53,12 @@ from slonik.engine.access.btree_page import (
 )
 from slonik.engine.access.heap import Heap
 from slonik.engine.access.heap_fetch import NO_TUPLE, gather_heap
-from slonik.engine.access.keycodec import columns_encoder, key_encoder, prefix_end
+from slonik.engine.access.keycodec import (
+    columns_encoder,
+    key_encoder,
+    prefix_end,
+    value_encoder,
+)
 from slonik.engine.access.tuple import HeapTuple, Tid
 from slonik.engine.catalog import IndexEntry
 from slonik.storage.page import BLCKSZ, HEADER_SIZE
@@ -121,6 +126,10 @@ class TableIndex:
         self._column_getters = tuple(map(itemgetter, self.positions))
         self._values_of = itemgetter(*self.positions) if len(self.positions) > 1 else \
             (lambda row, _i=self.positions[0]: (row[_i],))
+        # A one-column index's key of one value (``encode((v,))`` without the size check;
+        # None for wider indexes): a point read encodes its key and re-checks its row so.
+        self.encode_value = value_encoder(self.key_columns[0]) \
+            if len(self.key_columns) == 1 else None
 
     def __repr__(self) -> str:
         kind = "primary key" if self.primary else "unique index" if self.unique else "index"

@@ -40,12 +40,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import compress
 from operator import eq
 
-from slonik.engine.access.btree import XidSnapshot
+from slonik.engine.access.btree import KEY_MAX_BYTES, XidSnapshot
 from slonik.engine.access.heap import Heap, HeapTuple
 from slonik.engine.access.heap_fetch import VISIBLE, fetch_tuple
 from slonik.engine.access.tuple import RowCodec, Tid
 from slonik.engine.errors import ConflictError, UniqueViolation
 from slonik.engine.index import (
+    TID_SUFFIX_BYTES,
     IndexCheckResult,
     TableIndex,
     check_index,
@@ -550,7 +551,10 @@ class Table:
             if tid is not None:
                 raise TypeError("get takes a Tid or primary key columns, not both")
             pk, values = self._pk_values(key)
-            prefix = pk.encode(values)
+            enc = pk.encode_value
+            prefix = enc(values[0]) if enc is not None else pk.encode(values)
+            if enc is not None and len(prefix) + TID_SUFFIX_BYTES > KEY_MAX_BYTES:
+                pk.encode(values)   # raises naming the index
             layer = self._layer
             if self._relation.state is not RelationState.LIVE:
                 self._check()   # _check inlined: the usual case is one test and one call
@@ -563,7 +567,15 @@ class Table:
             xacts = layer.xacts
             snap = xacts.snapshot()
             try:
-                return self._first_row(pk, prefix, snap)
+                tids = pk.point_tids(prefix)
+                if enc is not None and tids is not None and len(tids) == 2:
+                    # _first_row's usual case inlined: one entry of a one-column key
+                    t = fetch_tuple(self._heap, tids[0], tids[1])
+                    if t is None or not snap.visible(t[0], t[1]):
+                        return None
+                    row = self._codec.decode(t[2])
+                    return row if enc(row[pk.positions[0]]) == prefix else None
+                return self._first_row(pk, prefix, snap, tids)
             finally:
                 xacts.release(snap)
         tid = _check_tid(tid)
@@ -579,10 +591,12 @@ class Table:
             visible = c(t.xmin) and not (t.xmax and c(t.xmax))
         return self._codec.decode(t.data) if visible else None
 
-    def _first_row(self, index: TableIndex, prefix: bytes, snap: Snapshot) -> tuple | None:
+    def _first_row(self, index: TableIndex, prefix: bytes, snap: Snapshot,
+                   tids: list[int] | None | bool = False) -> tuple | None:
         """The first visible row whose ``index`` key is ``prefix`` (a primary key's: the
-        only one), or None."""
-        tids = index.point_tids(prefix)
+        only one), or None. ``tids``: ``index.point_tids(prefix)`` if the caller has it."""
+        if tids is False:
+            tids = index.point_tids(prefix)
         if tids is not None:   # the usual case: _point_tid_row inlined (a frame less)
             heap, decode, visible = self._heap, self._codec.decode, snap.visible
             for i in range(0, len(tids), 2):

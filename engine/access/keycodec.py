@@ -38,7 +38,8 @@ import struct
 from collections.abc import Sequence
 from itertools import repeat
 
-__all__ = ["encode_key", "key_encoder", "keys_encoder", "columns_encoder", "decode_key",
+__all__ = ["encode_key", "key_encoder", "value_encoder", "keys_encoder", "columns_encoder",
+           "decode_key",
            "prefix_end",
            "KeyCodecError", "TAG_VALUE", "TAG_NULL"]
 
@@ -208,6 +209,31 @@ def key_encoder(columns: Sequence[tuple[str, str]]):
                 pass
         return encode_key(columns, values)
     return encode
+
+
+def value_encoder(column: tuple[str, str]):
+    """``key_encoder([column])`` for one value instead of a sequence of one: a function
+    of ``v`` giving exactly ``encode_key([column], (v,))`` (the same bytes, the same
+    errors). An int8 column's is one Python call (a primary-key lookup and its re-check
+    encode one such value each)."""
+    name, typ = column
+    if typ not in _FAST:
+        raise ValueError(f"key column {name!r}: unknown type {typ!r}")
+    columns = ((name, typ),)
+    if typ == "int8":
+        def encode_int8(v) -> bytes:
+            if type(v) is int and _INT8_MIN <= v <= _INT8_MAX:
+                return _V + _pack_u64(v + _SIGN)
+            return encode_key(columns, (v,))   # None, other types: as encode_key
+        return encode_int8
+    fast = _FAST[typ]
+
+    def encode_value(v) -> bytes:
+        try:
+            return fast(v)
+        except _Slow:
+            return encode_key(columns, (v,))
+    return encode_value
 
 
 def _column_int8(col: list) -> list[bytes] | None:

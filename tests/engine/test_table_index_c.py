@@ -174,3 +174,26 @@ def test_point_reads_without_the_c_module(db, monkeypatch):
         got = pk.point_tids(key)
         assert got is None or got == [x for _k, tid in pk.matching(key) for x in tid]
     assert t.get(id=500) is None
+
+
+def test_get_by_key_edges(db):
+    """get(id=)'s inlined one-entry path and what it hands on: a text key over the size
+    limit raises ValueError naming the index and a value of the wrong type TypeError
+    naming the column (as encode does); an updated row (two entries, one version
+    visible) and a deleted one (an entry, no visible version) read right outside and
+    inside a transaction; a missing key is None."""
+    t = db.create_table("t", [("id", "text"), ("v", "int8")], primary_key="id")
+    t.insert_many([("a", 1), ("b", 2), ("c", 3)])
+    with pytest.raises(ValueError, match="index .*limit"):
+        t.get(id="x" * 10_000)
+    with pytest.raises(TypeError, match="'id'"):
+        t.get(id=5)
+    t.update(("b", 20))
+    t.delete(id="c")
+    assert t.get(id="b") == ("b", 20)
+    assert t.get(id="c") is None and t.get(id="zz") is None
+    with db.transaction():
+        assert t.get(id="b") == ("b", 20)
+        t.update(("a", 10))
+        assert t.get(id="a") == ("a", 10)
+    assert t.get(id="a") == ("a", 10)
