@@ -1057,7 +1057,7 @@ class BTree:
                     bm.unpin(buf)
                     raise
             try:
-                page = bm.page(buf)
+                page = bm.pages[buf]  # (bm.page(buf) without the call)
                 try:
                     v = probe_leaf_flat(page, key)  # right-link, status, versions
                 except BTreePageError as e:
