@@ -1126,22 +1126,19 @@ class BTree:
         bufs = bm.pin_cached(self.rel, self._forkno, blocks)
         missing = [b for b, buf in zip(blocks, bufs, strict=True) if buf < 0]
         probe = self._probe_leaf
-        lock, unlock, unpin, page_of = bm.lock_shared, bm.unlock_shared, bm.unpin, bm.page
-        i = 0
+        lock, unlock, pages = bm.lock_shared, bm.unlock_shared, bm.pages
         try:
-            for i, (block, buf) in enumerate(zip(blocks, bufs, strict=True)):
+            for block, buf in zip(blocks, bufs, strict=True):
                 if buf < 0:
                     continue
                 lock(buf)
                 try:
-                    probe(block, page_of(buf), skeys, by_leaf[block], snapshot, batch, found,
+                    probe(block, pages[buf], skeys, by_leaf[block], snapshot, batch, found,
                           retry)
                 finally:
                     unlock(buf)
-                    unpin(buf)
-                    bufs[i] = -1
         finally:
-            bm.unpin_many([b for b in bufs[i:] if b >= 0])
+            bm.unpin_many([b for b in bufs if b >= 0])  # one call for all the pool's hits
         with ReadStream(bm, self.rel, self.fork, missing) as stream:
             for block, buf in zip(missing, stream, strict=True):
                 try:
