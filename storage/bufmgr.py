@@ -178,6 +178,14 @@ class ContentLock:
                 self._wait()
             self._exclusive = True
 
+    def try_shared(self) -> bool:
+        """Take it shared if nobody holds it exclusively; never waits."""
+        with self._mutex:
+            if self._exclusive:
+                return False
+            self._shared += 1
+            return True
+
     def try_exclusive(self) -> bool:
         with self._mutex:
             if self._exclusive or self._shared:
@@ -1134,37 +1142,66 @@ class BufferManager:
                 self.unpin_many([b for _, b in pinned])
         return written
 
-    def _write_runs(self, runs: list[list[int]], *, wait: bool) -> int:
-        """Write runs of adjacent pinned buffers through AIO; each buffer is content-locked
-        shared from before the WAL flush until its write completes."""
-        ios: list[_WriteIo] = []
+    def _write_runs(self, runs: list[list[int]], *, wait: bool = True) -> int:
+        """Write runs of adjacent pinned buffers through AIO and wait; each buffer is
+        content-locked shared from before the WAL flush until its write completes.
+
+        Deadlock freedom: a share lock is waited for only while this call holds no other
+        content lock (the first buffer of a pass); every later buffer of the pass is only
+        tried, and one held exclusively by someone else defers the rest of its run to the
+        next pass, which starts after this pass's writes completed (their locks released).
+        Holding some buffers shared while waiting for another would deadlock with a writer
+        that holds that one exclusively and waits for one of ours (a B+tree split locks
+        its pages, then the metapage). Every pass writes at least one buffer or finds
+        every remaining one clean, so the passes end."""
+        assert wait, "writes are always waited for (a next pass must not wait holding locks)"
         written = 0
-        with self.aio.batch():
-            for run in runs:
-                for claimed in self._claim_for_write(run):
-                    ios.append(self._start_write_io(claimed))
-                    written += len(claimed)
-        if wait:
-            t0 = time.perf_counter_ns()
-            first_error: BaseException | None = None
-            for io in ios:
-                self.aio.wait(io.ref)
-                try:
-                    io.ret.raise_if_failed()
-                except BaseException as exc:
-                    first_error = first_error or exc
-            self._io_wait_ns += time.perf_counter_ns() - t0
-            if first_error is not None:
-                raise first_error
+        pending = runs
+        while pending:
+            ios: list[_WriteIo] = []
+            deferred: list[list[int]] = []
+            held = False
+            with self.aio.batch():
+                for run in pending:
+                    pieces, rest = self._claim_for_write(run, may_wait=not held)
+                    for claimed in pieces:
+                        ios.append(self._start_write_io(claimed))
+                        written += len(claimed)
+                        held = True
+                    if rest:
+                        deferred.append(rest)
+            self._wait_writes(ios)
+            pending = deferred
         return written
 
-    def _claim_for_write(self, run: list[int]) -> list[list[int]]:
+    def _wait_writes(self, ios: list[_WriteIo]) -> None:
+        """Wait for every write of ``ios``; raise the first failure after all finished."""
+        t0 = time.perf_counter_ns()
+        first_error: BaseException | None = None
+        for io in ios:
+            self.aio.wait(io.ref)
+            try:
+                io.ret.raise_if_failed()
+            except BaseException as exc:
+                first_error = first_error or exc
+        self._io_wait_ns += time.perf_counter_ns() - t0
+        if first_error is not None:
+            raise first_error
+
+    def _claim_for_write(self, run: list[int], *, may_wait: bool
+                         ) -> tuple[list[list[int]], list[int]]:
         """Content-lock (shared) and claim the write I/O of each dirty buffer in ``run``;
-        one not dirty any more, or being written elsewhere, splits the run."""
+        one not dirty any more, or being written elsewhere, splits the run. Only the first
+        buffer may be waited for, and only when ``may_wait`` (no lock held by the caller);
+        a buffer held exclusively otherwise ends the claim: returns (claimed pieces, the
+        run's unclaimed rest from that buffer on)."""
         pieces: list[list[int]] = [[]]
-        for b in run:
+        for i, b in enumerate(run):
             d = self.descs[b]
-            d.lock.acquire_shared()
+            if may_wait and i == 0:
+                d.lock.acquire_shared()
+            elif not d.lock.try_shared():
+                return [p for p in pieces if p], run[i:]
             with self._lock:
                 claim = self._start_buffer_io_locked(d, for_input=False)
             if claim:
@@ -1173,7 +1210,7 @@ class BufferManager:
                 d.lock.release_shared()
                 if pieces[-1]:
                     pieces.append([])
-        return [p for p in pieces if p]
+        return [p for p in pieces if p], []
 
     def _start_write_io(self, claimed: list[int]) -> _WriteIo:
         rel, fork, block = self.descs[claimed[0]].tag
