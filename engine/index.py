@@ -234,15 +234,7 @@ class TableIndex:
         epoch = tree._begin_read()
         try:
             block = tree._leaf_for(key)
-            buf = bm.pin_if_valid(tree.rel, tree._forkno, block)
-            if buf < 0:
-                buf = tree._read(block)   # pinned and share-locked
-            else:
-                try:
-                    bm.lock_shared(buf)
-                except BaseException:
-                    bm.unpin(buf)
-                    raise
+            buf = tree._read(block)   # pinned and share-locked
             try:
                 page = bm.page(buf)
                 if _lib is not None:   # point_entries' C call inlined for its usual answers
@@ -372,22 +364,13 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
     an unlinked leaf, or the range continuing there). Registered as a reader for the
     duration, so no leaf it reaches is recycled meanwhile (the tree's reader epochs)."""
     bm = tree.bufmgr
-    rel, forkno = tree.rel, int(tree.fork)
     out: list[bytes] = []
     epoch = tree._begin_read()
     try:
         block = tree._leaf_for(start or b"")
         visited = 0
         while True:
-            buf = bm.pin_if_valid(rel, forkno, block)
-            if buf < 0:
-                buf = tree._read(block)   # pinned and share-locked
-            else:
-                try:
-                    bm.lock_shared(buf)
-                except BaseException:
-                    bm.unpin(buf)
-                    raise
+            buf = tree._read(block)   # pinned and share-locked
             try:
                 page = bm.page(buf)
                 # The special space read raw: extract_leaf verifies the page (C, or the

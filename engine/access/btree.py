@@ -791,8 +791,12 @@ class BTree:
             raise self._corrupt(block, str(e)) from None
 
     def _read(self, block: int, *, exclusive: bool = False) -> int:
+        """``block`` pinned and content-locked (shared, or exclusive); a pool hit is one
+        short buffer-manager call (``pin_if_valid``), a miss a read."""
         bm = self.bufmgr
-        buf = bm.read_buffer(self.rel, self.fork, block)
+        buf = bm.pin_if_valid(self.rel, self._forkno, block)
+        if buf < 0:
+            buf = bm.read_buffer(self.rel, self.fork, block)
         try:
             (bm.lock_exclusive if exclusive else bm.lock_shared)(buf)
         except BaseException:
@@ -1045,17 +1049,8 @@ class BTree:
         bm = self.bufmgr
         block = self._leaf_for(key)
         skip = LEAF_HEADER_SIZE + len(key)  # an entry's value starts this far into it
-        rel, forkno = self.rel, self._forkno
         while True:
-            buf = bm.pin_if_valid(rel, forkno, block)  # the hit path, one call
-            if buf < 0:
-                buf = self._read(block)
-            else:
-                try:
-                    bm.lock_shared(buf)
-                except BaseException:
-                    bm.unpin(buf)
-                    raise
+            buf = self._read(block)
             try:
                 page = bm.pages[buf]  # (bm.page(buf) without the call)
                 try:

@@ -585,20 +585,7 @@ def probe_leaf_py(page, key: bytes) -> tuple[int, int, list[int]]:
 
 def probe_leaf(page, key: bytes) -> tuple[int, int, list[int]]:
     """``probe_leaf_py`` in one C call when the helper module is built."""
-    if _lib is None:
-        return probe_leaf_py(page, key)
-    out = getattr(_tls, "probe_out", None)
-    if out is None:
-        out = _tls.probe_out = _ffi.new("uint64_t[]", 2 + 5 * PROBE_VERSIONS_ROOM)
-    # The page's buffer export is each call's temporary argument, gone before a reference
-    # that raises runs (see _C_EXPORTS); cheaper than a ``with`` block on the point-read path.
-    n = _lib.slk_bt_probe(_ffi.from_buffer(page), key, len(key), out, PROBE_VERSIONS_ROOM)
-    if n > PROBE_VERSIONS_ROOM:
-        out = _ffi.new("uint64_t[]", 2 + 5 * n)
-        n = _lib.slk_bt_probe(_ffi.from_buffer(page), key, len(key), out, n)
-    if n < 0:  # malformed: the reference names what is wrong
-        return probe_leaf_py(page, key)
-    flat = _ffi.unpack(out, 2 + 5 * n)
+    flat = probe_leaf_flat(page, key)
     return flat[0], flat[1], flat[2:]
 
 
