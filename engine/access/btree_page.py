@@ -495,13 +495,10 @@ def search_page(page, key: bytes, xmin: int, upper: bool) -> int:
     return got
 
 
-def visible_offnums_py(page, snap_xmax: int, own: int, excluded: Sequence[int]) -> list[int]:
-    """Reference: offnums of the leaf entries a snapshot sees. An xid is seen when it is
-    ``own``, or below ``snap_xmax`` and not in ``excluded`` (sorted: running or aborted);
-    an entry is visible when its xmin is seen and its xmax is 0 or not seen."""
-    special = bt_special(page)
-    out = []
-
+def xid_sees_py(snap_xmax: int, own: int, excluded: Sequence[int]) -> Callable[[int], bool]:
+    """Reference: whether a snapshot given as data sees transaction ``x``: its own xid,
+    or one below ``snap_xmax`` that is not in the sorted ``excluded`` (running or aborted)
+    -- what the C helpers' xid_sees decides."""
     def sees(x: int) -> bool:
         if x == own:
             return True
@@ -509,6 +506,18 @@ def visible_offnums_py(page, snap_xmax: int, own: int, excluded: Sequence[int]) 
             return False
         i = bisect.bisect_left(excluded, x)
         return not (i < len(excluded) and excluded[i] == x)
+
+    return sees
+
+
+def visible_offnums_py(page, snap_xmax: int, own: int, excluded: Sequence[int]) -> list[int]:
+    """Reference: offnums of the leaf entries a snapshot sees. An xid is seen when it is
+    ``own``, or below ``snap_xmax`` and not in ``excluded`` (sorted: running or aborted);
+    an entry is visible when its xmin is seen and its xmax is 0 or not seen."""
+    special = bt_special(page)
+    out = []
+
+    sees = xid_sees_py(snap_xmax, own, excluded)
 
     for offnum in range(bt_first_data(special), bt_item_count(page) + 1):
         off, length = _item_at(page, offnum)
@@ -638,13 +647,7 @@ def probe_many_py(page, batch: ProbeKeys, lo: int, hi: int) -> list[int]:
     ``visible_offnums_py``'s."""
     snap_xmax, own, excluded = batch.snap_xmax, batch.own, batch.excluded
 
-    def sees(x: int) -> bool:
-        if x == own:
-            return True
-        if x >= snap_xmax:
-            return False
-        i = bisect.bisect_left(excluded, x)
-        return not (i < len(excluded) and excluded[i] == x)
+    sees = xid_sees_py(snap_xmax, own, excluded)
 
     out: list[int] = []
     for key in batch.keys[lo:hi]:
@@ -694,13 +697,7 @@ def extract_leaf_py(page, start: bytes | None, stop: bytes | None, snap_xmax: in
     if stop is not None and first == 2 and unpack_pivot(bt_item(page, 1)).key >= stop:
         flags |= EXTRACT_DONE
 
-    def sees(x: int) -> bool:
-        if x == own:
-            return True
-        if x >= snap_xmax:
-            return False
-        i = bisect.bisect_left(excluded, x)
-        return not (i < len(excluded) and excluded[i] == x)
+    sees = xid_sees_py(snap_xmax, own, excluded)
 
     flat: list[int] = []
     for off in range(pos, bt_item_count(page) + 1):
