@@ -523,20 +523,31 @@ class Table:
 
     def _range(self, idx: TableIndex, lo: bytes | None, hi: bytes | None,
                reverse: bool) -> Iterator[tuple]:
-        """``range``'s rows, checked as ``TransactionLayer.guard`` checks an iterator
-        (the table usable before every row is handed over; an error underneath reports a
-        close or drop first), inlined so the check per row is one attribute test and one
-        call (as ``scan``)."""
-        check, check_open = self._check, self._layer.check_open
+        """``range``'s rows in one snapshot, checked as ``_guarded`` checks them."""
+        def batches(snap: Snapshot) -> Iterator[Sequence[tuple]]:
+            entries = idx.entry_key_batches(lo, hi, reverse=reverse)
+            for _tids, rows in self._row_batches(idx, entries, snap):
+                yield rows
+
+        return self._guarded(batches)
+
+    def _guarded(self, batches: Callable[[Snapshot], Iterator[Sequence[tuple]]]
+                 ) -> Iterator[tuple]:
+        """The rows of ``batches(snapshot)`` (one read snapshot), checked as
+        ``TransactionLayer.guard`` checks an iterator: the full check (open, no fatal WAL
+        error) before every batch, and before every row two attribute tests (database
+        closed, relation not live) that send the next ``next()`` after a close or drop to
+        the error at once; an error underneath reports a close or drop first."""
+        check, layer = self._check, self._layer
+        check_open = layer.check_open
         relation, live = self._relation, RelationState.LIVE
         try:
-            with self._layer.read_snapshot() as snap:
-                batches = idx.entry_key_batches(lo, hi, reverse=reverse)
-                for _tids, rows in self._row_batches(idx, batches, snap):
+            with layer.read_snapshot() as snap:
+                for rows in batches(snap):
+                    check_open()
                     for row in rows:
-                        if relation.state is not live:
+                        if layer.closed or relation.state is not live:
                             check()
-                        check_open()
                         yield row
         except Exception:
             check()  # closed or dropped underneath: that is the error to report
@@ -645,23 +656,9 @@ class Table:
             yield run, decode_run(run.data, run.starts, run.ends)
 
     def _rows(self) -> Iterator[tuple]:
-        """``scan``'s rows, checked as ``TransactionLayer.guard`` checks an iterator: the
-        table is usable before every step (an error underneath reports a close or drop
-        first), inlined so the check per row is one attribute test and one call."""
-        check, check_open = self._check, self._layer.check_open
-        relation, live = self._relation, RelationState.LIVE
-        try:
-            with self._layer.read_snapshot() as snap:
-                for _run, rows in self._runs(snap, tids=False):
-                    for row in rows:
-                        if relation.state is not live:
-                            check()
-                        check_open()
-                        yield row
-        except Exception:
-            check()  # closed or dropped underneath: that is the error to report
-            raise
-        check()
+        """``scan``'s rows in one snapshot, a run of pages per batch, checked as
+        ``_guarded`` checks them."""
+        return self._guarded(lambda snap: (rows for _run, rows in self._runs(snap, tids=False)))
 
     def _items(self) -> Iterator[tuple[Tid, tuple]]:
         with self._layer.read_snapshot() as snap:
