@@ -70,6 +70,7 @@ from slonik.engine.access.tuple import (
     TupleFormatError,
     TupleTooLargeError,
     pack_tuple,
+    slot_tuple,
     unpack_tuple_header,
 )
 from slonik.storage.page import (
@@ -928,31 +929,12 @@ class Heap:
 
     def _tuple_at(self, page: memoryview, tid: Tid) -> HeapTuple | None:
         """A copy of the NORMAL tuple at ``tid`` of a (locked, verified) page, or None;
-        the checks of ``_page_tuples`` for that one line pointer."""
-        lower, upper = _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
-        offnum = tid.offnum
-        lp_at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
-        if lower == 0 or offnum < 1 or lp_at + LINE_POINTER_SIZE > lower:
+        the checks of ``_page_tuples`` for that one line pointer (``slot_tuple``)."""
+        got = slot_tuple(page, tid.offnum, self.rel, int(self.fork), tid.block)
+        if got is None:
             return None
-        (lp,) = _LP.unpack_from(page, lp_at)
-        if (lp >> 15) & 3 != _LP_NORMAL:
-            return None
-        offset = lp & 0x7FFF
-        length = lp >> 17
-        if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
-            raise TupleFormatError(
-                f"relation {self.rel} block {tid.block} offnum {offnum}: line pointer "
-                f"(offset {offset}, length {length}) is not a heap tuple inside "
-                f"[{upper}, {BLCKSZ})", relation=self.rel, fork=int(self.fork),
-                block=tid.block)
-        xmin, xmax, flags, data_len = _TUPLE_HEAD.unpack_from(page, offset)
-        if data_len != length - TUPLE_HEADER_SIZE:
-            raise TupleFormatError(
-                f"relation {self.rel} block {tid.block} offnum {offnum}: tuple data_len "
-                f"{data_len} does not match its item length {length}",
-                relation=self.rel, fork=int(self.fork), block=tid.block)
-        return HeapTuple(tid, xmin, xmax, flags,
-                         bytes(page[offset + TUPLE_HEADER_SIZE:offset + length]))
+        xmin, xmax, flags, start, end = got
+        return HeapTuple(tid, xmin, xmax, flags, bytes(page[start:end]))
 
     def scan(self) -> Iterator[HeapTuple]:
         """Every tuple on every page (block order, then offnum), whatever its xmin/xmax,

@@ -30,15 +30,14 @@ Invariants:
 
 from __future__ import annotations
 
-import struct
 import threading
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import repeat
 from typing import NamedTuple
 
-from slonik.engine.access.tuple import TUPLE_HEADER_SIZE, TupleFormatError
-from slonik.storage.page import BLCKSZ, HEADER_SIZE, LINE_POINTER_SIZE, LOWER_OFFSET
+from slonik.engine.access.tuple import slot_tuple
+from slonik.storage.page import BLCKSZ
 from slonik.storage.read_stream import ReadStream
 
 try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
@@ -63,11 +62,6 @@ _tls = threading.local()
 # per entry (a 100-row range over scattered heap pages: ~11% more rows/s than with 64).
 PIN_BATCH_PAGES = 256
 
-_LOWER_UPPER = struct.Struct("<HH")
-_LP = struct.Struct("<I")
-_TUPLE_HEAD = struct.Struct("<QQHI")
-_LP_NORMAL = 1
-
 Found = tuple[list[int], list[int], list[int], list[int]]  # xmins, xmaxs, starts, ends
 
 # gather's status per request
@@ -87,11 +81,6 @@ class Gathered(NamedTuple):
     data: bytes
 
 
-def _bad(rel: int, fork: int, block: int, offnum: int, why: str) -> TupleFormatError:
-    return TupleFormatError(f"relation {rel} block {block} offnum {offnum}: {why}",
-                            relation=rel, fork=fork, block=block)
-
-
 def tuples_at_py(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int],
                  *, rel: int = 0, fork: int = 0, blocks: Sequence[int] = ()) -> Found:
     """(xmins, xmaxs, starts, ends), one entry per request, of the tuples at
@@ -107,32 +96,12 @@ def tuples_at_py(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequen
         if len(page) != BLCKSZ:
             raise ValueError(f"page {p} is {len(page)} bytes, not {BLCKSZ}")
         block = blocks[p] if p < len(blocks) else p
-        lower, upper = _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
-        lp_at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
-        found = lower != 0 and offnum >= 1 and lp_at + LINE_POINTER_SIZE <= lower
-        if found:
-            (lp,) = _LP.unpack_from(page, lp_at)
-            found = (lp >> 15) & 3 == _LP_NORMAL
-        if not found:
-            xmins.append(0)
-            xmaxs.append(0)
-            starts.append(0)
-            ends.append(0)
-            continue
-        offset = lp & 0x7FFF
-        length = lp >> 17
-        if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
-            raise _bad(rel, fork, block, offnum, f"line pointer (offset {offset}, length "
-                                                 f"{length}) is not a heap tuple inside "
-                                                 f"[{upper}, {BLCKSZ})")
-        xmin, xmax, _flags, data_len = _TUPLE_HEAD.unpack_from(page, offset)
-        if data_len != length - TUPLE_HEADER_SIZE:
-            raise _bad(rel, fork, block, offnum, f"tuple data_len {data_len} does not match "
-                                                 f"its item length {length}")
+        got = slot_tuple(page, offnum, rel, fork, block)
+        xmin, xmax, _flags, start, end = (0, 0, 0, 0, 0) if got is None else got
         xmins.append(xmin)
         xmaxs.append(xmax)
-        starts.append(offset + TUPLE_HEADER_SIZE)
-        ends.append(offset + length)
+        starts.append(start)
+        ends.append(end)
     return xmins, xmaxs, starts, ends
 
 
@@ -337,25 +306,11 @@ def fetch_tuple(heap, block: int, offnum: int) -> tuple[int, int, bytes] | None:
         bm.lock_shared(buf)
         try:
             page = bm.page(buf)
-            lower, upper = _LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
-            lp_at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
-            if lower == 0 or offnum < 1 or lp_at + LINE_POINTER_SIZE > lower:
+            got = slot_tuple(page, offnum, heap.rel, int(heap.fork), block)
+            if got is None:
                 return None
-            (lp,) = _LP.unpack_from(page, lp_at)
-            if (lp >> 15) & 3 != _LP_NORMAL:
-                return None
-            offset = lp & 0x7FFF
-            length = lp >> 17
-            if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
-                raise _bad(heap.rel, int(heap.fork), block, offnum,
-                           f"line pointer (offset {offset}, length {length}) is not a heap "
-                           f"tuple inside [{upper}, {BLCKSZ})")
-            xmin, xmax, _flags, data_len = _TUPLE_HEAD.unpack_from(page, offset)
-            if data_len != length - TUPLE_HEADER_SIZE:
-                raise _bad(heap.rel, int(heap.fork), block, offnum,
-                           f"tuple data_len {data_len} does not match its item length "
-                           f"{length}")
-            return xmin, xmax, bytes(page[offset + TUPLE_HEADER_SIZE:offset + length])
+            xmin, xmax, _flags, start, end = got
+            return xmin, xmax, bytes(page[start:end])
         finally:
             bm.unlock_shared(buf)
     finally:

@@ -41,7 +41,14 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from slonik.storage.errors import DataCorruptionError
-from slonik.storage.page import max_item_size
+from slonik.storage.page import (
+    BLCKSZ,
+    HEADER_SIZE,
+    LINE_POINTER_SIZE,
+    LOWER_OFFSET,
+    LpFlag,
+    max_item_size,
+)
 
 try:  # the optional C row-layout helper (storage/_pagecheck_build.py, "heap page" block)
     from slonik.storage._pagecheck import ffi as _ffi
@@ -60,7 +67,7 @@ __all__ = [
     "HEAP_UPDATED", "HEAP_XMAX_UPDATE", "HEAP_VALID_FLAG_BITS", "COLUMN_TYPES",
     "Tid", "HeapTuple", "TupleTooLargeError", "TupleFormatError",
     "pack_tuple", "unpack_tuple", "unpack_tuple_header", "check_data_size",
-    "encode_kv", "decode_kv", "KV_HEADER_SIZE", "RowCodec",
+    "encode_kv", "decode_kv", "KV_HEADER_SIZE", "RowCodec", "slot_tuple",
 ]
 
 _HEADER = struct.Struct("<QQHIxx")
@@ -111,6 +118,41 @@ class TupleTooLargeError(ValueError):
 
 class TupleFormatError(DataCorruptionError):
     """Tuple bytes that cannot be decoded; the message names the field."""
+
+
+_SLOT_LOWER_UPPER = struct.Struct("<HH")
+_SLOT_LP = struct.Struct("<I")
+_SLOT_HEAD = struct.Struct("<QQHI")
+_SLOT_NORMAL = int(LpFlag.NORMAL)
+
+
+def slot_tuple(page, offnum: int, rel: int, fork: int, block: int
+               ) -> tuple[int, int, int, int, int] | None:
+    """(xmin, xmax, flags, data start, data end) of the NORMAL heap tuple at ``offnum``
+    of a (locked, verified) heap page, or None when that slot holds none (past the line
+    pointers, unused, dead or redirected). A line pointer outside the tuple space, or a
+    header whose data length disagrees with it, is a TupleFormatError naming relation,
+    block and offnum (a heap fetch's one-slot form of a scan's page checks)."""
+    lower, upper = _SLOT_LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
+    lp_at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
+    if lower == 0 or offnum < 1 or lp_at + LINE_POINTER_SIZE > lower:
+        return None
+    (lp,) = _SLOT_LP.unpack_from(page, lp_at)
+    if (lp >> 15) & 3 != _SLOT_NORMAL:
+        return None
+    offset = lp & 0x7FFF
+    length = lp >> 17
+    if offset < upper or offset + length > BLCKSZ or length < TUPLE_HEADER_SIZE:
+        raise TupleFormatError(
+            f"relation {rel} block {block} offnum {offnum}: line pointer (offset {offset}, "
+            f"length {length}) is not a heap tuple inside [{upper}, {BLCKSZ})",
+            relation=rel, fork=fork, block=block)
+    xmin, xmax, flags, data_len = _SLOT_HEAD.unpack_from(page, offset)
+    if data_len != length - TUPLE_HEADER_SIZE:
+        raise TupleFormatError(
+            f"relation {rel} block {block} offnum {offnum}: tuple data_len {data_len} does "
+            f"not match its item length {length}", relation=rel, fork=fork, block=block)
+    return xmin, xmax, flags, offset + TUPLE_HEADER_SIZE, offset + length
 
 
 def check_data_size(size: int, what: str = "tuple data") -> None:

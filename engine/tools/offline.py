@@ -475,8 +475,8 @@ def table_rows(reader: RelationFileReader, entry: RelationEntry, visibility: Vis
 
 
 class OfflinePages:
-    """The buffer-manager calls ``BTree.open``/``BTree.check`` make (``read_buffer``,
-    ``page``, share locks, ``unpin``, ``smgr.nblocks``), answered read-only from the files:
+    """The buffer-manager calls ``BTree.open``/``BTree.check`` make (``pin_if_valid``,
+    ``read_buffer``, ``page``, share locks, ``unpin``, ``smgr.nblocks``), answered read-only from the files:
     each ``read_buffer`` reads the block (``O_RDONLY``, through the reader's Aio) and
     verifies it (checksum, header, structure) or raises ``DataCorruptionError`` naming
     relation, fork and block. Nothing is cached beyond the pins held; nothing is written."""
@@ -509,6 +509,10 @@ class OfflinePages:
                 f"block {block} of relation {rel} ({fork.label} fork) is damaged: {reason}",
                 relation=rel, fork=int(fork), block=block)
         return bytes(self._pool)
+
+    def pin_if_valid(self, rel: int, fork: int, block: int) -> int:
+        """No pool to hit: always -1 (``read_buffer`` reads the file)."""
+        return -1
 
     def read_buffer(self, rel: int, fork: Fork, block: int) -> int:
         buf = self._next_buf
