@@ -117,7 +117,8 @@ def write_plot(report: dict, path: str | os.PathLike) -> str:
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
         ax.set_xlabel("ratio to the baseline measured in the same run (1.0 = parity)")
         ax.set_title(f"slonik bench {report.get('command', '')}".rstrip())
-        ax.legend(title="io method", loc="lower right")
+        # Outside the axes, right of them: inside, it covered the longest bars.
+        ax.legend(title="io method", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         try:
             fig.savefig(path, format="png")
