@@ -516,18 +516,27 @@ class _LeafFeed:
             if self.next_parent == P_NONE:
                 return None
             block = self.next_parent
-            buf = self.tree._read(block)
-            try:
-                page = self.tree.bufmgr.page(buf)
-                special = self.tree._special(page, block)
-                if special.level != 1:
-                    raise self.tree._corrupt(block, f"right-link on level 1 leads to a level "
-                                                    f"{special.level} page")
-                self._take(page, special, bt_first_data(special), block)
-            finally:
-                self.tree._release(buf)
+            _visit_parent(self.tree, block, "right", lambda page, special, blk: self._take(
+                page, special, bt_first_data(special), blk))
         self.pos += 1
         return self.queue[self.pos - 1]
+
+
+def _visit_parent(tree: BTree, block: int, link: str,
+                  take: Callable[[object, Special, int], None]) -> None:
+    """Share-lock the level-1 page ``block`` that a ``link``-link led to and hand its page,
+    special space and block to ``take``; DataCorruptionError naming it when not on level
+    1. The leaf feeds' step to the next parent page, either way."""
+    buf = tree._read(block)
+    try:
+        page = tree.bufmgr.page(buf)
+        special = tree._special(page, block)
+        if special.level != 1:
+            raise tree._corrupt(block, f"{link}-link on level 1 leads to a level "
+                                       f"{special.level} page")
+        take(page, special, block)
+    finally:
+        tree._release(buf)
 
 
 class _LeafFeedReverse:
@@ -567,16 +576,8 @@ class _LeafFeedReverse:
             if self.prev_parent == P_NONE:
                 return None
             block = self.prev_parent
-            buf = self.tree._read(block)
-            try:
-                page = self.tree.bufmgr.page(buf)
-                special = self.tree._special(page, block)
-                if special.level != 1:
-                    raise self.tree._corrupt(block, f"left-link on level 1 leads to a level "
-                                                    f"{special.level} page")
-                self._take(page, special, block, bt_item_count(page))
-            finally:
-                self.tree._release(buf)
+            _visit_parent(self.tree, block, "left", lambda page, special, blk: self._take(
+                page, special, blk, bt_item_count(page)))
         return self.queue.pop()
 
 
