@@ -1314,11 +1314,7 @@ class BTree:
                                 raise self._corrupt(block, "leaf named by the parent level is "
                                                            "not on the leaf level's right-link "
                                                            "chain")
-                            other = self._read(expected)
-                            try:
-                                result, stop, nxt = self._visit_leaf(expected, other, visit)
-                            finally:
-                                self._release(other)
+                            result, stop, nxt = self._visit_read(expected, visit)
                             if result is not _SKIP:
                                 yield result
                             if stop:
@@ -1339,16 +1335,21 @@ class BTree:
         # The parent level ran out before the leaf level did (the last leaf it listed has
         # split since): follow the right-links.
         while expected is not None and expected != P_NONE:
-            buf = self._read(expected)
-            try:
-                result, stop, nxt = self._visit_leaf(expected, buf, visit)
-            finally:
-                self._release(buf)
+            result, stop, nxt = self._visit_read(expected, visit)
             if result is not _SKIP:
                 yield result
             if stop:
                 return
             expected = nxt
+
+    def _visit_read(self, block: int, visit) -> tuple[object, bool, int]:
+        """``_visit_leaf`` of a leaf read directly (not from the stream): share-locked for
+        the visit, released after."""
+        buf = self._read(block)
+        try:
+            return self._visit_leaf(block, buf, visit)
+        finally:
+            self._release(buf)
 
     def _visit_leaf(self, block: int, buf: int, visit) -> tuple[object, bool, int]:
         page = self.bufmgr.page(buf)
