@@ -72,6 +72,18 @@ def _apply(model: dict, op: list[str]) -> None:
         del model[int(op[1])]
 
 
+def _take(line: str, model: dict, pending: list[str] | None) -> tuple[list[str] | None, bool]:
+    """One line of the child's: an intent ("I") becomes the pending operation, an
+    acknowledgement ("A") applies it to the model. (pending, whether acknowledged)."""
+    parts = line.split()
+    if parts[0] == "I":
+        return parts[2:], False
+    if parts[0] == "A":
+        _apply(model, pending)
+        return None, True
+    return pending, False
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_keeps_acknowledged_rows_and_consistent_indexes(tmp_path, io_method, seed):
     """See the module docstring: after SIGKILL and recovery, rows == acknowledged model
@@ -85,15 +97,10 @@ def test_sigkill_keeps_acknowledged_rows_and_consistent_indexes(tmp_path, io_met
     target = random.Random(seed).randrange(150, 400)
     try:
         for line in proc.stdout:
-            parts = line.split()
-            if parts[0] == "I":
-                pending = parts[2:]
-            elif parts[0] == "A":
-                _apply(model, pending)
-                pending = None
-                acks += 1
-                if acks >= target:
-                    break
+            pending, acked = _take(line, model, pending)
+            acks += acked
+            if acks >= target:
+                break
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -104,12 +111,7 @@ def test_sigkill_keeps_acknowledged_rows_and_consistent_indexes(tmp_path, io_met
     for line in proc.stdout:
         if not line.endswith("\n"):
             break  # the kill cut this line short: its operation had not started
-        parts = line.split()
-        if parts[0] == "I":
-            pending = parts[2:]
-        elif parts[0] == "A":
-            _apply(model, pending)
-            pending = None
+        pending, _acked = _take(line, model, pending)
     with open_db(path, io_method) as db:
         t = db.table("c")
         got = {r[0]: r[1] for r in t.scan()}
