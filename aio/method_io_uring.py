@@ -214,3 +214,106 @@ class IoUringMethod(IoMethod):
             for h, res in done:
                 complete(h, res)
         return True
+
+
+# --- durable writes in one submission (the WAL flush) -----------------------------------------
+FLUSH_RING_ENTRIES = 16   # I/Os one chain may hold: a flush's writes and syncs (a few)
+FLUSH_RING_MAX_IOV = 4    # buffers one write may gather (a WAL piece wraps the ring once)
+
+
+class FlushRing:
+    """A small io_uring of its own for a chain of writes and syncs that one caller waits
+    for at once (the WAL flush). ``run`` links every I/O of the chain to the next (a
+    write that fails or comes back short cancels the rest: no sync ever runs after a
+    failed write), submits the chain and waits for all of it in one io_uring_enter, and
+    reads the completions from the shared completion ring without another system call.
+
+    No handles, no issuer context: the ring is separate from the AIO subsystem's rings,
+    so its completions can never be mistaken for another I/O's. The caller serialises
+    calls (the WAL's flush lock); any thread may make them."""
+
+    def __init__(self) -> None:
+        ok, reason = io_uring_available()
+        if not ok:
+            raise IoMethodUnavailable(f"io_uring is not available here: {reason}")
+        out = _ffi.new("struct slk_ring **")
+        rc = _lib.slk_ring_create(FLUSH_RING_ENTRIES, FLUSH_RING_MAX_IOV, out)
+        if rc < 0:
+            raise IoMethodUnavailable(f"could not set up an io_uring of {FLUSH_RING_ENTRIES} "
+                                      f"entries: {os.strerror(-rc)} (errno {-rc})")
+        self.ptr = out[0]
+        self.forked = False
+        self.broken = ""
+        n = FLUSH_RING_ENTRIES
+        self._op = _ffi.new("int[]", n)
+        self._fd = _ffi.new("int[]", n)
+        self._slot = _ffi.new("unsigned[]", list(range(n)))
+        self._iovcnt = _ffi.new("int[]", n)
+        self._offset = _ffi.new("int64_t[]", n)
+        self._user_data = _ffi.new("uint64_t[]", list(range(n)))
+        self._link = _ffi.new("uint8_t[]", [1] * n)  # the last one's link is ignored
+        self._addr = _ffi.new("uint64_t[]", n * FLUSH_RING_MAX_IOV)
+        self._len = _ffi.new("uint64_t[]", n * FLUSH_RING_MAX_IOV)
+        self._ud_out = _ffi.new("uint64_t[]", n)
+        self._res_out = _ffi.new("int32_t[]", n)
+        _rings.add(self)
+
+    def run(self, chain: list[tuple[int, int, int, list[tuple[int, int]]]]) -> list[int]:
+        """Run ``chain``, a list of ``(op, fd, offset, [(address, length), ...])`` (op an
+        ``IoOp`` value: WRITEV with its buffers, FDATASYNC/FSYNC with none), in order, each
+        starting after the previous one completed in full. Returns each I/O's raw result
+        in chain order (bytes or -errno; -ECANCELED after a failed or short one). At most
+        ``FLUSH_RING_ENTRIES`` I/Os of at most ``FLUSH_RING_MAX_IOV`` buffers. The
+        addresses must stay valid until it returns. A failed submission raises OSError and
+        leaves the ring refusing further chains."""
+        if self.forked:
+            raise IoMethodUnavailable("an io_uring ring cannot be used after fork(); "
+                                      "open the database again in the child")
+        if self.broken:
+            raise OSError(errno.EIO, self.broken)
+        if self.ptr is None:
+            raise OSError(errno.EBADF, "the flush ring is closed")
+        n = len(chain)
+        if not 0 < n <= FLUSH_RING_ENTRIES:
+            raise ValueError(f"a flush chain holds 1..{FLUSH_RING_ENTRIES} I/Os, got {n}")
+        op, fd, iovcnt, offset = self._op, self._fd, self._iovcnt, self._offset
+        addr, length = self._addr, self._len
+        k = 0  # slk_submit reads request i's buffers right after request i-1's
+        for i, (o, f, off, iovs) in enumerate(chain):
+            if len(iovs) > FLUSH_RING_MAX_IOV:
+                raise ValueError(f"a flush write gathers at most {FLUSH_RING_MAX_IOV} "
+                                 f"buffers, got {len(iovs)}")
+            op[i] = o
+            fd[i] = f
+            offset[i] = off
+            iovcnt[i] = len(iovs)
+            for a, ln in iovs:
+                addr[k] = a
+                length[k] = ln
+                k += 1
+        rc = _lib.slk_submit(self.ptr, n, op, fd, self._slot, iovcnt, addr, length, offset,
+                             self._user_data, self._link, n)
+        if rc < 0:
+            self.broken = f"an io_uring flush submission failed: {os.strerror(-rc)} (errno {-rc})"
+            raise OSError(-rc, self.broken)
+        got = _lib.slk_reap(self.ptr, n, n, self._ud_out, self._res_out)
+        if got != n:
+            self.broken = (f"an io_uring flush reaped {got} of {n} completions"
+                           + (f": {os.strerror(-got)}" if got < 0 else ""))
+            raise OSError(errno.EIO if got >= 0 else -got, self.broken)
+        results = [0] * n
+        for ud, res in zip(_ffi.unpack(self._ud_out, n), _ffi.unpack(self._res_out, n),
+                           strict=True):
+            results[ud] = res
+        return results
+
+    @staticmethod
+    def address_of(buffer) -> int:
+        """The address of a writable buffer's first byte, for ``run``'s chains (the caller
+        keeps the buffer alive and unmoved while it uses the address: a mapping)."""
+        return int(_ffi.cast("uintptr_t", _ffi.from_buffer(buffer)))
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            _lib.slk_ring_destroy(self.ptr)
+            self.ptr = None

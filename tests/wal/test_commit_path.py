@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from slonik.aio import osfile
 from slonik.aio.errors import DiskFullError, IOFailure
 from slonik.aio.handle import AioReturn, HandleFlag, IoOp
 from slonik.aio.ids import TargetId
@@ -21,7 +22,15 @@ from slonik.wal.errors import WalDiskFullError, WalError
 from slonik.wal.reader import WalReader
 from slonik.wal.walpage import PAGE_HEADER_SIZE, segment_file_name
 from slonik.wal.walwriter import WalWriter
-from slonik.wal.xlog import WAL_SEGMENTS_PREPARED_AHEAD, Wal
+from slonik.wal.xlog import (
+    FLUSH_AIO,
+    FLUSH_RING,
+    FLUSH_RING_ENTRIES,
+    FLUSH_SYSCALLS,
+    WAL_SEGMENTS_PREPARED_AHEAD,
+    Wal,
+    flush_path_for,
+)
 
 from tests.support.method_faulty import FaultRule
 
@@ -327,3 +336,105 @@ def test_commit_delay_applies_only_with_enough_siblings(aio, tmp_path):
     with pytest.raises(TypeError, match="commit_delay must be an int"):
         w.set_commit_delay(1.5)
     w.close()
+
+
+class _SegmentsOnDevNull(osfile.OsLayer):
+    """Opens every existing WAL segment of ``wal_dir`` as /dev/null (writes succeed, the
+    kernel refuses fdatasync with EINVAL) and counts the syncs asked of the OS layer."""
+
+    def __init__(self, wal_dir: str) -> None:
+        self.wal_dir = wal_dir
+        self.syncs = 0
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        if (os.path.dirname(path) == self.wal_dir and not path.endswith(".tmp")
+                and not flags & os.O_CREAT):
+            return super().open(os.devnull, os.O_RDWR, mode)
+        return super().open(path, flags, mode)
+
+    def fdatasync(self, fd: int) -> None:
+        self.syncs += 1
+        super().fdatasync(fd)
+
+
+def test_flush_path_follows_the_io_method(aio, faulty_aio):
+    """sync and worker flush with plain system calls in the flushing thread, io_uring with
+    a ring of the Wal's own, and any other method object (the fault-injecting wrapper)
+    through AIO handles, so that its hooks see every WAL I/O."""
+    assert flush_path_for(aio.method) == {"sync": FLUSH_SYSCALLS, "worker": FLUSH_SYSCALLS,
+                                          "io_uring": FLUSH_RING}[aio.method.name]
+    assert flush_path_for(faulty_aio[1]) == FLUSH_AIO
+
+
+def test_a_commit_is_one_write_and_one_sync_through_the_os_layer(aio, tmp_path):
+    """Counted at the OS boundary over 20 single-record commits: on sync and worker each
+    flush is exactly one pwritev and one fdatasync through osfile; on io_uring none goes
+    through osfile (the kernel does both from one linked submission)."""
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    _s, e = w.insert(10, 0, 1, b"first")
+    w.flush(e)                          # opens the segment: not counted below
+    calls = {"pwritev": 0, "fdatasync": 0}
+
+    class Counting(osfile.OsLayer):
+        def pwritev(self, fd, buffers, offset):
+            calls["pwritev"] += 1
+            return super().pwritev(fd, buffers, offset)
+
+        def fdatasync(self, fd):
+            calls["fdatasync"] += 1
+            super().fdatasync(fd)
+
+    with osfile.installed(Counting()):
+        for i in range(20):
+            _s, e = w.insert(10, 0, i + 2, b"c" * 100)
+            w.flush(e)
+    st = w.stats()
+    w.close()
+    assert st.flushes == 21 and st.syncs == 21 and st.writes == 21
+    per_commit = 0 if aio.method.links_submissions else 20
+    assert calls == {"pwritev": per_commit, "fdatasync": per_commit}
+    assert len(list(WalReader(str(tmp_path), SEG, FIRST))) == 21
+
+
+def test_failed_sync_from_the_kernel_is_fatal_and_never_retried(aio, tmp_path):
+    """A real kernel refusal of the flush's sync (the segment opened as /dev/null: the
+    write succeeds, fdatasync fails with EINVAL, on every method's own flush path) raises
+    WalError naming the sync, not a full disk; the Wal stays failed and exactly one sync
+    was attempted however often flush is called again."""
+    d = str(tmp_path)
+    w = Wal(d, aio, wal_segment_size=SEG)
+    w.prepare_segments()                  # the files exist: the layer opens them as null
+    layer = _SegmentsOnDevNull(d)
+    with osfile.installed(layer):
+        _s, e = w.insert(10, 0, 1, b"lost")
+        with pytest.raises(WalError, match="crash recovery") as info:
+            w.flush(e)
+        assert not isinstance(info.value, DiskFullError)
+        assert info.value.__cause__.errno == errno.EINVAL
+        assert "could not sync WAL segment" in str(info.value.__cause__)
+        for _ in range(3):
+            with pytest.raises(WalError, match="unusable"):
+                w.flush(e)
+        assert w.failed and w.stats().syncs == 1
+        assert layer.syncs == (0 if aio.method.links_submissions else 1)
+        w.close()
+
+
+def test_a_flush_across_many_segments_is_cut_between_segments(aio, tmp_path):
+    """A flush spanning more segments than one io_uring chain holds (each segment's write
+    and sync: FLUSH_RING_ENTRIES // 2 segments) is sent as several chains cut between
+    segments; on every method all of it is durable and reads back in order, and each
+    segment was synced once."""
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG, wal_buffers=256)  # 2 MiB of room
+    nseg = FLUSH_RING_ENTRIES // 2 + 3
+    end, n = 0, 0
+    while end < (1 + nseg) * SEG + PAGE_HEADER_SIZE:
+        n += 1
+        _s, end = w.insert(10, 0, n, RECORD_PAYLOAD)
+    assert w.stats().flushes == 0
+    w.flush(end)
+    st = w.stats()
+    w.close()
+    assert st.flushes == 1 and st.syncs == nseg + 1
+    assert [rr.record.xid for rr in WalReader(str(tmp_path), SEG, FIRST)] == \
+        list(range(1, n + 1))
