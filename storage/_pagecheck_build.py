@@ -20,6 +20,8 @@ from __future__ import annotations
 CDEF = r"""
 int slk_pagecheck_init(void);
 int slk_pagecheck_hw(void);
+/* --- pool memory (storage/prefault.py) --- */
+int slk_populate(uintptr_t addr, size_t len);
 uint32_t slk_page_checksum(const uint8_t *page, uint32_t rel, uint8_t fork, uint32_t block);
 uint32_t slk_page_checksum_portable(const uint8_t *page, uint32_t rel, uint8_t fork,
                                     uint32_t block);
@@ -75,6 +77,24 @@ int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int
 SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+
+/* --- pool memory (storage/prefault.py) ---
+ * Fault in [addr, addr + len) of a private anonymous mapping for writing, without
+ * changing a byte (MADV_POPULATE_WRITE, Linux 5.14): a page already present is left as
+ * it is, so a range in use by readers and by O_DIRECT transfers may be populated. Runs
+ * without the GIL (cffi releases it), so a background thread can take the page faults
+ * (and a transparent huge page's zeroing and compaction) off the thread that is about to
+ * read into the buffers. 0, or -errno (EINVAL: a kernel without the advice). */
+#include <errno.h>
+#include <sys/mman.h>
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+int slk_populate(uintptr_t addr, size_t len)
+{
+    if (len == 0) return 0;
+    return madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
+}
 
 #define BLCKSZ 8192
 #define HEADER_SIZE 24

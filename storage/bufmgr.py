@@ -61,6 +61,7 @@ from slonik.storage.page import (
     page_get_lsn,
     page_set_checksum,
 )
+from slonik.storage.prefault import Prefaulter
 from slonik.storage.smgr import Fork, Smgr, describe
 from sortedcontainers import SortedList
 
@@ -393,6 +394,7 @@ class BufferManager:
         self.ignore_checksum_failure = ignore_checksum_failure
         self.flush_wal = flush_wal or (lambda lsn: None)
         self._mem = aligned_buffer(shared_buffers * BLCKSZ)
+        self._prefault = Prefaulter(self._mem)  # first touches off the reading thread
         mv = memoryview(self._mem)
         self._mv = mv
         self._verifier = PageRunVerifier(mv)  # one call verifies a whole read (C if built)
@@ -516,6 +518,7 @@ class BufferManager:
         descs = self.descs
         if b == len(descs):
             end = min(b + POOL_GROW_BUFFERS, self.nbuffers)
+            self._prefault.ahead(end * BLCKSZ)
             mv, stripes = self._mv, self._stripes
             self.pages.extend([mv[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(b, end)])
             descs.extend([BufferDesc(i, stripes[i % CONTENT_LOCK_STRIPES])
