@@ -172,11 +172,16 @@ class KVIndex:
         return self.tree.vacuum(is_dead)
 
     def live_keys(self) -> int:
-        """Keys with a committed live version (a count over the leaf level: statistics)."""
-        n = 0
-        for _pair in self.tree.items(snapshot=self._latest, values=False):
-            n += 1
-        return n
+        """Keys with a committed live version (a count over the leaf level: statistics):
+        the keys a snapshot taken now sees, counted a leaf at a time (the C extraction,
+        no Python step per entry)."""
+        xacts = self._xacts
+        snap = xacts.snapshot()
+        try:
+            batches = self.tree.item_batches(snapshot=self._scan_snapshot(snap), values=False)
+            return sum(map(len, batches))
+        finally:
+            xacts.release(snap)
 
     def nblocks(self) -> int:
         """Blocks in the tree's relation (metapage, tree, overflow and free pages)."""

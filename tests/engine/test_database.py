@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from slonik.aio import osfile
@@ -239,6 +240,46 @@ def test_stats_shape(tmp_path, io_method):
         assert s.aio.io_method == io_method
         with pytest.raises(AttributeError):
             s.io_method = "x"
+
+
+def test_stats_live_keys_counts_committed_live_keys_only(tmp_path, io_method):
+    """stats().relations' live_keys for a KV store counts each key with a committed live
+    version once: not deleted keys, not an aborted transaction's puts, not an open
+    transaction's puts (from another thread), and an overwritten key once; enough keys
+    for several leaves and a value stored out of line."""
+    with open_db(tmp_path / "db", io_method) as db:
+        kv = db.kv("k")
+        with db.transaction():
+            for i in range(3000):
+                kv[b"key%05d" % i] = b"v" * 100
+        kv[b"big"] = b"x" * 100_000
+        for i in range(0, 3000, 3):
+            del kv[b"key%05d" % i]
+        for i in range(1, 3000, 3):
+            kv[b"key%05d" % i] = b"w"
+        with pytest.raises(RuntimeError), db.transaction():
+            kv[b"aborted"] = b"a"
+            raise RuntimeError("abort")
+        started, finish = threading.Event(), threading.Event()
+
+        def open_txn() -> None:
+            with db.transaction():
+                kv[b"uncommitted"] = b"u"
+                del kv[b"key00001"]
+                started.set()
+                finish.wait(30)
+
+        t = threading.Thread(target=open_txn)
+        t.start()
+        try:
+            assert started.wait(30)
+            (rel,) = [r for r in db.stats().relations if r.name == "k"]
+            assert rel.live_keys == 2000 + 1
+        finally:
+            finish.set()
+            t.join()
+        (rel,) = [r for r in db.stats().relations if r.name == "k"]
+        assert rel.live_keys == 2000 + 1 - 1 + 1
 
 
 def test_checkpoint_then_reopen_replays_little(tmp_path, io_method):
