@@ -10,7 +10,7 @@ from slonik.aio.memory import aligned_buffer
 from slonik.storage import prefault
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.page import BLCKSZ
-from slonik.storage.prefault import PREFAULT_AHEAD_BYTES, Prefaulter
+from slonik.storage.prefault import PREFAULT_AHEAD_BYTES, PREFAULT_START_BYTES, Prefaulter
 from slonik.storage.smgr import Fork, Smgr
 
 from tests.storage.test_bufmgr import REL, make_page
@@ -30,19 +30,24 @@ def _resident_pages(mem: mmap.mmap, start: int, n: int) -> int:
 
 @needs_c
 def test_populates_the_asked_range_ahead_and_stops_there():
-    """After ``ahead(1 MiB)`` the thread populates 1 MiB + the look-ahead and exits; the
-    pages past that stay unpopulated (pagemap's present bit says which)."""
+    """``ahead(end)`` below PREFAULT_START_BYTES starts nothing; from there the thread
+    populates ``end`` + the look-ahead and exits; the pages past that stay unpopulated
+    (pagemap's present bit says which)."""
     size = 64 << 20
     mem = aligned_buffer(size)
     pf = Prefaulter(mem)
-    pf.ahead(1 << 20)
+    pf.ahead(PREFAULT_START_BYTES - 8192)
     pf.join(10)
-    want = (1 << 20) + PREFAULT_AHEAD_BYTES
+    assert pf.populated == 0
+    assert _resident_pages(mem, 0, 256) == 0
+    pf.ahead(PREFAULT_START_BYTES)
+    pf.join(10)
+    want = PREFAULT_START_BYTES + PREFAULT_AHEAD_BYTES
     assert pf.disabled == ""
     assert pf.populated == want
     assert _resident_pages(mem, 0, want // mmap.PAGESIZE) == want // mmap.PAGESIZE
     assert _resident_pages(mem, size - (4 << 20), 256) == 0
-    pf.ahead(0)   # asking for less than is done starts nothing
+    pf.ahead(PREFAULT_START_BYTES)   # asking for no more than is done starts nothing
     assert pf.populated == want
 
 
