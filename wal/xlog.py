@@ -8,11 +8,12 @@ than the memcpy it could overlap, so reservation and copy share the lock.)
 A flush writes every complete or partial page between the flushed position and the insert
 position (one vectored write per segment piece) and makes them durable with fdatasync — or
 by opening segments O_DIRECT|O_DSYNC when ``io_direct`` includes wal. How the I/O reaches
-the kernel depends on the io method (``flush_path_for``): sync and worker make the system
-calls in the flushing thread (no AIO handles: the flusher waits at once, as PostgreSQL 18
-writes WAL synchronously on every method); io_uring sends the writes linked to the syncs
-as one chain on a small ring of the Wal's own, submitted and waited for in one
-io_uring_enter; any other method object goes through AIO handles (target "wal"). One
+the kernel is the flush path (``flush_path_for``): by default the flushing thread makes
+the system calls itself on every real io method (no AIO handles: the flusher waits at
+once, as PostgreSQL 18 writes WAL synchronously on every method); ``FLUSH_RING`` sends
+the writes linked to the syncs as one chain on a small io_uring of the Wal's own,
+submitted and waited for in one io_uring_enter; any other method object goes through AIO
+handles (target "wal"). One
 flush at a time: threads asking for a flush that another thread's flush already covers
 return without I/O (group commit, counted).
 
@@ -101,24 +102,29 @@ COMMIT_SIBLINGS_RANGE = (1, 1000)    # PostgreSQL's commit_siblings range
 COMMIT_SIBLINGS_DEFAULT = 5          # PostgreSQL's default
 SEGMENT_PATHS_CACHED = 64            # segment file paths kept (a few are in use at a time)
 
-# How a flush reaches the kernel (Wal._write_and_sync), chosen by the io method's exact type.
+# How a flush reaches the kernel (Wal._write_and_sync): Wal(flush_path=...), by default
+# chosen by the io method's exact type (flush_path_for).
 FLUSH_SYSCALLS = "syscalls"  # pwritev + fdatasync in the flushing thread, through osfile
 FLUSH_RING = "ring"          # one linked write+fdatasync chain on the Wal's own io_uring
-FLUSH_AIO = "aio"            # AIO handles through the method (any other method object)
+FLUSH_AIO = "aio"            # AIO handles through the io method
+FLUSH_PATHS = (FLUSH_SYSCALLS, FLUSH_RING, FLUSH_AIO)
 
 
 def flush_path_for(method: IoMethod) -> str:
-    """The flush path for ``method``. sync and worker run the flush in the flushing thread
-    with plain system calls: the issuer waits at once, so a hand-off to a worker buys
-    nothing (PostgreSQL 18 writes WAL synchronously on every method), and the AIO handle
-    bookkeeping per I/O measured ~40 us of Python per commit. io_uring sends the chain in
-    one submission on a small ring of the Wal's own. A method of any other type (a
-    test's fault-injecting wrapper) gets the AIO path, so its hooks see every WAL I/O."""
+    """The default flush path for ``method``: system calls in the flushing thread for the
+    three real methods, AIO handles for any other method object (a test's fault-injecting
+    wrapper, so that its hooks see every WAL I/O).
+
+    The flusher waits for its I/O at once, so nothing is gained by handing it to a worker
+    or a ring (PostgreSQL 18, too, writes WAL synchronously on every io_method); the AIO
+    handle bookkeeping cost ~40 us of Python per commit. io_uring included: its fdatasync
+    always runs in a kernel io-wq worker, and the hop measured slower than the system call
+    here (one thread, A/B in one process: flush 204 vs 186 us; eight threads on two busy
+    cores: 1,024 vs 573 us, 3,372 vs 5,458 puts/s). FLUSH_RING stays available, chosen
+    explicitly (``Wal(flush_path=FLUSH_RING)``), for machines where the ring wins."""
     kind = type(method)
-    if kind is SyncMethod or kind is WorkerMethod:
+    if kind is SyncMethod or kind is WorkerMethod or kind is IoUringMethod:
         return FLUSH_SYSCALLS
-    if kind is IoUringMethod:
-        return FLUSH_RING
     return FLUSH_AIO
 
 
@@ -199,7 +205,8 @@ class Wal:
                  wal_buffers: int = WAL_BUFFERS_DEFAULT_PAGES, io_direct: bool = False,
                  full_page_writes: bool = True, start_lsn: int | None = None,
                  prev_lsn: int = 0, redo_lsn: int = 0,
-                 on_segment_switch: Callable[[], None] | None = None) -> None:
+                 on_segment_switch: Callable[[], None] | None = None,
+                 flush_path: str | None = None) -> None:
         self.wal_dir = wal_dir
         self.aio = aio
         self.wal_segment_size = check_segment_size(wal_segment_size)
@@ -236,7 +243,12 @@ class Wal:
         self._fds: dict[int, int] = {}     # segno -> fd of segment files in use
         self._closed = False
         self._flags = os.O_RDWR | ((os.O_DIRECT | os.O_DSYNC) if self.io_direct else 0)
-        self._flush_path = flush_path_for(aio.method)
+        if flush_path is None:
+            flush_path = flush_path_for(aio.method)
+        elif flush_path not in FLUSH_PATHS:
+            raise ValueError(f"flush_path must be one of {', '.join(FLUSH_PATHS)}, "
+                             f"got {flush_path!r}")
+        self._flush_path = flush_path
         self._flush_ring: FlushRing | None = None  # made by the first ring flush
         self._ring_addr = 0                        # address of the WAL buffers (ring path)
         self._records = self._record_bytes = self._fpis = 0

@@ -18,6 +18,7 @@ from slonik.aio import osfile
 from slonik.aio.errors import DiskFullError, IOFailure
 from slonik.aio.handle import AioReturn, HandleFlag, IoOp
 from slonik.aio.ids import TargetId
+from slonik.aio.method_io_uring import io_uring_available
 from slonik.wal.errors import WalDiskFullError, WalError
 from slonik.wal.reader import WalReader
 from slonik.wal.walpage import PAGE_HEADER_SIZE, segment_file_name
@@ -87,17 +88,19 @@ def sparse_segment(wal_dir: str, segno: int) -> None:
 
 
 def test_flush_goes_to_the_kernel_as_one_linked_submission_on_io_uring(aio, tmp_path):
-    """Where the method links submissions (io_uring) every commit's flush is one linked
-    write+fdatasync chain (counted in ``linked_flushes``); elsewhere none is, and the syncs
-    still happen. Checked by committing 50 records one by one and reading them back."""
-    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    """With the ring flush path (chosen explicitly on io_uring) every commit's flush is one
+    linked write+fdatasync chain (counted in ``linked_flushes``); on the default path none
+    is, and the syncs still happen. Checked by committing 50 records one by one and
+    reading them back."""
+    ring = aio.method.links_submissions
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG, flush_path=FLUSH_RING if ring else None)
     for i in range(50):
         _s, e = w.insert(10, 0, i + 1, b"c" * 300)
         w.flush(e)
     st = w.stats()
     w.close()
     assert st.flushes == 50 and st.syncs == 50
-    if aio.method.links_submissions:
+    if ring:
         assert st.linked_flushes == st.flushes
     else:
         assert st.linked_flushes == 0
@@ -142,13 +145,16 @@ def test_linked_write_that_comes_back_short_cancels_its_sync(aio, small_fs):
         os.close(fd)
 
 
-def test_short_wal_write_is_a_full_disk_and_fatal(aio, small_fs):
+@pytest.mark.parametrize("flush_path", [None, FLUSH_RING])
+def test_short_wal_write_is_a_full_disk_and_fatal(aio, small_fs, flush_path):
     """A flush whose write comes back short (a real full tmpfs under a WAL segment without
     preallocated blocks) raises WalDiskFullError naming the short write — never success,
-    never the cancelled sync — and the Wal refuses everything after it."""
+    never the cancelled sync — and the Wal refuses everything after it. On the default
+    flush path and on the ring path."""
+    need_ring(flush_path)
     sparse_segment(small_fs, 1)
     fill_leaving(small_fs, FREE_BYTES)
-    w = Wal(small_fs, aio, wal_segment_size=SEG, wal_buffers=64)
+    w = Wal(small_fs, aio, wal_segment_size=SEG, wal_buffers=64, flush_path=flush_path)
     end = 0
     while end < SEG + 5 * FREE_BYTES // 2:  # several pages more than the free room
         _s, end = w.insert(10, 0, 1, RECORD_PAYLOAD)
@@ -357,20 +363,30 @@ class _SegmentsOnDevNull(osfile.OsLayer):
         super().fdatasync(fd)
 
 
-def test_flush_path_follows_the_io_method(aio, faulty_aio):
-    """sync and worker flush with plain system calls in the flushing thread, io_uring with
-    a ring of the Wal's own, and any other method object (the fault-injecting wrapper)
-    through AIO handles, so that its hooks see every WAL I/O."""
-    assert flush_path_for(aio.method) == {"sync": FLUSH_SYSCALLS, "worker": FLUSH_SYSCALLS,
-                                          "io_uring": FLUSH_RING}[aio.method.name]
+def need_ring(flush_path: str | None) -> None:
+    if flush_path == FLUSH_RING and not io_uring_available()[0]:
+        pytest.skip(f"no io_uring here: {io_uring_available()[1]}")
+
+
+def test_flush_path_follows_the_io_method(aio, faulty_aio, tmp_path):
+    """Every real method flushes with plain system calls in the flushing thread by
+    default; any other method object (the fault-injecting wrapper) through AIO handles,
+    so that its hooks see every WAL I/O. A flush path that does not exist is refused,
+    naming the choices."""
+    assert flush_path_for(aio.method) == FLUSH_SYSCALLS
     assert flush_path_for(faulty_aio[1]) == FLUSH_AIO
+    with pytest.raises(ValueError, match="flush_path must be one of syscalls, ring, aio"):
+        Wal(str(tmp_path), aio, wal_segment_size=SEG, flush_path="fast")
 
 
-def test_a_commit_is_one_write_and_one_sync_through_the_os_layer(aio, tmp_path):
-    """Counted at the OS boundary over 20 single-record commits: on sync and worker each
-    flush is exactly one pwritev and one fdatasync through osfile; on io_uring none goes
-    through osfile (the kernel does both from one linked submission)."""
-    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+@pytest.mark.parametrize("flush_path", [None, FLUSH_RING])
+def test_a_commit_is_one_write_and_one_sync_through_the_os_layer(aio, tmp_path, flush_path):
+    """Counted at the OS boundary over 20 single-record commits: on the default path each
+    flush is exactly one pwritev and one fdatasync through osfile, on every method; on
+    the ring path none goes through osfile (the kernel does both from one linked
+    submission)."""
+    need_ring(flush_path)
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG, flush_path=flush_path)
     _s, e = w.insert(10, 0, 1, b"first")
     w.flush(e)                          # opens the segment: not counted below
     calls = {"pwritev": 0, "fdatasync": 0}
@@ -391,18 +407,20 @@ def test_a_commit_is_one_write_and_one_sync_through_the_os_layer(aio, tmp_path):
     st = w.stats()
     w.close()
     assert st.flushes == 21 and st.syncs == 21 and st.writes == 21
-    per_commit = 0 if aio.method.links_submissions else 20
+    per_commit = 0 if flush_path == FLUSH_RING else 20
     assert calls == {"pwritev": per_commit, "fdatasync": per_commit}
     assert len(list(WalReader(str(tmp_path), SEG, FIRST))) == 21
 
 
-def test_failed_sync_from_the_kernel_is_fatal_and_never_retried(aio, tmp_path):
+@pytest.mark.parametrize("flush_path", [None, FLUSH_RING])
+def test_failed_sync_from_the_kernel_is_fatal_and_never_retried(aio, tmp_path, flush_path):
     """A real kernel refusal of the flush's sync (the segment opened as /dev/null: the
-    write succeeds, fdatasync fails with EINVAL, on every method's own flush path) raises
-    WalError naming the sync, not a full disk; the Wal stays failed and exactly one sync
-    was attempted however often flush is called again."""
+    write succeeds, fdatasync fails with EINVAL; on the default and the ring flush path)
+    raises WalError naming the sync, not a full disk; the Wal stays failed and exactly
+    one sync was attempted however often flush is called again."""
+    need_ring(flush_path)
     d = str(tmp_path)
-    w = Wal(d, aio, wal_segment_size=SEG)
+    w = Wal(d, aio, wal_segment_size=SEG, flush_path=flush_path)
     w.prepare_segments()                  # the files exist: the layer opens them as null
     layer = _SegmentsOnDevNull(d)
     with osfile.installed(layer):
@@ -416,16 +434,19 @@ def test_failed_sync_from_the_kernel_is_fatal_and_never_retried(aio, tmp_path):
             with pytest.raises(WalError, match="unusable"):
                 w.flush(e)
         assert w.failed and w.stats().syncs == 1
-        assert layer.syncs == (0 if aio.method.links_submissions else 1)
+        assert layer.syncs == (0 if flush_path == FLUSH_RING else 1)
         w.close()
 
 
-def test_a_flush_across_many_segments_is_cut_between_segments(aio, tmp_path):
+@pytest.mark.parametrize("flush_path", [None, FLUSH_RING])
+def test_a_flush_across_many_segments_is_cut_between_segments(aio, tmp_path, flush_path):
     """A flush spanning more segments than one io_uring chain holds (each segment's write
     and sync: FLUSH_RING_ENTRIES // 2 segments) is sent as several chains cut between
-    segments; on every method all of it is durable and reads back in order, and each
-    segment was synced once."""
-    w = Wal(str(tmp_path), aio, wal_segment_size=SEG, wal_buffers=256)  # 2 MiB of room
+    segments on the ring path; on both paths all of it is durable and reads back in
+    order, and each segment was synced once."""
+    need_ring(flush_path)
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG, wal_buffers=256,  # 2 MiB of room
+            flush_path=flush_path)
     nseg = FLUSH_RING_ENTRIES // 2 + 3
     end, n = 0, 0
     while end < (1 + nseg) * SEG + PAGE_HEADER_SIZE:
