@@ -67,6 +67,9 @@ IO_METHOD_TABLE: dict[str, type[IoMethod]] = {
     "sync": SyncMethod,
 }
 IO_METHODS = ("auto", *IO_METHOD_TABLE)
+# Methods whose synchronous execution of a read is a plain preadv in the issuer, so a read
+# the issuer waits for at once may skip the handle (``Aio.synchronous_reads_inline``).
+_INLINE_READ_METHODS = frozenset(IO_METHOD_TABLE.values())
 
 _instances: weakref.WeakSet = weakref.WeakSet()  # every Aio, for the fork hook
 
@@ -124,6 +127,13 @@ class Aio:
                              f"got {io_max_concurrency!r}")
         self.io_max_concurrency = io_max_concurrency
         self.method = method if method is not None else make_method(io_method, io_workers=io_workers)
+        # A single-block read its issuer waits for at once (a pool miss of a point read)
+        # may run as a plain preadv in the issuer, without a handle (PostgreSQL executes
+        # such reads synchronously in the issuer under every method, PGAIO_HF_SYNCHRONOUS;
+        # without the handle it costs a fraction of the dispatch). True for the three public
+        # methods; a method from elsewhere (a test method that wraps another to inject faults
+        # at completion) keeps every read on a handle, so it sees them all.
+        self.synchronous_reads_inline = type(self.method) in _INLINE_READ_METHODS
         self._lock = threading.Lock()
         self._handles: list[Handle] = []
         # Threads sleeping on each handle's condition (changed under that condition), so a

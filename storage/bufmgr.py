@@ -761,15 +761,7 @@ class BufferManager:
                         continue
                     if io.ret.raise_if_failed().status == WARNING:
                         _, zeroed, ignored = io.ret.result.detail
-                        rel_desc = f"relation {io.rel} fork {Fork(io.fork).label}"
-                        if zeroed:
-                            warnings.warn(f"invalid page in block(s) {zeroed} of {rel_desc}; "
-                                          "zeroing out page (zero_damaged_pages)",
-                                          DamagedPageWarning, stacklevel=2)
-                        if ignored:
-                            warnings.warn(f"ignoring checksum failure in block(s) {ignored} of "
-                                          f"{rel_desc} (ignore_checksum_failure)",
-                                          DamagedPageWarning, stacklevel=2)
+                        _warn_damaged(io.rel, io.fork, zeroed, ignored)
                 foreign = set()
                 for i, ref in op.foreign:
                     if ref is not None:
@@ -840,8 +832,112 @@ class BufferManager:
         return True
 
     def read_buffer(self, rel: int, fork: int, block: int) -> int:
-        """One block, pinned (no content lock)."""
-        return self.read_buffers(rel, fork, block, 1)[0]
+        """One block, pinned (no content lock): a point read, which waits at once.
+
+        A hit, or a miss whose victim is clean, is decided in one descriptor-lock section;
+        the miss is then read inline (``_read_inline``: a plain preadv in this thread, no
+        AIO handle) when the io method allows it (``Aio.synchronous_reads_inline``).
+        Everything else (a block another thread is reading, a failed or empty buffer, a
+        dirty victim, a method that wants every read on a handle) takes the two-step path
+        (``read_buffers``)."""
+        fork = int(fork)
+        tag = (rel, fork, block)
+        with self._lock:
+            b = self._table.get(tag)
+            if b is not None:
+                d = self.descs[b]
+                if d.flags & BM_VALID:
+                    d.refcount += 1
+                    if d.usage_count < BM_MAX_USAGE_COUNT:
+                        d.usage_count += 1
+                    self._hits += 1
+                    return b
+                d = None  # being read elsewhere, or failed: the two-step path decides
+            elif self.aio.synchronous_reads_inline:
+                d = self._claim_victim_locked(tag)
+            else:
+                d = None
+        if d is None:
+            return self.read_buffers(rel, fork, block, 1)[0]
+        return self._read_inline(d, rel, fork, block)
+
+    def _claim_victim_locked(self, tag: tuple[int, int, int]) -> BufferDesc | None:
+        """A clean victim for ``tag`` (absent from the table), pinned, retagged and claimed
+        for reading (READING, no wait reference: the read runs inline); None when the
+        victim is dirty (unpinned again; the two-step path writes one). Caller holds
+        ``_lock``. As ``_pin_and_claim``'s miss: a never-used buffer first, else the clock
+        hand's buffer when it is free, else the sweep."""
+        if self._handed_out < self.nbuffers:
+            d = self._fresh_locked()
+        else:
+            d = self.descs[self._hand]
+            if d.refcount or d.usage_count:
+                d = self._clock_sweep_locked()  # returned pinned
+            else:
+                d.refcount = 1
+                self._hand = (self._hand + 1) % self.nbuffers
+        flags = d.flags
+        if flags & BM_DIRTY:
+            d.refcount -= 1
+            return None
+        if flags & BM_TAG_VALID:
+            del self._table[d.tag]
+            self._evictions += 1
+        self._set_state_locked(d, _READING)
+        d.tag = tag
+        d.usage_count = 1
+        d.error = ""
+        self._table[tag] = d.buf_id
+        return d
+
+    def _read_inline(self, d: BufferDesc, rel: int, fork: int, block: int) -> int:
+        """Read the block of ``d`` (pinned by us, READING, claimed by ``_claim_victim_locked``)
+        in this thread and complete it as a read's completion callback would: verify the
+        page (with this pool's ``zero_damaged_pages`` / ``ignore_checksum_failure``), set
+        VALID or READ_FAILED, clear IO_IN_PROGRESS and wake threads that found the block
+        being read (they wait in ``_wait_buffer_io``: the descriptor has no wait reference).
+        Returns the buffer pinned; on failure the pin is dropped and the error raised
+        (``IOFailure`` / ``DataCorruptionError`` naming relation, fork and block). The
+        preadv returns before anything can interrupt us, so no I/O pin is needed: nothing
+        writes into the page after this call gives the buffer up."""
+        b = d.buf_id
+        t0 = time.perf_counter_ns()
+        try:
+            self.smgr.read_block(rel, fork, block, self.pages[b])  # short reads continued
+            problems = self._verifier.verify((b,), rel, fork, block)
+        except BaseException:
+            with self._lock:
+                self._terminate_buffer_io_locked(d, B.READ_FAILED, io_pin=False)
+                d.refcount -= 1
+                self._io_done.notify_all()
+            raise
+        elapsed = time.perf_counter_ns() - t0
+        bad: list[tuple[int, str]] = []
+        zeroed: list[int] = []
+        ignored: list[int] = []
+        if problems:
+            self._judge_pages(problems, [b], block, self.zero_damaged_pages,
+                              self.ignore_checksum_failure, bad, zeroed, ignored)
+        with self._lock:
+            if bad:
+                d.error = bad[0][1]
+                self._terminate_buffer_io_locked(d, B.READ_FAILED, io_pin=False)
+                d.refcount -= 1
+            else:
+                self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
+            self._reads += 1
+            self._read_bytes += BLCKSZ
+            self._read_ios += 1
+            self._io_wait_ns += elapsed
+            if problems:
+                self._zeroed += len(zeroed)
+                self._ignored += len(ignored)
+            self._io_done.notify_all()
+        if bad:
+            raise _bad_pages_error(rel, fork, block, 1, bad)
+        if problems:
+            _warn_damaged(rel, fork, zeroed, ignored)
+        return b
 
     def pin_if_valid(self, rel: int, fork: int, block: int) -> int:
         """A hit's whole ``read_buffer`` in one short call (a B+tree point read's leaf):
@@ -891,22 +987,17 @@ class BufferManager:
         done = prior.result if prior.status in (OK, PARTIAL) else 0
         done = min(done, n)
         rel, fork, block = io.rel, io.fork, io.block
-        pages, descs = self.pages, self.descs
+        descs = self.descs
         bad: list[tuple[int, str]] = []
         zeroed: list[int] = []
         ignored: list[int] = []
         buf_ids = io.buf_ids
         problems = self._verifier.verify(buf_ids[:done] if done < n else buf_ids, rel, fork, block)
-        for k, v in problems:
-            b = buf_ids[k]
-            if io.ignore_checksum_failure and v.status == PageStatus.BAD_CHECKSUM:
-                ignored.append(block + k)
-            elif io.zero_damaged_pages:
-                pages[b][:] = bytes(BLCKSZ)
-                zeroed.append(block + k)
-            else:
-                bad.append((block + k, v.reason))
-                descs[b].error = v.reason
+        if problems:
+            self._judge_pages(problems, buf_ids, block, io.zero_damaged_pages,
+                              io.ignore_checksum_failure, bad, zeroed, ignored)
+            for blk, reason in bad:
+                descs[buf_ids[blk - block]].error = reason
         if bad:
             bad_ks = {blk - block for blk, _ in bad}
             ok_ids = [b for k, b in enumerate(buf_ids[:done]) if k not in bad_ks]
@@ -939,17 +1030,28 @@ class BufferManager:
             return AioResult(WARNING, done, 0, CallbackId.BUFMGR_READV, ("warn", zeroed, ignored))
         return prior
 
+    def _judge_pages(self, problems: list, buf_ids: Sequence[int], block: int, zero: bool,
+                     ignore: bool, bad: list[tuple[int, str]], zeroed: list[int],
+                     ignored: list[int]) -> None:
+        """The one policy for pages a read found damaged (``problems`` from the verifier,
+        ``(k, PageVerify)`` for block ``block + k`` in ``buf_ids[k]``): a checksum failure
+        is accepted under ``ignore`` (ignore_checksum_failure), else the page is zeroed in
+        the pool under ``zero`` (zero_damaged_pages), else it is bad. Appends block numbers
+        (and reasons) to the three lists."""
+        pages = self.pages
+        for k, v in problems:
+            if ignore and v.status == PageStatus.BAD_CHECKSUM:
+                ignored.append(block + k)
+            elif zero:
+                pages[buf_ids[k]][:] = bytes(BLCKSZ)
+                zeroed.append(block + k)
+            else:
+                bad.append((block + k, v.reason))
+
     @staticmethod
     def _read_report(ret: AioReturn, io: _ReadIo) -> None:
-        kind, bad = ret.result.detail
-        first_block, reason = bad[0]
-        rel_desc = f"relation {io.rel} fork {Fork(io.fork).label}"
-        if len(bad) == 1:
-            msg = f"invalid page in block {first_block} of {rel_desc}: {reason}"
-        else:
-            msg = (f"{len(bad)} invalid pages among blocks {io.block}..{io.block + len(io.buf_ids) - 1} "
-                   f"of {rel_desc}; block {first_block} held the first: {reason}")
-        raise DataCorruptionError(msg, relation=io.rel, fork=io.fork, block=first_block)
+        _kind, bad = ret.result.detail
+        raise _bad_pages_error(io.rel, io.fork, io.block, len(io.buf_ids), bad)
 
     # --- extension and dirtying ---------------------------------------------------------------------
     def extend(self, rel: int, fork: int, n: int = 1) -> list[int]:
@@ -1326,6 +1428,31 @@ class BufferManager:
                     problems.append(f"{where} still has its content lock held")
         assert not problems, "buffer manager check failed:\n" + "\n".join(problems)
 
+
+
+def _bad_pages_error(rel: int, fork: int, block: int, nblocks: int,
+                     bad: list[tuple[int, str]]) -> DataCorruptionError:
+    """The error of a read of blocks ``block..+nblocks-1`` that found the ``bad`` pages
+    ((block, reason), in block order), naming relation, fork and the first bad block."""
+    first_block, reason = bad[0]
+    rel_desc = f"relation {rel} fork {Fork(fork).label}"
+    if len(bad) == 1:
+        msg = f"invalid page in block {first_block} of {rel_desc}: {reason}"
+    else:
+        msg = (f"{len(bad)} invalid pages among blocks {block}..{block + nblocks - 1} "
+               f"of {rel_desc}; block {first_block} held the first: {reason}")
+    return DataCorruptionError(msg, relation=rel, fork=fork, block=first_block)
+
+
+def _warn_damaged(rel: int, fork: int, zeroed: list[int], ignored: list[int]) -> None:
+    """The warnings of a read whose damaged pages were zeroed or accepted."""
+    rel_desc = f"relation {rel} fork {Fork(fork).label}"
+    if zeroed:
+        warnings.warn(f"invalid page in block(s) {zeroed} of {rel_desc}; "
+                      "zeroing out page (zero_damaged_pages)", DamagedPageWarning, stacklevel=3)
+    if ignored:
+        warnings.warn(f"ignoring checksum failure in block(s) {ignored} of "
+                      f"{rel_desc} (ignore_checksum_failure)", DamagedPageWarning, stacklevel=3)
 
 
 def _illegal(d: BufferDesc, new: int) -> str:
