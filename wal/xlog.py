@@ -101,6 +101,9 @@ COMMIT_DELAY_RANGE_US = (0, 100000)  # PostgreSQL's commit_delay range; 0 = off 
 COMMIT_SIBLINGS_RANGE = (1, 1000)    # PostgreSQL's commit_siblings range
 COMMIT_SIBLINGS_DEFAULT = 5          # PostgreSQL's default
 SEGMENT_PATHS_CACHED = 64            # segment file paths kept (a few are in use at a time)
+PLAIN_BLOCK_REFS_CACHED = 4096       # image-less block references kept for reuse (a frozen
+                                     # dataclass costs ~1 us to build; two per B+tree write)
+_ZERO_PAGE = bytes(WAL_PAGE_SIZE)
 
 # How a flush reaches the kernel (Wal._write_and_sync): Wal(flush_path=...), by default
 # chosen by the io method's exact type (flush_path_for).
@@ -235,6 +238,7 @@ class Wal:
         self._delays = 0
         self._queued = 0                   # requesters waiting for another's flush
         self._paths: dict[int, str] = {}   # segno -> segment file path
+        self._plain_refs: dict[tuple, BlockRef] = {}  # see PLAIN_BLOCK_REFS_CACHED
         self._cur = align_lsn(start_lsn)   # next insert position (may be a page start)
         self._prev = prev_lsn              # start of the last inserted record
         self._flushed = start_lsn          # durable up to here
@@ -348,22 +352,34 @@ class Wal:
                 lo = hi = 0
             return BlockRef(b.rel, b.fork, b.block, image=bytes(b.page), will_init=False,
                             hole_offset=lo, hole_length=hi - lo)
-        return BlockRef(b.rel, b.fork, b.block, will_init=b.will_init)
+        key = (b.rel, b.fork, b.block, b.will_init)  # (caller holds the insert lock)
+        ref = self._plain_refs.get(key)
+        if ref is None:
+            if len(self._plain_refs) >= PLAIN_BLOCK_REFS_CACHED:
+                self._plain_refs.clear()
+            ref = self._plain_refs[key] = BlockRef(b.rel, b.fork, b.block,
+                                                   will_init=b.will_init)
+        return ref
 
     def _copy_in(self, cur: int, data: bytes) -> tuple[int, int]:
         """Copy ``data`` into the ring from ``cur``, initialising each page it enters."""
         ring = self._ringv
         npages = self.npages
+        n = len(data)
+        off = cur % WAL_PAGE_SIZE
+        if off and n <= WAL_PAGE_SIZE - off:  # the usual record: inside the current page
+            at = ((cur // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE + off
+            ring[at:at + n] = data
+            return cur, cur + n
         seg = self.wal_segment_size
         pos = cur
         i = 0
-        n = len(data)
         start = usable_lsn(cur)
         while True:
             off = pos % WAL_PAGE_SIZE
             slot = ((pos // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE
             if off == 0:
-                ring[slot:slot + WAL_PAGE_SIZE] = bytes(WAL_PAGE_SIZE)
+                ring[slot:slot + WAL_PAGE_SIZE] = _ZERO_PAGE
                 # Stamped 0 (proves nothing) until the flush that writes the page stamps it.
                 ring[slot:slot + PAGE_HEADER_SIZE] = encode_page_header(pos, n - i if i else 0,
                                                                         seg, 0)
@@ -486,6 +502,13 @@ class Wal:
             stamp_page_header(ring[slot:slot + PAGE_HEADER_SIZE], flushed)
             page += WAL_PAGE_SIZE
         page = first_page
+        slot0 = (first_page // WAL_PAGE_SIZE) % npages
+        count = (last_page - first_page) // WAL_PAGE_SIZE + 1
+        if first_page // seg == last_page // seg and slot0 + count <= npages:
+            # The usual flush: one segment, no wrap of the ring: one piece, one run.
+            pieces.append((first_page // seg, first_page % seg,
+                           [(slot0 * WAL_PAGE_SIZE, count * WAL_PAGE_SIZE)]))
+            page = last_page + WAL_PAGE_SIZE
         while page <= last_page:
             segno = page // seg
             seg_end = (segno + 1) * seg
