@@ -459,3 +459,60 @@ def test_a_flush_across_many_segments_is_cut_between_segments(aio, tmp_path, flu
     assert st.flushes == 1 and st.syncs == nseg + 1
     assert [rr.record.xid for rr in WalReader(str(tmp_path), SEG, FIRST)] == \
         list(range(1, n + 1))
+
+
+def test_commits_arriving_during_a_write_share_the_next_flush(aio, tmp_path):
+    """Six committers arrive while the first leader's write is held inside the kernel
+    boundary (an OS layer that blocks that pwritev until released): they queue, and once
+    the first flush ends exactly one of them leads a second flush that carries all six —
+    two flushes in all, five group joins — and every committer returns with its record
+    durable (read back)."""
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    w.prepare_segments()
+    _s, e = w.insert(10, 0, 100, b"open")
+    w.flush(e)                        # the segment is open: only commit writes below
+    entered, release = threading.Event(), threading.Event()
+
+    class HoldFirstWrite(osfile.OsLayer):
+        held = False
+
+        def pwritev(self, fd, buffers, offset):
+            if not HoldFirstWrite.held:
+                HoldFirstWrite.held = True
+                entered.set()
+                assert release.wait(PREPARE_WAIT_MAX_S)
+            return super().pwritev(fd, buffers, offset)
+
+    errors: list[BaseException] = []
+    ends: list[int] = []
+
+    def committer(i: int) -> None:
+        try:
+            _s, end = w.insert(10, 0, i + 1, b"g" * 200)
+            w.flush(end)
+            ends.append(end)
+        except BaseException as exc:
+            errors.append(exc)
+
+    before = w.stats()
+    with osfile.installed(HoldFirstWrite()):
+        first = threading.Thread(target=committer, args=(0,))
+        first.start()
+        assert entered.wait(PREPARE_WAIT_MAX_S)
+        others = [threading.Thread(target=committer, args=(i,)) for i in range(1, 7)]
+        for t in others:
+            t.start()
+        deadline = time.monotonic() + PREPARE_WAIT_MAX_S
+        while len(w._waiters) < 6 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(w._waiters) == 6
+        release.set()
+        for t in [first, *others]:
+            t.join(PREPARE_WAIT_MAX_S)
+            assert not t.is_alive()
+    st = w.stats()
+    w.close()
+    assert not errors and len(ends) == 7 and st.flush_lsn >= max(ends)
+    assert st.flushes - before.flushes == 2 and st.group_joins - before.group_joins == 5
+    assert sorted(rr.record.xid for rr in WalReader(str(tmp_path), SEG, FIRST)) == \
+        list(range(1, 8)) + [100]
