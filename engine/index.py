@@ -228,12 +228,35 @@ class TableIndex:
         when one leaf holds them all and they are at most ``POINT_ENTRIES_MAX``; None when
         ``matching_keys`` must walk the leaves instead (or an entry starting with ``key``
         is longer: ``key`` was a prefix). One descent by the cached internal pages, one
-        pin and share lock of one leaf, one C call (``point_entries``)."""
+        pin of one leaf and one C call (``point_entries``): a pool hit without the share
+        lock (``slk_ix_point_opt``: the leaf copied whole while no writer holds it, see
+        ``storage/bufmgr.py`` invariant 8), else under it."""
         tree = self.tree
         bm = tree.bufmgr
         epoch = tree._begin_read()
         try:
             block = tree._leaf_for(key)
+            if _lib is not None:
+                buf = bm.pin_if_valid(tree.rel, tree._forkno, block)
+                if buf >= 0:
+                    out = getattr(_tls, "point_out", None)
+                    if out is None:
+                        out = _point_arrays().point_out
+                    try:
+                        n = _lib.slk_ix_point_opt(bm.c_pool, bm.seq, buf, key, len(key),
+                                                  POINT_ENTRIES_MAX, _tls.point_ents, out)
+                    finally:
+                        bm.unpin(buf)
+                    if n == 1:   # a unique key's point read
+                        return [out[1], out[2]] if out[0] == len(key) else None
+                    if n == 0:
+                        return []
+                    if n == -2:
+                        return None
+                    if n > 1:
+                        return _whole_key_tids(_ffi.unpack(out, 3 * n), len(key))
+                    # else a writer held the leaf meanwhile, or a flawed page (-1: the
+                    # reference raises naming it): the share lock decides
             buf = tree._read(block)   # pinned and share-locked
             try:
                 page = bm.page(buf)
@@ -259,13 +282,17 @@ class TableIndex:
                 bm.unpin(buf)
         finally:
             tree._end_read(epoch)
-        if got is None:
-            return None
-        n = len(key)
-        if any(k != n for k in got[0::3]):
-            return None
-        del got[0::3]
-        return got
+        return None if got is None else _whole_key_tids(got, len(key))
+
+
+def _whole_key_tids(got: list[int], n: int) -> list[int] | None:
+    """``point_tids``' answer from ``point_entries``' (key length, block, offnum per
+    entry): the TIDs, or None when some entry's key is longer than ``n`` bytes (the key
+    asked for was a prefix of it)."""
+    if any(k != n for k in got[0::3]):
+        return None
+    del got[0::3]
+    return got
 
 
 class HeapBatch(NamedTuple):

@@ -72,6 +72,20 @@ int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, u
 int slk_heap_redo_multi(uint8_t *page, const uint8_t *payload, uint32_t len,
                         uint32_t *pos_out);
 int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int index);
+/* --- optimistic (seqlock) reads --- */
+#define SLK_OPT_RETRY ...
+void slk_seq_bump(uint32_t *seq, uint32_t b);
+uint32_t slk_seq_get(const uint32_t *seq, uint32_t b);
+int64_t slk_heap_fetch_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                           uint32_t offnum, uint8_t *out, uint32_t out_cap, uint64_t *meta);
+int64_t slk_heap_gather_opt(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
+                            int npages, uint32_t *seen, const uint32_t *page_of,
+                            const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
+                            const uint64_t *excluded, int nexcluded, uint8_t *out,
+                            uint32_t out_cap, uint8_t *status, uint32_t *start, uint32_t *end);
+int slk_ix_point_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                     const uint8_t *prefix, uint32_t plen, int maxn, uint32_t *ents,
+                     uint32_t *out);
 """
 
 SOURCE = r"""
@@ -792,6 +806,8 @@ int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t 
         uint32_t lower = load16(page + 14), upper = load16(page + 16);
         uint32_t offnum = offnums[k];
         uint32_t lp_at = HEADER_SIZE + (offnum - 1) * 4u;
+        if (lower > BLCKSZ)          /* line pointers past the page: slot_tuple raises */
+            return -1 - k;
         if (lower == 0 || offnum < 1 || lp_at + 4 > lower)
             continue;
         uint32_t lp = load32(page + lp_at);
@@ -1090,6 +1106,149 @@ int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int
         k++;
     }
     return k;
+}
+
+/* --- optimistic (seqlock) reads --- (storage/bufmgr.py bumps the counters; engine/access/
+ * heap_fetch.py and engine/index.py read with them and hold the Python references;
+ * tests/storage/test_seqlock.py and tests/engine/test_optimistic_reads.py compare them)
+ * seq[b] counts buffer b's exclusive content-lock holds twice: slk_seq_bump right after
+ * the acquire (odd: the page may be changing) and right before the release (even again).
+ * A reader holding a pin on a VALID buffer (it cannot be evicted or read into) but no
+ * content lock loads seq[b] (odd: give up), reads the page, then loads seq[b] again:
+ * unchanged means no writer held the page meanwhile, so what it read is one consistent
+ * state; otherwise it returns SLK_OPT_RETRY and the caller takes the share lock. Until
+ * that re-check the page may be torn mid-change: every offset and length is loaded once
+ * (volatile) and bounds-checked against BLCKSZ before use, no loop runs longer than the
+ * request count, and results go only to the caller's buffers, valid only after the
+ * re-check succeeded. */
+#define SLK_OPT_RETRY (-3)
+
+void slk_seq_bump(uint32_t *seq, uint32_t b)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    __atomic_fetch_add(seq + b, 1u, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+uint32_t slk_seq_get(const uint32_t *seq, uint32_t b)
+{
+    return __atomic_load_n(seq + b, __ATOMIC_ACQUIRE);
+}
+
+static inline int seq_same(const uint32_t *seq, uint32_t b, uint32_t seen)
+{
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);   /* the page's loads before the re-load */
+    return __atomic_load_n(seq + b, __ATOMIC_RELAXED) == seen;
+}
+
+/* Loaded exactly once (a torn page can change between two loads): the page is
+ * BLCKSZ-aligned in the pool, pd_lower/pd_upper 2-aligned, line pointers 4-aligned. */
+static inline uint32_t once16(const uint8_t *p) { return *(const volatile uint16_t *)(const void *)p; }
+static inline uint32_t once32(const uint8_t *p) { return *(const volatile uint32_t *)(const void *)p; }
+
+/* tuple.slot_tuple's checks of one slot, safe on a torn page: 1 and the item's offset and
+ * length, 0 when the slot holds no NORMAL tuple, -1 for a flawed slot (pd_lower past the
+ * page, a line pointer outside [pd_upper, BLCKSZ), a data length that disagrees). */
+static int heap_slot_once(const uint8_t *page, uint32_t offnum, uint32_t *off_out,
+                          uint32_t *len_out)
+{
+    uint32_t lower = once16(page + 14), upper = once16(page + 16);
+    if (lower > BLCKSZ) return -1;
+    if (lower == 0 || offnum < 1 || offnum > BLCKSZ / 4) return 0;
+    uint32_t lp_at = HEADER_SIZE + (offnum - 1) * 4u;
+    if (lp_at + 4 > lower) return 0;
+    uint32_t lp = once32(page + lp_at);
+    if (((lp >> 15) & 3) != 1) return 0;
+    uint32_t off = lp & 0x7fff, len = lp >> 17;
+    if (off < upper || off + len > BLCKSZ || len < SLK_TUPLE_HDR) return -1;
+    if (load32(page + off + 18) != len - SLK_TUPLE_HDR) return -1;
+    *off_out = off;
+    *len_out = len;
+    return 1;
+}
+
+/* heap_fetch.fetch_tuple's read of pool buffer b without its share lock: the data length
+ * (the data in out, meta[0..2] = xmin, xmax, flags), -1 when the slot holds no tuple,
+ * SLK_OPT_RETRY when a writer held the page meanwhile or the slot is flawed (the locked
+ * path decides, and raises for a flawed slot). */
+int64_t slk_heap_fetch_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                           uint32_t offnum, uint8_t *out, uint32_t out_cap, uint64_t *meta)
+{
+    const uint8_t *page = pool + (size_t)b * BLCKSZ;
+    uint32_t seen = __atomic_load_n(seq + b, __ATOMIC_ACQUIRE);
+    if (seen & 1) return SLK_OPT_RETRY;
+    uint32_t off = 0, len = 0;
+    int got = heap_slot_once(page, offnum, &off, &len);
+    if (got < 0) return SLK_OPT_RETRY;
+    int64_t ret = -1;
+    if (got > 0) {
+        uint32_t dlen = len - SLK_TUPLE_HDR;
+        if (dlen > out_cap) return SLK_OPT_RETRY;
+        meta[0] = load64(page + off);
+        meta[1] = load64(page + off + 8);
+        meta[2] = load16(page + off + 16);
+        memcpy(out, page + off + SLK_TUPLE_HDR, dlen);
+        ret = dlen;
+    }
+    return seq_same(seq, b, seen) ? ret : SLK_OPT_RETRY;
+}
+
+/* slk_heap_gather over pool buffers bufs[0..npages) without their share locks (seen:
+ * npages of scratch): the bytes written, or SLK_OPT_RETRY when a writer held one of the
+ * pages meanwhile, a request names a page outside the list, a slot is flawed or out is
+ * too small (the caller then share-locks the pages and runs slk_heap_gather). */
+int64_t slk_heap_gather_opt(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
+                            int npages, uint32_t *seen, const uint32_t *page_of,
+                            const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
+                            const uint64_t *excluded, int nexcluded, uint8_t *out,
+                            uint32_t out_cap, uint8_t *status, uint32_t *start, uint32_t *end)
+{
+    for (int p = 0; p < npages; p++) {
+        seen[p] = __atomic_load_n(seq + bufs[p], __ATOMIC_ACQUIRE);
+        if (seen[p] & 1) return SLK_OPT_RETRY;
+    }
+    uint32_t pos = 0;
+    for (int k = 0; k < n; k++) {
+        status[k] = 0;
+        start[k] = end[k] = pos;
+        if (page_of[k] >= (uint32_t)npages) return SLK_OPT_RETRY;
+        const uint8_t *page = pool + (size_t)bufs[page_of[k]] * BLCKSZ;
+        uint32_t off = 0, len = 0;
+        int got = heap_slot_once(page, offnums[k], &off, &len);
+        if (got < 0) return SLK_OPT_RETRY;
+        if (got == 0) continue;
+        uint64_t xmin = load64(page + off), xmax = load64(page + off + 8);
+        if (!xid_sees(xmin, snap_xmax, own, excluded, nexcluded) ||
+            (xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded))) {
+            status[k] = 1;
+            continue;
+        }
+        uint32_t dlen = len - SLK_TUPLE_HDR;
+        if (dlen > out_cap - pos) return SLK_OPT_RETRY;
+        memcpy(out + pos, page + off + SLK_TUPLE_HDR, dlen);
+        status[k] = 2;
+        pos += dlen;
+        end[k] = pos;
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (int p = 0; p < npages; p++)
+        if (__atomic_load_n(seq + bufs[p], __ATOMIC_RELAXED) != seen[p]) return SLK_OPT_RETRY;
+    return (int64_t)pos;
+}
+
+/* slk_ix_point on pool buffer b without its share lock: the page is copied whole and the
+ * copy used once the counter shows no writer held it meanwhile (a B+tree leaf search is
+ * not written for torn pages); SLK_OPT_RETRY otherwise. */
+int slk_ix_point_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                     const uint8_t *prefix, uint32_t plen, int maxn, uint32_t *ents,
+                     uint32_t *out)
+{
+    uint8_t copy[BLCKSZ];
+    uint32_t seen = __atomic_load_n(seq + b, __ATOMIC_ACQUIRE);
+    if (seen & 1) return SLK_OPT_RETRY;
+    memcpy(copy, pool + (size_t)b * BLCKSZ, BLCKSZ);
+    if (!seq_same(seq, b, seen)) return SLK_OPT_RETRY;
+    return slk_ix_point(copy, prefix, plen, maxn, ents, out);
 }
 """
 

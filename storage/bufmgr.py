@@ -34,11 +34,23 @@ Invariants:
    (PostgreSQL's StartBufferIO / TerminateBufferIO). README.md draws the same diagram.
 7. A page is verified (header rules, checksum just set) before it is written, as after it
    is read: a malformed page in the pool is a broken invariant, never written to disk.
+8. Optimistic reads (seqlock). Every change to the bytes of a VALID buffer's page is made
+   under its exclusive content lock, except the checksum field (pd_checksum, bytes 8-9)
+   that a write sets under the shared lock, which no optimistic reader uses. ``seq[b]``
+   (a C uint32 array, with the C helper built) is bumped right after each exclusive
+   acquire of buffer b (``lock_exclusive``, ``extend``, ``zero_buffer``: odd, the page may
+   change) and right before each exclusive release (``unlock_exclusive``: even again), in
+   C with full fences. A reader that holds a pin on a VALID buffer (never evicted, never
+   read into) but no content lock may read the page in C: counter even before, page
+   read, counter unchanged after, or it discards what it read and takes the share lock
+   (``storage/_pagecheck_build.py``, "optimistic (seqlock) reads"). Reads into a buffer
+   happen only while it is not VALID, where no optimistic reader looks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import warnings
@@ -64,6 +76,14 @@ from slonik.storage.page import (
 from slonik.storage.prefault import Prefaulter
 from slonik.storage.smgr import Fork, Smgr, describe
 from sortedcontainers import SortedList
+
+try:  # the optional C helper: the change counters of optimistic reads (invariant 8)
+    from slonik.storage._pagecheck import ffi as _ffi
+    from slonik.storage._pagecheck import lib as _lib
+    if not hasattr(_lib, "slk_seq_bump"):  # an older build of the module
+        _ffi = _lib = None
+except ImportError:
+    _ffi = _lib = None
 
 BM_VALID = 1
 BM_DIRTY = 2
@@ -414,6 +434,15 @@ class BufferManager:
         self._hits = self._reads = self._read_bytes = self._read_ios = 0
         self._writes = self._write_bytes = self._write_ios = self._evictions = 0
         self._io_wait_ns = self._zeroed = self._ignored = 0
+        # Invariant 8: per buffer a change counter, odd while its exclusive content lock is
+        # held (``seq_bump``), and the pool's base address, for C readers that take no
+        # content lock; both None without the C helper (readers then always lock).
+        if _lib is not None:
+            self.seq = _ffi.new("uint32_t[]", shared_buffers)
+            self.c_pool = _ffi.from_buffer("uint8_t[]", mv)
+            self._bump = functools.partial(_lib.slk_seq_bump, self.seq)
+        else:
+            self.seq = self.c_pool = self._bump = None
 
     # --- pinning and replacement --------------------------------------------------------------
     def page(self, buf_id: int) -> memoryview:
@@ -1084,6 +1113,8 @@ class BufferManager:
                             break
                     self._wait_buffer_io(b)
                 d.lock.acquire_exclusive()
+                if self._bump is not None:  # invariant 8
+                    self._bump(b)
                 self.pages[b][:] = bytes(BLCKSZ)
                 with self._lock:
                     self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
@@ -1110,6 +1141,8 @@ class BufferManager:
                     break
             self._wait_buffer_io(b)
         d.lock.acquire_exclusive()
+        if self._bump is not None:  # invariant 8
+            self._bump(b)
         self.pages[b][:] = bytes(BLCKSZ)
         if claimed:
             with self._lock:
@@ -1185,12 +1218,25 @@ class BufferManager:
     def lock_exclusive(self, buf_id: int) -> None:
         assert self.descs[buf_id].refcount > 0, "a buffer is pinned before it is locked"
         self.descs[buf_id].lock.acquire_exclusive()
+        bump = self._bump
+        if bump is not None:  # invariant 8: odd before the page may change
+            bump(buf_id)
 
     def unlock_shared(self, buf_id: int) -> None:
         self.descs[buf_id].lock.release_shared()
 
     def unlock_exclusive(self, buf_id: int) -> None:
+        bump = self._bump
+        if bump is not None:  # invariant 8: even again once the page stopped changing
+            assert self.descs[buf_id].lock.held_exclusive, \
+                "content lock released exclusive but not held"
+            bump(buf_id)
         self.descs[buf_id].lock.release_exclusive()
+
+    def seq_of(self, buf_id: int) -> int | None:
+        """Buffer ``buf_id``'s change counter (invariant 8; None without the C helper):
+        even while nobody holds its exclusive content lock."""
+        return None if self.seq is None else int(_lib.slk_seq_get(self.seq, buf_id))
 
     def mark_dirty(self, buf_id: int) -> None:
         d = self.descs[buf_id]
@@ -1426,6 +1472,9 @@ class BufferManager:
                                     f"({'no I/O owns it' if d.io_wref is None else d.io_wref})")
                 if d.lock.held:
                     problems.append(f"{where} still has its content lock held")
+                if self.seq is not None and self.seq[d.buf_id] & 1:
+                    problems.append(f"{where} has an odd change counter "
+                                    f"({self.seq[d.buf_id]}) with no exclusive holder")
         assert not problems, "buffer manager check failed:\n" + "\n".join(problems)
 
 

@@ -3,12 +3,14 @@ batch of pages instead of one interpreted step per line pointer.
 
 ``gather_heap(heap, blocks, page_of, offnums, snapshot)`` is what index scans use: it
 pins the batch's heap pages (the cached ones in one buffer-manager call, the others
-through a read stream), share-locks them in ascending block order and, in one C call
-over the pool's pages, judges the tuple at each (``blocks[page_of[k]]``, ``offnums[k]``)
-against the reader's snapshot (as data: xmax, own xid, sorted excluded xids) and gathers
-the visible ones' data into one buffer for ``RowCodec.decode_run``. ``gather`` does the
-same over any list of pages; ``fetch_pages`` copies pages (one lock at a time: the
-fallback without C) and ``fetch_tuple`` reads one tuple (a point read).
+through a read stream) and, in one C call over the pool's pages, judges the tuple at each
+(``blocks[page_of[k]]``, ``offnums[k]``) against the reader's snapshot (as data: xmax,
+own xid, sorted excluded xids) and gathers the visible ones' data into one buffer for
+``RowCodec.decode_run``. That call takes no content lock (``gather_pool``, invariant 4);
+when a writer held one of the pages meanwhile, the pages are share-locked in ascending
+block order and gathered again (``gather``, which does the same over any list of pages).
+``fetch_pages`` copies pages (one lock at a time: the fallback without C) and
+``fetch_tuple`` reads one tuple (a point read; a pool hit without the lock too).
 
 C when ``storage._pagecheck`` is built (``slk_heap_gather``); ``gather_py`` (over
 ``tuples_at_py``) is the pure-Python reference (``tests/engine/test_heap_fetch.py``
@@ -26,6 +28,15 @@ Invariants:
    block order (heap writers lock two pages only in block order, or first a page they
    just extended, which no index entry points into yet: no wait cycle); every lock and
    pin is released before they return, errors included.
+4. Optimistic reads (``storage/bufmgr.py`` invariant 8): ``gather_pool`` and
+   ``fetch_tuple``'s hit path read pinned VALID pool pages with no content lock, in C
+   (``slk_heap_gather_opt``, ``slk_heap_fetch_opt``): the buffers' change counters are
+   read before (odd: a writer holds the page, take the lock) and after (changed: discard,
+   take the lock), every offset checked against the page before use, the results copied
+   out before the re-check. So every answer is one a share-locked read could have given
+   at some instant between the two counter reads; on a stable page it is the locked
+   path's answer (property tests: ``tests/engine/test_optimistic_reads.py``), and a
+   flawed slot always goes to the locked path, which raises naming it.
 """
 
 from __future__ import annotations
@@ -40,20 +51,28 @@ from slonik.engine.access.tuple import slot_tuple
 from slonik.storage.page import BLCKSZ
 from slonik.storage.read_stream import ReadStream
 
-try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
+try:  # the optional C helper (storage/_pagecheck_build.py, "table index" and
+    # "optimistic (seqlock) reads" blocks)
     from slonik.storage._pagecheck import ffi as _ffi
     from slonik.storage._pagecheck import lib as _lib
-    if not hasattr(_lib, "slk_heap_gather"):  # an older build of the module
+    if not hasattr(_lib, "slk_heap_fetch_opt"):  # an older build of the module
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
 
-__all__ = ["tuples_at_py", "gather", "gather_py", "gather_heap", "Gathered", "fetch_pages",
-           "fetch_tuple", "C_GATHER", "PIN_BATCH_PAGES", "NO_TUPLE", "INVISIBLE", "VISIBLE"]
+__all__ = ["tuples_at_py", "gather", "gather_py", "gather_heap", "gather_pool", "Gathered",
+           "fetch_pages", "fetch_tuple", "C_GATHER", "PIN_BATCH_PAGES",
+           "NO_TUPLE", "INVISIBLE", "VISIBLE", "OPT_RETRY"]
 
 C_GATHER = _lib is not None  # whether gather runs in C
+# what an optimistic C read returns when a writer held a page meanwhile (take the lock)
+OPT_RETRY = _lib.SLK_OPT_RETRY if _lib is not None else -3
 # gather's per-thread output buffer, grown when a batch needs more (bytes).
 GATHER_BUFFER_BYTES = 1 << 20
+# gather's per-thread C arrays are made for at least this many requests and pages (an
+# index scan's batch: index.INDEX_SCAN_BATCH_ENTRIES, PIN_BATCH_PAGES), grown if needed.
+SCRATCH_REQUESTS = 256
+SCRATCH_PAGES = 256
 _tls = threading.local()
 # fetch_pages pins the cached pages of at most this many blocks at once (one buffer-manager
 # call), and at most an eighth of the pool: pins held together must leave victims for others.
@@ -140,6 +159,55 @@ def gather_py(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[
     return Gathered(status, out_starts, out_ends, b"".join(parts))
 
 
+def _scratch(n: int, npages: int):
+    """This thread's C arrays for ``gather`` and its optimistic form: per request status,
+    bounds, page index and offnum (at least ``n``), per page a buffer id, page pointer and
+    counter seen (at least ``npages``). Made once and grown on demand, not per call; a
+    C call copies its results out before it returns, so reuse is safe."""
+    tls = _tls
+    if getattr(tls, "req_cap", 0) < n:
+        cap = max(n, SCRATCH_REQUESTS)
+        tls.status = _ffi.new("uint8_t[]", cap)
+        tls.start = _ffi.new("uint32_t[]", cap)
+        tls.end = _ffi.new("uint32_t[]", cap)
+        tls.page_of = _ffi.new("uint32_t[]", cap)
+        tls.offnums = _ffi.new("uint16_t[]", cap)
+        tls.req_cap = cap
+    if getattr(tls, "page_cap", 0) < npages:
+        cap = max(npages, SCRATCH_PAGES)
+        tls.bufs = _ffi.new("uint32_t[]", cap)
+        tls.seen = _ffi.new("uint32_t[]", cap)
+        tls.ptrs = _ffi.new("uint8_t *[]", cap)
+        tls.page_cap = cap
+    return tls
+
+
+def _prepare(tls, page_of: Sequence[int], offnums: Sequence[int], npages: int,
+             excluded: Sequence[int]):
+    """Fill ``tls``'s request arrays; the output buffer (room for ``npages`` pages of data:
+    the data of distinct slots cannot exceed their pages) and the excluded xids as C
+    arrays (the last snapshot's kept while the same object comes again)."""
+    n = len(offnums)
+    tls.page_of[0:n] = page_of
+    tls.offnums[0:n] = offnums
+    cap = npages * BLCKSZ
+    out = getattr(tls, "gather_out", None)
+    if out is None or len(out) < cap:
+        out = tls.gather_out = _ffi.new("uint8_t[]", max(cap, GATHER_BUFFER_BYTES))
+    if getattr(tls, "excluded_of", None) is not excluded:
+        tls.excluded = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
+        tls.excluded_of = excluded
+    return out
+
+
+def _gathered(tls, n: int, out, got: int) -> Gathered:
+    """The answer of a successful gather C call (``got`` bytes of data in ``out``)."""
+    return Gathered(memoryview(_ffi.buffer(tls.status, n)).cast("B").tolist(),
+                    memoryview(_ffi.buffer(tls.start, 4 * n)).cast("I").tolist(),
+                    memoryview(_ffi.buffer(tls.end, 4 * n)).cast("I").tolist(),
+                    _ffi.buffer(out, got)[:])
+
+
 def gather(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int],
            snapshot: tuple[int, int, Sequence[int]], *, rel: int = 0, fork: int = 0,
            blocks: Sequence[int] = ()) -> Gathered:
@@ -148,33 +216,47 @@ def gather(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int
     the visible tuples' data gathered into one buffer (``data[starts[k]:ends[k]]``),
     ready for ``RowCodec.decode_run``. One C call when built."""
     n = len(offnums)
+    npages = len(pages)
     if _lib is None or n == 0 or set(map(len, pages)) != {BLCKSZ}:
         return gather_py(pages, page_of, offnums, snapshot, rel=rel, fork=fork,
                          blocks=blocks)
     snap_xmax, own, excluded = snapshot
-    cap = len(pages) * BLCKSZ   # the data of distinct slots cannot exceed their pages
-    tls = _tls
-    out = getattr(tls, "gather_out", None)
-    if out is None or len(out) < cap:
-        out = tls.gather_out = _ffi.new("uint8_t[]", max(cap, GATHER_BUFFER_BYTES))
-    if getattr(tls, "excluded_of", None) is not excluded:
-        tls.excluded = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
-        tls.excluded_of = excluded
-    status = _ffi.new("uint8_t[]", n)
-    start = _ffi.new("uint32_t[]", n)
-    end = _ffi.new("uint32_t[]", n)
-    ptrs = _ffi.new("uint8_t *[]", list(map(_ffi.from_buffer, repeat("uint8_t[]"), pages)))
-    got = _lib.slk_heap_gather(ptrs, len(pages), _ffi.new("uint32_t[]", page_of),
-                               _ffi.new("uint16_t[]", offnums), n, snap_xmax, own,
-                               tls.excluded, len(excluded), out, len(out), status, start,
-                               end)
+    tls = _scratch(n, npages)
+    out = _prepare(tls, page_of, offnums, npages, excluded)
+    ptrs = tls.ptrs
+    ptrs[0:npages] = list(map(_ffi.from_buffer, repeat("uint8_t[]"), pages))
+    got = _lib.slk_heap_gather(ptrs, npages, tls.page_of, tls.offnums, n, snap_xmax, own,
+                               tls.excluded, len(excluded), out, len(out), tls.status,
+                               tls.start, tls.end)
     if got < 0:  # a flawed slot (the reference raises naming it), or no room (never)
         return gather_py(pages, page_of, offnums, snapshot, rel=rel, fork=fork,
                          blocks=blocks)
-    return Gathered(memoryview(_ffi.buffer(status)).cast("B").tolist(),
-                    memoryview(_ffi.buffer(start)).cast("I").tolist(),
-                    memoryview(_ffi.buffer(end)).cast("I").tolist(),
-                    _ffi.buffer(out, got)[:])
+    return _gathered(tls, n, out, got)
+
+
+def gather_pool(bm, bufs: Sequence[int], page_of: Sequence[int], offnums: Sequence[int],
+                snapshot: tuple[int, int, Sequence[int]]) -> Gathered | None:
+    """``gather`` over the pool pages of ``bufs`` (pinned, VALID, NOT content-locked) in
+    one C call that takes no lock (``slk_heap_gather_opt``, see the module docstring's
+    invariant 4): the answer, or None when a writer held one of the pages meanwhile (or
+    a slot is flawed, or the C helper or the counters are absent): then share-lock the
+    pages and ``gather`` them."""
+    seq = getattr(bm, "seq", None)
+    n = len(offnums)
+    if _lib is None or seq is None or n == 0:
+        return None
+    npages = len(bufs)
+    snap_xmax, own, excluded = snapshot
+    tls = _scratch(n, npages)
+    out = _prepare(tls, page_of, offnums, npages, excluded)
+    tls.bufs[0:npages] = bufs
+    got = _lib.slk_heap_gather_opt(bm.c_pool, seq, tls.bufs, npages, tls.seen, tls.page_of,
+                                   tls.offnums, n, snap_xmax, own, tls.excluded,
+                                   len(excluded), out, len(out), tls.status, tls.start,
+                                   tls.end)
+    if got < 0:
+        return None
+    return _gathered(tls, n, out, got)
 
 
 def fetch_pages(heap, blocks: Sequence[int]) -> list[bytes]:
@@ -266,7 +348,9 @@ def gather_heap(heap, blocks: Sequence[int], page_of: Sequence[int], offnums: Se
 
 def _gather_chunk(heap, blocks: Sequence[int], page_of: Sequence[int],
                   offnums: Sequence[int], snapshot: tuple[int, int, Sequence[int]]) -> Gathered:
-    """``gather_heap`` for at most a chunk of pages, all pinned and locked together."""
+    """``gather_heap`` for at most a chunk of pages, all pinned together, then read in one
+    C call without content locks (``gather_pool``), or, when a writer held one of them
+    meanwhile, share-locked together and gathered."""
     bm = heap.bufmgr
     rel, fork = heap.rel, heap.fork
     bufs = bm.pin_cached(rel, fork, blocks)
@@ -277,6 +361,9 @@ def _gather_chunk(heap, blocks: Sequence[int], page_of: Sequence[int],
             with ReadStream(bm, rel, fork, [blocks[i] for i in missing]) as stream:
                 for i, buf in zip(missing, stream, strict=True):
                     bufs[i] = buf
+        got = gather_pool(bm, bufs, page_of, offnums, snapshot)
+        if got is not None:
+            return got
         lock = bm.lock_shared
         for i in sorted(range(len(blocks)), key=blocks.__getitem__):
             lock(bufs[i])
@@ -291,13 +378,42 @@ def _gather_chunk(heap, blocks: Sequence[int], page_of: Sequence[int],
         bm.unpin_many([b for b in bufs if b >= 0])
 
 
+def _fetch_arrays():
+    """This thread's output arrays of ``fetch_tuple``'s C read (made on first use)."""
+    tls = _tls
+    tls.fetch_out = _ffi.new("uint8_t[]", BLCKSZ)
+    tls.fetch_meta = _ffi.new("uint64_t[]", 3)
+    return tls
+
+
 def fetch_tuple(heap, block: int, offnum: int) -> tuple[int, int, bytes] | None:
     """(xmin, xmax, data copy) of the tuple at (``block``, ``offnum``) of ``heap``, or
-    None when the slot holds none or the block is past the end: a point read's one pin
-    and share lock, the slot checked as ``tuples_at_py`` checks it (TupleFormatError for a
-    line pointer or header that is not a heap tuple)."""
+    None when the slot holds none or the block is past the end: a point read's one pin,
+    the slot checked as ``tuple.slot_tuple`` checks it (TupleFormatError for a line
+    pointer or header that is not a heap tuple). A pool hit is read in one C call without
+    the share lock (``slk_heap_fetch_opt``, invariant 4); when a writer held the page
+    meanwhile (or the slot is flawed), and on a miss, under the share lock."""
     bm = heap.bufmgr
     buf = bm.pin_if_valid(heap.rel, int(heap.fork), block)   # a hit: the block exists
+    if buf >= 0 and _lib is not None and bm.seq is not None:
+        # a hit, read without the share lock (invariant 4)
+        tls = _tls
+        out = getattr(tls, "fetch_out", None)
+        if out is None:
+            out = _fetch_arrays().fetch_out
+        try:
+            n = _lib.slk_heap_fetch_opt(bm.c_pool, bm.seq, buf, offnum, out, BLCKSZ,
+                                        tls.fetch_meta)
+        except BaseException:   # an offnum that is no u32
+            bm.unpin(buf)
+            raise
+        if n != OPT_RETRY:
+            bm.unpin(buf)
+            if n < 0:
+                return None
+            meta = tls.fetch_meta
+            return meta[0], meta[1], _ffi.buffer(out, n)[:]
+        # else a writer held the page meanwhile, or a flawed slot: the share lock decides
     if buf < 0:
         if not 0 <= block < heap.nblocks():
             return None

@@ -130,10 +130,16 @@ def slot_tuple(page, offnum: int, rel: int, fork: int, block: int
                ) -> tuple[int, int, int, int, int] | None:
     """(xmin, xmax, flags, data start, data end) of the NORMAL heap tuple at ``offnum``
     of a (locked, verified) heap page, or None when that slot holds none (past the line
-    pointers, unused, dead or redirected). A line pointer outside the tuple space, or a
-    header whose data length disagrees with it, is a TupleFormatError naming relation,
-    block and offnum (a heap fetch's one-slot form of a scan's page checks)."""
+    pointers, unused, dead or redirected). A pd_lower past the page, a line pointer
+    outside the tuple space, or a header whose data length disagrees with it, is a
+    TupleFormatError naming relation, block and offnum (a heap fetch's one-slot form of a
+    scan's page checks; the C readers, ``slk_heap_gather`` and its optimistic forms, make
+    the same checks in the same order)."""
     lower, upper = _SLOT_LOWER_UPPER.unpack_from(page, LOWER_OFFSET)
+    if lower > BLCKSZ:
+        raise TupleFormatError(
+            f"relation {rel} block {block} offnum {offnum}: pd_lower {lower} is past the "
+            f"end of the page ({BLCKSZ})", relation=rel, fork=fork, block=block)
     lp_at = HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE
     if lower == 0 or offnum < 1 or lp_at + LINE_POINTER_SIZE > lower:
         return None
