@@ -792,12 +792,11 @@ class BTree:
             raise self._corrupt(block, str(e)) from None
 
     def _read(self, block: int, *, exclusive: bool = False) -> int:
-        """``block`` pinned and content-locked (shared, or exclusive); a pool hit is one
-        short buffer-manager call (``pin_if_valid``), a miss a read."""
+        """``block`` pinned and content-locked (shared, or exclusive): one buffer-manager
+        call, whose one descriptor-lock section takes a pool hit, and whose miss the
+        calling thread reads inline (``BufferManager.read_buffer``)."""
         bm = self.bufmgr
-        buf = bm.pin_if_valid(self.rel, self._forkno, block)
-        if buf < 0:
-            buf = bm.read_buffer(self.rel, self.fork, block)
+        buf = bm.read_buffer(self.rel, self.fork, block)
         try:
             (bm.lock_exclusive if exclusive else bm.lock_shared)(buf)
         except BaseException:
