@@ -61,10 +61,18 @@ from enum import IntEnum
 from slonik.aio.callbacks import IoCallbacks
 from slonik.aio.core import Aio
 from slonik.aio.errors import StorageError
-from slonik.aio.handle import AioResult, AioReturn, Handle, HandleState, ResultStatus, WaitRef
+from slonik.aio.handle import (
+    AioResult,
+    AioReturn,
+    Handle,
+    HandleState,
+    IoOp,
+    ResultStatus,
+    WaitRef,
+)
 from slonik.aio.ids import CallbackId
 from slonik.aio.memory import aligned_buffer
-from slonik.aio.transfer import SHORT_TRANSFER_RETRIES_MAX
+from slonik.aio.transfer import SHORT_TRANSFER_RETRIES_MAX, short_transfer_error
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import (
     BLCKSZ,
@@ -293,6 +301,7 @@ class _ReadIo(IoCallbacks):
     ignore_checksum_failure: bool
     ref: WaitRef | None = None
     ret: AioReturn | None = None
+    inline: bool = False  # run in the issuer without a handle (``_read_io_inline``)
 
     def stage(self, h: Handle) -> None:
         self.bufmgr._read_stage(h, self)
@@ -439,7 +448,10 @@ class BufferManager:
         # content lock; both None without the C helper (readers then always lock).
         if _lib is not None:
             self.seq = _ffi.new("uint32_t[]", shared_buffers)
-            self.c_pool = _ffi.from_buffer("uint8_t[]", mv)
+            # The pointer exports the mmap, not the view ``mv``: a memoryview with a live
+            # export can be cleared by the cyclic collector and crash CPython 3.11 when
+            # freed (btree_page._C_EXPORTS); an mmap has no such clear.
+            self.c_pool = _ffi.from_buffer("uint8_t[]", self._mem)
             self._bump = functools.partial(_lib.slk_seq_bump, self.seq)
         else:
             self.seq = self.c_pool = self._bump = None
@@ -759,6 +771,13 @@ class BufferManager:
                      op.ignore_checksum_failure)
         io.ret = AioReturn()
         views = self._io_views(buf_ids)
+        if self.aio.every_read_inline:
+            io.inline = True
+            try:
+                self._read_io_inline(io, views)
+            finally:
+                op.ios.append(io)  # completed (or its claims given back): never abandoned
+            return
         h = self.aio.acquire(io.ret)
         try:
             h.add_callback(CallbackId.BUFMGR_READV, io)
@@ -781,7 +800,8 @@ class BufferManager:
                 ios, op.ios = op.ios, []
                 retry: list[int] = []
                 for io in ios:
-                    self.aio.wait(io.ref)
+                    if io.ref is not None:  # else run inline, complete already
+                        self.aio.wait(io.ref)
                     result = io.ret.result
                     if result.status == PARTIAL:
                         done = result.result
@@ -1021,6 +1041,7 @@ class BufferManager:
         zeroed: list[int] = []
         ignored: list[int] = []
         buf_ids = io.buf_ids
+        io_pin = not io.inline  # an inline read took no pin or wait reference of its own
         problems = self._verifier.verify(buf_ids[:done] if done < n else buf_ids, rel, fork, block)
         if problems:
             self._judge_pages(problems, buf_ids, block, io.zero_damaged_pages,
@@ -1036,16 +1057,20 @@ class BufferManager:
         with self._lock:
             if done == n and not bad:  # the usual case: one pass
                 for b in buf_ids:
-                    terminate(descs[b], B.VALID, io_pin=True)
+                    terminate(descs[b], B.VALID, io_pin=io_pin)
             else:
                 for b in ok_ids:
-                    terminate(descs[b], B.VALID, io_pin=True)
+                    terminate(descs[b], B.VALID, io_pin=io_pin)
                 # Blocks not read: failed, or left for the issuer to read again (PARTIAL).
                 unread = B.READ_FAILED if prior.status == ERROR else B.EMPTY
                 for k in range(done, n):
-                    terminate(descs[buf_ids[k]], unread, io_pin=True)
+                    terminate(descs[buf_ids[k]], unread, io_pin=io_pin)
                 for blk, _ in bad:
-                    terminate(descs[buf_ids[blk - block]], B.READ_FAILED, io_pin=True)
+                    terminate(descs[buf_ids[blk - block]], B.READ_FAILED, io_pin=io_pin)
+            if not io_pin:  # counted here, not at stage
+                self._reads += n
+                self._read_bytes += n * BLCKSZ
+                self._read_ios += 1
             self._zeroed += len(zeroed)
             self._ignored += len(ignored)
             self._io_done.notify_all()
@@ -1058,6 +1083,49 @@ class BufferManager:
         if zeroed or ignored:
             return AioResult(WARNING, done, 0, CallbackId.BUFMGR_READV, ("warn", zeroed, ignored))
         return prior
+
+    def _read_io_inline(self, io: _ReadIo, views: list) -> None:
+        """Run the read ``io`` now, in this thread, without an AIO handle (the sync method
+        executes every read in its issuer at staging anyway), and complete it as its two
+        callbacks would: smgr's bytes-to-blocks judgement (OK, PARTIAL with the blocks
+        read, ERROR past the end or on an OS error), then ``_read_complete``. The result
+        waits in ``io.ret`` for ``wait_read_buffers`` to report, as a handle's would, so a
+        read stream's failed read ahead still fails only when the stream reaches it. Only
+        an exception that is no error (an interrupt) gives the claims back at once
+        (READ_FAILED) and propagates."""
+        n = len(io.buf_ids)
+        rel, fork, block = io.rel, io.fork, io.block
+        t0 = time.perf_counter_ns()
+        try:
+            got = self.smgr.read_into(rel, fork, block, views)
+        except Exception as exc:  # an OS error naming file and blocks: reported at the wait
+            prior = AioResult(ERROR, 0, 0, CallbackId.SMGR_READV, exc)
+        except BaseException:
+            with self._lock:
+                for b in io.buf_ids:
+                    self._terminate_buffer_io_locked(self.descs[b], B.READ_FAILED, io_pin=False)
+                self._io_done.notify_all()
+            raise
+        else:
+            blocks = got // BLCKSZ
+            if blocks >= n:
+                prior = AioResult(OK, n)
+            elif blocks:
+                prior = AioResult(PARTIAL, blocks, 0, CallbackId.SMGR_READV, got)
+            else:  # past the relation's end, as SmgrIo.report words it
+                path = self.smgr.segment_path(rel, fork, block // self.smgr.segment_size)
+                error = short_transfer_error(False, got, n * BLCKSZ,
+                                             f"{describe(rel, fork, block, n)} in file {path}")
+                prior = AioResult(ERROR, 0, 0, CallbackId.SMGR_READV, DataCorruptionError(
+                    str(error), relation=rel, fork=fork, block=block))
+        result = self._read_complete(None, prior, io)
+        self._io_wait_ns += time.perf_counter_ns() - t0
+        ret = io.ret
+        ret.result = result
+        ret.callbacks = ((CallbackId.BUFMGR_READV, io),)
+        ret.op = IoOp.READV
+        ret.nbytes = n * BLCKSZ
+        ret.filled = True
 
     def _judge_pages(self, problems: list, buf_ids: Sequence[int], block: int, zero: bool,
                      ignore: bool, bad: list[tuple[int, str]], zeroed: list[int],
