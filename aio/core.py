@@ -134,6 +134,10 @@ class Aio:
         # methods; a method from elsewhere (a test method that wraps another to inject faults
         # at completion) keeps every read on a handle, so it sees them all.
         self.synchronous_reads_inline = type(self.method) in _INLINE_READ_METHODS
+        # The sync method executes every I/O in its issuer at staging anyway: there a read
+        # a caller will only wait for later (a read stream's) may run inline too, its
+        # result kept for the wait (BufferManager._read_io_inline).
+        self.every_read_inline = type(self.method) is SyncMethod
         self._lock = threading.Lock()
         self._handles: list[Handle] = []
         # Threads sleeping on each handle's condition (changed under that condition), so a

@@ -507,7 +507,8 @@ class ReadStream:
             if run.op is not None and not run.waited and id(run) not in seen:
                 seen.add(id(run))
                 for io in run.op.ios:
-                    aio.wait(io.ref)
+                    if io.ref is not None:  # None: read inline, complete already
+                        aio.wait(io.ref)
         self._queue.clear()
         if to_unpin:
             self.bufmgr.unpin_many(to_unpin)

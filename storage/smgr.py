@@ -430,31 +430,52 @@ class Smgr:
         (``DataCorruptionError`` past the end, ``IOFailure`` naming file, relation, fork
         and block), short-read policy and counters as ``readv``, with one segment-path
         lookup and one fd-cache round trip: ~3 us of Python instead of ~8."""
+        if len(page) != BLCKSZ:
+            self._check_buffers((page,), block)  # raises naming the size
+        done = self.read_into(rel, fork, block, (page,))
+        if done < BLCKSZ:  # end of file: reading past the relation's end
+            f = Fork(fork)
+            path = self._segment_path(rel, f, block // self._segment_size)
+            raise DataCorruptionError(
+                f"could not read {describe(rel, f, block, 1)} in file {path}: "
+                f"read only {done} of {BLCKSZ} bytes", relation=rel, fork=f, block=block)
+
+    def read_into(self, rel: int, fork: int, block: int, buffers: Sequence) -> int:
+        """Read blocks from ``block`` into ``buffers`` (each a whole number of blocks, as an
+        AIO read's, together within one segment: see ``maxcombine``) in this thread: one
+        preadv through the OS boundary, continued after short reads (``aio.transfer``'s
+        policy). Returns the bytes read, fewer than asked only at the end of the file (the
+        caller judges). An OS error raises ``IOFailure`` naming file, relation, fork and
+        blocks; bad arguments raise as ``readv``'s do."""
         f = _FORK_BY_NUMBER.get(fork) if type(fork) in _FORK_TYPES else None
         if (f is None or type(rel) is not int or not 0 < rel <= MAX_RELFILENUMBER
                 or type(block) is not int or not 0 <= block <= MAX_BLOCK_NUMBER):
             f = self._check_relation(rel, fork)  # raises naming the bad argument
             self._check_block(block, "block")
-        if len(page) != BLCKSZ:
-            self._check_buffers((page,), block)  # raises naming the size
+        if len(buffers) == 1 and len(buffers[0]) == BLCKSZ:
+            n = 1
+        else:
+            n = self._check_buffers(buffers, block, wide=True)  # raises naming the size
+            if n == 0:
+                raise ValueError("a read needs at least one buffer")
         self._check_open()
         segno, in_segment = divmod(block, self._segment_size)
+        if in_segment + n > self._segment_size:
+            raise ValueError(f"{describe(rel, f, block, n)} cross a segment boundary; "
+                             f"split with maxcombine() (at most {self._segment_size - in_segment})")
         path = self._segment_path(rel, f, segno)
         try:
             fd = self._files.acquire(path)
         except IOFailure as e:
             raise io_error(e.errno, f"could not open file {path} to read "
-                                     f"{describe(rel, f, block, 1)}") from e
+                                     f"{describe(rel, f, block, n)}") from e
         try:
-            done, calls = transfer_all(fd, (page,), in_segment * BLCKSZ, write=False,
-                                       what=lambda: f"{describe(rel, f, block, 1)} in file {path}")
+            done, calls = transfer_all(fd, buffers, in_segment * BLCKSZ, write=False,
+                                       what=lambda: f"{describe(rel, f, block, n)} in file {path}")
         finally:
             self._files.release(path, fd)
         self._count_reads(calls, done)
-        if done < BLCKSZ:  # end of file: reading past the relation's end
-            raise DataCorruptionError(
-                f"could not read {describe(rel, f, block, 1)} in file {path}: "
-                f"read only {done} of {BLCKSZ} bytes", relation=rel, fork=f, block=block)
+        return done
 
     def _in_pieces(self, piece: Callable[[int, Fork, int, Sequence], None], rel: int,
                    fork: Fork, block: int, buffers: Sequence) -> None:

@@ -15,6 +15,7 @@ from slonik.aio.handle import IoOp
 from slonik.storage.bufmgr import BufferManager, BufferState, DamagedPageWarning
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ, init_page, page_add_item, page_get_item, page_set_checksum
+from slonik.storage.read_stream import ReadStream
 from slonik.storage.smgr import Fork, Smgr
 
 from tests.support.method_faulty import FaultRule
@@ -272,3 +273,46 @@ def test_read_block_checks_its_arguments(files):
         smgr.read_block("16384", 0, 1, page)
     with pytest.raises(ValueError, match=f"exactly {BLCKSZ} bytes"):
         smgr.read_block(REL, 0, 1, bytearray(100))
+
+
+def test_two_step_reads_complete_at_start_under_sync_and_report_at_the_wait(files):
+    """A 4-block read_buffers reads every block with its content; under the sync method it
+    ran inline without an AIO handle (aio.stats() readv unchanged), under the others on
+    handles. A read stream whose third block is damaged hands out block 0 (and never a
+    block of the failed read) before raising DataCorruptionError naming block 2: the
+    failure is reported when the stream reaches it, on every method; nothing stays
+    pinned."""
+    smgr, aio = files
+    bm = BufferManager(smgr, aio, shared_buffers=16, io_combine_limit=4)
+    handle_reads = aio.stats().total("readv")
+    bufs = bm.read_buffers(REL, Fork.MAIN, 8, 4)
+    assert [item(bm, b) for b in bufs] == [f"block {k}".encode() for k in range(8, 12)]
+    bm.unpin_many(bufs)
+    assert (aio.stats().total("readv") == handle_reads) == aio.every_read_inline
+    assert bm.stats().read_ios == 1 and bm.stats().reads == 4
+    corrupt(smgr, 2)
+    got = []
+    with (ReadStream(bm, REL, Fork.MAIN, range(0, 6)) as stream,
+          pytest.raises(DataCorruptionError, match=rf"block 2 of relation {REL} fork main")):
+        while (b := stream.next_buffer()) is not None:
+            got.append(bm.block_of(b)[2])
+            bm.unpin(b)
+    assert got[:1] == [0] and got == list(range(len(got))) and len(got) <= 2
+    bm.check()
+
+
+def test_a_read_past_the_end_reads_what_exists_then_fails_naming_the_first_missing_block(files):
+    """read_buffers of blocks NBLOCKS-2 .. NBLOCKS+1 (two past the end): the read comes
+    back short, the rest is read again, and DataCorruptionError names block NBLOCKS and
+    says how much was read; nothing stays pinned, and the two existing blocks read fine
+    afterwards."""
+    smgr, aio = files
+    bm = BufferManager(smgr, aio, shared_buffers=16, io_combine_limit=4)
+    with pytest.raises(DataCorruptionError, match=rf"read only 0 of {2 * BLCKSZ} bytes") as ei:
+        bm.read_buffers(REL, Fork.MAIN, NBLOCKS - 2, 4)
+    assert ei.value.block == NBLOCKS
+    bm.check()
+    bufs = bm.read_buffers(REL, Fork.MAIN, NBLOCKS - 2, 2)
+    assert [item(bm, b) for b in bufs] == [f"block {NBLOCKS - 2 + k}".encode() for k in range(2)]
+    bm.unpin_many(bufs)
+    bm.check()
