@@ -12,6 +12,9 @@ The completion callback — in whichever thread completes the I/O — verifies e
 header and checksum, sets VALID or IO_ERROR, clears IO_IN_PROGRESS, drops the I/O's own pin
 and wakes waiters. A thread that finds a block whose read another thread started waits on
 that I/O's wait reference: one physical read per block however many threads want it.
+A point read's miss (``read_buffer``), and under the sync method every read, runs inline
+in the issuer without an AIO handle and is completed by the same code (README invariant
+21); a thread that finds such a read in progress waits on the buffer.
 
 Writes go through AIO too: a dirty victim is written before reuse, and ``flush_all``
 (checkpoints) sorts dirty buffers by tag, combines adjacent blocks into vectored writes and
