@@ -420,11 +420,12 @@ class Wal:
                 state.release()
                 try:
                     wake.acquire()  # returns once a leader released it
-                except BaseException:  # (an interrupt): leave no entry to be released
-                    state.acquire()    # twice; a release that won the race leaves the
-                    self._queued -= 1  # lock free, and the next wait just loops once
+                except BaseException:  # (an interrupt): leave no entry behind, and never
+                    state.acquire()    # reuse this wake-up, which a leader may already
+                    self._queued -= 1  # have released (a stale release would end a later
                     self._waiters = [(n, w) for n, w in self._waiters if w is not wake]
-                    raise
+                    self._wake.lock = None  # wait early with its entry still queued, and
+                    raise                   # a second entry would be released twice)
                 state.acquire()
                 self._queued -= 1
             self._check_usable()
