@@ -86,6 +86,9 @@ int64_t slk_heap_gather_opt(const uint8_t *pool, const uint32_t *seq, const uint
 int slk_ix_point_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
                      const uint8_t *prefix, uint32_t plen, int maxn, uint32_t *ents,
                      uint32_t *out);
+int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                     const uint8_t *key, uint32_t keylen, uint64_t *out, int maxv,
+                     uint8_t *copy);
 """
 
 SOURCE = r"""
@@ -1249,6 +1252,21 @@ int slk_ix_point_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
     memcpy(copy, pool + (size_t)b * BLCKSZ, BLCKSZ);
     if (!seq_same(seq, b, seen)) return SLK_OPT_RETRY;
     return slk_ix_point(copy, prefix, plen, maxn, ents, out);
+}
+
+/* slk_bt_probe on pool buffer b without its share lock (the KV point read's leaf): the
+ * page is copied whole to ``copy`` (BLCKSZ bytes of the caller's) and probed there once
+ * the counter shows no writer held it meanwhile, so the versions' offsets are into the
+ * copy; SLK_OPT_RETRY otherwise. */
+int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                     const uint8_t *key, uint32_t keylen, uint64_t *out, int maxv,
+                     uint8_t *copy)
+{
+    uint32_t seen = __atomic_load_n(seq + b, __ATOMIC_ACQUIRE);
+    if (seen & 1) return SLK_OPT_RETRY;
+    memcpy(copy, pool + (size_t)b * BLCKSZ, BLCKSZ);
+    if (!seq_same(seq, b, seen)) return SLK_OPT_RETRY;
+    return slk_bt_probe(copy, key, keylen, out, maxv);
 }
 """
 

@@ -151,6 +151,7 @@ from slonik.engine.access.btree_wal import (
 )
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import (
+    BLCKSZ,
     LOWER_OFFSET,
     page_get_lsn,
     page_is_new,
@@ -160,6 +161,43 @@ from slonik.storage.read_stream import ReadStream
 from slonik.storage.smgr import Fork
 from slonik.wal.rmgr import RM_BTREE
 from slonik.wal.xlog import BlockSpec
+
+try:  # the optional C helper's optimistic leaf probe (storage/bufmgr.py invariant 8)
+    from slonik.storage._pagecheck import ffi as _ffi
+    from slonik.storage._pagecheck import lib as _lib
+    if not hasattr(_lib, "slk_bt_probe_opt"):  # an older build of the module
+        _ffi = _lib = None
+except ImportError:
+    _ffi = _lib = None
+_OPT_PROBE_VERSIONS = 8   # versions the optimistic probe has room for (more: the lock)
+_opt_tls = threading.local()
+
+
+def _probe_unlocked(bm, rel: int, forkno: int, block: int, key: bytes):
+    """(``probe_leaf_flat``'s list, the page it is about) for ``key`` on leaf ``block``,
+    probed in one C call without the leaf's share lock (``slk_bt_probe_opt``: the leaf
+    copied whole into this thread's scratch page while no writer held it, storage/
+    bufmgr.py invariant 8), when the leaf is in the pool; (None, None) when it is not, a
+    writer held it meanwhile, the page is one the reference must judge, or the key has
+    more versions there than the call has room for: read it locked. The scratch page is
+    valid until this thread's next call (its values are sliced out at once)."""
+    buf = bm.pin_if_valid(rel, forkno, block)
+    if buf < 0:
+        return None, None
+    tls = _opt_tls
+    out = getattr(tls, "out", None)
+    if out is None:
+        tls.copy = _ffi.new("uint8_t[]", BLCKSZ)
+        tls.view = memoryview(_ffi.buffer(tls.copy))
+        out = tls.out = _ffi.new("uint64_t[]", 2 + 5 * _OPT_PROBE_VERSIONS)
+    try:
+        n = _lib.slk_bt_probe_opt(bm.c_pool, bm.seq, buf, key, len(key), out,
+                                  _OPT_PROBE_VERSIONS, tls.copy)
+    finally:
+        bm.unpin(buf)
+    if 0 <= n <= _OPT_PROBE_VERSIONS:
+        return _ffi.unpack(out, 2 + 5 * n), tls.view
+    return None, None
 
 __all__ = [
     "BTree", "XidSnapshot", "VersionWrite", "OverflowRef", "VacuumResult", "CheckResult",
@@ -1045,19 +1083,26 @@ class BTree:
     def _get(self, key: bytes, snapshot: Snapshot) -> bytes | None:
         """A point read: the leaf from the cached internal pages, then one C call on it
         (``probe_leaf``: the key's versions, newest first) and the snapshot on each until
-        one is visible; right siblings only while versions continue there."""
+        one is visible; right siblings only while versions continue there. A leaf in the
+        pool is probed without its share lock (``_probe_unlocked``); under it when a
+        writer held the leaf meanwhile, on a miss, or for a page the reference judges."""
         bm = self.bufmgr
         block = self._leaf_for(key)
         skip = LEAF_HEADER_SIZE + len(key)  # an entry's value starts this far into it
         while True:
-            buf = self._read(block)
+            buf = -1   # a share-locked pin to release, when the leaf was read locked
             try:
-                page = bm.pages[buf]  # (bm.page(buf) without the call)
-                try:
-                    v = probe_leaf_flat(page, key)  # right-link, status, versions
-                except BTreePageError as e:
-                    self._special(page, block)  # an all-zero page says so
-                    raise self._corrupt(block, str(e)) from None
+                v = None
+                if _lib is not None:
+                    v, page = _probe_unlocked(bm, self.rel, self._forkno, block, key)
+                if v is None:
+                    buf = self._read(block)
+                    page = bm.pages[buf]  # (bm.page(buf) without the call)
+                    try:
+                        v = probe_leaf_flat(page, key)  # right-link, status, versions
+                    except BTreePageError as e:
+                        self._special(page, block)  # an all-zero page says so
+                        raise self._corrupt(block, str(e)) from None
                 payload = None
                 for i in range(2, len(v), 5):  # offset, length, xmin, xmax, eflags
                     if snapshot(v[i + 2], v[i + 3]):
@@ -1065,8 +1110,9 @@ class BTree:
                         payload = page[off + skip:off + v[i + 1]].tobytes()
                         break
             finally:
-                bm.unlock_shared(buf)
-                bm.unpin(buf)
+                if buf >= 0:
+                    bm.unlock_shared(buf)
+                    bm.unpin(buf)
             if payload is not None:
                 if v[i + 4] & ENTRY_OVERFLOW:  # read out of line, no leaf lock held
                     return self._read_overflow(unpack_overflow_ref(payload))
