@@ -29,6 +29,11 @@ Invariants:
    and the entries they guard are atomic with respect to other writers of the table).
 3. Keys stay within the tree's ``KEY_MAX_BYTES``: a longer key raises ``ValueError``
    naming the index, before the heap is touched.
+4. A point read's leaf in the pool is read without its share lock (``point_tids``:
+   ``slk_ix_point_opt`` copies the pinned leaf whole while its change counter shows no
+   writer, ``storage/bufmgr.py`` invariant 8, and answers from the copy); a writer
+   holding it meanwhile, or a page only the reference can judge, sends the read to the
+   share-locked path, which answers or raises naming the page.
 """
 
 from __future__ import annotations
