@@ -1469,6 +1469,8 @@ class BTree:
                             buf = self._step_left(prev, origin)
                     else:
                         buf = self._step_left(prev, origin)
+                    if buf < 0:   # everything left of the last leaf was unlinked since
+                        return
                     block = bm.block_of(buf)[2]
             finally:
                 if pending is not None:
@@ -1530,7 +1532,16 @@ class BTree:
 
     def _step_left(self, prev: int, origin: int) -> int:
         """The page whose right-link is ``origin``, starting at its old left sibling
-        ``prev`` and moving right past pages split off it since (share-locked)."""
+        ``prev`` and moving right past pages split off it since (share-locked).
+
+        As nbtree's _bt_walk_left: when no page to the right of ``prev`` links to
+        ``origin`` any more, ``origin`` is looked at again. Unlinked since (DELETED, a
+        vacuum took it out after this scan left it): its key range went to the first live
+        page right of it, whose left neighbour is the page wanted, so the walk starts over
+        from that page. Still live: its left-link changed (its left neighbour split or was
+        unlinked), so the walk starts over from the new one; an unchanged left-link means
+        the links are broken (DataCorruptionError naming it). -1 when no page is left of
+        it any more (all unlinked since: nothing more to visit)."""
         bm = self.bufmgr
         block = prev
         while True:
@@ -1543,10 +1554,33 @@ class BTree:
             if special.next == origin:
                 return buf
             self._release(buf)
-            if special.next == P_NONE:
+            if special.next != P_NONE:
+                block = special.next
+                continue
+            live, new_prev = self._live_origin(origin)
+            if live == origin and new_prev == prev:
                 raise self._corrupt(origin, f"no page to the right of its left-link {prev} "
                                             f"links back to it")
-            block = special.next
+            if new_prev == P_NONE:   # every page left of it was unlinked: none to visit
+                return -1
+            origin, block = live, new_prev
+            prev = new_prev
+
+    def _live_origin(self, origin: int) -> tuple[int, int]:
+        """(``origin``, or the first live page right of it when it was unlinked, and that
+        page's left-link): where ``_step_left`` starts over."""
+        bm = self.bufmgr
+        while True:
+            buf = self._read(origin)
+            try:
+                special = self._special(bm.page(buf), origin)
+            finally:
+                self._release(buf)
+            if not special.flags & BTP_DELETED:
+                return origin, special.prev
+            if special.next == P_NONE:
+                raise self._corrupt(origin, "an unlinked leaf with no right-link")
+            origin = special.next
 
     # --- overflow values ---------------------------------------------------------------------
     def _read_overflow(self, ref: OverflowRef) -> bytes:
