@@ -77,6 +77,8 @@ _instances: weakref.WeakSet = weakref.WeakSet()  # every Aio, for the fork hook
 def _after_fork_in_child() -> None:
     for aio in list(_instances):
         aio._forked = True
+        # Reads take the handle path, which refuses to run in the child with a clear error.
+        aio.synchronous_reads_inline = aio.every_read_inline = False
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

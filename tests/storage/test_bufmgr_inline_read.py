@@ -4,13 +4,14 @@ files, under every io method."""
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 import warnings
 
 import pytest
 from slonik.aio import osfile
-from slonik.aio.errors import IOFailure
+from slonik.aio.errors import IOFailure, IoMethodUnavailable
 from slonik.aio.handle import IoOp
 from slonik.storage.bufmgr import BufferManager, BufferState, DamagedPageWarning
 from slonik.storage.errors import DataCorruptionError
@@ -316,3 +317,28 @@ def test_a_read_past_the_end_reads_what_exists_then_fails_naming_the_first_missi
     assert [item(bm, b) for b in bufs] == [f"block {NBLOCKS - 2 + k}".encode() for k in range(2)]
     bm.unpin_many(bufs)
     bm.check()
+
+
+def test_a_forked_child_is_refused_rather_than_reading_inline(files):
+    """After fork() the child's reads take the handle path, which refuses with a clear
+    IoMethodUnavailable naming fork (checked in the child, reported by its exit code);
+    the parent's Aio still reads inline."""
+    smgr, aio = files
+    bm = BufferManager(smgr, aio, shared_buffers=16)
+    bm.unpin(bm.read_buffer(REL, Fork.MAIN, 0))
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            bm.read_buffer(REL, Fork.MAIN, 1)
+        except IoMethodUnavailable as exc:
+            code = 0 if "fork" in str(exc) else 2
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert aio.synchronous_reads_inline
+    b = bm.read_buffer(REL, Fork.MAIN, 1)
+    assert item(bm, b) == b"block 1"
+    bm.unpin(b)
