@@ -854,10 +854,12 @@ class BTree:
         finally:
             self._release(buf)
 
-    def _log(self, info: int, xid: int, changes: Sequence[_Change]) -> int:
+    def _log(self, info: int, xid: int, changes: Sequence[_Change], *,
+             leaves_only: bool = False) -> int:
         """Apply each change's actions to its (exclusive-locked) page, log them as one
         record, stamp the pages with its end LSN and dirty them. If logging fails, every
-        page is put back byte for byte."""
+        page is put back byte for byte. ``leaves_only``: the caller saw every changed page
+        at level 0, which the inner-page cache never holds (it is left alone)."""
         bm = self.bufmgr
         pres = []
         specs = []
@@ -880,7 +882,8 @@ class BTree:
         for ch in changes:
             page_set_lsn(bm.page(ch.buf), end)
             bm.mark_dirty(ch.buf)
-        self._forget_inner(changes)  # readers' cached copies of these pages are stale
+        if not leaves_only:
+            self._forget_inner(changes)  # readers' cached copies of these pages are stale
         return end
 
     def _release_changes(self, changes: Sequence[_Change]) -> None:
@@ -1874,6 +1877,11 @@ class BTree:
         """(block, buf) of the leaf where (key, XMIN_MAX) belongs, locked: found through
         the cached internal pages (``_leaf_for``: no internal page pinned or locked), then
         moving right (L&Y) past a split or an unlinked leaf, as ``_descend`` does."""
+        block, buf, _special = self._leaf_locked_special(key, exclusive=exclusive)
+        return block, buf
+
+    def _leaf_locked_special(self, key: bytes, *, exclusive: bool) -> tuple[int, int, Special]:
+        """``_leaf_locked`` and the leaf's special space, as checked on the way."""
         bm = self.bufmgr
         block = self._leaf_for(key)
         while True:
@@ -1886,7 +1894,7 @@ class BTree:
                                                f"{special.level} flags {special.flags:#x}")
                 if special.next == P_NONE or not (special.flags & BTP_DELETED or
                                                   locate(page, key, XMIN_MAX) == MOVE_RIGHT):
-                    return block, buf
+                    return block, buf, special
             except BTreePageError as e:
                 self._release(buf, exclusive=exclusive)
                 raise self._corrupt(block, str(e)) from None
@@ -1902,11 +1910,10 @@ class BTree:
         """Apply writes[i:] that fit on writes[i]'s leaf in one record (OLD_LOOKUP old
         versions resolved on it); how many did. Appends the writes done, resolved, to
         ``done_writes``."""
-        block, buf = self._leaf_locked(writes[i].key, exclusive=True)
+        block, buf, special = self._leaf_locked_special(writes[i].key, exclusive=True)
         ch = _Change(buf, block, False)
         try:
             page = self.bufmgr.page(buf)
-            special = self._special(page, block)
             # A key past the high key's belongs further right; one equal to it may have
             # versions on the right too (the general path): both end the run.
             high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1)).key
@@ -1961,7 +1968,7 @@ class BTree:
                 return 0
             if xmax_actions or inserts:
                 ch.actions = xmax_actions + inserts
-                self._log(XLOG_BTREE_INSERT, writes[i].xid, [ch])
+                self._log(XLOG_BTREE_INSERT, writes[i].xid, [ch], leaves_only=True)
             done_writes.extend(done)
             return j - i
         finally:
