@@ -340,7 +340,7 @@ class Aio:
         if h.state != _COMPLETED_SHARED:
             return  # already reclaimed (e.g. by a nested wait)
         callbacks = h.callbacks
-        result = cb.run_complete_local(h, h.distilled) if callbacks else h.distilled
+        result = cb.run_complete_local(h, h.distilled) if h.has_local else h.distilled
         h._set_state(_COMPLETED_LOCAL)
         ret = h.report_return
         if ret is not None:

@@ -144,7 +144,8 @@ class Handle:
 
     __slots__ = ("index", "owner", "generation", "state", "cond", "op", "fd", "offset",
                  "buffers", "nbytes", "target_id", "target_data", "callbacks", "handle_data",
-                 "flags", "raw_result", "distilled", "report_return", "reaped", "submit_time")
+                 "flags", "raw_result", "distilled", "report_return", "reaped", "submit_time",
+                 "has_local")
 
     def __init__(self, index: int, owner: Any) -> None:
         self.index = index
@@ -163,6 +164,7 @@ class Handle:
         self.target_id = 0
         self.target_data: Any = None
         self.callbacks: list[tuple[int, Any]] = []
+        self.has_local = False  # a callback has a complete_local phase (most have none)
         self.handle_data: Any = None
         self.flags = 0
         self.raw_result = 0
@@ -197,6 +199,8 @@ class Handle:
         if len(self.callbacks) >= MAX_CALLBACKS_PER_HANDLE:
             raise ValueError(f"at most {MAX_CALLBACKS_PER_HANDLE} callbacks per AIO handle")
         self.callbacks.append((cid, data))
+        if getattr(data, "complete_local", None) is not None:
+            self.has_local = True
 
     def set_target(self, tid: int, target_data: Any) -> None:
         """What the I/O is against: an ``ids.TargetId`` and the data its row describes."""

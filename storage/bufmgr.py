@@ -814,6 +814,8 @@ class BufferManager:
                     if io.ret.raise_if_failed().status == WARNING:
                         _, zeroed, ignored = io.ret.result.detail
                         _warn_damaged(io.rel, io.fork, zeroed, ignored)
+                if not retry and not op.foreign:  # the usual case: every block is in
+                    return op.buffers
                 foreign = set()
                 for i, ref in op.foreign:
                     if ref is not None:
