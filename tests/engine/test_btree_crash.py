@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -124,6 +125,23 @@ def _expected(lines: list[str]) -> tuple[int, dict[bytes, bytes], int | None]:
     return start, model, inflight
 
 
+def _until_first_ack(child: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The child's output up to and including its first acknowledgement line (read from
+    the pipe's fd directly, so the ``communicate()`` that follows loses nothing), or
+    whatever it wrote before it ended or ``timeout`` passed."""
+    fd = child.stdout.fileno()
+    head = b""
+    deadline = time.monotonic() + timeout
+    while b"\nA " not in head and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            head += chunk
+    return head.decode()
+
+
 @pytest.mark.parametrize("method", ["sync", "worker", "io_uring"])
 def test_sigkill_mid_workload_recovers_every_acknowledged_write(tmp_path, method):
     """Three rounds per io method: SIGKILL the writer after a random 0.5-2.5 s, replay its
@@ -140,9 +158,13 @@ def test_sigkill_mid_workload_recovers_every_acknowledged_write(tmp_path, method
                                   str(REL), str(SHARED_KEYS)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=env)
+        # The random 0.5-2.5 s run from the child's first acknowledged operation, not from
+        # its start: on a loaded machine the imports alone may take longer than that.
+        head = _until_first_ack(child)
         time.sleep(0.5 + 2 * rng.random())
         child.send_signal(signal.SIGKILL)
         out, err = child.communicate()
+        out = head + out
         assert child.returncode == -signal.SIGKILL, err
         # Only whole lines: the kill can cut the last one short (its operation then counts
         # as the unacknowledged one, whose xid replay reads as aborted).
