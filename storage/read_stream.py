@@ -464,6 +464,11 @@ class ReadStream:
     def _next_fast(self) -> Any:
         """All cached lately: hand out the one pinned buffer and pin the next block alone,
         skipping the look-ahead machinery. A miss leaves the fast path."""
+        if not self._queue:
+            # A fast run (``_next_fast_run``) handed out every buffer it pinned, its reads
+            # done at once (all hits, or read inline): go the normal way for the next one.
+            self._fast_path = False
+            return self.next_buffer()
         entry = self._queue.popleft()
         item = self._next_block()
         if item is None:
