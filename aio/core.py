@@ -150,6 +150,11 @@ class Aio:
         self._local = threading.local()
         self._forked = False  # set in a forked child (the fork hook above)
         self._closed = False
+        # I/O done in the issuer without a handle (inline reads, the WAL flush's system
+        # calls): (target, op) -> counters, so stats() still shows every I/O, as
+        # pg_stat_io counts reads whatever executed them.
+        self._direct: dict[tuple[int, IoOp], OpCounters] = {}
+        self._direct_lock = threading.Lock()
         _instances.add(self)
         self.method.attach(self, self._complete)
 
@@ -442,12 +447,27 @@ class Aio:
                 self.wait(WaitRef(h.index, h.generation))
 
     # --- introspection --------------------------------------------------------------------------
+    def count_direct(self, target_id: int, op: IoOp, nbytes: int, wait_ns: int) -> None:
+        """Count one I/O its issuer made without a handle (``stats`` shows it with the
+        handles' I/O of the same target and op; ``wait_ns``: the time it took)."""
+        key = (target_id, op)
+        with self._direct_lock:
+            c = self._direct.get(key)
+            if c is None:
+                c = self._direct[key] = OpCounters()
+            c.ios += 1
+            c.nbytes += nbytes
+            c.wait_ns += wait_ns
+
     def stats(self) -> AioStats:
         totals: dict[str, dict[str, int]] = {}
         with self._lock:
             contexts = list(self._contexts.values())
-        for ctx in contexts:
-            for (target_id, op), c in list(ctx.counters.items()):
+        with self._direct_lock:
+            direct = [(key, OpCounters(c.ios, c.nbytes, c.wait_ns))
+                      for key, c in self._direct.items()]
+        for counters in [list(ctx.counters.items()) for ctx in contexts] + [direct]:
+            for (target_id, op), c in counters:
                 target = TARGETS[target_id].name if target_id else "raw"
                 row = totals.setdefault(f"{target}/{op.name.lower()}",
                                         {"ios": 0, "bytes": 0, "wait_ns": 0})

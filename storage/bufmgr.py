@@ -73,7 +73,7 @@ from slonik.aio.handle import (
     ResultStatus,
     WaitRef,
 )
-from slonik.aio.ids import CallbackId
+from slonik.aio.ids import CallbackId, TargetId
 from slonik.aio.memory import aligned_buffer
 from slonik.aio.transfer import SHORT_TRANSFER_RETRIES_MAX, short_transfer_error
 from slonik.storage.errors import DataCorruptionError
@@ -966,6 +966,7 @@ class BufferManager:
                 self._io_done.notify_all()
             raise
         elapsed = time.perf_counter_ns() - t0
+        self.aio.count_direct(TargetId.SMGR, IoOp.READV, BLCKSZ, elapsed)
         bad: list[tuple[int, str]] = []
         zeroed: list[int] = []
         ignored: list[int] = []
@@ -1124,7 +1125,9 @@ class BufferManager:
                 prior = AioResult(ERROR, 0, 0, CallbackId.SMGR_READV, DataCorruptionError(
                     str(error), relation=rel, fork=fork, block=block))
         result = self._read_complete(None, prior, io)
-        self._io_wait_ns += time.perf_counter_ns() - t0
+        elapsed = time.perf_counter_ns() - t0
+        self._io_wait_ns += elapsed
+        self.aio.count_direct(TargetId.SMGR, IoOp.READV, n * BLCKSZ, elapsed)
         ret = io.ret
         ret.result = result
         ret.callbacks = ((CallbackId.BUFMGR_READV, io),)

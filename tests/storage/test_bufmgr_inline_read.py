@@ -21,6 +21,13 @@ from slonik.storage.smgr import Fork, Smgr
 
 from tests.support.method_faulty import FaultRule
 
+
+def handle_reads(aio) -> int:
+    """Reads that went through AIO handles (the issuer contexts' counters), as opposed to
+    the inline reads ``aio.stats()`` also counts (``Aio.count_direct``)."""
+    return sum(c.ios for ctx in list(aio._contexts.values())
+               for (_target, op), c in list(ctx.counters.items()) if op == IoOp.READV)
+
 REL = 16384
 SEGMENT = 8
 NBLOCKS = 20
@@ -95,12 +102,13 @@ class FailingLayer(osfile.OsLayer):
 def test_a_miss_is_read_inline_without_an_aio_handle(files):
     """Every block read once through read_buffer (pool smaller than the relation, so the
     later reads evict) comes back pinned, VALID, with its own content; each miss counts as
-    one buffer-manager read but no AIO handle I/O (aio.stats() readv unchanged), and one
-    preadv per block went through the OS boundary; a second read_buffer of a cached block
-    is a hit. check() passes at the end."""
+    one buffer-manager read and one relation read in aio.stats() but no AIO handle I/O,
+    and one preadv per block went through the OS boundary; a second read_buffer of a
+    cached block is a hit. check() passes at the end."""
     smgr, aio = files
     bm = BufferManager(smgr, aio, shared_buffers=16)
-    handle_reads = aio.stats().total("readv")
+    by_handle = handle_reads(aio)
+    counted = aio.stats().total("readv")
     layer = CountingLayer()
     with osfile.installed(layer):
         for block in range(NBLOCKS):
@@ -109,7 +117,9 @@ def test_a_miss_is_read_inline_without_an_aio_handle(files):
             assert item(bm, b) == f"block {block}".encode()
             assert bm.descs[b].flags == BufferState.VALID
             bm.unpin(b)
-    assert aio.stats().total("readv") == handle_reads
+    assert handle_reads(aio) == by_handle
+    assert aio.stats().total("readv") == counted + NBLOCKS
+    assert aio.stats().counters["relation/readv"]["bytes"] >= NBLOCKS * BLCKSZ
     assert sum(layer.calls.values()) == NBLOCKS
     s = bm.stats()
     assert (s.reads, s.read_ios, s.read_bytes) == (NBLOCKS, NBLOCKS, NBLOCKS * BLCKSZ)
@@ -278,18 +288,20 @@ def test_read_block_checks_its_arguments(files):
 
 def test_two_step_reads_complete_at_start_under_sync_and_report_at_the_wait(files):
     """A 4-block read_buffers reads every block with its content; under the sync method it
-    ran inline without an AIO handle (aio.stats() readv unchanged), under the others on
-    handles. A read stream whose third block is damaged hands out block 0 (and never a
+    ran inline without an AIO handle (yet counted once in aio.stats()), under the others
+    on handles. A read stream whose third block is damaged hands out block 0 (and never a
     block of the failed read) before raising DataCorruptionError naming block 2: the
     failure is reported when the stream reaches it, on every method; nothing stays
     pinned."""
     smgr, aio = files
     bm = BufferManager(smgr, aio, shared_buffers=16, io_combine_limit=4)
-    handle_reads = aio.stats().total("readv")
+    by_handle = handle_reads(aio)
+    counted = aio.stats().total("readv")
     bufs = bm.read_buffers(REL, Fork.MAIN, 8, 4)
     assert [item(bm, b) for b in bufs] == [f"block {k}".encode() for k in range(8, 12)]
     bm.unpin_many(bufs)
-    assert (aio.stats().total("readv") == handle_reads) == aio.every_read_inline
+    assert (handle_reads(aio) == by_handle) == aio.every_read_inline
+    assert aio.stats().total("readv") == counted + 1
     assert bm.stats().read_ios == 1 and bm.stats().reads == 4
     corrupt(smgr, 2)
     got = []
