@@ -136,6 +136,8 @@ assert all(B.FREE in LEGAL_TRANSITIONS[s] for s in BufferState
            if s not in (B.FREE, B.READING, B.WRITING)), "any buffer without I/O can be dropped"
 _STATE_VALUES = frozenset(int(state) for state in BufferState)
 _READING = int(B.READING)
+_VALID_STATE = int(B.VALID)
+_READ_FAILED = int(B.READ_FAILED)
 # The same table as (old, new) flag pairs: one set lookup per change on the hot paths.
 _LEGAL_EDGES = frozenset((int(old), int(new)) for old, news in LEGAL_TRANSITIONS.items()
                          for new in news)
@@ -231,6 +233,34 @@ class ContentLock:
             self._shared -= 1
             if self._shared == 0 and self._waiters:
                 self._cond.notify_all()
+
+    @staticmethod
+    def acquire_shared_all(locks: Sequence[ContentLock]) -> None:
+        """``acquire_shared`` of every lock of ``locks`` in order, in one loop without a
+        call per lock (a run of pages copied at once, ``copy_release``); a lock held
+        exclusively is waited for as ``acquire_shared`` waits. On an exception (an
+        interrupt while waiting) the locks already taken are released again."""
+        k = 0
+        try:
+            for lock in locks:
+                with lock._mutex:
+                    while lock._exclusive:
+                        lock._wait()
+                    lock._shared += 1
+                k += 1
+        except BaseException:
+            ContentLock.release_shared_all(locks[:k])
+            raise
+
+    @staticmethod
+    def release_shared_all(locks: Sequence[ContentLock]) -> None:
+        """``release_shared`` of every lock of ``locks``, in one loop."""
+        for lock in locks:
+            with lock._mutex:
+                assert lock._shared > 0, "content lock released shared but not held"
+                lock._shared -= 1
+                if lock._waiters and lock._shared == 0:
+                    lock._cond.notify_all()
 
     def release_exclusive(self) -> None:
         with self._mutex:
@@ -540,6 +570,33 @@ class BufferManager:
             d.refcount -= 1
             d.io_wref = None
 
+    def _terminate_reads_locked(self, buf_ids: Sequence[int], new: int, *,
+                                io_pin: bool) -> None:
+        """``_terminate_buffer_io_locked`` of every buffer of a run of reads, in one loop
+        without a call per buffer (a read's completion): each is READING (checked) and goes
+        to ``new`` (VALID, READ_FAILED or EMPTY: edges of ``LEGAL_TRANSITIONS``, asserted
+        once for the run); with ``io_pin`` its I/O pin and wait reference go too. A buffer
+        not in that state takes ``_terminate_buffer_io_locked``, whose assertions name it.
+        Caller holds ``_lock`` and notifies ``_io_done``."""
+        assert (_READING, new) in _LEGAL_EDGES, f"no edge READING -> {new:#x}"
+        descs = self.descs
+        if io_pin:
+            for b in buf_ids:
+                d = descs[b]
+                if d.flags != _READING or d.refcount <= 0 or d.io_wref is None:
+                    self._terminate_buffer_io_locked(d, new, io_pin=True)
+                    continue
+                d.flags = new
+                d.refcount -= 1
+                d.io_wref = None
+        else:
+            for b in buf_ids:
+                d = descs[b]
+                if d.flags != _READING:
+                    self._terminate_buffer_io_locked(d, new, io_pin=False)
+                    continue
+                d.flags = new
+
     def _retag_locked(self, d: BufferDesc, tag: tuple[int, int, int], *,
                       claim_read: bool = False) -> None:
         """Give a clean, pinned victim ``tag`` (EMPTY, or READING with ``claim_read``)."""
@@ -651,6 +708,8 @@ class BufferManager:
         buffers, foreign = op.buffers, op.foreign
         table, descs, nbuffers = self._table, self.descs, self.nbuffers
         set_state = self._set_state_locked
+        ring_ids = None if ring is None else ring.buffers
+        ring_size = 0 if ring is None else ring.size
         i = 0
         while i < nblocks:
             dirty = -1
@@ -673,7 +732,15 @@ class BufferManager:
                             self._start_buffer_io_locked(d, for_input=True)
                             missing.append(i)
                     else:
-                        d = None if ring is None else ring.reusable_locked(descs)
+                        d = None
+                        if ring_ids is not None and len(ring_ids) == ring_size:
+                            # ring.reusable_locked(descs), inline
+                            d = descs[ring_ids[ring._next]]
+                            if d.refcount or d.usage_count > 1 or d.flags & BM_DIRTY:
+                                d = None
+                            else:
+                                d.refcount = 1
+                                ring._next = (ring._next + 1) % ring_size
                         if d is None and self._handed_out < nbuffers:
                             d = self._fresh_locked()
                             if ring is not None:
@@ -1026,11 +1093,11 @@ class BufferManager:
     # --- read completion (runs in whichever thread completes the I/O) ----------------------------
     def _read_stage(self, h: Handle, io: _ReadIo) -> None:
         ref = WaitRef(h.index, h.generation)
+        descs = self.descs
         with self._lock:
             for b in io.buf_ids:
-                d = self.descs[b]
-                assert d.flags & BM_IO_IN_PROGRESS and not d.flags & BM_VALID, \
-                    f"buffer {b} staged for read in state {d.flags:#x}"
+                d = descs[b]
+                assert d.flags == _READING, f"buffer {b} staged for read in state {d.flags:#x}"
                 d.refcount += 1  # the I/O's own pin
                 d.io_wref = ref
             self._reads += len(io.buf_ids)
@@ -1059,20 +1126,17 @@ class BufferManager:
             ok_ids = [b for k, b in enumerate(buf_ids[:done]) if k not in bad_ks]
         else:
             ok_ids = buf_ids[:done]
-        terminate = self._terminate_buffer_io_locked
+        terminate = self._terminate_reads_locked
         with self._lock:
             if done == n and not bad:  # the usual case: one pass
-                for b in buf_ids:
-                    terminate(descs[b], B.VALID, io_pin=io_pin)
+                terminate(buf_ids, _VALID_STATE, io_pin=io_pin)
             else:
-                for b in ok_ids:
-                    terminate(descs[b], B.VALID, io_pin=io_pin)
+                terminate(ok_ids, _VALID_STATE, io_pin=io_pin)
                 # Blocks not read: failed, or left for the issuer to read again (PARTIAL).
                 unread = B.READ_FAILED if prior.status == ERROR else B.EMPTY
-                for k in range(done, n):
-                    terminate(descs[buf_ids[k]], unread, io_pin=io_pin)
-                for blk, _ in bad:
-                    terminate(descs[buf_ids[blk - block]], B.READ_FAILED, io_pin=io_pin)
+                terminate(buf_ids[done:], int(unread), io_pin=io_pin)
+                terminate([buf_ids[blk - block] for blk, _ in bad], _READ_FAILED,
+                          io_pin=io_pin)
             if not io_pin:  # counted here, not at stage
                 self._reads += n
                 self._read_bytes += n * BLCKSZ
@@ -1267,18 +1331,16 @@ class BufferManager:
         run), concatenated in order, each read under its shared content lock; then every
         pin is released, errors included (the pins are handed over). One call per run of
         pages: the locks are taken in the given (block) order and held only for the copy."""
-        descs, pages = self.descs, self.pages
-        locked: list[ContentLock] = []
         try:
-            for b in buf_ids:
-                lock = descs[b].lock
-                assert descs[b].refcount > 0, "a buffer is pinned before it is locked"
-                lock.acquire_shared()
-                locked.append(lock)
-            return b"".join([pages[b] for b in buf_ids])
+            # A descriptor is its own content lock (``BufferDesc``).
+            locks = list(map(self.descs.__getitem__, buf_ids))
+            assert all(d.refcount > 0 for d in locks), "a buffer is pinned before it is locked"
+            ContentLock.acquire_shared_all(locks)
+            try:
+                return b"".join(list(map(self.pages.__getitem__, buf_ids)))
+            finally:
+                ContentLock.release_shared_all(locks)
         finally:
-            for lock in locked:
-                lock.release_shared()
             self.unpin_many(buf_ids)
 
     def unlock_release(self, buf_id: int, *, exclusive: bool = True) -> None:

@@ -11,7 +11,7 @@ import pytest
 from slonik.aio import osfile
 from slonik.aio.core import Aio, make_method
 from slonik.aio.errors import IOFailure
-from slonik.aio.handle import IoOp
+from slonik.aio.handle import IoOp, WaitRef
 from slonik.storage.bufmgr import (
     LEGAL_TRANSITIONS,
     BufferManager,
@@ -464,6 +464,35 @@ def test_illegal_buffer_state_transitions_are_asserted(env):
     assert BufferState(d.flags) == BufferState.VALID
     assert BufferState.WRITING not in LEGAL_TRANSITIONS[BufferState.VALID]
     bm.unpin(b)
+    bm.check()
+
+
+def test_a_run_of_reads_terminates_in_one_pass_and_refuses_a_buffer_not_being_read(env):
+    """_terminate_reads_locked (a read completion's one loop over its run): two buffers
+    claimed for reading with an I/O pin and wait reference each end VALID with the I/O's
+    pin and reference gone (the caller's pin stays); a run holding a VALID buffer is
+    refused with the assertion naming the edge, the buffer keeps its state; an edge
+    LEGAL_TRANSITIONS lacks (READING -> DIRTY) is refused before any buffer changes."""
+    bm, _ = env
+    bufs = bm.read_buffers(REL, Fork.MAIN, 5, 2)
+    descs = [bm.descs[b] for b in bufs]
+    ref = WaitRef(0, 1)
+    with bm._lock:
+        for d in descs:
+            bm._set_state_locked(d, BufferState.EMPTY)
+            assert bm._start_buffer_io_locked(d, for_input=True)
+            d.refcount += 1  # the I/O's own pin, as _read_stage takes it
+            d.io_wref = ref
+        with pytest.raises(AssertionError, match="no edge READING -> 0x13"):
+            bm._terminate_reads_locked(bufs, int(BufferState.DIRTY), io_pin=True)
+        assert all(BufferState(d.flags) == BufferState.READING for d in descs)
+        bm._terminate_reads_locked(bufs, int(BufferState.VALID), io_pin=True)
+        assert all(BufferState(d.flags) == BufferState.VALID for d in descs)
+        assert [(d.refcount, d.io_wref) for d in descs] == [(1, None), (1, None)]
+        with pytest.raises(AssertionError, match="VALID -> VALID"):
+            bm._terminate_reads_locked(bufs[:1], int(BufferState.VALID), io_pin=False)
+    assert BufferState(descs[0].flags) == BufferState.VALID
+    assert len(bm.copy_release(bufs)) == 2 * BLCKSZ
     bm.check()
 
 

@@ -72,3 +72,59 @@ def test_locks_sharing_one_mutex_are_independent():
     assert done.wait(WAIT_S)
     t.join(WAIT_S)
     assert a.held and not b.held
+
+
+def test_acquire_shared_all_takes_a_run_in_order_and_waits_for_an_exclusive_holder():
+    """acquire_shared_all over three locks while the middle one is held exclusively: the
+    first is taken at once (an exclusive request on it fails), the call waits (checked
+    after giving it time) and completes once the exclusive hold ends; release_shared_all
+    then frees all three (each can be taken exclusively)."""
+    locks = [ContentLock() for _ in range(3)]
+    locks[1].acquire_exclusive()
+    t, done = _blocked(lambda: ContentLock.acquire_shared_all(locks))
+    time.sleep(0.05)
+    assert not done.is_set()
+    assert locks[0].held and not locks[0].try_exclusive()
+    assert not locks[2].held
+    locks[1].release_exclusive()
+    assert done.wait(WAIT_S)
+    t.join(WAIT_S)
+    assert all(lock.held and not lock.held_exclusive for lock in locks)
+    ContentLock.release_shared_all(locks)
+    assert not any(lock.held for lock in locks)
+    assert all(lock.try_exclusive() for lock in locks)
+
+
+class _InterruptedWait(ContentLock):
+    """A content lock whose wait is interrupted (as by KeyboardInterrupt in a waiter)."""
+
+    __slots__ = ()
+
+    def _wait(self) -> None:
+        raise KeyboardInterrupt
+
+
+def test_acquire_shared_all_gives_back_what_it_took_when_a_wait_is_interrupted():
+    """The third lock of a run is held exclusively and waiting for it is interrupted: the
+    interrupt propagates and the two locks already taken shared are released again (both
+    can be taken exclusively); release_shared_all wakes an exclusive waiter."""
+    locks = [ContentLock(), ContentLock(), _InterruptedWait()]
+    locks[2].acquire_exclusive()
+    try:
+        ContentLock.acquire_shared_all(locks)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupted wait did not propagate")
+    assert not locks[0].held and not locks[1].held
+    assert locks[0].try_exclusive() and locks[1].try_exclusive()
+    locks[0].release_exclusive()
+    locks[1].release_exclusive()
+    ContentLock.acquire_shared_all(locks[:2])
+    t, done = _blocked(locks[1].acquire_exclusive)
+    time.sleep(0.05)
+    assert not done.is_set()
+    ContentLock.release_shared_all(locks[:2])
+    assert done.wait(WAIT_S)
+    t.join(WAIT_S)
+    assert locks[1].held_exclusive and not locks[0].held
