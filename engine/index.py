@@ -42,8 +42,8 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
-from operator import itemgetter, sub
+from itertools import accumulate, chain, repeat
+from operator import itemgetter
 from typing import NamedTuple
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite, XidSnapshot
@@ -78,7 +78,8 @@ except ImportError:
 
 __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
-           "HeapBatch", "point_entries", "point_entries_py", "POINT_ENTRIES_MAX"]
+           "HeapBatch", "point_entries", "point_entries_py", "POINT_ENTRIES_MAX",
+           "BatchTids", "batch_tids", "batch_tids_py", "BATCH_TIDS_MAX"]
 
 _TID = struct.Struct(">IH")
 TID_SUFFIX_BYTES = _TID.size
@@ -93,6 +94,9 @@ _EVERY_ENTRY = XidSnapshot(1 << 63, 0, ())
 # A point read of an index (``point_entries``) answers for at most this many entries; a key
 # shared by more is read by ``walk_leaves``.
 POINT_ENTRIES_MAX = 4
+# ``batch_tids`` takes at most this many entry keys per C call (the C helper's bound;
+# fetch_batched's batches of INDEX_SCAN_BATCH_ENTRIES stay below it).
+BATCH_TIDS_MAX = _lib.SLK_IX_TIDS_MAX if _lib is not None else 512
 _tls = threading.local()
 
 
@@ -457,29 +461,114 @@ def fetch_batched(heap: Heap, key_batches: Iterable[list[bytes]],
             nblocks = heap.nblocks()
 
 
+class BatchTids(NamedTuple):
+    """The heap TIDs of a batch of whole index entry keys, as arrays (``batch_tids``): per
+    key its length without the TID suffix (``cut``), the stored ``block`` and ``offnum``,
+    and the heap request: ``page_of`` (an index into ``distinct``, the distinct blocks
+    below ``nblocks`` in order of first appearance) and ``req_offnums`` (the offnum, or
+    page 0 and offnum 0, which is never a tuple, for a block at or past ``nblocks``);
+    ``past`` counts the keys whose block is at or past ``nblocks``."""
+
+    cut: list[int]
+    block: list[int]
+    offnum: list[int]
+    page_of: list[int]
+    req_offnums: list[int]
+    distinct: list[int]
+    past: int
+
+
+def batch_tids_py(ks: Sequence[bytes], nblocks: int) -> BatchTids:
+    """Reference of ``batch_tids``: the TID suffixes of the whole entry keys ``ks`` split
+    off and their blocks numbered for ``gather_heap``. ValueError for a key shorter than
+    the suffix."""
+    cut, block, offnum, page_of, req, distinct = [], [], [], [], [], []
+    slot: dict[int, int] = {}
+    past = 0
+    for k in ks:
+        n = len(k) - TID_SUFFIX_BYTES
+        if n < 0:
+            raise ValueError(f"an index entry key of {len(k)} bytes has no heap TID")
+        b, o = _TID.unpack_from(k, n)
+        cut.append(n)
+        block.append(b)
+        offnum.append(o)
+        if b >= nblocks:
+            page_of.append(0)
+            req.append(0)
+            past += 1
+            continue
+        if b not in slot:
+            slot[b] = len(distinct)
+            distinct.append(b)
+        page_of.append(slot[b])
+        req.append(o)
+    return BatchTids(cut, block, offnum, page_of, req, distinct, past)
+
+
+def _tids_arrays():
+    """This thread's output arrays of ``batch_tids``' C call (made on first use)."""
+    tls = _tls
+    n = BATCH_TIDS_MAX
+    tls.bt_cut = _ffi.new("uint32_t[]", n)
+    tls.bt_block = _ffi.new("uint32_t[]", n)
+    tls.bt_offnum = _ffi.new("uint16_t[]", n)
+    tls.bt_page_of = _ffi.new("uint32_t[]", n)
+    tls.bt_req = _ffi.new("uint16_t[]", n)
+    tls.bt_distinct = _ffi.new("uint32_t[]", n)
+    tls.bt_nd = _ffi.new("int *")
+    tls.bt_ends = _ffi.new("uint32_t[]", n)
+    return tls
+
+
+def _u32(arr, n: int) -> list[int]:
+    return memoryview(_ffi.buffer(arr, 4 * n)).cast("I").tolist()
+
+
+def _u16(arr, n: int) -> list[int]:
+    return memoryview(_ffi.buffer(arr, 2 * n)).cast("H").tolist()
+
+
+def batch_tids(ks: Sequence[bytes], nblocks: int) -> BatchTids:
+    """``batch_tids_py`` in one C call over the joined keys (``slk_ix_batch_tids``) when
+    the helper module is built and ``ks`` holds at most ``BATCH_TIDS_MAX`` keys, so a
+    batch of index entries becomes arrays without an interpreted step per entry."""
+    n = len(ks)
+    if _lib is None or n > BATCH_TIDS_MAX or nblocks >= 1 << 32:
+        return batch_tids_py(ks, nblocks)
+    tls = _tls
+    if getattr(tls, "bt_cut", None) is None:
+        _tids_arrays()
+    ends = tls.bt_ends
+    ends[0:n] = list(accumulate(map(len, ks)))
+    joined = b"".join(ks)
+    nd = tls.bt_nd
+    past = _lib.slk_ix_batch_tids(joined, len(joined), ends, n, max(nblocks, 0), tls.bt_cut,
+                                  tls.bt_block, tls.bt_offnum, tls.bt_page_of, tls.bt_req,
+                                  tls.bt_distinct, nd)
+    if past < 0:   # a key too short for a TID: the reference raises naming its length
+        return batch_tids_py(ks, nblocks)
+    return BatchTids(_u32(tls.bt_cut, n), _u32(tls.bt_block, n), _u16(tls.bt_offnum, n),
+                     _u32(tls.bt_page_of, n), _u16(tls.bt_req, n),
+                     _u32(tls.bt_distinct, nd[0]), past)
+
+
 def _fetch_batch(heap: Heap, ks: list[bytes], nblocks: int,
                  snapshot: XidSnapshot) -> HeapBatch:
-    """``fetch_batched``'s work for one batch of entry keys ``ks`` (non-empty)."""
-    cut = list(map(sub, map(len, ks), repeat(TID_SUFFIX_BYTES)))
-    if min(cut) < 0:
-        raise ValueError(f"an index entry key of {min(map(len, ks))} bytes has no "
-                         f"heap TID")
-    tids = list(map(_TID.unpack_from, ks, cut))
-    keys = list(map(bytes.__getitem__, ks, map(slice, repeat(0), cut)))
-    blocks = list(map(_first, tids))
-    offnums = list(map(_second, tids))
-    if max(blocks) >= nblocks:
-        nblocks = heap.nblocks()  # grown since: look again before dropping any
-        if max(blocks) >= nblocks:  # past the end: no tuple (offnum 0 is never one)
-            offnums = [o if b < nblocks else 0 for b, o in zip(blocks, offnums, strict=True)]
-            blocks = [b if b < nblocks else -1 for b in blocks]
-    distinct = [b for b in dict.fromkeys(blocks) if b >= 0]
-    if not distinct:
+    """``fetch_batched``'s work for one batch of entry keys ``ks`` (non-empty): their
+    TIDs split off and numbered in one call (``batch_tids``), the heap side in one more
+    (``gather_heap``)."""
+    t = batch_tids(ks, nblocks)
+    if t.past:
+        grown = heap.nblocks()  # grown since: look again before dropping any
+        if grown != nblocks:
+            t = batch_tids(ks, grown)
+    keys = list(map(bytes.__getitem__, ks, map(slice, repeat(0), t.cut)))
+    tids = list(zip(t.block, t.offnum, strict=True))
+    if not t.distinct:
         n = len(ks)
         return HeapBatch(keys, tids, [NO_TUPLE] * n, [0] * n, [0] * n, b"")
-    slot = {b: i for i, b in enumerate(distinct)}
-    slot[-1] = 0
-    got = gather_heap(heap, distinct, list(map(slot.__getitem__, blocks)), offnums, snapshot)
+    got = gather_heap(heap, t.distinct, t.page_of, t.req_offnums, snapshot)
     return HeapBatch(keys, tids, *got)
 
 

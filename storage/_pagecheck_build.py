@@ -89,6 +89,12 @@ int slk_ix_point_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
 int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
                      const uint8_t *key, uint32_t keylen, uint64_t *out, int maxv,
                      uint8_t *copy);
+/* --- index batch TIDs --- */
+#define SLK_IX_TIDS_MAX ...
+int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, int n,
+                      uint32_t nblocks, uint32_t *cut, uint32_t *block, uint16_t *offnum,
+                      uint32_t *page_of, uint16_t *req_off, uint32_t *distinct,
+                      int *ndistinct);
 """
 
 SOURCE = r"""
@@ -1267,6 +1273,61 @@ int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
     memcpy(copy, pool + (size_t)b * BLCKSZ, BLCKSZ);
     if (!seq_same(seq, b, seen)) return SLK_OPT_RETRY;
     return slk_bt_probe(copy, key, keylen, out, maxv);
+}
+
+/* --- index batch TIDs --- (engine/index.py: batch_tids_py is the Python reference;
+ * tests/engine/test_index_batch_c.py compares them)
+ * An index scan's batch of n whole entry keys, joined in keys[0..len): key k ends at
+ * ends[k] and starts at ends[k-1] (0 for the first); its last 6 bytes are the heap TID
+ * (block u32 BE, offnum u16 BE). Per key: cut[k] = its length without the TID, block[k]
+ * and offnum[k] as stored; the heap request page_of[k] (index into distinct[], the
+ * distinct blocks below nblocks in order of first appearance, *ndistinct of them) and
+ * req_off[k] = offnum, or page_of 0 and req_off 0 (no tuple: offnum 0 is never one) for
+ * a block at or past nblocks. Returns how many keys point at or past nblocks; -1 when a
+ * key is shorter than the TID or the ends are not ascending within len; -2 when n is
+ * outside [0, SLK_IX_TIDS_MAX] (the caller splits the batch). */
+#define SLK_IX_TIDS_MAX 512
+#define SLK_IX_TIDS_SLOTS (2 * SLK_IX_TIDS_MAX)   /* a power of two: at most half full */
+
+int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, int n,
+                      uint32_t nblocks, uint32_t *cut, uint32_t *block, uint16_t *offnum,
+                      uint32_t *page_of, uint16_t *req_off, uint32_t *distinct,
+                      int *ndistinct)
+{
+    uint16_t slot[SLK_IX_TIDS_SLOTS];   /* 1 + index into distinct, 0: empty */
+    uint32_t prev = 0;
+    int nd = 0, past = 0;
+    *ndistinct = 0;
+    if (n < 0 || n > SLK_IX_TIDS_MAX) return -2;
+    memset(slot, 0, sizeof slot);
+    for (int k = 0; k < n; k++) {
+        uint32_t e = ends[k];
+        if (e < prev || e > len || e - prev < 6) return -1;
+        const uint8_t *t = keys + e - 6;
+        uint32_t b = ((uint32_t)t[0] << 24) | ((uint32_t)t[1] << 16) |
+                     ((uint32_t)t[2] << 8) | t[3];
+        uint16_t o = (uint16_t)(((uint32_t)t[4] << 8) | t[5]);
+        cut[k] = e - prev - 6;
+        block[k] = b;
+        offnum[k] = o;
+        prev = e;
+        if (b >= nblocks) {
+            page_of[k] = 0;
+            req_off[k] = 0;
+            past++;
+            continue;
+        }
+        uint32_t h = (b * 2654435761u) & (SLK_IX_TIDS_SLOTS - 1);
+        while (slot[h] && distinct[slot[h] - 1] != b) h = (h + 1) & (SLK_IX_TIDS_SLOTS - 1);
+        if (!slot[h]) {
+            distinct[nd] = b;
+            slot[h] = (uint16_t)++nd;
+        }
+        page_of[k] = slot[h] - 1u;
+        req_off[k] = o;
+    }
+    *ndistinct = nd;
+    return past;
 }
 """
 

@@ -318,10 +318,10 @@ def gather_heap(heap, blocks: Sequence[int], page_of: Sequence[int], offnums: Se
                          fork=int(heap.fork), blocks=blocks)
     bm = heap.bufmgr
     nb = heap.nblocks()
-    for block in blocks:
-        if not 0 <= block < nb:
-            raise ValueError(f"block {block} is past the end of relation {heap.rel} "
-                             f"({nb} blocks)")
+    if min(blocks) < 0 or max(blocks) >= nb:   # checked in C-level passes, named below
+        block = next(b for b in blocks if not 0 <= b < nb)
+        raise ValueError(f"block {block} is past the end of relation {heap.rel} "
+                         f"({nb} blocks)")
     step = max(1, min(PIN_BATCH_PAGES, bm.nbuffers // 8))
     if len(blocks) <= step:
         return _gather_chunk(heap, blocks, page_of, offnums, snapshot)
