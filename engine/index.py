@@ -53,7 +53,7 @@ from slonik.engine.access.btree_page import (
     EXTRACT_DONE,
     P_NONE,
     BTreePageError,
-    extract_leaf,
+    extract_cut,
     extract_leaf_py,
 )
 from slonik.engine.access.heap import Heap
@@ -395,7 +395,8 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
 
     The first leaf comes from the tree's cached internal pages (``BTree._leaf_for``, as
     ``BTree.get`` descends: no pin above the leaf level); each leaf is read with one C
-    call (``extract_leaf``) and its keys sliced out of the page under its share lock;
+    call (``extract_cut``: the entries found and their keys copied out) under its share
+    lock;
     right siblings are read only while the range goes on (a split since the descent,
     an unlinked leaf, or the range continuing there). Registered as a reader for the
     duration, so no leaf it reaches is recycled meanwhile (the tree's reader epochs)."""
@@ -409,7 +410,7 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
             buf = tree._read(block)   # pinned and share-locked
             try:
                 page = bm.page(buf)
-                # The special space read raw: extract_leaf verifies the page (C, or the
+                # The special space read raw: extract_cut verifies the page (C, or the
                 # reference raising); tree._special only names what is wrong.
                 _prev, nxt, _level, pflags, _pad = _SPECIAL.unpack_from(page, BT_SPECIAL_AT)
                 if pflags & BTP_DELETED or not pflags & BTP_LEAF:
@@ -419,16 +420,13 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
                                                    f"{special.flags:#x}")
                     done = False   # unlinked since: its keys are to its right
                 else:
-                    try:
-                        flags, flat = extract_leaf(page, start, stop, *_EVERY_ENTRY)
+                    try:   # the keys cut out in C (one bytes object each, no slices)
+                        flags, _flat, cut = extract_cut(page, start, stop, *_EVERY_ENTRY,
+                                                        False)
                     except BTreePageError as e:
                         tree._special(page, block)   # an all-zero page says so
                         raise tree._corrupt(block, str(e)) from None
-                    if len(flat) == 4:   # one entry: a unique key's point read
-                        out.append(bytes(page[flat[0]:flat[1]]))
-                    elif flat:
-                        out += map(bytes, map(page.__getitem__, map(slice, flat[0::4],
-                                                                    flat[1::4])))
+                    out += cut
                     done = bool(flags & EXTRACT_DONE)
             finally:
                 tree._release(buf)
