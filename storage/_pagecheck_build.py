@@ -95,6 +95,9 @@ int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, i
                       uint32_t nblocks, uint32_t *cut, uint32_t *block, uint16_t *offnum,
                       uint32_t *page_of, uint16_t *req_off, uint32_t *distinct,
                       int *ndistinct);
+/* --- run copy of pinned pages (seqlock) --- */
+uint32_t slk_seq_copy_pages(const uint8_t *pool, const uint32_t *seq, uint32_t nbuffers,
+                            const uint32_t *bufs, uint32_t n, uint8_t *out);
 """
 
 SOURCE = r"""
@@ -1328,6 +1331,31 @@ int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, i
     }
     *ndistinct = nd;
     return past;
+}
+
+/* --- run copy of pinned pages (seqlock) --- (storage/bufmgr.py: copy_release, with the
+ * Python reference seq_copy_pages_py; tests/storage/test_seq_copy.py compares them)
+ * Copies the pages of buffers bufs[0..n-1] (pinned and VALID: never evicted, never read
+ * into) one after the other into out (n * BLCKSZ bytes), each under its change counter as
+ * the optimistic reads above: counter loaded (odd: stop), page copied, acquire fence,
+ * counter re-loaded (changed: stop). Returns how many leading pages were copied whole and
+ * consistent; the caller copies the rest under share locks. A buffer id not below
+ * nbuffers also stops the copy (the caller's own lookup then raises). */
+uint32_t slk_seq_copy_pages(const uint8_t *pool, const uint32_t *seq, uint32_t nbuffers,
+                            const uint32_t *bufs, uint32_t n, uint8_t *out)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t b = bufs[k];
+        if (b >= nbuffers)
+            return k;
+        uint32_t seen = __atomic_load_n(seq + b, __ATOMIC_ACQUIRE);
+        if (seen & 1u)
+            return k;
+        memcpy(out + (size_t)k * BLCKSZ, pool + (size_t)b * BLCKSZ, BLCKSZ);
+        if (!seq_same(seq, b, seen))
+            return k;
+    }
+    return n;
 }
 """
 

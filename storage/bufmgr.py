@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import threading
 import time
 import warnings
@@ -91,7 +92,7 @@ from sortedcontainers import SortedList
 try:  # the optional C helper: the change counters of optimistic reads (invariant 8)
     from slonik.storage._pagecheck import ffi as _ffi
     from slonik.storage._pagecheck import lib as _lib
-    if not hasattr(_lib, "slk_seq_bump"):  # an older build of the module
+    if not hasattr(_lib, "slk_seq_copy_pages"):  # an older build of the module
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
@@ -141,6 +142,28 @@ _READ_FAILED = int(B.READ_FAILED)
 # The same table as (old, new) flag pairs: one set lookup per change on the hot paths.
 _LEGAL_EDGES = frozenset((int(old), int(new)) for old, news in LEGAL_TRANSITIONS.items()
                          for new in news)
+
+_FLAGS = operator.attrgetter("flags")          # of a descriptor, in C-level loops
+_REFCOUNT = operator.attrgetter("refcount")
+
+
+def seq_copy_pages_py(pool: memoryview, seq: Sequence[int], nbuffers: int,
+                      bufs: Sequence[int], out: bytearray | memoryview) -> int:
+    """Python reference of ``slk_seq_copy_pages`` (``_pagecheck_build.py``), without its
+    fences (single-threaded): copies page ``bufs[k]`` of ``pool`` to ``out[k]`` while its
+    counter ``seq[b]`` is even and unchanged by the copy; returns how many leading pages
+    were copied (it stops at an odd counter or a buffer id not below ``nbuffers``)."""
+    for k, b in enumerate(bufs):
+        if b >= nbuffers:
+            return k
+        seen = seq[b]
+        if seen & 1:
+            return k
+        out[k * BLCKSZ:(k + 1) * BLCKSZ] = pool[b * BLCKSZ:(b + 1) * BLCKSZ]
+        if seq[b] != seen:
+            return k
+    return len(bufs)
+
 
 BM_MAX_USAGE_COUNT = 5        # as PostgreSQL: how many sweeps a popular buffer survives
 SHARED_BUFFERS_MIN = 16       # a pool smaller than this cannot hold one combined read
@@ -1327,21 +1350,42 @@ class BufferManager:
         return BufferRing(size) if size >= 2 else None
 
     def copy_release(self, buf_ids: Sequence[int]) -> bytes:
-        """A copy of the pages of ``buf_ids`` (pinned by the caller, e.g. a read stream's
-        run), concatenated in order, each read under its shared content lock; then every
-        pin is released, errors included (the pins are handed over). One call per run of
-        pages: the locks are taken in the given (block) order and held only for the copy."""
+        """A copy of the pages of ``buf_ids`` (pinned and VALID, e.g. a read stream's run),
+        concatenated in order; then every pin is released, errors included (the pins are
+        handed over). One call per run of pages. With the C helper the run is copied in one
+        call under the change counters (invariant 8: ``slk_seq_copy_pages``), no content
+        lock taken; a page whose exclusive lock is held or changed hands meanwhile, and
+        every page after it, is copied under shared content locks, taken in the given
+        (block) order and held only for the copy (as without the helper)."""
         try:
-            # A descriptor is its own content lock (``BufferDesc``).
-            locks = list(map(self.descs.__getitem__, buf_ids))
-            assert all(d.refcount > 0 for d in locks), "a buffer is pinned before it is locked"
-            ContentLock.acquire_shared_all(locks)
-            try:
-                return b"".join(list(map(self.pages.__getitem__, buf_ids)))
-            finally:
-                ContentLock.release_shared_all(locks)
+            n = len(buf_ids)
+            descs = self.descs
+            if self.seq is not None and n:
+                ds = list(map(descs.__getitem__, buf_ids))
+                assert min(map(_REFCOUNT, ds)) > 0, "copy_release of a buffer not pinned"
+                assert all(map(BM_VALID.__and__, map(_FLAGS, ds))), \
+                    "copy_release of a buffer not VALID"
+                out = bytes(n * BLCKSZ)  # fresh, unshared, unhashed: filled before it is seen
+                k = _lib.slk_seq_copy_pages(self.c_pool, self.seq, self.nbuffers,
+                                            _ffi.new("uint32_t[]", buf_ids), n,
+                                            _ffi.from_buffer("uint8_t[]", out))
+                if k == n:
+                    return out
+                return out[:k * BLCKSZ] + self._copy_locked(buf_ids[k:])
+            return self._copy_locked(buf_ids)
         finally:
             self.unpin_many(buf_ids)
+
+    def _copy_locked(self, buf_ids: Sequence[int]) -> bytes:
+        """The pages of pinned ``buf_ids`` concatenated, each copied under its shared
+        content lock (a descriptor is its own lock), all taken in one pass."""
+        locks = list(map(self.descs.__getitem__, buf_ids))
+        assert all(d.refcount > 0 for d in locks), "a buffer is pinned before it is locked"
+        ContentLock.acquire_shared_all(locks)
+        try:
+            return b"".join(list(map(self.pages.__getitem__, buf_ids)))
+        finally:
+            ContentLock.release_shared_all(locks)
 
     def unlock_release(self, buf_id: int, *, exclusive: bool = True) -> None:
         """Unlock a content-locked buffer and drop its pin (PostgreSQL's
