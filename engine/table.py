@@ -453,6 +453,14 @@ class Table:
         decode_run = self._codec.decode_run
         keys_of_rows = index.keys_of_rows
         for b in fetch_batched(self._heap, batches, self._xid_snapshot(snap)):
+            if b.status.count(VISIBLE) == len(b.status):   # the usual batch: no selection
+                rows = decode_run(b.data, b.starts, b.ends)
+                same = list(map(eq, keys_of_rows(rows), b.keys))
+                if all(same):
+                    yield b.tids, rows
+                else:
+                    yield list(compress(b.tids, same)), list(compress(rows, same))
+                continue
             sel = [i for i, st in enumerate(b.status) if st == VISIBLE]
             if not sel:
                 continue
