@@ -138,10 +138,13 @@ assert all(B.FREE in LEGAL_TRANSITIONS[s] for s in BufferState
 _STATE_VALUES = frozenset(int(state) for state in BufferState)
 _READING = int(B.READING)
 _VALID_STATE = int(B.VALID)
+# States a clean, unpinned victim may be claimed for reading from (asserted below).
+_CLAIMABLE_VICTIM = frozenset(int(s) for s in (B.FREE, B.EMPTY, B.READ_FAILED, B.VALID))
 _READ_FAILED = int(B.READ_FAILED)
 # The same table as (old, new) flag pairs: one set lookup per change on the hot paths.
 _LEGAL_EDGES = frozenset((int(old), int(new)) for old, news in LEGAL_TRANSITIONS.items()
                          for new in news)
+assert all((s, _READING) in _LEGAL_EDGES for s in _CLAIMABLE_VICTIM)
 
 _FLAGS = operator.attrgetter("flags")          # of a descriptor, in C-level loops
 _REFCOUNT = operator.attrgetter("refcount")
@@ -784,7 +787,10 @@ class BufferManager:
                         if flags & BM_TAG_VALID:  # _retag_locked(claim_read=True), inline
                             del table[d.tag]
                             evictions += 1
-                        set_state(d, _READING)
+                        if flags in _CLAIMABLE_VICTIM:  # the edge to READING is legal
+                            d.flags = _READING
+                        else:
+                            set_state(d, _READING)  # asserts, naming the edge
                         d.tag = tag
                         d.usage_count = 1
                         d.error = ""

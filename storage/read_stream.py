@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from slonik.storage.bufmgr import BufferManager, ReadBuffersOperation
@@ -194,7 +195,7 @@ class ReadStream:
         op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, n,
                                             strategy=self.strategy)
         run = _Run(op, block, n)
-        self._queue.extend([b, d, run] for b, d in zip(op.buffers, data, strict=True))
+        self._queue.extend(map(list, zip(op.buffers, data, repeat(run, n), strict=True)))
         self.pinned += n
         if self.pinned > self._max_pinned_seen:
             self._max_pinned_seen = self.pinned

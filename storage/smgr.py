@@ -81,6 +81,7 @@ class Fork(IntEnum):
 _FORK_SUFFIX = {Fork.MAIN: "", Fork.FSM: "_fsm", Fork.VM: "_vm"}
 _FORK_BY_NUMBER = {int(f): f for f in Fork}  # read_block's check: a dict probe, not Fork()
 _FORK_TYPES = (int, Fork)                    # not bool, which _check_relation refuses
+SEGMENT_PATH_CACHE_MAX = 4096  # segment paths remembered (then forgotten all at once)
 
 
 class RelationExistsError(IOFailure, FileExistsError):
@@ -135,6 +136,9 @@ class Smgr:
             raise ValueError("io_direct needs O_DIRECT, which this platform does not have")
         self._data_dir = data_dir
         self._base_dir = os.path.join(data_dir, "base")
+        # (rel, fork, segno) -> path: a path never changes, and building one is two string
+        # formats and a join on every I/O's staging (bounded by SEGMENT_PATH_CACHE_MAX).
+        self._paths: dict[tuple[int, int, int], str] = {}
         self._segment_size = segment_size
         self._segment_bytes = segment_size * BLCKSZ
         self._io_direct = bool(io_direct)
@@ -186,10 +190,17 @@ class Smgr:
         return self._segment_path(rel, fork, segno)
 
     def _segment_path(self, rel: int, fork: Fork, segno: int) -> str:
-        name = f"{rel}{_FORK_SUFFIX[fork]}"
-        if segno:
-            name = f"{name}.{segno}"
-        return os.path.join(self._base_dir, name)
+        key = (rel, fork, segno)
+        path = self._paths.get(key)
+        if path is None:
+            name = f"{rel}{_FORK_SUFFIX[fork]}"
+            if segno:
+                name = f"{name}.{segno}"
+            path = os.path.join(self._base_dir, name)
+            if len(self._paths) >= SEGMENT_PATH_CACHE_MAX:
+                self._paths.clear()
+            self._paths[key] = path
+        return path
 
     def segment_runs(self, block: int, nblocks: int) -> list[tuple[int, int, int, int]]:
         """Split blocks ``block .. block+nblocks-1`` at segment boundaries.
@@ -239,9 +250,11 @@ class Smgr:
             self.release_fd(rel, fork, segno, fd)
 
     def _acquire_segment(self, rel: int, fork: Fork, segno: int, create: bool,
-                         purpose: Callable[[], str]) -> int:
-        """Acquire segment ``segno``'s fd; an open failure names ``purpose()``."""
-        path = self._segment_path(rel, fork, segno)
+                         purpose: Callable[[], str], path: str | None = None) -> int:
+        """Acquire segment ``segno``'s fd (at ``path`` when the caller has it already); an
+        open failure names ``purpose()``."""
+        if path is None:
+            path = self._segment_path(rel, fork, segno)
         try:
             return self._files.acquire(path)
         except IOFailure as e:
@@ -379,9 +392,22 @@ class Smgr:
                   buffers: Sequence) -> None:
         """Stage one vectored read or write of the blocks ``buffers`` cover on ``handle``
         (the caller may have attached its own callbacks first, e.g. the buffer manager's)."""
-        fork = self._check_relation(rel, fork)
-        n = self._check_buffers(buffers, block, wide=True)
-        self._check_open()
+        f = _FORK_BY_NUMBER.get(fork) if type(fork) in _FORK_TYPES else None
+        if (f is None or type(rel) is not int or not 0 < rel <= MAX_RELFILENUMBER
+                or type(block) is not int or not 0 <= block <= MAX_BLOCK_NUMBER):
+            f = self._check_relation(rel, fork)  # raises naming the bad argument
+            self._check_block(block, "block")
+        fork = f
+        # The buffer manager's usual request: one wide view of whole blocks (checked here
+        # with one len); anything else takes the full check, which names what is wrong.
+        if (type(buffers) is list and len(buffers) == 1 and type(buffers[0]) is memoryview
+                and (nbytes := len(buffers[0])) and not nbytes % BLCKSZ
+                and block + nbytes // BLCKSZ - 1 <= MAX_BLOCK_NUMBER):
+            n = nbytes // BLCKSZ
+        else:
+            n = self._check_buffers(buffers, block, wide=True)
+        if self._closed:
+            self._check_open()
         if n == 0:
             raise ValueError("an smgr I/O needs at least one buffer")
         segno, in_segment = divmod(block, self._segment_size)
@@ -389,9 +415,9 @@ class Smgr:
             raise ValueError(f"{describe(rel, fork, block, n)} cross a segment boundary; "
                              f"split with maxcombine() (at most {self._segment_size - in_segment})")
         verb = "write" if write else "read"
-        fd = self._acquire_segment(rel, fork, segno, write,
-                                   lambda: f"{verb} {describe(rel, fork, block, n)}")
         path = self._segment_path(rel, fork, segno)
+        fd = self._acquire_segment(rel, fork, segno, write,
+                                   lambda: f"{verb} {describe(rel, fork, block, n)}", path)
         io = (SmgrWriteIo if write else SmgrReadIo)(self, rel, fork, block, n, path, fd,
                                                       os.O_RDWR | self.file_flags)
         try:
