@@ -548,24 +548,29 @@ class Wal:
         """Each piece in one pwritev, then one fdatasync per segment, in this thread. A
         write that comes back short is a full disk (DESIGN §7), never continued."""
         ring = self._ringv
+        count, clock = self.aio.count_direct, time.perf_counter_ns  # aio.stats() rows too
         for (segno, offset, runs), fd in zip(pieces, fds, strict=True):
             views = [ring[o:o + n] for o, n in runs]
             want = sum(n for _o, n in runs)
             self._writes += 1
             self._write_bytes += want
+            t0 = clock()
             try:
                 got = osfile.pwritev(fd, views, offset)
             except OSError as exc:
                 raise io_error(exc.errno, f"could not write {self._describe(segno, offset)}") \
                     from exc
+            count(TargetId.WAL, IoOp.WRITEV, want, clock() - t0)
             if got != want:
                 raise short_transfer_error(True, got, want, self._describe(segno, offset))
         for segno in sync_segnos:
             self._syncs += 1
+            t0 = clock()
             try:
                 osfile.fdatasync(self._fds[segno])
             except OSError as exc:
                 raise io_error(exc.errno, f"could not sync {self._describe(segno, 0)}") from exc
+            count(TargetId.WAL, IoOp.FDATASYNC, 0, clock() - t0)
 
     def _open_flush_ring(self) -> FlushRing | None:
         """The Wal's own io_uring for flushes; None (flush by system calls from now on)
@@ -617,7 +622,12 @@ class Wal:
                 self._write_bytes += want
             else:
                 self._syncs += 1
+        t0 = time.perf_counter_ns()
         results = flush_ring.run([c[:4] for c in chain])
+        waited = time.perf_counter_ns() - t0
+        count = self.aio.count_direct   # aio.stats() rows: the chain's wait on its first I/O
+        for i, (op, _fd, _offset, _iovs, _segno, want) in enumerate(chain):
+            count(TargetId.WAL, op, want, 0 if i else waited)
         for (op, _fd, offset, _iovs, segno, want), res in zip(chain, results, strict=True):
             if op == IoOp.WRITEV:
                 if res < 0:
