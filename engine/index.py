@@ -57,7 +57,7 @@ from slonik.engine.access.btree_page import (
     extract_leaf_py,
 )
 from slonik.engine.access.heap import Heap
-from slonik.engine.access.heap_fetch import NO_TUPLE, gather_heap
+from slonik.engine.access.heap_fetch import NO_TUPLE, OPT_RETRY, fetch_tuple, gather_heap
 from slonik.engine.access.keycodec import (
     columns_encoder,
     key_encoder,
@@ -79,7 +79,7 @@ except ImportError:
 __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
            "HeapBatch", "point_entries", "point_entries_py", "POINT_ENTRIES_MAX",
-           "BatchTids", "batch_tids", "batch_tids_py", "BATCH_TIDS_MAX"]
+           "BatchTids", "batch_tids", "batch_tids_py", "BATCH_TIDS_MAX", "POINT_OTHER"]
 
 _TID = struct.Struct(">IH")
 TID_SUFFIX_BYTES = _TID.size
@@ -292,6 +292,65 @@ class TableIndex:
         finally:
             tree._end_read(epoch)
         return None if got is None else _whole_key_tids(got, len(key))
+
+    def point_tuple(self, key: bytes, heap: Heap):
+        """A unique key's point read fused (``point_tids`` then ``heap_fetch.fetch_tuple``
+        of its one entry, with fewer calls): (xmin, xmax, data copy) of the heap tuple
+        the one entry of the whole encoded key ``key`` points at; None when no entry has
+        that key or its slot holds no tuple; ``POINT_OTHER`` when the caller must take the
+        general path (``point_tids``): more entries, ``key`` a prefix of an entry's key,
+        the leaf not in the pool or a writer holding it, no C helper. Visibility and the
+        key re-check are the caller's, on the tuple returned, as after ``fetch_tuple``.
+        Both pages are read as ``point_tids`` and ``fetch_tuple`` read them (pool hits
+        without the share lock: index.py invariant 4, heap_fetch.py invariant 4)."""
+        tree = self.tree
+        bm = tree.bufmgr
+        if _lib is None or bm.seq is None:
+            return POINT_OTHER
+        tls = _tls
+        out = getattr(tls, "point_out", None)
+        if out is None:
+            out = _point_arrays().point_out
+        epoch = tree._begin_read()
+        try:
+            buf = bm.pin_if_valid(tree.rel, tree._forkno, tree._leaf_for(key))
+            if buf < 0:
+                return POINT_OTHER
+            try:
+                n = _lib.slk_ix_point_opt(bm.c_pool, bm.seq, buf, key, len(key),
+                                          POINT_ENTRIES_MAX, tls.point_ents, out)
+            finally:
+                bm.unpin(buf)
+        finally:
+            tree._end_read(epoch)
+        if n != 1:
+            return None if n == 0 else POINT_OTHER
+        if out[0] != len(key):
+            return POINT_OTHER
+        block, offnum = out[1], out[2]
+        hbm = heap.bufmgr
+        buf = hbm.pin_if_valid(heap.rel, int(heap.fork), block)
+        if buf < 0:   # not in the pool (or past the end): fetch_tuple reads it
+            return fetch_tuple(heap, block, offnum)
+        data = getattr(tls, "fetch_out", None)
+        if data is None:
+            tls.fetch_out = data = _ffi.new("uint8_t[]", BLCKSZ)
+            tls.fetch_meta = _ffi.new("uint64_t[]", 3)
+        try:
+            n = _lib.slk_heap_fetch_opt(hbm.c_pool, hbm.seq, buf, offnum, data, BLCKSZ,
+                                        tls.fetch_meta)
+        finally:
+            hbm.unpin(buf)
+        if n == OPT_RETRY:   # a writer held the page meanwhile, or a flawed slot
+            return fetch_tuple(heap, block, offnum)
+        if n < 0:
+            return None
+        meta = tls.fetch_meta
+        return meta[0], meta[1], _ffi.buffer(data, n)[:]
+
+
+# ``TableIndex.point_tuple``'s answer when the general path must decide.
+POINT_OTHER = object()
 
 
 def _whole_key_tids(got: list[int], n: int) -> list[int] | None:

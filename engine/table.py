@@ -46,6 +46,7 @@ from slonik.engine.access.heap_fetch import VISIBLE, fetch_tuple
 from slonik.engine.access.tuple import RowCodec, Tid
 from slonik.engine.errors import ConflictError, UniqueViolation
 from slonik.engine.index import (
+    POINT_OTHER,
     TID_SUFFIX_BYTES,
     IndexCheckResult,
     TableIndex,
@@ -586,15 +587,16 @@ class Table:
             xacts = layer.xacts
             snap = xacts.snapshot()
             try:
-                tids = pk.point_tids(prefix)
-                if enc is not None and tids is not None and len(tids) == 2:
-                    # _first_row's usual case inlined: one entry of a one-column key
-                    t = fetch_tuple(self._heap, tids[0], tids[1])
-                    if t is None or not snap.visible(t[0], t[1]):
-                        return None
-                    row = self._codec.decode(t[2])
-                    return row if enc(row[pk.positions[0]]) == prefix else None
-                return self._first_row(pk, prefix, snap, tids)
+                if enc is not None:
+                    # _first_row's usual case fused: one entry of a one-column key, its
+                    # leaf and heap tuple read by one call (point_tuple)
+                    t = pk.point_tuple(prefix, self._heap)
+                    if t is not POINT_OTHER:
+                        if t is None or not snap.visible(t[0], t[1]):
+                            return None
+                        row = self._codec.decode(t[2])
+                        return row if enc(row[pk.positions[0]]) == prefix else None
+                return self._first_row(pk, prefix, snap)
             finally:
                 xacts.release(snap)
         tid = _check_tid(tid)
