@@ -356,8 +356,8 @@ def _gather_chunk(heap, blocks: Sequence[int], page_of: Sequence[int],
     bufs = bm.pin_cached(rel, fork, blocks)
     locked: list[int] = []
     try:
-        missing = [i for i, b in enumerate(bufs) if b < 0]
-        if missing:
+        if min(bufs) < 0:   # some not cached (min: a C-level pass in the usual case)
+            missing = [i for i, b in enumerate(bufs) if b < 0]
             with ReadStream(bm, rel, fork, [blocks[i] for i in missing]) as stream:
                 for i, buf in zip(missing, stream, strict=True):
                     bufs[i] = buf
@@ -375,7 +375,7 @@ def _gather_chunk(heap, blocks: Sequence[int], page_of: Sequence[int],
         unlock = bm.unlock_shared
         for b in locked:
             unlock(b)
-        bm.unpin_many([b for b in bufs if b >= 0])
+        bm.unpin_many(bufs if min(bufs) >= 0 else [b for b in bufs if b >= 0])
 
 
 def _fetch_arrays():
