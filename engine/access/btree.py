@@ -138,7 +138,7 @@ from slonik.engine.access.btree_wal import (
     XLOG_BTREE_SPLIT,
     XLOG_BTREE_UNLINK,
     XLOG_BTREE_VACUUM,
-    apply_action,
+    apply_block_actions,
     delete_data,
     encode_actions,
     init_data,
@@ -866,15 +866,18 @@ class BTree:
         actions = []
         try:
             for index, ch in enumerate(changes):
+                actions.extend((index, code, data) for code, data in ch.actions)
+            payload = encode_actions(actions)
+            for index, ch in enumerate(changes):
                 page = bm.page(ch.buf)
                 pres.append(bytes(page))
                 lsn = page_get_lsn(page)
-                for code, data in ch.actions:
-                    apply_action(page, code, data)
-                    actions.append((index, code, data))
+                # as redo applies them (byte for byte): a leaf's run of inserts and
+                # set-xmaxes in one C call, the rest one by one
+                apply_block_actions(page, payload, index, ch.actions)
                 specs.append(BlockSpec(self.rel, int(self.fork), ch.block, page, lsn,
                                        ch.will_init, _hole(page)))
-            _start, end = self.wal.insert(RM_BTREE, info, xid, encode_actions(actions), specs)
+            _start, end = self.wal.insert(RM_BTREE, info, xid, payload, specs)
         except BaseException:
             for ch, pre in zip(changes, pres, strict=False):
                 bm.page(ch.buf)[:] = pre
