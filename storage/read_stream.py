@@ -9,8 +9,9 @@ order. Behind that the stream keeps a look-ahead window of reads in flight:
 - the look-ahead ``distance`` (in pinned blocks) starts at 1, doubles each time the
   consumer had to wait for a read, and decays by one for each run that was all hits, capped
   by ``max_pinned_buffers``; at most ``max_ios`` reads are in flight;
-- the look-ahead runs once the window has room for a full combined read (or half the
-  window, when smaller), and the reads it starts are submitted together (``aio.batch()``);
+- the look-ahead runs once the window has room for ``LOOK_AHEAD_BATCH_IOS`` full combined
+  reads (or half the window, when smaller), and the reads it starts are submitted
+  together (``aio.batch()``: one io_uring_enter, one worker wake-up);
   a ``range`` source is followed by a cursor, a whole run at a time;
 - an all-cached stream falls into a fast path that pins one block at a time with no
   look-ahead machinery;
