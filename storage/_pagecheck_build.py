@@ -92,9 +92,7 @@ int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
 /* --- index batch TIDs --- */
 #define SLK_IX_TIDS_MAX ...
 int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, int n,
-                      uint32_t nblocks, uint32_t *cut, uint32_t *block, uint16_t *offnum,
-                      uint32_t *page_of, uint16_t *req_off, uint32_t *distinct,
-                      int *ndistinct);
+                      uint32_t nblocks, uint32_t *out, uint32_t *distinct, int *ndistinct);
 /* --- run copy of pinned pages (seqlock) --- */
 uint32_t slk_seq_copy_pages(const uint8_t *pool, const uint32_t *seq, uint32_t nbuffers,
                             const uint32_t *bufs, uint32_t n, uint8_t *out);
@@ -1282,20 +1280,19 @@ int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
  * tests/engine/test_index_batch_c.py compares them)
  * An index scan's batch of n whole entry keys, joined in keys[0..len): key k ends at
  * ends[k] and starts at ends[k-1] (0 for the first); its last 6 bytes are the heap TID
- * (block u32 BE, offnum u16 BE). Per key: cut[k] = its length without the TID, block[k]
- * and offnum[k] as stored; the heap request page_of[k] (index into distinct[], the
- * distinct blocks below nblocks in order of first appearance, *ndistinct of them) and
- * req_off[k] = offnum, or page_of 0 and req_off 0 (no tuple: offnum 0 is never one) for
- * a block at or past nblocks. Returns how many keys point at or past nblocks; -1 when a
+ * (block u32 BE, offnum u16 BE). Per key, in out (5 * n u32, five runs of n, so one
+ * Python tolist takes them all): cut[k] = its length without the TID, block[k] and
+ * offnum[k] as stored; the heap request page_of[k] (index into distinct[], the distinct
+ * blocks below nblocks in order of first appearance, *ndistinct of them) and req_off[k]
+ * = offnum, or page_of 0 and req_off 0 (no tuple: offnum 0 is never one) for a block at
+ * or past nblocks. Returns how many keys point at or past nblocks; -1 when a
  * key is shorter than the TID or the ends are not ascending within len; -2 when n is
  * outside [0, SLK_IX_TIDS_MAX] (the caller splits the batch). */
 #define SLK_IX_TIDS_MAX 512
 #define SLK_IX_TIDS_SLOTS (2 * SLK_IX_TIDS_MAX)   /* a power of two: at most half full */
 
 int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, int n,
-                      uint32_t nblocks, uint32_t *cut, uint32_t *block, uint16_t *offnum,
-                      uint32_t *page_of, uint16_t *req_off, uint32_t *distinct,
-                      int *ndistinct)
+                      uint32_t nblocks, uint32_t *out, uint32_t *distinct, int *ndistinct)
 {
     uint16_t slot[SLK_IX_TIDS_SLOTS];   /* 1 + index into distinct, 0: empty */
     uint32_t prev = 0;
@@ -1306,10 +1303,12 @@ int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, i
     for (int k = 0; k < n; k++) {
         uint32_t e = ends[k];
         if (e < prev || e > len || e - prev < 6) return -1;
+    uint32_t *cut = out, *block = out + n, *offnum = out + 2 * n, *page_of = out + 3 * n,
+             *req_off = out + 4 * n;
         const uint8_t *t = keys + e - 6;
         uint32_t b = ((uint32_t)t[0] << 24) | ((uint32_t)t[1] << 16) |
                      ((uint32_t)t[2] << 8) | t[3];
-        uint16_t o = (uint16_t)(((uint32_t)t[4] << 8) | t[5]);
+        uint32_t o = ((uint32_t)t[4] << 8) | t[5];
         cut[k] = e - prev - 6;
         block[k] = b;
         offnum[k] = o;
