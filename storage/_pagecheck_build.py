@@ -795,6 +795,28 @@ int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data
  * xmax, flags, data_len. */
 #define SLK_TUPLE_HDR 24
 
+/* One gathered tuple (its slot checked: off + len inside the page, len at least the
+ * header): *status 1 when the snapshot does not see it, else 2 and its data copied to
+ * out at *pos (which moves on) and *end set; 0 when out has no room for the data. */
+static int gather_tuple(const uint8_t *page, uint32_t off, uint32_t len, uint64_t snap_xmax,
+                        uint64_t own, const uint64_t *excluded, int nexcluded, uint8_t *out,
+                        uint32_t out_cap, uint32_t *pos, uint8_t *status, uint32_t *end)
+{
+    uint64_t xmin = load64(page + off), xmax = load64(page + off + 8);
+    if (!xid_sees(xmin, snap_xmax, own, excluded, nexcluded) ||
+        (xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded))) {
+        *status = 1;
+        return 1;
+    }
+    uint32_t dlen = len - SLK_TUPLE_HDR;
+    if (dlen > out_cap - *pos) return 0;
+    memcpy(out + *pos, page + off + SLK_TUPLE_HDR, dlen);
+    *status = 2;
+    *pos += dlen;
+    *end = *pos;
+    return 1;
+}
+
 /* status[k] 0 = no NORMAL tuple at the slot (unused or redirected, past the line
  * pointers, an all-zero page), 1 = a tuple the snapshot (xids seen: own, or below
  * snap_xmax and not in the sorted excluded) does not see, 2 = a visible one, whose data
@@ -828,18 +850,9 @@ int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t 
             return -1 - k;
         if (load32(page + off + 18) != len - SLK_TUPLE_HDR)
             return -1 - k;
-        uint64_t xmin = load64(page + off), xmax = load64(page + off + 8);
-        if (!xid_sees(xmin, snap_xmax, own, excluded, nexcluded) ||
-            (xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded))) {
-            status[k] = 1;
-            continue;
-        }
-        uint32_t dlen = len - SLK_TUPLE_HDR;
-        if (dlen > out_cap - pos) return INT64_MIN;
-        memcpy(out + pos, page + off + SLK_TUPLE_HDR, dlen);
-        status[k] = 2;
-        pos += dlen;
-        end[k] = pos;
+        if (!gather_tuple(page, off, len, snap_xmax, own, excluded, nexcluded, out, out_cap,
+                          &pos, status + k, end + k))
+            return INT64_MIN;
     }
     return pos;
 }
@@ -1227,18 +1240,9 @@ int64_t slk_heap_gather_opt(const uint8_t *pool, const uint32_t *seq, const uint
         int got = heap_slot_once(page, offnums[k], &off, &len);
         if (got < 0) return SLK_OPT_RETRY;
         if (got == 0) continue;
-        uint64_t xmin = load64(page + off), xmax = load64(page + off + 8);
-        if (!xid_sees(xmin, snap_xmax, own, excluded, nexcluded) ||
-            (xmax && xid_sees(xmax, snap_xmax, own, excluded, nexcluded))) {
-            status[k] = 1;
-            continue;
-        }
-        uint32_t dlen = len - SLK_TUPLE_HDR;
-        if (dlen > out_cap - pos) return SLK_OPT_RETRY;
-        memcpy(out + pos, page + off + SLK_TUPLE_HDR, dlen);
-        status[k] = 2;
-        pos += dlen;
-        end[k] = pos;
+        if (!gather_tuple(page, off, len, snap_xmax, own, excluded, nexcluded, out, out_cap,
+                          &pos, status + k, end + k))
+            return SLK_OPT_RETRY;
     }
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     for (int p = 0; p < npages; p++)
@@ -1299,12 +1303,12 @@ int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, i
     int nd = 0, past = 0;
     *ndistinct = 0;
     if (n < 0 || n > SLK_IX_TIDS_MAX) return -2;
+    uint32_t *cut = out, *block = out + n, *offnum = out + 2 * n, *page_of = out + 3 * n,
+             *req_off = out + 4 * n;
     memset(slot, 0, sizeof slot);
     for (int k = 0; k < n; k++) {
         uint32_t e = ends[k];
         if (e < prev || e > len || e - prev < 6) return -1;
-    uint32_t *cut = out, *block = out + n, *offnum = out + 2 * n, *page_of = out + 3 * n,
-             *req_off = out + 4 * n;
         const uint8_t *t = keys + e - 6;
         uint32_t b = ((uint32_t)t[0] << 24) | ((uint32_t)t[1] << 16) |
                      ((uint32_t)t[2] << 8) | t[3];
