@@ -15,11 +15,12 @@ from slonik.aio.errors import IOFailure, IoMethodUnavailable
 from slonik.aio.handle import IoOp
 from slonik.storage.bufmgr import BufferManager, BufferState, DamagedPageWarning
 from slonik.storage.errors import DataCorruptionError
-from slonik.storage.page import BLCKSZ, init_page, page_add_item, page_get_item, page_set_checksum
+from slonik.storage.page import BLCKSZ, page_get_item
 from slonik.storage.read_stream import ReadStream
 from slonik.storage.smgr import Fork, Smgr
 
 from tests.support.method_faulty import FaultRule
+from tests.support.pages import make_page
 
 
 def handle_reads(aio) -> int:
@@ -32,14 +33,6 @@ REL = 16384
 SEGMENT = 8
 NBLOCKS = 20
 WAIT_LIMIT_S = 30.0  # a bound on polling for another thread to get somewhere, not a timing claim
-
-
-def make_page(block: int) -> bytes:
-    buf = bytearray(BLCKSZ)
-    init_page(buf)
-    page_add_item(buf, f"block {block}".encode())
-    page_set_checksum(buf, REL, Fork.MAIN, block)
-    return bytes(buf)
 
 
 def item(bm: BufferManager, b: int) -> bytes:

@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import pytest
 from slonik.storage.bufmgr import BufferManager
-from slonik.storage.page import BLCKSZ, init_page, page_add_item, page_set_checksum
+from slonik.storage.page import BLCKSZ
 from slonik.storage.smgr import Fork, Smgr
+
+from tests.support.pages import make_page
 
 REL = 16384
 SEGMENT = 8
-
-
-def make_page(block: int) -> bytes:
-    buf = bytearray(BLCKSZ)
-    init_page(buf)
-    page_add_item(buf, f"block {block}".encode())
-    page_set_checksum(buf, REL, Fork.MAIN, block)
-    return bytes(buf)
 
 
 @pytest.fixture
