@@ -279,6 +279,19 @@ def test_wal_writer_prepares_the_next_segment(aio, tmp_path):
     assert wst.segments_prepared >= 1 and wst.prepare_error == ""
 
 
+def _committer(w: Wal, ends: list[int], errors: list[BaseException]):
+    """A thread target committing one 200-byte record (insert + flush) as xid ``i + 1``:
+    its end LSN goes to ``ends``, an exception to ``errors``."""
+    def committer(i: int) -> None:
+        try:
+            _s, end = w.insert(10, 0, i + 1, b"g" * 200)
+            w.flush(end)
+            ends.append(end)
+        except BaseException as exc:
+            errors.append(exc)
+    return committer
+
+
 def test_one_flush_carries_every_commit_queued_behind_it(aio, tmp_path):
     """Seven committers (insert + flush each) while the first leader is held before it
     takes its target (the test holds the flush lock): the six others queue, and when the
@@ -287,15 +300,7 @@ def test_one_flush_carries_every_commit_queued_behind_it(aio, tmp_path):
     w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
     ends: list[int] = []
     errors: list[BaseException] = []
-
-    def committer(i: int) -> None:
-        try:
-            _s, e = w.insert(10, 0, i + 1, b"g" * 200)
-            w.flush(e)
-            ends.append(e)
-        except BaseException as exc:
-            errors.append(exc)
-
+    committer = _committer(w, ends, errors)
     threads = [threading.Thread(target=committer, args=(i,)) for i in range(7)]
     with w._flush_lock:   # whoever leads first blocks right here, before its target
         for t in threads:
@@ -490,15 +495,7 @@ def test_commits_arriving_during_a_write_share_the_next_flush(aio, tmp_path):
 
     errors: list[BaseException] = []
     ends: list[int] = []
-
-    def committer(i: int) -> None:
-        try:
-            _s, end = w.insert(10, 0, i + 1, b"g" * 200)
-            w.flush(end)
-            ends.append(end)
-        except BaseException as exc:
-            errors.append(exc)
-
+    committer = _committer(w, ends, errors)
     before = w.stats()
     with osfile.installed(HoldFirstWrite()):
         first = threading.Thread(target=committer, args=(0,))
