@@ -46,6 +46,20 @@ needs_c = pytest.mark.skipif(not hf.C_GATHER,
 RETRY = hf.OPT_RETRY
 
 
+def _run_racing(threads: list[threading.Thread]) -> None:
+    """Start and join ``threads`` with a GIL switch interval of 10 µs, so they interleave
+    far more often than by default; the interval is restored afterwards."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
+
+
 @st.composite
 def garbled_heap_page(draw) -> bytes:
     """``heap_page`` with up to three runs of random bytes written anywhere (the header's
@@ -285,18 +299,9 @@ def test_concurrent_writers_never_show_a_torn_row(db):
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             errors.append(e)
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        threads = [threading.Thread(target=writer), threading.Thread(target=vacuum),
+    _run_racing([threading.Thread(target=writer), threading.Thread(target=vacuum),
                    threading.Thread(target=reader, args=(1, 0)),
-                   threading.Thread(target=reader, args=(2, 1))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-    finally:
-        sys.setswitchinterval(old)
+                   threading.Thread(target=reader, args=(2, 1))])
     assert not errors, errors[0]
     assert min(reads) > 0
     for i in range(0, ROWS, 2):   # the end state: every stable row whole
@@ -359,18 +364,11 @@ def test_pages_garbled_under_exclusive_lock_are_never_read(db):
             errors.append(e)
             done.set()
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
     try:
-        threads = [threading.Thread(target=writer),
+        _run_racing([threading.Thread(target=writer),
                    threading.Thread(target=reader, args=(1, 0)),
-                   threading.Thread(target=reader, args=(2, 1))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+                   threading.Thread(target=reader, args=(2, 1))])
     finally:
-        sys.setswitchinterval(old)
         bm.unpin_many(bufs)
     assert not errors, errors[0]
     assert min(reads) > 0
@@ -611,17 +609,8 @@ def test_kv_gets_never_see_a_torn_or_garbled_leaf(db):
             errors.append(e)
             done.set()
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        threads = [threading.Thread(target=writer), threading.Thread(target=vacuum),
+    _run_racing([threading.Thread(target=writer), threading.Thread(target=vacuum),
                    threading.Thread(target=reader, args=(1,)),
-                   threading.Thread(target=reader, args=(2,))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-    finally:
-        sys.setswitchinterval(old)
+                   threading.Thread(target=reader, args=(2,))])
     assert not errors, errors[0]
     assert reads[0] > 0
