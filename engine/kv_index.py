@@ -83,9 +83,25 @@ class KVIndex:
     def read(self, key: bytes, snap: Snapshot | None,
              is_committed: Callable[[int], bool] | None = None) -> bytes:
         """The value ``snap`` sees (None: the latest committed one); KeyError if none.
-        ``key`` is bytes of at most ``KEY_MAX_BYTES`` (the store checked it)."""
+        ``key`` is bytes of at most ``KEY_MAX_BYTES`` (the store checked it).
+
+        Without a snapshot each version's xids are judged committed or not when the tree
+        asks, newest version first. A commit landing between two of those questions can
+        hide every version — the newer one judged before its xid committed, the older one
+        after, as deleted by it — but can never make a wrong version visible; so a miss
+        is asked again under a registered snapshot, which sees one consistent state."""
         self.operations += 1
-        value = self.tree.get_trusted(key, snap.visible if snap is not None else self._latest)
+        if snap is not None:
+            value = self.tree.get_trusted(key, snap.visible)
+        else:
+            value = self.tree.get_trusted(key, self._latest)
+            if value is None:
+                xacts = self._xacts
+                snap = xacts.snapshot()
+                try:
+                    value = self.tree.get_trusted(key, snap.visible)
+                finally:
+                    xacts.release(snap)
         if value is None:
             raise KeyError(key)
         return value
