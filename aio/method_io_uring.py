@@ -67,16 +67,22 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _create_ring(entries: int, max_iov: int):
+    """A new ring (``struct slk_ring *``) of ``entries`` SQEs, ``max_iov`` buffers per
+    I/O; IoMethodUnavailable naming the size and the errno when the kernel refuses."""
+    out = _ffi.new("struct slk_ring **")
+    rc = _lib.slk_ring_create(entries, max_iov, out)
+    if rc < 0:
+        raise IoMethodUnavailable(f"could not set up an io_uring of {entries} entries: "
+                                  f"{os.strerror(-rc)} (errno {-rc})")
+    return out[0]
+
+
 class Ring:
     """One io_uring of one issuing thread, with its completion lock and C-side arrays."""
 
     def __init__(self, entries: int) -> None:
-        out = _ffi.new("struct slk_ring **")
-        rc = _lib.slk_ring_create(entries, MAX_IOV_PER_IO, out)
-        if rc < 0:
-            raise IoMethodUnavailable(f"could not set up an io_uring of {entries} entries: "
-                                      f"{os.strerror(-rc)} (errno {-rc})")
-        self.ptr = out[0]
+        self.ptr = _create_ring(entries, MAX_IOV_PER_IO)
         self.entries = entries
         self.lock = threading.Lock()  # every reaper takes it, the owner too
         self.forked = False
@@ -236,12 +242,7 @@ class FlushRing:
         ok, reason = io_uring_available()
         if not ok:
             raise IoMethodUnavailable(f"io_uring is not available here: {reason}")
-        out = _ffi.new("struct slk_ring **")
-        rc = _lib.slk_ring_create(FLUSH_RING_ENTRIES, FLUSH_RING_MAX_IOV, out)
-        if rc < 0:
-            raise IoMethodUnavailable(f"could not set up an io_uring of {FLUSH_RING_ENTRIES} "
-                                      f"entries: {os.strerror(-rc)} (errno {-rc})")
-        self.ptr = out[0]
+        self.ptr = _create_ring(FLUSH_RING_ENTRIES, FLUSH_RING_MAX_IOV)
         self.forked = False
         self.broken = ""
         n = FLUSH_RING_ENTRIES
