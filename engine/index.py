@@ -260,12 +260,9 @@ class TableIndex:
                                                   POINT_ENTRIES_MAX, _tls.point_ents, out)
                     finally:
                         bm.unpin(buf)
-                    if n == 1:   # a unique key's point read
-                        return [out[1], out[2]] if out[0] == len(key) else None
-                    if n == 0:
-                        return []
-                    if n == -2:
-                        return None
+                    got = _point_answer(n, out, len(key))
+                    if got is not _UNDECIDED:
+                        return got
                     if n > 1:
                         return _whole_key_tids(_ffi.unpack(out, 3 * n), len(key))
                     # else a writer held the leaf meanwhile, or a flawed page (-1: the
@@ -279,12 +276,9 @@ class TableIndex:
                         out = _point_arrays().point_out
                     n = _lib.slk_ix_point(_ffi.from_buffer(page), key, len(key),
                                           POINT_ENTRIES_MAX, _tls.point_ents, out)
-                    if n == 1:   # a unique key's point read
-                        return [out[1], out[2]] if out[0] == len(key) else None
-                    if n == 0:
-                        return []
-                    if n == -2:
-                        return None
+                    got = _point_answer(n, out, len(key))
+                    if got is not _UNDECIDED:
+                        return got
                 try:
                     got = point_entries(page, key, POINT_ENTRIES_MAX)
                 except BTreePageError as e:
@@ -355,6 +349,23 @@ class TableIndex:
 
 # ``TableIndex.point_tuple``'s answer when the general path must decide.
 POINT_OTHER = object()
+
+
+_UNDECIDED = object()   # _point_answer: the count needs more than the usual answers
+
+
+def _point_answer(n: int, out, klen: int):
+    """``point_tids``' answer from a C point read (``slk_ix_point`` / its optimistic
+    twin) of a ``klen``-byte key for its usual counts: one entry (its [block, offnum] when
+    it is the whole key, else None), none ([]), or -2 (None: walk the leaves); else
+    ``_UNDECIDED``."""
+    if n == 1:   # a unique key's point read
+        return [out[1], out[2]] if out[0] == klen else None
+    if n == 0:
+        return []
+    if n == -2:
+        return None
+    return _UNDECIDED
 
 
 def _whole_key_tids(got: list[int], n: int) -> list[int] | None:
