@@ -9,6 +9,8 @@ from slonik.engine import index as ix
 from slonik.engine.access.heap_fetch import fetch_tuple
 from slonik.engine.database import Database
 
+from tests.engine.test_table_index_c import point_table
+
 needs_c = pytest.mark.skipif(ix._lib is None,
                              reason="storage._pagecheck not built (no C compiler at install)")
 
@@ -28,13 +30,7 @@ def test_point_tuple_agrees_with_point_tids_then_fetch_tuple(db):
     of the one entry answers (None for no entry), and hands every other case (several
     entries, a key that is a prefix of a wider one) to the general path (POINT_OTHER).
     It answers for the great majority of the primary keys."""
-    t = db.create_table("t", [("id", "int8"), ("g", "int8"), ("s", "text")],
-                        primary_key="id")
-    t.create_index("by_g", ["g"])
-    t.create_index("by_gs", ["g", "s"])
-    rows = [(i, i % 7 if i < 3000 else i, "x" * (i % 50)) for i in range(6000)]
-    with db.transaction():
-        t.insert_many(rows)
+    t, rows = point_table(db)
     for i in range(0, 6000, 11):
         t.update((i, rows[i][1], "updated"))
     for i in range(5, 6000, 13):

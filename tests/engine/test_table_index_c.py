@@ -108,11 +108,9 @@ def db(tmp_path, io_method):
     d.close()
 
 
-def test_point_tids_agree_with_the_leaf_walk(db):
-    """On a table with a primary key over several leaves and a non-unique index, every
-    key's point_tids (when it answers) equals the TIDs of matching() in order, answers
-    for most primary keys, and declines (None) for a prefix of a wider key and for a key
-    with more entries than POINT_ENTRIES_MAX; get(id=) finds every row either way."""
+def point_table(db):
+    """(table, rows): table t with a primary key over several leaves, a non-unique index
+    by_g (3000 rows over 7 values, 3000 unique) and a two-column by_gs, 6000 rows loaded."""
     t = db.create_table("t", [("id", "int8"), ("g", "int8"), ("s", "text")],
                         primary_key="id")
     t.create_index("by_g", ["g"])
@@ -120,6 +118,15 @@ def test_point_tids_agree_with_the_leaf_walk(db):
     rows = [(i, i % 7 if i < 3000 else i, "x" * (i % 50)) for i in range(6000)]
     with db.transaction():
         t.insert_many(rows)
+    return t, rows
+
+
+def test_point_tids_agree_with_the_leaf_walk(db):
+    """On a table with a primary key over several leaves and a non-unique index, every
+    key's point_tids (when it answers) equals the TIDs of matching() in order, answers
+    for most primary keys, and declines (None) for a prefix of a wider key and for a key
+    with more entries than POINT_ENTRIES_MAX; get(id=) finds every row either way."""
+    t, rows = point_table(db)
     pk, by_g, by_gs = t._pk_index(), t._index("by_g"), t._index("by_gs")
     answered = 0
     for i in range(0, 6000, 7):
