@@ -1281,9 +1281,7 @@ class BufferManager:
                         if self._start_buffer_io_locked(d, for_input=True, overwrite=True):
                             break
                     self._wait_buffer_io(b)
-                d.lock.acquire_exclusive()
-                if self._bump is not None:  # invariant 8
-                    self._bump(b)
+                self.lock_exclusive(b)   # pinned; its change counter goes odd (invariant 8)
                 self.pages[b][:] = bytes(BLCKSZ)
                 with self._lock:
                     self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
@@ -1309,9 +1307,7 @@ class BufferManager:
                     claimed = True
                     break
             self._wait_buffer_io(b)
-        d.lock.acquire_exclusive()
-        if self._bump is not None:  # invariant 8
-            self._bump(b)
+        self.lock_exclusive(b)   # pinned; its change counter goes odd (invariant 8)
         self.pages[b][:] = bytes(BLCKSZ)
         if claimed:
             with self._lock:
