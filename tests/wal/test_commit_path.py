@@ -279,6 +279,15 @@ def test_wal_writer_prepares_the_next_segment(aio, tmp_path):
     assert wst.segments_prepared >= 1 and wst.prepare_error == ""
 
 
+def _wait_for_waiters(w: Wal, n: int) -> None:
+    """Poll (bounded by PREPARE_WAIT_MAX_S) until ``n`` committers wait on the flush in
+    progress; assert they do."""
+    deadline = time.monotonic() + PREPARE_WAIT_MAX_S
+    while len(w._waiters) < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(w._waiters) == n
+
+
 def _committer(w: Wal, ends: list[int], errors: list[BaseException]):
     """A thread target committing one 200-byte record (insert + flush) as xid ``i + 1``:
     its end LSN goes to ``ends``, an exception to ``errors``."""
@@ -305,10 +314,7 @@ def test_one_flush_carries_every_commit_queued_behind_it(aio, tmp_path):
     with w._flush_lock:   # whoever leads first blocks right here, before its target
         for t in threads:
             t.start()
-        deadline = time.monotonic() + PREPARE_WAIT_MAX_S
-        while len(w._waiters) < 6 and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert len(w._waiters) == 6
+        _wait_for_waiters(w, 6)
     for t in threads:
         t.join(PREPARE_WAIT_MAX_S)
         assert not t.is_alive()
@@ -504,10 +510,7 @@ def test_commits_arriving_during_a_write_share_the_next_flush(aio, tmp_path):
         others = [threading.Thread(target=committer, args=(i,)) for i in range(1, 7)]
         for t in others:
             t.start()
-        deadline = time.monotonic() + PREPARE_WAIT_MAX_S
-        while len(w._waiters) < 6 and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert len(w._waiters) == 6
+        _wait_for_waiters(w, 6)
         release.set()
         for t in [first, *others]:
             t.join(PREPARE_WAIT_MAX_S)
