@@ -26,6 +26,7 @@ BAR_HEIGHT_IN = 0.22      # inches of figure height per bar
 FIGURE_WIDTH_IN = 9.0     # inches
 FIGURE_MIN_HEIGHT_IN = 3.0
 PLOT_DPI = 110
+PLOT_LOG_MARGIN = 1.6      # the log axis reaches this factor past the smallest and largest ratio
 
 
 class PlotError(ValueError):
@@ -102,20 +103,27 @@ def write_plot(report: dict, path: str | os.PathLike) -> str:
     height = max(FIGURE_MIN_HEIGHT_IN, BAR_HEIGHT_IN * group * len(labels))
     fig, ax = pyplot.subplots(figsize=(FIGURE_WIDTH_IN, height), dpi=PLOT_DPI)
     try:
+        # Ratios span 0.1 to 100+ (a rate next to an RSS growth): a log axis with every
+        # bar drawn from parity (1.0), left when below it, right when above it.
+        ax.set_xscale("log")
+        ticker = importlib.import_module("matplotlib.ticker")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+        shown = [v for vs in values.values() for v in vs if v is not None and v > 0]
+        ax.set_xlim(min(shown + [1.0]) / PLOT_LOG_MARGIN, max(shown + [1.0]) * PLOT_LOG_MARGIN)
         for i, method in enumerate(methods):
             ys = [row * group + i for row in range(len(labels))]
-            xs = [v if v is not None else 0.0 for v in values[method]]
-            bars = ax.barh(ys, xs, height=0.9, label=method)
-            for bar, v in zip(bars, values[method], strict=True):
+            xs = [v if v is not None and v > 0 else 1.0 for v in values[method]]
+            bars = ax.barh(ys, [x - 1.0 for x in xs], left=1.0, height=0.9, label=method)
+            for bar, x, v in zip(bars, xs, values[method], strict=True):
                 ax.annotate("n/a" if v is None else f"{v:.2f}",
-                            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                            (max(x, 1.0), bar.get_y() + bar.get_height() / 2),
                             xytext=(3, 0), textcoords="offset points", va="center",
                             fontsize=7)
         ax.set_yticks([row * group + (len(methods) - 1) / 2 for row in range(len(labels))],
                       labels)
         ax.invert_yaxis()
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
-        ax.set_xlabel("ratio to the baseline measured in the same run (1.0 = parity)")
+        ax.set_xlabel("ratio to the baseline measured in the same run (1.0 = parity; log scale)")
         ax.set_title(f"slonik bench {report.get('command', '')}".rstrip())
         # Outside the axes, right of them: inside, it covered the longest bars.
         ax.legend(title="io method", loc="upper left", bbox_to_anchor=(1.01, 1.0))
