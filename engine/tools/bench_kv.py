@@ -11,7 +11,9 @@ new database in ``--dir``/<method>:
   puts per sync (the group-commit ratio), CPU µs per put (the process's, every thread,
   user + system) and µs per WAL flush (write + sync, as the WAL timed it).
 - get: random keys of the load, read one by one outside a transaction, warm (every page
-  is in shared buffers after the load), for ``--seconds``. Figure: gets/s.
+  is in memory after the load: in shared buffers or, past the default 128 MiB pool — the
+  leaves of 1M keys take ~250 MB —, in the OS page cache, read through the io method; SQLite's
+  128 MiB cache is in the same position), for ``--seconds``. Figure: gets/s.
 - get_many: random keys in batches of ``GET_MANY_BATCH_KEYS`` (``kv.get_many``: the
   leaves of a batch read in one read stream), warm, for ``--seconds``. Figure: keys/s.
 - scan: every pair in key order (``items()``), one snapshot, warm. Figure: keys/s and MB/s
