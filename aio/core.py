@@ -70,6 +70,9 @@ IO_METHODS = ("auto", *IO_METHOD_TABLE)
 # Methods whose synchronous execution of a read is a plain preadv in the issuer, so a read
 # the issuer waits for at once may skip the handle (``Aio.synchronous_reads_inline``).
 _INLINE_READ_METHODS = frozenset(IO_METHOD_TABLE.values())
+# Methods that hand a read to someone else (a worker, the kernel's ring), so a read whose
+# pages are all in the page cache is cheaper done in the issuer (``Aio.nowait_reads_inline``).
+_NOWAIT_READ_METHODS = frozenset((WorkerMethod, IoUringMethod))
 
 _instances: weakref.WeakSet = weakref.WeakSet()  # every Aio, for the fork hook
 
@@ -79,6 +82,7 @@ def _after_fork_in_child() -> None:
         aio._forked = True
         # Reads take the handle path, which refuses to run in the child with a clear error.
         aio.synchronous_reads_inline = aio.every_read_inline = False
+        aio.nowait_reads_inline = False
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -99,6 +103,9 @@ class AioStats:
     io_max_concurrency: int
     issuers: int
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Non-blocking inline read attempts (``Aio.nowait_reads_inline``) that found some page
+    # not cached (or could not try) and went to the method after all.
+    nowait_fallbacks: int = 0
 
     def total(self, op: str, what: str = "ios") -> int:
         return sum(c.get(what, 0) for key, c in self.counters.items() if key.endswith("/" + op))
@@ -140,6 +147,13 @@ class Aio:
         # a caller will only wait for later (a read stream's) may run inline too, its
         # result kept for the wait (BufferManager._read_io_inline).
         self.every_read_inline = type(self.method) is SyncMethod
+        # Worker and io_uring: a read of a buffered (not O_DIRECT) file may first try a
+        # non-blocking preadv (RWF_NOWAIT) in its issuer; when the page cache holds every
+        # byte, the read completes there with no handle, no worker hand-off and no ring
+        # (io_uring's own first step inside the kernel; BufferManager._start_read_io).
+        # Anything less and the read goes to the method as usual. Never for O_DIRECT
+        # files: a NOWAIT direct read would still wait for the device in the issuer.
+        self.nowait_reads_inline = type(self.method) in _NOWAIT_READ_METHODS
         self._lock = threading.Lock()
         self._handles: list[Handle] = []
         # Threads sleeping on each handle's condition (changed under that condition), so a
@@ -155,6 +169,7 @@ class Aio:
         # pg_stat_io counts reads whatever executed them.
         self._direct: dict[tuple[int, IoOp], OpCounters] = {}
         self._direct_lock = threading.Lock()
+        self._nowait_fallbacks = 0  # under _direct_lock
         _instances.add(self)
         self.method.attach(self, self._complete)
 
@@ -459,6 +474,11 @@ class Aio:
             c.nbytes += nbytes
             c.wait_ns += wait_ns
 
+    def count_nowait_fallback(self) -> None:
+        """Count one non-blocking inline read attempt that went to the method after all."""
+        with self._direct_lock:
+            self._nowait_fallbacks += 1
+
     def stats(self) -> AioStats:
         totals: dict[str, dict[str, int]] = {}
         with self._lock:
@@ -466,6 +486,7 @@ class Aio:
         with self._direct_lock:
             direct = [(key, OpCounters(c.ios, c.nbytes, c.wait_ns))
                       for key, c in self._direct.items()]
+            fallbacks = self._nowait_fallbacks
         for counters in [list(ctx.counters.items()) for ctx in contexts] + [direct]:
             for (target_id, op), c in counters:
                 target = TARGETS[target_id].name if target_id else "raw"
@@ -474,7 +495,8 @@ class Aio:
                 row["ios"] += c.ios
                 row["bytes"] += c.nbytes
                 row["wait_ns"] += c.wait_ns
-        return AioStats(self.method.name, self.io_max_concurrency, len(contexts), totals)
+        return AioStats(self.method.name, self.io_max_concurrency, len(contexts), totals,
+                        fallbacks)
 
     def inflight(self) -> list[InflightIo]:
         rows = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 from collections.abc import Iterator, Sequence
 
@@ -36,6 +37,18 @@ class OsLayer:
 
     def pwritev(self, fd: int, buffers: Sequence[Buffer], offset: int) -> int:
         return os.pwritev(fd, buffers, offset)
+
+    def preadv_nowait(self, fd: int, buffers: Sequence[Buffer], offset: int) -> int:
+        """``preadv`` with ``RWF_NOWAIT``: only what the page cache holds, never waiting for
+        the device (``BlockingIOError`` when the first page is not cached; a short count
+        when a later one is not). ``EOPNOTSUPP`` where the platform or file system cannot.
+        A layer that overrides ``preadv`` but not this one declines every call (EAGAIN),
+        so each read it should see still reaches its ``preadv``."""
+        if type(self).preadv is not OsLayer.preadv:
+            raise BlockingIOError(errno.EAGAIN, "this OS layer sees every read through preadv")
+        if _RWF_NOWAIT is None:
+            raise OSError(errno.EOPNOTSUPP, "preadv RWF_NOWAIT is not available here")
+        return os.preadv(fd, buffers, offset, _RWF_NOWAIT)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
@@ -88,6 +101,7 @@ class OsLayer:
 
 
 _SYNC_FILE_RANGE_WRITE = 2
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+, Python 3.7+
 
 
 def _load_sync_file_range():  # Linux only; elsewhere writeback() is a no-op hint
@@ -144,6 +158,10 @@ def preadv(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
 
 def pwritev(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
     return _layer.pwritev(fd, buffers, offset)
+
+
+def preadv_nowait(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
+    return _layer.preadv_nowait(fd, buffers, offset)
 
 
 def fsync(fd: int) -> None:

@@ -877,6 +877,18 @@ class BufferManager:
             finally:
                 op.ios.append(io)  # completed (or its claims given back): never abandoned
             return
+        if self.aio.nowait_reads_inline and not self.smgr.io_direct:
+            # Worker / io_uring on a buffered file: pages the OS page cache holds need no
+            # hand-off; a read it cannot finish without blocking goes to the method below.
+            done = False
+            try:
+                done = self._read_io_inline(io, views, nowait=True)
+            finally:
+                if io.inline:
+                    op.ios.append(io)  # read: completed (or failing) here, never abandoned
+            if done:
+                return
+            self.aio.count_nowait_fallback()
         h = self.aio.acquire(io.ret)
         try:
             h.add_callback(CallbackId.BUFMGR_READV, io)
@@ -1183,7 +1195,7 @@ class BufferManager:
             return AioResult(WARNING, done, 0, CallbackId.BUFMGR_READV, ("warn", zeroed, ignored))
         return prior
 
-    def _read_io_inline(self, io: _ReadIo, views: list) -> None:
+    def _read_io_inline(self, io: _ReadIo, views: list, *, nowait: bool = False) -> bool:
         """Run the read ``io`` now, in this thread, without an AIO handle (the sync method
         executes every read in its issuer at staging anyway), and complete it as its two
         callbacks would: smgr's bytes-to-blocks judgement (OK, PARTIAL with the blocks
@@ -1191,32 +1203,47 @@ class BufferManager:
         waits in ``io.ret`` for ``wait_read_buffers`` to report, as a handle's would, so a
         read stream's failed read ahead still fails only when the stream reaches it. Only
         an exception that is no error (an interrupt) gives the claims back at once
-        (READ_FAILED) and propagates."""
+        (READ_FAILED) and propagates.
+
+        ``nowait`` (``Aio.nowait_reads_inline``): read only if the OS page cache holds
+        every byte (``Smgr.read_into_nowait``: one non-blocking preadv), then set
+        ``io.inline`` and complete the same way (an OK read of every block); otherwise
+        do nothing (the claims stay READING, the buffers' bytes undefined) and return
+        False, for the caller to start the read on a handle. An exception before the read
+        (bad arguments, an interrupt) leaves the claims to the caller. Returns True when
+        the read was completed here."""
         n = len(io.buf_ids)
         rel, fork, block = io.rel, io.fork, io.block
         t0 = time.perf_counter_ns()
-        try:
-            got = self.smgr.read_into(rel, fork, block, views)
-        except Exception as exc:  # an OS error naming file and blocks: reported at the wait
-            prior = AioResult(ERROR, 0, 0, CallbackId.SMGR_READV, exc)
-        except BaseException:
-            with self._lock:
-                for b in io.buf_ids:
-                    self._terminate_buffer_io_locked(self.descs[b], B.READ_FAILED, io_pin=False)
-                self._io_done.notify_all()
-            raise
+        if nowait:
+            if not self.smgr.read_into_nowait(rel, fork, block, views):
+                return False
+            io.inline = True
+            prior = AioResult(OK, n)
         else:
-            blocks = got // BLCKSZ
-            if blocks >= n:
-                prior = AioResult(OK, n)
-            elif blocks:
-                prior = AioResult(PARTIAL, blocks, 0, CallbackId.SMGR_READV, got)
-            else:  # past the relation's end, as SmgrIo.report words it
-                path = self.smgr.segment_path(rel, fork, block // self.smgr.segment_size)
-                error = short_transfer_error(False, got, n * BLCKSZ,
-                                             f"{describe(rel, fork, block, n)} in file {path}")
-                prior = AioResult(ERROR, 0, 0, CallbackId.SMGR_READV, DataCorruptionError(
-                    str(error), relation=rel, fork=fork, block=block))
+            try:
+                got = self.smgr.read_into(rel, fork, block, views)
+            except Exception as exc:  # an OS error naming file and blocks: reported at the wait
+                prior = AioResult(ERROR, 0, 0, CallbackId.SMGR_READV, exc)
+            except BaseException:
+                with self._lock:
+                    for b in io.buf_ids:
+                        self._terminate_buffer_io_locked(self.descs[b], B.READ_FAILED,
+                                                         io_pin=False)
+                    self._io_done.notify_all()
+                raise
+            else:
+                blocks = got // BLCKSZ
+                if blocks >= n:
+                    prior = AioResult(OK, n)
+                elif blocks:
+                    prior = AioResult(PARTIAL, blocks, 0, CallbackId.SMGR_READV, got)
+                else:  # past the relation's end, as SmgrIo.report words it
+                    path = self.smgr.segment_path(rel, fork, block // self.smgr.segment_size)
+                    error = short_transfer_error(
+                        False, got, n * BLCKSZ, f"{describe(rel, fork, block, n)} in file {path}")
+                    prior = AioResult(ERROR, 0, 0, CallbackId.SMGR_READV, DataCorruptionError(
+                        str(error), relation=rel, fork=fork, block=block))
         result = self._read_complete(None, prior, io)
         elapsed = time.perf_counter_ns() - t0
         self._io_wait_ns += elapsed
@@ -1227,6 +1254,7 @@ class BufferManager:
         ret.op = IoOp.READV
         ret.nbytes = n * BLCKSZ
         ret.filled = True
+        return True
 
     def _judge_pages(self, problems: list, buf_ids: Sequence[int], block: int, zero: bool,
                      ignore: bool, bad: list[tuple[int, str]], zeroed: list[int],

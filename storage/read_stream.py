@@ -22,7 +22,9 @@ order. Behind that the stream keeps a look-ahead window of reads in flight:
   issues ``posix_fadvise(WILLNEED)`` for the runs ahead and reads each run when it is
   consumed (PostgreSQL's advice mode); with worker or io_uring on buffered files a range
   source advises the window beyond its reads in flight (``readahead``), half a window at a
-  time, so their concurrent reads keep the kernel's read-ahead going.
+  time, so their concurrent reads keep the kernel's read-ahead going; there a look-ahead
+  read whose pages the page cache already holds completes as it starts, in this thread
+  (``Aio.nowait_reads_inline``), and is consumed like any other finished read.
 
 Invariants:
 1. Buffers are returned in source order, each pinned once for the caller (the caller

@@ -143,6 +143,9 @@ class Smgr:
         self._segment_bytes = segment_size * BLCKSZ
         self._io_direct = bool(io_direct)
         self._files = FdCache(max_files, os.O_DIRECT if io_direct else 0)
+        # Set when preadv RWF_NOWAIT came back EOPNOTSUPP (a kernel or file system without
+        # non-blocking buffered reads): read_into_nowait then declines at once.
+        self._nowait_unsupported = False
         # (rel, fork) -> number of leading segments known to be full. Only this Smgr's
         # truncate/unlink shrink files, and they lower it. Guarded by _segments_lock, which
         # also serializes adding segments.
@@ -502,6 +505,51 @@ class Smgr:
             self._files.release(path, fd)
         self._count_reads(calls, done)
         return done
+
+    def read_into_nowait(self, rel: int, fork: int, block: int, buffers: Sequence) -> bool:
+        """``read_into`` only if the OS page cache holds every byte: one preadv with
+        RWF_NOWAIT in this thread, which never waits for the device. True when all of
+        ``buffers`` was filled (counted as one read); False when it could not be done
+        without blocking or in full (a page not cached, end of file, ``io_direct``, an OS
+        error, no RWF_NOWAIT here): then the buffers' contents are undefined and the
+        caller reads them the usual way, which reports any error. Bad arguments raise as
+        ``read_into``'s do."""
+        if self._io_direct or self._nowait_unsupported:
+            return False
+        f = _FORK_BY_NUMBER.get(fork) if type(fork) in _FORK_TYPES else None
+        if (f is None or type(rel) is not int or not 0 < rel <= MAX_RELFILENUMBER
+                or type(block) is not int or not 0 <= block <= MAX_BLOCK_NUMBER):
+            f = self._check_relation(rel, fork)  # raises naming the bad argument
+            self._check_block(block, "block")
+        if len(buffers) == 1 and (want := len(buffers[0])) and not want % BLCKSZ:
+            n = want // BLCKSZ
+        else:
+            n = self._check_buffers(buffers, block, wide=True)  # raises naming the size
+            if n == 0:
+                raise ValueError("a read needs at least one buffer")
+            want = n * BLCKSZ
+        self._check_open()
+        segno, in_segment = divmod(block, self._segment_size)
+        if in_segment + n > self._segment_size:
+            raise ValueError(f"{describe(rel, f, block, n)} cross a segment boundary; "
+                             f"split with maxcombine() (at most {self._segment_size - in_segment})")
+        path = self._segment_path(rel, f, segno)
+        try:
+            fd = self._files.acquire(path)
+        except IOFailure:
+            return False  # the usual read opens it again and names the failure
+        try:
+            got = osfile.preadv_nowait(fd, buffers, in_segment * BLCKSZ)
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                self._nowait_unsupported = True  # this file system or kernel: never again
+            return False
+        finally:
+            self._files.release(path, fd)
+        if got != want:
+            return False
+        self._count_reads(1, got)
+        return True
 
     def _in_pieces(self, piece: Callable[[int, Fork, int, Sequence], None], rel: int,
                    fork: Fork, block: int, buffers: Sequence) -> None:

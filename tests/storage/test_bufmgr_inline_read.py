@@ -285,8 +285,11 @@ def test_two_step_reads_complete_at_start_under_sync_and_report_at_the_wait(file
     on handles. A read stream whose third block is damaged hands out block 0 (and never a
     block of the failed read) before raising DataCorruptionError naming block 2: the
     failure is reported when the stream reaches it, on every method; nothing stays
-    pinned."""
+    pinned. (Worker and io_uring would read these cached pages inline too: that is
+    turned off here, so their handle path is what is checked; test_bufmgr_nowait_read.py
+    checks it on.)"""
     smgr, aio = files
+    aio.nowait_reads_inline = False
     bm = BufferManager(smgr, aio, shared_buffers=16, io_combine_limit=4)
     by_handle = handle_reads(aio)
     counted = aio.stats().total("readv")
