@@ -42,8 +42,8 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, repeat
-from operator import itemgetter
+from itertools import accumulate, chain, compress, repeat
+from operator import eq, itemgetter
 from typing import NamedTuple
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite, XidSnapshot
@@ -57,14 +57,22 @@ from slonik.engine.access.btree_page import (
     extract_leaf_py,
 )
 from slonik.engine.access.heap import Heap
-from slonik.engine.access.heap_fetch import NO_TUPLE, OPT_RETRY, fetch_tuple, gather_heap
+from slonik.engine.access.heap_fetch import (
+    C_RANGE_ROWS,
+    NO_TUPLE,
+    OPT_RETRY,
+    VISIBLE,
+    fetch_tuple,
+    gather_heap,
+    gather_heap_rows,
+)
 from slonik.engine.access.keycodec import (
     columns_encoder,
     key_encoder,
     prefix_end,
     value_encoder,
 )
-from slonik.engine.access.tuple import HeapTuple, Tid
+from slonik.engine.access.tuple import HeapTuple, RowCodec, Tid
 from slonik.engine.catalog import IndexEntry
 from slonik.storage.page import BLCKSZ, HEADER_SIZE
 
@@ -80,7 +88,7 @@ __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
            "HeapBatch", "point_entries", "point_entries_py", "POINT_ENTRIES_MAX",
            "BatchTids", "batch_tids", "batch_tids_py", "BATCH_TIDS_MAX", "BATCH_TIDS_C_MIN",
-           "POINT_OTHER"]
+           "POINT_OTHER", "fetch_rows"]
 
 _TID = struct.Struct(">IH")
 TID_SUFFIX_BYTES = _TID.size
@@ -531,6 +539,80 @@ def fetch_batched(heap: Heap, key_batches: Iterable[list[bytes]],
                 if len(whole) > INDEX_SCAN_BATCH_ENTRIES else whole
             yield _fetch_batch(heap, batch, nblocks, snapshot)
             nblocks = heap.nblocks()
+
+
+def fetch_rows(heap: Heap, codec: RowCodec, index: TableIndex,
+               key_batches: Iterable[list[bytes]], snapshot: XidSnapshot
+               ) -> Iterator[list[tuple]]:
+    """The rows of ``fetch_batched``'s visible tuples (a range scan's rows, without
+    their TIDs), a list per batch, each row re-checked against its entry's key (a slot
+    reused since the entry was read holds another key: skipped), decoded by ``codec``.
+    With the C helper a batch is two C calls and no interpreted step per entry or page:
+    its TIDs numbered into C arrays (``slk_ix_batch_tids``, only the distinct blocks
+    come back as a list) and, when every page is in the pool, the tuples judged,
+    gathered and laid out as columns in one call under the descriptor lock
+    (``heap_fetch.gather_heap_rows``); a page not in the pool, or a writer on one, takes
+    ``gather_heap``'s pins, read stream and share locks for that batch."""
+    if _lib is None or not C_RANGE_ROWS:
+        keys_of_rows = index.keys_of_rows
+        for b in fetch_batched(heap, key_batches, snapshot):
+            sel = [i for i, st in enumerate(b.status) if st == VISIBLE]
+            rows = codec.decode_run(b.data, list(map(b.starts.__getitem__, sel)),
+                                    list(map(b.ends.__getitem__, sel)))
+            yield _same_keys(keys_of_rows(rows), list(map(b.keys.__getitem__, sel)), rows)
+        return
+    nblocks = heap.nblocks()
+    for whole in key_batches:
+        for first in range(0, len(whole), INDEX_SCAN_BATCH_ENTRIES):
+            ks = whole[first:first + INDEX_SCAN_BATCH_ENTRIES] \
+                if len(whole) > INDEX_SCAN_BATCH_ENTRIES else whole
+            rows = _fetch_rows_batch(heap, codec, index, ks, nblocks, snapshot)
+            if rows:
+                yield rows
+            nblocks = heap.nblocks()
+
+
+def _fetch_rows_batch(heap: Heap, codec: RowCodec, index: TableIndex, ks: list[bytes],
+                      nblocks: int, snapshot: XidSnapshot) -> list[tuple]:
+    """``fetch_rows``' work for one batch of entry keys ``ks`` (non-empty, at most
+    ``BATCH_TIDS_MAX``) with the C helper."""
+    n = len(ks)
+    tls = _tls
+    if getattr(tls, "bt_out", None) is None:
+        _tids_arrays()
+    tls.bt_ends[0:n] = list(accumulate(map(len, ks)))
+    joined = b"".join(ks)
+    nd = tls.bt_nd
+    past = _lib.slk_ix_batch_tids(joined, len(joined), tls.bt_ends, n, nblocks, tls.bt_out,
+                                  tls.bt_distinct, nd)
+    if past > 0 and heap.nblocks() != nblocks:   # grown since: look again before dropping
+        nblocks = heap.nblocks()
+        past = _lib.slk_ix_batch_tids(joined, len(joined), tls.bt_ends, n, nblocks,
+                                      tls.bt_out, tls.bt_distinct, nd)
+    if past < 0:   # a key too short for a TID: the reference raises naming its length
+        batch_tids_py(ks, nblocks)
+        raise AssertionError("slk_ix_batch_tids refused keys the reference accepts")
+    if past == n:
+        return []
+    distinct = memoryview(_ffi.buffer(tls.bt_distinct, 4 * nd[0])).cast("I").tolist()
+    out = tls.bt_out
+    got = gather_heap_rows(heap, distinct, out + 3 * n, out + 4 * n, n, snapshot, codec)
+    if got.sel is not None:
+        ks = list(map(ks.__getitem__, got.sel))
+    return _same_keys(index.keys_of_rows(got.rows),
+                      list(map(bytes.__getitem__, ks, repeat(_KEY_PART))), got.rows)
+
+
+def _same_keys(row_keys: list[bytes], entry_keys: list[bytes], rows: list[tuple]
+               ) -> list[tuple]:
+    """``rows`` less those whose key (``row_keys``) is not their entry's (``entry_keys``,
+    without the TID): the index scan's re-check, column-wise."""
+    same = list(map(eq, row_keys, entry_keys))
+    return rows if all(same) else list(compress(rows, same))
+
+
+# An entry key less its TID suffix, as a constant slice (C-level map over a batch's keys).
+_KEY_PART = slice(0, -TID_SUFFIX_BYTES)
 
 
 class BatchTids(NamedTuple):

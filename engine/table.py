@@ -52,6 +52,7 @@ from slonik.engine.index import (
     TableIndex,
     check_index,
     fetch_batched,
+    fetch_rows,
     split_entry_key,
 )
 from slonik.engine.relation import Relation, RelationState
@@ -532,11 +533,12 @@ class Table:
 
     def _range(self, idx: TableIndex, lo: bytes | None, hi: bytes | None,
                reverse: bool) -> Iterator[tuple]:
-        """``range``'s rows in one snapshot, checked as ``_guarded`` checks them."""
+        """``range``'s rows in one snapshot, checked as ``_guarded`` checks them: the
+        entries a leaf (or a few) at a time, each batch's rows fetched, decoded and
+        re-checked by ``index.fetch_rows`` (no TIDs: a range returns rows only)."""
         def batches(snap: Snapshot) -> Iterator[Sequence[tuple]]:
             entries = idx.entry_key_batches(lo, hi, reverse=reverse)
-            for _tids, rows in self._row_batches(idx, entries, snap):
-                yield rows
+            return fetch_rows(self._heap, self._codec, idx, entries, self._xid_snapshot(snap))
 
         return self._guarded(batches)
 

@@ -96,6 +96,15 @@ int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, i
 /* --- run copy of pinned pages (seqlock) --- */
 uint32_t slk_seq_copy_pages(const uint8_t *pool, const uint32_t *seq, uint32_t nbuffers,
                             const uint32_t *bufs, uint32_t n, uint8_t *out);
+/* --- index range fetch --- */
+int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
+                      int npages, uint32_t *seen, const uint32_t *page_of,
+                      const uint32_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
+                      const uint64_t *excluded, int nexcluded, uint8_t *out,
+                      uint32_t out_cap, uint32_t *sel, uint32_t *vstart, uint32_t *vend,
+                      int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
+                      uint8_t *fixed_out, uint32_t *var_out, uint8_t *joined_out,
+                      uint32_t *joined_len, uint8_t *joined_ok, int *layout);
 """
 
 SOURCE = r"""
@@ -1359,6 +1368,62 @@ uint32_t slk_seq_copy_pages(const uint8_t *pool, const uint32_t *seq, uint32_t n
             return k;
     }
     return n;
+}
+
+/* --- index range fetch --- (engine/access/heap_fetch.py: gather_rows_py is the Python
+ * reference; tests/engine/test_range_fetch_c.py compares them)
+ * An index scan's batch in one call: slk_heap_gather_opt's judgement of the tuples at
+ * (page_of[k], offnums[k]) for k < n over pool buffers bufs[0..npages) read without
+ * content locks (the caller keeps each VALID and holding its block: pins, or the
+ * descriptor lock), the visible ones' data copied to out one after another (visible tuple m is
+ * request sel[m], its data out[vstart[m], vend[m])), the change counters re-checked, and
+ * then slk_row_layout over that private copy (its result in *layout; 0 when no tuple is
+ * visible), so the row decoder gets its column arrays without a second call. Offnums are
+ * u32 as slk_ix_batch_tids writes them (0: no tuple). Returns the visible count, or
+ * SLK_OPT_RETRY when a writer held a page meanwhile, a request names a page outside the
+ * list, a slot is flawed or out is too small (the caller takes the locked path, which
+ * decides or raises naming the slot). */
+int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
+                      int npages, uint32_t *seen, const uint32_t *page_of,
+                      const uint32_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
+                      const uint64_t *excluded, int nexcluded, uint8_t *out,
+                      uint32_t out_cap, uint32_t *sel, uint32_t *vstart, uint32_t *vend,
+                      int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
+                      uint8_t *fixed_out, uint32_t *var_out, uint8_t *joined_out,
+                      uint32_t *joined_len, uint8_t *joined_ok, int *layout)
+{
+    *layout = 0;
+    for (int p = 0; p < npages; p++) {
+        seen[p] = __atomic_load_n(seq + bufs[p], __ATOMIC_ACQUIRE);
+        if (seen[p] & 1) return SLK_OPT_RETRY;
+    }
+    uint32_t pos = 0;
+    int m = 0;
+    for (int k = 0; k < n; k++) {
+        if (page_of[k] >= (uint32_t)npages) return SLK_OPT_RETRY;
+        const uint8_t *page = pool + (size_t)bufs[page_of[k]] * BLCKSZ;
+        uint32_t off = 0, len = 0, s = pos, e = 0;
+        uint8_t st = 0;
+        int got = heap_slot_once(page, offnums[k], &off, &len);
+        if (got < 0) return SLK_OPT_RETRY;
+        if (got == 0) continue;
+        if (!gather_tuple(page, off, len, snap_xmax, own, excluded, nexcluded, out, out_cap,
+                          &pos, &st, &e))
+            return SLK_OPT_RETRY;
+        if (st == 2) {
+            sel[m] = (uint32_t)k;
+            vstart[m] = s;
+            vend[m] = e;
+            m++;
+        }
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    for (int p = 0; p < npages; p++)
+        if (__atomic_load_n(seq + bufs[p], __ATOMIC_RELAXED) != seen[p]) return SLK_OPT_RETRY;
+    if (m)
+        *layout = slk_row_layout(out, m, vstart, vend, nb, nfixed, fixed_sizes, nvar,
+                                 fixed_out, var_out, joined_out, joined_len, joined_ok);
+    return m;
 }
 """
 

@@ -22,7 +22,8 @@ keeps many in flight. Before any page is written, WAL is flushed up to its LSN t
 injected ``flush_wal(lsn)`` (WAL before data).
 
 Invariants:
-1. A buffer's content is touched only while it is pinned; a pinned buffer is never evicted.
+1. A buffer's content is touched only while it is pinned (or, for ``read_cached``'s one
+   short read, while the descriptor lock is held); a pinned buffer is never evicted.
 2. IO_IN_PROGRESS has one owner; an I/O's own pin (taken at stage, dropped at completion)
    keeps the buffer from reuse while the kernel may still write into it.
 3. A buffer becomes VALID only after its page verified (or was zeroed/ignored by the
@@ -61,6 +62,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import compress, repeat
 
 from slonik.aio.callbacks import IoCallbacks
 from slonik.aio.core import Aio
@@ -148,6 +150,9 @@ assert all((s, _READING) in _LEGAL_EDGES for s in _CLAIMABLE_VICTIM)
 
 _FLAGS = operator.attrgetter("flags")          # of a descriptor, in C-level loops
 _REFCOUNT = operator.attrgetter("refcount")
+_USAGE_COUNT = operator.attrgetter("usage_count")
+# The states whose page is readable (BM_VALID set): read_cached's test, one set operation.
+_VALID_FLAGS = frozenset(int(s) for s in BufferState if s & BM_VALID)
 
 
 def seq_copy_pages_py(pool: memoryview, seq: Sequence[int], nbuffers: int,
@@ -983,6 +988,36 @@ class BufferManager:
                 out.append(-1)
             self._hits += hits
         return out
+
+    def read_cached(self, rel: int, fork: int, blocks: Sequence[int],
+                    read: Callable[[list[int]], object]) -> object:
+        """``read(bufs)`` (per block its buffer id) when every one of ``blocks`` is VALID
+        in the pool, called while the descriptor lock is held; None, without calling it,
+        when some block is not (pin it the usual way: ``pin_cached``, a read stream).
+
+        The held lock stands in for pins (invariant 1): no buffer is retagged, read into
+        or dropped without it, so for the call every buffer stays VALID with its block,
+        and ``read`` may read the pages without content locks under their change counters
+        (invariant 8). It must be short and touch nothing that takes this lock: it is one
+        C call (an index scan's batch: its heap tuples judged, gathered and laid out). So
+        an all-hit batch takes no pin or unpin, and no interpreted step per block: the
+        lookups, the state test and the usage counts (raised only below the maximum) go
+        in C-level passes; the hits count as pin_cached's."""
+        fork = int(fork)
+        table, descs = self._table, self.descs
+        tags = zip(repeat(rel), repeat(fork), blocks)
+        with self._lock:
+            bufs = list(map(table.get, tags))
+            if None in bufs:
+                return None
+            ds = list(map(descs.__getitem__, bufs))
+            if not _VALID_FLAGS.issuperset(map(_FLAGS, ds)):
+                return None
+            for d in compress(ds, map(operator.gt, repeat(BM_MAX_USAGE_COUNT),
+                                      map(_USAGE_COUNT, ds))):
+                d.usage_count += 1
+            self._hits += len(bufs)
+            return read(bufs)
 
     def cached(self, rel: int, fork: int, block: int, n: int) -> bool:
         """Whether blocks block..+n-1 are all VALID in the pool (no pins taken)."""

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from itertools import repeat
 from typing import NamedTuple
 
-from slonik.engine.access.tuple import slot_tuple
+from slonik.engine.access.tuple import layout_scratch, slot_tuple
 from slonik.storage.page import BLCKSZ
 from slonik.storage.read_stream import ReadStream
 
@@ -61,10 +61,14 @@ except ImportError:
     _ffi = _lib = None
 
 __all__ = ["tuples_at_py", "gather", "gather_py", "gather_heap", "gather_pool", "Gathered",
-           "fetch_pages", "fetch_tuple", "C_GATHER", "PIN_BATCH_PAGES",
+           "fetch_pages", "fetch_tuple", "C_GATHER", "PIN_BATCH_PAGES", "GatheredRows",
+           "C_RANGE_ROWS", "gather_rows_py", "gather_rows_pool", "gather_heap_rows",
            "NO_TUPLE", "INVISIBLE", "VISIBLE", "OPT_RETRY"]
 
 C_GATHER = _lib is not None  # whether gather runs in C
+# whether an index range scan's batch is judged, gathered and laid out in one C call
+# (gather_rows_pool; an older build of the module lacks it)
+C_RANGE_ROWS = C_GATHER and hasattr(_lib, "slk_ix_range_rows")
 # what an optimistic C read returns when a writer held a page meanwhile (take the lock)
 OPT_RETRY = _lib.SLK_OPT_RETRY if _lib is not None else -3
 # gather's per-thread output buffer, grown when a batch needs more (bytes).
@@ -194,10 +198,16 @@ def _prepare(tls, page_of: Sequence[int], offnums: Sequence[int], npages: int,
     out = getattr(tls, "gather_out", None)
     if out is None or len(out) < cap:
         out = tls.gather_out = _ffi.new("uint8_t[]", max(cap, GATHER_BUFFER_BYTES))
+    _excluded_array(tls, excluded)
+    return out
+
+
+def _excluded_array(tls, excluded: Sequence[int]) -> None:
+    """``tls.excluded``: the snapshot's excluded xids as a C array (the last one's kept
+    while the same object comes again)."""
     if getattr(tls, "excluded_of", None) is not excluded:
         tls.excluded = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
         tls.excluded_of = excluded
-    return out
 
 
 def _gathered(tls, n: int, out, got: int) -> Gathered:
@@ -257,6 +267,93 @@ def gather_pool(bm, bufs: Sequence[int], page_of: Sequence[int], offnums: Sequen
     if got < 0:
         return None
     return _gathered(tls, n, out, got)
+
+
+class GatheredRows(NamedTuple):
+    """``gather_rows``' answer: the visible requests' indices in request order (None:
+    every request) and their rows, decoded."""
+
+    sel: list[int] | None
+    rows: list[tuple]
+
+
+def gather_rows_py(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int],
+                   snapshot: tuple[int, int, Sequence[int]], codec, *, rel: int = 0,
+                   fork: int = 0, blocks: Sequence[int] = ()) -> GatheredRows:
+    """Reference of ``gather_rows_pool`` (and what a batch falls back to): ``gather_py``,
+    then the visible tuples' rows decoded by ``codec`` (a ``RowCodec``) one by one."""
+    g = gather_py(pages, page_of, offnums, snapshot, rel=rel, fork=fork, blocks=blocks)
+    return _rows_of(g, codec.decode_run_py)
+
+
+def _rows_of(g: Gathered, decode_run) -> GatheredRows:
+    """The visible tuples of ``g`` decoded by ``decode_run``."""
+    if g.status.count(VISIBLE) == len(g.status):
+        return GatheredRows(None, decode_run(g.data, g.starts, g.ends))
+    sel = [k for k, st in enumerate(g.status) if st == VISIBLE]
+    return GatheredRows(sel, decode_run(g.data, list(map(g.starts.__getitem__, sel)),
+                                        list(map(g.ends.__getitem__, sel))))
+
+
+def gather_rows_pool(bm, bufs: Sequence[int], page_of, offnums, n: int,
+                     snapshot: tuple[int, int, Sequence[int]], codec) -> GatheredRows | None:
+    """``gather_rows_py``'s answer for the pool pages of ``bufs`` (VALID, kept so by pins
+    or the descriptor lock, not content-locked) in one C call (``slk_ix_range_rows``:
+    ``gather_pool``'s lock-free judgement and copy under the change counters, then the
+    row layout of the copy), the rows built by ``RowCodec.rows_from_layout``. ``page_of``
+    and ``offnums`` are C ``uint32_t`` arrays of ``n`` requests (``index.batch_tids``'
+    own output: no list round trip). None when a writer held a page meanwhile or a slot
+    is flawed (take the locks), or the C helper or the counters are absent."""
+    seq = getattr(bm, "seq", None)
+    if not C_RANGE_ROWS or seq is None or n == 0:
+        return None
+    npages = len(bufs)
+    snap_xmax, own, excluded = snapshot
+    tls = _scratch(n, npages)
+    nb, nfixed, fixed_sizes, nvar = codec.layout_args
+    sc = layout_scratch(n, npages * BLCKSZ, nvar, codec.fixed_size)
+    _excluded_array(tls, excluded)
+    tls.bufs[0:npages] = bufs
+    m = _lib.slk_ix_range_rows(bm.c_pool, seq, tls.bufs, npages, tls.seen, page_of, offnums,
+                               n, snap_xmax, own, tls.excluded, len(excluded), sc.out,
+                               sc.nbytes, sc.sel, sc.starts, sc.ends, nb, nfixed,
+                               fixed_sizes, nvar, sc.fixed_out, sc.var_out, sc.joined,
+                               sc.joined_len, sc.joined_ok, sc.layout)
+    if m < 0:
+        return None
+    sel = None if m == n else memoryview(_ffi.buffer(sc.sel, 4 * m)).cast("I").tolist()
+    if m == 0:
+        return GatheredRows(sel, [])
+    rows = codec.rows_from_layout(_ffi.buffer(sc.out), m, sc) if sc.layout[0] == 0 else None
+    if rows is None:   # a NULL, or a row that does not decode: row by row (raises naming it)
+        end = memoryview(_ffi.buffer(sc.ends, 4 * m)).cast("I").tolist()
+        rows = codec.decode_run_py(_ffi.buffer(sc.out, end[-1])[:],
+                                   memoryview(_ffi.buffer(sc.starts, 4 * m)).cast("I").tolist(),
+                                   end)
+    return GatheredRows(sel, rows)
+
+
+def gather_heap_rows(heap, blocks: Sequence[int], page_of, offnums, n: int,
+                     snapshot: tuple[int, int, Sequence[int]], codec) -> GatheredRows:
+    """The visible rows of the tuples at (``blocks[page_of[k]]``, ``offnums[k]``), k < n,
+    of ``heap`` (``blocks`` distinct and below ``nblocks()``; ``page_of``/``offnums`` C
+    ``uint32_t`` arrays, as ``gather_rows_pool`` takes them) as ``snapshot`` sees them,
+    decoded by ``codec``. An index range scan's batch: when every page is in the pool, one
+    C call under the descriptor lock and no pins (``BufferManager.read_cached`` around
+    ``gather_rows_pool``); otherwise, or when a writer held a page meanwhile,
+    ``gather_heap`` (pins, a read stream for the pages not cached, share locks when
+    needed) and ``RowCodec.decode_run``. Needs the C helper (``C_GATHER``): without it an
+    index scan takes ``gather_heap`` itself."""
+    bm = heap.bufmgr
+    if C_RANGE_ROWS and blocks and bm.seq is not None and \
+            len(blocks) <= max(1, min(PIN_BATCH_PAGES, bm.nbuffers // 8)):
+        got = bm.read_cached(heap.rel, heap.fork, blocks,
+                             lambda bufs: gather_rows_pool(bm, bufs, page_of, offnums, n,
+                                                           snapshot, codec))
+        if got is not None:
+            return got
+    g = gather_heap(heap, blocks, _ffi.unpack(page_of, n), _ffi.unpack(offnums, n), snapshot)
+    return _rows_of(g, codec.decode_run)
 
 
 def fetch_pages(heap, blocks: Sequence[int]) -> list[bytes]:

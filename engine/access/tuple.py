@@ -37,6 +37,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -65,13 +66,20 @@ _new_unzeroed = None if _ffi is None else _ffi.new_allocator(should_clear_after_
 # cost (~5 us: its arrays and a pass per column) is more than a few rows' decode (~0.6 us
 # each for 4 columns); the two are equal near 12-16 rows.
 DECODE_RUN_C_MIN_ROWS = 12
+# layout_scratch's arrays are made for at least this many rows and bytes of row data (an
+# index scan's batch: index.INDEX_SCAN_BATCH_ENTRIES rows from up to as many pages), and
+# grown when a run needs more; one set per thread, reused (the C call writes every byte it
+# hands back).
+LAYOUT_SCRATCH_ROWS = 256
+LAYOUT_SCRATCH_BYTES = 1 << 20
+_tls = threading.local()
 
 __all__ = [
     "TUPLE_HEADER_SIZE", "MAX_TUPLE_DATA_BYTES", "MAX_TUPLE_DATA", "MAX_COLUMNS",
     "HEAP_UPDATED", "HEAP_XMAX_UPDATE", "HEAP_VALID_FLAG_BITS", "COLUMN_TYPES",
     "Tid", "HeapTuple", "TupleTooLargeError", "TupleFormatError",
     "pack_tuple", "unpack_tuple", "unpack_tuple_header", "check_data_size",
-    "encode_kv", "decode_kv", "KV_HEADER_SIZE", "RowCodec", "slot_tuple",
+    "encode_kv", "decode_kv", "KV_HEADER_SIZE", "RowCodec", "slot_tuple", "layout_scratch",
 ]
 
 _HEADER = struct.Struct("<QQHIxx")
@@ -254,6 +262,40 @@ def decode_kv(data) -> tuple[bytes, bytes]:
 
 # ---------------------------------------------------------------------------- row codec
 
+class _LayoutScratch:
+    """One thread's arrays of ``slk_row_layout`` (and of the index range fetch, which
+    ends in it): rows' bounds in, column layout out; capacities in rows, bytes of row
+    data, text/bytea columns and fixed-width bytes per row."""
+
+    def __init__(self, rows: int, nbytes: int, nvar: int, fixed: int) -> None:
+        self.rows, self.nbytes, self.nvar, self.fixed = rows, nbytes, nvar, fixed
+        self.starts = _new_unzeroed("uint32_t[]", rows)
+        self.ends = _new_unzeroed("uint32_t[]", rows)
+        self.sel = _new_unzeroed("uint32_t[]", rows)
+        self.fixed_out = _new_unzeroed("uint8_t[]", max(fixed, 1) * rows)
+        self.var_out = _new_unzeroed("uint32_t[]", 2 * max(nvar, 1) * rows)
+        self.joined = _new_unzeroed("uint8_t[]", nbytes + max(nvar, 1) * rows + 1)
+        self.joined_len = _ffi.new("uint32_t[]", max(nvar, 1))
+        self.joined_ok = _ffi.new("uint8_t[]", max(nvar, 1))
+        self.out = _new_unzeroed("uint8_t[]", nbytes)
+        self.layout = _ffi.new("int *")
+
+
+def layout_scratch(rows: int, nbytes: int, nvar: int, fixed: int) -> _LayoutScratch:
+    """This thread's ``_LayoutScratch`` with room for ``rows`` rows of ``nbytes`` bytes of
+    row data with ``nvar`` text/bytea columns and ``fixed`` fixed-width bytes per row
+    (made on first use, grown on demand, never per call: a C call's results are copied
+    out before the next call reuses them)."""
+    sc = getattr(_tls, "layout", None)
+    if sc is None or sc.rows < rows or sc.nbytes < nbytes or sc.nvar < nvar or \
+            sc.fixed < fixed:
+        sc = _tls.layout = _LayoutScratch(
+            max(rows, LAYOUT_SCRATCH_ROWS, sc.rows if sc else 0),
+            max(nbytes, LAYOUT_SCRATCH_BYTES, sc.nbytes if sc else 0),
+            max(nvar, sc.nvar if sc else 0), max(fixed, sc.fixed if sc else 0))
+    return sc
+
+
 COLUMN_TYPES = ("int8", "float8", "text", "bytea", "bool")
 _bool = bool
 _FIXED_CODE = {"int8": "q", "float8": "d", "bool": "?"}
@@ -294,6 +336,7 @@ class RowCodec:
         # decode_run's C layout: the fixed-width part alone, and which values are text.
         self._fixed_struct = struct.Struct(
             "<" + "".join(_FIXED_CODE[self.types[i]] for i in self._fixed))
+        self.fixed_size = self._fixed_struct.size   # fixed-width bytes per row
         self._text_var = tuple(self.types[i] == "text" for i in self._var)
         self._fixed_layout = tuple((i, _FIXED_CODE[self.types[i]],
                                     struct.calcsize(_FIXED_CODE[self.types[i]]))
@@ -316,38 +359,49 @@ class RowCodec:
     def decode_run(self, buf: bytes, starts: Sequence[int], ends: Sequence[int]) -> list[tuple]:
         """The rows ``buf[starts[i]:ends[i]]`` (``buf`` bytes, e.g. a run of heap pages),
         decoded as ``decode`` does each, with the same errors. One C call lays the run
-        out column by column: each fixed-width column becomes a list with one
-        ``memoryview.cast().tolist()``, each text/bytea column with one decode and split
-        of its values joined by NULs (or slices, when a value holds a NUL). Rows with a
-        NULL, or that do not decode, go row by row (which raises naming the flaw)."""
+        out column by column (``slk_row_layout``, into this thread's scratch arrays,
+        ``layout_scratch``), then ``rows_from_layout`` builds the rows. Rows with a NULL,
+        or that do not decode, go row by row (which raises naming the flaw)."""
         n = len(starts)
         if _lib is None or n == 0 or n < DECODE_RUN_C_MIN_ROWS or type(buf) is not bytes:
             return self.decode_run_py(buf, starts, ends)
-        fixed_size = self._fixed_struct.size
-        nvar = len(self._var)
-        new = _ffi.new
-        fixed_out = _new_unzeroed("uint8_t[]", n * fixed_size or 1)
-        var_out = _new_unzeroed("uint32_t[]", 2 * nvar * n or 1)
-        joined = _new_unzeroed("uint8_t[]", len(buf) + nvar * n + 1) if nvar else _ffi.NULL
-        joined_len = new("uint32_t[]", nvar or 1)
-        joined_ok = new("uint8_t[]", nvar or 1)
-        got = _lib.slk_row_layout(_ffi.from_buffer(buf), n, new("uint32_t[]", starts),
-                                  new("uint32_t[]", ends), self.bitmap_size,
-                                  len(self._fixed), self._c_fixed_sizes, nvar, fixed_out,
-                                  var_out, joined, joined_len, joined_ok)
-        if got != 0:
-            return self.decode_run_py(buf, starts, ends)
+        sc = layout_scratch(n, len(buf), len(self._var), self.fixed_size)
+        sc.starts[0:n] = starts
+        sc.ends[0:n] = ends
+        nb, nfixed, fixed_sizes, nvar = self.layout_args
+        got = _lib.slk_row_layout(_ffi.from_buffer(buf), n, sc.starts, sc.ends, nb, nfixed,
+                                  fixed_sizes, nvar, sc.fixed_out, sc.var_out, sc.joined,
+                                  sc.joined_len, sc.joined_ok)
+        rows = self.rows_from_layout(buf, n, sc) if got == 0 else None
+        return self.decode_run_py(buf, starts, ends) if rows is None else rows
+
+    @property
+    def layout_args(self) -> tuple:
+        """``slk_row_layout``'s schema arguments: (null bitmap bytes, fixed-width column
+        count, their sizes as a C array, variable-width column count)."""
+        return self.bitmap_size, len(self._fixed), self._c_fixed_sizes, len(self._var)
+
+    def rows_from_layout(self, buf, n: int, sc) -> list[tuple] | None:
+        """The ``n`` rows a successful ``slk_row_layout`` (result 0) laid out into the
+        scratch ``sc`` (``layout_scratch``) from ``buf`` (bytes, or a cffi buffer: slices
+        of it are bytes): each fixed-width column one ``memoryview.cast().tolist()``, each
+        text/bytea column one decode and split of its values joined by NULs (or slices of
+        ``buf``, when a value holds a NUL). None when a text value is not UTF-8 (decode
+        row by row: that raises naming it)."""
         cols: list = [None] * len(self.types)
+        fixed_size = self.fixed_size
         if fixed_size:
-            fixed = memoryview(_ffi.buffer(fixed_out, n * fixed_size))
+            fixed = memoryview(_ffi.buffer(sc.fixed_out, n * fixed_size))
             at = 0
             for i, code, size in self._fixed_layout:
                 part = fixed[n * at:n * (at + size)]
                 # bool: any non-zero byte is True, as struct's "?" reads it
                 cols[i] = list(map(_bool, part)) if code == "?" else part.cast(code).tolist()
                 at += size
+        nvar = len(self._var)
         if nvar:
-            values = _ffi.buffer(joined)
+            values = _ffi.buffer(sc.joined)
+            joined_len, joined_ok = sc.joined_len, sc.joined_ok
             at = 0
             bounds = None
             for j, i in enumerate(self._var):
@@ -359,12 +413,12 @@ class RowCodec:
                         cols[i] = part.decode().split("\0") if text else part.split(b"\0")
                     else:
                         if bounds is None:
-                            bounds = memoryview(_ffi.buffer(var_out, 8 * nvar * n)).cast("I").tolist()
+                            bounds = memoryview(_ffi.buffer(sc.var_out, 8 * nvar * n)).cast("I").tolist()
                         b = 2 * j * n
                         vals = map(buf.__getitem__, map(slice, bounds[b:b + n], bounds[b + n:b + 2 * n]))
                         cols[i] = list(map(bytes.decode, vals)) if text else list(vals)
                 except UnicodeDecodeError:
-                    return self.decode_run_py(buf, starts, ends)
+                    return None
                 at += size
         return list(zip(*cols, strict=True))
 
