@@ -53,8 +53,13 @@ from slonik.engine.access.btree_page import (
     EXTRACT_DONE,
     P_NONE,
     BTreePageError,
+    bt_item,
+    bt_item_count,
+    bt_special,
     extract_cut,
     extract_leaf_py,
+    unpack_entry,
+    unpack_pivot,
 )
 from slonik.engine.access.heap import Heap
 from slonik.engine.access.heap_fetch import (
@@ -83,12 +88,16 @@ try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
+# The point probe that also names a move right ("point probe" block); None in an older
+# build, where point_tuple probes with slk_ix_point_opt and walks the leaves instead.
+_point_step = getattr(_lib, "slk_ix_point_step_opt", None)
+_POINT_RIGHT = _lib.SLK_IX_POINT_RIGHT if _point_step is not None else None
 
 __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
            "HeapBatch", "point_entries", "point_entries_py", "POINT_ENTRIES_MAX",
            "BatchTids", "batch_tids", "batch_tids_py", "BATCH_TIDS_MAX", "BATCH_TIDS_C_MIN",
-           "POINT_OTHER", "fetch_rows"]
+           "POINT_OTHER", "fetch_rows", "point_right_py"]
 
 _TID = struct.Struct(">IH")
 TID_SUFFIX_BYTES = _TID.size
@@ -103,6 +112,10 @@ _EVERY_ENTRY = XidSnapshot(1 << 63, 0, ())
 # A point read of an index (``point_entries``) answers for at most this many entries; a key
 # shared by more is read by ``walk_leaves``.
 POINT_ENTRIES_MAX = 4
+# A point read moves right past at most this many leaves holding none of its key (a leaf
+# split exactly at the key, and empty leaves vacuum has not unlinked yet) before it
+# hands the key to the general path.
+POINT_MOVES_RIGHT_MAX = 4
 # ``batch_tids`` takes at most this many entry keys per C call (the C helper's bound;
 # fetch_batched's batches of INDEX_SCAN_BATCH_ENTRIES stay below it).
 BATCH_TIDS_MAX = _lib.SLK_IX_TIDS_MAX if _lib is not None else 512
@@ -250,8 +263,9 @@ class TableIndex:
         ``matching_keys`` must walk the leaves instead (or an entry starting with ``key``
         is longer: ``key`` was a prefix). One descent by the cached internal pages, one
         pin of one leaf and one C call (``point_entries``): a pool hit without the share
-        lock (``slk_ix_point_opt``: the leaf copied whole while no writer holds it, see
-        ``storage/bufmgr.py`` invariant 8), else under it."""
+        lock (``slk_ix_point_step_opt``: the leaf copied whole while no writer holds it,
+        see ``storage/bufmgr.py`` invariant 8; a leaf split exactly at the key sends the
+        probe right, ``_probe_right``), else under it."""
         tree = self.tree
         bm = tree.bufmgr
         epoch = tree._begin_read()
@@ -264,10 +278,13 @@ class TableIndex:
                     if out is None:
                         out = _point_arrays().point_out
                     try:
-                        n = _lib.slk_ix_point_opt(bm.c_pool, bm.seq, buf, key, len(key),
-                                                  POINT_ENTRIES_MAX, _tls.point_ents, out)
+                        n = (_point_step or _lib.slk_ix_point_opt)(
+                            bm.c_pool, bm.seq, buf, key, len(key), POINT_ENTRIES_MAX,
+                            _tls.point_ents, out)
                     finally:
                         bm.unpin(buf)
+                    if n == _POINT_RIGHT:   # the leaf split exactly at the key: move right
+                        n = _probe_right(tree, key, out)
                     got = _point_answer(n, out, len(key))
                     if got is not _UNDECIDED:
                         return got
@@ -308,25 +325,32 @@ class TableIndex:
         the leaf not in the pool or a writer holding it, no C helper. Visibility and the
         key re-check are the caller's, on the tuple returned, as after ``fetch_tuple``.
         Both pages are read as ``point_tids`` and ``fetch_tuple`` read them (pool hits
-        without the share lock: index.py invariant 4, heap_fetch.py invariant 4)."""
+        without the share lock: index.py invariant 4, heap_fetch.py invariant 4). A leaf
+        that holds none of the key while its high key starts with it (split exactly at
+        the key: ``slk_ix_point_step_opt`` says so) sends the probe to its right sibling,
+        as a Lehman & Yao reader moves right, instead of to the general path."""
         tree = self.tree
         bm = tree.bufmgr
-        if _lib is None or bm.seq is None:
+        seq = bm.seq
+        if _lib is None or seq is None:
             return POINT_OTHER
         tls = _tls
         out = getattr(tls, "point_out", None)
         if out is None:
             out = _point_arrays().point_out
+        step = _point_step or _lib.slk_ix_point_opt
         epoch = tree._begin_read()
         try:
             buf = bm.pin_if_valid(tree.rel, tree._forkno, tree._leaf_for(key))
             if buf < 0:
                 return POINT_OTHER
             try:
-                n = _lib.slk_ix_point_opt(bm.c_pool, bm.seq, buf, key, len(key),
-                                          POINT_ENTRIES_MAX, tls.point_ents, out)
+                n = step(bm.c_pool, seq, buf, key, len(key), POINT_ENTRIES_MAX,
+                         tls.point_ents, out)
             finally:
                 bm.unpin(buf)
+            if n == _POINT_RIGHT:
+                n = _probe_right(tree, key, out)
         finally:
             tree._end_read(epoch)
         if n != 1:
@@ -335,12 +359,12 @@ class TableIndex:
             return POINT_OTHER
         block, offnum = out[1], out[2]
         hbm = heap.bufmgr
-        buf = hbm.pin_if_valid(heap.rel, int(heap.fork), block)
+        buf = hbm.pin_if_valid(heap.rel, heap.fork, block)   # (Fork is an int: same tag)
         if buf < 0:   # not in the pool (or past the end): fetch_tuple reads it
             return fetch_tuple(heap, block, offnum)
         data = getattr(tls, "fetch_out", None)
-        if data is None:
-            tls.fetch_out = data = _ffi.new("uint8_t[]", BLCKSZ)
+        if data is None:   # char[]: ffi.unpack copies its first n bytes in one call
+            tls.fetch_out = data = _ffi.new("char[]", BLCKSZ)
             tls.fetch_meta = _ffi.new("uint64_t[]", 3)
         try:
             n = _lib.slk_heap_fetch_opt(hbm.c_pool, hbm.seq, buf, offnum, data, BLCKSZ,
@@ -352,7 +376,29 @@ class TableIndex:
         if n < 0:
             return None
         meta = tls.fetch_meta
-        return meta[0], meta[1], _ffi.buffer(data, n)[:]
+        return meta[0], meta[1], _ffi.unpack(data, n)
+
+
+def _probe_right(tree: BTree, key: bytes, out) -> int:
+    """``point_tuple``'s probe moved right: ``slk_ix_point_step_opt`` on the right
+    siblings, starting at ``out[0]``, while each holds none of ``key`` and its high key
+    starts with it (at most ``POINT_MOVES_RIGHT_MAX`` leaves); its answer there, or -2
+    (walk the leaves) when a sibling is not in the pool or the moves run out. The caller
+    is a registered reader (``BTree._begin_read``): a leaf it reaches is not recycled."""
+    bm = tree.bufmgr
+    ents = _tls.point_ents
+    for _ in range(POINT_MOVES_RIGHT_MAX):
+        buf = bm.pin_if_valid(tree.rel, tree._forkno, out[0])
+        if buf < 0:
+            return -2
+        try:
+            n = _point_step(bm.c_pool, bm.seq, buf, key, len(key), POINT_ENTRIES_MAX, ents,
+                            out)
+        finally:
+            bm.unpin(buf)
+        if n != _POINT_RIGHT:
+            return n
+    return -2
 
 
 # ``TableIndex.point_tuple``'s answer when the general path must decide.
@@ -436,6 +482,23 @@ def point_entries_py(page, prefix: bytes, entries_max: int) -> list[int] | None:
             return None
         out += (n, *_TID.unpack_from(page, flat[i + 1] - TID_SUFFIX_BYTES))
     return out
+
+
+def point_right_py(page, prefix: bytes) -> int:
+    """Reference of ``slk_ix_point_right``: the right-link of a live leaf (flags LEAF,
+    not DELETED, with a right sibling) that holds no entry whose key starts with
+    ``prefix`` and whose high key starts with it, so the entries starting with ``prefix``,
+    if any, begin right of it; else ``P_NONE``. BTreePageError for a page it cannot
+    read."""
+    special = bt_special(page)
+    if special.flags & BTP_DELETED or not special.flags & BTP_LEAF or special.next == P_NONE:
+        return P_NONE
+    if not unpack_pivot(bt_item(page, 1)).key.startswith(prefix):
+        return P_NONE
+    for offnum in range(2, bt_item_count(page) + 1):
+        if unpack_entry(bt_item(page, offnum)).key.startswith(prefix):
+            return P_NONE
+    return special.next
 
 
 def _point_arrays():

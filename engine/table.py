@@ -584,20 +584,27 @@ class Table:
             txn = layer.current()
             if txn is not None and txn.snapshot is not None:
                 return self._first_row(pk, prefix, txn.snapshot)
+            xacts = layer.xacts
+            if enc is not None:
+                # _first_row's usual case fused: one entry of a one-column key, its leaf
+                # and heap tuple read by one call (point_tuple), judged as the latest
+                # committed state (get(tid)'s rule, no snapshot to register and release).
+                # Only a visible row with the key is answered so: between the leaf read
+                # and the judgement a commit may end the version and vacuum may prune it
+                # and reuse its slot, which no registered snapshot holds back here, so
+                # anything else (no tuple, not visible, another key) is asked again below
+                # under a registered snapshot, which sees one consistent state.
+                t = pk.point_tuple(prefix, self._heap)
+                if t is not POINT_OTHER and t is not None:
+                    committed = xacts.is_committed
+                    if committed(t[0]) and not (t[1] and committed(t[1])):
+                        row = self._codec.decode(t[2])
+                        if enc(row[pk.positions[0]]) == prefix:
+                            return row
             # read_snapshot() inlined (a point read pays for every call layer): a
             # registered snapshot of the latest committed state, released after.
-            xacts = layer.xacts
             snap = xacts.snapshot()
             try:
-                if enc is not None:
-                    # _first_row's usual case fused: one entry of a one-column key, its
-                    # leaf and heap tuple read by one call (point_tuple)
-                    t = pk.point_tuple(prefix, self._heap)
-                    if t is not POINT_OTHER:
-                        if t is None or not snap.visible(t[0], t[1]):
-                            return None
-                        row = self._codec.decode(t[2])
-                        return row if enc(row[pk.positions[0]]) == prefix else None
                 return self._first_row(pk, prefix, snap)
             finally:
                 xacts.release(snap)

@@ -89,6 +89,12 @@ int slk_ix_point_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
 int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
                      const uint8_t *key, uint32_t keylen, uint64_t *out, int maxv,
                      uint8_t *copy);
+/* --- point probe --- */
+#define SLK_IX_POINT_RIGHT ...
+int64_t slk_ix_point_right(const uint8_t *page, const uint8_t *prefix, uint32_t plen);
+int slk_ix_point_step_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                          const uint8_t *prefix, uint32_t plen, int maxn, uint32_t *ents,
+                          uint32_t *out);
 /* --- index batch TIDs --- */
 #define SLK_IX_TIDS_MAX ...
 int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, int n,
@@ -1287,6 +1293,65 @@ int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
     memcpy(copy, pool + (size_t)b * BLCKSZ, BLCKSZ);
     if (!seq_same(seq, b, seen)) return SLK_OPT_RETRY;
     return slk_bt_probe(copy, key, keylen, out, maxv);
+}
+
+/* --- point probe --- (engine/index.py: point_right_py is the Python reference;
+ * tests/engine/test_index_point_probe.py compares them)
+ * slk_ix_point answers -2 ("walk the leaves") on a leaf whose high key starts with the
+ * prefix. A unique key whose entry begins the right sibling (the leaf split exactly at
+ * it) gets that answer on the leaf the descent reaches, which holds no entry of the key:
+ * slk_ix_point_right names that case, so a point read moves right instead of walking. */
+#define SLK_IX_POINT_RIGHT (-4)
+
+/* The right-link of a live leaf (flags LEAF, not DELETED, a right sibling) that holds no
+ * entry whose key starts with prefix and whose high key starts with it; 0 (P_NONE) when
+ * the page is not that case; -1 for a page that cannot be read safely. */
+int64_t slk_ix_point_right(const uint8_t *page, const uint8_t *prefix, uint32_t plen)
+{
+    int first, count, leaf;
+    int lower = bt_bounds(page, &first, &count, &leaf);
+    if (lower < 0) return -1;
+    uint16_t flags = load16(page + BT_SPECIAL_AT + 12);
+    if (load16(page + BT_SPECIAL_AT + 14) || (flags & ~0x3f)) return -1;
+    uint32_t nxt = load32(page + BT_SPECIAL_AT + 4);
+    if ((flags & 0x4) || !(flags & 0x1) || nxt == 0) return 0;
+    if (!leaf) return -1;                       /* flagged a leaf, but not at level 0 */
+    uint32_t off, len;                          /* nxt != 0: the high key is offnum 1 */
+    if (bt_item(page, 1, lower, &off, &len) < 0 || len < BT_PIVOT_HDR) return -1;
+    uint32_t hklen = load16(page + off + 13);
+    if (BT_PIVOT_HDR + hklen != len || (page[off + 12] & ~1)) return -1;
+    if (hklen < plen || memcmp(page + off + BT_PIVOT_HDR, prefix, plen) != 0) return 0;
+    int pos = slk_bt_search(page, prefix, plen, UINT64_MAX, 0);   /* first entry >= prefix */
+    if (pos < 0) return -1;
+    if (pos <= count) {
+        if (bt_item(page, pos, lower, &off, &len) < 0 || len < BT_LEAF_HDR) return -1;
+        uint32_t klen = load16(page + off + 17);
+        if (BT_LEAF_HDR + klen > len) return -1;
+        if (klen >= plen && memcmp(page + off + BT_LEAF_HDR, prefix, plen) == 0) return 0;
+    }
+    return nxt;
+}
+
+/* slk_ix_point_opt, and SLK_IX_POINT_RIGHT with out[0] = the right-link when its -2 is
+ * slk_ix_point_right's case (judged on the same consistent copy of the page). */
+int slk_ix_point_step_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                          const uint8_t *prefix, uint32_t plen, int maxn, uint32_t *ents,
+                          uint32_t *out)
+{
+    uint8_t copy[BLCKSZ];
+    uint32_t seen = __atomic_load_n(seq + b, __ATOMIC_ACQUIRE);
+    if (seen & 1) return SLK_OPT_RETRY;
+    memcpy(copy, pool + (size_t)b * BLCKSZ, BLCKSZ);
+    if (!seq_same(seq, b, seen)) return SLK_OPT_RETRY;
+    int n = slk_ix_point(copy, prefix, plen, maxn, ents, out);
+    if (n == -2) {
+        int64_t right = slk_ix_point_right(copy, prefix, plen);
+        if (right > 0) {
+            out[0] = (uint32_t)right;
+            return SLK_IX_POINT_RIGHT;
+        }
+    }
+    return n;
 }
 
 /* --- index batch TIDs --- (engine/index.py: batch_tids_py is the Python reference;
