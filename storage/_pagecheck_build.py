@@ -102,6 +102,12 @@ int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, i
 /* --- run copy of pinned pages (seqlock) --- */
 uint32_t slk_seq_copy_pages(const uint8_t *pool, const uint32_t *seq, uint32_t nbuffers,
                             const uint32_t *bufs, uint32_t n, uint8_t *out);
+/* --- leaf run apply --- */
+int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
+                    const uint8_t *keys, const uint64_t *key_at, const uint8_t *payloads,
+                    const uint64_t *pay_at, const uint8_t *kinds, const uint64_t *xids,
+                    const uint64_t *olds, int start, int n, int64_t *state,
+                    uint8_t *xout, uint32_t xcap, uint8_t *iout, uint32_t icap);
 /* --- index range fetch --- */
 int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
                       int npages, uint32_t *seen, const uint32_t *page_of,
@@ -1489,6 +1495,114 @@ int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *
         *layout = slk_row_layout(out, m, vstart, vend, nb, nfixed, fixed_sizes, nvar,
                                  fixed_out, var_out, joined_out, joined_len, joined_ok);
     return m;
+}
+/* --- leaf run apply --- (engine/access/btree_leafrun.py: leaf_run_py is the Python
+ * reference; tests/storage/test_btree_leafrun.py compares them)
+ * A run of version writes start.. (sorted by key, distinct keys) on one exclusive-locked
+ * leaf, as one INSERT record's actions: per write, while it fits, a set-xmax action on
+ * its old version (olds[j] > 0: that version must be on the page) appended to xout, then
+ * (kinds[j]: 1 inline value, 2 overflow reference, 0 none) the new entry (xmin xids[j])
+ * (olds[j] UINT64_MAX: OLD_LOOKUP, handed back as LR_LOOKUP)
+ * appended to iout as an insert action at its offnum among the original items plus the
+ * inserts before it. Write j's key is keys[key_at[j]..key_at[j+1]), its payload likewise.
+ * state in: [0] room (bytes free), [1] inserts so far; out: [2] xout bytes, [3] iout
+ * bytes, [4] why the run stopped (LR_* below). Returns the writes done, -1 for a page it
+ * cannot read safely (the reference then runs and raises). */
+#define LR_END 0          /* every write up to n done */
+#define LR_HIGH 1         /* key >= the high key: it belongs right of this leaf */
+#define LR_NO_OLD 2       /* the old version is not on this leaf */
+#define LR_EXISTS 3       /* the new version (key, xid) is there already */
+#define LR_NO_ROOM 4      /* the new entry does not fit */
+#define LR_LOOKUP 5       /* old = OLD_LOOKUP: the reference judges the versions */
+#define LR_FULL 6         /* an output buffer is full: the reference goes on */
+
+static int lr_entry_is(const uint8_t *page, int lower, int off, const uint8_t *key,
+                       uint32_t keylen, uint64_t xmin)
+{
+    uint32_t at, len;
+    if (bt_item(page, off, lower, &at, &len) < 0 || len < BT_LEAF_HDR) return -1;
+    const uint8_t *it = page + at;
+    uint32_t ikeylen = load16(it + 17);
+    if (BT_LEAF_HDR + ikeylen > len) return -1;
+    return ikeylen == keylen && load64(it) == xmin && memcmp(it + BT_LEAF_HDR, key, keylen) == 0;
+}
+
+int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
+                    const uint8_t *keys, const uint64_t *key_at, const uint8_t *payloads,
+                    const uint64_t *pay_at, const uint8_t *kinds, const uint64_t *xids,
+                    const uint64_t *olds, int start, int n, int64_t *state,
+                    uint8_t *xout, uint32_t xcap, uint8_t *iout, uint32_t icap)
+{
+    int first, count, leaf;
+    int lower = bt_bounds(page, &first, &count, &leaf);
+    if (lower < 0 || !leaf) return -1;
+    int64_t room = state[0], inserted = state[1];
+    uint32_t xlen = 0, ilen = 0;
+    int j, stop = LR_END;
+    for (j = start; j < n; j++) {
+        const uint8_t *key = keys + key_at[j];
+        uint32_t keylen = (uint32_t)(key_at[j + 1] - key_at[j]);
+        if (highlen >= 0) {
+            uint32_t m = keylen < (uint32_t)highlen ? keylen : (uint32_t)highlen;
+            int c = memcmp(key, high, m);
+            if (c == 0) c = keylen < (uint32_t)highlen ? -1 : keylen > (uint32_t)highlen ? 1 : 0;
+            if (c >= 0) { stop = LR_HIGH; break; }
+        }
+        uint64_t old = olds[j], xid = xids[j];
+        if (old == UINT64_MAX) { stop = LR_LOOKUP; break; }         /* OLD_LOOKUP */
+        uint32_t xmark = xlen;
+        if (old) {
+            if (xlen + 16 > xcap) { stop = LR_FULL; break; }
+            int off = slk_bt_search(page, key, keylen, old, 0);
+            if (off < 0) return -1;
+            int is = off <= count ? lr_entry_is(page, lower, off, key, keylen, old) : 0;
+            if (is < 0) return -1;
+            if (!is) { stop = LR_NO_OLD; break; }
+            uint8_t *a = xout + xlen;
+            uint32_t dlen = 10;
+            uint16_t off16 = (uint16_t)off;
+            a[0] = 0; a[1] = 3;                              /* block 0, A_SET_XMAX */
+            memcpy(a + 2, &dlen, 4);
+            memcpy(a + 6, &off16, 2);
+            memcpy(a + 8, &xid, 8);
+            xlen += 16;
+        }
+        if (kinds[j]) {
+            int off = slk_bt_search(page, key, keylen, xid, 0);
+            if (off < 0) return -1;
+            int is = off <= count ? lr_entry_is(page, lower, off, key, keylen, xid) : 0;
+            if (is < 0) return -1;
+            if (is) { xlen = xmark; stop = LR_EXISTS; break; }
+            const uint8_t *pay = payloads + pay_at[j];
+            uint32_t paylen = (uint32_t)(pay_at[j + 1] - pay_at[j]);
+            uint32_t itemlen = BT_LEAF_HDR + keylen + paylen;
+            int64_t cost = (int64_t)((itemlen + 7u) & ~7u) + 4;
+            if (cost > room) { xlen = xmark; stop = LR_NO_ROOM; break; }
+            if (ilen + 8 + itemlen > icap) { xlen = xmark; stop = LR_FULL; break; }
+            room -= cost;
+            uint8_t *a = iout + ilen;
+            uint32_t dlen = 2 + itemlen;
+            uint16_t off16 = (uint16_t)(off + inserted), klen16 = (uint16_t)keylen;
+            uint64_t zero = 0;
+            a[0] = 0; a[1] = 2;                              /* block 0, A_INSERT */
+            memcpy(a + 2, &dlen, 4);
+            memcpy(a + 6, &off16, 2);
+            memcpy(a + 8, &xid, 8);                          /* "<QQBH" xmin, xmax, flags, keylen */
+            memcpy(a + 16, &zero, 8);
+            a[24] = kinds[j] == 2 ? 1 : 0;                   /* ENTRY_OVERFLOW */
+            memcpy(a + 25, &klen16, 2);
+            memcpy(a + 27, key, keylen);
+            memcpy(a + 27 + keylen, pay, paylen);
+            ilen += 8 + itemlen;
+            inserted++;
+        }
+    }
+    state[0] = room;
+    state[1] = inserted;
+    state[2] = xlen;
+    state[3] = ilen;
+    state[4] = stop;
+    return j - start;
 }
 """
 

@@ -71,6 +71,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from slonik.engine.access.btree_leafrun import (
+    KIND_INLINE,
+    KIND_NONE,
+    KIND_OVERFLOW,
+    OLD_LOOKUP,
+    LeafBatch,
+    LeafRunState,
+    leaf_run,
+    make_batch,
+    new_runner,
+)
 from slonik.engine.access.btree_page import (
     BTP_DELETED,
     BTP_FREE,
@@ -139,6 +150,7 @@ from slonik.engine.access.btree_wal import (
     XLOG_BTREE_UNLINK,
     XLOG_BTREE_VACUUM,
     apply_block_actions,
+    apply_payload_actions,
     delete_data,
     encode_actions,
     init_data,
@@ -272,11 +284,14 @@ class VersionWrite(NamedTuple):
     old_xmin: int = 0
 
 
-# VersionWrite.old_xmin meaning "the key's newest version whose xmin is committed, unless
-# its xmax is committed too (then none)": BTree.apply finds it on the leaf it writes, so a
-# commit that does not validate the key first (a blind put) descends once, not twice.
-OLD_LOOKUP = -1
+# VersionWrite.old_xmin OLD_LOOKUP (btree_leafrun) means "the key's newest version whose
+# xmin is committed, unless its xmax is committed too (then none)": BTree.apply finds it on
+# the leaf it writes, so a commit that does not validate the key first (a blind put)
+# descends once, not twice.
 _write_key = operator.itemgetter(0)  # a VersionWrite's key: a batch's sort order
+_write_xid = operator.itemgetter(1)
+_write_value = operator.itemgetter(2)
+_write_old = operator.itemgetter(3)
 
 
 class XidSnapshot(NamedTuple):
@@ -496,15 +511,18 @@ def _choose_split_scan(items: Sequence[bytes], leaf: bool, old_high_key: bytes |
 
 
 class _Change:
-    """One page of a record being built: its pinned, exclusive-locked buffer and actions."""
+    """One page of a record being built: its pinned, exclusive-locked buffer and actions
+    (or, for a leaf run, its actions already encoded: ``payload`` holding ``nactions``)."""
 
-    __slots__ = ("buf", "block", "will_init", "actions")
+    __slots__ = ("buf", "block", "will_init", "actions", "payload", "nactions")
 
     def __init__(self, buf: int, block: int, will_init: bool) -> None:
         self.buf = buf
         self.block = block
         self.will_init = will_init
         self.actions: list[tuple[int, bytes]] = []
+        self.payload: bytes | None = None
+        self.nactions = 0
 
 
 class _LeafFeed:
@@ -859,22 +877,30 @@ class BTree:
         """Apply each change's actions to its (exclusive-locked) page, log them as one
         record, stamp the pages with its end LSN and dirty them. If logging fails, every
         page is put back byte for byte. ``leaves_only``: the caller saw every changed page
-        at level 0, which the inner-page cache never holds (it is left alone)."""
+        at level 0, which the inner-page cache never holds (it is left alone). A single
+        change with its ``payload`` encoded already (a leaf run) logs that payload."""
         bm = self.bufmgr
         pres = []
         specs = []
         actions = []
         try:
-            for index, ch in enumerate(changes):
-                actions.extend((index, code, data) for code, data in ch.actions)
-            payload = encode_actions(actions)
+            encoded = changes[0].payload if len(changes) == 1 else None
+            if encoded is None:
+                for index, ch in enumerate(changes):
+                    actions.extend((index, code, data) for code, data in ch.actions)
+                payload = encode_actions(actions)
+            else:
+                payload = encoded
             for index, ch in enumerate(changes):
                 page = bm.page(ch.buf)
                 pres.append(bytes(page))
                 lsn = page_get_lsn(page)
                 # as redo applies them (byte for byte): a leaf's run of inserts and
                 # set-xmaxes in one C call, the rest one by one
-                apply_block_actions(page, payload, index, ch.actions)
+                if encoded is None:
+                    apply_block_actions(page, payload, index, ch.actions)
+                else:
+                    apply_payload_actions(page, payload, index, ch.nactions)
                 specs.append(BlockSpec(self.rel, int(self.fork), ch.block, page, lsn,
                                        ch.will_init, _hole(page)))
             _start, end = self.wal.insert(RM_BTREE, info, xid, payload, specs)
@@ -1782,29 +1808,63 @@ class BTree:
 
     def _apply_sorted(self, checked: list[VersionWrite],
                       committed: Callable[[int], bool] | None) -> list[VersionWrite]:
-        """``apply``'s work on a checked batch in key order."""
+        """``apply``'s work on a checked batch in key order: the batch as data once
+        (``_leaf_batch``), then a leaf run at a time (``_apply_on_leaf``), a write that
+        starts no run (its leaf is full, or its old version elsewhere) alone."""
         done_writes: list[VersionWrite] = []
         with self._write_lock:
-            items = [None if w.value is None else self._entry_item(w.key, w.value, w.xid)
-                     for w in checked]
+            batch = self._leaf_batch(checked)
+            runner = new_runner(batch)
             i = 0
             while i < len(checked):
-                done = self._apply_on_leaf(checked, items, i, committed, done_writes)
+                done = self._apply_on_leaf(batch, runner, checked, i, committed, done_writes)
                 if done == 0:  # the first write needs the general path
-                    w, item = checked[i], items[i]
+                    w = checked[i]
                     old = w.old_xmin
                     if old == OLD_LOOKUP:
                         old = self._newest_committed(w.key, committed)
                     if old and not self.set_xmax(w.key, old, w.xid):
                         raise ValueError(f"key {w.key[:40]!r} has no version with xmin "
                                          f"{old}")
-                    if item is not None:
+                    kind = batch.kinds[i]
+                    if kind != KIND_NONE:
+                        item = pack_entry(w.key, w.xid, 0, ENTRY_OVERFLOW if
+                                          kind == KIND_OVERFLOW else 0, batch.payloads[i])
                         self._insert_item(w.key, w.xid, item, w.xid)
-                    if old or item is not None:
+                    if old or kind != KIND_NONE:
                         done_writes.append(w._replace(old_xmin=old))
                     done = 1
                 i += done
         return done_writes
+
+    def _leaf_batch(self, writes: list[VersionWrite]) -> LeafBatch:
+        """The sorted ``writes`` as a leaf-run batch: each new version's payload is its
+        value, or the reference to its value written out to overflow pages now (large
+        values). A batch of inline puts only takes no interpreted step per write."""
+        keys = list(map(_write_key, writes))
+        values = list(map(_write_value, writes))
+        n = len(writes)
+        if None not in values:
+            vlens = list(map(len, values))
+            if not n or (max(vlens) <= VALUE_INLINE_MAX_BYTES and LEAF_HEADER_SIZE + max(
+                    map(operator.add, map(len, keys), vlens)) <= ENTRY_MAX_BYTES):
+                return make_batch(keys, values, bytes([KIND_INLINE]) * n,
+                                  map(_write_xid, writes), map(_write_old, writes))
+        payloads = []
+        kinds = bytearray()
+        for w in writes:  # deletes or large values among them
+            if w.value is None:
+                payloads.append(b"")
+                kinds.append(KIND_NONE)
+            elif len(w.value) > VALUE_INLINE_MAX_BYTES or \
+                    LEAF_HEADER_SIZE + len(w.key) + len(w.value) > ENTRY_MAX_BYTES:
+                payloads.append(pack_overflow_ref(self._write_overflow(w.value, w.xid)))
+                kinds.append(KIND_OVERFLOW)
+            else:
+                payloads.append(w.value)
+                kinds.append(KIND_INLINE)
+        return make_batch(keys, payloads, kinds, list(map(_write_xid, writes)),
+                          list(map(_write_old, writes)))
 
     def _newest_committed(self, key: bytes, committed: Callable[[int], bool]) -> int:
         """The xmin of ``key``'s newest version with a ``committed`` xmin, 0 when there is
@@ -1868,14 +1928,6 @@ class BTree:
                     pos += 1
         return out
 
-    def _entry_item(self, key: bytes, value: bytes, xmin: int) -> bytes:
-        """The leaf entry for a new version, its value written out of line when large."""
-        if len(value) > VALUE_INLINE_MAX_BYTES or \
-                LEAF_HEADER_SIZE + len(key) + len(value) > ENTRY_MAX_BYTES:
-            ref = self._write_overflow(value, xmin)
-            return pack_entry(key, xmin, 0, ENTRY_OVERFLOW, pack_overflow_ref(ref))
-        return pack_entry(key, xmin, 0, 0, value)
-
     def _leaf_locked(self, key: bytes, *, exclusive: bool) -> tuple[int, int]:
         """(block, buf) of the leaf where (key, XMIN_MAX) belongs, locked: found through
         the cached internal pages (``_leaf_for``: no internal page pinned or locked), then
@@ -1907,73 +1959,37 @@ class BTree:
             self._release(buf, exclusive=exclusive)
             block = special.next
 
-    def _apply_on_leaf(self, writes: list[VersionWrite], items: list, i: int,
+    def _apply_on_leaf(self, batch: LeafBatch, runner, writes: list[VersionWrite], i: int,
                        committed: Callable[[int], bool] | None,
                        done_writes: list[VersionWrite]) -> int:
         """Apply writes[i:] that fit on writes[i]'s leaf in one record (OLD_LOOKUP old
-        versions resolved on it); how many did. Appends the writes done, resolved, to
-        ``done_writes``."""
-        block, buf, special = self._leaf_locked_special(writes[i].key, exclusive=True)
+        versions resolved on it; ``btree_leafrun.leaf_run``: one C call per stretch of
+        writes); how many did. Appends the writes done, resolved, to ``done_writes``."""
+        block, buf, special = self._leaf_locked_special(batch.keys[i], exclusive=True)
         ch = _Change(buf, block, False)
         try:
             page = self.bufmgr.page(buf)
             # A key past the high key's belongs further right; one equal to it may have
             # versions on the right too (the general path): both end the run.
             high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1)).key
-            count = bt_item_count(page)
             lower, upper = _hole(page)
-            room = upper - lower
-            xmax_actions = []
-            inserts = []
-            done = []
-            j = i
-            n = len(writes)
-            while j < n:
-                w, item = writes[j], items[j]
-                if high is not None and w.key >= high:
-                    break
-                old = w.old_xmin
-                if old == OLD_LOOKUP:  # the newest committed version, all on this page
-                    old = 0
-                    off = search_page(page, w.key, XMIN_MAX, False)
-                    while off <= count:
-                        e = unpack_entry(bt_item(page, off))
-                        if e.key != w.key:
-                            break
-                        if committed(e.xmin):
-                            if not (e.xmax and committed(e.xmax)):
-                                old = e.xmin
-                                xmax_actions.append((A_SET_XMAX, set_xmax_data(off, w.xid)))
-                            break
-                        off += 1
-                elif old:
-                    off = search_page(page, w.key, old, False)
-                    if off > count or entry_key(bt_item(page, off)) != (w.key, old):
-                        break
-                    xmax_actions.append((A_SET_XMAX, set_xmax_data(off, w.xid)))
-                if item is not None:
-                    off = search_page(page, w.key, w.xid, False)
-                    if off <= count and entry_key(bt_item(page, off)) == (w.key, w.xid):
-                        if old:
-                            xmax_actions.pop()
-                        break
-                    cost = item_cost(len(item))
-                    if cost > room:
-                        if old:
-                            xmax_actions.pop()
-                        break
-                    room -= cost
-                    inserts.append((A_INSERT, insert_data(off + len(inserts), item)))
-                if old or item is not None:
-                    done.append(w._replace(old_xmin=old) if old != w.old_xmin else w)
-                j += 1
-            if j == i:
+            st = LeafRunState(upper - lower)
+            done, _stop = leaf_run(page, high, batch, i, st, committed, runner)
+            if done == 0:
                 return 0
-            if xmax_actions or inserts:
-                ch.actions = xmax_actions + inserts
-                self._log(XLOG_BTREE_INSERT, writes[i].xid, [ch], leaves_only=True)
-            done_writes.extend(done)
-            return j - i
+            nactions = st.nactions()
+            if nactions:
+                ch.payload, ch.nactions = st.payload(), nactions
+                self._log(XLOG_BTREE_INSERT, batch.xids[i], [ch], leaves_only=True)
+            run = writes[i:i + done]
+            if st.resolved or KIND_NONE in batch.kinds[i:i + done]:
+                # OLD_LOOKUP writes resolved; a delete that found nothing was no write
+                resolved = st.resolved
+                run = [w._replace(old_xmin=resolved.get(k, w.old_xmin))
+                       for k, w in enumerate(run, i)
+                       if resolved.get(k, w.old_xmin) or batch.kinds[k] != KIND_NONE]
+            done_writes.extend(run)
+            return done
         finally:
             self._release(buf, exclusive=True)
 

@@ -68,6 +68,7 @@ __all__ = [
     "XLOG_BTREE_VACUUM", "XLOG_BTREE_OVERFLOW", "XLOG_BTREE_FREE", "XLOG_BTREE_OPMASK",
     "Action", "init_data", "insert_data", "set_xmax_data", "split_left_data",
     "set_prev_data", "delete_data", "encode_actions", "decode_actions", "apply_action", "apply_block_actions",
+    "apply_payload_actions",
     "btree_redo", "btree_describe", "BTREE_RMGR",
 ]
 
@@ -225,6 +226,20 @@ def apply_block_actions(page, payload, index: int, actions: Sequence[tuple[int, 
                                         len(payload), index)
     for code, data in actions[done:] if done else actions:
         apply_action(page, code, data)
+
+
+def apply_payload_actions(page, payload, index: int, nactions: int) -> None:
+    """``apply_block_actions`` for a payload built as bytes (``btree_leafrun``): block
+    ``index`` has ``nactions`` actions in it; those the C call leaves are decoded and
+    applied through ``apply_action``, which raises for a refused one."""
+    done = 0
+    if C_REDO_ACTIONS and nactions:
+        done = _lib.slk_bt_redo_actions(_ffi.from_buffer(page), _ffi.from_buffer(payload),
+                                        len(payload), index)
+    if done < nactions:
+        actions = [(code, data) for i, code, data in decode_actions(payload) if i == index]
+        for code, data in actions[done:]:
+            apply_action(page, code, data)
 
 
 def btree_redo(ctx, rr) -> None:
