@@ -108,6 +108,7 @@ int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
                     const uint64_t *pay_at, const uint8_t *kinds, const uint64_t *xids,
                     const uint64_t *olds, int start, int n, int64_t *state,
                     uint8_t *xout, uint32_t xcap, uint8_t *iout, uint32_t icap);
+int slk_bt_apply_build(uint8_t *page, int code, const uint8_t *data, uint32_t len);
 /* --- index range fetch --- */
 int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
                       int npages, uint32_t *seen, const uint32_t *page_of,
@@ -1603,6 +1604,98 @@ int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
     state[3] = ilen;
     state[4] = stop;
     return j - start;
+}
+
+/* A B+tree page rebuilt from items (engine/access/btree_page.py: bt_build's bytes, and
+ * btree_wal.apply_action's A_INIT and A_SPLIT_LEFT, which call this first): code 1
+ * (A_INIT) builds the page from the action's special space and items with LSN 0; code 4
+ * (A_SPLIT_LEFT) keeps the page's first ``keep`` data items, puts the new item at ``new
+ * index`` among them (-1 or below: none), the new high key first, the LSN kept. Returns 0
+ * when done; -1 (nothing changed) for anything the Python twin might treat differently
+ * (a malformed action or page, items that do not fit): it then runs and raises. */
+static int bb_build(uint8_t *page, const uint8_t *special, const uint8_t *const *items,
+                    const uint32_t *lens, int n, const uint8_t *lsn)
+{
+    static __thread uint8_t buf[BLCKSZ];
+    uint32_t upper = BT_SPECIAL_AT, lower = HEADER_SIZE + 4u * (uint32_t)n;
+    if (lower > BT_SPECIAL_AT) return -1;
+    memset(buf, 0, BLCKSZ);
+    for (int k = 0; k < n; k++) {
+        uint32_t len = lens[k], a = (len + 7u) & ~7u;
+        if (len == 0 || len > 0x7fff || a > upper || upper - a < lower) return -1;
+        upper -= a;
+        memcpy(buf + upper, items[k], len);
+        uint32_t lp = upper | (1u << 15) | (len << 17);
+        memcpy(buf + HEADER_SIZE + 4u * (uint32_t)k, &lp, 4);
+    }
+    uint16_t h[5] = {(uint16_t)lower, (uint16_t)upper, BT_SPECIAL_AT, PAGE_LAYOUT_VERSION, 0};
+    memcpy(buf, lsn, 8);
+    memcpy(buf + 14, h, 10);
+    memcpy(buf + BT_SPECIAL_AT, special, 14);            /* prev, next, level, flags */
+    memset(buf + BT_SPECIAL_AT + 14, 0, 2);
+    memcpy(page, buf, BLCKSZ);
+    return 0;
+}
+
+int slk_bt_apply_build(uint8_t *page, int code, const uint8_t *data, uint32_t len)
+{
+    const uint8_t *items[BLCKSZ / 4];
+    uint32_t lens[BLCKSZ / 4];
+    int n = 0;
+    if (code == 1) {                                        /* A_INIT */
+        static const uint8_t zero_lsn[8] = {0};
+        if (len < 18) return -1;
+        uint32_t count = load16(data + 16), pos = 18;
+        if (count > BLCKSZ / 4) return -1;
+        for (uint32_t k = 0; k < count; k++) {
+            if (pos + 2 > len) return -1;
+            uint32_t ilen = load16(data + pos);
+            if (pos + 2 + ilen > len) return -1;
+            items[n] = data + pos + 2;
+            lens[n++] = ilen;
+            pos += 2 + ilen;
+        }
+        if (pos != len) return -1;
+        return bb_build(page, data, items, lens, n, zero_lsn);
+    }
+    if (code != 4 || len < 20) return -1;                   /* A_SPLIT_LEFT */
+    uint32_t keep = load16(data), hklen = load16(data + 18);
+    int16_t new_index;
+    memcpy(&new_index, data + 2, 2);
+    if (20 + hklen > len) return -1;
+    /* the page as bt_special and bt_items accept it */
+    uint32_t lower = load16(page + 14), pflags = load16(page + BT_SPECIAL_AT + 12);
+    if (load16(page + 18) != BT_SPECIAL_AT || load16(page + BT_SPECIAL_AT + 14) ||
+        (pflags & ~0x3fu) || lower < HEADER_SIZE || lower > BT_SPECIAL_AT ||
+        (lower - HEADER_SIZE) % 4)
+        return -1;
+    uint32_t count = (lower - HEADER_SIZE) / 4;
+    uint32_t first = load32(page + BT_SPECIAL_AT + 4) == 0 ? 1 : 2;
+    uint32_t ndata = count >= first - 1 ? count - (first - 1) : 0;
+    if (keep > ndata) return -1;
+    if (new_index >= 0 && (uint32_t)new_index > keep) return -1;
+    items[n] = data + 20;
+    lens[n++] = hklen;
+    for (uint32_t k = 0; k <= keep; k++) {
+        if (new_index >= 0 && (uint32_t)new_index == k) {
+            items[n] = data + 20 + hklen;
+            lens[n++] = len - 20 - hklen;
+        }
+        if (k == keep) break;
+        uint32_t off, ilen;
+        if (bt_item(page, (int)(first + k), (int)lower, &off, &ilen) < 0) return -1;
+        items[n] = page + off;
+        lens[n++] = ilen;
+    }
+    /* every line pointer must be one bt_items accepts, kept or not */
+    for (uint32_t k = 1; k <= count; k++) {
+        uint32_t off, ilen;
+        if (bt_item(page, (int)k, (int)lower, &off, &ilen) < 0) return -1;
+    }
+    uint8_t special[14], lsn[8];
+    memcpy(special, data + 4, 14);                          /* prev, next, level, flags */
+    memcpy(lsn, page, 8);
+    return bb_build(page, special, items, lens, n, lsn);
 }
 """
 

@@ -60,6 +60,8 @@ except ImportError:  # not built (no C compiler at install time)
     _ffi = _lib = None
 # Whether redo applies a block's leading inserts and set-xmaxes in one C call.
 C_REDO_ACTIONS = _lib is not None and hasattr(_lib, "slk_bt_redo_actions")
+# Whether A_INIT and A_SPLIT_LEFT rebuild the page in one C call (slk_bt_apply_build).
+C_APPLY_BUILD = _lib is not None and hasattr(_lib, "slk_bt_apply_build")
 
 __all__ = [
     "A_INIT", "A_INSERT", "A_SET_XMAX", "A_SPLIT_LEFT", "A_SET_PREV", "A_DELETE",
@@ -68,7 +70,7 @@ __all__ = [
     "XLOG_BTREE_VACUUM", "XLOG_BTREE_OVERFLOW", "XLOG_BTREE_FREE", "XLOG_BTREE_OPMASK",
     "Action", "init_data", "insert_data", "set_xmax_data", "split_left_data",
     "set_prev_data", "delete_data", "encode_actions", "decode_actions", "apply_action", "apply_block_actions",
-    "apply_payload_actions",
+    "apply_payload_actions", "apply_action_py", "C_APPLY_BUILD",
     "btree_redo", "btree_describe", "BTREE_RMGR",
 ]
 
@@ -178,7 +180,17 @@ def _items(data: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
 
 
 def apply_action(page, code: int, data: bytes) -> None:
-    """Apply one action to a page (the forward path and redo both come here)."""
+    """Apply one action to a page (the forward path and redo both come here). A page
+    rebuild (A_INIT, A_SPLIT_LEFT) is one C call when built; an action it refuses (it
+    changes nothing then) takes the Python path, which raises naming the flaw."""
+    if code in (A_INIT, A_SPLIT_LEFT) and C_APPLY_BUILD and \
+            _lib.slk_bt_apply_build(_ffi.from_buffer(page), code, data, len(data)) == 0:
+        return
+    apply_action_py(page, code, data)
+
+
+def apply_action_py(page, code: int, data: bytes) -> None:
+    """``apply_action`` in Python only: the reference of its C page rebuild."""
     if code == A_INIT:
         prev, next_, level, flags, _zero = _SPECIAL.unpack_from(data)
         (count,) = _U16.unpack_from(data, _SPECIAL.size)
