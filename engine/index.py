@@ -325,7 +325,8 @@ class TableIndex:
         the leaf not in the pool or a writer holding it, no C helper. Visibility and the
         key re-check are the caller's, on the tuple returned, as after ``fetch_tuple``.
         Both pages are read as ``point_tids`` and ``fetch_tuple`` read them (pool hits
-        without the share lock: index.py invariant 4, heap_fetch.py invariant 4). A leaf
+        without the share lock: index.py invariant 4, heap_fetch.py invariant 4), each in
+        one descriptor-lock section instead of a pin and an unpin (``read_hit``). A leaf
         that holds none of the key while its high key starts with it (split exactly at
         the key: ``slk_ix_point_step_opt`` says so) sends the probe to its right sibling,
         as a Lehman & Yao reader moves right, instead of to the general path."""
@@ -341,14 +342,12 @@ class TableIndex:
         step = _point_step or _lib.slk_ix_point_opt
         epoch = tree._begin_read()
         try:
-            buf = bm.pin_if_valid(tree.rel, tree._forkno, tree._leaf_for(key))
-            if buf < 0:
+            # each page read by one C call in one descriptor-lock section (read_hit: the
+            # held lock stands in for the pin), None when it is not in the pool
+            n = bm.read_hit(tree.rel, tree._forkno, tree._leaf_for(key), step, key,
+                            len(key), POINT_ENTRIES_MAX, tls.point_ents, out)
+            if n is None:
                 return POINT_OTHER
-            try:
-                n = step(bm.c_pool, seq, buf, key, len(key), POINT_ENTRIES_MAX,
-                         tls.point_ents, out)
-            finally:
-                bm.unpin(buf)
             if n == _POINT_RIGHT:
                 n = _probe_right(tree, key, out)
         finally:
@@ -358,24 +357,19 @@ class TableIndex:
         if out[0] != len(key):
             return POINT_OTHER
         block, offnum = out[1], out[2]
-        hbm = heap.bufmgr
-        buf = hbm.pin_if_valid(heap.rel, heap.fork, block)   # (Fork is an int: same tag)
-        if buf < 0:   # not in the pool (or past the end): fetch_tuple reads it
-            return fetch_tuple(heap, block, offnum)
         data = getattr(tls, "fetch_out", None)
         if data is None:   # char[]: ffi.unpack copies its first n bytes in one call
             tls.fetch_out = data = _ffi.new("char[]", BLCKSZ)
             tls.fetch_meta = _ffi.new("uint64_t[]", 3)
-        try:
-            n = _lib.slk_heap_fetch_opt(hbm.c_pool, hbm.seq, buf, offnum, data, BLCKSZ,
-                                        tls.fetch_meta)
-        finally:
-            hbm.unpin(buf)
-        if n == OPT_RETRY:   # a writer held the page meanwhile, or a flawed slot
+        meta = tls.fetch_meta
+        n = heap.bufmgr.read_hit(heap.rel, heap.fork, block, _lib.slk_heap_fetch_opt, offnum,
+                                 data, BLCKSZ, meta)   # (a Fork is an int: the same tag)
+        if n is None or n == OPT_RETRY:
+            # not in the pool (or past the end), a writer held the page meanwhile, or a
+            # flawed slot: fetch_tuple reads it (pinned; share-locked when it must be)
             return fetch_tuple(heap, block, offnum)
         if n < 0:
             return None
-        meta = tls.fetch_meta
         return meta[0], meta[1], _ffi.unpack(data, n)
 
 
@@ -388,14 +382,10 @@ def _probe_right(tree: BTree, key: bytes, out) -> int:
     bm = tree.bufmgr
     ents = _tls.point_ents
     for _ in range(POINT_MOVES_RIGHT_MAX):
-        buf = bm.pin_if_valid(tree.rel, tree._forkno, out[0])
-        if buf < 0:
+        n = bm.read_hit(tree.rel, tree._forkno, out[0], _point_step, key, len(key),
+                        POINT_ENTRIES_MAX, ents, out)
+        if n is None:
             return -2
-        try:
-            n = _point_step(bm.c_pool, bm.seq, buf, key, len(key), POINT_ENTRIES_MAX, ents,
-                            out)
-        finally:
-            bm.unpin(buf)
         if n != _POINT_RIGHT:
             return n
     return -2

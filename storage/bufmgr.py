@@ -1154,6 +1154,27 @@ class BufferManager:
             self._hits += 1
         return b
 
+    def read_hit(self, rel: int, fork: int, block: int, read: Callable, *args):
+        """``read(c_pool, seq, buf, *args)`` when the block is VALID in the pool (its
+        buffer ``buf``), called while the descriptor lock is held; None, without calling
+        it, when it is not (read it with ``read_buffer``). A point read's page in one
+        lock section instead of ``pin_if_valid`` and ``unpin``'s two: the held lock
+        stands in for the pin as in ``read_cached`` (no buffer is retagged, read into or
+        dropped without it), so ``read`` (one short C call, e.g. ``slk_heap_fetch_opt``,
+        touching nothing that takes this lock) reads the page under its change counter
+        (invariant 8). Counted as a hit; the usage count is raised as a pin's is."""
+        with self._lock:
+            b = self._table.get((rel, fork, block))
+            if b is None:
+                return None
+            d = self.descs[b]
+            if not d.flags & BM_VALID:
+                return None
+            if d.usage_count < BM_MAX_USAGE_COUNT:
+                d.usage_count += 1
+            self._hits += 1
+            return read(self.c_pool, self.seq, b, *args)
+
     def read_buffers(self, rel: int, fork: int, first_block: int, nblocks: int) -> list[int]:
         """Blocks ``first_block..+nblocks-1``, pinned (no content lock), in block order;
         on failure nothing stays pinned."""
