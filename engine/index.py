@@ -42,8 +42,8 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, compress, repeat
-from operator import eq, itemgetter
+from itertools import accumulate, chain, repeat
+from operator import itemgetter
 from typing import NamedTuple
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite, XidSnapshot
@@ -66,10 +66,13 @@ from slonik.engine.access.heap_fetch import (
     C_RANGE_ROWS,
     NO_TUPLE,
     OPT_RETRY,
-    VISIBLE,
+    Gathered,
     fetch_tuple,
     gather_heap,
     gather_heap_rows,
+    key_check,
+    recheck,
+    rows_of,
 )
 from slonik.engine.access.keycodec import (
     columns_encoder,
@@ -164,6 +167,9 @@ class TableIndex:
         # None for wider indexes): a point read encodes its key and re-checks its row so.
         self.encode_value = value_encoder(self.key_columns[0]) \
             if len(self.key_columns) == 1 else None
+        # A range scan's key re-check in C (heap_fetch.KeyCheck for a row codec), made by
+        # the first range scan (fetch_rows)
+        self._range_key_check = None
 
     def __repr__(self) -> str:
         kind = "primary key" if self.primary else "unique index" if self.unique else "index"
@@ -603,16 +609,15 @@ def fetch_rows(heap: Heap, codec: RowCodec, index: TableIndex,
     With the C helper a batch is two C calls and no interpreted step per entry or page:
     its TIDs numbered into C arrays (``slk_ix_batch_tids``, only the distinct blocks
     come back as a list) and, when every page is in the pool, the tuples judged,
-    gathered and laid out as columns in one call under the descriptor lock
-    (``heap_fetch.gather_heap_rows``); a page not in the pool, or a writer on one, takes
-    ``gather_heap``'s pins, read stream and share locks for that batch."""
+    gathered, re-checked against their entries' keys (the row's key columns encoded in C
+    as keycodec encodes them) and laid out as columns in one call under the descriptor
+    lock (``heap_fetch.gather_heap_rows``); a page not in the pool, or a writer on one,
+    takes ``gather_heap``'s pins, read stream and share locks for that batch, and the
+    re-check in Python (``keys_of_rows``)."""
     if _lib is None or not C_RANGE_ROWS:
-        keys_of_rows = index.keys_of_rows
         for b in fetch_batched(heap, key_batches, snapshot):
-            sel = [i for i, st in enumerate(b.status) if st == VISIBLE]
-            rows = codec.decode_run(b.data, list(map(b.starts.__getitem__, sel)),
-                                    list(map(b.ends.__getitem__, sel)))
-            yield _same_keys(keys_of_rows(rows), list(map(b.keys.__getitem__, sel)), rows)
+            got = rows_of(Gathered(b.status, b.starts, b.ends, b.data), codec.decode_run)
+            yield recheck(got, b.keys, index.keys_of_rows).rows
         return
     nblocks = heap.nblocks()
     for whole in key_batches:
@@ -649,19 +654,15 @@ def _fetch_rows_batch(heap: Heap, codec: RowCodec, index: TableIndex, ks: list[b
         return []
     distinct = memoryview(_ffi.buffer(tls.bt_distinct, 4 * nd[0])).cast("I").tolist()
     out = tls.bt_out
-    got = gather_heap_rows(heap, distinct, out + 3 * n, out + 4 * n, n, snapshot, codec)
-    if got.sel is not None:
-        ks = list(map(ks.__getitem__, got.sel))
-    return _same_keys(index.keys_of_rows(got.rows),
-                      list(map(bytes.__getitem__, ks, repeat(_KEY_PART))), got.rows)
-
-
-def _same_keys(row_keys: list[bytes], entry_keys: list[bytes], rows: list[tuple]
-               ) -> list[tuple]:
-    """``rows`` less those whose key (``row_keys``) is not their entry's (``entry_keys``,
-    without the TID): the index scan's re-check, column-wise."""
-    same = list(map(eq, row_keys, entry_keys))
-    return rows if all(same) else list(compress(rows, same))
+    kc = index._range_key_check
+    if kc is None or kc.codec is not codec:
+        kc = index._range_key_check = key_check(codec, index.positions)
+    got = gather_heap_rows(heap, distinct, out + 3 * n, out + 4 * n, n, snapshot, codec,
+                           (joined, tls.bt_ends, kc))
+    if got.checked:   # re-checked in C
+        return got.rows
+    return recheck(got, list(map(bytes.__getitem__, ks, repeat(_KEY_PART))),
+                   index.keys_of_rows).rows
 
 
 # An entry key less its TID suffix, as a constant slice (C-level map over a batch's keys).

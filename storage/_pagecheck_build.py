@@ -117,7 +117,10 @@ int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *
                       uint32_t out_cap, uint32_t *sel, uint32_t *vstart, uint32_t *vend,
                       int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
                       uint8_t *fixed_out, uint32_t *var_out, uint8_t *joined_out,
-                      uint32_t *joined_len, uint8_t *joined_ok, int *layout);
+                      uint32_t *joined_len, uint8_t *joined_ok, int *layout,
+                      const uint8_t *keys, const uint32_t *key_ends, int nkey,
+                      const uint8_t *key_kinds, const uint16_t *key_cols,
+                      const uint32_t *key_at, const uint8_t *var_text);
 """
 
 SOURCE = r"""
@@ -1447,14 +1450,131 @@ uint32_t slk_seq_copy_pages(const uint8_t *pool, const uint32_t *seq, uint32_t n
  * An index scan's batch in one call: slk_heap_gather_opt's judgement of the tuples at
  * (page_of[k], offnums[k]) for k < n over pool buffers bufs[0..npages) read without
  * content locks (the caller keeps each VALID and holding its block: pins, or the
- * descriptor lock), the visible ones' data copied to out one after another (visible tuple m is
- * request sel[m], its data out[vstart[m], vend[m])), the change counters re-checked, and
- * then slk_row_layout over that private copy (its result in *layout; 0 when no tuple is
- * visible), so the row decoder gets its column arrays without a second call. Offnums are
- * u32 as slk_ix_batch_tids writes them (0: no tuple). Returns the visible count, or
- * SLK_OPT_RETRY when a writer held a page meanwhile, a request names a page outside the
- * list, a slot is flawed or out is too small (the caller takes the locked path, which
- * decides or raises naming the slot). */
+ * descriptor lock), the visible ones' data copied to out one after another (visible tuple
+ * m is request sel[m], its data out[vstart[m], vend[m])), the change counters re-checked,
+ * then the index's re-check of each row's key against its entry (below) and
+ * slk_row_layout over the rows kept (its result in *layout; 0 when none is kept), so the
+ * row decoder gets its column arrays without a second call. Offnums are u32 as
+ * slk_ix_batch_tids writes them (0: no tuple). Returns the count kept, or SLK_OPT_RETRY
+ * when a writer held a page meanwhile, a request names a page outside the list, a slot
+ * is flawed or out is too small (the caller takes the locked path, which decides or
+ * raises naming the slot).
+ *
+ * The key re-check (nkey > 0): request k's entry key is keys[key_ends[k-1], key_ends[k])
+ * (key_ends[-1] = 0) less its 6-byte TID; a visible row is kept only when its key
+ * columns, encoded as engine/access/keycodec.py encodes them, are exactly that (a slot
+ * reused since the entry was read holds another key). Key column c is schema column
+ * key_cols[c] (its NULL bit), of kind key_kinds[c] (0 int8, 1 float8, 2 bool, 3 text or
+ * bytea) at key_at[c] (fixed kinds: byte offset in the fixed part; text/bytea: index
+ * among the variable-width columns). A row that would not decode (lengths that do not
+ * add up, a text value that is not UTF-8 as Python's strict decoder judges it: var_text[j]
+ * says which variable-width columns are text) is kept whatever its key, so the caller's
+ * decode raises naming it exactly as when the re-check ran after decoding. */
+#define RK_INT8 0
+#define RK_FLOAT8 1
+#define RK_BOOL 2
+
+/* Python's strict UTF-8 decoder's verdict on s[0, n): no overlong forms, surrogates or
+ * code points past U+10FFFF, no truncated sequence. */
+static int utf8_ok(const uint8_t *s, uint64_t n)
+{
+    uint64_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        if (c < 0x80) { i++; continue; }
+        uint32_t need, cp, min;
+        if (c >= 0xC2 && c <= 0xDF) { need = 1; cp = c & 0x1F; min = 0x80; }
+        else if (c >= 0xE0 && c <= 0xEF) { need = 2; cp = c & 0x0F; min = 0x800; }
+        else if (c >= 0xF0 && c <= 0xF4) { need = 3; cp = c & 0x07; min = 0x10000; }
+        else return 0;
+        if (n - i <= need) return 0;
+        for (uint32_t j = 1; j <= need; j++) {
+            if ((s[i + j] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + j] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+/* 1 when the row at row[0, rowlen) (tuple.py's row format) would not decode: its lengths
+ * do not add up, or a text value is not UTF-8. */
+static int row_flawed(const uint8_t *row, uint32_t rowlen, int nb, uint32_t fixed_size,
+                      int nvar, const uint8_t *var_text)
+{
+    uint64_t head = (uint64_t)nb + fixed_size + 4u * (uint64_t)nvar, off = head;
+    if (rowlen < head) return 1;
+    const uint8_t *lens = row + nb + fixed_size;
+    for (int j = 0; j < nvar; j++) off += load32(lens + 4 * j);
+    if (off != rowlen) return 1;
+    off = head;
+    for (int j = 0; j < nvar; j++) {
+        uint64_t len = load32(lens + 4 * j);
+        if (var_text[j] && !utf8_ok(row + off, len)) return 1;
+        off += len;
+    }
+    return 0;
+}
+
+/* 1 when the row at row[0, rowlen) (tuple.py's row format) encodes to key[0, keylen). */
+static int row_key_is(const uint8_t *row, uint32_t rowlen, int nb, uint32_t fixed_size,
+                      int nvar, int nkey, const uint8_t *kinds, const uint16_t *cols,
+                      const uint32_t *at, const uint8_t *key, uint32_t keylen)
+{
+    uint32_t head = (uint32_t)nb + fixed_size + 4u * (uint32_t)nvar, p = 0;
+    if (rowlen < head) return 1;                 /* malformed: the decode raises */
+    const uint8_t *lens = row + nb + fixed_size;
+    for (int c = 0; c < nkey; c++) {
+        uint32_t col = cols[c];
+        if ((int)(col >> 3) < nb && (row[col >> 3] >> (col & 7)) & 1) {
+            if (p >= keylen || key[p] != 0x02) return 0;
+            p++;
+            continue;
+        }
+        if (p >= keylen || key[p] != 0x01) return 0;
+        p++;
+        if (kinds[c] == RK_INT8 || kinds[c] == RK_FLOAT8) {
+            if (at[c] + 8 > fixed_size) return 1;
+            uint64_t v = load64(row + nb + at[c]);
+            if (kinds[c] == RK_INT8) {
+                v ^= (uint64_t)1 << 63;
+            } else {
+                double d;
+                memcpy(&d, &v, 8);
+                if (d != d) v = 0x7FF8000000000000ull;     /* every NaN as one */
+                else if (d == 0.0) v = 0;                   /* -0.0 as 0.0 */
+                v = (v >> 63) ? ~v : (v | ((uint64_t)1 << 63));
+            }
+            if (keylen - p < 8) return 0;
+            for (int sh = 56; sh >= 0; sh -= 8)
+                if (key[p++] != (uint8_t)(v >> sh)) return 0;
+        } else if (kinds[c] == RK_BOOL) {
+            if (at[c] + 1 > fixed_size) return 1;
+            if (p >= keylen || key[p] != (row[nb + at[c]] ? 1 : 0)) return 0;
+            p++;
+        } else {
+            if ((int)at[c] >= nvar) return 1;
+            uint64_t off = head;
+            for (uint32_t j = 0; j < at[c]; j++) off += load32(lens + 4 * j);
+            uint64_t len = load32(lens + 4 * at[c]);
+            if (off + len > rowlen) return 1;
+            const uint8_t *v = row + off;
+            for (uint64_t i = 0; i < len; i++) {
+                if (p >= keylen || key[p] != v[i]) return 0;
+                p++;
+                if (v[i] == 0) {
+                    if (p >= keylen || key[p] != 0xff) return 0;
+                    p++;
+                }
+            }
+            if (keylen - p < 2 || key[p] != 0 || key[p + 1] != 1) return 0;
+            p += 2;
+        }
+    }
+    return p == keylen;
+}
+
 int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
                       int npages, uint32_t *seen, const uint32_t *page_of,
                       const uint32_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
@@ -1462,7 +1582,10 @@ int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *
                       uint32_t out_cap, uint32_t *sel, uint32_t *vstart, uint32_t *vend,
                       int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
                       uint8_t *fixed_out, uint32_t *var_out, uint8_t *joined_out,
-                      uint32_t *joined_len, uint8_t *joined_ok, int *layout)
+                      uint32_t *joined_len, uint8_t *joined_ok, int *layout,
+                      const uint8_t *keys, const uint32_t *key_ends, int nkey,
+                      const uint8_t *key_kinds, const uint16_t *key_cols,
+                      const uint32_t *key_at, const uint8_t *var_text)
 {
     *layout = 0;
     for (int p = 0; p < npages; p++) {
@@ -1492,6 +1615,26 @@ int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     for (int p = 0; p < npages; p++)
         if (__atomic_load_n(seq + bufs[p], __ATOMIC_RELAXED) != seen[p]) return SLK_OPT_RETRY;
+    if (nkey > 0) {
+        uint32_t fixed_size = 0;
+        for (int c = 0; c < nfixed; c++) fixed_size += fixed_sizes[c];
+        int kept = 0;
+        for (int i = 0; i < m; i++) {
+            uint32_t k = sel[i], ks = k ? key_ends[k - 1] : 0, ke = key_ends[k];
+            const uint8_t *row = out + vstart[i];
+            uint32_t rowlen = vend[i] - vstart[i];
+            if (ke < ks + 6 ||
+                row_key_is(row, rowlen, nb, fixed_size, nvar, nkey, key_kinds, key_cols,
+                           key_at, keys + ks, ke - ks - 6) ||
+                row_flawed(row, rowlen, nb, fixed_size, nvar, var_text)) {
+                sel[kept] = sel[i];
+                vstart[kept] = vstart[i];
+                vend[kept] = vend[i];
+                kept++;
+            }
+        }
+        m = kept;
+    }
     if (m)
         *layout = slk_row_layout(out, m, vstart, vend, nb, nfixed, fixed_sizes, nvar,
                                  fixed_out, var_out, joined_out, joined_len, joined_ok);

@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Sequence
-from itertools import repeat
+from collections.abc import Callable, Sequence
+from itertools import compress, repeat
+from operator import eq
 from typing import NamedTuple
 
 from slonik.engine.access.tuple import layout_scratch, slot_tuple
@@ -62,7 +63,7 @@ except ImportError:
 
 __all__ = ["tuples_at_py", "gather", "gather_py", "gather_heap", "gather_pool", "Gathered",
            "fetch_pages", "fetch_tuple", "C_GATHER", "PIN_BATCH_PAGES", "GatheredRows",
-           "C_RANGE_ROWS", "gather_rows_py", "gather_rows_pool", "gather_heap_rows",
+           "C_RANGE_ROWS", "gather_rows_py", "KeyCheck", "key_check", "recheck", "rows_of", "gather_rows_pool", "gather_heap_rows",
            "NO_TUPLE", "INVISIBLE", "VISIBLE", "OPT_RETRY"]
 
 C_GATHER = _lib is not None  # whether gather runs in C
@@ -270,23 +271,73 @@ def gather_pool(bm, bufs: Sequence[int], page_of: Sequence[int], offnums: Sequen
 
 
 class GatheredRows(NamedTuple):
-    """``gather_rows``' answer: the visible requests' indices in request order (None:
-    every request) and their rows, decoded."""
+    """``gather_rows``' answer: the kept requests' indices in request order (None: every
+    request) and their rows, decoded; ``checked``: whether the rows were re-checked
+    against their entries' keys (a ``KeyCheck`` was given and applied)."""
 
     sel: list[int] | None
     rows: list[tuple]
+    checked: bool = False
+
+
+# slk_ix_range_rows' kinds of key column (its RK_* codes): text and bytea encode alike.
+_KEY_KINDS = {"int8": 0, "float8": 1, "bool": 2, "text": 3, "bytea": 3}
+
+
+class KeyCheck(NamedTuple):
+    """An index's key columns as ``slk_ix_range_rows`` re-checks them against entry keys,
+    as C arrays (``key_check``); ``codec`` is the row codec they were made for."""
+
+    codec: object
+    nkey: int
+    kinds: object
+    cols: object
+    at: object
+    var_text: object
+
+
+# gather_rows_pool's arguments when no key re-check is asked for (nkey 0: never read)
+_NO_KEY_CHECK = None if not C_RANGE_ROWS else KeyCheck(None, 0, _ffi.NULL, _ffi.NULL,
+                                                        _ffi.NULL, _ffi.NULL)
+
+
+def key_check(codec, positions: Sequence[int]) -> KeyCheck:
+    """The ``KeyCheck`` of an index on the schema columns ``positions`` of rows of
+    ``codec`` (a ``RowCodec``); made once per index and codec, not per scan."""
+    kinds = [_KEY_KINDS[codec.types[p]] for p in positions]
+    return KeyCheck(codec, len(positions), _ffi.new("uint8_t[]", kinds),
+                    _ffi.new("uint16_t[]", list(positions)),
+                    _ffi.new("uint32_t[]", [codec.field_at(p) for p in positions]),
+                    _ffi.new("uint8_t[]", list(codec.var_text) or [0]))
 
 
 def gather_rows_py(pages: Sequence[bytes], page_of: Sequence[int], offnums: Sequence[int],
                    snapshot: tuple[int, int, Sequence[int]], codec, *, rel: int = 0,
-                   fork: int = 0, blocks: Sequence[int] = ()) -> GatheredRows:
+                   fork: int = 0, blocks: Sequence[int] = (),
+                   entry_keys: Sequence[bytes] | None = None,
+                   keys_of_rows: Callable[[list], list[bytes]] | None = None) -> GatheredRows:
     """Reference of ``gather_rows_pool`` (and what a batch falls back to): ``gather_py``,
-    then the visible tuples' rows decoded by ``codec`` (a ``RowCodec``) one by one."""
+    then the visible tuples' rows decoded by ``codec`` (a ``RowCodec``) one by one; with
+    ``entry_keys`` (request k's entry key, TID suffix cut) only the rows whose key
+    (``keys_of_rows``) is their entry's are kept."""
     g = gather_py(pages, page_of, offnums, snapshot, rel=rel, fork=fork, blocks=blocks)
-    return _rows_of(g, codec.decode_run_py)
+    got = rows_of(g, codec.decode_run_py)
+    return got if entry_keys is None else recheck(got, entry_keys, keys_of_rows)
 
 
-def _rows_of(g: Gathered, decode_run) -> GatheredRows:
+def recheck(got: GatheredRows, entry_keys: Sequence[bytes],
+            keys_of_rows: Callable[[list], list[bytes]]) -> GatheredRows:
+    """``got`` less the rows whose key (``keys_of_rows``, column-wise) is not their
+    request's entry key (``entry_keys[k]``, TID suffix cut): an index scan's re-check (a
+    slot reused since the entry was read holds another key)."""
+    sel = range(len(entry_keys)) if got.sel is None else got.sel
+    same = list(map(eq, keys_of_rows(got.rows), map(entry_keys.__getitem__, sel)))
+    if all(same):
+        return GatheredRows(got.sel, got.rows, True)
+    return GatheredRows(list(compress(sel, same)), list(compress(got.rows, same)), True)
+
+
+def rows_of(g: Gathered, decode_run) -> GatheredRows:
     """The visible tuples of ``g`` decoded by ``decode_run``."""
     if g.status.count(VISIBLE) == len(g.status):
         return GatheredRows(None, decode_run(g.data, g.starts, g.ends))
@@ -296,14 +347,19 @@ def _rows_of(g: Gathered, decode_run) -> GatheredRows:
 
 
 def gather_rows_pool(bm, bufs: Sequence[int], page_of, offnums, n: int,
-                     snapshot: tuple[int, int, Sequence[int]], codec) -> GatheredRows | None:
+                     snapshot: tuple[int, int, Sequence[int]], codec,
+                     keys: tuple[bytes, object, KeyCheck] | None = None
+                     ) -> GatheredRows | None:
     """``gather_rows_py``'s answer for the pool pages of ``bufs`` (VALID, kept so by pins
     or the descriptor lock, not content-locked) in one C call (``slk_ix_range_rows``:
-    ``gather_pool``'s lock-free judgement and copy under the change counters, then the
-    row layout of the copy), the rows built by ``RowCodec.rows_from_layout``. ``page_of``
-    and ``offnums`` are C ``uint32_t`` arrays of ``n`` requests (``index.batch_tids``'
-    own output: no list round trip). None when a writer held a page meanwhile or a slot
-    is flawed (take the locks), or the C helper or the counters are absent."""
+    ``gather_pool``'s lock-free judgement and copy under the change counters, the key
+    re-check, then the row layout of the copy), the rows built by
+    ``RowCodec.rows_from_layout``. ``page_of`` and ``offnums`` are C ``uint32_t`` arrays
+    of ``n`` requests (``index.batch_tids``' own output: no list round trip). ``keys``:
+    (the requests' whole entry keys joined, a C ``uint32_t`` array of their ends, the
+    index's ``KeyCheck``), for the re-check in C (``gather_rows_py``'s ``entry_keys``).
+    None when a writer held a page meanwhile or a slot is flawed (take the locks), or the
+    C helper or the counters are absent."""
     seq = getattr(bm, "seq", None)
     if not C_RANGE_ROWS or seq is None or n == 0:
         return None
@@ -314,46 +370,55 @@ def gather_rows_pool(bm, bufs: Sequence[int], page_of, offnums, n: int,
     sc = layout_scratch(n, npages * BLCKSZ, nvar, codec.fixed_size)
     _excluded_array(tls, excluded)
     tls.bufs[0:npages] = bufs
+    if keys is None:
+        joined, ends, kc, nkey = _ffi.NULL, _ffi.NULL, _NO_KEY_CHECK, 0
+    else:
+        joined, ends, kc = keys
+        nkey = kc.nkey
     m = _lib.slk_ix_range_rows(bm.c_pool, seq, tls.bufs, npages, tls.seen, page_of, offnums,
                                n, snap_xmax, own, tls.excluded, len(excluded), sc.out,
                                sc.nbytes, sc.sel, sc.starts, sc.ends, nb, nfixed,
                                fixed_sizes, nvar, sc.fixed_out, sc.var_out, sc.joined,
-                               sc.joined_len, sc.joined_ok, sc.layout)
+                               sc.joined_len, sc.joined_ok, sc.layout, joined, ends, nkey,
+                               kc.kinds, kc.cols, kc.at, kc.var_text)
     if m < 0:
         return None
+    checked = keys is not None
     sel = None if m == n else memoryview(_ffi.buffer(sc.sel, 4 * m)).cast("I").tolist()
     if m == 0:
-        return GatheredRows(sel, [])
+        return GatheredRows(sel, [], checked)
     rows = codec.rows_from_layout(_ffi.buffer(sc.out), m, sc) if sc.layout[0] == 0 else None
     if rows is None:   # a NULL, or a row that does not decode: row by row (raises naming it)
         end = memoryview(_ffi.buffer(sc.ends, 4 * m)).cast("I").tolist()
         rows = codec.decode_run_py(_ffi.buffer(sc.out, end[-1])[:],
                                    memoryview(_ffi.buffer(sc.starts, 4 * m)).cast("I").tolist(),
                                    end)
-    return GatheredRows(sel, rows)
+    return GatheredRows(sel, rows, checked)
 
 
 def gather_heap_rows(heap, blocks: Sequence[int], page_of, offnums, n: int,
-                     snapshot: tuple[int, int, Sequence[int]], codec) -> GatheredRows:
+                     snapshot: tuple[int, int, Sequence[int]], codec,
+                     keys: tuple[bytes, object, KeyCheck] | None = None) -> GatheredRows:
     """The visible rows of the tuples at (``blocks[page_of[k]]``, ``offnums[k]``), k < n,
     of ``heap`` (``blocks`` distinct and below ``nblocks()``; ``page_of``/``offnums`` C
     ``uint32_t`` arrays, as ``gather_rows_pool`` takes them) as ``snapshot`` sees them,
     decoded by ``codec``. An index range scan's batch: when every page is in the pool, one
     C call under the descriptor lock and no pins (``BufferManager.read_cached`` around
-    ``gather_rows_pool``); otherwise, or when a writer held a page meanwhile,
-    ``gather_heap`` (pins, a read stream for the pages not cached, share locks when
-    needed) and ``RowCodec.decode_run``. Needs the C helper (``C_GATHER``): without it an
-    index scan takes ``gather_heap`` itself."""
+    ``gather_rows_pool``, with ``keys``' re-check); otherwise, or when a writer held a
+    page meanwhile, ``gather_heap`` (pins, a read stream for the pages not cached, share
+    locks when needed) and ``RowCodec.decode_run``, not re-checked (``checked`` False).
+    Needs the C helper (``C_RANGE_ROWS``): without it an index scan takes ``gather_heap``
+    itself."""
     bm = heap.bufmgr
     if C_RANGE_ROWS and blocks and bm.seq is not None and \
             len(blocks) <= max(1, min(PIN_BATCH_PAGES, bm.nbuffers // 8)):
         got = bm.read_cached(heap.rel, heap.fork, blocks,
                              lambda bufs: gather_rows_pool(bm, bufs, page_of, offnums, n,
-                                                           snapshot, codec))
+                                                           snapshot, codec, keys))
         if got is not None:
             return got
     g = gather_heap(heap, blocks, _ffi.unpack(page_of, n), _ffi.unpack(offnums, n), snapshot)
-    return _rows_of(g, codec.decode_run)
+    return rows_of(g, codec.decode_run)
 
 
 def fetch_pages(heap, blocks: Sequence[int]) -> list[bytes]:

@@ -338,6 +338,7 @@ class RowCodec:
             "<" + "".join(_FIXED_CODE[self.types[i]] for i in self._fixed))
         self.fixed_size = self._fixed_struct.size   # fixed-width bytes per row
         self._text_var = tuple(self.types[i] == "text" for i in self._var)
+        self.var_text = self._text_var   # per text/bytea column: whether it is text
         self._fixed_layout = tuple((i, _FIXED_CODE[self.types[i]],
                                     struct.calcsize(_FIXED_CODE[self.types[i]]))
                                    for i in self._fixed)
@@ -374,6 +375,13 @@ class RowCodec:
                                   sc.joined_len, sc.joined_ok)
         rows = self.rows_from_layout(buf, n, sc) if got == 0 else None
         return self.decode_run_py(buf, starts, ends) if rows is None else rows
+
+    def field_at(self, i: int) -> int:
+        """Where column ``i`` is in a row: a fixed-width column's byte offset in the fixed
+        part, a text/bytea column's index among the variable-width ones."""
+        if i in self._var:
+            return self._var.index(i)
+        return sum(size for j, _code, size in self._fixed_layout if j < i)
 
     @property
     def layout_args(self) -> tuple:

@@ -6,6 +6,7 @@ runs it under the descriptor lock instead of pins."""
 from __future__ import annotations
 
 import struct
+from itertools import accumulate
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slonik.engine import index as ix
 from slonik.engine.access import heap_fetch as hf
-from slonik.engine.access.tuple import RowCodec, Tid, TupleFormatError, pack_tuple
+from slonik.engine.access.keycodec import key_encoder
+from slonik.engine.access.tuple import (
+    RowCodec,
+    Tid,
+    TupleFormatError,
+    pack_tuple,
+    slot_tuple,
+)
 from slonik.engine.database import Database
 from slonik.storage.page import BLCKSZ, LpFlag, PageFullError, init_page, page_add_item
 
@@ -92,14 +100,26 @@ def _outcome(fn):
         return "TupleFormatError", str(e)
 
 
-def _reference(pages, page_of, offnums, snap):
+def _reference(pages, page_of, offnums, snap, entry_keys=None, keys_of_rows=None):
     """gather_rows_py's answer, "flawed" where gather_py raises on a slot (the C call
-    then retries), or the decode error a visible row raises."""
+    then retries), or the decode error a kept row raises."""
     try:
         hf.gather_py(pages, page_of, offnums, snap)
     except TupleFormatError:
         return "flawed"
-    return _outcome(lambda: hf.gather_rows_py(pages, page_of, offnums, snap, CODEC))
+    return _outcome(lambda: hf.gather_rows_py(pages, page_of, offnums, snap, CODEC,
+                                              entry_keys=entry_keys,
+                                              keys_of_rows=keys_of_rows))
+
+
+def _slot_row(page: bytes, offnum: int):
+    """The decoded row at ``offnum`` of ``page``, or None (no tuple, a flawed slot, data
+    that is no row)."""
+    try:
+        got = slot_tuple(page, offnum, 0, 0, 0)
+        return None if got is None else CODEC.decode(page[got[3]:got[4]])
+    except (TupleFormatError, ValueError):
+        return None
 
 
 @needs_c
@@ -109,10 +129,13 @@ def test_c_range_rows_equals_reference(pages, data):
     """For random pages of encoded rows (NULLs, text with NULs and non-ASCII, bytea with
     NULs, rows that do not decode, damaged slots), random requests (offnum 0 and past the
     line pointers included, pages in any order) and random snapshots, gather_rows_pool
-    (one C call: judge, gather, lay out; rows built from the layout) gives exactly
-    gather_rows_py's visible indices and rows; where a slot is flawed it answers None
-    (the locked path raises naming it), where a visible row does not decode it raises the
-    reference's error; with a requested page's counter odd it answers None."""
+    (one C call: judge, gather, re-check keys, lay out; rows built from the layout) gives
+    exactly gather_rows_py's kept indices and rows: without a key check every visible
+    row; with one, on an index over 1-3 random columns (any order) whose entry keys are
+    each the slot's own row's key or another row's, only the rows whose keycodec key is
+    their entry's. Where a slot is flawed it answers None (the locked path raises naming
+    it), where a kept row does not decode it raises the reference's error; with a
+    requested page's counter odd it answers None."""
     ffi = hf._ffi
     reqs = data.draw(st.lists(st.tuples(st.integers(0, len(pages) - 1), st.integers(0, 40)),
                               min_size=1, max_size=40, unique=True))
@@ -128,6 +151,27 @@ def test_c_range_rows_equals_reference(pages, data):
     want = _reference(pages, page_of, offnums, snap)
     got = _outcome(lambda: hf.gather_rows_pool(pool, bufs, c_page_of, c_offnums, n, snap,
                                                CODEC))
+    assert got == (("ok", None) if want == "flawed" else want)
+    # the key re-check: an index on random columns, entry keys own or a stranger's
+    positions = data.draw(st.lists(st.integers(0, len(COLUMNS) - 1), min_size=1,
+                                   max_size=3, unique=True))
+    encode = key_encoder([COLUMNS[p] for p in positions])
+
+    def keys_of_rows(rows):
+        return [encode(tuple(r[p] for p in positions)) for r in rows]
+
+    entry_keys = []
+    for p, o in reqs:
+        row = _slot_row(pages[p], o)
+        if row is None or data.draw(st.integers(0, 3)) == 0:
+            row = data.draw(ROWS)
+        entry_keys.append(encode(tuple(row[q] for q in positions)))
+    whole = [k + struct.pack(">IH", p, o) for k, (p, o) in zip(entry_keys, reqs, strict=True)]
+    ends = ffi.new("uint32_t[]", list(accumulate(map(len, whole))))
+    keys = (b"".join(whole), ends, hf.key_check(CODEC, positions))
+    want = _reference(pages, page_of, offnums, snap, entry_keys, keys_of_rows)
+    got = _outcome(lambda: hf.gather_rows_pool(pool, bufs, c_page_of, c_offnums, n, snap,
+                                               CODEC, keys))
     assert got == (("ok", None) if want == "flawed" else want)
     pool.seq[bufs[data.draw(st.sampled_from(page_of))]] += 1
     assert hf.gather_rows_pool(pool, bufs, c_page_of, c_offnums, n, snap, CODEC) is None
