@@ -88,6 +88,9 @@ class Table:
         self._codec = RowCodec(relation.columns)
         self._heap = relation.heap
         self._create_index = create_index
+        # get(id=)'s (column, primary key index) of a one-column primary key, remembered
+        # by its first call (the primary key never changes)
+        self._pk_point: tuple[str, TableIndex] | None = None
         # Check-and-set of a version's xmax, and a write's uniqueness checks with the
         # index entries they guard.
         self._write_lock = threading.Lock()
@@ -572,7 +575,13 @@ class Table:
         if key:
             if tid is not None:
                 raise TypeError("get takes a Tid or primary key columns, not both")
-            pk, values = self._pk_values(key)
+            point = self._pk_point
+            if point is not None and len(key) == 1 and point[0] in key:
+                pk, values = point[1], (key[point[0]],)   # _pk_values' usual answer
+            else:
+                pk, values = self._pk_values(key)
+                if pk.encode_value is not None:   # a one-column primary key: remember it
+                    self._pk_point = (pk.entry.columns[0], pk)
             enc = pk.encode_value
             prefix = enc(values[0]) if enc is not None else pk.encode(values)
             if enc is not None and len(prefix) + TID_SUFFIX_BYTES > KEY_MAX_BYTES:
