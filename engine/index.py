@@ -95,6 +95,7 @@ except ImportError:
 # build, where point_tuple probes with slk_ix_point_opt and walks the leaves instead.
 _point_step = getattr(_lib, "slk_ix_point_step_opt", None)
 _POINT_RIGHT = _lib.SLK_IX_POINT_RIGHT if _point_step is not None else None
+_point_probe = _point_step or (_lib.slk_ix_point_opt if _lib is not None else None)
 
 __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
@@ -267,28 +268,25 @@ class TableIndex:
         exactly ``key`` (a whole key, as from ``encode`` of every column), in index order,
         when one leaf holds them all and they are at most ``POINT_ENTRIES_MAX``; None when
         ``matching_keys`` must walk the leaves instead (or an entry starting with ``key``
-        is longer: ``key`` was a prefix). One descent by the cached internal pages, one
-        pin of one leaf and one C call (``point_entries``): a pool hit without the share
-        lock (``slk_ix_point_step_opt``: the leaf copied whole while no writer holds it,
-        see ``storage/bufmgr.py`` invariant 8; a leaf split exactly at the key sends the
-        probe right, ``_probe_right``), else under it."""
+        is longer: ``key`` was a prefix). One descent by the cached internal pages and
+        one C call on the leaf (``point_entries``): a pool hit in one descriptor-lock
+        section (``read_hit``) without the share lock (``slk_ix_point_step_opt``: the
+        leaf copied whole while no writer holds it, see ``storage/bufmgr.py`` invariant
+        8; a leaf split exactly at the key sends the probe right, ``_probe_right``),
+        else under it."""
         tree = self.tree
         bm = tree.bufmgr
         epoch = tree._begin_read()
         try:
             block = tree._leaf_for(key)
             if _lib is not None:
-                buf = bm.pin_if_valid(tree.rel, tree._forkno, block)
-                if buf >= 0:
-                    out = getattr(_tls, "point_out", None)
-                    if out is None:
-                        out = _point_arrays().point_out
-                    try:
-                        n = (_point_step or _lib.slk_ix_point_opt)(
-                            bm.c_pool, bm.seq, buf, key, len(key), POINT_ENTRIES_MAX,
-                            _tls.point_ents, out)
-                    finally:
-                        bm.unpin(buf)
+                out = getattr(_tls, "point_out", None)
+                if out is None:
+                    out = _point_arrays().point_out
+                # one C call in one descriptor-lock section (read_hit), None on a miss
+                n = bm.read_hit(tree.rel, tree._forkno, block, _point_probe, key, len(key),
+                                POINT_ENTRIES_MAX, _tls.point_ents, out)
+                if n is not None:
                     if n == _POINT_RIGHT:   # the leaf split exactly at the key: move right
                         n = _probe_right(tree, key, out)
                     got = _point_answer(n, out, len(key))
@@ -338,19 +336,17 @@ class TableIndex:
         as a Lehman & Yao reader moves right, instead of to the general path."""
         tree = self.tree
         bm = tree.bufmgr
-        seq = bm.seq
-        if _lib is None or seq is None:
+        if _lib is None or bm.seq is None:
             return POINT_OTHER
         tls = _tls
         out = getattr(tls, "point_out", None)
         if out is None:
             out = _point_arrays().point_out
-        step = _point_step or _lib.slk_ix_point_opt
         epoch = tree._begin_read()
         try:
             # each page read by one C call in one descriptor-lock section (read_hit: the
             # held lock stands in for the pin), None when it is not in the pool
-            n = bm.read_hit(tree.rel, tree._forkno, tree._leaf_for(key), step, key,
+            n = bm.read_hit(tree.rel, tree._forkno, tree._leaf_for(key), _point_probe, key,
                             len(key), POINT_ENTRIES_MAX, tls.point_ents, out)
             if n is None:
                 return POINT_OTHER

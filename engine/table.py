@@ -608,7 +608,11 @@ class Table:
                     committed = xacts.is_committed
                     if committed(t[0]) and not (t[1] and committed(t[1])):
                         row = self._codec.decode(t[2])
-                        if enc(row[pk.positions[0]]) == prefix:
+                        v = row[pk.positions[0]]
+                        # the key re-check; two ints are equal exactly when their
+                        # encodings are (int8), so compared without encoding again
+                        if (v == values[0] if type(v) is int and type(values[0]) is int
+                                else enc(v) == prefix):
                             return row
             # read_snapshot() inlined (a point read pays for every call layer): a
             # registered snapshot of the latest committed state, released after.
