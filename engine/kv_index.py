@@ -48,6 +48,7 @@ from slonik.storage.errors import DataCorruptionError
 __all__ = ["KVIndex", "TOMBSTONE"]
 
 TOMBSTONE = None             # a buffered delete in a transaction's write set
+_NO_VERSION = (0, 0)         # BTree.latest_versions: the key has no committed version
 
 
 class KVIndex:
@@ -145,16 +146,24 @@ class KVIndex:
         self.operations += len(keys)
         found = self.tree.latest_versions(keys, self._xacts.is_committed) if keys else []
         olds: dict[bytes, int] = {}
-        for key, (xmin, xmax) in zip(keys, found, strict=True):
-            if blind:
+        if blind:
+            for key, (xmin, xmax) in zip(keys, found, strict=True):
                 if not xmin or xmax:
                     raise KeyError(key)
-            elif xmin and (not snap.sees(xmin) or (xmax and not snap.sees(xmax))):
-                raise ConflictError(
-                    f"KV store {self.name!r}: key {key!r:.60} was changed by transaction "
-                    f"{xmax or xmin}, which committed after this transaction started "
-                    f"(first committer wins); retry the transaction")
-            olds[key] = 0 if xmax else xmin
+                olds[key] = xmin
+        else:
+            # Keys without a committed version (found (0, 0)) have nothing to judge: only
+            # the others take an interpreted step.
+            olds = dict.fromkeys(keys, 0)
+            for i in itertools.compress(range(len(keys)), map(_NO_VERSION.__ne__, found)):
+                key = keys[i]
+                xmin, xmax = found[i]
+                if not snap.sees(xmin) or (xmax and not snap.sees(xmax)):
+                    raise ConflictError(
+                        f"KV store {self.name!r}: key {key!r:.60} was changed by transaction "
+                        f"{xmax or xmin}, which committed after this transaction started "
+                        f"(first committer wins); retry the transaction")
+                olds[key] = 0 if xmax else xmin
         self._validated = (writes, olds)
 
     def apply(self, xid: int, writes: dict) -> list[VersionWrite]:
@@ -166,13 +175,14 @@ class KVIndex:
         if self._validated is not None and self._validated[0] is writes:
             olds = self._validated[1]
         self._validated = None
-        batch = []
-        get = olds.get
-        for key, value in writes.items():
-            old = get(key, OLD_LOOKUP)
-            if value is TOMBSTONE and not old:
-                continue
-            batch.append(VersionWrite(key, xid, value, old))
+        keys = list(writes)
+        values = list(writes.values())
+        # VersionWrites made by tuple.__new__ (a C call, as VersionWrite._make does)
+        batch = list(map(tuple.__new__, itertools.repeat(VersionWrite), zip(
+            keys, itertools.repeat(xid), values,
+            map(olds.get, keys, itertools.repeat(OLD_LOOKUP)))))
+        if TOMBSTONE in values:  # a delete of a key without a version writes nothing
+            batch = [w for w in batch if w.value is not TOMBSTONE or w.old_xmin]
         self.operations += len(batch)
         # The store checked every key and value when it was written (KVStore), the dict
         # holds each key once and xid comes from the transaction manager.

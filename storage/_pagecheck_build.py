@@ -109,6 +109,9 @@ int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
                     const uint64_t *olds, int start, int n, int64_t *state,
                     uint8_t *xout, uint32_t xcap, uint8_t *iout, uint32_t icap);
 int slk_bt_apply_build(uint8_t *page, int code, const uint8_t *data, uint32_t len);
+int slk_bt_first_versions(const uint8_t *page, const uint8_t *high, int32_t highlen,
+                          const uint8_t *keys, const uint64_t *key_at, int start, int n,
+                          uint32_t *out);
 /* --- index range fetch --- */
 int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
                       int npages, uint32_t *seen, const uint32_t *page_of,
@@ -1839,6 +1842,44 @@ int slk_bt_apply_build(uint8_t *page, int code, const uint8_t *data, uint32_t le
     memcpy(special, data + 4, 14);                          /* prev, next, level, flags */
     memcpy(lsn, page, 8);
     return bb_build(page, special, items, lens, n, lsn);
+}
+
+/* A commit's validation (engine/access/btree_page.py: first_versions_py is the Python
+ * reference): for sorted keys start.. below the leaf's high key (highlen -1: none), the
+ * offnum of each key's first (newest) entry on the page, 0 when it has none, in out[k -
+ * start]. Returns how many keys it answered (it stops at the first key >= the high key),
+ * -1 for a page it cannot read safely. */
+int slk_bt_first_versions(const uint8_t *page, const uint8_t *high, int32_t highlen,
+                          const uint8_t *keys, const uint64_t *key_at, int start, int n,
+                          uint32_t *out)
+{
+    int first, count, leaf;
+    int lower = bt_bounds(page, &first, &count, &leaf);
+    if (lower < 0 || !leaf) return -1;
+    int j;
+    for (j = start; j < n; j++) {
+        const uint8_t *key = keys + key_at[j];
+        uint32_t keylen = (uint32_t)(key_at[j + 1] - key_at[j]);
+        if (highlen >= 0) {
+            uint32_t m = keylen < (uint32_t)highlen ? keylen : (uint32_t)highlen;
+            int c = memcmp(key, high, m);
+            if (c == 0) c = keylen < (uint32_t)highlen ? -1 : keylen > (uint32_t)highlen ? 1 : 0;
+            if (c >= 0) break;
+        }
+        int off = slk_bt_search(page, key, keylen, UINT64_MAX, 0);
+        if (off < 0) return -1;
+        uint32_t found = 0;
+        if (off <= count) {
+            uint32_t at, len;
+            if (bt_item(page, off, lower, &at, &len) < 0 || len < BT_LEAF_HDR) return -1;
+            uint32_t ikeylen = load16(page + at + 17);
+            if (BT_LEAF_HDR + ikeylen > len) return -1;
+            if (ikeylen == keylen && memcmp(page + at + BT_LEAF_HDR, key, keylen) == 0)
+                found = (uint32_t)off;
+        }
+        out[j - start] = found;
+    }
+    return j - start;
 }
 """
 

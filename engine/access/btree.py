@@ -66,6 +66,7 @@ import itertools
 import operator
 import struct
 import threading
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,6 +120,8 @@ from slonik.engine.access.btree_page import (
     children,
     entry_key,
     extract_cut,
+    first_versions,
+    first_versions_out,
     item_cost,
     locate,
     minus_inf_pivot,
@@ -1875,15 +1878,20 @@ class BTree:
         """For each of ``keys`` (checked keys; any order, no duplicates) the (xmin, xmax)
         of its newest version with a ``committed`` xmin, xmax 0 unless ``committed``;
         (0, 0) when it has none. A commit's validation: the keys are taken in order and
-        every run of them on one leaf costs one descent and one page search per key."""
+        every run of them on one leaf costs one descent and one C call (``first_versions``:
+        each key's first entry there); only keys with versions get an interpreted step."""
         order = sorted(range(len(keys)), key=keys.__getitem__)
+        skeys = list(map(keys.__getitem__, order))
+        blob = b"".join(skeys)
+        at = array("Q", itertools.accumulate(map(len, skeys), initial=0))
         out: list[tuple[int, int]] = [(0, 0)] * len(keys)
         bm = self.bufmgr
         n = len(order)
+        offs_out = first_versions_out(n)
         pos = 0
         with self._reading():
             while pos < n:
-                key = keys[order[pos]]
+                key = skeys[pos]
                 block, buf = self._leaf_locked(key, exclusive=False)
                 try:
                     page = bm.page(buf)
@@ -1895,20 +1903,22 @@ class BTree:
                         high = unpack_pivot(bt_item(page, 1)).key
                     count = bt_item_count(page)
                     # Keys below the high key have every version on this page.
-                    while pos < n and (high is None or key < high):
-                        off = search_page(page, key, XMIN_MAX, False)
-                        while off <= count:
-                            e = unpack_entry(bt_item(page, off))
-                            if e.key != key:
-                                break
-                            if committed(e.xmin):
-                                out[order[pos]] = (e.xmin, e.xmax if e.xmax and
-                                                   committed(e.xmax) else 0)
-                                break
-                            off += 1
-                        pos += 1
+                    if high != b"":
+                        offs = first_versions(page, high, skeys, blob, at, pos, offs_out)
+                        for k in itertools.compress(range(pos, pos + len(offs)), offs):
+                            off, key = offs[k - pos], skeys[k]
+                            while off <= count:
+                                e = unpack_entry(bt_item(page, off))
+                                if e.key != key:
+                                    break
+                                if committed(e.xmin):
+                                    out[order[k]] = (e.xmin, e.xmax if e.xmax and
+                                                     committed(e.xmax) else 0)
+                                    break
+                                off += 1
+                        pos += len(offs)
                         if pos < n:
-                            key = keys[order[pos]]
+                            key = skeys[pos]
                 except BTreePageError as e:
                     raise self._corrupt(block, str(e)) from None
                 finally:

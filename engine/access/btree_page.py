@@ -102,7 +102,8 @@ __all__ = [
     "probe_many_py", "PROBE_FOUND", "PROBE_TOO_MANY", "PROBE_MANY_VERSIONS_MAX", "PROBE_MOVE_RIGHT", "PROBE_CONTINUES",
     "extract_leaf", "extract_leaf_py", "EXTRACT_DONE", "EXTRACT_OVERFLOW",
     "EXTRACT_BELOW_START", "gather_leaf", "gather_leaf_py", "extract_cut", "extract_cut_py",
-    "page_locator", "children", "children_py",
+    "page_locator", "children", "children_py", "first_versions", "first_versions_py",
+    "first_versions_out",
 ]
 
 P_NONE = 0
@@ -450,6 +451,44 @@ def locate(page, key: bytes, xmin: int) -> int:
     if got == -1:  # malformed: the reference names what is wrong
         return locate_py(page, key, xmin)
     return got
+
+
+def first_versions_py(page, high: bytes | None, keys: Sequence[bytes], start: int
+                      ) -> list[int]:
+    """For keys[start:] (sorted) below ``high`` (None: no high key), the offnum of each
+    key's first (newest) entry on the leaf ``page``, 0 when it has none; stops at the
+    first key >= ``high``. BTreePageError (or struct.error) for a damaged page."""
+    count = bt_item_count(page)
+    out = []
+    for key in itertools.islice(keys, start, None):
+        if high is not None and key >= high:
+            break
+        off = search_page(page, key, XMIN_MAX, False)
+        out.append(off if off <= count and entry_key(bt_item(page, off))[0] == key else 0)
+    return out
+
+
+def first_versions(page, high: bytes | None, keys: Sequence[bytes], blob: bytes, at,
+                   start: int, out) -> list[int]:
+    """``first_versions_py`` in one C call: ``blob`` is the keys joined, ``at`` their
+    len(keys) + 1 offsets (array 'Q'), ``out`` a ``uint32_t[len(keys)]`` (None: the
+    reference); a page C cannot read goes to the reference."""
+    if _lib is None or out is None or not hasattr(_lib, "slk_bt_first_versions"):
+        return first_versions_py(page, high, keys, start)
+    got = _lib.slk_bt_first_versions(_ffi.from_buffer(page),  # export: a temporary
+                                     _ffi.NULL if high is None else high,
+                                     -1 if high is None else len(high), blob,
+                                     _ffi.from_buffer("uint64_t[]", at), start, len(keys), out)
+    if got < 0:
+        return first_versions_py(page, high, keys, start)
+    return _ffi.unpack(out, got)
+
+
+def first_versions_out(n: int):
+    """The ``out`` array of ``first_versions`` for ``n`` keys (None without the C call)."""
+    if _lib is None or not hasattr(_lib, "slk_bt_first_versions"):
+        return None
+    return _ffi.new("uint32_t[]", max(n, 1))
 
 
 def children_py(page, first: int) -> list[int]:

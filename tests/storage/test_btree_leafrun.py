@@ -1,9 +1,13 @@
 """The C leaf run (slk_bt_leaf_run through btree_leafrun.leaf_run) agrees with its Python
 reference leaf_run_py on arbitrary leaves and batches: same writes done, stop reason,
 record payload, room left and resolved OLD_LOOKUP versions; the payload applied to the
-page gives the bytes redo gives, with every new version in place."""
+page gives the bytes redo gives, with every new version in place. Likewise validation's
+probe (slk_bt_first_versions vs first_versions_py)."""
 
 from __future__ import annotations
+
+import itertools
+from array import array
 
 import pytest
 from hypothesis import given, settings
@@ -133,3 +137,31 @@ def test_make_batch_keeps_xmins_above_two_to_the_63():
     batch = lr.make_batch([b"a", b"b"], [b"", b""], b"\x00\x00", [1, 2],
                           [2 ** 63 + 5, lr.OLD_LOOKUP])
     assert list(batch.olds) == [2 ** 63 + 5, bp.XMIN_MAX]
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(st.tuples(keys, xids, st.integers(0, 30)), max_size=50),
+       probe=st.lists(keys, max_size=30, unique=True), high=st.one_of(st.none(), keys),
+       start=st.integers(0, 5))
+def test_c_first_versions_equals_reference_and_rule(entries, probe, high, start):
+    """A commit's validation probe (slk_bt_first_versions): for random leaves and sorted
+    keys, C gives the reference's offnums, and each is the key's newest entry (0 exactly
+    when the key has none on the page); it stops at the first key >= the high key."""
+    page = leaf(entries, high, 3)
+    skeys = sorted(probe)
+    blob = b"".join(skeys)
+    at = array("Q", itertools.accumulate(map(len, skeys), initial=0))
+    got = bp.first_versions(page, high, skeys, blob, at, start, bp.first_versions_out(len(skeys)))
+    assert got == bp.first_versions_py(page, high, skeys, start)
+    below = [k for k in skeys[start:] if high is None or k < high]
+    stop = next((i for i, k in enumerate(skeys[start:]) if high is not None and k >= high),
+                None)
+    assert len(got) == (len(below) if stop is None else stop)
+    on_page = {(k, x) for k, x, _m in entries if high is None or k < high}
+    for key, off in zip(skeys[start:], got, strict=False):
+        newest = max((x for k, x in on_page if k == key), default=None)
+        if newest is None:
+            assert off == 0
+        else:
+            assert bp.entry_key(bp.bt_item(page, off)) == (key, newest)
