@@ -30,10 +30,14 @@ Invariants:
 3. Keys stay within the tree's ``KEY_MAX_BYTES``: a longer key raises ``ValueError``
    naming the index, before the heap is touched.
 4. A point read's leaf in the pool is read without its share lock (``point_tids``:
-   ``slk_ix_point_opt`` copies the pinned leaf whole while its change counter shows no
-   writer, ``storage/bufmgr.py`` invariant 8, and answers from the copy); a writer
-   holding it meanwhile, or a page only the reference can judge, sends the read to the
-   share-locked path, which answers or raises naming the page.
+   ``slk_ix_point_step_opt`` copies the leaf whole while its change counter shows no
+   writer, ``storage/bufmgr.py`` invariant 8, and answers from the copy, all inside one
+   descriptor-lock section, ``BufferManager.read_hit``, whose held lock stands in for
+   the pin); a writer holding it meanwhile, or a page only the reference can judge,
+   sends the read to the share-locked path, which answers or raises naming the page. A
+   leaf holding none of the key while its high key starts with it sends the probe to
+   its right sibling (L&Y "move right"; the reader is registered, so no leaf it
+   reaches is recycled meanwhile).
 """
 
 from __future__ import annotations

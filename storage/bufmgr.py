@@ -45,7 +45,8 @@ Invariants:
    acquire of buffer b (``lock_exclusive``, ``extend``, ``zero_buffer``: odd, the page may
    change) and right before each exclusive release (``unlock_exclusive``: even again), in
    C with full fences. A reader that holds a pin on a VALID buffer (never evicted, never
-   read into) but no content lock may read the page in C: counter even before, page
+   read into; or the descriptor lock for the read: ``read_cached``, ``read_hit``) but no
+   content lock may read the page in C: counter even before, page
    read, counter unchanged after, or it discards what it read and takes the share lock
    (``storage/_pagecheck_build.py``, "optimistic (seqlock) reads"). Reads into a buffer
    happen only while it is not VALID, where no optimistic reader looks.
