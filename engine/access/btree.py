@@ -235,6 +235,11 @@ OVERFLOW_EXTENTS_MAX = 32
 # Overflow pages per WAL record: 4 x 8 KiB keeps a record far below the smallest
 # wal_buffers (64 KiB) while amortizing the per-record cost.
 OVERFLOW_PAGES_PER_RECORD = 4
+# Pages a batch's splits extend the relation by at once (_extend: 1, 2, 4, ... up to this,
+# and to 1/EXTEND_AHEAD_POOL_DIVISOR of shared_buffers, since extension pins them all);
+# one extension per split cost a write, a size check and a pin of its own.
+EXTEND_AHEAD_PAGES_MAX = 16
+EXTEND_AHEAD_POOL_DIVISOR = 64
 _REF_HEAD = struct.Struct("<QH")
 _EXTENT = struct.Struct("<II")
 _META_SPECIAL = Special(P_NONE, P_NONE, 0, BTP_META)
@@ -669,6 +674,12 @@ class BTree:
         self._inner_lock = threading.Lock()
         self._inner_gen = 0
         self._forkno = int(self.fork)  # the buffer tag's fork number (point-read hit path)
+        # A batch's splits extend the relation ahead (_extend): blocks extended and not yet
+        # used (write lock held; empty outside _apply_sorted, whose end frees what is
+        # left), and how many pages the next extension adds (1 outside a batch).
+        self._spares: list[int] = []
+        self._extend_pages = 1
+        self._extend_ahead = False
 
     # --- creating and opening -------------------------------------------------------------------
     @classmethod
@@ -938,9 +949,31 @@ class BTree:
         return _Change(buf, head, True)
 
     def _extend(self) -> _Change:
-        """A new page at the end of the relation: pinned, exclusive-locked, will_init."""
-        (buf,) = self.bufmgr.extend(self.rel, self.fork, 1)
-        return _Change(buf, self.bufmgr.block_of(buf)[2], True)
+        """A new page at the end of the relation: pinned, exclusive-locked, will_init.
+        Inside a batch (``_apply_sorted``) the relation grows by ``_extend_pages`` at a
+        time (doubling up to EXTEND_AHEAD_PAGES_MAX); the pages not used yet wait, all
+        zero, in ``_spares``."""
+        bm = self.bufmgr
+        if self._spares:
+            block = self._spares.pop()
+            buf = self._read(block, exclusive=True)
+            if not page_is_new(bm.page(buf)):
+                self._release(buf, exclusive=True)
+                raise self._corrupt(block, "a page extended ahead for a split is no longer "
+                                           "all zero")
+            return _Change(buf, block, True)
+        n = self._extend_pages
+        bufs = bm.extend(self.rel, self.fork, n)
+        if self._extend_ahead:
+            self._extend_pages = max(1, min(2 * n, EXTEND_AHEAD_PAGES_MAX,
+                                            bm.nbuffers // EXTEND_AHEAD_POOL_DIVISOR))
+        spare = bufs[1:]
+        if spare:
+            blocks = [bm.block_of(b)[2] for b in spare]
+            for b in spare:
+                self._release(b, exclusive=True)
+            self._spares.extend(reversed(blocks))  # pop() hands them out in block order
+        return _Change(bufs[0], bm.block_of(bufs[0])[2], True)
 
     # --- descent -------------------------------------------------------------------------------
     def _descend(self, key: bytes, xmin: int, *, stack: list[int] | None = None,
@@ -1812,29 +1845,52 @@ class BTree:
         starts no run (its leaf is full, or its old version elsewhere) alone."""
         done_writes: list[VersionWrite] = []
         with self._write_lock:
-            batch = self._leaf_batch(checked)
-            runner = new_runner(batch)
-            i = 0
-            while i < len(checked):
-                done = self._apply_on_leaf(batch, runner, checked, i, committed, done_writes)
-                if done == 0:  # the first write needs the general path
-                    w = checked[i]
-                    old = w.old_xmin
-                    if old == OLD_LOOKUP:
-                        old = self._newest_committed(w.key, committed)
-                    if old and not self.set_xmax(w.key, old, w.xid):
-                        raise ValueError(f"key {w.key[:40]!r} has no version with xmin "
-                                         f"{old}")
-                    kind = batch.kinds[i]
-                    if kind != KIND_NONE:
-                        item = pack_entry(w.key, w.xid, 0, ENTRY_OVERFLOW if
-                                          kind == KIND_OVERFLOW else 0, batch.payloads[i])
-                        self._insert_item(w.key, w.xid, item, w.xid)
-                    if old or kind != KIND_NONE:
-                        done_writes.append(w._replace(old_xmin=old))
-                    done = 1
-                i += done
+            self._extend_ahead = True
+            try:
+                self._apply_runs(checked, committed, done_writes)
+            except ValueError:  # a write refused (nothing wrong with the WAL)
+                self._extend_ahead = False
+                self._free_spares()
+                raise
+            finally:
+                self._extend_ahead = False
+                self._extend_pages = 1
+            self._free_spares()
         return done_writes
+
+    def _free_spares(self) -> None:
+        """Pages extended ahead and not used go on the free list. (After an error other
+        than a refused write they stay for the next batch: all zero, and unreached if
+        the process ends first, as after a crash between extension and use.)"""
+        spares, self._spares = self._spares, []
+        if spares:
+            self._free_pages(spares)
+
+    def _apply_runs(self, checked: list[VersionWrite], committed: Callable[[int], bool] | None,
+                    done_writes: list[VersionWrite]) -> None:
+        """``_apply_sorted``'s loop (write lock held)."""
+        batch = self._leaf_batch(checked)
+        runner = new_runner(batch)
+        i = 0
+        while i < len(checked):
+            done = self._apply_on_leaf(batch, runner, checked, i, committed, done_writes)
+            if done == 0:  # the first write needs the general path
+                w = checked[i]
+                old = w.old_xmin
+                if old == OLD_LOOKUP:
+                    old = self._newest_committed(w.key, committed)
+                if old and not self.set_xmax(w.key, old, w.xid):
+                    raise ValueError(f"key {w.key[:40]!r} has no version with xmin "
+                                     f"{old}")
+                kind = batch.kinds[i]
+                if kind != KIND_NONE:
+                    item = pack_entry(w.key, w.xid, 0, ENTRY_OVERFLOW if
+                                      kind == KIND_OVERFLOW else 0, batch.payloads[i])
+                    self._insert_item(w.key, w.xid, item, w.xid)
+                if old or kind != KIND_NONE:
+                    done_writes.append(w._replace(old_xmin=old))
+                done = 1
+            i += done
 
     def _leaf_batch(self, writes: list[VersionWrite]) -> LeafBatch:
         """The sorted ``writes`` as a leaf-run batch: each new version's payload is its
