@@ -100,6 +100,7 @@ except ImportError:
 _point_step = getattr(_lib, "slk_ix_point_step_opt", None)
 _POINT_RIGHT = _lib.SLK_IX_POINT_RIGHT if _point_step is not None else None
 _point_probe = _point_step or (_lib.slk_ix_point_opt if _lib is not None else None)
+_heap_fetch_opt = _lib.slk_heap_fetch_opt if _lib is not None else None
 
 __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
@@ -342,16 +343,16 @@ class TableIndex:
         bm = tree.bufmgr
         if _lib is None or bm.seq is None:
             return POINT_OTHER
-        tls = _tls
-        out = getattr(tls, "point_out", None)
-        if out is None:
-            out = _point_arrays().point_out
+        arrays = getattr(_tls, "point_tuple", None)
+        if arrays is None:
+            arrays = _point_tuple_arrays()
+        out, ents, data, meta = arrays
         epoch = tree._begin_read()
         try:
             # each page read by one C call in one descriptor-lock section (read_hit: the
             # held lock stands in for the pin), None when it is not in the pool
             n = bm.read_hit(tree.rel, tree._forkno, tree._leaf_for(key), _point_probe, key,
-                            len(key), POINT_ENTRIES_MAX, tls.point_ents, out)
+                            len(key), POINT_ENTRIES_MAX, ents, out)
             if n is None:
                 return POINT_OTHER
             if n == _POINT_RIGHT:
@@ -363,13 +364,8 @@ class TableIndex:
         if out[0] != len(key):
             return POINT_OTHER
         block, offnum = out[1], out[2]
-        data = getattr(tls, "fetch_out", None)
-        if data is None:   # char[]: ffi.unpack copies its first n bytes in one call
-            tls.fetch_out = data = _ffi.new("char[]", BLCKSZ)
-            tls.fetch_meta = _ffi.new("uint64_t[]", 3)
-        meta = tls.fetch_meta
-        n = heap.bufmgr.read_hit(heap.rel, heap.fork, block, _lib.slk_heap_fetch_opt, offnum,
-                                 data, BLCKSZ, meta)   # (a Fork is an int: the same tag)
+        n = heap.bufmgr.read_hit(heap.rel, heap.fork, block, _heap_fetch_opt, offnum, data,
+                                 BLCKSZ, meta)   # (a Fork is an int: the same tag)
         if n is None or n == OPT_RETRY:
             # not in the pool (or past the end), a writer held the page meanwhile, or a
             # flawed slot: fetch_tuple reads it (pinned; share-locked when it must be)
@@ -495,6 +491,16 @@ def point_right_py(page, prefix: bytes) -> int:
         if unpack_entry(bt_item(page, offnum)).key.startswith(prefix):
             return P_NONE
     return special.next
+
+
+def _point_tuple_arrays() -> tuple:
+    """This thread's arrays of ``point_tuple`` (made on first use): ``point_entries``'
+    output and scratch, and the heap tuple's data (char[]: ``ffi.unpack`` copies its
+    first n bytes in one call) and (xmin, xmax, flags)."""
+    tls = _point_arrays()
+    tls.point_tuple = (tls.point_out, tls.point_ents, _ffi.new("char[]", BLCKSZ),
+                       _ffi.new("uint64_t[]", 3))
+    return tls.point_tuple
 
 
 def _point_arrays():
