@@ -7,10 +7,10 @@ first. Nothing about the store is kept in memory: opening it reads the metapage 
 
 The transaction layer (``engine.transaction``) calls, under the engine's commit lock:
 ``validate`` (first committer wins, decided against the tree), ``apply`` (one
-``BTree.apply`` batch: xmax on the version replaced or deleted, a new version per put,
-one WAL record per leaf touched) and ``publish`` (nothing left to publish: the versions are
-in the tree, invisible until the xid is committed; it returns how many versions became
-dead, for autovacuum). Vacuum calls ``vacuum``. The user-facing ``KVStore``
+``BTree.apply_trusted_columns`` batch: xmax on the version replaced or deleted, a new
+version per put, one WAL record per leaf run; it returns how many versions it replaced)
+and ``publish`` (nothing left to publish: the versions are in the tree, invisible until
+the xid is committed; it returns how many versions became dead, for autovacuum). Vacuum calls ``vacuum``. The user-facing ``KVStore``
 (``engine.kv``) reads through ``read``/``get_many``/``scan``.
 
 Visibility: a reader with a snapshot sees what ``Snapshot.visible`` sees (scans hand the
@@ -38,7 +38,6 @@ from slonik.engine.access.btree import (
     BTree,
     CheckResult,
     VacuumResult,
-    VersionWrite,
     XidSnapshot,
 )
 from slonik.engine.errors import ConflictError
@@ -166,31 +165,33 @@ class KVIndex:
                 olds[key] = 0 if xmax else xmin
         self._validated = (writes, olds)
 
-    def apply(self, xid: int, writes: dict) -> list[VersionWrite]:
-        """Write ``writes`` into the tree as ``xid`` (one batch: one WAL record per leaf);
-        returns the writes done, for ``publish``. A key ``validate`` did not look up (a
-        blind put) replaces its newest committed version, found by the tree on the leaf
-        it writes (``OLD_LOOKUP``: one descent per leaf run, not two)."""
+    def apply(self, xid: int, writes: dict) -> int:
+        """Write ``writes`` into the tree as ``xid`` (one batch: one WAL record per leaf run);
+        returns how many old versions it replaced or deleted, for ``publish``. A key
+        ``validate`` did not look up (a blind put) replaces its newest committed version,
+        found by the tree on the leaf it writes (``OLD_LOOKUP``: one descent per leaf run,
+        not two). The batch goes to the tree as columns: no object per write."""
         olds: dict[bytes, int] = {}
         if self._validated is not None and self._validated[0] is writes:
             olds = self._validated[1]
         self._validated = None
-        keys = list(writes)
-        values = list(writes.values())
-        # VersionWrites made by tuple.__new__ (a C call, as VersionWrite._make does)
-        batch = list(map(tuple.__new__, itertools.repeat(VersionWrite), zip(
-            keys, itertools.repeat(xid), values,
-            map(olds.get, keys, itertools.repeat(OLD_LOOKUP)))))
+        keys = sorted(writes)
+        values = list(map(writes.__getitem__, keys))
+        old_xmins = list(map(olds.get, keys, itertools.repeat(OLD_LOOKUP)))
         if TOMBSTONE in values:  # a delete of a key without a version writes nothing
-            batch = [w for w in batch if w.value is not TOMBSTONE or w.old_xmin]
-        self.operations += len(batch)
+            self.operations += sum(1 for v, o in zip(values, old_xmins, strict=True)
+                                   if v is not TOMBSTONE or o)
+        else:
+            self.operations += len(keys)
         # The store checked every key and value when it was written (KVStore), the dict
         # holds each key once and xid comes from the transaction manager.
-        return self.tree.apply_trusted(batch, self._xacts.is_committed)
+        return self.tree.apply_trusted_columns(keys, values, xid, old_xmins,
+                                               self._xacts.is_committed)
 
-    def publish(self, xid: int, changes: list[VersionWrite]) -> int:
-        """The versions are in the tree already; returns how many versions became dead."""
-        return sum(1 for w in changes if w.old_xmin)
+    def publish(self, xid: int, replaced: int) -> int:
+        """The versions are in the tree already; returns how many versions became dead
+        (``apply``'s count)."""
+        return replaced
 
     # --- vacuum and checks --------------------------------------------------------------------
     def vacuum(self, is_dead: Callable[[int, int], bool]) -> VacuumResult:

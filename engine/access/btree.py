@@ -76,6 +76,7 @@ from slonik.engine.access.btree_leafrun import (
     KIND_INLINE,
     KIND_NONE,
     KIND_OVERFLOW,
+    LOOKUP_U64,
     OLD_LOOKUP,
     LeafBatch,
     LeafRunState,
@@ -1828,7 +1829,7 @@ class BTree:
         for a, b in itertools.pairwise(checked):
             if a.key == b.key:
                 raise ValueError(f"key {a.key[:40]!r} appears twice in one batch")
-        return self._apply_sorted(checked, committed)
+        return self._apply_writes(checked, committed)
 
     def apply_trusted(self, writes: list[VersionWrite], committed: Callable[[int], bool]
                       ) -> list[VersionWrite]:
@@ -1836,27 +1837,56 @@ class BTree:
         commit has (each key once, bytes of at most KEY_MAX_BYTES; values bytes of at most
         VALUE_MAX_BYTES or None; xids and old xmins in range or OLD_LOOKUP): sorted and
         applied without checking every write a second time."""
-        return self._apply_sorted(sorted(writes, key=_write_key), committed)
+        return self._apply_writes(sorted(writes, key=_write_key), committed)
 
-    def _apply_sorted(self, checked: list[VersionWrite],
-                      committed: Callable[[int], bool] | None) -> list[VersionWrite]:
-        """``apply``'s work on a checked batch in key order: the batch as data once
-        (``_leaf_batch``), then a leaf run at a time (``_apply_on_leaf``), a write that
-        starts no run (its leaf is full, or its old version elsewhere) alone."""
-        done_writes: list[VersionWrite] = []
+    def apply_trusted_columns(self, keys: list[bytes], values: list[bytes | None], xid: int,
+                              olds: list[int], committed: Callable[[int], bool]) -> int:
+        """``apply_trusted`` of the writes (keys[k], xid, values[k], olds[k]) given as
+        columns, ``keys`` ascending: no object per write is made (a commit of a million
+        puts). Returns how many old versions got xmax = ``xid``."""
         with self._write_lock:
-            self._extend_ahead = True
-            try:
-                self._apply_runs(checked, committed, done_writes)
-            except ValueError:  # a write refused (nothing wrong with the WAL)
-                self._extend_ahead = False
-                self._free_spares()
-                raise
-            finally:
-                self._extend_ahead = False
-                self._extend_pages = 1
+            batch = self._leaf_batch(keys, values, [xid] * len(keys), olds)
+            resolved = self._apply_sorted(batch, committed)
+        bolds = batch.olds
+        explicit = len(bolds) - bolds.count(0) - bolds.count(LOOKUP_U64)
+        return explicit + sum(map(bool, resolved.values()))
+
+    def _apply_writes(self, checked: list[VersionWrite],
+                      committed: Callable[[int], bool] | None) -> list[VersionWrite]:
+        """``apply``'s work on a checked batch in key order; the writes done, resolved."""
+        with self._write_lock:
+            batch = self._leaf_batch(list(map(_write_key, checked)),
+                                     list(map(_write_value, checked)),
+                                     list(map(_write_xid, checked)),
+                                     list(map(_write_old, checked)))
+            resolved = self._apply_sorted(batch, committed)
+        if not resolved and KIND_NONE not in batch.kinds:
+            return checked
+        out = []
+        for k, w in enumerate(checked):  # deletes or OLD_LOOKUP writes among them
+            old = resolved.get(k, w.old_xmin)
+            if old or batch.kinds[k] != KIND_NONE:
+                out.append(w._replace(old_xmin=old) if old != w.old_xmin else w)
+        return out
+
+    def _apply_sorted(self, batch: LeafBatch, committed: Callable[[int], bool] | None
+                      ) -> dict[int, int]:
+        """A batch's work (write lock held): a leaf run at a time (``_apply_on_leaf``), a
+        write that starts no run (its leaf is full, or its old version elsewhere) alone.
+        Returns the old xmin each OLD_LOOKUP write resolved to (0: none), by index."""
+        resolved: dict[int, int] = {}
+        self._extend_ahead = True
+        try:
+            self._apply_runs(batch, committed, resolved)
+        except ValueError:  # a write refused (nothing wrong with the WAL)
+            self._extend_ahead = False
             self._free_spares()
-        return done_writes
+            raise
+        finally:
+            self._extend_ahead = False
+            self._extend_pages = 1
+        self._free_spares()
+        return resolved
 
     def _free_spares(self) -> None:
         """Pages extended ahead and not used go on the free list. (After an error other
@@ -1866,60 +1896,54 @@ class BTree:
         if spares:
             self._free_pages(spares)
 
-    def _apply_runs(self, checked: list[VersionWrite], committed: Callable[[int], bool] | None,
-                    done_writes: list[VersionWrite]) -> None:
-        """``_apply_sorted``'s loop (write lock held)."""
-        batch = self._leaf_batch(checked)
+    def _apply_runs(self, batch: LeafBatch, committed: Callable[[int], bool] | None,
+                    resolved: dict[int, int]) -> None:
+        """``_apply_sorted``'s loop."""
         runner = new_runner(batch)
+        n = len(batch.keys)
         i = 0
-        while i < len(checked):
-            done = self._apply_on_leaf(batch, runner, checked, i, committed, done_writes)
+        while i < n:
+            done = self._apply_on_leaf(batch, runner, i, committed, resolved)
             if done == 0:  # the first write needs the general path
-                w = checked[i]
-                old = w.old_xmin
-                if old == OLD_LOOKUP:
-                    old = self._newest_committed(w.key, committed)
-                if old and not self.set_xmax(w.key, old, w.xid):
-                    raise ValueError(f"key {w.key[:40]!r} has no version with xmin "
-                                     f"{old}")
+                key, xid, old = batch.keys[i], batch.xids[i], batch.olds[i]
+                if old == LOOKUP_U64:
+                    old = resolved[i] = self._newest_committed(key, committed)
+                if old and not self.set_xmax(key, old, xid):
+                    raise ValueError(f"key {key[:40]!r} has no version with xmin {old}")
                 kind = batch.kinds[i]
                 if kind != KIND_NONE:
-                    item = pack_entry(w.key, w.xid, 0, ENTRY_OVERFLOW if
+                    item = pack_entry(key, xid, 0, ENTRY_OVERFLOW if
                                       kind == KIND_OVERFLOW else 0, batch.payloads[i])
-                    self._insert_item(w.key, w.xid, item, w.xid)
-                if old or kind != KIND_NONE:
-                    done_writes.append(w._replace(old_xmin=old))
+                    self._insert_item(key, xid, item, xid)
                 done = 1
             i += done
 
-    def _leaf_batch(self, writes: list[VersionWrite]) -> LeafBatch:
-        """The sorted ``writes`` as a leaf-run batch: each new version's payload is its
-        value, or the reference to its value written out to overflow pages now (large
-        values). A batch of inline puts only takes no interpreted step per write."""
-        keys = list(map(_write_key, writes))
-        values = list(map(_write_value, writes))
-        n = len(writes)
+    def _leaf_batch(self, keys: list[bytes], values: list[bytes | None], xids: list[int],
+                    olds: list[int]) -> LeafBatch:
+        """Sorted writes as a leaf-run batch: each new version's payload is its value, or
+        the reference to its value written out to overflow pages now (large values;
+        write lock held). A batch of inline puts only takes no interpreted step per
+        write."""
+        n = len(keys)
         if None not in values:
             vlens = list(map(len, values))
             if not n or (max(vlens) <= VALUE_INLINE_MAX_BYTES and LEAF_HEADER_SIZE + max(
                     map(operator.add, map(len, keys), vlens)) <= ENTRY_MAX_BYTES):
-                return make_batch(keys, values, bytes([KIND_INLINE]) * n,
-                                  map(_write_xid, writes), map(_write_old, writes))
+                return make_batch(keys, values, bytes([KIND_INLINE]) * n, xids, olds)
         payloads = []
         kinds = bytearray()
-        for w in writes:  # deletes or large values among them
-            if w.value is None:
+        for key, value, xid in zip(keys, values, xids, strict=True):  # deletes or large values
+            if value is None:
                 payloads.append(b"")
                 kinds.append(KIND_NONE)
-            elif len(w.value) > VALUE_INLINE_MAX_BYTES or \
-                    LEAF_HEADER_SIZE + len(w.key) + len(w.value) > ENTRY_MAX_BYTES:
-                payloads.append(pack_overflow_ref(self._write_overflow(w.value, w.xid)))
+            elif len(value) > VALUE_INLINE_MAX_BYTES or \
+                    LEAF_HEADER_SIZE + len(key) + len(value) > ENTRY_MAX_BYTES:
+                payloads.append(pack_overflow_ref(self._write_overflow(value, xid)))
                 kinds.append(KIND_OVERFLOW)
             else:
-                payloads.append(w.value)
+                payloads.append(value)
                 kinds.append(KIND_INLINE)
-        return make_batch(keys, payloads, kinds, list(map(_write_xid, writes)),
-                          list(map(_write_old, writes)))
+        return make_batch(keys, payloads, kinds, xids, olds)
 
     def _newest_committed(self, key: bytes, committed: Callable[[int], bool]) -> int:
         """The xmin of ``key``'s newest version with a ``committed`` xmin, 0 when there is
@@ -2021,12 +2045,12 @@ class BTree:
             self._release(buf, exclusive=exclusive)
             block = special.next
 
-    def _apply_on_leaf(self, batch: LeafBatch, runner, writes: list[VersionWrite], i: int,
+    def _apply_on_leaf(self, batch: LeafBatch, runner, i: int,
                        committed: Callable[[int], bool] | None,
-                       done_writes: list[VersionWrite]) -> int:
-        """Apply writes[i:] that fit on writes[i]'s leaf in one record (OLD_LOOKUP old
-        versions resolved on it; ``btree_leafrun.leaf_run``: one C call per stretch of
-        writes); how many did. Appends the writes done, resolved, to ``done_writes``."""
+                       resolved: dict[int, int]) -> int:
+        """Apply writes i.. of ``batch`` that fit on write i's leaf in one record (OLD_LOOKUP
+        old versions resolved on it, into ``resolved``; ``btree_leafrun.leaf_run``: one C
+        call per stretch of writes); how many did."""
         block, buf, special = self._leaf_locked_special(batch.keys[i], exclusive=True)
         ch = _Change(buf, block, False)
         try:
@@ -2043,14 +2067,8 @@ class BTree:
             if nactions:
                 ch.payload, ch.nactions = st.payload(), nactions
                 self._log(XLOG_BTREE_INSERT, batch.xids[i], [ch], leaves_only=True)
-            run = writes[i:i + done]
-            if st.resolved or KIND_NONE in batch.kinds[i:i + done]:
-                # OLD_LOOKUP writes resolved; a delete that found nothing was no write
-                resolved = st.resolved
-                run = [w._replace(old_xmin=resolved.get(k, w.old_xmin))
-                       for k, w in enumerate(run, i)
-                       if resolved.get(k, w.old_xmin) or batch.kinds[k] != KIND_NONE]
-            done_writes.extend(run)
+            if st.resolved:
+                resolved.update(st.resolved)
             return done
         finally:
             self._release(buf, exclusive=True)

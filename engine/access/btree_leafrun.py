@@ -52,14 +52,14 @@ except ImportError:
     _ffi = _lib = None
 C_LEAF_RUN = _lib is not None
 
-__all__ = ["OLD_LOOKUP", "KIND_NONE", "KIND_INLINE", "KIND_OVERFLOW", "LeafBatch",
+__all__ = ["OLD_LOOKUP", "LOOKUP_U64", "KIND_NONE", "KIND_INLINE", "KIND_OVERFLOW", "LeafBatch",
            "LeafRunState", "LeafRunner", "make_batch", "new_runner", "leaf_run", "leaf_run_py", "C_LEAF_RUN",
            "STOP_END", "STOP_HIGH", "STOP_NO_OLD", "STOP_EXISTS", "STOP_NO_ROOM"]
 
 # VersionWrite.old_xmin meaning "the key's newest version whose xmin is committed, unless
 # its xmax is committed too (then none)", found on the leaf the write lands on.
 OLD_LOOKUP = -1
-_LOOKUP_U64 = XMIN_MAX   # OLD_LOOKUP in a batch's u64 column (never a valid xid)
+LOOKUP_U64 = XMIN_MAX   # OLD_LOOKUP in a batch's u64 column (never a valid xid)
 
 KIND_NONE = 0       # a delete: no new version
 KIND_INLINE = 1     # the payload is the value
@@ -92,7 +92,7 @@ class LeafBatch(NamedTuple):
     payloads: list[bytes]       # b"" for KIND_NONE
     kinds: bytes                # KIND_* per write
     xids: array                 # 'Q'
-    olds: array                 # 'Q': 0, an xmin, or _LOOKUP_U64 for OLD_LOOKUP
+    olds: array                 # 'Q': 0, an xmin, or LOOKUP_U64 for OLD_LOOKUP
     key_blob: bytes
     key_at: array               # 'Q', len(keys) + 1 offsets into key_blob
     payload_blob: bytes
@@ -108,10 +108,10 @@ def make_batch(keys: Sequence[bytes], payloads: Sequence[bytes], kinds: bytes,
     payloads = list(payloads)
     xids = array("Q", xids)
     olds = list(olds)
-    try:  # OLD_LOOKUP (-1) as a u64 is _LOOKUP_U64: the same bytes
+    try:  # OLD_LOOKUP (-1) as a u64 is LOOKUP_U64: the same bytes
         olds_u64 = array("Q", array("q", olds).tobytes())
     except OverflowError:  # an xmin of 2**63 or more
-        olds_u64 = array("Q", [_LOOKUP_U64 if o == OLD_LOOKUP else o for o in olds])
+        olds_u64 = array("Q", [LOOKUP_U64 if o == OLD_LOOKUP else o for o in olds])
     n = len(keys)
     if not (len(payloads) == len(kinds) == len(xids) == len(olds) == n):
         raise ValueError(f"batch columns of different lengths: keys {n}, payloads "
@@ -155,7 +155,7 @@ def _step_py(page, count: int, high: bytes | None, batch: LeafBatch, j: int,
     xid = batch.xids[j]
     old = batch.olds[j]
     mark = len(st.xmax_actions)
-    if old == _LOOKUP_U64:  # the newest committed version, all on this page
+    if old == LOOKUP_U64:  # the newest committed version, all on this page
         if committed is None:
             raise ValueError("old_xmin=OLD_LOOKUP needs the committed() test")
         old = 0
