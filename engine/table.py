@@ -61,6 +61,8 @@ from slonik.engine.xact import Snapshot
 
 __all__ = ["Table"]
 
+_LIVE = RelationState.LIVE   # get(id=)'s state test, as a module constant
+
 # An exact index read (a primary key, a unique key) with at most this many entries fetches
 # each heap tuple directly; more (a key shared by many rows) go through fetch_batched.
 POINT_READ_ENTRIES_MAX = 4
@@ -587,7 +589,7 @@ class Table:
             if enc is not None and len(prefix) + TID_SUFFIX_BYTES > KEY_MAX_BYTES:
                 pk.encode(values)   # raises naming the index
             layer = self._layer
-            if self._relation.state is not RelationState.LIVE:
+            if self._relation.state is not _LIVE:
                 self._check()   # _check inlined: the usual case is one test and one call
             layer.check_open()
             txn = layer.current()
