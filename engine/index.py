@@ -538,6 +538,28 @@ def point_entries(page, prefix: bytes, entries_max: int) -> list[int] | None:
     return _ffi.unpack(out, 3 * n)
 
 
+def _copy_leaf(pool, seq, buf: int, out) -> int:
+    """``BufferManager.read_hit``'s read of a leaf: pool buffer ``buf`` copied to ``out``
+    under its change counter (``slk_seq_copy_pages`` of one page): 1 when the copy is
+    whole and consistent, 0 when a writer held the page (take the share lock)."""
+    return _lib.slk_seq_copy_pages(pool, seq, buf + 1, [buf], 1, out)
+
+
+class _LeafCopy(NamedTuple):
+    c: object      # uint8_t[BLCKSZ]
+    page: object   # the same bytes as a buffer (what the leaf readers take)
+
+
+def _leaf_copy() -> _LeafCopy:
+    """This thread's page-sized buffer for ``walk_leaves``' optimistic leaf copies (made
+    on first use; every use copies what it needs out before the next)."""
+    got = getattr(_tls, "leaf_copy", None)
+    if got is None:
+        c = _ffi.new("uint8_t[]", BLCKSZ)
+        got = _tls.leaf_copy = _LeafCopy(c, _ffi.buffer(c))
+    return got
+
+
 def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
                 leaves_max: int | None = None) -> tuple[list[bytes], bool]:
     """(keys, done): the keys of the entries of ``tree`` with ``start <= key < stop``
@@ -546,21 +568,33 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
 
     The first leaf comes from the tree's cached internal pages (``BTree._leaf_for``, as
     ``BTree.get`` descends: no pin above the leaf level); each leaf is read with one C
-    call (``extract_cut``: the entries found and their keys copied out) under its share
-    lock;
-    right siblings are read only while the range goes on (a split since the descent,
+    call (``extract_cut``: the entries found and their keys copied out) from a copy of
+    it taken under its change counter in one descriptor-lock section (a pool hit no
+    writer held meanwhile: ``BufferManager.read_hit``, invariant 8), else under its
+    share lock; right siblings are read only while the range goes on (a split since the descent,
     an unlinked leaf, or the range continuing there). Registered as a reader for the
     duration, so no leaf it reaches is recycled meanwhile (the tree's reader epochs)."""
     bm = tree.bufmgr
     out: list[bytes] = []
+    copy = _leaf_copy() if _lib is not None and bm.seq is not None else None
     epoch = tree._begin_read()
     try:
         block = tree._leaf_for(start or b"")
         visited = 0
         while True:
-            buf = tree._read(block)   # pinned and share-locked
+            # A pool hit is copied whole under its change counter in one descriptor-lock
+            # section (BufferManager.read_hit: no pin, no content lock; a copy one
+            # share-locked read could have taken); a miss or a writer on it: pinned and
+            # share-locked (buf >= 0).
+            buf = -1
+            if copy is not None and bm.read_hit(tree.rel, tree._forkno, block,
+                                                _copy_leaf, copy.c) == 1:
+                page = copy.page
+            else:
+                buf = tree._read(block)   # pinned and share-locked
             try:
-                page = bm.page(buf)
+                if buf >= 0:
+                    page = bm.page(buf)
                 # The special space read raw: extract_cut verifies the page (C, or the
                 # reference raising); tree._special only names what is wrong.
                 _prev, nxt, _level, pflags, _pad = _SPECIAL.unpack_from(page, BT_SPECIAL_AT)
@@ -580,7 +614,8 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
                     out += cut
                     done = bool(flags & EXTRACT_DONE)
             finally:
-                tree._release(buf)
+                if buf >= 0:
+                    tree._release(buf)
             visited += 1
             if done or nxt == P_NONE:
                 return out, True

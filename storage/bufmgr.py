@@ -1009,14 +1009,16 @@ class BufferManager:
         tags = zip(repeat(rel), repeat(fork), blocks)
         with self._lock:
             bufs = list(map(table.get, tags))
-            if None in bufs:
+            try:
+                ds = list(map(descs.__getitem__, bufs))
+            except TypeError:   # a block not in the pool (None): cheaper than a test
                 return None
-            ds = list(map(descs.__getitem__, bufs))
             if not _VALID_FLAGS.issuperset(map(_FLAGS, ds)):
                 return None
-            for d in compress(ds, map(operator.gt, repeat(BM_MAX_USAGE_COUNT),
-                                      map(_USAGE_COUNT, ds))):
-                d.usage_count += 1
+            if min(map(_USAGE_COUNT, ds), default=BM_MAX_USAGE_COUNT) < BM_MAX_USAGE_COUNT:
+                for d in compress(ds, map(operator.gt, repeat(BM_MAX_USAGE_COUNT),
+                                          map(_USAGE_COUNT, ds))):
+                    d.usage_count += 1
             self._hits += len(bufs)
             return read(bufs)
 
