@@ -63,7 +63,8 @@ class KVIndex:
         self._is_committed = xacts.is_committed  # bound once: a point read's visibility
         self.error = error      # the metapage failed verification: the store is unusable
         self.operations = 0     # invariant 3 (not under a lock: a statistic)
-        self._validated: tuple[dict, dict[bytes, int]] | None = None
+        # validate's answer for apply: (writes, old xmins, the keys sorted or None)
+        self._validated: tuple[dict, dict[bytes, int], list[bytes] | None] | None = None
 
     # --- visibility -----------------------------------------------------------------------------
     def _latest(self, xmin: int, xmax: int) -> bool:
@@ -141,9 +142,10 @@ class KVIndex:
         if blind:
             keys = [k for k, data in writes.items() if data is TOMBSTONE]
         else:
-            keys = list(writes)
+            keys = sorted(writes)  # sorted once: the tree's probe and apply take them so
         self.operations += len(keys)
-        found = self.tree.latest_versions(keys, self._xacts.is_committed) if keys else []
+        found = self.tree.latest_versions(keys, self._xacts.is_committed,
+                                          ordered=not blind) if keys else []
         olds: dict[bytes, int] = {}
         if blind:
             for key, (xmin, xmax) in zip(keys, found, strict=True):
@@ -163,7 +165,7 @@ class KVIndex:
                         f"{xmax or xmin}, which committed after this transaction started "
                         f"(first committer wins); retry the transaction")
                 olds[key] = 0 if xmax else xmin
-        self._validated = (writes, olds)
+        self._validated = (writes, olds, None if blind else keys)
 
     def apply(self, xid: int, writes: dict) -> int:
         """Write ``writes`` into the tree as ``xid`` (one batch: one WAL record per leaf run);
@@ -172,10 +174,12 @@ class KVIndex:
         found by the tree on the leaf it writes (``OLD_LOOKUP``: one descent per leaf run,
         not two). The batch goes to the tree as columns: no object per write."""
         olds: dict[bytes, int] = {}
+        keys = None
         if self._validated is not None and self._validated[0] is writes:
-            olds = self._validated[1]
+            _writes, olds, keys = self._validated
         self._validated = None
-        keys = sorted(writes)
+        if keys is None or len(keys) != len(writes):
+            keys = sorted(writes)
         values = list(map(writes.__getitem__, keys))
         old_xmins = list(map(olds.get, keys, itertools.repeat(OLD_LOOKUP)))
         if TOMBSTONE in values:  # a delete of a key without a version writes nothing

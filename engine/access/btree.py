@@ -186,6 +186,14 @@ try:  # the optional C helper's optimistic leaf probe (storage/bufmgr.py invaria
 except ImportError:
     _ffi = _lib = None
 _OPT_PROBE_VERSIONS = 8   # versions the optimistic probe has room for (more: the lock)
+# A point read's one-call descent (BTree._leaf_for_point; None in an older build).
+_descend = getattr(_lib, "slk_bt_descend", None) if _lib is not None else None
+# A stale descent table is rebuilt after this many point reads (a rebuild copies up to
+# INNER_CACHE_PAGES_MAX pointers: a few tens of us at most, so at most ~0.5 us a read
+# while splits keep it stale), and only for trees whose cached blocks are below this
+# (the table is a pointer per block: 2 MiB at most).
+DESCENT_REBUILD_READS = 64
+DESCENT_TABLE_BLOCKS_MAX = 1 << 18
 _opt_tls = threading.local()
 
 
@@ -674,6 +682,13 @@ class BTree:
         self._inner: dict[int, tuple[bytes, Special, Callable]] = {}
         self._inner_lock = threading.Lock()
         self._inner_gen = 0
+        self._inner_installs = 0   # copies installed (a point read's descent table, below)
+        # A point read's descent in one C call (_leaf_for_point): the cached copies as a C
+        # table (pointers by block, and the buffers that keep them alive), taken whole
+        # from the cache at one (generation, installs) and replaced, never changed, when
+        # those move; None until a point read builds one.
+        self._descent: tuple | None = None
+        self._descent_stale = 0    # point reads since the table went stale
         self._forkno = int(self.fork)  # the buffer tag's fork number (point-read hit path)
         # A batch's splits extend the relation ahead (_extend): blocks extended and not yet
         # used (write lock held; empty outside _apply_sorted, whose end frees what is
@@ -809,7 +824,52 @@ class BTree:
                 if len(inner) >= INNER_CACHE_PAGES_MAX:  # the oldest copy makes room
                     del inner[next(iter(inner))]
                 inner[block] = got
+                self._inner_installs += 1
         return got
+
+    def _leaf_for_point(self, key: bytes) -> int:
+        """``_leaf_for(key)`` for a point read: one C call (``slk_bt_descend``) over the
+        descent table, when it holds the cache as it is now (same generation and installs);
+        ``_leaf_for`` when it does not, or when the C call cannot decide (a page not
+        cached, a lone root leaf, a page only the reference judges). A stale table is
+        rebuilt after ``DESCENT_REBUILD_READS`` point reads, so writers' splits cost a
+        rebuild per that many reads at most. The table's copies stay alive while this
+        call holds it (a local), whatever the cache drops meanwhile."""
+        if _descend is None:
+            return self._leaf_for(key)
+        table = self._descent
+        if table is None or table[2] != self._inner_gen or table[3] != self._inner_installs:
+            self._descent_stale += 1
+            if self._descent_stale < DESCENT_REBUILD_READS:
+                return self._leaf_for(key)
+            table = self._descent_table()
+            if table is None:
+                return self._leaf_for(key)
+        found = _descend(table[0], table[1], self._root, key, len(key), XMIN_MAX)
+        return found if found >= 0 else self._leaf_for(key)
+
+    def _descent_table(self) -> tuple | None:
+        """A new descent table from the inner-page cache as it is now (installed as
+        ``_descent``), or None when the cache is empty or names a block past
+        ``DESCENT_TABLE_BLOCKS_MAX``. The generation and install count are read before
+        the cache is copied: a change after that makes the table stale, never wrong."""
+        self._descent_stale = 0
+        gen, installs = self._inner_gen, self._inner_installs
+        inner = self._inner.copy()   # one step under the GIL
+        if not inner or max(inner) >= DESCENT_TABLE_BLOCKS_MAX:
+            self._descent = None
+            return None
+        pointers = _ffi.new("uint8_t *[]", max(inner) + 1)
+        keep = []
+        for block, (page, _special, locator) in inner.items():
+            buf = getattr(locator, "args", (None,))[0]   # page_locator's buffer of the copy
+            if not isinstance(buf, _ffi.CData):
+                buf = _ffi.from_buffer(page)
+            keep.append(buf)
+            pointers[block] = buf
+        table = (pointers, len(pointers), gen, installs, keep)
+        self._descent = table
+        return table
 
     def _leaf_for(self, key: bytes, xmin: int = XMIN_MAX) -> int:
         """The leaf block where (key, xmin) belongs, by the cached internal pages (one C
@@ -1152,7 +1212,7 @@ class BTree:
         pool is probed without its share lock (``_probe_unlocked``); under it when a
         writer held the leaf meanwhile, on a miss, or for a page the reference judges."""
         bm = self.bufmgr
-        block = self._leaf_for(key)
+        block = self._leaf_for_point(key)
         skip = LEAF_HEADER_SIZE + len(key)  # an entry's value starts this far into it
         while True:
             buf = -1   # a share-locked pin to release, when the leaf was read locked
@@ -1953,15 +2013,20 @@ class BTree:
                 return 0 if e.xmax and committed(e.xmax) else e.xmin
         return 0
 
-    def latest_versions(self, keys: Sequence[bytes], committed: Callable[[int], bool]
-                        ) -> list[tuple[int, int]]:
+    def latest_versions(self, keys: Sequence[bytes], committed: Callable[[int], bool], *,
+                        ordered: bool = False) -> list[tuple[int, int]]:
         """For each of ``keys`` (checked keys; any order, no duplicates) the (xmin, xmax)
         of its newest version with a ``committed`` xmin, xmax 0 unless ``committed``;
         (0, 0) when it has none. A commit's validation: the keys are taken in order and
         every run of them on one leaf costs one descent and one C call (``first_versions``:
-        each key's first entry there); only keys with versions get an interpreted step."""
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        skeys = list(map(keys.__getitem__, order))
+        each key's first entry there); only keys with versions get an interpreted step.
+        ``ordered``: the caller passes the keys ascending (they are not sorted again)."""
+        if ordered:
+            order: Sequence[int] = range(len(keys))
+            skeys = keys
+        else:
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            skeys = list(map(keys.__getitem__, order))
         blob = b"".join(skeys)
         at = array("Q", itertools.accumulate(map(len, skeys), initial=0))
         out: list[tuple[int, int]] = [(0, 0)] * len(keys)
