@@ -355,8 +355,8 @@ class TableIndex:
         try:
             # each page read by one C call in one descriptor-lock section (read_hit: the
             # held lock stands in for the pin), None when it is not in the pool
-            n = bm.read_hit(tree.rel, tree._forkno, tree._leaf_for(key), _point_probe, key,
-                            len(key), POINT_ENTRIES_MAX, ents, out)
+            n = bm.read_hit(tree.rel, tree._forkno, tree._leaf_for_point(key), _point_probe,
+                            key, len(key), POINT_ENTRIES_MAX, ents, out)
             if n is None:
                 return POINT_OTHER
             if n == _POINT_RIGHT:

@@ -95,6 +95,8 @@ int64_t slk_ix_point_right(const uint8_t *page, const uint8_t *prefix, uint32_t 
 int slk_ix_point_step_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
                           const uint8_t *prefix, uint32_t plen, int maxn, uint32_t *ents,
                           uint32_t *out);
+int64_t slk_bt_descend(const uint8_t *const *pages, uint32_t npages, uint32_t root,
+                       const uint8_t *key, uint32_t keylen, uint64_t xmin);
 /* --- index batch TIDs --- */
 #define SLK_IX_TIDS_MAX ...
 int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, int n,
@@ -1365,6 +1367,38 @@ int slk_ix_point_step_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
         }
     }
     return n;
+}
+
+/* A point read's descent (engine/access/btree.py: BTree._leaf_for is the reference;
+ * tests/engine/test_btree_descend.py compares them): the leaf block for (key, xmin) by
+ * immutable copies of internal pages (pages[b]: block b's copy, NULL when not among them,
+ * b < npages) from root, one slk_bt_locate per level, moving right at -2, each page's
+ * level checked against its parent's as _leaf_for checks it. -1 when a block on the way
+ * is not among the copies (a lone root leaf included), a page cannot be read safely,
+ * the levels disagree, or the walk passes SLK_BT_DESCEND_STEPS pages: _leaf_for then
+ * decides, and raises naming a bad page. */
+#define SLK_BT_DESCEND_STEPS 64
+int64_t slk_bt_descend(const uint8_t *const *pages, uint32_t npages, uint32_t root,
+                       const uint8_t *key, uint32_t keylen, uint64_t xmin)
+{
+    uint32_t block = root, expect = 0;          /* expect 0: no parent yet */
+    for (int step = 0; step < SLK_BT_DESCEND_STEPS; step++) {
+        if (block >= npages || pages[block] == NULL) return -1;
+        const uint8_t *page = pages[block];
+        uint32_t level = load32(page + BT_SPECIAL_AT + 8);
+        if (level == 0 || (expect && level != expect)) return -1;
+        int64_t found = slk_bt_locate(page, key, keylen, xmin);
+        if (found == -1) return -1;
+        if (found == -2) {                      /* >= the high key: move right */
+            block = load32(page + BT_SPECIAL_AT + 4);
+            expect = level;
+            continue;
+        }
+        if (level == 1) return found;
+        expect = level - 1;
+        block = (uint32_t)found;
+    }
+    return -1;
 }
 
 /* --- index batch TIDs --- (engine/index.py: batch_tids_py is the Python reference;

@@ -187,7 +187,7 @@ except ImportError:
     _ffi = _lib = None
 _OPT_PROBE_VERSIONS = 8   # versions the optimistic probe has room for (more: the lock)
 # A point read's one-call descent (BTree._leaf_for_point; None in an older build).
-_descend = getattr(_lib, "slk_bt_descend", None) if _lib is not None else None
+_c_descend = getattr(_lib, "slk_bt_descend", None) if _lib is not None else None
 # A stale descent table is rebuilt after this many point reads (a rebuild copies up to
 # INNER_CACHE_PAGES_MAX pointers: a few tens of us at most, so at most ~0.5 us a read
 # while splits keep it stale), and only for trees whose cached blocks are below this
@@ -835,7 +835,7 @@ class BTree:
         rebuilt after ``DESCENT_REBUILD_READS`` point reads, so writers' splits cost a
         rebuild per that many reads at most. The table's copies stay alive while this
         call holds it (a local), whatever the cache drops meanwhile."""
-        if _descend is None:
+        if _c_descend is None:
             return self._leaf_for(key)
         table = self._descent
         if table is None or table[2] != self._inner_gen or table[3] != self._inner_installs:
@@ -845,7 +845,7 @@ class BTree:
             table = self._descent_table()
             if table is None:
                 return self._leaf_for(key)
-        found = _descend(table[0], table[1], self._root, key, len(key), XMIN_MAX)
+        found = _c_descend(table[0], table[1], self._root, key, len(key), XMIN_MAX)
         return found if found >= 0 else self._leaf_for(key)
 
     def _descent_table(self) -> tuple | None:

@@ -1,0 +1,112 @@
+"""A point read's descent in one C call (``slk_bt_descend`` over the descent table,
+``BTree._leaf_for_point``) against its reference, the Python descent ``BTree._leaf_for``:
+on a three-level tree for random keys (hypothesis), with copies missing from the table
+(the C call declines), and on every io method while writers split pages under the
+readers (a stale table is never used; reads stay right)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from slonik.engine.access import btree as bt
+
+from tests.engine.dbutil import open_db
+
+needs_c = pytest.mark.skipif(bt._c_descend is None,
+                             reason="storage._pagecheck not built (no C compiler at install)")
+KEYS = 30_000
+
+
+def _key(i: int) -> bytes:
+    return b"%08d" % i
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A KV store's B+tree of KEYS keys with 300-byte values (three levels), warm: every
+    internal page in the inner-page cache."""
+    db = open_db(tmp_path_factory.mktemp("descend") / "db", "sync", shared_buffers=4096)
+    kv = db.kv("d")
+    with db.transaction():
+        for i in range(KEYS):
+            kv[_key(i)] = b"v" * 300
+    t = kv._index.tree
+    for i in range(0, KEYS, 7):
+        t._leaf_for(_key(i))
+    assert t.height >= 3
+    yield t
+    db.close()
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(key=st.one_of(st.integers(-5, KEYS + 5).map(_key), st.binary(max_size=12)),
+       xmin=st.sampled_from([bt.XMIN_MAX, 0, 1, 7]))
+def test_c_descend_equals_leaf_for(tree, key, xmin):
+    """slk_bt_descend over a table of the cached internal pages gives _leaf_for's leaf for
+    keys inside, between and outside the stored ones, and odd byte strings, at several
+    xmins; _leaf_for_point gives the same for the key."""
+    table = tree._descent_table()
+    assert table is not None
+    got = bt._c_descend(table[0], table[1], tree._root, key, len(key), xmin)
+    assert got == tree._leaf_for(key, xmin)
+    assert tree._leaf_for_point(key) == tree._leaf_for(key)
+
+
+@needs_c
+@settings(max_examples=100, deadline=None)
+@given(key=st.integers(0, KEYS - 1).map(_key), drop=st.integers(0, 1 << 16))
+def test_c_descend_declines_without_a_copy(tree, key, drop):
+    """With one page on the key's path missing from the table (the root, or the parent
+    of its leaf), slk_bt_descend returns -1 (the Python descent decides) instead of a
+    block; with the root past the table's end likewise."""
+    table = tree._descent_table()
+    path, block = [], tree._root
+    inner = dict(tree._inner)
+    while block in inner:
+        path.append(block)
+        page, special, locator = inner[block]
+        block = tree._leaf_for(key) if special.level == 1 else locator(key, len(key),
+                                                                        bt.XMIN_MAX)
+        if block < 0:   # moved right: no simple path to cut
+            return
+    missing = path[drop % len(path)]
+    pointers = bt._ffi.new("uint8_t *[]", table[1])
+    for b in range(table[1]):
+        if b != missing:
+            pointers[b] = table[0][b]
+    assert bt._c_descend(pointers, table[1], tree._root, key, len(key), bt.XMIN_MAX) == -1
+    assert bt._c_descend(table[0], tree._root, tree._root, key, len(key), bt.XMIN_MAX) == -1
+
+
+@needs_c
+def test_point_reads_stay_right_while_writers_split(tmp_path, io_method):
+    """Rounds of puts (new keys between old ones: leaf and internal splits, each making
+    the descent table stale) alternate with rounds of point reads; every read returns the
+    model's value, _leaf_for_point agrees with _leaf_for for sampled keys after each
+    round, and the table was rebuilt (used) along the way."""
+    rng = random.Random(5)
+    with open_db(tmp_path / "db", io_method, shared_buffers=2048) as db:
+        kv = db.kv("d")
+        model = {}
+        tree = kv._index.tree
+        tables = []   # the tables seen (kept alive, so each is a distinct object)
+        for rnd in range(6):
+            with db.transaction():
+                for _ in range(3000):
+                    k = _key(rng.randrange(10 ** 7))
+                    model[k] = b"%d" % rnd * 300
+                    kv[k] = model[k]
+            keys = list(model)
+            for k in rng.sample(keys, 1500):
+                assert kv[k] == model[k]
+            for _ in range(200):
+                k = _key(rng.randrange(10 ** 7))
+                assert tree._leaf_for_point(k) == tree._leaf_for(k)
+                assert kv.get(k) == model.get(k)
+            if tree._descent is not None and all(t is not tree._descent for t in tables):
+                tables.append(tree._descent)
+        assert tree.height >= 3 and len(tables) >= 2
