@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain, repeat
@@ -683,15 +684,17 @@ def _fetch_rows_batch(heap: Heap, codec: RowCodec, index: TableIndex, ks: list[b
     tls = _tls
     if getattr(tls, "bt_out", None) is None:
         _tids_arrays()
-    tls.bt_ends[0:n] = list(accumulate(map(len, ks)))
+    # the keys' ends as a C array without a conversion per element (an array.array
+    # filled in C-level iteration, exported)
+    ends = _ffi.from_buffer("uint32_t[]", array("I", accumulate(map(len, ks))))
     joined = b"".join(ks)
     nd = tls.bt_nd
-    past = _lib.slk_ix_batch_tids(joined, len(joined), tls.bt_ends, n, nblocks, tls.bt_out,
+    past = _lib.slk_ix_batch_tids(joined, len(joined), ends, n, nblocks, tls.bt_out,
                                   tls.bt_distinct, nd)
     if past > 0 and heap.nblocks() != nblocks:   # grown since: look again before dropping
         nblocks = heap.nblocks()
-        past = _lib.slk_ix_batch_tids(joined, len(joined), tls.bt_ends, n, nblocks,
-                                      tls.bt_out, tls.bt_distinct, nd)
+        past = _lib.slk_ix_batch_tids(joined, len(joined), ends, n, nblocks, tls.bt_out,
+                                      tls.bt_distinct, nd)
     if past < 0:   # a key too short for a TID: the reference raises naming its length
         batch_tids_py(ks, nblocks)
         raise AssertionError("slk_ix_batch_tids refused keys the reference accepts")
@@ -703,7 +706,7 @@ def _fetch_rows_batch(heap: Heap, codec: RowCodec, index: TableIndex, ks: list[b
     if kc is None or kc.codec is not codec:
         kc = index._range_key_check = key_check(codec, index.positions)
     got = gather_heap_rows(heap, distinct, out + 3 * n, out + 4 * n, n, snapshot, codec,
-                           (joined, tls.bt_ends, kc))
+                           (joined, ends, kc))
     if got.checked:   # re-checked in C
         return got.rows
     return recheck(got, list(map(bytes.__getitem__, ks, repeat(_KEY_PART))),
