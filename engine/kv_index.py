@@ -63,8 +63,9 @@ class KVIndex:
         self._is_committed = xacts.is_committed  # bound once: a point read's visibility
         self.error = error      # the metapage failed verification: the store is unusable
         self.operations = 0     # invariant 3 (not under a lock: a statistic)
-        # validate's answer for apply: (writes, old xmins, the keys sorted or None)
-        self._validated: tuple[dict, dict[bytes, int], list[bytes] | None] | None = None
+        # validate's answer for apply: (writes, the keys sorted and their old xmins as a
+        # list) or, for a blind write set, (writes, None, old xmin by key)
+        self._validated: tuple | None = None
 
     # --- visibility -----------------------------------------------------------------------------
     def _latest(self, xmin: int, xmax: int) -> bool:
@@ -146,16 +147,17 @@ class KVIndex:
         self.operations += len(keys)
         found = self.tree.latest_versions(keys, self._xacts.is_committed,
                                           ordered=not blind) if keys else []
-        olds: dict[bytes, int] = {}
         if blind:
+            olds: dict[bytes, int] = {}
             for key, (xmin, xmax) in zip(keys, found, strict=True):
                 if not xmin or xmax:
                     raise KeyError(key)
                 olds[key] = xmin
+            self._validated = (writes, None, olds)
         else:
             # Keys without a committed version (found (0, 0)) have nothing to judge: only
-            # the others take an interpreted step.
-            olds = dict.fromkeys(keys, 0)
+            # the others take an interpreted step. Old xmins by position in ``keys``.
+            old_xmins = [0] * len(keys)
             for i in itertools.compress(range(len(keys)), map(_NO_VERSION.__ne__, found)):
                 key = keys[i]
                 xmin, xmax = found[i]
@@ -164,8 +166,8 @@ class KVIndex:
                         f"KV store {self.name!r}: key {key!r:.60} was changed by transaction "
                         f"{xmax or xmin}, which committed after this transaction started "
                         f"(first committer wins); retry the transaction")
-                olds[key] = 0 if xmax else xmin
-        self._validated = (writes, olds, None if blind else keys)
+                old_xmins[i] = 0 if xmax else xmin
+            self._validated = (writes, keys, old_xmins)
 
     def apply(self, xid: int, writes: dict) -> int:
         """Write ``writes`` into the tree as ``xid`` (one batch: one WAL record per leaf run);
@@ -174,14 +176,18 @@ class KVIndex:
         found by the tree on the leaf it writes (``OLD_LOOKUP``: one descent per leaf run,
         not two). The batch goes to the tree as columns: no object per write."""
         olds: dict[bytes, int] = {}
-        keys = None
+        keys = old_xmins = None
         if self._validated is not None and self._validated[0] is writes:
-            _writes, olds, keys = self._validated
+            _writes, vkeys, vold = self._validated
+            if vkeys is None:
+                olds = vold
+            elif len(vkeys) == len(writes):
+                keys, old_xmins = vkeys, vold
         self._validated = None
-        if keys is None or len(keys) != len(writes):
+        if keys is None:
             keys = sorted(writes)
+            old_xmins = list(map(olds.get, keys, itertools.repeat(OLD_LOOKUP)))
         values = list(map(writes.__getitem__, keys))
-        old_xmins = list(map(olds.get, keys, itertools.repeat(OLD_LOOKUP)))
         if TOMBSTONE in values:  # a delete of a key without a version writes nothing
             self.operations += sum(1 for v, o in zip(values, old_xmins, strict=True)
                                    if v is not TOMBSTONE or o)

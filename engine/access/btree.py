@@ -124,6 +124,7 @@ from slonik.engine.access.btree_page import (
     first_versions,
     first_versions_out,
     item_cost,
+    item_costs,
     locate,
     minus_inf_pivot,
     pack_entry,
@@ -450,7 +451,7 @@ def _choose_split(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None
     if not leaf:
         return _choose_split_scan(items, leaf, old_high_key, new_index)
     n = len(items)
-    prefix = list(itertools.accumulate(map(item_cost, map(len, items)), initial=0))
+    prefix = list(itertools.accumulate(item_costs(map(len, items)), initial=0))
     cap = PAGE_CAPACITY_BYTES
     right_base = (item_cost(len(old_high_key)) if old_high_key is not None else 0) + prefix[n]
 

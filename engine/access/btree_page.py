@@ -50,9 +50,10 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import operator
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from slonik.storage.errors import DataCorruptionError
@@ -93,7 +94,7 @@ __all__ = [
     "Special", "LeafEntry", "Pivot", "BTreePageError",
     "bt_init", "bt_special", "bt_set_special", "bt_set_prev", "bt_set_next", "bt_set_child", "bt_first_data",
     "bt_item_count", "bt_items", "bt_build", "bt_rebuild", "bt_insert_item", "bt_delete_items",
-    "bt_set_xmax", "bt_fits", "bt_used_bytes", "item_cost",
+    "bt_set_xmax", "bt_fits", "bt_used_bytes", "item_cost", "item_costs",
     "pack_entry", "unpack_entry", "entry_key", "pack_pivot", "unpack_pivot",
     "minus_inf_pivot", "item_sort_key", "search_page", "search_page_py", "bt_item",
     "locate", "locate_py", "MOVE_RIGHT",
@@ -144,6 +145,17 @@ OVERFLOW_CHUNK_BYTES = max_item_size(SPECIAL_SIZE)  # 8144 bytes of a value per 
 def item_cost(length: int) -> int:
     """Bytes an item of ``length`` takes on a page: aligned storage plus its line pointer."""
     return maxalign(length) + LINE_POINTER_SIZE
+
+
+def item_costs(lengths: Iterable[int]) -> Iterator[int]:
+    """``item_cost`` of each length, by C-level maps (no interpreted step per item)."""
+    return map(operator.add, map(operator.and_, map(operator.add, lengths, _SEVEN),
+                                 _NOT_SEVEN), _LP_SIZE)
+
+
+_SEVEN = itertools.repeat(7)
+_NOT_SEVEN = itertools.repeat(~7)
+_LP_SIZE = itertools.repeat(LINE_POINTER_SIZE)
 
 
 assert item_cost(PIVOT_HEADER_SIZE + KEY_MAX_BYTES) + 2 * item_cost(ENTRY_MAX_BYTES) \
@@ -228,7 +240,24 @@ def bt_item_count(page) -> int:
 
 
 def bt_items(page) -> list[bytes]:
-    """Copies of every item, in offnum order (high key first when there is one)."""
+    """Copies of every item, in offnum order (high key first when there is one): the line
+    pointers checked and the items sliced by C-level maps; a flawed line pointer sends the
+    page to ``_bt_items_checked``, which names it."""
+    count = bt_item_count(page)
+    if count <= 0:
+        return _bt_items_checked(page)
+    lps = struct.unpack_from(f"<{count}I", page, HEADER_SIZE)
+    offs = list(map(operator.and_, lps, itertools.repeat(0x7FFF)))
+    ends = list(map(operator.add, offs, map(operator.rshift, lps, itertools.repeat(17))))
+    if min(offs) < HEADER_SIZE or max(ends) > _SPECIAL_AT or not all(map(
+            operator.eq, map(operator.and_, lps, itertools.repeat(3 << 15)),
+            itertools.repeat(_LP_NORMAL_BITS))):
+        return _bt_items_checked(page)
+    return list(map(bytes(page).__getitem__, map(slice, offs, ends)))
+
+
+def _bt_items_checked(page) -> list[bytes]:
+    """``bt_items`` one line pointer at a time (BTreePageError naming a flawed one)."""
     count = bt_item_count(page)
     out = []
     for offnum, lp in enumerate(struct.unpack_from(f"<{count}I", page, HEADER_SIZE), 1):
