@@ -240,24 +240,8 @@ def bt_item_count(page) -> int:
 
 
 def bt_items(page) -> list[bytes]:
-    """Copies of every item, in offnum order (high key first when there is one): the line
-    pointers checked and the items sliced by C-level maps; a flawed line pointer sends the
-    page to ``_bt_items_checked``, which names it."""
-    count = bt_item_count(page)
-    if count <= 0:
-        return _bt_items_checked(page)
-    lps = struct.unpack_from(f"<{count}I", page, HEADER_SIZE)
-    offs = list(map(operator.and_, lps, itertools.repeat(0x7FFF)))
-    ends = list(map(operator.add, offs, map(operator.rshift, lps, itertools.repeat(17))))
-    if min(offs) < HEADER_SIZE or max(ends) > _SPECIAL_AT or not all(map(
-            operator.eq, map(operator.and_, lps, itertools.repeat(3 << 15)),
-            itertools.repeat(_LP_NORMAL_BITS))):
-        return _bt_items_checked(page)
-    return list(map(bytes(page).__getitem__, map(slice, offs, ends)))
-
-
-def _bt_items_checked(page) -> list[bytes]:
-    """``bt_items`` one line pointer at a time (BTreePageError naming a flawed one)."""
+    """Copies of every item, in offnum order (high key first when there is one).
+    (Slicing by C-level maps measured slower than this loop for a leaf's ~55 items.)"""
     count = bt_item_count(page)
     out = []
     for offnum, lp in enumerate(struct.unpack_from(f"<{count}I", page, HEADER_SIZE), 1):

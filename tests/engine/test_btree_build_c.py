@@ -101,25 +101,6 @@ def test_c_split_left_of_a_full_leaf_rebuilds_its_left_half():
     assert c[:8] == struct.pack("<Q", 99)
 
 
-@settings(max_examples=300, deadline=None)
-@given(nitems=st.integers(0, 60), size=st.integers(0, 120), high=st.booleans(),
-       damage=st.one_of(st.none(), st.tuples(st.integers(0, 400), st.integers(0, 255))))
-def test_bt_items_equals_the_checked_loop(nitems, size, high, damage):
-    """bt_items (line pointers checked and items sliced by C-level maps) gives the
-    one-pointer-at-a-time loop's items, or the same error, on random leaves with a byte
-    of the header or line pointers damaged."""
-    page = page_of(nitems, size, high, 5)
-    if damage is not None:
-        page[damage[0]] = damage[1]
-    got = []
-    want = []
-    assert outcome(lambda p: got.append(bp.bt_items(p)), page) == \
-        outcome(lambda p: want.append(bp._bt_items_checked(p)), page)
-    assert got == want
-    if damage is None:
-        assert len(got[0]) == bp.bt_item_count(page)
-
-
 @given(lengths=st.lists(st.integers(0, 9000), max_size=50))
 def test_item_costs_equal_item_cost(lengths):
     """item_costs (C-level maps) gives item_cost of every length."""
