@@ -12,6 +12,13 @@ block order and gathered again (``gather``, which does the same over any list of
 ``fetch_pages`` copies pages (one lock at a time: the fallback without C) and
 ``fetch_tuple`` reads one tuple (a point read; a pool hit without the lock too).
 
+Index range scans go one step further (``gather_heap_rows``): when every page of a batch
+is in the pool, one C call (``slk_ix_range_rows``) made under the buffer manager's
+descriptor lock instead of pins (``BufferManager.read_cached``) judges the tuples, copies
+the visible ones under the change counters, re-checks each row's key against its index
+entry (``KeyCheck``) and lays the rows out as columns for ``RowCodec.rows_from_layout``;
+``gather_rows_py`` is its reference. Anything else takes ``gather_heap``.
+
 C when ``storage._pagecheck`` is built (``slk_heap_gather``); ``gather_py`` (over
 ``tuples_at_py``) is the pure-Python reference (``tests/engine/test_heap_fetch.py``
 compares them), and the fallback without the module. A line pointer or tuple header that is not a heap tuple raises
