@@ -455,6 +455,10 @@ class KVStore(MutableMapping):
             data = value  # the common case, checked without _check_put's conversions
         else:
             key, data = _check_put(key, value)
+        if self._relation.state is _LIVE and self._index.error is None:
+            # _check's answer for a live store: only the database's open state to check
+            self._layer.kv_write(self._relation, key, data, check_open=True)
+            return
         self._check()
         self._layer.kv_write(self._relation, key, data)
 

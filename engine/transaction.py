@@ -170,9 +170,13 @@ class TransactionLayer:
         finally:
             self.xacts.release(snap)
 
-    def kv_write(self, relation: Relation, key: bytes, data: bytes | None) -> None:
+    def kv_write(self, relation: Relation, key: bytes, data: bytes | None, *,
+                 check_open: bool = False) -> None:
         """Buffer a KV write (``data`` None: a delete) in the thread's transaction, or
-        commit it at once as a transaction of its own."""
+        commit it at once as a transaction of its own; with ``check_open``, after
+        ``check_open()`` (a put to a store known live: one call instead of three)."""
+        if check_open:
+            self._check_open()
         txn = getattr(self._local, "txn", None)  # (self.current(), inline: once per put)
         if txn is not None:
             writes = txn.kv_writes.get(relation)
