@@ -497,15 +497,36 @@ class Wal:
         pieces: list[tuple[int, int, list[tuple[int, int]]]] = []
         page = first_page
         ring = self._ringv
-        self._stamped += (last_page - first_page) // WAL_PAGE_SIZE + 1
-        while page <= last_page:  # stamp before any write: the stamp is a claim of this flush
-            slot = ((page // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE
-            stamp_page_header(ring[slot:slot + PAGE_HEADER_SIZE], flushed)
-            page += WAL_PAGE_SIZE
-        page = first_page
         slot0 = (first_page // WAL_PAGE_SIZE) % npages
         count = (last_page - first_page) // WAL_PAGE_SIZE + 1
-        if first_page // seg == last_page // seg and slot0 + count <= npages:
+        self._stamped += count
+        # Stamp before any write: the stamp is a claim of this flush.
+        if slot0 + count <= npages:
+            for at in range(slot0 * WAL_PAGE_SIZE, (slot0 + count) * WAL_PAGE_SIZE,
+                            WAL_PAGE_SIZE):
+                stamp_page_header(ring[at:at + PAGE_HEADER_SIZE], flushed)
+        else:
+            while page <= last_page:
+                at = ((page // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE
+                stamp_page_header(ring[at:at + PAGE_HEADER_SIZE], flushed)
+                page += WAL_PAGE_SIZE
+            page = first_page
+        segno = first_page // seg
+        if segno == last_page // seg and slot0 + count <= npages:
+            if self._flush_path == FLUSH_SYSCALLS:
+                # The usual flush by system calls: one write of one run, one sync, no
+                # piece lists (the general path below makes the same calls).
+                fd = self._fds.get(segno)
+                if fd is None:
+                    fd = self._segment_fd(segno)
+                at = slot0 * WAL_PAGE_SIZE
+                self._write_run(fd, segno, first_page % seg, ring[at:at + count * WAL_PAGE_SIZE])
+                if not self.io_direct:
+                    self._sync_segment(fd, segno)
+                if len(self._fds) > 1:
+                    for old in [s for s in self._fds if s < segno]:  # no I/O in flight on them
+                        self._close_fd(old)
+                return
             # The usual flush: one segment, no wrap of the ring: one piece, one run.
             pieces.append((first_page // seg, first_page % seg,
                            [(slot0 * WAL_PAGE_SIZE, count * WAL_PAGE_SIZE)]))
@@ -548,29 +569,36 @@ class Wal:
         """Each piece in one pwritev, then one fdatasync per segment, in this thread. A
         write that comes back short is a full disk (DESIGN §7), never continued."""
         ring = self._ringv
-        count, clock = self.aio.count_direct, time.perf_counter_ns  # aio.stats() rows too
         for (segno, offset, runs), fd in zip(pieces, fds, strict=True):
-            views = [ring[o:o + n] for o, n in runs]
-            want = sum(n for _o, n in runs)
-            self._writes += 1
-            self._write_bytes += want
-            t0 = clock()
-            try:
-                got = osfile.pwritev(fd, views, offset)
-            except OSError as exc:
-                raise io_error(exc.errno, f"could not write {self._describe(segno, offset)}") \
-                    from exc
-            count(TargetId.WAL, IoOp.WRITEV, want, clock() - t0)
-            if got != want:
-                raise short_transfer_error(True, got, want, self._describe(segno, offset))
+            self._write_run(fd, segno, offset, *[ring[o:o + n] for o, n in runs])
         for segno in sync_segnos:
-            self._syncs += 1
-            t0 = clock()
-            try:
-                osfile.fdatasync(self._fds[segno])
-            except OSError as exc:
-                raise io_error(exc.errno, f"could not sync {self._describe(segno, 0)}") from exc
-            count(TargetId.WAL, IoOp.FDATASYNC, 0, clock() - t0)
+            self._sync_segment(self._fds[segno], segno)
+
+    def _write_run(self, fd: int, segno: int, offset: int, *views: memoryview) -> None:
+        """One pwritev of ``views`` (contiguous in the file) at ``offset`` of segment
+        ``segno``, counted; a short write raises (a full disk), never continued."""
+        want = sum(map(len, views)) if len(views) > 1 else len(views[0])
+        self._writes += 1
+        self._write_bytes += want
+        t0 = time.perf_counter_ns()
+        try:
+            got = osfile.pwritev(fd, views, offset)
+        except OSError as exc:
+            raise io_error(exc.errno, f"could not write {self._describe(segno, offset)}") \
+                from exc
+        self.aio.count_direct(TargetId.WAL, IoOp.WRITEV, want, time.perf_counter_ns() - t0)
+        if got != want:
+            raise short_transfer_error(True, got, want, self._describe(segno, offset))
+
+    def _sync_segment(self, fd: int, segno: int) -> None:
+        """One fdatasync of segment ``segno`` (open as ``fd``), counted."""
+        self._syncs += 1
+        t0 = time.perf_counter_ns()
+        try:
+            osfile.fdatasync(fd)
+        except OSError as exc:
+            raise io_error(exc.errno, f"could not sync {self._describe(segno, 0)}") from exc
+        self.aio.count_direct(TargetId.WAL, IoOp.FDATASYNC, 0, time.perf_counter_ns() - t0)
 
     def _open_flush_ring(self) -> FlushRing | None:
         """The Wal's own io_uring for flushes; None (flush by system calls from now on)
