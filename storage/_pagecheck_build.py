@@ -126,6 +126,10 @@ int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *
                       const uint8_t *keys, const uint32_t *key_ends, int nkey,
                       const uint8_t *key_kinds, const uint16_t *key_cols,
                       const uint32_t *key_at, const uint8_t *var_text);
+/* --- wal record build --- */
+uint32_t slk_wal_build(uint8_t *ring, uint32_t at, uint64_t xid, uint64_t prev, uint8_t rmgr,
+                       uint8_t info, const char *bhdrs, uint32_t nblocks,
+                       const char *payload, uint32_t plen);
 """
 
 SOURCE = r"""
@@ -721,9 +725,12 @@ int slk_heap_run_items(const uint8_t *buf, int npages, int visibility, uint64_t 
  * Column-major output, so Python builds each column with one memoryview.cast().tolist():
  * fixed column c (at byte o_c of the fixed part) goes to fixed_out + n * o_c + i * size_c;
  * var column j's bounds to var_out[(2j) * n + i] (start) and var_out[(2j + 1) * n + i]
- * (end), and its values joined with a NUL between them to joined_out (column after
- * column; joined_len[j] bytes each), joined_ok[j] = 0 when a value holds a NUL itself (the
- * caller then slices by the bounds). joined_out needs sum(ends - starts) + nvar * n bytes.
+ * (end), and its values joined with a separator byte between them to joined_out (column
+ * after column; joined_len[j] bytes each): NUL when no value holds one, else the smallest
+ * ASCII byte (1..127: one character of the decoded text, never inside a UTF-8 sequence) no
+ * value of the column holds; joined_ok[j] = separator + 1, or 0 when every ASCII byte is in
+ * some value (the caller then slices by the bounds). joined_out needs sum(ends - starts) +
+ * nvar * n bytes.
  * Returns 0; 1 when a row has a NULL (the caller decodes row by row); -1 when a row's
  * lengths do not add up (the caller decodes row by row, which raises naming the flaw). */
 int slk_row_layout(const uint8_t *buf, int n, const uint32_t *starts, const uint32_t *ends,
@@ -760,16 +767,30 @@ int slk_row_layout(const uint8_t *buf, int n, const uint32_t *starts, const uint
     for (int j = 0; j < nvar; j++) {
         const uint32_t *vs = var_out + (size_t)(2 * j) * n, *ve = vs + n;
         uint8_t *first = out;
-        int ok = 1;
+        int sep = 0;
         for (int i = 0; i < n; i++) {
             uint32_t len = ve[i] - vs[i];
-            if (i) *out++ = 0;
-            if (ok && len && memchr(buf + vs[i], 0, len)) ok = 0;
+            if (len && memchr(buf + vs[i], 0, len)) { sep = -1; break; }
+        }
+        if (sep < 0) {   /* a NUL in some value: the smallest ASCII byte in none */
+            uint8_t seen[256];
+            memset(seen, 0, sizeof seen);
+            for (int i = 0; i < n; i++) {
+                const uint8_t *p = buf + vs[i];
+                for (uint32_t q = 0, len = ve[i] - vs[i]; q < len; q++) seen[p[q]] = 1;
+            }
+            for (int s = 1; s < 128; s++)
+                if (!seen[s]) { sep = s; break; }
+        }
+        uint8_t sepb = (uint8_t)(sep < 0 ? 0 : sep);
+        for (int i = 0; i < n; i++) {
+            uint32_t len = ve[i] - vs[i];
+            if (i) *out++ = sepb;
             memcpy(out, buf + vs[i], len);
             out += len;
         }
         joined_len[j] = (uint32_t)(out - first);
-        joined_ok[j] = (uint8_t)ok;
+        joined_ok[j] = (uint8_t)(sep < 0 ? 0 : sep + 1);
     }
     return 0;
 }
@@ -1933,6 +1954,35 @@ int slk_bt_first_versions(const uint8_t *page, const uint8_t *high, int32_t high
         out[j - start] = found;
     }
     return j - start;
+}
+
+/* --- wal record build --- (wal/record.py: encode_fields is the Python reference;
+ * wal/xlog.py's Wal.insert writes a record that fits in its current page with this,
+ * engine/wal_build.py hands it over: wal/ may not import storage/) */
+/* Write one WAL record at ring + at: the 32-byte header, nblocks 16-byte block reference
+ * headers as given (no full-page images), the payload, and the CRC-32C of the whole with
+ * its CRC field read as zero. Returns the record's length. The caller checked the bounds
+ * (nblocks <= WAL_MAX_BLOCKS, the record fits where it goes). */
+uint32_t slk_wal_build(uint8_t *ring, uint32_t at, uint64_t xid, uint64_t prev, uint8_t rmgr,
+                       uint8_t info, const char *bhdrs, uint32_t nblocks,
+                       const char *payload, uint32_t plen)
+{
+    uint8_t *p = ring + at;
+    uint32_t total = WAL_RHDR + nblocks * WAL_BHDR + plen, zero = 0;
+    memcpy(p, &total, 4);
+    memcpy(p + 4, &zero, 4);
+    memcpy(p + 8, &xid, 8);
+    memcpy(p + 16, &prev, 8);
+    p[24] = rmgr;
+    p[25] = info;
+    p[26] = (uint8_t)nblocks;
+    p[27] = 0;
+    memcpy(p + 28, &plen, 4);
+    if (nblocks) memcpy(p + WAL_RHDR, bhdrs, (size_t)nblocks * WAL_BHDR);
+    if (plen) memcpy(p + WAL_RHDR + nblocks * WAL_BHDR, payload, plen);
+    uint32_t crc = wal_crc_skip4(p, 4, total);
+    memcpy(p + 4, &crc, 4);
+    return total;
 }
 """
 

@@ -297,6 +297,9 @@ def layout_scratch(rows: int, nbytes: int, nvar: int, fixed: int) -> _LayoutScra
 
 
 COLUMN_TYPES = ("int8", "float8", "text", "bytea", "bool")
+# slk_row_layout's joined_ok[j] (separator byte + 1, bytes 0..127) as split's argument
+_SEP_BYTES = (None, *(bytes((b,)) for b in range(128)))
+_SEP_STR = (None, *(chr(b) for b in range(128)))
 _bool = bool
 _FIXED_CODE = {"int8": "q", "float8": "d", "bool": "?"}
 _INT8_MIN = -(1 << 63)
@@ -393,9 +396,9 @@ class RowCodec:
         """The ``n`` rows a successful ``slk_row_layout`` (result 0) laid out into the
         scratch ``sc`` (``layout_scratch``) from ``buf`` (bytes, or a cffi buffer: slices
         of it are bytes): each fixed-width column one ``memoryview.cast().tolist()``, each
-        text/bytea column one decode and split of its values joined by NULs (or slices of
-        ``buf``, when a value holds a NUL). None when a text value is not UTF-8 (decode
-        row by row: that raises naming it)."""
+        text/bytea column one decode and split of its values joined by a separator byte
+        none of them holds (or slices of ``buf``, when every ASCII byte is in some value).
+        None when a text value is not UTF-8 (decode row by row: that raises naming it)."""
         cols: list = [None] * len(self.types)
         fixed_size = self.fixed_size
         if fixed_size:
@@ -416,9 +419,11 @@ class RowCodec:
                 size = joined_len[j]
                 text = self._text_var[j]
                 try:
-                    if joined_ok[j]:
+                    sep = joined_ok[j]   # the separator byte + 1, or 0: slice
+                    if sep:
                         part = values[at:at + size]
-                        cols[i] = part.decode().split("\0") if text else part.split(b"\0")
+                        cols[i] = part.decode().split(_SEP_STR[sep]) if text else \
+                            part.split(_SEP_BYTES[sep])
                     else:
                         if bounds is None:
                             bounds = memoryview(_ffi.buffer(sc.var_out, 8 * nvar * n)).cast("I").tolist()

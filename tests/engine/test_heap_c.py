@@ -192,6 +192,41 @@ def test_c_decode_run_on_damaged_rows(sr, row, at, byte, cut):
 
 @needs_c
 @settings(max_examples=200, deadline=None)
+@given(low=st.integers(0, 130), extra=st.binary(max_size=40),
+       text=st.text(max_size=12), n=st.integers(1, 12))
+def test_c_row_layout_joins_with_a_byte_no_value_holds(low, extra, text, n):
+    """Each text/bytea column is joined with the smallest ASCII byte none of its values
+    holds (NUL first): bytea values holding every byte below ``low`` (0..130) plus random
+    ones, text values holding the characters below min(low, 128). The layout's joined_ok
+    names exactly that byte + 1 (0 when every ASCII byte is taken, the slicing path), and
+    decode_run returns the rows encoded, as the reference does."""
+    present = bytes(range(min(low, 256)))
+    codec = RowCodec([("b", "bytea"), ("t", "text"), ("i", "int8")])
+    rows = [(present + extra + bytes([k]), "".join(map(chr, range(min(low, 128)))) + text,
+             k) for k in range(n)]
+    buf, starts, ends = laid_out(codec.encode_many(rows), [3])
+    c, ref = decode_both(codec, buf, starts, ends)
+    assert c == ref == rows
+    # the separator each column was joined with, from the layout itself
+    ffi, lib = tuple_module._ffi, tuple_module._lib
+    sc = tuple_module.layout_scratch(n, len(buf), 2, 8)
+    sc.starts[0:n] = starts
+    sc.ends[0:n] = ends
+    nb, nfixed, fixed_sizes, nvar = codec.layout_args
+    assert lib.slk_row_layout(ffi.from_buffer(buf), n, sc.starts, sc.ends, nb, nfixed,
+                              fixed_sizes, nvar, sc.fixed_out, sc.var_out, sc.joined,
+                              sc.joined_len, sc.joined_ok) == 0
+    for j, values in enumerate(([r[0] for r in rows], [r[1].encode() for r in rows])):
+        used = set(b"".join(values))
+        free = [b for b in range(128) if b not in used]
+        assert sc.joined_ok[j] == (free[0] + 1 if free else 0)
+        if free:
+            joined = bytes(ffi.buffer(sc.joined))[sum(sc.joined_len[0:j]):]
+            assert joined[:sc.joined_len[j]] == bytes([free[0]]).join(values)
+
+
+@needs_c
+@settings(max_examples=200, deadline=None)
 @given(datas=st.lists(st.one_of(st.binary(max_size=400), st.binary(min_size=3000, max_size=4000)),
                       max_size=60),
        xmin=st.integers(1, (1 << 64) - 1), flags=st.integers(0, 0xFFFF))
