@@ -209,6 +209,22 @@ def test_read_cached_reads_under_the_lock_only_when_all_cached(heap):  # noqa: F
     assert [h.fetch(Tid(b, 1)).data for b in (3, 1, 3)] == \
         [page[BLCKSZ - 3000:] for page in got]
     bm.check()
+    # warm: once every usage count is at the maximum, the one-pass test answers the same
+    # (reader called with the buffers, hits counted, counts left at the maximum)
+    for _ in range(6):
+        bm.read_cached(h.rel, h.fork, [1, 3], read)
+    b1 = calls[0][1]
+    assert (bm.descs[b1].usage_count, bm.descs[b3].usage_count) == (5, 5)
+    hits, ncalls = bm.stats().hits, len(calls)
+    got = bm.read_cached(h.rel, h.fork, [1, 3, 1], read)
+    assert calls[ncalls:] == [[b1, b3, b1]]
+    assert got == [bytes(bm.page(b)) for b in (b1, b3, b1)]
+    assert bm.stats().hits == hits + 3
+    assert (bm.descs[b1].usage_count, bm.descs[b3].usage_count) == (5, 5)
+    # a hot block beside one not in the pool: None, the reader not called
+    assert bm.read_cached(h.rel, h.fork, [1, 2, 3], read) is None
+    assert len(calls) == ncalls + 1
+    bm.check()
 
 
 def test_range_fetch_without_the_c_call(tmp_path, io_method, monkeypatch):
