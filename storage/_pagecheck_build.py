@@ -126,6 +126,10 @@ int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *
                       const uint8_t *keys, const uint32_t *key_ends, int nkey,
                       const uint8_t *key_kinds, const uint16_t *key_cols,
                       const uint32_t *key_at, const uint8_t *var_text);
+/* --- wal record build --- */
+uint32_t slk_wal_build(uint8_t *ring, uint32_t at, uint64_t xid, uint64_t prev, uint8_t rmgr,
+                       uint8_t info, const char *bhdrs, uint32_t nblocks,
+                       const char *payload, uint32_t plen);
 """
 
 SOURCE = r"""
@@ -1950,6 +1954,35 @@ int slk_bt_first_versions(const uint8_t *page, const uint8_t *high, int32_t high
         out[j - start] = found;
     }
     return j - start;
+}
+
+/* --- wal record build --- (wal/record.py: encode_fields is the Python reference;
+ * wal/xlog.py's Wal.insert writes a record that fits in its current page with this,
+ * engine/wal_build.py hands it over: wal/ may not import storage/) */
+/* Write one WAL record at ring + at: the 32-byte header, nblocks 16-byte block reference
+ * headers as given (no full-page images), the payload, and the CRC-32C of the whole with
+ * its CRC field read as zero. Returns the record's length. The caller checked the bounds
+ * (nblocks <= WAL_MAX_BLOCKS, the record fits where it goes). */
+uint32_t slk_wal_build(uint8_t *ring, uint32_t at, uint64_t xid, uint64_t prev, uint8_t rmgr,
+                       uint8_t info, const char *bhdrs, uint32_t nblocks,
+                       const char *payload, uint32_t plen)
+{
+    uint8_t *p = ring + at;
+    uint32_t total = WAL_RHDR + nblocks * WAL_BHDR + plen, zero = 0;
+    memcpy(p, &total, 4);
+    memcpy(p + 4, &zero, 4);
+    memcpy(p + 8, &xid, 8);
+    memcpy(p + 16, &prev, 8);
+    p[24] = rmgr;
+    p[25] = info;
+    p[26] = (uint8_t)nblocks;
+    p[27] = 0;
+    memcpy(p + 28, &plen, 4);
+    if (nblocks) memcpy(p + WAL_RHDR, bhdrs, (size_t)nblocks * WAL_BHDR);
+    if (plen) memcpy(p + WAL_RHDR + nblocks * WAL_BHDR, payload, plen);
+    uint32_t crc = wal_crc_skip4(p, 4, total);
+    memcpy(p + 4, &crc, 4);
+    return total;
 }
 """
 

@@ -41,7 +41,7 @@ __all__ = [
     "BLCKSZ", "RECORD_HEADER_SIZE", "BLOCK_REF_HEADER_SIZE", "MAX_RECORD_SIZE_BYTES",
     "MAX_RECORD_SIZE", "MAX_BLOCK_REFS", "BKP_HAS_IMAGE", "BKP_WILL_INIT", "BlockRef",
     "WalRecord", "WalRecordError", "encode_record", "encode_fields", "decode_record",
-    "decode_checked", "make_record",
+    "decode_checked", "make_record", "plain_block_header",
     "record_total_length", "check_record_header",
 ]
 
@@ -182,6 +182,13 @@ def encode_fields(rmgr: int, info: int, xid: int, payload: bytes,
         return b"".join(parts)
     except (struct.error, AttributeError, TypeError) as e:
         raise _encode_error(WalRecord(rmgr, info, xid, payload, blocks, prev_lsn)) from e
+
+
+def plain_block_header(rel: int, fork: int, block: int, will_init: bool) -> bytes:
+    """The 16-byte block reference header ``encode_fields`` writes for an image-less
+    ``BlockRef(rel, fork, block, will_init=will_init)`` (what the inserter's C record
+    writer is given). ``struct.error`` when a field is out of range."""
+    return _BLOCK.pack(rel, block, fork, BKP_WILL_INIT if will_init else 0, 0, 0, 0)
 
 
 def _check_int(name: str, value: object, limit: int) -> None:

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -74,7 +75,13 @@ from slonik.aio.method_sync import SyncMethod
 from slonik.aio.method_worker import WorkerMethod
 from slonik.aio.transfer import short_transfer_error
 from slonik.wal.errors import WalDiskFullError, WalError
-from slonik.wal.record import BlockRef, encode_fields
+from slonik.wal.record import (
+    MAX_BLOCK_REFS,
+    RECORD_HEADER_SIZE,
+    BlockRef,
+    encode_fields,
+    plain_block_header,
+)
 from slonik.wal.walpage import (
     PAGE_HEADER_SIZE,
     WAL_PAGE_SIZE,
@@ -209,7 +216,8 @@ class Wal:
                  full_page_writes: bool = True, start_lsn: int | None = None,
                  prev_lsn: int = 0, redo_lsn: int = 0,
                  on_segment_switch: Callable[[], None] | None = None,
-                 flush_path: str | None = None) -> None:
+                 flush_path: str | None = None,
+                 record_writer_for: Callable[[object], Callable[..., int]] | None = None) -> None:
         self.wal_dir = wal_dir
         self.aio = aio
         self.wal_segment_size = check_segment_size(wal_segment_size)
@@ -239,6 +247,9 @@ class Wal:
         self._queued = 0                   # requesters waiting for another's flush
         self._paths: dict[int, str] = {}   # segno -> segment file path
         self._plain_refs: dict[tuple, BlockRef] = {}  # see PLAIN_BLOCK_REFS_CACHED
+        self._plain_hdrs: dict[tuple, bytes] = {}     # the same, packed (record writer)
+        # Writes a record that fits in its page straight into the ring (C), or None.
+        self._writer = record_writer_for(self._ring) if record_writer_for else None
         self._cur = align_lsn(start_lsn)   # next insert position (may be a page start)
         self._prev = prev_lsn              # start of the last inserted record
         self._flushed = start_lsn          # durable up to here
@@ -310,6 +321,33 @@ class Wal:
         page it changed to ``end`` and marks those buffers dirty."""
         if self._failed is not None or self._closed:
             self._check_usable()
+        writer = self._writer
+        if writer is not None and len(blocks) <= MAX_BLOCK_REFS and type(payload) is bytes:
+            with self._insert_lock:
+                cur = self._cur
+                off = cur % WAL_PAGE_SIZE
+                hdrs = self._plain_headers(blocks, self._redo) if blocks else b""
+                n = RECORD_HEADER_SIZE + len(payload) + (WAL_PAGE_SIZE if hdrs is None
+                                                         else len(hdrs))
+                # A record that fits in the current page, image-less, with room in the
+                # ring (the general path's bound for a record that crosses no page).
+                if (off and n <= WAL_PAGE_SIZE - off
+                        and cur + n + 2 * PAGE_HEADER_SIZE
+                        <= self._flushed - self._flushed % WAL_PAGE_SIZE
+                        + self.wal_buffers_bytes):
+                    try:
+                        writer(((cur // WAL_PAGE_SIZE) % self.npages) * WAL_PAGE_SIZE + off,
+                               xid, self._prev, rmgr, info, hdrs, len(blocks), payload,
+                               len(payload))
+                    except (OverflowError, TypeError):
+                        pass   # a field out of range: the general path names it
+                    else:
+                        self._prev = cur
+                        end = cur + n
+                        self._cur = align_lsn(end)
+                        self._records += 1
+                        self._record_bytes += n
+                        return cur, end
         while True:
             with self._insert_lock:
                 redo = self._redo
@@ -360,6 +398,29 @@ class Wal:
             ref = self._plain_refs[key] = BlockRef(b.rel, b.fork, b.block,
                                                    will_init=b.will_init)
         return ref
+
+    def _plain_headers(self, blocks: Sequence[BlockSpec], redo: int) -> bytes | None:
+        """The joined block reference headers of ``blocks`` when none of them takes a
+        full-page image (else None); None too for a field out of range (the general path
+        names it). Caller holds the insert lock."""
+        hdrs = self._plain_hdrs
+        out = []
+        for b in blocks:
+            if (self.full_page_writes and not b.will_init and b.page is not None
+                    and b.page_lsn <= redo):
+                return None
+            key = (b.rel, b.fork, b.block, b.will_init)
+            h = hdrs.get(key)
+            if h is None:
+                try:
+                    h = plain_block_header(b.rel, b.fork, b.block, b.will_init)
+                except (struct.error, TypeError):
+                    return None
+                if len(hdrs) >= PLAIN_BLOCK_REFS_CACHED:
+                    hdrs.clear()
+                hdrs[key] = h
+            out.append(h)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _copy_in(self, cur: int, data: bytes) -> tuple[int, int]:
         """Copy ``data`` into the ring from ``cur``, initialising each page it enters."""
