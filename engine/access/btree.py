@@ -250,6 +250,9 @@ OVERFLOW_PAGES_PER_RECORD = 4
 # one extension per split cost a write, a size check and a pin of its own.
 EXTEND_AHEAD_PAGES_MAX = 16
 EXTEND_AHEAD_POOL_DIVISOR = 64
+# A leaf walk uses a BULKREAD ring when the tree's blocks outnumber 1/this of shared_buffers
+# (PostgreSQL's seq scan rule: NBuffers / 4).
+BULK_SCAN_POOL_DIVISOR = 4
 _REF_HEAD = struct.Struct("<QH")
 _EXTENT = struct.Struct("<II")
 _META_SPECIAL = Special(P_NONE, P_NONE, 0, BTP_META)
@@ -1459,7 +1462,13 @@ class BTree:
         bm = self.bufmgr
         feed = _LeafFeed(self, key, stop)
         expected: int | None = None  # the right-link of the leaf just visited
-        with ReadStream(bm, self.rel, self.fork, feed) as stream:
+        # A tree over a quarter of the pool is walked through a BULKREAD ring (PostgreSQL's
+        # rule for a large scan): its misses reuse the ring's clean buffers instead of
+        # sweeping the pool, so a scan after a load writes only the dirty victims the ring
+        # fills with (not the whole pool's, one write each, ~100 us of Python per write)
+        # and leaves the pool's working set in place.
+        bulk = bm.smgr.nblocks(self.rel, self.fork) > bm.nbuffers // BULK_SCAN_POOL_DIVISOR
+        with ReadStream(bm, self.rel, self.fork, feed, bulk_read=bulk) as stream:
             for buf in stream:
                 block = bm.block_of(buf)[2]
                 try:
