@@ -107,7 +107,7 @@ __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
            "HeapBatch", "point_entries", "point_entries_py", "POINT_ENTRIES_MAX",
            "BatchTids", "batch_tids", "batch_tids_py", "BATCH_TIDS_MAX", "BATCH_TIDS_C_MIN",
-           "POINT_OTHER", "fetch_rows", "point_right_py"]
+           "POINT_OTHER", "fetch_rows", "range_rows", "point_right_py"]
 
 _TID = struct.Struct(">IH")
 TID_SUFFIX_BYTES = _TID.size
@@ -256,9 +256,7 @@ class TableIndex:
                 start = keys[-1] + b"\x00"   # entry keys are unique: the next is above this
             if done:
                 return
-        for pairs in tree.item_batches(start, stop, snapshot=_EVERY_ENTRY, reverse=reverse,
-                                       values=False):
-            yield list(map(_first, pairs))
+        yield from _item_key_batches(tree, start, stop, reverse)
 
     def matching(self, prefix: bytes) -> list[tuple[bytes, Tid]]:
         """The entries whose key starts with ``prefix``, in key order (one descent)."""
@@ -539,6 +537,14 @@ def point_entries(page, prefix: bytes, entries_max: int) -> list[int] | None:
     return _ffi.unpack(out, 3 * n)
 
 
+def _item_key_batches(tree: BTree, start: bytes | None, stop: bytes | None,
+                      reverse: bool) -> Iterator[list[bytes]]:
+    """``entry_key_batches`` through ``BTree.item_batches`` (its leaf read stream)."""
+    for pairs in tree.item_batches(start, stop, snapshot=_EVERY_ENTRY, reverse=reverse,
+                                   values=False):
+        yield list(map(_first, pairs))
+
+
 def _copy_leaf(pool, seq, buf: int, out) -> int:
     """``BufferManager.read_hit``'s read of a leaf: pool buffer ``buf`` copied to ``out``
     under its change counter (``slk_seq_copy_pages`` of one page): 1 when the copy is
@@ -674,6 +680,34 @@ def fetch_rows(heap: Heap, codec: RowCodec, index: TableIndex,
             if rows:
                 yield rows
             nblocks = heap.nblocks()
+
+
+def range_rows(heap: Heap, codec: RowCodec, index: TableIndex, start: bytes | None,
+               stop: bytes | None, snapshot: XidSnapshot, reverse: bool = False
+               ) -> Iterator[list[tuple]]:
+    """``fetch_rows`` of ``index.entry_key_batches(start, stop, reverse=reverse)``: a
+    range scan's rows, a non-empty list per batch. With the C helper a forward range's
+    first walk (``walk_leaves``, up to ``RANGE_WALK_LEAVES`` leaves) goes to
+    ``_fetch_rows_batch`` with no generator between them, so the usual short range is one
+    walk and one batch; the rest of a longer range continues as ``entry_key_batches``
+    does (``BTree.item_batches`` from the key after the last one walked)."""
+    if reverse or _lib is None or not C_RANGE_ROWS:
+        yield from fetch_rows(heap, codec, index,
+                              index.entry_key_batches(start, stop, reverse=reverse), snapshot)
+        return
+    nblocks = heap.nblocks()
+    keys, done = walk_leaves(index.tree, start, stop, RANGE_WALK_LEAVES)
+    if keys:
+        if len(keys) <= INDEX_SCAN_BATCH_ENTRIES:
+            rows = _fetch_rows_batch(heap, codec, index, keys, nblocks, snapshot)
+            if rows:
+                yield rows
+        else:
+            yield from fetch_rows(heap, codec, index, (keys,), snapshot)
+        start = keys[-1] + b"\x00"   # entry keys are unique: the next is above this
+    if not done:
+        yield from fetch_rows(heap, codec, index,
+                              _item_key_batches(index.tree, start, stop, False), snapshot)
 
 
 def _fetch_rows_batch(heap: Heap, codec: RowCodec, index: TableIndex, ks: list[bytes],

@@ -52,7 +52,7 @@ from slonik.engine.index import (
     TableIndex,
     check_index,
     fetch_batched,
-    fetch_rows,
+    range_rows,
     split_entry_key,
 )
 from slonik.engine.relation import Relation, RelationState
@@ -540,12 +540,10 @@ class Table:
                reverse: bool) -> Iterator[tuple]:
         """``range``'s rows in one snapshot, checked as ``_guarded`` checks them: the
         entries a leaf (or a few) at a time, each batch's rows fetched, decoded and
-        re-checked by ``index.fetch_rows`` (no TIDs: a range returns rows only)."""
-        def batches(snap: Snapshot) -> Iterator[Sequence[tuple]]:
-            entries = idx.entry_key_batches(lo, hi, reverse=reverse)
-            return fetch_rows(self._heap, self._codec, idx, entries, self._xid_snapshot(snap))
-
-        return self._guarded(batches)
+        re-checked by ``index.range_rows`` (no TIDs: a range returns rows only)."""
+        heap, codec, xid_snapshot = self._heap, self._codec, self._xid_snapshot
+        return self._guarded(lambda snap: range_rows(heap, codec, idx, lo, hi,
+                                                     xid_snapshot(snap), reverse))
 
     def _guarded(self, batches: Callable[[Snapshot], Iterator[Sequence[tuple]]]
                  ) -> Iterator[tuple]:
@@ -558,13 +556,24 @@ class Table:
         check_open = layer.check_open
         relation, live = self._relation, RelationState.LIVE
         try:
-            with layer.read_snapshot() as snap:
+            # read_snapshot() inlined (a short range pays for every call layer): the
+            # transaction's snapshot, or a registered one released after
+            txn = layer.current()
+            if txn is not None and txn.snapshot is not None:
+                snap, xacts = txn.snapshot, None
+            else:
+                xacts = layer.xacts
+                snap = xacts.snapshot()
+            try:
                 for rows in batches(snap):
                     check_open()
                     for row in rows:
                         if layer.closed or relation.state is not live:
                             check()
                         yield row
+            finally:
+                if xacts is not None:
+                    xacts.release(snap)
         except Exception:
             check()  # closed or dropped underneath: that is the error to report
             raise
@@ -678,6 +687,8 @@ class Table:
         """``snap`` as data for the heap's C visibility check: the xids it excludes below
         its xmax (running when it was taken, or aborted), sorted."""
         xacts = self._layer.xacts
+        if not xacts.aborted and (not snap.running or snap.running == {snap.own}):
+            return XidSnapshot(snap.xmax, snap.own, ())   # nothing excluded (the usual)
         with xacts.lock:
             aborted = [x for x in xacts.aborted if x < snap.xmax]
         excluded = {x for x in snap.running if x != snap.own}
