@@ -78,6 +78,8 @@ from slonik.engine.access.btree_leafrun import (
     KIND_OVERFLOW,
     LOOKUP_U64,
     OLD_LOOKUP,
+    STOP_END,
+    STOP_NO_ROOM,
     LeafBatch,
     LeafRunState,
     leaf_run,
@@ -948,12 +950,16 @@ class BTree:
             self._release(buf)
 
     def _log(self, info: int, xid: int, changes: Sequence[_Change], *,
-             leaves_only: bool = False) -> int:
+             leaves_only: bool = False,
+             then: Callable[[bytearray], tuple[bytes, int]] | None = None) -> int:
         """Apply each change's actions to its (exclusive-locked) page, log them as one
         record, stamp the pages with its end LSN and dirty them. If logging fails, every
         page is put back byte for byte. ``leaves_only``: the caller saw every changed page
         at level 0, which the inner-page cache never holds (it is left alone). A single
-        change with its ``payload`` encoded already (a leaf run) logs that payload."""
+        change with its ``payload`` encoded already (a leaf run) logs that payload.
+        ``then``: called with changes[0]'s page once every action is applied, it returns
+        more actions of block index 0 (payload bytes, count: a leaf run on that page),
+        applied to it and logged after the others in the same record."""
         bm = self.bufmgr
         pres = []
         specs = []
@@ -978,6 +984,15 @@ class BTree:
                     apply_payload_actions(page, payload, index, ch.nactions)
                 specs.append(BlockSpec(self.rel, int(self.fork), ch.block, page, lsn,
                                        ch.will_init, _hole(page)))
+            if then is not None:
+                page = bm.page(changes[0].buf)
+                more, nmore = then(page)
+                if nmore:
+                    apply_payload_actions(page, more, 0, nmore)
+                    payload += more
+                    first = specs[0]
+                    specs[0] = BlockSpec(first.rel, first.fork, first.block, page,
+                                         first.page_lsn, first.will_init, _hole(page))
             _start, end = self.wal.insert(RM_BTREE, info, xid, payload, specs)
         except BaseException:
             for ch, pre in zip(changes, pres, strict=False):
@@ -1875,7 +1890,8 @@ class BTree:
         commit does: sorted by key, and every run of writes that lands on one leaf with
         room for them is one INSERT record (xmax settings, then the new entries), instead
         of one descent and one record per write. A write whose leaf is full, or whose old
-        version is not on that leaf, goes through set_xmax/insert (splits included).
+        version is not on that leaf, goes through set_xmax/insert (splits included); a
+        new version that splits its leaf takes the run after it into the split's record.
         A write with ``old_xmin=OLD_LOOKUP`` replaces the key's newest version whose xmin
         is ``committed`` (none if its xmax is ``committed`` too: a delete then changes
         nothing), looked up on the leaf the write lands on.
@@ -1971,10 +1987,25 @@ class BTree:
         """``_apply_sorted``'s loop."""
         runner = new_runner(batch)
         n = len(batch.keys)
+        kinds, olds = batch.kinds, batch.olds
         i = 0
+        full = False  # the last run stopped at write i: its leaf has no room for it
         while i < n:
-            done = self._apply_on_leaf(batch, runner, i, committed, resolved)
-            if done == 0:  # the first write needs the general path
+            if full and not olds[i] and kinds[i] != KIND_NONE:
+                done = 0  # straight to the split, no second look at the full leaf
+            else:
+                done, stop = self._apply_on_leaf(batch, runner, i, committed, resolved)
+                i += done
+                if done and (i >= n or stop != STOP_NO_ROOM or olds[i] or
+                             kinds[i] == KIND_NONE):
+                    full = False
+                    continue
+            if not olds[i] and kinds[i] != KIND_NONE:
+                # A new version alone: its split carries the run after it (_insert_run)
+                done, stop = self._insert_run(batch, runner, i, committed, resolved)
+                full = stop == STOP_NO_ROOM
+            else:  # the first write needs the general path
+                full = False
                 key, xid, old = batch.keys[i], batch.xids[i], batch.olds[i]
                 if old == LOOKUP_U64:
                     old = resolved[i] = self._newest_committed(key, committed)
@@ -2122,10 +2153,10 @@ class BTree:
 
     def _apply_on_leaf(self, batch: LeafBatch, runner, i: int,
                        committed: Callable[[int], bool] | None,
-                       resolved: dict[int, int]) -> int:
+                       resolved: dict[int, int]) -> tuple[int, int]:
         """Apply writes i.. of ``batch`` that fit on write i's leaf in one record (OLD_LOOKUP
         old versions resolved on it, into ``resolved``; ``btree_leafrun.leaf_run``: one C
-        call per stretch of writes); how many did."""
+        call per stretch of writes); how many did, and why the run stopped (STOP_*)."""
         block, buf, special = self._leaf_locked_special(batch.keys[i], exclusive=True)
         ch = _Change(buf, block, False)
         try:
@@ -2135,18 +2166,66 @@ class BTree:
             high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1)).key
             lower, upper = _hole(page)
             st = LeafRunState(upper - lower)
-            done, _stop = leaf_run(page, high, batch, i, st, committed, runner)
+            done, stop = leaf_run(page, high, batch, i, st, committed, runner)
             if done == 0:
-                return 0
+                return 0, stop
             nactions = st.nactions()
             if nactions:
                 ch.payload, ch.nactions = st.payload(), nactions
                 self._log(XLOG_BTREE_INSERT, batch.xids[i], [ch], leaves_only=True)
             if st.resolved:
                 resolved.update(st.resolved)
-            return done
+            return done, stop
         finally:
             self._release(buf, exclusive=True)
+
+    def _insert_run(self, batch: LeafBatch, runner, i: int,
+                    committed: Callable[[int], bool] | None,
+                    resolved: dict[int, int]) -> tuple[int, int]:
+        """Write i of ``batch`` (a new version, no old one) as ``_insert_item`` does; when
+        its leaf splits, the writes after it that fit on the page that took it go into
+        the split's record as a leaf run there (``_log``'s ``then``: the run's actions
+        after the split's), with no descent or record of their own. Returns the writes
+        done and why the run stopped (STOP_END when there was none)."""
+        key, xid, kind = batch.keys[i], batch.xids[i], batch.kinds[i]
+        item = pack_entry(key, xid, 0, ENTRY_OVERFLOW if kind == KIND_OVERFLOW else 0,
+                          batch.payloads[i])
+        stack: list[int] = []
+        block, buf = self._descend(key, xid, stack=stack, exclusive=True)
+        changes = [_Change(buf, block, False)]
+        try:
+            off = self._insert_or_plan(changes, key, xid, item)
+            if off is None:
+                self._log(XLOG_BTREE_INSERT, xid, changes)
+                return 1, STOP_END
+            side: list[bool] = []
+            root, level, alloc = self._plan_split(changes, off, key, xid, item, stack, side)
+            if side[0]:  # the run goes on on the new right page: block index 0
+                changes[0], changes[1] = changes[1], changes[0]
+            runs: list[tuple[int, int, LeafRunState]] = []
+            run_block = changes[0].block
+
+            def run_after(page) -> tuple[bytes, int]:
+                special = self._special(page, run_block)
+                high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1)).key
+                lower, upper = _hole(page)
+                st = LeafRunState(upper - lower)
+                done, stop = leaf_run(page, high, batch, i + 1, st, committed, runner)
+                runs.append((done, stop, st))
+                return (st.payload(), st.nactions()) if done else (b"", 0)
+
+            self._log(XLOG_BTREE_SPLIT, xid, changes,
+                      then=run_after if i + 1 < len(batch.keys) else None)
+            self._root, self._level = root, level
+            self._free_head, self._free_count = alloc
+            if not runs:
+                return 1, STOP_END
+            done, stop, st = runs[0]
+            if st.resolved:
+                resolved.update(st.resolved)
+            return 1 + done, stop
+        finally:
+            self._release_changes(changes)
 
     def set_xmax(self, key, xmin: int, xmax: int) -> bool:
         """Set the xmax of version (key, xmin) (0 clears it); False when there is no such
@@ -2199,33 +2278,54 @@ class BTree:
         block, buf = self._descend(key, xmin, stack=stack, exclusive=True)
         changes = [_Change(buf, block, False)]
         try:
-            page = self.bufmgr.page(buf)
-            off = search_page(page, key, xmin, False)
-            if off <= bt_item_count(page) and entry_key(bt_item(page, off)) == (key, xmin):
-                raise ValueError(f"key {key[:40]!r} already has a version with xmin {xmin}")
-            if bt_fits(page, len(item)):
-                changes[0].actions.append((A_INSERT, insert_data(off, item)))
+            off = self._insert_or_plan(changes, key, xmin, item)
+            if off is None:
                 self._log(XLOG_BTREE_INSERT, xid, changes)
                 return
-            alloc = [self._free_head, self._free_count]
-            new_root = self._split(changes, off, item, stack, (key, xmin), alloc)
-            root, level = new_root if new_root is not None else (self._root, self._level)
-            if new_root is not None or alloc != [self._free_head, self._free_count]:
-                meta = _Change(self._read(META_BLOCK, exclusive=True), META_BLOCK, True)
-                changes.append(meta)  # the metapage last, as nbtree locks it
-                meta.actions.append((A_INIT, self._meta_init(root, level, *alloc)))
+            root, level, alloc = self._plan_split(changes, off, key, xmin, item, stack)
             self._log(XLOG_BTREE_SPLIT, xid, changes)
             self._root, self._level = root, level
             self._free_head, self._free_count = alloc
         finally:
             self._release_changes(changes)
 
+    def _insert_or_plan(self, changes: list[_Change], key: bytes, xmin: int,
+                        item: bytes) -> int | None:
+        """``item`` for (key, xmin) on changes[0]'s locked leaf: its insert action when it
+        fits (None), else the offnum where it goes (the caller plans a split).
+        ValueError when the leaf has that version already."""
+        page = self.bufmgr.page(changes[0].buf)
+        off = search_page(page, key, xmin, False)
+        if off <= bt_item_count(page) and entry_key(bt_item(page, off)) == (key, xmin):
+            raise ValueError(f"key {key[:40]!r} already has a version with xmin {xmin}")
+        if bt_fits(page, len(item)):
+            changes[0].actions.append((A_INSERT, insert_data(off, item)))
+            return None
+        return off
+
+    def _plan_split(self, changes: list[_Change], off: int, key: bytes, xmin: int,
+                    item: bytes, stack: list[int], side: list[bool] | None = None
+                    ) -> tuple[int, int, list[int]]:
+        """The split of changes[0]'s leaf for ``item`` at ``off`` (``_split``), with the
+        metapage's change when the root or the free list moves: (root, level, [free
+        head, count]) to set once the record is logged."""
+        alloc = [self._free_head, self._free_count]
+        new_root = self._split(changes, off, item, stack, (key, xmin), alloc, side)
+        root, level = new_root if new_root is not None else (self._root, self._level)
+        if new_root is not None or alloc != [self._free_head, self._free_count]:
+            meta = _Change(self._read(META_BLOCK, exclusive=True), META_BLOCK, True)
+            changes.append(meta)  # the metapage last, as nbtree locks it
+            meta.actions.append((A_INIT, self._meta_init(root, level, *alloc)))
+        return root, level, alloc
+
     def _split(self, changes: list[_Change], off: int, item: bytes, stack: list[int],
-               target: tuple[bytes, int], alloc: list[int]) -> tuple[int, int] | None:
+               target: tuple[bytes, int], alloc: list[int],
+               side: list[bool] | None = None) -> tuple[int, int] | None:
         """Plan a split of changes[0]'s page for ``item`` at ``off``, cascading upwards:
         appends every page it touches (locked) to ``changes`` with its actions; new pages
         come from the free list ``alloc`` = [head, count] (updated) before extension.
-        Returns (new root, new level) when the root split; the caller logs the metapage."""
+        Returns (new root, new level) when the root split; the caller logs the metapage.
+        ``side`` gets True when ``item`` goes to the new right page (changes[1])."""
         bm = self.bufmgr
         cur = changes[0]
         while True:
@@ -2263,6 +2363,8 @@ class BTree:
                 keep, left_new, left_item = k - 1, new_index, item
             else:
                 keep, left_new, left_item = k, -1, b""
+            if side is not None and len(changes) == 2:  # the page split first
+                side.append(new_index >= k)
             cur.actions.append((A_SPLIT_LEFT, split_left_data(
                 keep, left_new, left_special, pack_pivot(sep_key, sep_xmin, P_NONE), left_item)))
             right.actions.append((A_INIT, init_data(
