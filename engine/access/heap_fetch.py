@@ -49,6 +49,7 @@ Invariants:
 from __future__ import annotations
 
 import threading
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from itertools import compress, repeat
@@ -376,13 +377,15 @@ def gather_rows_pool(bm, bufs: Sequence[int], page_of, offnums, n: int,
     nb, nfixed, fixed_sizes, nvar = codec.layout_args
     sc = layout_scratch(n, npages * BLCKSZ, nvar, codec.fixed_size)
     _excluded_array(tls, excluded)
-    tls.bufs[0:npages] = bufs
+    # the buffer ids as a C array without a conversion per element into the thread's
+    # cffi array (an array.array made from the list in C, exported)
+    cbufs = _ffi.from_buffer("uint32_t[]", array("I", bufs))
     if keys is None:
         joined, ends, kc, nkey = _ffi.NULL, _ffi.NULL, _NO_KEY_CHECK, 0
     else:
         joined, ends, kc = keys
         nkey = kc.nkey
-    m = _lib.slk_ix_range_rows(bm.c_pool, seq, tls.bufs, npages, tls.seen, page_of, offnums,
+    m = _lib.slk_ix_range_rows(bm.c_pool, seq, cbufs, npages, tls.seen, page_of, offnums,
                                n, snap_xmax, own, tls.excluded, len(excluded), sc.out,
                                sc.nbytes, sc.sel, sc.starts, sc.ends, nb, nfixed,
                                fixed_sizes, nvar, sc.fixed_out, sc.var_out, sc.joined,
