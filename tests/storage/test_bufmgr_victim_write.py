@@ -1,0 +1,139 @@
+"""A dirty victim is written in its evicting thread (``BufferManager._write_victim``, as
+PostgreSQL's FlushBuffer): WAL flushed up to the page's LSN before the page reaches the
+file, the page checksummed on disk, the buffer clean afterwards; a failure before or in the
+write leaves the page dirty in the pool and raises."""
+
+from __future__ import annotations
+
+import pytest
+from slonik.storage.bufmgr import BM_DIRTY, BufferManager, BufferState
+from slonik.storage.page import (
+    BLCKSZ,
+    init_page,
+    page_add_item,
+    page_get_item,
+    page_get_lsn,
+    page_set_checksum,
+    page_set_lsn,
+)
+from slonik.storage.smgr import Fork, Smgr
+
+REL = 16384
+SEGMENT = 8
+POOL = 16
+BLOCKS = 24
+
+
+def make_page(block: int, text: bytes) -> bytes:
+    buf = bytearray(BLCKSZ)
+    init_page(buf)
+    page_add_item(buf, text)
+    page_set_checksum(buf, REL, Fork.MAIN, block)
+    return bytes(buf)
+
+
+@pytest.fixture
+def env(tmp_path, aio):
+    smgr = Smgr(str(tmp_path), segment_size=SEGMENT, max_files=3, aio=aio)
+    smgr.create(REL, Fork.MAIN)
+    smgr.writev(REL, Fork.MAIN, 0, [make_page(b, b"old %d" % b) for b in range(BLOCKS)])
+    bm = BufferManager(smgr, aio, shared_buffers=POOL, io_combine_limit=4)
+    yield bm, smgr
+    aio.wait_all()
+    smgr.close()
+
+
+def on_disk(smgr: Smgr, block: int) -> bytes:
+    with open(smgr.segment_path(REL, Fork.MAIN, block // SEGMENT), "rb") as f:
+        f.seek((block % SEGMENT) * BLCKSZ)
+        return f.read(BLCKSZ)
+
+
+def dirty_pool(bm: BufferManager) -> None:
+    """Fill the pool with blocks 0..POOL-1, each rewritten ('new b') under LSN 1000 + b."""
+    for block in range(POOL):
+        b = bm.read_buffer(REL, Fork.MAIN, block)
+        bm.lock_exclusive(b)
+        page = bm.page(b)
+        init_page(page)
+        page_add_item(page, b"new %d" % block)
+        page_set_lsn(page, 1000 + block)
+        bm.mark_dirty(b)
+        bm.unlock_exclusive(b)
+        bm.unpin(b)
+
+
+def test_victim_write_flushes_wal_first_then_writes_a_checksummed_page(env):
+    """Every buffer dirty (distinct LSNs), then reads of other blocks evict them one at a
+    time. flush_wal records, for each call, which blocks still hold their old bytes on
+    disk: the evicted block's exact LSN was flushed while its file block was still old
+    (WAL before data). Afterwards each evicted block on disk is the new page, its checksum
+    valid (read back through a fresh pool, which verifies it), and the write counters
+    count one write per victim."""
+    bm, smgr = env
+    dirty_pool(bm)
+    calls: list[tuple[int, bool]] = []
+
+    def flush_wal(lsn: int) -> None:
+        block = lsn - 1000
+        calls.append((lsn, page_get_item(on_disk(smgr, block), 1) == b"old %d" % block))
+
+    bm.flush_wal = flush_wal
+    before = bm.stats()
+    for block in range(POOL, BLOCKS):
+        bm.unpin(bm.read_buffer(REL, Fork.MAIN, block))
+    after = bm.stats()
+    evicted = [lsn - 1000 for lsn, _ in calls]
+    assert len(evicted) == BLOCKS - POOL
+    assert all(old for _, old in calls)
+    assert after.writes - before.writes == len(evicted)
+    assert after.write_ios - before.write_ios == len(evicted)
+    fresh = BufferManager(smgr, bm.aio, shared_buffers=POOL, io_combine_limit=4)
+    for block in evicted:
+        assert page_get_lsn(on_disk(smgr, block)) == 1000 + block
+        b = fresh.read_buffer(REL, Fork.MAIN, block)  # checksum verified on read
+        assert bytes(page_get_item(fresh.page(b), 1)) == b"new %d" % block
+        fresh.unpin(b)
+
+
+def test_victim_write_failure_leaves_the_page_dirty(env):
+    """A flush_wal that fails, then a file write that fails: the read needing the victim
+    raises that error, the victim stays in the pool dirty (DIRTY, or WRITE_FAILED after a
+    failed write) with its new bytes and no pin, and the file block still holds the old
+    page. Once both work again, reads of other blocks evict it and the new page reaches disk."""
+    bm, smgr = env
+    dirty_pool(bm)
+
+    def broken_wal(lsn: int) -> None:
+        raise OSError(5, "wal device gone")
+
+    bm.flush_wal = broken_wal
+    with pytest.raises(OSError, match="wal device gone"):
+        bm.read_buffer(REL, Fork.MAIN, POOL)
+    dirty = [d for d in bm.descs if d.flags & BM_DIRTY]
+    assert len(dirty) == POOL and all(d.refcount == 0 for d in dirty)
+    assert {d.flags for d in dirty} == {int(BufferState.DIRTY)}
+
+    bm.flush_wal = lambda lsn: None
+    real_writev = smgr.writev
+
+    def failing_writev(rel, fork, block, buffers):
+        raise OSError(28, "no space left on device")
+
+    smgr.writev = failing_writev
+    with pytest.raises(OSError, match="no space left"):
+        bm.read_buffer(REL, Fork.MAIN, POOL)
+    failed = [d for d in bm.descs if d.flags == BufferState.WRITE_FAILED]
+    assert len(failed) == 1 and failed[0].refcount == 0
+    block = failed[0].tag[2]
+    assert bytes(page_get_item(bm.page(failed[0].buf_id), 1)) == b"new %d" % block
+    assert page_get_item(on_disk(smgr, block), 1) == b"old %d" % block
+
+    smgr.writev = real_writev
+    for other in list(range(POOL, BLOCKS)) * 2:  # the clock hand comes round to it
+        if block not in (d.tag[2] for d in bm.descs if d.tag is not None):
+            break
+        bm.unpin(bm.read_buffer(REL, Fork.MAIN, other))
+    assert block not in (d.tag[2] for d in bm.descs if d.tag is not None)
+    assert page_get_item(on_disk(smgr, block), 1) == b"new %d" % block
+    bm.check()
