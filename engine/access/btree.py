@@ -1990,19 +1990,22 @@ class BTree:
         kinds, olds = batch.kinds, batch.olds
         i = 0
         full = False  # the last run stopped at write i: its leaf has no room for it
+        hint = None   # that leaf and the descent's stack to it (_insert_run)
         while i < n:
             if full and not olds[i] and kinds[i] != KIND_NONE:
                 done = 0  # straight to the split, no second look at the full leaf
             else:
                 done, stop = self._apply_on_leaf(batch, runner, i, committed, resolved)
                 i += done
+                hint = None
                 if done and (i >= n or stop != STOP_NO_ROOM or olds[i] or
                              kinds[i] == KIND_NONE):
                     full = False
                     continue
             if not olds[i] and kinds[i] != KIND_NONE:
                 # A new version alone: its split carries the run after it (_insert_run)
-                done, stop = self._insert_run(batch, runner, i, committed, resolved)
+                done, stop, hint = self._insert_run(batch, runner, i, committed, resolved,
+                                                    hint if full else None)
                 full = stop == STOP_NO_ROOM
             else:  # the first write needs the general path
                 full = False
@@ -2180,24 +2183,34 @@ class BTree:
             self._release(buf, exclusive=True)
 
     def _insert_run(self, batch: LeafBatch, runner, i: int,
-                    committed: Callable[[int], bool] | None,
-                    resolved: dict[int, int]) -> tuple[int, int]:
+                    committed: Callable[[int], bool] | None, resolved: dict[int, int],
+                    hint: tuple[int, list[int]] | None = None
+                    ) -> tuple[int, int, tuple[int, list[int]] | None]:
         """Write i of ``batch`` (a new version, no old one) as ``_insert_item`` does; when
         its leaf splits, the writes after it that fit on the page that took it go into
         the split's record as a leaf run there (``_log``'s ``then``: the run's actions
         after the split's), with no descent or record of their own. Returns the writes
-        done and why the run stopped (STOP_END when there was none)."""
+        done, why the run stopped (STOP_END when there was none) and, when the run
+        stopped for room, the hint for the next call: (that leaf, the internal pages the
+        descent to it passed). With ``hint`` write i's leaf is taken from it (L&Y: the
+        stack's pages are where to start looking for the parents, moving right), checked
+        to be a live leaf below whose high key write i's key lies, else a descent."""
         key, xid, kind = batch.keys[i], batch.xids[i], batch.kinds[i]
         item = pack_entry(key, xid, 0, ENTRY_OVERFLOW if kind == KIND_OVERFLOW else 0,
                           batch.payloads[i])
-        stack: list[int] = []
-        block, buf = self._descend(key, xid, stack=stack, exclusive=True)
+        found = None if hint is None else self._hinted_leaf(hint[0], key)
+        if found is None:
+            stack: list[int] = []
+            block, buf = self._descend(key, xid, stack=stack, exclusive=True)
+        else:
+            (block, buf), stack = found, list(hint[1])
+        saved = list(stack)
         changes = [_Change(buf, block, False)]
         try:
             off = self._insert_or_plan(changes, key, xid, item)
             if off is None:
                 self._log(XLOG_BTREE_INSERT, xid, changes)
-                return 1, STOP_END
+                return 1, STOP_END, None
             side: list[bool] = []
             root, level, alloc = self._plan_split(changes, off, key, xid, item, stack, side)
             if side[0]:  # the run goes on on the new right page: block index 0
@@ -2216,16 +2229,41 @@ class BTree:
 
             self._log(XLOG_BTREE_SPLIT, xid, changes,
                       then=run_after if i + 1 < len(batch.keys) else None)
+            # the saved stack stays exact unless a page above the leaf split (or the
+            # root, with a new level above it): then the next split descends again
+            moved = level != self._level or len(side) > 1
             self._root, self._level = root, level
             self._free_head, self._free_count = alloc
             if not runs:
-                return 1, STOP_END
+                return 1, STOP_END, None
             done, stop, st = runs[0]
             if st.resolved:
                 resolved.update(st.resolved)
-            return 1 + done, stop
+            return 1 + done, stop, None if moved or stop != STOP_NO_ROOM else (
+                run_block, saved)
         finally:
             self._release_changes(changes)
+
+    def _hinted_leaf(self, block: int, key: bytes) -> tuple[int, int] | None:
+        """(block, buf) of leaf ``block`` exclusive-locked when it is a live leaf and ``key``
+        lies below its high key (or it is the rightmost), else None (nothing held)."""
+        bm = self.bufmgr
+        buf = self._read(block, exclusive=True)
+        try:
+            page = bm.page(buf)
+            special = self._special(page, block)
+            if special.level == 0 and special.flags & BTP_LEAF and \
+                    not special.flags & BTP_DELETED and (
+                        special.next == P_NONE or key < unpack_pivot(bt_item(page, 1)).key):
+                return block, buf
+        except BTreePageError as e:
+            self._release(buf, exclusive=True)
+            raise self._corrupt(block, str(e)) from None
+        except BaseException:
+            self._release(buf, exclusive=True)
+            raise
+        self._release(buf, exclusive=True)
+        return None
 
     def set_xmax(self, key, xmin: int, xmax: int) -> bool:
         """Set the xmax of version (key, xmin) (0 clears it); False when there is no such
@@ -2325,7 +2363,8 @@ class BTree:
         appends every page it touches (locked) to ``changes`` with its actions; new pages
         come from the free list ``alloc`` = [head, count] (updated) before extension.
         Returns (new root, new level) when the root split; the caller logs the metapage.
-        ``side`` gets True when ``item`` goes to the new right page (changes[1])."""
+        ``side`` gets, for each page split (the leaf first: changes[0] and [1]), True when
+        the item goes to the new right page."""
         bm = self.bufmgr
         cur = changes[0]
         while True:
@@ -2363,7 +2402,7 @@ class BTree:
                 keep, left_new, left_item = k - 1, new_index, item
             else:
                 keep, left_new, left_item = k, -1, b""
-            if side is not None and len(changes) == 2:  # the page split first
+            if side is not None:
                 side.append(new_index >= k)
             cur.actions.append((A_SPLIT_LEFT, split_left_data(
                 keep, left_new, left_special, pack_pivot(sep_key, sep_xmin, P_NONE), left_item)))

@@ -2,7 +2,7 @@
 because its leaf is full, the next new version splits the leaf and the writes after it
 that fit on the page that took it go into the split's own record (their inserts and
 set-xmaxes as block 0's actions after the split's), with no descent or record of their
-own. On every io method: redo reproduces every page byte for byte, the tree checks
+own; the next split starts from that leaf and the last descent's stack (L&Y). On every io method: redo reproduces every page byte for byte, the tree checks
 clean, every version reads back, and a failed split record leaves no change behind.
 """
 
@@ -59,6 +59,7 @@ def test_fresh_batch_splits_carry_the_runs(big_env):
     the keys read back in order with their values, and no buffer stays pinned."""
     env = big_env
     t = env.tree
+    descents = count_descents(t)
     before = env.pages()
     start = env.wal.insert_lsn
     keys = [b"key%08d" % i for i in range(3000)]
@@ -71,10 +72,49 @@ def test_fresh_batch_splits_carry_the_runs(big_env):
     assert ops.count(XLOG_BTREE_INSERT) == 1
     assert len(runs) >= ops.count(XLOG_BTREE_SPLIT) - 1 > 10
     assert all(right for right, _n in runs)
+    # each split after the first starts from the leaf the last run filled: no descent
+    assert len(descents) <= 3
     result = t.check()
     assert result.entries == 3000 and result.unreached_pages == 0
     want = {k: b"v%d" % i * 30 for i, k in enumerate(keys)}
     assert [(k, v) for k, v in t.items()] == sorted(want.items())
+    assert no_pins(env.bm)
+
+
+def count_descents(tree) -> list[int]:
+    """Wraps the tree's own ``_descend`` (the real one runs) to record each call."""
+    calls: list[int] = []
+    real = tree._descend
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    tree._descend = counting
+    return calls
+
+
+def test_wide_keys_split_inner_pages_and_the_root_under_hints(big_env):
+    """1,500 random puts of 900-byte keys into an empty tree in one batch (fan-out ~8:
+    leaves, inner pages and the root split again and again while each split starts from
+    the leaf and the stack the last one left): the tree checks clean with four levels or
+    more, redo gives the pool's bytes, the keys read back in order, and descents happen
+    only after a split above the leaves (far fewer than the splits)."""
+    env = big_env
+    t = env.tree
+    descents = count_descents(t)
+    before = env.pages()
+    start = env.wal.insert_lsn
+    keys = [b"%08d" % i + bytes([i % 251]) * 892 for i in range(1500)]
+    random.Random(8).shuffle(keys)
+    t.apply([VersionWrite(k, 7, k[:8] * 4) for k in keys])
+    records = redo_reproduces(env, before, start)
+    result = t.check()
+    assert result.entries == 1500 and result.unreached_pages == 0
+    assert len(result.pages_per_level) >= 4
+    assert [(k, v) for k, v in t.items()] == sorted((k, k[:8] * 4) for k in keys)
+    splits = ops_of(records).count(XLOG_BTREE_SPLIT)
+    assert 0 < len(descents) < splits // 2
     assert no_pins(env.bm)
 
 
