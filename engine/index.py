@@ -63,6 +63,7 @@ from slonik.engine.access.btree_page import (
     bt_special,
     extract_cut,
     extract_leaf_py,
+    gather_leaf_py,
     unpack_entry,
     unpack_pivot,
 )
@@ -87,7 +88,7 @@ from slonik.engine.access.keycodec import (
 )
 from slonik.engine.access.tuple import HeapTuple, RowCodec, Tid
 from slonik.engine.catalog import IndexEntry
-from slonik.storage.page import BLCKSZ, HEADER_SIZE
+from slonik.storage.page import BLCKSZ, HEADER_SIZE, LINE_POINTER_SIZE
 
 try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
     from slonik.storage._pagecheck import ffi as _ffi
@@ -545,6 +546,70 @@ def _item_key_batches(tree: BTree, start: bytes | None, stop: bytes | None,
         yield list(map(_first, pairs))
 
 
+class _JoinedKeys:
+    """This thread's output of a joined leaf walk (``walk_leaves(joined=True)``): the keys
+    back to back in ``dst`` (``at`` bytes), their ends in ``ends`` (``n`` of them), with
+    room for ``RANGE_WALK_LEAVES`` leaves; ``ents`` and ``flags`` are slk_bt_extract's
+    output. Reused by the thread's next walk: read before the next one starts."""
+
+    __slots__ = ("ents", "flags", "dst", "ends", "at", "n")
+
+    def __init__(self) -> None:
+        per_leaf = (BLCKSZ - HEADER_SIZE) // LINE_POINTER_SIZE   # entries a leaf can hold
+        self.ents = _ffi.new("uint32_t[]", 4 * per_leaf)
+        self.flags = _ffi.new("int *")
+        self.dst = _ffi.new("uint8_t[]", RANGE_WALK_LEAVES * BLCKSZ)
+        self.ends = _ffi.new("uint32_t[]", RANGE_WALK_LEAVES * per_leaf)
+        self.at = self.n = 0
+
+
+def _joined_keys() -> _JoinedKeys:
+    """This thread's ``_JoinedKeys``, emptied (made on first use)."""
+    jk = getattr(_tls, "joined_keys", None)
+    if jk is None:
+        jk = _tls.joined_keys = _JoinedKeys()
+    jk.at = jk.n = 0
+    return jk
+
+
+def leaf_keys_py(page, flat: Sequence[int], at: int = 0) -> tuple[bytes, list[int]]:
+    """Reference of ``slk_ix_leaf_keys``: the keys of ``extract_leaf``'s entries ``flat``
+    (4 numbers each) of ``page`` joined, and their ends counted from ``at``. ValueError
+    naming an entry whose offsets are not ordered inside a page."""
+    keys = gather_leaf_py(page, flat, False)
+    return b"".join(keys), list(accumulate(map(len, keys), initial=at))[1:]
+
+
+def _leaf_keys_joined(page, start: bytes | None, stop: bytes | None,
+                      jk: _JoinedKeys) -> int | None:
+    """The entries of leaf ``page`` with ``start <= key < stop`` appended to ``jk`` in
+    two C calls (slk_bt_extract, slk_ix_leaf_keys): extract's flags, or None when C
+    refuses the page (``extract_cut`` then names the flaw)."""
+    got = 0
+    with _ffi.from_buffer(page) as cpage:
+        n = _lib.slk_bt_extract(cpage, _ffi.NULL if start is None else start,
+                                -1 if start is None else len(start),
+                                _ffi.NULL if stop is None else stop,
+                                -1 if stop is None else len(stop), _EVERY_ENTRY[0],
+                                _EVERY_ENTRY[1], _ffi.NULL, 0, jk.ents, jk.flags)
+        if n > 0:
+            got = _lib.slk_ix_leaf_keys(cpage, jk.ents, n, jk.dst, jk.at, jk.ends + jk.n)
+    if n < 0 or got < 0:
+        return None
+    if n > 0:
+        jk.at = got
+        jk.n += n
+    return jk.flags[0]
+
+
+def _split_keys(joined, size: int, ends, n: int) -> list[bytes]:
+    """The ``n`` keys joined in ``joined`` (bytes, or a C array of ``size`` bytes) ending at
+    the C array ``ends``, as bytes objects."""
+    data = joined if type(joined) is bytes else _ffi.buffer(joined, size)[:]
+    e = _ffi.unpack(ends, n)
+    return list(map(data.__getitem__, map(slice, [0, *e[:-1]], e)))
+
+
 def _copy_leaf(pool, seq, buf: int, out) -> int:
     """``BufferManager.read_hit``'s read of a leaf: pool buffer ``buf`` copied to ``out``
     under its change counter (``slk_seq_copy_pages`` of one page): 1 when the copy is
@@ -568,10 +633,14 @@ def _leaf_copy() -> _LeafCopy:
 
 
 def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
-                leaves_max: int | None = None) -> tuple[list[bytes], bool]:
+                leaves_max: int | None = None, joined: bool = False
+                ) -> tuple[list[bytes] | _JoinedKeys, bool]:
     """(keys, done): the keys of the entries of ``tree`` with ``start <= key < stop``
     (None: unbounded) in tree order, from at most ``leaves_max`` leaves (None: all that
-    hold the range); ``done`` says the range ends within them.
+    hold the range); ``done`` says the range ends within them. With ``joined`` (the C
+    helper built, ``leaves_max`` at most ``RANGE_WALK_LEAVES``) the keys come as this
+    thread's ``_JoinedKeys`` (back to back, their ends in a C array: no bytes object per
+    key), to be read before the thread's next walk.
 
     The first leaf comes from the tree's cached internal pages (``BTree._leaf_for``, as
     ``BTree.get`` descends: no pin above the leaf level); each leaf is read with one C
@@ -583,6 +652,10 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
     duration, so no leaf it reaches is recycled meanwhile (the tree's reader epochs)."""
     bm = tree.bufmgr
     out: list[bytes] = []
+    if joined and (_lib is None or leaves_max is None or leaves_max > RANGE_WALK_LEAVES):
+        raise ValueError(f"a joined leaf walk needs the C helper and at most "
+                         f"{RANGE_WALK_LEAVES} leaves, not {leaves_max}")
+    jk = _joined_keys() if joined else None
     copy = _leaf_copy() if _lib is not None and bm.seq is not None else None
     epoch = tree._begin_read()
     try:
@@ -612,22 +685,27 @@ def walk_leaves(tree: BTree, start: bytes | None, stop: bytes | None,
                                                    f"{special.flags:#x}")
                     done = False   # unlinked since: its keys are to its right
                 else:
-                    try:   # the keys cut out in C (one bytes object each, no slices)
-                        flags, _flat, cut = extract_cut(page, start, stop, *_EVERY_ENTRY,
-                                                        False)
-                    except BTreePageError as e:
-                        tree._special(page, block)   # an all-zero page says so
-                        raise tree._corrupt(block, str(e)) from None
-                    out += cut
+                    flags = None if jk is None else _leaf_keys_joined(page, start, stop, jk)
+                    if flags is None:
+                        try:   # the keys cut out in C (one bytes object each, no slices)
+                            flags, _flat, cut = extract_cut(page, start, stop,
+                                                            *_EVERY_ENTRY, False)
+                        except BTreePageError as e:
+                            tree._special(page, block)   # an all-zero page says so
+                            raise tree._corrupt(block, str(e)) from None
+                        if jk is not None:
+                            raise AssertionError("slk_ix_leaf_keys refused a leaf the "
+                                                 "reference accepts")
+                        out += cut
                     done = bool(flags & EXTRACT_DONE)
             finally:
                 if buf >= 0:
                     tree._release(buf)
             visited += 1
             if done or nxt == P_NONE:
-                return out, True
+                return (out if jk is None else jk), True
             if leaves_max is not None and visited >= leaves_max:
-                return out, False
+                return (out if jk is None else jk), False
             block = nxt
     finally:
         tree._end_read(epoch)
@@ -696,15 +774,22 @@ def range_rows(heap: Heap, codec: RowCodec, index: TableIndex, start: bytes | No
                               index.entry_key_batches(start, stop, reverse=reverse), snapshot)
         return
     nblocks = heap.nblocks()
-    keys, done = walk_leaves(index.tree, start, stop, RANGE_WALK_LEAVES)
-    if keys:
-        if len(keys) <= INDEX_SCAN_BATCH_ENTRIES:
-            rows = _fetch_rows_batch(heap, codec, index, keys, nblocks, snapshot)
+    jk, done = walk_leaves(index.tree, start, stop, RANGE_WALK_LEAVES, joined=True)
+    n = jk.n
+    if n:
+        # read out of the thread's arrays before any yield (another walk reuses them)
+        if not done:
+            last = _ffi.buffer(jk.dst, jk.at)[jk.ends[n - 2] if n > 1 else 0:]
+        if n <= INDEX_SCAN_BATCH_ENTRIES:
+            rows = _fetch_rows_joined(heap, codec, index, jk.dst, jk.at, jk.ends, n, nblocks,
+                                      snapshot)
             if rows:
                 yield rows
         else:
+            keys = _split_keys(jk.dst, jk.at, jk.ends, n)
             yield from fetch_rows(heap, codec, index, (keys,), snapshot)
-        start = keys[-1] + b"\x00"   # entry keys are unique: the next is above this
+        if not done:
+            start = last + b"\x00"   # entry keys are unique: the next is above this
     if not done:
         yield from fetch_rows(heap, codec, index,
                               _item_key_batches(index.tree, start, stop, False), snapshot)
@@ -714,23 +799,33 @@ def _fetch_rows_batch(heap: Heap, codec: RowCodec, index: TableIndex, ks: list[b
                       nblocks: int, snapshot: XidSnapshot) -> list[tuple]:
     """``fetch_rows``' work for one batch of entry keys ``ks`` (non-empty, at most
     ``BATCH_TIDS_MAX``) with the C helper."""
-    n = len(ks)
-    tls = _tls
-    if getattr(tls, "bt_out", None) is None:
-        _tids_arrays()
     # the keys' ends as a C array without a conversion per element (an array.array
     # filled in C-level iteration, exported)
     ends = _ffi.from_buffer("uint32_t[]", array("I", accumulate(map(len, ks))))
     joined = b"".join(ks)
+    return _fetch_rows_joined(heap, codec, index, joined, len(joined), ends, len(ks),
+                              nblocks, snapshot, ks)
+
+
+def _fetch_rows_joined(heap: Heap, codec: RowCodec, index: TableIndex, joined, size: int,
+                       ends, n: int, nblocks: int, snapshot: XidSnapshot,
+                       ks: list[bytes] | None = None) -> list[tuple]:
+    """``_fetch_rows_batch`` of ``n`` entry keys given joined (``joined``: bytes or a C
+    array, ``size`` bytes; ``ends``: a C ``uint32_t`` array), as a joined leaf walk
+    hands them over; ``ks`` the same keys as bytes objects when the caller has them (the
+    fallbacks make them otherwise)."""
+    tls = _tls
+    if getattr(tls, "bt_out", None) is None:
+        _tids_arrays()
     nd = tls.bt_nd
-    past = _lib.slk_ix_batch_tids(joined, len(joined), ends, n, nblocks, tls.bt_out,
+    past = _lib.slk_ix_batch_tids(joined, size, ends, n, nblocks, tls.bt_out,
                                   tls.bt_distinct, nd)
     if past > 0 and heap.nblocks() != nblocks:   # grown since: look again before dropping
         nblocks = heap.nblocks()
-        past = _lib.slk_ix_batch_tids(joined, len(joined), ends, n, nblocks, tls.bt_out,
+        past = _lib.slk_ix_batch_tids(joined, size, ends, n, nblocks, tls.bt_out,
                                       tls.bt_distinct, nd)
     if past < 0:   # a key too short for a TID: the reference raises naming its length
-        batch_tids_py(ks, nblocks)
+        batch_tids_py(_split_keys(joined, size, ends, n) if ks is None else ks, nblocks)
         raise AssertionError("slk_ix_batch_tids refused keys the reference accepts")
     if past == n:
         return []
@@ -743,6 +838,8 @@ def _fetch_rows_batch(heap: Heap, codec: RowCodec, index: TableIndex, ks: list[b
                            (joined, ends, kc))
     if got.checked:   # re-checked in C
         return got.rows
+    if ks is None:
+        ks = _split_keys(joined, size, ends, n)
     return recheck(got, list(map(bytes.__getitem__, ks, repeat(_KEY_PART))),
                    index.keys_of_rows).rows
 

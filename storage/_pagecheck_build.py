@@ -101,6 +101,9 @@ int64_t slk_bt_descend(const uint8_t *const *pages, uint32_t npages, uint32_t ro
 #define SLK_IX_TIDS_MAX ...
 int slk_ix_batch_tids(const uint8_t *keys, uint32_t len, const uint32_t *ends, int n,
                       uint32_t nblocks, uint32_t *out, uint32_t *distinct, int *ndistinct);
+/* --- index range leaf keys --- */
+int slk_ix_leaf_keys(const uint8_t *page, const uint32_t *ents, int n, uint8_t *dst,
+                     uint32_t at, uint32_t *ends);
 /* --- run copy of pinned pages (seqlock) --- */
 uint32_t slk_seq_copy_pages(const uint8_t *pool, const uint32_t *seq, uint32_t nbuffers,
                             const uint32_t *bufs, uint32_t n, uint8_t *out);
@@ -1501,6 +1504,27 @@ uint32_t slk_seq_copy_pages(const uint8_t *pool, const uint32_t *seq, uint32_t n
             return k;
     }
     return n;
+}
+
+/* --- index range leaf keys --- (engine/index.py: leaf_keys_py is the Python reference;
+ * tests/engine/test_index_batch_c.py compares them)
+ * The keys of slk_bt_extract's n entries ents (4 u32 per entry: key start, key end, value
+ * end, flags) of page, copied back to back to dst + at, and their ends (offsets into dst,
+ * continuing from at) to ends[0..n): a range scan's leaf keys as slk_ix_batch_tids takes
+ * them, with no bytes object per key. Returns at + the bytes copied; -1 when an entry's
+ * offsets are not ordered inside the page (key start <= key end <= value end <= BLCKSZ),
+ * with nothing past the last good key written. */
+int slk_ix_leaf_keys(const uint8_t *page, const uint32_t *ents, int n, uint8_t *dst,
+                     uint32_t at, uint32_t *ends)
+{
+    for (int i = 0; i < n; i++) {
+        uint32_t ks = ents[4 * i], ke = ents[4 * i + 1], ve = ents[4 * i + 2];
+        if (!(ks <= ke && ke <= ve && ve <= BLCKSZ)) return -1;
+        memcpy(dst + at, page + ks, ke - ks);
+        at += ke - ks;
+        ends[i] = at;
+    }
+    return (int)at;
 }
 
 /* --- index range fetch --- (engine/access/heap_fetch.py: gather_rows_py is the Python

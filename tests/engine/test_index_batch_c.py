@@ -117,3 +117,68 @@ def _xid_snapshot_of(t):
         return t._xid_snapshot(snap)
     finally:
         xacts.release(snap)
+
+
+entries = st.lists(st.tuples(st.integers(0, ix.BLCKSZ + 2), st.integers(0, 40),
+                             st.integers(0, 40), st.integers(0, 3)), max_size=60)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(page=st.builds(lambda p: (p * ix.BLCKSZ)[:ix.BLCKSZ], st.binary(min_size=1,
+                                                                      max_size=97)),
+       ents=entries,
+       at=st.integers(0, ix.BLCKSZ), data=st.data())
+def test_c_leaf_keys_equals_reference(page, ents, at, data):
+    """slk_ix_leaf_keys against leaf_keys_py on a page (a random pattern) and random entries (key
+    start, key length, value length, flags; some past the page's end): when every entry's
+    offsets are ordered inside the page both give the same joined keys (written at ``at``
+    of the output) and the same ends counted from ``at``; otherwise C answers -1 and the
+    reference raises ValueError."""
+    flat = []
+    for ks, klen, vlen, flags in ents:
+        flat += [ks, ks + klen, ks + klen + vlen, flags]
+    if data.draw(st.booleans()) and ents:   # one entry out of order
+        k = data.draw(st.integers(0, len(ents) - 1))
+        flat[4 * k], flat[4 * k + 1] = flat[4 * k] + 1, flat[4 * k]
+    ffi, lib = ix._ffi, ix._lib
+    n = len(ents)
+    dst = ffi.new("uint8_t[]", at + ix.BLCKSZ * 2)
+    ends = ffi.new("uint32_t[]", max(n, 1))
+    got = lib.slk_ix_leaf_keys(page, ffi.new("uint32_t[]", flat or [0]), n, dst, at, ends)
+    try:
+        joined, want_ends = ix.leaf_keys_py(page, flat, at)
+    except ValueError:
+        assert got == -1
+        return
+    assert got == at + len(joined)
+    assert ffi.buffer(dst, got)[at:] == joined
+    assert ffi.unpack(ends, n) == want_ends
+
+
+def test_joined_leaf_walk_equals_the_list_walk(tmp_path, io_method):
+    """On a real index of three levels' worth of keys (every io method), a joined leaf
+    walk (walk_leaves(joined=True): keys back to back, ends in a C array) gives exactly the
+    keys and the done flag of the list walk, for ranges inside a leaf, across leaves,
+    unbounded at either end and empty; a joined walk over more leaves than it has room
+    for is refused with a ValueError naming the bound."""
+    db = Database.open(str(tmp_path / "db"), io_method=io_method)
+    try:
+        t = db.create_table("w", [("id", "int8"), ("name", "text")], primary_key="id")
+        t.create_index("w_name", ["name"])
+        with db.transaction():
+            t.insert_many([(i, f"name-{(i * 7919) % 5000:06d}" * 3) for i in range(5000)])
+        idx = t._index("w_name")
+        bounds = [None] + [idx.encode((f"name-{k:06d}",)) for k in (0, 17, 18, 900, 2500,
+                                                                   4999, 6000)]
+        for lo in bounds:
+            for hi in bounds:
+                for leaves in (1, ix.RANGE_WALK_LEAVES):
+                    keys, done = ix.walk_leaves(idx.tree, lo, hi, leaves)
+                    jk, jdone = ix.walk_leaves(idx.tree, lo, hi, leaves, joined=True)
+                    assert jdone == done
+                    assert ix._split_keys(jk.dst, jk.at, jk.ends, jk.n) == keys
+        with pytest.raises(ValueError, match=str(ix.RANGE_WALK_LEAVES)):
+            ix.walk_leaves(idx.tree, None, None, ix.RANGE_WALK_LEAVES + 1, joined=True)
+    finally:
+        db.close()
