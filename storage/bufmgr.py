@@ -1605,9 +1605,26 @@ class BufferManager:
                 prev = tag
             try:
                 written += self._write_runs(runs, wait=True)
+                written += self._finish_writes_elsewhere(pinned)
             finally:
                 self.unpin_many([b for _, b in pinned])
         return written
+
+    def _finish_writes_elsewhere(self, pinned: list[tuple[tuple[int, int, int], int]]) -> int:
+        """``flush_all``'s second look at its pinned (tag, buffer) pairs: a buffer another
+        thread was writing (an evicting thread's victim write, a flush_buffer) was skipped
+        by the claim, or that write has failed since. Wait for that write — a checkpoint
+        fsyncs the files next, and a write that lands after the fsync would not be
+        durable at the checkpoint (PostgreSQL's FlushBuffer waits for the I/O in progress
+        the same way) — and write the buffer here if it is still dirty (the write
+        failed). Returns how many buffers this wrote."""
+        busy = [(tag, b) for tag, b in pinned
+                if self.descs[b].flags & (BM_IO_IN_PROGRESS | BM_IO_ERROR)]
+        for _tag, b in busy:
+            self._wait_buffer_io(b)
+        again = [[b] for tag, b in busy
+                 if self.descs[b].tag == tag and self.descs[b].flags & BM_DIRTY]
+        return self._write_runs(again, wait=True) if again else 0
 
     def _write_runs(self, runs: list[list[int]], *, wait: bool = True) -> int:
         """Write runs of adjacent pinned buffers through AIO and wait; each buffer is

@@ -5,6 +5,8 @@ write leaves the page dirty in the pool and raises."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from slonik.storage.bufmgr import BM_DIRTY, BufferManager, BufferState
 from slonik.storage.page import (
@@ -136,4 +138,62 @@ def test_victim_write_failure_leaves_the_page_dirty(env):
         bm.unpin(bm.read_buffer(REL, Fork.MAIN, other))
     assert block not in (d.tag[2] for d in bm.descs if d.tag is not None)
     assert page_get_item(on_disk(smgr, block), 1) == b"new %d" % block
+    bm.check()
+
+
+def _claim_write_elsewhere(bm: BufferManager, block: int) -> int:
+    """Another thread's write of ``block``'s dirty buffer, claimed (WRITING) and not yet
+    done, as an evicting thread's victim write is between its claim and its pwritev."""
+    b = next(d.buf_id for d in bm.descs if d.tag is not None and d.tag[2] == block)
+    with bm._lock:
+        assert bm._start_buffer_io_locked(bm.descs[b], for_input=False)
+    return b
+
+
+@pytest.mark.parametrize("outcome", ["written", "failed"])
+def test_flush_all_waits_for_a_write_in_progress_elsewhere(env, outcome):
+    """A checkpoint's flush_all must not return while another thread's write of a dirty
+    buffer is still in progress: the checkpoint fsyncs the files next, and a write landing
+    after that fsync would not be durable at the checkpoint. One buffer's write is claimed
+    "elsewhere"; flush_all (in a real thread) writes the other dirty buffers and then
+    stays blocked until that write ends. When it ends written, flush_all leaves the page
+    alone; when it ends failed (WRITE_FAILED), flush_all writes the page itself. Either
+    way, when flush_all returns the new page is on disk and nothing is dirty."""
+    bm, smgr = env
+    dirty_pool(bm)
+    block = 3
+    b = _claim_write_elsewhere(bm, block)
+    done: list[int] = []
+    errors: list[BaseException] = []
+
+    def checkpoint() -> None:
+        try:
+            done.append(bm.flush_all())
+        except BaseException as exc:  # reported by the assertions below
+            errors.append(exc)
+
+    t = threading.Thread(target=checkpoint)
+    t.start()
+    # The other buffers get written; flush_all then waits on the claimed one.
+    for _ in range(200):
+        if all(page_get_item(on_disk(smgr, k), 1) == b"new %d" % k
+               for k in range(POOL) if k != block):
+            break
+        t.join(0.05)
+    t.join(0.2)
+    assert t.is_alive(), "flush_all returned with a write still in progress elsewhere"
+    assert page_get_item(on_disk(smgr, block), 1) == b"old %d" % block
+    if outcome == "written":
+        smgr.writev(REL, Fork.MAIN, block, [bytes(bm.page(b))])
+        new = BufferState.VALID
+    else:
+        new = BufferState.WRITE_FAILED
+    with bm._lock:
+        bm._terminate_buffer_io_locked(bm.descs[b], new, io_pin=False)
+        bm._io_done.notify_all()
+    t.join(10)
+    assert not t.is_alive() and not errors
+    assert done == [POOL - 1 + (outcome == "failed")]
+    assert page_get_item(on_disk(smgr, block), 1) == b"new %d" % block
+    assert not [d for d in bm.descs if d.flags & BM_DIRTY]
     bm.check()
