@@ -1526,12 +1526,17 @@ class BufferManager:
         FlushBuffer does: share lock, claim the write (WRITING), WAL flushed up to the
         page's LSN, checksum set, page verified, one ``smgr.writev``, then VALID (or
         WRITE_FAILED when the write failed, DIRTY again when it never ran). A buffer that
-        is clean by then, or being written by someone else, is left alone (the caller
-        re-checks it). No AIO handle, callback or wait: through the handles one victim
+        is clean by then, being written by someone else, or content-locked exclusively
+        by someone else, is left alone (the caller re-checks it). No AIO handle, callback or wait: through the handles one victim
         write was ~100 us of Python (cProfile of a scan evicting a loaded pool), more than
         its pwritev; counted as a direct SMGR write."""
         d = self.descs[buf_id]
-        d.lock.acquire_shared()
+        # Conditional, as PostgreSQL's GetVictimBuffer: the evicting thread may hold other
+        # content locks (a split's pages), and another thread that pinned the victim and
+        # holds it exclusively may wait for one of those. Not locked: left dirty, the
+        # caller drops it and the clock sweep moves on to another victim.
+        if not d.lock.try_shared():
+            return
         try:
             with self._lock:
                 if not self._start_buffer_io_locked(d, for_input=False):

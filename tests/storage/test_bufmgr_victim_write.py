@@ -197,3 +197,37 @@ def test_flush_all_waits_for_a_write_in_progress_elsewhere(env, outcome):
     assert page_get_item(on_disk(smgr, block), 1) == b"new %d" % block
     assert not [d for d in bm.descs if d.flags & BM_DIRTY]
     bm.check()
+
+
+def test_a_victim_locked_exclusively_elsewhere_is_passed_over(env):
+    """An evicting thread must not wait for a victim's content lock: it may hold other
+    content locks that the victim's exclusive holder waits for (a deadlock PostgreSQL's
+    GetVictimBuffer avoids with a conditional acquire). The victim (dirty, pinned by the
+    evicting thread as the clock sweep leaves it) is held exclusively by another pin:
+    taking it returns at once with None, the page still dirty and unwritten, no pin of
+    ours left; once the lock is gone, taking it writes the new page and retags it."""
+    bm, smgr = env
+    dirty_pool(bm)
+    block = 5
+    b = bm.read_buffer(REL, Fork.MAIN, block)  # "another thread": a pin (a hit) ...
+    bm.lock_exclusive(b)                       # ... and the exclusive lock
+    bm.pin(b)                     # the evicting thread's pin
+    out: list[object] = []
+    t = threading.Thread(target=lambda: out.append(
+        bm._take_dirty_victim(b, (REL, int(Fork.MAIN), POOL))))
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the eviction waited for the victim's exclusive lock"
+    assert out == [None]
+    d = bm.descs[b]
+    assert d.flags == BufferState.DIRTY and d.refcount == 1
+    assert page_get_item(on_disk(smgr, block), 1) == b"old %d" % block
+    bm.unlock_exclusive(b)
+    bm.unpin(b)
+    assert bm.read_buffer(REL, Fork.MAIN, block) == b   # pinned again, unlocked now
+    assert bm._take_dirty_victim(b, (REL, int(Fork.MAIN), POOL)) == b
+    assert page_get_item(on_disk(smgr, block), 1) == b"new %d" % block
+    assert bm.descs[b].tag == (REL, int(Fork.MAIN), POOL)
+    assert bm.descs[b].flags == BufferState.EMPTY  # retagged, not read: unpinned unread
+    bm.unpin(b)
+    bm.check()
