@@ -476,30 +476,14 @@ class Smgr:
         policy). Returns the bytes read, fewer than asked only at the end of the file (the
         caller judges). An OS error raises ``IOFailure`` naming file, relation, fork and
         blocks; bad arguments raise as ``readv``'s do."""
-        f = _FORK_BY_NUMBER.get(fork) if type(fork) in _FORK_TYPES else None
-        if (f is None or type(rel) is not int or not 0 < rel <= MAX_RELFILENUMBER
-                or type(block) is not int or not 0 <= block <= MAX_BLOCK_NUMBER):
-            f = self._check_relation(rel, fork)  # raises naming the bad argument
-            self._check_block(block, "block")
-        if len(buffers) == 1 and len(buffers[0]) == BLCKSZ:
-            n = 1
-        else:
-            n = self._check_buffers(buffers, block, wide=True)  # raises naming the size
-            if n == 0:
-                raise ValueError("a read needs at least one buffer")
-        self._check_open()
-        segno, in_segment = divmod(block, self._segment_size)
-        if in_segment + n > self._segment_size:
-            raise ValueError(f"{describe(rel, f, block, n)} cross a segment boundary; "
-                             f"split with maxcombine() (at most {self._segment_size - in_segment})")
-        path = self._segment_path(rel, f, segno)
+        f, n, offset, path = self._read_target(rel, fork, block, buffers)
         try:
             fd = self._files.acquire(path)
         except IOFailure as e:
             raise io_error(e.errno, f"could not open file {path} to read "
                                      f"{describe(rel, f, block, n)}") from e
         try:
-            done, calls = transfer_all(fd, buffers, in_segment * BLCKSZ, write=False,
+            done, calls = transfer_all(fd, buffers, offset, write=False,
                                        what=lambda: f"{describe(rel, f, block, n)} in file {path}")
         finally:
             self._files.release(path, fd)
@@ -516,40 +500,46 @@ class Smgr:
         ``read_into``'s do."""
         if self._io_direct or self._nowait_unsupported:
             return False
-        f = _FORK_BY_NUMBER.get(fork) if type(fork) in _FORK_TYPES else None
-        if (f is None or type(rel) is not int or not 0 < rel <= MAX_RELFILENUMBER
-                or type(block) is not int or not 0 <= block <= MAX_BLOCK_NUMBER):
-            f = self._check_relation(rel, fork)  # raises naming the bad argument
-            self._check_block(block, "block")
-        if len(buffers) == 1 and (want := len(buffers[0])) and not want % BLCKSZ:
-            n = want // BLCKSZ
-        else:
-            n = self._check_buffers(buffers, block, wide=True)  # raises naming the size
-            if n == 0:
-                raise ValueError("a read needs at least one buffer")
-            want = n * BLCKSZ
-        self._check_open()
-        segno, in_segment = divmod(block, self._segment_size)
-        if in_segment + n > self._segment_size:
-            raise ValueError(f"{describe(rel, f, block, n)} cross a segment boundary; "
-                             f"split with maxcombine() (at most {self._segment_size - in_segment})")
-        path = self._segment_path(rel, f, segno)
+        _f, n, offset, path = self._read_target(rel, fork, block, buffers)
         try:
             fd = self._files.acquire(path)
         except IOFailure:
             return False  # the usual read opens it again and names the failure
         try:
-            got = osfile.preadv_nowait(fd, buffers, in_segment * BLCKSZ)
+            got = osfile.preadv_nowait(fd, buffers, offset)
         except OSError as e:
             if e.errno == errno.EOPNOTSUPP:
                 self._nowait_unsupported = True  # this file system or kernel: never again
             return False
         finally:
             self._files.release(path, fd)
-        if got != want:
+        if got != n * BLCKSZ:
             return False
         self._count_reads(1, got)
         return True
+
+    def _read_target(self, rel: int, fork: int, block: int, buffers: Sequence
+                     ) -> tuple[Fork, int, int, str]:
+        """``read_into``'s checks of one in-thread read: (fork, blocks, byte offset in the
+        segment file, its path). Bad arguments raise as ``readv``'s do; a read crossing
+        a segment boundary is a ValueError."""
+        f = _FORK_BY_NUMBER.get(fork) if type(fork) in _FORK_TYPES else None
+        if (f is None or type(rel) is not int or not 0 < rel <= MAX_RELFILENUMBER
+                or type(block) is not int or not 0 <= block <= MAX_BLOCK_NUMBER):
+            f = self._check_relation(rel, fork)  # raises naming the bad argument
+            self._check_block(block, "block")
+        if len(buffers) == 1 and (size := len(buffers[0])) and not size % BLCKSZ:
+            n = size // BLCKSZ  # the usual: one (wide) view of adjacent pool buffers
+        else:
+            n = self._check_buffers(buffers, block, wide=True)  # raises naming the size
+            if n == 0:
+                raise ValueError("a read needs at least one buffer")
+        self._check_open()
+        segno, in_segment = divmod(block, self._segment_size)
+        if in_segment + n > self._segment_size:
+            raise ValueError(f"{describe(rel, f, block, n)} cross a segment boundary; "
+                             f"split with maxcombine() (at most {self._segment_size - in_segment})")
+        return f, n, in_segment * BLCKSZ, self._segment_path(rel, f, segno)
 
     def _in_pieces(self, piece: Callable[[int, Fork, int, Sequence], None], rel: int,
                    fork: Fork, block: int, buffers: Sequence) -> None:
