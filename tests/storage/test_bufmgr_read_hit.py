@@ -7,27 +7,20 @@ from __future__ import annotations
 
 import pytest
 from slonik.storage import bufmgr as bufmgr_module
-from slonik.storage.bufmgr import BufferManager
 from slonik.storage.page import BLCKSZ
-from slonik.storage.smgr import Fork, Smgr
+from slonik.storage.smgr import Fork
 
 from tests.support.pages import make_page
 
-REL = 16384
+REL = 16384  # the small_pool fixture's relation (tests/storage/conftest.py)
 
 needs_c = pytest.mark.skipif(bufmgr_module._lib is None,
                              reason="storage._pagecheck not built (no C compiler at install)")
 
 
 @pytest.fixture
-def env(tmp_path, aio):
-    smgr = Smgr(str(tmp_path), segment_size=8, max_files=8, aio=aio)
-    smgr.create(REL, Fork.MAIN)
-    smgr.writev(REL, Fork.MAIN, 0, [make_page(b) for b in range(8)])
-    bm = BufferManager(smgr, aio, shared_buffers=16, io_combine_limit=4)
-    yield bm, smgr
-    aio.wait_all()
-    smgr.close()
+def env(small_pool):
+    return small_pool
 
 
 @needs_c
