@@ -29,7 +29,7 @@ def handle_reads(aio) -> int:
     return sum(c.ios for ctx in list(aio._contexts.values())
                for (_target, op), c in list(ctx.counters.items()) if op == IoOp.READV)
 
-REL = 16384
+REL = 16384  # relation_files' relation (tests/storage/conftest.py)
 SEGMENT = 8
 NBLOCKS = 20
 WAIT_LIMIT_S = 30.0  # a bound on polling for another thread to get somewhere, not a timing claim
@@ -61,13 +61,8 @@ def desc_of(bm: BufferManager, block: int):
 
 
 @pytest.fixture
-def files(tmp_path, aio):
-    smgr = Smgr(str(tmp_path), segment_size=SEGMENT, max_files=3, aio=aio)
-    smgr.create(REL, Fork.MAIN)
-    smgr.writev(REL, Fork.MAIN, 0, [make_page(b) for b in range(NBLOCKS)])
-    yield smgr, aio
-    aio.wait_all()
-    smgr.close()
+def files(relation_files, aio):
+    return relation_files(SEGMENT, NBLOCKS), aio
 
 
 class CountingLayer(osfile.OsLayer):

@@ -16,9 +16,7 @@ from slonik.storage.page import BLCKSZ, page_get_item
 from slonik.storage.read_stream import ReadStream
 from slonik.storage.smgr import Fork, Smgr
 
-from tests.support.pages import make_page
-
-REL = 16384
+REL = 16384  # relation_files' relation (tests/storage/conftest.py)
 SEGMENT = 8
 NBLOCKS = 20
 
@@ -68,13 +66,8 @@ class CountingNowait(osfile.OsLayer):
 
 
 @pytest.fixture
-def files(tmp_path, aio):
-    smgr = Smgr(str(tmp_path), segment_size=SEGMENT, max_files=3, aio=aio)
-    smgr.create(REL, Fork.MAIN)
-    smgr.writev(REL, Fork.MAIN, 0, [make_page(b) for b in range(NBLOCKS)])
-    yield smgr, aio
-    aio.wait_all()
-    smgr.close()
+def files(relation_files, aio):
+    return relation_files(SEGMENT, NBLOCKS), aio
 
 
 def test_the_setting_is_on_exactly_for_worker_and_io_uring(aio, faulty_aio):

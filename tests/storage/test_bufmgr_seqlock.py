@@ -11,7 +11,7 @@ from slonik.storage.bufmgr import BufferManager
 from slonik.storage.page import BLCKSZ
 from slonik.storage.smgr import Fork
 
-REL = 16384  # the small_pool fixture's relation (tests/storage/conftest.py)
+REL = 16384  # small_pool's relation (tests/storage/conftest.py)
 
 needs_c = pytest.mark.skipif(bufmgr_module._lib is None,
                              reason="storage._pagecheck not built (no C compiler at install)")
