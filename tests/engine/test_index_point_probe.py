@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from slonik.engine import index as ix
 from slonik.engine.access import btree_page as bp
 from slonik.engine.access.heap_fetch import fetch_tuple
-from slonik.engine.database import Database
 from slonik.storage.page import BLCKSZ
 
 from tests.engine.test_table_index_c import entry_lists, highs, index_leaf, prefixes
@@ -84,13 +83,6 @@ def test_c_point_step_opt_equals_point_then_right(entries, high, deleted, prefix
     seq[0] += 1
     assert lib.slk_ix_point_step_opt(pool, seq, 0, prefix, len(prefix), maxn, ents,
                                      out_b) == RETRY
-
-
-@pytest.fixture
-def db(tmp_path, io_method):
-    d = Database.open(str(tmp_path / "db"), io_method=io_method)
-    yield d
-    d.close()
 
 
 @needs_c

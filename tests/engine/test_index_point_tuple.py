@@ -7,19 +7,11 @@ from __future__ import annotations
 import pytest
 from slonik.engine import index as ix
 from slonik.engine.access.heap_fetch import fetch_tuple
-from slonik.engine.database import Database
 
 from tests.engine.test_table_index_c import point_table
 
 needs_c = pytest.mark.skipif(ix._lib is None,
                              reason="storage._pagecheck not built (no C compiler at install)")
-
-
-@pytest.fixture
-def db(tmp_path, io_method):
-    d = Database.open(str(tmp_path / "db"), io_method=io_method)
-    yield d
-    d.close()
 
 
 @needs_c

@@ -32,7 +32,6 @@ from slonik.engine.access import btree as bt_module
 from slonik.engine.access import btree_page as bp
 from slonik.engine.access import heap_fetch as hf
 from slonik.engine.access.tuple import TupleFormatError, slot_tuple
-from slonik.engine.database import Database
 from slonik.storage.page import BLCKSZ
 
 from tests.engine.test_heap_fetch import heap_page
@@ -203,13 +202,6 @@ def _payload(i: int, v: int) -> bytes:
 
 def _row(i: int, v: int) -> tuple:
     return (i, _name(i), v, _payload(i, v))
-
-
-@pytest.fixture
-def db(tmp_path, io_method):
-    d = Database.open(str(tmp_path / "db"), io_method=io_method)
-    yield d
-    d.close()
 
 
 def _table(db):

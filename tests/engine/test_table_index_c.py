@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slonik.engine import index as ix
 from slonik.engine.access import btree_page as bp
-from slonik.engine.database import Database
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ
 
@@ -99,13 +98,6 @@ def test_c_point_entries_hands_damaged_page_to_reference():
     assert ix.point_entries(deleted, b"b", 4) is None
     with pytest.raises(ValueError, match="entries_max"):
         ix.point_entries(page, b"b", ix.POINT_ENTRIES_MAX + 1)
-
-
-@pytest.fixture
-def db(tmp_path, io_method):
-    d = Database.open(str(tmp_path / "db"), io_method=io_method)
-    yield d
-    d.close()
 
 
 def point_table(db):
