@@ -1747,7 +1747,9 @@ int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *
  * leaf, as one INSERT record's actions: per write, while it fits, a set-xmax action on
  * its old version (olds[j] > 0: that version must be on the page) appended to xout, then
  * (kinds[j]: 1 inline value, 2 overflow reference, 0 none) the new entry (xmin xids[j])
- * (olds[j] UINT64_MAX: OLD_LOOKUP, handed back as LR_LOOKUP)
+ * (olds[j] UINT64_MAX: OLD_LOOKUP; a key with no entry on this leaf has nothing to
+ * supersede and goes on as olds[j] 0, one with versions here is handed back as LR_LOOKUP:
+ * the reference judges which of them is committed)
  * appended to iout as an insert action at its offnum among the original items plus the
  * inserts before it. Write j's key is keys[key_at[j]..key_at[j+1]), its payload likewise.
  * state in: [0] room (bytes free), [1] inserts so far; out: [2] xout bytes, [3] iout
@@ -1772,6 +1774,18 @@ static int lr_entry_is(const uint8_t *page, int lower, int off, const uint8_t *k
     return ikeylen == keylen && load64(it) == xmin && memcmp(it + BT_LEAF_HDR, key, keylen) == 0;
 }
 
+/* 1 when item off of the leaf has key ``key`` (any xmin), 0 when not, -1 malformed. */
+static int lr_key_is(const uint8_t *page, int lower, int off, const uint8_t *key,
+                     uint32_t keylen)
+{
+    uint32_t at, len;
+    if (bt_item(page, off, lower, &at, &len) < 0 || len < BT_LEAF_HDR) return -1;
+    const uint8_t *it = page + at;
+    uint32_t ikeylen = load16(it + 17);
+    if (BT_LEAF_HDR + ikeylen > len) return -1;
+    return ikeylen == keylen && memcmp(it + BT_LEAF_HDR, key, keylen) == 0;
+}
+
 int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
                     const uint8_t *keys, const uint64_t *key_at, const uint8_t *payloads,
                     const uint64_t *pay_at, const uint8_t *kinds, const uint64_t *xids,
@@ -1794,7 +1808,14 @@ int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
             if (c >= 0) { stop = LR_HIGH; break; }
         }
         uint64_t old = olds[j], xid = xids[j];
-        if (old == UINT64_MAX) { stop = LR_LOOKUP; break; }         /* OLD_LOOKUP */
+        if (old == UINT64_MAX) {                                    /* OLD_LOOKUP */
+            int off = slk_bt_search(page, key, keylen, UINT64_MAX, 0);  /* its first entry */
+            if (off < 0) return -1;
+            int has = off <= count ? lr_key_is(page, lower, off, key, keylen) : 0;
+            if (has < 0) return -1;
+            if (has) { stop = LR_LOOKUP; break; }   /* versions to judge: the reference */
+            old = 0;                                /* none on this leaf: a new key */
+        }
         uint32_t xmark = xlen;
         if (old) {
             if (xlen + 16 > xcap) { stop = LR_FULL; break; }

@@ -1946,11 +1946,11 @@ class BTree:
                                      list(map(_write_xid, checked)),
                                      list(map(_write_old, checked)))
             resolved = self._apply_sorted(batch, committed)
-        if not resolved and KIND_NONE not in batch.kinds:
+        if not resolved and KIND_NONE not in batch.kinds and LOOKUP_U64 not in batch.olds:
             return checked
         out = []
         for k, w in enumerate(checked):  # deletes or OLD_LOOKUP writes among them
-            old = resolved.get(k, w.old_xmin)
+            old = resolved.get(k, 0 if w.old_xmin == OLD_LOOKUP else w.old_xmin)
             if old or batch.kinds[k] != KIND_NONE:
                 out.append(w._replace(old_xmin=old) if old != w.old_xmin else w)
         return out
@@ -1959,7 +1959,8 @@ class BTree:
                       ) -> dict[int, int]:
         """A batch's work (write lock held): a leaf run at a time (``_apply_on_leaf``), a
         write that starts no run (its leaf is full, or its old version elsewhere) alone.
-        Returns the old xmin each OLD_LOOKUP write resolved to (0: none), by index."""
+        Returns the old xmin each OLD_LOOKUP write resolved to, by index (a write absent
+        from it found no version to replace)."""
         resolved: dict[int, int] = {}
         self._extend_ahead = True
         try:
@@ -2011,7 +2012,9 @@ class BTree:
                 full = False
                 key, xid, old = batch.keys[i], batch.xids[i], batch.olds[i]
                 if old == LOOKUP_U64:
-                    old = resolved[i] = self._newest_committed(key, committed)
+                    old = self._newest_committed(key, committed)
+                    if old:
+                        resolved[i] = old
                 if old and not self.set_xmax(key, old, xid):
                     raise ValueError(f"key {key[:40]!r} has no version with xmin {old}")
                 kind = batch.kinds[i]

@@ -12,11 +12,15 @@ The batch (``LeafBatch``) is built once per ``apply``: keys and payloads joined 
 byte string each with their offsets, the kind of each write (no new version, inline
 value, overflow reference), its xid and its old version's xmin (0 none, ``OLD_LOOKUP``:
 the key's newest committed version, judged by the caller's ``committed`` on this leaf).
+The C call resolves an OLD_LOOKUP write whose key has no entry on the leaf (a new key:
+nothing to supersede) itself; only a key with versions there takes the reference, whose
+``committed`` judges their xmins.
 
 Invariants:
 1. ``leaf_run`` and ``leaf_run_py`` give the same count, stop reason, payload, room left
    and resolved old versions for every page and batch (the C call hands an OLD_LOOKUP
-   write, a full output buffer and a page it cannot read to the reference, one write).
+   write whose key has entries on the leaf, a full output buffer and a page it cannot
+   read to the reference, one write).
 2. A write is done whole or not at all: a write that stops the run leaves no action.
 3. The payload applied to the page (``btree_wal.apply_payload_actions``) and replayed by
    redo gives the same bytes: it is the record's payload itself.
@@ -71,7 +75,7 @@ STOP_HIGH = 1       # the next key is >= the leaf's high key
 STOP_NO_OLD = 2     # the next write's old version is not on this leaf
 STOP_EXISTS = 3     # the next write's new version is on the leaf already
 STOP_NO_ROOM = 4    # the next write's new entry does not fit
-_STOP_LOOKUP = 5    # C only: an OLD_LOOKUP write, for the reference
+_STOP_LOOKUP = 5    # C only: an OLD_LOOKUP write of a key on the leaf, for the reference
 _STOP_FULL = 6      # C only: an output buffer is full, the reference goes on
 
 _ACTION = struct.Struct("<BBI")     # btree_wal's action header: block index, code, length
@@ -127,7 +131,7 @@ def make_batch(keys: Sequence[bytes], payloads: Sequence[bytes], kinds: bytes,
 class LeafRunState:
     """One leaf's run being built: bytes free on the page, inserts so far, the set-xmax
     and insert actions (payload bytes), and the old xmin each OLD_LOOKUP write resolved
-    to (by batch index)."""
+    to (by batch index; a write absent from ``resolved`` found no version to replace)."""
 
     __slots__ = ("room", "inserted", "xmax_actions", "insert_actions", "resolved")
 
@@ -198,7 +202,7 @@ def _step_py(page, count: int, high: bytes | None, batch: LeafBatch, j: int,
         st.insert_actions += _ACTION.pack(0, A_INSERT, _U16.size + len(item)) + \
             _U16.pack(off + st.inserted) + item
         st.inserted += 1
-    if resolved is not None:
+    if resolved:
         st.resolved[j] = resolved
     return STOP_END
 

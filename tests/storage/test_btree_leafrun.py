@@ -126,6 +126,29 @@ def test_c_leaf_run_stops_where_the_reference_does():
         assert c[:2] == (done, stop), writes
 
 
+@needs_c
+def test_c_leaf_run_resolves_lookups_of_new_keys_itself():
+    """An OLD_LOOKUP write whose key has no entry on the leaf (a blind put of a new key)
+    is done by the C call itself, with nothing to supersede; the first OLD_LOOKUP write of
+    a key with entries there stops the call for the reference (checked on the C call's
+    own count and stop code, then the whole run against the reference)."""
+    entries = [(b"b", 5, 0), (b"d", 3, 0)]
+    page = leaf(entries, b"m", 10)
+    writes = [(b"a", 9, 1, "lookup"), (b"c", 9, 1, "lookup"), (b"ca", 9, 0, "lookup"),
+              (b"d", 9, 1, "lookup"), (b"e", 9, 1, "lookup")]
+    batch = batch_of(entries, writes)
+    runner = lr.new_runner(batch)
+    runner.state[0], runner.state[1] = 10_000, 0
+    got = lr._lib.slk_bt_leaf_run(
+        lr._ffi.from_buffer(page), b"m", 1, *runner.args, 0, len(batch.keys), runner.state,
+        runner.xout, lr._XMAX_OUT_BYTES, runner.iout, lr._INSERT_OUT_BYTES)
+    assert (got, runner.state[4]) == (3, lr._STOP_LOOKUP)
+    assert (runner.state[1], runner.state[2]) == (2, 0)   # 2 inserts, no set-xmax
+    c, py = run_both(page, b"m", batch, 0, 10_000, lambda x: True)
+    assert c == py
+    assert c[:2] == (5, lr.STOP_END) and c[5] == {3: 3}   # only "d" had a version
+
+
 def test_make_batch_refuses_columns_of_different_lengths():
     """A batch whose columns differ in length is refused, naming the lengths."""
     with pytest.raises(ValueError, match="different lengths"):
