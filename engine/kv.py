@@ -17,7 +17,9 @@ transaction's snapshot plus its own writes); iterating again takes a fresh one. 
 and ``in`` work on every view.
 
 A store (or an iterator over it) used after ``db.close()`` raises
-``DatabaseClosedError``; after ``db.drop()`` of the store, ``RelationDroppedError``.
+``DatabaseClosedError``; after ``db.drop()`` of the store, ``RelationDroppedError`` (an
+iterator at its next batch at the latest: it first hands out the rest of the leaf's pairs
+it had copied out before).
 
 Invariants:
 1. A read never returns a version its snapshot does not see; an iteration yields keys in
@@ -28,6 +30,8 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import (
     Callable,
     ItemsView,
@@ -60,6 +64,8 @@ class _Missing:
 
 _MISSING = _Missing()
 _LIVE = RelationState.LIVE
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
 # (lo, hi, reverse, values) -> (key, value or None) pairs in one snapshot
 _Scan = Callable[[bytes | None, bytes | None, bool, bool], Iterator[tuple[bytes, bytes | None]]]
 
@@ -149,25 +155,13 @@ def _tree_range(scan_batches, lo: bytes | None, hi: bytes | None, reverse: bool,
             yield out
 
 
-def _checked_pairs(batches: Iterator[list], relation: Relation, layer: TransactionLayer,
-                   check: Callable[[], None]) -> Iterator[tuple]:
-    """The pairs of ``batches`` with the store's usability checked before each one is
-    handed out, so an iterator used after ``db.close()`` or a drop raises that error at
-    its next pair. Per pair that is two attribute reads (``layer.closed``, which
-    ``Database.close`` sets, and the relation's state), the full ``check()`` only when
-    either says so; ``batches`` (the layer's ``guard``) runs the full check, a fatal WAL
-    error included, before each batch."""
-    live = RelationState.LIVE
-    try:
-        for batch in batches:
-            for pair in batch:
-                if layer.closed or relation.state is not live:
-                    check()
-                yield pair
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+def _checked_pairs(batches: Iterator[Iterable[tuple]]) -> Iterator[tuple]:
+    """The pairs of ``batches`` (the layer's ``guard``, which runs the store's full usability
+    check before each batch) in one C-level iterator: no interpreted step per pair. An
+    iterator used after ``db.close()`` or a drop raises that error at its next batch at the
+    latest: the pairs of the batch in hand were copied out of the pages before, so handing
+    them out reads nothing."""
+    return itertools.chain.from_iterable(batches)
 
 
 class _RangeView:
@@ -212,12 +206,10 @@ class KVKeysView(_RangeView, KeysView):
         self._setup(store, scan, start, stop, prefix, reverse)
 
     def __iter__(self) -> Iterator[bytes]:
-        for key, _value in self._pairs(False):
-            yield key
+        return map(_FIRST, self._pairs(False))   # (C-level: no interpreted step per key)
 
     def __reversed__(self) -> Iterator[bytes]:
-        for key, _value in self._pairs(False, not self._reverse):
-            yield key
+        return map(_FIRST, self._pairs(False, not self._reverse))
 
     def __contains__(self, key: object) -> bool:
         key = _check_key(key)
@@ -235,12 +227,10 @@ class KVValuesView(_RangeView, ValuesView):
         self._setup(store, scan, start, stop, prefix, reverse)
 
     def __iter__(self) -> Iterator[bytes]:
-        for _key, value in self._pairs(True):
-            yield value
+        return map(_SECOND, self._pairs(True))   # (C-level: no interpreted step per value)
 
     def __reversed__(self) -> Iterator[bytes]:
-        for _key, value in self._pairs(True, not self._reverse):
-            yield value
+        return map(_SECOND, self._pairs(True, not self._reverse))
 
     def __contains__(self, value: object) -> bool:
         return any(v == value for v in self)
@@ -409,8 +399,8 @@ class KVStore(MutableMapping):
     def _scan(self, lo: bytes | None, hi: bytes | None, reverse: bool,
               values: bool) -> Iterator[tuple[bytes, bytes | None]]:
         self._check()
-        batches = self._layer.guard(self._merged(lo, hi, reverse, values), self._check)
-        return _checked_pairs(batches, self._relation, self._layer, self._check)
+        return _checked_pairs(self._layer.guard(self._merged(lo, hi, reverse, values),
+                                                self._check))
 
     def _merged(self, lo, hi, reverse: bool, values: bool):
         """The index's pairs in [lo, hi) merged with the thread's own buffered writes, in

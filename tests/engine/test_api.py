@@ -19,6 +19,7 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from slonik.storage.page import BLCKSZ
 
 import slonik
 from slonik import (
@@ -87,8 +88,10 @@ def test_public_names_export():
 
 def test_iterators_and_stores_after_close(tmp_path, io_method):
     """An items() iterator half consumed, a table scan half consumed, then close: next()
-    on either raises DatabaseClosedError (no more rows, no internal ValueError); so do
-    kv[...], get_many, views, table.scan() and table.get afterwards."""
+    on the scan raises DatabaseClosedError (no internal ValueError); the items() iterator
+    hands out at most the rest of the leaf whose pairs it had copied out (in order,
+    intact), then raises it too; so do kv[...], get_many, views, table.scan() and
+    table.get afterwards."""
     db = open_db(tmp_path / "db", io_method)
     kv = db.kv("k")
     kv.update({b"%04d" % i: b"v" * 200 for i in range(2000)})
@@ -100,8 +103,13 @@ def test_iterators_and_stores_after_close(tmp_path, io_method):
     assert [next(rows) for _ in range(10)][0] == (0, "x" * 200)
     view = kv.keys(prefix=b"01")
     db.close()
+    late = []
     with pytest.raises(DatabaseClosedError):
-        next(items)
+        for _ in range(2000):
+            late.append(next(items))
+    # at most one leaf's worth (an entry of a 200-byte value takes over 220 bytes)
+    assert len(late) < BLCKSZ // 220
+    assert late == [(b"%04d" % i, b"v" * 200) for i in range(10, 10 + len(late))]
     with pytest.raises(DatabaseClosedError):
         next(rows)
     with pytest.raises(DatabaseClosedError):

@@ -13,7 +13,12 @@ from slonik.engine.access.tuple import MAX_TUPLE_DATA_BYTES
 from slonik.engine.kv import KEY_MAX_BYTES, VALUE_MAX_BYTES
 from slonik.storage.page import BLCKSZ
 
-from slonik import ConflictError, DataCorruptionError, TransactionStateError
+from slonik import (
+    ConflictError,
+    DataCorruptionError,
+    RelationDroppedError,
+    TransactionStateError,
+)
 from tests.engine.dbutil import open_db
 
 
@@ -199,6 +204,30 @@ def test_snapshot_isolation_repeatable_reads(db):
         assert kv[b"k"] == b"v1" and b"new" not in kv
         assert list(kv.items()) == [(b"k", b"v1")]
     assert kv[b"k"] == b"v2" and kv[b"new"] == b"n"
+
+
+def test_iterators_after_a_drop_raise_by_their_next_leaf(db):
+    """keys(), values() and items() iterators half consumed when their store is dropped:
+    each hands out at most the rest of the leaf it had copied out (in order, intact: a
+    200-byte value's entry takes over 220 bytes, so fewer than BLCKSZ // 220 of them),
+    then raises RelationDroppedError; a fresh iteration raises it at once."""
+    kv = db.kv("dropme")
+    keys = [b"%04d" % i for i in range(2000)]
+    kv.update({k: k * 50 for k in keys})
+    its = [iter(kv.keys()), iter(kv.values()), iter(kv.items())]
+    expect = [keys, [k * 50 for k in keys], [(k, k * 50) for k in keys]]
+    for it, want in zip(its, expect, strict=True):
+        assert [next(it) for _ in range(10)] == want[:10]
+    db.drop("dropme")
+    for it, want in zip(its, expect, strict=True):
+        late = []
+        with pytest.raises(RelationDroppedError):
+            for _ in range(len(keys)):
+                late.append(next(it))
+        assert len(late) < BLCKSZ // 220
+        assert late == want[10:10 + len(late)]
+    with pytest.raises(RelationDroppedError):
+        list(kv.items())
 
 
 def test_long_scan_sees_one_state(db):
