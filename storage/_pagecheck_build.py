@@ -129,6 +129,13 @@ int slk_ix_range_rows(const uint8_t *pool, const uint32_t *seq, const uint32_t *
                       const uint8_t *keys, const uint32_t *key_ends, int nkey,
                       const uint8_t *key_kinds, const uint16_t *key_cols,
                       const uint32_t *key_at, const uint8_t *var_text);
+/* --- leaf run extraction (KV ordered scans) --- */
+int slk_bt_extract_run(const uint8_t *pages, int npages, const uint32_t *blocks,
+                       int64_t expect, const uint8_t *start, int32_t startlen,
+                       const uint8_t *stop, int32_t stoplen, uint64_t snap_xmax, uint64_t own,
+                       const uint64_t *excluded, int nexcluded, int values, uint32_t *ents,
+                       uint8_t *dst, uint32_t dst_cap, char *fmt, uint32_t fmt_cap,
+                       int64_t *res);
 /* --- wal record build --- */
 uint32_t slk_wal_build(uint8_t *ring, uint32_t at, uint64_t xid, uint64_t prev, uint8_t rmgr,
                        uint8_t info, const char *bhdrs, uint32_t nblocks,
@@ -1999,6 +2006,69 @@ int slk_bt_first_versions(const uint8_t *page, const uint8_t *high, int32_t high
         out[j - start] = found;
     }
     return j - start;
+}
+
+/* --- leaf run extraction (KV ordered scans) --- (engine/access/btree_scanrun.py:
+ * extract_run_py is the Python reference; tests/storage/test_btree_scanrun.py compares them)
+ * A forward scan's look at a run of leaves in one call. pages[0..npages) are page copies
+ * (BLCKSZ each) of blocks[0..npages). Each page is taken, in order, while it is a live
+ * leaf (flags LEAF, not DELETED, no unknown flag, zero pad) whose block is the right-link
+ * of the page taken before it (for the first: ``expect``; any block when expect < 0),
+ * that slk_bt_extract reads (visible entries with start <= key < stop) with every entry
+ * returned inline, and whose bytes surely fit (a page's gather is under BLCKSZ bytes and
+ * 10 format characters an entry). A page taken has its entries' keys (with ``values``,
+ * key and value) appended to dst and the struct format that cuts them to fmt (as
+ * slk_bt_gather). The run ends after a page that ends the scan (an entry or its high key
+ * reaches stop, or it has no right-link) and before a page not taken (the caller looks at
+ * that one alone). res: [0] pages taken, [1] bytes in dst, [2] flags (1: the scan ends at
+ * the last page taken; 8: every entry appended has key length res[3] and value length
+ * res[4], 0 without values), [5] the last page taken's right-link (-1: none taken).
+ * Returns the number of entries appended. */
+int slk_bt_extract_run(const uint8_t *pages, int npages, const uint32_t *blocks,
+                       int64_t expect, const uint8_t *start, int32_t startlen,
+                       const uint8_t *stop, int32_t stoplen, uint64_t snap_xmax, uint64_t own,
+                       const uint64_t *excluded, int nexcluded, int values, uint32_t *ents,
+                       uint8_t *dst, uint32_t dst_cap, char *fmt, uint32_t fmt_cap,
+                       int64_t *res)
+{
+    uint32_t pos = 0, fpos = 0, klen = 0, vlen = 0;
+    int total = 0, taken = 0, uniform = 1, done = 0;
+    int64_t next = expect;
+    for (int k = 0; k < npages; k++) {
+        const uint8_t *page = pages + (size_t)k * BLCKSZ;
+        if (next >= 0 && blocks[k] != (uint32_t)next) break;
+        uint32_t pflags = load16(page + BT_SPECIAL_AT + 12);
+        if (!(pflags & 0x1) || (pflags & 0x4) || (pflags & ~0x3fu) ||
+            load16(page + BT_SPECIAL_AT + 14))
+            break;
+        int f = 0;
+        int n = slk_bt_extract(page, start, startlen, stop, stoplen, snap_xmax, own,
+                               excluded, nexcluded, ents, &f);
+        if (n < 0 || (f & 2)) break;
+        if (pos + BLCKSZ > dst_cap || fpos + 10u * (uint32_t)n + 1 > fmt_cap) break;
+        for (int i = 0; i < n; i++) {
+            uint32_t ks = ents[4 * i], ke = ents[4 * i + 1], ve = ents[4 * i + 2];
+            uint32_t kl = ke - ks, vl = values ? ve - ke : 0;
+            if (total + i == 0) { klen = kl; vlen = vl; }
+            else if (kl != klen || vl != vlen) uniform = 0;
+            memcpy(dst + pos, page + ks, kl + vl);
+            pos += kl + vl;
+            fpos = (uint32_t)(bt_fmt_len(fmt + fpos, kl) - fmt);
+            if (values) fpos = (uint32_t)(bt_fmt_len(fmt + fpos, vl) - fmt);
+        }
+        total += n;
+        taken++;
+        next = load32(page + BT_SPECIAL_AT + 4);
+        if ((f & 1) || next == 0) { done = f & 1; break; }
+    }
+    fmt[fpos] = 0;
+    res[0] = taken;
+    res[1] = pos;
+    res[2] = (done ? 1 : 0) | (uniform && total ? 8 : 0);
+    res[3] = klen;
+    res[4] = vlen;
+    res[5] = taken ? next : -1;
+    return total;
 }
 
 /* --- wal record build --- (wal/record.py: encode_fields is the Python reference;
