@@ -40,6 +40,7 @@ from slonik.engine.access.btree import (
     VacuumResult,
     XidSnapshot,
 )
+from slonik.engine.access.btree_leafrun import join_keys
 from slonik.engine.errors import ConflictError
 from slonik.engine.xact import Snapshot, TransactionManager
 from slonik.storage.errors import DataCorruptionError
@@ -140,20 +141,22 @@ class KVIndex:
         transaction ``snap`` does not see (first committer wins); KeyError for a blind
         delete of a missing key. Looks the keys up in one ordered pass over the tree
         (``BTree.latest_versions``) and remembers the versions found for ``apply``."""
+        joined = None
         if blind:
             keys = [k for k, data in writes.items() if data is TOMBSTONE]
         else:
             keys = sorted(writes)  # sorted once: the tree's probe and apply take them so
+            joined = join_keys(keys)  # joined once, likewise
         self.operations += len(keys)
-        found = self.tree.latest_versions(keys, self._xacts.is_committed,
-                                          ordered=not blind) if keys else []
+        found = self.tree.latest_versions(keys, self._xacts.is_committed, ordered=not blind,
+                                          joined=joined) if keys else []
         if blind:
             olds: dict[bytes, int] = {}
             for key, (xmin, xmax) in zip(keys, found, strict=True):
                 if not xmin or xmax:
                     raise KeyError(key)
                 olds[key] = xmin
-            self._validated = (writes, None, olds)
+            self._validated = (writes, None, olds, None)
         else:
             # Keys without a committed version (found (0, 0)) have nothing to judge: only
             # the others take an interpreted step. Old xmins by position in ``keys``.
@@ -167,7 +170,7 @@ class KVIndex:
                         f"{xmax or xmin}, which committed after this transaction started "
                         f"(first committer wins); retry the transaction")
                 old_xmins[i] = 0 if xmax else xmin
-            self._validated = (writes, keys, old_xmins)
+            self._validated = (writes, keys, old_xmins, joined)
 
     def apply(self, xid: int, writes: dict) -> int:
         """Write ``writes`` into the tree as ``xid`` (one batch: one WAL record per leaf run);
@@ -176,13 +179,13 @@ class KVIndex:
         found by the tree on the leaf it writes (``OLD_LOOKUP``: one descent per leaf run,
         not two). The batch goes to the tree as columns: no object per write."""
         olds: dict[bytes, int] = {}
-        keys = old_xmins = None
+        keys = old_xmins = joined = None
         if self._validated is not None and self._validated[0] is writes:
-            _writes, vkeys, vold = self._validated
+            _writes, vkeys, vold, vjoined = self._validated
             if vkeys is None:
                 olds = vold
             elif len(vkeys) == len(writes):
-                keys, old_xmins = vkeys, vold
+                keys, old_xmins, joined = vkeys, vold, vjoined
         self._validated = None
         if keys is None:
             keys = sorted(writes)
@@ -196,7 +199,7 @@ class KVIndex:
         # The store checked every key and value when it was written (KVStore), the dict
         # holds each key once and xid comes from the transaction manager.
         return self.tree.apply_trusted_columns(keys, values, xid, old_xmins,
-                                               self._xacts.is_committed)
+                                               self._xacts.is_committed, joined)
 
     def publish(self, xid: int, replaced: int) -> int:
         """The versions are in the tree already; returns how many versions became dead

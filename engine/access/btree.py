@@ -82,6 +82,7 @@ from slonik.engine.access.btree_leafrun import (
     STOP_NO_ROOM,
     LeafBatch,
     LeafRunState,
+    join_keys,
     leaf_run,
     make_batch,
     new_runner,
@@ -1926,12 +1927,15 @@ class BTree:
         return self._apply_writes(sorted(writes, key=_write_key), committed)
 
     def apply_trusted_columns(self, keys: list[bytes], values: list[bytes | None], xid: int,
-                              olds: list[int], committed: Callable[[int], bool]) -> int:
+                              olds: list[int], committed: Callable[[int], bool],
+                              joined: tuple[bytes, array] | None = None) -> int:
         """``apply_trusted`` of the writes (keys[k], xid, values[k], olds[k]) given as
         columns, ``keys`` ascending: no object per write is made (a commit of a million
-        puts). Returns how many old versions got xmax = ``xid``."""
+        puts); ``joined``: ``join_keys(keys)`` when the caller has it (validation made
+        it). Returns how many old versions got xmax = ``xid``."""
         with self._write_lock:
-            batch = self._leaf_batch(keys, values, [xid] * len(keys), olds)
+            batch = self._leaf_batch(keys, values, array("Q", [xid]) * len(keys), olds,
+                                     joined)
             resolved = self._apply_sorted(batch, committed)
         bolds = batch.olds
         explicit = len(bolds) - bolds.count(0) - bolds.count(LOOKUP_U64)
@@ -2025,18 +2029,23 @@ class BTree:
                 done = 1
             i += done
 
-    def _leaf_batch(self, keys: list[bytes], values: list[bytes | None], xids: list[int],
-                    olds: list[int]) -> LeafBatch:
+    def _leaf_batch(self, keys: list[bytes], values: list[bytes | None], xids,
+                    olds: list[int], joined: tuple[bytes, array] | None = None
+                    ) -> LeafBatch:
         """Sorted writes as a leaf-run batch: each new version's payload is its value, or
         the reference to its value written out to overflow pages now (large values;
         write lock held). A batch of inline puts only takes no interpreted step per
-        write."""
+        write; when the longest value fits beside a key of KEY_MAX_BYTES the keys' lengths
+        are not looked at."""
         n = len(keys)
         if None not in values:
-            vlens = list(map(len, values))
-            if not n or (max(vlens) <= VALUE_INLINE_MAX_BYTES and LEAF_HEADER_SIZE + max(
-                    map(operator.add, map(len, keys), vlens)) <= ENTRY_MAX_BYTES):
-                return make_batch(keys, values, bytes([KIND_INLINE]) * n, xids, olds)
+            vmax = max(map(len, values), default=0)
+            if vmax <= VALUE_INLINE_MAX_BYTES and (
+                    LEAF_HEADER_SIZE + KEY_MAX_BYTES + vmax <= ENTRY_MAX_BYTES or
+                    LEAF_HEADER_SIZE + max(map(operator.add, map(len, keys), map(
+                        len, values)), default=0) <= ENTRY_MAX_BYTES):
+                return make_batch(keys, values, bytes([KIND_INLINE]) * n, xids, olds,
+                                  joined)
         payloads = []
         kinds = bytearray()
         for key, value, xid in zip(keys, values, xids, strict=True):  # deletes or large values
@@ -2050,7 +2059,7 @@ class BTree:
             else:
                 payloads.append(value)
                 kinds.append(KIND_INLINE)
-        return make_batch(keys, payloads, kinds, xids, olds)
+        return make_batch(keys, payloads, kinds, xids, olds, joined)
 
     def _newest_committed(self, key: bytes, committed: Callable[[int], bool]) -> int:
         """The xmin of ``key``'s newest version with a ``committed`` xmin, 0 when there is
@@ -2061,21 +2070,22 @@ class BTree:
         return 0
 
     def latest_versions(self, keys: Sequence[bytes], committed: Callable[[int], bool], *,
-                        ordered: bool = False) -> list[tuple[int, int]]:
+                        ordered: bool = False, joined: tuple[bytes, array] | None = None
+                        ) -> list[tuple[int, int]]:
         """For each of ``keys`` (checked keys; any order, no duplicates) the (xmin, xmax)
         of its newest version with a ``committed`` xmin, xmax 0 unless ``committed``;
         (0, 0) when it has none. A commit's validation: the keys are taken in order and
         every run of them on one leaf costs one descent and one C call (``first_versions``:
         each key's first entry there); only keys with versions get an interpreted step.
-        ``ordered``: the caller passes the keys ascending (they are not sorted again)."""
+        ``ordered``: the caller passes the keys ascending (they are not sorted again), and
+        with them ``joined``, their ``join_keys`` when it has it."""
         if ordered:
             order: Sequence[int] = range(len(keys))
             skeys = keys
         else:
             order = sorted(range(len(keys)), key=keys.__getitem__)
             skeys = list(map(keys.__getitem__, order))
-        blob = b"".join(skeys)
-        at = array("Q", itertools.accumulate(map(len, skeys), initial=0))
+        blob, at = join_keys(skeys) if joined is None or not ordered else joined
         out: list[tuple[int, int]] = [(0, 0)] * len(keys)
         bm = self.bufmgr
         n = len(order)

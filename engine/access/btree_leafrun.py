@@ -57,7 +57,7 @@ except ImportError:
 C_LEAF_RUN = _lib is not None
 
 __all__ = ["OLD_LOOKUP", "LOOKUP_U64", "KIND_NONE", "KIND_INLINE", "KIND_OVERFLOW", "LeafBatch",
-           "LeafRunState", "LeafRunner", "make_batch", "new_runner", "leaf_run", "leaf_run_py", "C_LEAF_RUN",
+           "LeafRunState", "LeafRunner", "join_keys", "make_batch", "new_runner", "leaf_run", "leaf_run_py", "C_LEAF_RUN",
            "STOP_END", "STOP_HIGH", "STOP_NO_OLD", "STOP_EXISTS", "STOP_NO_ROOM"]
 
 # VersionWrite.old_xmin meaning "the key's newest version whose xmin is committed, unless
@@ -103,11 +103,19 @@ class LeafBatch(NamedTuple):
     payload_at: array           # 'Q'
 
 
+def join_keys(keys: Sequence[bytes]) -> tuple[bytes, array]:
+    """``keys`` joined into one byte string and the 'Q' array of their len(keys) + 1
+    offsets into it (C-level iteration only)."""
+    return b"".join(keys), array("Q", itertools.accumulate(map(len, keys), initial=0))
+
+
 def make_batch(keys: Sequence[bytes], payloads: Sequence[bytes], kinds: bytes,
-               xids: Iterable[int], olds: Iterable[int]) -> LeafBatch:
+               xids: Iterable[int], olds: Iterable[int],
+               joined: tuple[bytes, array] | None = None) -> LeafBatch:
     """The batch of sorted, distinct ``keys`` with their payloads, kinds, xids and old
-    xmins (one per key each), joined once (C-level iteration only). ValueError when the
-    columns differ in length."""
+    xmins (one per key each), joined once (C-level iteration only); ``joined``: the
+    caller's ``join_keys(keys)`` made already (a commit's validation makes it). ValueError
+    when the columns differ in length."""
     keys = list(keys)
     payloads = list(payloads)
     xids = array("Q", xids)
@@ -121,9 +129,10 @@ def make_batch(keys: Sequence[bytes], payloads: Sequence[bytes], kinds: bytes,
         raise ValueError(f"batch columns of different lengths: keys {n}, payloads "
                          f"{len(payloads)}, kinds {len(kinds)}, xids {len(xids)}, "
                          f"olds {len(olds)}")
-    return LeafBatch(keys, payloads, bytes(kinds), xids, olds_u64,
-                     b"".join(keys), array("Q", itertools.accumulate(map(len, keys),
-                                                                     initial=0)),
+    key_blob, key_at = join_keys(keys) if joined is None else joined
+    if len(key_at) != n + 1:
+        raise ValueError(f"joined keys with {len(key_at) - 1} offsets for {n} keys")
+    return LeafBatch(keys, payloads, bytes(kinds), xids, olds_u64, key_blob, key_at,
                      b"".join(payloads), array("Q", itertools.accumulate(map(len, payloads),
                                                                          initial=0)))
 
