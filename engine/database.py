@@ -251,6 +251,7 @@ class Database:
         self._lock_fd = -1
         self._aio: Aio | None = None
         self._smgr: Smgr | None = None
+        self._bufmgr: BufferManager | None = None
         self._wal = None
         self._checkpointer: Checkpointer | None = None
         self._walwriter: WalWriter | None = None
@@ -316,7 +317,8 @@ class Database:
             effective_io_concurrency=s.effective_io_concurrency,
             zero_damaged_pages=s.zero_damaged_pages,
             ignore_checksum_failure=s.ignore_checksum_failure,
-            flush_wal=self._flush_wal_for_buffer)
+            flush_wal=self._flush_wal_for_buffer, bgwriter_delay=s.bgwriter_delay,
+            bgwriter_lru_maxpages=s.bgwriter_lru_maxpages)
         wal, control, info = startup(
             data_dir=self.path, aio=self._aio, smgr=self._smgr, bufmgr=self._bufmgr,
             wal_buffers=s.wal_buffers, io_direct_wal=s.io_direct_wal,
@@ -349,6 +351,9 @@ class Database:
         self._walwriter = WalWriter(wal, wal_writer_delay_ms=s.wal_writer_delay,
                                     on_fatal=self._on_fatal)
         self._walwriter.start()
+        # After recovery (flush_wal needs the WAL open); a failed round is fatal, as a
+        # failed WAL write: the next call raises DatabaseClosedError naming it.
+        self._bufmgr.start_bgwriter(on_failure=self._on_fatal)
         self._load_catalog()
 
     def _load_catalog(self) -> None:
@@ -799,6 +804,8 @@ class Database:
             try:
                 if self._walwriter is not None:
                     self._walwriter.stop()  # joins; flushes what async commits left
+                if self._bufmgr is not None:
+                    self._bufmgr.stop_bgwriter()  # joins; its writes finished
                 cp = self._checkpointer
                 if cp is not None:
                     cp.stop()
@@ -815,6 +822,7 @@ class Database:
         errors = []
         for step in (lambda: self._walwriter and self._walwriter.stop(),
                      lambda: self._checkpointer and self._checkpointer.stop(),
+                     lambda: self._bufmgr and self._bufmgr.stop_bgwriter(),
                      lambda: self._wal and self._wal.close(),
                      lambda: self._smgr and self._smgr.close(),
                      lambda: self._aio and self._aio.shutdown()):

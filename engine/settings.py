@@ -13,7 +13,9 @@ Sizes: ``shared_buffers`` and ``wal_buffers`` are in pages of 8192 bytes, or a s
 a unit ("128MB", "1GB", "64kB", "16384"); ``max_wal_size`` and ``wal_segment_size`` are in
 bytes (or a string with a unit); ``segment_size`` is in blocks. Times:
 ``checkpoint_timeout`` in seconds, ``wal_writer_delay`` in milliseconds (an int, 1..10000,
-as PostgreSQL's), ``commit_delay`` in microseconds (an int, 0..100000, 0 = off, the default;
+as PostgreSQL's), ``bgwriter_delay`` in milliseconds (an int, 10..10000, as PostgreSQL's;
+``bgwriter_lru_maxpages`` pages a background-writer round writes at most, 0 turns the
+background writer off), ``commit_delay`` in microseconds (an int, 0..100000, 0 = off, the default;
 applied when at least ``commit_siblings``, 1..1000, other transactions are active).
 """
 
@@ -25,6 +27,12 @@ from dataclasses import dataclass, fields, replace
 from slonik.aio.core import IO_MAX_CONCURRENCY_LIMIT, IO_METHODS
 from slonik.aio.method_worker import IO_WORKERS_MAX
 from slonik.engine.checkpointer import CHECKPOINT_TIMEOUT_RANGE, MAX_WAL_SIZE_RANGE
+from slonik.storage.bgwriter import (
+    BGWRITER_DELAY_DEFAULT_MS,
+    BGWRITER_LRU_MAXPAGES_DEFAULT,
+    check_bgwriter_delay,
+    check_bgwriter_lru_maxpages,
+)
 from slonik.storage.bufmgr import IO_COMBINE_LIMIT_MAX, SHARED_BUFFERS_MAX, SHARED_BUFFERS_MIN
 from slonik.storage.page import BLCKSZ
 from slonik.storage.read_stream import EFFECTIVE_IO_CONCURRENCY_MAX
@@ -66,6 +74,8 @@ class Settings:
     synchronous_commit: bool = True
     checkpoint_timeout: float = 300           # seconds, PostgreSQL's default
     wal_writer_delay: int = WAL_WRITER_DELAY_DEFAULT_MS   # ms between background WAL flushes
+    bgwriter_delay: int = BGWRITER_DELAY_DEFAULT_MS   # ms between background writer rounds
+    bgwriter_lru_maxpages: int = BGWRITER_LRU_MAXPAGES_DEFAULT  # pages a round; 0 = off
     commit_delay: int = 0                     # µs a group-commit leader waits; 0 = off
     commit_siblings: int = COMMIT_SIBLINGS_DEFAULT  # active transactions for the delay
     max_wal_size: int = 1 << 30               # bytes, PostgreSQL's default
@@ -190,6 +200,10 @@ def parse_settings(**kwargs: object) -> Settings:
             raise ValueError(f"checkpoint_timeout must be in {lo}..{hi} seconds, got {t}")
     if "wal_writer_delay" in v:
         check_wal_writer_delay(v["wal_writer_delay"])
+    if "bgwriter_delay" in v:
+        check_bgwriter_delay(v["bgwriter_delay"])
+    if "bgwriter_lru_maxpages" in v:
+        check_bgwriter_lru_maxpages(v["bgwriter_lru_maxpages"])
     if "commit_delay" in v:
         check_commit_delay(v["commit_delay"])
     if "commit_siblings" in v:

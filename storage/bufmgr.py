@@ -16,7 +16,9 @@ A point read's miss (``read_buffer``), and under the sync method every read, run
 in the issuer without an AIO handle and is completed by the same code (README invariant
 21); a thread that finds such a read in progress waits on the buffer.
 
-Writes go through AIO too: a dirty victim is written before reuse, and ``flush_all``
+A dirty victim is written before reuse, in the evicting thread; the background writer
+(``start_bgwriter``, storage/bgwriter.py, README invariant 22) writes dirty buffers ahead
+of the clock sweep in combined runs so that victims are mostly clean. ``flush_all``
 (checkpoints) sorts dirty buffers by tag, combines adjacent blocks into vectored writes and
 keeps many in flight. Before any page is written, WAL is flushed up to its LSN through the
 injected ``flush_wal(lsn)`` (WAL before data).
@@ -60,6 +62,7 @@ import operator
 import threading
 import time
 import warnings
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -80,6 +83,14 @@ from slonik.aio.handle import (
 from slonik.aio.ids import CallbackId, TargetId
 from slonik.aio.memory import aligned_buffer
 from slonik.aio.transfer import SHORT_TRANSFER_RETRIES_MAX, short_transfer_error
+from slonik.storage.bgwriter import (
+    BGWRITER_DELAY_DEFAULT_MS,
+    BGWRITER_LRU_MAXPAGES_DEFAULT,
+    BgWriter,
+    BgWriterStats,
+    check_bgwriter_delay,
+    check_bgwriter_lru_maxpages,
+)
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import (
     BLCKSZ,
@@ -469,7 +480,9 @@ class BufferManager:
                  io_combine_limit: int = 16, effective_io_concurrency: int = 16,
                  zero_damaged_pages: bool = False,
                  ignore_checksum_failure: bool = False,
-                 flush_wal: Callable[[int], None] | None = None) -> None:
+                 flush_wal: Callable[[int], None] | None = None,
+                 bgwriter_delay: int = BGWRITER_DELAY_DEFAULT_MS,
+                 bgwriter_lru_maxpages: int = BGWRITER_LRU_MAXPAGES_DEFAULT) -> None:
         if not isinstance(shared_buffers, int) or not SHARED_BUFFERS_MIN <= shared_buffers <= SHARED_BUFFERS_MAX:
             raise ValueError(f"shared_buffers must be an int in {SHARED_BUFFERS_MIN}.."
                              f"{SHARED_BUFFERS_MAX} (pages of {BLCKSZ} bytes), got {shared_buffers!r}")
@@ -479,6 +492,9 @@ class BufferManager:
         if not isinstance(effective_io_concurrency, int) or not 0 <= effective_io_concurrency <= 1000:
             raise ValueError("effective_io_concurrency must be an int in 0..1000, got "
                              f"{effective_io_concurrency!r}")
+        self.bgwriter_delay = check_bgwriter_delay(bgwriter_delay)
+        self.bgwriter_lru_maxpages = check_bgwriter_lru_maxpages(bgwriter_lru_maxpages)
+        self._bgwriter: BgWriter | None = None  # started by start_bgwriter
         self.smgr = smgr
         self.aio = aio
         self.nbuffers = shared_buffers
@@ -1523,57 +1539,198 @@ class BufferManager:
     # --- writes --------------------------------------------------------------------------------------
     def _write_victim(self, buf_id: int) -> None:
         """Write one dirty buffer we hold pinned (eviction), in this thread, as PostgreSQL's
-        FlushBuffer does: share lock, claim the write (WRITING), WAL flushed up to the
-        page's LSN, checksum set, page verified, one ``smgr.writev``, then VALID (or
-        WRITE_FAILED when the write failed, DIRTY again when it never ran). A buffer that
-        is clean by then, being written by someone else, or content-locked exclusively
-        by someone else, is left alone (the caller re-checks it). No AIO handle, callback or wait: through the handles one victim
-        write was ~100 us of Python (cProfile of a scan evicting a loaded pool), more than
-        its pwritev; counted as a direct SMGR write."""
-        d = self.descs[buf_id]
-        # Conditional, as PostgreSQL's GetVictimBuffer: the evicting thread may hold other
-        # content locks (a split's pages), and another thread that pinned the victim and
-        # holds it exclusively may wait for one of those. Not locked: left dirty, the
-        # caller drops it and the clock sweep moves on to another victim.
-        if not d.lock.try_shared():
-            return
+        FlushBuffer does (``_write_run_now`` of that one buffer): share lock, claim the
+        write (WRITING), WAL flushed up to the page's LSN, checksum set, page verified, one
+        ``smgr.writev``, then VALID (or WRITE_FAILED when the write failed, DIRTY again when
+        it never ran). A buffer that is clean by then, being written by someone else, or
+        content-locked exclusively by someone else, is left alone (the caller re-checks
+        it). No AIO handle, callback or wait: through the handles one victim write was
+        ~100 us of Python (cProfile of a scan evicting a loaded pool), more than its
+        pwritev; counted as a direct SMGR write."""
+        self._write_run_now([buf_id])
+
+    def _write_run_now(self, run: list[int]) -> int:
+        """Write the dirty buffers of ``run`` (pinned by the caller, of adjacent blocks in
+        block order) in this thread: each share lock only tried (as PostgreSQL's
+        GetVictimBuffer: the writing thread may hold other content locks — a split's pages —
+        that an exclusive holder of one of these waits for; not locked: left dirty), the
+        write claimed (WRITING) for those still dirty and not being written elsewhere, all
+        in one descriptor-lock section; then per piece of adjacent claimed blocks: WAL
+        flushed up to its newest page LSN, checksums set, pages verified (one call), one
+        ``smgr.writev``, VALID in one section. Each page is share-locked from its claim
+        until its own piece is written. On a failure the failed piece goes to WRITE_FAILED
+        (DIRTY when its write never ran), the pieces not yet written back to DIRTY, every
+        lock is released and the error raised. Returns how many pages were written."""
+        descs = self.descs
+        locked = [b for b in run if descs[b].lock.try_shared()]
+        if not locked:
+            return 0
+        claimed: list[int] = []
         try:
             with self._lock:
-                if not self._start_buffer_io_locked(d, for_input=False):
-                    return
-            rel, fork, block = d.tag
-            page = self.pages[buf_id]
-            ran = False
-            t0 = time.perf_counter_ns()
-            try:
-                lsn = page_get_lsn(page)
-                if lsn:
-                    self.flush_wal(lsn)  # WAL before data
-                page_set_checksum(page, rel, fork, block)
-                # Invariant 7: well-formed before written.
-                malformed = self._verifier.verify((buf_id,), rel, fork, block)
-                assert not malformed, (
-                    f"refusing to write a malformed page: block {block} of relation {rel} "
-                    f"fork {Fork(fork).label}: {malformed[0][1].reason}")
-                ran = True
-                self.smgr.writev(rel, fork, block, (page,))
-            except BaseException:
-                with self._lock:
-                    self._terminate_buffer_io_locked(d, B.WRITE_FAILED if ran else B.DIRTY,
-                                                     io_pin=False)
-                    self._io_done.notify_all()
-                raise
-            elapsed = time.perf_counter_ns() - t0
-            self.aio.count_direct(TargetId.SMGR, IoOp.WRITEV, BLCKSZ, elapsed)
-            with self._lock:
-                self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
-                self._writes += 1
-                self._write_bytes += BLCKSZ
-                self._write_ios += 1
-                self._io_wait_ns += elapsed
-                self._io_done.notify_all()
+                start_io = self._start_buffer_io_locked
+                for b in locked:
+                    if start_io(descs[b], for_input=False):
+                        claimed.append(b)
         finally:
-            d.lock.release_shared()
+            if len(claimed) < len(locked):
+                for b in set(locked).difference(claimed):
+                    descs[b].lock.release_shared()
+        if not claimed:
+            return 0
+        pieces: list[list[int]] = []
+        prev = -2
+        for b in claimed:
+            block = descs[b].tag[2]
+            if block == prev + 1:
+                pieces[-1].append(b)
+            else:
+                pieces.append([b])
+            prev = block
+        written = 0
+        k = 0
+        try:
+            while k < len(pieces):
+                written += self._write_piece_now(pieces[k])
+                k += 1
+        except BaseException:
+            with self._lock:  # the pieces after the failed one never ran
+                for piece in pieces[k + 1:]:
+                    for b in piece:
+                        self._terminate_buffer_io_locked(descs[b], B.DIRTY, io_pin=False)
+                self._io_done.notify_all()
+            raise
+        finally:
+            for b in claimed:
+                descs[b].lock.release_shared()
+        return written
+
+    def _write_piece_now(self, piece: list[int]) -> int:
+        """One claimed (WRITING, share-locked) piece of adjacent blocks, written as
+        ``_write_run_now`` says; the caller releases the share locks."""
+        descs = self.descs
+        rel, fork, block = descs[piece[0]].tag
+        pages = [self.pages[b] for b in piece]
+        n = len(piece)
+        ran = False
+        t0 = time.perf_counter_ns()
+        try:
+            lsn = max(map(page_get_lsn, pages))
+            if lsn:
+                self.flush_wal(lsn)  # WAL before data
+            for k, page in enumerate(pages):
+                page_set_checksum(page, rel, fork, block + k)
+            # Invariant 7: well-formed before written (one call checks the piece).
+            malformed = self._verifier.verify(piece, rel, fork, block)
+            assert not malformed, (
+                f"refusing to write a malformed page: block {block + malformed[0][0]} of "
+                f"relation {rel} fork {Fork(fork).label}: {malformed[0][1].reason}")
+            ran = True
+            self.smgr.writev(rel, fork, block, pages)
+        except BaseException:
+            with self._lock:
+                for b in piece:
+                    self._terminate_buffer_io_locked(descs[b], B.WRITE_FAILED if ran else B.DIRTY,
+                                                     io_pin=False)
+                self._io_done.notify_all()
+            raise
+        elapsed = time.perf_counter_ns() - t0
+        self.aio.count_direct(TargetId.SMGR, IoOp.WRITEV, n * BLCKSZ, elapsed)
+        with self._lock:
+            for b in piece:
+                self._terminate_buffer_io_locked(descs[b], B.VALID, io_pin=False)
+            self._writes += n
+            self._write_bytes += n * BLCKSZ
+            self._write_ios += 1
+            self._io_wait_ns += elapsed
+            self._io_done.notify_all()
+        return n
+
+    # --- the background writer (storage/bgwriter.py) -----------------------------------------
+    def start_bgwriter(self, on_failure: Callable[[BaseException], None] | None = None) -> None:
+        """Start the background writer (unless ``bgwriter_lru_maxpages`` is 0, or it runs
+        already). ``on_failure(exc)`` is called from its thread when a round fails (the
+        writer then stops); without it the failure is raised by ``stop_bgwriter``. Start it
+        once ``flush_wal`` works (after recovery)."""
+        if self.bgwriter_lru_maxpages == 0 or self._bgwriter is not None:
+            return
+        writer = BgWriter(self, bgwriter_delay_ms=self.bgwriter_delay,
+                          bgwriter_lru_maxpages=self.bgwriter_lru_maxpages,
+                          on_failure=on_failure)
+        writer.start()
+        self._bgwriter = writer
+
+    def stop_bgwriter(self) -> None:
+        """Stop and join the background writer (its writes in progress complete first);
+        raises a failure of its that no ``on_failure`` took. Harmless when not running."""
+        writer = self._bgwriter
+        if writer is not None:
+            writer.stop()
+
+    def bgwriter_stats(self) -> BgWriterStats | None:
+        """The background writer's counters (None when it was never started)."""
+        return None if self._bgwriter is None else self._bgwriter.stats()
+
+    @property
+    def victims_taken(self) -> int:
+        """Buffers taken from one block for another so far (the sweep's pace)."""
+        return self._evictions
+
+    def dirty_in_clock_order(self) -> tuple[list[int], int, int] | None:
+        """(the dirty buffers in the order the clock hand reaches them, the hand, the pool
+        size) — the background writer's candidates, read without the descriptor lock (one
+        C-level pass over the flags: a stale answer costs a skipped or a useless candidate,
+        ``clean_dirty`` re-checks each under the lock); None while never-used buffers are
+        left (no victim needs cleaning before the pool is full)."""
+        if self._handed_out < self.nbuffers:
+            return None
+        descs = self.descs
+        dirty = list(compress(range(len(descs)), map(BM_DIRTY.__and__, map(_FLAGS, descs))))
+        hand = self._hand
+        i = bisect_left(dirty, hand)
+        return dirty[i:] + dirty[:i], hand, len(descs)
+
+    def clean_dirty(self, buf_ids: Sequence[int]) -> int:
+        """Write those of ``buf_ids`` that are dirty, not pinned and not being written (the
+        background writer's batch): pinned in one descriptor-lock section, sorted by block,
+        adjacent blocks combined (``_adjacent_runs``), each run written by
+        ``_write_run_now`` (tried share locks, WAL first, one pwritev), then unpinned.
+        Returns how many pages were written; a failure is raised after the pins are
+        dropped (the failed pages stay dirty)."""
+        descs = self.descs
+        pinned: list[tuple[tuple[int, int, int], int]] = []
+        with self._lock:
+            for b in buf_ids:
+                d = descs[b]
+                if not d.refcount and d.flags & BM_DIRTY and not d.flags & BM_IO_IN_PROGRESS:
+                    d.refcount = 1
+                    pinned.append((d.tag, b))
+        if not pinned:
+            return 0
+        pinned.sort()
+        written = 0
+        try:
+            for run in self._adjacent_runs(pinned):
+                written += self._write_run_now(run)
+        finally:
+            self.unpin_many([b for _, b in pinned])
+        return written
+
+    def _adjacent_runs(self, pinned: list[tuple[tuple[int, int, int], int]]) -> list[list[int]]:
+        """The buffers of ``pinned`` ((tag, buffer) sorted by tag) as runs of adjacent
+        blocks of one fork, at most ``io_combine_limit`` long, never across a segment
+        boundary."""
+        runs: list[list[int]] = []
+        prev = None
+        limit, segment = self.io_combine_limit, self.smgr.segment_size
+        for tag, b in pinned:
+            if (runs and prev is not None and tag[:2] == prev[:2] and tag[2] == prev[2] + 1
+                    and len(runs[-1]) < limit and tag[2] % segment != 0):
+                runs[-1].append(b)
+            else:
+                runs.append([b])
+            prev = tag
+        return runs
 
     def flush_buffer(self, buf_id: int) -> None:
         """Write one pinned buffer if it is dirty, and wait."""
@@ -1598,16 +1755,7 @@ class BufferManager:
                     if d.tag == tag and d.flags & BM_DIRTY:  # still that page, still dirty
                         d.refcount += 1
                         pinned.append((tag, b))
-            runs: list[list[int]] = []
-            prev = None
-            for tag, b in pinned:
-                if (runs and prev is not None and tag[:2] == prev[:2] and tag[2] == prev[2] + 1
-                        and len(runs[-1]) < self.io_combine_limit
-                        and (tag[2] % self.smgr.segment_size) != 0):
-                    runs[-1].append(b)
-                else:
-                    runs.append([b])
-                prev = tag
+            runs = self._adjacent_runs(pinned)
             try:
                 written += self._write_runs(runs, wait=True)
                 written += self._finish_writes_elsewhere(pinned)
