@@ -119,6 +119,7 @@ from slonik.engine.access.btree_page import (
     bt_fits,
     bt_item,
     bt_item_count,
+    bt_item_lengths,
     bt_items,
     bt_special,
     children,
@@ -447,17 +448,45 @@ _HIGH_KEY_COST_MIN = item_cost(PIVOT_HEADER_SIZE)
 _HIGH_KEY_COST_MAX = item_cost(PIVOT_HEADER_SIZE + KEY_MAX_BYTES)
 
 
+class _SplitItems(Sequence):
+    """A leaf's data items (offnum ``first`` on) with ``item`` inserted at ``new_index``, as
+    a sequence whose items are copied from the page (``bt_item``: checked) only when
+    asked for: a split looks at a few keys and copies the items it moves right."""
+
+    __slots__ = ("page", "first", "item", "new_index", "n")
+
+    def __init__(self, page, first: int, item: bytes, new_index: int, n: int) -> None:
+        self.page, self.first, self.item, self.new_index, self.n = \
+            page, first, item, new_index, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self.n))]
+        if k < 0:
+            k += self.n
+        if not 0 <= k < self.n:
+            raise IndexError(k)
+        if k == self.new_index:
+            return self.item
+        return bytes(bt_item(self.page, self.first + (k if k < self.new_index else k - 1)))
+
+
 def _choose_split(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None,
-                  new_index: int) -> int:
+                  new_index: int, lens: Sequence[int] | None = None) -> int:
     """``_choose_split_scan``'s answer for a leaf without sizing every candidate: only the
     left size depends on the high key, whose cost lies in [_HIGH_KEY_COST_MIN,
     _HIGH_KEY_COST_MAX], so bisecting the prefix sums bounds where the answer can be and
     only the candidates inside the bound are sized (a split of a leaf of small entries
-    sizes a handful of its ~60 candidates). Internal pages take the scan."""
+    sizes a handful of its ~60 candidates). Internal pages take the scan. ``lens``: the
+    items' lengths when the caller has them (``items`` then copies an item when asked)."""
     if not leaf:
         return _choose_split_scan(items, leaf, old_high_key, new_index)
     n = len(items)
-    prefix = list(itertools.accumulate(item_costs(map(len, items)), initial=0))
+    prefix = list(itertools.accumulate(item_costs(map(len, items) if lens is None else lens),
+                                       initial=0))
     cap = PAGE_CAPACITY_BYTES
     right_base = (item_cost(len(old_high_key)) if old_high_key is not None else 0) + prefix[n]
 
@@ -2387,13 +2416,21 @@ class BTree:
                 cur.actions.append((A_INSERT, insert_data(off, item)))
                 return None
             leaf = special.level == 0
-            items = bt_items(page)
             first = bt_first_data(special)
-            old_hk = items[0] if first == 2 else None
-            data = items[first - 1:]
             new_index = off - first
-            all_items = data[:new_index] + [item] + data[new_index:]
-            k = _choose_split(all_items, leaf, old_hk, new_index)
+            if leaf:  # sized from the line pointers, only the items moved right copied
+                lens = bt_item_lengths(page)[first - 1:]
+                lens.insert(new_index, len(item))
+                old_hk = bytes(bt_item(page, 1)) if first == 2 else None
+                all_items: Sequence[bytes] = _SplitItems(page, first, item, new_index,
+                                                         len(lens))
+                k = _choose_split(all_items, leaf, old_hk, new_index, lens)
+            else:
+                items = bt_items(page)
+                old_hk = items[0] if first == 2 else None
+                data = items[first - 1:]
+                all_items = data[:new_index] + [item] + data[new_index:]
+                k = _choose_split(all_items, leaf, old_hk, new_index)
             right = self._allocate(alloc)
             changes.append(right)
             if leaf:

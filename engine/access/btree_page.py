@@ -93,7 +93,7 @@ __all__ = [
     "PAGE_CAPACITY_BYTES", "OVERFLOW_CHUNK_BYTES",
     "Special", "LeafEntry", "Pivot", "BTreePageError",
     "bt_init", "bt_special", "bt_set_special", "bt_set_prev", "bt_set_next", "bt_set_child", "bt_first_data",
-    "bt_item_count", "bt_items", "bt_build", "bt_rebuild", "bt_insert_item", "bt_delete_items",
+    "bt_item_count", "bt_items", "bt_item_lengths", "bt_build", "bt_rebuild", "bt_insert_item", "bt_delete_items",
     "bt_set_xmax", "bt_fits", "bt_used_bytes", "item_cost", "item_costs",
     "pack_entry", "unpack_entry", "entry_key", "pack_pivot", "unpack_pivot",
     "minus_inf_pivot", "item_sort_key", "search_page", "search_page_py", "bt_item",
@@ -251,6 +251,16 @@ def bt_items(page) -> list[bytes]:
                                  f"not a normal item inside the page")
         out.append(bytes(page[off:off + length]))
     return out
+
+
+def bt_item_lengths(page) -> list[int]:
+    """Every item's length from its line pointer, in offnum order (high key first when
+    there is one), unchecked and uncopied: for a caller that checks each item where it
+    uses it (a split sizes every item but copies only those it moves, ``bt_item``'s
+    checks, and the split's apply checks those it keeps). ~2 us for a leaf of ~58 entries
+    against bt_items' ~17 us, by timeit."""
+    return [lp >> 17 for lp in struct.unpack_from(f"<{bt_item_count(page)}I", page,
+                                                      HEADER_SIZE)]
 
 
 def bt_used_bytes(items: Sequence[bytes]) -> int:

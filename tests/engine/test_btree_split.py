@@ -1,18 +1,25 @@
 """The B+tree's split point choice: the bounded search (``_choose_split``) picks exactly
-the split the full scan (``_choose_split_scan``, every candidate sized) picks."""
+the split the full scan (``_choose_split_scan``, every candidate sized) picks, also when
+a leaf's items are sized from its line pointers and copied on demand (``_SplitItems``)."""
 
 from __future__ import annotations
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from slonik.engine.access.btree import _choose_split, _choose_split_scan
+from slonik.engine.access.btree import _choose_split, _choose_split_scan, _SplitItems
 from slonik.engine.access.btree_page import (
+    BTP_LEAF,
     KEY_MAX_BYTES,
+    P_NONE,
     PAGE_CAPACITY_BYTES,
+    Special,
+    bt_item_lengths,
+    bt_rebuild,
     item_cost,
     pack_entry,
     pack_pivot,
 )
+from slonik.storage.page import BLCKSZ
 
 # Key lengths from tiny to the limit (high keys cost anything in between), values small to
 # inline-large; a page holds a few to a few hundred of them.
@@ -50,3 +57,35 @@ def test_bounded_split_choice_equals_the_full_scan(shapes, has_high, high_len, a
     except AssertionError:  # no legal split for this made-up page: not a case to compare
         assume(False)
     assert _choose_split(items, True, old_hk, new_index) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(shapes=_entries, has_high=st.booleans(), high_len=st.integers(0, KEY_MAX_BYTES),
+       at_end=st.booleans(), new_pos=st.integers(0, 1000))
+def test_split_from_line_pointers_equals_the_copied_items(shapes, has_high, high_len,
+                                                         at_end, new_pos):
+    """A leaf split sizes the page's items from its line pointers (bt_item_lengths) and
+    copies only the items it asks for (_SplitItems): on a real page of the items but the
+    new one (with or without a high key), the lengths are the items' lengths, the lazy
+    sequence reads back the whole list with the new item in place, and _choose_split
+    given the lengths picks what it picks from the copied list."""
+    items = _overfull(shapes)
+    new_index = len(items) - 1 if at_end else new_pos % len(items)
+    new_item = items[new_index]
+    rest = items[:new_index] + items[new_index + 1:]
+    old_hk = pack_pivot(b"\xff" * high_len, 1, 0) if has_high else None
+    on_page = ([old_hk] if has_high else []) + rest
+    assume(sum(item_cost(len(i)) for i in on_page) <= PAGE_CAPACITY_BYTES)
+    page = bytearray(BLCKSZ)
+    bt_rebuild(page, Special(0, 9 if has_high else P_NONE, 0, BTP_LEAF), on_page)
+    first = 2 if has_high else 1
+    assert bt_item_lengths(page) == [len(i) for i in on_page]
+    lens = bt_item_lengths(page)[first - 1:]
+    lens.insert(new_index, len(new_item))
+    lazy = _SplitItems(memoryview(page), first, new_item, new_index, len(lens))
+    assert list(lazy) == items and lazy[new_index:] == items[new_index:]
+    try:
+        expected = _choose_split_scan(items, True, old_hk, new_index)
+    except AssertionError:
+        assume(False)
+    assert _choose_split(lazy, True, old_hk, new_index, lens) == expected
