@@ -464,7 +464,15 @@ class _SplitItems(Sequence):
 
     def __getitem__(self, k):
         if isinstance(k, slice):
-            return [self[i] for i in range(*k.indices(self.n))]
+            start, stop, step = k.indices(self.n)
+            if step != 1 or start >= stop:
+                return [self[i] for i in range(start, stop, step)]
+            at = self.new_index
+            out = bt_items(self.page, self.first + (start if start <= at else start - 1),
+                           self.first + (stop if stop <= at else stop - 1))
+            if start <= at < stop:
+                out.insert(at - start, self.item)
+            return out
         if k < 0:
             k += self.n
         if not 0 <= k < self.n:

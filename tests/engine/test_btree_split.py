@@ -84,6 +84,9 @@ def test_split_from_line_pointers_equals_the_copied_items(shapes, has_high, high
     lens.insert(new_index, len(new_item))
     lazy = _SplitItems(memoryview(page), first, new_item, new_index, len(lens))
     assert list(lazy) == items and lazy[new_index:] == items[new_index:]
+    for a in range(len(items) + 1):
+        assert lazy[a:] == items[a:] and lazy[:a] == items[:a]
+        assert lazy[a:a + 3] == items[a:a + 3] and lazy[a::2] == items[a::2]
     try:
         expected = _choose_split_scan(items, True, old_hk, new_index)
     except AssertionError:
