@@ -122,7 +122,7 @@ def _bounds(start: object, stop: object, prefix: object,
 
 
 def _tree_range(scan_batches, lo: bytes | None, hi: bytes | None, reverse: bool, snap,
-                values: bool) -> Iterator[list[tuple[bytes, bytes | None]]]:
+                values: bool) -> Iterator[Iterable[tuple[bytes, bytes | None]]]:
     """``scan_batches`` over [lo, hi) where a bound may be longer than any stored key: the
     tree gets a bound it accepts (``lo`` cut to ``KEY_MAX_BYTES``, a long ``hi`` none) and
     the pairs are filtered by the real bounds (a stored key < a long ``lo`` is at most its

@@ -31,7 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from slonik.engine.access.btree import (
     OLD_LOOKUP,
@@ -125,15 +125,17 @@ class KVIndex:
             self.scan_batches(start, stop, reverse, snap, values))
 
     def scan_batches(self, start: bytes | None, stop: bytes | None, reverse: bool,
-                     snap: Snapshot, values: bool) -> Iterator[list[tuple[bytes, bytes | None]]]:
-        """``scan`` a leaf at a time (non-empty lists of pairs, in order), so a caller
-        without per-pair work of its own adds no interpreted step per pair; each pair is
-        counted in ``operations`` as its batch is handed over."""
+                     snap: Snapshot, values: bool) -> Iterator[Iterable[tuple[bytes, bytes | None]]]:
+        """``scan`` a leaf or a run of leaves at a time (non-empty iterables of pairs, in
+        order: lists, or lazy iterators over bytes copied out already), so a caller without
+        per-pair work of its own adds no interpreted step per pair; each pair is counted in
+        ``operations`` as its batch is handed over."""
         self.operations += 1
-        for batch in self.tree.item_batches(start, stop, snapshot=self._scan_snapshot(snap),
-                                            reverse=reverse, values=values):
-            self.operations += len(batch)
-            yield batch
+        for count, pairs in self.tree.item_runs(start, stop,
+                                                snapshot=self._scan_snapshot(snap),
+                                                reverse=reverse, values=values):
+            self.operations += count
+            yield pairs
 
     # --- commit (under the engine's commit lock) ----------------------------------------------
     def validate(self, writes: dict, snap: Snapshot | None, *, blind: bool) -> None:

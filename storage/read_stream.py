@@ -344,8 +344,8 @@ class ReadStream:
         """Up to ``limit`` next pinned buffers (as ``next_buffer`` gives them) in one call:
         those whose reads are complete, at least one unless the stream is at its end (an
         empty list). A run of pages costs one call, not one per page; on the all-cached
-        fast path a sequential source pins up to ``min(limit, io_combine_limit)`` blocks
-        with one ``start_read_buffers``."""
+        fast path up to ``min(limit, io_combine_limit)`` consecutive blocks (of any source)
+        are pinned with one ``start_read_buffers``."""
         if self._closed:
             raise ValueError("this read stream is closed")
         if not isinstance(limit, int) or limit < 1:
@@ -398,8 +398,9 @@ class ReadStream:
 
     def _next_fast_run(self, limit: int) -> list[Any]:
         """``next_buffers`` on the fast path: the queued (cached) buffer, then the next
-        blocks pinned together; a miss among them leaves the fast path (the normal path
-        waits for the read)."""
+        blocks pinned together (a sequential source's, or a run of consecutive blocks of
+        any other source); a miss among them leaves the fast path (the normal path waits
+        for the read)."""
         queue = self._queue
         out = [e[0] for e in queue]
         self.pinned -= len(out)
@@ -414,9 +415,23 @@ class ReadStream:
             if k > 0:
                 self._seq_next = block + k
         else:
+            # Any other source: the next block and those right after it that continue it
+            # (a leaf walk's adjacent leaves), as many as the limit, the combine limit and
+            # the pin limit take; the first block that does not continue the run waits
+            # for the next call.
             item = self._next_block()
             k = 0 if item is None else 1
             block = -1 if item is None else item[0]
+            if k:
+                room = min(limit - len(out), self.combine, self.max_pinned_buffers)
+                while k < room:
+                    item = self._next_block()
+                    if item is None:
+                        break
+                    if item[0] != block + k:
+                        self._unget = item
+                        break
+                    k += 1
         if k <= 0:
             self._ended = True
             self._fast_path = False

@@ -67,7 +67,7 @@ import operator
 import struct
 import threading
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -141,6 +141,7 @@ from slonik.engine.access.btree_page import (
     unpack_pivot,
     visible_offnums,
 )
+from slonik.engine.access.btree_scanrun import C_EXTRACT_RUN, RUN_PAGES_MAX, extract_run
 from slonik.engine.access.btree_wal import (
     A_DELETE,
     A_INIT,
@@ -1440,24 +1441,37 @@ class BTree:
 
     def item_batches(self, start=None, stop=None, *, snapshot: Snapshot = _see_all_live,
                      reverse: bool = False, values: bool = True) -> Iterator[list[tuple]]:
-        """``items`` a leaf at a time: non-empty lists of (key, value) pairs, in order. With
-        an ``XidSnapshot`` (or the default) each leaf costs two C calls (``extract_cut``:
-        the visible entries, then their bytes copied out and cut by one struct unpack),
-        with no Python step per entry."""
+        """``items`` a leaf (or a run of leaves) at a time: non-empty lists of (key, value)
+        pairs, in order (``item_runs``' pairs as lists)."""
+        for _count, pairs in self.item_runs(start, stop, snapshot=snapshot, reverse=reverse,
+                                            values=values):
+            yield pairs if type(pairs) is list else list(pairs)
+
+    def item_runs(self, start=None, stop=None, *, snapshot: Snapshot = _see_all_live,
+                  reverse: bool = False, values: bool = True) -> Iterator[tuple[int, Iterable]]:
+        """``items`` as (count, pairs): ``count`` > 0 pairs, in order, as a list or a lazy
+        iterable of fresh tuples, copied out of the pages already (no page is pinned or
+        locked while the caller holds them). With an ``XidSnapshot`` (or the default) a
+        forward scan takes a read-stream run of up to ``RUN_PAGES_MAX`` leaves per C call
+        (``_leaf_pages``); a reverse one a leaf per ``extract_cut`` call; neither takes a
+        Python step per entry."""
         start = None if start is None else _check_key(start)
         stop = None if stop is None else _check_key(stop)
         if snapshot is _see_all_live:
             snapshot = _SEE_ALL_LIVE_DATA
         with self._reading():
-            pages = self._leaf_pages_reverse(start, stop, snapshot, values) if reverse \
-                else self._leaf_pages(start, stop, snapshot, values)
+            if reverse:
+                pages = ((len(pairs), pairs, overflow) for pairs, overflow in
+                         self._leaf_pages_reverse(start, stop, snapshot, values))
+            else:
+                pages = self._leaf_pages(start, stop, snapshot, values)
             read_overflow = self._read_overflow
-            for pairs, overflow in pages:
+            for count, pairs, overflow in pages:
                 if overflow:  # after the leaf's lock is gone: read the values out of line
                     pairs = [(k, read_overflow(v)) if type(v) is OverflowRef else (k, v)
                              for k, v in pairs]
-                if pairs:
-                    yield pairs
+                if count:
+                    yield count, pairs
 
     def _visible(self, page, first: int, snapshot: Snapshot) -> list[int]:
         if isinstance(snapshot, XidSnapshot):
@@ -1472,9 +1486,10 @@ class BTree:
         return out
 
     def _leaf_pages(self, start: bytes | None, stop: bytes | None, snapshot: Snapshot,
-                    values: bool) -> Iterator[tuple[list[tuple], bool]]:
-        """(pairs, any out of line) per leaf from the one holding ``start`` rightwards; a
-        pair's value is bytes, an OverflowRef, or None without ``values``."""
+                    values: bool) -> Iterator[tuple[int, Iterable[tuple], bool]]:
+        """(count, pairs, any out of line) per leaf or run of leaves from the one holding
+        ``start`` rightwards; a pair's value is bytes, an OverflowRef (in a list), or None
+        without ``values``."""
         if isinstance(snapshot, XidSnapshot):
             xmax, own, excluded = snapshot
 
@@ -1482,8 +1497,11 @@ class BTree:
                 # Searched on every page, not only the first: the leaf the parent level
                 # named may have split since, moving the start to a page after it.
                 flags, flat, cut = extract_cut(page, start, stop, xmax, own, excluded, values)
-                return _cut_pairs(flags, flat, cut, values), bool(flags & EXTRACT_DONE)
+                pairs, overflow = _cut_pairs(flags, flat, cut, values)
+                return (len(pairs), pairs, overflow), bool(flags & EXTRACT_DONE)
 
+            if C_EXTRACT_RUN and self.bufmgr.seq is not None:
+                return self._leaf_runs(start, stop, snapshot, values, visit)
             return self._walk_leaves(start or b"", visit, stop)
 
         def visit_py(block: int, page, special: Special) -> tuple[tuple, bool]:
@@ -1493,14 +1511,108 @@ class BTree:
             for off in self._visible(page, first, snapshot):
                 e = unpack_entry(bt_item(page, off))
                 if stop is not None and e.key >= stop:
-                    return _entry_pairs(out, values), True
+                    pairs, overflow = _entry_pairs(out, values)
+                    return (len(pairs), pairs, overflow), True
                 out.append(e)
             # Everything to the right is >= the high key: done once that reaches stop.
             done = stop is not None and special.next != P_NONE and \
                 unpack_pivot(bt_item(page, 1)).key >= stop
-            return _entry_pairs(out, values), done
+            pairs, overflow = _entry_pairs(out, values)
+            return (len(pairs), pairs, overflow), done
 
         return self._walk_leaves(start or b"", visit_py, stop)
+
+    def _leaf_runs(self, start: bytes | None, stop: bytes | None, snapshot: XidSnapshot,
+                   values: bool, visit) -> Iterator[tuple[int, Iterable[tuple], bool]]:
+        """``_walk_leaves`` for a forward scan with a snapshot as data, a run of leaves at
+        a time: the read stream (fed as ``_walk_leaves``' is) hands over up to
+        ``RUN_PAGES_MAX`` pinned leaves in one call; they are copied out of the pool in one
+        C call under their change counters (storage/bufmgr.py invariant 8; a page a writer
+        holds is copied under its share lock instead) and unpinned at once; then one
+        ``extract_run`` call takes the copies that continue the right-link chain as live
+        leaves with inline values and yields their pairs as one batch. A page it leaves is
+        looked at alone as ``_walk_leaves`` does (``visit`` on the copy when it is the
+        right-link expected; else the leaves in between and the page itself read
+        directly), and the run goes on after it. Right-links stay the authority."""
+        bm = self.bufmgr
+        xmax, own, excluded = snapshot
+        feed = _LeafFeed(self, start or b"", stop)
+        expected: int | None = None  # the right-link of the leaf just visited
+        # The scan's own copy area (not per thread: the scan pauses at every yield, and
+        # another scan in this thread may run meanwhile).
+        copy = _ffi.new("uint8_t[]", RUN_PAGES_MAX * BLCKSZ)
+        view = memoryview(_ffi.buffer(copy))
+        cbufs = _ffi.new("uint32_t[]", RUN_PAGES_MAX)
+        block_of = bm.block_of
+        bulk = bm.smgr.nblocks(self.rel, self.fork) > bm.nbuffers // BULK_SCAN_POOL_DIVISOR
+        with ReadStream(bm, self.rel, self.fork, feed, bulk_read=bulk) as stream:
+            while True:
+                bufs = stream.next_buffers(RUN_PAGES_MAX)
+                if not bufs:
+                    break
+                n = len(bufs)
+                try:
+                    blocks = [tag[2] for tag in map(block_of, bufs)]
+                    cbufs[0:n] = bufs
+                    k = _lib.slk_seq_copy_pages(bm.c_pool, bm.seq, bm.nbuffers, cbufs, n, copy)
+                    for j in range(k, n):  # a writer held it: copy it under its share lock
+                        bm.lock_shared(bufs[j])
+                        try:
+                            view[j * BLCKSZ:(j + 1) * BLCKSZ] = bm.page(bufs[j])
+                        finally:
+                            bm.unlock_shared(bufs[j])
+                finally:
+                    bm.unpin_many(bufs)
+                i = 0
+                while i < n:
+                    taken, done, nxt, count, pairs = extract_run(
+                        copy, i, blocks, expected, start, stop, xmax, own, excluded, values)
+                    if count:
+                        yield count, pairs, False
+                    if taken:
+                        i += taken
+                        expected = nxt
+                        if done or nxt == P_NONE:
+                            return
+                        continue
+                    block = blocks[i]
+                    page = view[i * BLCKSZ:(i + 1) * BLCKSZ]
+                    i += 1
+                    special = self._special(page, block)
+                    if expected is None or expected == block:
+                        if special.flags & BTP_DELETED:  # unlinked since the parent listed it
+                            expected = special.next
+                            continue
+                        result, end, nxt = self._visit_page(block, page, special, visit)
+                    else:
+                        if special.flags & BTP_DELETED:
+                            continue
+                        while expected != block:  # leaves the parent did not list yet
+                            if expected == P_NONE:
+                                raise self._corrupt(block, "leaf named by the parent level is "
+                                                           "not on the leaf level's right-link "
+                                                           "chain")
+                            result, end, nxt = self._visit_read(expected, visit)
+                            if result is not _SKIP:
+                                yield result
+                            if end:
+                                return
+                            expected = nxt
+                        result, end, nxt = self._visit_read(block, visit)
+                    if result is not _SKIP:
+                        yield result
+                    if end or nxt == P_NONE:
+                        return
+                    expected = nxt
+        # The parent level ran out before the leaf level did (the last leaf it listed has
+        # split since): follow the right-links.
+        while expected is not None and expected != P_NONE:
+            result, end, nxt = self._visit_read(expected, visit)
+            if result is not _SKIP:
+                yield result
+            if end:
+                return
+            expected = nxt
 
     def _walk_leaves(self, key: bytes, visit, stop: bytes | None = None) -> Iterator:
         """Visit the leaves from the one where ``key`` belongs rightwards, in right-link

@@ -61,7 +61,7 @@ _FMT_BYTES_PER_PAGE = 10 * (BLCKSZ // 4) + 1   # 10 format characters an entry, 
 _STRUCTS_MAX = 64         # cached Struct objects of (key length, value length)
 _FIRST = operator.itemgetter(0)
 _tls = threading.local()
-_structs: dict[tuple[int, int], struct.Struct] = {}
+_structs: dict[tuple[int, int, bool], struct.Struct] = {}
 
 RunResult = tuple[int, bool, int, int, Iterable[tuple]]
 
@@ -118,12 +118,14 @@ def _arrays(npages: int):
     return tls
 
 
-def _struct(klen: int, vlen: int) -> struct.Struct:
-    got = _structs.get((klen, vlen))
+def _struct(klen: int, vlen: int, values: bool) -> struct.Struct:
+    """The Struct of one entry: key and value (``values``), or key alone."""
+    got = _structs.get((klen, vlen, values))
     if got is None:
         if len(_structs) >= _STRUCTS_MAX:
             _structs.clear()
-        got = _structs[(klen, vlen)] = struct.Struct(f"{klen}s{vlen}s" if vlen else f"{klen}s")
+        got = _structs[(klen, vlen, values)] = struct.Struct(
+            f"{klen}s{vlen}s" if values else f"{klen}s")
     return got
 
 
@@ -158,7 +160,7 @@ def extract_run(pages, first: int, blocks: Sequence[int], expect: int | None,
     if not count:
         return taken, done, nxt, 0, ()
     if flags & _RUN_UNIFORM and klen + vlen:
-        pairs = _struct(klen, vlen).iter_unpack(_ffi.buffer(tls.dst, nbytes)[:])
+        pairs = _struct(klen, vlen, values).iter_unpack(_ffi.buffer(tls.dst, nbytes)[:])
         if not values:
             pairs = zip(map(_FIRST, pairs), itertools.repeat(None))
         return taken, done, nxt, count, pairs

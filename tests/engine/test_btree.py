@@ -247,15 +247,25 @@ def test_range_scans_forward_and_reverse(env):
 
 def test_abandoned_scans_release_their_pins(env):
     """A scan (forward or reverse) stopped after a few items and dropped leaves no buffer
-    pinned: the read stream's look-ahead pins and the held-back buffer are released."""
+    pinned: the read stream's look-ahead pins and the held-back buffer are released.
+    Before the forward scan the leaves are dropped from the pool (written, then forgotten),
+    so its stream has reads in flight ahead of it (a forward scan copies the leaves it was
+    handed and unpins them at once: a stream with no reads in flight pins nothing between
+    runs)."""
     t = env.tree
     for i in range(3000):
         t.insert(b"%06d" % i, bytes(60), 2)
-    for reverse in (False, True):
+    for reverse in (True, False):
+        if not reverse:
+            env.bm.flush_all()
+            env.bm.drop_relation_buffers(REL)
         it = t.items(reverse=reverse, values=False)
         got = [next(it)[0] for _ in range(500)]
         assert got == sorted(got, reverse=reverse)
-        assert not no_pins(env.bm)  # the stream is reading ahead
+        if reverse or env.aio.method.name != "sync":
+            # the stream is reading ahead (with sync on buffered files it only advises the
+            # kernel, and a forward scan unpins each run it was handed at once)
+            assert not no_pins(env.bm)
         it.close()
         assert no_pins(env.bm)
 

@@ -20,17 +20,17 @@ few_keys = st.sampled_from([b"", b"a", b"ab", b"b", b"ba", b"bb", b"c", b"\xff"]
 xids = st.integers(1, 40)
 
 
-def leaf(entries, high, nxt: int, flags: int, uniform: bool) -> bytes:
+def leaf(entries, high, nxt: int, flags: int, uniform: int | None) -> bytes:
     """A leaf of ``entries`` [(key, xmin, xmax, out_of_line)] in tree order, high key
-    ``high`` (key) or none, right-link ``nxt``; payloads of one length when ``uniform``
-    (keys then padded to 2 bytes), else of a length that varies with xmin."""
+    ``high`` (key) or none, right-link ``nxt``; payloads of ``uniform`` bytes (keys then
+    padded to 2 bytes), or with None of a length that varies with xmin."""
     seen = {}
     for k, xmin, xmax, ool in entries:
-        key = k.ljust(2, b"_") if uniform else k
+        key = k if uniform is None else k.ljust(2, b"_")
         seen.setdefault((key, xmin), (xmax, ool))
     items = [bp.pack_entry(k, xmin, seen[(k, xmin)][0],
                            bp.ENTRY_OVERFLOW if seen[(k, xmin)][1] else 0,
-                           b"p" * (5 if uniform else xmin % 7))
+                           b"p" * (xmin % 7 if uniform is None else uniform))
              for k, xmin in sorted(seen, key=lambda e: (e[0], -e[1]))]
     if high is not None:
         items.insert(0, bp.pack_pivot(high, 3, 0))
@@ -48,7 +48,7 @@ pages_st = st.lists(
     min_size=1, max_size=5)
 
 
-def build_run(spec, uniform: bool):
+def build_run(spec, uniform: int | None):
     blocks = [10 + 3 * k for k in range(len(spec))]
     pages = []
     for k, (entries, high, kind, rightmost) in enumerate(spec):
@@ -64,7 +64,7 @@ def build_run(spec, uniform: bool):
 
 @needs_c
 @settings(max_examples=300, deadline=None)
-@given(spec=pages_st, uniform=st.booleans(), start=st.one_of(st.none(), few_keys),
+@given(spec=pages_st, uniform=st.sampled_from([None, 0, 5]), start=st.one_of(st.none(), few_keys),
        stop=st.one_of(st.none(), few_keys), snap_xmax=st.integers(1, 45),
        own=st.integers(0, 45), excluded=st.sets(xids, max_size=8), values=st.booleans(),
        expect_first=st.booleans(), first=st.integers(0, 2))
@@ -84,7 +84,7 @@ def test_c_extract_run_equals_reference(spec, uniform, start, stop, snap_xmax, o
 
 
 @settings(max_examples=200, deadline=None)
-@given(spec=pages_st, uniform=st.booleans(), start=st.one_of(st.none(), few_keys),
+@given(spec=pages_st, uniform=st.sampled_from([None, 0, 5]), start=st.one_of(st.none(), few_keys),
        stop=st.one_of(st.none(), few_keys), snap_xmax=st.integers(1, 45),
        values=st.booleans())
 def test_reference_is_one_leaf_extraction_along_the_chain(spec, uniform, start, stop,
@@ -119,8 +119,8 @@ def test_reference_is_one_leaf_extraction_along_the_chain(spec, uniform, start, 
 def test_c_extract_run_leaves_a_damaged_page_to_the_caller():
     """A page the C reader cannot read safely (pd_lower past the special space) is not
     taken: the run stops before it, with the pages before it extracted."""
-    good = leaf([(b"a", 1, 0, False)], b"b", 11, bp.BTP_LEAF, True)
-    bad = bytearray(leaf([(b"c", 1, 0, False)], None, 0, bp.BTP_LEAF, True))
+    good = leaf([(b"a", 1, 0, False)], b"b", 11, bp.BTP_LEAF, 5)
+    bad = bytearray(leaf([(b"c", 1, 0, False)], None, 0, bp.BTP_LEAF, 5))
     bad[14:16] = (BLCKSZ).to_bytes(2, "little")
     got = sr.extract_run(good + bytes(bad), 0, [10, 11], None, None, None, 5, 0, (), True)
     assert got[:4] == (1, False, 11, 1)

@@ -104,6 +104,31 @@ def test_batches_of_a_cached_range_come_whole(rel):  # noqa: F811
     assert pinned_blocks(bm) == {}
 
 
+@pytest.mark.parametrize("kind", ["callable", "iter"])
+def test_batches_of_cached_consecutive_blocks_come_whole_from_any_source(rel, kind):  # noqa: F811
+    """An all-cached stream over a callable (or iterator) source of runs of consecutive
+    blocks (0..29, then 40..63) in batches of 16 (io_combine_limit 8) settles on the fast
+    path and then hands out a run of up to 8 consecutive blocks per call (a full 8 at
+    least twice, none longer; past a first buffer queued before, each batch one run: none
+    across the gap from 29 to 40); the blocks come back in source order."""
+    smgr, aio = rel
+    bm = BufferManager(smgr, aio, shared_buffers=128, io_combine_limit=8)
+    bm.unpin_many(bm.read_buffers(REL, Fork.MAIN, 0, NBLOCKS))
+    source = list(range(30)) + list(range(40, NBLOCKS))
+    with ReadStream(bm, REL, Fork.MAIN, make_source(kind, source)) as stream:
+        batches = []
+        while batch := stream.next_buffers(16):
+            batches.append([bm.block_of(b)[2] for b in batch])
+            bm.unpin_many(batch)
+    assert [b for batch in batches for b in batch] == source
+    sizes = [len(b) for b in batches]
+    assert max(sizes) <= 9 and sizes.count(8) >= 2, sizes  # (a queued buffer + a run)
+    # past a first, queued buffer, each batch is one run of consecutive blocks
+    assert all(b[i + 1] == b[i] + 1 for b in batches for i in range(1, len(b) - 1)), batches
+    assert stream.stats.fast_path_blocks >= 16
+    assert pinned_blocks(bm) == {}
+
+
 @pytest.mark.parametrize("max_ios", [0, DEFAULT_MAX_IOS])
 def test_corrupt_block_stops_the_batch_before_it(rel, max_ios):  # noqa: F811
     """A corrupt block 20 in a 0..63 scan: next_buffers hands out a prefix of blocks
