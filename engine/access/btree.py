@@ -86,6 +86,7 @@ from slonik.engine.access.btree_leafrun import (
     leaf_run,
     make_batch,
     new_runner,
+    single_batch,
 )
 from slonik.engine.access.btree_page import (
     BTP_DELETED,
@@ -2185,8 +2186,13 @@ class BTree:
         the reference to its value written out to overflow pages now (large values;
         write lock held). A batch of inline puts only takes no interpreted step per
         write; when the longest value fits beside a key of KEY_MAX_BYTES the keys' lengths
-        are not looked at."""
+        are not looked at. One inline write (an autocommit put) is one ``single_batch``."""
         n = len(keys)
+        if n == 1:
+            value = values[0]
+            if value is not None and len(value) <= VALUE_INLINE_MAX_BYTES and \
+                    LEAF_HEADER_SIZE + len(keys[0]) + len(value) <= ENTRY_MAX_BYTES:
+                return single_batch(keys[0], value, KIND_INLINE, xids[0], olds[0])
         if None not in values:
             vmax = max(map(len, values), default=0)
             if vmax <= VALUE_INLINE_MAX_BYTES and (

@@ -57,7 +57,7 @@ except ImportError:
 C_LEAF_RUN = _lib is not None
 
 __all__ = ["OLD_LOOKUP", "LOOKUP_U64", "KIND_NONE", "KIND_INLINE", "KIND_OVERFLOW", "LeafBatch",
-           "LeafRunState", "LeafRunner", "join_keys", "make_batch", "new_runner", "leaf_run", "leaf_run_py", "C_LEAF_RUN",
+           "LeafRunState", "LeafRunner", "join_keys", "make_batch", "single_batch", "new_runner", "leaf_run", "leaf_run_py", "C_LEAF_RUN",
            "STOP_END", "STOP_HIGH", "STOP_NO_OLD", "STOP_EXISTS", "STOP_NO_ROOM"]
 
 # VersionWrite.old_xmin meaning "the key's newest version whose xmin is committed, unless
@@ -135,6 +135,13 @@ def make_batch(keys: Sequence[bytes], payloads: Sequence[bytes], kinds: bytes,
     return LeafBatch(keys, payloads, bytes(kinds), xids, olds_u64, key_blob, key_at,
                      b"".join(payloads), array("Q", itertools.accumulate(map(len, payloads),
                                                                          initial=0)))
+
+
+def single_batch(key: bytes, payload: bytes, kind: int, xid: int, old: int) -> LeafBatch:
+    """``make_batch`` of one write (an autocommit put), without its joins and sums."""
+    return LeafBatch([key], [payload], bytes((kind,)), array("Q", (xid,)),
+                     array("Q", (LOOKUP_U64 if old == OLD_LOOKUP else old,)), key,
+                     array("Q", (0, len(key))), payload, array("Q", (0, len(payload))))
 
 
 class LeafRunState:

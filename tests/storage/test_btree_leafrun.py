@@ -149,6 +149,18 @@ def test_c_leaf_run_resolves_lookups_of_new_keys_itself():
     assert c[:2] == (5, lr.STOP_END) and c[5] == {3: 3}   # only "d" had a version
 
 
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(max_size=40), payload=st.binary(max_size=60), kind=st.sampled_from(
+    [lr.KIND_NONE, lr.KIND_INLINE, lr.KIND_OVERFLOW]), xid=st.integers(1, 2 ** 64 - 2),
+       old=st.one_of(st.just(lr.OLD_LOOKUP), st.integers(0, 2 ** 64 - 2)))
+def test_single_batch_equals_make_batch(key, payload, kind, xid, old):
+    """The one-write batch of an autocommit put (single_batch) is field for field the
+    batch make_batch builds from one-element columns (xids and old xmins up to 2**64-2,
+    OLD_LOOKUP included)."""
+    assert lr.single_batch(key, payload, kind, xid, old) == lr.make_batch(
+        [key], [payload], bytes([kind]), [xid], [old])
+
+
 def test_make_batch_refuses_columns_of_different_lengths():
     """A batch whose columns differ in length is refused, naming the lengths."""
     with pytest.raises(ValueError, match="different lengths"):
