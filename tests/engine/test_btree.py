@@ -1088,6 +1088,39 @@ def test_scans_by_snapshot_data_equal_scans_by_callable(env, seed):
     assert no_pins(env.bm)
 
 
+def test_forward_scan_follows_right_links_past_splits_and_unlinks_ahead(env, monkeypatch):
+    """A forward scan paused after 100 keys, while leaves ahead of it split (keys its
+    snapshot does not see go in between) and others are emptied and unlinked by vacuum
+    (keys deleted before its snapshot), goes on to return exactly the keys its snapshot
+    sees, in order, once each: the leaves its stream was fed by the parent level no longer
+    form the right-link chain, and the scan reads the leaves in between directly (counted
+    through ``_visit_read``) and steps over the unlinked ones."""
+    t = env.tree
+    for i in range(3000):
+        t.insert(b"%06d" % i, bytes(60), 1)
+    for i in range(2000, 2500):
+        t.set_xmax(b"%06d" % i, 1, 2)
+    snap = XidSnapshot(3, 0, ())   # sees xids 1 and 2
+    want = [b"%06d" % i for i in range(3000) if not 2000 <= i < 2500]
+    direct = []
+    visit_read = btree_module.BTree._visit_read
+
+    def counted(self, block, visit):
+        direct.append(block)
+        return visit_read(self, block, visit)
+
+    monkeypatch.setattr(btree_module.BTree, "_visit_read", counted)
+    it = t.items(snapshot=snap, values=False)
+    got = [next(it)[0] for _ in range(100)]
+    for i in range(1000, 1600):
+        t.insert(b"%06d5" % i, bytes(60), 5)   # invisible to the scan: splits ahead of it
+    assert t.vacuum(lambda xmin, xmax: xmax == 2).leaves_changed > 0
+    got += [k for k, _v in it]
+    assert got == want
+    assert direct, "the scan never left the stream's order"
+    assert t.check().entries == 3000 - 500 + 600 and no_pins(env.bm)
+
+
 def test_inner_page_cache_is_bounded_and_evicts_oldest(env, monkeypatch):
     """With room for only two internal pages (INNER_CACHE_PAGES_MAX patched to 2) a tree
     with more internal pages than that still answers every get, get_many and scan right,

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from slonik.aio.core import Aio
-from slonik.engine.access import btree_page
+from slonik.engine.access import btree, btree_page
 from slonik.engine.access.btree import OLD_LOOKUP, BTree, VersionWrite, XidSnapshot
 from slonik.engine.access.btree_wal import BTREE_RMGR, btree_redo
 from slonik.engine.recovery import RedoContext
@@ -269,6 +269,7 @@ def test_btree_against_dict_model_without_the_c_helpers(monkeypatch):
     no C compiler): the Python references alone keep the tree right."""
     monkeypatch.setattr(btree_page, "_lib", None)
     monkeypatch.setattr(btree_page, "_ffi", None)
+    monkeypatch.setattr(btree, "C_EXTRACT_RUN", False)   # scans walk a leaf at a time
     run_state_machine_as_test(make_machine("sync"), settings=settings(
         max_examples=10, stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow]))
