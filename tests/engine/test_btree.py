@@ -417,6 +417,35 @@ def test_cold_scan_combines_adjacent_leaves(env):
     assert no_pins(env.bm)
 
 
+def test_cold_scans_find_each_next_parent_page_read_already(env, monkeypatch):
+    """A cold scan (forward, and reverse) over a tree with several parent pages reads each
+    next parent page ahead (its read started when the feed took the page before it): when
+    the feed gets to it, the page is in the pool already (checked with ``cached`` at every
+    step of ``_visit_parent``) instead of being read synchronously behind the leaf reads
+    in flight; the keys come back in order and nothing stays pinned."""
+    t = env.tree
+    keys = [big_key(i, 900) for i in range(400)]
+    for k in keys:
+        t.insert(k, b"v", 2)
+    assert t.check().pages_per_level[-2] >= 4  # parent pages to step through
+    seen: list[bool] = []
+    visit_parent = btree_module._visit_parent
+
+    def checked(tree, block, link, take):
+        seen.append(env.bm.cached(REL, Fork.MAIN, block, 1))
+        return visit_parent(tree, block, link, take)
+
+    monkeypatch.setattr(btree_module, "_visit_parent", checked)
+    for reverse in (False, True):
+        seen.clear()
+        env.bm.flush_all()
+        env.bm.drop_relation_buffers(REL)
+        got = [k for k, _v in t.items(values=False, reverse=reverse)]
+        assert got == (keys[::-1] if reverse else keys)
+        assert len(seen) >= 3 and all(seen), seen
+    assert no_pins(env.bm)
+
+
 # ---------------------------------------------------------------------------- overflow
 
 
