@@ -9,7 +9,8 @@ and sees at most the version it makes visible. Values over ``VALUE_INLINE_MAX_BY
 out of line into overflow pages of the same relation (``OverflowRef``), read back through
 a read stream so adjacent pages combine into vectored reads. Scans, ``get_many`` and vacuum
 read leaves through read streams fed from the level above the leaves (PostgreSQL 18 has
-no such prefetch for index scans).
+no such prefetch for index scans); a forward scan copies a run of up to 16 leaves out of
+the pool and extracts their visible pairs in one C call (``btree_scanrun``).
 
 Worked example::
 
