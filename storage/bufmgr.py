@@ -1106,7 +1106,8 @@ class BufferManager:
         self._table[tag] = d.buf_id
         return d
 
-    def _read_inline(self, d: BufferDesc, rel: int, fork: int, block: int) -> int:
+    def _read_inline(self, d: BufferDesc, rel: int, fork: int, block: int,
+                     then: tuple[Callable, tuple] | None = None):
         """Read the block of ``d`` (pinned by us, READING, claimed by ``_claim_victim_locked``)
         in this thread and complete it as a read's completion callback would: verify the
         page (with this pool's ``zero_damaged_pages`` / ``ignore_checksum_failure``), set
@@ -1115,7 +1116,12 @@ class BufferManager:
         Returns the buffer pinned; on failure the pin is dropped and the error raised
         (``IOFailure`` / ``DataCorruptionError`` naming relation, fork and block). The
         preadv returns before anything can interrupt us, so no I/O pin is needed: nothing
-        writes into the page after this call gives the buffer up."""
+        writes into the page after this call gives the buffer up.
+
+        With ``then`` = (read, args) (``read_through``): once the page is VALID, still in
+        the completion's descriptor-lock section, ``read(c_pool, seq, buf, *args)`` is
+        called and our pin dropped (the held lock stands in for it, as in ``read_hit``);
+        returns what ``read`` returned instead of the pinned buffer."""
         b = d.buf_id
         t0 = time.perf_counter_ns()
         try:
@@ -1135,6 +1141,7 @@ class BufferManager:
         if problems:
             self._judge_pages(problems, [b], block, self.zero_damaged_pages,
                               self.ignore_checksum_failure, bad, zeroed, ignored)
+        result = b
         with self._lock:
             if bad:
                 d.error = bad[0][1]
@@ -1142,6 +1149,11 @@ class BufferManager:
                 d.refcount -= 1
             else:
                 self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
+                if then is not None:
+                    try:
+                        result = then[0](self.c_pool, self.seq, b, *then[1])
+                    finally:
+                        d.refcount -= 1
             self._reads += 1
             self._read_bytes += BLCKSZ
             self._read_ios += 1
@@ -1154,7 +1166,37 @@ class BufferManager:
             raise _bad_pages_error(rel, fork, block, 1, bad)
         if problems:
             _warn_damaged(rel, fork, zeroed, ignored)
-        return b
+        return result
+
+    def read_through(self, rel: int, fork: int, block: int, read: Callable, *args):
+        """``read_hit``, and on a miss ``read_buffer``'s inline read with ``read`` after it:
+        the block is read in this thread (a clean victim claimed in the same
+        descriptor-lock section as the lookup; ``_read_inline``) and ``read(c_pool, seq,
+        buf, *args)`` is called in the completion's lock section, the pin dropped there.
+        A point read's miss in two lock sections and no content lock, instead of a failed
+        ``read_hit``, ``read_buffer``'s two, a share lock and an unpin. None, without
+        calling ``read`` or reading anything, when the block is in the pool but not VALID
+        (being read elsewhere, failed), when the victim is dirty, or when the io method
+        wants every read on a handle: the caller reads it with ``read_buffer``. A failed
+        read raises as ``read_buffer``'s (nothing stays pinned). Needs the C helper
+        (``c_pool``/``seq``), as ``read_hit``'s readers do."""
+        tag = (rel, fork, block)
+        with self._lock:
+            b = self._table.get(tag)
+            if b is not None:
+                d = self.descs[b]
+                if not d.flags & BM_VALID:
+                    return None
+                if d.usage_count < BM_MAX_USAGE_COUNT:
+                    d.usage_count += 1
+                self._hits += 1
+                return read(self.c_pool, self.seq, b, *args)
+            if not self.aio.synchronous_reads_inline:
+                return None
+            d = self._claim_victim_locked((rel, int(fork), block))
+            if d is None:
+                return None
+        return self._read_inline(d, rel, fork, block, (read, args))
 
     def pin_if_valid(self, rel: int, fork: int, block: int) -> int:
         """A hit's whole ``read_buffer`` in one short call (a B+tree point read's leaf):

@@ -209,20 +209,22 @@ def _probe_unlocked(bm, rel: int, forkno: int, block: int, key: bytes):
     """(``probe_leaf_flat``'s list, the page it is about) for ``key`` on leaf ``block``,
     probed in one C call without the leaf's share lock (``slk_bt_probe_opt``: the leaf
     copied whole into this thread's scratch page while no writer held it, storage/
-    bufmgr.py invariant 8), when the leaf is in the pool; (None, None) when it is not, a
-    writer held it meanwhile, the page is one the reference must judge, or the key has
-    more versions there than the call has room for: read it locked. The call runs in one
-    descriptor-lock section (``BufferManager.read_hit``: the held lock stands in for a
-    pin and unpin). The scratch page is valid until this thread's next call (its values
-    are sliced out at once)."""
+    bufmgr.py invariant 8), when the leaf is in the pool or its miss is read inline
+    first (``BufferManager.read_through``: a clean victim, the read in this thread, the
+    probe in the completion's lock section); (None, None) when the miss needs the
+    two-step path (a dirty victim, a read in progress elsewhere), a writer held the leaf
+    meanwhile, the page is one the reference must judge, or the key has more versions
+    there than the call has room for: read it locked. The call runs in a descriptor-lock
+    section (the held lock stands in for a pin and unpin). The scratch page is valid until
+    this thread's next call (its values are sliced out at once)."""
     tls = _opt_tls
     out = getattr(tls, "out", None)
     if out is None:
         tls.copy = _ffi.new("uint8_t[]", BLCKSZ)
         tls.view = memoryview(_ffi.buffer(tls.copy))
         out = tls.out = _ffi.new("uint64_t[]", 2 + 5 * _OPT_PROBE_VERSIONS)
-    n = bm.read_hit(rel, forkno, block, _lib.slk_bt_probe_opt, key, len(key), out,
-                    _OPT_PROBE_VERSIONS, tls.copy)
+    n = bm.read_through(rel, forkno, block, _lib.slk_bt_probe_opt, key, len(key), out,
+                        _OPT_PROBE_VERSIONS, tls.copy)
     if n is not None and 0 <= n <= _OPT_PROBE_VERSIONS:
         return _ffi.unpack(out, 2 + 5 * n), tls.view
     return None, None
