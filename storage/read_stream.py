@@ -2,7 +2,10 @@
 
 The caller gives a source of block numbers (an iterable, or a callable returning the next
 block or None), optionally with per-block data, and takes pinned buffers back in the same
-order. Behind that the stream keeps a look-ahead window of reads in flight:
+order. A callable source without per-block data may also have ``next_run(limit)``: the
+next blocks while they continue one run of consecutive block numbers (at most ``limit``,
+an empty list at the end); the stream then takes a run per call instead of a block per
+call. Behind that the stream keeps a look-ahead window of reads in flight:
 
 - adjacent blocks are combined into one read of up to ``io_combine_limit`` blocks (never
   across a segment file);
@@ -144,6 +147,12 @@ class ReadStream:
         self._pending_n = 0
         self._pending_data: list[Any] = []
         self._unget: Any = None
+        # A source with next_run (and no per-block data): runs taken from it, and the blocks
+        # of the last one not queued yet (a block at a time for _next_block).
+        self._run_source: Callable[[int], list[int]] | None = None
+        if callable(blocks) and not per_buffer_data and not self._sequential:
+            self._run_source = getattr(blocks, "next_run", None)
+        self._run_ahead: list[int] = []
         self._ended = False
         self._closed = False
         self._fast_path = False
@@ -157,6 +166,8 @@ class ReadStream:
         if self._unget is not None:
             item, self._unget = self._unget, None
             return item
+        if self._run_ahead:
+            return self._run_ahead.pop(0), None
         if self._ended:
             return None
         item = self._next_source()
@@ -177,6 +188,36 @@ class ReadStream:
             return None
         self._seq_next = block + 1
         return block
+
+    def _fill_run(self, limit: int) -> bool:
+        """A run source: have the blocks of its next run at hand (taking a run of at most
+        ``limit`` when none is); False at the end. ValueError for a run that is not one of
+        consecutive non-negative block numbers."""
+        if not self._run_ahead:
+            if self._ended:
+                return False
+            run = self._run_source(limit)
+            if not run:
+                self._ended = True
+                return False
+            first = run[0]
+            if not isinstance(first, int) or first < 0 or \
+                    run != list(range(first, first + len(run))):
+                raise ValueError(f"a read stream source's next_run gave {run!r}, not a run of "
+                                 f"consecutive block numbers")
+            self._run_ahead = run
+        return True
+
+    def _take_run(self, limit: int) -> list[int]:
+        """Up to ``limit`` blocks of a run source's next run (an empty list at the end)."""
+        if not self._fill_run(limit):
+            return []
+        run = self._run_ahead
+        if len(run) > limit:
+            self._run_ahead = run[limit:]
+            return run[:limit]
+        self._run_ahead = []
+        return run
 
     # --- look-ahead ---------------------------------------------------------------------------
     def _start_pending(self) -> None:
@@ -254,6 +295,27 @@ class ReadStream:
                 self._seq_next = first + take
                 self._pending_n = have + take
                 self._pending_data.extend([None] * take)
+                continue
+            if self._run_source is not None and self._unget is None:
+                # A run source: a run of blocks per call, into (or after) the pending read.
+                if not self._fill_run(combine):
+                    self.distance = 0
+                    break
+                first = self._run_ahead[0]
+                if self._pending_n:
+                    if first != self._pending_block + self._pending_n:
+                        if self._ios_in_progress >= self.max_ios:
+                            return  # (the run stays at hand)
+                        self._start_pending()
+                        continue
+                    room = min(combine, maxcombine(self._pending_block)) - self._pending_n
+                else:
+                    room = min(combine, maxcombine(first))
+                run = self._take_run(min(room, self.distance - self.pinned - self._pending_n))
+                if not self._pending_n:
+                    self._pending_block = first
+                self._pending_n += len(run)
+                self._pending_data.extend(repeat(None, len(run)))
                 continue
             item = self._next_block()
             if item is None:
@@ -419,11 +481,17 @@ class ReadStream:
             # (a leaf walk's adjacent leaves), as many as the limit, the combine limit and
             # the pin limit take; the first block that does not continue the run waits
             # for the next call.
-            item = self._next_block()
-            k = 0 if item is None else 1
-            block = -1 if item is None else item[0]
+            room = min(limit - len(out), self.combine, self.max_pinned_buffers)
+            if self._run_source is not None and self._unget is None:
+                run = self._take_run(room)
+                k = len(run)
+                block = run[0] if k else -1
+                room = 0
+            else:
+                item = self._next_block()
+                k = 0 if item is None else 1
+                block = -1 if item is None else item[0]
             if k:
-                room = min(limit - len(out), self.combine, self.max_pinned_buffers)
                 while k < room:
                     item = self._next_block()
                     if item is None:
@@ -543,6 +611,7 @@ class ReadStream:
         self._pending_n = 0
         self._pending_data = []
         self._unget = None
+        self._run_ahead = []
         self._fast_path = False
         self._ended = False  # a callable source may produce more blocks
         self.distance = 1

@@ -643,6 +643,21 @@ class _LeafFeed:
         self.pos += 1
         return self.queue[self.pos - 1]
 
+    def next_run(self, limit: int) -> list[int]:
+        """The next blocks, as calls would give them, while they continue one run of
+        consecutive block numbers (adjacent leaves: one combined read), at most ``limit``;
+        an empty list at the end. The read stream takes a run per call this way."""
+        first = self()
+        if first is None:
+            return []
+        queue, pos = self.queue, self.pos
+        end = min(len(queue), pos + limit - 1)
+        k = pos
+        while k < end and queue[k] == first + 1 + k - pos:
+            k += 1
+        self.pos = k
+        return queue[pos - 1:k]
+
     def close(self) -> None:
         """Release the read of the next parent page started ahead, if any."""
         self.prefetch.finish()

@@ -103,8 +103,39 @@ def make_source(kind: str, items: list):
         return list(items)
     if kind == "iter":
         return (x for x in items)
+    if kind == "runs":  # a callable with next_run: a run of consecutive blocks per call
+        return _RunSource(items)
     it = iter(items)
     return lambda: next(it, None)
+
+
+class _RunSource:
+    """A callable source that also gives runs (``ReadStream``'s ``next_run``): the next
+    items while they are consecutive block numbers, at most ``limit``. With per-block data
+    the stream takes it as a plain callable."""
+
+    def __init__(self, items: list) -> None:
+        self.items = list(items)
+        self.pos = 0
+        self.runs = 0  # next_run calls that gave blocks
+
+    def __call__(self):
+        if self.pos >= len(self.items):
+            return None
+        self.pos += 1
+        return self.items[self.pos - 1]
+
+    def next_run(self, limit: int) -> list[int]:
+        first = self()
+        if first is None:
+            return []
+        run = [first]
+        while (len(run) < limit and self.pos < len(self.items)
+               and self.items[self.pos] == run[-1] + 1):
+            run.append(self.items[self.pos])
+            self.pos += 1
+        self.runs += 1
+        return run
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -115,7 +146,7 @@ def make_source(kind: str, items: list):
        max_ios=st.sampled_from([None, 0, 1, 4, 16]),
        max_pinned=st.sampled_from([None, 1, 2, 3, 8]),
        per_buffer_data=st.booleans(),
-       kind=st.sampled_from(["list", "iter", "callable", "range"]),
+       kind=st.sampled_from(["list", "iter", "callable", "range", "runs"]),
        hold=st.integers(0, 2))
 def test_stream_returns_exactly_the_blocks_in_order(rel, blocks, cached, shared_buffers,
                                                     io_combine_limit, max_ios, max_pinned,

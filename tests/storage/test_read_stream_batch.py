@@ -32,7 +32,7 @@ _block = st.integers(0, NBLOCKS - 1)
        io_combine_limit=st.integers(4, 16),
        max_ios=st.sampled_from([None, 0, 1, 4, 16]),
        per_buffer_data=st.booleans(),
-       kind=st.sampled_from(["list", "iter", "callable", "range"]),
+       kind=st.sampled_from(["list", "iter", "callable", "range", "runs"]),
        limits=st.lists(st.integers(0, 40), min_size=1, max_size=8),
        bulk_read=st.booleans())
 def test_batches_return_exactly_the_blocks_in_order(rel, blocks, cached,  # noqa: F811
@@ -104,10 +104,11 @@ def test_batches_of_a_cached_range_come_whole(rel):  # noqa: F811
     assert pinned_blocks(bm) == {}
 
 
-@pytest.mark.parametrize("kind", ["callable", "iter"])
+@pytest.mark.parametrize("kind", ["callable", "iter", "runs"])
 def test_batches_of_cached_consecutive_blocks_come_whole_from_any_source(rel, kind):  # noqa: F811
-    """An all-cached stream over a callable (or iterator) source of runs of consecutive
-    blocks (0..29, then 40..63) in batches of 16 (io_combine_limit 8) settles on the fast
+    """An all-cached stream over a callable (or iterator, or run-giving) source of runs of
+    consecutive blocks (0..29, then 40..63) in batches of 16 (io_combine_limit 8) settles
+    on the fast
     path and then hands out a run of up to 8 consecutive blocks per call (a full 8 at
     least twice, none longer; past a first buffer queued before, each batch one run: none
     across the gap from 29 to 40); the blocks come back in source order."""
@@ -115,7 +116,8 @@ def test_batches_of_cached_consecutive_blocks_come_whole_from_any_source(rel, ki
     bm = BufferManager(smgr, aio, shared_buffers=128, io_combine_limit=8)
     bm.unpin_many(bm.read_buffers(REL, Fork.MAIN, 0, NBLOCKS))
     source = list(range(30)) + list(range(40, NBLOCKS))
-    with ReadStream(bm, REL, Fork.MAIN, make_source(kind, source)) as stream:
+    src = make_source(kind, source)
+    with ReadStream(bm, REL, Fork.MAIN, src) as stream:
         batches = []
         while batch := stream.next_buffers(16):
             batches.append([bm.block_of(b)[2] for b in batch])
@@ -127,6 +129,8 @@ def test_batches_of_cached_consecutive_blocks_come_whole_from_any_source(rel, ki
     assert all(b[i + 1] == b[i] + 1 for b in batches for i in range(1, len(b) - 1)), batches
     assert stream.stats.fast_path_blocks >= 16
     assert pinned_blocks(bm) == {}
+    if kind == "runs":  # the stream took runs: a call per run, not per block
+        assert 0 < src.runs < len(source) // 4, src.runs
 
 
 @pytest.mark.parametrize("max_ios", [0, DEFAULT_MAX_IOS])
