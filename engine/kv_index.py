@@ -40,7 +40,7 @@ from slonik.engine.access.btree import (
     VacuumResult,
     XidSnapshot,
 )
-from slonik.engine.access.btree_leafrun import join_keys
+from slonik.engine.access.btree_leafrun import sorted_joined
 from slonik.engine.errors import ConflictError
 from slonik.engine.xact import Snapshot, TransactionManager
 from slonik.storage.errors import DataCorruptionError
@@ -143,12 +143,14 @@ class KVIndex:
         transaction ``snap`` does not see (first committer wins); KeyError for a blind
         delete of a missing key. Looks the keys up in one ordered pass over the tree
         (``BTree.latest_versions``) and remembers the versions found for ``apply``."""
-        joined = None
+        joined = order = values = None
         if blind:
             keys = [k for k, data in writes.items() if data is TOMBSTONE]
         else:
-            keys = sorted(writes)  # sorted once: the tree's probe and apply take them so
-            joined = join_keys(keys)  # joined once, likewise
+            # sorted and joined once (the tree's probe and apply take them so), in C; the
+            # values follow the keys' order of the write set's own order (no dict lookups)
+            order, keys, joined = sorted_joined(list(writes))
+            values = list(writes.values())
         self.operations += len(keys)
         found = self.tree.latest_versions(keys, self._xacts.is_committed, ordered=not blind,
                                           joined=joined) if keys else []
@@ -158,7 +160,7 @@ class KVIndex:
                 if not xmin or xmax:
                     raise KeyError(key)
                 olds[key] = xmin
-            self._validated = (writes, None, olds, None)
+            self._validated = (writes, None, olds, None, None)
         else:
             # Keys without a committed version (found (0, 0)) have nothing to judge: only
             # the others take an interpreted step. Old xmins by position in ``keys``.
@@ -172,7 +174,8 @@ class KVIndex:
                         f"{xmax or xmin}, which committed after this transaction started "
                         f"(first committer wins); retry the transaction")
                 old_xmins[i] = 0 if xmax else xmin
-            self._validated = (writes, keys, old_xmins, joined)
+            self._validated = (writes, keys, old_xmins, joined,
+                               list(map(values.__getitem__, order)))
 
     def apply(self, xid: int, writes: dict) -> int:
         """Write ``writes`` into the tree as ``xid`` (one batch: one WAL record per leaf run);
@@ -181,18 +184,19 @@ class KVIndex:
         found by the tree on the leaf it writes (``OLD_LOOKUP``: one descent per leaf run,
         not two). The batch goes to the tree as columns: no object per write."""
         olds: dict[bytes, int] = {}
-        keys = old_xmins = joined = None
+        keys = old_xmins = joined = values = None
         if self._validated is not None and self._validated[0] is writes:
-            _writes, vkeys, vold, vjoined = self._validated
+            _writes, vkeys, vold, vjoined, vvalues = self._validated
             if vkeys is None:
                 olds = vold
             elif len(vkeys) == len(writes):
-                keys, old_xmins, joined = vkeys, vold, vjoined
+                keys, old_xmins, joined, values = vkeys, vold, vjoined, vvalues
         self._validated = None
         if keys is None:
             keys = sorted(writes)
             old_xmins = list(map(olds.get, keys, itertools.repeat(OLD_LOOKUP)))
-        values = list(map(writes.__getitem__, keys))
+        if values is None:
+            values = list(map(writes.__getitem__, keys))
         if TOMBSTONE in values:  # a delete of a key without a version writes nothing
             self.operations += sum(1 for v, o in zip(values, old_xmins, strict=True)
                                    if v is not TOMBSTONE or o)

@@ -140,6 +140,9 @@ int slk_bt_extract_run(const uint8_t *pages, int npages, const uint32_t *blocks,
 uint32_t slk_wal_build(uint8_t *ring, uint32_t at, uint64_t xid, uint64_t prev, uint8_t rmgr,
                        uint8_t info, const char *bhdrs, uint32_t nblocks,
                        const char *payload, uint32_t plen);
+/* --- kv commit key sort --- */
+int slk_kv_sort(const uint8_t *blob, const uint64_t *at, uint32_t n, uint32_t *perm,
+                uint8_t *tmp, uint8_t *out_blob, uint64_t *out_at);
 """
 
 SOURCE = r"""
@@ -2098,6 +2101,69 @@ uint32_t slk_wal_build(uint8_t *ring, uint32_t at, uint64_t xid, uint64_t prev, 
     uint32_t crc = wal_crc_skip4(p, 4, total);
     memcpy(p + 4, &crc, 4);
     return total;
+}
+
+/* --- kv commit key sort --- (engine/access/btree_leafrun.py: sorted_joined_py is the
+ * Python reference; tests/storage/test_btree_leafrun.py compares them)
+ * The n keys joined in blob (key i is blob[at[i]..at[i+1])) sorted as Python sorts bytes
+ * (memcmp over the shorter length, then the shorter first): perm gets the key indices in
+ * that order, out_blob the keys joined in that order and out_at their n + 1 offsets.
+ * A stable bottom-up merge sort of (first 8 bytes big-endian, zero-padded; index) pairs
+ * (tmp: 2n scratch pairs, 32n bytes, 8-byte aligned): most comparisons are one integer compare on contiguous memory,
+ * equal prefixes compare the whole keys. Returns 0. */
+typedef struct { uint64_t pre; uint64_t idx; } ks_pair;
+
+static inline int ks_less(const uint8_t *blob, const uint64_t *at, const ks_pair *a,
+                          const ks_pair *b)
+{
+    if (a->pre != b->pre) return a->pre < b->pre;
+    uint64_t la = at[a->idx + 1] - at[a->idx], lb = at[b->idx + 1] - at[b->idx];
+    if (la > 8 && lb > 8) {
+        uint64_t m = la < lb ? la : lb;
+        int c = memcmp(blob + at[a->idx] + 8, blob + at[b->idx] + 8, m - 8);
+        if (c) return c < 0;
+    }
+    return la < lb;   /* equal over the shorter (the prefix pads with zeros: see below) */
+}
+
+int slk_kv_sort(const uint8_t *blob, const uint64_t *at, uint32_t n, uint32_t *perm,
+                uint8_t *tmp, uint8_t *out_blob, uint64_t *out_at)
+{
+    ks_pair *src = (ks_pair *)tmp, *dst = src + n;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t len = at[i + 1] - at[i], pre = 0;
+        const uint8_t *k = blob + at[i];
+        for (uint64_t b = 0; b < 8; b++) pre = (pre << 8) | (b < len ? k[b] : 0);
+        src[i].pre = pre;
+        src[i].idx = i;
+    }
+    for (uint64_t width = 1; width < n; width *= 2) {
+        for (uint64_t lo = 0; lo < n; lo += 2 * width) {
+            uint64_t mid = lo + width < n ? lo + width : n;
+            uint64_t hi = lo + 2 * width < n ? lo + 2 * width : n;
+            uint64_t i = lo, j = mid, k = lo;
+            if (mid >= hi || !ks_less(blob, at, &src[mid], &src[mid - 1])) {
+                memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof(ks_pair));
+                continue;   /* already in order */
+            }
+            while (i < mid && j < hi)
+                dst[k++] = ks_less(blob, at, &src[j], &src[i]) ? src[j++] : src[i++];
+            while (i < mid) dst[k++] = src[i++];
+            while (j < hi) dst[k++] = src[j++];
+        }
+        ks_pair *t = src; src = dst; dst = t;
+    }
+    uint64_t pos = 0;
+    out_at[0] = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t x = (uint32_t)src[i].idx;
+        uint64_t len = at[x + 1] - at[x];
+        perm[i] = x;
+        memcpy(out_blob + pos, blob + at[x], len);
+        pos += len;
+        out_at[i + 1] = pos;
+    }
+    return 0;
 }
 """
 

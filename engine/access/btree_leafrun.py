@@ -109,6 +109,36 @@ def join_keys(keys: Sequence[bytes]) -> tuple[bytes, array]:
     return b"".join(keys), array("Q", itertools.accumulate(map(len, keys), initial=0))
 
 
+def sorted_joined_py(keys: Sequence[bytes]) -> tuple[list[int], list[bytes],
+                                                    tuple[bytes, array]]:
+    """Reference: (order, sorted keys, their ``join_keys``) where sorted keys[i] is
+    keys[order[i]], in bytes order (ties keep their order)."""
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    skeys = list(map(keys.__getitem__, order))
+    return order, skeys, join_keys(skeys)
+
+
+def sorted_joined(keys: Sequence[bytes]) -> tuple[list[int], list[bytes],
+                                                 tuple[bytes, array]]:
+    """``sorted_joined_py``'s answer with the sort and the sorted join in one C call
+    (``slk_kv_sort``: a merge sort of (8-byte prefix, index) pairs over the keys joined
+    once), for a commit's
+    write set: no bytes comparison through the interpreter's generic compare and no
+    dict lookup per key afterwards (its values are taken by ``order``)."""
+    n = len(keys)
+    if _lib is None or not hasattr(_lib, "slk_kv_sort") or n < 2 or n >= 1 << 32:
+        return sorted_joined_py(keys)
+    blob, at = join_keys(keys)
+    perm = array("I", bytes(4 * n))
+    out_blob = bytearray(len(blob))
+    out_at = array("Q", bytes(8 * (n + 1)))
+    _lib.slk_kv_sort(blob, _ffi.from_buffer("uint64_t[]", at), n,
+                     _ffi.from_buffer("uint32_t[]", perm), _ffi.new("uint8_t[]", 32 * n),
+                     _ffi.from_buffer(out_blob), _ffi.from_buffer("uint64_t[]", out_at))
+    order = perm.tolist()
+    return order, list(map(keys.__getitem__, order)), (bytes(out_blob), out_at)
+
+
 def make_batch(keys: Sequence[bytes], payloads: Sequence[bytes], kinds: bytes,
                xids: Iterable[int], olds: Iterable[int],
                joined: tuple[bytes, array] | None = None) -> LeafBatch:

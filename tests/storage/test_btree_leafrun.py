@@ -161,6 +161,29 @@ def test_single_batch_equals_make_batch(key, payload, kind, xid, old):
         [key], [payload], bytes([kind]), [xid], [old])
 
 
+_sort_keys = st.lists(st.one_of(
+    st.binary(max_size=20),
+    st.builds(lambda p, s: p + bytes(s),
+              st.sampled_from([b"", b"\x00" * 8, b"abcdefgh", b"abc"]),
+              st.lists(st.sampled_from([0, 1, 255]), max_size=12)),
+    st.sampled_from([b"", b"\x00", b"a", b"a\x00", b"abcdefgh", b"abcdefgh\x00",
+                     b"abcdefghi", b"abcdefg\xff"])), max_size=300, unique=True)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(keys=_sort_keys)
+def test_c_key_sort_equals_reference(keys):
+    """A commit's key sort (slk_kv_sort through sorted_joined) gives the reference's order,
+    sorted keys and joined keys for distinct keys of every length around its 8-byte
+    prefix (shared prefixes, zero bytes, a key and itself plus a zero), and that order is
+    Python's bytes order."""
+    got = lr.sorted_joined(keys)
+    ref = lr.sorted_joined_py(keys)
+    assert got[0] == ref[0] and got[1] == ref[1] == sorted(keys)
+    assert got[2][0] == ref[2][0] and list(got[2][1]) == list(ref[2][1])
+
+
 def test_make_batch_refuses_columns_of_different_lengths():
     """A batch whose columns differ in length is refused, naming the lengths."""
     with pytest.raises(ValueError, match="different lengths"):
