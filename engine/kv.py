@@ -18,8 +18,8 @@ and ``in`` work on every view.
 
 A store (or an iterator over it) used after ``db.close()`` raises
 ``DatabaseClosedError``; after ``db.drop()`` of the store, ``RelationDroppedError`` (an
-iterator at its next batch at the latest: it first hands out the rest of the leaf's pairs
-it had copied out before).
+iterator at its next batch at the latest: it first hands out the rest of the batch it had
+copied out before: a leaf's pairs, or a run of up to 16 leaves' pairs).
 
 Invariants:
 1. A read never returns a version its snapshot does not see; an iteration yields keys in

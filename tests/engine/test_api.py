@@ -89,9 +89,9 @@ def test_public_names_export():
 def test_iterators_and_stores_after_close(tmp_path, io_method):
     """An items() iterator half consumed, a table scan half consumed, then close: next()
     on the scan raises DatabaseClosedError (no internal ValueError); the items() iterator
-    hands out at most the rest of the leaf whose pairs it had copied out (in order,
-    intact), then raises it too; so do kv[...], get_many, views, table.scan() and
-    table.get afterwards."""
+    hands out at most the rest of the batch it had copied out (in order, intact; a scan's
+    first batch is its first leaf), then raises it too; so do kv[...], get_many, views,
+    table.scan() and table.get afterwards."""
     db = open_db(tmp_path / "db", io_method)
     kv = db.kv("k")
     kv.update({b"%04d" % i: b"v" * 200 for i in range(2000)})

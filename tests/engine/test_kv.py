@@ -208,9 +208,10 @@ def test_snapshot_isolation_repeatable_reads(db):
 
 def test_iterators_after_a_drop_raise_by_their_next_leaf(db):
     """keys(), values() and items() iterators half consumed when their store is dropped:
-    each hands out at most the rest of the leaf it had copied out (in order, intact: a
-    200-byte value's entry takes over 220 bytes, so fewer than BLCKSZ // 220 of them),
-    then raises RelationDroppedError; a fresh iteration raises it at once."""
+    each hands out at most the rest of the batch it had copied out, here the first leaf (a
+    scan's first batch; in order, intact: a 200-byte value's entry takes over 220 bytes,
+    so fewer than BLCKSZ // 220 of them), then raises RelationDroppedError; a fresh
+    iteration raises it at once."""
     kv = db.kv("dropme")
     keys = [b"%04d" % i for i in range(2000)]
     kv.update({k: k * 50 for k in keys})
