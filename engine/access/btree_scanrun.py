@@ -35,13 +35,14 @@ from slonik.engine.access.btree_page import (
     BTP_VALID_FLAGS,
     ENTRY_OVERFLOW,
     EXTRACT_DONE,
+    LEAF_HEADER_SIZE,
     P_NONE,
     BTreePageError,
     bt_special,
     extract_leaf_py,
     gather_leaf_py,
 )
-from slonik.storage.page import BLCKSZ
+from slonik.storage.page import BLCKSZ, HEADER_SIZE, LINE_POINTER_SIZE
 
 try:
     from slonik.storage._pagecheck import ffi as _ffi
@@ -57,7 +58,11 @@ C_EXTRACT_RUN = _lib is not None
 # Leaves per call: a read stream's combined read (io_combine_limit's default of 16 blocks).
 RUN_PAGES_MAX = 16
 _RUN_UNIFORM = 8          # slk_bt_extract_run's flag: one key length, one value length
-_FMT_BYTES_PER_PAGE = 10 * (BLCKSZ // 4) + 1   # 10 format characters an entry, at most
+# Entries a well-formed leaf can hold (an empty key and value still take a header and a
+# line pointer; the special space takes 16 bytes), and the format characters they need
+# (10 an entry at most): a page with more (only a malformed one) is left to the caller.
+_ENTRIES_PER_PAGE_MAX = (BLCKSZ - HEADER_SIZE - 16) // (LEAF_HEADER_SIZE + LINE_POINTER_SIZE)
+_FMT_BYTES_PER_PAGE = 10 * _ENTRIES_PER_PAGE_MAX + 1
 _STRUCTS_MAX = 64         # cached Struct objects of (key length, value length)
 _FIRST = operator.itemgetter(0)
 _tls = threading.local()
@@ -107,7 +112,7 @@ def _arrays(npages: int):
     if getattr(tls, "npages", 0) < npages:
         tls.npages = npages
         tls.blocks = _ffi.new("uint32_t[]", npages)
-        tls.ents = _ffi.new("uint32_t[]", 4 * (BLCKSZ // 4))
+        tls.ents = _ffi.new("uint32_t[]", 4 * (BLCKSZ // LINE_POINTER_SIZE))
         tls.dst_cap = npages * BLCKSZ
         tls.dst = _ffi.new("uint8_t[]", tls.dst_cap)
         tls.fmt_cap = npages * _FMT_BYTES_PER_PAGE

@@ -125,3 +125,24 @@ def test_c_extract_run_leaves_a_damaged_page_to_the_caller():
     got = sr.extract_run(good + bytes(bad), 0, [10, 11], None, None, None, 5, 0, (), True)
     assert got[:4] == (1, False, 11, 1)
     assert list(got[4]) == [(b"a_", b"ppppp")]
+
+
+@needs_c
+def test_c_extract_run_takes_full_pages_of_tiny_entries():
+    """Three leaves packed full with 272 entries each (2- and 3-byte keys, empty values:
+    near the most entries a page holds, for which the format room per page is sized) are
+    all taken in one call, with exactly the reference's pairs."""
+    pages = []
+    for p in range(3):
+        items = [bp.pack_entry(bytes([p, i]), 1, 0, 0, b"") for i in range(256)]
+        items += [bp.pack_entry(bytes([p, 255, i]), 1, 0, 0, b"") for i in range(16)]
+        items.sort(key=bp.entry_key)
+        items.insert(0, bp.pack_pivot(bytes([p + 1]), 3, 0))
+        page = bytearray(BLCKSZ)
+        bp.bt_rebuild(page, bp.Special(0, 11 + p, 0, bp.BTP_LEAF), items)
+        pages.append(bytes(page))
+    run, blocks = b"".join(pages), [10, 11, 12]
+    got = sr.extract_run(run, 0, blocks, None, None, None, 5, 0, (), True)
+    ref = sr.extract_run_py(run, blocks, None, None, None, 5, 0, (), True)
+    assert got[:4] == ref[:4] == (3, False, 13, 3 * 272)
+    assert list(got[4]) == ref[4]
