@@ -89,6 +89,10 @@ int slk_ix_point_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
 int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
                      const uint8_t *key, uint32_t keylen, uint64_t *out, int maxv,
                      uint8_t *copy);
+/* --- KV point read in place --- */
+int slk_bt_probe_inplace(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                         const uint8_t *key, uint32_t keylen, uint64_t *out, int maxv,
+                         uint8_t *copy);
 /* --- point probe --- */
 #define SLK_IX_POINT_RIGHT ...
 int64_t slk_ix_point_right(const uint8_t *page, const uint8_t *prefix, uint32_t plen);
@@ -1342,6 +1346,125 @@ int slk_bt_probe_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
     memcpy(copy, pool + (size_t)b * BLCKSZ, BLCKSZ);
     if (!seq_same(seq, b, seen)) return SLK_OPT_RETRY;
     return slk_bt_probe(copy, key, keylen, out, maxv);
+}
+
+/* --- KV point read in place ---
+ * slk_bt_probe_opt without the whole-page copy (8 KiB from a cold pool page was most of a
+ * warm get's C time): slk_bt_probe's steps run on the pool page itself, every value that
+ * decides an address, a length or a loop bound loaded exactly once (volatile: a torn page
+ * can change between two loads) and bounds-checked before use, every loop bounded by the
+ * line-pointer count taken once; only the items of the versions reported (at most maxv)
+ * are copied to ``copy`` at their own offsets (so the caller slices values from ``copy``
+ * with the reported offsets, as after slk_bt_probe_opt), then the counter is re-checked:
+ * changed (or odd before) -> SLK_OPT_RETRY, else slk_bt_probe's answer on that page.
+ * tests/engine/test_optimistic_reads.py compares it with slk_bt_probe on random and
+ * garbled leaves. */
+static inline uint32_t vload16u(const uint8_t *p)   /* any alignment, little-endian */
+{
+    const volatile uint8_t *q = p;
+    return (uint32_t)q[0] | ((uint32_t)q[1] << 8);
+}
+
+static inline uint32_t vload8(const uint8_t *p) { return *(const volatile uint8_t *)p; }
+
+/* bt_item, the line pointer loaded once. */
+static int btv_item(const uint8_t *page, int offnum, int lower, uint32_t *off, uint32_t *len)
+{
+    uint32_t at = HEADER_SIZE + 4u * (uint32_t)(offnum - 1);
+    if (at + 4 > (uint32_t)lower) return -1;
+    uint32_t lp = once32(page + at);
+    uint32_t o = lp & 0x7fff, l = lp >> 17;
+    if (((lp >> 15) & 3) != 1 || o < HEADER_SIZE || o + l > BT_SPECIAL_AT) return -1;
+    *off = o;
+    *len = l;
+    return 0;
+}
+
+/* memcmp order of (an item's key of ikeylen bytes at a, key), bytes read once each. */
+static int btv_keycmp(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen)
+{
+    uint32_t n = alen < blen ? alen : blen;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t x = vload8(a + i), y = b[i];
+        if (x != y) return x < y ? -1 : 1;
+    }
+    return alen < blen ? -1 : alen > blen ? 1 : 0;
+}
+
+int slk_bt_probe_inplace(const uint8_t *pool, const uint32_t *seq, uint32_t b,
+                         const uint8_t *key, uint32_t keylen, uint64_t *out, int maxv,
+                         uint8_t *copy)
+{
+    uint32_t seen = __atomic_load_n(seq + b, __ATOMIC_ACQUIRE);
+    if (seen & 1) return SLK_OPT_RETRY;
+    const uint8_t *page = pool + (size_t)b * BLCKSZ;
+    int n = 0;
+    /* bt_bounds */
+    uint32_t lower = once16(page + 14);
+    uint32_t upper_special = once16(page + 18);
+    uint32_t next = once32(page + BT_SPECIAL_AT + 4);
+    uint32_t level = once32(page + BT_SPECIAL_AT + 8);
+    uint32_t flags = once16(page + BT_SPECIAL_AT + 12);
+    uint32_t pad = once16(page + BT_SPECIAL_AT + 14);
+    if (upper_special != BT_SPECIAL_AT || lower < HEADER_SIZE || lower > BT_SPECIAL_AT ||
+        (lower - HEADER_SIZE) % 4 || level != 0) {
+        n = -1;
+        goto done;
+    }
+    int count = (int)((lower - HEADER_SIZE) / 4);
+    int first = next == 0 ? 1 : 2;
+    if (!(flags & 0x1) || pad || (flags & ~0x3fu)) { n = -1; goto done; }
+    out[0] = next;
+    out[1] = 0;
+    if (flags & 0x4) { out[1] = 1; goto done; }          /* BTP_DELETED: move right */
+    int hk_same = 0;
+    if (first == 2) {
+        uint32_t off, len;
+        if (btv_item(page, 1, (int)lower, &off, &len) < 0 || len < BT_PIVOT_HDR) { n = -1; goto done; }
+        uint32_t hklen = vload16u(page + off + 13);
+        if (BT_PIVOT_HDR + hklen > len) { n = -1; goto done; }
+        int c = -btv_keycmp(page + off + BT_PIVOT_HDR, hklen, key, keylen);
+        uint64_t hxmin;
+        memcpy(&hxmin, page + off + 4, 8);
+        if (c > 0 || (c == 0 && hxmin == UINT64_MAX)) { out[1] = 1; goto done; }
+        hk_same = c == 0;
+    }
+    /* slk_bt_search(page, key, keylen, UINT64_MAX, upper=0) on a leaf */
+    int lo = first, hi = count + 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        uint32_t off, len;
+        if (btv_item(page, mid, (int)lower, &off, &len) < 0 || len < BT_LEAF_HDR) { n = -1; goto done; }
+        const uint8_t *it = page + off;
+        uint32_t ikeylen = vload16u(it + BT_LEAF_HDR - 2);
+        if (BT_LEAF_HDR + ikeylen > len) { n = -1; goto done; }
+        uint64_t ixmin;
+        memcpy(&ixmin, it, 8);
+        int c = btv_keycmp(it + BT_LEAF_HDR, ikeylen, key, keylen);
+        if (c == 0) c = ixmin > UINT64_MAX ? -1 : ixmin < UINT64_MAX ? 1 : 0;
+        if (c < 0) lo = mid + 1; else hi = mid;
+    }
+    int k;
+    for (k = lo; k <= count; k++) {
+        uint32_t off, len;
+        if (btv_item(page, k, (int)lower, &off, &len) < 0 || len < BT_LEAF_HDR) { n = -1; goto done; }
+        const uint8_t *it = page + off;
+        uint32_t ikeylen = vload16u(it + 17);
+        uint32_t eflags = vload8(it + 16);
+        if (BT_LEAF_HDR + ikeylen > len || (eflags & ~0x1u)) { n = -1; goto done; }
+        if (btv_keycmp(it + BT_LEAF_HDR, ikeylen, key, keylen) != 0) break;
+        if (n < maxv) {
+            uint64_t *v = out + 2 + 5 * n;
+            memcpy(copy + off, it, len);    /* the item, at its own offset */
+            v[0] = off; v[1] = len; memcpy(&v[2], copy + off, 8); memcpy(&v[3], copy + off + 8, 8);
+            v[4] = eflags;
+        }
+        n++;
+    }
+    if (k > count && hk_same) out[1] |= 2;
+done:
+    if (!seq_same(seq, b, seen)) return SLK_OPT_RETRY;
+    return n;
 }
 
 /* --- point probe --- (engine/index.py: point_right_py is the Python reference;

@@ -196,6 +196,10 @@ except ImportError:
 _OPT_PROBE_VERSIONS = 8   # versions the optimistic probe has room for (more: the lock)
 # A point read's one-call descent (BTree._leaf_for_point; None in an older build).
 _c_descend = getattr(_lib, "slk_bt_descend", None) if _lib is not None else None
+# A point read's leaf probe: on the pool page itself, copying only the versions' items
+# (slk_bt_probe_inplace), or the whole page copied first in an older build.
+_PROBE = (getattr(_lib, "slk_bt_probe_inplace", None) or _lib.slk_bt_probe_opt
+          if _lib is not None else None)
 # A stale descent table is rebuilt after this many point reads (a rebuild copies up to
 # INNER_CACHE_PAGES_MAX pointers: a few tens of us at most, so at most ~0.5 us a read
 # while splits keep it stale), and only for trees whose cached blocks are below this
@@ -207,11 +211,12 @@ _opt_tls = threading.local()
 
 def _probe_unlocked(bm, rel: int, forkno: int, block: int, key: bytes):
     """(``probe_leaf_flat``'s list, the page it is about) for ``key`` on leaf ``block``,
-    probed in one C call without the leaf's share lock (``slk_bt_probe_opt``: the leaf
-    copied whole into this thread's scratch page while no writer held it, storage/
-    bufmgr.py invariant 8), when the leaf is in the pool or its miss is read inline
-    first (``BufferManager.read_through``: a clean victim, the read in this thread, the
-    probe in the completion's lock section); (None, None) when the miss needs the
+    probed in one C call without the leaf's share lock (``slk_bt_probe_inplace``: the
+    leaf searched in the pool, the versions' items copied into this thread's scratch
+    page at their own offsets, all while no writer held it, storage/bufmgr.py invariant
+    8), when the leaf is in the pool or its miss is read inline first
+    (``BufferManager.read_through``: a clean victim, the read in this thread, the probe
+    in the completion's lock section); (None, None) when the miss needs the
     two-step path (a dirty victim, a read in progress elsewhere), a writer held the leaf
     meanwhile, the page is one the reference must judge, or the key has more versions
     there than the call has room for: read it locked. The call runs in a descriptor-lock
@@ -223,7 +228,7 @@ def _probe_unlocked(bm, rel: int, forkno: int, block: int, key: bytes):
         tls.copy = _ffi.new("uint8_t[]", BLCKSZ)
         tls.view = memoryview(_ffi.buffer(tls.copy))
         out = tls.out = _ffi.new("uint64_t[]", 2 + 5 * _OPT_PROBE_VERSIONS)
-    n = bm.read_through(rel, forkno, block, _lib.slk_bt_probe_opt, key, len(key), out,
+    n = bm.read_through(rel, forkno, block, _PROBE, key, len(key), out,
                         _OPT_PROBE_VERSIONS, tls.copy)
     if n is not None and 0 <= n <= _OPT_PROBE_VERSIONS:
         return _ffi.unpack(out, 2 + 5 * n), tls.view
