@@ -40,6 +40,12 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert m["cold_scan_eic1"]["runs"][0]["keys"] == 500 + auto  # effective_io_concurrency=1
     assert m["ratios"]["cold_vs_eic1"] == \
         m["cold_scan"]["keys_s"] / m["cold_scan_eic1"]["keys_s"]
+    # eic 1 and io_combine_limit 1: one 8 KiB leaf read at a time, each its own I/O
+    one_leaf = m["cold_scan_one_leaf"]["runs"][0]
+    assert one_leaf["keys"] == 500 + auto
+    assert one_leaf["read_ios"] >= m["cold_scan"]["runs"][0]["read_ios"]
+    assert m["ratios"]["cold_vs_one_leaf"] == \
+        m["cold_scan"]["keys_s"] / m["cold_scan_one_leaf"]["keys_s"]
     assert m["get_many"]["runs"][0]["keys"] % 100 == 0
     assert os.listdir(bench_dir) == []
     table = format_table(report)
