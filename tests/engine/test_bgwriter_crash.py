@@ -10,6 +10,7 @@ import random
 import time
 
 import pytest
+from slonik.engine.database import DatabaseClosedError
 
 from tests.engine import test_durability as durability
 from tests.engine.dbutil import open_db
@@ -94,3 +95,40 @@ def test_bgwriter_settings_are_validated_and_zero_turns_it_off(tmp_path, io_meth
         assert db._bufmgr.bgwriter_stats().state == "running"
         writer = db._bufmgr._bgwriter
     assert writer.state.name == "STOPPED" and not writer.thread.is_alive()
+
+
+def test_a_failed_background_write_stops_the_database_and_recovery_keeps_the_data(
+        tmp_path, io_method):
+    """The data files' writes start failing (ENOSPC) while the pool holds dirty pages and
+    nothing else runs: the background writer's failure is not swallowed — the next
+    operation raises DatabaseClosedError naming it (the writer's error is its cause) and
+    the writer is FAILED. Reopened (crash recovery from the WAL), the store holds every
+    committed write."""
+    path = str(tmp_path / "db")
+    rng = random.Random(11)
+    model: dict[bytes, bytes] = {}
+    db = open_db(path, io_method, shared_buffers=POOL, bgwriter_delay=10,
+                 bgwriter_lru_maxpages=0)
+    try:
+        _fill(db, model, rng, 3000, "a")
+        assert any(d.flags & 2 for d in db._bufmgr.descs)  # dirty pages in the pool
+
+        def broken_writev(*args, **kwargs):
+            raise OSError(28, "no space left on the data device")
+
+        db._smgr.writev = broken_writev
+        db._bufmgr.bgwriter_lru_maxpages = 100
+        db._bufmgr.start_bgwriter(on_failure=db._on_fatal)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while db._bufmgr.bgwriter_stats().state != "failed":
+            assert time.monotonic() < deadline, "the background writer did not fail"
+            time.sleep(0.01)
+        with pytest.raises(DatabaseClosedError, match="no space left") as info:
+            db.kv("s")[next(iter(model))]
+        assert isinstance(info.value.__cause__, OSError)
+    finally:
+        db.close()
+    with open_db(path, io_method, shared_buffers=POOL) as db:
+        kv = db.kv("s")
+        kv.check()
+        assert dict(kv.items()) == model
