@@ -54,6 +54,9 @@ int slk_row_layout(const uint8_t *buf, int n, const uint32_t *starts, const uint
                    int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
                    uint8_t *fixed_out, uint32_t *var_out, uint8_t *joined_out,
                    uint32_t *joined_len, uint8_t *joined_ok);
+int slk_row_bounds(const uint8_t *buf, int n, const uint32_t *starts, const uint32_t *ends,
+                   int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
+                   uint8_t *fixed_out, uint32_t *var_out);
 int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data_at,
                        const uint32_t *lens, int n, uint64_t xmin, uint16_t flags,
                        uint8_t *record_out, uint32_t *record_len);
@@ -749,7 +752,8 @@ int slk_heap_run_items(const uint8_t *buf, int npages, int visibility, uint64_t 
  * some value (the caller then slices by the bounds). joined_out needs sum(ends - starts) +
  * nvar * n bytes.
  * Returns 0; 1 when a row has a NULL (the caller decodes row by row); -1 when a row's
- * lengths do not add up (the caller decodes row by row, which raises naming the flaw). */
+ * lengths do not add up (the caller decodes row by row, which raises naming the flaw).
+ * joined_out NULL: no join (slk_row_bounds). */
 int slk_row_layout(const uint8_t *buf, int n, const uint32_t *starts, const uint32_t *ends,
                    int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
                    uint8_t *fixed_out, uint32_t *var_out, uint8_t *joined_out,
@@ -780,6 +784,7 @@ int slk_row_layout(const uint8_t *buf, int n, const uint32_t *starts, const uint
         if (pos != e) return -1;
     }
     if (nulls) return 1;
+    if (joined_out == NULL) return 0;
     uint8_t *out = joined_out;
     for (int j = 0; j < nvar; j++) {
         const uint32_t *vs = var_out + (size_t)(2 * j) * n, *ve = vs + n;
@@ -810,6 +815,19 @@ int slk_row_layout(const uint8_t *buf, int n, const uint32_t *starts, const uint
         joined_ok[j] = (uint8_t)(sep < 0 ? 0 : sep + 1);
     }
     return 0;
+}
+
+/* --- row layout of long values --- (tuple.py RowCodec.decode_run: rows whose values are
+ * long are cheaper sliced by their bounds, one bytes.decode each, than joined, decoded and
+ * split: str.split scans a character at a time, and the join is a copy more)
+ * slk_row_layout's fixed columns and var bounds, no join (nothing written to joined_*);
+ * the same results 0 / 1 / -1. */
+int slk_row_bounds(const uint8_t *buf, int n, const uint32_t *starts, const uint32_t *ends,
+                   int nb, int nfixed, const uint8_t *fixed_sizes, int nvar,
+                   uint8_t *fixed_out, uint32_t *var_out)
+{
+    return slk_row_layout(buf, n, starts, ends, nb, nfixed, fixed_sizes, nvar, fixed_out,
+                          var_out, NULL, NULL, NULL);
 }
 
 /* A new, empty page (init_page, no free line pointers) filled with heap tuples (xmin,

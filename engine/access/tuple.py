@@ -59,6 +59,8 @@ try:  # the optional C row-layout helper (storage/_pagecheck_build.py, "heap pag
 except ImportError:
     _ffi = _lib = None
 C_ROW_LAYOUT = _lib is not None  # whether RowCodec.decode_run finds row layouts in C
+# slk_row_layout without the join (long values sliced instead), when the build has it
+_ROW_BOUNDS = getattr(_lib, "slk_row_bounds", None)
 # decode_run's output arrays: every byte read back is written by slk_row_layout first, so
 # they need not be zeroed (a run's joined values are as large as the run's pages).
 _new_unzeroed = None if _ffi is None else _ffi.new_allocator(should_clear_after_alloc=False)
@@ -66,6 +68,13 @@ _new_unzeroed = None if _ffi is None else _ffi.new_allocator(should_clear_after_
 # cost (~5 us: its arrays and a pass per column) is more than a few rows' decode (~0.6 us
 # each for 4 columns); the two are equal near 12-16 rows.
 DECODE_RUN_C_MIN_ROWS = 12
+# decode_run slices the text/bytea values of a run whose rows average at least this many
+# bytes (of the run's buffer per row) by their bounds, one bytes.decode each
+# (slk_row_bounds), instead of joining, decoding and splitting them: str.split scans a
+# character at a time, so for long values the slices are cheaper (timeit, 128 KiB of
+# values: equal near 512-byte values; 1,000-byte values 28 us sliced vs 44 us split plus
+# the C join's copy and NUL search).
+DECODE_SLICE_MIN_ROW_BYTES = 512
 # layout_scratch's arrays are made for at least this many rows and bytes of row data (an
 # index scan's batch: index.INDEX_SCAN_BATCH_ENTRIES rows from up to as many pages), and
 # grown when a run needs more; one set per thread, reused (the C call writes every byte it
@@ -373,6 +382,11 @@ class RowCodec:
         sc.starts[0:n] = starts
         sc.ends[0:n] = ends
         nb, nfixed, fixed_sizes, nvar = self.layout_args
+        if nvar and len(buf) >= n * DECODE_SLICE_MIN_ROW_BYTES and _ROW_BOUNDS is not None:
+            got = _ROW_BOUNDS(_ffi.from_buffer(buf), n, sc.starts, sc.ends, nb, nfixed,
+                              fixed_sizes, nvar, sc.fixed_out, sc.var_out)
+            rows = self.rows_from_layout(buf, n, sc, sliced=True) if got == 0 else None
+            return self.decode_run_py(buf, starts, ends) if rows is None else rows
         got = _lib.slk_row_layout(_ffi.from_buffer(buf), n, sc.starts, sc.ends, nb, nfixed,
                                   fixed_sizes, nvar, sc.fixed_out, sc.var_out, sc.joined,
                                   sc.joined_len, sc.joined_ok)
@@ -392,12 +406,13 @@ class RowCodec:
         count, their sizes as a C array, variable-width column count)."""
         return self.bitmap_size, len(self._fixed), self._c_fixed_sizes, len(self._var)
 
-    def rows_from_layout(self, buf, n: int, sc) -> list[tuple] | None:
+    def rows_from_layout(self, buf, n: int, sc, *, sliced: bool = False) -> list[tuple] | None:
         """The ``n`` rows a successful ``slk_row_layout`` (result 0) laid out into the
         scratch ``sc`` (``layout_scratch``) from ``buf`` (bytes, or a cffi buffer: slices
         of it are bytes): each fixed-width column one ``memoryview.cast().tolist()``, each
         text/bytea column one decode and split of its values joined by a separator byte
-        none of them holds (or slices of ``buf``, when every ASCII byte is in some value).
+        none of them holds (or slices of ``buf``, when every ASCII byte is in some value,
+        or ``sliced``: laid out by ``slk_row_bounds``, nothing joined).
         None when a text value is not UTF-8 (decode row by row: that raises naming it)."""
         cols: list = [None] * len(self.types)
         fixed_size = self.fixed_size
@@ -419,7 +434,7 @@ class RowCodec:
                 size = joined_len[j]
                 text = self._text_var[j]
                 try:
-                    sep = joined_ok[j]   # the separator byte + 1, or 0: slice
+                    sep = 0 if sliced else joined_ok[j]  # the separator byte + 1, or 0: slice
                     if sep:
                         part = values[at:at + size]
                         cols[i] = part.decode().split(_SEP_STR[sep]) if text else \

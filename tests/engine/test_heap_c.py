@@ -1,5 +1,5 @@
 """The C heap-page helpers in storage/_pagecheck (slk_heap_run_items, slk_row_layout,
-slk_heap_fill_page) agree with their Python references (heap.run_items_py,
+slk_row_bounds, slk_heap_fill_page) agree with their Python references (heap.run_items_py,
 RowCodec.decode_run_py, heap.fill_page_py) on arbitrary pages, rows and snapshots;
 damaged input makes C hand over to the reference, which raises naming the flaw."""
 
@@ -136,19 +136,23 @@ def laid_out(encoded, gaps):
 
 
 def decode_both(codec, buf, starts, ends):
-    """decode_run (its C layout taken for runs of every length: by default short runs go
-    row by row) and the reference, each answer or its TupleFormatError."""
+    """decode_run with its values joined (slk_row_layout), decode_run with its values
+    sliced by their bounds (slk_row_bounds; by default only for rows of 512 bytes and more)
+    and the reference, each answer or its TupleFormatError; the C layout is taken for runs
+    of every length (by default short runs go row by row)."""
     out = []
-    keep = tuple_module.DECODE_RUN_C_MIN_ROWS
+    keep = tuple_module.DECODE_RUN_C_MIN_ROWS, tuple_module.DECODE_SLICE_MIN_ROW_BYTES
     tuple_module.DECODE_RUN_C_MIN_ROWS = 0
     try:
-        for f in (codec.decode_run, codec.decode_run_py):
+        for f, slice_min in ((codec.decode_run, 1 << 62), (codec.decode_run, 0),
+                             (codec.decode_run_py, 0)):
+            tuple_module.DECODE_SLICE_MIN_ROW_BYTES = slice_min
             try:
                 out.append(f(buf, starts, ends))
             except TupleFormatError as e:
                 out.append(("error", str(e)))
     finally:
-        tuple_module.DECODE_RUN_C_MIN_ROWS = keep
+        tuple_module.DECODE_RUN_C_MIN_ROWS, tuple_module.DECODE_SLICE_MIN_ROW_BYTES = keep
     return out
 
 
@@ -163,8 +167,9 @@ def test_c_decode_run_equals_reference(sr, gaps):
     columns, rows = sr
     codec = RowCodec(columns)
     buf, starts, ends = laid_out(codec.encode_many(rows), gaps)
-    c, ref = decode_both(codec, buf, starts, ends)
+    c, sliced, ref = decode_both(codec, buf, starts, ends)
     assert c == ref
+    assert sliced == ref
     assert ref == [tuple(r) for r in rows]
 
 
@@ -186,8 +191,9 @@ def test_c_decode_run_on_damaged_rows(sr, row, at, byte, cut):
             damaged[at % len(damaged)] = byte
         encoded[k] = bytes(damaged[:max(0, len(damaged) - cut)])
     buf, starts, ends = laid_out(encoded, [1])
-    c, ref = decode_both(codec, buf, starts, ends)
+    c, sliced, ref = decode_both(codec, buf, starts, ends)
     assert float_bits(c) == float_bits(ref)
+    assert float_bits(sliced) == float_bits(ref)
 
 
 def float_bits(answer):
@@ -215,8 +221,8 @@ def test_c_row_layout_joins_with_a_byte_no_value_holds(low, extra, text, n):
     rows = [(present + extra + bytes([k]), "".join(map(chr, range(min(low, 128)))) + text,
              k) for k in range(n)]
     buf, starts, ends = laid_out(codec.encode_many(rows), [3])
-    c, ref = decode_both(codec, buf, starts, ends)
-    assert c == ref == rows
+    c, sliced, ref = decode_both(codec, buf, starts, ends)
+    assert c == sliced == ref == rows
     # the separator each column was joined with, from the layout itself
     ffi, lib = tuple_module._ffi, tuple_module._lib
     sc = tuple_module.layout_scratch(n, len(buf), 2, 8)
