@@ -1,15 +1,17 @@
-"""The C record writer for ``wal.xlog.Wal`` (its ``record_writer_for`` argument).
+"""The C record writers for ``wal.xlog.Wal`` (its ``record_writer_for`` argument).
 
 ``C_RECORD_WRITER_FOR`` is None when the optional cffi module (storage/_pagecheck_build.py,
 block "wal record build") is not built; ``Wal`` then encodes every record with
-``wal.record.encode_fields`` and copies it in. It lives in the engine because wal/ may not
-import storage/ (the C module's home).
+``wal.record.encode_fields`` and copies it in with ``wal.xlog.copy_in``. It lives in the
+engine because wal/ may not import storage/ (the C module's home).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+
+from slonik.wal.walpage import WAL_PAGE_SIZE
+from slonik.wal.xlog import RecordWriters
 
 try:  # the optional C helpers (storage/_pagecheck_build.py); pure Python without them
     from slonik.storage._pagecheck import ffi as _ffi
@@ -21,14 +23,25 @@ except ImportError:  # not built (no C compiler at install time)
 __all__ = ["C_RECORD_WRITER_FOR", "c_record_writer_for"]
 
 
-def c_record_writer_for(ring) -> Callable[..., int]:
-    """The writer of records into the WAL buffers ``ring`` (a writable buffer that outlives
-    the writer, which keeps a pointer to it): ``writer(at, xid, prev_lsn, rmgr, info,
-    block_headers, nblocks, payload, len(payload))`` writes at byte ``at`` of ``ring`` what
-    ``encode_fields`` would return for those fields and image-less blocks whose
-    ``plain_block_header``s are joined in ``block_headers``, and returns its length.
-    OverflowError/TypeError (nothing written) for a field it cannot take."""
-    return functools.partial(_lib.slk_wal_build, _ffi.from_buffer(ring))
+def c_record_writer_for(ring, npages: int, wal_segment_size: int) -> RecordWriters:
+    """The writers of image-less records into the WAL buffers ``ring`` (a writable buffer
+    of ``npages`` WAL pages that outlives the writers, which keep a pointer to it) of a
+    stream with segments of ``wal_segment_size`` bytes; see ``RecordWriters``.
+
+    ``in_page(at, xid, prev_lsn, rmgr, info, block_headers, nblocks, payload,
+    len(payload))`` writes at byte ``at`` of ``ring`` what ``encode_fields`` would return
+    for those fields and blocks whose ``plain_block_header``s are joined in
+    ``block_headers``, and returns its length. ``crossing(cur, ...same fields)`` writes that
+    record at stream position ``cur`` across as many pages as it takes, page headers
+    included, as ``wal.xlog.copy_in`` does, and returns the position after it.
+    OverflowError/TypeError (nothing written) for a field they cannot take."""
+    if npages < 1 or len(ring) < npages * WAL_PAGE_SIZE:
+        raise ValueError(f"WAL buffers of {len(ring)} bytes do not hold {npages} pages "
+                         f"of {WAL_PAGE_SIZE} bytes")
+    ptr = _ffi.from_buffer(ring)
+    return RecordWriters(functools.partial(_lib.slk_wal_build, ptr),
+                         functools.partial(_lib.slk_wal_build_span, ptr, npages,
+                                           wal_segment_size))
 
 
 C_RECORD_WRITER_FOR = c_record_writer_for if _lib is not None else None

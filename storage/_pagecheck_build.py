@@ -147,6 +147,10 @@ int slk_bt_extract_run(const uint8_t *pages, int npages, const uint32_t *blocks,
 uint32_t slk_wal_build(uint8_t *ring, uint32_t at, uint64_t xid, uint64_t prev, uint8_t rmgr,
                        uint8_t info, const char *bhdrs, uint32_t nblocks,
                        const char *payload, uint32_t plen);
+uint64_t slk_wal_build_span(uint8_t *ring, uint32_t npages, uint32_t seg_size, uint64_t cur,
+                            uint64_t xid, uint64_t prev, uint8_t rmgr, uint8_t info,
+                            const char *bhdrs, uint32_t nblocks,
+                            const char *payload, uint32_t plen);
 /* --- kv commit key sort --- */
 int slk_kv_sort(const uint8_t *blob, const uint64_t *at, uint32_t n, uint32_t *perm,
                 uint8_t *tmp, uint8_t *out_blob, uint64_t *out_at);
@@ -2215,8 +2219,9 @@ int slk_bt_extract_run(const uint8_t *pages, int npages, const uint32_t *blocks,
     return total;
 }
 
-/* --- wal record build --- (wal/record.py: encode_fields is the Python reference;
- * wal/xlog.py's Wal.insert writes a record that fits in its current page with this,
+/* --- wal record build --- (wal/record.py: encode_fields is the Python reference, with
+ * wal/xlog.py's copy_in for a record crossing pages (slk_wal_build_span);
+ * wal/xlog.py's Wal.insert writes its image-less records with these,
  * engine/wal_build.py hands it over: wal/ may not import storage/) */
 /* Write one WAL record at ring + at: the 32-byte header, nblocks 16-byte block reference
  * headers as given (no full-page images), the payload, and the CRC-32C of the whole with
@@ -2242,6 +2247,88 @@ uint32_t slk_wal_build(uint8_t *ring, uint32_t at, uint64_t xid, uint64_t prev, 
     uint32_t crc = wal_crc_skip4(p, 4, total);
     memcpy(p + 4, &crc, 4);
     return total;
+}
+
+/* CRC-32C register update over p[0:len] (no inversion: the caller starts at 0xffffffff and
+ * inverts the end result). */
+static uint32_t wal_crc_more(uint32_t c, const uint8_t *p, size_t len)
+{
+#ifdef SLK_HAVE_X86
+    if (have_hw) return hw_bytes(c, p, len);
+#endif
+    return sw_bytes(c, p, len);
+}
+
+/* Write one WAL record (slk_wal_build's bytes) at stream position cur into the ring of
+ * npages WAL pages, across as many pages as it needs, as wal/xlog.py's copy_in does: a page
+ * it enters (cur itself when page-aligned) is zeroed and gets walpage.encode_page_header's
+ * header, stamped 0 (a flush stamps it), with the record's remaining length on every page
+ * after its first (continuation) and the first-in-segment flag at segment starts. Returns
+ * the stream position after the record's last byte. The caller checked the bounds
+ * (nblocks <= WAL_MAX_BLOCKS, ring room for the record and its page headers). */
+uint64_t slk_wal_build_span(uint8_t *ring, uint32_t npages, uint32_t seg_size, uint64_t cur,
+                            uint64_t xid, uint64_t prev, uint8_t rmgr, uint8_t info,
+                            const char *bhdrs, uint32_t nblocks,
+                            const char *payload, uint32_t plen)
+{
+    uint8_t hdr[WAL_RHDR];
+    uint32_t bl = nblocks * WAL_BHDR;
+    uint32_t total = WAL_RHDR + bl + plen, zero = 0;
+    memcpy(hdr, &total, 4);
+    memcpy(hdr + 4, &zero, 4);
+    memcpy(hdr + 8, &xid, 8);
+    memcpy(hdr + 16, &prev, 8);
+    hdr[24] = rmgr;
+    hdr[25] = info;
+    hdr[26] = (uint8_t)nblocks;
+    hdr[27] = 0;
+    memcpy(hdr + 28, &plen, 4);
+    uint32_t c = wal_crc_more(0xffffffffu, hdr, WAL_RHDR);
+    if (bl) c = wal_crc_more(c, (const uint8_t *)bhdrs, bl);
+    if (plen) c = wal_crc_more(c, (const uint8_t *)payload, plen);
+    c = ~c;
+    memcpy(hdr + 4, &c, 4);
+    const uint8_t *part[3] = {hdr, (const uint8_t *)bhdrs, (const uint8_t *)payload};
+    uint32_t plens[3] = {WAL_RHDR, bl, plen};
+    uint32_t k = 0, kat = 0, done = 0;       /* part k, its next byte; record bytes done */
+    uint64_t pos = cur;
+    while (done < total) {
+        uint32_t off = (uint32_t)(pos % WAL_PAGE_SIZE);
+        uint8_t *pg = ring + (size_t)((pos / WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE;
+        if (off == 0) {
+            uint16_t magic = WAL_PAGE_MAGIC, pinfo = 0;
+            uint32_t rem = done ? total - done : 0, crc;
+            uint64_t stamp = 0;
+            if (rem) pinfo |= 2u;                       /* INFO_CONTINUATION */
+            if (pos % seg_size == 0) pinfo |= 1u;       /* INFO_FIRST_IN_SEGMENT */
+            memset(pg, 0, WAL_PAGE_SIZE);
+            memcpy(pg, &magic, 2);
+            memcpy(pg + 2, &pinfo, 2);
+            memcpy(pg + 4, &rem, 4);
+            memcpy(pg + 8, &pos, 8);
+            memcpy(pg + 16, &stamp, 8);
+            memcpy(pg + 24, &seg_size, 4);
+            crc = wal_crc_skip4(pg, 28, WAL_PHDR);
+            memcpy(pg + 28, &crc, 4);
+            off = WAL_PHDR;
+            pos += WAL_PHDR;
+        }
+        uint32_t room = WAL_PAGE_SIZE - off;
+        uint32_t take = total - done < room ? total - done : room;
+        uint8_t *dst = pg + off;
+        done += take;
+        pos += take;
+        while (take) {
+            uint32_t m = plens[k] - kat;
+            if (m > take) m = take;
+            if (m) memcpy(dst, part[k] + kat, m);
+            dst += m;
+            kat += m;
+            take -= m;
+            if (kat == plens[k]) { k++; kat = 0; }
+        }
+    }
+    return pos;
 }
 
 /* --- kv commit key sort --- (engine/access/btree_leafrun.py: sorted_joined_py is the

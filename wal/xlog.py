@@ -62,6 +62,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from slonik.aio import osfile
 from slonik.aio.core import Aio
@@ -77,6 +78,7 @@ from slonik.aio.transfer import short_transfer_error
 from slonik.wal.errors import WalDiskFullError, WalError
 from slonik.wal.record import (
     MAX_BLOCK_REFS,
+    MAX_RECORD_SIZE_BYTES,
     RECORD_HEADER_SIZE,
     BlockRef,
     encode_fields,
@@ -151,6 +153,55 @@ class BlockSpec:
     hole: tuple[int, int] = (0, 0)    # (offset, end) of the page's free hole, not logged
 
 
+class RecordWriters(NamedTuple):
+    """What ``Wal(record_writer_for=f)`` gets from ``f(ring, npages, wal_segment_size)``:
+    writers of image-less records straight into the WAL buffers ``ring`` (engine/
+    wal_build.py's C ones; without them every record takes encode_fields + copy_in).
+
+    ``in_page(at, xid, prev_lsn, rmgr, info, block_headers, nblocks, payload, plen)``
+    writes encode_fields' record at byte ``at`` of the ring (it fits in its page) and
+    returns its length. ``crossing(cur, xid, prev_lsn, rmgr, info, block_headers,
+    nblocks, payload, plen)`` writes what ``copy_in(ring, npages, wal_segment_size, cur,
+    encode_fields(...))`` would and returns the stream position after the record. Both
+    raise OverflowError/TypeError, writing nothing, for a field they cannot take."""
+
+    in_page: Callable[..., int]
+    crossing: Callable[..., int] | None
+
+
+def copy_in(ring, npages: int, wal_segment_size: int, cur: int,
+            data: bytes) -> tuple[int, int]:
+    """Copy the record ``data`` into the WAL buffers ``ring`` (a writable buffer of
+    ``npages`` WAL pages) at stream position ``cur``, initialising each page it enters:
+    zeroed, with its page header (stamped 0: it proves nothing until the flush that writes
+    the page stamps it; the record's remaining length on a continuation page). Returns the
+    record's (start, end) LSN. The reference of the C writer's crossing path."""
+    n = len(data)
+    off = cur % WAL_PAGE_SIZE
+    if off and n <= WAL_PAGE_SIZE - off:  # the usual record: inside the current page
+        at = ((cur // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE + off
+        ring[at:at + n] = data
+        return cur, cur + n
+    pos = cur
+    i = 0
+    start = usable_lsn(cur)
+    while True:
+        off = pos % WAL_PAGE_SIZE
+        slot = ((pos // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE
+        if off == 0:
+            ring[slot:slot + WAL_PAGE_SIZE] = _ZERO_PAGE
+            ring[slot:slot + PAGE_HEADER_SIZE] = encode_page_header(
+                pos, n - i if i else 0, wal_segment_size, 0)
+            off = PAGE_HEADER_SIZE
+            pos += PAGE_HEADER_SIZE
+        take = min(WAL_PAGE_SIZE - off, n - i)
+        ring[slot + off:slot + off + take] = data[i:i + take]
+        i += take
+        pos += take
+        if i == n:
+            return start, pos
+
+
 @dataclass(frozen=True)
 class WalStats:
     insert_lsn: int
@@ -217,7 +268,8 @@ class Wal:
                  prev_lsn: int = 0, redo_lsn: int = 0,
                  on_segment_switch: Callable[[], None] | None = None,
                  flush_path: str | None = None,
-                 record_writer_for: Callable[[object], Callable[..., int]] | None = None) -> None:
+                 record_writer_for: Callable[[object, int, int], RecordWriters] | None = None,
+                 ) -> None:
         self.wal_dir = wal_dir
         self.aio = aio
         self.wal_segment_size = check_segment_size(wal_segment_size)
@@ -248,8 +300,12 @@ class Wal:
         self._paths: dict[int, str] = {}   # segno -> segment file path
         self._plain_refs: dict[tuple, BlockRef] = {}  # see PLAIN_BLOCK_REFS_CACHED
         self._plain_hdrs: dict[tuple, bytes] = {}     # the same, packed (record writer)
-        # Writes a record that fits in its page straight into the ring (C), or None.
-        self._writer = record_writer_for(self._ring) if record_writer_for else None
+        # Write an image-less record straight into the ring (C), or None: one that fits in
+        # its page (_writer), one that crosses pages (_spanner).
+        writers = (record_writer_for(self._ring, self.npages, self.wal_segment_size)
+                   if record_writer_for else None)
+        self._writer = writers.in_page if writers is not None else None
+        self._spanner = writers.crossing if writers is not None else None
         self._cur = align_lsn(start_lsn)   # next insert position (may be a page start)
         self._prev = prev_lsn              # start of the last inserted record
         self._flushed = start_lsn          # durable up to here
@@ -340,7 +396,7 @@ class Wal:
                                xid, self._prev, rmgr, info, hdrs, len(blocks), payload,
                                len(payload))
                     except (OverflowError, TypeError):
-                        pass   # a field out of range: the general path names it
+                        hdrs = None   # a field out of range: the general path names it
                     else:
                         self._prev = cur
                         end = cur + n
@@ -348,6 +404,10 @@ class Wal:
                         self._records += 1
                         self._record_bytes += n
                         return cur, end
+            if hdrs is not None and self._spanner is not None:
+                done = self._insert_crossing(rmgr, info, xid, payload, blocks)
+                if done is not None:
+                    return done
         while True:
             with self._insert_lock:
                 redo = self._redo
@@ -368,6 +428,52 @@ class Wal:
                     self._record_bytes += len(data)
                     if refs:
                         self._fpis += sum(1 for r in refs if r.image is not None)
+                    seg_switch = end // self.wal_segment_size != self._last_seg
+                    if seg_switch:
+                        self._last_seg = end // self.wal_segment_size
+                    break
+            # The ring is full of unflushed WAL: flush (write + sync) what is there, retry.
+            with self._flush_state:
+                self._full_flushes += 1
+            self.flush(usable_lsn(self._cur))
+        if seg_switch and self.on_segment_switch is not None:
+            self.on_segment_switch()
+        return start, end
+
+    def _insert_crossing(self, rmgr: int, info: int, xid: int, payload: bytes,
+                         blocks: Sequence[BlockSpec]) -> tuple[int, int] | None:
+        """``insert`` of an image-less record by the C crossing writer (one that crosses a
+        page, or found the ring full): the general path's ring bound and wait, without
+        building the record in Python. None, having written nothing, when the general path
+        must take it: a block now takes an image (the redo point moved), the record is
+        larger than the ring or MAX_RECORD_SIZE (that path names the error), or a field
+        is out of range."""
+        spanner = self._spanner
+        nblocks = len(blocks)
+        plen = len(payload)
+        while True:
+            with self._insert_lock:
+                hdrs = self._plain_headers(blocks, self._redo) if blocks else b""
+                if hdrs is None:
+                    return None
+                n = RECORD_HEADER_SIZE + len(hdrs) + plen
+                if n > self.wal_buffers_bytes - 3 * WAL_PAGE_SIZE or n > MAX_RECORD_SIZE_BYTES:
+                    return None
+                cur = self._cur
+                end_bound = cur + n + (n // (WAL_PAGE_SIZE - PAGE_HEADER_SIZE) + 2) \
+                    * PAGE_HEADER_SIZE
+                if end_bound <= (self._flushed - self._flushed % WAL_PAGE_SIZE
+                                 + self.wal_buffers_bytes):
+                    try:
+                        end = spanner(cur, xid, self._prev, rmgr, info, hdrs, nblocks,
+                                      payload, plen)
+                    except (OverflowError, TypeError):
+                        return None
+                    start = usable_lsn(cur)
+                    self._prev = start
+                    self._cur = align_lsn(end)
+                    self._records += 1
+                    self._record_bytes += n
                     seg_switch = end // self.wal_segment_size != self._last_seg
                     if seg_switch:
                         self._last_seg = end // self.wal_segment_size
@@ -423,35 +529,8 @@ class Wal:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _copy_in(self, cur: int, data: bytes) -> tuple[int, int]:
-        """Copy ``data`` into the ring from ``cur``, initialising each page it enters."""
-        ring = self._ringv
-        npages = self.npages
-        n = len(data)
-        off = cur % WAL_PAGE_SIZE
-        if off and n <= WAL_PAGE_SIZE - off:  # the usual record: inside the current page
-            at = ((cur // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE + off
-            ring[at:at + n] = data
-            return cur, cur + n
-        seg = self.wal_segment_size
-        pos = cur
-        i = 0
-        start = usable_lsn(cur)
-        while True:
-            off = pos % WAL_PAGE_SIZE
-            slot = ((pos // WAL_PAGE_SIZE) % npages) * WAL_PAGE_SIZE
-            if off == 0:
-                ring[slot:slot + WAL_PAGE_SIZE] = _ZERO_PAGE
-                # Stamped 0 (proves nothing) until the flush that writes the page stamps it.
-                ring[slot:slot + PAGE_HEADER_SIZE] = encode_page_header(pos, n - i if i else 0,
-                                                                        seg, 0)
-                off = PAGE_HEADER_SIZE
-                pos += PAGE_HEADER_SIZE
-            take = min(WAL_PAGE_SIZE - off, n - i)
-            ring[slot + off:slot + off + take] = data[i:i + take]
-            i += take
-            pos += take
-            if i == n:
-                return start, pos
+        """Copy ``data`` into the ring from ``cur`` (``copy_in``)."""
+        return copy_in(self._ringv, self.npages, self.wal_segment_size, cur, data)
 
     # --- flushing --------------------------------------------------------------------------------
     def flush(self, lsn: int | None = None) -> None:
