@@ -404,7 +404,15 @@ class Wal:
                         self._records += 1
                         self._record_bytes += n
                         return cur, end
-            if hdrs is not None and self._spanner is not None:
+                got: tuple | None = ()
+                if hdrs is not None and self._spanner is not None:
+                    got = self._cross_locked(rmgr, info, xid, payload, hdrs, len(blocks))
+            if got:
+                start, end, seg_switch = got
+                if seg_switch and self.on_segment_switch is not None:
+                    self.on_segment_switch()
+                return start, end
+            if got is None:   # the ring is full
                 done = self._insert_crossing(rmgr, info, xid, payload, blocks)
                 if done is not None:
                     return done
@@ -440,48 +448,58 @@ class Wal:
             self.on_segment_switch()
         return start, end
 
+    def _cross_locked(self, rmgr: int, info: int, xid: int, payload: bytes, hdrs: bytes,
+                      nblocks: int) -> tuple:
+        """Write an image-less record (``hdrs``: its joined block headers) with the C
+        crossing writer at the insert position, under the general path's ring bound.
+        Returns (start, end, segment switched); None, having written nothing, when the
+        ring has no room for it yet; () when the general path must take it (the record is
+        larger than the ring or MAX_RECORD_SIZE: that path names the error; a field out
+        of range). Caller holds the insert lock."""
+        plen = len(payload)
+        n = RECORD_HEADER_SIZE + len(hdrs) + plen
+        if n > self.wal_buffers_bytes - 3 * WAL_PAGE_SIZE or n > MAX_RECORD_SIZE_BYTES:
+            return ()
+        cur = self._cur
+        end_bound = cur + n + (n // (WAL_PAGE_SIZE - PAGE_HEADER_SIZE) + 2) * PAGE_HEADER_SIZE
+        # The slot of the page holding the flush position is still being written.
+        if end_bound > self._flushed - self._flushed % WAL_PAGE_SIZE + self.wal_buffers_bytes:
+            return None
+        try:
+            end = self._spanner(cur, xid, self._prev, rmgr, info, hdrs, nblocks, payload, plen)
+        except (OverflowError, TypeError):
+            return ()
+        start = usable_lsn(cur)
+        self._prev = start
+        self._cur = align_lsn(end)
+        self._records += 1
+        self._record_bytes += n
+        seg_switch = end // self.wal_segment_size != self._last_seg
+        if seg_switch:
+            self._last_seg = end // self.wal_segment_size
+        return start, end, seg_switch
+
     def _insert_crossing(self, rmgr: int, info: int, xid: int, payload: bytes,
                          blocks: Sequence[BlockSpec]) -> tuple[int, int] | None:
-        """``insert`` of an image-less record by the C crossing writer (one that crosses a
-        page, or found the ring full): the general path's ring bound and wait, without
-        building the record in Python. None, having written nothing, when the general path
-        must take it: a block now takes an image (the redo point moved), the record is
-        larger than the ring or MAX_RECORD_SIZE (that path names the error), or a field
-        is out of range."""
-        spanner = self._spanner
-        nblocks = len(blocks)
-        plen = len(payload)
+        """``insert`` of an image-less record that found the ring full: flush (write +
+        sync) and retry with ``_cross_locked`` until it has room, as the general path
+        does. None, having written nothing, when the general path must take it (see
+        ``_cross_locked``; or a block now takes an image: the redo point moved)."""
         while True:
             with self._insert_lock:
                 hdrs = self._plain_headers(blocks, self._redo) if blocks else b""
                 if hdrs is None:
                     return None
-                n = RECORD_HEADER_SIZE + len(hdrs) + plen
-                if n > self.wal_buffers_bytes - 3 * WAL_PAGE_SIZE or n > MAX_RECORD_SIZE_BYTES:
-                    return None
-                cur = self._cur
-                end_bound = cur + n + (n // (WAL_PAGE_SIZE - PAGE_HEADER_SIZE) + 2) \
-                    * PAGE_HEADER_SIZE
-                if end_bound <= (self._flushed - self._flushed % WAL_PAGE_SIZE
-                                 + self.wal_buffers_bytes):
-                    try:
-                        end = spanner(cur, xid, self._prev, rmgr, info, hdrs, nblocks,
-                                      payload, plen)
-                    except (OverflowError, TypeError):
-                        return None
-                    start = usable_lsn(cur)
-                    self._prev = start
-                    self._cur = align_lsn(end)
-                    self._records += 1
-                    self._record_bytes += n
-                    seg_switch = end // self.wal_segment_size != self._last_seg
-                    if seg_switch:
-                        self._last_seg = end // self.wal_segment_size
-                    break
+                got = self._cross_locked(rmgr, info, xid, payload, hdrs, len(blocks))
+            if got:
+                break
+            if got is not None:
+                return None
             # The ring is full of unflushed WAL: flush (write + sync) what is there, retry.
             with self._flush_state:
                 self._full_flushes += 1
             self.flush(usable_lsn(self._cur))
+        start, end, seg_switch = got
         if seg_switch and self.on_segment_switch is not None:
             self.on_segment_switch()
         return start, end
