@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import compress
+from itertools import chain, compress
 from operator import eq
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, XidSnapshot
@@ -701,9 +701,39 @@ class Table:
             yield run, decode_run(run.data, run.starts, run.ends)
 
     def _rows(self) -> Iterator[tuple]:
-        """``scan``'s rows in one snapshot, a run of pages per batch, checked as
-        ``_guarded`` checks them."""
-        return self._guarded(lambda snap: (rows for _run, rows in self._runs(snap, tids=False)))
+        """``scan``'s rows in one snapshot: one C-level chain over ``_scan_batches`` (the
+        rows of a run of pages each, checked per batch), no generator step per row. After
+        a close or drop the iterator hands out at most the rest of its current batch (a
+        private copy: rows of at most ``SCAN_RUN_PAGES`` pages), then raises."""
+        return chain.from_iterable(self._scan_batches())
+
+    def _scan_batches(self) -> Iterator[list[tuple]]:
+        """The decoded rows of each run of pages of a scan in one read snapshot (the
+        transaction's, or a registered one released after), each batch handed out after
+        the full check (open, relation live, no fatal WAL error); an error underneath
+        reports a close or drop first, and the end of the scan checks once more."""
+        check, layer = self._check, self._layer
+        decode_run = self._codec.decode_run
+        try:
+            txn = layer.current()
+            if txn is not None and txn.snapshot is not None:
+                snap, xacts = txn.snapshot, None
+            else:
+                xacts = layer.xacts
+                snap = xacts.snapshot()
+            try:
+                for run in self._heap.scan_runs(self._xid_snapshot(snap), tids=False,
+                                                headers=False):
+                    rows = decode_run(run.data, run.starts, run.ends)
+                    check()
+                    yield rows
+            finally:
+                if xacts is not None:
+                    xacts.release(snap)
+        except Exception:
+            check()  # closed or dropped underneath: that is the error to report
+            raise
+        check()
 
     def _items(self) -> Iterator[tuple[Tid, tuple]]:
         with self._layer.read_snapshot() as snap:

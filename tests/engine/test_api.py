@@ -19,6 +19,7 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from slonik.engine.access.heap import SCAN_RUN_PAGES
 from slonik.storage.page import BLCKSZ
 
 import slonik
@@ -87,10 +88,11 @@ def test_public_names_export():
 # --- after close ------------------------------------------------------------------------------
 
 def test_iterators_and_stores_after_close(tmp_path, io_method):
-    """An items() iterator half consumed, a table scan half consumed, then close: next()
-    on the scan raises DatabaseClosedError (no internal ValueError); the items() iterator
-    hands out at most the rest of the batch it had copied out (in order, intact; a scan's
-    first batch is its first leaf), then raises it too; so do kv[...], get_many, views,
+    """An items() iterator half consumed, a table scan half consumed, then close: each
+    hands out at most the rest of the batch it had copied out (in order, intact; an
+    items() scan's first batch is its first leaf, a table scan's its first run of up to
+    SCAN_RUN_PAGES heap pages: a 200-byte row takes over 220 bytes of a page), then
+    raises DatabaseClosedError (no internal ValueError); so do kv[...], get_many, views,
     table.scan() and table.get afterwards."""
     db = open_db(tmp_path / "db", io_method)
     kv = db.kv("k")
@@ -110,8 +112,12 @@ def test_iterators_and_stores_after_close(tmp_path, io_method):
     # at most one leaf's worth (an entry of a 200-byte value takes over 220 bytes)
     assert len(late) < BLCKSZ // 220
     assert late == [(b"%04d" % i, b"v" * 200) for i in range(10, 10 + len(late))]
+    late_rows = []
     with pytest.raises(DatabaseClosedError):
-        next(rows)
+        for _ in range(2000):
+            late_rows.append(next(rows))
+    assert len(late_rows) < SCAN_RUN_PAGES * (BLCKSZ // 220)
+    assert late_rows == [(i, "x" * 200) for i in range(10, 10 + len(late_rows))]
     with pytest.raises(DatabaseClosedError):
         kv[b"0001"]
     with pytest.raises(DatabaseClosedError):
