@@ -88,6 +88,17 @@ def test_c_run_items_equal_reference(run, snap):
         assert ref[1] == [all_[1][k] for k in want]
 
 
+@settings(max_examples=100, deadline=None)
+@given(run=st.lists(st.one_of(pages, st.just(bytearray(BLCKSZ))), min_size=1, max_size=5))
+def test_run_free_equals_page_free(run):
+    """A scan's free-space entries for a run of pages (strided header reads, _run_free)
+    equal Heap._page_free of each page alone, for random heap pages (some all-zero, some
+    with UNUSED slots), runs of 1..5 pages."""
+    data = b"".join(bytes(p) for p in run)
+    want = [hp.Heap._page_free(memoryview(bytes(p))) for p in run]
+    assert hp._run_free(data, len(run)) == want
+
+
 @needs_c
 @settings(max_examples=200, deadline=None)
 @given(page=pages, at=st.integers(14, BLCKSZ - 1), byte=st.integers(0, 255))
