@@ -15,7 +15,10 @@ call. Behind that the stream keeps a look-ahead window of reads in flight:
 - the look-ahead runs once the window has room for ``LOOK_AHEAD_BATCH_IOS`` full combined
   reads (or half the window, when smaller), and the reads it starts are submitted
   together (``aio.batch()``: one io_uring_enter, one worker wake-up);
-  a ``range`` source is followed by a cursor, a whole run at a time;
+  a ``range`` source is followed by a cursor, a whole run at a time, and once the window
+  holds four such batches it starts a batch (up to ``LOOK_AHEAD_BATCH_IOS`` combined
+  reads) with one ``start_read_buffers`` call, which splits its reads at
+  ``io_combine_limit``;
 - an all-cached stream falls into a fast path that pins one block at a time with no
   look-ahead machinery;
 - ``bulk_read=True`` (a large sequential scan) gives the stream a BULKREAD ring
@@ -273,6 +276,13 @@ class ReadStream:
 
     def _look_ahead_batched(self) -> None:
         combine, maxcombine = self.combine, self.bufmgr.smgr.maxcombine
+        if self._sequential:
+            # A range source starts up to LOOK_AHEAD_BATCH_IOS combined reads with one
+            # start_read_buffers call (the buffer manager splits its reads at
+            # io_combine_limit), while the window holds four such calls: a call's fixed
+            # cost (the operation, a descriptor-lock section, a wait) is paid per few reads.
+            combine = max(combine, min(self._batch_blocks,
+                                       self.distance // 4 // combine * combine))
         while self._ios_in_progress < self.max_ios and self.pinned + self._pending_n < self.distance:
             if self._pending_n and self._pending_n >= min(combine, maxcombine(self._pending_block)):
                 self._start_pending()
