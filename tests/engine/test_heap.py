@@ -25,6 +25,7 @@ from slonik.engine.access.heap import (
     XLOG_HEAP_OPMASK,
     XLOG_HEAP_PRUNE,
     XLOG_HEAP_UPDATE,
+    FreeSpaceMap,
     Heap,
     HeapTuple,
     Tid,
@@ -686,3 +687,34 @@ def test_bulk_insert_leaves_the_garbage_collector_as_it_was(env, collector_on):
     finally:
         gc.enable()
     assert no_pins(env.bm)
+
+
+FREE = st.integers(0, 8000)
+
+
+@settings(max_examples=150, deadline=None)
+@given(initial=st.lists(FREE, max_size=30),
+       ops=st.lists(st.tuples(st.booleans(), st.integers(0, 40), FREE, st.integers(-1, 40)),
+                    max_size=30))
+def test_free_space_map_equals_a_list_model(initial, ops):
+    """A FreeSpaceMap built from a scan's list (its order sorted on first use) and then
+    set / find at random agrees with a plain list: get and len after every set (blocks
+    beyond the end filled as full), and find(need, exclude) gives a block other than
+    ``exclude`` with the most free space, or None exactly when no such block has ``need``."""
+    fsm = FreeSpaceMap(initial)
+    model = list(initial)
+    for is_set, block, free, exclude in ops:
+        if is_set:
+            fsm.set(block, free)
+            model.extend([0] * (block + 1 - len(model)))
+            model[block] = free
+            assert len(fsm) == len(model)
+            assert [fsm.get(b) for b in range(len(model))] == model
+        else:
+            got = fsm.find(free, exclude)
+            best = max((f for b, f in enumerate(model) if b != exclude), default=-1)
+            if best < free:
+                assert got is None
+            else:
+                assert got is not None and got != exclude and model[got] == best
+    assert fsm.total_free() == sum(model)
