@@ -154,9 +154,11 @@ def _fresh_page_room() -> int:
 
 _EMPTY_PAGE_ROOM = _fresh_page_room()  # bytes for items and line pointers on a new page
 _TUPLE_MIN_COST = TUPLE_HEADER_SIZE + LINE_POINTER_SIZE  # page bytes of a tuple beyond its data
-# Pages a scan takes from its read stream per step (128 KiB, one io_combine_limit's worth
-# by default): one lock/copy/unpin call, one C call for the tuples, one row decode per run.
-SCAN_RUN_PAGES = 16
+# Pages a scan takes from its read stream per step (512 KiB: the LOOK_AHEAD_BATCH_IOS
+# combined reads a range stream starts per call, by default): one copy/unpin call, one C
+# call for the tuples, one row decode per run. 64 instead of 16: ~5-10% less CPU per cold
+# 1,000-byte-row table scan (A/B in one process, io_uring and worker).
+SCAN_RUN_PAGES = 64
 _PAGE_LPS_MAX = (BLCKSZ - HEADER_SIZE) // LINE_POINTER_SIZE  # line pointers a page can hold
 _U32_MAX = (1 << 32) - 1
 # Pages a bulk insert adds to the relation at once (one zero-extension write, one pin and
@@ -979,7 +981,9 @@ class Heap:
         rel, fork = self.rel, int(self.fork)
         n = self.nblocks()
         free = [] if self._fsm is None else None
-        reader = None if _lib is None else _RunReader(run_pages, snapshot)
+        # (output arrays for the runs this scan can have: a small table's scan allocates
+        # for its own pages, not for a whole run)
+        reader = None if _lib is None else _RunReader(max(1, min(run_pages, n)), snapshot)
         wanted = (tids, tids, True, True, headers, headers, headers)
         block = 0
         # A scan larger than the pool (it cannot stay cached anyway) reads through a

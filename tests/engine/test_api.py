@@ -98,7 +98,7 @@ def test_iterators_and_stores_after_close(tmp_path, io_method):
     kv = db.kv("k")
     kv.update({b"%04d" % i: b"v" * 200 for i in range(2000)})
     t = db.create_table("t", [("id", "int8"), ("pad", "text")])
-    t.insert_many([(i, "x" * 200) for i in range(2000)])
+    t.insert_many([(i, "x" * 200) for i in range(6000)])  # ~180 pages: several runs
     items = iter(kv.items())
     rows = t.scan()
     assert [next(items) for _ in range(10)][0] == (b"0000", b"v" * 200)
@@ -114,7 +114,7 @@ def test_iterators_and_stores_after_close(tmp_path, io_method):
     assert late == [(b"%04d" % i, b"v" * 200) for i in range(10, 10 + len(late))]
     late_rows = []
     with pytest.raises(DatabaseClosedError):
-        for _ in range(2000):
+        for _ in range(6000):
             late_rows.append(next(rows))
     assert len(late_rows) < SCAN_RUN_PAGES * (BLCKSZ // 220)
     assert late_rows == [(i, "x" * 200) for i in range(10, 10 + len(late_rows))]

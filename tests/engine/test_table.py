@@ -184,13 +184,13 @@ def test_scan_after_drop_ends_with_its_batch(db):
     RelationDroppedError; a fresh scan raises it at once."""
     t = db.create_table("gone", [("id", "int8"), ("pad", "text")])
     with db.transaction():
-        t.insert_many([(i, "x" * 200) for i in range(3000)])
+        t.insert_many([(i, "x" * 200) for i in range(6000)])  # ~180 pages: several runs
     rows = t.scan()
     assert [next(rows) for _ in range(10)] == [(i, "x" * 200) for i in range(10)]
     db.drop("gone")
     late = []
     with pytest.raises(RelationDroppedError):
-        for _ in range(3000):
+        for _ in range(6000):
             late.append(next(rows))
     assert len(late) < SCAN_RUN_PAGES * (BLCKSZ // 220)
     assert late == [(i, "x" * 200) for i in range(10, 10 + len(late))]
