@@ -33,8 +33,11 @@ def test_large_scan_after_load_writes_at_most_a_ring(tmp_path, io_method):
     model, and the scan wrote at most two rings' worth of buffers (the ring's clock-sweep
     victims as it fills and the slots it replaces; the ring is BULK_READ_RING_MIN = 32
     here), under half the dirty buffers a scan through the whole pool would evict and
-    write. A second scan sees the same pairs."""
-    with Database.open(tmp_path / "db", io_method=io_method, shared_buffers=POOL) as db:
+    write. A second scan sees the same pairs. The background writer is off
+    (bgwriter_lru_maxpages=0): the test counts the ring's own writes, and a writer cleaning
+    the pool between the load and the dirty count would make that count race."""
+    with Database.open(tmp_path / "db", io_method=io_method, shared_buffers=POOL,
+                       bgwriter_lru_maxpages=0) as db:
         model = _load(db, KEYS)
         kv = db.kv("k")
         bm = db._bufmgr
