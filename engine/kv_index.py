@@ -95,9 +95,9 @@ class KVIndex:
         is asked again under a registered snapshot, which sees one consistent state."""
         self.operations += 1
         if snap is not None:
-            value = self.tree.get_trusted(key, snap.visible)
+            value = self.tree.get_point(key, snap.visible)
         else:
-            value = self.tree.get_trusted(key, self._latest)
+            value = self.tree.get_point(key, self._latest)
             if value is None:
                 xacts = self._xacts
                 snap = xacts.snapshot()

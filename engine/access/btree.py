@@ -1347,6 +1347,48 @@ class BTree:
         finally:
             del readers[token]
 
+    def get_point(self, key: bytes, snapshot: Snapshot) -> bytes | None:
+        """``get_trusted`` in one frame for the common case (the KV store's point read):
+        the reader registered as ``get_trusted`` does, the leaf from a current descent
+        table (``slk_bt_descend``), the leaf probed in the pool or read inline
+        (``BufferManager.read_through`` with ``_PROBE``, as ``_probe_unlocked``), and the
+        snapshot asked of its versions newest first; an overflow value is read as
+        ``_get`` reads it. Everything else goes to ``_get`` from the start (same answer,
+        same errors): no C helper, no current table, a descent the table cannot decide,
+        a probe that needs the locked read (a dirty victim, a read elsewhere, a writer
+        meanwhile, a page the reference judges, more versions than the call has room
+        for), or versions continuing on the right sibling."""
+        table = self._descent
+        out = getattr(_opt_tls, "out", None)
+        if (out is None or _c_descend is None or table is None
+                or table[2] != self._inner_gen or table[3] != self._inner_installs):
+            return self.get_trusted(key, snapshot)  # (which counts a stale table's reads)
+        token = next(self._reader_tokens)
+        readers = self._readers
+        readers[token] = self._epoch
+        try:
+            nkey = len(key)
+            block = _c_descend(table[0], table[1], self._root, key, nkey, XMIN_MAX)
+            if block >= 0:
+                tls = _opt_tls
+                n = self.bufmgr.read_through(self.rel, self._forkno, block, _PROBE, key,
+                                             nkey, out, _OPT_PROBE_VERSIONS, tls.copy)
+                if n is not None and 0 <= n <= _OPT_PROBE_VERSIONS:
+                    v = _ffi.unpack(out, 2 + 5 * n)
+                    for i in range(2, len(v), 5):  # offset, length, xmin, xmax, eflags
+                        if snapshot(v[i + 2], v[i + 3]):
+                            off = v[i]
+                            payload = tls.view[off + LEAF_HEADER_SIZE + nkey:off + v[i + 1]]
+                            if v[i + 4] & ENTRY_OVERFLOW:  # out of line: no leaf pinned
+                                return self._read_overflow(
+                                    unpack_overflow_ref(payload.tobytes()))
+                            return payload.tobytes()
+                    if not v[1] or v[0] == P_NONE:
+                        return None  # no visible version, none further right
+            return self._get(key, snapshot)
+        finally:
+            del readers[token]
+
     def _get(self, key: bytes, snapshot: Snapshot) -> bytes | None:
         """A point read: the leaf from the cached internal pages, then one C call on it
         (``probe_leaf``: the key's versions, newest first) and the snapshot on each until
