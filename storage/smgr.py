@@ -457,14 +457,45 @@ class Smgr:
         """``readv`` of exactly one block into one ``BLCKSZ`` buffer: a buffer-pool miss
         its issuer reads inline (``BufferManager.read_buffer``). The same checks, errors
         (``DataCorruptionError`` past the end, ``IOFailure`` naming file, relation, fork
-        and block), short-read policy and counters as ``readv``, with one segment-path
-        lookup and one fd-cache round trip: ~3 us of Python instead of ~8."""
+        and block), short-read policy and counters as ``readv``, in one frame: the
+        arguments checked as ``_read_target`` does, the path from the segment-path cache,
+        one fd-cache round trip and one preadv; only a short read goes on through
+        ``transfer_all`` (the rest of the page, ``aio.transfer``'s policy)."""
+        f = _FORK_BY_NUMBER.get(fork) if type(fork) in _FORK_TYPES else None
+        if (f is None or type(rel) is not int or not 0 < rel <= MAX_RELFILENUMBER
+                or type(block) is not int or not 0 <= block <= MAX_BLOCK_NUMBER):
+            f = self._check_relation(rel, fork)  # raises naming the bad argument
+            self._check_block(block, "block")
         if len(page) != BLCKSZ:
             self._check_buffers((page,), block)  # raises naming the size
-        done = self.read_into(rel, fork, block, (page,))
+        if self._closed:
+            self._check_open()
+        segno, in_segment = divmod(block, self._segment_size)
+        path = self._paths.get((rel, f, segno)) or self._segment_path(rel, f, segno)
+        offset = in_segment * BLCKSZ
+        files = self._files
+        try:
+            fd = files.acquire(path)
+        except IOFailure as e:
+            raise io_error(e.errno, f"could not open file {path} to read "
+                                     f"{describe(rel, f, block, 1)}") from e
+        try:
+            try:
+                done = osfile.preadv(fd, (page,), offset)
+            except OSError as e:
+                raise io_error(e.errno, f"could not read {describe(rel, f, block, 1)} in "
+                                        f"file {path}") from e
+            calls = 1
+            if 0 < done < BLCKSZ:  # a short read: the rest as transfer_all reads it
+                more, calls = transfer_all(
+                    fd, (memoryview(page)[done:],), offset + done, write=False,
+                    what=lambda: f"{describe(rel, f, block, 1)} in file {path}")
+                done += more
+                calls += 1
+        finally:
+            files.release(path, fd)
+        self._count_reads(calls, done)
         if done < BLCKSZ:  # end of file: reading past the relation's end
-            f = Fork(fork)
-            path = self._segment_path(rel, f, block // self._segment_size)
             raise DataCorruptionError(
                 f"could not read {describe(rel, f, block, 1)} in file {path}: "
                 f"read only {done} of {BLCKSZ} bytes", relation=rel, fork=f, block=block)
