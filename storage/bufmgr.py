@@ -519,6 +519,9 @@ class BufferManager:
         self._table: dict[tuple[int, int, int], int] = {}
         self._lock = threading.Lock()
         self._io_done = threading.Condition(self._lock)  # buffer I/O finished (sync waits)
+        # Threads waiting on _io_done now (under _lock): an inline read's completion
+        # notifies only when some thread waits (a point read's miss skips notify_all).
+        self._io_waiters = 0
         self._hand = 0
         self._extend_locks: dict[tuple[int, int], threading.Lock] = {}
         self._hits = self._reads = self._read_bytes = self._read_ios = 0
@@ -979,7 +982,11 @@ class BufferManager:
                     finally:
                         self._lock.acquire()
                     continue
-                self._io_done.wait(0.05)
+                self._io_waiters += 1
+                try:
+                    self._io_done.wait(0.05)
+                finally:
+                    self._io_waiters -= 1
 
     def pin_cached(self, rel: int, fork: int, blocks: Sequence[int]) -> list[int]:
         """Pin the buffers of those of ``blocks`` that are VALID in the pool, all in one
@@ -1112,7 +1119,8 @@ class BufferManager:
         in this thread and complete it as a read's completion callback would: verify the
         page (with this pool's ``zero_damaged_pages`` / ``ignore_checksum_failure``), set
         VALID or READ_FAILED, clear IO_IN_PROGRESS and wake threads that found the block
-        being read (they wait in ``_wait_buffer_io``: the descriptor has no wait reference).
+        being read (they wait in ``_wait_buffer_io``, counted in ``_io_waiters``: the
+        descriptor has no wait reference).
         Returns the buffer pinned; on failure the pin is dropped and the error raised
         (``IOFailure`` / ``DataCorruptionError`` naming relation, fork and block). The
         preadv returns before anything can interrupt us, so no I/O pin is needed: nothing
@@ -1161,7 +1169,8 @@ class BufferManager:
             if problems:
                 self._zeroed += len(zeroed)
                 self._ignored += len(ignored)
-            self._io_done.notify_all()
+            if self._io_waiters:
+                self._io_done.notify_all()
         if bad:
             raise _bad_pages_error(rel, fork, block, 1, bad)
         if problems:

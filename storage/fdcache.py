@@ -109,6 +109,11 @@ class FdCache:
         ``forget()`` the same path can have two fds, the detached one and a fresh one.
         """
         with self._lock:
+            entry = self._cached.get(path)
+            if (entry is not None and entry.fd == fd and entry.in_use > 0
+                    and len(self._cached) + len(self._detached) <= self._max_files):
+                entry.in_use -= 1  # the usual: a cached fd, nothing to close or evict
+                return
             entry = self._find_acquired_locked(path, fd)
             entry.in_use -= 1
             if entry.in_use > 0:
