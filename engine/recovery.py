@@ -44,10 +44,13 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
+from itertools import compress
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from slonik.aio import osfile
 from slonik.aio.core import Aio
+from slonik.engine.access.btree_wal import C_REDO_RUN, redo_leaf_run
 from slonik.engine.rmgrlist import install as install_rmgrs
 from slonik.engine.wal_build import C_RECORD_WRITER_FOR
 from slonik.engine.wal_decode import C_SCANNER
@@ -71,17 +74,24 @@ from slonik.wal.control import (
 from slonik.wal.errors import WalError
 from slonik.wal.lsn import format_lsn
 from slonik.wal.reader import ReadRecord, WalReader, read_record_at
-from slonik.wal.rmgr import RM_XLOG, get_rmgr
+from slonik.wal.rmgr import RM_BTREE, RM_XLOG, get_rmgr
 from slonik.wal.walpage import parse_segment_file_name
 from slonik.wal.xlog import Wal, sync_segments, truncate_tail
 
 RECOVERY_PREFETCH_RECORDS = 64     # records looked ahead for blocks to prefetch
 RECOVERY_PREFETCH_PINS = 64        # buffers prefetch may hold pinned at once
 RECOVERY_FLUSH_DIRTY_FRACTION = 0.5  # of shared_buffers dirtied by redo: write them all out
+RECOVERY_REDO_RUN_RECORDS = 64     # single-block B+tree records redone per C call at most
 FIRST_RELFILENUMBER = 16384        # as PostgreSQL's FirstNormalObjectId
 WAL_DIR = "wal"
 _ZERO_PAGE = bytes(BLCKSZ)
 _PAGE_LSN = struct.Struct("<Q")    # storage.page's page LSN field, at LSN_OFFSET
+_RECORD = attrgetter("record")
+_END_LSN = attrgetter("end_lsn")
+_PAYLOAD = attrgetter("payload")
+_BLOCKS = attrgetter("blocks")
+_FIRST_BLOCK = itemgetter(0)
+_REF_TAG = attrgetter("rel", "fork", "block")
 
 
 class RedoAction(IntEnum):
@@ -212,6 +222,42 @@ class RedoContext:
             return RedoAction.DONE, None
         return RedoAction.NEEDS_REDO, buf
 
+    def redo_btree_run(self, run: list[ReadRecord]) -> None:
+        """Redo a run of single-block B+tree records whose blocks exist (no image, not
+        will_init): each distinct page pinned and exclusive-locked once for the whole run
+        (a run of records for one page keeps its buffer, as PostgreSQL's redo would with
+        the buffer kept), the records applied in order by one C call
+        (``btree_wal.redo_leaf_run``: rule 3's LSN test, the actions and the LSN stamp per
+        record), then each changed page dirtied once. The pages are independent
+        (btree_wal invariant 1), so the run's records keep their order per page."""
+        bm = self.bufmgr
+        tags = list(map(_REF_TAG, map(_FIRST_BLOCK, map(_BLOCKS, map(_RECORD, run)))))
+        held: dict[tuple[int, int, int], int] = {}
+        try:
+            for tag in dict.fromkeys(tags):
+                buf = bm.pin_if_valid(*tag)
+                if buf < 0:
+                    buf = bm.read_buffer(*tag)
+                try:
+                    bm.lock_exclusive(buf)
+                except BaseException:
+                    bm.unpin(buf)
+                    raise
+                held[tag] = buf
+            bufs = list(map(held.__getitem__, tags))
+            changed = redo_leaf_run(bm.c_pool, bm.pages, bufs,
+                                    list(map(_PAYLOAD, map(_RECORD, run))),
+                                    list(map(_END_LSN, run)))
+            is_dirty = bm.is_dirty
+            for buf in dict.fromkeys(compress(bufs, changed)):
+                if not is_dirty(buf):
+                    self.dirtied += 1
+                bm.mark_dirty(buf)
+        finally:
+            for buf in held.values():
+                bm.unlock_exclusive(buf)
+            bm.unpin_many(list(held.values()))
+
     def finish_redo_buffer(self, rr: ReadRecord, buf: int) -> None:
         bm = self.bufmgr
         _PAGE_LSN.pack_into(bm.page(buf), LSN_OFFSET, rr.end_lsn)  # a WAL LSN: in range
@@ -306,8 +352,34 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
         # A background writer's job: with half the pool dirtied, write the dirty buffers in
         # combined runs, many in flight, rather than one victim at a time as reads need them.
         flush_at = max(1, int(bufmgr.nbuffers * RECOVERY_FLUSH_DIRTY_FRACTION))
+        # Single-block B+tree records (most of a KV or indexed-table WAL) whose block
+        # exists are redone in runs (RedoContext.redo_btree_run); the rest one at a time
+        # through their resource manager, after the run before them.
+        run: list[ReadRecord] = []
+        run_max = max(1, min(RECOVERY_REDO_RUN_RECORDS, bufmgr.nbuffers // 4)) \
+            if C_REDO_RUN and bufmgr.c_pool is not None else 0
+        sizes = ctx._sizes
         for rr in _prefetching(reader, ctx):
             rec = rr.record
+            if rec.xid:
+                xids.add(rec.xid)
+            replayed += 1
+            if run_max and rec.rmgr == RM_BTREE and len(rec.blocks) == 1:
+                ref = rec.blocks[0]
+                if ref.image is None and not ref.will_init and \
+                        ref.block < sizes.get((ref.rel, ref.fork), 0):
+                    run.append(rr)
+                    if len(run) < run_max:
+                        continue
+                    ctx.redo_btree_run(run)
+                    run = []
+                    if ctx.dirtied >= flush_at:
+                        bufmgr.flush_all()
+                        ctx.dirtied = 0
+                    continue
+            if run:
+                ctx.redo_btree_run(run)
+                run = []
             redo = redo_of.get(rec.rmgr)
             if redo is None:
                 redo = redo_of[rec.rmgr] = get_rmgr(rec.rmgr).redo
@@ -315,9 +387,8 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
             if ctx.dirtied >= flush_at:
                 bufmgr.flush_all()
                 ctx.dirtied = 0
-            if rec.xid:
-                xids.add(rec.xid)
-            replayed += 1
+        if run:
+            ctx.redo_btree_run(run)
     finally:
         bufmgr.flush_wal = saved_flush_wal
     t_replay = time.perf_counter() - t_replay

@@ -75,6 +75,12 @@ int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, u
 int slk_heap_redo_multi(uint8_t *page, const uint8_t *payload, uint32_t len,
                         uint32_t *pos_out);
 int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int index);
+/* --- btree redo run --- */
+int slk_bt_redo_actions_from(uint8_t *page, const uint8_t *payload, uint32_t len, int index,
+                             int skip);
+int slk_bt_redo_run(uint8_t *pool, const int32_t *bufs, const uint64_t *end_lsn,
+                    const uint8_t *payloads, const uint32_t *offs, int first, int n,
+                    uint8_t *changed, int *actions_done);
 /* --- optimistic (seqlock) reads --- */
 #define SLK_OPT_RETRY ...
 void slk_seq_bump(uint32_t *seq, uint32_t b);
@@ -1176,7 +1182,18 @@ int slk_heap_redo_multi(uint8_t *page, const uint8_t *payload, uint32_t len,
  * a NORMAL item of at least 16 bytes, xmax at item + 8) that its Python twin accepts.
  * Returns how many of the block's actions were applied; apply_action does the rest (and
  * raises for a refused one). */
+int slk_bt_redo_actions_from(uint8_t *page, const uint8_t *payload, uint32_t len, int index,
+                             int skip);
+
 int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int index)
+{
+    return slk_bt_redo_actions_from(page, payload, len, index, 0);
+}
+
+/* The same from the block's action ``skip`` on (those before it are not looked at): how
+ * many of the actions after the first ``skip`` were applied. */
+int slk_bt_redo_actions_from(uint8_t *page, const uint8_t *payload, uint32_t len, int index,
+                             int skip)
 {
     uint32_t pos = 0;
     int k = 0;
@@ -1186,6 +1203,7 @@ int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int
         if (dlen > len - pos - 6) return k;
         pos += 6 + dlen;
         if ((int)idx != index) continue;
+        if (skip > 0) { skip--; continue; }
         uint32_t lower = load16(page + 14), upper = load16(page + 16);
         if (code == 2) {                                    /* A_INSERT */
             if (dlen < 2) return k;
@@ -1219,6 +1237,42 @@ int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int
         k++;
     }
     return k;
+}
+
+/* --- btree redo run --- (engine/access/btree_wal.py: redo_leaf_run_py is the Python
+ * reference; engine/recovery.py hands it a run of single-block B+tree records whose pages
+ * it holds pinned and exclusive-locked, one pin and lock per distinct page). Record i
+ * (payload payloads[offs[i]:offs[i+1]], its page the pool buffer bufs[i], its end
+ * end_lsn[i]) in order: a payload whose action layout decode_actions would refuse stops
+ * the run (*actions_done = -1: the caller's decode raises); a page whose LSN is at or past
+ * the record's end already has the change (changed[i] = 0); otherwise its block-0 actions
+ * are applied by slk_bt_redo_actions and the page LSN set to the record's end (changed[i]
+ * = 1). An action that one refuses stops the run with *actions_done = the actions applied
+ * (the caller applies the rest, which raises for a bad one, and goes on from i + 1).
+ * Returns the index it stopped at (n: all done). */
+int slk_bt_redo_run(uint8_t *pool, const int32_t *bufs, const uint64_t *end_lsn,
+                    const uint8_t *payloads, const uint32_t *offs, int first, int n,
+                    uint8_t *changed, int *actions_done)
+{
+    for (int i = first; i < n; i++) {
+        const uint8_t *p = payloads + offs[i];
+        uint32_t len = offs[i + 1] - offs[i], pos = 0;
+        int nact = 0;
+        while (pos < len) {
+            if (len - pos < 6) { *actions_done = -1; return i; }
+            uint32_t code = p[pos + 1], dlen = load32(p + pos + 2);
+            if (dlen > len - pos - 6 || code < 1 || code > 8) { *actions_done = -1; return i; }
+            if (p[pos] == 0) nact++;
+            pos += 6 + dlen;
+        }
+        uint8_t *page = pool + (size_t)bufs[i] * BLCKSZ;
+        if (load64(page) >= end_lsn[i]) { changed[i] = 0; continue; }
+        int k = nact ? slk_bt_redo_actions(page, p, len, 0) : 0;
+        if (k < nact) { *actions_done = k; return i; }
+        memcpy(page, &end_lsn[i], 8);
+        changed[i] = 1;
+    }
+    return n;
 }
 
 /* --- optimistic (seqlock) reads --- (storage/bufmgr.py bumps the counters; engine/access/

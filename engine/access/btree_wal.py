@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from itertools import accumulate
 
 from slonik.engine.access.btree_page import (
     Special,
@@ -59,9 +60,11 @@ try:  # the optional C helpers (storage/_pagecheck_build.py, "wal decode" block)
 except ImportError:  # not built (no C compiler at install time)
     _ffi = _lib = None
 # Whether redo applies a block's leading inserts and set-xmaxes in one C call.
-C_REDO_ACTIONS = _lib is not None and hasattr(_lib, "slk_bt_redo_actions")
+C_REDO_ACTIONS = _lib is not None and hasattr(_lib, "slk_bt_redo_actions_from")
 # Whether A_INIT and A_SPLIT_LEFT rebuild the page in one C call (slk_bt_apply_build).
 C_APPLY_BUILD = _lib is not None and hasattr(_lib, "slk_bt_apply_build")
+# Whether a run of single-block records is redone in one C call (slk_bt_redo_run).
+C_REDO_RUN = _lib is not None and hasattr(_lib, "slk_bt_redo_run")
 
 __all__ = [
     "A_INIT", "A_INSERT", "A_SET_XMAX", "A_SPLIT_LEFT", "A_SET_PREV", "A_DELETE",
@@ -71,7 +74,8 @@ __all__ = [
     "Action", "init_data", "insert_data", "set_xmax_data", "split_left_data",
     "set_prev_data", "delete_data", "encode_actions", "decode_actions", "apply_action", "apply_block_actions",
     "apply_payload_actions", "apply_action_py", "C_APPLY_BUILD",
-    "btree_redo", "btree_describe", "BTREE_RMGR",
+    "btree_redo", "btree_describe", "BTREE_RMGR", "C_REDO_RUN", "redo_leaf_run",
+    "redo_leaf_run_py",
 ]
 
 A_INIT = 1
@@ -107,6 +111,7 @@ _SET_XMAX = struct.Struct("<HQ")
 _SPLIT = struct.Struct("<HhIIIHH")
 _U32 = struct.Struct("<I")
 _SET_CHILD = struct.Struct("<HI")
+_PAGE_LSN = struct.Struct("<Q")   # storage.page's page LSN field, at offset 0
 
 Action = tuple[int, bytes]  # (code, data) for one block
 
@@ -230,14 +235,30 @@ def apply_action_py(page, code: int, data: bytes) -> None:
 
 def apply_block_actions(page, payload, index: int, actions: Sequence[tuple[int, bytes]]) -> None:
     """Apply block ``index``'s ``actions`` (decoded from ``payload``) to ``page`` in order:
-    the leading inserts and set-xmaxes in one C call (slk_bt_redo_actions) when it is
-    built, the rest (and any it refuses) through ``apply_action``, which raises."""
-    done = 0
-    if C_REDO_ACTIONS and actions:
-        done = _lib.slk_bt_redo_actions(_ffi.from_buffer(page), _ffi.from_buffer(payload),
-                                        len(payload), index)
-    for code, data in actions[done:] if done else actions:
-        apply_action(page, code, data)
+    each stretch of inserts and set-xmaxes in one C call (slk_bt_redo_actions_from) when
+    it is built, every other action (and any it refuses) through ``apply_action``, which
+    raises. So a new leaf's A_INIT and the inserts after it take two calls, not one per
+    insert."""
+    if not (C_REDO_ACTIONS and actions):
+        for code, data in actions:
+            apply_action(page, code, data)
+        return
+    _apply_from(page, payload, index, actions, 0)
+
+
+def _apply_from(page, payload, index: int, actions: Sequence[tuple[int, bytes]],
+                done: int) -> None:
+    """Apply ``actions[done:]`` (block ``index``'s, decoded from ``payload``): each stretch
+    C accepts in one call, each action it refuses through ``apply_action`` (which raises
+    for a bad one)."""
+    n = len(actions)
+    cpage, cpayload, plen = _ffi.from_buffer(page), _ffi.from_buffer(payload), len(payload)
+    while done < n:
+        done += _lib.slk_bt_redo_actions_from(cpage, cpayload, plen, index, done)
+        if done < n:
+            code, data = actions[done]
+            apply_action(page, code, data)
+            done += 1
 
 
 def apply_payload_actions(page, payload, index: int, nactions: int) -> None:
@@ -269,6 +290,69 @@ def btree_redo(ctx, rr) -> None:
             continue
         apply_block_actions(ctx.bufmgr.page(buf), rec.payload, index, actions)
         ctx.finish_redo_buffer(rr, buf)
+
+
+def redo_leaf_run_py(pages: Sequence, payloads: Sequence, end_lsns: Sequence[int]) -> list[int]:
+    """The reference of ``redo_leaf_run``: redo of single-block records in order, record i
+    (``payloads[i]``, ending at ``end_lsns[i]``) on ``pages[i]`` (pages may repeat: a run of
+    records for one page). A page whose LSN is at or past the record's end is left alone
+    (0), otherwise block 0's actions are applied and its LSN set to the record's end (1).
+    Raises as ``btree_redo`` does for a malformed payload or a refused action."""
+    changed = []
+    for page, payload, end in zip(pages, payloads, end_lsns, strict=True):
+        actions = [(code, data) for index, code, data in decode_actions(payload) if index == 0]
+        if _PAGE_LSN.unpack_from(page, 0)[0] >= end:
+            changed.append(0)
+            continue
+        for code, data in actions:
+            apply_action_py(page, code, data)
+        _PAGE_LSN.pack_into(page, 0, end)
+        changed.append(1)
+    return changed
+
+
+def redo_leaf_run(pool, buf_pages: Sequence, bufs: Sequence[int], payloads: Sequence,
+                  end_lsns: Sequence[int]) -> bytes | list[int]:
+    """``redo_leaf_run_py`` for records whose pages are pool buffers ``bufs`` (``pool``: the
+    buffer manager's C view of its memory, ``buf_pages``: its page views by buffer id), in
+    one C call (slk_bt_redo_run) per run of records it accepts: the per-record LSN test,
+    actions and LSN stamp happen in C; an action it refuses (a split, a rebuild, a bad
+    one) goes through ``apply_action``, which raises for a bad one. Per record 1 when the
+    page changed, else 0."""
+    n = len(bufs)
+    if not C_REDO_RUN or pool is None:
+        return redo_leaf_run_py(list(map(buf_pages.__getitem__, bufs)), payloads, end_lsns)
+    joined = b"".join(payloads)
+    offs = _ffi.new("uint32_t[]", [0, *accumulate(map(len, payloads))])
+    cbufs = _ffi.new("int32_t[]", bufs)
+    cends = _ffi.new("uint64_t[]", end_lsns)
+    changed = _ffi.new("uint8_t[]", n)
+    done = _ffi.new("int *")
+    i = 0
+    while True:
+        i = _lib.slk_bt_redo_run(pool, cbufs, cends, joined, offs, i, n, changed, done)
+        if i >= n:
+            return _ffi.buffer(changed)[:]
+        # A refused action (or a payload decode_actions raises for): the rest of this
+        # record's actions go through apply_action, which raises naming a bad one.
+        page = buf_pages[bufs[i]]
+        actions = [(code, data) for index, code, data in decode_actions(payloads[i])
+                   if index == 0]
+        if done[0] < 0:
+            if _PAGE_LSN.unpack_from(page, 0)[0] >= end_lsns[i]:
+                changed[i] = 0     # (decode_actions accepted what C did not: as the reference)
+                i += 1
+                continue
+            for code, data in actions:
+                apply_action(page, code, data)
+        else:
+            code, data = actions[done[0]]
+            apply_action(page, code, data)      # raises for a bad action
+            if done[0] + 1 < len(actions):
+                _apply_from(page, payloads[i], 0, actions, done[0] + 1)
+        _PAGE_LSN.pack_into(page, 0, end_lsns[i])
+        changed[i] = 1
+        i += 1
 
 
 def btree_describe(rec) -> str:
