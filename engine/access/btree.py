@@ -823,6 +823,9 @@ class BTree:
         # used (write lock held; empty outside _apply_sorted, whose end frees what is
         # left), and how many pages the next extension adds (1 outside a batch).
         self._spares: list[int] = []
+        # the spares' buffers, still pinned (unlocked) from the extension, by block: a
+        # split takes one without a buffer-mapping lookup; unpinned when the batch ends
+        self._spare_pins: dict[int, int] = {}
         self._extend_pages = 1
         self._extend_ahead = False
 
@@ -1159,7 +1162,15 @@ class BTree:
         bm = self.bufmgr
         if self._spares:
             block = self._spares.pop()
-            buf = self._read(block, exclusive=True)
+            buf = self._spare_pins.pop(block, None)
+            if buf is None:
+                buf = self._read(block, exclusive=True)
+            else:
+                try:
+                    bm.lock_exclusive(buf)
+                except BaseException:
+                    bm.unpin(buf)
+                    raise
             if not page_is_new(bm.page(buf)):
                 self._release(buf, exclusive=True)
                 raise self._corrupt(block, "a page extended ahead for a split is no longer "
@@ -1174,7 +1185,8 @@ class BTree:
         if spare:
             blocks = [bm.block_of(b)[2] for b in spare]
             for b in spare:
-                self._release(b, exclusive=True)
+                bm.unlock_exclusive(b)  # the pin stays: _spare_pins
+            self._spare_pins.update(zip(blocks, spare, strict=True))
             self._spares.extend(reversed(blocks))  # pop() hands them out in block order
         return _Change(bufs[0], bm.block_of(bufs[0])[2], True)
 
@@ -2251,13 +2263,21 @@ class BTree:
         finally:
             self._extend_ahead = False
             self._extend_pages = 1
+            self._unpin_spares()
         self._free_spares()
         return resolved
+
+    def _unpin_spares(self) -> None:
+        """Drop the pins the spares kept from their extension (they stay in ``_spares``)."""
+        pins, self._spare_pins = self._spare_pins, {}
+        if pins:
+            self.bufmgr.unpin_many(list(pins.values()))
 
     def _free_spares(self) -> None:
         """Pages extended ahead and not used go on the free list. (After an error other
         than a refused write they stay for the next batch: all zero, and unreached if
         the process ends first, as after a crash between extension and use.)"""
+        self._unpin_spares()
         spares, self._spares = self._spares, []
         if spares:
             self._free_pages(spares)
