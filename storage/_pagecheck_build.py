@@ -81,6 +81,7 @@ int slk_bt_redo_actions_from(uint8_t *page, const uint8_t *payload, uint32_t len
 int slk_bt_redo_run(uint8_t *pool, const int32_t *bufs, const uint64_t *end_lsn,
                     const uint8_t *payloads, const uint32_t *offs, int first, int n,
                     uint8_t *changed, int *actions_done);
+int slk_bt_apply_delete(uint8_t *page, const uint8_t *data, uint32_t len);
 /* --- optimistic (seqlock) reads --- */
 #define SLK_OPT_RETRY ...
 void slk_seq_bump(uint32_t *seq, uint32_t b);
@@ -1250,6 +1251,60 @@ int slk_bt_redo_actions_from(uint8_t *page, const uint8_t *payload, uint32_t len
  * = 1). An action that one refuses stops the run with *actions_done = the actions applied
  * (the caller applies the rest, which raises for a bad one, and goes on from i + 1).
  * Returns the index it stopped at (n: all done). */
+static int bb_build(uint8_t *page, const uint8_t *special, const uint8_t *const *items,
+                    const uint32_t *lens, int n, const uint8_t *lsn);
+
+/* A_DELETE (6) of a B+tree page: btree_page.bt_delete_items' bytes (the items not named
+ * by the action's "<H" count, count x "<H" offnums, rebuilt in order with the special
+ * space and LSN kept). 0 when done; -1, nothing changed, for anything its Python twin
+ * might treat differently (a short action, an offnum out of range, a page bt_items or
+ * bt_special refuses, items that do not fit): apply_action then runs and raises. */
+int slk_bt_apply_delete(uint8_t *page, const uint8_t *data, uint32_t len)
+{
+    const uint8_t *items[BLCKSZ / 4];
+    uint32_t lens[BLCKSZ / 4];
+    uint8_t gone[BLCKSZ / 4 + 1];
+    if (len < 2) return -1;
+    uint32_t ndel = load16(data);
+    if (2 + 2 * ndel > len) return -1;
+    uint32_t lower = load16(page + 14), pflags = load16(page + BT_SPECIAL_AT + 12);
+    if (load16(page + 18) != BT_SPECIAL_AT || load16(page + BT_SPECIAL_AT + 14) ||
+        (pflags & ~0x3fu) || lower < HEADER_SIZE || lower > BT_SPECIAL_AT ||
+        (lower - HEADER_SIZE) % 4)
+        return -1;
+    uint32_t count = (lower - HEADER_SIZE) / 4;
+    memset(gone, 0, count + 1);
+    for (uint32_t k = 0; k < ndel; k++) {
+        uint32_t o = load16(data + 2 + 2 * k);
+        if (o < 1 || o > count) return -1;
+        gone[o] = 1;
+    }
+    int n = 0;
+    for (uint32_t k = 1; k <= count; k++) {
+        uint32_t off, ilen;
+        if (bt_item(page, (int)k, (int)lower, &off, &ilen) < 0) return -1;
+        if (gone[k]) continue;
+        items[n] = page + off;
+        lens[n++] = ilen;
+    }
+    uint8_t special[14], lsn[8];
+    memcpy(special, page + BT_SPECIAL_AT, 14);
+    memcpy(lsn, page, 8);
+    return bb_build(page, special, items, lens, n, lsn);
+}
+
+/* Where block 0's action ``k`` (counted from 0) of a payload starts (its 6-byte header);
+ * the layout was checked. */
+static uint32_t bt_action_at(const uint8_t *p, uint32_t len, int k)
+{
+    uint32_t pos = 0;
+    while (pos + 6 <= len) {
+        if (p[pos] == 0 && k-- == 0) return pos;
+        pos += 6 + load32(p + pos + 2);
+    }
+    return len;
+}
+
 int slk_bt_redo_run(uint8_t *pool, const int32_t *bufs, const uint64_t *end_lsn,
                     const uint8_t *payloads, const uint32_t *offs, int first, int n,
                     uint8_t *changed, int *actions_done)
@@ -1267,7 +1322,16 @@ int slk_bt_redo_run(uint8_t *pool, const int32_t *bufs, const uint64_t *end_lsn,
         }
         uint8_t *page = pool + (size_t)bufs[i] * BLCKSZ;
         if (load64(page) >= end_lsn[i]) { changed[i] = 0; continue; }
-        int k = nact ? slk_bt_redo_actions(page, p, len, 0) : 0;
+        int k = 0;
+        while (k < nact) {
+            k += slk_bt_redo_actions_from(page, p, len, 0, k);
+            if (k >= nact) break;
+            uint32_t at = bt_action_at(p, len, k);          /* a vacuum's delete: in C too */
+            if (at >= len || p[at + 1] != 6 ||
+                slk_bt_apply_delete(page, p + at + 6, load32(p + at + 2)) != 0)
+                break;
+            k++;
+        }
         if (k < nact) { *actions_done = k; return i; }
         memcpy(page, &end_lsn[i], 8);
         changed[i] = 1;

@@ -38,6 +38,7 @@ action = st.one_of(
     st.tuples(st.just(bw.A_INSERT), st.integers(0, 45), st.integers(0, 300)),
     st.tuples(st.just(bw.A_SET_XMAX), st.integers(0, 45), st.integers(0, 2**64 - 1)),
     st.tuples(st.just(bw.A_SET_PREV), st.integers(0, 9), st.integers(0, 2**32 - 1)),
+    st.tuples(st.just(bw.A_DELETE), st.integers(0, 45), st.integers(0, 2**16 - 1)),
 )
 record = st.tuples(st.integers(0, 3),                        # the page (buffer) it changes
                    st.lists(st.tuples(st.integers(0, 1), action), max_size=6),
@@ -52,9 +53,10 @@ record = st.tuples(st.integers(0, 3),                        # the page (buffer)
 def test_c_redo_run_equals_reference(pages, records):
     """Four leaves (0..40 entries, page LSNs below, inside and past the run's record ends)
     and a run of 1..12 records on them (pages repeating: a run of records for one page),
-    each with 0..6 actions for block 0 and block 1 interleaved — inserts with valid and
+    each with 0..6 actions for block 0 and block 1 interleaved: inserts with valid and
     out-of-range offnums and empty or too-big items, set-xmaxes on good and bad offnums,
-    set-prevs (refused by C, applied by Python), now and then a payload cut short: the C
+    deletes of valid and out-of-range offnums (C's slk_bt_apply_delete), set-prevs
+    (refused by C, applied by Python), now and then a payload cut short: the C
     run gives the same page bytes, the same changed flags and the same error as the
     reference applying record by record."""
     pool = bytearray(4 * BLCKSZ)
@@ -69,6 +71,8 @@ def test_c_redo_run_equals_reference(pages, records):
                 data = bw.insert_data(a, bytes([a % 250 + 1]) * b)
             elif code == bw.A_SET_XMAX:
                 data = bw.set_xmax_data(a, b)
+            elif code == bw.A_DELETE:   # offnums a, a + 3, ... (b's bits pick some)
+                data = bw.delete_data([a + 3 * j for j in range(16) if b >> j & 1])
             else:
                 data = bw.set_prev_data(b)
             encoded.append((index, code, data))
