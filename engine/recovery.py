@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from itertools import compress
+from itertools import chain, compress
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -359,7 +359,7 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
         run_max = max(1, min(RECOVERY_REDO_RUN_RECORDS, bufmgr.nbuffers // 4)) \
             if C_REDO_RUN and bufmgr.c_pool is not None else 0
         sizes = ctx._sizes
-        for rr in _prefetching(reader, ctx):
+        for rr in chain.from_iterable(_prefetching(reader, ctx)):
             rec = rr.record
             if rec.xid:
                 xids.add(rec.xid)
@@ -430,13 +430,16 @@ def _last_segment_lsn(wal_dir: str, wal_segment_size: int) -> int:
     return max(segnos, default=0) * wal_segment_size
 
 
-def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[ReadRecord]:
-    """Yield the reader's records, starting reads of the blocks of records ahead (blocks
-    below the redo context's known size only: the others do not exist yet); with the sync
-    method, which cannot overlap reads, advising the kernel to read them ahead instead."""
-    window: deque[tuple[ReadRecord, list]] = deque()
+def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[list[ReadRecord]]:
+    """Yield the reader's batches of records, starting reads of the blocks of the records
+    of the batches ahead, at least ``RECOVERY_PREFETCH_RECORDS`` records beyond the batch
+    handed out (blocks below the redo context's known size only: the others do not exist
+    yet); with the sync method, which cannot overlap reads, advising the kernel to read
+    them ahead instead."""
+    window: deque[tuple[list[ReadRecord], list]] = deque()
+    ahead = 0                     # records in the window
     pinned = 0
-    it = iter(reader)
+    it = reader.batches()
     exhausted = False
     bufmgr = ctx.bufmgr
     known_nblocks = ctx.known_nblocks
@@ -448,10 +451,10 @@ def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[ReadRecord]:
     smgr = ctx.smgr
     advise_only = bufmgr.aio.method.name == "sync"
 
-    def start_prefetch(rr: ReadRecord) -> list:
+    def start_prefetch(batch: list[ReadRecord]) -> list:
         nonlocal pinned
         ops = no_ops
-        for ref in rr.record.blocks:
+        for ref in chain.from_iterable(map(_BLOCKS, map(_RECORD, batch))):
             if ref.image is not None or ref.will_init or pinned >= max_pins:
                 continue
             rel, fork, block = ref.rel, ref.fork, ref.block
@@ -473,21 +476,24 @@ def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[ReadRecord]:
 
     try:
         while True:
-            while not exhausted and len(window) < RECOVERY_PREFETCH_RECORDS:
-                rr = next(it, None)
-                if rr is None:
+            while not exhausted and (not window or
+                                     ahead - len(window[0][0]) < RECOVERY_PREFETCH_RECORDS):
+                batch = next(it, None)
+                if batch is None:
                     exhausted = True
                     break
-                window.append((rr, start_prefetch(rr)))
+                window.append((batch, start_prefetch(batch)))
+                ahead += len(batch)
             if not window:
                 return
-            rr, ops = window.popleft()
+            batch, ops = window.popleft()
+            ahead -= len(batch)
             if ops:
                 _finish_prefetch(bufmgr, ops)
                 pinned -= len(ops)
-            yield rr
+            yield batch
     finally:
-        for _rr, ops in window:
+        for _batch, ops in window:
             _finish_prefetch(bufmgr, ops)
 
 

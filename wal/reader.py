@@ -290,6 +290,18 @@ class WalReader:
                 self.records_read += 1
                 yield rr
 
+    def batches(self) -> Iterator[list[ReadRecord]]:
+        """The records of ``__iter__`` in the lists the reader makes them in (the records a
+        scanner accepted from one chunk, or one record read on its own): recovery takes a
+        batch at a time. ``end_lsn``, ``last_lsn`` and ``records_read`` move per batch."""
+        for batch in self._walk(True):
+            if batch:
+                rr = batch[-1]
+                self.last_lsn = rr.lsn
+                self.end_lsn = rr.end_lsn
+                self.records_read += len(batch)
+                yield batch
+
     def scan_to_end(self) -> int:
         """Read and check every record without decoding it (recovery's first pass): sets
         ``end_lsn``, ``last_lsn``, ``stop_reason`` as iterating would; the record count."""
