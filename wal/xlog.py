@@ -311,6 +311,9 @@ class Wal:
         self._flushed = start_lsn          # durable up to here
         self._redo = redo_lsn
         self._failed: BaseException | None = None
+        # Whether a WAL write or sync failed (set with _failed, never cleared): a plain
+        # attribute, not a property, since every store call reads it (Database's open check).
+        self.failed = False
         self._fds: dict[int, int] = {}     # segno -> fd of segment files in use
         self._closed = False
         self._flags = os.O_RDWR | ((os.O_DIRECT | os.O_DSYNC) if self.io_direct else 0)
@@ -348,10 +351,6 @@ class Wal:
     @property
     def redo_lsn(self) -> int:
         return self._redo
-
-    @property
-    def failed(self) -> bool:
-        return self._failed is not None
 
     def set_commit_delay(self, commit_delay_us: int, commit_siblings: int = COMMIT_SIBLINGS_DEFAULT,
                          active_transactions: Callable[[], int] | None = None) -> None:
@@ -635,6 +634,7 @@ class Wal:
                 self._write_and_sync(self._flushed, target)
             except BaseException as exc:
                 self._failed = exc
+                self.failed = True
                 what = (f"could not write or sync WAL up to {format_lsn(target)}: {exc}; "
                         "the database must be reopened (crash recovery) and nothing after "
                         "this point may be trusted as durable")
