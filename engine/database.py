@@ -253,6 +253,7 @@ class Database:
         self._smgr: Smgr | None = None
         self._bufmgr: BufferManager | None = None
         self._wal = None
+        self._txns: TransactionLayer | None = None  # made once the WAL is up
         self._checkpointer: Checkpointer | None = None
         self._walwriter: WalWriter | None = None
         self._local = threading.local()
@@ -429,6 +430,8 @@ class Database:
     def _on_fatal(self, exc: BaseException) -> None:
         if self._fatal is None:
             self._fatal = exc
+        if self._txns is not None:
+            self._txns.stopped = True  # the stores' hot paths run the full check from now on
 
     def _checkpoint_state(self) -> tuple[int, int, bytes]:
         next_xid, extra = self._xacts.checkpoint_state()
@@ -801,6 +804,7 @@ class Database:
             with self._commit_lock:
                 self._closed = True
                 self._txns.closed = True  # the stores' per-item check sees it at once
+                self._txns.stopped = True
             try:
                 if self._walwriter is not None:
                     self._walwriter.stop()  # joins; flushes what async commits left
@@ -819,6 +823,8 @@ class Database:
 
     def _release_resources(self) -> None:
         self._closed = True
+        if self._txns is not None:
+            self._txns.stopped = True
         errors = []
         for step in (lambda: self._walwriter and self._walwriter.stop(),
                      lambda: self._checkpointer and self._checkpointer.stop(),

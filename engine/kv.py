@@ -332,11 +332,11 @@ class KVStore(MutableMapping):
         """The value of ``key``; KeyError if it has none."""
         if type(key) is not bytes:
             key = _check_key(key)
-        if self._relation.state is _LIVE and self._index.error is None:
-            self._layer.check_open()  # _check's answer for a live, readable store
-        else:
-            self._check()
-        if self._layer.current() is None and len(key) <= KEY_MAX_BYTES:
+        layer = self._layer
+        if (self._relation.state is not _LIVE or self._index.error is not None
+                or layer.stopped or layer.wal.failed):
+            self._check()  # (otherwise _check would pass: live, readable store, open database)
+        if layer.slot.txn is None and len(key) <= KEY_MAX_BYTES:
             return self._index.read(key, None)  # no transaction: the latest committed
         return self._read(key)
 

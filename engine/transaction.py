@@ -117,9 +117,18 @@ class TransactionLayer:
         self._after_commit = after_commit
         self._on_dropped = on_dropped
         self._local = _ThreadTxn()
+        # The calling thread's slot: ``slot.txn`` is ``current()`` (a store's hot path reads
+        # it without the call).
+        self.slot = self._local
         # Set by Database.close (under the commit lock): a scan's per-pair check reads this
         # attribute instead of calling check_open (the full check runs per leaf batch).
         self.closed = False
+        # The open check without a call, for a store's hot path: ``check_open()`` can only
+        # raise once ``stopped`` (set by Database.close and by a fatal error) or
+        # ``wal.failed`` (a failed WAL write or sync, noticed by the next check) is set; a
+        # hot path reads both and calls ``check_open()`` when either is.
+        self.stopped = False
+        self.wal = xacts.wal
 
     # --- for the stores -----------------------------------------------------------------------
     def check_open(self) -> None:
@@ -148,7 +157,7 @@ class TransactionLayer:
 
     def current(self) -> TxnState | None:
         """The calling thread's transaction, or None."""
-        return getattr(self._local, "txn", None)
+        return self._local.txn
 
     def own_writes(self, relation: Relation) -> dict[bytes, bytes | None] | None:
         """The calling thread's buffered writes to ``relation`` (None: none, or no
