@@ -466,10 +466,10 @@ class Aio:
         """Count one I/O its issuer made without a handle (``stats`` shows it with the
         handles' I/O of the same target and op; ``wait_ns``: the time it took)."""
         key = (target_id, op)
+        c = self._direct.get(key)  # (entries are never removed: a read outside the lock)
         with self._direct_lock:
-            c = self._direct.get(key)
             if c is None:
-                c = self._direct[key] = OpCounters()
+                c = self._direct.setdefault(key, OpCounters())
             c.ios += 1
             c.nbytes += nbytes
             c.wait_ns += wait_ns

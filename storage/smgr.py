@@ -494,7 +494,9 @@ class Smgr:
                 calls += 1
         finally:
             files.release(path, fd)
-        self._count_reads(calls, done)
+        with self._stats_lock:  # (_count_reads, inline: once per pool miss)
+            self._reads += calls
+            self._read_bytes += done
         if done < BLCKSZ:  # end of file: reading past the relation's end
             raise DataCorruptionError(
                 f"could not read {describe(rel, f, block, 1)} in file {path}: "
