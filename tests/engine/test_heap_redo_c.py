@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from slonik.engine.access import heap
 from slonik.storage.page import (
     BLCKSZ,
+    PageFullError,
     init_page,
     page_add_item,
     page_delete_item,
@@ -26,12 +27,16 @@ _ITEM = struct.Struct("<HH")
 
 
 def start_page(sizes: list[int], deleted: list[int], special: int) -> bytearray:
-    """A page with items of ``sizes`` bytes, the ones at the ``deleted`` indexes made
-    UNUSED (their line pointers stay, free for reuse)."""
+    """A page with items of ``sizes`` bytes (as many as fit: the rest are left out), the
+    ones at the ``deleted`` indexes made UNUSED (their line pointers stay, free for
+    reuse)."""
     page = bytearray(BLCKSZ)
     init_page(page, special)
     for i, n in enumerate(sizes):
-        page_add_item(page, bytes([i % 251 + 1]) * n)
+        try:
+            page_add_item(page, bytes([i % 251 + 1]) * n)
+        except PageFullError:
+            break
     for d in sorted(set(deleted)):
         if d < page_item_count(page):
             page_delete_item(page, d + 1)
