@@ -132,9 +132,12 @@ def _until_first_ack(child: subprocess.Popen, timeout: float = 120.0) -> str:
     fd = child.stdout.fileno()
     head = b""
     deadline = time.monotonic() + timeout
+    # poll, not select: select refuses fds above FD_SETSIZE (1024), which a pytest process
+    # that ran the torture tests before (thousands of crashed databases' files) reaches
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     while b"\nA " not in head and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if ready:
+        if poller.poll(1000):
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
