@@ -380,12 +380,36 @@ def make_record(rmgr: int, info: int, xid: int, payload: bytes, blocks: tuple,
     return rec
 
 
+_SET_REL, _SET_FORK, _SET_BLOCK, _SET_IMAGE, _SET_WILL_INIT, _SET_HOLE_OFF, _SET_HOLE_LEN = \
+    _slot_setters(BlockRef, ("rel", "fork", "block", "image", "will_init", "hole_offset",
+                             "hole_length"))
+# A record's header and its first block reference's header, read with one unpack: most
+# replayed records reference one block and carry no image (decode_checked's fast path).
+_HEADER_BLOCK = struct.Struct(_HEADER.format + _BLOCK.format[1:])
+_HEADER_BLOCK_SIZE = _HEADER_BLOCK.size    # 48
+
+
 def decode_checked(buf, at: int, total: int) -> WalRecord:
     """The record of ``total`` bytes at ``buf[at:]`` that ``decode_record`` would accept
     (its CRC and structure already checked, e.g. by the reader's batch scanner): decoded
-    without checking anything again. Gives what ``decode_record`` gives for those bytes."""
-    _total, _crc, xid, prev_lsn, rmgr, info, nblocks, _res, plen = _HEADER.unpack_from(buf, at)
+    without checking anything again. Gives what ``decode_record`` gives for those bytes.
+    A record of one block reference without an image (most of a replayed WAL) is read with
+    one unpack of both headers and its BlockRef's slots set directly."""
     end = at + total
+    if total >= _HEADER_BLOCK_SIZE:
+        (_total, _crc, xid, prev_lsn, rmgr, info, nblocks, _res, plen,
+         rel, block, fork, flags, _off, _hole, _bres) = _HEADER_BLOCK.unpack_from(buf, at)
+        if nblocks == 1 and not flags & BKP_HAS_IMAGE:
+            ref = _new_object(BlockRef)
+            _SET_REL(ref, rel)
+            _SET_FORK(ref, fork)
+            _SET_BLOCK(ref, block)
+            _SET_IMAGE(ref, None)
+            _SET_WILL_INIT(ref, bool(flags & BKP_WILL_INIT))
+            _SET_HOLE_OFF(ref, 0)
+            _SET_HOLE_LEN(ref, 0)
+            return make_record(rmgr, info, xid, bytes(buf[end - plen:end]), (ref,), prev_lsn)
+    _total, _crc, xid, prev_lsn, rmgr, info, nblocks, _res, plen = _HEADER.unpack_from(buf, at)
     if not nblocks:
         return make_record(rmgr, info, xid, bytes(buf[end - plen:end]), (), prev_lsn)
     blocks = []
