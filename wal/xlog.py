@@ -1030,8 +1030,11 @@ class Wal:
     # --- life cycle ------------------------------------------------------------------------------
     def _check_usable(self) -> None:
         if self._failed is not None:
+            # chained to the failure, so a caller that did not hit it itself (another
+            # thread's flush, the background writer's) still sees its cause (ENOSPC...)
             raise WalError("WAL is unusable after a failed write or sync "
-                           f"({self._failed}); reopen the database to run crash recovery")
+                           f"({self._failed}); reopen the database to run crash recovery") \
+                from self._failed
         if self._closed:
             raise WalError("the WAL is closed")
 

@@ -163,8 +163,10 @@ def test_short_wal_write_is_a_full_disk_and_fatal(aio, small_fs, flush_path):
     assert isinstance(info.value, WalError) and isinstance(info.value, DiskFullError)
     assert "wrote only" in str(info.value.__cause__)
     assert w.failed and w.flush_lsn < end
-    with pytest.raises(WalError, match="unusable"):
+    with pytest.raises(WalError, match="unusable") as later:
         w.insert(10, 0, 2, b"after")
+    # a later caller (another thread's commit) sees the failure as its cause: the full disk
+    assert later.value.__cause__ is info.value.__cause__
     w.close()
 
 
