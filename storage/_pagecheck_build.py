@@ -2069,6 +2069,7 @@ int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
     int lower = bt_bounds(page, &first, &count, &leaf);
     if (lower < 0 || !leaf) return -1;
     int64_t room = state[0], inserted = state[1];
+    uint8_t bidx = (uint8_t)state[5];                    /* the actions' block index */
     uint32_t xlen = 0, ilen = 0;
     int j, stop = LR_END;
     for (j = start; j < n; j++) {
@@ -2100,7 +2101,7 @@ int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
             uint8_t *a = xout + xlen;
             uint32_t dlen = 10;
             uint16_t off16 = (uint16_t)off;
-            a[0] = 0; a[1] = 3;                              /* block 0, A_SET_XMAX */
+            a[0] = bidx; a[1] = 3;                           /* A_SET_XMAX */
             memcpy(a + 2, &dlen, 4);
             memcpy(a + 6, &off16, 2);
             memcpy(a + 8, &xid, 8);
@@ -2123,7 +2124,7 @@ int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
             uint32_t dlen = 2 + itemlen;
             uint16_t off16 = (uint16_t)(off + inserted), klen16 = (uint16_t)keylen;
             uint64_t zero = 0;
-            a[0] = 0; a[1] = 2;                              /* block 0, A_INSERT */
+            a[0] = bidx; a[1] = 2;                           /* A_INSERT */
             memcpy(a + 2, &dlen, 4);
             memcpy(a + 6, &off16, 2);
             memcpy(a + 8, &xid, 8);                          /* "<QQBH" xmin, xmax, flags, keylen */

@@ -57,7 +57,9 @@ Invariants (``check()`` verifies 1-6 on a quiet tree):
 Limits: a split and all the splits it causes above it are one record with full-page
 images of the pages touched first after a checkpoint, so a cascade through a tall tree
 can need a few hundred KiB of ``wal_buffers`` (the default 4 MiB is ample; the minimum
-64 KiB is not). Internal pages are never deleted.
+64 KiB is not). A bottom-up append record (``_append_leaves``) carries up to
+APPEND_LEAVES_MAX new leaves, bounded to a quarter of ``wal_buffers``. Internal pages are
+never deleted.
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ from slonik.engine.access.btree_wal import (
     XLOG_BTREE_SPLIT,
     XLOG_BTREE_UNLINK,
     XLOG_BTREE_VACUUM,
+    apply_action,
     apply_block_actions,
     apply_payload_actions,
     delete_data,
@@ -271,6 +274,12 @@ _REF_HEAD = struct.Struct("<QH")
 _EXTENT = struct.Struct("<II")
 _META_SPECIAL = Special(P_NONE, P_NONE, 0, BTP_META)
 LEAF_FILLFACTOR_PERCENT = 90  # a rightmost leaf split for ascending inserts, as nbtree
+# A sorted run past the rightmost leaf's last key is appended bottom-up (``_append_leaves``,
+# as nbtsort builds): new leaves filled to LEAF_FILLFACTOR_PERCENT, at most this many per
+# record (each is a block reference of the record and ~8 KiB of its payload).
+APPEND_LEAVES_MAX = 16
+APPEND_MOVE_MAX = 8  # items a full old leaf may hand the first new leaf for its high key
+_APPEND_RESERVE_BYTES = PAGE_CAPACITY_BYTES * (100 - LEAF_FILLFACTOR_PERCENT) // 100
 assert _REF_HEAD.size + OVERFLOW_EXTENTS_MAX * _EXTENT.size + LEAF_HEADER_SIZE \
     + KEY_MAX_BYTES <= ENTRY_MAX_BYTES
 
@@ -2520,6 +2529,11 @@ class BTree:
         saved = list(stack)
         changes = [_Change(buf, block, False)]
         try:
+            if stack:
+                got = self._append_leaves(batch, runner, i, committed, resolved, block, buf,
+                                          stack, len(item))
+                if got is not None:
+                    return got
             off = self._insert_or_plan(changes, key, xid, item)
             if off is None:
                 self._log(XLOG_BTREE_INSERT, xid, changes)
@@ -2556,6 +2570,149 @@ class BTree:
                 run_block, saved)
         finally:
             self._release_changes(changes)
+
+    def _append_leaves(self, batch: LeafBatch, runner, i: int,
+                       committed: Callable[[int], bool] | None, resolved: dict[int, int],
+                       block: int, buf: int, stack: list[int], item_len: int
+                       ) -> tuple[int, int, tuple[int, list[int]] | None] | None:
+        """Writes i.. of ``batch`` appended bottom-up past the rightmost leaf ``block``
+        (exclusive-locked by the caller, which keeps it), as nbtsort builds a level: when
+        write i (a new version, no old one) is past the leaf's last key and the leaf is
+        full to the fill factor, new leaves are filled to LEAF_FILLFACTOR_PERCENT each
+        (a leaf run per leaf: one C call) and logged with their pivots in ONE split record:
+        block 0 the old leaf (A_SPLIT_LEFT keeping every item, the first new leaf's key as
+        its high key and the new leaf as its right-link), block 1 the parent (one A_INSERT
+        per pivot, as many as its free room takes), then each new leaf (A_INIT, its run's
+        inserts, and A_SPLIT_LEFT adding its high key and right-link when another leaf
+        follows), the metapage last when the free list moved. Every page stays
+        exclusive-locked until the record is logged and stamped (L&Y: a reader reaching a
+        new leaf through a right-link or the parent sees it whole). Returns
+        ``_insert_run``'s answer, or None (nothing changed, nothing more held) when the
+        path does not apply: the caller splits as before."""
+        if APPEND_LEAVES_MAX < 1:  # switched off: every leaf splits as before
+            return None
+        bm = self.bufmgr
+        kinds, olds, keys = batch.kinds, batch.olds, batch.keys
+        page = bm.page(buf)
+        special = self._special(page, block)
+        if special.next != P_NONE or special.level != 0 or special.flags != BTP_LEAF:
+            return None
+        count = bt_item_count(page)
+        key = keys[i]
+        if count < 1 or kinds[i] == KIND_NONE or olds[i] not in (0, LOOKUP_U64):
+            return None
+        lower, upper = _hole(page)
+        hole = upper - lower
+        if item_cost(item_len) <= hole - _APPEND_RESERVE_BYTES or \
+                entry_key(bt_item(page, count))[0] >= key:
+            return None  # room left below the fill factor, or not past the last key
+        # The old leaf's high key must fit: if it is full, its last few items move to
+        # the first new leaf (the separator then their first, suffix-truncated as _split)
+        keep, moved = count, []
+        sep_key, sep_xmin = key, XMIN_MAX
+        while item_cost(PIVOT_HEADER_SIZE + len(sep_key)) > hole:
+            if keep <= 1 or len(moved) >= APPEND_MOVE_MAX:
+                return None
+            item = bytes(bt_item(page, keep))
+            moved.insert(0, item)
+            hole += item_cost(len(item))
+            keep -= 1
+            sep_key, sep_xmin = entry_key(item)
+            if entry_key(bt_item(page, keep))[0] != sep_key:
+                sep_xmin = XMIN_MAX
+        parent, poff = self._find_downlink(stack[-1], block, (key, batch.xids[i]))
+        changes = [_Change(buf, block, False), parent]
+        pres = [bytes(page), bytes(bm.page(parent.buf))]
+        lower, upper = _hole(bm.page(parent.buf))
+        proom = upper - lower
+        if item_cost(PIVOT_HEADER_SIZE + len(sep_key)) > proom:
+            self._release(parent.buf, exclusive=True)
+            return None
+        # at most a quarter of the WAL ring per record (new leaves and images of the old
+        # leaf and the parent), so a small wal_buffers still takes it
+        most = max(1, min(APPEND_LEAVES_MAX, self.wal.wal_buffers_bytes // (4 * BLCKSZ) - 2))
+        alloc = [self._free_head, self._free_count]
+        pieces: list[bytes] = []
+        n = len(keys)
+        j = i
+        stop = STOP_END
+        prev, prev_page, prev_special, prev_keep = block, page, special, keep
+        try:
+            while True:
+                # the next leaf starts at write j (after the items ``moved``, the first
+                # time): the previous page gets its high key and right-link, the parent
+                # its pivot
+                new = self._allocate(alloc)
+                changes.append(new)
+                pres.append(bytes(bm.page(new.buf)))
+                index = len(changes) - 1
+                prev_index = 0 if prev == block else index - 1
+                data = split_left_data(prev_keep, -1, Special(prev_special.prev, new.block, 0,
+                                                              prev_special.flags),
+                                       pack_pivot(sep_key, sep_xmin, P_NONE), b"")
+                apply_action(prev_page, A_SPLIT_LEFT, data)
+                pieces.append(encode_actions([(prev_index, A_SPLIT_LEFT, data)]))
+                pivot = pack_pivot(sep_key, sep_xmin, new.block)
+                data = insert_data(poff, pivot)
+                apply_action(bm.page(parent.buf), A_INSERT, data)
+                pieces.append(encode_actions([(1, A_INSERT, data)]))
+                poff += 1
+                proom -= item_cost(len(pivot))
+                npage = bm.page(new.buf)
+                nspecial = Special(prev, P_NONE, 0, BTP_LEAF)
+                data = init_data(nspecial, moved)
+                apply_action(npage, A_INIT, data)
+                pieces.append(encode_actions([(index, A_INIT, data)]))
+                lower, upper = _hole(npage)
+                st = LeafRunState(upper - lower - _APPEND_RESERVE_BYTES, index)
+                done, stop = leaf_run(npage, None, batch, j, st, committed, runner)
+                if done == 0 and not moved:
+                    raise self._corrupt(new.block, f"a new leaf took no write of the run "
+                                                   f"(stop {stop})")
+                more = st.payload()
+                apply_payload_actions(npage, more, index, st.nactions())
+                pieces.append(more)
+                if st.resolved:
+                    resolved.update(st.resolved)
+                j += done
+                prev, prev_page, prev_special = new.block, npage, nspecial
+                prev_keep = len(moved) + st.inserted
+                moved, sep_key, sep_xmin = [], keys[j] if j < n else b"", XMIN_MAX
+                if stop != STOP_NO_ROOM or done == 0 or j >= n or \
+                        len(changes) - 2 >= most or \
+                        kinds[j] == KIND_NONE or olds[j] not in (0, LOOKUP_U64) or \
+                        keys[j] == keys[j - 1]:
+                    break
+                lower, upper = _hole(npage)
+                hk_cost = item_cost(PIVOT_HEADER_SIZE + len(sep_key))
+                if hk_cost > upper - lower or hk_cost > proom:
+                    break
+            if alloc != [self._free_head, self._free_count]:
+                meta = _Change(self._read(META_BLOCK, exclusive=True), META_BLOCK, True)
+                changes.append(meta)  # the metapage last, as nbtree locks it
+                pres.append(bytes(bm.page(meta.buf)))
+                data = self._meta_init(self._root, self._level, *alloc)
+                apply_action(bm.page(meta.buf), A_INIT, data)
+                pieces.append(encode_actions([(len(changes) - 1, A_INIT, data)]))
+            specs = []
+            for ch, pre in zip(changes, pres, strict=True):
+                npage = bm.page(ch.buf)
+                specs.append(BlockSpec(self.rel, int(self.fork), ch.block, npage,
+                                       page_get_lsn(pre), ch.will_init, _hole(npage)))
+            _start, end = self.wal.insert(RM_BTREE, XLOG_BTREE_SPLIT, batch.xids[i],
+                                          b"".join(pieces), specs)
+        except BaseException:
+            for ch, pre in zip(changes, pres, strict=False):
+                bm.page(ch.buf)[:] = pre
+            self._release_changes(changes[1:])
+            raise
+        for ch in changes:
+            page_set_lsn(bm.page(ch.buf), end)
+            bm.mark_dirty(ch.buf)
+        self._forget_inner(changes)
+        self._free_head, self._free_count = alloc
+        self._release_changes(changes[1:])
+        return j - i, stop, (prev, list(stack)) if stop == STOP_NO_ROOM else None
 
     def _hinted_leaf(self, block: int, key: bytes) -> tuple[int, int] | None:
         """(block, buf) of leaf ``block`` exclusive-locked when it is a live leaf and ``key``

@@ -2,7 +2,8 @@
 
 ``BTree.apply`` sorts a batch of version writes by key and writes every run of them that
 lands on one leaf as one record: a set-xmax per old version replaced, then an insert per
-new version (``btree_wal``'s A_SET_XMAX and A_INSERT, block index 0), in key order. This
+new version (``btree_wal``'s A_SET_XMAX and A_INSERT, block index 0 or the state's
+``index``: a new leaf of a bottom-up append record), in key order. This
 module computes that record's payload from the locked leaf and the batch, for as many
 writes of the run as fit, in one C call (``slk_bt_leaf_run``) instead of an interpreted
 step per write; ``leaf_run_py`` is its reference (the C module may be absent) and
@@ -179,10 +180,11 @@ class LeafRunState:
     and insert actions (payload bytes), and the old xmin each OLD_LOOKUP write resolved
     to (by batch index; a write absent from ``resolved`` found no version to replace)."""
 
-    __slots__ = ("room", "inserted", "xmax_actions", "insert_actions", "resolved")
+    __slots__ = ("room", "inserted", "xmax_actions", "insert_actions", "resolved", "index")
 
-    def __init__(self, room: int) -> None:
+    def __init__(self, room: int, index: int = 0) -> None:
         self.room = room
+        self.index = index  # the block index the actions name (the record's block list)
         self.inserted = 0
         self.xmax_actions = bytearray()
         self.insert_actions = bytearray()
@@ -220,14 +222,14 @@ def _step_py(page, count: int, high: bytes | None, batch: LeafBatch, j: int,
                 break
             off += 1
         if old:
-            st.xmax_actions += _ACTION.pack(0, A_SET_XMAX, _SET_XMAX.size) + \
+            st.xmax_actions += _ACTION.pack(st.index, A_SET_XMAX, _SET_XMAX.size) + \
                 _SET_XMAX.pack(off, xid)
         resolved = old
     elif old:
         off = search_page(page, key, old, False)
         if off > count or entry_key(bt_item(page, off)) != (key, old):
             return STOP_NO_OLD
-        st.xmax_actions += _ACTION.pack(0, A_SET_XMAX, _SET_XMAX.size) + \
+        st.xmax_actions += _ACTION.pack(st.index, A_SET_XMAX, _SET_XMAX.size) + \
             _SET_XMAX.pack(off, xid)
         resolved = None
     else:
@@ -245,7 +247,7 @@ def _step_py(page, count: int, high: bytes | None, batch: LeafBatch, j: int,
             del st.xmax_actions[mark:]
             return STOP_NO_ROOM
         st.room -= cost
-        st.insert_actions += _ACTION.pack(0, A_INSERT, _U16.size + len(item)) + \
+        st.insert_actions += _ACTION.pack(st.index, A_INSERT, _U16.size + len(item)) + \
             _U16.pack(off + st.inserted) + item
         st.inserted += 1
     if resolved:
@@ -281,7 +283,7 @@ class LeafRunner:
                      batch.payload_blob, _ffi.from_buffer("uint64_t[]", batch.payload_at),
                      batch.kinds, _ffi.from_buffer("uint64_t[]", batch.xids),
                      _ffi.from_buffer("uint64_t[]", batch.olds))
-        self.state = _ffi.new("int64_t[5]")
+        self.state = _ffi.new("int64_t[6]")  # room, inserted, lengths, stop, block index
         self.xout = _ffi.new("uint8_t[]", _XMAX_OUT_BYTES)
         self.iout = _ffi.new("uint8_t[]", _INSERT_OUT_BYTES)
 
@@ -306,6 +308,7 @@ def leaf_run(page, high: bytes | None, batch: LeafBatch, start: int, st: LeafRun
     while True:
         state[0] = st.room
         state[1] = st.inserted
+        state[5] = st.index
         got = _lib.slk_bt_leaf_run(
             _ffi.from_buffer(page), _ffi.NULL if high is None else high, hlen, *args,
             j, n, state, runner.xout, _XMAX_OUT_BYTES, runner.iout, _INSERT_OUT_BYTES)

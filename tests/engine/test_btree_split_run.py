@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from slonik.engine.access import btree
 from slonik.engine.access.btree import OLD_LOOKUP, VersionWrite
 from slonik.engine.access.btree_wal import (
     A_INIT,
@@ -52,11 +53,13 @@ def split_runs(records) -> list[tuple[bool, int]]:
     return out
 
 
-def test_fresh_batch_splits_carry_the_runs(big_env):
-    """3,000 random puts into an empty tree in one batch: after the first leaf's run,
+def test_fresh_batch_splits_carry_the_runs(big_env, monkeypatch):
+    """3,000 random puts into an empty tree in one batch, the bottom-up append switched
+    off (APPEND_LEAVES_MAX = 0: test_btree_append covers it): after the first leaf's run,
     every split record carries the run that follows on its new right page, so the batch
     logs one INSERT record in all; redo gives the pool's bytes, the tree checks clean,
     the keys read back in order with their values, and no buffer stays pinned."""
+    monkeypatch.setattr(btree, "APPEND_LEAVES_MAX", 0)
     env = big_env
     t = env.tree
     descents = count_descents(t)
@@ -94,12 +97,14 @@ def count_descents(tree) -> list[int]:
     return calls
 
 
-def test_wide_keys_split_inner_pages_and_the_root_under_hints(big_env):
+def test_wide_keys_split_inner_pages_and_the_root_under_hints(big_env, monkeypatch):
     """1,500 random puts of 900-byte keys into an empty tree in one batch (fan-out ~8:
     leaves, inner pages and the root split again and again while each split starts from
-    the leaf and the stack the last one left): the tree checks clean with four levels or
-    more, redo gives the pool's bytes, the keys read back in order, and descents happen
-    only after a split above the leaves (far fewer than the splits)."""
+    the leaf and the stack the last one left), the bottom-up append switched off
+    (test_btree_append covers it with wide keys): the tree checks clean with four levels
+    or more, redo gives the pool's bytes, the keys read back in order, and descents
+    happen only after a split above the leaves (far fewer than the splits)."""
+    monkeypatch.setattr(btree, "APPEND_LEAVES_MAX", 0)
     env = big_env
     t = env.tree
     descents = count_descents(t)

@@ -58,11 +58,11 @@ def batch_of(entries, writes):
                          bytes(r[2] for r in rows), [r[1] for r in rows], olds)
 
 
-def run_both(page, high, batch, start, room, committed):
+def run_both(page, high, batch, start, room, committed, index=0):
     runner = lr.new_runner(batch)
     out = []
     for r in (runner, None):
-        s = lr.LeafRunState(room)
+        s = lr.LeafRunState(room, index)
         done, stop = lr.leaf_run(page, high, batch, start, s, committed, r)
         out.append((done, stop, s.payload(), s.room, s.inserted, s.resolved, s.nactions()))
     return out
@@ -75,14 +75,16 @@ def run_both(page, high, batch, start, room, committed):
                                  st.sampled_from(["lookup", "none", "page", "page", "any"])),
                        max_size=40),
        high=st.one_of(st.none(), keys), value_len=st.integers(0, 40),
-       room=st.integers(0, 3000), aborted=st.sets(xids, max_size=8))
+       room=st.integers(0, 3000), aborted=st.sets(xids, max_size=8),
+       index=st.sampled_from([0, 0, 1, 2, 17, 31]))
 def test_c_leaf_run_equals_reference_and_redo(entries, writes, high, value_len, room,
-                                              aborted):
+                                              aborted, index):
     """Random leaves (high key or rightmost), random sorted batches mixing explicit old
     versions (present or not), OLD_LOOKUP, deletes, overflow and inline payloads, and a
     random room limit: C and reference agree on everything they return; the payload
     applied by apply_payload_actions equals it applied action by action (redo's bytes),
-    and each write's new version is then on the page with xmax 0."""
+    and each write's new version is then on the page with xmax 0. Every action names the
+    run's block ``index`` (a leaf of a record with several blocks: the bottom-up append)."""
     page = leaf(entries, high, value_len)
     batch = batch_of(entries, writes)
 
@@ -90,11 +92,12 @@ def test_c_leaf_run_equals_reference_and_redo(entries, writes, high, value_len, 
         return x not in aborted
 
     for start in range(min(len(batch.keys), 3) or 1):
-        c, py = run_both(page, high, batch, start, room, committed)
+        c, py = run_both(page, high, batch, start, room, committed, index)
         assert c == py
         done, _stop, payload, _room, _ins, _res, nactions = c
+        assert {i for i, _code, _data in decode_actions(payload)} <= {index}
         fast = bytearray(page)
-        apply_payload_actions(fast, payload, 0, nactions)
+        apply_payload_actions(fast, payload, index, nactions)
         slow = bytearray(page)
         for _i, code, data in decode_actions(payload):
             apply_action(slow, code, data)
