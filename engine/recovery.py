@@ -232,31 +232,28 @@ class RedoContext:
         (btree_wal invariant 1), so the run's records keep their order per page."""
         bm = self.bufmgr
         tags = list(map(_REF_TAG, map(_FIRST_BLOCK, map(_BLOCKS, map(_RECORD, run)))))
-        held: dict[tuple[int, int, int], int] = {}
+        distinct = list(dict.fromkeys(tags))
+        # Pages in the pool (the usual case, prefetched) are pinned in one lock section,
+        # the rest read one by one; then all are locked, and released, in one call each.
+        pinned = bm.pin_if_valid_many(distinct)
         try:
-            for tag in dict.fromkeys(tags):
-                buf = bm.pin_if_valid(*tag)
-                if buf < 0:
-                    buf = bm.read_buffer(*tag)
-                try:
-                    bm.lock_exclusive(buf)
-                except BaseException:
-                    bm.unpin(buf)
-                    raise
-                held[tag] = buf
-            bufs = list(map(held.__getitem__, tags))
+            if -1 in pinned:
+                for i, buf in enumerate(pinned):
+                    if buf < 0:
+                        pinned[i] = bm.read_buffer(*distinct[i])
+            bm.lock_exclusive_many(pinned)
+        except BaseException:
+            bm.unpin_many([buf for buf in pinned if buf >= 0])
+            raise
+        try:
+            bufs = list(map(dict(zip(distinct, pinned, strict=True)).__getitem__, tags))
             changed = redo_leaf_run(bm.c_pool, bm.pages, bufs,
                                     list(map(_PAYLOAD, map(_RECORD, run))),
                                     list(map(_END_LSN, run)))
-            is_dirty = bm.is_dirty
-            for buf in dict.fromkeys(compress(bufs, changed)):
-                if not is_dirty(buf):
-                    self.dirtied += 1
-                bm.mark_dirty(buf)
+            self.dirtied += bm.mark_dirty_many(list(dict.fromkeys(compress(bufs, changed))))
         finally:
-            for buf in held.values():
-                bm.unlock_exclusive(buf)
-            bm.unpin_many(list(held.values()))
+            bm.unlock_exclusive_many(pinned)
+            bm.unpin_many(pinned)
 
     def finish_redo_buffer(self, rr: ReadRecord, buf: int) -> None:
         bm = self.bufmgr

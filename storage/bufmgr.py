@@ -1224,6 +1224,28 @@ class BufferManager:
             self._hits += 1
         return b
 
+    def pin_if_valid_many(self, tags: Sequence[tuple[int, int, int]]) -> list[int]:
+        """``pin_if_valid`` of each (rel, fork, block) in one descriptor-lock section
+        (recovery's run of B+tree records pins a page per record): the buffer ids, -1 for
+        a block not VALID in the pool (not pinned). No I/O, no victim."""
+        out: list[int] = []
+        append = out.append
+        with self._lock:
+            table = self._table
+            descs = self.descs
+            for tag in tags:
+                b = table.get(tag)
+                if b is None or not descs[b].flags & BM_VALID:
+                    append(-1)
+                    continue
+                d = descs[b]
+                d.refcount += 1
+                if d.usage_count < BM_MAX_USAGE_COUNT:
+                    d.usage_count += 1
+                self._hits += 1
+                append(b)
+        return out
+
     def read_hit(self, rel: int, fork: int, block: int, read: Callable, *args):
         """``read(c_pool, seq, buf, *args)`` when the block is VALID in the pool (its
         buffer ``buf``), called while the descriptor lock is held; None, without calling
@@ -1586,6 +1608,50 @@ class BufferManager:
 
     def is_dirty(self, buf_id: int) -> bool:
         return bool(self.descs[buf_id].flags & BM_DIRTY)
+
+    def mark_dirty_many(self, buf_ids: Sequence[int]) -> int:
+        """``mark_dirty`` of each buffer (pinned and exclusive-locked, each once) in one
+        descriptor-lock section; how many of them were clean before."""
+        turned = 0
+        descs = self.descs
+        with self._lock:
+            for b in buf_ids:
+                d = descs[b]
+                assert d.refcount > 0 and d.lock.held_exclusive, \
+                    "a buffer is pinned and exclusively locked before it is dirtied"
+                if not d.flags & BM_DIRTY:
+                    self._set_state_locked(d, B.DIRTY)
+                    turned += 1
+        return turned
+
+    def lock_exclusive_many(self, buf_ids: Sequence[int]) -> None:
+        """``lock_exclusive`` of each pinned buffer, in order (distinct buffers). When a
+        lock raises (an interrupt), the ones this call took are released before it goes on."""
+        bump = self._bump
+        descs = self.descs
+        done = 0
+        try:
+            for b in buf_ids:
+                d = descs[b]
+                assert d.refcount > 0, "a buffer is pinned before it is locked"
+                d.lock.acquire_exclusive()
+                done += 1
+                if bump is not None:  # invariant 8: odd before the page may change
+                    bump(b)
+        except BaseException:
+            self.unlock_exclusive_many(buf_ids[:done])
+            raise
+
+    def unlock_exclusive_many(self, buf_ids: Sequence[int]) -> None:
+        """``unlock_exclusive`` of each buffer."""
+        bump = self._bump
+        descs = self.descs
+        for b in buf_ids:
+            lock = descs[b].lock
+            if bump is not None:  # invariant 8: even again once the page stopped changing
+                assert lock.held_exclusive, "content lock released exclusive but not held"
+                bump(b)
+            lock.release_exclusive()
 
     # --- writes --------------------------------------------------------------------------------------
     def _write_victim(self, buf_id: int) -> None:

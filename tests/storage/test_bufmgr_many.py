@@ -1,0 +1,64 @@
+"""The buffer manager's batch calls recovery's B+tree runs use (``pin_if_valid_many``,
+``lock_exclusive_many``, ``mark_dirty_many``, ``unlock_exclusive_many``), on every io
+method: each equals its one-buffer call applied to every buffer in turn."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from slonik.storage.smgr import Fork
+
+REL = 16384  # small_pool's relation (tests/storage/conftest.py): blocks 0..7
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(st.integers(0, 7), max_size=8), st.lists(st.integers(0, 7), max_size=8),
+       st.lists(st.integers(0, 9), unique=True, max_size=10))
+def test_batch_calls_equal_one_buffer_calls(small_pool, cached, dirty, asked):
+    """Blocks ``cached`` are read into the pool (and unpinned), those of ``dirty`` among
+    them dirtied; then for the distinct blocks ``asked`` (8 and 9 do not exist, so are
+    never in the pool): pin_if_valid_many gives what pin_if_valid gives block by block
+    (buffer or -1), raising each pinned buffer's pin count by one and the hit count by the
+    number pinned; lock_exclusive_many holds each pinned buffer's content lock with an odd
+    change counter; mark_dirty_many returns how many were clean and leaves all dirty;
+    unlock_exclusive_many and unpin_many leave no lock, no pin, even counters, and
+    check() passes. Fails when a miss is pinned, a hit is skipped or a count is off."""
+    bm, _smgr = small_pool
+    for block in cached:
+        buf = bm.read_buffer(REL, Fork.MAIN, block)
+        if block in dirty:
+            bm.lock_exclusive(buf)
+            bm.mark_dirty(buf)
+            bm.unlock_exclusive(buf)
+        bm.unpin(buf)
+    tags = [(REL, int(Fork.MAIN), block) for block in asked]
+    expected = []
+    for tag in tags:
+        buf = bm.pin_if_valid(*tag)
+        if buf >= 0:
+            bm.unpin(buf)
+        expected.append(buf)
+    refcounts = [bm.descs[b].refcount for b in range(len(bm.descs))]
+    hits = bm.stats().hits
+    got = bm.pin_if_valid_many(tags)
+    assert got == expected
+    pinned = [b for b in got if b >= 0]
+    assert set(pinned) <= {bm._table.get(t) for t in tags}
+    assert [bm.descs[b].refcount for b in range(len(bm.descs))] == \
+        [n + (b in pinned) for b, n in enumerate(refcounts)]
+    assert bm.stats().hits == hits + len(pinned)
+    clean = sum(not bm.is_dirty(b) for b in pinned)
+    bm.lock_exclusive_many(pinned)
+    assert all(bm.descs[b].lock.held_exclusive for b in pinned)
+    if bm.seq is not None:
+        assert all(bm.seq_of(b) % 2 == 1 for b in pinned)
+    assert bm.mark_dirty_many(pinned) == clean
+    assert all(bm.is_dirty(b) for b in pinned)
+    bm.unlock_exclusive_many(pinned)
+    bm.unpin_many(pinned)
+    assert not any(bm.descs[b].lock.held_exclusive for b in pinned)
+    assert all(bm.descs[b].refcount == 0 for b in range(len(bm.descs)))
+    if bm.seq is not None:
+        assert all(bm.seq_of(b) % 2 == 0 for b in range(len(bm.descs)))
+    bm.check()
