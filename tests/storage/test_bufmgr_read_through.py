@@ -11,10 +11,10 @@ import pytest
 from slonik.storage import bufmgr as bufmgr_module
 from slonik.storage.bufmgr import BM_DIRTY, BufferManager, BufferState
 from slonik.storage.errors import DataCorruptionError
-from slonik.storage.page import BLCKSZ, init_page, page_add_item, page_set_lsn
+from slonik.storage.page import BLCKSZ
 from slonik.storage.smgr import Fork
 
-from tests.support.pages import make_page
+from tests.support.pages import dirty_first_blocks, make_page
 
 REL = 16384  # relation_files' relation (tests/storage/conftest.py)
 POOL = 16
@@ -83,16 +83,7 @@ def test_every_block_of_a_relation_larger_than_the_pool(env):
 
 
 def dirty_all(bm: BufferManager) -> None:
-    for block in range(POOL):
-        b = bm.read_buffer(REL, Fork.MAIN, block)
-        bm.lock_exclusive(b)
-        page = bm.page(b)
-        init_page(page)
-        page_add_item(page, b"new %d" % block)
-        page_set_lsn(page, 100 + block)
-        bm.mark_dirty(b)
-        bm.unlock_exclusive(b)
-        bm.unpin(b)
+    dirty_first_blocks(bm, POOL, 100, REL)
 
 
 @needs_c

@@ -10,15 +10,12 @@ import threading
 import pytest
 from slonik.storage.bufmgr import BM_DIRTY, BufferManager, BufferState
 from slonik.storage.page import (
-    BLCKSZ,
-    init_page,
-    page_add_item,
     page_get_item,
     page_get_lsn,
-    page_set_checksum,
-    page_set_lsn,
 )
 from slonik.storage.smgr import Fork, Smgr
+
+from tests.support.pages import block_on_disk, dirty_first_blocks, make_page
 
 REL = 16384
 SEGMENT = 8
@@ -26,19 +23,11 @@ POOL = 16
 BLOCKS = 24
 
 
-def make_page(block: int, text: bytes) -> bytes:
-    buf = bytearray(BLCKSZ)
-    init_page(buf)
-    page_add_item(buf, text)
-    page_set_checksum(buf, REL, Fork.MAIN, block)
-    return bytes(buf)
-
-
 @pytest.fixture
 def env(tmp_path, aio):
     smgr = Smgr(str(tmp_path), segment_size=SEGMENT, max_files=3, aio=aio)
     smgr.create(REL, Fork.MAIN)
-    smgr.writev(REL, Fork.MAIN, 0, [make_page(b, b"old %d" % b) for b in range(BLOCKS)])
+    smgr.writev(REL, Fork.MAIN, 0, [make_page(b, REL, text=b"old %d" % b) for b in range(BLOCKS)])
     bm = BufferManager(smgr, aio, shared_buffers=POOL, io_combine_limit=4)
     yield bm, smgr
     aio.wait_all()
@@ -46,23 +35,12 @@ def env(tmp_path, aio):
 
 
 def on_disk(smgr: Smgr, block: int) -> bytes:
-    with open(smgr.segment_path(REL, Fork.MAIN, block // SEGMENT), "rb") as f:
-        f.seek((block % SEGMENT) * BLCKSZ)
-        return f.read(BLCKSZ)
+    return block_on_disk(smgr, block, SEGMENT, REL)
 
 
 def dirty_pool(bm: BufferManager) -> None:
     """Fill the pool with blocks 0..POOL-1, each rewritten ('new b') under LSN 1000 + b."""
-    for block in range(POOL):
-        b = bm.read_buffer(REL, Fork.MAIN, block)
-        bm.lock_exclusive(b)
-        page = bm.page(b)
-        init_page(page)
-        page_add_item(page, b"new %d" % block)
-        page_set_lsn(page, 1000 + block)
-        bm.mark_dirty(b)
-        bm.unlock_exclusive(b)
-        bm.unpin(b)
+    dirty_first_blocks(bm, POOL, 1000, REL)
 
 
 def test_victim_write_flushes_wal_first_then_writes_a_checksummed_page(env):
