@@ -1753,13 +1753,7 @@ class BTree:
                     expected = nxt
         # The parent level ran out before the leaf level did (the last leaf it listed has
         # split since): follow the right-links.
-        while expected is not None and expected != P_NONE:
-            result, end, nxt = self._visit_read(expected, visit)
-            if result is not _SKIP:
-                yield result
-            if end:
-                return
-            expected = nxt
+        yield from self._visit_by_right_links(expected, visit)
 
     def _walk_leaves(self, key: bytes, visit, stop: bytes | None = None) -> Iterator:
         """Visit the leaves from the one where ``key`` belongs rightwards, in right-link
@@ -1826,6 +1820,11 @@ class BTree:
                 expected = nxt
         # The parent level ran out before the leaf level did (the last leaf it listed has
         # split since): follow the right-links.
+        yield from self._visit_by_right_links(expected, visit)
+
+    def _visit_by_right_links(self, expected: int | None, visit) -> Iterator:
+        """``visit``'s results for leaf ``expected`` and those right of it, following the
+        right-links (each leaf read directly), until a visit says stop or the level ends."""
         while expected is not None and expected != P_NONE:
             result, stop, nxt = self._visit_read(expected, visit)
             if result is not _SKIP:
