@@ -712,24 +712,12 @@ class Table:
         transaction's, or a registered one released after), each batch handed out after
         the full check (open, relation live, no fatal WAL error); an error underneath
         reports a close or drop first, and the end of the scan checks once more."""
-        check, layer = self._check, self._layer
-        decode_run = self._codec.decode_run
+        check = self._check
         try:
-            txn = layer.current()
-            if txn is not None and txn.snapshot is not None:
-                snap, xacts = txn.snapshot, None
-            else:
-                xacts = layer.xacts
-                snap = xacts.snapshot()
-            try:
-                for run in self._heap.scan_runs(self._xid_snapshot(snap), tids=False,
-                                                headers=False):
-                    rows = decode_run(run.data, run.starts, run.ends)
+            with self._layer.read_snapshot() as snap:  # once per scan: no need to inline it
+                for _run, rows in self._runs(snap, tids=False):
                     check()
                     yield rows
-            finally:
-                if xacts is not None:
-                    xacts.release(snap)
         except Exception:
             check()  # closed or dropped underneath: that is the error to report
             raise
