@@ -106,6 +106,9 @@ class AioStats:
     # Non-blocking inline read attempts (``Aio.nowait_reads_inline``) that found some page
     # not cached (or could not try) and went to the method after all.
     nowait_fallbacks: int = 0
+    # Batches handed to the method's submit (one io_uring_enter, one worker hand-off each;
+    # I/O executed inline is not submitted): ios / submissions is the batching achieved.
+    submissions: int = 0
 
     def total(self, op: str, what: str = "ios") -> int:
         return sum(c.get(what, 0) for key, c in self.counters.items() if key.endswith("/" + op))
@@ -296,6 +299,7 @@ class Aio:
         if not ctx.staged:
             return
         staged, ctx.staged = ctx.staged, []
+        ctx.submissions += 1
         inflight = ctx.inflight
         for h in staged:
             h._set_state(_SUBMITTED)
@@ -316,14 +320,25 @@ class Aio:
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Defer submission of this thread's I/O until the outermost batch exits."""
-        ctx = self._context()
-        ctx.batch_depth += 1
+        ctx = self.enter_batch()
         try:
             yield
         finally:
-            ctx.batch_depth -= 1
-            if ctx.batch_depth == 0:
-                self._submit_staged(ctx)
+            self.exit_batch(ctx)
+
+    def enter_batch(self) -> IssuerContext:
+        """``batch()`` without the context manager, for a caller that enters a batch per
+        few I/Os (a read stream's look-ahead): pair with ``exit_batch(context)`` in a
+        ``finally``."""
+        ctx = self._context()
+        ctx.batch_depth += 1
+        return ctx
+
+    def exit_batch(self, ctx: IssuerContext) -> None:
+        """Leave a batch ``enter_batch`` entered; the outermost one submits."""
+        ctx.batch_depth -= 1
+        if ctx.batch_depth == 0:
+            self._submit_staged(ctx)
 
     # --- completion ---------------------------------------------------------------------------
     def _complete(self, h: Handle, raw: int) -> None:
@@ -341,15 +356,21 @@ class Aio:
             finally:
                 cond.release()
         else:
-            with cond:
+            cond.acquire()
+            try:
                 h.raw_result = raw
                 h._set_state(_COMPLETED_IO)
+            finally:
+                cond.release()
             result = cb.run_complete_shared(h)
-            with cond:
+            cond.acquire()
+            try:
                 h.distilled = result
                 h._set_state(_COMPLETED_SHARED)
                 if self._sleepers[h.index]:
                     cond.notify_all()
+            finally:
+                cond.release()
         if h.owner is getattr(self._local, "ctx", None):
             self._reclaim(h)
 
@@ -496,7 +517,7 @@ class Aio:
                 row["bytes"] += c.nbytes
                 row["wait_ns"] += c.wait_ns
         return AioStats(self.method.name, self.io_max_concurrency, len(contexts), totals,
-                        fallbacks)
+                        fallbacks, sum(ctx.submissions for ctx in contexts))
 
     def inflight(self) -> list[InflightIo]:
         rows = []

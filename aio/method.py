@@ -45,6 +45,7 @@ class IssuerContext:
         self.inflight: OrderedDict[int, Handle] = OrderedDict()  # submission order
         self.handed_out: Handle | None = None
         self.batch_depth = 0
+        self.submissions = 0  # calls of the method's submit (AioStats.submissions)
         self.counters: dict[tuple[int, IoOp], Any] = {}
         self.method_state: object = None  # the method's per-thread data (a ring)
 

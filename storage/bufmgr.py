@@ -927,6 +927,15 @@ class BufferManager:
             raise
         op.ios.append(io)
 
+    def read_done(self, op: ReadBuffersOperation) -> bool:
+        """True when every read ``op`` started has completed, so ``wait_read_buffers``
+        will not block for one (it may still re-issue a short read, or wait for another
+        thread's read of one of its blocks)."""
+        if op.foreign:
+            return False
+        done = self.aio.done
+        return all(io.ref is None or done(io.ref) for io in op.ios)
+
     def wait_read_buffers(self, op: ReadBuffersOperation) -> list[int]:
         """Wait for the reads ``op`` started (and for other threads' reads of its blocks),
         re-issue the rest of short reads, raise on failure. Returns the pinned buffers."""
@@ -1332,7 +1341,8 @@ class BufferManager:
                 self._read_ios += 1
             self._zeroed += len(zeroed)
             self._ignored += len(ignored)
-            self._io_done.notify_all()
+            if self._io_waiters:  # (a Condition's notify costs a few µs even with nobody)
+                self._io_done.notify_all()
         if prior.status == ERROR:
             return prior
         if bad:

@@ -106,6 +106,11 @@ class ReadStream:
         self.max_ios = max(1, max_ios)
         self.combine = bufmgr.io_combine_limit
         self._batch_blocks = LOOK_AHEAD_BATCH_IOS * self.combine
+        # ... and has that many reads' room under max_ios (or half of it, when smaller):
+        # a scattered source (an aged tree's leaves, one block per read) is limited by
+        # reads in flight, not by pins, and would otherwise start one read per block
+        # consumed, each its own io_uring_enter.
+        self._batch_ios = min(LOOK_AHEAD_BATCH_IOS, (self.max_ios + 1) // 2)
         default_pins = min((max_ios + 1) * self.combine, max(1, bufmgr.nbuffers // 4))
         if max_pinned is None:
             max_pinned = default_pins
@@ -242,15 +247,19 @@ class ReadStream:
         op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, n,
                                             strategy=self.strategy)
         run = _Run(op, block, n)
-        self._queue.extend(map(list, zip(op.buffers, data, repeat(run, n), strict=True)))
+        if n == 1:  # a scattered source's usual run
+            self._queue.append([op.buffers[0], data[0], run])
+        else:
+            self._queue.extend(map(list, zip(op.buffers, data, repeat(run, n), strict=True)))
         self.pinned += n
         if self.pinned > self._max_pinned_seen:
             self._max_pinned_seen = self.pinned
-        reading = sum(len(io.buf_ids) for io in op.ios)
+        ios = op.ios
+        reading = len(ios[0].buf_ids) if len(ios) == 1 else sum(len(io.buf_ids) for io in ios)
         self._blocks_read += reading
         self._hits += n - reading
-        if op.needs_wait:
-            self._ios += len(op.ios)
+        if ios or op.foreign:  # op.needs_wait
+            self._ios += len(ios)
             self._ios_in_progress += 1
             if self.synchronous:
                 self._wait_run(run)
@@ -271,8 +280,12 @@ class ReadStream:
             self._readahead_to = stop
 
     def _look_ahead(self) -> None:
-        with self.bufmgr.aio.batch():  # the reads started here go to the kernel together
+        aio = self.bufmgr.aio
+        ctx = aio.enter_batch()  # the reads started here go to the kernel together
+        try:
             self._look_ahead_batched()
+        finally:
+            aio.exit_batch(ctx)
 
     def _look_ahead_batched(self) -> None:
         combine, maxcombine = self.combine, self.bufmgr.smgr.maxcombine
@@ -397,8 +410,9 @@ class ReadStream:
         distance = self.distance
         # Look ahead once the window has room for LOOK_AHEAD_BATCH_IOS combined reads (or
         # half the window, when that is smaller), not after every block.
-        if distance and (distance - self.pinned - self._pending_n >= min(self._batch_blocks, (distance + 1) // 2)
-                         or not self._queue):
+        if distance and (not self._queue or (
+                distance - self.pinned - self._pending_n >= min(self._batch_blocks, (distance + 1) // 2)
+                and self.max_ios - self._ios_in_progress >= self._batch_ios)):
             try:
                 self._look_ahead()
             except BaseException:
@@ -425,6 +439,7 @@ class ReadStream:
         if self._fast_path:
             return self._next_fast_run(limit)
         queue = self._queue
+        read_done = self.bufmgr.read_done
         out: list[Any] = []
         taken: list[list] = []
         try:
@@ -442,20 +457,29 @@ class ReadStream:
                         break
                     raise run.error  # a failed read's blocks are never handed out
                 if not run.waited:
-                    if out:
-                        break  # hand out what is ready; the next call waits
                     if run.op is None:
+                        if out:
+                            break  # hand out what is ready; the next call reads
                         self._read_advised(run)
-                    else:
+                    elif not out:
                         self._wait_run(run)
                         self._grow_distance()
+                    elif read_done(run.op):
+                        # Completed meanwhile (reaped with the one waited for): taken in
+                        # this call, so a scattered source's reads, one block each, are
+                        # consumed a batch at a time, not one per call.
+                        self._wait_run(run)
+                    else:
+                        break  # hand out what is ready; the next call waits
                 queue.popleft()
                 self.pinned -= 1
                 taken.append(entry)
                 out.append((entry[0], entry[1]) if self.per_buffer_data else entry[0])
             distance = self.distance
-            if distance and (distance - self.pinned - self._pending_n
-                             >= min(self._batch_blocks, (distance + 1) // 2) or not queue):
+            if distance and (not queue or (
+                    distance - self.pinned - self._pending_n
+                    >= min(self._batch_blocks, (distance + 1) // 2)
+                    and self.max_ios - self._ios_in_progress >= self._batch_ios)):
                 self._look_ahead()
         except BaseException:
             for entry in reversed(taken):  # not handed out: close() unpins them
