@@ -419,8 +419,11 @@ class Smgr:
                              f"split with maxcombine() (at most {self._segment_size - in_segment})")
         verb = "write" if write else "read"
         path = self._segment_path(rel, fork, segno)
-        fd = self._acquire_segment(rel, fork, segno, write,
-                                   lambda: f"{verb} {describe(rel, fork, block, n)}", path)
+        try:
+            fd = self._files.acquire(path)  # the usual case: the segment is open
+        except IOFailure:  # missing (create it when writing), or the open failed: say why
+            fd = self._acquire_segment(rel, fork, segno, write,
+                                       lambda: f"{verb} {describe(rel, fork, block, n)}", path)
         io = (SmgrWriteIo if write else SmgrReadIo)(self, rel, fork, block, n, path, fd,
                                                       os.O_RDWR | self.file_flags)
         try:
