@@ -33,6 +33,14 @@ new database in ``--dir``/<method>:
   one 8 KiB leaf read in flight, no look-ahead of any kind (neither more reads nor
   combining). The stream's look-ahead shows as the ratio of the cold scan to this one
   (``cold_vs_one_leaf``).
+- aged store: a second store of ``--aged-keys`` keys (same key format and value), put in
+  the same kind of random order but ``AGED_KEYS_PER_TXN`` per transaction, as a store that
+  grew over time does: every commit splits leaves all over the key range, and a split's new
+  leaf goes to the end of the file, so neighbouring leaves in key order are far apart on
+  disk and a scan reads one 8 KiB leaf per I/O (combining has nothing to combine). Cold
+  scans of it (as above) at the default ``effective_io_concurrency`` and at 1: their ratio
+  (``aged_cold_vs_eic1``) is what the look-ahead's concurrent reads buy where only
+  concurrency can help. Figure of the build: puts/s.
 
 SQLite (``journal_mode=WAL``, ``synchronous=FULL``, a 128 MiB page cache, ``WITHOUT
 ROWID`` so the table is its primary-key B-tree like the store) does the same in the same
@@ -95,6 +103,8 @@ SQLITE_FILE = "sqlite-baseline.db"
 SQLITE_READS_FILE = "sqlite-reads.db"
 SQLITE_CACHE_KIB = 128 * 1024         # SQLite's page cache for the read comparison: 128 MiB
 GET_MANY_BATCH_KEYS = 100             # keys per get_many call (and per SQLite IN (...))
+DEFAULT_AGED_KEYS = 200_000           # the aged store's keys (~5,000 leaves, ~40 MB)
+AGED_KEYS_PER_TXN = 1_000             # the aged store's puts per transaction
 
 
 def _key(i: int) -> bytes:
@@ -107,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"here and removed afterwards (default {DEFAULT_DIR})")
     parser.add_argument("--keys", type=positive_int, default=DEFAULT_KEYS,
                         help=f"keys loaded in one transaction (default {DEFAULT_KEYS})")
+    parser.add_argument("--aged-keys", type=positive_int, default=DEFAULT_AGED_KEYS,
+                        help=f"keys of the aged store, put {AGED_KEYS_PER_TXN:,} per "
+                             f"transaction in random order (default {DEFAULT_AGED_KEYS})")
     parser.add_argument("--value-size", type=_value_size, default=DEFAULT_VALUE_SIZE,
                         help=f"bytes per value (default {DEFAULT_VALUE_SIZE})")
     parser.add_argument("--seconds", type=positive_float, default=2.0,
@@ -174,6 +187,21 @@ def measure_load(db: Database, nkeys: int, value: bytes, progress: bool) -> dict
                 kv[_key(i)] = value
             p.advance(last - first)
     seconds = time.perf_counter() - start
+    return {"puts": nkeys, "seconds": seconds, "puts_s": nkeys / seconds}
+
+
+def build_aged(path: str, method: str, nkeys: int, value: bytes) -> dict:
+    """The aged store at ``path``: ``nkeys`` puts in random key order (``_load_order``),
+    ``AGED_KEYS_PER_TXN`` per transaction."""
+    order = _load_order(nkeys)
+    with Database.open(path, io_method=method) as db:
+        kv = db.kv("bench")
+        start = time.perf_counter()
+        for first in range(0, nkeys, AGED_KEYS_PER_TXN):
+            with db.transaction():
+                for i in order[first:first + AGED_KEYS_PER_TXN]:
+                    kv[_key(i)] = value
+        seconds = time.perf_counter() - start
     return {"puts": nkeys, "seconds": seconds, "puts_s": nkeys / seconds}
 
 
@@ -467,12 +495,22 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
         cold = measure_cold_scan(path, method)
         cold_eic1 = measure_cold_scan(path, method, eic=1)
         cold_one_leaf = measure_cold_scan(path, method, eic=1, combine=1)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        if log:
+            log(f"  aged store: {args.aged_keys:,} keys, {AGED_KEYS_PER_TXN:,} per "
+                f"transaction; cold scans")
+        aged = build_aged(path, method, args.aged_keys, value)
+        cold_aged = measure_cold_scan(path, method)
+        cold_aged_eic1 = measure_cold_scan(path, method, eic=1)
     finally:
         if os.path.exists(path):
             shutil.rmtree(path)
     return {"load": load, "autocommit_1": auto[1], "autocommit_8": auto[8], "get": gets,
             "get_many": many, "scan": scan, "open": opened, "cold_scan": cold,
-            "cold_scan_eic1": cold_eic1, "cold_scan_one_leaf": cold_one_leaf}
+            "cold_scan_eic1": cold_eic1, "cold_scan_one_leaf": cold_one_leaf,
+            "aged_build": aged, "cold_scan_aged": cold_aged,
+            "cold_scan_aged_eic1": cold_aged_eic1}
 
 
 FIGURES = {
@@ -486,6 +524,9 @@ FIGURES = {
     "cold_scan": ("keys_s", "mb_s"),
     "cold_scan_eic1": ("keys_s", "mb_s"),
     "cold_scan_one_leaf": ("keys_s", "mb_s"),
+    "aged_build": ("puts_s",),
+    "cold_scan_aged": ("keys_s", "mb_s"),
+    "cold_scan_aged_eic1": ("keys_s", "mb_s"),
 }
 # Slonik / SQLite for the issue's table: (row, kind, figure); rates above 1 favour Slonik,
 # open seconds and RSS below 1.
@@ -531,7 +572,8 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
             if log:
                 log(f"{method}: run {run + 1} of {args.runs}")
             samples[method].append(run_once(os.path.join(args.dir, method), method, args, log))
-    report = {"command": "kv", "keys": args.keys, "value_size": args.value_size,
+    report = {"command": "kv", "keys": args.keys, "aged_keys": args.aged_keys,
+              "value_size": args.value_size,
               "seconds": args.seconds, "runs": args.runs,
               "autocommit_threads": list(AUTOCOMMIT_THREADS), "methods": {},
               "baselines": {
@@ -555,7 +597,9 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
                        "auto8_sqlite": a8 / sqlite_s,
                        "cold_vs_eic1": m["cold_scan"]["keys_s"] / m["cold_scan_eic1"]["keys_s"],
                        "cold_vs_one_leaf":
-                           m["cold_scan"]["keys_s"] / m["cold_scan_one_leaf"]["keys_s"]}
+                           m["cold_scan"]["keys_s"] / m["cold_scan_one_leaf"]["keys_s"],
+                       "aged_cold_vs_eic1":
+                           m["cold_scan_aged"]["keys_s"] / m["cold_scan_aged_eic1"]["keys_s"]}
         rss = _median([s["open"] for s in samples[method]], ("rss_mb",))["rss_mb"]
         mine = {("open", "rss_mb"): rss}
         m["read_ratios"] = {}
@@ -624,6 +668,18 @@ def format_table(report: dict) -> str:
         lines.append(f"  {f'cold scan, {label} (keys/s)':<26} {'':>12} " + cells)
         cells = " ".join(f"{report['methods'][m]['ratios'][ratio]:>9.2f}" for m in methods)
         lines.append(f"  {f'cold scan / cold {label}':<26} {'':>12} " + cells)
+    lines += ["", f"Aged store: {report['aged_keys']:,} keys put in random order, "
+                  f"{AGED_KEYS_PER_TXN:,} per transaction (leaves scattered on disk):", ""]
+    head = f"  {'keys/s':<26} {'':>12} " + " ".join(f"{m:>9}" for m in methods)
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    for label, kind in (("build (puts/s)", "aged_build"), ("cold scan", "cold_scan_aged"),
+                        ("cold scan, eic 1", "cold_scan_aged_eic1")):
+        fig = "puts_s" if kind == "aged_build" else "keys_s"
+        cells = " ".join(f"{report['methods'][m][kind][fig]:>9,.0f}" for m in methods)
+        lines.append(f"  {label:<26} {'':>12} " + cells)
+    cells = " ".join(f"{report['methods'][m]['ratios']['aged_cold_vs_eic1']:>9.2f}"
+                     for m in methods)
+    lines.append(f"  {'cold scan / cold eic 1':<26} {'':>12} " + cells)
     lines.append("")
     lines.append("load: all keys in one transaction, random order, commit included; "
                  "auto1/auto8: durable autocommit puts from 1/8 threads (CPU us/put: the "

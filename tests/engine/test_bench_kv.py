@@ -15,7 +15,7 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     afterwards and the table renders from the report."""
     bench_dir = tmp_path / "kvbench"
     code = main(["bench", "kv", "--dir", str(bench_dir), "--keys", "500", "--seconds", "0.05",
-                 "--runs", "1", "--methods", io_method, "--json"])
+                 "--aged-keys", "3000", "--runs", "1", "--methods", io_method, "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["command"] == "kv" and report["keys"] == 500
@@ -46,6 +46,15 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert one_leaf["read_ios"] >= m["cold_scan"]["runs"][0]["read_ios"]
     assert m["ratios"]["cold_vs_one_leaf"] == \
         m["cold_scan"]["keys_s"] / m["cold_scan_one_leaf"]["keys_s"]
+    # The aged store: its own keys, 1,000 per transaction; both cold scans see every key.
+    assert report["aged_keys"] == 3000
+    assert m["aged_build"]["runs"][0]["puts"] == 3000
+    assert m["cold_scan_aged"]["runs"][0]["keys"] == 3000
+    assert m["cold_scan_aged_eic1"]["runs"][0]["keys"] == 3000
+    assert m["cold_scan_aged"]["runs"][0]["read_ios"] > 1
+    assert m["ratios"]["aged_cold_vs_eic1"] == \
+        m["cold_scan_aged"]["keys_s"] / m["cold_scan_aged_eic1"]["keys_s"]
+    assert "Aged store: 3,000 keys" in format_table(report)
     assert m["get_many"]["runs"][0]["keys"] % 100 == 0
     assert os.listdir(bench_dir) == []
     table = format_table(report)
@@ -77,7 +86,7 @@ def test_bench_kv_text_output_and_runs(tmp_path, capsys):
     """Two runs on sync: the text table has one row for the method; progress goes to
     stderr, not into the table."""
     code = main(["bench", "kv", "--dir", str(tmp_path / "b"), "--keys", "200", "--seconds",
-                 "0.02", "--runs", "2", "--methods", "sync"])
+                 "0.02", "--aged-keys", "1000", "--runs", "2", "--methods", "sync"])
     out, err = capsys.readouterr()
     assert code == 0
     assert "median of 2 runs" in out
