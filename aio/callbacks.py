@@ -22,8 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-from slonik.aio.handle import AioResult, AioReturn, Handle, IoOp, ResultStatus
+from slonik.aio.handle import AioResult, AioReturn, Handle, IoOp, ResultStatus, new_tuple
 from slonik.aio.ids import CallbackId, TargetId
+
+_OK = ResultStatus.OK
+_TRANSFERS = (IoOp.READV, IoOp.WRITEV)
 
 # Kept for callers that name the plain-file target by its old constant.
 FILE_TARGET_ID = TargetId.FILE
@@ -46,9 +49,9 @@ def initial_result(handle: Handle) -> AioResult:
     raw = handle.raw_result
     if raw < 0:
         return AioResult(ResultStatus.ERROR, 0, -raw, 0)
-    if handle.op in (IoOp.READV, IoOp.WRITEV) and raw < handle.nbytes:
+    if raw < handle.nbytes and handle.op in _TRANSFERS:
         return AioResult(ResultStatus.PARTIAL, raw, 0, 0)
-    return AioResult(ResultStatus.OK, raw, 0, 0)
+    return new_tuple(AioResult, (_OK, raw, 0, 0, None))  # once per I/O: no Python __new__
 
 
 def run_stage(handle: Handle) -> None:

@@ -92,11 +92,19 @@ class AioResult(NamedTuple):
     detail: Any = None  # callback-defined extra (e.g. per-block reasons, a caught exception)
 
 
+_UNKNOWN_RESULT = AioResult(ResultStatus.UNKNOWN, 0)  # (immutable: shared by every return)
+
+
 class WaitRef(NamedTuple):
     """Names one I/O without holding its handle; valid (answering done) after recycling."""
 
     index: int
     generation: int
+
+
+# Building a NamedTuple through its class runs a Python-level __new__; the hot paths (a
+# wait reference and a result per I/O) build the tuple directly, fields in order.
+new_tuple = tuple.__new__
 
 
 class AioReturn:
@@ -107,7 +115,7 @@ class AioReturn:
     __slots__ = ("result", "target_desc", "callbacks", "filled", "op", "nbytes")
 
     def __init__(self) -> None:
-        self.result: AioResult = AioResult(ResultStatus.UNKNOWN, 0)
+        self.result: AioResult = _UNKNOWN_RESULT
         self.target_desc = ""
         self.op = IoOp.INVALID
         self.nbytes = 0
@@ -181,7 +189,7 @@ class Handle:
     # --- definition (issuer, while HANDED_OUT) -------------------------------------------
     def wait_ref(self) -> WaitRef:
         assert self.state == S.HANDED_OUT, "take the wait reference before starting the I/O"
-        return WaitRef(self.index, self.generation)
+        return new_tuple(WaitRef, (self.index, self.generation))
 
     def set_flag(self, flag: HandleFlag) -> None:
         assert self.state == S.HANDED_OUT, f"flags are set while HANDED_OUT, not {self.state.name}"

@@ -79,6 +79,7 @@ from slonik.aio.handle import (
     IoOp,
     ResultStatus,
     WaitRef,
+    new_tuple,
 )
 from slonik.aio.ids import CallbackId, TargetId
 from slonik.aio.memory import aligned_buffer
@@ -948,6 +949,8 @@ class BufferManager:
                     if io.ref is not None:  # else run inline, complete already
                         self.aio.wait(io.ref)
                     result = io.ret.result
+                    if result.status == OK:
+                        continue  # the usual case: nothing to report
                     if result.status == PARTIAL:
                         done = result.result
                         # The completion released the undone buffers' claims; claim again.
@@ -1290,7 +1293,7 @@ class BufferManager:
 
     # --- read completion (runs in whichever thread completes the I/O) ----------------------------
     def _read_stage(self, h: Handle, io: _ReadIo) -> None:
-        ref = WaitRef(h.index, h.generation)
+        ref = new_tuple(WaitRef, (h.index, h.generation))
         descs = self.descs
         with self._lock:
             for b in io.buf_ids:

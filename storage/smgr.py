@@ -42,7 +42,7 @@ from enum import IntEnum
 import slonik.aio.osfile as osfile
 from slonik.aio.callbacks import IoCallbacks
 from slonik.aio.errors import IOFailure, io_error
-from slonik.aio.handle import AioResult, AioReturn, Handle, HandleFlag, ResultStatus
+from slonik.aio.handle import AioResult, AioReturn, Handle, HandleFlag, ResultStatus, new_tuple
 from slonik.aio.ids import CallbackId, TargetId
 from slonik.aio.memory import aligned_buffer
 from slonik.aio.transfer import short_transfer_error, transfer_all
@@ -58,6 +58,8 @@ MAX_RELFILENUMBER = 0xFFFFFFFF
 # Linux refuses preadv/pwritev with more iovecs than this (UIO_MAXIOV), so longer runs are
 # issued in chunks of at most IOV_MAX blocks.
 IOV_MAX = 1024
+
+_OK = ResultStatus.OK
 
 
 class Fork(IntEnum):
@@ -440,7 +442,9 @@ class Smgr:
             self._count_writes(1, n * BLCKSZ)
             handle.start_writev(fd, buffers, offset)
         else:
-            self._count_reads(1, n * BLCKSZ)
+            with self._stats_lock:  # (_count_reads, inline: once per read)
+                self._reads += 1
+                self._read_bytes += n * BLCKSZ
             handle.start_readv(fd, buffers, offset)
 
     def readv(self, rel: int, fork: int, block: int, buffers: Sequence) -> None:
@@ -1070,7 +1074,7 @@ class SmgrIo(IoCallbacks):
             return AioResult(ResultStatus.ERROR, 0, 0, self.callback_id, raw)
         if blocks < self.nblocks:
             return AioResult(ResultStatus.PARTIAL, blocks, 0, self.callback_id, raw)
-        return AioResult(ResultStatus.OK, blocks, 0, 0)
+        return new_tuple(AioResult, (_OK, blocks, 0, 0, None))  # once per I/O: no Python __new__
 
     def report(self, ret: AioReturn) -> None:
         r = ret.result
