@@ -228,14 +228,45 @@ def _probe_unlocked(bm, rel: int, forkno: int, block: int, key: bytes):
     tls = _opt_tls
     out = getattr(tls, "out", None)
     if out is None:
-        tls.copy = _ffi.new("uint8_t[]", BLCKSZ)
-        tls.view = memoryview(_ffi.buffer(tls.copy))
-        out = tls.out = _ffi.new("uint64_t[]", 2 + 5 * _OPT_PROBE_VERSIONS)
+        _probe_unlocked_scratch(tls)
+        out = tls.out
     n = bm.read_through(rel, forkno, block, _PROBE, key, len(key), out,
                         _OPT_PROBE_VERSIONS, tls.copy)
     if n is not None and 0 <= n <= _OPT_PROBE_VERSIONS:
         return _ffi.unpack(out, 2 + 5 * n), tls.view
     return None, None
+
+
+def _probe_unlocked_scratch(tls) -> None:
+    """This thread's scratch for the optimistic probe: ``copy`` (a page the versions'
+    items are copied into), ``view`` over it, ``out`` (the probe's answer)."""
+    tls.copy = _ffi.new("uint8_t[]", BLCKSZ)
+    tls.view = memoryview(_ffi.buffer(tls.copy))
+    tls.out = _ffi.new("uint64_t[]", 2 + 5 * _OPT_PROBE_VERSIONS)
+
+
+def _judge_versions(v, page, key: bytes, snapshot: Snapshot, found: dict, retry: list) -> None:
+    """A probe's answer for ``key`` (``probe_leaf_flat``'s list: right-link, status, then
+    offset, length, xmin, xmax, eflags per version, newest first, the items at those
+    offsets of ``page``) judged by ``snapshot``: ``found[key]`` = the newest visible value
+    (an OverflowRef for an out-of-line one) or None; ``key`` goes to ``retry`` when its
+    leaf is further right (split or unlinked since) or its versions continue on the right
+    sibling with none visible here."""
+    status = v[1]
+    if status & PROBE_MOVE_RIGHT:
+        retry.append(key)
+        return
+    for i in range(2, len(v), 5):
+        if snapshot(v[i + 2], v[i + 3]):
+            off = v[i]
+            value = page[off + LEAF_HEADER_SIZE + len(key):off + v[i + 1]].tobytes()
+            found[key] = unpack_overflow_ref(value) if v[i + 4] & ENTRY_OVERFLOW else value
+            return
+    if status & PROBE_CONTINUES:
+        retry.append(key)  # more versions on the right sibling
+    else:
+        found[key] = None
+
 
 __all__ = [
     "BTree", "XidSnapshot", "VersionWrite", "OverflowRef", "VacuumResult", "CheckResult",
@@ -1477,9 +1508,15 @@ class BTree:
                   as_data: Callable[[], XidSnapshot] | None = None) -> list:
         skeys = sorted(set(keys))
         by_leaf: dict[int, list[int]] = {}  # leaf block -> positions in skeys
-        leaf_for = self._leaf_for
-        for i, k in enumerate(skeys):  # the cached internal pages: no I/O, no pins
+        leaf_for = self._leaf_for_point  # the cached internal pages: no I/O, no pins
+        for i, k in enumerate(skeys):
             by_leaf.setdefault(leaf_for(k), []).append(i)
+        found: dict[bytes, object] = {}
+        retry: list[bytes] = []
+        if _PROBE is not None and len(by_leaf) > 1:
+            # A leaf in the pool holding one of the keys (the usual case for scattered
+            # keys): probed as a point read's is, in one C call without pin or lock.
+            self._probe_lone_keys(skeys, by_leaf, snapshot, found, retry)
         # A leaf holding several keys: one C call for all of them, the snapshot as data
         # (probe_many). A lone key's leaf costs as much either way (measured): probe_leaf.
         batch = None
@@ -1488,8 +1525,6 @@ class BTree:
                 as_data() if as_data is not None else None
             if data is not None:
                 batch = ProbeKeys(skeys, *data)
-        found: dict[bytes, object] = {}
-        retry: list[bytes] = []
         blocks = sorted(by_leaf)
         bm = self.bufmgr
         # Leaves in the pool: pinned in one call (no read stream step per leaf); the rest
@@ -1556,26 +1591,36 @@ class BTree:
                 return
             for pos in where:
                 k = skeys[pos]
-                v = probe_leaf_flat(page, k)  # right-link, status, versions
-                status = v[1]
-                if status & PROBE_MOVE_RIGHT:  # split or unlinked since we looked
-                    retry.append(k)
-                    continue
-                value = None
-                for i in range(2, len(v), 5):  # offset, length, xmin, xmax, eflags
-                    if snapshot(v[i + 2], v[i + 3]):
-                        off = v[i]
-                        value = page[off + LEAF_HEADER_SIZE + len(k):off + v[i + 1]].tobytes()
-                        if v[i + 4] & ENTRY_OVERFLOW:
-                            value = unpack_overflow_ref(value)
-                        break
-                if value is None and status & PROBE_CONTINUES:
-                    retry.append(k)  # more versions on the right sibling
-                else:
-                    found[k] = value
+                _judge_versions(probe_leaf_flat(page, k), page, k, snapshot, found, retry)
         except BTreePageError as e:
             self._special(page, block)  # an all-zero page says so
             raise self._corrupt(block, str(e)) from None
+
+    def _probe_lone_keys(self, skeys: list[bytes], by_leaf: dict[int, list[int]],
+                         snapshot: Snapshot, found: dict, retry: list) -> None:
+        """``_get_many``'s leaves that hold one key and are VALID in the pool: each probed
+        by one C call under the descriptor lock (``BufferManager.read_hit`` with the point
+        read's ``_PROBE``: the versions' items copied out under the page's change
+        counter, no pin, no content lock) and judged as ``_probe_leaf`` judges them; such a
+        leaf leaves ``by_leaf``. A leaf not in the pool, or one the optimistic probe
+        cannot answer (a writer meanwhile, more versions than it has room for, a page the
+        reference must judge) stays for the locked path."""
+        tls = _opt_tls
+        out = getattr(tls, "out", None)
+        if out is None:
+            _probe_unlocked_scratch(tls)
+            out = tls.out
+        read_hit = self.bufmgr.read_hit
+        rel, forkno, copy, view = self.rel, self._forkno, tls.copy, tls.view
+        unpack = _ffi.unpack
+        for block, where in list(by_leaf.items()):
+            if len(where) != 1:
+                continue
+            k = skeys[where[0]]
+            n = read_hit(rel, forkno, block, _PROBE, k, len(k), out, _OPT_PROBE_VERSIONS, copy)
+            if n is not None and 0 <= n <= _OPT_PROBE_VERSIONS:
+                _judge_versions(unpack(out, 2 + 5 * n), view, k, snapshot, found, retry)
+                del by_leaf[block]
 
     def items(self, start=None, stop=None, *, snapshot: Snapshot = _see_all_live,
               reverse: bool = False, values: bool = True) -> Iterator[tuple[bytes, bytes | None]]:

@@ -11,6 +11,7 @@ must equal the page redo produced. ``BTree.check()`` (amcheck-like) runs after t
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import threading
@@ -1062,6 +1063,51 @@ def test_get_many_with_several_keys_per_leaf_equals_get(env):
         assert t.get_many(batch, snap) == want
         assert t.get_many_trusted(batch, lambda a, b, s=snap: s(a, b), lambda s=snap: s) == want
     assert t.get_many(batch, XidSnapshot(30, 0, ()))[-5] == big
+    assert no_pins(env.bm)
+
+
+
+def test_get_many_with_one_key_per_leaf_equals_get(env, monkeypatch):
+    """get_many of sparse batches (one key per leaf, every leaf in the pool: each probed
+    by the point read's lockless C probe, no pin or content lock) equals get per key for
+    snapshots that exclude running and aborted xids: keys with several versions, a deleted
+    key, an out-of-line value, a key whose versions continue on the next leaves, missing
+    keys and duplicates. None of those leaves goes to the locked per-leaf path
+    (``_probe_leaf``, observed through a pass-through wrapper) except the ones whose key
+    continues right, and nothing stays pinned."""
+    t = env.tree
+    pad = bytes(200)  # ~35 entries a leaf: keys 150 apart sit on different leaves
+    for i in range(3000):
+        t.insert(b"k%05d" % i, b"one%d" % i + pad, 2)
+    for i in range(0, 3000, 150):  # a newer version by xid 5
+        t.set_xmax(b"k%05d" % i, 2, 5)
+        t.insert(b"k%05d" % i, b"five%d" % i, 5)
+    t.set_xmax(b"k00300", 5, 6)  # deleted by xid 6
+    t.set_xmax(b"k00450", 5, 7)
+    t.insert(b"k00450", b"B" * 5000, 7)  # out of line
+    for xid in range(8, 20):  # many large versions: they continue over the next leaves
+        t.set_xmax(b"k02400", xid - 1 if xid > 8 else 5, xid)
+        t.insert(b"k02400", bytes([xid]) * 1500, xid)
+    batch = [b"k%05d" % i for i in range(0, 3000, 150)] + [b"nope", b"k00450", b"k02999"]
+    leaf_of = {k: t._leaf_for(k) for k in set(batch)}
+    per_leaf = collections.Counter(leaf_of.values())
+    lone = {leaf for leaf, n in per_leaf.items() if n == 1}
+    assert len(lone) >= len(leaf_of) - 2  # (nearly) one key per leaf
+    locked: list[int] = []
+    probe_leaf = BTree._probe_leaf
+
+    def spy(self, block, *args):
+        locked.append(block)
+        return probe_leaf(self, block, *args)
+
+    monkeypatch.setattr(BTree, "_probe_leaf", spy)
+    for snap in (XidSnapshot(30, 0, ()), XidSnapshot(30, 0, (5,)), XidSnapshot(6, 0, ()),
+                 XidSnapshot(12, 0, (7, 9, 11)), XidSnapshot(30, 0, (6, 8))):
+        want = [t.get(k, lambda a, b, s=snap: s(a, b)) for k in batch]
+        locked.clear()
+        assert t.get_many(batch, snap) == want
+        assert len(set(locked) & lone) <= 1  # at most k02400's, whose versions go on
+    assert t.get_many(batch, XidSnapshot(30, 0, ()))[-2] == b"B" * 5000
     assert no_pins(env.bm)
 
 
