@@ -41,7 +41,7 @@ from itertools import chain, compress
 from operator import eq
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, XidSnapshot
-from slonik.engine.access.heap import Heap, HeapTuple
+from slonik.engine.access.heap import Heap, HeapTuple, RowRun
 from slonik.engine.access.heap_fetch import VISIBLE, fetch_tuple
 from slonik.engine.access.tuple import RowCodec, Tid
 from slonik.engine.errors import ConflictError, UniqueViolation
@@ -695,10 +695,10 @@ class Table:
         excluded.update(aborted)
         return XidSnapshot(snap.xmax, snap.own, tuple(sorted(excluded)))
 
-    def _runs(self, snap: Snapshot, *, tids: bool = True):
-        decode_run = self._codec.decode_run
-        for run in self._heap.scan_runs(self._xid_snapshot(snap), tids=tids, headers=False):
-            yield run, decode_run(run.data, run.starts, run.ends)
+    def _runs(self, snap: Snapshot, *, tids: bool = True) -> Iterator[RowRun]:
+        """The scan's runs of pages in ``snap``, their visible rows decoded (one C call
+        per run: ``Heap.scan_rows``); ``tids=False``: rows alone."""
+        return self._heap.scan_rows(self._xid_snapshot(snap), self._codec, tids=tids)
 
     def _rows(self) -> Iterator[tuple]:
         """``scan``'s rows in one snapshot: one C-level chain over ``_scan_batches`` (the
@@ -715,9 +715,9 @@ class Table:
         check = self._check
         try:
             with self._layer.read_snapshot() as snap:  # once per scan: no need to inline it
-                for _run, rows in self._runs(snap, tids=False):
+                for run in self._runs(snap, tids=False):
                     check()
-                    yield rows
+                    yield run.rows
         except Exception:
             check()  # closed or dropped underneath: that is the error to report
             raise
@@ -725,9 +725,9 @@ class Table:
 
     def _items(self) -> Iterator[tuple[Tid, tuple]]:
         with self._layer.read_snapshot() as snap:
-            for run, rows in self._runs(snap):
+            for run in self._runs(snap):
                 tids = map(Tid, map(run.first_block.__add__, run.pages), run.offnums)
-                yield from zip(tids, rows, strict=True)
+                yield from zip(tids, run.rows, strict=True)
 
     def __iter__(self) -> Iterator[tuple]:
         """Every visible row (``scan()``)."""
@@ -738,4 +738,4 @@ class Table:
         raises as it would in ``scan``)."""
         self._check()
         with self._layer.read_snapshot() as snap:
-            return sum(len(rows) for _run, rows in self._runs(snap, tids=False))
+            return sum(len(run.rows) for run in self._runs(snap, tids=False))

@@ -161,6 +161,15 @@ uint64_t slk_wal_build_span(uint8_t *ring, uint32_t npages, uint32_t seg_size, u
 /* --- kv commit key sort --- */
 int slk_kv_sort(const uint8_t *blob, const uint64_t *at, uint32_t n, uint32_t *perm,
                 uint8_t *tmp, uint8_t *out_blob, uint64_t *out_at);
+/* --- heap scan rows --- */
+int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t snap_xmax,
+                       uint64_t own, const uint64_t *excluded, int nexcluded, int cap,
+                       uint32_t *page_out, uint16_t *offnum_out, uint32_t *start_out,
+                       uint32_t *end_out, uint64_t *xmin_out, uint64_t *xmax_out,
+                       uint16_t *flags_out, int nb, int nfixed, const uint8_t *fixed_sizes,
+                       int nvar, const uint8_t *var_text, uint8_t *fixed_out,
+                       uint32_t *var_out, uint8_t *text_out, uint32_t *text_len,
+                       uint8_t *text_ok, uint32_t *text_at, int *layout);
 """
 
 SOURCE = r"""
@@ -2511,6 +2520,102 @@ int slk_kv_sort(const uint8_t *blob, const uint64_t *at, uint32_t n, uint32_t *p
         out_at[i + 1] = pos;
     }
     return 0;
+}
+
+/* --- heap scan rows --- (engine/access/heap.py: _RunReader.rows, for Heap.scan_rows; the
+ * Python reference is scan_rows_py = run_items_py + RowCodec.decode_run_py, and
+ * tests/engine/test_heap_scan_rows.py compares the two)
+ * One call per run of a table scan: slk_heap_run_items (the visible tuples' page indexes,
+ * offnums and data bounds), then slk_row_layout of those rows without a join (fixed
+ * columns column-major, var bounds), then each text column's values (var_text[j] != 0)
+ * copied one after the other, nothing between them, to text_out (column after column,
+ * text_len[j] bytes each), with each value's bounds counted in characters of that UTF-8
+ * text: text_at[2j * n + i] (start) and text_at[(2j + 1) * n + i] (end). text_ok[j] = 1
+ * when no non-empty value of the column starts with a UTF-8 continuation byte: then, if
+ * the joined bytes decode, every value alone decodes to its slice of the decoded text
+ * (the join of valid pieces splits only at character boundaries); else 0 and the column
+ * is not joined (the caller decodes its values one by one). text_out needs the run's
+ * bytes (the values are inside it).
+ * Returns slk_heap_run_items' result (the count; -(k + 1) page k cannot be read safely;
+ * -(npages + 1) cap too small) and, when the count is positive, *layout =
+ * slk_row_layout's result (0 laid out; 1 a row has a NULL; -1 a row's lengths do not add
+ * up: the caller decodes row by row, which raises naming the flaw); otherwise 0. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+/* Copies len bytes p -> out and returns how many UTF-8 characters they start (the bytes
+ * that are not continuation bytes 10xxxxxx), in one pass. */
+static uint32_t copy_count_chars(uint8_t *out, const uint8_t *p, uint32_t len)
+{
+    uint32_t cont = 0, q = 0;
+#if defined(__SSE2__)
+    const __m128i below = _mm_set1_epi8(-64);   /* signed: 0x80..0xBF are -128..-65 */
+    while (q + 16 <= len) {
+        __m128i acc = _mm_setzero_si128();      /* per-lane counts, at most 255 */
+        for (int r = 0; r < 255 && q + 16 <= len; r++, q += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(p + q));
+            _mm_storeu_si128((__m128i *)(out + q), v);
+            acc = _mm_sub_epi8(acc, _mm_cmplt_epi8(v, below));
+        }
+        __m128i sums = _mm_sad_epu8(acc, _mm_setzero_si128());
+        cont += (uint32_t)_mm_cvtsi128_si32(sums) + (uint32_t)_mm_extract_epi16(sums, 4);
+    }
+#endif
+    for (; q + 8 <= len; q += 8) {
+        uint64_t w;
+        memcpy(&w, p + q, 8);
+        memcpy(out + q, &w, 8);
+        uint64_t top = (w & ~(w << 1) & 0x8080808080808080ULL) >> 7;  /* 0/1 per byte */
+        cont += (uint32_t)((top * 0x0101010101010101ULL) >> 56);    /* their sum */
+    }
+    for (; q < len; q++) {
+        out[q] = p[q];
+        cont += (p[q] & 0xC0u) == 0x80u;
+    }
+    return len - cont;
+}
+
+int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t snap_xmax,
+                       uint64_t own, const uint64_t *excluded, int nexcluded, int cap,
+                       uint32_t *page_out, uint16_t *offnum_out, uint32_t *start_out,
+                       uint32_t *end_out, uint64_t *xmin_out, uint64_t *xmax_out,
+                       uint16_t *flags_out, int nb, int nfixed, const uint8_t *fixed_sizes,
+                       int nvar, const uint8_t *var_text, uint8_t *fixed_out,
+                       uint32_t *var_out, uint8_t *text_out, uint32_t *text_len,
+                       uint8_t *text_ok, uint32_t *text_at, int *layout)
+{
+    *layout = 0;
+    int n = slk_heap_run_items(buf, npages, visibility, snap_xmax, own, excluded, nexcluded,
+                               cap, page_out, offnum_out, start_out, end_out, xmin_out,
+                               xmax_out, flags_out);
+    if (n <= 0) return n;
+    *layout = slk_row_layout(buf, n, start_out, end_out, nb, nfixed, fixed_sizes, nvar,
+                             fixed_out, var_out, NULL, NULL, NULL);
+    if (*layout != 0) return n;
+    uint8_t *out = text_out;
+    for (int j = 0; j < nvar; j++) {
+        text_len[j] = 0;
+        text_ok[j] = 0;
+        if (!var_text[j]) continue;
+        const uint32_t *vs = var_out + (size_t)(2 * j) * n, *ve = vs + n;
+        int ok = 1;
+        for (int i = 0; i < n && ok; i++)
+            ok = !(ve[i] > vs[i] && (buf[vs[i]] & 0xC0u) == 0x80u);
+        if (!ok) continue;
+        uint32_t *cs = text_at + (size_t)(2 * j) * n, *ce = cs + n;
+        uint8_t *first = out;
+        uint32_t chars = 0;
+        for (int i = 0; i < n; i++) {
+            uint32_t len = ve[i] - vs[i];
+            cs[i] = chars;
+            chars += copy_count_chars(out, buf + vs[i], len);
+            ce[i] = chars;
+            out += len;
+        }
+        text_len[j] = (uint32_t)(out - first);
+        text_ok[j] = 1;
+    }
+    return n;
 }
 """
 

@@ -66,9 +66,11 @@ from slonik.engine.access.tuple import (
     MAX_TUPLE_DATA_BYTES,
     TUPLE_HEADER_SIZE,
     HeapTuple,
+    RowCodec,
     Tid,
     TupleFormatError,
     TupleTooLargeError,
+    layout_scratch,
     pack_tuple,
     slot_tuple,
     unpack_tuple_header,
@@ -115,6 +117,7 @@ C_HEAP = _lib is not None  # whether runs of pages are read (and new pages fille
 __all__ = [
     "Heap", "Tid", "HeapTuple", "HeapRun", "FreeSpaceMap", "TupleTooLargeError",
     "run_items", "run_items_py", "fill_page", "fill_page_py", "SCAN_RUN_PAGES",
+    "RowRun", "scan_rows_py",
     "XLOG_HEAP_INSERT", "XLOG_HEAP_INSERT_MULTI", "XLOG_HEAP_DELETE", "XLOG_HEAP_UPDATE",
     "XLOG_HEAP_PRUNE", "XLOG_HEAP_OPMASK", "HEAP_RMGR", "heap_redo", "heap_describe",
 ]
@@ -159,6 +162,10 @@ _TUPLE_MIN_COST = TUPLE_HEADER_SIZE + LINE_POINTER_SIZE  # page bytes of a tuple
 # call for the tuples, one row decode per run. 64 instead of 16: ~5-10% less CPU per cold
 # 1,000-byte-row table scan (A/B in one process, io_uring and worker).
 SCAN_RUN_PAGES = 64
+# Rows of the layout scratch a table scan's run asks for first (``_RunReader.rows``): 64
+# pages of 1,000-byte rows hold ~500; a run of more rows retries once with room for every
+# line pointer of its pages, and the thread's scratch keeps that size.
+SCAN_ROWS_SCRATCH = 1024
 _PAGE_LPS_MAX = (BLCKSZ - HEADER_SIZE) // LINE_POINTER_SIZE  # line pointers a page can hold
 _U32_MAX = (1 << 32) - 1
 # Pages a bulk insert adds to the relation at once (one zero-extension write, one pin and
@@ -357,6 +364,29 @@ def run_items_py(data: bytes, npages: int, snapshot: XidSnapshot | None, rel: in
     return out
 
 
+class RowRun(NamedTuple):
+    """The visible rows of a run of consecutive pages (``Heap.scan_rows``' step): row ``i``
+    is on block ``first_block + pages[i]`` at ``offnums[i]``. ``pages`` and ``offnums``
+    are empty when the scan asked for rows alone (``tids=False``)."""
+
+    first_block: int
+    npages: int
+    pages: list[int]
+    offnums: list[int]
+    rows: list[tuple]
+
+
+def scan_rows_py(data: bytes, npages: int, snapshot: XidSnapshot | None, rel: int, fork: int,
+                 first_block: int, codec: RowCodec) -> tuple[list[int], list[int], list[tuple]]:
+    """Reference of ``_RunReader.rows``: (pages, offnums, rows) of the NORMAL tuples (with
+    ``snapshot``: the visible ones) of the ``npages`` pages in ``data``, each tuple's data
+    decoded alone by ``codec`` (``run_items_py`` then ``RowCodec.decode_run_py``: the same
+    errors, TupleFormatError for a page and the codec's for a row)."""
+    pages, offnums, starts, ends, _xmins, _xmaxs, _flags = run_items_py(
+        data, npages, snapshot, rel, fork, first_block)
+    return pages, offnums, codec.decode_run_py(data, starts, ends)
+
+
 def _run_free(data: bytes, npages: int) -> list[int]:
     """``Heap._page_free`` of each page of a run of verified pages (header rules
     checked when read: lower 0 means a new, all-zero page), from two header fields: every
@@ -417,6 +447,47 @@ class _RunReader:
         return tuple(memoryview(buffer(a, n * size)).cast(code).tolist() if want else []
                      for a, code, size, want in zip(arrays, "IHIIQQH", (4, 2, 4, 4, 8, 8, 2),
                                                     wanted, strict=True))
+
+
+    def rows(self, data: bytes, npages: int, rel: int, fork: int, first_block: int,
+             codec: RowCodec, tids: bool) -> tuple[list[int], list[int], list[tuple]]:
+        """``scan_rows_py`` (pages and offnums only with ``tids``) with one C call
+        (``slk_heap_scan_rows``: tuples, visibility, row layout and the text columns
+        joined) into this thread's layout scratch, then ``RowCodec.rows_from_layout``;
+        rows with a NULL, or that do not decode, go row by row (which raises naming the
+        flaw), a page that cannot be read safely through the reference (which raises)."""
+        assert npages <= self.max_pages and len(data) >= npages * BLCKSZ
+        arrays = self.arrays
+        nb, nfixed, fixed_sizes, nvar = codec.layout_args
+        src = _ffi.from_buffer(data)
+        sc = layout_scratch(SCAN_ROWS_SCRATCH, len(data), nvar, codec.fixed_size)
+        while True:  # the scratch holds the usual run; one more try with room for all
+            cap = min(self.cap, sc.rows)
+            n = _lib.slk_heap_scan_rows(
+                src, npages, *self.snap_args, cap, *arrays, nb, nfixed, fixed_sizes, nvar,
+                codec.c_var_text, sc.fixed_out, sc.var_out, sc.joined, sc.joined_len,
+                sc.joined_ok, sc.chars, sc.layout)
+            if n != -(npages + 1) or cap == self.cap:
+                break
+            sc = layout_scratch(self.cap, len(data), nvar, codec.fixed_size)
+        if n < 0:
+            assert n != -(npages + 1), "line pointer capacity exceeded"
+            k = -n - 1
+            run_items_py(data[k * BLCKSZ:(k + 1) * BLCKSZ], 1, self.snapshot, rel, fork,
+                         first_block + k)  # raises naming the flaw
+            raise AssertionError(f"C and Python disagree on block {first_block + k} of "
+                                 f"relation {rel}")
+        buffer = _ffi.buffer
+        if tids:
+            pages = memoryview(buffer(arrays[0], 4 * n)).cast("I").tolist()
+            offnums = memoryview(buffer(arrays[1], 2 * n)).cast("H").tolist()
+        else:
+            pages = offnums = []
+        rows = codec.rows_from_layout(data, n, sc, chars=True) if sc.layout[0] == 0 else None
+        if rows is None:
+            rows = codec.decode_run_py(data, memoryview(buffer(arrays[2], 4 * n)).cast("I").tolist(),
+                                       memoryview(buffer(arrays[3], 4 * n)).cast("I").tolist())
+        return pages, offnums, rows
 
 
 def run_items(data: bytes, npages: int, snapshot: XidSnapshot | None, rel: int, fork: int,
@@ -975,16 +1046,55 @@ class Heap:
         before it is yielded. Same order, extent and free-space-map side effect as
         ``scan``. ``tids=False`` / ``headers=False`` leave the runs' pages and offnums /
         xmins, xmaxs and flags empty (less to build for a reader that needs only data)."""
+        rel, fork = self.rel, int(self.fork)
+        wanted = (tids, tids, True, True, headers, headers, headers)
+        runs = self._copied_runs(run_pages, snapshot)
+        try:
+            reader = next(runs)
+            for block, k, data in runs:
+                if reader is None:
+                    found = run_items_py(data, k, snapshot, rel, fork, block)
+                else:
+                    found = reader.items(data, k, rel, fork, block, wanted)
+                yield HeapRun(block, k, data, *found)
+        finally:
+            runs.close()  # the read stream ends with the scan, also when left early
+
+    def scan_rows(self, snapshot: XidSnapshot | None, codec: RowCodec, *,
+                  run_pages: int = SCAN_RUN_PAGES, tids: bool = True) -> Iterator[RowRun]:
+        """``scan_runs`` with each tuple's data decoded by ``codec``: the visible rows of a
+        run of up to ``run_pages`` pages at a time, found, laid out and their text joined
+        by one C call per run (``_RunReader.rows``; ``scan_rows_py`` without the C module),
+        with the same errors, order, extent and free-space-map side effect."""
+        rel, fork = self.rel, int(self.fork)
+        runs = self._copied_runs(run_pages, snapshot)
+        try:
+            reader = next(runs)
+            for block, k, data in runs:
+                if reader is None:
+                    pages, offnums, rows = scan_rows_py(data, k, snapshot, rel, fork, block,
+                                                        codec)
+                    if not tids:
+                        pages = offnums = []
+                else:
+                    pages, offnums, rows = reader.rows(data, k, rel, fork, block, codec, tids)
+                yield RowRun(block, k, pages, offnums, rows)
+        finally:
+            runs.close()  # the read stream ends with the scan, also when left early
+
+    def _copied_runs(self, run_pages: int, snapshot: XidSnapshot | None):
+        """A scan's runs of pages as (first block, page count, copy of the pages), after
+        first yielding the C reader for them (None without the C module). Each run is
+        pinned, copied under the change counters or shared locks and unpinned with one
+        call (``copy_release``); a full scan installs the free-space map at its end."""
         if not isinstance(run_pages, int) or run_pages < 1:
             raise ValueError(f"run_pages must be a positive int, got {run_pages!r}")
         bm = self.bufmgr
-        rel, fork = self.rel, int(self.fork)
         n = self.nblocks()
         free = [] if self._fsm is None else None
         # (output arrays for the runs this scan can have: a small table's scan allocates
         # for its own pages, not for a whole run)
-        reader = None if _lib is None else _RunReader(max(1, min(run_pages, n)), snapshot)
-        wanted = (tids, tids, True, True, headers, headers, headers)
+        yield None if _lib is None else _RunReader(max(1, min(run_pages, n)), snapshot)
         block = 0
         # A scan larger than the pool (it cannot stay cached anyway) reads through a
         # BULKREAD ring instead of evicting the whole pool. (PostgreSQL rings from a
@@ -997,11 +1107,7 @@ class Heap:
                 data = bm.copy_release(bufs)
                 if free is not None:
                     free += _run_free(data, k)
-                if reader is None:
-                    found = run_items_py(data, k, snapshot, rel, fork, block)
-                else:
-                    found = reader.items(data, k, rel, fork, block, wanted)
-                yield HeapRun(block, k, data, *found)
+                yield block, k, data
                 block += k
         if free is not None:
             self._install_fsm(free)

@@ -288,6 +288,9 @@ class _LayoutScratch:
         self.joined_ok = _ffi.new("uint8_t[]", max(nvar, 1))
         self.out = _new_unzeroed("uint8_t[]", nbytes)
         self.layout = _ffi.new("int *")
+        # slk_heap_scan_rows: text values' bounds in characters of their column's joined text
+        self.chars = _new_unzeroed("uint32_t[]", 2 * max(nvar, 1) * rows)
+        self.joined_view = memoryview(_ffi.buffer(self.joined))
 
 
 def layout_scratch(rows: int, nbytes: int, nvar: int, fixed: int) -> _LayoutScratch:
@@ -356,6 +359,9 @@ class RowCodec:
                                    for i in self._fixed)
         self._c_fixed_sizes = (_ffi.new("uint8_t[]", [size for _i, _c, size in self._fixed_layout]
                                         or [0]) if _lib is not None else None)
+        # slk_heap_scan_rows' var_text: per text/bytea column, 1 when it is text
+        self.c_var_text = (_ffi.new("uint8_t[]", [int(t) for t in self._text_var] or [0])
+                           if _lib is not None else None)
 
     # --- batches: one call per page run, no interpreted loop per row or column -------------
     def encode_many(self, rows: Sequence[Sequence]) -> list[bytes]:
@@ -406,13 +412,18 @@ class RowCodec:
         count, their sizes as a C array, variable-width column count)."""
         return self.bitmap_size, len(self._fixed), self._c_fixed_sizes, len(self._var)
 
-    def rows_from_layout(self, buf, n: int, sc, *, sliced: bool = False) -> list[tuple] | None:
+    def rows_from_layout(self, buf, n: int, sc, *, sliced: bool = False,
+                         chars: bool = False) -> list[tuple] | None:
         """The ``n`` rows a successful ``slk_row_layout`` (result 0) laid out into the
         scratch ``sc`` (``layout_scratch``) from ``buf`` (bytes, or a cffi buffer: slices
         of it are bytes): each fixed-width column one ``memoryview.cast().tolist()``, each
         text/bytea column one decode and split of its values joined by a separator byte
         none of them holds (or slices of ``buf``, when every ASCII byte is in some value,
-        or ``sliced``: laid out by ``slk_row_bounds``, nothing joined).
+        or ``sliced``: laid out by ``slk_row_bounds``, nothing joined). ``chars``: laid
+        out by ``slk_heap_scan_rows``: a text column whose values were joined (its
+        joined_ok) is one decode of them and a slice of that text per value, by the
+        character bounds in ``sc.chars`` (no bytes object per value); other text/bytea
+        columns are slices of ``buf``.
         None when a text value is not UTF-8 (decode row by row: that raises naming it)."""
         cols: list = [None] * len(self.types)
         fixed_size = self.fixed_size
@@ -429,12 +440,25 @@ class RowCodec:
             values = _ffi.buffer(sc.joined)
             joined_len, joined_ok = sc.joined_len, sc.joined_ok
             at = 0
-            bounds = None
+            bounds = char_bounds = None
             for j, i in enumerate(self._var):
                 size = joined_len[j]
                 text = self._text_var[j]
                 try:
-                    sep = 0 if sliced else joined_ok[j]  # the separator byte + 1, or 0: slice
+                    if chars:  # joined_ok: this text column joined, else slice buf
+                        if text and joined_ok[j]:
+                            if char_bounds is None:
+                                char_bounds = memoryview(
+                                    _ffi.buffer(sc.chars, 8 * nvar * n)).cast("I").tolist()
+                            part = str(sc.joined_view[at:at + size], "utf-8")
+                            b = 2 * j * n
+                            cols[i] = list(map(part.__getitem__, map(
+                                slice, char_bounds[b:b + n], char_bounds[b + n:b + 2 * n])))
+                            at += size
+                            continue
+                        sep = 0
+                    else:
+                        sep = 0 if sliced else joined_ok[j]  # the separator byte + 1, or 0: slice
                     if sep:
                         part = values[at:at + size]
                         cols[i] = part.decode().split(_SEP_STR[sep]) if text else \
