@@ -1540,30 +1540,44 @@ class BufferManager:
         size = min(max(2 * pins, BULK_READ_RING_MIN), BULK_READ_RING_MAX, self.nbuffers // 8)
         return BufferRing(size) if size >= 2 else None
 
-    def copy_release(self, buf_ids: Sequence[int]) -> bytes:
+    def copy_release(self, buf_ids: Sequence[int], out=None):
         """A copy of the pages of ``buf_ids`` (pinned and VALID, e.g. a read stream's run),
         concatenated in order; then every pin is released, errors included (the pins are
         handed over). One call per run of pages. With the C helper the run is copied in one
         call under the change counters (invariant 8: ``slk_seq_copy_pages``), no content
         lock taken; a page whose exclusive lock is held or changed hands meanwhile, and
         every page after it, is copied under shared content locks, taken in the given
-        (block) order and held only for the copy (as without the helper)."""
+        (block) order and held only for the copy (as without the helper).
+        Returns new bytes; with ``out`` (a writable buffer of at least ``len(buf_ids) *
+        BLCKSZ`` bytes, e.g. a scan's own cffi buffer reused run after run) the pages go
+        to its start and ``out`` is returned: no allocation and no zero-fill per run."""
         try:
             n = len(buf_ids)
             descs = self.descs
+            if out is not None and len(out) < n * BLCKSZ:
+                raise ValueError(f"copy_release: out holds {len(out)} bytes; {n} pages need "
+                                 f"{n * BLCKSZ}")
             if self.seq is not None and n:
                 ds = list(map(descs.__getitem__, buf_ids))
                 assert min(map(_REFCOUNT, ds)) > 0, "copy_release of a buffer not pinned"
                 assert all(map(BM_VALID.__and__, map(_FLAGS, ds))), \
                     "copy_release of a buffer not VALID"
-                out = bytes(n * BLCKSZ)  # fresh, unshared, unhashed: filled before it is seen
+                fresh = out is None
+                if fresh:
+                    out = bytes(n * BLCKSZ)  # fresh, unshared, unhashed: filled before it is seen
                 k = _lib.slk_seq_copy_pages(self.c_pool, self.seq, self.nbuffers,
                                             _ffi.new("uint32_t[]", buf_ids), n,
                                             _ffi.from_buffer("uint8_t[]", out))
                 if k == n:
                     return out
-                return out[:k * BLCKSZ] + self._copy_locked(buf_ids[k:])
-            return self._copy_locked(buf_ids)
+                if fresh:
+                    return out[:k * BLCKSZ] + self._copy_locked(buf_ids[k:])
+                memoryview(out)[k * BLCKSZ:n * BLCKSZ] = self._copy_locked(buf_ids[k:])
+                return out
+            if out is None:
+                return self._copy_locked(buf_ids)
+            memoryview(out)[:n * BLCKSZ] = self._copy_locked(buf_ids)
+            return out
         finally:
             self.unpin_many(buf_ids)
 

@@ -414,6 +414,11 @@ class _RunReader:
     def __init__(self, max_pages: int, snapshot: XidSnapshot | None) -> None:
         cap = max_pages * _PAGE_LPS_MAX
         self.max_pages = max_pages
+        # a table scan's copy of each run (copy_release(out=)): reused run after run, so
+        # no allocation or zero-fill per run; nothing handed out points into it
+        self._pages = _ffi.new_allocator(should_clear_after_alloc=False)(
+            "uint8_t[]", max_pages * BLCKSZ)
+        self.pages_buffer = _ffi.buffer(self._pages)
         self.cap = cap
         self.snapshot = snapshot
         new = _ffi.new
@@ -1067,7 +1072,7 @@ class Heap:
         by one C call per run (``_RunReader.rows``; ``scan_rows_py`` without the C module),
         with the same errors, order, extent and free-space-map side effect."""
         rel, fork = self.rel, int(self.fork)
-        runs = self._copied_runs(run_pages, snapshot)
+        runs = self._copied_runs(run_pages, snapshot, reuse=True)
         try:
             reader = next(runs)
             for block, k, data in runs:
@@ -1082,11 +1087,15 @@ class Heap:
         finally:
             runs.close()  # the read stream ends with the scan, also when left early
 
-    def _copied_runs(self, run_pages: int, snapshot: XidSnapshot | None):
+    def _copied_runs(self, run_pages: int, snapshot: XidSnapshot | None, *,
+                     reuse: bool = False):
         """A scan's runs of pages as (first block, page count, copy of the pages), after
         first yielding the C reader for them (None without the C module). Each run is
         pinned, copied under the change counters or shared locks and unpinned with one
-        call (``copy_release``); a full scan installs the free-space map at its end."""
+        call (``copy_release``); a full scan installs the free-space map at its end.
+        ``reuse`` (with the C reader): every run is copied into the reader's one buffer
+        (``_RunReader.pages_buffer``), valid until the next run is asked for; else each
+        run is new bytes."""
         if not isinstance(run_pages, int) or run_pages < 1:
             raise ValueError(f"run_pages must be a positive int, got {run_pages!r}")
         bm = self.bufmgr
@@ -1094,7 +1103,9 @@ class Heap:
         free = [] if self._fsm is None else None
         # (output arrays for the runs this scan can have: a small table's scan allocates
         # for its own pages, not for a whole run)
-        yield None if _lib is None else _RunReader(max(1, min(run_pages, n)), snapshot)
+        reader = None if _lib is None else _RunReader(max(1, min(run_pages, n)), snapshot)
+        yield reader
+        out = reader.pages_buffer if reuse and reader is not None else None
         block = 0
         # A scan larger than the pool (it cannot stay cached anyway) reads through a
         # BULKREAD ring instead of evicting the whole pool. (PostgreSQL rings from a
@@ -1104,7 +1115,7 @@ class Heap:
                         bulk_read=n > bm.nbuffers) as stream:
             while bufs := stream.next_buffers(run_pages):
                 k = len(bufs)
-                data = bm.copy_release(bufs)
+                data = bm.copy_release(bufs, out)
                 if free is not None:
                     free += _run_free(data, k)
                 yield block, k, data
