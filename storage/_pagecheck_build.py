@@ -170,6 +170,10 @@ int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t 
                        int nvar, const uint8_t *var_text, uint8_t *fixed_out,
                        uint32_t *var_out, uint8_t *text_out, uint32_t *text_len,
                        uint8_t *text_ok, uint32_t *text_at, int *layout);
+/* --- autocommit put of a new key --- */
+int slk_bt_put_new(const uint8_t *page, const uint8_t *key, uint32_t keylen,
+                   const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
+                   uint32_t cap);
 """
 
 SOURCE = r"""
@@ -2616,6 +2620,66 @@ int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t 
         text_ok[j] = 1;
     }
     return n;
+}
+
+/* --- autocommit put of a new key --- (engine/access/btree_leafrun.py: put_new_py is the
+ * Python reference; tests/storage/test_btree_put_new.py compares them)
+ * The INSERT action an autocommit put of a key new to its leaf makes there: slk_bt_leaf_run's
+ * bytes for the one write (key, xid, inline value, OLD_LOOKUP) at block index 0, found with
+ * no Python step: the special space and the high key are read here. Writes the action to
+ * out and returns its length when the fast path applies: the page is a live leaf (level 0,
+ * BTP_LEAF, not BTP_DELETED), the key is below its high key (or the leaf is rightmost), no
+ * version of the key is on it and the entry fits in its hole. 0 when it does not apply (the
+ * general path takes the put); -1 for a page it cannot read safely (the general path then
+ * names the flaw). The page is not changed. */
+int slk_bt_put_new(const uint8_t *page, const uint8_t *key, uint32_t keylen,
+                   const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
+                   uint32_t cap)
+{
+    int first, count, leaf;
+    int lower = bt_bounds(page, &first, &count, &leaf);
+    if (lower < 0) return -1;
+    uint32_t next = load32(page + BT_SPECIAL_AT + 4);
+    uint32_t flags = load16(page + BT_SPECIAL_AT + 12);
+    if (load16(page + BT_SPECIAL_AT + 14) || (flags & ~0x3fu)) return -1;   /* bt_special */
+    if (!leaf || !(flags & 0x1u) || (flags & 0x4u)) return 0;    /* BTP_LEAF, BTP_DELETED */
+    if (next != 0) {                             /* the high key: item 1, a pivot */
+        uint32_t at, len;
+        if (bt_item(page, 1, lower, &at, &len) < 0 || len < BT_PIVOT_HDR) return -1;
+        uint32_t hlen = load16(page + at + BT_PIVOT_HDR - 2);
+        if (BT_PIVOT_HDR + hlen > len) return -1;
+        const uint8_t *high = page + at + BT_PIVOT_HDR;
+        uint32_t m = keylen < hlen ? keylen : hlen;
+        int c = m ? memcmp(key, high, m) : 0;
+        if (c == 0) c = keylen < hlen ? -1 : keylen > hlen ? 1 : 0;
+        if (c >= 0) return 0;                    /* it belongs right, or versions may */
+    }
+    int off = slk_bt_search(page, key, keylen, UINT64_MAX, 0);  /* the key's first entry */
+    if (off < 0) return -1;
+    if (off <= count) {
+        int has = lr_key_is(page, lower, off, key, keylen);
+        if (has) return has < 0 ? -1 : 0;       /* a version to supersede: general path */
+    }
+    off = slk_bt_search(page, key, keylen, xid, 0);             /* as slk_bt_leaf_run */
+    if (off < 0) return -1;
+    uint32_t upper = load16(page + 16);
+    uint32_t itemlen = BT_LEAF_HDR + keylen + vlen;
+    int64_t cost = (int64_t)((itemlen + 7u) & ~7u) + 4;
+    if (upper < (uint32_t)lower || cost > (int64_t)(upper - (uint32_t)lower)) return 0;
+    if (keylen > 0xffffu || 8u + itemlen > cap) return 0;
+    uint32_t dlen = 2 + itemlen;
+    uint16_t off16 = (uint16_t)off, klen16 = (uint16_t)keylen;
+    uint64_t zero = 0;
+    out[0] = 0; out[1] = 2;                                  /* block 0, A_INSERT */
+    memcpy(out + 2, &dlen, 4);
+    memcpy(out + 6, &off16, 2);
+    memcpy(out + 8, &xid, 8);                            /* "<QQBH" xmin, xmax, flags, keylen */
+    memcpy(out + 16, &zero, 8);
+    out[24] = 0;
+    memcpy(out + 25, &klen16, 2);
+    if (keylen) memcpy(out + 27, key, keylen);
+    if (vlen) memcpy(out + 27 + keylen, value, vlen);
+    return (int)(8 + itemlen);
 }
 """
 

@@ -36,15 +36,21 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from slonik.engine.access.btree_page import (
+    BTP_DELETED,
+    BTP_LEAF,
     ENTRY_OVERFLOW,
+    P_NONE,
     XMIN_MAX,
+    BTreePageError,
     bt_item,
     bt_item_count,
+    bt_special,
     entry_key,
     item_cost,
     pack_entry,
     search_page,
     unpack_entry,
+    unpack_pivot,
 )
 from slonik.engine.access.btree_wal import A_INSERT, A_SET_XMAX
 
@@ -56,10 +62,13 @@ try:  # the optional C helpers (storage/_pagecheck_build.py, "leaf run apply" bl
 except ImportError:
     _ffi = _lib = None
 C_LEAF_RUN = _lib is not None
+# The "autocommit put of a new key" block (slk_bt_put_new); False in an older build.
+C_PUT_NEW = _lib is not None and hasattr(_lib, "slk_bt_put_new")
 
 __all__ = ["OLD_LOOKUP", "LOOKUP_U64", "KIND_NONE", "KIND_INLINE", "KIND_OVERFLOW", "LeafBatch",
            "LeafRunState", "LeafRunner", "join_keys", "make_batch", "single_batch", "new_runner", "leaf_run", "leaf_run_py", "C_LEAF_RUN",
-           "STOP_END", "STOP_HIGH", "STOP_NO_OLD", "STOP_EXISTS", "STOP_NO_ROOM"]
+           "STOP_END", "STOP_HIGH", "STOP_NO_OLD", "STOP_EXISTS", "STOP_NO_ROOM",
+           "put_new", "put_new_py", "put_new_out", "C_PUT_NEW", "PUT_NEW_ACTION_MAX_BYTES"]
 
 # VersionWrite.old_xmin meaning "the key's newest version whose xmin is committed, unless
 # its xmax is committed too (then none)", found on the leaf the write lands on.
@@ -332,3 +341,54 @@ def leaf_run(page, high: bytes | None, batch: LeafBatch, start: int, st: LeafRun
         if j >= n:
             return j - start, STOP_END
 
+
+
+# The largest A_INSERT action of one entry: action header (8 bytes with the offnum) and an
+# entry of at most a page (put_new's output buffer; a larger one is no fast-path put).
+PUT_NEW_ACTION_MAX_BYTES = 8 + 8192
+_LOWER_UPPER = struct.Struct("<HH")   # pd_lower, pd_upper (storage/page.py's header)
+_LOWER_AT = 14
+
+
+def put_new_py(page, key: bytes, value: bytes, xid: int) -> bytes | None:
+    """The INSERT record payload of an autocommit put of ``key`` (xid ``xid``, ``value``
+    inline) on ``page``, when it takes the fast path: a live leaf (level 0, BTP_LEAF, not
+    BTP_DELETED), ``key`` below its high key (or the leaf is rightmost), no version of
+    ``key`` on it (nothing to supersede) and room for the entry. Then the payload is the
+    general path's (``leaf_run_py`` of the write with OLD_LOOKUP, block index 0) byte for
+    byte; else None. The page is not changed. BTreePageError for a damaged page."""
+    special = bt_special(page)
+    if special.level != 0 or not special.flags & BTP_LEAF or special.flags & BTP_DELETED:
+        return None
+    high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1)).key
+    if high is not None and key >= high:
+        return None
+    off = search_page(page, key, XMIN_MAX, False)
+    if off <= bt_item_count(page) and entry_key(bt_item(page, off))[0] == key:
+        return None
+    lower, upper = _LOWER_UPPER.unpack_from(page, _LOWER_AT)
+    st = LeafRunState(upper - lower)
+    # no version of the key here: OLD_LOOKUP resolves to none, as old 0 says
+    done, _stop = leaf_run_py(page, high, single_batch(key, value, KIND_INLINE, xid, 0), 0, st,
+                              None)
+    return st.payload() if done else None
+
+
+def put_new_out():
+    """An output buffer for ``put_new`` (None without the C module): one per caller that
+    serialises its calls (a tree's, used under its write lock)."""
+    return _ffi.new("uint8_t[]", PUT_NEW_ACTION_MAX_BYTES) if C_PUT_NEW else None
+
+
+def put_new(page, key: bytes, value: bytes, xid: int, out) -> bytes | None:
+    """``put_new_py``'s answer in one C call (``slk_bt_put_new``) writing to ``out``
+    (``put_new_out()``; None: the reference); None too for a page the C call cannot read
+    safely, or the reference finds damaged (the general path then names the flaw)."""
+    if out is None:
+        try:
+            return put_new_py(page, key, value, xid)
+        except BTreePageError:
+            return None
+    n = _lib.slk_bt_put_new(_ffi.from_buffer(page), key, len(key), value, len(value), xid,
+                            out, PUT_NEW_ACTION_MAX_BYTES)
+    return _ffi.buffer(out, n)[:] if n > 0 else None
