@@ -167,9 +167,9 @@ int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t 
                        uint32_t *page_out, uint16_t *offnum_out, uint32_t *start_out,
                        uint32_t *end_out, uint64_t *xmin_out, uint64_t *xmax_out,
                        uint16_t *flags_out, int nb, int nfixed, const uint8_t *fixed_sizes,
-                       int nvar, const uint8_t *var_text, uint8_t *fixed_out,
-                       uint32_t *var_out, uint8_t *text_out, uint32_t *text_len,
-                       uint8_t *text_ok, uint32_t *text_at, int *layout);
+                       int nvar, const uint8_t *var_text, uint32_t slice_min,
+                       uint8_t *fixed_out, uint32_t *var_out, uint8_t *text_out,
+                       uint32_t *text_len, uint8_t *text_ok, uint32_t *text_at, int *layout);
 /* --- autocommit put of a new key --- */
 int slk_bt_put_new(const uint8_t *page, const uint8_t *key, uint32_t keylen,
                    const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
@@ -2531,15 +2531,21 @@ int slk_kv_sort(const uint8_t *blob, const uint64_t *at, uint32_t n, uint32_t *p
  * tests/engine/test_heap_scan_rows.py compares the two)
  * One call per run of a table scan: slk_heap_run_items (the visible tuples' page indexes,
  * offnums and data bounds), then slk_row_layout of those rows without a join (fixed
- * columns column-major, var bounds), then each text column's values (var_text[j] != 0)
- * copied one after the other, nothing between them, to text_out (column after column,
- * text_len[j] bytes each), with each value's bounds counted in characters of that UTF-8
- * text: text_at[2j * n + i] (start) and text_at[(2j + 1) * n + i] (end). text_ok[j] = 1
- * when no non-empty value of the column starts with a UTF-8 continuation byte: then, if
- * the joined bytes decode, every value alone decodes to its slice of the decoded text
- * (the join of valid pieces splits only at character boundaries); else 0 and the column
- * is not joined (the caller decodes its values one by one). text_out needs the run's
- * bytes (the values are inside it).
+ * columns column-major, var bounds), then each text/bytea column's values joined to
+ * text_out (column after column, text_len[j] bytes each; 0 when not joined), how in
+ * text_ok[j]:
+ * - values shorter than slice_min bytes on average: joined with a separator byte none of
+ *   them holds (NUL first, else the smallest ASCII byte: never inside a UTF-8 sequence,
+ *   so the join decodes exactly when every value does); text_ok[j] = separator + 2.
+ * - else, a text column (var_text[j] != 0) none of whose non-empty values starts with a
+ *   UTF-8 continuation byte: joined with nothing between, each value's bounds counted in
+ *   characters of that UTF-8 text to text_at[2j * n + i] (start) and
+ *   text_at[(2j + 1) * n + i] (end): if the join decodes, every value alone decodes to its
+ *   slice of it (the join of valid pieces splits only at character boundaries);
+ *   text_ok[j] = 1.
+ * - else (long bytea, a value starting inside a character, no separator left): not
+ *   joined, text_ok[j] = 0 (the caller slices the values by var_out's bounds).
+ * text_out needs the run's bytes plus nvar * n (the values are inside the run).
  * Returns slk_heap_run_items' result (the count; -(k + 1) page k cannot be read safely;
  * -(npages + 1) cap too small) and, when the count is positive, *layout =
  * slk_row_layout's result (0 laid out; 1 a row has a NULL; -1 a row's lengths do not add
@@ -2579,14 +2585,32 @@ static uint32_t copy_count_chars(uint8_t *out, const uint8_t *p, uint32_t len)
     return len - cont;
 }
 
+/* The separator byte for n values buf[vs[i]:ve[i]]: NUL when none holds one, else the
+ * smallest ASCII byte (1..127) none holds (never inside a UTF-8 sequence); -1 when every
+ * ASCII byte is in some value. */
+static int scan_separator(const uint8_t *buf, const uint32_t *vs, const uint32_t *ve, int n)
+{
+    int nul = 0;
+    for (int i = 0; i < n && !nul; i++)
+        nul = ve[i] > vs[i] && memchr(buf + vs[i], 0, ve[i] - vs[i]) != NULL;
+    if (!nul) return 0;
+    uint8_t seen[256];
+    memset(seen, 0, sizeof seen);
+    for (int i = 0; i < n; i++)
+        for (uint32_t q = vs[i]; q < ve[i]; q++) seen[buf[q]] = 1;
+    for (int b = 1; b < 128; b++)
+        if (!seen[b]) return b;
+    return -1;
+}
+
 int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t snap_xmax,
                        uint64_t own, const uint64_t *excluded, int nexcluded, int cap,
                        uint32_t *page_out, uint16_t *offnum_out, uint32_t *start_out,
                        uint32_t *end_out, uint64_t *xmin_out, uint64_t *xmax_out,
                        uint16_t *flags_out, int nb, int nfixed, const uint8_t *fixed_sizes,
-                       int nvar, const uint8_t *var_text, uint8_t *fixed_out,
-                       uint32_t *var_out, uint8_t *text_out, uint32_t *text_len,
-                       uint8_t *text_ok, uint32_t *text_at, int *layout)
+                       int nvar, const uint8_t *var_text, uint32_t slice_min,
+                       uint8_t *fixed_out, uint32_t *var_out, uint8_t *text_out,
+                       uint32_t *text_len, uint8_t *text_ok, uint32_t *text_at, int *layout)
 {
     *layout = 0;
     int n = slk_heap_run_items(buf, npages, visibility, snap_xmax, own, excluded, nexcluded,
@@ -2600,24 +2624,36 @@ int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t 
     for (int j = 0; j < nvar; j++) {
         text_len[j] = 0;
         text_ok[j] = 0;
-        if (!var_text[j]) continue;
         const uint32_t *vs = var_out + (size_t)(2 * j) * n, *ve = vs + n;
-        int ok = 1;
-        for (int i = 0; i < n && ok; i++)
-            ok = !(ve[i] > vs[i] && (buf[vs[i]] & 0xC0u) == 0x80u);
-        if (!ok) continue;
-        uint32_t *cs = text_at + (size_t)(2 * j) * n, *ce = cs + n;
+        uint64_t total = 0;
+        for (int i = 0; i < n; i++) total += ve[i] - vs[i];
         uint8_t *first = out;
-        uint32_t chars = 0;
-        for (int i = 0; i < n; i++) {
-            uint32_t len = ve[i] - vs[i];
-            cs[i] = chars;
-            chars += copy_count_chars(out, buf + vs[i], len);
-            ce[i] = chars;
-            out += len;
+        int sep = total < (uint64_t)slice_min * (uint64_t)n ? scan_separator(buf, vs, ve, n) : -1;
+        if (sep >= 0) {          /* short values: joined with a byte none of them holds */
+            for (int i = 0; i < n; i++) {
+                uint32_t len = ve[i] - vs[i];
+                if (i) *out++ = (uint8_t)sep;
+                memcpy(out, buf + vs[i], len);
+                out += len;
+            }
+            text_ok[j] = (uint8_t)(sep + 2);
+        } else {                 /* long text values: joined, bounds in characters */
+            int ok = var_text[j] != 0;
+            for (int i = 0; i < n && ok; i++)
+                ok = !(ve[i] > vs[i] && (buf[vs[i]] & 0xC0u) == 0x80u);
+            if (!ok) continue;
+            uint32_t *cs = text_at + (size_t)(2 * j) * n, *ce = cs + n;
+            uint32_t chars = 0;
+            for (int i = 0; i < n; i++) {
+                uint32_t len = ve[i] - vs[i];
+                cs[i] = chars;
+                chars += copy_count_chars(out, buf + vs[i], len);
+                ce[i] = chars;
+                out += len;
+            }
+            text_ok[j] = 1;
         }
         text_len[j] = (uint32_t)(out - first);
-        text_ok[j] = 1;
     }
     return n;
 }

@@ -64,6 +64,7 @@ from slonik.engine.access.tuple import (
     HEAP_UPDATED,
     HEAP_XMAX_UPDATE,
     MAX_TUPLE_DATA_BYTES,
+    SCAN_SLICE_MIN_VALUE_BYTES,
     TUPLE_HEADER_SIZE,
     HeapTuple,
     RowCodec,
@@ -455,12 +456,15 @@ class _RunReader:
 
 
     def rows(self, data: bytes, npages: int, rel: int, fork: int, first_block: int,
-             codec: RowCodec, tids: bool) -> tuple[list[int], list[int], list[tuple]]:
+             codec: RowCodec, tids: bool, slice_min: int = SCAN_SLICE_MIN_VALUE_BYTES
+             ) -> tuple[list[int], list[int], list[tuple]]:
         """``scan_rows_py`` (pages and offnums only with ``tids``) with one C call
-        (``slk_heap_scan_rows``: tuples, visibility, row layout and the text columns
-        joined) into this thread's layout scratch, then ``RowCodec.rows_from_layout``;
-        rows with a NULL, or that do not decode, go row by row (which raises naming the
-        flaw), a page that cannot be read safely through the reference (which raises)."""
+        (``slk_heap_scan_rows``: tuples, visibility, row layout and the text/bytea
+        columns joined: split at a separator when their values average fewer than
+        ``slice_min`` bytes, else text sliced by character bounds) into this thread's
+        layout scratch, then ``RowCodec.rows_from_layout``; rows with a NULL, or that do
+        not decode, go row by row (which raises naming the flaw), a page that cannot be
+        read safely through the reference (which raises)."""
         assert npages <= self.max_pages and len(data) >= npages * BLCKSZ
         arrays = self.arrays
         nb, nfixed, fixed_sizes, nvar = codec.layout_args
@@ -470,7 +474,7 @@ class _RunReader:
             cap = min(self.cap, sc.rows)
             n = _lib.slk_heap_scan_rows(
                 src, npages, *self.snap_args, cap, *arrays, nb, nfixed, fixed_sizes, nvar,
-                codec.c_var_text, sc.fixed_out, sc.var_out, sc.joined, sc.joined_len,
+                codec.c_var_text, slice_min, sc.fixed_out, sc.var_out, sc.joined, sc.joined_len,
                 sc.joined_ok, sc.chars, sc.layout)
             if n != -(npages + 1) or cap == self.cap:
                 break
@@ -488,6 +492,8 @@ class _RunReader:
             offnums = memoryview(buffer(arrays[1], 2 * n)).cast("H").tolist()
         else:
             pages = offnums = []
+        if n == 0:  # (nothing laid out: the scratch holds an earlier run's layout)
+            return pages, offnums, []
         rows = codec.rows_from_layout(data, n, sc, chars=True) if sc.layout[0] == 0 else None
         if rows is None:
             rows = codec.decode_run_py(data, memoryview(buffer(arrays[2], 4 * n)).cast("I").tolist(),

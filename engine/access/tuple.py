@@ -68,6 +68,11 @@ _new_unzeroed = None if _ffi is None else _ffi.new_allocator(should_clear_after_
 # cost (~5 us: its arrays and a pass per column) is more than a few rows' decode (~0.6 us
 # each for 4 columns); the two are equal near 12-16 rows.
 DECODE_RUN_C_MIN_ROWS = 12
+# A table scan's run (Heap.scan_rows) joins a text/bytea column whose values average fewer
+# bytes than this with a separator and splits it (str.split: ~20-50 ns a short value);
+# longer text values are slices of their joined text by character bounds (~120-170 ns
+# each, but split scans every character: ~200 ns at 512 bytes). Crossover measured ~300.
+SCAN_SLICE_MIN_VALUE_BYTES = 256
 # decode_run slices the text/bytea values of a run whose rows average at least this many
 # bytes (of the run's buffer per row) by their bounds, one bytes.decode each
 # (slk_row_bounds), instead of joining, decoding and splitting them: str.split scans a
@@ -445,8 +450,9 @@ class RowCodec:
                 size = joined_len[j]
                 text = self._text_var[j]
                 try:
-                    if chars:  # joined_ok: this text column joined, else slice buf
-                        if text and joined_ok[j]:
+                    if chars:  # joined_ok: 1 joined with character bounds, separator + 2
+                        mode = joined_ok[j]
+                        if mode == 1:
                             if char_bounds is None:
                                 char_bounds = memoryview(
                                     _ffi.buffer(sc.chars, 8 * nvar * n)).cast("I").tolist()
@@ -456,13 +462,15 @@ class RowCodec:
                                 slice, char_bounds[b:b + n], char_bounds[b + n:b + 2 * n])))
                             at += size
                             continue
-                        sep = 0
+                        sep = mode - 1 if mode else 0   # as joined_ok's: separator + 1
                     else:
                         sep = 0 if sliced else joined_ok[j]  # the separator byte + 1, or 0: slice
                     if sep:
-                        part = values[at:at + size]
-                        cols[i] = part.decode().split(_SEP_STR[sep]) if text else \
-                            part.split(_SEP_BYTES[sep])
+                        if text:
+                            part = str(sc.joined_view[at:at + size], "utf-8")
+                            cols[i] = part.split(_SEP_STR[sep])
+                        else:
+                            cols[i] = values[at:at + size].split(_SEP_BYTES[sep])
                     else:
                         if bounds is None:
                             bounds = memoryview(_ffi.buffer(sc.var_out, 8 * nvar * n)).cast("I").tolist()

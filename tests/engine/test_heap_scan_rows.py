@@ -74,9 +74,15 @@ def answer(f):
         return ("error", type(e).__name__, str(e), getattr(e, "block", None))
 
 
-def c_rows(data, npages, snap, codec, tids=True):
+def c_rows(data, npages, snap, codec, tids=True, slice_min=tuple_module.SCAN_SLICE_MIN_VALUE_BYTES):
     reader = hp._RunReader(npages, snap)
-    return reader.rows(data, npages, REL, FORK, FIRST_BLOCK, codec, tids)
+    return reader.rows(data, npages, REL, FORK, FIRST_BLOCK, codec, tids, slice_min)
+
+
+# how the C call joins a run's text/bytea columns: every column split at a separator
+# (when one is left), the default (by average value size), every text column sliced by
+# character bounds
+slice_mins = st.sampled_from([1 << 30, tuple_module.SCAN_SLICE_MIN_VALUE_BYTES, 0])
 
 
 def ref_rows(data, npages, snap, codec):
@@ -94,14 +100,16 @@ def float_bits(got):
 
 @needs_c
 @settings(max_examples=300, deadline=None)
-@given(sp=schema_and_pages(), snap=st.one_of(st.none(), snapshots), tids=st.booleans())
-def test_c_scan_rows_equal_reference(sp, snap, tids):
-    """For random schemas, rows, runs of 1..4 pages and snapshots (or none), the one C
+@given(sp=schema_and_pages(), snap=st.one_of(st.none(), snapshots), tids=st.booleans(),
+       slice_min=slice_mins)
+def test_c_scan_rows_equal_reference(sp, snap, tids, slice_min):
+    """For random schemas, rows, runs of 1..4 pages and snapshots (or none), with the
+    columns split at separators, joined by character bounds, or chosen by size, the one C
     call gives exactly the reference's (pages, offnums, rows) (pages and offnums empty
     with tids=False), rows of the same types; and the reference's rows are the encoded
     rows the snapshot sees, in page then offnum order."""
     codec, data, npages = sp
-    got = c_rows(data, npages, snap, codec, tids)
+    got = c_rows(data, npages, snap, codec, tids, slice_min)
     ref = ref_rows(data, npages, snap, codec)
     assert got[2] == ref[2]
     assert [list(map(type, r)) for r in got[2]] == [list(map(type, r)) for r in ref[2]]
@@ -113,12 +121,12 @@ def test_c_scan_rows_equal_reference(sp, snap, tids):
 @needs_c
 @settings(max_examples=300, deadline=None)
 @given(sp=schema_and_pages(), at=st.integers(0, 4 * BLCKSZ - 1), byte=st.integers(0, 255),
-       snap=st.one_of(st.none(), snapshots))
-def test_c_scan_rows_on_damaged_runs(sp, at, byte, snap):
+       snap=st.one_of(st.none(), snapshots), slice_min=slice_mins)
+def test_c_scan_rows_on_damaged_runs(sp, at, byte, snap, slice_min):
     """One byte changed anywhere in a run (after the page checksum: line pointers, tuple
-    headers, null bitmaps, value lengths, UTF-8 of text): C and the reference agree, both
-    giving the same rows or both raising TupleFormatError with the same message (and
-    block, for a damaged page)."""
+    headers, null bitmaps, value lengths, UTF-8 of text), columns joined either way: C
+    and the reference agree, both giving the same rows or both raising TupleFormatError
+    with the same message (and block, for a damaged page)."""
     codec, data, npages = sp
     damaged = bytearray(data)
     pos = at % len(damaged)
@@ -126,7 +134,7 @@ def test_c_scan_rows_on_damaged_runs(sp, at, byte, snap):
         pos += 14
     damaged[pos] = byte
     damaged = bytes(damaged)
-    got = answer(lambda: c_rows(damaged, npages, snap, codec))
+    got = answer(lambda: c_rows(damaged, npages, snap, codec, True, slice_min))
     ref = answer(lambda: ref_rows(damaged, npages, snap, codec))
     assert float_bits(got) == float_bits(ref)
 
@@ -139,12 +147,12 @@ def raw_text_row(nulls: int, values: list[bytes]) -> bytes:
 @needs_c
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(min_size=1, max_size=12).filter(lambda s: not s.isascii()),
-       cut=st.integers(1, 40), other=st.text(max_size=5))
-def test_c_scan_rows_text_split_inside_a_character(text, cut, other):
+       cut=st.integers(1, 40), other=st.text(max_size=5), slice_min=slice_mins)
+def test_c_scan_rows_text_split_inside_a_character(text, cut, other, slice_min):
     """A text value ending inside a multi-byte UTF-8 character whose next value in the
     column holds the rest: the column's bytes joined are valid UTF-8 but neither value
-    is. C must not hand out the joined text's slices: it raises the reference's
-    TupleFormatError (for an ASCII-starting rest, which then joins, too)."""
+    is. C must not hand out the joined text's slices (joined by character bounds) nor
+    its split (joined at a separator): it raises the reference's TupleFormatError."""
     raw = text.encode()
     k = cut % len(raw)
     if k == 0:
@@ -156,7 +164,7 @@ def test_c_scan_rows_text_split_inside_a_character(text, cut, other):
     for values in ([first, other.encode()], [rest, other.encode()]):
         page_add_item(page, pack_tuple(1, 0, 0, raw_text_row(0, values)))
     data = bytes(page)
-    got = answer(lambda: c_rows(data, 1, None, codec))
+    got = answer(lambda: c_rows(data, 1, None, codec, True, slice_min))
     ref = answer(lambda: ref_rows(data, 1, None, codec))
     assert got == ref
     try:
