@@ -207,6 +207,18 @@ class KVIndex:
         return self.tree.apply_trusted_columns(keys, values, xid, old_xmins,
                                                self._xacts.is_committed, joined)
 
+    def put_new(self, xid: int, key: bytes, value: bytes, then: tuple[int, int, bytes]
+                ) -> int | None:
+        """An autocommit put of a checked ``key`` and ``value`` (not a delete) as ``xid``,
+        with the commit's record ``then`` logged right after it (``BTree.put_new``): its
+        end LSN, or None, nothing written, when the key has a version on its leaf or the
+        write needs more than one leaf's insert (``apply`` then takes it). Replaces no
+        version (``publish``'s count is 0)."""
+        end = self.tree.put_new(key, value, xid, then)
+        if end is not None:
+            self.operations += 1
+        return end
+
     def publish(self, xid: int, replaced: int) -> int:
         """The versions are in the tree already; returns how many versions became dead
         (``apply``'s count)."""

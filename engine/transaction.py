@@ -117,6 +117,10 @@ class TransactionLayer:
         self._after_commit = after_commit
         self._on_dropped = on_dropped
         self._local = _ThreadTxn()
+        # An autocommit put of a key new to its leaf takes KVIndex.put_new (one C call for
+        # the leaf, its record and the COMMIT in one WAL insertion); False: always the
+        # general path, the reference its records and pages are compared with in tests.
+        self.put_fast_path = True
         # The calling thread's slot: ``slot.txn`` is ``current()`` (a store's hot path reads
         # it without the call).
         self.slot = self._local
@@ -201,18 +205,26 @@ class TransactionLayer:
         same checks, order and failure handling, one relation."""
         xacts = self.xacts
         index = relation.index
-        writes = {key: data}
+        writes = None
         with self._commit_lock:
             self._check_open()
             if relation.dropped:
                 raise RelationDroppedError(f"{relation.kind} {relation.name!r} was dropped by "
                                            f"another transaction before this one committed")
             if data is None:  # a delete (a blind put is never refused)
+                writes = {key: data}
                 index.validate(writes, None, blind=True)  # KeyError: nothing written
             xid = xacts.assign_xid()
             try:
-                changes = index.apply(xid, writes)
-                end = xacts.log_commit(xid)
+                # A put of a key new to its leaf: its record and the COMMIT in one WAL
+                # insertion (the same records as apply + log_commit); else the general path.
+                end = None if writes is not None or not self.put_fast_path else \
+                    index.put_new(xid, key, data, xacts.commit_record(xid))
+                if end is None:
+                    changes = index.apply(xid, writes or {key: data})
+                    end = xacts.log_commit(xid)
+                else:
+                    changes = 0
             except BaseException as exc:
                 self._note_wal_error(exc)
                 xacts.abort(xid)

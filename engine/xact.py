@@ -51,6 +51,7 @@ __all__ = [
 
 XLOG_XACT_COMMIT = 0x00
 XLOG_XACT_ABORT = 0x20
+_COMMIT_RECORD = (RM_XACT, XLOG_XACT_COMMIT, b"")   # log_commit of no drops
 
 _EXTRA_HEADER = struct.Struct("<BII")   # version, aborted ranges, running xids
 _UNLINKS_HEADER = struct.Struct("<I")   # version 2: pending unlinks (after the running xids)
@@ -182,6 +183,13 @@ class TransactionManager:
         payload = encode_commit_payload(dropped) if dropped else b""
         _start, end = self.wal.insert(RM_XACT, XLOG_XACT_COMMIT, xid, payload)
         return end
+
+    @staticmethod
+    def commit_record(xid: int) -> tuple[int, int, bytes]:
+        """The (rmgr, info, payload) of ``xid``'s COMMIT record when it drops nothing, as
+        ``log_commit`` inserts it: for a writer that inserts it itself, right after its own
+        record (an autocommit put's fast path, ``BTree.put_new``)."""
+        return _COMMIT_RECORD
 
     def add_pending_unlinks(self, rels) -> None:
         """Dropped relations whose files are still on disk (carried in checkpoints)."""

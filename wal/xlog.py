@@ -447,6 +447,50 @@ class Wal:
             self.on_segment_switch()
         return start, end
 
+    def insert_pair(self, rmgr: int, info: int, xid: int, payload: bytes,
+                    blocks: Sequence[BlockSpec], rmgr2: int, info2: int, payload2: bytes
+                    ) -> tuple[int, int] | None:
+        """``insert`` of two records of ``xid`` one right after the other (the second
+        without blocks) in one insertion: one lock section and no Python frame per record,
+        the same bytes as two ``insert`` calls with nothing between them (an autocommit
+        put's leaf record and its COMMIT). Returns (end of the first, end of the second);
+        None, having written nothing, unless both fit image-less in the current page with
+        room in the ring: the caller then makes the two ``insert`` calls."""
+        writer = self._writer
+        if writer is None or self._failed is not None or self._closed or \
+                len(blocks) > MAX_BLOCK_REFS or type(payload) is not bytes or \
+                type(payload2) is not bytes or not (0 <= rmgr2 <= 255 and 0 <= info2 <= 255):
+            return None   # (the second record's fields checked first: it cannot be refused
+            #              once the first is written)
+        with self._insert_lock:
+            cur = self._cur
+            off = cur % WAL_PAGE_SIZE
+            hdrs = self._plain_headers(blocks, self._redo) if blocks else b""
+            if hdrs is None or not off:
+                return None
+            n1 = RECORD_HEADER_SIZE + len(hdrs) + len(payload)
+            start2 = align_lsn(cur + n1)
+            n2 = RECORD_HEADER_SIZE + len(payload2)
+            end2 = start2 + n2
+            # Both in the current page, with room in the ring (insert's bound for each).
+            if (off + (end2 - cur) > WAL_PAGE_SIZE
+                    or end2 + 2 * PAGE_HEADER_SIZE
+                    > self._flushed - self._flushed % WAL_PAGE_SIZE + self.wal_buffers_bytes):
+                return None
+            at = ((cur // WAL_PAGE_SIZE) % self.npages) * WAL_PAGE_SIZE + off
+            try:
+                writer(at, xid, self._prev, rmgr, info, hdrs, len(blocks), payload,
+                       len(payload))
+                writer(at + (start2 - cur), xid, cur, rmgr2, info2, b"", 0, payload2,
+                       len(payload2))
+            except (OverflowError, TypeError):
+                return None   # the first record's field out of range: insert names it
+            self._prev = start2
+            self._cur = align_lsn(end2)
+            self._records += 2
+            self._record_bytes += n1 + n2
+            return cur + n1, end2
+
     def _cross_locked(self, rmgr: int, info: int, xid: int, payload: bytes, hdrs: bytes,
                       nblocks: int) -> tuple:
         """Write an image-less record (``hdrs``: its joined block headers) with the C

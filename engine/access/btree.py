@@ -89,6 +89,8 @@ from slonik.engine.access.btree_leafrun import (
     leaf_run,
     make_batch,
     new_runner,
+    put_new,
+    put_new_out,
     single_batch,
 )
 from slonik.engine.access.btree_page import (
@@ -833,6 +835,7 @@ class BTree:
         self.wal = wal
         self._root, self._level, self._free_head, self._free_count = _meta
         self._write_lock = threading.RLock()
+        self._put_out = put_new_out()  # put_new's output buffer (used under _write_lock)
         # Reader epochs: a leaf unlinked by vacuum at epoch E is recycled only once every
         # reader that started at or before E has finished (PostgreSQL's safexid, in-process).
         # Readers register without a lock (see _begin_read); the lock orders the unlinker's
@@ -2280,6 +2283,54 @@ class BTree:
         bolds = batch.olds
         explicit = len(bolds) - bolds.count(0) - bolds.count(LOOKUP_U64)
         return explicit + sum(map(bool, resolved.values()))
+
+    def put_new(self, key: bytes, value: bytes, xid: int,
+                then: tuple[int, int, bytes]) -> int | None:
+        """An autocommit put's fast path: the new version (``key``, ``xid``, ``value``
+        inline, a checked key and value) on its leaf when that leaf needs no move right,
+        holds no version of ``key`` and has room (``btree_leafrun.put_new``: one C call),
+        logged as the one INSERT record ``apply_trusted_columns`` would write, page and
+        record byte for byte, and followed in the WAL by the record ``then`` (rmgr, info,
+        payload) of ``xid``, in the same insertion where it fits (``Wal.insert_pair``).
+        Returns the end LSN of ``then``'s record; None, with nothing written or logged,
+        when the general path must take the put."""
+        if len(value) > VALUE_INLINE_MAX_BYTES or \
+                LEAF_HEADER_SIZE + len(key) + len(value) > ENTRY_MAX_BYTES:
+            return None
+        bm = self.bufmgr
+        wal = self.wal
+        with self._write_lock:
+            block = self._leaf_for(key)
+            buf = self._read(block, exclusive=True)
+            try:
+                page = bm.page(buf)
+                payload = put_new(page, key, value, xid, self._put_out)
+                if payload is None:
+                    return None
+                pre = bytes(page)
+                lsn = page_get_lsn(page)
+                try:
+                    apply_payload_actions(page, payload, 0, 1)
+                    spec = BlockSpec(self.rel, int(self.fork), block, page, lsn, False,
+                                     _hole(page))
+                    got = wal.insert_pair(RM_BTREE, XLOG_BTREE_INSERT, xid, payload, (spec,),
+                                          *then)
+                    if got is None:
+                        _start, end = wal.insert(RM_BTREE, XLOG_BTREE_INSERT, xid, payload,
+                                                 (spec,))
+                        then_end = 0
+                    else:
+                        end, then_end = got
+                except BaseException:
+                    page[:] = pre   # as _log: the page put back byte for byte
+                    raise
+                page_set_lsn(page, end)
+                bm.mark_dirty(buf)
+            finally:
+                self._release(buf, exclusive=True)
+        if not then_end:
+            _start, then_end = wal.insert(then[0], then[1], xid, then[2])
+        return then_end
 
     def _apply_writes(self, checked: list[VersionWrite],
                       committed: Callable[[int], bool] | None) -> list[VersionWrite]:
