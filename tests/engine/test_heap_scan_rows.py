@@ -250,3 +250,30 @@ def test_table_scan_rows_mvcc_nulls_and_long_text(tmp_path, io_method, monkeypat
     assert all(t.get(tid) == row for tid, row in items)
     assert t.count() == len(want)
     db.close()
+
+
+@pytest.mark.parametrize("decode_pages", [1, 3, 64])
+def test_scan_rows_decodes_a_run_in_parts(tmp_path, io_method, monkeypatch, decode_pages):
+    """On every io method, Heap.scan_rows decoding each run of up to 64 pages in parts of
+    ``decode_pages`` pages (SCAN_DECODE_PAGES) hands out the rows of scan_runs' tuples
+    decoded one by one, each at its block and offnum (block = run part's first block +
+    page index), in the same order, parts never longer than asked, and a scan left early
+    stops cleanly (a second scan still sees every row)."""
+    monkeypatch.setattr(hp, "SCAN_DECODE_PAGES", decode_pages)
+    db = open_db(tmp_path / "db", io_method)
+    t = db.create_table("t", [("id", "int8"), ("name", "text")])
+    with db.transaction():
+        t.insert_many([(i, f"{i}é" + "z" * (i % 900)) for i in range(3000)])
+    heap, codec = t.heap, t._codec
+    want = [(tup.tid, codec.decode(tup.data)) for tup in heap.scan()]
+    got = []
+    for run in heap.scan_rows(None, codec, run_pages=64):
+        assert run.npages <= decode_pages
+        tids = [(run.first_block + p, o) for p, o in zip(run.pages, run.offnums, strict=True)]
+        got += zip(tids, run.rows, strict=True)
+    assert got == [((tid.block, tid.offnum), row) for tid, row in want]
+    early = heap.scan_rows(None, codec, run_pages=64)
+    next(early)
+    early.close()
+    assert sum(len(run.rows) for run in heap.scan_rows(None, codec)) == len(want) == 3000
+    db.close()
