@@ -170,6 +170,8 @@ int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t 
                        int nvar, const uint8_t *var_text, uint32_t slice_min,
                        uint8_t *fixed_out, uint32_t *var_out, uint8_t *text_out,
                        uint32_t *text_len, uint8_t *text_ok, uint32_t *text_at, int *layout);
+void slk_heap_run_free(const uint8_t *buf, int npages, uint32_t empty_free, uint32_t lp_size,
+                       uint32_t align, uint32_t *out);
 /* --- autocommit put of a new key --- */
 int slk_bt_put_new(const uint8_t *page, const uint8_t *key, uint32_t keylen,
                    const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
@@ -2656,6 +2658,20 @@ int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t 
         text_len[j] = (uint32_t)(out - first);
     }
     return n;
+}
+
+/* The free space of each of npages verified heap pages in buf (heap.py's _run_free is the
+ * reference, Heap._page_free per page): empty_free for a new, all-zero page (lower 0),
+ * else upper - lower - lp_size rounded down to a multiple of align, 0 when not positive. */
+void slk_heap_run_free(const uint8_t *buf, int npages, uint32_t empty_free, uint32_t lp_size,
+                       uint32_t align, uint32_t *out)
+{
+    for (int k = 0; k < npages; k++) {
+        const uint8_t *page = buf + (size_t)k * BLCKSZ;
+        int64_t lower = load16(page + 14), upper = load16(page + 16);
+        int64_t room = upper - lower - (int64_t)lp_size;
+        out[k] = lower == 0 ? empty_free : room > 0 ? (uint32_t)(room - room % align) : 0;
+    }
 }
 
 /* --- autocommit put of a new key --- (engine/access/btree_leafrun.py: put_new_py is the

@@ -109,7 +109,7 @@ from sortedcontainers import SortedList
 try:  # the optional C heap-page helpers (storage/_pagecheck_build.py, "heap page" block)
     from slonik.storage._pagecheck import ffi as _ffi
     from slonik.storage._pagecheck import lib as _lib
-    if not hasattr(_lib, "slk_heap_run_items"):  # an older build of the module
+    if not hasattr(_lib, "slk_heap_run_free"):  # an older build of the module
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
@@ -425,6 +425,7 @@ class _RunReader:
         self._pages = _ffi.new_allocator(should_clear_after_alloc=False)(
             "uint8_t[]", max_pages * BLCKSZ)
         self.pages_buffer = _ffi.buffer(self._pages)
+        self._free = _ffi.new("uint32_t[]", max_pages)
         self.cap = cap
         self.snapshot = snapshot
         new = _ffi.new
@@ -437,6 +438,13 @@ class _RunReader:
             ex = snapshot.excluded
             self._excluded = new("uint64_t[]", list(ex)) if ex else _ffi.NULL
             self.snap_args = (1, snapshot.xmax, snapshot.own, self._excluded, len(ex))
+
+    def free(self, data, npages: int) -> list[int]:
+        """``_run_free`` (each page's free space) in one C call (``slk_heap_run_free``)."""
+        assert npages <= self.max_pages and len(data) >= npages * BLCKSZ
+        _lib.slk_heap_run_free(_ffi.from_buffer(data), npages, _EMPTY_PAGE_FREE,
+                               LINE_POINTER_SIZE, MAXIMUM_ALIGNOF, self._free)
+        return memoryview(_ffi.buffer(self._free, 4 * npages)).cast("I").tolist()
 
     def part(self, at: int, npages: int):
         """Pages ``at .. at + npages - 1`` of ``pages_buffer`` as a buffer of their own
@@ -1139,7 +1147,7 @@ class Heap:
                 k = len(bufs)
                 data = bm.copy_release(bufs, out)
                 if free is not None:
-                    free += _run_free(data, k)
+                    free += _run_free(data, k) if reader is None else reader.free(data, k)
                 yield block, k, data
                 block += k
         if free is not None:

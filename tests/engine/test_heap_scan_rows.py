@@ -277,3 +277,24 @@ def test_scan_rows_decodes_a_run_in_parts(tmp_path, io_method, monkeypatch, deco
     early.close()
     assert sum(len(run.rows) for run in heap.scan_rows(None, codec)) == len(want) == 3000
     db.close()
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(sp=schema_and_pages(), headers=st.lists(st.tuples(st.integers(0, 0xFFFF),
+                                                         st.integers(0, 0xFFFF)), max_size=4))
+def test_c_run_free_equals_reference(sp, headers):
+    """A scan's free-space entries for a run computed in C (one slk_heap_run_free call)
+    equal the reference _run_free (and so Heap._page_free per page) for random heap and
+    all-zero pages, and for pages with any lower/upper values (room negative, zero, not
+    aligned)."""
+    _codec, data, npages = sp
+    odd = bytearray(BLCKSZ * len(headers))
+    for k, (lower, upper) in enumerate(headers):
+        struct.pack_into("<HH", odd, k * BLCKSZ + 14, lower, upper)
+    run = data + bytes(odd)
+    total = npages + len(headers)
+    reader = hp._RunReader(total, None)
+    assert reader.free(run, total) == hp._run_free(run, total)
+    assert hp._run_free(data, npages) == [hp.Heap._page_free(memoryview(data[k * BLCKSZ:(k + 1) * BLCKSZ]))
+                                          for k in range(npages)]
