@@ -290,7 +290,7 @@ class Wal:
         self._flushing = False
         # (LSN needed, its wake-up): a thread's wake-up is a plain lock it holds while not
         # woken; the leader wakes it by releasing it (no Condition, no per-wait allocation).
-        self._waiters: list[tuple[int, threading.Lock]] = []
+        self._waiters: list[list] = []    # [lsn, wake-up lock, released as covered]
         self._wake = threading.local()     # each thread's reusable wake-up lock
         self._commit_delay_us = 0
         self._commit_siblings = COMMIT_SIBLINGS_DEFAULT
@@ -607,6 +607,7 @@ class Wal:
             return
         state = self._flush_state
         state.acquire()
+        held = True
         try:
             self._flush_requests += 1
             waited = False
@@ -616,18 +617,30 @@ class Wal:
                 if wake is None:
                     wake = self._wake.lock = threading.Lock()
                     wake.acquire()
-                self._waiters.append((lsn, wake))
+                # [lsn, wake-up, released as covered]: a leader that releases the entry
+                # because its flush covered it (or failed) marks it and does its
+                # bookkeeping, so the woken waiter returns without taking the state lock
+                # again (one lock hand-off per waiter, not two)
+                entry = [lsn, wake, False]
+                self._waiters.append(entry)
                 self._queued += 1
                 state.release()
+                held = False
                 try:
                     wake.acquire()  # returns once a leader released it
                 except BaseException:  # (an interrupt): leave no entry behind, and never
                     state.acquire()    # reuse this wake-up, which a leader may already
-                    self._queued -= 1  # have released (a stale release would end a later
-                    self._waiters = [(n, w) for n, w in self._waiters if w is not wake]
-                    self._wake.lock = None  # wait early with its entry still queued, and
-                    raise                   # a second entry would be released twice)
-                state.acquire()
+                    held = True        # have released (a stale release would end a later
+                    if not entry[2]:   # wait early with its entry still queued, and a
+                        self._queued -= 1  # second entry would be released twice)
+                    self._waiters = [e for e in self._waiters if e is not entry]
+                    self._wake.lock = None
+                    raise
+                if entry[2]:
+                    self._check_usable()  # (released by a failed flush: raises)
+                    return
+                state.acquire()  # woken to lead the next flush
+                held = True
                 self._queued -= 1
             self._check_usable()
             if lsn <= self._flushed:
@@ -635,7 +648,8 @@ class Wal:
                 return
             self._flushing = True
         finally:
-            state.release()
+            if held:
+                state.release()
         try:
             self._lead_flush()
         finally:
@@ -654,15 +668,21 @@ class Wal:
         flushed, failed = self._flushed, self._failed is not None
         keep = []
         leader_woken = False
-        for lsn, wake in self._waiters:
-            if lsn <= flushed or failed:
-                wake.release()
+        covered = 0
+        for entry in self._waiters:
+            if entry[0] <= flushed or failed:
+                entry[2] = True   # done: the waiter returns as soon as it wakes
+                entry[1].release()
+                covered += 1
             elif not leader_woken:
-                wake.release()
+                entry[1].release()
                 leader_woken = True
             else:
-                keep.append((lsn, wake))
+                keep.append(entry)
         self._waiters = keep
+        self._queued -= covered
+        if not failed:
+            self._joins += covered
 
     def _lead_flush(self) -> None:
         with self._flush_lock:

@@ -328,6 +328,36 @@ def test_one_flush_carries_every_commit_queued_behind_it(aio, tmp_path):
         list(range(1, 8))
 
 
+def test_covered_waiters_return_without_the_state_lock_and_leave_no_count(aio, tmp_path):
+    """Two rounds of seven committers queued behind a held leader: the leader releases
+    each waiter its flush covered with the waiter's bookkeeping done (the waiter returns
+    without taking the flush state lock again), so after each round no waiter entry and
+    no queued count is left (a count dropped twice or never would show), the joins count
+    the six covered waiters, and each round is one flush."""
+    w = Wal(str(tmp_path), aio, wal_segment_size=SEG)
+    for round_no in range(2):
+        ends: list[int] = []
+        errors: list[BaseException] = []
+        committer = _committer(w, ends, errors)
+        threads = [threading.Thread(target=committer, args=(7 * round_no + i,))
+                   for i in range(7)]
+        before = w.stats()
+        with w._flush_lock:
+            for t in threads:
+                t.start()
+            _wait_for_waiters(w, 6)
+            assert w._queued == 6
+        for t in threads:
+            t.join(PREPARE_WAIT_MAX_S)
+            assert not t.is_alive()
+        st = w.stats()
+        assert not errors and len(ends) == 7
+        assert w._waiters == [] and w._queued == 0
+        assert st.flushes - before.flushes == 1 and st.group_joins - before.group_joins == 6
+        assert st.flush_lsn >= max(ends)
+    w.close()
+
+
 def test_commit_delay_applies_only_with_enough_siblings(aio, tmp_path):
     """commit_delay (PostgreSQL's meaning): a leader sleeps before its flush only when at
     least commit_siblings other transactions are active; off by default. Counted in
