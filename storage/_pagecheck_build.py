@@ -173,9 +173,9 @@ int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t 
 void slk_heap_run_free(const uint8_t *buf, int npages, uint32_t empty_free, uint32_t lp_size,
                        uint32_t align, uint32_t *out);
 /* --- autocommit put of a new key --- */
-int slk_bt_put_new(const uint8_t *page, const uint8_t *key, uint32_t keylen,
+int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
                    const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
-                   uint32_t cap);
+                   uint32_t cap, uint8_t *pre);
 """
 
 SOURCE = r"""
@@ -2683,10 +2683,13 @@ void slk_heap_run_free(const uint8_t *buf, int npages, uint32_t empty_free, uint
  * BTP_LEAF, not BTP_DELETED), the key is below its high key (or the leaf is rightmost), no
  * version of the key is on it and the entry fits in its hole. 0 when it does not apply (the
  * general path takes the put); -1 for a page it cannot read safely (the general path then
- * names the flaw). The page is not changed. */
-int slk_bt_put_new(const uint8_t *page, const uint8_t *key, uint32_t keylen,
+ * names the flaw). With pre NULL the page is not changed; else, when the action is made,
+ * the page is copied to pre (BLCKSZ bytes: to put it back if logging fails) and the action
+ * applied to it as redo applies it (slk_bt_redo_actions; a refusal puts the page back and
+ * returns -1). */
+int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
                    const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
-                   uint32_t cap)
+                   uint32_t cap, uint8_t *pre)
 {
     int first, count, leaf;
     int lower = bt_bounds(page, &first, &count, &leaf);
@@ -2731,6 +2734,13 @@ int slk_bt_put_new(const uint8_t *page, const uint8_t *key, uint32_t keylen,
     memcpy(out + 25, &klen16, 2);
     if (keylen) memcpy(out + 27, key, keylen);
     if (vlen) memcpy(out + 27 + keylen, value, vlen);
+    if (pre) {
+        memcpy(pre, page, BLCKSZ);
+        if (slk_bt_redo_actions(page, out, 8 + itemlen, 0) != 1) {
+            memcpy(page, pre, BLCKSZ);
+            return -1;
+        }
+    }
     return (int)(8 + itemlen);
 }
 """

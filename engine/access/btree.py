@@ -85,12 +85,12 @@ from slonik.engine.access.btree_leafrun import (
     STOP_NO_ROOM,
     LeafBatch,
     LeafRunState,
+    PutScratch,
     join_keys,
     leaf_run,
     make_batch,
     new_runner,
     put_new,
-    put_new_out,
     single_batch,
 )
 from slonik.engine.access.btree_page import (
@@ -494,6 +494,10 @@ def _hole(page) -> tuple[int, int]:
     return struct.unpack_from("<HH", page, LOWER_OFFSET)
 
 
+# A page's LSN and free hole (pd_lsn, pd_lower, pd_upper) in one unpack (BTree.put_new).
+_LSN_AND_HOLE = struct.Struct(f"<Q{LOWER_OFFSET - 8}xHH")
+
+
 # What a leaf's high key (a pivot of one entry's key) can cost on the page: _choose_split
 # bounds its search with these.
 _HIGH_KEY_COST_MIN = item_cost(PIVOT_HEADER_SIZE)
@@ -835,7 +839,7 @@ class BTree:
         self.wal = wal
         self._root, self._level, self._free_head, self._free_count = _meta
         self._write_lock = threading.RLock()
-        self._put_out = put_new_out()  # put_new's output buffer (used under _write_lock)
+        self._put_scratch = PutScratch()  # put_new's buffers (used under _write_lock)
         # Reader epochs: a leaf unlinked by vacuum at epoch E is recycled only once every
         # reader that started at or before E has finished (PostgreSQL's safexid, in-process).
         # Readers register without a lock (see _begin_read); the lock orders the unlinker's
@@ -2304,15 +2308,14 @@ class BTree:
             buf = self._read(block, exclusive=True)
             try:
                 page = bm.page(buf)
-                payload = put_new(page, key, value, xid, self._put_out)
+                scratch = self._put_scratch
+                payload = put_new(page, key, value, xid, scratch)  # applied to the page
                 if payload is None:
                     return None
-                pre = bytes(page)
-                lsn = page_get_lsn(page)
                 try:
-                    apply_payload_actions(page, payload, 0, 1)
+                    lsn, lower, upper = _LSN_AND_HOLE.unpack_from(page)
                     spec = BlockSpec(self.rel, int(self.fork), block, page, lsn, False,
-                                     _hole(page))
+                                     (lower, upper))
                     got = wal.insert_pair(RM_BTREE, XLOG_BTREE_INSERT, xid, payload, (spec,),
                                           *then)
                     if got is None:
@@ -2322,7 +2325,7 @@ class BTree:
                     else:
                         end, then_end = got
                 except BaseException:
-                    page[:] = pre   # as _log: the page put back byte for byte
+                    page[:] = scratch.pre   # as _log: the page put back byte for byte
                     raise
                 page_set_lsn(page, end)
                 bm.mark_dirty(buf)

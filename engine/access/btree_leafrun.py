@@ -52,7 +52,8 @@ from slonik.engine.access.btree_page import (
     unpack_entry,
     unpack_pivot,
 )
-from slonik.engine.access.btree_wal import A_INSERT, A_SET_XMAX
+from slonik.engine.access.btree_wal import A_INSERT, A_SET_XMAX, apply_payload_actions
+from slonik.storage.page import BLCKSZ
 
 try:  # the optional C helpers (storage/_pagecheck_build.py, "leaf run apply" block)
     from slonik.storage._pagecheck import ffi as _ffi
@@ -68,7 +69,7 @@ C_PUT_NEW = _lib is not None and hasattr(_lib, "slk_bt_put_new")
 __all__ = ["OLD_LOOKUP", "LOOKUP_U64", "KIND_NONE", "KIND_INLINE", "KIND_OVERFLOW", "LeafBatch",
            "LeafRunState", "LeafRunner", "join_keys", "make_batch", "single_batch", "new_runner", "leaf_run", "leaf_run_py", "C_LEAF_RUN",
            "STOP_END", "STOP_HIGH", "STOP_NO_OLD", "STOP_EXISTS", "STOP_NO_ROOM",
-           "put_new", "put_new_py", "put_new_out", "C_PUT_NEW", "PUT_NEW_ACTION_MAX_BYTES"]
+           "put_new", "put_new_py", "put_new_c", "PutScratch", "C_PUT_NEW", "PUT_NEW_ACTION_MAX_BYTES"]
 
 # VersionWrite.old_xmin meaning "the key's newest version whose xmin is committed, unless
 # its xmax is committed too (then none)", found on the leaf the write lands on.
@@ -374,21 +375,43 @@ def put_new_py(page, key: bytes, value: bytes, xid: int) -> bytes | None:
     return st.payload() if done else None
 
 
-def put_new_out():
-    """An output buffer for ``put_new`` (None without the C module): one per caller that
-    serialises its calls (a tree's, used under its write lock)."""
-    return _ffi.new("uint8_t[]", PUT_NEW_ACTION_MAX_BYTES) if C_PUT_NEW else None
+class PutScratch:
+    """``put_new``'s buffers for one caller that serialises its calls (a tree's, used under
+    its write lock): the C call's output (None without the C module) and the page's
+    bytes from before the put (``pre``: to put the page back if logging fails)."""
+
+    __slots__ = ("out", "pre", "_pre_c")
+
+    def __init__(self) -> None:
+        self.pre = bytearray(BLCKSZ)
+        self.out = _ffi.new("uint8_t[]", PUT_NEW_ACTION_MAX_BYTES) if C_PUT_NEW else None
+        self._pre_c = _ffi.from_buffer(self.pre) if C_PUT_NEW else None
 
 
-def put_new(page, key: bytes, value: bytes, xid: int, out) -> bytes | None:
-    """``put_new_py``'s answer in one C call (``slk_bt_put_new``) writing to ``out``
-    (``put_new_out()``; None: the reference); None too for a page the C call cannot read
-    safely, or the reference finds damaged (the general path then names the flaw)."""
+def put_new(page, key: bytes, value: bytes, xid: int, scratch: PutScratch) -> bytes | None:
+    """``put_new_py``'s payload, applied to ``page`` as redo applies it
+    (``apply_payload_actions``' bytes) once the page's bytes are copied to ``scratch.pre``:
+    one C call (``slk_bt_put_new``; the reference without the C module). None, the page
+    unchanged, when the fast path does not apply or the page is damaged (the general
+    path then names the flaw)."""
+    out = scratch.out
     if out is None:
         try:
-            return put_new_py(page, key, value, xid)
+            payload = put_new_py(page, key, value, xid)
         except BTreePageError:
             return None
+        if payload is not None:
+            scratch.pre[:] = page
+            apply_payload_actions(page, payload, 0, 1)
+        return payload
     n = _lib.slk_bt_put_new(_ffi.from_buffer(page), key, len(key), value, len(value), xid,
-                            out, PUT_NEW_ACTION_MAX_BYTES)
+                            out, PUT_NEW_ACTION_MAX_BYTES, scratch._pre_c)
     return _ffi.buffer(out, n)[:] if n > 0 else None
+
+
+def put_new_c(page, key: bytes, value: bytes, xid: int, scratch: PutScratch) -> bytes | None:
+    """The C call's payload alone, the page not changed (tests compare it with
+    ``put_new_py``); needs the C module."""
+    n = _lib.slk_bt_put_new(_ffi.from_buffer(page), key, len(key), value, len(value), xid,
+                            scratch.out, PUT_NEW_ACTION_MAX_BYTES, _ffi.NULL)
+    return _ffi.buffer(scratch.out, n)[:] if n > 0 else None

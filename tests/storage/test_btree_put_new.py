@@ -58,26 +58,34 @@ def general(page, high, key, value, xid):
 def test_c_put_new_equals_reference_and_general_path(entries, high, value_len, key, value,
                                                      xid, flags):
     """Random leaves (high key or rightmost, some deleted, some nearly full) and random
-    puts: C and reference return the same payload or both None; a payload equals the
-    general path's leaf-run payload, applies (apply_payload_actions) to the bytes redo
-    gives action by action, and puts (key, xid, value) on the page with xmax 0. None
-    exactly when the general path would not do it as a lone insert (a version of the key
-    on the leaf, key >= high key, no room) or the page is deleted."""
+    puts: C and reference return the same payload or both None, neither changing the
+    page; a payload equals the general path's leaf-run payload; put_new (C, applying)
+    returns it too, keeps the old bytes in the scratch and leaves the page as redo leaves
+    it action by action (and as apply_payload_actions does), with (key, xid, value) on it
+    and xmax 0; None leaves the page alone. None exactly when the general path would not
+    do it as a lone insert (a version of the key on the leaf, key >= high key, no room)
+    or the page is deleted."""
     page = leaf(entries, high, value_len, flags)
     before = bytes(page)
-    c = lr.put_new(page, key, value, xid, lr.put_new_out())
+    scratch = lr.PutScratch()
+    c = lr.put_new_c(page, key, value, xid, scratch)
     py = lr.put_new_py(page, key, value, xid)
     assert bytes(page) == before
     assert c == py
     want = None if flags & bp.BTP_DELETED else general(page, high, key, value, xid)
     assert c == want
+    applied = bytearray(page)
+    assert lr.put_new(applied, key, value, xid, scratch) == c   # C, applying
     if c is None:
+        assert applied == page
         return
-    fast = bytearray(page)
-    apply_payload_actions(fast, c, 0, 1)
+    assert scratch.pre == page
     slow = bytearray(page)
     for _i, code, data in decode_actions(c):
         apply_action(slow, code, data)
+    assert applied == slow
+    fast = bytearray(page)
+    apply_payload_actions(fast, c, 0, 1)
     assert fast == slow
     off = bp.search_page(fast, key, xid, False)
     e = bp.unpack_entry(bp.bt_item(fast, off))
@@ -91,18 +99,43 @@ def test_put_new_refuses_what_the_general_path_must_take():
     page (special space overwritten) is refused by both wrappers, and the reference alone
     raises BTreePageError naming it."""
     page = leaf([(b"b", 5, 0), (b"d", 3, 7)], b"m", 10)
-    out = lr.put_new_out()
+    scratch = lr.PutScratch()
     for key, value in ((b"b", b"x"), (b"d", b"x"), (b"m", b"x"), (b"z", b"x"),
                        (b"c", b"x" * 8140)):
-        assert lr.put_new(page, key, value, 40, out) is None, key
+        assert lr.put_new_c(page, key, value, 40, scratch) is None, key
         assert lr.put_new_py(page, key, value, 40) is None, key
-    assert lr.put_new(page, b"c", b"x", 40, out) is not None
+    assert lr.put_new_c(page, b"c", b"x", 40, scratch) is not None
     inner = leaf([], None, 0, flags=0, level=1)
-    assert lr.put_new(inner, b"c", b"x", 40, out) is None
+    assert lr.put_new_c(inner, b"c", b"x", 40, scratch) is None
     assert lr.put_new_py(inner, b"c", b"x", 40) is None
     bad = bytearray(page)
     bad[BLCKSZ - 2:] = b"\xff\xff"
-    assert lr.put_new(bad, b"c", b"x", 40, out) is None
-    assert lr.put_new(bad, b"c", b"x", 40, None) is None
+    assert lr.put_new_c(bad, b"c", b"x", 40, scratch) is None
+    assert lr.put_new(bad, b"c", b"x", 40, scratch) is None
     with pytest.raises(bp.BTreePageError):
         lr.put_new_py(bad, b"c", b"x", 40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.lists(st.tuples(keys, xids, st.integers(0, 30)), max_size=60),
+       high=st.one_of(st.none(), keys), value_len=st.integers(0, 120),
+       key=keys, value=st.binary(max_size=200), xid=st.integers(31, 2 ** 64 - 2))
+def test_put_new_without_the_c_module_applies_what_redo_applies(entries, high, value_len,
+                                                                key, value, xid):
+    """put_new on a scratch without the C output (as when the module is not built) takes
+    the reference: the same payload as put_new_py, the old bytes in the scratch and the
+    page as apply_action leaves it action by action; None leaves the page alone."""
+    page = leaf(entries, high, value_len)
+    scratch = lr.PutScratch()
+    scratch.out = None
+    want = lr.put_new_py(page, key, value, xid)
+    applied = bytearray(page)
+    assert lr.put_new(applied, key, value, xid, scratch) == want
+    if want is None:
+        assert applied == page
+        return
+    assert scratch.pre == page
+    slow = bytearray(page)
+    for _i, code, data in decode_actions(want):
+        apply_action(slow, code, data)
+    assert applied == slow
