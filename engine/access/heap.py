@@ -513,7 +513,7 @@ class _RunReader:
             pages = offnums = []
         if n == 0:  # (nothing laid out: the scratch holds an earlier run's layout)
             return pages, offnums, []
-        rows = codec.rows_from_layout(data, n, sc, chars=True) if sc.layout[0] == 0 else None
+        rows = codec.rows_from_scan(data, n, sc) if sc.layout[0] == 0 else None
         if rows is None:
             rows = codec.decode_run_py(data, memoryview(buffer(arrays[2], 4 * n)).cast("I").tolist(),
                                        memoryview(buffer(arrays[3], 4 * n)).cast("I").tolist())

@@ -295,7 +295,11 @@ class _LayoutScratch:
         self.layout = _ffi.new("int *")
         # slk_heap_scan_rows: text values' bounds in characters of their column's joined text
         self.chars = _new_unzeroed("uint32_t[]", 2 * max(nvar, 1) * rows)
+        # views made once (a call slices them instead of making a cffi buffer each time)
         self.joined_view = memoryview(_ffi.buffer(self.joined))
+        self.fixed_view = memoryview(_ffi.buffer(self.fixed_out))
+        self.var_view = memoryview(_ffi.buffer(self.var_out)).cast("I")
+        self.chars_view = memoryview(_ffi.buffer(self.chars)).cast("I")
 
 
 def layout_scratch(rows: int, nbytes: int, nvar: int, fixed: int) -> _LayoutScratch:
@@ -364,6 +368,12 @@ class RowCodec:
                                    for i in self._fixed)
         self._c_fixed_sizes = (_ffi.new("uint8_t[]", [size for _i, _c, size in self._fixed_layout]
                                         or [0]) if _lib is not None else None)
+        # rows_from_scan's plans: (column, struct code, byte offset in the fixed part, size)
+        # of each fixed-width column, (index among the variable ones, column, is text) of each
+        # text/bytea column
+        self._fixed_plan = tuple((i, code, sum(z for _j, _c, z in self._fixed_layout[:k]), size)
+                                 for k, (i, code, size) in enumerate(self._fixed_layout))
+        self._var_plan = tuple((j, i, self._text_var[j]) for j, i in enumerate(self._var))
         # slk_heap_scan_rows' var_text: per text/bytea column, 1 when it is text
         self.c_var_text = (_ffi.new("uint8_t[]", [int(t) for t in self._text_var] or [0])
                            if _lib is not None else None)
@@ -417,18 +427,13 @@ class RowCodec:
         count, their sizes as a C array, variable-width column count)."""
         return self.bitmap_size, len(self._fixed), self._c_fixed_sizes, len(self._var)
 
-    def rows_from_layout(self, buf, n: int, sc, *, sliced: bool = False,
-                         chars: bool = False) -> list[tuple] | None:
+    def rows_from_layout(self, buf, n: int, sc, *, sliced: bool = False) -> list[tuple] | None:
         """The ``n`` rows a successful ``slk_row_layout`` (result 0) laid out into the
         scratch ``sc`` (``layout_scratch``) from ``buf`` (bytes, or a cffi buffer: slices
         of it are bytes): each fixed-width column one ``memoryview.cast().tolist()``, each
         text/bytea column one decode and split of its values joined by a separator byte
         none of them holds (or slices of ``buf``, when every ASCII byte is in some value,
-        or ``sliced``: laid out by ``slk_row_bounds``, nothing joined). ``chars``: laid
-        out by ``slk_heap_scan_rows``: a text column whose values were joined (its
-        joined_ok) is one decode of them and a slice of that text per value, by the
-        character bounds in ``sc.chars`` (no bytes object per value); other text/bytea
-        columns are slices of ``buf``.
+        or ``sliced``: laid out by ``slk_row_bounds``, nothing joined).
         None when a text value is not UTF-8 (decode row by row: that raises naming it)."""
         cols: list = [None] * len(self.types)
         fixed_size = self.fixed_size
@@ -445,26 +450,12 @@ class RowCodec:
             values = _ffi.buffer(sc.joined)
             joined_len, joined_ok = sc.joined_len, sc.joined_ok
             at = 0
-            bounds = char_bounds = None
+            bounds = None
             for j, i in enumerate(self._var):
                 size = joined_len[j]
                 text = self._text_var[j]
                 try:
-                    if chars:  # joined_ok: 1 joined with character bounds, separator + 2
-                        mode = joined_ok[j]
-                        if mode == 1:
-                            if char_bounds is None:
-                                char_bounds = memoryview(
-                                    _ffi.buffer(sc.chars, 8 * nvar * n)).cast("I").tolist()
-                            part = str(sc.joined_view[at:at + size], "utf-8")
-                            b = 2 * j * n
-                            cols[i] = list(map(part.__getitem__, map(
-                                slice, char_bounds[b:b + n], char_bounds[b + n:b + 2 * n])))
-                            at += size
-                            continue
-                        sep = mode - 1 if mode else 0   # as joined_ok's: separator + 1
-                    else:
-                        sep = 0 if sliced else joined_ok[j]  # the separator byte + 1, or 0: slice
+                    sep = 0 if sliced else joined_ok[j]  # the separator byte + 1, or 0: slice
                     if sep:
                         if text:
                             part = str(sc.joined_view[at:at + size], "utf-8")
@@ -480,6 +471,46 @@ class RowCodec:
                 except UnicodeDecodeError:
                     return None
                 at += size
+        return list(zip(*cols, strict=True))
+
+    def rows_from_scan(self, buf, n: int, sc) -> list[tuple] | None:
+        """The ``n`` rows a ``slk_heap_scan_rows`` call (layout 0) laid out into the
+        scratch ``sc`` from ``buf`` (bytes, or a cffi buffer: slices of it are bytes): each
+        fixed-width column one ``memoryview.cast().tolist()``; a text/bytea column joined
+        at a separator (joined_ok = separator + 2) one decode (text) and split; a text
+        column joined with character bounds (joined_ok 1) one decode and a slice of it
+        per value (each value starts where the one before ends: only the ends are read);
+        any other (0) slices of ``buf`` by their byte bounds, decoded one by one if text.
+        None when a text value is not UTF-8 (decode row by row: that raises naming it)."""
+        cols: list = [None] * len(self.types)
+        if self.fixed_size:
+            fixed = sc.fixed_view
+            for i, code, at, size in self._fixed_plan:
+                part = fixed[n * at:n * (at + size)]
+                # bool: any non-zero byte is True, as struct's "?" reads it
+                cols[i] = list(map(_bool, part)) if code == "?" else part.cast(code).tolist()
+        if self._var:
+            joined, joined_len, joined_ok = sc.joined_view, sc.joined_len, sc.joined_ok
+            at = 0
+            try:
+                for j, i, text in self._var_plan:
+                    size = joined_len[j]
+                    mode = joined_ok[j]
+                    if mode == 1:
+                        ends = sc.chars_view[(2 * j + 1) * n:(2 * j + 2) * n].tolist()
+                        part = str(joined[at:at + size], "utf-8")
+                        cols[i] = list(map(part.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+                    elif mode:
+                        part = joined[at:at + size]
+                        cols[i] = str(part, "utf-8").split(_SEP_STR[mode - 1]) if text else \
+                            bytes(part).split(_SEP_BYTES[mode - 1])
+                    else:
+                        bounds = sc.var_view[2 * j * n:(2 * j + 2) * n].tolist()
+                        vals = map(buf.__getitem__, map(slice, bounds[:n], bounds[n:]))
+                        cols[i] = list(map(bytes.decode, vals)) if text else list(vals)
+                    at += size
+            except UnicodeDecodeError:
+                return None
         return list(zip(*cols, strict=True))
 
     def __repr__(self) -> str:
