@@ -114,6 +114,8 @@ try:  # the optional C heap-page helpers (storage/_pagecheck_build.py, "heap pag
 except ImportError:
     _ffi = _lib = None
 C_HEAP = _lib is not None  # whether runs of pages are read (and new pages filled) in C
+# scan output arrays and run copies: every entry read back is written first, no zero-fill
+_new_unzeroed = None if _ffi is None else _ffi.new_allocator(should_clear_after_alloc=False)
 
 __all__ = [
     "Heap", "Tid", "HeapTuple", "HeapRun", "FreeSpaceMap", "TupleTooLargeError",
@@ -422,13 +424,12 @@ class _RunReader:
         self.max_pages = max_pages
         # a table scan's copy of each run (copy_release(out=)): reused run after run, so
         # no allocation or zero-fill per run; nothing handed out points into it
-        self._pages = _ffi.new_allocator(should_clear_after_alloc=False)(
-            "uint8_t[]", max_pages * BLCKSZ)
+        self._pages = _new_unzeroed("uint8_t[]", max_pages * BLCKSZ)
         self.pages_buffer = _ffi.buffer(self._pages)
         self._free = _ffi.new("uint32_t[]", max_pages)
         self.cap = cap
         self.snapshot = snapshot
-        new = _ffi.new
+        new = _new_unzeroed  # (the C call writes every entry it reports; ~4.7 MB for 64 pages)
         self.arrays = (new("uint32_t[]", cap), new("uint16_t[]", cap), new("uint32_t[]", cap),
                        new("uint32_t[]", cap), new("uint64_t[]", cap), new("uint64_t[]", cap),
                        new("uint16_t[]", cap))
@@ -436,7 +437,7 @@ class _RunReader:
             self.snap_args = (0, 0, 0, _ffi.NULL, 0)
         else:
             ex = snapshot.excluded
-            self._excluded = new("uint64_t[]", list(ex)) if ex else _ffi.NULL
+            self._excluded = _ffi.new("uint64_t[]", list(ex)) if ex else _ffi.NULL
             self.snap_args = (1, snapshot.xmax, snapshot.own, self._excluded, len(ex))
 
     def free(self, data, npages: int) -> list[int]:
