@@ -430,8 +430,9 @@ class ReadStream:
         """Up to ``limit`` next pinned buffers (as ``next_buffer`` gives them) in one call:
         those whose reads are complete, at least one unless the stream is at its end (an
         empty list). A run of pages costs one call, not one per page; on the all-cached
-        fast path up to ``min(limit, io_combine_limit)`` consecutive blocks (of any source)
-        are pinned with one ``start_read_buffers``."""
+        fast path up to ``min(limit, io_combine_limit)`` consecutive blocks of any source
+        (of a range source ``LOOK_AHEAD_BATCH_IOS`` times as many) are pinned with one
+        ``start_read_buffers``."""
         if self._closed:
             raise ValueError("this read stream is closed")
         if not isinstance(limit, int) or limit < 1:
@@ -505,8 +506,10 @@ class ReadStream:
             return out
         if self._sequential and self._unget is None:
             block = self._seq_next
-            # (start_read_buffers splits its reads at segment ends itself)
-            k = min(limit - len(out), self.combine, self.max_pinned_buffers,
+            # Up to LOOK_AHEAD_BATCH_IOS combined reads' worth of cached blocks pinned in one
+            # call (a table scan asks for 64 pages per step; start_read_buffers splits its
+            # reads at io_combine_limit and at segment ends itself).
+            k = min(limit - len(out), self._batch_blocks, self.max_pinned_buffers,
                     self._seq_stop - block)
             if k > 0:
                 self._seq_next = block + k

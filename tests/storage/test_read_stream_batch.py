@@ -104,6 +104,25 @@ def test_batches_of_a_cached_range_come_whole(rel):  # noqa: F811
     assert pinned_blocks(bm) == {}
 
 
+
+def test_cached_range_batches_span_several_combined_reads(rel):  # noqa: F811
+    """On the all-cached fast path a range source pins up to LOOK_AHEAD_BATCH_IOS combined
+    reads' worth of blocks per next_buffers call (a table scan's 64-page step is a few
+    calls, not one per io_combine_limit): with io_combine_limit 4 and batches of 32, the
+    batches reach 16 blocks; blocks come back 0..63 in order, nothing stays pinned."""
+    smgr, aio = rel
+    bm = BufferManager(smgr, aio, shared_buffers=128, io_combine_limit=4)
+    bm.unpin_many(bm.read_buffers(REL, Fork.MAIN, 0, NBLOCKS))
+    with ReadStream(bm, REL, Fork.MAIN, range(NBLOCKS)) as stream:
+        sizes, blocks = [], []
+        while batch := stream.next_buffers(32):
+            sizes.append(len(batch))
+            blocks += [bm.block_of(b)[2] for b in batch]
+            bm.unpin_many(batch)
+    assert blocks == list(range(NBLOCKS))
+    assert max(sizes) >= 4 * 4 and max(sizes) <= 32, sizes
+    assert pinned_blocks(bm) == {}
+
 @pytest.mark.parametrize("kind", ["callable", "iter", "runs"])
 def test_batches_of_cached_consecutive_blocks_come_whole_from_any_source(rel, kind):  # noqa: F811
     """An all-cached stream over a callable (or iterator, or run-giving) source of runs of
