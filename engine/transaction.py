@@ -188,16 +188,16 @@ class TransactionLayer:
         """Buffer a KV write (``data`` None: a delete) in the thread's transaction, or
         commit it at once as a transaction of its own; with ``check_open``, after
         ``check_open()`` (a put to a store known live: one call instead of three)."""
-        if check_open:
-            self._check_open()
         txn = getattr(self._local, "txn", None)  # (self.current(), inline: once per put)
         if txn is not None:
+            if check_open:
+                self._check_open()
             writes = txn.kv_writes.get(relation)
             if writes is None:
                 writes = txn.kv_writes[relation] = {}
             writes[key] = data
             return
-        self._commit_one(relation, key, data)
+        self._commit_one(relation, key, data)  # (checks the open state under the commit lock)
 
     def _commit_one(self, relation: Relation, key: bytes, data: bytes | None) -> None:
         """``_commit`` of an autocommit write to one KV store (a blind write set: no

@@ -465,7 +465,14 @@ class Wal:
         with self._insert_lock:
             cur = self._cur
             off = cur % WAL_PAGE_SIZE
-            hdrs = self._plain_headers(blocks, self._redo) if blocks else b""
+            if len(blocks) == 1:  # _plain_headers' cached header, looked up inline
+                b = blocks[0]
+                hdrs = self._plain_hdrs.get((b.rel, b.fork, b.block, b.will_init))
+                if hdrs is None or (self.full_page_writes and not b.will_init and
+                                    b.page is not None and b.page_lsn <= self._redo):
+                    hdrs = self._plain_headers(blocks, self._redo)
+            else:
+                hdrs = self._plain_headers(blocks, self._redo) if blocks else b""
             if hdrs is None or not off:
                 return None
             n1 = RECORD_HEADER_SIZE + len(hdrs) + len(payload)
