@@ -13,8 +13,11 @@ call. Behind that the stream keeps a look-ahead window of reads in flight:
   consumer had to wait for a read, and decays by one for each run that was all hits, capped
   by ``max_pinned_buffers``; at most ``max_ios`` reads are in flight;
 - the look-ahead runs once the window has room for ``LOOK_AHEAD_BATCH_IOS`` full combined
-  reads (or half the window, when smaller), and the reads it starts are submitted
-  together (``aio.batch()``: one io_uring_enter, one worker wake-up);
+  reads (or half the window, when smaller) and ``max_ios`` room for that many reads (or
+  half of ``max_ios``: a scattered source, one block per read, is bounded by reads in
+  flight, not pins), and the reads it starts are submitted together (``aio.batch()``:
+  one io_uring_enter, one worker wake-up); ``next_buffers`` hands out, after the read
+  it waited for, every following one that completed meanwhile;
   a ``range`` source is followed by a cursor, a whole run at a time, and once the window
   holds four such batches it starts a batch (up to ``LOOK_AHEAD_BATCH_IOS`` combined
   reads) with one ``start_read_buffers`` call, which splits its reads at
