@@ -57,7 +57,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, repeat
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from slonik.engine.access.btree import XidSnapshot
 from slonik.engine.access.tuple import (
@@ -460,12 +460,7 @@ class _RunReader:
         n = _lib.slk_heap_run_items(_ffi.from_buffer(data), npages, *self.snap_args, self.cap,
                                     *arrays)
         if n < 0:
-            assert n != -(npages + 1), "line pointer capacity exceeded"
-            k = -n - 1
-            run_items_py(data[k * BLCKSZ:(k + 1) * BLCKSZ], 1, self.snapshot, rel, fork,
-                         first_block + k)  # raises naming the flaw
-            raise AssertionError(f"C and Python disagree on block {first_block + k} of "
-                                 f"relation {rel}")
+            self._refuse(data, n, npages, rel, fork, first_block)
         buffer = _ffi.buffer
         if wanted == _DATA_ONLY:  # a table scan's: the tuples' bounds alone
             return ([], [], memoryview(buffer(arrays[2], 4 * n)).cast("I").tolist(),
@@ -474,6 +469,16 @@ class _RunReader:
                      for a, code, size, want in zip(arrays, "IHIIQQH", (4, 2, 4, 4, 8, 8, 2),
                                                     wanted, strict=True))
 
+    def _refuse(self, data: bytes, n: int, npages: int, rel: int, fork: int,
+                first_block: int) -> NoReturn:
+        """A C call's negative answer ``n`` (-(k + 1): page k cannot be read safely): the
+        reference reads that page, which raises naming the flaw."""
+        assert n != -(npages + 1), "line pointer capacity exceeded"
+        k = -n - 1
+        run_items_py(data[k * BLCKSZ:(k + 1) * BLCKSZ], 1, self.snapshot, rel, fork,
+                     first_block + k)  # raises naming the flaw
+        raise AssertionError(f"C and Python disagree on block {first_block + k} of "
+                             f"relation {rel}")
 
     def rows(self, data: bytes, npages: int, rel: int, fork: int, first_block: int,
              codec: RowCodec, tids: bool, slice_min: int = SCAN_SLICE_MIN_VALUE_BYTES
@@ -500,12 +505,7 @@ class _RunReader:
                 break
             sc = layout_scratch(self.cap, len(data), nvar, codec.fixed_size)
         if n < 0:
-            assert n != -(npages + 1), "line pointer capacity exceeded"
-            k = -n - 1
-            run_items_py(data[k * BLCKSZ:(k + 1) * BLCKSZ], 1, self.snapshot, rel, fork,
-                         first_block + k)  # raises naming the flaw
-            raise AssertionError(f"C and Python disagree on block {first_block + k} of "
-                                 f"relation {rel}")
+            self._refuse(data, n, npages, rel, fork, first_block)
         buffer = _ffi.buffer
         if tids:
             pages = memoryview(buffer(arrays[0], 4 * n)).cast("I").tolist()

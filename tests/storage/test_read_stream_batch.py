@@ -84,6 +84,19 @@ def test_batches_return_exactly_the_blocks_in_order(rel, blocks, cached,  # noqa
     bm.check()
 
 
+def _consume_in_batches(bm: BufferManager, stream: ReadStream, limit: int
+                        ) -> tuple[list[int], list[int]]:
+    """Take ``stream`` to its end with next_buffers(limit), unpinning each batch: (the
+    batch sizes, the block numbers in the order handed out)."""
+    sizes: list[int] = []
+    blocks: list[int] = []
+    while batch := stream.next_buffers(limit):
+        sizes.append(len(batch))
+        blocks += [bm.block_of(b)[2] for b in batch]
+        bm.unpin_many(batch)
+    return sizes, blocks
+
+
 def test_batches_of_a_cached_range_come_whole(rel):  # noqa: F811
     """An all-cached sequential scan in batches of 16 (io_combine_limit 16) settles on the
     fast path and then hands out batches of 16 consecutive blocks (at least three), one
@@ -93,11 +106,7 @@ def test_batches_of_a_cached_range_come_whole(rel):  # noqa: F811
     bm = BufferManager(smgr, aio, shared_buffers=128, io_combine_limit=16)
     bm.unpin_many(bm.read_buffers(REL, Fork.MAIN, 0, NBLOCKS))
     with ReadStream(bm, REL, Fork.MAIN, range(NBLOCKS)) as stream:
-        sizes, blocks = [], []
-        while batch := stream.next_buffers(16):
-            sizes.append(len(batch))
-            blocks += [bm.block_of(b)[2] for b in batch]
-            bm.unpin_many(batch)
+        sizes, blocks = _consume_in_batches(bm, stream, 16)
     assert blocks == list(range(NBLOCKS))
     assert max(sizes) == 16 and sizes.count(16) >= 3, sizes
     assert stream.stats.fast_path_blocks >= 32
@@ -114,11 +123,7 @@ def test_cached_range_batches_span_several_combined_reads(rel):  # noqa: F811
     bm = BufferManager(smgr, aio, shared_buffers=128, io_combine_limit=4)
     bm.unpin_many(bm.read_buffers(REL, Fork.MAIN, 0, NBLOCKS))
     with ReadStream(bm, REL, Fork.MAIN, range(NBLOCKS)) as stream:
-        sizes, blocks = [], []
-        while batch := stream.next_buffers(32):
-            sizes.append(len(batch))
-            blocks += [bm.block_of(b)[2] for b in batch]
-            bm.unpin_many(batch)
+        sizes, blocks = _consume_in_batches(bm, stream, 32)
     assert blocks == list(range(NBLOCKS))
     assert max(sizes) >= 4 * 4 and max(sizes) <= 32, sizes
     assert pinned_blocks(bm) == {}
