@@ -24,15 +24,17 @@ keys = st.binary(min_size=0, max_size=6)
 xids = st.integers(1, 30)
 
 
-def leaf(entries, high: bytes | None, value_len: int) -> bytearray:
-    """A leaf of ``entries`` [(key, xmin, xmax)] in tree order (below ``high`` when given)."""
+def leaf(entries, high: bytes | None, value_len: int, flags: int = bp.BTP_LEAF,
+         level: int = 0) -> bytearray:
+    """A page (a leaf unless ``flags``/``level`` say otherwise) of ``entries`` [(key,
+    xmin, xmax)] in tree order (below ``high`` when given)."""
     ordered = sorted({(k, x): m for k, x, m in entries if high is None or k < high}.items(),
                      key=lambda e: (e[0][0], -e[0][1]))
     items = [bp.pack_entry(k, x, m, 0, b"v" * value_len) for (k, x), m in ordered]
     if high is not None:
         items.insert(0, bp.pack_pivot(high, bp.XMIN_MAX, 0))
     page = bytearray(BLCKSZ)
-    bp.bt_rebuild(page, bp.Special(0, 0 if high is None else 7, 0, bp.BTP_LEAF), items)
+    bp.bt_rebuild(page, bp.Special(0, 0 if high is None else 7, level, flags), items)
     return page
 
 

@@ -14,24 +14,13 @@ from slonik.engine.access import btree_page as bp
 from slonik.engine.access.btree_wal import apply_action, apply_payload_actions, decode_actions
 from slonik.storage.page import BLCKSZ
 
+from tests.storage.test_btree_leafrun import leaf
+
 needs_c = pytest.mark.skipif(not lr.C_PUT_NEW,
                              reason="storage._pagecheck not built (no C compiler at install)")
 
 keys = st.binary(min_size=0, max_size=6)
 xids = st.integers(1, 30)
-
-
-def leaf(entries, high: bytes | None, value_len: int, flags: int = bp.BTP_LEAF,
-         level: int = 0) -> bytearray:
-    """A page of ``entries`` [(key, xmin, xmax)] in tree order (below ``high`` when given)."""
-    ordered = sorted({(k, x): m for k, x, m in entries if high is None or k < high}.items(),
-                     key=lambda e: (e[0][0], -e[0][1]))
-    items = [bp.pack_entry(k, x, m, 0, b"v" * value_len) for (k, x), m in ordered]
-    if high is not None:
-        items.insert(0, bp.pack_pivot(high, bp.XMIN_MAX, 0))
-    page = bytearray(BLCKSZ)
-    bp.bt_rebuild(page, bp.Special(0, 0 if high is None else 7, level, flags), items)
-    return page
 
 
 def general(page, high, key, value, xid):
@@ -74,22 +63,33 @@ def test_c_put_new_equals_reference_and_general_path(entries, high, value_len, k
     assert c == py
     want = None if flags & bp.BTP_DELETED else general(page, high, key, value, xid)
     assert c == want
-    applied = bytearray(page)
-    assert lr.put_new(applied, key, value, xid, scratch) == c   # C, applying
-    if c is None:
-        assert applied == page
+    slow = applied_as_redo(page, key, value, xid, scratch, c)   # C, applying
+    if slow is None:
         return
-    assert scratch.pre == page
-    slow = bytearray(page)
-    for _i, code, data in decode_actions(c):
-        apply_action(slow, code, data)
-    assert applied == slow
     fast = bytearray(page)
     apply_payload_actions(fast, c, 0, 1)
     assert fast == slow
     off = bp.search_page(fast, key, xid, False)
     e = bp.unpack_entry(bp.bt_item(fast, off))
     assert (e.key, e.xmin, e.xmax, e.payload) == (key, xid, 0, value)
+
+
+def applied_as_redo(page: bytearray, key: bytes, value: bytes, xid: int,
+                    scratch: lr.PutScratch, want: bytes | None) -> bytearray | None:
+    """put_new on a copy of ``page`` returns ``want`` (the payload, or None); with a
+    payload it keeps the old bytes in the scratch and leaves the page as apply_action
+    leaves it action by action (returned), with None the page unchanged (None)."""
+    applied = bytearray(page)
+    assert lr.put_new(applied, key, value, xid, scratch) == want
+    if want is None:
+        assert applied == page
+        return None
+    assert scratch.pre == page
+    slow = bytearray(page)
+    for _i, code, data in decode_actions(want):
+        apply_action(slow, code, data)
+    assert applied == slow
+    return slow
 
 
 @needs_c
@@ -128,14 +128,4 @@ def test_put_new_without_the_c_module_applies_what_redo_applies(entries, high, v
     page = leaf(entries, high, value_len)
     scratch = lr.PutScratch()
     scratch.out = None
-    want = lr.put_new_py(page, key, value, xid)
-    applied = bytearray(page)
-    assert lr.put_new(applied, key, value, xid, scratch) == want
-    if want is None:
-        assert applied == page
-        return
-    assert scratch.pre == page
-    slow = bytearray(page)
-    for _i, code, data in decode_actions(want):
-        apply_action(slow, code, data)
-    assert applied == slow
+    applied_as_redo(page, key, value, xid, scratch, lr.put_new_py(page, key, value, xid))

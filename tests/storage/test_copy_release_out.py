@@ -10,24 +10,13 @@ import threading
 
 import pytest
 from slonik.storage import bufmgr as bm_mod
-from slonik.storage.bufmgr import BufferManager
 from slonik.storage.page import BLCKSZ
-from slonik.storage.smgr import Fork, Smgr
+from slonik.storage.smgr import Fork
 
 from tests.storage.test_bufmgr import REL, make_page
+from tests.storage.test_seq_copy import pool  # noqa: F401  (the fixture)
 
 JUNK = 0xA5
-
-
-@pytest.fixture
-def pool(tmp_path, aio):
-    smgr = Smgr(str(tmp_path), segment_size=64, max_files=3, aio=aio)
-    smgr.create(REL, Fork.MAIN)
-    smgr.writev(REL, Fork.MAIN, 0, [make_page(REL, b) for b in range(12)])
-    bm = BufferManager(smgr, aio, shared_buffers=32, io_combine_limit=4)
-    yield bm
-    aio.wait_all()
-    smgr.close()
 
 
 def reusable(pages: int):
@@ -40,7 +29,7 @@ def reusable(pages: int):
     return buf
 
 
-def test_copy_release_into_a_reused_buffer(pool):
+def test_copy_release_into_a_reused_buffer(pool):  # noqa: F811
     """Blocks 2..7, then 0..2, copied into one 8-page buffer: each time its first pages
     equal the on-disk pages (as copy_release without ``out`` gives them), the pages past
     the run keep what was there, and ``out`` itself is returned; the same with block 4
@@ -82,7 +71,7 @@ def test_copy_release_into_a_reused_buffer(pool):
     bm.check()
 
 
-def test_copy_release_refuses_a_buffer_too_small(pool):
+def test_copy_release_refuses_a_buffer_too_small(pool):  # noqa: F811
     """A run of 3 pages into a 2-page buffer: ValueError naming the sizes, nothing
     written, and the 3 pins released all the same."""
     bm = pool
