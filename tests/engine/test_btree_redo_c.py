@@ -41,6 +41,21 @@ action = st.one_of(
 
 
 @needs_c
+
+
+def action_data(code: int, a: int, b: int) -> bytes:
+    """The data of a drawn action (code, a, b): an insert at offnum ``a`` of an item of
+    ``b`` bytes, a set-xmax of offnum ``a`` to ``b``, a delete of offnums a, a + 3, ...
+    (``b``'s bits pick some), else a set-prev to ``b``."""
+    if code == bw.A_INSERT:
+        return bw.insert_data(a, bytes([a % 250 + 1]) * b)
+    if code == bw.A_SET_XMAX:
+        return bw.set_xmax_data(a, b)
+    if code == bw.A_DELETE:
+        return bw.delete_data([a + 3 * j for j in range(16) if b >> j & 1])
+    return bw.set_prev_data(b)
+
+
 @settings(max_examples=300, deadline=None)
 @given(nitems=st.integers(0, 40), size=st.integers(0, 120),
        acts=st.lists(st.tuples(st.integers(0, 1), action), min_size=1, max_size=30),
@@ -55,15 +70,7 @@ def test_c_btree_redo_matches_apply_action(nitems, size, acts, damage):
     page = leaf(nitems, size)
     if damage is not None:
         struct.pack_into("<H", page, damage[0], damage[1])
-    encoded = []
-    for index, (code, a, b) in acts:
-        if code == bw.A_INSERT:
-            data = bw.insert_data(a, bytes([a % 250 + 1]) * b)
-        elif code == bw.A_SET_XMAX:
-            data = bw.set_xmax_data(a, b)
-        else:
-            data = bw.set_prev_data(b)
-        encoded.append((index, code, data))
+    encoded = [(index, code, action_data(code, a, b)) for index, (code, a, b) in acts]
     payload = bw.encode_actions(encoded)
     mine = [(code, data) for index, code, data in bw.decode_actions(payload) if index == 0]
 

@@ -14,6 +14,8 @@ from slonik.engine.access import btree_page as bp
 from slonik.engine.access import btree_wal as bw
 from slonik.storage.page import BLCKSZ, PageCorruptError
 
+from tests.engine.test_btree_redo_c import action_data
+
 needs_c = pytest.mark.skipif(not bw.C_REDO_RUN,
                              reason="storage._pagecheck not built (no C compiler at install)")
 
@@ -65,18 +67,8 @@ def test_c_redo_run_equals_reference(pages, records):
                   BASE_LSN + lsn_step * 100)
     bufs, payloads, ends = [], [], []
     for k, (buf, acts, cut) in enumerate(records):
-        encoded = []
-        for index, (code, a, b) in acts:
-            if code == bw.A_INSERT:
-                data = bw.insert_data(a, bytes([a % 250 + 1]) * b)
-            elif code == bw.A_SET_XMAX:
-                data = bw.set_xmax_data(a, b)
-            elif code == bw.A_DELETE:   # offnums a, a + 3, ... (b's bits pick some)
-                data = bw.delete_data([a + 3 * j for j in range(16) if b >> j & 1])
-            else:
-                data = bw.set_prev_data(b)
-            encoded.append((index, code, data))
-        payload = bw.encode_actions(encoded)
+        payload = bw.encode_actions([(index, code, action_data(code, a, b))
+                                     for index, (code, a, b) in acts])
         if cut and payload:
             payload = payload[:-1]
         bufs.append(buf)
