@@ -32,6 +32,7 @@ else:
 pagecheck_reason = c_compiler_missing_reason()
 if pagecheck_reason is None:
     modules.append("storage/_pagecheck_build.py:ffibuilder")
+    modules.append("storage/_pagecheck_build.py:hot_ffibuilder")
 else:
     print(f"warning: building without the C page verifier: {pagecheck_reason}", file=sys.stderr)
 setup(cffi_modules=modules)

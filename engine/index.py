@@ -88,6 +88,7 @@ from slonik.engine.access.keycodec import (
 )
 from slonik.engine.access.tuple import HeapTuple, RowCodec, Tid
 from slonik.engine.catalog import IndexEntry
+from slonik.storage.hotlib import hot_for
 from slonik.storage.page import BLCKSZ, HEADER_SIZE, LINE_POINTER_SIZE
 
 try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
@@ -97,12 +98,13 @@ try:  # the optional C helper (storage/_pagecheck_build.py, "table index" block)
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
+_hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py)
 # The point probe that also names a move right ("point probe" block); None in an older
 # build, where point_tuple probes with slk_ix_point_opt and walks the leaves instead.
-_point_step = getattr(_lib, "slk_ix_point_step_opt", None)
+_point_step = getattr(_hot, "slk_ix_point_step_opt", None)
 _POINT_RIGHT = _lib.SLK_IX_POINT_RIGHT if _point_step is not None else None
-_point_probe = _point_step or (_lib.slk_ix_point_opt if _lib is not None else None)
-_heap_fetch_opt = _lib.slk_heap_fetch_opt if _lib is not None else None
+_point_probe = _point_step or (_hot.slk_ix_point_opt if _lib is not None else None)
+_heap_fetch_opt = _hot.slk_heap_fetch_opt if _lib is not None else None
 
 __all__ = ["TableIndex", "prune_with_indexes", "check_index", "check_entries",
            "IndexCheckResult", "split_entry_key", "TID_SUFFIX_BYTES", "fetch_batched",
@@ -308,7 +310,7 @@ class TableIndex:
                     out = getattr(_tls, "point_out", None)
                     if out is None:
                         out = _point_arrays().point_out
-                    n = _lib.slk_ix_point(_ffi.from_buffer(page), key, len(key),
+                    n = _hot.slk_ix_point(_ffi.from_buffer(page), key, len(key),
                                           POINT_ENTRIES_MAX, _tls.point_ents, out)
                     got = _point_answer(n, out, len(key))
                     if got is not _UNDECIDED:
@@ -527,7 +529,7 @@ def point_entries(page, prefix: bytes, entries_max: int) -> list[int] | None:
     out = getattr(tls, "point_out", None)
     if out is None:
         out = _point_arrays().point_out
-    n = _lib.slk_ix_point(_ffi.from_buffer(page), prefix, len(prefix), entries_max,
+    n = _hot.slk_ix_point(_ffi.from_buffer(page), prefix, len(prefix), entries_max,
                           tls.point_ents, out)
     if n == 1:
         return [out[0], out[1], out[2]]

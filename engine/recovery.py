@@ -52,7 +52,7 @@ from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.engine.access.btree_wal import C_REDO_RUN, redo_leaf_run
 from slonik.engine.rmgrlist import install as install_rmgrs
-from slonik.engine.wal_build import C_RECORD_WRITER_FOR
+from slonik.engine.wal_build import C_GROUP_FLUSH_FOR, C_RECORD_WRITER_FOR
 from slonik.engine.wal_decode import C_SCANNER
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.errors import DataCorruptionError
@@ -276,7 +276,8 @@ def bootstrap(data_dir: str, aio: Aio, *, wal_segment_size: int, segment_size: i
         osfile.mkdir(wal_dir)
         osfile.fsync_directory(data_dir)
     wal = Wal(wal_dir, aio, wal_segment_size=wal_segment_size, wal_buffers=wal_buffers,
-              io_direct=io_direct_wal, record_writer_for=C_RECORD_WRITER_FOR)
+              io_direct=io_direct_wal, record_writer_for=C_RECORD_WRITER_FOR,
+              group_flush_for=C_GROUP_FLUSH_FOR)
     try:
         redo = wal.insert_lsn
         cp = CheckpointData(redo, 1, FIRST_RELFILENUMBER, time.time(), extra)
@@ -398,7 +399,7 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
     wal = Wal(wal_dir, aio, wal_segment_size=seg, wal_buffers=wal_buffers,
               io_direct=io_direct_wal, full_page_writes=full_page_writes, start_lsn=end,
               prev_lsn=last, redo_lsn=cp.redo_lsn, on_segment_switch=on_segment_switch,
-              record_writer_for=C_RECORD_WRITER_FOR)
+              record_writer_for=C_RECORD_WRITER_FOR, group_flush_for=C_GROUP_FLUSH_FOR)
     info = RecoveryInfo(crashed or end != cp_rr.end_lsn, replayed, cp.redo_lsn, end,
                         reader.stop_reason, ctx.state.get("last_checkpoint", cp), cp.extra,
                         ctx.state, time.perf_counter() - t0, max(0, end - cp.redo_lsn),

@@ -1,8 +1,10 @@
-"""The C record writers for ``wal.xlog.Wal`` (its ``record_writer_for`` argument).
+"""The C record writers and the C group commit for ``wal.xlog.Wal`` (its
+``record_writer_for`` and ``group_flush_for`` arguments).
 
-``C_RECORD_WRITER_FOR`` is None when the optional cffi module (storage/_pagecheck_build.py,
+``C_RECORD_WRITER_FOR`` and ``C_GROUP_FLUSH_FOR`` are None when the optional cffi module (storage/_pagecheck_build.py,
 block "wal record build") is not built; ``Wal`` then encodes every record with
-``wal.record.encode_fields`` and copies it in with ``wal.xlog.copy_in``. It lives in the
+``wal.record.encode_fields`` and copies it in with ``wal.xlog.copy_in``, and flushes
+with its Python leader/waiter queue. It lives in the
 engine because wal/ may not import storage/ (the C module's home).
 """
 
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import functools
 
+from slonik.storage.hotlib import hot_for
 from slonik.wal.walpage import WAL_PAGE_SIZE
-from slonik.wal.xlog import RecordWriters
+from slonik.wal.xlog import GF_FLUSHED, GroupFlush, RecordWriters
 
 try:  # the optional C helpers (storage/_pagecheck_build.py); pure Python without them
     from slonik.storage._pagecheck import ffi as _ffi
@@ -19,8 +22,10 @@ try:  # the optional C helpers (storage/_pagecheck_build.py); pure Python withou
     _lib.slk_pagecheck_init()
 except ImportError:  # not built (no C compiler at install time)
     _ffi = _lib = None
+_hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py)
 
-__all__ = ["C_RECORD_WRITER_FOR", "c_record_writer_for"]
+__all__ = ["C_GROUP_FLUSH_FOR", "C_RECORD_WRITER_FOR", "c_group_flush_for",
+           "c_record_writer_for"]
 
 
 def c_record_writer_for(ring, npages: int, wal_segment_size: int) -> RecordWriters:
@@ -39,9 +44,39 @@ def c_record_writer_for(ring, npages: int, wal_segment_size: int) -> RecordWrite
         raise ValueError(f"WAL buffers of {len(ring)} bytes do not hold {npages} pages "
                          f"of {WAL_PAGE_SIZE} bytes")
     ptr = _ffi.from_buffer(ring)
-    return RecordWriters(functools.partial(_lib.slk_wal_build, ptr),
-                         functools.partial(_lib.slk_wal_build_span, ptr, npages,
+    return RecordWriters(functools.partial(_hot.slk_wal_build, ptr),
+                         functools.partial(_hot.slk_wal_build_span, ptr, npages,
                                            wal_segment_size))
 
 
 C_RECORD_WRITER_FOR = c_record_writer_for if _lib is not None else None
+
+
+def c_group_flush_for(ring, npages: int, wal_segment_size: int, flush_lsn: int,
+                      o_dsync: bool) -> GroupFlush:
+    """The C group commit (``GroupFlush``) over the WAL buffers ``ring`` of ``npages``
+    pages (kept alive by the caller, as for the record writers) of a stream with segments
+    of ``wal_segment_size`` bytes, durable up to ``flush_lsn``; ``o_dsync``: segments are
+    opened O_DIRECT|O_DSYNC, a write is durable when it returns (no fdatasync)."""
+    if npages < 1 or len(ring) < npages * WAL_PAGE_SIZE:
+        raise ValueError(f"WAL buffers of {len(ring)} bytes do not hold {npages} pages "
+                         f"of {WAL_PAGE_SIZE} bytes")
+    raw = _lib.slk_wf_new(_ffi.from_buffer(ring), npages, wal_segment_size, flush_lsn,
+                          int(bool(o_dsync)))
+    if raw == _ffi.NULL:
+        raise MemoryError("could not allocate the WAL group commit state")
+    st = _ffi.gc(raw, _lib.slk_wf_free)   # freed with the last reference (no call in C)
+
+    def stats() -> list[int]:
+        out = _ffi.new("int64_t[]", GF_FLUSHED + 1)
+        _lib.slk_wf_stats(st, out)
+        return list(out)
+
+    return GroupFlush(functools.partial(_lib.slk_wf_flush, st),
+                      functools.partial(_lib.slk_wf_done, st),
+                      functools.partial(_lib.slk_wf_close, st),
+                      functools.partial(_lib.slk_wf_set_delay, st),
+                      stats, functools.partial(_ffi.new, "uint64_t[6]"))
+
+
+C_GROUP_FLUSH_FOR = c_group_flush_for if _lib is not None else None

@@ -176,6 +176,16 @@ void slk_heap_run_free(const uint8_t *buf, int npages, uint32_t empty_free, uint
 int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
                    const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
                    uint32_t cap, uint8_t *pre);
+/* --- wal group flush --- */
+void *slk_wf_new(uint8_t *ring, uint32_t npages, uint64_t seg_size, uint64_t flushed,
+                 int direct);
+void slk_wf_free(void *st);
+void slk_wf_set_delay(void *st, int64_t delay_us, int64_t siblings);
+int slk_wf_flush(void *st, uint64_t lsn, uint64_t hint, int64_t active, int handback,
+                 uint64_t *out);
+void slk_wf_done(void *st, uint64_t target, int ok, int fd, uint64_t segno);
+void slk_wf_close(void *st);
+void slk_wf_stats(void *st, int64_t *out);
 """
 
 SOURCE = r"""
@@ -2743,6 +2753,351 @@ int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
     }
     return (int)(8 + itemlen);
 }
+
+/* --- wal group flush --- (wal/xlog.py's Wal.flush over the syscalls path is the Python
+ * reference: tests/wal/test_group_flush_c.py compares the files both write)
+ *
+ * Group commit with the whole flush in C, so neither the leader nor a waiter needs the GIL
+ * between asking for a flush and learning it is durable. A requester calls slk_wf_flush
+ * with the LSN it needs and the insert position it saw (a record boundary whose bytes are
+ * all in the ring). One at a time a leader stamps the pages of [flushed, target) (walpage
+ * invariant 4: prev_flush_end = flushed, header CRC re-sealed), writes them with one
+ * pwritev (two iovecs when the run wraps the ring) and fdatasyncs (none with O_DSYNC);
+ * target is the highest position any requester has shown so far, so commits that arrived
+ * during the previous write share this one. Waiters queue with their LSN, each on its
+ * own condition variable: the leader wakes exactly those it covered and at most one it did
+ * not (the next leader). A flush the C path cannot take (it crosses a segment, or its
+ * segment's fd is not registered yet) is handed back to the caller as leader (return 1)
+ * and finished with slk_wf_done. A failed or short write or a failed sync is fatal: every
+ * later call returns -1 (xlog.py builds the exception from the failure fields). */
+#include <pthread.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <stdlib.h>
+
+#define WF_PAGE 8192u
+#define WF_STAMP_AT 16u
+#define WF_CRC_AT 28u
+#define WF_HDR 32u
+
+enum { WF_WAIT = 0, WF_COVERED = 1, WF_LEAD = 2 };
+
+typedef struct wf_waiter {
+    uint64_t lsn;
+    int state;
+    pthread_cond_t cv;
+    struct wf_waiter *next;
+} wf_waiter;
+
+/* stats (slk_wf_stats order): requests, flushes, joins, writes, write_bytes, syncs,
+ * stamped, flush_ns, write_ns, sync_ns, delays, fail_kind, fail_errno, fail_segno,
+ * fail_offset, fail_got, fail_want, flushed */
+enum { WS_REQUESTS, WS_FLUSHES, WS_JOINS, WS_WRITES, WS_WRITE_BYTES, WS_SYNCS, WS_STAMPED,
+       WS_FLUSH_NS, WS_WRITE_NS, WS_SYNC_NS, WS_DELAYS, WS_FAIL_KIND, WS_FAIL_ERRNO,
+       WS_FAIL_SEGNO, WS_FAIL_OFFSET, WS_FAIL_GOT, WS_FAIL_WANT, WS_FLUSHED, WS_N };
+
+typedef struct {
+    pthread_mutex_t mu;
+    uint8_t *ring;
+    uint64_t npages, seg_size;
+    uint64_t flushed, want;
+    int flushing, closed, direct, fd;
+    uint64_t fd_segno;
+    int64_t delay_us, siblings, queued;
+    wf_waiter *head, *tail;
+    int64_t s[WS_N];
+} wf_state;
+
+void *slk_wf_new(uint8_t *ring, uint32_t npages, uint64_t seg_size, uint64_t flushed,
+                 int direct)
+{
+    wf_state *st = calloc(1, sizeof(wf_state));
+    if (st == NULL) return NULL;
+    pthread_mutex_init(&st->mu, NULL);
+    st->ring = ring;
+    st->npages = npages;
+    st->seg_size = seg_size;
+    st->flushed = st->want = flushed;
+    st->direct = direct;
+    st->fd = -1;
+    st->siblings = 5;
+    return st;
+}
+
+void slk_wf_free(void *p)
+{
+    wf_state *st = p;
+    if (st == NULL) return;
+    pthread_mutex_destroy(&st->mu);
+    free(st);
+}
+
+void slk_wf_set_delay(void *p, int64_t delay_us, int64_t siblings)
+{
+    wf_state *st = p;
+    pthread_mutex_lock(&st->mu);
+    st->delay_us = delay_us;
+    st->siblings = siblings;
+    pthread_mutex_unlock(&st->mu);
+}
+
+static int64_t wf_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* After a flush ended (flushed moved, or failed): wake the queued waiters it covered (all
+ * of them after a failure) and at most one it did not, to lead. Caller holds mu. */
+static void wf_wake(wf_state *st)
+{
+    wf_waiter **link = &st->head, *w, *last = NULL;
+    int lead_woken = 0;
+    while ((w = *link) != NULL) {
+        if (w->lsn <= st->flushed || st->s[WS_FAIL_KIND]) {
+            w->state = WF_COVERED;
+            *link = w->next;
+            st->queued--;
+            pthread_cond_signal(&w->cv);
+        } else if (!lead_woken) {
+            w->state = WF_LEAD;
+            *link = w->next;
+            st->queued--;
+            lead_woken = 1;
+            pthread_cond_signal(&w->cv);
+        } else {
+            last = w;
+            link = &w->next;
+        }
+    }
+    st->tail = last;
+}
+
+static void wf_fail(wf_state *st, int kind, int err, uint64_t segno, uint64_t offset,
+                    int64_t got, int64_t want)
+{
+    int64_t *s = st->s;
+    s[WS_FAIL_KIND] = kind;
+    s[WS_FAIL_ERRNO] = err;
+    s[WS_FAIL_SEGNO] = (int64_t)segno;
+    s[WS_FAIL_OFFSET] = (int64_t)offset;
+    s[WS_FAIL_GOT] = got;
+    s[WS_FAIL_WANT] = want;
+}
+
+/* Stamp, write and sync [flushed, target) of one registered segment, without mu. 0, or
+ * the failure recorded in st (under mu by the caller's wf_end). */
+static int wf_write(wf_state *st, uint64_t flushed, uint64_t target, int64_t *io)
+{
+    uint64_t first = flushed - flushed % WF_PAGE;
+    uint64_t last = (target - 1) - (target - 1) % WF_PAGE;
+    uint64_t count = (last - first) / WF_PAGE + 1;
+    uint64_t slot0 = (first / WF_PAGE) % st->npages;
+    for (uint64_t i = 0; i < count; i++) {
+        uint8_t *h = st->ring + ((slot0 + i) % st->npages) * WF_PAGE;
+        memcpy(h + WF_STAMP_AT, &flushed, 8);
+        uint32_t crc = wal_crc_skip4(h, WF_CRC_AT, WF_HDR);
+        memcpy(h + WF_CRC_AT, &crc, 4);
+    }
+    struct iovec iov[2];
+    int niov = 1;
+    uint64_t head = st->npages - slot0 < count ? st->npages - slot0 : count;
+    iov[0].iov_base = st->ring + slot0 * WF_PAGE;
+    iov[0].iov_len = head * WF_PAGE;
+    if (head < count) {
+        iov[1].iov_base = st->ring;
+        iov[1].iov_len = (count - head) * WF_PAGE;
+        niov = 2;
+    }
+    uint64_t offset = first % st->seg_size, segno = first / st->seg_size;
+    int64_t want = (int64_t)(count * WF_PAGE);
+    io[0] = want;
+    io[1] = (int64_t)count;
+    int64_t t0 = wf_now_ns();
+    ssize_t got = pwritev(st->fd, iov, niov, (off_t)offset);
+    int64_t t1 = wf_now_ns();
+    io[2] = t1 - t0;
+    io[3] = 0;
+    if (got < 0) {
+        io[4] = 1; io[5] = errno; io[6] = (int64_t)segno; io[7] = (int64_t)offset;
+        io[8] = 0; io[9] = want;
+        return -1;
+    }
+    if (got != want) {
+        io[4] = 2; io[5] = 0; io[6] = (int64_t)segno; io[7] = (int64_t)offset;
+        io[8] = got; io[9] = want;
+        return -1;
+    }
+    if (!st->direct) {
+        if (fdatasync(st->fd) != 0) {
+            io[4] = 3; io[5] = errno; io[6] = (int64_t)segno; io[7] = 0;
+            io[8] = 0; io[9] = 0;
+            return -1;
+        }
+        io[3] = wf_now_ns() - t1;
+    }
+    return 0;
+}
+
+/* Wait in the queue until covered (0) or woken to lead (1). Caller holds mu. */
+static int wf_queue(wf_state *st, uint64_t lsn)
+{
+    wf_waiter w;
+    w.lsn = lsn;
+    w.state = WF_WAIT;
+    w.next = NULL;
+    pthread_cond_init(&w.cv, NULL);
+    if (st->tail) st->tail->next = &w; else st->head = &w;
+    st->tail = &w;
+    st->queued++;
+    while (w.state == WF_WAIT) pthread_cond_wait(&w.cv, &st->mu);
+    pthread_cond_destroy(&w.cv);
+    return w.state == WF_LEAD;
+}
+
+/* 0: WAL is durable up to lsn (out[0] = flushed; out[1] = 1 if a flush by this call wrote
+ *    it, out[2..3]: that flush's bytes and pages, out[4..5]: its write and sync ns).
+ * 1: the caller leads a flush of [out[0], out[1]) itself and ends it with slk_wf_done
+ *    (always so with handback: the caller's writes must pass its own OS layer).
+ * -1: the WAL failed (out[1] = 1 if this call's flush failed, out[0] its target).
+ * -2: closed. */
+int slk_wf_flush(void *p, uint64_t lsn, uint64_t hint, int64_t active, int handback,
+                 uint64_t *out)
+{
+    wf_state *st = p;
+    out[1] = 0;
+    if (lsn > hint) lsn = hint;            /* nothing past the insert position is a target */
+    pthread_mutex_lock(&st->mu);
+    if (hint > st->want) st->want = hint;
+    if (st->s[WS_FAIL_KIND]) { pthread_mutex_unlock(&st->mu); return -1; }
+    if (st->closed) { pthread_mutex_unlock(&st->mu); return -2; }
+    if (lsn <= st->flushed) {
+        out[0] = st->flushed;
+        pthread_mutex_unlock(&st->mu);
+        return 0;
+    }
+    st->s[WS_REQUESTS]++;
+    while (st->flushing) {
+        if (!wf_queue(st, lsn)) {          /* covered by another's flush, or it failed */
+            int failed = st->s[WS_FAIL_KIND] != 0;
+            if (!failed) st->s[WS_JOINS]++;
+            out[0] = st->flushed;
+            pthread_mutex_unlock(&st->mu);
+            return failed ? -1 : 0;
+        }
+        if (st->s[WS_FAIL_KIND] || st->closed) break;
+        if (lsn <= st->flushed) {          /* (woken to lead, but already durable) */
+            st->s[WS_JOINS]++;
+            wf_wake(st);
+            out[0] = st->flushed;
+            pthread_mutex_unlock(&st->mu);
+            return 0;
+        }
+    }
+    if (st->s[WS_FAIL_KIND] || st->closed) {
+        int rc = st->s[WS_FAIL_KIND] ? -1 : -2;
+        wf_wake(st);
+        pthread_mutex_unlock(&st->mu);
+        return rc;
+    }
+    st->flushing = 1;
+    if (st->delay_us > 0 && st->queued + active >= st->siblings) {
+        pthread_mutex_unlock(&st->mu);
+        usleep((useconds_t)st->delay_us);   /* let more commits join this flush */
+        pthread_mutex_lock(&st->mu);
+        st->s[WS_DELAYS]++;
+    }
+    uint64_t flushed = st->flushed, target = st->want;
+    uint64_t first = flushed - flushed % WF_PAGE;
+    uint64_t last = (target - 1) - (target - 1) % WF_PAGE;
+    uint64_t segno = first / st->seg_size;
+    if (handback || st->fd < 0 || segno != st->fd_segno || last / st->seg_size != segno
+            || (last - first) / WF_PAGE + 1 > st->npages) {
+        out[0] = flushed;
+        out[1] = target;
+        pthread_mutex_unlock(&st->mu);
+        return 1;
+    }
+    pthread_mutex_unlock(&st->mu);
+    int64_t io[10] = {0};
+    int64_t t0 = wf_now_ns();
+    int rc = wf_write(st, flushed, target, io);
+    int64_t took = wf_now_ns() - t0;
+    pthread_mutex_lock(&st->mu);
+    int64_t *s = st->s;
+    s[WS_WRITES]++;
+    s[WS_WRITE_BYTES] += io[0];
+    s[WS_STAMPED] += io[1];
+    s[WS_FLUSH_NS] += took;
+    s[WS_WRITE_NS] += io[2];
+    if (rc == 0) {
+        if (!st->direct) s[WS_SYNCS]++;
+        s[WS_SYNC_NS] += io[3];
+        s[WS_FLUSHES]++;
+        st->flushed = target;
+        s[WS_FLUSHED] = (int64_t)target;
+    } else {
+        if (io[4] == 3) s[WS_SYNCS]++;
+        wf_fail(st, (int)io[4], (int)io[5], (uint64_t)io[6], (uint64_t)io[7], io[8], io[9]);
+    }
+    st->flushing = 0;
+    wf_wake(st);
+    out[0] = rc == 0 ? st->flushed : target;
+    pthread_mutex_unlock(&st->mu);
+    out[1] = 1;
+    out[2] = (uint64_t)io[0];
+    out[3] = (uint64_t)io[1];
+    out[4] = (uint64_t)io[2];
+    out[5] = (uint64_t)io[3];
+    return rc == 0 ? 0 : -1;
+}
+
+/* End a flush slk_wf_flush handed to the caller (return 1): ok, flushed up to target, with
+ * fd open on segment segno, the one the C path may write from now on (fd < 0: none); not
+ * ok, the WAL failed (the caller raises its own error: fail kind 4). */
+void slk_wf_done(void *p, uint64_t target, int ok, int fd, uint64_t segno)
+{
+    wf_state *st = p;
+    pthread_mutex_lock(&st->mu);
+    if (ok) {
+        st->flushed = target;
+        st->s[WS_FLUSHED] = (int64_t)target;
+        st->fd = fd;
+        st->fd_segno = segno;
+    } else {
+        wf_fail(st, 4, 0, 0, 0, 0, 0);
+    }
+    st->flushing = 0;
+    wf_wake(st);
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* No flush from now on: wait for the one running, forget the fd (the caller closes it). */
+void slk_wf_close(void *p)
+{
+    wf_state *st = p;
+    pthread_mutex_lock(&st->mu);
+    st->closed = 1;
+    while (st->flushing) {
+        pthread_mutex_unlock(&st->mu);
+        usleep(100);
+        pthread_mutex_lock(&st->mu);
+    }
+    st->fd = -1;
+    wf_wake(st);
+    pthread_mutex_unlock(&st->mu);
+}
+
+void slk_wf_stats(void *p, int64_t *out)
+{
+    wf_state *st = p;
+    pthread_mutex_lock(&st->mu);
+    st->s[WS_FLUSHED] = (int64_t)st->flushed;
+    memcpy(out, st->s, sizeof(st->s));
+    pthread_mutex_unlock(&st->mu);
+}
 """
 
 
@@ -2770,10 +3125,54 @@ def _builder():
     return ffi
 
 
+# The helpers that take well under a microsecond, called by many threads on a commit's
+# path (HOT_NAMES): ``slonik.storage._pagehot`` holds them compiled again from the same
+# SOURCE, but with the GIL kept across the call (storage/hotlib.py). cffi releases the GIL around every C call; with
+# committers contending for it, each release hands the GIL to another thread and the
+# caller must queue to take it back (two futex calls and a context switch, ~10 us, for
+# a call of ~0.3 us).
+HOT_NAMES = frozenset({
+    "slk_pagecheck_init", "slk_bt_search", "slk_bt_visible", "slk_bt_locate", "slk_bt_probe",
+    "slk_bt_children", "slk_ix_point", "slk_bt_redo_actions", "slk_bt_redo_actions_from",
+    "slk_bt_apply_delete", "slk_seq_bump", "slk_seq_get", "slk_heap_fetch_opt",
+    "slk_ix_point_opt", "slk_bt_probe_opt", "slk_bt_probe_inplace", "slk_ix_point_right",
+    "slk_ix_point_step_opt", "slk_bt_descend", "slk_bt_leaf_run", "slk_bt_apply_build",
+    "slk_bt_first_versions", "slk_wal_build", "slk_wal_build_span", "slk_bt_put_new"})
+
+
+def _hot_cdef() -> str:
+    """CDEF's declarations of the HOT_NAMES functions."""
+    import re
+
+    decls = [d.strip() for d in re.sub(r"/\*.*?\*/", "", CDEF, flags=re.S).split(";")]
+    hot = [d for d in decls if d and re.search(r"(\w+)\s*\(", d).group(1) in HOT_NAMES]
+    return "".join(d + ";\n" for d in hot)
+
+
+KEEP_GIL = r"""
+#undef Py_BEGIN_ALLOW_THREADS
+#undef Py_END_ALLOW_THREADS
+#define Py_BEGIN_ALLOW_THREADS {
+#define Py_END_ALLOW_THREADS }
+"""
+
+
+def _hot_builder():
+    import cffi
+
+    ffi = cffi.FFI()
+    ffi.cdef(_hot_cdef())
+    ffi.set_source("slonik.storage._pagehot", KEEP_GIL + SOURCE, extra_compile_args=["-O2"],
+                   optional=True)
+    return ffi
+
+
 try:
     ffibuilder = _builder()
+    hot_ffibuilder = _hot_builder()
 except ImportError:  # cffi absent: page.py uses the pure-Python path
-    ffibuilder = None
+    ffibuilder = hot_ffibuilder = None
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
+    hot_ffibuilder.compile(verbose=True)

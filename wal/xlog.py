@@ -45,7 +45,12 @@ Invariants:
    transactions active (PostgreSQL's settings and meaning, off by default: transactions in
    progress plus committers waiting for their flush, as a PostgreSQL backend stays active
    until its commit record is flushed) a leader sleeps ``commit_delay`` µs before taking
-   its target, so more commits share the sync.
+   its target, so more commits share the sync. Where the C helpers are built, the
+   syscalls path runs this protocol in C (``GroupFlush``: leader, queue and write+sync
+   without the GIL); there a requester passes the insert position it saw, and a leader's
+   target is the highest one shown so far (a record inserted but not yet asked for may
+   wait for the next flush). A flush the C path cannot take (across segments; any flush
+   while a test's OS layer is installed) is handed to the requester as a Python leader.
 5. The flush stamp (walpage invariant 4): a flush stamps every page it writes with
    ``flush_lsn`` as it was when the flush began — the durable end of the previous flush —
    just before writing it. Everything below a stamp found on disk was therefore durable;
@@ -74,6 +79,7 @@ from slonik.aio.method import IoMethod
 from slonik.aio.method_io_uring import FLUSH_RING_ENTRIES, FlushRing, IoUringMethod
 from slonik.aio.method_sync import SyncMethod
 from slonik.aio.method_worker import WorkerMethod
+from slonik.aio.osfile import OsLayer
 from slonik.aio.transfer import short_transfer_error
 from slonik.wal.errors import WalDiskFullError, WalError
 from slonik.wal.record import (
@@ -167,6 +173,39 @@ class RecordWriters(NamedTuple):
 
     in_page: Callable[..., int]
     crossing: Callable[..., int] | None
+
+
+class GroupFlush(NamedTuple):
+    """What ``Wal(group_flush_for=f)`` gets from ``f(ring, npages, wal_segment_size,
+    flush_lsn, o_dsync)``: group commit with the whole flush of the syscalls path in C
+    (engine/wal_build.py), so that neither the leader nor a waiting committer holds the
+    GIL between asking for a flush and learning it is durable. ``Wal.flush``'s Python
+    leader/waiter queue is its reference; the two write the same bytes.
+
+    ``flush(lsn, insert_lsn, active, handback, out)``: 0, durable up to ``lsn``
+    (``out[0]``: the flush position; ``out[1]``: 1 if this call's own flush wrote it,
+    ``out[2..5]``: its bytes, pages, write ns and sync ns); 1, the caller leads a flush of
+    ``[out[0], out[1])`` itself (one the C path does not take: across segments, into a
+    segment it has no fd for, or any with ``handback``) and ends it with ``done``; -1,
+    the WAL failed (``out[1]``: 1 if this call's flush failed, ``out[0]`` its target;
+    ``stats()`` names the failure); -2, closed. ``done(target, ok, fd, segno)``;
+    ``close()`` waits for a flush in progress and takes no more; ``set_delay(us,
+    siblings)``; ``stats()``: the
+    counters, ``GF_*`` indexes; ``new_out()``: a fresh ``out``."""
+
+    flush: Callable[..., int]
+    done: Callable[..., None]
+    close: Callable[[], None]
+    set_delay: Callable[[int, int], None]
+    stats: Callable[[], list[int]]
+    new_out: Callable[[], object]
+
+
+# GroupFlush.stats() indexes (the C state's counters and its failure)
+(GF_REQUESTS, GF_FLUSHES, GF_JOINS, GF_WRITES, GF_WRITE_BYTES, GF_SYNCS, GF_STAMPED,
+ GF_FLUSH_NS, GF_WRITE_NS, GF_SYNC_NS, GF_DELAYS, GF_FAIL_KIND, GF_FAIL_ERRNO, GF_FAIL_SEGNO,
+ GF_FAIL_OFFSET, GF_FAIL_GOT, GF_FAIL_WANT, GF_FLUSHED) = range(18)
+GF_FAIL_WRITE, GF_FAIL_SHORT, GF_FAIL_SYNC, GF_FAIL_CALLER = 1, 2, 3, 4
 
 
 def copy_in(ring, npages: int, wal_segment_size: int, cur: int,
@@ -269,6 +308,7 @@ class Wal:
                  on_segment_switch: Callable[[], None] | None = None,
                  flush_path: str | None = None,
                  record_writer_for: Callable[[object, int, int], RecordWriters] | None = None,
+                 group_flush_for: Callable[..., GroupFlush] | None = None,
                  ) -> None:
         self.wal_dir = wal_dir
         self.aio = aio
@@ -337,6 +377,11 @@ class Wal:
         self._last_seg = self._cur // self.wal_segment_size
         if start_lsn % WAL_PAGE_SIZE:
             self._load_partial_page(start_lsn)
+        # The flush in C (GroupFlush) where the flush is system calls in the flusher
+        self._group: GroupFlush | None = None
+        if group_flush_for is not None and flush_path == FLUSH_SYSCALLS:
+            self._group = group_flush_for(self._ring, self.npages, self.wal_segment_size,
+                                          start_lsn, self.io_direct)
 
     # --- positions ------------------------------------------------------------------------------
     @property
@@ -361,6 +406,8 @@ class Wal:
         self._commit_delay_us = check_commit_delay(commit_delay_us)
         self._commit_siblings = check_commit_siblings(commit_siblings)
         self._active_transactions = active_transactions
+        if self._group is not None:
+            self._group.set_delay(self._commit_delay_us, self._commit_siblings)
 
     def begin_checkpoint(self) -> int:
         """Move the redo point to the current insert position and return it. Pages first
@@ -612,6 +659,9 @@ class Wal:
             lsn = self._cur
         if lsn <= self._flushed:
             return
+        if self._group is not None:
+            self._flush_group(self._group, lsn)
+            return
         state = self._flush_state
         state.acquire()
         held = True
@@ -700,22 +750,97 @@ class Wal:
                 target = self._cur
             if target <= self._flushed:
                 return
-            t0 = time.perf_counter_ns()
-            try:
-                self._write_and_sync(self._flushed, target)
-            except BaseException as exc:
-                self._failed = exc
-                self.failed = True
-                what = (f"could not write or sync WAL up to {format_lsn(target)}: {exc}; "
-                        "the database must be reopened (crash recovery) and nothing after "
-                        "this point may be trusted as durable")
-                if _disk_full(exc):
-                    raise WalDiskFullError(what) from exc
-                raise WalError(what) from exc
-            finally:
-                self._sync_ns += time.perf_counter_ns() - t0
-            self._flushes += 1
+            self._write_and_sync_timed(self._flushed, target)
             self._flushed = target
+
+    def _write_and_sync_timed(self, flushed: int, target: int) -> None:
+        """``_write_and_sync``, timed and counted as one flush; a failure makes the Wal
+        unusable and raises (``_fail``). Caller holds ``_flush_lock``."""
+        t0 = time.perf_counter_ns()
+        try:
+            self._write_and_sync(flushed, target)
+        except BaseException as exc:
+            self._fail(exc, target)
+        finally:
+            self._sync_ns += time.perf_counter_ns() - t0
+        self._flushes += 1
+
+    def _fail(self, exc: BaseException, target: int) -> None:
+        """Make the Wal unusable after the flush up to ``target`` failed with ``exc`` and
+        raise what the flusher sees (invariant 3)."""
+        if self._failed is None:
+            self._failed = exc
+        self.failed = True
+        what = (f"could not write or sync WAL up to {format_lsn(target)}: {exc}; "
+                "the database must be reopened (crash recovery) and nothing after "
+                "this point may be trusted as durable")
+        if _disk_full(exc):
+            raise WalDiskFullError(what) from exc
+        raise WalError(what) from exc
+
+    def _flush_group(self, group: GroupFlush, lsn: int) -> None:
+        """``flush`` through the C group commit (``GroupFlush``)."""
+        out = group.new_out()
+        active = 0
+        if self._commit_delay_us and self._active_transactions is not None:
+            active = self._active_transactions()
+        # A test's OS layer (a simulated disk) must see every WAL write and sync: the C
+        # path then hands every flush back to the Python leader (which calls osfile).
+        rc = group.flush(lsn, self._cur, active, osfile.layer().__class__ is not OsLayer,
+                         out)
+        if rc == 0:
+            if out[1]:   # this call's flush: aio.stats() counts its write and sync
+                count = self.aio.count_direct
+                count(TargetId.WAL, IoOp.WRITEV, out[2], out[4])
+                if not self.io_direct:
+                    count(TargetId.WAL, IoOp.FDATASYNC, 0, out[5])
+            if out[0] > self._flushed:
+                self._flushed = out[0]
+            return
+        if rc == 1:
+            self._lead_for_group(group, out[0], out[1])
+            return
+        if rc == -2:
+            raise WalError("the WAL is closed")
+        exc = self._group_failure(group)
+        if out[1]:
+            self._fail(exc, out[0])
+        self._check_usable()
+
+    def _lead_for_group(self, group: GroupFlush, flushed: int, target: int) -> None:
+        """Lead a flush the C group commit handed back (across segments, or into a
+        segment it has no fd for): the Python flush, then hand the C path the fd of the
+        segment where the flush ended."""
+        try:
+            with self._flush_lock:
+                self._write_and_sync_timed(flushed, target)
+        except BaseException:
+            group.done(target, 0, -1, 0)
+            raise
+        segno = (target - 1) // self.wal_segment_size
+        group.done(target, 1, self._fds.get(segno, -1), segno)
+        if target > self._flushed:
+            self._flushed = target
+
+    def _group_failure(self, group: GroupFlush) -> BaseException:
+        """The exception a failed C flush stands for (DESIGN §7: never retried), also
+        recorded as the Wal's failure; the Python leader's own when it was its flush."""
+        st = group.stats()
+        kind, segno, offset = st[GF_FAIL_KIND], st[GF_FAIL_SEGNO], st[GF_FAIL_OFFSET]
+        if kind == GF_FAIL_WRITE:
+            exc: BaseException = io_error(st[GF_FAIL_ERRNO],
+                                          f"could not write {self._describe(segno, offset)}")
+        elif kind == GF_FAIL_SHORT:
+            exc = short_transfer_error(True, st[GF_FAIL_GOT], st[GF_FAIL_WANT],
+                                       self._describe(segno, offset))
+        elif kind == GF_FAIL_SYNC:
+            exc = io_error(st[GF_FAIL_ERRNO], f"could not sync {self._describe(segno, 0)}")
+        else:   # the Python leader's flush failed: it recorded its own exception
+            exc = self._failed or WalError("a WAL flush failed in another thread")
+        if self._failed is None:
+            self._failed = exc
+        self.failed = True
+        return exc
 
     def _write_and_sync(self, flushed: int, target: int) -> None:
         seg = self.wal_segment_size
@@ -1113,6 +1238,8 @@ class Wal:
         """Close segment files. Does not flush: the caller decides what must be durable."""
         if self._closed:
             return
+        if self._group is not None:
+            self._group.close()   # waits for a flush in C, which may be writing an fd below
         with self._flush_lock:
             for segno in list(self._fds):
                 self._close_fd(segno)
@@ -1122,12 +1249,16 @@ class Wal:
             self._closed = True
 
     def stats(self) -> WalStats:
-        return WalStats(usable_lsn(self._cur), self._flushed, self._redo, self._records,
-                        self._record_bytes, self._fpis, self._flush_requests, self._flushes,
-                        self._joins, self._writes, self._write_bytes, self._syncs,
-                        self._full_flushes, self._created, self._recycled, self._sync_ns,
-                        self._stamped, self._linked, self._prepared, self._inline,
-                        self._delays)
+        c = self._group.stats() if self._group is not None else [0] * (GF_FLUSHED + 1)
+        return WalStats(usable_lsn(self._cur), max(self._flushed, c[GF_FLUSHED]), self._redo,
+                        self._records, self._record_bytes, self._fpis,
+                        self._flush_requests + c[GF_REQUESTS], self._flushes + c[GF_FLUSHES],
+                        self._joins + c[GF_JOINS], self._writes + c[GF_WRITES],
+                        self._write_bytes + c[GF_WRITE_BYTES], self._syncs + c[GF_SYNCS],
+                        self._full_flushes, self._created, self._recycled,
+                        self._sync_ns + c[GF_FLUSH_NS], self._stamped + c[GF_STAMPED],
+                        self._linked, self._prepared, self._inline,
+                        self._delays + c[GF_DELAYS])
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -179,6 +179,7 @@ from slonik.engine.access.btree_wal import (
     split_left_data,
 )
 from slonik.storage.errors import DataCorruptionError
+from slonik.storage.hotlib import hot_for
 from slonik.storage.page import (
     BLCKSZ,
     LOWER_OFFSET,
@@ -198,12 +199,13 @@ try:  # the optional C helper's optimistic leaf probe (storage/bufmgr.py invaria
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
+_hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py)
 _OPT_PROBE_VERSIONS = 8   # versions the optimistic probe has room for (more: the lock)
 # A point read's one-call descent (BTree._leaf_for_point; None in an older build).
-_c_descend = getattr(_lib, "slk_bt_descend", None) if _lib is not None else None
+_c_descend = getattr(_hot, "slk_bt_descend", None) if _lib is not None else None
 # A point read's leaf probe: on the pool page itself, copying only the versions' items
 # (slk_bt_probe_inplace), or the whole page copied first in an older build.
-_PROBE = (getattr(_lib, "slk_bt_probe_inplace", None) or _lib.slk_bt_probe_opt
+_PROBE = (getattr(_hot, "slk_bt_probe_inplace", None) or _hot.slk_bt_probe_opt
           if _lib is not None else None)
 # A stale descent table is rebuilt after this many point reads (a rebuild copies up to
 # INNER_CACHE_PAGES_MAX pointers: a few tens of us at most, so at most ~0.5 us a read

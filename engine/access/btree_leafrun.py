@@ -53,6 +53,7 @@ from slonik.engine.access.btree_page import (
     unpack_pivot,
 )
 from slonik.engine.access.btree_wal import A_INSERT, A_SET_XMAX, apply_payload_actions
+from slonik.storage.hotlib import hot_for
 from slonik.storage.page import BLCKSZ
 
 try:  # the optional C helpers (storage/_pagecheck_build.py, "leaf run apply" block)
@@ -62,6 +63,7 @@ try:  # the optional C helpers (storage/_pagecheck_build.py, "leaf run apply" bl
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
+_hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py)
 C_LEAF_RUN = _lib is not None
 # The "autocommit put of a new key" block (slk_bt_put_new); False in an older build.
 C_PUT_NEW = _lib is not None and hasattr(_lib, "slk_bt_put_new")
@@ -319,7 +321,7 @@ def leaf_run(page, high: bytes | None, batch: LeafBatch, start: int, st: LeafRun
         state[0] = st.room
         state[1] = st.inserted
         state[5] = st.index
-        got = _lib.slk_bt_leaf_run(
+        got = _hot.slk_bt_leaf_run(
             _ffi.from_buffer(page), _ffi.NULL if high is None else high, hlen, *args,
             j, n, state, runner.xout, _XMAX_OUT_BYTES, runner.iout, _INSERT_OUT_BYTES)
         if got < 0:  # a page C cannot read safely: the reference decides (or raises)
@@ -404,7 +406,7 @@ def put_new(page, key: bytes, value: bytes, xid: int, scratch: PutScratch) -> by
             scratch.pre[:] = page
             apply_payload_actions(page, payload, 0, 1)
         return payload
-    n = _lib.slk_bt_put_new(_ffi.from_buffer(page), key, len(key), value, len(value), xid,
+    n = _hot.slk_bt_put_new(_ffi.from_buffer(page), key, len(key), value, len(value), xid,
                             out, PUT_NEW_ACTION_MAX_BYTES, scratch._pre_c)
     return _ffi.buffer(out, n)[:] if n > 0 else None
 
@@ -412,6 +414,6 @@ def put_new(page, key: bytes, value: bytes, xid: int, scratch: PutScratch) -> by
 def put_new_c(page, key: bytes, value: bytes, xid: int, scratch: PutScratch) -> bytes | None:
     """The C call's payload alone, the page not changed (tests compare it with
     ``put_new_py``); needs the C module."""
-    n = _lib.slk_bt_put_new(_ffi.from_buffer(page), key, len(key), value, len(value), xid,
+    n = _hot.slk_bt_put_new(_ffi.from_buffer(page), key, len(key), value, len(value), xid,
                             scratch.out, PUT_NEW_ACTION_MAX_BYTES, _ffi.NULL)
     return _ffi.buffer(scratch.out, n)[:] if n > 0 else None

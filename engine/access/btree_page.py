@@ -57,6 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from slonik.storage.errors import DataCorruptionError
+from slonik.storage.hotlib import hot_for
 from slonik.storage.page import (
     BLCKSZ,
     HEADER_SIZE,
@@ -78,6 +79,7 @@ try:  # the optional C helpers (storage/_pagecheck_build.py); pure Python withou
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
+_hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py)
 C_SEARCH = _lib is not None
 # _C_EXPORTS: ``ffi.from_buffer(page)`` of a buffer-pool page (a memoryview) is an export of
 # that view while the cdata lives. A cdata kept in a local of a frame that a raised error's
@@ -476,7 +478,7 @@ def locate(page, key: bytes, xmin: int) -> int:
     """``locate_py`` in one C call when the helper module is built."""
     if _lib is None:
         return locate_py(page, key, xmin)
-    got = _lib.slk_bt_locate(_ffi.from_buffer(page), key, len(key), xmin)
+    got = _hot.slk_bt_locate(_ffi.from_buffer(page), key, len(key), xmin)
     if got == -1:  # malformed: the reference names what is wrong
         return locate_py(page, key, xmin)
     return got
@@ -504,7 +506,7 @@ def first_versions(page, high: bytes | None, keys: Sequence[bytes], blob: bytes,
     reference); a page C cannot read goes to the reference."""
     if _lib is None or out is None or not hasattr(_lib, "slk_bt_first_versions"):
         return first_versions_py(page, high, keys, start)
-    got = _lib.slk_bt_first_versions(_ffi.from_buffer(page),  # export: a temporary
+    got = _hot.slk_bt_first_versions(_ffi.from_buffer(page),  # export: a temporary
                                      _ffi.NULL if high is None else high,
                                      -1 if high is None else len(high), blob,
                                      _ffi.from_buffer("uint64_t[]", at), start, len(keys), out)
@@ -531,7 +533,7 @@ def children(page, first: int) -> list[int]:
     if _lib is None:
         return children_py(page, first)
     tls = _thread_arrays()
-    n = _lib.slk_bt_children(_ffi.from_buffer(page), first, tls.gather_ents)  # export: a temporary
+    n = _hot.slk_bt_children(_ffi.from_buffer(page), first, tls.gather_ents)  # export: a temporary
     if n < 0:  # a leaf, or malformed: the reference says what is wrong
         return children_py(page, first)
     return memoryview(_ffi.buffer(tls.gather_ents, 4 * n)).cast("I").tolist()
@@ -543,7 +545,7 @@ def page_locator(page: bytes) -> Callable[[bytes, int, int], int]:
     ``locate`` would raise (call ``locate`` then for the error)."""
     if _lib is None:
         return functools.partial(_locate_or_minus_one, page)
-    return functools.partial(_lib.slk_bt_locate, _ffi.from_buffer(page))
+    return functools.partial(_hot.slk_bt_locate, _ffi.from_buffer(page))
 
 
 def _locate_or_minus_one(page, key: bytes, _keylen: int, xmin: int) -> int:
@@ -557,7 +559,7 @@ def search_page(page, key: bytes, xmin: int, upper: bool) -> int:
     """``search_page_py`` in one C call when the helper module is built."""
     if _lib is None:
         return search_page_py(page, key, xmin, upper)
-    got = _lib.slk_bt_search(_ffi.from_buffer(page), key, len(key), xmin, 1 if upper else 0)
+    got = _hot.slk_bt_search(_ffi.from_buffer(page), key, len(key), xmin, 1 if upper else 0)
     if got < 0:  # malformed: the reference names what is wrong
         return search_page_py(page, key, xmin, upper)
     return got
@@ -603,7 +605,7 @@ def visible_offnums(page, snap_xmax: int, own: int, excluded: Sequence[int]) -> 
         return visible_offnums_py(page, snap_xmax, own, excluded)
     out = _ffi.new("uint16_t[]", BLCKSZ // LINE_POINTER_SIZE)
     excl = _ffi.new("uint64_t[]", list(excluded)) if excluded else _ffi.NULL
-    n = _lib.slk_bt_visible(_ffi.from_buffer(page), snap_xmax, own, excl, len(excluded), out)
+    n = _hot.slk_bt_visible(_ffi.from_buffer(page), snap_xmax, own, excl, len(excluded), out)
     if n < 0:
         return visible_offnums_py(page, snap_xmax, own, excluded)
     return list(out[0:n])
@@ -676,10 +678,10 @@ def probe_leaf_flat(page, key: bytes) -> list[int]:
     if out is None:
         out = _tls.probe_out = _ffi.new("uint64_t[]", 2 + 5 * PROBE_VERSIONS_ROOM)
     # The page's buffer export is each call's temporary argument (see _C_EXPORTS).
-    n = _lib.slk_bt_probe(_ffi.from_buffer(page), key, len(key), out, PROBE_VERSIONS_ROOM)
+    n = _hot.slk_bt_probe(_ffi.from_buffer(page), key, len(key), out, PROBE_VERSIONS_ROOM)
     if n > PROBE_VERSIONS_ROOM:
         out = _ffi.new("uint64_t[]", 2 + 5 * n)
-        n = _lib.slk_bt_probe(_ffi.from_buffer(page), key, len(key), out, n)
+        n = _hot.slk_bt_probe(_ffi.from_buffer(page), key, len(key), out, n)
     if n < 0:  # malformed: the reference names what is wrong
         nxt, status, v = probe_leaf_py(page, key)
         return [nxt, status, *v]

@@ -52,6 +52,7 @@ from slonik.engine.access.btree_page import (
     bt_set_xmax,
     bt_special,
 )
+from slonik.storage.hotlib import hot_for
 from slonik.wal.rmgr import RM_BTREE, ResourceManager
 
 try:  # the optional C helpers (storage/_pagecheck_build.py, "wal decode" block)
@@ -59,6 +60,7 @@ try:  # the optional C helpers (storage/_pagecheck_build.py, "wal decode" block)
     from slonik.storage._pagecheck import lib as _lib
 except ImportError:  # not built (no C compiler at install time)
     _ffi = _lib = None
+_hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py)
 # Whether redo applies a block's leading inserts and set-xmaxes in one C call.
 C_REDO_ACTIONS = _lib is not None and hasattr(_lib, "slk_bt_redo_actions_from")
 # Whether A_INIT and A_SPLIT_LEFT rebuild the page in one C call (slk_bt_apply_build).
@@ -189,7 +191,7 @@ def apply_action(page, code: int, data: bytes) -> None:
     rebuild (A_INIT, A_SPLIT_LEFT) is one C call when built; an action it refuses (it
     changes nothing then) takes the Python path, which raises naming the flaw."""
     if code in (A_INIT, A_SPLIT_LEFT) and C_APPLY_BUILD and \
-            _lib.slk_bt_apply_build(_ffi.from_buffer(page), code, data, len(data)) == 0:
+            _hot.slk_bt_apply_build(_ffi.from_buffer(page), code, data, len(data)) == 0:
         return
     apply_action_py(page, code, data)
 
@@ -254,7 +256,7 @@ def _apply_from(page, payload, index: int, actions: Sequence[tuple[int, bytes]],
     n = len(actions)
     cpage, cpayload, plen = _ffi.from_buffer(page), _ffi.from_buffer(payload), len(payload)
     while done < n:
-        done += _lib.slk_bt_redo_actions_from(cpage, cpayload, plen, index, done)
+        done += _hot.slk_bt_redo_actions_from(cpage, cpayload, plen, index, done)
         if done < n:
             code, data = actions[done]
             apply_action(page, code, data)
@@ -267,7 +269,7 @@ def apply_payload_actions(page, payload, index: int, nactions: int) -> None:
     applied through ``apply_action``, which raises for a refused one."""
     done = 0
     if C_REDO_ACTIONS and nactions:
-        done = _lib.slk_bt_redo_actions(_ffi.from_buffer(page), _ffi.from_buffer(payload),
+        done = _hot.slk_bt_redo_actions(_ffi.from_buffer(page), _ffi.from_buffer(payload),
                                         len(payload), index)
     if done < nactions:
         actions = [(code, data) for i, code, data in decode_actions(payload) if i == index]

@@ -57,6 +57,7 @@ from operator import eq
 from typing import NamedTuple
 
 from slonik.engine.access.tuple import layout_scratch, slot_tuple
+from slonik.storage.hotlib import hot_for
 from slonik.storage.page import BLCKSZ
 from slonik.storage.read_stream import ReadStream
 
@@ -68,6 +69,7 @@ try:  # the optional C helper (storage/_pagecheck_build.py, "table index" and
         _ffi = _lib = None
 except ImportError:
     _ffi = _lib = None
+_hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py)
 
 __all__ = ["tuples_at_py", "gather", "gather_py", "gather_heap", "gather_pool", "Gathered",
            "fetch_pages", "fetch_tuple", "C_GATHER", "PIN_BATCH_PAGES", "GatheredRows",
@@ -574,7 +576,7 @@ def fetch_tuple(heap, block: int, offnum: int) -> tuple[int, int, bytes] | None:
         if out is None:
             out = _fetch_arrays().fetch_out
         try:
-            n = _lib.slk_heap_fetch_opt(bm.c_pool, bm.seq, buf, offnum, out, BLCKSZ,
+            n = _hot.slk_heap_fetch_opt(bm.c_pool, bm.seq, buf, offnum, out, BLCKSZ,
                                         tls.fetch_meta)
         except BaseException:   # an offnum that is no u32
             bm.unpin(buf)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+from slonik.aio import osfile
 
 from slonik import DatabaseClosedError, RelationDroppedError, WalError
 from tests.engine.dbutil import open_db
@@ -61,11 +62,11 @@ def test_get_after_a_wal_failure_only_the_wal_saw_raises(tmp_path, io_method):
         db._walwriter.stop()  # nothing flushes the WAL behind the test's back
         kv[b"late"] = b"x"    # asynchronous commit: its WAL is not flushed yet
 
-        def broken(*args, **kwargs):
-            raise OSError(errno.EIO, "injected WAL write failure")
+        class Broken(osfile.OsLayer):   # (the C flush hands a flush to this layer)
+            def pwritev(self, fd, buffers, offset):
+                raise OSError(errno.EIO, "injected WAL write failure")
 
-        db._wal._write_and_sync = broken
-        with pytest.raises(WalError):
+        with osfile.installed(Broken()), pytest.raises(WalError):
             db._flush_wal_for_buffer(db._wal.insert_lsn)
         assert db._wal.failed and db._fatal is None and not db._txns.stopped
         with pytest.raises(DatabaseClosedError, match="open it again") as info:

@@ -81,7 +81,7 @@ def test_kv_point_reads_use_the_in_place_probe_and_read_the_values(db):
     with db.transaction():
         for k, v in values.items():
             kv[k] = v
-    assert bt_module._PROBE is bt_module._lib.slk_bt_probe_inplace
+    assert bt_module._PROBE is bt_module._hot.slk_bt_probe_inplace
     for k, v in values.items():
         assert kv[k] == v
     with pytest.raises(KeyError):

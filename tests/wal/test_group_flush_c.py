@@ -1,0 +1,235 @@
+"""The WAL group commit in C (``GroupFlush``, engine/wal_build.py) against its Python
+reference (``Wal.flush``'s leader/waiter queue), on every io method: the same bytes on
+disk, every committer durable when it returns, and a failed write or sync fatal for the
+Wal, named, never retried. Real files, a real full tmpfs, real kernel refusals."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+
+import pytest
+from slonik.aio import osfile
+from slonik.aio.errors import DiskFullError
+from slonik.engine.wal_build import C_GROUP_FLUSH_FOR, C_RECORD_WRITER_FOR
+from slonik.storage import hotlib
+from slonik.wal.errors import WalDiskFullError, WalError
+from slonik.wal.reader import WalReader
+from slonik.wal.xlog import GF_FLUSHES, GF_SYNCS, Wal
+
+from tests.wal import test_commit_path
+from tests.wal.test_commit_path import FIRST, FREE_BYTES, SEG, fill_leaving, sparse_segment
+
+pytestmark = pytest.mark.skipif(C_GROUP_FLUSH_FOR is None,
+                                reason="the C helpers module is not built")
+small_fs = test_commit_path.small_fs   # the fixture: a real 512 KiB tmpfs
+SEEDS = 4
+THREADS = 8
+COMMITS_PER_THREAD = 150
+
+
+def c_wal(path: str, aio, **kw) -> Wal:
+    return Wal(path, aio, wal_segment_size=SEG, record_writer_for=C_RECORD_WRITER_FOR,
+               group_flush_for=C_GROUP_FLUSH_FOR, **kw)
+
+
+def segment_bytes(path: str) -> dict[str, bytes]:
+    out = {}
+    for name in sorted(os.listdir(path)):
+        with open(os.path.join(path, name), "rb") as f:
+            out[name] = f.read()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_c_and_python_flushes_write_the_same_segments(aio, tmp_path, seed):
+    """One drawn sequence of inserts (records within a page and across pages) and flushes,
+    through a Wal flushing in C and one flushing in Python, with a ring of 8 pages (it
+    wraps) and 64 KiB segments (flushes cross them): the segment files are equal byte
+    for byte, and so are the flush, write, sync and stamp counts. Both paths ran: the C
+    path wrote flushes itself and handed the ones across segments back."""
+    rng = random.Random(seed)
+    ops = []
+    for _ in range(400):
+        ops.append(("insert", rng.choice([8, 100, 900, 3000, 9000])))
+        if rng.random() < 0.3:
+            ops.append(("flush", None))
+    ops.append(("flush", None))
+    dirs = {kind: tmp_path / kind for kind in ("c", "py")}
+    stats = {}
+    for kind, d in dirs.items():
+        d.mkdir()
+        w = Wal(str(d), aio, wal_segment_size=SEG, wal_buffers=8,
+                record_writer_for=C_RECORD_WRITER_FOR,
+                group_flush_for=C_GROUP_FLUSH_FOR if kind == "c" else None)
+        xid = 0
+        for op, size in ops:
+            if op == "insert":
+                xid += 1
+                w.insert(10, 0, xid, bytes([xid % 251]) * size)
+            else:
+                w.flush()
+        stats[kind] = w.stats()
+        if kind == "c":
+            c_counts = w._group.stats()
+            py_flushes = w._flushes
+        w.close()
+    assert segment_bytes(str(dirs["c"])) == segment_bytes(str(dirs["py"]))
+    for field in ("flush_lsn", "flushes", "writes", "syncs", "pages_stamped", "write_bytes"):
+        assert getattr(stats["c"], field) == getattr(stats["py"], field), field
+    assert c_counts[GF_FLUSHES] > 0 and py_flushes > 0
+    assert len(list(WalReader(str(dirs["c"]), SEG, FIRST))) == xid
+
+
+def test_concurrent_committers_are_durable_when_they_return(aio, tmp_path):
+    """THREADS committers, each inserting and flushing its own records, with
+    commit_delay making leaders wait for company: every flush returns with the WAL
+    durable past its record, some commits joined another's flush, and every record reads
+    back once."""
+    w = c_wal(str(tmp_path), aio, wal_buffers=64)
+    w.prepare_segments()
+    w.set_commit_delay(300, 2, active_transactions=lambda: THREADS)
+    errors: list[BaseException] = []
+    late: list[tuple[int, int]] = []
+
+    def committer(t: int) -> None:
+        try:
+            for i in range(COMMITS_PER_THREAD):
+                _s, end = w.insert(10, 0, t * 100_000 + i + 1, b"c" * 120)
+                w.flush(end)
+                if w.flush_lsn < end:
+                    late.append((end, w.flush_lsn))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=committer, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    st = w.stats()
+    w.close()
+    assert not errors and not late
+    assert st.group_joins > 0 and st.commit_delays > 0
+    assert st.flushes + st.group_joins <= st.flush_requests
+    xids = sorted(rr.record.xid for rr in WalReader(str(tmp_path), SEG, FIRST))
+    assert xids == sorted(t * 100_000 + i + 1 for t in range(THREADS)
+                          for i in range(COMMITS_PER_THREAD))
+
+
+def test_short_write_in_c_is_a_full_disk_and_fatal(aio, small_fs):
+    """The C path's own write coming back short (a real full tmpfs under a segment without
+    preallocated blocks) raises WalDiskFullError naming the short write, and the Wal
+    refuses everything after it with the full disk as the cause."""
+    sparse_segment(small_fs, 1)
+    w = c_wal(small_fs, aio, wal_buffers=64)
+    _s, end = w.insert(10, 0, 1, b"first")
+    w.flush(end)                        # hands the segment's fd to the C path
+    fill_leaving(small_fs, FREE_BYTES)
+    while end < FIRST + 5 * FREE_BYTES // 2:
+        _s, end = w.insert(10, 0, 2, b"r" * 1000)
+    with pytest.raises(WalDiskFullError) as info:
+        w.flush(end)
+    assert isinstance(info.value, DiskFullError)
+    assert "wrote only" in str(info.value.__cause__)
+    assert w.failed and w.flush_lsn < end
+    with pytest.raises(WalError, match="unusable") as later:
+        w.insert(10, 0, 3, b"after")
+    assert later.value.__cause__ is info.value.__cause__
+    w.close()
+
+
+class _OpenSegmentsOnDevNull(osfile.OsLayer):
+    """Opens existing WAL segments as /dev/null and pretends their fdatasync succeeded:
+    only to hand the C path an fd whose real fdatasync the kernel refuses (EINVAL)."""
+
+    def __init__(self, wal_dir: str) -> None:
+        self.wal_dir = wal_dir
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        if os.path.dirname(path) == self.wal_dir and not flags & os.O_CREAT:
+            return super().open(os.devnull, os.O_RDWR, mode)
+        return super().open(path, flags, mode)
+
+    def fdatasync(self, fd: int) -> None:
+        pass
+
+
+def test_failed_sync_in_c_is_fatal_for_every_waiter_and_never_retried(aio, tmp_path):
+    """A real kernel refusal of the C path's fdatasync: the leader raises WalError naming
+    the sync (not a full disk); committers queued behind it raise WalError too (none
+    returns as if durable); exactly one sync was attempted however often flush is called
+    again."""
+    d = str(tmp_path)
+    w = c_wal(d, aio)
+    w.prepare_segments()
+    with osfile.installed(_OpenSegmentsOnDevNull(d)):
+        _s, e = w.insert(10, 0, 1, b"opens")
+        w.flush(e)                      # the Python leader opens the segment as /dev/null
+    # the leader waits 20 ms for company: the other committers queue behind it
+    w.set_commit_delay(20_000, 1, active_transactions=lambda: 4)
+    ends = [w.insert(10, 0, xid, b"lost")[1] for xid in range(2, 6)]
+    outcomes: list[BaseException | None] = []
+
+    def committer(end: int) -> None:
+        try:
+            w.flush(end)
+        except WalError as exc:
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+
+    threads = [threading.Thread(target=committer, args=(end,)) for end in ends]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 4 and all(isinstance(o, WalError) for o in outcomes)
+    leader = [o for o in outcomes if "crash recovery" in str(o) and "unusable" not in str(o)]
+    assert len(leader) == 1
+    cause = leader[0].__cause__
+    assert cause.errno == errno.EINVAL and "could not sync WAL segment" in str(cause)
+    assert not isinstance(leader[0], DiskFullError)
+    for _ in range(3):
+        with pytest.raises(WalError, match="unusable"):
+            w.flush(w.insert_lsn)
+    assert w.failed and w._group.stats()[GF_SYNCS] == 1
+    w.close()
+
+
+def test_flush_after_close_is_refused(aio, tmp_path):
+    """close() ends the C path: a later flush raises WalError naming the closed WAL."""
+    w = c_wal(str(tmp_path), aio)
+    _s, e = w.insert(10, 0, 1, b"x")
+    w.flush(e)
+    w.close()
+    with pytest.raises(WalError, match="closed"):
+        w.flush(e + 1)
+
+
+def test_hot_helpers_are_the_same_c_with_the_gil_kept():
+    """hotlib's module offers every helper it names, built from the same C source as the
+    releasing module: the same answer for the same page."""
+    from slonik.storage._pagecheck import ffi, lib
+
+    hot = hotlib.hot_for(lib)
+    assert hot is not lib and hotlib.hot_for(None) is None
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "_pcb", os.path.join(os.path.dirname(hotlib.__file__), "_pagecheck_build.py"))
+    build = importlib.util.module_from_spec(spec)
+    sys.modules["_pcb"] = build
+    spec.loader.exec_module(build)
+    for name in build.HOT_NAMES:
+        assert hasattr(hot, name), name
+    rng = random.Random(5)
+    for _ in range(50):
+        page = bytes(rng.randrange(256) for _ in range(8192))
+        key = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 20)))
+        buf = bytearray(page)
+        assert hot.slk_bt_search(ffi.from_buffer(buf), key, len(key), 7, 0) == \
+            lib.slk_bt_search(ffi.from_buffer(buf), key, len(key), 7, 0)
