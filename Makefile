@@ -56,4 +56,4 @@ torture: $(STAMP)
 	$(BIN)/python -m pytest -q -m torture
 
 clean:
-	rm -rf $(VENV) build *.egg-info aio/_uring*.so storage/_pagecheck*.so
+	rm -rf $(VENV) build *.egg-info aio/_uring*.so storage/_pagecheck*.so storage/_pagehot*.so

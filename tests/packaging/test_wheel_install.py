@@ -58,7 +58,9 @@ def test_wheel_holds_only_the_slonik_namespace(wheel):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"slonik"}, tops
     assert "slonik/py.typed" in names
-    assert any(n.startswith("slonik/storage/_pagecheck") and n.endswith(".so") for n in names)
+    for module in ("_pagecheck", "_pagehot"):
+        assert any(n.startswith(f"slonik/storage/{module}") and n.endswith(".so")
+                   for n in names), module
     assert not any("crashsim" in n or "method_faulty" in n for n in names)
 
 
