@@ -47,6 +47,7 @@ from slonik.engine.tools.bench import (
     run_bench_command,
 )
 from slonik.engine.tools.fio import FioError, fio_command, fio_status, run_fio_job
+from slonik.engine.wal_build import C_GROUP_FLUSH_FOR, C_RECORD_WRITER_FOR
 from slonik.engine.wal_decode import C_SCANNER
 from slonik.wal.reader import WalReader
 from slonik.wal.record import WalRecord
@@ -194,8 +195,10 @@ def _make_parents(path: str) -> None:
 # --- measurements ------------------------------------------------------------------------
 
 def _open_wal(aio: Aio, wal_dir: str, args: argparse.Namespace) -> Wal:
+    """The WAL as a Database opens it: C record writers and C group commit (where built)."""
     return Wal(wal_dir, aio, wal_segment_size=args.wal_segment_size,
-               wal_buffers=args.wal_buffers)
+               wal_buffers=args.wal_buffers, record_writer_for=C_RECORD_WRITER_FOR,
+               group_flush_for=C_GROUP_FLUSH_FOR)
 
 
 def _payload(size: int) -> bytes:
