@@ -190,8 +190,8 @@ class GroupFlush(NamedTuple):
     the WAL failed (``out[1]``: 1 if this call's flush failed, ``out[0]`` its target;
     ``stats()`` names the failure); -2, closed. ``done(target, ok, fd, segno)``;
     ``close()`` waits for a flush in progress and takes no more; ``set_delay(us,
-    siblings)``; ``stats()``: the
-    counters, ``GF_*`` indexes; ``new_out()``: a fresh ``out``."""
+    siblings)``; ``stats()``: the counters, ``GF_*`` indexes; ``new_out()``: a fresh
+    ``out``."""
 
     flush: Callable[..., int]
     done: Callable[..., None]
