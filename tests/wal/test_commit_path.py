@@ -158,6 +158,13 @@ def test_short_wal_write_is_a_full_disk_and_fatal(aio, small_fs, flush_path):
     end = 0
     while end < SEG + 5 * FREE_BYTES // 2:  # several pages more than the free room
         _s, end = w.insert(10, 0, 1, RECORD_PAYLOAD)
+    assert_short_write_is_fatal(w, end)
+    w.close()
+
+
+def assert_short_write_is_fatal(w: Wal, end: int) -> None:
+    """Flushing ``w`` to ``end`` raises WalDiskFullError naming the short write, and the
+    Wal refuses everything after it, with the full disk as the cause."""
     with pytest.raises(WalDiskFullError) as info:
         w.flush(end)
     assert isinstance(info.value, WalError) and isinstance(info.value, DiskFullError)
@@ -167,7 +174,6 @@ def test_short_wal_write_is_a_full_disk_and_fatal(aio, small_fs, flush_path):
         w.insert(10, 0, 2, b"after")
     # a later caller (another thread's commit) sees the failure as its cause: the full disk
     assert later.value.__cause__ is info.value.__cause__
-    w.close()
 
 
 def test_failed_linked_sync_is_fatal_and_never_retried(faulty_aio, tmp_path):
