@@ -1,11 +1,11 @@
 """The C record writers and the C group commit for ``wal.xlog.Wal`` (its
 ``record_writer_for`` and ``group_flush_for`` arguments).
 
-``C_RECORD_WRITER_FOR`` and ``C_GROUP_FLUSH_FOR`` are None when the optional cffi module (storage/_pagecheck_build.py,
-block "wal record build") is not built; ``Wal`` then encodes every record with
-``wal.record.encode_fields`` and copies it in with ``wal.xlog.copy_in``, and flushes
-with its Python leader/waiter queue. It lives in the
-engine because wal/ may not import storage/ (the C module's home).
+``C_RECORD_WRITER_FOR`` and ``C_GROUP_FLUSH_FOR`` are None when the optional cffi module
+(storage/_pagecheck_build.py, blocks "wal record build" and "wal group flush") is not
+built; ``Wal`` then encodes every record with ``wal.record.encode_fields``, copies it in
+with ``wal.xlog.copy_in`` and flushes with its Python leader/waiter queue. It lives in
+the engine because wal/ may not import storage/ (the C module's home).
 """
 
 from __future__ import annotations
@@ -40,10 +40,7 @@ def c_record_writer_for(ring, npages: int, wal_segment_size: int) -> RecordWrite
     record at stream position ``cur`` across as many pages as it takes, page headers
     included, as ``wal.xlog.copy_in`` does, and returns the position after it.
     OverflowError/TypeError (nothing written) for a field they cannot take."""
-    if npages < 1 or len(ring) < npages * WAL_PAGE_SIZE:
-        raise ValueError(f"WAL buffers of {len(ring)} bytes do not hold {npages} pages "
-                         f"of {WAL_PAGE_SIZE} bytes")
-    ptr = _ffi.from_buffer(ring)
+    ptr = _ring_pointer(ring, npages)
     return RecordWriters(functools.partial(_hot.slk_wal_build, ptr),
                          functools.partial(_hot.slk_wal_build_span, ptr, npages,
                                            wal_segment_size))
@@ -52,16 +49,21 @@ def c_record_writer_for(ring, npages: int, wal_segment_size: int) -> RecordWrite
 C_RECORD_WRITER_FOR = c_record_writer_for if _lib is not None else None
 
 
+def _ring_pointer(ring, npages: int):
+    """A C pointer to the WAL buffers ``ring``, checked to hold ``npages`` pages."""
+    if npages < 1 or len(ring) < npages * WAL_PAGE_SIZE:
+        raise ValueError(f"WAL buffers of {len(ring)} bytes do not hold {npages} pages "
+                         f"of {WAL_PAGE_SIZE} bytes")
+    return _ffi.from_buffer(ring)
+
+
 def c_group_flush_for(ring, npages: int, wal_segment_size: int, flush_lsn: int,
                       o_dsync: bool) -> GroupFlush:
     """The C group commit (``GroupFlush``) over the WAL buffers ``ring`` of ``npages``
     pages (kept alive by the caller, as for the record writers) of a stream with segments
     of ``wal_segment_size`` bytes, durable up to ``flush_lsn``; ``o_dsync``: segments are
     opened O_DIRECT|O_DSYNC, a write is durable when it returns (no fdatasync)."""
-    if npages < 1 or len(ring) < npages * WAL_PAGE_SIZE:
-        raise ValueError(f"WAL buffers of {len(ring)} bytes do not hold {npages} pages "
-                         f"of {WAL_PAGE_SIZE} bytes")
-    raw = _lib.slk_wf_new(_ffi.from_buffer(ring), npages, wal_segment_size, flush_lsn,
+    raw = _lib.slk_wf_new(_ring_pointer(ring, npages), npages, wal_segment_size, flush_lsn,
                           int(bool(o_dsync)))
     if raw == _ffi.NULL:
         raise MemoryError("could not allocate the WAL group commit state")
@@ -79,4 +81,6 @@ def c_group_flush_for(ring, npages: int, wal_segment_size: int, flush_lsn: int,
                       stats, functools.partial(_ffi.new, "uint64_t[6]"))
 
 
-C_GROUP_FLUSH_FOR = c_group_flush_for if _lib is not None else None
+# (None with a build of the module from before the block, as the other C helpers)
+C_GROUP_FLUSH_FOR = c_group_flush_for if _lib is not None and hasattr(_lib, "slk_wf_new") \
+    else None
