@@ -6,15 +6,13 @@ are still released."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from slonik.storage import bufmgr as bm_mod
 from slonik.storage.page import BLCKSZ
 from slonik.storage.smgr import Fork
 
 from tests.storage.test_bufmgr import REL, make_page
-from tests.storage.test_seq_copy import pool  # noqa: F401  (the fixture)
+from tests.storage.test_seq_copy import copy_past_a_holder, pool  # noqa: F401  (pool: the fixture)
 
 JUNK = 0xA5
 
@@ -48,19 +46,8 @@ def test_copy_release_into_a_reused_buffer(pool):  # noqa: F811
     assert bytes(out[3 * BLCKSZ:6 * BLCKSZ]) == want[3 * BLCKSZ:]   # left as it was
     bm.check()
 
-    holder = bm.read_buffer(REL, Fork.MAIN, 4)
-    bm.lock_exclusive(holder)
-    bufs = bm.read_buffers(REL, Fork.MAIN, 0, 8)
-    reader = threading.Thread(target=lambda: bm.copy_release(bufs, out))
-    reader.start()
-    reader.join(0.2)
-    assert reader.is_alive()
-    bm.page(holder)[7000:7004] = b"WXYZ"
-    bm.unlock_release(holder)
-    reader.join()
-    changed = bytearray(b"".join(make_page(REL, b) for b in range(8)))
-    changed[4 * BLCKSZ + 7000:4 * BLCKSZ + 7004] = b"WXYZ"
-    assert bytes(out[:8 * BLCKSZ]) == bytes(changed)
+    changed = copy_past_a_holder(bm, 4, 7000, lambda bufs: bm.copy_release(bufs, out))
+    assert bytes(out[:8 * BLCKSZ]) == changed
     bm.check()
 
     bm.seq = None

@@ -66,6 +66,26 @@ def pool(tmp_path, aio):
     smgr.close()
 
 
+def copy_past_a_holder(bm, block: int, at: int, copy) -> bytes:
+    """Run ``copy(bufs)`` over blocks 0..7 in another thread while this one holds
+    ``block`` exclusively: the copy must wait (still running after 0.2 s), and ends once
+    the holder writes b"WXYZ" at offset ``at`` of its page and releases. Returns the
+    pages as they are then (the on-disk pages with that change)."""
+    holder = bm.read_buffer(REL, Fork.MAIN, block)
+    bm.lock_exclusive(holder)
+    bufs = bm.read_buffers(REL, Fork.MAIN, 0, 8)
+    reader = threading.Thread(target=lambda: copy(bufs))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive()
+    bm.page(holder)[at:at + 4] = b"WXYZ"
+    bm.unlock_release(holder)
+    reader.join()
+    changed = bytearray(b"".join(make_page(REL, b) for b in range(8)))
+    changed[block * BLCKSZ + at:block * BLCKSZ + at + 4] = b"WXYZ"
+    return bytes(changed)
+
+
 def test_copy_release_same_bytes_by_seqlock_by_locks_and_without_the_helper(pool):
     """The pages of blocks 0..7 copied by copy_release equal the on-disk pages: through
     the counters (C helper), with block 5 held exclusively by another thread (the copy
@@ -76,23 +96,12 @@ def test_copy_release_same_bytes_by_seqlock_by_locks_and_without_the_helper(pool
     expected = b"".join(make_page(REL, b) for b in range(8))
     assert bm.copy_release(bm.read_buffers(REL, Fork.MAIN, 0, 8)) == expected
     bm.check()
-    holder = bm.read_buffer(REL, Fork.MAIN, 5)
-    bm.lock_exclusive(holder)
-    bufs = bm.read_buffers(REL, Fork.MAIN, 0, 8)
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(bm.copy_release(bufs)))
-    reader.start()
-    reader.join(0.2)
-    assert reader.is_alive()
-    bm.page(holder)[6000:6004] = b"WXYZ"
-    bm.unlock_release(holder)
-    reader.join()
-    changed = bytearray(expected)
-    changed[5 * BLCKSZ + 6000:5 * BLCKSZ + 6004] = b"WXYZ"
-    assert got[0] == bytes(changed)
+    changed = copy_past_a_holder(bm, 5, 6000, lambda bufs: got.append(bm.copy_release(bufs)))
+    assert got[0] == changed
     bm.check()
     bm.seq = None
-    assert bm.copy_release(bm.read_buffers(REL, Fork.MAIN, 0, 8)) == bytes(changed)
+    assert bm.copy_release(bm.read_buffers(REL, Fork.MAIN, 0, 8)) == changed
     bm.check()
 
 
