@@ -551,7 +551,8 @@ int slk_bt_probe(const uint8_t *page, const uint8_t *key, uint32_t keylen, uint6
     int lower = bt_bounds(page, &first, &count, &leaf);
     if (lower < 0 || !leaf) return -1;
     uint16_t flags = load16(page + BT_SPECIAL_AT + 12);
-    if (!(flags & 0x1) || load16(page + BT_SPECIAL_AT + 14) || (flags & ~0x3f)) return -1;
+    /* BTP_DELETED (vacuum's unlink clears BTP_LEAF): move right, as from any leaf */
+    if (!(flags & 0x5) || load16(page + BT_SPECIAL_AT + 14) || (flags & ~0x3f)) return -1;
     out[0] = load32(page + BT_SPECIAL_AT + 4);
     out[1] = 0;
     if (flags & 0x4) { out[1] = 1; return 0; }          /* BTP_DELETED: move right */
@@ -1578,7 +1579,7 @@ int slk_bt_probe_inplace(const uint8_t *pool, const uint32_t *seq, uint32_t b,
     }
     int count = (int)((lower - HEADER_SIZE) / 4);
     int first = next == 0 ? 1 : 2;
-    if (!(flags & 0x1) || pad || (flags & ~0x3fu)) { n = -1; goto done; }
+    if (!(flags & 0x5) || pad || (flags & ~0x3fu)) { n = -1; goto done; }  /* as slk_bt_probe */
     out[0] = next;
     out[1] = 0;
     if (flags & 0x4) { out[1] = 1; goto done; }          /* BTP_DELETED: move right */

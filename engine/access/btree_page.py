@@ -627,8 +627,10 @@ _tls = threading.local()  # per-thread output arrays of the C calls below
 
 
 def _leaf_special(page) -> Special:
+    """The special space of a leaf, or of a leaf vacuum unlinked (BTP_DELETED alone: its
+    BTP_LEAF bit is cleared, and a reader still reaching it moves right)."""
     special = bt_special(page)
-    if special.level != 0 or not special.flags & BTP_LEAF:
+    if special.level != 0 or not special.flags & (BTP_LEAF | BTP_DELETED):
         raise BTreePageError(f"expected a leaf, found flags {special.flags:#x} level "
                              f"{special.level}")
     return special

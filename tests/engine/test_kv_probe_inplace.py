@@ -13,11 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from slonik.engine.access import btree as bt_module
-from slonik.engine.access import btree_page as bp
 from slonik.storage.page import BLCKSZ
 
 from tests.engine.test_optimistic_reads import RETRY, _pool
-from tests.storage.test_btree_c import entry_lists, few_keys, highs, rich_leaf
+from tests.storage.test_btree_c import (
+    deleted_forms,
+    entry_lists,
+    few_keys,
+    highs,
+    leaf_flags,
+    rich_leaf,
+)
 
 needs_c = pytest.mark.skipif(
     bt_module._lib is None or not hasattr(bt_module._lib, "slk_bt_probe_inplace"),
@@ -26,7 +32,7 @@ needs_c = pytest.mark.skipif(
 
 @needs_c
 @settings(max_examples=400, deadline=None)
-@given(entries=entry_lists, high=highs, deleted=st.booleans(), key=few_keys,
+@given(entries=entry_lists, high=highs, deleted=deleted_forms, key=few_keys,
        room=st.integers(1, 8),
        garble=st.lists(st.tuples(st.sampled_from([14, 18, 24, 28, BLCKSZ - 12, BLCKSZ - 4])
                                  | st.integers(0, BLCKSZ - 1),
@@ -39,7 +45,7 @@ def test_c_probe_inplace_equals_probe(entries, high, deleted, key, room, garble)
     are the same, each reported item's bytes are in the copy at its offset and the rest
     of the copy is untouched. With the counter odd it retries without reading."""
     ffi, lib = bt_module._ffi, bt_module._lib
-    page = rich_leaf(entries, high, bp.BTP_LEAF | (bp.BTP_DELETED if deleted else 0))
+    page = rich_leaf(entries, high, leaf_flags(deleted))
     for at, chunk in garble:
         page[at:at + len(chunk)] = chunk[:BLCKSZ - at]
     pool = _pool([bytes(page)])

@@ -36,8 +36,8 @@ from slonik.storage.page import BLCKSZ
 
 from tests.engine.test_heap_fetch import heap_page
 from tests.engine.test_table_index_c import entry_lists, highs, index_leaf, prefixes
+from tests.storage.test_btree_c import deleted_forms, few_keys, leaf_flags, rich_leaf
 from tests.storage.test_btree_c import entry_lists as bt_entry_lists
-from tests.storage.test_btree_c import few_keys, rich_leaf
 from tests.storage.test_btree_c import highs as bt_highs
 
 needs_c = pytest.mark.skipif(not hf.C_GATHER,
@@ -154,7 +154,7 @@ def test_c_gather_opt_equals_reference(pages, data):
 
 @needs_c
 @settings(max_examples=300, deadline=None)
-@given(entries=entry_lists, high=highs, deleted=st.booleans(), prefix=prefixes,
+@given(entries=entry_lists, high=highs, deleted=deleted_forms, prefix=prefixes,
        maxn=st.integers(0, ix.POINT_ENTRIES_MAX), garble=st.lists(
            st.tuples(st.integers(0, BLCKSZ - 1), st.binary(min_size=1, max_size=4)),
            max_size=2))
@@ -164,7 +164,7 @@ def test_c_ix_point_opt_equals_ix_point(entries, high, deleted, prefix, maxn, ga
     anywhere: the locked call's -1 for a page the reference judges, or any other answer,
     is the same); with the counter odd it retries."""
     ffi, lib = ix._ffi, ix._lib
-    page = index_leaf(entries, high, 1 | (4 if deleted else 0), 0 if high is None else 7)
+    page = index_leaf(entries, high, leaf_flags(deleted), 0 if high is None else 7)
     for at, chunk in garble:
         page[at:at + len(chunk)] = chunk[:BLCKSZ - at]
     pool = _pool([bytes(page)])
@@ -457,7 +457,7 @@ def test_point_reads_without_the_c_helper(db, monkeypatch):
 
 @needs_c
 @settings(max_examples=300, deadline=None)
-@given(entries=bt_entry_lists, high=bt_highs, deleted=st.booleans(), key=few_keys,
+@given(entries=bt_entry_lists, high=bt_highs, deleted=deleted_forms, key=few_keys,
        garble=st.lists(st.tuples(st.integers(0, BLCKSZ - 1),
                                  st.binary(min_size=1, max_size=4)), max_size=2))
 def test_c_bt_probe_opt_equals_probe(entries, high, deleted, key, garble):
@@ -467,7 +467,7 @@ def test_c_bt_probe_opt_equals_probe(entries, high, deleted, key, garble):
     the same bytes, on random leaves (some garbled anywhere); with the counter odd it
     retries."""
     ffi, lib = bt_module._ffi, bt_module._lib
-    page = rich_leaf(entries, high, bp.BTP_LEAF | (bp.BTP_DELETED if deleted else 0))
+    page = rich_leaf(entries, high, leaf_flags(deleted))
     for at, chunk in garble:
         page[at:at + len(chunk)] = chunk[:BLCKSZ - at]
     pool = _pool([bytes(page)])

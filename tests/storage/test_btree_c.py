@@ -142,6 +142,14 @@ def test_c_hands_damaged_page_to_reference():
 # --- point-read probe and scan extraction (slk_bt_probe, slk_bt_extract) -------------------
 
 few_keys = st.sampled_from([b"", b"a", b"ab", b"b", b"ba", b"\xff"])
+# A live leaf (0), one flagged both leaf and DELETED (1), and one as vacuum's unlink writes
+# it (2: BTP_DELETED alone, its BTP_LEAF bit cleared).
+deleted_forms = st.sampled_from([0, 1, 2])
+
+
+def leaf_flags(deleted: int) -> int:
+    """The page flags of a ``deleted_forms`` draw."""
+    return (bp.BTP_LEAF, bp.BTP_LEAF | bp.BTP_DELETED, bp.BTP_DELETED)[deleted]
 
 
 def rich_leaf(entries, high, page_flags: int) -> bytearray:
@@ -167,20 +175,20 @@ highs = st.one_of(st.none(), st.tuples(few_keys, st.sampled_from([1, 7, 40, bp.X
 
 @needs_c
 @settings(max_examples=300, deadline=None)
-@given(entries=entry_lists, high=highs, deleted=st.booleans(), key=few_keys)
+@given(entries=entry_lists, high=highs, deleted=deleted_forms, key=few_keys)
 def test_c_probe_equals_reference_and_lists_every_version(entries, high, deleted, key):
     """slk_bt_probe equals probe_leaf_py on random leaves (many versions of few keys, so
     the second call with more room runs too; high keys of any xmin; DELETED pages); when
     it does not move right, its versions decode to exactly the page's entries of ``key``
     newest first, and it moves right exactly for a DELETED page or (key, XMIN_MAX) >= the
     high key."""
-    page = rich_leaf(entries, high, bp.BTP_LEAF | (bp.BTP_DELETED if deleted else 0))
+    page = rich_leaf(entries, high, leaf_flags(deleted))
     got = bp.probe_leaf(page, key)
     assert got == bp.probe_leaf_py(page, key)
     nxt, status, versions = got
     assert bp.probe_leaf_flat(page, key) == [nxt, status, *versions]
     assert nxt == (0 if high is None else 7)
-    right = deleted or (high is not None and (key, -bp.XMIN_MAX) >= (high[0], -high[1]))
+    right = bool(deleted) or (high is not None and (key, -bp.XMIN_MAX) >= (high[0], -high[1]))
     assert bool(status & bp.PROBE_MOVE_RIGHT) == right
     if right:
         assert versions == []
@@ -237,7 +245,7 @@ def test_c_extract_equals_reference_and_rule(entries, high, start, stop, snap_xm
 @needs_c
 @needs_c
 @settings(max_examples=300, deadline=None)
-@given(entries=entry_lists, high=highs, deleted=st.booleans(),
+@given(entries=entry_lists, high=highs, deleted=deleted_forms,
        keys=st.lists(few_keys, unique=True, max_size=6).map(sorted), data=st.data())
 def test_c_probe_many_equals_reference_and_finds_the_visible_version(entries, high, deleted,
                                                                      keys, data):
@@ -246,7 +254,7 @@ def test_c_probe_many_equals_reference_and_finds_the_visible_version(entries, hi
     version it found is the first of probe_leaf_py's versions (newest first) that
     XidSnapshot.__call__ sees, with that entry's value bounds, and none when no version is
     seen; the status keeps probe_leaf's bits."""
-    page = rich_leaf(entries, high, bp.BTP_LEAF | (bp.BTP_DELETED if deleted else 0))
+    page = rich_leaf(entries, high, leaf_flags(deleted))
     page_xids = sorted({x for _k, xmin, xmax, _o in entries for x in (xmin, xmax) if x})
     snap_xmax = data.draw(st.integers(0, 45))
     own = data.draw(st.sampled_from([0, *page_xids]))
