@@ -309,6 +309,10 @@ _REF_HEAD = struct.Struct("<QH")
 _EXTENT = struct.Struct("<II")
 _META_SPECIAL = Special(P_NONE, P_NONE, 0, BTP_META)
 LEAF_FILLFACTOR_PERCENT = 90  # a rightmost leaf split for ascending inserts, as nbtree
+# Localized ascending inserts (_localized_ascending): the new entry's left neighbour is
+# another key written at most this many xids before it (nbtree's split-after-new-item
+# heuristic uses heap TID adjacency as its sign of "inserted just before").
+ASCENDING_XID_WINDOW = 64
 # A sorted run past the rightmost leaf's last key is appended bottom-up (``_append_leaves``,
 # as nbtsort builds): new leaves filled to LEAF_FILLFACTOR_PERCENT, at most this many per
 # record (each is a block reference of the record and ~8 KiB of its payload).
@@ -559,7 +563,12 @@ def _choose_split(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None
     def left_of(k: int) -> int:
         return prefix[k] + item_cost(PIVOT_HEADER_SIZE + len(entry_key(items[k])[0]))
 
-    if old_high_key is None and new_index == n - 1:
+    ascending = _localized_ascending(items, new_index)
+    if ascending and new_index < n - 1:
+        k = new_index + 1
+        if cap // 2 <= left_of(k) <= cap and right_base - prefix[k] <= cap:
+            return k
+    if (old_high_key is None or ascending) and new_index == n - 1:
         # The scan's pick: the largest legal k whose left side fits the fillfactor goal.
         # No k with prefix[k] > goal - _HIGH_KEY_COST_MIN can fit it.
         goal = cap * LEAF_FILLFACTOR_PERCENT // 100
@@ -591,6 +600,24 @@ def _choose_split(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None
     return best[1]
 
 
+def _localized_ascending(items: Sequence[bytes], new_index: int) -> bool:
+    """Whether a leaf's new entry ``items[new_index]`` continues a localized ascending run
+    (nbtree's ``_bt_afternewitemoff`` case): the two entries left of it are other keys
+    written by earlier transactions, one after the other (xmins strictly ascending), the
+    first at most ASCENDING_XID_WINDOW xids before the new one. A split then keeps the
+    run left and leaves the run's future keys a page to themselves (fillfactor-full
+    pages behind it, as at the tree's right edge) instead of half-empty pages at every
+    split. One transaction's entries (one xid) never make a run: a batch splits as
+    before."""
+    if new_index < 2:
+        return False
+    key, xmin = entry_key(items[new_index])
+    key1, xmin1 = entry_key(items[new_index - 1])
+    key2, xmin2 = entry_key(items[new_index - 2])
+    return key2 < key1 < key and xmin2 < xmin1 < xmin and \
+        xmin - xmin2 <= ASCENDING_XID_WINDOW
+
+
 def _choose_split_scan(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None,
                        new_index: int) -> int:
     """Index k: the left page keeps items[:k] (+ a high key made of items[k]'s key), the
@@ -617,8 +644,16 @@ def _choose_split_scan(items: Sequence[bytes], leaf: bool, old_high_key: bytes |
         if left <= PAGE_CAPACITY_BYTES and right <= PAGE_CAPACITY_BYTES:
             valid.append((k, left, right))
     assert valid, "no legal split point (item size limits guarantee one)"
-    if old_high_key is None and new_index == n - 1:
-        # Ascending inserts at the right edge: leave the left page fillfactor% full.
+    ascending = leaf and _localized_ascending(items, new_index)
+    if ascending and new_index < n - 1:
+        # A run ascending into the middle of the page: the left page keeps the run up to
+        # the new entry, when that is at least half a page; the run goes on right of it.
+        after = [v for v in valid if v[0] == new_index + 1 and v[1] >= PAGE_CAPACITY_BYTES // 2]
+        if after:
+            return after[0][0]
+    if (old_high_key is None or ascending) and new_index == n - 1:
+        # Ascending inserts at the right edge of the tree or of a localized run: leave the
+        # left page fillfactor% full.
         goal = PAGE_CAPACITY_BYTES * LEAF_FILLFACTOR_PERCENT // 100
         fitting = [v for v in valid if v[1] <= goal]
         return (fitting[-1] if fitting else valid[0])[0]
