@@ -29,10 +29,16 @@ Invariants:
 2. Every COMMIT record is inserted, and every xid leaves ``running``, under the commit
    lock (also the checkpointer's redo lock): a checkpoint never splits a commit.
 3. A relation's drop state changes only under the commit lock.
+4. Autocommit KV writes are combined: one thread at a time (holding the combine lock)
+   applies its own write and every queued one; it releases the lock and then looks at
+   the queue again, so a write is never left queued with no combiner to serve it. Each
+   write is still its own transaction (own xid, own COMMIT record, own error); the
+   combiner's one flush covers them all before their threads are woken.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
@@ -92,6 +98,28 @@ class Transaction:
         return f"<Transaction xid={self._state.xid or 'none'}>"
 
 
+class _QueuedPut:
+    """An autocommit KV write as ``_commit_one`` combines it: what to write, and what the
+    combiner that applied it found (its COMMIT's end, or its error; ``retry``: not
+    applied, the thread tries again); ``done`` (None for the combiner's own write) is
+    held until then."""
+
+    __slots__ = ("relation", "key", "data", "done", "end", "error", "retry")
+
+    def __init__(self, relation: Relation, key: bytes, data: bytes | None, *,
+                 own: bool = False) -> None:
+        self.relation = relation
+        self.key = key
+        self.data = data
+        self.done: threading.Lock | None = None
+        if not own:
+            self.done = threading.Lock()
+            self.done.acquire()
+        self.end = 0
+        self.error: Exception | None = None
+        self.retry = False
+
+
 class _ThreadTxn(threading.local):
     """A thread's transaction slot: ``txn`` is None until the thread begins one (a class
     default, so reading it in a thread that never did is a plain attribute read instead
@@ -117,6 +145,10 @@ class TransactionLayer:
         self._after_commit = after_commit
         self._on_dropped = on_dropped
         self._local = _ThreadTxn()
+        # Autocommit KV writes waiting for a combiner (invariant 4), and the lock that
+        # makes a thread the combiner.
+        self._queued: collections.deque[_QueuedPut] = collections.deque()
+        self._combine_lock = threading.Lock()
         # An autocommit put of a key new to its leaf takes KVIndex.put_new (one C call for
         # the leaf, its record and the COMMIT in one WAL insertion); False: always the
         # general path, the reference its records and pages are compared with in tests.
@@ -202,38 +234,134 @@ class TransactionLayer:
     def _commit_one(self, relation: Relation, key: bytes, data: bytes | None) -> None:
         """``_commit`` of an autocommit write to one KV store (a blind write set: no
         snapshot, drops or table writes), without the general case's bookkeeping: the
-        same checks, order and failure handling, one relation."""
+        same checks, order and failure handling, one relation.
+
+        Concurrent autocommit writes are combined (invariant 4): a thread that finds
+        another combining queues its write and sleeps; the combiner applies every queued
+        write under one hold of the commit lock, flushes once past all of them and wakes
+        their threads, which return (or raise their own error) as if they had committed
+        alone. One thread at a time runs the interpreted apply, so the GIL and the commit
+        lock are not handed around once per write."""
+        combine = self._combine_lock
+        while not combine.acquire(False):
+            put = _QueuedPut(relation, key, data)
+            self._queued.append(put)
+            if combine.acquire(False):  # the combiner left meanwhile: serve the queue
+                self._combine(put)
+                return
+            put.done.acquire()  # (released by the combiner that served it)
+            if put.retry:  # its combiner was interrupted before applying it
+                continue
+            self._finish_put(put)
+            return
+        self._combine(_QueuedPut(relation, key, data, own=True))
+
+    def _combine(self, own: _QueuedPut) -> None:
+        """Serve ``own`` and every queued write, holding the combine lock (released here);
+        then flush past them all, wake their threads and finish ``own``."""
+        queued = self._queued
+        served: list[_QueuedPut] = []
+        end = 0
+        own_first = own.done is None or own.retry
+        own.retry = False
+        current = None
+        holding = True
+        try:
+            while True:
+                with self._commit_lock:
+                    if own_first:
+                        own_first = False
+                        end = self._apply_put(own)
+                    while queued:
+                        current = queued.popleft()
+                        served.append(current)
+                        end = max(end, self._apply_put(current))
+                        current = None
+                # Invariant 4: release, then look again; a write queued after the last
+                # look found the lock held and sleeps until a combiner serves it.
+                holding = False
+                self._combine_lock.release()
+                if not queued or not self._combine_lock.acquire(False):
+                    break
+                holding = True
+        except BaseException:
+            if current is not None:
+                current.retry = True
+            if holding:
+                self._combine_lock.release()
+            while queued and self._combine_lock.acquire(False):
+                while queued:
+                    put = queued.popleft()
+                    put.retry = True
+                    served.append(put)
+                self._combine_lock.release()
+            for put in served:
+                if put is not own:
+                    put.done.release()
+            raise
+        failure = None
+        if self._synchronous_commit and end:
+            try:
+                self._flush(end)
+            except BaseException as exc:
+                failure = exc  # raised here once the served threads are woken; theirs
+                # raise from their own flush call (the WAL has failed)
+        for put in served:
+            if put is not own:
+                put.done.release()
+        if failure is not None:
+            raise failure
+        self._finish_put(own)
+
+    def _finish_put(self, put: _QueuedPut) -> None:
+        """Return from an autocommit write once served: raise its error, or flush to its
+        COMMIT (already durable unless the combiner's flush failed, when this raises the
+        WAL's error in this thread) and run the after-commit hook."""
+        if put.error is not None:
+            raise put.error
+        if self._synchronous_commit:
+            self._flush(put.end)
+        self._after_commit([put.relation])
+
+    def _apply_put(self, put: _QueuedPut) -> int:
+        """Apply and commit one autocommit write under the commit lock; returns its COMMIT
+        record's end, or 0 with the write's error kept in ``put.error`` (an interrupt
+        propagates)."""
+        try:
+            put.end = self._commit_one_locked(put.relation, put.key, put.data)
+        except Exception as exc:
+            put.error = exc
+        return put.end
+
+    def _commit_one_locked(self, relation: Relation, key: bytes, data: bytes | None) -> int:
         xacts = self.xacts
         index = relation.index
         writes = None
-        with self._commit_lock:
-            self._check_open()
-            if relation.dropped:
-                raise RelationDroppedError(f"{relation.kind} {relation.name!r} was dropped by "
-                                           f"another transaction before this one committed")
-            if data is None:  # a delete (a blind put is never refused)
-                writes = {key: data}
-                index.validate(writes, None, blind=True)  # KeyError: nothing written
-            xid = xacts.assign_xid()
-            try:
-                # A put of a key new to its leaf: its record and the COMMIT in one WAL
-                # insertion (the same records as apply + log_commit); else the general path.
-                end = None if writes is not None or not self.put_fast_path else \
-                    index.put_new(xid, key, data, xacts.commit_record(xid))
-                if end is None:
-                    changes = index.apply(xid, writes or {key: data})
-                    end = xacts.log_commit(xid)
-                else:
-                    changes = 0
-            except BaseException as exc:
-                self._note_wal_error(exc)
-                xacts.abort(xid)
-                raise
-            relation.dead_versions += index.publish(xid, changes)
-            xacts.finish_commit(xid)
-        if self._synchronous_commit:
-            self._flush(end)
-        self._after_commit([relation])
+        self._check_open()
+        if relation.dropped:
+            raise RelationDroppedError(f"{relation.kind} {relation.name!r} was dropped by "
+                                       f"another transaction before this one committed")
+        if data is None:  # a delete (a blind put is never refused)
+            writes = {key: data}
+            index.validate(writes, None, blind=True)  # KeyError: nothing written
+        xid = xacts.assign_xid()
+        try:
+            # A put of a key new to its leaf: its record and the COMMIT in one WAL
+            # insertion (the same records as apply + log_commit); else the general path.
+            end = None if writes is not None or not self.put_fast_path else \
+                index.put_new(xid, key, data, xacts.commit_record(xid))
+            if end is None:
+                changes = index.apply(xid, writes or {key: data})
+                end = xacts.log_commit(xid)
+            else:
+                changes = 0
+        except BaseException as exc:
+            self._note_wal_error(exc)
+            xacts.abort(xid)
+            raise
+        relation.dead_versions += index.publish(xid, changes)
+        xacts.finish_commit(xid)
+        return end
 
     @contextlib.contextmanager
     def implicit(self, *, snapshot: bool = False) -> Iterator[TxnState]:
