@@ -8,16 +8,31 @@ also when the combiner is interrupted mid-queue. Real threads and files, every i
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from slonik.engine.database import Database
+from slonik.aio import osfile
+from slonik.engine.database import Database, DatabaseClosedError
 from slonik.engine.transaction import TransactionLayer
+from slonik.wal.errors import WalError
+
+from tests.wal.test_group_flush_c import _OpenSegmentsOnDevNull
 
 WRITERS = 7        # threads that queue behind the gated combiner
 VALUE = b"v" * 100
+
+
+class _WalWritesToDevNull(_OpenSegmentsOnDevNull):
+    """``_OpenSegmentsOnDevNull`` for the WAL writer's opens only (read-write): recovery
+    and the read-only tools still read the real segments."""
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        if not flags & (os.O_WRONLY | os.O_RDWR):
+            return osfile.OsLayer.open(self, path, flags, mode)
+        return super().open(path, flags, mode)
 
 
 class _Interrupt(BaseException):
@@ -165,3 +180,32 @@ def test_many_threads_of_autocommit_puts_and_deletes(db):
         for i in range(200):
             want = None if i % 10 == 9 else b"%d" % i
             assert kv.get(b"t%d:%04d" % (t, i)) == want
+
+
+
+def test_a_failed_combined_flush_fails_every_queued_write(tmp_path, io_method, monkeypatch):
+    """The combiner's one flush fails for real (the WAL segment's fd is /dev/null, whose
+    fdatasync the kernel refuses with EINVAL): the combiner and all seven writers queued
+    behind it raise WalError (none returns as if durable, none hangs), and the database
+    then refuses writes."""
+    path = str(tmp_path / "db")
+    with Database.open(path, io_method=io_method) as first:
+        first.kv("c")
+    # Opened with the WAL segments on /dev/null; one write under the layer opens the
+    # segment (its fdatasync pretended), then the real kernel answers.
+    with osfile.installed(_WalWritesToDevNull(os.path.join(path, "wal"))):
+        db = Database.open(path, io_method=io_method)
+        kv = db.kv("c")
+        kv[b"opens"] = VALUE
+    try:
+        release, applied = _gated(monkeypatch)
+        writes = [lambda i=i: kv.__setitem__(b"k%d" % i, VALUE) for i in range(WRITERS)]
+        futures = _queue_behind_gate(db, kv, release, writes)
+        for f in futures:
+            with pytest.raises(WalError):
+                f.result()
+        assert len(applied) == 1 + WRITERS   # all applied, none made durable
+        with pytest.raises(DatabaseClosedError):
+            kv[b"after"] = VALUE
+    finally:
+        db.close()
