@@ -241,8 +241,21 @@ class TransactionLayer:
         write under one hold of the commit lock, flushes once past all of them and wakes
         their threads, which return (or raise their own error) as if they had committed
         alone. One thread at a time runs the interpreted apply, so the GIL and the commit
-        lock are not handed around once per write."""
+        lock are not handed around once per write. Uncontended (the combine lock free),
+        the write is applied at once, without a queue entry, as a combiner of one."""
         combine = self._combine_lock
+        if combine.acquire(False):   # no other writer applying: this write alone, at once
+            try:
+                with self._commit_lock:
+                    end = self._commit_one_locked(relation, key, data)
+            finally:
+                combine.release()
+                if self._queued:   # (invariant 4: writers queued meanwhile are served)
+                    self._serve_queue()
+            if self._synchronous_commit:
+                self._flush(end)
+            self._after_commit([relation])
+            return
         while not combine.acquire(False):
             put = _QueuedPut(relation, key, data)
             self._queued.append(put)
@@ -256,14 +269,22 @@ class TransactionLayer:
             return
         self._combine(_QueuedPut(relation, key, data, own=True))
 
-    def _combine(self, own: _QueuedPut) -> None:
-        """Serve ``own`` and every queued write, holding the combine lock (released here);
-        then flush past them all, wake their threads and finish ``own``."""
+    def _serve_queue(self) -> None:
+        """Combine the queued writes, unless another thread holds the combine lock (it
+        serves them)."""
+        if self._combine_lock.acquire(False):
+            self._combine(None)
+
+    def _combine(self, own: _QueuedPut | None) -> None:
+        """Serve ``own`` (None: none) and every queued write, holding the combine lock
+        (released here); then flush past them all, wake their threads and finish
+        ``own``."""
         queued = self._queued
         served: list[_QueuedPut] = []
         end = 0
-        own_first = own.done is None or own.retry
-        own.retry = False
+        own_first = own is not None and (own.done is None or own.retry)
+        if own is not None:
+            own.retry = False
         current = None
         holding = True
         try:
@@ -311,7 +332,8 @@ class TransactionLayer:
                 put.done.release()
         if failure is not None:
             raise failure
-        self._finish_put(own)
+        if own is not None:
+            self._finish_put(own)
 
     def _finish_put(self, put: _QueuedPut) -> None:
         """Return from an autocommit write once served: raise its error, or flush to its
