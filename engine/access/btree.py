@@ -309,9 +309,9 @@ _REF_HEAD = struct.Struct("<QH")
 _EXTENT = struct.Struct("<II")
 _META_SPECIAL = Special(P_NONE, P_NONE, 0, BTP_META)
 LEAF_FILLFACTOR_PERCENT = 90  # a rightmost leaf split for ascending inserts, as nbtree
-# Localized ascending inserts (_localized_ascending): the new entry's left neighbour is
-# another key written at most this many xids before it (nbtree's split-after-new-item
-# heuristic uses heap TID adjacency as its sign of "inserted just before").
+# Localized ascending inserts (_localized_ascending): the two entries left of the new one
+# were written, in that order, by transactions at most this many xids before it (nbtree's
+# split-after-new-item heuristic uses heap TID adjacency as its sign of "just before").
 ASCENDING_XID_WINDOW = 64
 # A sorted run past the rightmost leaf's last key is appended bottom-up (``_append_leaves``,
 # as nbtsort builds): new leaves filled to LEAF_FILLFACTOR_PERCENT, at most this many per
