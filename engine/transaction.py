@@ -306,7 +306,7 @@ class TransactionLayer:
                     break
                 holding = True
         except BaseException:
-            if current is not None:
+            if current is not None and not current.end:  # (applied: it stays served)
                 current.retry = True
             if holding:
                 self._combine_lock.release()
