@@ -23,11 +23,7 @@ def _unlinked_leaf(t) -> tuple[int, bytes, list[bytes], object]:
     for i, k in enumerate(keys):
         t.insert(k, VALUE, 1 + i)
     leaf = t._leaf_for(b"%06d" % 300)
-    buf = t._read(leaf)
-    try:
-        held = [k for k in keys if t._leaf_for(k) == leaf]
-    finally:
-        t._release(buf)
+    held = [k for k in keys if t._leaf_for(k) == leaf]
     xid = 10_000
     for k in held:
         xid += 1
