@@ -25,16 +25,6 @@ WRITERS = 7        # threads that queue behind the gated combiner
 VALUE = b"v" * 100
 
 
-class _WalWritesToDevNull(_OpenSegmentsOnDevNull):
-    """``_OpenSegmentsOnDevNull`` for the WAL writer's opens only (read-write): recovery
-    and the read-only tools still read the real segments."""
-
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        if not flags & (os.O_WRONLY | os.O_RDWR):
-            return osfile.OsLayer.open(self, path, flags, mode)
-        return super().open(path, flags, mode)
-
-
 class _Interrupt(BaseException):
     """What a KeyboardInterrupt is to the combiner: not a write's own error."""
 
@@ -193,7 +183,7 @@ def test_a_failed_combined_flush_fails_every_queued_write(tmp_path, io_method, m
         first.kv("c")
     # Opened with the WAL segments on /dev/null; one write under the layer opens the
     # segment (its fdatasync pretended), then the real kernel answers.
-    with osfile.installed(_WalWritesToDevNull(os.path.join(path, "wal"))):
+    with osfile.installed(_OpenSegmentsOnDevNull(os.path.join(path, "wal"))):
         db = Database.open(path, io_method=io_method)
         kv = db.kv("c")
         kv[b"opens"] = VALUE

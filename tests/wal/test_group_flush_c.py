@@ -136,14 +136,16 @@ def test_short_write_in_c_is_a_full_disk_and_fatal(aio, small_fs):
 
 
 class _OpenSegmentsOnDevNull(osfile.OsLayer):
-    """Opens existing WAL segments as /dev/null and pretends their fdatasync succeeded:
-    only to hand the C path an fd whose real fdatasync the kernel refuses (EINVAL)."""
+    """Opens existing WAL segments for writing as /dev/null and pretends their fdatasync
+    succeeded: only to hand the C path an fd whose real fdatasync the kernel refuses
+    (EINVAL). Read-only opens (recovery, the WAL reader) get the real segments."""
 
     def __init__(self, wal_dir: str) -> None:
         self.wal_dir = wal_dir
 
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        if os.path.dirname(path) == self.wal_dir and not flags & os.O_CREAT:
+        if os.path.dirname(path) == self.wal_dir and not flags & os.O_CREAT and \
+                flags & (os.O_WRONLY | os.O_RDWR):
             return super().open(os.devnull, os.O_RDWR, mode)
         return super().open(path, flags, mode)
 
