@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import slonik.aio.callbacks as cb
@@ -45,6 +45,8 @@ from slonik.aio.method_sync import SyncMethod
 from slonik.aio.method_worker import WorkerMethod
 
 S = HandleState
+# A direct-count source's rows (Aio.add_direct_source): ((target, op), ios, bytes, wait_ns).
+DirectRows = list[tuple[tuple[int, IoOp], int, int, int]]
 
 # The hot path reads these per I/O: a module global costs ~10 ns, an Enum class attribute
 # ~50 ns (CPython 3.11).
@@ -54,7 +56,7 @@ _COMPLETED_LOCAL, _IDLE = S.COMPLETED_LOCAL, S.IDLE
 _SYNCHRONOUS = HandleFlag.SYNCHRONOUS
 _OK = ResultStatus.OK
 
-__all__ = ["SUBMIT_BATCH_SIZE", "Aio", "AioStats", "InflightIo", "IoMethod", "IssuerContext",
+__all__ = ["SUBMIT_BATCH_SIZE", "Aio", "AioStats", "DirectRows", "InflightIo", "IoMethod", "IssuerContext",
            "IO_METHODS", "IO_METHOD_TABLE", "IO_MAX_CONCURRENCY_LIMIT", "make_method"]
 
 IO_MAX_CONCURRENCY_LIMIT = 1024  # upper bound of the setting, as PostgreSQL
@@ -173,6 +175,9 @@ class Aio:
         self._direct: dict[tuple[int, IoOp], OpCounters] = {}
         self._direct_lock = threading.Lock()
         self._nowait_fallbacks = 0  # under _direct_lock
+        # Counters kept elsewhere (the C group commit's WAL writes and syncs), read when
+        # stats() is: a flush then counts nothing in Python (add_direct_source).
+        self._direct_sources: list[Callable[[], DirectRows]] = []  # under _direct_lock
         _instances.add(self)
         self.method.attach(self, self._complete)
 
@@ -495,6 +500,29 @@ class Aio:
             c.nbytes += nbytes
             c.wait_ns += wait_ns
 
+    def add_direct_source(self, source: Callable[[], DirectRows]) -> None:
+        """Count I/O that another component keeps counters of: ``stats`` adds
+        ``source()``'s rows ((target, op), ios, bytes, wait_ns), running totals, to the
+        direct counts (as if each I/O had been passed to ``count_direct``)."""
+        with self._direct_lock:
+            self._direct_sources.append(source)
+
+    def remove_direct_source(self, source: Callable[[], DirectRows]) -> None:
+        """Stop reading ``source``; its last totals stay in the direct counts."""
+        rows = source()
+        with self._direct_lock:
+            self._direct_sources.remove(source)
+            self._add_rows_locked(rows)
+
+    def _add_rows_locked(self, rows: DirectRows) -> None:
+        for key, ios, nbytes, wait_ns in rows:
+            c = self._direct.get(key)
+            if c is None:
+                c = self._direct[key] = OpCounters()
+            c.ios += ios
+            c.nbytes += nbytes
+            c.wait_ns += wait_ns
+
     def count_nowait_fallback(self) -> None:
         """Count one non-blocking inline read attempt that went to the method after all."""
         with self._direct_lock:
@@ -508,6 +536,10 @@ class Aio:
             direct = [(key, OpCounters(c.ios, c.nbytes, c.wait_ns))
                       for key, c in self._direct.items()]
             fallbacks = self._nowait_fallbacks
+            sources = list(self._direct_sources)
+        for source in sources:
+            direct.extend((key, OpCounters(ios, nbytes, wait_ns))
+                          for key, ios, nbytes, wait_ns in source())
         for counters in [list(ctx.counters.items()) for ctx in contexts] + [direct]:
             for (target_id, op), c in counters:
                 target = TARGETS[target_id].name if target_id else "raw"

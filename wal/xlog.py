@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from slonik.aio import osfile
-from slonik.aio.core import Aio
+from slonik.aio.core import Aio, DirectRows
 from slonik.aio.errors import DiskFullError, IoMethodUnavailable, io_error
 from slonik.aio.handle import AioReturn, HandleFlag, IoOp
 from slonik.aio.ids import TargetId
@@ -382,6 +382,16 @@ class Wal:
         if group_flush_for is not None and flush_path == FLUSH_SYSCALLS:
             self._group = group_flush_for(self._ring, self.npages, self.wal_segment_size,
                                           start_lsn, self.io_direct)
+            aio.add_direct_source(self._group_io)
+
+    def _group_io(self) -> DirectRows:
+        """The C group commit's writes and syncs as aio.stats() rows (its running totals:
+        a flush in C counts nothing in Python)."""
+        c = self._group.stats()
+        rows = [((TargetId.WAL, IoOp.WRITEV), c[GF_WRITES], c[GF_WRITE_BYTES], c[GF_WRITE_NS])]
+        if c[GF_SYNCS]:
+            rows.append(((TargetId.WAL, IoOp.FDATASYNC), c[GF_SYNCS], 0, c[GF_SYNC_NS]))
+        return rows
 
     # --- positions ------------------------------------------------------------------------------
     @property
@@ -788,12 +798,7 @@ class Wal:
         # path then hands every flush back to the Python leader (which calls osfile).
         rc = group.flush(lsn, self._cur, active, osfile.layer().__class__ is not OsLayer,
                          out)
-        if rc == 0:
-            if out[1]:   # this call's flush: aio.stats() counts its write and sync
-                count = self.aio.count_direct
-                count(TargetId.WAL, IoOp.WRITEV, out[2], out[4])
-                if not self.io_direct:
-                    count(TargetId.WAL, IoOp.FDATASYNC, 0, out[5])
+        if rc == 0:   # (aio.stats() reads the C path's write and sync counts: _group_io)
             if out[0] > self._flushed:
                 self._flushed = out[0]
             return
@@ -1240,6 +1245,7 @@ class Wal:
             return
         if self._group is not None:
             self._group.close()   # waits for a flush in C, which may be writing an fd below
+            self.aio.remove_direct_source(self._group_io)   # (its totals stay counted)
         with self._flush_lock:
             for segno in list(self._fds):
                 self._close_fd(segno)

@@ -120,6 +120,35 @@ def test_concurrent_committers_are_durable_when_they_return(aio, tmp_path):
                           for i in range(COMMITS_PER_THREAD))
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "o_dsync"])
+def test_aio_stats_count_every_c_write_and_sync_also_after_close(aio, tmp_path, direct):
+    """The flushes the C group commit makes count nothing in Python (no per-flush call);
+    aio.stats() reads its totals (``Aio.add_direct_source``): its wal rows show as many
+    writes, bytes and syncs as the Wal's own statistics (no sync with O_DSYNC), and they
+    stay counted once the Wal is closed."""
+    w = c_wal(str(tmp_path), aio, io_direct=direct)
+    before = aio.stats().counters
+    for i in range(25):
+        _s, end = w.insert(10, 0, i + 1, b"s" * 300)
+        w.flush(end)
+    st = w.stats()
+    c = w._group.stats()
+    io = aio.stats().counters
+    w.close()
+    after_close = aio.stats().counters
+    assert c[GF_FLUSHES] >= 20   # the C path made (nearly) every flush
+    prior = before.get("wal/writev", {"ios": 0, "bytes": 0})
+    assert io["wal/writev"]["ios"] - prior["ios"] == st.writes >= 25
+    assert io["wal/writev"]["bytes"] - prior["bytes"] == st.write_bytes
+    if direct:
+        assert st.syncs == 0 and "wal/fdatasync" not in io
+    else:
+        assert io["wal/fdatasync"]["ios"] == st.syncs >= 25
+        assert io["wal/fdatasync"]["wait_ns"] > 0
+    for row in ("wal/writev", "wal/fdatasync"):
+        assert after_close.get(row) == io.get(row), row
+
+
 def test_short_write_in_c_is_a_full_disk_and_fatal(aio, small_fs):
     """The C path's own write coming back short (a real full tmpfs under a segment without
     preallocated blocks) raises WalDiskFullError naming the short write, and the Wal
