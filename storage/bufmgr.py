@@ -1096,6 +1096,53 @@ class BufferManager:
             return self.read_buffers(rel, fork, block, 1)[0]
         return self._read_inline(d, rel, fork, block)
 
+    def read_buffer_exclusive(self, rel: int, fork: int, block: int) -> int:
+        """``read_buffer`` then ``lock_exclusive``, in one call: a hit whose content lock
+        is free is pinned and locked without a call per step (a writer's point access:
+        an autocommit put's leaf). An interrupt while waiting for the lock unpins."""
+        tag = (rel, int(fork), block)
+        with self._lock:
+            b = self._table.get(tag)
+            if b is not None:
+                d = self.descs[b]
+                if d.flags & BM_VALID:
+                    d.refcount += 1
+                    if d.usage_count < BM_MAX_USAGE_COUNT:
+                        d.usage_count += 1
+                    self._hits += 1
+                else:
+                    b = None
+        if b is None:
+            b = self.read_buffer(rel, fork, block)
+        elif d.lock.try_exclusive():   # (pinned: outside the descriptor lock)
+            bump = self._bump
+            if bump is not None:  # invariant 8: odd before the page may change
+                bump(b)
+            return b
+        try:
+            self.lock_exclusive(b)
+        except BaseException:
+            self.unpin(b)
+            raise
+        return b
+
+    def release_dirty(self, buf_id: int) -> None:
+        """``mark_dirty``, ``unlock_exclusive`` and ``unpin`` of a buffer its caller
+        changed, in one call (the dirty flag set before the content lock is released)."""
+        d = self.descs[buf_id]
+        lock = d.lock
+        assert d.refcount > 0 and lock.held_exclusive, \
+            "a buffer is pinned and exclusively locked before it is dirtied"
+        with self._lock:
+            if not d.flags & BM_DIRTY:
+                self._set_state_locked(d, B.DIRTY)
+        bump = self._bump
+        if bump is not None:  # invariant 8: even again once the page stopped changing
+            bump(buf_id)
+        lock.release_exclusive()
+        with self._lock:
+            d.refcount -= 1
+
     def _claim_victim_locked(self, tag: tuple[int, int, int]) -> BufferDesc | None:
         """A clean victim for ``tag`` (absent from the table), pinned, retagged and claimed
         for reading (READING, no wait reference: the read runs inline); None when the

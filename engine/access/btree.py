@@ -183,6 +183,7 @@ from slonik.storage.hotlib import hot_for
 from slonik.storage.page import (
     BLCKSZ,
     LOWER_OFFSET,
+    LSN_OFFSET,
     page_get_lsn,
     page_is_new,
     page_set_lsn,
@@ -502,6 +503,7 @@ def _hole(page) -> tuple[int, int]:
 
 # A page's LSN and free hole (pd_lsn, pd_lower, pd_upper) in one unpack (BTree.put_new).
 _LSN_AND_HOLE = struct.Struct(f"<Q{LOWER_OFFSET - 8}xHH")
+_PAGE_LSN = struct.Struct("<Q")   # pd_lsn, at LSN_OFFSET
 
 
 # What a leaf's high key (a pivot of one entry's key) can cost on the page: _choose_split
@@ -2342,32 +2344,37 @@ class BTree:
         wal = self.wal
         with self._write_lock:
             block = self._leaf_for(key)
-            buf = self._read(block, exclusive=True)
+            # Pinned and locked, then dirtied, unlocked and unpinned, in one buffer-manager
+            # call each (the put's per-call work, issue #13).
+            buf = bm.read_buffer_exclusive(self.rel, self.fork, block)
             try:
-                page = bm.page(buf)
+                page = bm.pages[buf]
                 scratch = self._put_scratch
                 payload = put_new(page, key, value, xid, scratch)  # applied to the page
-                if payload is None:
-                    return None
-                try:
-                    lsn, lower, upper = _LSN_AND_HOLE.unpack_from(page)
-                    spec = BlockSpec(self.rel, int(self.fork), block, page, lsn, False,
-                                     (lower, upper))
-                    got = wal.insert_pair(RM_BTREE, XLOG_BTREE_INSERT, xid, payload, (spec,),
-                                          *then)
-                    if got is None:
-                        _start, end = wal.insert(RM_BTREE, XLOG_BTREE_INSERT, xid, payload,
-                                                 (spec,))
-                        then_end = 0
-                    else:
-                        end, then_end = got
-                except BaseException:
-                    page[:] = scratch.pre   # as _log: the page put back byte for byte
-                    raise
-                page_set_lsn(page, end)
-                bm.mark_dirty(buf)
-            finally:
+                if payload is not None:
+                    try:
+                        lsn, lower, upper = _LSN_AND_HOLE.unpack_from(page)
+                        spec = BlockSpec(self.rel, int(self.fork), block, page, lsn, False,
+                                         (lower, upper))
+                        got = wal.insert_pair(RM_BTREE, XLOG_BTREE_INSERT, xid, payload,
+                                              (spec,), *then)
+                        if got is None:
+                            _start, end = wal.insert(RM_BTREE, XLOG_BTREE_INSERT, xid,
+                                                     payload, (spec,))
+                            then_end = 0
+                        else:
+                            end, then_end = got
+                    except BaseException:
+                        page[:] = scratch.pre   # as _log: the page put back byte for byte
+                        raise
+                    _PAGE_LSN.pack_into(page, LSN_OFFSET, end)   # (a WAL position: in range)
+            except BaseException:
                 self._release(buf, exclusive=True)
+                raise
+            if payload is None:
+                self._release(buf, exclusive=True)
+                return None
+            bm.release_dirty(buf)
         if not then_end:
             _start, then_end = wal.insert(then[0], then[1], xid, then[2])
         return then_end

@@ -1,0 +1,98 @@
+"""``BufferManager.read_buffer_exclusive`` and ``release_dirty``: a writer's point access
+(an autocommit put's leaf) in one call each, on every io method, against the calls they
+stand for (``read_buffer`` + ``lock_exclusive``; ``mark_dirty`` + ``unlock_exclusive`` +
+``unpin``): the same page, pin, lock, change counter, hit count and dirty state, a miss
+read from disk, a held lock waited for, and an interrupt while waiting leaving no pin."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+from slonik.storage.bufmgr import BM_DIRTY
+from slonik.storage.page import BLCKSZ
+from slonik.storage.smgr import Fork
+
+from tests.support.pages import make_page
+
+REL = 16384  # small_pool's relation (tests/storage/conftest.py)
+
+
+def test_a_miss_then_a_hit_pinned_locked_and_released_dirty(small_pool):
+    """Block 3 not in the pool: read from disk, pinned once, held exclusively, its change
+    counter odd. Writing into it and ``release_dirty``: dirty, unlocked (the counter even
+    again), unpinned. The second access is a hit (counted) on the same buffer, with the
+    change still there; check() passes."""
+    bm, _smgr = small_pool
+    hits, reads = bm.stats().hits, bm.stats().reads
+    buf = bm.read_buffer_exclusive(REL, Fork.MAIN, 3)
+    d = bm.descs[buf]
+    assert bytes(bm.page(buf)) == bytes(make_page(3))
+    assert d.refcount == 1 and d.lock.held_exclusive
+    assert bm.stats().reads == reads + 1 and bm.stats().hits == hits
+    if bm.seq is not None:
+        assert bm.seq_of(buf) % 2 == 1
+    bm.page(buf)[BLCKSZ - 8:] = b"written!"
+    bm.release_dirty(buf)
+    assert d.refcount == 0 and not d.lock.held_exclusive and d.flags & BM_DIRTY
+    if bm.seq is not None:
+        assert bm.seq_of(buf) % 2 == 0
+    again = bm.read_buffer_exclusive(REL, int(Fork.MAIN), 3)
+    assert again == buf and bm.stats().hits == hits + 1
+    assert bytes(bm.page(buf))[BLCKSZ - 8:] == b"written!"
+    bm.release_dirty(again)
+    bm.check()
+
+
+def test_a_hit_whose_lock_is_held_waits_for_it(small_pool):
+    """Block 2 in the pool, held shared by another thread: ``read_buffer_exclusive``
+    returns only after that hold ends, then holds the buffer exclusively with one pin of
+    its own."""
+    bm, _smgr = small_pool
+    reader = bm.read_buffer(REL, Fork.MAIN, 2)
+    bm.lock_shared(reader)
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(bm.read_buffer_exclusive(REL, Fork.MAIN,
+                                                                            2)))
+    t.start()
+    time.sleep(0.2)
+    assert got == [] and t.is_alive()
+    bm.unlock_shared(reader)
+    bm.unpin(reader)
+    t.join(10)
+    assert got == [reader]
+    d = bm.descs[reader]
+    assert d.refcount == 1 and d.lock.held_exclusive
+    bm.release_dirty(reader)
+    bm.check()
+
+
+def test_an_interrupt_while_waiting_for_the_lock_leaves_no_pin(small_pool):
+    """Block 4 held exclusively: a ``read_buffer_exclusive`` of it in the main thread
+    waits, and a real signal (SIGALRM) whose handler raises ends the wait, as a
+    KeyboardInterrupt would: the exception propagates and the pin taken for the access is
+    dropped again (only the holder's pin remains)."""
+    bm, _smgr = small_pool
+    holder = bm.read_buffer(REL, Fork.MAIN, 4)
+    bm.lock_exclusive(holder)
+
+    class Interrupted(BaseException):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            bm.read_buffer_exclusive(REL, Fork.MAIN, 4)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert bm.descs[holder].refcount == 1
+    bm.unlock_exclusive(holder)
+    bm.unpin(holder)
+    bm.check()
