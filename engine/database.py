@@ -335,7 +335,8 @@ class Database:
         self._txns = TransactionLayer(
             self._xacts, self._commit_lock, check_open=self._check_open, flush=self._flush,
             note_wal_error=self._note_wal_error, synchronous_commit=s.synchronous_commit,
-            after_commit=self._autovacuum, on_dropped=self._forget_dropped)
+            after_commit=self._autovacuum, on_dropped=self._forget_dropped,
+            after_commit_min_dead=AUTOVACUUM_THRESHOLD_VERSIONS)
         self._next_rel = max(cp.next_relfilenumber, control.next_relfilenumber,
                              info.state.get("max_relfilenumber", 0) + 1, FIRST_RELFILENUMBER)
         self._checkpointer = Checkpointer(

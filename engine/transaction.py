@@ -52,6 +52,7 @@ from slonik.engine.xact import Snapshot, TransactionManager, TransactionStateErr
 __all__ = ["Transaction", "TransactionLayer", "TxnState"]
 
 T = TypeVar("T")
+_DROPPED = RelationState.DROPPED   # (read per autocommit write: a global, not an Enum lookup)
 
 
 class TxnState:
@@ -135,7 +136,8 @@ class TransactionLayer:
                  check_open: Callable[[], None], flush: Callable[[int], None],
                  note_wal_error: Callable[[BaseException], None], synchronous_commit: bool,
                  after_commit: Callable[[list[Relation]], None],
-                 on_dropped: Callable[[list[Relation]], None]) -> None:
+                 on_dropped: Callable[[list[Relation]], None],
+                 after_commit_min_dead: int = 0) -> None:
         self.xacts = xacts
         self._commit_lock = commit_lock
         self._check_open = check_open
@@ -143,6 +145,9 @@ class TransactionLayer:
         self._note_wal_error = note_wal_error
         self._synchronous_commit = synchronous_commit
         self._after_commit = after_commit
+        # An autocommit write's relation goes to after_commit (autovacuum) only with at
+        # least this many dead versions (below it the hook has nothing to do).
+        self._after_commit_min_dead = after_commit_min_dead
         self._on_dropped = on_dropped
         self._local = _ThreadTxn()
         # Autocommit KV writes waiting for a combiner (invariant 4), and the lock that
@@ -220,7 +225,7 @@ class TransactionLayer:
         """Buffer a KV write (``data`` None: a delete) in the thread's transaction, or
         commit it at once as a transaction of its own; with ``check_open``, after
         ``check_open()`` (a put to a store known live: one call instead of three)."""
-        txn = getattr(self._local, "txn", None)  # (self.current(), inline: once per put)
+        txn = self._local.txn  # (self.current(), inline: once per put; a class default)
         if txn is not None:
             if check_open:
                 self._check_open()
@@ -254,7 +259,8 @@ class TransactionLayer:
                     self._serve_queue()
             if self._synchronous_commit:
                 self._flush(end)
-            self._after_commit([relation])
+            if relation.dead_versions >= self._after_commit_min_dead:
+                self._after_commit([relation])
             return
         while not combine.acquire(False):
             put = _QueuedPut(relation, key, data)
@@ -343,7 +349,8 @@ class TransactionLayer:
             raise put.error
         if self._synchronous_commit:
             self._flush(put.end)
-        self._after_commit([put.relation])
+        if put.relation.dead_versions >= self._after_commit_min_dead:
+            self._after_commit([put.relation])
 
     def _apply_put(self, put: _QueuedPut) -> int:
         """Apply and commit one autocommit write under the commit lock; returns its COMMIT
@@ -360,7 +367,7 @@ class TransactionLayer:
         index = relation.index
         writes = None
         self._check_open()
-        if relation.dropped:
+        if relation.state is _DROPPED:
             raise RelationDroppedError(f"{relation.kind} {relation.name!r} was dropped by "
                                        f"another transaction before this one committed")
         if data is None:  # a delete (a blind put is never refused)

@@ -93,6 +93,7 @@ from slonik.storage.bgwriter import (
     check_bgwriter_lru_maxpages,
 )
 from slonik.storage.errors import DataCorruptionError
+from slonik.storage.hotlib import hot_for
 from slonik.storage.page import (
     BLCKSZ,
     PageRunVerifier,
@@ -537,7 +538,9 @@ class BufferManager:
             # export can be cleared by the cyclic collector and crash CPython 3.11 when
             # freed (btree_page._C_EXPORTS); an mmap has no such clear.
             self.c_pool = _ffi.from_buffer("uint8_t[]", self._mem)
-            self._bump = functools.partial(_lib.slk_seq_bump, self.seq)
+            # Bumped twice per exclusive hold: the GIL-keeping build (storage/hotlib.py),
+            # so that a writer holding the commit lock does not hand the GIL away for it.
+            self._bump = functools.partial(hot_for(_lib).slk_seq_bump, self.seq)
         else:
             self.seq = self.c_pool = self._bump = None
 
