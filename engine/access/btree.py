@@ -214,6 +214,11 @@ _PROBE = (getattr(_hot, "slk_bt_probe_inplace", None) or _hot.slk_bt_probe_opt
 # (the table is a pointer per block: 2 MiB at most).
 DESCENT_REBUILD_READS = 64
 DESCENT_TABLE_BLOCKS_MAX = 1 << 18
+# A table's pointers beyond the highest cached block (new internal pages join it in place),
+# and the copies it may retire (each dropped from the cache) before a fresh table frees
+# them.
+DESCENT_TABLE_HEADROOM = 1024
+DESCENT_RETIRED_MAX = 4 * 256
 _opt_tls = threading.local()
 
 
@@ -898,11 +903,17 @@ class BTree:
         self._inner_lock = threading.Lock()
         self._inner_gen = 0
         self._inner_installs = 0   # copies installed (a point read's descent table, below)
-        # A point read's descent in one C call (_leaf_for_point): the cached copies as a C
-        # table (pointers by block, and the buffers that keep them alive), taken whole
-        # from the cache at one (generation, installs) and replaced, never changed, when
-        # those move; None until a point read builds one.
-        self._descent: tuple | None = None
+        # A point read's (and an autocommit put's) descent in one C call
+        # (_leaf_for_point): the cached copies as a C table, a list [pointers by block,
+        # their count, generation, installs, {block: buffer keeping its copy alive},
+        # retired buffers]. Built whole from the cache under _inner_lock at one
+        # (generation, installs); then every change of the cache, made under that lock,
+        # is made to the table as well (_table_drop, _table_add), which moves its
+        # generation and installs along: writers' splits leave it current. A copy dropped
+        # from it stays alive (retired) until the table is replaced, so a C call that
+        # read a pointer before the drop never reads freed memory; None until a descent
+        # builds one, and again once too many copies were retired or a block is past it.
+        self._descent: list | None = None
         self._descent_stale = 0    # point reads since the table went stale
         self._forkno = int(self.fork)  # the buffer tag's fork number (point-read hit path)
         # A batch's splits extend the relation ahead (_extend): blocks extended and not yet
@@ -1010,13 +1021,49 @@ class BTree:
         del self._readers[token]
 
     def _forget_inner(self, changes: Sequence[_Change]) -> None:
-        """Drop the cached copies of the pages a logged change touched (see __init__)."""
+        """Drop the cached copies of the pages a logged change touched (see __init__),
+        and their pointers from a current descent table (which stays current)."""
         with self._inner_lock:
+            table = self._current_table()
             self._inner_gen += 1
             inner = self._inner
             if inner:
                 for ch in changes:
-                    inner.pop(ch.block, None)
+                    if inner.pop(ch.block, None) is not None and table is not None:
+                        self._table_drop(table, ch.block)
+            if table is not None and self._descent is table:
+                table[2] = self._inner_gen
+
+    def _current_table(self) -> list | None:
+        """The descent table if it mirrors the cache as it is now, else None."""
+        table = self._descent
+        if table is not None and table[2] == self._inner_gen and \
+                table[3] == self._inner_installs:
+            return table
+        return None
+
+    def _table_drop(self, table: list, block: int) -> None:
+        """Take ``block``'s copy out of the descent table (caller holds _inner_lock): its
+        pointer NULL first, then its buffer retired (kept alive until the table goes)."""
+        if block < table[1]:
+            table[0][block] = _ffi.NULL
+        buf = table[4].pop(block, None)
+        if buf is not None:
+            table[5].append(buf)
+            if len(table[5]) > DESCENT_RETIRED_MAX:
+                self._descent = None   # a fresh table frees them (readers keep theirs)
+
+    def _table_add(self, table: list, block: int, page: bytes, locator) -> None:
+        """Put a newly cached copy into the descent table (caller holds _inner_lock): its
+        buffer kept first, then its pointer; a block past the table drops the table."""
+        if block >= table[1]:
+            self._descent = None
+            return
+        buf = getattr(locator, "args", (None,))[0]   # page_locator's buffer of the copy
+        if not isinstance(buf, _ffi.CData):
+            buf = _ffi.from_buffer(page)
+        table[4][block] = buf
+        table[0][block] = buf
 
     def _inner_page(self, block: int) -> tuple[bytes, Special, Callable] | None:
         """The cached copy of internal page ``block`` (bytes, special, its ``page_locator``),
@@ -1038,11 +1085,19 @@ class BTree:
             self._release(buf)
         with self._inner_lock:
             if self._inner_gen == gen:
+                table = self._current_table()
                 inner = self._inner
                 if len(inner) >= INNER_CACHE_PAGES_MAX:  # the oldest copy makes room
-                    del inner[next(iter(inner))]
+                    oldest = next(iter(inner))
+                    del inner[oldest]
+                    if table is not None:
+                        self._table_drop(table, oldest)
                 inner[block] = got
                 self._inner_installs += 1
+                if table is not None:
+                    self._table_add(table, block, copy, got[2])
+                    if self._descent is table:
+                        table[3] = self._inner_installs
         return got
 
     def _leaf_for_point(self, key: bytes) -> int:
@@ -1069,24 +1124,22 @@ class BTree:
     def _descent_table(self) -> tuple | None:
         """A new descent table from the inner-page cache as it is now (installed as
         ``_descent``), or None when the cache is empty or names a block past
-        ``DESCENT_TABLE_BLOCKS_MAX``. The generation and install count are read before
-        the cache is copied: a change after that makes the table stale, never wrong."""
+        ``DESCENT_TABLE_BLOCKS_MAX``. Built under ``_inner_lock``, which every change of
+        the cache takes: it mirrors the cache at its (generation, installs), and the
+        changes after it are made to it as well (``_forget_inner``, ``_inner_page``)."""
         self._descent_stale = 0
-        gen, installs = self._inner_gen, self._inner_installs
-        inner = self._inner.copy()   # one step under the GIL
-        if not inner or max(inner) >= DESCENT_TABLE_BLOCKS_MAX:
-            self._descent = None
-            return None
-        pointers = _ffi.new("uint8_t *[]", max(inner) + 1)
-        keep = []
-        for block, (page, _special, locator) in inner.items():
-            buf = getattr(locator, "args", (None,))[0]   # page_locator's buffer of the copy
-            if not isinstance(buf, _ffi.CData):
-                buf = _ffi.from_buffer(page)
-            keep.append(buf)
-            pointers[block] = buf
-        table = (pointers, len(pointers), gen, installs, keep)
-        self._descent = table
+        with self._inner_lock:
+            inner = self._inner
+            if not inner or max(inner) >= DESCENT_TABLE_BLOCKS_MAX:
+                self._descent = None
+                return None
+            # room for blocks the tree adds (new internal pages) before a rebuild
+            n = min(max(inner) + 1 + DESCENT_TABLE_HEADROOM, DESCENT_TABLE_BLOCKS_MAX)
+            table = [_ffi.new("uint8_t *[]", n), n, self._inner_gen, self._inner_installs,
+                     {}, []]
+            for block, (page, _special, locator) in inner.items():
+                self._table_add(table, block, page, locator)
+            self._descent = table
         return table
 
     def _leaf_for(self, key: bytes, xmin: int = XMIN_MAX) -> int:
@@ -2343,7 +2396,7 @@ class BTree:
         bm = self.bufmgr
         wal = self.wal
         with self._write_lock:
-            block = self._leaf_for(key)
+            block = self._leaf_for_point(key)   # (the C descent: splits keep it current)
             # Pinned and locked, then dirtied, unlocked and unpinned, in one buffer-manager
             # call each (the put's per-call work, issue #13).
             buf = bm.read_buffer_exclusive(self.rel, self.fork, block)

@@ -110,3 +110,58 @@ def test_point_reads_stay_right_while_writers_split(tmp_path, io_method):
             if tree._descent is not None and all(t is not tree._descent for t in tables):
                 tables.append(tree._descent)
         assert tree.height >= 3 and len(tables) >= 2
+
+
+def _mirrors_cache(tree) -> bool:
+    """Whether the descent table holds exactly the cached copies: a pointer to each
+    cached page's bytes, NULL for every other block."""
+    table = tree._descent
+    inner = dict(tree._inner)
+    for b in range(table[1]):
+        ptr = table[0][b]
+        if b in inner:
+            want = bt._ffi.from_buffer(inner[b][0])
+            if ptr == bt._ffi.NULL or bt._ffi.buffer(ptr, 8192)[:] != bytes(inner[b][0]) \
+                    or int(bt._ffi.cast("uintptr_t", ptr)) != \
+                    int(bt._ffi.cast("uintptr_t", want)):
+                return False
+        elif ptr != bt._ffi.NULL:
+            return False
+    return True
+
+
+@needs_c
+def test_the_table_follows_the_cache_through_autocommit_splits(tmp_path, io_method):
+    """Autocommit puts (the C descent of ``put_new``) of ascending keys into the middle of
+    a three-level tree split leaves and, now and then, internal pages: the cache drops
+    and re-installs copies all along. The descent table built once stays current
+    through all of it (no rebuild: the same object, its generation and installs those
+    of the cache) and mirrors the cache exactly (a pointer to each cached copy, NULL
+    elsewhere); the C descent and the Python one agree on every key, and every key
+    reads back."""
+    with open_db(tmp_path / "db", io_method, shared_buffers=4096) as db:
+        kv = db.kv("d")
+        with db.transaction():
+            for i in range(0, 2 * KEYS, 2):
+                kv[_key(i)] = b"v" * 300
+        tree = kv._index.tree
+        for i in range(0, 2 * KEYS, 97):
+            tree._leaf_for(_key(i))
+        table = tree._descent_table()
+        gen0, splits = tree._inner_gen, 0
+        for i in range(3001, 3001 + 6000):   # between the even keys, ascending
+            kv[b"%08d" % i + b"x"] = b"w" * 300
+            if tree._inner_gen != gen0:
+                splits += 1
+                gen0 = tree._inner_gen
+        assert splits >= 20 and tree.height >= 3
+        assert tree._descent is table
+        assert (table[2], table[3]) == (tree._inner_gen, tree._inner_installs)
+        assert _mirrors_cache(tree)
+        for i in range(0, KEYS, 211):
+            k = _key(2 * i)
+            assert tree._leaf_for_point(k) == tree._leaf_for(k)
+            assert kv[k] == b"v" * 300
+        for i in range(3001, 3001 + 6000, 37):
+            assert kv[b"%08d" % i + b"x"] == b"w" * 300
+        tree.check()
