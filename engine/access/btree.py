@@ -208,10 +208,11 @@ _c_descend = getattr(_hot, "slk_bt_descend", None) if _lib is not None else None
 # (slk_bt_probe_inplace), or the whole page copied first in an older build.
 _PROBE = (getattr(_hot, "slk_bt_probe_inplace", None) or _hot.slk_bt_probe_opt
           if _lib is not None else None)
-# A stale descent table is rebuilt after this many point reads (a rebuild copies up to
-# INNER_CACHE_PAGES_MAX pointers: a few tens of us at most, so at most ~0.5 us a read
-# while splits keep it stale), and only for trees whose cached blocks are below this
-# (the table is a pointer per block: 2 MiB at most).
+# A descent table that is missing (never built, or dropped: too many copies retired, a
+# block past its end) is built after this many descents without it (a build copies up
+# to INNER_CACHE_PAGES_MAX pointers: a few tens of us), and only for trees whose cached
+# blocks are below this (the table is a pointer per block: 2 MiB at most). Splits do
+# not make it stale: it follows the cache (BTree.__init__).
 DESCENT_REBUILD_READS = 64
 DESCENT_TABLE_BLOCKS_MAX = 1 << 18
 # A table's pointers beyond the highest cached block (new internal pages join it in place),
@@ -1104,10 +1105,11 @@ class BTree:
         """``_leaf_for(key)`` for a point read: one C call (``slk_bt_descend``) over the
         descent table, when it holds the cache as it is now (same generation and installs);
         ``_leaf_for`` when it does not, or when the C call cannot decide (a page not
-        cached, a lone root leaf, a page only the reference judges). A stale table is
-        rebuilt after ``DESCENT_REBUILD_READS`` point reads, so writers' splits cost a
-        rebuild per that many reads at most. The table's copies stay alive while this
-        call holds it (a local), whatever the cache drops meanwhile."""
+        cached, a lone root leaf, a page only the reference judges). The table follows
+        the cache through writers' splits; a missing one is built after
+        ``DESCENT_REBUILD_READS`` descents without it. Its copies stay alive while this
+        call holds it (a local, which keeps the retired ones too), whatever the cache
+        drops meanwhile. An autocommit put (``put_new``) descends by it as well."""
         if _c_descend is None:
             return self._leaf_for(key)
         table = self._descent
