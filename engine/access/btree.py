@@ -217,9 +217,9 @@ DESCENT_REBUILD_READS = 64
 DESCENT_TABLE_BLOCKS_MAX = 1 << 18
 # A table's pointers beyond the highest cached block (new internal pages join it in place),
 # and the copies it may retire (each dropped from the cache) before a fresh table frees
-# them.
+# them: INNER_CACHE_PAGES_MAX, so a tree's retired copies hold 2 MiB at most.
 DESCENT_TABLE_HEADROOM = 1024
-DESCENT_RETIRED_MAX = 4 * 256
+DESCENT_RETIRED_MAX = 256
 _opt_tls = threading.local()
 
 

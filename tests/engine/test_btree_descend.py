@@ -130,23 +130,32 @@ def _mirrors_cache(tree) -> bool:
     return True
 
 
+def _three_levels(db, kv):
+    """Fill ``kv`` with KEYS even keys of 300-byte values in one transaction (three
+    levels) and warm its inner-page cache; its tree."""
+    with db.transaction():
+        for i in range(0, 2 * KEYS, 2):
+            kv[_key(i)] = b"v" * 300
+    tree = kv._index.tree
+    for i in range(0, 2 * KEYS, 97):
+        tree._leaf_for(_key(i))
+    return tree
+
+
 @needs_c
-def test_the_table_follows_the_cache_through_autocommit_splits(tmp_path, io_method):
+def test_the_table_follows_the_cache_through_autocommit_splits(tmp_path, io_method,
+                                                               monkeypatch):
     """Autocommit puts (the C descent of ``put_new``) of ascending keys into the middle of
     a three-level tree split leaves and, now and then, internal pages: the cache drops
     and re-installs copies all along. The descent table built once stays current
     through all of it (no rebuild: the same object, its generation and installs those
     of the cache) and mirrors the cache exactly (a pointer to each cached copy, NULL
     elsewhere); the C descent and the Python one agree on every key, and every key
-    reads back."""
+    reads back. (The retired copies' bound is raised here: the next test covers it.)"""
+    monkeypatch.setattr(bt, "DESCENT_RETIRED_MAX", 1 << 20)
     with open_db(tmp_path / "db", io_method, shared_buffers=4096) as db:
         kv = db.kv("d")
-        with db.transaction():
-            for i in range(0, 2 * KEYS, 2):
-                kv[_key(i)] = b"v" * 300
-        tree = kv._index.tree
-        for i in range(0, 2 * KEYS, 97):
-            tree._leaf_for(_key(i))
+        tree = _three_levels(db, kv)
         table = tree._descent_table()
         gen0, splits = tree._inner_gen, 0
         for i in range(3001, 3001 + 6000):   # between the even keys, ascending
@@ -165,3 +174,30 @@ def test_the_table_follows_the_cache_through_autocommit_splits(tmp_path, io_meth
         for i in range(3001, 3001 + 6000, 37):
             assert kv[b"%08d" % i + b"x"] == b"w" * 300
         tree.check()
+
+
+@needs_c
+def test_retired_copies_are_bounded_and_the_table_rebuilt(tmp_path, io_method, monkeypatch):
+    """With room for 8 retired copies, autocommit puts that make the cache drop many
+    more: the live table never holds more than 8 (it was replaced, freeing them), a
+    replaced table is rebuilt by later descents and mirrors the cache again, and the C
+    and Python descents still agree."""
+    monkeypatch.setattr(bt, "DESCENT_RETIRED_MAX", 8)
+    with open_db(tmp_path / "db", io_method, shared_buffers=4096) as db:
+        kv = db.kv("d")
+        tree = _three_levels(db, kv)
+        first = tree._descent_table()
+        seen = {id(first)}
+        for i in range(3001, 3001 + 6000):
+            kv[b"%08d" % i + b"x"] = b"w" * 300
+            table = tree._descent
+            if table is not None:
+                seen.add(id(table))
+                assert len(table[5]) <= 8
+        assert len(seen) >= 3
+        for i in range(0, KEYS, 101):
+            k = _key(2 * i)
+            assert tree._leaf_for_point(k) == tree._leaf_for(k)
+        for _ in range(2 * bt.DESCENT_REBUILD_READS):
+            tree._leaf_for_point(_key(2))
+        assert tree._descent is not None and _mirrors_cache(tree)
