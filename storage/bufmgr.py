@@ -1100,24 +1100,11 @@ class BufferManager:
         return self._read_inline(d, rel, fork, block)
 
     def read_buffer_exclusive(self, rel: int, fork: int, block: int) -> int:
-        """``read_buffer`` then ``lock_exclusive``, in one call: a hit whose content lock
-        is free is pinned and locked without a call per step (a writer's point access:
-        an autocommit put's leaf). An interrupt while waiting for the lock unpins."""
-        tag = (rel, int(fork), block)
-        with self._lock:
-            b = self._table.get(tag)
-            if b is not None:
-                d = self.descs[b]
-                if d.flags & BM_VALID:
-                    d.refcount += 1
-                    if d.usage_count < BM_MAX_USAGE_COUNT:
-                        d.usage_count += 1
-                    self._hits += 1
-                else:
-                    b = None
-        if b is None:
-            b = self.read_buffer(rel, fork, block)
-        elif d.lock.try_exclusive():   # (pinned: outside the descriptor lock)
+        """``read_buffer`` then ``lock_exclusive``, in one call: a content lock that is
+        free is taken without a wait-capable call (a writer's point access: an autocommit
+        put's leaf). An interrupt while waiting for the lock unpins."""
+        b = self.read_buffer(rel, fork, block)
+        if self.descs[b].lock.try_exclusive():
             bump = self._bump
             if bump is not None:  # invariant 8: odd before the page may change
                 bump(b)

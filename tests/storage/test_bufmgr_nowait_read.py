@@ -93,6 +93,22 @@ def assert_served_by_read_ahead(aio, by_handle: int, fallbacks: int) -> None:
     assert aio.stats().nowait_fallbacks == fallbacks
 
 
+def until_a_read_is_declined(aio, expect: int, attempt) -> int:
+    """Run ``attempt()`` (drop pages, read them through a new buffer manager, check what
+    was read) until its read went to ``expect`` more AIO handles (1 under worker and
+    io_uring: a declined non-blocking read; 0 under sync), at most DROP_ATTEMPTS times;
+    an attempt whose read was served inline after all is checked as such
+    (``assert_served_by_read_ahead``). Returns the fallback count before the attempt
+    that made it."""
+    for _attempt in range(DROP_ATTEMPTS):
+        by_handle, fallbacks = handle_reads(aio), aio.stats().nowait_fallbacks
+        attempt()
+        if handle_reads(aio) == by_handle + expect:
+            return fallbacks
+        assert_served_by_read_ahead(aio, by_handle, fallbacks)
+    pytest.fail(f"every non-blocking read of a dropped page was served ({DROP_ATTEMPTS})")
+
+
 def cache_one_block(smgr: Smgr, block: int) -> None:
     """Bring exactly ``block`` into the page cache: a plain read through a descriptor
     advised POSIX_FADV_RANDOM (no read-ahead of its neighbours)."""
@@ -163,19 +179,16 @@ def test_uncached_pages_go_to_the_method_and_read_right(files):
     right pages; under sync it is read inline as always. check() passes."""
     smgr, aio = files
     expect = 1 if aio.nowait_reads_inline else 0
-    for _attempt in range(DROP_ATTEMPTS):
+
+    def attempt() -> None:
         bm = BufferManager(smgr, aio, shared_buffers=16, io_combine_limit=4)
         drop_from_page_cache(smgr, 0)
-        by_handle, fallbacks = handle_reads(aio), aio.stats().nowait_fallbacks
         bufs = bm.read_buffers(REL, Fork.MAIN, 4, 4)
         assert [item(bm, b) for b in bufs] == [f"block {k}".encode() for k in range(4, 8)]
         bm.unpin_many(bufs)
         bm.check()
-        if handle_reads(aio) == by_handle + expect:
-            break
-        assert_served_by_read_ahead(aio, by_handle, fallbacks)
-    else:
-        pytest.fail(f"every non-blocking read of a dropped page was served ({DROP_ATTEMPTS})")
+
+    fallbacks = until_a_read_is_declined(aio, expect, attempt)
     assert aio.stats().nowait_fallbacks == fallbacks + expect
 
 
@@ -185,22 +198,18 @@ def test_a_partly_cached_run_falls_back_whole(files):
     goes to one AIO handle (no partial inline completion); all four pages are right,
     and the buffer manager counts one read I/O of four blocks."""
     smgr, aio = files
-    expect = 1 if aio.nowait_reads_inline else 0
-    for _attempt in range(DROP_ATTEMPTS):
+
+    def attempt() -> None:
         bm = BufferManager(smgr, aio, shared_buffers=16, io_combine_limit=4)
         drop_from_page_cache(smgr, 1)
         cache_one_block(smgr, 12)
-        by_handle, fallbacks = handle_reads(aio), aio.stats().nowait_fallbacks
         bufs = bm.read_buffers(REL, Fork.MAIN, 12, 4)
         assert [item(bm, b) for b in bufs] == [f"block {k}".encode() for k in range(12, 16)]
         bm.unpin_many(bufs)
         assert bm.stats().read_ios == 1 and bm.stats().reads == 4
         bm.check()
-        if handle_reads(aio) == by_handle + expect:
-            break
-        assert_served_by_read_ahead(aio, by_handle, fallbacks)
-    else:
-        pytest.fail(f"every non-blocking read of a dropped page was served ({DROP_ATTEMPTS})")
+
+    until_a_read_is_declined(aio, 1 if aio.nowait_reads_inline else 0, attempt)
 
 
 def test_a_checksum_failure_found_inline_names_relation_and_block(files):
