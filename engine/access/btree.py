@@ -915,7 +915,7 @@ class BTree:
         # read a pointer before the drop never reads freed memory; None until a descent
         # builds one, and again once too many copies were retired or a block is past it.
         self._descent: list | None = None
-        self._descent_stale = 0    # point reads since the table went stale
+        self._descent_stale = 0    # descents since the table went missing or stale
         self._forkno = int(self.fork)  # the buffer tag's fork number (point-read hit path)
         # A batch's splits extend the relation ahead (_extend): blocks extended and not yet
         # used (write lock held; empty outside _apply_sorted, whose end frees what is
@@ -1123,7 +1123,7 @@ class BTree:
         found = _c_descend(table[0], table[1], self._root, key, len(key), XMIN_MAX)
         return found if found >= 0 else self._leaf_for(key)
 
-    def _descent_table(self) -> tuple | None:
+    def _descent_table(self) -> list | None:
         """A new descent table from the inner-page cache as it is now (installed as
         ``_descent``), or None when the cache is empty or names a block past
         ``DESCENT_TABLE_BLOCKS_MAX``. Built under ``_inner_lock``, which every change of
