@@ -56,8 +56,9 @@ _COMPLETED_LOCAL, _IDLE = S.COMPLETED_LOCAL, S.IDLE
 _SYNCHRONOUS = HandleFlag.SYNCHRONOUS
 _OK = ResultStatus.OK
 
-__all__ = ["SUBMIT_BATCH_SIZE", "Aio", "AioStats", "DirectRows", "InflightIo", "IoMethod", "IssuerContext",
-           "IO_METHODS", "IO_METHOD_TABLE", "IO_MAX_CONCURRENCY_LIMIT", "make_method"]
+__all__ = ["SUBMIT_BATCH_SIZE", "Aio", "AioStats", "DirectRows", "InflightIo", "IoMethod",
+           "IssuerContext", "IO_METHODS", "IO_METHOD_TABLE", "IO_MAX_CONCURRENCY_LIMIT",
+           "make_method"]
 
 IO_MAX_CONCURRENCY_LIMIT = 1024  # upper bound of the setting, as PostgreSQL
 MAX_ISSUERS = 256               # issuing threads alive at once per Aio instance
