@@ -257,10 +257,7 @@ class TransactionLayer:
                 combine.release()
                 if self._queued:   # (invariant 4: writers queued meanwhile are served)
                     self._serve_queue()
-            if self._synchronous_commit:
-                self._flush(end)
-            if relation.dead_versions >= self._after_commit_min_dead:
-                self._after_commit([relation])
+            self._after_write(relation, end)
             return
         while not combine.acquire(False):
             put = _QueuedPut(relation, key, data)
@@ -347,10 +344,16 @@ class TransactionLayer:
         WAL's error in this thread) and run the after-commit hook."""
         if put.error is not None:
             raise put.error
+        self._after_write(put.relation, put.end)
+
+    def _after_write(self, relation: Relation, end: int) -> None:
+        """What follows an autocommit write's apply, applied alone or combined: flush to
+        its COMMIT's ``end`` (synchronous_commit), then the after-commit hook when the
+        relation has enough dead versions for it to act."""
         if self._synchronous_commit:
-            self._flush(put.end)
-        if put.relation.dead_versions >= self._after_commit_min_dead:
-            self._after_commit([put.relation])
+            self._flush(end)
+        if relation.dead_versions >= self._after_commit_min_dead:
+            self._after_commit([relation])
 
     def _apply_put(self, put: _QueuedPut) -> int:
         """Apply and commit one autocommit write under the commit lock; returns its COMMIT
