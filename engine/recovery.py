@@ -41,7 +41,7 @@ import random
 import struct
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from itertools import chain, compress
@@ -50,10 +50,10 @@ from typing import Any
 
 from slonik.aio import osfile
 from slonik.aio.core import Aio
-from slonik.engine.access.btree_wal import C_REDO_RUN, redo_leaf_run
+from slonik.engine.access.btree_wal import C_REDO_RUN, redo_leaf_run_at
 from slonik.engine.rmgrlist import install as install_rmgrs
 from slonik.engine.wal_build import C_GROUP_FLUSH_FOR, C_RECORD_WRITER_FOR
-from slonik.engine.wal_decode import C_SCANNER
+from slonik.engine.wal_decode import C_FIELDS, C_SCANNER, new_buffer_ids, wal_fields
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ, LSN_OFFSET, page_set_lsn
@@ -73,7 +73,7 @@ from slonik.wal.control import (
 )
 from slonik.wal.errors import WalError
 from slonik.wal.lsn import format_lsn
-from slonik.wal.reader import ReadRecord, WalReader, read_record_at
+from slonik.wal.reader import RawBatch, ReadRecord, WalReader, read_record_at
 from slonik.wal.rmgr import RM_BTREE, RM_XLOG, get_rmgr
 from slonik.wal.walpage import parse_segment_file_name
 from slonik.wal.xlog import Wal, sync_segments, truncate_tail
@@ -90,7 +90,7 @@ _RECORD = attrgetter("record")
 _END_LSN = attrgetter("end_lsn")
 _PAYLOAD = attrgetter("payload")
 _BLOCKS = attrgetter("blocks")
-_FIRST_BLOCK = itemgetter(0)
+_SECOND = itemgetter(1)
 _REF_TAG = attrgetter("rel", "fork", "block")
 
 
@@ -114,6 +114,8 @@ class RecoveryInfo:
     replay_bytes: int
     scan_seconds: float = 0.0     # the read-only first pass (find the end of WAL)
     replay_seconds: float = 0.0   # the second pass: read, decode, redo
+    fast_records: int = 0         # records redone in C runs without being decoded
+    fast_cuts: int = 0            # fast records sent to their rmgr (page not yet known)
 
 
 @dataclass
@@ -126,6 +128,8 @@ class RedoContext:
     smgr: Smgr
     state: dict[str, Any] = field(default_factory=dict)
     dirtied: int = 0
+    fast: int = 0     # records redo_btree_fast redid in C runs
+    cuts: int = 0     # and sent to their rmgr instead
     _sizes: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def ensure_relation(self, rel: int, fork: int) -> None:
@@ -222,35 +226,58 @@ class RedoContext:
             return RedoAction.DONE, None
         return RedoAction.NEEDS_REDO, buf
 
-    def redo_btree_run(self, run: list[ReadRecord]) -> None:
-        """Redo a run of single-block B+tree records whose blocks exist (no image, not
-        will_init): each distinct page pinned and exclusive-locked once for the whole run
-        (a run of records for one page keeps its buffer, as PostgreSQL's redo would with
-        the buffer kept), the records applied in order by one C call
-        (``btree_wal.redo_leaf_run``: rule 3's LSN test, the actions and the LSN stamp per
-        record), then each changed page dirtied once. The pages are independent
-        (btree_wal invariant 1), so the run's records keep their order per page."""
+    def redo_btree_fast(self, batch: RedoBatch, a: int, b: int,
+                        one: Callable[[ReadRecord], None]) -> None:
+        """Redo fast records ``a``..``b - 1`` of a batch (single-block B+tree records without
+        an image, not will_init, read by ``wal_decode.wal_fields``): each distinct page
+        pinned and exclusive-locked once for the range (a run of records for one page
+        keeps its buffer, as PostgreSQL's redo would with the buffer kept), the records
+        applied in order by one C call (``btree_wal.redo_leaf_run_at``: rule 3's LSN test,
+        the actions and the LSN stamp per record), then each changed page dirtied once.
+        The pages are independent (btree_wal invariant 1), so the records keep their
+        order per page. A page neither in the pool nor below the fork's known size (rule
+        4: it may have to be created) cuts the range: its first record goes through
+        ``one`` (its resource manager), the records around it through here."""
         bm = self.bufmgr
-        tags = list(map(_REF_TAG, map(_FIRST_BLOCK, map(_BLOCKS, map(_RECORD, run)))))
+        f = batch.fields
+        tags = list(zip(f.rels[a:b], f.forks[a:b], f.blocks[a:b], strict=True))
         distinct = list(dict.fromkeys(tags))
         # Pages in the pool (the usual case, prefetched) are pinned in one lock section,
         # the rest read one by one; then all are locked, and released, in one call each.
         pinned = bm.pin_if_valid_many(distinct)
+        cut = -1
         try:
             if -1 in pinned:
+                sizes = self._sizes
                 for i, buf in enumerate(pinned):
                     if buf < 0:
-                        pinned[i] = bm.read_buffer(*distinct[i])
-            bm.lock_exclusive_many(pinned)
+                        rel, fork, block = distinct[i]
+                        if block >= sizes.get((rel, fork), 0):
+                            cut = a + tags.index(distinct[i])
+                            break
+                        pinned[i] = bm.read_buffer(rel, fork, block)
+            if cut < 0:
+                bm.lock_exclusive_many(pinned)
         except BaseException:
             bm.unpin_many([buf for buf in pinned if buf >= 0])
             raise
+        if cut >= 0:
+            bm.unpin_many([buf for buf in pinned if buf >= 0])
+            if cut > a:
+                self.redo_btree_fast(batch, a, cut, one)
+            self.cuts += 1
+            one(batch.raw.record(f.fast[cut]))
+            if cut + 1 < b:
+                self.redo_btree_fast(batch, cut + 1, b, one)
+            return
         try:
             bufs = list(map(dict(zip(distinct, pinned, strict=True)).__getitem__, tags))
-            changed = redo_leaf_run(bm.c_pool, bm.pages, bufs,
-                                    list(map(_PAYLOAD, map(_RECORD, run))),
-                                    list(map(_END_LSN, run)))
+            cbufs = batch.cbufs
+            cbufs[a:b] = bufs
+            changed = redo_leaf_run_at(bm.c_pool, bm.pages, cbufs, f.end_lsns, f.arena,
+                                       f.offs, a, b)
             self.dirtied += bm.mark_dirty_many(list(dict.fromkeys(compress(bufs, changed))))
+            self.fast += b - a
         finally:
             bm.unlock_exclusive_many(pinned)
             bm.unpin_many(pinned)
@@ -350,43 +377,42 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
         # A background writer's job: with half the pool dirtied, write the dirty buffers in
         # combined runs, many in flight, rather than one victim at a time as reads need them.
         flush_at = max(1, int(bufmgr.nbuffers * RECOVERY_FLUSH_DIRTY_FRACTION))
-        # Single-block B+tree records (most of a KV or indexed-table WAL) whose block
-        # exists are redone in runs (RedoContext.redo_btree_run); the rest one at a time
-        # through their resource manager, after the run before them.
-        run: list[ReadRecord] = []
+        # Single-block B+tree records without an image (most of a KV or indexed-table WAL)
+        # are read in one C call per batch and redone in runs (RedoContext.redo_btree_fast);
+        # the rest are decoded and go one at a time through their resource manager, in
+        # order between the runs.
         run_max = max(1, min(RECOVERY_REDO_RUN_RECORDS, bufmgr.nbuffers // 4)) \
-            if C_REDO_RUN and bufmgr.c_pool is not None else 0
-        sizes = ctx._sizes
-        for rr in chain.from_iterable(_prefetching(reader, ctx)):
-            rec = rr.record
-            if rec.xid:
-                xids.add(rec.xid)
-            replayed += 1
-            if run_max and rec.rmgr == RM_BTREE and len(rec.blocks) == 1:
-                ref = rec.blocks[0]
-                if ref.image is None and not ref.will_init and \
-                        ref.block < sizes.get((ref.rel, ref.fork), 0):
-                    run.append(rr)
-                    if len(run) < run_max:
-                        continue
-                    ctx.redo_btree_run(run)
-                    run = []
-                    if ctx.dirtied >= flush_at:
-                        bufmgr.flush_all()
-                        ctx.dirtied = 0
-                    continue
-            if run:
-                ctx.redo_btree_run(run)
-                run = []
-            redo = redo_of.get(rec.rmgr)
+            if C_REDO_RUN and C_FIELDS and bufmgr.c_pool is not None else 0
+
+        def redo_one(rr: ReadRecord) -> None:
+            rmgr = rr.record.rmgr
+            redo = redo_of.get(rmgr)
             if redo is None:
-                redo = redo_of[rec.rmgr] = get_rmgr(rec.rmgr).redo
+                redo = redo_of[rmgr] = get_rmgr(rmgr).redo
             redo(ctx, rr)
             if ctx.dirtied >= flush_at:
                 bufmgr.flush_all()
                 ctx.dirtied = 0
-        if run:
-            ctx.redo_btree_run(run)
+
+        def redo_fast(batch: RedoBatch, a: int, b: int) -> None:
+            for s in range(a, b, run_max):
+                ctx.redo_btree_fast(batch, s, min(b, s + run_max), redo_one)
+                if ctx.dirtied >= flush_at:
+                    bufmgr.flush_all()
+                    ctx.dirtied = 0
+
+        for batch in _prefetching(reader, ctx, fast=run_max > 0):
+            xids.update(batch.xids)
+            replayed += batch.n
+            done = 0          # fast records redone
+            for j, (i, rr) in enumerate(batch.slow):
+                if i - j > done:          # the fast records before this one
+                    redo_fast(batch, done, i - j)
+                    done = i - j
+                redo_one(rr)
+            if batch.nfast > done:
+                redo_fast(batch, done, batch.nfast)
+        xids.discard(0)
     finally:
         bufmgr.flush_wal = saved_flush_wal
     t_replay = time.perf_counter() - t_replay
@@ -403,7 +429,7 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
     info = RecoveryInfo(crashed or end != cp_rr.end_lsn, replayed, cp.redo_lsn, end,
                         reader.stop_reason, ctx.state.get("last_checkpoint", cp), cp.extra,
                         ctx.state, time.perf_counter() - t0, max(0, end - cp.redo_lsn),
-                        t_scan, t_replay)
+                        t_scan, t_replay, ctx.fast, ctx.cuts)
     return wal, control, info
 
 
@@ -428,20 +454,63 @@ def _last_segment_lsn(wal_dir: str, wal_segment_size: int) -> int:
     return max(segnos, default=0) * wal_segment_size
 
 
-def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[list[ReadRecord]]:
-    """Yield the reader's batches of records, starting reads of the blocks of the records
-    of the batches ahead, at least ``RECOVERY_PREFETCH_RECORDS`` records beyond the batch
-    handed out (blocks below the redo context's known size only: the others do not exist
-    yet); with the sync method, which cannot overlap reads, advising the kernel to read
-    them ahead instead."""
-    window: deque[tuple[list[ReadRecord], list]] = deque()
+class RedoBatch:
+    """A batch of records read for redo (``_prefetching``): ``n`` records; ``xids`` of each;
+    ``slow``: (index in the batch, decoded record) of those redone one at a time through
+    their resource manager, in order; with the fast path on, ``fields`` of the rest, read
+    from the ``raw`` batch by ``wal_decode.wal_fields`` (``nfast`` of them; ``cbufs`` holds
+    their buffer ids while a run is redone)."""
+
+    __slots__ = ("raw", "n", "xids", "slow", "fields", "nfast", "cbufs")
+
+    def __init__(self, item: RawBatch | list[ReadRecord], fast: bool) -> None:
+        self.fields = None
+        self.nfast = 0
+        self.cbufs = None
+        if not isinstance(item, RawBatch):          # a record read on its own
+            self.raw = None
+            self.n = len(item)
+            self.slow = list(enumerate(item))
+            self.xids = [rr.record.xid for rr in item]
+            return
+        self.raw = item
+        self.n = n = len(item.ats)
+        if not fast:
+            self.slow = [(i, item.record(i)) for i in range(n)]
+            self.xids = [rr.record.xid for _i, rr in self.slow]
+            return
+        f = self.fields = wal_fields(item, RM_BTREE)
+        self.xids = f.xids
+        self.nfast = len(f.fast)
+        self.cbufs = new_buffer_ids(self.nfast)
+        slow = sorted(set(range(n)).difference(f.fast)) if self.nfast < n else ()
+        self.slow = [(i, item.record(i)) for i in slow]
+
+    def prefetch_tags(self) -> Iterator[tuple[int, int, int]]:
+        """The (rel, fork, block) of the blocks redo will read (no image, not will_init),
+        each once."""
+        f = self.fields
+        tags = zip(f.rels, f.forks, f.blocks, strict=True) if f is not None else ()
+        slow = [_REF_TAG(ref) for ref in chain.from_iterable(
+                    map(_BLOCKS, map(_RECORD, map(_SECOND, self.slow))))
+                if ref.image is None and not ref.will_init]
+        return iter(dict.fromkeys(chain(tags, slow)))
+
+
+def _prefetching(reader: WalReader, ctx: RedoContext, *, fast: bool) -> Iterator[RedoBatch]:
+    """Yield the reader's batches of records, prepared for redo (``RedoBatch``; ``fast``: read
+    the fast records' fields in C), starting reads of the blocks of the records of the
+    batches ahead, at least ``RECOVERY_PREFETCH_RECORDS`` records beyond the batch handed
+    out (blocks below the redo context's known size only: the others do not exist yet);
+    with the sync method, which cannot overlap reads, advising the kernel to read them
+    ahead instead."""
+    window: deque[tuple[RedoBatch, list]] = deque()
     ahead = 0                     # records in the window
     pinned = 0
-    it = reader.batches()
+    it = reader.raw_batches()
     exhausted = False
     bufmgr = ctx.bufmgr
     known_nblocks = ctx.known_nblocks
-    cached = bufmgr.cached
     # Prefetch may hold a quarter of the pool pinned at most: redo needs buffers too.
     max_pins = min(RECOVERY_PREFETCH_PINS, max(1, bufmgr.nbuffers // 4))
     sizes = ctx._sizes
@@ -449,16 +518,14 @@ def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[list[ReadRecor
     smgr = ctx.smgr
     advise_only = bufmgr.aio.method.name == "sync"
 
-    def start_prefetch(batch: list[ReadRecord]) -> list:
+    def start_prefetch(batch: RedoBatch) -> list:
         nonlocal pinned
         ops = no_ops
-        for ref in chain.from_iterable(map(_BLOCKS, map(_RECORD, batch))):
-            if ref.image is not None or ref.will_init or pinned >= max_pins:
-                continue
-            rel, fork, block = ref.rel, ref.fork, ref.block
+        for rel, fork, block in bufmgr.uncached(batch.prefetch_tags()):
+            if pinned >= max_pins:
+                break
             n = sizes.get((rel, fork))
-            if block >= (known_nblocks(rel, fork) if n is None else n) \
-                    or cached(rel, fork, block, 1):
+            if block >= (known_nblocks(rel, fork) if n is None else n):
                 continue
             if advise_only:
                 # The sync method reads inline: a read started now would not overlap with
@@ -475,17 +542,18 @@ def _prefetching(reader: WalReader, ctx: RedoContext) -> Iterator[list[ReadRecor
     try:
         while True:
             while not exhausted and (not window or
-                                     ahead - len(window[0][0]) < RECOVERY_PREFETCH_RECORDS):
-                batch = next(it, None)
-                if batch is None:
+                                     ahead - window[0][0].n < RECOVERY_PREFETCH_RECORDS):
+                item = next(it, None)
+                if item is None:
                     exhausted = True
                     break
+                batch = RedoBatch(item, fast)
                 window.append((batch, start_prefetch(batch)))
-                ahead += len(batch)
+                ahead += batch.n
             if not window:
                 return
             batch, ops = window.popleft()
-            ahead -= len(batch)
+            ahead -= batch.n
             if ops:
                 _finish_prefetch(bufmgr, ops)
                 pinned -= len(ops)

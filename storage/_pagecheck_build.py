@@ -72,6 +72,11 @@ int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, u
                  uint64_t seg_size, uint64_t prev, int check_prev, uint32_t *rec_at,
                  uint32_t *rec_len, uint32_t *rec_end, uint8_t *gathered, int cap,
                  uint32_t *stop);
+int slk_wal_fields(const uint8_t *chunk, const uint8_t *gathered, uint64_t chunk_lsn,
+                   const uint32_t *rec_at, const uint32_t *rec_len, const uint32_t *rec_end,
+                   int n, int fast_rmgr, uint64_t *xid, uint32_t *fast_index,
+                   uint32_t *rel, uint32_t *block, uint8_t *fork, uint64_t *end_lsn,
+                   uint8_t *arena, uint32_t *offs);
 int slk_heap_redo_multi(uint8_t *page, const uint8_t *payload, uint32_t len,
                         uint32_t *pos_out);
 int slk_bt_redo_actions(uint8_t *page, const uint8_t *payload, uint32_t len, int index);
@@ -1163,6 +1168,44 @@ int slk_wal_scan(const uint8_t *chunk, uint32_t chunk_len, uint64_t chunk_lsn, u
     }
     *stop = pos;
     return n;
+}
+
+/* The fields recovery's batch redo needs of n records slk_wal_scan accepted (rec_at,
+ * rec_len, rec_end as it wrote them; a record is read from ``gathered`` when it continued
+ * onto later pages, else from the chunk). Every record: its xid. A record of ``fast_rmgr``
+ * with one block reference that has no image and is not will_init (a "fast" record, the
+ * bulk of a B+tree WAL): appended to the fast list -- its record index (fast_index), the
+ * block's rel, block and fork, the record's end LSN, and its payload copied into ``arena``
+ * at offs[k] (offs[k + 1] its end: slk_bt_redo_run's layout). Nothing is checked again.
+ * Returns the number of fast records. engine/wal_decode.py's wal_fields_py is the
+ * reference. */
+int slk_wal_fields(const uint8_t *chunk, const uint8_t *gathered, uint64_t chunk_lsn,
+                   const uint32_t *rec_at, const uint32_t *rec_len, const uint32_t *rec_end,
+                   int n, int fast_rmgr, uint64_t *xid, uint32_t *fast_index,
+                   uint32_t *rel, uint32_t *block, uint8_t *fork, uint64_t *end_lsn,
+                   uint8_t *arena, uint32_t *offs)
+{
+    int k = 0;
+    uint32_t used = 0;
+    offs[0] = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t at = rec_at[i], total = rec_len[i];
+        const uint8_t *r = (rec_end[i] - at == total ? chunk : gathered) + at;
+        xid[i] = load64(r + 8);
+        if (r[24] != (uint32_t)fast_rmgr || r[26] != 1) continue;
+        const uint8_t *b = r + WAL_RHDR;
+        if (b[9]) continue;                               /* an image or will_init */
+        uint32_t plen = load32(r + 28);
+        fast_index[k] = (uint32_t)i;
+        rel[k] = load32(b);
+        block[k] = load32(b + 4);
+        fork[k] = b[8];
+        end_lsn[k] = chunk_lsn + rec_end[i];
+        memcpy(arena + used, r + total - plen, plen);
+        used += plen;
+        offs[++k] = used;
+    }
+    return k;
 }
 
 /* page_add_item(page, item, offnum) (storage/page.py) for the items of a heap INSERT_MULTI

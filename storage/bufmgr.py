@@ -63,7 +63,7 @@ import threading
 import time
 import warnings
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import compress, repeat
@@ -1068,6 +1068,12 @@ class BufferManager:
             if b is None or not descs[b].flags & BM_VALID:
                 return False
         return True
+
+    def uncached(self, tags: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """The (rel, fork, block) tags of ``tags`` whose block is not VALID in the pool, in
+        order (no pins, no lock: a hint, as ``cached``; recovery's prefetch asks per batch)."""
+        get, descs = self._table.get, self.descs
+        return [t for t in tags if (b := get(t)) is None or not descs[b].flags & BM_VALID]
 
     def read_buffer(self, rel: int, fork: int, block: int) -> int:
         """One block, pinned (no content lock): a point read, which waits at once.

@@ -40,6 +40,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
+from typing import Any, NamedTuple
 
 from slonik.aio import osfile
 from slonik.aio.errors import IOFailure
@@ -74,8 +75,8 @@ from .walpage import (
 )
 
 __all__ = [
-    "READ_CHUNK_BYTES", "SCAN_BATCH_RECORDS", "ReadRecord", "RecordScanner", "WalReader",
-    "WalCorruptMiddleError", "read_record_at", "scan_records_py", "ScanResult",
+    "READ_CHUNK_BYTES", "SCAN_BATCH_RECORDS", "RawBatch", "ReadRecord", "RecordScanner",
+    "WalReader", "WalCorruptMiddleError", "read_record_at", "scan_records_py", "ScanResult",
     "first_record_lsn", "describe_record",
 ]
 
@@ -86,6 +87,7 @@ READ_CHUNK_BYTES = 256 * 1024
 # records of at least 32 bytes, 8-aligned), so one call covers the rest of a chunk.
 SCAN_BATCH_RECORDS = READ_CHUNK_BYTES // 32
 _NO_RECORDS: list = []
+RAW = 2           # _walk's decode mode of raw_batches
 _TOTAL_LENGTH = struct.Struct("<I")
 _ZERO_PAGE_HEADER = bytes(PAGE_HEADER_SIZE)
 
@@ -144,6 +146,25 @@ def _read_record(chunk: memoryview, gathered, base: int, at: int, length: int,
     _SET_RECORD(rr, decode_checked(chunk if end - at == length else gathered, at, length))
     _SET_LENGTH(rr, length)
     return rr
+
+
+class RawBatch(NamedTuple):
+    """The records a scanner accepted from one chunk, not decoded (``WalReader.raw_batches``):
+    the chunk and its LSN, the scanner's ``gathered`` buffer and its offsets, lengths and end
+    offsets. The chunk is the reader's own copy, never overwritten, so a batch stays valid
+    after the reader moves on."""
+
+    chunk: memoryview
+    base: int
+    gathered: Any
+    ats: list[int]
+    lens: list[int]
+    ends: list[int]
+
+    def record(self, i: int) -> ReadRecord:
+        """Record ``i`` of the batch, decoded."""
+        return _read_record(self.chunk, self.gathered, self.base, self.ats[i], self.lens[i],
+                            self.ends[i])
 
 
 # (offsets, lengths, end offsets, stop offset, gathered): see scan_records_py.
@@ -302,6 +323,23 @@ class WalReader:
                 self.records_read += len(batch)
                 yield batch
 
+    def raw_batches(self) -> Iterator[RawBatch | list[ReadRecord]]:
+        """``batches`` without decoding what the scanner accepted: a ``RawBatch`` per chunk
+        scanned (recovery reads the fields it needs of most records in one C call and
+        decodes the rest), a one-record list for a record read on its own."""
+        for batch in self._walk(RAW):
+            if batch:
+                if isinstance(batch, RawBatch):
+                    self.last_lsn = batch.base + batch.ats[-1]
+                    self.end_lsn = batch.base + batch.ends[-1]
+                    self.records_read += len(batch.ats)
+                else:
+                    rr = batch[-1]
+                    self.last_lsn = rr.lsn
+                    self.end_lsn = rr.end_lsn
+                    self.records_read += 1
+                yield batch
+
     def scan_to_end(self) -> int:
         """Read and check every record without decoding it (recovery's first pass): sets
         ``end_lsn``, ``last_lsn``, ``stop_reason`` as iterating would; the record count."""
@@ -309,9 +347,10 @@ class WalReader:
             pass
         return self.records_read
 
-    def _walk(self, decode: bool) -> Iterator[list[ReadRecord]]:
+    def _walk(self, decode: int) -> Iterator[list[ReadRecord] | RawBatch]:
         """Batches of valid records in order (empty lists when ``decode`` is false: only
-        ``end_lsn``/``last_lsn``/``records_read`` move), until the first invalid record."""
+        ``end_lsn``/``last_lsn``/``records_read`` move; ``RawBatch``es of what the scanner
+        accepted when it is ``RAW``), until the first invalid record."""
         self.end_lsn = self.start_lsn
         self.last_lsn = 0
         self.stop_reason = ""
@@ -330,7 +369,9 @@ class WalReader:
                         if ats:
                             last = base + ats[-1]
                             end = base + ends[-1]
-                            if decode:
+                            if decode == RAW:
+                                yield RawBatch(chunk, base, gathered, ats, lens, ends)
+                            elif decode:
                                 yield list(map(_read_record, repeat(chunk), repeat(gathered),
                                                repeat(base), ats, lens, ends))
                             else:

@@ -77,7 +77,7 @@ __all__ = [
     "set_prev_data", "delete_data", "encode_actions", "decode_actions", "apply_action", "apply_block_actions",
     "apply_payload_actions", "apply_action_py", "C_APPLY_BUILD",
     "btree_redo", "btree_describe", "BTREE_RMGR", "C_REDO_RUN", "redo_leaf_run",
-    "redo_leaf_run_py",
+    "redo_leaf_run_at", "redo_leaf_run_py",
 ]
 
 A_INIT = 1
@@ -326,22 +326,33 @@ def redo_leaf_run(pool, buf_pages: Sequence, bufs: Sequence[int], payloads: Sequ
         return redo_leaf_run_py(list(map(buf_pages.__getitem__, bufs)), payloads, end_lsns)
     joined = b"".join(payloads)
     offs = _ffi.new("uint32_t[]", [0, *accumulate(map(len, payloads))])
-    cbufs = _ffi.new("int32_t[]", bufs)
-    cends = _ffi.new("uint64_t[]", end_lsns)
+    return redo_leaf_run_at(pool, buf_pages, _ffi.new("int32_t[]", bufs),
+                            _ffi.new("uint64_t[]", end_lsns),
+                            _ffi.from_buffer("uint8_t[]", joined), offs, 0, n)
+
+
+def redo_leaf_run_at(pool, buf_pages: Sequence, cbufs, cends, arena, offs, first: int,
+                     n: int) -> bytes:
+    """``redo_leaf_run`` of records ``first``..``n - 1`` given as C arrays (recovery's batch
+    redo, ``engine/wal_decode.wal_fields``): record i on buffer ``cbufs[i]``, ending at
+    ``cends[i]``, its payload ``arena[offs[i]:offs[i + 1]]`` (``arena``: a ``uint8_t[]``).
+    Per record of the range 1 when its page changed, else 0."""
     changed = _ffi.new("uint8_t[]", n)
     done = _ffi.new("int *")
-    i = 0
+    i = first
     while True:
-        i = _lib.slk_bt_redo_run(pool, cbufs, cends, joined, offs, i, n, changed, done)
+        i = _lib.slk_bt_redo_run(pool, cbufs, cends, arena, offs, i, n, changed, done)
         if i >= n:
-            return _ffi.buffer(changed)[:]
+            return _ffi.buffer(changed)[first:n]
         # A refused action (or a payload decode_actions raises for): the rest of this
         # record's actions go through apply_action, which raises naming a bad one.
-        page = buf_pages[bufs[i]]
-        actions = [(code, data) for index, code, data in decode_actions(payloads[i])
+        page = buf_pages[cbufs[i]]
+        payload = _ffi.buffer(arena)[offs[i]:offs[i + 1]]
+        end_lsn = cends[i]
+        actions = [(code, data) for index, code, data in decode_actions(payload)
                    if index == 0]
         if done[0] < 0:
-            if _PAGE_LSN.unpack_from(page, 0)[0] >= end_lsns[i]:
+            if _PAGE_LSN.unpack_from(page, 0)[0] >= end_lsn:
                 changed[i] = 0     # (decode_actions accepted what C did not: as the reference)
                 i += 1
                 continue
@@ -351,8 +362,8 @@ def redo_leaf_run(pool, buf_pages: Sequence, bufs: Sequence[int], payloads: Sequ
             code, data = actions[done[0]]
             apply_action(page, code, data)      # raises for a bad action
             if done[0] + 1 < len(actions):
-                _apply_from(page, payloads[i], 0, actions, done[0] + 1)
-        _PAGE_LSN.pack_into(page, 0, end_lsns[i])
+                _apply_from(page, payload, 0, actions, done[0] + 1)
+        _PAGE_LSN.pack_into(page, 0, end_lsn)
         changed[i] = 1
         i += 1
 

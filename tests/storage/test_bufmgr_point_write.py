@@ -116,3 +116,18 @@ def test_the_change_counter_bump_keeps_the_gil(small_pool):
     assert bm.seq_of(buf) % 2 == 1
     bm.release_dirty(buf)
     assert bm.seq_of(buf) % 2 == 0
+
+
+def test_uncached_lists_the_blocks_not_valid_in_the_pool(small_pool):
+    """``uncached`` (recovery's prefetch filter): of blocks 0..5, after reading 1 and 4 the
+    others are listed, in the order given (from a list or an iterator); no pin is
+    taken."""
+    bm, _smgr = small_pool
+    for b in (1, 4):
+        bm.unpin(bm.read_buffer(REL, Fork.MAIN, b))
+    tags = [(REL, int(Fork.MAIN), b) for b in (5, 4, 3, 2, 1, 0)]
+    assert bm.uncached(tags) == [(REL, 0, 5), (REL, 0, 3), (REL, 0, 2), (REL, 0, 0)]
+    assert bm.uncached(iter(tags[:2])) == [(REL, 0, 5)]
+    assert all(d.refcount == 0 for d in bm.descs)
+    assert bm.uncached([]) == []
+    bm.check()
