@@ -133,6 +133,8 @@ int slk_bt_leaf_run(const uint8_t *page, const uint8_t *high, int32_t highlen,
                     const uint64_t *olds, int start, int n, int64_t *state,
                     uint8_t *xout, uint32_t xcap, uint8_t *iout, uint32_t icap);
 int slk_bt_apply_build(uint8_t *page, int code, const uint8_t *data, uint32_t len);
+int slk_bt_block_actions(const uint8_t *p, uint32_t len, int index, int *first);
+int slk_bt_redo_block(uint8_t *page, const uint8_t *p, uint32_t len, int index);
 int slk_bt_first_versions(const uint8_t *page, const uint8_t *high, int32_t highlen,
                           const uint8_t *keys, const uint64_t *key_at, int start, int n,
                           uint32_t *out);
@@ -2306,6 +2308,55 @@ int slk_bt_apply_build(uint8_t *page, int code, const uint8_t *data, uint32_t le
     return bb_build(page, special, items, lens, n, lsn);
 }
 
+/* How many actions block ``index`` has in a B+tree redo payload (engine/access/btree_wal.py
+ * layout: index u8, code u8, length u32, data); *first gets the code of its first (0 if it
+ * has none). -1: the layout is bad (decode_actions says how). */
+int slk_bt_block_actions(const uint8_t *p, uint32_t len, int index, int *first)
+{
+    uint32_t pos = 0;
+    int n = 0;
+    *first = 0;
+    while (pos < len) {
+        if (len - pos < 6) return -1;
+        uint32_t code = p[pos + 1], dlen = load32(p + pos + 2);
+        if (dlen > len - pos - 6 || code < 1 || code > 8) return -1;
+        if ((int)p[pos] == index && n++ == 0) *first = (int)code;
+        pos += 6 + dlen;
+    }
+    return n;
+}
+
+/* Redo of block ``index``'s actions (slk_bt_block_actions counts them) on ``page``, as far
+ * as C takes them: stretches of inserts and set-xmaxes (slk_bt_redo_actions_from), page
+ * rebuilds (A_INIT, A_SPLIT_LEFT: slk_bt_apply_build), deletes (slk_bt_apply_delete),
+ * set-prev and set-next. Returns how many were applied, in order; the action it stopped at
+ * was refused and changed nothing: apply_action applies it (or raises naming the flaw). */
+int slk_bt_redo_block(uint8_t *page, const uint8_t *p, uint32_t len, int index)
+{
+    int first, n = slk_bt_block_actions(p, len, index, &first), k = 0;
+    if (n < 0) return 0;
+    while (k < n) {
+        k += slk_bt_redo_actions_from(page, p, len, index, k);
+        if (k >= n) break;
+        uint32_t pos = 0;                                   /* the block's action k */
+        for (int seen = 0;; pos += 6 + load32(p + pos + 2))
+            if ((int)p[pos] == index && seen++ == k) break;
+        uint32_t code = p[pos + 1], dlen = load32(p + pos + 2);
+        const uint8_t *data = p + pos + 6;
+        if (code == 1 || code == 4) {                       /* A_INIT, A_SPLIT_LEFT */
+            if (slk_bt_apply_build(page, (int)code, data, dlen) != 0) return k;
+        } else if (code == 6) {                             /* A_DELETE */
+            if (slk_bt_apply_delete(page, data, dlen) != 0) return k;
+        } else if ((code == 5 || code == 8) && dlen >= 4) { /* A_SET_PREV, A_SET_NEXT */
+            memcpy(page + BT_SPECIAL_AT + (code == 8 ? 4 : 0), data, 4);
+        } else {
+            return k;
+        }
+        k++;
+    }
+    return k;
+}
+
 /* A commit's validation (engine/access/btree_page.py: first_versions_py is the Python
  * reference): for sorted keys start.. below the leaf's high key (highlen -1: none), the
  * offnum of each key's first (newest) entry on the page, 0 when it has none, in out[k -
@@ -3181,7 +3232,8 @@ HOT_NAMES = frozenset({
     "slk_bt_apply_delete", "slk_seq_bump", "slk_seq_get", "slk_heap_fetch_opt",
     "slk_ix_point_opt", "slk_bt_probe_opt", "slk_bt_probe_inplace", "slk_ix_point_right",
     "slk_ix_point_step_opt", "slk_bt_descend", "slk_bt_leaf_run", "slk_bt_apply_build",
-    "slk_bt_first_versions", "slk_wal_build", "slk_wal_build_span", "slk_bt_put_new"})
+    "slk_bt_first_versions", "slk_wal_build", "slk_wal_build_span", "slk_bt_put_new",
+    "slk_bt_block_actions", "slk_bt_redo_block"})
 
 
 def _hot_cdef() -> str:

@@ -67,6 +67,8 @@ C_REDO_ACTIONS = _lib is not None and hasattr(_lib, "slk_bt_redo_actions_from")
 C_APPLY_BUILD = _lib is not None and hasattr(_lib, "slk_bt_apply_build")
 # Whether a run of single-block records is redone in one C call (slk_bt_redo_run).
 C_REDO_RUN = _lib is not None and hasattr(_lib, "slk_bt_redo_run")
+# Whether a block's actions are applied in one C call (slk_bt_redo_block), as far as C goes.
+C_REDO_BLOCK = _lib is not None and hasattr(_lib, "slk_bt_redo_block")
 
 __all__ = [
     "A_INIT", "A_INSERT", "A_SET_XMAX", "A_SPLIT_LEFT", "A_SET_PREV", "A_DELETE",
@@ -77,7 +79,7 @@ __all__ = [
     "set_prev_data", "delete_data", "encode_actions", "decode_actions", "apply_action", "apply_block_actions",
     "apply_payload_actions", "apply_action_py", "C_APPLY_BUILD",
     "btree_redo", "btree_describe", "BTREE_RMGR", "C_REDO_RUN", "redo_leaf_run",
-    "redo_leaf_run_at", "redo_leaf_run_py",
+    "redo_leaf_run_at", "redo_leaf_run_py", "C_REDO_BLOCK", "block_action_counts",
 ]
 
 A_INIT = 1
@@ -264,22 +266,59 @@ def _apply_from(page, payload, index: int, actions: Sequence[tuple[int, bytes]],
 
 
 def apply_payload_actions(page, payload, index: int, nactions: int) -> None:
-    """``apply_block_actions`` for a payload built as bytes (``btree_leafrun``): block
-    ``index`` has ``nactions`` actions in it; those the C call leaves are decoded and
-    applied through ``apply_action``, which raises for a refused one."""
+    """Apply block ``index``'s ``nactions`` actions of ``payload`` to ``page``, in order:
+    as far as one C call takes them (slk_bt_redo_block: insert and set-xmax stretches,
+    page rebuilds, deletes, set-prev/next), the one it stops at through ``apply_action``
+    (which raises for a refused one) and the rest as ``apply_block_actions`` would."""
     done = 0
-    if C_REDO_ACTIONS and nactions:
-        done = _hot.slk_bt_redo_actions(_ffi.from_buffer(page), _ffi.from_buffer(payload),
-                                        len(payload), index)
+    if C_REDO_BLOCK and nactions:
+        done = _hot.slk_bt_redo_block(_ffi.from_buffer(page), _ffi.from_buffer(payload),
+                                      len(payload), index)
     if done < nactions:
         actions = [(code, data) for i, code, data in decode_actions(payload) if i == index]
-        for code, data in actions[done:]:
-            apply_action(page, code, data)
+        if not C_REDO_ACTIONS:
+            for code, data in actions[done:]:
+                apply_action(page, code, data)
+            return
+        code, data = actions[done]
+        apply_action(page, code, data)      # refused by C: raises for a bad action
+        if done + 1 < nactions:
+            _apply_from(page, payload, index, actions, done + 1)
+
+
+def block_action_counts(payload, nblocks: int) -> list[tuple[int, int]] | None:
+    """(action count, first action's code or 0) of blocks 0..nblocks-1 of ``payload`` in C
+    (slk_bt_block_actions); None without the C module. Raises as ``decode_actions`` does
+    for a payload whose layout is bad."""
+    if not C_REDO_BLOCK:
+        return None
+    cpayload, plen, first = _ffi.from_buffer(payload), len(payload), _ffi.new("int *")
+    out = []
+    for index in range(nblocks):
+        n = _hot.slk_bt_block_actions(cpayload, plen, index, first)
+        if n < 0:
+            decode_actions(payload)         # raises naming the flaw
+            return None                     # (accepted after all: the decoding path)
+        out.append((n, first[0]))
+    return out
 
 
 def btree_redo(ctx, rr) -> None:
-    """Replay one RM_BTREE record: each block that needs redo gets its actions in order."""
+    """Replay one RM_BTREE record: each block that needs redo gets its actions in order
+    (``apply_payload_actions``: one C call per block where C takes them all)."""
     rec = rr.record
+    counts = block_action_counts(rec.payload, len(rec.blocks))
+    if counts is not None:
+        for index, ref in enumerate(rec.blocks):
+            n, first = counts[index]
+            assert not ref.will_init or (n and first == A_INIT), \
+                f"will_init block {ref.block} does not start with A_INIT"
+            _action, buf = ctx.read_buffer_for_redo(rr, index)
+            if buf is None:  # restored from its image, or already has the change
+                continue
+            apply_payload_actions(ctx.bufmgr.page(buf), rec.payload, index, n)
+            ctx.finish_redo_buffer(rr, buf)
+        return
     by_block: dict[int, list[tuple[int, bytes]]] = {}
     for index, code, data in decode_actions(rec.payload):
         by_block.setdefault(index, []).append((code, data))

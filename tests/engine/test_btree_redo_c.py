@@ -100,3 +100,75 @@ def test_c_btree_redo_applies_a_run_of_inserts_and_xmaxes():
     got = bytearray(page)
     bw.apply_block_actions(got, payload, 0, mine)
     assert got == want and got != page
+
+
+block_action = st.one_of(
+    action,
+    st.tuples(st.just(bw.A_DELETE), st.integers(0, 45), st.integers(0, 2**16 - 1)),
+    st.tuples(st.just(bw.A_SET_NEXT), st.integers(0, 9), st.integers(0, 2**32 - 1)),
+    st.tuples(st.just(bw.A_SET_CHILD), st.integers(0, 45), st.integers(0, 2**32 - 1)),
+    st.tuples(st.just(bw.A_INIT), st.integers(0, 30), st.integers(0, 300)),
+    st.tuples(st.just(bw.A_SPLIT_LEFT), st.integers(0, 45), st.integers(-1, 45)),
+)
+
+
+def block_action_data(code: int, a: int, b: int) -> bytes:
+    """``action_data``, and: a set-next to ``b``; a set-child of offnum ``a``; an A_INIT of
+    ``a`` items of ``b`` bytes (a leaf, or with b > 250 an item too big for the page); a
+    split-left keeping ``a`` items, the new item at ``b`` (-1: none)."""
+    if code == bw.A_SET_NEXT:
+        return bw.set_next_data(b)
+    if code == bw.A_SET_CHILD:
+        return bw.set_child_data(a, b)
+    if code == bw.A_INIT:
+        items = [bp.pack_entry(b"n%05d" % i, i + 1, 0, 0, b"w" * b) for i in range(a)]
+        return bw.init_data(bp.Special(3, 0, 0, bp.BTP_LEAF), items)
+    if code == bw.A_SPLIT_LEFT:
+        return bw.split_left_data(a, b, bp.Special(0, 9, 0, bp.BTP_LEAF),
+                                  bp.pack_entry(b"k99999", 0, 0, 0, b""),
+                                  bp.pack_entry(b"k00000x", 7, 0, 0, b"new"))
+    return action_data(code, a, b)
+
+
+@needs_c
+@settings(max_examples=400, deadline=None)
+@given(nitems=st.integers(0, 40), size=st.integers(0, 120),
+       acts=st.lists(st.tuples(st.integers(0, 1), block_action), min_size=1, max_size=12),
+       truncate=st.integers(0, 7))
+def test_c_redo_block_matches_apply_action_py(nitems, size, acts, truncate):
+    """A block's actions applied by ``apply_payload_actions`` (one C call as far as C
+    goes: slk_bt_redo_block; then apply_action from the one it stopped at) leave the page
+    as ``apply_action_py`` one by one does, and raise the same error after the same
+    actions: inserts, set-xmaxes, deletes, set-prev/next/child (good and bad offnums),
+    page rebuilds that fit and that do not, for blocks 0 and 1 interleaved; with the last
+    action's data cut short by ``truncate`` bytes or not. ``block_action_counts`` counts
+    each block's actions and names the first's code as decoding does."""
+    encoded = [(index, code, block_action_data(code, a, b)) for index, (code, a, b) in acts]
+    if truncate:
+        index, code, data = encoded[-1]
+        encoded[-1] = (index, code, data[:max(0, len(data) - truncate)])
+    payload = bw.encode_actions(encoded)
+    decoded = bw.decode_actions(payload)
+    counts = bw.block_action_counts(payload, 2)
+    for index in (0, 1):
+        mine = [(code, data) for i, code, data in decoded if i == index]
+        assert counts[index] == (len(mine), mine[0][0] if mine else 0)
+
+        def reference(p, mine=mine):
+            for code, data in mine:
+                bw.apply_action_py(p, code, data)
+
+        def c_path(p, index=index, mine=mine):
+            bw.apply_payload_actions(p, payload, index, len(mine))
+
+        assert outcome(c_path, leaf(nitems, size)) == outcome(reference, leaf(nitems, size))
+
+
+@needs_c
+def test_block_action_counts_reject_a_bad_layout_as_decoding_does():
+    """A payload whose last action's length runs past its end, or with an unknown code:
+    ``block_action_counts`` raises decode_actions' ValueError."""
+    good = bw.encode_actions([(0, bw.A_SET_PREV, bw.set_prev_data(5))])
+    for bad in (good[:-1], bytes([0, 9, 0, 0, 0, 0])):
+        with pytest.raises(ValueError, match="btree action at 0"):
+            bw.block_action_counts(bad, 1)
