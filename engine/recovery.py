@@ -189,17 +189,15 @@ class RedoContext:
             if buf is not None:
                 return buf
         bm = self.bufmgr
+        if read:
+            return bm.read_buffer_exclusive(rel, fork, block)
         buf = bm.pin_if_valid(rel, fork, block)   # the usual case: in the pool already
         if buf >= 0:
             bm.lock_exclusive(buf)
             return buf
-        if not read:
-            # The old content is overwritten: it is not read at all (a torn page on disk
-            # must not stop redo), as PostgreSQL's RBM_ZERO_AND_LOCK.
-            return bm.zero_buffer(rel, fork, block)
-        buf = bm.read_buffer(rel, fork, block)
-        bm.lock_exclusive(buf)
-        return buf
+        # The old content is overwritten: it is not read at all (a torn page on disk must
+        # not stop redo), as PostgreSQL's RBM_ZERO_AND_LOCK.
+        return bm.zero_buffer(rel, fork, block)
 
     def read_buffer_for_redo(self, rr: ReadRecord, block_index: int) -> tuple[RedoAction, int | None]:
         ref = rr.record.blocks[block_index]
@@ -209,11 +207,7 @@ class RedoContext:
             page = bm.page(buf)
             page[:] = ref.image
             page_set_lsn(page, rr.end_lsn)
-            if not bm.is_dirty(buf):
-                self.dirtied += 1
-            bm.mark_dirty(buf)
-            bm.unlock_exclusive(buf)
-            bm.unpin(buf)
+            self.dirtied += bm.release_dirty(buf)
             return RedoAction.RESTORED, None
         if ref.will_init:
             buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False)
@@ -285,11 +279,7 @@ class RedoContext:
     def finish_redo_buffer(self, rr: ReadRecord, buf: int) -> None:
         bm = self.bufmgr
         _PAGE_LSN.pack_into(bm.page(buf), LSN_OFFSET, rr.end_lsn)  # a WAL LSN: in range
-        if not bm.is_dirty(buf):
-            self.dirtied += 1
-        bm.mark_dirty(buf)
-        bm.unlock_exclusive(buf)
-        bm.unpin(buf)
+        self.dirtied += bm.release_dirty(buf)
 
 
 # --- bootstrap ----------------------------------------------------------------------------------
