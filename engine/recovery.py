@@ -236,9 +236,9 @@ class RedoContext:
         f = batch.fields
         tags = list(zip(f.rels[a:b], f.forks[a:b], f.blocks[a:b], strict=True))
         distinct = list(dict.fromkeys(tags))
-        # Pages in the pool (the usual case, prefetched) are pinned in one lock section,
-        # the rest read one by one; then all are locked, and released, in one call each.
-        pinned = bm.pin_if_valid_many(distinct)
+        # Pages in the pool (the usual case, prefetched) are pinned and locked in one
+        # section, the rest read and locked one by one; all released in one section.
+        pinned = bm.pin_exclusive_if_valid_many(distinct)
         cut = -1
         try:
             if -1 in pinned:
@@ -249,14 +249,12 @@ class RedoContext:
                         if block >= sizes.get((rel, fork), 0):
                             cut = a + tags.index(distinct[i])
                             break
-                        pinned[i] = bm.read_buffer(rel, fork, block)
-            if cut < 0:
-                bm.lock_exclusive_many(pinned)
+                        pinned[i] = bm.read_buffer_exclusive(rel, fork, block)
         except BaseException:
-            bm.unpin_many([buf for buf in pinned if buf >= 0])
+            bm.release_many([buf for buf in pinned if buf >= 0], ())
             raise
         if cut >= 0:
-            bm.unpin_many([buf for buf in pinned if buf >= 0])
+            bm.release_many([buf for buf in pinned if buf >= 0], ())
             if cut > a:
                 self.redo_btree_fast(batch, a, cut, one)
             self.cuts += 1
@@ -264,17 +262,17 @@ class RedoContext:
             if cut + 1 < b:
                 self.redo_btree_fast(batch, cut + 1, b, one)
             return
+        changed_bufs: set[int] | tuple = ()
         try:
             bufs = list(map(dict(zip(distinct, pinned, strict=True)).__getitem__, tags))
             cbufs = batch.cbufs
             cbufs[a:b] = bufs
             changed = redo_leaf_run_at(bm.c_pool, bm.pages, cbufs, f.end_lsns, f.arena,
                                        f.offs, a, b)
-            self.dirtied += bm.mark_dirty_many(list(dict.fromkeys(compress(bufs, changed))))
+            changed_bufs = set(compress(bufs, changed))
             self.fast += b - a
         finally:
-            bm.unlock_exclusive_many(pinned)
-            bm.unpin_many(pinned)
+            self.dirtied += bm.release_many(pinned, changed_bufs)
 
     def finish_redo_buffer(self, rr: ReadRecord, buf: int) -> None:
         bm = self.bufmgr

@@ -63,7 +63,7 @@ import threading
 import time
 import warnings
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import compress, repeat
@@ -1303,6 +1303,72 @@ class BufferManager:
                 self._hits += 1
                 append(b)
         return out
+
+    def pin_exclusive_if_valid_many(self, tags: Sequence[tuple[int, int, int]]) -> list[int]:
+        """``pin_if_valid_many`` of distinct (rel, fork, block) tags, each pinned buffer
+        also held exclusively (``lock_exclusive``), in one descriptor-lock section: the
+        buffer ids, -1 for a block not VALID in the pool (no pin, no lock). A content lock
+        someone else holds is waited for after the section (``lock_exclusive_many``).
+        Recovery's run of B+tree records takes its pages this way; ``release_many`` gives
+        them back."""
+        out: list[int] = []
+        append = out.append
+        busy: list[int] = []
+        bump = self._bump
+        with self._lock:
+            table = self._table
+            descs = self.descs
+            for tag in tags:
+                b = table.get(tag)
+                if b is None or not descs[b].flags & BM_VALID:
+                    append(-1)
+                    continue
+                d = descs[b]
+                d.refcount += 1
+                if d.usage_count < BM_MAX_USAGE_COUNT:
+                    d.usage_count += 1
+                append(b)
+                with d._mutex:      # the content lock, taken only when nobody holds it
+                    if d._exclusive or d._shared:
+                        busy.append(b)
+                        continue
+                    d._exclusive = True
+                if bump is not None:  # invariant 8: odd before the page may change
+                    bump(b)
+            self._hits += len(out) - out.count(-1)
+        if busy:
+            try:
+                self.lock_exclusive_many(busy)
+            except BaseException:
+                held = [b for b in out if b >= 0 and b not in busy]
+                self.unlock_exclusive_many(held)
+                self.unpin_many([b for b in out if b >= 0])
+                raise
+        return out
+
+    def release_many(self, buf_ids: Sequence[int], dirty: Container[int]) -> int:
+        """``unlock_exclusive`` and ``unpin`` of distinct buffers held exclusively, those in
+        ``dirty`` marked dirty first, in one descriptor-lock section; how many of them
+        were clean before."""
+        turned = 0
+        bump = self._bump
+        descs = self.descs
+        with self._lock:
+            for b in buf_ids:
+                d = descs[b]
+                assert d.refcount > 0 and d._exclusive, \
+                    "a buffer is pinned and exclusively locked when it is released"
+                if b in dirty and not d.flags & BM_DIRTY:
+                    self._set_state_locked(d, B.DIRTY)
+                    turned += 1
+                if bump is not None:  # invariant 8: even again once the page stopped changing
+                    bump(b)
+                with d._mutex:
+                    d._exclusive = False
+                    if d._waiters:
+                        d._cond.notify_all()
+                d.refcount -= 1
+        return turned
 
     def read_hit(self, rel: int, fork: int, block: int, read: Callable, *args):
         """``read(c_pool, seq, buf, *args)`` when the block is VALID in the pool (its

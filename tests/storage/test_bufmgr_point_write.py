@@ -131,3 +131,49 @@ def test_uncached_lists_the_blocks_not_valid_in_the_pool(small_pool):
     assert all(d.refcount == 0 for d in bm.descs)
     assert bm.uncached([]) == []
     bm.check()
+
+
+def test_pin_exclusive_if_valid_many_and_release_many(small_pool):
+    """Blocks 1, 2, 4 in the pool, 3 and 5 not: ``pin_exclusive_if_valid_many`` pins and
+    holds exclusively 1, 2 and 4 (their change counters odd, hits counted), -1 and no pin
+    for the others. ``release_many`` with {2} dirty: all unlocked and unpinned, only 2
+    dirtied, and it says one buffer turned dirty. A block whose content lock another
+    thread holds shared is waited for, then held."""
+    bm, _smgr = small_pool
+    for b in (1, 2, 4):
+        bm.unpin(bm.read_buffer(REL, Fork.MAIN, b))
+    hits = bm.stats().hits
+    tags = [(REL, 0, b) for b in (1, 3, 2, 4, 5)]
+    got = bm.pin_exclusive_if_valid_many(tags)
+    assert got[1] == -1 and got[4] == -1
+    held = [got[0], got[2], got[3]]
+    assert all(bm.block_of(buf) == tags[i][:3] for i, buf in ((0, got[0]), (2, got[2])))
+    for buf in held:
+        d = bm.descs[buf]
+        assert d.refcount == 1 and d.lock.held_exclusive and not d.flags & BM_DIRTY
+        if bm.seq is not None:
+            assert bm.seq_of(buf) % 2 == 1
+    assert bm.stats().hits == hits + 3
+    assert bm.release_many(held, {got[2]}) == 1
+    for buf in held:
+        d = bm.descs[buf]
+        assert d.refcount == 0 and not d.lock.held
+        assert bool(d.flags & BM_DIRTY) == (buf == got[2])
+        if bm.seq is not None:
+            assert bm.seq_of(buf) % 2 == 0
+    assert bm.release_many([], ()) == 0
+
+    reader = bm.read_buffer(REL, Fork.MAIN, 4)
+    bm.lock_shared(reader)
+    out: list[list[int]] = []
+    t = threading.Thread(target=lambda: out.append(bm.pin_exclusive_if_valid_many(
+        [(REL, 0, 1), (REL, 0, 4)])))
+    t.start()
+    time.sleep(0.2)
+    assert out == [] and t.is_alive()
+    bm.unlock_shared(reader)
+    bm.unpin(reader)
+    t.join(10)
+    assert out and out[0][1] == reader and bm.descs[reader].lock.held_exclusive
+    assert bm.release_many(out[0], ()) == 0
+    bm.check()
