@@ -279,7 +279,9 @@ def test_clean_restart_replays_only_the_checkpoint(tmp_path, io_method):
     db2.aio.shutdown()
 
 
-def _recover_copy(pristine: str, dest: str, io_method: str):
+def _recover_copy(pristine: str, dest: str, io_method: str, fast: list | None = None):
+    """(recovery figures, KV items, table rows) of a recovered copy of ``pristine``; the
+    number of records redone in C runs appended to ``fast``."""
     shutil.copytree(pristine, dest)
     db = Database.open(dest, io_method=io_method)
     try:
@@ -288,6 +290,8 @@ def _recover_copy(pristine: str, dest: str, io_method: str):
         rows = sorted(db.table("t").scan())
     finally:
         db.close()
+    if fast is not None:
+        fast.append(info.fast_records)
     return (info.replayed, info.start_lsn, info.end_lsn, info.stop_reason,
             info.replay_bytes), kv, rows
 
@@ -298,13 +302,20 @@ def test_recovery_with_the_c_scanner_replays_as_record_at_a_time(tmp_path, io_me
     inserts and random KV puts (heap and B+tree records, full-page images, records
     continued across pages) recovers to the same state with the C batch scanner as with
     the record-at-a-time reader: same records replayed, same end of WAL and stop reason,
-    same KV items and table rows. Checked by recovering two copies of the crashed
-    directory, the second with engine.recovery's scanner set to None."""
+    same KV items and table rows. Checked by recovering three copies of the crashed
+    directory: the second with the fast path's C field reader off (every record decoded
+    and redone through its resource manager), the third with engine.recovery's scanner
+    set to None too."""
     pristine = build_crashed_database(str(tmp_path / "build"), 3, preload_rows=2000)
-    with_c = _recover_copy(pristine, str(tmp_path / "c"), io_method)
+    fast: list[int] = []
+    with_c = _recover_copy(pristine, str(tmp_path / "c"), io_method, fast)
+    # The scanner's batches decoded record by record (no C runs of B+tree records).
+    monkeypatch.setattr(recovery, "C_FIELDS", False)
+    decoded = _recover_copy(pristine, str(tmp_path / "decoded"), io_method, fast)
     monkeypatch.setattr(recovery, "C_SCANNER", None)
-    without = _recover_copy(pristine, str(tmp_path / "py"), io_method)
-    assert with_c == without
+    without = _recover_copy(pristine, str(tmp_path / "py"), io_method, fast)
+    assert with_c == decoded == without
+    assert fast[0] > with_c[0][0] // 2 and fast[1:] == [0, 0]
     replayed, _start, _end, stop_reason, replay_bytes = with_c[0]
     assert replay_bytes > 2_000_000 and replayed > 1000
     assert stop_reason.startswith("zeroes at"), stop_reason
