@@ -1282,32 +1282,11 @@ class BufferManager:
             self._hits += 1
         return b
 
-    def pin_if_valid_many(self, tags: Sequence[tuple[int, int, int]]) -> list[int]:
-        """``pin_if_valid`` of each (rel, fork, block) in one descriptor-lock section
-        (recovery's run of B+tree records pins a page per record): the buffer ids, -1 for
-        a block not VALID in the pool (not pinned). No I/O, no victim."""
-        out: list[int] = []
-        append = out.append
-        with self._lock:
-            table = self._table
-            descs = self.descs
-            for tag in tags:
-                b = table.get(tag)
-                if b is None or not descs[b].flags & BM_VALID:
-                    append(-1)
-                    continue
-                d = descs[b]
-                d.refcount += 1
-                if d.usage_count < BM_MAX_USAGE_COUNT:
-                    d.usage_count += 1
-                self._hits += 1
-                append(b)
-        return out
-
     def pin_exclusive_if_valid_many(self, tags: Sequence[tuple[int, int, int]]) -> list[int]:
-        """``pin_if_valid_many`` of distinct (rel, fork, block) tags, each pinned buffer
+        """``pin_if_valid`` of each of distinct (rel, fork, block) tags, each pinned buffer
         also held exclusively (``lock_exclusive``), in one descriptor-lock section: the
-        buffer ids, -1 for a block not VALID in the pool (no pin, no lock). A content lock
+        buffer ids, -1 for a block not VALID in the pool (no pin, no lock; no I/O, no
+        victim). A content lock
         someone else holds is waited for after the section (``lock_exclusive_many``).
         Recovery's run of B+tree records takes its pages this way; ``release_many`` gives
         them back."""
@@ -1747,21 +1726,6 @@ class BufferManager:
 
     def is_dirty(self, buf_id: int) -> bool:
         return bool(self.descs[buf_id].flags & BM_DIRTY)
-
-    def mark_dirty_many(self, buf_ids: Sequence[int]) -> int:
-        """``mark_dirty`` of each buffer (pinned and exclusive-locked, each once) in one
-        descriptor-lock section; how many of them were clean before."""
-        turned = 0
-        descs = self.descs
-        with self._lock:
-            for b in buf_ids:
-                d = descs[b]
-                assert d.refcount > 0 and d.lock.held_exclusive, \
-                    "a buffer is pinned and exclusively locked before it is dirtied"
-                if not d.flags & BM_DIRTY:
-                    self._set_state_locked(d, B.DIRTY)
-                    turned += 1
-        return turned
 
     def lock_exclusive_many(self, buf_ids: Sequence[int]) -> None:
         """``lock_exclusive`` of each pinned buffer, in order (distinct buffers). When a

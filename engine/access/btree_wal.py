@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from itertools import accumulate
+from itertools import accumulate, repeat
 
 from slonik.engine.access.btree_page import (
     Special,
@@ -308,28 +308,20 @@ def btree_redo(ctx, rr) -> None:
     (``apply_payload_actions``: one C call per block where C takes them all)."""
     rec = rr.record
     counts = block_action_counts(rec.payload, len(rec.blocks))
-    if counts is not None:
-        for index, ref in enumerate(rec.blocks):
-            n, first = counts[index]
-            assert not ref.will_init or (n and first == A_INIT), \
-                f"will_init block {ref.block} does not start with A_INIT"
-            _action, buf = ctx.read_buffer_for_redo(rr, index)
-            if buf is None:  # restored from its image, or already has the change
-                continue
-            apply_payload_actions(ctx.bufmgr.page(buf), rec.payload, index, n)
-            ctx.finish_redo_buffer(rr, buf)
-        return
-    by_block: dict[int, list[tuple[int, bytes]]] = {}
-    for index, code, data in decode_actions(rec.payload):
-        by_block.setdefault(index, []).append((code, data))
+    if counts is None:       # without the C module: counted by decoding
+        by_block: dict[int, list[int]] = {}
+        for index, code, _data in decode_actions(rec.payload):
+            by_block.setdefault(index, []).append(code)
+        counts = [(len(codes), codes[0] if codes else 0)
+                  for codes in map(by_block.get, range(len(rec.blocks)), repeat([]))]
     for index, ref in enumerate(rec.blocks):
-        actions = by_block.get(index, [])
-        assert not ref.will_init or (actions and actions[0][0] == A_INIT), \
+        n, first = counts[index]
+        assert not ref.will_init or (n and first == A_INIT), \
             f"will_init block {ref.block} does not start with A_INIT"
         _action, buf = ctx.read_buffer_for_redo(rr, index)
         if buf is None:  # restored from its image, or already has the change
             continue
-        apply_block_actions(ctx.bufmgr.page(buf), rec.payload, index, actions)
+        apply_payload_actions(ctx.bufmgr.page(buf), rec.payload, index, n)
         ctx.finish_redo_buffer(rr, buf)
 
 

@@ -1,6 +1,7 @@
-"""The buffer manager's batch calls recovery's B+tree runs use (``pin_if_valid_many``,
-``lock_exclusive_many``, ``mark_dirty_many``, ``unlock_exclusive_many``), on every io
-method: each equals its one-buffer call applied to every buffer in turn."""
+"""The buffer manager's batch calls recovery's B+tree runs use
+(``pin_exclusive_if_valid_many``, ``release_many``) and ``lock_exclusive_many`` /
+``unlock_exclusive_many``, on every io method: each equals its one-buffer calls applied
+to every buffer in turn."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ REL = 16384  # small_pool's relation (tests/storage/conftest.py): blocks 0..7
 def test_batch_calls_equal_one_buffer_calls(small_pool, cached, dirty, asked):
     """Blocks ``cached`` are read into the pool (and unpinned), those of ``dirty`` among
     them dirtied; then for the distinct blocks ``asked`` (8 and 9 do not exist, so are
-    never in the pool): pin_if_valid_many gives what pin_if_valid gives block by block
-    (buffer or -1), raising each pinned buffer's pin count by one and the hit count by the
-    number pinned; lock_exclusive_many holds each pinned buffer's content lock with an odd
-    change counter; mark_dirty_many returns how many were clean and leaves all dirty;
-    unlock_exclusive_many and unpin_many leave no lock, no pin, even counters, and
-    check() passes. Fails when a miss is pinned, a hit is skipped or a count is off."""
+    never in the pool): pin_exclusive_if_valid_many gives what pin_if_valid gives block
+    by block (buffer or -1), raising each pinned buffer's pin count by one and the hit
+    count by the number pinned, each held exclusively with an odd change counter;
+    release_many with every other pinned buffer to dirty returns how many of those were
+    clean and leaves them dirty, no lock, no pin, even counters; lock_exclusive_many and
+    unlock_exclusive_many do the same to the locks; check() passes. Fails when a miss is
+    pinned, a hit is skipped or a count is off."""
     bm, _smgr = small_pool
     for block in cached:
         buf = bm.read_buffer(REL, Fork.MAIN, block)
@@ -41,21 +43,28 @@ def test_batch_calls_equal_one_buffer_calls(small_pool, cached, dirty, asked):
         expected.append(buf)
     refcounts = [bm.descs[b].refcount for b in range(len(bm.descs))]
     hits = bm.stats().hits
-    got = bm.pin_if_valid_many(tags)
-    assert got == expected
+    got = bm.pin_exclusive_if_valid_many(tags)
     pinned = [b for b in got if b >= 0]
-    assert set(pinned) <= {bm._table.get(t) for t in tags}
-    assert [bm.descs[b].refcount for b in range(len(bm.descs))] == \
-        [n + (b in pinned) for b, n in enumerate(refcounts)]
-    assert bm.stats().hits == hits + len(pinned)
-    clean = sum(not bm.is_dirty(b) for b in pinned)
-    bm.lock_exclusive_many(pinned)
+    to_dirty = set(pinned[::2])
     try:  # a failed check releases what it holds: the next example must not hang on it
+        assert got == expected
+        assert set(pinned) <= {bm._table.get(t) for t in tags}
+        assert [bm.descs[b].refcount for b in range(len(bm.descs))] == \
+            [n + (b in pinned) for b, n in enumerate(refcounts)]
+        assert bm.stats().hits == hits + len(pinned)
         assert all(bm.descs[b].lock.held_exclusive for b in pinned)
         if bm.seq is not None:
             assert all(bm.seq_of(b) % 2 == 1 for b in pinned)
-        assert bm.mark_dirty_many(pinned) == clean
-        assert all(bm.is_dirty(b) for b in pinned)
+        was_dirty = {b: bm.is_dirty(b) for b in pinned}
+        clean = sum(not was_dirty[b] for b in to_dirty)
+    finally:
+        turned = bm.release_many(pinned, to_dirty)
+    assert turned == clean
+    assert all(bm.is_dirty(b) == (was_dirty[b] or b in to_dirty) for b in pinned)
+    assert [bm.pin_if_valid(*bm.block_of(b)) for b in pinned] == pinned
+    bm.lock_exclusive_many(pinned)
+    try:
+        assert all(bm.descs[b].lock.held_exclusive for b in pinned)
     finally:
         bm.unlock_exclusive_many(pinned)
         bm.unpin_many(pinned)

@@ -16,6 +16,7 @@ from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.aio.errors import SlonikError
 from slonik.engine import recovery
+from slonik.engine.access import btree_wal
 from slonik.engine.checkpointer import Checkpointer
 from slonik.engine.database import Database
 from slonik.engine.recovery import RedoAction, bootstrap, startup
@@ -305,7 +306,7 @@ def test_recovery_with_the_c_scanner_replays_as_record_at_a_time(tmp_path, io_me
     same KV items and table rows. Checked by recovering three copies of the crashed
     directory: the second with the fast path's C field reader off (every record decoded
     and redone through its resource manager), the third with engine.recovery's scanner
-    set to None too."""
+    set to None too and B+tree redo counting a block's actions by decoding them."""
     pristine = build_crashed_database(str(tmp_path / "build"), 3, preload_rows=2000)
     fast: list[int] = []
     with_c = _recover_copy(pristine, str(tmp_path / "c"), io_method, fast)
@@ -313,6 +314,7 @@ def test_recovery_with_the_c_scanner_replays_as_record_at_a_time(tmp_path, io_me
     monkeypatch.setattr(recovery, "C_FIELDS", False)
     decoded = _recover_copy(pristine, str(tmp_path / "decoded"), io_method, fast)
     monkeypatch.setattr(recovery, "C_SCANNER", None)
+    monkeypatch.setattr(btree_wal, "C_REDO_BLOCK", False)   # actions counted by decoding
     without = _recover_copy(pristine, str(tmp_path / "py"), io_method, fast)
     assert with_c == decoded == without
     assert fast[0] > with_c[0][0] // 2 and fast[1:] == [0, 0]
