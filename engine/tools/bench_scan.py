@@ -63,7 +63,7 @@ BUILD_SHARED_BUFFERS = 16384    # pages (128 MiB) while building
 WARM_POOL_SLACK_PAGES = 1024    # the warm pool: the whole table plus this
 # fio reads the file once (not time-based): allow for a slow disk on top of startup
 FIO_SCAN_SECONDS_MAX = 480
-FIO_BLOCK = "128k"              # = io_combine_limit 16 blocks of 8 KiB
+BLOCK_KIB = 8                   # a page; fio reads io_combine_limit pages at a time
 DEFAULT_REPLAY_MB = 64.0        # WAL per replay workload
 REPLAY_TARGET_MB_S = 150.0      # the issue's replay target, MB of WAL per second
 TARGETS = {"io_uring": ("cold_vs_fio_depth32", 0.8), "sync": ("cold_vs_fio_depth1", 0.8),
@@ -173,12 +173,19 @@ def timed_scan(db: Database) -> tuple[float, int]:
     return time.perf_counter() - start, n
 
 
-def run_fio(path: str, size: int, direct: bool, depth: int) -> float:
-    """MB/s of fio reading ``size`` bytes of the file once, sequentially, 128 KiB at a
-    time: io_uring at ``depth`` (> 1), or psync (one read at a time) at depth 1."""
+def fio_block(io_combine_limit: int) -> str:
+    """fio's block size for a scan combining ``io_combine_limit`` pages per read (128k at
+    the default 16): the baseline reads as much per request as the scan does."""
+    return f"{io_combine_limit * BLOCK_KIB}k"
+
+
+def run_fio(path: str, size: int, direct: bool, depth: int, block: str = fio_block(16)
+            ) -> float:
+    """MB/s of fio reading ``size`` bytes of the file once, sequentially, ``block`` bytes
+    at a time: io_uring at ``depth`` (> 1), or psync (one read at a time) at depth 1."""
     engine = ["--ioengine=io_uring", f"--iodepth={depth}"] if depth > 1 else ["--ioengine=psync"]
     job = run_fio_job([f"--filename={path}", f"--direct={int(direct)}", *engine,
-                       "--rw=read", f"--bs={FIO_BLOCK}", f"--size={size}"],
+                       "--rw=read", f"--bs={block}", f"--size={size}"],
                       seconds=FIO_SCAN_SECONDS_MAX)
     return job["read"]["bw_bytes"] / 1e6
 
@@ -288,7 +295,8 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
                 for name, depth in (("depth32", 32), ("depth1", 1)):
                     if not direct:
                         drop_caches()
-                    fio[name].append(run_fio(segment, fio_bytes, direct, depth))
+                    fio[name].append(run_fio(segment, fio_bytes, direct, depth,
+                                             fio_block(args.io_combine_limit)))
                     log(f"run {run + 1}: fio {name} {fio[name][-1]:.0f} MB/s")
             except (FioError, KeyError) as exc:   # as the other benches: no baseline
                 have_fio = False
@@ -383,7 +391,7 @@ def format_table(r: dict) -> str:
              f"{r['row_bytes']} bytes), checksums verified, "
              f"{'O_DIRECT' if r['direct'] else 'buffered'}; cold = {r['cold_state']}; "
              f"medians of {r['runs']} runs",
-             f"fio sequential {FIO_BLOCK}: depth 32 {_fmt(r['fio_depth32_mb_s'], '.0f')} MB/s, "
+             f"fio sequential {fio_block(r['io_combine_limit'])}: depth 32 {_fmt(r['fio_depth32_mb_s'], '.0f')} MB/s, "
              f"depth 1 {_fmt(r['fio_depth1_mb_s'], '.0f')} MB/s",
              f"{'method':<10} {'cold MB/s':>10} {'/fio32':>7} {'/fio1':>7} {'/sync':>6} "
              f"{'warm MB/s':>10}  target"]
