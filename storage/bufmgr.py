@@ -1752,15 +1752,12 @@ class BufferManager:
         """``unlock_exclusive`` of each buffer."""
         bump = self._bump
         descs = self.descs
-        for b in buf_ids:   # release_exclusive inlined
-            d = descs[b]
-            assert d._exclusive, "content lock released exclusive but not held"
+        for b in buf_ids:
+            lock = descs[b].lock
             if bump is not None:  # invariant 8: even again once the page stopped changing
+                assert lock.held_exclusive, "content lock released exclusive but not held"
                 bump(b)
-            with d._mutex:
-                d._exclusive = False
-                if d._waiters:
-                    d._cond.notify_all()
+            lock.release_exclusive()
 
     # --- writes --------------------------------------------------------------------------------------
     def _write_victim(self, buf_id: int) -> None:
