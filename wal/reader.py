@@ -167,8 +167,9 @@ class RawBatch(NamedTuple):
                             self.ends[i])
 
 
-# (offsets, lengths, end offsets, stop offset, gathered): see scan_records_py.
-ScanResult = tuple[list[int], list[int], list[int], int, "bytearray | None"]
+# (offsets, lengths, end offsets, stop offset, gathered: a buffer or None): see
+# scan_records_py (its gathered is a bytearray, the C scanner's a cffi buffer).
+ScanResult = tuple[list[int], list[int], list[int], int, Any]
 RecordScanner = Callable[[memoryview, int, int, int, "int | None", int], ScanResult]
 
 
