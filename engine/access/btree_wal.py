@@ -79,7 +79,8 @@ __all__ = [
     "set_prev_data", "delete_data", "encode_actions", "decode_actions", "apply_action", "apply_block_actions",
     "apply_payload_actions", "apply_action_py", "C_APPLY_BUILD",
     "btree_redo", "btree_describe", "BTREE_RMGR", "C_REDO_RUN", "redo_leaf_run",
-    "redo_leaf_run_at", "redo_leaf_run_py", "C_REDO_BLOCK", "block_action_counts",
+    "redo_leaf_run_at", "redo_leaf_run_py", "C_REDO_BLOCK",
+    "block_action_counts",
 ]
 
 A_INIT = 1
@@ -256,9 +257,13 @@ def _apply_from(page, payload, index: int, actions: Sequence[tuple[int, bytes]],
     C accepts in one call, each action it refuses through ``apply_action`` (which raises
     for a bad one)."""
     n = len(actions)
-    cpage, cpayload, plen = _ffi.from_buffer(page), _ffi.from_buffer(payload), len(payload)
+    plen = len(payload)
     while done < n:
-        done += _hot.slk_bt_redo_actions_from(cpage, cpayload, plen, index, done)
+        # The page's C export lives for the call only: kept in this frame, the traceback
+        # of an error apply_action raises would hold it, and CPython 3.11's collector
+        # crashed clearing the view (README; test_btree_redo_c).
+        done += _hot.slk_bt_redo_actions_from(_ffi.from_buffer(page),
+                                              _ffi.from_buffer(payload), plen, index, done)
         if done < n:
             code, data = actions[done]
             apply_action(page, code, data)

@@ -5,6 +5,8 @@ same error for an action that cannot be applied, after the same actions."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -172,3 +174,43 @@ def test_block_action_counts_reject_a_bad_layout_as_decoding_does():
     for bad in (good[:-1], bytes([0, 9, 0, 0, 0, 0])):
         with pytest.raises(ValueError, match="btree action at 0"):
             bw.block_action_counts(bad, 1)
+
+
+_GC_AFTER_A_REFUSED_ACTION = r'''
+import gc
+from slonik.aio.memory import aligned_buffer
+from slonik.engine.access import btree_page as bp
+from slonik.engine.access import btree_wal as bw
+
+def run():
+    mem = aligned_buffer(4 * 8192)                 # as the buffer pool's memory
+    page = memoryview(mem)[8192:16384]
+    items = [bp.pack_entry(b"k%05d" % i, i + 1, 0, 0, b"v" * 10) for i in range(5)]
+    bp.bt_build(page, bp.Special(0, 0, 0, bp.BTP_LEAF), items)
+    payload = bw.encode_actions([(0, bw.A_INSERT, bw.insert_data(2, b"x" * 5)),
+                                 (0, bw.A_INSERT, bw.insert_data(999, b"y"))])
+    actions = [(c, d) for i, c, d in bw.decode_actions(payload) if i == 0]
+    keep = []
+    try:
+        bw._apply_from(page, payload, 0, actions, 0)
+    except ValueError as e:
+        keep.append(e)
+        keep.append(keep)                          # the error's traceback in a cycle
+
+for _ in range(50):
+    run()
+    gc.collect()
+print("survived")
+'''
+
+
+@needs_c
+def test_a_refused_action_leaves_no_page_export_for_the_collector():
+    """An action C refuses and apply_action raises for (an insert at offnum 999), applied
+    to a page of pool-like memory by ``_apply_from``, its error kept in a reference cycle,
+    then the cyclic collector: the process survives. A page's C export kept in the
+    raising frame made CPython 3.11's collector crash (SIGSEGV) clearing the view; run in
+    a subprocess so that a crash fails the test instead of ending the run."""
+    proc = subprocess.run([sys.executable, "-c", _GC_AFTER_A_REFUSED_ACTION],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "survived" in proc.stdout, (proc.returncode, proc.stderr)
