@@ -232,7 +232,7 @@ class RedoContext:
         ``one`` (its resource manager), the records around it through here."""
         bm = self.bufmgr
         f = batch.fields
-        tags = list(zip(f.rels[a:b], f.forks[a:b], f.blocks[a:b], strict=True))
+        tags = batch.tags[a:b]
         distinct = list(dict.fromkeys(tags))
         # Pages in the pool (the usual case, prefetched) are pinned and locked in one
         # section, the rest read and locked one by one; all released in one section.
@@ -444,14 +444,15 @@ class RedoBatch:
     """A batch of records read for redo (``_prefetching``): ``n`` records; ``xids`` of each;
     ``slow``: (index in the batch, decoded record) of those redone one at a time through
     their resource manager, in order; with the fast path on, ``fields`` of the rest, read
-    from the ``raw`` batch by ``wal_decode.wal_fields`` (``nfast`` of them; ``cbufs`` holds
-    their buffer ids while a run is redone)."""
+    from the ``raw`` batch by ``wal_decode.wal_fields`` (``nfast`` of them, their pages
+    ``tags``; ``cbufs`` holds their buffer ids while a run is redone)."""
 
-    __slots__ = ("raw", "n", "xids", "slow", "fields", "nfast", "cbufs")
+    __slots__ = ("raw", "n", "xids", "slow", "fields", "nfast", "tags", "cbufs")
 
     def __init__(self, item: RawBatch | list[ReadRecord], fast: bool) -> None:
         self.fields = None
         self.nfast = 0
+        self.tags: list[tuple[int, int, int]] = []
         self.cbufs = None
         if not isinstance(item, RawBatch):          # a record read on its own
             self.raw = None
@@ -468,6 +469,7 @@ class RedoBatch:
         f = self.fields = wal_fields(item, RM_BTREE)
         self.xids = f.xids
         self.nfast = len(f.fast)
+        self.tags = list(zip(f.rels, f.forks, f.blocks, strict=True))
         self.cbufs = new_buffer_ids(self.nfast)
         slow = sorted(set(range(n)).difference(f.fast)) if self.nfast < n else ()
         self.slow = [(i, item.record(i)) for i in slow]
@@ -475,12 +477,10 @@ class RedoBatch:
     def prefetch_tags(self) -> Iterator[tuple[int, int, int]]:
         """The (rel, fork, block) of the blocks redo will read (no image, not will_init),
         each once."""
-        f = self.fields
-        tags = zip(f.rels, f.forks, f.blocks, strict=True) if f is not None else ()
         slow = [_REF_TAG(ref) for ref in chain.from_iterable(
                     map(_BLOCKS, map(_RECORD, map(_SECOND, self.slow))))
                 if ref.image is None and not ref.will_init]
-        return iter(dict.fromkeys(chain(tags, slow)))
+        return iter(dict.fromkeys(chain(self.tags, slow)))
 
 
 def _prefetching(reader: WalReader, ctx: RedoContext, *, fast: bool) -> Iterator[RedoBatch]:
