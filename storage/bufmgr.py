@@ -1124,23 +1124,10 @@ class BufferManager:
 
     def release_dirty(self, buf_id: int) -> bool:
         """``mark_dirty``, ``unlock_exclusive`` and ``unpin`` of a buffer its caller
-        changed, in one call (the dirty flag set before the content lock is released).
-        Whether the buffer was clean before (recovery counts the buffers it dirtied)."""
-        d = self.descs[buf_id]
-        lock = d.lock
-        assert d.refcount > 0 and lock.held_exclusive, \
-            "a buffer is pinned and exclusively locked before it is dirtied"
-        with self._lock:
-            turned = not d.flags & BM_DIRTY
-            if turned:
-                self._set_state_locked(d, B.DIRTY)
-        bump = self._bump
-        if bump is not None:  # invariant 8: even again once the page stopped changing
-            bump(buf_id)
-        lock.release_exclusive()
-        with self._lock:
-            d.refcount -= 1
-        return turned
+        changed, in one call (``release_many`` of it, dirty: the flag set before the
+        content lock is released). Whether the buffer was clean before (recovery counts
+        the buffers it dirtied)."""
+        return self.release_many((buf_id,), (buf_id,)) == 1
 
     def _claim_victim_locked(self, tag: tuple[int, int, int]) -> BufferDesc | None:
         """A clean victim for ``tag`` (absent from the table), pinned, retagged and claimed
