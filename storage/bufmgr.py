@@ -1273,10 +1273,9 @@ class BufferManager:
         """``pin_if_valid`` of each of distinct (rel, fork, block) tags, each pinned buffer
         also held exclusively (``lock_exclusive``), in one descriptor-lock section: the
         buffer ids, -1 for a block not VALID in the pool (no pin, no lock; no I/O, no
-        victim). A content lock
-        someone else holds is waited for after the section (``lock_exclusive_many``).
-        Recovery's run of B+tree records takes its pages this way; ``release_many`` gives
-        them back."""
+        victim). A content lock someone else holds is waited for after the section
+        (``lock_exclusive_many``). Recovery's run of B+tree records takes its pages this
+        way; ``release_many`` gives them back."""
         out: list[int] = []
         append = out.append
         busy: list[int] = []
@@ -1721,13 +1720,10 @@ class BufferManager:
         descs = self.descs
         done = 0
         try:
-            for b in buf_ids:   # acquire_exclusive inlined: one call per buffer less
+            for b in buf_ids:
                 d = descs[b]
                 assert d.refcount > 0, "a buffer is pinned before it is locked"
-                with d._mutex:
-                    while d._exclusive or d._shared:
-                        d._wait()
-                    d._exclusive = True
+                d.lock.acquire_exclusive()
                 done += 1
                 if bump is not None:  # invariant 8: odd before the page may change
                     bump(b)
