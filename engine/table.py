@@ -324,7 +324,10 @@ class Table:
     def insert_many(self, rows: Iterable[Sequence]) -> list[Tid]:
         """Insert several rows at once (one WAL record per page filled); their Tids."""
         rows = list(rows)
-        datas = self._codec.encode_many(rows)   # column-wise when the types allow
+        codec = self._codec
+        # Laid out column by column in one buffer when the rows allow (no NULL, exact
+        # types), else encoded row by row, which names a bad value.
+        datas = codec.pack_many(rows) or codec.encode_many(rows)
         if not datas:
             return []
         self._check()

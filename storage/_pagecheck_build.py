@@ -60,6 +60,10 @@ int slk_row_bounds(const uint8_t *buf, int n, const uint32_t *starts, const uint
 int slk_heap_fill_page(uint8_t *page, const uint8_t *datas, const uint32_t *data_at,
                        const uint32_t *lens, int n, uint64_t xmin, uint16_t flags,
                        uint8_t *record_out, uint32_t *record_len);
+int64_t slk_rows_pack(int n, int nb, int nfixed, const uint8_t *fixed_sizes,
+                      const uint8_t *const *fixed_cols, int nvar,
+                      const uint8_t *const *var_data, const uint32_t *const *var_lens,
+                      uint32_t max_row, uint8_t *out, uint32_t *out_at, uint32_t *out_len);
 /* --- table index --- */
 int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                         const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
@@ -872,6 +876,54 @@ int slk_row_bounds(const uint8_t *buf, int n, const uint32_t *starts, const uint
 {
     return slk_row_layout(buf, n, starts, ends, nb, nfixed, fixed_sizes, nvar, fixed_out,
                           var_out, NULL, NULL, NULL);
+}
+
+/* --- row packing --- (engine/access/tuple.py: RowCodec.pack_many's reference is its
+ * generated encode, row by row; tests/engine/test_rows_pack_c.py compares them)
+ * n rows with no NULL, given column by column, laid out as RowCodec.encode lays out each:
+ * nb zero bytes (the null bitmap), the fixed-width columns in schema order (column k: n
+ * values of fixed_sizes[k] bytes each, little-endian, at fixed_cols[k]), a u32 length per
+ * text/bytea column, then those columns' bytes (column j: its values back to back at
+ * var_data[j], their lengths in var_lens[j]). Row i goes to out + out_at[i], out_len[i]
+ * bytes; the rows are back to back. Returns the bytes written, or -(i + 1) for the first
+ * row i longer than max_row (nothing after it is written). */
+int64_t slk_rows_pack(int n, int nb, int nfixed, const uint8_t *fixed_sizes,
+                      const uint8_t *const *fixed_cols, int nvar,
+                      const uint8_t *const *var_data, const uint32_t *const *var_lens,
+                      uint32_t max_row, uint8_t *out, uint32_t *out_at, uint32_t *out_len)
+{
+    uint64_t at = 0;
+    uint64_t var_at[64] = {0};
+    if (nvar > 64) return -(int64_t)1 - (int64_t)n;      /* the caller keeps to 64 */
+    uint32_t head = (uint32_t)nb + 4u * (uint32_t)nvar;
+    for (int k = 0; k < nfixed; k++) head += fixed_sizes[k];
+    for (int i = 0; i < n; i++) {
+        uint64_t len = head;
+        for (int j = 0; j < nvar; j++) len += var_lens[j][i];
+        if (len > max_row) return -(int64_t)i - 1;
+        uint8_t *o = out + at;
+        memset(o, 0, (size_t)nb);
+        o += nb;
+        for (int k = 0; k < nfixed; k++) {
+            uint32_t z = fixed_sizes[k];
+            memcpy(o, fixed_cols[k] + (size_t)i * z, z);
+            o += z;
+        }
+        for (int j = 0; j < nvar; j++) {
+            memcpy(o, &var_lens[j][i], 4);
+            o += 4;
+        }
+        for (int j = 0; j < nvar; j++) {
+            uint32_t z = var_lens[j][i];
+            memcpy(o, var_data[j] + var_at[j], z);
+            var_at[j] += z;
+            o += z;
+        }
+        out_at[i] = (uint32_t)at;
+        out_len[i] = (uint32_t)len;
+        at += len;
+    }
+    return (int64_t)at;
 }
 
 /* A new, empty page (init_page, no free line pointers) filled with heap tuples (xmin,

@@ -67,6 +67,7 @@ from slonik.engine.access.tuple import (
     SCAN_SLICE_MIN_VALUE_BYTES,
     TUPLE_HEADER_SIZE,
     HeapTuple,
+    PackedRows,
     RowCodec,
     Tid,
     TupleFormatError,
@@ -547,29 +548,38 @@ def fill_page_py(page, xmin: int, flags: int, datas: Sequence[bytes]) -> tuple[i
 
 
 class _PageFiller:
-    """``fill_page`` in C over one batch of tuple data (bytes each, none too large),
-    joined once; each new page takes the next tuples with one call. ``pages_at_least``
-    says how many new pages the tuples from an index need at the least."""
+    """``fill_page`` in C over one batch of tuple data (bytes each, none too large,
+    joined once; or rows ``RowCodec.pack_many`` laid out back to back already); each new
+    page takes the next tuples with one call. ``pages_at_least`` says how many new pages
+    the tuples from an index need at the least."""
 
-    def __init__(self, xmin: int, flags: int, datas: list[bytes]) -> None:
-        lens = list(map(len, datas))
+    def __init__(self, xmin: int, flags: int, datas: list[bytes] | PackedRows) -> None:
         self.xmin, self.flags = xmin, flags
-        self.blob = b"".join(datas)
         self.n = len(datas)
-        self._at = list(accumulate(lens, initial=0))  # data offsets; [n] = all the data
-        self.lens = _ffi.new("uint32_t[]", lens)
-        self.data_at = _ffi.new("uint32_t[]", self._at[:-1] or [0])
+        if isinstance(datas, PackedRows):
+            self.blob = datas.blob
+            self._blob_ptr = datas.blob
+            self._total = datas.total
+            self.lens, self.data_at = datas.lens, datas.at
+        else:
+            lens = list(map(len, datas))
+            self.blob = b"".join(datas)
+            self._blob_ptr = _ffi.from_buffer(self.blob)
+            at = list(accumulate(lens, initial=0))  # data offsets; [n] = all the data
+            self._total = at[-1]
+            self.lens = _ffi.new("uint32_t[]", lens)
+            self.data_at = _ffi.new("uint32_t[]", at[:-1] or [0])
         self._record = _ffi.new("uint8_t[]", BLCKSZ + 8 * _PAGE_LPS_MAX)
         self._record_len = _ffi.new("uint32_t *")
 
     def pages_at_least(self, first: int, room: int) -> int:
         """A lower bound of the new pages (``room`` bytes each) the tuples from ``first``
         fill: each takes at least its data, a header and a line pointer."""
-        need = self._at[self.n] - self._at[first] + (self.n - first) * _TUPLE_MIN_COST
+        need = self._total - self.data_at[first] + (self.n - first) * _TUPLE_MIN_COST
         return max(1, -(-need // room))
 
     def fill(self, page, first: int) -> tuple[int, bytes]:
-        count = _lib.slk_heap_fill_page(_ffi.from_buffer(page), _ffi.from_buffer(self.blob),
+        count = _lib.slk_heap_fill_page(_ffi.from_buffer(page), self._blob_ptr,
                                         self.data_at + first, self.lens + first,
                                         self.n - first, self.xmin, self.flags, self._record,
                                         self._record_len)
@@ -769,13 +779,15 @@ class Heap:
         each new page is filled, and its record built, by one ``fill_page`` call (C when
         built). A page that already holds tuples takes them one at a time."""
         _check_xid(xid)
-        if not isinstance(datas, list | tuple):
+        if not isinstance(datas, list | tuple | PackedRows):
             datas = list(datas)
         items = None
         filler = None
-        if (_lib is not None and datas and set(map(type, datas)) == {bytes}
+        if isinstance(datas, PackedRows) or (
+                _lib is not None and datas and set(map(type, datas)) == {bytes}
                 and max(map(len, datas)) <= MAX_TUPLE_DATA_BYTES
                 and sum(map(len, datas)) <= _U32_MAX):
+            # (PackedRows: made by the C helper, each row checked against the limit)
             pack_tuple(xid, 0, flags, b"")  # the header's own checks, once
             filler = _PageFiller(xid, flags, datas)
         else:
@@ -786,7 +798,7 @@ class Heap:
         with _collector_paused():
             while i < n:
                 if filler is not None:
-                    need = maxalign(TUPLE_HEADER_SIZE + len(datas[i]))
+                    need = maxalign(TUPLE_HEADER_SIZE + filler.lens[i])
                     fsm = self.free_space_map()
                     with self._fsm_lock:
                         room = fsm.find(need)
