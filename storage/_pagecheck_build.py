@@ -906,7 +906,10 @@ int64_t slk_rows_pack(int n, int nb, int nfixed, const uint8_t *fixed_sizes,
         o += nb;
         for (int k = 0; k < nfixed; k++) {
             uint32_t z = fixed_sizes[k];
-            memcpy(o, fixed_cols[k] + (size_t)i * z, z);
+            const uint8_t *src = fixed_cols[k] + (size_t)i * z;
+            if (z == 8) memcpy(o, src, 8);          /* (constant sizes: inlined moves) */
+            else if (z == 1) *o = *src;
+            else memcpy(o, src, z);
             o += z;
         }
         for (int j = 0; j < nvar; j++) {
