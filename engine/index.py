@@ -42,16 +42,18 @@ Invariants:
 
 from __future__ import annotations
 
+import operator
 import struct
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain, repeat, starmap
 from operator import itemgetter
 from typing import NamedTuple
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite, XidSnapshot
+from slonik.engine.access.btree_leafrun import sorted_joined
 from slonik.engine.access.btree_page import (
     BTP_DELETED,
     BTP_LEAF,
@@ -138,6 +140,11 @@ BATCH_TIDS_C_MIN = 16
 _tls = threading.local()
 
 
+def _no_lookup(xid: int) -> bool:
+    """The ``committed`` test of an index build, which has no OLD_LOOKUP write to resolve."""
+    raise AssertionError(f"an index build asked whether transaction {xid} committed")
+
+
 def split_entry_key(key: bytes) -> tuple[bytes, Tid]:
     """(encoded key, heap TID) of an index entry's key."""
     n = len(key) - TID_SUFFIX_BYTES
@@ -205,6 +212,39 @@ class TableIndex:
         got = self._encode_columns([list(map(g, rows)) for g in self._column_getters])
         return got if got is not None else list(map(self.key_of_row, rows))
 
+    def encode_rows(self, rows: list) -> list[bytes] | None:
+        """``[encode(values_of(r)) for r in rows]`` column-wise (a bulk insert's keys), or
+        None when a key column holds a NULL or a value not of its exact type, or a key is
+        over the size limit: ``encode`` row by row then gives the right bytes or error."""
+        if not rows:
+            return []
+        got = self._encode_columns([list(map(g, rows)) for g in self._column_getters])
+        if got is None or max(map(len, got)) + TID_SUFFIX_BYTES > KEY_MAX_BYTES:
+            return None
+        return got
+
+    def holders(self, keys: Collection[bytes]) -> dict[bytes, list[Tid]]:
+        """The heap TIDs of the entries of each of ``keys`` (whole encoded keys, distinct:
+        a set, or a dict's keys) that has entries, in index order: one walk of the leaves
+        from the least key to the greatest when the keys are at least as many as the
+        index's pages (a bulk insert: each leaf read once), else a descent per key
+        (``matching``)."""
+        if not keys:
+            return {}
+        tree = self.tree
+        out: dict[bytes, list[Tid]] = {}
+        if len(keys) < tree.bufmgr.smgr.nblocks(tree.rel, tree.fork):
+            for key in keys:
+                got = self.matching(key)
+                if got:
+                    out[key] = [tid for _k, tid in got]
+            return out
+        entries, _done = walk_leaves(tree, min(keys), prefix_end(max(keys)))
+        for key, tid in map(split_entry_key, entries):
+            if key in keys:
+                out.setdefault(key, []).append(tid)
+        return out
+
     def encode(self, values: Sequence) -> bytes:
         """The encoded key (or key prefix) of ``values``; TypeError naming the column for
         a wrong type, ValueError naming the index for a key over the size limit."""
@@ -222,9 +262,24 @@ class TableIndex:
 
     def build(self, xid: int, entries: list[tuple[bytes, Tid]]) -> None:
         """Add the entries of existing rows in one sorted batch (leaves filled in order)."""
-        writes = sorted(VersionWrite(k + _TID.pack(*t), xid, b"") for k, t in entries)
-        if writes:
-            self.tree.apply(writes)
+        if entries:
+            self.build_columns(xid, *zip(*entries, strict=True))
+
+    def build_columns(self, xid: int, keys: Sequence[bytes], tids: Sequence[Tid]) -> None:
+        """``build`` of the entries (keys[i], tids[i]): made and sorted column-wise and
+        applied without a check per entry (``apply_trusted_columns``: the entry keys are
+        distinct, their TIDs being, and bytes), unless one is over the tree's key limit:
+        ``apply`` then refuses it."""
+        if not keys:
+            return
+        keys = list(map(operator.add, keys, starmap(_TID.pack, tids)))
+        tree = self.tree
+        if max(map(len, keys)) > KEY_MAX_BYTES:
+            tree.apply([VersionWrite(k, xid, b"") for k in keys])   # (raises naming it)
+            return
+        _order, keys, joined = sorted_joined(keys)   # (one C sort, the keys joined by it)
+        n = len(keys)
+        tree.apply_trusted_columns(keys, [b""] * n, xid, [0] * n, _no_lookup, joined)
 
     def vacuum(self, dead: set[Tid]) -> int:
         """Remove the entries pointing at ``dead`` heap tuples; how many went."""

@@ -36,12 +36,12 @@ that ``Database`` hands it with its ``Relation``. A table (or a scan over it) us
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from itertools import chain, compress
 from operator import eq
 
 from slonik.engine.access.btree import KEY_MAX_BYTES, XidSnapshot
-from slonik.engine.access.heap import Heap, HeapTuple, RowRun
+from slonik.engine.access.heap import Heap, HeapTuple, RowRun, collector_paused
 from slonik.engine.access.heap_fetch import VISIBLE, fetch_tuple
 from slonik.engine.access.tuple import RowCodec, Tid
 from slonik.engine.errors import ConflictError, UniqueViolation
@@ -238,6 +238,75 @@ class Table:
                         index.unique and None not in values))
         return out
 
+    def _batch_keys(self, rows: list[Sequence]) -> list[tuple[list[bytes], list[bool] | bool]]:
+        """Per index of the table: the rows' encoded keys, and whether each can conflict
+        (a list; or one bool for all). Column-wise (``TableIndex.encode_rows``) when no key
+        column holds a NULL or an unusual value, else ``_row_keys`` row by row, which
+        raises naming the first row's bad value."""
+        indexes = self._relation.table_indexes
+        out: list[tuple[list[bytes], list[bool] | bool]] = []
+        for index in indexes:
+            got = index.encode_rows(rows)
+            if got is None:
+                break
+            out.append((got, index.unique))   # (no NULL: a unique index's keys conflict)
+        else:
+            return out
+        per_row = [self._row_keys(r) for r in rows]
+        return [([rk[n][1] for rk in per_row], [rk[n][2] for rk in per_row])
+                for n in range(len(indexes))]
+
+    def _check_unique_many(self, txn: TxnState, rows: list[Sequence],
+                           keys: list[tuple[list[bytes], list[bool] | bool]]) -> None:
+        """``_check_unique`` of a bulk insert's rows (keys from ``_batch_keys``), with its
+        outcome: the first (row, index) that fails, in that order, raises as it would
+        there. The keys a row repeats are found with one set per index, the entries
+        already holding a key with ``TableIndex.holders`` (a walk of the leaves the batch
+        spans, for a batch as large as the index); only rows found so are looked at one
+        by one."""
+        found = []   # (row, index position, index, key, tids: None for a repeat)
+        for pos, (index, (ks, conflicts)) in enumerate(
+                zip(self._relation.table_indexes, keys, strict=True)):
+            if not index.unique or conflicts is False:
+                continue
+            first: dict[bytes, int] | None = None
+            if conflicts is True:
+                distinct: Collection[bytes] = set(ks)
+                if len(distinct) < len(ks):
+                    first = {}
+            else:
+                first = {}
+            if first is not None:   # a key repeated, or rows that cannot conflict
+                rows_of = range(len(ks)) if conflicts is True else \
+                    compress(range(len(ks)), conflicts)
+                for i in rows_of:
+                    if ks[i] in first:
+                        found.append((i, pos, index, ks[i], None))
+                    else:
+                        first[ks[i]] = i
+                distinct = first.keys()
+            held = index.holders(distinct)
+            if held and first is None:
+                first = dict(zip(ks, range(len(ks)), strict=True))   # (no key repeated)
+            for key, tids in held.items():
+                found.append((first[key], pos, index, key, tids))
+        if not found:
+            return
+        decode = self._codec.decode
+        try:
+            for i, _pos, index, key, tids in sorted(found, key=lambda f: f[:2]):
+                if tids is None:
+                    raise UniqueViolation(self._duplicate(index, index.values_of(rows[i])))
+                for tid in tids:
+                    t = self._fetch(tid)
+                    if t is None or index.key_of_row(decode(t.data)) != key:
+                        continue
+                    if self._live_for_unique(t, txn.xid, index):
+                        raise UniqueViolation(self._duplicate(index, index.values_of(rows[i])))
+        except (UniqueViolation, ConflictError):
+            txn.rollback_only = True
+            raise
+
     @staticmethod
     def _duplicate(index: TableIndex, values: tuple) -> str:
         cols = ", ".join(index.entry.columns)
@@ -331,18 +400,24 @@ class Table:
         if not datas:
             return []
         self._check()
-        if not self._relation.table_indexes:
+        indexes = self._relation.table_indexes
+        if not indexes:
             with self._layer.write(self._relation) as txn:
                 return self._heap.insert_many(txn.xid, datas)
-        keys = [self._row_keys(r) for r in rows]
+        # (the collector paused: a key, a tuple and a Tid per row, no cycles; see heap.py)
+        with collector_paused():
+            keys = self._batch_keys(rows)   # (bad input raises before any write starts)
+            return self._insert_indexed(rows, datas, keys)
+
+    def _insert_indexed(self, rows: list[Sequence], datas, keys: list) -> list[Tid]:
+        indexes = self._relation.table_indexes
         with self._layer.write(self._relation) as txn, self._write_lock:
-            self._check_unique(txn, rows, keys)
+            self._check_unique_many(txn, rows, keys)
             tids = self._heap.insert_many(txn.xid, datas)
             try:
-                for n, index in enumerate(self._relation.table_indexes):
+                for index, (index_keys, _conflicts) in zip(indexes, keys, strict=True):
                     # One sorted batch per index: runs that land on one leaf are one record.
-                    index.build(txn.xid, [(row_keys[n][1], tid)
-                                          for row_keys, tid in zip(keys, tids, strict=True)])
+                    index.build_columns(txn.xid, index_keys, tids)
             except BaseException:
                 txn.rollback_only = True   # the heap tuples are written: never commit alone
                 raise

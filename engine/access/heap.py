@@ -121,7 +121,7 @@ _new_unzeroed = None if _ffi is None else _ffi.new_allocator(should_clear_after_
 __all__ = [
     "Heap", "Tid", "HeapTuple", "HeapRun", "FreeSpaceMap", "TupleTooLargeError",
     "run_items", "run_items_py", "fill_page", "fill_page_py", "SCAN_RUN_PAGES",
-    "RowRun", "scan_rows_py",
+    "RowRun", "scan_rows_py", "collector_paused",
     "XLOG_HEAP_INSERT", "XLOG_HEAP_INSERT_MULTI", "XLOG_HEAP_DELETE", "XLOG_HEAP_UPDATE",
     "XLOG_HEAP_PRUNE", "XLOG_HEAP_OPMASK", "HEAP_RMGR", "heap_redo", "heap_describe",
 ]
@@ -269,7 +269,7 @@ class FreeSpaceMap:
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """The cyclic garbage collector off (when it was on) for a bulk step that allocates
     one small tuple (a Tid) per row and no cycles: the generation collections those
     allocations trigger traverse every tracked object of the process, the caller's rows
@@ -795,7 +795,7 @@ class Heap:
         n = len(datas)
         tids: list[Tid] = []
         i = 0
-        with _collector_paused():
+        with collector_paused():
             while i < n:
                 if filler is not None:
                     need = maxalign(TUPLE_HEADER_SIZE + filler.lens[i])

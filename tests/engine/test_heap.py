@@ -29,7 +29,7 @@ from slonik.engine.access.heap import (
     Heap,
     HeapTuple,
     Tid,
-    _collector_paused,
+    collector_paused,
     heap_describe,
     heap_redo,
 )
@@ -642,14 +642,14 @@ def test_collector_pauses_of_two_threads_nest():
     seen: dict[str, bool] = {}
 
     def first() -> None:
-        with _collector_paused():
+        with collector_paused():
             first_in.set()
             second_in.wait(5)
         first_out.set()
 
     def second() -> None:
         first_in.wait(5)
-        with _collector_paused():
+        with collector_paused():
             second_in.set()
             first_out.wait(5)
             seen["after first left"] = gc.isenabled()
