@@ -257,8 +257,13 @@ class TableIndex:
 
     # --- writes ---------------------------------------------------------------------------
     def insert(self, xid: int, key: bytes, tid: Tid) -> None:
-        """Add the entry for the heap tuple at ``tid`` (``key`` from ``key_of_row``)."""
-        self.tree.insert(key + _TID.pack(*tid), b"", xid)
+        """Add the entry for the heap tuple at ``tid`` (``key`` from ``key_of_row``): the
+        tree's one-C-call put of a key new to its leaf (``BTree.put_new``, an entry key
+        being unique) where it applies, else its general insert (a split, a move right)."""
+        entry = key + _TID.pack(*tid)
+        tree = self.tree
+        if len(entry) > KEY_MAX_BYTES or tree.put_new(entry, b"", xid, None) is None:
+            tree.insert(entry, b"", xid)
 
     def build(self, xid: int, entries: list[tuple[bytes, Tid]]) -> None:
         """Add the entries of existing rows in one sorted batch (leaves filled in order)."""

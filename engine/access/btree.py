@@ -2383,15 +2383,16 @@ class BTree:
         return explicit + sum(map(bool, resolved.values()))
 
     def put_new(self, key: bytes, value: bytes, xid: int,
-                then: tuple[int, int, bytes]) -> int | None:
+                then: tuple[int, int, bytes] | None) -> int | None:
         """An autocommit put's fast path: the new version (``key``, ``xid``, ``value``
         inline, a checked key and value) on its leaf when that leaf needs no move right,
         holds no version of ``key`` and has room (``btree_leafrun.put_new``: one C call),
         logged as the one INSERT record ``apply_trusted_columns`` would write, page and
         record byte for byte, and followed in the WAL by the record ``then`` (rmgr, info,
         payload) of ``xid``, in the same insertion where it fits (``Wal.insert_pair``).
-        Returns the end LSN of ``then``'s record; None, with nothing written or logged,
-        when the general path must take the put."""
+        Returns the end LSN of ``then``'s record (``then`` None: of the INSERT record, as
+        a table's index entry is added); None, with nothing written or logged, when the
+        general path must take the put."""
         if len(value) > VALUE_INLINE_MAX_BYTES or \
                 LEAF_HEADER_SIZE + len(key) + len(value) > ENTRY_MAX_BYTES:
             return None
@@ -2411,8 +2412,8 @@ class BTree:
                         lsn, lower, upper = _LSN_AND_HOLE.unpack_from(page)
                         spec = BlockSpec(self.rel, int(self.fork), block, page, lsn, False,
                                          (lower, upper))
-                        got = wal.insert_pair(RM_BTREE, XLOG_BTREE_INSERT, xid, payload,
-                                              (spec,), *then)
+                        got = None if then is None else wal.insert_pair(
+                            RM_BTREE, XLOG_BTREE_INSERT, xid, payload, (spec,), *then)
                         if got is None:
                             _start, end = wal.insert(RM_BTREE, XLOG_BTREE_INSERT, xid,
                                                      payload, (spec,))
@@ -2430,6 +2431,8 @@ class BTree:
                 self._release(buf, exclusive=True)
                 return None
             bm.release_dirty(buf)
+        if then is None:
+            return end
         if not then_end:
             _start, then_end = wal.insert(then[0], then[1], xid, then[2])
         return then_end
