@@ -224,10 +224,12 @@ class Table:
                              f"got {', '.join(sorted(key)) or 'no columns'}")
         return pk, tuple(key[c] for c in cols)
 
-    def _row_keys(self, row: Sequence) -> list[tuple[TableIndex, bytes, bool]]:
-        """(index, encoded key, whether it can conflict) of ``row`` for every index."""
+    def _row_keys(self, row: Sequence, indexes: list[TableIndex] | None = None
+                  ) -> list[tuple[TableIndex, bytes, bool]]:
+        """(index, encoded key, whether it can conflict) of ``row`` for every index (of
+        ``indexes``: default, the table's)."""
         out = []
-        for index in self._relation.table_indexes:
+        for index in self._relation.table_indexes if indexes is None else indexes:
             values = index.values_of(row)
             if index.primary:
                 for c, v in zip(index.entry.columns, values, strict=True):
@@ -238,12 +240,12 @@ class Table:
                         index.unique and None not in values))
         return out
 
-    def _batch_keys(self, rows: list[Sequence]) -> list[tuple[list[bytes], list[bool] | bool]]:
-        """Per index of the table: the rows' encoded keys, and whether each can conflict
-        (a list; or one bool for all). Column-wise (``TableIndex.encode_rows``) when no key
-        column holds a NULL or an unusual value, else ``_row_keys`` row by row, which
-        raises naming the first row's bad value."""
-        indexes = self._relation.table_indexes
+    def _batch_keys(self, rows: list[Sequence], indexes: list[TableIndex]
+                    ) -> list[tuple[list[bytes], list[bool] | bool]]:
+        """Per index of ``indexes`` (the table's): the rows' encoded keys, and whether each
+        can conflict (a list; or one bool for all). Column-wise
+        (``TableIndex.encode_rows``) when no key column holds a NULL or an unusual value,
+        else ``_row_keys`` row by row, which raises naming the first row's bad value."""
         out: list[tuple[list[bytes], list[bool] | bool]] = []
         for index in indexes:
             got = index.encode_rows(rows)
@@ -252,11 +254,12 @@ class Table:
             out.append((got, index.unique))   # (no NULL: a unique index's keys conflict)
         else:
             return out
-        per_row = [self._row_keys(r) for r in rows]
+        per_row = [self._row_keys(r, indexes) for r in rows]
         return [([rk[n][1] for rk in per_row], [rk[n][2] for rk in per_row])
                 for n in range(len(indexes))]
 
     def _check_unique_many(self, txn: TxnState, rows: list[Sequence],
+                           indexes: list[TableIndex],
                            keys: list[tuple[list[bytes], list[bool] | bool]]) -> None:
         """``_check_unique`` of a bulk insert's rows (keys from ``_batch_keys``), with its
         outcome: the first (row, index) that fails, in that order, raises as it would
@@ -265,8 +268,7 @@ class Table:
         spans, for a batch as large as the index); only rows found so are looked at one
         by one."""
         found = []   # (row, index position, index, key, tids: None for a repeat)
-        for pos, (index, (ks, conflicts)) in enumerate(
-                zip(self._relation.table_indexes, keys, strict=True)):
+        for pos, (index, (ks, conflicts)) in enumerate(zip(indexes, keys, strict=True)):
             if not index.unique or conflicts is False:
                 continue
             first: dict[bytes, int] | None = None
@@ -406,13 +408,17 @@ class Table:
                 return self._heap.insert_many(txn.xid, datas)
         # (the collector paused: a key, a tuple and a Tid per row, no cycles; see heap.py)
         with collector_paused():
-            keys = self._batch_keys(rows)   # (bad input raises before any write starts)
-            return self._insert_indexed(rows, datas, keys)
+            indexes = list(indexes)
+            keys = self._batch_keys(rows, indexes)   # (bad input raises before any write)
+            return self._insert_indexed(rows, datas, indexes, keys)
 
-    def _insert_indexed(self, rows: list[Sequence], datas, keys: list) -> list[Tid]:
-        indexes = self._relation.table_indexes
+    def _insert_indexed(self, rows: list[Sequence], datas, indexes: list[TableIndex],
+                        keys: list) -> list[Tid]:
         with self._layer.write(self._relation) as txn, self._write_lock:
-            self._check_unique_many(txn, rows, keys)
+            if self._relation.table_indexes != indexes:   # an index made meanwhile
+                indexes = list(self._relation.table_indexes)
+                keys = self._batch_keys(rows, indexes)
+            self._check_unique_many(txn, rows, indexes, keys)
             tids = self._heap.insert_many(txn.xid, datas)
             try:
                 for index, (index_keys, _conflicts) in zip(indexes, keys, strict=True):
