@@ -83,19 +83,21 @@ SCAN_SLICE_MIN_VALUE_BYTES = 256
 # values: equal near 512-byte values; 1,000-byte values 28 us sliced vs 44 us split plus
 # the C join's copy and NUL search).
 DECODE_SLICE_MIN_ROW_BYTES = 512
-# layout_scratch's arrays are made for at least this many rows and bytes of row data (an
-# index scan's batch: index.INDEX_SCAN_BATCH_ENTRIES rows from up to as many pages), and
-# grown when a run needs more; one set per thread, reused (the C call writes every byte it
-# hands back).
-# pack_many lays rows out column by column (slk_rows_pack) from this many rows on: below
-# it the per-row encoder is as fast (the columnar path's fixed cost is ~10 us: its arrays,
-# a pass per column); above it the rows cost ~0.15 us each against ~0.9 us.
+# pack_many lays rows out column by column (slk_rows_pack) from this many rows on (a chosen
+# bound, not a measured crossover: a handful of rows does not repay the columnar path's
+# fixed cost, its arrays and a pass per column). 300k small rows: ~0.24 us a row against
+# the per-row encoder's ~0.38 (best of 3), and no bytes object per row for the page
+# filler to join again.
 PACK_MANY_MIN_ROWS = 32
 # slk_rows_pack's limit of text/bytea columns (a schema with more packs row by row)
 PACK_MANY_MAX_VAR = 64
 # the arrays pack_many hands to C hold little-endian values of these sizes
 _PACK_ARRAYS_OK = (sys.byteorder == "little" and array("I").itemsize == 4
                    and array("q").itemsize == 8 and array("d").itemsize == 8)
+# layout_scratch's arrays are made for at least this many rows and bytes of row data (an
+# index scan's batch: index.INDEX_SCAN_BATCH_ENTRIES rows from up to as many pages), and
+# grown when a run needs more; one set per thread, reused (the C call writes every byte it
+# hands back).
 LAYOUT_SCRATCH_ROWS = 256
 LAYOUT_SCRATCH_BYTES = 1 << 20
 _tls = threading.local()
@@ -458,10 +460,10 @@ class RowCodec:
         """The rows encoded as ``encode_many`` would, in one buffer, column by column: a
         pass per column (its values' types, one array or join) and one C call laying the
         rows out (``slk_rows_pack``), no interpreted step per row. None (nothing
-        checked or raised) unless every row is a tuple or list of the schema's width with
-        no NULL and every value of its column's exact type in range, with fewer than
-        ``PACK_MANY_MIN_ROWS`` rows, or without the C helper: ``encode_many`` then
-        encodes (or rejects) them row by row."""
+        raised) unless every row is a tuple or list of the schema's width with no NULL
+        and every value of its column's exact type and range, each row fitting a page;
+        None too for fewer than ``PACK_MANY_MIN_ROWS`` rows or without the C helper.
+        ``encode_many`` then encodes (or rejects, naming the value) them row by row."""
         n = len(rows)
         if (_lib is None or not _PACK_ARRAYS_OK or n < PACK_MANY_MIN_ROWS
                 or len(self._var) > PACK_MANY_MAX_VAR
