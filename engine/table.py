@@ -294,20 +294,26 @@ class Table:
                 found.append((first[key], pos, index, key, tids))
         if not found:
             return
-        decode = self._codec.decode
         try:
             for i, _pos, index, key, tids in sorted(found, key=lambda f: f[:2]):
-                if tids is None:
+                if tids is None or self._held_by_live_row(txn, index, key, tids):
                     raise UniqueViolation(self._duplicate(index, index.values_of(rows[i])))
-                for tid in tids:
-                    t = self._fetch(tid)
-                    if t is None or index.key_of_row(decode(t.data)) != key:
-                        continue
-                    if self._live_for_unique(t, txn.xid, index):
-                        raise UniqueViolation(self._duplicate(index, index.values_of(rows[i])))
         except (UniqueViolation, ConflictError):
             txn.rollback_only = True
             raise
+
+    def _held_by_live_row(self, txn: TxnState, index: TableIndex, key: bytes,
+                          tids: Iterable[Tid]) -> bool:
+        """Whether a row at one of ``tids`` (``index``'s entries for ``key``) still has
+        ``key`` and holds it against ``txn``'s new row (``_live_for_unique``, which raises
+        ConflictError for a running writer)."""
+        decode = self._codec.decode
+        for tid in tids:
+            t = self._fetch(tid)
+            if t is not None and index.key_of_row(decode(t.data)) == key and \
+                    self._live_for_unique(t, txn.xid, index):
+                return True
+        return False
 
     @staticmethod
     def _duplicate(index: TableIndex, values: tuple) -> str:
@@ -345,7 +351,6 @@ class Table:
         """UniqueViolation (the transaction marked rollback-only) unless every unique
         key of ``rows`` is free: not held by a live row other than ``replacing``, nor
         twice among ``rows``. Called under the write lock."""
-        decode = self._codec.decode
         batch: set[tuple[str, bytes]] = set()
         try:
             for row, row_keys in zip(rows, keys, strict=True):
@@ -355,15 +360,9 @@ class Table:
                     if (index.name, key) in batch:
                         raise UniqueViolation(self._duplicate(index, index.values_of(row)))
                     batch.add((index.name, key))
-                    for _k, tid in index.matching(key):
-                        if tid == replacing:
-                            continue
-                        t = self._fetch(tid)
-                        if t is None or index.key_of_row(decode(t.data)) != key:
-                            continue
-                        if self._live_for_unique(t, txn.xid, index):
-                            raise UniqueViolation(
-                                self._duplicate(index, index.values_of(row)))
+                    tids = [tid for _k, tid in index.matching(key) if tid != replacing]
+                    if self._held_by_live_row(txn, index, key, tids):
+                        raise UniqueViolation(self._duplicate(index, index.values_of(row)))
         except (UniqueViolation, ConflictError):
             txn.rollback_only = True
             raise
