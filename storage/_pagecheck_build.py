@@ -64,6 +64,7 @@ int64_t slk_rows_pack(int n, int nb, int nfixed, const uint8_t *fixed_sizes,
                       const uint8_t *const *fixed_cols, int nvar,
                       const uint8_t *const *var_data, const uint32_t *const *var_lens,
                       uint32_t max_row, uint8_t *out, uint32_t *out_at, uint32_t *out_len);
+#define SLK_ROWS_PACK_MAX_VAR ...
 /* --- table index --- */
 int64_t slk_heap_gather(const uint8_t *const *pages, int npages, const uint32_t *page_of,
                         const uint16_t *offnums, int n, uint64_t snap_xmax, uint64_t own,
@@ -886,15 +887,17 @@ int slk_row_bounds(const uint8_t *buf, int n, const uint32_t *starts, const uint
  * text/bytea column, then those columns' bytes (column j: its values back to back at
  * var_data[j], their lengths in var_lens[j]). Row i goes to out + out_at[i], out_len[i]
  * bytes; the rows are back to back. Returns the bytes written, or -(i + 1) for the first
- * row i longer than max_row (nothing after it is written). */
+ * row i longer than max_row (nothing after it is written); -(n + 1) for more than
+ * SLK_ROWS_PACK_MAX_VAR text/bytea columns (nothing written). */
+#define SLK_ROWS_PACK_MAX_VAR 64
 int64_t slk_rows_pack(int n, int nb, int nfixed, const uint8_t *fixed_sizes,
                       const uint8_t *const *fixed_cols, int nvar,
                       const uint8_t *const *var_data, const uint32_t *const *var_lens,
                       uint32_t max_row, uint8_t *out, uint32_t *out_at, uint32_t *out_len)
 {
     uint64_t at = 0;
-    uint64_t var_at[64] = {0};
-    if (nvar > 64) return -(int64_t)1 - (int64_t)n;      /* the caller keeps to 64 */
+    uint64_t var_at[SLK_ROWS_PACK_MAX_VAR] = {0};
+    if (nvar > SLK_ROWS_PACK_MAX_VAR) return -(int64_t)n - 1;
     uint32_t head = (uint32_t)nb + 4u * (uint32_t)nvar;
     for (int k = 0; k < nfixed; k++) head += fixed_sizes[k];
     for (int i = 0; i < n; i++) {

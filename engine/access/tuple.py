@@ -90,7 +90,7 @@ DECODE_SLICE_MIN_ROW_BYTES = 512
 # filler to join again.
 PACK_MANY_MIN_ROWS = 32
 # slk_rows_pack's limit of text/bytea columns (a schema with more packs row by row)
-PACK_MANY_MAX_VAR = 64
+PACK_MANY_MAX_VAR = getattr(_lib, "SLK_ROWS_PACK_MAX_VAR", 0)
 # the arrays pack_many hands to C hold little-endian values of these sizes
 _PACK_ARRAYS_OK = (sys.byteorder == "little" and array("I").itemsize == 4
                    and array("q").itemsize == 8 and array("d").itemsize == 8)
