@@ -52,7 +52,7 @@ from itertools import accumulate, chain, repeat, starmap
 from operator import itemgetter
 from typing import NamedTuple
 
-from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, VersionWrite, XidSnapshot
+from slonik.engine.access.btree import KEY_MAX_BYTES, BTree, DeadTids, VersionWrite, XidSnapshot
 from slonik.engine.access.btree_leafrun import sorted_joined
 from slonik.engine.access.btree_page import (
     BTP_DELETED,
@@ -69,7 +69,7 @@ from slonik.engine.access.btree_page import (
     unpack_entry,
     unpack_pivot,
 )
-from slonik.engine.access.heap import Heap
+from slonik.engine.access.heap import DeadOf, Heap
 from slonik.engine.access.heap_fetch import (
     C_RANGE_ROWS,
     NO_TUPLE,
@@ -151,12 +151,6 @@ def split_entry_key(key: bytes) -> tuple[bytes, Tid]:
     if n < 0:
         raise ValueError(f"an index entry key of {len(key)} bytes has no heap TID")
     return key[:n], Tid(*_TID.unpack_from(key, n))
-
-
-def _is_dead_entry_of(dead: set[Tid]) -> Callable:
-    def is_dead(entry) -> bool:
-        return Tid(*_TID.unpack_from(entry.key, len(entry.key) - TID_SUFFIX_BYTES)) in dead
-    return is_dead
 
 
 class TableIndex:
@@ -290,7 +284,7 @@ class TableIndex:
         """Remove the entries pointing at ``dead`` heap tuples; how many went."""
         if not dead:
             return 0
-        return self.tree.vacuum(_is_dead_entry_of(dead), by_entry=True).entries_removed
+        return self.tree.vacuum(DeadTids(dead), by_entry=True).entries_removed
 
     # --- reads ----------------------------------------------------------------------------
     def tids(self, start: bytes | None, stop: bytes | None, *,
@@ -1019,18 +1013,22 @@ _second = itemgetter(1)
 
 
 def prune_with_indexes(heap: Heap, indexes: Sequence[TableIndex],
-                       is_dead: Callable[[HeapTuple], bool]) -> int:
-    """Vacuum a table: the tuples ``is_dead`` condemns lose their index entries first,
-    then their heap slots (only those; see the module docstring). Tuples pruned."""
+                       is_dead: Callable[[HeapTuple], bool] | None = None, *,
+                       dead_of: DeadOf | None = None) -> int:
+    """Vacuum a table: the tuples ``is_dead`` (or the run judge ``dead_of``, see
+    ``Heap.prune``) condemns lose their index entries first, then their heap slots (only
+    those, and only while their headers are unchanged; see the module docstring): one
+    pass over the heap a run of pages at a time, then only the pages holding them. Tuples
+    pruned."""
     if not indexes:
-        return heap.prune(is_dead)
-    dead = {t.tid: (t.xmin, t.xmax, t.flags) for t in heap.scan() if is_dead(t)}
+        return heap.prune(is_dead, dead_of=dead_of)
+    dead = heap.dead_tuples(is_dead, dead_of=dead_of)
     if not dead:
         return 0
     tids = set(dead)
     for index in indexes:
         index.vacuum(tids)
-    return heap.prune(lambda t: dead.get(t.tid) == (t.xmin, t.xmax, t.flags))
+    return heap.prune_tids(dead)
 
 
 @dataclass(frozen=True)

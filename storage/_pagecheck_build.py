@@ -184,6 +184,13 @@ int slk_heap_scan_rows(const uint8_t *buf, int npages, int visibility, uint64_t 
                        uint32_t *text_len, uint8_t *text_ok, uint32_t *text_at, int *layout);
 void slk_heap_run_free(const uint8_t *buf, int npages, uint32_t empty_free, uint32_t lp_size,
                        uint32_t align, uint32_t *out);
+/* --- leaf vacuum judgement --- */
+int slk_bt_leaf_vacuum(const uint8_t *page, int first, const uint64_t *dead, int ndead,
+                       uint64_t *xmin_out, uint64_t *xmax_out, uint8_t *flags_out,
+                       uint16_t *off_out);
+/* --- heap page prune --- */
+int slk_heap_prune(uint8_t *page, int n, const uint16_t *offnums, const uint64_t *xmins,
+                   const uint64_t *xmaxs, const uint16_t *tflags, uint16_t *pruned);
 /* --- autocommit put of a new key --- */
 int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
                    const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
@@ -2835,6 +2842,176 @@ void slk_heap_run_free(const uint8_t *buf, int npages, uint32_t empty_free, uint
         int64_t room = upper - lower - (int64_t)lp_size;
         out[k] = lower == 0 ? empty_free : room > 0 ? (uint32_t)(room - room % align) : 0;
     }
+}
+
+/* --- leaf vacuum judgement --- (engine/access/btree.py: leaf_vacuum_py is the Python
+ * reference; tests/engine/test_btree_leaf_vacuum_c.py compares the two)
+ * One share-locked leaf's entries (offnums first..count) for B+tree vacuum, each checked
+ * as unpack_entry checks it (a NORMAL item inside the page, a 19-byte header, the key
+ * inside the item, no unknown flag). dead NULL: each entry's xmin, xmax and flags to
+ * xmin_out / xmax_out / flags_out [offnum - first] (the caller judges them); returns the
+ * number of entries. dead (ndead TIDs as block << 16 | offnum, ascending): the entries
+ * whose key ends with one of them (a table index's key | TID, the TID big-endian), their
+ * offnums to off_out and flags to flags_out, ascending; returns how many. -1 for a page
+ * or entry the reference refuses (the caller runs it: it raises naming the flaw). */
+int slk_bt_leaf_vacuum(const uint8_t *page, int first, const uint64_t *dead, int ndead,
+                       uint64_t *xmin_out, uint64_t *xmax_out, uint8_t *flags_out,
+                       uint16_t *off_out)
+{
+    uint16_t lower = load16(page + 14);
+    if (lower < HEADER_SIZE || lower > BT_SPECIAL_AT || (lower - HEADER_SIZE) % 4 || first < 1)
+        return -1;
+    int count = (lower - HEADER_SIZE) / 4, k = 0;
+    for (int o = first; o <= count; o++) {
+        uint32_t off, len;
+        if (bt_item(page, o, lower, &off, &len) < 0 || len < 19) return -1;
+        const uint8_t *it = page + off;
+        uint32_t keylen = load16(it + 17);
+        uint8_t flags = it[16];
+        if (19 + keylen > len || (flags & ~1u)) return -1;
+        if (dead == NULL) {
+            xmin_out[o - first] = load64(it);
+            xmax_out[o - first] = load64(it + 8);
+            flags_out[o - first] = flags;
+            continue;
+        }
+        if (keylen < 6) continue;
+        const uint8_t *t = it + 19 + keylen - 6;
+        uint64_t tid = ((uint64_t)t[0] << 40) | ((uint64_t)t[1] << 32) | ((uint64_t)t[2] << 24)
+                       | ((uint64_t)t[3] << 16) | ((uint64_t)t[4] << 8) | t[5];
+        int lo = 0, hi = ndead;
+        while (lo < hi) {
+            int mid = lo + (hi - lo) / 2;
+            if (dead[mid] < tid) lo = mid + 1; else hi = mid;
+        }
+        if (lo < ndead && dead[lo] == tid) {
+            off_out[k] = (uint16_t)o;
+            flags_out[k] = flags;
+            k++;
+        }
+    }
+    return dead == NULL ? count + 1 - first : k;
+}
+
+/* --- heap page prune --- (engine/access/heap.py: prune_page_py, page_delete_item of
+ * each pruned offnum then page_compact, is the Python reference;
+ * tests/engine/test_heap_prune_c.py compares the two)
+ * Vacuum's change to one heap page in one call: every offnums[i] whose line pointer is
+ * NORMAL and whose tuple header still reads (xmins[i], xmaxs[i], tflags[i]) (what vacuum
+ * judged dead; a pointer past the page's count, or no longer NORMAL, is skipped) goes
+ * UNUSED, its offnum written to pruned (in input order); then, when any went, the page is
+ * defragmented as page_compact does it (PostgreSQL's PageRepairFragmentation): NORMAL
+ * items slide against special in their physical order, DEAD pointers lose their storage,
+ * trailing UNUSED pointers are cut, the freed gap is zeroed, PD_HAS_FREE_LINES is set
+ * exactly when UNUSED pointers remain. xmins NULL (redo of a PRUNE record): every offnum
+ * goes UNUSED (it must be in range and not UNUSED) and the page is always compacted.
+ * Returns how many went; -1, the page unchanged, when it cannot be done safely (a header,
+ * line pointer or item the reference refuses: the caller runs the reference, which raises
+ * naming the flaw). */
+#include <stdlib.h>
+#define LP_UNUSED 0u
+#define LP_NORMAL 1u
+#define LP_DEAD 3u
+#define PD_HAS_FREE_LINES 0x1u
+static int prune_item_bad(uint32_t off, uint32_t len, uint32_t upper, uint32_t special)
+{
+    return len == 0 || off < upper || off + len > special || off % 8;
+}
+
+typedef struct { uint16_t off, len, offnum; } prune_item;
+
+static int prune_item_cmp(const void *a, const void *b)
+{
+    const prune_item *x = a, *y = b;   /* descending (offset, length, offnum) */
+    if (x->off != y->off) return x->off < y->off ? 1 : -1;
+    if (x->len != y->len) return x->len < y->len ? 1 : -1;
+    return x->offnum < y->offnum ? 1 : (x->offnum > y->offnum ? -1 : 0);
+}
+
+int slk_heap_prune(uint8_t *page, int n, const uint16_t *offnums, const uint64_t *xmins,
+                   const uint64_t *xmaxs, const uint16_t *tflags, uint16_t *pruned)
+{
+    uint32_t flags = load16(page + 12), lower = load16(page + 14), upper = load16(page + 16);
+    uint32_t special = load16(page + 18);
+    if (load16(page + 20) != PAGE_LAYOUT_VERSION || load16(page + 22) != 0
+            || (flags & ~PD_VALID_FLAG_BITS) || lower < HEADER_SIZE || lower > upper
+            || upper > special || special > BLCKSZ || special % 8 || upper % 8
+            || (lower - HEADER_SIZE) % 4)
+        return -1;
+    uint32_t count = (lower - HEADER_SIZE) / 4;
+    uint8_t gone[(BLCKSZ - HEADER_SIZE) / 4 + 1];
+    memset(gone, 0, count + 1);
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t offnum = offnums[i];
+        if (offnum < 1) return -1;
+        if (offnum > count) {
+            if (xmins == NULL) return -1;
+            continue;
+        }
+        uint32_t lp = load32(page + HEADER_SIZE + 4 * (offnum - 1));
+        uint32_t state = gone[offnum] ? LP_UNUSED : (lp >> 15) & 3u;
+        if (xmins == NULL) {
+            if (state == LP_UNUSED) return -1;
+        } else {
+            if (state != LP_NORMAL) continue;
+            uint32_t off = lp & 0x7FFFu, len = lp >> 17;
+            if (prune_item_bad(off, len, upper, special) || len < 24) return -1;
+            const uint8_t *t = page + off;
+            if (load64(t) != xmins[i] || load64(t + 8) != xmaxs[i] || load16(t + 16) != tflags[i])
+                continue;
+        }
+        gone[offnum] = 1;
+        pruned[k++] = (uint16_t)offnum;
+    }
+    if (k == 0 && xmins != NULL) return 0;
+    /* page_compact of the page with those pointers UNUSED: checked in full first */
+    prune_item items[(BLCKSZ - HEADER_SIZE) / 4];
+    uint32_t nitems = 0, newcount = 0;
+    for (uint32_t j = 1; j <= count; j++) {
+        uint32_t lp = gone[j] ? 0u : load32(page + HEADER_SIZE + 4 * (j - 1));
+        uint32_t state = (lp >> 15) & 3u;
+        if (state != LP_UNUSED) newcount = j;
+        if (state != LP_NORMAL) continue;
+        uint32_t off = lp & 0x7FFFu, len = lp >> 17;
+        if (prune_item_bad(off, len, upper, special)) return -1;
+        items[nitems].off = (uint16_t)off;
+        items[nitems].len = (uint16_t)len;
+        items[nitems].offnum = (uint16_t)j;
+        nitems++;
+    }
+    qsort(items, nitems, sizeof items[0], prune_item_cmp);
+    for (uint32_t i = 1; i < nitems; i++) {
+        uint32_t below = items[i].off, below_len = (items[i].len + 7u) & ~7u;
+        if (below + below_len > items[i - 1].off) return -1;   /* overlapping items */
+    }
+    uint32_t new_lower = HEADER_SIZE + 4 * newcount;
+    uint8_t snap[BLCKSZ];
+    memcpy(snap, page + upper, special - upper);
+    uint32_t lps[(BLCKSZ - HEADER_SIZE) / 4];
+    int unused_left = 0;
+    for (uint32_t j = 1; j <= newcount; j++) {
+        uint32_t lp = gone[j] ? 0u : load32(page + HEADER_SIZE + 4 * (j - 1));
+        uint32_t state = (lp >> 15) & 3u;
+        if (state == LP_UNUSED) { lps[j - 1] = 0; unused_left = 1; }
+        else if (state == LP_DEAD) lps[j - 1] = LP_DEAD << 15;
+        else lps[j - 1] = lp;
+    }
+    memset(page + new_lower, 0, special - new_lower);
+    uint32_t position = special;
+    for (uint32_t i = 0; i < nitems; i++) {
+        uint32_t len = items[i].len;
+        position -= (len + 7u) & ~7u;
+        memcpy(page + position, snap + (items[i].off - upper), len);
+        lps[items[i].offnum - 1] = position | (LP_NORMAL << 15) | (len << 17);
+    }
+    memcpy(page + HEADER_SIZE, lps, 4 * newcount);
+    flags = unused_left ? (flags | PD_HAS_FREE_LINES) : (flags & ~PD_HAS_FREE_LINES);
+    uint16_t f16 = (uint16_t)flags, lo16 = (uint16_t)new_lower, up16 = (uint16_t)position;
+    memcpy(page + 12, &f16, 2);
+    memcpy(page + 14, &lo16, 2);
+    memcpy(page + 16, &up16, 2);
+    return k;
 }
 
 /* --- autocommit put of a new key --- (engine/access/btree_leafrun.py: put_new_py is the

@@ -470,6 +470,85 @@ class CheckResult:
                           # overflow pages leaked by a crash between writing and linking
 
 
+# Whether vacuum judges a leaf's entries in one C call (slk_bt_leaf_vacuum).
+C_LEAF_VACUUM = _lib is not None and hasattr(_lib, "slk_bt_leaf_vacuum")
+
+
+class DeadTids:
+    """``BTree.vacuum``'s ``is_dead`` for a table index (``by_entry``): the entries whose
+    key ends with the heap TID (big-endian block, offnum) of one of ``tids``; as
+    ``block << 16 | offnum`` integers, sorted, for the leaf's one C call."""
+
+    __slots__ = ("tids", "sorted", "_c")
+
+    def __init__(self, tids: Iterable[tuple[int, int]]) -> None:
+        self.tids = {(b << 16) | o for b, o in tids}
+        self.sorted = sorted(self.tids)
+        self._c = None
+
+    def __call__(self, entry: LeafEntry) -> bool:
+        key = entry.key
+        if len(key) < 6:
+            return False
+        block, offnum = struct.unpack_from(">IH", key, len(key) - 6)
+        return (block << 16) | offnum in self.tids
+
+    def c_array(self):
+        if self._c is None:
+            self._c = _ffi.new("uint64_t[]", self.sorted)
+        return self._c
+
+
+def leaf_vacuum_py(page, first: int, is_dead: Callable, by_entry: bool
+                   ) -> tuple[list[int], set[int]]:
+    """Reference of ``leaf_vacuum``: (the offnums, ascending, of the entries from ``first``
+    that ``is_dead(entry)`` (``by_entry``) or ``is_dead(xmin, xmax)`` condemns, the subset
+    of them holding an out-of-line value)."""
+    dead: list[int] = []
+    overflow: set[int] = set()
+    for off in range(first, bt_item_count(page) + 1):
+        e = unpack_entry(bt_item(page, off))
+        if is_dead(e) if by_entry else is_dead(e.xmin, e.xmax):
+            dead.append(off)
+            if e.flags & ENTRY_OVERFLOW:
+                overflow.add(off)
+    return dead, overflow
+
+
+def leaf_vacuum(page, first: int, is_dead: Callable, by_entry: bool
+                ) -> tuple[list[int], set[int]]:
+    """``leaf_vacuum_py`` with the leaf's entries read by one C call (slk_bt_leaf_vacuum):
+    a ``DeadTids`` test judged there too (a binary search per entry), any other test on
+    the xmin and xmax arrays it returns (``is_dead.of_pairs`` when it has one: one call
+    for the leaf). A leaf the C call refuses goes through the reference, which raises
+    naming the flaw."""
+    n = bt_item_count(page) + 1 - first
+    if not C_LEAF_VACUUM or n <= 0 or (by_entry and not isinstance(is_dead, DeadTids)):
+        return leaf_vacuum_py(page, first, is_dead, by_entry)
+    flags = _ffi.new("uint8_t[]", n)
+    src = _ffi.from_buffer(page)
+    if by_entry:
+        offs = _ffi.new("uint16_t[]", n)
+        got = _lib.slk_bt_leaf_vacuum(src, first, is_dead.c_array(), len(is_dead.sorted),
+                                      _ffi.NULL, _ffi.NULL, flags, offs)
+        if got < 0:
+            return leaf_vacuum_py(page, first, is_dead, by_entry)
+        dead = _ffi.unpack(offs, got)
+        fl = _ffi.unpack(flags, got)
+        return dead, {o for o, f in zip(dead, fl, strict=True) if f & ENTRY_OVERFLOW}
+    xmins = _ffi.new("uint64_t[]", n)
+    xmaxs = _ffi.new("uint64_t[]", n)
+    got = _lib.slk_bt_leaf_vacuum(src, first, _ffi.NULL, 0, xmins, xmaxs, flags, _ffi.NULL)
+    if got < 0:
+        return leaf_vacuum_py(page, first, is_dead, by_entry)
+    xs, ys = _ffi.unpack(xmins, got), _ffi.unpack(xmaxs, got)
+    of_pairs = getattr(is_dead, "of_pairs", None)
+    idx = of_pairs(xs, ys) if of_pairs is not None else \
+        [i for i, (x, y) in enumerate(zip(xs, ys, strict=True)) if is_dead(x, y)]
+    fl = _ffi.unpack(flags, got)
+    return [first + i for i in idx], {first + i for i in idx if fl[i] & ENTRY_OVERFLOW}
+
+
 @dataclass(frozen=True)
 class BTreeStats:
     root: int
@@ -3147,12 +3226,11 @@ class BTree:
         with self._write_lock:
             def visit(block: int, page, special: Special) -> tuple[tuple, bool]:
                 first = bt_first_data(special)
-                dead = []
                 count = bt_item_count(page) + 1 - first
-                for off in range(first, bt_item_count(page) + 1):
-                    e = unpack_entry(bt_item(page, off))
-                    if is_dead(e) if by_entry else is_dead(e.xmin, e.xmax):
-                        dead.append((off, e))
+                dead, overflow = leaf_vacuum(page, first, is_dead, by_entry)
+                # (an out-of-line value's reference, read while the leaf is share-locked)
+                dead = [(o, unpack_entry(bt_item(page, o)) if o in overflow else None)
+                        for o in dead]
                 return (block, dead, count, special.next == P_NONE), False
 
             empty = []
@@ -3171,8 +3249,7 @@ class BTree:
                     self._release(buf, exclusive=True)
                 removed += len(dead)
                 leaves += 1
-                refs += [unpack_overflow_ref(e.payload) for _o, e in dead
-                         if e.flags & ENTRY_OVERFLOW]
+                refs += [unpack_overflow_ref(e.payload) for _o, e in dead if e is not None]
             freed = self._free_overflow(refs)
             unlinked = sum(self._unlink_leaf(block) for block in empty)
             recycled = self._recycle()

@@ -65,6 +65,8 @@ _hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py
 C_REDO_ACTIONS = _lib is not None and hasattr(_lib, "slk_bt_redo_actions_from")
 # Whether A_INIT and A_SPLIT_LEFT rebuild the page in one C call (slk_bt_apply_build).
 C_APPLY_BUILD = _lib is not None and hasattr(_lib, "slk_bt_apply_build")
+# Whether A_DELETE rebuilds the page in one C call (slk_bt_apply_delete).
+C_APPLY_DELETE = _lib is not None and hasattr(_lib, "slk_bt_apply_delete")
 # Whether a run of single-block records is redone in one C call (slk_bt_redo_run).
 C_REDO_RUN = _lib is not None and hasattr(_lib, "slk_bt_redo_run")
 # Whether a block's actions are applied in one C call (slk_bt_redo_block), as far as C goes.
@@ -191,10 +193,14 @@ def _items(data: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
 
 def apply_action(page, code: int, data: bytes) -> None:
     """Apply one action to a page (the forward path and redo both come here). A page
-    rebuild (A_INIT, A_SPLIT_LEFT) is one C call when built; an action it refuses (it
-    changes nothing then) takes the Python path, which raises naming the flaw."""
+    rebuild (A_INIT, A_SPLIT_LEFT) or a delete (A_DELETE: vacuum's) is one C call when
+    built; an action it refuses (it changes nothing then) takes the Python path, which
+    raises naming the flaw."""
     if code in (A_INIT, A_SPLIT_LEFT) and C_APPLY_BUILD and \
             _hot.slk_bt_apply_build(_ffi.from_buffer(page), code, data, len(data)) == 0:
+        return
+    if code == A_DELETE and C_APPLY_DELETE and \
+            _hot.slk_bt_apply_delete(_ffi.from_buffer(page), data, len(data)) == 0:
         return
     apply_action_py(page, code, data)
 

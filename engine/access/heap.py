@@ -121,7 +121,8 @@ _new_unzeroed = None if _ffi is None else _ffi.new_allocator(should_clear_after_
 __all__ = [
     "Heap", "Tid", "HeapTuple", "HeapRun", "FreeSpaceMap", "TupleTooLargeError",
     "run_items", "run_items_py", "fill_page", "fill_page_py", "SCAN_RUN_PAGES",
-    "RowRun", "scan_rows_py", "collector_paused",
+    "RowRun", "scan_rows_py", "collector_paused", "DeadOf", "prune_items", "prune_items_py",
+    "C_PRUNE",
     "XLOG_HEAP_INSERT", "XLOG_HEAP_INSERT_MULTI", "XLOG_HEAP_DELETE", "XLOG_HEAP_UPDATE",
     "XLOG_HEAP_PRUNE", "XLOG_HEAP_OPMASK", "HEAP_RMGR", "heap_redo", "heap_describe",
 ]
@@ -657,14 +658,15 @@ class Heap:
             return fsm
         with self._build_lock:
             if self._fsm is None:
-                free = []
-                n = self.nblocks()
-                bm = self.bufmgr
-                with ReadStream(bm, self.rel, self.fork, range(n)) as stream:
-                    for buf in stream:
-                        with bm.locked(buf):
-                            free.append(self._page_free(bm.page(buf)))
-                self._install_fsm(free)
+                # A scan's runs without their tuples: each run's free space is read from
+                # its pages' headers in one call, and the map installed at the end.
+                runs = self._copied_runs(SCAN_RUN_PAGES, None, reuse=True)
+                try:
+                    next(runs)
+                    for _run in runs:
+                        pass
+                finally:
+                    runs.close()
             assert self._fsm is not None
             return self._fsm
 
@@ -969,59 +971,96 @@ class Heap:
         self._fsm_set(new_block, new_free)
         return Tid(new_block, new_offnum)
 
-    def prune(self, is_dead: Callable[[HeapTuple], bool]) -> int:
-        """Vacuum: every tuple for which ``is_dead`` says True loses its slot (UNUSED) and
-        its page is compacted, one PRUNE record per page changed; the free-space map learns
-        the space. ``is_dead`` runs with no page locked. Returns how many tuples went."""
-        bm = self.bufmgr
+    def prune(self, is_dead: Callable[[HeapTuple], bool] | None = None, *,
+              dead_of: DeadOf | None = None) -> int:
+        """Vacuum: every tuple that ``is_dead`` (a HeapTuple predicate) or ``dead_of`` (the
+        indexes of a run's tuples, judged from the run's arrays: no object per tuple)
+        condemns loses its slot (UNUSED) and its page is compacted, one PRUNE record per
+        page changed; the free-space map learns the space. The heap is read a run of pages
+        at a time (``scan_runs``) and judged with no page locked; a page with a tuple to
+        prune is then held exclusively and changed by one C call (``prune_items``), which
+        takes only tuples whose header is what was judged. Returns how many tuples went."""
+        dead_of = _dead_judge(is_dead, dead_of)
         fsm = self.free_space_map()
         pruned = 0
-        n = self.nblocks()
-        with ReadStream(bm, self.rel, self.fork, range(n)) as stream:
-            for block, buf in enumerate(stream):
-                try:
-                    bm.lock_shared(buf)
-                    try:
-                        page = bm.page(buf)
-                        tuples = self._page_tuples(page, block)
-                        free = self._page_free(page)
-                    finally:
-                        bm.unlock_shared(buf)
-                    dead = [t for t in tuples if is_dead(t)]
-                    if dead:
-                        pruned += self._prune_page(buf, block, dead)
-                    elif block >= len(fsm):  # extended while the map was being built
-                        self._fsm_set(block, free)
-                finally:
-                    bm.unpin(buf)
+        for run in self.scan_runs():
+            idx = dead_of(run)
+            by_page = _group_by_page(run, idx)
+            self._note_free(run, fsm, by_page)
+            for k, ids in by_page.items():
+                pruned += self._prune_block(run.first_block + k, *_expected(run, ids))
         return pruned
 
-    def _prune_page(self, buf: int, block: int, dead: list[HeapTuple]) -> int:
+    def dead_tuples(self, is_dead: Callable[[HeapTuple], bool] | None = None, *,
+                    dead_of: DeadOf | None = None) -> dict[Tid, tuple[int, int, int]]:
+        """``prune``'s judgement alone: tid -> (xmin, xmax, flags) of every tuple it would
+        condemn (vacuum with indexes removes their entries first, then ``prune_tids``)."""
+        dead_of = _dead_judge(is_dead, dead_of)
+        fsm = self.free_space_map()
+        dead: dict[Tid, tuple[int, int, int]] = {}
+        for run in self.scan_runs():
+            idx = dead_of(run)
+            self._note_free(run, fsm, _group_by_page(run, idx))
+            first, pages, offnums = run.first_block, run.pages, run.offnums
+            xmins, xmaxs, flags = run.xmins, run.xmaxs, run.flags
+            for i in idx:
+                dead[Tid(first + pages[i], offnums[i])] = (xmins[i], xmaxs[i], flags[i])
+        return dead
+
+    def prune_tids(self, dead: dict[Tid, tuple[int, int, int]]) -> int:
+        """Prune the tuples of ``dead`` (``dead_tuples``' answer) whose header is still what
+        it names, a page at a time in block order (``_prune_block``); how many went."""
+        by_block: dict[int, list[Tid]] = {}
+        for tid in dead:
+            by_block.setdefault(tid.block, []).append(tid)
+        pruned = 0
+        for block in sorted(by_block):
+            tids = by_block[block]
+            heads = [dead[t] for t in tids]
+            pruned += self._prune_block(block, [t.offnum for t in tids],
+                                        ([h[0] for h in heads], [h[1] for h in heads],
+                                         [h[2] for h in heads]))
+        return pruned
+
+    def _note_free(self, run: HeapRun, fsm: FreeSpaceMap, changing: dict) -> None:
+        """The free space of the run's pages past the free-space map (the relation grew
+        while the map was built), except those about to be pruned (``_prune_block`` notes
+        theirs)."""
+        first = run.first_block
+        if first + run.npages <= len(fsm):
+            return
+        for k, free in enumerate(_run_free(run.data, run.npages)):
+            if first + k >= len(fsm) and k not in changing:
+                self._fsm_set(first + k, free)
+
+    def _prune_block(self, block: int, offnums: list[int],
+                     expect: tuple[list[int], list[int], list[int]]) -> int:
+        """Prune ``offnums`` of ``block`` whose tuple headers still read ``expect``
+        (xmins, xmaxs, flags), held exclusively: one ``prune_items`` call, one PRUNE record
+        when any went (the page put back from its pre-image if logging fails)."""
         bm = self.bufmgr
-        bm.lock_exclusive(buf)
+        buf = bm.read_buffer(self.rel, self.fork, block)
         try:
-            page = bm.page(buf)
-            count = page_item_count(page)
-            offnums = []
-            for t in dead:  # only those unchanged since is_dead saw them
-                off = t.tid.offnum
-                if off <= count and page_item_flags(page, off) == LpFlag.NORMAL:
-                    xmin, xmax, flags, _n = unpack_tuple_header(page_get_item(page, off))
-                    if (xmin, xmax, flags) == (t.xmin, t.xmax, t.flags):
-                        offnums.append(off)
-            if offnums:
+            bm.lock_exclusive(buf)
+            try:
+                page = bm.page(buf)
                 pre = bytes(page)
-                for off in offnums:
-                    page_delete_item(page, off)
-                page_compact(page)
-                payload = (_PRUNE.pack(len(offnums), _page_flags(page))
-                           + struct.pack(f"<{len(offnums)}H", *offnums))
-                self._log(0, XLOG_HEAP_PRUNE, payload, [(buf, pre, False)])
-            free = page_free_space(page)
+                try:
+                    gone = prune_items(page, offnums, expect)
+                except BaseException:
+                    page[:] = pre   # (the reference raised part way: nothing changed)
+                    raise
+                if gone:
+                    payload = (_PRUNE.pack(len(gone), _page_flags(page))
+                               + struct.pack(f"<{len(gone)}H", *gone))
+                    self._log(0, XLOG_HEAP_PRUNE, payload, [(buf, pre, False)])
+                free = page_free_space(page)
+            finally:
+                bm.unlock_exclusive(buf)
         finally:
-            bm.unlock_exclusive(buf)
+            bm.unpin(buf)
         self._fsm_set(block, free)
-        return len(offnums)
+        return len(gone)
 
     # --- reads -----------------------------------------------------------------------------
     def fetch(self, tid: Tid) -> HeapTuple | None:
@@ -1065,7 +1104,7 @@ class Heap:
 
     def _tuple_at(self, page: memoryview, tid: Tid) -> HeapTuple | None:
         """A copy of the NORMAL tuple at ``tid`` of a (locked, verified) page, or None;
-        the checks of ``_page_tuples`` for that one line pointer (``slot_tuple``)."""
+        the checks of ``run_items`` for that one line pointer (``slot_tuple``)."""
         got = slot_tuple(page, tid.offnum, self.rel, int(self.fork), tid.block)
         if got is None:
             return None
@@ -1166,11 +1205,79 @@ class Heap:
         if free is not None:
             self._install_fsm(free)
 
-    def _page_tuples(self, page: memoryview, block: int) -> list[HeapTuple]:
-        """Copies of the NORMAL tuples of a (locked, verified) page, in offnum order."""
-        data = bytes(page)
-        found = run_items(data, 1, None, self.rel, int(self.fork), block)
-        return list(HeapRun(block, 1, data, *found).tuples())
+
+# ------------------------------------------------------------------------------ prune
+# A run's judge for vacuum: the indexes (ascending) of the run's tuples to prune.
+DeadOf = Callable[[HeapRun], list[int]]
+# Whether the C page prune is built (an older module lacks it).
+C_PRUNE = _lib is not None and hasattr(_lib, "slk_heap_prune")
+
+
+def _dead_judge(is_dead: Callable[[HeapTuple], bool] | None, dead_of: DeadOf | None) -> DeadOf:
+    """``dead_of``, or a run judge asking ``is_dead`` of each of the run's tuples."""
+    if (is_dead is None) == (dead_of is None):
+        raise TypeError("prune needs exactly one of is_dead and dead_of")
+    if dead_of is not None:
+        return dead_of
+    return lambda run: [i for i, t in enumerate(run.tuples()) if is_dead(t)]
+
+
+def _group_by_page(run: HeapRun, idx: list[int]) -> dict[int, list[int]]:
+    """The indexes ``idx`` of the run's tuples by their page in the run."""
+    by_page: dict[int, list[int]] = {}
+    pages = run.pages
+    for i in idx:
+        by_page.setdefault(pages[i], []).append(i)
+    return by_page
+
+
+def _expected(run: HeapRun, ids: list[int]) -> tuple[list[int], tuple[list[int], ...]]:
+    """(offnums, (xmins, xmaxs, flags)) of the run's tuples ``ids``: ``_prune_block``'s."""
+    return ([run.offnums[i] for i in ids],
+            ([run.xmins[i] for i in ids], [run.xmaxs[i] for i in ids],
+             [run.flags[i] for i in ids]))
+
+
+def prune_items_py(page, offnums: Sequence[int],
+                   expect: tuple[Sequence[int], Sequence[int], Sequence[int]] | None
+                   ) -> list[int]:
+    """Reference of ``prune_items``: each of ``offnums`` whose line pointer is NORMAL and
+    whose tuple header reads (xmin, xmax, flags) of ``expect`` goes UNUSED, then the page
+    is compacted if any went (``expect`` None, a PRUNE record's redo: every offnum goes and
+    the page is compacted). The offnums that went, in input order."""
+    if expect is None:
+        for off in offnums:
+            page_delete_item(page, off)
+        page_compact(page)
+        return list(offnums)
+    count = page_item_count(page)
+    gone = []
+    for off, xmin, xmax, flags in zip(offnums, *expect, strict=True):
+        if (off <= count and page_item_flags(page, off) == LpFlag.NORMAL
+                and unpack_tuple_header(page_get_item(page, off))[:3] == (xmin, xmax, flags)):
+            page_delete_item(page, off)
+            gone.append(off)
+    if gone:
+        page_compact(page)
+    return gone
+
+
+def prune_items(page, offnums: Sequence[int],
+                expect: tuple[Sequence[int], Sequence[int], Sequence[int]] | None
+                ) -> list[int]:
+    """``prune_items_py`` in one C call (``slk_heap_prune``); a page the C call will not
+    change safely goes through the reference, which raises naming the flaw."""
+    n = len(offnums)
+    if not C_PRUNE or n == 0:
+        return prune_items_py(page, offnums, expect)
+    out = _ffi.new("uint16_t[]", n)
+    null = _ffi.NULL
+    xmins, xmaxs, flags = (null, null, null) if expect is None else expect
+    got = _lib.slk_heap_prune(_ffi.from_buffer(page, require_writable=True), n, offnums,
+                              xmins, xmaxs, flags, out)
+    if got < 0:
+        return prune_items_py(page, offnums, expect)
+    return _ffi.unpack(out, got)
 
 
 # ------------------------------------------------------------------------------- redo
@@ -1281,9 +1388,7 @@ def heap_redo(ctx, rr) -> None:
         got = _redo_block(ctx, rr, 0)
         if got is not None:
             buf, page = got
-            for off in offnums:
-                page_delete_item(page, off)
-            page_compact(page)
+            prune_items(page, offnums, None)
             page_set_flags(page, pflags)
             ctx.finish_redo_buffer(rr, buf)
     else:
