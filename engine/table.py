@@ -447,9 +447,14 @@ class Table:
         with self._layer.write(self._relation) as txn, self._write_lock:
             if by_key:
                 tid = self._visible_tid(pk, pk.values_of(row), txn.snapshot)
-            self._check_writable(tid, txn.snapshot)
-            if keys:
-                self._check_unique(txn, [row], [keys], replacing=tid)
+            old = self._check_writable(tid, txn.snapshot)
+            if any(c for _i, _k, c in keys):
+                # A unique key the row keeps needs no check: the version replaced holds it
+                # and, the indexes being unique, no other live row can (the primary key of
+                # an update by key, always).
+                old_row = self._codec.decode(old.data)
+                checks = [(i, k, c and i.key_of_row(old_row) != k) for i, k, c in keys]
+                self._check_unique(txn, [row], [checks], replacing=tid)
             new = self._heap.update(tid, txn.xid, data)
             self._add_entries(txn, txn.xid, keys, new)
             return new
@@ -480,7 +485,10 @@ class Table:
         raise KeyError(f"table {self.name!r} has no row with {cols} visible to this "
                        f"transaction")
 
-    def _check_writable(self, tid: Tid, snap: Snapshot) -> None:
+    def _check_writable(self, tid: Tid, snap: Snapshot) -> HeapTuple:
+        """The tuple at ``tid`` when this transaction may change it: KeyError when it
+        sees no row there (or sees it deleted), ConflictError when another transaction
+        changed it and has not aborted."""
         t = self._fetch(tid)
         if t is None or not snap.sees(t.xmin):
             raise KeyError(f"table {self.name!r} has no row at {tuple(tid)} visible to this "
@@ -488,7 +496,7 @@ class Table:
         xmax = t.xmax
         xacts = self._layer.xacts
         if not xmax or xmax in xacts.aborted:
-            return
+            return t
         if snap.sees(xmax):
             raise KeyError(f"table {self.name!r}: the row at {tuple(tid)} was deleted or "
                            f"updated (by transaction {xmax})")
