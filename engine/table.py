@@ -446,13 +446,14 @@ class Table:
         keys = self._row_keys(row)
         with self._layer.write(self._relation) as txn, self._write_lock:
             if by_key:
-                tid = self._visible_tid(pk, pk.values_of(row), txn.snapshot)
-            old = self._check_writable(tid, txn.snapshot)
+                tid, old_data = self._writable_by_key(pk, pk.values_of(row), txn.snapshot)
+            else:
+                old_data = self._check_writable(tid, txn.snapshot).data
             if any(c for _i, _k, c in keys):
                 # A unique key the row keeps needs no check: the version replaced holds it
                 # and, the indexes being unique, no other live row can (the primary key of
                 # an update by key, always).
-                old_row = self._codec.decode(old.data)
+                old_row = self._codec.decode(old_data)
                 checks = [(i, k, c and i.key_of_row(old_row) != k) for i, k, c in keys]
                 self._check_unique(txn, [row], [checks], replacing=tid)
             new = self._heap.update(tid, txn.xid, data)
@@ -474,8 +475,9 @@ class Table:
         self._check()
         with self._layer.write(self._relation) as txn, self._write_lock:
             if tid is None:
-                tid = self._visible_tid(pk, values, txn.snapshot)
-            self._check_writable(tid, txn.snapshot)
+                tid, _data = self._writable_by_key(pk, values, txn.snapshot)
+            else:
+                self._check_writable(tid, txn.snapshot)
             self._heap.delete(tid, txn.xid)
 
     def _visible_tid(self, pk: TableIndex, values: tuple, snap: Snapshot) -> Tid:
@@ -485,6 +487,27 @@ class Table:
         raise KeyError(f"table {self.name!r} has no row with {cols} visible to this "
                        f"transaction")
 
+    def _writable_by_key(self, pk: TableIndex, values: tuple, snap: Snapshot
+                         ) -> tuple[Tid, bytes]:
+        """(tid, tuple data) of the row with primary key ``values`` that this transaction
+        sees and may change (errors as ``_visible_tid`` and ``_check_writable``): the
+        usual key, whose entries sit on one leaf, costs one fetch of each entry's tuple
+        (judged by ``snap`` and re-checked against the key), not a visibility fetch and
+        then a writability fetch."""
+        key = pk.encode(values)
+        tids = pk.point_tids(key) or ()
+        for i in range(0, len(tids), 2):
+            tid = Tid(tids[i], tids[i + 1])
+            t = fetch_tuple(self._heap, tid.block, tid.offnum)
+            if t is None or not snap.visible(t[0], t[1]) or \
+                    pk.key_of_row(self._codec.decode(t[2])) != key:
+                continue
+            self._check_xmax(tid, t[1], snap)
+            return tid, t[2]
+        # entries over several leaves (or none visible: the general path says so)
+        tid = self._visible_tid(pk, values, snap)
+        return tid, self._check_writable(tid, snap).data
+
     def _check_writable(self, tid: Tid, snap: Snapshot) -> HeapTuple:
         """The tuple at ``tid`` when this transaction may change it: KeyError when it
         sees no row there (or sees it deleted), ConflictError when another transaction
@@ -493,10 +516,14 @@ class Table:
         if t is None or not snap.sees(t.xmin):
             raise KeyError(f"table {self.name!r} has no row at {tuple(tid)} visible to this "
                            f"transaction")
-        xmax = t.xmax
+        self._check_xmax(tid, t.xmax, snap)
+        return t
+
+    def _check_xmax(self, tid: Tid, xmax: int, snap: Snapshot) -> None:
+        """``_check_writable``'s test of the deleter of the version at ``tid``."""
         xacts = self._layer.xacts
         if not xmax or xmax in xacts.aborted:
-            return t
+            return
         if snap.sees(xmax):
             raise KeyError(f"table {self.name!r}: the row at {tuple(tid)} was deleted or "
                            f"updated (by transaction {xmax})")
