@@ -542,3 +542,53 @@ def test_index_entries_take_the_one_call_put(db, monkeypatch):
     assert sorted(r[0] for r in t.scan()) == sorted(ids)
     assert all(t.get(id=i)[0] == i for i in ids[:50])
     _assert_indexes_ok(t)
+
+
+def test_update_and_delete_by_key_judge_writability_from_one_fetch(db):
+    """Updates and deletes by primary key (one fetch per entry: visibility, key and
+    writability judged together) raise as before: ConflictError while another
+    transaction's change of the row runs and after it committed past this snapshot,
+    KeyError for a row this transaction deleted or never saw; a kept unique key is not
+    a violation, a taken one is."""
+    t = db.create_table("w", [("id", "int8"), ("code", "text")], primary_key="id")
+    t.create_index("by_code", ["code"], unique=True)
+    t.insert_many([(1, "a"), (2, "b"), (3, "c")])
+    t.update((1, "a"))                      # keeps both unique keys
+    with pytest.raises(UniqueViolation):
+        t.update((1, "b"))                  # takes row 2's code
+    holding, release = threading.Event(), threading.Event()
+
+    def other():
+        with db.transaction():
+            t.update((2, "bb"))
+            holding.set()
+            release.wait(30)
+    th = threading.Thread(target=other)
+    th.start()
+    assert holding.wait(30)
+    try:
+        with pytest.raises(ConflictError, match="is being changed by"):
+            t.update((2, "x"))
+        with pytest.raises(ConflictError, match="is being changed by"):
+            t.delete(id=2)
+    finally:
+        release.set()
+        th.join()
+    with db.transaction():
+        assert t.get(id=3) == (3, "c")      # the snapshot is taken here
+
+        def later():
+            t.update((3, "cc"))
+        th = threading.Thread(target=later)
+        th.start()
+        th.join()
+        with pytest.raises(ConflictError, match="was changed after this transaction"):
+            t.delete(id=3)
+    with db.transaction():
+        t.delete(id=1)
+        with pytest.raises(KeyError, match="no row with id=1"):
+            t.update((1, "z"))
+    with pytest.raises(KeyError, match="no row with id=9"):
+        t.delete(id=9)
+    assert sorted(t.scan()) == [(2, "bb"), (3, "cc")]
+    _assert_indexes_ok(t)
