@@ -132,7 +132,6 @@ class NotADatabaseError(SlonikError, ValueError):
     """The path exists but is not a Slonik database (and is not empty)."""
 
 
-
 class DeadTest:
     """Vacuum's test: no snapshot, present or future, sees a version whose creator
     aborted or whose deleter committed below ``horizon``; aborted deleters still named
@@ -721,10 +720,6 @@ class Database:
                 raise KeyError(f"no relation named {name!r}")
             return self._vacuum_relation(relation)
 
-    @staticmethod
-    def _dead_test(horizon: int, aborted: set[int], referenced: set[int]) -> DeadTest:
-        return DeadTest(horizon, aborted, referenced)
-
     def _prune(self, relation: Relation, is_dead: DeadTest) -> int:
         """Vacuum one relation: the heap's prune (judged a run of pages at a time), or the
         KV store's tree vacuum (entries removed, overflow pages freed, empty leaves
@@ -739,7 +734,7 @@ class Database:
         xacts = self._xacts
         horizon = xacts.horizon()
         aborted = set(xacts.aborted)
-        is_dead = self._dead_test(horizon, aborted, set())
+        is_dead = DeadTest(horizon, aborted, set())
         if relation.index is not None and relation.index.error is not None:
             return 0
         n = self._prune(relation, is_dead)
@@ -753,7 +748,7 @@ class Database:
         horizon = xacts.horizon()
         aborted = set(xacts.aborted)
         referenced: set[int] = set()
-        is_dead = self._dead_test(horizon, aborted, referenced)
+        is_dead = DeadTest(horizon, aborted, referenced)
         total = self._catalog.heap.prune(dead_of=is_dead.of_run)
         complete = True
         for relation in list(self._relations.values()):

@@ -526,11 +526,12 @@ def leaf_vacuum(page, first: int, is_dead: Callable, by_entry: bool
     if not C_LEAF_VACUUM or n <= 0 or (by_entry and not isinstance(is_dead, DeadTids)):
         return leaf_vacuum_py(page, first, is_dead, by_entry)
     flags = _ffi.new("uint8_t[]", n)
-    src = _ffi.from_buffer(page)
+    # (the page's C export is made inline: alive for the call only, never in the frame
+    # while the reference may raise; see the README on CPython 3.11's collector)
     if by_entry:
         offs = _ffi.new("uint16_t[]", n)
-        got = _lib.slk_bt_leaf_vacuum(src, first, is_dead.c_array(), len(is_dead.sorted),
-                                      _ffi.NULL, _ffi.NULL, flags, offs)
+        got = _lib.slk_bt_leaf_vacuum(_ffi.from_buffer(page), first, is_dead.c_array(),
+                                      len(is_dead.sorted), _ffi.NULL, _ffi.NULL, flags, offs)
         if got < 0:
             return leaf_vacuum_py(page, first, is_dead, by_entry)
         dead = _ffi.unpack(offs, got)
@@ -538,7 +539,8 @@ def leaf_vacuum(page, first: int, is_dead: Callable, by_entry: bool
         return dead, {o for o, f in zip(dead, fl, strict=True) if f & ENTRY_OVERFLOW}
     xmins = _ffi.new("uint64_t[]", n)
     xmaxs = _ffi.new("uint64_t[]", n)
-    got = _lib.slk_bt_leaf_vacuum(src, first, _ffi.NULL, 0, xmins, xmaxs, flags, _ffi.NULL)
+    got = _lib.slk_bt_leaf_vacuum(_ffi.from_buffer(page), first, _ffi.NULL, 0, xmins, xmaxs,
+                                  flags, _ffi.NULL)
     if got < 0:
         return leaf_vacuum_py(page, first, is_dead, by_entry)
     xs, ys = _ffi.unpack(xmins, got), _ffi.unpack(xmaxs, got)
