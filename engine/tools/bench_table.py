@@ -18,8 +18,13 @@ Per io method (``--methods``), on a new database in ``--dir``:
   points (``t.range("t_name", start, stop)``: index entries, then the heap pages of the
   next entries through a read stream, each row re-checked; SQLite: ``... WHERE name >= ?
   AND name < ? ORDER BY name``), warm, for ``--seconds``. Figure: rows/s.
+- update: updates by primary key of random ids, ``UPDATE_BATCH_ROWS`` per transaction
+  (commit included), each setting a new ``score`` (a column no index holds) and keeping
+  the rest (``t.update(row)``; SQLite: ``UPDATE t SET score = ? WHERE id = ?``), for
+  ``--seconds``. Figure: rows/s. Old versions accumulate as they would in use, and
+  autovacuum removes them on the way (its time is in the figure).
 
-The timed figures (lookup, range) interleave the engines: every io method's database
+The timed figures (lookup, range, update) interleave the engines: every io method's database
 and SQLite's stay open, and each figure runs in rounds of ``INTERLEAVE_ROUND_SECONDS``,
 SQLite and each method in turn, until each has had ``--seconds``; so a machine whose
 load changes during the run slows every engine alike, and the ratios stay comparable.
@@ -53,6 +58,8 @@ SAMPLE_KEYS = 50_000              # random ids / range starts drawn up front (cy
 SHARED_BUFFERS_PAGES = 65_536     # 512 MiB: every page of the default run stays cached
 RANDOM_SEED = 20250601
 INTERLEAVE_ROUND_SECONDS = 0.25   # one engine's turn in a timed figure
+UPDATE_BATCH_ROWS = 100           # updates per transaction in the update figure
+FIGURES = ("lookup", "range", "update")
 COLUMNS = [("id", "int8"), ("name", "text"), ("score", "float8"), ("payload", "bytea")]
 
 
@@ -134,6 +141,16 @@ def _range_step(range_rows, starts, k: int):
     return scan
 
 
+def _update_step(update_batch, ids, k: int):
+    """``update_batch(batch of ids, new score)`` of ``k`` random ids per step."""
+    def update(i: int) -> int:
+        first = (i * k) % len(ids)
+        batch = ids[first:first + k]
+        update_batch(batch, float(i))
+        return len(batch)
+    return update
+
+
 def _open_slonik(path: str, method: str, data: list[tuple]) -> tuple[Database, dict]:
     """A new database at ``path`` holding ``data`` (table t, its primary key, index
     t_name): (db, {"load_rows_s": ...})."""
@@ -151,13 +168,20 @@ def _open_slonik(path: str, method: str, data: list[tuple]) -> tuple[Database, d
         raise
 
 
-def _slonik_steps(db: Database, args, ids, starts) -> dict:
+def _slonik_steps(db: Database, args, ids, starts, data: list[tuple]) -> dict:
     t = db.table("t")
     get = t.get
     rng = t.range
+
+    def update_batch(batch: list[int], score: float) -> None:
+        with db.transaction():
+            for i in batch:
+                _id, name, _score, payload = data[i]
+                t.update((i, name, score, payload))
     return {"lookup": _lookup_step(lambda i: get(id=i), ids),
             "range": _range_step(lambda lo, hi: rng("t_name", start=(lo,), stop=(hi,)),
-                                 starts, args.range_rows)}
+                                 starts, args.range_rows),
+            "update": _update_step(update_batch, ids, UPDATE_BATCH_ROWS)}
 
 
 def _open_sqlite(path: str, data: list[tuple]) -> tuple[sqlite3.Connection, dict]:
@@ -182,9 +206,17 @@ def _open_sqlite(path: str, data: list[tuple]) -> tuple[sqlite3.Connection, dict
 def _sqlite_steps(con: sqlite3.Connection, args, ids, starts) -> dict:
     q = "SELECT * FROM t WHERE id = ?"
     rq = "SELECT * FROM t WHERE name >= ? AND name < ? ORDER BY name"
+    uq = "UPDATE t SET score = ? WHERE id = ?"
+
+    def update_batch(batch: list[int], score: float) -> None:
+        con.execute("BEGIN")
+        for i in batch:
+            con.execute(uq, (score, i))
+        con.execute("COMMIT")
     return {"lookup": _lookup_step(lambda i: con.execute(q, (i,)).fetchone(), ids),
             "range": _range_step(lambda lo, hi: con.execute(rq, (lo, hi)), starts,
-                                 args.range_rows)}
+                                 args.range_rows),
+            "update": _update_step(update_batch, ids, UPDATE_BATCH_ROWS)}
 
 
 def run_table_bench(args: argparse.Namespace, log=None) -> dict:
@@ -213,8 +245,8 @@ def run_table_bench(args: argparse.Namespace, log=None) -> dict:
             dbs[method], report["methods"][method] = _open_slonik(
                 os.path.join(args.dir, method), method, data)
         steps = {"sqlite": _sqlite_steps(con, args, ids, starts)}
-        steps.update((m, _slonik_steps(db, args, ids, starts)) for m, db in dbs.items())
-        for fig in ("lookup", "range"):
+        steps.update((m, _slonik_steps(db, args, ids, starts, data)) for m, db in dbs.items())
+        for fig in FIGURES:
             if log:
                 log(f"{fig}: {', '.join(steps)} in turns")
             rates = _interleaved({name: s[fig] for name, s in steps.items()}, args.seconds)
@@ -222,8 +254,8 @@ def run_table_bench(args: argparse.Namespace, log=None) -> dict:
             for method in dbs:
                 report["methods"][method][f"{fig}_rows_s"] = rates[method]
         for m in report["methods"].values():
-            for fig in ("load_rows_s", "lookup_rows_s", "range_rows_s"):
-                m[fig.replace("_rows_s", "_vs_sqlite")] = m[fig] / report["sqlite"][fig]
+            for fig in ("load", *FIGURES):
+                m[f"{fig}_vs_sqlite"] = m[f"{fig}_rows_s"] / report["sqlite"][f"{fig}_rows_s"]
     finally:
         for method, db in dbs.items():
             try:
@@ -240,19 +272,24 @@ def run_table_bench(args: argparse.Namespace, log=None) -> dict:
 
 def format_table(report: dict) -> str:
     head = (f"{'engine':<16} {'load rows/s':>12} {'pk lookups/s':>13} {'range rows/s':>13} "
-            f"{'lookup x':>9} {'range x':>8}")
+            f"{'updates/s':>10} {'load x':>7} {'lookup x':>9} {'range x':>8} {'update x':>9}")
     lines = [f"slonik bench table: {report['rows']:,} rows, payload {report['payload_size']} "
              f"bytes, ranges of {report['range_rows']} rows, {report['seconds']:g} s per "
              f"timed figure", "", head, "-" * len(head)]
     s = report["sqlite"]
     lines.append(f"{'sqlite':<16} {s['load_rows_s']:>12,.0f} {s['lookup_rows_s']:>13,.0f} "
-                 f"{s['range_rows_s']:>13,.0f} {1:>9.2f} {1:>8.2f}")
+                 f"{s['range_rows_s']:>13,.0f} {s['update_rows_s']:>10,.0f} {1:>7.2f} "
+                 f"{1:>9.2f} {1:>8.2f} {1:>9.2f}")
     for method, m in report["methods"].items():
         lines.append(f"{'slonik ' + method:<16} {m['load_rows_s']:>12,.0f} "
                      f"{m['lookup_rows_s']:>13,.0f} {m['range_rows_s']:>13,.0f} "
-                     f"{m['lookup_vs_sqlite']:>9.2f} {m['range_vs_sqlite']:>8.2f}")
+                     f"{m['update_rows_s']:>10,.0f} {m['load_vs_sqlite']:>7.2f} "
+                     f"{m['lookup_vs_sqlite']:>9.2f} {m['range_vs_sqlite']:>8.2f} "
+                     f"{m['update_vs_sqlite']:>9.2f}")
     lines += ["", "lookup: warm random point lookups by primary key; range: warm index range "
-                  "scans on t_name; x: relative to SQLite in the same run"]
+                  "scans on t_name; update: updates by primary key of a column no index "
+                  f"holds, {UPDATE_BATCH_ROWS} per transaction; x: relative to SQLite in the "
+                  "same run"]
     return "\n".join(lines)
 
 
