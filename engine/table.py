@@ -483,9 +483,12 @@ class Table:
     def _visible_tid(self, pk: TableIndex, values: tuple, snap: Snapshot) -> Tid:
         for tid, _row in self._index_rows(pk, pk.encode(values), snap):
             return Tid(*tid)
+        raise self._no_row(pk, values)
+
+    def _no_row(self, pk: TableIndex, values: tuple) -> KeyError:
         cols = ", ".join(f"{c}={v!r}" for c, v in zip(pk.entry.columns, values, strict=True))
-        raise KeyError(f"table {self.name!r} has no row with {cols} visible to this "
-                       f"transaction")
+        return KeyError(f"table {self.name!r} has no row with {cols} visible to this "
+                        f"transaction")
 
     def _writable_by_key(self, pk: TableIndex, values: tuple, snap: Snapshot
                          ) -> tuple[Tid, bytes]:
@@ -495,18 +498,17 @@ class Table:
         (judged by ``snap`` and re-checked against the key), not a visibility fetch and
         then a writability fetch."""
         key = pk.encode(values)
-        tids = pk.point_tids(key) or ()
+        tids = pk.point_tids(key)
+        if tids is None:   # entries over several leaves: the general path
+            tid = self._visible_tid(pk, values, snap)
+            return tid, self._check_writable(tid, snap).data
         for i in range(0, len(tids), 2):
-            tid = Tid(tids[i], tids[i + 1])
-            t = fetch_tuple(self._heap, tid.block, tid.offnum)
-            if t is None or not snap.visible(t[0], t[1]) or \
-                    pk.key_of_row(self._codec.decode(t[2])) != key:
-                continue
-            self._check_xmax(tid, t[1], snap)
-            return tid, t[2]
-        # entries over several leaves (or none visible: the general path says so)
-        tid = self._visible_tid(pk, values, snap)
-        return tid, self._check_writable(tid, snap).data
+            found = self._point_tuple(pk, key, tids[i], tids[i + 1], snap)
+            if found is not None:
+                tid = Tid(tids[i], tids[i + 1])
+                self._check_xmax(tid, found[0][1], snap)
+                return tid, found[0][2]
+        raise self._no_row(pk, values)
 
     def _check_writable(self, tid: Tid, snap: Snapshot) -> HeapTuple:
         """The tuple at ``tid`` when this transaction may change it: KeyError when it
@@ -610,16 +612,22 @@ class Table:
         row = self._codec.decode(t[2])
         return (tid, row) if index.key_of_row(row) == key else None
 
-    def _point_tid_row(self, index: TableIndex, key: bytes, block: int, offnum: int,
-                       snap: Snapshot) -> tuple | None:
-        """The row at (``block``, ``offnum``) when an entry of ``index`` with the encoded
-        key ``key`` points there, its heap tuple is visible to ``snap`` and still has that
-        key, else None: one pin and lock of one heap page."""
+    def _point_tuple(self, index: TableIndex, key: bytes, block: int, offnum: int,
+                     snap: Snapshot) -> tuple[tuple[int, int, bytes], tuple] | None:
+        """((xmin, xmax, data), row) of the tuple at (``block``, ``offnum``) when an entry
+        of ``index`` with the encoded key ``key`` points there, the tuple is visible to
+        ``snap`` and still has that key, else None: one pin and lock of one heap page."""
         t = fetch_tuple(self._heap, block, offnum)
         if t is None or not snap.visible(t[0], t[1]):
             return None
         row = self._codec.decode(t[2])
-        return row if index.key_of_row(row) == key else None
+        return (t, row) if index.key_of_row(row) == key else None
+
+    def _point_tid_row(self, index: TableIndex, key: bytes, block: int, offnum: int,
+                       snap: Snapshot) -> tuple | None:
+        """The row of ``_point_tuple``, or None."""
+        found = self._point_tuple(index, key, block, offnum, snap)
+        return None if found is None else found[1]
 
     def _key_tuple(self, index: TableIndex, key: object, what: str) -> tuple:
         if not isinstance(key, (tuple, list)):

@@ -980,13 +980,8 @@ class Heap:
         at a time (``scan_runs``) and judged with no page locked; a page with a tuple to
         prune is then held exclusively and changed by one C call (``prune_items``), which
         takes only tuples whose header is what was judged. Returns how many tuples went."""
-        dead_of = _dead_judge(is_dead, dead_of)
-        fsm = self.free_space_map()
         pruned = 0
-        for run in self.scan_runs():
-            idx = dead_of(run)
-            by_page = _group_by_page(run, idx)
-            self._note_free(run, fsm, by_page)
+        for run, _idx, by_page in self._judged_runs(is_dead, dead_of):
             for k, ids in by_page.items():
                 pruned += self._prune_block(run.first_block + k, *_expected(run, ids))
         return pruned
@@ -995,12 +990,8 @@ class Heap:
                     dead_of: DeadOf | None = None) -> dict[Tid, tuple[int, int, int]]:
         """``prune``'s judgement alone: tid -> (xmin, xmax, flags) of every tuple it would
         condemn (vacuum with indexes removes their entries first, then ``prune_tids``)."""
-        dead_of = _dead_judge(is_dead, dead_of)
-        fsm = self.free_space_map()
         dead: dict[Tid, tuple[int, int, int]] = {}
-        for run in self.scan_runs():
-            idx = dead_of(run)
-            self._note_free(run, fsm, _group_by_page(run, idx))
+        for run, idx, _by_page in self._judged_runs(is_dead, dead_of):
             first, pages, offnums = run.first_block, run.pages, run.offnums
             xmins, xmaxs, flags = run.xmins, run.xmaxs, run.flags
             for i in idx:
@@ -1021,6 +1012,18 @@ class Heap:
                                         ([h[0] for h in heads], [h[1] for h in heads],
                                          [h[2] for h in heads]))
         return pruned
+
+    def _judged_runs(self, is_dead: Callable[[HeapTuple], bool] | None,
+                     dead_of: DeadOf | None) -> Iterator[tuple[HeapRun, list, dict]]:
+        """Vacuum's pass: each run of the heap with the indexes of its tuples to prune and
+        those by page in the run; the free space of pages past the map noted on the way."""
+        dead_of = _dead_judge(is_dead, dead_of)
+        fsm = self.free_space_map()
+        for run in self.scan_runs():
+            idx = dead_of(run)
+            by_page = _group_by_page(run, idx)
+            self._note_free(run, fsm, by_page)
+            yield run, idx, by_page
 
     def _note_free(self, run: HeapRun, fsm: FreeSpaceMap, changing: dict) -> None:
         """The free space of the run's pages past the free-space map (the relation grew

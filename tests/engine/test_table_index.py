@@ -5,6 +5,7 @@ drop, bad input — on every io method, each test checking the indexes against t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -180,6 +181,34 @@ def test_tid_reuse_after_vacuum_never_reaches_a_stranger(db):
     _assert_indexes_ok(t)
 
 
+@contextlib.contextmanager
+def transaction_held_in_thread(db, change):
+    """``change()`` made in a transaction of another thread, which stays open (neither
+    committed nor aborted) for the with block and commits after it."""
+    holding, release = threading.Event(), threading.Event()
+    errors = []
+
+    def hold():
+        try:
+            with db.transaction():
+                change()
+                holding.set()
+                release.wait(30)
+        except BaseException as exc:  # raised in the test's thread below
+            errors.append(exc)
+            holding.set()
+    th = threading.Thread(target=hold)
+    th.start()
+    assert holding.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
+        th.join()
+    if errors:
+        raise errors[0]
+
+
 def test_snapshot_isolation_and_write_conflicts(db):
     """A reader's range scan and get(id=) see its snapshot while a writer commits an
     update; two transactions inserting one key: the second gets ConflictError while the
@@ -202,25 +231,9 @@ def test_snapshot_isolation_and_write_conflicts(db):
         assert list(t.range("by_v")) == [(1, "old")]
         assert t.lookup("by_v", "new") == []
     assert list(t.range("by_v")) == [(1, "new")]
-    errors = []
-    started, finish = threading.Event(), threading.Event()
-
-    def first():
-        with db.transaction():
-            t.insert((2, "x"))
-            started.set()
-            finish.wait(30)
-
-    th = threading.Thread(target=first)
-    th.start()
-    assert started.wait(30)
-    try:
+    with transaction_held_in_thread(db, lambda: t.insert((2, "x"))), \
+            pytest.raises(ConflictError, match="being inserted"):
         t.insert((2, "y"))
-    except ConflictError as exc:
-        errors.append(exc)
-    finish.set()
-    th.join()
-    assert len(errors) == 1 and "being inserted" in str(errors[0])
     with pytest.raises(UniqueViolation):
         t.insert((2, "y"))
     assert t.get(id=2) == (2, "x")
@@ -556,24 +569,11 @@ def test_update_and_delete_by_key_judge_writability_from_one_fetch(db):
     t.update((1, "a"))                      # keeps both unique keys
     with pytest.raises(UniqueViolation):
         t.update((1, "b"))                  # takes row 2's code
-    holding, release = threading.Event(), threading.Event()
-
-    def other():
-        with db.transaction():
-            t.update((2, "bb"))
-            holding.set()
-            release.wait(30)
-    th = threading.Thread(target=other)
-    th.start()
-    assert holding.wait(30)
-    try:
+    with transaction_held_in_thread(db, lambda: t.update((2, "bb"))):
         with pytest.raises(ConflictError, match="is being changed by"):
             t.update((2, "x"))
         with pytest.raises(ConflictError, match="is being changed by"):
             t.delete(id=2)
-    finally:
-        release.set()
-        th.join()
     with db.transaction():
         assert t.get(id=3) == (3, "c")      # the snapshot is taken here
 
