@@ -446,14 +446,15 @@ class Table:
         keys = self._row_keys(row)
         with self._layer.write(self._relation) as txn, self._write_lock:
             if by_key:
-                tid, old_data = self._writable_by_key(pk, pk.values_of(row), txn.snapshot)
+                tid, old_row = self._writable_by_key(pk, pk.values_of(row), txn.snapshot)
             else:
-                old_data = self._check_writable(tid, txn.snapshot).data
+                old, old_row = self._check_writable(tid, txn.snapshot), None
             if any(c for _i, _k, c in keys):
                 # A unique key the row keeps needs no check: the version replaced holds it
                 # and, the indexes being unique, no other live row can (the primary key of
                 # an update by key, always).
-                old_row = self._codec.decode(old_data)
+                if old_row is None:
+                    old_row = self._codec.decode(old.data)
                 checks = [(i, k, c and i.key_of_row(old_row) != k) for i, k, c in keys]
                 self._check_unique(txn, [row], [checks], replacing=tid)
             new = self._heap.update(tid, txn.xid, data)
@@ -475,7 +476,7 @@ class Table:
         self._check()
         with self._layer.write(self._relation) as txn, self._write_lock:
             if tid is None:
-                tid, _data = self._writable_by_key(pk, values, txn.snapshot)
+                tid, _row = self._writable_by_key(pk, values, txn.snapshot)
             else:
                 self._check_writable(tid, txn.snapshot)
             self._heap.delete(tid, txn.xid)
@@ -491,23 +492,23 @@ class Table:
                         f"transaction")
 
     def _writable_by_key(self, pk: TableIndex, values: tuple, snap: Snapshot
-                         ) -> tuple[Tid, bytes]:
-        """(tid, tuple data) of the row with primary key ``values`` that this transaction
-        sees and may change (errors as ``_visible_tid`` and ``_check_writable``): the
-        usual key, whose entries sit on one leaf, costs one fetch of each entry's tuple
-        (judged by ``snap`` and re-checked against the key), not a visibility fetch and
-        then a writability fetch."""
+                         ) -> tuple[Tid, tuple]:
+        """(tid, row) of the row with primary key ``values`` that this transaction sees
+        and may change (errors as ``_visible_tid`` and ``_check_writable``): the usual
+        key, whose entries sit on one leaf, costs one fetch and one decode of each entry's
+        tuple (judged by ``snap`` and re-checked against the key), not a visibility fetch
+        and then a writability fetch."""
         key = pk.encode(values)
         tids = pk.point_tids(key)
         if tids is None:   # entries over several leaves: the general path
             tid = self._visible_tid(pk, values, snap)
-            return tid, self._check_writable(tid, snap).data
+            return tid, self._codec.decode(self._check_writable(tid, snap).data)
         for i in range(0, len(tids), 2):
             found = self._point_tuple(pk, key, tids[i], tids[i + 1], snap)
             if found is not None:
                 tid = Tid(tids[i], tids[i + 1])
                 self._check_xmax(tid, found[0][1], snap)
-                return tid, found[0][2]
+                return tid, found[1]
         raise self._no_row(pk, values)
 
     def _check_writable(self, tid: Tid, snap: Snapshot) -> HeapTuple:
