@@ -769,6 +769,13 @@ class BufferManager:
         while i < nblocks:
             dirty = -1
             with self._lock:
+                if ring_ids is not None and nblocks - i > 1:
+                    claimed = self._claim_ring_run_locked(ring, rel, fork, first_block + i,
+                                                          nblocks - i)
+                    if claimed is not None:  # a cold scan's usual run: all of it at once
+                        buffers += claimed
+                        missing += range(i, nblocks)
+                        break
                 hits = evictions = 0
                 while i < nblocks:
                     tag = (rel, fork, first_block + i)
@@ -838,6 +845,48 @@ class BufferManager:
                 if self._claim_read(op, i, count_hit=True) is _CLAIMED:
                     missing.append(i)
                 i += 1
+
+    def _claim_ring_run_locked(self, ring: BufferRing, rel: int, fork: int, first: int,
+                               n: int) -> list[int] | None:
+        """Blocks ``first .. first + n - 1``, none of them in the pool, claimed for reading
+        into the ring's next ``n`` buffers, all or nothing: what ``_pin_and_claim``'s loop
+        does block by block for such a run, without a lookup and a branch per block. None
+        (nothing changed) unless the ring is full, no block of the run is in the pool, and
+        each of those buffers is distinct, unpinned, used at most once and in a state a read
+        may claim (clean: ``_CLAIMABLE_VICTIM``). Caller holds ``_lock``."""
+        size = ring.size
+        ids = ring.buffers
+        if n > size or len(ids) != size:
+            return None
+        tags = [(rel, fork, b) for b in range(first, first + n)]
+        table = self._table
+        if not table.keys().isdisjoint(tags):
+            return None
+        at = ring._next
+        claim = ids[at:at + n]
+        if len(claim) < n:
+            claim += ids[:n - len(claim)]
+        if len(set(claim)) != n:
+            return None
+        descs = self.descs
+        ds = [descs[b] for b in claim]
+        # (a plain loop: the interpreter's specialised attribute reads beat attrgetter maps)
+        for d in ds:
+            if d.refcount or d.usage_count > 1 or d.flags not in _CLAIMABLE_VICTIM:
+                return None
+        old = [d.tag for d in ds if d.flags & BM_TAG_VALID]
+        for tag in old:
+            del table[tag]
+        for d, tag in zip(ds, tags, strict=True):
+            d.refcount = 1
+            d.usage_count = 1
+            d.flags = _READING
+            d.tag = tag
+            d.error = ""
+        table.update(zip(tags, claim, strict=True))
+        ring._next = (at + n) % size
+        self._evictions += len(old)
+        return claim
 
     def _claim_read(self, op: ReadBuffersOperation, i: int, *, count_hit: bool) -> object:
         """Decide who reads ``op.buffers[i]``: already VALID (a hit), another thread's read
@@ -1635,10 +1684,10 @@ class BufferManager:
                 raise ValueError(f"copy_release: out holds {len(out)} bytes; {n} pages need "
                                  f"{n * BLCKSZ}")
             if self.seq is not None and n:
-                ds = list(map(descs.__getitem__, buf_ids))
-                assert min(map(_REFCOUNT, ds)) > 0, "copy_release of a buffer not pinned"
-                assert all(map(BM_VALID.__and__, map(_FLAGS, ds))), \
-                    "copy_release of a buffer not VALID"
+                for b in buf_ids:  # (a plain loop: cheaper than attrgetter maps here)
+                    d = descs[b]
+                    assert d.refcount > 0, f"copy_release of buffer {b}, not pinned"
+                    assert d.flags & BM_VALID, f"copy_release of buffer {b}, not VALID"
                 fresh = out is None
                 if fresh:
                     out = bytes(n * BLCKSZ)  # fresh, unshared, unhashed: filled before it is seen

@@ -50,6 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from slonik.storage.bufmgr import BufferManager, ReadBuffersOperation
@@ -76,15 +77,22 @@ class ReadStreamStats:
     advice_calls: int
 
 
-class _Run:
-    """One started (or, in advice mode, deferred) read of consecutive blocks."""
+_BUF = itemgetter(0)           # of a queue entry: its buffer
+_BUF_DATA = itemgetter(0, 1)   # its buffer and per-buffer data
 
-    __slots__ = ("op", "block", "n", "waited", "error")
+
+class _Run:
+    """One started (or, in advice mode, deferred) read of consecutive blocks; ``left``: how
+    many of its queue entries are still queued (they are adjacent: a run's entries go in
+    together and leave from the head, or come back to it in order)."""
+
+    __slots__ = ("op", "block", "n", "waited", "error", "left")
 
     def __init__(self, op: ReadBuffersOperation | None, block: int, n: int) -> None:
         self.op = op
         self.block = block
         self.n = n
+        self.left = n
         self.waited = op is not None and not op.needs_wait
         self.error: BaseException | None = None  # the run failed: its blocks are never handed out
 
@@ -251,9 +259,9 @@ class ReadStream:
                                             strategy=self.strategy)
         run = _Run(op, block, n)
         if n == 1:  # a scattered source's usual run
-            self._queue.append([op.buffers[0], data[0], run])
-        else:
-            self._queue.extend(map(list, zip(op.buffers, data, repeat(run, n), strict=True)))
+            self._queue.append((op.buffers[0], data[0], run))
+        else:  # (tuples: only an advised run's entries, lists, get their buffer later)
+            self._queue.extend(zip(op.buffers, data, repeat(run, n), strict=True))
         self.pinned += n
         if self.pinned > self._max_pinned_seen:
             self._max_pinned_seen = self.pinned
@@ -409,6 +417,7 @@ class ReadStream:
                 self._wait_run(run)
                 self._grow_distance()
         self._queue.popleft()
+        run.left -= 1
         self.pinned -= 1
         distance = self.distance
         # Look ahead once the window has room for LOOK_AHEAD_BATCH_IOS combined reads (or
@@ -420,6 +429,7 @@ class ReadStream:
                 self._look_ahead()
             except BaseException:
                 self._queue.appendleft(entry)  # not handed out: close() unpins it
+                run.left += 1
                 self.pinned += 1
                 raise
         if (self.distance == 1 and len(self._queue) == 1 and self._queue[0][2].waited
@@ -443,6 +453,7 @@ class ReadStream:
         if self._fast_path:
             return self._next_fast_run(limit)
         queue = self._queue
+        popleft = queue.popleft
         read_done = self.bufmgr.read_done
         out: list[Any] = []
         taken: list[list] = []
@@ -475,10 +486,13 @@ class ReadStream:
                         self._wait_run(run)
                     else:
                         break  # hand out what is ready; the next call waits
-                queue.popleft()
-                self.pinned -= 1
-                taken.append(entry)
-                out.append((entry[0], entry[1]) if self.per_buffer_data else entry[0])
+                # the run's queued entries (adjacent, from the head), as many as the limit takes
+                k = min(run.left, limit - len(out))
+                run.left -= k
+                self.pinned -= k
+                got = [popleft() for _ in range(k)] if k > 1 else [popleft()]
+                taken += got
+                out += map(_BUF_DATA, got) if self.per_buffer_data else map(_BUF, got)
             distance = self.distance
             if distance and (not queue or (
                     distance - self.pinned - self._pending_n
@@ -488,6 +502,7 @@ class ReadStream:
         except BaseException:
             for entry in reversed(taken):  # not handed out: close() unpins them
                 queue.appendleft(entry)
+                entry[2].left += 1
             self.pinned += len(taken)
             raise
         if (self.distance == 1 and len(queue) == 1 and queue[0][2].waited
@@ -553,7 +568,7 @@ class ReadStream:
             return out
         self._fast_path = False
         run = _Run(op, block, k)
-        queue.extend([b, None, run] for b in op.buffers)
+        queue.extend(zip(op.buffers, repeat(None, k), repeat(run, k), strict=True))
         self.pinned += k
         reading = sum(len(io.buf_ids) for io in op.ios)
         self._ios += len(op.ios)
@@ -599,6 +614,7 @@ class ReadStream:
             self._fast_path = False
             return self.next_buffer()
         entry = self._queue.popleft()
+        entry[2].left -= 1
         item = self._next_block()
         if item is None:
             self._fast_path = False
@@ -608,7 +624,7 @@ class ReadStream:
         block, _ = item
         op = self.bufmgr.start_read_buffers(self.rel, self.fork, block, 1, strategy=self.strategy)
         run = _Run(op, block, 1)
-        self._queue.append([op.buffers[0], None, run])
+        self._queue.append((op.buffers[0], None, run))
         if op.needs_wait:
             self._fast_path = False
             self._ios += len(op.ios)

@@ -291,3 +291,51 @@ def test_completed_scattered_reads_come_in_one_batch(direct_pool):
     assert got == SCATTERED
     assert whole_batches >= 1
     assert pinned_blocks(bm) == {}
+
+
+def test_ring_reuse_claims_whole_runs_and_leaves_busy_buffers(rel, monkeypatch):  # noqa: F811
+    """A bulk_read scan of 64 blocks through a 32-buffer ring (8-block reads): once the
+    ring is full, a run of misses takes the ring's next buffers in one step
+    (``_claim_ring_run_locked``). A ring buffer pinned by someone else and one dirtied
+    meanwhile (each in another run's slots) make that step refuse its run (nothing changed) and go to the block-by-block
+    path, which leaves both buffers to the pool: the pinned one keeps its block, the dirty
+    one (dirtied under the scan's own pin, so used only once) its block and its changes. The scan still returns the 64 blocks in order."""
+    smgr, aio = rel
+    bm = BufferManager(smgr, aio, shared_buffers=256, io_combine_limit=8)
+    answers: list[bool] = []
+    claim = bm._claim_ring_run_locked
+
+    def counted(*args):
+        got = claim(*args)
+        answers.append(got is not None)
+        return got
+
+    monkeypatch.setattr(bm, "_claim_ring_run_locked", counted)
+    blocks: list[int] = []
+    held = dirty = -1
+    with ReadStream(bm, REL, Fork.MAIN, range(NBLOCKS), max_ios=1, max_pinned=8,
+                    bulk_read=True) as stream:
+        assert stream.strategy is not None and stream.strategy.size == 32
+        while batch := stream.next_buffers(4):
+            for b in batch:
+                assert bm.block_of(b) == (REL, int(Fork.MAIN), len(blocks))
+                assert item(bm, b) == expected_item(len(blocks))
+                if len(blocks) == 13:  # dirtied by the scan's own pin: used once still
+                    dirty = b
+                    bm.lock_exclusive(b)
+                    bm.mark_dirty(b)
+                    bm.unlock_exclusive(b)
+                blocks.append(len(blocks))
+            bm.unpin_many(batch)
+            if len(blocks) == 16:  # blocks 0..15's buffers come round again for 32..47
+                assert answers == [False] * len(answers)  # (the ring was filling)
+                held = bm.read_buffer(REL, Fork.MAIN, 2)
+                answers.clear()
+    assert blocks == list(range(NBLOCKS))
+    assert answers.count(False) >= 2 and True in answers, answers
+    assert bm.block_of(held) == (REL, int(Fork.MAIN), 2) and pinned_blocks(bm) == {2: 1}
+    assert bm.block_of(dirty) == (REL, int(Fork.MAIN), 13) and bm.is_dirty(dirty)
+    bm.unpin(held)
+    bm.check()
+    tagged = [d for d in bm.descs if d.tag is not None and d.tag[2] < NBLOCKS]
+    assert len(tagged) <= 34, len(tagged)  # the ring and the two buffers it let go
