@@ -243,18 +243,18 @@ class Aio:
 
     def _release_unused(self, h: Handle) -> None:
         ctx = h.owner
-        if ctx.handed_out is not h or h.state != S.HANDED_OUT:
+        if ctx.handed_out is not h or h.state != _HANDED_OUT:
             raise RuntimeError(f"AIO handle released in unexpected state {h.state.name}")
         ctx.handed_out = None
         with h.cond:
             h.generation += 1
-            h._set_state(S.IDLE)
+            h._set_state(_IDLE)
             h._reset()
         ctx.idle.append(h)
 
     def _wait_for_free(self, ctx: IssuerContext) -> None:
         for h in list(ctx.inflight.values()):
-            if h.state == S.COMPLETED_SHARED:
+            if h.state == _COMPLETED_SHARED:
                 self._reclaim(h)
         if ctx.idle:
             return
@@ -297,7 +297,7 @@ class Aio:
             self._submit_staged(ctx)
 
     def _execute_inline(self, ctx: IssuerContext, h: Handle) -> None:
-        h._set_state(S.SUBMITTED)
+        h._set_state(_SUBMITTED)
         ctx.inflight[h.index] = h
         self.method.execute_inline(h)
 
@@ -445,14 +445,14 @@ class Aio:
                     and self.method.wait_one(h, gen):
                 continue
             with h.cond:
-                if h.generation != gen or h.state >= S.COMPLETED_SHARED:
+                if h.generation != gen or h.state >= _COMPLETED_SHARED:
                     break
                 self._sleepers[ref.index] += 1
                 try:
-                    if h.state < S.SUBMITTED:
+                    if h.state < _SUBMITTED:
                         # Another thread staged it and has not submitted yet: poll until it does.
                         h.cond.wait(0.005)
-                    elif h.state == S.SUBMITTED and not self.method.completes_without_waiters \
+                    elif h.state == _SUBMITTED and not self.method.completes_without_waiters \
                             and not h.reaped:
                         h.cond.wait(0.005)  # raced with a reaper; let wait_one try again
                     else:
@@ -559,7 +559,7 @@ class Aio:
         for ctx in contexts:
             for h in ctx.handles:
                 state, gen = h.state, h.generation
-                if state == S.IDLE:
+                if state == _IDLE:
                     continue
                 try:
                     desc = h.describe() if h.target_id else f"fd {h.fd}"
@@ -569,7 +569,7 @@ class Aio:
                     continue
                 rows.append(InflightIo(ctx.thread_name, h.index, gen, state, h.op,
                                        h.offset, h.nbytes, desc,
-                                       h.raw_result if state >= S.COMPLETED_IO else None))
+                                       h.raw_result if state >= _COMPLETED_IO else None))
         return rows
 
     # --- shutdown -------------------------------------------------------------------------------
@@ -585,7 +585,7 @@ class Aio:
         for other in contexts:
             for h in list(other.handles):
                 gen = h.generation
-                if h.state in (S.SUBMITTED, S.COMPLETED_IO):
+                if h.state in (_SUBMITTED, _COMPLETED_IO):
                     self.wait(WaitRef(h.index, gen))
         self._closed = True
         for other in contexts:

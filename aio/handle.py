@@ -62,6 +62,12 @@ class IoOp(IntEnum):
     FDATASYNC = 3
 
 
+# Members read on every I/O, as module constants: an attribute of an Enum class goes
+# through its metaclass's __getattr__ hook (~1 us each), a global does not.
+_IDLE, _HANDED_OUT = S.IDLE, S.HANDED_OUT
+_OP_INVALID, _OP_READV, _OP_WRITEV = IoOp.INVALID, IoOp.READV, IoOp.WRITEV
+
+
 class HandleFlag(IntEnum):
     SYNCHRONOUS = 1  # the issuer waits at once: execute inline, skip the dispatch cost
     BUFFERED = 2     # goes through the page cache (not O_DIRECT); informational
@@ -117,7 +123,7 @@ class AioReturn:
     def __init__(self) -> None:
         self.result: AioResult = _UNKNOWN_RESULT
         self.target_desc = ""
-        self.op = IoOp.INVALID
+        self.op = _OP_INVALID
         self.nbytes = 0
         self.callbacks: tuple[tuple[int, Any], ...] = ()
         self.filled = False
@@ -159,12 +165,12 @@ class Handle:
         self.index = index
         self.owner = owner
         self.generation = 1
-        self.state = S.IDLE
+        self.state = _IDLE
         self.cond = threading.Condition(threading.Lock())
         self._reset()
 
     def _reset(self) -> None:
-        self.op = IoOp.INVALID
+        self.op = _OP_INVALID
         self.fd = -1
         self.offset = 0
         self.buffers: list = []
@@ -188,17 +194,17 @@ class Handle:
 
     # --- definition (issuer, while HANDED_OUT) -------------------------------------------
     def wait_ref(self) -> WaitRef:
-        assert self.state == S.HANDED_OUT, "take the wait reference before starting the I/O"
+        assert self.state == _HANDED_OUT, "take the wait reference before starting the I/O"
         return new_tuple(WaitRef, (self.index, self.generation))
 
     def set_flag(self, flag: HandleFlag) -> None:
-        assert self.state == S.HANDED_OUT, f"flags are set while HANDED_OUT, not {self.state.name}"
+        assert self.state == _HANDED_OUT, f"flags are set while HANDED_OUT, not {self.state.name}"
         self.flags |= flag
 
     def add_callback(self, cid: int, data: Any = None) -> None:
         """Attach callback ``cid`` (an ``ids.CallbackId``) with its data, an
         ``callbacks.IoCallbacks`` of that id whose methods are the phases."""
-        assert self.state == S.HANDED_OUT, "callbacks are attached while HANDED_OUT"
+        assert self.state == _HANDED_OUT, "callbacks are attached while HANDED_OUT"
         if type(cid) is not CallbackId:
             cid = callback_id(cid)  # ValueError for an id not in the table
         if getattr(data, "callback_id", None) != cid:
@@ -212,20 +218,20 @@ class Handle:
 
     def set_target(self, tid: int, target_data: Any) -> None:
         """What the I/O is against: an ``ids.TargetId`` and the data its row describes."""
-        assert self.state == S.HANDED_OUT, "the target is set while HANDED_OUT"
+        assert self.state == _HANDED_OUT, "the target is set while HANDED_OUT"
         # ValueError for an id not in the table (a TargetId member is in it by definition)
         self.target_id = tid if type(tid) is TargetId else target_id(tid)
         self.target_data = target_data
 
     def set_handle_data(self, data: Any) -> None:
-        assert self.state == S.HANDED_OUT, "handle data is set while HANDED_OUT"
+        assert self.state == _HANDED_OUT, "handle data is set while HANDED_OUT"
         self.handle_data = data
 
     def start_readv(self, fd: int, buffers: list, offset: int) -> None:
-        self.owner.aio._start(self, IoOp.READV, fd, buffers, offset)
+        self.owner.aio._start(self, _OP_READV, fd, buffers, offset)
 
     def start_writev(self, fd: int, buffers: list, offset: int) -> None:
-        self.owner.aio._start(self, IoOp.WRITEV, fd, buffers, offset)
+        self.owner.aio._start(self, _OP_WRITEV, fd, buffers, offset)
 
     def start_fsync(self, fd: int, *, datasync: bool = False) -> None:
         self.owner.aio._start(self, IoOp.FDATASYNC if datasync else IoOp.FSYNC, fd, [], 0)

@@ -38,6 +38,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import partial
 
 import slonik.aio.osfile as osfile
 from slonik.aio.callbacks import IoCallbacks
@@ -114,6 +115,21 @@ def describe(rel: int, fork: int, block: int, nblocks: int = 1) -> str:
     if nblocks == 1:
         return f"block {block} of relation {rel} fork {label}"
     return f"blocks {block}..{block + nblocks - 1} of relation {rel} fork {label}"
+
+
+# (read per I/O: an Enum class attribute costs a metaclass __getattr__ hook, a global not)
+_TARGET_SMGR, _FLAG_BUFFERED = TargetId.SMGR, HandleFlag.BUFFERED
+
+
+def _purpose(verb: str, rel: int, fork: int, block: int, nblocks: int) -> str:
+    """What an I/O was for, for an error message ("read blocks 4..7 of relation ...")."""
+    return f"{verb} {describe(rel, fork, block, nblocks)}"
+
+
+def _in_file(rel: int, fork: int, block: int, nblocks: int, path: str) -> str:
+    """The blocks of an I/O and their file, for an error message. (Given as ``partial``s
+    of these two: a lambda would make its variables cells on every call of the hot path.)"""
+    return f"{describe(rel, fork, block, nblocks)} in file {path}"
 
 
 class Smgr:
@@ -425,14 +441,14 @@ class Smgr:
             fd = self._files.acquire(path)  # the usual case: the segment is open
         except IOFailure:  # missing (create it when writing), or the open failed: say why
             fd = self._acquire_segment(rel, fork, segno, write,
-                                       lambda: f"{verb} {describe(rel, fork, block, n)}", path)
+                                       partial(_purpose, verb, rel, fork, block, n), path)
         io = (SmgrWriteIo if write else SmgrReadIo)(self, rel, fork, block, n, path, fd,
                                                       os.O_RDWR | self.file_flags)
         try:
-            handle.set_target(TargetId.SMGR, io)
+            handle.set_target(_TARGET_SMGR, io)
             handle.add_callback(io.callback_id, io)
             if not self._io_direct:
-                handle.set_flag(HandleFlag.BUFFERED)
+                handle.set_flag(_FLAG_BUFFERED)
         except BaseException:
             self._files.release(path, fd)
             raise
@@ -524,7 +540,7 @@ class Smgr:
                                      f"{describe(rel, f, block, n)}") from e
         try:
             done, calls = transfer_all(fd, buffers, offset, write=False,
-                                       what=lambda: f"{describe(rel, f, block, n)} in file {path}")
+                                       what=partial(_in_file, rel, f, block, n, path))
         finally:
             self._files.release(path, fd)
         self._count_reads(calls, done)
