@@ -153,6 +153,7 @@ assert all(B.FREE in LEGAL_TRANSITIONS[s] for s in BufferState
            if s not in (B.FREE, B.READING, B.WRITING)), "any buffer without I/O can be dropped"
 _STATE_VALUES = frozenset(int(state) for state in BufferState)
 _READING = int(B.READING)
+_DIRTY = int(B.DIRTY)
 _VALID_STATE = int(B.VALID)
 # States a clean, unpinned victim may be claimed for reading from (asserted below).
 _CLAIMABLE_VICTIM = frozenset(int(s) for s in (B.FREE, B.EMPTY, B.READ_FAILED, B.VALID))
@@ -541,8 +542,11 @@ class BufferManager:
             # Bumped twice per exclusive hold: the GIL-keeping build (storage/hotlib.py),
             # so that a writer holding the commit lock does not hand the GIL away for it.
             self._bump = functools.partial(hot_for(_lib).slk_seq_bump, self.seq)
+            many = getattr(hot_for(_lib), "slk_seq_bump_many", None)  # (an older build lacks it)
+            self._bump_many = None if many is None else functools.partial(
+                many, self.seq, shared_buffers)
         else:
-            self.seq = self.c_pool = self._bump = None
+            self.seq = self.c_pool = self._bump = self._bump_many = None
 
     # --- pinning and replacement --------------------------------------------------------------
     def page(self, buf_id: int) -> memoryview:
@@ -1328,7 +1332,7 @@ class BufferManager:
         out: list[int] = []
         append = out.append
         busy: list[int] = []
-        bump = self._bump
+        locked: list[int] = []
         with self._lock:
             table = self._table
             descs = self.descs
@@ -1342,13 +1346,18 @@ class BufferManager:
                 if d.usage_count < BM_MAX_USAGE_COUNT:
                     d.usage_count += 1
                 append(b)
-                with d._mutex:      # the content lock, taken only when nobody holds it
+                mutex = d._mutex    # the content lock, taken only when nobody holds it
+                mutex.acquire()     # (acquire/release: a with block costs two special-
+                try:                # method lookups and bound methods per page)
                     if d._exclusive or d._shared:
                         busy.append(b)
                         continue
                     d._exclusive = True
-                if bump is not None:  # invariant 8: odd before the page may change
-                    bump(b)
+                finally:
+                    mutex.release()
+                locked.append(b)
+            # invariant 8: odd before the pages may change (they change after the return)
+            self._bump_all(locked)
             self._hits += len(out) - out.count(-1)
         if busy:
             try:
@@ -1365,7 +1374,6 @@ class BufferManager:
         ``dirty`` marked dirty first, in one descriptor-lock section; how many of them
         were clean before."""
         turned = 0
-        bump = self._bump
         descs = self.descs
         with self._lock:
             for b in buf_ids:
@@ -1373,16 +1381,35 @@ class BufferManager:
                 assert d.refcount > 0 and d._exclusive, \
                     "a buffer is pinned and exclusively locked when it is released"
                 if b in dirty and not d.flags & BM_DIRTY:
-                    self._set_state_locked(d, B.DIRTY)
+                    self._set_state_locked(d, _DIRTY)
                     turned += 1
-                if bump is not None:  # invariant 8: even again once the page stopped changing
-                    bump(b)
-                with d._mutex:
+            # invariant 8: even again once the pages stopped changing, before any unlock
+            self._bump_all(buf_ids)
+            for b in buf_ids:
+                d = descs[b]
+                mutex = d._mutex
+                mutex.acquire()
+                try:
                     d._exclusive = False
                     if d._waiters:
                         d._cond.notify_all()
+                finally:
+                    mutex.release()
                 d.refcount -= 1
         return turned
+
+    def _bump_all(self, buf_ids: Sequence[int]) -> None:
+        """``_bump`` of each of the distinct ``buf_ids`` (invariant 8), a run of them in one
+        C call (``slk_seq_bump_many``) where it is built."""
+        many = self._bump_many
+        if many is None or len(buf_ids) < 2:
+            bump = self._bump
+            if bump is not None:
+                for b in buf_ids:
+                    bump(b)
+            return
+        rc = many(_ffi.new("uint32_t[]", buf_ids), len(buf_ids))
+        assert rc == 0, f"a buffer id out of range among {list(buf_ids)}"
 
     def read_hit(self, rel: int, fork: int, block: int, read: Callable, *args):
         """``read(c_pool, seq, buf, *args)`` when the block is VALID in the pool (its
