@@ -663,7 +663,8 @@ def _split_keys(joined, size: int, ends, n: int) -> list[bytes]:
     the C array ``ends``, as bytes objects."""
     data = joined if type(joined) is bytes else _ffi.buffer(joined, size)[:]
     e = _ffi.unpack(ends, n)
-    return list(map(data.__getitem__, map(slice, [0, *e[:-1]], e)))
+    # (a comprehension of slices: ~1/3 fewer instructions a key than map over slice objects)
+    return [data[s:t] for s, t in zip([0, *e[:-1]], e, strict=False)]  # (n = 0: none)
 
 
 def _copy_leaf(pool, seq, buf: int, out) -> int:
@@ -996,7 +997,7 @@ def _fetch_batch(heap: Heap, ks: list[bytes], nblocks: int,
         grown = heap.nblocks()  # grown since: look again before dropping any
         if grown != nblocks:
             t = batch_tids(ks, grown)
-    keys = list(map(bytes.__getitem__, ks, map(slice, repeat(0), t.cut)))
+    keys = [k[:c] for k, c in zip(ks, t.cut, strict=True)]
     tids = list(zip(t.block, t.offnum, strict=True))
     if not t.distinct:
         n = len(ks)

@@ -577,8 +577,9 @@ class RowCodec:
                         if bounds is None:
                             bounds = memoryview(_ffi.buffer(sc.var_out, 8 * nvar * n)).cast("I").tolist()
                         b = 2 * j * n
-                        vals = map(buf.__getitem__, map(slice, bounds[b:b + n], bounds[b + n:b + 2 * n]))
-                        cols[i] = list(map(bytes.decode, vals)) if text else list(vals)
+                        pairs = zip(bounds[b:b + n], bounds[b + n:b + 2 * n], strict=True)
+                        cols[i] = [buf[s:e].decode() for s, e in pairs] if text else \
+                            [buf[s:e] for s, e in pairs]
                 except UnicodeDecodeError:
                     return None
                 at += size
@@ -610,15 +611,19 @@ class RowCodec:
                     if mode == 1:
                         ends = sc.chars_view[(2 * j + 1) * n:(2 * j + 2) * n].tolist()
                         part = str(joined[at:at + size], "utf-8")
-                        cols[i] = list(map(part.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+                        # (slices in a comprehension: BUILD_SLICE reuses a cached slice
+                        # object and subscripts directly, ~25% fewer instructions a value
+                        # than map over slice objects through the method wrapper)
+                        cols[i] = [part[s:e] for s, e in zip([0, *ends[:-1]], ends, strict=False)]
                     elif mode:
                         part = joined[at:at + size]
                         cols[i] = str(part, "utf-8").split(_SEP_STR[mode - 1]) if text else \
                             bytes(part).split(_SEP_BYTES[mode - 1])
                     else:
                         bounds = sc.var_view[2 * j * n:(2 * j + 2) * n].tolist()
-                        vals = map(buf.__getitem__, map(slice, bounds[:n], bounds[n:]))
-                        cols[i] = list(map(bytes.decode, vals)) if text else list(vals)
+                        pairs = zip(bounds[:n], bounds[n:], strict=True)
+                        cols[i] = [buf[s:e].decode() for s, e in pairs] if text else \
+                            [buf[s:e] for s, e in pairs]
                     at += size
             except UnicodeDecodeError:
                 return None
