@@ -774,12 +774,14 @@ class BufferManager:
             dirty = -1
             with self._lock:
                 if ring_ids is not None and nblocks - i > 1:
+                    # a cold scan's usual run: all of it (else a prefix) at once
                     claimed = self._claim_ring_run_locked(ring, rel, fork, first_block + i,
                                                           nblocks - i)
-                    if claimed is not None:  # a cold scan's usual run: all of it at once
+                    if claimed:
+                        k = len(claimed)
                         buffers += claimed
-                        missing += range(i, nblocks)
-                        break
+                        missing += range(i, i + k)
+                        i += k
                 hits = evictions = 0
                 while i < nblocks:
                     tag = (rel, fork, first_block + i)
@@ -851,46 +853,48 @@ class BufferManager:
                 i += 1
 
     def _claim_ring_run_locked(self, ring: BufferRing, rel: int, fork: int, first: int,
-                               n: int) -> list[int] | None:
-        """Blocks ``first .. first + n - 1``, none of them in the pool, claimed for reading
-        into the ring's next ``n`` buffers, all or nothing: what ``_pin_and_claim``'s loop
-        does block by block for such a run, without a lookup and a branch per block. None
-        (nothing changed) unless the ring is full, no block of the run is in the pool, and
-        each of those buffers is distinct, unpinned, used at most once and in a state a read
-        may claim (clean: ``_CLAIMABLE_VICTIM``). Caller holds ``_lock``."""
+                               n: int) -> list[int]:
+        """The longest prefix of blocks ``first .. first + n - 1`` that can be claimed for
+        reading into the ring's next buffers, claimed: what ``_pin_and_claim``'s loop does
+        block by block for a miss into a reusable ring buffer, in one pass without its
+        branches. It stops (the loop goes on from there) at a block already in the pool or
+        at a ring buffer that is not reusable (pinned, used more than once, not in a state
+        a read may claim: ``_CLAIMABLE_VICTIM``, so never dirty; one this run claimed
+        already is pinned). Empty unless the ring is full. Caller holds ``_lock``."""
         size = ring.size
         ids = ring.buffers
-        if n > size or len(ids) != size:
-            return None
-        tags = [(rel, fork, b) for b in range(first, first + n)]
-        table = self._table
-        if not table.keys().isdisjoint(tags):
-            return None
+        if len(ids) != size:
+            return []
         at = ring._next
         claim = ids[at:at + n]
-        if len(claim) < n:
-            claim += ids[:n - len(claim)]
-        if len(set(claim)) != n:
-            return None
-        descs = self.descs
-        ds = [descs[b] for b in claim]
-        # (a plain loop: the interpreter's specialised attribute reads beat attrgetter maps)
-        for d in ds:
-            if d.refcount or d.usage_count > 1 or d.flags not in _CLAIMABLE_VICTIM:
-                return None
-        old = [d.tag for d in ds if d.flags & BM_TAG_VALID]
-        for tag in old:
-            del table[tag]
-        for d, tag in zip(ds, tags, strict=True):
+        if len(claim) < n:  # round the ring to the slot it started at, not past it
+            claim += ids[:min(n - len(claim), at)]
+        table, descs = self._table, self.descs
+        block = first
+        evicted = 0
+        for b in claim:
+            tag = (rel, fork, block)
+            if tag in table:
+                break
+            d = descs[b]
+            flags = d.flags
+            if d.refcount or d.usage_count > 1 or flags not in _CLAIMABLE_VICTIM:
+                break
+            if flags & BM_TAG_VALID:
+                del table[d.tag]
+                evicted += 1
             d.refcount = 1
             d.usage_count = 1
             d.flags = _READING
             d.tag = tag
             d.error = ""
-        table.update(zip(tags, claim, strict=True))
-        ring._next = (at + n) % size
-        self._evictions += len(old)
-        return claim
+            table[tag] = b
+            block += 1
+        k = block - first
+        if k:
+            ring._next = (at + k) % size
+            self._evictions += evicted
+        return claim[:k] if k < len(claim) else claim
 
     def _claim_read(self, op: ReadBuffersOperation, i: int, *, count_hit: bool) -> object:
         """Decide who reads ``op.buffers[i]``: already VALID (a hit), another thread's read
@@ -1706,33 +1710,44 @@ class BufferManager:
         to its start and ``out`` is returned: no allocation and no zero-fill per run."""
         try:
             n = len(buf_ids)
-            descs = self.descs
             if out is not None and len(out) < n * BLCKSZ:
                 raise ValueError(f"copy_release: out holds {len(out)} bytes; {n} pages need "
                                  f"{n * BLCKSZ}")
             if self.seq is not None and n:
-                for b in buf_ids:  # (a plain loop: cheaper than attrgetter maps here)
-                    d = descs[b]
-                    assert d.refcount > 0, f"copy_release of buffer {b}, not pinned"
-                    assert d.flags & BM_VALID, f"copy_release of buffer {b}, not VALID"
                 fresh = out is None
                 if fresh:
                     out = bytes(n * BLCKSZ)  # fresh, unshared, unhashed: filled before it is seen
                 k = _lib.slk_seq_copy_pages(self.c_pool, self.seq, self.nbuffers,
                                             _ffi.new("uint32_t[]", buf_ids), n,
                                             _ffi.from_buffer("uint8_t[]", out))
-                if k == n:
-                    return out
-                if fresh:
-                    return out[:k * BLCKSZ] + self._copy_locked(buf_ids[k:])
-                memoryview(out)[k * BLCKSZ:n * BLCKSZ] = self._copy_locked(buf_ids[k:])
-                return out
-            if out is None:
-                return self._copy_locked(buf_ids)
-            memoryview(out)[:n * BLCKSZ] = self._copy_locked(buf_ids)
-            return out
-        finally:
+                if k < n and fresh:
+                    out = out[:k * BLCKSZ] + self._copy_locked(buf_ids[k:])
+                elif k < n:
+                    memoryview(out)[k * BLCKSZ:n * BLCKSZ] = self._copy_locked(buf_ids[k:])
+            elif out is None:
+                out = self._copy_locked(buf_ids)
+            else:
+                memoryview(out)[:n * BLCKSZ] = self._copy_locked(buf_ids)
+        except BaseException:
             self.unpin_many(buf_ids)
+            raise
+        self._unpin_valid_many(buf_ids)
+        return out
+
+    def _unpin_valid_many(self, buf_ids: Sequence[int]) -> None:
+        """``unpin_many`` of a copied run, each buffer also checked VALID: here, where its
+        pin ends, rather than in a pass of its own before the copy (a pinned VALID buffer
+        stays VALID; a buffer that was not makes the copy raise, never return its bytes)."""
+        descs = self.descs
+        invalid = -1
+        with self._lock:
+            for b in buf_ids:
+                d = descs[b]
+                assert d.refcount > 0, f"copy_release of buffer {b}, not pinned"
+                if not d.flags & BM_VALID:
+                    invalid = b
+                d.refcount -= 1
+        assert invalid < 0, f"copy_release of buffer {invalid}, not VALID (its pin is released)"
 
     def _copy_locked(self, buf_ids: Sequence[int]) -> bytes:
         """The pages of pinned ``buf_ids`` concatenated, each copied under its shared
