@@ -1412,6 +1412,8 @@ class BufferManager:
                 for b in buf_ids:
                     bump(b)
             return
+        # (a repeated id would be bumped twice: its parity, which readers trust, would lie)
+        assert len(set(buf_ids)) == len(buf_ids), f"a buffer repeated in {list(buf_ids)}"
         rc = many(_ffi.new("uint32_t[]", buf_ids), len(buf_ids))
         assert rc == 0, f"a buffer id out of range among {list(buf_ids)}"
 
