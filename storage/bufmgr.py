@@ -1195,14 +1195,7 @@ class BufferManager:
                 self._set_state_locked(d, _DIRTY)
             if bump is not None:  # invariant 8: even again once the page stopped changing
                 bump(buf_id)
-            mutex = d._mutex
-            mutex.acquire()
-            try:
-                d._exclusive = False
-                if d._waiters:
-                    d._cond.notify_all()
-            finally:
-                mutex.release()
+            d.release_exclusive()
             d.refcount -= 1
         return turned
 
