@@ -164,7 +164,6 @@ _LEGAL_EDGES = frozenset((int(old), int(new)) for old, news in LEGAL_TRANSITIONS
 assert all((s, _READING) in _LEGAL_EDGES for s in _CLAIMABLE_VICTIM)
 
 _FLAGS = operator.attrgetter("flags")          # of a descriptor, in C-level loops
-_REFCOUNT = operator.attrgetter("refcount")
 _USAGE_COUNT = operator.attrgetter("usage_count")
 # The states whose page is readable (BM_VALID set): read_cached's test, one set operation.
 _VALID_FLAGS = frozenset(int(s) for s in BufferState if s & BM_VALID)
