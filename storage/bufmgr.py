@@ -563,13 +563,20 @@ class BufferManager:
             assert d.refcount > 0, f"buffer {buf_id} unpinned but not pinned"
             d.refcount -= 1
 
-    def unpin_many(self, buf_ids: Sequence[int]) -> None:
+    def unpin_many(self, buf_ids: Sequence[int], *, valid: bool = False) -> None:
+        """Drop a pin of each buffer; with ``valid``, each must also be VALID (a copied
+        run's, checked where its pin ends: a pinned VALID buffer stays VALID), else
+        AssertionError once every pin is dropped."""
+        invalid = -1
         with self._lock:
             descs = self.descs
             for b in buf_ids:
                 d = descs[b]
                 assert d.refcount > 0, f"buffer {b} unpinned but not pinned"
+                if valid and not d.flags & BM_VALID:
+                    invalid = b
                 d.refcount -= 1
+        assert invalid < 0, f"buffer {invalid} was not VALID (its pin is released)"
 
     def _pin_for_block_locked(self, tag: tuple[int, int, int]) -> tuple[int, bool]:
         """Pin the buffer of ``tag``, allocating a clean victim on a miss.
@@ -1745,23 +1752,8 @@ class BufferManager:
         except BaseException:
             self.unpin_many(buf_ids)
             raise
-        self._unpin_valid_many(buf_ids)
+        self.unpin_many(buf_ids, valid=True)  # (a copy of a buffer not VALID raises)
         return out
-
-    def _unpin_valid_many(self, buf_ids: Sequence[int]) -> None:
-        """``unpin_many`` of a copied run, each buffer also checked VALID: here, where its
-        pin ends, rather than in a pass of its own before the copy (a pinned VALID buffer
-        stays VALID; a buffer that was not makes the copy raise, never return its bytes)."""
-        descs = self.descs
-        invalid = -1
-        with self._lock:
-            for b in buf_ids:
-                d = descs[b]
-                assert d.refcount > 0, f"copy_release of buffer {b}, not pinned"
-                if not d.flags & BM_VALID:
-                    invalid = b
-                d.refcount -= 1
-        assert invalid < 0, f"copy_release of buffer {invalid}, not VALID (its pin is released)"
 
     def _copy_locked(self, buf_ids: Sequence[int]) -> bytes:
         """The pages of pinned ``buf_ids`` concatenated, each copied under its shared
