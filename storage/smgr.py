@@ -127,8 +127,9 @@ def _purpose(verb: str, rel: int, fork: int, block: int, nblocks: int) -> str:
 
 
 def _in_file(rel: int, fork: int, block: int, nblocks: int, path: str) -> str:
-    """The blocks of an I/O and their file, for an error message. (Given as ``partial``s
-    of these two: a lambda would make its variables cells on every call of the hot path.)"""
+    """The blocks of an I/O and their file, for an error message. (Every read and write
+    path gives these two as ``partial``s: a lambda would make its variables cells on every
+    call.)"""
     return f"{describe(rel, fork, block, nblocks)} in file {path}"
 
 
@@ -512,7 +513,7 @@ class Smgr:
             if 0 < done < BLCKSZ:  # a short read: the rest as transfer_all reads it
                 more, calls = transfer_all(
                     fd, (memoryview(page)[done:],), offset + done, write=False,
-                    what=lambda: f"{describe(rel, f, block, 1)} in file {path}")
+                    what=partial(_in_file, rel, f, block, 1, path))
                 done += more
                 calls += 1
         finally:
@@ -634,11 +635,11 @@ class Smgr:
         nblocks = len(iov)
         verb = "write" if write else "read"
         fd = self._acquire_segment(rel, fork, segno, write and segno > 0,
-                                   lambda: f"{verb} {describe(rel, fork, block, nblocks)}")
+                                   partial(_purpose, verb, rel, fork, block, nblocks))
         try:
             done, calls = transfer_all(
                 fd, iov, in_segment * BLCKSZ, write=write,
-                what=lambda: f"{describe(rel, fork, block, nblocks)} in file {path}")
+                what=partial(_in_file, rel, fork, block, nblocks, path))
         finally:
             self._files.release(path, fd)
         (self._count_writes if write else self._count_reads)(calls, done)
