@@ -3483,7 +3483,7 @@ HOT_NAMES = frozenset({
     "slk_ix_point_opt", "slk_bt_probe_opt", "slk_bt_probe_inplace", "slk_ix_point_right",
     "slk_ix_point_step_opt", "slk_bt_descend", "slk_bt_leaf_run", "slk_bt_apply_build",
     "slk_bt_first_versions", "slk_wal_build", "slk_wal_build_span", "slk_bt_put_new",
-    "slk_bt_block_actions", "slk_bt_redo_block"})
+    "slk_bt_block_actions", "slk_bt_redo_block", "slk_verify_pages"})
 
 
 def _hot_cdef() -> str:
