@@ -146,7 +146,8 @@ class WalGen:
 
     def write(self, *, truncate_last_at: int | None = None) -> None:
         """Write every segment the stream touches, zero-filled to full size (the last one cut
-        to ``truncate_last_at`` bytes when given), each page stamped as ``stamps()`` says."""
+        to ``truncate_last_at`` bytes when given; after one filled to its end, the next,
+        all zero), each page stamped as ``stamps()`` says."""
         for pageaddr, stamp in self.stamps().items():
             i = pageaddr - self.base
             if 0 <= i < len(self.stream) and any(self.stream[i:i + 2]):   # a started page
@@ -163,6 +164,11 @@ class WalGen:
                 del content[truncate_last_at:]
             with open(self.path(segno), "wb") as f:
                 f.write(content)
+        if truncate_last_at is None and (self.base + len(self.stream)) % self.seg == 0:
+            # A stream that fills its last segment to the end: the writer has the next one
+            # prepared, zero-filled (Wal.prepare_segments), where a reader finds the end.
+            with open(self.path(segs[-1] + 1), "wb") as f:
+                f.write(bytes(self.seg))
 
     # --- damaging ------------------------------------------------------------------------
 
