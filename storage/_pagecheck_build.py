@@ -97,6 +97,19 @@ int slk_bt_apply_delete(uint8_t *page, const uint8_t *data, uint32_t len);
 void slk_seq_bump(uint32_t *seq, uint32_t b);
 int slk_seq_bump_many(uint32_t *seq, uint32_t nbuffers, const uint32_t *bufs, uint32_t n);
 uint32_t slk_seq_get(const uint32_t *seq, uint32_t b);
+/* --- content locks --- */
+int slk_cl_try_shared(uint32_t *cl, uint32_t i);
+int slk_cl_try_exclusive(uint32_t *cl, uint32_t *seq, uint32_t i);
+int slk_cl_release_shared(uint32_t *cl, const uint32_t *waiters, uint32_t i);
+int slk_cl_release_exclusive(uint32_t *cl, uint32_t *seq, const uint32_t *waiters, uint32_t i);
+int slk_cl_try_exclusive_many(uint32_t *cl, uint32_t *seq, uint32_t nlocks,
+                              const uint32_t *ids, uint32_t n, uint32_t *busy);
+int slk_cl_release_exclusive_many(uint32_t *cl, uint32_t *seq, const uint32_t *waiters,
+                                  uint32_t nlocks, const uint32_t *ids, uint32_t n,
+                                  uint32_t *notify);
+int slk_cl_try_shared_many(uint32_t *cl, uint32_t nlocks, const uint32_t *ids, uint32_t n);
+int slk_cl_release_shared_many(uint32_t *cl, const uint32_t *waiters, uint32_t nlocks,
+                               const uint32_t *ids, uint32_t n, uint32_t *notify);
 int64_t slk_heap_fetch_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
                            uint32_t offnum, uint8_t *out, uint32_t out_cap, uint64_t *meta);
 int64_t slk_heap_gather_opt(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
@@ -1515,6 +1528,135 @@ int slk_seq_bump_many(uint32_t *seq, uint32_t nbuffers, const uint32_t *bufs, ui
 uint32_t slk_seq_get(const uint32_t *seq, uint32_t b)
 {
     return __atomic_load_n(seq + b, __ATOMIC_ACQUIRE);
+}
+
+/* --- content locks --- (storage/bufmgr.py ContentLock and _LockWords; _LockWords' py_*
+ * methods are the Python reference, tests/storage/test_content_lock_c.py compares them)
+ * A content lock is one word: CL_EXCL while held exclusively, else its number of shared
+ * holders. These calls are built into the GIL-keeping module (storage/hotlib.py), so
+ * each is one indivisible step for every other Python thread, and the lock word needs no
+ * mutex of its own. Waiting is Python's: a thread that must wait counts itself in
+ * waiters[i] under the lock's stripe mutex, tries again and sleeps on its condition; a
+ * release reports (1) that someone is counted there, to be notified under that mutex.
+ * The exclusive calls move the buffer's change counter with the word (seq NULL: none):
+ * odd as the lock is taken, even as it is given back (invariant 20). A call refused
+ * (-1; -(k + 1) for the run's k-th id) changes nothing. */
+#define CL_EXCL 0x80000000u
+#define CL_SHARED_MAX 0x7fffffffu
+
+int slk_cl_try_shared(uint32_t *cl, uint32_t i)
+{
+    uint32_t v = cl[i];
+    if (v >= CL_SHARED_MAX) return 0;          /* held exclusively (or saturated) */
+    cl[i] = v + 1;
+    return 1;
+}
+
+int slk_cl_try_exclusive(uint32_t *cl, uint32_t *seq, uint32_t i)
+{
+    if (cl[i] != 0) return 0;
+    cl[i] = CL_EXCL;
+    if (seq != NULL) slk_seq_bump(seq, i);
+    return 1;
+}
+
+int slk_cl_release_shared(uint32_t *cl, const uint32_t *waiters, uint32_t i)
+{
+    uint32_t v = cl[i];
+    if (v == 0 || v >= CL_EXCL) return -1;     /* not held shared */
+    cl[i] = v - 1;
+    return v == 1 && waiters[i] != 0;
+}
+
+int slk_cl_release_exclusive(uint32_t *cl, uint32_t *seq, const uint32_t *waiters, uint32_t i)
+{
+    if (cl[i] != CL_EXCL) return -1;
+    if (seq != NULL) slk_seq_bump(seq, i);
+    cl[i] = 0;
+    return waiters[i] != 0;
+}
+
+/* slk_cl_try_exclusive of each of the n distinct ids (the counters moved in one pass);
+ * the ids held by someone are written to busy, in order; returns how many were taken. */
+int slk_cl_try_exclusive_many(uint32_t *cl, uint32_t *seq, uint32_t nlocks,
+                              const uint32_t *ids, uint32_t n, uint32_t *busy)
+{
+    uint32_t taken = 0, nbusy = 0;
+    for (uint32_t k = 0; k < n; k++)
+        if (ids[k] >= nlocks) return -(int)k - 1;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = ids[k];
+        if (cl[i] != 0) { busy[nbusy++] = i; continue; }
+        cl[i] = CL_EXCL;
+        taken++;
+    }
+    if (seq != NULL && taken) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        for (uint32_t k = 0, b = 0; k < n; k++)
+            if (b < nbusy && busy[b] == ids[k]) b++;
+            else __atomic_fetch_add(seq + ids[k], 1u, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    return (int)taken;
+}
+
+/* slk_cl_release_exclusive of each of the n distinct ids, all held exclusively (checked
+ * first); the ids someone waits on are written to notify; returns how many. */
+int slk_cl_release_exclusive_many(uint32_t *cl, uint32_t *seq, const uint32_t *waiters,
+                                  uint32_t nlocks, const uint32_t *ids, uint32_t n,
+                                  uint32_t *notify)
+{
+    uint32_t nn = 0;
+    for (uint32_t k = 0; k < n; k++)
+        if (ids[k] >= nlocks || cl[ids[k]] != CL_EXCL) return -(int)k - 1;
+    if (seq != NULL) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        for (uint32_t k = 0; k < n; k++)
+            __atomic_fetch_add(seq + ids[k], 1u, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = ids[k];
+        cl[i] = 0;
+        if (waiters[i] != 0) notify[nn++] = i;
+    }
+    return (int)nn;
+}
+
+/* slk_cl_try_shared of ids in order, up to the first that is held exclusively: returns
+ * how many (a prefix) were taken. */
+int slk_cl_try_shared_many(uint32_t *cl, uint32_t nlocks, const uint32_t *ids, uint32_t n)
+{
+    for (uint32_t k = 0; k < n; k++)
+        if (ids[k] >= nlocks) return -(int)k - 1;
+    uint32_t k = 0;
+    for (; k < n; k++) {
+        uint32_t i = ids[k], v = cl[i];
+        if (v >= CL_SHARED_MAX) break;
+        cl[i] = v + 1;
+    }
+    return (int)k;
+}
+
+/* slk_cl_release_shared of each of ids (a lock may repeat: it is held that many times;
+ * all checked first); the ids whose last holder went and someone waits, to notify. */
+int slk_cl_release_shared_many(uint32_t *cl, const uint32_t *waiters, uint32_t nlocks,
+                               const uint32_t *ids, uint32_t n, uint32_t *notify)
+{
+    uint32_t nn = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = ids[k];
+        if (i >= nlocks) return -(int)k - 1;
+        uint32_t held = cl[i], times = 0;
+        if (held == 0 || held >= CL_EXCL) return -(int)k - 1;
+        for (uint32_t j = 0; j <= k; j++) times += ids[j] == i;
+        if (times > held) return -(int)k - 1;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = ids[k];
+        if (--cl[i] == 0 && waiters[i] != 0) notify[nn++] = i;
+    }
+    return (int)nn;
 }
 
 static inline int seq_same(const uint32_t *seq, uint32_t b, uint32_t seen)
@@ -3483,7 +3625,10 @@ HOT_NAMES = frozenset({
     "slk_ix_point_opt", "slk_bt_probe_opt", "slk_bt_probe_inplace", "slk_ix_point_right",
     "slk_ix_point_step_opt", "slk_bt_descend", "slk_bt_leaf_run", "slk_bt_apply_build",
     "slk_bt_first_versions", "slk_wal_build", "slk_wal_build_span", "slk_bt_put_new",
-    "slk_bt_block_actions", "slk_bt_redo_block", "slk_verify_pages"})
+    "slk_bt_block_actions", "slk_bt_redo_block", "slk_verify_pages",
+    "slk_cl_try_shared", "slk_cl_try_exclusive", "slk_cl_release_shared",
+    "slk_cl_release_exclusive", "slk_cl_try_exclusive_many", "slk_cl_release_exclusive_many",
+    "slk_cl_try_shared_many", "slk_cl_release_shared_many"})
 
 
 def _hot_cdef() -> str:

@@ -43,10 +43,10 @@ Invariants:
 8. Optimistic reads (seqlock). Every change to the bytes of a VALID buffer's page is made
    under its exclusive content lock, except the checksum field (pd_checksum, bytes 8-9)
    that a write sets under the shared lock, which no optimistic reader uses. ``seq[b]``
-   (a C uint32 array, with the C helper built) is bumped right after each exclusive
-   acquire of buffer b (``lock_exclusive``, ``extend``, ``zero_buffer``: odd, the page may
-   change) and right before each exclusive release (``unlock_exclusive``: even again), in
-   C with full fences. A reader that holds a pin on a VALID buffer (never evicted, never
+   (a C uint32 array, with the C helper built) is bumped by the call that takes buffer
+   b's exclusive content lock (``lock_exclusive``, ``extend``, ``zero_buffer``: odd, the
+   page may change) and by the one that gives it back (``unlock_exclusive``: even again),
+   in C with full fences (``LockWords``). A reader that holds a pin on a VALID buffer (never evicted, never
    read into; or the descriptor lock for the read: ``read_cached``, ``read_hit``) but no
    content lock may read the page in C: counter even before, page
    read, counter unchanged after, or it discards what it read and takes the share lock
@@ -62,6 +62,7 @@ import operator
 import threading
 import time
 import warnings
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -214,84 +215,256 @@ class DamagedPageWarning(UserWarning):
     """A damaged page was zeroed (zero_damaged_pages) or accepted (ignore_checksum_failure)."""
 
 
+CL_EXCL = 0x80000000         # a content-lock word held exclusively (else: shared holders)
+CL_SHARED_MAX = 0x7FFFFFFF   # a word at or above this takes no more shared holders
+
+
+class LockWords:
+    """The content-lock words of a pool's buffers (or of one lone ``ContentLock``):
+    ``words[i]`` is ``CL_EXCL`` while lock i is held exclusively, else how many hold it
+    shared; ``waiters[i]`` counts the threads waiting for it (changed only under the lock's
+    stripe mutex, read by a release). With the GIL-keeping C build (storage/hotlib.py)
+    every operation is one C call, ``slk_cl_*``: one indivisible step for every other
+    Python thread, so a word needs no mutex of its own. Without it the ``py_*`` methods,
+    the reference the C calls are tested against, do the same under one mutex.
+
+    The exclusive operations move the buffer's change counter (``seq``, invariant 8) with
+    the word: odd as the lock is taken, even as it is given back. The single operations
+    return 1 / 0 (taken or not; a release: someone waits, to be notified, or not), -1 for
+    a release of a lock not held that way (nothing changes); the run operations are in
+    their docstrings."""
+
+    __slots__ = ("n", "words", "waiters", "seq", "c", "_pymutex", "_bump", "try_shared",
+                 "try_exclusive", "release_shared", "release_exclusive")
+
+    def __init__(self, n: int, seq=None, *, use_c: bool = True) -> None:
+        """``use_c=False``: the Python reference even where the C build exists (tests)."""
+        self.n = n
+        self.words = array("I", bytes(4 * n))
+        self.waiters = array("I", bytes(4 * n))
+        self.seq = seq   # a cffi uint32_t[] of change counters, or None
+        hot = hot_for(_lib)
+        self.c = None
+        if use_c and _lib is not None and hot is not _lib and hasattr(hot, "slk_cl_try_shared"):
+            w = _ffi.from_buffer("uint32_t[]", self.words)
+            wt = _ffi.from_buffer("uint32_t[]", self.waiters)
+            sq = _ffi.NULL if seq is None else seq
+            self.c = (hot, w, wt, sq)
+            self.try_shared = functools.partial(hot.slk_cl_try_shared, w)
+            self.try_exclusive = functools.partial(hot.slk_cl_try_exclusive, w, sq)
+            self.release_shared = functools.partial(hot.slk_cl_release_shared, w, wt)
+            self.release_exclusive = functools.partial(hot.slk_cl_release_exclusive, w, sq, wt)
+        else:
+            self._pymutex = threading.Lock()
+            self._bump = None if seq is None else functools.partial(_lib.slk_seq_bump, seq)
+            self.try_shared = self.py_try_shared
+            self.try_exclusive = self.py_try_exclusive
+            self.release_shared = self.py_release_shared
+            self.release_exclusive = self.py_release_exclusive
+
+    # --- the runs: one C call each ---------------------------------------------------------
+    def try_exclusive_many(self, ids: Sequence[int]) -> list[int]:
+        """``try_exclusive`` of each of the distinct ``ids``: those held by someone (not
+        taken), in order. IndexError for an id beyond the words (nothing taken)."""
+        if self.c is None:
+            return self.py_try_exclusive_many(ids)
+        hot, w, _wt, sq = self.c
+        n = len(ids)
+        busy = _ffi.new("uint32_t[]", n)
+        k = hot.slk_cl_try_exclusive_many(w, sq, self.n, _ffi.new("uint32_t[]", ids), n, busy)
+        if k < 0:
+            raise IndexError(f"content lock {ids[-k - 1]} of {self.n}")
+        return _ffi.unpack(busy, n - k) if k < n else []
+
+    def release_exclusive_many(self, ids: Sequence[int]) -> list[int]:
+        """``release_exclusive`` of each of the distinct ``ids``, every one held
+        exclusively (checked first: AssertionError naming one that is not, nothing
+        released): those someone waits for, to notify."""
+        if self.c is None:
+            return self.py_release_exclusive_many(ids)
+        hot, w, wt, sq = self.c
+        n = len(ids)
+        notify = _ffi.new("uint32_t[]", n)
+        k = hot.slk_cl_release_exclusive_many(w, sq, wt, self.n, _ffi.new("uint32_t[]", ids),
+                                              n, notify)
+        if k < 0:
+            raise AssertionError(f"content lock {ids[-k - 1]} released exclusive but not held")
+        return _ffi.unpack(notify, k) if k else []
+
+    def try_shared_many(self, ids: Sequence[int]) -> int:
+        """``try_shared`` of ``ids`` in order up to the first held exclusively: how many
+        (a prefix) were taken."""
+        if self.c is None:
+            return self.py_try_shared_many(ids)
+        hot, w, _wt, _sq = self.c
+        k = hot.slk_cl_try_shared_many(w, self.n, _ffi.new("uint32_t[]", ids), len(ids))
+        if k < 0:
+            raise IndexError(f"content lock {ids[-k - 1]} of {self.n}")
+        return k
+
+    def release_shared_many(self, ids: Sequence[int]) -> list[int]:
+        """``release_shared`` of each of ``ids`` (one may repeat: held that many times),
+        all checked first (AssertionError, nothing released): those whose last holder
+        went and someone waits for, to notify."""
+        if self.c is None:
+            return self.py_release_shared_many(ids)
+        hot, w, wt, _sq = self.c
+        n = len(ids)
+        notify = _ffi.new("uint32_t[]", n)
+        k = hot.slk_cl_release_shared_many(w, wt, self.n, _ffi.new("uint32_t[]", ids), n,
+                                           notify)
+        if k < 0:
+            raise AssertionError(f"content lock {ids[-k - 1]} released shared but not held")
+        return _ffi.unpack(notify, k) if k else []
+
+    # --- the Python reference ------------------------------------------------------------------
+    def py_try_shared(self, i: int) -> int:
+        with self._pymutex:
+            v = self.words[i]
+            if v >= CL_SHARED_MAX:
+                return 0
+            self.words[i] = v + 1
+            return 1
+
+    def py_try_exclusive(self, i: int) -> int:
+        with self._pymutex:
+            if self.words[i]:
+                return 0
+            self.words[i] = CL_EXCL
+            if self._bump is not None:
+                self._bump(i)
+            return 1
+
+    def py_release_shared(self, i: int) -> int:
+        with self._pymutex:
+            v = self.words[i]
+            if not 0 < v < CL_EXCL:
+                return -1
+            self.words[i] = v - 1
+            return int(v == 1 and self.waiters[i] != 0)
+
+    def py_release_exclusive(self, i: int) -> int:
+        with self._pymutex:
+            if self.words[i] != CL_EXCL:
+                return -1
+            if self._bump is not None:
+                self._bump(i)
+            self.words[i] = 0
+            return int(self.waiters[i] != 0)
+
+    def py_try_exclusive_many(self, ids: Sequence[int]) -> list[int]:
+        if any(not 0 <= i < self.n for i in ids):
+            raise IndexError(f"a content lock of {list(ids)} beyond {self.n}")
+        return [i for i in ids if not self.py_try_exclusive(i)]
+
+    def py_release_exclusive_many(self, ids: Sequence[int]) -> list[int]:
+        for i in ids:
+            if not 0 <= i < self.n or self.words[i] != CL_EXCL:
+                raise AssertionError(f"content lock {i} released exclusive but not held")
+        return [i for i in ids if self.py_release_exclusive(i)]
+
+    def py_try_shared_many(self, ids: Sequence[int]) -> int:
+        if any(not 0 <= i < self.n for i in ids):
+            raise IndexError(f"a content lock of {list(ids)} beyond {self.n}")
+        k = 0
+        for i in ids:
+            if not self.py_try_shared(i):
+                break
+            k += 1
+        return k
+
+    def py_release_shared_many(self, ids: Sequence[int]) -> list[int]:
+        times: dict[int, int] = {}
+        for i in ids:
+            times[i] = times.get(i, 0) + 1
+            if not 0 <= i < self.n or not times[i] <= self.words[i] < CL_EXCL:
+                raise AssertionError(f"content lock {i} released shared but not held")
+        return [i for i in ids if self.py_release_shared(i) == 1]
+
+
 class ContentLock:
     """Shared/exclusive lock; not owner-tracked, so an I/O completion may release the
     shared hold its issuer took for a write.
 
-    A plain mutex guards the counts; the condition variable a waiter sleeps on is made
-    only when someone first has to wait, and notified only when someone is waiting: a
-    pool of 16,384 buffers opens without building 16,384 conditions, and the
-    uncontended acquire/release is one mutex round trip. The mutex may be shared by
-    several locks (the pool stripes ``CONTENT_LOCK_STRIPES`` of them over its buffers):
-    it is held only for a few counter updates, never while a lock is waited for."""
+    The lock is word ``index`` of a ``LockWords`` (a pool's, or its own): taking and
+    giving it back is one call on the word, no mutex. A thread that must wait takes the
+    lock's mutex, counts itself in the word's waiters, tries again and sleeps on a
+    condition made when someone first has to wait; a release that finds waiters counted
+    notifies it under the mutex. The mutex may be shared by several locks (the pool
+    stripes ``CONTENT_LOCK_STRIPES`` of them over its buffers): it is held only to wait
+    and to notify."""
 
-    __slots__ = ("_mutex", "_cond", "_waiters", "_shared", "_exclusive")
+    __slots__ = ("_mutex", "_cond", "_words", "_i")
 
-    def __init__(self, mutex: threading.Lock | None = None) -> None:
+    def __init__(self, mutex: threading.Lock | None = None, words: LockWords | None = None,
+                 index: int = 0) -> None:
         self._mutex = threading.Lock() if mutex is None else mutex
         self._cond: threading.Condition | None = None
-        self._waiters = 0
-        self._shared = 0
-        self._exclusive = False
+        self._words = LockWords(1) if words is None else words
+        self._i = index
 
     def _wait(self) -> None:
-        """Sleep until a release notifies (called with the mutex held)."""
-        cond = self._cond
-        if cond is None:
-            cond = self._cond = threading.Condition(self._mutex)
-        self._waiters += 1
-        try:
-            cond.wait()
-        finally:
-            self._waiters -= 1
+        """Sleep until a release notifies (called with the mutex held, counted waiting)."""
+        self._cond.wait()
+
+    def _wait_until(self, attempt: Callable[[int], int]) -> None:
+        """Wait until ``attempt`` (a try of this word) takes the lock."""
+        words, i = self._words, self._i
+        with self._mutex:
+            if self._cond is None:   # (made before the count: a release finds it)
+                self._cond = threading.Condition(self._mutex)
+            words.waiters[i] += 1
+            try:
+                while not attempt(i):
+                    self._wait()
+            finally:
+                words.waiters[i] -= 1
+
+    def _notify(self) -> None:
+        with self._mutex:
+            self._cond.notify_all()
 
     def acquire_shared(self) -> None:
-        with self._mutex:
-            while self._exclusive:
-                self._wait()
-            self._shared += 1
+        attempt = self._words.try_shared
+        if not attempt(self._i):
+            self._wait_until(attempt)
 
     def acquire_exclusive(self) -> None:
-        with self._mutex:
-            while self._exclusive or self._shared:
-                self._wait()
-            self._exclusive = True
+        attempt = self._words.try_exclusive
+        if not attempt(self._i):
+            self._wait_until(attempt)
 
     def try_shared(self) -> bool:
         """Take it shared if nobody holds it exclusively; never waits."""
-        with self._mutex:
-            if self._exclusive:
-                return False
-            self._shared += 1
-            return True
+        return self._words.try_shared(self._i) == 1
 
     def try_exclusive(self) -> bool:
-        with self._mutex:
-            if self._exclusive or self._shared:
-                return False
-            self._exclusive = True
-            return True
+        return self._words.try_exclusive(self._i) == 1
 
     def release_shared(self) -> None:
-        with self._mutex:
-            assert self._shared > 0, "content lock released shared but not held"
-            self._shared -= 1
-            if self._shared == 0 and self._waiters:
-                self._cond.notify_all()
+        r = self._words.release_shared(self._i)
+        if r:
+            if r < 0:
+                raise AssertionError("content lock released shared but not held")
+            self._notify()
+
+    def release_exclusive(self) -> None:
+        r = self._words.release_exclusive(self._i)
+        if r:
+            if r < 0:
+                raise AssertionError("content lock released exclusive but not held")
+            self._notify()
 
     @staticmethod
     def acquire_shared_all(locks: Sequence[ContentLock]) -> None:
-        """``acquire_shared`` of every lock of ``locks`` in order, in one loop without a
-        call per lock (a run of pages copied at once, ``copy_release``); a lock held
-        exclusively is waited for as ``acquire_shared`` waits. On an exception (an
-        interrupt while waiting) the locks already taken are released again."""
+        """``acquire_shared`` of every lock of ``locks`` in order (a run of pages copied at
+        once, ``copy_release``); a lock held exclusively is waited for as
+        ``acquire_shared`` waits. On an exception (an interrupt while waiting) the locks
+        already taken are released again."""
         k = 0
         try:
             for lock in locks:
-                with lock._mutex:
-                    while lock._exclusive:
-                        lock._wait()
-                    lock._shared += 1
+                lock.acquire_shared()
                 k += 1
         except BaseException:
             ContentLock.release_shared_all(locks[:k])
@@ -299,29 +472,23 @@ class ContentLock:
 
     @staticmethod
     def release_shared_all(locks: Sequence[ContentLock]) -> None:
-        """``release_shared`` of every lock of ``locks``, in one loop."""
+        """``release_shared`` of every lock of ``locks``."""
         for lock in locks:
-            with lock._mutex:
-                assert lock._shared > 0, "content lock released shared but not held"
-                lock._shared -= 1
-                if lock._waiters and lock._shared == 0:
-                    lock._cond.notify_all()
-
-    def release_exclusive(self) -> None:
-        with self._mutex:
-            assert self._exclusive, "content lock released exclusive but not held"
-            self._exclusive = False
-            if self._waiters:
-                self._cond.notify_all()
+            lock.release_shared()
 
     @property
     def held_exclusive(self) -> bool:
-        return self._exclusive
+        return self._words.words[self._i] == CL_EXCL
 
     @property
     def held(self) -> bool:
         """Held in either mode (``check()`` looks for locks left behind)."""
-        return self._exclusive or self._shared > 0
+        return self._words.words[self._i] != 0
+
+    @property
+    def _waiters(self) -> int:
+        """Threads waiting for the lock now."""
+        return self._words.waiters[self._i]
 
 
 class BufferDesc(ContentLock):
@@ -332,8 +499,8 @@ class BufferDesc(ContentLock):
     __slots__ = ("buf_id", "tag", "flags", "refcount", "usage_count", "io_wref", "lock",
                  "error")
 
-    def __init__(self, buf_id: int, mutex: threading.Lock | None = None) -> None:
-        ContentLock.__init__(self, mutex)
+    def __init__(self, buf_id: int, mutex: threading.Lock, words: LockWords) -> None:
+        ContentLock.__init__(self, mutex, words, buf_id)   # the pool's word buf_id
         self.buf_id = buf_id
         self.tag: tuple[int, int, int] | None = None
         self.flags = 0
@@ -541,11 +708,10 @@ class BufferManager:
             # Bumped twice per exclusive hold: the GIL-keeping build (storage/hotlib.py),
             # so that a writer holding the commit lock does not hand the GIL away for it.
             self._bump = functools.partial(hot_for(_lib).slk_seq_bump, self.seq)
-            many = getattr(hot_for(_lib), "slk_seq_bump_many", None)  # (an older build lacks it)
-            self._bump_many = None if many is None else functools.partial(
-                many, self.seq, shared_buffers)
         else:
-            self.seq = self.c_pool = self._bump = self._bump_many = None
+            self.seq = self.c_pool = self._bump = None
+        # The buffers' content-lock words, moving the change counters with exclusive holds.
+        self._words = LockWords(shared_buffers, self.seq)
 
     # --- pinning and replacement --------------------------------------------------------------
     def page(self, buf_id: int) -> memoryview:
@@ -687,7 +853,8 @@ class BufferManager:
             self._prefault.ahead(end * BLCKSZ)
             mv, stripes = self._mv, self._stripes
             self.pages.extend([mv[i * BLCKSZ:(i + 1) * BLCKSZ] for i in range(b, end)])
-            descs.extend([BufferDesc(i, stripes[i % CONTENT_LOCK_STRIPES])
+            words = self._words
+            descs.extend([BufferDesc(i, stripes[i % CONTENT_LOCK_STRIPES], words)
                           for i in range(b, end)])
         self._handed_out = b + 1
         d = descs[b]
@@ -1173,10 +1340,7 @@ class BufferManager:
         free is taken without a wait-capable call (a writer's point access: an autocommit
         put's leaf). An interrupt while waiting for the lock unpins."""
         b = self.read_buffer(rel, fork, block)
-        if self.descs[b].lock.try_exclusive():
-            bump = self._bump
-            if bump is not None:  # invariant 8: odd before the page may change
-                bump(b)
+        if self._words.try_exclusive(b):   # (its change counter goes odd: invariant 8)
             return b
         try:
             self.lock_exclusive(b)
@@ -1192,17 +1356,17 @@ class BufferManager:
         the buffers it dirtied). (``release_many``'s steps for one buffer, without its two
         passes and its run-sized bump: a commit releases its leaf this way.)"""
         d = self.descs[buf_id]
-        bump = self._bump
         with self._lock:
-            assert d.refcount > 0 and d._exclusive, \
+            assert d.refcount > 0 and d.held_exclusive, \
                 "a buffer is pinned and exclusively locked when it is released"
             turned = not d.flags & BM_DIRTY
             if turned:
                 self._set_state_locked(d, _DIRTY)
-            if bump is not None:  # invariant 8: even again once the page stopped changing
-                bump(buf_id)
-            d.release_exclusive()
+            # invariant 8: the change counter goes even again with the release
+            waited = self._words.release_exclusive(buf_id)
             d.refcount -= 1
+        if waited:
+            d._notify()
         return turned
 
     def _claim_victim_locked(self, tag: tuple[int, int, int]) -> BufferDesc | None:
@@ -1354,8 +1518,6 @@ class BufferManager:
         way; ``release_many`` gives them back."""
         out: list[int] = []
         append = out.append
-        busy: list[int] = []
-        locked: list[int] = []
         with self._lock:
             table = self._table
             descs = self.descs
@@ -1369,26 +1531,17 @@ class BufferManager:
                 if d.usage_count < BM_MAX_USAGE_COUNT:
                     d.usage_count += 1
                 append(b)
-                mutex = d._mutex    # the content lock, taken only when nobody holds it
-                mutex.acquire()     # (acquire/release: a with block costs two special-
-                try:                # method lookups and bound methods per page)
-                    if d._exclusive or d._shared:
-                        busy.append(b)
-                        continue
-                    d._exclusive = True
-                finally:
-                    mutex.release()
-                locked.append(b)
-            # invariant 8: odd before the pages may change (they change after the return)
-            self._bump_all(locked)
-            self._hits += len(out) - out.count(-1)
+            pinned = [b for b in out if b >= 0] if -1 in out else out
+            # Every free content lock taken in one call, each change counter odd before its
+            # page may change (invariant 8; the pages change after the return).
+            busy = self._words.try_exclusive_many(pinned)
+            self._hits += len(pinned)
         if busy:
             try:
                 self.lock_exclusive_many(busy)
             except BaseException:
-                held = [b for b in out if b >= 0 and b not in busy]
-                self.unlock_exclusive_many(held)
-                self.unpin_many([b for b in out if b >= 0])
+                self.unlock_exclusive_many([b for b in pinned if b not in busy])
+                self.unpin_many(pinned)
                 raise
         return out
 
@@ -1401,40 +1554,18 @@ class BufferManager:
         with self._lock:
             for b in buf_ids:
                 d = descs[b]
-                assert d.refcount > 0 and d._exclusive, \
-                    "a buffer is pinned and exclusively locked when it is released"
+                assert d.refcount > 0, "a buffer is pinned when it is released"
                 if b in dirty and not d.flags & BM_DIRTY:
                     self._set_state_locked(d, _DIRTY)
                     turned += 1
-            # invariant 8: even again once the pages stopped changing, before any unlock
-            self._bump_all(buf_ids)
+            # One call: every lock checked held exclusively, then each counter even again
+            # (invariant 8) as its lock is given back.
+            notify = self._words.release_exclusive_many(buf_ids)
             for b in buf_ids:
-                d = descs[b]
-                mutex = d._mutex
-                mutex.acquire()
-                try:
-                    d._exclusive = False
-                    if d._waiters:
-                        d._cond.notify_all()
-                finally:
-                    mutex.release()
-                d.refcount -= 1
+                descs[b].refcount -= 1
+        for b in notify:
+            descs[b]._notify()
         return turned
-
-    def _bump_all(self, buf_ids: Sequence[int]) -> None:
-        """``_bump`` of each of the distinct ``buf_ids`` (invariant 8), a run of them in one
-        C call (``slk_seq_bump_many``) where it is built."""
-        many = self._bump_many
-        if many is None or len(buf_ids) < 2:
-            bump = self._bump
-            if bump is not None:
-                for b in buf_ids:
-                    bump(b)
-            return
-        # (a repeated id would be bumped twice: its parity, which readers trust, would lie)
-        assert len(set(buf_ids)) == len(buf_ids), f"a buffer repeated in {list(buf_ids)}"
-        rc = many(_ffi.new("uint32_t[]", buf_ids), len(buf_ids))
-        assert rc == 0, f"a buffer id out of range among {list(buf_ids)}"
 
     def read_hit(self, rel: int, fork: int, block: int, read: Callable, *args):
         """``read(c_pool, seq, buf, *args)`` when the block is VALID in the pool (its
@@ -1773,26 +1904,23 @@ class BufferManager:
         self.unpin(buf_id)
 
     def lock_shared(self, buf_id: int) -> None:
-        assert self.descs[buf_id].refcount > 0, "a buffer is pinned before it is locked"
-        self.descs[buf_id].lock.acquire_shared()
+        d = self.descs[buf_id]
+        assert d.refcount > 0, "a buffer is pinned before it is locked"
+        d.acquire_shared()
 
     def lock_exclusive(self, buf_id: int) -> None:
-        assert self.descs[buf_id].refcount > 0, "a buffer is pinned before it is locked"
-        self.descs[buf_id].lock.acquire_exclusive()
-        bump = self._bump
-        if bump is not None:  # invariant 8: odd before the page may change
-            bump(buf_id)
+        """Its change counter goes odd with the lock, before the page may change
+        (invariant 8)."""
+        d = self.descs[buf_id]
+        assert d.refcount > 0, "a buffer is pinned before it is locked"
+        d.acquire_exclusive()
 
     def unlock_shared(self, buf_id: int) -> None:
-        self.descs[buf_id].lock.release_shared()
+        self.descs[buf_id].release_shared()
 
     def unlock_exclusive(self, buf_id: int) -> None:
-        bump = self._bump
-        if bump is not None:  # invariant 8: even again once the page stopped changing
-            assert self.descs[buf_id].lock.held_exclusive, \
-                "content lock released exclusive but not held"
-            bump(buf_id)
-        self.descs[buf_id].lock.release_exclusive()
+        """Its change counter goes even again with the release (invariant 8)."""
+        self.descs[buf_id].release_exclusive()
 
     def seq_of(self, buf_id: int) -> int | None:
         """Buffer ``buf_id``'s change counter (invariant 8; None without the C helper):
@@ -1813,31 +1941,24 @@ class BufferManager:
     def lock_exclusive_many(self, buf_ids: Sequence[int]) -> None:
         """``lock_exclusive`` of each pinned buffer, in order (distinct buffers). When a
         lock raises (an interrupt), the ones this call took are released before it goes on."""
-        bump = self._bump
         descs = self.descs
         done = 0
         try:
             for b in buf_ids:
                 d = descs[b]
                 assert d.refcount > 0, "a buffer is pinned before it is locked"
-                d.lock.acquire_exclusive()
+                d.acquire_exclusive()
                 done += 1
-                if bump is not None:  # invariant 8: odd before the page may change
-                    bump(b)
         except BaseException:
             self.unlock_exclusive_many(buf_ids[:done])
             raise
 
     def unlock_exclusive_many(self, buf_ids: Sequence[int]) -> None:
-        """``unlock_exclusive`` of each buffer."""
-        bump = self._bump
+        """``unlock_exclusive`` of each of the distinct buffers, in one call on the lock
+        words (all checked held first)."""
         descs = self.descs
-        for b in buf_ids:
-            lock = descs[b].lock
-            if bump is not None:  # invariant 8: even again once the page stopped changing
-                assert lock.held_exclusive, "content lock released exclusive but not held"
-                bump(b)
-            lock.release_exclusive()
+        for b in self._words.release_exclusive_many(buf_ids):
+            descs[b]._notify()
 
     # --- writes --------------------------------------------------------------------------------------
     def _write_victim(self, buf_id: int) -> None:
