@@ -59,7 +59,11 @@ Baselines, measured in the same invocation and ``--dir`` (same file system), onc
   the device's flush rate. Figure: syncs/s (absent, with the reason, without fio).
 
 The table gives each method's autocommit rates as ratios of these: auto1 / SQLite, auto1 /
-fio, auto8 / SQLite.
+fio, auto8 / SQLite. SQLite's autocommit is also measured again right before each of a
+method's autocommit figures (``sqlite_paired_puts_s``, same ``--seconds``): the "paired"
+ratios are the median over runs of each run's rate over that SQLite rate, so that both
+sides of a ratio ran in the same minute (the machine's speed drifts by up to 2x within
+minutes here, and the once-per-run baseline ran before a whole method's load).
 
 The numbers are for one Python process: the engine's CPU cost per key (tuple coding,
 index maintenance, the GIL) dominates, not the device; compare io methods with each other,
@@ -497,9 +501,14 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
             auto = {}
             for threads in AUTOCOMMIT_THREADS:
                 if log:
-                    log(f"  autocommit puts, {threads} thread{'s' if threads > 1 else ''}")
+                    log(f"  autocommit puts, {threads} thread{'s' if threads > 1 else ''}"
+                        f" (SQLite's 1-thread autocommit right before: the paired baseline)")
+                os.sync()
+                paired = measure_sqlite(os.path.join(args.dir, SQLITE_FILE), args.seconds,
+                                        value)["puts_s"]
                 settle(db)
                 auto[threads] = measure_autocommit(db, threads, args.seconds, value)
+                auto[threads]["sqlite_paired_puts_s"] = paired
             if log:
                 log("  random gets, get_many, scan, reopen, cold scan")
             gets = measure_gets(db, args.keys, args.seconds)
@@ -529,8 +538,10 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
 
 FIGURES = {
     "load": ("puts_s", "seconds"),
-    "autocommit_1": ("puts_s", "wal_flushes", "puts_per_flush", "cpu_us_per_put", "flush_us"),
-    "autocommit_8": ("puts_s", "wal_flushes", "puts_per_flush", "cpu_us_per_put", "flush_us"),
+    "autocommit_1": ("puts_s", "wal_flushes", "puts_per_flush", "cpu_us_per_put", "flush_us",
+                     "sqlite_paired_puts_s"),
+    "autocommit_8": ("puts_s", "wal_flushes", "puts_per_flush", "cpu_us_per_put", "flush_us",
+                     "sqlite_paired_puts_s"),
     "get": ("gets_s",),
     "get_many": ("keys_s",),
     "scan": ("keys_s", "mb_s"),
@@ -606,9 +617,15 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
             kind: _median([s[kind] for s in samples[method]], keys)
             for kind, keys in FIGURES.items()}
         a1, a8 = m["autocommit_1"]["puts_s"], m["autocommit_8"]["puts_s"]
+        paired = {k: statistics.median(s[f"autocommit_{k}"]["puts_s"]
+                                       / s[f"autocommit_{k}"]["sqlite_paired_puts_s"]
+                                       for s in samples[method]) for k in (1, 8)}
         m["ratios"] = {"auto1_sqlite": a1 / sqlite_s,
                        "auto1_fio": a1 / fio_s if fio_s else None,
                        "auto8_sqlite": a8 / sqlite_s,
+                       # each run's rate over SQLite's measured right before it (the same
+                       # minute of a machine whose speed drifts), median of the runs
+                       "auto1_sqlite_paired": paired[1], "auto8_sqlite_paired": paired[8],
                        "cold_vs_eic1": m["cold_scan"]["keys_s"] / m["cold_scan_eic1"]["keys_s"],
                        "cold_vs_one_leaf":
                            m["cold_scan"]["keys_s"] / m["cold_scan_one_leaf"]["keys_s"],
@@ -646,9 +663,9 @@ def format_table(report: dict) -> str:
                  + (f"fio 8 KiB write + fdatasync: {fio_s:,.0f} syncs/s" if fio_s
                     else f"fio: {base['fio'].get('detail', 'failed')}"))
     # Indented: a sub-table of the one above (its rows are the methods' again).
-    head = (f"  {'ratios':<9} {'auto1 puts/s':>12} {'auto1/SQLite':>12} {'auto1/fio':>9} "
-            f"{'auto8 puts/s':>12} {'auto8/SQLite':>12} {'CPU us/put 1/8':>14} "
-            f"{'flush us 1/8':>12}")
+    head = (f"  {'ratios':<9} {'auto1 puts/s':>12} {'auto1/SQLite':>12} {'paired':>7} "
+            f"{'auto1/fio':>9} {'auto8 puts/s':>12} {'auto8/SQLite':>12} {'paired':>7} "
+            f"{'CPU us/put 1/8':>14} {'flush us 1/8':>12}")
     lines += ["", head, "  " + "-" * (len(head) - 2)]
     for method, m in report["methods"].items():
         r = m["ratios"]
@@ -657,8 +674,9 @@ def format_table(report: dict) -> str:
         cpu = f"{a1['cpu_us_per_put'] or 0:.0f} / {a8['cpu_us_per_put'] or 0:.0f}"
         flush = f"{a1['flush_us'] or 0:.0f} / {a8['flush_us'] or 0:.0f}"
         lines.append(f"  {method:<9} {a1['puts_s']:>12,.0f} "
-                     f"{r['auto1_sqlite']:>12.2f} {a1f:>9} "
-                     f"{a8['puts_s']:>12,.0f} {r['auto8_sqlite']:>12.2f} {cpu:>14} {flush:>12}")
+                     f"{r['auto1_sqlite']:>12.2f} {r['auto1_sqlite_paired']:>7.2f} {a1f:>9} "
+                     f"{a8['puts_s']:>12,.0f} {r['auto8_sqlite']:>12.2f} "
+                     f"{r['auto8_sqlite_paired']:>7.2f} {cpu:>14} {flush:>12}")
     sr = base["sqlite_reads"]
     lines += ["", "Slonik / SQLite (WAL, synchronous=FULL, 128 MiB cache, WITHOUT ROWID), "
                   "same keys, same order:", ""]

@@ -69,7 +69,13 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert r["auto1_sqlite"] == m["autocommit_1"]["puts_s"] / sqlite_s
     assert r["auto8_sqlite"] == m["autocommit_8"]["puts_s"] / sqlite_s
     assert r["auto1_fio"] == (m["autocommit_1"]["puts_s"] / fio_s if fio_s else None)
-    assert "auto1/SQLite" in table and "SQLite (WAL, synchronous=FULL)" in table
+    # The paired baseline: SQLite's 1-thread autocommit measured right before each of the
+    # method's autocommit figures, the ratio of the two in the same run.
+    for t in (1, 8):
+        run = m[f"autocommit_{t}"]["runs"][0]
+        assert run["sqlite_paired_puts_s"] > 0
+        assert r[f"auto{t}_sqlite_paired"] == run["puts_s"] / run["sqlite_paired_puts_s"]
+    assert "auto1/SQLite" in table and "paired" in table and "SQLite (WAL, synchronous=FULL)" in table
     # The read/write table: SQLite doing each workload in the same run, and the
     # method's figure as a ratio of it, one table row per workload.
     sr = report["baselines"]["sqlite_reads"]
