@@ -129,3 +129,66 @@ def test_waiters_wake_on_either_kind_of_words(use_c):
     a.release_exclusive()
     assert all(e.wait(WAIT_S) for e in done)
     assert words.words[0] == 2 and not a.held_exclusive
+
+
+@pytest.mark.parametrize("use_c", [True, False], ids=["c", "python"])
+def test_threads_racing_on_few_locks_never_share_an_exclusive_hold(use_c):
+    """Six threads take and give back three locks (shared, exclusive, and runs of two
+    taken exclusively all or nothing) as fast as they can for a bounded time, each hold
+    checked against a count of
+    the holders kept under a separate mutex: an exclusive holder is alone, a shared
+    holder sees no exclusive one; every wait ends (the joins are bounded) and the words
+    end free with nobody counted waiting."""
+    if use_c and (bufmgr_module._lib is None or
+                  bufmgr_module.hot_for(bufmgr_module._lib) is bufmgr_module._lib):
+        pytest.skip("the GIL-keeping C build (storage._pagehot) is not built")
+    words = LockWords(3, use_c=use_c)
+    stripe = threading.Lock()   # one mutex for the three, as the pool's stripes share them
+    locks = [ContentLock(stripe, words, i) for i in range(3)]
+    holders = [[0, 0] for _ in locks]   # [shared, exclusive] per lock, under `count`
+    count = threading.Lock()
+    errors: list[str] = []
+    deadline = time.monotonic() + 1.0
+
+    def hold(i: int, exclusive: bool) -> None:
+        with count:
+            holders[i][exclusive] += 1
+            s, x = holders[i]
+            if x > 1 or (x and s):
+                errors.append(f"lock {i}: {s} shared and {x} exclusive holders at once")
+        time.sleep(0)
+        with count:
+            holders[i][exclusive] -= 1
+
+    def run(seed: int) -> None:
+        import random
+        rng = random.Random(seed)
+        while time.monotonic() < deadline and not errors:
+            i = rng.randrange(3)
+            kind = rng.randrange(3)
+            if kind == 0:
+                locks[i].acquire_shared()
+                hold(i, False)
+                locks[i].release_shared()
+            elif kind == 1:
+                locks[i].acquire_exclusive()
+                hold(i, True)
+                locks[i].release_exclusive()
+            else:   # a run of two, all or nothing (waiting while holding part of a run
+                ids = [i, (i + 1) % 3]   # in another order than other threads deadlocks)
+                busy = words.try_exclusive_many(ids)
+                taken = [b for b in ids if b not in busy]
+                if not busy:
+                    for b in ids:
+                        hold(b, True)
+                for b in words.release_exclusive_many(taken) if taken else ():
+                    locks[b]._notify()
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S + 5)
+        assert not t.is_alive(), "a thread never got its lock"
+    assert not errors, errors[0]
+    assert list(words.words) == [0, 0, 0] and list(words.waiters) == [0, 0, 0]
