@@ -1542,7 +1542,7 @@ uint32_t slk_seq_get(const uint32_t *seq, uint32_t b)
  * odd as the lock is taken, even as it is given back (invariant 20). A call refused
  * (-1; -(k + 1) for the run's k-th id) changes nothing. */
 #define CL_EXCL 0x80000000u
-#define CL_SHARED_MAX 0x7fffffffu
+#define CL_SHARED_MAX 0x3fffffffu   /* below CL_MARK */
 
 int slk_cl_try_shared(uint32_t *cl, uint32_t i)
 {
@@ -1576,14 +1576,35 @@ int slk_cl_release_exclusive(uint32_t *cl, uint32_t *seq, const uint32_t *waiter
     return waiters[i] != 0;
 }
 
+/* The exclusive run calls refuse a repeated id before they change anything (a lock taken
+ * twice would wait for itself; a counter moved twice would make its parity lie to
+ * optimistic readers): one pass sets CL_MARK on each word it meets, and meeting a marked
+ * one is a repeat; the marks are cleared again before the call goes on. No other thread
+ * sees a mark: the call is one step for them. */
+#define CL_MARK 0x40000000u
+
+static int cl_repeat(uint32_t *cl, uint32_t nlocks, const uint32_t *ids, uint32_t n)
+{
+    int rc = 0;
+    uint32_t k = 0;
+    for (; k < n; k++)                      /* an id beyond the words first, as Python */
+        if (ids[k] >= nlocks) return -(int)k - 1;
+    for (k = 0; k < n; k++) {
+        if (cl[ids[k]] & CL_MARK) { rc = -(int)k - 1; break; }
+        cl[ids[k]] |= CL_MARK;
+    }
+    for (uint32_t j = 0; j < k; j++) cl[ids[j]] &= ~CL_MARK;
+    return rc;
+}
+
 /* slk_cl_try_exclusive of each of the n distinct ids (the counters moved in one pass);
  * the ids held by someone are written to busy, in order; returns how many were taken. */
 int slk_cl_try_exclusive_many(uint32_t *cl, uint32_t *seq, uint32_t nlocks,
                               const uint32_t *ids, uint32_t n, uint32_t *busy)
 {
     uint32_t taken = 0, nbusy = 0;
-    for (uint32_t k = 0; k < n; k++)
-        if (ids[k] >= nlocks) return -(int)k - 1;
+    int rc = cl_repeat(cl, nlocks, ids, n);
+    if (rc) return rc;
     for (uint32_t k = 0; k < n; k++) {
         uint32_t i = ids[k];
         if (cl[i] != 0) { busy[nbusy++] = i; continue; }
@@ -1600,15 +1621,18 @@ int slk_cl_try_exclusive_many(uint32_t *cl, uint32_t *seq, uint32_t nlocks,
     return (int)taken;
 }
 
-/* slk_cl_release_exclusive of each of the n distinct ids, all held exclusively (checked
- * first); the ids someone waits on are written to notify; returns how many. */
+/* slk_cl_release_exclusive of each of the n distinct ids, all held exclusively and none
+ * repeated (checked first); the ids someone waits on are written to notify; returns how
+ * many. */
 int slk_cl_release_exclusive_many(uint32_t *cl, uint32_t *seq, const uint32_t *waiters,
                                   uint32_t nlocks, const uint32_t *ids, uint32_t n,
                                   uint32_t *notify)
 {
     uint32_t nn = 0;
+    int rc = cl_repeat(cl, nlocks, ids, n);
+    if (rc) return rc;
     for (uint32_t k = 0; k < n; k++)
-        if (ids[k] >= nlocks || cl[ids[k]] != CL_EXCL) return -(int)k - 1;
+        if (cl[ids[k]] != CL_EXCL) return -(int)k - 1;
     if (seq != NULL) {
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         for (uint32_t k = 0; k < n; k++)

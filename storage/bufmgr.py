@@ -216,7 +216,7 @@ class DamagedPageWarning(UserWarning):
 
 
 CL_EXCL = 0x80000000         # a content-lock word held exclusively (else: shared holders)
-CL_SHARED_MAX = 0x7FFFFFFF   # a word at or above this takes no more shared holders
+CL_SHARED_MAX = 0x3FFFFFFF   # a word at or above this takes no more shared holders
 
 
 class LockWords:
@@ -265,7 +265,8 @@ class LockWords:
     # --- the runs: one C call each ---------------------------------------------------------
     def try_exclusive_many(self, ids: Sequence[int]) -> list[int]:
         """``try_exclusive`` of each of the distinct ``ids``: those held by someone (not
-        taken), in order. IndexError for an id beyond the words (nothing taken)."""
+        taken), in order. IndexError for an id beyond the words, AssertionError for a
+        repeated one (nothing taken: a lock taken twice would wait for itself)."""
         if self.c is None:
             return self.py_try_exclusive_many(ids)
         hot, w, _wt, sq = self.c
@@ -273,13 +274,15 @@ class LockWords:
         busy = _ffi.new("uint32_t[]", n)
         k = hot.slk_cl_try_exclusive_many(w, sq, self.n, _ffi.new("uint32_t[]", ids), n, busy)
         if k < 0:
-            raise IndexError(f"content lock {ids[-k - 1]} of {self.n}")
+            if not 0 <= ids[-k - 1] < self.n:
+                raise IndexError(f"content lock {ids[-k - 1]} of {self.n}")
+            raise AssertionError(f"content lock {ids[-k - 1]} repeated in a run")
         return _ffi.unpack(busy, n - k) if k < n else []
 
     def release_exclusive_many(self, ids: Sequence[int]) -> list[int]:
         """``release_exclusive`` of each of the distinct ``ids``, every one held
-        exclusively (checked first: AssertionError naming one that is not, nothing
-        released): those someone waits for, to notify."""
+        exclusively (checked first: AssertionError naming one that is not, or is repeated,
+        nothing released): those someone waits for, to notify."""
         if self.c is None:
             return self.py_release_exclusive_many(ids)
         hot, w, wt, sq = self.c
@@ -288,7 +291,8 @@ class LockWords:
         k = hot.slk_cl_release_exclusive_many(w, sq, wt, self.n, _ffi.new("uint32_t[]", ids),
                                               n, notify)
         if k < 0:
-            raise AssertionError(f"content lock {ids[-k - 1]} released exclusive but not held")
+            raise AssertionError(f"content lock {ids[-k - 1]} released exclusive but not held "
+                                 f"(or repeated in the run)")
         return _ffi.unpack(notify, k) if k else []
 
     def try_shared_many(self, ids: Sequence[int]) -> int:
@@ -355,9 +359,13 @@ class LockWords:
     def py_try_exclusive_many(self, ids: Sequence[int]) -> list[int]:
         if any(not 0 <= i < self.n for i in ids):
             raise IndexError(f"a content lock of {list(ids)} beyond {self.n}")
+        if len(set(ids)) != len(ids):
+            raise AssertionError(f"a content lock repeated in {list(ids)}")
         return [i for i in ids if not self.py_try_exclusive(i)]
 
     def py_release_exclusive_many(self, ids: Sequence[int]) -> list[int]:
+        if len(set(ids)) != len(ids):
+            raise AssertionError(f"a content lock repeated in {list(ids)}")
         for i in ids:
             if not 0 <= i < self.n or self.words[i] != CL_EXCL:
                 raise AssertionError(f"content lock {i} released exclusive but not held")
@@ -1364,6 +1372,9 @@ class BufferManager:
                 self._set_state_locked(d, _DIRTY)
             # invariant 8: the change counter goes even again with the release
             waited = self._words.release_exclusive(buf_id)
+            if waited < 0:
+                raise AssertionError(f"buffer {buf_id}: content lock released exclusive "
+                                     f"but not held")
             d.refcount -= 1
         if waited:
             d._notify()

@@ -42,9 +42,7 @@ def _apply(words: LockWords, op: str, ids: list[int]):
             if words.waiters[ids[0]]:
                 words.waiters[ids[0]] -= 1
             return None
-        if op.endswith("_many"):
-            if op != "release_shared_many":
-                ids = list(dict.fromkeys(ids))   # distinct, as their callers pass them
+        if op.endswith("_many"):   # (a repeated id in an exclusive run is refused)
             return getattr(words, op)(ids)
         return getattr(words, op)(ids[0])
     except (AssertionError, IndexError) as exc:
@@ -57,9 +55,9 @@ def _apply(words: LockWords, op: str, ids: list[int]):
                           st.lists(st.integers(0, N), min_size=1, max_size=5)),
                 max_size=60))
 def test_c_words_match_the_python_reference(steps):
-    """Every operation, on ids that include one beyond the words (refused, nothing
-    changed): both give the same result, and the words, waiter counts and change counters
-    stay equal after each step."""
+    """Every operation, on ids that include one beyond the words and repeated ones
+    (an exclusive run refuses a repeat: nothing changed): both give the same result, and
+    the words, waiter counts and change counters stay equal after each step."""
     c, py, seq_c, seq_py = _pair()
     for op, ids in steps:
         if not op.endswith("_many") and ids[0] >= N:
@@ -86,6 +84,12 @@ def test_exclusive_holds_move_the_counter_and_refusals_change_nothing():
     with pytest.raises(AssertionError, match="content lock 2 released exclusive"):
         c.release_exclusive_many([1, 2, 3])
     assert c.words[1] == CL_EXCL and c.words[3] == CL_EXCL and seq[1] == 1
+    with pytest.raises(AssertionError, match="repeated"):
+        c.release_exclusive_many([1, 3, 1])   # (its counter would move twice)
+    assert c.words[1] == c.words[3] == CL_EXCL and seq[1] == 1 and seq[3] == 1
+    with pytest.raises(AssertionError, match="repeated"):
+        c.try_exclusive_many([4, 5, 4])       # (the second would wait for the first)
+    assert c.words[4] == c.words[5] == 0 and seq[4] == seq[5] == 0
     c.waiters[3] = 1
     assert c.release_exclusive_many([1, 3]) == [3]
     assert seq[1] == 2 and seq[3] == 2 and c.words[1] == c.words[3] == 0
