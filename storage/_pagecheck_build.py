@@ -1530,7 +1530,7 @@ uint32_t slk_seq_get(const uint32_t *seq, uint32_t b)
     return __atomic_load_n(seq + b, __ATOMIC_ACQUIRE);
 }
 
-/* --- content locks --- (storage/bufmgr.py ContentLock and _LockWords; _LockWords' py_*
+/* --- content locks --- (storage/bufmgr.py ContentLock and LockWords; LockWords' py_*
  * methods are the Python reference, tests/storage/test_content_lock_c.py compares them)
  * A content lock is one word: CL_EXCL while held exclusively, else its number of shared
  * holders. These calls are built into the GIL-keeping module (storage/hotlib.py), so
