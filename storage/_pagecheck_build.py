@@ -95,7 +95,6 @@ int slk_bt_apply_delete(uint8_t *page, const uint8_t *data, uint32_t len);
 /* --- optimistic (seqlock) reads --- */
 #define SLK_OPT_RETRY ...
 void slk_seq_bump(uint32_t *seq, uint32_t b);
-int slk_seq_bump_many(uint32_t *seq, uint32_t nbuffers, const uint32_t *bufs, uint32_t n);
 uint32_t slk_seq_get(const uint32_t *seq, uint32_t b);
 /* --- content locks --- */
 int slk_cl_try_shared(uint32_t *cl, uint32_t i);
@@ -1509,20 +1508,6 @@ void slk_seq_bump(uint32_t *seq, uint32_t b)
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     __atomic_fetch_add(seq + b, 1u, __ATOMIC_SEQ_CST);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-}
-
-/* slk_seq_bump of each of the n distinct buffers bufs[] (a run of pages taken or given
- * back together), one fence before and after the run; -1, nothing bumped, when an id is
- * not below nbuffers. */
-int slk_seq_bump_many(uint32_t *seq, uint32_t nbuffers, const uint32_t *bufs, uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++)
-        if (bufs[i] >= nbuffers) return -1;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    for (uint32_t i = 0; i < n; i++)
-        __atomic_fetch_add(seq + bufs[i], 1u, __ATOMIC_SEQ_CST);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return 0;
 }
 
 uint32_t slk_seq_get(const uint32_t *seq, uint32_t b)
@@ -3645,7 +3630,7 @@ def _builder():
 HOT_NAMES = frozenset({
     "slk_pagecheck_init", "slk_bt_search", "slk_bt_visible", "slk_bt_locate", "slk_bt_probe",
     "slk_bt_children", "slk_ix_point", "slk_bt_redo_actions", "slk_bt_redo_actions_from",
-    "slk_bt_apply_delete", "slk_seq_bump", "slk_seq_bump_many", "slk_seq_get", "slk_heap_fetch_opt",
+    "slk_bt_apply_delete", "slk_seq_get", "slk_heap_fetch_opt",
     "slk_ix_point_opt", "slk_bt_probe_opt", "slk_bt_probe_inplace", "slk_ix_point_right",
     "slk_ix_point_step_opt", "slk_bt_descend", "slk_bt_leaf_run", "slk_bt_apply_build",
     "slk_bt_first_versions", "slk_wal_build", "slk_wal_build_span", "slk_bt_put_new",

@@ -705,7 +705,7 @@ class BufferManager:
         self._writes = self._write_bytes = self._write_ios = self._evictions = 0
         self._io_wait_ns = self._zeroed = self._ignored = 0
         # Invariant 8: per buffer a change counter, odd while its exclusive content lock is
-        # held (``seq_bump``), and the pool's base address, for C readers that take no
+        # held (``LockWords``), and the pool's base address, for C readers that take no
         # content lock; both None without the C helper (readers then always lock).
         if _lib is not None:
             self.seq = _ffi.new("uint32_t[]", shared_buffers)
@@ -713,12 +713,11 @@ class BufferManager:
             # export can be cleared by the cyclic collector and crash CPython 3.11 when
             # freed (btree_page._C_EXPORTS); an mmap has no such clear.
             self.c_pool = _ffi.from_buffer("uint8_t[]", self._mem)
-            # Bumped twice per exclusive hold: the GIL-keeping build (storage/hotlib.py),
-            # so that a writer holding the commit lock does not hand the GIL away for it.
-            self._bump = functools.partial(hot_for(_lib).slk_seq_bump, self.seq)
         else:
-            self.seq = self.c_pool = self._bump = None
-        # The buffers' content-lock words, moving the change counters with exclusive holds.
+            self.seq = self.c_pool = None
+        # The buffers' content-lock words, moving the change counters with exclusive holds
+        # (twice per hold, in the GIL-keeping build, storage/hotlib.py: a writer holding the
+        # commit lock does not hand the GIL away for it).
         self._words = LockWords(shared_buffers, self.seq)
 
     # --- pinning and replacement --------------------------------------------------------------

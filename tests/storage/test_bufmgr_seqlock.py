@@ -75,10 +75,11 @@ def test_check_names_an_odd_counter(env):
     bm, _smgr = env
     buf = bm.read_buffer(REL, Fork.MAIN, 2)
     bm.unpin(buf)
-    bm._bump(buf)
+    bump = bufmgr_module._lib.slk_seq_bump
+    bump(bm.seq, buf)
     with pytest.raises(AssertionError, match=f"buffer {buf} .*odd change counter"):
         bm.check()
-    bm._bump(buf)
+    bump(bm.seq, buf)
     bm.check()
 
 
@@ -102,10 +103,10 @@ def test_no_counters_without_the_c_helper(env, monkeypatch):
 @needs_c
 def test_many_at_once_bump_each_counter_once(env):
     """pin_exclusive_if_valid_many and release_many move the counters as lock_exclusive and
-    unlock_exclusive do, one C call for the run (slk_seq_bump_many): odd exactly while each
-    is held, even and two more after; a block not in the pool gets -1 and no counter moves
-    for it. The C call itself bumps each listed counter once and refuses (changing
-    nothing) a list with an id beyond the pool."""
+    unlock_exclusive do, with the run's locks, one call each (slk_cl_*_many): odd exactly
+    while each is held, even and two more after; a block not in the pool gets -1 and no
+    counter moves for it. A release that lists a buffer twice is refused before anything
+    changes (its counter would move twice)."""
     bm, _smgr = env
     bufs = bm.read_buffers(REL, Fork.MAIN, 0, 5)
     bm.unpin_many(bufs)
@@ -115,16 +116,10 @@ def test_many_at_once_bump_each_counter_once(env):
     assert got[:5] == bufs and got[5] == -1
     assert all(bm.seq_of(b) == before[b] + 1 for b in bufs)
     bm.page(bufs[2])[100] = 7
+    with pytest.raises(AssertionError, match="repeated"):
+        bm.release_many([*bufs, bufs[1]], ())
+    assert all(bm.seq_of(b) == before[b] + 1 for b in bufs)
     assert bm.release_many(bufs, {bufs[2]}) == 1 and bm.is_dirty(bufs[2])
     after = {b: bm.seq_of(b) for b in range(bm.nbuffers)}
     assert all(after[b] == before[b] + (2 if b in bufs else 0) for b in after), after
     bm.check()
-    lib = bufmgr_module.hot_for(bufmgr_module._lib)
-    ids = bufmgr_module._ffi.new("uint32_t[]", [bufs[0], bufs[3]])
-    assert lib.slk_seq_bump_many(bm.seq, bm.nbuffers, ids, 2) == 0
-    assert bm.seq_of(bufs[0]) == after[bufs[0]] + 1 and bm.seq_of(bufs[3]) == after[bufs[3]] + 1
-    assert bm.seq_of(bufs[1]) == after[bufs[1]]
-    bad = bufmgr_module._ffi.new("uint32_t[]", [bufs[1], bm.nbuffers])
-    assert lib.slk_seq_bump_many(bm.seq, bm.nbuffers, bad, 2) == -1
-    assert bm.seq_of(bufs[1]) == after[bufs[1]]
-    assert lib.slk_seq_bump_many(bm.seq, bm.nbuffers, ids, 2) == 0  # (even again)
