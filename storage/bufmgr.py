@@ -432,6 +432,13 @@ class ContentLock:
         with self._mutex:
             self._cond.notify_all()
 
+    def _released(self, r: int, mode: str) -> None:
+        """After a release call that answered ``r`` != 0: notify the waiters counted, or
+        raise for a lock that was not held that way (the word unchanged)."""
+        if r < 0:
+            raise AssertionError(f"content lock released {mode} but not held")
+        self._notify()
+
     def acquire_shared(self) -> None:
         attempt = self._words.try_shared
         if not attempt(self._i):
@@ -451,17 +458,13 @@ class ContentLock:
 
     def release_shared(self) -> None:
         r = self._words.release_shared(self._i)
-        if r:
-            if r < 0:
-                raise AssertionError("content lock released shared but not held")
-            self._notify()
+        if r:   # (someone waits, or it was not held: rare, a call only then)
+            self._released(r, "shared")
 
     def release_exclusive(self) -> None:
         r = self._words.release_exclusive(self._i)
         if r:
-            if r < 0:
-                raise AssertionError("content lock released exclusive but not held")
-            self._notify()
+            self._released(r, "exclusive")
 
     @staticmethod
     def acquire_shared_all(locks: Sequence[ContentLock]) -> None:
@@ -1372,8 +1375,7 @@ class BufferManager:
             # invariant 8: the change counter goes even again with the release
             waited = self._words.release_exclusive(buf_id)
             if waited < 0:
-                raise AssertionError(f"buffer {buf_id}: content lock released exclusive "
-                                     f"but not held")
+                d._released(waited, "exclusive")
             d.refcount -= 1
         if waited:
             d._notify()
