@@ -106,9 +106,6 @@ int slk_cl_try_exclusive_many(uint32_t *cl, uint32_t *seq, uint32_t nlocks,
 int slk_cl_release_exclusive_many(uint32_t *cl, uint32_t *seq, const uint32_t *waiters,
                                   uint32_t nlocks, const uint32_t *ids, uint32_t n,
                                   uint32_t *notify);
-int slk_cl_try_shared_many(uint32_t *cl, uint32_t nlocks, const uint32_t *ids, uint32_t n);
-int slk_cl_release_shared_many(uint32_t *cl, const uint32_t *waiters, uint32_t nlocks,
-                               const uint32_t *ids, uint32_t n, uint32_t *notify);
 int64_t slk_heap_fetch_opt(const uint8_t *pool, const uint32_t *seq, uint32_t b,
                            uint32_t offnum, uint8_t *out, uint32_t out_cap, uint64_t *meta);
 int64_t slk_heap_gather_opt(const uint8_t *pool, const uint32_t *seq, const uint32_t *bufs,
@@ -1628,42 +1625,6 @@ int slk_cl_release_exclusive_many(uint32_t *cl, uint32_t *seq, const uint32_t *w
         uint32_t i = ids[k];
         cl[i] = 0;
         if (waiters[i] != 0) notify[nn++] = i;
-    }
-    return (int)nn;
-}
-
-/* slk_cl_try_shared of ids in order, up to the first that is held exclusively: returns
- * how many (a prefix) were taken. */
-int slk_cl_try_shared_many(uint32_t *cl, uint32_t nlocks, const uint32_t *ids, uint32_t n)
-{
-    for (uint32_t k = 0; k < n; k++)
-        if (ids[k] >= nlocks) return -(int)k - 1;
-    uint32_t k = 0;
-    for (; k < n; k++) {
-        uint32_t i = ids[k], v = cl[i];
-        if (v >= CL_SHARED_MAX) break;
-        cl[i] = v + 1;
-    }
-    return (int)k;
-}
-
-/* slk_cl_release_shared of each of ids (a lock may repeat: it is held that many times;
- * all checked first); the ids whose last holder went and someone waits, to notify. */
-int slk_cl_release_shared_many(uint32_t *cl, const uint32_t *waiters, uint32_t nlocks,
-                               const uint32_t *ids, uint32_t n, uint32_t *notify)
-{
-    uint32_t nn = 0;
-    for (uint32_t k = 0; k < n; k++) {
-        uint32_t i = ids[k];
-        if (i >= nlocks) return -(int)k - 1;
-        uint32_t held = cl[i], times = 0;
-        if (held == 0 || held >= CL_EXCL) return -(int)k - 1;
-        for (uint32_t j = 0; j <= k; j++) times += ids[j] == i;
-        if (times > held) return -(int)k - 1;
-    }
-    for (uint32_t k = 0; k < n; k++) {
-        uint32_t i = ids[k];
-        if (--cl[i] == 0 && waiters[i] != 0) notify[nn++] = i;
     }
     return (int)nn;
 }
@@ -3636,8 +3597,7 @@ HOT_NAMES = frozenset({
     "slk_bt_first_versions", "slk_wal_build", "slk_wal_build_span", "slk_bt_put_new",
     "slk_bt_block_actions", "slk_bt_redo_block", "slk_verify_pages",
     "slk_cl_try_shared", "slk_cl_try_exclusive", "slk_cl_release_shared",
-    "slk_cl_release_exclusive", "slk_cl_try_exclusive_many", "slk_cl_release_exclusive_many",
-    "slk_cl_try_shared_many", "slk_cl_release_shared_many"})
+    "slk_cl_release_exclusive", "slk_cl_try_exclusive_many", "slk_cl_release_exclusive_many"})
 
 
 def _hot_cdef() -> str:

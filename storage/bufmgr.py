@@ -295,32 +295,6 @@ class LockWords:
                                  f"(or repeated in the run)")
         return _ffi.unpack(notify, k) if k else []
 
-    def try_shared_many(self, ids: Sequence[int]) -> int:
-        """``try_shared`` of ``ids`` in order up to the first held exclusively: how many
-        (a prefix) were taken."""
-        if self.c is None:
-            return self.py_try_shared_many(ids)
-        hot, w, _wt, _sq = self.c
-        k = hot.slk_cl_try_shared_many(w, self.n, _ffi.new("uint32_t[]", ids), len(ids))
-        if k < 0:
-            raise IndexError(f"content lock {ids[-k - 1]} of {self.n}")
-        return k
-
-    def release_shared_many(self, ids: Sequence[int]) -> list[int]:
-        """``release_shared`` of each of ``ids`` (one may repeat: held that many times),
-        all checked first (AssertionError, nothing released): those whose last holder
-        went and someone waits for, to notify."""
-        if self.c is None:
-            return self.py_release_shared_many(ids)
-        hot, w, wt, _sq = self.c
-        n = len(ids)
-        notify = _ffi.new("uint32_t[]", n)
-        k = hot.slk_cl_release_shared_many(w, wt, self.n, _ffi.new("uint32_t[]", ids), n,
-                                           notify)
-        if k < 0:
-            raise AssertionError(f"content lock {ids[-k - 1]} released shared but not held")
-        return _ffi.unpack(notify, k) if k else []
-
     # --- the Python reference ------------------------------------------------------------------
     def py_try_shared(self, i: int) -> int:
         with self._pymutex:
@@ -370,24 +344,6 @@ class LockWords:
             if not 0 <= i < self.n or self.words[i] != CL_EXCL:
                 raise AssertionError(f"content lock {i} released exclusive but not held")
         return [i for i in ids if self.py_release_exclusive(i)]
-
-    def py_try_shared_many(self, ids: Sequence[int]) -> int:
-        if any(not 0 <= i < self.n for i in ids):
-            raise IndexError(f"a content lock of {list(ids)} beyond {self.n}")
-        k = 0
-        for i in ids:
-            if not self.py_try_shared(i):
-                break
-            k += 1
-        return k
-
-    def py_release_shared_many(self, ids: Sequence[int]) -> list[int]:
-        times: dict[int, int] = {}
-        for i in ids:
-            times[i] = times.get(i, 0) + 1
-            if not 0 <= i < self.n or not times[i] <= self.words[i] < CL_EXCL:
-                raise AssertionError(f"content lock {i} released shared but not held")
-        return [i for i in ids if self.py_release_shared(i) == 1]
 
 
 class ContentLock:

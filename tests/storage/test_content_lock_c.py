@@ -19,8 +19,7 @@ needs_c = pytest.mark.skipif(
     reason="the GIL-keeping C build (storage._pagehot) is not built")
 
 _OPS = ("try_shared", "try_exclusive", "release_shared", "release_exclusive",
-        "try_exclusive_many", "release_exclusive_many", "try_shared_many",
-        "release_shared_many", "waiter_in", "waiter_out")
+        "try_exclusive_many", "release_exclusive_many", "waiter_in", "waiter_out")
 
 
 def _pair():
