@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 
+from slonik.engine.access.btree_leafrun import PUT_NEW_ACTION_MAX_BYTES
 from slonik.storage.hotlib import hot_for
+from slonik.storage.page import BLCKSZ
 from slonik.wal.walpage import WAL_PAGE_SIZE
 from slonik.wal.xlog import GF_FLUSHED, GroupFlush, RecordWriters
 
@@ -43,7 +45,20 @@ def c_record_writer_for(ring, npages: int, wal_segment_size: int) -> RecordWrite
     ptr = _ring_pointer(ring, npages)
     return RecordWriters(functools.partial(_hot.slk_wal_build, ptr),
                          functools.partial(_hot.slk_wal_build_span, ptr, npages,
-                                           wal_segment_size))
+                                           wal_segment_size),
+                         _put_pair_writer(ptr))
+
+
+def _put_pair_writer(ring_ptr):
+    """``RecordWriters.put_pair`` writing into the WAL buffers at ``ring_ptr``: one C call
+    (``slk_bt_put_logged``) with its scratch bound (the action, the page's bytes before
+    it; the partial keeps them alive), used under the Wal's insert lock only. None with a
+    C module built before it."""
+    if not hasattr(_hot, "slk_bt_put_logged"):
+        return None
+    return functools.partial(_hot.slk_bt_put_logged,
+                             _ffi.new("uint8_t[]", PUT_NEW_ACTION_MAX_BYTES),
+                             PUT_NEW_ACTION_MAX_BYTES, _ffi.new("uint8_t[]", BLCKSZ), ring_ptr)
 
 
 C_RECORD_WRITER_FOR = c_record_writer_for if _lib is not None else None

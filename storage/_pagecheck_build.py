@@ -205,6 +205,12 @@ int slk_heap_prune(uint8_t *page, int n, const uint16_t *offnums, const uint64_t
 int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
                    const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
                    uint32_t cap, uint8_t *pre);
+int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *ring,
+                          uint8_t *page, const uint8_t *key,
+                          uint32_t keylen, const uint8_t *value, uint32_t vlen, uint64_t xid,
+                          uint32_t at, int64_t room, uint64_t cur, uint64_t prev,
+                          uint64_t redo, const char *bhdr, uint8_t rmgr, uint8_t info,
+                          uint8_t rmgr2, uint8_t info2, const char *payload2, uint32_t plen2);
 /* --- wal group flush --- */
 void *slk_wf_new(uint8_t *ring, uint32_t npages, uint64_t seg_size, uint64_t flushed,
                  int direct);
@@ -3211,6 +3217,49 @@ int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
     return (int)(8 + itemlen);
 }
 
+/* An autocommit put of a new key applied and logged in one call (wal/xlog.py's
+ * Wal.insert_put_pair; BTree.put_new's two-step path -- slk_bt_put_new, then Wal.insert_pair
+ * writing both records with slk_wal_build -- is the reference: tests compare the pages and
+ * WAL bytes both make). When slk_bt_put_new's fast path applies to (key, value, xid) on
+ * page (its action made in out, of cap bytes), the page needs no full-page image (its LSN
+ * is past redo) and both records fit in room bytes from stream position cur (ring + at):
+ * the page is copied to pre (BLCKSZ bytes) and the action applied to it (as slk_bt_put_new
+ * does), the record (rmgr, info, the one block header bhdr, the action) of xid is written at
+ * ring + at with prev as its prev-link and, aligned after it, the record (rmgr2, info2,
+ * payload2) of xid linked to cur; the page's LSN becomes the first record's end. Returns
+ * the first record's length + (the second's << 16) when done; 0, nothing changed, when the
+ * fast path does not apply, the page needs an image or the records do not fit; -1 for a
+ * page it cannot read safely (nothing changed: the two-step path names the flaw). */
+int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *ring,
+                          uint8_t *page, const uint8_t *key,
+                          uint32_t keylen, const uint8_t *value, uint32_t vlen, uint64_t xid,
+                          uint32_t at, int64_t room, uint64_t cur, uint64_t prev,
+                          uint64_t redo, const char *bhdr, uint8_t rmgr, uint8_t info,
+                          uint8_t rmgr2, uint8_t info2, const char *payload2, uint32_t plen2)
+{
+    uint64_t page_lsn;
+    memcpy(&page_lsn, page, 8);                      /* pd_lsn (storage/page.py LSN_OFFSET) */
+    if (page_lsn <= redo) return 0;                  /* a full-page image: the two-step path */
+    int n = slk_bt_put_new(page, key, keylen, value, vlen, xid, out, cap, NULL);
+    if (n <= 0) return n;
+    uint64_t n1 = WAL_RHDR + WAL_BHDR + (uint64_t)n;
+    uint64_t start2 = (n1 + 7u) & ~(uint64_t)7u;   /* cur is aligned: so is cur + start2 */
+    uint64_t n2 = WAL_RHDR + (uint64_t)plen2;
+    if (room < 0 || start2 + n2 > (uint64_t)room) return 0;
+    memcpy(pre, page, BLCKSZ);
+    if (slk_bt_redo_actions(page, out, (uint32_t)n, 0) != 1) {
+        memcpy(page, pre, BLCKSZ);
+        return -1;
+    }
+    slk_wal_build(ring, at, xid, prev, rmgr, info, bhdr, 1, (const char *)out,
+                  (uint32_t)n);
+    slk_wal_build(ring, at + (uint32_t)start2, xid, cur, rmgr2, info2, NULL, 0,
+                  payload2, plen2);
+    uint64_t lsn = cur + n1;
+    memcpy(page, &lsn, 8);
+    return (int64_t)(n1 | (n2 << 16));
+}
+
 /* --- wal group flush --- (wal/xlog.py's Wal.flush over the syscalls path is the Python
  * reference: tests/wal/test_group_flush_c.py compares the files both write)
  *
@@ -3595,6 +3644,7 @@ HOT_NAMES = frozenset({
     "slk_ix_point_opt", "slk_bt_probe_opt", "slk_bt_probe_inplace", "slk_ix_point_right",
     "slk_ix_point_step_opt", "slk_bt_descend", "slk_bt_leaf_run", "slk_bt_apply_build",
     "slk_bt_first_versions", "slk_wal_build", "slk_wal_build_span", "slk_bt_put_new",
+    "slk_bt_put_logged",
     "slk_bt_block_actions", "slk_bt_redo_block", "slk_verify_pages",
     "slk_cl_try_shared", "slk_cl_try_exclusive", "slk_cl_release_shared",
     "slk_cl_release_exclusive", "slk_cl_try_exclusive_many", "slk_cl_release_exclusive_many"})

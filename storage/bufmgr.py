@@ -1323,7 +1323,7 @@ class BufferManager:
         passes and its run-sized bump: a commit releases its leaf this way.)"""
         d = self.descs[buf_id]
         with self._lock:
-            assert d.refcount > 0 and d.held_exclusive, \
+            assert d.refcount > 0 and self._words.words[buf_id] == CL_EXCL, \
                 "a buffer is pinned and exclusively locked when it is released"
             turned = not d.flags & BM_DIRTY
             if turned:

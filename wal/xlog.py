@@ -170,10 +170,18 @@ class RecordWriters(NamedTuple):
     returns its length. ``crossing(cur, xid, prev_lsn, rmgr, info, block_headers,
     nblocks, payload, plen)`` writes what ``copy_in(ring, npages, wal_segment_size, cur,
     encode_fields(...))`` would and returns the stream position after the record. Both
-    raise OverflowError/TypeError, writing nothing, for a field they cannot take."""
+    raise OverflowError/TypeError, writing nothing, for a field they cannot take.
+
+    ``put_pair(page, key, keylen, value, vlen, xid, at, room, cur, prev, redo,
+    block_header, rmgr, info, rmgr2, info2, payload2, plen2)`` (None: not built) is
+    ``Wal.insert_put_pair``'s writer: an autocommit put of a new key made on its B+tree
+    leaf ``page`` and logged in one call, what ``insert_pair`` logs after the leaf's own
+    ``put_new`` (storage/_pagecheck_build.py ``slk_bt_put_logged``). It returns the first
+    record's length + (the second's << 16), or 0 or -1 having changed and written nothing."""
 
     in_page: Callable[..., int]
     crossing: Callable[..., int] | None
+    put_pair: Callable[..., int] | None = None
 
 
 class GroupFlush(NamedTuple):
@@ -346,6 +354,10 @@ class Wal:
         writers = (record_writer_for(self._ring, self.npages, self.wal_segment_size)
                    if record_writer_for else None)
         self._writer = writers.in_page if writers is not None else None
+        self._put_pair = writers.put_pair if writers is not None else None
+        # insert_put_pair's ring bound: insert_pair's (the ring's bytes from the flushed
+        # page's start, less two page headers)
+        self._ring_room = self.wal_buffers_bytes - 2 * PAGE_HEADER_SIZE
         self._spanner = writers.crossing if writers is not None else None
         self._cur = align_lsn(start_lsn)   # next insert position (may be a page start)
         self._prev = prev_lsn              # start of the last inserted record
@@ -556,6 +568,49 @@ class Wal:
             self._record_bytes += n1 + n2
             return cur + n1, end2
 
+    def insert_put_pair(self, rel: int, fork: int, block: int, page, key: bytes,
+                        value: bytes, xid: int, rmgr: int, info: int,
+                        then: tuple[int, int, bytes]) -> tuple[int, int] | None:
+        """An autocommit put of a new ``key`` made on its B+tree leaf ``page`` (block
+        ``block`` of ``rel``/``fork``, exclusive-locked by the caller) and logged, in one
+        C call under the insert lock (``RecordWriters.put_pair``): the INSERT record
+        (``rmgr``, ``info``) the leaf's ``put_new`` makes, then the record ``then``
+        (rmgr, info, payload) of ``xid``, the same page and WAL bytes as ``put_new``
+        followed by ``insert_pair``; the page's LSN set. Returns (end of the first, end of
+        the second); None, with nothing changed or written, when the put or its records
+        need the two-step path (no room in the current page, a full-page image, a leaf
+        the fast path does not take)."""
+        build = self._put_pair
+        if build is None or self._failed is not None or self._closed:
+            return None
+        payload2 = then[2]
+        with self._insert_lock:
+            cur = self._cur
+            off = cur % WAL_PAGE_SIZE
+            hdr = self._plain_hdrs.get((rel, fork, block, False))
+            if hdr is None:
+                hdr = self._plain_header(rel, fork, block, False)
+            if not off or hdr is None:
+                return None
+            flushed = self._flushed
+            got = build(page, key, len(key), value, len(value), xid,
+                        ((cur // WAL_PAGE_SIZE) % self.npages) * WAL_PAGE_SIZE + off,
+                        # room: insert_pair's bounds, the current page and the ring's
+                        min(WAL_PAGE_SIZE - off,
+                            flushed - flushed % WAL_PAGE_SIZE + self._ring_room - cur),
+                        cur, self._prev, self._redo if self.full_page_writes else 0, hdr,
+                        rmgr, info, then[0], then[1], payload2, len(payload2))
+            if got <= 0:
+                return None
+            n1 = got & 0xFFFF
+            start2 = cur + ((n1 + 7) & ~7)
+            end2 = start2 + (got >> 16)
+            self._prev = start2
+            self._cur = (end2 + 7) & ~7   # (align_lsn)
+            self._records += 2
+            self._record_bytes += n1 + (got >> 16)
+        return cur + n1, end2
+
     def _cross_locked(self, rmgr: int, info: int, xid: int, payload: bytes, hdrs: bytes,
                       nblocks: int) -> tuple:
         """Write an image-less record (``hdrs``: its joined block headers) with the C
@@ -641,18 +696,26 @@ class Wal:
             if (self.full_page_writes and not b.will_init and b.page is not None
                     and b.page_lsn <= redo):
                 return None
-            key = (b.rel, b.fork, b.block, b.will_init)
-            h = hdrs.get(key)
+            h = hdrs.get((b.rel, b.fork, b.block, b.will_init))
             if h is None:
-                try:
-                    h = plain_block_header(b.rel, b.fork, b.block, b.will_init)
-                except (struct.error, TypeError):
+                h = self._plain_header(b.rel, b.fork, b.block, b.will_init)
+                if h is None:
                     return None
-                if len(hdrs) >= PLAIN_BLOCK_REFS_CACHED:
-                    hdrs.clear()
-                hdrs[key] = h
             out.append(h)
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _plain_header(self, rel: int, fork: int, block: int, will_init: bool) -> bytes | None:
+        """A block's image-less reference header, made and cached (None for a field out
+        of range). Caller holds the insert lock."""
+        try:
+            h = plain_block_header(rel, fork, block, will_init)
+        except (struct.error, TypeError):
+            return None
+        hdrs = self._plain_hdrs
+        if len(hdrs) >= PLAIN_BLOCK_REFS_CACHED:
+            hdrs.clear()
+        hdrs[(rel, fork, block, will_init)] = h
+        return h
 
     def _copy_in(self, cur: int, data: bytes) -> tuple[int, int]:
         """Copy ``data`` into the ring from ``cur`` (``copy_in``)."""
@@ -665,7 +728,8 @@ class Wal:
         Group commit (invariant 6): one thread at a time (the leader) writes and syncs
         everything inserted so far; the others queue with the LSN they need and are woken
         when a flush covered them, or one at a time to lead the next flush."""
-        self._check_usable()
+        if self._failed is not None or self._closed:
+            self._check_usable()
         if lsn is None:
             lsn = self._cur
         if lsn <= self._flushed:
@@ -797,8 +861,7 @@ class Wal:
             active = self._active_transactions()
         # A test's OS layer (a simulated disk) must see every WAL write and sync: the C
         # path then hands every flush back to the Python leader (which calls osfile).
-        rc = group.flush(lsn, self._cur, active, osfile.layer().__class__ is not OsLayer,
-                         out)
+        rc = group.flush(lsn, self._cur, active, osfile._layer.__class__ is not OsLayer, out)
         if rc == 0:   # (aio.stats() reads the C path's write and sync counts: _group_io)
             if out[0] > self._flushed:
                 self._flushed = out[0]

@@ -966,6 +966,7 @@ class BTree:
         self._root, self._level, self._free_head, self._free_count = _meta
         self._write_lock = threading.RLock()
         self._put_scratch = PutScratch()  # put_new's buffers (used under _write_lock)
+        self._c_pool = getattr(bufmgr, "c_pool", None)   # the pool base for put_new's C call
         # Reader epochs: a leaf unlinked by vacuum at epoch E is recycled only once every
         # reader that started at or before E has finished (PostgreSQL's safexid, in-process).
         # Readers register without a lock (see _begin_read); the lock orders the unlinker's
@@ -2471,6 +2472,8 @@ class BTree:
         logged as the one INSERT record ``apply_trusted_columns`` would write, page and
         record byte for byte, and followed in the WAL by the record ``then`` (rmgr, info,
         payload) of ``xid``, in the same insertion where it fits (``Wal.insert_pair``).
+        Where both records fit in the current WAL page, the leaf step and the two records
+        are one C call (``Wal.insert_put_pair``), the same page and WAL bytes.
         Returns the end LSN of ``then``'s record (``then`` None: of the INSERT record, as
         a table's index entry is added); None, with nothing written or logged, when the
         general path must take the put."""
@@ -2483,12 +2486,19 @@ class BTree:
             block = self._leaf_for_point(key)   # (the C descent: splits keep it current)
             # Pinned and locked, then dirtied, unlocked and unpinned, in one buffer-manager
             # call each (the put's per-call work, issue #13).
-            buf = bm.read_buffer_exclusive(self.rel, self.fork, block)
+            buf = bm.read_buffer_exclusive(self.rel, self._forkno, block)
             try:
-                page = bm.pages[buf]
-                scratch = self._put_scratch
-                payload = put_new(page, key, value, xid, scratch)  # applied to the page
-                if payload is not None:
+                # Made and logged with the record `then` in one C call where both records
+                # fit in the current WAL page (the usual case); else in the two steps below.
+                fused = None if then is None or self._c_pool is None else \
+                    wal.insert_put_pair(self.rel, self._forkno, block,
+                                        self._c_pool + buf * BLCKSZ, key, value, xid,
+                                        RM_BTREE, XLOG_BTREE_INSERT, then)
+                if fused is None:
+                    page = bm.pages[buf]
+                    payload = put_new(page, key, value, xid, self._put_scratch)  # applied
+                if fused is None and payload is not None:
+                    scratch = self._put_scratch
                     try:
                         lsn, lower, upper = _LSN_AND_HOLE.unpack_from(page)
                         spec = BlockSpec(self.rel, int(self.fork), block, page, lsn, False,
@@ -2508,6 +2518,9 @@ class BTree:
             except BaseException:
                 self._release(buf, exclusive=True)
                 raise
+            if fused is not None:
+                bm.release_dirty(buf)
+                return fused[1]
             if payload is None:
                 self._release(buf, exclusive=True)
                 return None

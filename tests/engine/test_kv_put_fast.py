@@ -2,8 +2,10 @@
 record and the COMMIT in one WAL insertion) writes exactly what the general path (apply +
 log_commit) writes: the same WAL records at the same LSNs and the same relation files,
 byte for byte, for any sequence of autocommit puts (new keys, overwrites, values kept out
-of line, deletes, splits); checked by running the sequence on two databases, the fast
-path switched off in one (TransactionLayer.put_fast_path), and comparing both."""
+of line, deletes, splits, checkpoints: full-page images); checked by running the sequence on two databases, the fast
+path switched off in one (TransactionLayer.put_fast_path), and comparing both. Within the
+fast path, the leaf step and both records made in one C call (Wal.insert_put_pair) write
+what its two steps (the leaf's put_new, then Wal.insert_pair) write."""
 
 from __future__ import annotations
 
@@ -17,22 +19,28 @@ from slonik.wal.reader import WalReader, first_record_lsn
 from slonik.wal.rmgr import RM_XLOG
 
 ops = st.lists(st.tuples(st.integers(0, 400), st.sampled_from(["put", "put", "put", "big",
-                                                                "del"]),
+                                                                "del", "ckpt"]),
                          st.integers(0, 300)), min_size=1, max_size=80)
 
 
-def run(path: str, io_method: str, sequence, fast: bool) -> tuple[list, dict, dict]:
+def run(path: str, io_method: str, sequence, fast: bool, fused: bool = True
+        ) -> tuple[list, dict, dict]:
     """``sequence`` as autocommit writes on a new database at ``path``; returns its WAL
     records (lsn, end, rmgr, info, xid, payload, block refs), the store's contents and the
-    files under base/ after a clean close."""
+    files under base/ after a clean close. ``fused`` False: the fast path in two steps
+    (no Wal.insert_put_pair)."""
     shutil.rmtree(path, ignore_errors=True)
     with Database.open(path, io_method=io_method) as db:
         db._txns.put_fast_path = fast
+        if not fused:
+            db._wal._put_pair = None
         kv = db.kv("s")
         for n, op, size in sequence:
             key = b"k%05d" % (n * 7919 % 401)
             if op == "del":
                 kv.pop(key, None)
+            elif op == "ckpt":   # (the next change of each page logs its image)
+                db.checkpoint()
             else:
                 kv[key] = bytes([n % 251]) * (size if op == "put" else 3000 + size)
         contents = dict(kv.items())
@@ -67,9 +75,24 @@ def test_fast_path_writes_what_the_general_path_writes(io_method, tmp_path, sequ
     assert fast[2] == general[2]
 
 
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequence=ops)
+def test_one_call_put_writes_what_its_two_steps_write(io_method, tmp_path, sequence):
+    """The fast path's leaf step and records made in one C call (slk_bt_put_logged) and in
+    two steps (put_new, then Wal.insert_pair) end with the same WAL records, contents and
+    relation files (test_fast_path_is_taken_and_its_records_replay shows the one call is
+    made)."""
+    fused = run(str(tmp_path / "fused"), io_method, sequence, True)
+    steps = run(str(tmp_path / "steps"), io_method, sequence, True, fused=False)
+    assert fused[1] == steps[1]
+    assert fused[0] == steps[0]
+    assert fused[2] == steps[2]
+
+
 def test_fast_path_is_taken_and_its_records_replay(io_method, tmp_path):
     """New keys put one at a time mostly take the fast path (KVIndex.put_new's answers
-    counted), with leaf splits in between (the general path takes those puts); after a
+    counted), most of them in one C call (Wal.insert_put_pair's), with leaf splits in between (the general path takes those puts); after a
     crash (the database dropped without close, as test_kv_stateful's crash rule: no
     shutdown checkpoint, pages not written) recovery replays every put: all keys read
     back with their values, and the tree's whole-structure check passes."""
@@ -86,12 +109,23 @@ def test_fast_path_is_taken_and_its_records_replay(io_method, tmp_path):
         return got
 
     index.put_new = counting
+    real_pair = db._wal.insert_put_pair
+    fused = []   # Wal.insert_put_pair's answers: the leaf step and records in one C call
+
+    def counting_pair(*args):
+        got = real_pair(*args)
+        fused.append(got is not None)
+        return got
+
+    db._wal.insert_put_pair = counting_pair
     want = {}
     for n in range(3000):
         key = b"key:%06d" % (n * 7919 % 3001)
         want[key] = bytes([n % 256]) * (n % 150)
         kv[key] = want[key]
     assert len(taken) == 3000 and sum(taken) > 2500 and not all(taken)
+    # (None from it when the two records cross a WAL page: the two steps write them)
+    assert sum(fused) > 2400 and not all(fused)
     db._release_resources()
     with Database.open(path, io_method=io_method, shared_buffers=64) as db2:
         kv2 = db2.kv("s")

@@ -56,7 +56,7 @@ def test_c_writer_refuses_fields_out_of_range_without_writing():
     """A field the C types cannot hold raises OverflowError or TypeError (the inserter then
     takes the Python path, which names the field) and leaves the buffer untouched."""
     buf = bytearray(WAL_PAGE_SIZE)
-    write, cross = C_RECORD_WRITER_FOR(buf, 1, SEG)
+    write, cross, _pair = C_RECORD_WRITER_FOR(buf, 1, SEG)
     for args in [(0, 1, 0, 256, 0, b"", 0, b"", 0), (0, -1, 0, 1, 0, b"", 0, b"", 0),
                  (0, 1 << 64, 0, 1, 0, b"", 0, b"", 0), (0, 1, 0, 1, 0, b"", 0, "s", 1),
                  (0, 1.5, 0, 1, 0, b"", 0, b"", 0)]:
@@ -114,7 +114,7 @@ def test_wal_with_c_writer_writes_the_same_files(aio, tmp_path):
     crossed = []
 
     def counted(ring, npages, seg):
-        write, cross = C_RECORD_WRITER_FOR(ring, npages, seg)
+        write, cross, _pair = C_RECORD_WRITER_FOR(ring, npages, seg)
 
         def counting(*args):
             n = write(*args)
