@@ -658,15 +658,19 @@ def _choose_split(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None
         if cap // 2 <= left_of(k) <= cap and right_base - prefix[k] <= cap:
             return k
     if (old_high_key is None or ascending) and new_index == n - 1:
-        # The scan's pick: the largest legal k whose left side fits the fillfactor goal.
+        # The scan's pick: the largest legal k whose left side fits the fillfactor goal
+        # (unless its left side is smaller than its right: the 50/50 pick below).
         # No k with prefix[k] > goal - _HIGH_KEY_COST_MIN can fit it.
         goal = cap * LEAF_FILLFACTOR_PERCENT // 100
         k = min(bisect.bisect_right(prefix, goal - _HIGH_KEY_COST_MIN) - 1, n - 1)
         while k >= 1:
             if left_of(k) <= goal and right_base - prefix[k] <= cap:
-                return k
+                break
             k -= 1
-        return _choose_split_scan(items, leaf, old_high_key, new_index)
+        else:
+            return _choose_split_scan(items, leaf, old_high_key, new_index)
+        if left_of(k) >= right_base - prefix[k]:
+            return k
     # The scan's pick: the smallest legal k with the least |left - right|, where
     # left - right = 2 prefix[k] + high key cost - right_base.
     best: tuple[int, int] | None = None
@@ -742,10 +746,13 @@ def _choose_split_scan(items: Sequence[bytes], leaf: bool, old_high_key: bytes |
             return after[0][0]
     if (old_high_key is None or ascending) and new_index == n - 1:
         # Ascending inserts at the right edge of the tree or of a localized run: leave the
-        # left page fillfactor% full.
+        # left page fillfactor% full -- unless that leaves it emptier than the right (a
+        # few entries near the size limit): then the 50/50 split below.
         goal = PAGE_CAPACITY_BYTES * LEAF_FILLFACTOR_PERCENT // 100
         fitting = [v for v in valid if v[1] <= goal]
-        return (fitting[-1] if fitting else valid[0])[0]
+        pick = fitting[-1] if fitting else valid[0]
+        if pick[1] >= pick[2]:
+            return pick[0]
     return min(valid, key=lambda v: abs(v[1] - v[2]))[0]
 
 
