@@ -386,12 +386,13 @@ class TransactionLayer:
                 changes = index.apply(xid, writes or {key: data})
                 end = xacts.log_commit(xid)
             else:
-                changes = 0
+                changes = None   # (put_new replaced no version: nothing to publish)
         except BaseException as exc:
             self._note_wal_error(exc)
             xacts.abort(xid)
             raise
-        relation.dead_versions += index.publish(xid, changes)
+        if changes is not None:
+            relation.dead_versions += index.publish(xid, changes)
         xacts.finish_commit(xid)
         return end
 
