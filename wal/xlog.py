@@ -571,15 +571,16 @@ class Wal:
     def insert_put_pair(self, rel: int, fork: int, block: int, page, key: bytes,
                         value: bytes, xid: int, rmgr: int, info: int,
                         then: tuple[int, int, bytes]) -> tuple[int, int] | None:
-        """An autocommit put of a new ``key`` made on its B+tree leaf ``page`` (block
-        ``block`` of ``rel``/``fork``, exclusive-locked by the caller) and logged, in one
-        C call under the insert lock (``RecordWriters.put_pair``): the INSERT record
-        (``rmgr``, ``info``) the leaf's ``put_new`` makes, then the record ``then``
-        (rmgr, info, payload) of ``xid``, the same page and WAL bytes as ``put_new``
-        followed by ``insert_pair``; the page's LSN set. Returns (end of the first, end of
-        the second); None, with nothing changed or written, when the put or its records
-        need the two-step path (no room in the current page, a full-page image, a leaf
-        the fast path does not take)."""
+        """An autocommit put of a new ``key`` made on its B+tree leaf and logged, in one C
+        call under the insert lock (``RecordWriters.put_pair``): ``page`` is a C pointer
+        to the leaf's 8 KiB (block ``block`` of ``rel``/``fork``, pinned and
+        exclusive-locked by the caller). The INSERT record (``rmgr``, ``info``) the
+        leaf's ``put_new`` makes, then the record ``then`` (rmgr, info, payload) of
+        ``xid``: the same page and WAL bytes as ``put_new`` followed by ``insert_pair``,
+        the page's LSN set. Returns (end of the first, end of the second); None, with
+        nothing changed or written, when the put or its records need the two-step path
+        (no room in the current page, a full-page image, a leaf the fast path does not
+        take)."""
         build = self._put_pair
         if build is None or self._failed is not None or self._closed:
             return None
@@ -861,7 +862,8 @@ class Wal:
             active = self._active_transactions()
         # A test's OS layer (a simulated disk) must see every WAL write and sync: the C
         # path then hands every flush back to the Python leader (which calls osfile).
-        rc = group.flush(lsn, self._cur, active, osfile._layer.__class__ is not OsLayer, out)
+        rc = group.flush(lsn, self._cur, active, osfile.layer().__class__ is not OsLayer,
+                         out)
         if rc == 0:   # (aio.stats() reads the C path's write and sync counts: _group_io)
             if out[0] > self._flushed:
                 self._flushed = out[0]
