@@ -3160,6 +3160,18 @@ int slk_heap_prune(uint8_t *page, int n, const uint16_t *offnums, const uint64_t
  * the page is copied to pre (BLCKSZ bytes: to put it back if logging fails) and the action
  * applied to it as redo applies it (slk_bt_redo_actions; a refusal puts the page back and
  * returns -1). */
+/* Apply a put's action (out, n bytes) to page as redo applies it, the page copied to pre
+ * (BLCKSZ bytes) first and put back when redo refuses the action: 1, or -1 refused. */
+static int bt_put_apply(uint8_t *page, uint8_t *out, int n, uint8_t *pre)
+{
+    memcpy(pre, page, BLCKSZ);
+    if (slk_bt_redo_actions(page, out, (uint32_t)n, 0) != 1) {
+        memcpy(page, pre, BLCKSZ);
+        return -1;
+    }
+    return 1;
+}
+
 int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
                    const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
                    uint32_t cap, uint8_t *pre)
@@ -3207,13 +3219,7 @@ int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
     memcpy(out + 25, &klen16, 2);
     if (keylen) memcpy(out + 27, key, keylen);
     if (vlen) memcpy(out + 27 + keylen, value, vlen);
-    if (pre) {
-        memcpy(pre, page, BLCKSZ);
-        if (slk_bt_redo_actions(page, out, 8 + itemlen, 0) != 1) {
-            memcpy(page, pre, BLCKSZ);
-            return -1;
-        }
-    }
+    if (pre && bt_put_apply(page, out, (int)(8 + itemlen), pre) < 0) return -1;
     return (int)(8 + itemlen);
 }
 
@@ -3246,11 +3252,7 @@ int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *rin
     uint64_t start2 = (n1 + 7u) & ~(uint64_t)7u;   /* cur is aligned: so is cur + start2 */
     uint64_t n2 = WAL_RHDR + (uint64_t)plen2;
     if (room < 0 || start2 + n2 > (uint64_t)room) return 0;
-    memcpy(pre, page, BLCKSZ);
-    if (slk_bt_redo_actions(page, out, (uint32_t)n, 0) != 1) {
-        memcpy(page, pre, BLCKSZ);
-        return -1;
-    }
+    if (bt_put_apply(page, out, n, pre) < 0) return -1;
     slk_wal_build(ring, at, xid, prev, rmgr, info, bhdr, 1, (const char *)out,
                   (uint32_t)n);
     slk_wal_build(ring, at + (uint32_t)start2, xid, cur, rmgr2, info2, NULL, 0,

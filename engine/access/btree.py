@@ -664,12 +664,13 @@ def _choose_split(items: Sequence[bytes], leaf: bool, old_high_key: bytes | None
         goal = cap * LEAF_FILLFACTOR_PERCENT // 100
         k = min(bisect.bisect_right(prefix, goal - _HIGH_KEY_COST_MIN) - 1, n - 1)
         while k >= 1:
-            if left_of(k) <= goal and right_base - prefix[k] <= cap:
+            left = left_of(k)
+            if left <= goal and right_base - prefix[k] <= cap:
                 break
             k -= 1
         else:
             return _choose_split_scan(items, leaf, old_high_key, new_index)
-        if left_of(k) >= right_base - prefix[k]:
+        if left >= right_base - prefix[k]:
             return k
     # The scan's pick: the smallest legal k with the least |left - right|, where
     # left - right = 2 prefix[k] + high key cost - right_base.
