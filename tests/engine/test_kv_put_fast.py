@@ -2,10 +2,11 @@
 record and the COMMIT in one WAL insertion) writes exactly what the general path (apply +
 log_commit) writes: the same WAL records at the same LSNs and the same relation files,
 byte for byte, for any sequence of autocommit puts (new keys, overwrites, values kept out
-of line, deletes, splits, checkpoints: full-page images); checked by running the sequence on two databases, the fast
-path switched off in one (TransactionLayer.put_fast_path), and comparing both. Within the
-fast path, the leaf step and both records made in one C call (Wal.insert_put_pair) write
-what its two steps (the leaf's put_new, then Wal.insert_pair) write."""
+of line, deletes, splits, checkpoints: full-page images); checked by running the sequence
+on two databases, the fast path switched off in one (TransactionLayer.put_fast_path), and
+comparing both. Within the fast path, the leaf step and both records made in one C call
+(Wal.insert_put_pair) write what its two steps (the leaf's put_new, then
+Wal.insert_pair) write."""
 
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def test_one_call_put_writes_what_its_two_steps_write(io_method, tmp_path, seque
 
 def test_fast_path_is_taken_and_its_records_replay(io_method, tmp_path):
     """New keys put one at a time mostly take the fast path (KVIndex.put_new's answers
-    counted), most of them in one C call (Wal.insert_put_pair's), with leaf splits in between (the general path takes those puts); after a
+    counted), most of them in one C call (Wal.insert_put_pair's), with leaf splits in
+    between (the general path takes those puts); after a
     crash (the database dropped without close, as test_kv_stateful's crash rule: no
     shutdown checkpoint, pages not written) recovery replays every put: all keys read
     back with their values, and the tree's whole-structure check passes."""
