@@ -51,6 +51,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -725,6 +726,7 @@ class Database:
         KV store's tree vacuum (entries removed, overflow pages freed, empty leaves
         unlinked)."""
         relation.dead_versions = 0
+        relation.vacuum_check_at = 0
         if relation.index is not None:
             return relation.index.vacuum(is_dead).entries_removed
         return prune_with_indexes(relation.heap, relation.table_indexes,
@@ -767,14 +769,20 @@ class Database:
 
     def _autovacuum(self, relations: list[Relation]) -> None:
         for relation in relations:
-            if relation.dead_versions < AUTOVACUUM_THRESHOLD_VERSIONS or relation.dropped:
+            dead = relation.dead_versions
+            if dead < AUTOVACUUM_THRESHOLD_VERSIONS or dead < relation.vacuum_check_at or \
+                    relation.dropped:
                 continue
             if relation.index is not None:
                 live = relation.nblocks() * KV_KEYS_PER_PAGE_ESTIMATE
             else:
                 live = relation.heap.nblocks() * TABLE_ROWS_PER_PAGE_ESTIMATE
-            if relation.dead_versions < (AUTOVACUUM_THRESHOLD_VERSIONS
-                                         + AUTOVACUUM_SCALE_FACTOR * live):
+            due = AUTOVACUUM_THRESHOLD_VERSIONS + AUTOVACUUM_SCALE_FACTOR * live
+            if dead < due:
+                # The size (a system call) is read again once dead versions reach today's
+                # threshold, not at every commit: a relation only grows between vacuums,
+                # so the threshold can only have risen meanwhile.
+                relation.vacuum_check_at = math.ceil(due)
                 continue
             if not self._vacuum_lock.acquire(blocking=False):
                 return  # another thread vacuums; our counter stays for the next commit

@@ -42,7 +42,7 @@ class Relation:
     """A KV store's or table's engine-side parts; see the module docstring."""
 
     __slots__ = ("name", "kind", "rel", "heap", "index", "columns", "dead_versions",
-                 "state", "dropping_xid", "table_indexes")
+                 "vacuum_check_at", "state", "dropping_xid", "table_indexes")
 
     def __init__(self, name: str, kind: str, rel: int, heap: Heap | None, *,
                  index: KVIndex | None = None, columns: tuple = ()) -> None:
@@ -54,6 +54,9 @@ class Relation:
         self.index = index
         self.columns = columns
         self.dead_versions = 0        # versions made dead since the last vacuum (autovacuum)
+        # dead_versions at which autovacuum next weighs the relation (its size is read
+        # then, not at every commit); Database._autovacuum moves it
+        self.vacuum_check_at = 0
         self.state = RelationState.LIVE
         self.dropping_xid = 0         # the xid of a DROP_PENDING
         self.table_indexes: list = []  # a table's engine.index.TableIndex objects

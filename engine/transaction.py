@@ -352,7 +352,8 @@ class TransactionLayer:
         relation has enough dead versions for it to act."""
         if self._synchronous_commit:
             self._flush(end)
-        if relation.dead_versions >= self._after_commit_min_dead:
+        dead = relation.dead_versions
+        if dead >= self._after_commit_min_dead and dead >= relation.vacuum_check_at:
             self._after_commit([relation])
 
     def _apply_put(self, put: _QueuedPut) -> int:

@@ -53,6 +53,32 @@ def test_kv_overwrites_stay_bounded(db):
     kv.check()
 
 
+def test_autovacuum_reads_a_relation_size_only_when_its_threshold_may_be_reached(db):
+    """Once a store has enough dead versions to be weighed (AUTOVACUUM_THRESHOLD_VERSIONS),
+    its size is read (a system call) again only when the dead versions reach the
+    threshold that size gave, not at every commit: 3,000 autocommit overwrites of a store
+    of 2,000 keys read it at most a few times per autovacuum run, and autovacuum runs."""
+    kv = db.kv("big")
+    with db.transaction():
+        for i in range(2000):
+            kv[b"key%05d" % i] = b"v" * 100
+    relation = kv._relation
+    calls = []
+    real = relation.index.nblocks
+
+    def counting():
+        calls.append(1)
+        return real()
+
+    relation.index.nblocks = counting
+    for i in range(3000):
+        kv[b"key%05d" % (i % 2000)] = b"w" * 100
+    runs = db.stats().vacuum.automatic
+    assert runs >= 1
+    assert 1 <= len(calls) <= 3 * (runs + 1), (len(calls), runs)
+    assert dict(kv.items()) == {b"key%05d" % i: b"w" * 100 for i in range(2000)}
+
+
 def test_table_updates_stay_bounded(db):
     """Rows of a table updated over and over: autovacuum reclaims the old versions."""
     t = db.create_table("counters", [("id", "int8"), ("n", "int8"), ("pad", "text")])
