@@ -208,16 +208,16 @@ class KVIndex:
                                                self._xacts.is_committed, joined)
 
     def put_new(self, xid: int, key: bytes, value: bytes, then: tuple[int, int, bytes]
-                ) -> int | None:
+                ) -> tuple[int, int] | None:
         """An autocommit put of a checked ``key`` and ``value`` (not a delete) as ``xid``,
-        with the commit's record ``then`` logged right after it (``BTree.put_new``): its
-        end LSN, or None, nothing written, when the key has a version on its leaf or the
-        write needs more than one leaf's insert (``apply`` then takes it). Replaces no
-        version (``publish``'s count is 0)."""
-        end = self.tree.put_new(key, value, xid, then)
-        if end is not None:
+        with the commit's record ``then`` logged right after it (``BTree.put_new``): (its
+        end LSN, the versions it made dead for ``publish``'s count: 0 or 1), or None,
+        nothing written, when the key's newest version on its leaf is not a committed live
+        one or the write needs more than one leaf's insert (``apply`` then takes it)."""
+        got = self.tree.put_new(key, value, xid, then, self._xacts.is_committed)
+        if got is not None:
             self.operations += 1
-        return end
+        return got
 
     def publish(self, xid: int, replaced: int) -> int:
         """The versions are in the tree already; returns how many versions became dead

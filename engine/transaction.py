@@ -379,20 +379,21 @@ class TransactionLayer:
             index.validate(writes, None, blind=True)  # KeyError: nothing written
         xid = xacts.assign_xid()
         try:
-            # A put of a key new to its leaf: its record and the COMMIT in one WAL
-            # insertion (the same records as apply + log_commit); else the general path.
-            end = None if writes is not None or not self.put_fast_path else \
+            # A put of a key new to its leaf, or superseding its committed version there:
+            # its record and the COMMIT in one WAL insertion (the same records as apply +
+            # log_commit); else the general path.
+            got = None if writes is not None or not self.put_fast_path else \
                 index.put_new(xid, key, data, xacts.commit_record(xid))
-            if end is None:
+            if got is None:
                 changes = index.apply(xid, writes or {key: data})
                 end = xacts.log_commit(xid)
             else:
-                changes = None   # (put_new replaced no version: nothing to publish)
+                end, changes = got   # (publish's count: the version it superseded)
         except BaseException as exc:
             self._note_wal_error(exc)
             xacts.abort(xid)
             raise
-        if changes is not None:
+        if changes:
             relation.dead_versions += index.publish(xid, changes)
         xacts.finish_commit(xid)
         return end

@@ -201,14 +201,14 @@ int slk_bt_leaf_vacuum(const uint8_t *page, int first, const uint64_t *dead, int
 /* --- heap page prune --- */
 int slk_heap_prune(uint8_t *page, int n, const uint16_t *offnums, const uint64_t *xmins,
                    const uint64_t *xmaxs, const uint16_t *tflags, uint16_t *pruned);
-/* --- autocommit put of a new key --- */
+/* --- autocommit put --- */
 int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
-                   const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
-                   uint32_t cap, uint8_t *pre);
+                   const uint8_t *value, uint32_t vlen, uint64_t xid, uint64_t *old,
+                   uint8_t *out, uint32_t cap, uint8_t *pre);
 int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *ring,
                           uint8_t *page, const uint8_t *key,
                           uint32_t keylen, const uint8_t *value, uint32_t vlen, uint64_t xid,
-                          uint32_t at, int64_t room, uint64_t cur, uint64_t prev,
+                          uint64_t *old, uint32_t at, int64_t room, uint64_t cur, uint64_t prev,
                           uint64_t redo, const char *bhdr, uint8_t rmgr, uint8_t info,
                           uint8_t rmgr2, uint8_t info2, const char *payload2, uint32_t plen2);
 /* --- wal group flush --- */
@@ -3147,25 +3147,31 @@ int slk_heap_prune(uint8_t *page, int n, const uint16_t *offnums, const uint64_t
     return k;
 }
 
-/* --- autocommit put of a new key --- (engine/access/btree_leafrun.py: put_new_py is the
- * Python reference; tests/storage/test_btree_put_new.py compares them)
- * The INSERT action an autocommit put of a key new to its leaf makes there: slk_bt_leaf_run's
- * bytes for the one write (key, xid, inline value, OLD_LOOKUP) at block index 0, found with
- * no Python step: the special space and the high key are read here. Writes the action to
- * out and returns its length when the fast path applies: the page is a live leaf (level 0,
- * BTP_LEAF, not BTP_DELETED), the key is below its high key (or the leaf is rightmost), no
- * version of the key is on it and the entry fits in its hole. 0 when it does not apply (the
+/* --- autocommit put --- (engine/access/btree_leafrun.py: put_new_py is the Python
+ * reference; tests/storage/test_btree_put_new.py compares them)
+ * The actions an autocommit put makes on its leaf: the general path's bytes (the leaf run
+ * of the one write (key, xid, inline value, OLD_LOOKUP) at block index 0), found with no
+ * Python step: the special space and the high key are read here. Writes the actions to out
+ * and returns their length when the fast path applies: the page is a live leaf (level 0,
+ * BTP_LEAF, not BTP_DELETED), the key is below its high key (or the leaf is rightmost), the
+ * entry fits in its hole, and either no version of the key is on the page and old[0] is 0
+ * (one INSERT action), or the key's first (newest) version is at offset old[0] with xmin
+ * old[1] and no xmax (a SET_XMAX action of it, then the INSERT: the caller has found that
+ * xmin committed, as the general path's OLD_LOOKUP requires). When the key's first version
+ * is not the one old names, old becomes (its offset, xmin, xmax) and the answer is 0, so
+ * that the caller can judge it and ask again. 0 when the fast path does not apply (the
  * general path takes the put); -1 for a page it cannot read safely (the general path then
- * names the flaw). With pre NULL the page is not changed; else, when the action is made,
- * the page is copied to pre (BLCKSZ bytes: to put it back if logging fails) and the action
- * applied to it as redo applies it (slk_bt_redo_actions; a refusal puts the page back and
- * returns -1). */
-/* Apply a put's action (out, n bytes) to page as redo applies it, the page copied to pre
- * (BLCKSZ bytes) first and put back when redo refuses the action: 1, or -1 refused. */
-static int bt_put_apply(uint8_t *page, uint8_t *out, int n, uint8_t *pre)
+ * names the flaw). With pre NULL the page is not changed; else, when the actions are made,
+ * the page is copied to pre (BLCKSZ bytes: to put it back if logging fails) and the actions
+ * applied to it as redo applies them (slk_bt_redo_actions; a refusal puts the page back
+ * and returns -1). */
+/* Apply a put's nactions actions (out, n bytes) to page as redo applies them, the page
+ * copied to pre (BLCKSZ bytes) first and put back when redo refuses one: 1, or -1
+ * refused. */
+static int bt_put_apply(uint8_t *page, uint8_t *out, int n, int nactions, uint8_t *pre)
 {
     memcpy(pre, page, BLCKSZ);
-    if (slk_bt_redo_actions(page, out, (uint32_t)n, 0) != 1) {
+    if (slk_bt_redo_actions(page, out, (uint32_t)n, 0) != nactions) {
         memcpy(page, pre, BLCKSZ);
         return -1;
     }
@@ -3173,8 +3179,8 @@ static int bt_put_apply(uint8_t *page, uint8_t *out, int n, uint8_t *pre)
 }
 
 int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
-                   const uint8_t *value, uint32_t vlen, uint64_t xid, uint8_t *out,
-                   uint32_t cap, uint8_t *pre)
+                   const uint8_t *value, uint32_t vlen, uint64_t xid, uint64_t *old,
+                   uint8_t *out, uint32_t cap, uint8_t *pre)
 {
     int first, count, leaf;
     int lower = bt_bounds(page, &first, &count, &leaf);
@@ -3196,63 +3202,84 @@ int slk_bt_put_new(uint8_t *page, const uint8_t *key, uint32_t keylen,
     }
     int off = slk_bt_search(page, key, keylen, UINT64_MAX, 0);  /* the key's first entry */
     if (off < 0) return -1;
-    if (off <= count) {
-        int has = lr_key_is(page, lower, off, key, keylen);
-        if (has) return has < 0 ? -1 : 0;       /* a version to supersede: general path */
+    int has = off <= count ? lr_key_is(page, lower, off, key, keylen) : 0;
+    if (has < 0) return -1;
+    uint32_t xlen = 0;                                   /* the SET_XMAX action's bytes */
+    if (has) {                                           /* the newest version: old's? */
+        uint32_t at, len;
+        if (bt_item(page, off, lower, &at, &len) < 0) return -1;   /* (lr_key_is read it) */
+        uint64_t vmin = load64(page + at), vmax = load64(page + at + 8);
+        if (old[0] != (uint64_t)off || old[1] != vmin || vmax != 0) {
+            old[0] = (uint64_t)off; old[1] = vmin; old[2] = vmax;
+            return 0;                                    /* the caller judges it */
+        }
+        xlen = 16;
+    } else if (old[0]) {
+        return 0;                                        /* the version old names is gone */
     }
-    off = slk_bt_search(page, key, keylen, xid, 0);             /* as slk_bt_leaf_run */
-    if (off < 0) return -1;
+    int ioff = slk_bt_search(page, key, keylen, xid, 0);        /* as slk_bt_leaf_run */
+    if (ioff < 0) return -1;
     uint32_t upper = load16(page + 16);
     uint32_t itemlen = BT_LEAF_HDR + keylen + vlen;
     int64_t cost = (int64_t)((itemlen + 7u) & ~7u) + 4;
     if (upper < (uint32_t)lower || cost > (int64_t)(upper - (uint32_t)lower)) return 0;
-    if (keylen > 0xffffu || 8u + itemlen > cap) return 0;
-    uint32_t dlen = 2 + itemlen;
-    uint16_t off16 = (uint16_t)off, klen16 = (uint16_t)keylen;
+    if (keylen > 0xffffu || xlen + 8u + itemlen > cap) return 0;
+    uint32_t dlen = 2 + itemlen, xdlen = 10;
+    uint16_t off16 = (uint16_t)off, ioff16 = (uint16_t)ioff, klen16 = (uint16_t)keylen;
     uint64_t zero = 0;
-    out[0] = 0; out[1] = 2;                                  /* block 0, A_INSERT */
-    memcpy(out + 2, &dlen, 4);
-    memcpy(out + 6, &off16, 2);
-    memcpy(out + 8, &xid, 8);                            /* "<QQBH" xmin, xmax, flags, keylen */
-    memcpy(out + 16, &zero, 8);
-    out[24] = 0;
-    memcpy(out + 25, &klen16, 2);
-    if (keylen) memcpy(out + 27, key, keylen);
-    if (vlen) memcpy(out + 27 + keylen, value, vlen);
-    if (pre && bt_put_apply(page, out, (int)(8 + itemlen), pre) < 0) return -1;
-    return (int)(8 + itemlen);
+    if (xlen) {
+        out[0] = 0; out[1] = 3;                              /* block 0, A_SET_XMAX */
+        memcpy(out + 2, &xdlen, 4);
+        memcpy(out + 6, &off16, 2);                          /* "<HQ" offnum, xmax */
+        memcpy(out + 8, &xid, 8);
+    }
+    uint8_t *o = out + xlen;
+    o[0] = 0; o[1] = 2;                                      /* block 0, A_INSERT */
+    memcpy(o + 2, &dlen, 4);
+    memcpy(o + 6, &ioff16, 2);
+    memcpy(o + 8, &xid, 8);                              /* "<QQBH" xmin, xmax, flags, keylen */
+    memcpy(o + 16, &zero, 8);
+    o[24] = 0;
+    memcpy(o + 25, &klen16, 2);
+    if (keylen) memcpy(o + 27, key, keylen);
+    if (vlen) memcpy(o + 27 + keylen, value, vlen);
+    int n = (int)(xlen + 8 + itemlen);
+    if (pre && bt_put_apply(page, out, n, xlen ? 2 : 1, pre) < 0) return -1;
+    return n;
 }
 
-/* An autocommit put of a new key applied and logged in one call (wal/xlog.py's
- * Wal.insert_put_pair; BTree.put_new's two-step path -- slk_bt_put_new, then Wal.insert_pair
- * writing both records with slk_wal_build -- is the reference: tests compare the pages and
- * WAL bytes both make). When slk_bt_put_new's fast path applies to (key, value, xid) on
- * page (its action made in out, of cap bytes), the page needs no full-page image (its LSN
- * is past redo) and both records fit in room bytes from stream position cur (ring + at):
- * the page is copied to pre (BLCKSZ bytes) and the action applied to it (as slk_bt_put_new
- * does), the record (rmgr, info, the one block header bhdr, the action) of xid is written at
- * ring + at with prev as its prev-link and, aligned after it, the record (rmgr2, info2,
- * payload2) of xid linked to cur; the page's LSN becomes the first record's end. Returns
+/* An autocommit put applied and logged in one call (wal/xlog.py's Wal.insert_put_pair;
+ * BTree.put_new's two-step path -- slk_bt_put_new, then Wal.insert_pair writing both
+ * records with slk_wal_build -- is the reference: tests compare the pages and WAL bytes
+ * both make). When slk_bt_put_new's fast path applies to (key, value, xid, old) on page
+ * (its actions made in out, of cap bytes; old as there), the page needs no full-page image
+ * (its LSN is past redo) and both records fit in room bytes from stream position cur (ring
+ * + at): the page is copied to pre (BLCKSZ bytes) and the actions applied to it (as
+ * slk_bt_put_new does), the record (rmgr, info, the one block header bhdr, the actions) of
+ * xid is written at ring + at with prev as its prev-link and, aligned after it, the record
+ * (rmgr2, info2, payload2) of xid linked to cur; the page's LSN becomes the first record's
+ * end. Returns
  * the first record's length + (the second's << 16) when done; 0, nothing changed, when the
  * fast path does not apply, the page needs an image or the records do not fit; -1 for a
  * page it cannot read safely (nothing changed: the two-step path names the flaw). */
 int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *ring,
                           uint8_t *page, const uint8_t *key,
                           uint32_t keylen, const uint8_t *value, uint32_t vlen, uint64_t xid,
-                          uint32_t at, int64_t room, uint64_t cur, uint64_t prev,
-                          uint64_t redo, const char *bhdr, uint8_t rmgr, uint8_t info,
-                          uint8_t rmgr2, uint8_t info2, const char *payload2, uint32_t plen2)
+                          uint64_t *old, uint32_t at, int64_t room, uint64_t cur,
+                          uint64_t prev, uint64_t redo, const char *bhdr, uint8_t rmgr,
+                          uint8_t info, uint8_t rmgr2, uint8_t info2, const char *payload2,
+                          uint32_t plen2)
 {
     uint64_t page_lsn;
     memcpy(&page_lsn, page, 8);                      /* pd_lsn (storage/page.py LSN_OFFSET) */
     if (page_lsn <= redo) return 0;                  /* a full-page image: the two-step path */
-    int n = slk_bt_put_new(page, key, keylen, value, vlen, xid, out, cap, NULL);
+    int n = slk_bt_put_new(page, key, keylen, value, vlen, xid, old, out, cap, NULL);
     if (n <= 0) return n;
     uint64_t n1 = WAL_RHDR + WAL_BHDR + (uint64_t)n;
     uint64_t start2 = (n1 + 7u) & ~(uint64_t)7u;   /* cur is aligned: so is cur + start2 */
     uint64_t n2 = WAL_RHDR + (uint64_t)plen2;
     if (room < 0 || start2 + n2 > (uint64_t)room) return 0;
-    if (bt_put_apply(page, out, n, pre) < 0) return -1;
+    if (bt_put_apply(page, out, n, out[1] == 3 ? 2 : 1, pre) < 0) return -1;  /* SET_XMAX? */
     slk_wal_build(ring, at, xid, prev, rmgr, info, bhdr, 1, (const char *)out,
                   (uint32_t)n);
     slk_wal_build(ring, at + (uint32_t)start2, xid, cur, rmgr2, info2, NULL, 0,

@@ -569,18 +569,19 @@ class Wal:
             return cur + n1, end2
 
     def insert_put_pair(self, rel: int, fork: int, block: int, page, key: bytes,
-                        value: bytes, xid: int, rmgr: int, info: int,
+                        value: bytes, xid: int, old, rmgr: int, info: int,
                         then: tuple[int, int, bytes]) -> tuple[int, int] | None:
-        """An autocommit put of a new ``key`` made on its B+tree leaf and logged, in one C
-        call under the insert lock (``RecordWriters.put_pair``): ``page`` is a C pointer
-        to the leaf's 8 KiB (block ``block`` of ``rel``/``fork``, pinned and
-        exclusive-locked by the caller). The INSERT record (``rmgr``, ``info``) the
-        leaf's ``put_new`` makes, then the record ``then`` (rmgr, info, payload) of
-        ``xid``: the same page and WAL bytes as ``put_new`` followed by ``insert_pair``,
-        the page's LSN set. Returns (end of the first, end of the second); None, with
-        nothing changed or written, when the put or its records need the two-step path
-        (no room in the current page, a full-page image, a leaf the fast path does not
-        take)."""
+        """An autocommit put of ``key`` made on its B+tree leaf and logged, in one C call
+        under the insert lock (``RecordWriters.put_pair``): ``page`` is a C pointer to the
+        leaf's 8 KiB (block ``block`` of ``rel``/``fork``, pinned and exclusive-locked by
+        the caller); ``old`` the version it supersedes (``btree_leafrun.put_new_py``'s, a
+        C ``uint64_t[3]``). The INSERT record (``rmgr``, ``info``) the leaf's ``put_new``
+        makes, then the record ``then`` (rmgr, info, payload) of ``xid``: the same page and
+        WAL bytes as ``put_new`` followed by ``insert_pair``, the page's LSN set. Returns
+        (end of the first, end of the second); None, with nothing changed or written (but
+        ``old``, as ``put_new`` sets it), when the put or its records need the two-step
+        path (no room in the current page, a full-page image, a leaf the fast path does
+        not take, a version to judge)."""
         build = self._put_pair
         if build is None or self._failed is not None or self._closed:
             return None
@@ -594,7 +595,7 @@ class Wal:
             if not off or hdr is None:
                 return None
             flushed = self._flushed
-            got = build(page, key, len(key), value, len(value), xid,
+            got = build(page, key, len(key), value, len(value), xid, old,
                         ((cur // WAL_PAGE_SIZE) % self.npages) * WAL_PAGE_SIZE + off,
                         # room: insert_pair's bounds, the current page and the ring's
                         min(WAL_PAGE_SIZE - off,

@@ -2472,72 +2472,92 @@ class BTree:
         explicit = len(bolds) - bolds.count(0) - bolds.count(LOOKUP_U64)
         return explicit + sum(map(bool, resolved.values()))
 
-    def put_new(self, key: bytes, value: bytes, xid: int,
-                then: tuple[int, int, bytes] | None) -> int | None:
+    def put_new(self, key: bytes, value: bytes, xid: int, then: tuple[int, int, bytes] | None,
+                committed: Callable[[int], bool] | None = None) -> tuple[int, int] | None:
         """An autocommit put's fast path: the new version (``key``, ``xid``, ``value``
-        inline, a checked key and value) on its leaf when that leaf needs no move right,
-        holds no version of ``key`` and has room (``btree_leafrun.put_new``: one C call),
-        logged as the one INSERT record ``apply_trusted_columns`` would write, page and
-        record byte for byte, and followed in the WAL by the record ``then`` (rmgr, info,
-        payload) of ``xid``, in the same insertion where it fits (``Wal.insert_pair``).
-        Where both records fit in the current WAL page, the leaf step and the two records
-        are one C call (``Wal.insert_put_pair``), the same page and WAL bytes.
-        Returns the end LSN of ``then``'s record (``then`` None: of the INSERT record, as
-        a table's index entry is added); None, with nothing written or logged, when the
-        general path must take the put."""
+        inline, a checked key and value) on its leaf when that leaf needs no move right and
+        has room, and either holds no version of ``key`` or (with ``committed``, the
+        transaction status test) its newest version of ``key`` is committed and not
+        deleted: that one gets ``xid`` as its xmax (``btree_leafrun.put_new``: one C call,
+        asked again once the version is judged). Logged as the one INSERT record
+        ``apply_trusted_columns`` would write, page and record byte for byte, and followed
+        in the WAL by the record ``then`` (rmgr, info, payload) of ``xid``, in the same
+        insertion where it fits (``Wal.insert_pair``). Where both records fit in the
+        current WAL page, the leaf step and the two records are one C call
+        (``Wal.insert_put_pair``), the same page and WAL bytes.
+        Returns (the end LSN of ``then``'s record (``then`` None: of the INSERT record, as
+        a table's index entry is added), the versions superseded: 0 or 1); None, with
+        nothing written or logged, when the general path must take the put."""
         if len(value) > VALUE_INLINE_MAX_BYTES or \
                 LEAF_HEADER_SIZE + len(key) + len(value) > ENTRY_MAX_BYTES:
             return None
         bm = self.bufmgr
-        wal = self.wal
+        old = self._put_scratch.old
         with self._write_lock:
             block = self._leaf_for_point(key)   # (the C descent: splits keep it current)
             # Pinned and locked, then dirtied, unlocked and unpinned, in one buffer-manager
             # call each (the put's per-call work, issue #13).
             buf = bm.read_buffer_exclusive(self.rel, self._forkno, block)
+            replaced = 0
             try:
-                # Made and logged with the record `then` in one C call where both records
-                # fit in the current WAL page (the usual case); else in the two steps below.
-                fused = None if then is None or self._c_pool is None else \
-                    wal.insert_put_pair(self.rel, self._forkno, block,
-                                        self._c_pool + buf * BLCKSZ, key, value, xid,
-                                        RM_BTREE, XLOG_BTREE_INSERT, then)
-                if fused is None:
-                    page = bm.pages[buf]
-                    payload = put_new(page, key, value, xid, self._put_scratch)  # applied
-                if fused is None and payload is not None:
-                    scratch = self._put_scratch
-                    try:
-                        lsn, lower, upper = _LSN_AND_HOLE.unpack_from(page)
-                        spec = BlockSpec(self.rel, int(self.fork), block, page, lsn, False,
-                                         (lower, upper))
-                        got = None if then is None else wal.insert_pair(
-                            RM_BTREE, XLOG_BTREE_INSERT, xid, payload, (spec,), *then)
-                        if got is None:
-                            _start, end = wal.insert(RM_BTREE, XLOG_BTREE_INSERT, xid,
-                                                     payload, (spec,))
-                            then_end = 0
-                        else:
-                            end, then_end = got
-                    except BaseException:
-                        page[:] = scratch.pre   # as _log: the page put back byte for byte
-                        raise
-                    _PAGE_LSN.pack_into(page, LSN_OFFSET, end)   # (a WAL position: in range)
+                old[0] = 0
+                got = self._put_on(buf, block, key, value, xid, then)
+                if got is None and old[0] and committed is not None and not old[2] and \
+                        committed(old[1]):
+                    # the key's newest version, committed and not deleted: what the general
+                    # path's OLD_LOOKUP supersedes (the page stayed locked meanwhile)
+                    replaced = 1
+                    got = self._put_on(buf, block, key, value, xid, then)
             except BaseException:
                 self._release(buf, exclusive=True)
                 raise
-            if fused is not None:
-                bm.release_dirty(buf)
-                return fused[1]
-            if payload is None:
+            if got is None:
                 self._release(buf, exclusive=True)
                 return None
             bm.release_dirty(buf)
+        end, then_end = got
         if then is None:
-            return end
+            return end, replaced
         if not then_end:
-            _start, then_end = wal.insert(then[0], then[1], xid, then[2])
-        return then_end
+            _start, then_end = self.wal.insert(then[0], then[1], xid, then[2])
+        return then_end, replaced
+
+    def _put_on(self, buf: int, block: int, key: bytes, value: bytes, xid: int,
+                then: tuple[int, int, bytes] | None) -> tuple[int, int] | None:
+        """One try of ``put_new`` on its leaf (``buf``, pinned and exclusive-locked): made
+        and logged with the record ``then`` in one C call where both records fit in the
+        current WAL page (the usual case), else in two steps. Returns (the INSERT record's
+        end, ``then``'s end or 0 when ``then`` is still to be logged); None, nothing
+        changed, when the put is not taken here — with ``scratch.old`` then naming the
+        key's newest version when that is not the one it named (for the caller to judge)."""
+        wal = self.wal
+        scratch = self._put_scratch
+        old = scratch.old
+        want = old[0]
+        if then is not None and self._c_pool is not None:
+            fused = wal.insert_put_pair(self.rel, self._forkno, block,
+                                        self._c_pool + buf * BLCKSZ, key, value, xid, old,
+                                        RM_BTREE, XLOG_BTREE_INSERT, then)
+            if fused is not None:
+                return fused
+            if old[0] != want:   # a version to judge: not taken here
+                return None
+        page = self.bufmgr.pages[buf]
+        payload = put_new(page, key, value, xid, scratch)  # applied
+        if payload is None:
+            return None
+        try:
+            lsn, lower, upper = _LSN_AND_HOLE.unpack_from(page)
+            spec = BlockSpec(self.rel, int(self.fork), block, page, lsn, False, (lower, upper))
+            got = None if then is None else wal.insert_pair(
+                RM_BTREE, XLOG_BTREE_INSERT, xid, payload, (spec,), *then)
+            if got is None:
+                got = wal.insert(RM_BTREE, XLOG_BTREE_INSERT, xid, payload, (spec,))[1], 0
+        except BaseException:
+            page[:] = scratch.pre   # as _log: the page put back byte for byte
+            raise
+        _PAGE_LSN.pack_into(page, LSN_OFFSET, got[0])   # (a WAL position: in range)
+        return got
 
     def _apply_writes(self, checked: list[VersionWrite],
                       committed: Callable[[int], bool] | None) -> list[VersionWrite]:

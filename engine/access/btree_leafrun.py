@@ -65,7 +65,7 @@ except ImportError:
     _ffi = _lib = None
 _hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py)
 C_LEAF_RUN = _lib is not None
-# The "autocommit put of a new key" block (slk_bt_put_new); False in an older build.
+# The "autocommit put" block (slk_bt_put_new); False in an older build.
 C_PUT_NEW = _lib is not None and hasattr(_lib, "slk_bt_put_new")
 
 __all__ = ["OLD_LOOKUP", "LOOKUP_U64", "KIND_NONE", "KIND_INLINE", "KIND_OVERFLOW", "LeafBatch",
@@ -346,34 +346,48 @@ def leaf_run(page, high: bytes | None, batch: LeafBatch, start: int, st: LeafRun
 
 
 
-# The largest A_INSERT action of one entry: action header (8 bytes with the offnum) and an
-# entry of at most a page (put_new's output buffer; a larger one is no fast-path put).
-PUT_NEW_ACTION_MAX_BYTES = 8 + 8192
+# The largest actions of one put: a SET_XMAX action (16 bytes), an A_INSERT action header
+# (8 bytes with the offnum) and an entry of at most a page (put_new's output buffer; a
+# larger one is no fast-path put).
+PUT_NEW_ACTION_MAX_BYTES = _XMAX_ACTION_BYTES + 8 + 8192
 _LOWER_UPPER = struct.Struct("<HH")   # pd_lower, pd_upper (storage/page.py's header)
 _LOWER_AT = 14
 
 
-def put_new_py(page, key: bytes, value: bytes, xid: int) -> bytes | None:
+def put_new_py(page, key: bytes, value: bytes, xid: int, old=None) -> bytes | None:
     """The INSERT record payload of an autocommit put of ``key`` (xid ``xid``, ``value``
     inline) on ``page``, when it takes the fast path: a live leaf (level 0, BTP_LEAF, not
-    BTP_DELETED), ``key`` below its high key (or the leaf is rightmost), no version of
-    ``key`` on it (nothing to supersede) and room for the entry. Then the payload is the
-    general path's (``leaf_run_py`` of the write with OLD_LOOKUP, block index 0) byte for
-    byte; else None. The page is not changed. BTreePageError for a damaged page."""
+    BTP_DELETED), ``key`` below its high key (or the leaf is rightmost), room for the entry,
+    and either no version of ``key`` on it with ``old`` (a mutable [offset, xmin, xmax]; None
+    is [0, 0, 0]) naming none, or ``key``'s first (newest) version at offset ``old[0]`` with
+    xmin ``old[1]`` and no xmax, which the caller found committed: the put supersedes it.
+    Then the payload is the general path's (``leaf_run_py`` of the write with OLD_LOOKUP,
+    block index 0) byte for byte; else None, and when ``key``'s first version is not the one
+    ``old`` names, ``old`` becomes its [offset, xmin, xmax] (for the caller to judge and ask
+    again). The page is not changed. BTreePageError for a damaged page."""
     special = bt_special(page)
     if special.level != 0 or not special.flags & BTP_LEAF or special.flags & BTP_DELETED:
         return None
     high = None if special.next == P_NONE else unpack_pivot(bt_item(page, 1)).key
     if high is not None and key >= high:
         return None
+    want_off, want_xmin = (0, 0) if old is None else (old[0], old[1])
     off = search_page(page, key, XMIN_MAX, False)
     if off <= bt_item_count(page) and entry_key(bt_item(page, off))[0] == key:
-        return None
+        e = unpack_entry(bt_item(page, off))
+        if off != want_off or e.xmin != want_xmin or e.xmax:
+            if old is not None:
+                old[0], old[1], old[2] = off, e.xmin, e.xmax
+            return None
+        superseded = e.xmin   # as OLD_LOOKUP resolves it, the xmin being committed
+    elif want_off:
+        return None   # the version ``old`` names is gone
+    else:
+        superseded = 0   # no version of the key here: OLD_LOOKUP resolves to none
     lower, upper = _LOWER_UPPER.unpack_from(page, _LOWER_AT)
     st = LeafRunState(upper - lower)
-    # no version of the key here: OLD_LOOKUP resolves to none, as old 0 says
-    done, _stop = leaf_run_py(page, high, single_batch(key, value, KIND_INLINE, xid, 0), 0, st,
-                              None)
+    done, _stop = leaf_run_py(page, high, single_batch(key, value, KIND_INLINE, xid,
+                                                       superseded), 0, st, None)
     return st.payload() if done else None
 
 
@@ -382,24 +396,26 @@ class PutScratch:
     its write lock): the C call's output (None without the C module) and the page's
     bytes from before the put (``pre``: to put the page back if logging fails)."""
 
-    __slots__ = ("out", "pre", "_pre_c")
+    __slots__ = ("out", "pre", "old", "_pre_c")
 
     def __init__(self) -> None:
         self.pre = bytearray(BLCKSZ)
         self.out = _ffi.new("uint8_t[]", PUT_NEW_ACTION_MAX_BYTES) if C_PUT_NEW else None
         self._pre_c = _ffi.from_buffer(self.pre) if C_PUT_NEW else None
+        # the version a put supersedes, [offset, xmin, xmax] (``put_new_py``'s ``old``)
+        self.old = _ffi.new("uint64_t[3]") if C_PUT_NEW else [0, 0, 0]
 
 
 def put_new(page, key: bytes, value: bytes, xid: int, scratch: PutScratch) -> bytes | None:
-    """``put_new_py``'s payload, applied to ``page`` as redo applies it
-    (``apply_payload_actions``' bytes) once the page's bytes are copied to ``scratch.pre``:
-    one C call (``slk_bt_put_new``; the reference without the C module). None, the page
-    unchanged, when the fast path does not apply or the page is damaged (the general
-    path then names the flaw)."""
+    """``put_new_py``'s payload (its ``old``: ``scratch.old``), applied to ``page`` as redo
+    applies it (``apply_payload_actions``' bytes) once the page's bytes are copied to
+    ``scratch.pre``: one C call (``slk_bt_put_new``; the reference without the C module).
+    None, the page unchanged, when the fast path does not apply or the page is damaged (the
+    general path then names the flaw)."""
     out = scratch.out
     if out is None:
         try:
-            payload = put_new_py(page, key, value, xid)
+            payload = put_new_py(page, key, value, xid, scratch.old)
         except BTreePageError:
             return None
         if payload is not None:
@@ -407,13 +423,13 @@ def put_new(page, key: bytes, value: bytes, xid: int, scratch: PutScratch) -> by
             apply_payload_actions(page, payload, 0, 1)
         return payload
     n = _hot.slk_bt_put_new(_ffi.from_buffer(page), key, len(key), value, len(value), xid,
-                            out, PUT_NEW_ACTION_MAX_BYTES, scratch._pre_c)
+                            scratch.old, out, PUT_NEW_ACTION_MAX_BYTES, scratch._pre_c)
     return _ffi.buffer(out, n)[:] if n > 0 else None
 
 
 def put_new_c(page, key: bytes, value: bytes, xid: int, scratch: PutScratch) -> bytes | None:
-    """The C call's payload alone, the page not changed (tests compare it with
-    ``put_new_py``); needs the C module."""
+    """The C call's payload alone (its ``old``: ``scratch.old``), the page not changed
+    (tests compare it with ``put_new_py``); needs the C module."""
     n = _hot.slk_bt_put_new(_ffi.from_buffer(page), key, len(key), value, len(value), xid,
-                            scratch.out, PUT_NEW_ACTION_MAX_BYTES, _ffi.NULL)
+                            scratch.old, scratch.out, PUT_NEW_ACTION_MAX_BYTES, _ffi.NULL)
     return _ffi.buffer(scratch.out, n)[:] if n > 0 else None
