@@ -10,6 +10,10 @@ new database in ``--dir``/<method>:
   threads committing together share a sync) for ``--seconds``. Figures: puts/s, WAL syncs,
   puts per sync (the group-commit ratio), CPU µs per put (the process's, every thread,
   user + system) and µs per WAL flush (write + sync, as the WAL timed it).
+- overwrite 1: 1 thread putting random keys of the load (``GET_SAMPLE_KEYS`` of them, the
+  gets' sample) outside a transaction: each put supersedes the key's committed version.
+  Figures as autocommit 1; SQLite's paired baseline is the same ``INSERT OR REPLACE`` of
+  random keys of a table holding that sample.
 - get: random keys of the load, read one by one outside a transaction, warm (every page
   is in memory after the load: in shared buffers or, past the default 128 MiB pool — the
   leaves of 1M keys take ~250 MB —, in the OS page cache, read through the io method; SQLite's
@@ -219,7 +223,10 @@ def settle(db: Database) -> None:
     os.sync()
 
 
-def measure_autocommit(db: Database, threads: int, seconds: float, value: bytes) -> dict:
+def measure_autocommit(db: Database, threads: int, seconds: float, value: bytes,
+                       keys: list[bytes] | None = None) -> dict:
+    """Durable autocommit puts from ``threads`` threads for ``seconds``: new keys, or with
+    ``keys`` random ones of them (overwrites of existing keys)."""
     kv = db.kv("bench")
     counts = [0] * threads
     barrier = threading.Barrier(threads + 1)
@@ -227,13 +234,14 @@ def measure_autocommit(db: Database, threads: int, seconds: float, value: bytes)
 
     def putter(t: int) -> None:
         prefix = b"auto%d:%d:" % (threads, t)
+        pick = None if keys is None else random.Random(RANDOM_SEED + t).choice
         n = 0
         barrier.wait()
         deadline = time.perf_counter() + seconds
         try:
             while True:
                 for _ in range(OPS_PER_CLOCK_READ):
-                    kv[prefix + b"%09d" % n] = value
+                    kv[prefix + b"%09d" % n if pick is None else pick(keys)] = value
                     n += 1
                 if time.perf_counter() >= deadline:
                     break
@@ -444,8 +452,10 @@ def measure_sqlite_reads(path: str, nkeys: int, seconds: float, value: bytes) ->
     return out
 
 
-def measure_sqlite(path: str, seconds: float, value: bytes) -> dict:
-    """SQLite autocommit inserts from one thread, WAL journal, synchronous=FULL."""
+def measure_sqlite(path: str, seconds: float, value: bytes,
+                   keys: list[bytes] | None = None) -> dict:
+    """SQLite autocommit inserts from one thread, WAL journal, synchronous=FULL; with
+    ``keys`` (loaded first, in one transaction) ``INSERT OR REPLACE`` of random ones."""
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.unlink(path + suffix)
@@ -455,12 +465,20 @@ def measure_sqlite(path: str, seconds: float, value: bytes) -> dict:
         con.execute("PRAGMA synchronous=FULL")
         con.execute("CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB NOT NULL)")
         insert = "INSERT INTO kv VALUES (?, ?)"
+        pick = None
+        if keys is not None:
+            con.execute("BEGIN")
+            con.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)",
+                            ((k, value) for k in keys))
+            con.execute("COMMIT")
+            insert = "INSERT OR REPLACE INTO kv VALUES (?, ?)"
+            pick = random.Random(RANDOM_SEED).choice
         n = 0
         start = time.perf_counter()
         deadline = start + seconds
         while True:
             for _ in range(OPS_PER_CLOCK_READ):
-                con.execute(insert, (_key(n), value))
+                con.execute(insert, (_key(n) if pick is None else pick(keys), value))
                 n += 1
             if time.perf_counter() >= deadline:
                 break
@@ -510,6 +528,16 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
                 auto[threads] = measure_autocommit(db, threads, args.seconds, value)
                 auto[threads]["sqlite_paired_puts_s"] = paired
             if log:
+                log("  autocommit overwrites of loaded keys, 1 thread (SQLite's INSERT OR "
+                    "REPLACE of its keys right before)")
+            sample = _sample(args.keys)
+            os.sync()
+            paired = measure_sqlite(os.path.join(args.dir, SQLITE_FILE), args.seconds,
+                                    value, keys=sample)["puts_s"]
+            settle(db)
+            over = measure_autocommit(db, 1, args.seconds, value, keys=sample)
+            over["sqlite_paired_puts_s"] = paired
+            if log:
                 log("  random gets, get_many, scan, reopen, cold scan")
             gets = measure_gets(db, args.keys, args.seconds)
             many = measure_get_many(db, args.keys, args.seconds)
@@ -529,7 +557,8 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
     finally:
         if os.path.exists(path):
             shutil.rmtree(path)
-    return {"load": load, "autocommit_1": auto[1], "autocommit_8": auto[8], "get": gets,
+    return {"load": load, "autocommit_1": auto[1], "autocommit_8": auto[8],
+            "overwrite_1": over, "get": gets,
             "get_many": many, "scan": scan, "open": opened, "cold_scan": cold,
             "cold_scan_eic1": cold_eic1, "cold_scan_one_leaf": cold_one_leaf,
             "aged_build": aged, "cold_scan_aged": cold_aged,
@@ -542,6 +571,8 @@ FIGURES = {
                      "sqlite_paired_puts_s"),
     "autocommit_8": ("puts_s", "wal_flushes", "puts_per_flush", "cpu_us_per_put", "flush_us",
                      "sqlite_paired_puts_s"),
+    "overwrite_1": ("puts_s", "wal_flushes", "puts_per_flush", "cpu_us_per_put", "flush_us",
+                    "sqlite_paired_puts_s"),
     "get": ("gets_s",),
     "get_many": ("keys_s",),
     "scan": ("keys_s", "mb_s"),
@@ -626,6 +657,9 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
                        # each run's rate over SQLite's measured right before it (the same
                        # minute of a machine whose speed drifts), median of the runs
                        "auto1_sqlite_paired": paired[1], "auto8_sqlite_paired": paired[8],
+                       "over1_sqlite_paired": statistics.median(
+                           s["overwrite_1"]["puts_s"] / s["overwrite_1"]["sqlite_paired_puts_s"]
+                           for s in samples[method]),
                        "cold_vs_eic1": m["cold_scan"]["keys_s"] / m["cold_scan_eic1"]["keys_s"],
                        "cold_vs_one_leaf":
                            m["cold_scan"]["keys_s"] / m["cold_scan_one_leaf"]["keys_s"],
@@ -677,6 +711,14 @@ def format_table(report: dict) -> str:
                      f"{r['auto1_sqlite']:>12.2f} {r['auto1_sqlite_paired']:>7.2f} {a1f:>9} "
                      f"{a8['puts_s']:>12,.0f} {r['auto8_sqlite']:>12.2f} "
                      f"{r['auto8_sqlite_paired']:>7.2f} {cpu:>14} {flush:>12}")
+    head = (f"  {'overwrites':<9} {'over1 puts/s':>12} {'SQLite paired':>13} "
+            f"{'over1/paired':>12} {'CPU us/put':>10}")
+    lines += ["", head, "  " + "-" * (len(head) - 2)]
+    for method, m in report["methods"].items():
+        o = m["overwrite_1"]
+        lines.append(f"  {method:<9} {o['puts_s']:>12,.0f} {o['sqlite_paired_puts_s']:>13,.0f} "
+                     f"{m['ratios']['over1_sqlite_paired']:>12.2f} "
+                     f"{o['cpu_us_per_put'] or 0:>10.0f}")
     sr = base["sqlite_reads"]
     lines += ["", "Slonik / SQLite (WAL, synchronous=FULL, 128 MiB cache, WITHOUT ROWID), "
                   "same keys, same order:", ""]
@@ -715,7 +757,9 @@ def format_table(report: dict) -> str:
     lines.append("")
     lines.append("load: all keys in one transaction, random order, commit included; "
                  "auto1/auto8: durable autocommit puts from 1/8 threads (CPU us/put: the "
-                 "process's CPU per put; flush us: one WAL write + sync); gets: random, warm; "
+                 "process's CPU per put; flush us: one WAL write + sync); over1: durable "
+                 "autocommit overwrites of loaded keys, 1 thread, beside SQLite's INSERT OR "
+                 "REPLACE right before; gets: random, warm; "
                  "open: reopen (metapage only) and one get; cold scan: page cache dropped, "
                  "O_DIRECT; eic 1: effective_io_concurrency=1 (one read in flight, still "
                  "combining adjacent leaves); one leaf: eic 1 and io_combine_limit=1 (one "

@@ -9,8 +9,9 @@ from slonik.engine.tools.cli import main
 
 def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     """A tiny run on one io method prints JSON with every figure positive: the one-
-    transaction load of all keys, durable autocommit puts with 1 and 8 threads (each with
-    at least one WAL flush, flushes never more than puts), warm random gets, an ordered
+    transaction load of all keys, durable autocommit puts with 1 and 8 threads and
+    overwrites of loaded keys with 1 (each with at least one WAL flush, flushes never more
+    than puts), warm random gets, an ordered
     scan and the reopen that rebuilt the index of every key; the scratch databases are gone
     afterwards and the table renders from the report."""
     bench_dir = tmp_path / "kvbench"
@@ -76,6 +77,12 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
         assert run["sqlite_paired_puts_s"] > 0
         assert r[f"auto{t}_sqlite_paired"] == run["puts_s"] / run["sqlite_paired_puts_s"]
     assert "auto1/SQLite" in table and "paired" in table and "SQLite (WAL, synchronous=FULL)" in table
+    # Overwrites of loaded keys (1 thread), beside SQLite's INSERT OR REPLACE right before:
+    # they add no key (the scans above count the load and the new-key puts only).
+    over = m["overwrite_1"]["runs"][0]
+    assert over["threads"] == 1 and 1 <= over["wal_flushes"] <= over["puts"]
+    assert r["over1_sqlite_paired"] == over["puts_s"] / over["sqlite_paired_puts_s"]
+    assert "over1 puts/s" in table
     # The issue's read/write table: SQLite doing each workload in the same run, and the
     # method's figure as a ratio of it, one table row per workload.
     sr = report["baselines"]["sqlite_reads"]
