@@ -35,7 +35,7 @@ import errno
 import mmap
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import partial
@@ -382,20 +382,34 @@ class Smgr:
     def prefetch(self, rel: int, fork: int, block: int, nblocks: int) -> None:
         """Advise the kernel that blocks ``block..+nblocks-1`` will be read soon
         (posix_fadvise WILLNEED); a hint, so missing segments are skipped."""
+        self.prefetch_runs(rel, fork, ((block, nblocks),))
+
+    def prefetch_runs(self, rel: int, fork: int, runs: Iterable[tuple[int, int]]) -> None:
+        """``prefetch`` of each (block, nblocks) of ``runs``, in one call: a segment's file
+        is looked up once for all the runs in it (a batch of scattered blocks)."""
         fork = self._check_relation(rel, fork)
         self._check_open()
-        if self._io_direct or nblocks <= 0:
+        if self._io_direct:
             return
-        for segno, in_segment, _, count in self.segment_runs(block, nblocks):
-            path = self._segment_path(rel, fork, segno)
-            try:
-                fd = self._files.acquire(path)
-            except IOFailure:
-                continue
-            try:
-                osfile.fadvise_willneed(fd, in_segment * BLCKSZ, count * BLCKSZ)
-            finally:
-                self._files.release(path, fd)
+        fds: dict[str, int | None] = {}
+        try:
+            for block, nblocks in runs:
+                if nblocks <= 0:
+                    continue
+                for segno, in_segment, _, count in self.segment_runs(block, nblocks):
+                    path = self._segment_path(rel, fork, segno)
+                    if path not in fds:
+                        try:
+                            fds[path] = self._files.acquire(path)
+                        except IOFailure:
+                            fds[path] = None
+                    fd = fds[path]
+                    if fd is not None:
+                        osfile.fadvise_willneed(fd, in_segment * BLCKSZ, count * BLCKSZ)
+        finally:
+            for path, fd in fds.items():
+                if fd is not None:
+                    self._files.release(path, fd)
 
     def start_readv(self, handle: Handle, rel: int, fork: int, block: int,
                     buffers: Sequence) -> None:

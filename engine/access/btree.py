@@ -584,6 +584,17 @@ def _check_xid(xid, name: str) -> int:
     return xid
 
 
+def _runs_of(blocks: list[int]) -> list[tuple[int, int]]:
+    """(first block, count) of each run of adjacent blocks in ascending ``blocks``."""
+    runs: list[tuple[int, int]] = []
+    for b in blocks:
+        if runs and runs[-1][0] + runs[-1][1] == b:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((b, 1))
+    return runs
+
+
 def _hole(page) -> tuple[int, int]:
     return struct.unpack_from("<HH", page, LOWER_OFFSET)
 
@@ -1736,6 +1747,28 @@ class BTree:
                     unlock(buf)
         finally:
             bm.unpin_many([b for b in bufs if b >= 0])  # one call for all the pool's hits
+        if missing and bm.aio.synchronous_reads_inline and not bm.smgr.io_direct:
+            # A buffered relation under an io method that reads a point read's miss in its
+            # issuer: a leaf with no missing neighbour is advised to the kernel first
+            # (WILLNEED: read concurrently when the OS page cache lacks it), then read as a
+            # point read's miss is (one preadv in this thread, no AIO handle, no
+            # read-stream step: for a leaf the OS holds, most of the cost). Runs of
+            # adjacent leaves stay for the read stream, which combines them.
+            runs = _runs_of(missing)
+            lone = [b for b, n in runs if n == 1]
+            missing = [blk for b, n in runs if n > 1 for blk in range(b, b + n)]
+            bm.smgr.prefetch_runs(self.rel, self._forkno, ((b, 1) for b in lone))
+            for block in lone:
+                buf = bm.read_buffer(self.rel, self._forkno, block)
+                try:
+                    lock(buf)
+                    try:
+                        probe(block, pages[buf], skeys, by_leaf[block], snapshot, batch,
+                              found, retry)
+                    finally:
+                        unlock(buf)
+                finally:
+                    bm.unpin(buf)
         with ReadStream(bm, self.rel, self.fork, missing) as stream:
             for block, buf in zip(missing, stream, strict=True):
                 try:

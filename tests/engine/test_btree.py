@@ -12,6 +12,7 @@ must equal the page redo produced. ``BTree.check()`` (amcheck-like) runs after t
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import random
 import threading
@@ -386,6 +387,51 @@ def test_get_many_reads_the_leaves_in_one_stream(env):
     old = XidSnapshot(xmax=3, own=0, excluded=())
     assert t.get_many([b"%06d" % 5, b"%06d" % 6], old) == [b"v5", b"v6"]
     assert t.get_many([]) == []
+    assert no_pins(env.bm)
+
+
+def test_get_many_reads_lone_leaves_as_point_reads(env, monkeypatch):
+    """get_many over a cold pool of a buffered relation whose needed leaves have no needed
+    neighbour: those leaves are advised to the kernel in one call (WILLNEED, one block
+    each) and read as a point read's miss (in the calling thread, no AIO submission, no
+    read stream), each once; the answers are get's. A batch whose leaves are adjacent
+    still goes to the read stream (test_get_many_reads_the_leaves_in_one_stream)."""
+    t = env.tree
+    pad = bytes(200)  # ~35 entries a leaf: keys 150 apart sit on leaves 4 apart
+    for i in range(3000):
+        t.insert(b"k%05d" % i, b"v%d" % i + pad, 2)
+    env.bm.flush_all()
+    env.bm.drop_relation_buffers(REL)
+    wanted = [b"k%05d" % i for i in range(0, 3000, 150)] + [b"nope", b"k00150"]
+    leaves = sorted({t._leaf_for(k) for k in wanted})
+    assert all(b - a > 1 for a, b in itertools.pairwise(leaves))
+    env.bm.drop_relation_buffers(REL)   # (the descents above read inner pages only)
+    advised = []
+    real = env.smgr.prefetch_runs
+
+    def spy(rel, fork, runs):
+        runs = list(runs)
+        advised.append(runs)
+        return real(rel, fork, runs)
+
+    monkeypatch.setattr(env.smgr, "prefetch_runs", spy)
+    streams = []
+    real_stream = btree_module.ReadStream
+
+    def stream_spy(bm, rel, fork, blocks, *args, **kwargs):
+        streams.append(list(blocks))
+        return real_stream(bm, rel, fork, blocks, *args, **kwargs)
+
+    monkeypatch.setattr(btree_module, "ReadStream", stream_spy)
+    before_reads, before_subs = env.bm.stats().reads, env.aio.stats().submissions
+    got = t.get_many(wanted, default=b"-")
+    assert env.aio.stats().submissions == before_subs
+    assert env.bm.stats().reads - before_reads == len(leaves)
+    assert advised == [[(b, 1) for b in leaves]]
+    assert streams == [[]]
+    monkeypatch.undo()
+    assert got == [t.get(k) or b"-" for k in wanted]
+    assert got[-2] == b"-" and got[-1] == b"v150" + pad
     assert no_pins(env.bm)
 
 

@@ -80,9 +80,16 @@ class CountingLayer(osfile.OsLayer):
         self.directory_fsyncs: list[str] = []
         self.writebacks: list[tuple[int, int]] = []
         self.iov_lengths: list[tuple[str, int]] = []
+        self.advised: list[tuple[str, int, int]] = []   # (file name, offset, length)
 
     def _count(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
+
+    def fadvise_willneed(self, fd, offset, length):
+        self._count("fadvise")
+        self.advised.append((os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[1], offset,
+                             length))
+        return super().fadvise_willneed(fd, offset, length)
 
     def preadv(self, fd, buffers, offset):
         self._count("preadv")
@@ -478,6 +485,35 @@ def test_writeback_covers_the_requested_ranges(smgr):
     with osfile.installed(layer):
         smgr.writeback(REL, Fork.MAIN, 2, 11)  # blocks 2..12: segments 0, 1, (2), (3)
     assert layer.writebacks == [(2 * BLCKSZ, 2 * BLCKSZ), (0, 4 * BLCKSZ)]
+
+
+def test_prefetch_runs_advises_each_run_per_segment_piece(smgr):
+    """prefetch_runs advises (WILLNEED) each run's piece in each segment once, with its
+    offset and length in that segment's file, skipping segments that do not exist and
+    empty runs; prefetch is the same for one run."""
+    smgr.create(REL, Fork.MAIN)
+    smgr.zeroextend(REL, Fork.MAIN, 0, 6)     # segments 0 (blocks 0-3) and 1 (4, 5)
+    layer = CountingLayer()
+    with osfile.installed(layer):
+        smgr.prefetch_runs(REL, Fork.MAIN, [(1, 1), (3, 2), (5, 0), (9, 1), (0, 1)])
+        smgr.prefetch(REL, Fork.MAIN, 2, 1)
+    seg0, seg1 = f"{REL}", f"{REL}.1"
+    assert layer.advised == [(seg0, BLCKSZ, BLCKSZ), (seg0, 3 * BLCKSZ, BLCKSZ),
+                             (seg1, 0, BLCKSZ), (seg0, 0, BLCKSZ), (seg0, 2 * BLCKSZ, BLCKSZ)]
+
+
+def test_prefetch_runs_does_nothing_with_o_direct(tmp_path):
+    """With io_direct no advice is given (the OS page cache is not used)."""
+    s = make_smgr(tmp_path, io_direct=True)
+    try:
+        s.create(REL, Fork.MAIN)
+        s.zeroextend(REL, Fork.MAIN, 0, 2)
+        layer = CountingLayer()
+        with osfile.installed(layer):
+            s.prefetch_runs(REL, Fork.MAIN, [(0, 2)])
+        assert layer.advised == []
+    finally:
+        s.close()
 
 
 # -- O_DIRECT --------------------------------------------------------------------------------
