@@ -63,7 +63,7 @@ from slonik.aio.errors import IOFailure, SlonikError
 from slonik.aio.method_io_uring import io_uring_available
 from slonik.engine import smgr_wal
 from slonik.engine.access.btree import BTree
-from slonik.engine.access.heap import Heap, HeapRun
+from slonik.engine.access.heap import Heap
 from slonik.engine.access.tuple import RowCodec
 from slonik.engine.catalog import (
     CATALOG_RELFILENUMBER,
@@ -87,7 +87,7 @@ from slonik.engine.settings import (
 )
 from slonik.engine.table import Table
 from slonik.engine.transaction import Transaction, TransactionLayer
-from slonik.engine.xact import TransactionManager, XactStats
+from slonik.engine.xact import DeadTest, TransactionManager, XactStats
 from slonik.storage.bufmgr import BufferManager, BufferStats
 from slonik.storage.errors import DataCorruptionError
 from slonik.storage.page import BLCKSZ
@@ -131,49 +131,6 @@ def _resolve_io_method(io_method: str) -> tuple[str, str | None]:
 
 class NotADatabaseError(SlonikError, ValueError):
     """The path exists but is not a Slonik database (and is not empty)."""
-
-
-class DeadTest:
-    """Vacuum's test: no snapshot, present or future, sees a version whose creator
-    aborted or whose deleter committed below ``horizon``; aborted deleters still named
-    by a live version go to ``referenced`` (so their xids are remembered). ``is_dead(xmin,
-    xmax)`` for one version (the KV tree's vacuum), ``of_run(run)`` for a heap run's
-    tuples at once (``Heap.prune``'s ``dead_of``)."""
-
-    __slots__ = ("horizon", "aborted", "referenced")
-
-    def __init__(self, horizon: int, aborted: set[int], referenced: set[int]) -> None:
-        self.horizon = horizon
-        self.aborted = aborted
-        self.referenced = referenced
-
-    def __call__(self, xmin: int, xmax: int) -> bool:
-        aborted = self.aborted
-        if xmin in aborted:
-            return True
-        if xmax:
-            if xmax in aborted:
-                self.referenced.add(xmax)
-                return False
-            return xmax < self.horizon
-        return False
-
-    def of_run(self, run: HeapRun) -> list[int]:
-        """The indexes (ascending) of the dead tuples of a heap run (``of_pairs``)."""
-        return self.of_pairs(run.xmins, run.xmaxs)
-
-    def of_pairs(self, xmins: Sequence[int], xmaxs: Sequence[int]) -> list[int]:
-        """The indexes (ascending) of the dead versions among (xmins[i], xmaxs[i]): with no
-        aborted xid (the usual case) those whose deleter is below the horizon, found by
-        one comprehension over the xmaxs, none at all when nothing was deleted (one
-        C-level ``any``)."""
-        if not self.aborted:
-            if not any(xmaxs):
-                return []
-            horizon = self.horizon
-            return [i for i, x in enumerate(xmaxs) if 0 < x < horizon]
-        return [i for i, (xmin, xmax) in enumerate(zip(xmins, xmaxs, strict=True))
-                if self(xmin, xmax)]
 
 
 class DatabaseLockedError(SlonikError):

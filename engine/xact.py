@@ -37,16 +37,21 @@ from __future__ import annotations
 import itertools
 import struct
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from slonik.aio.errors import SlonikError
 from slonik.wal.record import WalRecord
 from slonik.wal.rmgr import RM_XACT, ResourceManager
 
+if TYPE_CHECKING:
+    from slonik.engine.access.heap import HeapRun
+
 __all__ = [
     "XLOG_XACT_COMMIT", "XLOG_XACT_ABORT", "Snapshot", "TransactionManager", "XactStats",
     "TransactionStateError", "encode_xact_extra", "decode_xact_extra", "decode_pending_unlinks",
-    "encode_commit_payload", "decode_commit_payload", "XACT_RMGR",
+    "encode_commit_payload", "decode_commit_payload", "XACT_RMGR", "DeadTest",
 ]
 
 XLOG_XACT_COMMIT = 0x00
@@ -367,3 +372,46 @@ def _describe(rec: WalRecord) -> str:
 
 # Bound by the engine's rmgr table (engine/rmgrlist.py), not at import.
 XACT_RMGR = ResourceManager(RM_XACT, "xact", _redo, _describe)  # engine/rmgrlist.py
+
+
+class DeadTest:
+    """Vacuum's test: no snapshot, present or future, sees a version whose creator
+    aborted or whose deleter committed below ``horizon``; aborted deleters still named
+    by a live version go to ``referenced`` (so their xids are remembered). ``is_dead(xmin,
+    xmax)`` for one version (the KV tree's vacuum), ``of_run(run)`` for a heap run's
+    tuples at once (``Heap.prune``'s ``dead_of``)."""
+
+    __slots__ = ("horizon", "aborted", "referenced")
+
+    def __init__(self, horizon: int, aborted: set[int], referenced: set[int]) -> None:
+        self.horizon = horizon
+        self.aborted = aborted
+        self.referenced = referenced
+
+    def __call__(self, xmin: int, xmax: int) -> bool:
+        aborted = self.aborted
+        if xmin in aborted:
+            return True
+        if xmax:
+            if xmax in aborted:
+                self.referenced.add(xmax)
+                return False
+            return xmax < self.horizon
+        return False
+
+    def of_run(self, run: HeapRun) -> list[int]:
+        """The indexes (ascending) of the dead tuples of a heap run (``of_pairs``)."""
+        return self.of_pairs(run.xmins, run.xmaxs)
+
+    def of_pairs(self, xmins: Sequence[int], xmaxs: Sequence[int]) -> list[int]:
+        """The indexes (ascending) of the dead versions among (xmins[i], xmaxs[i]): with no
+        aborted xid (the usual case) those whose deleter is below the horizon, found by
+        one comprehension over the xmaxs, none at all when nothing was deleted (one
+        C-level ``any``)."""
+        if not self.aborted:
+            if not any(xmaxs):
+                return []
+            horizon = self.horizon
+            return [i for i, x in enumerate(xmaxs) if 0 < x < horizon]
+        return [i for i, (xmin, xmax) in enumerate(zip(xmins, xmaxs, strict=True))
+                if self(xmin, xmax)]

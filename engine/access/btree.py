@@ -584,6 +584,11 @@ def _check_xid(xid, name: str) -> int:
     return xid
 
 
+# A full leaf is pruned instead of split when that frees at least this much of it
+# (entries and their line pointers): a quarter of the page.
+PRUNE_MIN_BYTES = BLCKSZ // 4
+
+
 def _runs_of(blocks: list[int]) -> list[tuple[int, int]]:
     """(first block, count) of each run of adjacent blocks in ascending ``blocks``."""
     runs: list[tuple[int, int]] = []
@@ -985,6 +990,11 @@ class BTree:
         self._root, self._level, self._free_head, self._free_count = _meta
         self._write_lock = threading.RLock()
         self._put_scratch = PutScratch()  # put_new's buffers (used under _write_lock)
+        # In-page pruning of a full leaf before a split (_prune_leaf): the vacuum test to
+        # judge its entries by, made when wanted (the KV store's owner sets it; None: no
+        # pruning), and how many entries it removed (a statistic).
+        self.prune_test: Callable[[], Callable[[int, int], bool]] | None = None
+        self.pruned = 0
         self._c_pool = getattr(bufmgr, "c_pool", None)   # the pool base for put_new's C call
         # Reader epochs: a leaf unlinked by vacuum at epoch E is recycled only once every
         # reader that started at or before E has finished (PostgreSQL's safexid, in-process).
@@ -3164,7 +3174,38 @@ class BTree:
         if bt_fits(page, len(item)):
             changes[0].actions.append((A_INSERT, insert_data(off, item)))
             return None
+        if self._prune_leaf(changes[0].buf, changes[0].block, page):
+            off = search_page(page, key, xmin, False)   # (entries before it may have gone)
+            if bt_fits(page, len(item)):
+                changes[0].actions.append((A_INSERT, insert_data(off, item)))
+                return None
         return off
+
+    def _prune_leaf(self, buf: int, block: int, page) -> bool:
+        """A full leaf's in-page pruning before it splits (nbtree's simple deletion, the
+        heap's page pruning): when the entries no snapshot, present or future, can see
+        (the vacuum test ``prune_test()`` gives) take at least ``PRUNE_MIN_BYTES``, they are
+        removed by one VACUUM record, as vacuum removes them; an entry holding an
+        out-of-line value stays for vacuum, which frees its pages. ``buf`` is the leaf's, pinned and exclusive-locked (under the write
+        lock). True when entries were removed. Without ``prune_test`` (a table's index,
+        whose entries' visibility is their heap tuples') nothing is done."""
+        make_test = self.prune_test
+        if make_test is None:
+            return False
+        first = bt_first_data(self._special(page, block))
+        dead, overflow = leaf_vacuum(page, first, make_test(), False)
+        if overflow:
+            dead = [o for o in dead if o not in overflow]
+        # Worth it only when it frees a good part of the page: a leaf pruned of a few
+        # entries would be full again, and pruned again (a general-path write each time),
+        # a few puts later, where a split leaves room for many fast ones.
+        if not dead or sum(len(bt_item(page, o)) + 4 for o in dead) < PRUNE_MIN_BYTES:
+            return False
+        ch = _Change(buf, block, False)
+        ch.actions.append((A_DELETE, delete_data(dead)))
+        self._log(XLOG_BTREE_VACUUM, 0, [ch], leaves_only=True)
+        self.pruned += len(dead)
+        return True
 
     def _plan_split(self, changes: list[_Change], off: int, key: bytes, xmin: int,
                     item: bytes, stack: list[int], side: list[bool] | None = None

@@ -57,7 +57,7 @@ def test_autovacuum_reads_a_relation_size_only_when_its_threshold_may_be_reached
     """Once a store has enough dead versions to be weighed (AUTOVACUUM_THRESHOLD_VERSIONS),
     its size is read (a system call) again only when the dead versions reach the
     threshold that size gave, not at every commit: 3,000 autocommit overwrites of a store
-    of 2,000 keys read it at most a few times per autovacuum run, and autovacuum runs."""
+    of 2,000 keys read it at most 30 times, and autovacuum runs."""
     kv = db.kv("big")
     with db.transaction():
         for i in range(2000):
@@ -75,7 +75,9 @@ def test_autovacuum_reads_a_relation_size_only_when_its_threshold_may_be_reached
         kv[b"key%05d" % (i % 2000)] = b"w" * 100
     runs = db.stats().vacuum.automatic
     assert runs >= 1
-    assert 1 <= len(calls) <= 3 * (runs + 1), (len(calls), runs)
+    # (a relation that grows meanwhile raises its threshold a little at each look, so a
+    # few looks per run; at every commit it would be ~2,500)
+    assert 1 <= len(calls) <= 30, (len(calls), runs)
     assert dict(kv.items()) == {b"key%05d" % i: b"w" * 100 for i in range(2000)}
 
 
