@@ -2544,7 +2544,14 @@ class BTree:
             replaced = 0
             try:
                 old[0] = 0
-                got = self._put_on(buf, block, key, value, xid, then)
+                got = None
+                if then is not None and self._c_pool is not None:   # (_put_on's first step,
+                    # inline: the usual put is this one call)
+                    got = self.wal.insert_put_pair(self.rel, self._forkno, block,
+                                                   self._c_pool + buf * BLCKSZ, key, value,
+                                                   xid, old, RM_BTREE, XLOG_BTREE_INSERT, then)
+                if got is None and not old[0]:
+                    got = self._put_on(buf, block, key, value, xid, then, fused=False)
                 if got is None and old[0] and committed is not None and not old[2] and \
                         committed(old[1]):
                     # the key's newest version, committed and not deleted: what the general
@@ -2566,18 +2573,20 @@ class BTree:
         return then_end, replaced
 
     def _put_on(self, buf: int, block: int, key: bytes, value: bytes, xid: int,
-                then: tuple[int, int, bytes] | None) -> tuple[int, int] | None:
+                then: tuple[int, int, bytes] | None, *, fused: bool = True
+                ) -> tuple[int, int] | None:
         """One try of ``put_new`` on its leaf (``buf``, pinned and exclusive-locked): made
         and logged with the record ``then`` in one C call where both records fit in the
-        current WAL page (the usual case), else in two steps. Returns (the INSERT record's
-        end, ``then``'s end or 0 when ``then`` is still to be logged); None, nothing
-        changed, when the put is not taken here — with ``scratch.old`` then naming the
-        key's newest version when that is not the one it named (for the caller to judge)."""
+        current WAL page (the usual case; ``fused`` False: the caller made that call),
+        else in two steps. Returns (the INSERT record's end, ``then``'s end or 0 when
+        ``then`` is still to be logged); None, nothing changed, when the put is not taken
+        here — with ``scratch.old`` then naming the key's newest version when that is not
+        the one it named (for the caller to judge)."""
         wal = self.wal
         scratch = self._put_scratch
         old = scratch.old
         want = old[0]
-        if then is not None and self._c_pool is not None:
+        if fused and then is not None and self._c_pool is not None:
             fused = wal.insert_put_pair(self.rel, self._forkno, block,
                                         self._c_pool + buf * BLCKSZ, key, value, xid, old,
                                         RM_BTREE, XLOG_BTREE_INSERT, then)
