@@ -2545,8 +2545,8 @@ class BTree:
             try:
                 old[0] = 0
                 got = None
-                if then is not None and self._c_pool is not None:   # (_put_on's first step,
-                    # inline: the usual put is this one call)
+                if then is not None and self._c_pool is not None:
+                    # _put_on's one C call, made here: the usual put is this call alone
                     got = self.wal.insert_put_pair(self.rel, self._forkno, block,
                                                    self._c_pool + buf * BLCKSZ, key, value,
                                                    xid, old, RM_BTREE, XLOG_BTREE_INSERT, then)
@@ -2587,11 +2587,11 @@ class BTree:
         old = scratch.old
         want = old[0]
         if fused and then is not None and self._c_pool is not None:
-            fused = wal.insert_put_pair(self.rel, self._forkno, block,
-                                        self._c_pool + buf * BLCKSZ, key, value, xid, old,
-                                        RM_BTREE, XLOG_BTREE_INSERT, then)
-            if fused is not None:
-                return fused
+            got = wal.insert_put_pair(self.rel, self._forkno, block,
+                                      self._c_pool + buf * BLCKSZ, key, value, xid, old,
+                                      RM_BTREE, XLOG_BTREE_INSERT, then)
+            if got is not None:
+                return got
             if old[0] != want:   # a version to judge: not taken here
                 return None
         page = self.bufmgr.pages[buf]
@@ -3195,9 +3195,10 @@ class BTree:
         heap's page pruning): when the entries no snapshot, present or future, can see
         (the vacuum test ``prune_test()`` gives) take at least ``PRUNE_MIN_BYTES``, they are
         removed by one VACUUM record, as vacuum removes them; an entry holding an
-        out-of-line value stays for vacuum, which frees its pages. ``buf`` is the leaf's, pinned and exclusive-locked (under the write
-        lock). True when entries were removed. Without ``prune_test`` (a table's index,
-        whose entries' visibility is their heap tuples') nothing is done."""
+        out-of-line value stays for vacuum, which frees its pages. ``buf`` is the leaf's,
+        pinned and exclusive-locked (under the write lock). True when entries were
+        removed. Without ``prune_test`` (a table's index, whose entries' visibility is
+        their heap tuples') nothing is done."""
         make_test = self.prune_test
         if make_test is None:
             return False
