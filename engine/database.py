@@ -690,10 +690,7 @@ class Database:
                                   dead_of=is_dead.of_run)
 
     def _vacuum_relation(self, relation: Relation, *, auto: bool = False) -> int:
-        xacts = self._xacts
-        horizon = xacts.horizon()
-        aborted = set(xacts.aborted)
-        is_dead = DeadTest(horizon, aborted, set())
+        is_dead = self._xacts.dead_test()
         if relation.index is not None and relation.index.error is not None:
             return 0
         n = self._prune(relation, is_dead)
@@ -704,10 +701,7 @@ class Database:
 
     def _vacuum_all(self) -> int:
         xacts = self._xacts
-        horizon = xacts.horizon()
-        aborted = set(xacts.aborted)
-        referenced: set[int] = set()
-        is_dead = DeadTest(horizon, aborted, referenced)
+        is_dead = xacts.dead_test()
         total = self._catalog.heap.prune(dead_of=is_dead.of_run)
         complete = True
         for relation in list(self._relations.values()):
@@ -717,7 +711,7 @@ class Database:
             total += self._prune(relation, is_dead)
         if complete:
             # No tuple names these aborted xids any more: they need not be remembered.
-            gone = aborted - referenced
+            gone = is_dead.aborted - is_dead.referenced
             xacts.forget_aborted(gone)
             self._forgotten += len(gone)
         self._pruned += total

@@ -42,7 +42,7 @@ from slonik.engine.access.btree import (
 )
 from slonik.engine.access.btree_leafrun import sorted_joined
 from slonik.engine.errors import ConflictError
-from slonik.engine.xact import DeadTest, Snapshot, TransactionManager
+from slonik.engine.xact import Snapshot, TransactionManager
 from slonik.storage.errors import DataCorruptionError
 
 __all__ = ["KVIndex", "TOMBSTONE"]
@@ -69,18 +69,12 @@ class KVIndex:
         self._validated: tuple | None = None
         if tree is not None:
             # a full leaf first drops the versions no snapshot can see (BTree._prune_leaf)
-            tree.prune_test = self._dead_test
+            tree.prune_test = xacts.dead_test
 
     # --- visibility -----------------------------------------------------------------------------
-    def _dead_test(self) -> DeadTest:
-        """Vacuum's test as of now: versions whose creator aborted or whose deleter
-        committed below the horizon (the tree's in-page pruning judges a full leaf by it)."""
-        xacts = self._xacts
-        horizon = xacts.horizon()
-        with xacts.lock:
-            aborted = set(xacts.aborted)
-        return DeadTest(horizon, aborted, set())
-
+        if tree is not None:
+            # a full leaf first drops the versions no snapshot can see (BTree._prune_leaf)
+            tree.prune_test = xacts.dead_test
     def _latest(self, xmin: int, xmax: int) -> bool:
         committed = self._is_committed
         return committed(xmin) and not (xmax and committed(xmax))

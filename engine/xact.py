@@ -173,13 +173,23 @@ class TransactionManager:
         """Versions deleted by a committed xid below this are invisible to every snapshot,
         present and future (invariant 2)."""
         with self.lock:
-            h = self.next_xid
-            if self.running:
-                h = min(h, min(self.running))
-            for s in self._snapshots.values():
-                if s.xmin < h:
-                    h = s.xmin
-            return h
+            return self._horizon_locked()
+
+    def _horizon_locked(self) -> int:
+        h = self.next_xid
+        if self.running:
+            h = min(h, min(self.running))
+        for s in self._snapshots.values():
+            if s.xmin < h:
+                h = s.xmin
+        return h
+
+    def dead_test(self) -> DeadTest:
+        """Vacuum's test as of now (``DeadTest``): the horizon and the aborted xids, read in
+        one lock section; its ``referenced`` starts empty. Vacuum judges a relation by it,
+        and a KV tree a full leaf before it splits (``BTree.prune_test``)."""
+        with self.lock:
+            return DeadTest(self._horizon_locked(), set(self.aborted), set())
 
     # --- ending -------------------------------------------------------------------------------
     def log_commit(self, xid: int, dropped: tuple[int, ...] = ()) -> int:
