@@ -589,17 +589,6 @@ def _check_xid(xid, name: str) -> int:
 PRUNE_MIN_BYTES = BLCKSZ // 4
 
 
-def _runs_of(blocks: list[int]) -> list[tuple[int, int]]:
-    """(first block, count) of each run of adjacent blocks in ascending ``blocks``."""
-    runs: list[tuple[int, int]] = []
-    for b in blocks:
-        if runs and runs[-1][0] + runs[-1][1] == b:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((b, 1))
-    return runs
-
-
 def _hole(page) -> tuple[int, int]:
     return struct.unpack_from("<HH", page, LOWER_OFFSET)
 
@@ -1764,9 +1753,9 @@ class BTree:
             # point read's miss is (one preadv in this thread, no AIO handle, no
             # read-stream step: for a leaf the OS holds, most of the cost). Runs of
             # adjacent leaves stay for the read stream, which combines them.
-            runs = _runs_of(missing)
-            lone = [b for b, n in runs if n == 1]
-            missing = [blk for b, n in runs if n > 1 for blk in range(b, b + n)]
+            needed = set(missing)
+            lone = [b for b in missing if b - 1 not in needed and b + 1 not in needed]
+            missing = [b for b in missing if b - 1 in needed or b + 1 in needed]
             bm.smgr.prefetch_runs(self.rel, self._forkno, ((b, 1) for b in lone))
             for block in lone:
                 buf = bm.read_buffer(self.rel, self._forkno, block)
