@@ -72,9 +72,6 @@ class KVIndex:
             tree.prune_test = xacts.dead_test
 
     # --- visibility -----------------------------------------------------------------------------
-        if tree is not None:
-            # a full leaf first drops the versions no snapshot can see (BTree._prune_leaf)
-            tree.prune_test = xacts.dead_test
     def _latest(self, xmin: int, xmax: int) -> bool:
         committed = self._is_committed
         return committed(xmin) and not (xmax and committed(xmax))
