@@ -154,8 +154,9 @@ class TransactionLayer:
         # makes a thread the combiner.
         self._queued: collections.deque[_QueuedPut] = collections.deque()
         self._combine_lock = threading.Lock()
-        # An autocommit put of a key new to its leaf takes KVIndex.put_new (one C call for
-        # the leaf, its record and the COMMIT in one WAL insertion); False: always the
+        # An autocommit put of a key new to its leaf, or superseding its committed version
+        # there, takes KVIndex.put_new (one C call for the leaf, its record and the COMMIT
+        # in one WAL insertion; an overwrite asks twice); False: always the
         # general path, the reference its records and pages are compared with in tests.
         self.put_fast_path = True
         # The calling thread's slot: ``slot.txn`` is ``current()`` (a store's hot path reads
