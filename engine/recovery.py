@@ -179,12 +179,16 @@ class RedoContext:
                 bm.unlock_exclusive(buf)
             bm.unpin_many(new)
 
-    def _buffer_for(self, rel: int, fork: int, block: int, *, read: bool) -> int:
+    def _buffer_for(self, rel: int, fork: int, block: int, *, read: bool,
+                    image: bytes | None = None) -> int:
         """A pinned, exclusive-locked buffer for the block; zero-extends the relation up
-        to it when needed. ``read=False``: the page's old content is not needed."""
+        to it when needed. ``read=False``: the page's old content is not needed; its bytes
+        are then ``image`` (a full-page image: BLCKSZ bytes) when given, else undefined."""
         if block >= self._sizes.get((rel, fork), 0):
             buf = self._extend_to(rel, fork, block)
             if buf is not None:
+                if image is not None:
+                    self.bufmgr.page(buf)[:] = image
                 return buf
         bm = self.bufmgr
         if read:
@@ -192,24 +196,24 @@ class RedoContext:
         buf = bm.pin_if_valid(rel, fork, block)   # the usual case: in the pool already
         if buf >= 0:
             bm.lock_exclusive(buf)
+            if image is not None:
+                bm.page(buf)[:] = image
             return buf
         # The old content is overwritten: it is not read at all (a torn page on disk must
-        # not stop redo), as PostgreSQL's RBM_ZERO_AND_LOCK.
-        return bm.zero_buffer(rel, fork, block)
+        # not stop redo), as PostgreSQL's RBM_ZERO_AND_LOCK; an image is written in its
+        # place at once.
+        return bm.zero_buffer(rel, fork, block, image)
 
     def read_buffer_for_redo(self, rr: ReadRecord, block_index: int) -> tuple[RedoAction, int | None]:
         ref = rr.record.blocks[block_index]
         bm = self.bufmgr
         if ref.image is not None:
-            buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False)
-            page = bm.page(buf)
-            page[:] = ref.image
-            page_set_lsn(page, rr.end_lsn)
+            buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False, image=ref.image)
+            page_set_lsn(bm.page(buf), rr.end_lsn)
             self.dirtied += bm.release_dirty(buf)
             return RedoAction.RESTORED, None
         if ref.will_init:
-            buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False)
-            bm.page(buf)[:] = _ZERO_PAGE
+            buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False, image=_ZERO_PAGE)
             return RedoAction.NEEDS_REDO, buf
         buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=True)
         if _PAGE_LSN.unpack_from(bm.page(buf), LSN_OFFSET)[0] >= rr.end_lsn:
@@ -234,8 +238,23 @@ class RedoContext:
         f = batch.fields
         tags = batch.tags[a:b]
         distinct = list(dict.fromkeys(tags))
-        # Pages in the pool (the usual case, prefetched) are pinned and locked in one
-        # section, the rest read and locked one by one; all released in one section.
+        # Every page in the pool (the usual case, prefetched): locked, changed, dirtied and
+        # released in one section; else those in the pool are pinned and locked in one
+        # section, the rest read and locked one by one, all released in one section.
+        cbufs = batch.cbufs
+
+        def apply(held: list[int]) -> set[int]:
+            bufs = list(map(dict(zip(distinct, held, strict=True)).__getitem__, tags))
+            cbufs[a:b] = bufs
+            changed = redo_leaf_run_at(bm.c_pool, bm.pages, cbufs, f.end_lsns, f.arena,
+                                       f.offs, a, b)
+            return set(compress(bufs, changed))
+
+        turned = bm.apply_held(distinct, apply)
+        if turned is not None:
+            self.fast += b - a
+            self.dirtied += turned
+            return
         pinned = bm.pin_exclusive_if_valid_many(distinct)
         cut = -1
         try:
@@ -262,12 +281,7 @@ class RedoContext:
             return
         changed_bufs: set[int] | tuple = ()
         try:
-            bufs = list(map(dict(zip(distinct, pinned, strict=True)).__getitem__, tags))
-            cbufs = batch.cbufs
-            cbufs[a:b] = bufs
-            changed = redo_leaf_run_at(bm.c_pool, bm.pages, cbufs, f.end_lsns, f.arena,
-                                       f.offs, a, b)
-            changed_bufs = set(compress(bufs, changed))
+            changed_bufs = apply(pinned)
             self.fast += b - a
         finally:
             self.dirtied += bm.release_many(pinned, changed_bufs)

@@ -156,6 +156,7 @@ _STATE_VALUES = frozenset(int(state) for state in BufferState)
 _READING = int(B.READING)
 _DIRTY = int(B.DIRTY)
 _VALID_STATE = int(B.VALID)
+_ZERO_PAGE = bytes(BLCKSZ)  # (a new or zeroed page's bytes, allocated once)
 # States a clean, unpinned victim may be claimed for reading from (asserted below).
 _CLAIMABLE_VICTIM = frozenset(int(s) for s in (B.FREE, B.EMPTY, B.READ_FAILED, B.VALID))
 _READ_FAILED = int(B.READ_FAILED)
@@ -1535,6 +1536,66 @@ class BufferManager:
             descs[b]._notify()
         return turned
 
+    def apply_held(self, tags: Sequence[tuple[int, int, int]],
+                   apply: Callable[[list[int]], Iterable[int]]) -> int | None:
+        """Change the pages of the distinct (rel, fork, block) ``tags`` in one
+        descriptor-lock section, when each is VALID in the pool and its content lock free:
+        all locked exclusively in one call (each change counter odd: invariant 8),
+        ``apply(buf_ids)`` (buffer ids in ``tags`` order; one short C call that touches
+        nothing taking this lock) changes them and returns the ids it changed, those are
+        marked dirty, and the locks go in one call. The held lock stands in for the pins, as
+        in ``read_hit``: no buffer is retagged, read into or dropped without it. How many
+        buffers turned dirty; None, with nothing taken or changed, when a block is not
+        VALID in the pool or someone holds a lock (then ``pin_exclusive_if_valid_many``).
+        Recovery's run of B+tree records: ``pin_exclusive_if_valid_many``, the change and
+        ``release_many`` without a pin's two passes over the descriptors."""
+        notify: list[int] = []
+        descs = self.descs
+        try:
+            return self._apply_held(tags, apply, notify)
+        finally:  # (a waiter is notified after the section, as release_many does)
+            for b in notify:
+                descs[b]._notify()
+
+    def _apply_held(self, tags: Sequence[tuple[int, int, int]],
+                    apply: Callable[[list[int]], Iterable[int]], notify: list[int]
+                    ) -> int | None:
+        """``apply_held``'s section; the ids to notify are put in ``notify``."""
+        descs = self.descs
+        with self._lock:
+            bufs = list(map(self._table.get, tags))
+            if None in bufs:
+                return None
+            for d in map(descs.__getitem__, bufs):
+                if not d.flags & BM_VALID:
+                    return None
+                if d.usage_count < BM_MAX_USAGE_COUNT:
+                    d.usage_count += 1
+            words = self._words
+            busy = words.try_exclusive_many(bufs)
+            if busy:
+                taken = [b for b in bufs if b not in busy]
+                if taken:
+                    notify += words.release_exclusive_many(taken)
+                return None
+            self._hits += len(bufs)
+            try:
+                changed = apply(bufs)
+            except BaseException:
+                notify += words.release_exclusive_many(bufs)
+                raise
+            turned = 0
+            for d in map(descs.__getitem__, changed):
+                flags = d.flags
+                if flags == _VALID_STATE:   # (the usual edge, VALID -> DIRTY)
+                    d.flags = _DIRTY
+                    turned += 1
+                elif not flags & BM_DIRTY:
+                    self._set_state_locked(d, _DIRTY)
+                    turned += 1
+            notify += words.release_exclusive_many(bufs)
+        return turned
+
     def read_hit(self, rel: int, fork: int, block: int, read: Callable, *args):
         """``read(c_pool, seq, buf, *args)`` when the block is VALID in the pool (its
         buffer ``buf``), called while the descriptor lock is held; None, without calling
@@ -1707,7 +1768,7 @@ class BufferManager:
             if ignore and v.status == PageStatus.BAD_CHECKSUM:
                 ignored.append(block + k)
             elif zero:
-                pages[buf_ids[k]][:] = bytes(BLCKSZ)
+                pages[buf_ids[k]][:] = _ZERO_PAGE
                 zeroed.append(block + k)
             else:
                 bad.append((block + k, v.reason))
@@ -1748,19 +1809,23 @@ class BufferManager:
                             break
                     self._wait_buffer_io(b)
                 self.lock_exclusive(b)   # pinned; its change counter goes odd (invariant 8)
-                self.pages[b][:] = bytes(BLCKSZ)
+                self.pages[b][:] = _ZERO_PAGE
                 with self._lock:
                     self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
                     self._io_done.notify_all()
                 out.append(b)
             return out
 
-    def zero_buffer(self, rel: int, fork: int, block: int) -> int:
+    def zero_buffer(self, rel: int, fork: int, block: int, image: bytes | None = None) -> int:
         """The buffer of the existing block ``block``, pinned, VALID and exclusively locked,
         its page all zero, without reading the block (PostgreSQL's RBM_ZERO_AND_LOCK:
         recovery overwrites the whole page, from a full-page image or a will_init record,
         so a torn page on disk is never read). A block VALID in the pool is zeroed in its
-        buffer; otherwise the buffer's "I/O" is claimed as ``extend`` claims it."""
+        buffer; otherwise the buffer's "I/O" is claimed as ``extend`` claims it. With
+        ``image`` (``BLCKSZ`` bytes, checked before anything is pinned) the page gets those
+        bytes instead of zeros, written once (a full-page image's restore)."""
+        if image is not None and len(image) != BLCKSZ:
+            raise ValueError(f"zero_buffer: an image of {len(image)} bytes; a page is {BLCKSZ}")
         fork = int(fork)
         b, _found = self._pin_block((rel, fork, block))
         d = self.descs[b]
@@ -1773,12 +1838,14 @@ class BufferManager:
                     claimed = True
                     break
             self._wait_buffer_io(b)
-        self.lock_exclusive(b)   # pinned; its change counter goes odd (invariant 8)
-        self.pages[b][:] = bytes(BLCKSZ)
+        if not self._words.try_exclusive(b):  # (pinned; its change counter goes odd:
+            self.lock_exclusive(b)            # invariant 8)
+        self.pages[b][:] = _ZERO_PAGE if image is None else image
         if claimed:
             with self._lock:
                 self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
-                self._io_done.notify_all()
+                if self._io_waiters:  # (a Condition's notify costs a few µs even with nobody)
+                    self._io_done.notify_all()
         return b
 
     def block_of(self, buf_id: int) -> tuple[int, int, int]:

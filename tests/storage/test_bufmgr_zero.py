@@ -67,3 +67,24 @@ def test_zero_buffer_of_a_cached_dirty_block_zeroes_it_in_place(env):
     bm.page(again)[:] = make_page(5)
     bm.unlock_release(again)
     bm.check()
+
+
+def test_zero_buffer_with_an_image_writes_it_and_refuses_a_wrong_length(env):
+    """With ``image`` the page gets those bytes (a full-page image's restore, written once),
+    for a block out of the pool and one in it, with no read; an image that is not one page
+    long is refused before anything is pinned or claimed."""
+    bm, _smgr = env
+    reads = bm.stats().reads
+    buf = bm.zero_buffer(REL, Fork.MAIN, 6, make_page(106))
+    assert bytes(bm.page(buf)) == make_page(106) and bm.stats().reads == reads
+    bm.mark_dirty(buf)
+    bm.unlock_release(buf)
+    again = bm.zero_buffer(REL, Fork.MAIN, 6, make_page(206))
+    assert again == buf and bytes(bm.page(again)) == make_page(206)
+    bm.unlock_release(again)
+    pins = [d.refcount for d in bm.descs]
+    with pytest.raises(ValueError, match="an image of 100 bytes"):
+        bm.zero_buffer(REL, Fork.MAIN, 7, bytes(100))
+    assert [d.refcount for d in bm.descs] == pins
+    assert not bm.cached(REL, Fork.MAIN, 7, 1)
+    bm.check()
