@@ -250,6 +250,8 @@ def measure_autocommit(db: Database, threads: int, seconds: float, value: bytes,
         counts[t] = n
 
     before = db.stats().wal
+    writer = db._walwriter   # (its flushes: the WAL's count includes them)
+    writer_before = writer.stats().flushes if writer is not None else 0
     workers = [threading.Thread(target=putter, args=(t,), name=f"bench-kv-{t}")
                for t in range(threads)]
     for w in workers:
@@ -264,12 +266,16 @@ def measure_autocommit(db: Database, threads: int, seconds: float, value: bytes,
     if errors:
         raise errors[0]
     after = db.stats().wal
+    writer_flushes = (writer.stats().flushes - writer_before) if writer is not None else 0
     puts = sum(counts)
     syncs = max(after.flushes - before.flushes, 0)
     # CPU per put (the process's, all threads) beside the device time of one flush (the
     # WAL's write + sync, as the WAL timed it): what a commit costs besides waiting.
     return {"threads": threads, "puts": puts, "seconds": elapsed, "puts_s": puts / elapsed,
             "wal_flushes": syncs, "puts_per_flush": puts / syncs if syncs else None,
+            # (of wal_flushes, those the background WAL writer made: one that catches a
+            # put's records before its commit's flush adds a flush to that put)
+            "walwriter_flushes": writer_flushes,
             "cpu_us_per_put": cpu / puts * 1e6 if puts else None,
             "flush_us": (after.sync_ns - before.sync_ns) / syncs / 1e3 if syncs else None}
 
