@@ -67,7 +67,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from itertools import compress, repeat
+from itertools import compress, filterfalse, repeat
 
 from slonik.aio.callbacks import IoCallbacks
 from slonik.aio.core import Aio
@@ -1267,10 +1267,13 @@ class BufferManager:
         return True
 
     def uncached(self, tags: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-        """The (rel, fork, block) tags of ``tags`` whose block is not VALID in the pool, in
-        order (no pins, no lock: a hint, as ``cached``; recovery's prefetch asks per batch)."""
-        get, descs = self._table.get, self.descs
-        return [t for t in tags if (b := get(t)) is None or not descs[b].flags & BM_VALID]
+        """The (rel, fork, block) tags of ``tags`` that have no buffer in the pool, in order
+        (no pins, no lock: a hint, as ``cached``; recovery's prefetch asks per batch). A
+        block with a buffer counts as cached whatever its state: one being read needs no
+        second read, and the rare one left EMPTY or READ_FAILED is read when it is used.
+        One C-level filter over the mapping table, no descriptor touched: during replay a
+        tag's descriptor check missed the CPU caches (~0.5 µs a tag with it)."""
+        return list(filterfalse(self._table.__contains__, tags))
 
     def read_buffer(self, rel: int, fork: int, block: int) -> int:
         """One block, pinned (no content lock): a point read, which waits at once.

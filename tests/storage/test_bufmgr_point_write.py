@@ -120,7 +120,7 @@ def test_the_change_counter_bump_keeps_the_gil(small_pool):
     assert bm.seq_of(buf) % 2 == 0
 
 
-def test_uncached_lists_the_blocks_not_valid_in_the_pool(small_pool):
+def test_uncached_lists_the_blocks_not_in_the_pool(small_pool):
     """``uncached`` (recovery's prefetch filter): of blocks 0..5, after reading 1 and 4 the
     others are listed, in the order given (from a list or an iterator); no pin is
     taken."""
