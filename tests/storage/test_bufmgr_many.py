@@ -13,6 +13,28 @@ from slonik.storage.smgr import Fork
 REL = 16384  # small_pool's relation (tests/storage/conftest.py): blocks 0..7
 
 
+def _cache_and_ask(bm, cached: list[int], dirty: list[int], asked: list[int]
+                   ) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """Read blocks ``cached`` into the pool (unpinned), dirtying those also in ``dirty``;
+    then (the tags of ``asked``, what ``pin_if_valid`` gives for each: buffer or -1), no
+    pin left."""
+    for block in cached:
+        buf = bm.read_buffer(REL, Fork.MAIN, block)
+        if block in dirty:
+            bm.lock_exclusive(buf)
+            bm.mark_dirty(buf)
+            bm.unlock_exclusive(buf)
+        bm.unpin(buf)
+    tags = [(REL, int(Fork.MAIN), block) for block in asked]
+    expected = []
+    for tag in tags:
+        buf = bm.pin_if_valid(*tag)
+        if buf >= 0:
+            bm.unpin(buf)
+        expected.append(buf)
+    return tags, expected
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(st.integers(0, 7), max_size=8), st.lists(st.integers(0, 7), max_size=8),
@@ -28,20 +50,7 @@ def test_batch_calls_equal_one_buffer_calls(small_pool, cached, dirty, asked):
     unlock_exclusive_many do the same to the locks; check() passes. Fails when a miss is
     pinned, a hit is skipped or a count is off."""
     bm, _smgr = small_pool
-    for block in cached:
-        buf = bm.read_buffer(REL, Fork.MAIN, block)
-        if block in dirty:
-            bm.lock_exclusive(buf)
-            bm.mark_dirty(buf)
-            bm.unlock_exclusive(buf)
-        bm.unpin(buf)
-    tags = [(REL, int(Fork.MAIN), block) for block in asked]
-    expected = []
-    for tag in tags:
-        buf = bm.pin_if_valid(*tag)
-        if buf >= 0:
-            bm.unpin(buf)
-        expected.append(buf)
+    tags, expected = _cache_and_ask(bm, cached, dirty, asked)
     refcounts = [bm.descs[b].refcount for b in range(len(bm.descs))]
     hits = bm.stats().hits
     got = bm.pin_exclusive_if_valid_many(tags)
@@ -91,20 +100,7 @@ def test_apply_held_equals_pin_change_release_or_takes_nothing(small_pool, cache
     dirtied or counted. Fails when a miss is applied, a dirty count is off or a lock or
     pin is left."""
     bm, _smgr = small_pool
-    for block in cached:
-        buf = bm.read_buffer(REL, Fork.MAIN, block)
-        if block in dirty:
-            bm.lock_exclusive(buf)
-            bm.mark_dirty(buf)
-            bm.unlock_exclusive(buf)
-        bm.unpin(buf)
-    tags = [(REL, int(Fork.MAIN), block) for block in asked]
-    expected = []
-    for tag in tags:
-        buf = bm.pin_if_valid(*tag)
-        if buf >= 0:
-            bm.unpin(buf)
-        expected.append(buf)
+    tags, expected = _cache_and_ask(bm, cached, dirty, asked)
     was_dirty = {b: bm.is_dirty(b) for b in expected if b >= 0}
     hits = bm.stats().hits
     seen: list[list[int]] = []
