@@ -56,7 +56,7 @@ from slonik.engine.wal_build import C_GROUP_FLUSH_FOR, C_RECORD_WRITER_FOR
 from slonik.engine.wal_decode import C_FIELDS, C_SCANNER, new_buffer_ids, wal_fields
 from slonik.storage.bufmgr import BufferManager
 from slonik.storage.errors import DataCorruptionError
-from slonik.storage.page import BLCKSZ, LSN_OFFSET, page_set_lsn
+from slonik.storage.page import BLCKSZ, LSN_OFFSET, ZERO_PAGE, page_set_lsn
 from slonik.storage.smgr import Smgr
 from slonik.wal.checkpoint import (
     XLOG_CHECKPOINT_SHUTDOWN,
@@ -84,7 +84,6 @@ RECOVERY_FLUSH_DIRTY_FRACTION = 0.5  # of shared_buffers dirtied by redo: write 
 RECOVERY_REDO_RUN_RECORDS = 64     # single-block B+tree records redone per C call at most
 FIRST_RELFILENUMBER = 16384        # as PostgreSQL's FirstNormalObjectId
 WAL_DIR = "wal"
-_ZERO_PAGE = bytes(BLCKSZ)
 _PAGE_LSN = struct.Struct("<Q")    # storage.page's page LSN field, at LSN_OFFSET
 _RECORD = attrgetter("record")
 _BLOCKS = attrgetter("blocks")
@@ -213,7 +212,7 @@ class RedoContext:
             self.dirtied += bm.release_dirty(buf)
             return RedoAction.RESTORED, None
         if ref.will_init:
-            buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False, image=_ZERO_PAGE)
+            buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=False, image=ZERO_PAGE)
             return RedoAction.NEEDS_REDO, buf
         buf = self._buffer_for(ref.rel, ref.fork, ref.block, read=True)
         if _PAGE_LSN.unpack_from(bm.page(buf), LSN_OFFSET)[0] >= rr.end_lsn:

@@ -97,6 +97,7 @@ from slonik.storage.errors import DataCorruptionError
 from slonik.storage.hotlib import hot_for
 from slonik.storage.page import (
     BLCKSZ,
+    ZERO_PAGE,
     PageRunVerifier,
     PageStatus,
     page_get_lsn,
@@ -156,7 +157,6 @@ _STATE_VALUES = frozenset(int(state) for state in BufferState)
 _READING = int(B.READING)
 _DIRTY = int(B.DIRTY)
 _VALID_STATE = int(B.VALID)
-_ZERO_PAGE = bytes(BLCKSZ)  # (a new or zeroed page's bytes, allocated once)
 # States a clean, unpinned victim may be claimed for reading from (asserted below).
 _CLAIMABLE_VICTIM = frozenset(int(s) for s in (B.FREE, B.EMPTY, B.READ_FAILED, B.VALID))
 _READ_FAILED = int(B.READ_FAILED)
@@ -1771,7 +1771,7 @@ class BufferManager:
             if ignore and v.status == PageStatus.BAD_CHECKSUM:
                 ignored.append(block + k)
             elif zero:
-                pages[buf_ids[k]][:] = _ZERO_PAGE
+                pages[buf_ids[k]][:] = ZERO_PAGE
                 zeroed.append(block + k)
             else:
                 bad.append((block + k, v.reason))
@@ -1812,7 +1812,7 @@ class BufferManager:
                             break
                     self._wait_buffer_io(b)
                 self.lock_exclusive(b)   # pinned; its change counter goes odd (invariant 8)
-                self.pages[b][:] = _ZERO_PAGE
+                self.pages[b][:] = ZERO_PAGE
                 with self._lock:
                     self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
                     self._io_done.notify_all()
@@ -1843,7 +1843,7 @@ class BufferManager:
             self._wait_buffer_io(b)
         if not self._words.try_exclusive(b):  # (pinned; its change counter goes odd:
             self.lock_exclusive(b)            # invariant 8)
-        self.pages[b][:] = _ZERO_PAGE if image is None else image
+        self.pages[b][:] = ZERO_PAGE if image is None else image
         if claimed:
             with self._lock:
                 self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)

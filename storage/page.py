@@ -75,9 +75,9 @@ from slonik.storage.errors import DataCorruptionError
 from slonik.storage.hotlib import hot_for
 
 __all__ = [
-    "BLCKSZ", "HEADER_SIZE", "LINE_POINTER_SIZE", "MAXIMUM_ALIGNOF", "PAGE_LAYOUT_VERSION",
-    "LSN_OFFSET", "CHECKSUM_OFFSET", "CHECKSUM_SIZE", "FLAGS_OFFSET", "LOWER_OFFSET",
-    "UPPER_OFFSET", "SPECIAL_OFFSET", "VERSION_OFFSET", "RESERVED_OFFSET",
+    "BLCKSZ", "ZERO_PAGE", "HEADER_SIZE", "LINE_POINTER_SIZE", "MAXIMUM_ALIGNOF",
+    "PAGE_LAYOUT_VERSION", "LSN_OFFSET", "CHECKSUM_OFFSET", "CHECKSUM_SIZE", "FLAGS_OFFSET",
+    "LOWER_OFFSET", "UPPER_OFFSET", "SPECIAL_OFFSET", "VERSION_OFFSET", "RESERVED_OFFSET",
     "FIRST_OFFSET_NUMBER", "PD_HAS_FREE_LINES", "PD_PAGE_FULL", "PD_ALL_VISIBLE",
     "PD_VALID_FLAG_BITS", "LpFlag", "LP_TRANSITIONS", "PageStatus", "PageVerify", "PageHeader",
     "PageCorruptError", "PageFullError", "maxalign", "init_page", "page_is_new",
@@ -122,7 +122,7 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _TAG = struct.Struct("<IBI")  # relnumber, fork, block mixed into the checksum
-_ZERO_PAGE = bytes(BLCKSZ)
+ZERO_PAGE = bytes(BLCKSZ)  # an all-zero page (bytes: read-only, shared)
 _ZERO_CHECKSUM = bytes(CHECKSUM_SIZE)
 _crc = crc32c.crc32c
 
@@ -269,7 +269,7 @@ def _header_problem(flags: int, lower: int, upper: int, special: int, version: i
 def _header(mv: memoryview) -> tuple[int, int, int, int]:
     """(flags, lower, upper, special) of an initialised page, else PageCorruptError."""
     _lsn, _checksum, flags, lower, upper, special, version, reserved = _HEADER.unpack_from(mv)
-    if lower == 0 and _ZERO_PAGE.startswith(mv):
+    if lower == 0 and ZERO_PAGE.startswith(mv):
         raise ValueError("buf is a new (all-zero) page; call init_page() first")
     problem = _header_problem(flags, lower, upper, special, version, reserved)
     if problem is not None:
@@ -321,14 +321,14 @@ def init_page(buf, special_size: int = 0) -> None:
     if special < HEADER_SIZE + LINE_POINTER_SIZE + MAXIMUM_ALIGNOF:
         raise ValueError(f"special_size {special_size} leaves no room for an item in a "
                          f"{BLCKSZ}-byte page")
-    mv[:] = _ZERO_PAGE
+    mv[:] = ZERO_PAGE
     _HEADER.pack_into(mv, 0, 0, 0, 0, HEADER_SIZE, special, special, PAGE_LAYOUT_VERSION, 0)
 
 
 def page_is_new(buf) -> bool:
     """True if the page is all zero (a block that was extended but never initialised)."""
     mv = _view(buf)
-    return _ZERO_PAGE.startswith(mv)  # one memcmp; `mv == bytes` compares item by item
+    return ZERO_PAGE.startswith(mv)  # one memcmp; `mv == bytes` compares item by item
 
 
 def page_header(buf) -> PageHeader:
@@ -437,7 +437,7 @@ def page_add_item(buf, data, offnum: int | None = None) -> int:
             f"page has {upper - lower} free", needed=needed, available=upper - lower)
     new_upper = upper - aligned
     mv[new_upper:new_upper + length] = item if item.format == "B" and item.ndim == 1 else item.cast("B")
-    mv[new_upper + length:upper] = _ZERO_PAGE[:aligned - length]
+    mv[new_upper + length:upper] = ZERO_PAGE[:aligned - length]
     _LP.pack_into(mv, HEADER_SIZE + (offnum - 1) * LINE_POINTER_SIZE,
                   _lp_encode(new_upper, LpFlag.NORMAL, length))
     _U16.pack_into(mv, LOWER_OFFSET, new_lower)
@@ -580,7 +580,7 @@ def verify_page(page, relnumber: int, fork: int, block: int) -> PageVerify:
     mv = _view(page, "page")
     lsn, checksum, flags, lower, upper, special, version, reserved = _HEADER.unpack_from(mv)
     if not (lsn or checksum or flags or lower or upper or special or version or reserved):
-        if _ZERO_PAGE.startswith(mv):
+        if ZERO_PAGE.startswith(mv):
             return _NEW
         last = len(mv.tobytes().rstrip(b"\0")) - 1  # rare path: where is the stray byte
         return PageVerify(PageStatus.BAD_HEADER, f"invalid page header: header is all zero but "
@@ -677,7 +677,7 @@ def page_check(buf) -> None:
     For tests after every step and for ``slonik check``; the checksum is ``verify_page``'s job.
     """
     mv = _view(buf)
-    if _ZERO_PAGE.startswith(mv):
+    if ZERO_PAGE.startswith(mv):
         return
     _lsn, _checksum, flags, lower, upper, special, version, reserved = _HEADER.unpack_from(mv)
     problem = _header_problem(flags, lower, upper, special, version, reserved)
@@ -713,5 +713,5 @@ def page_check(buf) -> None:
     if unused and not flags & PD_HAS_FREE_LINES:
         raise PageCorruptError(f"invalid page header: {unused} UNUSED line pointers but "
                                f"PD_HAS_FREE_LINES is clear")
-    if not _ZERO_PAGE.startswith(mv[lower:upper]):
+    if not ZERO_PAGE.startswith(mv[lower:upper]):
         raise PageCorruptError(f"free space [{lower}, {upper}) is not all zero")
