@@ -515,6 +515,20 @@ def measure_baselines(directory: str, seconds: float, value: bytes, fio_ok: bool
     return out
 
 
+def measure_paired(db: Database, args: argparse.Namespace, threads: int, value: bytes,
+                   keys: list[bytes] | None = None) -> dict:
+    """``measure_autocommit`` with SQLite's 1-thread autocommit of the same kind (new keys,
+    or with ``keys`` ``INSERT OR REPLACE`` of them) measured right before it, from a
+    synced file system and a settled database: its puts/s as ``sqlite_paired_puts_s``."""
+    os.sync()
+    paired = measure_sqlite(os.path.join(args.dir, SQLITE_FILE), args.seconds, value,
+                            keys=keys)["puts_s"]
+    settle(db)
+    out = measure_autocommit(db, threads, args.seconds, value, keys=keys)
+    out["sqlite_paired_puts_s"] = paired
+    return out
+
+
 def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
     if os.path.exists(path):
         shutil.rmtree(path)
@@ -527,22 +541,11 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
                 if log:
                     log(f"  autocommit puts, {threads} thread{'s' if threads > 1 else ''}"
                         f" (SQLite's 1-thread autocommit right before: the paired baseline)")
-                os.sync()
-                paired = measure_sqlite(os.path.join(args.dir, SQLITE_FILE), args.seconds,
-                                        value)["puts_s"]
-                settle(db)
-                auto[threads] = measure_autocommit(db, threads, args.seconds, value)
-                auto[threads]["sqlite_paired_puts_s"] = paired
+                auto[threads] = measure_paired(db, args, threads, value)
             if log:
                 log("  autocommit overwrites of loaded keys, 1 thread (SQLite's INSERT OR "
                     "REPLACE of its keys right before)")
-            sample = _sample(args.keys)
-            os.sync()
-            paired = measure_sqlite(os.path.join(args.dir, SQLITE_FILE), args.seconds,
-                                    value, keys=sample)["puts_s"]
-            settle(db)
-            over = measure_autocommit(db, 1, args.seconds, value, keys=sample)
-            over["sqlite_paired_puts_s"] = paired
+            over = measure_paired(db, args, 1, value, keys=_sample(args.keys))
             if log:
                 log("  random gets, get_many, scan, reopen, cold scan")
             gets = measure_gets(db, args.keys, args.seconds)
