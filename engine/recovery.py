@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from itertools import chain, compress
+from itertools import chain, compress, filterfalse
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -487,13 +487,17 @@ class RedoBatch:
         slow = sorted(set(range(n)).difference(f.fast)) if self.nfast < n else ()
         self.slow = [(i, item.record(i)) for i in slow]
 
-    def prefetch_tags(self) -> Iterator[tuple[int, int, int]]:
-        """The (rel, fork, block) of the blocks redo will read (no image, not will_init),
-        each once."""
-        slow = [_REF_TAG(ref) for ref in chain.from_iterable(
-                    map(_BLOCKS, map(_RECORD, map(_SECOND, self.slow))))
-                if ref.image is None and not ref.will_init]
-        return iter(dict.fromkeys(chain(self.tags, slow)))
+    def prefetch_tags(self) -> tuple[Iterator[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """(the (rel, fork, block) of the blocks redo will read: no image, not will_init, a
+        block as often as records name it; those of the blocks it writes whole: an image
+        or will_init). Only the slow records have the latter (the fast ones have neither)."""
+        read, whole = [], []
+        for ref in chain.from_iterable(map(_BLOCKS, map(_RECORD, map(_SECOND, self.slow)))):
+            if ref.image is None and not ref.will_init:
+                read.append(_REF_TAG(ref))
+            else:
+                whole.append(_REF_TAG(ref))
+        return chain(self.tags, read), whole
 
 
 def _prefetching(reader: WalReader, ctx: RedoContext, *, fast: bool) -> Iterator[RedoBatch]:
@@ -516,11 +520,27 @@ def _prefetching(reader: WalReader, ctx: RedoContext, *, fast: bool) -> Iterator
     no_ops: list = []
     smgr = ctx.smgr
     advise_only = bufmgr.aio.method.name == "sync"
+    # Blocks a record in the window restores from its image or initializes (will_init):
+    # reading them would be wasted (redo overwrites the page whole; PostgreSQL's
+    # prefetcher skips them too). A tag counts from its batch's entry into the window to
+    # its redo, after which the page is in the pool. Any later reference in the window
+    # is skipped with it; so is an earlier reference in the same batch (a block reused
+    # after being freed: rare), which redo then reads itself.
+    whole: dict[tuple[int, int, int], int] = {}
 
-    def start_prefetch(batch: RedoBatch) -> list:
+    def start_prefetch(batch: RedoBatch, whole_tags: list) -> list:
         nonlocal pinned
         ops = no_ops
-        for rel, fork, block in bufmgr.uncached(batch.prefetch_tags()):
+        tags, batch_whole = batch.prefetch_tags()
+        whole_tags += batch_whole
+        for tag in batch_whole:
+            whole[tag] = whole.get(tag, 0) + 1
+        # Most blocks are in the pool: that filter first, on every tag; the others
+        # (a few) are then deduplicated.
+        uncached = bufmgr.uncached(tags)
+        if whole:
+            uncached = filterfalse(whole.__contains__, uncached)
+        for rel, fork, block in dict.fromkeys(uncached):
             if pinned >= max_pins:
                 break
             n = sizes.get((rel, fork))
@@ -547,18 +567,24 @@ def _prefetching(reader: WalReader, ctx: RedoContext, *, fast: bool) -> Iterator
                     exhausted = True
                     break
                 batch = RedoBatch(item, fast)
-                window.append((batch, start_prefetch(batch)))
+                whole_tags: list = []
+                window.append((batch, start_prefetch(batch, whole_tags), whole_tags))
                 ahead += batch.n
             if not window:
                 return
-            batch, ops = window.popleft()
+            batch, ops, whole_tags = window.popleft()
             ahead -= batch.n
+            for tag in whole_tags:   # redo writes them now: from here on, in the pool
+                if whole[tag] == 1:
+                    del whole[tag]
+                else:
+                    whole[tag] -= 1
             if ops:
                 _finish_prefetch(bufmgr, ops)
                 pinned -= len(ops)
             yield batch
     finally:
-        for _batch, ops in window:
+        for _batch, ops, _whole in window:
             _finish_prefetch(bufmgr, ops)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 
 import pytest
 from slonik.engine import recovery, wal_decode
@@ -90,3 +91,27 @@ def test_fast_redo_recovers_every_commit(tmp_path, io_method, monkeypatch, prefe
         assert results and all(r.ok for r in results), results
     finally:
         db.close()
+
+
+@needs_c
+def test_prefetch_reads_no_block_the_window_writes_whole(tmp_path, io_method):
+    """With full-page writes every page the WAL after the checkpoint touches is first
+    restored from its image, so redo reads no block; prefetch must not read one either (a
+    block an image restores or a will_init record initializes, named again by the records
+    after it in the look-ahead window, is in no buffer when prefetch looks). The sync
+    method's prefetch only advises the kernel, so its reads are what redo itself asked
+    for: the io method's must be no more. Fails with such blocks read ahead (75 wasted
+    reads here before they were skipped)."""
+    crashed = str(tmp_path / "crashed")
+    crash_after_workload(crashed, fpw=True)
+    reads = {}
+    for method in dict.fromkeys(("sync", io_method)):
+        path = str(tmp_path / method)
+        shutil.copytree(crashed, path)
+        db = open_db(path, method, shared_buffers=2048)
+        try:
+            assert db._recovery.crashed and db._recovery.fast_records > 0
+            reads[method] = db.stats().buffers.reads
+        finally:
+            db.close()
+    assert reads[io_method] == reads["sync"], reads
