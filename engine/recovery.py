@@ -236,24 +236,23 @@ class RedoContext:
         bm = self.bufmgr
         f = batch.fields
         tags = batch.tags[a:b]
-        distinct = list(dict.fromkeys(tags))
         # Every page in the pool (the usual case, prefetched): locked, changed, dirtied and
         # released in one section; else those in the pool are pinned and locked in one
         # section, the rest read and locked one by one, all released in one section.
         cbufs = batch.cbufs
 
-        def apply(held: list[int]) -> set[int]:
-            bufs = list(map(dict(zip(distinct, held, strict=True)).__getitem__, tags))
+        def apply(bufs: list[int]) -> set[int]:
             cbufs[a:b] = bufs
             changed = redo_leaf_run_at(bm.c_pool, bm.pages, cbufs, f.end_lsns, f.arena,
                                        f.offs, a, b)
             return set(compress(bufs, changed))
 
-        turned = bm.apply_held(distinct, apply)
+        turned = bm.apply_held(tags, apply)
         if turned is not None:
             self.fast += b - a
             self.dirtied += turned
             return
+        distinct = list(dict.fromkeys(tags))
         pinned = bm.pin_exclusive_if_valid_many(distinct)
         cut = -1
         try:
@@ -280,7 +279,8 @@ class RedoContext:
             return
         changed_bufs: set[int] | tuple = ()
         try:
-            changed_bufs = apply(pinned)
+            changed_bufs = apply(list(map(dict(zip(distinct, pinned, strict=True)).__getitem__,
+                                          tags)))
             self.fast += b - a
         finally:
             self.dirtied += bm.release_many(pinned, changed_bufs)

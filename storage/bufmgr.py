@@ -1541,11 +1541,12 @@ class BufferManager:
 
     def apply_held(self, tags: Sequence[tuple[int, int, int]],
                    apply: Callable[[list[int]], Iterable[int]]) -> int | None:
-        """Change the pages of the distinct (rel, fork, block) ``tags`` in one
+        """Change the pages of the (rel, fork, block) ``tags`` (a tag may repeat) in one
         descriptor-lock section, when each is VALID in the pool and its content lock free:
-        all locked exclusively in one call (each change counter odd: invariant 8),
-        ``apply(buf_ids)`` (buffer ids in ``tags`` order; one short C call that touches
-        nothing taking this lock) changes them and returns the ids it changed, those are
+        the distinct ones locked exclusively in one call (each change counter odd:
+        invariant 8), ``apply(buf_ids)`` (a buffer id per tag, in ``tags`` order; one short
+        C call that touches nothing taking this lock) changes them and returns the ids it
+        changed, those are
         marked dirty, and the locks go in one call. The held lock stands in for the pins, as
         in ``read_hit``: no buffer is retagged, read into or dropped without it. How many
         buffers turned dirty; None, with nothing taken or changed, when a block is not
@@ -1569,23 +1570,25 @@ class BufferManager:
             bufs = list(map(self._table.get, tags))
             if None in bufs:
                 return None
-            for d in map(descs.__getitem__, bufs):
+            # (buffer ids hash as themselves: deduplicated far cheaper than the tags)
+            held = bufs if len(set(bufs)) == len(bufs) else list(dict.fromkeys(bufs))
+            for d in map(descs.__getitem__, held):
                 if not d.flags & BM_VALID:
                     return None
                 if d.usage_count < BM_MAX_USAGE_COUNT:
                     d.usage_count += 1
             words = self._words
-            busy = words.try_exclusive_many(bufs)
+            busy = words.try_exclusive_many(held)
             if busy:
-                taken = [b for b in bufs if b not in busy]
+                taken = [b for b in held if b not in busy]
                 if taken:
                     notify += words.release_exclusive_many(taken)
                 return None
-            self._hits += len(bufs)
+            self._hits += len(held)
             try:
                 changed = apply(bufs)
             except BaseException:
-                notify += words.release_exclusive_many(bufs)
+                notify += words.release_exclusive_many(held)
                 raise
             turned = 0
             for d in map(descs.__getitem__, changed):
@@ -1596,7 +1599,7 @@ class BufferManager:
                 elif not flags & BM_DIRTY:
                     self._set_state_locked(d, _DIRTY)
                     turned += 1
-            notify += words.release_exclusive_many(bufs)
+            notify += words.release_exclusive_many(held)
         return turned
 
     def read_hit(self, rel: int, fork: int, block: int, read: Callable, *args):

@@ -88,17 +88,18 @@ def test_batch_calls_equal_one_buffer_calls(small_pool, cached, dirty, asked):
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(st.integers(0, 7), max_size=8), st.lists(st.integers(0, 7), max_size=8),
-       st.lists(st.integers(0, 9), unique=True, min_size=1, max_size=10), st.integers(0, 3))
+       st.lists(st.integers(0, 9), min_size=1, max_size=10), st.integers(0, 3))
 def test_apply_held_equals_pin_change_release_or_takes_nothing(small_pool, cached, dirty,
                                                                asked, change):
-    """apply_held over the distinct blocks ``asked``: when every one is VALID in the pool it
-    calls apply once with their buffers (pin_if_valid's, in order), each held exclusively
-    (odd change counter) and unpinned by the call; the buffers apply returns (every
-    ``change``-th) turn dirty and the count of those that were clean comes back; after it no
-    lock, no pin, even counters, hits up by the run. When one is not in the pool (8 and 9
-    never are) it returns None without calling apply, and nothing is pinned, locked,
-    dirtied or counted. Fails when a miss is applied, a dirty count is off or a lock or
-    pin is left."""
+    """apply_held over the blocks ``asked`` (a block may repeat, as a page does in a run of
+    records): when every one is VALID in the pool it calls apply once with their buffers
+    (pin_if_valid's, one per tag in order), each held exclusively (odd change counter) and
+    unpinned by the call; the buffers apply returns (every ``change``-th) turn dirty and the
+    count of those that were clean comes back; after it no lock, no pin, even counters,
+    hits up by the distinct blocks. When one is not in the pool (8 and 9 never are) it
+    returns None without calling apply, and nothing is pinned, locked, dirtied or counted.
+    Fails when a miss is applied, a repeated block is locked twice, a dirty count is off or
+    a lock or pin is left."""
     bm, _smgr = small_pool
     tags, expected = _cache_and_ask(bm, cached, dirty, asked)
     was_dirty = {b: bm.is_dirty(b) for b in expected if b >= 0}
@@ -123,7 +124,7 @@ def test_apply_held_equals_pin_change_release_or_takes_nothing(small_pool, cache
         to_dirty = set(expected[::change + 1])
         assert turned == sum(not was_dirty[b] for b in to_dirty)
         assert all(bm.is_dirty(b) == (was_dirty[b] or b in to_dirty) for b in expected)
-        assert bm.stats().hits == hits + len(expected)
+        assert bm.stats().hits == hits + len(set(expected))
     assert not any(bm.descs[b].lock.held_exclusive for b in range(len(bm.descs)))
     assert all(bm.descs[b].refcount == 0 for b in range(len(bm.descs)))
     if bm.seq is not None:
