@@ -333,7 +333,7 @@ def decode_record(data) -> WalRecord:
             if off or hole:
                 raise WalRecordError(f"{name}.hole_offset", f"hole {off}+{hole} on a block "
                                                             f"reference without an image")
-            blocks.append(BlockRef(rel, fork, block, None, will_init))
+            blocks.append(make_block_ref(rel, fork, block, None, will_init))
             continue
         if off + hole > BLCKSZ:
             raise WalRecordError(f"{name}.hole_length", f"hole {off}+{hole} runs past the "
@@ -349,7 +349,7 @@ def decode_record(data) -> WalRecord:
         else:
             image = bytes(mv[pos:pos + stored])
         pos += stored
-        blocks.append(BlockRef(rel, fork, block, image, will_init, off, hole))
+        blocks.append(make_block_ref(rel, fork, block, image, will_init, off, hole))
     if pos + plen != total:
         raise WalRecordError("payload_length", f"{plen} bytes, but {total - pos} follow the "
                                                f"block images")
@@ -383,6 +383,23 @@ def make_record(rmgr: int, info: int, xid: int, payload: bytes, blocks: tuple,
 _SET_REL, _SET_FORK, _SET_BLOCK, _SET_IMAGE, _SET_WILL_INIT, _SET_HOLE_OFF, _SET_HOLE_LEN = \
     _slot_setters(BlockRef, ("rel", "fork", "block", "image", "will_init", "hole_offset",
                              "hole_length"))
+
+
+def make_block_ref(rel: int, fork: int, block: int, image: bytes | None, will_init: bool,
+                   hole_offset: int = 0, hole_length: int = 0) -> BlockRef:
+    """``BlockRef(...)`` for decoded fields, through the slots (as ``make_record``): the
+    frozen dataclass's ``__init__`` sets each field with ``object.__setattr__``."""
+    ref = _new_object(BlockRef)
+    _SET_REL(ref, rel)
+    _SET_FORK(ref, fork)
+    _SET_BLOCK(ref, block)
+    _SET_IMAGE(ref, image)
+    _SET_WILL_INIT(ref, will_init)
+    _SET_HOLE_OFF(ref, hole_offset)
+    _SET_HOLE_LEN(ref, hole_length)
+    return ref
+
+
 # A record's header and its first block reference's header, read with one unpack: most
 # replayed records reference one block and carry no image (decode_checked's fast path).
 _HEADER_BLOCK = struct.Struct(_HEADER.format + _BLOCK.format[1:])
@@ -400,14 +417,7 @@ def decode_checked(buf, at: int, total: int) -> WalRecord:
         (_total, _crc, xid, prev_lsn, rmgr, info, nblocks, _res, plen,
          rel, block, fork, flags, _off, _hole, _bres) = _HEADER_BLOCK.unpack_from(buf, at)
         if nblocks == 1 and not flags & BKP_HAS_IMAGE:
-            ref = _new_object(BlockRef)
-            _SET_REL(ref, rel)
-            _SET_FORK(ref, fork)
-            _SET_BLOCK(ref, block)
-            _SET_IMAGE(ref, None)
-            _SET_WILL_INIT(ref, bool(flags & BKP_WILL_INIT))
-            _SET_HOLE_OFF(ref, 0)
-            _SET_HOLE_LEN(ref, 0)
+            ref = make_block_ref(rel, fork, block, None, bool(flags & BKP_WILL_INIT))
             return make_record(rmgr, info, xid, bytes(buf[end - plen:end]), (ref,), prev_lsn)
     _total, _crc, xid, prev_lsn, rmgr, info, nblocks, _res, plen = _HEADER.unpack_from(buf, at)
     if not nblocks:
@@ -420,7 +430,7 @@ def decode_checked(buf, at: int, total: int) -> WalRecord:
             buf, head + i * BLOCK_REF_HEADER_SIZE)
         will_init = bool(flags & BKP_WILL_INIT)
         if not flags & BKP_HAS_IMAGE:
-            blocks.append(BlockRef(rel, fork, block, None, will_init))
+            blocks.append(make_block_ref(rel, fork, block, None, will_init))
             continue
         stored = BLCKSZ - hole
         if hole:
@@ -428,5 +438,5 @@ def decode_checked(buf, at: int, total: int) -> WalRecord:
         else:
             image = bytes(buf[pos:pos + stored])
         pos += stored
-        blocks.append(BlockRef(rel, fork, block, image, will_init, off, hole))
+        blocks.append(make_block_ref(rel, fork, block, image, will_init, off, hole))
     return make_record(rmgr, info, xid, bytes(buf[end - plen:end]), tuple(blocks), prev_lsn)
