@@ -35,11 +35,13 @@ def scan_records_c(chunk, chunk_lsn: int, pos: int, wal_segment_size: int,
                    prev: int | None, cap: int) -> ScanResult:
     """``scan_records_py`` in one C call (same arguments, same result)."""
     n_max = min(cap, (len(chunk) - pos) // 32 + 1)
-    at = _ffi.new("uint32_t[]", n_max)
-    length = _ffi.new("uint32_t[]", n_max)
-    end = _ffi.new("uint32_t[]", n_max)
-    # Not cleared: only the records the C call copies into it are ever read from it (and
-    # a fresh mapping is not touched until then), where a bytearray zeroes 256 KiB a call.
+    # None of these is cleared: only what the C call writes is ever read (the first n
+    # entries of the three arrays, each 32 KiB for a whole chunk; the records it copies
+    # into ``gathered``, where a bytearray would zero 256 KiB a call; a fresh mapping is
+    # not even touched until then).
+    at = _new_raw("uint32_t[]", n_max)
+    length = _new_raw("uint32_t[]", n_max)
+    end = _new_raw("uint32_t[]", n_max)
     gathered = _new_raw("uint8_t[]", len(chunk))
     stop = _ffi.new("uint32_t *")
     n = _lib.slk_wal_scan(_ffi.from_buffer(chunk), len(chunk), chunk_lsn, pos,
