@@ -1835,6 +1835,8 @@ class BufferManager:
         fork = int(fork)
         b, _found = self._pin_block((rel, fork, block))
         d = self.descs[b]
+        words = self._words
+        locked = False
         while True:
             with self._lock:
                 if d.flags & BM_VALID and not d.flags & BM_IO_IN_PROGRESS:
@@ -1842,10 +1844,18 @@ class BufferManager:
                     break
                 if self._start_buffer_io_locked(d, for_input=True, overwrite=True):
                     claimed = True
+                    if words.try_exclusive(b):
+                        # The usual miss: the "I/O" is only the page copy below, made under
+                        # the exclusive lock (change counter odd: invariant 8) as any change
+                        # of a VALID page, so the buffer is VALID at once - no one could
+                        # have waited for an I/O claimed and ended in one section.
+                        self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
+                        claimed = False
+                        locked = True
                     break
             self._wait_buffer_io(b)
-        if not self._words.try_exclusive(b):  # (pinned; its change counter goes odd:
-            self.lock_exclusive(b)            # invariant 8)
+        if not locked and not words.try_exclusive(b):  # (pinned; its change counter goes
+            self.lock_exclusive(b)                     # odd: invariant 8)
         self.pages[b][:] = ZERO_PAGE if image is None else image
         if claimed:
             with self._lock:
