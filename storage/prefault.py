@@ -67,16 +67,20 @@ class Prefaulter:
 
     def ahead(self, end: int) -> None:
         """Ask for ``[0, end + PREFAULT_AHEAD_BYTES)`` (capped at the mapping) to be
-        populated, once ``end`` reaches ``PREFAULT_START_BYTES``; returns at once."""
+        populated, once ``end`` reaches ``PREFAULT_START_BYTES``; returns at once. A thread
+        started for it is given twice that distance: starting one costs ~0.2 ms (creating
+        it, and ``start`` waits for its first wake-up), and the pool asks every 2 MiB it
+        grows (26 starts in a 64 MB replay, 7 with the margin)."""
         if end < PREFAULT_START_BYTES:
             return
         target = min(self._size, end + PREFAULT_AHEAD_BYTES)
         with self._lock:
             if self.disabled or target <= self._target:
                 return
-            self._target = target
             if self._thread is not None:
+                self._target = target
                 return
+            self._target = min(self._size, end + 2 * PREFAULT_AHEAD_BYTES)
             t = self._thread = threading.Thread(target=self._run, name="slonik-prefault",
                                                 daemon=True)
         t.start()

@@ -30,9 +30,10 @@ def _resident_pages(mem: mmap.mmap, start: int, n: int) -> int:
 
 @needs_c
 def test_populates_the_asked_range_ahead_and_stops_there():
-    """``ahead(end)`` below PREFAULT_START_BYTES starts nothing; from there the thread
-    populates ``end`` + the look-ahead and exits; the pages past that stay unpopulated
-    (pagemap's present bit says which)."""
+    """``ahead(end)`` below PREFAULT_START_BYTES starts nothing; from there a thread it
+    starts populates ``end`` + twice the look-ahead and exits; the pages past that stay
+    unpopulated (pagemap's present bit says which), and asking again for an end whose
+    look-ahead that covers starts nothing."""
     size = 64 << 20
     mem = aligned_buffer(size)
     pf = Prefaulter(mem)
@@ -42,13 +43,17 @@ def test_populates_the_asked_range_ahead_and_stops_there():
     assert _resident_pages(mem, 0, 256) == 0
     pf.ahead(PREFAULT_START_BYTES)
     pf.join(10)
-    want = PREFAULT_START_BYTES + PREFAULT_AHEAD_BYTES
+    want = PREFAULT_START_BYTES + 2 * PREFAULT_AHEAD_BYTES
     assert pf.disabled == ""
     assert pf.populated == want
     assert _resident_pages(mem, 0, want // mmap.PAGESIZE) == want // mmap.PAGESIZE
     assert _resident_pages(mem, size - (4 << 20), 256) == 0
     pf.ahead(PREFAULT_START_BYTES)   # asking for no more than is done starts nothing
-    assert pf.populated == want
+    pf.ahead(want - PREFAULT_AHEAD_BYTES)
+    assert pf._thread is None and pf.populated == want
+    pf.ahead(want - PREFAULT_AHEAD_BYTES + 8192)   # past it: a thread again
+    pf.join(10)
+    assert pf.populated == want + 8192 + 2 * PREFAULT_AHEAD_BYTES - PREFAULT_AHEAD_BYTES
 
 
 @needs_c
