@@ -528,11 +528,12 @@ def _prefetching(reader: WalReader, ctx: RedoContext, *, fast: bool) -> Iterator
     # after being freed: rare), which redo then reads itself.
     whole: dict[tuple[int, int, int], int] = {}
 
-    def start_prefetch(batch: RedoBatch, whole_tags: list) -> list:
+    def start_prefetch(batch: RedoBatch) -> tuple[list, list[tuple[int, int, int]]]:
+        """(the reads started for ``batch``, the tags it writes whole, now counted in
+        ``whole``)."""
         nonlocal pinned
         ops = no_ops
         tags, batch_whole = batch.prefetch_tags()
-        whole_tags += batch_whole
         for tag in batch_whole:
             whole[tag] = whole.get(tag, 0) + 1
         # Most blocks are in the pool: that filter first, on every tag; the others
@@ -556,7 +557,7 @@ def _prefetching(reader: WalReader, ctx: RedoContext, *, fast: bool) -> Iterator
                 ops = []
             ops.append(bufmgr.start_read_buffers(rel, fork, block, 1))
             pinned += 1
-        return ops
+        return ops, batch_whole
 
     try:
         while True:
@@ -567,8 +568,7 @@ def _prefetching(reader: WalReader, ctx: RedoContext, *, fast: bool) -> Iterator
                     exhausted = True
                     break
                 batch = RedoBatch(item, fast)
-                whole_tags: list = []
-                window.append((batch, start_prefetch(batch, whole_tags), whole_tags))
+                window.append((batch, *start_prefetch(batch)))
                 ahead += batch.n
             if not window:
                 return

@@ -1546,11 +1546,11 @@ class BufferManager:
         the distinct ones locked exclusively in one call (each change counter odd:
         invariant 8), ``apply(buf_ids)`` (a buffer id per tag, in ``tags`` order; one short
         C call that touches nothing taking this lock) changes them and returns the ids it
-        changed, those are
-        marked dirty, and the locks go in one call. The held lock stands in for the pins, as
-        in ``read_hit``: no buffer is retagged, read into or dropped without it. How many
-        buffers turned dirty; None, with nothing taken or changed, when a block is not
-        VALID in the pool or someone holds a lock (then ``pin_exclusive_if_valid_many``).
+        changed, those are marked dirty, and the locks go in one call. The held lock stands
+        in for the pins, as in ``read_hit``: no buffer is retagged, read into or dropped
+        without it. How many buffers turned dirty; None, with nothing taken or changed,
+        when a block is not VALID in the pool or someone holds a lock (then
+        ``pin_exclusive_if_valid_many``).
         Recovery's run of B+tree records: ``pin_exclusive_if_valid_many``, the change and
         ``release_many`` without a pin's two passes over the descriptors."""
         notify: list[int] = []
@@ -1843,15 +1843,14 @@ class BufferManager:
                     claimed = False
                     break
                 if self._start_buffer_io_locked(d, for_input=True, overwrite=True):
-                    claimed = True
-                    if words.try_exclusive(b):
+                    locked = bool(words.try_exclusive(b))
+                    if locked:
                         # The usual miss: the "I/O" is only the page copy below, made under
                         # the exclusive lock (change counter odd: invariant 8) as any change
                         # of a VALID page, so the buffer is VALID at once - no one could
                         # have waited for an I/O claimed and ended in one section.
                         self._terminate_buffer_io_locked(d, B.VALID, io_pin=False)
-                        claimed = False
-                        locked = True
+                    claimed = not locked
                     break
             self._wait_buffer_io(b)
         if not locked and not words.try_exclusive(b):  # (pinned; its change counter goes
