@@ -20,6 +20,11 @@ Each measurement, per io method (``--methods``), in the same invocation:
   SQLite (WAL, synchronous=FULL) does ``executemany`` in one transaction and
   ``SELECT *`` on the same rows.
 
+- the row floor: what CPython alone needs to make the table's rows (no I/O, pages,
+  buffers or visibility: the columns laid out, a scan run's rows at a time), and from it
+  and fio's depth-1 rate the most a sync scan can give (it waits for each read in the
+  thread that makes the rows).
+
 Medians of ``--runs`` runs; per method ``ratios``: cold vs fio depth 32 and depth 1 (and
 vs sync), warm scan and insert_many vs SQLite. Targets (issue #14): io_uring >= 0.8 x fio
 depth 32, sync >= 0.8 x fio depth 1, worker >= 0.6 x fio depth 32, warm scan >= 1.0 x and
@@ -29,14 +34,20 @@ insert_many >= 0.5 x SQLite.
 from __future__ import annotations
 
 import argparse
+import array
+import math
 import os
 import shutil
 import sqlite3
 import statistics
 import time
+from collections.abc import Iterable, Iterator
+from itertools import accumulate, chain
+from typing import NamedTuple
 
 from slonik.aio import osfile
 from slonik.aio.method_io_uring import io_uring_available
+from slonik.engine.access.heap import SCAN_RUN_PAGES
 from slonik.engine.database import Database
 from slonik.engine.tools.bench import (
     parse_methods,
@@ -49,7 +60,8 @@ from slonik.engine.tools.bench_replay import run_replay_bench
 from slonik.engine.tools.fio import FioError, fio_status, run_fio_job
 from slonik.storage.page import BLCKSZ
 
-__all__ = ["add_arguments", "cmd_bench_scan", "run_scan_bench", "format_table"]
+__all__ = ["add_arguments", "cmd_bench_scan", "run_scan_bench", "format_table", "floor_run",
+           "floor_batches", "FloorRun", "row_floor_seconds", "sync_bound_mb_s"]
 
 DEFAULT_DIR = "./bench-data/scan"
 DEFAULT_SIZE = 512 << 20
@@ -66,6 +78,7 @@ FIO_SCAN_SECONDS_MAX = 480
 BLOCK_KIB = 8                   # a page; fio reads io_combine_limit pages at a time
 DEFAULT_REPLAY_MB = 64.0        # WAL per replay workload
 REPLAY_TARGET_MB_S = 150.0      # the issue's replay target, MB of WAL per second
+FLOOR_REPEATS = 3               # the row floor: the best of this many passes
 TARGETS = {"io_uring": ("cold_vs_fio_depth32", 0.8), "sync": ("cold_vs_fio_depth1", 0.8),
            "worker": ("cold_vs_fio_depth32", 0.6)}
 
@@ -122,7 +135,7 @@ def build_table(data_dir: str, size: int, row_bytes: int, log) -> tuple[str, int
         if name.startswith("built-"):
             os.unlink(os.path.join(data_dir, name))
     shutil.rmtree(db_dir, ignore_errors=True)
-    pad = "x" * max(0, row_bytes - 12)
+    pad = _pad(row_bytes)
     db = Database.open(db_dir, io_method="sync", shared_buffers=BUILD_SHARED_BUFFERS)
     try:
         t = db.create_table(TABLE, COLUMNS)
@@ -138,6 +151,76 @@ def build_table(data_dir: str, size: int, row_bytes: int, log) -> tuple[str, int
         f.write(str(rel))
     log(f"built a {size >> 20} MiB table ({n} rows of {row_bytes} bytes) in {db_dir}")
     return db_dir, rel
+
+
+def _pad(row_bytes: int) -> str:
+    """What follows a scanned row's 12-digit id in its payload."""
+    return "x" * max(0, row_bytes - 12)
+
+
+# --- the row floor --------------------------------------------------------------------------
+# What producing the scanned table's rows costs CPython with no engine at all: no I/O,
+# pages, buffers, visibility or tuple headers, the rows' columns already laid out the way
+# the fastest decoder wants them (the ids as int8 bytes, the payloads back to back with
+# their bounds), a scan run's rows at a time. A scan makes its rows in the thread that
+# consumes them, holding the GIL, so no io method makes them faster than this; the sync
+# method also waits for each read in that thread, so its time is at least fio's depth-1
+# read time plus this floor (sync_bound_mb_s).
+
+class FloorRun(NamedTuple):
+    """A run of the scanned table's rows laid out column-wise (``floor_run``)."""
+
+    ids: bytes            # the ids, native int8
+    payloads: bytes       # the payloads' UTF-8, back to back
+    starts: list[int]     # where each payload starts in ``payloads``
+    ends: list[int]       # and ends
+
+
+def floor_run(first: int, count: int, row_bytes: int) -> FloorRun:
+    """Rows ``[first, first + count)`` of the scanned table laid out column-wise."""
+    pad = _pad(row_bytes)
+    ids = array.array("q", range(first, first + count)).tobytes()
+    values = [f"{i:012d}{pad}".encode() for i in range(first, first + count)]
+    ends = list(accumulate(map(len, values)))
+    return FloorRun(ids, b"".join(values), [0, *ends[:-1]], ends)
+
+
+def floor_batches(runs: Iterable[FloorRun]) -> Iterator[list[tuple]]:
+    """Each run's rows as ``Table.scan()`` yields them, made as cheaply as CPython can make
+    them (timeit of the ways to make a run's text values: a slice and a decode of each is
+    2x faster than one decode of them all split at a separator): one cast of the ids, a
+    decoded slice per payload, one zip."""
+    for ids, payloads, starts, ends in runs:
+        texts = [payloads[s:e].decode() for s, e in zip(starts, ends, strict=True)]
+        yield list(zip(memoryview(ids).cast("q").tolist(), texts, strict=True))
+
+
+def row_floor_seconds(nrows: int, row_bytes: int, rows_per_run: int,
+                      repeats: int = FLOOR_REPEATS) -> float:
+    """Seconds for ``floor_batches`` to make and ``count_rows`` to consume ``nrows`` rows
+    of the scanned table, ``rows_per_run`` at a time (one laid-out run reused: the work
+    does not depend on the digits); the best of ``repeats`` passes."""
+    full, rest = divmod(nrows, rows_per_run)
+    runs = [floor_run(0, rows_per_run, row_bytes)] * full
+    if rest:
+        runs.append(floor_run(0, rest, row_bytes))
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count_rows(chain.from_iterable(floor_batches(runs)))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def sync_bound_mb_s(table_bytes: int, fio_depth1_mb_s: float | None,
+                    floor_s: float) -> float | None:
+    """The most a sync scan can give, MB/s: its one thread waits for each read (at best
+    fio's depth-1 rate) and then makes the rows (at best the row floor), never both at
+    once. None without fio."""
+    if not fio_depth1_mb_s:
+        return None
+    mb = table_bytes / 1e6
+    return mb / (mb / fio_depth1_mb_s + floor_s)
 
 
 def drop_caches() -> bool:
@@ -343,6 +426,12 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
         log(f"run {run + 1}: sqlite executemany {load / 1e6:.2f} M rows/s, "
             f"SELECT * {scan / 1e6:.2f} M rows/s")
     fio32, fio1 = _median(fio["depth32"]), _median(fio["depth1"])
+    floor_s = None
+    if nrows:
+        pages = max(table_bytes // BLCKSZ, 1)
+        floor_s = row_floor_seconds(nrows, args.row_bytes,
+                                    max(round(nrows / pages * SCAN_RUN_PAGES), 1))
+        log(f"row floor: {floor_s:.3f} s for {nrows} rows")
     sync_mb = _median(cold.get("sync", []))
     sq_load_m, sq_scan_m = _median(sq_load), _median(sq_scan)
     out_methods = {}
@@ -374,6 +463,10 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
             "fio_depth32_mb_s": fio32, "fio_depth1_mb_s": fio1,
             "fio_runs": {k: [round(x, 1) for x in v] for k, v in fio.items()},
             "small_rows": args.small_rows,
+            "row_floor_s": floor_s,
+            "row_floor_mb_s": mb / floor_s if floor_s else None,
+            "sync_bound_mb_s": None if floor_s is None else sync_bound_mb_s(table_bytes, fio1,
+                                                                            floor_s),
             "sqlite": {"insert_many_rows_s": sq_load_m, "warm_scan_rows_s": sq_scan_m},
             "methods": out_methods, "notes": notes}
 
@@ -407,6 +500,13 @@ def format_table(r: dict) -> str:
                      f"{_fmt(ratios['cold_vs_fio_depth1'], '>7.2f')} "
                      f"{_fmt(ratios['cold_vs_sync'], '>6.2f')} "
                      f"{_fmt(row['warm_mb_s'], '>10.0f')}  {tgt}")
+    if r.get("row_floor_s"):
+        bound, fio1 = r["sync_bound_mb_s"], r["fio_depth1_mb_s"]
+        lines.append(f"row floor (CPython making these rows with no engine: no I/O, pages or "
+                     f"buffers): {r['row_floor_s']:.3f} s = {r['row_floor_mb_s']:.0f} MB/s; "
+                     f"sync waits for each read, so at most "
+                     f"{_fmt(bound, '.0f')} MB/s = {_fmt(_ratio(bound, fio1), '.2f')} x fio "
+                     f"depth 1")
     sq = r["sqlite"]
     lines.append(f"{r['small_rows']} small rows (int8, text, float8), M rows/s; SQLite: "
                  f"executemany {_fmt(_m(sq['insert_many_rows_s']), '.2f')}, "

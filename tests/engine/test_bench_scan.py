@@ -1,7 +1,18 @@
 """Smoke test of ``slonik bench scan`` (a command check, not a timing assertion)."""
 
 import json
+from itertools import chain
 
+import pytest
+from slonik.engine.database import Database
+from slonik.engine.tools.bench_scan import (
+    TABLE,
+    build_table,
+    floor_batches,
+    floor_run,
+    row_floor_seconds,
+    sync_bound_mb_s,
+)
 from slonik.engine.tools.cli import main
 
 
@@ -36,6 +47,12 @@ def test_bench_scan_reports_every_available_method(tmp_path, capsys):
         assert all(v > 0 for v in row["replay_mb_s"].values())
         if report["fio_depth32_mb_s"] is not None:
             assert ratios["cold_vs_fio_depth32"] > 0 and ratios["cold_vs_fio_depth1"] > 0
+    assert report["row_floor_s"] > 0
+    assert report["row_floor_mb_s"] == pytest.approx(
+        report["table_bytes"] / 1e6 / report["row_floor_s"])
+    if report["fio_depth1_mb_s"] is not None:   # below both of what it is made of
+        assert 0 < report["sync_bound_mb_s"] < min(report["fio_depth1_mb_s"],
+                                                   report["row_floor_mb_s"])
     built = sorted(p.name for p in (tmp_path / "scan").iterdir() if p.name.startswith("built-"))
     assert built == [f"built-{8 << 20}-1000"]
     assert main(argv + ["--methods", "sync", "--no-warm", "--replay-mb", "0"]) == 0
@@ -54,3 +71,25 @@ def test_info_says_what_auto_picks(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["sync"]["available"] and info["worker"]["available"]
     assert info["auto"] == ("io_uring" if io_uring_available()[0] else "worker")
+
+
+def test_row_floor_makes_the_rows_the_scan_yields(tmp_path):
+    """The row floor times the making of exactly the rows ``Table.scan()`` yields: for the
+    bench's table (built by the bench, 100-byte rows), the floor's runs (of 7 rows, the
+    last one shorter) give the scan's rows, equal and in order; and it times them all."""
+    db_dir, _rel = build_table(str(tmp_path / "scan"), 1 << 20, 100, lambda _msg: None)
+    with Database.open(db_dir, io_method="sync") as db:
+        scanned = list(db.table(TABLE).scan())
+    n = len(scanned)
+    assert n >= 10_000
+    runs = [floor_run(i, min(7, n - i), 100) for i in range(0, n, 7)]
+    assert list(chain.from_iterable(floor_batches(runs))) == scanned
+    assert row_floor_seconds(n, 100, 7, repeats=1) > 0
+
+
+def test_sync_bound_adds_the_read_and_the_row_floor():
+    """A sync scan's ceiling: 1,000 MB read at 1,000 MB/s (1 s) plus a 1 s row floor is
+    500 MB/s; a floor of 0 leaves fio's rate; without fio there is no bound."""
+    assert sync_bound_mb_s(10**9, 1000.0, 1.0) == pytest.approx(500.0)
+    assert sync_bound_mb_s(10**9, 1000.0, 0.0) == pytest.approx(1000.0)
+    assert sync_bound_mb_s(10**9, None, 1.0) is None
