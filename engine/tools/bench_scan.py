@@ -162,7 +162,7 @@ def _pad(row_bytes: int) -> str:
 # What producing the scanned table's rows costs CPython with no engine at all: no I/O,
 # pages, buffers, visibility or tuple headers, the rows' columns already laid out the way
 # the fastest decoder wants them (the ids as int8 bytes, the payloads back to back with
-# their bounds), a scan run's rows at a time. A scan makes its rows in the thread that
+# their ends), a scan run's rows at a time. A scan makes its rows in the thread that
 # consumes them, holding the GIL, so no io method makes them faster than this; the sync
 # method also waits for each read in that thread, so its time is at least fio's depth-1
 # read time plus this floor (sync_bound_mb_s).
@@ -172,26 +172,26 @@ class FloorRun(NamedTuple):
 
     ids: bytes            # the ids, native int8
     payloads: bytes       # the payloads' UTF-8, back to back
-    starts: list[int]     # where each payload starts in ``payloads``
-    ends: list[int]       # and ends
+    ends: list[int]       # where each payload ends, in characters of the decoded whole
 
 
 def floor_run(first: int, count: int, row_bytes: int) -> FloorRun:
     """Rows ``[first, first + count)`` of the scanned table laid out column-wise."""
     pad = _pad(row_bytes)
     ids = array.array("q", range(first, first + count)).tobytes()
-    values = [f"{i:012d}{pad}".encode() for i in range(first, first + count)]
-    ends = list(accumulate(map(len, values)))
-    return FloorRun(ids, b"".join(values), [0, *ends[:-1]], ends)
+    values = [f"{i:012d}{pad}" for i in range(first, first + count)]
+    return FloorRun(ids, "".join(values).encode(), list(accumulate(map(len, values))))
 
 
 def floor_batches(runs: Iterable[FloorRun]) -> Iterator[list[tuple]]:
     """Each run's rows as ``Table.scan()`` yields them, made as cheaply as CPython can make
-    them (timeit of the ways to make a run's text values: a slice and a decode of each is
-    2x faster than one decode of them all split at a separator): one cast of the ids, a
-    decoded slice per payload, one zip."""
-    for ids, payloads, starts, ends in runs:
-        texts = [payloads[s:e].decode() for s, e in zip(starts, ends, strict=True)]
+    them: one cast of the ids, one decode of the payloads and a slice of it per value (the
+    fastest of the ways timed: 84 ms for 460,000 values of 988 bytes, against 98 ms for a
+    decoded bytes slice per value and 230 ms for one decode split at a separator), one
+    zip."""
+    for ids, payloads, ends in runs:
+        whole = payloads.decode()
+        texts = [whole[s:e] for s, e in zip([0, *ends[:-1]], ends, strict=True)]
         yield list(zip(memoryview(ids).cast("q").tolist(), texts, strict=True))
 
 
