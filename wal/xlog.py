@@ -896,7 +896,11 @@ class Wal:
 
     def _group_failure(self, group: GroupFlush) -> BaseException:
         """The exception a failed C flush stands for (DESIGN §7: never retried), also
-        recorded as the Wal's failure; the Python leader's own when it was its flush."""
+        recorded as the Wal's failure (one exception for it, whichever thread asks first:
+        every thread's error names the same cause); the Python leader's own when it was
+        its flush."""
+        if self._failed is not None:
+            return self._failed
         st = group.stats()
         kind, segno, offset = st[GF_FAIL_KIND], st[GF_FAIL_SEGNO], st[GF_FAIL_OFFSET]
         if kind == GF_FAIL_WRITE:

@@ -24,6 +24,7 @@ from tests.wal import test_commit_path
 from tests.wal.test_commit_path import (
     FIRST,
     FREE_BYTES,
+    RECORD_PAYLOAD,
     SEG,
     assert_short_write_is_fatal,
     fill_leaving,
@@ -114,10 +115,107 @@ def test_concurrent_committers_are_durable_when_they_return(aio, tmp_path):
     w.close()
     assert not late
     assert st.group_joins > 0 and st.commit_delays > 0
-    assert st.flushes + st.group_joins <= st.flush_requests
+    # every request led its own flush or joined another's (the flusher thread's flushes
+    # lead none), and every flush covered at least one request
+    assert st.group_joins <= st.flush_requests and st.flushes <= st.flush_requests
     xids = sorted(rr.record.xid for rr in WalReader(str(tmp_path), SEG, FIRST))
     assert xids == sorted(t * 100_000 + i + 1 for t in range(THREADS)
                           for i in range(COMMITS_PER_THREAD))
+
+
+FLUSHER_NAME = "slonik-walflush"
+FLUSHER_ROUNDS_MAX = 20    # rounds of concurrent commits before a flusher must have started
+
+
+def flusher_threads() -> int:
+    """Threads of this process named as the C group commit's flusher."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:   # (a thread that ended meanwhile)
+            continue
+    return names.count(FLUSHER_NAME)
+
+
+def test_flusher_starts_only_for_concurrent_committers_and_ends_with_close(aio, tmp_path):
+    """One committing thread leads every flush itself: no flusher thread starts. Committers
+    that queue behind a flush start it (it writes the flushes that follow, while they wait),
+    every one of them durable when it returns; close() ends it."""
+    before = flusher_threads()
+    w = c_wal(str(tmp_path), aio, wal_buffers=64)
+    w.prepare_segments()
+    for xid in range(1, 101):
+        _s, end = w.insert(10, 0, xid, b"alone")
+        w.flush(end)
+        assert w.flush_lsn >= end
+    assert flusher_threads() == before
+    w.set_commit_delay(300, 2, active_transactions=lambda: THREADS)
+    late: list[int] = []
+
+    def committer(t: int) -> None:
+        for i in range(COMMITS_PER_THREAD):
+            _s, end = w.insert(10, 0, (t + 1) * 100_000 + i, b"c" * 120)
+            w.flush(end)
+            if w.flush_lsn < end:
+                late.append(end)
+
+    rounds = 0
+    while flusher_threads() == before and rounds < FLUSHER_ROUNDS_MAX:
+        # (a round's flushes may each happen to cover every queued committer: then none
+        # is left for a flusher, and the next round tries again)
+        rounds += 1
+        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(committer, range(rounds * THREADS, (rounds + 1) * THREADS)))
+    assert not late
+    assert flusher_threads() == before + 1
+    w.close()
+    assert flusher_threads() == before
+    assert len(list(WalReader(str(tmp_path), SEG, FIRST))) == \
+        100 + rounds * THREADS * COMMITS_PER_THREAD
+
+
+def test_full_disk_under_concurrent_committers_is_one_failure(aio, small_fs):
+    """Committers flushing concurrently onto a file system that fills up (a real tmpfs, a
+    segment without preallocated blocks): exactly one of them gets the short write as its
+    own error (WalDiskFullError; the flush's leader, or a waiter of the flusher's flush),
+    every other ends with the WAL unusable, caused by that full disk; none returned from a
+    flush past what is durable."""
+    sparse_segment(small_fs, 1)
+    w = c_wal(small_fs, aio, wal_buffers=64)
+    _s, end = w.insert(10, 0, 1, b"first")
+    w.flush(end)                        # hands the segment's fd to the C path
+    fill_leaving(small_fs, FREE_BYTES)
+    errors: list[WalError] = []
+    returned: list[int] = []
+    lock = threading.Lock()
+
+    def committer(t: int) -> None:
+        for i in range(1000):
+            try:
+                _s, end = w.insert(10, 0, (t + 1) * 100_000 + i, RECORD_PAYLOAD)
+                w.flush(end)
+            except WalError as exc:
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                returned.append(end)
+
+    threads = [threading.Thread(target=committer, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == THREADS and w.failed
+    own = [e for e in errors if isinstance(e, DiskFullError)]
+    assert len(own) == 1 and "wrote only" in str(own[0].__cause__)
+    for e in errors:
+        if e is not own[0]:
+            assert "unusable" in str(e) and e.__cause__ is own[0].__cause__
+    assert returned and max(returned) <= w.flush_lsn
+    w.close()
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["buffered", "o_dsync"])
