@@ -3313,6 +3313,7 @@ int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *rin
  * the failure fields); of the callers waiting on a failed flush, the one that led it, or
  * for the flusher's the first to return, reports it as its own. */
 #include <pthread.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -3359,6 +3360,7 @@ typedef struct {
     pthread_t thr;
     pthread_cond_t work;        /* signalled when a flush ends with waiters */
     int thr_on, stop, lead_pending;
+    pid_t thr_pid;              /* the process the flusher runs in (a forked child has none) */
 } wf_state;
 
 void *slk_wf_new(uint8_t *ring, uint32_t npages, uint64_t seg_size, uint64_t flushed,
@@ -3452,9 +3454,17 @@ static void wf_wake(wf_state *st)
         wf_wake_some(st, 1);
         return;
     }
+    if (st->thr_on && st->thr_pid != getpid()) {
+        /* forked: the thread stayed in the parent, and its wait on work is a phantom in
+         * this copy of the condition variable (a signal could go to it): a fresh one */
+        st->thr_on = 0;
+        pthread_cond_init(&st->work, NULL);
+    }
     if (!st->thr_on && !st->stop && !st->handback
-            && pthread_create(&st->thr, NULL, wf_flusher, st) == 0)
+            && pthread_create(&st->thr, NULL, wf_flusher, st) == 0) {
         st->thr_on = 1;
+        st->thr_pid = getpid();
+    }
     if (st->thr_on && !st->handback) {
         wf_wake_some(st, 1);
         pthread_cond_signal(&st->work);
@@ -3588,6 +3598,9 @@ static int wf_lead(wf_state *st, int handback, int64_t *io, uint64_t *range)
 static void *wf_flusher(void *p)
 {
     wf_state *st = p;
+    sigset_t all;                           /* signals go to the interpreter's threads */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
     prctl(PR_SET_NAME, WF_FLUSHER_NAME, 0, 0, 0);
     pthread_mutex_lock(&st->mu);
     while (!st->stop) {
@@ -3615,7 +3628,7 @@ static void *wf_flusher(void *p)
 static void wf_stop_flusher(wf_state *st)
 {
     pthread_mutex_lock(&st->mu);
-    int on = st->thr_on;
+    int on = st->thr_on && st->thr_pid == getpid();
     st->stop = 1;
     st->thr_on = 0;
     pthread_cond_signal(&st->work);

@@ -9,7 +9,9 @@ import concurrent.futures
 import errno
 import os
 import random
+import signal
 import threading
+import time
 
 import pytest
 from slonik.aio import osfile
@@ -125,6 +127,7 @@ def test_concurrent_committers_are_durable_when_they_return(aio, tmp_path):
 
 FLUSHER_NAME = "slonik-walflush"
 FLUSHER_ROUNDS_MAX = 20    # rounds of concurrent commits before a flusher must have started
+CHILD_SECONDS_MAX = 60     # a forked child's commits end well within this, or it hangs
 
 
 def flusher_threads() -> int:
@@ -174,6 +177,52 @@ def test_flusher_starts_only_for_concurrent_committers_and_ends_with_close(aio, 
     assert flusher_threads() == before
     assert len(list(WalReader(str(tmp_path), SEG, FIRST))) == \
         100 + rounds * THREADS * COMMITS_PER_THREAD
+
+
+def test_forked_child_flushes_without_the_parents_flusher(aio, tmp_path):
+    """A child forked after the parent's flusher started (the thread stays in the parent)
+    commits from concurrent threads of its own: a flusher of its own takes over, every
+    commit returns durable, none waits for the parent's thread."""
+    w = c_wal(str(tmp_path), aio, wal_buffers=64)
+    w.prepare_segments()
+    w.set_commit_delay(300, 2, active_transactions=lambda: THREADS)
+
+    def commit_all(base: int) -> None:
+        def committer(t: int) -> None:
+            for i in range(COMMITS_PER_THREAD):
+                _s, end = w.insert(10, 0, base + t * 1000 + i, b"c" * 120)
+                w.flush(end)
+                assert w.flush_lsn >= end
+        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(committer, range(THREADS)))
+
+    rounds = 0
+    while flusher_threads() == 0 and rounds < FLUSHER_ROUNDS_MAX:
+        rounds += 1
+        commit_all(rounds * 100_000)
+    assert flusher_threads() == 1
+    pid = os.fork()
+    if pid == 0:   # the child: only this thread, the parent's flusher left behind
+        code = 1
+        try:
+            for child_round in range(FLUSHER_ROUNDS_MAX):
+                commit_all((50 + child_round) * 100_000)
+                if flusher_threads() == 1:
+                    code = 0
+                    break
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + CHILD_SECONDS_MAX
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if not done:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done and os.waitstatus_to_exitcode(status) == 0
+    w.close()
 
 
 def test_full_disk_under_concurrent_committers_is_one_failure(aio, small_fs):
