@@ -28,7 +28,9 @@ Invariants:
 3. A failed WAL write or sync makes this Wal unusable: every later insert or flush raises
    WalError. An fsync is never retried (the kernel may have dropped the dirty pages). The
    flush that failed raises WalDiskFullError (a WalError and a DiskFullError) when the disk
-   was full (ENOSPC, or a write that made no progress), WalError otherwise.
+   was full (ENOSPC, or a write that made no progress), WalError otherwise; so do the
+   later calls refused for it (whichever thread's flush, the WAL writer's say, met the
+   full disk first, a commit failing for it gets a DiskFullError).
 4. New segment files are zero-filled and their directory synced before WAL is written
    into them; old segments are recycled by renaming them to future names. So a WAL
    fdatasync never has to change file metadata. ``prepare_segments`` (the WAL writer
@@ -1303,10 +1305,14 @@ class Wal:
     def _check_usable(self) -> None:
         if self._failed is not None:
             # chained to the failure, so a caller that did not hit it itself (another
-            # thread's flush, the background writer's) still sees its cause (ENOSPC...)
-            raise WalError("WAL is unusable after a failed write or sync "
-                           f"({self._failed}); reopen the database to run crash recovery") \
-                from self._failed
+            # thread's flush, the background writer's) still sees its cause (ENOSPC...);
+            # after a full disk it is the DiskFullError DESIGN §7 promises a commit that
+            # fails for one, whichever thread's write met it first
+            what = ("WAL is unusable after a failed write or sync "
+                    f"({self._failed}); reopen the database to run crash recovery")
+            if _disk_full(self._failed):
+                raise WalDiskFullError(what) from self._failed
+            raise WalError(what) from self._failed
         if self._closed:
             raise WalError("the WAL is closed")
 
