@@ -3306,7 +3306,7 @@ int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *rin
  * flusher thread (started the first time that happens, so never for one committing
  * thread): it keeps flushing while waiters need more, so under contention no committer
  * waits on the device itself and no leader has to be woken between two flushes (eight
- * threads: +8-12% commits/s, interleaved A/B). A flush the C path cannot take (it
+ * threads: +5-10% commits/s, two: +23%, interleaved A/B). A flush the C path cannot take (it
  * crosses a segment, or its segment's fd is not registered yet) is handed back to a
  * caller as leader (return 1) and finished with slk_wf_done. A failed or short write or a
  * failed sync is fatal: every later call returns -1 (xlog.py builds the exception from
@@ -3409,8 +3409,7 @@ static int64_t wf_now_ns(void)
 }
 
 /* Wake the queued waiters the flushes so far covered (all of them after a failure or a
- * close) and,
- * unless lead_woken, at most one they did not, to lead. Caller holds mu. */
+ * close) and, unless lead_woken, at most one they did not, to lead. Caller holds mu. */
 static void wf_wake_some(wf_state *st, int lead_woken)
 {
     wf_waiter **link = &st->head, *w, *last = NULL;

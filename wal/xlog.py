@@ -190,8 +190,10 @@ class GroupFlush(NamedTuple):
     """What ``Wal(group_flush_for=f)`` gets from ``f(ring, npages, wal_segment_size,
     flush_lsn, o_dsync)``: group commit with the whole flush of the syscalls path in C
     (engine/wal_build.py), so that neither the leader nor a waiting committer holds the
-    GIL between asking for a flush and learning it is durable. ``Wal.flush``'s Python
-    leader/waiter queue is its reference; the two write the same bytes.
+    GIL between asking for a flush and learning it is durable; under contention a flusher
+    thread of the C state writes the flushes that follow one another (none for a lone
+    committer). ``Wal.flush``'s Python leader/waiter queue is its reference; the two write
+    the same bytes.
 
     ``flush(lsn, insert_lsn, active, handback, out)``: 0, durable up to ``lsn``
     (``out[0]``: the flush position; ``out[1]``: 1 if this call's own flush wrote it,
