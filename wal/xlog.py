@@ -920,7 +920,7 @@ class Wal:
         if self._failed is None:
             self._failed = exc
         self.failed = True
-        return exc
+        return self._failed   # (another thread's, if it recorded one meanwhile)
 
     def _write_and_sync(self, flushed: int, target: int) -> None:
         seg = self.wal_segment_size
