@@ -368,6 +368,7 @@ class Wal:
         self._flushed = start_lsn          # durable up to here
         self._redo = redo_lsn
         self._failed: BaseException | None = None
+        self._fail_lock = threading.Lock()   # records _failed once (_record_failure)
         # Whether a WAL write or sync failed (set with _failed, never cleared): a plain
         # attribute, not a property, since every store call reads it (Database's open check).
         self.failed = False
@@ -846,12 +847,19 @@ class Wal:
             self._sync_ns += time.perf_counter_ns() - t0
         self._flushes += 1
 
+    def _record_failure(self, exc: BaseException) -> BaseException:
+        """Make the Wal unusable for ``exc`` unless a failure is recorded already; the one
+        recorded (threads that fail together all name the same cause)."""
+        with self._fail_lock:
+            if self._failed is None:
+                self._failed = exc
+            self.failed = True
+            return self._failed
+
     def _fail(self, exc: BaseException, target: int) -> None:
         """Make the Wal unusable after the flush up to ``target`` failed with ``exc`` and
         raise what the flusher sees (invariant 3)."""
-        if self._failed is None:
-            self._failed = exc
-        self.failed = True
+        exc = self._record_failure(exc)
         what = (f"could not write or sync WAL up to {format_lsn(target)}: {exc}; "
                 "the database must be reopened (crash recovery) and nothing after "
                 "this point may be trusted as durable")
@@ -917,10 +925,7 @@ class Wal:
             exc = io_error(st[GF_FAIL_ERRNO], f"could not sync {self._describe(segno, 0)}")
         else:   # the Python leader's flush failed: it recorded its own exception
             exc = self._failed or WalError("a WAL flush failed in another thread")
-        if self._failed is None:
-            self._failed = exc
-        self.failed = True
-        return self._failed   # (another thread's, if it recorded one meanwhile)
+        return self._record_failure(exc)
 
     def _write_and_sync(self, flushed: int, target: int) -> None:
         seg = self.wal_segment_size
