@@ -142,6 +142,19 @@ def flusher_threads() -> int:
     return names.count(FLUSHER_NAME)
 
 
+def commit_concurrently(w: Wal, first_xid: int) -> None:
+    """THREADS committers, COMMITS_PER_THREAD records each (xids from ``first_xid``),
+    each flush checked durable when it returns (a failure is re-raised here)."""
+    def committer(t: int) -> None:
+        for i in range(COMMITS_PER_THREAD):
+            _s, end = w.insert(10, 0, first_xid + t * COMMITS_PER_THREAD + i, b"c" * 120)
+            w.flush(end)
+            assert w.flush_lsn >= end, (end, w.flush_lsn)
+
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(committer, range(THREADS)))
+
+
 def test_flusher_starts_only_for_concurrent_committers_and_ends_with_close(aio, tmp_path):
     """One committing thread leads every flush itself: no flusher thread starts. Committers
     that queue behind a flush start it (it writes the flushes that follow, while they wait),
@@ -155,23 +168,12 @@ def test_flusher_starts_only_for_concurrent_committers_and_ends_with_close(aio, 
         assert w.flush_lsn >= end
     assert flusher_threads() == before
     w.set_commit_delay(300, 2, active_transactions=lambda: THREADS)
-    late: list[int] = []
-
-    def committer(t: int) -> None:
-        for i in range(COMMITS_PER_THREAD):
-            _s, end = w.insert(10, 0, (t + 1) * 100_000 + i, b"c" * 120)
-            w.flush(end)
-            if w.flush_lsn < end:
-                late.append(end)
-
     rounds = 0
     while flusher_threads() == before and rounds < FLUSHER_ROUNDS_MAX:
         # (a round's flushes may each happen to cover every queued committer: then none
         # is left for a flusher, and the next round tries again)
         rounds += 1
-        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-            list(pool.map(committer, range(rounds * THREADS, (rounds + 1) * THREADS)))
-    assert not late
+        commit_concurrently(w, rounds * 100_000)
     assert flusher_threads() == before + 1
     w.close()
     assert flusher_threads() == before
@@ -183,30 +185,21 @@ def test_forked_child_flushes_without_the_parents_flusher(aio, tmp_path):
     """A child forked after the parent's flusher started (the thread stays in the parent)
     commits from concurrent threads of its own: a flusher of its own takes over, every
     commit returns durable, none waits for the parent's thread."""
+    before = flusher_threads()
     w = c_wal(str(tmp_path), aio, wal_buffers=64)
     w.prepare_segments()
     w.set_commit_delay(300, 2, active_transactions=lambda: THREADS)
-
-    def commit_all(base: int) -> None:
-        def committer(t: int) -> None:
-            for i in range(COMMITS_PER_THREAD):
-                _s, end = w.insert(10, 0, base + t * 1000 + i, b"c" * 120)
-                w.flush(end)
-                assert w.flush_lsn >= end
-        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-            list(pool.map(committer, range(THREADS)))
-
     rounds = 0
-    while flusher_threads() == 0 and rounds < FLUSHER_ROUNDS_MAX:
+    while flusher_threads() == before and rounds < FLUSHER_ROUNDS_MAX:
         rounds += 1
-        commit_all(rounds * 100_000)
-    assert flusher_threads() == 1
+        commit_concurrently(w, rounds * 100_000)
+    assert flusher_threads() == before + 1
     pid = os.fork()
     if pid == 0:   # the child: only this thread, the parent's flusher left behind
         code = 1
         try:
             for child_round in range(FLUSHER_ROUNDS_MAX):
-                commit_all((50 + child_round) * 100_000)
+                commit_concurrently(w, (50 + child_round) * 100_000)
                 if flusher_threads() == 1:
                     code = 0
                     break
