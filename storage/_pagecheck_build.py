@@ -3550,10 +3550,10 @@ static int wf_can_take(const wf_state *st, uint64_t flushed, uint64_t target)
 }
 
 /* With flushing set and mu held (released around the I/O): commit_delay's wait when
- * enough transactions are active, then write and sync [flushed, want) and account it;
- * flushing is cleared. 0; -1, the failure recorded; 1, the flush (moved on during the
- * wait) is one the C path cannot take, or handback: the caller hands it back (range:
- * [flushed, target)). */
+ * enough transactions are active, then write and sync [flushed, want) and account it.
+ * 0, or -1 with the failure recorded: flushing cleared. 1, a flush the C path cannot take
+ * (it may have moved on during the wait), or handback: flushing still set, for whoever
+ * hands it back (range: [flushed, target)). */
 static int wf_lead(wf_state *st, int handback, int64_t *io, uint64_t *range)
 {
     if (st->delay_us > 0 && st->queued + st->active >= st->siblings) {
@@ -3693,8 +3693,7 @@ int slk_wf_flush(void *p, uint64_t lsn, uint64_t hint, int64_t active, int handb
                 pthread_mutex_unlock(&st->mu);
                 return 0;
             }
-            if (st->closed) break;
-            continue;                      /* (woken by close or a stale wake-up) */
+            break;                         /* (woken by close: the only other cause) */
         }
         if (st->s[WS_FAIL_KIND] || st->closed) break;
         if (lsn <= st->flushed) {          /* (woken to lead, but already durable) */
