@@ -155,6 +155,18 @@ def commit_concurrently(w: Wal, first_xid: int) -> None:
         list(pool.map(committer, range(THREADS)))
 
 
+def commit_until_flusher_starts(w: Wal, before: int, first_round: int = 1) -> int:
+    """Rounds of ``commit_concurrently`` (xids from ``round * 100_000``) until a flusher
+    thread runs beside the ``before`` there were, at most FLUSHER_ROUNDS_MAX; how many.
+    (A round's flushes may each happen to cover every queued committer: then none is
+    left for a flusher, and the next round tries again.)"""
+    rounds = 0
+    while flusher_threads() == before and rounds < FLUSHER_ROUNDS_MAX:
+        commit_concurrently(w, (first_round + rounds) * 100_000)
+        rounds += 1
+    return rounds
+
+
 def test_flusher_starts_only_for_concurrent_committers_and_ends_with_close(aio, tmp_path):
     """One committing thread leads every flush itself: no flusher thread starts. Committers
     that queue behind a flush start it (it writes the flushes that follow, while they wait),
@@ -168,12 +180,7 @@ def test_flusher_starts_only_for_concurrent_committers_and_ends_with_close(aio, 
         assert w.flush_lsn >= end
     assert flusher_threads() == before
     w.set_commit_delay(300, 2, active_transactions=lambda: THREADS)
-    rounds = 0
-    while flusher_threads() == before and rounds < FLUSHER_ROUNDS_MAX:
-        # (a round's flushes may each happen to cover every queued committer: then none
-        # is left for a flusher, and the next round tries again)
-        rounds += 1
-        commit_concurrently(w, rounds * 100_000)
+    rounds = commit_until_flusher_starts(w, before)
     assert flusher_threads() == before + 1
     w.close()
     assert flusher_threads() == before
@@ -189,20 +196,14 @@ def test_forked_child_flushes_without_the_parents_flusher(aio, tmp_path):
     w = c_wal(str(tmp_path), aio, wal_buffers=64)
     w.prepare_segments()
     w.set_commit_delay(300, 2, active_transactions=lambda: THREADS)
-    rounds = 0
-    while flusher_threads() == before and rounds < FLUSHER_ROUNDS_MAX:
-        rounds += 1
-        commit_concurrently(w, rounds * 100_000)
+    commit_until_flusher_starts(w, before)
     assert flusher_threads() == before + 1
     pid = os.fork()
     if pid == 0:   # the child: only this thread, the parent's flusher left behind
         code = 1
         try:
-            for child_round in range(FLUSHER_ROUNDS_MAX):
-                commit_concurrently(w, (50 + child_round) * 100_000)
-                if flusher_threads() == 1:
-                    code = 0
-                    break
+            commit_until_flusher_starts(w, 0, first_round=50)
+            code = 0 if flusher_threads() == 1 else 2
         finally:
             os._exit(code)
     deadline = time.monotonic() + CHILD_SECONDS_MAX
