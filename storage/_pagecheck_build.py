@@ -3312,9 +3312,11 @@ int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *rin
  * failed sync is fatal: every later call returns -1 (xlog.py builds the exception from
  * the failure fields); of the callers waiting on a failed flush, the one that led it, or
  * for the flusher's the first to return, reports it as its own. */
+#include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -3325,13 +3327,16 @@ int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *rin
 #define WF_CRC_AT 28u
 #define WF_HDR 32u
 
-enum { WF_WAIT = 0, WF_COVERED = 1, WF_LEAD = 2 };
+/* A waiter's state, its futex word. WF_DONE: durable (flushed says how far), and the
+ * waiter returns without taking mu again; WF_COVERED: woken by a failure or a close, it
+ * takes mu to learn which; WF_LEAD: woken to lead the next flush. */
+enum { WF_WAIT = 0, WF_COVERED = 1, WF_LEAD = 2, WF_DONE = 3 };
 #define WF_FLUSHER_NAME "slonik-walflush"
 
 typedef struct wf_waiter {
     uint64_t lsn;
-    int state;
-    pthread_cond_t cv;
+    uint64_t flushed;           /* with WF_DONE: the durable point that covered it */
+    int state;                  /* a futex word: set once by the waker, under mu */
     struct wf_waiter *next;
 } wf_waiter;
 
@@ -3408,23 +3413,41 @@ static int64_t wf_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Set a dequeued waiter's state and wake it. Its waiting thread may see the state and
+ * return (its wf_waiter, on its stack, gone) before the wake: a private futex wake reads
+ * no memory, and a stray one at that address later is a spurious wake-up, which every
+ * futex wait here re-checks. Caller holds mu. */
+static void wf_post(wf_waiter *w, int state)
+{
+    int *word = &w->state;
+    __atomic_store_n(word, state, __ATOMIC_RELEASE);
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
 /* Wake the queued waiters the flushes so far covered (all of them after a failure or a
- * close) and, unless lead_woken, at most one they did not, to lead. Caller holds mu. */
+ * close) and, unless lead_woken, at most one they did not, to lead. A waiter made durable
+ * is told the durable point and returns without mu, so the waiters a flush wakes do not
+ * queue on mu behind each other and the flusher. Caller holds mu. */
 static void wf_wake_some(wf_state *st, int lead_woken)
 {
     wf_waiter **link = &st->head, *w, *last = NULL;
+    int failed = st->s[WS_FAIL_KIND] || st->closed;
     while ((w = *link) != NULL) {
-        if (w->lsn <= st->flushed || st->s[WS_FAIL_KIND] || st->closed) {
-            w->state = WF_COVERED;
+        if (w->lsn <= st->flushed && !failed) {
             *link = w->next;
             st->queued--;
-            pthread_cond_signal(&w->cv);
+            st->s[WS_JOINS]++;
+            w->flushed = st->flushed;
+            wf_post(w, WF_DONE);
+        } else if (failed) {
+            *link = w->next;
+            st->queued--;
+            wf_post(w, WF_COVERED);
         } else if (!lead_woken) {
-            w->state = WF_LEAD;
             *link = w->next;
             st->queued--;
             lead_woken = 1;
-            pthread_cond_signal(&w->cv);
+            wf_post(w, WF_LEAD);
         } else {
             last = w;
             link = &w->next;
@@ -3635,21 +3658,30 @@ static void wf_stop_flusher(wf_state *st)
     if (on) pthread_join(st->thr, NULL);
 }
 
-/* Wait in the queue until covered (0) or woken to lead (1). Caller holds mu. */
-static int wf_queue(wf_state *st, uint64_t lsn)
+/* Wait in the queue, without mu, until a waker sets this waiter's state. WF_DONE: durable
+ * up to *flushed, mu not held. Else (covered by a failure or a close: 0; woken to lead:
+ * 1) with mu held again. Caller holds mu. */
+static int wf_queue(wf_state *st, uint64_t lsn, uint64_t *flushed)
 {
     wf_waiter w;
     w.lsn = lsn;
+    w.flushed = 0;
     w.state = WF_WAIT;
     w.next = NULL;
-    pthread_cond_init(&w.cv, NULL);
     if (st->tail) st->tail->next = &w; else st->head = &w;
     st->tail = &w;
     st->queued++;
-    while (w.state == WF_WAIT) pthread_cond_wait(&w.cv, &st->mu);
-    pthread_cond_destroy(&w.cv);
-    if (w.state == WF_LEAD) st->lead_pending = 0;   /* (a hand-back the flusher made) */
-    return w.state == WF_LEAD;
+    pthread_mutex_unlock(&st->mu);
+    int state;
+    while ((state = __atomic_load_n(&w.state, __ATOMIC_ACQUIRE)) == WF_WAIT)
+        syscall(SYS_futex, &w.state, FUTEX_WAIT_PRIVATE, WF_WAIT, NULL, NULL, 0);
+    if (state == WF_DONE) {
+        *flushed = w.flushed;
+        return WF_DONE;
+    }
+    pthread_mutex_lock(&st->mu);
+    if (state == WF_LEAD) st->lead_pending = 0;   /* (a hand-back the flusher made) */
+    return state == WF_LEAD;
 }
 
 /* 0: WAL is durable up to lsn (out[0] = flushed; out[1] = 1 if a flush by this call wrote
@@ -3677,7 +3709,13 @@ int slk_wf_flush(void *p, uint64_t lsn, uint64_t hint, int64_t active, int handb
     st->active = active;
     st->handback = handback;
     while (st->flushing || st->lead_pending) {
-        if (!wf_queue(st, lsn)) {          /* covered by another's flush, or it failed */
+        uint64_t durable;
+        int woken = wf_queue(st, lsn, &durable);
+        if (woken == WF_DONE) {            /* covered by another's flush (mu not held) */
+            out[0] = durable;
+            return 0;
+        }
+        if (!woken) {                      /* the WAL failed, or it was closed */
             if (st->s[WS_FAIL_KIND]) {
                 /* the flusher's failed flush: the first waiter it covered reports it */
                 int own = st->fail_target && lsn <= st->fail_target && !st->fail_reported;
