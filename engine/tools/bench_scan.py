@@ -21,9 +21,11 @@ Each measurement, per io method (``--methods``), in the same invocation:
   ``SELECT *`` on the same rows.
 
 - the row floor: what CPython alone needs to make the table's rows (no I/O, pages,
-  buffers or visibility: the columns laid out, a scan run's rows at a time), and from it
-  and fio's depth-1 rate the most a sync scan can give (it waits for each read in the
-  thread that makes the rows).
+  buffers or visibility: the columns laid out, a scan run's rows at a time); the checksum
+  floor: what the C verifier needs to check every page's CRC-32C in memory (the table's
+  pages read in first, untimed). From both and fio's depth-1 rate, the most a sync scan
+  can give: it waits for each read in the thread that verifies the pages and makes the
+  rows.
 
 Medians of ``--runs`` runs; per method ``ratios``: cold vs fio depth 32 and depth 1 (and
 vs sync), warm scan and insert_many vs SQLite. Targets (issue #14): io_uring >= 0.8 x fio
@@ -58,7 +60,7 @@ from slonik.engine.tools.bench import (
 from slonik.engine.tools.bench_replay import WORKLOADS as REPLAY_WORKLOADS
 from slonik.engine.tools.bench_replay import run_replay_bench
 from slonik.engine.tools.fio import FioError, fio_status, run_fio_job
-from slonik.storage.page import BLCKSZ
+from slonik.storage.page import BLCKSZ, C_VERIFIER, PageRunVerifier
 
 __all__ = ["add_arguments", "cmd_bench_scan", "run_scan_bench", "format_table", "floor_run",
            "floor_batches", "FloorRun", "row_floor_seconds", "sync_bound_mb_s"]
@@ -79,6 +81,7 @@ BLOCK_KIB = 8                   # a page; fio reads io_combine_limit pages at a 
 DEFAULT_REPLAY_MB = 64.0        # WAL per replay workload
 REPLAY_TARGET_MB_S = 150.0      # the issue's replay target, MB of WAL per second
 FLOOR_REPEATS = 3               # the row floor: the best of this many passes
+CHECKSUM_CHUNK_PAGES = 1024      # the checksum floor: pages a verifier call (8 MiB)
 TARGETS = {"io_uring": ("cold_vs_fio_depth32", 0.8), "sync": ("cold_vs_fio_depth1", 0.8),
            "worker": ("cold_vs_fio_depth32", 0.6)}
 
@@ -212,11 +215,40 @@ def row_floor_seconds(nrows: int, row_bytes: int, rows_per_run: int,
     return best
 
 
+def checksum_floor_seconds(paths: list[str], rel: int,
+                           chunk_pages: int = CHECKSUM_CHUNK_PAGES) -> float | None:
+    """Seconds for the C page verifier (what a read's completion runs) to check every page
+    of the relation ``rel`` whose segment files are ``paths`` (in order), ``chunk_pages``
+    pages a call; only the calls are timed, not reading the files in. None without the C
+    module. Raises ValueError naming the first page that does not verify: the bench's
+    table must be whole."""
+    if not C_VERIFIER:
+        return None
+    buf = bytearray(chunk_pages * BLCKSZ)
+    view = memoryview(buf)
+    verifier = PageRunVerifier(buf)
+    total = 0.0
+    block = 0
+    for path in paths:
+        with open(path, "rb") as f:   # (a data file read once, outside the engine)
+            while got := f.readinto(view):
+                n = got // BLCKSZ
+                start = time.perf_counter()
+                bad = verifier.verify(range(n), rel, 0, block)
+                total += time.perf_counter() - start
+                if bad:
+                    k, why = bad[0]
+                    raise ValueError(f"block {block + k} of relation {rel} does not verify: "
+                                     f"{why.reason}")
+                block += n
+    return total
+
+
 def sync_bound_mb_s(table_bytes: int, fio_depth1_mb_s: float | None,
                     floor_s: float) -> float | None:
     """The most a sync scan can give, MB/s: its one thread waits for each read (at best
-    fio's depth-1 rate) and then makes the rows (at best the row floor), never both at
-    once. None without fio."""
+    fio's depth-1 rate) and then does the CPU work that cannot be skipped, ``floor_s``
+    (the row floor plus the checksum floor), never both at once. None without fio."""
     if not fio_depth1_mb_s:
         return None
     mb = table_bytes / 1e6
@@ -347,9 +379,11 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
     db_dir, rel = build_table(args.dir, args.size, args.row_bytes, log)
     segment = os.path.join(db_dir, "base", str(rel))
     fio_bytes = table_bytes = os.path.getsize(segment)
+    segments = [segment]
     more = 1
     while os.path.exists(f"{segment}.{more}"):
-        table_bytes += os.path.getsize(f"{segment}.{more}")
+        segments.append(f"{segment}.{more}")
+        table_bytes += os.path.getsize(segments[-1])
         more += 1
     if more > 1:
         notes.append("fio reads the first 1 GiB segment only")
@@ -432,6 +466,9 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
         floor_s = row_floor_seconds(nrows, args.row_bytes,
                                     max(round(nrows / pages * SCAN_RUN_PAGES), 1))
         log(f"row floor: {floor_s:.3f} s for {nrows} rows")
+    checksum_s = checksum_floor_seconds(segments, rel)
+    if checksum_s is not None:
+        log(f"checksum floor: {checksum_s:.3f} s for {table_bytes // BLCKSZ} pages")
     sync_mb = _median(cold.get("sync", []))
     sq_load_m, sq_scan_m = _median(sq_load), _median(sq_scan)
     out_methods = {}
@@ -465,8 +502,9 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
             "small_rows": args.small_rows,
             "row_floor_s": floor_s,
             "row_floor_mb_s": mb / floor_s if floor_s else None,
-            "sync_bound_mb_s": None if floor_s is None else sync_bound_mb_s(table_bytes, fio1,
-                                                                            floor_s),
+            "checksum_floor_s": checksum_s,
+            "sync_bound_mb_s": None if floor_s is None else sync_bound_mb_s(
+                table_bytes, fio1, floor_s + (checksum_s or 0.0)),
             "sqlite": {"insert_many_rows_s": sq_load_m, "warm_scan_rows_s": sq_scan_m},
             "methods": out_methods, "notes": notes}
 
@@ -504,9 +542,10 @@ def format_table(r: dict) -> str:
         bound, fio1 = r["sync_bound_mb_s"], r["fio_depth1_mb_s"]
         lines.append(f"row floor (CPython making these rows with no engine: no I/O, pages or "
                      f"buffers): {r['row_floor_s']:.3f} s = {r['row_floor_mb_s']:.0f} MB/s; "
-                     f"sync waits for each read, so at most "
-                     f"{_fmt(bound, '.0f')} MB/s = {_fmt(_ratio(bound, fio1), '.2f')} x fio "
-                     f"depth 1")
+                     f"checksum floor (C CRC-32C of every page): "
+                     f"{_fmt(r.get('checksum_floor_s'), '.3f')} s; sync waits for each read, "
+                     f"so at most {_fmt(bound, '.0f')} MB/s = "
+                     f"{_fmt(_ratio(bound, fio1), '.2f')} x fio depth 1")
     sq = r["sqlite"]
     lines.append(f"{r['small_rows']} small rows (int8, text, float8), M rows/s; SQLite: "
                  f"executemany {_fmt(_m(sq['insert_many_rows_s']), '.2f')}, "

@@ -1,19 +1,23 @@
 """Smoke test of ``slonik bench scan`` (a command check, not a timing assertion)."""
 
 import json
+import os
 from itertools import chain
+from pathlib import Path
 
 import pytest
 from slonik.engine.database import Database
 from slonik.engine.tools.bench_scan import (
     TABLE,
     build_table,
+    checksum_floor_seconds,
     floor_batches,
     floor_run,
     row_floor_seconds,
     sync_bound_mb_s,
 )
 from slonik.engine.tools.cli import main
+from slonik.storage.page import BLCKSZ, C_VERIFIER
 
 
 def test_bench_scan_reports_every_available_method(tmp_path, capsys):
@@ -50,6 +54,7 @@ def test_bench_scan_reports_every_available_method(tmp_path, capsys):
     assert report["row_floor_s"] > 0
     assert report["row_floor_mb_s"] == pytest.approx(
         report["table_bytes"] / 1e6 / report["row_floor_s"])
+    assert (report["checksum_floor_s"] > 0) if C_VERIFIER else report["checksum_floor_s"] is None
     if report["fio_depth1_mb_s"] is not None:   # below both of what it is made of
         assert 0 < report["sync_bound_mb_s"] < min(report["fio_depth1_mb_s"],
                                                    report["row_floor_mb_s"])
@@ -93,3 +98,28 @@ def test_sync_bound_adds_the_read_and_the_row_floor():
     assert sync_bound_mb_s(10**9, 1000.0, 1.0) == pytest.approx(500.0)
     assert sync_bound_mb_s(10**9, 1000.0, 0.0) == pytest.approx(1000.0)
     assert sync_bound_mb_s(10**9, None, 1.0) is None
+
+
+@pytest.mark.skipif(not C_VERIFIER, reason="the checksum floor times the C verifier")
+def test_checksum_floor_verifies_every_page_and_names_a_damaged_one(tmp_path):
+    """The checksum floor checks every page of the bench's table (3 pages a call here, so
+    the block numbers run on across calls and segment files) and times it; a copy of the
+    table with one byte changed in block 4 raises ValueError naming that block, and the
+    table's own files are left as they were."""
+    db_dir, rel = build_table(str(tmp_path / "scan"), 1 << 20, 100, lambda _msg: None)
+    segment = os.path.join(db_dir, "base", str(rel))
+    data = Path(segment).read_bytes()
+    assert len(data) >= 8 * BLCKSZ
+    assert checksum_floor_seconds([segment], rel, chunk_pages=3) > 0
+    half = len(data) // BLCKSZ // 2 * BLCKSZ   # the same pages split over two files
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(data[:half])
+    second.write_bytes(data[half:])
+    assert checksum_floor_seconds([str(first), str(second)], rel, chunk_pages=3) > 0
+    damaged = bytearray(data)
+    damaged[4 * BLCKSZ + 5000] ^= 0x40
+    copy = tmp_path / "damaged"
+    copy.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=f"block 4 of relation {rel} does not verify"):
+        checksum_floor_seconds([str(copy)], rel, chunk_pages=3)
+    assert Path(segment).read_bytes() == data
