@@ -16,7 +16,7 @@ endif
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py aio/_uring_build.py storage/_pagecheck_build.py
+$(STAMP): pyproject.toml setup.py aio/_uring_build.py aio/_osio_build.py storage/_pagecheck_build.py
 	@if command -v dpkg >/dev/null 2>&1 && ! dpkg -s liburing-dev >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing liburing-dev (Debian) for the io_uring binding"; \
@@ -56,4 +56,4 @@ torture: $(STAMP)
 	$(BIN)/python -m pytest -q -m torture
 
 clean:
-	rm -rf $(VENV) build *.egg-info aio/_uring*.so storage/_pagecheck*.so storage/_pagehot*.so
+	rm -rf $(VENV) build *.egg-info aio/_uring*.so aio/_osio*.so storage/_pagecheck*.so storage/_pagehot*.so

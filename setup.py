@@ -8,6 +8,8 @@ Everything else about the package lives in pyproject.toml.
   green without io_uring.
 - ``slonik.storage._pagecheck``, page verification of a whole read in C, when a C compiler works.
   Built as an optional extension: if it fails, ``slonik.storage.page`` uses its pure-Python path.
+- ``slonik.aio._osio``, a batch of I/Os in one C call for the worker method, on the same
+  condition and as optional: without it a worker runs each I/O through ``aio/osfile.py``.
 """
 
 import os
@@ -33,6 +35,7 @@ pagecheck_reason = c_compiler_missing_reason()
 if pagecheck_reason is None:
     modules.append("storage/_pagecheck_build.py:ffibuilder")
     modules.append("storage/_pagecheck_build.py:hot_ffibuilder")
+    modules.append("aio/_osio_build.py:ffibuilder")
 else:
     print(f"warning: building without the C page verifier: {pagecheck_reason}", file=sys.stderr)
 setup(cffi_modules=modules)

@@ -96,6 +96,20 @@ class IoMethod:
         pass
 
 
+# run_many's op codes are IoOp's values (both name the same four operations)
+assert osfile.RUN_OPS in ((), (IoOp.READV, IoOp.WRITEV, IoOp.FSYNC, IoOp.FDATASYNC)), \
+    f"aio/_osio's op codes {osfile.RUN_OPS} are not IoOp's"
+
+
+def execute_many(handles: list[Handle], fds: list[int]) -> list[int] | None:
+    """``execute`` of each handle on its ``fds`` entry, in order, through the OS boundary in
+    one call (``osfile.run_many``: the GIL released once for all of them); the raw
+    results in order. None, having run nothing, where that call cannot take them (a
+    test's OS layer, no C module): the caller then runs each with ``execute``."""
+    return osfile.run_many([h.op for h in handles], fds, [h.buffers for h in handles],
+                           [h.offset for h in handles])
+
+
 def execute(handle: Handle, fd: int) -> int:
     """Run one I/O through the OS boundary, once; returns bytes transferred or -errno. A
     short count is the caller's to judge (``transfer.py``), never retried here."""

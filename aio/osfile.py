@@ -118,6 +118,17 @@ def _load_sync_file_range():  # Linux only; elsewhere writeback() is a no-op hin
 _sync_file_range = _load_sync_file_range()
 _layer: OsLayer = OsLayer()
 
+try:  # a batch of I/Os in one C call (aio/_osio_build.py); optional
+    from slonik.aio._osio import ffi as _osio_ffi
+    from slonik.aio._osio import lib as _osio_lib
+except ImportError:
+    _osio_ffi = _osio_lib = None
+# run_many's op codes (READV, WRITEV, FSYNC, FDATASYNC) and the most buffers an I/O gathers
+RUN_OPS: tuple[int, ...] = () if _osio_lib is None else (
+    _osio_lib.SLK_RUN_READV, _osio_lib.SLK_RUN_WRITEV, _osio_lib.SLK_RUN_FSYNC,
+    _osio_lib.SLK_RUN_FDATASYNC)
+RUN_MAX_IOV = 0 if _osio_lib is None else _osio_lib.SLK_RUN_MAX_IOV
+
 
 def layer() -> OsLayer:
     """The OS layer in force."""
@@ -158,6 +169,31 @@ def preadv(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
 
 def pwritev(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
     return _layer.pwritev(fd, buffers, offset)
+
+
+def run_many(ops: Sequence[int], fds: Sequence[int], buffers: Sequence[Sequence[Buffer]],
+             offsets: Sequence[int]) -> list[int] | None:
+    """Run I/O ``i`` = ``ops[i]`` (a ``RUN_OPS`` code: a vectored read or write of
+    ``buffers[i]`` at ``offsets[i]``, or a sync with no buffers) on ``fds[i]``, one after
+    another in one C call that releases the GIL once; each I/O's raw result in order:
+    bytes transferred (a short count is the caller's to judge), 0 for a sync, or -errno.
+    Each runs once, whatever the others gave. None, having run nothing, when the real OS
+    layer is not the one in force (a test's layer must see every call), the C module is
+    not built, or an I/O gathers more than ``RUN_MAX_IOV`` buffers: the caller then runs
+    each through this module's functions."""
+    if _osio_lib is None or type(_layer) is not OsLayer:
+        return None
+    n = len(ops)
+    if any(len(b) > RUN_MAX_IOV for b in buffers):
+        return None
+    new, cast, from_buffer = _osio_ffi.new, _osio_ffi.cast, _osio_ffi.from_buffer
+    addrs = [int(cast("uintptr_t", from_buffer(b))) for bufs in buffers for b in bufs]
+    lens = [len(b) for bufs in buffers for b in bufs]
+    res = new("int64_t[]", n)
+    if _osio_lib.slk_run_many(n, ops, fds, [len(b) for b in buffers], addrs or [0],
+                              lens or [0], offsets, res) != n:
+        raise ValueError(f"run_many: an op not in {RUN_OPS} among {list(ops)}")
+    return list(res)
 
 
 def preadv_nowait(fd: int, buffers: Sequence[Buffer], offset: int) -> int:
