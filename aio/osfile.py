@@ -179,17 +179,25 @@ def run_many(ops: Sequence[int], fds: Sequence[int], buffers: Sequence[Sequence[
     bytes transferred (a short count is the caller's to judge), 0 for a sync, or -errno.
     Each runs once, whatever the others gave. None, having run nothing, when the real OS
     layer is not the one in force (a test's layer must see every call), the C module is
-    not built, or an I/O gathers more than ``RUN_MAX_IOV`` buffers: the caller then runs
-    each through this module's functions."""
+    not built, an I/O gathers more than ``RUN_MAX_IOV`` buffers or a read's buffer is
+    read-only: the caller then runs each through this module's functions."""
     if _osio_lib is None or type(_layer) is not OsLayer:
         return None
     n = len(ops)
     if any(len(b) > RUN_MAX_IOV for b in buffers):
         return None
-    new, cast, from_buffer = _osio_ffi.new, _osio_ffi.cast, _osio_ffi.from_buffer
-    addrs = [int(cast("uintptr_t", from_buffer(b))) for bufs in buffers for b in bufs]
-    lens = [len(b) for bufs in buffers for b in bufs]
-    res = new("int64_t[]", n)
+    cast, from_buffer = _osio_ffi.cast, _osio_ffi.from_buffer
+    addrs: list[int] = []
+    lens: list[int] = []
+    try:
+        for op, bufs in zip(ops, buffers, strict=True):
+            for b in bufs:
+                view = from_buffer(b, require_writable=op == RUN_OPS[0])  # (a read fills it)
+                addrs.append(int(cast("uintptr_t", view)))
+                lens.append(len(view))   # (bytes, whatever the buffer's item size)
+    except (BufferError, TypeError):   # a read into a read-only buffer, or no buffer at
+        return None                    # all: the OS layer's own call raises for it
+    res = _osio_ffi.new("int64_t[]", n)
     if _osio_lib.slk_run_many(n, ops, fds, [len(b) for b in buffers], addrs or [0],
                               lens or [0], offsets, res) != n:
         raise ValueError(f"run_many: an op not in {RUN_OPS} among {list(ops)}")

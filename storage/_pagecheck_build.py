@@ -3300,7 +3300,8 @@ int64_t slk_bt_put_logged(uint8_t *out, uint32_t cap, uint8_t *pre, uint8_t *rin
  * pwritev (two iovecs when the run wraps the ring) and fdatasyncs (none with O_DSYNC);
  * target is the highest position any requester has shown so far, so commits that arrived
  * during the previous write share this one. Waiters queue with their LSN, each on its
- * own condition variable: the leader wakes exactly those it covered. A requester that
+ * own futex word: the leader wakes exactly those it covered, each told the
+ * durable point, so none takes the mutex again on its way out. A requester that
  * finds no flush running leads one itself (one thread: no hand-off at all); a flush that
  * ends with waiters needing more is followed at once by the next, written by the
  * flusher thread (started the first time that happens, so never for one committing
@@ -3658,9 +3659,9 @@ static void wf_stop_flusher(wf_state *st)
     if (on) pthread_join(st->thr, NULL);
 }
 
-/* Wait in the queue, without mu, until a waker sets this waiter's state. WF_DONE: durable
- * up to *flushed, mu not held. Else (covered by a failure or a close: 0; woken to lead:
- * 1) with mu held again. Caller holds mu. */
+/* Wait in the queue, without mu, until a waker sets this waiter's state, and return it:
+ * WF_DONE, durable up to *flushed, mu not held; WF_COVERED (a failure or a close) or
+ * WF_LEAD, with mu held again. Caller holds mu. */
 static int wf_queue(wf_state *st, uint64_t lsn, uint64_t *flushed)
 {
     wf_waiter w;
@@ -3677,11 +3678,11 @@ static int wf_queue(wf_state *st, uint64_t lsn, uint64_t *flushed)
         syscall(SYS_futex, &w.state, FUTEX_WAIT_PRIVATE, WF_WAIT, NULL, NULL, 0);
     if (state == WF_DONE) {
         *flushed = w.flushed;
-        return WF_DONE;
+        return state;
     }
     pthread_mutex_lock(&st->mu);
     if (state == WF_LEAD) st->lead_pending = 0;   /* (a hand-back the flusher made) */
-    return state == WF_LEAD;
+    return state;
 }
 
 /* 0: WAL is durable up to lsn (out[0] = flushed; out[1] = 1 if a flush by this call wrote
@@ -3715,7 +3716,7 @@ int slk_wf_flush(void *p, uint64_t lsn, uint64_t hint, int64_t active, int handb
             out[0] = durable;
             return 0;
         }
-        if (!woken) {                      /* the WAL failed, or it was closed */
+        if (woken == WF_COVERED) {         /* the WAL failed, or it was closed */
             if (st->s[WS_FAIL_KIND]) {
                 /* the flusher's failed flush: the first waiter it covered reports it */
                 int own = st->fail_target && lsn <= st->fail_target && !st->fail_reported;

@@ -99,8 +99,8 @@ def test_run_many_reports_each_failure_in_its_own_slot(tmp_path):
 
 def test_run_many_leaves_a_test_layer_and_oversized_gathers_to_the_caller(tmp_path):
     """``run_many`` runs nothing and answers None under an OS layer of a test (which must
-    see every call), or when an I/O gathers more buffers than it takes: the file is
-    unchanged either way."""
+    see every call), when an I/O gathers more buffers than it takes, or when a read's
+    buffer is read-only (bytes): the file is unchanged by all three."""
     path = tmp_path / "f"
     path.write_bytes(bytes(PAGE))
     fd = os.open(path, os.O_RDWR)
@@ -109,6 +109,9 @@ def test_run_many_leaves_a_test_layer_and_oversized_gathers_to_the_caller(tmp_pa
             assert osfile.run_many([IoOp.WRITEV], [fd], [[b"x" * PAGE]], [0]) is None
         many = [b"y"] * (osfile.RUN_MAX_IOV + 1)
         assert osfile.run_many([IoOp.WRITEV], [fd], [many], [0]) is None
+        # a read into bytes would write into an immutable object: os.preadv refuses it
+        assert osfile.run_many([IoOp.WRITEV, IoOp.READV], [fd, fd],
+                               [[b"z" * PAGE], [bytes(PAGE)]], [0, 0]) is None
         assert osfile.run_many([IoOp.WRITEV], [fd], [many[:-1]], [0]) == [osfile.RUN_MAX_IOV]
     finally:
         os.close(fd)
