@@ -63,7 +63,8 @@ from slonik.engine.tools.fio import FioError, fio_status, run_fio_job
 from slonik.storage.page import BLCKSZ, C_VERIFIER, PageRunVerifier
 
 __all__ = ["add_arguments", "cmd_bench_scan", "run_scan_bench", "format_table", "floor_run",
-           "floor_batches", "FloorRun", "row_floor_seconds", "sync_bound_mb_s"]
+           "floor_batches", "FloorRun", "row_floor_seconds", "checksum_floor_seconds",
+           "sync_bound_mb_s"]
 
 DEFAULT_DIR = "./bench-data/scan"
 DEFAULT_SIZE = 512 << 20
@@ -81,7 +82,7 @@ BLOCK_KIB = 8                   # a page; fio reads io_combine_limit pages at a 
 DEFAULT_REPLAY_MB = 64.0        # WAL per replay workload
 REPLAY_TARGET_MB_S = 150.0      # the replay target, MB of WAL per second
 FLOOR_REPEATS = 3               # the row floor: the best of this many passes
-CHECKSUM_CHUNK_PAGES = 1024      # the checksum floor: pages a verifier call (8 MiB)
+CHECKSUM_CHUNK_PAGES = 1024     # the checksum floor: pages a verifier call (8 MiB)
 TARGETS = {"io_uring": ("cold_vs_fio_depth32", 0.8), "sync": ("cold_vs_fio_depth1", 0.8),
            "worker": ("cold_vs_fio_depth32", 0.6)}
 
@@ -380,12 +381,10 @@ def run_scan_bench(args: argparse.Namespace, log=None) -> dict:
     segment = os.path.join(db_dir, "base", str(rel))
     fio_bytes = table_bytes = os.path.getsize(segment)
     segments = [segment]
-    more = 1
-    while os.path.exists(f"{segment}.{more}"):
-        segments.append(f"{segment}.{more}")
+    while os.path.exists(f"{segment}.{len(segments)}"):
+        segments.append(f"{segment}.{len(segments)}")
         table_bytes += os.path.getsize(segments[-1])
-        more += 1
-    if more > 1:
+    if len(segments) > 1:
         notes.append("fio reads the first 1 GiB segment only")
     have_fio, fio_note = fio_status()
     if not have_fio:
@@ -543,7 +542,7 @@ def format_table(r: dict) -> str:
         lines.append(f"row floor (CPython making these rows with no engine: no I/O, pages or "
                      f"buffers): {r['row_floor_s']:.3f} s = {r['row_floor_mb_s']:.0f} MB/s; "
                      f"checksum floor (C CRC-32C of every page): "
-                     f"{_fmt(r.get('checksum_floor_s'), '.3f')} s; sync waits for each read, "
+                     f"{_fmt(r['checksum_floor_s'], '.3f')} s; sync waits for each read, "
                      f"so at most {_fmt(bound, '.0f')} MB/s = "
                      f"{_fmt(_ratio(bound, fio1), '.2f')} x fio depth 1")
     sq = r["sqlite"]

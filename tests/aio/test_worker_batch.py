@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from slonik.aio.core import Aio
 from slonik.aio.errors import IOFailure
 from slonik.aio.handle import AioReturn, IoOp
 from slonik.aio.ids import TargetId
+from slonik.aio.method import execute
 
 pytestmark = pytest.mark.skipif(not osfile.RUN_OPS, reason="slonik.aio._osio is not built")
 
@@ -24,19 +26,8 @@ FILE_PAGES = 6
 
 
 def one_by_one(op: int, fd: int, buffers: list, offset: int) -> int:
-    """What ``method.execute`` does for one I/O, through the OS layer."""
-    try:
-        if op == IoOp.READV:
-            return osfile.preadv(fd, buffers, offset)
-        if op == IoOp.WRITEV:
-            return osfile.pwritev(fd, buffers, offset)
-        if op == IoOp.FSYNC:
-            osfile.fsync(fd)
-        else:
-            osfile.fdatasync(fd)
-        return 0
-    except OSError as exc:
-        return -exc.errno
+    """What a worker runs for one I/O, through the OS layer: ``method.execute``."""
+    return execute(SimpleNamespace(op=op, buffers=buffers, offset=offset), fd)
 
 
 io_strategy = st.one_of(
