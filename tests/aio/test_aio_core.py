@@ -15,6 +15,7 @@ from slonik.aio.handle import AioResult, AioReturn, HandleState, IoOp, ResultSta
 from slonik.aio.ids import CALLBACK_NAMES, TARGETS, CallbackId, TargetId
 from slonik.aio.memory import aligned_buffer
 
+from tests.support.fileio import start_read, start_write
 from tests.support.method_faulty import FaultRule
 
 BLOCK = 8192
@@ -35,24 +36,6 @@ def datafile(tmp_path):
     fd = os.open(path, os.O_RDWR)
     yield path, fd
     os.close(fd)
-
-
-def start_read(aio: Aio, path: str, fd: int, buffers: list, offset: int):
-    ret = AioReturn()
-    h = aio.acquire(ret)
-    h.set_target(TargetId.FILE, (path, os.O_RDWR, offset))
-    ref = h.wait_ref()
-    h.start_readv(fd, buffers, offset)
-    return ref, ret
-
-
-def start_write(aio: Aio, path: str, fd: int, buffers: list, offset: int):
-    ret = AioReturn()
-    h = aio.acquire(ret)
-    h.set_target(TargetId.FILE, (path, os.O_RDWR, offset))
-    ref = h.wait_ref()
-    h.start_writev(fd, buffers, offset)
-    return ref, ret
 
 
 def test_random_reads_and_writes_from_threads(aio, datafile):

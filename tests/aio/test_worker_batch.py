@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from slonik.aio import osfile
 from slonik.aio.core import Aio
 from slonik.aio.errors import IOFailure
-from slonik.aio.handle import AioReturn, IoOp
-from slonik.aio.ids import TargetId
+from slonik.aio.handle import IoOp
 from slonik.aio.method import execute
+
+from tests.support.fileio import start_read, start_write
 
 pytestmark = pytest.mark.skipif(not osfile.RUN_OPS, reason="slonik.aio._osio is not built")
 
@@ -109,15 +110,6 @@ def test_run_many_leaves_a_test_layer_and_oversized_gathers_to_the_caller(tmp_pa
     assert path.read_bytes() == b"y" * osfile.RUN_MAX_IOV + bytes(PAGE - osfile.RUN_MAX_IOV)
 
 
-def start(aio: Aio, path: str, fd: int, op: IoOp, buffers: list, offset: int):
-    ret = AioReturn()
-    h = aio.acquire(ret)
-    h.set_target(TargetId.FILE, (path, os.O_RDWR, offset))
-    ref = h.wait_ref()
-    (h.start_writev if op == IoOp.WRITEV else h.start_readv)(fd, buffers, offset)
-    return ref, ret
-
-
 def test_a_worker_runs_queued_ios_together(tmp_path):
     """Eight writes, then eight reads, each submitted together to one worker: the worker
     takes them four at a time (every one of the 16 ran in a batch) and each completes with
@@ -129,14 +121,14 @@ def test_a_worker_runs_queued_ios_together(tmp_path):
     aio = Aio("worker", io_workers=1)
     try:
         with aio.batch():
-            writes = [start(aio, path, fd, IoOp.WRITEV, [bytes([i + 1]) * PAGE], i * PAGE)
+            writes = [start_write(aio, path, fd, [bytes([i + 1]) * PAGE], i * PAGE)
                       for i in range(8)]
         for ref, ret in writes:
             aio.wait(ref)
             ret.raise_if_failed()
         outs = [bytearray(PAGE) for _ in range(8)]
         with aio.batch():
-            reads = [start(aio, path, fd, IoOp.READV, [outs[i]], i * PAGE) for i in range(8)]
+            reads = [start_read(aio, path, fd, [outs[i]], i * PAGE) for i in range(8)]
         for ref, ret in reads:
             aio.wait(ref)
             ret.raise_if_failed()
@@ -177,7 +169,7 @@ def test_a_crash_inside_a_batch_completes_every_io_of_it(tmp_path):
         aio = Aio("worker", io_workers=1)
         try:
             with aio.batch():
-                reads = [start(aio, path, fd, IoOp.READV, [outs[i]], i * PAGE)
+                reads = [start_read(aio, path, fd, [outs[i]], i * PAGE)
                          for i in range(4)]
             # (waited for in a thread: a read left queued behind the dead worker fails
             # the test instead of hanging it)
