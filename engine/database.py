@@ -94,6 +94,7 @@ from slonik.storage.page import BLCKSZ
 from slonik.storage.smgr import Fork, Smgr
 from slonik.wal.control import CONTROL_FILE_NAME, read_control
 from slonik.wal.errors import WalError
+from slonik.wal.placement import commit_cpus
 from slonik.wal.walwriter import WalWriter
 from slonik.wal.xlog import WalStats
 
@@ -328,6 +329,8 @@ class Database:
         self._wal = wal
         wal.set_commit_delay(s.commit_delay, s.commit_siblings,
                              active_transactions=lambda: len(self._xacts.running))
+        wal.set_commit_placement(commit_cpus(wal.wal_dir)
+                                 if s.commit_placement == "auto" else None)
         self._recovery: RecoveryInfo = info
         cp = info.checkpoint
         self._xacts = TransactionManager.after_recovery(

@@ -16,7 +16,9 @@ bytes (or a string with a unit); ``segment_size`` is in blocks. Times:
 as PostgreSQL's), ``bgwriter_delay`` in milliseconds (an int, 10..10000, as PostgreSQL's;
 ``bgwriter_lru_maxpages`` pages a background-writer round writes at most, 0 turns the
 background writer off), ``commit_delay`` in microseconds (an int, 0..100000, 0 = off, the default;
-applied when at least ``commit_siblings``, 1..1000, other transactions are active).
+applied when at least ``commit_siblings``, 1..1000, other transactions are active),
+``commit_placement`` "auto" (the default: committers that wait in the group commit are
+bound to one CPU and its flusher to another, wal/placement.py) or "off".
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from slonik.storage.bgwriter import (
 from slonik.storage.bufmgr import IO_COMBINE_LIMIT_MAX, SHARED_BUFFERS_MAX, SHARED_BUFFERS_MIN
 from slonik.storage.page import BLCKSZ
 from slonik.storage.read_stream import EFFECTIVE_IO_CONCURRENCY_MAX
+from slonik.wal.placement import check_commit_placement
 from slonik.wal.walpage import WAL_SEGMENT_SIZE_MAX, WAL_SEGMENT_SIZE_MIN
 from slonik.wal.walwriter import WAL_WRITER_DELAY_DEFAULT_MS, check_wal_writer_delay
 from slonik.wal.xlog import (
@@ -78,6 +81,7 @@ class Settings:
     bgwriter_lru_maxpages: int = BGWRITER_LRU_MAXPAGES_DEFAULT  # pages a round; 0 = off
     commit_delay: int = 0                     # µs a group-commit leader waits; 0 = off
     commit_siblings: int = COMMIT_SIBLINGS_DEFAULT  # active transactions for the delay
+    commit_placement: str = "auto"            # bind waiting committers' CPU ("off": don't)
     max_wal_size: int = 1 << 30               # bytes, PostgreSQL's default
     segment_size: int | None = None           # blocks; None: the database's (131072 if new)
     max_files: int = 1000                     # PostgreSQL's max_files_per_process
@@ -208,6 +212,8 @@ def parse_settings(**kwargs: object) -> Settings:
         check_commit_delay(v["commit_delay"])
     if "commit_siblings" in v:
         check_commit_siblings(v["commit_siblings"])
+    if "commit_placement" in v:
+        check_commit_placement(v["commit_placement"])
     if "max_files" in v:
         _int_in("max_files", v["max_files"], *MAX_FILES_RANGE)
     for name in ("full_page_writes", "synchronous_commit", "zero_damaged_pages",

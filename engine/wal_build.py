@@ -11,6 +11,7 @@ the engine because wal/ may not import storage/ (the C module's home).
 from __future__ import annotations
 
 import functools
+import os
 
 from slonik.engine.access.btree_leafrun import PUT_NEW_ACTION_MAX_BYTES
 from slonik.storage.hotlib import hot_for
@@ -27,7 +28,7 @@ except ImportError:  # not built (no C compiler at install time)
 _hot = hot_for(_lib)   # its page-sized helpers, the GIL kept (storage/hotlib.py)
 
 __all__ = ["C_GROUP_FLUSH_FOR", "C_RECORD_WRITER_FOR", "c_group_flush_for",
-           "c_record_writer_for"]
+           "c_record_writer_for", "thread_bound_by_placement"]
 
 
 def c_record_writer_for(ring, npages: int, wal_segment_size: int) -> RecordWriters:
@@ -93,9 +94,20 @@ def c_group_flush_for(ring, npages: int, wal_segment_size: int, flush_lsn: int,
                       functools.partial(_lib.slk_wf_done, st),
                       functools.partial(_lib.slk_wf_close, st),
                       functools.partial(_lib.slk_wf_set_delay, st),
-                      stats, functools.partial(_ffi.new, "uint64_t[6]"))
+                      stats, functools.partial(_ffi.new, "uint64_t[6]"),
+                      functools.partial(_lib.slk_wf_set_placement, st))
 
 
 # (None with a build of the module from before the block, as the other C helpers)
 C_GROUP_FLUSH_FOR = c_group_flush_for if _lib is not None and hasattr(_lib, "slk_wf_new") \
-    else None
+    and hasattr(_lib, "slk_wf_set_placement") else None
+
+if C_GROUP_FLUSH_FOR is not None:
+    # a forked child's forking thread gets back the mask commit placement took from it
+    # (a child of a bound thread would otherwise run on one CPU, as would its children)
+    os.register_at_fork(after_in_child=_lib.slk_wf_placement_forked)
+
+
+def thread_bound_by_placement() -> bool:
+    """Whether commit placement has bound the calling thread to its CPU."""
+    return C_GROUP_FLUSH_FOR is not None and bool(_lib.slk_wf_pinned())

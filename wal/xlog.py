@@ -204,7 +204,8 @@ class GroupFlush(NamedTuple):
     ``stats()`` names the failure); -2, closed. ``done(target, ok, fd, segno)``;
     ``close()`` waits for a flush in progress and takes no more; ``set_delay(us,
     siblings)``; ``stats()``: the counters, ``GF_*`` indexes; ``new_out()``: a fresh
-    ``out``."""
+    ``out``; ``set_placement(commit_cpu, flush_cpu)``: commit placement (wal/placement.py)
+    on, or off with -1s (close turns it off)."""
 
     flush: Callable[..., int]
     done: Callable[..., None]
@@ -212,6 +213,7 @@ class GroupFlush(NamedTuple):
     set_delay: Callable[[int, int], None]
     stats: Callable[[], list[int]]
     new_out: Callable[[], object]
+    set_placement: Callable[[int, int], None]
 
 
 # GroupFlush.stats() indexes (the C state's counters and its failure)
@@ -397,6 +399,7 @@ class Wal:
             self._load_partial_page(start_lsn)
         # The flush in C (GroupFlush) where the flush is system calls in the flusher
         self._group: GroupFlush | None = None
+        self._placement: tuple[int, int] | None = None
         if group_flush_for is not None and flush_path == FLUSH_SYSCALLS:
             self._group = group_flush_for(self._ring, self.npages, self.wal_segment_size,
                                           start_lsn, self.io_direct)
@@ -436,6 +439,23 @@ class Wal:
         self._active_transactions = active_transactions
         if self._group is not None:
             self._group.set_delay(self._commit_delay_us, self._commit_siblings)
+
+    def set_commit_placement(self, cpus: tuple[int, int] | None) -> None:
+        """Commit placement (wal/placement.py): ``(commit_cpu, flush_cpu)`` binds the
+        committers that wait in the group commit to ``commit_cpu`` and its flusher to
+        ``flush_cpu``; None turns it off. Only the flush in C places threads; without it
+        (no C module, or a test's OS layer) this records the choice and does nothing."""
+        if cpus is not None and (len(cpus) != 2 or cpus[0] == cpus[1]
+                                 or min(cpus) < 0):
+            raise ValueError(f"commit placement must be two different CPUs, got {cpus!r}")
+        self._placement = cpus if self._group is not None else None
+        if self._group is not None:
+            self._group.set_placement(*(cpus if cpus is not None else (-1, -1)))
+
+    @property
+    def commit_placement(self) -> tuple[int, int] | None:
+        """``(commit_cpu, flush_cpu)`` while commit placement is on, else None."""
+        return self._placement
 
     def begin_checkpoint(self) -> int:
         """Move the redo point to the current insert position and return it. Pages first
@@ -1329,6 +1349,7 @@ class Wal:
             return
         if self._group is not None:
             self._group.close()   # waits for a flush in C, which may be writing an fd below
+            self._placement = None  # (close turned it off: bound threads got their masks)
             self.aio.remove_direct_source(self._group_io)   # (its totals stay counted)
         with self._flush_lock:
             for segno in list(self._fds):
