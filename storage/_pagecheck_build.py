@@ -221,7 +221,7 @@ int slk_wf_flush(void *st, uint64_t lsn, uint64_t hint, int64_t active, int hand
 void slk_wf_done(void *st, uint64_t target, int ok, int fd, uint64_t segno);
 void slk_wf_close(void *st);
 void slk_wf_stats(void *st, int64_t *out);
-void slk_wf_set_placement(void *st, int commit_cpu, int flush_cpu);
+int slk_wf_set_placement(void *st, int commit_cpu, int flush_cpu);
 int slk_wf_pinned(void);
 void slk_wf_placement_forked(void);
 """
@@ -3400,13 +3400,19 @@ static void wf_stop_flusher(wf_state *st);
  * so the waiters never run in parallel anyway; what binding them changes is where each
  * wake-up lands. Unbound, the GIL a committer drops on its way into the wait, and the
  * flush that covers it, each wake a thread onto the idle CPU, and a guest's idle vCPU
- * halts: ~20 us a wake-up here against ~6 us between two threads of one CPU
- * (/tmp-free measurement in README.md). A thread is bound the first time it has to queue
- * (never a lone committer: it leads its own flush), once per generation, unless its mask
- * already names one CPU or not commit_cpu (the caller's own binding wins); the mask it
- * had is kept and given back when the last state with placement on ends it (threads
- * still alive; one that exited is skipped: tgkill(pid, tid, 0) asks the kernel whether
- * tid is a thread of this process), and in a forked child to the forking thread. */
+ * halts: ~21 us a wake-up across CPUs here against ~6 us between two threads of one CPU
+ * (README.md, "Commit placement").
+ *
+ * A thread is bound when it queues behind at least one other waiter (contention, not a
+ * lone committer meeting a background flush), once per generation, unless its mask
+ * already leaves out commit_cpu or names one other CPU (the caller's own binding wins).
+ * It keeps the mask it had; when the last state with placement on ends it, every bound
+ * thread still alive gets that mask back (tgkill(pid, tid, 0): whether tid is still a
+ * thread of this process), and so does every thread started since placement began whose
+ * mask is exactly {commit_cpu}: Linux copies a thread's mask to the threads it starts, so
+ * those are (all but surely) children of bound threads; they get the mask of the thread
+ * that turned placement on. A forked child's forking thread gets its own mask back. */
+#include <dirent.h>
 #include <sched.h>
 #define WF_PIN_MAX 1024
 
@@ -3415,6 +3421,10 @@ typedef struct { pid_t tid; cpu_set_t saved; } wf_pin;
 static pthread_mutex_t wf_pin_mu = PTHREAD_MUTEX_INITIALIZER;
 static wf_pin *wf_pins;                 /* WF_PIN_MAX entries, allocated by the first pin */
 static int wf_npins, wf_place_users;    /* bound threads; states with placement on */
+static int wf_place_cpu = -1;           /* the commit CPU of the states with placement on */
+static cpu_set_t wf_base;               /* the mask of the thread that turned it on */
+static pid_t *wf_before;                /* the threads there were when it was turned on */
+static int wf_nbefore;
 static uint64_t wf_pin_gen = 1;         /* a new generation each time the pins are undone */
 static __thread uint64_t wf_tls_gen;    /* == wf_pin_gen: this thread was placed (or left) */
 static __thread int wf_tls_pinned;
@@ -3425,6 +3435,45 @@ static pid_t wf_gettid(void)
     return (pid_t)syscall(SYS_gettid);
 }
 
+/* Whether tid is (still) a thread of this process. */
+static int wf_alive(pid_t tid)
+{
+    return syscall(SYS_tgkill, getpid(), tid, 0) == 0;
+}
+
+/* The threads of this process (/proc/self/task) into *out (malloc'd; caller frees), or
+ * -1 where the list cannot be read. */
+static int wf_list_threads(pid_t **out)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL) return -1;
+    int n = 0, cap = 64;
+    pid_t *v = malloc(cap * sizeof(pid_t));
+    struct dirent *e;
+    while (v != NULL && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        if (n == cap) {
+            pid_t *w = realloc(v, 2 * cap * sizeof(pid_t));
+            if (w == NULL) { free(v); v = NULL; break; }
+            v = w;
+            cap *= 2;
+        }
+        v[n++] = (pid_t)atoi(e->d_name);
+    }
+    closedir(d);
+    *out = v;
+    return v == NULL ? -1 : n;
+}
+
+/* Forget bound threads that have exited, making room. Caller holds wf_pin_mu. */
+static void wf_prune(void)
+{
+    int k = 0;
+    for (int i = 0; i < wf_npins; i++)
+        if (wf_alive(wf_pins[i].tid)) wf_pins[k++] = wf_pins[i];
+    wf_npins = k;
+}
+
 /* Bind the calling thread to cpu, at most once a generation. Caller holds no lock. */
 static void wf_pin_self(int cpu)
 {
@@ -3432,13 +3481,16 @@ static void wf_pin_self(int cpu)
     pthread_mutex_lock(&wf_pin_mu);
     wf_tls_gen = wf_pin_gen;
     cpu_set_t saved, one;
-    if (wf_place_users > 0 && sched_getaffinity(0, sizeof saved, &saved) == 0
-            && CPU_ISSET(cpu, &saved) && CPU_COUNT(&saved) > 1) {
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    if (wf_place_users > 0 && cpu == wf_place_cpu
+            && sched_getaffinity(0, sizeof saved, &saved) == 0 && CPU_ISSET(cpu, &saved)) {
+        int inherited = CPU_EQUAL(&saved, &one);   /* started by a bound thread */
+        if (inherited) saved = wf_base;
         if (wf_pins == NULL) wf_pins = calloc(WF_PIN_MAX, sizeof(wf_pin));
-        CPU_ZERO(&one);
-        CPU_SET(cpu, &one);
-        if (wf_pins != NULL && wf_npins < WF_PIN_MAX
-                && sched_setaffinity(0, sizeof one, &one) == 0) {
+        if (wf_pins != NULL && wf_npins == WF_PIN_MAX) wf_prune();
+        if (wf_pins != NULL && wf_npins < WF_PIN_MAX && CPU_COUNT(&saved) > 1
+                && (inherited || sched_setaffinity(0, sizeof one, &one) == 0)) {
             wf_pins[wf_npins].tid = wf_gettid();
             wf_pins[wf_npins].saved = saved;
             wf_npins++;
@@ -3449,45 +3501,77 @@ static void wf_pin_self(int cpu)
     pthread_mutex_unlock(&wf_pin_mu);
 }
 
-/* Give every bound thread still alive its mask back; a new generation. Caller holds
- * wf_pin_mu. */
+/* Give the bound threads still alive their masks back, and the base mask to threads
+ * started since placement began that run on the commit CPU alone; a new generation.
+ * Caller holds wf_pin_mu. */
 static void wf_unpin_all(void)
 {
-    pid_t me = wf_gettid(), pid = getpid();
+    pid_t me = wf_gettid();
     for (int i = 0; i < wf_npins; i++) {
         wf_pin *p = &wf_pins[i];
-        if (p->tid == me)
-            sched_setaffinity(0, sizeof p->saved, &p->saved);
-        else if (syscall(SYS_tgkill, pid, p->tid, 0) == 0)
-            sched_setaffinity(p->tid, sizeof p->saved, &p->saved);
+        if (p->tid == me || wf_alive(p->tid))
+            sched_setaffinity(p->tid == me ? 0 : p->tid, sizeof p->saved, &p->saved);
     }
+    pid_t *now = NULL;
+    int n = wf_list_threads(&now);
+    cpu_set_t one, mask;
+    CPU_ZERO(&one);
+    if (wf_place_cpu >= 0) CPU_SET(wf_place_cpu, &one);
+    for (int i = 0; i < n && wf_place_cpu >= 0; i++) {
+        int old = 0;
+        for (int j = 0; j < wf_nbefore && !old; j++) old = wf_before[j] == now[i];
+        if (!old && sched_getaffinity(now[i], sizeof mask, &mask) == 0
+                && CPU_EQUAL(&mask, &one) && wf_alive(now[i]))
+            sched_setaffinity(now[i], sizeof wf_base, &wf_base);
+    }
+    free(now);
+    free(wf_before);
+    wf_before = NULL;
+    wf_nbefore = 0;
     wf_npins = 0;
     wf_tls_pinned = 0;
+    wf_place_cpu = -1;
     __atomic_add_fetch(&wf_pin_gen, 1, __ATOMIC_RELEASE);
-}
-
-/* Placement on (commit_cpu, flush_cpu: two different CPUs) or off (anything else). The
- * last state to turn it off unbinds the threads. */
-void slk_wf_set_placement(void *p, int commit_cpu, int flush_cpu)
-{
-    wf_state *st = p;
-    int on = commit_cpu >= 0 && flush_cpu >= 0 && commit_cpu != flush_cpu
-        && commit_cpu < CPU_SETSIZE && flush_cpu < CPU_SETSIZE;
-    pthread_mutex_lock(&st->mu);
-    int was = st->commit_cpu >= 0;
-    st->commit_cpu = on ? commit_cpu : -1;
-    st->flush_cpu = on ? flush_cpu : -1;
-    pthread_mutex_unlock(&st->mu);
-    pthread_mutex_lock(&wf_pin_mu);
-    wf_place_users += on - was;
-    if (was && !on && wf_place_users == 0) wf_unpin_all();
-    pthread_mutex_unlock(&wf_pin_mu);
 }
 
 /* 1 if the calling thread is bound by placement now, else 0. */
 int slk_wf_pinned(void)
 {
     return wf_tls_pinned && wf_tls_gen == __atomic_load_n(&wf_pin_gen, __ATOMIC_ACQUIRE);
+}
+
+/* Placement on (commit_cpu, flush_cpu: two different CPUs) or off (anything else). The
+ * first state to turn it on records the caller's mask and the threads there are; the
+ * last to turn it off unbinds the threads. A second state with another commit CPU than
+ * the first's stays off. 1: on; 0: off. */
+int slk_wf_set_placement(void *p, int commit_cpu, int flush_cpu)
+{
+    wf_state *st = p;
+    int on = commit_cpu >= 0 && flush_cpu >= 0 && commit_cpu != flush_cpu
+        && commit_cpu < CPU_SETSIZE && flush_cpu < CPU_SETSIZE;
+    pthread_mutex_lock(&wf_pin_mu);
+    int was = st->commit_cpu >= 0;
+    if (on && !was) {
+        if (wf_place_users == 0) {
+            if (slk_wf_pinned()) wf_base = wf_tls_saved;
+            else if (sched_getaffinity(0, sizeof wf_base, &wf_base) != 0) CPU_ZERO(&wf_base);
+            free(wf_before);
+            wf_nbefore = wf_list_threads(&wf_before);
+            if (wf_nbefore < 0) wf_nbefore = 0;
+            wf_place_cpu = commit_cpu;
+        }
+        on = commit_cpu == wf_place_cpu;
+    } else if (on && was) {
+        on = commit_cpu == wf_place_cpu;
+    }
+    wf_place_users += on - was;
+    if (was && !on && wf_place_users == 0) wf_unpin_all();
+    pthread_mutex_lock(&st->mu);
+    st->commit_cpu = on ? commit_cpu : -1;
+    st->flush_cpu = on ? flush_cpu : -1;
+    pthread_mutex_unlock(&st->mu);
+    pthread_mutex_unlock(&wf_pin_mu);
+    return on;
 }
 
 /* In a forked child (os.register_at_fork): the forking thread gets its mask back, the
@@ -3797,7 +3881,7 @@ static int wf_queue(wf_state *st, uint64_t lsn, uint64_t *flushed)
     if (st->tail) st->tail->next = &w; else st->head = &w;
     st->tail = &w;
     st->queued++;
-    int cpu = st->commit_cpu;
+    int cpu = st->queued >= 2 ? st->commit_cpu : -1;   /* (behind another waiter) */
     pthread_mutex_unlock(&st->mu);
     if (cpu >= 0) wf_pin_self(cpu);
     int state;

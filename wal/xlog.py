@@ -205,7 +205,7 @@ class GroupFlush(NamedTuple):
     ``close()`` waits for a flush in progress and takes no more; ``set_delay(us,
     siblings)``; ``stats()``: the counters, ``GF_*`` indexes; ``new_out()``: a fresh
     ``out``; ``set_placement(commit_cpu, flush_cpu)``: commit placement (wal/placement.py)
-    on, or off with -1s (close turns it off)."""
+    on, or off with -1s (close turns it off); 1 if it is on."""
 
     flush: Callable[..., int]
     done: Callable[..., None]
@@ -213,7 +213,7 @@ class GroupFlush(NamedTuple):
     set_delay: Callable[[int, int], None]
     stats: Callable[[], list[int]]
     new_out: Callable[[], object]
-    set_placement: Callable[[int, int], None]
+    set_placement: Callable[[int, int], int]
 
 
 # GroupFlush.stats() indexes (the C state's counters and its failure)
@@ -443,14 +443,16 @@ class Wal:
     def set_commit_placement(self, cpus: tuple[int, int] | None) -> None:
         """Commit placement (wal/placement.py): ``(commit_cpu, flush_cpu)`` binds the
         committers that wait in the group commit to ``commit_cpu`` and its flusher to
-        ``flush_cpu``; None turns it off. Only the flush in C places threads; without it
-        (no C module, or a test's OS layer) this records the choice and does nothing."""
+        ``flush_cpu``; None turns it off. Only the flush in C places threads (without it
+        placement stays off), and all its states share one commit CPU: another Wal of
+        the process that placed its committers elsewhere stays off (``commit_placement``
+        says which)."""
         if cpus is not None and (len(cpus) != 2 or cpus[0] == cpus[1]
                                  or min(cpus) < 0):
             raise ValueError(f"commit placement must be two different CPUs, got {cpus!r}")
-        self._placement = cpus if self._group is not None else None
-        if self._group is not None:
-            self._group.set_placement(*(cpus if cpus is not None else (-1, -1)))
+        on = self._group is not None and bool(
+            self._group.set_placement(*(cpus if cpus is not None else (-1, -1))))
+        self._placement = cpus if on else None
 
     @property
     def commit_placement(self) -> tuple[int, int] | None:

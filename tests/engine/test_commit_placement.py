@@ -125,6 +125,44 @@ def test_waiting_committers_and_the_flusher_are_bound_and_get_their_masks_back(
 
 
 @needs_placement
+def test_threads_a_bound_thread_starts_get_the_mask_back_too(io_method, tmp_path):
+    """A thread started by a bound committer inherits its one CPU (Linux copies the mask);
+    closing the database gives it the mask the opening thread had; a lone committer
+    (one thread, nobody to queue behind) is never bound."""
+    child_masks: list[set[int]] = []
+    child_release = threading.Event()
+    children: list[threading.Thread] = []
+
+    def child() -> None:
+        child_masks.append(os.sched_getaffinity(0))
+        child_release.wait(60)
+        child_masks.append(os.sched_getaffinity(0))
+
+    def start_a_child() -> None:
+        children.append(threading.Thread(target=child))
+        children[0].start()
+
+    db = Database.open(str(tmp_path / "db"), io_method=io_method)
+    commit_cpu, _ = db._wal.commit_placement
+    work = Committers(db, then=start_a_child)
+    work.start()
+    work.wait_reported()
+    work.finish()
+    try:
+        assert all(work.bound)
+        kv = db.kv("alone")
+        for i in range(300):
+            kv[b"%06d" % i] = b"v"
+        assert not thread_bound_by_placement()
+        assert os.sched_getaffinity(0) == ALLOWED
+        db.close()
+    finally:
+        child_release.set()
+        children[0].join()
+    assert child_masks == [{commit_cpu}, ALLOWED]
+
+
+@needs_placement
 def test_commit_placement_off_binds_nothing(io_method, tmp_path):
     """With ``commit_placement="off"`` the same contention binds no thread."""
     with Database.open(str(tmp_path / "db"), io_method=io_method,
