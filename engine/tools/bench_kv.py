@@ -535,6 +535,7 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
     value = bytes(random.Random(RANDOM_SEED).randbytes(args.value_size))
     try:
         with Database.open(path, io_method=method) as db:
+            placement = db._wal.commit_placement
             load = measure_load(db, args.keys, value, progress=log is not None)
             auto = {}
             for threads in AUTOCOMMIT_THREADS:
@@ -571,7 +572,7 @@ def run_once(path: str, method: str, args: argparse.Namespace, log) -> dict:
             "get_many": many, "scan": scan, "open": opened, "cold_scan": cold,
             "cold_scan_eic1": cold_eic1, "cold_scan_one_leaf": cold_one_leaf,
             "aged_build": aged, "cold_scan_aged": cold_aged,
-            "cold_scan_aged_eic1": cold_aged_eic1}
+            "cold_scan_aged_eic1": cold_aged_eic1, "commit_placement": placement}
 
 
 FIGURES = {
@@ -656,6 +657,7 @@ def run_kv_bench(args: argparse.Namespace, log=None) -> dict:
         m = report["methods"][method] = {
             kind: _median([s[kind] for s in samples[method]], keys)
             for kind, keys in FIGURES.items()}
+        m["commit_placement"] = samples[method][0]["commit_placement"]
         a1, a8 = m["autocommit_1"]["puts_s"], m["autocommit_8"]["puts_s"]
         paired = {k: statistics.median(s[f"autocommit_{k}"]["puts_s"]
                                        / s[f"autocommit_{k}"]["sqlite_paired_puts_s"]
@@ -705,6 +707,11 @@ def format_table(report: dict) -> str:
     lines.append(f"SQLite (WAL, synchronous=FULL), 1 thread: {sqlite_s:,.0f} puts/s; "
                  + (f"fio 8 KiB write + fdatasync: {fio_s:,.0f} syncs/s" if fio_s
                     else f"fio: {base['fio'].get('detail', 'failed')}"))
+    placements = {tuple(m["commit_placement"] or ()) for m in report["methods"].values()}
+    if len(placements) == 1:
+        cpus = placements.pop()
+        lines.append("commit placement: " + (f"waiting committers on CPU {cpus[0]}, WAL "
+                                             f"flusher on CPU {cpus[1]}" if cpus else "off"))
     # Indented: a sub-table of the one above (its rows are the methods' again).
     head = (f"  {'ratios':<9} {'auto1 puts/s':>12} {'auto1/SQLite':>12} {'paired':>7} "
             f"{'auto1/fio':>9} {'auto8 puts/s':>12} {'auto8/SQLite':>12} {'paired':>7} "

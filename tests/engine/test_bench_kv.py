@@ -5,6 +5,8 @@ import os
 
 from slonik.engine.tools.bench_kv import FIGURES, READ_RATIOS, format_table
 from slonik.engine.tools.cli import main
+from slonik.engine.wal_build import C_GROUP_FLUSH_FOR
+from slonik.wal.placement import commit_cpus
 
 
 def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
@@ -23,7 +25,7 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert report["autocommit_threads"] == [1, 8]
     assert list(report["methods"]) == [io_method]
     m = report["methods"][io_method]
-    assert set(m) == set(FIGURES) | {"ratios", "read_ratios"}
+    assert set(m) == set(FIGURES) | {"ratios", "read_ratios", "commit_placement"}
     for kind, keys in FIGURES.items():
         for key in keys:
             assert m[kind][key] > 0, (kind, key)
@@ -60,6 +62,12 @@ def test_bench_kv_reports_every_figure(io_method, tmp_path, capsys):
     assert os.listdir(bench_dir) == []
     table = format_table(report)
     assert io_method in table and "scan keys/s" in table
+    # Commit placement as the database had it: where this process may use two CPUs (and
+    # the C group commit is built) the committers' CPU and the flusher's, else off.
+    expected = commit_cpus(str(tmp_path)) if C_GROUP_FLUSH_FOR is not None else None
+    assert m["commit_placement"] == (list(expected) if expected else None)
+    assert ("commit placement: waiting committers on CPU" if expected
+            else "commit placement: off") in table
     # The baselines of the same run: SQLite FULL from one thread, fio's fdatasync rate
     # (where fio is installed), and the method's autocommit rates as ratios of them.
     sqlite_s = report["baselines"]["sqlite"]["puts_s"]
