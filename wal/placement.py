@@ -73,27 +73,28 @@ def device_irq_cpu(path: str) -> int | None:
     """The CPU the completion interrupts of the block device holding ``path`` go to: the
     busiest of the interrupts (MSI vectors) of the first device above it in sysfs that has
     any, when the kernel delivers that one to a single CPU. None where there is no such
-    device (a loop device, tmpfs, a device-mapper stack) or the kernel does not say."""
+    device (a loop device, tmpfs, a device-mapper stack) or the kernel does not say (no
+    /sys or /proc to read, as in some containers)."""
     st = os.stat(path)
     dev = f"{SYS_DEV_BLOCK}/{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-    if not os.path.exists(dev):
-        return None
-    node = os.path.realpath(dev)
-    irqs: list[int] = []
-    while node.startswith("/sys/devices/") and not irqs:
-        msi = os.path.join(node, "msi_irqs")
-        if os.path.isdir(msi):
-            irqs = [int(n) for n in os.listdir(msi) if n.isdigit()]
-        node = os.path.dirname(node)
-    if not irqs:
-        return None
-    with open(PROC_INTERRUPTS) as f:
-        counts = _irq_counts(f.read())
-    busiest = max(irqs, key=lambda n: counts.get(n, 0))
     try:
+        node = os.path.realpath(dev, strict=True)
+        irqs: list[int] = []
+        while node.startswith("/sys/devices/") and not irqs:
+            msi = os.path.join(node, "msi_irqs")
+            if os.path.isdir(msi):
+                irqs = [int(n) for n in os.listdir(msi) if n.isdigit()]
+            node = os.path.dirname(node)
+        if not irqs:
+            return None
+        with open(PROC_INTERRUPTS) as f:
+            counts = _irq_counts(f.read())
+        busiest = max(irqs, key=lambda n: counts.get(n, 0))
         with open(f"{PROC_IRQ}/{busiest}/effective_affinity_list") as f:
             cpus = parse_cpu_list(f.read())
-    except FileNotFoundError:   # (a kernel without effective affinity in procfs)
+    except (FileNotFoundError, PermissionError):
+        # no sysfs or procfs here (a container), or a kernel that does not name the CPU:
+        # nothing to go by, which the caller's fallback covers
         return None
     return cpus.pop() if len(cpus) == 1 else None
 

@@ -277,6 +277,15 @@ def test_cpu_lists_and_interrupt_counts_parse():
     assert _irq_counts(text) == {28: 0, 36: 122191186}
 
 
+def test_no_procfs_to_read_means_no_interrupt_cpu(monkeypatch):
+    """Where /proc/interrupts or /proc/irq cannot be read (a container without them), the
+    answer is None (the caller falls back to the highest CPU), not an error at open."""
+    from slonik.wal import placement
+    monkeypatch.setattr(placement, "PROC_INTERRUPTS", "/proc/no-such-file")
+    assert device_irq_cpu(os.getcwd()) is None
+    assert commit_cpus(os.getcwd(), {0, 1}) == (0, 1)
+
+
 def test_the_interrupt_cpu_of_a_real_block_device():
     """On a file system over a PCI block device the answer is a CPU the kernel names for
     the device's busiest interrupt; with no device behind it (tmpfs), None."""
