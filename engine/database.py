@@ -96,7 +96,7 @@ from slonik.wal.control import CONTROL_FILE_NAME, read_control
 from slonik.wal.errors import WalError
 from slonik.wal.placement import commit_cpus
 from slonik.wal.walwriter import WalWriter
-from slonik.wal.xlog import WalStats
+from slonik.wal.xlog import WalStats, direct_wal_writes_ok
 
 __all__ = ["Database", "Transaction", "DatabaseStats", "RelationStats", "NotADatabaseError",
            "DatabaseLockedError", "DatabaseClosedError", "LOCK_FILE_NAME"]
@@ -308,10 +308,13 @@ class Database:
         method, self._io_method_fallback = _resolve_io_method(s.io_method)
         self._aio = Aio(method, io_workers=s.io_workers,
                         io_max_concurrency=s.io_max_concurrency)
+        # io_direct="auto": WAL segments O_DIRECT (each flush still synced) where the file
+        # system is one of DIRECT_WAL_FILE_SYSTEMS (wal/xlog.py)
+        o_direct_wal = s.io_direct == "auto" and direct_wal_writes_ok(self.path)
         if is_new:
             bootstrap(self.path, self._aio, wal_segment_size=s.wal_segment_size,
                       segment_size=s.segment_size, wal_buffers=s.wal_buffers,
-                      io_direct_wal=s.io_direct_wal)
+                      io_direct_wal=s.io_direct_wal, o_direct_wal=o_direct_wal)
         self._smgr = Smgr(self.path, segment_size=s.segment_size, max_files=s.max_files,
                           io_direct=s.io_direct_data, aio=self._aio)
         self._bufmgr = BufferManager(
@@ -324,7 +327,7 @@ class Database:
             bgwriter_lru_maxpages=s.bgwriter_lru_maxpages)
         wal, control, info = startup(
             data_dir=self.path, aio=self._aio, smgr=self._smgr, bufmgr=self._bufmgr,
-            wal_buffers=s.wal_buffers, io_direct_wal=s.io_direct_wal,
+            wal_buffers=s.wal_buffers, io_direct_wal=s.io_direct_wal, o_direct_wal=o_direct_wal,
             full_page_writes=s.full_page_writes, on_segment_switch=self._on_segment_switch)
         self._wal = wal
         wal.set_commit_delay(s.commit_delay, s.commit_siblings,

@@ -294,7 +294,8 @@ class RedoContext:
 # --- bootstrap ----------------------------------------------------------------------------------
 
 def bootstrap(data_dir: str, aio: Aio, *, wal_segment_size: int, segment_size: int,
-              wal_buffers: int, io_direct_wal: bool = False, extra: bytes = b"") -> ControlData:
+              wal_buffers: int, io_direct_wal: bool = False, o_direct_wal: bool = False,
+              extra: bytes = b"") -> ControlData:
     """Create the WAL directory, the first (shutdown) checkpoint and the control file of a
     new database in the existing, empty-of-Slonik-files ``data_dir``."""
     wal_dir = os.path.join(data_dir, WAL_DIR)
@@ -302,7 +303,8 @@ def bootstrap(data_dir: str, aio: Aio, *, wal_segment_size: int, segment_size: i
         osfile.mkdir(wal_dir)
         osfile.fsync_directory(data_dir)
     wal = Wal(wal_dir, aio, wal_segment_size=wal_segment_size, wal_buffers=wal_buffers,
-              io_direct=io_direct_wal, record_writer_for=C_RECORD_WRITER_FOR,
+              io_direct=io_direct_wal, o_direct=o_direct_wal,
+              record_writer_for=C_RECORD_WRITER_FOR,
               group_flush_for=C_GROUP_FLUSH_FOR)
     try:
         redo = wal.insert_lsn
@@ -323,8 +325,8 @@ def bootstrap(data_dir: str, aio: Aio, *, wal_segment_size: int, segment_size: i
 # --- startup ----------------------------------------------------------------------------------
 
 def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_buffers: int,
-            io_direct_wal: bool = False, full_page_writes: bool = True,
-            on_segment_switch=None) -> tuple[Wal, ControlData, RecoveryInfo]:
+            io_direct_wal: bool = False, o_direct_wal: bool = False,
+            full_page_writes: bool = True, on_segment_switch=None) -> tuple[Wal, ControlData, RecoveryInfo]:
     """Read the control file, replay WAL from the redo point, return an open Wal at the end.
 
     Every resource manager of the engine's table is bound first (``engine/rmgrlist.py``);
@@ -422,7 +424,8 @@ def startup(*, data_dir: str, aio: Aio, smgr: Smgr, bufmgr: BufferManager, wal_b
     if crashed or end != cp_rr.end_lsn:
         truncate_tail(wal_dir, seg, end)
     wal = Wal(wal_dir, aio, wal_segment_size=seg, wal_buffers=wal_buffers,
-              io_direct=io_direct_wal, full_page_writes=full_page_writes, start_lsn=end,
+              io_direct=io_direct_wal, o_direct=o_direct_wal,
+              full_page_writes=full_page_writes, start_lsn=end,
               prev_lsn=last, redo_lsn=cp.redo_lsn, on_segment_switch=on_segment_switch,
               record_writer_for=C_RECORD_WRITER_FOR, group_flush_for=C_GROUP_FLUSH_FOR)
     info = RecoveryInfo(crashed or end != cp_rr.end_lsn, replayed, cp.redo_lsn, end,

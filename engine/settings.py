@@ -19,6 +19,11 @@ background writer off), ``commit_delay`` in microseconds (an int, 0..100000, 0 =
 applied when at least ``commit_siblings``, 1..1000, other transactions are active),
 ``commit_placement`` "auto" (the default: committers that wait in the group commit are
 bound to one CPU and its flusher to another, wal/placement.py) or "off".
+
+``io_direct``: "auto" (the default: WAL segments O_DIRECT, each flush still synced, where
+the file system is ext4 or xfs, wal/xlog.py ``direct_wal_writes_ok``; data through the page
+cache), "none", "data" (relation files O_DIRECT), "wal" (WAL segments O_DIRECT|O_DSYNC,
+no fdatasync) or "data,wal".
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from slonik.wal.xlog import (
 
 __all__ = ["Settings", "parse_settings", "SETTING_NAMES"]
 
-IO_DIRECT_VALUES = ("none", "data", "wal", "data,wal")
+IO_DIRECT_VALUES = ("auto", "none", "data", "wal", "data,wal")
 SEGMENT_SIZE_MAX_BLOCKS = 1 << 20      # 8 GiB files; md segments beyond that buy nothing
 MAX_FILES_RANGE = (4, 1 << 20)         # the fd cache needs a few; the OS limit caps the rest
 DEFAULT_SEGMENT_SIZE_BLOCKS = 131072   # 1 GiB, PostgreSQL's RELSEG_SIZE
@@ -69,7 +74,7 @@ class Settings:
     io_max_concurrency: int = 64              # handles per issuing thread
     io_combine_limit: int = 16                # blocks (128 KiB), PostgreSQL's default
     effective_io_concurrency: int = 16        # PostgreSQL 18's default
-    io_direct: str = "none"
+    io_direct: str = "auto"                   # WAL O_DIRECT on ext4/xfs, fdatasync kept
     shared_buffers: int = 16384               # pages: 128 MiB, PostgreSQL's default
     wal_segment_size: int | None = None       # bytes; None: the database's (16 MiB if new)
     wal_buffers: int = WAL_BUFFERS_DEFAULT_PAGES

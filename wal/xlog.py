@@ -7,7 +7,9 @@ than the memcpy it could overlap, so reservation and copy share the lock.)
 
 A flush writes every complete or partial page between the flushed position and the insert
 position (one vectored write per segment piece) and makes them durable with fdatasync — or
-by opening segments O_DIRECT|O_DSYNC when ``io_direct`` includes wal. How the I/O reaches
+by opening segments O_DIRECT|O_DSYNC when ``io_direct`` includes wal (``o_direct``: segments
+opened O_DIRECT, each write still followed by fdatasync — the engine's default on ext4 and
+xfs, ``direct_wal_writes_ok``). How the I/O reaches
 the kernel is the flush path (``flush_path_for``): by default the flushing thread makes
 the system calls itself on every real io method (no AIO handles: the flusher waits at
 once, as PostgreSQL 18 writes WAL synchronously on every method); ``FLUSH_RING`` sends
@@ -128,6 +130,43 @@ FLUSH_SYSCALLS = "syscalls"  # pwritev + fdatasync in the flushing thread, throu
 FLUSH_RING = "ring"          # one linked write+fdatasync chain on the Wal's own io_uring
 FLUSH_AIO = "aio"            # AIO handles through the io method
 FLUSH_PATHS = (FLUSH_SYSCALLS, FLUSH_RING, FLUSH_AIO)
+
+
+# File systems whose O_DIRECT writes of WAL pages are safe while inserters may still be
+# appending past the flush target on the page being written (no data checksums computed
+# before the device reads the buffer), as /proc/self/mountinfo names them.
+DIRECT_WAL_FILE_SYSTEMS = ("ext4", "xfs")
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def file_system_type(path: str) -> str | None:
+    """The type of the file system ``path`` is on (the mount with the longest mount point
+    above it, /proc/self/mountinfo), or None where that cannot be read."""
+    real = os.path.realpath(path)
+    best, kind = -1, None
+    try:
+        with open(MOUNTINFO) as f:
+            lines = f.read().splitlines()
+    except (FileNotFoundError, PermissionError):   # no procfs here: nothing to go by
+        return None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, kind = len(point), right.split()[0]
+    return kind
+
+
+def direct_wal_writes_ok(wal_dir: str) -> bool:
+    """Whether the default ``io_direct="auto"`` opens ``wal_dir``'s segments O_DIRECT: on
+    the file systems of ``DIRECT_WAL_FILE_SYSTEMS`` only (tmpfs refuses O_DIRECT; btrfs
+    checksums a buffer the device then reads, and an inserter may change bytes of it
+    past the flush target)."""
+    return file_system_type(wal_dir) in DIRECT_WAL_FILE_SYSTEMS
 
 
 def flush_path_for(method: IoMethod) -> str:
@@ -318,6 +357,7 @@ class Wal:
 
     def __init__(self, wal_dir: str, aio: Aio, *, wal_segment_size: int,
                  wal_buffers: int = WAL_BUFFERS_DEFAULT_PAGES, io_direct: bool = False,
+                 o_direct: bool = False,
                  full_page_writes: bool = True, start_lsn: int | None = None,
                  prev_lsn: int = 0, redo_lsn: int = 0,
                  on_segment_switch: Callable[[], None] | None = None,
@@ -331,6 +371,7 @@ class Wal:
         self.npages = _check_wal_buffers(wal_buffers)
         self.wal_buffers_bytes = self.npages * WAL_PAGE_SIZE
         self.io_direct = bool(io_direct)
+        self.o_direct = bool(io_direct or o_direct)   # segments opened O_DIRECT
         self.full_page_writes = bool(full_page_writes)
         self.on_segment_switch = on_segment_switch
         if start_lsn is None:
@@ -376,7 +417,8 @@ class Wal:
         self.failed = False
         self._fds: dict[int, int] = {}     # segno -> fd of segment files in use
         self._closed = False
-        self._flags = os.O_RDWR | ((os.O_DIRECT | os.O_DSYNC) if self.io_direct else 0)
+        self._flags = os.O_RDWR | (os.O_DIRECT if self.o_direct else 0) \
+            | (os.O_DSYNC if self.io_direct else 0)
         if flush_path is None:
             flush_path = flush_path_for(aio.method)
         elif flush_path not in FLUSH_PATHS:
