@@ -77,7 +77,7 @@ from slonik.engine.errors import ConflictError, RelationDroppedError
 from slonik.engine.index import TableIndex, prune_with_indexes
 from slonik.engine.kv import KVStore
 from slonik.engine.kv_index import KVIndex
-from slonik.engine.recovery import FIRST_RELFILENUMBER, RecoveryInfo, bootstrap, startup
+from slonik.engine.recovery import FIRST_RELFILENUMBER, WAL_DIR, RecoveryInfo, bootstrap, startup
 from slonik.engine.relation import Relation, RelationState
 from slonik.engine.settings import (
     DEFAULT_SEGMENT_SIZE_BLOCKS,
@@ -309,8 +309,10 @@ class Database:
         self._aio = Aio(method, io_workers=s.io_workers,
                         io_max_concurrency=s.io_max_concurrency)
         # io_direct="auto": WAL segments O_DIRECT (each flush still synced) where the file
-        # system is one of DIRECT_WAL_FILE_SYSTEMS (wal/xlog.py)
-        o_direct_wal = s.io_direct == "auto" and direct_wal_writes_ok(self.path)
+        # system is one of DIRECT_WAL_FILE_SYSTEMS (wal/xlog.py); the WAL directory's own,
+        # which may be a symlink to another file system
+        o_direct_wal = (s.io_direct == "auto"
+                        and direct_wal_writes_ok(os.path.join(self.path, WAL_DIR)))
         if is_new:
             bootstrap(self.path, self._aio, wal_segment_size=s.wal_segment_size,
                       segment_size=s.segment_size, wal_buffers=s.wal_buffers,

@@ -75,6 +75,30 @@ def test_tmpfs_keeps_the_wal_buffered_by_default(io_method, tmp_path):
         shutil.rmtree(d)
 
 
+@pytest.mark.skipif(not os.path.isdir(SHM), reason="no /dev/shm")
+def test_a_wal_directory_linked_to_tmpfs_stays_buffered(io_method, tmp_path):
+    """The file system that decides is the WAL directory's own: a data directory on ext4
+    whose wal/ is a symlink to tmpfs keeps its WAL buffered (O_DIRECT there would fail)."""
+    import shutil
+    import tempfile
+    if not direct_wal_writes_ok(str(tmp_path)):
+        pytest.skip("the test directory's file system takes no O_DIRECT here")
+    d = tempfile.mkdtemp(dir=SHM)
+    try:
+        path = str(tmp_path / "db")
+        Database.open(path, io_method=io_method).close()
+        wal = os.path.join(path, "wal")
+        for name in os.listdir(wal):
+            shutil.move(os.path.join(wal, name), d)
+        os.rmdir(wal)
+        os.symlink(d, wal)
+        flags = put_and_reopen(path, io_method)
+        assert not any(f & os.O_DIRECT for f in flags)
+        assert os.listdir(d) and os.path.islink(wal)
+    finally:
+        shutil.rmtree(d)
+
+
 def test_file_system_type_takes_the_longest_mount_above_a_path(tmp_path, monkeypatch):
     """/proc/self/mountinfo: the mount point nearest above the path wins, octal-escaped
     spaces are read, and a file that cannot be read gives None."""
