@@ -3405,7 +3405,8 @@ static void wf_stop_flusher(wf_state *st);
  *
  * A thread is bound when it queues behind at least one other waiter (contention, not a
  * lone committer meeting a background flush), once per generation, unless its mask
- * already leaves out commit_cpu or names one other CPU (the caller's own binding wins).
+ * already leaves out commit_cpu or names one CPU (the caller's own binding wins; but a
+ * thread started since placement began on commit_cpu alone counts as a bound thread's).
  * It keeps the mask it had; when the last state with placement on ends it, every bound
  * thread still alive gets that mask back (tgkill(pid, tid, 0): whether tid is still a
  * thread of this process), and so does every thread started since placement began whose
@@ -3465,6 +3466,15 @@ static int wf_list_threads(pid_t **out)
     return v == NULL ? -1 : n;
 }
 
+/* Whether tid was a thread of this process when placement began. Caller holds
+ * wf_pin_mu. */
+static int wf_was_there(pid_t tid)
+{
+    for (int j = 0; j < wf_nbefore; j++)
+        if (wf_before[j] == tid) return 1;
+    return 0;
+}
+
 /* Forget bound threads that have exited, making room. Caller holds wf_pin_mu. */
 static void wf_prune(void)
 {
@@ -3485,7 +3495,9 @@ static void wf_pin_self(int cpu)
     CPU_SET(cpu, &one);
     if (wf_place_users > 0 && cpu == wf_place_cpu
             && sched_getaffinity(0, sizeof saved, &saved) == 0 && CPU_ISSET(cpu, &saved)) {
-        int inherited = CPU_EQUAL(&saved, &one);   /* started by a bound thread */
+        /* on the commit CPU alone and started since placement began: started by a bound
+         * thread (one there before was bound so by the caller, and keeps it) */
+        int inherited = CPU_EQUAL(&saved, &one) && !wf_was_there(wf_gettid());
         if (inherited) saved = wf_base;
         if (wf_pins == NULL) wf_pins = calloc(WF_PIN_MAX, sizeof(wf_pin));
         if (wf_pins != NULL && wf_npins == WF_PIN_MAX) wf_prune();
@@ -3518,9 +3530,7 @@ static void wf_unpin_all(void)
     CPU_ZERO(&one);
     if (wf_place_cpu >= 0) CPU_SET(wf_place_cpu, &one);
     for (int i = 0; i < n && wf_place_cpu >= 0; i++) {
-        int old = 0;
-        for (int j = 0; j < wf_nbefore && !old; j++) old = wf_before[j] == now[i];
-        if (!old && sched_getaffinity(now[i], sizeof mask, &mask) == 0
+        if (!wf_was_there(now[i]) && sched_getaffinity(now[i], sizeof mask, &mask) == 0
                 && CPU_EQUAL(&mask, &one) && wf_alive(now[i]))
             sched_setaffinity(now[i], sizeof wf_base, &wf_base);
     }

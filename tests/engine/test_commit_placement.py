@@ -215,6 +215,54 @@ def test_a_thread_the_caller_bound_is_left_alone_and_placement_ends_with_the_las
 
 
 @needs_placement
+def test_a_thread_the_caller_bound_to_the_commit_cpu_keeps_that_binding(io_method, tmp_path):
+    """A thread there before the database opened, which its caller bound to the commit CPU
+    alone, is not taken for a bound thread's child: placement records nothing for it and
+    closing the database leaves its one CPU as the caller set it."""
+    path = str(tmp_path / "db")
+    cpus = commit_cpus(str(tmp_path))
+    assert cpus is not None
+    opened = threading.Event()
+    seen: list[object] = []
+    box: list[Database] = []
+
+    def caller_bound() -> None:
+        os.sched_setaffinity(0, {cpus[0]})
+        opened.wait(60)
+        kv = box[0].kv("own")
+        for i in range(300):
+            kv[b"%06d" % i] = b"w"
+        seen.append(thread_bound_by_placement())
+        put_done.set()
+        closed.wait(60)   # (alive until its mask has been read after the close)
+
+    put_done, closed = threading.Event(), threading.Event()
+    mine = threading.Thread(target=caller_bound)
+    mine.start()   # (before the open: a thread of the process when placement began)
+    db = Database.open(path, io_method=io_method)
+    try:
+        assert db._wal.commit_placement[0] == cpus[0]
+        box.append(db)
+        work = Committers(db, stop_when_bound=False)   # (300 puts each, beside its own)
+        work.start()
+        opened.set()
+        assert put_done.wait(60), "the caller's thread did not finish its puts"
+        work.wait_reported()
+        work_bound = list(work.bound)
+        db.close()
+        mine_after = os.sched_getaffinity(mine.native_id)
+        work.finish()
+    finally:
+        opened.set()
+        closed.set()
+        mine.join()
+        db.close()
+    assert any(work_bound), work_bound   # (contention: placement was binding)
+    assert seen == [False]
+    assert mine_after == {cpus[0]}
+
+
+@needs_placement
 def test_a_forked_child_of_a_bound_thread_gets_its_mask_back(io_method, tmp_path):
     """A bound committer forks: the child runs with the mask the thread had before it was
     bound (not on the commit CPU alone, as its own children would)."""
