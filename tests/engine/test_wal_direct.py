@@ -6,6 +6,8 @@ followed by fdatasync — on ext4 and xfs only; ``"none"`` and tmpfs keep them b
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 from slonik.engine.database import Database
@@ -61,42 +63,38 @@ def test_io_direct_wal_writes_o_dsync_without_fdatasync(io_method, tmp_path):
     assert all(f & os.O_DIRECT and f & os.O_DSYNC for f in flags)
 
 
-@pytest.mark.skipif(not os.path.isdir(SHM), reason="no /dev/shm")
-def test_tmpfs_keeps_the_wal_buffered_by_default(io_method, tmp_path):
-    """tmpfs refuses O_DIRECT: the default leaves its WAL buffered and works."""
-    import shutil
-    import tempfile
+@pytest.fixture
+def shm_dir():
+    """A fresh directory on tmpfs (/dev/shm), removed afterwards."""
+    if not os.path.isdir(SHM):
+        pytest.skip("no /dev/shm")
     d = tempfile.mkdtemp(dir=SHM)
-    try:
-        assert file_system_type(d) == "tmpfs" and not direct_wal_writes_ok(d)
-        flags = put_and_reopen(os.path.join(d, "db"), io_method)
-        assert not any(f & os.O_DIRECT for f in flags)
-    finally:
-        shutil.rmtree(d)
+    yield d
+    shutil.rmtree(d)
 
 
-@pytest.mark.skipif(not os.path.isdir(SHM), reason="no /dev/shm")
-def test_a_wal_directory_linked_to_tmpfs_stays_buffered(io_method, tmp_path):
+def test_tmpfs_keeps_the_wal_buffered_by_default(io_method, shm_dir):
+    """tmpfs refuses O_DIRECT: the default leaves its WAL buffered and works."""
+    assert file_system_type(shm_dir) == "tmpfs" and not direct_wal_writes_ok(shm_dir)
+    flags = put_and_reopen(os.path.join(shm_dir, "db"), io_method)
+    assert not any(f & os.O_DIRECT for f in flags)
+
+
+def test_a_wal_directory_linked_to_tmpfs_stays_buffered(io_method, tmp_path, shm_dir):
     """The file system that decides is the WAL directory's own: a data directory on ext4
     whose wal/ is a symlink to tmpfs keeps its WAL buffered (O_DIRECT there would fail)."""
-    import shutil
-    import tempfile
     if not direct_wal_writes_ok(str(tmp_path)):
         pytest.skip("the test directory's file system takes no O_DIRECT here")
-    d = tempfile.mkdtemp(dir=SHM)
-    try:
-        path = str(tmp_path / "db")
-        Database.open(path, io_method=io_method).close()
-        wal = os.path.join(path, "wal")
-        for name in os.listdir(wal):
-            shutil.move(os.path.join(wal, name), d)
-        os.rmdir(wal)
-        os.symlink(d, wal)
-        flags = put_and_reopen(path, io_method)
-        assert not any(f & os.O_DIRECT for f in flags)
-        assert os.listdir(d) and os.path.islink(wal)
-    finally:
-        shutil.rmtree(d)
+    path = str(tmp_path / "db")
+    Database.open(path, io_method=io_method).close()
+    wal = os.path.join(path, "wal")
+    for name in os.listdir(wal):
+        shutil.move(os.path.join(wal, name), shm_dir)
+    os.rmdir(wal)
+    os.symlink(shm_dir, wal)
+    flags = put_and_reopen(path, io_method)
+    assert not any(f & os.O_DIRECT for f in flags)
+    assert os.listdir(shm_dir) and os.path.islink(wal)
 
 
 def test_file_system_type_takes_the_longest_mount_above_a_path(tmp_path, monkeypatch):
